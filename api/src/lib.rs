@@ -1,0 +1,16 @@
+//! Shoal's shared vocabulary: the types every part agrees on, with no I/O.
+//!
+//! - [`quantity`]: byte sizes and durations as users write them (`64MiB`, `5s`).
+//! - [`workload`]: what a workload is and the limits, grants and policies it
+//!   runs under. The runtime executes these; manifests (later) carry them.
+//! - [`error`]: the JSON error body every HTTP surface of Shoal returns.
+
+pub mod error;
+pub mod quantity;
+pub mod workload;
+
+pub use error::ErrorBody;
+pub use quantity::{ByteSize, Duration, QuantityError};
+pub use workload::{
+    Backoff, Grants, Isolation, Limits, RestartPolicy, WorkloadKind, WorkloadSpec,
+};

@@ -1,0 +1,113 @@
+//! The one wasmtime [`Engine`] a process uses, and the epoch ticker that
+//! drives deadlines.
+
+use crate::error::RuntimeError;
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the epoch advances. Guests yield to the async executor at each
+/// tick and deadlines are checked then, so this bounds both how long one
+/// spinning guest can hold a thread and how precisely deadlines fire.
+pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// Sizing of the engine's pooling allocator: how many wasm things may be live
+/// at once in this process.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Component instances live at once (each request in flight holds one in
+    /// per-request mode; each warm instance and each worker holds one).
+    pub max_instances: u32,
+    /// Largest linear memory any app may be granted.
+    pub max_memory_size: usize,
+    /// Largest table (in elements) a module may define; language runtimes
+    /// need tens of thousands.
+    pub max_table_elements: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_instances: 1000,
+            max_memory_size: 4 << 30,
+            max_table_elements: 100_000,
+        }
+    }
+}
+
+/// Builds the process's engine: pooling allocator, epoch interruption, async.
+pub fn build_engine(cfg: &EngineConfig) -> Result<Engine, RuntimeError> {
+    let instances = cfg.max_instances.max(1);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(instances)
+        // A component built with the preview 1 adapter has a few core
+        // instances (its code, the adapter, shims).
+        .total_core_instances(instances.saturating_mul(4))
+        .total_memories(instances.saturating_mul(2))
+        .total_tables(instances.saturating_mul(4))
+        .total_stacks(instances)
+        .max_memory_size(cfg.max_memory_size)
+        .table_elements(cfg.max_table_elements)
+        .max_core_instance_size(8 << 20)
+        .max_component_instance_size(8 << 20)
+        .max_core_instances_per_component(64)
+        .max_memories_per_component(16)
+        .max_tables_per_component(64)
+        .max_memories_per_module(4)
+        .max_tables_per_module(8)
+        // Keep some slots warm so instantiation reuses pages.
+        .max_unused_warm_slots(100)
+        .linear_memory_keep_resident(64 << 10)
+        .table_keep_resident(64 << 10);
+
+    let mut config = Config::new();
+    config
+        .epoch_interruption(true)
+        .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(64))
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        .max_wasm_stack(1 << 20)
+        .async_stack_size(2 << 20)
+        .parallel_compilation(true);
+    Engine::new(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+///
+/// Tests that want to control time do not start one and call
+/// [`Engine::increment_epoch`] themselves.
+pub struct EpochTicker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    /// Starts a ticker on its own thread, so that a busy async executor
+    /// cannot delay deadlines.
+    pub fn start(engine: &Engine) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let engine = engine.weak();
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("shoal-epoch".into())
+            .spawn(move || {
+                while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match engine.upgrade() {
+                        Some(e) => e.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .ok();
+        Self { stop, thread }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! How a guest's run ended, and what the client is told about it.
+
+use crate::host::MemoryLimitExceeded;
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::BodyExt;
+use shoal_api::ErrorBody;
+
+/// Why a request (or a worker run) did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The request's deadline passed.
+    Deadline,
+    /// The guest asked for more memory than its limit.
+    MemoryLimit(String),
+    /// The guest trapped (the message includes the wasm backtrace).
+    Trap(String),
+    /// The guest exited with a non-zero status.
+    Exit(i32),
+    /// Too many requests in flight for this instance.
+    Overloaded,
+    /// The request body is larger than the app accepts.
+    BodyTooLarge(u64),
+    /// The guest broke the protocol (e.g. a malformed CGI response).
+    BadResponse(String),
+    /// Something failed in the host.
+    Internal(String),
+}
+
+impl Failure {
+    /// Classifies an error returned by wasmtime for a guest call.
+    pub fn from_error(err: &wasmtime::Error) -> Self {
+        if let Some(m) = err.downcast_ref::<MemoryLimitExceeded>() {
+            return Self::MemoryLimit(m.to_string());
+        }
+        if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            return Self::Exit(exit.0);
+        }
+        if let Some(trap) = err.downcast_ref::<wasmtime::Trap>() {
+            if *trap == wasmtime::Trap::Interrupt {
+                return Self::Deadline;
+            }
+        }
+        Self::Trap(format!("{err:?}"))
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Deadline => StatusCode::GATEWAY_TIMEOUT,
+            Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BadResponse(_) => StatusCode::BAD_GATEWAY,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Deadline => "deadline_exceeded",
+            Self::MemoryLimit(_) => "memory_limit_exceeded",
+            Self::Trap(_) => "guest_trap",
+            Self::Exit(_) => "guest_exit",
+            Self::Overloaded => "overloaded",
+            Self::BodyTooLarge(_) => "body_too_large",
+            Self::BadResponse(_) => "bad_guest_response",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// What the client reads. Trap details stay in the log: they can reveal
+    /// the guest's internals.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Deadline => "the request exceeded its deadline".into(),
+            Self::MemoryLimit(_) => "the app exceeded its memory limit".into(),
+            Self::Trap(_) => "the app trapped while handling the request".into(),
+            Self::Exit(code) => format!("the app exited with status {code}"),
+            Self::Overloaded => "the app is at its concurrency limit; retry later".into(),
+            Self::BodyTooLarge(limit) => {
+                format!("the request body exceeds the app's limit of {limit} bytes")
+            }
+            Self::BadResponse(m) => format!("the app sent an invalid response: {m}"),
+            Self::Internal(m) => format!("internal error: {m}"),
+        }
+    }
+
+    /// The error response for this failure.
+    pub fn response(&self) -> http::Response<ResponseBody> {
+        error_response(self.status(), self.code(), &self.message())
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Trap(detail) => write!(f, "trap: {detail}"),
+            Self::MemoryLimit(detail) => f.write_str(detail),
+            other => f.write_str(&other.message()),
+        }
+    }
+}
+
+/// Errors a response body can fail with while streaming.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body of every response the runtime produces.
+pub type ResponseBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// A body holding `bytes`.
+pub fn full_body(bytes: impl Into<Bytes>) -> ResponseBody {
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A JSON error response: `{"code": ..., "message": ...}`.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> http::Response<ResponseBody> {
+    let body = ErrorBody::new(code, message).to_json();
+    let mut resp = http::Response::new(full_body(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}

@@ -1,0 +1,94 @@
+//! A small HTTP/1.1 + HTTP/2 server: serves a handler on an already-bound
+//! listener until a shutdown future resolves, then lets in-flight requests
+//! finish.
+
+use crate::outcome::ResponseBody;
+use futures::future::BoxFuture;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Something that answers HTTP requests.
+pub trait Handler: Send + Sync + 'static {
+    fn call(
+        self: Arc<Self>,
+        req: http::Request<Incoming>,
+        peer: SocketAddr,
+    ) -> BoxFuture<'static, http::Response<ResponseBody>>;
+}
+
+impl Handler for crate::http::HttpApp {
+    fn call(
+        self: Arc<Self>,
+        req: http::Request<Incoming>,
+        _peer: SocketAddr,
+    ) -> BoxFuture<'static, http::Response<ResponseBody>> {
+        Box::pin(async move { self.handle(req).await })
+    }
+}
+
+/// How long a client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `handler` on `listener` until `shutdown` resolves, then waits up to
+/// `grace` for in-flight requests.
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(64 * 1024);
+    builder.http2().timer(hyper_util::rt::TokioTimer::new());
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off
+                        // briefly instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let handler = handler.clone();
+                let service = hyper::service::service_fn(move |req| {
+                    let h = handler.clone();
+                    async move { Ok::<_, std::convert::Infallible>(h.call(req, peer).await) }
+                });
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn.into_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(grace) => {
+            tracing::warn!("in-flight requests still running after the grace period; closing");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,338 @@
+//! Workers: long-running programs supervised with a restart policy and
+//! exponential backoff.
+
+use crate::artifact::Compiled;
+use crate::error::RuntimeError;
+use crate::host::{self, ComponentHost, P1Host, new_store};
+use crate::http::component_exports;
+use crate::logs::{LogBuffer, Stream};
+use crate::outcome::Failure;
+use shoal_api::{RestartPolicy, WorkloadSpec};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::watch;
+use wasmtime::component::Linker as ComponentLinker;
+use wasmtime::{Engine, InstancePre, Linker};
+use wasmtime_wasi::p2::bindings::CommandPre;
+
+/// Where a worker is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkerState {
+    Starting,
+    Running,
+    /// Waiting to restart after an exit.
+    BackingOff,
+    /// Waiting to restart after failing again and again.
+    CrashLoopBackOff,
+    /// Ended with success and the policy does not restart it.
+    Succeeded,
+    /// Ended with failure and the policy does not restart it.
+    Failed,
+    /// Stopped by the host.
+    Stopped,
+}
+
+/// Why a run of a worker ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "reason", content = "detail")]
+pub enum ExitReason {
+    /// Returned from `_start`/`run`, or `exit(0)`.
+    Completed,
+    /// `exit(n)` with n != 0, or `run` returned an error.
+    Exited(i32),
+    /// Trapped.
+    Trapped(String),
+    /// Exceeded its memory limit.
+    OutOfMemory(String),
+}
+
+impl ExitReason {
+    pub fn is_success(&self) -> bool {
+        matches!(self, Self::Completed)
+    }
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Completed => f.write_str("completed"),
+            Self::Exited(c) => write!(f, "exited with status {c}"),
+            Self::Trapped(t) => write!(f, "trapped: {t}"),
+            Self::OutOfMemory(m) => f.write_str(m),
+        }
+    }
+}
+
+/// A snapshot of a worker's status.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WorkerStatus {
+    pub state: WorkerState,
+    /// How many times the worker has been restarted.
+    pub restarts: u32,
+    pub last_exit: Option<ExitReason>,
+    /// Delay before the pending (or last) restart, in milliseconds.
+    pub last_backoff_ms: Option<u64>,
+    /// When the current (or last) run started, ms since the Unix epoch.
+    pub started_at_ms: Option<u64>,
+}
+
+enum Program {
+    Module(InstancePre<P1Host>),
+    Component(CommandPre<ComponentHost>),
+}
+
+/// A linked worker program, ready to be started any number of times.
+pub struct WorkerApp {
+    name: String,
+    spec: WorkloadSpec,
+    engine: Engine,
+    program: Program,
+    logs: LogBuffer,
+}
+
+/// A running worker. Dropping it stops the worker.
+pub struct WorkerHandle {
+    status: watch::Receiver<WorkerStatus>,
+    task: tokio::task::JoinHandle<()>,
+    logs: LogBuffer,
+}
+
+impl WorkerHandle {
+    pub fn status(&self) -> WorkerStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change.
+    pub fn watch(&self) -> watch::Receiver<WorkerStatus> {
+        self.status.clone()
+    }
+
+    pub fn logs(&self) -> &LogBuffer {
+        &self.logs
+    }
+
+    /// Stops the worker now.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+
+    /// Waits until the supervisor ends (only when the policy stops restarting).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl WorkerApp {
+    pub fn new(
+        engine: &Engine,
+        name: &str,
+        spec: WorkloadSpec,
+        compiled: &Compiled,
+        logs: LogBuffer,
+    ) -> Result<Arc<Self>, RuntimeError> {
+        let program = match compiled {
+            Compiled::Module(m) => {
+                if m.get_export("_start").is_none() {
+                    return Err(RuntimeError::Unsupported(
+                        "this module exports no `_start` function; a worker must be a WASI command".into(),
+                    ));
+                }
+                let mut linker = Linker::<P1Host>::new(engine);
+                wasmtime_wasi::p1::add_to_linker_async(&mut linker, |h: &mut P1Host| &mut h.wasi)
+                    .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
+                Program::Module(
+                    linker
+                        .instantiate_pre(m)
+                        .map_err(|e| RuntimeError::Link(format!("{e:#}")))?,
+                )
+            }
+            Compiled::Component(c) => {
+                let exports = component_exports(engine, c);
+                if !exports.iter().any(|e| e.starts_with("wasi:cli/run")) {
+                    return Err(RuntimeError::Unsupported(format!(
+                        "this component does not export wasi:cli/run (it exports: {}); a worker must implement the wasi:cli/command world",
+                        if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
+                    )));
+                }
+                let mut linker = ComponentLinker::<ComponentHost>::new(engine);
+                wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+                    .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
+                wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+                    .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
+                let pre = linker
+                    .instantiate_pre(c)
+                    .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
+                Program::Component(
+                    CommandPre::new(pre).map_err(|e| RuntimeError::Link(format!("{e:#}")))?,
+                )
+            }
+        };
+        Ok(Arc::new(Self {
+            name: name.to_string(),
+            spec,
+            engine: engine.clone(),
+            program,
+            logs,
+        }))
+    }
+
+    /// Runs the program once to its end.
+    pub async fn run_once(&self) -> ExitReason {
+        let result = match &self.program {
+            Program::Module(pre) => self.run_module(pre).await,
+            Program::Component(pre) => self.run_component(pre).await,
+        };
+        match result {
+            Ok(()) => ExitReason::Completed,
+            Err(Failure::Exit(0)) => ExitReason::Completed,
+            Err(Failure::Exit(c)) => ExitReason::Exited(c),
+            Err(Failure::MemoryLimit(m)) => ExitReason::OutOfMemory(m),
+            Err(other) => ExitReason::Trapped(other.to_string()),
+        }
+    }
+
+    fn sandbox(&self) -> Result<wasmtime_wasi::WasiCtxBuilder, Failure> {
+        let mut b = host::sandbox(&self.spec.grants, &[self.name.as_str()])
+            .map_err(|e| Failure::Internal(e.to_string()))?;
+        b.stdout(host::log_stream(&self.logs, Stream::Stdout));
+        b.stderr(host::log_stream(&self.logs, Stream::Stderr));
+        Ok(b)
+    }
+
+    async fn run_module(&self, pre: &InstancePre<P1Host>) -> Result<(), Failure> {
+        let wasi = self.sandbox()?.build_p1();
+        let mut store = new_store(
+            &self.engine,
+            P1Host::new(wasi, self.spec.limits.memory.bytes()),
+        );
+        let instance = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| Failure::from_error(&e))?;
+        let start = instance
+            .get_typed_func::<(), ()>(&mut store, "_start")
+            .map_err(|e| Failure::Internal(format!("{e:#}")))?;
+        start
+            .call_async(&mut store, ())
+            .await
+            .map_err(|e| Failure::from_error(&e))
+    }
+
+    async fn run_component(&self, pre: &CommandPre<ComponentHost>) -> Result<(), Failure> {
+        let wasi = self.sandbox()?.build();
+        let mut store = new_store(
+            &self.engine,
+            ComponentHost::new(
+                wasi,
+                &self.spec.grants,
+                &self.name,
+                self.spec.limits.memory.bytes(),
+            ),
+        );
+        let cmd = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| Failure::from_error(&e))?;
+        match cmd.wasi_cli_run().call_run(&mut store).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(())) => Err(Failure::Exit(1)),
+            Err(e) => Err(Failure::from_error(&e)),
+        }
+    }
+
+    /// Starts the worker under its restart policy.
+    pub fn start(self: &Arc<Self>) -> WorkerHandle {
+        let (tx, rx) = watch::channel(WorkerStatus {
+            state: WorkerState::Starting,
+            restarts: 0,
+            last_exit: None,
+            last_backoff_ms: None,
+            started_at_ms: None,
+        });
+        let app = self.clone();
+        let task = tokio::spawn(async move { app.supervise(tx).await });
+        WorkerHandle {
+            status: rx,
+            task,
+            logs: self.logs.clone(),
+        }
+    }
+
+    async fn supervise(self: Arc<Self>, tx: watch::Sender<WorkerStatus>) {
+        let backoff = self.spec.backoff;
+        let mut consecutive: u32 = 0;
+        loop {
+            let started = Instant::now();
+            tx.send_modify(|s| {
+                s.state = WorkerState::Running;
+                s.started_at_ms = Some(now_ms());
+            });
+            tracing::info!(worker = %self.name, "worker started");
+            let reason = self.run_once().await;
+            let ran = started.elapsed();
+            let restart = match self.spec.restart_policy {
+                RestartPolicy::Always => true,
+                RestartPolicy::OnFailure => !reason.is_success(),
+                RestartPolicy::Never => false,
+            };
+            if reason.is_success() {
+                tracing::info!(worker = %self.name, ran_ms = ran.as_millis() as u64, "worker {reason}");
+            } else {
+                tracing::warn!(worker = %self.name, ran_ms = ran.as_millis() as u64, "worker {reason}");
+            }
+            if !restart {
+                let state = if reason.is_success() {
+                    WorkerState::Succeeded
+                } else {
+                    WorkerState::Failed
+                };
+                tx.send_modify(|s| {
+                    s.state = state;
+                    s.last_exit = Some(reason);
+                });
+                return;
+            }
+            // A run that lasted long enough counts as healthy: start the
+            // backoff over.
+            if ran >= backoff.reset_after.get() {
+                consecutive = 0;
+            }
+            consecutive += 1;
+            let delay: Duration = backoff.delay(consecutive);
+            let crash_loop = !reason.is_success() && consecutive >= 3;
+            let restarts = tx.borrow().restarts + 1;
+            tracing::info!(
+                worker = %self.name,
+                restart = restarts,
+                delay_ms = delay.as_millis() as u64,
+                "restarting worker in {}ms (restart {restarts})",
+                delay.as_millis()
+            );
+            tx.send_modify(|s| {
+                s.state = if crash_loop {
+                    WorkerState::CrashLoopBackOff
+                } else {
+                    WorkerState::BackingOff
+                };
+                s.last_exit = Some(reason);
+                s.last_backoff_ms = Some(delay.as_millis() as u64);
+            });
+            tokio::time::sleep(delay).await;
+            tx.send_modify(|s| s.restarts = restarts);
+        }
+    }
+}

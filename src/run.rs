@@ -1,0 +1,300 @@
+//! `shoal run`: serve one module or component on one node.
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use shoal_api::{
+    Backoff, ByteSize, Duration, Grants, Isolation, Limits, RestartPolicy, WorkloadKind,
+    WorkloadSpec, workload::DirGrant,
+};
+use shoal_runtime::{LogBuffer, Runtime, RuntimeConfig, Stream};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The app: a .wasm module or component, or a .wat text file.
+    pub app: PathBuf,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Serve as `http` or run as a `worker`; by default implied by the binary.
+    #[arg(long, value_enum)]
+    pub kind: Option<KindArg>,
+    /// Linear memory limit per instance.
+    #[arg(long, default_value = "64MiB")]
+    pub memory: ByteSize,
+    /// Deadline per request.
+    #[arg(long, default_value = "30s")]
+    pub timeout: Duration,
+    /// Requests handled at once; more get 503.
+    #[arg(long, default_value_t = 100)]
+    pub concurrency: u32,
+    /// Largest request body; larger gets 413.
+    #[arg(long, default_value = "10MiB")]
+    pub max_body: ByteSize,
+    /// Environment variable for the guest (repeatable).
+    #[arg(long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Host that outgoing HTTP may reach: host, host:port or * (repeatable).
+    #[arg(long = "allow-outbound", value_name = "HOST")]
+    pub allow_outbound: Vec<String>,
+    /// Host directory to grant: HOST_DIR:GUEST_DIR[:ro] (repeatable).
+    #[arg(long = "dir", value_name = "HOST:GUEST[:ro]")]
+    pub dirs: Vec<String>,
+    /// `per-request`: a fresh instance per request; `reuse`: warm instances
+    /// serve requests one after another (wasi:http components only).
+    #[arg(long, value_enum, default_value_t = IsolationArg::PerRequest)]
+    pub isolation: IsolationArg,
+    /// In reuse mode, requests one instance serves before it is replaced.
+    #[arg(long, default_value_t = 10_000)]
+    pub reuse_max_requests: u64,
+    /// In reuse mode, idle time after which a warm instance is dropped.
+    #[arg(long, default_value = "60s")]
+    pub reuse_idle_timeout: Duration,
+    /// Worker restart policy.
+    #[arg(long, value_enum, default_value_t = RestartArg::Always)]
+    pub restart: RestartArg,
+    /// Delay before a worker's first restart (doubles each time).
+    #[arg(long, default_value = "250ms")]
+    pub backoff: Duration,
+    /// Cap on the delay between restarts.
+    #[arg(long, default_value = "30s")]
+    pub backoff_max: Duration,
+    /// Directory for compiled artifacts (default: $SHOAL_CACHE_DIR, else
+    /// ~/.cache/shoal/compiled).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Keep compiled code in memory only.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// How long in-flight requests may take to finish at shutdown.
+    #[arg(long, default_value = "10s")]
+    pub grace: Duration,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum KindArg {
+    Http,
+    Worker,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum IsolationArg {
+    PerRequest,
+    Reuse,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum RestartArg {
+    Always,
+    OnFailure,
+    Never,
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("SHOAL_CACHE_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(d).join("shoal/compiled"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/shoal/compiled"))
+}
+
+fn parse_env(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut env = BTreeMap::new();
+    for item in items {
+        let Some((k, v)) = item.split_once('=') else {
+            bail!("--env {item:?}: expected K=V");
+        };
+        if k.is_empty() {
+            bail!("--env {item:?}: the variable name is empty");
+        }
+        env.insert(k.to_string(), v.to_string());
+    }
+    Ok(env)
+}
+
+fn parse_dirs(items: &[String]) -> anyhow::Result<Vec<DirGrant>> {
+    items
+        .iter()
+        .map(|item| {
+            let parts: Vec<&str> = item.split(':').collect();
+            match parts.as_slice() {
+                [host, guest] => Ok(DirGrant {
+                    host: host.to_string(),
+                    guest: guest.to_string(),
+                    read_only: false,
+                }),
+                [host, guest, "ro"] => Ok(DirGrant {
+                    host: host.to_string(),
+                    guest: guest.to_string(),
+                    read_only: true,
+                }),
+                _ => bail!("--dir {item:?}: expected HOST_DIR:GUEST_DIR or HOST_DIR:GUEST_DIR:ro"),
+            }
+        })
+        .collect()
+}
+
+impl RunArgs {
+    fn spec(&self, implied: WorkloadKind) -> anyhow::Result<WorkloadSpec> {
+        Ok(WorkloadSpec {
+            kind: match self.kind {
+                Some(KindArg::Http) => WorkloadKind::Http,
+                Some(KindArg::Worker) => WorkloadKind::Worker,
+                None => implied,
+            },
+            limits: Limits {
+                memory: self.memory,
+                timeout: self.timeout,
+                concurrency: self.concurrency.max(1),
+                max_body: self.max_body,
+            },
+            grants: Grants {
+                env: parse_env(&self.env)?,
+                allow_outbound: self.allow_outbound.clone(),
+                dirs: parse_dirs(&self.dirs)?,
+            },
+            isolation: match self.isolation {
+                IsolationArg::PerRequest => Isolation::PerRequest,
+                IsolationArg::Reuse => Isolation::Reuse {
+                    max_requests: self.reuse_max_requests.max(1),
+                    idle_timeout: self.reuse_idle_timeout,
+                },
+            },
+            restart_policy: match self.restart {
+                RestartArg::Always => RestartPolicy::Always,
+                RestartArg::OnFailure => RestartPolicy::OnFailure,
+                RestartArg::Never => RestartPolicy::Never,
+            },
+            backoff: Backoff {
+                initial: self.backoff,
+                max: self.backoff_max,
+                ..Backoff::default()
+            },
+        })
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let cache_dir = if args.no_cache {
+        None
+    } else {
+        args.cache_dir.clone().or_else(default_cache_dir)
+    };
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir,
+        ..RuntimeConfig::default()
+    })
+    .context("starting the wasm runtime")?;
+    let bytes = std::fs::read(&args.app).with_context(|| format!("reading {}", args.app.display()))?;
+    let loaded = runtime
+        .load(&bytes)
+        .with_context(|| format!("loading {}", args.app.display()))?;
+    let spec = args.spec(loaded.implied_kind)?;
+    let name = args
+        .app
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("app")
+        .to_string();
+    let logs = LogBuffer::new(1000);
+    echo_logs(&logs, &name);
+
+    match spec.kind {
+        WorkloadKind::Http => {
+            let app = runtime
+                .http_app(&name, spec, &loaded, logs)
+                .with_context(|| format!("preparing {}", args.app.display()))?;
+            let listener = tokio::net::TcpListener::bind(args.listen)
+                .await
+                .with_context(|| format!("binding {}", args.listen))?;
+            let addr = listener.local_addr()?;
+            let what = if app.is_component() {
+                "wasi:http component"
+            } else {
+                "CGI module"
+            };
+            println!(
+                "Serving {} ({what}, {}) on http://{addr}/",
+                args.app.display(),
+                loaded.digest
+            );
+            let _ = std::io::stdout().flush();
+            shoal_runtime::server::serve(listener, app, shutdown_signal(), args.grace.get())
+                .await?;
+            println!("Stopped.");
+        }
+        WorkloadKind::Worker => {
+            let worker = runtime
+                .worker(&name, spec, &loaded, logs)
+                .with_context(|| format!("preparing {}", args.app.display()))?;
+            println!("Running worker {} ({})", args.app.display(), loaded.digest);
+            let _ = std::io::stdout().flush();
+            let mut handle = worker.start();
+            tokio::select! {
+                _ = shutdown_signal() => {
+                    handle.stop();
+                    println!("Stopped.");
+                }
+                _ = handle.wait() => {
+                    let status = handle.status();
+                    match status.last_exit {
+                        Some(e) if !e.is_success() => bail!("worker {e}"),
+                        _ => println!("Worker finished."),
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Prints the app's stdout/stderr lines to the terminal as they come.
+fn echo_logs(logs: &LogBuffer, name: &str) {
+    let mut rx = logs.subscribe();
+    let name: Arc<str> = name.into();
+    tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(line) => {
+                    let tag = match line.stream {
+                        Stream::Stdout => "stdout",
+                        Stream::Stderr => "stderr",
+                    };
+                    println!("[{name} {tag}] {}", line.line);
+                    let _ = std::io::stdout().flush();
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    println!("[{name}] ... {n} log lines skipped");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
+}
