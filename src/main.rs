@@ -5,7 +5,11 @@ mod run;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "shoal", version, about = "An orchestrator for WebAssembly workloads")]
+#[command(
+    name = "shoal",
+    version,
+    about = "An orchestrator for WebAssembly workloads"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -212,7 +212,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ..RuntimeConfig::default()
     })
     .context("starting the wasm runtime")?;
-    let bytes = std::fs::read(&args.app).with_context(|| format!("reading {}", args.app.display()))?;
+    let bytes =
+        std::fs::read(&args.app).with_context(|| format!("reading {}", args.app.display()))?;
     let loaded = runtime
         .load(&bytes)
         .with_context(|| format!("loading {}", args.app.display()))?;
@@ -246,8 +247,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 loaded.digest
             );
             let _ = std::io::stdout().flush();
-            shoal_runtime::server::serve(listener, app, shutdown_signal(), args.grace.get())
-                .await?;
+            shoal_runtime::server::serve(
+                listener,
+                app.clone(),
+                shutdown_signal(),
+                args.grace.get(),
+            )
+            .await?;
+            print_stats(&app);
             println!("Stopped.");
         }
         WorkloadKind::Worker => {
@@ -297,4 +304,25 @@ fn echo_logs(logs: &LogBuffer, name: &str) {
             }
         }
     });
+}
+
+/// One line of what the app did, for operators and the benchmark.
+fn print_stats(app: &shoal_runtime::HttpApp) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let st = app.stats();
+    let inst = st.instantiations.load(Relaxed);
+    let mean_us = st
+        .instantiate_nanos
+        .load(Relaxed)
+        .checked_div(inst)
+        .map(|n| n as f64 / 1000.0)
+        .unwrap_or(0.0);
+    println!(
+        "Stats: requests={} failures={} instantiations={} mean_instantiate_us={:.1} warm_hits={}",
+        st.requests.load(Relaxed),
+        st.failures.load(Relaxed),
+        inst,
+        mean_us,
+        st.warm_hits.load(Relaxed),
+    );
 }

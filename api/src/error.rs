@@ -22,7 +22,10 @@ impl ErrorBody {
     /// a fallback keeps this total.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|_| {
-            format!(r#"{{"code":"{}","message":"unprintable error"}}"#, self.code)
+            format!(
+                r#"{{"code":"{}","message":"unprintable error"}}"#,
+                self.code
+            )
         })
     }
 }

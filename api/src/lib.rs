@@ -11,6 +11,4 @@ pub mod workload;
 
 pub use error::ErrorBody;
 pub use quantity::{ByteSize, Duration, QuantityError};
-pub use workload::{
-    Backoff, Grants, Isolation, Limits, RestartPolicy, WorkloadKind, WorkloadSpec,
-};
+pub use workload::{Backoff, Grants, Isolation, Limits, RestartPolicy, WorkloadKind, WorkloadSpec};

@@ -57,7 +57,7 @@ impl fmt::Display for ByteSize {
             (1 << 10, "KiB"),
         ];
         for (size, unit) in UNITS {
-            if self.0 >= size && self.0 % size == 0 {
+            if self.0 >= size && self.0.is_multiple_of(size) {
                 return write!(f, "{}{unit}", self.0 / size);
             }
         }
@@ -138,7 +138,11 @@ macro_rules! serde_as_string {
     };
 }
 
-serde_as_string!(ByteSize, "a size such as \"64MiB\" or a number of bytes", ByteSize);
+serde_as_string!(
+    ByteSize,
+    "a size such as \"64MiB\" or a number of bytes",
+    ByteSize
+);
 serde_as_string!(
     Duration,
     "a duration such as \"5s\" or a number of milliseconds",
@@ -180,7 +184,10 @@ mod tests {
         assert_eq!(n, ByteSize(4096));
         let d: Duration = serde_json::from_str("\"2s\"").unwrap();
         assert_eq!(d, Duration::from_secs(2));
-        assert_eq!(serde_json::to_string(&ByteSize::mib(3)).unwrap(), "\"3MiB\"");
+        assert_eq!(
+            serde_json::to_string(&ByteSize::mib(3)).unwrap(),
+            "\"3MiB\""
+        );
         assert!(serde_json::from_str::<ByteSize>("-1").is_err());
     }
 }

@@ -181,17 +181,15 @@ impl CompileCache {
         let start = Instant::now();
         let compiled = match kind {
             BinaryKind::CoreModule => Module::new(&self.engine, bytes).map(Compiled::Module),
-            BinaryKind::Component => {
-                Component::new(&self.engine, bytes).map(Compiled::Component)
-            }
+            BinaryKind::Component => Component::new(&self.engine, bytes).map(Compiled::Component),
         }
         .map_err(|e| RuntimeError::Invalid(format!("{e:#}")))?;
         self.stats.compiles.fetch_add(1, Ordering::Relaxed);
         tracing::info!(digest = %digest.short(), elapsed_ms = start.elapsed().as_millis() as u64, "compile cache miss: compiled module");
-        if let Some(p) = &path {
-            if let Err(e) = self.store(p, &compiled) {
-                tracing::warn!(path = %p.display(), error = %e, "cannot write compiled artifact to the cache");
-            }
+        if let Some(p) = &path
+            && let Err(e) = self.store(p, &compiled)
+        {
+            tracing::warn!(path = %p.display(), error = %e, "cannot write compiled artifact to the cache");
         }
         self.lock_memory().insert(digest.clone(), compiled.clone());
         Ok((digest, kind, compiled, CompileSource::Compiled))
@@ -230,7 +228,9 @@ impl CompileCache {
         let tmp = dir.join(format!(
             ".tmp-{}-{}",
             std::process::id(),
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("artifact")
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("artifact")
         ));
         std::fs::write(&tmp, &bytes).map_err(|e| e.to_string())?;
         std::fs::rename(&tmp, path).map_err(|e| e.to_string())

@@ -13,7 +13,9 @@ pub enum RuntimeError {
     },
     #[error("invalid WebAssembly text: {0}")]
     Wat(String),
-    #[error("not a WebAssembly module or component (the file does not start with the wasm magic bytes \\0asm)")]
+    #[error(
+        "not a WebAssembly module or component (the file does not start with the wasm magic bytes \\0asm)"
+    )]
     NotWasm,
     #[error("invalid WebAssembly: {0}")]
     Invalid(String),

@@ -14,7 +14,9 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 
 /// Raised (as a trap) when a guest asks for more memory than its limit.
 #[derive(Debug, thiserror::Error)]
-#[error("memory limit exceeded: the guest asked for {desired} bytes of linear memory, its limit is {limit} bytes")]
+#[error(
+    "memory limit exceeded: the guest asked for {desired} bytes of linear memory, its limit is {limit} bytes"
+)]
 pub struct MemoryLimitExceeded {
     pub desired: usize,
     pub limit: usize,
@@ -94,12 +96,13 @@ impl WasiHttpHooks for OutboundPolicy {
     > {
         drop(fut);
         let host = request.uri().host().unwrap_or_default().to_string();
-        let port = request.uri().port_u16().or_else(|| {
-            match request.uri().scheme_str() {
+        let port = request
+            .uri()
+            .port_u16()
+            .or_else(|| match request.uri().scheme_str() {
                 Some("https") => Some(443),
                 _ => Some(80),
-            }
-        });
+            });
         if !self.grants.outbound_allowed(&host, port) {
             tracing::warn!(app = %self.app, %host, port, "outbound HTTP request denied: host not in allow-outbound");
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });

@@ -75,7 +75,10 @@ pub struct HttpApp {
 }
 
 /// Whether a component is a `wasi:http` handler or a `wasi:cli` program.
-pub fn component_exports(engine: &Engine, component: &wasmtime::component::Component) -> Vec<String> {
+pub fn component_exports(
+    engine: &Engine,
+    component: &wasmtime::component::Component,
+) -> Vec<String> {
     component
         .component_type()
         .exports(engine)
@@ -96,10 +99,17 @@ impl HttpApp {
         let handler = match compiled {
             Compiled::Component(c) => {
                 let exports = component_exports(engine, c);
-                if !exports.iter().any(|e| e.starts_with("wasi:http/incoming-handler")) {
+                if !exports
+                    .iter()
+                    .any(|e| e.starts_with("wasi:http/incoming-handler"))
+                {
                     return Err(RuntimeError::Unsupported(format!(
                         "this component does not export wasi:http/incoming-handler (it exports: {}); an http app must implement the wasi:http/proxy world",
-                        if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
+                        if exports.is_empty() {
+                            "nothing".to_string()
+                        } else {
+                            exports.join(", ")
+                        }
                     )));
                 }
                 let mut linker = ComponentLinker::<ComponentHost>::new(engine);
@@ -167,7 +177,8 @@ impl HttpApp {
 
     /// Requests in flight right now.
     pub fn in_flight(&self) -> usize {
-        (self.spec.limits.concurrency.max(1) as usize).saturating_sub(self.permits.available_permits())
+        (self.spec.limits.concurrency.max(1) as usize)
+            .saturating_sub(self.permits.available_permits())
     }
 
     /// Serves one request.
@@ -384,7 +395,9 @@ impl HttpApp {
             }
             Ok(Err(code)) => {
                 let _ = task.await;
-                Err(Failure::BadResponse(format!("the app answered with error {code:?}")))
+                Err(Failure::BadResponse(format!(
+                    "the app answered with error {code:?}"
+                )))
             }
             Err(_) => match task.await {
                 Ok(Ok(())) => Err(Failure::BadResponse(
@@ -539,7 +552,10 @@ fn cgi_env(parts: &http::request::Parts) -> Vec<(String, String)> {
         ("REQUEST_METHOD".into(), parts.method.to_string()),
         ("SCRIPT_NAME".into(), String::new()),
         ("PATH_INFO".into(), parts.uri.path().to_string()),
-        ("QUERY_STRING".into(), parts.uri.query().unwrap_or("").to_string()),
+        (
+            "QUERY_STRING".into(),
+            parts.uri.query().unwrap_or("").to_string(),
+        ),
         (
             "REQUEST_URI".into(),
             parts
@@ -562,7 +578,10 @@ fn cgi_env(parts: &http::request::Parts) -> Vec<(String, String)> {
         let key = match *name {
             http::header::CONTENT_LENGTH => "CONTENT_LENGTH".to_string(),
             http::header::CONTENT_TYPE => "CONTENT_TYPE".to_string(),
-            _ => format!("HTTP_{}", name.as_str().to_ascii_uppercase().replace('-', "_")),
+            _ => format!(
+                "HTTP_{}",
+                name.as_str().to_ascii_uppercase().replace('-', "_")
+            ),
         };
         // Repeated headers join as one variable, as CGI servers do.
         if let Some(existing) = env.iter_mut().find(|(k, _)| *k == key) {
@@ -576,7 +595,9 @@ fn cgi_env(parts: &http::request::Parts) -> Vec<(String, String)> {
 }
 
 fn header_str(h: &HeaderMap, name: HeaderName) -> Option<String> {
-    h.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 /// Position and length of the blank line ending the CGI header block.

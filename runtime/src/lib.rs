@@ -95,14 +95,21 @@ impl Runtime {
             Compiled::Module(_) => WorkloadKind::Http,
             Compiled::Component(c) => {
                 let exports = http::component_exports(&self.engine, c);
-                if exports.iter().any(|e| e.starts_with("wasi:http/incoming-handler")) {
+                if exports
+                    .iter()
+                    .any(|e| e.starts_with("wasi:http/incoming-handler"))
+                {
                     WorkloadKind::Http
                 } else if exports.iter().any(|e| e.starts_with("wasi:cli/run")) {
                     WorkloadKind::Worker
                 } else {
                     return Err(RuntimeError::Unsupported(format!(
                         "the component exports neither wasi:http/incoming-handler nor wasi:cli/run (it exports: {})",
-                        if exports.is_empty() { "nothing".into() } else { exports.join(", ") }
+                        if exports.is_empty() {
+                            "nothing".into()
+                        } else {
+                            exports.join(", ")
+                        }
                     )));
                 }
             }

@@ -36,12 +36,19 @@ impl Failure {
         if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
             return Self::Exit(exit.0);
         }
-        if let Some(trap) = err.downcast_ref::<wasmtime::Trap>() {
-            if *trap == wasmtime::Trap::Interrupt {
-                return Self::Deadline;
-            }
+        if err.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
+            return Self::Deadline;
         }
-        Self::Trap(format!("{err:?}"))
+        // The wasm backtrace is what a developer needs; the host's Rust
+        // backtrace (captured when RUST_BACKTRACE is set) is noise here.
+        let cause = match err.downcast_ref::<wasmtime::Trap>() {
+            Some(trap) => trap.to_string(),
+            None => format!("{err:#}"),
+        };
+        match err.downcast_ref::<wasmtime::WasmBacktrace>() {
+            Some(bt) => Self::Trap(format!("{cause}\n{bt}")),
+            None => Self::Trap(cause),
+        }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -114,7 +121,11 @@ pub fn full_body(bytes: impl Into<Bytes>) -> ResponseBody {
 }
 
 /// A JSON error response: `{"code": ..., "message": ...}`.
-pub fn error_response(status: StatusCode, code: &str, message: &str) -> http::Response<ResponseBody> {
+pub fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+) -> http::Response<ResponseBody> {
     let body = ErrorBody::new(code, message).to_json();
     let mut resp = http::Response::new(full_body(body));
     *resp.status_mut() = status;

@@ -84,6 +84,7 @@ pub async fn serve<H: Handler>(
         }
     }
     drop(listener);
+    tracing::info!("shutting down: no new connections; waiting for in-flight requests");
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(grace) => {

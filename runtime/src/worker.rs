@@ -73,6 +73,8 @@ pub struct WorkerStatus {
     pub last_exit: Option<ExitReason>,
     /// Delay before the pending (or last) restart, in milliseconds.
     pub last_backoff_ms: Option<u64>,
+    /// The delays before the most recent restarts (up to ten), oldest first.
+    pub recent_backoffs_ms: Vec<u64>,
     /// When the current (or last) run started, ms since the Unix epoch.
     pub started_at_ms: Option<u64>,
 }
@@ -148,7 +150,8 @@ impl WorkerApp {
             Compiled::Module(m) => {
                 if m.get_export("_start").is_none() {
                     return Err(RuntimeError::Unsupported(
-                        "this module exports no `_start` function; a worker must be a WASI command".into(),
+                        "this module exports no `_start` function; a worker must be a WASI command"
+                            .into(),
                     ));
                 }
                 let mut linker = Linker::<P1Host>::new(engine);
@@ -165,7 +168,11 @@ impl WorkerApp {
                 if !exports.iter().any(|e| e.starts_with("wasi:cli/run")) {
                     return Err(RuntimeError::Unsupported(format!(
                         "this component does not export wasi:cli/run (it exports: {}); a worker must implement the wasi:cli/command world",
-                        if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
+                        if exports.is_empty() {
+                            "nothing".to_string()
+                        } else {
+                            exports.join(", ")
+                        }
                     )));
                 }
                 let mut linker = ComponentLinker::<ComponentHost>::new(engine);
@@ -261,6 +268,7 @@ impl WorkerApp {
             restarts: 0,
             last_exit: None,
             last_backoff_ms: None,
+            recent_backoffs_ms: Vec::new(),
             started_at_ms: None,
         });
         let app = self.clone();
@@ -330,6 +338,10 @@ impl WorkerApp {
                 };
                 s.last_exit = Some(reason);
                 s.last_backoff_ms = Some(delay.as_millis() as u64);
+                if s.recent_backoffs_ms.len() == 10 {
+                    s.recent_backoffs_ms.remove(0);
+                }
+                s.recent_backoffs_ms.push(delay.as_millis() as u64);
             });
             tokio::time::sleep(delay).await;
             tx.send_modify(|s| s.restarts = restarts);

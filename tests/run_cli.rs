@@ -1,0 +1,194 @@
+//! `shoal run` end to end: the real binary, real sockets, real signals.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+use support::*;
+
+const T: Duration = Duration::from_secs(60);
+
+#[test]
+fn serves_a_wat_file_and_stops_cleanly_on_ctrl_c() {
+    let mut p = Proc::spawn(
+        &[
+            "run",
+            example("hello/hello.wat").to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--no-cache",
+        ],
+        &[],
+    );
+    let url = p.url();
+    let (status, body) = http("GET", &format!("{url}/"), b"");
+    assert_eq!((status, body.as_str()), (200, "Hello from Shoal!\n"));
+    p.signal("-INT");
+    let status = p.wait(T).expect("exits after Ctrl-C");
+    assert!(status.success(), "{status:?}");
+    assert!(p.out.all().iter().any(|l| l == "Stopped."));
+}
+
+#[test]
+fn ctrl_c_lets_an_in_flight_request_finish() {
+    let p = Proc::spawn(
+        &[
+            "run",
+            example("echo.wasm").to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--no-cache",
+        ],
+        &[],
+    );
+    let url = p.url();
+    let host = url.trim_start_matches("http://").to_string();
+    let mut s = std::net::TcpStream::connect(&host).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    // Start a request whose body is not all there yet.
+    write!(
+        s,
+        "POST /slow HTTP/1.1\r\nHost: {host}\r\nContent-Length: 10\r\n\r\nhello"
+    )
+    .unwrap();
+    s.flush().unwrap();
+    p.signal("-INT");
+    p.out
+        .wait_for(T, |l| l.contains("shutting down"))
+        .expect("shutdown begins");
+    s.write_all(b"world").unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let (status, body) = parse_response(&raw);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("path: /slow"), "{body}");
+    assert!(body.ends_with("body:\nhelloworld"), "{body}");
+}
+
+#[test]
+fn a_restarted_process_reuses_the_compile_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().to_str().unwrap();
+    let app = example("http-component.wasm");
+    for (round, expect) in [(1, "compile cache miss"), (2, "compile cache hit")] {
+        let mut p = Proc::spawn(
+            &[
+                "run",
+                app.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--cache-dir",
+                cache,
+            ],
+            &[],
+        );
+        let url = p.url();
+        assert_eq!(http("GET", &format!("{url}/"), b"").0, 200);
+        let lines = p.out.all();
+        assert!(
+            lines.iter().any(|l| l.contains(expect)),
+            "round {round}: expected {expect:?} in {lines:#?}"
+        );
+        p.signal("-TERM");
+        assert!(p.wait(T).expect("exits").success());
+    }
+}
+
+#[test]
+fn invalid_wasm_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm\x01\0\0\0\x01\x05garbage").unwrap();
+    let mut p = Proc::spawn(
+        &[
+            "run",
+            junk.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--no-cache",
+        ],
+        &[],
+    );
+    let status = p.wait(T).expect("exits");
+    assert!(!status.success());
+    let out = p.out.all().join("\n");
+    assert!(out.contains("invalid WebAssembly"), "{out}");
+
+    let text = dir.path().join("notwasm.wasm");
+    std::fs::write(&text, b"#!/bin/sh\necho hi\n").unwrap();
+    let mut p = Proc::spawn(&["run", text.to_str().unwrap(), "--no-cache"], &[]);
+    assert!(!p.wait(T).expect("exits").success());
+    let out = p.out.all().join("\n");
+    assert!(
+        out.contains("not a WebAssembly module or component"),
+        "{out}"
+    );
+}
+
+#[test]
+fn host_environment_is_invisible_unless_granted() {
+    let p = Proc::spawn(
+        &[
+            "run",
+            example("probe.wasm").to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--no-cache",
+            "--env",
+            "GREETING=hello",
+        ],
+        &[("SHOAL_TEST_SECRET", "hunter2")],
+    );
+    let url = p.url();
+    let (status, body) = http("GET", &format!("{url}/"), b"");
+    assert_eq!(status, 200);
+    assert!(!body.contains("hunter2"), "{body}");
+    assert!(!body.contains("SHOAL_TEST_SECRET"), "{body}");
+    assert!(body.contains("GREETING=hello\n"), "{body}");
+    assert!(body.contains("file /etc/passwd: denied"), "{body}");
+}
+
+#[test]
+fn a_worker_is_restarted_with_growing_delays() {
+    let p = Proc::spawn(
+        &[
+            "run",
+            example("worker.wasm").to_str().unwrap(),
+            "--kind",
+            "worker",
+            "--no-cache",
+            "--env",
+            "EXIT_AFTER=1",
+            "--env",
+            "TICK_MS=5",
+            "--backoff",
+            "50ms",
+        ],
+        &[],
+    );
+    let lines = p
+        .out
+        .wait_for_n(3, T, |l| l.contains("restarting worker in"));
+    assert!(lines.len() >= 3, "{:#?}", p.out.all());
+    let delays: Vec<u64> = lines
+        .iter()
+        .map(|l| {
+            let after = &l[l.find("restarting worker in ").unwrap() + 21..];
+            after[..after.find("ms").unwrap()].parse().unwrap()
+        })
+        .collect();
+    assert_eq!(&delays[..3], &[50, 100, 200]);
+    // Its output reaches the terminal, tagged.
+    assert!(
+        p.out
+            .all()
+            .iter()
+            .any(|l| l.contains("[worker stdout] tick 1"))
+    );
+    assert!(
+        p.out
+            .all()
+            .iter()
+            .any(|l| l.contains("worker exited with status 1"))
+    );
+}
