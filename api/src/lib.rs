@@ -3,9 +3,11 @@
 //! - [`quantity`]: byte sizes and durations as users write them (`64MiB`, `5s`).
 //! - [`workload`]: what a workload is and the limits, grants and policies it
 //!   runs under. The runtime executes these; manifests (later) carry them.
+//! - [`manifest`]: the app manifest (TOML/YAML/JSON) and its validation.
 //! - [`error`]: the JSON error body every HTTP surface of Shoal returns.
 
 pub mod error;
+pub mod manifest;
 pub mod quantity;
 pub mod workload;
 

@@ -1,0 +1,648 @@
+//! The app manifest: what a user writes to describe apps.
+//!
+//! A file holds one app or several, in TOML, YAML or JSON (chosen by the
+//! file's extension). In TOML, several apps are `[[app]]` tables; in YAML,
+//! separate documents (`---`) or an `apps:` list; in JSON, an array or an
+//! `apps` array. Unknown fields, wrong types and impossible values are
+//! refused with an error naming the field (and the line where the format
+//! gives one).
+
+use crate::quantity::{ByteSize, Duration};
+use crate::workload::{Backoff, DirGrant, Isolation, Limits, RestartPolicy, WorkloadKind};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// One app as written in a manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AppManifest {
+    pub name: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Path of the `.wasm`/`.wat` file, relative to the manifest.
+    pub module: String,
+    #[serde(default)]
+    pub kind: WorkloadKind,
+    #[serde(default = "one")]
+    pub replicas: u32,
+    #[serde(default)]
+    pub resources: Resources,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub allow_outbound: Vec<String>,
+    #[serde(default)]
+    pub dirs: Vec<DirGrant>,
+    #[serde(default)]
+    pub isolation: Isolation,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub health: Option<HealthCheck>,
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    #[serde(default)]
+    pub backoff: Backoff,
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+}
+
+fn default_namespace() -> String {
+    DEFAULT_NAMESPACE.to_string()
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// What one instance reserves on its node, for placement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Resources {
+    /// Memory reserved; defaults to the memory limit.
+    #[serde(default)]
+    pub memory: Option<ByteSize>,
+    /// Instance slots used (of the node's `instances` capacity).
+    #[serde(default = "one")]
+    pub instances: u32,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self {
+            memory: None,
+            instances: 1,
+        }
+    }
+}
+
+/// A route the gateway sends to this app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Route {
+    /// Host header to match; any host if absent.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Path prefix to match.
+    #[serde(default = "root_path")]
+    pub path: String,
+}
+
+fn root_path() -> String {
+    "/".into()
+}
+
+/// An HTTP health check run against each instance of an http app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HealthCheck {
+    pub path: String,
+    #[serde(default = "default_health_interval")]
+    pub interval: Duration,
+    #[serde(default = "default_health_timeout")]
+    pub timeout: Duration,
+    /// Failures in a row before the instance is restarted.
+    #[serde(default = "default_failure_threshold")]
+    pub failure_threshold: u32,
+}
+
+fn default_health_interval() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_health_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_failure_threshold() -> u32 {
+    3
+}
+
+/// Why a manifest was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{}: {message}", location(.line), field_prefix(.field))]
+pub struct ManifestError {
+    /// The field at fault, as a dotted path (`apps[1].limits.memory`).
+    pub field: Option<String>,
+    /// 1-based line, where known.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+fn location(line: &Option<usize>) -> String {
+    match line {
+        Some(l) => format!("line {l}"),
+        None => "manifest".to_string(),
+    }
+}
+
+fn field_prefix(field: &Option<String>) -> String {
+    match field {
+        Some(f) => format!(", field `{f}`"),
+        None => String::new(),
+    }
+}
+
+/// A manifest file's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Toml,
+    Yaml,
+    Json,
+}
+
+impl Format {
+    /// The format for a file name's extension.
+    pub fn from_path(path: &str) -> Option<Self> {
+        let ext = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase())?;
+        match ext.as_str() {
+            "toml" => Some(Self::Toml),
+            "yaml" | "yml" => Some(Self::Yaml),
+            "json" => Some(Self::Json),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlMany {
+    app: Vec<AppManifest>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Many {
+    apps: Vec<AppManifest>,
+}
+
+/// Parses and validates every app in `text`.
+pub fn parse(text: &str, format: Format) -> Result<Vec<AppManifest>, ManifestError> {
+    let apps = match format {
+        Format::Toml => parse_toml(text)?,
+        Format::Yaml => parse_yaml(text)?,
+        Format::Json => parse_json(text)?,
+    };
+    if apps.is_empty() {
+        return Err(ManifestError {
+            field: None,
+            line: None,
+            message: "the manifest describes no app".into(),
+        });
+    }
+    let many = apps.len() > 1;
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, app) in apps.iter().enumerate() {
+        validate(app).map_err(|(field, message)| {
+            let path = if many {
+                format!("apps[{i}].{field}")
+            } else {
+                field.clone()
+            };
+            ManifestError {
+                line: find_line(text, i, &field),
+                field: Some(path),
+                message,
+            }
+        })?;
+        if !seen.insert((app.namespace.clone(), app.name.clone())) {
+            return Err(ManifestError {
+                field: Some(if many {
+                    format!("apps[{i}].name")
+                } else {
+                    "name".into()
+                }),
+                line: find_line(text, i, "name"),
+                message: format!("app {}/{} appears twice", app.namespace, app.name),
+            });
+        }
+    }
+    Ok(apps)
+}
+
+fn parse_toml(text: &str) -> Result<Vec<AppManifest>, ManifestError> {
+    let value: toml::Table = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
+    let result = if value.contains_key("app") {
+        serde_path_to_error::deserialize::<_, TomlMany>(toml::Value::Table(value)).map(|m| m.app)
+    } else {
+        serde_path_to_error::deserialize::<_, AppManifest>(toml::Value::Table(value))
+            .map(|a| vec![a])
+    };
+    result.map_err(|e| {
+        let field = clean_path(&e.path().to_string());
+        let field = field.replacen("app[", "apps[", 1);
+        ManifestError {
+            line: field_line(text, &field),
+            field: Some(field),
+            message: e.inner().message().to_string(),
+        }
+    })
+}
+
+fn toml_error(text: &str, e: &toml::de::Error) -> ManifestError {
+    let line = e
+        .span()
+        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    ManifestError {
+        field: None,
+        line,
+        message: e.message().to_string(),
+    }
+}
+
+fn parse_yaml(text: &str) -> Result<Vec<AppManifest>, ManifestError> {
+    let mut apps = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let value = serde_yaml::Value::deserialize(doc).map_err(|e| ManifestError {
+            field: None,
+            line: e.location().map(|l| l.line()),
+            message: strip_location(&e.to_string()),
+        })?;
+        if value.is_null() {
+            continue;
+        }
+        let many = value.get("apps").is_some();
+        let offset = apps.len();
+        let parsed = if many {
+            serde_path_to_error::deserialize::<_, Many>(value).map(|m| m.apps)
+        } else {
+            serde_path_to_error::deserialize::<_, AppManifest>(value).map(|a| vec![a])
+        };
+        let parsed = parsed.map_err(|e| {
+            let mut field = clean_path(&e.path().to_string());
+            if !many && offset > 0 {
+                field = format!("apps[{offset}].{field}");
+            }
+            ManifestError {
+                line: field_line(text, &field),
+                field: Some(field),
+                message: strip_location(&e.inner().to_string()),
+            }
+        })?;
+        apps.extend(parsed);
+    }
+    Ok(apps)
+}
+
+fn parse_json(text: &str) -> Result<Vec<AppManifest>, ManifestError> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| ManifestError {
+        field: None,
+        line: Some(e.line()),
+        message: strip_location(&e.to_string()),
+    })?;
+    let result = match &value {
+        serde_json::Value::Array(_) => {
+            serde_path_to_error::deserialize::<_, Vec<AppManifest>>(value).map_err(|e| {
+                (
+                    format!("apps{}", clean_path(&e.path().to_string())),
+                    e.inner().to_string(),
+                )
+            })
+        }
+        serde_json::Value::Object(o) if o.contains_key("apps") => {
+            serde_path_to_error::deserialize::<_, Many>(value)
+                .map(|m| m.apps)
+                .map_err(|e| (clean_path(&e.path().to_string()), e.inner().to_string()))
+        }
+        _ => serde_path_to_error::deserialize::<_, AppManifest>(value)
+            .map(|a| vec![a])
+            .map_err(|e| (clean_path(&e.path().to_string()), e.inner().to_string())),
+    };
+    result.map_err(|(field, message)| ManifestError {
+        line: field_line(text, &field),
+        field: Some(field),
+        message: strip_location(&message),
+    })
+}
+
+/// `serde_path_to_error` prints `.` for the root and `[0].x` for arrays.
+fn clean_path(p: &str) -> String {
+    p.trim_start_matches('.').to_string()
+}
+
+fn strip_location(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+/// The line of the last key of a dotted field path, searched after the
+/// start of the app it belongs to. Best effort: formats do not keep spans
+/// through validation.
+fn field_line(text: &str, field: &str) -> Option<usize> {
+    let (index, rest) = match field.strip_prefix("apps[") {
+        Some(r) => {
+            let end = r.find(']')?;
+            (
+                r[..end].parse::<usize>().ok()?,
+                r[end + 1..].trim_start_matches('.'),
+            )
+        }
+        None => (0, field),
+    };
+    find_line(text, index, rest)
+}
+
+fn find_line(text: &str, app_index: usize, field: &str) -> Option<usize> {
+    let key = field
+        .rsplit('.')
+        .next()
+        .map(|k| k.split('[').next().unwrap_or(k))
+        .filter(|k| !k.is_empty())?;
+    let lines: Vec<&str> = text.lines().collect();
+    // Find where app number `app_index` starts: the (index+1)-th `name` key.
+    let mut start = 0;
+    let mut count = 0;
+    for (i, l) in lines.iter().enumerate() {
+        if is_key(l, "name") {
+            if count == app_index {
+                start = i;
+                break;
+            }
+            count += 1;
+        }
+    }
+    // Search from just before the app's `name` (keys may precede it).
+    let from = lines[..start]
+        .iter()
+        .rposition(|l| {
+            l.trim_start().starts_with("[[app")
+                || l.trim() == "---"
+                || l.trim_start().starts_with("- ")
+        })
+        .unwrap_or(0);
+    lines
+        .iter()
+        .enumerate()
+        .skip(from)
+        .find(|(_, l)| is_key(l, key))
+        .map(|(i, _)| i + 1)
+}
+
+fn is_key(line: &str, key: &str) -> bool {
+    let t = line.trim_start().trim_start_matches("- ").trim_start();
+    let t = t.trim_start_matches('"');
+    let Some(rest) = t.strip_prefix(key) else {
+        return t.starts_with('[') && t.trim_matches(|c| c == '[' || c == ']').ends_with(key);
+    };
+    let rest = rest.trim_start_matches('"').trim_start();
+    rest.starts_with('=') || rest.starts_with(':')
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Checks values the types alone cannot. Returns (field, message).
+fn validate(app: &AppManifest) -> Result<(), (String, String)> {
+    let err = |f: &str, m: String| Err((f.to_string(), m));
+    if !valid_name(&app.name) {
+        return err(
+            "name",
+            format!(
+                "{:?} is not a valid name: use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit",
+                app.name
+            ),
+        );
+    }
+    if !valid_name(&app.namespace) {
+        return err(
+            "namespace",
+            format!(
+                "{:?} is not a valid namespace: use 1-63 lowercase letters, digits and '-'",
+                app.namespace
+            ),
+        );
+    }
+    if app.module.trim().is_empty() {
+        return err("module", "must name a .wasm or .wat file".into());
+    }
+    if app.replicas > 10_000 {
+        return err(
+            "replicas",
+            format!("{} is more than the maximum of 10000", app.replicas),
+        );
+    }
+    let mem = app.limits.memory.bytes();
+    if mem < 64 * 1024 {
+        return err(
+            "limits.memory",
+            format!("{} is below one wasm page (64KiB)", app.limits.memory),
+        );
+    }
+    if mem > 4 << 30 {
+        return err(
+            "limits.memory",
+            format!(
+                "{} is above the 4GiB a 32-bit wasm memory can address",
+                app.limits.memory
+            ),
+        );
+    }
+    if app.limits.timeout.get().is_zero() {
+        return err("limits.timeout", "must be greater than zero".into());
+    }
+    if app.limits.concurrency == 0 {
+        return err("limits.concurrency", "must be at least 1".into());
+    }
+    if app.limits.max_body.bytes() == 0 {
+        return err("limits.max-body", "must be greater than zero".into());
+    }
+    if app.resources.instances == 0 {
+        return err("resources.instances", "must be at least 1".into());
+    }
+    for k in app.env.keys() {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return err("env", format!("{k:?} is not a valid variable name"));
+        }
+    }
+    for (i, r) in app.routes.iter().enumerate() {
+        if !r.path.starts_with('/') {
+            return err(
+                &format!("routes[{i}].path"),
+                format!("{:?} must start with '/'", r.path),
+            );
+        }
+        if app.kind == WorkloadKind::Worker {
+            return err(
+                "routes",
+                "a worker serves no HTTP; remove its routes or make it kind = \"http\"".into(),
+            );
+        }
+    }
+    if let Some(h) = &app.health {
+        if app.kind == WorkloadKind::Worker {
+            return err("health", "health checks are for http apps".into());
+        }
+        if !h.path.starts_with('/') {
+            return err("health.path", format!("{:?} must start with '/'", h.path));
+        }
+        if h.interval.get().is_zero() {
+            return err("health.interval", "must be greater than zero".into());
+        }
+        if h.failure_threshold == 0 {
+            return err("health.failure-threshold", "must be at least 1".into());
+        }
+    }
+    if let Isolation::Reuse { max_requests, .. } = app.isolation {
+        if app.kind == WorkloadKind::Worker {
+            return err("isolation", "reuse applies to http apps".into());
+        }
+        if max_requests == 0 {
+            return err("isolation.max-requests", "must be at least 1".into());
+        }
+    }
+    if app.backoff.initial.get().is_zero() {
+        return err("backoff.initial", "must be greater than zero".into());
+    }
+    if app.backoff.max < app.backoff.initial {
+        return err(
+            "backoff.max",
+            "must not be less than backoff.initial".into(),
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+name = "hello"
+namespace = "web"
+module = "hello.wasm"
+kind = "http"
+replicas = 3
+env = { GREETING = "hi" }
+allow-outbound = ["api.example.com"]
+restart-policy = "on-failure"
+node-selector = { zone = "a" }
+
+[resources]
+memory = "32MiB"
+
+[limits]
+memory = "64MiB"
+timeout = "5s"
+concurrency = 50
+max-body = "1MiB"
+
+[[routes]]
+host = "hello.local"
+path = "/api"
+
+[health]
+path = "/healthz"
+interval = "1s"
+"#;
+
+    #[test]
+    fn full_toml_app() {
+        let apps = parse(FULL, Format::Toml).unwrap();
+        assert_eq!(apps.len(), 1);
+        let a = &apps[0];
+        assert_eq!(a.name, "hello");
+        assert_eq!(a.namespace, "web");
+        assert_eq!(a.replicas, 3);
+        assert_eq!(a.limits.memory, ByteSize::mib(64));
+        assert_eq!(a.resources.memory, Some(ByteSize::mib(32)));
+        assert_eq!(a.routes[0].path, "/api");
+        assert_eq!(a.health.as_ref().unwrap().failure_threshold, 3);
+        assert_eq!(a.restart_policy, RestartPolicy::OnFailure);
+    }
+
+    #[test]
+    fn defaults() {
+        let apps = parse("name = \"a\"\nmodule = \"a.wasm\"\n", Format::Toml).unwrap();
+        assert_eq!(apps[0].namespace, "default");
+        assert_eq!(apps[0].replicas, 1);
+        assert_eq!(apps[0].kind, WorkloadKind::Http);
+    }
+
+    #[test]
+    fn several_apps_in_each_format() {
+        let toml = "[[app]]\nname = \"a\"\nmodule = \"a.wasm\"\n\n[[app]]\nname = \"b\"\nmodule = \"b.wasm\"\nkind = \"worker\"\n";
+        assert_eq!(parse(toml, Format::Toml).unwrap().len(), 2);
+        let yaml = "name: a\nmodule: a.wasm\n---\nname: b\nmodule: b.wasm\n";
+        assert_eq!(parse(yaml, Format::Yaml).unwrap().len(), 2);
+        let yaml2 = "apps:\n  - name: a\n    module: a.wasm\n  - name: b\n    module: b.wasm\n";
+        assert_eq!(parse(yaml2, Format::Yaml).unwrap().len(), 2);
+        let json = r#"[{"name":"a","module":"a.wasm"},{"name":"b","module":"b.wasm"}]"#;
+        assert_eq!(parse(json, Format::Json).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_its_line() {
+        let e = parse(
+            "name = \"a\"\nmodule = \"a.wasm\"\nreplica = 3\n",
+            Format::Toml,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("unknown field `replica`"), "{e}");
+        assert_eq!(e.line, Some(3), "{e}");
+        let e = parse(
+            "name: a\nmodule: a.wasm\nlimits:\n  memroy: 1MiB\n",
+            Format::Yaml,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("memroy"), "{e}");
+        assert_eq!(e.field.as_deref(), Some("limits.memroy"), "{e}");
+        assert_eq!(e.line, Some(4), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_and_bad_values_are_named() {
+        let e = parse(
+            "name = \"a\"\nmodule = \"a.wasm\"\nreplicas = \"three\"\n",
+            Format::Toml,
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("replicas"), "{e}");
+        assert_eq!(e.line, Some(3));
+        let e = parse(
+            "name: a\nmodule: a.wasm\nlimits:\n  memory: lots\n",
+            Format::Yaml,
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("limits.memory"), "{e}");
+        assert!(e.message.contains("invalid size"), "{e}");
+        assert_eq!(e.line, Some(4), "{e}");
+        let e = parse("name = \"Bad_Name\"\nmodule = \"a.wasm\"\n", Format::Toml).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("name"));
+        assert_eq!(e.line, Some(1));
+        let e = parse(
+            "name = \"a\"\nmodule = \"a.wasm\"\n[limits]\nmemory = \"8GiB\"\n",
+            Format::Toml,
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("limits.memory"));
+        assert_eq!(e.line, Some(4), "{e}");
+        let e = parse("[[app]]\nname = \"a\"\nmodule = \"a.wasm\"\n[[app]]\nname = \"b\"\nmodule = \"b.wasm\"\nreplicas = 20000\n", Format::Toml).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("apps[1].replicas"), "{e}");
+        assert_eq!(e.line, Some(7), "{e}");
+        let e = parse("{\"name\": \"a\"}", Format::Json).unwrap_err();
+        assert!(e.message.contains("missing field `module`"), "{e}");
+        let e = parse("name = \n", Format::Toml).unwrap_err();
+        assert_eq!(e.line, Some(1), "{e}");
+    }
+
+    #[test]
+    fn duplicates_and_empty_are_refused() {
+        let e = parse(
+            "name: a\nmodule: a.wasm\n---\nname: a\nmodule: b.wasm\n",
+            Format::Yaml,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("twice"), "{e}");
+        assert!(parse("", Format::Yaml).is_err());
+    }
+}
