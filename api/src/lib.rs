@@ -4,10 +4,16 @@
 //! - [`workload`]: what a workload is and the limits, grants and policies it
 //!   runs under. The runtime executes these; manifests (later) carry them.
 //! - [`manifest`]: the app manifest (TOML/YAML/JSON) and its validation.
+//! - [`objects`]: apps, revisions, instances, nodes and events as the
+//!   control plane stores and serves them.
+//! - [`protocol`]: heartbeats and assignments between nodes and the
+//!   control plane.
 //! - [`error`]: the JSON error body every HTTP surface of Shoal returns.
 
 pub mod error;
 pub mod manifest;
+pub mod objects;
+pub mod protocol;
 pub mod quantity;
 pub mod workload;
 

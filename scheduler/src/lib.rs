@@ -1,3 +1,6 @@
-//! The control plane (issue 3): durable store, API server, placement, the
-//! reconcile loop and node leases. Nothing is here yet; the crate exists so
-//! the workspace has its final shape.
+//! Shoal's control plane.
+//!
+//! - [`placement`]: which node an instance goes to (pure).
+//! - [`reconcile`]: from desired and observed state to a plan (pure).
+pub mod placement;
+pub mod reconcile;

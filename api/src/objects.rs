@@ -1,0 +1,233 @@
+//! The objects the control plane stores and its API returns.
+
+use crate::manifest::{AppManifest, HealthCheck, Resources, Route};
+use crate::workload::{Backoff, DirGrant, Isolation, Limits, RestartPolicy, WorkloadKind};
+use crate::workload::{Grants, WorkloadSpec};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `namespace/name` of an app.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AppKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl AppKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for AppKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Everything about how one instance of an app runs; a revision freezes one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Template {
+    /// sha256 of the module, lowercase hex.
+    pub digest: String,
+    pub kind: WorkloadKind,
+    pub resources: Resources,
+    pub limits: Limits,
+    pub env: BTreeMap<String, String>,
+    pub allow_outbound: Vec<String>,
+    pub dirs: Vec<DirGrant>,
+    pub isolation: Isolation,
+    pub routes: Vec<Route>,
+    pub health: Option<HealthCheck>,
+    pub restart_policy: RestartPolicy,
+    pub backoff: Backoff,
+    pub node_selector: BTreeMap<String, String>,
+}
+
+impl Template {
+    pub fn from_manifest(m: &AppManifest, digest: String) -> Self {
+        Self {
+            digest,
+            kind: m.kind,
+            resources: m.resources,
+            limits: m.limits.clone(),
+            env: m.env.clone(),
+            allow_outbound: m.allow_outbound.clone(),
+            dirs: m.dirs.clone(),
+            isolation: m.isolation,
+            routes: m.routes.clone(),
+            health: m.health.clone(),
+            restart_policy: m.restart_policy,
+            backoff: m.backoff,
+            node_selector: m.node_selector.clone(),
+        }
+    }
+
+    /// Memory one instance reserves on its node.
+    pub fn memory_request(&self) -> u64 {
+        self.resources
+            .memory
+            .map(|m| m.bytes())
+            .unwrap_or(self.limits.memory.bytes())
+    }
+
+    /// What the runtime needs to run an instance.
+    pub fn workload(&self) -> WorkloadSpec {
+        WorkloadSpec {
+            kind: self.kind,
+            limits: self.limits.clone(),
+            grants: Grants {
+                env: self.env.clone(),
+                allow_outbound: self.allow_outbound.clone(),
+                dirs: self.dirs.clone(),
+            },
+            isolation: self.isolation,
+            restart_policy: self.restart_policy,
+            backoff: self.backoff,
+        }
+    }
+}
+
+/// An app: its desired replicas and current revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct App {
+    pub key: AppKey,
+    pub replicas: u32,
+    pub current_revision: u64,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+/// An immutable snapshot of an app's template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Revision {
+    pub app: AppKey,
+    pub number: u64,
+    pub template: Template,
+    pub created_at_ms: u64,
+}
+
+/// Where an instance is in its life, as the control plane sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Not placed: no node fits (the reason says why).
+    Pending,
+    /// Assigned to a node that has not reported it running yet.
+    Scheduled,
+    Starting,
+    Running,
+    /// Waiting to restart after exits.
+    BackingOff,
+    CrashLoopBackOff,
+    /// Ended and will not restart.
+    Succeeded,
+    Failed,
+    /// Its node stopped heartbeating.
+    Lost,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Pending => "Pending",
+            Self::Scheduled => "Scheduled",
+            Self::Starting => "Starting",
+            Self::Running => "Running",
+            Self::BackingOff => "BackOff",
+            Self::CrashLoopBackOff => "CrashLoopBackOff",
+            Self::Succeeded => "Succeeded",
+            Self::Failed => "Failed",
+            Self::Lost => "Lost",
+        })
+    }
+}
+
+/// One replica of an app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Instance {
+    pub id: String,
+    pub app: AppKey,
+    pub revision: u64,
+    pub node: Option<String>,
+    pub phase: Phase,
+    pub ready: bool,
+    pub restarts: u32,
+    pub reason: Option<String>,
+    pub created_at_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeState {
+    Ready,
+    /// Missed heartbeats for the lease period.
+    Lost,
+}
+
+impl std::fmt::Display for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Ready => "Ready",
+            Self::Lost => "Lost",
+        })
+    }
+}
+
+/// Capacity of a node (or what an instance uses of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NodeCapacity {
+    pub memory: u64,
+    pub instances: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Node {
+    pub name: String,
+    /// Base URL of the node's HTTP endpoint.
+    pub address: String,
+    pub capacity: NodeCapacity,
+    pub labels: BTreeMap<String, String>,
+    pub state: NodeState,
+    pub last_heartbeat_ms: u64,
+    /// Version of the node's assignment; bumped on every change.
+    pub generation: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventLevel {
+    Normal,
+    Warning,
+}
+
+/// Something that happened, for `shoal events` and `describe`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Event {
+    pub seq: u64,
+    pub at_ms: u64,
+    pub namespace: Option<String>,
+    /// `app/NAME`, `instance/ID` or `node/NAME`.
+    pub object: String,
+    pub level: EventLevel,
+    /// A short CamelCase reason (`Scheduled`, `FailedScheduling`, ...).
+    pub reason: String,
+    pub message: String,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,75 @@
+//! The wire protocol between node agents and the control plane.
+//!
+//! Nodes pull: each heartbeat carries the node's full status and the
+//! generation of the assignment it runs; the answer carries the current
+//! generation and the full set of instances the node should run. A node
+//! stops whatever is not in the set, which fences instances that were moved
+//! away while it was unreachable.
+
+use crate::objects::{AppKey, NodeCapacity, Template};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RegisterRequest {
+    pub name: String,
+    pub address: String,
+    pub capacity: NodeCapacity,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RegisterResponse {
+    pub lease_ms: u64,
+    pub heartbeat_ms: u64,
+}
+
+/// How an instance is doing on its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunState {
+    Starting,
+    Running,
+    BackingOff,
+    CrashLoopBackOff,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct InstanceReport {
+    pub id: String,
+    pub state: RunState,
+    /// Serving traffic (http: linked and passing its health check).
+    pub ready: bool,
+    pub restarts: u32,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Heartbeat {
+    /// The generation of the assignment the node runs.
+    pub generation: u64,
+    pub instances: Vec<InstanceReport>,
+}
+
+/// One instance a node should run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Assignment {
+    pub id: String,
+    pub app: AppKey,
+    pub revision: u64,
+    pub template: Template,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct HeartbeatResponse {
+    pub generation: u64,
+    pub instances: Vec<Assignment>,
+}
