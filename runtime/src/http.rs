@@ -11,7 +11,7 @@ use crate::host::{self, ComponentHost, P1Host, new_store};
 use crate::logs::{LogBuffer, Stream};
 use crate::outcome::{BoxError, Failure, ResponseBody, full_body};
 use bytes::{Bytes, BytesMut};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use shoal_api::{Isolation, WorkloadSpec};
@@ -202,25 +202,23 @@ impl HttpApp {
         };
         let deadline = Instant::now() + self.spec.limits.timeout.get();
         let (parts, body) = req.into_parts();
-        let overflow = Arc::new(AtomicBool::new(false));
+        let overflow = Arc::new(Overflow::default());
         let body = limit_body(body, max_body, overflow.clone());
         let result = match &self.handler {
             Handler::Proxy(pre) => {
                 self.clone()
-                    .serve_component(pre.clone(), parts, body, permit, deadline)
+                    .serve_component(pre.clone(), parts, body, permit, deadline, overflow.clone())
                     .await
             }
             Handler::Cgi(pre) => {
                 self.clone()
-                    .serve_cgi(pre.clone(), parts, body, permit, deadline)
+                    .serve_cgi(pre.clone(), parts, body, permit, deadline, overflow.clone())
                     .await
             }
         };
         match result {
             Ok(resp) => resp,
-            Err(_) if overflow.load(Ordering::Relaxed) => {
-                self.fail(Failure::BodyTooLarge(max_body))
-            }
+            Err(_) if overflow.hit() => self.fail(Failure::BodyTooLarge(max_body)),
             Err(f) => self.fail(f),
         }
     }
@@ -311,7 +309,9 @@ impl HttpApp {
         body: LimitedBody,
         permit: OwnedSemaphorePermit,
         deadline: Instant,
+        overflow: Arc<Overflow>,
     ) -> Result<Response<ResponseBody>, Failure> {
+        let max_body = self.spec.limits.max_body.bytes();
         let mut parts = parts;
         ensure_authority(&mut parts);
         let body = body.map_err(|e| {
@@ -373,10 +373,7 @@ impl HttpApp {
                 }
                 Ok::<(), Failure>(())
             };
-            match tokio::time::timeout_at(deadline.into(), run).await {
-                Ok(r) => r,
-                Err(_) => Err(Failure::Deadline),
-            }
+            guarded(run, deadline, &overflow, max_body).await
         });
 
         match rx.await {
@@ -416,7 +413,9 @@ impl HttpApp {
         body: LimitedBody,
         permit: OwnedSemaphorePermit,
         deadline: Instant,
+        overflow: Arc<Overflow>,
     ) -> Result<Response<ResponseBody>, Failure> {
+        let max_body = self.spec.limits.max_body.bytes();
         let mut b = host::sandbox(&self.spec.grants, &[self.name.as_str()])
             .map_err(|e| Failure::Internal(e.to_string()))?;
         for (k, v) in cgi_env(&parts) {
@@ -451,14 +450,16 @@ impl HttpApp {
                 let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
                 start.call_async(&mut store, ()).await
             };
-            match tokio::time::timeout_at(deadline.into(), run).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => match Failure::from_error(&e) {
-                    Failure::Exit(0) => Ok(()),
-                    f => Err(f),
-                },
-                Err(_) => Err(Failure::Deadline),
-            }
+            let run = async {
+                match run.await {
+                    Ok(()) => Ok(()),
+                    Err(e) => match Failure::from_error(&e) {
+                        Failure::Exit(0) => Ok(()),
+                        f => Err(f),
+                    },
+                }
+            };
+            guarded(run, deadline, &overflow, max_body).await
             // The store, and with it the stdout pipe, drops here: the reader
             // sees end of file.
         });
@@ -495,31 +496,69 @@ impl HttpApp {
         let _ = buf.split_to(sep_len);
         let mut resp = parse_cgi_head(&head).map_err(Failure::BadResponse)?;
         let rest = buf.freeze();
+        // The body is what the guest writes after its headers. If the guest
+        // then fails (trap, deadline, body overflow), the body ends with an
+        // error so the client sees a broken response, never a silently
+        // truncated one.
         let app = self.clone();
-        tokio::spawn(async move {
-            match task.await {
-                Ok(Err(f)) => app.record(&f),
-                Err(e) => app.record(&Failure::Internal(e.to_string())),
-                Ok(Ok(())) => {}
-            }
-        });
-        let tail = tokio_util::io::ReaderStream::new(out_r);
-        let stream = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(rest) })
-            .chain_ok(tail)
+        let outcome = futures::stream::once(async move {
+            let failure = match task.await {
+                Ok(Ok(())) => None,
+                Ok(Err(f)) => Some(f),
+                Err(e) => Some(Failure::Internal(e.to_string())),
+            };
+            failure.map(|f| {
+                app.record(&f);
+                Err::<Bytes, BoxError>(Box::new(f))
+            })
+        })
+        .filter_map(futures::future::ready);
+        let tail = tokio_util::io::ReaderStream::new(out_r).map_err(|e| Box::new(e) as BoxError);
+        let stream = futures::stream::once(async move { Ok::<Bytes, BoxError>(rest) })
+            .chain(tail)
+            .chain(outcome)
             .try_filter(|b| futures::future::ready(!b.is_empty()))
-            .map_ok(http_body::Frame::data)
-            .map_err(|e| Box::new(e) as BoxError);
+            .map_ok(http_body::Frame::data);
         *resp.body_mut() = http_body_util::StreamBody::new(stream).boxed_unsync();
         Ok(resp)
     }
 }
 
-/// Request bodies are capped at the app's limit; `overflow` records that the
-/// cap was hit so the client gets 413 rather than whatever the guest made of
-/// the truncated body.
+/// Request bodies are capped at the app's limit; `Overflow` records that the
+/// cap was hit and wakes the guest's task, which stops the guest, so the
+/// client gets 413 rather than whatever the guest made of a truncated body.
 type LimitedBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
-fn limit_body<B>(body: B, max: u64, overflow: Arc<AtomicBool>) -> LimitedBody
+#[derive(Default)]
+struct Overflow {
+    hit: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Overflow {
+    fn hit(&self) -> bool {
+        self.hit.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs `guest` until it ends, its deadline passes, or the request body
+/// overflows the app's limit.
+async fn guarded<T>(
+    guest: impl Future<Output = Result<T, Failure>>,
+    deadline: Instant,
+    overflow: &Overflow,
+    max_body: u64,
+) -> Result<T, Failure> {
+    tokio::select! {
+        // An overflow also ends the guest's input, so both may be ready:
+        // the overflow is the truth.
+        biased;
+        _ = overflow.notify.notified() => Err(Failure::BodyTooLarge(max_body)),
+        r = tokio::time::timeout_at(deadline.into(), guest) => r.unwrap_or(Err(Failure::Deadline)),
+    }
+}
+
+fn limit_body<B>(body: B, max: u64, overflow: Arc<Overflow>) -> LimitedBody
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -527,7 +566,8 @@ where
     Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX))
         .map_err(move |e| {
             if e.is::<http_body_util::LengthLimitError>() {
-                overflow.store(true, Ordering::Relaxed);
+                overflow.hit.store(true, Ordering::Relaxed);
+                overflow.notify.notify_one();
             }
             e
         })
@@ -652,17 +692,6 @@ fn parse_cgi_head(head: &[u8]) -> Result<Response<ResponseBody>, String> {
     *resp.status_mut() = status.unwrap_or(StatusCode::OK);
     Ok(resp)
 }
-
-trait ChainOk: futures::TryStream + Sized {
-    fn chain_ok<S>(self, next: S) -> futures::stream::Chain<Self, S>
-    where
-        S: futures::Stream<Item = Self::Item>,
-        Self: futures::Stream,
-    {
-        futures::StreamExt::chain(self, next)
-    }
-}
-impl<T: futures::TryStream + Sized> ChainOk for T {}
 
 #[cfg(test)]
 mod tests {

@@ -107,6 +107,8 @@ impl std::fmt::Display for Failure {
     }
 }
 
+impl std::error::Error for Failure {}
+
 /// Errors a response body can fail with while streaming.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

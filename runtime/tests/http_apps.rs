@@ -214,16 +214,33 @@ async fn chunked_body_over_the_limit_gets_413() {
     use futures::StreamExt;
     let s = serve("echo.wasm", with_limits(|l| l.max_body = ByteSize(1024))).await;
     // A streamed body has no Content-Length: the limit is enforced as it
-    // arrives.
-    let chunks = futures::stream::iter((0..8).map(|_| {
-        Ok::<_, std::io::Error>(http_body::Frame::data(bytes::Bytes::from(vec![b'y'; 512])))
-    }));
-    let body = http_body_util::StreamBody::new(chunks.boxed());
+    // arrives, before the guest sees the excess.
     let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http();
-    let req = http::Request::post(s.url("/")).body(body).unwrap();
+    let chunks = futures::stream::iter(std::iter::once(Ok::<_, std::io::Error>(
+        http_body::Frame::data(bytes::Bytes::from(vec![b'y'; 4096])),
+    )));
+    let req = http::Request::post(s.url("/"))
+        .body(http_body_util::StreamBody::new(chunks.boxed()))
+        .unwrap();
     let resp = c.request(req).await.unwrap();
     assert_eq!(resp.status(), 413);
+
+    // When the guest has already answered, the excess breaks the response
+    // body instead: the client never gets a silently truncated body.
+    let chunks = futures::stream::iter((0..16).map(|_| {
+        Ok::<_, std::io::Error>(http_body::Frame::data(bytes::Bytes::from(vec![b'z'; 512])))
+    }));
+    let req = http::Request::post(s.url("/"))
+        .body(http_body_util::StreamBody::new(chunks.boxed()))
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    if resp.status() == 200 {
+        let body = http_body_util::BodyExt::collect(resp.into_body()).await;
+        assert!(body.is_err(), "a truncated body must end in an error");
+    } else {
+        assert_eq!(resp.status(), 413);
+    }
     s.shutdown().await;
 }
 
