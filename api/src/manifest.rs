@@ -401,6 +401,16 @@ fn valid_name(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// Validates one app on its own (as the control plane does for apps it
+/// receives over the API).
+pub fn validate_app(app: &AppManifest) -> Result<(), ManifestError> {
+    validate(app).map_err(|(field, message)| ManifestError {
+        field: Some(field),
+        line: None,
+        message,
+    })
+}
+
 /// Checks values the types alone cannot. Returns (field, message).
 fn validate(app: &AppManifest) -> Result<(), (String, String)> {
     let err = |f: &str, m: String| Err((f.to_string(), m));

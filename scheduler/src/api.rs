@@ -1,0 +1,409 @@
+//! The control plane's HTTP/JSON API (`/v1/...`): what the CLI and the node
+//! agents talk to. `router(state)` is a plain function so tests can call it
+//! without sockets.
+
+use crate::state::{ApiError, ApplyOutcome, ControlPlane};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+use shoal_api::ErrorBody;
+use shoal_api::manifest::{AppManifest, validate_app};
+use shoal_api::objects::{App, AppKey, Event, Instance, Node, Phase, Revision, Template};
+use shoal_api::protocol::{Heartbeat, RegisterRequest};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Largest apply request (modules travel base64-encoded inside it).
+const MAX_APPLY_BYTES: usize = 256 << 20;
+
+/// The body of `POST /v1/apply`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    pub apps: Vec<ApplyApp>,
+    /// Module bytes by sha256 (hex), base64-encoded. Modules the control
+    /// plane already has may be left out.
+    #[serde(default)]
+    pub modules: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApplyApp {
+    pub manifest: AppManifest,
+    /// sha256 (hex) of the app's module.
+    pub digest: String,
+}
+
+/// An app with its current template and how many replicas are ready.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct AppView {
+    pub app: App,
+    pub template: Option<Template>,
+    pub instances: u32,
+    pub ready: u32,
+    pub pending: u32,
+}
+
+/// Everything `describe` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct AppDetail {
+    pub view: AppView,
+    pub revisions: Vec<Revision>,
+    pub instances: Vec<Instance>,
+    pub nodes: Vec<Node>,
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScaleRequest {
+    pub replicas: u32,
+}
+
+#[derive(Debug, Deserialize)]
+struct NsQuery {
+    namespace: Option<String>,
+    app: Option<String>,
+    after: Option<u64>,
+    wait: Option<bool>,
+}
+
+struct Error(StatusCode, ErrorBody);
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+impl From<ApiError> for Error {
+    fn from(e: ApiError) -> Self {
+        let status = match e {
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Error(status, ErrorBody::new(e.code(), e.to_string()))
+    }
+}
+
+fn invalid(code: &str, message: String) -> Error {
+    Error(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorBody::new(code, message),
+    )
+}
+
+pub fn router(cp: ControlPlane) -> Router {
+    Router::new()
+        .route("/v1/healthz", get(|| async { "ok" }))
+        .route("/v1/apply", post(apply))
+        .route("/v1/apps", get(list_apps))
+        .route(
+            "/v1/namespaces/{ns}/apps/{name}",
+            get(describe_app).delete(delete_app),
+        )
+        .route("/v1/namespaces/{ns}/apps/{name}/scale", post(scale_app))
+        .route("/v1/instances", get(list_instances))
+        .route("/v1/revisions", get(list_revisions))
+        .route("/v1/nodes", get(list_nodes))
+        .route("/v1/events", get(list_events))
+        .route("/v1/nodes/register", post(register))
+        .route("/v1/nodes/{name}/heartbeat", post(heartbeat))
+        .route("/v1/blobs/{digest}", get(get_blob))
+        .fallback(|| async {
+            Error(
+                StatusCode::NOT_FOUND,
+                ErrorBody::new("not_found", "no such API endpoint"),
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_APPLY_BYTES))
+        .with_state(cp)
+}
+
+fn validate_wasm(digest: &str, bytes: &[u8]) -> Result<(), String> {
+    let actual = hex::encode(sha2::Sha256::digest(bytes));
+    if actual != digest {
+        return Err(format!(
+            "module bytes hash to sha256:{actual}, not sha256:{digest}"
+        ));
+    }
+    let mut v = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
+    v.validate_all(bytes)
+        .map(|_| ())
+        .map_err(|e| format!("invalid WebAssembly: {e}"))
+}
+
+async fn apply(
+    State(cp): State<ControlPlane>,
+    body: Bytes,
+) -> Result<Json<Vec<ApplyOutcome>>, Error> {
+    let req: ApplyRequest = serde_json::from_slice(&body)
+        .map_err(|e| invalid("invalid", format!("malformed apply request: {e}")))?;
+    if req.apps.is_empty() {
+        return Err(invalid("invalid", "the request has no apps".into()));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for a in &req.apps {
+        let m = &a.manifest;
+        validate_app(m).map_err(|e| {
+            invalid(
+                "invalid_manifest",
+                format!("app {}/{}: {e}", m.namespace, m.name),
+            )
+        })?;
+        if !seen.insert((m.namespace.clone(), m.name.clone())) {
+            return Err(invalid(
+                "invalid_manifest",
+                format!("app {}/{} appears twice", m.namespace, m.name),
+            ));
+        }
+    }
+    let mut blobs = Vec::new();
+    for (digest, b64) in &req.modules {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| invalid("invalid", format!("module {digest}: not base64: {e}")))?;
+        // Validation compiles nothing here (the control plane never links
+        // wasmtime) but checks the whole binary as the engine would.
+        let bytes_for_check = bytes.clone();
+        let d = digest.clone();
+        tokio::task::spawn_blocking(move || validate_wasm(&d, &bytes_for_check))
+            .await
+            .map_err(|e| {
+                Error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorBody::new("internal", e.to_string()),
+                )
+            })?
+            .map_err(|e| {
+                let apps: Vec<String> = req
+                    .apps
+                    .iter()
+                    .filter(|a| &a.digest == digest)
+                    .map(|a| format!("{}/{}", a.manifest.namespace, a.manifest.name))
+                    .collect();
+                invalid(
+                    "invalid_wasm",
+                    format!("module of {}: {e}", apps.join(", ")),
+                )
+            })?;
+        blobs.push((digest.clone(), bytes));
+    }
+    let apps = req
+        .apps
+        .into_iter()
+        .map(|a| (a.manifest, a.digest))
+        .collect();
+    Ok(Json(cp.apply(apps, blobs).await?))
+}
+
+fn view(snap: &crate::state::Snapshot, app: &App) -> AppView {
+    let mine = snap.instances.values().filter(|i| i.app == app.key);
+    let (mut instances, mut ready, mut pending) = (0, 0, 0);
+    for i in mine {
+        instances += 1;
+        if i.ready && i.revision == app.current_revision {
+            ready += 1;
+        }
+        if i.phase == Phase::Pending {
+            pending += 1;
+        }
+    }
+    AppView {
+        app: app.clone(),
+        template: snap.template(&app.key, app.current_revision).cloned(),
+        instances,
+        ready,
+        pending,
+    }
+}
+
+fn in_ns(filter: &Option<String>, ns: &str) -> bool {
+    match filter.as_deref() {
+        None | Some("") => ns == shoal_api::manifest::DEFAULT_NAMESPACE,
+        Some("*") | Some("all") => true,
+        Some(f) => f == ns,
+    }
+}
+
+async fn list_apps(State(cp): State<ControlPlane>, Query(q): Query<NsQuery>) -> Json<Vec<AppView>> {
+    let snap = cp.snapshot();
+    Json(
+        snap.apps
+            .values()
+            .filter(|a| in_ns(&q.namespace, &a.key.namespace))
+            .map(|a| view(&snap, a))
+            .collect(),
+    )
+}
+
+async fn describe_app(
+    State(cp): State<ControlPlane>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<AppDetail>, Error> {
+    let snap = cp.snapshot();
+    let key = AppKey::new(ns, name);
+    let app = snap
+        .apps
+        .get(&key)
+        .ok_or_else(|| ApiError::NotFound(format!("app {key} not found")))?;
+    let object_prefix = format!("{}-", key.name);
+    Ok(Json(AppDetail {
+        view: view(&snap, app),
+        revisions: snap
+            .revisions
+            .values()
+            .filter(|r| r.app == key)
+            .cloned()
+            .collect(),
+        instances: snap
+            .instances
+            .values()
+            .filter(|i| i.app == key)
+            .cloned()
+            .collect(),
+        nodes: snap.nodes.values().cloned().collect(),
+        events: snap
+            .events
+            .iter()
+            .filter(|e| e.namespace.as_deref() == Some(key.namespace.as_str()))
+            .filter(|e| {
+                e.object == format!("app/{}", key.name)
+                    || e.object
+                        .strip_prefix("instance/")
+                        .is_some_and(|id| id.starts_with(&object_prefix))
+            })
+            .cloned()
+            .collect(),
+    }))
+}
+
+async fn delete_app(
+    State(cp): State<ControlPlane>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<StatusCode, Error> {
+    cp.delete(AppKey::new(ns, name)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn scale_app(
+    State(cp): State<ControlPlane>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<StatusCode, Error> {
+    let req: ScaleRequest = serde_json::from_slice(&body)
+        .map_err(|e| invalid("invalid", format!("malformed scale request: {e}")))?;
+    cp.scale(AppKey::new(ns, name), req.replicas).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_instances(
+    State(cp): State<ControlPlane>,
+    Query(q): Query<NsQuery>,
+) -> Json<Vec<Instance>> {
+    let snap = cp.snapshot();
+    Json(
+        snap.instances
+            .values()
+            .filter(|i| in_ns(&q.namespace, &i.app.namespace))
+            .filter(|i| q.app.as_ref().is_none_or(|a| *a == i.app.name))
+            .cloned()
+            .collect(),
+    )
+}
+
+async fn list_revisions(
+    State(cp): State<ControlPlane>,
+    Query(q): Query<NsQuery>,
+) -> Json<Vec<Revision>> {
+    let snap = cp.snapshot();
+    Json(
+        snap.revisions
+            .values()
+            .filter(|r| in_ns(&q.namespace, &r.app.namespace))
+            .filter(|r| q.app.as_ref().is_none_or(|a| *a == r.app.name))
+            .cloned()
+            .collect(),
+    )
+}
+
+async fn list_nodes(State(cp): State<ControlPlane>) -> Json<Vec<Node>> {
+    Json(cp.snapshot().nodes.values().cloned().collect())
+}
+
+/// Events after `after`; with `wait=true`, waits (up to 25 s) for one.
+async fn list_events(State(cp): State<ControlPlane>, Query(q): Query<NsQuery>) -> Json<Vec<Event>> {
+    let pick = |snap: &crate::state::Snapshot| -> Vec<Event> {
+        snap.events
+            .iter()
+            .filter(|e| q.after.is_none_or(|a| e.seq > a))
+            .filter(|e| match (&q.namespace, &e.namespace) {
+                (Some(f), _) if f == "*" || f == "all" => true,
+                (Some(f), Some(ns)) => f == ns,
+                (Some(_), None) => true,
+                (None, Some(ns)) => ns == shoal_api::manifest::DEFAULT_NAMESPACE,
+                (None, None) => true,
+            })
+            .cloned()
+            .collect()
+    };
+    let mut rx = cp.watch();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+    loop {
+        let found = pick(&rx.borrow_and_update());
+        if !found.is_empty() || q.wait != Some(true) {
+            return Json(found);
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => continue,
+            _ => return Json(Vec::new()),
+        }
+    }
+}
+
+async fn register(
+    State(cp): State<ControlPlane>,
+    Json(req): Json<RegisterRequest>,
+) -> Result<Response, Error> {
+    Ok(Json(cp.register(req).await?).into_response())
+}
+
+async fn heartbeat(
+    State(cp): State<ControlPlane>,
+    Path(name): Path<String>,
+    Json(hb): Json<Heartbeat>,
+) -> Result<Response, Error> {
+    Ok(Json(cp.heartbeat(name, hb).await?).into_response())
+}
+
+async fn get_blob(
+    State(cp): State<ControlPlane>,
+    Path(digest): Path<String>,
+) -> Result<Response, Error> {
+    match cp.blob(&digest)? {
+        Some(bytes) => Ok(([("content-type", "application/wasm")], bytes).into_response()),
+        None => Err(Error(
+            StatusCode::NOT_FOUND,
+            ErrorBody::new("not_found", format!("no module sha256:{digest}")),
+        )),
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    cp: ControlPlane,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(cp))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

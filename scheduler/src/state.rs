@@ -1,0 +1,947 @@
+//! The control plane's state: one task owns it and is its only writer.
+//!
+//! Requests arrive as [`Command`]s on a channel; after each, the task runs
+//! the reconcile decision, executes the plan (store first, then memory) and
+//! publishes a [`Snapshot`] on a watch channel that readers use. A periodic
+//! tick expires node leases and resyncs, so nothing depends on an event
+//! having been seen.
+
+use crate::placement::{Capacity, NodeView};
+use crate::reconcile::{self, Action, DeleteReason, DesiredApp};
+use crate::store::{Op, Store, StoreError};
+use shoal_api::manifest::AppManifest;
+use shoal_api::objects::{
+    App, AppKey, Event, EventLevel, Instance, Node, NodeState, Phase, Revision, Template, now_ms,
+};
+use shoal_api::protocol::{
+    Assignment, Heartbeat, HeartbeatResponse, RegisterRequest, RegisterResponse, RunState,
+};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Events kept in memory for the API.
+const EVENTS_IN_MEMORY: usize = 2000;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// A node that has not heartbeated for this long is lost.
+    pub lease: Duration,
+    /// How often nodes heartbeat (told to them at registration).
+    pub heartbeat: Duration,
+    /// How often leases are checked and reconcile runs regardless of events.
+    pub tick: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(2),
+            heartbeat: Duration::from_millis(250),
+            tick: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Errors the API reports, each with a stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the store failed: {0}")]
+    Store(#[from] StoreError),
+    #[error("the control plane is shutting down")]
+    Closed,
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "not_found",
+            Self::Invalid(_) => "invalid",
+            Self::Store(_) => "store_error",
+            Self::Closed => "unavailable",
+        }
+    }
+}
+
+/// What `apply` did to one app (kubectl's words).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ApplyOutcome {
+    pub app: AppKey,
+    /// `created`, `configured` (new revision), `scaled` or `unchanged`.
+    pub result: String,
+    pub revision: u64,
+}
+
+/// A read-only view of everything, published after every change.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub apps: BTreeMap<AppKey, App>,
+    pub revisions: BTreeMap<(AppKey, u64), Revision>,
+    pub instances: BTreeMap<String, Instance>,
+    pub nodes: BTreeMap<String, Node>,
+    pub events: VecDeque<Event>,
+    /// Bumped on every change; watchers wait for it to move.
+    pub version: u64,
+}
+
+impl Snapshot {
+    pub fn template(&self, app: &AppKey, revision: u64) -> Option<&Template> {
+        self.revisions
+            .get(&(app.clone(), revision))
+            .map(|r| &r.template)
+    }
+}
+
+pub enum Command {
+    Apply {
+        apps: Vec<(AppManifest, String)>,
+        blobs: Vec<(String, Vec<u8>)>,
+        reply: oneshot::Sender<Result<Vec<ApplyOutcome>, ApiError>>,
+    },
+    Scale {
+        app: AppKey,
+        replicas: u32,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
+    Delete {
+        app: AppKey,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
+    Register {
+        req: RegisterRequest,
+        reply: oneshot::Sender<Result<RegisterResponse, ApiError>>,
+    },
+    Heartbeat {
+        node: String,
+        hb: Heartbeat,
+        reply: oneshot::Sender<Result<HeartbeatResponse, ApiError>>,
+    },
+}
+
+/// A handle on the running control plane state.
+#[derive(Clone)]
+pub struct ControlPlane {
+    tx: mpsc::Sender<Command>,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    store: Arc<Store>,
+}
+
+impl ControlPlane {
+    /// Loads the store and starts the state task.
+    pub fn start(store: Store, config: Config) -> Result<Self, ApiError> {
+        let store = Arc::new(store);
+        let mut state = State::load(store.clone(), config)?;
+        let (tx, rx) = mpsc::channel(1024);
+        let (snap_tx, snap_rx) = watch::channel(Arc::new(state.snapshot()));
+        tokio::spawn(async move { state.run(rx, snap_tx).await });
+        Ok(Self {
+            tx,
+            snapshot: snap_rx,
+            store,
+        })
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    pub fn watch(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshot.clone()
+    }
+
+    pub fn blob(&self, digest: &str) -> Result<Option<Vec<u8>>, ApiError> {
+        Ok(self.store.blob(digest)?)
+    }
+
+    pub fn has_blob(&self, digest: &str) -> Result<bool, ApiError> {
+        Ok(self.store.has_blob(digest)?)
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, ApiError>>) -> Command,
+    ) -> Result<T, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.map_err(|_| ApiError::Closed)?;
+        rx.await.map_err(|_| ApiError::Closed)?
+    }
+
+    pub async fn apply(
+        &self,
+        apps: Vec<(AppManifest, String)>,
+        blobs: Vec<(String, Vec<u8>)>,
+    ) -> Result<Vec<ApplyOutcome>, ApiError> {
+        self.ask(|reply| Command::Apply { apps, blobs, reply })
+            .await
+    }
+
+    pub async fn scale(&self, app: AppKey, replicas: u32) -> Result<(), ApiError> {
+        self.ask(|reply| Command::Scale {
+            app,
+            replicas,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn delete(&self, app: AppKey) -> Result<(), ApiError> {
+        self.ask(|reply| Command::Delete { app, reply }).await
+    }
+
+    pub async fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, ApiError> {
+        self.ask(|reply| Command::Register { req, reply }).await
+    }
+
+    pub async fn heartbeat(
+        &self,
+        node: String,
+        hb: Heartbeat,
+    ) -> Result<HeartbeatResponse, ApiError> {
+        self.ask(|reply| Command::Heartbeat { node, hb, reply })
+            .await
+    }
+}
+
+struct State {
+    store: Arc<Store>,
+    config: Config,
+    snap: Snapshot,
+    /// Last heartbeat per node, in memory only (a restart grants a fresh
+    /// lease to every node).
+    seen: BTreeMap<String, tokio::time::Instant>,
+    next_seq: u64,
+    next_event: u64,
+    pending: Vec<Op>,
+    changed: bool,
+}
+
+impl State {
+    fn load(store: Arc<Store>, config: Config) -> Result<Self, ApiError> {
+        let c = store.load()?;
+        let mut snap = Snapshot::default();
+        for a in c.apps {
+            snap.apps.insert(a.key.clone(), a);
+        }
+        for r in c.revisions {
+            snap.revisions.insert((r.app.clone(), r.number), r);
+        }
+        for i in c.instances {
+            snap.instances.insert(i.id.clone(), i);
+        }
+        let now = tokio::time::Instant::now();
+        let mut seen = BTreeMap::new();
+        for n in c.nodes {
+            seen.insert(n.name.clone(), now);
+            snap.nodes.insert(n.name.clone(), n);
+        }
+        let next_event = c.events.last().map(|e| e.seq + 1).unwrap_or(0);
+        let skip = c.events.len().saturating_sub(EVENTS_IN_MEMORY);
+        snap.events = c.events.into_iter().skip(skip).collect();
+        let meta: BTreeMap<String, u64> = c.meta.into_iter().collect();
+        let next_seq = meta.get("next_seq").copied().unwrap_or(0);
+        tracing::info!(
+            apps = snap.apps.len(),
+            instances = snap.instances.len(),
+            nodes = snap.nodes.len(),
+            "control plane state loaded"
+        );
+        Ok(Self {
+            store,
+            config,
+            snap,
+            seen,
+            next_seq,
+            next_event,
+            pending: Vec::new(),
+            changed: true,
+        })
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        self.snap.clone()
+    }
+
+    async fn run(&mut self, mut rx: mpsc::Receiver<Command>, out: watch::Sender<Arc<Snapshot>>) {
+        let mut tick = tokio::time::interval(self.config.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd),
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    self.expire_leases();
+                    // Level-triggered: reconcile on every tick, changed or not.
+                    self.changed = true;
+                }
+            }
+            if self.changed {
+                self.reconcile();
+                if let Err(e) = self.flush() {
+                    tracing::error!(error = %e, "cannot write the store; will retry");
+                }
+                self.changed = false;
+                self.snap.version += 1;
+                out.send_replace(Arc::new(self.snapshot()));
+            }
+        }
+    }
+
+    /// Writes pending changes. On failure they stay pending and memory is
+    /// ahead of disk until the next attempt succeeds.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.store.write(&self.pending)?;
+        self.pending.clear();
+        Ok(())
+    }
+
+    fn event(
+        &mut self,
+        ns: Option<&str>,
+        object: String,
+        level: EventLevel,
+        reason: &str,
+        message: String,
+    ) {
+        let e = Event {
+            seq: self.next_event,
+            at_ms: now_ms(),
+            namespace: ns.map(str::to_string),
+            object,
+            level,
+            reason: reason.to_string(),
+            message,
+        };
+        self.next_event += 1;
+        match level {
+            EventLevel::Normal => {
+                tracing::info!(object = %e.object, reason = %e.reason, "{}", e.message)
+            }
+            EventLevel::Warning => {
+                tracing::warn!(object = %e.object, reason = %e.reason, "{}", e.message)
+            }
+        }
+        self.pending.push(Op::PutEvent(e.clone()));
+        self.snap.events.push_back(e);
+        if self.snap.events.len() > EVENTS_IN_MEMORY {
+            self.snap.events.pop_front();
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Apply { apps, blobs, reply } => {
+                let r = self.apply(apps, blobs);
+                let r = r.and_then(|out| {
+                    self.flush()?;
+                    Ok(out)
+                });
+                let _ = reply.send(r);
+            }
+            Command::Scale {
+                app,
+                replicas,
+                reply,
+            } => {
+                let r = self.scale(&app, replicas).and_then(|()| Ok(self.flush()?));
+                let _ = reply.send(r);
+            }
+            Command::Delete { app, reply } => {
+                let r = self.delete(&app).and_then(|()| Ok(self.flush()?));
+                let _ = reply.send(r);
+            }
+            Command::Register { req, reply } => {
+                let r = self.register(req).and_then(|resp| {
+                    self.flush()?;
+                    Ok(resp)
+                });
+                let _ = reply.send(r);
+            }
+            Command::Heartbeat { node, hb, reply } => {
+                let _ = reply.send(self.heartbeat(&node, hb));
+            }
+        }
+    }
+
+    fn apply(
+        &mut self,
+        apps: Vec<(AppManifest, String)>,
+        blobs: Vec<(String, Vec<u8>)>,
+    ) -> Result<Vec<ApplyOutcome>, ApiError> {
+        // All checks first: either every app is applied or nothing is.
+        for (m, digest) in &apps {
+            let known = blobs.iter().any(|(d, _)| d == digest) || self.store.has_blob(digest)?;
+            if !known {
+                return Err(ApiError::Invalid(format!(
+                    "app {}/{}: module sha256:{digest} was not uploaded",
+                    m.namespace, m.name
+                )));
+            }
+        }
+        for (d, bytes) in blobs {
+            if !self.store.has_blob(&d)? {
+                self.pending.push(Op::PutBlob(d, bytes));
+            }
+        }
+        let now = now_ms();
+        let mut out = Vec::new();
+        for (m, digest) in apps {
+            let key = AppKey::new(&m.namespace, &m.name);
+            let template = Template::from_manifest(&m, digest);
+            let existing = self.snap.apps.get(&key).cloned();
+            let (result, revision) = match existing {
+                None => {
+                    let app = App {
+                        key: key.clone(),
+                        replicas: m.replicas,
+                        current_revision: 1,
+                        created_at_ms: now,
+                        updated_at_ms: now,
+                    };
+                    self.put_revision(&key, 1, template, now);
+                    self.put_app(app);
+                    self.event(
+                        Some(&key.namespace),
+                        format!("app/{}", key.name),
+                        EventLevel::Normal,
+                        "Created",
+                        format!(
+                            "app {key} created at revision 1 with {} replicas",
+                            m.replicas
+                        ),
+                    );
+                    ("created", 1)
+                }
+                Some(mut app) => {
+                    let same = self
+                        .snap
+                        .template(&key, app.current_revision)
+                        .is_some_and(|t| *t == template);
+                    if same {
+                        if app.replicas == m.replicas {
+                            ("unchanged", app.current_revision)
+                        } else {
+                            let from = app.replicas;
+                            app.replicas = m.replicas;
+                            app.updated_at_ms = now;
+                            let rev = app.current_revision;
+                            self.put_app(app);
+                            self.event(
+                                Some(&key.namespace),
+                                format!("app/{}", key.name),
+                                EventLevel::Normal,
+                                "Scaled",
+                                format!("replicas {from} -> {}", m.replicas),
+                            );
+                            ("scaled", rev)
+                        }
+                    } else {
+                        let number = self
+                            .snap
+                            .revisions
+                            .keys()
+                            .filter(|(k, _)| *k == key)
+                            .map(|(_, n)| *n)
+                            .max()
+                            .unwrap_or(0)
+                            + 1;
+                        self.put_revision(&key, number, template, now);
+                        app.current_revision = number;
+                        app.replicas = m.replicas;
+                        app.updated_at_ms = now;
+                        self.put_app(app);
+                        self.event(
+                            Some(&key.namespace),
+                            format!("app/{}", key.name),
+                            EventLevel::Normal,
+                            "RevisionCreated",
+                            format!("revision {number} is now current"),
+                        );
+                        ("configured", number)
+                    }
+                }
+            };
+            out.push(ApplyOutcome {
+                app: key,
+                result: result.into(),
+                revision,
+            });
+        }
+        self.changed = true;
+        Ok(out)
+    }
+
+    fn put_app(&mut self, app: App) {
+        self.pending.push(Op::PutApp(app.clone()));
+        self.snap.apps.insert(app.key.clone(), app);
+    }
+
+    fn put_revision(&mut self, key: &AppKey, number: u64, template: Template, now: u64) {
+        let r = Revision {
+            app: key.clone(),
+            number,
+            template,
+            created_at_ms: now,
+        };
+        self.pending.push(Op::PutRevision(r.clone()));
+        self.snap.revisions.insert((key.clone(), number), r);
+    }
+
+    fn scale(&mut self, key: &AppKey, replicas: u32) -> Result<(), ApiError> {
+        if replicas > 10_000 {
+            return Err(ApiError::Invalid(format!(
+                "replicas {replicas} is more than the maximum of 10000"
+            )));
+        }
+        let mut app = self
+            .snap
+            .apps
+            .get(key)
+            .cloned()
+            .ok_or_else(|| ApiError::NotFound(format!("app {key} not found")))?;
+        if app.replicas != replicas {
+            let from = app.replicas;
+            app.replicas = replicas;
+            app.updated_at_ms = now_ms();
+            self.put_app(app);
+            self.event(
+                Some(&key.namespace),
+                format!("app/{}", key.name),
+                EventLevel::Normal,
+                "Scaled",
+                format!("replicas {from} -> {replicas}"),
+            );
+            self.changed = true;
+        }
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &AppKey) -> Result<(), ApiError> {
+        if self.snap.apps.remove(key).is_none() {
+            return Err(ApiError::NotFound(format!("app {key} not found")));
+        }
+        self.snap.revisions.retain(|(k, _), _| k != key);
+        self.pending.push(Op::DeleteApp(key.to_string()));
+        self.pending.push(Op::DeleteRevisions(key.to_string()));
+        self.event(
+            Some(&key.namespace),
+            format!("app/{}", key.name),
+            EventLevel::Normal,
+            "Deleted",
+            format!("app {key} deleted"),
+        );
+        self.changed = true;
+        Ok(())
+    }
+
+    fn register(&mut self, req: RegisterRequest) -> Result<RegisterResponse, ApiError> {
+        if req.name.is_empty() {
+            return Err(ApiError::Invalid("node name is empty".into()));
+        }
+        let now = now_ms();
+        let node = match self.snap.nodes.get(&req.name).cloned() {
+            Some(mut n) => {
+                let was_lost = n.state == NodeState::Lost;
+                n.address = req.address;
+                n.capacity = req.capacity;
+                n.labels = req.labels;
+                n.state = NodeState::Ready;
+                n.last_heartbeat_ms = now;
+                if was_lost {
+                    self.event(
+                        None,
+                        format!("node/{}", n.name),
+                        EventLevel::Normal,
+                        "NodeReady",
+                        format!("node {} is back", n.name),
+                    );
+                }
+                n
+            }
+            None => {
+                self.event(
+                    None,
+                    format!("node/{}", req.name),
+                    EventLevel::Normal,
+                    "Registered",
+                    format!("node {} registered at {}", req.name, req.address),
+                );
+                Node {
+                    name: req.name,
+                    address: req.address,
+                    capacity: req.capacity,
+                    labels: req.labels,
+                    state: NodeState::Ready,
+                    last_heartbeat_ms: now,
+                    generation: 1,
+                }
+            }
+        };
+        self.seen
+            .insert(node.name.clone(), tokio::time::Instant::now());
+        self.pending.push(Op::PutNode(node.clone()));
+        self.snap.nodes.insert(node.name.clone(), node);
+        self.changed = true;
+        Ok(RegisterResponse {
+            lease_ms: self.config.lease.as_millis() as u64,
+            heartbeat_ms: self.config.heartbeat.as_millis() as u64,
+        })
+    }
+
+    fn heartbeat(&mut self, name: &str, hb: Heartbeat) -> Result<HeartbeatResponse, ApiError> {
+        let Some(mut node) = self.snap.nodes.get(name).cloned() else {
+            return Err(ApiError::NotFound(format!("node {name} is not registered")));
+        };
+        self.seen
+            .insert(name.to_string(), tokio::time::Instant::now());
+        node.last_heartbeat_ms = now_ms();
+        if node.state == NodeState::Lost {
+            node.state = NodeState::Ready;
+            self.event(
+                None,
+                format!("node/{name}"),
+                EventLevel::Normal,
+                "NodeReady",
+                format!("node {name} is heartbeating again"),
+            );
+            self.pending.push(Op::PutNode(node.clone()));
+            self.changed = true;
+        }
+        self.snap.nodes.insert(name.to_string(), node.clone());
+        for report in hb.instances {
+            let Some(inst) = self.snap.instances.get(&report.id).cloned() else {
+                continue;
+            };
+            // Only the node an instance is assigned to speaks for it.
+            if inst.node.as_deref() != Some(name) {
+                continue;
+            }
+            let phase = match report.state {
+                RunState::Starting => Phase::Starting,
+                RunState::Running => Phase::Running,
+                RunState::BackingOff => Phase::BackingOff,
+                RunState::CrashLoopBackOff => Phase::CrashLoopBackOff,
+                RunState::Succeeded => Phase::Succeeded,
+                RunState::Failed => Phase::Failed,
+            };
+            let mut next = inst.clone();
+            next.phase = phase;
+            next.ready = report.ready;
+            next.restarts = report.restarts;
+            next.reason = report.message.clone();
+            if next != inst {
+                let obj = format!("instance/{}", inst.id);
+                let ns = inst.app.namespace.clone();
+                if phase != inst.phase {
+                    match phase {
+                        Phase::Running
+                            if inst.phase != Phase::BackingOff
+                                && inst.phase != Phase::CrashLoopBackOff =>
+                        {
+                            self.event(
+                                Some(&ns),
+                                obj.clone(),
+                                EventLevel::Normal,
+                                "Started",
+                                format!("{} started on {name}", inst.id),
+                            )
+                        }
+                        Phase::CrashLoopBackOff => self.event(
+                            Some(&ns),
+                            obj.clone(),
+                            EventLevel::Warning,
+                            "BackOff",
+                            format!(
+                                "{} keeps failing on {name} (restarts: {}){}",
+                                inst.id,
+                                next.restarts,
+                                next.reason
+                                    .as_deref()
+                                    .map(|r| format!(": {r}"))
+                                    .unwrap_or_default()
+                            ),
+                        ),
+                        Phase::Failed => self.event(
+                            Some(&ns),
+                            obj.clone(),
+                            EventLevel::Warning,
+                            "Failed",
+                            format!(
+                                "{} failed on {name}{}",
+                                inst.id,
+                                next.reason
+                                    .as_deref()
+                                    .map(|r| format!(": {r}"))
+                                    .unwrap_or_default()
+                            ),
+                        ),
+                        _ => {}
+                    }
+                }
+                if next.restarts > inst.restarts && phase != Phase::CrashLoopBackOff {
+                    self.event(
+                        Some(&ns),
+                        obj,
+                        EventLevel::Warning,
+                        "Restarted",
+                        format!(
+                            "{} restarted on {name} (restarts: {})",
+                            inst.id, next.restarts
+                        ),
+                    );
+                }
+                self.pending.push(Op::PutInstance(next.clone()));
+                self.snap.instances.insert(next.id.clone(), next);
+                self.changed = true;
+            }
+        }
+        if !self.pending.is_empty()
+            && let Err(e) = self.flush()
+        {
+            tracing::error!(error = %e, "cannot persist heartbeat changes");
+        }
+        Ok(self.assignment(&node))
+    }
+
+    fn assignment(&self, node: &Node) -> HeartbeatResponse {
+        let instances = self
+            .snap
+            .instances
+            .values()
+            .filter(|i| i.node.as_deref() == Some(node.name.as_str()))
+            .filter_map(|i| {
+                Some(Assignment {
+                    id: i.id.clone(),
+                    app: i.app.clone(),
+                    revision: i.revision,
+                    template: self.snap.template(&i.app, i.revision)?.clone(),
+                })
+            })
+            .collect();
+        HeartbeatResponse {
+            generation: node.generation,
+            instances,
+        }
+    }
+
+    fn expire_leases(&mut self) {
+        let now = tokio::time::Instant::now();
+        let lost: Vec<String> = self
+            .snap
+            .nodes
+            .values()
+            .filter(|n| n.state == NodeState::Ready)
+            .filter(|n| {
+                self.seen
+                    .get(&n.name)
+                    .is_none_or(|t| now.duration_since(*t) > self.config.lease)
+            })
+            .map(|n| n.name.clone())
+            .collect();
+        for name in lost {
+            if let Some(mut n) = self.snap.nodes.get(&name).cloned() {
+                n.state = NodeState::Lost;
+                self.pending.push(Op::PutNode(n.clone()));
+                self.snap.nodes.insert(name.clone(), n);
+                self.event(None, format!("node/{name}"), EventLevel::Warning, "NodeLost", format!("node {name} missed heartbeats for {:?}; its instances will be placed elsewhere", self.config.lease));
+                self.changed = true;
+            }
+        }
+    }
+
+    fn need_of(&self, app: &AppKey, revision: u64) -> Capacity {
+        match self.snap.template(app, revision) {
+            Some(t) => Capacity {
+                memory: t.memory_request(),
+                instances: t.resources.instances,
+            },
+            None => Capacity::default(),
+        }
+    }
+
+    fn reconcile(&mut self) {
+        let apps: Vec<DesiredApp> = self
+            .snap
+            .apps
+            .values()
+            .filter_map(|a| {
+                let t = self.snap.template(&a.key, a.current_revision)?;
+                Some(DesiredApp {
+                    key: a.key.clone(),
+                    replicas: a.replicas,
+                    revision: a.current_revision,
+                    need: Capacity {
+                        memory: t.memory_request(),
+                        instances: t.resources.instances,
+                    },
+                    selector: t.node_selector.clone(),
+                })
+            })
+            .collect();
+        let mut views: BTreeMap<String, NodeView> = self
+            .snap
+            .nodes
+            .values()
+            .map(|n| {
+                (
+                    n.name.clone(),
+                    NodeView {
+                        name: n.name.clone(),
+                        ready: n.state == NodeState::Ready,
+                        labels: n.labels.clone(),
+                        capacity: Capacity {
+                            memory: n.capacity.memory,
+                            instances: n.capacity.instances,
+                        },
+                        allocated: Capacity::default(),
+                        per_app: BTreeMap::new(),
+                    },
+                )
+            })
+            .collect();
+        for i in self.snap.instances.values() {
+            if let Some(v) = i.node.as_ref().and_then(|n| views.get_mut(n)) {
+                v.add(&i.app.to_string(), self.need_of(&i.app, i.revision));
+            }
+        }
+        let views: Vec<NodeView> = views.into_values().collect();
+        let instances: Vec<Instance> = self.snap.instances.values().cloned().collect();
+        let plan = {
+            let need_of = |i: &Instance| self.need_of(&i.app, i.revision);
+            reconcile::reconcile(&apps, &instances, &views, &need_of, self.next_seq)
+        };
+        if plan.actions.is_empty() {
+            return;
+        }
+        self.execute(plan);
+    }
+
+    fn bump(&mut self, node: &str) {
+        if let Some(n) = self.snap.nodes.get_mut(node) {
+            n.generation += 1;
+            let n = n.clone();
+            self.pending.push(Op::PutNode(n));
+        }
+    }
+
+    fn execute(&mut self, plan: reconcile::Plan) {
+        let now = now_ms();
+        for action in plan.actions {
+            match action {
+                Action::Create {
+                    id,
+                    app,
+                    revision,
+                    node,
+                    reason,
+                } => {
+                    if self.snap.instances.contains_key(&id) {
+                        continue;
+                    }
+                    let inst = Instance {
+                        id: id.clone(),
+                        app: app.clone(),
+                        revision,
+                        node: node.clone(),
+                        phase: if node.is_some() {
+                            Phase::Scheduled
+                        } else {
+                            Phase::Pending
+                        },
+                        ready: false,
+                        restarts: 0,
+                        reason: reason.clone(),
+                        created_at_ms: now,
+                    };
+                    let obj = format!("instance/{id}");
+                    match &node {
+                        Some(n) => {
+                            self.event(
+                                Some(&app.namespace),
+                                obj,
+                                EventLevel::Normal,
+                                "Scheduled",
+                                format!("{id} (revision {revision}) placed on {n}"),
+                            );
+                            let n = n.clone();
+                            self.bump(&n);
+                        }
+                        None => self.event(
+                            Some(&app.namespace),
+                            obj,
+                            EventLevel::Warning,
+                            "FailedScheduling",
+                            format!("{id} is pending: {}", reason.unwrap_or_default()),
+                        ),
+                    }
+                    self.pending.push(Op::PutInstance(inst.clone()));
+                    self.snap.instances.insert(id, inst);
+                }
+                Action::Place { id, node } => {
+                    if let Some(mut inst) = self.snap.instances.get(&id).cloned() {
+                        inst.node = Some(node.clone());
+                        inst.phase = Phase::Scheduled;
+                        inst.reason = None;
+                        self.event(
+                            Some(&inst.app.namespace),
+                            format!("instance/{id}"),
+                            EventLevel::Normal,
+                            "Scheduled",
+                            format!("{id} placed on {node}"),
+                        );
+                        self.pending.push(Op::PutInstance(inst.clone()));
+                        self.snap.instances.insert(id, inst);
+                        self.bump(&node);
+                    }
+                }
+                Action::StillPending { id, reason } => {
+                    if let Some(mut inst) = self.snap.instances.get(&id).cloned() {
+                        self.event(
+                            Some(&inst.app.namespace),
+                            format!("instance/{id}"),
+                            EventLevel::Warning,
+                            "FailedScheduling",
+                            format!("{id} is pending: {reason}"),
+                        );
+                        inst.reason = Some(reason);
+                        self.pending.push(Op::PutInstance(inst.clone()));
+                        self.snap.instances.insert(id, inst);
+                    }
+                }
+                Action::Delete { id, why } => {
+                    if let Some(inst) = self.snap.instances.remove(&id) {
+                        let what = match why {
+                            DeleteReason::ScaledDown => "scaled down",
+                            DeleteReason::AppDeleted => "app deleted",
+                            DeleteReason::NodeLost => "its node was lost",
+                            DeleteReason::Replaced => "replaced by a newer revision",
+                        };
+                        self.event(
+                            Some(&inst.app.namespace),
+                            format!("instance/{id}"),
+                            EventLevel::Normal,
+                            "Killing",
+                            format!("stopping {id}: {what}"),
+                        );
+                        self.pending.push(Op::DeleteInstance(id));
+                        if let Some(n) = inst.node {
+                            self.bump(&n);
+                        }
+                    }
+                }
+            }
+        }
+        self.next_seq = plan.next_seq;
+        self.pending.push(Op::SetMeta("next_seq", self.next_seq));
+    }
+}
