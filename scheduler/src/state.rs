@@ -493,7 +493,7 @@ impl State {
             template,
             created_at_ms: now,
         };
-        self.pending.push(Op::PutRevision(r.clone()));
+        self.pending.push(Op::PutRevision(Box::new(r.clone())));
         self.snap.revisions.insert((key.clone(), number), r);
     }
 

@@ -43,7 +43,7 @@ fn db_err(e: impl std::fmt::Display) -> StoreError {
 pub enum Op {
     PutApp(App),
     DeleteApp(String),
-    PutRevision(Revision),
+    PutRevision(Box<Revision>),
     DeleteRevisions(String),
     PutBlob(String, Vec<u8>),
     PutNode(Node),
