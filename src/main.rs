@@ -1,6 +1,17 @@
 //! The `shoal` binary: wires Shoal's crates into processes and commands.
+//!
+//! - [`run`]: `shoal run`, one module on this machine.
+//! - [`cluster`]: the server processes (`control-plane`, `node`).
+//! - [`up`]: `shoal up`, a whole local cluster as child processes.
+//! - [`client`], [`commands`], [`table`]: the kubectl-style client commands.
 
+mod client;
+mod cluster;
+mod commands;
 mod run;
+mod signals;
+mod table;
+mod up;
 
 use clap::{Parser, Subcommand};
 
@@ -11,6 +22,9 @@ use clap::{Parser, Subcommand};
     about = "An orchestrator for WebAssembly workloads"
 )]
 struct Cli {
+    /// URL of the control plane the client commands talk to.
+    #[arg(long, global = true, env = "SHOAL_SERVER", default_value = client::DEFAULT_SERVER)]
+    server: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -19,6 +33,26 @@ struct Cli {
 enum Command {
     /// Serve one module or component on this machine, like `wasmtime serve`.
     Run(run::RunArgs),
+    /// Start a local cluster (control plane and nodes) with a demo app.
+    Up(up::UpArgs),
+    /// Run the control plane: API, store, placement, reconcile loop.
+    ControlPlane(cluster::ControlPlaneArgs),
+    /// Run a node that joins a control plane and hosts instances.
+    Node(cluster::NodeArgs),
+    /// Create or update apps from manifest files.
+    Apply(commands::ApplyArgs),
+    /// List apps, instances, nodes or revisions.
+    Get(commands::GetArgs),
+    /// Show an app in detail: spec, revisions, instances, events.
+    Describe(commands::AppRef),
+    /// Change an app's number of replicas.
+    Scale(commands::ScaleArgs),
+    /// Delete apps (and all their instances).
+    Delete(commands::DeleteArgs),
+    /// Print an app's instance logs (stdout and stderr).
+    Logs(commands::LogsArgs),
+    /// List what happened in the cluster.
+    Events(commands::EventsArgs),
 }
 
 fn init_logging() {
@@ -32,15 +66,33 @@ fn init_logging() {
         .init();
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     let cli = Cli::parse();
     init_logging();
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        match cli.command {
-            Command::Run(args) => run::run(args).await,
-        }
-    })
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(dispatch(cli)));
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let client = || client::Client::new(&cli.server);
+    match cli.command {
+        Command::Run(args) => run::run(args).await,
+        Command::Up(args) => up::up(args).await,
+        Command::ControlPlane(args) => cluster::control_plane(args).await,
+        Command::Node(args) => cluster::node(args).await,
+        Command::Apply(args) => commands::apply(&client()?, args).await,
+        Command::Get(args) => commands::get(&client()?, args).await,
+        Command::Describe(args) => commands::describe(&client()?, args).await,
+        Command::Scale(args) => commands::scale(&client()?, args).await,
+        Command::Delete(args) => commands::delete(&client()?, args).await,
+        Command::Logs(args) => commands::logs(&client()?, args).await,
+        Command::Events(args) => commands::events(&client()?, args).await,
+    }
 }

@@ -1,5 +1,6 @@
 //! `shoal run`: serve one module or component on one node.
 
+use crate::signals::shutdown_signal;
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use shoal_api::{
@@ -94,7 +95,7 @@ pub enum RestartArg {
     Never,
 }
 
-fn default_cache_dir() -> Option<PathBuf> {
+pub(crate) fn default_cache_dir() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("SHOAL_CACHE_DIR") {
         return Some(PathBuf::from(d));
     }
@@ -177,27 +178,6 @@ impl RunArgs {
                 ..Backoff::default()
             },
         })
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
     }
 }
 

@@ -8,6 +8,7 @@
 //!   control plane stores and serves them.
 //! - [`protocol`]: heartbeats and assignments between nodes and the
 //!   control plane.
+//! - [`rest`]: request and response bodies of the control plane's API.
 //! - [`error`]: the JSON error body every HTTP surface of Shoal returns.
 
 pub mod error;
@@ -15,6 +16,7 @@ pub mod manifest;
 pub mod objects;
 pub mod protocol;
 pub mod quantity;
+pub mod rest;
 pub mod workload;
 
 pub use error::ErrorBody;

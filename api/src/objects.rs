@@ -216,6 +216,9 @@ pub struct Event {
     pub seq: u64,
     pub at_ms: u64,
     pub namespace: Option<String>,
+    /// The app the event is about, if any (its name within `namespace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
     /// `app/NAME`, `instance/ID` or `node/NAME`.
     pub object: String,
     pub level: EventLevel,

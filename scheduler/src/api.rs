@@ -2,7 +2,7 @@
 //! agents talk to. `router(state)` is a plain function so tests can call it
 //! without sockets.
 
-use crate::state::{ApiError, ApplyOutcome, ControlPlane};
+use crate::state::{ApiError, ControlPlane};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
@@ -10,61 +10,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::Digest as _;
 use shoal_api::ErrorBody;
-use shoal_api::manifest::{AppManifest, validate_app};
-use shoal_api::objects::{App, AppKey, Event, Instance, Node, Phase, Revision, Template};
+use shoal_api::manifest::validate_app;
+use shoal_api::objects::{App, AppKey, Event, Instance, Node, Phase, Revision};
 use shoal_api::protocol::{Heartbeat, RegisterRequest};
-use std::collections::BTreeMap;
+use shoal_api::rest::{AppDetail, AppView, ApplyOutcome, ApplyRequest, ScaleRequest};
 use std::time::Duration;
 
 /// Largest apply request (modules travel base64-encoded inside it).
 const MAX_APPLY_BYTES: usize = 256 << 20;
-
-/// The body of `POST /v1/apply`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ApplyRequest {
-    pub apps: Vec<ApplyApp>,
-    /// Module bytes by sha256 (hex), base64-encoded. Modules the control
-    /// plane already has may be left out.
-    #[serde(default)]
-    pub modules: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ApplyApp {
-    pub manifest: AppManifest,
-    /// sha256 (hex) of the app's module.
-    pub digest: String,
-}
-
-/// An app with its current template and how many replicas are ready.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct AppView {
-    pub app: App,
-    pub template: Option<Template>,
-    pub instances: u32,
-    pub ready: u32,
-    pub pending: u32,
-}
-
-/// Everything `describe` shows.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct AppDetail {
-    pub view: AppView,
-    pub revisions: Vec<Revision>,
-    pub instances: Vec<Instance>,
-    pub nodes: Vec<Node>,
-    pub events: Vec<Event>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ScaleRequest {
-    pub replicas: u32,
-}
 
 #[derive(Debug, Deserialize)]
 struct NsQuery {
@@ -255,7 +211,6 @@ async fn describe_app(
         .apps
         .get(&key)
         .ok_or_else(|| ApiError::NotFound(format!("app {key} not found")))?;
-    let object_prefix = format!("{}-", key.name);
     Ok(Json(AppDetail {
         view: view(&snap, app),
         revisions: snap
@@ -275,12 +230,7 @@ async fn describe_app(
             .events
             .iter()
             .filter(|e| e.namespace.as_deref() == Some(key.namespace.as_str()))
-            .filter(|e| {
-                e.object == format!("app/{}", key.name)
-                    || e.object
-                        .strip_prefix("instance/")
-                        .is_some_and(|id| id.starts_with(&object_prefix))
-            })
+            .filter(|e| e.app.as_deref() == Some(key.name.as_str()))
             .cloned()
             .collect(),
     }))

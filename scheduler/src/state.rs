@@ -16,6 +16,7 @@ use shoal_api::objects::{
 use shoal_api::protocol::{
     Assignment, Heartbeat, HeartbeatResponse, RegisterRequest, RegisterResponse, RunState,
 };
+use shoal_api::rest::{ApplyOutcome, ApplyResult};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,16 +67,6 @@ impl ApiError {
             Self::Closed => "unavailable",
         }
     }
-}
-
-/// What `apply` did to one app (kubectl's words).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct ApplyOutcome {
-    pub app: AppKey,
-    /// `created`, `configured` (new revision), `scaled` or `unchanged`.
-    pub result: String,
-    pub revision: u64,
 }
 
 /// A read-only view of everything, published after every change.
@@ -307,7 +298,7 @@ impl State {
 
     fn event(
         &mut self,
-        ns: Option<&str>,
+        app: Option<&AppKey>,
         object: String,
         level: EventLevel,
         reason: &str,
@@ -316,7 +307,8 @@ impl State {
         let e = Event {
             seq: self.next_event,
             at_ms: now_ms(),
-            namespace: ns.map(str::to_string),
+            namespace: app.map(|a| a.namespace.clone()),
+            app: app.map(|a| a.name.clone()),
             object,
             level,
             reason: reason.to_string(),
@@ -411,7 +403,7 @@ impl State {
                     self.put_revision(&key, 1, template, now);
                     self.put_app(app);
                     self.event(
-                        Some(&key.namespace),
+                        Some(&key),
                         format!("app/{}", key.name),
                         EventLevel::Normal,
                         "Created",
@@ -420,7 +412,7 @@ impl State {
                             m.replicas
                         ),
                     );
-                    ("created", 1)
+                    (ApplyResult::Created, 1)
                 }
                 Some(mut app) => {
                     let same = self
@@ -429,7 +421,7 @@ impl State {
                         .is_some_and(|t| *t == template);
                     if same {
                         if app.replicas == m.replicas {
-                            ("unchanged", app.current_revision)
+                            (ApplyResult::Unchanged, app.current_revision)
                         } else {
                             let from = app.replicas;
                             app.replicas = m.replicas;
@@ -437,13 +429,13 @@ impl State {
                             let rev = app.current_revision;
                             self.put_app(app);
                             self.event(
-                                Some(&key.namespace),
+                                Some(&key),
                                 format!("app/{}", key.name),
                                 EventLevel::Normal,
                                 "Scaled",
                                 format!("replicas {from} -> {}", m.replicas),
                             );
-                            ("scaled", rev)
+                            (ApplyResult::Scaled, rev)
                         }
                     } else {
                         let number = self
@@ -461,19 +453,19 @@ impl State {
                         app.updated_at_ms = now;
                         self.put_app(app);
                         self.event(
-                            Some(&key.namespace),
+                            Some(&key),
                             format!("app/{}", key.name),
                             EventLevel::Normal,
                             "RevisionCreated",
                             format!("revision {number} is now current"),
                         );
-                        ("configured", number)
+                        (ApplyResult::Configured, number)
                     }
                 }
             };
             out.push(ApplyOutcome {
                 app: key,
-                result: result.into(),
+                result,
                 revision,
             });
         }
@@ -515,7 +507,7 @@ impl State {
             app.updated_at_ms = now_ms();
             self.put_app(app);
             self.event(
-                Some(&key.namespace),
+                Some(key),
                 format!("app/{}", key.name),
                 EventLevel::Normal,
                 "Scaled",
@@ -534,7 +526,7 @@ impl State {
         self.pending.push(Op::DeleteApp(key.to_string()));
         self.pending.push(Op::DeleteRevisions(key.to_string()));
         self.event(
-            Some(&key.namespace),
+            Some(key),
             format!("app/{}", key.name),
             EventLevel::Normal,
             "Deleted",
@@ -641,7 +633,7 @@ impl State {
             next.reason = report.message.clone();
             if next != inst {
                 let obj = format!("instance/{}", inst.id);
-                let ns = inst.app.namespace.clone();
+                let app_key = inst.app.clone();
                 if phase != inst.phase {
                     match phase {
                         Phase::Running
@@ -649,7 +641,7 @@ impl State {
                                 && inst.phase != Phase::CrashLoopBackOff =>
                         {
                             self.event(
-                                Some(&ns),
+                                Some(&app_key),
                                 obj.clone(),
                                 EventLevel::Normal,
                                 "Started",
@@ -657,7 +649,7 @@ impl State {
                             )
                         }
                         Phase::CrashLoopBackOff => self.event(
-                            Some(&ns),
+                            Some(&app_key),
                             obj.clone(),
                             EventLevel::Warning,
                             "BackOff",
@@ -672,7 +664,7 @@ impl State {
                             ),
                         ),
                         Phase::Failed => self.event(
-                            Some(&ns),
+                            Some(&app_key),
                             obj.clone(),
                             EventLevel::Warning,
                             "Failed",
@@ -690,7 +682,7 @@ impl State {
                 }
                 if next.restarts > inst.restarts && phase != Phase::CrashLoopBackOff {
                     self.event(
-                        Some(&ns),
+                        Some(&app_key),
                         obj,
                         EventLevel::Warning,
                         "Restarted",
@@ -867,7 +859,7 @@ impl State {
                     match &node {
                         Some(n) => {
                             self.event(
-                                Some(&app.namespace),
+                                Some(&app),
                                 obj,
                                 EventLevel::Normal,
                                 "Scheduled",
@@ -877,7 +869,7 @@ impl State {
                             self.bump(&n);
                         }
                         None => self.event(
-                            Some(&app.namespace),
+                            Some(&app),
                             obj,
                             EventLevel::Warning,
                             "FailedScheduling",
@@ -893,7 +885,7 @@ impl State {
                         inst.phase = Phase::Scheduled;
                         inst.reason = None;
                         self.event(
-                            Some(&inst.app.namespace),
+                            Some(&inst.app),
                             format!("instance/{id}"),
                             EventLevel::Normal,
                             "Scheduled",
@@ -907,7 +899,7 @@ impl State {
                 Action::StillPending { id, reason } => {
                     if let Some(mut inst) = self.snap.instances.get(&id).cloned() {
                         self.event(
-                            Some(&inst.app.namespace),
+                            Some(&inst.app),
                             format!("instance/{id}"),
                             EventLevel::Warning,
                             "FailedScheduling",
@@ -927,7 +919,7 @@ impl State {
                             DeleteReason::Replaced => "replaced by a newer revision",
                         };
                         self.event(
-                            Some(&inst.app.namespace),
+                            Some(&inst.app),
                             format!("instance/{id}"),
                             EventLevel::Normal,
                             "Killing",

@@ -205,3 +205,219 @@ fn dechunk(mut s: &str) -> String {
     }
     out
 }
+
+impl Proc {
+    /// Waits for a line containing `marker` followed by a URL, and returns
+    /// the URL without its trailing slash.
+    pub fn url_after(&self, marker: &str) -> String {
+        let line = self
+            .out
+            .wait_for(Duration::from_secs(120), |l| {
+                l.contains(marker) && l.contains("http://")
+            })
+            .unwrap_or_else(|| panic!("no {marker:?} line; output: {:#?}", self.out.all()));
+        let start = line.find("http://").unwrap();
+        line[start..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `cond` every 50 ms until it returns `Some`, or panics with `what`
+/// after `limit`.
+pub fn wait_until<T>(limit: Duration, what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What a finished CLI command printed.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `shoal ARGS` against the control plane at `server`.
+pub fn cli(server: &str, args: &[&str]) -> CliOutput {
+    let out = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(args)
+        .env("SHOAL_SERVER", server)
+        .env("SHOAL_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run shoal");
+    CliOutput {
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A control plane and nodes, each a real `shoal` process on loopback.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub cp: Proc,
+    pub api: String,
+    pub nodes: Vec<Proc>,
+    pub node_urls: Vec<String>,
+    extra_cp_args: Vec<String>,
+}
+
+impl Cluster {
+    pub fn start(nodes: usize) -> Cluster {
+        Self::start_with(nodes, &[], |_| Vec::new())
+    }
+
+    /// Starts a cluster; `cp_args` go to the control plane, and
+    /// `node_args(i)` to node `i` (0-based).
+    pub fn start_with(
+        nodes: usize,
+        cp_args: &[&str],
+        node_args: impl Fn(usize) -> Vec<String>,
+    ) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let extra_cp_args: Vec<String> = cp_args.iter().map(|s| s.to_string()).collect();
+        let cp = Self::spawn_cp(&dir, "127.0.0.1:0", &extra_cp_args);
+        let api = cp.url_after("Control plane listening on");
+        let mut c = Cluster {
+            dir,
+            cp,
+            api,
+            nodes: Vec::new(),
+            node_urls: Vec::new(),
+            extra_cp_args,
+        };
+        for i in 0..nodes {
+            c.add_node(i, node_args(i));
+        }
+        c.wait_nodes_ready(nodes);
+        c
+    }
+
+    fn spawn_cp(dir: &tempfile::TempDir, listen: &str, extra: &[String]) -> Proc {
+        let data = dir.path().join("cp");
+        let mut args = vec![
+            "control-plane".to_string(),
+            "--listen".into(),
+            listen.into(),
+            "--data-dir".into(),
+            data.display().to_string(),
+        ];
+        args.extend(extra.iter().cloned());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        Proc::spawn(&refs, &[])
+    }
+
+    pub fn add_node(&mut self, i: usize, extra: Vec<String>) {
+        let name = format!("node-{}", i + 1);
+        let cache = self.dir.path().join("cache");
+        let mut args = vec![
+            "node".to_string(),
+            "--join".into(),
+            self.api.clone(),
+            "--name".into(),
+            name,
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--cache-dir".into(),
+            cache.display().to_string(),
+        ];
+        args.extend(extra);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let p = Proc::spawn(&refs, &[]);
+        let url = p.url_after("serving on");
+        self.nodes.push(p);
+        self.node_urls.push(url);
+    }
+
+    /// Kills the control plane with SIGKILL and starts it again on the same
+    /// address and data dir.
+    pub fn restart_cp(&mut self) {
+        self.cp.kill9();
+        let listen = self.api.trim_start_matches("http://").to_string();
+        self.cp = Self::spawn_cp(&self.dir, &listen, &self.extra_cp_args);
+        let api = self.cp.url_after("Control plane listening on");
+        assert_eq!(api, self.api);
+    }
+
+    pub fn cli(&self, args: &[&str]) -> CliOutput {
+        cli(&self.api, args)
+    }
+
+    /// `shoal get RESOURCE -A -o json`, parsed.
+    pub fn get_json(&self, resource: &str) -> serde_json::Value {
+        let out = self.cli(&["get", resource, "-A", "-o", "json"]);
+        assert!(out.success, "get {resource} failed: {}", out.stderr);
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("get {resource}: not JSON ({e}): {}", out.stdout))
+    }
+
+    pub fn instances(&self) -> Vec<serde_json::Value> {
+        self.get_json("instances")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn wait_nodes_ready(&self, n: usize) {
+        wait_until(Duration::from_secs(60), "nodes to register", || {
+            let nodes = self.get_json("nodes");
+            let ready = nodes
+                .as_array()?
+                .iter()
+                .filter(|n| n["state"] == "ready")
+                .count();
+            (ready >= n).then_some(())
+        });
+    }
+
+    /// Writes a manifest into the cluster's temp dir (modules resolve
+    /// against the examples folder) and returns its path.
+    pub fn manifest(&self, file: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(file);
+        std::fs::write(&p, text.replace("$EXAMPLES", example("").to_str().unwrap())).unwrap();
+        p
+    }
+
+    /// Applies a manifest and waits for all replicas to be ready.
+    pub fn apply_wait(&self, path: &std::path::Path) -> CliOutput {
+        let out = self.cli(&[
+            "apply",
+            "-f",
+            path.to_str().unwrap(),
+            "--wait",
+            "--timeout",
+            "60s",
+        ]);
+        assert!(out.success, "apply failed:\n{}\n{}", out.stdout, out.stderr);
+        out
+    }
+
+    /// The instance ids a node reports running (its own status endpoint).
+    pub fn node_status(&self, i: usize) -> Vec<serde_json::Value> {
+        let (status, body) = http("GET", &format!("{}/v1/status", self.node_urls[i]), b"");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body)
+            .unwrap()
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}

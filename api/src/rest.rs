@@ -1,0 +1,87 @@
+//! Request and response bodies of the control plane's HTTP API (`/v1/...`),
+//! shared by the API server and the CLI.
+
+use crate::manifest::AppManifest;
+use crate::objects::{App, AppKey, Event, Instance, Node, Revision, Template};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The body of `POST /v1/apply`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    pub apps: Vec<ApplyApp>,
+    /// Module bytes by sha256 (hex), base64-encoded. Modules the control
+    /// plane already has may be left out.
+    #[serde(default)]
+    pub modules: BTreeMap<String, String>,
+}
+
+/// One app of an apply request: its manifest and the digest of its module.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApplyApp {
+    pub manifest: AppManifest,
+    /// sha256 (hex) of the app's module.
+    pub digest: String,
+}
+
+/// What `apply` did to one app (kubectl's words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApplyResult {
+    Created,
+    /// The template changed: a new revision is current.
+    Configured,
+    /// Only the replica count changed.
+    Scaled,
+    Unchanged,
+}
+
+impl std::fmt::Display for ApplyResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Created => "created",
+            Self::Configured => "configured",
+            Self::Scaled => "scaled",
+            Self::Unchanged => "unchanged",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ApplyOutcome {
+    pub app: AppKey,
+    pub result: ApplyResult,
+    pub revision: u64,
+}
+
+/// An app with its current template and how its instances are doing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct AppView {
+    pub app: App,
+    pub template: Option<Template>,
+    /// Instances of the app, of any revision.
+    pub instances: u32,
+    /// Instances of the current revision that are ready.
+    pub ready: u32,
+    /// Instances no node could take.
+    pub pending: u32,
+}
+
+/// Everything `shoal describe app` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct AppDetail {
+    pub view: AppView,
+    pub revisions: Vec<Revision>,
+    pub instances: Vec<Instance>,
+    pub nodes: Vec<Node>,
+    pub events: Vec<Event>,
+}
+
+/// The body of `POST /v1/namespaces/{ns}/apps/{name}/scale`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScaleRequest {
+    pub replicas: u32,
+}

@@ -1,0 +1,273 @@
+//! The server processes: `shoal control-plane`, `shoal node`, and `shoal up`,
+//! which starts a whole local cluster of them.
+
+use crate::signals::shutdown_signal;
+use anyhow::{Context, bail};
+use clap::Args;
+use shoal_api::objects::NodeCapacity;
+use shoal_api::{ByteSize, Duration};
+use shoal_runtime::agent::{Agent, AgentConfig};
+use shoal_runtime::{Runtime, RuntimeConfig};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Args, Debug)]
+pub struct ControlPlaneArgs {
+    /// Address of the API (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// Where the store lives (default: $SHOAL_DATA_DIR/control-plane, else
+    /// ~/.local/share/shoal/control-plane).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// A node that has not heartbeated for this long is lost and its
+    /// instances are placed elsewhere.
+    #[arg(long, default_value = "2s")]
+    pub lease: Duration,
+    /// How often nodes heartbeat.
+    #[arg(long, default_value = "250ms")]
+    pub heartbeat: Duration,
+    /// Exit when standard input closes (used by `shoal up`).
+    #[arg(long, hide = true)]
+    pub exit_with_parent: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    /// URL of the control plane to join.
+    #[arg(long, env = "SHOAL_SERVER")]
+    pub join: String,
+    /// Address this node serves instances on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// URL the control plane and the gateway reach this node at (default:
+    /// http:// and the bound address).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Node name (default: the host name and the port).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// What this node offers, e.g. `memory=4GiB,instances=100`.
+    #[arg(long, default_value = "memory=4GiB,instances=100")]
+    pub capacity: String,
+    /// A label for node selectors, `key=value` (repeatable).
+    #[arg(long = "label", value_name = "K=V")]
+    pub labels: Vec<String>,
+    /// Directory for compiled artifacts (default: $SHOAL_CACHE_DIR, else
+    /// ~/.cache/shoal/compiled).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// How long in-flight requests may take to finish at shutdown.
+    #[arg(long, default_value = "10s")]
+    pub grace: Duration,
+    /// Exit when standard input closes (used by `shoal up`).
+    #[arg(long, hide = true)]
+    pub exit_with_parent: bool,
+}
+
+pub fn data_home() -> PathBuf {
+    if let Some(d) = std::env::var_os("SHOAL_DATA_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(d).join("shoal");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/share/shoal"),
+        None => PathBuf::from(".shoal"),
+    }
+}
+
+/// Resolves when a signal asks us to stop, or (with `with_parent`) when
+/// standard input closes because the parent `shoal up` went away.
+async fn stop_requested(with_parent: bool) {
+    let parent_gone = async {
+        if with_parent {
+            use tokio::io::AsyncReadExt;
+            let mut stdin = tokio::io::stdin();
+            let mut buf = [0u8; 64];
+            loop {
+                match stdin.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => continue,
+                }
+            }
+        } else {
+            std::future::pending::<()>().await
+        }
+    };
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = parent_gone => {}
+    }
+}
+
+pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
+    let dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| data_home().join("control-plane"));
+    let store = shoal_scheduler::store::Store::open(&dir)
+        .with_context(|| format!("opening the store in {}", dir.display()))?;
+    let config = shoal_scheduler::state::Config {
+        lease: args.lease.get(),
+        heartbeat: args.heartbeat.get(),
+        ..Default::default()
+    };
+    if config.heartbeat >= config.lease {
+        bail!(
+            "--heartbeat ({}) must be shorter than --lease ({})",
+            args.heartbeat,
+            args.lease
+        );
+    }
+    let cp = shoal_scheduler::state::ControlPlane::start(store, config)
+        .context("loading the control plane's state")?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    println!(
+        "Control plane listening on http://{addr}/ (data dir {})",
+        dir.display()
+    );
+    let _ = std::io::stdout().flush();
+    shoal_scheduler::api::serve(listener, cp, stop_requested(args.exit_with_parent)).await?;
+    println!("Stopped.");
+    Ok(())
+}
+
+/// Parses `memory=4GiB,instances=100` (either part may be left out).
+pub fn parse_capacity(s: &str) -> anyhow::Result<NodeCapacity> {
+    let mut cap = NodeCapacity {
+        memory: 4 << 30,
+        instances: 100,
+    };
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = part.split_once('=') else {
+            bail!("--capacity {s:?}: expected key=value pairs such as memory=4GiB,instances=100");
+        };
+        match k.trim() {
+            "memory" => {
+                cap.memory = v
+                    .trim()
+                    .parse::<ByteSize>()
+                    .map_err(|e| anyhow::anyhow!("--capacity memory={v}: {e}"))?
+                    .bytes()
+            }
+            "instances" => {
+                cap.instances = v
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("--capacity instances={v}: not a whole number"))?
+            }
+            other => bail!("--capacity: unknown resource {other:?} (known: memory, instances)"),
+        }
+    }
+    Ok(cap)
+}
+
+pub fn parse_labels(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    for item in items {
+        match item.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                labels.insert(k.to_string(), v.to_string());
+            }
+            _ => bail!("--label {item:?}: expected key=value"),
+        }
+    }
+    Ok(labels)
+}
+
+pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
+    let capacity = parse_capacity(&args.capacity)?;
+    let labels = parse_labels(&args.labels)?;
+    let cache_dir = args
+        .cache_dir
+        .clone()
+        .or_else(crate::run::default_cache_dir);
+    let runtime = Arc::new(
+        Runtime::new(RuntimeConfig {
+            cache_dir,
+            ..RuntimeConfig::default()
+        })
+        .context("starting the wasm runtime")?,
+    );
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let advertise = args
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => format!("{}-{}", hostname(), addr.port()),
+    };
+    let agent = Agent::new(
+        runtime,
+        AgentConfig {
+            name: name.clone(),
+            control_plane: args.join.clone(),
+            advertise: advertise.clone(),
+            capacity,
+            labels,
+        },
+    );
+    println!(
+        "Node {name} serving on {advertise}/ (control plane {})",
+        args.join
+    );
+    let _ = std::io::stdout().flush();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let server = tokio::spawn(shoal_runtime::server::serve(
+        listener,
+        agent.clone(),
+        stopped(stop_rx.clone()),
+        args.grace.get(),
+    ));
+    let loops = tokio::spawn(agent.clone().run(stopped(stop_rx)));
+    stop_requested(args.exit_with_parent).await;
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    let _ = loops.await;
+    println!("Stopped.");
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "node".into())
+        .to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacity_and_labels_parse() {
+        let c = parse_capacity("memory=1GiB, instances=7").unwrap();
+        assert_eq!(c.memory, 1 << 30);
+        assert_eq!(c.instances, 7);
+        assert_eq!(parse_capacity("instances=3").unwrap().memory, 4 << 30);
+        let e = parse_capacity("cpu=2").unwrap_err().to_string();
+        assert!(e.contains("unknown resource \"cpu\""), "{e}");
+        assert!(parse_capacity("memory=lots").is_err());
+        let l = parse_labels(&["zone=a".into(), "ssd=".into()]).unwrap();
+        assert_eq!(l.get("zone").map(String::as_str), Some("a"));
+        assert!(parse_labels(&["=x".into()]).is_err());
+    }
+}

@@ -1,0 +1,870 @@
+//! The client commands: `apply`, `get`, `describe`, `scale`, `delete`,
+//! `logs` and `events`, in kubectl's habits.
+
+use crate::client::Client;
+use crate::table::{self, age};
+use anyhow::{Context, anyhow, bail};
+use base64::Engine as _;
+use clap::{Args, ValueEnum};
+use futures::StreamExt;
+use sha2::Digest as _;
+use shoal_api::manifest::{self, AppManifest, DEFAULT_NAMESPACE, Format};
+use shoal_api::objects::{
+    AppKey, Event, EventLevel, Instance, Node, NodeState, Phase, Revision, now_ms,
+};
+use shoal_api::rest::{AppDetail, AppView, ApplyApp, ApplyOutcome, ApplyRequest, ScaleRequest};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    #[default]
+    Table,
+    Wide,
+    Json,
+    Yaml,
+}
+
+/// Which namespace(s) a command looks at.
+#[derive(Args, Debug, Clone)]
+pub struct NsArgs {
+    /// Namespace (default: `default`).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// All namespaces.
+    #[arg(short = 'A', long, conflicts_with = "namespace")]
+    pub all_namespaces: bool,
+}
+
+impl NsArgs {
+    fn query(&self) -> String {
+        if self.all_namespaces {
+            "*".into()
+        } else {
+            self.namespace
+                .clone()
+                .unwrap_or_else(|| DEFAULT_NAMESPACE.into())
+        }
+    }
+
+    fn single(&self) -> String {
+        self.namespace
+            .clone()
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.into())
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ApplyArgs {
+    /// Manifest file(s): .toml, .yaml/.yml or .json (repeatable).
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Wait until every replica of every app is ready.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long `--wait` waits.
+    #[arg(long, default_value = "5m")]
+    pub timeout: shoal_api::Duration,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resource {
+    #[value(alias = "app")]
+    Apps,
+    #[value(alias = "instance", alias = "inst")]
+    Instances,
+    #[value(alias = "node", alias = "no")]
+    Nodes,
+    #[value(alias = "revision", alias = "rev")]
+    Revisions,
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    /// What to list: apps, instances, nodes or revisions.
+    pub resource: Resource,
+    /// Only this one (by name).
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub ns: NsArgs,
+    /// Only instances or revisions of this app.
+    #[arg(long)]
+    pub app: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// `app NAME` or `app/NAME`.
+#[derive(Args, Debug)]
+pub struct AppRef {
+    /// `app` (or `app/NAME`).
+    pub kind: String,
+    /// The app's name.
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub ns: NsArgs,
+}
+
+impl AppRef {
+    fn key(&self) -> anyhow::Result<AppKey> {
+        let name = match (self.kind.split_once('/'), &self.name) {
+            (Some((k, n)), None) if is_app_word(k) && !n.is_empty() => n.to_string(),
+            (None, Some(n)) if is_app_word(&self.kind) => n.clone(),
+            _ => bail!(
+                "expected `app NAME` or `app/NAME`, got `{}{}`",
+                self.kind,
+                self.name
+                    .as_deref()
+                    .map(|n| format!(" {n}"))
+                    .unwrap_or_default()
+            ),
+        };
+        Ok(AppKey::new(self.ns.single(), name))
+    }
+}
+
+fn is_app_word(s: &str) -> bool {
+    matches!(s, "app" | "apps")
+}
+
+#[derive(Args, Debug)]
+pub struct ScaleArgs {
+    #[command(flatten)]
+    pub app: AppRef,
+    /// The new number of replicas.
+    #[arg(long)]
+    pub replicas: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    /// `app` (or `app/NAME`); leave out with -f.
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub ns: NsArgs,
+    /// Delete the apps a manifest describes.
+    #[arg(short = 'f', long = "filename")]
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub app: AppRef,
+    /// Keep printing new lines as they come.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    pub ns: NsArgs,
+    /// Keep printing events as they happen.
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+}
+
+fn app_path(key: &AppKey) -> String {
+    format!("/v1/namespaces/{}/apps/{}", key.namespace, key.name)
+}
+
+fn app_label(key: &AppKey) -> String {
+    if key.namespace == DEFAULT_NAMESPACE {
+        format!("app/{}", key.name)
+    } else {
+        format!("app/{} -n {}", key.name, key.namespace)
+    }
+}
+
+/// Apps with their module digests, and module bytes by digest.
+pub type Loaded = (Vec<(AppManifest, String)>, BTreeMap<String, Vec<u8>>);
+
+/// Reads a manifest file and every module it names. Returns the apps with
+/// their module digests and the module bytes by digest.
+pub fn load_manifest(path: &Path) -> anyhow::Result<Loaded> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let name = path.to_string_lossy();
+    let format = Format::from_path(&name).ok_or_else(|| {
+        anyhow!(
+            "{}: cannot tell the format; name the file .toml, .yaml, .yml or .json",
+            path.display()
+        )
+    })?;
+    let apps = manifest::parse(&text, format).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut out = Vec::new();
+    let mut modules = BTreeMap::new();
+    for m in apps {
+        let module_path = base.join(&m.module);
+        let bytes = std::fs::read(&module_path).with_context(|| {
+            format!(
+                "{}: app {}: reading its module {}",
+                path.display(),
+                m.name,
+                module_path.display()
+            )
+        })?;
+        let binary = if bytes.starts_with(b"\0asm") {
+            bytes
+        } else {
+            wat::parse_bytes(&bytes)
+                .map(|b| b.into_owned())
+                .map_err(|e| {
+                    anyhow!(
+                        "{}: app {}: {} is neither a wasm binary nor valid WAT text: {e}",
+                        path.display(),
+                        m.name,
+                        module_path.display()
+                    )
+                })?
+        };
+        let digest = hex::encode(sha2::Sha256::digest(&binary));
+        modules.insert(digest.clone(), binary);
+        out.push((m, digest));
+    }
+    Ok((out, modules))
+}
+
+pub async fn apply(client: &Client, args: ApplyArgs) -> anyhow::Result<()> {
+    let mut apps = Vec::new();
+    let mut modules = BTreeMap::new();
+    for file in &args.files {
+        let (a, m) = load_manifest(file)?;
+        apps.extend(a);
+        modules.extend(m);
+    }
+    let mut upload = BTreeMap::new();
+    for (digest, bytes) in modules {
+        if !client.has_blob(&digest).await? {
+            upload.insert(
+                digest,
+                base64::engine::general_purpose::STANDARD.encode(bytes),
+            );
+        }
+    }
+    let req = ApplyRequest {
+        apps: apps
+            .into_iter()
+            .map(|(manifest, digest)| ApplyApp { manifest, digest })
+            .collect(),
+        modules: upload,
+    };
+    let outcomes: Vec<ApplyOutcome> = client.post("/v1/apply", &req).await?;
+    for o in &outcomes {
+        println!(
+            "{} {} (revision {})",
+            app_label(&o.app),
+            o.result,
+            o.revision
+        );
+    }
+    if args.wait {
+        let keys: Vec<AppKey> = outcomes.into_iter().map(|o| o.app).collect();
+        wait_ready(client, &keys, args.timeout.get()).await?;
+    }
+    Ok(())
+}
+
+/// Polls until every app has all its replicas ready on its current revision
+/// and nothing of an older revision is left, printing progress as it moves.
+pub async fn wait_ready(client: &Client, keys: &[AppKey], timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last: BTreeMap<AppKey, String> = BTreeMap::new();
+    let mut told: BTreeSet<String> = BTreeSet::new();
+    let mut done: BTreeSet<AppKey> = BTreeSet::new();
+    loop {
+        for key in keys {
+            if done.contains(key) {
+                continue;
+            }
+            let d: AppDetail = client.get(&app_path(key)).await?;
+            let want = d.view.app.replicas;
+            let progress = format!(
+                "{}: {}/{} ready (revision {})",
+                app_label(key),
+                d.view.ready,
+                want,
+                d.view.app.current_revision
+            );
+            if last.get(key) != Some(&progress) {
+                println!("{progress}");
+                last.insert(key.clone(), progress);
+            }
+            for i in &d.instances {
+                let trouble = matches!(
+                    i.phase,
+                    Phase::Pending | Phase::Failed | Phase::CrashLoopBackOff
+                );
+                if let (true, Some(reason)) = (trouble, &i.reason) {
+                    let msg = format!("  {} {}: {reason}", i.id, i.phase);
+                    if told.insert(msg.clone()) {
+                        println!("{msg}");
+                    }
+                }
+            }
+            if d.view.ready >= want && d.view.instances == want {
+                done.insert(key.clone());
+            }
+        }
+        let _ = std::io::stdout().flush();
+        if done.len() == keys.len() {
+            println!("all replicas ready");
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "timed out after {} waiting for replicas to become ready",
+                shoal_api::Duration::from(timeout)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn print_structured<T: serde::Serialize>(value: &T, format: OutputFormat) -> anyhow::Result<()> {
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        OutputFormat::Yaml => print!("{}", serde_yaml::to_string(value)?),
+        _ => unreachable!("tables are printed by the caller"),
+    }
+    Ok(())
+}
+
+/// Prints `items` as json/yaml: the one item when a name was asked for,
+/// else the list.
+fn print_items<T: serde::Serialize>(
+    items: &[T],
+    name: &Option<String>,
+    format: OutputFormat,
+) -> anyhow::Result<()> {
+    match (name, items) {
+        (Some(_), [one]) => print_structured(one, format),
+        _ => print_structured(&items, format),
+    }
+}
+
+fn short_digest(d: &str) -> String {
+    format!("sha256:{}", &d[..d.len().min(12)])
+}
+
+pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
+    let ns = args.ns.query();
+    let all = args.ns.all_namespaces;
+    let now = now_ms();
+    let structured = matches!(args.output, OutputFormat::Json | OutputFormat::Yaml);
+    let wide = args.output == OutputFormat::Wide;
+    let not_found = |what: &str| -> anyhow::Error {
+        anyhow!(
+            "{what} {:?} not found in namespace {}",
+            args.name.as_deref().unwrap_or_default(),
+            args.ns.single()
+        )
+    };
+    match args.resource {
+        Resource::Apps => {
+            let mut apps: Vec<AppView> = client.get(&format!("/v1/apps?namespace={ns}")).await?;
+            if let Some(n) = &args.name {
+                apps.retain(|a| &a.app.key.name == n);
+                if apps.is_empty() {
+                    return Err(not_found("app"));
+                }
+            }
+            if structured {
+                return print_items(&apps, &args.name, args.output);
+            }
+            let mut header = vec![];
+            if all {
+                header.push("NAMESPACE");
+            }
+            header.extend(["NAME", "READY", "REVISION", "KIND", "AGE"]);
+            if wide {
+                header.extend(["INSTANCES", "PENDING", "MODULE", "ROUTES"]);
+            }
+            let rows: Vec<Vec<String>> = apps
+                .iter()
+                .map(|a| {
+                    let mut r = vec![];
+                    if all {
+                        r.push(a.app.key.namespace.clone());
+                    }
+                    r.extend([
+                        a.app.key.name.clone(),
+                        format!("{}/{}", a.ready, a.app.replicas),
+                        a.app.current_revision.to_string(),
+                        a.template
+                            .as_ref()
+                            .map(|t| t.kind.to_string())
+                            .unwrap_or_default(),
+                        age(a.app.created_at_ms, now),
+                    ]);
+                    if wide {
+                        r.extend([
+                            a.instances.to_string(),
+                            a.pending.to_string(),
+                            a.template
+                                .as_ref()
+                                .map(|t| short_digest(&t.digest))
+                                .unwrap_or_default(),
+                            a.template
+                                .as_ref()
+                                .map(|t| routes_text(&t.routes))
+                                .unwrap_or_default(),
+                        ]);
+                    }
+                    r
+                })
+                .collect();
+            print_table_or_empty(&header, &rows, &ns);
+        }
+        Resource::Instances => {
+            let mut q = format!("/v1/instances?namespace={ns}");
+            if let Some(a) = &args.app {
+                q.push_str(&format!("&app={a}"));
+            }
+            let mut insts: Vec<Instance> = client.get(&q).await?;
+            if let Some(n) = &args.name {
+                insts.retain(|i| &i.id == n);
+                if insts.is_empty() {
+                    return Err(not_found("instance"));
+                }
+            }
+            if structured {
+                return print_items(&insts, &args.name, args.output);
+            }
+            let mut header = vec![];
+            if all {
+                header.push("NAMESPACE");
+            }
+            header.extend([
+                "NAME", "APP", "REVISION", "NODE", "STATE", "READY", "RESTARTS", "AGE",
+            ]);
+            if wide {
+                header.push("REASON");
+            }
+            let rows: Vec<Vec<String>> = insts
+                .iter()
+                .map(|i| {
+                    let mut r = vec![];
+                    if all {
+                        r.push(i.app.namespace.clone());
+                    }
+                    r.extend([
+                        i.id.clone(),
+                        i.app.name.clone(),
+                        i.revision.to_string(),
+                        i.node.clone().unwrap_or_else(|| "<none>".into()),
+                        i.phase.to_string(),
+                        if i.ready { "1/1" } else { "0/1" }.to_string(),
+                        i.restarts.to_string(),
+                        age(i.created_at_ms, now),
+                    ]);
+                    if wide {
+                        r.push(i.reason.clone().unwrap_or_default());
+                    }
+                    r
+                })
+                .collect();
+            print_table_or_empty(&header, &rows, &ns);
+        }
+        Resource::Nodes => {
+            let mut nodes: Vec<Node> = client.get("/v1/nodes").await?;
+            let insts: Vec<Instance> = client.get("/v1/instances?namespace=*").await?;
+            if let Some(n) = &args.name {
+                nodes.retain(|x| &x.name == n);
+                if nodes.is_empty() {
+                    bail!("node {n:?} not found");
+                }
+            }
+            if structured {
+                return print_items(&nodes, &args.name, args.output);
+            }
+            let mut header = vec!["NAME", "STATUS", "INSTANCES", "ADDRESS", "LAST-HEARTBEAT"];
+            if wide {
+                header.extend(["MEMORY", "LABELS"]);
+            }
+            let rows: Vec<Vec<String>> = nodes
+                .iter()
+                .map(|n| {
+                    let here = insts
+                        .iter()
+                        .filter(|i| i.node.as_deref() == Some(n.name.as_str()))
+                        .count();
+                    let mut r = vec![
+                        n.name.clone(),
+                        match n.state {
+                            NodeState::Ready => "Ready".into(),
+                            NodeState::Lost => "Lost".into(),
+                        },
+                        format!("{here}/{}", n.capacity.instances),
+                        n.address.clone(),
+                        format!("{} ago", age(n.last_heartbeat_ms, now)),
+                    ];
+                    if wide {
+                        r.push(shoal_api::ByteSize(n.capacity.memory).to_string());
+                        r.push(
+                            n.labels
+                                .iter()
+                                .map(|(k, v)| format!("{k}={v}"))
+                                .collect::<Vec<_>>()
+                                .join(","),
+                        );
+                    }
+                    r
+                })
+                .collect();
+            if rows.is_empty() {
+                println!("No nodes have joined.");
+            } else {
+                table::print(&header, &rows);
+            }
+        }
+        Resource::Revisions => {
+            let mut q = format!("/v1/revisions?namespace={ns}");
+            if let Some(a) = args.app.as_ref().or(args.name.as_ref()) {
+                q.push_str(&format!("&app={a}"));
+            }
+            let revs: Vec<Revision> = client.get(&q).await?;
+            let apps: Vec<AppView> = client.get(&format!("/v1/apps?namespace={ns}")).await?;
+            let current: BTreeMap<&AppKey, u64> = apps
+                .iter()
+                .map(|a| (&a.app.key, a.app.current_revision))
+                .collect();
+            if structured {
+                return print_structured(&revs, args.output);
+            }
+            let mut header = vec![];
+            if all {
+                header.push("NAMESPACE");
+            }
+            header.extend(["APP", "REVISION", "MODULE", "CURRENT", "AGE"]);
+            let rows: Vec<Vec<String>> = revs
+                .iter()
+                .map(|r| {
+                    let mut row = vec![];
+                    if all {
+                        row.push(r.app.namespace.clone());
+                    }
+                    row.extend([
+                        r.app.name.clone(),
+                        r.number.to_string(),
+                        short_digest(&r.template.digest),
+                        if current.get(&r.app) == Some(&r.number) {
+                            "*".into()
+                        } else {
+                            String::new()
+                        },
+                        age(r.created_at_ms, now),
+                    ]);
+                    row
+                })
+                .collect();
+            print_table_or_empty(&header, &rows, &ns);
+        }
+    }
+    Ok(())
+}
+
+fn print_table_or_empty(header: &[&str], rows: &[Vec<String>], ns: &str) {
+    if rows.is_empty() {
+        if ns == "*" {
+            println!("No resources found.");
+        } else {
+            println!("No resources found in {ns} namespace.");
+        }
+    } else {
+        table::print(header, rows);
+    }
+}
+
+fn routes_text(routes: &[shoal_api::manifest::Route]) -> String {
+    routes
+        .iter()
+        .map(|r| format!("{}{}", r.host.as_deref().unwrap_or(""), r.path))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub async fn describe(client: &Client, app: AppRef) -> anyhow::Result<()> {
+    let key = app.key()?;
+    let d: AppDetail = client.get(&app_path(&key)).await?;
+    let now = now_ms();
+    let a = &d.view.app;
+    println!("Name:         {}", a.key.name);
+    println!("Namespace:    {}", a.key.namespace);
+    println!("Created:      {} ago", age(a.created_at_ms, now));
+    println!(
+        "Replicas:     {} desired | {} ready | {} instances | {} pending",
+        a.replicas, d.view.ready, d.view.instances, d.view.pending
+    );
+    println!("Revision:     {}", a.current_revision);
+    if let Some(t) = &d.view.template {
+        println!("Kind:         {}", t.kind);
+        println!("Module:       sha256:{}", t.digest);
+        println!(
+            "Limits:       memory {}, timeout {}, concurrency {}, max-body {}",
+            t.limits.memory, t.limits.timeout, t.limits.concurrency, t.limits.max_body
+        );
+        println!(
+            "Resources:    memory {}, instances {}",
+            shoal_api::ByteSize(t.memory_request()),
+            t.resources.instances
+        );
+        let isolation = match t.isolation {
+            shoal_api::Isolation::PerRequest => "per-request".to_string(),
+            shoal_api::Isolation::Reuse {
+                max_requests,
+                idle_timeout,
+            } => format!("reuse (max {max_requests} requests, idle {idle_timeout})"),
+        };
+        println!("Isolation:    {isolation}");
+        if !t.routes.is_empty() {
+            println!("Routes:       {}", routes_text(&t.routes));
+        }
+        if let Some(h) = &t.health {
+            println!(
+                "Health:       GET {} every {} (timeout {}, {} failures to restart)",
+                h.path, h.interval, h.timeout, h.failure_threshold
+            );
+        }
+        if t.kind == shoal_api::WorkloadKind::Worker {
+            println!(
+                "Restart:      {:?}, backoff {} doubling to {}",
+                t.restart_policy, t.backoff.initial, t.backoff.max
+            );
+        }
+        if !t.env.is_empty() {
+            println!(
+                "Env:          {}",
+                t.env.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+        if !t.allow_outbound.is_empty() {
+            println!("Outbound:     {}", t.allow_outbound.join(", "));
+        }
+        if !t.node_selector.is_empty() {
+            println!(
+                "Node selector: {}",
+                t.node_selector
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+        }
+    }
+    println!("Revisions:");
+    let rows: Vec<Vec<String>> = d
+        .revisions
+        .iter()
+        .map(|r| {
+            vec![
+                format!("  {}", r.number),
+                short_digest(&r.template.digest),
+                age(r.created_at_ms, now),
+            ]
+        })
+        .collect();
+    print!("{}", table::render(&["  REVISION", "MODULE", "AGE"], &rows));
+    println!("Instances:");
+    if d.instances.is_empty() {
+        println!("  <none>");
+    } else {
+        let rows: Vec<Vec<String>> = d
+            .instances
+            .iter()
+            .map(|i| {
+                vec![
+                    format!("  {}", i.id),
+                    i.revision.to_string(),
+                    i.node.clone().unwrap_or_else(|| "<none>".into()),
+                    i.phase.to_string(),
+                    if i.ready { "yes" } else { "no" }.into(),
+                    i.restarts.to_string(),
+                    age(i.created_at_ms, now),
+                    i.reason.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table::render(
+                &[
+                    "  NAME", "REVISION", "NODE", "STATE", "READY", "RESTARTS", "AGE", "REASON"
+                ],
+                &rows
+            )
+        );
+    }
+    println!("Events:");
+    let recent: Vec<&Event> = d.events.iter().rev().take(20).rev().collect();
+    if recent.is_empty() {
+        println!("  <none>");
+    } else {
+        print!(
+            "{}",
+            table::render(&EVENT_HEADER_INDENTED, &event_rows(&recent, now, "  "))
+        );
+    }
+    Ok(())
+}
+
+const EVENT_HEADER: [&str; 5] = ["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"];
+const EVENT_HEADER_INDENTED: [&str; 5] = ["  LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"];
+
+fn event_rows(events: &[&Event], now: u64, indent: &str) -> Vec<Vec<String>> {
+    events
+        .iter()
+        .map(|e| {
+            vec![
+                format!("{indent}{}", age(e.at_ms, now)),
+                match e.level {
+                    EventLevel::Normal => "Normal".into(),
+                    EventLevel::Warning => "Warning".into(),
+                },
+                e.reason.clone(),
+                e.object.clone(),
+                e.message.clone(),
+            ]
+        })
+        .collect()
+}
+
+pub async fn scale(client: &Client, args: ScaleArgs) -> anyhow::Result<()> {
+    let key = args.app.key()?;
+    client
+        .post_empty(
+            &format!("{}/scale", app_path(&key)),
+            &ScaleRequest {
+                replicas: args.replicas,
+            },
+        )
+        .await?;
+    println!("{} scaled to {} replicas", app_label(&key), args.replicas);
+    Ok(())
+}
+
+pub async fn delete(client: &Client, args: DeleteArgs) -> anyhow::Result<()> {
+    let mut keys = Vec::new();
+    for f in &args.files {
+        let (apps, _) = load_manifest(f)?;
+        keys.extend(
+            apps.into_iter()
+                .map(|(m, _)| AppKey::new(m.namespace, m.name)),
+        );
+    }
+    if let Some(kind) = &args.kind {
+        let r = AppRef {
+            kind: kind.clone(),
+            name: args.name.clone(),
+            ns: args.ns.clone(),
+        };
+        keys.push(r.key()?);
+    }
+    if keys.is_empty() {
+        bail!("name what to delete: `shoal delete app NAME` or `shoal delete -f FILE`");
+    }
+    for key in keys {
+        client.delete(&app_path(&key)).await?;
+        println!("{} deleted", app_label(&key));
+    }
+    Ok(())
+}
+
+pub async fn logs(client: &Client, args: LogsArgs) -> anyhow::Result<()> {
+    let key = args.app.key()?;
+    let d: AppDetail = client.get(&app_path(&key)).await?;
+    let addresses: BTreeMap<String, String> = d
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.address.clone()))
+        .collect();
+    let mut streams = Vec::new();
+    for inst in &d.instances {
+        let Some(addr) = inst.node.as_ref().and_then(|n| addresses.get(n)) else {
+            continue;
+        };
+        let url = format!(
+            "{}/v1/instances/{}/logs{}",
+            addr.trim_end_matches('/'),
+            inst.id,
+            if args.follow { "?follow=true" } else { "" }
+        );
+        let id = inst.id.clone();
+        let http = client.http().clone();
+        streams.push(async move {
+            let resp = match http.get(&url).send().await {
+                Ok(r) if r.status().is_success() => r,
+                Ok(r) => {
+                    eprintln!("[{id}] cannot read logs: node answered {}", r.status());
+                    return;
+                }
+                Err(e) => {
+                    eprintln!("[{id}] cannot read logs: {}", crate::client::root_cause(&e));
+                    return;
+                }
+            };
+            let mut body = resp.bytes_stream();
+            let mut buf = Vec::new();
+            while let Some(chunk) = body.next().await {
+                let Ok(chunk) = chunk else { break };
+                buf.extend_from_slice(&chunk);
+                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+                    println!("[{id}] {line}");
+                    let _ = std::io::stdout().flush();
+                }
+            }
+        });
+    }
+    if streams.is_empty() {
+        println!("{} has no running instances", app_label(&key));
+        return Ok(());
+    }
+    futures::future::join_all(streams).await;
+    Ok(())
+}
+
+pub async fn events(client: &Client, args: EventsArgs) -> anyhow::Result<()> {
+    let ns = args.ns.query();
+    let evs: Vec<Event> = client.get(&format!("/v1/events?namespace={ns}")).await?;
+    let now = now_ms();
+    let refs: Vec<&Event> = evs.iter().collect();
+    if refs.is_empty() && !args.watch {
+        println!("No events.");
+        return Ok(());
+    }
+    let mut rows = event_rows(&refs, now, "");
+    // Keep the columns of later rows in line with the first screen.
+    if rows.is_empty() {
+        rows.push(vec![String::new(); 5]);
+    }
+    print!("{}", table::render(&EVENT_HEADER, &rows));
+    let _ = std::io::stdout().flush();
+    if !args.watch {
+        return Ok(());
+    }
+    let mut after = evs.last().map(|e| e.seq);
+    loop {
+        let q = match after {
+            Some(a) => format!("/v1/events?namespace={ns}&wait=true&after={a}"),
+            None => format!("/v1/events?namespace={ns}&wait=true"),
+        };
+        let evs: Vec<Event> = client.get(&q).await?;
+        let now = now_ms();
+        for e in &evs {
+            let row = &event_rows(&[e], now, "")[0];
+            println!("{}", row.join("  "));
+        }
+        let _ = std::io::stdout().flush();
+        if let Some(e) = evs.last() {
+            after = Some(e.seq);
+        }
+    }
+}
