@@ -68,6 +68,34 @@ pub struct NodeArgs {
     pub exit_with_parent: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct GatewayArgs {
+    /// Address clients connect to (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// URL of the control plane whose route table to follow.
+    #[arg(long, env = "SHOAL_SERVER")]
+    pub control_plane: String,
+    /// How long a client may take to send a request's headers.
+    #[arg(long, default_value = "10s")]
+    pub header_timeout: Duration,
+    /// Close kept-alive connections idle for this long.
+    #[arg(long, default_value = "60s")]
+    pub idle_timeout: Duration,
+    /// Largest request head (request line and headers).
+    #[arg(long, default_value = "64KiB")]
+    pub max_header_size: ByteSize,
+    /// Most headers in one request.
+    #[arg(long, default_value_t = 100)]
+    pub max_headers: usize,
+    /// How long in-flight requests may take to finish at shutdown.
+    #[arg(long, default_value = "10s")]
+    pub grace: Duration,
+    /// Exit when standard input closes (used by `shoal up`).
+    #[arg(long, hide = true)]
+    pub exit_with_parent: bool,
+}
+
 pub fn data_home() -> PathBuf {
     if let Some(d) = std::env::var_os("SHOAL_DATA_DIR") {
         return PathBuf::from(d);
@@ -239,6 +267,34 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = server.await;
     let _ = loops.await;
+    println!("Stopped.");
+    Ok(())
+}
+
+pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    let gw = shoal_gateway::Gateway::new(shoal_gateway::GatewayConfig::default());
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let watch = tokio::spawn(shoal_gateway::watch::follow(
+        gw.clone(),
+        args.control_plane.clone(),
+    ));
+    println!(
+        "Gateway listening on http://{addr}/ (control plane {})",
+        args.control_plane
+    );
+    let _ = std::io::stdout().flush();
+    let limits = shoal_gateway::ServerLimits {
+        header_read_timeout: args.header_timeout.get(),
+        idle_timeout: args.idle_timeout.get(),
+        max_header_bytes: usize::try_from(args.max_header_size.bytes()).unwrap_or(usize::MAX),
+        max_headers: args.max_headers,
+        grace: args.grace.get(),
+    };
+    shoal_gateway::serve(listener, gw, stop_requested(args.exit_with_parent), limits).await?;
+    watch.abort();
     println!("Stopped.");
     Ok(())
 }

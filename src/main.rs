@@ -1,7 +1,7 @@
 //! The `shoal` binary: wires Shoal's crates into processes and commands.
 //!
 //! - [`run`]: `shoal run`, one module on this machine.
-//! - [`cluster`]: the server processes (`control-plane`, `node`).
+//! - [`cluster`]: the server processes (`control-plane`, `node`, `gateway`).
 //! - [`up`]: `shoal up`, a whole local cluster as child processes.
 //! - [`client`], [`commands`], [`table`]: the kubectl-style client commands.
 
@@ -39,6 +39,8 @@ enum Command {
     ControlPlane(cluster::ControlPlaneArgs),
     /// Run a node that joins a control plane and hosts instances.
     Node(cluster::NodeArgs),
+    /// Run the HTTP gateway that routes requests to apps' instances.
+    Gateway(cluster::GatewayArgs),
     /// Create or update apps from manifest files.
     Apply(commands::ApplyArgs),
     /// List apps, instances, nodes or revisions.
@@ -87,6 +89,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => up::up(args).await,
         Command::ControlPlane(args) => cluster::control_plane(args).await,
         Command::Node(args) => cluster::node(args).await,
+        Command::Gateway(args) => cluster::gateway(args).await,
         Command::Apply(args) => commands::apply(&client()?, args).await,
         Command::Get(args) => commands::get(&client()?, args).await,
         Command::Describe(args) => commands::describe(&client()?, args).await,

@@ -1,5 +1,5 @@
-//! `shoal up`: a whole local cluster in one command. The control plane and
-//! each node run as separate OS processes (children of this one), so the
+//! `shoal up`: a whole local cluster in one command. The control plane,
+//! the gateway and each node run as separate OS processes (children of this one), so the
 //! cluster behaves as a real one does: a node can be killed on its own.
 //!
 //! Children get a pipe as standard input and exit when it closes, so they
@@ -49,6 +49,9 @@ pub struct UpArgs {
     /// Address of the control plane's API.
     #[arg(long, default_value = "127.0.0.1:7070")]
     pub api: SocketAddr,
+    /// Address of the gateway, where apps are served.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub gateway: SocketAddr,
     /// Node lease: how long a silent node keeps its instances.
     #[arg(long, default_value = "2s")]
     pub lease: shoal_api::Duration,
@@ -204,16 +207,33 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             .await?;
             procs.push(p);
         }
+        let gw = start(
+            "gateway",
+            &[
+                "gateway".into(),
+                "--listen".into(),
+                args.gateway.to_string(),
+                "--control-plane".into(),
+                api.clone(),
+                "--exit-with-parent".into(),
+            ],
+            &logs.join("gateway.log"),
+            args.verbose,
+        )
+        .await?;
+        let gateway = gw.url.clone();
+        procs.push(gw);
         let client = Client::new(&api)?;
         wait_for_nodes(&client, args.nodes as usize).await?;
         if !args.no_demo {
             deploy_demo(&client).await?;
+            wait_for_route(&client, &gateway).await?;
         }
-        anyhow::Ok(api)
+        anyhow::Ok((api, gateway))
     }
     .await;
-    let api = match result {
-        Ok(api) => api,
+    let (api, gateway) = match result {
+        Ok(x) => x,
         Err(e) => {
             stop_all(&mut procs).await;
             return Err(e);
@@ -229,12 +249,12 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     for p in &procs {
         println!("  {:<14} {:<28} log: {}", p.name, p.url, p.log.display());
     }
-    if !args.no_demo
-        && let Some(node) = procs.get(1)
-    {
-        println!();
-        println!("The demo app `hello` runs 3 replicas; try:");
-        println!("  curl {}/", node.url);
+    println!();
+    if args.no_demo {
+        println!("Apps are served at {gateway}/ (by the hosts and paths in their routes).");
+    } else {
+        println!("The demo app `hello` runs 3 replicas behind the gateway; try:");
+        println!("  curl {gateway}/");
     }
     println!();
     println!("Inspect it with:");
@@ -281,6 +301,26 @@ async fn wait_for_nodes(client: &Client, n: usize) -> anyhow::Result<()> {
         }
         if tokio::time::Instant::now() > deadline {
             bail!("only {} of {n} nodes registered within 60s", nodes.len());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the gateway serves the demo app.
+async fn wait_for_route(client: &Client, gateway: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ok = client
+            .http()
+            .get(format!("{gateway}/"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ok {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("the gateway at {gateway} did not start serving the demo app within 30s");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -8,6 +8,7 @@
 //!   control plane stores and serves them.
 //! - [`protocol`]: heartbeats and assignments between nodes and the
 //!   control plane.
+//! - [`routes`]: the route table the control plane streams to gateways.
 //! - [`rest`]: request and response bodies of the control plane's API.
 //! - [`error`]: the JSON error body every HTTP surface of Shoal returns.
 
@@ -17,6 +18,7 @@ pub mod objects;
 pub mod protocol;
 pub mod quantity;
 pub mod rest;
+pub mod routes;
 pub mod workload;
 
 pub use error::ErrorBody;

@@ -49,6 +49,153 @@ pub struct AppManifest {
     pub backoff: Backoff,
     #[serde(default)]
     pub node_selector: BTreeMap<String, String>,
+    /// How the gateway spreads requests over the app's instances.
+    #[serde(default)]
+    pub load_balancing: LoadBalancing,
+    /// How a new revision replaces the old one.
+    #[serde(default)]
+    pub rollout: RolloutSpec,
+    /// Split traffic between revisions by percent (canary); empty sends
+    /// everything to the current revision.
+    #[serde(default)]
+    pub traffic: Vec<TrafficTarget>,
+}
+
+/// How the gateway picks an instance for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadBalancing {
+    /// Power of two choices on outstanding requests.
+    #[default]
+    LeastRequest,
+    RoundRobin,
+}
+
+impl std::fmt::Display for LoadBalancing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::LeastRequest => "least-request",
+            Self::RoundRobin => "round-robin",
+        })
+    }
+}
+
+/// A count of instances, or a percentage of the replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntOrPercent {
+    Count(u32),
+    Percent(u32),
+}
+
+impl IntOrPercent {
+    /// The count for `total` replicas; percentages round up or down.
+    pub fn resolve(self, total: u32, round_up: bool) -> u32 {
+        match self {
+            Self::Count(n) => n,
+            Self::Percent(p) => {
+                let x = u64::from(total) * u64::from(p);
+                let n = if round_up { x.div_ceil(100) } else { x / 100 };
+                n.min(u64::from(u32::MAX)) as u32
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for IntOrPercent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Count(n) => write!(f, "{n}"),
+            Self::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl std::str::FromStr for IntOrPercent {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let bad =
+            || format!("invalid value {s:?}: expected a whole number or a percentage such as 25%");
+        match t.strip_suffix('%') {
+            Some(p) => p.trim().parse().map(Self::Percent).map_err(|_| bad()),
+            None => t.parse().map(Self::Count).map_err(|_| bad()),
+        }
+    }
+}
+
+impl Serialize for IntOrPercent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Count(n) => s.serialize_u32(*n),
+            Self::Percent(_) => s.collect_str(self),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for IntOrPercent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = IntOrPercent;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a whole number or a percentage such as \"25%\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<IntOrPercent, E> {
+                v.parse().map_err(E::custom)
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<IntOrPercent, E> {
+                u32::try_from(v)
+                    .map(IntOrPercent::Count)
+                    .map_err(|_| E::custom("too large"))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<IntOrPercent, E> {
+                u32::try_from(v)
+                    .map(IntOrPercent::Count)
+                    .map_err(|_| E::custom("must not be negative"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Rolling update parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RolloutSpec {
+    /// Instances above the replica count a rollout may start.
+    pub max_surge: IntOrPercent,
+    /// Ready instances below the replica count a rollout may accept.
+    pub max_unavailable: IntOrPercent,
+    /// A rollout whose new instances are not all ready this long after it
+    /// started stops, leaving the old revision serving.
+    pub progress_deadline: Duration,
+    /// How long an instance leaving service may take to finish the
+    /// requests it already has.
+    pub drain_grace: Duration,
+}
+
+impl Default for RolloutSpec {
+    fn default() -> Self {
+        Self {
+            max_surge: IntOrPercent::Percent(25),
+            max_unavailable: IntOrPercent::Count(0),
+            progress_deadline: Duration::from_secs(60),
+            drain_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A share of an app's traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TrafficTarget {
+    /// A revision number...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+    /// ...or the current revision, whichever number it has.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub latest: bool,
+    pub percent: u32,
 }
 
 fn default_namespace() -> String {
@@ -509,6 +656,53 @@ fn validate(app: &AppManifest) -> Result<(), (String, String)> {
         if max_requests == 0 {
             return err("isolation.max-requests", "must be at least 1".into());
         }
+    }
+    if !app.traffic.is_empty() {
+        let mut total = 0u32;
+        for (i, t) in app.traffic.iter().enumerate() {
+            if t.latest == t.revision.is_some() {
+                return err(
+                    &format!("traffic[{i}]"),
+                    "name either `revision = N` or `latest = true`".into(),
+                );
+            }
+            if t.revision == Some(0) {
+                return err(
+                    &format!("traffic[{i}].revision"),
+                    "revisions start at 1".into(),
+                );
+            }
+            total = total.saturating_add(t.percent);
+        }
+        if total != 100 {
+            return err(
+                "traffic",
+                format!("the percents add up to {total}, not 100"),
+            );
+        }
+        if app.kind == WorkloadKind::Worker {
+            return err("traffic", "traffic splits are for http apps".into());
+        }
+    }
+    let r = &app.rollout;
+    if matches!(r.max_surge, IntOrPercent::Percent(p) if p > 100) {
+        return err("rollout.max-surge", "must be at most 100%".into());
+    }
+    if matches!(r.max_unavailable, IntOrPercent::Percent(p) if p > 100) {
+        return err("rollout.max-unavailable", "must be at most 100%".into());
+    }
+    if r.max_surge.resolve(100, true) == 0 && r.max_unavailable.resolve(100, false) == 0 {
+        return err(
+            "rollout",
+            "max-surge and max-unavailable cannot both be 0: a rollout could never make progress"
+                .into(),
+        );
+    }
+    if r.progress_deadline.get().is_zero() {
+        return err(
+            "rollout.progress-deadline",
+            "must be greater than zero".into(),
+        );
     }
     if app.backoff.initial.get().is_zero() {
         return err("backoff.initial", "must be greater than zero".into());

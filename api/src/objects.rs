@@ -1,6 +1,8 @@
 //! The objects the control plane stores and its API returns.
 
-use crate::manifest::{AppManifest, HealthCheck, Resources, Route};
+use crate::manifest::{
+    AppManifest, HealthCheck, LoadBalancing, Resources, RolloutSpec, Route, TrafficTarget,
+};
 use crate::workload::{Backoff, DirGrant, Isolation, Limits, RestartPolicy, WorkloadKind};
 use crate::workload::{Grants, WorkloadSpec};
 use serde::{Deserialize, Serialize};
@@ -92,15 +94,61 @@ impl Template {
     }
 }
 
+/// How an app is served and updated, apart from what its instances run:
+/// changing these makes no new revision.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct AppSettings {
+    pub load_balancing: LoadBalancing,
+    pub rollout: RolloutSpec,
+    pub traffic: Vec<TrafficTarget>,
+}
+
+impl AppSettings {
+    pub fn from_manifest(m: &AppManifest) -> Self {
+        Self {
+            load_balancing: m.load_balancing,
+            rollout: m.rollout,
+            traffic: m.traffic.clone(),
+        }
+    }
+}
+
+/// Where the latest rollout of an app stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum RolloutState {
+    /// Replacing instances of older revisions with the current one.
+    Progressing { since_ms: u64 },
+    /// Every replica runs the current revision.
+    Complete { at_ms: u64 },
+    /// The new revision did not become ready in time; the stable revision
+    /// keeps serving.
+    Failed { at_ms: u64, reason: String },
+}
+
 /// An app: its desired replicas and current revision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct App {
     pub key: AppKey,
     pub replicas: u32,
+    /// The revision the app should run.
     pub current_revision: u64,
+    /// The last revision that rolled out completely: what serves while a
+    /// rollout is in progress or after one failed.
+    #[serde(default)]
+    pub stable_revision: u64,
+    #[serde(default)]
+    pub settings: AppSettings,
+    #[serde(default = "rollout_complete")]
+    pub rollout: RolloutState,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
+}
+
+fn rollout_complete() -> RolloutState {
+    RolloutState::Complete { at_ms: 0 }
 }
 
 /// An immutable snapshot of an app's template.
@@ -131,6 +179,8 @@ pub enum Phase {
     Failed,
     /// Its node stopped heartbeating.
     Lost,
+    /// Out of the route table, finishing the requests it has; then it stops.
+    Terminating,
 }
 
 impl std::fmt::Display for Phase {
@@ -145,6 +195,7 @@ impl std::fmt::Display for Phase {
             Self::Succeeded => "Succeeded",
             Self::Failed => "Failed",
             Self::Lost => "Lost",
+            Self::Terminating => "Terminating",
         })
     }
 }
@@ -162,6 +213,12 @@ pub struct Instance {
     pub restarts: u32,
     pub reason: Option<String>,
     pub created_at_ms: u64,
+    /// When it left service (phase `Terminating`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminating_since_ms: Option<u64>,
+    /// Requests it is serving, as its node last reported (not stored).
+    #[serde(default)]
+    pub in_flight: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

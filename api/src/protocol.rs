@@ -47,6 +47,9 @@ pub struct InstanceReport {
     pub ready: bool,
     pub restarts: u32,
     pub message: Option<String>,
+    /// Requests in flight (http apps).
+    #[serde(default)]
+    pub in_flight: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +68,10 @@ pub struct Assignment {
     pub app: AppKey,
     pub revision: u64,
     pub template: Template,
+    /// Out of the route table: finish what is in flight, take nothing new
+    /// unless it is addressed to this instance.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,3 +1,21 @@
-//! The gateway (issue 4): routing, load balancing, retries, draining and
-//! the activator. Nothing is here yet; the crate exists so the workspace has
-//! its final shape.
+//! Shoal's HTTP gateway: the front door to every app.
+//!
+//! - [`watch`]: follows the control plane's route table (a stream of whole
+//!   tables) and keeps the last one when the control plane is away.
+//! - [`table`]: the routing table built from it: host and longest path
+//!   prefix to an app; per app, endpoints grouped by revision with weights;
+//!   power-of-two-choices or round robin; passive health per node.
+//! - [`proxy`]: forwarding one request over pooled keep-alive connections,
+//!   streaming bodies, setting `X-Forwarded-*` and `X-Request-Id`, retrying
+//!   where that is safe, and answering JSON errors (404, 413, 502-504).
+//! - [`server`]: the listener, with header, size and idle limits.
+//!
+//! The gateway never links wasmtime: it reaches nodes over HTTP only.
+
+pub mod proxy;
+pub mod server;
+pub mod table;
+pub mod watch;
+
+pub use proxy::{Gateway, GatewayConfig};
+pub use server::{ServerLimits, serve};

@@ -30,9 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// Header that names the app a request is for (`namespace/name`); the
-/// gateway sets it, and clients can too.
-pub const APP_HEADER: &str = "x-shoal-app";
+pub use shoal_api::routes::{APP_HEADER, INSTANCE_HEADER};
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -58,6 +56,8 @@ struct Running {
     workload: Mutex<Workload>,
     logs: LogBuffer,
     ready: AtomicBool,
+    /// Out of the route table: serves only requests addressed to it.
+    draining: AtomicBool,
     restarts: AtomicU32,
     failures: AtomicU32,
     next_check: Mutex<Instant>,
@@ -223,12 +223,13 @@ impl Agent {
             .map(|r| {
                 let w = r.workload.lock().unwrap_or_else(|p| p.into_inner());
                 match &*w {
-                    Workload::Http(_) => InstanceReport {
+                    Workload::Http(app) => InstanceReport {
                         id: r.assignment.id.clone(),
                         state: RunState::Running,
                         ready: r.ready.load(Ordering::Relaxed),
                         restarts: r.restarts.load(Ordering::Relaxed),
                         message: None,
+                        in_flight: u32::try_from(app.in_flight()).unwrap_or(u32::MAX),
                     },
                     Workload::Worker(h) => {
                         let s = h.status();
@@ -245,6 +246,7 @@ impl Agent {
                             ready: s.state == WorkerState::Running,
                             restarts: s.restarts,
                             message: s.last_exit.map(|e| e.to_string()),
+                            in_flight: 0,
                         }
                     }
                     Workload::Broken(m) => InstanceReport {
@@ -253,6 +255,7 @@ impl Agent {
                         ready: false,
                         restarts: 0,
                         message: Some(m.clone()),
+                        in_flight: 0,
                     },
                 }
             })
@@ -293,7 +296,10 @@ impl Agent {
             }
         }
         for a in &desired.instances {
-            if self.table().contains_key(&a.id) {
+            if let Some(r) = self.table().get(&a.id) {
+                if r.draining.swap(a.draining, Ordering::Relaxed) != a.draining && a.draining {
+                    tracing::info!(instance = %a.id, "draining: out of the route table");
+                }
                 continue;
             }
             let running = self.start(a.clone()).await;
@@ -376,12 +382,14 @@ impl Agent {
         };
         // Without a health check an http instance is ready once linked.
         let ready = matches!(workload, Workload::Http(_)) && a.template.health.is_none();
+        let draining = a.draining;
         Running {
             assignment: a,
             loaded,
             workload: Mutex::new(workload),
             logs,
             ready: AtomicBool::new(ready),
+            draining: AtomicBool::new(draining),
             restarts: AtomicU32::new(0),
             failures: AtomicU32::new(0),
             next_check: Mutex::new(Instant::now()),
@@ -464,6 +472,22 @@ impl Agent {
     /// by the apps' routes (host, then longest path prefix).
     fn route(&self, req: &http::Request<Incoming>) -> Result<Arc<HttpApp>, (u16, String)> {
         let table = self.table();
+        if let Some(id) = req
+            .headers()
+            .get(INSTANCE_HEADER)
+            .and_then(|v| v.to_str().ok())
+        {
+            // The gateway chose this instance; serve it even while it
+            // drains, so requests routed just before it left the table
+            // still succeed.
+            return match table.get(id).map(|r| &r.workload) {
+                Some(w) => match &*w.lock().unwrap_or_else(|p| p.into_inner()) {
+                    Workload::Http(app) => Ok(app.clone()),
+                    _ => Err((503, format!("instance {id} on this node is not serving"))),
+                },
+                None => Err((503, format!("no instance {id} on this node"))),
+            };
+        }
         let wanted: Option<AppKey> = req
             .headers()
             .get(APP_HEADER)
@@ -511,7 +535,11 @@ impl Agent {
         let candidates: Vec<Arc<HttpApp>> = {
             let mut v: Vec<(&String, &Arc<Running>)> = table
                 .iter()
-                .filter(|(_, r)| r.assignment.app == key && r.ready.load(Ordering::Relaxed))
+                .filter(|(_, r)| {
+                    r.assignment.app == key
+                        && r.ready.load(Ordering::Relaxed)
+                        && !r.draining.load(Ordering::Relaxed)
+                })
                 .collect();
             v.sort_by(|a, b| a.0.cmp(b.0));
             v.into_iter()

@@ -74,6 +74,8 @@ pub fn router(cp: ControlPlane) -> Router {
         .route("/v1/nodes/register", post(register))
         .route("/v1/nodes/{name}/heartbeat", post(heartbeat))
         .route("/v1/blobs/{digest}", get(get_blob))
+        .route("/v1/routes", get(get_routes))
+        .route("/v1/routes/watch", get(watch_routes))
         .fallback(|| async {
             Error(
                 StatusCode::NOT_FOUND,
@@ -345,6 +347,45 @@ async fn get_blob(
             ErrorBody::new("not_found", format!("no module sha256:{digest}")),
         )),
     }
+}
+
+async fn get_routes(State(cp): State<ControlPlane>) -> Json<shoal_api::routes::RouteTable> {
+    Json(crate::routes::route_table(&cp.snapshot()))
+}
+
+/// Sent on an idle route watch so both ends notice a dead connection.
+const ROUTES_KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// The route table as a stream of JSON lines: the whole table first, then
+/// again on every change, with an empty line every few seconds of quiet.
+async fn watch_routes(State(cp): State<ControlPlane>) -> Response {
+    let rx = cp.watch();
+    let stream = futures::stream::unfold(
+        (rx, None::<shoal_api::routes::RouteTable>),
+        |(mut rx, last)| async move {
+            loop {
+                let table = crate::routes::route_table(&rx.borrow_and_update());
+                if last.as_ref() != Some(&table) {
+                    let mut line = serde_json::to_vec(&table).unwrap_or_default();
+                    line.push(b'\n');
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(Bytes::from(line)),
+                        (rx, Some(table)),
+                    ));
+                }
+                match tokio::time::timeout(ROUTES_KEEPALIVE, rx.changed()).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(_)) => return None,
+                    Err(_) => return Some((Ok(Bytes::from_static(b"\n")), (rx, last))),
+                }
+            }
+        },
+    );
+    (
+        [("content-type", "application/x-ndjson")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 /// Serves the API on `listener` until `shutdown` resolves.

@@ -5,7 +5,7 @@
 
 use crate::placement::{self, Capacity, Need, NodeView};
 use shoal_api::objects::{AppKey, Instance, Phase};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// What the user asked for, per app.
 #[derive(Debug, Clone)]
@@ -64,7 +64,7 @@ pub fn reconcile(
 ) -> Plan {
     let mut nodes: Vec<NodeView> = nodes.to_vec();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    let node_index: BTreeMap<String, usize> = nodes
+    let node_index: HashMap<String, usize> = nodes
         .iter()
         .enumerate()
         .map(|(i, n)| (n.name.clone(), i))
@@ -73,30 +73,42 @@ pub fn reconcile(
         actions: Vec::new(),
         next_seq: seq,
     };
-    let wanted: BTreeMap<&AppKey, &DesiredApp> = apps.iter().map(|a| (&a.key, a)).collect();
+    // Instances are grouped by app, in `apps` order; an app listed twice
+    // gets its instances at its first entry.
+    let mut group_of: HashMap<&AppKey, usize> = HashMap::with_capacity(apps.len());
+    for (g, a) in apps.iter().enumerate() {
+        group_of.entry(&a.key).or_insert(g);
+    }
 
     let mut sorted: Vec<&Instance> = instances.iter().collect();
     sorted.sort_by(|a, b| a.id.cmp(&b.id));
 
-    let app_key_str = |k: &AppKey| k.to_string();
     let release = |nodes: &mut Vec<NodeView>, inst: &Instance| {
         if let Some(i) = inst.node.as_ref().and_then(|n| node_index.get(n)) {
-            nodes[*i].remove(&app_key_str(&inst.app), need_of(inst));
+            nodes[*i].remove(&inst.app.to_string(), need_of(inst));
         }
     };
 
     // Instances of deleted apps and on lost or unknown nodes go first: their
     // capacity is free again for the placements below.
-    let mut live: BTreeMap<&AppKey, Vec<&Instance>> = BTreeMap::new();
+    let mut live: Vec<Vec<&Instance>> = vec![Vec::new(); apps.len()];
+    // Ids start with the app's name, so sorted instances come in runs of
+    // one app: remembering the last lookup saves hashing most keys.
+    let mut last: Option<(&AppKey, usize)> = None;
     for inst in &sorted {
-        if !wanted.contains_key(&inst.app) {
+        let group = match last {
+            Some((key, g)) if *key == inst.app => Some(g),
+            _ => group_of.get(&inst.app).copied(),
+        };
+        let Some(group) = group else {
             release(&mut nodes, inst);
             plan.actions.push(Action::Delete {
                 id: inst.id.clone(),
                 why: DeleteReason::AppDeleted,
             });
             continue;
-        }
+        };
+        last = Some((&inst.app, group));
         if let Some(node) = &inst.node {
             let gone = match node_index.get(node) {
                 Some(i) => !nodes[*i].ready,
@@ -111,14 +123,14 @@ pub fn reconcile(
                 continue;
             }
         }
-        live.entry(&inst.app).or_default().push(inst);
+        live[group].push(inst);
     }
 
-    for app in apps {
-        let mut mine = live.remove(&app.key).unwrap_or_default();
+    for (g, app) in apps.iter().enumerate() {
+        let mine = std::mem::take(&mut live[g]);
         // Instances of an older revision are replaced by the current one.
-        let (current, old): (Vec<&Instance>, Vec<&Instance>) =
-            mine.drain(..).partition(|i| i.revision == app.revision);
+        let (mut current, old): (Vec<&Instance>, Vec<&Instance>) =
+            mine.into_iter().partition(|i| i.revision == app.revision);
         for inst in old {
             release(&mut nodes, inst);
             plan.actions.push(Action::Delete {
@@ -126,18 +138,21 @@ pub fn reconcile(
                 why: DeleteReason::Replaced,
             });
         }
-        let mut current = current;
         let want = app.replicas as usize;
         if current.len() > want {
             // Remove the least useful first: pending, then not ready, then
             // the newest.
-            current.sort_by_key(|i| {
+            let usefulness = |i: &Instance| {
                 (
                     i.node.is_some(),
                     i.ready,
                     std::cmp::Reverse(i.created_at_ms),
-                    std::cmp::Reverse(i.id.clone()),
                 )
+            };
+            current.sort_by(|a, b| {
+                usefulness(a)
+                    .cmp(&usefulness(b))
+                    .then_with(|| b.id.cmp(&a.id))
             });
             let extra = current.len() - want;
             for inst in current.drain(..extra) {
@@ -149,22 +164,29 @@ pub fn reconcile(
             }
             current.sort_by(|a, b| a.id.cmp(&b.id));
         }
+        // Pending instances get the first chance at free capacity.
+        let pending: Vec<&Instance> = current
+            .iter()
+            .copied()
+            .filter(|i| i.node.is_none())
+            .collect();
+        let missing = want.saturating_sub(current.len());
+        if pending.is_empty() && missing == 0 {
+            continue;
+        }
         let key = app.key.to_string();
         let need = Need {
             app: &key,
             resources: app.need,
             selector: &app.selector,
         };
-        // Pending instances get the first chance at free capacity.
-        for inst in current.iter().filter(|i| i.node.is_none()) {
-            match placement::choose(&nodes, &need) {
-                Ok(i) => {
-                    nodes[i].add(&key, app.need);
-                    plan.actions.push(Action::Place {
-                        id: inst.id.clone(),
-                        node: nodes[i].name.clone(),
-                    });
-                }
+        let mut placed = placement::place(&mut nodes, &need, pending.len() + missing).into_iter();
+        for (inst, result) in pending.iter().zip(placed.by_ref()) {
+            match result {
+                Ok(i) => plan.actions.push(Action::Place {
+                    id: inst.id.clone(),
+                    node: nodes[i].name.clone(),
+                }),
                 Err(reason) => {
                     if inst.reason.as_deref() != Some(reason.as_str()) {
                         plan.actions.push(Action::StillPending {
@@ -175,14 +197,11 @@ pub fn reconcile(
                 }
             }
         }
-        for _ in current.len()..want {
+        for result in placed {
             let id = format!("{}-{}", app.key.name, plan.next_seq);
             plan.next_seq += 1;
-            let (node, reason) = match placement::choose(&nodes, &need) {
-                Ok(i) => {
-                    nodes[i].add(&key, app.need);
-                    (Some(nodes[i].name.clone()), None)
-                }
+            let (node, reason) = match result {
+                Ok(i) => (Some(nodes[i].name.clone()), None),
                 Err(reason) => (None, Some(reason)),
             };
             plan.actions.push(Action::Create {
@@ -207,8 +226,17 @@ pub fn expired(nodes: &[(String, u64, bool)], now_ms: u64, lease_ms: u64) -> BTr
 }
 
 /// Applies a plan to a copy of the instances, as the executor would, so
-/// tests can check that reconciling again changes nothing.
+/// tests can check that reconciling again changes nothing. Instance ids are
+/// unique, as in the store.
 pub fn apply(plan: &Plan, instances: &mut Vec<Instance>, now_ms: u64) {
+    // Plans at cluster scale carry 10^5 actions: find instances by id
+    // through an index rather than a scan per action.
+    let mut at: HashMap<String, usize> = instances
+        .iter()
+        .enumerate()
+        .map(|(n, i)| (i.id.clone(), n))
+        .collect();
+    let mut deleted = vec![false; instances.len()];
     for a in &plan.actions {
         match a {
             Action::Create {
@@ -218,9 +246,11 @@ pub fn apply(plan: &Plan, instances: &mut Vec<Instance>, now_ms: u64) {
                 node,
                 reason,
             } => {
-                if instances.iter().any(|i| &i.id == id) {
+                if at.contains_key(id) {
                     continue;
                 }
+                at.insert(id.clone(), instances.len());
+                deleted.push(false);
                 instances.push(Instance {
                     id: id.clone(),
                     app: app.clone(),
@@ -235,23 +265,32 @@ pub fn apply(plan: &Plan, instances: &mut Vec<Instance>, now_ms: u64) {
                     restarts: 0,
                     reason: reason.clone(),
                     created_at_ms: now_ms,
+                    terminating_since_ms: None,
+                    in_flight: 0,
                 });
             }
             Action::Place { id, node } => {
-                if let Some(i) = instances.iter_mut().find(|i| &i.id == id) {
+                if let Some(&n) = at.get(id) {
+                    let i = &mut instances[n];
                     i.node = Some(node.clone());
                     i.phase = Phase::Scheduled;
                     i.reason = None;
                 }
             }
             Action::StillPending { id, reason } => {
-                if let Some(i) = instances.iter_mut().find(|i| &i.id == id) {
-                    i.reason = Some(reason.clone());
+                if let Some(&n) = at.get(id) {
+                    instances[n].reason = Some(reason.clone());
                 }
             }
-            Action::Delete { id, .. } => instances.retain(|i| &i.id != id),
+            Action::Delete { id, .. } => {
+                if let Some(n) = at.remove(id) {
+                    deleted[n] = true;
+                }
+            }
         }
     }
+    let mut deleted = deleted.into_iter();
+    instances.retain(|_| !deleted.next().unwrap_or(false));
 }
 
 #[cfg(test)]

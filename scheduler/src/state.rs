@@ -11,7 +11,8 @@ use crate::reconcile::{self, Action, DeleteReason, DesiredApp};
 use crate::store::{Op, Store, StoreError};
 use shoal_api::manifest::AppManifest;
 use shoal_api::objects::{
-    App, AppKey, Event, EventLevel, Instance, Node, NodeState, Phase, Revision, Template, now_ms,
+    App, AppKey, AppSettings, Event, EventLevel, Instance, Node, NodeState, Phase, Revision,
+    RolloutState, Template, now_ms,
 };
 use shoal_api::protocol::{
     Assignment, Heartbeat, HeartbeatResponse, RegisterRequest, RegisterResponse, RunState,
@@ -262,6 +263,7 @@ impl State {
         let mut tick = tokio::time::interval(self.config.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let mut resync = false;
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => self.handle(cmd),
@@ -269,15 +271,21 @@ impl State {
                 },
                 _ = tick.tick() => {
                     self.expire_leases();
-                    // Level-triggered: reconcile on every tick, changed or not.
-                    self.changed = true;
+                    // Level-triggered: reconcile on every tick, whether or
+                    // not an event said something changed.
+                    resync = true;
                 }
             }
-            if self.changed {
+            if self.changed || resync {
                 self.reconcile();
-                if let Err(e) = self.flush() {
-                    tracing::error!(error = %e, "cannot write the store; will retry");
-                }
+            }
+            if !self.pending.is_empty()
+                && let Err(e) = self.flush()
+            {
+                tracing::error!(error = %e, "cannot write the store; will retry");
+            }
+            // Readers get a new snapshot only when something changed.
+            if self.changed {
                 self.changed = false;
                 self.snap.version += 1;
                 out.send_replace(Arc::new(self.snapshot()));
@@ -397,6 +405,9 @@ impl State {
                         key: key.clone(),
                         replicas: m.replicas,
                         current_revision: 1,
+                        stable_revision: 0,
+                        settings: AppSettings::from_manifest(&m),
+                        rollout: RolloutState::Progressing { since_ms: now },
                         created_at_ms: now,
                         updated_at_ms: now,
                     };
@@ -717,6 +728,7 @@ impl State {
                     app: i.app.clone(),
                     revision: i.revision,
                     template: self.snap.template(&i.app, i.revision)?.clone(),
+                    draining: i.phase == Phase::Terminating,
                 })
             })
             .collect();
@@ -854,6 +866,8 @@ impl State {
                         restarts: 0,
                         reason: reason.clone(),
                         created_at_ms: now,
+                        terminating_since_ms: None,
+                        in_flight: 0,
                     };
                     let obj = format!("instance/{id}");
                     match &node {
@@ -935,5 +949,6 @@ impl State {
         }
         self.next_seq = plan.next_seq;
         self.pending.push(Op::SetMeta("next_seq", self.next_seq));
+        self.changed = true;
     }
 }

@@ -1,0 +1,490 @@
+//! Forwarding one request: match the route, pick an endpoint, send it to
+//! the endpoint's node over a pooled keep-alive connection, retry where that
+//! is safe, and stream the answer back.
+
+use crate::table::{AppRoute, Endpoint, Table};
+use bytes::Bytes;
+use dashmap::DashMap;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use shoal_api::ErrorBody;
+use shoal_api::objects::AppKey;
+use shoal_api::routes::{APP_HEADER, INSTANCE_HEADER, RouteTable};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// Bodies up to this size are read before forwarding, so the request can be
+/// sent again to another endpoint; larger ones stream through and are not
+/// retried once sent.
+pub const REPLAY_LIMIT: u64 = 64 * 1024;
+
+/// Endpoints tried for one request when connections are refused.
+const MAX_ATTEMPTS: usize = 4;
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// How long connecting to a node may take before it counts as failed.
+    pub connect_timeout: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Request counters of one app, for the autoscaler.
+#[derive(Debug, Default)]
+pub struct AppStats {
+    /// Requests being served now.
+    pub in_flight: AtomicU64,
+    /// Requests received, ever.
+    pub requests: AtomicU64,
+}
+
+/// The gateway: the current routing table and the connection pool.
+pub struct Gateway {
+    table: RwLock<Arc<Table>>,
+    endpoints: crate::table::Endpoints,
+    client: Client<HttpConnector, ProxyBody>,
+    stats: DashMap<AppKey, Arc<AppStats>>,
+    /// Whether a route table has arrived since start.
+    has_table: std::sync::atomic::AtomicBool,
+    table_updates: tokio::sync::watch::Sender<u64>,
+}
+
+impl Gateway {
+    pub fn new(config: GatewayConfig) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        Arc::new(Self {
+            table: RwLock::new(Arc::new(Table::default())),
+            endpoints: crate::table::Endpoints::new(),
+            client,
+            stats: DashMap::new(),
+            has_table: std::sync::atomic::AtomicBool::new(false),
+            table_updates: tokio::sync::watch::channel(0).0,
+        })
+    }
+
+    pub fn table(&self) -> Arc<Table> {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Installs a new route table.
+    pub fn set_table(&self, rt: &RouteTable) {
+        let t = Arc::new(Table::build(rt, &self.endpoints));
+        tracing::debug!(
+            apps = t.apps.len(),
+            endpoints = t.endpoint_count(),
+            "route table updated"
+        );
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = t;
+        self.has_table.store(true, Ordering::Relaxed);
+        self.table_updates.send_modify(|v| *v += 1);
+    }
+
+    pub fn has_table(&self) -> bool {
+        self.has_table.load(Ordering::Relaxed)
+    }
+
+    /// Resolves after each table update.
+    pub fn table_updates(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.table_updates.subscribe()
+    }
+
+    /// Request counters by app.
+    pub fn stats(&self) -> Vec<(AppKey, Arc<AppStats>)> {
+        self.stats
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
+    }
+
+    fn stats_for(&self, key: &AppKey) -> Arc<AppStats> {
+        if let Some(s) = self.stats.get(key) {
+            return s.clone();
+        }
+        self.stats.entry(key.clone()).or_default().clone()
+    }
+
+    /// Serves one client request.
+    pub async fn handle<B>(
+        self: Arc<Self>,
+        req: Request<B>,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.uri().authority().map(|a| a.to_string()));
+        let path = req.uri().path().to_string();
+        let table = self.table();
+        let Some(app) = table.lookup(host.as_deref(), &path) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "no_route",
+                format!(
+                    "no app serves host {:?} path {path:?}",
+                    host.as_deref().unwrap_or("")
+                ),
+            );
+        };
+        let stats = self.stats_for(&app.key);
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        let counted = Counted(stats);
+        let resp = self.forward(&app, req, peer, host).await;
+        resp.map(|b| Guarded::new(b, counted).boxed())
+    }
+
+    async fn forward<B>(
+        &self,
+        app: &Arc<AppRoute>,
+        req: Request<B>,
+        peer: SocketAddr,
+        host: Option<String>,
+    ) -> Response<ProxyBody>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > app.max_body) {
+            return too_large(app.max_body);
+        }
+        let chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
+        let method = req.method().clone();
+        let idempotent = matches!(
+            method,
+            Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
+        );
+        let (parts, body) = req.into_parts();
+        let mut body = match (declared, chunked) {
+            (Some(0), _) | (None, false) => Outgoing::Replay(Bytes::new()),
+            (Some(n), false) if n <= REPLAY_LIMIT => {
+                match Limited::new(body, app.max_body as usize).collect().await {
+                    Ok(c) => Outgoing::Replay(c.to_bytes()),
+                    Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                        return too_large(app.max_body);
+                    }
+                    Err(e) => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            "bad_request",
+                            format!("reading the request body failed: {e}"),
+                        );
+                    }
+                }
+            }
+            _ => Outgoing::Stream(Some(
+                Limited::new(body, app.max_body as usize)
+                    .map_err(|e| -> BoxError { e })
+                    .boxed(),
+            )),
+        };
+        let headers = forward_headers(&parts.headers, peer, host.as_deref(), &app.header);
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let deadline = tokio::time::Instant::now() + app.timeout;
+        let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+        let mut retried_after_answer = false;
+        let mut last_error = String::new();
+        loop {
+            if tried.len() >= MAX_ATTEMPTS {
+                break;
+            }
+            let Some(ep) = app.pick(&tried) else { break };
+            tried.push(ep.clone());
+            let Some(out_body) = body.take() else {
+                // A streamed body is gone after the first attempt.
+                break;
+            };
+            let uri = format!("{}{path_and_query}", ep.address);
+            let mut out = match Request::builder()
+                .method(method.clone())
+                .uri(&uri)
+                .version(http::Version::HTTP_11)
+                .body(out_body)
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        format!("cannot forward this request: {e}"),
+                    );
+                }
+            };
+            *out.headers_mut() = headers.clone();
+            if let Ok(v) = HeaderValue::from_str(&ep.instance) {
+                out.headers_mut().insert(INSTANCE_HEADER, v);
+            }
+            let in_flight = ep.start();
+            let sent = tokio::time::timeout_at(deadline, self.client.request(out)).await;
+            match sent {
+                Err(_) => {
+                    return error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "gateway_timeout",
+                        format!("app {} did not answer within {:?}", app.key, app.timeout),
+                    );
+                }
+                Ok(Err(e)) if e.is_connect() => {
+                    let d = ep.health.eject();
+                    tracing::warn!(node = %ep.node, address = %ep.address, error = %root_cause(&e), ejected_for = ?d, "cannot connect to node; trying another endpoint");
+                    last_error = format!("cannot connect to node {}: {}", ep.node, root_cause(&e));
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    last_error = format!("node {} failed: {}", ep.node, root_cause(&e));
+                    tracing::warn!(node = %ep.node, instance = %ep.instance, error = %root_cause(&e), "forwarding failed");
+                    if idempotent && body.replayable() && !retried_after_answer {
+                        retried_after_answer = true;
+                        ep.health.eject();
+                        continue;
+                    }
+                    break;
+                }
+                Ok(Ok(resp)) => {
+                    let status = resp.status();
+                    if matches!(
+                        status,
+                        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+                    ) && idempotent
+                        && body.replayable()
+                        && !retried_after_answer
+                        && app.endpoint_count() > tried.len()
+                    {
+                        retried_after_answer = true;
+                        last_error = format!("instance {} answered {status}", ep.instance);
+                        continue;
+                    }
+                    ep.health.succeeded();
+                    let (mut parts, body) = resp.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    if let Some(id) = headers.get(REQUEST_ID) {
+                        parts.headers.insert(REQUEST_ID, id.clone());
+                    }
+                    let body =
+                        Guarded::new(body.map_err(|e| -> BoxError { Box::new(e) }), in_flight);
+                    return Response::from_parts(parts, body.boxed());
+                }
+            }
+        }
+        if tried.is_empty() {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_ready_instance",
+                format!("app {} has no ready instance", app.key),
+            );
+        }
+        error(
+            StatusCode::BAD_GATEWAY,
+            "bad_gateway",
+            format!(
+                "app {}: no instance could serve the request ({last_error})",
+                app.key
+            ),
+        )
+    }
+}
+
+/// The body to send: kept whole so it can be sent again, or a stream that
+/// can be sent once.
+enum Outgoing {
+    Replay(Bytes),
+    Stream(Option<ProxyBody>),
+}
+
+impl Outgoing {
+    fn take(&mut self) -> Option<ProxyBody> {
+        match self {
+            Self::Replay(b) => Some(Full::new(b.clone()).map_err(|e| match e {}).boxed()),
+            Self::Stream(s) => s.take(),
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        matches!(self, Self::Replay(_))
+    }
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Headers that describe one connection and are not forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in HOP_BY_HOP.iter().chain(named.iter()) {
+        h.remove(n);
+    }
+    h.remove(header::TRANSFER_ENCODING);
+}
+
+fn forward_headers(
+    incoming: &HeaderMap,
+    peer: SocketAddr,
+    host: Option<&str>,
+    app: &HeaderValue,
+) -> HeaderMap {
+    let mut h = incoming.clone();
+    strip_hop_by_hop(&mut h);
+    h.remove(INSTANCE_HEADER);
+    h.insert(APP_HEADER, app.clone());
+    let ip = peer.ip().to_string();
+    let xff = match h.get(&FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert(FORWARDED_FOR, v);
+    }
+    if let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        h.insert(FORWARDED_HOST, v);
+    }
+    h.insert(FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let keep = h
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| !v.is_empty() && v.len() <= 128);
+    if !keep && let Ok(v) = HeaderValue::from_str(&new_request_id()) {
+        h.insert(REQUEST_ID, v);
+    }
+    h
+}
+
+fn new_request_id() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// A JSON error answer.
+pub fn error(status: StatusCode, code: &str, message: String) -> Response<ProxyBody> {
+    let body = serde_json::to_vec(&ErrorBody::new(code, message)).unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn too_large(limit: u64) -> Response<ProxyBody> {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("the request body is larger than this app's limit of {limit} bytes"),
+    )
+}
+
+/// Decrements an app's in-flight count when dropped.
+struct Counted(Arc<AppStats>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A body that holds `guard` until it ends or is dropped.
+    pub struct Guarded<B, G> {
+        #[pin]
+        inner: B,
+        guard: Option<G>,
+    }
+}
+
+impl<B, G> Guarded<B, G> {
+    pub fn new(inner: B, guard: G) -> Self {
+        Self {
+            inner,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl<B: http_body::Body, G> http_body::Body for Guarded<B, G> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let r = this.inner.poll_frame(cx);
+        if let Poll::Ready(None) | Poll::Ready(Some(Err(_))) = &r {
+            this.guard.take();
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

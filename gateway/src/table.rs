@@ -1,0 +1,564 @@
+//! The gateway's in-memory routing table: which app a request is for, and
+//! which endpoint serves it.
+//!
+//! A [`Table`] is built from each [`RouteTable`] the control plane sends and
+//! swapped in whole; readers hold an `Arc` to the one they started with.
+//! Per-endpoint state (outstanding requests, ejection) lives in
+//! [`Endpoints`], a concurrent map keyed by instance that outlives tables,
+//! so a table update does not forget that an endpoint is failing.
+
+use dashmap::DashMap;
+use shoal_api::manifest::LoadBalancing;
+use shoal_api::objects::AppKey;
+use shoal_api::routes::{RouteApp, RouteTable};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// First ejection of a failing endpoint; doubled for each further failure
+/// in a row.
+const EJECT_BASE: Duration = Duration::from_millis(500);
+const EJECT_MAX: Duration = Duration::from_secs(30);
+
+/// Passive health of one node, shared by all its endpoints: a node that
+/// refuses connections is out of rotation for a while that grows with each
+/// failure in a row, and back after it.
+#[derive(Debug)]
+pub struct Health {
+    failures: AtomicU32,
+    /// Until when it gets no traffic, in ms since `epoch`.
+    ejected_until: AtomicU64,
+    epoch: Instant,
+}
+
+impl Health {
+    fn new(epoch: Instant) -> Self {
+        Self {
+            failures: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            epoch,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) > self.now_ms()
+    }
+
+    pub fn eject(&self) -> Duration {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed).min(6);
+        let d = EJECT_BASE.saturating_mul(1 << n).min(EJECT_MAX);
+        self.ejected_until
+            .store(self.now_ms() + d.as_millis() as u64, Ordering::Relaxed);
+        d
+    }
+
+    pub fn succeeded(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+            self.ejected_until.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One instance the gateway can send requests to.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub instance: String,
+    pub node: String,
+    /// `http://host:port` of the node.
+    pub address: String,
+    /// Requests sent and not yet answered completely.
+    outstanding: AtomicUsize,
+    /// Requests ever sent (breaks ties between equally loaded endpoints).
+    sent: AtomicU64,
+    pub health: Arc<Health>,
+}
+
+impl Endpoint {
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        self.health.is_ejected()
+    }
+
+    /// Counts a request as outstanding until the guard drops.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.outstanding.fetch_add(1, Ordering::Relaxed);
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    fn load_key(&self) -> (usize, u64) {
+        (self.outstanding(), self.sent.load(Ordering::Relaxed))
+    }
+}
+
+/// An outstanding request on an endpoint.
+#[derive(Debug)]
+pub struct InFlight(Arc<Endpoint>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Endpoint state by instance id and node health by address, shared by
+/// successive tables.
+pub struct Endpoints {
+    map: DashMap<String, Arc<Endpoint>>,
+    nodes: DashMap<String, Arc<Health>>,
+    epoch: Instant,
+}
+
+impl Default for Endpoints {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Endpoints {
+    pub fn new() -> Self {
+        Self {
+            map: DashMap::new(),
+            nodes: DashMap::new(),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn get_or_insert(&self, e: &shoal_api::routes::Endpoint) -> Arc<Endpoint> {
+        let address = e.address.trim_end_matches('/');
+        if let Some(found) = self.map.get(&e.instance)
+            && found.address == address
+        {
+            return found.clone();
+        }
+        let health = self
+            .nodes
+            .entry(address.to_string())
+            .or_insert_with(|| Arc::new(Health::new(self.epoch)))
+            .clone();
+        let ep = Arc::new(Endpoint {
+            instance: e.instance.clone(),
+            node: e.node.clone(),
+            address: address.to_string(),
+            outstanding: AtomicUsize::new(0),
+            sent: AtomicU64::new(0),
+            health,
+        });
+        self.map.insert(e.instance.clone(), ep.clone());
+        ep
+    }
+
+    /// Forgets endpoints and nodes that are in no table any more.
+    fn retain(&self, live: &std::collections::HashSet<&str>) {
+        self.map.retain(|k, _| live.contains(k.as_str()));
+        let addresses: std::collections::HashSet<String> =
+            self.map.iter().map(|e| e.address.clone()).collect();
+        self.nodes.retain(|k, _| addresses.contains(k));
+    }
+}
+
+/// A group of endpoints of one revision.
+#[derive(Debug)]
+pub struct Backend {
+    pub revision: u64,
+    pub weight: u32,
+    pub endpoints: Vec<Arc<Endpoint>>,
+}
+
+/// Everything about routing to one app.
+#[derive(Debug)]
+pub struct AppRoute {
+    pub key: AppKey,
+    /// `namespace/name`, as sent to nodes.
+    pub header: http::HeaderValue,
+    pub load_balancing: LoadBalancing,
+    pub timeout: Duration,
+    pub max_body: u64,
+    pub backends: Vec<Backend>,
+    pub scale_from_zero: bool,
+    rr: AtomicUsize,
+    /// Smooth weighted round robin state, one entry per backend.
+    wrr: Mutex<Vec<i64>>,
+}
+
+impl AppRoute {
+    pub fn has_endpoints(&self) -> bool {
+        self.backends.iter().any(|b| !b.endpoints.is_empty())
+    }
+
+    pub fn endpoint_count(&self) -> usize {
+        self.backends.iter().map(|b| b.endpoints.len()).sum()
+    }
+
+    /// Picks an endpoint, skipping those in `tried`. Ejected endpoints are
+    /// used only when nothing else is left.
+    pub fn pick(&self, tried: &[Arc<Endpoint>]) -> Option<Arc<Endpoint>> {
+        let usable = |e: &Arc<Endpoint>, allow_ejected: bool| {
+            !tried.iter().any(|t| Arc::ptr_eq(t, e)) && (allow_ejected || !e.is_ejected())
+        };
+        for allow_ejected in [false, true] {
+            let candidates: Vec<(usize, Vec<&Arc<Endpoint>>)> = self
+                .backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    (
+                        i,
+                        b.endpoints
+                            .iter()
+                            .filter(|e| usable(e, allow_ejected))
+                            .collect::<Vec<_>>(),
+                    )
+                })
+                .filter(|(_, eps)| !eps.is_empty())
+                .collect();
+            if candidates.is_empty() {
+                continue;
+            }
+            let chosen = if candidates.len() == 1 {
+                &candidates[0].1
+            } else {
+                let idx =
+                    self.choose_backend(&candidates.iter().map(|(i, _)| *i).collect::<Vec<_>>());
+                &candidates
+                    .iter()
+                    .find(|(i, _)| *i == idx)
+                    .unwrap_or(&candidates[0])
+                    .1
+            };
+            return Some(self.choose_endpoint(chosen));
+        }
+        None
+    }
+
+    /// Smooth weighted round robin over the backends in `live` (indices into
+    /// `self.backends`): an exact split over any window of requests.
+    fn choose_backend(&self, live: &[usize]) -> usize {
+        let mut state = self.wrr.lock().unwrap_or_else(|p| p.into_inner());
+        if state.len() != self.backends.len() {
+            *state = vec![0; self.backends.len()];
+        }
+        let weight = |i: usize| i64::from(self.backends[i].weight.max(1));
+        let total: i64 = live.iter().map(|i| weight(*i)).sum();
+        let mut best = live[0];
+        for &i in live {
+            state[i] += weight(i);
+            if state[i] > state[best] {
+                best = i;
+            }
+        }
+        state[best] -= total;
+        best
+    }
+
+    fn choose_endpoint(&self, eps: &[&Arc<Endpoint>]) -> Arc<Endpoint> {
+        if eps.len() == 1 {
+            return eps[0].clone();
+        }
+        match self.load_balancing {
+            LoadBalancing::RoundRobin => {
+                let i = self.rr.fetch_add(1, Ordering::Relaxed) % eps.len();
+                eps[i].clone()
+            }
+            LoadBalancing::LeastRequest => {
+                // Power of two choices: two distinct endpoints at random,
+                // the less loaded one wins.
+                let a = fastrand::usize(..eps.len());
+                let mut b = fastrand::usize(..eps.len() - 1);
+                if b >= a {
+                    b += 1;
+                }
+                let (ea, eb) = (eps[a], eps[b]);
+                if eb.load_key() < ea.load_key() {
+                    eb.clone()
+                } else {
+                    ea.clone()
+                }
+            }
+        }
+    }
+}
+
+/// Routes for one host (or for any host): path prefixes, longest first.
+#[derive(Debug, Default)]
+struct Prefixes(Vec<(String, usize)>);
+
+impl Prefixes {
+    fn find(&self, path: &str) -> Option<usize> {
+        self.0
+            .iter()
+            .find(|(prefix, _)| prefix_matches(prefix, path))
+            .map(|(_, i)| *i)
+    }
+}
+
+/// Whether `prefix` covers `path` on a segment boundary: `/api` covers
+/// `/api` and `/api/x` but not `/apix`.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/'),
+        None => false,
+    }
+}
+
+/// A routing table ready for lookups.
+#[derive(Debug, Default)]
+pub struct Table {
+    pub apps: Vec<Arc<AppRoute>>,
+    by_host: HashMap<String, Prefixes>,
+    any_host: Prefixes,
+}
+
+/// Lower-case host without its port.
+pub fn normalize_host(host: &str) -> String {
+    let h = if host.starts_with('[') {
+        // [v6]:port
+        host.split(']')
+            .next()
+            .map(|h| format!("{h}]"))
+            .unwrap_or_default()
+    } else {
+        host.rsplit_once(':')
+            .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+            .map(|(h, _)| h.to_string())
+            .unwrap_or_else(|| host.to_string())
+    };
+    h.to_ascii_lowercase()
+}
+
+impl Table {
+    /// Builds a table, reusing endpoint state from `endpoints`.
+    pub fn build(rt: &RouteTable, endpoints: &Endpoints) -> Table {
+        let mut t = Table::default();
+        let mut live = std::collections::HashSet::new();
+        for ra in &rt.apps {
+            let idx = t.apps.len();
+            t.apps.push(Arc::new(app_route(ra, endpoints)));
+            for b in &ra.backends {
+                for e in &b.endpoints {
+                    live.insert(e.instance.as_str());
+                }
+            }
+            for r in &ra.routes {
+                let list = match &r.host {
+                    Some(h) => t.by_host.entry(normalize_host(h)).or_default(),
+                    None => &mut t.any_host,
+                };
+                list.0.push((r.path.clone(), idx));
+            }
+        }
+        let by_len = |p: &mut Prefixes| {
+            p.0.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)))
+        };
+        for p in t.by_host.values_mut() {
+            by_len(p);
+        }
+        by_len(&mut t.any_host);
+        endpoints.retain(&live);
+        t
+    }
+
+    /// The app serving `host` and `path`: routes naming the host win over
+    /// routes for any host; then the longest prefix.
+    pub fn lookup(&self, host: Option<&str>, path: &str) -> Option<Arc<AppRoute>> {
+        let specific = host
+            .map(normalize_host)
+            .and_then(|h| self.by_host.get(&h))
+            .and_then(|p| p.find(path));
+        specific
+            .or_else(|| self.any_host.find(path))
+            .map(|i| self.apps[i].clone())
+    }
+
+    pub fn endpoint_count(&self) -> usize {
+        self.apps.iter().map(|a| a.endpoint_count()).sum()
+    }
+}
+
+fn app_route(ra: &RouteApp, endpoints: &Endpoints) -> AppRoute {
+    let header = http::HeaderValue::from_str(&ra.app.to_string())
+        .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"));
+    AppRoute {
+        key: ra.app.clone(),
+        header,
+        load_balancing: ra.load_balancing,
+        timeout: Duration::from_millis(ra.timeout_ms.max(1)),
+        max_body: ra.max_body,
+        backends: ra
+            .backends
+            .iter()
+            .map(|b| Backend {
+                revision: b.revision,
+                weight: b.weight,
+                endpoints: b
+                    .endpoints
+                    .iter()
+                    .map(|e| endpoints.get_or_insert(e))
+                    .collect(),
+            })
+            .collect(),
+        scale_from_zero: ra.scale_from_zero,
+        rr: AtomicUsize::new(0),
+        wrr: Mutex::new(Vec::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_api::manifest::Route;
+    use shoal_api::routes;
+
+    fn ep(i: &str) -> routes::Endpoint {
+        routes::Endpoint {
+            instance: i.into(),
+            node: format!("node-{i}"),
+            address: format!("http://node-{i}:1"),
+        }
+    }
+
+    fn app(name: &str, routes_: Vec<Route>, backends: Vec<routes::Backend>) -> RouteApp {
+        RouteApp {
+            app: AppKey::new("default", name),
+            routes: routes_,
+            load_balancing: LoadBalancing::LeastRequest,
+            timeout_ms: 1000,
+            max_body: 1 << 20,
+            backends,
+            scale_from_zero: false,
+        }
+    }
+
+    fn route(host: Option<&str>, path: &str) -> Route {
+        Route {
+            host: host.map(str::to_string),
+            path: path.into(),
+        }
+    }
+
+    fn backend(rev: u64, weight: u32, ids: &[&str]) -> routes::Backend {
+        routes::Backend {
+            revision: rev,
+            weight,
+            endpoints: ids.iter().map(|i| ep(i)).collect(),
+        }
+    }
+
+    #[test]
+    fn host_then_longest_prefix_on_segment_boundaries() {
+        let rt = RouteTable {
+            apps: vec![
+                app("root", vec![route(None, "/")], vec![]),
+                app("api", vec![route(None, "/api")], vec![]),
+                app("v2", vec![route(None, "/api/v2")], vec![]),
+                app("site", vec![route(Some("Example.COM"), "/")], vec![]),
+            ],
+        };
+        let t = Table::build(&rt, &Endpoints::new());
+        let name = |h: Option<&str>, p: &str| t.lookup(h, p).map(|a| a.key.name.clone());
+        assert_eq!(name(None, "/"), Some("root".into()));
+        assert_eq!(name(None, "/api"), Some("api".into()));
+        assert_eq!(name(None, "/api/x"), Some("api".into()));
+        assert_eq!(name(None, "/apix"), Some("root".into()));
+        assert_eq!(name(None, "/api/v2/users"), Some("v2".into()));
+        assert_eq!(name(Some("example.com:8080"), "/api"), Some("site".into()));
+        assert_eq!(name(Some("other.com"), "/api"), Some("api".into()));
+        let only = Table::build(
+            &RouteTable {
+                apps: vec![app("api", vec![route(None, "/api")], vec![])],
+            },
+            &Endpoints::new(),
+        );
+        assert!(only.lookup(None, "/other").is_none());
+    }
+
+    #[test]
+    fn weighted_split_is_exact_over_a_window() {
+        let rt = RouteTable {
+            apps: vec![app(
+                "w",
+                vec![route(None, "/")],
+                vec![backend(1, 80, &["a", "b"]), backend(2, 20, &["c"])],
+            )],
+        };
+        let t = Table::build(&rt, &Endpoints::new());
+        let a = t.lookup(None, "/").unwrap();
+        let mut to_c = 0;
+        for _ in 0..1000 {
+            if a.pick(&[]).unwrap().instance == "c" {
+                to_c += 1;
+            }
+        }
+        assert_eq!(to_c, 200);
+    }
+
+    #[test]
+    fn least_request_spreads_evenly_and_avoids_busy_endpoints() {
+        let rt = RouteTable {
+            apps: vec![app(
+                "w",
+                vec![route(None, "/")],
+                vec![backend(1, 1, &["a", "b", "c"])],
+            )],
+        };
+        let t = Table::build(&rt, &Endpoints::new());
+        let a = t.lookup(None, "/").unwrap();
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for _ in 0..3000 {
+            let e = a.pick(&[]).unwrap();
+            let _g = e.start();
+            *counts.entry(e.instance.clone()).or_default() += 1;
+        }
+        for (k, v) in &counts {
+            assert!((900..=1100).contains(v), "{k}: {v} of 3000");
+        }
+        // A busy endpoint loses against an idle one.
+        let busy = a.backends[0].endpoints[0].clone();
+        let _held: Vec<InFlight> = (0..10).map(|_| busy.start()).collect();
+        for _ in 0..100 {
+            assert_ne!(a.pick(&[]).unwrap().instance, "a");
+        }
+    }
+
+    #[test]
+    fn ejected_and_tried_endpoints_are_skipped_and_state_survives_updates() {
+        let eps = Endpoints::new();
+        let rt = RouteTable {
+            apps: vec![app(
+                "w",
+                vec![route(None, "/")],
+                vec![backend(1, 1, &["a", "b"])],
+            )],
+        };
+        let t = Table::build(&rt, &eps);
+        let a = t.lookup(None, "/").unwrap();
+        let ea = a.backends[0].endpoints[0].clone();
+        ea.health.eject();
+        for _ in 0..50 {
+            assert_eq!(a.pick(&[]).unwrap().instance, "b");
+        }
+        // A new table keeps the ejection.
+        let t2 = Table::build(&rt, &eps);
+        let a2 = t2.lookup(None, "/").unwrap();
+        assert!(a2.backends[0].endpoints[0].is_ejected());
+        // With the healthy one already tried, the ejected one is the last
+        // resort; with both tried, nothing.
+        let eb = a2.backends[0].endpoints[1].clone();
+        assert_eq!(a2.pick(std::slice::from_ref(&eb)).unwrap().instance, "a");
+        assert!(a2.pick(&[eb, ea.clone()]).is_none());
+        ea.health.succeeded();
+        assert!(!ea.is_ejected());
+    }
+}
