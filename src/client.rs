@@ -84,6 +84,13 @@ impl Client {
             .map(|_| ())
     }
 
+    /// A PUT whose answer has no body.
+    pub async fn send_put<B: Serialize>(&self, path: &str, body: &B) -> anyhow::Result<()> {
+        self.send(self.http.put(self.url(path)).json(body))
+            .await
+            .map(|_| ())
+    }
+
     pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
         self.send(self.http.delete(self.url(path)))
             .await

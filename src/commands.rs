@@ -109,7 +109,7 @@ pub struct AppRef {
 }
 
 impl AppRef {
-    fn key(&self) -> anyhow::Result<AppKey> {
+    pub fn key(&self) -> anyhow::Result<AppKey> {
         let name = match (self.kind.split_once('/'), &self.name) {
             (Some((k, n)), None) if is_app_word(k) && !n.is_empty() => n.to_string(),
             (None, Some(n)) if is_app_word(&self.kind) => n.clone(),

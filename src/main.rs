@@ -3,11 +3,13 @@
 //! - [`run`]: `shoal run`, one module on this machine.
 //! - [`cluster`]: the server processes (`control-plane`, `node`, `gateway`).
 //! - [`up`]: `shoal up`, a whole local cluster as child processes.
-//! - [`client`], [`commands`], [`table`]: the kubectl-style client commands.
+//! - [`client`], [`commands`], [`rollout`], [`table`]: the kubectl-style
+//!   client commands.
 
 mod client;
 mod cluster;
 mod commands;
+mod rollout;
 mod run;
 mod signals;
 mod table;
@@ -51,6 +53,9 @@ enum Command {
     Scale(commands::ScaleArgs),
     /// Delete apps (and all their instances).
     Delete(commands::DeleteArgs),
+    /// Follow, list, undo and split rollouts of new revisions.
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCommand),
     /// Print an app's instance logs (stdout and stderr).
     Logs(commands::LogsArgs),
     /// List what happened in the cluster.
@@ -95,6 +100,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Describe(args) => commands::describe(&client()?, args).await,
         Command::Scale(args) => commands::scale(&client()?, args).await,
         Command::Delete(args) => commands::delete(&client()?, args).await,
+        Command::Rollout(cmd) => rollout::run(&client()?, cmd).await,
         Command::Logs(args) => commands::logs(&client()?, args).await,
         Command::Events(args) => commands::events(&client()?, args).await,
     }

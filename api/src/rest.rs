@@ -85,3 +85,24 @@ pub struct AppDetail {
 pub struct ScaleRequest {
     pub replicas: u32,
 }
+
+/// The body of `POST /v1/namespaces/{ns}/apps/{name}/rollback`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RollbackRequest {
+    /// The revision to go back to; the one before the current if absent.
+    #[serde(default)]
+    pub to_revision: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RollbackResponse {
+    pub revision: u64,
+}
+
+/// The body of `PUT /v1/namespaces/{ns}/apps/{name}/traffic`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrafficRequest {
+    /// Empty sends all traffic to the current revision.
+    pub traffic: Vec<crate::manifest::TrafficTarget>,
+}

@@ -16,7 +16,10 @@ use shoal_api::ErrorBody;
 use shoal_api::manifest::validate_app;
 use shoal_api::objects::{App, AppKey, Event, Instance, Node, Phase, Revision};
 use shoal_api::protocol::{Heartbeat, RegisterRequest};
-use shoal_api::rest::{AppDetail, AppView, ApplyOutcome, ApplyRequest, ScaleRequest};
+use shoal_api::rest::{
+    AppDetail, AppView, ApplyOutcome, ApplyRequest, RollbackRequest, RollbackResponse,
+    ScaleRequest, TrafficRequest,
+};
 use std::time::Duration;
 
 /// Largest apply request (modules travel base64-encoded inside it).
@@ -67,6 +70,14 @@ pub fn router(cp: ControlPlane) -> Router {
             get(describe_app).delete(delete_app),
         )
         .route("/v1/namespaces/{ns}/apps/{name}/scale", post(scale_app))
+        .route(
+            "/v1/namespaces/{ns}/apps/{name}/rollback",
+            post(rollback_app),
+        )
+        .route(
+            "/v1/namespaces/{ns}/apps/{name}/traffic",
+            axum::routing::put(set_traffic),
+        )
         .route("/v1/instances", get(list_instances))
         .route("/v1/revisions", get(list_revisions))
         .route("/v1/nodes", get(list_nodes))
@@ -254,6 +265,32 @@ async fn scale_app(
     let req: ScaleRequest = serde_json::from_slice(&body)
         .map_err(|e| invalid("invalid", format!("malformed scale request: {e}")))?;
     cp.scale(AppKey::new(ns, name), req.replicas).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn rollback_app(
+    State(cp): State<ControlPlane>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<RollbackResponse>, Error> {
+    let req: RollbackRequest = if body.is_empty() {
+        RollbackRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| invalid("invalid", format!("malformed rollback request: {e}")))?
+    };
+    let revision = cp.rollback(AppKey::new(ns, name), req.to_revision).await?;
+    Ok(Json(RollbackResponse { revision }))
+}
+
+async fn set_traffic(
+    State(cp): State<ControlPlane>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<StatusCode, Error> {
+    let req: TrafficRequest = serde_json::from_slice(&body)
+        .map_err(|e| invalid("invalid", format!("malformed traffic request: {e}")))?;
+    cp.set_traffic(AppKey::new(ns, name), req.traffic).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -9,7 +9,7 @@
 use crate::placement::{Capacity, NodeView};
 use crate::reconcile::{self, Action, DeleteReason, DesiredApp};
 use crate::store::{Op, Store, StoreError};
-use shoal_api::manifest::AppManifest;
+use shoal_api::manifest::{AppManifest, TrafficTarget};
 use shoal_api::objects::{
     App, AppKey, AppSettings, Event, EventLevel, Instance, Node, NodeState, Phase, Revision,
     RolloutState, Template, now_ms,
@@ -105,6 +105,16 @@ pub enum Command {
         app: AppKey,
         reply: oneshot::Sender<Result<(), ApiError>>,
     },
+    Rollback {
+        app: AppKey,
+        to: Option<u64>,
+        reply: oneshot::Sender<Result<u64, ApiError>>,
+    },
+    SetTraffic {
+        app: AppKey,
+        traffic: Vec<TrafficTarget>,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
     Register {
         req: RegisterRequest,
         reply: oneshot::Sender<Result<RegisterResponse, ApiError>>,
@@ -184,6 +194,24 @@ impl ControlPlane {
 
     pub async fn delete(&self, app: AppKey) -> Result<(), ApiError> {
         self.ask(|reply| Command::Delete { app, reply }).await
+    }
+
+    /// Makes an earlier revision current again; returns its number.
+    pub async fn rollback(&self, app: AppKey, to: Option<u64>) -> Result<u64, ApiError> {
+        self.ask(|reply| Command::Rollback { app, to, reply }).await
+    }
+
+    pub async fn set_traffic(
+        &self,
+        app: AppKey,
+        traffic: Vec<TrafficTarget>,
+    ) -> Result<(), ApiError> {
+        self.ask(|reply| Command::SetTraffic {
+            app,
+            traffic,
+            reply,
+        })
+        .await
     }
 
     pub async fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, ApiError> {
@@ -360,6 +388,23 @@ impl State {
                 let r = self.delete(&app).and_then(|()| Ok(self.flush()?));
                 let _ = reply.send(r);
             }
+            Command::Rollback { app, to, reply } => {
+                let r = self.rollback(&app, to).and_then(|n| {
+                    self.flush()?;
+                    Ok(n)
+                });
+                let _ = reply.send(r);
+            }
+            Command::SetTraffic {
+                app,
+                traffic,
+                reply,
+            } => {
+                let r = self
+                    .set_traffic(&app, traffic)
+                    .and_then(|()| Ok(self.flush()?));
+                let _ = reply.send(r);
+            }
             Command::Register { req, reply } => {
                 let r = self.register(req).and_then(|resp| {
                     self.flush()?;
@@ -387,6 +432,22 @@ impl State {
                     m.namespace, m.name
                 )));
             }
+        }
+        for (m, digest) in &apps {
+            let key = AppKey::new(&m.namespace, &m.name);
+            let template = Template::from_manifest(m, digest.clone());
+            let unchanged = self.snap.apps.get(&key).is_some_and(|a| {
+                self.snap
+                    .template(&key, a.current_revision)
+                    .is_some_and(|t| *t == template)
+            });
+            // A split may name the revision this apply creates.
+            let upcoming = if unchanged {
+                0
+            } else {
+                self.next_revision(&key)
+            };
+            self.check_traffic(&key, &m.traffic, upcoming)?;
         }
         for (d, bytes) in blobs {
             if !self.store.has_blob(&d)? {
@@ -426,49 +487,64 @@ impl State {
                     (ApplyResult::Created, 1)
                 }
                 Some(mut app) => {
-                    let same = self
+                    let settings = AppSettings::from_manifest(&m);
+                    let same_template = self
                         .snap
                         .template(&key, app.current_revision)
                         .is_some_and(|t| *t == template);
-                    if same {
-                        if app.replicas == m.replicas {
+                    if same_template {
+                        let from = app.replicas;
+                        let rescaled = app.replicas != m.replicas;
+                        let reset = app.settings != settings;
+                        if !rescaled && !reset {
                             (ApplyResult::Unchanged, app.current_revision)
                         } else {
-                            let from = app.replicas;
                             app.replicas = m.replicas;
+                            app.settings = settings;
                             app.updated_at_ms = now;
                             let rev = app.current_revision;
                             self.put_app(app);
-                            self.event(
-                                Some(&key),
-                                format!("app/{}", key.name),
-                                EventLevel::Normal,
-                                "Scaled",
-                                format!("replicas {from} -> {}", m.replicas),
-                            );
-                            (ApplyResult::Scaled, rev)
+                            if rescaled {
+                                self.event(
+                                    Some(&key),
+                                    format!("app/{}", key.name),
+                                    EventLevel::Normal,
+                                    "Scaled",
+                                    format!("replicas {from} -> {}", m.replicas),
+                                );
+                            }
+                            if reset {
+                                self.event(
+                                    Some(&key),
+                                    format!("app/{}", key.name),
+                                    EventLevel::Normal,
+                                    "Configured",
+                                    "settings changed (load balancing, rollout or traffic)".into(),
+                                );
+                            }
+                            let result = if reset {
+                                ApplyResult::Configured
+                            } else {
+                                ApplyResult::Scaled
+                            };
+                            (result, rev)
                         }
                     } else {
-                        let number = self
-                            .snap
-                            .revisions
-                            .keys()
-                            .filter(|(k, _)| *k == key)
-                            .map(|(_, n)| *n)
-                            .max()
-                            .unwrap_or(0)
-                            + 1;
+                        let number = self.next_revision(&key);
                         self.put_revision(&key, number, template, now);
+                        let from = app.current_revision;
                         app.current_revision = number;
                         app.replicas = m.replicas;
+                        app.settings = settings;
+                        app.rollout = RolloutState::Progressing { since_ms: now };
                         app.updated_at_ms = now;
                         self.put_app(app);
                         self.event(
                             Some(&key),
                             format!("app/{}", key.name),
                             EventLevel::Normal,
-                            "RevisionCreated",
-                            format!("revision {number} is now current"),
+                            "RolloutStarted",
+                            format!("rolling out revision {number} (from revision {from})"),
                         );
                         (ApplyResult::Configured, number)
                     }
@@ -482,6 +558,138 @@ impl State {
         }
         self.changed = true;
         Ok(out)
+    }
+
+    /// The number the next revision of `key` gets.
+    fn next_revision(&self, key: &AppKey) -> u64 {
+        self.snap
+            .revisions
+            .range((key.clone(), 0)..=(key.clone(), u64::MAX))
+            .map(|((_, n), _)| *n)
+            .max()
+            .unwrap_or(0)
+            + 1
+    }
+
+    /// Checks that a traffic split names revisions that exist (or the one
+    /// about to be created, `upcoming`).
+    fn check_traffic(
+        &self,
+        key: &AppKey,
+        traffic: &[TrafficTarget],
+        upcoming: u64,
+    ) -> Result<(), ApiError> {
+        for (i, t) in traffic.iter().enumerate() {
+            if let Some(r) = t.revision
+                && r != upcoming
+                && !self.snap.revisions.contains_key(&(key.clone(), r))
+            {
+                return Err(ApiError::Invalid(format!(
+                    "app {key}: traffic[{i}] names revision {r}, which does not exist"
+                )));
+            }
+        }
+        let mut total = 0u32;
+        for t in traffic {
+            total = total.saturating_add(t.percent);
+        }
+        if !traffic.is_empty() && total != 100 {
+            return Err(ApiError::Invalid(format!(
+                "app {key}: the traffic percents add up to {total}, not 100"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Makes `to` (or the revision before the current one) current again.
+    fn rollback(&mut self, key: &AppKey, to: Option<u64>) -> Result<u64, ApiError> {
+        let mut app = self
+            .snap
+            .apps
+            .get(key)
+            .cloned()
+            .ok_or_else(|| ApiError::NotFound(format!("app {key} not found")))?;
+        let target = match to {
+            Some(n) => n,
+            None => self
+                .snap
+                .revisions
+                .range((key.clone(), 0)..(key.clone(), app.current_revision))
+                .map(|((_, n), _)| *n)
+                .max()
+                .ok_or_else(|| {
+                    ApiError::Invalid(format!(
+                        "app {key} has no revision before {}",
+                        app.current_revision
+                    ))
+                })?,
+        };
+        if !self.snap.revisions.contains_key(&(key.clone(), target)) {
+            return Err(ApiError::NotFound(format!(
+                "app {key} has no revision {target}"
+            )));
+        }
+        if target == app.current_revision {
+            return Err(ApiError::Invalid(format!(
+                "app {key} already runs revision {target}"
+            )));
+        }
+        let from = app.current_revision;
+        let now = now_ms();
+        app.current_revision = target;
+        app.rollout = RolloutState::Progressing { since_ms: now };
+        app.updated_at_ms = now;
+        self.put_app(app);
+        self.event(
+            Some(key),
+            format!("app/{}", key.name),
+            EventLevel::Normal,
+            "RolloutStarted",
+            format!("rolling back to revision {target} (from revision {from})"),
+        );
+        self.changed = true;
+        Ok(target)
+    }
+
+    fn set_traffic(&mut self, key: &AppKey, traffic: Vec<TrafficTarget>) -> Result<(), ApiError> {
+        let mut app = self
+            .snap
+            .apps
+            .get(key)
+            .cloned()
+            .ok_or_else(|| ApiError::NotFound(format!("app {key} not found")))?;
+        for (i, t) in traffic.iter().enumerate() {
+            if t.latest == t.revision.is_some() {
+                return Err(ApiError::Invalid(format!(
+                    "traffic[{i}]: name either a revision or latest"
+                )));
+            }
+        }
+        self.check_traffic(key, &traffic, 0)?;
+        let text = if traffic.is_empty() {
+            "all traffic to the current revision".to_string()
+        } else {
+            traffic
+                .iter()
+                .map(|t| match t.revision {
+                    Some(r) => format!("revision {r}: {}%", t.percent),
+                    None => format!("latest: {}%", t.percent),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        app.settings.traffic = traffic;
+        app.updated_at_ms = now_ms();
+        self.put_app(app);
+        self.event(
+            Some(key),
+            format!("app/{}", key.name),
+            EventLevel::Normal,
+            "TrafficSplit",
+            text,
+        );
+        self.changed = true;
+        Ok(())
     }
 
     fn put_app(&mut self, app: App) {

@@ -153,6 +153,11 @@ impl Drop for Proc {
 /// A blocking HTTP/1.1 exchange over a fresh connection: returns status and
 /// body.
 pub fn http(method: &str, url: &str, body: &[u8]) -> (u16, String) {
+    http_with(method, url, &[], body)
+}
+
+/// Like [`http`], with extra request headers.
+pub fn http_with(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
     use std::io::{Read, Write};
     let rest = url.trim_start_matches("http://");
     let (host, path) = match rest.find('/') {
@@ -161,9 +166,18 @@ pub fn http(method: &str, url: &str, body: &[u8]) -> (u16, String) {
     };
     let mut s = std::net::TcpStream::connect(host).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let host_header = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+        .map(|_| String::new())
+        .unwrap_or_else(|| format!("Host: {host}\r\n"));
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\n{host_header}{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )
     .unwrap();
@@ -277,6 +291,7 @@ pub struct Cluster {
     pub api: String,
     pub nodes: Vec<Proc>,
     pub node_urls: Vec<String>,
+    pub gateways: Vec<Proc>,
     extra_cp_args: Vec<String>,
 }
 
@@ -302,6 +317,7 @@ impl Cluster {
             api,
             nodes: Vec::new(),
             node_urls: Vec::new(),
+            gateways: Vec::new(),
             extra_cp_args,
         };
         for i in 0..nodes {
@@ -345,6 +361,23 @@ impl Cluster {
         let url = p.url_after("serving on");
         self.nodes.push(p);
         self.node_urls.push(url);
+    }
+
+    /// Starts a gateway following this cluster's control plane; returns its
+    /// URL.
+    pub fn start_gateway(&mut self, extra: &[&str]) -> String {
+        let mut args = vec![
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--control-plane",
+            self.api.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        let p = Proc::spawn(&args, &[]);
+        let url = p.url_after("Gateway listening on");
+        self.gateways.push(p);
+        url
     }
 
     /// Kills the control plane with SIGKILL and starts it again on the same

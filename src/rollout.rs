@@ -1,0 +1,291 @@
+//! `shoal rollout status|history|undo|split`: watching and steering
+//! rolling updates, as `kubectl rollout` does.
+
+use crate::client::Client;
+use crate::commands::AppRef;
+use crate::table::{self, age};
+use anyhow::{anyhow, bail};
+use clap::{Args, Subcommand};
+use shoal_api::manifest::TrafficTarget;
+use shoal_api::objects::{AppKey, Phase, RolloutState, now_ms};
+use shoal_api::rest::{AppDetail, RollbackRequest, RollbackResponse, TrafficRequest};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+#[derive(Subcommand, Debug)]
+pub enum RolloutCommand {
+    /// Follow a rollout until it completes or fails.
+    Status(StatusArgs),
+    /// List an app's revisions.
+    History(AppRef),
+    /// Roll back to the previous revision (or to --to-revision).
+    Undo(UndoArgs),
+    /// Split traffic between revisions by percent, e.g. `1=80 latest=20`.
+    Split(SplitArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub app: AppRef,
+    /// How long to wait for the rollout to finish.
+    #[arg(long, default_value = "5m")]
+    pub timeout: shoal_api::Duration,
+    /// Print the state once instead of following it.
+    #[arg(long)]
+    pub no_watch: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct UndoArgs {
+    #[command(flatten)]
+    pub app: AppRef,
+    /// The revision to return to.
+    #[arg(long)]
+    pub to_revision: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct SplitArgs {
+    #[command(flatten)]
+    pub app: AppRef,
+    /// `REVISION=PERCENT` or `latest=PERCENT`, adding up to 100.
+    #[arg(long = "weight", value_name = "REV=PCT")]
+    pub weights: Vec<String>,
+    /// Remove the split: all traffic to the current revision.
+    #[arg(long, conflicts_with = "weights")]
+    pub clear: bool,
+}
+
+fn app_path(key: &AppKey) -> String {
+    format!("/v1/namespaces/{}/apps/{}", key.namespace, key.name)
+}
+
+pub async fn run(client: &Client, cmd: RolloutCommand) -> anyhow::Result<()> {
+    match cmd {
+        RolloutCommand::Status(a) => status(client, a).await,
+        RolloutCommand::History(a) => history(client, a).await,
+        RolloutCommand::Undo(a) => {
+            let key = a.app.key()?;
+            let r: RollbackResponse = client
+                .post(
+                    &format!("{}/rollback", app_path(&key)),
+                    &RollbackRequest {
+                        to_revision: a.to_revision,
+                    },
+                )
+                .await?;
+            println!("app/{} rolled back to revision {}", key.name, r.revision);
+            Ok(())
+        }
+        RolloutCommand::Split(a) => split(client, a).await,
+    }
+}
+
+/// Progress of a rollout as `status` prints it, and whether it is over.
+fn describe_progress(d: &AppDetail) -> (String, Option<Result<(), String>>) {
+    let app = &d.view.app;
+    let target = app.current_revision;
+    let want = app.replicas;
+    let live = |i: &&shoal_api::objects::Instance| i.phase != Phase::Terminating;
+    let updated: Vec<_> = d
+        .instances
+        .iter()
+        .filter(live)
+        .filter(|i| i.revision == target)
+        .collect();
+    let ready = updated.iter().filter(|i| i.ready).count();
+    let old = d
+        .instances
+        .iter()
+        .filter(live)
+        .filter(|i| i.revision != target)
+        .count();
+    let leaving = d.instances.len() - updated.len() - old;
+    match &app.rollout {
+        RolloutState::Complete { .. } => (
+            format!(
+                "app/{} successfully rolled out (revision {target})",
+                app.key.name
+            ),
+            Some(Ok(())),
+        ),
+        RolloutState::Failed { reason, .. } => (
+            format!(
+                "rollout of app/{} to revision {target} failed: {reason}",
+                app.key.name
+            ),
+            Some(Err(if app.stable_revision > 0 {
+                format!(
+                    "rollout failed: {reason}; revision {} keeps serving",
+                    app.stable_revision
+                )
+            } else {
+                format!("rollout failed: {reason}")
+            })),
+        ),
+        RolloutState::Progressing { .. } => {
+            let mut line = format!(
+                "Waiting for rollout of revision {target} to finish: {ready} of {want} updated replicas are ready"
+            );
+            if old > 0 {
+                line.push_str(&format!(", {old} old replicas remain"));
+            }
+            if leaving > 0 {
+                line.push_str(&format!(", {leaving} draining"));
+            }
+            (line, None)
+        }
+    }
+}
+
+async fn status(client: &Client, a: StatusArgs) -> anyhow::Result<()> {
+    let key = a.app.key()?;
+    let deadline = Instant::now() + a.timeout.get();
+    let mut last = String::new();
+    loop {
+        let d: AppDetail = client.get(&app_path(&key)).await?;
+        let (line, done) = describe_progress(&d);
+        if line != last {
+            println!("{line}");
+            let _ = std::io::stdout().flush();
+            last = line;
+        }
+        match done {
+            Some(Ok(())) => return Ok(()),
+            Some(Err(e)) => bail!(e),
+            None if a.no_watch => return Ok(()),
+            None => {}
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {} waiting for the rollout", a.timeout);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn history(client: &Client, a: AppRef) -> anyhow::Result<()> {
+    let key = a.key()?;
+    let d: AppDetail = client.get(&app_path(&key)).await?;
+    let app = &d.view.app;
+    let now = now_ms();
+    let rows: Vec<Vec<String>> = d
+        .revisions
+        .iter()
+        .map(|r| {
+            let mut notes = Vec::new();
+            if r.number == app.current_revision {
+                notes.push("current".to_string());
+            }
+            if r.number == app.stable_revision && r.number != app.current_revision {
+                notes.push("stable".to_string());
+            }
+            for t in &app.settings.traffic {
+                let rev = t.revision.unwrap_or(app.current_revision);
+                if rev == r.number {
+                    notes.push(format!("{}% of traffic", t.percent));
+                }
+            }
+            let running = d
+                .instances
+                .iter()
+                .filter(|i| i.revision == r.number && i.phase != Phase::Terminating)
+                .count();
+            vec![
+                r.number.to_string(),
+                format!(
+                    "sha256:{}",
+                    &r.template.digest[..r.template.digest.len().min(12)]
+                ),
+                running.to_string(),
+                age(r.created_at_ms, now),
+                notes.join(", "),
+            ]
+        })
+        .collect();
+    println!("app/{}", key.name);
+    table::print(&["REVISION", "MODULE", "INSTANCES", "AGE", "NOTES"], &rows);
+    Ok(())
+}
+
+fn parse_weights(items: &[String]) -> anyhow::Result<Vec<TrafficTarget>> {
+    items
+        .iter()
+        .map(|w| {
+            let (rev, pct) = w.split_once('=').ok_or_else(|| {
+                anyhow!("--weight {w:?}: expected REVISION=PERCENT or latest=PERCENT")
+            })?;
+            let percent: u32 = pct
+                .trim()
+                .trim_end_matches('%')
+                .parse()
+                .map_err(|_| anyhow!("--weight {w:?}: {pct:?} is not a whole percent"))?;
+            if rev.trim() == "latest" {
+                Ok(TrafficTarget {
+                    revision: None,
+                    latest: true,
+                    percent,
+                })
+            } else {
+                let revision: u64 = rev
+                    .trim()
+                    .parse()
+                    .map_err(|_| anyhow!("--weight {w:?}: {rev:?} is not a revision number"))?;
+                Ok(TrafficTarget {
+                    revision: Some(revision),
+                    latest: false,
+                    percent,
+                })
+            }
+        })
+        .collect()
+}
+
+async fn split(client: &Client, a: SplitArgs) -> anyhow::Result<()> {
+    let key = a.app.key()?;
+    if a.weights.is_empty() && !a.clear {
+        bail!("give the split as --weight REV=PCT (repeatable), or --clear");
+    }
+    let traffic = parse_weights(&a.weights)?;
+    let total: u32 = traffic.iter().map(|t| t.percent).sum();
+    if !traffic.is_empty() && total != 100 {
+        bail!("the percents add up to {total}, not 100");
+    }
+    client
+        .send_put(
+            &format!("{}/traffic", app_path(&key)),
+            &TrafficRequest {
+                traffic: traffic.clone(),
+            },
+        )
+        .await?;
+    if traffic.is_empty() {
+        println!("app/{}: all traffic to the current revision", key.name);
+    } else {
+        let parts: Vec<String> = traffic
+            .iter()
+            .map(|t| match t.revision {
+                Some(r) => format!("revision {r} {}%", t.percent),
+                None => format!("latest {}%", t.percent),
+            })
+            .collect();
+        println!("app/{}: traffic split {}", key.name, parts.join(", "));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_parse() {
+        let t = parse_weights(&["1=80".into(), "latest=20%".into()]).unwrap();
+        assert_eq!(t[0].revision, Some(1));
+        assert_eq!(t[0].percent, 80);
+        assert!(t[1].latest);
+        assert_eq!(t[1].percent, 20);
+        assert!(parse_weights(&["x=1".into()]).is_err());
+        assert!(parse_weights(&["1".into()]).is_err());
+    }
+}
