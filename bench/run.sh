@@ -9,6 +9,9 @@
 # Knobs (environment): BENCH_DURATION (10s), BENCH_WARMUP (2s),
 # BENCH_CONNECTIONS (1,16,64), BENCH_COLD_REPEATS (5). A quick smoke run:
 #   BENCH_DURATION=2s BENCH_COLD_REPEATS=2 bash bench/run.sh
+# BENCH_SHOAL_REV (unset): build shoal from that git commit (e.g. HEAD)
+# instead of the working tree, so that edits in progress elsewhere in the
+# tree cannot break or leak into the measured binary.
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -52,9 +55,30 @@ if [[ ! -x "$VENV/bin/componentize-py" ]]; then
 fi
 
 # --- shoal -------------------------------------------------------------------
-log "building shoal (release)"
-(cd "$REPO" && cargo build --release)
-SHOAL="$CARGO_TARGET_DIR/release/shoal"
+# The working tree by default. With BENCH_SHOAL_REV the commit is exported
+# with `git archive` into $TOOLS/shoal-src and built there: the work tree,
+# the index and the repository's Cargo.lock are left alone.
+SHOAL_SRC="$REPO"
+SHOAL_GIT_DESC=""
+if [[ -n "${BENCH_SHOAL_REV:-}" ]]; then
+  rev="$(git -C "$REPO" rev-parse --verify "${BENCH_SHOAL_REV}^{commit}")"
+  SHOAL_SRC="$TOOLS/shoal-src"
+  if [[ "$(cat "$SHOAL_SRC/.bench-rev" 2>/dev/null || true)" != "$rev" ]]; then
+    log "exporting shoal at $rev into $SHOAL_SRC"
+    rm -rf "$SHOAL_SRC"
+    mkdir -p "$SHOAL_SRC"
+    git -C "$REPO" archive --format=tar "$rev" | tar -x -C "$SHOAL_SRC"
+    echo "$rev" >"$SHOAL_SRC/.bench-rev"
+  fi
+  SHOAL_GIT_DESC="$(git -C "$REPO" rev-parse --short "$rev") (committed tree, BENCH_SHOAL_REV=$BENCH_SHOAL_REV)"
+fi
+log "building shoal (release) in $SHOAL_SRC"
+(cd "$SHOAL_SRC" && cargo build --release)
+# Run a copy: another build into the same target dir must not swap the
+# binary under the benchmark.
+SHOAL="$TOOLS/shoal"
+cp "$CARGO_TARGET_DIR/release/shoal" "$SHOAL.tmp"
+mv "$SHOAL.tmp" "$SHOAL"
 
 # --- the Python wasi:http component -----------------------------------------
 # componentize-py needs the WIT of the world it targets: take wasi:http 0.2
@@ -66,7 +90,7 @@ for d in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/wasmtime-wasi-http-"$WASMT
   [[ -d "$d" ]] && WIT_DIR="$d"
 done
 if [[ -z "$WIT_DIR" ]]; then
-  (cd "$REPO" && cargo fetch --quiet)
+  (cd "$SHOAL_SRC" && cargo fetch --quiet)
   for d in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/wasmtime-wasi-http-"$WASMTIME_VERSION"/wit; do
     [[ -d "$d" ]] && WIT_DIR="$d"
   done
@@ -93,6 +117,6 @@ fi
 # --- run ---------------------------------------------------------------------
 log "running the benchmark"
 SHOAL_BIN="$SHOAL" WASMTIME_BIN="$WASMTIME" WRK_BIN="$WRK" \
-  C_COMPONENT="$C_WASM" PY_COMPONENT="$PY_WASM" \
+  C_COMPONENT="$C_WASM" PY_COMPONENT="$PY_WASM" SHOAL_GIT_DESC="$SHOAL_GIT_DESC" \
   BENCH_COMMAND="bash bench/run.sh" \
   python3 "$BENCH_DIR/runtime_bench.py"

@@ -36,6 +36,7 @@ import datetime
 import os
 import platform
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -227,6 +228,75 @@ def parse_stats(text: str) -> dict | None:
     }
 
 
+# ---------------------------------------------------------------- CPU
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def system_cpu_s() -> tuple[float, float] | None:
+    """CPU-seconds the whole machine has been busy, and stolen by the host."""
+    try:
+        vals = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    vals += [0] * (8 - len(vals))
+    # user nice system idle iowait irq softirq steal (guest is inside user)
+    busy = vals[0] + vals[1] + vals[2] + vals[5] + vals[6]
+    return busy / CLK_TCK, vals[7] / CLK_TCK
+
+
+def proc_cpu_s(pid: int) -> float | None:
+    """utime + stime of one process (all its threads), in seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def own_cpu_s() -> float:
+    """This script and its reaped children (wrk), in seconds."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        ru = resource.getrusage(who)
+        total += ru.ru_utime + ru.ru_stime
+    return total
+
+
+class CpuWatch:
+    """How much of the machine went to processes other than the server under
+    test, wrk and this script while a run lasted: on a shared machine (another
+    build running, say) that is what disturbs the numbers."""
+
+    def __init__(self, server_pid: int | None):
+        self.pid = server_pid
+        self.t0 = time.monotonic()
+        self.sys0 = system_cpu_s()
+        self.srv0 = proc_cpu_s(server_pid) if server_pid else None
+        self.own0 = own_cpu_s()
+
+    def finish(self) -> dict:
+        wall = time.monotonic() - self.t0
+        sys1 = system_cpu_s()
+        srv1 = proc_cpu_s(self.pid) if self.pid else None
+        own = own_cpu_s() - self.own0
+        cap = wall * (os.cpu_count() or 1)
+        if self.sys0 is None or sys1 is None or cap <= 0:
+            return {}
+        busy = sys1[0] - self.sys0[0]
+        steal = sys1[1] - self.sys0[1]
+        server = (srv1 - self.srv0) if (srv1 is not None and self.srv0 is not None) else 0.0
+        other = max(0.0, busy - server - own)
+        return {"server_pct": 100 * server / cap, "own_pct": 100 * own / cap,
+                "other_pct": 100 * other / cap, "steal_pct": 100 * steal / cap}
+
+
+# Share of the machine other processes may take during a run before the run
+# is reported as disturbed.
+OTHER_CPU_LIMIT_PCT = 10.0
+
+
 # ---------------------------------------------------------------- wrk
 
 
@@ -262,10 +332,12 @@ def parse_wrk(out: str) -> dict:
     return res
 
 
-def run_wrk(tools: dict, port: int, conns: int, seconds: float, log: Path) -> dict:
+def run_wrk(tools: dict, port: int, conns: int, seconds: float, log: Path,
+            server_pid: int | None = None) -> dict:
     threads = 1 if conns == 1 else 2
     argv = [tools["wrk"], f"-t{threads}", f"-c{conns}", f"-d{wrk_duration_arg(seconds)}",
             "--latency", f"http://{HOST}:{port}/"]
+    watch = CpuWatch(server_pid)
     try:
         p = subprocess.run(argv, capture_output=True, text=True,
                            timeout=seconds + WRK_SLACK_S)
@@ -277,6 +349,7 @@ def run_wrk(tools: dict, port: int, conns: int, seconds: float, log: Path) -> di
         f.write("$ " + shlex.join(argv) + "\n" + out + "\n")
     res = parse_wrk(out)
     res["argv"] = argv
+    res["cpu"] = watch.finish()
     return res
 
 
@@ -302,6 +375,24 @@ def fmt_errors(r: dict) -> str:
     if not se or not any(se.values()):
         return "0"
     return ", ".join(f"{k} {v}" for k, v in se.items() if v)
+
+
+def fmt_cpu(r: dict) -> str:
+    """server / wrk+bench / other processes, as % of all cores."""
+    c = r.get("cpu") or {}
+    if not c:
+        return "n/a"
+    text = f"{c['server_pct']:.0f} / {c['own_pct']:.0f} / {c['other_pct']:.0f}"
+    if c["steal_pct"] >= 1:
+        text += f" (steal {c['steal_pct']:.0f})"
+    return text
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
 
 
 def machine_info() -> dict:
@@ -335,6 +426,9 @@ def cmd_version(argv: list[str]) -> str:
 
 
 def git_rev() -> str:
+    # run.sh says which commit it built when it did not build the work tree.
+    if os.environ.get("SHOAL_GIT_DESC"):
+        return os.environ["SHOAL_GIT_DESC"]
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                              capture_output=True, text=True, timeout=30).stdout.strip()
@@ -357,7 +451,7 @@ SERVERS = [
 
 
 def throughput(components, tools, cfg, logs: Path, shoal_cache: Path):
-    rows, stats, problems = [], [], []
+    rows, stats, problems, notes = [], [], [], []
     for cname, cpath in components:
         for spec in SERVERS:
             port = free_port()
@@ -379,12 +473,14 @@ def throughput(components, tools, cfg, logs: Path, shoal_cache: Path):
                         problems.append(f"{cname} / {spec.name}: server exited "
                                         f"({srv.proc.returncode}) before the c={conns} run")
                         break
-                    r = run_wrk(tools, port, conns, cfg["duration"], logs / f"wrk-{tag}.log")
+                    r = run_wrk(tools, port, conns, cfg["duration"], logs / f"wrk-{tag}.log",
+                                srv.proc.pid)
                     r.update(component=cname, server=spec.name, kind=spec.kind, conns=conns)
                     rows.append(r)
                     print(f"[bench]   c={conns}: {fmt_rps(r['rps'])} req/s, p50 "
                           f"{fmt_ms(r['p50_ms'])}, p99 {fmt_ms(r['p99_ms'])}, non-2xx "
-                          f"{r['non2xx']}, socket errors {fmt_errors(r)}", flush=True)
+                          f"{r['non2xx']}, socket errors {fmt_errors(r)}, CPU "
+                          f"{fmt_cpu(r)}", flush=True)
                     if r["rps"] is None:
                         problems.append(f"{cname} / {spec.name} c={conns}: wrk gave no "
                                         f"result (see logs/wrk-{tag}.log)")
@@ -402,12 +498,22 @@ def throughput(components, tools, cfg, logs: Path, shoal_cache: Path):
                                     f"(exit {rc}); log tail:\n{srv.log_tail()}")
             if srv_ok and rc not in (0, None):
                 problems.append(f"{cname} / {spec.name}: exit status {rc} after stop")
+            # shoal logs `ERROR`/`WARN` (tracing); wasmtime serve prints `error: ...`.
             errs = [ln for ln in srv.log_text().splitlines()
-                    if re.search(r"\b(ERROR|WARN|panicked)\b", ln)]
+                    if re.search(r"\b(ERROR|WARN|panicked)\b", ln)
+                    or re.match(r"\s*error:", ln)]
+            # A connection that wrk closes mid-request when its time is up: hyper
+            # reports it (wasmtime serve prints it; shoal logs it at debug level).
+            benign = [ln for ln in errs if "IncompleteMessage" in ln]
+            errs = [ln for ln in errs if "IncompleteMessage" not in ln]
             if errs:
-                problems.append(f"{cname} / {spec.name}: {len(errs)} ERROR/WARN lines in "
+                problems.append(f"{cname} / {spec.name}: {len(errs)} error/warning lines in "
                                 f"the server log, first: {errs[0][:300]}")
-    return rows, stats, problems
+            if benign:
+                notes.append(f"{cname} / {spec.name}: {len(benign)} `{benign[0].strip()[:80]}` "
+                             "lines in the server log: connections wrk closed with a request "
+                             "in flight when a run ended (not counted as failures).")
+    return rows, stats, problems, notes
 
 
 def cold_start_once(spec, tools, cpath, cache_args, timeout, log) -> float:
@@ -458,7 +564,7 @@ def cold_starts(components, tools, cfg, logs: Path, tmp: Path):
 
         for server, cache, spec, args_for, prewarm in variants:
             tag = f"{cname}-{server}-{cache.split()[0]}".replace(" ", "_")
-            times = []
+            times, others = [], []
             try:
                 if prewarm:
                     print(f"[bench] cold start {cname} / {server} / {cache}: pre-warming",
@@ -466,15 +572,19 @@ def cold_starts(components, tools, cfg, logs: Path, tmp: Path):
                     cold_start_once(spec, tools, cpath, args_for(-1), cfg["start_timeout"],
                                     logs / f"cold-{tag}-prewarm.log")
                 for i in range(n):
+                    # The server is reaped inside, so its CPU counts as ours.
+                    watch = CpuWatch(None)
                     t = cold_start_once(spec, tools, cpath, args_for(i), cfg["start_timeout"],
                                         logs / f"cold-{tag}-{i}.log")
                     times.append(t * 1000)
+                    others.append((watch.finish() or {}).get("other_pct", 0.0))
                 print(f"[bench] cold start {cname} / {server} / {cache}: "
                       + ", ".join(f"{t:.0f}" for t in times) + " ms", flush=True)
             except RuntimeError as e:
                 problems.append(f"cold start {cname} / {server} / {cache}: {e}")
                 print(f"[bench]   FAILED: {e}", flush=True)
-            entry = {"component": cname, "server": server, "cache": cache, "times": times}
+            entry = {"component": cname, "server": server, "cache": cache, "times": times,
+                     "other_max": max(others) if others else None}
             if spec.kind == "shoal" and times:
                 hits = misses = 0
                 for i in range(n):
@@ -494,7 +604,7 @@ def cold_starts(components, tools, cfg, logs: Path, tmp: Path):
 # ---------------------------------------------------------------- report
 
 
-def render(cfg, tools, components, rows, stats, colds, problems, command) -> str:
+def render(cfg, tools, components, rows, stats, colds, problems, notes, command) -> str:
     mi = machine_info()
     L = []
     L.append("# Runtime benchmark: `shoal run` vs `wasmtime serve`\n")
@@ -503,6 +613,8 @@ def render(cfg, tools, components, rows, stats, colds, problems, command) -> str
     L.append("## Machine and setup\n")
     L.append(f"- Machine: {mi['nproc']} CPUs (`nproc`), CPU model `{mi['cpu']}`, "
              f"{mi['mem']} RAM, Linux {mi['kernel']}")
+    L.append(f"- Load average (1/5/15 min) at start: {cfg['load_start']}; at end: "
+             f"{cfg['load_end']}. The benchmark's own servers and wrk add to it.")
     L.append(f"- shoal: `{tools['shoal']}` (release build), git {git_rev()}")
     L.append(f"- wasmtime: {cmd_version([tools['wasmtime'], '--version'])}")
     L.append(f"- wrk: {cmd_version([tools['wrk'], '-v'])}")
@@ -524,10 +636,13 @@ def render(cfg, tools, components, rows, stats, colds, problems, command) -> str
     L.append("\"vs wasmtime serve\" is shoal req/s ÷ wasmtime serve req/s for the same "
              "component and connection count. \"non-2xx\" is wrk's "
              "\"Non-2xx or 3xx responses\"; socket errors are wrk's connect/read/write/timeout "
-             "counts.\n")
+             "counts. The last column splits the machine's CPU during the run (100 = all "
+             f"{os.cpu_count()} cores busy) between the server under test, wrk plus this "
+             "script, and every other process; a large \"other\" share means something else "
+             "ran on the machine and disturbed that row.\n")
     L.append("| component | server | conns | req/s | p50 | p99 | requests | non-2xx | "
-             "socket errors | vs wasmtime serve |")
-    L.append("|---|---|--:|--:|--:|--:|--:|--:|---|--:|")
+             "socket errors | vs wasmtime serve | CPU % server / wrk / other |")
+    L.append("|---|---|--:|--:|--:|--:|--:|--:|---|--:|--:|")
     base = {(r["component"], r["conns"]): r["rps"] for r in rows if r["kind"] == "wasmtime"}
     for r in rows:
         if r["kind"] == "wasmtime":
@@ -538,7 +653,7 @@ def render(cfg, tools, components, rows, stats, colds, problems, command) -> str
         L.append(f"| {r['component']} | {r['server']} | {r['conns']} | {fmt_rps(r['rps'])} | "
                  f"{fmt_ms(r['p50_ms'])} | {fmt_ms(r['p99_ms'])} | "
                  f"{r['requests'] if r['requests'] is not None else 'n/a'} | "
-                 f"{r['non2xx']} | {fmt_errors(r)} | {ratio} |")
+                 f"{r['non2xx']} | {fmt_errors(r)} | {ratio} | {fmt_cpu(r)} |")
     L.append("")
 
     L.append("## shoal's own counters (`Stats:` line at stop, whole run incl. warm-up)\n")
@@ -567,12 +682,22 @@ def render(cfg, tools, components, rows, stats, colds, problems, command) -> str
     for c in colds:
         t = c["times"]
         if t:
+            note = c.get("note", "")
+            if c.get("other_max") is not None:
+                note = (note + "; " if note else "") + \
+                    f"other processes ≤ {c['other_max']:.0f}% CPU"
             L.append(f"| {c['component']} | {c['server']} | {c['cache']} | "
                      f"{fmt_ms(statistics.median(t))} | {fmt_ms(min(t))} | {fmt_ms(max(t))} "
-                     f"| {', '.join(f'{x:.0f}' for x in t)} | {c.get('note', '')} |")
+                     f"| {', '.join(f'{x:.0f}' for x in t)} | {note} |")
         else:
             L.append(f"| {c['component']} | {c['server']} | {c['cache']} | failed | | | | |")
     L.append("")
+
+    if notes:
+        L.append("## Notes\n")
+        for n in notes:
+            L.append(f"- {n}")
+        L.append("")
 
     L.append("## Problems seen\n")
     if problems:
@@ -582,8 +707,9 @@ def render(cfg, tools, components, rows, stats, colds, problems, command) -> str
             if rest:
                 L.append("\n  ```\n" + "\n".join("  " + x for x in rest) + "\n  ```")
     else:
-        L.append("None: every run answered 2xx without socket errors, and every server "
-                 "stopped cleanly.")
+        L.append("None: every run answered 2xx without socket errors, every server "
+                 "stopped cleanly, and no other process took more than "
+                 f"{OTHER_CPU_LIMIT_PCT:.0f}% of the machine during a run.")
     L.append("")
     L.append("Server and wrk logs: `logs/` beside this file.")
     return "\n".join(L) + "\n"
@@ -630,7 +756,7 @@ def main() -> int:
     command = os.environ.get("BENCH_COMMAND") or shlex.join(sys.argv)
     knobs = " ".join(f"{k}={os.environ[k]}" for k in
                      ("BENCH_DURATION", "BENCH_WARMUP", "BENCH_CONNECTIONS",
-                      "BENCH_COLD_REPEATS") if os.environ.get(k))
+                      "BENCH_COLD_REPEATS", "BENCH_SHOAL_REV") if os.environ.get(k))
     if knobs:
         command = f"{knobs} {command}"
 
@@ -638,16 +764,32 @@ def main() -> int:
         tmp = Path(tmp)
         shoal_cache = tmp / "shoal-throughput-cache"
         shoal_cache.mkdir()
-        rows, stats, problems = throughput(components, tools, cfg, logs, shoal_cache)
+        cfg["load_start"] = loadavg()
+        rows, stats, problems, notes = throughput(components, tools, cfg, logs, shoal_cache)
         colds, cproblems = cold_starts(components, tools, cfg, logs, tmp)
         problems += cproblems
+        cfg["load_end"] = loadavg()
 
+    disturbed = []
+    for r in rows:
+        other = (r.get("cpu") or {}).get("other_pct")
+        if other is not None and other > OTHER_CPU_LIMIT_PCT:
+            disturbed.append(f"{r['component']} / {r['server']} c={r['conns']} ({other:.0f}%)")
+    for c in colds:
+        if c.get("other_max") is not None and c["other_max"] > OTHER_CPU_LIMIT_PCT:
+            disturbed.append(f"cold start {c['component']} / {c['server']} / "
+                             f"{c['cache'].split()[0]} ({c['other_max']:.0f}%)")
+    if disturbed:
+        problems.append(f"Other processes took more than {OTHER_CPU_LIMIT_PCT:.0f}% of the "
+                        f"machine during {len(disturbed)} of {len(rows) + len(colds)} "
+                        "measurements, which are therefore disturbed (rerun on a quiet "
+                        "machine): " + "; ".join(disturbed))
     for r in rows:
         se = r.get("socket_errors")
         if r["non2xx"] or (se and any(se.values())):
             problems.append(f"{r['component']} / {r['server']} c={r['conns']}: "
                             f"{r['non2xx']} non-2xx responses, socket errors {fmt_errors(r)}")
-    md = render(cfg, tools, components, rows, stats, colds, problems, command)
+    md = render(cfg, tools, components, rows, stats, colds, problems, notes, command)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(md)
     print()

@@ -272,7 +272,10 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
 }
 
 pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
-    let gw = shoal_gateway::Gateway::new(shoal_gateway::GatewayConfig::default());
+    let gw = shoal_gateway::Gateway::new(shoal_gateway::GatewayConfig {
+        control_plane: Some(args.control_plane.clone()),
+        ..Default::default()
+    });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -280,6 +283,10 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let watch = tokio::spawn(shoal_gateway::watch::follow(
         gw.clone(),
         args.control_plane.clone(),
+    ));
+    let metrics = tokio::spawn(shoal_gateway::metrics::report(
+        gw.clone(),
+        format!("{}-{}", hostname(), addr.port()),
     ));
     println!(
         "Gateway listening on http://{addr}/ (control plane {})",
@@ -295,6 +302,7 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     };
     shoal_gateway::serve(listener, gw, stop_requested(args.exit_with_parent), limits).await?;
     watch.abort();
+    metrics.abort();
     println!("Stopped.");
     Ok(())
 }

@@ -59,6 +59,56 @@ pub struct AppManifest {
     /// everything to the current revision.
     #[serde(default)]
     pub traffic: Vec<TrafficTarget>,
+    /// Scale the replicas with load; `replicas` is then only the start.
+    #[serde(default)]
+    pub autoscale: Option<AutoscaleSpec>,
+}
+
+/// Autoscaling on load, Knative-style: a stable window for steady changes,
+/// a short panic window for bursts, a delay before scaling down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AutoscaleSpec {
+    /// Fewest replicas; 0 lets an idle app scale to zero.
+    pub min: u32,
+    pub max: u32,
+    /// Concurrent requests one instance should carry (the default metric).
+    pub target_concurrency: Option<u32>,
+    /// Requests per second one instance should carry (instead of
+    /// concurrency).
+    pub target_rps: Option<u32>,
+    /// Load is averaged over this window for ordinary decisions.
+    pub stable_window: Duration,
+    /// ...and over this one to react to bursts.
+    pub panic_window: Duration,
+    /// Panic when the burst needs this many percent of the current
+    /// replicas (200 = twice as many); while panicking, never scale down.
+    pub panic_threshold: u32,
+    /// Scale down only to the highest count wanted during this long.
+    pub scale_down_delay: Duration,
+    /// With `min = 0`, go to zero after this long without a request.
+    pub scale_to_zero_after: Duration,
+}
+
+impl Default for AutoscaleSpec {
+    fn default() -> Self {
+        Self {
+            min: 1,
+            max: 10,
+            target_concurrency: None,
+            target_rps: None,
+            stable_window: Duration::from_secs(60),
+            panic_window: Duration::from_secs(6),
+            panic_threshold: 200,
+            scale_down_delay: Duration::from_secs(30),
+            scale_to_zero_after: Duration::from_secs(30),
+        }
+    }
+}
+
+impl AutoscaleSpec {
+    /// Concurrency per instance when no target is given.
+    pub const DEFAULT_TARGET_CONCURRENCY: u32 = 10;
 }
 
 /// How the gateway picks an instance for a request.
@@ -682,6 +732,59 @@ fn validate(app: &AppManifest) -> Result<(), (String, String)> {
         }
         if app.kind == WorkloadKind::Worker {
             return err("traffic", "traffic splits are for http apps".into());
+        }
+    }
+    if let Some(a) = &app.autoscale {
+        if app.kind == WorkloadKind::Worker {
+            return err("autoscale", "autoscaling is for http apps".into());
+        }
+        if a.max == 0 {
+            return err("autoscale.max", "must be at least 1".into());
+        }
+        if a.min > a.max {
+            return err(
+                "autoscale.min",
+                format!("{} is more than autoscale.max ({})", a.min, a.max),
+            );
+        }
+        if a.max > 10_000 {
+            return err(
+                "autoscale.max",
+                format!("{} is more than the maximum of 10000", a.max),
+            );
+        }
+        if a.target_concurrency.is_some() && a.target_rps.is_some() {
+            return err(
+                "autoscale",
+                "give target-concurrency or target-rps, not both".into(),
+            );
+        }
+        if a.target_concurrency == Some(0) {
+            return err("autoscale.target-concurrency", "must be at least 1".into());
+        }
+        if a.target_rps == Some(0) {
+            return err("autoscale.target-rps", "must be at least 1".into());
+        }
+        if a.stable_window.get() < std::time::Duration::from_secs(1) {
+            return err("autoscale.stable-window", "must be at least 1s".into());
+        }
+        if a.panic_window.get().is_zero() || a.panic_window > a.stable_window {
+            return err(
+                "autoscale.panic-window",
+                "must be greater than zero and at most the stable window".into(),
+            );
+        }
+        if a.panic_threshold < 100 {
+            return err(
+                "autoscale.panic-threshold",
+                "must be at least 100 (percent)".into(),
+            );
+        }
+        if app.traffic.len() > 1 {
+            return err(
+                "autoscale",
+                "autoscaling and a traffic split cannot be combined".into(),
+            );
         }
     }
     let r = &app.rollout;

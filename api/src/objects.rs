@@ -1,7 +1,8 @@
 //! The objects the control plane stores and its API returns.
 
 use crate::manifest::{
-    AppManifest, HealthCheck, LoadBalancing, Resources, RolloutSpec, Route, TrafficTarget,
+    AppManifest, AutoscaleSpec, HealthCheck, LoadBalancing, Resources, RolloutSpec, Route,
+    TrafficTarget,
 };
 use crate::workload::{Backoff, DirGrant, Isolation, Limits, RestartPolicy, WorkloadKind};
 use crate::workload::{Grants, WorkloadSpec};
@@ -102,6 +103,8 @@ pub struct AppSettings {
     pub load_balancing: LoadBalancing,
     pub rollout: RolloutSpec,
     pub traffic: Vec<TrafficTarget>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<AutoscaleSpec>,
 }
 
 impl AppSettings {
@@ -110,6 +113,7 @@ impl AppSettings {
             load_balancing: m.load_balancing,
             rollout: m.rollout,
             traffic: m.traffic.clone(),
+            autoscale: m.autoscale,
         }
     }
 }

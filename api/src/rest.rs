@@ -106,3 +106,29 @@ pub struct TrafficRequest {
     /// Empty sends all traffic to the current revision.
     pub traffic: Vec<crate::manifest::TrafficTarget>,
 }
+
+/// What a gateway saw of each app over one reporting interval: the body of
+/// `POST /v1/metrics`. Cheap by design: one message per gateway per
+/// interval, whatever the request rate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct GatewayMetrics {
+    /// Identifies the gateway (several may report).
+    pub gateway: String,
+    pub interval_ms: u64,
+    pub apps: Vec<AppMetrics>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct AppMetrics {
+    pub app: AppKey,
+    /// Requests in flight, averaged over the interval.
+    pub concurrency: f64,
+    /// Requests that arrived during the interval.
+    pub requests: u64,
+    /// Requests held for an app with no ready instance, and how long each
+    /// waited for its response to start (ms).
+    #[serde(default)]
+    pub cold_starts_ms: Vec<u64>,
+}

@@ -7,11 +7,14 @@
 //!   power-of-two-choices or round robin; passive health per node.
 //! - [`proxy`]: forwarding one request over pooled keep-alive connections,
 //!   streaming bodies, setting `X-Forwarded-*` and `X-Request-Id`, retrying
-//!   where that is safe, and answering JSON errors (404, 413, 502-504).
+//!   where that is safe, and answering JSON errors (404, 413, 502-504); and the activator, which
+//!   holds requests for an app with no ready instance and asks for one.
+//! - [`metrics`]: per-app load reports to the control plane (autoscaling).
 //! - [`server`]: the listener, with header, size and idle limits.
 //!
 //! The gateway never links wasmtime: it reaches nodes over HTTP only.
 
+pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod table;

@@ -32,16 +32,27 @@ pub const REPLAY_LIMIT: u64 = 64 * 1024;
 /// Endpoints tried for one request when connections are refused.
 const MAX_ATTEMPTS: usize = 4;
 
+/// Requests one app may have waiting for an instance; more get 503.
+pub const MAX_HELD: u64 = 1000;
+
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     /// How long connecting to a node may take before it counts as failed.
     pub connect_timeout: Duration,
+    /// The control plane, asked for an instance when a request arrives for
+    /// an app that has none.
+    pub control_plane: Option<String>,
+    /// How long a request waits for an app with no ready instance to get
+    /// one (capped by the app's timeout).
+    pub activation_timeout: Duration,
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             connect_timeout: Duration::from_secs(1),
+            control_plane: None,
+            activation_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -53,6 +64,13 @@ pub struct AppStats {
     pub in_flight: AtomicU64,
     /// Requests received, ever.
     pub requests: AtomicU64,
+    /// Requests waiting for the app to get a ready instance.
+    pub held: AtomicU64,
+    /// How long held requests waited for their response to start (ms),
+    /// since the last report.
+    pub cold_starts_ms: std::sync::Mutex<Vec<u64>>,
+    /// When the gateway last asked the control plane for an instance.
+    activation_sent: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// The gateway: the current routing table and the connection pool.
@@ -64,9 +82,15 @@ pub struct Gateway {
     /// Whether a route table has arrived since start.
     has_table: std::sync::atomic::AtomicBool,
     table_updates: tokio::sync::watch::Sender<u64>,
+    config: GatewayConfig,
+    control: reqwest::Client,
 }
 
 impl Gateway {
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
     pub fn new(config: GatewayConfig) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -83,6 +107,12 @@ impl Gateway {
             stats: DashMap::new(),
             has_table: std::sync::atomic::AtomicBool::new(false),
             table_updates: tokio::sync::watch::channel(0).0,
+            control: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+            config,
         })
     }
 
@@ -159,13 +189,14 @@ impl Gateway {
         stats.requests.fetch_add(1, Ordering::Relaxed);
         stats.in_flight.fetch_add(1, Ordering::Relaxed);
         let counted = Counted(stats);
-        let resp = self.forward(&app, req, peer, host).await;
+        let resp = self.forward(app, &counted.0, req, peer, host).await;
         resp.map(|b| Guarded::new(b, counted).boxed())
     }
 
     async fn forward<B>(
         &self,
-        app: &Arc<AppRoute>,
+        mut app: Arc<AppRoute>,
+        stats: &AppStats,
         req: Request<B>,
         peer: SocketAddr,
         host: Option<String>,
@@ -222,9 +253,46 @@ impl Gateway {
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
         let mut retried_after_answer = false;
         let mut last_error = String::new();
+        let mut held_since: Option<std::time::Instant> = None;
         loop {
             if tried.len() >= MAX_ATTEMPTS {
                 break;
+            }
+            if tried.is_empty() && !app.has_endpoints() {
+                // No ready instance (scaled to zero, or all starting): hold
+                // the request until one is, asking for one if the app may
+                // scale from zero.
+                if stats.held.load(Ordering::Relaxed) >= MAX_HELD {
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "overloaded",
+                        format!(
+                            "app {} has no ready instance and {MAX_HELD} requests already wait for one",
+                            app.key
+                        ),
+                    );
+                }
+                held_since.get_or_insert_with(std::time::Instant::now);
+                stats.held.fetch_add(1, Ordering::Relaxed);
+                let found = self.wait_for_instance(&app, stats, deadline).await;
+                stats.held.fetch_sub(1, Ordering::Relaxed);
+                match found {
+                    Some(a) => {
+                        app = a;
+                        continue;
+                    }
+                    None => {
+                        return error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "no_ready_instance",
+                            format!(
+                                "app {} has no ready instance (waited {:?})",
+                                app.key,
+                                held_since.map(|t| t.elapsed()).unwrap_or_default()
+                            ),
+                        );
+                    }
+                }
             }
             let Some(ep) = app.pick(&tried) else { break };
             tried.push(ep.clone());
@@ -293,6 +361,15 @@ impl Gateway {
                         continue;
                     }
                     ep.health.succeeded();
+                    if let Some(t) = held_since {
+                        let ms = t.elapsed().as_millis() as u64;
+                        tracing::debug!(app = %app.key, ms, "cold start: held request answered");
+                        stats
+                            .cold_starts_ms
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(ms);
+                    }
                     let (mut parts, body) = resp.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
                     if let Some(id) = headers.get(REQUEST_ID) {
@@ -304,13 +381,6 @@ impl Gateway {
                 }
             }
         }
-        if tried.is_empty() {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_ready_instance",
-                format!("app {} has no ready instance", app.key),
-            );
-        }
         error(
             StatusCode::BAD_GATEWAY,
             "bad_gateway",
@@ -319,6 +389,76 @@ impl Gateway {
                 app.key
             ),
         )
+    }
+}
+
+impl Gateway {
+    /// Waits until `app` has an endpoint, asking the control plane for an
+    /// instance if the app scales from zero. `None` at the deadline.
+    async fn wait_for_instance(
+        &self,
+        app: &Arc<AppRoute>,
+        stats: &AppStats,
+        deadline: tokio::time::Instant,
+    ) -> Option<Arc<AppRoute>> {
+        let deadline = deadline.min(tokio::time::Instant::now() + self.config.activation_timeout);
+        let mut updates = self.table_updates();
+        loop {
+            if let Some(a) = self.table().app(&app.key)
+                && a.has_endpoints()
+            {
+                return Some(a);
+            }
+            if app.scale_from_zero {
+                self.ask_for_instance(&app.key, stats);
+            }
+            // Wake on a table update, and at least every second to ask
+            // again in case a request to the control plane was lost.
+            let wake = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
+            match tokio::time::timeout_at(wake, updates.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return None,
+                Err(_) if tokio::time::Instant::now() >= deadline => return None,
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Tells the control plane the app needs an instance (at most once a
+    /// second per app, whatever the number of waiting requests).
+    fn ask_for_instance(&self, key: &AppKey, stats: &AppStats) {
+        let Some(cp) = &self.config.control_plane else {
+            return;
+        };
+        {
+            let mut sent = stats
+                .activation_sent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if sent.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return;
+            }
+            *sent = Some(std::time::Instant::now());
+        }
+        let url = format!(
+            "{}/v1/namespaces/{}/apps/{}/activate",
+            cp.trim_end_matches('/'),
+            key.namespace,
+            key.name
+        );
+        let client = self.control.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            match client.post(&url).send().await {
+                Ok(r) if r.status().is_success() => {
+                    tracing::info!(app = %key, "asked the control plane for an instance");
+                }
+                Ok(r) => tracing::warn!(app = %key, status = %r.status(), "activation refused"),
+                Err(e) => {
+                    tracing::warn!(app = %key, error = %e, "cannot reach the control plane to activate")
+                }
+            }
+        });
     }
 }
 

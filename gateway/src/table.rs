@@ -385,6 +385,11 @@ impl Table {
     pub fn endpoint_count(&self) -> usize {
         self.apps.iter().map(|a| a.endpoint_count()).sum()
     }
+
+    /// The route entry of one app.
+    pub fn app(&self, key: &AppKey) -> Option<Arc<AppRoute>> {
+        self.apps.iter().find(|a| a.key == *key).cloned()
+    }
 }
 
 fn app_route(ra: &RouteApp, endpoints: &Endpoints) -> AppRoute {

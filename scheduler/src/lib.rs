@@ -1,15 +1,19 @@
 //! Shoal's control plane.
 //!
+//! - [`autoscale`]: from load to a desired replica count (pure).
 //! - [`placement`]: which node an instance goes to (pure).
 //! - [`reconcile`]: from desired and observed state to a plan (pure).
+//! - [`rollout`]: per-app scaling, rolling updates and splits (pure).
 //! - [`routes`]: the route table gateways follow (pure).
 //! - [`store`]: the durable store (redb).
 //! - [`api`]: the HTTP/JSON API (`/v1/...`) as an axum router.
 //! - [`state`]: the single-writer state task: commands in, snapshots out,
 //!   leases, reconcile and plan execution.
 pub mod api;
+pub mod autoscale;
 pub mod placement;
 pub mod reconcile;
+pub mod rollout;
 pub mod routes;
 pub mod state;
 pub mod store;

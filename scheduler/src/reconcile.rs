@@ -5,6 +5,7 @@
 
 use crate::placement::{self, Capacity, Need, NodeView};
 use shoal_api::objects::{AppKey, Instance, Phase};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// What the user asked for, per app.
@@ -62,13 +63,17 @@ pub fn reconcile(
     need_of: &dyn Fn(&Instance) -> Capacity,
     seq: u64,
 ) -> Plan {
-    let mut nodes: Vec<NodeView> = nodes.to_vec();
-    nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    let node_index: HashMap<String, usize> = nodes
+    let mut sorted_nodes: Vec<&NodeView> = nodes.iter().collect();
+    sorted_nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    let node_index: HashMap<&str, usize> = sorted_nodes
         .iter()
         .enumerate()
-        .map(|(i, n)| (n.name.clone(), i))
+        .map(|(i, n)| (n.name.as_str(), i))
         .collect();
+    // A node is copied only when the plan changes it: most reconciles
+    // change nothing, and at 10^5 instances copying every node's per-app
+    // counts would be most of their cost.
+    let mut nodes: Vec<Cow<'_, NodeView>> = sorted_nodes.into_iter().map(Cow::Borrowed).collect();
     let mut plan = Plan {
         actions: Vec::new(),
         next_seq: seq,
@@ -83,9 +88,11 @@ pub fn reconcile(
     let mut sorted: Vec<&Instance> = instances.iter().collect();
     sorted.sort_by(|a, b| a.id.cmp(&b.id));
 
-    let release = |nodes: &mut Vec<NodeView>, inst: &Instance| {
-        if let Some(i) = inst.node.as_ref().and_then(|n| node_index.get(n)) {
-            nodes[*i].remove(&inst.app.to_string(), need_of(inst));
+    let release = |nodes: &mut Vec<Cow<'_, NodeView>>, inst: &Instance| {
+        if let Some(i) = inst.node.as_deref().and_then(|n| node_index.get(n)) {
+            nodes[*i]
+                .to_mut()
+                .remove(&inst.app.to_string(), need_of(inst));
         }
     };
 
@@ -110,7 +117,7 @@ pub fn reconcile(
         };
         last = Some((&inst.app, group));
         if let Some(node) = &inst.node {
-            let gone = match node_index.get(node) {
+            let gone = match node_index.get(node.as_str()) {
                 Some(i) => !nodes[*i].ready,
                 None => true,
             };
@@ -180,13 +187,16 @@ pub fn reconcile(
             resources: app.need,
             selector: &app.selector,
         };
-        let mut placed = placement::place(&mut nodes, &need, pending.len() + missing).into_iter();
+        let mut placed = placement::place(&nodes, &need, pending.len() + missing).into_iter();
         for (inst, result) in pending.iter().zip(placed.by_ref()) {
             match result {
-                Ok(i) => plan.actions.push(Action::Place {
-                    id: inst.id.clone(),
-                    node: nodes[i].name.clone(),
-                }),
+                Ok(i) => {
+                    nodes[i].to_mut().add(&key, app.need);
+                    plan.actions.push(Action::Place {
+                        id: inst.id.clone(),
+                        node: nodes[i].name.clone(),
+                    });
+                }
                 Err(reason) => {
                     if inst.reason.as_deref() != Some(reason.as_str()) {
                         plan.actions.push(Action::StillPending {
@@ -201,7 +211,10 @@ pub fn reconcile(
             let id = format!("{}-{}", app.key.name, plan.next_seq);
             plan.next_seq += 1;
             let (node, reason) = match result {
-                Ok(i) => (Some(nodes[i].name.clone()), None),
+                Ok(i) => {
+                    nodes[i].to_mut().add(&key, app.need);
+                    (Some(nodes[i].name.clone()), None)
+                }
                 Err(reason) => (None, Some(reason)),
             };
             plan.actions.push(Action::Create {
