@@ -67,6 +67,10 @@ pub struct AppView {
     pub ready: u32,
     /// Instances no node could take.
     pub pending: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<AutoscaleView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold_starts: Option<ColdStartView>,
 }
 
 /// Everything `shoal describe app` shows.
@@ -131,4 +135,28 @@ pub struct AppMetrics {
     /// waited for its response to start (ms).
     #[serde(default)]
     pub cold_starts_ms: Vec<u64>,
+}
+
+/// What the autoscaler last decided for an app, and why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct AutoscaleView {
+    pub desired: u32,
+    pub reason: String,
+    pub panicking: bool,
+    /// Requests in flight across the app, averaged over the last second.
+    pub concurrency: f64,
+    /// Requests per second, over the last second.
+    pub rps: f64,
+}
+
+/// Cold starts of an app: requests that arrived while it had no ready
+/// instance, from arrival at the gateway to the start of the response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ColdStartView {
+    pub count: u64,
+    pub last_ms: u64,
+    pub p50_ms: u64,
+    pub p99_ms: u64,
 }

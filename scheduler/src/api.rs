@@ -17,7 +17,7 @@ use shoal_api::manifest::validate_app;
 use shoal_api::objects::{App, AppKey, Event, Instance, Node, Phase, Revision};
 use shoal_api::protocol::{Heartbeat, RegisterRequest};
 use shoal_api::rest::{
-    AppDetail, AppView, ApplyOutcome, ApplyRequest, RollbackRequest, RollbackResponse,
+    AppDetail, AppView, ApplyOutcome, ApplyRequest, GatewayMetrics, RollbackRequest, RollbackResponse,
     ScaleRequest, TrafficRequest,
 };
 use std::time::Duration;
@@ -86,6 +86,9 @@ pub fn router(cp: ControlPlane) -> Router {
         .route("/v1/nodes/{name}/heartbeat", post(heartbeat))
         .route("/v1/blobs/{digest}", get(get_blob))
         .route("/v1/routes", get(get_routes))
+        .route("/v1/metrics", post(take_metrics))
+        .route("/metrics", get(prometheus))
+        .route("/v1/namespaces/{ns}/apps/{name}/activate", post(activate_app))
         .route("/v1/routes/watch", get(watch_routes))
         .fallback(|| async {
             Error(
@@ -192,6 +195,8 @@ fn view(snap: &crate::state::Snapshot, app: &App) -> AppView {
         instances,
         ready,
         pending,
+        autoscale: snap.autoscale.get(&app.key).cloned(),
+        cold_starts: snap.cold_starts.get(&app.key).and_then(|c| c.view()),
     }
 }
 
@@ -384,6 +389,56 @@ async fn get_blob(
             ErrorBody::new("not_found", format!("no module sha256:{digest}")),
         )),
     }
+}
+
+async fn take_metrics(State(cp): State<ControlPlane>, body: Bytes) -> Result<StatusCode, Error> {
+    let report: GatewayMetrics = serde_json::from_slice(&body)
+        .map_err(|e| invalid("invalid", format!("malformed metrics report: {e}")))?;
+    cp.report_metrics(report).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn activate_app(
+    State(cp): State<ControlPlane>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<StatusCode, Error> {
+    cp.activate(AppKey::new(ns, name)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Cluster state as Prometheus text: replicas, readiness, autoscaler
+/// decisions and cold starts per app; nodes by state.
+async fn prometheus(State(cp): State<ControlPlane>) -> Response {
+    use std::fmt::Write as _;
+    let snap = cp.snapshot();
+    let mut out = String::new();
+    let _ = writeln!(out, "# TYPE shoal_app_replicas gauge");
+    let _ = writeln!(out, "# TYPE shoal_app_ready_instances gauge");
+    let _ = writeln!(out, "# TYPE shoal_app_concurrency gauge");
+    let _ = writeln!(out, "# TYPE shoal_cold_start_ms summary");
+    for app in snap.apps.values() {
+        let v = view(&snap, app);
+        let l = format!(
+            "namespace=\"{}\",app=\"{}\"",
+            app.key.namespace, app.key.name
+        );
+        let _ = writeln!(out, "shoal_app_replicas{{{l}}} {}", app.replicas);
+        let _ = writeln!(out, "shoal_app_ready_instances{{{l}}} {}", v.ready);
+        if let Some(a) = &v.autoscale {
+            let _ = writeln!(out, "shoal_app_concurrency{{{l}}} {}", a.concurrency);
+        }
+        if let Some(c) = &v.cold_starts {
+            let _ = writeln!(out, "shoal_cold_start_ms{{{l},quantile=\"0.5\"}} {}", c.p50_ms);
+            let _ = writeln!(out, "shoal_cold_start_ms{{{l},quantile=\"0.99\"}} {}", c.p99_ms);
+            let _ = writeln!(out, "shoal_cold_start_ms_count{{{l}}} {}", c.count);
+        }
+    }
+    let _ = writeln!(out, "# TYPE shoal_nodes gauge");
+    for state in [shoal_api::objects::NodeState::Ready, shoal_api::objects::NodeState::Lost] {
+        let n = snap.nodes.values().filter(|n| n.state == state).count();
+        let _ = writeln!(out, "shoal_nodes{{state=\"{state}\"}} {n}");
+    }
+    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }
 
 async fn get_routes(State(cp): State<ControlPlane>) -> Json<shoal_api::routes::RouteTable> {

@@ -82,7 +82,7 @@ pub fn route_table(snap: &Snapshot) -> RouteTable {
             timeout_ms: t.limits.timeout.get().as_millis() as u64,
             max_body: t.limits.max_body.bytes(),
             backends,
-            scale_from_zero: false,
+            scale_from_zero: app.settings.autoscale.is_some_and(|a| a.min == 0),
         });
     }
     RouteTable { apps }

@@ -6,6 +6,7 @@
 //! tick expires node leases and resyncs, so nothing depends on an event
 //! having been seen.
 
+use crate::autoscale;
 use crate::placement::{Capacity, NodeView};
 use crate::reconcile::{self, Action, DeleteReason, DesiredApp};
 use crate::store::{Op, Store, StoreError};
@@ -17,11 +18,16 @@ use shoal_api::objects::{
 use shoal_api::protocol::{
     Assignment, Heartbeat, HeartbeatResponse, RegisterRequest, RegisterResponse, RunState,
 };
-use shoal_api::rest::{ApplyOutcome, ApplyResult};
-use std::collections::{BTreeMap, VecDeque};
+use shoal_api::rest::{
+    ApplyOutcome, ApplyResult, AutoscaleView, ColdStartView, GatewayMetrics,
+};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
+
+/// How often the autoscaler decides.
+const AUTOSCALE_EVERY: Duration = Duration::from_secs(1);
 
 /// Events kept in memory for the API.
 const EVENTS_IN_MEMORY: usize = 2000;
@@ -78,8 +84,44 @@ pub struct Snapshot {
     pub instances: BTreeMap<String, Instance>,
     pub nodes: BTreeMap<String, Node>,
     pub events: VecDeque<Event>,
+    /// The autoscaler's last decision per app (not stored).
+    pub autoscale: BTreeMap<AppKey, AutoscaleView>,
+    /// Recent cold starts per app, in ms (not stored).
+    pub cold_starts: BTreeMap<AppKey, ColdStarts>,
     /// Bumped on every change; watchers wait for it to move.
     pub version: u64,
+}
+
+/// The most recent cold starts of an app.
+#[derive(Debug, Clone, Default)]
+pub struct ColdStarts {
+    pub count: u64,
+    pub recent_ms: VecDeque<u64>,
+}
+
+impl ColdStarts {
+    const KEEP: usize = 1000;
+
+    fn record(&mut self, ms: u64) {
+        self.count += 1;
+        self.recent_ms.push_back(ms);
+        if self.recent_ms.len() > Self::KEEP {
+            self.recent_ms.pop_front();
+        }
+    }
+
+    pub fn view(&self) -> Option<ColdStartView> {
+        let last = *self.recent_ms.back()?;
+        let mut sorted: Vec<u64> = self.recent_ms.iter().copied().collect();
+        sorted.sort_unstable();
+        let q = |p: f64| sorted[((sorted.len() - 1) as f64 * p).round() as usize];
+        Some(ColdStartView {
+            count: self.count,
+            last_ms: last,
+            p50_ms: q(0.5),
+            p99_ms: q(0.99),
+        })
+    }
 }
 
 impl Snapshot {
@@ -113,6 +155,13 @@ pub enum Command {
     SetTraffic {
         app: AppKey,
         traffic: Vec<TrafficTarget>,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
+    Metrics {
+        report: GatewayMetrics,
+    },
+    Activate {
+        app: AppKey,
         reply: oneshot::Sender<Result<(), ApiError>>,
     },
     Register {
@@ -214,6 +263,19 @@ impl ControlPlane {
         .await
     }
 
+    /// Takes a gateway's load report (no answer: reports are best effort).
+    pub async fn report_metrics(&self, report: GatewayMetrics) -> Result<(), ApiError> {
+        self.tx
+            .send(Command::Metrics { report })
+            .await
+            .map_err(|_| ApiError::Closed)
+    }
+
+    /// A request is waiting for an app with no instance: start one.
+    pub async fn activate(&self, app: AppKey) -> Result<(), ApiError> {
+        self.ask(|reply| Command::Activate { app, reply }).await
+    }
+
     pub async fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, ApiError> {
         self.ask(|reply| Command::Register { req, reply }).await
     }
@@ -239,7 +301,21 @@ struct State {
     next_event: u64,
     pending: Vec<Op>,
     changed: bool,
+    /// Load per app, one entry per second, summed over gateways.
+    load: HashMap<AppKey, VecDeque<LoadBucket>>,
+    scale: HashMap<AppKey, autoscale::ScaleState>,
+    last_autoscale: Option<tokio::time::Instant>,
 }
+
+/// One second of an app's load, by reporting gateway.
+#[derive(Debug, Default)]
+struct LoadBucket {
+    at_ms: u64,
+    by_gateway: HashMap<String, (f64, u64)>,
+}
+
+/// Load history kept per app (longer than any sensible stable window).
+const LOAD_HISTORY: usize = 600;
 
 impl State {
     fn load(store: Arc<Store>, config: Config) -> Result<Self, ApiError> {
@@ -280,6 +356,9 @@ impl State {
             next_event,
             pending: Vec::new(),
             changed: true,
+            load: HashMap::new(),
+            scale: HashMap::new(),
+            last_autoscale: None,
         })
     }
 
@@ -299,6 +378,13 @@ impl State {
                 },
                 _ = tick.tick() => {
                     self.expire_leases();
+                    let due = self
+                        .last_autoscale
+                        .is_none_or(|t| t.elapsed() >= AUTOSCALE_EVERY);
+                    if due {
+                        self.last_autoscale = Some(tokio::time::Instant::now());
+                        self.autoscale();
+                    }
                     // Level-triggered: reconcile on every tick, whether or
                     // not an event said something changed.
                     resync = true;
@@ -405,6 +491,11 @@ impl State {
                     .and_then(|()| Ok(self.flush()?));
                 let _ = reply.send(r);
             }
+            Command::Metrics { report } => self.take_metrics(report),
+            Command::Activate { app, reply } => {
+                let r = self.activate(&app).and_then(|()| Ok(self.flush()?));
+                let _ = reply.send(r);
+            }
             Command::Register { req, reply } => {
                 let r = self.register(req).and_then(|resp| {
                     self.flush()?;
@@ -456,10 +547,16 @@ impl State {
         }
         let now = now_ms();
         let mut out = Vec::new();
-        for (m, digest) in apps {
+        for (mut m, digest) in apps {
             let key = AppKey::new(&m.namespace, &m.name);
             let template = Template::from_manifest(&m, digest);
             let existing = self.snap.apps.get(&key).cloned();
+            // With autoscaling the autoscaler owns the count: `replicas`
+            // only sets where a new app starts.
+            if let Some(a) = m.autoscale {
+                let start = existing.as_ref().map(|e| e.replicas).unwrap_or(m.replicas);
+                m.replicas = start.clamp(a.min, a.max);
+            }
             let (result, revision) = match existing {
                 None => {
                     let app = App {
@@ -558,6 +655,125 @@ impl State {
         }
         self.changed = true;
         Ok(out)
+    }
+
+    fn take_metrics(&mut self, report: GatewayMetrics) {
+        let now = now_ms();
+        let second = now / 1000 * 1000;
+        for m in report.apps {
+            if !self.snap.apps.contains_key(&m.app) {
+                continue;
+            }
+            for ms in &m.cold_starts_ms {
+                self.snap
+                    .cold_starts
+                    .entry(m.app.clone())
+                    .or_default()
+                    .record(*ms);
+                self.changed = true;
+            }
+            let buckets = self.load.entry(m.app.clone()).or_default();
+            if buckets.back().is_none_or(|b| b.at_ms != second) {
+                buckets.push_back(LoadBucket {
+                    at_ms: second,
+                    by_gateway: HashMap::new(),
+                });
+                if buckets.len() > LOAD_HISTORY {
+                    buckets.pop_front();
+                }
+            }
+            if let Some(b) = buckets.back_mut() {
+                let per_sec = m.requests as f64 * 1000.0 / report.interval_ms.max(1) as f64;
+                b.by_gateway
+                    .insert(report.gateway.clone(), (m.concurrency, per_sec.round() as u64));
+            }
+        }
+    }
+
+    /// Runs the autoscaler for every app that has autoscaling on.
+    fn autoscale(&mut self) {
+        let now = now_ms();
+        let apps: Vec<App> = self
+            .snap
+            .apps
+            .values()
+            .filter(|a| a.settings.autoscale.is_some())
+            .cloned()
+            .collect();
+        for mut app in apps {
+            let Some(spec) = app.settings.autoscale else {
+                continue;
+            };
+            let samples: Vec<autoscale::Sample> = self
+                .load
+                .get(&app.key)
+                .map(|b| {
+                    b.iter()
+                        .map(|b| autoscale::Sample {
+                            at_ms: b.at_ms,
+                            concurrency: b.by_gateway.values().map(|(c, _)| c).sum(),
+                            requests: b.by_gateway.values().map(|(_, r)| r).sum(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let state = self.scale.entry(app.key.clone()).or_default();
+            let d = autoscale::decide(&spec, &samples, app.replicas, state, now);
+            let last = samples.last();
+            self.snap.autoscale.insert(
+                app.key.clone(),
+                AutoscaleView {
+                    desired: d.replicas,
+                    reason: d.reason.clone(),
+                    panicking: d.panicking,
+                    concurrency: last.map(|s| s.concurrency).unwrap_or(0.0),
+                    rps: last.map(|s| s.requests as f64).unwrap_or(0.0),
+                },
+            );
+            self.changed = true;
+            if d.replicas != app.replicas {
+                let from = app.replicas;
+                app.replicas = d.replicas;
+                app.updated_at_ms = now;
+                let key = app.key.clone();
+                self.put_app(app);
+                self.event(
+                    Some(&key),
+                    format!("app/{}", key.name),
+                    EventLevel::Normal,
+                    "AutoScaled",
+                    format!("replicas {from} -> {}: {}", d.replicas, d.reason),
+                );
+            }
+        }
+    }
+
+    fn activate(&mut self, key: &AppKey) -> Result<(), ApiError> {
+        let mut app = self
+            .snap
+            .apps
+            .get(key)
+            .cloned()
+            .ok_or_else(|| ApiError::NotFound(format!("app {key} not found")))?;
+        let now = now_ms();
+        self.scale.entry(key.clone()).or_default().last_active_ms = now;
+        if app.replicas > 0 {
+            return Ok(());
+        }
+        let min = app.settings.autoscale.map(|a| a.min).unwrap_or(0);
+        app.replicas = min.max(1);
+        app.updated_at_ms = now;
+        let to = app.replicas;
+        self.put_app(app);
+        self.event(
+            Some(key),
+            format!("app/{}", key.name),
+            EventLevel::Normal,
+            "Activated",
+            format!("a request is waiting: scaling from 0 to {to}"),
+        );
+        self.changed = true;
+        Ok(())
     }
 
     /// The number the next revision of `key` gets.
