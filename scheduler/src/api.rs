@@ -17,8 +17,8 @@ use shoal_api::manifest::validate_app;
 use shoal_api::objects::{App, AppKey, Event, Instance, Node, Phase, Revision};
 use shoal_api::protocol::{Heartbeat, RegisterRequest};
 use shoal_api::rest::{
-    AppDetail, AppView, ApplyOutcome, ApplyRequest, GatewayMetrics, RollbackRequest, RollbackResponse,
-    ScaleRequest, TrafficRequest,
+    AppDetail, AppView, ApplyOutcome, ApplyRequest, GatewayMetrics, RollbackRequest,
+    RollbackResponse, ScaleRequest, TrafficRequest,
 };
 use std::time::Duration;
 
@@ -88,7 +88,10 @@ pub fn router(cp: ControlPlane) -> Router {
         .route("/v1/routes", get(get_routes))
         .route("/v1/metrics", post(take_metrics))
         .route("/metrics", get(prometheus))
-        .route("/v1/namespaces/{ns}/apps/{name}/activate", post(activate_app))
+        .route(
+            "/v1/namespaces/{ns}/apps/{name}/activate",
+            post(activate_app),
+        )
         .route("/v1/routes/watch", get(watch_routes))
         .fallback(|| async {
             Error(
@@ -428,13 +431,24 @@ async fn prometheus(State(cp): State<ControlPlane>) -> Response {
             let _ = writeln!(out, "shoal_app_concurrency{{{l}}} {}", a.concurrency);
         }
         if let Some(c) = &v.cold_starts {
-            let _ = writeln!(out, "shoal_cold_start_ms{{{l},quantile=\"0.5\"}} {}", c.p50_ms);
-            let _ = writeln!(out, "shoal_cold_start_ms{{{l},quantile=\"0.99\"}} {}", c.p99_ms);
+            let _ = writeln!(
+                out,
+                "shoal_cold_start_ms{{{l},quantile=\"0.5\"}} {}",
+                c.p50_ms
+            );
+            let _ = writeln!(
+                out,
+                "shoal_cold_start_ms{{{l},quantile=\"0.99\"}} {}",
+                c.p99_ms
+            );
             let _ = writeln!(out, "shoal_cold_start_ms_count{{{l}}} {}", c.count);
         }
     }
     let _ = writeln!(out, "# TYPE shoal_nodes gauge");
-    for state in [shoal_api::objects::NodeState::Ready, shoal_api::objects::NodeState::Lost] {
+    for state in [
+        shoal_api::objects::NodeState::Ready,
+        shoal_api::objects::NodeState::Lost,
+    ] {
         let n = snap.nodes.values().filter(|n| n.state == state).count();
         let _ = writeln!(out, "shoal_nodes{{state=\"{state}\"}} {n}");
     }

@@ -4,6 +4,7 @@
 //! an empty plan.
 
 use crate::placement::{self, Capacity, Need, NodeView};
+use crate::rollout::{self, Shape};
 use shoal_api::objects::{AppKey, Instance, Phase};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -13,9 +14,74 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 pub struct DesiredApp {
     pub key: AppKey,
     pub replicas: u32,
+    /// The revision the app's replicas should run.
     pub revision: u64,
+    /// What an instance of `revision` needs, and where it may run.
     pub need: Capacity,
     pub selector: BTreeMap<String, String>,
+    /// Rolling update limits, already resolved against `replicas`.
+    pub max_surge: u32,
+    pub max_unavailable: u32,
+    /// Replicas per revision under a traffic split; empty without one.
+    pub split: BTreeMap<u64, u32>,
+    /// Needs and selectors of the split's other revisions.
+    pub other_needs: BTreeMap<u64, (Capacity, BTreeMap<String, String>)>,
+    /// How long a leaving instance may take to finish its requests.
+    pub drain_grace_ms: u64,
+}
+
+impl DesiredApp {
+    /// An app with default rollout limits (surge 1, nothing unavailable)
+    /// and no split.
+    pub fn new(
+        key: AppKey,
+        replicas: u32,
+        revision: u64,
+        need: Capacity,
+        selector: BTreeMap<String, String>,
+    ) -> Self {
+        Self {
+            key,
+            replicas,
+            revision,
+            need,
+            selector,
+            max_surge: 1,
+            max_unavailable: 0,
+            split: BTreeMap::new(),
+            other_needs: BTreeMap::new(),
+            drain_grace_ms: 30_000,
+        }
+    }
+
+    fn shape(&self) -> Shape {
+        if self.split.is_empty() {
+            Shape::Rolling {
+                revision: self.revision,
+                replicas: self.replicas,
+                max_surge: self.max_surge,
+                max_unavailable: self.max_unavailable,
+            }
+        } else {
+            Shape::Split(self.split.clone())
+        }
+    }
+
+    fn need_of(&self, revision: u64) -> (Capacity, &BTreeMap<String, String>) {
+        match self.other_needs.get(&revision) {
+            Some((c, s)) if revision != self.revision => (*c, s),
+            _ => (self.need, &self.selector),
+        }
+    }
+}
+
+/// Time, for the decisions that depend on it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Clock {
+    pub now_ms: u64,
+    /// A leaving instance stays at least this long, so every gateway has
+    /// dropped it from its table before it stops.
+    pub drain_delay_ms: u64,
 }
 
 /// One change to make.
@@ -34,6 +100,9 @@ pub enum Action {
     Place { id: String, node: String },
     /// A pending instance still fits nowhere; the reason changed.
     StillPending { id: String, reason: String },
+    /// Take a serving instance out of the route table; it finishes what it
+    /// has, then a later plan deletes it.
+    Drain { id: String, why: DeleteReason },
     /// Remove an instance (its node stops it).
     Delete { id: String, why: DeleteReason },
 }
@@ -44,6 +113,8 @@ pub enum DeleteReason {
     AppDeleted,
     NodeLost,
     Replaced,
+    /// It finished draining.
+    Drained,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -52,6 +123,17 @@ pub struct Plan {
     /// The next free instance sequence number after this plan.
     pub next_seq: u64,
 }
+
+/// Whether a draining instance is done: it had time to leave every
+/// gateway's table and has nothing in flight, or its grace ran out.
+fn drained(i: &Instance, grace_ms: u64, clock: Clock) -> bool {
+    let since = i.terminating_since_ms.unwrap_or(0);
+    let waited = clock.now_ms.saturating_sub(since);
+    (waited >= clock.drain_delay_ms && i.in_flight == 0) || waited >= grace_ms
+}
+
+/// Grace for instances of apps that no longer exist.
+const DEFAULT_GRACE_MS: u64 = 30_000;
 
 /// Decides what to do. `nodes` carry their current allocations (from the
 /// instances placed on them); `need_of` gives the resources an existing
@@ -62,6 +144,7 @@ pub fn reconcile(
     nodes: &[NodeView],
     need_of: &dyn Fn(&Instance) -> Capacity,
     seq: u64,
+    clock: Clock,
 ) -> Plan {
     let mut sorted_nodes: Vec<&NodeView> = nodes.iter().collect();
     sorted_nodes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -95,9 +178,16 @@ pub fn reconcile(
                 .remove(&inst.app.to_string(), need_of(inst));
         }
     };
+    let on_ready_node = |nodes: &Vec<Cow<'_, NodeView>>, inst: &Instance| {
+        inst.node
+            .as_deref()
+            .and_then(|n| node_index.get(n))
+            .is_some_and(|i| nodes[*i].ready)
+    };
 
-    // Instances of deleted apps and on lost or unknown nodes go first: their
-    // capacity is free again for the placements below.
+    // Instances of deleted apps, on lost or unknown nodes, and done
+    // draining go first: their capacity is free again for the placements
+    // below.
     let mut live: Vec<Vec<&Instance>> = vec![Vec::new(); apps.len()];
     // Ids start with the app's name, so sorted instances come in runs of
     // one app: remembering the last lookup saves hashing most keys.
@@ -107,123 +197,137 @@ pub fn reconcile(
             Some((key, g)) if *key == inst.app => Some(g),
             _ => group_of.get(&inst.app).copied(),
         };
-        let Some(group) = group else {
-            release(&mut nodes, inst);
-            plan.actions.push(Action::Delete {
-                id: inst.id.clone(),
-                why: DeleteReason::AppDeleted,
-            });
-            continue;
-        };
-        last = Some((&inst.app, group));
-        if let Some(node) = &inst.node {
-            let gone = match node_index.get(node.as_str()) {
-                Some(i) => !nodes[*i].ready,
-                None => true,
-            };
-            if gone {
+        if let Some(g) = group {
+            last = Some((&inst.app, g));
+        }
+        let lost = inst.node.is_some() && !on_ready_node(&nodes, inst);
+        if inst.phase == Phase::Terminating {
+            let grace = group
+                .map(|g| apps[g].drain_grace_ms)
+                .unwrap_or(DEFAULT_GRACE_MS);
+            if lost || drained(inst, grace, clock) {
                 release(&mut nodes, inst);
                 plan.actions.push(Action::Delete {
                     id: inst.id.clone(),
-                    why: DeleteReason::NodeLost,
+                    why: DeleteReason::Drained,
                 });
-                continue;
+            }
+            continue;
+        }
+        if lost {
+            release(&mut nodes, inst);
+            plan.actions.push(Action::Delete {
+                id: inst.id.clone(),
+                why: DeleteReason::NodeLost,
+            });
+            continue;
+        }
+        match group {
+            Some(g) => live[g].push(inst),
+            None if rollout::serving(inst) => plan.actions.push(Action::Drain {
+                id: inst.id.clone(),
+                why: DeleteReason::AppDeleted,
+            }),
+            None => {
+                release(&mut nodes, inst);
+                plan.actions.push(Action::Delete {
+                    id: inst.id.clone(),
+                    why: DeleteReason::AppDeleted,
+                });
             }
         }
-        live[group].push(inst);
     }
 
     for (g, app) in apps.iter().enumerate() {
         let mine = std::mem::take(&mut live[g]);
-        // Instances of an older revision are replaced by the current one.
-        let (mut current, old): (Vec<&Instance>, Vec<&Instance>) =
-            mine.into_iter().partition(|i| i.revision == app.revision);
-        for inst in old {
-            release(&mut nodes, inst);
-            plan.actions.push(Action::Delete {
-                id: inst.id.clone(),
-                why: DeleteReason::Replaced,
-            });
+        let decided = rollout::plan_app(&app.shape(), &mine);
+        if decided.create.is_empty()
+            && decided.remove.is_empty()
+            && mine.iter().all(|i| i.node.is_some())
+        {
+            continue;
         }
-        let want = app.replicas as usize;
-        if current.len() > want {
-            // Remove the least useful first: pending, then not ready, then
-            // the newest.
-            let usefulness = |i: &Instance| {
-                (
-                    i.node.is_some(),
-                    i.ready,
-                    std::cmp::Reverse(i.created_at_ms),
-                )
+        let mut removed: HashMap<&str, DeleteReason> = HashMap::new();
+        for (id, why) in &decided.remove {
+            removed.insert(id.as_str(), *why);
+        }
+        // Serving instances drain (their capacity is held until they are
+        // deleted); the rest go at once.
+        for inst in &mine {
+            let Some(why) = removed.get(inst.id.as_str()) else {
+                continue;
             };
-            current.sort_by(|a, b| {
-                usefulness(a)
-                    .cmp(&usefulness(b))
-                    .then_with(|| b.id.cmp(&a.id))
-            });
-            let extra = current.len() - want;
-            for inst in current.drain(..extra) {
+            if rollout::serving(inst) {
+                plan.actions.push(Action::Drain {
+                    id: inst.id.clone(),
+                    why: *why,
+                });
+            } else {
                 release(&mut nodes, inst);
                 plan.actions.push(Action::Delete {
                     id: inst.id.clone(),
-                    why: DeleteReason::ScaledDown,
+                    why: *why,
                 });
             }
-            current.sort_by(|a, b| a.id.cmp(&b.id));
         }
-        // Pending instances get the first chance at free capacity.
-        let pending: Vec<&Instance> = current
+        // Pending instances get the first chance at free capacity, then
+        // new ones; each revision with its own needs.
+        let mut wanted: BTreeMap<u64, (Vec<&Instance>, usize)> = BTreeMap::new();
+        for inst in mine
             .iter()
-            .copied()
-            .filter(|i| i.node.is_none())
-            .collect();
-        let missing = want.saturating_sub(current.len());
-        if pending.is_empty() && missing == 0 {
-            continue;
+            .filter(|i| i.node.is_none() && !removed.contains_key(i.id.as_str()))
+        {
+            wanted.entry(inst.revision).or_default().0.push(inst);
+        }
+        for rev in &decided.create {
+            wanted.entry(*rev).or_default().1 += 1;
         }
         let key = app.key.to_string();
-        let need = Need {
-            app: &key,
-            resources: app.need,
-            selector: &app.selector,
-        };
-        let mut placed = placement::place(&nodes, &need, pending.len() + missing).into_iter();
-        for (inst, result) in pending.iter().zip(placed.by_ref()) {
-            match result {
-                Ok(i) => {
-                    nodes[i].to_mut().add(&key, app.need);
-                    plan.actions.push(Action::Place {
-                        id: inst.id.clone(),
-                        node: nodes[i].name.clone(),
-                    });
-                }
-                Err(reason) => {
-                    if inst.reason.as_deref() != Some(reason.as_str()) {
-                        plan.actions.push(Action::StillPending {
+        for (rev, (pending, missing)) in wanted {
+            let (resources, selector) = app.need_of(rev);
+            let need = Need {
+                app: &key,
+                resources,
+                selector,
+            };
+            let mut placed = placement::place(&nodes, &need, pending.len() + missing).into_iter();
+            for (inst, result) in pending.iter().zip(placed.by_ref()) {
+                match result {
+                    Ok(i) => {
+                        nodes[i].to_mut().add(&key, resources);
+                        plan.actions.push(Action::Place {
                             id: inst.id.clone(),
-                            reason,
+                            node: nodes[i].name.clone(),
                         });
+                    }
+                    Err(reason) => {
+                        if inst.reason.as_deref() != Some(reason.as_str()) {
+                            plan.actions.push(Action::StillPending {
+                                id: inst.id.clone(),
+                                reason,
+                            });
+                        }
                     }
                 }
             }
-        }
-        for result in placed {
-            let id = format!("{}-{}", app.key.name, plan.next_seq);
-            plan.next_seq += 1;
-            let (node, reason) = match result {
-                Ok(i) => {
-                    nodes[i].to_mut().add(&key, app.need);
-                    (Some(nodes[i].name.clone()), None)
-                }
-                Err(reason) => (None, Some(reason)),
-            };
-            plan.actions.push(Action::Create {
-                id,
-                app: app.key.clone(),
-                revision: app.revision,
-                node,
-                reason,
-            });
+            for result in placed {
+                let id = format!("{}-{}", app.key.name, plan.next_seq);
+                plan.next_seq += 1;
+                let (node, reason) = match result {
+                    Ok(i) => {
+                        nodes[i].to_mut().add(&key, resources);
+                        (Some(nodes[i].name.clone()), None)
+                    }
+                    Err(reason) => (None, Some(reason)),
+                };
+                plan.actions.push(Action::Create {
+                    id,
+                    app: app.key.clone(),
+                    revision: rev,
+                    node,
+                    reason,
+                });
+            }
         }
     }
     plan
@@ -295,6 +399,13 @@ pub fn apply(plan: &Plan, instances: &mut Vec<Instance>, now_ms: u64) {
                     instances[n].reason = Some(reason.clone());
                 }
             }
+            Action::Drain { id, .. } => {
+                if let Some(&n) = at.get(id) {
+                    instances[n].phase = Phase::Terminating;
+                    instances[n].terminating_since_ms = Some(now_ms);
+                    instances[n].ready = false;
+                }
+            }
             Action::Delete { id, .. } => {
                 if let Some(n) = at.remove(id) {
                     deleted[n] = true;
@@ -325,16 +436,16 @@ mod tests {
     }
 
     fn app(name: &str, replicas: u32, revision: u64) -> DesiredApp {
-        DesiredApp {
-            key: AppKey::new("default", name),
+        DesiredApp::new(
+            AppKey::new("default", name),
             replicas,
             revision,
-            need: Capacity {
+            Capacity {
                 memory: 64 << 20,
                 instances: 1,
             },
-            selector: BTreeMap::new(),
-        }
+            BTreeMap::new(),
+        )
     }
 
     const NEED: Capacity = Capacity {
@@ -361,7 +472,7 @@ mod tests {
         seq: u64,
     ) -> Plan {
         let views = with_allocations(nodes, instances);
-        let plan = reconcile(apps, instances, &views, &|_| NEED, seq);
+        let plan = reconcile(apps, instances, &views, &|_| NEED, seq, Clock::default());
         apply(&plan, instances, 1);
         plan
     }
@@ -372,12 +483,120 @@ mod tests {
         nodes: &[NodeView],
         seq: u64,
     ) {
+        // A rollout may take a few rounds; then replaying changes nothing.
+        let mut seq = seq;
+        for _ in 0..5 {
+            let again = run(apps, instances, nodes, seq);
+            if again.actions.is_empty() {
+                return;
+            }
+            seq = again.next_seq;
+        }
         let again = run(apps, instances, nodes, seq);
         assert!(
             again.actions.is_empty(),
             "replaying changed: {:?}",
             again.actions
         );
+    }
+
+    fn serve_all(instances: &mut [Instance]) {
+        for i in instances.iter_mut() {
+            if i.phase != Phase::Terminating && i.node.is_some() {
+                i.phase = Phase::Running;
+                i.ready = true;
+            }
+        }
+    }
+
+    #[test]
+    fn serving_instances_drain_and_go_once_idle() {
+        let nodes = vec![node("n1", true), node("n2", true)];
+        let mut inst = Vec::new();
+        let p = run(&[app("w", 2, 1)], &mut inst, &nodes, 0);
+        serve_all(&mut inst);
+        let views = with_allocations(&nodes, &inst);
+        let clock = Clock {
+            now_ms: 10_000,
+            drain_delay_ms: 1000,
+        };
+        let down = reconcile(
+            &[app("w", 1, 1)],
+            &inst,
+            &views,
+            &|_| NEED,
+            p.next_seq,
+            clock,
+        );
+        assert_eq!(
+            down.actions,
+            vec![Action::Drain {
+                id: "w-1".into(),
+                why: DeleteReason::ScaledDown
+            }]
+        );
+        apply(&down, &mut inst, 10_000);
+        let busy = inst.iter_mut().find(|i| i.id == "w-1").unwrap();
+        assert_eq!(busy.phase, Phase::Terminating);
+        busy.in_flight = 2;
+        // Busy, and before the delay: it stays.
+        let at = |now_ms| Clock {
+            now_ms,
+            drain_delay_ms: 1000,
+        };
+        let plan = |inst: &[Instance], now| {
+            reconcile(
+                &[app("w", 1, 1)],
+                inst,
+                &views,
+                &|_| NEED,
+                p.next_seq,
+                at(now),
+            )
+        };
+        assert!(plan(&inst, 10_500).actions.is_empty());
+        assert!(plan(&inst, 12_000).actions.is_empty(), "still busy");
+        // Idle after the delay: deleted. Busy past the grace: deleted too.
+        inst.iter_mut().find(|i| i.id == "w-1").unwrap().in_flight = 0;
+        let done = Action::Delete {
+            id: "w-1".into(),
+            why: DeleteReason::Drained,
+        };
+        assert_eq!(plan(&inst, 12_000).actions, vec![done.clone()]);
+        inst.iter_mut().find(|i| i.id == "w-1").unwrap().in_flight = 5;
+        assert_eq!(plan(&inst, 10_000 + 30_000).actions, vec![done]);
+    }
+
+    #[test]
+    fn a_new_revision_rolls_out_without_losing_serving_replicas() {
+        let nodes = vec![node("n1", true), node("n2", true), node("n3", true)];
+        let mut inst = Vec::new();
+        let mut seq = run(&[app("w", 3, 1)], &mut inst, &nodes, 0).next_seq;
+        serve_all(&mut inst);
+        for round in 0..20 {
+            let serving = inst
+                .iter()
+                .filter(|i| i.ready && i.phase == Phase::Running)
+                .count();
+            assert!(serving >= 3, "round {round}: {serving} serving");
+            let p = run(&[app("w", 3, 2)], &mut inst, &nodes, seq);
+            seq = p.next_seq;
+            // Drained instances finish at once in this test.
+            for i in inst.iter_mut().filter(|i| i.phase == Phase::Terminating) {
+                i.terminating_since_ms = Some(0);
+            }
+            let live = inst
+                .iter()
+                .filter(|i| i.phase != Phase::Terminating)
+                .count();
+            assert!(live <= 4, "round {round}: {live} live instances");
+            serve_all(&mut inst);
+            if p.actions.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(inst.len(), 3, "{inst:?}");
+        assert!(inst.iter().all(|i| i.revision == 2));
     }
 
     #[test]
@@ -434,7 +653,9 @@ mod tests {
                 "new revision",
                 vec![app("w", 2, 1)],
                 vec![app("w", 2, 2)],
-                vec!["delete", "delete", "create", "create"],
+                // Old instances that serve nothing go at once; new ones
+                // come one surge at a time.
+                vec!["delete", "delete", "create"],
             ),
             (
                 "no change",
@@ -455,6 +676,7 @@ mod tests {
                     Action::Delete { .. } => "delete",
                     Action::Place { .. } => "place",
                     Action::StillPending { .. } => "pending",
+                    Action::Drain { .. } => "drain",
                 })
                 .collect();
             assert_eq!(kinds, expect, "{name}");

@@ -18,9 +18,7 @@ use shoal_api::objects::{
 use shoal_api::protocol::{
     Assignment, Heartbeat, HeartbeatResponse, RegisterRequest, RegisterResponse, RunState,
 };
-use shoal_api::rest::{
-    ApplyOutcome, ApplyResult, AutoscaleView, ColdStartView, GatewayMetrics,
-};
+use shoal_api::rest::{ApplyOutcome, ApplyResult, AutoscaleView, ColdStartView, GatewayMetrics};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +38,9 @@ pub struct Config {
     pub heartbeat: Duration,
     /// How often leases are checked and reconcile runs regardless of events.
     pub tick: Duration,
+    /// How long an instance leaving service stays before it stops, at
+    /// least: time for every gateway to drop it from its table.
+    pub drain_delay: Duration,
 }
 
 impl Default for Config {
@@ -48,6 +49,7 @@ impl Default for Config {
             lease: Duration::from_secs(2),
             heartbeat: Duration::from_millis(250),
             tick: Duration::from_millis(100),
+            drain_delay: Duration::from_secs(1),
         }
     }
 }
@@ -684,8 +686,10 @@ impl State {
             }
             if let Some(b) = buckets.back_mut() {
                 let per_sec = m.requests as f64 * 1000.0 / report.interval_ms.max(1) as f64;
-                b.by_gateway
-                    .insert(report.gateway.clone(), (m.concurrency, per_sec.round() as u64));
+                b.by_gateway.insert(
+                    report.gateway.clone(),
+                    (m.concurrency, per_sec.round() as u64),
+                );
             }
         }
     }
@@ -1062,11 +1066,24 @@ impl State {
                 RunState::Failed => Phase::Failed,
             };
             let mut next = inst.clone();
-            next.phase = phase;
-            next.ready = report.ready;
+            next.in_flight = report.in_flight;
             next.restarts = report.restarts;
-            next.reason = report.message.clone();
-            if next != inst {
+            // A draining instance stays out of service whatever its node
+            // says.
+            if inst.phase != Phase::Terminating {
+                next.phase = phase;
+                next.ready = report.ready;
+                next.reason = report.message.clone();
+            }
+            let phase = next.phase;
+            // In-flight counts move all the time: kept in memory only.
+            let mut comparable = next.clone();
+            comparable.in_flight = inst.in_flight;
+            if comparable == inst {
+                self.snap.instances.insert(next.id.clone(), next);
+                continue;
+            }
+            {
                 let obj = format!("instance/{}", inst.id);
                 let app_key = inst.app.clone();
                 if phase != inst.phase {
@@ -1197,25 +1214,121 @@ impl State {
         }
     }
 
+    /// What reconcile should aim for with one app.
+    fn desired(&self, a: &App) -> Option<DesiredApp> {
+        // A failed rollout leaves the stable revision serving.
+        let target = match a.rollout {
+            RolloutState::Failed { .. } if a.stable_revision > 0 => a.stable_revision,
+            _ => a.current_revision,
+        };
+        let t = self.snap.template(&a.key, target)?;
+        let mut d = DesiredApp::new(
+            a.key.clone(),
+            a.replicas,
+            target,
+            self.need_of(&a.key, target),
+            t.node_selector.clone(),
+        );
+        let r = &a.settings.rollout;
+        d.max_surge = r.max_surge.resolve(a.replicas, true);
+        d.max_unavailable = r.max_unavailable.resolve(a.replicas, false);
+        if d.max_surge == 0 && d.max_unavailable == 0 {
+            d.max_surge = 1;
+        }
+        d.drain_grace_ms = r.drain_grace.get().as_millis() as u64;
+        for tt in &a.settings.traffic {
+            let rev = tt.revision.unwrap_or(a.current_revision);
+            if tt.percent == 0 {
+                continue;
+            }
+            let Some(rt) = self.snap.template(&a.key, rev) else {
+                continue;
+            };
+            // Each revision gets its share of the replicas, at least one.
+            let count = (u64::from(a.replicas) * u64::from(tt.percent))
+                .div_ceil(100)
+                .max(u64::from(a.replicas.min(1))) as u32;
+            *d.split.entry(rev).or_default() += count;
+            if rev != target {
+                d.other_needs
+                    .insert(rev, (self.need_of(&a.key, rev), rt.node_selector.clone()));
+            }
+        }
+        Some(d)
+    }
+
+    /// Marks rollouts that just completed or ran out of time.
+    fn check_rollouts(&mut self, apps: &[DesiredApp]) {
+        let now = now_ms();
+        for d in apps {
+            let Some(app) = self.snap.apps.get(&d.key).cloned() else {
+                continue;
+            };
+            if !matches!(app.rollout, RolloutState::Progressing { .. }) {
+                continue;
+            }
+            let live: Vec<&Instance> = self
+                .snap
+                .instances
+                .values()
+                .filter(|i| i.app == d.key && i.phase != Phase::Terminating)
+                .collect();
+            let shape = if d.split.is_empty() {
+                crate::rollout::Shape::Rolling {
+                    revision: d.revision,
+                    replicas: d.replicas,
+                    max_surge: d.max_surge,
+                    max_unavailable: d.max_unavailable,
+                }
+            } else {
+                crate::rollout::Shape::Split(d.split.clone())
+            };
+            let Some(state) = crate::rollout::progress(&app, &shape, &live, now) else {
+                continue;
+            };
+            let mut app = app;
+            let key = app.key.clone();
+            match &state {
+                RolloutState::Complete { .. } => {
+                    app.stable_revision = app.current_revision;
+                    self.event(
+                        Some(&key),
+                        format!("app/{}", key.name),
+                        EventLevel::Normal,
+                        "RolloutComplete",
+                        format!("revision {} serves every replica", app.current_revision),
+                    );
+                }
+                RolloutState::Failed { reason, .. } => {
+                    let keeps = if app.stable_revision > 0 {
+                        format!("; revision {} keeps serving", app.stable_revision)
+                    } else {
+                        String::new()
+                    };
+                    self.event(
+                        Some(&key),
+                        format!("app/{}", key.name),
+                        EventLevel::Warning,
+                        "RolloutFailed",
+                        format!("{reason}{keeps}"),
+                    );
+                }
+                RolloutState::Progressing { .. } => {}
+            }
+            app.rollout = state;
+            self.put_app(app);
+            self.changed = true;
+        }
+    }
+
     fn reconcile(&mut self) {
         let apps: Vec<DesiredApp> = self
             .snap
             .apps
             .values()
-            .filter_map(|a| {
-                let t = self.snap.template(&a.key, a.current_revision)?;
-                Some(DesiredApp {
-                    key: a.key.clone(),
-                    replicas: a.replicas,
-                    revision: a.current_revision,
-                    need: Capacity {
-                        memory: t.memory_request(),
-                        instances: t.resources.instances,
-                    },
-                    selector: t.node_selector.clone(),
-                })
-            })
+            .filter_map(|a| self.desired(a))
             .collect();
+        self.check_rollouts(&apps);
         let mut views: BTreeMap<String, NodeView> = self
             .snap
             .nodes
@@ -1246,7 +1359,11 @@ impl State {
         let instances: Vec<Instance> = self.snap.instances.values().cloned().collect();
         let plan = {
             let need_of = |i: &Instance| self.need_of(&i.app, i.revision);
-            reconcile::reconcile(&apps, &instances, &views, &need_of, self.next_seq)
+            let clock = reconcile::Clock {
+                now_ms: now_ms(),
+                drain_delay_ms: self.config.drain_delay.as_millis() as u64,
+            };
+            reconcile::reconcile(&apps, &instances, &views, &need_of, self.next_seq, clock)
         };
         if plan.actions.is_empty() {
             return;
@@ -1348,6 +1465,31 @@ impl State {
                         self.snap.instances.insert(id, inst);
                     }
                 }
+                Action::Drain { id, why } => {
+                    if let Some(mut inst) = self.snap.instances.get(&id).cloned() {
+                        inst.phase = Phase::Terminating;
+                        inst.ready = false;
+                        inst.terminating_since_ms = Some(now);
+                        let what = match why {
+                            DeleteReason::ScaledDown => "scaled down",
+                            DeleteReason::AppDeleted => "app deleted",
+                            DeleteReason::Replaced => "replaced by a newer revision",
+                            DeleteReason::NodeLost | DeleteReason::Drained => "leaving",
+                        };
+                        self.event(
+                            Some(&inst.app),
+                            format!("instance/{id}"),
+                            EventLevel::Normal,
+                            "Draining",
+                            format!("{id} left the route table ({what}); finishing its requests"),
+                        );
+                        self.pending.push(Op::PutInstance(inst.clone()));
+                        if let Some(n) = inst.node.clone() {
+                            self.bump(&n);
+                        }
+                        self.snap.instances.insert(id, inst);
+                    }
+                }
                 Action::Delete { id, why } => {
                     if let Some(inst) = self.snap.instances.remove(&id) {
                         let what = match why {
@@ -1355,6 +1497,7 @@ impl State {
                             DeleteReason::AppDeleted => "app deleted",
                             DeleteReason::NodeLost => "its node was lost",
                             DeleteReason::Replaced => "replaced by a newer revision",
+                            DeleteReason::Drained => "drained",
                         };
                         self.event(
                             Some(&inst.app),
