@@ -72,8 +72,16 @@ pub struct Agent {
     /// Module bytes already fetched, by digest.
     blobs: Mutex<HashMap<String, Bytes>>,
     generation: AtomicU64,
+    /// Newest generation handed to the applier (from a heartbeat answer or
+    /// the assignment watch); older answers arriving late are dropped.
+    newest: AtomicU64,
     rr: AtomicUsize,
     heartbeat: Mutex<Duration>,
+    /// Wakes the heartbeat loop early when something the control plane
+    /// should know changed (an instance started, stopped, became ready).
+    status_changed: tokio::sync::Notify,
+    /// Registered with the control plane (the assignment watch waits).
+    registered: AtomicBool,
 }
 
 impl Agent {
@@ -90,8 +98,11 @@ impl Agent {
             instances: Default::default(),
             blobs: Default::default(),
             generation: AtomicU64::new(0),
+            newest: AtomicU64::new(0),
             rr: AtomicUsize::new(0),
             heartbeat: Mutex::new(Duration::from_millis(250)),
+            status_changed: tokio::sync::Notify::new(),
+            registered: AtomicBool::new(false),
         })
     }
 
@@ -113,14 +124,17 @@ impl Agent {
     /// Runs the agent's loops until `shutdown` resolves.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         let (tx, rx) = watch::channel::<Option<HeartbeatResponse>>(None);
+        let tx = Arc::new(tx);
         let applier = tokio::spawn(self.clone().apply_loop(rx));
         let health = tokio::spawn(self.clone().health_loop());
+        let watcher = tokio::spawn(self.clone().assignment_loop(tx.clone()));
         tokio::select! {
             _ = self.clone().heartbeat_loop(tx) => {}
             _ = shutdown => {}
         }
         applier.abort();
         health.abort();
+        watcher.abort();
         // Stop workers; http apps drain with the server.
         self.table_mut().clear();
     }
@@ -153,7 +167,53 @@ impl Agent {
         resp.json().await.map_err(|e| e.to_string())
     }
 
-    async fn heartbeat_loop(self: Arc<Self>, tx: watch::Sender<Option<HeartbeatResponse>>) {
+    /// Hands an assignment to the applier unless a newer one was handed
+    /// already.
+    fn offer(&self, tx: &watch::Sender<Option<HeartbeatResponse>>, r: HeartbeatResponse) {
+        if r.generation < self.newest.load(Ordering::Relaxed) {
+            return;
+        }
+        self.newest.store(r.generation, Ordering::Relaxed);
+        tx.send_replace(Some(r));
+    }
+
+    /// Long-polls the control plane for a new assignment, so placements
+    /// arrive at once instead of at the next heartbeat.
+    async fn assignment_loop(self: Arc<Self>, tx: Arc<watch::Sender<Option<HeartbeatResponse>>>) {
+        loop {
+            if !self.registered.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            let have = self.newest.load(Ordering::Relaxed);
+            let url = self.url(&format!(
+                "/v1/nodes/{}/assignment?generation={have}",
+                self.cfg.name
+            ));
+            let answer = self
+                .client
+                .get(url)
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await;
+            match answer {
+                Ok(resp) if resp.status().is_success() => {
+                    match resp.json::<HeartbeatResponse>().await {
+                        Ok(r) => self.offer(&tx, r),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "malformed assignment");
+                            tokio::time::sleep(Duration::from_millis(250)).await;
+                        }
+                    }
+                }
+                // Not registered (yet), or the control plane is away: the
+                // heartbeat loop deals with both; try again shortly.
+                _ => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+    }
+
+    async fn heartbeat_loop(self: Arc<Self>, tx: Arc<watch::Sender<Option<HeartbeatResponse>>>) {
         let mut registered = false;
         let mut failing_since: Option<Instant> = None;
         loop {
@@ -162,6 +222,10 @@ impl Agent {
                 match self.register().await {
                     Ok(r) => {
                         registered = true;
+                        // A control plane that lost its data starts
+                        // generations again from 1.
+                        self.newest.store(0, Ordering::Relaxed);
+                        self.registered.store(true, Ordering::Relaxed);
                         *self.heartbeat.lock().unwrap_or_else(|p| p.into_inner()) =
                             Duration::from_millis(r.heartbeat_ms.max(10));
                         tracing::info!(node = %self.cfg.name, control_plane = %self.cfg.control_plane, "registered");
@@ -191,6 +255,7 @@ impl Agent {
                 Ok(resp) if resp.status() == reqwest::StatusCode::NOT_FOUND => {
                     tracing::warn!("the control plane does not know this node; registering again");
                     registered = false;
+                    self.registered.store(false, Ordering::Relaxed);
                     continue;
                 }
                 Ok(resp) if resp.status().is_success() => {
@@ -212,7 +277,11 @@ impl Agent {
                     }
                 }
             }
-            tokio::time::sleep(interval).await;
+            // Sleep until the next beat, or less when there is news.
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = self.status_changed.notified() => {}
+            }
         }
     }
 
@@ -274,7 +343,8 @@ impl Agent {
     }
 
     /// Makes what runs here match `desired`.
-    async fn apply(&self, desired: HeartbeatResponse) {
+    async fn apply(self: &Arc<Self>, desired: HeartbeatResponse) {
+        let mut news = false;
         let wanted: HashMap<&str, &Assignment> = desired
             .instances
             .iter()
@@ -288,6 +358,7 @@ impl Agent {
             .collect();
         for id in stale {
             if let Some(r) = self.table_mut().remove(&id) {
+                news = true;
                 tracing::info!(instance = %id, app = %r.assignment.app, "stopping instance: no longer assigned here");
                 if let Workload::Worker(h) = &*r.workload.lock().unwrap_or_else(|p| p.into_inner())
                 {
@@ -302,10 +373,20 @@ impl Agent {
                 }
                 continue;
             }
-            let running = self.start(a.clone()).await;
-            self.table_mut().insert(a.id.clone(), Arc::new(running));
+            let running = Arc::new(self.start(a.clone()).await);
+            self.table_mut().insert(a.id.clone(), running.clone());
+            news = true;
+            if running.assignment.template.health.is_some() {
+                // The first check at once: readiness should not wait for
+                // the health loop's next round.
+                let agent = self.clone();
+                tokio::spawn(async move { agent.check(&running).await });
+            }
         }
         self.generation.store(desired.generation, Ordering::Relaxed);
+        if news {
+            self.status_changed.notify_one();
+        }
     }
 
     async fn fetch(&self, digest: &str) -> Result<Bytes, String> {
@@ -439,10 +520,14 @@ impl Agent {
         };
         if ok {
             r.failures.store(0, Ordering::Relaxed);
-            r.ready.store(true, Ordering::Relaxed);
+            if !r.ready.swap(true, Ordering::Relaxed) {
+                self.status_changed.notify_one();
+            }
         } else {
             let n = r.failures.fetch_add(1, Ordering::Relaxed) + 1;
-            r.ready.store(false, Ordering::Relaxed);
+            if r.ready.swap(false, Ordering::Relaxed) {
+                self.status_changed.notify_one();
+            }
             if n >= h.failure_threshold {
                 self.restart_http(r);
             }

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 const NODES: usize = 1_000;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
+/// Reconciles a change may take to settle before the bench gives up.
+const MAX_ROUNDS: usize = 20;
 
 /// A small deterministic generator (xorshift64*), so every run simulates
 /// the same cluster.
@@ -93,8 +95,8 @@ fn apps(rng: &mut Rng) -> Vec<DesiredApp> {
                 },
                 selector,
             );
-            // Simulated instances never report ready: replace a revision
-            // in one step rather than in surges that wait for readiness.
+            // Roll a new revision out in one surge: one instance at a time
+            // would take 10,000 reconciles to settle the largest app.
             app.max_surge = replicas;
             app
         })
@@ -152,12 +154,28 @@ impl Cluster {
         // that order.
         self.instances.sort_by(|a, b| a.id.cmp(&b.id));
         self.seq = plan.next_seq;
-        // Nodes report every instance running, so the next reconcile sees a
-        // settled cluster.
+        // Nodes report every instance running at once (draining ones keep
+        // draining), so the next reconcile sees them ready.
         for i in &mut self.instances {
-            i.phase = Phase::Running;
-            i.ready = true;
+            if i.phase != Phase::Terminating {
+                i.phase = Phase::Running;
+                i.ready = true;
+            }
         }
+    }
+
+    /// Reconciles and applies until nothing is left to do; returns the
+    /// number of plans that changed something. A rollout takes several:
+    /// create the new instances, drain the old ones, delete them.
+    fn settle(&mut self) -> usize {
+        for rounds in 0..MAX_ROUNDS {
+            let plan = self.reconcile(&self.views());
+            if plan.actions.is_empty() {
+                return rounds;
+            }
+            self.apply(&plan);
+        }
+        panic!("reconcile did not converge in {MAX_ROUNDS} rounds");
     }
 
     fn remember_needs(&mut self) {
@@ -170,6 +188,8 @@ impl Cluster {
 struct Measured {
     times: Vec<Duration>,
     actions: usize,
+    /// Reconciles until the change had settled.
+    rounds: usize,
 }
 
 impl Measured {
@@ -193,7 +213,11 @@ fn time_reconcile(c: &Cluster, runs: usize) -> Measured {
         actions = plan.actions.len();
         std::hint::black_box(&plan);
     }
-    Measured { times, actions }
+    Measured {
+        times,
+        actions,
+        rounds: 0,
+    }
 }
 
 fn ms(d: Duration) -> String {
@@ -228,7 +252,7 @@ fn main() {
     let mut rows: Vec<(String, Measured, String)> = Vec::new();
 
     // (a) Everything from empty.
-    let initial = time_reconcile(&c, runs);
+    let mut initial = time_reconcile(&c, runs);
     let placements = initial.actions as f64 / initial.median().as_secs_f64();
     let plan = c.reconcile(&c.views());
     let pending = plan
@@ -239,6 +263,7 @@ fn main() {
     assert_eq!(pending, 0, "the simulated cluster is too small");
     c.apply(&plan);
     assert_eq!(c.instances.len(), total as usize);
+    initial.rounds = 1 + c.settle();
     rows.push((
         format!("place {total} instances on empty nodes"),
         initial,
@@ -252,32 +277,32 @@ fn main() {
 
     // (b) One app change at that size. Apps 11.. have 100 replicas.
     let app = 11;
-    c.apps[app].replicas += 10;
-    let scale = time_reconcile(&c, runs);
     let name = c.apps[app].key.to_string();
+    c.apps[app].replicas += 10;
+    c.apps[app].max_surge = c.apps[app].replicas;
+    let mut scale = time_reconcile(&c, runs);
+    scale.rounds = c.settle();
     rows.push((
         format!("scale one app +10 ({name} 100 → 110)"),
         scale,
         String::new(),
     ));
-    let plan = c.reconcile(&c.views());
-    c.apply(&plan);
 
     c.apps[app].revision += 1;
     c.remember_needs();
-    let revision = time_reconcile(&c, runs);
+    let mut revision = time_reconcile(&c, runs);
+    revision.rounds = c.settle();
     rows.push((
         format!("new revision of one app ({name}, 110 replicas)"),
         revision,
         String::new(),
     ));
-    let plan = c.reconcile(&c.views());
-    c.apply(&plan);
 
     let big = 0;
     c.apps[big].revision += 1;
     c.remember_needs();
-    let revision_big = time_reconcile(&c, runs);
+    let mut revision_big = time_reconcile(&c, runs);
+    revision_big.rounds = c.settle();
     rows.push((
         format!(
             "new revision of the largest app ({}, 10000 replicas)",
@@ -286,8 +311,6 @@ fn main() {
         revision_big,
         String::new(),
     ));
-    let plan = c.reconcile(&c.views());
-    c.apply(&plan);
 
     // A node is lost: its instances move to the others.
     let lost = 500;
@@ -297,15 +320,14 @@ fn main() {
         .iter()
         .filter(|i| i.node.as_deref() == Some(c.nodes[lost].name.as_str()))
         .count();
-    let lost_node = time_reconcile(&c, runs);
+    let mut lost_node = time_reconcile(&c, runs);
+    lost_node.rounds = c.settle();
     rows.push((
         format!("node lost ({on_lost} instances move)"),
         lost_node,
         String::new(),
     ));
-    let plan = c.reconcile(&c.views());
-    c.apply(&plan);
-    assert_eq!(time_reconcile(&c, 1).actions, 0, "did not converge");
+    assert_eq!(c.instances.len(), total as usize + 10);
 
     // What the state task does around each reconcile at this size, for
     // context: it builds the node views from the instances and passes a
@@ -323,23 +345,29 @@ fn main() {
         c.nodes.len(),
         c.apps.len()
     );
-    println!("| Measurement | Actions | Median | Min | Max | Rate |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("| Measurement | Actions | Median | Min | Max | Rate | Reconciles to settle |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for (what, m, note) in &rows {
         let min = m.times.iter().min().copied().unwrap_or_default();
         let max = m.times.iter().max().copied().unwrap_or_default();
         println!(
-            "| {what} | {} | {} | {} | {} | {note} |",
+            "| {what} | {} | {} | {} | {} | {note} | {} |",
             m.actions,
             ms(m.median()),
             ms(min),
-            ms(max)
+            ms(max),
+            m.rounds
         );
     }
+    println!(
+        "\nTimes and actions are those of the first reconcile after the change; \
+         a rollout then settles over further reconciles (create the new \
+         instances, drain the old ones, delete them)."
+    );
     let one_change = rows[2].1.median().max(rows[3].1.median());
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     println!(
-        "\nTargets: ≥ 10000 placements/s: {} ({placements:.0}/s); one app change \
+        "Targets: ≥ 10000 placements/s: {} ({placements:.0}/s); one app change \
          at this size ≤ 100 ms: {} ({}).",
         verdict(placements >= 10_000.0),
         verdict(one_change <= Duration::from_millis(100)),

@@ -84,6 +84,7 @@ pub fn router(cp: ControlPlane) -> Router {
         .route("/v1/events", get(list_events))
         .route("/v1/nodes/register", post(register))
         .route("/v1/nodes/{name}/heartbeat", post(heartbeat))
+        .route("/v1/nodes/{name}/assignment", get(watch_assignment))
         .route("/v1/blobs/{digest}", get(get_blob))
         .route("/v1/routes", get(get_routes))
         .route("/v1/metrics", post(take_metrics))
@@ -379,6 +380,48 @@ async fn heartbeat(
     Json(hb): Json<Heartbeat>,
 ) -> Result<Response, Error> {
     Ok(Json(cp.heartbeat(name, hb).await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct AssignmentQuery {
+    /// The generation the node has; the answer waits for a newer one.
+    generation: Option<u64>,
+}
+
+/// A node's assignment, answered as soon as its generation differs from
+/// the one the node has (or after 25 s): nodes long-poll this so a new
+/// placement reaches them at once, not at their next heartbeat.
+async fn watch_assignment(
+    State(cp): State<ControlPlane>,
+    Path(name): Path<String>,
+    Query(q): Query<AssignmentQuery>,
+) -> Result<Json<shoal_api::protocol::HeartbeatResponse>, Error> {
+    let mut rx = cp.watch();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+    loop {
+        {
+            let snap = rx.borrow_and_update();
+            let node = snap
+                .nodes
+                .get(&name)
+                .ok_or_else(|| ApiError::NotFound(format!("node {name} is not registered")))?;
+            if q.generation != Some(node.generation) {
+                return Ok(Json(snap.assignment(node)));
+            }
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) => return Err(ApiError::Closed.into()),
+            Err(_) => {
+                let snap = cp.snapshot();
+                let node = snap
+                    .nodes
+                    .get(&name)
+                    .ok_or_else(|| ApiError::NotFound(format!("node {name} is not registered")))?;
+                return Ok(Json(snap.assignment(node)));
+            }
+        }
+    }
 }
 
 async fn get_blob(

@@ -127,6 +127,29 @@ impl ColdStarts {
 }
 
 impl Snapshot {
+    /// What `node` should run: every instance placed on it, with its
+    /// template, at the node's current generation.
+    pub fn assignment(&self, node: &Node) -> HeartbeatResponse {
+        let instances = self
+            .instances
+            .values()
+            .filter(|i| i.node.as_deref() == Some(node.name.as_str()))
+            .filter_map(|i| {
+                Some(Assignment {
+                    id: i.id.clone(),
+                    app: i.app.clone(),
+                    revision: i.revision,
+                    template: self.template(&i.app, i.revision)?.clone(),
+                    draining: i.phase == Phase::Terminating,
+                })
+            })
+            .collect();
+        HeartbeatResponse {
+            generation: node.generation,
+            instances,
+        }
+    }
+
     pub fn template(&self, app: &AppKey, revision: u64) -> Option<&Template> {
         self.revisions
             .get(&(app.clone(), revision))
@@ -1154,29 +1177,7 @@ impl State {
         {
             tracing::error!(error = %e, "cannot persist heartbeat changes");
         }
-        Ok(self.assignment(&node))
-    }
-
-    fn assignment(&self, node: &Node) -> HeartbeatResponse {
-        let instances = self
-            .snap
-            .instances
-            .values()
-            .filter(|i| i.node.as_deref() == Some(node.name.as_str()))
-            .filter_map(|i| {
-                Some(Assignment {
-                    id: i.id.clone(),
-                    app: i.app.clone(),
-                    revision: i.revision,
-                    template: self.snap.template(&i.app, i.revision)?.clone(),
-                    draining: i.phase == Phase::Terminating,
-                })
-            })
-            .collect();
-        HeartbeatResponse {
-            generation: node.generation,
-            instances,
-        }
+        Ok(self.snap.assignment(&node))
     }
 
     fn expire_leases(&mut self) {
