@@ -10,7 +10,7 @@ use futures::StreamExt;
 use sha2::Digest as _;
 use shoal_api::manifest::{self, AppManifest, DEFAULT_NAMESPACE, Format};
 use shoal_api::objects::{
-    AppKey, Event, EventLevel, Instance, Node, NodeState, Phase, Revision, now_ms,
+    AppKey, Event, EventLevel, Instance, Node, NodeState, Phase, Revision, RolloutState, now_ms,
 };
 use shoal_api::rest::{AppDetail, AppView, ApplyApp, ApplyOutcome, ApplyRequest, ScaleRequest};
 use std::collections::{BTreeMap, BTreeSet};
@@ -378,6 +378,7 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
             if structured {
                 return print_items(&apps, &args.name, args.output);
             }
+            let autoscaled = apps.iter().any(|a| a.app.settings.autoscale.is_some());
             let mut header = vec![];
             if all {
                 header.push("NAMESPACE");
@@ -385,6 +386,9 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
             header.extend(["NAME", "READY", "REVISION", "KIND", "AGE"]);
             if wide {
                 header.extend(["INSTANCES", "PENDING", "MODULE", "ROUTES"]);
+            }
+            if autoscaled || wide {
+                header.push("AUTOSCALER");
             }
             let rows: Vec<Vec<String>> = apps
                 .iter()
@@ -416,6 +420,9 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
                                 .map(|t| routes_text(&t.routes))
                                 .unwrap_or_default(),
                         ]);
+                    }
+                    if autoscaled || wide {
+                        r.push(autoscale_text(a));
                     }
                     r
                 })
@@ -582,6 +589,17 @@ fn print_table_or_empty(header: &[&str], rows: &[Vec<String>], ns: &str) {
     }
 }
 
+/// `min-max: why` for an autoscaled app, `-` otherwise.
+fn autoscale_text(a: &AppView) -> String {
+    let Some(spec) = &a.app.settings.autoscale else {
+        return "-".into();
+    };
+    match &a.autoscale {
+        Some(v) => format!("{}-{}: {} ({})", spec.min, spec.max, v.desired, v.reason),
+        None => format!("{}-{}: no load reported yet", spec.min, spec.max),
+    }
+}
+
 fn routes_text(routes: &[shoal_api::manifest::Route]) -> String {
     routes
         .iter()
@@ -603,6 +621,30 @@ pub async fn describe(client: &Client, app: AppRef) -> anyhow::Result<()> {
         a.replicas, d.view.ready, d.view.instances, d.view.pending
     );
     println!("Revision:     {}", a.current_revision);
+    match &a.rollout {
+        RolloutState::Progressing { since_ms } => println!(
+            "Rollout:      in progress for {} (stable revision {})",
+            age(*since_ms, now),
+            a.stable_revision
+        ),
+        RolloutState::Complete { .. } => println!("Rollout:      complete"),
+        RolloutState::Failed { reason, .. } => println!(
+            "Rollout:      FAILED: {reason} (revision {} serves)",
+            a.stable_revision
+        ),
+    }
+    if !a.settings.traffic.is_empty() {
+        let parts: Vec<String> = a
+            .settings
+            .traffic
+            .iter()
+            .map(|t| match t.revision {
+                Some(r) => format!("revision {r} {}%", t.percent),
+                None => format!("latest {}%", t.percent),
+            })
+            .collect();
+        println!("Traffic:      {}", parts.join(", "));
+    }
     if let Some(t) = &d.view.template {
         println!("Kind:         {}", t.kind);
         println!("Module:       sha256:{}", t.digest);
@@ -630,6 +672,40 @@ pub async fn describe(client: &Client, app: AppRef) -> anyhow::Result<()> {
             println!(
                 "Health:       GET {} every {} (timeout {}, {} failures to restart)",
                 h.path, h.interval, h.timeout, h.failure_threshold
+            );
+        }
+        if let Some(a) = &a.settings.autoscale {
+            let metric = match (a.target_rps, a.target_concurrency) {
+                (Some(r), _) => format!("{r} requests/s"),
+                (None, c) => format!(
+                    "{} concurrent requests",
+                    c.unwrap_or(shoal_api::manifest::AutoscaleSpec::DEFAULT_TARGET_CONCURRENCY)
+                ),
+            };
+            println!(
+                "Autoscale:    {}-{} replicas at {metric} per instance (windows {} / {}, scale-down delay {}, to zero after {})",
+                a.min,
+                a.max,
+                a.stable_window,
+                a.panic_window,
+                a.scale_down_delay,
+                a.scale_to_zero_after
+            );
+            if let Some(v) = &d.view.autoscale {
+                println!(
+                    "              now {:.1} in flight, {:.0} requests/s: wants {} ({}){}",
+                    v.concurrency,
+                    v.rps,
+                    v.desired,
+                    v.reason,
+                    if v.panicking { " [panic]" } else { "" }
+                );
+            }
+        }
+        if let Some(c) = &d.view.cold_starts {
+            println!(
+                "Cold starts:  {} (last {} ms, p50 {} ms, p99 {} ms)",
+                c.count, c.last_ms, c.p50_ms, c.p99_ms
             );
         }
         if t.kind == shoal_api::WorkloadKind::Worker {

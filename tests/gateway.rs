@@ -4,10 +4,8 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{Cluster, http, http_with, wait_until};
+use support::{Cluster, Load, http, http_with, wait_until};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -51,65 +49,6 @@ fn instance_of(body: &str) -> Option<String> {
     body.lines()
         .find_map(|l| l.strip_prefix("header x-shoal-instance: "))
         .map(str::to_string)
-}
-
-/// Requests from `threads` threads until stopped; records every answer.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicUsize>,
-    answers: Arc<Mutex<Vec<(u16, String)>>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(url: String, threads: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicUsize::new(0));
-        let answers = Arc::new(Mutex::new(Vec::new()));
-        let threads = (0..threads)
-            .map(|_| {
-                let (stop, ok, answers, url) =
-                    (stop.clone(), ok.clone(), answers.clone(), url.clone());
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        let (status, body) = http("GET", &url, b"");
-                        if status == 200 {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                        }
-                        answers.lock().unwrap().push((status, body));
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            answers,
-            threads,
-        }
-    }
-
-    fn served(&self) -> usize {
-        self.ok.load(Ordering::Relaxed)
-    }
-
-    /// Waits for `n` more successful requests.
-    fn wait_more(&self, n: usize) {
-        let base = self.served();
-        wait_until(T, "more requests to succeed", || {
-            (self.served() >= base + n).then_some(())
-        });
-    }
-
-    fn finish(self) -> Vec<(u16, String)> {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            t.join().unwrap();
-        }
-        Arc::try_unwrap(self.answers)
-            .map(|m| m.into_inner().unwrap())
-            .unwrap_or_default()
-    }
 }
 
 fn failures(answers: &[(u16, String)]) -> Vec<&(u16, String)> {

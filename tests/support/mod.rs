@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -451,6 +452,65 @@ impl Cluster {
             .unwrap()
             .as_array()
             .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// Requests from `threads` threads until stopped; records every answer.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    pub answers: Arc<Mutex<Vec<(u16, String)>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(url: String, threads: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..threads)
+            .map(|_| {
+                let (stop, ok, answers, url) =
+                    (stop.clone(), ok.clone(), answers.clone(), url.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let (status, body) = http("GET", &url, b"");
+                        if status == 200 {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        answers.lock().unwrap().push((status, body));
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            answers,
+            threads,
+        }
+    }
+
+    pub fn served(&self) -> usize {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Waits for `n` more successful requests.
+    pub fn wait_more(&self, n: usize) {
+        let base = self.served();
+        wait_until(Duration::from_secs(60), "more requests to succeed", || {
+            (self.served() >= base + n).then_some(())
+        });
+    }
+
+    pub fn finish(self) -> Vec<(u16, String)> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        Arc::try_unwrap(self.answers)
+            .map(|m| m.into_inner().unwrap())
             .unwrap_or_default()
     }
 }
