@@ -953,3 +953,26 @@ interval = "1s"
         assert!(parse("", Format::Yaml).is_err());
     }
 }
+
+#[cfg(test)]
+mod readme {
+    use super::*;
+
+    /// The complete example in the README's manifest reference parses, and
+    /// sets what it says it sets.
+    #[test]
+    fn the_readme_example_is_a_valid_manifest() {
+        let readme = include_str!("../../README.md");
+        let section = &readme[readme.find("## The app manifest").expect("section")..];
+        let start = section.find("```toml\n").expect("toml block") + "```toml\n".len();
+        let text = &section[start..start + section[start..].find("```").expect("end")];
+        let apps = parse(text, Format::Toml).unwrap_or_else(|e| panic!("{e}"));
+        let a = &apps[0];
+        assert_eq!(a.name, "hello");
+        assert_eq!(a.replicas, 3);
+        assert_eq!(a.traffic.len(), 2);
+        assert_eq!(a.rollout.max_surge, IntOrPercent::Percent(25));
+        assert_eq!(a.health.as_ref().map(|h| h.failure_threshold), Some(3));
+        assert_eq!(a.dirs.len(), 1);
+    }
+}
