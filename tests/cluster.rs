@@ -386,3 +386,73 @@ fn bad_manifests_and_invalid_wasm_are_refused_and_nothing_is_stored() {
     assert_eq!(c.get_json("revisions"), serde_json::json!([]));
     assert!(c.instances().is_empty());
 }
+
+#[test]
+fn an_http_instance_failing_its_health_check_is_restarted() {
+    let c = Cluster::start(1);
+    let m = c.manifest(
+        "sick.toml",
+        r#"
+name = "sick"
+module = "$EXAMPLES/http-component.wasm"
+
+[health]
+path = "/status/500"
+interval = "100ms"
+failure-threshold = 2
+"#,
+    );
+    let out = c.cli(&["apply", "-f", m.to_str().unwrap()]);
+    assert!(out.success, "{}", out.stderr);
+    let restarts = wait_until(T, "health-check restarts", || {
+        let i = c
+            .instances()
+            .into_iter()
+            .find(|i| i["app"]["name"] == "sick")?;
+        let r = i["restarts"].as_u64()?;
+        (r >= 2 && i["ready"] == false).then_some(r)
+    });
+    assert!(restarts >= 2);
+    let events = c.cli(&["events"]).stdout;
+    assert!(events.contains("Restarted"), "{events}");
+    // Not ready, so `apply --wait` would not call it done.
+    let table = c.cli(&["get", "apps"]).stdout;
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("sick") && l.contains("0/1")),
+        "{table}"
+    );
+}
+
+#[test]
+fn logs_and_events_can_be_followed() {
+    let c = Cluster::start(1);
+    let m = c.manifest(
+        "ticker.toml",
+        "name = \"ticker\"\nkind = \"worker\"\nmodule = \"$EXAMPLES/worker.wasm\"\nenv = { TICK_MS = \"50\" }\n",
+    );
+    let out = c.cli(&["apply", "-f", m.to_str().unwrap()]);
+    assert!(out.success, "{}", out.stderr);
+    let events = support::Proc::spawn(&["events", "--watch"], &[("SHOAL_SERVER", c.api.as_str())]);
+    events
+        .out
+        .wait_for(T, |l| l.contains("Started"))
+        .unwrap_or_else(|| panic!("{:#?}", events.out.all()));
+    let logs = support::Proc::spawn(
+        &["logs", "app", "ticker", "--follow"],
+        &[("SHOAL_SERVER", c.api.as_str())],
+    );
+    // Lines keep coming while it follows.
+    let ticks = logs
+        .out
+        .wait_for_n(10, T, |l| l.starts_with("[ticker-0] stdout tick "));
+    assert!(ticks.len() >= 10, "{:#?}", logs.out.all());
+    // Events that happen later show up in the watch.
+    let out = c.cli(&["scale", "app", "ticker", "--replicas", "2"]);
+    assert!(out.success, "{}", out.stderr);
+    events
+        .out
+        .wait_for(T, |l| l.contains("Scaled") && l.contains("replicas 1 -> 2"))
+        .unwrap_or_else(|| panic!("{:#?}", events.out.all()));
+}

@@ -321,3 +321,67 @@ fn a_canary_split_serves_each_revision_its_share() {
             .then_some(())
     });
 }
+
+#[test]
+fn slow_and_hostile_clients_are_cut_off() {
+    use std::io::{Read, Write};
+    let mut c = Cluster::start(1);
+    let gw = c.start_gateway(&["--header-timeout", "1s", "--idle-timeout", "1s"]);
+    c.apply_wait(&c.manifest("web.toml", &app("web", "v1", 1, "")));
+    wait_served(&gw, "/");
+    let addr = gw.trim_start_matches("http://").to_string();
+    let read_all = |s: &mut std::net::TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    };
+
+    // Headers that never finish: the connection is closed at the deadline.
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: 1\r\n")
+        .unwrap();
+    let start = Instant::now();
+    let _ = read_all(&mut slow);
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(10), "slow client held {took:?}");
+
+    // A head over the size limit, and too many headers: 431.
+    for head in [
+        format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(100 * 1024)
+        ),
+        format!(
+            "GET / HTTP/1.1\r\nHost: x\r\n{}\r\n",
+            (0..200)
+                .map(|i| format!("X-H{i}: v\r\n"))
+                .collect::<String>()
+        ),
+    ] {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        let _ = s.write_all(head.as_bytes());
+        let answer = read_all(&mut s);
+        assert!(
+            answer.starts_with("HTTP/1.1 431"),
+            "{}",
+            &answer[..answer.len().min(200)]
+        );
+    }
+
+    // A kept-alive connection that goes quiet is closed.
+    let mut idle = std::net::TcpStream::connect(&addr).unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let start = Instant::now();
+    let answer = read_all(&mut idle);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "idle connection kept {:?}",
+        start.elapsed()
+    );
+
+    // Others are served all along.
+    assert_eq!(http("GET", &format!("{gw}/"), b"").0, 200);
+}
