@@ -330,6 +330,10 @@ struct State {
     load: HashMap<AppKey, VecDeque<LoadBucket>>,
     scale: HashMap<AppKey, autoscale::ScaleState>,
     last_autoscale: Option<tokio::time::Instant>,
+    /// Heartbeat times changed since the last published snapshot; they are
+    /// republished at most once a second.
+    heartbeats_dirty: bool,
+    last_publish: Option<tokio::time::Instant>,
 }
 
 /// One second of an app's load, by reporting gateway.
@@ -384,6 +388,8 @@ impl State {
             load: HashMap::new(),
             scale: HashMap::new(),
             last_autoscale: None,
+            heartbeats_dirty: false,
+            last_publish: None,
         })
     }
 
@@ -423,8 +429,17 @@ impl State {
             {
                 tracing::error!(error = %e, "cannot write the store; will retry");
             }
+            if self.heartbeats_dirty
+                && self
+                    .last_publish
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+            {
+                self.changed = true;
+            }
             // Readers get a new snapshot only when something changed.
             if self.changed {
+                self.heartbeats_dirty = false;
+                self.last_publish = Some(tokio::time::Instant::now());
                 self.changed = false;
                 self.snap.version += 1;
                 out.send_replace(Arc::new(self.snapshot()));
@@ -1059,6 +1074,7 @@ impl State {
         self.seen
             .insert(name.to_string(), tokio::time::Instant::now());
         node.last_heartbeat_ms = now_ms();
+        self.heartbeats_dirty = true;
         if node.state == NodeState::Lost {
             node.state = NodeState::Ready;
             self.event(
