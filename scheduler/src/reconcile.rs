@@ -138,9 +138,9 @@ const DEFAULT_GRACE_MS: u64 = 30_000;
 /// Decides what to do. `nodes` carry their current allocations (from the
 /// instances placed on them); `need_of` gives the resources an existing
 /// instance holds. `seq` numbers new instances.
-pub fn reconcile(
+pub fn reconcile<I: std::borrow::Borrow<Instance>>(
     apps: &[DesiredApp],
-    instances: &[Instance],
+    instances: &[I],
     nodes: &[NodeView],
     need_of: &dyn Fn(&Instance) -> Capacity,
     seq: u64,
@@ -168,7 +168,7 @@ pub fn reconcile(
         group_of.entry(&a.key).or_insert(g);
     }
 
-    let mut sorted: Vec<&Instance> = instances.iter().collect();
+    let mut sorted: Vec<&Instance> = instances.iter().map(|i| i.borrow()).collect();
     sorted.sort_by(|a, b| a.id.cmp(&b.id));
 
     let release = |nodes: &mut Vec<Cow<'_, NodeView>>, inst: &Instance| {

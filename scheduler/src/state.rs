@@ -1367,15 +1367,30 @@ impl State {
                 )
             })
             .collect();
+        // Needs per (app, revision), looked up once: at 10^5 instances a
+        // template lookup and an app-name string per instance would be most
+        // of the work.
+        let mut needs: HashMap<(&AppKey, u64), (Capacity, String)> = HashMap::new();
         for i in self.snap.instances.values() {
-            if let Some(v) = i.node.as_ref().and_then(|n| views.get_mut(n)) {
-                v.add(&i.app.to_string(), self.need_of(&i.app, i.revision));
-            }
+            let Some(v) = i.node.as_ref().and_then(|n| views.get_mut(n)) else {
+                continue;
+            };
+            let (need, name) = needs
+                .entry((&i.app, i.revision))
+                .or_insert_with(|| (self.need_of(&i.app, i.revision), i.app.to_string()));
+            v.add(name, *need);
         }
+        let needs: HashMap<(&AppKey, u64), Capacity> =
+            needs.into_iter().map(|(k, (c, _))| (k, c)).collect();
         let views: Vec<NodeView> = views.into_values().collect();
-        let instances: Vec<Instance> = self.snap.instances.values().cloned().collect();
+        let instances: Vec<&Instance> = self.snap.instances.values().collect();
         let plan = {
-            let need_of = |i: &Instance| self.need_of(&i.app, i.revision);
+            let need_of = |i: &Instance| {
+                needs
+                    .get(&(&i.app, i.revision))
+                    .copied()
+                    .unwrap_or_else(|| self.need_of(&i.app, i.revision))
+            };
             let clock = reconcile::Clock {
                 now_ms: now_ms(),
                 drain_delay_ms: self.config.drain_delay.as_millis() as u64,
