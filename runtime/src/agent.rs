@@ -425,6 +425,7 @@ impl Agent {
     }
 
     async fn start(&self, a: Assignment) -> Running {
+        let began = Instant::now();
         let logs = LogBuffer::new(1000);
         let name = a.app.name.clone();
         let result: Result<(Loaded, Workload), String> = async {
@@ -453,7 +454,10 @@ impl Agent {
         .await;
         let (loaded, workload) = match result {
             Ok((l, w)) => {
-                tracing::info!(instance = %a.id, app = %a.app, revision = a.revision, "instance started");
+                // From assignment to linked and ready to serve: the node's
+                // share of a cold start.
+                let start_us = began.elapsed().as_micros() as u64;
+                tracing::info!(instance = %a.id, app = %a.app, revision = a.revision, start_us, source = ?l.source, "instance started");
                 (Some(l), w)
             }
             Err(e) => {
