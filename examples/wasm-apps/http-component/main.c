@@ -10,6 +10,8 @@
 //   /trap          traps (wasm `unreachable`)
 //   /spin          loops forever
 //   /status/N      responds with status N
+//   /sleep?ms=N    waits N ms (0-60000) without using the CPU, then answers
+//                  "slept N ms"
 //   anything else  a greeting
 #include <stdbool.h>
 #include <stdint.h>
@@ -402,6 +404,53 @@ static void route_status(const char *arg, own_outparam_t outparam) {
     reply_text(outparam, (uint16_t)n, text);
 }
 
+// Longest wait /sleep accepts, in milliseconds.
+#define SLEEP_MAX_MS 60000
+
+// The value of the `ms` parameter of a query string, or NULL without one.
+// It ends at the next '&'.
+static const char *ms_param(const char *query, size_t *len) {
+    for (const char *p = query; p && *p;) {
+        if (strncmp(p, "ms=", 3) == 0) {
+            *len = strcspn(p + 3, "&");
+            return p + 3;
+        }
+        p = strchr(p, '&');
+        if (p) p++;
+    }
+    return NULL;
+}
+
+// Waits on a wasi:clocks/monotonic-clock pollable, so the instance blocks in
+// the host and uses no CPU meanwhile. (libc usleep would work too, through
+// the adapter's poll_oneoff, but that pulls wasi:filesystem and about 15 KiB
+// of adapter code into the component.)
+static void route_sleep(const char *query, own_outparam_t outparam) {
+    size_t len = 0;
+    const char *arg = ms_param(query, &len);
+    long ms = 0;
+    bool ok = arg && len > 0;
+    for (size_t i = 0; ok && i < len; i++) {
+        if (arg[i] < '0' || arg[i] > '9') {
+            ok = false;
+        } else {
+            ms = ms * 10 + (arg[i] - '0');
+            if (ms > SLEEP_MAX_MS) ok = false;
+        }
+    }
+    if (!ok) {
+        reply_text(outparam, 400, "usage: /sleep?ms=N (0-60000)\n");
+        return;
+    }
+    wasi_clocks_monotonic_clock_own_pollable_t timer =
+        wasi_clocks_monotonic_clock_subscribe_duration((wasi_clocks_monotonic_clock_duration_t)ms * 1000000);
+    wasi_io_poll_method_pollable_block(wasi_io_poll_borrow_pollable(timer));
+    wasi_io_poll_pollable_drop_own(timer);
+    char text[32];
+    snprintf(text, sizeof text, "slept %ld ms\n", ms);
+    reply_text(outparam, 200, text);
+}
+
 // ---- the export -----------------------------------------------------------
 
 void exports_wasi_http_incoming_handler_handle(exports_wasi_http_incoming_handler_own_incoming_request_t request,
@@ -434,6 +483,8 @@ void exports_wasi_http_incoming_handler_handle(exports_wasi_http_incoming_handle
         for (;;) spins++;
     } else if (strncmp(path, "/status/", 8) == 0) {
         route_status(path + 8, outparam);
+    } else if (strcmp(path, "/sleep") == 0) {
+        route_sleep(query, outparam);
     } else {
         reply_text(outparam, 200, "Hello from a wasi:http component!\n");
     }
