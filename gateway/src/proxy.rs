@@ -32,6 +32,10 @@ pub const REPLAY_LIMIT: u64 = 64 * 1024;
 /// Endpoints tried for one request when connections are refused.
 const MAX_ATTEMPTS: usize = 4;
 
+/// How long a request waits for an app that cannot scale from zero to get
+/// a ready instance.
+const NO_INSTANCE_HOLD: Duration = Duration::from_secs(5);
+
 /// Requests one app may have waiting for an instance; more get 503.
 pub const MAX_HELD: u64 = 1000;
 
@@ -401,7 +405,15 @@ impl Gateway {
         stats: &AppStats,
         deadline: tokio::time::Instant,
     ) -> Option<Arc<AppRoute>> {
-        let deadline = deadline.min(tokio::time::Instant::now() + self.config.activation_timeout);
+        // An app that may scale from zero is worth the wait of a cold
+        // start; one that should have instances but has none ready (all
+        // starting, or crashing) only briefly.
+        let hold = if app.scale_from_zero {
+            self.config.activation_timeout
+        } else {
+            self.config.activation_timeout.min(NO_INSTANCE_HOLD)
+        };
+        let deadline = deadline.min(tokio::time::Instant::now() + hold);
         let mut updates = self.table_updates();
         loop {
             if let Some(a) = self.table().app(&app.key)
