@@ -91,6 +91,9 @@ pub struct GatewayArgs {
     /// How long in-flight requests may take to finish at shutdown.
     #[arg(long, default_value = "10s")]
     pub grace: Duration,
+    /// Worker threads, each with its own event loop (default: one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
     /// Exit when standard input closes (used by `shoal up`).
     #[arg(long, hide = true)]
     pub exit_with_parent: bool,
@@ -276,10 +279,18 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         control_plane: Some(args.control_plane.clone()),
         ..Default::default()
     });
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let workers = args.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let listeners = shoal_gateway::bind_workers(args.listen, workers)
         .with_context(|| format!("binding {}", args.listen))?;
-    let addr = listener.local_addr()?;
+    let addr = listeners
+        .first()
+        .map(|l| l.local_addr())
+        .transpose()?
+        .ok_or_else(|| anyhow::anyhow!("no listener"))?;
     let watch = tokio::spawn(shoal_gateway::watch::follow(
         gw.clone(),
         args.control_plane.clone(),
@@ -300,7 +311,8 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         max_headers: args.max_headers,
         grace: args.grace.get(),
     };
-    shoal_gateway::serve(listener, gw, stop_requested(args.exit_with_parent), limits).await?;
+    shoal_gateway::serve_workers(listeners, gw, stop_requested(args.exit_with_parent), limits)
+        .await?;
     watch.abort();
     metrics.abort();
     println!("Stopped.");

@@ -10,7 +10,9 @@
 //!   where that is safe, and answering JSON errors (404, 413, 502-504); and the activator, which
 //!   holds requests for an app with no ready instance and asks for one.
 //! - [`metrics`]: per-app load reports to the control plane (autoscaling).
-//! - [`server`]: the listener, with header, size and idle limits.
+//! - [`server`]: the listener, with header, size and idle limits; one
+//!   single-threaded worker per core, each with its own socket
+//!   (`SO_REUSEPORT`) and connection pool.
 //!
 //! The gateway never links wasmtime: it reaches nodes over HTTP only.
 
@@ -21,4 +23,4 @@ pub mod table;
 pub mod watch;
 
 pub use proxy::{Gateway, GatewayConfig};
-pub use server::{ServerLimits, serve};
+pub use server::{ServerLimits, bind_workers, serve, serve_workers};

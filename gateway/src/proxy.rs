@@ -16,7 +16,7 @@ use shoal_api::objects::AppKey;
 use shoal_api::routes::{APP_HEADER, INSTANCE_HEADER, RouteTable};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -61,27 +61,13 @@ impl Default for GatewayConfig {
     }
 }
 
-/// Request counters of one app, for the autoscaler.
-#[derive(Debug, Default)]
-pub struct AppStats {
-    /// Requests being served now.
-    pub in_flight: AtomicU64,
-    /// Requests received, ever.
-    pub requests: AtomicU64,
-    /// Requests waiting for the app to get a ready instance.
-    pub held: AtomicU64,
-    /// How long held requests waited for their response to start (ms),
-    /// since the last report.
-    pub cold_starts_ms: std::sync::Mutex<Vec<u64>>,
-    /// When the gateway last asked the control plane for an instance.
-    activation_sent: std::sync::Mutex<Option<std::time::Instant>>,
-}
+pub use crate::table::AppStats;
 
-/// The gateway: the current routing table and the connection pool.
-pub struct Gateway {
+/// What all of a gateway's workers share: the routing table, endpoint and
+/// node health, load counters.
+struct Shared {
     table: RwLock<Arc<Table>>,
     endpoints: crate::table::Endpoints,
-    client: Client<HttpConnector, ProxyBody>,
     stats: DashMap<AppKey, Arc<AppStats>>,
     /// Whether a route table has arrived since start.
     has_table: std::sync::atomic::AtomicBool,
@@ -90,24 +76,35 @@ pub struct Gateway {
     control: reqwest::Client,
 }
 
+/// The gateway, as one worker sees it: the shared state and a connection
+/// pool of its own (so a worker's requests and its connections to nodes
+/// stay on its thread).
+pub struct Gateway {
+    shared: Arc<Shared>,
+    client: Client<HttpConnector, ProxyBody>,
+}
+
+fn node_client(config: &GatewayConfig) -> Client<HttpConnector, ProxyBody> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(config.connect_timeout));
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(1024)
+        .build(connector)
+}
+
 impl Gateway {
     pub fn config(&self) -> &GatewayConfig {
-        &self.config
+        &self.shared.config
     }
 
     pub fn new(config: GatewayConfig) -> Arc<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
-        Arc::new(Self {
+        let client = node_client(&config);
+        let shared = Arc::new(Shared {
             table: RwLock::new(Arc::new(Table::default())),
             endpoints: crate::table::Endpoints::new(),
-            client,
             stats: DashMap::new(),
             has_table: std::sync::atomic::AtomicBool::new(false),
             table_updates: tokio::sync::watch::channel(0).0,
@@ -117,59 +114,70 @@ impl Gateway {
                 .build()
                 .unwrap_or_default(),
             config,
+        });
+        Arc::new(Self { shared, client })
+    }
+
+    /// Another handle on the same gateway with its own connection pool, for
+    /// a worker thread.
+    pub fn worker(&self) -> Arc<Self> {
+        Arc::new(Self {
+            shared: self.shared.clone(),
+            client: node_client(&self.shared.config),
         })
     }
 
     pub fn table(&self) -> Arc<Table> {
-        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.shared
+            .table
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Installs a new route table.
     pub fn set_table(&self, rt: &RouteTable) {
-        let t = Arc::new(Table::build(rt, &self.endpoints));
+        let t = Arc::new(Table::build(rt, &self.shared.endpoints, &self.shared.stats));
         tracing::debug!(
             apps = t.apps.len(),
             endpoints = t.endpoint_count(),
             "route table updated"
         );
-        *self.table.write().unwrap_or_else(|p| p.into_inner()) = t;
-        self.has_table.store(true, Ordering::Relaxed);
-        self.table_updates.send_modify(|v| *v += 1);
+        *self.shared.table.write().unwrap_or_else(|p| p.into_inner()) = t;
+        self.shared.has_table.store(true, Ordering::Relaxed);
+        self.shared.table_updates.send_modify(|v| *v += 1);
     }
 
     pub fn has_table(&self) -> bool {
-        self.has_table.load(Ordering::Relaxed)
+        self.shared.has_table.load(Ordering::Relaxed)
     }
 
     /// Resolves after each table update.
     pub fn table_updates(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.table_updates.subscribe()
+        self.shared.table_updates.subscribe()
     }
 
     /// Request counters by app.
     pub fn stats(&self) -> Vec<(AppKey, Arc<AppStats>)> {
-        self.stats
+        self.shared
+            .stats
             .iter()
             .map(|e| (e.key().clone(), e.value().clone()))
             .collect()
     }
 
-    fn stats_for(&self, key: &AppKey) -> Arc<AppStats> {
-        if let Some(s) = self.stats.get(key) {
-            return s.clone();
-        }
-        self.stats.entry(key.clone()).or_default().clone()
-    }
-
-    /// Serves one client request.
-    pub async fn handle<B>(
+    /// Serves one client request. `guard` is held until the response body
+    /// has been sent (the caller's per-connection bookkeeping).
+    pub async fn handle<B, G>(
         self: Arc<Self>,
         req: Request<B>,
         peer: SocketAddr,
+        guard: G,
     ) -> Response<ProxyBody>
     where
         B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<BoxError>,
+        G: Send + Sync + 'static,
     {
         let host = req
             .headers()
@@ -189,14 +197,26 @@ impl Gateway {
                 ),
             );
         };
-        let stats = self.stats_for(&app.key);
+        let stats = app.stats.clone();
         stats.requests.fetch_add(1, Ordering::Relaxed);
         stats.in_flight.fetch_add(1, Ordering::Relaxed);
         let counted = Counted(stats);
-        let resp = self.forward(app, &counted.0, req, peer, host).await;
-        resp.map(|b| Guarded::new(b, counted).boxed())
+        match self.forward(app, &counted.0, req, peer, host).await {
+            // One box for the body, holding every guard until it ends.
+            Ok((parts, body, in_flight)) => Response::from_parts(
+                parts,
+                Guarded::new(
+                    body.map_err(|e| -> BoxError { Box::new(e) }),
+                    (in_flight, counted, guard),
+                )
+                .boxed(),
+            ),
+            Err(resp) => resp,
+        }
     }
 
+    /// Sends the request to an endpoint: the answer's head and body and the
+    /// endpoint's in-flight guard, or the error response to give instead.
     async fn forward<B>(
         &self,
         mut app: Arc<AppRoute>,
@@ -204,7 +224,14 @@ impl Gateway {
         req: Request<B>,
         peer: SocketAddr,
         host: Option<String>,
-    ) -> Response<ProxyBody>
+    ) -> Result<
+        (
+            http::response::Parts,
+            hyper::body::Incoming,
+            crate::table::InFlight,
+        ),
+        Response<ProxyBody>,
+    >
     where
         B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<BoxError>,
@@ -215,7 +242,7 @@ impl Gateway {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
         if declared.is_some_and(|n| n > app.max_body) {
-            return too_large(app.max_body);
+            return Err(too_large(app.max_body));
         }
         let chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
         let method = req.method().clone();
@@ -230,14 +257,14 @@ impl Gateway {
                 match Limited::new(body, app.max_body as usize).collect().await {
                     Ok(c) => Outgoing::Replay(c.to_bytes()),
                     Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                        return too_large(app.max_body);
+                        return Err(too_large(app.max_body));
                     }
                     Err(e) => {
-                        return error(
+                        return Err(error(
                             StatusCode::BAD_REQUEST,
                             "bad_request",
                             format!("reading the request body failed: {e}"),
-                        );
+                        ));
                     }
                 }
             }
@@ -247,7 +274,7 @@ impl Gateway {
                     .boxed(),
             )),
         };
-        let headers = forward_headers(&parts.headers, peer, host.as_deref(), &app.header);
+        let headers = forward_headers(parts.headers, peer, host.as_deref(), &app.header);
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -267,14 +294,14 @@ impl Gateway {
                 // the request until one is, asking for one if the app may
                 // scale from zero.
                 if stats.held.load(Ordering::Relaxed) >= MAX_HELD {
-                    return error(
+                    return Err(error(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "overloaded",
                         format!(
                             "app {} has no ready instance and {MAX_HELD} requests already wait for one",
                             app.key
                         ),
-                    );
+                    ));
                 }
                 held_since.get_or_insert_with(std::time::Instant::now);
                 stats.held.fetch_add(1, Ordering::Relaxed);
@@ -286,7 +313,7 @@ impl Gateway {
                         continue;
                     }
                     None => {
-                        return error(
+                        return Err(error(
                             StatusCode::SERVICE_UNAVAILABLE,
                             "no_ready_instance",
                             format!(
@@ -294,7 +321,7 @@ impl Gateway {
                                 app.key,
                                 held_since.map(|t| t.elapsed()).unwrap_or_default()
                             ),
-                        );
+                        ));
                     }
                 }
             }
@@ -313,11 +340,11 @@ impl Gateway {
             {
                 Ok(r) => r,
                 Err(e) => {
-                    return error(
+                    return Err(error(
                         StatusCode::BAD_REQUEST,
                         "bad_request",
                         format!("cannot forward this request: {e}"),
-                    );
+                    ));
                 }
             };
             *out.headers_mut() = headers.clone();
@@ -328,11 +355,11 @@ impl Gateway {
             let sent = tokio::time::timeout_at(deadline, self.client.request(out)).await;
             match sent {
                 Err(_) => {
-                    return error(
+                    return Err(error(
                         StatusCode::GATEWAY_TIMEOUT,
                         "gateway_timeout",
                         format!("app {} did not answer within {:?}", app.key, app.timeout),
-                    );
+                    ));
                 }
                 Ok(Err(e)) if e.is_connect() => {
                     let d = ep.health.eject();
@@ -379,20 +406,18 @@ impl Gateway {
                     if let Some(id) = headers.get(REQUEST_ID) {
                         parts.headers.insert(REQUEST_ID, id.clone());
                     }
-                    let body =
-                        Guarded::new(body.map_err(|e| -> BoxError { Box::new(e) }), in_flight);
-                    return Response::from_parts(parts, body.boxed());
+                    return Ok((parts, body, in_flight));
                 }
             }
         }
-        error(
+        Err(error(
             StatusCode::BAD_GATEWAY,
             "bad_gateway",
             format!(
                 "app {}: no instance could serve the request ({last_error})",
                 app.key
             ),
-        )
+        ))
     }
 }
 
@@ -409,9 +434,9 @@ impl Gateway {
         // start; one that should have instances but has none ready (all
         // starting, or crashing) only briefly.
         let hold = if app.scale_from_zero {
-            self.config.activation_timeout
+            self.shared.config.activation_timeout
         } else {
-            self.config.activation_timeout.min(NO_INSTANCE_HOLD)
+            self.shared.config.activation_timeout.min(NO_INSTANCE_HOLD)
         };
         let deadline = deadline.min(tokio::time::Instant::now() + hold);
         let mut updates = self.table_updates();
@@ -439,7 +464,7 @@ impl Gateway {
     /// Tells the control plane the app needs an instance (at most once a
     /// second per app, whatever the number of waiting requests).
     fn ask_for_instance(&self, key: &AppKey, stats: &AppStats) {
-        let Some(cp) = &self.config.control_plane else {
+        let Some(cp) = &self.shared.config.control_plane else {
             return;
         };
         {
@@ -458,7 +483,7 @@ impl Gateway {
             key.namespace,
             key.name
         );
-        let client = self.control.clone();
+        let client = self.shared.control.clone();
         let key = key.clone();
         tokio::spawn(async move {
             match client.post(&url).send().await {
@@ -526,12 +551,11 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 fn forward_headers(
-    incoming: &HeaderMap,
+    mut h: HeaderMap,
     peer: SocketAddr,
     host: Option<&str>,
     app: &HeaderValue,
 ) -> HeaderMap {
-    let mut h = incoming.clone();
     strip_hop_by_hop(&mut h);
     h.remove(INSTANCE_HEADER);
     h.insert(APP_HEADER, app.clone());

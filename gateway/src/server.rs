@@ -3,11 +3,11 @@
 //! caps on header size and count, and an idle timeout on kept-alive
 //! connections.
 
-use crate::proxy::{Gateway, Guarded};
-use http_body_util::BodyExt;
+use crate::proxy::Gateway;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -190,10 +190,7 @@ pub async fn serve(
             let gw = gw.clone();
             act.active.fetch_add(1, Ordering::Relaxed);
             let guard = ActiveRequest(act.clone());
-            async move {
-                let resp = gw.handle(req, peer).await;
-                Ok::<_, std::convert::Infallible>(resp.map(|b| Guarded::new(b, guard).boxed()))
-            }
+            async move { Ok::<_, std::convert::Infallible>(gw.handle(req, peer, guard).await) }
         });
         let builder = builder.clone();
         let mut stop = stop_rx.clone();
@@ -251,4 +248,77 @@ pub async fn serve(
         .await;
     }
     Ok(())
+}
+
+/// Binds `workers` listening sockets to `addr` with `SO_REUSEPORT`, so the
+/// kernel spreads connections over them. Port 0 picks one free port for
+/// all of them. Must run inside a tokio runtime.
+pub fn bind_workers(
+    addr: SocketAddr,
+    workers: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut out = Vec::new();
+    let mut addr = addr;
+    for _ in 0..workers.max(1) {
+        let sock = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        sock.set_reuseaddr(true)?;
+        sock.set_reuseport(true)?;
+        sock.bind(addr)?;
+        let listener = sock.listen(1024)?;
+        addr = listener.local_addr()?;
+        out.push(listener.into_std()?);
+    }
+    Ok(out)
+}
+
+/// Serves the gateway on several threads, one per listener from
+/// [`bind_workers`], each with a single-threaded runtime and a connection
+/// pool of its own, as nginx runs one event loop per worker: a request and
+/// the connection it goes out on never change threads. Stops when
+/// `shutdown` resolves, after in-flight requests finish (up to the grace).
+pub async fn serve_workers(
+    listeners: Vec<std::net::TcpListener>,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+    limits: ServerLimits,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut threads = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let gw = gateway.worker();
+        let limits = limits.clone();
+        let mut stop = stop_rx.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("gateway-{i}"))
+            .spawn(move || -> std::io::Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    let listener = TcpListener::from_std(listener)?;
+                    let stopped = async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    };
+                    serve(listener, gw, stopped, limits).await
+                })
+            })?;
+        threads.push(t);
+    }
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    tokio::task::spawn_blocking(move || {
+        for t in threads {
+            match t.join() {
+                Ok(Err(e)) => tracing::warn!(error = %e, "a gateway worker failed"),
+                Err(_) => tracing::error!("a gateway worker panicked"),
+                Ok(Ok(())) => {}
+            }
+        }
+    })
+    .await
+    .map_err(std::io::Error::other)
 }

@@ -8,6 +8,7 @@
 //! so a table update does not forget that an endpoint is failing.
 
 use dashmap::DashMap;
+use dashmap::DashMap as StatsMap;
 use shoal_api::manifest::LoadBalancing;
 use shoal_api::objects::AppKey;
 use shoal_api::routes::{RouteApp, RouteTable};
@@ -185,6 +186,8 @@ pub struct AppRoute {
     pub max_body: u64,
     pub backends: Vec<Backend>,
     pub scale_from_zero: bool,
+    /// The app's request counters (shared with older and newer tables).
+    pub stats: Arc<AppStats>,
     rr: AtomicUsize,
     /// Smooth weighted round robin state, one entry per backend.
     wrr: Mutex<Vec<i64>>,
@@ -288,6 +291,23 @@ impl AppRoute {
     }
 }
 
+/// Request counters of one app, for the autoscaler.
+#[derive(Debug, Default)]
+pub struct AppStats {
+    /// Requests being served now.
+    pub in_flight: AtomicU64,
+    /// Requests received, ever.
+    pub requests: AtomicU64,
+    /// Requests waiting for the app to get a ready instance.
+    pub held: AtomicU64,
+    /// How long held requests waited for their response to start (ms),
+    /// since the last report.
+    pub cold_starts_ms: std::sync::Mutex<Vec<u64>>,
+    /// When the gateway last asked the control plane for an instance.
+    pub(crate) activation_sent: Mutex<Option<Instant>>,
+}
+
+/// The gateway: the current routing table and the connection pool.
 /// Routes for one host (or for any host): path prefixes, longest first.
 #[derive(Debug, Default)]
 struct Prefixes(Vec<(String, usize)>);
@@ -340,12 +360,17 @@ pub fn normalize_host(host: &str) -> String {
 
 impl Table {
     /// Builds a table, reusing endpoint state from `endpoints`.
-    pub fn build(rt: &RouteTable, endpoints: &Endpoints) -> Table {
+    pub fn build(
+        rt: &RouteTable,
+        endpoints: &Endpoints,
+        stats: &StatsMap<AppKey, Arc<AppStats>>,
+    ) -> Table {
         let mut t = Table::default();
         let mut live = std::collections::HashSet::new();
         for ra in &rt.apps {
             let idx = t.apps.len();
-            t.apps.push(Arc::new(app_route(ra, endpoints)));
+            let counters = stats.entry(ra.app.clone()).or_default().clone();
+            t.apps.push(Arc::new(app_route(ra, endpoints, counters)));
             for b in &ra.backends {
                 for e in &b.endpoints {
                     live.insert(e.instance.as_str());
@@ -392,7 +417,7 @@ impl Table {
     }
 }
 
-fn app_route(ra: &RouteApp, endpoints: &Endpoints) -> AppRoute {
+fn app_route(ra: &RouteApp, endpoints: &Endpoints, stats: Arc<AppStats>) -> AppRoute {
     let header = http::HeaderValue::from_str(&ra.app.to_string())
         .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"));
     AppRoute {
@@ -415,6 +440,7 @@ fn app_route(ra: &RouteApp, endpoints: &Endpoints) -> AppRoute {
             })
             .collect(),
         scale_from_zero: ra.scale_from_zero,
+        stats,
         rr: AtomicUsize::new(0),
         wrr: Mutex::new(Vec::new()),
     }
@@ -471,7 +497,7 @@ mod tests {
                 app("site", vec![route(Some("Example.COM"), "/")], vec![]),
             ],
         };
-        let t = Table::build(&rt, &Endpoints::new());
+        let t = Table::build(&rt, &Endpoints::new(), &StatsMap::new());
         let name = |h: Option<&str>, p: &str| t.lookup(h, p).map(|a| a.key.name.clone());
         assert_eq!(name(None, "/"), Some("root".into()));
         assert_eq!(name(None, "/api"), Some("api".into()));
@@ -485,6 +511,7 @@ mod tests {
                 apps: vec![app("api", vec![route(None, "/api")], vec![])],
             },
             &Endpoints::new(),
+            &StatsMap::new(),
         );
         assert!(only.lookup(None, "/other").is_none());
     }
@@ -498,7 +525,7 @@ mod tests {
                 vec![backend(1, 80, &["a", "b"]), backend(2, 20, &["c"])],
             )],
         };
-        let t = Table::build(&rt, &Endpoints::new());
+        let t = Table::build(&rt, &Endpoints::new(), &StatsMap::new());
         let a = t.lookup(None, "/").unwrap();
         let mut to_c = 0;
         for _ in 0..1000 {
@@ -518,7 +545,7 @@ mod tests {
                 vec![backend(1, 1, &["a", "b", "c"])],
             )],
         };
-        let t = Table::build(&rt, &Endpoints::new());
+        let t = Table::build(&rt, &Endpoints::new(), &StatsMap::new());
         let a = t.lookup(None, "/").unwrap();
         let mut counts: HashMap<String, usize> = HashMap::new();
         for _ in 0..3000 {
@@ -547,7 +574,7 @@ mod tests {
                 vec![backend(1, 1, &["a", "b"])],
             )],
         };
-        let t = Table::build(&rt, &eps);
+        let t = Table::build(&rt, &eps, &StatsMap::new());
         let a = t.lookup(None, "/").unwrap();
         let ea = a.backends[0].endpoints[0].clone();
         ea.health.eject();
@@ -555,7 +582,7 @@ mod tests {
             assert_eq!(a.pick(&[]).unwrap().instance, "b");
         }
         // A new table keeps the ejection.
-        let t2 = Table::build(&rt, &eps);
+        let t2 = Table::build(&rt, &eps, &StatsMap::new());
         let a2 = t2.lookup(None, "/").unwrap();
         assert!(a2.backends[0].endpoints[0].is_ejected());
         // With the healthy one already tried, the ejected one is the last

@@ -11,6 +11,14 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 /// spinning guest can hold a thread and how precisely deadlines fire.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 
+/// Ticks a guest runs between yields to the executor (and deadline
+/// checks): 10 ms. Often enough that a spinning guest cannot starve the
+/// requests sharing its thread; rare enough that a request needing a few
+/// milliseconds of CPU (a language runtime) runs to the end in one go,
+/// instead of interleaving with every other request in flight and losing
+/// its caches each time.
+pub const YIELD_EVERY_TICKS: u64 = 5;
+
 /// Sizing of the engine's pooling allocator: how many wasm things may be live
 /// at once in this process.
 #[derive(Debug, Clone)]

@@ -186,15 +186,21 @@ impl Guarded for P1Host {
 }
 
 /// A store with the memory limiter installed and an epoch callback that
-/// yields to the executor at every tick and interrupts the guest once its
+/// yields to the executor every few ticks and interrupts the guest once its
 /// deadline (if any) has passed.
 pub fn new_store<T: Guarded>(engine: &wasmtime::Engine, data: T) -> Store<T> {
     let mut store = Store::new(engine, data);
     store.limiter(|d| d.limiter());
-    store.set_epoch_deadline(1);
+    store.set_epoch_deadline(crate::engine::YIELD_EVERY_TICKS);
     store.epoch_deadline_callback(|ctx| match ctx.data().deadline() {
         Some(d) if Instant::now() >= d => Ok(UpdateDeadline::Interrupt),
-        _ => Ok(UpdateDeadline::Yield(1)),
+        // tokio's yield_now lets the runtime poll for I/O before the guest
+        // runs again; a plain wake would put the guest straight back on the
+        // run queue, and a busy guest could keep sockets waiting.
+        _ => Ok(UpdateDeadline::YieldCustom(
+            crate::engine::YIELD_EVERY_TICKS,
+            Box::pin(tokio::task::yield_now()),
+        )),
     });
     store
 }

@@ -509,9 +509,12 @@ const ROUTES_KEEPALIVE: Duration = Duration::from_secs(5);
 /// again on every change, with an empty line every few seconds of quiet.
 async fn watch_routes(State(cp): State<ControlPlane>) -> Response {
     let rx = cp.watch();
+    // The keepalive counts from the last line sent, not from the last
+    // snapshot: snapshots change often without changing the table.
     let stream = futures::stream::unfold(
         (rx, None::<shoal_api::routes::RouteTable>),
         |(mut rx, last)| async move {
+            let quiet_until = tokio::time::Instant::now() + ROUTES_KEEPALIVE;
             loop {
                 let table = crate::routes::route_table(&rx.borrow_and_update());
                 if last.as_ref() != Some(&table) {
@@ -522,7 +525,7 @@ async fn watch_routes(State(cp): State<ControlPlane>) -> Response {
                         (rx, Some(table)),
                     ));
                 }
-                match tokio::time::timeout(ROUTES_KEEPALIVE, rx.changed()).await {
+                match tokio::time::timeout_at(quiet_until, rx.changed()).await {
                     Ok(Ok(())) => continue,
                     Ok(Err(_)) => return None,
                     Err(_) => return Some((Ok(Bytes::from_static(b"\n")), (rx, last))),
