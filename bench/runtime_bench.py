@@ -4,9 +4,13 @@
 For every component (the C wasi:http demo app and the Python one) it serves
 the component with, one server at a time:
 
-  * `wasmtime serve -S cli=y --addr 127.0.0.1:PORT COMPONENT` (its defaults),
+  * `wasmtime serve -S cli=y --addr 127.0.0.1:PORT COMPONENT` (its defaults:
+    a fresh instance per request),
+  * the same with `--max-instance-reuse-count 10000` (wasmtime's own instance
+    reuse, the baseline for shoal's reuse mode),
   * `shoal run COMPONENT` (per-request isolation, the default),
-  * `shoal run --isolation reuse COMPONENT`,
+  * `shoal run --isolation reuse COMPONENT` (10,000 requests per instance by
+    default),
 
 waits for the first 200, warms up, then drives it with wrk at 1, 16 and 64
 connections and reads requests/s, p50 and p99 latency and error counts. The
@@ -112,6 +116,7 @@ class ServerSpec:
     name: str  # as shown in the tables
     kind: str  # "wasmtime" | "shoal"
     extra: list[str] = field(default_factory=list)
+    mode: str = "per-request"  # "per-request" | "reuse": what it is compared with
 
 
 class Server:
@@ -289,7 +294,8 @@ class CpuWatch:
         server = (srv1 - self.srv0) if (srv1 is not None and self.srv0 is not None) else 0.0
         other = max(0.0, busy - server - own)
         return {"server_pct": 100 * server / cap, "own_pct": 100 * own / cap,
-                "other_pct": 100 * other / cap, "steal_pct": 100 * steal / cap}
+                "other_pct": 100 * other / cap, "steal_pct": 100 * steal / cap,
+                "other_s": other, "cap_s": cap}
 
 
 # Share of the machine other processes may take during a run before the run
@@ -445,8 +451,12 @@ def git_rev() -> str:
 
 SERVERS = [
     ServerSpec("wasmtime serve", "wasmtime"),
+    # wasmtime serve reuses a WASIp2 instance for this many requests when
+    # asked; 10,000 is shoal's default --reuse-max-requests.
+    ServerSpec("wasmtime serve reuse", "wasmtime",
+               ["--max-instance-reuse-count", "10000"], mode="reuse"),
     ServerSpec("shoal per-request", "shoal", ["--isolation", "per-request"]),
-    ServerSpec("shoal reuse", "shoal", ["--isolation", "reuse"]),
+    ServerSpec("shoal reuse", "shoal", ["--isolation", "reuse"], mode="reuse"),
 ]
 
 
@@ -475,7 +485,8 @@ def throughput(components, tools, cfg, logs: Path, shoal_cache: Path):
                         break
                     r = run_wrk(tools, port, conns, cfg["duration"], logs / f"wrk-{tag}.log",
                                 srv.proc.pid)
-                    r.update(component=cname, server=spec.name, kind=spec.kind, conns=conns)
+                    r.update(component=cname, server=spec.name, kind=spec.kind, conns=conns,
+                             mode=spec.mode)
                     rows.append(r)
                     print(f"[bench]   c={conns}: {fmt_rps(r['rps'])} req/s, p50 "
                           f"{fmt_ms(r['p50_ms'])}, p99 {fmt_ms(r['p99_ms'])}, non-2xx "
@@ -531,8 +542,9 @@ def cold_starts(components, tools, cfg, logs: Path, tmp: Path):
     results, problems = [], []
     n = cfg["cold_repeats"]
     wt_default_cache = Path.home() / ".cache" / "wasmtime"
-    wt_spec = SERVERS[0]
-    shoal_spec = SERVERS[1]  # per-request; cold start is the same for reuse
+    wt_spec = next(s for s in SERVERS if s.name == "wasmtime serve")
+    # per-request; cold start is the same for reuse
+    shoal_spec = next(s for s in SERVERS if s.name == "shoal per-request")
     for cname, cpath in components:
         variants = []
 
@@ -577,14 +589,19 @@ def cold_starts(components, tools, cfg, logs: Path, tmp: Path):
                     t = cold_start_once(spec, tools, cpath, args_for(i), cfg["start_timeout"],
                                         logs / f"cold-{tag}-{i}.log")
                     times.append(t * 1000)
-                    others.append((watch.finish() or {}).get("other_pct", 0.0))
+                    c = watch.finish()
+                    if c:
+                        others.append((c["other_s"], c["cap_s"]))
                 print(f"[bench] cold start {cname} / {server} / {cache}: "
                       + ", ".join(f"{t:.0f}" for t in times) + " ms", flush=True)
             except RuntimeError as e:
                 problems.append(f"cold start {cname} / {server} / {cache}: {e}")
                 print(f"[bench]   FAILED: {e}", flush=True)
+            # Summed over the runs: /proc/stat counts in 10 ms ticks, too coarse
+            # for one start of a few ms.
+            cap = sum(c for _, c in others)
             entry = {"component": cname, "server": server, "cache": cache, "times": times,
-                     "other_max": max(others) if others else None}
+                     "other_pct": 100 * sum(o for o, _ in others) / cap if cap else None}
             if spec.kind == "shoal" and times:
                 hits = misses = 0
                 for i in range(n):
@@ -628,13 +645,17 @@ def render(cfg, tools, components, rows, stats, colds, problems, notes, command)
              "and server share the same cores.")
     L.append("- Servers: `wasmtime serve -S cli=y --addr 127.0.0.1:PORT C.wasm` (its "
              "defaults: a fresh instance per request for WASIp2 components, pooling "
-             "allocator, compile cache on); `shoal run C.wasm --listen 127.0.0.1:PORT "
-             "--isolation per-request|reuse --cache-dir DIR` (other flags default).")
+             "allocator, compile cache on); `wasmtime serve reuse` is the same plus "
+             "`--max-instance-reuse-count 10000`; `shoal run C.wasm --listen "
+             "127.0.0.1:PORT --isolation per-request|reuse --cache-dir DIR` (other flags "
+             "default, so reuse serves up to 10,000 requests per instance).")
     L.append("")
 
     L.append("## Throughput and latency\n")
     L.append("\"vs wasmtime serve\" is shoal req/s ÷ wasmtime serve req/s for the same "
-             "component and connection count. \"non-2xx\" is wrk's "
+             "component, connection count and isolation: shoal per-request against "
+             "`wasmtime serve` (a fresh instance per request), shoal reuse against "
+             "`wasmtime serve reuse`. \"non-2xx\" is wrk's "
              "\"Non-2xx or 3xx responses\"; socket errors are wrk's connect/read/write/timeout "
              "counts. The last column splits the machine's CPU during the run (100 = all "
              f"{os.cpu_count()} cores busy) between the server under test, wrk plus this "
@@ -643,12 +664,13 @@ def render(cfg, tools, components, rows, stats, colds, problems, notes, command)
     L.append("| component | server | conns | req/s | p50 | p99 | requests | non-2xx | "
              "socket errors | vs wasmtime serve | CPU % server / wrk / other |")
     L.append("|---|---|--:|--:|--:|--:|--:|--:|---|--:|--:|")
-    base = {(r["component"], r["conns"]): r["rps"] for r in rows if r["kind"] == "wasmtime"}
+    base = {(r["component"], r["conns"], r["mode"]): r["rps"]
+            for r in rows if r["kind"] == "wasmtime"}
     for r in rows:
         if r["kind"] == "wasmtime":
             ratio = "1.00 (baseline)" if r["rps"] else "n/a"
         else:
-            b = base.get((r["component"], r["conns"]))
+            b = base.get((r["component"], r["conns"], r["mode"]))
             ratio = f"{r['rps'] / b:.2f}×" if (b and r["rps"] is not None) else "n/a"
         L.append(f"| {r['component']} | {r['server']} | {r['conns']} | {fmt_rps(r['rps'])} | "
                  f"{fmt_ms(r['p50_ms'])} | {fmt_ms(r['p99_ms'])} | "
@@ -683,9 +705,9 @@ def render(cfg, tools, components, rows, stats, colds, problems, notes, command)
         t = c["times"]
         if t:
             note = c.get("note", "")
-            if c.get("other_max") is not None:
+            if c.get("other_pct") is not None:
                 note = (note + "; " if note else "") + \
-                    f"other processes ≤ {c['other_max']:.0f}% CPU"
+                    f"other processes {c['other_pct']:.0f}% CPU"
             L.append(f"| {c['component']} | {c['server']} | {c['cache']} | "
                      f"{fmt_ms(statistics.median(t))} | {fmt_ms(min(t))} | {fmt_ms(max(t))} "
                      f"| {', '.join(f'{x:.0f}' for x in t)} | {note} |")
@@ -776,9 +798,9 @@ def main() -> int:
         if other is not None and other > OTHER_CPU_LIMIT_PCT:
             disturbed.append(f"{r['component']} / {r['server']} c={r['conns']} ({other:.0f}%)")
     for c in colds:
-        if c.get("other_max") is not None and c["other_max"] > OTHER_CPU_LIMIT_PCT:
+        if c.get("other_pct") is not None and c["other_pct"] > OTHER_CPU_LIMIT_PCT:
             disturbed.append(f"cold start {c['component']} / {c['server']} / "
-                             f"{c['cache'].split()[0]} ({c['other_max']:.0f}%)")
+                             f"{c['cache'].split()[0]} ({c['other_pct']:.0f}%)")
     if disturbed:
         problems.append(f"Other processes took more than {OTHER_CPU_LIMIT_PCT:.0f}% of the "
                         f"machine during {len(disturbed)} of {len(rows) + len(colds)} "
