@@ -171,7 +171,7 @@ impl Gateway {
     pub async fn handle<B, G>(
         self: Arc<Self>,
         req: Request<B>,
-        peer: SocketAddr,
+        peer: &Peer,
         guard: G,
     ) -> Response<ProxyBody>
     where
@@ -179,21 +179,21 @@ impl Gateway {
         B::Error: Into<BoxError>,
         G: Send + Sync + 'static,
     {
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| req.uri().authority().map(|a| a.to_string()));
-        let path = req.uri().path().to_string();
+        let host = req.headers().get(header::HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        let host_str = host.as_ref().and_then(|h| h.to_str().ok());
         let table = self.table();
-        let Some(app) = table.lookup(host.as_deref(), &path) else {
+        let Some(app) = table.lookup(host_str, req.uri().path()) else {
+            let path = req.uri().path();
             return error(
                 StatusCode::NOT_FOUND,
                 "no_route",
                 format!(
                     "no app serves host {:?} path {path:?}",
-                    host.as_deref().unwrap_or("")
+                    host_str.unwrap_or("")
                 ),
             );
         };
@@ -222,8 +222,8 @@ impl Gateway {
         mut app: Arc<AppRoute>,
         stats: &AppStats,
         req: Request<B>,
-        peer: SocketAddr,
-        host: Option<String>,
+        peer: &Peer,
+        host: Option<HeaderValue>,
     ) -> Result<
         (
             http::response::Parts,
@@ -274,7 +274,7 @@ impl Gateway {
                     .boxed(),
             )),
         };
-        let headers = forward_headers(parts.headers, peer, host.as_deref(), &app.header);
+        let headers = forward_headers(parts.headers, peer, host, &app.header);
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -550,39 +550,59 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     h.remove(header::TRANSFER_ENCODING);
 }
 
+/// The client a connection comes from, with its address already rendered
+/// for `X-Forwarded-For` (once per connection, not per request).
+pub struct Peer {
+    pub addr: SocketAddr,
+    ip: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip = HeaderValue::from_str(&addr.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self { addr, ip }
+    }
+}
+
 fn forward_headers(
     mut h: HeaderMap,
-    peer: SocketAddr,
-    host: Option<&str>,
+    peer: &Peer,
+    host: Option<HeaderValue>,
     app: &HeaderValue,
 ) -> HeaderMap {
     strip_hop_by_hop(&mut h);
     h.remove(INSTANCE_HEADER);
     h.insert(APP_HEADER, app.clone());
-    let ip = peer.ip().to_string();
     let xff = match h.get(&FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", peer.addr.ip())).ok(),
+        None => Some(peer.ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         h.insert(FORWARDED_FOR, v);
     }
-    if let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+    if let Some(v) = host {
         h.insert(FORWARDED_HOST, v);
     }
     h.insert(FORWARDED_PROTO, HeaderValue::from_static("http"));
     let keep = h
         .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
         .is_some_and(|v| !v.is_empty() && v.len() <= 128);
-    if !keep && let Ok(v) = HeaderValue::from_str(&new_request_id()) {
-        h.insert(REQUEST_ID, v);
+    if !keep {
+        h.insert(REQUEST_ID, new_request_id());
     }
     h
 }
 
-fn new_request_id() -> String {
-    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+/// 128 random bits as 32 lower-case hex digits.
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    let n = fastrand::u128(..);
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = HEX[((n >> (4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 
@@ -43,23 +43,17 @@ impl Default for ServerLimits {
     }
 }
 
-/// Activity of one connection: when bytes last moved, and how many
+/// Activity of one connection: a count of reads and writes that moved
+/// bytes (cheaper on the hot path than reading the clock), and how many
 /// requests are in progress on it.
 struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
+    moves: AtomicU64,
     active: AtomicUsize,
 }
 
 impl Activity {
     fn touch(&self) {
-        self.last_ms
-            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    fn idle_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        self.start.elapsed().saturating_sub(last)
+        self.moves.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -176,8 +170,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
+            moves: AtomicU64::new(0),
             active: AtomicUsize::new(0),
         });
         let io = TokioIo::new(Tracked {
@@ -186,11 +179,13 @@ pub async fn serve(
         });
         let gw = gateway.clone();
         let act = activity.clone();
+        let client = Arc::new(crate::proxy::Peer::new(peer));
         let service = hyper::service::service_fn(move |req| {
             let gw = gw.clone();
+            let client = client.clone();
             act.active.fetch_add(1, Ordering::Relaxed);
             let guard = ActiveRequest(act.clone());
-            async move { Ok::<_, std::convert::Infallible>(gw.handle(req, peer, guard).await) }
+            async move { Ok::<_, std::convert::Infallible>(gw.handle(req, &client, guard).await) }
         });
         let builder = builder.clone();
         let mut stop = stop_rx.clone();
@@ -202,12 +197,11 @@ pub async fn serve(
             let conn = builder.serve_connection_with_upgrades(io, service);
             tokio::pin!(conn);
             let mut closing = false;
+            // Idle means: no request in progress and no byte moved during a
+            // whole idle period.
+            let mut seen = activity.moves.load(Ordering::Relaxed);
+            let mut idle_check = Box::pin(tokio::time::sleep(idle_timeout));
             loop {
-                let idle_check = tokio::time::sleep(
-                    idle_timeout
-                        .saturating_sub(activity.idle_for())
-                        .max(Duration::from_millis(50)),
-                );
                 tokio::select! {
                     r = conn.as_mut() => {
                         if let Err(e) = r {
@@ -219,14 +213,17 @@ pub async fn serve(
                         closing = true;
                         conn.as_mut().graceful_shutdown();
                     }
-                    _ = idle_check, if !closing => {
-                        if activity.active.load(Ordering::Relaxed) == 0
-                            && activity.idle_for() >= idle_timeout
-                        {
+                    _ = &mut idle_check, if !closing => {
+                        let now = activity.moves.load(Ordering::Relaxed);
+                        if now == seen && activity.active.load(Ordering::Relaxed) == 0 {
                             tracing::debug!(%peer, "closing idle connection");
                             closing = true;
                             conn.as_mut().graceful_shutdown();
                         }
+                        seen = now;
+                        idle_check
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + idle_timeout);
                     }
                 }
             }

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The autoscaling benchmark, in one command: `bash bench/autoscale.sh`.
+#
+# Builds shoal (release) and runs bench/autoscale_bench.py: a control plane,
+# two nodes and the gateway on 127.0.0.1, the C demo component deployed as an
+# app that scales to zero and as one that idles at one instance. It times
+# scale from zero through the gateway over repeated cycles, and the time
+# from a step in load to 10 ready instances. It writes
+# bench/results/autoscale.md and prints it. wrk is installed with apt-get
+# if missing (used only when the component has no /sleep route).
+#
+# Knobs (environment): BENCH_CYCLES (25), BENCH_WARMUP_CYCLES (1),
+# BENCH_SETTLE_MS (300), BENCH_STEP_REPEATS (10), BENCH_STEP_CLIENTS (15),
+# BENCH_SLEEP_MS (200), BENCH_STEP_TIMEOUT (60 s), BENCH_ISOLATION
+# (per-request). A quick smoke run:
+#   BENCH_CYCLES=5 BENCH_STEP_REPEATS=1 bash bench/autoscale.sh
+# CARGO_TARGET_DIR picks the build directory (default: the repo's target/).
+set -euo pipefail
+
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$BENCH_DIR/.." && pwd)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
+mkdir -p "$BENCH_DIR/results" "$BENCH_DIR/.tools"
+
+log() { printf '[autoscale.sh] %s\n' "$*" >&2; }
+
+if ! command -v wrk >/dev/null 2>&1; then
+  log "installing wrk (apt-get)"
+  SUDO=""
+  if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk >/dev/null
+fi
+
+log "building shoal (release) into $CARGO_TARGET_DIR"
+(cd "$REPO" && nice -n 10 cargo build --release)
+# Run a copy (in the git-ignored bench/.tools/): another build into the same
+# target dir must not swap the binary under the benchmark.
+SHOAL="$BENCH_DIR/.tools/shoal-autoscale-bench"
+cp "$CARGO_TARGET_DIR/release/shoal" "$SHOAL.tmp"
+mv "$SHOAL.tmp" "$SHOAL"
+
+C_WASM="$REPO/examples/wasm-apps/http-component.wasm"
+[[ -f "$C_WASM" ]] || { log "$C_WASM is missing (build it with examples/wasm-apps/build.sh)"; exit 1; }
+
+# The Python script starts every process in its own process group and stops
+# them all on exit, on error and on SIGINT/SIGTERM/SIGHUP (exec: a signal
+# sent to this script's pid reaches it).
+log "running the benchmark"
+exec env SHOAL_BIN="$SHOAL" WRK_BIN="$(command -v wrk)" COMPONENT="$C_WASM" \
+  BENCH_COMMAND="bash bench/autoscale.sh" \
+  python3 "$BENCH_DIR/autoscale_bench.py"
