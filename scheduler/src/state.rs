@@ -698,6 +698,9 @@ impl State {
     }
 
     fn take_metrics(&mut self, report: GatewayMetrics) {
+        // Decide on fresh load at the next tick rather than up to a second
+        // later: a burst then gets its instances one report sooner.
+        self.last_autoscale = None;
         let now = now_ms();
         let second = now / 1000 * 1000;
         for m in report.apps {
