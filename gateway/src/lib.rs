@@ -9,6 +9,8 @@
 //!   streaming bodies, setting `X-Forwarded-*` and `X-Request-Id`, retrying
 //!   where that is safe, and answering JSON errors (404, 413, 502-504); and the activator, which
 //!   holds requests for an app with no ready instance and asks for one.
+//! - [`pool`]: keep-alive HTTP/1.1 connections to nodes, one pool per
+//!   worker.
 //! - [`metrics`]: per-app load reports to the control plane (autoscaling).
 //! - [`server`]: the listener, with header, size and idle limits; one
 //!   single-threaded worker per core, each with its own socket
@@ -17,6 +19,7 @@
 //! The gateway never links wasmtime: it reaches nodes over HTTP only.
 
 pub mod metrics;
+pub mod pool;
 pub mod proxy;
 pub mod server;
 pub mod table;

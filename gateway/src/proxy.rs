@@ -8,9 +8,6 @@ use dashmap::DashMap;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use shoal_api::ErrorBody;
 use shoal_api::objects::AppKey;
 use shoal_api::routes::{APP_HEADER, INSTANCE_HEADER, RouteTable};
@@ -81,18 +78,7 @@ struct Shared {
 /// stay on its thread).
 pub struct Gateway {
     shared: Arc<Shared>,
-    client: Client<HttpConnector, ProxyBody>,
-}
-
-fn node_client(config: &GatewayConfig) -> Client<HttpConnector, ProxyBody> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(config.connect_timeout));
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(1024)
-        .build(connector)
+    pool: Arc<crate::pool::Pool>,
 }
 
 impl Gateway {
@@ -101,7 +87,7 @@ impl Gateway {
     }
 
     pub fn new(config: GatewayConfig) -> Arc<Self> {
-        let client = node_client(&config);
+        let pool = crate::pool::Pool::new(config.connect_timeout);
         let shared = Arc::new(Shared {
             table: RwLock::new(Arc::new(Table::default())),
             endpoints: crate::table::Endpoints::new(),
@@ -115,7 +101,7 @@ impl Gateway {
                 .unwrap_or_default(),
             config,
         });
-        Arc::new(Self { shared, client })
+        Arc::new(Self { shared, pool })
     }
 
     /// Another handle on the same gateway with its own connection pool, for
@@ -123,7 +109,7 @@ impl Gateway {
     pub fn worker(&self) -> Arc<Self> {
         Arc::new(Self {
             shared: self.shared.clone(),
-            client: node_client(&self.shared.config),
+            pool: crate::pool::Pool::new(self.shared.config.connect_timeout),
         })
     }
 
@@ -205,11 +191,7 @@ impl Gateway {
             // One box for the body, holding every guard until it ends.
             Ok((parts, body, in_flight)) => Response::from_parts(
                 parts,
-                Guarded::new(
-                    body.map_err(|e| -> BoxError { Box::new(e) }),
-                    (in_flight, counted, guard),
-                )
-                .boxed(),
+                Guarded::new(body, (in_flight, counted, guard)).boxed(),
             ),
             Err(resp) => resp,
         }
@@ -227,7 +209,7 @@ impl Gateway {
     ) -> Result<
         (
             http::response::Parts,
-            hyper::body::Incoming,
+            crate::pool::PooledBody,
             crate::table::InFlight,
         ),
         Response<ProxyBody>,
@@ -331,10 +313,9 @@ impl Gateway {
                 // A streamed body is gone after the first attempt.
                 break;
             };
-            let uri = format!("{}{path_and_query}", ep.address);
             let mut out = match Request::builder()
                 .method(method.clone())
-                .uri(&uri)
+                .uri(path_and_query.as_str())
                 .version(http::Version::HTTP_11)
                 .body(out_body)
             {
@@ -348,11 +329,15 @@ impl Gateway {
                 }
             };
             *out.headers_mut() = headers.clone();
-            if let Ok(v) = HeaderValue::from_str(&ep.instance) {
-                out.headers_mut().insert(INSTANCE_HEADER, v);
+            out.headers_mut()
+                .insert(INSTANCE_HEADER, ep.instance_header.clone());
+            if !out.headers().contains_key(header::HOST)
+                && let Ok(v) = HeaderValue::from_str(ep.address.trim_start_matches("http://"))
+            {
+                out.headers_mut().insert(header::HOST, v);
             }
             let in_flight = ep.start();
-            let sent = tokio::time::timeout_at(deadline, self.client.request(out)).await;
+            let sent = tokio::time::timeout_at(deadline, self.pool.send(&ep.address, out)).await;
             match sent {
                 Err(_) => {
                     return Err(error(

@@ -70,6 +70,8 @@ impl Health {
 #[derive(Debug)]
 pub struct Endpoint {
     pub instance: String,
+    /// `instance` as a header value, made once.
+    pub instance_header: http::HeaderValue,
     pub node: String,
     /// `http://host:port` of the node.
     pub address: String,
@@ -147,6 +149,8 @@ impl Endpoints {
             .or_insert_with(|| Arc::new(Health::new(self.epoch)))
             .clone();
         let ep = Arc::new(Endpoint {
+            instance_header: http::HeaderValue::from_str(&e.instance)
+                .unwrap_or_else(|_| http::HeaderValue::from_static("invalid")),
             instance: e.instance.clone(),
             node: e.node.clone(),
             address: address.to_string(),
