@@ -225,6 +225,37 @@ pub struct Instance {
     pub in_flight: u32,
 }
 
+impl Instance {
+    /// A new instance: placed on `node` (`Scheduled`), or `Pending` for
+    /// `reason`.
+    pub fn new(
+        id: String,
+        app: AppKey,
+        revision: u64,
+        node: Option<String>,
+        reason: Option<String>,
+        now_ms: u64,
+    ) -> Self {
+        Self {
+            id,
+            app,
+            revision,
+            phase: if node.is_some() {
+                Phase::Scheduled
+            } else {
+                Phase::Pending
+            },
+            node,
+            ready: false,
+            restarts: 0,
+            reason,
+            created_at_ms: now_ms,
+            terminating_since_ms: None,
+            in_flight: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NodeState {

@@ -75,6 +75,40 @@ pub struct HttpApp {
 }
 
 /// Whether a component is a `wasi:http` handler or a `wasi:cli` program.
+/// Refuses component `c` unless it exports an interface starting with
+/// `wanted`, saying what it exports instead and what the role needs.
+pub fn require_export(
+    engine: &Engine,
+    c: &wasmtime::component::Component,
+    wanted: &str,
+    needs: &str,
+) -> Result<(), RuntimeError> {
+    let exports = component_exports(engine, c);
+    if exports.iter().any(|e| e.starts_with(wanted)) {
+        return Ok(());
+    }
+    Err(RuntimeError::Unsupported(format!(
+        "this component does not export {wanted} (it exports: {}); {needs}",
+        if exports.is_empty() {
+            "nothing".to_string()
+        } else {
+            exports.join(", ")
+        }
+    )))
+}
+
+/// Links a component against WASI and wasi:http, ready to instantiate.
+pub fn link_component(
+    engine: &Engine,
+    c: &wasmtime::component::Component,
+) -> Result<wasmtime::component::InstancePre<ComponentHost>, RuntimeError> {
+    let link = |e: wasmtime::Error| RuntimeError::Link(format!("{e:#}"));
+    let mut linker = ComponentLinker::<ComponentHost>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(link)?;
+    linker.instantiate_pre(c).map_err(link)
+}
+
 pub fn component_exports(
     engine: &Engine,
     component: &wasmtime::component::Component,
@@ -98,28 +132,13 @@ impl HttpApp {
     ) -> Result<Arc<Self>, RuntimeError> {
         let handler = match compiled {
             Compiled::Component(c) => {
-                let exports = component_exports(engine, c);
-                if !exports
-                    .iter()
-                    .any(|e| e.starts_with("wasi:http/incoming-handler"))
-                {
-                    return Err(RuntimeError::Unsupported(format!(
-                        "this component does not export wasi:http/incoming-handler (it exports: {}); an http app must implement the wasi:http/proxy world",
-                        if exports.is_empty() {
-                            "nothing".to_string()
-                        } else {
-                            exports.join(", ")
-                        }
-                    )));
-                }
-                let mut linker = ComponentLinker::<ComponentHost>::new(engine);
-                wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-                    .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
-                wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
-                    .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
-                let pre = linker
-                    .instantiate_pre(c)
-                    .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
+                require_export(
+                    engine,
+                    c,
+                    "wasi:http/incoming-handler",
+                    "an http app must implement the wasi:http/proxy world",
+                )?;
+                let pre = link_component(engine, c)?;
                 Handler::Proxy(
                     ProxyPre::new(pre).map_err(|e| RuntimeError::Link(format!("{e:#}")))?,
                 )

@@ -4,14 +4,13 @@
 use crate::artifact::Compiled;
 use crate::error::RuntimeError;
 use crate::host::{self, ComponentHost, P1Host, new_store};
-use crate::http::component_exports;
+use crate::http::{link_component, require_export};
 use crate::logs::{LogBuffer, Stream};
 use crate::outcome::Failure;
 use shoal_api::{RestartPolicy, WorkloadSpec};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
-use wasmtime::component::Linker as ComponentLinker;
 use wasmtime::{Engine, InstancePre, Linker};
 use wasmtime_wasi::p2::bindings::CommandPre;
 
@@ -164,25 +163,13 @@ impl WorkerApp {
                 )
             }
             Compiled::Component(c) => {
-                let exports = component_exports(engine, c);
-                if !exports.iter().any(|e| e.starts_with("wasi:cli/run")) {
-                    return Err(RuntimeError::Unsupported(format!(
-                        "this component does not export wasi:cli/run (it exports: {}); a worker must implement the wasi:cli/command world",
-                        if exports.is_empty() {
-                            "nothing".to_string()
-                        } else {
-                            exports.join(", ")
-                        }
-                    )));
-                }
-                let mut linker = ComponentLinker::<ComponentHost>::new(engine);
-                wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-                    .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
-                wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
-                    .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
-                let pre = linker
-                    .instantiate_pre(c)
-                    .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
+                require_export(
+                    engine,
+                    c,
+                    "wasi:cli/run",
+                    "a worker must implement the wasi:cli/command world",
+                )?;
+                let pre = link_component(engine, c)?;
                 Program::Component(
                     CommandPre::new(pre).map_err(|e| RuntimeError::Link(format!("{e:#}")))?,
                 )

@@ -368,23 +368,14 @@ pub fn apply(plan: &Plan, instances: &mut Vec<Instance>, now_ms: u64) {
                 }
                 at.insert(id.clone(), instances.len());
                 deleted.push(false);
-                instances.push(Instance {
-                    id: id.clone(),
-                    app: app.clone(),
-                    revision: *revision,
-                    node: node.clone(),
-                    phase: if node.is_some() {
-                        Phase::Scheduled
-                    } else {
-                        Phase::Pending
-                    },
-                    ready: false,
-                    restarts: 0,
-                    reason: reason.clone(),
-                    created_at_ms: now_ms,
-                    terminating_since_ms: None,
-                    in_flight: 0,
-                });
+                instances.push(Instance::new(
+                    id.clone(),
+                    app.clone(),
+                    *revision,
+                    node.clone(),
+                    reason.clone(),
+                    now_ms,
+                ));
             }
             Action::Place { id, node } => {
                 if let Some(&n) = at.get(id) {

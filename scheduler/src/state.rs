@@ -1428,23 +1428,14 @@ impl State {
                     if self.snap.instances.contains_key(&id) {
                         continue;
                     }
-                    let inst = Instance {
-                        id: id.clone(),
-                        app: app.clone(),
+                    let inst = Instance::new(
+                        id.clone(),
+                        app.clone(),
                         revision,
-                        node: node.clone(),
-                        phase: if node.is_some() {
-                            Phase::Scheduled
-                        } else {
-                            Phase::Pending
-                        },
-                        ready: false,
-                        restarts: 0,
-                        reason: reason.clone(),
-                        created_at_ms: now,
-                        terminating_since_ms: None,
-                        in_flight: 0,
-                    };
+                        node.clone(),
+                        reason.clone(),
+                        now,
+                    );
                     let obj = format!("instance/{id}");
                     match &node {
                         Some(n) => {
