@@ -91,6 +91,10 @@ pub struct GatewayArgs {
     /// How long in-flight requests may take to finish at shutdown.
     #[arg(long, default_value = "10s")]
     pub grace: Duration,
+    /// How long a request for an app scaled to zero waits for an instance
+    /// before it gets 503.
+    #[arg(long, default_value = "30s")]
+    pub activation_timeout: Duration,
     /// Worker threads, each with its own event loop (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -277,6 +281,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
 pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let gw = shoal_gateway::Gateway::new(shoal_gateway::GatewayConfig {
         control_plane: Some(args.control_plane.clone()),
+        activation_timeout: args.activation_timeout.get(),
         ..Default::default()
     });
     let workers = args.workers.unwrap_or_else(|| {

@@ -211,3 +211,48 @@ path = "/"
         "{metrics}"
     );
 }
+
+#[test]
+fn requests_held_for_an_instance_that_never_comes_get_503_at_the_timeout() {
+    let mut c = Cluster::start(1);
+    let gw = c.start_gateway(&["--activation-timeout", "1s"]);
+    // Scales from zero, but no node can ever run it.
+    let m = c.manifest(
+        "nowhere.toml",
+        r#"
+name = "nowhere"
+module = "$EXAMPLES/http-component.wasm"
+replicas = 0
+node-selector = { zone = "mars" }
+
+[autoscale]
+min = 0
+max = 2
+
+[[routes]]
+path = "/"
+"#,
+    );
+    let out = c.cli(&["apply", "-f", m.to_str().unwrap()]);
+    assert!(out.success, "{}", out.stderr);
+    wait_until(T, "the route", || {
+        let (_, body) = http("GET", &format!("{}/v1/routes", c.api), b"");
+        body.contains("nowhere").then_some(())
+    });
+    let start = std::time::Instant::now();
+    let (status, body) = http("GET", &format!("{gw}/"), b"");
+    let waited = start.elapsed();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no_ready_instance"), "{body}");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "answered after {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(20),
+        "answered after {waited:?}"
+    );
+    // The request did ask for an instance: it is pending, with the reason.
+    let events = c.cli(&["events"]).stdout;
+    assert!(events.contains("Activated"), "{events}");
+}
