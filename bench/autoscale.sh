@@ -16,32 +16,11 @@
 #   BENCH_CYCLES=5 BENCH_STEP_REPEATS=1 bash bench/autoscale.sh
 # CARGO_TARGET_DIR picks the build directory (default: the repo's target/).
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$BENCH_DIR/.." && pwd)"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
-mkdir -p "$BENCH_DIR/results" "$BENCH_DIR/.tools"
-
-log() { printf '[autoscale.sh] %s\n' "$*" >&2; }
-
-if ! command -v wrk >/dev/null 2>&1; then
-  log "installing wrk (apt-get)"
-  SUDO=""
-  if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk >/dev/null
-fi
-
-log "building shoal (release) into $CARGO_TARGET_DIR"
-(cd "$REPO" && nice -n 10 cargo build --release)
-# Run a copy (in the git-ignored bench/.tools/): another build into the same
-# target dir must not swap the binary under the benchmark.
-SHOAL="$BENCH_DIR/.tools/shoal-autoscale-bench"
-cp "$CARGO_TARGET_DIR/release/shoal" "$SHOAL.tmp"
-mv "$SHOAL.tmp" "$SHOAL"
-
-C_WASM="$REPO/examples/wasm-apps/http-component.wasm"
-[[ -f "$C_WASM" ]] || { log "$C_WASM is missing (build it with examples/wasm-apps/build.sh)"; exit 1; }
+need_packages wrk
+build_shoal shoal-autoscale-bench
+need_c_component
 
 # The Python script starts every process in its own process group and stops
 # them all on exit, on error and on SIGINT/SIGTERM/SIGHUP (exec: a signal

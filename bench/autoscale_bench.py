@@ -49,12 +49,9 @@ Standard library only. Knobs (environment):
 
 from __future__ import annotations
 
-import atexit
 import datetime
 import http.client
-import json
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -66,12 +63,19 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-HOST = "127.0.0.1"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
+from benchlib import (  # noqa: E402
+    BENCH_DIR, C_COMPONENT, HOST, REPO, Proc, env_int, env_str, find_bin, git_rev, keep_logs,
+    loadavg, log, machine_summary, md_head, md_row, parse_wrk, percentile, shoal_apply,
+    start_control_plane, start_gateway, start_node, stop_all, stop_all_on_exit, url_port,
+    write_report,
+)
+
+benchlib.set_tag("autoscale-bench")
+
 START_TIMEOUT_S = 120
 ZERO_APP, ZERO_HOST = "zero", "zero.bench"
 STEP_APP, STEP_HOST = "step", "step.bench"
@@ -79,39 +83,11 @@ STEP_GOAL = 10
 POLL_S = 0.02
 TARGET_NODE_MS = 20.0   # first byte within 20 ms of an instance being asked for
 TARGET_E2E_MS = 100.0   # ...and within 100 ms end to end through the gateway
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 # --------------------------------------------------------------- helpers
 
 
-def env_str(name: str, default: str) -> str:
-    value = os.environ.get(name, "").strip()
-    return value or default
-
-
-def env_int(name: str, default: int) -> int:
-    try:
-        return int(env_str(name, str(default)))
-    except ValueError:
-        raise SystemExit(f"{name} must be a whole number")
-
-
-def log(msg: str) -> None:
-    print(f"[autoscale-bench] {msg}", flush=True)
-
-
-class Api:
-    def __init__(self, base: str):
-        self.base = base.rstrip("/")
-
-    def get(self, path: str, timeout: float = 5.0):
-        with urllib.request.urlopen(self.base + path, timeout=timeout) as r:
-            return json.loads(r.read())
-
-    def instances(self, app: str) -> list[dict]:
-        return [i for i in self.get("/v1/instances?namespace=*")
-                if i["app"]["name"] == app]
-
+class Api(benchlib.Api):
     def app_view(self, app: str) -> dict | None:
         for a in self.get("/v1/apps?namespace=*"):
             if a["app"]["key"]["name"] == app:
@@ -156,95 +132,6 @@ def timed_get(port: int, host: str, path: str = "/", timeout: float = 30.0) -> d
             "first_wall": wall + (t_first - t0)}
 
 
-def percentile(xs: list[float], p: float) -> float | None:
-    """Nearest-rank percentile (p in 0..100)."""
-    if not xs:
-        return None
-    s = sorted(xs)
-    k = max(1, int(-(-p * len(s) // 100)))  # ceil(p/100 * n)
-    return s[min(k, len(s)) - 1]
-
-
-# --------------------------------------------------------------- processes
-
-
-class Proc:
-    """A child process in its own process group, output to a log file."""
-
-    all: list["Proc"] = []
-
-    def __init__(self, name: str, argv: list[str], log_path: Path,
-                 env: dict | None = None):
-        self.name, self.argv, self.log_path = name, argv, log_path
-        self._log = open(log_path, "wb")
-        self._log.write(("$ " + shlex.join(argv) + "\n").encode())
-        self._log.flush()
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, cwd=REPO,
-                                     start_new_session=True,
-                                     env={**os.environ, **(env or {})})
-        Proc.all.append(self)
-
-    def text(self) -> str:
-        try:
-            return ANSI.sub("", self.log_path.read_text(errors="replace"))
-        except OSError:
-            return ""
-
-    def tail(self, n: int = 15) -> str:
-        return "\n".join(self.text().splitlines()[-n:])
-
-    def wait_for_line(self, pattern: str, timeout: float = START_TIMEOUT_S) -> re.Match:
-        deadline = time.monotonic() + timeout
-        rx = re.compile(pattern)
-        while time.monotonic() < deadline:
-            m = rx.search(self.text())
-            if m:
-                return m
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; "
-                                   f"log tail:\n{self.tail()}")
-            time.sleep(0.02)
-        raise RuntimeError(f"{self.name}: no line matching {pattern!r} within {timeout}s")
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(timeout=timeout)
-        else:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        if not self._log.closed:
-            self._log.close()
-
-
-def stop_all() -> None:
-    # Gateway first, then nodes, then the control plane.
-    for p in reversed(Proc.all):
-        try:
-            p.stop()
-        except Exception as e:  # noqa: BLE001 - best effort at exit
-            print(f"[autoscale-bench] stopping {p.name}: {e}", file=sys.stderr)
-    Proc.all.clear()
-
-
-def on_signal(signum, _frame):
-    stop_all()
-    sys.exit(128 + signum)
-
-
 # --------------------------------------------------------------- cluster
 
 
@@ -272,23 +159,18 @@ scale-to-zero-after = "1s"
 
 def start_cluster(cfg: dict, tmp: Path, logs: Path) -> dict:
     shoal = cfg["shoal"]
-    cp = Proc("control-plane", [shoal, "control-plane", "--listen", f"{HOST}:0",
-                                "--data-dir", str(tmp / "cp")], logs / "control-plane.log")
-    cp_url = cp.wait_for_line(r"Control plane listening on (http://\S+?)/?\s").group(1)
+    cp, cp_url = start_control_plane(shoal, tmp / "cp", logs / "control-plane.log",
+                                     START_TIMEOUT_S)
     nodes = {}
     for i in (1, 2):
         name = f"node-{i}"
-        p = Proc(name, [shoal, "node", "--join", cp_url, "--name", name, "--listen",
-                        f"{HOST}:0", "--cache-dir", str(tmp / "cache")],
-                 logs / f"{name}.log")
-        url = p.wait_for_line(rf"Node {name} serving on (http://\S+?)/?\s").group(1)
-        nodes[name] = {"proc": p, "url": url, "port": int(url.rsplit(":", 1)[1])}
+        p, url = start_node(shoal, cp_url, name, tmp / "cache", logs / f"{name}.log",
+                            START_TIMEOUT_S)
+        nodes[name] = {"proc": p, "url": url, "port": url_port(url)}
     # Debug for the proxy module only: it logs each held (cold-start) request
     # with the gateway's own measure of its wait, nothing per ordinary request.
-    gw = Proc("gateway", [shoal, "gateway", "--listen", f"{HOST}:0",
-                          "--control-plane", cp_url], logs / "gateway.log",
-              env={"SHOAL_LOG": "info,shoal_gateway::proxy=debug"})
-    gw_url = gw.wait_for_line(r"Gateway listening on (http://\S+?)/?\s").group(1)
+    gw, gw_url = start_gateway(shoal, cp_url, logs / "gateway.log", START_TIMEOUT_S,
+                               env={"SHOAL_LOG": "info,shoal_gateway::proxy=debug"})
     api = Api(cp_url)
     deadline = time.monotonic() + START_TIMEOUT_S
     while sum(1 for n in api.get("/v1/nodes") if n.get("state") in ("ready", "Ready")) < 2:
@@ -296,16 +178,11 @@ def start_cluster(cfg: dict, tmp: Path, logs: Path) -> dict:
             raise RuntimeError("the two nodes did not register")
         time.sleep(0.05)
     return {"cp": cp, "gw": gw, "nodes": nodes, "api": api, "cp_url": cp_url,
-            "gw_port": int(gw_url.rsplit(":", 1)[1])}
+            "gw_port": url_port(gw_url)}
 
 
 def apply(cfg: dict, cp_url: str, path: Path, logs: Path) -> None:
-    argv = [cfg["shoal"], "--server", cp_url, "apply", "-f", str(path), "--wait"]
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=START_TIMEOUT_S)
-    with open(logs / "apply.log", "a") as f:
-        f.write("$ " + shlex.join(argv) + "\n" + p.stdout + p.stderr)
-    if p.returncode != 0:
-        raise RuntimeError(f"apply {path.name} failed ({p.returncode}): {p.stdout}{p.stderr}")
+    shoal_apply(cfg["shoal"], cp_url, path, START_TIMEOUT_S, logs / "apply.log")
 
 
 def node_started_ms(cl: dict, instance_id: str) -> tuple[str, float] | None:
@@ -510,18 +387,13 @@ class WrkLoad:
             f.write("$ " + shlex.join(self.argv) + "\n" + out + "\n")
         self.summary = out
         # wrk prints its summary on SIGINT: the request count, percentiles, errors.
-        m = re.search(r"(\d+) requests in", out)
-        self.requests = int(m.group(1)) if m else None
-        unit = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
-        for pct in ("50", "99"):
-            m = re.search(rf"^\s*{pct}(?:\.000)?%\s+([0-9.]+)(us|ms|s|m)\s*$", out, re.M)
-            setattr(self, f"p{pct}", float(m.group(1)) * unit[m.group(2)] if m else None)
-        m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-        if m:
-            self.statuses["non-2xx"] = int(m.group(1))
-        m = re.search(r"Socket errors: (.*)", out)
-        if m:
-            self.errors.append(f"wrk socket errors: {m.group(1).strip()}")
+        res = parse_wrk(out)
+        self.requests, self.p50, self.p99 = res["requests"], res["p50_ms"], res["p99_ms"]
+        if res["non2xx"]:
+            self.statuses["non-2xx"] = res["non2xx"]
+        if res["socket_errors"] is not None:
+            self.errors.append("wrk socket errors: " + ", ".join(
+                f"{k} {v}" for k, v in res["socket_errors"].items()))
 
 
 def wait_idle_at_one(cl: dict, quiet_s: float, timeout: float = 120.0) -> None:
@@ -613,37 +485,6 @@ def fmt(v: float | None, unit: str = "ms") -> str:
     return f"{v:.1f} ms"
 
 
-def machine_info() -> str:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPUs (`nproc`), `{cpu}`, Linux {platform.release()}"
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "unknown"
-
-
-def git_rev() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                             capture_output=True, text=True, timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO, capture_output=True, text=True,
-                               timeout=30).stdout.strip()
-        return rev + (" (+ uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-
-
 def stats_row(name: str, xs: list[float], target: float | None = None) -> str:
     if not xs:
         return f"| {name} | n/a | n/a | n/a | n/a | n/a | |"
@@ -652,8 +493,8 @@ def stats_row(name: str, xs: list[float], target: float | None = None) -> str:
     if target is not None:
         verdict = (f"≤ {target:.0f} ms: p50 {'met' if p50 <= target else 'missed'}, "
                    f"p99 {'met' if p99 <= target else 'missed'}")
-    return (f"| {name} | {fmt(p50)} | {fmt(p99)} | {fmt(min(xs))} | {fmt(max(xs))} | "
-            f"{fmt(statistics.mean(xs))} | {verdict} |")
+    return md_row(name, fmt(p50), fmt(p99), fmt(min(xs)), fmt(max(xs)),
+                  fmt(statistics.mean(xs)), verdict)
 
 
 def render(cfg, cycles, cold_view, zero_problems, steps, step_problems, use_sleep,
@@ -663,7 +504,7 @@ def render(cfg, cycles, cold_view, zero_problems, steps, step_problems, use_slee
     L.append(f"Generated {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} by "
              "`bench/autoscale_bench.py` (`bash bench/autoscale.sh`).\n")
     L.append("## Setup\n")
-    L.append(f"- Machine: {machine_info()}. Load average at start {load_start}, at end "
+    L.append(f"- Machine: {machine_summary()}. Load average at start {load_start}, at end "
              f"{load_end}. Everything (control plane, 2 nodes, gateway, clients) runs on it.")
     L.append(f"- shoal: `{cfg['shoal']}` (release), git {git_rev()}")
     L.append(f"- App: `{cfg['component_rel']}` (C wasi:http component), isolation "
@@ -693,8 +534,7 @@ def render(cfg, cycles, cold_view, zero_problems, steps, step_problems, use_slee
              "wall clock, and `created-at-ms` is in whole ms, so the split is good to about "
              f"±1 ms (a tiny negative value is rounding). With {n} samples, p99 is the "
              "largest or second-largest (nearest rank).\n")
-    L.append("| measure | p50 | p99 | min | max | mean | target |")
-    L.append("|---|--:|--:|--:|--:|--:|---|")
+    L += md_head(["measure", "p50", "p99", "min", "max", "mean", "target"], "lrrrrrl")
     L.append(stats_row("**first byte through the gateway** (end to end)",
                        [c["ttfb_ms"] for c in timed], TARGET_E2E_MS))
     L.append(stats_row("whole response through the gateway",
@@ -722,17 +562,16 @@ def render(cfg, cycles, cold_view, zero_problems, steps, step_problems, use_slee
              "`GET /v1/apps` for the app: the gateway's time from holding a request to "
              "its response starting, in whole ms, reported once a second; it includes "
              "the warm-up cycles):\n")
-    L.append("| source | count | p50 | p99 | last |")
-    L.append("|---|--:|--:|--:|--:|")
+    L += md_head(["source", "count", "p50", "p99", "last"], "lrrrr")
     all_ok = [c for c in cycles if c["ok"]]
-    L.append(f"| this benchmark, first byte at the client (all {len(all_ok)} cycles incl. "
-             f"warm-up) | {len(all_ok)} | {fmt(percentile([c['ttfb_ms'] for c in all_ok], 50))} "
-             f"| {fmt(percentile([c['ttfb_ms'] for c in all_ok], 99))} | "
-             f"{fmt(all_ok[-1]['ttfb_ms']) if all_ok else 'n/a'} |")
+    ttfb = [c["ttfb_ms"] for c in all_ok]
+    L.append(md_row(f"this benchmark, first byte at the client (all {len(all_ok)} cycles "
+                    "incl. warm-up)", len(all_ok), fmt(percentile(ttfb, 50)),
+                    fmt(percentile(ttfb, 99)), fmt(all_ok[-1]["ttfb_ms"]) if all_ok else "n/a"))
     if cold_view:
-        L.append(f"| control plane `cold-starts` | {cold_view.get('count')} | "
-                 f"{cold_view.get('p50-ms')} ms | {cold_view.get('p99-ms')} ms | "
-                 f"{cold_view.get('last-ms')} ms |")
+        L.append(md_row("control plane `cold-starts`", cold_view.get("count"),
+                        f"{cold_view.get('p50-ms')} ms", f"{cold_view.get('p99-ms')} ms",
+                        f"{cold_view.get('last-ms')} ms"))
     else:
         L.append("| control plane `cold-starts` | not reported | | | |")
     L.append("")
@@ -749,16 +588,16 @@ def render(cfg, cycles, cold_view, zero_problems, steps, step_problems, use_slee
              + (f"{statistics.median([c['zero_wait_s'] for c in timed]):.1f} s" if timed
                 else "n/a") + ".\n")
     L.append("<details><summary>Every cycle</summary>\n")
-    L.append("| cycle | status | first byte | whole | sent → asked | asked → started | "
-             "started → first byte | gateway held | node | instance |")
-    L.append("|--:|--:|--:|--:|--:|--:|--:|--:|---|---|")
+    L += md_head(["cycle", "status", "first byte", "whole", "sent → asked",
+                  "asked → started", "started → first byte", "gateway held", "node",
+                  "instance"], "rrrrrrrrll")
     for c in cycles:
-        L.append(f"| {c['cycle']}{' (warm-up)' if c['warmup'] else ''} | {c['status']} | "
-                 f"{fmt(c['ttfb_ms'])} | {fmt(c['total_ms'])} | {fmt(c.get('asked_ms'))} | "
-                 f"{fmt(c.get('created_to_started_ms'))} | "
-                 f"{fmt(c.get('started_to_first_ms'))} | "
-                 f"{c['gw_held_ms'] if 'gw_held_ms' in c else 'n/a'} ms | {c.get('node')} | "
-                 f"`{c.get('instance')}` |")
+        L.append(md_row(f"{c['cycle']}{' (warm-up)' if c['warmup'] else ''}", c["status"],
+                        fmt(c["ttfb_ms"]), fmt(c["total_ms"]), fmt(c.get("asked_ms")),
+                        fmt(c.get("created_to_started_ms")),
+                        fmt(c.get("started_to_first_ms")),
+                        f"{c['gw_held_ms'] if 'gw_held_ms' in c else 'n/a'} ms",
+                        c.get("node"), f"`{c.get('instance')}`"))
     L.append("\n</details>\n")
     if zero_problems:
         L.append("Problems seen:\n")
@@ -781,10 +620,10 @@ def render(cfg, cycles, cold_view, zero_problems, steps, step_problems, use_slee
              f"{POLL_S * 1000:.0f} ms. \"scheduled\" counts instances in any live phase, "
              "\"ready\" those running and ready (in the route table). The autoscaler "
              "decides once a second on load the gateway reports once a second.\n")
-    L.append(f"| run | 2 scheduled | {STEP_GOAL} scheduled | 2 ready | 5 ready | "
-             f"**{STEP_GOAL} ready** | ready count over time | requests | non-200 | errors | "
-             "p50 | p99 | instances per node | autoscaler's reason at the end |")
-    L.append("|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|---|---|")
+    L += md_head(["run", "2 scheduled", f"{STEP_GOAL} scheduled", "2 ready", "5 ready",
+                  f"**{STEP_GOAL} ready**", "ready count over time", "requests", "non-200",
+                  "errors", "p50", "p99", "instances per node",
+                  "autoscaler's reason at the end"], "rrrrrrlrrrrrll")
     for s in steps:
         non200 = sum(v for k, v in s["statuses"].items() if k != 200)
         # The ready count each time it rose: "1.37 s → 6, 2.47 s → 10".
@@ -792,14 +631,14 @@ def render(cfg, cycles, cold_view, zero_problems, steps, step_problems, use_slee
         for k, t in s["ready_at"].items():
             rises[t] = max(rises.get(t, 0), k)
         curve = ", ".join(f"{t:.2f} s → {k}" for t, k in sorted(rises.items()))
-        L.append(f"| {s['rep']} | {fmt(s['scheduled_at'].get(2), 's')} | "
-                 f"{fmt(s['scheduled_at'].get(STEP_GOAL), 's')} | "
-                 f"{fmt(s['ready_at'].get(2), 's')} | {fmt(s['ready_at'].get(5), 's')} | "
-                 f"**{fmt(s['ready_at'].get(STEP_GOAL), 's')}** | {curve} | "
-                 f"{s['requests'] if s['requests'] is not None else 'n/a'} | {non200} | "
-                 f"{len(s['errors'])} | {fmt(s['p50_ms'])} | {fmt(s['p99_ms'])} | "
-                 + ", ".join(f"{k}: {v}" for k, v in sorted(s["nodes"].items(), key=str))
-                 + f" | {s.get('reason') or ''} |")
+        L.append(md_row(
+            s["rep"], fmt(s["scheduled_at"].get(2), "s"),
+            fmt(s["scheduled_at"].get(STEP_GOAL), "s"), fmt(s["ready_at"].get(2), "s"),
+            fmt(s["ready_at"].get(5), "s"), f"**{fmt(s['ready_at'].get(STEP_GOAL), 's')}**",
+            curve, s["requests"] if s["requests"] is not None else "n/a", non200,
+            len(s["errors"]), fmt(s["p50_ms"]), fmt(s["p99_ms"]),
+            ", ".join(f"{k}: {v}" for k, v in sorted(s["nodes"].items(), key=str)),
+            s.get("reason") or ""))
     t10 = [s["ready_at"][STEP_GOAL] for s in steps if STEP_GOAL in s["ready_at"]]
     if t10:
         L.append(f"\nTime from the step to {STEP_GOAL} ready instances: median "
@@ -824,11 +663,8 @@ def render(cfg, cycles, cold_view, zero_problems, steps, step_problems, use_slee
 
 
 def main() -> int:
-    shoal = os.environ.get("SHOAL_BIN") or shutil.which("shoal")
-    if not shoal:
-        raise SystemExit("shoal not found (set SHOAL_BIN)")
-    component = Path(env_str("COMPONENT", str(REPO / "examples/wasm-apps/http-component.wasm"))
-                     ).resolve()
+    shoal = find_bin("SHOAL_BIN", "shoal")
+    component = Path(env_str("COMPONENT", str(C_COMPONENT))).resolve()
     cfg = {
         "shoal": shoal, "wrk": os.environ.get("WRK_BIN") or shutil.which("wrk") or "wrk",
         "component": str(component),
@@ -848,9 +684,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="shoal-autoscale-bench-"))
     logs = tmp / "logs"
     logs.mkdir()
-    atexit.register(stop_all)
-    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(s, on_signal)
+    stop_all_on_exit()
     load_start = loadavg()
     log(f"temporary directory {tmp}")
     cycles, cold_view, zero_problems, steps, step_problems = [], None, [], [], []
@@ -911,7 +745,7 @@ def main() -> int:
         zero_problems.append(f"failed: {e}")
         log(f"FAILED: {e}")
     finally:
-        procs = list(Proc.all)
+        procs = list(Proc.running)
         stop_all()
         for p in procs:
             bad = [ln for ln in p.text().splitlines()
@@ -919,18 +753,9 @@ def main() -> int:
             if bad:
                 log_notes.append(f"{p.name}: {len(bad)} WARN/ERROR lines, first: "
                                  f"`{bad[0].strip()[:300]}`")
-        dest = out_path.parent / "autoscale-logs"
-        if os.environ.get("BENCH_KEEP_TMP"):
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(dest, ignore_errors=True)
-            shutil.copytree(logs, dest)
-            shutil.rmtree(tmp, ignore_errors=True)
-    text = render(cfg, cycles, cold_view, zero_problems, steps, step_problems, use_sleep,
-                  manifests, load_start, loadavg(), log_notes)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(text)
-    print(text)
+        keep_logs(tmp, logs, out_path.parent / "autoscale-logs")
+    write_report(out_path, render(cfg, cycles, cold_view, zero_problems, steps, step_problems,
+                                  use_sleep, manifests, load_start, loadavg(), log_notes))
     log(f"wrote {out_path}")
     return 1 if failed else 0
 

@@ -15,42 +15,16 @@
 #   BENCH_DURATION=2s BENCH_WARMUP=1s BENCH_ISOLATION=reuse bash bench/gateway.sh
 # CARGO_TARGET_DIR picks the build directory (default: the repo's target/).
 set -euo pipefail
-
-BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$BENCH_DIR/.." && pwd)"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
-mkdir -p "$BENCH_DIR/results"
-
-log() { printf '[gateway.sh] %s\n' "$*" >&2; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # --- nginx and wrk from Debian's packages ------------------------------------
-need=()
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need+=(nginx)
-if ((${#need[@]})); then
-  log "installing ${need[*]} (apt-get)"
-  SUDO=""
-  if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
-  $SUDO apt-get update -qq
-  # Only the binary is used: the benchmark runs its own nginx, in the
-  # foreground, with its own configuration under a temporary directory.
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+need_packages wrk nginx
 WRK="$(command -v wrk)"
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 
 # --- shoal -------------------------------------------------------------------
-log "building shoal (release) into $CARGO_TARGET_DIR"
-(cd "$REPO" && nice -n 10 cargo build --release)
-# Run a copy (in the git-ignored bench/.tools/): another build into the same
-# target dir must not swap the binary under the benchmark.
-SHOAL="$BENCH_DIR/.tools/shoal-gateway-bench"
-mkdir -p "$BENCH_DIR/.tools"
-cp "$CARGO_TARGET_DIR/release/shoal" "$SHOAL.tmp"
-mv "$SHOAL.tmp" "$SHOAL"
-
-C_WASM="$REPO/examples/wasm-apps/http-component.wasm"
-[[ -f "$C_WASM" ]] || { log "$C_WASM is missing (build it with examples/wasm-apps/build.sh)"; exit 1; }
+build_shoal shoal-gateway-bench
+need_c_component
 
 # --- run ---------------------------------------------------------------------
 # The Python script starts every process in its own process group and stops

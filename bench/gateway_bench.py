@@ -43,57 +43,37 @@ Standard library only. Knobs (environment):
 
 from __future__ import annotations
 
-import atexit
 import datetime
-import json
 import os
-import platform
 import pwd
 import re
 import resource
-import shlex
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-HOST = "127.0.0.1"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
+from benchlib import (  # noqa: E402
+    BENCH_DIR, C_COMPONENT, CLK_TCK, HOST, OTHER_CPU_LIMIT_PCT, REPO, Proc, cmd_version,
+    env_str, find_bin, fmt_errors, fmt_ms, fmt_rps, free_port, git_rev, group_cpu_s,
+    has_socket_errors, keep_logs, loadavg, log, machine_summary, md_head, md_row, parse_duration_s,
+    proc_cpu_s, proc_stat_ticks, rusage_cpu_s, shoal_apply, start_control_plane,
+    start_gateway, start_node, stop_all, stop_all_on_exit, url_port, write_report,
+)
+
+benchlib.set_tag("gateway-bench")
+
 APP = "web"
 APP_HEADER = ("x-shoal-app", f"default/{APP}")
 EXPECTED_BODY = b"Hello from a wasi:http component!"
-WRK_SLACK_S = 60
 START_TIMEOUT_S = 120
 
 # --------------------------------------------------------------- helpers
-
-
-def env_str(name: str, default: str) -> str:
-    value = os.environ.get(name, "").strip()
-    return value or default
-
-
-def parse_duration_s(text: str) -> float:
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m)?\s*", text)
-    if not m:
-        raise SystemExit(f"bad duration {text!r} (use e.g. 10s, 500ms, 1m)")
-    return float(m.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0}[m.group(2) or "s"]
-
-
-def log(msg: str) -> None:
-    print(f"[gateway-bench] {msg}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def http_get(port: int, path: str = "/", headers: dict | None = None,
@@ -141,142 +121,21 @@ def dechunk(data: bytes) -> bytes:
     return out
 
 
-def api_get(base: str, path: str, timeout: float = 5.0):
-    with urllib.request.urlopen(base.rstrip("/") + path, timeout=timeout) as r:
-        return json.loads(r.read())
-
-
-# --------------------------------------------------------------- processes
-
-
-class Proc:
-    """A child process in its own process group, output to a log file."""
-
-    all: list["Proc"] = []
-
-    def __init__(self, name: str, argv: list[str], log_path: Path):
-        self.name, self.argv, self.log_path = name, argv, log_path
-        self._log = open(log_path, "wb")
-        self._log.write(("$ " + shlex.join(argv) + "\n").encode())
-        self._log.flush()
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, cwd=REPO,
-                                     start_new_session=True)
-        Proc.all.append(self)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def tail(self, n: int = 15) -> str:
-        return "\n".join(self.text().splitlines()[-n:])
-
-    def wait_for_line(self, pattern: str, timeout: float = START_TIMEOUT_S) -> re.Match:
-        deadline = time.monotonic() + timeout
-        rx = re.compile(pattern)
-        while time.monotonic() < deadline:
-            m = rx.search(self.text())
-            if m:
-                return m
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; "
-                                   f"log tail:\n{self.tail()}")
-            time.sleep(0.02)
-        raise RuntimeError(f"{self.name}: no line matching {pattern!r} within {timeout}s; "
-                           f"log tail:\n{self.tail()}")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(timeout=timeout)
-        else:
-            # The leader is gone; make sure nothing else of its group lingers.
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        if not self._log.closed:
-            self._log.close()
-        return self.proc.returncode
-
-
-def stop_all() -> None:
-    for p in reversed(Proc.all):
-        try:
-            p.stop()
-        except Exception as e:  # noqa: BLE001 - best effort at exit
-            print(f"[gateway-bench] stopping {p.name}: {e}", file=sys.stderr)
-    Proc.all.clear()
-
-
-def on_signal(signum, _frame):
-    stop_all()
-    sys.exit(128 + signum)
-
-
 # --------------------------------------------------------------- CPU
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def system_busy_s() -> tuple[float, float] | None:
     """CPU-seconds the machine spent in processes (user, nice, system), and in
     interrupts (irq, softirq: on loopback, much of the TCP work, charged to no
     process)."""
-    try:
-        vals = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
+    vals = proc_stat_ticks()
+    if vals is None:
         return None
-    vals += [0] * (8 - len(vals))
     return (vals[0] + vals[1] + vals[2]) / CLK_TCK, (vals[5] + vals[6]) / CLK_TCK
 
 
-def proc_cpu_s(pid: int) -> float:
-    try:
-        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(f[11]) + int(f[12])) / CLK_TCK
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-def group_pids(pgid: int) -> list[int]:
-    """Every live process in process group `pgid` (nginx's master and workers)."""
-    pids = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            f = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(f[2]) == pgid:
-                pids.append(int(d.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return pids
-
-
-def group_cpu_s(pgid: int) -> float:
-    return sum(proc_cpu_s(p) for p in group_pids(pgid))
-
-
 def children_cpu_s() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
+    return rusage_cpu_s(resource.RUSAGE_CHILDREN)
 
 
 class CpuWatch:
@@ -289,7 +148,7 @@ class CpuWatch:
         self.t0 = time.monotonic()
         self.sys0 = system_busy_s()
         self.proxy0 = group_cpu_s(proxy_pgid) if proxy_pgid else 0.0
-        self.node0 = proc_cpu_s(node_pid)
+        self.node0 = proc_cpu_s(node_pid) or 0.0
         self.by0 = sum(group_cpu_s(p) for p in bystanders)
         self.wrk0 = children_cpu_s()
 
@@ -299,7 +158,7 @@ class CpuWatch:
         if self.sys0 is None or sys1 is None or cap <= 0:
             return {}
         proxy = (group_cpu_s(self.proxy) - self.proxy0) if self.proxy else 0.0
-        node = proc_cpu_s(self.node) - self.node0
+        node = (proc_cpu_s(self.node) or 0.0) - self.node0
         by = sum(group_cpu_s(p) for p in self.by) - self.by0
         wrk = children_cpu_s() - self.wrk0
         other = max(0.0, (sys1[0] - self.sys0[0]) - proxy - node - wrk - by)
@@ -311,53 +170,13 @@ class CpuWatch:
 
 # --------------------------------------------------------------- wrk
 
-_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
-
-
-def parse_wrk(out: str) -> dict:
-    res: dict = {"rps": None, "p50_ms": None, "p99_ms": None, "requests": None,
-                 "non2xx": 0, "errors": {}}
-    m = re.search(r"Requests/sec:\s+([0-9.]+)", out)
-    if m:
-        res["rps"] = float(m.group(1))
-    for pct, key in (("50", "p50_ms"), ("99", "p99_ms")):
-        m = re.search(rf"^\s*{pct}(?:\.000)?%\s+([0-9.]+)(us|ms|s|m)\s*$", out, re.M)
-        if m:
-            res[key] = float(m.group(1)) * _UNIT_MS[m.group(2)]
-    m = re.search(r"(\d+) requests in", out)
-    if m:
-        res["requests"] = int(m.group(1))
-    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    if m:
-        res["non2xx"] = int(m.group(1))
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if m:
-        res["errors"] = {k: int(v) for k, v in
-                         zip(("connect", "read", "write", "timeout"), m.groups()) if int(v)}
-    return res
-
 
 def run_wrk(cfg: dict, port: int, conns: int, seconds: float, headers: list[str],
             log_path: Path, watch_args: tuple | None = None) -> dict:
     threads = max(1, min(cfg["threads"], conns))
-    argv = [cfg["wrk"], f"-t{threads}", f"-c{conns}", f"-d{max(1, round(seconds))}s",
-            "--latency"]
-    for h in headers:
-        argv += ["-H", h]
-    argv.append(f"http://{HOST}:{port}/")
-    watch = CpuWatch(*watch_args) if watch_args else None
-    try:
-        p = subprocess.run(argv, capture_output=True, text=True,
-                           timeout=seconds + WRK_SLACK_S)
-        out = p.stdout + p.stderr
-    except subprocess.TimeoutExpired as e:
-        out = f"wrk timed out\n{e.stdout or ''}"
-    with open(log_path, "a") as f:
-        f.write("$ " + shlex.join(argv) + "\n" + out + "\n")
-    res = parse_wrk(out)
-    res["argv"] = argv
-    res["cpu"] = watch.finish() if watch else {}
-    return res
+    watch = (lambda: CpuWatch(*watch_args)) if watch_args else None
+    return benchlib.run_wrk(cfg["wrk"], port, conns, seconds, threads, log_path, headers,
+                            watch)
 
 
 # --------------------------------------------------------------- nginx
@@ -417,30 +236,20 @@ http {{
 
 def start_cluster(cfg: dict, tmp: Path, logs: Path, isolation: str) -> dict:
     shoal = cfg["shoal"]
-    cp = Proc("control-plane", [shoal, "control-plane", "--listen", f"{HOST}:0",
-                                "--data-dir", str(tmp / "cp")], logs / "control-plane.log")
-    cp_url = cp.wait_for_line(r"Control plane listening on (http://\S+?)/?\s").group(1)
-    node = Proc("node-1", [shoal, "node", "--join", cp_url, "--name", "node-1",
-                           "--listen", f"{HOST}:0", "--cache-dir", str(tmp / "cache")],
-                logs / "node-1.log")
-    node_url = node.wait_for_line(r"Node node-1 serving on (http://\S+?)/?\s").group(1)
-    gw = Proc("gateway", [shoal, "gateway", "--listen", f"{HOST}:0",
-                          "--control-plane", cp_url], logs / "gateway.log")
-    gw_url = gw.wait_for_line(r"Gateway listening on (http://\S+?)/?\s").group(1)
+    cp, cp_url = start_control_plane(shoal, tmp / "cp", logs / "control-plane.log",
+                                     START_TIMEOUT_S)
+    node, node_url = start_node(shoal, cp_url, "node-1", tmp / "cache", logs / "node-1.log",
+                                START_TIMEOUT_S)
+    gw, gw_url = start_gateway(shoal, cp_url, logs / "gateway.log", START_TIMEOUT_S)
 
     manifest = tmp / "app.toml"
     iso = f'\n[isolation]\nmode = "{isolation}"\n' if isolation != "per-request" else ""
     manifest.write_text(f'name = "{APP}"\nmodule = "{cfg["component"]}"\nreplicas = 1\n'
                         f'\n[[routes]]\npath = "/"\n{iso}')
-    argv = [shoal, "--server", cp_url, "apply", "-f", str(manifest), "--wait"]
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=START_TIMEOUT_S)
-    with open(logs / "apply.log", "a") as f:
-        f.write("$ " + shlex.join(argv) + "\n" + p.stdout + p.stderr)
-    if p.returncode != 0:
-        raise RuntimeError(f"apply failed ({p.returncode}): {p.stdout}{p.stderr}")
+    shoal_apply(shoal, cp_url, manifest, START_TIMEOUT_S, logs / "apply.log")
 
-    node_port = int(node_url.rsplit(":", 1)[1])
-    gw_port = int(gw_url.rsplit(":", 1)[1])
+    node_port = url_port(node_url)
+    gw_port = url_port(gw_url)
     # Ready: the node answers for the app, and the gateway routes to it.
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
@@ -485,29 +294,10 @@ def start_nginx(cfg: dict, tmp: Path, node_port: int, logs: Path) -> tuple[Proc,
 # --------------------------------------------------------------- formatting
 
 
-def fmt_ms(v: float | None) -> str:
-    if v is None:
-        return "n/a"
-    if abs(v) < 1:
-        return f"{v * 1000:.0f} µs"
-    if abs(v) < 100:
-        return f"{v:.2f} ms"
-    return f"{v:.0f} ms"
-
-
 def fmt_delta(v: float | None) -> str:
     if v is None:
         return "n/a"
     return ("+" if v >= 0 else "−") + fmt_ms(abs(v))
-
-
-def fmt_rps(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:,.0f}"
-
-
-# Share of the machine other processes may take during a run before the run
-# is flagged as disturbed.
-OTHER_CPU_LIMIT_PCT = 10.0
 
 
 def fmt_cpu(c: dict) -> str:
@@ -516,49 +306,6 @@ def fmt_cpu(c: dict) -> str:
     flag = " ⚠" if c["other"] > OTHER_CPU_LIMIT_PCT else ""
     return (f"{c['proxy']:.0f} / {c['node']:.0f} / {c['wrk']:.0f} / {c['irq']:.0f} / "
             f"{c['other']:.0f}{flag}")
-
-
-def fmt_errors(r: dict) -> str:
-    return ", ".join(f"{k} {v}" for k, v in r["errors"].items()) or "0"
-
-
-def machine_info() -> str:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPUs (`nproc`), `{cpu}`, Linux {platform.release()}"
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "unknown"
-
-
-def cmd_version(argv: list[str]) -> str:
-    try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-        return (p.stdout + p.stderr).strip().splitlines()[0]
-    except (OSError, IndexError, subprocess.TimeoutExpired):
-        return "unknown"
-
-
-def git_rev() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                             capture_output=True, text=True, timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO, capture_output=True, text=True,
-                               timeout=30).stdout.strip()
-        return rev + (" (+ uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
 
 
 # --------------------------------------------------------------- the runs
@@ -612,7 +359,7 @@ def bench_case(cfg: dict, tmp: Path, isolation: str) -> dict:
                 problems.append(f"c={conns} {t}: wrk gave no result (see wrk.log)")
             if r["non2xx"]:
                 problems.append(f"c={conns} {t}: {r['non2xx']} non-2xx responses")
-            if r["errors"]:
+            if has_socket_errors(r):
                 problems.append(f"c={conns} {t}: socket errors {fmt_errors(r)}")
 
     # Stop and look for trouble in the logs.
@@ -631,7 +378,7 @@ def bench_case(cfg: dict, tmp: Path, isolation: str) -> dict:
                if "[error]" in ln or "[crit]" in ln or "[alert]" in ln or "[emerg]" in ln]
         if bad:
             problems.append(f"nginx error.log: {len(bad)} error lines, first: {bad[0][:300]}")
-    Proc.all[:] = [p for p in Proc.all if p.proc.poll() is None]
+    Proc.running[:] = [p for p in Proc.running if p.proc.poll() is None]
     return {"isolation": isolation, "rows": rows, "problems": problems,
             "nginx_conf": ngx_conf, "manifest": cl["manifest"]}
 
@@ -666,7 +413,7 @@ def render(cfg: dict, cases: list[dict], load_start: str, load_end: str) -> str:
     L.append(f"Generated {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} by "
              "`bench/gateway_bench.py` (`bash bench/gateway.sh`).\n")
     L.append("## Setup\n")
-    L.append(f"- Machine: {machine_info()}. Load average at start {load_start}, at end "
+    L.append(f"- Machine: {machine_summary()}. Load average at start {load_start}, at end "
              f"{load_end}.")
     L.append(f"- shoal: `{cfg['shoal']}` (release), git {git_rev()}")
     L.append(f"- nginx: {cmd_version([cfg['nginx'], '-v'])}; wrk: "
@@ -709,9 +456,9 @@ def render(cfg: dict, cases: list[dict], load_start: str, load_end: str) -> str:
                 "a fresh wasm instance per request, so the backend costs more and "
                 "shares the cores with the proxy")
         L.append(f"## `isolation.mode = \"{iso}\"` ({title}: {what})\n")
-        L.append("| conns | target | req/s | p50 | p99 | added p50 | added p99 | "
-                 "req/s vs nginx | non-2xx | socket errors | CPU % proxy / node / wrk / irq / other |")
-        L.append("|--:|---|--:|--:|--:|--:|--:|--:|--:|---|--:|")
+        L += md_head(["conns", "target", "req/s", "p50", "p99", "added p50", "added p99",
+                      "req/s vs nginx", "non-2xx", "socket errors",
+                      "CPU % proxy / node / wrk / irq / other"], "rlrrrrrrrlr")
         idx = by_key(case["rows"])
         for conns in sorted({r["conns"] for r in case["rows"]}):
             d = idx.get((conns, "direct"))
@@ -728,23 +475,23 @@ def render(cfg: dict, cases: list[dict], load_start: str, load_end: str) -> str:
                                     else r["p99_ms"] - d["p99_ms"])
                 if n and n["rps"] and r["rps"] is not None:
                     vs = f"{r['rps'] / n['rps']:.2f}×"
-                L.append(f"| {conns} | {t} | {fmt_rps(r['rps'])} | {fmt_ms(r['p50_ms'])} | "
-                         f"{fmt_ms(r['p99_ms'])} | {a50} | {a99} | {vs} | {r['non2xx']} | "
-                         f"{fmt_errors(r)} | {fmt_cpu(r['cpu'])} |")
+                L.append(md_row(conns, t, fmt_rps(r["rps"]), fmt_ms(r["p50_ms"]),
+                                fmt_ms(r["p99_ms"]), a50, a99, vs, r["non2xx"], fmt_errors(r),
+                                fmt_cpu(r["cpu"])))
         L.append("")
         L.append("Summary against the target (gateway's added latency ≤ nginx's, "
                  "throughput ≥ nginx's):\n")
-        L.append("| conns | gw/nginx req/s | added p50 gateway | added p50 nginx | "
-                 "added p99 gateway | added p99 nginx | throughput target | latency target (p50) |")
-        L.append("|--:|--:|--:|--:|--:|--:|---|---|")
+        L += md_head(["conns", "gw/nginx req/s", "added p50 gateway", "added p50 nginx",
+                      "added p99 gateway", "added p99 nginx", "throughput target",
+                      "latency target (p50)"], "rrrrrrll")
         for s in summary_rows(case):
             tput = "n/a" if s["ratio"] is None else ("met" if s["ratio"] >= 1 else "missed")
             lat = ("n/a" if s["gw_p50"] is None or s["ngx_p50"] is None else
                    "met" if s["gw_p50"] <= s["ngx_p50"] else "missed")
-            L.append(f"| {s['conns']} | "
-                     f"{'n/a' if s['ratio'] is None else format(s['ratio'], '.2f') + '×'} | "
-                     f"{fmt_delta(s['gw_p50'])} | {fmt_delta(s['ngx_p50'])} | "
-                     f"{fmt_delta(s['gw_p99'])} | {fmt_delta(s['ngx_p99'])} | {tput} | {lat} |")
+            L.append(md_row(s["conns"],
+                            "n/a" if s["ratio"] is None else format(s["ratio"], ".2f") + "×",
+                            fmt_delta(s["gw_p50"]), fmt_delta(s["ngx_p50"]),
+                            fmt_delta(s["gw_p99"]), fmt_delta(s["ngx_p99"]), tput, lat))
         L.append("")
         if case["problems"]:
             L.append("Problems seen:\n")
@@ -761,14 +508,6 @@ def render(cfg: dict, cases: list[dict], load_start: str, load_end: str) -> str:
     return "\n".join(L) + "\n"
 
 
-def find_bin(env: str, name: str) -> str:
-    v = os.environ.get(env) or shutil.which(name) or (
-        f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
-    if not v:
-        raise SystemExit(f"{name} not found (set {env})")
-    return v
-
-
 def main() -> int:
     cfg = {
         "duration": parse_duration_s(env_str("BENCH_DURATION", "10s")),
@@ -782,8 +521,7 @@ def main() -> int:
         "shoal": find_bin("SHOAL_BIN", "shoal"),
         "wrk": find_bin("WRK_BIN", "wrk"),
         "nginx": find_bin("NGINX_BIN", "nginx"),
-        "component": str(Path(env_str("COMPONENT", str(
-            REPO / "examples/wasm-apps/http-component.wasm"))).resolve()),
+        "component": str(Path(env_str("COMPONENT", str(C_COMPONENT))).resolve()),
         "command": env_str("BENCH_COMMAND", "python3 bench/gateway_bench.py"),
     }
     for iso in cfg["isolation"]:
@@ -791,10 +529,7 @@ def main() -> int:
             raise SystemExit(f"BENCH_ISOLATION: unknown mode {iso!r}")
     out_path = Path(env_str("BENCH_OUT", str(BENCH_DIR / "results" / "gateway.md")))
     tmp = Path(tempfile.mkdtemp(prefix="shoal-gateway-bench-"))
-    atexit.register(stop_all)
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    stop_all_on_exit()
     log(f"temporary directory {tmp}")
     load_start = loadavg()
     cases = []
@@ -812,19 +547,9 @@ def main() -> int:
                 stop_all()
     finally:
         stop_all()
-        if os.environ.get("BENCH_KEEP_TMP"):
-            log(f"kept {tmp}")
-        else:
-            # Keep the logs next to the results, drop the rest.
-            dest = out_path.parent / "gateway-logs"
-            shutil.rmtree(dest, ignore_errors=True)
-            if (tmp / "logs").exists():
-                shutil.copytree(tmp / "logs", dest)
-            shutil.rmtree(tmp, ignore_errors=True)
-    text = render(cfg, cases, load_start, loadavg())
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(text)
-    print(text)
+        # Keep the logs next to the results, drop the rest.
+        keep_logs(tmp, tmp / "logs", out_path.parent / "gateway-logs")
+    write_report(out_path, render(cfg, cases, load_start, loadavg()))
     log(f"wrote {out_path}")
     return 1 if failed else 0
 

@@ -11,21 +11,12 @@
 # RECOVERY_SEED (1);
 # CARGO_TARGET_DIR picks the build directory (default: the repo's target/).
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$BENCH_DIR/.." && pwd)"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
-mkdir -p "$BENCH_DIR/results"
-
-log() { printf '[recovery.sh] %s\n' "$*" >&2; }
-
-log "building shoal (release)"
-(cd "$REPO" && cargo build --release)
-
-C_WASM="$REPO/examples/wasm-apps/http-component.wasm"
-[[ -f "$C_WASM" ]] || { log "$C_WASM is missing (build it with examples/wasm-apps/build.sh)"; exit 1; }
+build_shoal shoal-recovery-bench
+need_c_component
 
 log "running the benchmark"
-SHOAL_BIN="$CARGO_TARGET_DIR/release/shoal" COMPONENT="$C_WASM" \
+SHOAL_BIN="$SHOAL" COMPONENT="$C_WASM" \
   BENCH_COMMAND="bash bench/recovery.sh" \
   python3 "$BENCH_DIR/recovery_bench.py"

@@ -50,25 +50,23 @@ import datetime
 import json
 import os
 import platform
-import queue
 import random
 import re
-import shlex
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
+from benchlib import (  # noqa: E402
+    BENCH_DIR, C_COMPONENT, REPO, Proc, cpu_model, md_head, md_row, write_report,
+)
+
 APP = "web"
 NAMESPACE = "default"
 # The control plane's defaults (shoal control-plane --lease/--heartbeat).
@@ -82,16 +80,7 @@ HTTP_TIMEOUT_S = 5
 
 
 def env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return default
-    try:
-        n = int(value)
-    except ValueError:
-        raise SystemExit(f"{name}={value!r}: not a whole number")
-    if n <= 0:
-        raise SystemExit(f"{name}={value!r}: must be positive")
-    return n
+    return benchlib.env_int(name, default, positive=True)
 
 
 def default_shoal_bin() -> Path:
@@ -99,106 +88,12 @@ def default_shoal_bin() -> Path:
     return Path(target) / "release" / "shoal"
 
 
-# --- processes -----------------------------------------------------------
-
-
-class Proc:
-    """A shoal server process whose stdout is watched for its banner line
-    and whose output all goes to a log file."""
-
-    def __init__(self, argv: list[str], log_path: Path):
-        self.argv = argv
-        self.log_path = log_path
-        self._log = open(log_path, "ab")
-        self._log.write(f"[bench] $ {shlex.join(argv)}\n".encode())
-        self._log.flush()
-        self._lines: queue.Queue[str] = queue.Queue()
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            cwd=REPO,
-        )
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            self._log.write(raw)
-            self._log.flush()
-            self._lines.put(raw.decode(errors="replace"))
-
-    def wait_for_line(self, pattern: str, timeout_s: float) -> re.Match:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                line = self._lines.get(timeout=0.05)
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"{self.argv[1]} exited with {self.proc.returncode}; "
-                        f"log tail:\n{self.log_tail()}"
-                    )
-                continue
-            m = re.search(pattern, line)
-            if m:
-                return m
-        raise RuntimeError(
-            f"no line matching {pattern!r} within {timeout_s}s; log tail:\n{self.log_tail()}"
-        )
-
-    def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=STOP_TIMEOUT_S)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=STOP_TIMEOUT_S)
-        if not self._log.closed:
-            self._log.flush()
-
-    def log_tail(self, n: int = 20) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(lines[-n:])
-
-
 # --- the API ------------------------------------------------------------------
 
 
-class Api:
-    def __init__(self, url: str):
-        self.url = url.rstrip("/")
-
-    def _call(self, method: str, path: str, body: dict | None = None):
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method)
-        if data is not None:
-            req.add_header("content-type", "application/json")
-        with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_S) as resp:
-            raw = resp.read()
-        return json.loads(raw) if raw else None
-
-    def get(self, path: str):
-        return self._call("GET", path)
-
-    def instances(self) -> list[dict]:
-        return [
-            i
-            for i in self.get("/v1/instances?namespace=*")
-            if i["app"]["name"] == APP and i["app"]["namespace"] == NAMESPACE
-        ]
-
-    def nodes(self) -> dict[str, dict]:
-        return {n["name"]: n for n in self.get("/v1/nodes")}
+class Api(benchlib.Api):
+    def app_instances(self) -> list[dict]:
+        return self.instances(APP, NAMESPACE)
 
     def events_after(self, seq: int | None) -> list[dict]:
         q = "/v1/events?namespace=*"
@@ -207,7 +102,7 @@ class Api:
         return self.get(q)
 
     def scale(self, replicas: int) -> None:
-        self._call(
+        self.call(
             "POST",
             f"/v1/namespaces/{NAMESPACE}/apps/{APP}/scale",
             {"replicas": replicas},
@@ -240,6 +135,9 @@ def wait_until(what: str, check, timeout_s: float, poll_s: float = 0.05):
 
 
 class Cluster:
+    """The control plane and the nodes, in the benchmark's process group,
+    each logging to logs/NAME.log (a restarted node appends to its log)."""
+
     def __init__(self, shoal: Path, work: Path, logs: Path, nodes: int):
         self.shoal = shoal
         self.work = work
@@ -251,52 +149,31 @@ class Cluster:
         self.api: Api | None = None
 
     def start(self) -> None:
-        self.cp = Proc(
-            [
-                str(self.shoal), "control-plane", "--listen", "127.0.0.1:0",
-                "--data-dir", str(self.work / "control-plane"),
-            ],
-            self.logs / "control-plane.log",
+        self.cp, self.url = benchlib.start_control_plane(
+            self.shoal, self.work / "control-plane", self.logs / "control-plane.log",
+            START_TIMEOUT_S, group=False,
         )
-        m = self.cp.wait_for_line(r"Control plane listening on (http://\S+?)/?\s", START_TIMEOUT_S)
-        self.url = m.group(1)
-        self.api = Api(self.url)
+        self.api = Api(self.url, timeout=HTTP_TIMEOUT_S)
         for name in self.names:
             self.start_node(name)
         wait_until("all nodes to be ready", self.all_nodes_ready, START_TIMEOUT_S)
 
     def start_node(self, name: str) -> None:
-        p = Proc(
-            [
-                str(self.shoal), "node", "--join", self.url, "--name", name,
-                "--listen", "127.0.0.1:0", "--cache-dir", str(self.work / "cache"),
-            ],
-            self.logs / f"{name}.log",
+        self.nodes[name], _ = benchlib.start_node(
+            self.shoal, self.url, name, self.work / "cache", self.logs / f"{name}.log",
+            START_TIMEOUT_S, group=False,
         )
-        p.wait_for_line(rf"Node {re.escape(name)} serving on", START_TIMEOUT_S)
-        self.nodes[name] = p
 
     def all_nodes_ready(self) -> bool:
         assert self.api is not None
         nodes = self.api.nodes()
         return all(nodes.get(n, {}).get("state") == "ready" for n in self.names)
 
-    def shoal_cli(self, *args: str, timeout_s: float = 600) -> str:
-        argv = [str(self.shoal), "--server", self.url, *args]
-        out = subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout_s, cwd=REPO
-        )
-        if out.returncode != 0:
-            raise RuntimeError(
-                f"{shlex.join(argv)} failed ({out.returncode}):\n{out.stdout}{out.stderr}"
-            )
-        return out.stdout
-
     def stop(self) -> None:
         for p in self.nodes.values():
-            p.stop()
+            p.stop(timeout=STOP_TIMEOUT_S)
         if self.cp:
-            self.cp.stop()
+            self.cp.stop(timeout=STOP_TIMEOUT_S)
 
 
 # --- one cycle --------------------------------------------------------------------
@@ -322,11 +199,11 @@ def spread(c: Cluster, replicas: int) -> float:
     assert c.api is not None
     api = c.api
     api.scale(0)
-    wait_until("scale to 0", lambda: not api.instances(), SETTLE_TIMEOUT_S)
+    wait_until("scale to 0", lambda: not api.app_instances(), SETTLE_TIMEOUT_S)
     t = time.monotonic()
     api.scale(replicas)
     wait_until(
-        f"{replicas} replicas ready", lambda: healthy(api.instances(), replicas),
+        f"{replicas} replicas ready", lambda: healthy(api.app_instances(), replicas),
         SETTLE_TIMEOUT_S,
     )
     return time.monotonic() - t
@@ -343,7 +220,7 @@ def one_cycle(
     assert c.api is not None
     api = c.api
     settle_s = spread(c, replicas)
-    before = api.instances()
+    before = api.app_instances()
     moved = sum(1 for i in before if i["node"] == victim)
     if moved == 0:
         raise RuntimeError(f"{victim} has no instances of {APP} to lose: {before}")
@@ -354,12 +231,12 @@ def one_cycle(
 
     kill_wall_ms = time.time() * 1000
     t0 = time.monotonic()
-    c.nodes[victim].kill9()
+    c.nodes[victim].kill(STOP_TIMEOUT_S)
     done_at = None
     deadline = t0 + timeout_s
     while time.monotonic() < deadline:
         try:
-            insts = api.instances()
+            insts = api.app_instances()
         except (urllib.error.URLError, OSError) as e:
             print(f"  poll failed: {e}", file=sys.stderr)
             insts = []
@@ -370,10 +247,10 @@ def one_cycle(
         time.sleep(poll_s)
     if done_at is None:
         raise RuntimeError(
-            f"{APP} was not whole again {timeout_s}s after killing {victim}: {api.instances()}"
+            f"{APP} was not whole again {timeout_s}s after killing {victim}: {api.app_instances()}"
         )
     total_s = done_at - t0
-    after = api.instances()
+    after = api.app_instances()
     placed_on: dict[str, int] = {}
     for i in after:
         placed_on[i["node"]] = placed_on.get(i["node"], 0) + 1
@@ -428,10 +305,8 @@ def fmt_s(v: float | None) -> str:
 def stats_row(label: str, values: list[float | None]) -> str:
     vs = [v for v in values if v is not None]
     if not vs:
-        return f"| {label} | n/a | n/a | n/a |"
-    return (
-        f"| {label} | {fmt_s(min(vs))} | {fmt_s(statistics.median(vs))} | {fmt_s(max(vs))} |"
-    )
+        return md_row(label, "n/a", "n/a", "n/a")
+    return md_row(label, fmt_s(min(vs)), fmt_s(statistics.median(vs)), fmt_s(max(vs)))
 
 
 def log_findings(logs: Path) -> list[str]:
@@ -496,16 +371,15 @@ def render(cfg: dict, cycles: list[Cycle], findings: list[str], apply_s: float) 
     out.append(f"Verdict: {verdict} the {TARGET_S:g} s target "
                f"(median {med:.3f} s, max {max(totals):.3f} s).\n")
     out.append("## Cycles\n")
-    out.append("| # | killed | instances moved | total | lease expiry | rescheduling "
-               "| start | last heartbeat → kill | spread after | re-spread took |")
-    out.append("|---:|---|---:|---:|---:|---:|---:|---:|---|---:|")
+    out += md_head(["#", "killed", "instances moved", "total", "lease expiry", "rescheduling",
+                    "start", "last heartbeat → kill", "spread after", "re-spread took"],
+                   "rlrrrrrrlr", right="---:")
     for n, c in enumerate(cycles, 1):
         spread_txt = ", ".join(f"{k}: {v}" for k, v in sorted(c.placed_on.items()))
-        out.append(
-            f"| {n} | {c.victim} | {c.moved} | {fmt_s(c.total_s)} | {fmt_s(c.lease_s)} "
-            f"| {fmt_s(c.reschedule_s)} | {fmt_s(c.start_s)} | {fmt_s(c.since_heartbeat_s)} "
-            f"| {spread_txt} | {c.settle_s:.2f} s |"
-        )
+        out.append(md_row(
+            n, c.victim, c.moved, fmt_s(c.total_s), fmt_s(c.lease_s), fmt_s(c.reschedule_s),
+            fmt_s(c.start_s), fmt_s(c.since_heartbeat_s), spread_txt, f"{c.settle_s:.2f} s",
+        ))
     out.append("")
     out.append(
         "Lease expiry is measured against the control plane's NodeLost event "
@@ -528,14 +402,7 @@ def render(cfg: dict, cycles: list[Cycle], findings: list[str], apply_s: float) 
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model(platform.processor() or platform.machine())
     return f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} CPUs"
 
 
@@ -544,7 +411,7 @@ def main() -> int:
     if not shoal.is_file():
         raise SystemExit(f"{shoal} not found: build it with `cargo build --release` or set SHOAL_BIN")
     component = Path(
-        os.environ.get("COMPONENT") or REPO / "examples/wasm-apps/http-component.wasm"
+        os.environ.get("COMPONENT") or C_COMPONENT
     ).resolve()
     if not component.is_file():
         raise SystemExit(f"{component} not found (examples/wasm-apps/build.sh builds it)")
@@ -574,7 +441,7 @@ def main() -> int:
             f'replicas = {replicas}\n\n[[routes]]\npath = "/"\n'
         )
         t = time.monotonic()
-        cluster.shoal_cli("apply", "-f", str(manifest), "--wait")
+        benchlib.shoal_apply(cluster.shoal, cluster.url, manifest, timeout=600)
         apply_s = time.monotonic() - t
         print(f"applied {APP} ({replicas} replicas) in {apply_s:.2f} s", file=sys.stderr)
         for n in range(cycles_n):
@@ -601,10 +468,7 @@ def main() -> int:
         "shoal": shoal,
         "command": os.environ.get("BENCH_COMMAND", "python3 bench/recovery_bench.py"),
     }
-    report = render(cfg, cycles, log_findings(logs), apply_s)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(report)
-    print(report)
+    write_report(out_path, render(cfg, cycles, log_findings(logs), apply_s))
     print(f"(written to {out_path}; process logs in {logs})", file=sys.stderr)
     return 0
 

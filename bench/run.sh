@@ -13,15 +13,9 @@
 # instead of the working tree, so that edits in progress elsewhere in the
 # tree cannot break or leak into the measured binary.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$BENCH_DIR/.." && pwd)"
-TOOLS="$BENCH_DIR/.tools"
 WASMTIME_VERSION=48.0.8
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
-mkdir -p "$TOOLS" "$BENCH_DIR/results"
-
-log() { printf '[run.sh] %s\n' "$*" >&2; }
 
 # --- wasmtime-cli (the baseline), pinned to the version shoal embeds -------
 WASMTIME="$TOOLS/bin/wasmtime"
@@ -36,13 +30,7 @@ else
 fi
 
 # --- wrk ------------------------------------------------------------------
-if ! command -v wrk >/dev/null 2>&1; then
-  log "installing wrk (apt)"
-  SUDO=""
-  if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk >/dev/null
-fi
+need_packages wrk
 WRK="$(command -v wrk)"
 
 # --- componentize-py in a venv ---------------------------------------------
@@ -72,13 +60,7 @@ if [[ -n "${BENCH_SHOAL_REV:-}" ]]; then
   fi
   SHOAL_GIT_DESC="$(git -C "$REPO" rev-parse --short "$rev") (committed tree, BENCH_SHOAL_REV=$BENCH_SHOAL_REV)"
 fi
-log "building shoal (release) in $SHOAL_SRC"
-(cd "$SHOAL_SRC" && cargo build --release)
-# Run a copy: another build into the same target dir must not swap the
-# binary under the benchmark.
-SHOAL="$TOOLS/shoal"
-cp "$CARGO_TARGET_DIR/release/shoal" "$SHOAL.tmp"
-mv "$SHOAL.tmp" "$SHOAL"
+build_shoal shoal "$SHOAL_SRC"
 
 # --- the Python wasi:http component -----------------------------------------
 # componentize-py needs the WIT of the world it targets: take wasi:http 0.2
@@ -109,7 +91,6 @@ if [[ ! -f "$PY_WASM" || "$BENCH_DIR/python-app/app.py" -nt "$PY_WASM" ]]; then
 fi
 
 # --- the C component ----------------------------------------------------------
-C_WASM="$REPO/examples/wasm-apps/http-component.wasm"
 if [[ ! -f "$C_WASM" ]]; then
   log "WARNING: $C_WASM is missing (build it with examples/wasm-apps/build.sh); only the Python component is measured"
 fi

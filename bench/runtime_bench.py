@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import platform
 import re
 import resource
 import shlex
@@ -46,46 +45,23 @@ import shutil
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-HOST = "127.0.0.1"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
+from benchlib import (  # noqa: E402
+    BENCH_DIR, C_COMPONENT, CLK_TCK, HOST, OTHER_CPU_LIMIT_PCT, Proc, cmd_version, env_str,
+    find_bin, fmt_errors, fmt_ms, fmt_rps, free_port, has_socket_errors, loadavg, log,
+    machine_info, md_head, md_row, parse_duration_s, proc_cpu_s, proc_stat_ticks,
+    rusage_cpu_s, write_report, wrk_duration_arg,
+)
 
-# How long wrk may overrun its own -d before we give up on it.
-WRK_SLACK_S = 60
 STOP_TIMEOUT_S = 30
 POLL_INTERVAL_S = 0.002
-
-
-def env_str(name: str, default: str) -> str:
-    value = os.environ.get(name, "").strip()
-    return value or default
-
-
-def parse_duration_s(text: str) -> float:
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m)?\s*", text)
-    if not m:
-        raise SystemExit(f"bad duration {text!r} (use e.g. 10s, 500ms, 1m)")
-    value = float(m.group(1))
-    unit = m.group(2) or "s"
-    return value * {"ms": 0.001, "s": 1.0, "m": 60.0}[unit]
-
-
-def wrk_duration_arg(seconds: float) -> str:
-    # wrk takes whole seconds (it also accepts ms, but keep it simple/robust).
-    return f"{max(1, round(seconds))}s"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def http_status(port: int, timeout: float = 2.0) -> int | None:
@@ -119,81 +95,28 @@ class ServerSpec:
     mode: str = "per-request"  # "per-request" | "reuse": what it is compared with
 
 
-class Server:
+def start_server(spec: ServerSpec, argv: list[str], log_path: Path) -> Proc:
     """One server process, its output going to a log file."""
+    return Proc(spec.name, argv, log_path, group=False, stop_signal=stop_signal_for(spec))
 
-    def __init__(self, argv: list[str], log_path: Path, stop_signal: int):
-        self.argv = argv
-        self.log_path = log_path
-        self.stop_signal = stop_signal
-        self.proc: subprocess.Popen | None = None
-        self.started_at = 0.0
 
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "wb")
-        self._log.write(("$ " + shlex.join(self.argv) + "\n").encode())
-        self._log.flush()
-        self.started_at = time.monotonic()
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-
-    def wait_ready(self, port: int, timeout_s: float) -> float:
-        """Poll GET / until 200; seconds since spawn. Raises on exit/timeout."""
-        assert self.proc is not None
-        deadline = self.started_at + timeout_s
-        last = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"server exited with {self.proc.returncode} before answering;"
-                    f" log tail:\n{self.log_tail()}"
-                )
-            last = http_status(port)
-            if last == 200:
-                return time.monotonic() - self.started_at
-            time.sleep(POLL_INTERVAL_S)
-        raise RuntimeError(
-            f"no 200 within {timeout_s}s (last status {last}); log tail:\n{self.log_tail()}"
-        )
-
-    def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(self.stop_signal)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=STOP_TIMEOUT_S)
-                self._log.write(b"\n[bench] killed after stop timeout\n")
-        self._log.close()
-        return self.proc.returncode
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def log_tail(self, n: int = 15) -> str:
-        # Leave out Rust/anyhow backtraces: the error message is what matters.
-        lines, skipping = [], False
-        for line in self.log_text().splitlines():
-            if re.match(r"\s*(Stack backtrace:|stack backtrace:)", line):
-                skipping = True
-                continue
-            if skipping and re.match(r"\s+(\d+:|at )", line):
-                continue
-            skipping = False
-            lines.append(line)
-        return "\n".join(lines[-n:])
+def wait_ready(srv: Proc, port: int, timeout_s: float) -> float:
+    """Poll GET / until 200; seconds since spawn. Raises on exit/timeout."""
+    deadline = srv.started_at + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        if srv.proc.poll() is not None:
+            raise RuntimeError(
+                f"server exited with {srv.proc.returncode} before answering;"
+                f" log tail:\n{srv.tail()}"
+            )
+        last = http_status(port)
+        if last == 200:
+            return time.monotonic() - srv.started_at
+        time.sleep(POLL_INTERVAL_S)
+    raise RuntimeError(
+        f"no 200 within {timeout_s}s (last status {last}); log tail:\n{srv.tail()}"
+    )
 
 
 def server_argv(
@@ -236,37 +159,19 @@ def parse_stats(text: str) -> dict | None:
 # ---------------------------------------------------------------- CPU
 
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
 def system_cpu_s() -> tuple[float, float] | None:
     """CPU-seconds the whole machine has been busy, and stolen by the host."""
-    try:
-        vals = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
+    vals = proc_stat_ticks()
+    if vals is None:
         return None
-    vals += [0] * (8 - len(vals))
     # user nice system idle iowait irq softirq steal (guest is inside user)
     busy = vals[0] + vals[1] + vals[2] + vals[5] + vals[6]
     return busy / CLK_TCK, vals[7] / CLK_TCK
 
 
-def proc_cpu_s(pid: int) -> float | None:
-    """utime + stime of one process (all its threads), in seconds."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def own_cpu_s() -> float:
     """This script and its reaped children (wrk), in seconds."""
-    total = 0.0
-    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
-        ru = resource.getrusage(who)
-        total += ru.ru_utime + ru.ru_stime
-    return total
+    return rusage_cpu_s(resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
 
 
 class CpuWatch:
@@ -298,89 +203,16 @@ class CpuWatch:
                 "other_s": other, "cap_s": cap}
 
 
-# Share of the machine other processes may take during a run before the run
-# is reported as disturbed.
-OTHER_CPU_LIMIT_PCT = 10.0
-
-
 # ---------------------------------------------------------------- wrk
 
 
-_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
-
-
-def _to_ms(value: str, unit: str) -> float:
-    return float(value) * _UNIT_MS[unit]
-
-
-def parse_wrk(out: str) -> dict:
-    res: dict = {"rps": None, "p50_ms": None, "p99_ms": None, "requests": None,
-                 "non2xx": 0, "socket_errors": None}
-    m = re.search(r"Requests/sec:\s+([0-9.]+)", out)
-    if m:
-        res["rps"] = float(m.group(1))
-    for pct, key in (("50", "p50_ms"), ("99", "p99_ms")):
-        m = re.search(rf"^\s*{pct}(?:\.000)?%\s+([0-9.]+)(us|ms|s|m)\s*$", out, re.M)
-        if m:
-            res[key] = _to_ms(m.group(1), m.group(2))
-    m = re.search(r"(\d+) requests in", out)
-    if m:
-        res["requests"] = int(m.group(1))
-    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    if m:
-        res["non2xx"] = int(m.group(1))
-    m = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
-    )
-    if m:
-        c, r, w, t = (int(x) for x in m.groups())
-        res["socket_errors"] = {"connect": c, "read": r, "write": w, "timeout": t}
-    return res
-
-
-def run_wrk(tools: dict, port: int, conns: int, seconds: float, log: Path,
+def run_wrk(tools: dict, port: int, conns: int, seconds: float, log_path: Path,
             server_pid: int | None = None) -> dict:
-    threads = 1 if conns == 1 else 2
-    argv = [tools["wrk"], f"-t{threads}", f"-c{conns}", f"-d{wrk_duration_arg(seconds)}",
-            "--latency", f"http://{HOST}:{port}/"]
-    watch = CpuWatch(server_pid)
-    try:
-        p = subprocess.run(argv, capture_output=True, text=True,
-                           timeout=seconds + WRK_SLACK_S)
-        out = p.stdout + p.stderr
-    except subprocess.TimeoutExpired as e:
-        out = f"wrk timed out\n{e.stdout or ''}"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as f:
-        f.write("$ " + shlex.join(argv) + "\n" + out + "\n")
-    res = parse_wrk(out)
-    res["argv"] = argv
-    res["cpu"] = watch.finish()
-    return res
+    return benchlib.run_wrk(tools["wrk"], port, conns, seconds, 1 if conns == 1 else 2,
+                            log_path, watch=lambda: CpuWatch(server_pid))
 
 
 # ---------------------------------------------------------------- formatting
-
-
-def fmt_ms(v: float | None) -> str:
-    if v is None:
-        return "n/a"
-    if v < 1:
-        return f"{v * 1000:.0f} µs"
-    if v < 100:
-        return f"{v:.2f} ms"
-    return f"{v:.0f} ms"
-
-
-def fmt_rps(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:,.0f}"
-
-
-def fmt_errors(r: dict) -> str:
-    se = r.get("socket_errors")
-    if not se or not any(se.values()):
-        return "0"
-    return ", ".join(f"{k} {v}" for k, v in se.items() if v)
 
 
 def fmt_cpu(r: dict) -> str:
@@ -394,56 +226,9 @@ def fmt_cpu(r: dict) -> str:
     return text
 
 
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "unknown"
-
-
-def machine_info() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = "unknown"
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                kb = int(line.split()[1])
-                mem = f"{kb / 1024 / 1024:.1f} GiB"
-                break
-    except OSError:
-        pass
-    return {"nproc": str(os.cpu_count()), "cpu": cpu, "mem": mem,
-            "kernel": platform.release()}
-
-
-def cmd_version(argv: list[str]) -> str:
-    try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-        return (p.stdout or p.stderr).strip().splitlines()[0]
-    except (OSError, IndexError, subprocess.TimeoutExpired):
-        return "unknown"
-
-
 def git_rev() -> str:
     # run.sh says which commit it built when it did not build the work tree.
-    if os.environ.get("SHOAL_GIT_DESC"):
-        return os.environ["SHOAL_GIT_DESC"]
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                             capture_output=True, text=True, timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO, capture_output=True, text=True,
-                               timeout=30).stdout.strip()
-        return rev + (" (+ uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
+    return os.environ.get("SHOAL_GIT_DESC") or benchlib.git_rev()
 
 
 # ---------------------------------------------------------------- the runs
@@ -468,15 +253,13 @@ def throughput(components, tools, cfg, logs: Path, shoal_cache: Path):
             cache_args = ["--cache-dir", str(shoal_cache)] if spec.kind == "shoal" else []
             argv = server_argv(spec, tools, cpath, port, cache_args)
             tag = f"{cname}-{spec.name}".replace(" ", "_")
-            srv = Server(argv, logs / f"throughput-{tag}.log", stop_signal_for(spec))
-            print(f"[bench] {cname} / {spec.name}: starting on :{port}", flush=True)
-            srv.start()
+            log(f"{cname} / {spec.name}: starting on :{port}")
+            srv = start_server(spec, argv, logs / f"throughput-{tag}.log")
             srv_ok = False
             try:
-                ready = srv.wait_ready(port, cfg["start_timeout"])
+                ready = wait_ready(srv, port, cfg["start_timeout"])
                 srv_ok = True
-                print(f"[bench]   ready after {ready:.2f}s; warm-up {cfg['warmup']}s",
-                      flush=True)
+                log(f"  ready after {ready:.2f}s; warm-up {cfg['warmup']}s")
                 run_wrk(tools, port, 16, cfg["warmup"], logs / f"wrk-{tag}.log")
                 for conns in cfg["connections"]:
                     if srv.proc.poll() is not None:
@@ -488,29 +271,28 @@ def throughput(components, tools, cfg, logs: Path, shoal_cache: Path):
                     r.update(component=cname, server=spec.name, kind=spec.kind, conns=conns,
                              mode=spec.mode)
                     rows.append(r)
-                    print(f"[bench]   c={conns}: {fmt_rps(r['rps'])} req/s, p50 "
-                          f"{fmt_ms(r['p50_ms'])}, p99 {fmt_ms(r['p99_ms'])}, non-2xx "
-                          f"{r['non2xx']}, socket errors {fmt_errors(r)}, CPU "
-                          f"{fmt_cpu(r)}", flush=True)
+                    log(f"  c={conns}: {fmt_rps(r['rps'])} req/s, p50 "
+                        f"{fmt_ms(r['p50_ms'])}, p99 {fmt_ms(r['p99_ms'])}, non-2xx "
+                        f"{r['non2xx']}, socket errors {fmt_errors(r)}, CPU {fmt_cpu(r)}")
                     if r["rps"] is None:
                         problems.append(f"{cname} / {spec.name} c={conns}: wrk gave no "
                                         f"result (see logs/wrk-{tag}.log)")
             except RuntimeError as e:
                 problems.append(f"{cname} / {spec.name}: {e}")
-                print(f"[bench]   FAILED: {e}", flush=True)
+                log(f"  FAILED: {e}")
             finally:
-                rc = srv.stop()
-            st = parse_stats(srv.log_text())
+                rc = srv.stop(timeout=STOP_TIMEOUT_S)
+            st = parse_stats(srv.text())
             if spec.kind == "shoal":
                 stats.append({"component": cname, "server": spec.name, "stats": st,
                               "rc": rc})
                 if st is None and srv_ok:
                     problems.append(f"{cname} / {spec.name}: no Stats line after stop "
-                                    f"(exit {rc}); log tail:\n{srv.log_tail()}")
+                                    f"(exit {rc}); log tail:\n{srv.tail()}")
             if srv_ok and rc not in (0, None):
                 problems.append(f"{cname} / {spec.name}: exit status {rc} after stop")
             # shoal logs `ERROR`/`WARN` (tracing); wasmtime serve prints `error: ...`.
-            errs = [ln for ln in srv.log_text().splitlines()
+            errs = [ln for ln in srv.text().splitlines()
                     if re.search(r"\b(ERROR|WARN|panicked)\b", ln)
                     or re.match(r"\s*error:", ln)]
             # A connection that wrk closes mid-request when its time is up: hyper
@@ -527,15 +309,13 @@ def throughput(components, tools, cfg, logs: Path, shoal_cache: Path):
     return rows, stats, problems, notes
 
 
-def cold_start_once(spec, tools, cpath, cache_args, timeout, log) -> float:
+def cold_start_once(spec, tools, cpath, cache_args, timeout, log_path) -> float:
     port = free_port()
-    srv = Server(server_argv(spec, tools, cpath, port, cache_args), log,
-                 stop_signal_for(spec))
-    srv.start()
+    srv = start_server(spec, server_argv(spec, tools, cpath, port, cache_args), log_path)
     try:
-        return srv.wait_ready(port, timeout)
+        return wait_ready(srv, port, timeout)
     finally:
-        srv.stop()
+        srv.stop(timeout=STOP_TIMEOUT_S)
 
 
 def cold_starts(components, tools, cfg, logs: Path, tmp: Path):
@@ -579,8 +359,7 @@ def cold_starts(components, tools, cfg, logs: Path, tmp: Path):
             times, others = [], []
             try:
                 if prewarm:
-                    print(f"[bench] cold start {cname} / {server} / {cache}: pre-warming",
-                          flush=True)
+                    log(f"cold start {cname} / {server} / {cache}: pre-warming")
                     cold_start_once(spec, tools, cpath, args_for(-1), cfg["start_timeout"],
                                     logs / f"cold-{tag}-prewarm.log")
                 for i in range(n):
@@ -592,11 +371,11 @@ def cold_starts(components, tools, cfg, logs: Path, tmp: Path):
                     c = watch.finish()
                     if c:
                         others.append((c["other_s"], c["cap_s"]))
-                print(f"[bench] cold start {cname} / {server} / {cache}: "
-                      + ", ".join(f"{t:.0f}" for t in times) + " ms", flush=True)
+                log(f"cold start {cname} / {server} / {cache}: "
+                    + ", ".join(f"{t:.0f}" for t in times) + " ms")
             except RuntimeError as e:
                 problems.append(f"cold start {cname} / {server} / {cache}: {e}")
-                print(f"[bench]   FAILED: {e}", flush=True)
+                log(f"  FAILED: {e}")
             # Summed over the runs: /proc/stat counts in 10 ms ticks, too coarse
             # for one start of a few ms.
             cap = sum(c for _, c in others)
@@ -661,9 +440,9 @@ def render(cfg, tools, components, rows, stats, colds, problems, notes, command)
              f"{os.cpu_count()} cores busy) between the server under test, wrk plus this "
              "script, and every other process; a large \"other\" share means something else "
              "ran on the machine and disturbed that row.\n")
-    L.append("| component | server | conns | req/s | p50 | p99 | requests | non-2xx | "
-             "socket errors | vs wasmtime serve | CPU % server / wrk / other |")
-    L.append("|---|---|--:|--:|--:|--:|--:|--:|---|--:|--:|")
+    L += md_head(["component", "server", "conns", "req/s", "p50", "p99", "requests",
+                  "non-2xx", "socket errors", "vs wasmtime serve",
+                  "CPU % server / wrk / other"], "llrrrrrrlrr")
     base = {(r["component"], r["conns"], r["mode"]): r["rps"]
             for r in rows if r["kind"] == "wasmtime"}
     for r in rows:
@@ -672,25 +451,24 @@ def render(cfg, tools, components, rows, stats, colds, problems, notes, command)
         else:
             b = base.get((r["component"], r["conns"], r["mode"]))
             ratio = f"{r['rps'] / b:.2f}×" if (b and r["rps"] is not None) else "n/a"
-        L.append(f"| {r['component']} | {r['server']} | {r['conns']} | {fmt_rps(r['rps'])} | "
-                 f"{fmt_ms(r['p50_ms'])} | {fmt_ms(r['p99_ms'])} | "
-                 f"{r['requests'] if r['requests'] is not None else 'n/a'} | "
-                 f"{r['non2xx']} | {fmt_errors(r)} | {ratio} | {fmt_cpu(r)} |")
+        L.append(md_row(r["component"], r["server"], r["conns"], fmt_rps(r["rps"]),
+                        fmt_ms(r["p50_ms"]), fmt_ms(r["p99_ms"]),
+                        r["requests"] if r["requests"] is not None else "n/a",
+                        r["non2xx"], fmt_errors(r), ratio, fmt_cpu(r)))
     L.append("")
 
     L.append("## shoal's own counters (`Stats:` line at stop, whole run incl. warm-up)\n")
-    L.append("| component | server | requests | failures | instantiations | "
-             "mean instantiation | warm hits |")
-    L.append("|---|---|--:|--:|--:|--:|--:|")
+    L += md_head(["component", "server", "requests", "failures", "instantiations",
+                  "mean instantiation", "warm hits"], "llrrrrr")
     for s in stats:
         st = s["stats"]
         if st is None:
             L.append(f"| {s['component']} | {s['server']} | no Stats line (exit {s['rc']}) "
                      "| | | | |")
             continue
-        L.append(f"| {s['component']} | {s['server']} | {st['requests']} | {st['failures']} "
-                 f"| {st['instantiations']} | {st['mean_instantiate_us']:.1f} µs | "
-                 f"{st['warm_hits']} |")
+        L.append(md_row(s["component"], s["server"], st["requests"], st["failures"],
+                        st["instantiations"], f"{st['mean_instantiate_us']:.1f} µs",
+                        st["warm_hits"]))
     L.append("")
 
     L.append(f"## Cold start (process spawn to first 200 on GET /), "
@@ -699,8 +477,8 @@ def render(cfg, tools, components, rows, stats, colds, problems, notes, command)
              "chosen up front. shoal uses per-request isolation (start-up is the same "
              "for reuse). \"empty\" compiles the component; \"warm\" loads compiled code "
              "from the cache, after one untimed start that fills it.\n")
-    L.append("| component | server | compile cache | median | min | max | runs (ms) | note |")
-    L.append("|---|---|---|--:|--:|--:|---|---|")
+    L += md_head(["component", "server", "compile cache", "median", "min", "max",
+                  "runs (ms)", "note"], "lllrrrll")
     for c in colds:
         t = c["times"]
         if t:
@@ -708,9 +486,9 @@ def render(cfg, tools, components, rows, stats, colds, problems, notes, command)
             if c.get("other_pct") is not None:
                 note = (note + "; " if note else "") + \
                     f"other processes {c['other_pct']:.0f}% CPU"
-            L.append(f"| {c['component']} | {c['server']} | {c['cache']} | "
-                     f"{fmt_ms(statistics.median(t))} | {fmt_ms(min(t))} | {fmt_ms(max(t))} "
-                     f"| {', '.join(f'{x:.0f}' for x in t)} | {note} |")
+            L.append(md_row(c["component"], c["server"], c["cache"],
+                            fmt_ms(statistics.median(t)), fmt_ms(min(t)), fmt_ms(max(t)),
+                            ", ".join(f"{x:.0f}" for x in t), note))
         else:
             L.append(f"| {c['component']} | {c['server']} | {c['cache']} | failed | | | | |")
     L.append("")
@@ -739,10 +517,7 @@ def render(cfg, tools, components, rows, stats, colds, problems, notes, command)
 
 def main() -> int:
     def find(envname, name):
-        v = os.environ.get(envname) or shutil.which(name)
-        if not v or not Path(v).exists():
-            raise SystemExit(f"{name} not found (set {envname})")
-        return str(Path(v).resolve())
+        return str(Path(find_bin(envname, name)).resolve())
 
     tools = {"shoal": find("SHOAL_BIN", "shoal"), "wasmtime": find("WASMTIME_BIN", "wasmtime"),
              "wrk": find("WRK_BIN", "wrk")}
@@ -758,15 +533,14 @@ def main() -> int:
         raise SystemExit("BENCH_COLD_REPEATS must be 1..50 and connections 1..1024")
     components = []
     for cname, envname, default in (
-        ("C http-component", "C_COMPONENT",
-         REPO / "examples/wasm-apps/http-component.wasm"),
+        ("C http-component", "C_COMPONENT", C_COMPONENT),
         ("Python (componentize-py)", "PY_COMPONENT", BENCH_DIR / ".tools/python-app.wasm"),
     ):
         p = Path(os.environ.get(envname) or default)
         if p.is_file():
             components.append((cname, p.resolve()))
         else:
-            print(f"[bench] WARNING: {cname} component {p} missing: skipped", flush=True)
+            log(f"WARNING: {cname} component {p} missing: skipped")
     if not components:
         raise SystemExit("no component to benchmark")
 
@@ -807,15 +581,12 @@ def main() -> int:
                         "measurements, which are therefore disturbed (rerun on a quiet "
                         "machine): " + "; ".join(disturbed))
     for r in rows:
-        se = r.get("socket_errors")
-        if r["non2xx"] or (se and any(se.values())):
+        if r["non2xx"] or has_socket_errors(r):
             problems.append(f"{r['component']} / {r['server']} c={r['conns']}: "
                             f"{r['non2xx']} non-2xx responses, socket errors {fmt_errors(r)}")
     md = render(cfg, tools, components, rows, stats, colds, problems, notes, command)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(md)
     print()
-    print(md)
+    write_report(out, md)
     return 0
 
 
