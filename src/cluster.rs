@@ -117,8 +117,14 @@ pub fn data_home() -> PathBuf {
 }
 
 /// Resolves when a signal asks us to stop, or (with `with_parent`) when
-/// standard input closes because the parent `shoal up` went away.
-async fn stop_requested(with_parent: bool) {
+/// standard input closes because the parent `shoal up` went away. The
+/// signal handlers are installed at the call.
+fn stop_requested(with_parent: bool) -> impl std::future::Future<Output = ()> {
+    let signalled = shutdown_signal();
+    async move { stop_or_parent_gone(with_parent, signalled).await }
+}
+
+async fn stop_or_parent_gone(with_parent: bool, signalled: impl std::future::Future<Output = ()>) {
     let parent_gone = async {
         if with_parent {
             use tokio::io::AsyncReadExt;
@@ -135,7 +141,7 @@ async fn stop_requested(with_parent: bool) {
         }
     };
     tokio::select! {
-        _ = shutdown_signal() => {}
+        _ = signalled => {}
         _ = parent_gone => {}
     }
 }
@@ -165,12 +171,13 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let stop = stop_requested(args.exit_with_parent);
     println!(
         "Control plane listening on http://{addr}/ (data dir {})",
         dir.display()
     );
     let _ = std::io::stdout().flush();
-    shoal_scheduler::api::serve(listener, cp, stop_requested(args.exit_with_parent)).await?;
+    shoal_scheduler::api::serve(listener, cp, stop).await?;
     println!("Stopped.");
     Ok(())
 }
@@ -254,6 +261,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
             labels,
         },
     );
+    let stop = stop_requested(args.exit_with_parent);
     println!(
         "Node {name} serving on {advertise}/ (control plane {})",
         args.join
@@ -270,7 +278,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         args.grace.get(),
     ));
     let loops = tokio::spawn(agent.clone().run(stopped(stop_rx)));
-    stop_requested(args.exit_with_parent).await;
+    stop.await;
     let _ = stop_tx.send(true);
     let _ = server.await;
     let _ = loops.await;
@@ -304,6 +312,7 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         gw.clone(),
         format!("{}-{}", hostname(), addr.port()),
     ));
+    let stop = stop_requested(args.exit_with_parent);
     println!(
         "Gateway listening on http://{addr}/ (control plane {})",
         args.control_plane
@@ -316,8 +325,7 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         max_headers: args.max_headers,
         grace: args.grace.get(),
     };
-    shoal_gateway::serve_workers(listeners, gw, stop_requested(args.exit_with_parent), limits)
-        .await?;
+    shoal_gateway::serve_workers(listeners, gw, stop, limits).await?;
     watch.abort();
     metrics.abort();
     println!("Stopped.");

@@ -182,6 +182,8 @@ impl RunArgs {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Before anything is announced: a signal must never find no handler.
+    let stop = shutdown_signal();
     let cache_dir = if args.no_cache {
         None
     } else {
@@ -227,13 +229,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 loaded.digest
             );
             let _ = std::io::stdout().flush();
-            shoal_runtime::server::serve(
-                listener,
-                app.clone(),
-                shutdown_signal(),
-                args.grace.get(),
-            )
-            .await?;
+            shoal_runtime::server::serve(listener, app.clone(), stop, args.grace.get()).await?;
             print_stats(&app);
             println!("Stopped.");
         }
@@ -245,7 +241,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             let _ = std::io::stdout().flush();
             let mut handle = worker.start();
             tokio::select! {
-                _ = shutdown_signal() => {
+                _ = stop => {
                     handle.stop();
                     println!("Stopped.");
                 }

@@ -156,6 +156,7 @@ fn tail(path: &Path, n: usize) -> String {
 }
 
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let stop = crate::signals::shutdown_signal();
     let dir = args
         .data_dir
         .clone()
@@ -268,7 +269,6 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     // Run until asked to stop; report children that die on their own.
     let mut exited = vec![false; procs.len()];
     let mut poll = tokio::time::interval(Duration::from_millis(500));
-    let stop = crate::signals::shutdown_signal();
     tokio::pin!(stop);
     loop {
         tokio::select! {
