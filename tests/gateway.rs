@@ -30,6 +30,18 @@ interval = "200ms"
     )
 }
 
+/// The route table as the control plane serves it to gateways.
+fn route_table(c: &Cluster) -> String {
+    http("GET", &format!("{}/v1/routes", c.api), b"").1
+}
+
+/// Waits until the route table lists `n` endpoints.
+fn wait_endpoints(c: &Cluster, n: usize) {
+    wait_until(T, "endpoints in the route table", || {
+        (route_table(c).matches("\"instance\"").count() == n).then_some(())
+    });
+}
+
 /// Waits until the gateway answers 200 at `path`.
 fn wait_served(gw: &str, path: &str) {
     wait_until(T, "the gateway to serve the app", || {
@@ -60,10 +72,7 @@ fn requests_spread_evenly_over_three_replicas() {
     let mut c = Cluster::start(3);
     let gw = c.start_gateway(&[]);
     c.apply_wait(&c.manifest("web.toml", &app("web", "v1", 3, "")));
-    wait_until(T, "three endpoints in the route table", || {
-        let (_, body) = http("GET", &format!("{}/v1/routes", c.api), b"");
-        (body.matches("\"instance\"").count() == 3).then_some(())
-    });
+    wait_endpoints(&c, 3);
     let load = Load::start(format!("{gw}/echo"), 6);
     wait_until(T, "900 requests", || (load.served() >= 900).then_some(()));
     let answers = load.finish();
@@ -143,16 +152,13 @@ fn a_killed_node_under_load_fails_no_request_and_leaves_the_table() {
     let mut c = Cluster::start(3);
     let gw = c.start_gateway(&[]);
     c.apply_wait(&c.manifest("web.toml", &app("web", "v1", 3, "")));
-    wait_until(T, "three endpoints", || {
-        let (_, body) = http("GET", &format!("{}/v1/routes", c.api), b"");
-        (body.matches("\"instance\"").count() == 3).then_some(())
-    });
+    wait_endpoints(&c, 3);
     let load = Load::start(format!("{gw}/"), 4);
     load.wait_more(50);
     let dead = c.node_urls[0].clone();
     c.nodes[0].kill9();
     wait_until(T, "the dead node to leave the route table", || {
-        let (_, body) = http("GET", &format!("{}/v1/routes", c.api), b"");
+        let body = route_table(&c);
         (!body.contains(&dead) && body.matches("\"instance\"").count() == 3).then_some(())
     });
     load.wait_more(100);
@@ -291,8 +297,7 @@ fn a_canary_split_serves_each_revision_its_share() {
     let out = c.cli(&["apply", "-f", m.to_str().unwrap()]);
     assert!(out.success, "{}", out.stderr);
     wait_until(T, "both revisions in the route table", || {
-        let (_, body) = http("GET", &format!("{}/v1/routes", c.api), b"");
-        let t: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let t: serde_json::Value = serde_json::from_str(&route_table(&c)).ok()?;
         let backends = t["apps"][0]["backends"].as_array()?.clone();
         (backends.len() == 2
             && backends

@@ -138,7 +138,7 @@ pub struct AppMetrics {
 }
 
 /// What the autoscaler last decided for an app, and why.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct AutoscaleView {
     pub desired: u32,

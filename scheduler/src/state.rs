@@ -765,17 +765,18 @@ impl State {
             let state = self.scale.entry(app.key.clone()).or_default();
             let d = autoscale::decide(&spec, &samples, app.replicas, state, now);
             let last = samples.last();
-            self.snap.autoscale.insert(
-                app.key.clone(),
-                AutoscaleView {
-                    desired: d.replicas,
-                    reason: d.reason.clone(),
-                    panicking: d.panicking,
-                    concurrency: last.map(|s| s.concurrency).unwrap_or(0.0),
-                    rps: last.map(|s| s.requests as f64).unwrap_or(0.0),
-                },
-            );
-            self.changed = true;
+            let view = AutoscaleView {
+                desired: d.replicas,
+                reason: d.reason.clone(),
+                panicking: d.panicking,
+                concurrency: last.map(|s| s.concurrency).unwrap_or(0.0),
+                rps: last.map(|s| s.requests as f64).unwrap_or(0.0),
+            };
+            // An idle app's view stays the same: publish only what moved.
+            if self.snap.autoscale.get(&app.key) != Some(&view) {
+                self.snap.autoscale.insert(app.key.clone(), view);
+                self.changed = true;
+            }
             if d.replicas != app.replicas {
                 let from = app.replicas;
                 app.replicas = d.replicas;
