@@ -18,6 +18,7 @@
 //!
 //! The gateway never links wasmtime: it reaches nodes over HTTP only.
 
+pub mod h1;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;

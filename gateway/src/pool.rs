@@ -7,6 +7,7 @@
 //! closed is sent again on a fresh one, so the caller only sees failures
 //! of live connections.
 
+use crate::h1;
 use crate::proxy::{BoxError, ProxyBody};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -28,6 +29,8 @@ pub enum PoolError {
     /// The connection failed after the request may have been sent.
     #[error("{0}")]
     Http(#[from] hyper::Error),
+    #[error("{0}")]
+    Node(#[from] crate::h1::H1Error),
 }
 
 impl PoolError {
@@ -38,9 +41,51 @@ impl PoolError {
 
 #[derive(Default)]
 pub struct Pool {
+    /// hyper connections, for requests whose body streams.
     idle: Mutex<HashMap<String, Vec<SendRequest<ProxyBody>>>>,
+    /// Connections of the gateway's own client, for requests whose body is
+    /// in memory (nearly all).
+    conns: Mutex<HashMap<String, Vec<h1::Conn>>>,
     connect_timeout: Duration,
 }
+
+/// Gives a connection back to its pool when its answer has been read.
+pub struct Checkin {
+    pool: Arc<Pool>,
+    address: String,
+}
+
+impl h1::Release for Checkin {
+    fn release(self, conn: h1::Conn) {
+        let mut conns = self.pool.conns.lock().unwrap_or_else(|p| p.into_inner());
+        match conns.get_mut(self.address.as_str()) {
+            Some(list) if list.len() >= MAX_IDLE_PER_NODE => {}
+            Some(list) => list.push(conn),
+            None => {
+                conns.insert(self.address, vec![conn]);
+            }
+        }
+    }
+}
+
+/// A request whose body is in memory, for [`Pool::send_buffered`].
+pub struct Outbound<'a> {
+    /// `http://host:port` of the node.
+    pub address: &'a str,
+    pub method: &'a http::Method,
+    /// Path and query.
+    pub path: &'a str,
+    pub headers: &'a http::HeaderMap,
+    /// Headers sent after `headers`.
+    pub extra: &'a [(&'a http::HeaderName, &'a http::HeaderValue)],
+    pub body: &'a bytes::Bytes,
+    /// Whether the request may be sent again if a kept-alive connection
+    /// turns out to have been closed after it was written.
+    pub idempotent: bool,
+}
+
+/// An answer's body from the gateway's own client.
+pub type NodeBody = h1::Body<Checkin>;
 
 /// A response whose body returns its connection to the pool at its end.
 pub type PooledResponse = http::Response<PooledBody>;
@@ -49,6 +94,7 @@ impl Pool {
     pub fn new(connect_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             idle: Mutex::new(HashMap::new()),
+            conns: Mutex::new(HashMap::new()),
             connect_timeout,
         })
     }
@@ -75,6 +121,23 @@ impl Pool {
     }
 
     async fn connect(&self, address: &str) -> Result<SendRequest<ProxyBody>, PoolError> {
+        let stream = self.connect_tcp(address).await?;
+        let (sender, conn) =
+            http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| PoolError::Connect {
+                    address: address.to_string(),
+                    message: e.to_string(),
+                })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "node connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn connect_tcp(&self, address: &str) -> Result<tokio::net::TcpStream, PoolError> {
         let authority = address
             .strip_prefix("http://")
             .unwrap_or(address)
@@ -91,15 +154,61 @@ impl Pool {
         .map_err(|_| failed(format!("timed out after {:?}", self.connect_timeout)))?
         .map_err(|e| failed(e.to_string()))?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "node connection ended");
+        Ok(stream)
+    }
+
+    /// An idle connection of the gateway's own client that the node has
+    /// not closed.
+    fn checkout_conn(&self, address: &str) -> Option<h1::Conn> {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let list = conns.get_mut(address)?;
+        while let Some(c) = list.pop() {
+            if c.is_usable() {
+                return Some(c);
             }
-        });
-        Ok(sender)
+        }
+        None
+    }
+
+    /// Sends a request whose body is in memory to the node at `address`:
+    /// the answer's head and its body, which gives the connection back at
+    /// its end. A pooled connection the node had closed is replaced by a
+    /// fresh one, unless the request may have reached the node and is not
+    /// idempotent.
+    pub async fn send_buffered(
+        self: &Arc<Self>,
+        req: Outbound<'_>,
+    ) -> Result<(h1::Head, NodeBody), PoolError> {
+        let Outbound {
+            address,
+            method,
+            path,
+            headers,
+            extra,
+            body,
+            idempotent,
+        } = req;
+        loop {
+            let (conn, fresh) = match self.checkout_conn(address) {
+                Some(c) => (c, false),
+                None => (h1::Conn::new(self.connect_tcp(address).await?), true),
+            };
+            match conn.send(method, path, headers, extra, body).await {
+                Ok((head, conn, framing)) => {
+                    let back = Checkin {
+                        pool: self.clone(),
+                        address: address.to_string(),
+                    };
+                    return Ok((head, h1::Body::new(conn, framing, back)));
+                }
+                Err(h1::H1Error::ClosedBeforeAnswer { written })
+                    if !fresh && (idempotent || !written) =>
+                {
+                    tracing::debug!(address, "a pooled connection had closed; sending again");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Sends `req` (its URI in origin form) to the node at `address`.
@@ -251,6 +360,84 @@ mod tests {
             assert_eq!(&body[..], b"ok");
         }
         assert_eq!(conns.load(Ordering::SeqCst), 3);
+    }
+
+    /// A node that answers one request per connection and then closes it
+    /// without saying so (no `Connection: close`), as a node whose idle
+    /// timeout struck would; counts connections.
+    async fn curt_server() -> (String, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let c = conns.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+                        .await;
+                });
+            }
+        });
+        (format!("http://{addr}"), conns)
+    }
+
+    async fn send_own(pool: &Arc<Pool>, addr: &str) -> (u16, bytes::Bytes) {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::HOST, http::HeaderValue::from_static("x"));
+        let (head, body) = pool
+            .send_buffered(Outbound {
+                address: addr,
+                method: &http::Method::GET,
+                path: "/",
+                headers: &headers,
+                extra: &[],
+                body: &bytes::Bytes::new(),
+                idempotent: true,
+            })
+            .await
+            .unwrap();
+        (
+            head.status.as_u16(),
+            body.collect().await.unwrap().to_bytes(),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_own_client_reuses_one_connection() {
+        let (addr, conns) = server(false).await;
+        let pool = Pool::new(Duration::from_secs(1));
+        for _ in 0..10 {
+            assert_eq!(
+                send_own(&pool, &addr).await,
+                (200, bytes::Bytes::from_static(b"ok"))
+            );
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn the_own_client_replaces_connections_the_node_closed() {
+        for (addr, conns) in [server(true).await, curt_server().await] {
+            let pool = Pool::new(Duration::from_secs(1));
+            for _ in 0..3 {
+                assert_eq!(
+                    send_own(&pool, &addr).await,
+                    (200, bytes::Bytes::from_static(b"ok"))
+                );
+            }
+            assert_eq!(conns.load(Ordering::SeqCst), 3);
+        }
     }
 
     #[tokio::test]

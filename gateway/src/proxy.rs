@@ -302,35 +302,70 @@ impl Gateway {
             }
             let Some(ep) = app.pick(&tried) else { break };
             tried.push(ep.clone());
-            let Some(out_body) = body.take() else {
-                // A streamed body is gone after the first attempt.
-                break;
-            };
-            let mut out = match Request::builder()
-                .method(method.clone())
-                .uri(path_and_query.as_str())
-                .version(http::Version::HTTP_11)
-                .body(out_body)
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    return Err(error(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request",
-                        format!("cannot forward this request: {e}"),
-                    ));
+            let in_flight = ep.start();
+            let sent = match &mut body {
+                Outgoing::Replay(bytes) => {
+                    let fallback_host = if headers.contains_key(header::HOST) {
+                        HeaderValue::from_static("")
+                    } else {
+                        ep.host_header()
+                    };
+                    let both = [
+                        (&INSTANCE_NAME, &ep.instance_header),
+                        (&HOST_NAME, &fallback_host),
+                    ];
+                    let extra = if fallback_host.is_empty() {
+                        &both[..1]
+                    } else {
+                        &both[..]
+                    };
+                    let send = self.pool.send_buffered(crate::pool::Outbound {
+                        address: &ep.address,
+                        method: &method,
+                        path: &path_and_query,
+                        headers: &headers,
+                        extra,
+                        body: bytes,
+                        idempotent,
+                    });
+                    tokio::time::timeout_at(deadline, send)
+                        .await
+                        .map(|r| r.map(|(head, b)| (head.status, head.headers, Upstream::Own(b))))
+                }
+                Outgoing::Stream(s) => {
+                    // A streamed body is gone after the first attempt.
+                    let Some(out_body) = s.take() else { break };
+                    let mut out = match Request::builder()
+                        .method(method.clone())
+                        .uri(path_and_query.as_str())
+                        .version(http::Version::HTTP_11)
+                        .body(out_body)
+                    {
+                        Ok(r) => r,
+                        Err(e) => {
+                            return Err(error(
+                                StatusCode::BAD_REQUEST,
+                                "bad_request",
+                                format!("cannot forward this request: {e}"),
+                            ));
+                        }
+                    };
+                    *out.headers_mut() = headers.clone();
+                    out.headers_mut()
+                        .insert(INSTANCE_HEADER, ep.instance_header.clone());
+                    if !out.headers().contains_key(header::HOST) {
+                        out.headers_mut().insert(header::HOST, ep.host_header());
+                    }
+                    tokio::time::timeout_at(deadline, self.pool.send(&ep.address, out))
+                        .await
+                        .map(|r| {
+                            r.map(|resp| {
+                                let (parts, b) = resp.into_parts();
+                                (parts.status, parts.headers, Upstream::Hyper(b))
+                            })
+                        })
                 }
             };
-            *out.headers_mut() = headers.clone();
-            out.headers_mut()
-                .insert(INSTANCE_HEADER, ep.instance_header.clone());
-            if !out.headers().contains_key(header::HOST)
-                && let Ok(v) = HeaderValue::from_str(ep.address.trim_start_matches("http://"))
-            {
-                out.headers_mut().insert(header::HOST, v);
-            }
-            let in_flight = ep.start();
-            let sent = tokio::time::timeout_at(deadline, self.pool.send(&ep.address, out)).await;
             match sent {
                 Err(_) => {
                     return Err(error(
@@ -355,8 +390,7 @@ impl Gateway {
                     }
                     break;
                 }
-                Ok(Ok(resp)) => {
-                    let status = resp.status();
+                Ok(Ok((status, mut resp_headers, upstream))) => {
                     if matches!(
                         status,
                         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
@@ -379,17 +413,14 @@ impl Gateway {
                             .unwrap_or_else(|p| p.into_inner())
                             .push(ms);
                     }
-                    let (mut parts, body) = resp.into_parts();
-                    strip_hop_by_hop(&mut parts.headers);
+                    strip_hop_by_hop(&mut resp_headers);
                     if let Some(id) = headers.get(REQUEST_ID) {
-                        parts.headers.insert(REQUEST_ID, id.clone());
+                        resp_headers.insert(REQUEST_ID, id.clone());
                     }
-                    let body = if method == Method::HEAD {
-                        Relayed::streamed(body)
-                    } else {
-                        Relayed::read_ahead(body).await
-                    };
-                    return Ok((parts, body, in_flight));
+                    let mut parts = Response::new(()).into_parts().0;
+                    parts.status = status;
+                    parts.headers = resp_headers;
+                    return Ok((parts, Relayed::new(upstream), in_flight));
                 }
             }
         }
@@ -482,91 +513,65 @@ impl Gateway {
     }
 }
 
-/// Most of a response body read ahead before the head is sent.
-const READ_AHEAD_LIMIT: usize = 64 * 1024;
-
-/// A node's response body, with what had already arrived read ahead.
-///
-/// Without read-ahead, a chunked answer that came in one packet would go out
-/// in two writes (head and data, then the last chunk once the node
-/// connection noticed the end): an extra system call and TCP segment per
-/// request, and an extra wake-up for the client. A body that turns out to be
-/// complete is sent whole, with a `Content-Length`; one still arriving
-/// streams on after what was read.
-pub struct Relayed {
-    ready: Option<Bytes>,
-    trailers: Option<HeaderMap>,
-    failed: Option<BoxError>,
-    rest: Option<crate::pool::PooledBody>,
+/// A node's answer body, from either client.
+pub enum Upstream {
+    Own(crate::pool::NodeBody),
+    Hyper(crate::pool::PooledBody),
 }
 
-impl Relayed {
-    fn streamed(body: crate::pool::PooledBody) -> Self {
-        Self {
-            ready: None,
-            trailers: None,
-            failed: None,
-            rest: Some(body),
+impl http_body::Body for Upstream {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Upstream::Own(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| -> BoxError { Box::new(e) }),
+            Upstream::Hyper(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
-    /// Reads what the node has already sent, without waiting for more: it
-    /// gives the node connection's task one turn to deliver what it has
-    /// buffered, and stops at the first turn that brings nothing.
-    async fn read_ahead(body: crate::pool::PooledBody) -> Self {
-        use http_body::Body as _;
-        if body.is_end_stream() || body.size_hint().exact().is_some() {
-            // Empty, or of a known length: hyper already sends it in one
-            // write with its end.
-            return Self::streamed(body);
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Upstream::Own(b) => b.is_end_stream(),
+            Upstream::Hyper(b) => b.is_end_stream(),
         }
-        let mut ready = bytes::BytesMut::new();
-        let mut first: Option<Bytes> = None;
-        let mut out = Self::streamed(body);
-        let mut yielded = false;
-        while let Some(rest) = out.rest.as_mut() {
-            let polled =
-                std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *rest).poll_frame(cx))).await;
-            match polled {
-                Poll::Ready(None) => {
-                    out.rest = None;
-                    break;
-                }
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => {
-                        yielded = false;
-                        match first.take() {
-                            None if ready.is_empty() => first = Some(data),
-                            f => {
-                                if let Some(f) = f {
-                                    ready.extend_from_slice(&f);
-                                }
-                                ready.extend_from_slice(&data);
-                            }
-                        }
-                        if first.as_ref().map_or(ready.len(), |f| f.len()) >= READ_AHEAD_LIMIT {
-                            break;
-                        }
-                    }
-                    Err(frame) => {
-                        out.trailers = frame.into_trailers().ok();
-                        break;
-                    }
-                },
-                Poll::Ready(Some(Err(e))) => {
-                    out.failed = Some(e);
-                    out.rest = None;
-                    break;
-                }
-                Poll::Pending if yielded => break,
-                Poll::Pending => {
-                    yielded = true;
-                    YieldOnce(false).await;
-                }
-            }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Upstream::Own(b) => b.size_hint(),
+            Upstream::Hyper(b) => b.size_hint(),
         }
-        out.ready = first.or_else(|| (!ready.is_empty()).then(|| ready.freeze()));
-        out
+    }
+}
+
+/// A node's answer body as it goes to the client: whole, when all of it
+/// came with the head (so it goes out in one write, with a
+/// `Content-Length`, even if the node sent it chunked), or streamed on.
+pub struct Relayed {
+    whole: Option<Bytes>,
+    rest: Option<Upstream>,
+}
+
+impl Relayed {
+    fn new(mut upstream: Upstream) -> Self {
+        if let Upstream::Own(b) = &mut upstream
+            && let Some(whole) = b.take_whole()
+        {
+            return Self {
+                whole: Some(whole),
+                rest: None,
+            };
+        }
+        Self {
+            whole: None,
+            rest: Some(upstream),
+        }
     }
 }
 
@@ -578,14 +583,8 @@ impl http_body::Body for Relayed {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        if let Some(data) = self.ready.take() {
-            return Poll::Ready(Some(Ok(http_body::Frame::data(data))));
-        }
-        if let Some(t) = self.trailers.take() {
-            return Poll::Ready(Some(Ok(http_body::Frame::trailers(t))));
-        }
-        if let Some(e) = self.failed.take() {
-            return Poll::Ready(Some(Err(e)));
+        if let Some(data) = self.whole.take() {
+            return Poll::Ready((!data.is_empty()).then(|| Ok(http_body::Frame::data(data))));
         }
         match self.rest.as_mut() {
             Some(rest) => Pin::new(rest).poll_frame(cx),
@@ -594,45 +593,16 @@ impl http_body::Body for Relayed {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ready.is_none()
-            && self.trailers.is_none()
-            && self.failed.is_none()
+        self.whole.as_ref().is_none_or(|w| w.is_empty())
             && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        let have = self.ready.as_ref().map_or(0, |b| b.len() as u64);
-        match &self.rest {
-            None if self.failed.is_none() => http_body::SizeHint::with_exact(have),
-            None => http_body::SizeHint::default(),
-            Some(r) => {
-                let h = r.size_hint();
-                let mut out = http_body::SizeHint::new();
-                out.set_lower(h.lower() + have);
-                if let Some(u) = h.upper() {
-                    out.set_upper(u + have);
-                }
-                out
-            }
+        match (&self.whole, &self.rest) {
+            (Some(w), _) => http_body::SizeHint::with_exact(w.len() as u64),
+            (None, Some(r)) => r.size_hint(),
+            (None, None) => http_body::SizeHint::with_exact(0),
         }
-    }
-}
-
-/// Gives the other ready tasks on this thread one turn: wakes itself and
-/// returns pending once. (`tokio::task::yield_now` would also poll the
-/// I/O driver first, a system call that is not needed here.)
-struct YieldOnce(bool);
-
-impl std::future::Future for YieldOnce {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            return Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
     }
 }
 
@@ -644,19 +614,14 @@ enum Outgoing {
 }
 
 impl Outgoing {
-    fn take(&mut self) -> Option<ProxyBody> {
-        match self {
-            Self::Replay(b) => Some(Full::new(b.clone()).map_err(|e| match e {}).boxed()),
-            Self::Stream(s) => s.take(),
-        }
-    }
-
     fn replayable(&self) -> bool {
         matches!(self, Self::Replay(_))
     }
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static INSTANCE_NAME: HeaderName = HeaderName::from_static(INSTANCE_HEADER);
+static HOST_NAME: HeaderName = header::HOST;
 const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");

@@ -91,6 +91,12 @@ impl Endpoint {
         self.health.is_ejected()
     }
 
+    /// The node's `host:port`, for a request that came without a Host.
+    pub fn host_header(&self) -> http::HeaderValue {
+        http::HeaderValue::from_str(self.address.trim_start_matches("http://"))
+            .unwrap_or_else(|_| http::HeaderValue::from_static("localhost"))
+    }
+
     /// Counts a request as outstanding until the guard drops.
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.outstanding.fetch_add(1, Ordering::Relaxed);
