@@ -306,39 +306,70 @@ pub enum Decoded {
     End,
 }
 
+/// One step of decoding at a position in a buffer.
+enum Step {
+    /// Body bytes at `start..start + len`.
+    Data(usize, usize),
+    NeedMore,
+    End,
+}
+
 impl Framing {
-    /// Decodes the next piece of body from `buf`.
+    /// Decodes the next piece of body from `buf`, consuming it.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, H1Error> {
+        let mut pos = 0;
+        let step = self.decode_at(buf, &mut pos);
+        let out = match step? {
+            Step::Data(start, len) => {
+                buf.advance(start);
+                let data = buf.split_to(len).freeze();
+                buf.advance(pos - start - len);
+                return Ok(Decoded::Data(data));
+            }
+            Step::NeedMore => Decoded::NeedMore,
+            Step::End => Decoded::End,
+        };
+        buf.advance(pos);
+        Ok(out)
+    }
+
+    /// Decodes the next piece of body from `buf[*pos..]` without consuming
+    /// it: `*pos` moves past what was decoded (framing and data).
+    fn decode_at(&mut self, buf: &[u8], pos: &mut usize) -> Result<Step, H1Error> {
         loop {
+            let rest = &buf[*pos..];
             match self {
                 Framing::Done | Framing::Length(0) => {
                     *self = Framing::Done;
-                    return Ok(Decoded::End);
+                    return Ok(Step::End);
                 }
                 Framing::Length(left) => {
-                    if buf.is_empty() {
-                        return Ok(Decoded::NeedMore);
+                    if rest.is_empty() {
+                        return Ok(Step::NeedMore);
                     }
-                    let n = (*left).min(buf.len() as u64) as usize;
+                    let n = (*left).min(rest.len() as u64) as usize;
                     *left -= n as u64;
-                    return Ok(Decoded::Data(buf.split_to(n).freeze()));
+                    let start = *pos;
+                    *pos += n;
+                    return Ok(Step::Data(start, n));
                 }
                 Framing::UntilClose => {
-                    if buf.is_empty() {
-                        return Ok(Decoded::NeedMore);
+                    if rest.is_empty() {
+                        return Ok(Step::NeedMore);
                     }
-                    return Ok(Decoded::Data(buf.split().freeze()));
+                    let start = *pos;
+                    *pos = buf.len();
+                    return Ok(Step::Data(start, rest.len()));
                 }
                 Framing::Chunked(state) => match state {
                     ChunkState::Size => {
-                        let Some(end) = find_crlf(buf) else {
-                            if buf.len() > MAX_CHUNK_LINE {
+                        let Some(end) = find_crlf(rest) else {
+                            if rest.len() > MAX_CHUNK_LINE {
                                 return Err(H1Error::Invalid("chunk size line too long".into()));
                             }
-                            return Ok(Decoded::NeedMore);
+                            return Ok(Step::NeedMore);
                         };
-                        let line = &buf[..end];
-                        let digits = line
+                        let digits = rest[..end]
                             .split(|b| *b == b';')
                             .next()
                             .unwrap_or_default()
@@ -350,7 +381,7 @@ impl Framing {
                             .ok()
                             .and_then(|d| u64::from_str_radix(d, 16).ok())
                             .ok_or_else(|| H1Error::Invalid("bad chunk size".into()))?;
-                        buf.advance(end + 2);
+                        *pos += end + 2;
                         *state = if size == 0 {
                             ChunkState::Trailers
                         } else {
@@ -358,41 +389,58 @@ impl Framing {
                         };
                     }
                     ChunkState::Data(left) => {
-                        if buf.is_empty() {
-                            return Ok(Decoded::NeedMore);
+                        if rest.is_empty() {
+                            return Ok(Step::NeedMore);
                         }
-                        let n = (*left).min(buf.len() as u64) as usize;
+                        let n = (*left).min(rest.len() as u64) as usize;
                         *left -= n as u64;
                         if *left == 0 {
                             *state = ChunkState::DataEnd;
                         }
-                        return Ok(Decoded::Data(buf.split_to(n).freeze()));
+                        let start = *pos;
+                        *pos += n;
+                        return Ok(Step::Data(start, n));
                     }
                     ChunkState::DataEnd => {
-                        if buf.len() < 2 {
-                            return Ok(Decoded::NeedMore);
+                        if rest.len() < 2 {
+                            return Ok(Step::NeedMore);
                         }
-                        if &buf[..2] != b"\r\n" {
+                        if &rest[..2] != b"\r\n" {
                             return Err(H1Error::Invalid("chunk not followed by CRLF".into()));
                         }
-                        buf.advance(2);
+                        *pos += 2;
                         *state = ChunkState::Size;
                     }
                     ChunkState::Trailers => {
                         // Trailers are not passed on.
-                        let Some(end) = find_crlf(buf) else {
-                            if buf.len() > MAX_HEAD {
+                        let Some(end) = find_crlf(rest) else {
+                            if rest.len() > MAX_HEAD {
                                 return Err(H1Error::Invalid("trailers too long".into()));
                             }
-                            return Ok(Decoded::NeedMore);
+                            return Ok(Step::NeedMore);
                         };
-                        buf.advance(end + 2);
+                        *pos += end + 2;
                         if end == 0 {
                             *self = Framing::Done;
-                            return Ok(Decoded::End);
+                            return Ok(Step::End);
                         }
                     }
                 },
+            }
+        }
+    }
+
+    /// If the whole rest of the body is in `buf`: where its pieces are and
+    /// how far it reaches. Changes nothing.
+    fn scan_to_end(&self, buf: &[u8]) -> Option<(Vec<(usize, usize)>, usize)> {
+        let mut f = *self;
+        let mut pos = 0;
+        let mut pieces = Vec::new();
+        loop {
+            match f.decode_at(buf, &mut pos) {
+                Ok(Step::Data(start, len)) => pieces.push((start, len)),
+                Ok(Step::End) => return Some((pieces, pos)),
+                Ok(Step::NeedMore) | Err(_) => return None,
             }
         }
     }
@@ -437,31 +485,28 @@ impl<F: Release> Body<F> {
                 self.finish_if_done();
                 Some(data)
             }
-            Framing::Chunked(ChunkState::Size) => {
-                // Decode a copy of the state; commit only if the end is in
-                // the buffer.
-                let mut framing = self.framing;
-                let mut scratch = conn.buf.clone();
-                let mut parts: Vec<Bytes> = Vec::new();
-                loop {
-                    match framing.decode(&mut scratch) {
-                        Ok(Decoded::Data(d)) => parts.push(d),
-                        Ok(Decoded::End) => break,
-                        Ok(Decoded::NeedMore) | Err(_) => return None,
+            Framing::Chunked(_) => {
+                let (pieces, end) = self.framing.scan_to_end(&conn.buf)?;
+                let data = match pieces.as_slice() {
+                    [] => Bytes::new(),
+                    [(start, len)] => {
+                        conn.buf.advance(*start);
+                        let d = conn.buf.split_to(*len).freeze();
+                        conn.buf.advance(end - start - len);
+                        d
                     }
-                }
-                let data = match parts.len() {
-                    0 => Bytes::new(),
-                    1 => parts.pop().unwrap_or_default(),
                     _ => {
-                        let mut all = BytesMut::with_capacity(parts.iter().map(|p| p.len()).sum());
-                        for p in &parts {
-                            all.extend_from_slice(p);
+                        let mut all = BytesMut::with_capacity(pieces.iter().map(|p| p.1).sum());
+                        for (start, len) in &pieces {
+                            all.extend_from_slice(&conn.buf[*start..start + len]);
                         }
+                        conn.buf.advance(end);
                         all.freeze()
                     }
                 };
-                conn.buf = scratch;
+                if pieces.is_empty() {
+                    conn.buf.advance(end);
+                }
                 self.framing = Framing::Done;
                 self.finish_if_done();
                 Some(data)
@@ -509,13 +554,12 @@ impl<F: Release> http_body::Body for Body<F> {
                 Ok(Decoded::Data(d)) => {
                     // Look ahead in what is buffered, so the end is known
                     // with the last data (one write for both downstream).
-                    if let Framing::Chunked(ChunkState::DataEnd) = this.framing {
-                        let mut probe = this.framing;
-                        let mut scratch = conn.buf.clone();
-                        if let Ok(Decoded::End) = probe.decode(&mut scratch) {
-                            conn.buf = scratch;
-                            this.framing = Framing::Done;
-                        }
+                    if let Framing::Chunked(ChunkState::DataEnd) = this.framing
+                        && let Some((pieces, end)) = this.framing.scan_to_end(&conn.buf)
+                        && pieces.is_empty()
+                    {
+                        conn.buf.advance(end);
+                        this.framing = Framing::Done;
                     } else if this.framing == Framing::Length(0) {
                         this.framing = Framing::Done;
                     }

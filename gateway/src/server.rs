@@ -43,22 +43,106 @@ impl Default for ServerLimits {
     }
 }
 
-/// Activity of one connection: a count of reads and writes that moved
-/// bytes (cheaper on the hot path than reading the clock), and how many
-/// requests are in progress on it.
+/// Milliseconds since the first call (a clock for connection deadlines
+/// that fits in an atomic).
+fn now_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    // Starts at 1, so 0 can mean "not set".
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1
+}
+
+/// What a connection's sweeper asks of it.
+const KEEP: u8 = 0;
+const CLOSE_GRACEFULLY: u8 = 1;
+const CLOSE_NOW: u8 = 2;
+
+/// Activity of one connection, watched by its worker's sweeper: a count of
+/// reads and writes that moved bytes (cheaper on the hot path than reading
+/// the clock), how many requests are in progress on it, and since when a
+/// request head has been arriving. One sweeper per worker enforces the
+/// header and idle deadlines of all its connections, so a request sets no
+/// timer of its own.
 struct Activity {
     moves: AtomicU64,
     active: AtomicUsize,
+    /// When the first bytes of a request head not yet dispatched arrived
+    /// (`now_ms`), 0 if none is arriving.
+    head_since: AtomicU64,
+    /// The connection speaks HTTP/2 (its frames are not request heads).
+    h2: std::sync::atomic::AtomicBool,
+    close: std::sync::atomic::AtomicU8,
+    /// The connection's task, woken when `close` is raised.
+    waker: futures::task::AtomicWaker,
 }
 
 impl Activity {
+    fn new() -> Self {
+        Self {
+            moves: AtomicU64::new(0),
+            active: AtomicUsize::new(0),
+            head_since: AtomicU64::new(0),
+            h2: std::sync::atomic::AtomicBool::new(false),
+            close: std::sync::atomic::AtomicU8::new(KEEP),
+            waker: futures::task::AtomicWaker::new(),
+        }
+    }
+
     fn touch(&self) {
         self.moves.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Bytes arrived: with no request in progress they start a head.
+    fn read(&self, first: bool, data: &[u8]) {
+        self.touch();
+        if first && data.starts_with(b"PRI * HTTP/2") {
+            self.h2.store(true, Ordering::Relaxed);
+        }
+        if self.active.load(Ordering::Relaxed) == 0
+            && self.head_since.load(Ordering::Relaxed) == 0
+            && !self.h2.load(Ordering::Relaxed)
+        {
+            self.head_since.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    fn ask(&self, what: u8) {
+        if self.close.fetch_max(what, Ordering::AcqRel) < what {
+            self.waker.wake();
+        }
+    }
+
+    /// Resolves with what was asked once it is more than `seen`.
+    fn asked(&self, seen: u8) -> impl Future<Output = u8> + '_ {
+        std::future::poll_fn(move |cx| {
+            let now = self.close.load(Ordering::Acquire);
+            if now > seen {
+                return Poll::Ready(now);
+            }
+            self.waker.register(cx.waker());
+            let now = self.close.load(Ordering::Acquire);
+            if now > seen {
+                Poll::Ready(now)
+            } else {
+                Poll::Pending
+            }
+        })
     }
 }
 
 /// Counts a request as in progress on its connection until dropped.
 struct ActiveRequest(Arc<Activity>);
+
+impl ActiveRequest {
+    fn start(activity: &Arc<Activity>) -> Self {
+        activity.active.fetch_add(1, Ordering::Relaxed);
+        activity.head_since.store(0, Ordering::Relaxed);
+        Self(activity.clone())
+    }
+}
 
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
@@ -67,10 +151,70 @@ impl Drop for ActiveRequest {
     }
 }
 
+/// Locks a worker's registry (a panic elsewhere cannot leave it
+/// half-updated in a way that matters).
+fn lock(r: &std::sync::Mutex<Registry>) -> std::sync::MutexGuard<'_, Registry> {
+    r.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The connections of one worker, for its sweeper.
+#[derive(Default)]
+struct Registry {
+    next: u64,
+    conns: std::collections::HashMap<u64, Watched>,
+}
+
+struct Watched {
+    activity: Arc<Activity>,
+    /// `moves` when last seen changing, and when that was.
+    seen: u64,
+    since: u64,
+}
+
+impl Registry {
+    fn add(&mut self, activity: Arc<Activity>) -> u64 {
+        self.next += 1;
+        self.conns.insert(
+            self.next,
+            Watched {
+                activity,
+                seen: 0,
+                since: now_ms(),
+            },
+        );
+        self.next
+    }
+
+    /// Asks connections past a deadline to close: a head that has taken
+    /// longer than `header_timeout` at once, a connection with no request
+    /// and no byte moved for `idle_timeout` gracefully.
+    fn sweep(&mut self, header_timeout: Duration, idle_timeout: Duration) {
+        let now = now_ms();
+        let header_ms = header_timeout.as_millis() as u64;
+        let idle_ms = idle_timeout.as_millis() as u64;
+        for w in self.conns.values_mut() {
+            let a = &w.activity;
+            let head = a.head_since.load(Ordering::Relaxed);
+            if head != 0 && now.saturating_sub(head) >= header_ms {
+                a.ask(CLOSE_NOW);
+                continue;
+            }
+            let moves = a.moves.load(Ordering::Relaxed);
+            if moves != w.seen || a.active.load(Ordering::Relaxed) > 0 {
+                w.seen = moves;
+                w.since = now;
+            } else if now.saturating_sub(w.since) >= idle_ms {
+                a.ask(CLOSE_GRACEFULLY);
+            }
+        }
+    }
+}
+
 /// A socket that records when bytes move.
 struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
+    first_read: bool,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
@@ -82,7 +226,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.activity.touch();
+            let first = std::mem::take(&mut self.first_read);
+            self.activity.read(first, &buf.filled()[before..]);
         }
         r
     }
@@ -139,10 +284,12 @@ pub async fn serve(
     limits: ServerLimits,
 ) -> std::io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The header deadline is the sweeper's (below), not a timer per
+    // request.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(None)
         .max_headers(limits.max_headers)
         .max_buf_size(limits.max_header_bytes.max(8192));
     builder
@@ -150,8 +297,23 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32);
     let builder = Arc::new(builder);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let connections = Arc::new(AtomicUsize::new(0));
+    let registry = Arc::new(std::sync::Mutex::new(Registry::default()));
+    // One timer for all of this worker's connections: a fraction of the
+    // shorter deadline, so each is enforced within about a quarter of it.
+    let tick = (limits.header_read_timeout.min(limits.idle_timeout) / 4)
+        .clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let sweeper = {
+        let registry = registry.clone();
+        let (header, idle) = (limits.header_read_timeout, limits.idle_timeout);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(tick);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                lock(&registry).sweep(header, idle);
+            }
+        })
+    };
     let (all_closed_tx, mut all_closed_rx) = tokio::sync::watch::channel(());
     tokio::pin!(shutdown);
     loop {
@@ -169,13 +331,12 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity {
-            moves: AtomicU64::new(0),
-            active: AtomicUsize::new(0),
-        });
+        let activity = Arc::new(Activity::new());
+        let id = lock(&registry).add(activity.clone());
         let io = TokioIo::new(Tracked {
             inner: stream,
             activity: activity.clone(),
+            first_read: true,
         });
         let gw = gateway.clone();
         let act = activity.clone();
@@ -183,24 +344,16 @@ pub async fn serve(
         let service = hyper::service::service_fn(move |req| {
             let gw = gw.clone();
             let client = client.clone();
-            act.active.fetch_add(1, Ordering::Relaxed);
-            let guard = ActiveRequest(act.clone());
+            let guard = ActiveRequest::start(&act);
             async move { Ok::<_, std::convert::Infallible>(gw.handle(req, &client, guard).await) }
         });
         let builder = builder.clone();
-        let mut stop = stop_rx.clone();
-        let idle_timeout = limits.idle_timeout;
-        connections.fetch_add(1, Ordering::Relaxed);
-        let conns = connections.clone();
+        let registry = registry.clone();
         let all_closed = all_closed_tx.clone();
         tokio::spawn(async move {
             let conn = builder.serve_connection_with_upgrades(io, service);
             tokio::pin!(conn);
-            let mut closing = false;
-            // Idle means: no request in progress and no byte moved during a
-            // whole idle period.
-            let mut seen = activity.moves.load(Ordering::Relaxed);
-            let mut idle_check = Box::pin(tokio::time::sleep(idle_timeout));
+            let mut seen = KEEP;
             loop {
                 tokio::select! {
                     r = conn.as_mut() => {
@@ -209,34 +362,36 @@ pub async fn serve(
                         }
                         break;
                     }
-                    _ = stop.wait_for(|s| *s), if !closing => {
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
-                    _ = &mut idle_check, if !closing => {
-                        let now = activity.moves.load(Ordering::Relaxed);
-                        if now == seen && activity.active.load(Ordering::Relaxed) == 0 {
-                            tracing::debug!(%peer, "closing idle connection");
-                            closing = true;
-                            conn.as_mut().graceful_shutdown();
+                    asked = activity.asked(seen) => {
+                        seen = asked;
+                        if asked == CLOSE_NOW {
+                            tracing::debug!(%peer, "request head too slow; closing the connection");
+                            break;
                         }
-                        seen = now;
-                        idle_check
-                            .as_mut()
-                            .reset(tokio::time::Instant::now() + idle_timeout);
+                        tracing::debug!(%peer, "closing the connection once it is idle");
+                        conn.as_mut().graceful_shutdown();
                     }
                 }
             }
-            if conns.fetch_sub(1, Ordering::Relaxed) == 1 {
+            let mut r = lock(&registry);
+            r.conns.remove(&id);
+            if r.conns.is_empty() {
                 let _ = all_closed.send(());
             }
         });
     }
     drop(listener);
-    let _ = stop_tx.send(true);
-    if connections.load(Ordering::Relaxed) > 0 {
+    // Stop: every connection finishes what it has in progress and closes.
+    let open = {
+        let r = lock(&registry);
+        for w in r.conns.values() {
+            w.activity.ask(CLOSE_GRACEFULLY);
+        }
+        !r.conns.is_empty()
+    };
+    if open {
         let _ = tokio::time::timeout(limits.grace, async {
-            while connections.load(Ordering::Relaxed) > 0 {
+            while !lock(&registry).conns.is_empty() {
                 if all_closed_rx.changed().await.is_err() {
                     break;
                 }
@@ -244,6 +399,7 @@ pub async fn serve(
         })
         .await;
     }
+    sweeper.abort();
     Ok(())
 }
 
