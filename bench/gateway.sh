@@ -9,7 +9,7 @@
 # bench/results/gateway.md and prints it.
 #
 # Knobs (environment): BENCH_DURATION (10s), BENCH_WARMUP (2s),
-# BENCH_CONNECTIONS (1,16,64), BENCH_THREADS (2),
+# BENCH_CONNECTIONS (1,16,64), BENCH_THREADS (2), BENCH_ROUNDS (3),
 # BENCH_ISOLATION (reuse,per-request; the first is the main case),
 # BENCH_NGINX_WORKERS (auto). A quick smoke run:
 #   BENCH_DURATION=2s BENCH_WARMUP=1s BENCH_ISOLATION=reuse bash bench/gateway.sh

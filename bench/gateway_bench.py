@@ -7,7 +7,9 @@ It starts a control plane, one node and a gateway (`shoal control-plane`,
 C wasi:http demo component (examples/wasm-apps/http-component.wasm) as app
 `web` with one replica and a `/` route, and starts nginx in the foreground
 with a generated configuration that proxies to the node's address with
-`x-shoal-app: default/web` (HTTP/1.1, upstream keepalive 64). Then wrk drives
+`x-shoal-app: default/web` (HTTP/1.1, upstream keepalive 64) and does the
+per-request work the gateway does: X-Forwarded-For/-Host/-Proto and an
+X-Request-Id to the node and back to the client. Then wrk drives
 three targets, one at a time, at each connection count:
 
   direct    wrk -> node (wrk sends `x-shoal-app: default/web` itself)
@@ -22,8 +24,9 @@ component answers in a few microseconds, so the proxies (not the backend)
 decide the numbers. The default `per-request` isolation is measured too,
 as a second case (BENCH_ISOLATION), where the backend costs more.
 
-The three targets take turns within each connection count (the order
-rotates), so drift on a shared machine hits them alike. wrk, the proxy
+The three targets take turns within each connection count, for several
+rounds (the order rotates), so drift on a shared machine hits them alike;
+the report gives medians over the rounds. wrk, the proxy
 and the node share the machine's cores; the CPU column shows who used what.
 
 Standard library only. Knobs (environment):
@@ -32,6 +35,8 @@ Standard library only. Knobs (environment):
   BENCH_WARMUP       warm-up per target before the runs  (default 2s)
   BENCH_CONNECTIONS  comma-separated connection counts   (default 1,16,64)
   BENCH_THREADS      wrk threads (fewer if fewer connections) (default 2)
+  BENCH_ROUNDS       rounds of the three targets per connection count; the
+                     report gives each target's median (default 3)
   BENCH_ISOLATION    comma-separated isolation modes, first is the main case
                      (default reuse,per-request)
   BENCH_NGINX_WORKERS  nginx worker_processes            (default auto)
@@ -213,6 +218,13 @@ http {{
     # does (nginx's default closes them every 1000 requests).
     keepalive_requests 1000000;
     keepalive_timeout 60s;
+    # The same work per request as the Shoal gateway does: the client's
+    # Host passed on, X-Forwarded-For/-Host/-Proto set, an X-Request-Id
+    # kept or made up and returned to the client.
+    map $http_x_request_id $shoal_request_id {{
+        "" $request_id;
+        default $http_x_request_id;
+    }}
     upstream shoal_node {{
         server {node_addr};
         keepalive 64;
@@ -224,7 +236,13 @@ http {{
             proxy_pass http://shoal_node;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
             proxy_set_header {APP_HEADER[0]} {APP_HEADER[1]};
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Host $http_host;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Request-Id $shoal_request_id;
+            add_header X-Request-Id $shoal_request_id always;
         }}
     }}
 }}
@@ -340,27 +358,30 @@ def bench_case(cfg: dict, tmp: Path, isolation: str) -> dict:
     for t in TARGETS:
         run_wrk(cfg, ports[t], 16, cfg["warmup"], headers[t], wrk_log)
 
-    rows = []
-    for i, conns in enumerate(cfg["connections"]):
-        order = TARGETS[i % 3:] + TARGETS[:i % 3]
-        for t in order:
-            for p in (cl["node"], cl["gw"], ngx, cl["cp"]):
-                if p.proc.poll() is not None:
-                    raise RuntimeError(f"{p.name} exited ({p.proc.returncode}); log tail:\n"
-                                       f"{p.tail()}")
-            r = run_wrk(cfg, ports[t], conns, cfg["duration"], headers[t], wrk_log,
-                        (proxy_pgid[t], cl["node"].pid, bystanders[t]))
-            r.update(target=t, conns=conns, isolation=isolation)
-            rows.append(r)
-            log(f"[{isolation}] c={conns:<3} {t:<8} {fmt_rps(r['rps']):>8} req/s  p50 "
-                f"{fmt_ms(r['p50_ms'])}  p99 {fmt_ms(r['p99_ms'])}  non-2xx {r['non2xx']}  "
-                f"errors {fmt_errors(r)}  CPU proxy/node/wrk/irq/other {fmt_cpu(r['cpu'])}")
-            if r["rps"] is None:
-                problems.append(f"c={conns} {t}: wrk gave no result (see wrk.log)")
-            if r["non2xx"]:
-                problems.append(f"c={conns} {t}: {r['non2xx']} non-2xx responses")
-            if has_socket_errors(r):
-                problems.append(f"c={conns} {t}: socket errors {fmt_errors(r)}")
+    runs = []
+    turn = 0
+    for conns in cfg["connections"]:
+        for rnd in range(cfg["rounds"]):
+            order = TARGETS[turn % 3:] + TARGETS[:turn % 3]
+            turn += 1
+            for t in order:
+                for p in (cl["node"], cl["gw"], ngx, cl["cp"]):
+                    if p.proc.poll() is not None:
+                        raise RuntimeError(f"{p.name} exited ({p.proc.returncode}); log tail:\n"
+                                           f"{p.tail()}")
+                r = run_wrk(cfg, ports[t], conns, cfg["duration"], headers[t], wrk_log,
+                            (proxy_pgid[t], cl["node"].pid, bystanders[t]))
+                r.update(target=t, conns=conns, isolation=isolation, round=rnd + 1)
+                runs.append(r)
+                log(f"[{isolation}] c={conns:<3} round {rnd + 1} {t:<8} {fmt_rps(r['rps']):>8} req/s  p50 "
+                    f"{fmt_ms(r['p50_ms'])}  p99 {fmt_ms(r['p99_ms'])}  non-2xx {r['non2xx']}  "
+                    f"errors {fmt_errors(r)}  CPU proxy/node/wrk/irq/other {fmt_cpu(r['cpu'])}")
+                if r["rps"] is None:
+                    problems.append(f"c={conns} {t}: wrk gave no result (see wrk.log)")
+                if r["non2xx"]:
+                    problems.append(f"c={conns} {t}: {r['non2xx']} non-2xx responses")
+                if has_socket_errors(r):
+                    problems.append(f"c={conns} {t}: socket errors {fmt_errors(r)}")
 
     # Stop and look for trouble in the logs.
     ngx.stop(signal.SIGQUIT)
@@ -379,8 +400,30 @@ def bench_case(cfg: dict, tmp: Path, isolation: str) -> dict:
         if bad:
             problems.append(f"nginx error.log: {len(bad)} error lines, first: {bad[0][:300]}")
     Proc.running[:] = [p for p in Proc.running if p.proc.poll() is None]
-    return {"isolation": isolation, "rows": rows, "problems": problems,
+    return {"isolation": isolation, "rows": medians(runs), "problems": problems,
             "nginx_conf": ngx_conf, "manifest": cl["manifest"]}
+
+
+def medians(runs: list[dict]) -> list[dict]:
+    """One row per (connections, target): the run with the median req/s,
+    with the median p50 and p99 of all rounds, every round's req/s, and the
+    non-2xx responses of all rounds added up."""
+    out = []
+    keys = sorted({(r["conns"], r["target"]) for r in runs}, key=lambda k: (k[0], TARGETS.index(k[1])))
+    for key in keys:
+        group = [r for r in runs if (r["conns"], r["target"]) == key]
+        ok = sorted((r for r in group if r["rps"] is not None), key=lambda r: r["rps"])
+        base = dict(ok[len(ok) // 2] if ok else group[0])
+
+        def med(field):
+            vals = sorted(r[field] for r in group if r[field] is not None)
+            return vals[len(vals) // 2] if vals else None
+        base["p50_ms"] = med("p50_ms")
+        base["p99_ms"] = med("p99_ms")
+        base["non2xx"] = sum(r["non2xx"] or 0 for r in group)
+        base["each_rps"] = [r["rps"] for r in group]
+        out.append(base)
+    return out
 
 
 # --------------------------------------------------------------- report
@@ -425,13 +468,17 @@ def render(cfg: dict, cases: list[dict], load_start: str, load_end: str) -> str:
              "`-H 'x-shoal-app: default/web'`; **nginx** = wrk to nginx, `proxy_pass` to the "
              "node (upstream `keepalive 64`, HTTP/1.1, `proxy_set_header x-shoal-app "
              "default/web`, `access_log off`, `worker_processes "
-             f"{cfg['nginx_workers']}`); **gateway** = wrk to `shoal gateway`, which "
+             f"{cfg['nginx_workers']}`), set up to do the gateway's per-request work: the "
+             "client's Host passed on, X-Forwarded-For/-Host/-Proto, an X-Request-Id "
+             "kept or made up, sent to the node and returned (configuration below); **gateway** = wrk to `shoal gateway`, which "
              "routes by the app's `[[routes]] path = \"/\"`.")
     L.append(f"- wrk: `wrk -t{cfg['threads']} -cN -d{cfg['duration']:.0f}s --latency` "
              "(`-t1` at 1 connection), after a "
              f"{cfg['warmup']:.0f}s warm-up per target at 16 connections. Within each "
-             "connection count the three targets run one after another, the order "
-             "rotating between counts.")
+             f"connection count the three targets run one after another, {cfg['rounds']} "
+             "rounds, the order rotating between rounds. Each row is the median over the "
+             "rounds (req/s, p50, p99); \"each round\" lists every round's req/s, and the "
+             "CPU column is from the median run.")
     L.append(f"- **All processes share {os.cpu_count()} cores**: wrk, the proxy and the "
              "node compete for them, so a proxy that burns more CPU also slows the "
              "backend and the load generator. The CPU column is each party's share of "
@@ -456,9 +503,9 @@ def render(cfg: dict, cases: list[dict], load_start: str, load_end: str) -> str:
                 "a fresh wasm instance per request, so the backend costs more and "
                 "shares the cores with the proxy")
         L.append(f"## `isolation.mode = \"{iso}\"` ({title}: {what})\n")
-        L += md_head(["conns", "target", "req/s", "p50", "p99", "added p50", "added p99",
-                      "req/s vs nginx", "non-2xx", "socket errors",
-                      "CPU % proxy / node / wrk / irq / other"], "rlrrrrrrrlr")
+        L += md_head(["conns", "target", "req/s", "each round", "p50", "p99", "added p50",
+                      "added p99", "req/s vs nginx", "non-2xx", "socket errors",
+                      "CPU % proxy / node / wrk / irq / other"], "rlrrrrrrrrlr")
         idx = by_key(case["rows"])
         for conns in sorted({r["conns"] for r in case["rows"]}):
             d = idx.get((conns, "direct"))
@@ -475,7 +522,8 @@ def render(cfg: dict, cases: list[dict], load_start: str, load_end: str) -> str:
                                     else r["p99_ms"] - d["p99_ms"])
                 if n and n["rps"] and r["rps"] is not None:
                     vs = f"{r['rps'] / n['rps']:.2f}×"
-                L.append(md_row(conns, t, fmt_rps(r["rps"]), fmt_ms(r["p50_ms"]),
+                each = ", ".join(fmt_rps(x) for x in r.get("each_rps", []))
+                L.append(md_row(conns, t, fmt_rps(r["rps"]), each, fmt_ms(r["p50_ms"]),
                                 fmt_ms(r["p99_ms"]), a50, a99, vs, r["non2xx"], fmt_errors(r),
                                 fmt_cpu(r["cpu"])))
         L.append("")
@@ -515,6 +563,7 @@ def main() -> int:
         "connections": [int(x) for x in env_str("BENCH_CONNECTIONS", "1,16,64").split(",")
                         if x.strip()],
         "threads": int(env_str("BENCH_THREADS", "2")),
+        "rounds": max(1, int(env_str("BENCH_ROUNDS", "3"))),
         "isolation": [x.strip() for x in env_str("BENCH_ISOLATION", "reuse,per-request")
                       .split(",") if x.strip()],
         "nginx_workers": env_str("BENCH_NGINX_WORKERS", "auto"),

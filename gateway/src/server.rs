@@ -351,7 +351,7 @@ pub async fn serve(
         let registry = registry.clone();
         let all_closed = all_closed_tx.clone();
         tokio::spawn(async move {
-            let conn = builder.serve_connection_with_upgrades(io, service);
+            let conn = builder.serve_connection(io, service);
             tokio::pin!(conn);
             let mut seen = KEEP;
             loop {
