@@ -428,17 +428,43 @@ impl Framing {
 
     /// If the whole rest of the body is in `buf`: where its pieces are and
     /// how far it reaches. Changes nothing.
-    fn scan_to_end(&self, buf: &[u8]) -> Option<(Vec<(usize, usize)>, usize)> {
+    fn scan_to_end(&self, buf: &[u8]) -> Option<(Pieces, usize)> {
         let mut f = *self;
         let mut pos = 0;
-        let mut pieces = Vec::new();
+        let mut pieces = Pieces::default();
         loop {
             match f.decode_at(buf, &mut pos) {
-                Ok(Step::Data(start, len)) => pieces.push((start, len)),
+                Ok(Step::Data(start, len)) => pieces.push(start, len),
                 Ok(Step::End) => return Some((pieces, pos)),
                 Ok(Step::NeedMore) | Err(_) => return None,
             }
         }
+    }
+}
+
+/// Where a body's pieces lie in a buffer (the first kept inline: most
+/// bodies that arrive whole are one chunk).
+#[derive(Default)]
+struct Pieces {
+    first: Option<(usize, usize)>,
+    more: Vec<(usize, usize)>,
+}
+
+impl Pieces {
+    fn push(&mut self, start: usize, len: usize) {
+        if self.first.is_none() {
+            self.first = Some((start, len));
+        } else {
+            self.more.push((start, len));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(usize, usize)> {
+        self.first.iter().chain(self.more.iter())
     }
 }
 
@@ -483,26 +509,26 @@ impl<F: Release> Body<F> {
             }
             Framing::Chunked(_) => {
                 let (pieces, end) = self.framing.scan_to_end(&conn.buf)?;
-                let data = match pieces.as_slice() {
-                    [] => Bytes::new(),
-                    [(start, len)] => {
-                        conn.buf.advance(*start);
-                        let d = conn.buf.split_to(*len).freeze();
+                let data = match (pieces.first, pieces.more.is_empty()) {
+                    (None, _) => {
+                        conn.buf.advance(end);
+                        Bytes::new()
+                    }
+                    (Some((start, len)), true) => {
+                        conn.buf.advance(start);
+                        let d = conn.buf.split_to(len).freeze();
                         conn.buf.advance(end - start - len);
                         d
                     }
                     _ => {
                         let mut all = BytesMut::with_capacity(pieces.iter().map(|p| p.1).sum());
-                        for (start, len) in &pieces {
+                        for (start, len) in pieces.iter() {
                             all.extend_from_slice(&conn.buf[*start..start + len]);
                         }
                         conn.buf.advance(end);
                         all.freeze()
                     }
                 };
-                if pieces.is_empty() {
-                    conn.buf.advance(end);
-                }
                 self.framing = Framing::Done;
                 self.finish_if_done();
                 Some(data)

@@ -45,20 +45,20 @@ pub struct Pool {
     idle: Mutex<HashMap<String, Vec<SendRequest<ProxyBody>>>>,
     /// Connections of the gateway's own client, for requests whose body is
     /// in memory (nearly all).
-    conns: Mutex<HashMap<String, Vec<h1::Conn>>>,
+    conns: Mutex<HashMap<Arc<str>, Vec<h1::Conn>>>,
     connect_timeout: Duration,
 }
 
 /// Gives a connection back to its pool when its answer has been read.
 pub struct Checkin {
     pool: Arc<Pool>,
-    address: String,
+    address: Arc<str>,
 }
 
 impl h1::Release for Checkin {
     fn release(self, conn: h1::Conn) {
         let mut conns = self.pool.conns.lock().unwrap_or_else(|p| p.into_inner());
-        match conns.get_mut(self.address.as_str()) {
+        match conns.get_mut(&*self.address) {
             Some(list) if list.len() >= MAX_IDLE_PER_NODE => {}
             Some(list) => list.push(conn),
             None => {
@@ -71,7 +71,7 @@ impl h1::Release for Checkin {
 /// A request whose body is in memory, for [`Pool::send_buffered`].
 pub struct Outbound<'a> {
     /// `http://host:port` of the node.
-    pub address: &'a str,
+    pub address: &'a Arc<str>,
     pub method: &'a http::Method,
     /// Path and query.
     pub path: &'a str,
@@ -197,14 +197,14 @@ impl Pool {
                 Ok((head, conn, framing)) => {
                     let back = Checkin {
                         pool: self.clone(),
-                        address: address.to_string(),
+                        address: address.clone(),
                     };
                     return Ok((head, h1::Body::new(conn, framing, back)));
                 }
                 Err(h1::H1Error::ClosedBeforeAnswer { written })
                     if !fresh && (idempotent || !written) =>
                 {
-                    tracing::debug!(address, "a pooled connection had closed; sending again");
+                    tracing::debug!(address = %address, "a pooled connection had closed; sending again");
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -395,9 +395,10 @@ mod tests {
     async fn send_own(pool: &Arc<Pool>, addr: &str) -> (u16, bytes::Bytes) {
         let mut headers = http::HeaderMap::new();
         headers.insert(http::header::HOST, http::HeaderValue::from_static("x"));
+        let address: Arc<str> = Arc::from(addr);
         let (head, body) = pool
             .send_buffered(Outbound {
-                address: addr,
+                address: &address,
                 method: &http::Method::GET,
                 path: "/",
                 headers: &headers,

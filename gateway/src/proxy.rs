@@ -250,11 +250,7 @@ impl Gateway {
             )),
         };
         let headers = forward_headers(parts.headers, peer, host, &app.header);
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
+        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let deadline = tokio::time::Instant::now() + app.timeout;
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
         let mut retried_after_answer = false;
@@ -322,7 +318,7 @@ impl Gateway {
                     let send = self.pool.send_buffered(crate::pool::Outbound {
                         address: &ep.address,
                         method: &method,
-                        path: &path_and_query,
+                        path: path_and_query,
                         headers: &headers,
                         extra,
                         body: bytes,
@@ -337,7 +333,7 @@ impl Gateway {
                     let Some(out_body) = s.take() else { break };
                     let mut out = match Request::builder()
                         .method(method.clone())
-                        .uri(path_and_query.as_str())
+                        .uri(path_and_query)
                         .version(http::Version::HTTP_11)
                         .body(out_body)
                     {

@@ -74,7 +74,7 @@ pub struct Endpoint {
     pub instance_header: http::HeaderValue,
     pub node: String,
     /// `http://host:port` of the node.
-    pub address: String,
+    pub address: Arc<str>,
     /// Requests sent and not yet answered completely.
     outstanding: AtomicUsize,
     /// Requests ever sent (breaks ties between equally loaded endpoints).
@@ -145,7 +145,7 @@ impl Endpoints {
     fn get_or_insert(&self, e: &shoal_api::routes::Endpoint) -> Arc<Endpoint> {
         let address = e.address.trim_end_matches('/');
         if let Some(found) = self.map.get(&e.instance)
-            && found.address == address
+            && *found.address == *address
         {
             return found.clone();
         }
@@ -159,7 +159,7 @@ impl Endpoints {
                 .unwrap_or_else(|_| http::HeaderValue::from_static("invalid")),
             instance: e.instance.clone(),
             node: e.node.clone(),
-            address: address.to_string(),
+            address: Arc::from(address),
             outstanding: AtomicUsize::new(0),
             sent: AtomicU64::new(0),
             health,
@@ -172,7 +172,7 @@ impl Endpoints {
     fn retain(&self, live: &std::collections::HashSet<&str>) {
         self.map.retain(|k, _| live.contains(k.as_str()));
         let addresses: std::collections::HashSet<String> =
-            self.map.iter().map(|e| e.address.clone()).collect();
+            self.map.iter().map(|e| e.address.to_string()).collect();
         self.nodes.retain(|k, _| addresses.contains(k));
     }
 }
