@@ -119,7 +119,13 @@ impl Conn {
         }
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(body);
-        if let Err(e) = self.io.write_all(&self.out).await {
+        let written = self.io.write_all(&self.out).await;
+        if self.out.capacity() > 16 * 1024 {
+            // A large body passed through: do not keep its buffer while the
+            // connection sits in the pool.
+            self.out = Vec::with_capacity(1024);
+        }
+        if let Err(e) = written {
             return Err(match e.kind() {
                 std::io::ErrorKind::BrokenPipe
                 | std::io::ErrorKind::ConnectionReset

@@ -841,6 +841,30 @@ mod tests {
         (format!("http://{addr}"), tx)
     }
 
+    /// A node answering each request with its body.
+    async fn echo_node() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        |req: Request<hyper::body::Incoming>| async move {
+                            let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                                body.unwrap_or_default(),
+                            )))
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
     /// A gateway on a free port routing `/` to the node at `address`.
     async fn gateway(address: &str) -> SocketAddr {
         let gw = Gateway::new(GatewayConfig::default());
@@ -924,6 +948,27 @@ mod tests {
         plain.insert(header::HOST, HeaderValue::from_static("x"));
         strip_hop_by_hop(&mut plain);
         assert_eq!(plain.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn request_bodies_arrive_whole_buffered_or_streamed() {
+        let gw = gateway(&echo_node().await).await;
+        let client = reqwest::Client::new();
+        // 40 KB is read before forwarding (and could be retried); 200 KB
+        // streams through.
+        for len in [0usize, 40_000, 200_000] {
+            let sent: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let resp = client
+                .post(format!("http://{gw}/"))
+                .body(sent.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            let got = resp.bytes().await.unwrap();
+            assert_eq!(got.len(), len);
+            assert!(got[..] == sent[..], "{len} bytes came back changed");
+        }
     }
 
     #[tokio::test]
