@@ -432,6 +432,17 @@ impl Framing {
         }
     }
 
+    /// If the body ends in `buf` before any more data: how far the end
+    /// reaches. Stops at the first data, so it never walks a long buffer.
+    fn end_follows(&self, buf: &[u8]) -> Option<usize> {
+        let mut f = *self;
+        let mut pos = 0;
+        match f.decode_at(buf, &mut pos) {
+            Ok(Step::End) => Some(pos),
+            _ => None,
+        }
+    }
+
     /// If the whole rest of the body is in `buf`: where its pieces are and
     /// how far it reaches. Changes nothing.
     fn scan_to_end(&self, buf: &[u8]) -> Option<(Pieces, usize)> {
@@ -463,10 +474,6 @@ impl Pieces {
         } else {
             self.more.push((start, len));
         }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.first.is_none()
     }
 
     fn iter(&self) -> impl Iterator<Item = &(usize, usize)> {
@@ -583,8 +590,7 @@ impl<F: Release> http_body::Body for Body<F> {
                     // Look ahead in what is buffered, so the end is known
                     // with the last data (one write for both downstream).
                     if let Framing::Chunked(ChunkState::DataEnd) = this.framing
-                        && let Some((pieces, end)) = this.framing.scan_to_end(&conn.buf)
-                        && pieces.is_empty()
+                        && let Some(end) = this.framing.end_follows(&conn.buf)
                     {
                         conn.buf.advance(end);
                         this.framing = Framing::Done;

@@ -904,6 +904,15 @@ mod tests {
         addr
     }
 
+    /// A connection to the gateway that has sent `GET /`.
+    async fn get_root(gw: SocketAddr) -> tokio::net::TcpStream {
+        let mut s = tokio::net::TcpStream::connect(gw).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        s
+    }
+
     /// Reads from `s` until `buf` holds `want`, or fails at the deadline.
     async fn read_until(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, want: &[u8]) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -977,10 +986,7 @@ mod tests {
         tx.send(Bytes::from_static(b"world")).await.unwrap();
         drop(tx);
         let gw = gateway(&node).await;
-        let mut s = tokio::net::TcpStream::connect(gw).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
+        let mut s = get_root(gw).await;
         let mut buf = Vec::new();
         read_until(&mut s, &mut buf, b"hello, world").await;
         let text = String::from_utf8_lossy(&buf).to_lowercase();
@@ -992,10 +998,7 @@ mod tests {
     async fn a_streamed_answer_reaches_the_client_as_it_comes() {
         let (node, tx) = node(b"first part;").await;
         let gw = gateway(&node).await;
-        let mut s = tokio::net::TcpStream::connect(gw).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
+        let mut s = get_root(gw).await;
         // The node has sent only its first chunk and waits: the client must
         // get it now, not when the body ends.
         let mut buf = Vec::new();
