@@ -103,6 +103,9 @@ pub struct GatewayArgs {
     pub exit_with_parent: bool,
 }
 
+/// How long the control plane's API waits for open requests at shutdown.
+const CONTROL_PLANE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub fn data_home() -> PathBuf {
     if let Some(d) = std::env::var_os("SHOAL_DATA_DIR") {
         return PathBuf::from(d);
@@ -177,7 +180,30 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         dir.display()
     );
     let _ = std::io::stdout().flush();
-    shoal_scheduler::api::serve(listener, cp, stop).await?;
+    // The control loop stops before the API does: once the API stops
+    // answering, heartbeats cannot arrive, and a loop still running would
+    // judge every node lost and empty their assignments.
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let loop_handle = cp.clone();
+    let shutdown = async move {
+        stop.await;
+        loop_handle.stop().await;
+        let _ = stopped_tx.send(());
+    };
+    let server = shoal_scheduler::api::serve(listener, cp, shutdown);
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => r?,
+        // Long polls and route watches end when the loop stops; anything
+        // else still open gets a short grace.
+        _ = async {
+            if stopped_rx.await.is_ok() {
+                tokio::time::sleep(CONTROL_PLANE_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => tracing::warn!("connections still open after {CONTROL_PLANE_GRACE:?}; closing them"),
+    }
     println!("Stopped.");
     Ok(())
 }

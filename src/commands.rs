@@ -10,7 +10,7 @@ use futures::StreamExt;
 use sha2::Digest as _;
 use shoal_api::manifest::{self, AppManifest, DEFAULT_NAMESPACE, Format};
 use shoal_api::objects::{
-    AppKey, Event, EventLevel, Instance, Node, NodeState, Phase, Revision, RolloutState, now_ms,
+    AppKey, Event, EventLevel, Instance, Node, Phase, Revision, RolloutState, now_ms,
 };
 use shoal_api::rest::{AppDetail, AppView, ApplyApp, ApplyOutcome, ApplyRequest, ScaleRequest};
 use std::collections::{BTreeMap, BTreeSet};
@@ -271,8 +271,9 @@ pub async fn apply(client: &Client, args: ApplyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Polls until every app has all its replicas ready on its current revision
-/// and nothing of an older revision is left, printing progress as it moves.
+/// Polls until every app's rollout is complete with all its replicas
+/// serving and nothing left draining, printing progress as it moves. A
+/// failed rollout ends the wait at once with its reason.
 pub async fn wait_ready(client: &Client, keys: &[AppKey], timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let mut last: BTreeMap<AppKey, String> = BTreeMap::new();
@@ -284,13 +285,14 @@ pub async fn wait_ready(client: &Client, keys: &[AppKey], timeout: Duration) -> 
                 continue;
             }
             let d: AppDetail = client.get(&app_path(key)).await?;
-            let want = d.view.app.replicas;
+            let app = &d.view.app;
+            let want = app.replicas;
             let progress = format!(
                 "{}: {}/{} ready (revision {})",
                 app_label(key),
                 d.view.ready,
                 want,
-                d.view.app.current_revision
+                app.current_revision
             );
             if last.get(key) != Some(&progress) {
                 println!("{progress}");
@@ -308,8 +310,28 @@ pub async fn wait_ready(client: &Client, keys: &[AppKey], timeout: Duration) -> 
                     }
                 }
             }
-            if d.view.ready >= want && d.view.instances == want {
-                done.insert(key.clone());
+            match &app.rollout {
+                RolloutState::Failed { reason, .. } => {
+                    let keeps =
+                        if app.stable_revision > 0 && app.stable_revision != app.current_revision {
+                            format!("; revision {} keeps serving", app.stable_revision)
+                        } else {
+                            String::new()
+                        };
+                    bail!(
+                        "{}: rollout of revision {} failed: {reason}{keeps}",
+                        app_label(key),
+                        app.current_revision
+                    );
+                }
+                RolloutState::Complete { .. }
+                    if d.view.ready >= want
+                        && d.view.pending == 0
+                        && d.instances.iter().all(|i| i.phase != Phase::Terminating) =>
+                {
+                    done.insert(key.clone());
+                }
+                _ => {}
             }
         }
         let _ = std::io::stdout().flush();
@@ -504,10 +526,7 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
                         .count();
                     let mut r = vec![
                         n.name.clone(),
-                        match n.state {
-                            NodeState::Ready => "Ready".into(),
-                            NodeState::Lost => "Lost".into(),
-                        },
+                        n.state.to_string(),
                         format!("{here}/{}", n.capacity.instances),
                         n.address.clone(),
                         format!("{} ago", age(n.last_heartbeat_ms, now)),

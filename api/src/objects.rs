@@ -260,8 +260,15 @@ impl Instance {
 #[serde(rename_all = "kebab-case")]
 pub enum NodeState {
     Ready,
-    /// Missed heartbeats for the lease period.
+    /// Missed heartbeats for the lease period: its instances are placed
+    /// elsewhere.
     Lost,
+    /// Missed heartbeats for the lease period together with most other
+    /// nodes, which looks more like the control plane being cut off than
+    /// like the nodes failing: nothing new is placed on it, but its
+    /// instances stay where they are (and keep serving) until it is back
+    /// or is lost alone.
+    Unreachable,
 }
 
 impl std::fmt::Display for NodeState {
@@ -269,6 +276,7 @@ impl std::fmt::Display for NodeState {
         f.write_str(match self {
             Self::Ready => "Ready",
             Self::Lost => "Lost",
+            Self::Unreachable => "Unreachable",
         })
     }
 }

@@ -63,8 +63,11 @@ pub struct AppView {
     pub template: Option<Template>,
     /// Instances of the app, of any revision.
     pub instances: u32,
-    /// Instances of the current revision that are ready.
+    /// Instances that serve (ready and running), of any revision.
     pub ready: u32,
+    /// Instances of the current revision, not leaving.
+    #[serde(default)]
+    pub up_to_date: u32,
     /// Instances no node could take.
     pub pending: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]

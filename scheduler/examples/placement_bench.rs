@@ -56,6 +56,7 @@ fn nodes(rng: &mut Rng) -> Vec<NodeView> {
             NodeView {
                 name: format!("node-{i:04}"),
                 ready: true,
+                lost: false,
                 labels: labels(&[("zone", zone), ("disk", disk)]),
                 capacity: Capacity {
                     memory: rng.pick(&[32, 64, 128]) * GIB,
@@ -315,6 +316,7 @@ fn main() {
     // A node is lost: its instances move to the others.
     let lost = 500;
     c.nodes[lost].ready = false;
+    c.nodes[lost].lost = true;
     let on_lost = c
         .instances
         .iter()

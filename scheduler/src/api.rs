@@ -46,6 +46,7 @@ impl From<ApiError> for Error {
         let status = match e {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Closed => StatusCode::SERVICE_UNAVAILABLE,
         };
@@ -183,11 +184,16 @@ async fn apply(
 
 fn view(snap: &crate::state::Snapshot, app: &App) -> AppView {
     let mine = snap.instances.values().filter(|i| i.app == app.key);
-    let (mut instances, mut ready, mut pending) = (0, 0, 0);
+    let (mut instances, mut ready, mut up_to_date, mut pending) = (0, 0, 0, 0);
     for i in mine {
         instances += 1;
-        if i.ready && i.revision == app.current_revision {
+        // Ready counts what serves, whatever its revision: a canary split
+        // or the stable revision after a failed rollout serves too.
+        if crate::rollout::serving(i) {
             ready += 1;
+        }
+        if i.revision == app.current_revision && i.phase != Phase::Terminating {
+            up_to_date += 1;
         }
         if i.phase == Phase::Pending {
             pending += 1;
@@ -198,6 +204,7 @@ fn view(snap: &crate::state::Snapshot, app: &App) -> AppView {
         template: snap.template(&app.key, app.current_revision).cloned(),
         instances,
         ready,
+        up_to_date,
         pending,
         autoscale: snap.autoscale.get(&app.key).cloned(),
         cold_starts: snap.cold_starts.get(&app.key).and_then(|c| c.view()),
@@ -491,6 +498,7 @@ async fn prometheus(State(cp): State<ControlPlane>) -> Response {
     for state in [
         shoal_api::objects::NodeState::Ready,
         shoal_api::objects::NodeState::Lost,
+        shoal_api::objects::NodeState::Unreachable,
     ] {
         let n = snap.nodes.values().filter(|n| n.state == state).count();
         let _ = writeln!(out, "shoal_nodes{{state=\"{state}\"}} {n}");

@@ -126,11 +126,19 @@ pub fn decide(
     }
     let held = state.recent.iter().map(|(_, w)| *w).max().unwrap_or(want);
     if want < current && held > want {
-        want = held.min(current);
-        reason = format!(
-            "{reason}; holding {want} for the scale-down delay ({})",
-            spec.scale_down_delay
-        );
+        let to = held.min(current);
+        reason = if to == current {
+            format!(
+                "{reason}; holding {to} for the scale-down delay ({})",
+                spec.scale_down_delay
+            )
+        } else {
+            format!(
+                "{reason}; down only to {to}, the most wanted within the scale-down delay ({})",
+                spec.scale_down_delay
+            )
+        };
+        want = to;
     }
 
     // Zero only after a quiet period.
@@ -271,6 +279,47 @@ mod tests {
             &counts[120..160]
         );
         assert_eq!(*counts.last().unwrap(), 1, "back to min");
+    }
+
+    #[test]
+    fn a_step_down_says_where_it_goes_not_that_it_holds() {
+        let s = spec();
+        let mut state = ScaleState::default();
+        let mut samples = Vec::new();
+        let mut current = 5;
+        let mut said = Vec::new();
+        // 50 concurrent (5 wanted), then 40 (4), then 20 (2): each lower
+        // count waits for the delay, so steps go 5 -> 4 -> 2 or so.
+        for t in 0..400u64 {
+            let c = if t < 60 {
+                50.0
+            } else if t < 180 {
+                40.0
+            } else {
+                20.0
+            };
+            samples.push(Sample {
+                at_ms: t * 1000,
+                concurrency: c,
+                requests: 0,
+            });
+            let d = decide(&s, &samples, current, &mut state, t * 1000 + 999);
+            if d.replicas != current {
+                said.push((current, d.replicas, d.reason.clone()));
+            }
+            current = d.replicas;
+        }
+        let downs: Vec<_> = said.iter().filter(|(from, to, _)| to < from).collect();
+        assert!(!downs.is_empty(), "{said:?}");
+        for (from, to, reason) in downs {
+            // An event reads "replicas 5 -> 4: <reason>": the reason must
+            // not claim to hold a count it just left or went to.
+            assert!(
+                !reason.contains(&format!("holding {to}"))
+                    && !reason.contains(&format!("holding {from}")),
+                "{from} -> {to}: {reason}"
+            );
+        }
     }
 
     #[test]

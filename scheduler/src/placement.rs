@@ -20,7 +20,11 @@ pub struct Capacity {
 #[derive(Debug, Clone)]
 pub struct NodeView {
     pub name: String,
+    /// New instances may be placed here.
     pub ready: bool,
+    /// The node is gone: its instances must be replaced. A node can be
+    /// neither ready nor lost (unreachable), and then keeps its instances.
+    pub lost: bool,
     pub labels: BTreeMap<String, String>,
     pub capacity: Capacity,
     pub allocated: Capacity,
@@ -250,6 +254,7 @@ mod tests {
         NodeView {
             name: name.into(),
             ready: true,
+            lost: false,
             labels: BTreeMap::new(),
             capacity: Capacity {
                 memory: mem_mib << 20,

@@ -178,11 +178,13 @@ pub fn reconcile<I: std::borrow::Borrow<Instance>>(
                 .remove(&inst.app.to_string(), need_of(inst));
         }
     };
-    let on_ready_node = |nodes: &Vec<Cow<'_, NodeView>>, inst: &Instance| {
+    // An instance whose node is unreachable (not lost) stays counted
+    // where it is: moving it would double it if the node still serves.
+    let on_live_node = |nodes: &Vec<Cow<'_, NodeView>>, inst: &Instance| {
         inst.node
             .as_deref()
             .and_then(|n| node_index.get(n))
-            .is_some_and(|i| nodes[*i].ready)
+            .is_some_and(|i| !nodes[*i].lost)
     };
 
     // Instances of deleted apps, on lost or unknown nodes, and done
@@ -200,7 +202,7 @@ pub fn reconcile<I: std::borrow::Borrow<Instance>>(
         if let Some(g) = group {
             last = Some((&inst.app, g));
         }
-        let lost = inst.node.is_some() && !on_ready_node(&nodes, inst);
+        let lost = inst.node.is_some() && !on_live_node(&nodes, inst);
         if inst.phase == Phase::Terminating {
             let grace = group
                 .map(|g| apps[g].drain_grace_ms)
@@ -416,6 +418,7 @@ mod tests {
         NodeView {
             name: name.into(),
             ready,
+            lost: !ready,
             labels: BTreeMap::new(),
             capacity: Capacity {
                 memory: 1 << 30,
@@ -680,7 +683,17 @@ mod tests {
         let mut nodes = vec![node("n1", true), node("n2", true), node("n3", true)];
         let mut inst = Vec::new();
         let p = run(&[app("w", 3, 1)], &mut inst, &nodes, 0);
+        // Unreachable (not ready, not lost): its instance stays counted
+        // where it is and nothing new goes there.
         nodes[1].ready = false;
+        let same = run(&[app("w", 3, 1)], &mut inst, &nodes, p.next_seq);
+        assert_eq!(
+            same.actions,
+            vec![],
+            "an unreachable node keeps its instance"
+        );
+        assert_eq!(inst.len(), 3);
+        nodes[1].lost = true;
         let p2 = run(&[app("w", 3, 1)], &mut inst, &nodes, p.next_seq);
         assert_eq!(
             p2.actions[0],

@@ -36,6 +36,22 @@ pub struct AppPlan {
     pub remove: Vec<(String, DeleteReason)>,
 }
 
+/// An app's traffic split as percent per revision, with `latest` resolved
+/// to the current revision: a revision named twice (`latest` and its number,
+/// once a rollout or an undo makes them the same) gets one share, the sum.
+/// Empty without a split.
+pub fn split_of(app: &App) -> BTreeMap<u64, u32> {
+    let mut split = BTreeMap::new();
+    for t in &app.settings.traffic {
+        if t.percent > 0 {
+            *split
+                .entry(t.revision.unwrap_or(app.current_revision))
+                .or_default() += t.percent;
+        }
+    }
+    split
+}
+
 /// Whether an instance serves traffic now.
 pub fn serving(i: &Instance) -> bool {
     i.ready && i.phase == Phase::Running

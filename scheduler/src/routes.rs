@@ -25,7 +25,9 @@ pub fn route_table(snap: &Snapshot) -> RouteTable {
         let Some(node) = i.node.as_ref().and_then(|n| snap.nodes.get(n)) else {
             continue;
         };
-        if node.state != NodeState::Ready {
+        // An unreachable node may well be serving: the gateway finds out
+        // for itself (a refused connection ejects it).
+        if node.state == NodeState::Lost {
             continue;
         }
         by_app
@@ -61,17 +63,12 @@ pub fn route_table(snap: &Snapshot) -> RouteTable {
                 })
                 .collect()
         } else {
-            app.settings
-                .traffic
-                .iter()
-                .filter(|t| t.percent > 0)
-                .map(|t| {
-                    let revision = t.revision.unwrap_or(app.current_revision);
-                    Backend {
-                        revision,
-                        weight: t.percent,
-                        endpoints: groups.get(&revision).cloned().unwrap_or_default(),
-                    }
+            crate::rollout::split_of(app)
+                .into_iter()
+                .map(|(revision, percent)| Backend {
+                    revision,
+                    weight: percent,
+                    endpoints: groups.get(&revision).cloned().unwrap_or_default(),
                 })
                 .collect()
         };

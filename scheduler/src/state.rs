@@ -30,6 +30,59 @@ const AUTOSCALE_EVERY: Duration = Duration::from_secs(1);
 /// Events kept in memory for the API.
 const EVENTS_IN_MEMORY: usize = 2000;
 
+/// When at least this share of the nodes (and at least two) fall silent at
+/// once, none of them is treated as lost (Kubernetes' unhealthy-zone
+/// threshold).
+const DISRUPTED_PERCENT: u32 = 55;
+
+/// The longest step the awake clock takes between two readings, in ticks.
+/// The state task reads it at least once a tick, so a longer gap means the
+/// process was not running.
+const AWAKE_MAX_TICKS: u32 = 5;
+
+/// What makes two routes the same for the gateway: the host without case,
+/// and the path prefix.
+fn route_key(r: &shoal_api::manifest::Route) -> (Option<String>, &str) {
+    (r.host.as_deref().map(str::to_ascii_lowercase), &r.path)
+}
+
+fn describe_route(r: &shoal_api::manifest::Route) -> String {
+    match &r.host {
+        Some(h) => format!("host {h:?} path {:?}", r.path),
+        None => format!("path {:?} (any host)", r.path),
+    }
+}
+
+/// Time the control plane was awake to see, by which node leases are
+/// judged. While the process is stopped (SIGSTOP, a VM migration, an fsync
+/// stalled on a busy disk) no heartbeat can reach it, so that time counts
+/// against no node: a gap between two readings counts as `max_step` at
+/// most.
+#[derive(Debug)]
+pub struct AwakeClock {
+    last: tokio::time::Instant,
+    awake: Duration,
+    max_step: Duration,
+}
+
+impl AwakeClock {
+    pub fn new(max_step: Duration) -> Self {
+        Self {
+            last: tokio::time::Instant::now(),
+            awake: Duration::ZERO,
+            max_step,
+        }
+    }
+
+    /// Awake time since the clock was made.
+    pub fn now(&mut self) -> Duration {
+        let t = tokio::time::Instant::now();
+        self.awake += t.saturating_duration_since(self.last).min(self.max_step);
+        self.last = t;
+        self.awake
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// A node that has not heartbeated for this long is lost.
@@ -61,6 +114,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Invalid(String),
+    /// Something else already holds what the request asks for.
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
     #[error("the store failed: {0}")]
     Store(#[from] StoreError),
     #[error("the control plane is shutting down")]
@@ -72,6 +128,7 @@ impl ApiError {
         match self {
             Self::NotFound(_) => "not_found",
             Self::Invalid(_) => "invalid",
+            Self::Conflict { code, .. } => code,
             Self::Store(_) => "store_error",
             Self::Closed => "unavailable",
         }
@@ -198,6 +255,10 @@ pub enum Command {
         hb: Heartbeat,
         reply: oneshot::Sender<Result<HeartbeatResponse, ApiError>>,
     },
+    /// Stop deciding: write what is pending and end the state task.
+    Stop {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// A handle on the running control plane state.
@@ -296,6 +357,16 @@ impl ControlPlane {
             .map_err(|_| ApiError::Closed)
     }
 
+    /// Stops the control loop for good (the process is stopping): nothing
+    /// is decided after this returns, so no node is judged lost because the
+    /// API stopped listening. Reads keep working from the last snapshot.
+    pub async fn stop(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.tx.send(Command::Stop { reply }).await.is_ok() {
+            let _ = done.await;
+        }
+    }
+
     /// A request is waiting for an app with no instance: start one.
     pub async fn activate(&self, app: AppKey) -> Result<(), ApiError> {
         self.ask(|reply| Command::Activate { app, reply }).await
@@ -319,9 +390,10 @@ struct State {
     store: Arc<Store>,
     config: Config,
     snap: Snapshot,
-    /// Last heartbeat per node, in memory only (a restart grants a fresh
-    /// lease to every node).
-    seen: BTreeMap<String, tokio::time::Instant>,
+    /// Last heartbeat per node, in awake time and in memory only (a
+    /// restart grants a fresh lease to every node).
+    seen: BTreeMap<String, Duration>,
+    awake: AwakeClock,
     next_seq: u64,
     next_event: u64,
     pending: Vec<Op>,
@@ -359,7 +431,8 @@ impl State {
         for i in c.instances {
             snap.instances.insert(i.id.clone(), i);
         }
-        let now = tokio::time::Instant::now();
+        let mut awake = AwakeClock::new(config.tick * AWAKE_MAX_TICKS);
+        let now = awake.now();
         let mut seen = BTreeMap::new();
         for n in c.nodes {
             seen.insert(n.name.clone(), now);
@@ -381,6 +454,7 @@ impl State {
             config,
             snap,
             seen,
+            awake,
             next_seq,
             next_event,
             pending: Vec::new(),
@@ -404,7 +478,18 @@ impl State {
             let mut resync = false;
             tokio::select! {
                 cmd = rx.recv() => match cmd {
-                    Some(cmd) => self.handle(cmd),
+                    Some(Command::Stop { reply }) => {
+                        if let Err(e) = self.flush() {
+                            tracing::error!(error = %e, "cannot write the store before stopping");
+                        }
+                        tracing::info!("control loop stopped; nodes keep what they run");
+                        let _ = reply.send(());
+                        // Dropping the snapshot channel ends every watch
+                        // and long poll with "unavailable", never with an
+                        // assignment made while nodes could not be heard.
+                        return;
+                    }
+                    Some(cmd) => self.handle(cmd, &out),
                     None => return,
                 },
                 _ = tick.tick() => {
@@ -421,29 +506,35 @@ impl State {
                     resync = true;
                 }
             }
-            if self.changed || resync {
-                self.reconcile();
-            }
-            if !self.pending.is_empty()
-                && let Err(e) = self.flush()
-            {
-                tracing::error!(error = %e, "cannot write the store; will retry");
-            }
-            if self.heartbeats_dirty
-                && self
-                    .last_publish
-                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-            {
-                self.changed = true;
-            }
-            // Readers get a new snapshot only when something changed.
-            if self.changed {
-                self.heartbeats_dirty = false;
-                self.last_publish = Some(tokio::time::Instant::now());
-                self.changed = false;
-                self.snap.version += 1;
-                out.send_replace(Arc::new(self.snapshot()));
-            }
+            self.settle(resync, &out);
+        }
+    }
+
+    /// Reconciles what changed (everything with `resync`), writes it, and
+    /// publishes a new snapshot if anything moved.
+    fn settle(&mut self, resync: bool, out: &watch::Sender<Arc<Snapshot>>) {
+        if self.changed || resync {
+            self.reconcile();
+        }
+        if !self.pending.is_empty()
+            && let Err(e) = self.flush()
+        {
+            tracing::error!(error = %e, "cannot write the store; will retry");
+        }
+        if self.heartbeats_dirty
+            && self
+                .last_publish
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.changed = true;
+        }
+        // Readers get a new snapshot only when something changed.
+        if self.changed {
+            self.heartbeats_dirty = false;
+            self.last_publish = Some(tokio::time::Instant::now());
+            self.changed = false;
+            self.snap.version += 1;
+            out.send_replace(Arc::new(self.snapshot()));
         }
     }
 
@@ -492,59 +583,68 @@ impl State {
         }
     }
 
-    fn handle(&mut self, cmd: Command) {
+    fn handle(&mut self, cmd: Command, out: &watch::Sender<Arc<Snapshot>>) {
+        // A change is answered once it is written and published, so the
+        // caller's next read sees it.
+        macro_rules! answer {
+            ($reply:expr, $result:expr) => {{
+                let r = $result;
+                self.settle(false, out);
+                let _ = $reply.send(r);
+            }};
+        }
         match cmd {
-            Command::Apply { apps, blobs, reply } => {
-                let r = self.apply(apps, blobs);
-                let r = r.and_then(|out| {
+            Command::Apply { apps, blobs, reply } => answer!(
+                reply,
+                self.apply(apps, blobs).and_then(|o| {
                     self.flush()?;
-                    Ok(out)
-                });
-                let _ = reply.send(r);
-            }
+                    Ok(o)
+                })
+            ),
             Command::Scale {
                 app,
                 replicas,
                 reply,
-            } => {
-                let r = self.scale(&app, replicas).and_then(|()| Ok(self.flush()?));
-                let _ = reply.send(r);
-            }
+            } => answer!(
+                reply,
+                self.scale(&app, replicas).and_then(|()| Ok(self.flush()?))
+            ),
             Command::Delete { app, reply } => {
-                let r = self.delete(&app).and_then(|()| Ok(self.flush()?));
-                let _ = reply.send(r);
+                answer!(reply, self.delete(&app).and_then(|()| Ok(self.flush()?)))
             }
-            Command::Rollback { app, to, reply } => {
-                let r = self.rollback(&app, to).and_then(|n| {
+            Command::Rollback { app, to, reply } => answer!(
+                reply,
+                self.rollback(&app, to).and_then(|n| {
                     self.flush()?;
                     Ok(n)
-                });
-                let _ = reply.send(r);
-            }
+                })
+            ),
             Command::SetTraffic {
                 app,
                 traffic,
                 reply,
-            } => {
-                let r = self
-                    .set_traffic(&app, traffic)
-                    .and_then(|()| Ok(self.flush()?));
-                let _ = reply.send(r);
-            }
+            } => answer!(
+                reply,
+                self.set_traffic(&app, traffic)
+                    .and_then(|()| Ok(self.flush()?))
+            ),
             Command::Metrics { report } => self.take_metrics(report),
             Command::Activate { app, reply } => {
-                let r = self.activate(&app).and_then(|()| Ok(self.flush()?));
-                let _ = reply.send(r);
+                answer!(reply, self.activate(&app).and_then(|()| Ok(self.flush()?)))
             }
-            Command::Register { req, reply } => {
-                let r = self.register(req).and_then(|resp| {
+            Command::Register { req, reply } => answer!(
+                reply,
+                self.register(req).and_then(|resp| {
                     self.flush()?;
                     Ok(resp)
-                });
-                let _ = reply.send(r);
-            }
+                })
+            ),
             Command::Heartbeat { node, hb, reply } => {
                 let _ = reply.send(self.heartbeat(&node, hb));
+            }
+            // The run loop ends on it before it gets here.
+            Command::Stop { reply } => {
+                let _ = reply.send(());
             }
         }
     }
@@ -564,6 +664,7 @@ impl State {
                 )));
             }
         }
+        self.check_routes(&apps)?;
         for (m, digest) in &apps {
             let key = AppKey::new(&m.namespace, &m.name);
             let template = Template::from_manifest(m, digest.clone());
@@ -637,6 +738,11 @@ impl State {
                             (ApplyResult::Unchanged, app.current_revision)
                         } else {
                             app.replicas = m.replicas;
+                            if app.settings.traffic != settings.traffic {
+                                // Revisions gain or lose instances: a
+                                // rollout to follow and wait for.
+                                app.rollout = RolloutState::Progressing { since_ms: now };
+                            }
                             app.settings = settings;
                             app.updated_at_ms = now;
                             let rev = app.current_revision;
@@ -822,6 +928,50 @@ impl State {
         Ok(())
     }
 
+    /// Refuses routes that another app serves: a route changes hands only
+    /// when its owner lets it go (an apply without it, or a delete), never
+    /// because someone else claimed it. Apps applied together are judged
+    /// by what they will serve, so a route can move between them in one
+    /// apply.
+    fn check_routes(&self, apps: &[(AppManifest, String)]) -> Result<(), ApiError> {
+        let applying: Vec<AppKey> = apps
+            .iter()
+            .map(|(m, _)| AppKey::new(&m.namespace, &m.name))
+            .collect();
+        let mut owners: HashMap<(Option<String>, &str), &AppKey> = HashMap::new();
+        for a in self.snap.apps.values() {
+            if applying.contains(&a.key) {
+                continue;
+            }
+            if let Some(t) = self.snap.template(&a.key, a.current_revision) {
+                for r in &t.routes {
+                    owners.insert(route_key(r), &a.key);
+                }
+            }
+        }
+        for ((m, _), key) in apps.iter().zip(&applying) {
+            for r in &m.routes {
+                match owners.entry(route_key(r)) {
+                    std::collections::hash_map::Entry::Occupied(o) if *o.get() != key => {
+                        let owner = o.get();
+                        return Err(ApiError::Conflict {
+                            code: "route_conflict",
+                            message: format!(
+                                "app {key}: route {} is already served by app {owner}; remove it from {owner} first",
+                                describe_route(r)
+                            ),
+                        });
+                    }
+                    std::collections::hash_map::Entry::Occupied(_) => {}
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(key);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The number the next revision of `key` gets.
     fn next_revision(&self, key: &AppKey) -> u64 {
         self.snap
@@ -848,6 +998,14 @@ impl State {
             {
                 return Err(ApiError::Invalid(format!(
                     "app {key}: traffic[{i}] names revision {r}, which does not exist"
+                )));
+            }
+            if let Some(j) = traffic[..i].iter().position(|u| u.revision == t.revision) {
+                let what = t
+                    .revision
+                    .map_or("latest".to_string(), |r| format!("revision {r}"));
+                return Err(ApiError::Invalid(format!(
+                    "app {key}: traffic[{i}] names {what} again (traffic[{j}] has it); give each revision one share"
                 )));
             }
         }
@@ -940,6 +1098,9 @@ impl State {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        if app.settings.traffic != traffic {
+            app.rollout = RolloutState::Progressing { since_ms: now_ms() };
+        }
         app.settings.traffic = traffic;
         app.updated_at_ms = now_ms();
         self.put_app(app);
@@ -982,6 +1143,15 @@ impl State {
             .get(key)
             .cloned()
             .ok_or_else(|| ApiError::NotFound(format!("app {key} not found")))?;
+        // The autoscaler would undo a count outside its bounds at once.
+        if let Some(a) = app.settings.autoscale
+            && !(a.min..=a.max).contains(&replicas)
+        {
+            return Err(ApiError::Invalid(format!(
+                "app {key} autoscales between {} and {} replicas, so {replicas} would not last; scale within those bounds or change [autoscale] in its manifest",
+                a.min, a.max
+            )));
+        }
         if app.replicas != replicas {
             let from = app.replicas;
             app.replicas = replicas;
@@ -1024,7 +1194,7 @@ impl State {
         let now = now_ms();
         let node = match self.snap.nodes.get(&req.name).cloned() {
             Some(mut n) => {
-                let was_lost = n.state == NodeState::Lost;
+                let was_lost = n.state != NodeState::Ready;
                 n.address = req.address;
                 n.capacity = req.capacity;
                 n.labels = req.labels;
@@ -1060,8 +1230,8 @@ impl State {
                 }
             }
         };
-        self.seen
-            .insert(node.name.clone(), tokio::time::Instant::now());
+        let now = self.awake.now();
+        self.seen.insert(node.name.clone(), now);
         self.pending.push(Op::PutNode(node.clone()));
         self.snap.nodes.insert(node.name.clone(), node);
         self.changed = true;
@@ -1075,11 +1245,11 @@ impl State {
         let Some(mut node) = self.snap.nodes.get(name).cloned() else {
             return Err(ApiError::NotFound(format!("node {name} is not registered")));
         };
-        self.seen
-            .insert(name.to_string(), tokio::time::Instant::now());
+        let now = self.awake.now();
+        self.seen.insert(name.to_string(), now);
         node.last_heartbeat_ms = now_ms();
         self.heartbeats_dirty = true;
-        if node.state == NodeState::Lost {
+        if node.state != NodeState::Ready {
             node.state = NodeState::Ready;
             self.event(
                 None,
@@ -1200,28 +1370,63 @@ impl State {
         Ok(self.snap.assignment(&node))
     }
 
+    /// Marks nodes whose lease ran out. When most nodes fall silent at
+    /// once, it is more likely that the control plane is cut off from them
+    /// than that they all failed, so (as Kubernetes' node lifecycle
+    /// controller does when a zone looks fully disrupted) their instances
+    /// are not moved: the nodes are `Unreachable` until they heartbeat
+    /// again, or until they are silent alone and so are `Lost`.
     fn expire_leases(&mut self) {
-        let now = tokio::time::Instant::now();
-        let lost: Vec<String> = self
+        let now = self.awake.now();
+        let lease = self.config.lease;
+        // Nodes cut off together went quiet up to a heartbeat or so apart:
+        // one nearly out of its lease counts as silent with the first.
+        let nearly = lease
+            .saturating_sub(self.config.heartbeat * 2)
+            .max(lease / 2);
+        let watched: Vec<&Node> = self
             .snap
             .nodes
             .values()
-            .filter(|n| n.state == NodeState::Ready)
-            .filter(|n| {
-                self.seen
-                    .get(&n.name)
-                    .is_none_or(|t| now.duration_since(*t) > self.config.lease)
-            })
-            .map(|n| n.name.clone())
+            .filter(|n| n.state != NodeState::Lost)
             .collect();
-        for name in lost {
-            if let Some(mut n) = self.snap.nodes.get(&name).cloned() {
-                n.state = NodeState::Lost;
-                self.pending.push(Op::PutNode(n.clone()));
-                self.snap.nodes.insert(name.clone(), n);
-                self.event(None, format!("node/{name}"), EventLevel::Warning, "NodeLost", format!("node {name} missed heartbeats for {:?}; its instances will be placed elsewhere", self.config.lease));
-                self.changed = true;
+        let quiet = |n: &Node| {
+            self.seen
+                .get(&n.name)
+                .map_or(Duration::MAX, |t| now.saturating_sub(*t))
+        };
+        let expired: Vec<(String, NodeState)> = watched
+            .iter()
+            .filter(|n| quiet(n) > lease)
+            .map(|n| (n.name.clone(), n.state))
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        let silent = watched.iter().filter(|n| quiet(n) > nearly).count();
+        let total = watched.len();
+        let to = if silent >= 2 && silent * 100 >= total * DISRUPTED_PERCENT as usize {
+            NodeState::Unreachable
+        } else {
+            NodeState::Lost
+        };
+        for (name, state) in expired {
+            if state == to {
+                continue;
             }
+            let Some(mut n) = self.snap.nodes.get(&name).cloned() else {
+                continue;
+            };
+            n.state = to;
+            self.pending.push(Op::PutNode(n.clone()));
+            self.snap.nodes.insert(name.clone(), n);
+            let lease = shoal_api::Duration::from(lease);
+            if to == NodeState::Lost {
+                self.event(None, format!("node/{name}"), EventLevel::Warning, "NodeLost", format!("node {name} missed heartbeats for {lease}; its instances will be placed elsewhere"));
+            } else {
+                self.event(None, format!("node/{name}"), EventLevel::Warning, "NodeUnreachable", format!("node {name} missed heartbeats for {lease}, as did {silent} of {total} nodes at once; the control plane may be cut off from them, so their instances stay where they are"));
+            }
+            self.changed = true;
         }
     }
 
@@ -1257,19 +1462,15 @@ impl State {
             d.max_surge = 1;
         }
         d.drain_grace_ms = r.drain_grace.get().as_millis() as u64;
-        for tt in &a.settings.traffic {
-            let rev = tt.revision.unwrap_or(a.current_revision);
-            if tt.percent == 0 {
-                continue;
-            }
+        for (rev, percent) in crate::rollout::split_of(a) {
             let Some(rt) = self.snap.template(&a.key, rev) else {
                 continue;
             };
             // Each revision gets its share of the replicas, at least one.
-            let count = (u64::from(a.replicas) * u64::from(tt.percent))
+            let count = (u64::from(a.replicas) * u64::from(percent))
                 .div_ceil(100)
                 .max(u64::from(a.replicas.min(1))) as u32;
-            *d.split.entry(rev).or_default() += count;
+            d.split.insert(rev, count);
             if rev != target {
                 d.other_needs
                     .insert(rev, (self.need_of(&a.key, rev), rt.node_selector.clone()));
@@ -1360,6 +1561,7 @@ impl State {
                     NodeView {
                         name: n.name.clone(),
                         ready: n.state == NodeState::Ready,
+                        lost: n.state == NodeState::Lost,
                         labels: n.labels.clone(),
                         capacity: Capacity {
                             memory: n.capacity.memory,
@@ -1544,5 +1746,22 @@ impl State {
         self.next_seq = plan.next_seq;
         self.pending.push(Op::SetMeta("next_seq", self.next_seq));
         self.changed = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_awake_clock_does_not_count_a_pause() {
+        let mut c = AwakeClock::new(Duration::from_millis(500));
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(c.now(), Duration::from_millis(100));
+        tokio::time::advance(Duration::from_millis(300)).await;
+        assert_eq!(c.now(), Duration::from_millis(400));
+        // Stopped for 8 s: counts as one long step.
+        tokio::time::advance(Duration::from_secs(8)).await;
+        assert_eq!(c.now(), Duration::from_millis(900));
     }
 }
