@@ -219,7 +219,12 @@ fn a_restarted_control_plane_keeps_everything_and_starts_nothing_twice() {
         .unwrap()
         .to_string();
     // Acknowledged just before the kill: must survive it.
-    let m2 = c.manifest("late.toml", &web_manifest(1).replace("\"web\"", "\"late\""));
+    let m2 = c.manifest(
+        "late.toml",
+        &web_manifest(1)
+            .replace("\"web\"", "\"late\"")
+            .replace("path = \"/\"", "path = \"/late\""),
+    );
     let out = c.cli(&["apply", "-f", m2.to_str().unwrap()]);
     assert!(out.success, "{}", out.stderr);
 
