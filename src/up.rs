@@ -5,8 +5,13 @@
 //! Children get a pipe as standard input and exit when it closes, so they
 //! never outlive `shoal up`, even when it is killed.
 
+// Output goes through `crate::out`, so that a closed pipe ends the command
+// instead of panicking.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 use crate::client::Client;
 use crate::cluster::data_home;
+use crate::out::{errln, outln};
 use anyhow::{Context, anyhow, bail};
 use base64::Engine as _;
 use clap::Args;
@@ -109,7 +114,7 @@ async fn start(name: &str, args: &[String], log: &Path, verbose: bool) -> anyhow
                     let _ = writeln!(f, "{line}");
                 }
                 if verbose {
-                    eprintln!("[{tag}] {line}");
+                    errln!("[{tag}] {line}");
                 }
                 if (line.contains(" listening on http") || line.contains(" serving on http"))
                     && let Some(start) = line.find("http://")
@@ -155,7 +160,7 @@ fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
     let stop = crate::signals::shutdown_signal();
     let dir = args
         .data_dir
@@ -224,7 +229,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         .await?;
         let gateway = gw.url.clone();
         procs.push(gw);
-        let client = Client::new(&api)?;
+        let client = Client::new(&api, request_timeout)?;
         wait_for_nodes(&client, args.nodes as usize).await?;
         if !args.no_demo {
             deploy_demo(&client).await?;
@@ -241,29 +246,29 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         }
     };
 
-    println!();
-    println!(
+    outln!();
+    outln!(
         "Shoal is up ({} nodes). Data and logs in {}",
         args.nodes,
         dir.display()
     );
     for p in &procs {
-        println!("  {:<14} {:<28} log: {}", p.name, p.url, p.log.display());
+        outln!("  {:<14} {:<28} log: {}", p.name, p.url, p.log.display());
     }
-    println!();
+    outln!();
     if args.no_demo {
-        println!("Apps are served at {gateway}/ (by the hosts and paths in their routes).");
+        outln!("Apps are served at {gateway}/ (by the hosts and paths in their routes).");
     } else {
-        println!("The demo app `hello` runs 3 replicas behind the gateway; try:");
-        println!("  curl {gateway}/");
+        outln!("The demo app `hello` runs 3 replicas behind the gateway; try:");
+        outln!("  curl {gateway}/");
     }
-    println!();
-    println!("Inspect it with:");
-    println!("  shoal get apps | shoal get instances | shoal get nodes | shoal describe app hello");
+    outln!();
+    outln!("Inspect it with:");
+    outln!("  shoal get apps | shoal get instances | shoal get nodes | shoal describe app hello");
     if api != crate::client::DEFAULT_SERVER {
-        println!("  (with --server {api}, or SHOAL_SERVER={api})");
+        outln!("  (with --server {api}, or SHOAL_SERVER={api})");
     }
-    println!("Press Ctrl-C to stop everything.");
+    outln!("Press Ctrl-C to stop everything.");
     let _ = std::io::stdout().flush();
 
     // Run until asked to stop; report children that die on their own.
@@ -280,15 +285,15 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
                     }
                     if let Ok(Some(status)) = p.child.try_wait() {
                         exited[i] = true;
-                        eprintln!("{} exited ({status}); see {}", p.name, p.log.display());
+                        errln!("{} exited ({status}); see {}", p.name, p.log.display());
                     }
                 }
             }
         }
     }
-    println!("Stopping...");
+    outln!("Stopping...");
     stop_all(&mut procs).await;
-    println!("Stopped.");
+    outln!("Stopped.");
     Ok(())
 }
 
@@ -347,7 +352,7 @@ async fn deploy_demo(client: &Client) -> anyhow::Result<()> {
     };
     let out: Vec<ApplyOutcome> = client.post("/v1/apply", &req).await?;
     for o in &out {
-        println!("app/{} {} (revision {})", o.app.name, o.result, o.revision);
+        outln!("app/{} {} (revision {})", o.app.name, o.result, o.revision);
     }
     crate::commands::wait_ready(
         client,
@@ -376,7 +381,7 @@ async fn stop_all(procs: &mut [Proc]) {
         match tokio::time::timeout(Duration::from_secs(15), p.child.wait()).await {
             Ok(_) => {}
             Err(_) => {
-                eprintln!("{} did not stop in 15s; killing it", p.name);
+                errln!("{} did not stop in 15s; killing it", p.name);
                 let _ = p.child.kill().await;
             }
         }
