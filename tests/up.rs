@@ -134,15 +134,17 @@ fn up_gives_up_on_a_child_that_keeps_dying_right_after_it_starts() {
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("{line}"));
     }
+    up.out
+        .wait_for(T, |l| {
+            l.starts_with("error: gateway keeps exiting right after it starts (5 times in a row")
+        })
+        .unwrap_or_else(|| panic!("{:#?}", up.out.all()));
+    // The rest of the cluster went down with it.
+    up.out
+        .wait_for(T, |l| l == "Stopped.")
+        .unwrap_or_else(|| panic!("{:#?}", up.out.all()));
     let status = up.wait(T).expect("up exits when it gives up");
     assert!(!status.success());
-    let out = up.out.all().join("\n");
-    assert!(
-        out.contains("error: gateway keeps exiting right after it starts (5 times in a row"),
-        "{out}"
-    );
-    // The rest of the cluster went down with it.
-    assert!(out.contains("Stopped."), "{out}");
 }
 
 /// Runs `shoal up` to its end; returns its exit status and output.
