@@ -14,7 +14,6 @@ use clap::{Args, Subcommand};
 use shoal_api::manifest::TrafficTarget;
 use shoal_api::objects::{AppKey, Phase, RolloutState, now_ms};
 use shoal_api::rest::{AppDetail, RollbackRequest, RollbackResponse, TrafficRequest};
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 #[derive(Subcommand, Debug)]
@@ -153,7 +152,6 @@ async fn status(client: &Client, a: StatusArgs) -> anyhow::Result<()> {
         let (line, done) = describe_progress(&d);
         if line != last {
             outln!("{line}");
-            let _ = std::io::stdout().flush();
             last = line;
         }
         match done {
