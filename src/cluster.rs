@@ -30,7 +30,7 @@ pub struct ControlPlaneArgs {
     /// How often nodes heartbeat.
     #[arg(long, default_value = "250ms")]
     pub heartbeat: Duration,
-    /// Exit when standard input closes (used by `shoal up`).
+    /// Exit when the parent process exits (used by `shoal up`).
     #[arg(long, hide = true)]
     pub exit_with_parent: bool,
 }
@@ -63,7 +63,7 @@ pub struct NodeArgs {
     /// How long in-flight requests may take to finish at shutdown.
     #[arg(long, default_value = "10s")]
     pub grace: Duration,
-    /// Exit when standard input closes (used by `shoal up`).
+    /// Exit when the parent process exits (used by `shoal up`).
     #[arg(long, hide = true)]
     pub exit_with_parent: bool,
 }
@@ -98,7 +98,7 @@ pub struct GatewayArgs {
     /// Worker threads, each with its own event loop (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Exit when standard input closes (used by `shoal up`).
+    /// Exit when the parent process exits (used by `shoal up`).
     #[arg(long, hide = true)]
     pub exit_with_parent: bool,
 }
@@ -120,32 +120,18 @@ pub fn data_home() -> PathBuf {
 }
 
 /// Resolves when a signal asks us to stop, or (with `with_parent`) when
-/// standard input closes because the parent `shoal up` went away. The
-/// signal handlers are installed at the call.
+/// the parent process exits. The signal handlers are installed at the call.
 fn stop_requested(with_parent: bool) -> impl std::future::Future<Output = ()> {
     let signalled = shutdown_signal();
-    async move { stop_or_parent_gone(with_parent, signalled).await }
-}
-
-async fn stop_or_parent_gone(with_parent: bool, signalled: impl std::future::Future<Output = ()>) {
-    let parent_gone = async {
-        if with_parent {
-            use tokio::io::AsyncReadExt;
-            let mut stdin = tokio::io::stdin();
-            let mut buf = [0u8; 64];
-            loop {
-                match stdin.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => continue,
-                }
-            }
-        } else {
-            std::future::pending::<()>().await
+    let parent = with_parent.then(crate::signals::parent_exit);
+    async move {
+        match parent {
+            Some(parent) => tokio::select! {
+                _ = signalled => {}
+                _ = parent => {}
+            },
+            None => signalled.await,
         }
-    };
-    tokio::select! {
-        _ = signalled => {}
-        _ = parent_gone => {}
     }
 }
 

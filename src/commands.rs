@@ -1,7 +1,9 @@
 //! The client commands: `apply`, `get`, `describe`, `scale`, `delete`,
 //! `logs` and `events`, in kubectl's habits.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
-use crate::client::Client;
+use crate::client::{ApiError, Client};
+use crate::out::{errln, out, outln};
 use crate::table::{self, age};
 use anyhow::{Context, anyhow, bail};
 use base64::Engine as _;
@@ -257,7 +259,7 @@ pub async fn apply(client: &Client, args: ApplyArgs) -> anyhow::Result<()> {
     };
     let outcomes: Vec<ApplyOutcome> = client.post("/v1/apply", &req).await?;
     for o in &outcomes {
-        println!(
+        outln!(
             "{} {} (revision {})",
             app_label(&o.app),
             o.result,
@@ -295,7 +297,7 @@ pub async fn wait_ready(client: &Client, keys: &[AppKey], timeout: Duration) -> 
                 app.current_revision
             );
             if last.get(key) != Some(&progress) {
-                println!("{progress}");
+                outln!("{progress}");
                 last.insert(key.clone(), progress);
             }
             for i in &d.instances {
@@ -306,7 +308,7 @@ pub async fn wait_ready(client: &Client, keys: &[AppKey], timeout: Duration) -> 
                 if let (true, Some(reason)) = (trouble, &i.reason) {
                     let msg = format!("  {} {}: {reason}", i.id, i.phase);
                     if told.insert(msg.clone()) {
-                        println!("{msg}");
+                        outln!("{msg}");
                     }
                 }
             }
@@ -336,7 +338,7 @@ pub async fn wait_ready(client: &Client, keys: &[AppKey], timeout: Duration) -> 
         }
         let _ = std::io::stdout().flush();
         if done.len() == keys.len() {
-            println!("all replicas ready");
+            outln!("all replicas ready");
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -351,8 +353,8 @@ pub async fn wait_ready(client: &Client, keys: &[AppKey], timeout: Duration) -> 
 
 fn print_structured<T: serde::Serialize>(value: &T, format: OutputFormat) -> anyhow::Result<()> {
     match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(value)?),
-        OutputFormat::Yaml => print!("{}", serde_yaml::to_string(value)?),
+        OutputFormat::Json => outln!("{}", serde_json::to_string_pretty(value)?),
+        OutputFormat::Yaml => out!("{}", serde_yaml::to_string(value)?),
         _ => unreachable!("tables are printed by the caller"),
     }
     Ok(())
@@ -382,11 +384,16 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
     let structured = matches!(args.output, OutputFormat::Json | OutputFormat::Yaml);
     let wide = args.output == OutputFormat::Wide;
     let not_found = |what: &str| -> anyhow::Error {
-        anyhow!(
-            "{what} {:?} not found in namespace {}",
-            args.name.as_deref().unwrap_or_default(),
-            args.ns.single()
-        )
+        let name = args.name.as_deref().unwrap_or_default();
+        ApiError::not_found(if all {
+            format!("{what} {name:?} not found in any namespace")
+        } else {
+            format!(
+                "{what} {name:?} not found in namespace {}",
+                args.ns.single()
+            )
+        })
+        .into()
     };
     match args.resource {
         Resource::Apps => {
@@ -503,31 +510,38 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
         }
         Resource::Nodes => {
             let mut nodes: Vec<Node> = client.get("/v1/nodes").await?;
-            let insts: Vec<Instance> = client.get("/v1/instances?namespace=*").await?;
             if let Some(n) = &args.name {
                 nodes.retain(|x| &x.name == n);
                 if nodes.is_empty() {
-                    bail!("node {n:?} not found");
+                    return Err(ApiError::not_found(format!("node {n:?} not found")).into());
                 }
             }
+            let insts: Vec<Instance> = client.get("/v1/instances?namespace=*").await?;
+            let views: Vec<NodeView> = nodes
+                .iter()
+                .map(|node| NodeView {
+                    node,
+                    used_instances: insts
+                        .iter()
+                        .filter(|i| i.node.as_deref() == Some(node.name.as_str()))
+                        .count(),
+                })
+                .collect();
             if structured {
-                return print_items(&nodes, &args.name, args.output);
+                return print_items(&views, &args.name, args.output);
             }
             let mut header = vec!["NAME", "STATUS", "INSTANCES", "ADDRESS", "LAST-HEARTBEAT"];
             if wide {
                 header.extend(["MEMORY", "LABELS"]);
             }
-            let rows: Vec<Vec<String>> = nodes
+            let rows: Vec<Vec<String>> = views
                 .iter()
-                .map(|n| {
-                    let here = insts
-                        .iter()
-                        .filter(|i| i.node.as_deref() == Some(n.name.as_str()))
-                        .count();
+                .map(|v| {
+                    let n = v.node;
                     let mut r = vec![
                         n.name.clone(),
                         n.state.to_string(),
-                        format!("{here}/{}", n.capacity.instances),
+                        format!("{}/{}", v.used_instances, n.capacity.instances),
                         n.address.clone(),
                         format!("{} ago", age(n.last_heartbeat_ms, now)),
                     ];
@@ -545,7 +559,7 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
                 })
                 .collect();
             if rows.is_empty() {
-                println!("No nodes have joined.");
+                outln!("No nodes have joined.");
             } else {
                 table::print(&header, &rows);
             }
@@ -569,9 +583,13 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
                 header.push("NAMESPACE");
             }
             header.extend(["APP", "REVISION", "MODULE", "CURRENT", "AGE"]);
+            if wide {
+                header.extend(["KIND", "MEMORY", "TIMEOUT", "ROUTES", "CREATED"]);
+            }
             let rows: Vec<Vec<String>> = revs
                 .iter()
                 .map(|r| {
+                    let t = &r.template;
                     let mut row = vec![];
                     if all {
                         row.push(r.app.namespace.clone());
@@ -579,7 +597,11 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
                     row.extend([
                         r.app.name.clone(),
                         r.number.to_string(),
-                        short_digest(&r.template.digest),
+                        if wide {
+                            format!("sha256:{}", t.digest)
+                        } else {
+                            short_digest(&t.digest)
+                        },
                         if current.get(&r.app) == Some(&r.number) {
                             "*".into()
                         } else {
@@ -587,6 +609,19 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
                         },
                         age(r.created_at_ms, now),
                     ]);
+                    if wide {
+                        row.extend([
+                            t.kind.to_string(),
+                            t.limits.memory.to_string(),
+                            t.limits.timeout.to_string(),
+                            if t.routes.is_empty() {
+                                "<none>".into()
+                            } else {
+                                routes_text(&t.routes)
+                            },
+                            table::timestamp(r.created_at_ms),
+                        ]);
+                    }
                     row
                 })
                 .collect();
@@ -596,12 +631,22 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A node as `get nodes` shows it, in every output format: the node and
+/// how many instances are placed on it (of its `capacity.instances`).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct NodeView<'a> {
+    #[serde(flatten)]
+    node: &'a Node,
+    used_instances: usize,
+}
+
 fn print_table_or_empty(header: &[&str], rows: &[Vec<String>], ns: &str) {
     if rows.is_empty() {
         if ns == "*" {
-            println!("No resources found.");
+            outln!("No resources found.");
         } else {
-            println!("No resources found in {ns} namespace.");
+            outln!("No resources found in {ns} namespace.");
         }
     } else {
         table::print(header, rows);
@@ -632,22 +677,25 @@ pub async fn describe(client: &Client, app: AppRef) -> anyhow::Result<()> {
     let d: AppDetail = client.get(&app_path(&key)).await?;
     let now = now_ms();
     let a = &d.view.app;
-    println!("Name:         {}", a.key.name);
-    println!("Namespace:    {}", a.key.namespace);
-    println!("Created:      {} ago", age(a.created_at_ms, now));
-    println!(
+    outln!("Name:         {}", a.key.name);
+    outln!("Namespace:    {}", a.key.namespace);
+    outln!("Created:      {} ago", age(a.created_at_ms, now));
+    outln!(
         "Replicas:     {} desired | {} ready | {} instances | {} pending",
-        a.replicas, d.view.ready, d.view.instances, d.view.pending
+        a.replicas,
+        d.view.ready,
+        d.view.instances,
+        d.view.pending
     );
-    println!("Revision:     {}", a.current_revision);
+    outln!("Revision:     {}", a.current_revision);
     match &a.rollout {
-        RolloutState::Progressing { since_ms } => println!(
+        RolloutState::Progressing { since_ms } => outln!(
             "Rollout:      in progress for {} (stable revision {})",
             age(*since_ms, now),
             a.stable_revision
         ),
-        RolloutState::Complete { .. } => println!("Rollout:      complete"),
-        RolloutState::Failed { reason, .. } => println!(
+        RolloutState::Complete { .. } => outln!("Rollout:      complete"),
+        RolloutState::Failed { reason, .. } => outln!(
             "Rollout:      FAILED: {reason} (revision {} serves)",
             a.stable_revision
         ),
@@ -662,16 +710,19 @@ pub async fn describe(client: &Client, app: AppRef) -> anyhow::Result<()> {
                 None => format!("latest {}%", t.percent),
             })
             .collect();
-        println!("Traffic:      {}", parts.join(", "));
+        outln!("Traffic:      {}", parts.join(", "));
     }
     if let Some(t) = &d.view.template {
-        println!("Kind:         {}", t.kind);
-        println!("Module:       sha256:{}", t.digest);
-        println!(
+        outln!("Kind:         {}", t.kind);
+        outln!("Module:       sha256:{}", t.digest);
+        outln!(
             "Limits:       memory {}, timeout {}, concurrency {}, max-body {}",
-            t.limits.memory, t.limits.timeout, t.limits.concurrency, t.limits.max_body
+            t.limits.memory,
+            t.limits.timeout,
+            t.limits.concurrency,
+            t.limits.max_body
         );
-        println!(
+        outln!(
             "Resources:    memory {}, instances {}",
             shoal_api::ByteSize(t.memory_request()),
             t.resources.instances
@@ -683,14 +734,17 @@ pub async fn describe(client: &Client, app: AppRef) -> anyhow::Result<()> {
                 idle_timeout,
             } => format!("reuse (max {max_requests} requests, idle {idle_timeout})"),
         };
-        println!("Isolation:    {isolation}");
+        outln!("Isolation:    {isolation}");
         if !t.routes.is_empty() {
-            println!("Routes:       {}", routes_text(&t.routes));
+            outln!("Routes:       {}", routes_text(&t.routes));
         }
         if let Some(h) = &t.health {
-            println!(
+            outln!(
                 "Health:       GET {} every {} (timeout {}, {} failures to restart)",
-                h.path, h.interval, h.timeout, h.failure_threshold
+                h.path,
+                h.interval,
+                h.timeout,
+                h.failure_threshold
             );
         }
         if let Some(a) = &a.settings.autoscale {
@@ -701,7 +755,7 @@ pub async fn describe(client: &Client, app: AppRef) -> anyhow::Result<()> {
                     c.unwrap_or(shoal_api::manifest::AutoscaleSpec::DEFAULT_TARGET_CONCURRENCY)
                 ),
             };
-            println!(
+            outln!(
                 "Autoscale:    {}-{} replicas at {metric} per instance (windows {} / {}, scale-down delay {}, to zero after {})",
                 a.min,
                 a.max,
@@ -711,7 +765,7 @@ pub async fn describe(client: &Client, app: AppRef) -> anyhow::Result<()> {
                 a.scale_to_zero_after
             );
             if let Some(v) = &d.view.autoscale {
-                println!(
+                outln!(
                     "              now {:.1} in flight, {:.0} requests/s: wants {} ({}){}",
                     v.concurrency,
                     v.rps,
@@ -722,28 +776,33 @@ pub async fn describe(client: &Client, app: AppRef) -> anyhow::Result<()> {
             }
         }
         if let Some(c) = &d.view.cold_starts {
-            println!(
+            outln!(
                 "Cold starts:  {} (last {} ms, p50 {} ms, p99 {} ms)",
-                c.count, c.last_ms, c.p50_ms, c.p99_ms
+                c.count,
+                c.last_ms,
+                c.p50_ms,
+                c.p99_ms
             );
         }
         if t.kind == shoal_api::WorkloadKind::Worker {
-            println!(
+            outln!(
                 "Restart:      {:?}, backoff {} doubling to {}",
-                t.restart_policy, t.backoff.initial, t.backoff.max
+                t.restart_policy,
+                t.backoff.initial,
+                t.backoff.max
             );
         }
         if !t.env.is_empty() {
-            println!(
+            outln!(
                 "Env:          {}",
                 t.env.keys().cloned().collect::<Vec<_>>().join(", ")
             );
         }
         if !t.allow_outbound.is_empty() {
-            println!("Outbound:     {}", t.allow_outbound.join(", "));
+            outln!("Outbound:     {}", t.allow_outbound.join(", "));
         }
         if !t.node_selector.is_empty() {
-            println!(
+            outln!(
                 "Node selector: {}",
                 t.node_selector
                     .iter()
@@ -753,7 +812,7 @@ pub async fn describe(client: &Client, app: AppRef) -> anyhow::Result<()> {
             );
         }
     }
-    println!("Revisions:");
+    outln!("Revisions:");
     let rows: Vec<Vec<String>> = d
         .revisions
         .iter()
@@ -765,10 +824,10 @@ pub async fn describe(client: &Client, app: AppRef) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    print!("{}", table::render(&["  REVISION", "MODULE", "AGE"], &rows));
-    println!("Instances:");
+    out!("{}", table::render(&["  REVISION", "MODULE", "AGE"], &rows));
+    outln!("Instances:");
     if d.instances.is_empty() {
-        println!("  <none>");
+        outln!("  <none>");
     } else {
         let rows: Vec<Vec<String>> = d
             .instances
@@ -786,7 +845,7 @@ pub async fn describe(client: &Client, app: AppRef) -> anyhow::Result<()> {
                 ]
             })
             .collect();
-        print!(
+        out!(
             "{}",
             table::render(
                 &[
@@ -796,28 +855,39 @@ pub async fn describe(client: &Client, app: AppRef) -> anyhow::Result<()> {
             )
         );
     }
-    println!("Events:");
+    outln!("Events:");
     let recent: Vec<&Event> = d.events.iter().rev().take(20).rev().collect();
     if recent.is_empty() {
-        println!("  <none>");
+        outln!("  <none>");
     } else {
-        print!(
-            "{}",
-            table::render(&EVENT_HEADER_INDENTED, &event_rows(&recent, now, "  "))
-        );
+        out!("{}", render_events(&recent, now, "  ", false));
     }
     Ok(())
 }
 
-const EVENT_HEADER: [&str; 5] = ["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"];
-const EVENT_HEADER_INDENTED: [&str; 5] = ["  LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"];
+/// The header of an event table; with `namespace` (`-A`), the events'
+/// namespaces come first.
+fn event_header(indent: &str, namespace: bool) -> Vec<String> {
+    let mut h: Vec<String> = Vec::new();
+    if namespace {
+        h.push("NAMESPACE".into());
+    }
+    h.extend(["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"].map(String::from));
+    h[0].insert_str(0, indent);
+    h
+}
 
-fn event_rows(events: &[&Event], now: u64, indent: &str) -> Vec<Vec<String>> {
+fn event_rows(events: &[&Event], now: u64, indent: &str, namespace: bool) -> Vec<Vec<String>> {
     events
         .iter()
         .map(|e| {
-            vec![
-                format!("{indent}{}", age(e.at_ms, now)),
+            let mut row = Vec::new();
+            if namespace {
+                // Events about nodes belong to no namespace.
+                row.push(e.namespace.clone().unwrap_or_else(|| "-".into()));
+            }
+            row.extend([
+                age(e.at_ms, now),
                 match e.level {
                     EventLevel::Normal => "Normal".into(),
                     EventLevel::Warning => "Warning".into(),
@@ -825,9 +895,17 @@ fn event_rows(events: &[&Event], now: u64, indent: &str) -> Vec<Vec<String>> {
                 e.reason.clone(),
                 e.object.clone(),
                 e.message.clone(),
-            ]
+            ]);
+            row[0].insert_str(0, indent);
+            row
         })
         .collect()
+}
+
+fn render_events(events: &[&Event], now: u64, indent: &str, namespace: bool) -> String {
+    let header = event_header(indent, namespace);
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    table::render(&header, &event_rows(events, now, indent, namespace))
 }
 
 pub async fn scale(client: &Client, args: ScaleArgs) -> anyhow::Result<()> {
@@ -840,7 +918,7 @@ pub async fn scale(client: &Client, args: ScaleArgs) -> anyhow::Result<()> {
             },
         )
         .await?;
-    println!("{} scaled to {} replicas", app_label(&key), args.replicas);
+    outln!("{} scaled to {} replicas", app_label(&key), args.replicas);
     Ok(())
 }
 
@@ -866,65 +944,207 @@ pub async fn delete(client: &Client, args: DeleteArgs) -> anyhow::Result<()> {
     }
     for key in keys {
         client.delete(&app_path(&key)).await?;
-        println!("{} deleted", app_label(&key));
+        outln!("{} deleted", app_label(&key));
     }
     Ok(())
+}
+
+/// An instance whose logs can be read: it is on a node whose address is
+/// known.
+struct LogSource {
+    id: String,
+    url: String,
+    revision: u64,
+    node: String,
+}
+
+fn log_sources(d: &AppDetail, follow: bool) -> Vec<LogSource> {
+    let addresses: BTreeMap<&str, &str> = d
+        .nodes
+        .iter()
+        .map(|n| (n.name.as_str(), n.address.as_str()))
+        .collect();
+    d.instances
+        .iter()
+        .filter_map(|i| {
+            let node = i.node.as_deref()?;
+            let addr = addresses.get(node)?;
+            Some(LogSource {
+                id: i.id.clone(),
+                url: format!(
+                    "{}/v1/instances/{}/logs{}",
+                    addr.trim_end_matches('/'),
+                    i.id,
+                    if follow { "?follow=true" } else { "" }
+                ),
+                revision: i.revision,
+                node: node.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Why reading an instance's logs stopped.
+enum LogEnd {
+    /// The stream could not be opened (the node may not have started the
+    /// instance yet).
+    NotOpened(anyhow::Error),
+    /// The stream ended: the instance stopped or its node went away.
+    Ended,
+}
+
+/// Prints an instance's log lines, each prefixed by the instance, until its
+/// stream ends. `hello` is said once the stream is open.
+async fn print_logs(client: Client, source: LogSource, hello: Option<String>) -> LogEnd {
+    let id = &source.id;
+    let resp = match client.stream(&source.url).await {
+        Ok(r) => r,
+        Err(e) => return LogEnd::NotOpened(e),
+    };
+    if let Some(hello) = hello {
+        errln!("{hello}");
+    }
+    let mut body = resp.bytes_stream();
+    let mut buf = Vec::new();
+    while let Some(Ok(chunk)) = body.next().await {
+        buf.extend_from_slice(&chunk);
+        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            outln!(
+                "[{id}] {}",
+                String::from_utf8_lossy(&line[..line.len() - 1])
+            );
+        }
+    }
+    if !buf.is_empty() {
+        outln!("[{id}] {}", String::from_utf8_lossy(&buf));
+    }
+    LogEnd::Ended
 }
 
 pub async fn logs(client: &Client, args: LogsArgs) -> anyhow::Result<()> {
     let key = args.app.key()?;
     let d: AppDetail = client.get(&app_path(&key)).await?;
-    let addresses: BTreeMap<String, String> = d
-        .nodes
-        .iter()
-        .map(|n| (n.name.clone(), n.address.clone()))
-        .collect();
-    let mut streams = Vec::new();
-    for inst in &d.instances {
-        let Some(addr) = inst.node.as_ref().and_then(|n| addresses.get(n)) else {
-            continue;
-        };
-        let url = format!(
-            "{}/v1/instances/{}/logs{}",
-            addr.trim_end_matches('/'),
-            inst.id,
-            if args.follow { "?follow=true" } else { "" }
-        );
-        let id = inst.id.clone();
-        let http = client.http().clone();
-        streams.push(async move {
-            let resp = match http.get(&url).send().await {
-                Ok(r) if r.status().is_success() => r,
-                Ok(r) => {
-                    eprintln!("[{id}] cannot read logs: node answered {}", r.status());
-                    return;
-                }
-                Err(e) => {
-                    eprintln!("[{id}] cannot read logs: {}", crate::client::root_cause(&e));
-                    return;
-                }
-            };
-            let mut body = resp.bytes_stream();
-            let mut buf = Vec::new();
-            while let Some(chunk) = body.next().await {
-                let Ok(chunk) = chunk else { break };
-                buf.extend_from_slice(&chunk);
-                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=pos).collect();
-                    let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
-                    println!("[{id}] {line}");
-                    let _ = std::io::stdout().flush();
-                }
+    let sources = log_sources(&d, args.follow);
+    if !args.follow {
+        if sources.is_empty() {
+            outln!("{} has no running instances", app_label(&key));
+        }
+        let reads = sources.into_iter().map(|s| async {
+            let id = s.id.clone();
+            if let LogEnd::NotOpened(e) = print_logs(client.clone(), s, None).await {
+                errln!("[{id}] cannot read logs: {e:#}");
             }
         });
-    }
-    if streams.is_empty() {
-        println!("{} has no running instances", app_label(&key));
+        futures::future::join_all(reads).await;
         return Ok(());
     }
-    futures::future::join_all(streams).await;
-    Ok(())
+    follow_logs(client, &key, sources).await
 }
+
+/// How often `logs -f` looks for instances that started after it.
+const LOGS_POLL: Duration = Duration::from_secs(1);
+
+/// The instances `logs -f` follows.
+struct Followers {
+    client: Client,
+    /// Being followed, or their stream has ended: an instance is followed
+    /// once, so no line is printed twice.
+    followed: BTreeSet<String>,
+    /// Whose stream could not be opened, already reported.
+    reported: BTreeSet<String>,
+    tasks: tokio::task::JoinSet<(String, LogEnd)>,
+}
+
+impl Followers {
+    fn follow(&mut self, s: LogSource, hello: Option<String>) {
+        if !self.followed.insert(s.id.clone()) {
+            return;
+        }
+        let id = s.id.clone();
+        let client = self.client.clone();
+        self.tasks
+            .spawn(async move { (id, print_logs(client, s, hello).await) });
+    }
+
+    /// Waits until a stream ends, and says why.
+    async fn ended(&mut self) {
+        let Some(Ok((id, end))) = self.tasks.join_next().await else {
+            return std::future::pending().await;
+        };
+        match end {
+            LogEnd::Ended => errln!("[{id}] log stream ended"),
+            // Tried again at the next look while the instance exists; a node
+            // that has not started it yet answers not_found.
+            LogEnd::NotOpened(e) => {
+                self.followed.remove(&id);
+                if !crate::client::is_not_found(&e) && self.reported.insert(id.clone()) {
+                    errln!("[{id}] cannot read logs yet: {e:#}");
+                }
+            }
+        }
+    }
+}
+
+/// Follows every instance of an app, including those that start later (a
+/// scale-up, a restart elsewhere, a rollout), until the app is deleted or
+/// the command is interrupted.
+async fn follow_logs(client: &Client, key: &AppKey, first: Vec<LogSource>) -> anyhow::Result<()> {
+    if first.is_empty() {
+        errln!(
+            "{} has no running instances yet; waiting for some",
+            app_label(key)
+        );
+    }
+    let mut f = Followers {
+        client: client.clone(),
+        followed: BTreeSet::new(),
+        reported: BTreeSet::new(),
+        tasks: tokio::task::JoinSet::new(),
+    };
+    for s in first {
+        f.follow(s, None);
+    }
+    let mut poll = tokio::time::interval(LOGS_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unreachable = false;
+    loop {
+        tokio::select! {
+            _ = poll.tick() => {}
+            _ = f.ended() => continue,
+        }
+        let d: AppDetail = match client.get(&app_path(key)).await {
+            Ok(d) => d,
+            Err(e) if crate::client::is_not_found(&e) => {
+                errln!("{} was deleted", app_label(key));
+                return Ok(());
+            }
+            Err(e) => {
+                // The streams come from the nodes: keep printing them while
+                // the control plane is away.
+                if !unreachable {
+                    errln!("warning: {e:#}; still following the instances found so far");
+                    unreachable = true;
+                }
+                continue;
+            }
+        };
+        unreachable = false;
+        for s in log_sources(&d, true) {
+            if !f.followed.contains(&s.id) {
+                let hello = format!(
+                    "[{}] following new instance (revision {} on {})",
+                    s.id, s.revision, s.node
+                );
+                f.follow(s, Some(hello));
+            }
+        }
+    }
+}
+
+/// How long the control plane holds `GET /v1/events?wait=true` open when
+/// nothing happens (`list_events` in the scheduler's API).
+const EVENTS_HOLD: Duration = Duration::from_secs(25);
 
 pub async fn events(client: &Client, args: EventsArgs) -> anyhow::Result<()> {
     let ns = args.ns.query();
@@ -932,16 +1152,10 @@ pub async fn events(client: &Client, args: EventsArgs) -> anyhow::Result<()> {
     let now = now_ms();
     let refs: Vec<&Event> = evs.iter().collect();
     if refs.is_empty() && !args.watch {
-        println!("No events.");
+        outln!("No events.");
         return Ok(());
     }
-    let mut rows = event_rows(&refs, now, "");
-    // Keep the columns of later rows in line with the first screen.
-    if rows.is_empty() {
-        rows.push(vec![String::new(); 5]);
-    }
-    print!("{}", table::render(&EVENT_HEADER, &rows));
-    let _ = std::io::stdout().flush();
+    out!("{}", render_events(&refs, now, "", args.ns.all_namespaces));
     if !args.watch {
         return Ok(());
     }
@@ -951,13 +1165,12 @@ pub async fn events(client: &Client, args: EventsArgs) -> anyhow::Result<()> {
             Some(a) => format!("/v1/events?namespace={ns}&wait=true&after={a}"),
             None => format!("/v1/events?namespace={ns}&wait=true"),
         };
-        let evs: Vec<Event> = client.get(&q).await?;
+        let evs: Vec<Event> = client.get_holding(&q, EVENTS_HOLD).await?;
         let now = now_ms();
         for e in &evs {
-            let row = &event_rows(&[e], now, "")[0];
-            println!("{}", row.join("  "));
+            let row = &event_rows(&[e], now, "", args.ns.all_namespaces)[0];
+            outln!("{}", row.join("  "));
         }
-        let _ = std::io::stdout().flush();
         if let Some(e) = evs.last() {
             after = Some(e.seq);
         }

@@ -9,6 +9,7 @@
 mod client;
 mod cluster;
 mod commands;
+mod out;
 mod rollout;
 mod run;
 mod signals;
@@ -32,6 +33,10 @@ struct Cli {
     /// URL of the control plane the client commands talk to.
     #[arg(long, global = true, env = "SHOAL_SERVER", default_value = client::DEFAULT_SERVER)]
     server: String,
+    /// How long the client commands wait for an answer (for `-f`, `-w` and
+    /// `rollout status`: for each answer to start).
+    #[arg(long, global = true, env = "SHOAL_REQUEST_TIMEOUT", default_value = client::DEFAULT_TIMEOUT)]
+    request_timeout: shoal_api::Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -87,16 +92,16 @@ fn main() {
         .map_err(anyhow::Error::from)
         .and_then(|rt| rt.block_on(dispatch(cli)));
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        out::errln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    let client = || client::Client::new(&cli.server);
+    let client = || client::Client::new(&cli.server, cli.request_timeout.get());
     match cli.command {
         Command::Run(args) => run::run(args).await,
-        Command::Up(args) => up::up(args).await,
+        Command::Up(args) => up::up(args, cli.request_timeout.get()).await,
         Command::ControlPlane(args) => cluster::control_plane(args).await,
         Command::Node(args) => cluster::node(args).await,
         Command::Gateway(args) => cluster::gateway(args).await,

@@ -1,15 +1,19 @@
 //! `shoal rollout status|history|undo|split`: watching and steering
 //! rolling updates, as `kubectl rollout` does.
 
+// Output goes through `crate::out`, so that a closed pipe ends the command
+// instead of panicking.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 use crate::client::Client;
 use crate::commands::AppRef;
+use crate::out::outln;
 use crate::table::{self, age};
 use anyhow::{anyhow, bail};
 use clap::{Args, Subcommand};
 use shoal_api::manifest::TrafficTarget;
 use shoal_api::objects::{AppKey, Phase, RolloutState, now_ms};
 use shoal_api::rest::{AppDetail, RollbackRequest, RollbackResponse, TrafficRequest};
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 #[derive(Subcommand, Debug)]
@@ -75,7 +79,7 @@ pub async fn run(client: &Client, cmd: RolloutCommand) -> anyhow::Result<()> {
                     },
                 )
                 .await?;
-            println!("app/{} rolled back to revision {}", key.name, r.revision);
+            outln!("app/{} rolled back to revision {}", key.name, r.revision);
             Ok(())
         }
         RolloutCommand::Split(a) => split(client, a).await,
@@ -147,8 +151,7 @@ async fn status(client: &Client, a: StatusArgs) -> anyhow::Result<()> {
         let d: AppDetail = client.get(&app_path(&key)).await?;
         let (line, done) = describe_progress(&d);
         if line != last {
-            println!("{line}");
-            let _ = std::io::stdout().flush();
+            outln!("{line}");
             last = line;
         }
         match done {
@@ -203,7 +206,7 @@ async fn history(client: &Client, a: AppRef) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    println!("app/{}", key.name);
+    outln!("app/{}", key.name);
     table::print(&["REVISION", "MODULE", "INSTANCES", "AGE", "NOTES"], &rows);
     Ok(())
 }
@@ -260,7 +263,7 @@ async fn split(client: &Client, a: SplitArgs) -> anyhow::Result<()> {
         )
         .await?;
     if traffic.is_empty() {
-        println!("app/{}: all traffic to the current revision", key.name);
+        outln!("app/{}: all traffic to the current revision", key.name);
     } else {
         let parts: Vec<String> = traffic
             .iter()
@@ -269,7 +272,7 @@ async fn split(client: &Client, a: SplitArgs) -> anyhow::Result<()> {
                 None => format!("latest {}%", t.percent),
             })
             .collect();
-        println!("app/{}: traffic split {}", key.name, parts.join(", "));
+        outln!("app/{}: traffic split {}", key.name, parts.join(", "));
     }
     Ok(())
 }

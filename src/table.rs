@@ -1,9 +1,15 @@
 //! Plain-text tables and ages, as kubectl prints them.
 
+// Output goes through `crate::out`, so that a closed pipe ends the command
+// instead of panicking.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+use crate::out::out;
+
 /// Prints rows under a header, each column as wide as its widest cell, two
 /// spaces apart.
 pub fn print(header: &[&str], rows: &[Vec<String>]) {
-    print!("{}", render(header, rows));
+    out!("{}", render(header, rows));
 }
 
 pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -45,6 +51,12 @@ pub fn age(then_ms: u64, now_ms: u64) -> String {
     }
 }
 
+/// When `ms` (since the Unix epoch) was, in UTC: `2024-05-01T12:00:00Z`.
+pub fn timestamp(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,5 +80,10 @@ mod tests {
         assert_eq!(age(0, 3 * 3_600_000), "3h");
         assert_eq!(age(0, 3 * 86_400_000), "3d");
         assert_eq!(age(10, 0), "0s");
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(timestamp(86_400_000 + 1_500), "1970-01-02T00:00:01Z");
     }
 }

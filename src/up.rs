@@ -2,11 +2,16 @@
 //! the gateway and each node run as separate OS processes (children of this one), so the
 //! cluster behaves as a real one does: a node can be killed on its own.
 //!
-//! Children get a pipe as standard input and exit when it closes, so they
-//! never outlive `shoal up`, even when it is killed.
+//! Children exit when `shoal up` does, even when it is killed
+//! (`--exit-with-parent`); a child that dies on its own is started again.
+
+// Output goes through `crate::out`, so that a closed pipe ends the command
+// instead of panicking.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 use crate::client::Client;
 use crate::cluster::data_home;
+use crate::out::{errln, outln};
 use anyhow::{Context, anyhow, bail};
 use base64::Engine as _;
 use clap::Args;
@@ -20,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::process::{Child, Command};
 
 /// The demo app `shoal up` deploys: the example wasi:http component.
 const DEMO_WASM: &[u8] = include_bytes!("../examples/wasm-apps/http-component.wasm");
@@ -66,34 +71,75 @@ pub struct UpArgs {
     pub verbose: bool,
 }
 
-struct Proc {
+/// How a child is started; what `shoal up` restarts when it dies.
+struct ChildSpec {
     name: String,
-    child: Child,
-    /// Held open: closing it tells the child to exit.
-    stdin: Option<ChildStdin>,
-    url: String,
+    args: Vec<String>,
     log: PathBuf,
 }
 
-/// Starts `shoal ARGS...` with its output going to `log`, and waits for the
-/// line that announces its URL.
-async fn start(name: &str, args: &[String], log: &Path, verbose: bool) -> anyhow::Result<Proc> {
+impl ChildSpec {
+    fn new(name: impl Into<String>, args: &[&str], log: PathBuf) -> Self {
+        Self {
+            name: name.into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            log,
+        }
+    }
+
+    /// Makes a restart listen where the first run did, which matters when
+    /// the address asked for had port 0: others know it by its URL. (Nodes
+    /// need not: they tell the control plane their new address.)
+    fn pin_listen(&mut self, url: &str) {
+        let addr = url.trim_start_matches("http://").to_string();
+        if let Some(i) = self.args.iter().position(|a| a == "--listen")
+            && let Some(v) = self.args.get_mut(i + 1)
+        {
+            *v = addr;
+        }
+    }
+}
+
+struct Proc {
+    child: Child,
+    url: String,
+    started: tokio::time::Instant,
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap_or_default()
+    }
+}
+
+/// Starts `shoal ARGS...` with its output appended to its log, and waits
+/// for the line that announces its URL. A child that exits first is
+/// reported with the end of its log, which says why (an address in use,
+/// a store another process holds).
+async fn start(spec: &ChildSpec, verbose: bool) -> anyhow::Result<Proc> {
+    let name = &spec.name;
+    let log = &spec.log;
     let exe = std::env::current_exe().context("finding the shoal executable")?;
     let mut child = Command::new(exe)
-        .args(args)
-        .stdin(Stdio::piped())
+        .args(&spec.args)
+        .env(
+            crate::signals::PARENT_PID_ENV,
+            std::process::id().to_string(),
+        )
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {name}"))?;
+    let started = tokio::time::Instant::now();
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .with_context(|| format!("opening {}", log.display()))?;
     let file = std::sync::Arc::new(std::sync::Mutex::new(file));
-    let (url_tx, url_rx) = tokio::sync::mpsc::channel::<String>(2);
+    let (url_tx, mut url_rx) = tokio::sync::mpsc::channel::<String>(2);
     let streams: Vec<Box<dyn tokio::io::AsyncRead + Unpin + Send>> = vec![
         Box::new(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?),
         Box::new(child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?),
@@ -109,7 +155,7 @@ async fn start(name: &str, args: &[String], log: &Path, verbose: bool) -> anyhow
                     let _ = writeln!(f, "{line}");
                 }
                 if verbose {
-                    eprintln!("[{tag}] {line}");
+                    errln!("[{tag}] {line}");
                 }
                 if (line.contains(" listening on http") || line.contains(" serving on http"))
                     && let Some(start) = line.find("http://")
@@ -126,28 +172,45 @@ async fn start(name: &str, args: &[String], log: &Path, verbose: bool) -> anyhow
         });
     }
     drop(url_tx);
-    let mut url_rx = url_rx;
+    // No URL means both streams closed, and every line is in the log.
     let url = tokio::select! {
         u = url_rx.recv() => u,
-        _ = tokio::time::sleep(Duration::from_secs(60)) => None,
+        _ = tokio::time::sleep(START_LIMIT) => None,
     };
     let Some(url) = url else {
         let _ = child.start_kill();
-        bail!(
-            "{name} did not start; its log ({}) ends with:\n{}",
-            log.display(),
-            tail(log, 15)
-        );
+        let how = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+            Ok(Ok(status)) if started.elapsed() < START_LIMIT => format!("exited ({status})"),
+            _ => format!("did not start within {}s", START_LIMIT.as_secs()),
+        };
+        return Err(exited(spec, &how));
     };
-    let stdin = child.stdin.take();
     Ok(Proc {
-        name: name.to_string(),
         child,
-        stdin,
         url,
-        log: log.to_path_buf(),
+        started,
     })
 }
+
+/// The error of a child that exited (or never started): the error it
+/// printed last, if any, and the end of its log.
+fn exited(spec: &ChildSpec, how: &str) -> anyhow::Error {
+    let tail = tail(&spec.log, 15);
+    let said = tail
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("error: "))
+        .map(|e| format!(": {e}"))
+        .unwrap_or_default();
+    anyhow!(
+        "{} {how}{said}\nits log ({}) ends with:\n{tail}",
+        spec.name,
+        spec.log.display()
+    )
+}
+
+/// How long a child may take to announce its URL.
+const START_LIMIT: Duration = Duration::from_secs(60);
 
 fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -155,8 +218,30 @@ fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+/// One child as `shoal up` keeps it: how to start it, and the process
+/// running now.
+struct Member {
+    spec: ChildSpec,
+    proc: Proc,
+}
+
+/// Resolves when any member's process exits, with its index and status.
+async fn first_exit(members: &mut [Member]) -> (usize, String) {
+    if members.is_empty() {
+        return std::future::pending().await;
+    }
+    let waits = members.iter_mut().enumerate().map(|(i, m)| {
+        Box::pin(async move {
+            let status = m.proc.child.wait().await;
+            (i, status.map_or_else(|e| e.to_string(), |s| s.to_string()))
+        })
+    });
+    futures::future::select_all(waits).await.0
+}
+
+pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
     let stop = crate::signals::shutdown_signal();
+    tokio::pin!(stop);
     let dir = args
         .data_dir
         .clone()
@@ -164,132 +249,242 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     crate::cluster::parse_capacity(&args.capacity)?;
-    let mut procs = Vec::new();
+    let mut members: Vec<Member> = Vec::new();
     let result = async {
-        let cp = start(
+        let mut add = async |mut spec: ChildSpec| -> anyhow::Result<String> {
+            let proc = start(&spec, args.verbose).await?;
+            if spec.args[0] != "node" {
+                spec.pin_listen(&proc.url);
+            }
+            let url = proc.url.clone();
+            members.push(Member { spec, proc });
+            Ok(url)
+        };
+        let cp_dir = dir.join("control-plane").display().to_string();
+        let (api_addr, lease) = (args.api.to_string(), args.lease.to_string());
+        let api = add(ChildSpec::new(
             "control-plane",
             &[
-                "control-plane".into(),
-                "--listen".into(),
-                args.api.to_string(),
-                "--data-dir".into(),
-                dir.join("control-plane").display().to_string(),
-                "--lease".into(),
-                args.lease.to_string(),
-                "--exit-with-parent".into(),
+                "control-plane",
+                "--listen",
+                &api_addr,
+                "--data-dir",
+                &cp_dir,
+                "--lease",
+                &lease,
+                "--exit-with-parent",
             ],
-            &logs.join("control-plane.log"),
-            args.verbose,
-        )
+            logs.join("control-plane.log"),
+        ))
         .await?;
-        let api = cp.url.clone();
-        procs.push(cp);
+        let cache = dir.join("cache").display().to_string();
         for i in 1..=args.nodes {
             let name = format!("node-{i}");
-            let p = start(
-                &name,
+            add(ChildSpec::new(
+                name.clone(),
                 &[
-                    "node".into(),
-                    "--join".into(),
-                    api.clone(),
-                    "--name".into(),
-                    name.clone(),
-                    "--listen".into(),
-                    "127.0.0.1:0".into(),
-                    "--capacity".into(),
-                    args.capacity.clone(),
-                    "--cache-dir".into(),
-                    dir.join("cache").display().to_string(),
-                    "--exit-with-parent".into(),
+                    "node",
+                    "--join",
+                    &api,
+                    "--name",
+                    &name,
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--capacity",
+                    &args.capacity,
+                    "--cache-dir",
+                    &cache,
+                    "--exit-with-parent",
                 ],
-                &logs.join(format!("{name}.log")),
-                args.verbose,
-            )
+                logs.join(format!("{name}.log")),
+            ))
             .await?;
-            procs.push(p);
         }
-        let gw = start(
+        let gateway_addr = args.gateway.to_string();
+        let gateway = add(ChildSpec::new(
             "gateway",
             &[
-                "gateway".into(),
-                "--listen".into(),
-                args.gateway.to_string(),
-                "--control-plane".into(),
-                api.clone(),
-                "--exit-with-parent".into(),
+                "gateway",
+                "--listen",
+                &gateway_addr,
+                "--control-plane",
+                &api,
+                "--exit-with-parent",
             ],
-            &logs.join("gateway.log"),
-            args.verbose,
-        )
+            logs.join("gateway.log"),
+        ))
         .await?;
-        let gateway = gw.url.clone();
-        procs.push(gw);
-        let client = Client::new(&api)?;
+        anyhow::Ok((api, gateway))
+    };
+    // Ctrl-C is heard from the start: a slow first build of the demo can be
+    // interrupted.
+    let started = tokio::select! {
+        r = result => r,
+        _ = &mut stop => Err(anyhow!("interrupted")),
+    };
+    let (api, gateway) = match started {
+        Ok(urls) => urls,
+        Err(e) => {
+            stop_all(&mut members).await;
+            return Err(e);
+        }
+    };
+    let client = Client::new(&api, request_timeout)?;
+    let ready = async {
         wait_for_nodes(&client, args.nodes as usize).await?;
         if !args.no_demo {
             deploy_demo(&client).await?;
             wait_for_route(&client, &gateway).await?;
         }
-        anyhow::Ok((api, gateway))
-    }
-    .await;
-    let (api, gateway) = match result {
-        Ok(x) => x,
-        Err(e) => {
-            stop_all(&mut procs).await;
-            return Err(e);
-        }
+        anyhow::Ok(())
     };
+    // A child that exits before the cluster is up fails `shoal up`: a
+    // second gateway on a port another holds must not look like a cluster.
+    let ready = tokio::select! {
+        r = ready => r,
+        (i, status) = first_exit(&mut members) => {
+            Err(exited(&members[i].spec, &format!("exited during startup ({status})")))
+        }
+        _ = &mut stop => Err(anyhow!("interrupted")),
+    };
+    if let Err(e) = ready {
+        stop_all(&mut members).await;
+        return Err(e);
+    }
 
-    println!();
-    println!(
+    outln!();
+    outln!(
         "Shoal is up ({} nodes). Data and logs in {}",
         args.nodes,
         dir.display()
     );
-    for p in &procs {
-        println!("  {:<14} {:<28} log: {}", p.name, p.url, p.log.display());
+    for m in &members {
+        outln!(
+            "  {:<14} {:<28} pid {:<8} log: {}",
+            m.spec.name,
+            m.proc.url,
+            m.proc.pid(),
+            m.spec.log.display()
+        );
     }
-    println!();
+    outln!();
     if args.no_demo {
-        println!("Apps are served at {gateway}/ (by the hosts and paths in their routes).");
+        outln!("Apps are served at {gateway}/ (by the hosts and paths in their routes).");
     } else {
-        println!("The demo app `hello` runs 3 replicas behind the gateway; try:");
-        println!("  curl {gateway}/");
+        outln!("The demo app `hello` runs 3 replicas behind the gateway; try:");
+        outln!("  curl {gateway}/");
     }
-    println!();
-    println!("Inspect it with:");
-    println!("  shoal get apps | shoal get instances | shoal get nodes | shoal describe app hello");
+    outln!();
+    outln!("Inspect it with:");
+    outln!("  shoal get apps | shoal get instances | shoal get nodes | shoal describe app hello");
     if api != crate::client::DEFAULT_SERVER {
-        println!("  (with --server {api}, or SHOAL_SERVER={api})");
+        outln!("  (with --server {api}, or SHOAL_SERVER={api})");
     }
-    println!("Press Ctrl-C to stop everything.");
-    let _ = std::io::stdout().flush();
+    outln!("Press Ctrl-C to stop everything.");
 
-    // Run until asked to stop; report children that die on their own.
-    let mut exited = vec![false; procs.len()];
-    let mut poll = tokio::time::interval(Duration::from_millis(500));
-    tokio::pin!(stop);
+    let outcome = keep_running(&mut members, args.verbose, &mut stop).await;
+    outln!("Stopping...");
+    stop_all(&mut members).await;
+    outln!("Stopped.");
+    outcome
+}
+
+/// A child that ran this long before it exited is restarted as if for the
+/// first time.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// The first wait before a restart, doubled after each quick failure.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Quick failures in a row (exits soon after starting, or starts that
+/// fail) after which `shoal up` gives up on the cluster.
+const GIVE_UP_AFTER: u32 = 5;
+
+/// Restart bookkeeping of one member.
+#[derive(Default)]
+struct Restarts {
+    quick_failures: u32,
+    backoff: Option<Duration>,
+}
+
+impl Restarts {
+    /// Counts a failure; returns the wait before the next try, or `None`
+    /// to give up.
+    fn failed(&mut self, ran: Duration) -> Option<Duration> {
+        if ran >= STABLE_AFTER {
+            *self = Self::default();
+        }
+        self.quick_failures += 1;
+        if self.quick_failures >= GIVE_UP_AFTER {
+            return None;
+        }
+        let wait = self
+            .backoff
+            .map_or(FIRST_BACKOFF, |b| (b * 2).min(MAX_BACKOFF));
+        self.backoff = Some(wait);
+        Some(wait)
+    }
+}
+
+/// Runs until asked to stop, restarting children that die on their own;
+/// fails if one keeps dying right after it starts.
+async fn keep_running(
+    members: &mut [Member],
+    verbose: bool,
+    stop: &mut (impl Future<Output = ()> + Unpin),
+) -> anyhow::Result<()> {
+    let mut restarts: Vec<Restarts> = members.iter().map(|_| Restarts::default()).collect();
     loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            _ = poll.tick() => {
-                for (i, p) in procs.iter_mut().enumerate() {
-                    if exited[i] {
-                        continue;
-                    }
-                    if let Ok(Some(status)) = p.child.try_wait() {
-                        exited[i] = true;
-                        eprintln!("{} exited ({status}); see {}", p.name, p.log.display());
-                    }
+        let (i, status) = tokio::select! {
+            _ = &mut *stop => return Ok(()),
+            exit = first_exit(members) => exit,
+        };
+        let m = &mut members[i];
+        let name = m.spec.name.clone();
+        let mut ran = m.proc.started.elapsed();
+        let mut why = format!("exited ({status})");
+        // Until a new process announces its URL; the dead one stays in
+        // place, and `first_exit` sees it exited at once, so nothing else
+        // waits on it meanwhile.
+        loop {
+            let Some(wait) = restarts[i].failed(ran) else {
+                return Err(exited(
+                    &m.spec,
+                    &format!(
+                        "keeps exiting right after it starts ({GIVE_UP_AFTER} times in a row, last: {why}); giving up"
+                    ),
+                ));
+            };
+            errln!(
+                "{name} {why}; restarting it in {} (log: {})",
+                shoal_api::Duration::from(wait),
+                m.spec.log.display()
+            );
+            if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&m.spec.log) {
+                let _ = writeln!(f, "--- shoal up: {name} {why}; restarting it ---");
+            }
+            tokio::select! {
+                _ = &mut *stop => return Ok(()),
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let started = tokio::select! {
+                _ = &mut *stop => return Ok(()),
+                p = start(&m.spec, verbose) => p,
+            };
+            match started {
+                Ok(p) => {
+                    errln!("{name} restarted (pid {}) on {}", p.pid(), p.url);
+                    m.proc = p;
+                    break;
+                }
+                Err(e) => {
+                    ran = Duration::ZERO;
+                    // Its first line; the log's end is in the final error.
+                    let e = e.to_string();
+                    why = format!("failed to start again ({})", e.lines().next().unwrap_or(""));
                 }
             }
         }
     }
-    println!("Stopping...");
-    stop_all(&mut procs).await;
-    println!("Stopped.");
-    Ok(())
 }
 
 async fn wait_for_nodes(client: &Client, n: usize) -> anyhow::Result<()> {
@@ -313,6 +508,7 @@ async fn wait_for_route(client: &Client, gateway: &str) -> anyhow::Result<()> {
         let ok = client
             .http()
             .get(format!("{gateway}/"))
+            .timeout(Duration::from_secs(10))
             .send()
             .await
             .is_ok_and(|r| r.status().is_success());
@@ -347,7 +543,7 @@ async fn deploy_demo(client: &Client) -> anyhow::Result<()> {
     };
     let out: Vec<ApplyOutcome> = client.post("/v1/apply", &req).await?;
     for o in &out {
-        println!("app/{} {} (revision {})", o.app.name, o.result, o.revision);
+        outln!("app/{} {} (revision {})", o.app.name, o.result, o.revision);
     }
     crate::commands::wait_ready(
         client,
@@ -357,14 +553,13 @@ async fn deploy_demo(client: &Client) -> anyhow::Result<()> {
     .await
 }
 
-/// Asks every child to stop (SIGTERM, and closing its stdin), then kills
-/// whatever is still running after a grace period.
-async fn stop_all(procs: &mut [Proc]) {
+/// Asks every child to stop (SIGTERM), then kills whatever is still
+/// running after a grace period.
+async fn stop_all(members: &mut [Member]) {
     // Nodes first, so the control plane does not see them as lost and
     // reschedule their instances while the cluster goes down.
-    for p in procs.iter_mut().rev() {
-        p.stdin.take();
-        if let Some(pid) = p.child.id() {
+    for m in members.iter_mut().rev() {
+        if let Some(pid) = m.proc.child.id() {
             // SAFETY: sending a signal to a child we started; no memory is
             // touched.
             unsafe {
@@ -372,12 +567,12 @@ async fn stop_all(procs: &mut [Proc]) {
             }
         }
     }
-    for p in procs.iter_mut() {
-        match tokio::time::timeout(Duration::from_secs(15), p.child.wait()).await {
+    for m in members.iter_mut() {
+        match tokio::time::timeout(Duration::from_secs(15), m.proc.child.wait()).await {
             Ok(_) => {}
             Err(_) => {
-                eprintln!("{} did not stop in 15s; killing it", p.name);
-                let _ = p.child.kill().await;
+                errln!("{} did not stop in 15s; killing it", m.spec.name);
+                let _ = m.proc.child.kill().await;
             }
         }
     }

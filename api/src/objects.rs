@@ -119,16 +119,34 @@ impl AppSettings {
 }
 
 /// Where the latest rollout of an app stands.
+///
+/// The fields were written in snake case (`at_ms`) before they followed the
+/// kebab case of every other field; the store keeps objects as JSON, so the
+/// old names are still read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "kebab-case")]
+#[serde(
+    tag = "state",
+    rename_all = "kebab-case",
+    rename_all_fields = "kebab-case"
+)]
 pub enum RolloutState {
     /// Replacing instances of older revisions with the current one.
-    Progressing { since_ms: u64 },
+    Progressing {
+        #[serde(alias = "since_ms")]
+        since_ms: u64,
+    },
     /// Every replica runs the current revision.
-    Complete { at_ms: u64 },
+    Complete {
+        #[serde(alias = "at_ms")]
+        at_ms: u64,
+    },
     /// The new revision did not become ready in time; the stable revision
     /// keeps serving.
-    Failed { at_ms: u64, reason: String },
+    Failed {
+        #[serde(alias = "at_ms")]
+        at_ms: u64,
+        reason: String,
+    },
 }
 
 /// An app: its desired replicas and current revision.
@@ -333,4 +351,38 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rollout_state_fields_are_kebab_case_and_old_names_still_load() {
+        let states = [
+            (
+                RolloutState::Progressing { since_ms: 5 },
+                r#"{"state":"progressing","since-ms":5}"#,
+                r#"{"state":"progressing","since_ms":5}"#,
+            ),
+            (
+                RolloutState::Complete { at_ms: 7 },
+                r#"{"state":"complete","at-ms":7}"#,
+                r#"{"state":"complete","at_ms":7}"#,
+            ),
+            (
+                RolloutState::Failed {
+                    at_ms: 9,
+                    reason: "r".into(),
+                },
+                r#"{"state":"failed","at-ms":9,"reason":"r"}"#,
+                r#"{"state":"failed","at_ms":9,"reason":"r"}"#,
+            ),
+        ];
+        for (state, new, old) in states {
+            assert_eq!(serde_json::to_string(&state).unwrap(), new);
+            assert_eq!(serde_json::from_str::<RolloutState>(new).unwrap(), state);
+            assert_eq!(serde_json::from_str::<RolloutState>(old).unwrap(), state);
+        }
+    }
 }
