@@ -7,7 +7,7 @@ mod support;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use std::time::Duration;
-use support::{Cluster, wait_until};
+use support::{Cluster, Proc, http, wait_until};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -242,4 +242,242 @@ fn bodies_without_a_length_over_max_body_get_413() {
             }
         }
     }
+}
+
+/// A control plane that serves one fixed route table to gateways: app
+/// `default/web` on every host and path, with one endpoint at `node`.
+/// Returns its URL.
+fn fake_control_plane(node: &str) -> String {
+    use shoal_api::routes::{Backend, Endpoint, RouteApp, RouteTable};
+    use std::io::{BufRead, BufReader, Read, Write};
+    let table = RouteTable {
+        apps: vec![RouteApp {
+            app: shoal_api::objects::AppKey {
+                namespace: "default".into(),
+                name: "web".into(),
+            },
+            routes: vec![shoal_api::manifest::Route {
+                host: None,
+                path: "/".into(),
+            }],
+            load_balancing: Default::default(),
+            timeout_ms: 60_000,
+            max_body: 1 << 30,
+            backends: vec![Backend {
+                revision: 1,
+                weight: 100,
+                endpoints: vec![Endpoint {
+                    instance: "web-0".into(),
+                    node: "node-1".into(),
+                    address: node.into(),
+                }],
+            }],
+            scale_from_zero: false,
+        }],
+    };
+    let line = format!("{}\n", serde_json::to_string(&table).unwrap());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(s) = s else { return };
+            let line = line.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(s);
+                let mut first = String::new();
+                let mut length = 0usize;
+                let mut l = String::new();
+                if r.read_line(&mut first).is_err() {
+                    return;
+                }
+                while r.read_line(&mut l).is_ok_and(|n| n > 0) && l != "\r\n" {
+                    if let Some(v) = l.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    l.clear();
+                }
+                let mut body = vec![0u8; length];
+                let _ = r.read_exact(&mut body);
+                let mut s = r.into_inner();
+                if first.starts_with("GET /v1/routes/watch") {
+                    let _ = s.write_all(format!("HTTP/1.1 200 OK\r\n\r\n{line}").as_bytes());
+                    // Held open until the gateway lets go (it reconnects
+                    // after 15 s without a keepalive, and gets the table
+                    // again).
+                    let _ = s.read(&mut [0u8; 1]);
+                } else {
+                    let _ = s.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    );
+                }
+            });
+        }
+    });
+    url
+}
+
+/// A node for the fake control plane: `GET /ready` answers `ok`; any
+/// other request is answered at once with a body that never ends, and
+/// nothing more is read from its connection. When the gateway closes such
+/// a connection the node's next write fails, and it sends on the returned
+/// channel.
+fn fake_node() -> (String, std::sync::mpsc::Receiver<()>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (closed_tx, closed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            let closed_tx = closed_tx.clone();
+            std::thread::spawn(move || {
+                loop {
+                    let mut head = Vec::new();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        let mut byte = [0u8; 1];
+                        if !matches!(s.read(&mut byte), Ok(1)) {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    if head.starts_with(b"GET /ready ") {
+                        if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .is_err()
+                        {
+                            return;
+                        }
+                        continue;
+                    }
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n");
+                    let chunk = format!("10000\r\n{}\r\n", "y".repeat(0x10000));
+                    while s.write_all(chunk.as_bytes()).is_ok() {}
+                    let _ = closed_tx.send(());
+                    return;
+                }
+            });
+        }
+    });
+    (url, closed)
+}
+
+#[test]
+fn a_client_that_leaves_mid_upload_frees_the_gateways_connection_to_the_node() {
+    use std::io::Write;
+    let (node, closed) = fake_node();
+    let cp = fake_control_plane(&node);
+    let gateway = Proc::spawn(
+        &["gateway", "--listen", "127.0.0.1:0", "--control-plane", &cp],
+        &[],
+    );
+    let gw = gateway.url_after("Gateway listening on");
+    wait_until(T, "the gateway to route to the node", || {
+        (http("GET", &format!("{gw}/ready"), b"").0 == 200).then_some(())
+    });
+    // Two clients announce 200 MB, push until nothing moves, read nothing,
+    // and go away.
+    for _ in 0..2 {
+        let mut s = std::net::TcpStream::connect(authority(&gw)).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+        s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 200000000\r\n\r\n")
+            .unwrap();
+        let piece = vec![b'x'; 64 * 1024];
+        for _ in 0..1024 {
+            if s.write_all(&piece).is_err() {
+                break;
+            }
+        }
+    }
+    for n in 1..=2 {
+        closed
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("{} of 2 connections to the node still open", 3 - n));
+    }
+}
+
+/// A cluster with one node and app `hold` of the example component (two
+/// requests at once, 60 s timeout, 1 GiB bodies) on host `hold.test`; its
+/// gateway's URL.
+fn hold_app() -> (Cluster, String) {
+    let mut c = Cluster::start(1);
+    let gw = c.start_gateway(&[]);
+    let limits = "concurrency = 2\ntimeout = \"60s\"\nmax-body = \"1GiB\"";
+    c.apply_wait(&c.manifest(
+        "hold.toml",
+        &app("hold", "http-component.wasm", "hold.test", limits),
+    ));
+    wait_served(&gw, "hold.test");
+    (c, gw)
+}
+
+/// Polls `GET /echo` on the `hold` app until it is served.
+fn served_within(gw: &str, limit: Duration, what: &str) {
+    wait_until(limit, what, || {
+        (support::http_with("GET", &format!("{gw}/echo"), &[("Host", "hold.test")], b"").0 == 200)
+            .then_some(())
+    })
+}
+
+#[test]
+fn abandoned_uploads_do_not_hold_an_apps_instances() {
+    use std::io::Write;
+    let (_c, gw) = hold_app();
+    // Two uploads of 200 MB abandoned after about 20 MB, their answers
+    // never read: both of the app's slots were taken until its timeout.
+    let uploads: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(authority(&gw)).unwrap();
+            s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(
+                b"POST /echo HTTP/1.1\r\nHost: hold.test\r\nContent-Length: 200000000\r\n\r\n",
+            )
+            .unwrap();
+            let piece = vec![b'x'; 64 * 1024];
+            for _ in 0..320 {
+                if s.write_all(&piece).is_err() {
+                    break;
+                }
+            }
+            s
+        })
+        .collect();
+    drop(uploads);
+    served_within(&gw, Duration::from_secs(20), "the app to serve again");
+}
+
+/// Needs nodes that stop a request's guest when its connection closes (the
+/// runtime's side of issue 9): the gateway closes its connection at once
+/// (`a_client_that_leaves_mid_upload_frees_the_gateways_connection_to_the_node`
+/// and the gateway's unit tests).
+#[test]
+fn abandoned_requests_do_not_hold_an_apps_instances() {
+    use std::io::Write;
+    let (_c, gw) = hold_app();
+    // Two clients give up on `/sleep` (as `curl -m 1` does) while the
+    // guest waits.
+    let sleeper = || {
+        let mut s = std::net::TcpStream::connect(authority(&gw)).unwrap();
+        s.write_all(b"GET /sleep?ms=60000 HTTP/1.1\r\nHost: hold.test\r\n\r\n")
+            .unwrap();
+        s.set_nonblocking(true).unwrap();
+        s
+    };
+    let mut sleepers = vec![sleeper(), sleeper()];
+    wait_until(T, "both of the app's slots to be taken", || {
+        // A sleeper that lost the race for a slot to a probe was answered
+        // 503: it is replaced.
+        for s in sleepers.iter_mut() {
+            let mut b = [0u8; 1];
+            let pending = matches!(std::io::Read::read(s, &mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+            if !pending {
+                *s = sleeper();
+            }
+        }
+        // Requests come one at a time here, so a 503 means both sleepers
+        // hold a slot.
+        let (status, body) =
+            support::http_with("GET", &format!("{gw}/echo"), &[("Host", "hold.test")], b"");
+        (status == 503 && body.contains("overloaded")).then_some(())
+    });
+    drop(sleepers);
+    served_within(&gw, Duration::from_secs(20), "the app to serve again");
 }

@@ -1433,4 +1433,101 @@ mod tests {
             assert!(String::from_utf8_lossy(&body).contains("body_too_large"));
         }
     }
+
+    #[tokio::test]
+    async fn a_client_that_leaves_mid_upload_frees_the_node_connection() {
+        // A node that answers at once and then sends forever, reading
+        // nothing more: only a failed write can tell it that the gateway
+        // closed the connection.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node_addr = format!("http://{}", listener.local_addr().unwrap());
+        let node = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                assert_eq!(s.read(&mut byte).await.unwrap(), 1);
+                head.push(byte[0]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await
+                .unwrap();
+            let chunk = format!("10000\r\n{}\r\n", "y".repeat(0x10000));
+            let written = async { while s.write_all(chunk.as_bytes()).await.is_ok() {} };
+            tokio::time::timeout(Duration::from_secs(30), written)
+                .await
+                .expect("the gateway kept its connection to the node open");
+        });
+        let gw = gateway_with(&node_addr, 1 << 30).await;
+        // A client that announces 200 MB, pushes until nothing moves, reads
+        // nothing, and goes away.
+        let mut client = tokio::net::TcpStream::connect(gw).await.unwrap();
+        client
+            .write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 200000000\r\n\r\n")
+            .await
+            .unwrap();
+        let piece = vec![b'x'; 64 * 1024];
+        for _ in 0..1024 {
+            match tokio::time::timeout(Duration::from_secs(1), client.write_all(&piece)).await {
+                Ok(Ok(())) => {}
+                _ => break,
+            }
+        }
+        drop(client);
+        node.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_client_that_gives_up_waiting_frees_the_node_connection() {
+        for version in ["HTTP/1.1", "HTTP/2"] {
+            // A node that takes the request and never answers; it tells
+            // when it has the request, and fails unless the gateway closes
+            // the connection.
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let node_addr = format!("http://{}", listener.local_addr().unwrap());
+            let (got_head, head_seen) = oneshot::channel();
+            let node = tokio::spawn(async move {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut byte = [0u8; 1];
+                    assert_eq!(s.read(&mut byte).await.unwrap(), 1);
+                    head.push(byte[0]);
+                }
+                let _ = got_head.send(());
+                let drained = async {
+                    let mut buf = [0u8; 1024];
+                    while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+                };
+                tokio::time::timeout(Duration::from_secs(30), drained)
+                    .await
+                    .expect("the gateway kept its connection to the node open");
+            });
+            let gw = gateway(&node_addr).await;
+            if version == "HTTP/2" {
+                let io = tokio::net::TcpStream::connect(gw).await.unwrap();
+                let (mut send, conn) = hyper::client::conn::http2::handshake(
+                    hyper_util::rt::TokioExecutor::new(),
+                    hyper_util::rt::TokioIo::new(io),
+                )
+                .await
+                .unwrap();
+                let conn = tokio::spawn(conn);
+                let req = Request::get("http://x/sleep")
+                    .body(http_body_util::Empty::<Bytes>::new())
+                    .unwrap();
+                tokio::select! {
+                    r = send.send_request(req) => panic!("answered: {r:?}"),
+                    _ = head_seen => {}
+                }
+                // The stream is reset, the connection stays.
+                assert!(!conn.is_finished());
+            } else {
+                let client = get_root(gw).await;
+                head_seen.await.unwrap();
+                drop(client);
+            }
+            node.await.unwrap();
+        }
+    }
 }
