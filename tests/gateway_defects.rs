@@ -481,3 +481,41 @@ fn abandoned_requests_do_not_hold_an_apps_instances() {
     drop(sleepers);
     served_within(&gw, Duration::from_secs(20), "the app to serve again");
 }
+
+#[test]
+fn a_second_gateway_on_the_same_address_fails_and_the_first_keeps_all_traffic() {
+    let mut c = Cluster::start(1);
+    let gw = c.start_gateway(&["--workers", "2"]);
+    c.apply_wait(&c.manifest(
+        "web.toml",
+        &app("web", "http-component.wasm", "web.test", ""),
+    ));
+    wait_served(&gw, "web.test");
+    // Another gateway, started by mistake on the same port with a control
+    // plane that is not there.
+    let mut second = Proc::spawn(
+        &[
+            "gateway",
+            "--listen",
+            authority(&gw),
+            "--control-plane",
+            "http://127.0.0.1:1",
+        ],
+        &[],
+    );
+    let status = second.wait(T).unwrap_or_else(|| {
+        panic!(
+            "the second gateway is still running: {:?}",
+            second.out.all()
+        )
+    });
+    assert!(!status.success());
+    let said = second.out.all().join("\n");
+    assert!(said.contains("already in use"), "{said}");
+    // Every new connection still reaches the first gateway.
+    for _ in 0..50 {
+        let (status, body) =
+            support::http_with("GET", &format!("{gw}/"), &[("Host", "web.test")], b"");
+        assert_eq!(status, 200, "{body}");
+    }
+}

@@ -27,4 +27,4 @@ pub mod table;
 pub mod watch;
 
 pub use proxy::{Gateway, GatewayConfig};
-pub use server::{ServerLimits, bind_workers, serve, serve_workers};
+pub use server::{Listeners, ServerLimits, bind_workers, serve, serve_workers};

@@ -403,29 +403,78 @@ pub async fn serve(
     Ok(())
 }
 
+/// A gateway's listening sockets, one per worker, and what keeps other
+/// processes off its address while they are open.
+pub struct Listeners {
+    sockets: Vec<std::net::TcpListener>,
+    /// Held for as long as the gateway serves (see [`bind_workers`]).
+    #[cfg(target_os = "linux")]
+    _claim: std::os::unix::net::UnixListener,
+}
+
+impl Listeners {
+    /// The address they listen on (the port chosen, if 0 was asked for).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self.sockets.first() {
+            Some(s) => s.local_addr(),
+            None => Err(std::io::Error::other("no listening socket")),
+        }
+    }
+}
+
 /// Binds `workers` listening sockets to `addr` with `SO_REUSEPORT`, so the
 /// kernel spreads connections over them. Port 0 picks one free port for
 /// all of them. Must run inside a tokio runtime.
-pub fn bind_workers(
-    addr: SocketAddr,
-    workers: usize,
-) -> std::io::Result<Vec<std::net::TcpListener>> {
-    let mut out = Vec::new();
-    let mut addr = addr;
-    for _ in 0..workers.max(1) {
-        let sock = if addr.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
+///
+/// `SO_REUSEPORT` lets any process of the same user join the group, and the
+/// kernel would then give it a share of the connections. So the address is
+/// first probed with a socket without it, which cannot bind while any other
+/// socket listens there; and, on Linux, claimed with an abstract Unix
+/// socket named after it, which only one process can hold: two gateways
+/// started at the same instant would otherwise both pass the probe before
+/// either listens. Either refusal is an `AddrInUse` error.
+pub fn bind_workers(addr: SocketAddr, workers: usize) -> std::io::Result<Listeners> {
+    let in_use = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "the address is already in use (another process listens on it)",
+            )
         } else {
-            tokio::net::TcpSocket::new_v6()?
-        };
+            e
+        }
+    };
+    let socket = || {
+        if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+    };
+    let probe = socket()?;
+    probe.set_reuseaddr(true)?;
+    probe.bind(addr).map_err(in_use)?;
+    let addr = probe.local_addr()?;
+    #[cfg(target_os = "linux")]
+    let claim = {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("shoal-gateway {addr}");
+        let at = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+        std::os::unix::net::UnixListener::bind_addr(&at).map_err(in_use)?
+    };
+    let mut sockets = Vec::new();
+    for _ in 0..workers.max(1) {
+        let sock = socket()?;
         sock.set_reuseaddr(true)?;
         sock.set_reuseport(true)?;
-        sock.bind(addr)?;
-        let listener = sock.listen(1024)?;
-        addr = listener.local_addr()?;
-        out.push(listener.into_std()?);
+        sock.bind(addr).map_err(in_use)?;
+        sockets.push(sock.listen(1024)?.into_std()?);
     }
-    Ok(out)
+    Ok(Listeners {
+        sockets,
+        #[cfg(target_os = "linux")]
+        _claim: claim,
+    })
 }
 
 /// Serves the gateway on several threads, one per listener from
@@ -434,14 +483,19 @@ pub fn bind_workers(
 /// the connection it goes out on never change threads. Stops when
 /// `shutdown` resolves, after in-flight requests finish (up to the grace).
 pub async fn serve_workers(
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Listeners,
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
     limits: ServerLimits,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut threads = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
+    // The claim on the address stays with `listeners` until the end.
+    let mut listeners = listeners;
+    for (i, listener) in std::mem::take(&mut listeners.sockets)
+        .into_iter()
+        .enumerate()
+    {
         let gw = gateway.worker();
         let limits = limits.clone();
         let mut stop = stop_rx.clone();
@@ -474,4 +528,30 @@ pub async fn serve_workers(
     })
     .await
     .map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn workers_share_one_address_that_no_other_process_may_join() {
+        let first = bind_workers("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        let addr = first.local_addr().unwrap();
+        assert_ne!(addr.port(), 0);
+        for s in &first.sockets {
+            assert_eq!(s.local_addr().unwrap(), addr);
+        }
+        let again = bind_workers(addr, 2).err().expect("bound twice");
+        assert_eq!(again.kind(), std::io::ErrorKind::AddrInUse);
+        // A listener of another program is found as well.
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = bind_workers(other.local_addr().unwrap(), 1)
+            .err()
+            .expect("bound over another");
+        assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse);
+        // Once the first gateway is gone, its address is free again.
+        drop(first);
+        bind_workers(addr, 2).unwrap();
+    }
 }
