@@ -519,3 +519,123 @@ fn a_second_gateway_on_the_same_address_fails_and_the_first_keeps_all_traffic() 
         assert_eq!(status, 200, "{body}");
     }
 }
+
+/// A gateway with no control plane to follow (it answers every request
+/// itself), and its URL.
+fn lone_gateway() -> (Proc, String) {
+    let p = Proc::spawn(
+        &[
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--control-plane",
+            "http://127.0.0.1:1",
+        ],
+        &[],
+    );
+    let url = p.url_after("Gateway listening on");
+    (p, url)
+}
+
+/// Sends `raw` on a fresh connection and reads until the gateway closes it.
+fn raw_exchange(addr: &str, raw: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    // The gateway may answer and close before it has read everything.
+    let _ = s.write_all(raw);
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// The status and JSON body of a raw answer.
+fn json_answer(answer: &str) -> (u16, serde_json::Value) {
+    let (status, body) = support::parse_response(answer.as_bytes());
+    let json =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("not a JSON body ({e}): {answer:?}"));
+    (status, json)
+}
+
+#[test]
+fn requests_the_listener_refuses_get_json_errors() {
+    let (_gw, url) = lone_gateway();
+    let addr = authority(&url);
+    let cases = [
+        (
+            "a malformed request line",
+            b"GET / HTTP/1.1 junk\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "garbage",
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "a head over 64 KiB",
+            format!(
+                "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+                "a".repeat(70_000)
+            )
+            .into_bytes(),
+            431,
+        ),
+        (
+            "more than 100 headers",
+            format!(
+                "GET / HTTP/1.1\r\nHost: x\r\n{}\r\n",
+                (0..150)
+                    .map(|i| format!("X-H{i}: v\r\n"))
+                    .collect::<String>()
+            )
+            .into_bytes(),
+            431,
+        ),
+    ];
+    for (what, raw, want) in cases {
+        let answer = raw_exchange(addr, &raw);
+        let (status, json) = json_answer(&answer);
+        assert_eq!(status, want, "{what}: {answer:?}");
+        assert!(json["code"].is_string(), "{what}: {json}");
+        assert!(json["message"].is_string(), "{what}: {json}");
+    }
+    // The limits count what the client sent: 100 headers of its own are
+    // fine.
+    let head = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{}\r\n",
+        (0..98)
+            .map(|i| format!("X-H{i}: v\r\n"))
+            .collect::<String>()
+    );
+    let (status, json) = json_answer(&raw_exchange(addr, head.as_bytes()));
+    assert_eq!((status, json["code"].as_str()), (404, Some("no_route")));
+}
+
+#[test]
+fn an_http2_header_block_over_the_limit_gets_431_json() {
+    let (_gw, url) = lone_gateway();
+    let req = http::Request::get("http://x/")
+        .header("x-big", "a".repeat(100_000))
+        .body(unsized_body(b""))
+        .unwrap();
+    let (status, headers, body) = h2(authority(&url), req).unwrap();
+    assert_eq!(status, 431);
+    assert_eq!(headers["content-type"], "application/json");
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["code"], "headers_too_large", "{json}");
+    // Too many headers, each small.
+    let mut req = http::Request::get("http://x/")
+        .body(unsized_body(b""))
+        .unwrap();
+    for i in 0..150 {
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap(),
+            http::HeaderValue::from_static("v"),
+        );
+    }
+    let (status, _, body) = h2(authority(&url), req).unwrap();
+    assert_eq!(status, 431);
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["code"], "headers_too_large", "{json}");
+}

@@ -1530,4 +1530,36 @@ mod tests {
             node.await.unwrap();
         }
     }
+
+    #[tokio::test]
+    async fn an_apps_own_empty_error_answer_is_passed_on_as_it_is() {
+        // Only hyper's answers to heads it refused are replaced by JSON
+        // ones, not an app's answer that looks the same.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                });
+            }
+        });
+        let gw = gateway(&format!("http://{addr}")).await;
+        for close in ["", "connection: close\r\n"] {
+            let mut s = tokio::net::TcpStream::connect(gw).await.unwrap();
+            s.write_all(format!("GET / HTTP/1.1\r\nhost: x\r\n{close}\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut buf = Vec::new();
+            read_until(&mut s, &mut buf, b"\r\n\r\n").await;
+            let text = String::from_utf8_lossy(&buf);
+            assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+            assert!(text.contains("x-request-id"), "{text}");
+            assert!(!text.contains("application/json"), "{text}");
+        }
+    }
 }

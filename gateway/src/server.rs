@@ -210,11 +210,151 @@ impl Registry {
     }
 }
 
-/// A socket that records when bytes move.
+/// A socket that records when bytes move, and puts a JSON answer in place
+/// of hyper's own (empty) one to a request head it could not take.
 struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
     first_read: bool,
+    refusals: Arc<Refusals>,
+    /// The answer being written instead of hyper's, and how much of it is
+    /// written.
+    refusing: Option<(bytes::Bytes, usize)>,
+}
+
+impl<S: AsyncWrite + Unpin> Tracked<S> {
+    /// Whether `buf` is hyper's own answer to a request head it could not
+    /// parse or that is over a limit; if so, ours is readied in its place.
+    fn is_refusal(&mut self, buf: &[u8]) -> bool {
+        // hyper answers by itself only a head it never dispatched: one was
+        // arriving and no request is in progress. Our answers are written
+        // with no head arriving, so most writes stop at the first load.
+        if self.activity.head_since.load(Ordering::Relaxed) == 0
+            || self.activity.active.load(Ordering::Relaxed) != 0
+        {
+            return false;
+        }
+        match self.refusals.instead_of(buf) {
+            Some(answer) => {
+                self.refusing = Some((answer.clone(), 0));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Writes the answer readied by `is_refusal`; done, it reports the
+    /// `claimed` bytes of hyper's as written.
+    fn poll_refuse(
+        &mut self,
+        cx: &mut Context<'_>,
+        claimed: usize,
+    ) -> Poll<std::io::Result<usize>> {
+        if let Some((answer, done)) = &mut self.refusing {
+            while *done < answer.len() {
+                let n =
+                    std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &answer[*done..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                *done += n;
+            }
+        }
+        self.refusing = None;
+        self.activity.touch();
+        Poll::Ready(Ok(claimed))
+    }
+}
+
+/// The JSON answers that stand in for hyper's own to request heads it
+/// refuses (whole HTTP/1.1 responses, made once per worker).
+struct Refusals {
+    bad_request: bytes::Bytes,
+    too_large: bytes::Bytes,
+    uri_too_long: bytes::Bytes,
+}
+
+impl Refusals {
+    fn new(limits: &ServerLimits) -> Self {
+        let answer = |status: http::StatusCode, code: &str, message: String| {
+            let body = shoal_api::ErrorBody::new(code, message).to_json();
+            bytes::Bytes::from(format!(
+                "HTTP/1.1 {} {}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or_default(),
+                body.len()
+            ))
+        };
+        Self {
+            bad_request: answer(
+                http::StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the request is not valid HTTP".into(),
+            ),
+            too_large: answer(
+                http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                HEADERS_TOO_LARGE,
+                too_large_message(limits),
+            ),
+            uri_too_long: answer(
+                http::StatusCode::URI_TOO_LONG,
+                "uri_too_long",
+                format!(
+                    "the request line is longer than {} bytes",
+                    limits.max_header_bytes
+                ),
+            ),
+        }
+    }
+
+    /// Ours in place of `buf`, if that is hyper's answer to a refused head:
+    /// a status line, `connection: close`, `content-length: 0`, and the
+    /// date.
+    fn instead_of(&self, buf: &[u8]) -> Option<&bytes::Bytes> {
+        let answer = match buf.strip_prefix(b"HTTP/1.1 ")?.get(..4)? {
+            b"400 " => &self.bad_request,
+            b"431 " => &self.too_large,
+            b"414 " => &self.uri_too_long,
+            _ => return None,
+        };
+        let line = buf.windows(2).position(|w| w == b"\r\n")?;
+        let headers = &buf[line + 2..];
+        (headers.starts_with(b"connection: close\r\ncontent-length: 0\r\n")
+            && buf.ends_with(b"\r\n\r\n")
+            && buf.len() < 256)
+            .then_some(answer)
+    }
+}
+
+const HEADERS_TOO_LARGE: &str = "headers_too_large";
+
+fn too_large_message(limits: &ServerLimits) -> String {
+    format!(
+        "the request head is larger than {} bytes or has more than {} headers",
+        limits.max_header_bytes, limits.max_headers
+    )
+}
+
+/// Whether an HTTP/2 request's header block is over the limits, counted as
+/// HTTP/2 does (each field's name and value and 32 bytes, pseudo-headers
+/// included). hyper lets through blocks up to twice the size limit, so the
+/// client gets this JSON answer rather than the protocol's bare refusal.
+fn h2_head_over(req: &http::Request<hyper::body::Incoming>, limits: &ServerLimits) -> bool {
+    let uri = req.uri();
+    let pseudo = 4 * 32
+        + ":method".len()
+        + req.method().as_str().len()
+        + ":scheme".len()
+        + uri.scheme_str().map_or(0, str::len)
+        + ":authority".len()
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + ":path".len()
+        + uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let size = req
+        .headers()
+        .iter()
+        .fold(pseudo, |n, (k, v)| n + k.as_str().len() + v.len() + 32);
+    size > limits.max_header_bytes || req.headers().len() > limits.max_headers
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
@@ -239,6 +379,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if self.refusing.is_some() || self.is_refusal(buf) {
+            return self.poll_refuse(cx, buf.len());
+        }
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &r
             && *n > 0
@@ -261,6 +404,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        if self.refusing.is_some()
+            || bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .is_some_and(|b| self.is_refusal(b))
+        {
+            let all = bufs.iter().map(|b| b.len()).sum();
+            return self.poll_refuse(cx, all);
+        }
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = &r
             && *n > 0
@@ -292,10 +444,16 @@ pub async fn serve(
         .header_read_timeout(None)
         .max_headers(limits.max_headers)
         .max_buf_size(limits.max_header_bytes.max(8192));
+    // Somewhat more than the limit, which the request path enforces with a
+    // JSON answer (see `h2_head_over`).
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32);
+        .max_header_list_size(
+            u32::try_from(limits.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
+        );
+    let refusals = Arc::new(Refusals::new(&limits));
+    let head_limits = Arc::new(limits.clone());
     let builder = Arc::new(builder);
     let registry = Arc::new(std::sync::Mutex::new(Registry::default()));
     // One timer for all of this worker's connections: a fraction of the
@@ -337,16 +495,36 @@ pub async fn serve(
             inner: stream,
             activity: activity.clone(),
             first_read: true,
+            refusals: refusals.clone(),
+            refusing: None,
         });
         let gw = gateway.clone();
         let act = activity.clone();
         let client = Arc::new(crate::proxy::Peer::new(peer));
-        let service = hyper::service::service_fn(move |req| {
-            let gw = gw.clone();
-            let client = client.clone();
-            let guard = ActiveRequest::start(&act);
-            async move { Ok::<_, std::convert::Infallible>(gw.handle(req, &client, guard).await) }
-        });
+        let head_limits = head_limits.clone();
+        let service =
+            hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let gw = gw.clone();
+                let client = client.clone();
+                let guard = ActiveRequest::start(&act);
+                // HTTP/1 heads over the limits never get here (hyper refuses
+                // them); HTTP/2 ones do.
+                let refused = (req.version() == http::Version::HTTP_2
+                    && h2_head_over(&req, &head_limits))
+                .then(|| {
+                    crate::proxy::error(
+                        http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        HEADERS_TOO_LARGE,
+                        too_large_message(&head_limits),
+                    )
+                });
+                async move {
+                    Ok::<_, std::convert::Infallible>(match refused {
+                        Some(answer) => answer,
+                        None => gw.handle(req, &client, guard).await,
+                    })
+                }
+            });
         let builder = builder.clone();
         let registry = registry.clone();
         let all_closed = all_closed_tx.clone();
