@@ -639,3 +639,76 @@ fn an_http2_header_block_over_the_limit_gets_431_json() {
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(json["code"], "headers_too_large", "{json}");
 }
+
+/// Reads one answer (head and `Content-Length` body) from `s`.
+fn read_answer(s: &mut std::net::TcpStream) -> (u16, String) {
+    use std::io::Read;
+    s.set_read_timeout(Some(T)).unwrap();
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "closed in {got:?}");
+        got.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    let length: usize = head
+        .split("content-length: ")
+        .nth(1)
+        .and_then(|v| v.split("\r\n").next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no length in {head}"));
+    let mut body = vec![0u8; length];
+    s.read_exact(&mut body).unwrap();
+    got.extend_from_slice(&body);
+    support::parse_response(&got)
+}
+
+#[test]
+fn protocol_switches_get_501_and_are_not_forwarded() {
+    use std::io::Write;
+    let (node, _) = fake_node();
+    let cp = fake_control_plane(&node);
+    let gateway = Proc::spawn(
+        &["gateway", "--listen", "127.0.0.1:0", "--control-plane", &cp],
+        &[],
+    );
+    let gw = gateway.url_after("Gateway listening on");
+    wait_until(T, "the gateway to route to the node", || {
+        (http("GET", &format!("{gw}/ready"), b"").0 == 200).then_some(())
+    });
+    // A WebSocket handshake; the node would answer anything else it is
+    // sent with 200.
+    let mut s = std::net::TcpStream::connect(authority(&gw)).unwrap();
+    s.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    let (status, body) = read_answer(&mut s);
+    assert_eq!(status, 501, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["code"], "upgrade_not_supported", "{json}");
+    // The connection serves on.
+    s.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_answer(&mut s), (200, "ok".to_string()));
+    // An offer of HTTP/2 (curl --http2) may be ignored, and is.
+    s.write_all(
+        b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(read_answer(&mut s), (200, "ok".to_string()));
+
+    // WebSocket over HTTP/2 (extended CONNECT, RFC 8441).
+    let mut req = http::Request::connect("http://x/chat")
+        .header("sec-websocket-version", "13")
+        .body(unsized_body(b""))
+        .unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let (status, _, body) = h2(authority(&gw), req).unwrap();
+    assert_eq!(status, 501);
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["code"], "upgrade_not_supported", "{json}");
+}

@@ -232,13 +232,26 @@ impl Gateway {
             method,
             Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
         );
-        let headers = forward_headers(parts.headers, peer, host, &app.header);
+        let (headers, upgrade) = forward_headers(parts.headers, peer, host, &app.header);
         let request_id = || {
             headers
                 .get(&REQUEST_ID)
                 .cloned()
                 .unwrap_or(HeaderValue::from_static(""))
         };
+        if upgrade || method == Method::CONNECT {
+            // Forwarded as a plain request, a WebSocket handshake would get
+            // an answer its client cannot use.
+            return Err(failed(
+                StatusCode::NOT_IMPLEMENTED,
+                "upgrade_not_supported",
+                format!(
+                    "app {}: the gateway does not switch protocols (WebSocket) or open tunnels (CONNECT)",
+                    app.key
+                ),
+                &request_id(),
+            ));
+        }
         let mut body = match body {
             None => Outgoing::Replay(Bytes::new()),
             Some(mut body) => {
@@ -435,7 +448,7 @@ impl Gateway {
                             .unwrap_or_else(|p| p.into_inner())
                             .push(ms);
                     }
-                    strip_hop_by_hop(&mut resp_headers);
+                    let _ = strip_hop_by_hop(&mut resp_headers);
                     if let Some(id) = headers.get(REQUEST_ID) {
                         resp_headers.insert(REQUEST_ID, id.clone());
                     }
@@ -662,14 +675,17 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-fn strip_hop_by_hop(h: &mut HeaderMap) {
+/// Removes the headers that describe one connection; whether they asked
+/// to switch protocols (`Connection: upgrade` with `Upgrade`), other than to
+/// HTTP/2 in clear text, which a server may ignore.
+fn strip_hop_by_hop(h: &mut HeaderMap) -> bool {
     // Most messages have none of these: look before removing (a removal
     // hashes the name; a look compares the few names present).
     if !h
         .keys()
         .any(|k| k == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(k))
     {
-        return;
+        return false;
     }
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
@@ -678,10 +694,14 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .collect();
+    let upgrade = named.contains(&header::UPGRADE)
+        && h.get(header::UPGRADE)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"h2c"));
     for n in HOP_BY_HOP.iter().chain(named.iter()) {
         h.remove(n);
     }
     h.remove(header::TRANSFER_ENCODING);
+    upgrade
 }
 
 /// The client a connection comes from, with its address already rendered
@@ -706,13 +726,15 @@ struct ClientHost {
     from_uri: bool,
 }
 
+/// The headers to send to the node, and whether the client asked to switch
+/// protocols.
 fn forward_headers(
     mut h: HeaderMap,
     peer: &Peer,
     host: ClientHost,
     app: &HeaderValue,
-) -> HeaderMap {
-    strip_hop_by_hop(&mut h);
+) -> (HeaderMap, bool) {
+    let upgrade = strip_hop_by_hop(&mut h);
     h.remove(INSTANCE_HEADER);
     h.insert(APP_HEADER, app.clone());
     let xff = match h.get(&FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
@@ -737,7 +759,7 @@ fn forward_headers(
     if !keep {
         h.insert(REQUEST_ID, new_request_id());
     }
-    h
+    (h, upgrade)
 }
 
 /// 128 random bits as 32 lower-case hex digits.
@@ -1199,12 +1221,26 @@ mod tests {
         ] {
             h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
-        strip_hop_by_hop(&mut h);
+        assert!(!strip_hop_by_hop(&mut h));
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
         let mut plain = HeaderMap::new();
         plain.insert(header::HOST, HeaderValue::from_static("x"));
-        strip_hop_by_hop(&mut plain);
+        assert!(!strip_hop_by_hop(&mut plain));
         assert_eq!(plain.len(), 1);
+        // A protocol switch is reported, except an offer of HTTP/2, and an
+        // `Upgrade` the connection does not name is only dropped.
+        for (connection, upgrade, asks) in [
+            ("Upgrade", "websocket", true),
+            ("keep-alive, upgrade", "WebSocket", true),
+            ("Upgrade, HTTP2-Settings", "h2c", false),
+            ("keep-alive", "websocket", false),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONNECTION, HeaderValue::from_static(connection));
+            h.insert(header::UPGRADE, HeaderValue::from_static(upgrade));
+            assert_eq!(strip_hop_by_hop(&mut h), asks, "{connection} / {upgrade}");
+            assert!(h.is_empty());
+        }
     }
 
     #[tokio::test]

@@ -444,11 +444,15 @@ pub async fn serve(
         .header_read_timeout(None)
         .max_headers(limits.max_headers)
         .max_buf_size(limits.max_header_bytes.max(8192));
-    // Somewhat more than the limit, which the request path enforces with a
-    // JSON answer (see `h2_head_over`).
+    // Header blocks somewhat over the limit are let through, for the
+    // request path to refuse with a JSON answer (see `h2_head_over`).
+    // Extended CONNECT (WebSocket over HTTP/2) is allowed so that such a
+    // request gets the gateway's clear 501 rather than failing in the
+    // client.
     builder
         .http2()
         .timer(TokioTimer::new())
+        .enable_connect_protocol()
         .max_header_list_size(
             u32::try_from(limits.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
         );
