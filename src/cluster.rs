@@ -310,12 +310,8 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             .unwrap_or(1)
     });
     let listeners = shoal_gateway::bind_workers(args.listen, workers)
-        .with_context(|| format!("binding {}", args.listen))?;
-    let addr = listeners
-        .first()
-        .map(|l| l.local_addr())
-        .transpose()?
-        .ok_or_else(|| anyhow::anyhow!("no listener"))?;
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listeners.local_addr()?;
     let watch = tokio::spawn(shoal_gateway::watch::follow(
         gw.clone(),
         args.control_plane.clone(),

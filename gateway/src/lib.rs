@@ -7,14 +7,15 @@
 //!   power-of-two-choices or round robin; passive health per node.
 //! - [`proxy`]: forwarding one request over pooled keep-alive connections,
 //!   streaming bodies, setting `X-Forwarded-*` and `X-Request-Id`, retrying
-//!   where that is safe, and answering JSON errors (404, 413, 502-504); and the activator, which
+//!   where that is safe, and answering JSON errors (404, 413, 501-504); and the activator, which
 //!   holds requests for an app with no ready instance and asks for one.
 //! - [`pool`]: keep-alive HTTP/1.1 connections to nodes, one pool per
 //!   worker.
 //! - [`metrics`]: per-app load reports to the control plane (autoscaling).
-//! - [`server`]: the listener, with header, size and idle limits; one
-//!   single-threaded worker per core, each with its own socket
-//!   (`SO_REUSEPORT`) and connection pool.
+//! - [`server`]: the listener, with header, size and idle limits (JSON 400
+//!   and 431 answers); one single-threaded worker per core, each with its
+//!   own socket (`SO_REUSEPORT`, on an address no other process listens on)
+//!   and connection pool.
 //!
 //! The gateway never links wasmtime: it reaches nodes over HTTP only.
 
@@ -27,4 +28,4 @@ pub mod table;
 pub mod watch;
 
 pub use proxy::{Gateway, GatewayConfig};
-pub use server::{ServerLimits, bind_workers, serve, serve_workers};
+pub use server::{Listeners, ServerLimits, bind_workers, serve, serve_workers};

@@ -1,19 +1,25 @@
 //! Keep-alive HTTP/1.1 connections to nodes, one pool per gateway worker.
 //!
 //! A connection is checked out for one request and comes back when that
-//! request's response body has been read to its end (HTTP/1.1 cannot
-//! interleave); a response dropped half-read takes its connection with it.
+//! request's response body has been read to its end and the request was
+//! sent whole (HTTP/1.1 cannot interleave). Any other connection is closed
+//! as soon as its request is given up: a response dropped half-read (the
+//! client went away), a request abandoned before its answer, an answer that
+//! came before all of the request was sent. The node then sees the
+//! connection close, and nothing stays queued on a socket nobody reads.
 //! A request that could not be written because a pooled connection had
 //! closed is sent again on a fresh one, so the caller only sees failures
 //! of live connections.
 
 use crate::h1;
 use crate::proxy::{BoxError, ProxyBody};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -39,10 +45,25 @@ impl PoolError {
     }
 }
 
+/// A connection of hyper's client: the handle requests go through, and its
+/// task, which ends (closing the socket) when this is dropped.
+struct HyperConn {
+    sender: SendRequest<ProxyBody>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for HyperConn {
+    fn drop(&mut self) {
+        // Without this the task would go on trying to write a request
+        // body, or finish one, that nobody wants.
+        self.task.abort();
+    }
+}
+
 #[derive(Default)]
 pub struct Pool {
     /// hyper connections, for requests whose body streams.
-    idle: Mutex<HashMap<String, Vec<SendRequest<ProxyBody>>>>,
+    idle: Mutex<HashMap<String, Vec<HyperConn>>>,
     /// Connections of the gateway's own client, for requests whose body is
     /// in memory (nearly all).
     conns: Mutex<HashMap<Arc<str>, Vec<h1::Conn>>>,
@@ -101,26 +122,26 @@ impl Pool {
 
     /// An idle connection that can take a request now. Closed ones are
     /// dropped; one still finishing its last response stays for later.
-    fn checkout(&self, address: &str) -> Option<SendRequest<ProxyBody>> {
+    fn checkout(&self, address: &str) -> Option<HyperConn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(address)?;
-        list.retain(|s| !s.is_closed());
-        let i = list.iter().rposition(|s| s.is_ready())?;
+        list.retain(|c| !c.sender.is_closed());
+        let i = list.iter().rposition(|c| c.sender.is_ready())?;
         Some(list.swap_remove(i))
     }
 
-    fn checkin(&self, address: &str, sender: SendRequest<ProxyBody>) {
-        if sender.is_closed() {
+    fn checkin(&self, address: &str, conn: HyperConn) {
+        if conn.sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.entry(address.to_string()).or_default();
         if list.len() < MAX_IDLE_PER_NODE {
-            list.push(sender);
+            list.push(conn);
         }
     }
 
-    async fn connect(&self, address: &str) -> Result<SendRequest<ProxyBody>, PoolError> {
+    async fn connect(&self, address: &str) -> Result<HyperConn, PoolError> {
         let stream = self.connect_tcp(address).await?;
         let (sender, conn) =
             http1::handshake(TokioIo::new(stream))
@@ -129,12 +150,13 @@ impl Pool {
                     address: address.to_string(),
                     message: e.to_string(),
                 })?;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "node connection ended");
             }
-        });
-        Ok(sender)
+        })
+        .abort_handle();
+        Ok(HyperConn { sender, task })
     }
 
     async fn connect_tcp(&self, address: &str) -> Result<tokio::net::TcpStream, PoolError> {
@@ -215,19 +237,30 @@ impl Pool {
     pub async fn send(
         self: &Arc<Self>,
         address: &str,
-        mut req: http::Request<ProxyBody>,
+        req: http::Request<ProxyBody>,
     ) -> Result<PooledResponse, PoolError> {
+        let sent = Arc::new(AtomicBool::new(false));
+        let mut req = req.map(|body| {
+            SentWhole {
+                inner: body,
+                sent: sent.clone(),
+            }
+            .boxed()
+        });
         loop {
-            let (mut sender, fresh) = match self.checkout(address) {
-                Some(s) => (s, false),
+            // Dropped, and so closed, if this future is dropped before the
+            // answer comes.
+            let (mut conn, fresh) = match self.checkout(address) {
+                Some(c) => (c, false),
                 None => (self.connect(address).await?, true),
             };
-            match sender.try_send_request(req).await {
+            match conn.sender.try_send_request(req).await {
                 Ok(resp) => {
                     let (parts, body) = resp.into_parts();
                     let body = PooledBody {
                         inner: body,
-                        back: Some((self.clone(), address.to_string(), sender)),
+                        back: Some((self.clone(), address.to_string(), conn)),
+                        sent,
                     };
                     return Ok(http::Response::from_parts(parts, body));
                 }
@@ -244,11 +277,10 @@ impl Pool {
 impl Drop for PooledBody {
     fn drop(&mut self) {
         // A body that was complete without being polled to its end (empty,
-        // or exactly Content-Length long) still frees its connection.
-        if http_body::Body::is_end_stream(&self.inner)
-            && let Some((pool, address, sender)) = self.back.take()
-        {
-            pool.checkin(&address, sender);
+        // or exactly Content-Length long) still frees its connection; one
+        // dropped before its end closes it.
+        if http_body::Body::is_end_stream(&self.inner) {
+            self.release();
         }
     }
 }
@@ -256,7 +288,56 @@ impl Drop for PooledBody {
 /// A response body from a pooled connection.
 pub struct PooledBody {
     inner: Incoming,
-    back: Option<(Arc<Pool>, String, SendRequest<ProxyBody>)>,
+    back: Option<(Arc<Pool>, String, HyperConn)>,
+    /// Whether all of the request's body was handed to the connection.
+    sent: Arc<AtomicBool>,
+}
+
+impl PooledBody {
+    /// The answer has been read: the connection goes back to the pool if
+    /// the request was sent whole, and is closed if not (the node answered
+    /// early and the rest of the request would only wait on the socket).
+    fn release(&mut self) {
+        if let Some((pool, address, conn)) = self.back.take()
+            && self.sent.load(Ordering::Acquire)
+        {
+            pool.checkin(&address, conn);
+        }
+    }
+}
+
+/// A request body that records when all of it has been handed over.
+struct SentWhole {
+    inner: ProxyBody,
+    sent: Arc<AtomicBool>,
+}
+
+impl http_body::Body for SentWhole {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(r, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.sent.store(true, Ordering::Release);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let end = self.inner.is_end_stream();
+        if end {
+            self.sent.store(true, Ordering::Release);
+        }
+        end
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 impl http_body::Body for PooledBody {
@@ -269,12 +350,7 @@ impl http_body::Body for PooledBody {
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         match &r {
-            Poll::Ready(None) => {
-                // The whole response was read: the connection is free.
-                if let Some((pool, address, sender)) = self.back.take() {
-                    pool.checkin(&address, sender);
-                }
-            }
+            Poll::Ready(None) => self.release(),
             Poll::Ready(Some(Err(_))) => {
                 self.back = None;
             }
@@ -451,5 +527,187 @@ mod tests {
             Err(e) => assert!(e.is_connect(), "{e}"),
             Ok(r) => panic!("answered {}", r.status()),
         }
+    }
+
+    /// A listener standing in for a node, and its address.
+    async fn fake_node() -> (tokio::net::TcpListener, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        (listener, addr)
+    }
+
+    /// Reads a request head from `s`.
+    async fn read_head(s: &mut tokio::net::TcpStream) {
+        use tokio::io::AsyncReadExt;
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            assert_eq!(s.read(&mut byte).await.unwrap(), 1, "closed in the head");
+            got.push(byte[0]);
+        }
+    }
+
+    /// Reads and drops everything until the peer closes; fails after 30 s.
+    async fn until_closed(s: &mut tokio::net::TcpStream) {
+        use tokio::io::AsyncReadExt;
+        let drained = async {
+            let mut buf = vec![0u8; 64 * 1024];
+            while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+        };
+        tokio::time::timeout(Duration::from_secs(30), drained)
+            .await
+            .expect("the gateway kept its connection to the node open");
+    }
+
+    /// A request body that sends `first` and then never ends.
+    fn endless_body(first: usize) -> ProxyBody {
+        let data = futures::stream::once(async move {
+            Ok::<_, BoxError>(http_body::Frame::data(bytes::Bytes::from(vec![
+                b'x';
+                first
+            ])))
+        });
+        http_body_util::StreamBody::new(futures::StreamExt::chain(data, futures::stream::pending()))
+            .boxed()
+    }
+
+    fn post(body: ProxyBody) -> http::Request<ProxyBody> {
+        http::Request::post("/")
+            .header("host", "x")
+            .body(body)
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_answer_dropped_half_read_closes_its_connection() {
+        use tokio::io::AsyncWriteExt;
+        let (listener, addr) = fake_node().await;
+        // A node that answers at once, then sends its body forever and
+        // reads nothing more: only its writes can tell it that the gateway
+        // closed the connection.
+        let node = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            read_head(&mut s).await;
+            s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await
+                .unwrap();
+            let chunk = format!("10000\r\n{}\r\n", "y".repeat(0x10000));
+            let written = async { while s.write_all(chunk.as_bytes()).await.is_ok() {} };
+            tokio::time::timeout(Duration::from_secs(30), written)
+                .await
+                .expect("the gateway kept its connection to the node open");
+        });
+        let pool = Pool::new(Duration::from_secs(1));
+        // More body than the node's socket takes: the request is still
+        // being sent when the answer is dropped.
+        let resp = pool
+            .send(&addr, post(endless_body(32 << 20)))
+            .await
+            .unwrap();
+        let mut body = resp.into_body();
+        body.frame().await.unwrap().unwrap();
+        drop(body);
+        node.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_came_before_the_whole_request_was_sent_closes_its_connection() {
+        use tokio::io::AsyncWriteExt;
+        let (listener, addr) = fake_node().await;
+        let node = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            read_head(&mut s).await;
+            s.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 2\r\n\r\nno")
+                .await
+                .unwrap();
+            until_closed(&mut s).await;
+        });
+        let pool = Pool::new(Duration::from_secs(1));
+        let resp = pool.send(&addr, post(endless_body(1024))).await.unwrap();
+        assert_eq!(resp.status(), 413);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"no");
+        node.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_request_abandoned_before_its_answer_closes_its_connection() {
+        let (listener, addr) = fake_node().await;
+        let (got_head, head_seen) = tokio::sync::oneshot::channel();
+        let node = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            read_head(&mut s).await;
+            let _ = got_head.send(());
+            until_closed(&mut s).await;
+        });
+        let pool = Pool::new(Duration::from_secs(1));
+        // The client went away while the node was working on its request.
+        tokio::select! {
+            r = pool.send(&addr, post(endless_body(1024))) => panic!("answered: {:?}", r.map(|r| r.status())),
+            _ = head_seen => {}
+        }
+        node.await.unwrap();
+        let (listener, addr) = fake_node().await;
+        let (got_head, head_seen) = tokio::sync::oneshot::channel();
+        let node = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            read_head(&mut s).await;
+            let _ = got_head.send(());
+            until_closed(&mut s).await;
+        });
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::HOST, http::HeaderValue::from_static("x"));
+        let address: Arc<str> = Arc::from(addr.as_str());
+        let empty = bytes::Bytes::new();
+        tokio::select! {
+            _ = pool.send_buffered(Outbound {
+                address: &address,
+                method: &http::Method::GET,
+                path: "/sleep",
+                headers: &headers,
+                extra: &[],
+                body: &empty,
+                idempotent: true,
+            }) => panic!("answered"),
+            _ = head_seen => {}
+        }
+        node.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_streamed_request_sent_whole_keeps_its_connection() {
+        let (listener, addr) = fake_node().await;
+        let conns = Arc::new(AtomicUsize::new(0));
+        let c = conns.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|req: http::Request<Incoming>| async {
+                        let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            body.unwrap_or_default(),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        let pool = Pool::new(Duration::from_secs(1));
+        for _ in 0..5 {
+            let chunks =
+                futures::stream::iter([&b"one "[..], b"two"].map(|c| {
+                    Ok::<_, BoxError>(http_body::Frame::data(bytes::Bytes::from_static(c)))
+                }));
+            let resp = pool
+                .send(&addr, post(http_body_util::StreamBody::new(chunks).boxed()))
+                .await
+                .unwrap();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"one two");
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), 1);
     }
 }

@@ -7,7 +7,8 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Full};
 use shoal_api::ErrorBody;
 use shoal_api::objects::AppKey;
 use shoal_api::routes::{APP_HEADER, INSTANCE_HEADER, RouteTable};
@@ -161,15 +162,20 @@ impl Gateway {
         guard: G,
     ) -> Response<ProxyBody>
     where
-        B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+        B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
         B::Error: Into<BoxError>,
         G: Send + Sync + 'static,
     {
-        let host = req.headers().get(header::HOST).cloned().or_else(|| {
-            req.uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        // HTTP/2 names the host in the URI, not in a header.
+        let (host, host_from_uri) = match req.headers().get(header::HOST) {
+            Some(h) => (Some(h.clone()), false),
+            None => (
+                req.uri()
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+                true,
+            ),
+        };
         let host_str = host.as_ref().and_then(|h| h.to_str().ok());
         let table = self.table();
         let Some(app) = table.lookup(host_str, req.uri().path()) else {
@@ -187,7 +193,16 @@ impl Gateway {
         stats.requests.fetch_add(1, Ordering::Relaxed);
         stats.in_flight.fetch_add(1, Ordering::Relaxed);
         let counted = Counted(stats);
-        match self.forward(app, &counted.0, req, peer, host).await {
+        let host = ClientHost {
+            value: host,
+            from_uri: host_from_uri,
+        };
+        let (parts, body) = req.into_parts();
+        // Whether there is a body comes from the body itself (hyper knows
+        // it from Content-Length, chunked framing or HTTP/2's end of
+        // stream), not from headers an HTTP/2 client need not send.
+        let body = (!body.is_end_stream()).then(|| Capped::new(body, app.max_body));
+        match self.forward(app, &counted.0, parts, body, peer, host).await {
             // One box for the body, holding every guard until it ends.
             Ok((parts, body, in_flight)) => Response::from_parts(
                 parts,
@@ -203,53 +218,64 @@ impl Gateway {
         &self,
         mut app: Arc<AppRoute>,
         stats: &AppStats,
-        req: Request<B>,
+        parts: http::request::Parts,
+        body: Option<Capped<B>>,
         peer: &Peer,
-        host: Option<HeaderValue>,
+        host: ClientHost,
     ) -> Result<(http::response::Parts, Relayed, crate::table::InFlight), Response<ProxyBody>>
     where
-        B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+        B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared.is_some_and(|n| n > app.max_body) {
-            return Err(too_large(app.max_body));
-        }
-        let chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
-        let method = req.method().clone();
+        let method = parts.method;
         let idempotent = matches!(
             method,
             Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
         );
-        let (parts, body) = req.into_parts();
-        let mut body = match (declared, chunked) {
-            (Some(0), _) | (None, false) => Outgoing::Replay(Bytes::new()),
-            (Some(n), false) if n <= REPLAY_LIMIT => {
-                match Limited::new(body, app.max_body as usize).collect().await {
-                    Ok(c) => Outgoing::Replay(c.to_bytes()),
-                    Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                        return Err(too_large(app.max_body));
-                    }
-                    Err(e) => {
-                        return Err(error(
-                            StatusCode::BAD_REQUEST,
-                            "bad_request",
-                            format!("reading the request body failed: {e}"),
-                        ));
+        let (headers, upgrade) = forward_headers(parts.headers, peer, host, &app.header);
+        let request_id = || {
+            headers
+                .get(&REQUEST_ID)
+                .cloned()
+                .unwrap_or(HeaderValue::from_static(""))
+        };
+        if upgrade || method == Method::CONNECT {
+            // Forwarded as a plain request, a WebSocket handshake would get
+            // an answer its client cannot use.
+            return Err(failed(
+                StatusCode::NOT_IMPLEMENTED,
+                "upgrade_not_supported",
+                format!(
+                    "app {}: the gateway does not switch protocols (WebSocket) or open tunnels (CONNECT)",
+                    app.key
+                ),
+                &request_id(),
+            ));
+        }
+        let mut body = match body {
+            None => Outgoing::Replay(Bytes::new()),
+            Some(mut body) => {
+                let length = body.size_hint().exact();
+                if length.is_some_and(|n| n > app.max_body) {
+                    return Err(too_large(app.max_body, &app.key, &request_id()));
+                }
+                if length.is_some_and(|n| n > REPLAY_LIMIT) {
+                    Outgoing::Stream(Some(body.boxed_proxy()))
+                } else {
+                    // Short, or of unknown length: read up to the replay
+                    // limit, so a body that ends within it goes out whole,
+                    // with its length, and can be sent again.
+                    match body.read_up_to(REPLAY_LIMIT as usize).await {
+                        Ok((whole, true)) => Outgoing::Replay(whole),
+                        Ok((first, false)) => {
+                            body.head = Some(first);
+                            Outgoing::Stream(Some(body.boxed_proxy()))
+                        }
+                        Err(e) => return Err(e.response(&app.key, &request_id())),
                     }
                 }
             }
-            _ => Outgoing::Stream(Some(
-                Limited::new(body, app.max_body as usize)
-                    .map_err(|e| -> BoxError { e })
-                    .boxed(),
-            )),
         };
-        let headers = forward_headers(parts.headers, peer, host, &app.header);
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let deadline = tokio::time::Instant::now() + app.timeout;
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
@@ -265,13 +291,14 @@ impl Gateway {
                 // the request until one is, asking for one if the app may
                 // scale from zero.
                 if stats.held.load(Ordering::Relaxed) >= MAX_HELD {
-                    return Err(error(
+                    return Err(failed(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "overloaded",
                         format!(
                             "app {} has no ready instance and {MAX_HELD} requests already wait for one",
                             app.key
                         ),
+                        &request_id(),
                     ));
                 }
                 held_since.get_or_insert_with(std::time::Instant::now);
@@ -284,7 +311,7 @@ impl Gateway {
                         continue;
                     }
                     None => {
-                        return Err(error(
+                        return Err(failed(
                             StatusCode::SERVICE_UNAVAILABLE,
                             "no_ready_instance",
                             format!(
@@ -292,6 +319,7 @@ impl Gateway {
                                 app.key,
                                 held_since.map(|t| t.elapsed()).unwrap_or_default()
                             ),
+                            &request_id(),
                         ));
                     }
                 }
@@ -301,6 +329,8 @@ impl Gateway {
             let in_flight = ep.start();
             let sent = match &mut body {
                 Outgoing::Replay(bytes) => {
+                    // Only a client that named no host at all (HTTP/1.0)
+                    // leaves the node's address to stand in.
                     let fallback_host = if headers.contains_key(header::HOST) {
                         HeaderValue::from_static("")
                     } else {
@@ -339,10 +369,12 @@ impl Gateway {
                     {
                         Ok(r) => r,
                         Err(e) => {
-                            return Err(error(
+                            tracing::debug!(app = %app.key, error = %e, "cannot build the request to the node");
+                            return Err(failed(
                                 StatusCode::BAD_REQUEST,
                                 "bad_request",
-                                format!("cannot forward this request: {e}"),
+                                format!("app {}: this request cannot be forwarded", app.key),
+                                &request_id(),
                             ));
                         }
                     };
@@ -364,10 +396,12 @@ impl Gateway {
             };
             match sent {
                 Err(_) => {
-                    return Err(error(
+                    tracing::warn!(app = %app.key, node = %ep.node, instance = %ep.instance, request_id = ?request_id(), "no answer within the app's timeout");
+                    return Err(failed(
                         StatusCode::GATEWAY_TIMEOUT,
                         "gateway_timeout",
                         format!("app {} did not answer within {:?}", app.key, app.timeout),
+                        &request_id(),
                     ));
                 }
                 Ok(Err(e)) if e.is_connect() => {
@@ -377,6 +411,11 @@ impl Gateway {
                     continue;
                 }
                 Ok(Err(e)) => {
+                    // The client's body, not the node, may be what failed:
+                    // over the app's limit, or cut off.
+                    if let Some(b) = RequestBodyError::find(&e) {
+                        return Err(b.response(&app.key, &request_id()));
+                    }
                     last_error = format!("node {} failed: {}", ep.node, root_cause(&e));
                     tracing::warn!(node = %ep.node, instance = %ep.instance, error = %root_cause(&e), "forwarding failed");
                     if idempotent && body.replayable() && !retried_after_answer {
@@ -409,7 +448,7 @@ impl Gateway {
                             .unwrap_or_else(|p| p.into_inner())
                             .push(ms);
                     }
-                    strip_hop_by_hop(&mut resp_headers);
+                    let _ = strip_hop_by_hop(&mut resp_headers);
                     if let Some(id) = headers.get(REQUEST_ID) {
                         resp_headers.insert(REQUEST_ID, id.clone());
                     }
@@ -420,13 +459,15 @@ impl Gateway {
                 }
             }
         }
-        Err(error(
+        // What went wrong names nodes and instances: it is for the log, not
+        // for the client.
+        let id = request_id();
+        tracing::warn!(app = %app.key, request_id = ?id, reason = %last_error, "no instance could serve the request");
+        Err(failed(
             StatusCode::BAD_GATEWAY,
             "bad_gateway",
-            format!(
-                "app {}: no instance could serve the request ({last_error})",
-                app.key
-            ),
+            format!("app {}: no instance could serve the request", app.key),
+            &id,
         ))
     }
 }
@@ -634,14 +675,17 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-fn strip_hop_by_hop(h: &mut HeaderMap) {
+/// Removes the headers that describe one connection; whether they asked
+/// to switch protocols (`Connection: upgrade` with `Upgrade`), other than to
+/// HTTP/2 in clear text, which a server may ignore.
+fn strip_hop_by_hop(h: &mut HeaderMap) -> bool {
     // Most messages have none of these: look before removing (a removal
     // hashes the name; a look compares the few names present).
     if !h
         .keys()
         .any(|k| k == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(k))
     {
-        return;
+        return false;
     }
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
@@ -650,10 +694,14 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .collect();
+    let upgrade = named.contains(&header::UPGRADE)
+        && h.get(header::UPGRADE)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"h2c"));
     for n in HOP_BY_HOP.iter().chain(named.iter()) {
         h.remove(n);
     }
     h.remove(header::TRANSFER_ENCODING);
+    upgrade
 }
 
 /// The client a connection comes from, with its address already rendered
@@ -671,13 +719,22 @@ impl Peer {
     }
 }
 
+/// The host a client asked for, and whether it came from the URI (HTTP/2's
+/// `:authority`, or an absolute URI) rather than a `Host` header.
+struct ClientHost {
+    value: Option<HeaderValue>,
+    from_uri: bool,
+}
+
+/// The headers to send to the node, and whether the client asked to switch
+/// protocols.
 fn forward_headers(
     mut h: HeaderMap,
     peer: &Peer,
-    host: Option<HeaderValue>,
+    host: ClientHost,
     app: &HeaderValue,
-) -> HeaderMap {
-    strip_hop_by_hop(&mut h);
+) -> (HeaderMap, bool) {
+    let upgrade = strip_hop_by_hop(&mut h);
     h.remove(INSTANCE_HEADER);
     h.insert(APP_HEADER, app.clone());
     let xff = match h.get(&FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
@@ -687,7 +744,12 @@ fn forward_headers(
     if let Some(v) = xff {
         h.insert(FORWARDED_FOR, v);
     }
-    if let Some(v) = host {
+    if let Some(v) = host.value {
+        if host.from_uri {
+            // The app sees the host the client asked for, whichever
+            // protocol it spoke.
+            h.insert(header::HOST, v.clone());
+        }
         h.insert(FORWARDED_HOST, v);
     }
     h.insert(FORWARDED_PROTO, HeaderValue::from_static("http"));
@@ -697,7 +759,7 @@ fn forward_headers(
     if !keep {
         h.insert(REQUEST_ID, new_request_id());
     }
-    h
+    (h, upgrade)
 }
 
 /// 128 random bits as 32 lower-case hex digits.
@@ -731,12 +793,186 @@ pub fn error(status: StatusCode, code: &str, message: String) -> Response<ProxyB
     resp
 }
 
-fn too_large(limit: u64) -> Response<ProxyBody> {
-    error(
+/// A JSON error about a request the gateway took on for an app. The message
+/// names the app and the request id, which is also in `X-Request-Id`: what
+/// went wrong inside (nodes, instances, causes) is in the log under that id.
+fn failed(
+    status: StatusCode,
+    code: &str,
+    message: String,
+    request_id: &HeaderValue,
+) -> Response<ProxyBody> {
+    let id = request_id.to_str().unwrap_or_default();
+    let mut resp = error(status, code, format!("{message} (request id {id})"));
+    resp.headers_mut().insert(REQUEST_ID, request_id.clone());
+    resp
+}
+
+fn too_large(limit: u64, app: &AppKey, request_id: &HeaderValue) -> Response<ProxyBody> {
+    failed(
         StatusCode::PAYLOAD_TOO_LARGE,
         "body_too_large",
-        format!("the request body is larger than this app's limit of {limit} bytes"),
+        format!("the request body is larger than the limit of app {app} ({limit} bytes)"),
+        request_id,
     )
+}
+
+/// Why a request body could not be forwarded: the client's doing, not the
+/// node's.
+#[derive(Debug, thiserror::Error)]
+enum RequestBodyError {
+    #[error("the request body is larger than the app's limit of {0} bytes")]
+    TooLarge(u64),
+    #[error("reading the request body failed: {0}")]
+    Client(BoxError),
+}
+
+impl RequestBodyError {
+    /// The one among an error's causes, if any.
+    fn find<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a Self> {
+        let mut cur = Some(e);
+        while let Some(e) = cur {
+            if let Some(found) = e.downcast_ref::<Self>() {
+                return Some(found);
+            }
+            cur = e.source();
+        }
+        None
+    }
+
+    fn response(&self, app: &AppKey, request_id: &HeaderValue) -> Response<ProxyBody> {
+        match self {
+            Self::TooLarge(limit) => too_large(*limit, app, request_id),
+            Self::Client(e) => {
+                tracing::debug!(app = %app, request_id = ?request_id, error = %e, "reading the request body failed");
+                failed(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "reading the request body failed".into(),
+                    request_id,
+                )
+            }
+        }
+    }
+}
+
+/// A request body on its way to a node: what was read before forwarding
+/// (`head`), then the rest as the client sends it, with the app's limit on
+/// the whole.
+struct Capped<B> {
+    head: Option<Bytes>,
+    inner: B,
+    seen: u64,
+    limit: u64,
+}
+
+impl<B> Capped<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn new(inner: B, limit: u64) -> Self {
+        Self {
+            head: None,
+            inner,
+            seen: 0,
+            limit,
+        }
+    }
+
+    /// Reads until the body ends or more than `most` bytes have come: the
+    /// bytes, and whether they are the whole body.
+    async fn read_up_to(&mut self, most: usize) -> Result<(Bytes, bool), RequestBodyError> {
+        // Most bodies come in one piece: kept as it is, not copied.
+        let mut first = Bytes::new();
+        let mut joined = bytes::BytesMut::new();
+        let mut len = 0;
+        let ended = loop {
+            if http_body::Body::is_end_stream(self) {
+                break true;
+            }
+            let Some(frame) = self.frame().await else {
+                break true;
+            };
+            let Ok(data) = frame?.into_data() else {
+                // Trailers are not forwarded.
+                continue;
+            };
+            len += data.len();
+            if first.is_empty() && joined.is_empty() {
+                first = data;
+            } else {
+                if joined.is_empty() {
+                    joined.reserve(len);
+                    joined.extend_from_slice(&first);
+                }
+                joined.extend_from_slice(&data);
+            }
+            if len > most {
+                break false;
+            }
+        };
+        let bytes = if joined.is_empty() {
+            first
+        } else {
+            joined.freeze()
+        };
+        Ok((bytes, ended))
+    }
+
+    fn boxed_proxy(self) -> ProxyBody {
+        self.map_err(|e| -> BoxError { Box::new(e) }).boxed()
+    }
+}
+
+impl<B> http_body::Body for Capped<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, RequestBodyError>>> {
+        let this = &mut *self;
+        if let Some(head) = this.head.take() {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(head))));
+        }
+        match std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.seen > this.limit {
+                        return Poll::Ready(Some(Err(RequestBodyError::TooLarge(this.limit))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => Poll::Ready(Some(Err(RequestBodyError::Client(e.into())))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let inner = self.inner.size_hint();
+        let Some(head) = &self.head else {
+            return inner;
+        };
+        let n = head.len() as u64;
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(inner.lower() + n);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + n);
+        }
+        hint
+    }
 }
 
 /// Decrements an app's in-flight count when dropped.
@@ -841,7 +1077,8 @@ mod tests {
         (format!("http://{addr}"), tx)
     }
 
-    /// A node answering each request with its body.
+    /// A node answering each request with its body, once it has all of it,
+    /// and the request's `Content-Length` (or `none`) in `x-got-length`.
     async fn echo_node() -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -850,10 +1087,37 @@ mod tests {
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(
                         |req: Request<hyper::body::Incoming>| async move {
+                            let length = req
+                                .headers()
+                                .get(header::CONTENT_LENGTH)
+                                .cloned()
+                                .unwrap_or(HeaderValue::from_static("none"));
                             let body = req.into_body().collect().await.map(|b| b.to_bytes());
-                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
-                                body.unwrap_or_default(),
-                            )))
+                            let mut resp = Response::new(Full::new(body.unwrap_or_default()));
+                            resp.headers_mut().insert("x-got-length", length);
+                            Ok::<_, std::convert::Infallible>(resp)
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    /// A node that answers at once and streams each request's body back
+    /// as it arrives.
+    async fn streaming_echo_node() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        |req: Request<hyper::body::Incoming>| async move {
+                            Ok::<_, std::convert::Infallible>(Response::new(req.into_body()))
                         },
                     );
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -867,6 +1131,12 @@ mod tests {
 
     /// A gateway on a free port routing `/` to the node at `address`.
     async fn gateway(address: &str) -> SocketAddr {
+        gateway_with(address, 1 << 20).await
+    }
+
+    /// A gateway on a free port routing `/` to the node at `address`, for an
+    /// app whose bodies may have `max_body` bytes.
+    async fn gateway_with(address: &str, max_body: u64) -> SocketAddr {
         let gw = Gateway::new(GatewayConfig::default());
         gw.set_table(&RouteTable {
             apps: vec![RouteApp {
@@ -880,7 +1150,7 @@ mod tests {
                 }],
                 load_balancing: LoadBalancing::default(),
                 timeout_ms: 30_000,
-                max_body: 1 << 20,
+                max_body,
                 backends: vec![Backend {
                     revision: 1,
                     weight: 100,
@@ -951,12 +1221,26 @@ mod tests {
         ] {
             h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
-        strip_hop_by_hop(&mut h);
+        assert!(!strip_hop_by_hop(&mut h));
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
         let mut plain = HeaderMap::new();
         plain.insert(header::HOST, HeaderValue::from_static("x"));
-        strip_hop_by_hop(&mut plain);
+        assert!(!strip_hop_by_hop(&mut plain));
         assert_eq!(plain.len(), 1);
+        // A protocol switch is reported, except an offer of HTTP/2, and an
+        // `Upgrade` the connection does not name is only dropped.
+        for (connection, upgrade, asks) in [
+            ("Upgrade", "websocket", true),
+            ("keep-alive, upgrade", "WebSocket", true),
+            ("Upgrade, HTTP2-Settings", "h2c", false),
+            ("keep-alive", "websocket", false),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONNECTION, HeaderValue::from_static(connection));
+            h.insert(header::UPGRADE, HeaderValue::from_static(upgrade));
+            assert_eq!(strip_hop_by_hop(&mut h), asks, "{connection} / {upgrade}");
+            assert!(h.is_empty());
+        }
     }
 
     #[tokio::test]
@@ -1018,5 +1302,320 @@ mod tests {
         read_until(&mut s, &mut buf, b"second part").await;
         drop(done_tx);
         read_until(&mut s, &mut buf, b"0\r\n\r\n").await;
+    }
+
+    /// A body sent in pieces of 16 KiB with no length announced (chunked).
+    fn unsized_body(data: &[u8]) -> reqwest::Body {
+        let chunks: Vec<Result<Bytes, std::io::Error>> = data
+            .chunks(16 * 1024)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        reqwest::Body::wrap_stream(futures::stream::iter(chunks))
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn bodies_of_unknown_length_arrive_whole_and_short_ones_with_their_length() {
+        let gw = gateway(&echo_node().await).await;
+        let client = reqwest::Client::new();
+        for len in [0usize, 13, 60_000, 200_000] {
+            let sent = pattern(len);
+            let resp = client
+                .post(format!("http://{gw}/"))
+                .body(unsized_body(&sent))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "{len} bytes");
+            let length = resp.headers()["x-got-length"].to_str().unwrap().to_string();
+            let got = resp.bytes().await.unwrap();
+            assert!(
+                got[..] == sent[..],
+                "sent {len} bytes, the node got {}",
+                got.len()
+            );
+            if len <= REPLAY_LIMIT as usize {
+                assert_eq!(length, len.to_string(), "{len} bytes");
+            } else {
+                assert_eq!(length, "none", "{len} bytes");
+            }
+        }
+    }
+
+    /// The JSON error body of an answer.
+    async fn error_body(resp: reqwest::Response) -> serde_json::Value {
+        let text = resp.text().await.unwrap();
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_over_the_limit_gets_413_before_the_node_answers() {
+        let client = reqwest::Client::new();
+        // Over a limit within the part read before forwarding, and over one
+        // past it while the body streams to a node that answers only once it
+        // has the whole body.
+        for (limit, len) in [(1_000u64, 5_000usize), (100_000, 300_000)] {
+            let gw = gateway_with(&echo_node().await, limit).await;
+            let resp = client
+                .post(format!("http://{gw}/"))
+                .body(unsized_body(&pattern(len)))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 413, "limit {limit}");
+            let err = error_body(resp).await;
+            assert_eq!(err["code"], "body_too_large", "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_after_the_answer_began_never_ends_cleanly() {
+        let gw = gateway_with(&streaming_echo_node().await, 100_000).await;
+        let mut s = tokio::net::TcpStream::connect(gw).await.unwrap();
+        s.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        let chunk = |n: usize| {
+            let mut c = format!("{n:x}\r\n").into_bytes();
+            c.extend(std::iter::repeat_n(b'x', n));
+            c.extend_from_slice(b"\r\n");
+            c
+        };
+        // Within the limit: the node answers and echoes it.
+        for _ in 0..9 {
+            s.write_all(&chunk(10_000)).await.unwrap();
+        }
+        let mut buf = Vec::new();
+        read_until(&mut s, &mut buf, b"HTTP/1.1 200 OK").await;
+        // Then over it.
+        let _ = s.write_all(&chunk(20_000)).await;
+        let _ = s.write_all(b"0\r\n\r\n").await;
+        let rest = async {
+            let mut piece = [0u8; 16 * 1024];
+            while let Ok(n) = s.read(&mut piece).await {
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&piece[..n]);
+                if buf.ends_with(b"0\r\n\r\n") {
+                    break;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), rest)
+            .await
+            .expect("the answer was neither ended nor cut off");
+        assert!(
+            !buf.ends_with(b"0\r\n\r\n"),
+            "a clean end after {} bytes",
+            buf.len()
+        );
+    }
+
+    #[tokio::test]
+    async fn errors_name_the_app_and_request_but_nothing_inside() {
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let gw = gateway(&node).await;
+        let resp = reqwest::Client::new()
+            .get(format!("http://{gw}/x"))
+            .header("x-request-id", "req-42")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 502);
+        assert_eq!(resp.headers()["x-request-id"], "req-42");
+        let err = error_body(resp).await;
+        assert_eq!(err["code"], "bad_gateway");
+        let message = err["message"].as_str().unwrap();
+        assert!(
+            message.contains("default/web") && message.contains("req-42"),
+            "{message}"
+        );
+        let port = node.rsplit(':').next().unwrap();
+        for inside in ["n1", "web-0", port, "refused"] {
+            assert!(!message.contains(inside), "{inside:?} in {message:?}");
+        }
+    }
+
+    /// Sends `req` to `gw` over HTTP/2 (prior knowledge): the status and
+    /// body, or what ended the exchange.
+    async fn h2_exchange<B>(gw: SocketAddr, req: Request<B>) -> Result<(StatusCode, Bytes), String>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let io = tokio::net::TcpStream::connect(gw).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(io),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let resp = send.send_request(req).await.map_err(|e| format!("{e:?}"))?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        Ok((status, body.to_bytes()))
+    }
+
+    #[tokio::test]
+    async fn an_http2_client_still_sending_gets_the_error_answer() {
+        let gw = gateway_with(&echo_node().await, 100_000).await;
+        // Over the limit by its length, and found over it while read.
+        for declared in [true, false] {
+            let chunks = futures::stream::iter((0..320).map(|_| {
+                Ok::<_, BoxError>(http_body::Frame::data(Bytes::from(vec![b'x'; 16 * 1024])))
+            }));
+            let mut req = Request::put("http://x/")
+                .body(http_body_util::StreamBody::new(chunks))
+                .unwrap();
+            if declared {
+                req.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(320 * 16 * 1024));
+            }
+            let (status, body) = h2_exchange(gw, req)
+                .await
+                .unwrap_or_else(|e| panic!("declared {declared}: no answer: {e}"));
+            assert_eq!(status, 413, "declared {declared}");
+            assert!(String::from_utf8_lossy(&body).contains("body_too_large"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_leaves_mid_upload_frees_the_node_connection() {
+        // A node that answers at once and then sends forever, reading
+        // nothing more: only a failed write can tell it that the gateway
+        // closed the connection.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node_addr = format!("http://{}", listener.local_addr().unwrap());
+        let node = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                assert_eq!(s.read(&mut byte).await.unwrap(), 1);
+                head.push(byte[0]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await
+                .unwrap();
+            let chunk = format!("10000\r\n{}\r\n", "y".repeat(0x10000));
+            let written = async { while s.write_all(chunk.as_bytes()).await.is_ok() {} };
+            tokio::time::timeout(Duration::from_secs(30), written)
+                .await
+                .expect("the gateway kept its connection to the node open");
+        });
+        let gw = gateway_with(&node_addr, 1 << 30).await;
+        // A client that announces 200 MB, pushes until nothing moves, reads
+        // nothing, and goes away.
+        let mut client = tokio::net::TcpStream::connect(gw).await.unwrap();
+        client
+            .write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 200000000\r\n\r\n")
+            .await
+            .unwrap();
+        let piece = vec![b'x'; 64 * 1024];
+        for _ in 0..1024 {
+            match tokio::time::timeout(Duration::from_secs(1), client.write_all(&piece)).await {
+                Ok(Ok(())) => {}
+                _ => break,
+            }
+        }
+        drop(client);
+        node.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_client_that_gives_up_waiting_frees_the_node_connection() {
+        for version in ["HTTP/1.1", "HTTP/2"] {
+            // A node that takes the request and never answers; it tells
+            // when it has the request, and fails unless the gateway closes
+            // the connection.
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let node_addr = format!("http://{}", listener.local_addr().unwrap());
+            let (got_head, head_seen) = oneshot::channel();
+            let node = tokio::spawn(async move {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut byte = [0u8; 1];
+                    assert_eq!(s.read(&mut byte).await.unwrap(), 1);
+                    head.push(byte[0]);
+                }
+                let _ = got_head.send(());
+                let drained = async {
+                    let mut buf = [0u8; 1024];
+                    while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+                };
+                tokio::time::timeout(Duration::from_secs(30), drained)
+                    .await
+                    .expect("the gateway kept its connection to the node open");
+            });
+            let gw = gateway(&node_addr).await;
+            if version == "HTTP/2" {
+                let io = tokio::net::TcpStream::connect(gw).await.unwrap();
+                let (mut send, conn) = hyper::client::conn::http2::handshake(
+                    hyper_util::rt::TokioExecutor::new(),
+                    hyper_util::rt::TokioIo::new(io),
+                )
+                .await
+                .unwrap();
+                let conn = tokio::spawn(conn);
+                let req = Request::get("http://x/sleep")
+                    .body(http_body_util::Empty::<Bytes>::new())
+                    .unwrap();
+                tokio::select! {
+                    r = send.send_request(req) => panic!("answered: {r:?}"),
+                    _ = head_seen => {}
+                }
+                // The stream is reset, the connection stays.
+                assert!(!conn.is_finished());
+            } else {
+                let client = get_root(gw).await;
+                head_seen.await.unwrap();
+                drop(client);
+            }
+            node.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn an_apps_own_empty_error_answer_is_passed_on_as_it_is() {
+        // Only hyper's answers to heads it refused are replaced by JSON
+        // ones, not an app's answer that looks the same.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                });
+            }
+        });
+        let gw = gateway(&format!("http://{addr}")).await;
+        for close in ["", "connection: close\r\n"] {
+            let mut s = tokio::net::TcpStream::connect(gw).await.unwrap();
+            s.write_all(format!("GET / HTTP/1.1\r\nhost: x\r\n{close}\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut buf = Vec::new();
+            read_until(&mut s, &mut buf, b"\r\n\r\n").await;
+            let text = String::from_utf8_lossy(&buf);
+            assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+            assert!(text.contains("x-request-id"), "{text}");
+            assert!(!text.contains("application/json"), "{text}");
+        }
     }
 }

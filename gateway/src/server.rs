@@ -210,11 +210,151 @@ impl Registry {
     }
 }
 
-/// A socket that records when bytes move.
+/// A socket that records when bytes move, and puts a JSON answer in place
+/// of hyper's own (empty) one to a request head it could not take.
 struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
     first_read: bool,
+    refusals: Arc<Refusals>,
+    /// The answer being written instead of hyper's, and how much of it is
+    /// written.
+    refusing: Option<(bytes::Bytes, usize)>,
+}
+
+impl<S: AsyncWrite + Unpin> Tracked<S> {
+    /// Whether `buf` is hyper's own answer to a request head it could not
+    /// parse or that is over a limit; if so, ours is readied in its place.
+    fn is_refusal(&mut self, buf: &[u8]) -> bool {
+        // hyper answers by itself only a head it never dispatched: one was
+        // arriving and no request is in progress. Our answers are written
+        // with no head arriving, so most writes stop at the first load.
+        if self.activity.head_since.load(Ordering::Relaxed) == 0
+            || self.activity.active.load(Ordering::Relaxed) != 0
+        {
+            return false;
+        }
+        match self.refusals.instead_of(buf) {
+            Some(answer) => {
+                self.refusing = Some((answer.clone(), 0));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Writes the answer readied by `is_refusal`; done, it reports the
+    /// `claimed` bytes of hyper's as written.
+    fn poll_refuse(
+        &mut self,
+        cx: &mut Context<'_>,
+        claimed: usize,
+    ) -> Poll<std::io::Result<usize>> {
+        if let Some((answer, done)) = &mut self.refusing {
+            while *done < answer.len() {
+                let n =
+                    std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &answer[*done..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                *done += n;
+            }
+        }
+        self.refusing = None;
+        self.activity.touch();
+        Poll::Ready(Ok(claimed))
+    }
+}
+
+/// The JSON answers that stand in for hyper's own to request heads it
+/// refuses (whole HTTP/1.1 responses, made once per worker).
+struct Refusals {
+    bad_request: bytes::Bytes,
+    too_large: bytes::Bytes,
+    uri_too_long: bytes::Bytes,
+}
+
+impl Refusals {
+    fn new(limits: &ServerLimits) -> Self {
+        let answer = |status: http::StatusCode, code: &str, message: String| {
+            let body = shoal_api::ErrorBody::new(code, message).to_json();
+            bytes::Bytes::from(format!(
+                "HTTP/1.1 {} {}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or_default(),
+                body.len()
+            ))
+        };
+        Self {
+            bad_request: answer(
+                http::StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the request is not valid HTTP".into(),
+            ),
+            too_large: answer(
+                http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                HEADERS_TOO_LARGE,
+                too_large_message(limits),
+            ),
+            uri_too_long: answer(
+                http::StatusCode::URI_TOO_LONG,
+                "uri_too_long",
+                format!(
+                    "the request line is longer than {} bytes",
+                    limits.max_header_bytes
+                ),
+            ),
+        }
+    }
+
+    /// Ours in place of `buf`, if that is hyper's answer to a refused head:
+    /// a status line, `connection: close`, `content-length: 0`, and the
+    /// date.
+    fn instead_of(&self, buf: &[u8]) -> Option<&bytes::Bytes> {
+        let answer = match buf.strip_prefix(b"HTTP/1.1 ")?.get(..4)? {
+            b"400 " => &self.bad_request,
+            b"431 " => &self.too_large,
+            b"414 " => &self.uri_too_long,
+            _ => return None,
+        };
+        let line = buf.windows(2).position(|w| w == b"\r\n")?;
+        let headers = &buf[line + 2..];
+        (headers.starts_with(b"connection: close\r\ncontent-length: 0\r\n")
+            && buf.ends_with(b"\r\n\r\n")
+            && buf.len() < 256)
+            .then_some(answer)
+    }
+}
+
+const HEADERS_TOO_LARGE: &str = "headers_too_large";
+
+fn too_large_message(limits: &ServerLimits) -> String {
+    format!(
+        "the request head is larger than {} bytes or has more than {} headers",
+        limits.max_header_bytes, limits.max_headers
+    )
+}
+
+/// Whether an HTTP/2 request's header block is over the limits, counted as
+/// HTTP/2 does (each field's name and value and 32 bytes, pseudo-headers
+/// included). hyper lets through blocks up to twice the size limit, so the
+/// client gets this JSON answer rather than the protocol's bare refusal.
+fn h2_head_over(req: &http::Request<hyper::body::Incoming>, limits: &ServerLimits) -> bool {
+    let uri = req.uri();
+    let pseudo = 4 * 32
+        + ":method".len()
+        + req.method().as_str().len()
+        + ":scheme".len()
+        + uri.scheme_str().map_or(0, str::len)
+        + ":authority".len()
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + ":path".len()
+        + uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let size = req
+        .headers()
+        .iter()
+        .fold(pseudo, |n, (k, v)| n + k.as_str().len() + v.len() + 32);
+    size > limits.max_header_bytes || req.headers().len() > limits.max_headers
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
@@ -239,6 +379,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if self.refusing.is_some() || self.is_refusal(buf) {
+            return self.poll_refuse(cx, buf.len());
+        }
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &r
             && *n > 0
@@ -261,6 +404,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        if self.refusing.is_some()
+            || bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .is_some_and(|b| self.is_refusal(b))
+        {
+            let all = bufs.iter().map(|b| b.len()).sum();
+            return self.poll_refuse(cx, all);
+        }
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = &r
             && *n > 0
@@ -292,10 +444,20 @@ pub async fn serve(
         .header_read_timeout(None)
         .max_headers(limits.max_headers)
         .max_buf_size(limits.max_header_bytes.max(8192));
+    // Header blocks somewhat over the limit are let through, for the
+    // request path to refuse with a JSON answer (see `h2_head_over`).
+    // Extended CONNECT (WebSocket over HTTP/2) is allowed so that such a
+    // request gets the gateway's clear 501 rather than failing in the
+    // client.
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32);
+        .enable_connect_protocol()
+        .max_header_list_size(
+            u32::try_from(limits.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
+        );
+    let refusals = Arc::new(Refusals::new(&limits));
+    let head_limits = Arc::new(limits.clone());
     let builder = Arc::new(builder);
     let registry = Arc::new(std::sync::Mutex::new(Registry::default()));
     // One timer for all of this worker's connections: a fraction of the
@@ -337,16 +499,36 @@ pub async fn serve(
             inner: stream,
             activity: activity.clone(),
             first_read: true,
+            refusals: refusals.clone(),
+            refusing: None,
         });
         let gw = gateway.clone();
         let act = activity.clone();
         let client = Arc::new(crate::proxy::Peer::new(peer));
-        let service = hyper::service::service_fn(move |req| {
-            let gw = gw.clone();
-            let client = client.clone();
-            let guard = ActiveRequest::start(&act);
-            async move { Ok::<_, std::convert::Infallible>(gw.handle(req, &client, guard).await) }
-        });
+        let head_limits = head_limits.clone();
+        let service =
+            hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let gw = gw.clone();
+                let client = client.clone();
+                let guard = ActiveRequest::start(&act);
+                // HTTP/1 heads over the limits never get here (hyper refuses
+                // them); HTTP/2 ones do.
+                let refused = (req.version() == http::Version::HTTP_2
+                    && h2_head_over(&req, &head_limits))
+                .then(|| {
+                    crate::proxy::error(
+                        http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        HEADERS_TOO_LARGE,
+                        too_large_message(&head_limits),
+                    )
+                });
+                async move {
+                    Ok::<_, std::convert::Infallible>(match refused {
+                        Some(answer) => answer,
+                        None => gw.handle(req, &client, guard).await,
+                    })
+                }
+            });
         let builder = builder.clone();
         let registry = registry.clone();
         let all_closed = all_closed_tx.clone();
@@ -403,29 +585,78 @@ pub async fn serve(
     Ok(())
 }
 
+/// A gateway's listening sockets, one per worker, and what keeps other
+/// processes off its address while they are open.
+pub struct Listeners {
+    sockets: Vec<std::net::TcpListener>,
+    /// Held for as long as the gateway serves (see [`bind_workers`]).
+    #[cfg(target_os = "linux")]
+    _claim: std::os::unix::net::UnixListener,
+}
+
+impl Listeners {
+    /// The address they listen on (the port chosen, if 0 was asked for).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self.sockets.first() {
+            Some(s) => s.local_addr(),
+            None => Err(std::io::Error::other("no listening socket")),
+        }
+    }
+}
+
 /// Binds `workers` listening sockets to `addr` with `SO_REUSEPORT`, so the
 /// kernel spreads connections over them. Port 0 picks one free port for
 /// all of them. Must run inside a tokio runtime.
-pub fn bind_workers(
-    addr: SocketAddr,
-    workers: usize,
-) -> std::io::Result<Vec<std::net::TcpListener>> {
-    let mut out = Vec::new();
-    let mut addr = addr;
-    for _ in 0..workers.max(1) {
-        let sock = if addr.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
+///
+/// `SO_REUSEPORT` lets any process of the same user join the group, and the
+/// kernel would then give it a share of the connections. So the address is
+/// first probed with a socket without it, which cannot bind while any other
+/// socket listens there; and, on Linux, claimed with an abstract Unix
+/// socket named after it, which only one process can hold: two gateways
+/// started at the same instant would otherwise both pass the probe before
+/// either listens. Either refusal is an `AddrInUse` error.
+pub fn bind_workers(addr: SocketAddr, workers: usize) -> std::io::Result<Listeners> {
+    let in_use = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "the address is already in use (another process listens on it)",
+            )
         } else {
-            tokio::net::TcpSocket::new_v6()?
-        };
+            e
+        }
+    };
+    let socket = || {
+        if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+    };
+    let probe = socket()?;
+    probe.set_reuseaddr(true)?;
+    probe.bind(addr).map_err(in_use)?;
+    let addr = probe.local_addr()?;
+    #[cfg(target_os = "linux")]
+    let claim = {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("shoal-gateway {addr}");
+        let at = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+        std::os::unix::net::UnixListener::bind_addr(&at).map_err(in_use)?
+    };
+    let mut sockets = Vec::new();
+    for _ in 0..workers.max(1) {
+        let sock = socket()?;
         sock.set_reuseaddr(true)?;
         sock.set_reuseport(true)?;
-        sock.bind(addr)?;
-        let listener = sock.listen(1024)?;
-        addr = listener.local_addr()?;
-        out.push(listener.into_std()?);
+        sock.bind(addr).map_err(in_use)?;
+        sockets.push(sock.listen(1024)?.into_std()?);
     }
-    Ok(out)
+    Ok(Listeners {
+        sockets,
+        #[cfg(target_os = "linux")]
+        _claim: claim,
+    })
 }
 
 /// Serves the gateway on several threads, one per listener from
@@ -434,14 +665,19 @@ pub fn bind_workers(
 /// the connection it goes out on never change threads. Stops when
 /// `shutdown` resolves, after in-flight requests finish (up to the grace).
 pub async fn serve_workers(
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Listeners,
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
     limits: ServerLimits,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut threads = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
+    // The claim on the address stays with `listeners` until the end.
+    let mut listeners = listeners;
+    for (i, listener) in std::mem::take(&mut listeners.sockets)
+        .into_iter()
+        .enumerate()
+    {
         let gw = gateway.worker();
         let limits = limits.clone();
         let mut stop = stop_rx.clone();
@@ -474,4 +710,30 @@ pub async fn serve_workers(
     })
     .await
     .map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn workers_share_one_address_that_no_other_process_may_join() {
+        let first = bind_workers("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        let addr = first.local_addr().unwrap();
+        assert_ne!(addr.port(), 0);
+        for s in &first.sockets {
+            assert_eq!(s.local_addr().unwrap(), addr);
+        }
+        let again = bind_workers(addr, 2).err().expect("bound twice");
+        assert_eq!(again.kind(), std::io::ErrorKind::AddrInUse);
+        // A listener of another program is found as well.
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = bind_workers(other.local_addr().unwrap(), 1)
+            .err()
+            .expect("bound over another");
+        assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse);
+        // Once the first gateway is gone, its address is free again.
+        drop(first);
+        bind_workers(addr, 2).unwrap();
+    }
 }
