@@ -178,6 +178,30 @@ fn cgi_streamed_body_over_max_body_breaks_the_response() {
     streamed_body_over_max_body_never_ends_cleanly("echo.wasm");
 }
 
+#[test]
+fn component_past_its_deadline_after_the_head_breaks_the_response() {
+    let (_p, url) = run("http-component.wasm", &["--timeout", "2s"]);
+    let host = host_of(&url);
+    let mut s = TcpStream::connect(&host).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    // `/echo` answers at once and then waits for the rest of the body,
+    // which never comes: the deadline stops it mid-body.
+    write!(
+        s,
+        "POST /echo HTTP/1.1\r\nHost: {host}\r\nContent-Length: 100\r\n\r\nonly ten.."
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    assert_eq!(status_of(&raw), 200, "{}", lossy(&raw));
+    assert!(lossy(&raw).contains("only ten.."), "{}", lossy(&raw));
+    assert!(
+        !chunked_and_complete(&raw),
+        "the cut-short body ended cleanly: {}",
+        lossy(&raw)
+    );
+}
+
 // ---- 2: abandoned requests --------------------------------------------------
 
 /// Polls until a request to `path` gets `want`, within `limit`.
