@@ -60,6 +60,8 @@ struct Warm {
     proxy: Proxy,
     served: u64,
     idle_since: Instant,
+    /// Set when the guest answers the request it is serving.
+    answered: Arc<AtomicBool>,
 }
 
 /// One running instance of an HTTP app.
@@ -386,15 +388,12 @@ impl HttpApp {
         let watched = overflow.clone();
         let task = tokio::spawn(async move {
             let _permit = permit;
-            // A reused instance goes back to the pool only if it answered:
-            // one that returned without answering may keep the response
-            // outparam, and with it this request's answer channel, open.
-            let answered = reuse.then(|| Arc::new(AtomicBool::new(false)));
             let run = async {
-                let (mut store, proxy, served) = match app.take_warm() {
+                let (mut store, proxy, served, answered) = match app.take_warm() {
                     Some(w) => {
                         app.stats.warm_hits.fetch_add(1, Ordering::Relaxed);
-                        (w.store, w.proxy, w.served)
+                        w.answered.store(false, Ordering::Relaxed);
+                        (w.store, w.proxy, w.served, Some(w.answered))
                     }
                     None => {
                         let mut store = app.component_store()?;
@@ -405,7 +404,11 @@ impl HttpApp {
                             .await
                             .map_err(|e| Failure::from_error(&e))?;
                         app.note_instantiation(t0.elapsed());
-                        (store, proxy, 0)
+                        // A reused instance goes back to the pool only if
+                        // it answered: one that returned without answering
+                        // may keep the response outparam, and with it the
+                        // request's answer channel, open.
+                        (store, proxy, 0, reuse.then(Arc::default))
                     }
                 };
                 store.data_mut().deadline = Some(deadline);
@@ -431,14 +434,14 @@ impl HttpApp {
                     .call_handle(&mut store, incoming, out)
                     .await
                     .map_err(|e| Failure::from_error(&e))?;
-                Ok((store, proxy, served))
+                Ok((store, proxy, served, answered))
             };
             let outcome = guarded(run, deadline, &watched, max_body).await.and_then(
-                |(mut store, proxy, served)| {
-                    if let Some(flag) = answered {
+                |(mut store, proxy, served, answered)| {
+                    if let Some(answered) = answered {
                         // Only a run that ended cleanly leaves an instance
                         // fit for the next request.
-                        if !flag.load(Ordering::Relaxed) {
+                        if !answered.load(Ordering::Relaxed) {
                             return Err(Failure::BadResponse(NO_RESPONSE.into()));
                         }
                         store.data_mut().deadline = None;
@@ -447,6 +450,7 @@ impl HttpApp {
                             proxy,
                             served: served + 1,
                             idle_since: Instant::now(),
+                            answered,
                         });
                     }
                     Ok(())
