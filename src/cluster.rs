@@ -264,7 +264,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         None => format!("{}-{}", hostname(), addr.port()),
     };
     let agent = Agent::new(
-        runtime,
+        runtime.clone(),
         AgentConfig {
             name: name.clone(),
             control_plane: args.join.clone(),
@@ -288,12 +288,16 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         agent.clone(),
         stopped(stop_rx.clone()),
         args.grace.get(),
+        shoal_runtime::server::HeadLimits::BEHIND_GATEWAY,
     ));
     let loops = tokio::spawn(agent.clone().run(stopped(stop_rx)));
     stop.await;
     let _ = stop_tx.send(true);
     let _ = server.await;
     let _ = loops.await;
+    // The grace is over: a guest still running (one that never yields,
+    // whose client left) must not keep the process alive.
+    runtime.stop_guests();
     println!("Stopped.");
     Ok(())
 }

@@ -7,6 +7,7 @@ use shoal_api::{
     Backoff, ByteSize, Duration, Grants, Isolation, Limits, RestartPolicy, WorkloadKind,
     WorkloadSpec, workload::DirGrant,
 };
+use shoal_runtime::server::HeadLimits;
 use shoal_runtime::{LogBuffer, Runtime, RuntimeConfig, Stream};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -229,7 +230,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 loaded.digest
             );
             let _ = std::io::stdout().flush();
-            shoal_runtime::server::serve(listener, app.clone(), stop, args.grace.get()).await?;
+            shoal_runtime::server::serve(
+                listener,
+                app.clone(),
+                stop,
+                args.grace.get(),
+                HeadLimits::CLIENT,
+            )
+            .await?;
+            // Whatever still runs after the grace (a guest that never
+            // yields, whose client left) must not keep the process alive.
+            runtime.stop_guests();
             print_stats(&app);
             println!("Stopped.");
         }
@@ -243,6 +254,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             tokio::select! {
                 _ = stop => {
                     handle.stop();
+                    runtime.stop_guests();
                     println!("Stopped.");
                 }
                 _ = handle.wait() => {

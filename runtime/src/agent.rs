@@ -15,6 +15,7 @@ use crate::worker::{WorkerHandle, WorkerState};
 use crate::{Loaded, Runtime};
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use sha2::Digest as _;
 use shoal_api::WorkloadKind;
@@ -515,13 +516,23 @@ impl Agent {
             .header(http::header::HOST, "localhost")
             .header("user-agent", "shoal-health")
             .body(http_body_util::Empty::<Bytes>::new());
-        let ok = match req {
-            Ok(req) => matches!(
-                tokio::time::timeout(h.timeout.get(), app.handle(req)).await,
-                Ok(resp) if resp.status().is_success() || resp.status().is_redirection()
-            ),
-            Err(_) => false,
+        let probe = async {
+            let Ok(req) = req else { return false };
+            let resp = app.handle(req).await;
+            let good = resp.status().is_success() || resp.status().is_redirection();
+            // Read to the end: a response dropped before its end reads as
+            // a client that went away, and stops the guest.
+            let mut body = resp.into_body();
+            while let Some(frame) = body.frame().await {
+                if frame.is_err() {
+                    return false;
+                }
+            }
+            good
         };
+        let ok = tokio::time::timeout(h.timeout.get(), probe)
+            .await
+            .unwrap_or(false);
         if ok {
             r.failures.store(0, Ordering::Relaxed);
             if !r.ready.swap(true, Ordering::Relaxed) {
@@ -689,7 +700,6 @@ impl Agent {
         let stream = futures::stream::iter(backlog)
             .chain(live)
             .map(|b| Ok::<_, crate::outcome::BoxError>(http_body::Frame::data(b)));
-        use http_body_util::BodyExt;
         http::Response::new(http_body_util::StreamBody::new(stream).boxed_unsync())
     }
 }

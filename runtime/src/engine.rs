@@ -2,7 +2,6 @@
 //! drives deadlines.
 
 use crate::error::RuntimeError;
-use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
@@ -79,26 +78,32 @@ pub fn build_engine(cfg: &EngineConfig) -> Result<Engine, RuntimeError> {
     Engine::new(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+/// Advances the engine's epoch every [`EPOCH_TICK`] for as long as the
+/// engine exists.
+///
+/// Not until the ticker is dropped: deadlines and [`StopGuests`] reach a
+/// guest only through the epoch, and a guest can outlive the runtime that
+/// started it (its task holds the engine). A ticker that stopped with the
+/// runtime would leave such a guest spinning forever, and with it the
+/// process, whose executor waits for every task to yield at exit.
 ///
 /// Tests that want to control time do not start one and call
 /// [`Engine::increment_epoch`] themselves.
+///
+/// [`StopGuests`]: crate::host::StopGuests
 pub struct EpochTicker {
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl EpochTicker {
     /// Starts a ticker on its own thread, so that a busy async executor
     /// cannot delay deadlines.
     pub fn start(engine: &Engine) -> Self {
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let engine = engine.weak();
-        let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name("shoal-epoch".into())
             .spawn(move || {
-                while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                loop {
                     std::thread::sleep(EPOCH_TICK);
                     match engine.upgrade() {
                         Some(e) => e.increment_epoch(),
@@ -107,15 +112,6 @@ impl EpochTicker {
                 }
             })
             .ok();
-        Self { stop, thread }
-    }
-}
-
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        Self { _thread: thread }
     }
 }

@@ -4,9 +4,11 @@
 use crate::error::RuntimeError;
 use crate::logs::{LogBuffer, Stream};
 use shoal_api::Grants;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use wasmtime::component::ResourceTable;
-use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
+use wasmtime::{Caller, Linker, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::cli::AsyncStdoutStream;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -20,6 +22,28 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 pub struct MemoryLimitExceeded {
     pub desired: usize,
     pub limit: usize,
+}
+
+/// Raised (as a trap) in a guest that is still running when its process
+/// stops serving and the grace for in-flight requests has passed.
+#[derive(Debug, thiserror::Error)]
+#[error("the server is shutting down")]
+pub struct ShuttingDown;
+
+/// Stops every guest of a runtime at its next epoch check, so that a guest
+/// that never yields (a loop with no host calls) cannot keep its process
+/// from exiting.
+#[derive(Debug, Clone, Default)]
+pub struct StopGuests(Arc<AtomicBool>);
+
+impl StopGuests {
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// Enforces the app's memory limit across all of an instance's memories.
@@ -152,6 +176,112 @@ pub struct P1Host {
     pub(crate) wasi: WasiP1Ctx,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) deadline: Option<Instant>,
+    /// What `environ_get` gives a module linked with [`link_raw_environ`].
+    pub(crate) env: RawEnv,
+}
+
+/// Environment variables as bytes, `K=V\0` one after another. CGI puts
+/// request headers in the environment, and their values need not be UTF-8,
+/// which `WasiCtxBuilder::env` requires.
+#[derive(Debug, Default)]
+pub struct RawEnv {
+    bytes: Vec<u8>,
+    count: u32,
+}
+
+impl RawEnv {
+    pub fn push(&mut self, key: &[u8], value: &[u8]) {
+        self.bytes.reserve(key.len() + value.len() + 2);
+        self.bytes.extend_from_slice(key);
+        self.bytes.push(b'=');
+        self.bytes.extend_from_slice(value);
+        self.bytes.push(0);
+        self.count += 1;
+    }
+
+    /// Appends `, value` to the last variable pushed (repeated headers join
+    /// as one variable, as CGI servers do).
+    pub fn append_to_last(&mut self, value: &[u8]) {
+        if self.bytes.pop().is_some() {
+            self.bytes.extend_from_slice(b", ");
+            self.bytes.extend_from_slice(value);
+            self.bytes.push(0);
+        }
+    }
+
+    /// The variables, each without its terminating NUL.
+    pub fn vars(&self) -> impl Iterator<Item = &[u8]> {
+        self.bytes.split(|b| *b == 0).take(self.count as usize)
+    }
+}
+
+/// WASI's `fault` errno: a pointer outside the guest's memory.
+const ERRNO_FAULT: i32 = 21;
+
+/// Replaces WASI preview 1's `environ_get` and `environ_sizes_get` in
+/// `linker` with versions that hand the guest the bytes of [`P1Host::env`]
+/// as they are.
+pub fn link_raw_environ(linker: &mut Linker<P1Host>) -> wasmtime::Result<()> {
+    const P1: &str = "wasi_snapshot_preview1";
+    linker.allow_shadowing(true);
+    linker.func_wrap(
+        P1,
+        "environ_sizes_get",
+        |mut caller: Caller<'_, P1Host>, count_at: i32, size_at: i32| -> wasmtime::Result<i32> {
+            let memory = guest_memory(&mut caller)?;
+            let (mem, host) = memory.data_and_store_mut(&mut caller);
+            let size = u32::try_from(host.env.bytes.len()).unwrap_or(u32::MAX);
+            let ok = write_u32(mem, count_at, host.env.count) && write_u32(mem, size_at, size);
+            Ok(if ok { 0 } else { ERRNO_FAULT })
+        },
+    )?;
+    linker.func_wrap(
+        P1,
+        "environ_get",
+        |mut caller: Caller<'_, P1Host>, environ: i32, buf: i32| -> wasmtime::Result<i32> {
+            let memory = guest_memory(&mut caller)?;
+            let (mem, host) = memory.data_and_store_mut(&mut caller);
+            let env = &host.env;
+            let start = buf as u32 as usize;
+            let Some(dst) = start
+                .checked_add(env.bytes.len())
+                .and_then(|end| mem.get_mut(start..end))
+            else {
+                return Ok(ERRNO_FAULT);
+            };
+            dst.copy_from_slice(&env.bytes);
+            let mut at = buf as u32;
+            let mut slot = environ as u32;
+            for var in env.vars() {
+                if !write_u32(mem, slot as i32, at) {
+                    return Ok(ERRNO_FAULT);
+                }
+                slot = slot.wrapping_add(4);
+                at = at.wrapping_add(var.len() as u32 + 1);
+            }
+            Ok(0)
+        },
+    )?;
+    Ok(())
+}
+
+fn guest_memory(caller: &mut Caller<'_, P1Host>) -> wasmtime::Result<wasmtime::Memory> {
+    caller
+        .get_export("memory")
+        .and_then(|e| e.into_memory())
+        .ok_or_else(|| wasmtime::format_err!("the module exports no memory named `memory`"))
+}
+
+/// Writes `v` little-endian at guest address `at`; false if out of bounds.
+fn write_u32(mem: &mut [u8], at: i32, v: u32) -> bool {
+    let at = at as u32 as usize;
+    match at.checked_add(4).and_then(|end| mem.get_mut(at..end)) {
+        Some(dst) => {
+            dst.copy_from_slice(&v.to_le_bytes());
+            true
+        }
+        None => false,
+    }
 }
 
 /// Access to the parts of store data the runtime manages itself.
@@ -187,12 +317,14 @@ impl Guarded for P1Host {
 
 /// A store with the memory limiter installed and an epoch callback that
 /// yields to the executor every few ticks and interrupts the guest once its
-/// deadline (if any) has passed.
-pub fn new_store<T: Guarded>(engine: &wasmtime::Engine, data: T) -> Store<T> {
+/// deadline (if any) has passed or its runtime stops all guests.
+pub fn new_store<T: Guarded>(engine: &wasmtime::Engine, data: T, stop: &StopGuests) -> Store<T> {
     let mut store = Store::new(engine, data);
     store.limiter(|d| d.limiter());
     store.set_epoch_deadline(crate::engine::YIELD_EVERY_TICKS);
-    store.epoch_deadline_callback(|ctx| match ctx.data().deadline() {
+    let stop = stop.clone();
+    store.epoch_deadline_callback(move |ctx| match ctx.data().deadline() {
+        _ if stop.stopped() => Err(wasmtime::Error::new(ShuttingDown)),
         Some(d) if Instant::now() >= d => Ok(UpdateDeadline::Interrupt),
         // tokio's yield_now lets the runtime poll for I/O before the guest
         // runs again; a plain wake would put the guest straight back on the
@@ -254,6 +386,7 @@ impl P1Host {
             wasi,
             limiter: MemoryLimiter::new(memory),
             deadline: None,
+            env: RawEnv::default(),
         }
     }
 }

@@ -7,14 +7,14 @@
 
 use crate::artifact::Compiled;
 use crate::error::RuntimeError;
-use crate::host::{self, ComponentHost, P1Host, new_store};
+use crate::host::{self, ComponentHost, P1Host, RawEnv, StopGuests, new_store};
 use crate::logs::{LogBuffer, Stream};
-use crate::outcome::{BoxError, Failure, ResponseBody, full_body};
+use crate::outcome::{BoxError, Failure, ResponseBody};
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use shoal_api::{Isolation, WorkloadSpec};
+use shoal_api::{Grants, Isolation, WorkloadSpec};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -60,6 +60,8 @@ struct Warm {
     proxy: Proxy,
     served: u64,
     idle_since: Instant,
+    /// Set when the guest answers the request it is serving.
+    answered: Arc<AtomicBool>,
 }
 
 /// One running instance of an HTTP app.
@@ -67,6 +69,7 @@ pub struct HttpApp {
     name: String,
     spec: WorkloadSpec,
     engine: Engine,
+    stop: StopGuests,
     handler: Handler,
     permits: Arc<Semaphore>,
     logs: LogBuffer,
@@ -125,6 +128,7 @@ impl HttpApp {
     /// runtime can serve or if it imports something the sandbox lacks.
     pub fn new(
         engine: &Engine,
+        stop: &StopGuests,
         name: &str,
         spec: WorkloadSpec,
         compiled: &Compiled,
@@ -156,6 +160,7 @@ impl HttpApp {
                 }
                 let mut linker = Linker::<P1Host>::new(engine);
                 wasmtime_wasi::p1::add_to_linker_async(&mut linker, |h: &mut P1Host| &mut h.wasi)
+                    .and_then(|()| host::link_raw_environ(&mut linker))
                     .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
                 Handler::Cgi(
                     linker
@@ -168,6 +173,7 @@ impl HttpApp {
         Ok(Arc::new(Self {
             name: name.to_string(),
             engine: engine.clone(),
+            stop: stop.clone(),
             handler,
             permits: Arc::new(Semaphore::new(concurrency)),
             logs,
@@ -201,9 +207,13 @@ impl HttpApp {
     }
 
     /// Serves one request.
+    ///
+    /// A failure is counted and logged once, where it is found: here for a
+    /// request refused before any guest runs, in the guest's task for how
+    /// its run ended, and in `serve_*` for a response the guest got wrong.
     pub async fn handle<B>(self: &Arc<Self>, req: Request<B>) -> Response<ResponseBody>
     where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
@@ -220,32 +230,60 @@ impl HttpApp {
             return self.fail(Failure::Overloaded);
         };
         let deadline = Instant::now() + self.spec.limits.timeout.get();
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let overflow = Arc::new(Overflow::default());
-        let body = limit_body(body, max_body, overflow.clone());
+        let body = if body.is_end_stream() || body.size_hint().exact().is_some() {
+            limit_body(body, max_body, overflow.clone())
+        } else {
+            // Read under the permit, so the memory this holds is bounded by
+            // the concurrency limit.
+            match tokio::time::timeout_at(deadline.into(), read_ahead(body, max_body)).await {
+                Ok(Ok(body)) => {
+                    if let Some(len) = body.whole_len() {
+                        parts.headers.remove(http::header::TRANSFER_ENCODING);
+                        parts
+                            .headers
+                            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+                    }
+                    limit_body(body, max_body, overflow.clone())
+                }
+                Ok(Err(ReadAheadError::TooLarge)) => {
+                    return self.fail(Failure::BodyTooLarge(max_body));
+                }
+                Ok(Err(ReadAheadError::Unreadable)) => {
+                    return crate::outcome::error_response(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "the request body could not be read",
+                    );
+                }
+                Err(_) => return self.fail(Failure::Deadline),
+            }
+        };
         let result = match &self.handler {
             Handler::Proxy(pre) => {
                 self.clone()
-                    .serve_component(pre.clone(), parts, body, permit, deadline, overflow.clone())
+                    .serve_component(pre.clone(), parts, body, permit, deadline, overflow)
                     .await
             }
             Handler::Cgi(pre) => {
                 self.clone()
-                    .serve_cgi(pre.clone(), parts, body, permit, deadline, overflow.clone())
+                    .serve_cgi(pre.clone(), parts, body, permit, deadline, overflow)
                     .await
             }
         };
-        match result {
-            Ok(resp) => resp,
-            Err(_) if overflow.hit() => self.fail(Failure::BodyTooLarge(max_body)),
-            Err(f) => self.fail(f),
-        }
+        result.unwrap_or_else(|f| f.response())
     }
 
     /// Records and logs a failure, and returns the client's response.
     fn fail(&self, f: Failure) -> Response<ResponseBody> {
+        self.found(f).response()
+    }
+
+    /// Records and logs a failure, and returns it.
+    fn found(&self, f: Failure) -> Failure {
         self.record(&f);
-        f.response()
+        f
     }
 
     fn record(&self, f: &Failure) {
@@ -267,6 +305,9 @@ impl HttpApp {
             Failure::Overloaded => {
                 self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%app, "rejected request: at concurrency limit");
+            }
+            Failure::ShuttingDown => {
+                tracing::info!(%app, "request stopped: the server is shutting down");
             }
             other => tracing::warn!(%app, "request failed: {other}"),
         }
@@ -290,7 +331,7 @@ impl HttpApp {
             &self.name,
             self.spec.limits.memory.bytes(),
         );
-        Ok(new_store(&self.engine, data))
+        Ok(new_store(&self.engine, data, &self.stop))
     }
 
     fn take_warm(&self) -> Option<Warm> {
@@ -324,14 +365,14 @@ impl HttpApp {
     async fn serve_component(
         self: Arc<Self>,
         pre: ProxyPre<ComponentHost>,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
         body: LimitedBody,
         permit: OwnedSemaphorePermit,
         deadline: Instant,
         overflow: Arc<Overflow>,
     ) -> Result<Response<ResponseBody>, Failure> {
         let max_body = self.spec.limits.max_body.bytes();
-        let mut parts = parts;
+        let head_request = parts.method == http::Method::HEAD;
         ensure_authority(&mut parts);
         let body = body.map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
@@ -341,15 +382,18 @@ impl HttpApp {
             }
         });
         let req = Request::from_parts(parts, body);
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
+        let reuse = matches!(self.spec.isolation, Isolation::Reuse { .. });
         let app = self.clone();
+        let watched = overflow.clone();
         let task = tokio::spawn(async move {
             let _permit = permit;
             let run = async {
-                let (mut store, proxy, served) = match app.take_warm() {
+                let (mut store, proxy, served, answered) = match app.take_warm() {
                     Some(w) => {
                         app.stats.warm_hits.fetch_add(1, Ordering::Relaxed);
-                        (w.store, w.proxy, w.served)
+                        w.answered.store(false, Ordering::Relaxed);
+                        (w.store, w.proxy, w.served, Some(w.answered))
                     }
                     None => {
                         let mut store = app.component_store()?;
@@ -360,7 +404,11 @@ impl HttpApp {
                             .await
                             .map_err(|e| Failure::from_error(&e))?;
                         app.note_instantiation(t0.elapsed());
-                        (store, proxy, 0)
+                        // A reused instance goes back to the pool only if
+                        // it answered: one that returned without answering
+                        // may keep the response outparam, and with it the
+                        // request's answer channel, open.
+                        (store, proxy, 0, reuse.then(Arc::default))
                     }
                 };
                 store.data_mut().deadline = Some(deadline);
@@ -369,59 +417,73 @@ impl HttpApp {
                     .http()
                     .new_incoming_request(Scheme::Http, req)
                     .map_err(|e| Failure::BadResponse(format!("{e:#}")))?;
-                let out = store
-                    .data_mut()
-                    .http()
-                    .new_response_outparam(tx)
-                    .map_err(|e| Failure::Internal(format!("{e:#}")))?;
+                let mut http = store.data_mut().http();
+                let out = match &answered {
+                    Some(flag) => {
+                        let flag = flag.clone();
+                        http.new_response_outparam_from_callback(move |head| {
+                            flag.store(true, Ordering::Relaxed);
+                            let _ = tx.send(head);
+                        })
+                    }
+                    None => http.new_response_outparam(tx),
+                }
+                .map_err(|e| Failure::Internal(format!("{e:#}")))?;
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, incoming, out)
                     .await
                     .map_err(|e| Failure::from_error(&e))?;
-                // Only a run that ended cleanly leaves an instance fit for
-                // the next request.
-                if matches!(app.spec.isolation, Isolation::Reuse { .. }) {
-                    store.data_mut().deadline = None;
-                    app.put_warm(Warm {
-                        store,
-                        proxy,
-                        served: served + 1,
-                        idle_since: Instant::now(),
-                    });
-                }
-                Ok::<(), Failure>(())
+                Ok((store, proxy, served, answered))
             };
-            guarded(run, deadline, &overflow, max_body).await
+            let outcome = guarded(run, deadline, &watched, max_body).await.and_then(
+                |(mut store, proxy, served, answered)| {
+                    if let Some(answered) = answered {
+                        // Only a run that ended cleanly leaves an instance
+                        // fit for the next request.
+                        if !answered.load(Ordering::Relaxed) {
+                            return Err(Failure::BadResponse(NO_RESPONSE.into()));
+                        }
+                        store.data_mut().deadline = None;
+                        app.put_warm(Warm {
+                            store,
+                            proxy,
+                            served: served + 1,
+                            idle_since: Instant::now(),
+                            answered,
+                        });
+                    }
+                    Ok(())
+                },
+            );
+            if let Err(f) = &outcome {
+                app.record(f);
+            }
+            outcome
         });
 
-        match rx.await {
-            Ok(Ok(resp)) => {
-                // The guest may still be streaming the body; report how its
-                // run ends without holding up the response.
-                let app = self.clone();
-                tokio::spawn(async move {
-                    match task.await {
-                        Ok(Err(f)) => app.record(&f),
-                        Err(e) => app.record(&Failure::Internal(e.to_string())),
-                        Ok(Ok(())) => {}
-                    }
-                });
-                Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
+        let mut run = GuestRun::new(self.clone(), task);
+        // The run ends by its deadline, and with it this wait.
+        let head = tokio::select! {
+            biased;
+            head = &mut rx => head.ok(),
+            () = run.ended() => rx.try_recv().ok(),
+        };
+        match head {
+            // The request body crossed the limit before the head went out.
+            Some(Ok(_)) if overflow.hit() => {
+                Err(run.failure(|| Failure::BodyTooLarge(max_body)).await)
             }
-            Ok(Err(code)) => {
-                let _ = task.await;
-                Err(Failure::BadResponse(format!(
-                    "the app answered with error {code:?}"
-                )))
+            Some(Ok(resp)) => {
+                let promised = promised_length(resp.status(), resp.headers(), head_request);
+                Ok(resp.map(|b| GuestBody::new(b, run, promised).boxed_unsync()))
             }
-            Err(_) => match task.await {
-                Ok(Ok(())) => Err(Failure::BadResponse(
-                    "the app returned without setting a response".into(),
-                )),
-                Ok(Err(f)) => Err(f),
-                Err(e) => Err(Failure::Internal(e.to_string())),
-            },
+            Some(Err(code)) => Err(run
+                .failure(|| Failure::BadResponse(format!("the app answered with error {code:?}")))
+                .await),
+            None => Err(run
+                .failure(|| Failure::BadResponse(NO_RESPONSE.into()))
+                .await),
         }
     }
 
@@ -435,11 +497,10 @@ impl HttpApp {
         overflow: Arc<Overflow>,
     ) -> Result<Response<ResponseBody>, Failure> {
         let max_body = self.spec.limits.max_body.bytes();
-        let mut b = host::sandbox(&self.spec.grants, &[self.name.as_str()])
-            .map_err(|e| Failure::Internal(e.to_string()))?;
-        for (k, v) in cgi_env(&parts) {
-            b.env(k, v);
-        }
+        let head_request = parts.method == http::Method::HEAD;
+        let b = host::sandbox(&self.spec.grants, &[self.name.as_str()]);
+        let mut b = b.map_err(|e| self.found(Failure::Internal(e.to_string())))?;
+        let env = cgi_env(&parts, &self.spec.grants);
         // The guest reads stdin through a pipe that a task fills from the
         // request body as the guest drains it.
         let (mut in_w, in_r) = tokio::io::duplex(CGI_PIPE);
@@ -455,12 +516,12 @@ impl HttpApp {
         b.stderr(host::log_stream(&self.logs, Stream::Stderr));
         let wasi = b.build_p1();
         let app = self.clone();
-        let mut task = tokio::spawn(async move {
+        let watched = overflow.clone();
+        let task = tokio::spawn(async move {
             let _permit = permit;
-            let mut store = new_store(
-                &app.engine,
-                P1Host::new(wasi, app.spec.limits.memory.bytes()),
-            );
+            let mut data = P1Host::new(wasi, app.spec.limits.memory.bytes());
+            data.env = env;
+            let mut store = new_store(&app.engine, data, &app.stop);
             store.data_mut().deadline = Some(deadline);
             let run = async {
                 let t0 = Instant::now();
@@ -478,69 +539,236 @@ impl HttpApp {
                     },
                 }
             };
-            guarded(run, deadline, &overflow, max_body).await
+            let outcome = guarded(run, deadline, &watched, max_body).await;
+            if let Err(f) = &outcome {
+                app.record(f);
+            }
+            outcome
             // The store, and with it the stdout pipe, drops here: the reader
             // sees end of file.
         });
 
+        let run = GuestRun::new(self.clone(), task);
         let mut buf = BytesMut::with_capacity(4096);
         let header_end = loop {
             if let Some(end) = find_header_end(&buf) {
                 break end;
             }
             if buf.len() > MAX_CGI_HEADER {
-                task.abort();
-                return Err(Failure::BadResponse(format!(
+                run.stop();
+                return Err(self.found(Failure::BadResponse(format!(
                     "no end of the CGI header block within {MAX_CGI_HEADER} bytes"
-                )));
+                ))));
             }
-            let n = out_r
-                .read_buf(&mut buf)
-                .await
-                .map_err(|e| Failure::Internal(e.to_string()))?;
+            let n = match out_r.read_buf(&mut buf).await {
+                Ok(n) => n,
+                Err(e) => {
+                    run.stop();
+                    return Err(self.found(Failure::Internal(e.to_string())));
+                }
+            };
             if n == 0 {
-                return match (&mut task).await {
-                    Ok(Ok(())) => Err(Failure::BadResponse(if buf.is_empty() {
-                        "the module wrote nothing to stdout (expected CGI headers, a blank line, then the body)".into()
-                    } else {
-                        "the module's output has no blank line ending the CGI headers".into()
-                    })),
-                    Ok(Err(f)) => Err(f),
-                    Err(e) => Err(Failure::Internal(e.to_string())),
-                };
+                return Err(run
+                    .failure(|| {
+                        Failure::BadResponse(if buf.is_empty() {
+                            "the module wrote nothing to stdout (expected CGI headers, a blank line, then the body)".into()
+                        } else {
+                            "the module's output has no blank line ending the CGI headers".into()
+                        })
+                    })
+                    .await);
             }
         };
         let (head_len, sep_len) = header_end;
         let head = buf.split_to(head_len);
         let _ = buf.split_to(sep_len);
-        let mut resp = parse_cgi_head(&head).map_err(Failure::BadResponse)?;
+        let resp = match parse_cgi_head(&head) {
+            Ok(resp) => resp,
+            Err(m) => {
+                run.stop();
+                return Err(self.found(Failure::BadResponse(m)));
+            }
+        };
+        if overflow.hit() {
+            return Err(run.failure(|| Failure::BodyTooLarge(max_body)).await);
+        }
+        let promised = promised_length(resp.status(), resp.headers(), head_request);
+        // The body is what the guest writes after its headers.
         let rest = buf.freeze();
-        // The body is what the guest writes after its headers. If the guest
-        // then fails (trap, deadline, body overflow), the body ends with an
-        // error so the client sees a broken response, never a silently
-        // truncated one.
-        let app = self.clone();
-        let outcome = futures::stream::once(async move {
-            let failure = match task.await {
-                Ok(Ok(())) => None,
-                Ok(Err(f)) => Some(f),
-                Err(e) => Some(Failure::Internal(e.to_string())),
-            };
-            failure.map(|f| {
-                app.record(&f);
-                Err::<Bytes, BoxError>(Box::new(f))
-            })
-        })
-        .filter_map(futures::future::ready);
-        let tail = tokio_util::io::ReaderStream::new(out_r).map_err(|e| Box::new(e) as BoxError);
-        let stream = futures::stream::once(async move { Ok::<Bytes, BoxError>(rest) })
-            .chain(tail)
-            .chain(outcome)
+        let stream = futures::stream::once(futures::future::ready(Ok::<Bytes, BoxError>(rest)))
+            .chain(tokio_util::io::ReaderStream::new(out_r).map_err(|e| Box::new(e) as BoxError))
             .try_filter(|b| futures::future::ready(!b.is_empty()))
             .map_ok(http_body::Frame::data);
-        *resp.body_mut() = http_body_util::StreamBody::new(stream).boxed_unsync();
-        Ok(resp)
+        let body = http_body_util::StreamBody::new(stream);
+        Ok(resp.map(|()| GuestBody::new(body, run, promised).boxed_unsync()))
     }
+}
+
+/// Why a component's request got no response.
+const NO_RESPONSE: &str = "the app returned without setting a response";
+
+/// The task running a guest for one request.
+///
+/// Dropped while the response still needs the guest (the client went away:
+/// hyper dropped the request's future, or its response body before the
+/// end), it stops the guest at once, which frees its concurrency slot.
+struct GuestRun {
+    app: Arc<HttpApp>,
+    /// `None` once the task has ended.
+    task: Option<tokio::task::JoinHandle<Result<(), Failure>>>,
+    /// How the run ended, once it has; each failure was recorded already.
+    outcome: Result<(), Failure>,
+    /// The response needs nothing more from the guest, which may finish on
+    /// its own.
+    released: bool,
+}
+
+impl GuestRun {
+    fn new(app: Arc<HttpApp>, task: tokio::task::JoinHandle<Result<(), Failure>>) -> Self {
+        Self {
+            app,
+            task: Some(task),
+            outcome: Ok(()),
+            released: false,
+        }
+    }
+
+    fn poll_end(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if let Some(task) = &mut self.task {
+            let joined = std::task::ready!(std::pin::Pin::new(task).poll(cx));
+            self.task = None;
+            self.outcome = joined.unwrap_or_else(|e| {
+                tracing::error!(app = %self.app.name, error = %e, "a guest's task failed");
+                Err(self.app.found(Failure::Internal(
+                    "the request's task ended unexpectedly".into(),
+                )))
+            });
+        }
+        std::task::Poll::Ready(())
+    }
+
+    async fn ended(&mut self) {
+        std::future::poll_fn(|cx| self.poll_end(cx)).await
+    }
+
+    /// Waits for the run to end and returns its failure, or, if it ended
+    /// cleanly, records and returns `otherwise()`.
+    async fn failure(mut self, otherwise: impl FnOnce() -> Failure) -> Failure {
+        self.ended().await;
+        match std::mem::replace(&mut self.outcome, Ok(())) {
+            Err(f) => f,
+            Ok(()) => self.app.found(otherwise()),
+        }
+    }
+
+    /// Stops the guest, for a failure the caller records.
+    fn stop(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for GuestRun {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task
+            && !self.released
+            && !task.is_finished()
+        {
+            task.abort();
+            tracing::info!(app = %self.app.name, "client went away; guest stopped");
+        }
+    }
+}
+
+/// A guest's response body. It ends when the guest's run has ended, with an
+/// error if the run failed (trap, deadline, request body over the limit)
+/// after the head went out, so that hyper breaks the transfer off and the
+/// client never takes a cut-short body for a whole one.
+struct GuestBody<B> {
+    /// `None` once the guest's body has ended.
+    body: Option<B>,
+    run: GuestRun,
+    /// Body bytes the head promises and that are still to come. Once all
+    /// are sent, hyper is done with the body and may drop it before its
+    /// end: that is not the client going away.
+    promised: Option<u64>,
+}
+
+impl<B> GuestBody<B> {
+    fn new(body: B, mut run: GuestRun, promised: Option<u64>) -> Self {
+        run.released = promised == Some(0);
+        Self {
+            body: Some(body),
+            run,
+            promised,
+        }
+    }
+}
+
+impl<B> http_body::Body for GuestBody<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        use std::task::{Poll, ready};
+        let this = self.get_mut();
+        if let Some(body) = &mut this.body {
+            match ready!(std::pin::Pin::new(body).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let (Some(left), Some(data)) = (&mut this.promised, frame.data_ref()) {
+                        *left = left.saturating_sub(data.len() as u64);
+                        this.run.released |= *left == 0;
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Some(Err(e)) => {
+                    // The guest broke its body off itself; the response is
+                    // over, and the guest ends on its own.
+                    this.body = None;
+                    this.run.released = true;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                None => this.body = None,
+            }
+        }
+        ready!(this.run.poll_end(cx));
+        Poll::Ready(match std::mem::replace(&mut this.run.outcome, Ok(())) {
+            Err(f) => Some(Err(Box::new(f))),
+            Ok(()) => None,
+        })
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body
+            .as_ref()
+            .map(|b| b.size_hint())
+            .unwrap_or_default()
+    }
+}
+
+/// How many body bytes a response's head promises, when it says.
+fn promised_length(status: StatusCode, headers: &HeaderMap, head_request: bool) -> Option<u64> {
+    if head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Some(0);
+    }
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Request bodies are capped at the app's limit; `Overflow` records that the
@@ -568,13 +796,20 @@ async fn guarded<T>(
     overflow: &Overflow,
     max_body: u64,
 ) -> Result<T, Failure> {
-    tokio::select! {
+    let outcome = tokio::select! {
         // An overflow also ends the guest's input, so both may be ready:
         // the overflow is the truth.
         biased;
         _ = overflow.notify.notified() => Err(Failure::BodyTooLarge(max_body)),
         r = tokio::time::timeout_at(deadline.into(), guest) => r.unwrap_or(Err(Failure::Deadline)),
+    };
+    // A guest that saw its input end early may have finished before the
+    // overflow woke this task; what it made of a cut-short body is no
+    // answer either.
+    if overflow.hit() {
+        return Err(Failure::BodyTooLarge(max_body));
     }
+    outcome
 }
 
 fn limit_body<B>(body: B, max: u64, overflow: Arc<Overflow>) -> LimitedBody
@@ -593,6 +828,120 @@ where
         .boxed_unsync()
 }
 
+/// How much of a request body of unknown length (chunked, or HTTP/2
+/// without content-length) is read before the guest runs. A body that ends
+/// within it reaches the guest whole, with its length, and one over the
+/// app's limit gets 413 before anything runs; a longer one streams on after
+/// what was read.
+const READ_AHEAD: u64 = 1 << 20;
+
+enum ReadAheadError {
+    TooLarge,
+    Unreadable,
+}
+
+/// A request body whose start was read before the guest ran.
+struct ReadAhead<B> {
+    start: Bytes,
+    /// What is still to be read; `None` when the body was read to its end.
+    rest: Option<B>,
+    trailers: Option<HeaderMap>,
+}
+
+impl<B> ReadAhead<B> {
+    /// The body's length, if it was read to its end.
+    fn whole_len(&self) -> Option<u64> {
+        self.rest.is_none().then_some(self.start.len() as u64)
+    }
+}
+
+async fn read_ahead<B>(mut body: B, max_body: u64) -> Result<ReadAhead<B>, ReadAheadError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut len: u64 = 0;
+    let mut trailers = None;
+    let rest = loop {
+        if len > READ_AHEAD {
+            break Some(body);
+        }
+        match body.frame().await {
+            None => break None,
+            Some(Err(_)) => return Err(ReadAheadError::Unreadable),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    len += data.len() as u64;
+                    if len > max_body {
+                        return Err(ReadAheadError::TooLarge);
+                    }
+                    chunks.push(data);
+                }
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            },
+        }
+    };
+    let start = if chunks.len() == 1 {
+        chunks.swap_remove(0)
+    } else {
+        let mut all = BytesMut::with_capacity(usize::try_from(len).unwrap_or(0));
+        for c in &chunks {
+            all.extend_from_slice(c);
+        }
+        all.freeze()
+    };
+    Ok(ReadAhead {
+        start,
+        rest,
+        trailers,
+    })
+}
+
+impl<B> http_body::Body for ReadAhead<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        if !this.start.is_empty() {
+            let start = std::mem::take(&mut this.start);
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(start))));
+        }
+        if let Some(rest) = &mut this.rest {
+            return std::pin::Pin::new(rest).poll_frame(cx);
+        }
+        std::task::Poll::Ready(
+            this.trailers
+                .take()
+                .map(|t| Ok(http_body::Frame::trailers(t))),
+        )
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.start.is_empty()
+            && self.trailers.is_none()
+            && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let start = self.start.len() as u64;
+        match &self.rest {
+            None => http_body::SizeHint::with_exact(start),
+            Some(_) => {
+                let mut hint = http_body::SizeHint::new();
+                hint.set_lower(start);
+                hint
+            }
+        }
+    }
+}
+
 /// `wasi:http` needs an authority; HTTP/1.0 clients may send no Host.
 fn ensure_authority(parts: &mut http::request::Parts) {
     if parts.uri.authority().is_none() && !parts.headers.contains_key(http::header::HOST) {
@@ -602,61 +951,67 @@ fn ensure_authority(parts: &mut http::request::Parts) {
     }
 }
 
-/// The CGI/1.1 meta-variables for a request.
-fn cgi_env(parts: &http::request::Parts) -> Vec<(String, String)> {
-    let mut env = vec![
-        ("GATEWAY_INTERFACE".into(), "CGI/1.1".into()),
-        ("SERVER_SOFTWARE".into(), "shoal".into()),
-        ("SERVER_PROTOCOL".into(), format!("{:?}", parts.version)),
-        ("REQUEST_METHOD".into(), parts.method.to_string()),
-        ("SCRIPT_NAME".into(), String::new()),
-        ("PATH_INFO".into(), parts.uri.path().to_string()),
-        (
-            "QUERY_STRING".into(),
-            parts.uri.query().unwrap_or("").to_string(),
-        ),
-        (
-            "REQUEST_URI".into(),
-            parts
-                .uri
-                .path_and_query()
-                .map(|p| p.to_string())
-                .unwrap_or_else(|| "/".into()),
-        ),
-    ];
-    let host = parts
-        .uri
-        .host()
-        .map(str::to_string)
-        .or_else(|| header_str(&parts.headers, http::header::HOST));
-    if let Some(h) = host {
-        env.push(("SERVER_NAME".into(), h));
+/// The app's own environment variables and then the CGI/1.1 meta-variables
+/// for a request. Header values go to the guest byte for byte: they need
+/// not be UTF-8.
+fn cgi_env(parts: &http::request::Parts, grants: &Grants) -> RawEnv {
+    let mut env = RawEnv::default();
+    for (k, v) in &grants.env {
+        env.push(k.as_bytes(), v.as_bytes());
     }
+    env.push(b"GATEWAY_INTERFACE", b"CGI/1.1");
+    env.push(b"SERVER_SOFTWARE", b"shoal");
+    env.push(
+        b"SERVER_PROTOCOL",
+        format!("{:?}", parts.version).as_bytes(),
+    );
+    env.push(b"REQUEST_METHOD", parts.method.as_str().as_bytes());
+    env.push(b"SCRIPT_NAME", b"");
+    env.push(b"PATH_INFO", parts.uri.path().as_bytes());
+    env.push(b"QUERY_STRING", parts.uri.query().unwrap_or("").as_bytes());
+    env.push(
+        b"REQUEST_URI",
+        parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .as_bytes(),
+    );
+    let host = match parts.uri.host() {
+        Some(h) => Some(h.as_bytes()),
+        None => parts
+            .headers
+            .get(http::header::HOST)
+            .map(HeaderValue::as_bytes),
+    };
+    if let Some(h) = host {
+        env.push(b"SERVER_NAME", h);
+    }
+    let mut key = Vec::with_capacity(64);
+    let mut last: Option<&HeaderName> = None;
+    // A header map yields the values of one name one after another.
     for (name, value) in &parts.headers {
-        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-        let key = match *name {
-            http::header::CONTENT_LENGTH => "CONTENT_LENGTH".to_string(),
-            http::header::CONTENT_TYPE => "CONTENT_TYPE".to_string(),
-            _ => format!(
-                "HTTP_{}",
-                name.as_str().to_ascii_uppercase().replace('-', "_")
-            ),
-        };
-        // Repeated headers join as one variable, as CGI servers do.
-        if let Some(existing) = env.iter_mut().find(|(k, _)| *k == key) {
-            existing.1.push_str(", ");
-            existing.1.push_str(&value);
-        } else {
-            env.push((key, value));
+        if last == Some(name) {
+            // Repeated headers join as one variable, as CGI servers do.
+            env.append_to_last(value.as_bytes());
+            continue;
         }
+        last = Some(name);
+        key.clear();
+        match *name {
+            http::header::CONTENT_LENGTH => key.extend_from_slice(b"CONTENT_LENGTH"),
+            http::header::CONTENT_TYPE => key.extend_from_slice(b"CONTENT_TYPE"),
+            _ => {
+                key.extend_from_slice(b"HTTP_");
+                key.extend(name.as_str().bytes().map(|b| match b {
+                    b'-' => b'_',
+                    b => b.to_ascii_uppercase(),
+                }));
+            }
+        }
+        env.push(&key, value.as_bytes());
     }
     env
-}
-
-fn header_str(h: &HeaderMap, name: HeaderName) -> Option<String> {
-    h.get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
 }
 
 /// Position and length of the blank line ending the CGI header block.
@@ -675,34 +1030,37 @@ fn find_header_end(buf: &[u8]) -> Option<(usize, usize)> {
     None
 }
 
-/// Turns a CGI header block into a response head.
-fn parse_cgi_head(head: &[u8]) -> Result<Response<ResponseBody>, String> {
-    let text = std::str::from_utf8(head).map_err(|_| "CGI headers are not UTF-8".to_string())?;
-    let mut resp = Response::new(full_body(Bytes::new()));
+/// Turns a CGI header block into a response head. Values may carry
+/// obs-text (bytes 0x80-0xFF), as HTTP allows.
+fn parse_cgi_head(head: &[u8]) -> Result<Response<()>, String> {
+    let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let mut resp = Response::new(());
     let mut status: Option<StatusCode> = None;
-    for line in text.split('\n') {
-        let line = line.trim_end_matches('\r');
+    for line in head.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
             continue;
         }
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| format!("malformed CGI header line {line:?}"))?;
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("status") {
-            let code = value.split_whitespace().next().unwrap_or("");
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            return Err(format!("malformed CGI header line {:?}", lossy(line)));
+        };
+        let name = line[..colon].trim_ascii();
+        let value = line[colon + 1..].trim_ascii();
+        if name.eq_ignore_ascii_case(b"status") {
+            let code = value
+                .split(|b| b.is_ascii_whitespace())
+                .next()
+                .unwrap_or_default();
             status = Some(
-                code.parse::<u16>()
-                    .ok()
-                    .and_then(|c| StatusCode::from_u16(c).ok())
-                    .ok_or_else(|| format!("invalid CGI Status {value:?}"))?,
+                StatusCode::from_bytes(code)
+                    .map_err(|_| format!("invalid CGI Status {:?}", lossy(value)))?,
             );
             continue;
         }
-        let name = HeaderName::from_bytes(name.trim().as_bytes())
-            .map_err(|_| format!("invalid header name {name:?}"))?;
-        let value =
-            HeaderValue::from_str(value).map_err(|_| format!("invalid value for header {name}"))?;
+        let name = HeaderName::from_bytes(name)
+            .map_err(|_| format!("invalid header name {:?}", lossy(name)))?;
+        let value = HeaderValue::from_bytes(value)
+            .map_err(|_| format!("invalid value for header {name}"))?;
         if name == http::header::LOCATION && status.is_none() {
             status = Some(StatusCode::FOUND);
         }
@@ -725,6 +1083,9 @@ mod tests {
         assert_eq!(r.status(), StatusCode::FOUND);
         assert!(parse_cgi_head(b"garbage").is_err());
         assert!(parse_cgi_head(b"Status: banana").is_err());
+        let r = parse_cgi_head(b"X-Name: caf\xe9").unwrap();
+        assert_eq!(r.headers()["x-name"].as_bytes(), b"caf\xe9");
+        assert!(parse_cgi_head(b"X-Name: a\x01b").is_err());
     }
 
     #[test]
@@ -732,5 +1093,28 @@ mod tests {
         assert_eq!(find_header_end(b"A: b\n\nbody"), Some((4, 2)));
         assert_eq!(find_header_end(b"A: b\r\n\r\nbody"), Some((4, 4)));
         assert_eq!(find_header_end(b"A: b\nB: c"), None);
+    }
+
+    #[test]
+    fn cgi_env_keeps_header_bytes_and_joins_repeats() {
+        let req = Request::get("/p?q=1")
+            .header("host", "example.com")
+            .header("x-a", HeaderValue::from_bytes(b"caf\xe9").unwrap())
+            .header("x-a", "two")
+            .header("content-type", "text/plain")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let grants = Grants {
+            env: [("GREETING".to_string(), "hi".to_string())].into(),
+            ..Grants::default()
+        };
+        let env = cgi_env(&parts, &grants);
+        let vars: Vec<&[u8]> = env.vars().collect();
+        assert_eq!(vars[0], b"GREETING=hi");
+        assert!(vars.contains(&&b"HTTP_X_A=caf\xe9, two"[..]), "{vars:?}");
+        assert!(vars.contains(&&b"CONTENT_TYPE=text/plain"[..]));
+        assert!(vars.contains(&&b"QUERY_STRING=q=1"[..]));
+        assert!(vars.contains(&&b"SERVER_NAME=example.com"[..]));
     }
 }

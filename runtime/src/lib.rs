@@ -32,6 +32,7 @@ pub mod worker;
 pub use artifact::{BinaryKind, CompileCache, CompileSource, Compiled, Digest};
 pub use engine::{EngineConfig, EpochTicker};
 pub use error::RuntimeError;
+pub use host::StopGuests;
 pub use http::HttpApp;
 pub use logs::{LogBuffer, LogLine, Stream};
 pub use worker::{ExitReason, WorkerApp, WorkerHandle, WorkerState, WorkerStatus};
@@ -68,6 +69,7 @@ pub struct Loaded {
 pub struct Runtime {
     engine: wasmtime::Engine,
     cache: CompileCache,
+    stop: StopGuests,
     _ticker: Option<EpochTicker>,
 }
 
@@ -79,8 +81,17 @@ impl Runtime {
         Ok(Self {
             engine,
             cache,
+            stop: StopGuests::default(),
             _ticker: ticker,
         })
+    }
+
+    /// Stops every guest this runtime started, running or yet to run, at
+    /// its next epoch check (within a few milliseconds): requests in flight
+    /// fail with 503 `shutting_down`, workers stop. For the end of a
+    /// process, once its grace for in-flight requests has passed.
+    pub fn stop_guests(&self) {
+        self.stop.stop();
     }
 
     pub fn engine(&self) -> &wasmtime::Engine {
@@ -135,7 +146,7 @@ impl Runtime {
         loaded: &Loaded,
         logs: LogBuffer,
     ) -> Result<Arc<HttpApp>, RuntimeError> {
-        HttpApp::new(&self.engine, name, spec, &loaded.compiled, logs)
+        HttpApp::new(&self.engine, &self.stop, name, spec, &loaded.compiled, logs)
     }
 
     /// Links a worker program.
@@ -146,6 +157,6 @@ impl Runtime {
         loaded: &Loaded,
         logs: LogBuffer,
     ) -> Result<Arc<WorkerApp>, RuntimeError> {
-        WorkerApp::new(&self.engine, name, spec, &loaded.compiled, logs)
+        WorkerApp::new(&self.engine, &self.stop, name, spec, &loaded.compiled, logs)
     }
 }

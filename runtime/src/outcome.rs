@@ -1,6 +1,6 @@
 //! How a guest's run ended, and what the client is told about it.
 
-use crate::host::MemoryLimitExceeded;
+use crate::host::{MemoryLimitExceeded, ShuttingDown};
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::BodyExt;
@@ -23,6 +23,9 @@ pub enum Failure {
     BodyTooLarge(u64),
     /// The guest broke the protocol (e.g. a malformed CGI response).
     BadResponse(String),
+    /// The process stopped serving, and the grace for in-flight requests
+    /// has passed.
+    ShuttingDown,
     /// Something failed in the host.
     Internal(String),
 }
@@ -32,6 +35,9 @@ impl Failure {
     pub fn from_error(err: &wasmtime::Error) -> Self {
         if let Some(m) = err.downcast_ref::<MemoryLimitExceeded>() {
             return Self::MemoryLimit(m.to_string());
+        }
+        if err.downcast_ref::<ShuttingDown>().is_some() {
+            return Self::ShuttingDown;
         }
         if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
             return Self::Exit(exit.0);
@@ -54,7 +60,7 @@ impl Failure {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Deadline => StatusCode::GATEWAY_TIMEOUT,
-            Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BadResponse(_) => StatusCode::BAD_GATEWAY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -70,6 +76,7 @@ impl Failure {
             Self::Overloaded => "overloaded",
             Self::BodyTooLarge(_) => "body_too_large",
             Self::BadResponse(_) => "bad_guest_response",
+            Self::ShuttingDown => "shutting_down",
             Self::Internal(_) => "internal",
         }
     }
@@ -87,6 +94,7 @@ impl Failure {
                 format!("the request body exceeds the app's limit of {limit} bytes")
             }
             Self::BadResponse(m) => format!("the app sent an invalid response: {m}"),
+            Self::ShuttingDown => "the server is shutting down".into(),
             Self::Internal(m) => format!("internal error: {m}"),
         }
     }

@@ -36,6 +36,35 @@ impl Handler for crate::http::HttpApp {
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How many headers, and how many bytes of head (request line and headers),
+/// a listener takes in one request; more gets 431.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadLimits {
+    pub max_headers: usize,
+    pub max_bytes: usize,
+}
+
+/// hyper's own header count limit, for which it needs no allocation.
+const HYPER_MAX_HEADERS: usize = 100;
+
+impl HeadLimits {
+    /// What a client may send: the gateway's defaults (`--max-headers`,
+    /// `--max-header-size`), for `shoal run`.
+    pub const CLIENT: Self = Self {
+        max_headers: HYPER_MAX_HEADERS,
+        max_bytes: 64 * 1024,
+    };
+
+    /// A node's listener. Its requests come through a gateway, which takes
+    /// up to [`Self::CLIENT`] from its client and then adds its own
+    /// headers (`X-Forwarded-*`, `X-Request-Id`, `x-shoal-app`,
+    /// `x-shoal-instance`); those must not push the client's request over.
+    pub const BEHIND_GATEWAY: Self = Self {
+        max_headers: Self::CLIENT.max_headers + 32,
+        max_bytes: Self::CLIENT.max_bytes + 16 * 1024,
+    };
+}
+
 /// Serves `handler` on `listener` until `shutdown` resolves, then waits up to
 /// `grace` for in-flight requests.
 pub async fn serve<H: Handler>(
@@ -43,15 +72,23 @@ pub async fn serve<H: Handler>(
     handler: Arc<H>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
+    limits: HeadLimits,
 ) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let mut http1 = builder.http1();
+    http1
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(64 * 1024);
-    builder.http2().timer(hyper_util::rt::TokioTimer::new());
+        .max_buf_size(limits.max_bytes);
+    if limits.max_headers != HYPER_MAX_HEADERS {
+        // Costs an allocation per request; hyper's default does not.
+        http1.max_headers(limits.max_headers);
+    }
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_bytes).unwrap_or(u32::MAX));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

@@ -3,7 +3,7 @@
 
 use crate::artifact::Compiled;
 use crate::error::RuntimeError;
-use crate::host::{self, ComponentHost, P1Host, new_store};
+use crate::host::{self, ComponentHost, P1Host, StopGuests, new_store};
 use crate::http::{link_component, require_export};
 use crate::logs::{LogBuffer, Stream};
 use crate::outcome::Failure;
@@ -88,6 +88,7 @@ pub struct WorkerApp {
     name: String,
     spec: WorkloadSpec,
     engine: Engine,
+    stop: StopGuests,
     program: Program,
     logs: LogBuffer,
 }
@@ -140,6 +141,7 @@ fn now_ms() -> u64 {
 impl WorkerApp {
     pub fn new(
         engine: &Engine,
+        stop: &StopGuests,
         name: &str,
         spec: WorkloadSpec,
         compiled: &Compiled,
@@ -179,6 +181,7 @@ impl WorkerApp {
             name: name.to_string(),
             spec,
             engine: engine.clone(),
+            stop: stop.clone(),
             program,
             logs,
         }))
@@ -212,6 +215,7 @@ impl WorkerApp {
         let mut store = new_store(
             &self.engine,
             P1Host::new(wasi, self.spec.limits.memory.bytes()),
+            &self.stop,
         );
         let instance = pre
             .instantiate_async(&mut store)
@@ -236,6 +240,7 @@ impl WorkerApp {
                 &self.name,
                 self.spec.limits.memory.bytes(),
             ),
+            &self.stop,
         );
         let cmd = pre
             .instantiate_async(&mut store)
@@ -279,6 +284,11 @@ impl WorkerApp {
             tracing::info!(worker = %self.name, "worker started");
             let reason = self.run_once().await;
             let ran = started.elapsed();
+            if self.stop.stopped() {
+                tracing::info!(worker = %self.name, "worker stopped: the process is shutting down");
+                tx.send_modify(|s| s.state = WorkerState::Stopped);
+                return;
+            }
             let restart = match self.spec.restart_policy {
                 RestartPolicy::Always => true,
                 RestartPolicy::OnFailure => !reason.is_success(),

@@ -12,6 +12,7 @@
 //   /status/N      responds with status N
 //   /sleep?ms=N    waits N ms (0-60000) without using the CPU, then answers
 //                  "slept N ms"
+//   /no-response   returns without answering, keeping the response outparam
 //   anything else  a greeting
 #include <stdbool.h>
 #include <stdint.h>
@@ -451,6 +452,12 @@ static void route_sleep(const char *query, own_outparam_t outparam) {
     reply_text(outparam, 200, text);
 }
 
+// The outparam of the last /no-response request, never answered nor dropped:
+// a guest that returns from the handler while its runtime still holds the
+// request (as a JS runtime does when it thinks the event was answered
+// already) looks like this to the host.
+static own_outparam_t unanswered;
+
 // ---- the export -----------------------------------------------------------
 
 void exports_wasi_http_incoming_handler_handle(exports_wasi_http_incoming_handler_own_incoming_request_t request,
@@ -485,6 +492,8 @@ void exports_wasi_http_incoming_handler_handle(exports_wasi_http_incoming_handle
         route_status(path + 8, outparam);
     } else if (strcmp(path, "/sleep") == 0) {
         route_sleep(query, outparam);
+    } else if (strcmp(path, "/no-response") == 0) {
+        unanswered = outparam;
     } else {
         reply_text(outparam, 200, "Hello from a wasi:http component!\n");
     }

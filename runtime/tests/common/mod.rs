@@ -70,6 +70,7 @@ pub async fn serve(file: &str, spec: WorkloadSpec) -> Served {
                 let _ = rx.await;
             },
             Duration::from_secs(10),
+            shoal_runtime::server::HeadLimits::CLIENT,
         )
         .await;
     });
