@@ -226,6 +226,32 @@ fn start_request(host: &str, head: &str) -> TcpStream {
     s
 }
 
+/// Starts `n` requests that hold every slot of an app with concurrency
+/// `n`, and returns their connections once a further request to `/` is
+/// turned away. A poll of `/` may hold a slot just as one of them arrives,
+/// which is then turned away itself: that one is sent again.
+fn hold_slots(url: &str, host: &str, head: &str, n: usize) -> Vec<TcpStream> {
+    let mut held: Vec<TcpStream> = (0..n).map(|_| start_request(host, head)).collect();
+    wait_until(T, "every slot to be held", || {
+        for s in held.iter_mut() {
+            if answered(s) {
+                *s = start_request(host, head);
+            }
+        }
+        (http("GET", &format!("{url}/"), b"").0 == 503).then_some(())
+    });
+    held
+}
+
+/// Whether the server has answered (or closed) connection `s`.
+fn answered(s: &TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    s.set_nonblocking(true).unwrap();
+    let r = s.peek(&mut b);
+    s.set_nonblocking(false).unwrap();
+    !matches!(r, Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
 #[test]
 fn clients_that_give_up_free_their_slots() {
     let (_p, url) = run(
@@ -234,11 +260,8 @@ fn clients_that_give_up_free_their_slots() {
     );
     let host = host_of(&url);
     let head = format!("GET /sleep?ms=60000 HTTP/1.1\r\nHost: {host}\r\n\r\n");
-    let a = start_request(&host, &head);
-    let b = start_request(&host, &head);
-    // Both slots are taken once a third request is turned away.
-    wait_status(&url, "/", 503, T).expect("both slots taken");
-    drop((a, b));
+    let held = hold_slots(&url, &host, &head, 2);
+    drop(held);
     let left = Instant::now();
     if let Err(status) = wait_status(&url, "/", 200, Duration::from_secs(10)) {
         panic!("still {status} {:?} after the clients left", left.elapsed());
@@ -329,11 +352,12 @@ fn sigterm_stops_a_spinning_guest_after_the_grace() {
         &["--timeout", "300s", "--grace", "1s", "--concurrency", "1"],
     );
     let host = host_of(&url);
-    let _client = start_request(
+    let _client = hold_slots(
+        &url,
         &host,
         &format!("GET /spin HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+        1,
     );
-    wait_status(&url, "/", 503, T).expect("the spinning request is in flight");
     // Far less than the request's own 300 s deadline.
     terminate(&mut p, T);
 }

@@ -191,7 +191,7 @@ fn a_second_up_on_a_taken_port_fails_and_says_why() {
     assert!(!out.contains("Shoal is up"), "{out}");
     assert!(
         out.contains(&format!(
-            "error: gateway exited (exit status: 1): binding {taken}: Address already in use"
+            "error: gateway exited (exit status: 1): cannot listen on {taken}: the address is already in use"
         )),
         "{out}"
     );
