@@ -11,7 +11,8 @@
 # Knobs (environment): BENCH_DURATION (10s), BENCH_WARMUP (2s),
 # BENCH_CONNECTIONS (1,16,64), BENCH_THREADS (2), BENCH_ROUNDS (3),
 # BENCH_ISOLATION (reuse,per-request; the first is the main case),
-# BENCH_NGINX_WORKERS (auto). A quick smoke run:
+# BENCH_NGINX_WORKERS (auto), BENCH_BASE (a git revision to compare
+# against, below). A quick smoke run:
 #   BENCH_DURATION=2s BENCH_WARMUP=1s BENCH_ISOLATION=reuse bash bench/gateway.sh
 # CARGO_TARGET_DIR picks the build directory (default: the repo's target/).
 set -euo pipefail
@@ -23,6 +24,13 @@ WRK="$(command -v wrk)"
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 
 # --- shoal -------------------------------------------------------------------
+# BENCH_BASE=REV first runs the same benchmark with shoal built from git
+# revision REV (report: bench/results/gateway-base.md), for a before/after
+# comparison in one session.
+if [[ -n "${BENCH_BASE:-}" ]]; then
+  build_shoal_at shoal-gateway-base "$BENCH_BASE"
+  BASE_SHOAL="$SHOAL"
+fi
 build_shoal shoal-gateway-bench
 need_c_component
 
@@ -30,6 +38,13 @@ need_c_component
 # The Python script starts every process in its own process group and stops
 # them all on exit, on error and on SIGINT/SIGTERM/SIGHUP (exec: a signal
 # sent to this script's pid reaches it).
+if [[ -n "${BENCH_BASE:-}" ]]; then
+  log "running the benchmark with shoal at $BENCH_BASE"
+  env SHOAL_BIN="$BASE_SHOAL" WRK_BIN="$WRK" NGINX_BIN="$NGINX" COMPONENT="$C_WASM" \
+    BENCH_COMMAND="BENCH_BASE=$BENCH_BASE bash bench/gateway.sh (base run)" \
+    python3 "$BENCH_DIR/gateway_bench.py"
+  mv "$BENCH_DIR/results/gateway.md" "$BENCH_DIR/results/gateway-base.md"
+fi
 log "running the benchmark"
 exec env SHOAL_BIN="$SHOAL" WRK_BIN="$WRK" NGINX_BIN="$NGINX" COMPONENT="$C_WASM" \
   BENCH_COMMAND="bash bench/gateway.sh" \

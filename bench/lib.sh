@@ -14,6 +14,7 @@
 #   build_shoal NAME [SRC]  builds shoal (release) from SRC (default: the
 #                           work tree) into $CARGO_TARGET_DIR, copies the
 #                           binary to $TOOLS/NAME and sets SHOAL to that path
+#   build_shoal_at NAME REV the same from git revision REV
 #   need_c_component        exits unless $C_WASM exists
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -50,6 +51,18 @@ build_shoal() {
   SHOAL="$TOOLS/$name"
   cp "$CARGO_TARGET_DIR/release/shoal" "$SHOAL.tmp"
   mv "$SHOAL.tmp" "$SHOAL"
+}
+
+# build_shoal_at NAME REV: like build_shoal, from git revision REV of this
+# repository (unpacked under $TOOLS), for a before/after comparison. It
+# builds into a target dir of its own ($TOOLS/target-NAME; the first build
+# compiles every dependency): cargo names the artifacts of path packages
+# the same from any checkout, so sharing one would mix the revisions.
+build_shoal_at() {
+  local name="$1" rev="$2" dir="$TOOLS/src-$1"
+  rm -rf "$dir" && mkdir -p "$dir"
+  git -C "$REPO" archive "$rev" | tar -x -C "$dir"
+  CARGO_TARGET_DIR="$TOOLS/target-$name" build_shoal "$name" "$dir"
 }
 
 need_c_component() {
