@@ -9,7 +9,6 @@ use shoal_api::{ByteSize, Duration};
 use shoal_runtime::agent::{Agent, AgentConfig};
 use shoal_runtime::{Runtime, RuntimeConfig};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -161,11 +160,10 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
     let stop = stop_requested(args.exit_with_parent);
-    println!(
+    crate::out::sayln!(
         "Control plane listening on http://{addr}/ (data dir {})",
         dir.display()
     );
-    let _ = std::io::stdout().flush();
     // The control loop stops before the API does: once the API stops
     // answering, heartbeats cannot arrive, and a loop still running would
     // judge every node lost and empty their assignments.
@@ -190,7 +188,7 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
             }
         } => tracing::warn!("connections still open after {CONTROL_PLANE_GRACE:?}; closing them"),
     }
-    println!("Stopped.");
+    crate::out::sayln!("Stopped.");
     Ok(())
 }
 
@@ -274,11 +272,10 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         },
     );
     let stop = stop_requested(args.exit_with_parent);
-    println!(
+    crate::out::sayln!(
         "Node {name} serving on {advertise}/ (control plane {})",
         args.join
     );
-    let _ = std::io::stdout().flush();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -288,7 +285,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         agent.clone(),
         stopped(stop_rx.clone()),
         args.grace.get(),
-        shoal_runtime::server::HeadLimits::BEHIND_GATEWAY,
+        shoal_runtime::server::BEHIND_GATEWAY,
     ));
     let loops = tokio::spawn(agent.clone().run(stopped(stop_rx)));
     stop.await;
@@ -298,7 +295,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     // The grace is over: a guest still running (one that never yields,
     // whose client left) must not keep the process alive.
     runtime.stop_guests();
-    println!("Stopped.");
+    crate::out::sayln!("Stopped.");
     Ok(())
 }
 
@@ -325,11 +322,10 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         format!("{}-{}", hostname(), addr.port()),
     ));
     let stop = stop_requested(args.exit_with_parent);
-    println!(
+    crate::out::sayln!(
         "Gateway listening on http://{addr}/ (control plane {})",
         args.control_plane
     );
-    let _ = std::io::stdout().flush();
     let limits = shoal_gateway::ServerLimits {
         header_read_timeout: args.header_timeout.get(),
         idle_timeout: args.idle_timeout.get(),
@@ -340,7 +336,7 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     shoal_gateway::serve_workers(listeners, gw, stop, limits).await?;
     watch.abort();
     metrics.abort();
-    println!("Stopped.");
+    crate::out::sayln!("Stopped.");
     Ok(())
 }
 

@@ -24,7 +24,19 @@ macro_rules! errln {
     ($($arg:tt)*) => { $crate::out::stderr(format_args!("{}\n", format_args!($($arg)*))) };
 }
 
-pub(crate) use {errln, out, outln};
+/// Prints a line to stdout for a server process (`run`, `control-plane`,
+/// `node`, `gateway`), ignoring a closed stdout: a server goes on serving,
+/// and stops cleanly, when whoever watched its output has gone away.
+macro_rules! sayln {
+    ($($arg:tt)*) => { $crate::out::say(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+pub(crate) use {errln, out, outln, sayln};
+
+pub fn say(args: std::fmt::Arguments) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_fmt(args).and_then(|()| out.flush());
+}
 
 pub fn stdout(args: std::fmt::Arguments) {
     let mut out = std::io::stdout().lock();

@@ -10,7 +10,6 @@ use shoal_api::{
 use shoal_runtime::server::HeadLimits;
 use shoal_runtime::{LogBuffer, Runtime, RuntimeConfig, Stream};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -224,12 +223,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             } else {
                 "CGI module"
             };
-            println!(
+            crate::out::sayln!(
                 "Serving {} ({what}, {}) on http://{addr}/",
                 args.app.display(),
                 loaded.digest
             );
-            let _ = std::io::stdout().flush();
             shoal_runtime::server::serve(
                 listener,
                 app.clone(),
@@ -242,26 +240,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             // yields, whose client left) must not keep the process alive.
             runtime.stop_guests();
             print_stats(&app);
-            println!("Stopped.");
+            crate::out::sayln!("Stopped.");
         }
         WorkloadKind::Worker => {
             let worker = runtime
                 .worker(&name, spec, &loaded, logs)
                 .with_context(|| format!("preparing {}", args.app.display()))?;
-            println!("Running worker {} ({})", args.app.display(), loaded.digest);
-            let _ = std::io::stdout().flush();
+            crate::out::sayln!("Running worker {} ({})", args.app.display(), loaded.digest);
             let mut handle = worker.start();
             tokio::select! {
                 _ = stop => {
                     handle.stop();
                     runtime.stop_guests();
-                    println!("Stopped.");
+                    crate::out::sayln!("Stopped.");
                 }
                 _ = handle.wait() => {
                     let status = handle.status();
                     match status.last_exit {
                         Some(e) if !e.is_success() => bail!("worker {e}"),
-                        _ => println!("Worker finished."),
+                        _ => crate::out::sayln!("Worker finished."),
                     }
                 }
             }
@@ -282,11 +279,10 @@ fn echo_logs(logs: &LogBuffer, name: &str) {
                         Stream::Stdout => "stdout",
                         Stream::Stderr => "stderr",
                     };
-                    println!("[{name} {tag}] {}", line.line);
-                    let _ = std::io::stdout().flush();
+                    crate::out::sayln!("[{name} {tag}] {}", line.line);
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    println!("[{name}] ... {n} log lines skipped");
+                    crate::out::sayln!("[{name}] ... {n} log lines skipped");
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             }
@@ -305,7 +301,7 @@ fn print_stats(app: &shoal_runtime::HttpApp) {
         .checked_div(inst)
         .map(|n| n as f64 / 1000.0)
         .unwrap_or(0.0);
-    println!(
+    crate::out::sayln!(
         "Stats: requests={} failures={} instantiations={} mean_instantiate_us={:.1} warm_hits={}",
         st.requests.load(Relaxed),
         st.failures.load(Relaxed),

@@ -4,10 +4,10 @@
 
 mod support;
 
-use bytes::Bytes;
-use http_body_util::BodyExt;
 use std::time::Duration;
-use support::{Cluster, Proc, http, wait_until};
+use support::{
+    Cluster, Proc, authority, h2, http, json_answer, raw_exchange, unsized_body, wait_until,
+};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -29,11 +29,6 @@ path = "/"
     )
 }
 
-/// `host:port` of a URL.
-fn authority(url: &str) -> &str {
-    url.trim_start_matches("http://").trim_end_matches('/')
-}
-
 /// Waits until the gateway serves `GET /` for `host`.
 fn wait_served(gw: &str, host: &str) {
     wait_until(T, "the gateway to serve the app", || {
@@ -45,50 +40,6 @@ fn wait_served(gw: &str, host: &str) {
 /// A body of `len` bytes that is easy to check.
 fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| b'a' + (i % 26) as u8).collect()
-}
-
-type TestBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
-
-/// A body sent in pieces of 16 KiB with no length announced.
-fn unsized_body(data: &[u8]) -> TestBody {
-    let chunks: Vec<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>> = data
-        .chunks(16 * 1024)
-        .map(|c| Ok(hyper::body::Frame::data(Bytes::copy_from_slice(c))))
-        .collect();
-    http_body_util::StreamBody::new(futures::stream::iter(chunks)).boxed()
-}
-
-/// What an HTTP/2 client got: the status, headers and body, or the error
-/// that ended the exchange.
-type H2Answer = Result<(http::StatusCode, http::HeaderMap, Bytes), String>;
-
-/// Sends `req` over a fresh HTTP/2 connection (prior knowledge) to `addr`.
-fn h2(addr: &str, req: http::Request<TestBody>) -> H2Answer {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let io = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (mut send, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(io),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let exchange = async {
-            let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-            let (parts, body) = resp.into_parts();
-            let body = body.collect().await.map_err(|e| e.to_string())?;
-            Ok((parts.status, parts.headers, body.to_bytes()))
-        };
-        tokio::time::timeout(T, exchange)
-            .await
-            .unwrap_or_else(|_| Err("no answer within 60 s".into()))
-    })
 }
 
 /// The bytes after the first `body:\n` of an echo answer.
@@ -535,26 +486,6 @@ fn lone_gateway() -> (Proc, String) {
     );
     let url = p.url_after("Gateway listening on");
     (p, url)
-}
-
-/// Sends `raw` on a fresh connection and reads until the gateway closes it.
-fn raw_exchange(addr: &str, raw: &[u8]) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(T)).unwrap();
-    // The gateway may answer and close before it has read everything.
-    let _ = s.write_all(raw);
-    let mut got = Vec::new();
-    let _ = s.read_to_end(&mut got);
-    String::from_utf8_lossy(&got).into_owned()
-}
-
-/// The status and JSON body of a raw answer.
-fn json_answer(answer: &str) -> (u16, serde_json::Value) {
-    let (status, body) = support::parse_response(answer.as_bytes());
-    let json =
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("not a JSON body ({e}): {answer:?}"));
-    (status, json)
 }
 
 #[test]

@@ -204,3 +204,67 @@ fn a_worker_is_restarted_with_growing_delays() {
             .any(|l| l.contains("worker exited with status 1"))
     );
 }
+
+/// What the listener refuses before any guest runs is answered in JSON, as
+/// every other error: a malformed request, a head over the limits (HTTP/1
+/// and HTTP/2, where h2 alone would refuse the stream with no answer).
+#[test]
+fn the_listener_answers_the_heads_it_refuses_in_json() {
+    let p = Proc::spawn(
+        &[
+            "run",
+            example("http-component.wasm").to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--no-cache",
+        ],
+        &[],
+    );
+    let url = p.url();
+    let addr = authority(&url);
+    let many = (0..150)
+        .map(|i| format!("X-H{i}: v\r\n"))
+        .collect::<String>();
+    let cases = [
+        (
+            "a malformed request line",
+            b"GET / HTTP/1.1 junk\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "a head over 64 KiB",
+            format!(
+                "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+                "a".repeat(70_000)
+            )
+            .into_bytes(),
+            431,
+        ),
+        (
+            "more than 100 headers",
+            format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n").into_bytes(),
+            431,
+        ),
+    ];
+    for (what, raw, want) in cases {
+        let answer = raw_exchange(addr, &raw);
+        let (status, json) = json_answer(&answer);
+        assert_eq!(status, want, "{what}: {answer:?}");
+        assert!(
+            json["code"].is_string() && json["message"].is_string(),
+            "{what}: {json}"
+        );
+    }
+    let req = http::Request::get("http://x/")
+        .header("x-big", "a".repeat(100_000))
+        .body(unsized_body(b""))
+        .unwrap();
+    let (status, _, body) = h2(addr, req).unwrap();
+    assert_eq!(status, 431);
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["code"], "headers_too_large");
+    // An app's own error answer passes as it is, and the connection a
+    // request was answered on still works.
+    let (status, body) = http("GET", &format!("{url}/status/400"), b"");
+    assert_eq!((status, body.as_str()), (400, "status 400\n"));
+}

@@ -10,7 +10,8 @@
 //!   control plane.
 //! - [`routes`]: the route table the control plane streams to gateways.
 //! - [`rest`]: request and response bodies of the control plane's API.
-//! - [`error`]: the JSON error body every HTTP surface of Shoal returns.
+//! - [`error`]: the JSON error body every HTTP surface of Shoal returns, and
+//!   the answers Shoal's listeners give to request heads they refuse.
 
 pub mod error;
 pub mod manifest;
@@ -21,6 +22,6 @@ pub mod rest;
 pub mod routes;
 pub mod workload;
 
-pub use error::ErrorBody;
+pub use error::{ErrorBody, HeadLimits};
 pub use quantity::{ByteSize, Duration, QuantityError};
 pub use workload::{Backoff, Grants, Isolation, Limits, RestartPolicy, WorkloadKind, WorkloadSpec};

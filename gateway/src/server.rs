@@ -6,6 +6,9 @@
 use crate::proxy::Gateway;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use shoal_api::error::{
+    HEADERS_TOO_LARGE, HeadLimits, HeadRefusals, h2_head_over, headers_too_large,
+};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -31,13 +34,22 @@ pub struct ServerLimits {
     pub grace: Duration,
 }
 
+impl ServerLimits {
+    fn head(&self) -> HeadLimits {
+        HeadLimits {
+            max_headers: self.max_headers,
+            max_bytes: self.max_header_bytes,
+        }
+    }
+}
+
 impl Default for ServerLimits {
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
-            max_header_bytes: 64 * 1024,
-            max_headers: 100,
+            max_header_bytes: HeadLimits::CLIENT.max_bytes,
+            max_headers: HeadLimits::CLIENT.max_headers,
             grace: Duration::from_secs(10),
         }
     }
@@ -216,7 +228,7 @@ struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
     first_read: bool,
-    refusals: Arc<Refusals>,
+    refusals: Arc<HeadRefusals>,
     /// The answer being written instead of hyper's, and how much of it is
     /// written.
     refusing: Option<(bytes::Bytes, usize)>,
@@ -236,7 +248,7 @@ impl<S: AsyncWrite + Unpin> Tracked<S> {
         }
         match self.refusals.instead_of(buf) {
             Some(answer) => {
-                self.refusing = Some((answer.clone(), 0));
+                self.refusing = Some((bytes::Bytes::copy_from_slice(answer), 0));
                 true
             }
             None => false,
@@ -264,97 +276,6 @@ impl<S: AsyncWrite + Unpin> Tracked<S> {
         self.activity.touch();
         Poll::Ready(Ok(claimed))
     }
-}
-
-/// The JSON answers that stand in for hyper's own to request heads it
-/// refuses (whole HTTP/1.1 responses, made once per worker).
-struct Refusals {
-    bad_request: bytes::Bytes,
-    too_large: bytes::Bytes,
-    uri_too_long: bytes::Bytes,
-}
-
-impl Refusals {
-    fn new(limits: &ServerLimits) -> Self {
-        let answer = |status: http::StatusCode, code: &str, message: String| {
-            let body = shoal_api::ErrorBody::new(code, message).to_json();
-            bytes::Bytes::from(format!(
-                "HTTP/1.1 {} {}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                status.as_u16(),
-                status.canonical_reason().unwrap_or_default(),
-                body.len()
-            ))
-        };
-        Self {
-            bad_request: answer(
-                http::StatusCode::BAD_REQUEST,
-                "bad_request",
-                "the request is not valid HTTP".into(),
-            ),
-            too_large: answer(
-                http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                HEADERS_TOO_LARGE,
-                too_large_message(limits),
-            ),
-            uri_too_long: answer(
-                http::StatusCode::URI_TOO_LONG,
-                "uri_too_long",
-                format!(
-                    "the request line is longer than {} bytes",
-                    limits.max_header_bytes
-                ),
-            ),
-        }
-    }
-
-    /// Ours in place of `buf`, if that is hyper's answer to a refused head:
-    /// a status line, `connection: close`, `content-length: 0`, and the
-    /// date.
-    fn instead_of(&self, buf: &[u8]) -> Option<&bytes::Bytes> {
-        let answer = match buf.strip_prefix(b"HTTP/1.1 ")?.get(..4)? {
-            b"400 " => &self.bad_request,
-            b"431 " => &self.too_large,
-            b"414 " => &self.uri_too_long,
-            _ => return None,
-        };
-        let line = buf.windows(2).position(|w| w == b"\r\n")?;
-        let headers = &buf[line + 2..];
-        (headers.starts_with(b"connection: close\r\ncontent-length: 0\r\n")
-            && buf.ends_with(b"\r\n\r\n")
-            && buf.len() < 256)
-            .then_some(answer)
-    }
-}
-
-const HEADERS_TOO_LARGE: &str = "headers_too_large";
-
-fn too_large_message(limits: &ServerLimits) -> String {
-    format!(
-        "the request head is larger than {} bytes or has more than {} headers",
-        limits.max_header_bytes, limits.max_headers
-    )
-}
-
-/// Whether an HTTP/2 request's header block is over the limits, counted as
-/// HTTP/2 does (each field's name and value and 32 bytes, pseudo-headers
-/// included). hyper lets through blocks up to twice the size limit, so the
-/// client gets this JSON answer rather than the protocol's bare refusal.
-fn h2_head_over(req: &http::Request<hyper::body::Incoming>, limits: &ServerLimits) -> bool {
-    let uri = req.uri();
-    let pseudo = 4 * 32
-        + ":method".len()
-        + req.method().as_str().len()
-        + ":scheme".len()
-        + uri.scheme_str().map_or(0, str::len)
-        + ":authority".len()
-        + uri.authority().map_or(0, |a| a.as_str().len())
-        + ":path".len()
-        + uri.path_and_query().map_or(1, |p| p.as_str().len());
-    let size = req
-        .headers()
-        .iter()
-        .fold(pseudo, |n, (k, v)| n + k.as_str().len() + v.len() + 32);
-    size > limits.max_header_bytes || req.headers().len() > limits.max_headers
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
@@ -445,7 +366,7 @@ pub async fn serve(
         .max_headers(limits.max_headers)
         .max_buf_size(limits.max_header_bytes.max(8192));
     // Header blocks somewhat over the limit are let through, for the
-    // request path to refuse with a JSON answer (see `h2_head_over`).
+    // request path to refuse with a JSON answer (see `shoal_api::error::h2_head_over`).
     // Extended CONNECT (WebSocket over HTTP/2) is allowed so that such a
     // request gets the gateway's clear 501 rather than failing in the
     // client.
@@ -456,8 +377,8 @@ pub async fn serve(
         .max_header_list_size(
             u32::try_from(limits.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
         );
-    let refusals = Arc::new(Refusals::new(&limits));
-    let head_limits = Arc::new(limits.clone());
+    let head_limits = limits.head();
+    let refusals = Arc::new(HeadRefusals::new(head_limits));
     let builder = Arc::new(builder);
     let registry = Arc::new(std::sync::Mutex::new(Registry::default()));
     // One timer for all of this worker's connections: a fraction of the
@@ -505,7 +426,6 @@ pub async fn serve(
         let gw = gateway.clone();
         let act = activity.clone();
         let client = Arc::new(crate::proxy::Peer::new(peer));
-        let head_limits = head_limits.clone();
         let service =
             hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let gw = gw.clone();
@@ -514,12 +434,12 @@ pub async fn serve(
                 // HTTP/1 heads over the limits never get here (hyper refuses
                 // them); HTTP/2 ones do.
                 let refused = (req.version() == http::Version::HTTP_2
-                    && h2_head_over(&req, &head_limits))
+                    && h2_head_over(&req, head_limits))
                 .then(|| {
                     crate::proxy::error(
                         http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                         HEADERS_TOO_LARGE,
-                        too_large_message(&head_limits),
+                        headers_too_large(head_limits),
                     )
                 });
                 async move {

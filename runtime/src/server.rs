@@ -8,10 +8,15 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use shoal_api::error::{HEADERS_TOO_LARGE, HeadRefusals, h2_head_over, headers_too_large};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 
 /// Something that answers HTTP requests.
@@ -36,33 +41,155 @@ impl Handler for crate::http::HttpApp {
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How many headers, and how many bytes of head (request line and headers),
-/// a listener takes in one request; more gets 431.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HeadLimits {
-    pub max_headers: usize,
-    pub max_bytes: usize,
-}
+pub use shoal_api::HeadLimits;
 
 /// hyper's own header count limit, for which it needs no allocation.
 const HYPER_MAX_HEADERS: usize = 100;
 
-impl HeadLimits {
-    /// What a client may send: the gateway's defaults (`--max-headers`,
-    /// `--max-header-size`), for `shoal run`.
-    pub const CLIENT: Self = Self {
-        max_headers: HYPER_MAX_HEADERS,
-        max_bytes: 64 * 1024,
-    };
+/// A node's listener. Its requests come through a gateway, which takes up
+/// to [`HeadLimits::CLIENT`] from its client and then adds its own headers
+/// (`X-Forwarded-*`, `X-Request-Id`, `x-shoal-app`, `x-shoal-instance`);
+/// those must not push the client's request over.
+pub const BEHIND_GATEWAY: HeadLimits = HeadLimits {
+    max_headers: HeadLimits::CLIENT.max_headers + 32,
+    max_bytes: HeadLimits::CLIENT.max_bytes + 16 * 1024,
+};
 
-    /// A node's listener. Its requests come through a gateway, which takes
-    /// up to [`Self::CLIENT`] from its client and then adds its own
-    /// headers (`X-Forwarded-*`, `X-Request-Id`, `x-shoal-app`,
-    /// `x-shoal-instance`); those must not push the client's request over.
-    pub const BEHIND_GATEWAY: Self = Self {
-        max_headers: Self::CLIENT.max_headers + 32,
-        max_bytes: Self::CLIENT.max_bytes + 16 * 1024,
-    };
+/// A client connection that puts a JSON answer in place of hyper's own,
+/// empty, one to a request head it refused. hyper writes such an answer
+/// only while none of the connection's requests is in progress, which
+/// `in_progress` (counted by the service and the response bodies) tells.
+struct Refusing<S> {
+    inner: S,
+    in_progress: Arc<AtomicUsize>,
+    refusals: Arc<HeadRefusals>,
+    /// The answer being written instead of hyper's, and how much of it is.
+    refusing: Option<(bytes::Bytes, usize)>,
+}
+
+impl<S: AsyncWrite + Unpin> Refusing<S> {
+    /// Writes our answer in place of hyper's `claimed` bytes.
+    fn poll_refuse(
+        &mut self,
+        cx: &mut Context<'_>,
+        claimed: usize,
+    ) -> Poll<std::io::Result<usize>> {
+        if let Some((answer, done)) = &mut self.refusing {
+            while *done < answer.len() {
+                let n =
+                    std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &answer[*done..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                *done += n;
+            }
+        }
+        self.refusing = None;
+        Poll::Ready(Ok(claimed))
+    }
+
+    fn starts_refusal(&mut self, buf: &[u8]) -> bool {
+        if self.in_progress.load(Ordering::Relaxed) != 0 {
+            return false;
+        }
+        match self.refusals.instead_of(buf) {
+            Some(answer) => {
+                self.refusing = Some((bytes::Bytes::copy_from_slice(answer), 0));
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Refusing<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Refusing<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.refusing.is_some() || self.starts_refusal(buf) {
+            return self.poll_refuse(cx, buf.len());
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.refusing.is_some()
+            || bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .is_some_and(|b| self.starts_refusal(b))
+        {
+            let all = bufs.iter().map(|b| b.len()).sum();
+            return self.poll_refuse(cx, all);
+        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that counts its request as in progress until it
+    /// ends or is dropped.
+    pub struct Counted {
+        #[pin]
+        inner: ResponseBody,
+        in_progress: Option<Arc<AtomicUsize>>,
+    }
+
+    impl PinnedDrop for Counted {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(n) = this.project().in_progress.take() {
+                n.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl http_body::Body for Counted {
+    type Data = bytes::Bytes;
+    type Error = crate::outcome::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Serves `handler` on `listener` until `shutdown` resolves, then waits up to
@@ -85,10 +212,16 @@ pub async fn serve<H: Handler>(
         // Costs an allocation per request; hyper's default does not.
         http1.max_headers(limits.max_headers);
     }
+    // Header blocks somewhat over the limit are let through, for the
+    // service to refuse with a JSON 431 (h2 itself would refuse the stream
+    // with no answer).
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(
+            u32::try_from(limits.max_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
+        );
+    let refusals = Arc::new(HeadRefusals::new(limits));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -105,11 +238,36 @@ pub async fn serve<H: Handler>(
                 };
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
-                let service = hyper::service::service_fn(move |req| {
+                let in_progress = Arc::new(AtomicUsize::new(0));
+                let io = Refusing {
+                    inner: stream,
+                    in_progress: in_progress.clone(),
+                    refusals: refusals.clone(),
+                    refusing: None,
+                };
+                let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
                     let h = handler.clone();
-                    async move { Ok::<_, std::convert::Infallible>(h.call(req, peer).await) }
+                    in_progress.fetch_add(1, Ordering::Relaxed);
+                    let in_progress = in_progress.clone();
+                    async move {
+                        let resp = if req.version() == http::Version::HTTP_2
+                            && h2_head_over(&req, limits)
+                        {
+                            crate::outcome::error_response(
+                                http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                HEADERS_TOO_LARGE,
+                                &headers_too_large(limits),
+                            )
+                        } else {
+                            h.call(req, peer).await
+                        };
+                        Ok::<_, std::convert::Infallible>(resp.map(|inner| Counted {
+                            inner,
+                            in_progress: Some(in_progress),
+                        }))
+                    }
                 });
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                 let conn = graceful.watch(conn.into_owned());
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {

@@ -514,3 +514,76 @@ impl Load {
             .unwrap_or_default()
     }
 }
+
+// ---- raw HTTP/1 and HTTP/2 clients ------------------------------------------
+
+use http_body_util::BodyExt;
+
+/// `host:port` of a URL.
+pub fn authority(url: &str) -> &str {
+    url.trim_start_matches("http://").trim_end_matches('/')
+}
+
+pub type TestBody = http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>;
+
+/// A body sent in pieces of 16 KiB with no length announced.
+pub fn unsized_body(data: &[u8]) -> TestBody {
+    let chunks: Vec<Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>> = data
+        .chunks(16 * 1024)
+        .map(|c| Ok(hyper::body::Frame::data(bytes::Bytes::copy_from_slice(c))))
+        .collect();
+    http_body_util::StreamBody::new(futures::stream::iter(chunks)).boxed()
+}
+
+/// What an HTTP/2 client got: the status, headers and body, or the error
+/// that ended the exchange.
+pub type H2Answer = Result<(http::StatusCode, http::HeaderMap, bytes::Bytes), String>;
+
+/// Sends `req` over a fresh HTTP/2 connection (prior knowledge) to `addr`.
+pub fn h2(addr: &str, req: http::Request<TestBody>) -> H2Answer {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let io = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(io),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let exchange = async {
+            let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+            let (parts, body) = resp.into_parts();
+            let body = body.collect().await.map_err(|e| e.to_string())?;
+            Ok((parts.status, parts.headers, body.to_bytes()))
+        };
+        tokio::time::timeout(Duration::from_secs(60), exchange)
+            .await
+            .unwrap_or_else(|_| Err("no answer within 60 s".into()))
+    })
+}
+
+/// Sends `raw` on a fresh connection and reads until the server closes it.
+pub fn raw_exchange(addr: &str, raw: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    // The server may answer and close before it has read everything.
+    let _ = s.write_all(raw);
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// The status and JSON body of a raw answer.
+pub fn json_answer(answer: &str) -> (u16, serde_json::Value) {
+    let (status, body) = parse_response(answer.as_bytes());
+    let json =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("not a JSON body ({e}): {answer:?}"));
+    (status, json)
+}
