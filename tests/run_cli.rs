@@ -210,17 +210,7 @@ fn a_worker_is_restarted_with_growing_delays() {
 /// and HTTP/2, where h2 alone would refuse the stream with no answer).
 #[test]
 fn the_listener_answers_the_heads_it_refuses_in_json() {
-    let p = Proc::spawn(
-        &[
-            "run",
-            example("http-component.wasm").to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--no-cache",
-        ],
-        &[],
-    );
-    let url = p.url();
+    let (_p, url) = shoal_run("http-component.wasm", &[]);
     let addr = authority(&url);
     let many = (0..150)
         .map(|i| format!("X-H{i}: v\r\n"))

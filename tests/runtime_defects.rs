@@ -12,26 +12,6 @@ use support::*;
 
 const T: Duration = Duration::from_secs(60);
 
-/// `shoal run APP --listen 127.0.0.1:0 --no-cache EXTRA...`, and its URL.
-fn run(app: &str, extra: &[&str]) -> (Proc, String) {
-    let path = if app.ends_with(".wat") {
-        app.to_string()
-    } else {
-        example(app).to_str().unwrap().to_string()
-    };
-    let mut args = vec![
-        "run",
-        path.as_str(),
-        "--listen",
-        "127.0.0.1:0",
-        "--no-cache",
-    ];
-    args.extend_from_slice(extra);
-    let p = Proc::spawn(&args, &[]);
-    let url = p.url();
-    (p, url)
-}
-
 fn host_of(url: &str) -> String {
     url.trim_start_matches("http://").to_string()
 }
@@ -110,7 +90,7 @@ fn chunked_upload(host: &str, path: &str, body: &[u8]) -> Vec<u8> {
 }
 
 fn chunked_body_one_byte_over_max_body_gets_413(app: &str) {
-    let (_p, url) = run(app, &["--max-body", "1MiB"]);
+    let (_p, url) = shoal_run(app, &["--max-body", "1MiB"]);
     let host = host_of(&url);
     let raw = chunked_upload(&host, "/echo", &vec![b'x'; 1024 * 1024 + 1]);
     let (status, body) = parse_response(&raw);
@@ -139,7 +119,7 @@ fn cgi_chunked_body_over_max_body_gets_413() {
 
 #[test]
 fn component_gets_a_small_chunked_body_whole_with_its_length() {
-    let (_p, url) = run("http-component.wasm", &[]);
+    let (_p, url) = shoal_run("http-component.wasm", &[]);
     let raw = chunked_upload(&host_of(&url), "/echo", &vec![b'z'; 100_000]);
     let (status, body) = parse_response(&raw);
     assert_eq!(status, 200, "{}", head_of(&raw));
@@ -155,7 +135,7 @@ fn component_gets_a_small_chunked_body_whole_with_its_length() {
 /// crosses the limit after the response head went out, the client must see
 /// a broken transfer, never a complete 200.
 fn streamed_body_over_max_body_never_ends_cleanly(app: &str) {
-    let (_p, url) = run(app, &["--max-body", "2MiB"]);
+    let (_p, url) = shoal_run(app, &["--max-body", "2MiB"]);
     let raw = chunked_upload(&host_of(&url), "/echo", &vec![b'x'; 3 * 1024 * 1024]);
     match status_of(&raw) {
         413 => {}
@@ -180,7 +160,7 @@ fn cgi_streamed_body_over_max_body_breaks_the_response() {
 
 #[test]
 fn component_past_its_deadline_after_the_head_breaks_the_response() {
-    let (_p, url) = run("http-component.wasm", &["--timeout", "2s"]);
+    let (_p, url) = shoal_run("http-component.wasm", &["--timeout", "2s"]);
     let host = host_of(&url);
     let mut s = TcpStream::connect(&host).unwrap();
     s.set_read_timeout(Some(T)).unwrap();
@@ -254,7 +234,7 @@ fn answered(s: &TcpStream) -> bool {
 
 #[test]
 fn clients_that_give_up_free_their_slots() {
-    let (_p, url) = run(
+    let (_p, url) = shoal_run(
         "http-component.wasm",
         &["--concurrency", "2", "--timeout", "120s"],
     );
@@ -270,7 +250,7 @@ fn clients_that_give_up_free_their_slots() {
 
 #[test]
 fn uploads_abandoned_midway_free_their_slots() {
-    let (_p, url) = run(
+    let (_p, url) = shoal_run(
         "http-component.wasm",
         &[
             "--concurrency",
@@ -325,7 +305,7 @@ fn terminate(p: &mut Proc, limit: Duration) {
 
 #[test]
 fn sigterm_exits_after_clients_gave_up_on_spinning_guests() {
-    let (mut p, url) = run("spin.wasm", &["--timeout", "2s"]);
+    let (mut p, url) = shoal_run("spin.wasm", &["--timeout", "2s"]);
     let host = host_of(&url);
     let clients: Vec<_> = (0..3)
         .map(|_| {
@@ -347,7 +327,7 @@ fn sigterm_exits_after_clients_gave_up_on_spinning_guests() {
 
 #[test]
 fn sigterm_stops_a_spinning_guest_after_the_grace() {
-    let (mut p, url) = run(
+    let (mut p, url) = shoal_run(
         "spin.wasm",
         &["--timeout", "300s", "--grace", "1s", "--concurrency", "1"],
     );
@@ -396,7 +376,7 @@ path = "/"
 
 #[test]
 fn reused_instance_that_returns_without_answering_gets_502_and_is_discarded() {
-    let (mut p, url) = run(
+    let (mut p, url) = shoal_run(
         "http-component.wasm",
         &["--isolation", "reuse", "--timeout", "3s"],
     );
@@ -430,7 +410,7 @@ fn reused_instance_that_returns_without_answering_gets_502_and_is_discarded() {
 
 #[test]
 fn cgi_module_sees_request_header_bytes_unchanged() {
-    let (_p, url) = run("echo.wasm", &[]);
+    let (_p, url) = shoal_run("echo.wasm", &[]);
     let host = host_of(&url);
     let mut head = format!("GET /h HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nX-Latin: caf")
         .into_bytes();
@@ -467,7 +447,7 @@ fn cgi_response_header_with_obs_text_passes_through() {
 "#,
     )
     .unwrap();
-    let (_p, url) = run(wat.to_str().unwrap(), &[]);
+    let (_p, url) = shoal_run(wat.to_str().unwrap(), &[]);
     let raw = exchange(
         &host_of(&url),
         format!(

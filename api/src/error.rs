@@ -140,6 +140,69 @@ impl HeadRefusals {
     }
 }
 
+/// A connection's part in putting a [`HeadRefusals`] answer in place of
+/// hyper's: a listener's socket wrapper asks [`Self::takes`] of each write
+/// and, while it says yes, writes through [`Self::poll_write`].
+#[derive(Debug, Default)]
+pub struct InPlace(Option<(Vec<u8>, usize)>);
+
+impl InPlace {
+    /// Whether a write whose first bytes are `first` goes out as ours: one
+    /// is under way, or `first` is hyper's refusal and `idle()` (no request
+    /// of the connection is in progress; only then does hyper answer on
+    /// its own) holds.
+    pub fn takes(
+        &mut self,
+        refusals: &HeadRefusals,
+        first: &[u8],
+        idle: impl FnOnce() -> bool,
+    ) -> bool {
+        if self.0.is_some() {
+            return true;
+        }
+        match idle().then(|| refusals.instead_of(first)).flatten() {
+            Some(answer) => {
+                self.0 = Some((answer.to_vec(), 0));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Writes our answer through `write`; once it is all out, reports the
+    /// `claimed` bytes of hyper's as written.
+    pub fn poll_write(
+        &mut self,
+        claimed: usize,
+        mut write: impl FnMut(&[u8]) -> std::task::Poll<std::io::Result<usize>>,
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        if let Some((answer, done)) = &mut self.0 {
+            while *done < answer.len() {
+                match write(&answer[*done..]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                    }
+                    Poll::Ready(Ok(n)) => *done += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        }
+        self.0 = None;
+        Poll::Ready(Ok(claimed))
+    }
+}
+
+/// The first bytes of a vectored write, and the length of all of it.
+pub fn vectored<'a>(bufs: &'a [std::io::IoSlice<'a>]) -> (&'a [u8], usize) {
+    let first = bufs
+        .iter()
+        .find(|b| !b.is_empty())
+        .map_or(&[][..], |b| &**b);
+    (first, bufs.iter().map(|b| b.len()).sum())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@ use crate::proxy::Gateway;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use shoal_api::error::{
-    HEADERS_TOO_LARGE, HeadLimits, HeadRefusals, h2_head_over, headers_too_large,
+    HEADERS_TOO_LARGE, HeadLimits, HeadRefusals, InPlace, h2_head_over, headers_too_large, vectored,
 };
 use std::future::Future;
 use std::net::SocketAddr;
@@ -229,52 +229,20 @@ struct Tracked<S> {
     activity: Arc<Activity>,
     first_read: bool,
     refusals: Arc<HeadRefusals>,
-    /// The answer being written instead of hyper's, and how much of it is
-    /// written.
-    refusing: Option<(bytes::Bytes, usize)>,
+    in_place: InPlace,
 }
 
-impl<S: AsyncWrite + Unpin> Tracked<S> {
-    /// Whether `buf` is hyper's own answer to a request head it could not
-    /// parse or that is over a limit; if so, ours is readied in its place.
-    fn is_refusal(&mut self, buf: &[u8]) -> bool {
+impl<S> Tracked<S> {
+    /// Whether a write starting with `first` is hyper's own answer to a
+    /// head it could not take (or the rest of ours in its place).
+    fn refuses(&mut self, first: &[u8]) -> bool {
         // hyper answers by itself only a head it never dispatched: one was
         // arriving and no request is in progress. Our answers are written
         // with no head arriving, so most writes stop at the first load.
-        if self.activity.head_since.load(Ordering::Relaxed) == 0
-            || self.activity.active.load(Ordering::Relaxed) != 0
-        {
-            return false;
-        }
-        match self.refusals.instead_of(buf) {
-            Some(answer) => {
-                self.refusing = Some((bytes::Bytes::copy_from_slice(answer), 0));
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Writes the answer readied by `is_refusal`; done, it reports the
-    /// `claimed` bytes of hyper's as written.
-    fn poll_refuse(
-        &mut self,
-        cx: &mut Context<'_>,
-        claimed: usize,
-    ) -> Poll<std::io::Result<usize>> {
-        if let Some((answer, done)) = &mut self.refusing {
-            while *done < answer.len() {
-                let n =
-                    std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &answer[*done..]))?;
-                if n == 0 {
-                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
-                }
-                *done += n;
-            }
-        }
-        self.refusing = None;
-        self.activity.touch();
-        Poll::Ready(Ok(claimed))
+        let a = &self.activity;
+        self.in_place.takes(&self.refusals, first, || {
+            a.head_since.load(Ordering::Relaxed) != 0 && a.active.load(Ordering::Relaxed) == 0
+        })
     }
 }
 
@@ -300,8 +268,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        if self.refusing.is_some() || self.is_refusal(buf) {
-            return self.poll_refuse(cx, buf.len());
+        let this = &mut *self;
+        if this.refuses(buf) {
+            let inner = &mut this.inner;
+            this.activity.touch();
+            return this
+                .in_place
+                .poll_write(buf.len(), |b| Pin::new(&mut *inner).poll_write(cx, b));
         }
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &r
@@ -325,14 +298,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        if self.refusing.is_some()
-            || bufs
-                .iter()
-                .find(|b| !b.is_empty())
-                .is_some_and(|b| self.is_refusal(b))
-        {
-            let all = bufs.iter().map(|b| b.len()).sum();
-            return self.poll_refuse(cx, all);
+        let this = &mut *self;
+        let (first, all) = vectored(bufs);
+        if this.refuses(first) {
+            let inner = &mut this.inner;
+            this.activity.touch();
+            return this
+                .in_place
+                .poll_write(all, |b| Pin::new(&mut *inner).poll_write(cx, b));
         }
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = &r
@@ -421,7 +394,7 @@ pub async fn serve(
             activity: activity.clone(),
             first_read: true,
             refusals: refusals.clone(),
-            refusing: None,
+            in_place: InPlace::default(),
         });
         let gw = gateway.clone();
         let act = activity.clone();

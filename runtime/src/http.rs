@@ -386,6 +386,7 @@ impl HttpApp {
         let reuse = matches!(self.spec.isolation, Isolation::Reuse { .. });
         let app = self.clone();
         let watched = overflow.clone();
+        let (told, done) = oneshot::channel();
         let task = tokio::spawn(async move {
             let _permit = permit;
             let run = async {
@@ -436,33 +437,39 @@ impl HttpApp {
                     .map_err(|e| Failure::from_error(&e))?;
                 Ok((store, proxy, served, answered))
             };
+            // A fresh instance is torn down once the outcome is told, so
+            // that its teardown is no part of the client's wait.
+            let mut spent = None;
             let outcome = guarded(run, deadline, &watched, max_body).await.and_then(
                 |(mut store, proxy, served, answered)| {
-                    if let Some(answered) = answered {
-                        // Only a run that ended cleanly leaves an instance
-                        // fit for the next request.
-                        if !answered.load(Ordering::Relaxed) {
-                            return Err(Failure::BadResponse(NO_RESPONSE.into()));
-                        }
-                        store.data_mut().deadline = None;
-                        app.put_warm(Warm {
-                            store,
-                            proxy,
-                            served: served + 1,
-                            idle_since: Instant::now(),
-                            answered,
-                        });
+                    let Some(answered) = answered else {
+                        spent = Some(store);
+                        return Ok(());
+                    };
+                    // Only a run that ended cleanly leaves an instance fit
+                    // for the next request.
+                    if !answered.load(Ordering::Relaxed) {
+                        return Err(Failure::BadResponse(NO_RESPONSE.into()));
                     }
+                    store.data_mut().deadline = None;
+                    app.put_warm(Warm {
+                        store,
+                        proxy,
+                        served: served + 1,
+                        idle_since: Instant::now(),
+                        answered,
+                    });
                     Ok(())
                 },
             );
             if let Err(f) = &outcome {
                 app.record(f);
             }
-            outcome
+            let _ = told.send(outcome);
+            drop(spent);
         });
 
-        let mut run = GuestRun::new(self.clone(), task);
+        let mut run = GuestRun::new(self.clone(), task, done);
         // The run ends by its deadline, and with it this wait.
         let head = tokio::select! {
             biased;
@@ -517,6 +524,7 @@ impl HttpApp {
         let wasi = b.build_p1();
         let app = self.clone();
         let watched = overflow.clone();
+        let (told, done) = oneshot::channel();
         let task = tokio::spawn(async move {
             let _permit = permit;
             let mut data = P1Host::new(wasi, app.spec.limits.memory.bytes());
@@ -543,12 +551,12 @@ impl HttpApp {
             if let Err(f) = &outcome {
                 app.record(f);
             }
-            outcome
+            let _ = told.send(outcome);
             // The store, and with it the stdout pipe, drops here: the reader
             // sees end of file.
         });
 
-        let run = GuestRun::new(self.clone(), task);
+        let run = GuestRun::new(self.clone(), task, done);
         let mut buf = BytesMut::with_capacity(4096);
         let header_end = loop {
             if let Some(end) = find_header_end(&buf) {
@@ -614,8 +622,11 @@ const NO_RESPONSE: &str = "the app returned without setting a response";
 /// end), it stops the guest at once, which frees its concurrency slot.
 struct GuestRun {
     app: Arc<HttpApp>,
-    /// `None` once the task has ended.
-    task: Option<tokio::task::JoinHandle<Result<(), Failure>>>,
+    /// `None` once the run has ended.
+    task: Option<tokio::task::JoinHandle<()>>,
+    /// How the run ended, told by its task before it tears the instance
+    /// down; `None` once told.
+    done: Option<oneshot::Receiver<Result<(), Failure>>>,
     /// How the run ended, once it has; each failure was recorded already.
     outcome: Result<(), Failure>,
     /// The response needs nothing more from the guest, which may finish on
@@ -624,21 +635,28 @@ struct GuestRun {
 }
 
 impl GuestRun {
-    fn new(app: Arc<HttpApp>, task: tokio::task::JoinHandle<Result<(), Failure>>) -> Self {
+    fn new(
+        app: Arc<HttpApp>,
+        task: tokio::task::JoinHandle<()>,
+        done: oneshot::Receiver<Result<(), Failure>>,
+    ) -> Self {
         Self {
             app,
             task: Some(task),
+            done: Some(done),
             outcome: Ok(()),
             released: false,
         }
     }
 
     fn poll_end(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        if let Some(task) = &mut self.task {
-            let joined = std::task::ready!(std::pin::Pin::new(task).poll(cx));
+        if let Some(done) = &mut self.done {
+            let told = std::task::ready!(std::pin::Pin::new(done).poll(cx));
+            self.done = None;
+            // What is left of the task only tears the instance down.
             self.task = None;
-            self.outcome = joined.unwrap_or_else(|e| {
-                tracing::error!(app = %self.app.name, error = %e, "a guest's task failed");
+            self.outcome = told.unwrap_or_else(|_| {
+                tracing::error!(app = %self.app.name, "a guest's task ended without an outcome");
                 Err(self.app.found(Failure::Internal(
                     "the request's task ended unexpectedly".into(),
                 )))

@@ -8,7 +8,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use shoal_api::error::{HEADERS_TOO_LARGE, HeadRefusals, h2_head_over, headers_too_large};
+use shoal_api::error::{
+    HEADERS_TOO_LARGE, HeadRefusals, InPlace, h2_head_over, headers_too_large, vectored,
+};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -63,42 +65,14 @@ struct Refusing<S> {
     inner: S,
     in_progress: Arc<AtomicUsize>,
     refusals: Arc<HeadRefusals>,
-    /// The answer being written instead of hyper's, and how much of it is.
-    refusing: Option<(bytes::Bytes, usize)>,
+    in_place: InPlace,
 }
 
-impl<S: AsyncWrite + Unpin> Refusing<S> {
-    /// Writes our answer in place of hyper's `claimed` bytes.
-    fn poll_refuse(
-        &mut self,
-        cx: &mut Context<'_>,
-        claimed: usize,
-    ) -> Poll<std::io::Result<usize>> {
-        if let Some((answer, done)) = &mut self.refusing {
-            while *done < answer.len() {
-                let n =
-                    std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &answer[*done..]))?;
-                if n == 0 {
-                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
-                }
-                *done += n;
-            }
-        }
-        self.refusing = None;
-        Poll::Ready(Ok(claimed))
-    }
-
-    fn starts_refusal(&mut self, buf: &[u8]) -> bool {
-        if self.in_progress.load(Ordering::Relaxed) != 0 {
-            return false;
-        }
-        match self.refusals.instead_of(buf) {
-            Some(answer) => {
-                self.refusing = Some((bytes::Bytes::copy_from_slice(answer), 0));
-                true
-            }
-            None => false,
-        }
+impl<S> Refusing<S> {
+    fn refuses(&mut self, first: &[u8]) -> bool {
+        let n = &self.in_progress;
+        self.in_place
+            .takes(&self.refusals, first, || n.load(Ordering::Relaxed) == 0)
     }
 }
 
@@ -118,10 +92,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Refusing<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        if self.refusing.is_some() || self.starts_refusal(buf) {
-            return self.poll_refuse(cx, buf.len());
+        let this = &mut *self;
+        if this.refuses(buf) {
+            let inner = &mut this.inner;
+            return this
+                .in_place
+                .poll_write(buf.len(), |b| Pin::new(&mut *inner).poll_write(cx, b));
         }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -129,16 +107,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Refusing<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        if self.refusing.is_some()
-            || bufs
-                .iter()
-                .find(|b| !b.is_empty())
-                .is_some_and(|b| self.starts_refusal(b))
-        {
-            let all = bufs.iter().map(|b| b.len()).sum();
-            return self.poll_refuse(cx, all);
+        let this = &mut *self;
+        let (first, all) = vectored(bufs);
+        if this.refuses(first) {
+            let inner = &mut this.inner;
+            return this
+                .in_place
+                .poll_write(all, |b| Pin::new(&mut *inner).poll_write(cx, b));
         }
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -243,7 +220,7 @@ pub async fn serve<H: Handler>(
                     inner: stream,
                     in_progress: in_progress.clone(),
                     refusals: refusals.clone(),
-                    refusing: None,
+                    in_place: InPlace::default(),
                 };
                 let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
                     let h = handler.clone();

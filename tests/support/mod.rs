@@ -587,3 +587,24 @@ pub fn json_answer(answer: &str) -> (u16, serde_json::Value) {
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("not a JSON body ({e}): {answer:?}"));
     (status, json)
 }
+
+/// `shoal run APP --listen 127.0.0.1:0 --no-cache EXTRA...` (APP an example
+/// by name, or a `.wat` path), and its URL.
+pub fn shoal_run(app: &str, extra: &[&str]) -> (Proc, String) {
+    let path = if app.ends_with(".wat") {
+        app.to_string()
+    } else {
+        example(app).to_str().unwrap().to_string()
+    };
+    let mut args = vec![
+        "run",
+        path.as_str(),
+        "--listen",
+        "127.0.0.1:0",
+        "--no-cache",
+    ];
+    args.extend_from_slice(extra);
+    let p = Proc::spawn(&args, &[]);
+    let url = p.url();
+    (p, url)
+}
