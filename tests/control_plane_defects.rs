@@ -89,6 +89,15 @@ fn all_running(c: &Cluster, n: usize) -> BTreeMap<String, (String, String)> {
     })
 }
 
+/// Waits until every node has logged a line containing `text`.
+fn every_node_says(c: &Cluster, text: &str) {
+    for n in &c.nodes {
+        n.out
+            .wait_for(T, |l| l.contains(text))
+            .unwrap_or_else(|| panic!("a node never logged {text:?}: {:#?}", n.out.all()));
+    }
+}
+
 fn failures(answers: &[(u16, String)]) -> Vec<&(u16, String)> {
     answers.iter().filter(|(s, _)| *s != 200).collect()
 }
@@ -110,17 +119,9 @@ fn a_paused_control_plane_evicts_nothing() {
     c.cp.signal("-STOP");
     // Every node has had a heartbeat time out (2 s), so the control plane
     // has been away for longer than the 1 s lease.
-    for n in &c.nodes {
-        n.out
-            .wait_for(T, |l| l.contains("control plane unreachable"))
-            .expect("the node notices the control plane is away");
-    }
+    every_node_says(&c, "control plane unreachable");
     c.cp.signal("-CONT");
-    for n in &c.nodes {
-        n.out
-            .wait_for(T, |l| l.contains("control plane reachable again"))
-            .expect("the node reaches the control plane again");
-    }
+    every_node_says(&c, "control plane reachable again");
     load.wait_more(50);
     let answers = load.finish();
 
@@ -195,11 +196,7 @@ fn stopping_the_control_plane_changes_nothing_that_runs() {
         "the control plane did not exit within 20 s of SIGTERM"
     );
     // Past the lease (2 s): every node has noticed it is gone.
-    for n in &c.nodes {
-        n.out
-            .wait_for(T, |l| l.contains("control plane unreachable"))
-            .expect("the node notices the control plane is gone");
-    }
+    every_node_says(&c, "control plane unreachable");
     load.wait_more(100);
     let answers = load.finish();
     assert_eq!(on_nodes(&c), 4, "nodes stopped instances");

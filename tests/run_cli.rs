@@ -212,30 +212,7 @@ fn a_worker_is_restarted_with_growing_delays() {
 fn the_listener_answers_the_heads_it_refuses_in_json() {
     let (_p, url) = shoal_run("http-component.wasm", &[]);
     let addr = authority(&url);
-    let many = (0..150)
-        .map(|i| format!("X-H{i}: v\r\n"))
-        .collect::<String>();
-    let cases = [
-        (
-            "a malformed request line",
-            b"GET / HTTP/1.1 junk\r\n\r\n".to_vec(),
-            400,
-        ),
-        (
-            "a head over 64 KiB",
-            format!(
-                "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
-                "a".repeat(70_000)
-            )
-            .into_bytes(),
-            431,
-        ),
-        (
-            "more than 100 headers",
-            format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n").into_bytes(),
-            431,
-        ),
-    ];
+    let cases = refused_heads();
     for (what, raw, want) in cases {
         let answer = raw_exchange(addr, &raw);
         let (status, json) = json_answer(&answer);

@@ -195,9 +195,12 @@ fn wait_status(url: &str, path: &str, want: u16, limit: Duration) -> Result<(), 
         if start.elapsed() > limit {
             return Err(status);
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(POLL);
     }
 }
+
+/// How often a condition is polled.
+const POLL: Duration = Duration::from_millis(50);
 
 /// Starts a request that holds its slot, and returns its connection.
 fn start_request(host: &str, head: &str) -> TcpStream {

@@ -608,3 +608,33 @@ pub fn shoal_run(app: &str, extra: &[&str]) -> (Proc, String) {
     let url = p.url();
     (p, url)
 }
+
+/// Request heads a listener refuses before any handler sees them, each with
+/// what it is and the status it gets: a malformed request line (400), a
+/// head over 64 KiB and one of more than 100 headers (431).
+pub fn refused_heads() -> Vec<(&'static str, Vec<u8>, u16)> {
+    let many = (0..150)
+        .map(|i| format!("X-H{i}: v\r\n"))
+        .collect::<String>();
+    vec![
+        (
+            "a malformed request line",
+            b"GET / HTTP/1.1 junk\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "a head over 64 KiB",
+            format!(
+                "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+                "a".repeat(70_000)
+            )
+            .into_bytes(),
+            431,
+        ),
+        (
+            "more than 100 headers",
+            format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n").into_bytes(),
+            431,
+        ),
+    ]
+}
