@@ -19,13 +19,14 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 need_packages wrk
-build_shoal shoal-autoscale-bench
 need_c_component
-
+# BENCH_BASE=REV first runs it with shoal at git revision REV
+# (bench/results/autoscale-base.md), for before and after in one session.
 # The Python script starts every process in its own process group and stops
-# them all on exit, on error and on SIGINT/SIGTERM/SIGHUP (exec: a signal
-# sent to this script's pid reaches it).
-log "running the benchmark"
-exec env SHOAL_BIN="$SHOAL" WRK_BIN="$(command -v wrk)" COMPONENT="$C_WASM" \
-  BENCH_COMMAND="bash bench/autoscale.sh" \
-  python3 "$BENCH_DIR/autoscale_bench.py"
+# them all on exit, on error and on SIGINT/SIGTERM/SIGHUP.
+bench_run() {
+  env SHOAL_BIN="$1" WRK_BIN="$(command -v wrk)" COMPONENT="$C_WASM" \
+    BENCH_COMMAND="bash bench/autoscale.sh${2:+ ($2)}" \
+    python3 "$BENCH_DIR/autoscale_bench.py"
+}
+bench_with_base shoal-autoscale-bench autoscale

@@ -23,29 +23,14 @@ need_packages wrk nginx
 WRK="$(command -v wrk)"
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 
-# --- shoal -------------------------------------------------------------------
+# --- shoal and the run -------------------------------------------------------
 # BENCH_BASE=REV first runs the same benchmark with shoal built from git
 # revision REV (report: bench/results/gateway-base.md), for a before/after
 # comparison in one session.
-if [[ -n "${BENCH_BASE:-}" ]]; then
-  build_shoal_at shoal-gateway-base "$BENCH_BASE"
-  BASE_SHOAL="$SHOAL"
-fi
-build_shoal shoal-gateway-bench
 need_c_component
-
-# --- run ---------------------------------------------------------------------
-# The Python script starts every process in its own process group and stops
-# them all on exit, on error and on SIGINT/SIGTERM/SIGHUP (exec: a signal
-# sent to this script's pid reaches it).
-if [[ -n "${BENCH_BASE:-}" ]]; then
-  log "running the benchmark with shoal at $BENCH_BASE"
-  env SHOAL_BIN="$BASE_SHOAL" WRK_BIN="$WRK" NGINX_BIN="$NGINX" COMPONENT="$C_WASM" \
-    BENCH_COMMAND="BENCH_BASE=$BENCH_BASE bash bench/gateway.sh (base run)" \
+bench_run() {
+  env SHOAL_BIN="$1" WRK_BIN="$WRK" NGINX_BIN="$NGINX" COMPONENT="$C_WASM" \
+    BENCH_COMMAND="bash bench/gateway.sh${2:+ ($2)}" \
     python3 "$BENCH_DIR/gateway_bench.py"
-  mv "$BENCH_DIR/results/gateway.md" "$BENCH_DIR/results/gateway-base.md"
-fi
-log "running the benchmark"
-exec env SHOAL_BIN="$SHOAL" WRK_BIN="$WRK" NGINX_BIN="$NGINX" COMPONENT="$C_WASM" \
-  BENCH_COMMAND="bash bench/gateway.sh" \
-  python3 "$BENCH_DIR/gateway_bench.py"
+}
+bench_with_base shoal-gateway-bench gateway

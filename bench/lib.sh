@@ -15,6 +15,8 @@
 #                           work tree) into $CARGO_TARGET_DIR, copies the
 #                           binary to $TOOLS/NAME and sets SHOAL to that path
 #   build_shoal_at NAME REV the same from git revision REV
+#   bench_with_base NAME R  runs the wrapper's bench_run with the work tree's
+#                           shoal, and first with BENCH_BASE's (report R-base)
 #   need_c_component        exits unless $C_WASM exists
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -54,15 +56,38 @@ build_shoal() {
 }
 
 # build_shoal_at NAME REV: like build_shoal, from git revision REV of this
-# repository (unpacked under $TOOLS), for a before/after comparison. It
-# builds into a target dir of its own ($TOOLS/target-NAME; the first build
-# compiles every dependency): cargo names the artifacts of path packages
-# the same from any checkout, so sharing one would mix the revisions.
+# repository, unpacked into $TOOLS/src-base (again only when REV changes),
+# for a before/after comparison. It builds into a target dir of its own
+# ($TOOLS/target-base; the first build compiles every dependency): cargo
+# names the artifacts of path packages the same from any checkout, so
+# sharing one with the work tree would mix the revisions.
 build_shoal_at() {
-  local name="$1" rev="$2" dir="$TOOLS/src-$1"
-  rm -rf "$dir" && mkdir -p "$dir"
-  git -C "$REPO" archive "$rev" | tar -x -C "$dir"
-  CARGO_TARGET_DIR="$TOOLS/target-$name" build_shoal "$name" "$dir"
+  local name="$1" rev dir="$TOOLS/src-base"
+  rev="$(git -C "$REPO" rev-parse --verify "$2^{commit}")"
+  if [[ "$(cat "$dir/.bench-rev" 2>/dev/null || true)" != "$rev" ]]; then
+    rm -rf "$dir" && mkdir -p "$dir"
+    git -C "$REPO" archive "$rev" | tar -x -C "$dir"
+    echo "$rev" >"$dir/.bench-rev"
+  fi
+  CARGO_TARGET_DIR="$TOOLS/target-base" build_shoal "$name" "$dir"
+}
+
+# bench_with_base NAME REPORT: runs `bench_run BINARY LABEL` (a function
+# the wrapper defines) with shoal built from the work tree; with
+# BENCH_BASE=REV set, first with shoal built from git revision REV, and
+# keeps that run's bench/results/REPORT.md as REPORT-base.md: before and
+# after in one session, on the same machine.
+bench_with_base() {
+  local name="$1" report="$2"
+  if [[ -n "${BENCH_BASE:-}" ]]; then
+    build_shoal_at "$name-base" "$BENCH_BASE"
+    log "running the benchmark with shoal at $BENCH_BASE"
+    bench_run "$SHOAL" "base run, shoal at $BENCH_BASE"
+    mv "$BENCH_DIR/results/$report.md" "$BENCH_DIR/results/$report-base.md"
+  fi
+  build_shoal "$name"
+  log "running the benchmark"
+  bench_run "$SHOAL" ""
 }
 
 need_c_component() {

@@ -13,10 +13,12 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-build_shoal shoal-recovery-bench
 need_c_component
-
-log "running the benchmark"
-SHOAL_BIN="$SHOAL" COMPONENT="$C_WASM" \
-  BENCH_COMMAND="bash bench/recovery.sh" \
-  python3 "$BENCH_DIR/recovery_bench.py"
+# BENCH_BASE=REV first runs it with shoal at git revision REV
+# (bench/results/recovery-base.md), for before and after in one session.
+bench_run() {
+  SHOAL_BIN="$1" COMPONENT="$C_WASM" \
+    BENCH_COMMAND="bash bench/recovery.sh${2:+ ($2)}" \
+    python3 "$BENCH_DIR/recovery_bench.py"
+}
+bench_with_base shoal-recovery-bench recovery

@@ -11,7 +11,8 @@
 #   BENCH_DURATION=2s BENCH_COLD_REPEATS=2 bash bench/run.sh
 # BENCH_SHOAL_REV (unset): build shoal from that git commit (e.g. HEAD)
 # instead of the working tree, so that edits in progress elsewhere in the
-# tree cannot break or leak into the measured binary.
+# tree cannot break or leak into the measured binary. BENCH_BASE (unset):
+# run it all with shoal at that commit first (runtime-base.md).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -43,24 +44,14 @@ if [[ ! -x "$VENV/bin/componentize-py" ]]; then
 fi
 
 # --- shoal -------------------------------------------------------------------
-# The working tree by default. With BENCH_SHOAL_REV the commit is exported
-# with `git archive` into $TOOLS/shoal-src and built there: the work tree,
-# the index and the repository's Cargo.lock are left alone.
-SHOAL_SRC="$REPO"
+# The working tree by default; BENCH_SHOAL_REV builds that commit instead,
+# and BENCH_BASE=REV runs the whole benchmark with shoal at REV first
+# (bench/results/runtime-base.md): both through lib.sh's build_shoal_at,
+# which leaves the work tree, the index and Cargo.lock alone.
 SHOAL_GIT_DESC=""
 if [[ -n "${BENCH_SHOAL_REV:-}" ]]; then
-  rev="$(git -C "$REPO" rev-parse --verify "${BENCH_SHOAL_REV}^{commit}")"
-  SHOAL_SRC="$TOOLS/shoal-src"
-  if [[ "$(cat "$SHOAL_SRC/.bench-rev" 2>/dev/null || true)" != "$rev" ]]; then
-    log "exporting shoal at $rev into $SHOAL_SRC"
-    rm -rf "$SHOAL_SRC"
-    mkdir -p "$SHOAL_SRC"
-    git -C "$REPO" archive --format=tar "$rev" | tar -x -C "$SHOAL_SRC"
-    echo "$rev" >"$SHOAL_SRC/.bench-rev"
-  fi
-  SHOAL_GIT_DESC="$(git -C "$REPO" rev-parse --short "$rev") (committed tree, BENCH_SHOAL_REV=$BENCH_SHOAL_REV)"
+  SHOAL_GIT_DESC="$(git -C "$REPO" rev-parse --short "${BENCH_SHOAL_REV}^{commit}") (committed tree, BENCH_SHOAL_REV=$BENCH_SHOAL_REV)"
 fi
-build_shoal shoal "$SHOAL_SRC"
 
 # --- the Python wasi:http component -----------------------------------------
 # componentize-py needs the WIT of the world it targets: take wasi:http 0.2
@@ -72,7 +63,7 @@ for d in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/wasmtime-wasi-http-"$WASMT
   [[ -d "$d" ]] && WIT_DIR="$d"
 done
 if [[ -z "$WIT_DIR" ]]; then
-  (cd "$SHOAL_SRC" && cargo fetch --quiet)
+  (cd "$REPO" && cargo fetch --quiet)
   for d in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/wasmtime-wasi-http-"$WASMTIME_VERSION"/wit; do
     [[ -d "$d" ]] && WIT_DIR="$d"
   done
@@ -96,8 +87,16 @@ if [[ ! -f "$C_WASM" ]]; then
 fi
 
 # --- run ---------------------------------------------------------------------
-log "running the benchmark"
-SHOAL_BIN="$SHOAL" WASMTIME_BIN="$WASMTIME" WRK_BIN="$WRK" \
-  C_COMPONENT="$C_WASM" PY_COMPONENT="$PY_WASM" SHOAL_GIT_DESC="$SHOAL_GIT_DESC" \
-  BENCH_COMMAND="bash bench/run.sh" \
-  python3 "$BENCH_DIR/runtime_bench.py"
+bench_run() {
+  SHOAL_BIN="$1" WASMTIME_BIN="$WASMTIME" WRK_BIN="$WRK" \
+    C_COMPONENT="$C_WASM" PY_COMPONENT="$PY_WASM" SHOAL_GIT_DESC="${2:-$SHOAL_GIT_DESC}" \
+    BENCH_COMMAND="bash bench/run.sh" \
+    python3 "$BENCH_DIR/runtime_bench.py"
+}
+if [[ -n "${BENCH_SHOAL_REV:-}" ]]; then
+  build_shoal_at shoal "$BENCH_SHOAL_REV"
+  log "running the benchmark"
+  bench_run "$SHOAL" ""
+else
+  bench_with_base shoal runtime
+fi
