@@ -354,7 +354,7 @@ pub async fn wait_ready(client: &Client, keys: &[AppKey], timeout: Duration) -> 
 fn print_structured<T: serde::Serialize>(value: &T, format: OutputFormat) -> anyhow::Result<()> {
     match format {
         OutputFormat::Json => outln!("{}", serde_json::to_string_pretty(value)?),
-        OutputFormat::Yaml => out!("{}", serde_yaml::to_string(value)?),
+        OutputFormat::Yaml => out!("{}", serde_saphyr::to_string(value)?),
         _ => unreachable!("tables are printed by the caller"),
     }
     Ok(())

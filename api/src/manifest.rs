@@ -450,13 +450,17 @@ fn toml_error(text: &str, e: &toml::de::Error) -> ManifestError {
 }
 
 fn parse_yaml(text: &str) -> Result<Vec<AppManifest>, ManifestError> {
-    let mut apps = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(text) {
-        let value = serde_yaml::Value::deserialize(doc).map_err(|e| ManifestError {
+    // Each document as a JSON value first: the YAML parser reports syntax
+    // errors with their line, and the same path-aware decoding as JSON
+    // names the field of a value that does not fit.
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(text).map_err(|e| ManifestError {
             field: None,
-            line: e.location().map(|l| l.line()),
-            message: strip_location(&e.to_string()),
+            line: e.location().map(|l| l.line() as usize).filter(|l| *l > 0),
+            message: first_line(&e.without_snippet().to_string()),
         })?;
+    let mut apps = Vec::new();
+    for value in docs {
         if value.is_null() {
             continue;
         }
@@ -481,6 +485,11 @@ fn parse_yaml(text: &str) -> Result<Vec<AppManifest>, ManifestError> {
         apps.extend(parsed);
     }
     Ok(apps)
+}
+
+/// The first line of a message, without the location some parsers add.
+fn first_line(msg: &str) -> String {
+    strip_location(msg.lines().next().unwrap_or(msg).trim())
 }
 
 fn parse_json(text: &str) -> Result<Vec<AppManifest>, ManifestError> {
@@ -940,6 +949,15 @@ interval = "1s"
         assert!(e.message.contains("missing field `module`"), "{e}");
         let e = parse("name = \n", Format::Toml).unwrap_err();
         assert_eq!(e.line, Some(1), "{e}");
+    }
+
+    #[test]
+    fn yaml_syntax_errors_have_a_line_and_one_line_of_message() {
+        let e = parse("name: a\nmodule: a.wasm\nenv: {A: 1\n", Format::Yaml).unwrap_err();
+        assert!(e.line.is_some_and(|l| (3..=4).contains(&l)), "{e:?}");
+        assert!(!e.message.is_empty() && !e.message.contains('\n'), "{e:?}");
+        let e = parse("name: a\n  module: [\n", Format::Yaml).unwrap_err();
+        assert!(e.line.is_some(), "{e:?}");
     }
 
     #[test]
