@@ -432,7 +432,7 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
                         a.app.current_revision.to_string(),
                         a.template
                             .as_ref()
-                            .map(|t| t.kind.to_string())
+                            .map(|t| t.spec.kind.to_string())
                             .unwrap_or_default(),
                         age(a.app.created_at_ms, now),
                     ]);
@@ -446,7 +446,7 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
                                 .unwrap_or_default(),
                             a.template
                                 .as_ref()
-                                .map(|t| routes_text(&t.routes))
+                                .map(|t| routes_text(&t.spec.routes))
                                 .unwrap_or_default(),
                         ]);
                     }
@@ -611,13 +611,13 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
                     ]);
                     if wide {
                         row.extend([
-                            t.kind.to_string(),
-                            t.limits.memory.to_string(),
-                            t.limits.timeout.to_string(),
-                            if t.routes.is_empty() {
+                            t.spec.kind.to_string(),
+                            t.spec.limits.memory.to_string(),
+                            t.spec.limits.timeout.to_string(),
+                            if t.spec.routes.is_empty() {
                                 "<none>".into()
                             } else {
-                                routes_text(&t.routes)
+                                routes_text(&t.spec.routes)
                             },
                             table::timestamp(r.created_at_ms),
                         ]);
@@ -713,21 +713,21 @@ pub async fn describe(client: &Client, app: AppRef) -> anyhow::Result<()> {
         outln!("Traffic:      {}", parts.join(", "));
     }
     if let Some(t) = &d.view.template {
-        outln!("Kind:         {}", t.kind);
+        outln!("Kind:         {}", t.spec.kind);
         outln!("Module:       sha256:{}", t.digest);
         outln!(
             "Limits:       memory {}, timeout {}, concurrency {}, max-body {}",
-            t.limits.memory,
-            t.limits.timeout,
-            t.limits.concurrency,
-            t.limits.max_body
+            t.spec.limits.memory,
+            t.spec.limits.timeout,
+            t.spec.limits.concurrency,
+            t.spec.limits.max_body
         );
         outln!(
             "Resources:    memory {}, instances {}",
-            shoal_api::ByteSize(t.memory_request()),
-            t.resources.instances
+            shoal_api::ByteSize(t.spec.memory_request()),
+            t.spec.resources.instances
         );
-        let isolation = match t.isolation {
+        let isolation = match t.spec.isolation {
             shoal_api::Isolation::PerRequest => "per-request".to_string(),
             shoal_api::Isolation::Reuse {
                 max_requests,
@@ -735,10 +735,10 @@ pub async fn describe(client: &Client, app: AppRef) -> anyhow::Result<()> {
             } => format!("reuse (max {max_requests} requests, idle {idle_timeout})"),
         };
         outln!("Isolation:    {isolation}");
-        if !t.routes.is_empty() {
-            outln!("Routes:       {}", routes_text(&t.routes));
+        if !t.spec.routes.is_empty() {
+            outln!("Routes:       {}", routes_text(&t.spec.routes));
         }
-        if let Some(h) = &t.health {
+        if let Some(h) = &t.spec.health {
             outln!(
                 "Health:       GET {} every {} (timeout {}, {} failures to restart)",
                 h.path,
@@ -784,27 +784,34 @@ pub async fn describe(client: &Client, app: AppRef) -> anyhow::Result<()> {
                 c.p99_ms
             );
         }
-        if t.kind == shoal_api::WorkloadKind::Worker {
+        if t.spec.kind == shoal_api::WorkloadKind::Worker {
             outln!(
                 "Restart:      {:?}, backoff {} doubling to {}",
-                t.restart_policy,
-                t.backoff.initial,
-                t.backoff.max
+                t.spec.restart_policy,
+                t.spec.backoff.initial,
+                t.spec.backoff.max
             );
         }
-        if !t.env.is_empty() {
+        if !t.spec.grants.env.is_empty() {
             outln!(
                 "Env:          {}",
-                t.env.keys().cloned().collect::<Vec<_>>().join(", ")
+                t.spec
+                    .grants
+                    .env
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
-        if !t.allow_outbound.is_empty() {
-            outln!("Outbound:     {}", t.allow_outbound.join(", "));
+        if !t.spec.grants.allow_outbound.is_empty() {
+            outln!("Outbound:     {}", t.spec.grants.allow_outbound.join(", "));
         }
-        if !t.node_selector.is_empty() {
+        if !t.spec.node_selector.is_empty() {
             outln!(
                 "Node selector: {}",
-                t.node_selector
+                t.spec
+                    .node_selector
                     .iter()
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect::<Vec<_>>()

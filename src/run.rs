@@ -4,8 +4,8 @@ use crate::signals::shutdown_signal;
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use shoal_api::{
-    Backoff, ByteSize, Duration, Grants, Isolation, Limits, RestartPolicy, WorkloadKind,
-    WorkloadSpec, workload::DirGrant,
+    Backoff, ByteSize, Duration, Grants, Isolation, Limits, RestartPolicy, RunSpec, WorkloadKind,
+    workload::DirGrant,
 };
 use shoal_runtime::server::HeadLimits;
 use shoal_runtime::{LogBuffer, Runtime, RuntimeConfig, Stream};
@@ -142,8 +142,8 @@ fn parse_dirs(items: &[String]) -> anyhow::Result<Vec<DirGrant>> {
 }
 
 impl RunArgs {
-    fn spec(&self, implied: WorkloadKind) -> anyhow::Result<WorkloadSpec> {
-        Ok(WorkloadSpec {
+    fn spec(&self, implied: WorkloadKind) -> anyhow::Result<RunSpec> {
+        Ok(RunSpec {
             kind: match self.kind {
                 Some(KindArg::Http) => WorkloadKind::Http,
                 Some(KindArg::Worker) => WorkloadKind::Worker,
@@ -177,6 +177,8 @@ impl RunArgs {
                 max: self.backoff_max,
                 ..Backoff::default()
             },
+            // What only a cluster uses: placement, routes, health checks.
+            ..RunSpec::default()
         })
     }
 }

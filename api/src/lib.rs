@@ -20,8 +20,10 @@ pub mod protocol;
 pub mod quantity;
 pub mod rest;
 pub mod routes;
+pub mod spec;
 pub mod workload;
 
 pub use error::{ErrorBody, HeadLimits};
 pub use quantity::{ByteSize, Duration, QuantityError};
-pub use workload::{Backoff, Grants, Isolation, Limits, RestartPolicy, WorkloadKind, WorkloadSpec};
+pub use spec::{RunSpec, ServeSpec};
+pub use workload::{Backoff, Grants, Isolation, Limits, RestartPolicy, WorkloadKind};

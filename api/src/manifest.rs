@@ -8,16 +8,37 @@
 //! gives one).
 
 use crate::quantity::{ByteSize, Duration};
-use crate::workload::{Backoff, DirGrant, Isolation, Limits, RestartPolicy, WorkloadKind};
+use crate::spec::{RunSpec, ServeSpec};
+use crate::workload::{Backoff, DirGrant, Grants, Isolation, Limits, RestartPolicy, WorkloadKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-/// One app as written in a manifest.
+/// One app as written in a manifest: its name, where it lives, its module
+/// and replica count, and the one spec of how it runs and is served.
+///
+/// Files write an app as one flat table (`limits`, `env`, `rollout`, ...
+/// side by side); [`ManifestFields`] is that shape, and the conversion
+/// between the two is the only place that knows which field goes where.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(from = "ManifestFields", into = "ManifestFields")]
 pub struct AppManifest {
+    pub name: String,
+    pub namespace: String,
+    /// Path of the `.wasm`/`.wat` file, relative to the manifest.
+    pub module: String,
+    pub replicas: u32,
+    /// How each instance runs (frozen into a revision).
+    pub run: RunSpec,
+    /// How the app is served and updated (no new revision when it changes).
+    pub serve: ServeSpec,
+}
+
+/// An app as a file writes it: one flat table, unknown fields refused.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ManifestFields {
     pub name: String,
     #[serde(default = "default_namespace")]
     pub namespace: String,
@@ -62,6 +83,74 @@ pub struct AppManifest {
     /// Scale the replicas with load; `replicas` is then only the start.
     #[serde(default)]
     pub autoscale: Option<AutoscaleSpec>,
+}
+
+impl From<ManifestFields> for AppManifest {
+    fn from(f: ManifestFields) -> Self {
+        Self {
+            name: f.name,
+            namespace: f.namespace,
+            module: f.module,
+            replicas: f.replicas,
+            run: RunSpec {
+                kind: f.kind,
+                resources: f.resources,
+                limits: f.limits,
+                grants: Grants {
+                    env: f.env,
+                    allow_outbound: f.allow_outbound,
+                    dirs: f.dirs,
+                },
+                isolation: f.isolation,
+                routes: f.routes,
+                health: f.health,
+                restart_policy: f.restart_policy,
+                backoff: f.backoff,
+                node_selector: f.node_selector,
+            },
+            serve: ServeSpec {
+                load_balancing: f.load_balancing,
+                rollout: f.rollout,
+                traffic: f.traffic,
+                autoscale: f.autoscale,
+            },
+        }
+    }
+}
+
+impl From<AppManifest> for ManifestFields {
+    fn from(m: AppManifest) -> Self {
+        let AppManifest {
+            name,
+            namespace,
+            module,
+            replicas,
+            run,
+            serve,
+        } = m;
+        Self {
+            name,
+            namespace,
+            module,
+            kind: run.kind,
+            replicas,
+            resources: run.resources,
+            limits: run.limits,
+            env: run.grants.env,
+            allow_outbound: run.grants.allow_outbound,
+            dirs: run.grants.dirs,
+            isolation: run.isolation,
+            routes: run.routes,
+            health: run.health,
+            restart_policy: run.restart_policy,
+            backoff: run.backoff,
+            node_selector: run.node_selector,
+            load_balancing: serve.load_balancing,
+            rollout: serve.rollout,
+            traffic: serve.traffic,
+            autoscale: serve.autoscale,
+        }
+    }
 }
 
 /// Autoscaling on load, Knative-style: a stable window for steady changes,
@@ -321,7 +410,7 @@ fn default_failure_threshold() -> u32 {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}{}: {message}", location(.line), field_prefix(.field))]
 pub struct ManifestError {
-    /// The field at fault, as a dotted path (`apps[1].limits.memory`).
+    /// The field at fault, as a dotted path (`apps[1].run.limits.memory`).
     pub field: Option<String>,
     /// 1-based line, where known.
     pub line: Option<usize>,
@@ -647,11 +736,11 @@ fn validate(app: &AppManifest) -> Result<(), (String, String)> {
             format!("{} is more than the maximum of 10000", app.replicas),
         );
     }
-    let mem = app.limits.memory.bytes();
+    let mem = app.run.limits.memory.bytes();
     if mem < 64 * 1024 {
         return err(
             "limits.memory",
-            format!("{} is below one wasm page (64KiB)", app.limits.memory),
+            format!("{} is below one wasm page (64KiB)", app.run.limits.memory),
         );
     }
     if mem > 4 << 30 {
@@ -659,43 +748,43 @@ fn validate(app: &AppManifest) -> Result<(), (String, String)> {
             "limits.memory",
             format!(
                 "{} is above the 4GiB a 32-bit wasm memory can address",
-                app.limits.memory
+                app.run.limits.memory
             ),
         );
     }
-    if app.limits.timeout.get().is_zero() {
+    if app.run.limits.timeout.get().is_zero() {
         return err("limits.timeout", "must be greater than zero".into());
     }
-    if app.limits.concurrency == 0 {
+    if app.run.limits.concurrency == 0 {
         return err("limits.concurrency", "must be at least 1".into());
     }
-    if app.limits.max_body.bytes() == 0 {
+    if app.run.limits.max_body.bytes() == 0 {
         return err("limits.max-body", "must be greater than zero".into());
     }
-    if app.resources.instances == 0 {
+    if app.run.resources.instances == 0 {
         return err("resources.instances", "must be at least 1".into());
     }
-    for k in app.env.keys() {
+    for k in app.run.grants.env.keys() {
         if k.is_empty() || k.contains('=') || k.contains('\0') {
             return err("env", format!("{k:?} is not a valid variable name"));
         }
     }
-    for (i, r) in app.routes.iter().enumerate() {
+    for (i, r) in app.run.routes.iter().enumerate() {
         if !r.path.starts_with('/') {
             return err(
                 &format!("routes[{i}].path"),
                 format!("{:?} must start with '/'", r.path),
             );
         }
-        if app.kind == WorkloadKind::Worker {
+        if app.run.kind == WorkloadKind::Worker {
             return err(
                 "routes",
                 "a worker serves no HTTP; remove its routes or make it kind = \"http\"".into(),
             );
         }
     }
-    if let Some(h) = &app.health {
-        if app.kind == WorkloadKind::Worker {
+    if let Some(h) = &app.run.health {
+        if app.run.kind == WorkloadKind::Worker {
             return err("health", "health checks are for http apps".into());
         }
         if !h.path.starts_with('/') {
@@ -708,17 +797,17 @@ fn validate(app: &AppManifest) -> Result<(), (String, String)> {
             return err("health.failure-threshold", "must be at least 1".into());
         }
     }
-    if let Isolation::Reuse { max_requests, .. } = app.isolation {
-        if app.kind == WorkloadKind::Worker {
+    if let Isolation::Reuse { max_requests, .. } = app.run.isolation {
+        if app.run.kind == WorkloadKind::Worker {
             return err("isolation", "reuse applies to http apps".into());
         }
         if max_requests == 0 {
             return err("isolation.max-requests", "must be at least 1".into());
         }
     }
-    if !app.traffic.is_empty() {
+    if !app.serve.traffic.is_empty() {
         let mut total = 0u32;
-        for (i, t) in app.traffic.iter().enumerate() {
+        for (i, t) in app.serve.traffic.iter().enumerate() {
             if t.latest == t.revision.is_some() {
                 return err(
                     &format!("traffic[{i}]"),
@@ -739,12 +828,12 @@ fn validate(app: &AppManifest) -> Result<(), (String, String)> {
                 format!("the percents add up to {total}, not 100"),
             );
         }
-        if app.kind == WorkloadKind::Worker {
+        if app.run.kind == WorkloadKind::Worker {
             return err("traffic", "traffic splits are for http apps".into());
         }
     }
-    if let Some(a) = &app.autoscale {
-        if app.kind == WorkloadKind::Worker {
+    if let Some(a) = &app.serve.autoscale {
+        if app.run.kind == WorkloadKind::Worker {
             return err("autoscale", "autoscaling is for http apps".into());
         }
         if a.max == 0 {
@@ -789,14 +878,14 @@ fn validate(app: &AppManifest) -> Result<(), (String, String)> {
                 "must be at least 100 (percent)".into(),
             );
         }
-        if app.traffic.len() > 1 {
+        if app.serve.traffic.len() > 1 {
             return err(
                 "autoscale",
                 "autoscaling and a traffic split cannot be combined".into(),
             );
         }
     }
-    let r = &app.rollout;
+    let r = &app.serve.rollout;
     if matches!(r.max_surge, IntOrPercent::Percent(p) if p > 100) {
         return err("rollout.max-surge", "must be at most 100%".into());
     }
@@ -816,10 +905,10 @@ fn validate(app: &AppManifest) -> Result<(), (String, String)> {
             "must be greater than zero".into(),
         );
     }
-    if app.backoff.initial.get().is_zero() {
+    if app.run.backoff.initial.get().is_zero() {
         return err("backoff.initial", "must be greater than zero".into());
     }
-    if app.backoff.max < app.backoff.initial {
+    if app.run.backoff.max < app.run.backoff.initial {
         return err(
             "backoff.max",
             "must not be less than backoff.initial".into(),
@@ -869,11 +958,11 @@ interval = "1s"
         assert_eq!(a.name, "hello");
         assert_eq!(a.namespace, "web");
         assert_eq!(a.replicas, 3);
-        assert_eq!(a.limits.memory, ByteSize::mib(64));
-        assert_eq!(a.resources.memory, Some(ByteSize::mib(32)));
-        assert_eq!(a.routes[0].path, "/api");
-        assert_eq!(a.health.as_ref().unwrap().failure_threshold, 3);
-        assert_eq!(a.restart_policy, RestartPolicy::OnFailure);
+        assert_eq!(a.run.limits.memory, ByteSize::mib(64));
+        assert_eq!(a.run.resources.memory, Some(ByteSize::mib(32)));
+        assert_eq!(a.run.routes[0].path, "/api");
+        assert_eq!(a.run.health.as_ref().unwrap().failure_threshold, 3);
+        assert_eq!(a.run.restart_policy, RestartPolicy::OnFailure);
     }
 
     #[test]
@@ -881,7 +970,7 @@ interval = "1s"
         let apps = parse("name = \"a\"\nmodule = \"a.wasm\"\n", Format::Toml).unwrap();
         assert_eq!(apps[0].namespace, "default");
         assert_eq!(apps[0].replicas, 1);
-        assert_eq!(apps[0].kind, WorkloadKind::Http);
+        assert_eq!(apps[0].run.kind, WorkloadKind::Http);
     }
 
     #[test]
@@ -988,9 +1077,9 @@ mod readme {
         let a = &apps[0];
         assert_eq!(a.name, "hello");
         assert_eq!(a.replicas, 3);
-        assert_eq!(a.traffic.len(), 2);
-        assert_eq!(a.rollout.max_surge, IntOrPercent::Percent(25));
-        assert_eq!(a.health.as_ref().map(|h| h.failure_threshold), Some(3));
-        assert_eq!(a.dirs.len(), 1);
+        assert_eq!(a.serve.traffic.len(), 2);
+        assert_eq!(a.serve.rollout.max_surge, IntOrPercent::Percent(25));
+        assert_eq!(a.run.health.as_ref().map(|h| h.failure_threshold), Some(3));
+        assert_eq!(a.run.grants.dirs.len(), 1);
     }
 }

@@ -1,11 +1,7 @@
 //! The objects the control plane stores and its API returns.
 
-use crate::manifest::{
-    AppManifest, AutoscaleSpec, HealthCheck, LoadBalancing, Resources, RolloutSpec, Route,
-    TrafficTarget,
-};
-use crate::workload::{Backoff, DirGrant, Isolation, Limits, RestartPolicy, WorkloadKind};
-use crate::workload::{Grants, WorkloadSpec};
+use crate::manifest::AppManifest;
+use crate::spec::{RunSpec, ServeSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -31,89 +27,23 @@ impl std::fmt::Display for AppKey {
     }
 }
 
-/// Everything about how one instance of an app runs; a revision freezes one.
+/// What a revision freezes: a module (by digest) and how it runs.
+///
+/// Stored and sent as one flat object (`digest` beside the spec's fields).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Template {
     /// sha256 of the module, lowercase hex.
     pub digest: String,
-    pub kind: WorkloadKind,
-    pub resources: Resources,
-    pub limits: Limits,
-    pub env: BTreeMap<String, String>,
-    pub allow_outbound: Vec<String>,
-    pub dirs: Vec<DirGrant>,
-    pub isolation: Isolation,
-    pub routes: Vec<Route>,
-    pub health: Option<HealthCheck>,
-    pub restart_policy: RestartPolicy,
-    pub backoff: Backoff,
-    pub node_selector: BTreeMap<String, String>,
+    #[serde(flatten)]
+    pub spec: RunSpec,
 }
 
 impl Template {
     pub fn from_manifest(m: &AppManifest, digest: String) -> Self {
         Self {
             digest,
-            kind: m.kind,
-            resources: m.resources,
-            limits: m.limits.clone(),
-            env: m.env.clone(),
-            allow_outbound: m.allow_outbound.clone(),
-            dirs: m.dirs.clone(),
-            isolation: m.isolation,
-            routes: m.routes.clone(),
-            health: m.health.clone(),
-            restart_policy: m.restart_policy,
-            backoff: m.backoff,
-            node_selector: m.node_selector.clone(),
-        }
-    }
-
-    /// Memory one instance reserves on its node.
-    pub fn memory_request(&self) -> u64 {
-        self.resources
-            .memory
-            .map(|m| m.bytes())
-            .unwrap_or(self.limits.memory.bytes())
-    }
-
-    /// What the runtime needs to run an instance.
-    pub fn workload(&self) -> WorkloadSpec {
-        WorkloadSpec {
-            kind: self.kind,
-            limits: self.limits.clone(),
-            grants: Grants {
-                env: self.env.clone(),
-                allow_outbound: self.allow_outbound.clone(),
-                dirs: self.dirs.clone(),
-            },
-            isolation: self.isolation,
-            restart_policy: self.restart_policy,
-            backoff: self.backoff,
-        }
-    }
-}
-
-/// How an app is served and updated, apart from what its instances run:
-/// changing these makes no new revision.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(default, rename_all = "kebab-case")]
-pub struct AppSettings {
-    pub load_balancing: LoadBalancing,
-    pub rollout: RolloutSpec,
-    pub traffic: Vec<TrafficTarget>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub autoscale: Option<AutoscaleSpec>,
-}
-
-impl AppSettings {
-    pub fn from_manifest(m: &AppManifest) -> Self {
-        Self {
-            load_balancing: m.load_balancing,
-            rollout: m.rollout,
-            traffic: m.traffic.clone(),
-            autoscale: m.autoscale,
+            spec: m.run.clone(),
         }
     }
 }
@@ -162,7 +92,7 @@ pub struct App {
     #[serde(default)]
     pub stable_revision: u64,
     #[serde(default)]
-    pub settings: AppSettings,
+    pub settings: ServeSpec,
     #[serde(default = "rollout_complete")]
     pub rollout: RolloutState,
     pub created_at_ms: u64,
@@ -183,7 +113,12 @@ pub struct Revision {
     pub created_at_ms: u64,
 }
 
-/// Where an instance is in its life, as the control plane sees it.
+/// Where an instance is in its life: the one lifecycle every part uses.
+///
+/// The control plane alone gives `Pending`, `Scheduled` and `Terminating`;
+/// a node reports the others for the instances it runs (the runtime's
+/// workers go through the same states), and the control plane keeps what
+/// they report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
@@ -199,9 +134,9 @@ pub enum Phase {
     /// Ended and will not restart.
     Succeeded,
     Failed,
-    /// Its node stopped heartbeating.
-    Lost,
-    /// Out of the route table, finishing the requests it has; then it stops.
+    /// Out of the route table, finishing the requests it has; then it
+    /// stops. (A worker stopped by its host, as the host shuts down, is
+    /// here too.)
     Terminating,
 }
 
@@ -216,7 +151,6 @@ impl std::fmt::Display for Phase {
             Self::CrashLoopBackOff => "CrashLoopBackOff",
             Self::Succeeded => "Succeeded",
             Self::Failed => "Failed",
-            Self::Lost => "Lost",
             Self::Terminating => "Terminating",
         })
     }

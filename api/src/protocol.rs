@@ -6,7 +6,7 @@
 //! stops whatever is not in the set, which fences instances that were moved
 //! away while it was unreachable.
 
-use crate::objects::{AppKey, NodeCapacity, Template};
+use crate::objects::{AppKey, NodeCapacity, Phase, Template};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -26,23 +26,13 @@ pub struct RegisterResponse {
     pub heartbeat_ms: u64,
 }
 
-/// How an instance is doing on its node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RunState {
-    Starting,
-    Running,
-    BackingOff,
-    CrashLoopBackOff,
-    Succeeded,
-    Failed,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct InstanceReport {
     pub id: String,
-    pub state: RunState,
+    /// Where it is in its life on the node (`Starting`, `Running`,
+    /// `BackingOff`, `CrashLoopBackOff`, `Succeeded` or `Failed`).
+    pub state: Phase,
     /// Serving traffic (http: linked and passing its health check).
     pub ready: bool,
     pub restarts: u32,

@@ -55,7 +55,7 @@ impl Default for Limits {
 
 /// What of the host a guest may see. Empty means nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(default, rename_all = "kebab-case")]
 pub struct Grants {
     /// Environment variables, listed explicitly (the host's are never passed).
     pub env: BTreeMap<String, String>,
@@ -172,18 +172,6 @@ impl Backoff {
         let d = self.initial.get().saturating_mul(1u32 << exp.min(31));
         d.min(self.max.get())
     }
-}
-
-/// Everything the runtime needs to run one app, besides its wasm.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
-pub struct WorkloadSpec {
-    pub kind: WorkloadKind,
-    pub limits: Limits,
-    pub grants: Grants,
-    pub isolation: Isolation,
-    pub restart_policy: RestartPolicy,
-    pub backoff: Backoff,
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 use crate::http::HttpApp;
 use crate::logs::{LogBuffer, Stream};
 use crate::outcome::{ResponseBody, error_response, full_body};
-use crate::worker::{WorkerHandle, WorkerState};
+use crate::worker::WorkerHandle;
 use crate::{Loaded, Runtime};
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -19,10 +19,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use sha2::Digest as _;
 use shoal_api::WorkloadKind;
-use shoal_api::objects::{AppKey, NodeCapacity};
+use shoal_api::objects::{AppKey, NodeCapacity, Phase};
 use shoal_api::protocol::{
     Assignment, Heartbeat, HeartbeatResponse, InstanceReport, RegisterRequest, RegisterResponse,
-    RunState,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -295,7 +294,7 @@ impl Agent {
                 match &*w {
                     Workload::Http(app) => InstanceReport {
                         id: r.assignment.id.clone(),
-                        state: RunState::Running,
+                        state: Phase::Running,
                         ready: r.ready.load(Ordering::Relaxed),
                         restarts: r.restarts.load(Ordering::Relaxed),
                         message: None,
@@ -306,14 +305,11 @@ impl Agent {
                         InstanceReport {
                             id: r.assignment.id.clone(),
                             state: match s.state {
-                                WorkerState::Starting => RunState::Starting,
-                                WorkerState::Running => RunState::Running,
-                                WorkerState::BackingOff => RunState::BackingOff,
-                                WorkerState::CrashLoopBackOff => RunState::CrashLoopBackOff,
-                                WorkerState::Succeeded => RunState::Succeeded,
-                                WorkerState::Failed | WorkerState::Stopped => RunState::Failed,
+                                // Stopped by this node as it shuts down.
+                                Phase::Terminating => Phase::Failed,
+                                state => state,
                             },
-                            ready: s.state == WorkerState::Running,
+                            ready: s.state == Phase::Running,
                             restarts: s.restarts,
                             message: s.last_exit.map(|e| e.to_string()),
                             in_flight: 0,
@@ -321,7 +317,7 @@ impl Agent {
                     }
                     Workload::Broken(m) => InstanceReport {
                         id: r.assignment.id.clone(),
-                        state: RunState::Failed,
+                        state: Phase::Failed,
                         ready: false,
                         restarts: 0,
                         message: Some(m.clone()),
@@ -377,7 +373,7 @@ impl Agent {
             let running = Arc::new(self.start(a.clone()).await);
             self.table_mut().insert(a.id.clone(), running.clone());
             news = true;
-            if running.assignment.template.health.is_some() {
+            if running.assignment.template.spec.health.is_some() {
                 // The first check at once: readiness should not wait for
                 // the health loop's next round.
                 let agent = self.clone();
@@ -436,8 +432,8 @@ impl Agent {
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
-            let spec = a.template.workload();
-            let workload = match a.template.kind {
+            let spec = a.template.spec.clone();
+            let workload = match a.template.spec.kind {
                 WorkloadKind::Http => Workload::Http(
                     self.runtime
                         .http_app(&name, spec, &loaded, logs.clone())
@@ -467,7 +463,7 @@ impl Agent {
             }
         };
         // Without a health check an http instance is ready once linked.
-        let ready = matches!(workload, Workload::Http(_)) && a.template.health.is_none();
+        let ready = matches!(workload, Workload::Http(_)) && a.template.spec.health.is_none();
         let draining = a.draining;
         Running {
             assignment: a,
@@ -489,7 +485,7 @@ impl Agent {
             let due: Vec<Arc<Running>> = self
                 .table()
                 .values()
-                .filter(|r| r.assignment.template.health.is_some())
+                .filter(|r| r.assignment.template.spec.health.is_some())
                 .filter(|r| {
                     *r.next_check.lock().unwrap_or_else(|p| p.into_inner()) <= Instant::now()
                 })
@@ -503,7 +499,7 @@ impl Agent {
     }
 
     async fn check(&self, r: &Running) {
-        let Some(h) = r.assignment.template.health.clone() else {
+        let Some(h) = r.assignment.template.spec.health.clone() else {
             return;
         };
         *r.next_check.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -556,7 +552,7 @@ impl Agent {
         let a = &r.assignment;
         match self
             .runtime
-            .http_app(&a.app.name, a.template.workload(), loaded, r.logs.clone())
+            .http_app(&a.app.name, a.template.spec.clone(), loaded, r.logs.clone())
         {
             Ok(app) => {
                 *r.workload.lock().unwrap_or_else(|p| p.into_inner()) = Workload::Http(app);
@@ -607,7 +603,7 @@ impl Agent {
                 let path = req.uri().path();
                 let mut best: Option<(usize, AppKey)> = None;
                 for r in table.values() {
-                    for route in &r.assignment.template.routes {
+                    for route in &r.assignment.template.spec.routes {
                         let host_ok = route.host.as_ref().is_none_or(|h| Some(h) == host.as_ref());
                         if host_ok && path.starts_with(&route.path) {
                             let score =

@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use shoal_api::{Grants, Isolation, WorkloadSpec};
+use shoal_api::{Grants, Isolation, RunSpec};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -67,7 +67,7 @@ struct Warm {
 /// One running instance of an HTTP app.
 pub struct HttpApp {
     name: String,
-    spec: WorkloadSpec,
+    spec: RunSpec,
     engine: Engine,
     stop: StopGuests,
     handler: Handler,
@@ -130,7 +130,7 @@ impl HttpApp {
         engine: &Engine,
         stop: &StopGuests,
         name: &str,
-        spec: WorkloadSpec,
+        spec: RunSpec,
         compiled: &Compiled,
         logs: LogBuffer,
     ) -> Result<Arc<Self>, RuntimeError> {

@@ -35,9 +35,9 @@ pub use error::RuntimeError;
 pub use host::StopGuests;
 pub use http::HttpApp;
 pub use logs::{LogBuffer, LogLine, Stream};
-pub use worker::{ExitReason, WorkerApp, WorkerHandle, WorkerState, WorkerStatus};
+pub use worker::{ExitReason, WorkerApp, WorkerHandle, WorkerStatus};
 
-use shoal_api::{WorkloadKind, WorkloadSpec};
+use shoal_api::{RunSpec, WorkloadKind};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -142,7 +142,7 @@ impl Runtime {
     pub fn http_app(
         &self,
         name: &str,
-        spec: WorkloadSpec,
+        spec: RunSpec,
         loaded: &Loaded,
         logs: LogBuffer,
     ) -> Result<Arc<HttpApp>, RuntimeError> {
@@ -153,7 +153,7 @@ impl Runtime {
     pub fn worker(
         &self,
         name: &str,
-        spec: WorkloadSpec,
+        spec: RunSpec,
         loaded: &Loaded,
         logs: LogBuffer,
     ) -> Result<Arc<WorkerApp>, RuntimeError> {

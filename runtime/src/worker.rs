@@ -7,30 +7,13 @@ use crate::host::{self, ComponentHost, P1Host, StopGuests, new_store};
 use crate::http::{link_component, require_export};
 use crate::logs::{LogBuffer, Stream};
 use crate::outcome::Failure;
-use shoal_api::{RestartPolicy, WorkloadSpec};
+use shoal_api::objects::Phase;
+use shoal_api::{RestartPolicy, RunSpec};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 use wasmtime::{Engine, InstancePre, Linker};
 use wasmtime_wasi::p2::bindings::CommandPre;
-
-/// Where a worker is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum WorkerState {
-    Starting,
-    Running,
-    /// Waiting to restart after an exit.
-    BackingOff,
-    /// Waiting to restart after failing again and again.
-    CrashLoopBackOff,
-    /// Ended with success and the policy does not restart it.
-    Succeeded,
-    /// Ended with failure and the policy does not restart it.
-    Failed,
-    /// Stopped by the host.
-    Stopped,
-}
 
 /// Why a run of a worker ended.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -66,7 +49,10 @@ impl std::fmt::Display for ExitReason {
 /// A snapshot of a worker's status.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WorkerStatus {
-    pub state: WorkerState,
+    /// Where it is in its life (`Starting`, `Running`, `BackingOff`,
+    /// `CrashLoopBackOff`, `Succeeded`, `Failed`, or `Terminating` once its
+    /// host stopped it).
+    pub state: Phase,
     /// How many times the worker has been restarted.
     pub restarts: u32,
     pub last_exit: Option<ExitReason>,
@@ -86,7 +72,7 @@ enum Program {
 /// A linked worker program, ready to be started any number of times.
 pub struct WorkerApp {
     name: String,
-    spec: WorkloadSpec,
+    spec: RunSpec,
     engine: Engine,
     stop: StopGuests,
     program: Program,
@@ -143,7 +129,7 @@ impl WorkerApp {
         engine: &Engine,
         stop: &StopGuests,
         name: &str,
-        spec: WorkloadSpec,
+        spec: RunSpec,
         compiled: &Compiled,
         logs: LogBuffer,
     ) -> Result<Arc<Self>, RuntimeError> {
@@ -256,7 +242,7 @@ impl WorkerApp {
     /// Starts the worker under its restart policy.
     pub fn start(self: &Arc<Self>) -> WorkerHandle {
         let (tx, rx) = watch::channel(WorkerStatus {
-            state: WorkerState::Starting,
+            state: Phase::Starting,
             restarts: 0,
             last_exit: None,
             last_backoff_ms: None,
@@ -278,7 +264,7 @@ impl WorkerApp {
         loop {
             let started = Instant::now();
             tx.send_modify(|s| {
-                s.state = WorkerState::Running;
+                s.state = Phase::Running;
                 s.started_at_ms = Some(now_ms());
             });
             tracing::info!(worker = %self.name, "worker started");
@@ -286,7 +272,7 @@ impl WorkerApp {
             let ran = started.elapsed();
             if self.stop.stopped() {
                 tracing::info!(worker = %self.name, "worker stopped: the process is shutting down");
-                tx.send_modify(|s| s.state = WorkerState::Stopped);
+                tx.send_modify(|s| s.state = Phase::Terminating);
                 return;
             }
             let restart = match self.spec.restart_policy {
@@ -301,9 +287,9 @@ impl WorkerApp {
             }
             if !restart {
                 let state = if reason.is_success() {
-                    WorkerState::Succeeded
+                    Phase::Succeeded
                 } else {
-                    WorkerState::Failed
+                    Phase::Failed
                 };
                 tx.send_modify(|s| {
                     s.state = state;
@@ -329,9 +315,9 @@ impl WorkerApp {
             );
             tx.send_modify(|s| {
                 s.state = if crash_loop {
-                    WorkerState::CrashLoopBackOff
+                    Phase::CrashLoopBackOff
                 } else {
-                    WorkerState::BackingOff
+                    Phase::BackingOff
                 };
                 s.last_exit = Some(reason);
                 s.last_backoff_ms = Some(delay.as_millis() as u64);

@@ -4,15 +4,15 @@
 mod common;
 
 use common::*;
-use shoal_api::{ByteSize, Duration as Dur, Grants, Isolation, Limits, WorkloadSpec};
+use shoal_api::{ByteSize, Duration as Dur, Grants, Isolation, Limits, RunSpec};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-fn spec() -> WorkloadSpec {
-    WorkloadSpec::default()
+fn spec() -> RunSpec {
+    RunSpec::default()
 }
 
-fn with_limits(f: impl FnOnce(&mut Limits)) -> WorkloadSpec {
+fn with_limits(f: impl FnOnce(&mut Limits)) -> RunSpec {
     let mut s = spec();
     f(&mut s.limits);
     s

@@ -3,12 +3,13 @@
 mod common;
 
 use common::*;
-use shoal_api::{Backoff, Duration as Dur, RestartPolicy, WorkloadKind, WorkloadSpec};
-use shoal_runtime::{ExitReason, LogBuffer, WorkerState};
+use shoal_api::objects::Phase;
+use shoal_api::{Backoff, Duration as Dur, RestartPolicy, RunSpec, WorkloadKind};
+use shoal_runtime::{ExitReason, LogBuffer};
 use std::time::Duration;
 
-fn worker_spec(env: &[(&str, &str)], policy: RestartPolicy) -> WorkloadSpec {
-    let mut s = WorkloadSpec {
+fn worker_spec(env: &[(&str, &str)], policy: RestartPolicy) -> RunSpec {
+    let mut s = RunSpec {
         kind: WorkloadKind::Worker,
         restart_policy: policy,
         backoff: Backoff {
@@ -70,7 +71,7 @@ async fn restarts_with_growing_delays(file: &str, exit_code: i32) {
     // CrashLoopBackOff (it lasts hundreds of ms now, so polling sees it).
     assert!(
         eventually(Duration::from_secs(30), || h.status().state
-            == WorkerState::CrashLoopBackOff)
+            == Phase::CrashLoopBackOff)
         .await
     );
     let lines: Vec<String> = logs.snapshot().into_iter().map(|l| l.line).collect();
@@ -109,7 +110,7 @@ async fn on_failure_policy_does_not_restart_a_clean_exit() {
         .await
         .expect("worker ends");
     let s = h.status();
-    assert_eq!(s.state, WorkerState::Succeeded);
+    assert_eq!(s.state, Phase::Succeeded);
     assert_eq!(s.restarts, 0);
     assert_eq!(s.last_exit, Some(ExitReason::Completed));
     let ticks = h
@@ -141,7 +142,7 @@ async fn never_policy_reports_failure() {
         .await
         .expect("worker ends");
     let s = h.status();
-    assert_eq!(s.state, WorkerState::Failed);
+    assert_eq!(s.state, Phase::Failed);
     assert_eq!(s.last_exit, Some(ExitReason::Exited(1)));
 }
 
@@ -167,7 +168,7 @@ async fn a_long_running_worker_keeps_ticking_until_stopped() {
         .await,
         "ticks keep coming"
     );
-    assert_eq!(h.status().state, WorkerState::Running);
+    assert_eq!(h.status().state, Phase::Running);
     assert_eq!(h.status().restarts, 0);
     h.stop();
 }

@@ -46,7 +46,7 @@ pub fn route_table(snap: &Snapshot) -> RouteTable {
         let Some(t) = snap.template(&app.key, app.current_revision) else {
             continue;
         };
-        if t.routes.is_empty() {
+        if t.spec.routes.is_empty() {
             continue;
         }
         let mut groups = by_app.remove(&app.key).unwrap_or_default();
@@ -74,10 +74,10 @@ pub fn route_table(snap: &Snapshot) -> RouteTable {
         };
         apps.push(RouteApp {
             app: app.key.clone(),
-            routes: t.routes.clone(),
+            routes: t.spec.routes.clone(),
             load_balancing: app.settings.load_balancing,
-            timeout_ms: t.limits.timeout.get().as_millis() as u64,
-            max_body: t.limits.max_body.bytes(),
+            timeout_ms: t.spec.limits.timeout.get().as_millis() as u64,
+            max_body: t.spec.limits.max_body.bytes(),
             backends,
             scale_from_zero: app.settings.autoscale.is_some_and(|a| a.min == 0),
         });

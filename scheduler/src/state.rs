@@ -12,11 +12,11 @@ use crate::reconcile::{self, Action, DeleteReason, DesiredApp};
 use crate::store::{Op, Store, StoreError};
 use shoal_api::manifest::{AppManifest, TrafficTarget};
 use shoal_api::objects::{
-    App, AppKey, AppSettings, Event, EventLevel, Instance, Node, NodeState, Phase, Revision,
-    RolloutState, Template, now_ms,
+    App, AppKey, Event, EventLevel, Instance, Node, NodeState, Phase, Revision, RolloutState,
+    Template, now_ms,
 };
 use shoal_api::protocol::{
-    Assignment, Heartbeat, HeartbeatResponse, RegisterRequest, RegisterResponse, RunState,
+    Assignment, Heartbeat, HeartbeatResponse, RegisterRequest, RegisterResponse,
 };
 use shoal_api::rest::{ApplyOutcome, ApplyResult, AutoscaleView, ColdStartView, GatewayMetrics};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -679,7 +679,7 @@ impl State {
             } else {
                 self.next_revision(&key)
             };
-            self.check_traffic(&key, &m.traffic, upcoming)?;
+            self.check_traffic(&key, &m.serve.traffic, upcoming)?;
         }
         for (d, bytes) in blobs {
             if !self.store.has_blob(&d)? {
@@ -694,7 +694,7 @@ impl State {
             let existing = self.snap.apps.get(&key).cloned();
             // With autoscaling the autoscaler owns the count: `replicas`
             // only sets where a new app starts.
-            if let Some(a) = m.autoscale {
+            if let Some(a) = m.serve.autoscale {
                 let start = existing.as_ref().map(|e| e.replicas).unwrap_or(m.replicas);
                 m.replicas = start.clamp(a.min, a.max);
             }
@@ -705,7 +705,7 @@ impl State {
                         replicas: m.replicas,
                         current_revision: 1,
                         stable_revision: 0,
-                        settings: AppSettings::from_manifest(&m),
+                        settings: m.serve.clone(),
                         rollout: RolloutState::Progressing { since_ms: now },
                         created_at_ms: now,
                         updated_at_ms: now,
@@ -725,7 +725,7 @@ impl State {
                     (ApplyResult::Created, 1)
                 }
                 Some(mut app) => {
-                    let settings = AppSettings::from_manifest(&m);
+                    let settings = m.serve.clone();
                     let same_template = self
                         .snap
                         .template(&key, app.current_revision)
@@ -944,13 +944,13 @@ impl State {
                 continue;
             }
             if let Some(t) = self.snap.template(&a.key, a.current_revision) {
-                for r in &t.routes {
+                for r in &t.spec.routes {
                     owners.insert(route_key(r), &a.key);
                 }
             }
         }
         for ((m, _), key) in apps.iter().zip(&applying) {
-            for r in &m.routes {
+            for r in &m.run.routes {
                 match owners.entry(route_key(r)) {
                     std::collections::hash_map::Entry::Occupied(o) if *o.get() != key => {
                         let owner = o.get();
@@ -1271,12 +1271,10 @@ impl State {
                 continue;
             }
             let phase = match report.state {
-                RunState::Starting => Phase::Starting,
-                RunState::Running => Phase::Running,
-                RunState::BackingOff => Phase::BackingOff,
-                RunState::CrashLoopBackOff => Phase::CrashLoopBackOff,
-                RunState::Succeeded => Phase::Succeeded,
-                RunState::Failed => Phase::Failed,
+                // Phases only the control plane gives: a node that reports
+                // one says nothing new.
+                Phase::Pending | Phase::Scheduled | Phase::Terminating => inst.phase,
+                reported => reported,
             };
             let mut next = inst.clone();
             next.in_flight = report.in_flight;
@@ -1433,8 +1431,8 @@ impl State {
     fn need_of(&self, app: &AppKey, revision: u64) -> Capacity {
         match self.snap.template(app, revision) {
             Some(t) => Capacity {
-                memory: t.memory_request(),
-                instances: t.resources.instances,
+                memory: t.spec.memory_request(),
+                instances: t.spec.resources.instances,
             },
             None => Capacity::default(),
         }
@@ -1453,7 +1451,7 @@ impl State {
             a.replicas,
             target,
             self.need_of(&a.key, target),
-            t.node_selector.clone(),
+            t.spec.node_selector.clone(),
         );
         let r = &a.settings.rollout;
         d.max_surge = r.max_surge.resolve(a.replicas, true);
@@ -1472,8 +1470,10 @@ impl State {
                 .max(u64::from(a.replicas.min(1))) as u32;
             d.split.insert(rev, count);
             if rev != target {
-                d.other_needs
-                    .insert(rev, (self.need_of(&a.key, rev), rt.node_selector.clone()));
+                d.other_needs.insert(
+                    rev,
+                    (self.need_of(&a.key, rev), rt.spec.node_selector.clone()),
+                );
             }
         }
         Some(d)

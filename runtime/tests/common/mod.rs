@@ -7,7 +7,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use shoal_api::WorkloadSpec;
+use shoal_api::RunSpec;
 use shoal_runtime::{HttpApp, LogBuffer, Runtime, RuntimeConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,7 +51,7 @@ impl Served {
 }
 
 /// Loads `file` from the examples and serves it with `spec`.
-pub async fn serve(file: &str, spec: WorkloadSpec) -> Served {
+pub async fn serve(file: &str, spec: RunSpec) -> Served {
     let bytes = std::fs::read(example(file)).expect("example app");
     let loaded = runtime().load(&bytes).expect("load");
     let logs = LogBuffer::new(1000);
