@@ -1764,4 +1764,112 @@ mod tests {
         tokio::time::advance(Duration::from_secs(8)).await;
         assert_eq!(c.now(), Duration::from_millis(900));
     }
+
+    /// A control plane on a fresh store, with default timing: a 2 s lease,
+    /// a 100 ms tick.
+    fn control_plane(dir: &std::path::Path) -> ControlPlane {
+        ControlPlane::start(Store::open(dir).unwrap(), Config::default()).unwrap()
+    }
+
+    async fn register(cp: &ControlPlane, name: &str) {
+        cp.register(RegisterRequest {
+            name: name.into(),
+            address: format!("127.0.0.1:{}", 9000 + name.len()),
+            capacity: shoal_api::objects::NodeCapacity {
+                memory: 1 << 30,
+                instances: 10,
+            },
+            labels: BTreeMap::new(),
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Lets `total` of time pass on tokio's paused clock while `alive`
+    /// heartbeat every 250 ms, as nodes do.
+    async fn run_for(cp: &ControlPlane, total: Duration, alive: &[&str]) {
+        let step = Duration::from_millis(250);
+        let mut passed = Duration::ZERO;
+        while passed < total {
+            for n in alive {
+                let hb = Heartbeat {
+                    generation: 0,
+                    instances: Vec::new(),
+                };
+                cp.heartbeat(n.to_string(), hb).await.unwrap();
+            }
+            tokio::time::sleep(step).await;
+            passed += step;
+        }
+    }
+
+    fn states(cp: &ControlPlane) -> Vec<(String, NodeState)> {
+        cp.snapshot()
+            .nodes
+            .values()
+            .map(|n| (n.name.clone(), n.state))
+            .collect()
+    }
+
+    /// The lease expiry the state task runs: a node silent alone for
+    /// longer than the lease is lost, under tokio's paused time.
+    #[tokio::test(start_paused = true)]
+    async fn a_node_silent_past_its_lease_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = control_plane(dir.path());
+        for n in ["a", "b", "c"] {
+            register(&cp, n).await;
+        }
+        // Within the lease nothing changes.
+        run_for(&cp, Duration::from_millis(1750), &["b", "c"]).await;
+        assert!(states(&cp).iter().all(|(_, s)| *s == NodeState::Ready));
+        run_for(&cp, Duration::from_millis(750), &["b", "c"]).await;
+        assert_eq!(
+            states(&cp),
+            vec![
+                ("a".into(), NodeState::Lost),
+                ("b".into(), NodeState::Ready),
+                ("c".into(), NodeState::Ready),
+            ]
+        );
+        let lost = cp.snapshot().events.iter().any(|e| {
+            e.reason == "NodeLost"
+                && e.object == "node/a"
+                && e.level == EventLevel::Warning
+                && e.message
+                    == "node a missed heartbeats for 2s; its instances will be placed elsewhere"
+        });
+        assert!(lost, "{:?}", cp.snapshot().events);
+        // A heartbeat brings it back.
+        run_for(&cp, Duration::from_millis(250), &["a", "b", "c"]).await;
+        assert!(states(&cp).iter().all(|(_, s)| *s == NodeState::Ready));
+    }
+
+    /// Most nodes silent at once are unreachable, not lost; and time the
+    /// control plane did not run (a long stall) counts against no node.
+    #[tokio::test(start_paused = true)]
+    async fn most_nodes_silent_together_are_unreachable_and_a_stall_costs_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = control_plane(dir.path());
+        for n in ["a", "b", "c"] {
+            register(&cp, n).await;
+        }
+        run_for(&cp, Duration::from_millis(2500), &["c"]).await;
+        assert_eq!(
+            states(&cp),
+            vec![
+                ("a".into(), NodeState::Unreachable),
+                ("b".into(), NodeState::Unreachable),
+                ("c".into(), NodeState::Ready),
+            ]
+        );
+        run_for(&cp, Duration::from_millis(500), &["a", "b", "c"]).await;
+        assert!(states(&cp).iter().all(|(_, s)| *s == NodeState::Ready));
+
+        // The whole runtime stops for a minute (as under SIGSTOP): the
+        // state task sees one long step, of at most five ticks.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(states(&cp).iter().all(|(_, s)| *s == NodeState::Ready));
+    }
 }
