@@ -1,6 +1,7 @@
 //! Shoal's control plane.
 //!
 //! - [`autoscale`]: from load to a desired replica count (pure).
+//! - [`events`]: what happened, typed, and its wire shape.
 //! - [`placement`]: which node an instance goes to (pure).
 //! - [`reconcile`]: from desired and observed state to a plan (pure).
 //! - [`rollout`]: per-app scaling, rolling updates and splits (pure).
@@ -11,6 +12,7 @@
 //!   leases, reconcile and plan execution.
 pub mod api;
 pub mod autoscale;
+pub mod events;
 pub mod placement;
 pub mod reconcile;
 pub mod rollout;

@@ -7,8 +7,9 @@
 //! having been seen.
 
 use crate::autoscale;
+use crate::events;
 use crate::placement::{Capacity, NodeView};
-use crate::reconcile::{self, Action, DeleteReason, DesiredApp};
+use crate::reconcile::{self, Action, DesiredApp};
 use crate::store::{Op, Store, StoreError};
 use shoal_api::manifest::{AppManifest, TrafficTarget};
 use shoal_api::objects::{
@@ -549,26 +550,10 @@ impl State {
         Ok(())
     }
 
-    fn event(
-        &mut self,
-        app: Option<&AppKey>,
-        object: String,
-        level: EventLevel,
-        reason: &str,
-        message: String,
-    ) {
-        let e = Event {
-            seq: self.next_event,
-            at_ms: now_ms(),
-            namespace: app.map(|a| a.namespace.clone()),
-            app: app.map(|a| a.name.clone()),
-            object,
-            level,
-            reason: reason.to_string(),
-            message,
-        };
+    fn event(&mut self, event: events::Event) {
+        let e = event.render(self.next_event, now_ms());
         self.next_event += 1;
-        match level {
+        match e.level {
             EventLevel::Normal => {
                 tracing::info!(object = %e.object, reason = %e.reason, "{}", e.message)
             }
@@ -712,16 +697,11 @@ impl State {
                     };
                     self.put_revision(&key, 1, template, now);
                     self.put_app(app);
-                    self.event(
-                        Some(&key),
-                        format!("app/{}", key.name),
-                        EventLevel::Normal,
-                        "Created",
-                        format!(
-                            "app {key} created at revision 1 with {} replicas",
-                            m.replicas
-                        ),
-                    );
+                    self.event(events::Event::Created {
+                        app: key.clone(),
+                        revision: 1,
+                        replicas: m.replicas,
+                    });
                     (ApplyResult::Created, 1)
                 }
                 Some(mut app) => {
@@ -748,22 +728,14 @@ impl State {
                             let rev = app.current_revision;
                             self.put_app(app);
                             if rescaled {
-                                self.event(
-                                    Some(&key),
-                                    format!("app/{}", key.name),
-                                    EventLevel::Normal,
-                                    "Scaled",
-                                    format!("replicas {from} -> {}", m.replicas),
-                                );
+                                self.event(events::Event::Scaled {
+                                    app: key.clone(),
+                                    from,
+                                    to: m.replicas,
+                                });
                             }
                             if reset {
-                                self.event(
-                                    Some(&key),
-                                    format!("app/{}", key.name),
-                                    EventLevel::Normal,
-                                    "Configured",
-                                    "settings changed (load balancing, rollout or traffic)".into(),
-                                );
+                                self.event(events::Event::Configured { app: key.clone() });
                             }
                             let result = if reset {
                                 ApplyResult::Configured
@@ -782,13 +754,11 @@ impl State {
                         app.rollout = RolloutState::Progressing { since_ms: now };
                         app.updated_at_ms = now;
                         self.put_app(app);
-                        self.event(
-                            Some(&key),
-                            format!("app/{}", key.name),
-                            EventLevel::Normal,
-                            "RolloutStarted",
-                            format!("rolling out revision {number} (from revision {from})"),
-                        );
+                        self.event(events::Event::RolloutStarted {
+                            app: key.clone(),
+                            revision: number,
+                            from,
+                        });
                         (ApplyResult::Configured, number)
                     }
                 }
@@ -889,13 +859,12 @@ impl State {
                 app.updated_at_ms = now;
                 let key = app.key.clone();
                 self.put_app(app);
-                self.event(
-                    Some(&key),
-                    format!("app/{}", key.name),
-                    EventLevel::Normal,
-                    "AutoScaled",
-                    format!("replicas {from} -> {}: {}", d.replicas, d.reason),
-                );
+                self.event(events::Event::AutoScaled {
+                    app: key,
+                    from,
+                    to: d.replicas,
+                    why: d.reason,
+                });
             }
         }
     }
@@ -917,13 +886,10 @@ impl State {
         app.updated_at_ms = now;
         let to = app.replicas;
         self.put_app(app);
-        self.event(
-            Some(key),
-            format!("app/{}", key.name),
-            EventLevel::Normal,
-            "Activated",
-            format!("a request is waiting: scaling from 0 to {to}"),
-        );
+        self.event(events::Event::Activated {
+            app: key.clone(),
+            to,
+        });
         self.changed = true;
         Ok(())
     }
@@ -1060,13 +1026,11 @@ impl State {
         app.rollout = RolloutState::Progressing { since_ms: now };
         app.updated_at_ms = now;
         self.put_app(app);
-        self.event(
-            Some(key),
-            format!("app/{}", key.name),
-            EventLevel::Normal,
-            "RolloutStarted",
-            format!("rolling back to revision {target} (from revision {from})"),
-        );
+        self.event(events::Event::RollingBack {
+            app: key.clone(),
+            revision: target,
+            from,
+        });
         self.changed = true;
         Ok(target)
     }
@@ -1086,31 +1050,16 @@ impl State {
             }
         }
         self.check_traffic(key, &traffic, 0)?;
-        let text = if traffic.is_empty() {
-            "all traffic to the current revision".to_string()
-        } else {
-            traffic
-                .iter()
-                .map(|t| match t.revision {
-                    Some(r) => format!("revision {r}: {}%", t.percent),
-                    None => format!("latest: {}%", t.percent),
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
         if app.settings.traffic != traffic {
             app.rollout = RolloutState::Progressing { since_ms: now_ms() };
         }
-        app.settings.traffic = traffic;
+        app.settings.traffic = traffic.clone();
         app.updated_at_ms = now_ms();
         self.put_app(app);
-        self.event(
-            Some(key),
-            format!("app/{}", key.name),
-            EventLevel::Normal,
-            "TrafficSplit",
-            text,
-        );
+        self.event(events::Event::TrafficSplit {
+            app: key.clone(),
+            traffic,
+        });
         self.changed = true;
         Ok(())
     }
@@ -1157,13 +1106,11 @@ impl State {
             app.replicas = replicas;
             app.updated_at_ms = now_ms();
             self.put_app(app);
-            self.event(
-                Some(key),
-                format!("app/{}", key.name),
-                EventLevel::Normal,
-                "Scaled",
-                format!("replicas {from} -> {replicas}"),
-            );
+            self.event(events::Event::Scaled {
+                app: key.clone(),
+                from,
+                to: replicas,
+            });
             self.changed = true;
         }
         Ok(())
@@ -1176,13 +1123,7 @@ impl State {
         self.snap.revisions.retain(|(k, _), _| k != key);
         self.pending.push(Op::DeleteApp(key.to_string()));
         self.pending.push(Op::DeleteRevisions(key.to_string()));
-        self.event(
-            Some(key),
-            format!("app/{}", key.name),
-            EventLevel::Normal,
-            "Deleted",
-            format!("app {key} deleted"),
-        );
+        self.event(events::Event::Deleted { app: key.clone() });
         self.changed = true;
         Ok(())
     }
@@ -1201,24 +1142,17 @@ impl State {
                 n.state = NodeState::Ready;
                 n.last_heartbeat_ms = now;
                 if was_lost {
-                    self.event(
-                        None,
-                        format!("node/{}", n.name),
-                        EventLevel::Normal,
-                        "NodeReady",
-                        format!("node {} is back", n.name),
-                    );
+                    self.event(events::Event::NodeBack {
+                        node: n.name.clone(),
+                    });
                 }
                 n
             }
             None => {
-                self.event(
-                    None,
-                    format!("node/{}", req.name),
-                    EventLevel::Normal,
-                    "Registered",
-                    format!("node {} registered at {}", req.name, req.address),
-                );
+                self.event(events::Event::NodeRegistered {
+                    node: req.name.clone(),
+                    address: req.address.clone(),
+                });
                 Node {
                     name: req.name,
                     address: req.address,
@@ -1251,13 +1185,9 @@ impl State {
         self.heartbeats_dirty = true;
         if node.state != NodeState::Ready {
             node.state = NodeState::Ready;
-            self.event(
-                None,
-                format!("node/{name}"),
-                EventLevel::Normal,
-                "NodeReady",
-                format!("node {name} is heartbeating again"),
-            );
+            self.event(events::Event::NodeHeartbeating {
+                node: name.to_string(),
+            });
             self.pending.push(Op::PutNode(node.clone()));
             self.changed = true;
         }
@@ -1297,65 +1227,42 @@ impl State {
                 continue;
             }
             {
-                let obj = format!("instance/{}", inst.id);
-                let app_key = inst.app.clone();
+                let (app, id, node) = (inst.app.clone(), inst.id.clone(), name.to_string());
                 if phase != inst.phase {
                     match phase {
                         Phase::Running
                             if inst.phase != Phase::BackingOff
                                 && inst.phase != Phase::CrashLoopBackOff =>
                         {
-                            self.event(
-                                Some(&app_key),
-                                obj.clone(),
-                                EventLevel::Normal,
-                                "Started",
-                                format!("{} started on {name}", inst.id),
-                            )
+                            self.event(events::Event::Started {
+                                app: app.clone(),
+                                id: id.clone(),
+                                node: node.clone(),
+                            })
                         }
-                        Phase::CrashLoopBackOff => self.event(
-                            Some(&app_key),
-                            obj.clone(),
-                            EventLevel::Warning,
-                            "BackOff",
-                            format!(
-                                "{} keeps failing on {name} (restarts: {}){}",
-                                inst.id,
-                                next.restarts,
-                                next.reason
-                                    .as_deref()
-                                    .map(|r| format!(": {r}"))
-                                    .unwrap_or_default()
-                            ),
-                        ),
-                        Phase::Failed => self.event(
-                            Some(&app_key),
-                            obj.clone(),
-                            EventLevel::Warning,
-                            "Failed",
-                            format!(
-                                "{} failed on {name}{}",
-                                inst.id,
-                                next.reason
-                                    .as_deref()
-                                    .map(|r| format!(": {r}"))
-                                    .unwrap_or_default()
-                            ),
-                        ),
+                        Phase::CrashLoopBackOff => self.event(events::Event::BackOff {
+                            app: app.clone(),
+                            id: id.clone(),
+                            node: node.clone(),
+                            restarts: next.restarts,
+                            reason: next.reason.clone(),
+                        }),
+                        Phase::Failed => self.event(events::Event::Failed {
+                            app: app.clone(),
+                            id: id.clone(),
+                            node: node.clone(),
+                            reason: next.reason.clone(),
+                        }),
                         _ => {}
                     }
                 }
                 if next.restarts > inst.restarts && phase != Phase::CrashLoopBackOff {
-                    self.event(
-                        Some(&app_key),
-                        obj,
-                        EventLevel::Warning,
-                        "Restarted",
-                        format!(
-                            "{} restarted on {name} (restarts: {})",
-                            inst.id, next.restarts
-                        ),
-                    );
+                    self.event(events::Event::Restarted {
+                        app,
+                        id,
+                        node,
+                        restarts: next.restarts,
+                    });
                 }
                 self.pending.push(Op::PutInstance(next.clone()));
                 self.snap.instances.insert(next.id.clone(), next);
@@ -1420,11 +1327,15 @@ impl State {
             n.state = to;
             self.pending.push(Op::PutNode(n.clone()));
             self.snap.nodes.insert(name.clone(), n);
-            let lease = shoal_api::Duration::from(lease);
             if to == NodeState::Lost {
-                self.event(None, format!("node/{name}"), EventLevel::Warning, "NodeLost", format!("node {name} missed heartbeats for {lease}; its instances will be placed elsewhere"));
+                self.event(events::Event::NodeLost { node: name, lease });
             } else {
-                self.event(None, format!("node/{name}"), EventLevel::Warning, "NodeUnreachable", format!("node {name} missed heartbeats for {lease}, as did {silent} of {total} nodes at once; the control plane may be cut off from them, so their instances stay where they are"));
+                self.event(events::Event::NodeUnreachable {
+                    node: name,
+                    lease,
+                    silent,
+                    total,
+                });
             }
             self.changed = true;
         }
@@ -1513,27 +1424,17 @@ impl State {
             match &state {
                 RolloutState::Complete { .. } => {
                     app.stable_revision = app.current_revision;
-                    self.event(
-                        Some(&key),
-                        format!("app/{}", key.name),
-                        EventLevel::Normal,
-                        "RolloutComplete",
-                        format!("revision {} serves every replica", app.current_revision),
-                    );
+                    self.event(events::Event::RolloutComplete {
+                        app: key,
+                        revision: app.current_revision,
+                    });
                 }
                 RolloutState::Failed { reason, .. } => {
-                    let keeps = if app.stable_revision > 0 {
-                        format!("; revision {} keeps serving", app.stable_revision)
-                    } else {
-                        String::new()
-                    };
-                    self.event(
-                        Some(&key),
-                        format!("app/{}", key.name),
-                        EventLevel::Warning,
-                        "RolloutFailed",
-                        format!("{reason}{keeps}"),
-                    );
+                    self.event(events::Event::RolloutFailed {
+                        app: key,
+                        reason: reason.clone(),
+                        stable: app.stable_revision,
+                    });
                 }
                 RolloutState::Progressing { .. } => {}
             }
@@ -1639,26 +1540,22 @@ impl State {
                         reason.clone(),
                         now,
                     );
-                    let obj = format!("instance/{id}");
                     match &node {
                         Some(n) => {
-                            self.event(
-                                Some(&app),
-                                obj,
-                                EventLevel::Normal,
-                                "Scheduled",
-                                format!("{id} (revision {revision}) placed on {n}"),
-                            );
+                            self.event(events::Event::Scheduled {
+                                app,
+                                id: id.clone(),
+                                node: n.clone(),
+                                revision: Some(revision),
+                            });
                             let n = n.clone();
                             self.bump(&n);
                         }
-                        None => self.event(
-                            Some(&app),
-                            obj,
-                            EventLevel::Warning,
-                            "FailedScheduling",
-                            format!("{id} is pending: {}", reason.unwrap_or_default()),
-                        ),
+                        None => self.event(events::Event::FailedScheduling {
+                            app,
+                            id: id.clone(),
+                            reason: reason.unwrap_or_default(),
+                        }),
                     }
                     self.pending.push(Op::PutInstance(inst.clone()));
                     self.snap.instances.insert(id, inst);
@@ -1668,13 +1565,12 @@ impl State {
                         inst.node = Some(node.clone());
                         inst.phase = Phase::Scheduled;
                         inst.reason = None;
-                        self.event(
-                            Some(&inst.app),
-                            format!("instance/{id}"),
-                            EventLevel::Normal,
-                            "Scheduled",
-                            format!("{id} placed on {node}"),
-                        );
+                        self.event(events::Event::Scheduled {
+                            app: inst.app.clone(),
+                            id: id.clone(),
+                            node: node.clone(),
+                            revision: None,
+                        });
                         self.pending.push(Op::PutInstance(inst.clone()));
                         self.snap.instances.insert(id, inst);
                         self.bump(&node);
@@ -1682,13 +1578,11 @@ impl State {
                 }
                 Action::StillPending { id, reason } => {
                     if let Some(mut inst) = self.snap.instances.get(&id).cloned() {
-                        self.event(
-                            Some(&inst.app),
-                            format!("instance/{id}"),
-                            EventLevel::Warning,
-                            "FailedScheduling",
-                            format!("{id} is pending: {reason}"),
-                        );
+                        self.event(events::Event::FailedScheduling {
+                            app: inst.app.clone(),
+                            id: id.clone(),
+                            reason: reason.clone(),
+                        });
                         inst.reason = Some(reason);
                         self.pending.push(Op::PutInstance(inst.clone()));
                         self.snap.instances.insert(id, inst);
@@ -1699,19 +1593,11 @@ impl State {
                         inst.phase = Phase::Terminating;
                         inst.ready = false;
                         inst.terminating_since_ms = Some(now);
-                        let what = match why {
-                            DeleteReason::ScaledDown => "scaled down",
-                            DeleteReason::AppDeleted => "app deleted",
-                            DeleteReason::Replaced => "replaced by a newer revision",
-                            DeleteReason::NodeLost | DeleteReason::Drained => "leaving",
-                        };
-                        self.event(
-                            Some(&inst.app),
-                            format!("instance/{id}"),
-                            EventLevel::Normal,
-                            "Draining",
-                            format!("{id} left the route table ({what}); finishing its requests"),
-                        );
+                        self.event(events::Event::Draining {
+                            app: inst.app.clone(),
+                            id: id.clone(),
+                            why,
+                        });
                         self.pending.push(Op::PutInstance(inst.clone()));
                         if let Some(n) = inst.node.clone() {
                             self.bump(&n);
@@ -1721,20 +1607,11 @@ impl State {
                 }
                 Action::Delete { id, why } => {
                     if let Some(inst) = self.snap.instances.remove(&id) {
-                        let what = match why {
-                            DeleteReason::ScaledDown => "scaled down",
-                            DeleteReason::AppDeleted => "app deleted",
-                            DeleteReason::NodeLost => "its node was lost",
-                            DeleteReason::Replaced => "replaced by a newer revision",
-                            DeleteReason::Drained => "drained",
-                        };
-                        self.event(
-                            Some(&inst.app),
-                            format!("instance/{id}"),
-                            EventLevel::Normal,
-                            "Killing",
-                            format!("stopping {id}: {what}"),
-                        );
+                        self.event(events::Event::Stopping {
+                            app: inst.app.clone(),
+                            id: id.clone(),
+                            why,
+                        });
                         self.pending.push(Op::DeleteInstance(id));
                         if let Some(n) = inst.node {
                             self.bump(&n);
