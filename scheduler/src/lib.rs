@@ -1,6 +1,7 @@
 //! Shoal's control plane.
 //!
 //! - [`autoscale`]: from load to a desired replica count (pure).
+//! - [`clock`]: wall time injected into the state task; awake time.
 //! - [`events`]: what happened, typed, and its wire shape.
 //! - [`placement`]: which node an instance goes to (pure).
 //! - [`reconcile`]: from desired and observed state to a plan (pure).
@@ -12,6 +13,7 @@
 //!   leases, reconcile and plan execution.
 pub mod api;
 pub mod autoscale;
+pub mod clock;
 pub mod events;
 pub mod placement;
 pub mod reconcile;

@@ -7,6 +7,7 @@
 //! having been seen.
 
 use crate::autoscale;
+use crate::clock::{AwakeClock, Clock, SystemClock};
 use crate::events;
 use crate::placement::{Capacity, NodeView};
 use crate::reconcile::{self, Action, DesiredApp};
@@ -14,7 +15,7 @@ use crate::store::{Op, Store, StoreError};
 use shoal_api::manifest::{AppManifest, TrafficTarget};
 use shoal_api::objects::{
     App, AppKey, AppSettings, Event, EventLevel, Instance, Node, NodeState, Phase, Revision,
-    RolloutState, Template, now_ms,
+    RolloutState, Template,
 };
 use shoal_api::protocol::{
     Assignment, Heartbeat, HeartbeatResponse, RegisterRequest, RegisterResponse, RunState,
@@ -54,36 +55,6 @@ fn describe_route(r: &shoal_api::manifest::Route) -> String {
     }
 }
 
-/// Time the control plane was awake to see, by which node leases are
-/// judged. While the process is stopped (SIGSTOP, a VM migration, an fsync
-/// stalled on a busy disk) no heartbeat can reach it, so that time counts
-/// against no node: a gap between two readings counts as `max_step` at
-/// most.
-#[derive(Debug)]
-pub struct AwakeClock {
-    last: tokio::time::Instant,
-    awake: Duration,
-    max_step: Duration,
-}
-
-impl AwakeClock {
-    pub fn new(max_step: Duration) -> Self {
-        Self {
-            last: tokio::time::Instant::now(),
-            awake: Duration::ZERO,
-            max_step,
-        }
-    }
-
-    /// Awake time since the clock was made.
-    pub fn now(&mut self) -> Duration {
-        let t = tokio::time::Instant::now();
-        self.awake += t.saturating_duration_since(self.last).min(self.max_step);
-        self.last = t;
-        self.awake
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Config {
     /// A node that has not heartbeated for this long is lost.
@@ -95,6 +66,8 @@ pub struct Config {
     /// How long an instance leaving service stays before it stops, at
     /// least: time for every gateway to drop it from its table.
     pub drain_delay: Duration,
+    /// Wall time, for everything stored or compared across restarts.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for Config {
@@ -104,6 +77,7 @@ impl Default for Config {
             heartbeat: Duration::from_millis(250),
             tick: Duration::from_millis(100),
             drain_delay: Duration::from_secs(1),
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -551,7 +525,7 @@ impl State {
     }
 
     fn event(&mut self, event: events::Event) {
-        let e = event.render(self.next_event, now_ms());
+        let e = event.render(self.next_event, self.config.clock.now_ms());
         self.next_event += 1;
         match e.level {
             EventLevel::Normal => {
@@ -671,7 +645,7 @@ impl State {
                 self.pending.push(Op::PutBlob(d, bytes));
             }
         }
-        let now = now_ms();
+        let now = self.config.clock.now_ms();
         let mut out = Vec::new();
         for (mut m, digest) in apps {
             let key = AppKey::new(&m.namespace, &m.name);
@@ -777,7 +751,7 @@ impl State {
         // Decide on fresh load at the next tick rather than up to a second
         // later: a burst then gets its instances one report sooner.
         self.last_autoscale = None;
-        let now = now_ms();
+        let now = self.config.clock.now_ms();
         let second = now / 1000 * 1000;
         for m in report.apps {
             if !self.snap.apps.contains_key(&m.app) {
@@ -813,7 +787,7 @@ impl State {
 
     /// Runs the autoscaler for every app that has autoscaling on.
     fn autoscale(&mut self) {
-        let now = now_ms();
+        let now = self.config.clock.now_ms();
         let apps: Vec<App> = self
             .snap
             .apps
@@ -876,7 +850,7 @@ impl State {
             .get(key)
             .cloned()
             .ok_or_else(|| ApiError::NotFound(format!("app {key} not found")))?;
-        let now = now_ms();
+        let now = self.config.clock.now_ms();
         self.scale.entry(key.clone()).or_default().last_active_ms = now;
         if app.replicas > 0 {
             return Ok(());
@@ -1021,7 +995,7 @@ impl State {
             )));
         }
         let from = app.current_revision;
-        let now = now_ms();
+        let now = self.config.clock.now_ms();
         app.current_revision = target;
         app.rollout = RolloutState::Progressing { since_ms: now };
         app.updated_at_ms = now;
@@ -1051,10 +1025,12 @@ impl State {
         }
         self.check_traffic(key, &traffic, 0)?;
         if app.settings.traffic != traffic {
-            app.rollout = RolloutState::Progressing { since_ms: now_ms() };
+            app.rollout = RolloutState::Progressing {
+                since_ms: self.config.clock.now_ms(),
+            };
         }
         app.settings.traffic = traffic.clone();
-        app.updated_at_ms = now_ms();
+        app.updated_at_ms = self.config.clock.now_ms();
         self.put_app(app);
         self.event(events::Event::TrafficSplit {
             app: key.clone(),
@@ -1104,7 +1080,7 @@ impl State {
         if app.replicas != replicas {
             let from = app.replicas;
             app.replicas = replicas;
-            app.updated_at_ms = now_ms();
+            app.updated_at_ms = self.config.clock.now_ms();
             self.put_app(app);
             self.event(events::Event::Scaled {
                 app: key.clone(),
@@ -1132,7 +1108,7 @@ impl State {
         if req.name.is_empty() {
             return Err(ApiError::Invalid("node name is empty".into()));
         }
-        let now = now_ms();
+        let now = self.config.clock.now_ms();
         let node = match self.snap.nodes.get(&req.name).cloned() {
             Some(mut n) => {
                 let was_lost = n.state != NodeState::Ready;
@@ -1181,7 +1157,7 @@ impl State {
         };
         let now = self.awake.now();
         self.seen.insert(name.to_string(), now);
-        node.last_heartbeat_ms = now_ms();
+        node.last_heartbeat_ms = self.config.clock.now_ms();
         self.heartbeats_dirty = true;
         if node.state != NodeState::Ready {
             node.state = NodeState::Ready;
@@ -1392,7 +1368,7 @@ impl State {
 
     /// Marks rollouts that just completed or ran out of time.
     fn check_rollouts(&mut self, apps: &[DesiredApp]) {
-        let now = now_ms();
+        let now = self.config.clock.now_ms();
         for d in apps {
             let Some(app) = self.snap.apps.get(&d.key).cloned() else {
                 continue;
@@ -1499,7 +1475,7 @@ impl State {
                     .unwrap_or_else(|| self.need_of(&i.app, i.revision))
             };
             let clock = reconcile::Clock {
-                now_ms: now_ms(),
+                now_ms: self.config.clock.now_ms(),
                 drain_delay_ms: self.config.drain_delay.as_millis() as u64,
             };
             reconcile::reconcile(&apps, &instances, &views, &need_of, self.next_seq, clock)
@@ -1519,7 +1495,7 @@ impl State {
     }
 
     fn execute(&mut self, plan: reconcile::Plan) {
-        let now = now_ms();
+        let now = self.config.clock.now_ms();
         for action in plan.actions {
             match action {
                 Action::Create {
@@ -1628,24 +1604,21 @@ impl State {
 
 #[cfg(test)]
 mod tests {
+    //! The state task's timing under tokio's paused time: leases, drains
+    //! and rollout progress deadlines pass in microseconds.
+
     use super::*;
+    use crate::clock::TokioClock;
+    use shoal_api::protocol::InstanceReport;
 
-    #[tokio::test(start_paused = true)]
-    async fn the_awake_clock_does_not_count_a_pause() {
-        let mut c = AwakeClock::new(Duration::from_millis(500));
-        tokio::time::advance(Duration::from_millis(100)).await;
-        assert_eq!(c.now(), Duration::from_millis(100));
-        tokio::time::advance(Duration::from_millis(300)).await;
-        assert_eq!(c.now(), Duration::from_millis(400));
-        // Stopped for 8 s: counts as one long step.
-        tokio::time::advance(Duration::from_secs(8)).await;
-        assert_eq!(c.now(), Duration::from_millis(900));
-    }
-
-    /// A control plane on a fresh store, with default timing: a 2 s lease,
-    /// a 100 ms tick.
+    /// A control plane on a fresh store, with default timing (a 2 s lease,
+    /// a 100 ms tick, a 1 s drain delay) and wall time that follows tokio's.
     fn control_plane(dir: &std::path::Path) -> ControlPlane {
-        ControlPlane::start(Store::open(dir).unwrap(), Config::default()).unwrap()
+        let config = Config {
+            clock: Arc::new(TokioClock::starting_at(1_700_000_000_000)),
+            ..Config::default()
+        };
+        ControlPlane::start(Store::open(dir).unwrap(), config).unwrap()
     }
 
     async fn register(cp: &ControlPlane, name: &str) {
@@ -1662,16 +1635,38 @@ mod tests {
         .unwrap();
     }
 
-    /// Lets `total` of time pass on tokio's paused clock while `alive`
-    /// heartbeat every 250 ms, as nodes do.
-    async fn run_for(cp: &ControlPlane, total: Duration, alive: &[&str]) {
+    /// Applies `manifest` (JSON) with `module` as its module.
+    async fn apply(cp: &ControlPlane, manifest: serde_json::Value, module: &[u8]) {
+        use sha2::Digest as _;
+        let m: AppManifest = serde_json::from_value(manifest).unwrap();
+        let digest = hex::encode(sha2::Sha256::digest(module));
+        cp.apply(vec![(m, digest.clone())], vec![(digest, module.to_vec())])
+            .await
+            .unwrap();
+    }
+
+    /// What a node says of an instance.
+    fn report(id: &str, state: RunState, ready: bool, in_flight: u32) -> InstanceReport {
+        InstanceReport {
+            id: id.into(),
+            state,
+            ready,
+            restarts: 0,
+            message: None,
+            in_flight,
+        }
+    }
+
+    /// Lets `total` of time pass on tokio's paused clock while each of
+    /// `alive` heartbeats every 250 ms, as nodes do, with its reports.
+    async fn run_for(cp: &ControlPlane, total: Duration, alive: &[(&str, &[InstanceReport])]) {
         let step = Duration::from_millis(250);
         let mut passed = Duration::ZERO;
         while passed < total {
-            for n in alive {
+            for (n, reports) in alive {
                 let hb = Heartbeat {
                     generation: 0,
-                    instances: Vec::new(),
+                    instances: reports.to_vec(),
                 };
                 cp.heartbeat(n.to_string(), hb).await.unwrap();
             }
@@ -1688,8 +1683,17 @@ mod tests {
             .collect()
     }
 
+    fn has_event(cp: &ControlPlane, reason: &str, message: &str) -> bool {
+        cp.snapshot()
+            .events
+            .iter()
+            .any(|e| e.reason == reason && e.message == message)
+    }
+
+    const QUIET: &[InstanceReport] = &[];
+
     /// The lease expiry the state task runs: a node silent alone for
-    /// longer than the lease is lost, under tokio's paused time.
+    /// longer than the lease is lost.
     #[tokio::test(start_paused = true)]
     async fn a_node_silent_past_its_lease_is_lost() {
         let dir = tempfile::tempdir().unwrap();
@@ -1697,10 +1701,11 @@ mod tests {
         for n in ["a", "b", "c"] {
             register(&cp, n).await;
         }
+        let others = [("b", QUIET), ("c", QUIET)];
         // Within the lease nothing changes.
-        run_for(&cp, Duration::from_millis(1750), &["b", "c"]).await;
+        run_for(&cp, Duration::from_millis(1750), &others).await;
         assert!(states(&cp).iter().all(|(_, s)| *s == NodeState::Ready));
-        run_for(&cp, Duration::from_millis(750), &["b", "c"]).await;
+        run_for(&cp, Duration::from_millis(750), &others).await;
         assert_eq!(
             states(&cp),
             vec![
@@ -1718,7 +1723,7 @@ mod tests {
         });
         assert!(lost, "{:?}", cp.snapshot().events);
         // A heartbeat brings it back.
-        run_for(&cp, Duration::from_millis(250), &["a", "b", "c"]).await;
+        run_for(&cp, Duration::from_millis(250), &[("a", QUIET)]).await;
         assert!(states(&cp).iter().all(|(_, s)| *s == NodeState::Ready));
     }
 
@@ -1731,7 +1736,7 @@ mod tests {
         for n in ["a", "b", "c"] {
             register(&cp, n).await;
         }
-        run_for(&cp, Duration::from_millis(2500), &["c"]).await;
+        run_for(&cp, Duration::from_millis(2500), &[("c", QUIET)]).await;
         assert_eq!(
             states(&cp),
             vec![
@@ -1740,7 +1745,8 @@ mod tests {
                 ("c".into(), NodeState::Ready),
             ]
         );
-        run_for(&cp, Duration::from_millis(500), &["a", "b", "c"]).await;
+        let all = [("a", QUIET), ("b", QUIET), ("c", QUIET)];
+        run_for(&cp, Duration::from_millis(500), &all).await;
         assert!(states(&cp).iter().all(|(_, s)| *s == NodeState::Ready));
 
         // The whole runtime stops for a minute (as under SIGSTOP): the
@@ -1748,5 +1754,94 @@ mod tests {
         tokio::time::advance(Duration::from_secs(60)).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(states(&cp).iter().all(|(_, s)| *s == NodeState::Ready));
+    }
+
+    /// An instance leaving service stays for the drain delay and while it
+    /// has requests in flight, then goes.
+    #[tokio::test(start_paused = true)]
+    async fn a_drained_instance_goes_after_the_drain_delay_once_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = control_plane(dir.path());
+        register(&cp, "n1").await;
+        apply(
+            &cp,
+            serde_json::json!({"name": "web", "module": "web.wasm"}),
+            b"\0asm\x01\0\0\0",
+        )
+        .await;
+        run_for(&cp, Duration::from_millis(250), &[("n1", QUIET)]).await;
+        let id = cp.snapshot().instances.keys().next().cloned().unwrap();
+        let serving = [report(&id, RunState::Running, true, 0)];
+        run_for(&cp, Duration::from_millis(250), &[("n1", &serving)]).await;
+        assert_eq!(cp.snapshot().instances[&id].phase, Phase::Running);
+
+        cp.scale(AppKey::new("default", "web"), 0).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(cp.snapshot().instances[&id].phase, Phase::Terminating);
+        // Busy past the drain delay: it stays.
+        let busy = [report(&id, RunState::Running, true, 2)];
+        run_for(&cp, Duration::from_millis(1500), &[("n1", &busy)]).await;
+        assert!(cp.snapshot().instances.contains_key(&id));
+        // Idle: it goes at the next decision.
+        run_for(&cp, Duration::from_millis(250), &[("n1", &serving)]).await;
+        assert!(!cp.snapshot().instances.contains_key(&id));
+        assert!(has_event(
+            &cp,
+            "Killing",
+            &format!("stopping {id}: drained")
+        ));
+    }
+
+    /// A rollout whose new instance never gets ready fails at its progress
+    /// deadline, and the stable revision keeps serving.
+    #[tokio::test(start_paused = true)]
+    async fn a_rollout_fails_at_its_progress_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = control_plane(dir.path());
+        register(&cp, "n1").await;
+        let manifest = serde_json::json!({
+            "name": "web", "module": "web.wasm",
+            "rollout": {"progress-deadline": "3s"},
+        });
+        apply(&cp, manifest.clone(), b"\0asm\x01\0\0\0").await;
+        run_for(&cp, Duration::from_millis(250), &[("n1", QUIET)]).await;
+        let old = cp.snapshot().instances.keys().next().cloned().unwrap();
+        let v1 = [report(&old, RunState::Running, true, 0)];
+        run_for(&cp, Duration::from_millis(250), &[("n1", &v1)]).await;
+        let key = AppKey::new("default", "web");
+        assert!(matches!(
+            cp.snapshot().apps[&key].rollout,
+            RolloutState::Complete { .. }
+        ));
+
+        // Revision 2: its instance starts and never gets ready.
+        apply(&cp, manifest, b"\0asm\x01\0\0\0\0\x02\x01a").await;
+        run_for(&cp, Duration::from_millis(250), &[("n1", &v1)]).await;
+        let new = cp
+            .snapshot()
+            .instances
+            .values()
+            .find(|i| i.revision == 2)
+            .map(|i| i.id.clone())
+            .unwrap();
+        let both = [
+            report(&old, RunState::Running, true, 0),
+            report(&new, RunState::Starting, false, 0),
+        ];
+        run_for(&cp, Duration::from_millis(2250), &[("n1", &both)]).await;
+        assert!(matches!(
+            cp.snapshot().apps[&key].rollout,
+            RolloutState::Progressing { .. }
+        ));
+        run_for(&cp, Duration::from_millis(1000), &[("n1", &both)]).await;
+        assert!(matches!(
+            cp.snapshot().apps[&key].rollout,
+            RolloutState::Failed { .. }
+        ));
+        let failed = cp.snapshot().events.iter().any(|e| {
+            e.reason == "RolloutFailed" && e.message.ends_with("; revision 1 keeps serving")
+        });
+        assert!(failed, "{:?}", cp.snapshot().events);
+        assert!(cp.snapshot().instances.contains_key(&old));
     }
 }
