@@ -9,8 +9,9 @@
 //! - [`routes`]: the route table gateways follow (pure).
 //! - [`store`]: the durable store (redb).
 //! - [`api`]: the HTTP/JSON API (`/v1/...`) as an axum router.
-//! - [`state`]: the single-writer state task: commands in, snapshots out,
-//!   leases, reconcile and plan execution.
+//! - [`state`]: the single-writer state task: commands in, snapshots out;
+//!   pure deciders (`state::decide`) say what changes, one executor
+//!   (`state::executor`) applies it.
 pub mod api;
 pub mod autoscale;
 pub mod clock;
