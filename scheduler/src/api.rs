@@ -182,7 +182,7 @@ async fn apply(
     Ok(Json(cp.apply(apps, blobs).await?))
 }
 
-fn view(snap: &crate::state::Snapshot, app: &App) -> AppView {
+pub(crate) fn view(snap: &crate::state::Snapshot, app: &App) -> AppView {
     let mine = snap.instances.values().filter(|i| i.app == app.key);
     let (mut instances, mut ready, mut up_to_date, mut pending) = (0, 0, 0, 0);
     for i in mine {
@@ -462,48 +462,13 @@ async fn activate_app(
 /// Cluster state as Prometheus text: replicas, readiness, autoscaler
 /// decisions and cold starts per app; nodes by state.
 async fn prometheus(State(cp): State<ControlPlane>) -> Response {
-    use std::fmt::Write as _;
-    let snap = cp.snapshot();
-    let mut out = String::new();
-    let _ = writeln!(out, "# TYPE shoal_app_replicas gauge");
-    let _ = writeln!(out, "# TYPE shoal_app_ready_instances gauge");
-    let _ = writeln!(out, "# TYPE shoal_app_concurrency gauge");
-    let _ = writeln!(out, "# TYPE shoal_cold_start_ms summary");
-    for app in snap.apps.values() {
-        let v = view(&snap, app);
-        let l = format!(
-            "namespace=\"{}\",app=\"{}\"",
-            app.key.namespace, app.key.name
-        );
-        let _ = writeln!(out, "shoal_app_replicas{{{l}}} {}", app.replicas);
-        let _ = writeln!(out, "shoal_app_ready_instances{{{l}}} {}", v.ready);
-        if let Some(a) = &v.autoscale {
-            let _ = writeln!(out, "shoal_app_concurrency{{{l}}} {}", a.concurrency);
-        }
-        if let Some(c) = &v.cold_starts {
-            let _ = writeln!(
-                out,
-                "shoal_cold_start_ms{{{l},quantile=\"0.5\"}} {}",
-                c.p50_ms
-            );
-            let _ = writeln!(
-                out,
-                "shoal_cold_start_ms{{{l},quantile=\"0.99\"}} {}",
-                c.p99_ms
-            );
-            let _ = writeln!(out, "shoal_cold_start_ms_count{{{l}}} {}", c.count);
+    match crate::metrics::render(&cp.snapshot()) {
+        Ok(text) => ([("content-type", crate::metrics::CONTENT_TYPE)], text).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode metrics");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
-    let _ = writeln!(out, "# TYPE shoal_nodes gauge");
-    for state in [
-        shoal_api::objects::NodeState::Ready,
-        shoal_api::objects::NodeState::Lost,
-        shoal_api::objects::NodeState::Unreachable,
-    ] {
-        let n = snap.nodes.values().filter(|n| n.state == state).count();
-        let _ = writeln!(out, "shoal_nodes{{state=\"{state}\"}} {n}");
-    }
-    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }
 
 async fn get_routes(State(cp): State<ControlPlane>) -> Json<shoal_api::routes::RouteTable> {

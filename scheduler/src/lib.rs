@@ -3,6 +3,7 @@
 //! - [`autoscale`]: from load to a desired replica count (pure).
 //! - [`clock`]: wall time injected into the state task; awake time.
 //! - [`events`]: what happened, typed, and its wire shape.
+//! - [`metrics`]: `/metrics` as Prometheus text.
 //! - [`placement`]: which node an instance goes to (pure).
 //! - [`reconcile`]: from desired and observed state to a plan (pure).
 //! - [`rollout`]: per-app scaling, rolling updates and splits (pure).
@@ -16,6 +17,7 @@ pub mod api;
 pub mod autoscale;
 pub mod clock;
 pub mod events;
+pub mod metrics;
 pub mod placement;
 pub mod reconcile;
 pub mod rollout;
