@@ -505,4 +505,62 @@ mod tests {
         assert!(failed, "{:?}", cp.snapshot().events);
         assert!(cp.snapshot().instances.contains_key(&old));
     }
+
+    fn replicas(cp: &ControlPlane, app: &str) -> u32 {
+        cp.snapshot().apps[&AppKey::new("default", app)].replicas
+    }
+
+    /// The autoscaler decides on fresh load at the next tick, and an idle
+    /// app that may go to zero does so once quiet for its period.
+    #[tokio::test(start_paused = true)]
+    async fn the_autoscaler_follows_load_and_goes_to_zero_when_quiet() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = control_plane(dir.path());
+        register(&cp, "n1").await;
+        apply(
+            &cp,
+            serde_json::json!({"name": "web", "module": "web.wasm",
+                "autoscale": {"min": 0, "max": 5, "target-concurrency": 1,
+                    "scale-to-zero-after": "5s"}}),
+            b"\0asm\x01\0\0\0",
+        )
+        .await;
+        // Never asked for: zero at the autoscaler's next decision, within
+        // a second.
+        run_for(&cp, Duration::from_millis(1250), &[("n1", QUIET)]).await;
+        assert_eq!(replicas(&cp, "web"), 0);
+
+        // A request waits: one instance at once.
+        cp.activate(AppKey::new("default", "web")).await.unwrap();
+        assert_eq!(replicas(&cp, "web"), 1);
+        // A gateway reports four requests in flight: the next tick decides,
+        // not the next second.
+        let report = GatewayMetrics {
+            gateway: "g1".into(),
+            interval_ms: 1000,
+            apps: vec![shoal_api::rest::AppMetrics {
+                app: AppKey::new("default", "web"),
+                concurrency: 4.0,
+                requests: 4,
+                cold_starts_ms: vec![35],
+            }],
+        };
+        cp.report_metrics(report).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(replicas(&cp, "web"), 4);
+        assert!(has_event(
+            &cp,
+            "AutoScaled",
+            "replicas 1 -> 4: panic: concurrency 4.0 over the last 6s needs 4 at 1 per instance"
+        ));
+        assert_eq!(
+            cp.snapshot().cold_starts[&AppKey::new("default", "web")].count,
+            1
+        );
+
+        // Quiet from now on: the scale-down delay (30 s) and then the
+        // quiet period bring it back to zero, in no time at all.
+        run_for(&cp, Duration::from_secs(120), &[("n1", QUIET)]).await;
+        assert_eq!(replicas(&cp, "web"), 0);
+    }
 }

@@ -1052,3 +1052,64 @@ fn reconcile_places_then_settles() {
     let again = plan::plan(&snap, &apps, p.next_seq, clock);
     assert!(plan::changes(&snap, again, T0).is_empty());
 }
+
+#[test]
+fn autoscale_table() {
+    use crate::autoscale::{Sample, ScaleState};
+    use std::collections::HashMap;
+    let snap = world();
+    let sample = |concurrency: f64| Sample {
+        at_ms: T0,
+        concurrency,
+        requests: 1,
+    };
+    let seen_view = {
+        let mut s = snap.clone();
+        let changes = super::autoscale::autoscale(&s, &HashMap::new(), &HashMap::new(), T0);
+        for c in changes {
+            if let Change::AutoscaleView(k, v) = c {
+                s.autoscale.insert(k, v);
+            }
+        }
+        s
+    };
+    // `api` runs 1 replica, between 1 and 5, at 10 requests in flight per
+    // instance; `web` has no autoscaling and is never decided.
+    let cases: Vec<(&str, &Snapshot, Vec<Sample>, Vec<&str>)> = vec![
+        (
+            "no load: the view is published once",
+            &snap,
+            vec![],
+            vec!["memory api", "view api 1"],
+        ),
+        (
+            "no load, nothing new",
+            &seen_view,
+            vec![],
+            vec!["memory api"],
+        ),
+        (
+            "steady load within one instance: a new view",
+            &seen_view,
+            vec![sample(8.0)],
+            vec!["memory api", "view api 1"],
+        ),
+        (
+            "a burst scales up to the maximum",
+            &snap,
+            vec![sample(300.0)],
+            vec![
+                "memory api",
+                "view api 5",
+                "app api x5 rev 2 stable 0 progressing",
+                "AutoScaled: replicas 1 -> 5: panic: concurrency 300.0 over the last 6s needs 30 at 10 per instance; bounded to 5 (min 1, max 5)",
+            ],
+        ),
+    ];
+    for (name, snap, samples, want) in cases {
+        let load = HashMap::from([(key("api"), samples)]);
+        let memory: HashMap<AppKey, ScaleState> = HashMap::new();
+        let got = lines(&super::autoscale::autoscale(snap, &load, &memory, T0 + 500));
+        assert_eq!(got, want, "{name}");
+    }
+}
