@@ -214,10 +214,9 @@ impl State {
         let unit = |r: Result<Vec<_>, ApiError>| r.map(|c| ((), c));
         match cmd {
             Command::Apply { apps, blobs, reply } => {
-                let decided = self.apply_input(apps, blobs).and_then(|input| {
-                    let (outcomes, changes) = decide::app::apply(&self.snap, input, now)?;
-                    Ok((outcomes, changes))
-                });
+                let decided = self
+                    .apply_input(apps, blobs)
+                    .and_then(|input| decide::app::apply(&self.snap, input, now));
                 let r = self.commit(decided);
                 // Even an unchanged apply is a moment to reconcile and
                 // publish.
