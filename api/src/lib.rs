@@ -12,6 +12,8 @@
 //! - [`rest`]: request and response bodies of the control plane's API.
 //! - [`error`]: the JSON error body every HTTP surface of Shoal returns, and
 //!   the answers Shoal's listeners give to request heads they refuse.
+//! - [`wasm`]: the WebAssembly features the nodes' engine enables, which
+//!   the control plane validates modules with.
 
 pub mod error;
 pub mod manifest;
@@ -21,6 +23,7 @@ pub mod quantity;
 pub mod rest;
 pub mod routes;
 pub mod spec;
+pub mod wasm;
 pub mod workload;
 
 pub use error::{ErrorBody, HeadLimits};

@@ -68,7 +68,11 @@ pub fn build_engine(cfg: &EngineConfig) -> Result<Engine, RuntimeError> {
         .table_keep_resident(64 << 10);
 
     let mut config = Config::new();
+    // Exactly the features the control plane validates with, so a module
+    // it accepts is one every node can compile.
     config
+        .wasm_features(shoal_api::wasm::ENGINE_FEATURES, true)
+        .wasm_features(!shoal_api::wasm::ENGINE_FEATURES, false)
         .epoch_interruption(true)
         .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(64))
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
@@ -113,5 +117,84 @@ impl EpochTicker {
             })
             .ok();
         Self { _thread: thread }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One module per WebAssembly proposal, as text.
+    const SAMPLES: &[(&str, &str)] = &[
+        ("mvp", "(module (func (result i32) i32.const 1))"),
+        ("threads", "(module (memory 1 1 shared))"),
+        (
+            "exceptions",
+            "(module (tag $e) (func (block $b (try_table (catch_all $b) (throw $e)))))",
+        ),
+        ("gc", "(module (type (struct (field i32))))"),
+        (
+            "simd",
+            "(module (func (result v128) v128.const i32x4 0 0 0 0))",
+        ),
+        (
+            "relaxed-simd",
+            "(module (func (param v128 v128 v128) (result v128) \
+             local.get 0 local.get 1 local.get 2 f32x4.relaxed_madd))",
+        ),
+        ("tail-call", "(module (func $f (return_call $f)))"),
+        ("multi-memory", "(module (memory 1) (memory 1))"),
+        ("memory64", "(module (memory i64 1))"),
+        (
+            "extended-const",
+            "(module (global i32 (i32.add (i32.const 1) (i32.const 2))))",
+        ),
+        (
+            "function-references",
+            "(module (type $t (func)) (func (param (ref $t))))",
+        ),
+        ("reference-types", "(module (table 1 externref))"),
+        (
+            "wide-arithmetic",
+            "(module (func (param i64 i64 i64 i64) (result i64 i64) \
+             local.get 0 local.get 1 local.get 2 local.get 3 i64.add128))",
+        ),
+        ("custom-page-sizes", "(module (memory 1 (pagesize 1)))"),
+        ("component", "(component)"),
+    ];
+
+    fn compiles(engine: &Engine, wasm: &[u8]) -> bool {
+        if wasmparser::Parser::is_component(wasm) {
+            wasmtime::component::Component::new(engine, wasm).is_ok()
+        } else {
+            wasmtime::Module::new(engine, wasm).is_ok()
+        }
+    }
+
+    /// The control plane accepts exactly what the engine compiles, and the
+    /// engine compiles exactly what wasmtime's defaults would: setting the
+    /// features explicitly changed nothing.
+    #[test]
+    fn the_engine_compiles_what_the_control_plane_accepts() {
+        let ours = build_engine(&EngineConfig {
+            max_instances: 2,
+            max_memory_size: 1 << 20,
+            max_table_elements: 100,
+        })
+        .unwrap();
+        let defaults = Engine::new(&Config::new()).unwrap();
+        let mut accepted = Vec::new();
+        for (name, text) in SAMPLES {
+            let wasm = wat::parse_str(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let validated = shoal_api::wasm::validate(&wasm).is_ok();
+            assert_eq!(compiles(&ours, &wasm), validated, "{name}");
+            assert_eq!(compiles(&defaults, &wasm), validated, "{name}");
+            if validated {
+                accepted.push(*name);
+            }
+        }
+        // Both answers occur, so the comparison means something.
+        assert!(accepted.contains(&"simd") && accepted.contains(&"component"));
+        assert!(!accepted.contains(&"threads"), "{accepted:?}");
     }
 }

@@ -112,10 +112,10 @@ fn validate_wasm(digest: &str, bytes: &[u8]) -> Result<(), String> {
             "module bytes hash to sha256:{actual}, not sha256:{digest}"
         ));
     }
-    let mut v = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
-    v.validate_all(bytes)
-        .map(|_| ())
-        .map_err(|e| format!("invalid WebAssembly: {e}"))
+    // With the nodes' features, not every feature wasmparser knows: a
+    // module only some other engine could run would be accepted here and
+    // then refused by every node.
+    shoal_api::wasm::validate(bytes).map_err(|e| format!("invalid WebAssembly: {e}"))
 }
 
 async fn apply(
@@ -182,7 +182,7 @@ async fn apply(
     Ok(Json(cp.apply(apps, blobs).await?))
 }
 
-fn view(snap: &crate::state::Snapshot, app: &App) -> AppView {
+pub(crate) fn view(snap: &crate::state::Snapshot, app: &App) -> AppView {
     let mine = snap.instances.values().filter(|i| i.app == app.key);
     let (mut instances, mut ready, mut up_to_date, mut pending) = (0, 0, 0, 0);
     for i in mine {
@@ -462,48 +462,13 @@ async fn activate_app(
 /// Cluster state as Prometheus text: replicas, readiness, autoscaler
 /// decisions and cold starts per app; nodes by state.
 async fn prometheus(State(cp): State<ControlPlane>) -> Response {
-    use std::fmt::Write as _;
-    let snap = cp.snapshot();
-    let mut out = String::new();
-    let _ = writeln!(out, "# TYPE shoal_app_replicas gauge");
-    let _ = writeln!(out, "# TYPE shoal_app_ready_instances gauge");
-    let _ = writeln!(out, "# TYPE shoal_app_concurrency gauge");
-    let _ = writeln!(out, "# TYPE shoal_cold_start_ms summary");
-    for app in snap.apps.values() {
-        let v = view(&snap, app);
-        let l = format!(
-            "namespace=\"{}\",app=\"{}\"",
-            app.key.namespace, app.key.name
-        );
-        let _ = writeln!(out, "shoal_app_replicas{{{l}}} {}", app.replicas);
-        let _ = writeln!(out, "shoal_app_ready_instances{{{l}}} {}", v.ready);
-        if let Some(a) = &v.autoscale {
-            let _ = writeln!(out, "shoal_app_concurrency{{{l}}} {}", a.concurrency);
-        }
-        if let Some(c) = &v.cold_starts {
-            let _ = writeln!(
-                out,
-                "shoal_cold_start_ms{{{l},quantile=\"0.5\"}} {}",
-                c.p50_ms
-            );
-            let _ = writeln!(
-                out,
-                "shoal_cold_start_ms{{{l},quantile=\"0.99\"}} {}",
-                c.p99_ms
-            );
-            let _ = writeln!(out, "shoal_cold_start_ms_count{{{l}}} {}", c.count);
+    match crate::metrics::render(&cp.snapshot()) {
+        Ok(text) => ([("content-type", crate::metrics::CONTENT_TYPE)], text).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode metrics");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
-    let _ = writeln!(out, "# TYPE shoal_nodes gauge");
-    for state in [
-        shoal_api::objects::NodeState::Ready,
-        shoal_api::objects::NodeState::Lost,
-        shoal_api::objects::NodeState::Unreachable,
-    ] {
-        let n = snap.nodes.values().filter(|n| n.state == state).count();
-        let _ = writeln!(out, "shoal_nodes{{state=\"{state}\"}} {n}");
-    }
-    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }
 
 async fn get_routes(State(cp): State<ControlPlane>) -> Json<shoal_api::routes::RouteTable> {
@@ -557,4 +522,68 @@ pub async fn serve(
     axum::serve(listener, router(cp))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt as _;
+
+    fn control_plane(dir: &std::path::Path) -> ControlPlane {
+        let store = crate::store::Store::open(dir).unwrap();
+        ControlPlane::start(store, Default::default()).unwrap()
+    }
+
+    /// Sends `body` to `POST /v1/apply`; the status and the JSON answer.
+    async fn apply_json(
+        cp: &ControlPlane,
+        body: serde_json::Value,
+    ) -> (StatusCode, serde_json::Value) {
+        let request = Request::post("/v1/apply")
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let response = router(cp.clone()).oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+
+    fn apply_body(module: &[u8]) -> serde_json::Value {
+        let digest = hex::encode(sha2::Sha256::digest(module));
+        serde_json::json!({
+            "apps": [{ "manifest": { "name": "web", "module": "web.wasm" }, "digest": digest }],
+            "modules": { digest: base64::engine::general_purpose::STANDARD.encode(module) },
+        })
+    }
+
+    /// A module that uses a feature the nodes' engine does not enable
+    /// (shared memory, from the threads proposal) is refused at apply, as
+    /// every node would refuse it, and nothing is stored.
+    #[tokio::test]
+    async fn a_module_the_engine_cannot_run_is_refused_at_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = control_plane(dir.path());
+        let shared: &[u8] = b"\0asm\x01\0\0\0\x05\x04\x01\x03\x01\x01";
+        let (status, body) = apply_json(&cp, apply_body(shared)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["code"], "invalid_wasm", "{body}");
+        assert!(
+            body["message"].as_str().unwrap_or("").contains("threads"),
+            "{body}"
+        );
+        assert!(cp.snapshot().apps.is_empty());
+        let digest = hex::encode(sha2::Sha256::digest(shared));
+        assert!(!cp.has_blob(&digest).unwrap());
+
+        // The same app with a module the engine runs is accepted.
+        let plain: &[u8] = b"\0asm\x01\0\0\0";
+        let (status, body) = apply_json(&cp, apply_body(plain)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(cp.snapshot().apps.len(), 1);
+    }
 }

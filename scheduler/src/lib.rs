@@ -1,16 +1,23 @@
 //! Shoal's control plane.
 //!
 //! - [`autoscale`]: from load to a desired replica count (pure).
+//! - [`clock`]: wall time injected into the state task; awake time.
+//! - [`events`]: what happened, typed, and its wire shape.
+//! - [`metrics`]: `/metrics` as Prometheus text.
 //! - [`placement`]: which node an instance goes to (pure).
 //! - [`reconcile`]: from desired and observed state to a plan (pure).
 //! - [`rollout`]: per-app scaling, rolling updates and splits (pure).
 //! - [`routes`]: the route table gateways follow (pure).
 //! - [`store`]: the durable store (redb).
 //! - [`api`]: the HTTP/JSON API (`/v1/...`) as an axum router.
-//! - [`state`]: the single-writer state task: commands in, snapshots out,
-//!   leases, reconcile and plan execution.
+//! - [`state`]: the single-writer state task: commands in, snapshots out;
+//!   pure deciders (`state::decide`) say what changes, one executor
+//!   (`state::executor`) applies it.
 pub mod api;
 pub mod autoscale;
+pub mod clock;
+pub mod events;
+pub mod metrics;
 pub mod placement;
 pub mod reconcile;
 pub mod rollout;

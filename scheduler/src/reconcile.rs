@@ -7,7 +7,7 @@ use crate::placement::{self, Capacity, Need, NodeView};
 use crate::rollout::{self, Shape};
 use shoal_api::objects::{AppKey, Instance, Phase};
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 /// What the user asked for, per app.
 #[derive(Debug, Clone)]
@@ -333,15 +333,6 @@ pub fn reconcile<I: std::borrow::Borrow<Instance>>(
         }
     }
     plan
-}
-
-/// Nodes whose last heartbeat is older than the lease.
-pub fn expired(nodes: &[(String, u64, bool)], now_ms: u64, lease_ms: u64) -> BTreeSet<String> {
-    nodes
-        .iter()
-        .filter(|(_, last, ready)| *ready && now_ms.saturating_sub(*last) > lease_ms)
-        .map(|(n, _, _)| n.clone())
-        .collect()
 }
 
 /// Applies a plan to a copy of the instances, as the executor would, so
@@ -735,16 +726,5 @@ mod tests {
                 node: "n1".into()
             }]
         );
-    }
-
-    #[test]
-    fn leases_expire() {
-        let nodes = vec![
-            ("a".to_string(), 1000, true),
-            ("b".to_string(), 3500, true),
-            ("c".to_string(), 0, false),
-        ];
-        let e = expired(&nodes, 4000, 2000);
-        assert_eq!(e.into_iter().collect::<Vec<_>>(), vec!["a".to_string()]);
     }
 }

@@ -1,0 +1,557 @@
+//! What the control plane tells users happened, as types: one variant per
+//! reason, carrying what its message says. [`Event::render`] is the only
+//! place an event becomes the wire shape ([`shoal_api::objects::Event`])
+//! that `shoal events`, `describe` and the store see.
+
+use crate::reconcile::DeleteReason;
+use shoal_api::manifest::TrafficTarget;
+use shoal_api::objects::{self, AppKey, EventLevel};
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// Something that happened to an app, an instance or a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// An app was applied for the first time.
+    Created {
+        app: AppKey,
+        revision: u64,
+        replicas: u32,
+    },
+    /// Its replica count was set (by apply or scale).
+    Scaled {
+        app: AppKey,
+        from: u32,
+        to: u32,
+    },
+    /// Load balancing, rollout or traffic settings changed.
+    Configured {
+        app: AppKey,
+    },
+    /// A new revision rolls out.
+    RolloutStarted {
+        app: AppKey,
+        revision: u64,
+        from: u64,
+    },
+    /// An earlier revision rolls out again (reason `RolloutStarted`).
+    RollingBack {
+        app: AppKey,
+        revision: u64,
+        from: u64,
+    },
+    RolloutComplete {
+        app: AppKey,
+        revision: u64,
+    },
+    /// The rollout ran out of time; `stable` (if not 0) keeps serving.
+    RolloutFailed {
+        app: AppKey,
+        reason: String,
+        stable: u64,
+    },
+    AutoScaled {
+        app: AppKey,
+        from: u32,
+        to: u32,
+        why: String,
+    },
+    /// A request waits for an app scaled to zero.
+    Activated {
+        app: AppKey,
+        to: u32,
+    },
+    /// The traffic split was set; empty sends all to the current revision.
+    TrafficSplit {
+        app: AppKey,
+        traffic: Vec<TrafficTarget>,
+    },
+    Deleted {
+        app: AppKey,
+    },
+    /// A node registered for the first time (reason `Registered`).
+    NodeRegistered {
+        node: String,
+        address: String,
+    },
+    /// A node that was not ready registered again (reason `NodeReady`).
+    NodeBack {
+        node: String,
+    },
+    /// A node that was not ready heartbeated (reason `NodeReady`).
+    NodeHeartbeating {
+        node: String,
+    },
+    NodeLost {
+        node: String,
+        lease: Duration,
+    },
+    /// `silent` of `total` nodes went quiet together.
+    NodeUnreachable {
+        node: String,
+        lease: Duration,
+        silent: usize,
+        total: usize,
+    },
+    /// Placed on a node; `revision` is named when the instance is new.
+    Scheduled {
+        app: AppKey,
+        id: String,
+        node: String,
+        revision: Option<u64>,
+    },
+    FailedScheduling {
+        app: AppKey,
+        id: String,
+        reason: String,
+    },
+    Started {
+        app: AppKey,
+        id: String,
+        node: String,
+    },
+    BackOff {
+        app: AppKey,
+        id: String,
+        node: String,
+        restarts: u32,
+        reason: Option<String>,
+    },
+    Failed {
+        app: AppKey,
+        id: String,
+        node: String,
+        reason: Option<String>,
+    },
+    Restarted {
+        app: AppKey,
+        id: String,
+        node: String,
+        restarts: u32,
+    },
+    /// Left the route table; finishing its requests.
+    Draining {
+        app: AppKey,
+        id: String,
+        why: DeleteReason,
+    },
+    /// Stopped for good (reason `Killing`).
+    Stopping {
+        app: AppKey,
+        id: String,
+        why: DeleteReason,
+    },
+}
+
+/// `: reason`, or nothing.
+fn colon(reason: &Option<String>) -> String {
+    reason
+        .as_deref()
+        .map(|r| format!(": {r}"))
+        .unwrap_or_default()
+}
+
+impl Event {
+    /// The short CamelCase reason users filter by.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Created { .. } => "Created",
+            Self::Scaled { .. } => "Scaled",
+            Self::Configured { .. } => "Configured",
+            Self::RolloutStarted { .. } | Self::RollingBack { .. } => "RolloutStarted",
+            Self::RolloutComplete { .. } => "RolloutComplete",
+            Self::RolloutFailed { .. } => "RolloutFailed",
+            Self::AutoScaled { .. } => "AutoScaled",
+            Self::Activated { .. } => "Activated",
+            Self::TrafficSplit { .. } => "TrafficSplit",
+            Self::Deleted { .. } => "Deleted",
+            Self::NodeRegistered { .. } => "Registered",
+            Self::NodeBack { .. } | Self::NodeHeartbeating { .. } => "NodeReady",
+            Self::NodeLost { .. } => "NodeLost",
+            Self::NodeUnreachable { .. } => "NodeUnreachable",
+            Self::Scheduled { .. } => "Scheduled",
+            Self::FailedScheduling { .. } => "FailedScheduling",
+            Self::Started { .. } => "Started",
+            Self::BackOff { .. } => "BackOff",
+            Self::Failed { .. } => "Failed",
+            Self::Restarted { .. } => "Restarted",
+            Self::Draining { .. } => "Draining",
+            Self::Stopping { .. } => "Killing",
+        }
+    }
+
+    pub fn level(&self) -> EventLevel {
+        match self {
+            Self::RolloutFailed { .. }
+            | Self::NodeLost { .. }
+            | Self::NodeUnreachable { .. }
+            | Self::FailedScheduling { .. }
+            | Self::BackOff { .. }
+            | Self::Failed { .. }
+            | Self::Restarted { .. } => EventLevel::Warning,
+            _ => EventLevel::Normal,
+        }
+    }
+
+    /// The app it is about, if any.
+    pub fn app(&self) -> Option<&AppKey> {
+        match self {
+            Self::Created { app, .. }
+            | Self::Scaled { app, .. }
+            | Self::Configured { app }
+            | Self::RolloutStarted { app, .. }
+            | Self::RollingBack { app, .. }
+            | Self::RolloutComplete { app, .. }
+            | Self::RolloutFailed { app, .. }
+            | Self::AutoScaled { app, .. }
+            | Self::Activated { app, .. }
+            | Self::TrafficSplit { app, .. }
+            | Self::Deleted { app }
+            | Self::Scheduled { app, .. }
+            | Self::FailedScheduling { app, .. }
+            | Self::Started { app, .. }
+            | Self::BackOff { app, .. }
+            | Self::Failed { app, .. }
+            | Self::Restarted { app, .. }
+            | Self::Draining { app, .. }
+            | Self::Stopping { app, .. } => Some(app),
+            Self::NodeRegistered { .. }
+            | Self::NodeBack { .. }
+            | Self::NodeHeartbeating { .. }
+            | Self::NodeLost { .. }
+            | Self::NodeUnreachable { .. } => None,
+        }
+    }
+
+    /// `app/NAME`, `instance/ID` or `node/NAME`.
+    pub fn object(&self) -> String {
+        match self {
+            Self::NodeRegistered { node, .. }
+            | Self::NodeBack { node }
+            | Self::NodeHeartbeating { node }
+            | Self::NodeLost { node, .. }
+            | Self::NodeUnreachable { node, .. } => format!("node/{node}"),
+            Self::Scheduled { id, .. }
+            | Self::FailedScheduling { id, .. }
+            | Self::Started { id, .. }
+            | Self::BackOff { id, .. }
+            | Self::Failed { id, .. }
+            | Self::Restarted { id, .. }
+            | Self::Draining { id, .. }
+            | Self::Stopping { id, .. } => format!("instance/{id}"),
+            other => match other.app() {
+                Some(app) => format!("app/{}", app.name),
+                None => String::new(),
+            },
+        }
+    }
+
+    /// The sentence users read.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Created {
+                app,
+                revision,
+                replicas,
+            } => format!("app {app} created at revision {revision} with {replicas} replicas"),
+            Self::Scaled { from, to, .. } => format!("replicas {from} -> {to}"),
+            Self::Configured { .. } => {
+                "settings changed (load balancing, rollout or traffic)".into()
+            }
+            Self::RolloutStarted { revision, from, .. } => {
+                format!("rolling out revision {revision} (from revision {from})")
+            }
+            Self::RollingBack { revision, from, .. } => {
+                format!("rolling back to revision {revision} (from revision {from})")
+            }
+            Self::RolloutComplete { revision, .. } => {
+                format!("revision {revision} serves every replica")
+            }
+            Self::RolloutFailed { reason, stable, .. } => {
+                let mut m = reason.clone();
+                if *stable > 0 {
+                    let _ = write!(m, "; revision {stable} keeps serving");
+                }
+                m
+            }
+            Self::AutoScaled { from, to, why, .. } => format!("replicas {from} -> {to}: {why}"),
+            Self::Activated { to, .. } => format!("a request is waiting: scaling from 0 to {to}"),
+            Self::TrafficSplit { traffic, .. } => {
+                if traffic.is_empty() {
+                    "all traffic to the current revision".to_string()
+                } else {
+                    traffic
+                        .iter()
+                        .map(|t| match t.revision {
+                            Some(r) => format!("revision {r}: {}%", t.percent),
+                            None => format!("latest: {}%", t.percent),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            }
+            Self::Deleted { app } => format!("app {app} deleted"),
+            Self::NodeRegistered { node, address } => {
+                format!("node {node} registered at {address}")
+            }
+            Self::NodeBack { node } => format!("node {node} is back"),
+            Self::NodeHeartbeating { node } => format!("node {node} is heartbeating again"),
+            Self::NodeLost { node, lease } => {
+                let lease = shoal_api::Duration::from(*lease);
+                format!(
+                    "node {node} missed heartbeats for {lease}; its instances will be placed elsewhere"
+                )
+            }
+            Self::NodeUnreachable {
+                node,
+                lease,
+                silent,
+                total,
+            } => {
+                let lease = shoal_api::Duration::from(*lease);
+                format!(
+                    "node {node} missed heartbeats for {lease}, as did {silent} of {total} nodes at once; the control plane may be cut off from them, so their instances stay where they are"
+                )
+            }
+            Self::Scheduled {
+                id,
+                node,
+                revision: Some(revision),
+                ..
+            } => format!("{id} (revision {revision}) placed on {node}"),
+            Self::Scheduled {
+                id,
+                node,
+                revision: None,
+                ..
+            } => format!("{id} placed on {node}"),
+            Self::FailedScheduling { id, reason, .. } => format!("{id} is pending: {reason}"),
+            Self::Started { id, node, .. } => format!("{id} started on {node}"),
+            Self::BackOff {
+                id,
+                node,
+                restarts,
+                reason,
+                ..
+            } => format!(
+                "{id} keeps failing on {node} (restarts: {restarts}){}",
+                colon(reason)
+            ),
+            Self::Failed {
+                id, node, reason, ..
+            } => format!("{id} failed on {node}{}", colon(reason)),
+            Self::Restarted {
+                id, node, restarts, ..
+            } => format!("{id} restarted on {node} (restarts: {restarts})"),
+            Self::Draining { id, why, .. } => {
+                let what = match why {
+                    DeleteReason::ScaledDown => "scaled down",
+                    DeleteReason::AppDeleted => "app deleted",
+                    DeleteReason::Replaced => "replaced by a newer revision",
+                    DeleteReason::NodeLost | DeleteReason::Drained => "leaving",
+                };
+                format!("{id} left the route table ({what}); finishing its requests")
+            }
+            Self::Stopping { id, why, .. } => {
+                let what = match why {
+                    DeleteReason::ScaledDown => "scaled down",
+                    DeleteReason::AppDeleted => "app deleted",
+                    DeleteReason::NodeLost => "its node was lost",
+                    DeleteReason::Replaced => "replaced by a newer revision",
+                    DeleteReason::Drained => "drained",
+                };
+                format!("stopping {id}: {what}")
+            }
+        }
+    }
+
+    /// The wire shape, numbered `seq`, at `at_ms`.
+    pub fn render(&self, seq: u64, at_ms: u64) -> objects::Event {
+        let app = self.app();
+        objects::Event {
+            seq,
+            at_ms,
+            namespace: app.map(|a| a.namespace.clone()),
+            app: app.map(|a| a.name.clone()),
+            object: self.object(),
+            level: self.level(),
+            reason: self.reason().to_string(),
+            message: self.message(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> AppKey {
+        AppKey::new("default", "web")
+    }
+
+    /// The wire shape of a few events of each kind of object, exactly as
+    /// `shoal events` shows them.
+    #[test]
+    fn events_render_as_before() {
+        let cases: Vec<(Event, serde_json::Value)> = vec![
+            (
+                Event::Created {
+                    app: key(),
+                    revision: 1,
+                    replicas: 3,
+                },
+                serde_json::json!({"seq": 7, "at-ms": 1000, "namespace": "default", "app": "web",
+                    "object": "app/web", "level": "normal", "reason": "Created",
+                    "message": "app default/web created at revision 1 with 3 replicas"}),
+            ),
+            (
+                Event::NodeLost {
+                    node: "n1".into(),
+                    lease: Duration::from_secs(2),
+                },
+                serde_json::json!({"seq": 7, "at-ms": 1000, "namespace": null,
+                    "object": "node/n1", "level": "warning", "reason": "NodeLost",
+                    "message": "node n1 missed heartbeats for 2s; its instances will be placed elsewhere"}),
+            ),
+            (
+                Event::BackOff {
+                    app: key(),
+                    id: "web-3".into(),
+                    node: "n1".into(),
+                    restarts: 4,
+                    reason: Some("trap".into()),
+                },
+                serde_json::json!({"seq": 7, "at-ms": 1000, "namespace": "default", "app": "web",
+                    "object": "instance/web-3", "level": "warning", "reason": "BackOff",
+                    "message": "web-3 keeps failing on n1 (restarts: 4): trap"}),
+            ),
+        ];
+        for (event, want) in cases {
+            let got = serde_json::to_value(event.render(7, 1000)).unwrap();
+            assert_eq!(got, want);
+        }
+    }
+
+    /// Messages that vary with their data, as users have always read them.
+    #[test]
+    fn messages() {
+        let cases = [
+            (
+                Event::RollingBack {
+                    app: key(),
+                    revision: 1,
+                    from: 2,
+                },
+                "RolloutStarted",
+                "rolling back to revision 1 (from revision 2)",
+            ),
+            (
+                Event::RolloutFailed {
+                    app: key(),
+                    reason: "no progress in 10m".into(),
+                    stable: 0,
+                },
+                "RolloutFailed",
+                "no progress in 10m",
+            ),
+            (
+                Event::RolloutFailed {
+                    app: key(),
+                    reason: "no progress in 10m".into(),
+                    stable: 2,
+                },
+                "RolloutFailed",
+                "no progress in 10m; revision 2 keeps serving",
+            ),
+            (
+                Event::TrafficSplit {
+                    app: key(),
+                    traffic: vec![],
+                },
+                "TrafficSplit",
+                "all traffic to the current revision",
+            ),
+            (
+                Event::TrafficSplit {
+                    app: key(),
+                    traffic: vec![
+                        TrafficTarget {
+                            revision: Some(1),
+                            latest: false,
+                            percent: 90,
+                        },
+                        TrafficTarget {
+                            revision: None,
+                            latest: true,
+                            percent: 10,
+                        },
+                    ],
+                },
+                "TrafficSplit",
+                "revision 1: 90%, latest: 10%",
+            ),
+            (
+                Event::Scheduled {
+                    app: key(),
+                    id: "web-0".into(),
+                    node: "n1".into(),
+                    revision: Some(2),
+                },
+                "Scheduled",
+                "web-0 (revision 2) placed on n1",
+            ),
+            (
+                Event::Scheduled {
+                    app: key(),
+                    id: "web-0".into(),
+                    node: "n1".into(),
+                    revision: None,
+                },
+                "Scheduled",
+                "web-0 placed on n1",
+            ),
+            (
+                Event::Failed {
+                    app: key(),
+                    id: "web-0".into(),
+                    node: "n1".into(),
+                    reason: None,
+                },
+                "Failed",
+                "web-0 failed on n1",
+            ),
+            (
+                Event::Draining {
+                    app: key(),
+                    id: "web-0".into(),
+                    why: DeleteReason::NodeLost,
+                },
+                "Draining",
+                "web-0 left the route table (leaving); finishing its requests",
+            ),
+            (
+                Event::Stopping {
+                    app: key(),
+                    id: "web-0".into(),
+                    why: DeleteReason::NodeLost,
+                },
+                "Killing",
+                "stopping web-0: its node was lost",
+            ),
+            (
+                Event::NodeUnreachable {
+                    node: "n1".into(),
+                    lease: Duration::from_millis(1500),
+                    silent: 2,
+                    total: 3,
+                },
+                "NodeUnreachable",
+                "node n1 missed heartbeats for 1s 500ms, as did 2 of 3 nodes at once; the control plane may be cut off from them, so their instances stay where they are",
+            ),
+        ];
+        for (event, reason, message) in cases {
+            assert_eq!(event.reason(), reason, "{event:?}");
+            assert_eq!(event.message(), message, "{event:?}");
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! The deciders: pure functions from (snapshot, input, now) to the
+//! [`Change`]s to make, or a refusal. None of them writes anything; the
+//! executor ([`super::executor`]) applies what they return.
+//!
+//! - [`app`]: apply, scale, delete, rollback, traffic, activation.
+//! - [`node`]: registration, heartbeats, lease expiry.
+//! - [`rollout`]: rollout progress (complete, or failed at its deadline).
+//! - [`plan`]: reconcile's plan and the changes that carry it out.
+//! - [`autoscale`]: replica counts from load.
+
+pub mod app;
+pub mod autoscale;
+pub mod node;
+pub mod plan;
+pub mod rollout;
+
+#[cfg(test)]
+mod tests;
+
+use super::executor::Change;
+use super::{ApiError, Snapshot};
+use crate::events::Event;
+use shoal_api::objects::{App, AppKey};
+
+fn event(e: Event) -> Change {
+    Change::Event(e)
+}
+
+fn app_of(snap: &Snapshot, key: &AppKey) -> Result<App, ApiError> {
+    snap.apps
+        .get(key)
+        .cloned()
+        .ok_or_else(|| ApiError::NotFound(format!("app {key} not found")))
+}

@@ -1,0 +1,228 @@
+//! Deciders for nodes: registration, heartbeats, and lease expiry.
+
+use super::event;
+use crate::events::Event;
+use crate::state::executor::Change;
+use crate::state::{ApiError, Snapshot};
+use shoal_api::objects::{Node, NodeState, Phase};
+use shoal_api::protocol::{Heartbeat, RegisterRequest};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// When at least this share of the nodes (and at least two) fall silent at
+/// once, none of them is treated as lost (Kubernetes' unhealthy-zone
+/// threshold).
+const DISRUPTED_PERCENT: usize = 55;
+
+/// A node registers (again, after a restart or a loss).
+pub fn register(
+    snap: &Snapshot,
+    req: RegisterRequest,
+    now_ms: u64,
+) -> Result<Vec<Change>, ApiError> {
+    if req.name.is_empty() {
+        return Err(ApiError::Invalid("node name is empty".into()));
+    }
+    let mut changes = Vec::new();
+    let node = match snap.nodes.get(&req.name).cloned() {
+        Some(mut n) => {
+            let was_lost = n.state != NodeState::Ready;
+            n.address = req.address;
+            n.capacity = req.capacity;
+            n.labels = req.labels;
+            n.state = NodeState::Ready;
+            n.last_heartbeat_ms = now_ms;
+            if was_lost {
+                changes.push(event(Event::NodeBack {
+                    node: n.name.clone(),
+                }));
+            }
+            n
+        }
+        None => {
+            changes.push(event(Event::NodeRegistered {
+                node: req.name.clone(),
+                address: req.address.clone(),
+            }));
+            Node {
+                name: req.name,
+                address: req.address,
+                capacity: req.capacity,
+                labels: req.labels,
+                state: NodeState::Ready,
+                last_heartbeat_ms: now_ms,
+                generation: 1,
+            }
+        }
+    };
+    changes.push(Change::Heard(node.clone()));
+    changes.push(Change::PutNode(node));
+    Ok(changes)
+}
+
+/// A node's heartbeat: it is heard, and what it says of the instances
+/// assigned to it is taken in.
+pub fn heartbeat(
+    snap: &Snapshot,
+    name: &str,
+    hb: Heartbeat,
+    now_ms: u64,
+) -> Result<Vec<Change>, ApiError> {
+    let Some(mut node) = snap.nodes.get(name).cloned() else {
+        return Err(ApiError::NotFound(format!("node {name} is not registered")));
+    };
+    node.last_heartbeat_ms = now_ms;
+    let mut changes = Vec::new();
+    let back = node.state != NodeState::Ready;
+    node.state = NodeState::Ready;
+    changes.push(Change::Heard(node.clone()));
+    if back {
+        changes.push(event(Event::NodeHeartbeating {
+            node: name.to_string(),
+        }));
+        changes.push(Change::PutNode(node));
+    }
+    for report in hb.instances {
+        let Some(inst) = snap.instances.get(&report.id) else {
+            continue;
+        };
+        // Only the node an instance is assigned to speaks for it.
+        if inst.node.as_deref() != Some(name) {
+            continue;
+        }
+        let phase = match report.state {
+            // Phases only the control plane gives: a node that reports one
+            // says nothing new.
+            Phase::Pending | Phase::Scheduled | Phase::Terminating => inst.phase,
+            reported => reported,
+        };
+        let mut next = inst.clone();
+        next.in_flight = report.in_flight;
+        next.restarts = report.restarts;
+        // A draining instance stays out of service whatever its node says.
+        if inst.phase != Phase::Terminating {
+            next.phase = phase;
+            next.ready = report.ready;
+            next.reason = report.message;
+        }
+        let phase = next.phase;
+        // In-flight counts move all the time: kept in memory only.
+        let mut comparable = next.clone();
+        comparable.in_flight = inst.in_flight;
+        if comparable == *inst {
+            if next.in_flight != inst.in_flight {
+                changes.push(Change::Observed(next));
+            }
+            continue;
+        }
+        let (app, id, node) = (inst.app.clone(), inst.id.clone(), name.to_string());
+        if phase != inst.phase {
+            match phase {
+                Phase::Running
+                    if inst.phase != Phase::BackingOff && inst.phase != Phase::CrashLoopBackOff =>
+                {
+                    changes.push(event(Event::Started {
+                        app: app.clone(),
+                        id: id.clone(),
+                        node: node.clone(),
+                    }))
+                }
+                Phase::CrashLoopBackOff => changes.push(event(Event::BackOff {
+                    app: app.clone(),
+                    id: id.clone(),
+                    node: node.clone(),
+                    restarts: next.restarts,
+                    reason: next.reason.clone(),
+                })),
+                Phase::Failed => changes.push(event(Event::Failed {
+                    app: app.clone(),
+                    id: id.clone(),
+                    node: node.clone(),
+                    reason: next.reason.clone(),
+                })),
+                _ => {}
+            }
+        }
+        if next.restarts > inst.restarts && phase != Phase::CrashLoopBackOff {
+            changes.push(event(Event::Restarted {
+                app,
+                id,
+                node,
+                restarts: next.restarts,
+            }));
+        }
+        changes.push(Change::PutInstance(next));
+    }
+    Ok(changes)
+}
+
+/// How long leases last, and how often nodes renew them.
+#[derive(Debug, Clone, Copy)]
+pub struct Leases {
+    pub lease: Duration,
+    pub heartbeat: Duration,
+}
+
+/// Marks nodes whose lease ran out. `seen` is when each node was last
+/// heard, `now` the time, both in awake time. When most nodes fall silent
+/// at once, it is more likely that the control plane is cut off from them
+/// than that they all failed, so (as Kubernetes' node lifecycle controller
+/// does when a zone looks fully disrupted) their instances are not moved:
+/// the nodes are `Unreachable` until they heartbeat again, or until they
+/// are silent alone and so are `Lost`.
+pub fn expire_leases(
+    snap: &Snapshot,
+    seen: &BTreeMap<String, Duration>,
+    now: Duration,
+    leases: Leases,
+) -> Vec<Change> {
+    let Leases { lease, heartbeat } = leases;
+    // Nodes cut off together went quiet up to a heartbeat or so apart: one
+    // nearly out of its lease counts as silent with the first.
+    let nearly = lease.saturating_sub(heartbeat * 2).max(lease / 2);
+    let watched: Vec<&Node> = snap
+        .nodes
+        .values()
+        .filter(|n| n.state != NodeState::Lost)
+        .collect();
+    let quiet = |n: &Node| {
+        seen.get(&n.name)
+            .map_or(Duration::MAX, |t| now.saturating_sub(*t))
+    };
+    let expired: Vec<&Node> = watched
+        .iter()
+        .copied()
+        .filter(|n| quiet(n) > lease)
+        .collect();
+    if expired.is_empty() {
+        return Vec::new();
+    }
+    let silent = watched.iter().filter(|n| quiet(n) > nearly).count();
+    let total = watched.len();
+    let to = if silent >= 2 && silent * 100 >= total * DISRUPTED_PERCENT {
+        NodeState::Unreachable
+    } else {
+        NodeState::Lost
+    };
+    let mut changes = Vec::new();
+    for n in expired {
+        if n.state == to {
+            continue;
+        }
+        let mut n = n.clone();
+        n.state = to;
+        let node = n.name.clone();
+        changes.push(Change::PutNode(n));
+        changes.push(event(if to == NodeState::Lost {
+            Event::NodeLost { node, lease }
+        } else {
+            Event::NodeUnreachable {
+                node,
+                lease,
+                silent,
+                total,
+            }
+        }));
+    }
+    changes
+}

@@ -1,0 +1,183 @@
+//! The reconcile decider: from the snapshot to the changes that bring
+//! instances to what the apps ask for, through [`crate::reconcile`]'s
+//! plan.
+
+use super::event;
+use crate::events::Event;
+use crate::placement::{Capacity, NodeView};
+use crate::reconcile::{self, Action, DesiredApp};
+use crate::state::Snapshot;
+use crate::state::executor::Change;
+use shoal_api::objects::{AppKey, Instance, NodeState, Phase};
+use std::collections::{BTreeMap, HashMap};
+
+/// The plan reconcile makes now, numbering new instances from `next_seq`.
+pub fn plan(
+    snap: &Snapshot,
+    apps: &[DesiredApp],
+    next_seq: u64,
+    clock: reconcile::Clock,
+) -> reconcile::Plan {
+    let mut views: BTreeMap<String, NodeView> = snap
+        .nodes
+        .values()
+        .map(|n| {
+            (
+                n.name.clone(),
+                NodeView {
+                    name: n.name.clone(),
+                    ready: n.state == NodeState::Ready,
+                    lost: n.state == NodeState::Lost,
+                    labels: n.labels.clone(),
+                    capacity: Capacity {
+                        memory: n.capacity.memory,
+                        instances: n.capacity.instances,
+                    },
+                    allocated: Capacity::default(),
+                    per_app: BTreeMap::new(),
+                },
+            )
+        })
+        .collect();
+    // Needs per (app, revision), looked up once: at 10^5 instances a
+    // template lookup and an app-name string per instance would be most of
+    // the work.
+    let mut needs: HashMap<(&AppKey, u64), (Capacity, String)> = HashMap::new();
+    for i in snap.instances.values() {
+        let Some(v) = i.node.as_ref().and_then(|n| views.get_mut(n)) else {
+            continue;
+        };
+        let (need, name) = needs
+            .entry((&i.app, i.revision))
+            .or_insert_with(|| (snap.need_of(&i.app, i.revision), i.app.to_string()));
+        v.add(name, *need);
+    }
+    let needs: HashMap<(&AppKey, u64), Capacity> =
+        needs.into_iter().map(|(k, (c, _))| (k, c)).collect();
+    let views: Vec<NodeView> = views.into_values().collect();
+    let instances: Vec<&Instance> = snap.instances.values().collect();
+    let need_of = |i: &Instance| {
+        needs
+            .get(&(&i.app, i.revision))
+            .copied()
+            .unwrap_or_else(|| snap.need_of(&i.app, i.revision))
+    };
+    reconcile::reconcile(apps, &instances, &views, &need_of, next_seq, clock)
+}
+
+/// The changes that carry out `plan`, at `now_ms`.
+pub fn changes(snap: &Snapshot, plan: reconcile::Plan, now_ms: u64) -> Vec<Change> {
+    if plan.actions.is_empty() {
+        return Vec::new();
+    }
+    // Instances as this plan leaves them, for an action on one that an
+    // earlier action of the plan touched.
+    let mut touched: HashMap<String, Option<Instance>> = HashMap::new();
+    let mut changes = Vec::new();
+    for action in plan.actions {
+        let id = match &action {
+            Action::Create { id, .. }
+            | Action::Place { id, .. }
+            | Action::StillPending { id, .. }
+            | Action::Drain { id, .. }
+            | Action::Delete { id, .. } => id.clone(),
+        };
+        let current = match touched.get(&id) {
+            Some(i) => i.clone(),
+            None => snap.instances.get(&id).cloned(),
+        };
+        match action {
+            Action::Create {
+                id,
+                app,
+                revision,
+                node,
+                reason,
+            } => {
+                if current.is_some() {
+                    continue;
+                }
+                let inst = Instance::new(
+                    id.clone(),
+                    app.clone(),
+                    revision,
+                    node.clone(),
+                    reason.clone(),
+                    now_ms,
+                );
+                match node {
+                    Some(n) => {
+                        changes.push(event(Event::Scheduled {
+                            app,
+                            id: id.clone(),
+                            node: n.clone(),
+                            revision: Some(revision),
+                        }));
+                        changes.push(Change::Bump(n));
+                    }
+                    None => changes.push(event(Event::FailedScheduling {
+                        app,
+                        id: id.clone(),
+                        reason: reason.unwrap_or_default(),
+                    })),
+                }
+                touched.insert(id, Some(inst.clone()));
+                changes.push(Change::PutInstance(inst));
+            }
+            Action::Place { id, node } => {
+                let Some(mut inst) = current else { continue };
+                inst.node = Some(node.clone());
+                inst.phase = Phase::Scheduled;
+                inst.reason = None;
+                changes.push(event(Event::Scheduled {
+                    app: inst.app.clone(),
+                    id: id.clone(),
+                    node: node.clone(),
+                    revision: None,
+                }));
+                touched.insert(id, Some(inst.clone()));
+                changes.push(Change::PutInstance(inst));
+                changes.push(Change::Bump(node));
+            }
+            Action::StillPending { id, reason } => {
+                let Some(mut inst) = current else { continue };
+                changes.push(event(Event::FailedScheduling {
+                    app: inst.app.clone(),
+                    id: id.clone(),
+                    reason: reason.clone(),
+                }));
+                inst.reason = Some(reason);
+                touched.insert(id, Some(inst.clone()));
+                changes.push(Change::PutInstance(inst));
+            }
+            Action::Drain { id, why } => {
+                let Some(mut inst) = current else { continue };
+                inst.phase = Phase::Terminating;
+                inst.ready = false;
+                inst.terminating_since_ms = Some(now_ms);
+                changes.push(event(Event::Draining {
+                    app: inst.app.clone(),
+                    id: id.clone(),
+                    why,
+                }));
+                let node = inst.node.clone();
+                touched.insert(id, Some(inst.clone()));
+                changes.push(Change::PutInstance(inst));
+                changes.extend(node.map(Change::Bump));
+            }
+            Action::Delete { id, why } => {
+                let Some(inst) = current else { continue };
+                changes.push(event(Event::Stopping {
+                    app: inst.app.clone(),
+                    id: id.clone(),
+                    why,
+                }));
+                touched.insert(id.clone(), None);
+                changes.push(Change::DeleteInstance(id));
+                changes.extend(inst.node.map(Change::Bump));
+            }
+        }
+    }
+    changes.push(Change::NextSeq(plan.next_seq));
+    changes
+}

@@ -1,0 +1,1115 @@
+//! Table tests of the deciders: each row a snapshot, an input and the
+//! changes (or the refusal) expected, written as short lines.
+
+// A table's row type is the table's header, read once, right above it.
+#![allow(clippy::type_complexity)]
+
+use super::app::{self, ApplyInput};
+use super::node::{self, Leases};
+use super::{plan, rollout};
+use crate::reconcile::{Action, DeleteReason, Plan};
+use crate::state::{ApiError, Change, Snapshot};
+use shoal_api::manifest::{AppManifest, TrafficTarget};
+use shoal_api::objects::{AppKey, Instance, Node, NodeCapacity, NodeState, Phase, RolloutState};
+use shoal_api::protocol::{Heartbeat, InstanceReport, RegisterRequest};
+use shoal_api::rest::ApplyResult;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+const T0: u64 = 1_700_000_000_000;
+
+fn key(name: &str) -> AppKey {
+    AppKey::new("default", name)
+}
+
+fn manifest(json: serde_json::Value) -> AppManifest {
+    serde_json::from_value(json).unwrap()
+}
+
+/// One line per change, as the tables expect them.
+fn lines(changes: &[Change]) -> Vec<String> {
+    changes
+        .iter()
+        .map(|c| match c {
+            Change::PutBlob { digest, .. } => format!("blob {digest}"),
+            Change::PutApp(a) => {
+                let rollout = match &a.rollout {
+                    RolloutState::Progressing { .. } => "progressing",
+                    RolloutState::Complete { .. } => "complete",
+                    RolloutState::Failed { .. } => "failed",
+                };
+                format!(
+                    "app {} x{} rev {} stable {} {rollout}",
+                    a.key.name, a.replicas, a.current_revision, a.stable_revision
+                )
+            }
+            Change::DeleteApp(k) => format!("delete app {}", k.name),
+            Change::PutRevision(r) => format!("revision {} {}", r.app.name, r.number),
+            Change::PutNode(n) => format!("node {} {:?}", n.name, n.state),
+            Change::Heard(n) => format!("heard {}", n.name),
+            Change::PutInstance(i) => format!(
+                "instance {} {:?} on {} ready {}",
+                i.id,
+                i.phase,
+                i.node.as_deref().unwrap_or("-"),
+                i.ready
+            ),
+            Change::Observed(i) => format!("observed {} in flight {}", i.id, i.in_flight),
+            Change::DeleteInstance(id) => format!("delete instance {id}"),
+            Change::Bump(n) => format!("bump {n}"),
+            Change::NextSeq(n) => format!("next seq {n}"),
+            Change::ScaleMemory(k, _) => format!("memory {}", k.name),
+            Change::AutoscaleView(k, v) => format!("view {} {}", k.name, v.desired),
+            Change::Active { app, at_ms } => format!("active {} at {}", app.name, at_ms - T0),
+            Change::Event(e) => format!("{}: {}", e.reason(), e.message()),
+        })
+        .collect()
+}
+
+/// Makes the changes to the snapshot the way the executor does (without a
+/// store), so a table can start from an earlier decision.
+fn run(snap: &mut Snapshot, changes: Vec<Change>) {
+    for c in changes {
+        match c {
+            Change::PutApp(a) => {
+                snap.apps.insert(a.key.clone(), a);
+            }
+            Change::DeleteApp(k) => {
+                snap.apps.remove(&k);
+                snap.revisions.retain(|(a, _), _| *a != k);
+            }
+            Change::PutRevision(r) => {
+                snap.revisions.insert((r.app.clone(), r.number), r);
+            }
+            Change::PutNode(n) | Change::Heard(n) => {
+                snap.nodes.insert(n.name.clone(), n);
+            }
+            Change::PutInstance(i) | Change::Observed(i) => {
+                snap.instances.insert(i.id.clone(), i);
+            }
+            Change::DeleteInstance(id) => {
+                snap.instances.remove(&id);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn apply_one(snap: &mut Snapshot, m: serde_json::Value, digest: &str, now_ms: u64) {
+    let input = ApplyInput {
+        apps: vec![(manifest(m), digest.into())],
+        blobs: Vec::new(),
+        stored: BTreeSet::from([digest.to_string()]),
+    };
+    let (_, changes) = app::apply(snap, input, now_ms).unwrap();
+    run(snap, changes);
+}
+
+fn node(name: &str, state: NodeState) -> Node {
+    Node {
+        name: name.into(),
+        address: format!("http://{name}"),
+        capacity: NodeCapacity {
+            memory: 1 << 30,
+            instances: 10,
+        },
+        labels: BTreeMap::new(),
+        state,
+        last_heartbeat_ms: T0,
+        generation: 1,
+    }
+}
+
+fn instance(id: &str, app: &str, revision: u64, node: &str, phase: Phase, ready: bool) -> Instance {
+    let mut i = Instance::new(id.into(), key(app), revision, Some(node.into()), None, T0);
+    i.phase = phase;
+    i.ready = ready;
+    i
+}
+
+/// `web` (2 replicas, revision 1 of module `aaa`, route `/web`) and
+/// `api` (revisions 1 and 2, at 2, autoscaled between 1 and 5), node n1.
+fn world() -> Snapshot {
+    let mut snap = Snapshot::default();
+    apply_one(
+        &mut snap,
+        serde_json::json!({"name": "web", "module": "w.wasm", "replicas": 2,
+            "routes": [{"path": "/web"}]}),
+        "aaa",
+        T0,
+    );
+    let api = serde_json::json!({"name": "api", "module": "a.wasm",
+        "autoscale": {"min": 1, "max": 5}});
+    apply_one(&mut snap, api.clone(), "b1", T0);
+    apply_one(&mut snap, api, "b2", T0);
+    snap.nodes.insert("n1".into(), node("n1", NodeState::Ready));
+    snap
+}
+
+fn code(e: &ApiError) -> String {
+    format!("{}: {e}", e.code())
+}
+
+#[test]
+fn apply_table() {
+    let web = |extra: serde_json::Value| {
+        let mut m = serde_json::json!({"name": "web", "module": "w.wasm", "replicas": 2,
+            "routes": [{"path": "/web"}]});
+        if let (Some(m), Some(extra)) = (m.as_object_mut(), extra.as_object()) {
+            m.extend(extra.clone());
+        }
+        m
+    };
+    let cases: Vec<(
+        &str,
+        Vec<(serde_json::Value, &str)>,
+        &[&str],
+        Result<(ApplyResult, u64), &str>,
+        &[&str],
+    )> = vec![
+        (
+            "a new app is created at revision 1",
+            vec![(
+                serde_json::json!({"name": "new", "module": "n.wasm"}),
+                "nnn",
+            )],
+            &["nnn"],
+            Ok((ApplyResult::Created, 1)),
+            &[
+                "blob nnn",
+                "revision new 1",
+                "app new x1 rev 1 stable 0 progressing",
+                "Created: app default/new created at revision 1 with 1 replicas",
+            ],
+        ),
+        (
+            "the same manifest changes nothing",
+            vec![(web(serde_json::json!({})), "aaa")],
+            &[],
+            Ok((ApplyResult::Unchanged, 1)),
+            &[],
+        ),
+        (
+            "another count scales",
+            vec![(web(serde_json::json!({"replicas": 3})), "aaa")],
+            &[],
+            Ok((ApplyResult::Scaled, 1)),
+            &[
+                "app web x3 rev 1 stable 0 progressing",
+                "Scaled: replicas 2 -> 3",
+            ],
+        ),
+        (
+            "other settings configure",
+            vec![(
+                web(serde_json::json!({"load-balancing": "round-robin"})),
+                "aaa",
+            )],
+            &[],
+            Ok((ApplyResult::Configured, 1)),
+            &[
+                "app web x2 rev 1 stable 0 progressing",
+                "Configured: settings changed (load balancing, rollout or traffic)",
+            ],
+        ),
+        (
+            "another module is a new revision",
+            vec![(web(serde_json::json!({})), "ccc")],
+            &["ccc"],
+            Ok((ApplyResult::Configured, 2)),
+            &[
+                "blob ccc",
+                "revision web 2",
+                "app web x2 rev 2 stable 0 progressing",
+                "RolloutStarted: rolling out revision 2 (from revision 1)",
+            ],
+        ),
+        (
+            "an autoscaled app keeps its count within bounds",
+            vec![(
+                serde_json::json!({"name": "api", "module": "a.wasm", "replicas": 9,
+                "autoscale": {"min": 1, "max": 5}}),
+                "b2",
+            )],
+            &[],
+            Ok((ApplyResult::Unchanged, 2)),
+            &[],
+        ),
+        (
+            "a module never uploaded is refused",
+            vec![(
+                serde_json::json!({"name": "new", "module": "n.wasm"}),
+                "zzz",
+            )],
+            &[],
+            Err("invalid: app default/new: module sha256:zzz was not uploaded"),
+            &[],
+        ),
+        (
+            "a route another app serves is refused",
+            vec![(
+                serde_json::json!({"name": "new", "module": "n.wasm",
+                "routes": [{"path": "/web"}]}),
+                "nnn",
+            )],
+            &["nnn"],
+            Err(
+                "route_conflict: app default/new: route path \"/web\" (any host) is already served by app default/web; remove it from default/web first",
+            ),
+            &[],
+        ),
+        (
+            "a split naming a missing revision is refused",
+            vec![(
+                web(serde_json::json!({"traffic": [{"revision": 7, "percent": 100}]})),
+                "aaa",
+            )],
+            &[],
+            Err("invalid: app default/web: traffic[0] names revision 7, which does not exist"),
+            &[],
+        ),
+        (
+            "the same app twice is refused",
+            vec![
+                (web(serde_json::json!({})), "aaa"),
+                (web(serde_json::json!({})), "aaa"),
+            ],
+            &[],
+            Err("invalid: app default/web appears twice"),
+            &[],
+        ),
+    ];
+    for (name, apps, uploaded, want, want_changes) in cases {
+        let snap = world();
+        let input = ApplyInput {
+            apps: apps
+                .into_iter()
+                .map(|(m, d)| (manifest(m), d.to_string()))
+                .collect(),
+            blobs: uploaded.iter().map(|d| (d.to_string(), vec![0])).collect(),
+            stored: BTreeSet::from(["aaa".to_string(), "b1".into(), "b2".into()]),
+        };
+        match (app::apply(&snap, input, T0 + 5), want) {
+            (Ok((outcomes, changes)), Ok((result, revision))) => {
+                assert_eq!(outcomes.len(), 1, "{name}");
+                assert_eq!(outcomes[0].result, result, "{name}");
+                assert_eq!(outcomes[0].revision, revision, "{name}");
+                assert_eq!(lines(&changes), want_changes, "{name}");
+            }
+            (Err(e), Err(want)) => assert_eq!(code(&e), want, "{name}"),
+            (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+        }
+    }
+}
+
+/// One app decider's answer: the changes, or the refusal.
+fn outcome(r: Result<Vec<Change>, ApiError>) -> Result<Vec<String>, String> {
+    r.map(|c| lines(&c)).map_err(|e| code(&e))
+}
+
+#[test]
+fn scale_table() {
+    let cases: &[(&str, &str, u32, Result<&[&str], &str>)] = &[
+        (
+            "web",
+            "up",
+            4,
+            Ok(&[
+                "app web x4 rev 1 stable 0 progressing",
+                "Scaled: replicas 2 -> 4",
+            ]),
+        ),
+        (
+            "web",
+            "to zero",
+            0,
+            Ok(&[
+                "app web x0 rev 1 stable 0 progressing",
+                "Scaled: replicas 2 -> 0",
+            ]),
+        ),
+        ("web", "to the same count", 2, Ok(&[])),
+        (
+            "web",
+            "beyond the maximum",
+            10_001,
+            Err("invalid: replicas 10001 is more than the maximum of 10000"),
+        ),
+        (
+            "nope",
+            "an unknown app",
+            1,
+            Err("not_found: app default/nope not found"),
+        ),
+        (
+            "api",
+            "outside the autoscaler's bounds",
+            6,
+            Err(
+                "invalid: app default/api autoscales between 1 and 5 replicas, so 6 would not last; scale within those bounds or change [autoscale] in its manifest",
+            ),
+        ),
+        (
+            "api",
+            "within them",
+            3,
+            Ok(&[
+                "app api x3 rev 2 stable 0 progressing",
+                "Scaled: replicas 1 -> 3",
+            ]),
+        ),
+    ];
+    let snap = world();
+    for (app, name, replicas, want) in cases {
+        let got = outcome(app::scale(&snap, &key(app), *replicas, T0));
+        let want = want
+            .map(|l| l.iter().map(|s| s.to_string()).collect())
+            .map_err(String::from);
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+#[test]
+fn delete_table() {
+    let snap = world();
+    let cases: &[(&str, Result<&[&str], &str>)] = &[
+        (
+            "web",
+            Ok(&["delete app web", "Deleted: app default/web deleted"]),
+        ),
+        ("nope", Err("not_found: app default/nope not found")),
+    ];
+    for (app, want) in cases {
+        let want = want
+            .map(|l| l.iter().map(|s| s.to_string()).collect())
+            .map_err(String::from);
+        assert_eq!(outcome(app::delete(&snap, &key(app))), want, "{app}");
+    }
+}
+
+#[test]
+fn rollback_table() {
+    let snap = world();
+    let cases: &[(&str, Option<u64>, Result<(u64, &[&str]), &str>)] = &[
+        (
+            "api",
+            None,
+            Ok((
+                1,
+                &[
+                    "app api x1 rev 1 stable 0 progressing",
+                    "RolloutStarted: rolling back to revision 1 (from revision 2)",
+                ],
+            )),
+        ),
+        (
+            "api",
+            Some(1),
+            Ok((
+                1,
+                &[
+                    "app api x1 rev 1 stable 0 progressing",
+                    "RolloutStarted: rolling back to revision 1 (from revision 2)",
+                ],
+            )),
+        ),
+        (
+            "api",
+            Some(2),
+            Err("invalid: app default/api already runs revision 2"),
+        ),
+        (
+            "api",
+            Some(9),
+            Err("not_found: app default/api has no revision 9"),
+        ),
+        (
+            "web",
+            None,
+            Err("invalid: app default/web has no revision before 1"),
+        ),
+        ("nope", None, Err("not_found: app default/nope not found")),
+    ];
+    for (app, to, want) in cases {
+        let got = app::rollback(&snap, &key(app), *to, T0)
+            .map(|(n, c)| (n, lines(&c)))
+            .map_err(|e| code(&e));
+        let want = want
+            .map(|(n, l)| (n, l.iter().map(|s| s.to_string()).collect()))
+            .map_err(String::from);
+        assert_eq!(got, want, "{app} {to:?}");
+    }
+}
+
+#[test]
+fn traffic_table() {
+    let t = |revision: Option<u64>, percent| TrafficTarget {
+        revision,
+        latest: revision.is_none(),
+        percent,
+    };
+    let snap = world();
+    let cases: Vec<(&str, Vec<TrafficTarget>, Result<&[&str], &str>)> = vec![
+        (
+            "a split",
+            vec![t(Some(1), 90), t(None, 10)],
+            Ok(&[
+                "app api x1 rev 2 stable 0 progressing",
+                "TrafficSplit: revision 1: 90%, latest: 10%",
+            ]),
+        ),
+        (
+            "none",
+            vec![],
+            Ok(&[
+                "app api x1 rev 2 stable 0 progressing",
+                "TrafficSplit: all traffic to the current revision",
+            ]),
+        ),
+        (
+            "not 100",
+            vec![t(Some(1), 50), t(None, 10)],
+            Err("invalid: app default/api: the traffic percents add up to 60, not 100"),
+        ),
+        (
+            "a missing revision",
+            vec![t(Some(3), 100)],
+            Err("invalid: app default/api: traffic[0] names revision 3, which does not exist"),
+        ),
+        (
+            "one revision twice",
+            vec![t(Some(1), 50), t(Some(1), 50)],
+            Err(
+                "invalid: app default/api: traffic[1] names revision 1 again (traffic[0] has it); give each revision one share",
+            ),
+        ),
+        (
+            "neither revision nor latest",
+            vec![TrafficTarget {
+                revision: None,
+                latest: false,
+                percent: 100,
+            }],
+            Err("invalid: traffic[0]: name either a revision or latest"),
+        ),
+    ];
+    for (name, traffic, want) in cases {
+        let got = outcome(app::traffic(&snap, &key("api"), traffic, T0));
+        let want = want
+            .map(|l| l.iter().map(|s| s.to_string()).collect())
+            .map_err(String::from);
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+#[test]
+fn activation_table() {
+    let mut snap = world();
+    for a in ["web", "api"] {
+        let changes = app::scale(&snap, &key(a), if a == "web" { 0 } else { 1 }, T0).unwrap();
+        run(&mut snap, changes);
+    }
+    let mut at_zero = snap.clone();
+    if let Some(a) = at_zero.apps.get_mut(&key("api")) {
+        a.replicas = 0;
+        if let Some(s) = a.settings.autoscale.as_mut() {
+            s.min = 0;
+        }
+    }
+    let cases: &[(&str, &Snapshot, &str, Result<&[&str], &str>)] = &[
+        (
+            "an app at zero starts one",
+            &snap,
+            "web",
+            Ok(&[
+                "active web at 7",
+                "app web x1 rev 1 stable 0 progressing",
+                "Activated: a request is waiting: scaling from 0 to 1",
+            ]),
+        ),
+        (
+            "a running app only counts the activity",
+            &snap,
+            "api",
+            Ok(&["active api at 7"]),
+        ),
+        (
+            "an autoscaled app at zero starts one",
+            &at_zero,
+            "api",
+            Ok(&[
+                "active api at 7",
+                "app api x1 rev 2 stable 0 progressing",
+                "Activated: a request is waiting: scaling from 0 to 1",
+            ]),
+        ),
+        (
+            "an unknown app",
+            &snap,
+            "nope",
+            Err("not_found: app default/nope not found"),
+        ),
+    ];
+    for (name, snap, app, want) in cases {
+        let got = outcome(app::activate(snap, &key(app), T0 + 7));
+        let want = want
+            .map(|l| l.iter().map(|s| s.to_string()).collect())
+            .map_err(String::from);
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+#[test]
+fn register_table() {
+    let mut snap = world();
+    snap.nodes
+        .insert("gone".into(), node("gone", NodeState::Lost));
+    let req = |name: &str| RegisterRequest {
+        name: name.into(),
+        address: format!("http://{name}:1"),
+        capacity: NodeCapacity {
+            memory: 1 << 30,
+            instances: 10,
+        },
+        labels: BTreeMap::new(),
+    };
+    let cases: &[(&str, Result<&[&str], &str>)] = &[
+        (
+            "n2",
+            Ok(&[
+                "Registered: node n2 registered at http://n2:1",
+                "heard n2",
+                "node n2 Ready",
+            ]),
+        ),
+        ("n1", Ok(&["heard n1", "node n1 Ready"])),
+        (
+            "gone",
+            Ok(&[
+                "NodeReady: node gone is back",
+                "heard gone",
+                "node gone Ready",
+            ]),
+        ),
+        ("", Err("invalid: node name is empty")),
+    ];
+    for (name, want) in cases {
+        let got = outcome(node::register(&snap, req(name), T0));
+        let want = want
+            .map(|l| l.iter().map(|s| s.to_string()).collect())
+            .map_err(String::from);
+        assert_eq!(got, want, "{name:?}");
+    }
+}
+
+#[test]
+fn heartbeat_table() {
+    let mut snap = world();
+    snap.nodes
+        .insert("n2".into(), node("n2", NodeState::Unreachable));
+    for i in [
+        instance("web-0", "web", 1, "n1", Phase::Scheduled, false),
+        instance("web-1", "web", 1, "n1", Phase::Running, true),
+        instance("web-2", "web", 1, "n1", Phase::Terminating, false),
+        instance("web-3", "web", 1, "n2", Phase::Running, true),
+    ] {
+        snap.instances.insert(i.id.clone(), i);
+    }
+    let r = |id: &str, state, ready, restarts, in_flight| InstanceReport {
+        id: id.into(),
+        state,
+        ready,
+        restarts,
+        message: Some("boom".into()).filter(|_| state == Phase::CrashLoopBackOff),
+        in_flight,
+    };
+    let cases: Vec<(&str, &str, Vec<InstanceReport>, Result<&[&str], &str>)> = vec![
+        ("nothing to say", "n1", vec![], Ok(&["heard n1"])),
+        (
+            "an instance starts",
+            "n1",
+            vec![r("web-0", Phase::Running, true, 0, 0)],
+            Ok(&[
+                "heard n1",
+                "Started: web-0 started on n1",
+                "instance web-0 Running on n1 ready true",
+            ]),
+        ),
+        (
+            "only requests in flight moved",
+            "n1",
+            vec![r("web-1", Phase::Running, true, 0, 4)],
+            Ok(&["heard n1", "observed web-1 in flight 4"]),
+        ),
+        (
+            "nothing moved",
+            "n1",
+            vec![r("web-1", Phase::Running, true, 0, 0)],
+            Ok(&["heard n1"]),
+        ),
+        (
+            "it restarted",
+            "n1",
+            vec![r("web-1", Phase::Running, true, 1, 0)],
+            Ok(&[
+                "heard n1",
+                "Restarted: web-1 restarted on n1 (restarts: 1)",
+                "instance web-1 Running on n1 ready true",
+            ]),
+        ),
+        (
+            "it keeps failing",
+            "n1",
+            vec![r("web-1", Phase::CrashLoopBackOff, false, 5, 0)],
+            Ok(&[
+                "heard n1",
+                "BackOff: web-1 keeps failing on n1 (restarts: 5): boom",
+                "instance web-1 CrashLoopBackOff on n1 ready false",
+            ]),
+        ),
+        (
+            "a draining instance stays out of service",
+            "n1",
+            vec![r("web-2", Phase::Running, true, 0, 1)],
+            Ok(&["heard n1", "observed web-2 in flight 1"]),
+        ),
+        (
+            "another node's instance is not its to report",
+            "n1",
+            vec![r("web-3", Phase::Failed, false, 0, 0)],
+            Ok(&["heard n1"]),
+        ),
+        (
+            "an unknown instance is ignored",
+            "n1",
+            vec![r("zzz", Phase::Running, true, 0, 0)],
+            Ok(&["heard n1"]),
+        ),
+        (
+            "an unreachable node is ready again",
+            "n2",
+            vec![],
+            Ok(&[
+                "heard n2",
+                "NodeReady: node n2 is heartbeating again",
+                "node n2 Ready",
+            ]),
+        ),
+        (
+            "an unknown node",
+            "n9",
+            vec![],
+            Err("not_found: node n9 is not registered"),
+        ),
+    ];
+    for (name, from, reports, want) in cases {
+        let hb = Heartbeat {
+            generation: 1,
+            instances: reports,
+        };
+        let got = outcome(node::heartbeat(&snap, from, hb, T0));
+        let want = want
+            .map(|l| l.iter().map(|s| s.to_string()).collect())
+            .map_err(String::from);
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+#[test]
+fn lease_table() {
+    let leases = Leases {
+        lease: Duration::from_secs(2),
+        heartbeat: Duration::from_millis(250),
+    };
+    let s = Duration::from_millis;
+    // Nodes with their state and when they were last heard; now is 10 s.
+    let cases: &[(&str, &[(&str, NodeState, u64)], &[&str])] = &[
+        (
+            "all heard within the lease",
+            &[
+                ("a", NodeState::Ready, 8_500),
+                ("b", NodeState::Ready, 9_900),
+            ],
+            &[],
+        ),
+        (
+            "exactly the lease is not past it",
+            &[
+                ("a", NodeState::Ready, 8_000),
+                ("b", NodeState::Ready, 9_900),
+                ("c", NodeState::Ready, 9_900),
+            ],
+            &[],
+        ),
+        (
+            "one silent alone is lost",
+            &[
+                ("a", NodeState::Ready, 7_000),
+                ("b", NodeState::Ready, 9_900),
+                ("c", NodeState::Ready, 9_900),
+            ],
+            &[
+                "node a Lost",
+                "NodeLost: node a missed heartbeats for 2s; its instances will be placed elsewhere",
+            ],
+        ),
+        (
+            "most silent together are unreachable",
+            &[
+                ("a", NodeState::Ready, 7_000),
+                ("b", NodeState::Ready, 7_000),
+                ("c", NodeState::Ready, 9_900),
+            ],
+            &[
+                "node a Unreachable",
+                "NodeUnreachable: node a missed heartbeats for 2s, as did 2 of 3 nodes at once; the control plane may be cut off from them, so their instances stay where they are",
+                "node b Unreachable",
+                "NodeUnreachable: node b missed heartbeats for 2s, as did 2 of 3 nodes at once; the control plane may be cut off from them, so their instances stay where they are",
+            ],
+        ),
+        (
+            "one nearly out of its lease counts as silent with another",
+            &[
+                ("a", NodeState::Ready, 7_000),
+                ("b", NodeState::Ready, 8_400),
+                ("c", NodeState::Ready, 9_900),
+            ],
+            &[
+                "node a Unreachable",
+                "NodeUnreachable: node a missed heartbeats for 2s, as did 2 of 3 nodes at once; the control plane may be cut off from them, so their instances stay where they are",
+            ],
+        ),
+        (
+            "unreachable, then silent alone, is lost",
+            &[
+                ("a", NodeState::Unreachable, 1_000),
+                ("b", NodeState::Ready, 9_900),
+                ("c", NodeState::Ready, 9_900),
+            ],
+            &[
+                "node a Lost",
+                "NodeLost: node a missed heartbeats for 2s; its instances will be placed elsewhere",
+            ],
+        ),
+        (
+            "still unreachable changes nothing",
+            &[
+                ("a", NodeState::Unreachable, 1_000),
+                ("b", NodeState::Unreachable, 1_000),
+            ],
+            &[],
+        ),
+        (
+            "a lost node is not watched",
+            &[("a", NodeState::Lost, 0), ("b", NodeState::Ready, 9_900)],
+            &[],
+        ),
+    ];
+    for (name, nodes, want) in cases {
+        let mut snap = Snapshot::default();
+        let mut seen = BTreeMap::new();
+        for (n, state, heard) in *nodes {
+            snap.nodes.insert(n.to_string(), node(n, *state));
+            seen.insert(n.to_string(), s(*heard));
+        }
+        let got = lines(&node::expire_leases(&snap, &seen, s(10_000), leases));
+        assert_eq!(got, *want, "{name}");
+    }
+    // A node never heard (none since a restart) is silent for ever.
+    let mut snap = Snapshot::default();
+    snap.nodes.insert("a".into(), node("a", NodeState::Ready));
+    assert_eq!(
+        lines(&node::expire_leases(&snap, &BTreeMap::new(), s(0), leases)),
+        [
+            "node a Lost",
+            "NodeLost: node a missed heartbeats for 2s; its instances will be placed elsewhere"
+        ]
+    );
+}
+
+#[test]
+fn rollout_progress_table() {
+    // `web` (2 replicas) started rolling out revision 1 at T0, with the
+    // default progress deadline (a minute).
+    let deadline = 60_000;
+    let serving = |n: usize| -> Vec<Instance> {
+        (0..n)
+            .map(|k| instance(&format!("web-{k}"), "web", 1, "n1", Phase::Running, true))
+            .collect()
+    };
+    let mut starting = serving(1);
+    let mut stuck = instance("web-1", "web", 1, "n1", Phase::CrashLoopBackOff, false);
+    stuck.reason = Some("trap".into());
+    starting.push(stuck);
+    let cases: Vec<(&str, Vec<Instance>, u64, Vec<&str>)> = vec![
+        (
+            "every replica serves: complete",
+            serving(2),
+            1_000,
+            vec![
+                "RolloutComplete: revision 1 serves every replica",
+                "app web x2 rev 1 stable 1 complete",
+            ],
+        ),
+        (
+            "not yet, before the deadline",
+            starting.clone(),
+            deadline - 1,
+            vec![],
+        ),
+        (
+            "not at the deadline: failed",
+            starting,
+            deadline,
+            vec![
+                "RolloutFailed: revision 1 had 1/2 ready instances after 1m (web-1 CrashLoopBackOff: trap)",
+                "app web x2 rev 1 stable 0 failed",
+            ],
+        ),
+    ];
+    for (name, instances, after, want) in cases {
+        let mut snap = world();
+        snap.apps.retain(|k, _| k.name == "web");
+        for i in instances {
+            snap.instances.insert(i.id.clone(), i);
+        }
+        let apps = snap.desired_apps();
+        let got = lines(&rollout::progress(&snap, &apps, T0 + after));
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+#[test]
+fn plan_changes_table() {
+    let mut snap = world();
+    for i in [
+        instance("web-0", "web", 1, "n1", Phase::Running, true),
+        instance("web-1", "web", 1, "n1", Phase::Terminating, false),
+    ] {
+        snap.instances.insert(i.id.clone(), i);
+    }
+    let mut pending = Instance::new("web-2".into(), key("web"), 1, None, Some("full".into()), T0);
+    pending.phase = Phase::Pending;
+    snap.instances.insert(pending.id.clone(), pending);
+    let cases: Vec<(&str, Vec<Action>, Vec<&str>)> = vec![
+        ("nothing to do", vec![], vec![]),
+        (
+            "a new instance on a node",
+            vec![Action::Create {
+                id: "web-9".into(),
+                app: key("web"),
+                revision: 1,
+                node: Some("n1".into()),
+                reason: None,
+            }],
+            vec![
+                "Scheduled: web-9 (revision 1) placed on n1",
+                "bump n1",
+                "instance web-9 Scheduled on n1 ready false",
+                "next seq 10",
+            ],
+        ),
+        (
+            "a new instance that fits nowhere",
+            vec![Action::Create {
+                id: "web-9".into(),
+                app: key("web"),
+                revision: 1,
+                node: None,
+                reason: Some("no node has 1 GiB".into()),
+            }],
+            vec![
+                "FailedScheduling: web-9 is pending: no node has 1 GiB",
+                "instance web-9 Pending on - ready false",
+                "next seq 10",
+            ],
+        ),
+        (
+            "an existing id is not created again",
+            vec![Action::Create {
+                id: "web-0".into(),
+                app: key("web"),
+                revision: 1,
+                node: Some("n1".into()),
+                reason: None,
+            }],
+            vec!["next seq 10"],
+        ),
+        (
+            "a pending instance is placed",
+            vec![Action::Place {
+                id: "web-2".into(),
+                node: "n1".into(),
+            }],
+            vec![
+                "Scheduled: web-2 placed on n1",
+                "instance web-2 Scheduled on n1 ready false",
+                "bump n1",
+                "next seq 10",
+            ],
+        ),
+        (
+            "still pending, for a new reason",
+            vec![Action::StillPending {
+                id: "web-2".into(),
+                reason: "no node matches".into(),
+            }],
+            vec![
+                "FailedScheduling: web-2 is pending: no node matches",
+                "instance web-2 Pending on - ready false",
+                "next seq 10",
+            ],
+        ),
+        (
+            "a serving instance drains",
+            vec![Action::Drain {
+                id: "web-0".into(),
+                why: DeleteReason::ScaledDown,
+            }],
+            vec![
+                "Draining: web-0 left the route table (scaled down); finishing its requests",
+                "instance web-0 Terminating on n1 ready false",
+                "bump n1",
+                "next seq 10",
+            ],
+        ),
+        (
+            "a drained instance goes",
+            vec![Action::Delete {
+                id: "web-1".into(),
+                why: DeleteReason::Drained,
+            }],
+            vec![
+                "Killing: stopping web-1: drained",
+                "delete instance web-1",
+                "bump n1",
+                "next seq 10",
+            ],
+        ),
+        (
+            "a gone instance is not deleted twice",
+            vec![
+                Action::Delete {
+                    id: "web-1".into(),
+                    why: DeleteReason::Drained,
+                },
+                Action::Delete {
+                    id: "web-1".into(),
+                    why: DeleteReason::Drained,
+                },
+            ],
+            vec![
+                "Killing: stopping web-1: drained",
+                "delete instance web-1",
+                "bump n1",
+                "next seq 10",
+            ],
+        ),
+    ];
+    for (name, actions, want) in cases {
+        let plan = Plan {
+            actions,
+            next_seq: 10,
+        };
+        let changes = plan::changes(&snap, plan, T0 + 1);
+        assert_eq!(lines(&changes), want, "{name}");
+        if let Some(Change::PutInstance(i)) = changes
+            .iter()
+            .find(|c| matches!(c, Change::PutInstance(i) if i.phase == Phase::Terminating))
+        {
+            assert_eq!(i.terminating_since_ms, Some(T0 + 1), "{name}");
+        }
+    }
+}
+
+/// The reconcile decider, end to end on a snapshot: an app with no
+/// instances gets them on the ready node, and deciding again on the
+/// result changes nothing.
+#[test]
+fn reconcile_places_then_settles() {
+    let mut snap = world();
+    snap.apps.retain(|k, _| k.name == "web");
+    let clock = crate::reconcile::Clock {
+        now_ms: T0,
+        drain_delay_ms: 1000,
+    };
+    let apps = snap.desired_apps();
+    let p = plan::plan(&snap, &apps, 0, clock);
+    let changes = plan::changes(&snap, p.clone(), T0);
+    assert_eq!(
+        lines(&changes),
+        [
+            "Scheduled: web-0 (revision 1) placed on n1",
+            "bump n1",
+            "instance web-0 Scheduled on n1 ready false",
+            "Scheduled: web-1 (revision 1) placed on n1",
+            "bump n1",
+            "instance web-1 Scheduled on n1 ready false",
+            "next seq 2",
+        ]
+    );
+    run(&mut snap, changes);
+    let again = plan::plan(&snap, &apps, p.next_seq, clock);
+    assert!(plan::changes(&snap, again, T0).is_empty());
+}
+
+#[test]
+fn autoscale_table() {
+    use crate::autoscale::{Sample, ScaleState};
+    use std::collections::HashMap;
+    let snap = world();
+    let sample = |concurrency: f64| Sample {
+        at_ms: T0,
+        concurrency,
+        requests: 1,
+    };
+    let seen_view = {
+        let mut s = snap.clone();
+        let changes = super::autoscale::autoscale(&s, &HashMap::new(), &HashMap::new(), T0);
+        for c in changes {
+            if let Change::AutoscaleView(k, v) = c {
+                s.autoscale.insert(k, v);
+            }
+        }
+        s
+    };
+    // `api` runs 1 replica, between 1 and 5, at 10 requests in flight per
+    // instance; `web` has no autoscaling and is never decided.
+    let cases: Vec<(&str, &Snapshot, Vec<Sample>, Vec<&str>)> = vec![
+        (
+            "no load: the view is published once",
+            &snap,
+            vec![],
+            vec!["memory api", "view api 1"],
+        ),
+        (
+            "no load, nothing new",
+            &seen_view,
+            vec![],
+            vec!["memory api"],
+        ),
+        (
+            "steady load within one instance: a new view",
+            &seen_view,
+            vec![sample(8.0)],
+            vec!["memory api", "view api 1"],
+        ),
+        (
+            "a burst scales up to the maximum",
+            &snap,
+            vec![sample(300.0)],
+            vec![
+                "memory api",
+                "view api 5",
+                "app api x5 rev 2 stable 0 progressing",
+                "AutoScaled: replicas 1 -> 5: panic: concurrency 300.0 over the last 6s needs 30 at 10 per instance; bounded to 5 (min 1, max 5)",
+            ],
+        ),
+    ];
+    for (name, snap, samples, want) in cases {
+        let load = HashMap::from([(key("api"), samples)]);
+        let memory: HashMap<AppKey, ScaleState> = HashMap::new();
+        let got = lines(&super::autoscale::autoscale(snap, &load, &memory, T0 + 500));
+        assert_eq!(got, want, "{name}");
+    }
+}

@@ -1,0 +1,160 @@
+//! The one place changes happen: the deciders say what should change, as
+//! [`Change`]s; [`State::execute`] writes them to the store's pending
+//! batch, the snapshot and the event log.
+
+use super::task::{EVENTS_IN_MEMORY, State};
+use crate::autoscale::ScaleState;
+use crate::events::Event;
+use crate::store::{Op, StoreError};
+use shoal_api::objects::{App, AppKey, EventLevel, Instance, Node, Revision};
+use shoal_api::rest::AutoscaleView;
+
+/// One change a decider asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// A module's bytes, new to the store.
+    PutBlob {
+        digest: String,
+        bytes: Vec<u8>,
+    },
+    PutApp(App),
+    /// An app and every revision of it.
+    DeleteApp(AppKey),
+    PutRevision(Revision),
+    PutNode(Node),
+    /// The node was heard from (registered or heartbeated): its lease
+    /// starts again. Its record is kept in memory, not written.
+    Heard(Node),
+    PutInstance(Instance),
+    /// What a node says of an instance that moves all the time (requests
+    /// in flight): kept in memory only, published with the next change.
+    Observed(Instance),
+    DeleteInstance(String),
+    /// The node's assignment changed: its generation moves on.
+    Bump(String),
+    /// The next free instance sequence number.
+    NextSeq(u64),
+    /// What the autoscaler remembers of an app (memory only).
+    ScaleMemory(AppKey, ScaleState),
+    /// The autoscaler's decision, for users (memory only).
+    AutoscaleView(AppKey, AutoscaleView),
+    /// A request for the app arrived at `at_ms` (for scale to zero).
+    Active {
+        app: AppKey,
+        at_ms: u64,
+    },
+    Event(Event),
+}
+
+impl Change {
+    /// Whether readers see it in the next snapshot.
+    fn publishes(&self) -> bool {
+        !matches!(
+            self,
+            Change::Heard(_)
+                | Change::Observed(_)
+                | Change::ScaleMemory(..)
+                | Change::Active { .. }
+        )
+    }
+}
+
+impl State {
+    /// Applies `changes` in order: the store's pending batch first, then
+    /// memory. Writing the batch is [`State::flush`]'s.
+    pub(super) fn execute(&mut self, changes: Vec<Change>) {
+        for change in changes {
+            if change.publishes() {
+                self.changed = true;
+            }
+            match change {
+                Change::PutBlob { digest, bytes } => self.pending.push(Op::PutBlob(digest, bytes)),
+                Change::PutApp(app) => {
+                    self.pending.push(Op::PutApp(app.clone()));
+                    self.snap.apps.insert(app.key.clone(), app);
+                }
+                Change::DeleteApp(key) => {
+                    self.snap.apps.remove(&key);
+                    self.snap.revisions.retain(|(k, _), _| *k != key);
+                    self.pending.push(Op::DeleteApp(key.to_string()));
+                    self.pending.push(Op::DeleteRevisions(key.to_string()));
+                }
+                Change::PutRevision(r) => {
+                    self.pending.push(Op::PutRevision(Box::new(r.clone())));
+                    self.snap.revisions.insert((r.app.clone(), r.number), r);
+                }
+                Change::PutNode(n) => {
+                    self.pending.push(Op::PutNode(n.clone()));
+                    self.snap.nodes.insert(n.name.clone(), n);
+                }
+                Change::Heard(n) => {
+                    let now = self.awake.now();
+                    self.seen.insert(n.name.clone(), now);
+                    self.heartbeats_dirty = true;
+                    self.snap.nodes.insert(n.name.clone(), n);
+                }
+                Change::PutInstance(i) => {
+                    self.pending.push(Op::PutInstance(i.clone()));
+                    self.snap.instances.insert(i.id.clone(), i);
+                }
+                Change::Observed(i) => {
+                    self.snap.instances.insert(i.id.clone(), i);
+                }
+                Change::DeleteInstance(id) => {
+                    self.snap.instances.remove(&id);
+                    self.pending.push(Op::DeleteInstance(id));
+                }
+                Change::Bump(node) => {
+                    if let Some(n) = self.snap.nodes.get_mut(&node) {
+                        n.generation += 1;
+                        self.pending.push(Op::PutNode(n.clone()));
+                    }
+                }
+                Change::NextSeq(seq) => {
+                    self.next_seq = seq;
+                    self.pending.push(Op::SetMeta("next_seq", seq));
+                }
+                Change::ScaleMemory(app, memory) => {
+                    self.scale.insert(app, memory);
+                }
+                Change::AutoscaleView(app, view) => {
+                    self.snap.autoscale.insert(app, view);
+                }
+                Change::Active { app, at_ms } => {
+                    self.scale.entry(app).or_default().last_active_ms = at_ms;
+                }
+                Change::Event(e) => self.record(e),
+            }
+        }
+    }
+
+    /// Numbers, logs, stores and keeps an event.
+    fn record(&mut self, event: Event) {
+        let e = event.render(self.next_event, self.config.clock.now_ms());
+        self.next_event += 1;
+        match e.level {
+            EventLevel::Normal => {
+                tracing::info!(object = %e.object, reason = %e.reason, "{}", e.message)
+            }
+            EventLevel::Warning => {
+                tracing::warn!(object = %e.object, reason = %e.reason, "{}", e.message)
+            }
+        }
+        self.pending.push(Op::PutEvent(e.clone()));
+        self.snap.events.push_back(e);
+        if self.snap.events.len() > EVENTS_IN_MEMORY {
+            self.snap.events.pop_front();
+        }
+    }
+
+    /// Writes pending changes. On failure they stay pending and memory is
+    /// ahead of disk until the next attempt succeeds.
+    pub(super) fn flush(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.store.write(&self.pending)?;
+        self.pending.clear();
+        Ok(())
+    }
+}

@@ -1,0 +1,265 @@
+//! The control plane's state: one task owns it and is its only writer.
+//!
+//! Requests arrive as [`Command`]s on a channel. For each, and on every
+//! tick, the task asks a decider ([`decide`]: pure functions from the
+//! snapshot, the input and the time to a list of [`Change`]s) what should
+//! change; the executor ([`executor`]) applies the changes to the store,
+//! the snapshot and the event log; then reconcile runs the same way and
+//! the task publishes a [`Snapshot`] on a watch channel that readers use.
+//! The tick also expires node leases and resyncs, so nothing depends on an
+//! event having been seen.
+//!
+//! - [`snapshot`]: what readers see, and the reads deciders make of it.
+//! - [`decide`]: the deciders, each tested by tables.
+//! - [`executor`]: [`Change`] and the one place that applies it.
+//! - `task`: the state task's loop, inputs and timing.
+
+pub mod decide;
+pub mod executor;
+pub mod snapshot;
+mod task;
+
+pub use executor::Change;
+pub use snapshot::{ColdStarts, Snapshot};
+
+use crate::clock::{Clock, SystemClock};
+use crate::store::{Store, StoreError};
+use shoal_api::manifest::{AppManifest, TrafficTarget};
+use shoal_api::objects::AppKey;
+use shoal_api::protocol::{Heartbeat, HeartbeatResponse, RegisterRequest, RegisterResponse};
+use shoal_api::rest::{ApplyOutcome, GatewayMetrics};
+use std::sync::Arc;
+use std::time::Duration;
+use task::State;
+use tokio::sync::{mpsc, oneshot, watch};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// A node that has not heartbeated for this long is lost.
+    pub lease: Duration,
+    /// How often nodes heartbeat (told to them at registration).
+    pub heartbeat: Duration,
+    /// How often leases are checked and reconcile runs regardless of events.
+    pub tick: Duration,
+    /// How long an instance leaving service stays before it stops, at
+    /// least: time for every gateway to drop it from its table.
+    pub drain_delay: Duration,
+    /// Wall time, for everything stored or compared across restarts.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(2),
+            heartbeat: Duration::from_millis(250),
+            tick: Duration::from_millis(100),
+            drain_delay: Duration::from_secs(1),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// Errors the API reports, each with a stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    /// Something else already holds what the request asks for.
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error("the store failed: {0}")]
+    Store(#[from] StoreError),
+    #[error("the control plane is shutting down")]
+    Closed,
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "not_found",
+            Self::Invalid(_) => "invalid",
+            Self::Conflict { code, .. } => code,
+            Self::Store(_) => "store_error",
+            Self::Closed => "unavailable",
+        }
+    }
+}
+
+/// What the state task is asked to do.
+pub enum Command {
+    Apply {
+        apps: Vec<(AppManifest, String)>,
+        blobs: Vec<(String, Vec<u8>)>,
+        reply: oneshot::Sender<Result<Vec<ApplyOutcome>, ApiError>>,
+    },
+    Scale {
+        app: AppKey,
+        replicas: u32,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
+    Delete {
+        app: AppKey,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
+    Rollback {
+        app: AppKey,
+        to: Option<u64>,
+        reply: oneshot::Sender<Result<u64, ApiError>>,
+    },
+    SetTraffic {
+        app: AppKey,
+        traffic: Vec<TrafficTarget>,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
+    Metrics {
+        report: GatewayMetrics,
+    },
+    Activate {
+        app: AppKey,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
+    Register {
+        req: RegisterRequest,
+        reply: oneshot::Sender<Result<RegisterResponse, ApiError>>,
+    },
+    Heartbeat {
+        node: String,
+        hb: Heartbeat,
+        reply: oneshot::Sender<Result<HeartbeatResponse, ApiError>>,
+    },
+    /// Stop deciding: write what is pending and end the state task.
+    Stop {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// A handle on the running control plane state.
+#[derive(Clone)]
+pub struct ControlPlane {
+    tx: mpsc::Sender<Command>,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    store: Arc<Store>,
+}
+
+impl ControlPlane {
+    /// Loads the store and starts the state task.
+    pub fn start(store: Store, config: Config) -> Result<Self, ApiError> {
+        let store = Arc::new(store);
+        let mut state = State::load(store.clone(), config)?;
+        let (tx, rx) = mpsc::channel(1024);
+        let (snap_tx, snap_rx) = watch::channel(Arc::new(state.snapshot()));
+        tokio::spawn(async move { state.run(rx, snap_tx).await });
+        Ok(Self {
+            tx,
+            snapshot: snap_rx,
+            store,
+        })
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    pub fn watch(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshot.clone()
+    }
+
+    pub fn blob(&self, digest: &str) -> Result<Option<Vec<u8>>, ApiError> {
+        Ok(self.store.blob(digest)?)
+    }
+
+    pub fn has_blob(&self, digest: &str) -> Result<bool, ApiError> {
+        Ok(self.store.has_blob(digest)?)
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, ApiError>>) -> Command,
+    ) -> Result<T, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.map_err(|_| ApiError::Closed)?;
+        rx.await.map_err(|_| ApiError::Closed)?
+    }
+
+    pub async fn apply(
+        &self,
+        apps: Vec<(AppManifest, String)>,
+        blobs: Vec<(String, Vec<u8>)>,
+    ) -> Result<Vec<ApplyOutcome>, ApiError> {
+        self.ask(|reply| Command::Apply { apps, blobs, reply })
+            .await
+    }
+
+    pub async fn scale(&self, app: AppKey, replicas: u32) -> Result<(), ApiError> {
+        self.ask(|reply| Command::Scale {
+            app,
+            replicas,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn delete(&self, app: AppKey) -> Result<(), ApiError> {
+        self.ask(|reply| Command::Delete { app, reply }).await
+    }
+
+    /// Makes an earlier revision current again; returns its number.
+    pub async fn rollback(&self, app: AppKey, to: Option<u64>) -> Result<u64, ApiError> {
+        self.ask(|reply| Command::Rollback { app, to, reply }).await
+    }
+
+    pub async fn set_traffic(
+        &self,
+        app: AppKey,
+        traffic: Vec<TrafficTarget>,
+    ) -> Result<(), ApiError> {
+        self.ask(|reply| Command::SetTraffic {
+            app,
+            traffic,
+            reply,
+        })
+        .await
+    }
+
+    /// Takes a gateway's load report (no answer: reports are best effort).
+    pub async fn report_metrics(&self, report: GatewayMetrics) -> Result<(), ApiError> {
+        self.tx
+            .send(Command::Metrics { report })
+            .await
+            .map_err(|_| ApiError::Closed)
+    }
+
+    /// Stops the control loop for good (the process is stopping): nothing
+    /// is decided after this returns, so no node is judged lost because the
+    /// API stopped listening. Reads keep working from the last snapshot.
+    pub async fn stop(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.tx.send(Command::Stop { reply }).await.is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    /// A request is waiting for an app with no instance: start one.
+    pub async fn activate(&self, app: AppKey) -> Result<(), ApiError> {
+        self.ask(|reply| Command::Activate { app, reply }).await
+    }
+
+    pub async fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, ApiError> {
+        self.ask(|reply| Command::Register { req, reply }).await
+    }
+
+    pub async fn heartbeat(
+        &self,
+        node: String,
+        hb: Heartbeat,
+    ) -> Result<HeartbeatResponse, ApiError> {
+        self.ask(|reply| Command::Heartbeat { node, hb, reply })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,157 @@
+//! What the state task publishes after every change, and the reads the
+//! deciders make of it.
+
+use crate::placement::Capacity;
+use crate::reconcile::DesiredApp;
+use shoal_api::objects::{
+    App, AppKey, Event, Instance, Node, Phase, Revision, RolloutState, Template,
+};
+use shoal_api::protocol::{Assignment, HeartbeatResponse};
+use shoal_api::rest::{AutoscaleView, ColdStartView};
+use std::collections::{BTreeMap, VecDeque};
+
+/// A read-only view of everything, published after every change.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub apps: BTreeMap<AppKey, App>,
+    pub revisions: BTreeMap<(AppKey, u64), Revision>,
+    pub instances: BTreeMap<String, Instance>,
+    pub nodes: BTreeMap<String, Node>,
+    pub events: VecDeque<Event>,
+    /// The autoscaler's last decision per app (not stored).
+    pub autoscale: BTreeMap<AppKey, AutoscaleView>,
+    /// Recent cold starts per app, in ms (not stored).
+    pub cold_starts: BTreeMap<AppKey, ColdStarts>,
+    /// Bumped on every change; watchers wait for it to move.
+    pub version: u64,
+}
+
+/// The most recent cold starts of an app.
+#[derive(Debug, Clone, Default)]
+pub struct ColdStarts {
+    pub count: u64,
+    pub recent_ms: VecDeque<u64>,
+}
+
+impl ColdStarts {
+    const KEEP: usize = 1000;
+
+    pub(super) fn record(&mut self, ms: u64) {
+        self.count += 1;
+        self.recent_ms.push_back(ms);
+        if self.recent_ms.len() > Self::KEEP {
+            self.recent_ms.pop_front();
+        }
+    }
+
+    pub fn view(&self) -> Option<ColdStartView> {
+        let last = *self.recent_ms.back()?;
+        let mut sorted: Vec<u64> = self.recent_ms.iter().copied().collect();
+        sorted.sort_unstable();
+        let q = |p: f64| sorted[((sorted.len() - 1) as f64 * p).round() as usize];
+        Some(ColdStartView {
+            count: self.count,
+            last_ms: last,
+            p50_ms: q(0.5),
+            p99_ms: q(0.99),
+        })
+    }
+}
+
+impl Snapshot {
+    /// What `node` should run: every instance placed on it, with its
+    /// template, at the node's current generation.
+    pub fn assignment(&self, node: &Node) -> HeartbeatResponse {
+        let instances = self
+            .instances
+            .values()
+            .filter(|i| i.node.as_deref() == Some(node.name.as_str()))
+            .filter_map(|i| {
+                Some(Assignment {
+                    id: i.id.clone(),
+                    app: i.app.clone(),
+                    revision: i.revision,
+                    template: self.template(&i.app, i.revision)?.clone(),
+                    draining: i.phase == Phase::Terminating,
+                })
+            })
+            .collect();
+        HeartbeatResponse {
+            generation: node.generation,
+            instances,
+        }
+    }
+
+    pub fn template(&self, app: &AppKey, revision: u64) -> Option<&Template> {
+        self.revisions
+            .get(&(app.clone(), revision))
+            .map(|r| &r.template)
+    }
+
+    /// The number the next revision of `key` gets.
+    pub fn next_revision(&self, key: &AppKey) -> u64 {
+        self.revisions
+            .range((key.clone(), 0)..=(key.clone(), u64::MAX))
+            .map(|((_, n), _)| *n)
+            .max()
+            .unwrap_or(0)
+            + 1
+    }
+
+    /// What an instance of `revision` of `app` holds on its node.
+    pub fn need_of(&self, app: &AppKey, revision: u64) -> Capacity {
+        match self.template(app, revision) {
+            Some(t) => Capacity {
+                memory: t.spec.memory_request(),
+                instances: t.spec.resources.instances,
+            },
+            None => Capacity::default(),
+        }
+    }
+
+    /// What reconcile should aim for with one app.
+    pub fn desired(&self, a: &App) -> Option<DesiredApp> {
+        // A failed rollout leaves the stable revision serving.
+        let target = match a.rollout {
+            RolloutState::Failed { .. } if a.stable_revision > 0 => a.stable_revision,
+            _ => a.current_revision,
+        };
+        let t = self.template(&a.key, target)?;
+        let mut d = DesiredApp::new(
+            a.key.clone(),
+            a.replicas,
+            target,
+            self.need_of(&a.key, target),
+            t.spec.node_selector.clone(),
+        );
+        let r = &a.settings.rollout;
+        d.max_surge = r.max_surge.resolve(a.replicas, true);
+        d.max_unavailable = r.max_unavailable.resolve(a.replicas, false);
+        if d.max_surge == 0 && d.max_unavailable == 0 {
+            d.max_surge = 1;
+        }
+        d.drain_grace_ms = r.drain_grace.get().as_millis() as u64;
+        for (rev, percent) in crate::rollout::split_of(a) {
+            let Some(rt) = self.template(&a.key, rev) else {
+                continue;
+            };
+            // Each revision gets its share of the replicas, at least one.
+            let count = (u64::from(a.replicas) * u64::from(percent))
+                .div_ceil(100)
+                .max(u64::from(a.replicas.min(1))) as u32;
+            d.split.insert(rev, count);
+            if rev != target {
+                d.other_needs.insert(
+                    rev,
+                    (self.need_of(&a.key, rev), rt.spec.node_selector.clone()),
+                );
+            }
+        }
+        Some(d)
+    }
+
+    /// What reconcile aims for with every app.
+    pub fn desired_apps(&self) -> Vec<DesiredApp> {
+        self.apps.values().filter_map(|a| self.desired(a)).collect()
+    }
+}

@@ -1,0 +1,407 @@
+//! The state task: the only writer of the control plane's state. It takes
+//! commands and ticks, asks the deciders what to change, has the executor
+//! change it, and publishes snapshots.
+
+use super::decide::{self, app::ApplyInput, node::Leases};
+use super::{ApiError, Command, Config, Snapshot};
+use crate::autoscale::{Sample, ScaleState};
+use crate::clock::AwakeClock;
+use crate::reconcile;
+use crate::store::{Op, Store};
+use shoal_api::objects::AppKey;
+use shoal_api::protocol::HeartbeatResponse;
+use shoal_api::rest::GatewayMetrics;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// How often the autoscaler decides.
+const AUTOSCALE_EVERY: Duration = Duration::from_secs(1);
+
+/// Events kept in memory for the API.
+pub(super) const EVENTS_IN_MEMORY: usize = 2000;
+
+/// The longest step the awake clock takes between two readings, in ticks.
+/// The state task reads it at least once a tick, so a longer gap means the
+/// process was not running.
+const AWAKE_MAX_TICKS: u32 = 5;
+
+/// Load history kept per app (longer than any sensible stable window).
+const LOAD_HISTORY: usize = 600;
+
+pub(super) struct State {
+    pub(super) store: Arc<Store>,
+    pub(super) config: Config,
+    pub(super) snap: Snapshot,
+    /// Last heartbeat per node, in awake time and in memory only (a
+    /// restart grants a fresh lease to every node).
+    pub(super) seen: BTreeMap<String, Duration>,
+    pub(super) awake: AwakeClock,
+    pub(super) next_seq: u64,
+    pub(super) next_event: u64,
+    pub(super) pending: Vec<Op>,
+    pub(super) changed: bool,
+    /// Load per app, one entry per second, summed over gateways.
+    load: HashMap<AppKey, VecDeque<LoadBucket>>,
+    /// What the autoscaler remembers per app.
+    pub(super) scale: HashMap<AppKey, ScaleState>,
+    last_autoscale: Option<tokio::time::Instant>,
+    /// Heartbeat times changed since the last published snapshot; they are
+    /// republished at most once a second.
+    pub(super) heartbeats_dirty: bool,
+    last_publish: Option<tokio::time::Instant>,
+}
+
+/// One second of an app's load, by reporting gateway.
+#[derive(Debug, Default)]
+struct LoadBucket {
+    at_ms: u64,
+    by_gateway: HashMap<String, (f64, u64)>,
+}
+
+impl State {
+    pub(super) fn load(store: Arc<Store>, config: Config) -> Result<Self, ApiError> {
+        let c = store.load()?;
+        let mut snap = Snapshot::default();
+        for a in c.apps {
+            snap.apps.insert(a.key.clone(), a);
+        }
+        for r in c.revisions {
+            snap.revisions.insert((r.app.clone(), r.number), r);
+        }
+        for i in c.instances {
+            snap.instances.insert(i.id.clone(), i);
+        }
+        let mut awake = AwakeClock::new(config.tick * AWAKE_MAX_TICKS);
+        let now = awake.now();
+        let mut seen = BTreeMap::new();
+        for n in c.nodes {
+            seen.insert(n.name.clone(), now);
+            snap.nodes.insert(n.name.clone(), n);
+        }
+        let next_event = c.events.last().map(|e| e.seq + 1).unwrap_or(0);
+        let skip = c.events.len().saturating_sub(EVENTS_IN_MEMORY);
+        snap.events = c.events.into_iter().skip(skip).collect();
+        let meta: BTreeMap<String, u64> = c.meta.into_iter().collect();
+        let next_seq = meta.get("next_seq").copied().unwrap_or(0);
+        tracing::info!(
+            apps = snap.apps.len(),
+            instances = snap.instances.len(),
+            nodes = snap.nodes.len(),
+            "control plane state loaded"
+        );
+        Ok(Self {
+            store,
+            config,
+            snap,
+            seen,
+            awake,
+            next_seq,
+            next_event,
+            pending: Vec::new(),
+            changed: true,
+            load: HashMap::new(),
+            scale: HashMap::new(),
+            last_autoscale: None,
+            heartbeats_dirty: false,
+            last_publish: None,
+        })
+    }
+
+    pub(super) fn snapshot(&self) -> Snapshot {
+        self.snap.clone()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.config.clock.now_ms()
+    }
+
+    pub(super) async fn run(
+        &mut self,
+        mut rx: mpsc::Receiver<Command>,
+        out: watch::Sender<Arc<Snapshot>>,
+    ) {
+        let mut tick = tokio::time::interval(self.config.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut resync = false;
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(Command::Stop { reply }) => {
+                        if let Err(e) = self.flush() {
+                            tracing::error!(error = %e, "cannot write the store before stopping");
+                        }
+                        tracing::info!("control loop stopped; nodes keep what they run");
+                        let _ = reply.send(());
+                        // Dropping the snapshot channel ends every watch
+                        // and long poll with "unavailable", never with an
+                        // assignment made while nodes could not be heard.
+                        return;
+                    }
+                    Some(cmd) => self.handle(cmd, &out),
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    self.expire_leases();
+                    let due = self
+                        .last_autoscale
+                        .is_none_or(|t| t.elapsed() >= AUTOSCALE_EVERY);
+                    if due {
+                        self.last_autoscale = Some(tokio::time::Instant::now());
+                        self.autoscale();
+                    }
+                    // Level-triggered: reconcile on every tick, whether or
+                    // not an event said something changed.
+                    resync = true;
+                }
+            }
+            self.settle(resync, &out);
+        }
+    }
+
+    /// Reconciles what changed (everything with `resync`), writes it, and
+    /// publishes a new snapshot if anything moved.
+    fn settle(&mut self, resync: bool, out: &watch::Sender<Arc<Snapshot>>) {
+        if self.changed || resync {
+            self.reconcile();
+        }
+        if !self.pending.is_empty()
+            && let Err(e) = self.flush()
+        {
+            tracing::error!(error = %e, "cannot write the store; will retry");
+        }
+        if self.heartbeats_dirty
+            && self
+                .last_publish
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.changed = true;
+        }
+        // Readers get a new snapshot only when something changed.
+        if self.changed {
+            self.heartbeats_dirty = false;
+            self.last_publish = Some(tokio::time::Instant::now());
+            self.changed = false;
+            self.snap.version += 1;
+            out.send_replace(Arc::new(self.snapshot()));
+        }
+    }
+
+    /// Executes what a decider decided and writes it; a refusal changes
+    /// nothing.
+    fn commit<T>(
+        &mut self,
+        decided: Result<(T, Vec<super::executor::Change>), ApiError>,
+    ) -> Result<T, ApiError> {
+        let (answer, changes) = decided?;
+        self.execute(changes);
+        self.flush()?;
+        Ok(answer)
+    }
+
+    fn handle(&mut self, cmd: Command, out: &watch::Sender<Arc<Snapshot>>) {
+        // A change is answered once it is written and published, so the
+        // caller's next read sees it.
+        macro_rules! answer {
+            ($reply:expr, $result:expr) => {{
+                let r = $result;
+                self.settle(false, out);
+                let _ = $reply.send(r);
+            }};
+        }
+        let now = self.now_ms();
+        let unit = |r: Result<Vec<_>, ApiError>| r.map(|c| ((), c));
+        match cmd {
+            Command::Apply { apps, blobs, reply } => {
+                let decided = self
+                    .apply_input(apps, blobs)
+                    .and_then(|input| decide::app::apply(&self.snap, input, now));
+                let r = self.commit(decided);
+                // Even an unchanged apply is a moment to reconcile and
+                // publish.
+                if r.is_ok() {
+                    self.changed = true;
+                }
+                answer!(reply, r)
+            }
+            Command::Scale {
+                app,
+                replicas,
+                reply,
+            } => {
+                let d = unit(decide::app::scale(&self.snap, &app, replicas, now));
+                answer!(reply, self.commit(d))
+            }
+            Command::Delete { app, reply } => {
+                let d = unit(decide::app::delete(&self.snap, &app));
+                answer!(reply, self.commit(d))
+            }
+            Command::Rollback { app, to, reply } => {
+                let d = decide::app::rollback(&self.snap, &app, to, now);
+                answer!(reply, self.commit(d))
+            }
+            Command::SetTraffic {
+                app,
+                traffic,
+                reply,
+            } => {
+                let d = unit(decide::app::traffic(&self.snap, &app, traffic, now));
+                answer!(reply, self.commit(d))
+            }
+            Command::Metrics { report } => self.take_metrics(report),
+            Command::Activate { app, reply } => {
+                let d = unit(decide::app::activate(&self.snap, &app, now));
+                answer!(reply, self.commit(d))
+            }
+            Command::Register { req, reply } => {
+                let d = unit(decide::node::register(&self.snap, req, now));
+                let r = self
+                    .commit(d)
+                    .map(|()| shoal_api::protocol::RegisterResponse {
+                        lease_ms: self.config.lease.as_millis() as u64,
+                        heartbeat_ms: self.config.heartbeat.as_millis() as u64,
+                    });
+                answer!(reply, r)
+            }
+            Command::Heartbeat { node, hb, reply } => {
+                let _ = reply.send(self.heartbeat(&node, hb, now));
+            }
+            // The run loop ends on it before it gets here.
+            Command::Stop { reply } => {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    /// What the apply decider needs from the store: which modules it has.
+    fn apply_input(
+        &self,
+        apps: Vec<(shoal_api::manifest::AppManifest, String)>,
+        blobs: Vec<(String, Vec<u8>)>,
+    ) -> Result<ApplyInput, ApiError> {
+        let mut stored = BTreeSet::new();
+        let digests = apps
+            .iter()
+            .map(|(_, d)| d)
+            .chain(blobs.iter().map(|(d, _)| d));
+        for d in digests {
+            if self.store.has_blob(d)? {
+                stored.insert(d.clone());
+            }
+        }
+        Ok(ApplyInput {
+            apps,
+            blobs,
+            stored,
+        })
+    }
+
+    /// Answered at once, not after a reconcile: a heartbeat only reports.
+    fn heartbeat(
+        &mut self,
+        name: &str,
+        hb: shoal_api::protocol::Heartbeat,
+        now_ms: u64,
+    ) -> Result<HeartbeatResponse, ApiError> {
+        let changes = decide::node::heartbeat(&self.snap, name, hb, now_ms)?;
+        self.execute(changes);
+        if let Err(e) = self.flush() {
+            tracing::error!(error = %e, "cannot persist heartbeat changes");
+        }
+        let node = self
+            .snap
+            .nodes
+            .get(name)
+            .ok_or_else(|| ApiError::NotFound(format!("node {name} is not registered")))?;
+        Ok(self.snap.assignment(node))
+    }
+
+    fn take_metrics(&mut self, report: GatewayMetrics) {
+        // Decide on fresh load at the next tick rather than up to a second
+        // later: a burst then gets its instances one report sooner.
+        self.last_autoscale = None;
+        let now = self.now_ms();
+        let second = now / 1000 * 1000;
+        for m in report.apps {
+            if !self.snap.apps.contains_key(&m.app) {
+                continue;
+            }
+            for ms in &m.cold_starts_ms {
+                self.snap
+                    .cold_starts
+                    .entry(m.app.clone())
+                    .or_default()
+                    .record(*ms);
+                self.changed = true;
+            }
+            let buckets = self.load.entry(m.app.clone()).or_default();
+            if buckets.back().is_none_or(|b| b.at_ms != second) {
+                buckets.push_back(LoadBucket {
+                    at_ms: second,
+                    by_gateway: HashMap::new(),
+                });
+                if buckets.len() > LOAD_HISTORY {
+                    buckets.pop_front();
+                }
+            }
+            if let Some(b) = buckets.back_mut() {
+                let per_sec = m.requests as f64 * 1000.0 / report.interval_ms.max(1) as f64;
+                b.by_gateway.insert(
+                    report.gateway.clone(),
+                    (m.concurrency, per_sec.round() as u64),
+                );
+            }
+        }
+    }
+
+    /// Runs the autoscaler for every app that has autoscaling on.
+    fn autoscale(&mut self) {
+        let load: HashMap<AppKey, Vec<Sample>> = self
+            .snap
+            .apps
+            .values()
+            .filter(|a| a.settings.autoscale.is_some())
+            .filter_map(|a| Some((a.key.clone(), self.load.get(&a.key)?)))
+            .map(|(key, buckets)| {
+                let samples = buckets
+                    .iter()
+                    .map(|b| Sample {
+                        at_ms: b.at_ms,
+                        concurrency: b.by_gateway.values().map(|(c, _)| c).sum(),
+                        requests: b.by_gateway.values().map(|(_, r)| r).sum(),
+                    })
+                    .collect();
+                (key, samples)
+            })
+            .collect();
+        let now = self.now_ms();
+        let changes = decide::autoscale::autoscale(&self.snap, &load, &self.scale, now);
+        self.execute(changes);
+    }
+
+    fn expire_leases(&mut self) {
+        let now = self.awake.now();
+        let leases = Leases {
+            lease: self.config.lease,
+            heartbeat: self.config.heartbeat,
+        };
+        let changes = decide::node::expire_leases(&self.snap, &self.seen, now, leases);
+        self.execute(changes);
+    }
+
+    /// Rollout progress, then reconcile's plan.
+    fn reconcile(&mut self) {
+        let apps = self.snap.desired_apps();
+        let now = self.now_ms();
+        let changes = decide::rollout::progress(&self.snap, &apps, now);
+        self.execute(changes);
+        let clock = reconcile::Clock {
+            now_ms: now,
+            drain_delay_ms: self.config.drain_delay.as_millis() as u64,
+        };
+        let plan = decide::plan::plan(&self.snap, &apps, self.next_seq, clock);
+        let changes = decide::plan::changes(&self.snap, plan, now);
+        self.execute(changes);
+    }
+}

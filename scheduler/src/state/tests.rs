@@ -1,0 +1,302 @@
+//! The state task's timing under tokio's paused time: leases, drains,
+//! rollout progress deadlines and the autoscaler's ticks pass in
+//! microseconds.
+
+use super::*;
+use crate::clock::TokioClock;
+use shoal_api::objects::{EventLevel, NodeState, Phase, RolloutState};
+use shoal_api::protocol::InstanceReport;
+use std::collections::BTreeMap;
+
+/// A control plane on a fresh store, with default timing (a 2 s lease,
+/// a 100 ms tick, a 1 s drain delay) and wall time that follows tokio's.
+fn control_plane(dir: &std::path::Path) -> ControlPlane {
+    let config = Config {
+        clock: Arc::new(TokioClock::starting_at(1_700_000_000_000)),
+        ..Config::default()
+    };
+    ControlPlane::start(Store::open(dir).unwrap(), config).unwrap()
+}
+
+async fn register(cp: &ControlPlane, name: &str) {
+    cp.register(RegisterRequest {
+        name: name.into(),
+        address: format!("127.0.0.1:{}", 9000 + name.len()),
+        capacity: shoal_api::objects::NodeCapacity {
+            memory: 1 << 30,
+            instances: 10,
+        },
+        labels: BTreeMap::new(),
+    })
+    .await
+    .unwrap();
+}
+
+/// Applies `manifest` (JSON) with `module` as its module.
+async fn apply(cp: &ControlPlane, manifest: serde_json::Value, module: &[u8]) {
+    use sha2::Digest as _;
+    let m: AppManifest = serde_json::from_value(manifest).unwrap();
+    let digest = hex::encode(sha2::Sha256::digest(module));
+    cp.apply(vec![(m, digest.clone())], vec![(digest, module.to_vec())])
+        .await
+        .unwrap();
+}
+
+/// What a node says of an instance.
+fn report(id: &str, state: Phase, ready: bool, in_flight: u32) -> InstanceReport {
+    InstanceReport {
+        id: id.into(),
+        state,
+        ready,
+        restarts: 0,
+        message: None,
+        in_flight,
+    }
+}
+
+/// Lets `total` of time pass on tokio's paused clock while each of
+/// `alive` heartbeats every 250 ms, as nodes do, with its reports.
+async fn run_for(cp: &ControlPlane, total: Duration, alive: &[(&str, &[InstanceReport])]) {
+    let step = Duration::from_millis(250);
+    let mut passed = Duration::ZERO;
+    while passed < total {
+        for (n, reports) in alive {
+            let hb = Heartbeat {
+                generation: 0,
+                instances: reports.to_vec(),
+            };
+            cp.heartbeat(n.to_string(), hb).await.unwrap();
+        }
+        tokio::time::sleep(step).await;
+        passed += step;
+    }
+}
+
+fn states(cp: &ControlPlane) -> Vec<(String, NodeState)> {
+    cp.snapshot()
+        .nodes
+        .values()
+        .map(|n| (n.name.clone(), n.state))
+        .collect()
+}
+
+fn has_event(cp: &ControlPlane, reason: &str, message: &str) -> bool {
+    cp.snapshot()
+        .events
+        .iter()
+        .any(|e| e.reason == reason && e.message == message)
+}
+
+const QUIET: &[InstanceReport] = &[];
+
+/// The lease expiry the state task runs: a node silent alone for
+/// longer than the lease is lost.
+#[tokio::test(start_paused = true)]
+async fn a_node_silent_past_its_lease_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(dir.path());
+    for n in ["a", "b", "c"] {
+        register(&cp, n).await;
+    }
+    let others = [("b", QUIET), ("c", QUIET)];
+    // Within the lease nothing changes.
+    run_for(&cp, Duration::from_millis(1750), &others).await;
+    assert!(states(&cp).iter().all(|(_, s)| *s == NodeState::Ready));
+    run_for(&cp, Duration::from_millis(750), &others).await;
+    assert_eq!(
+        states(&cp),
+        vec![
+            ("a".into(), NodeState::Lost),
+            ("b".into(), NodeState::Ready),
+            ("c".into(), NodeState::Ready),
+        ]
+    );
+    let lost = cp.snapshot().events.iter().any(|e| {
+        e.reason == "NodeLost"
+            && e.object == "node/a"
+            && e.level == EventLevel::Warning
+            && e.message
+                == "node a missed heartbeats for 2s; its instances will be placed elsewhere"
+    });
+    assert!(lost, "{:?}", cp.snapshot().events);
+    // A heartbeat brings it back.
+    run_for(&cp, Duration::from_millis(250), &[("a", QUIET)]).await;
+    assert!(states(&cp).iter().all(|(_, s)| *s == NodeState::Ready));
+}
+
+/// Most nodes silent at once are unreachable, not lost; and time the
+/// control plane did not run (a long stall) counts against no node.
+#[tokio::test(start_paused = true)]
+async fn most_nodes_silent_together_are_unreachable_and_a_stall_costs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(dir.path());
+    for n in ["a", "b", "c"] {
+        register(&cp, n).await;
+    }
+    run_for(&cp, Duration::from_millis(2500), &[("c", QUIET)]).await;
+    assert_eq!(
+        states(&cp),
+        vec![
+            ("a".into(), NodeState::Unreachable),
+            ("b".into(), NodeState::Unreachable),
+            ("c".into(), NodeState::Ready),
+        ]
+    );
+    let all = [("a", QUIET), ("b", QUIET), ("c", QUIET)];
+    run_for(&cp, Duration::from_millis(500), &all).await;
+    assert!(states(&cp).iter().all(|(_, s)| *s == NodeState::Ready));
+
+    // The whole runtime stops for a minute (as under SIGSTOP): the
+    // state task sees one long step, of at most five ticks.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(states(&cp).iter().all(|(_, s)| *s == NodeState::Ready));
+}
+
+/// An instance leaving service stays for the drain delay and while it
+/// has requests in flight, then goes.
+#[tokio::test(start_paused = true)]
+async fn a_drained_instance_goes_after_the_drain_delay_once_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(dir.path());
+    register(&cp, "n1").await;
+    apply(
+        &cp,
+        serde_json::json!({"name": "web", "module": "web.wasm"}),
+        b"\0asm\x01\0\0\0",
+    )
+    .await;
+    run_for(&cp, Duration::from_millis(250), &[("n1", QUIET)]).await;
+    let id = cp.snapshot().instances.keys().next().cloned().unwrap();
+    let serving = [report(&id, Phase::Running, true, 0)];
+    run_for(&cp, Duration::from_millis(250), &[("n1", &serving)]).await;
+    assert_eq!(cp.snapshot().instances[&id].phase, Phase::Running);
+
+    cp.scale(AppKey::new("default", "web"), 0).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(cp.snapshot().instances[&id].phase, Phase::Terminating);
+    // Busy past the drain delay: it stays.
+    let busy = [report(&id, Phase::Running, true, 2)];
+    run_for(&cp, Duration::from_millis(1500), &[("n1", &busy)]).await;
+    assert!(cp.snapshot().instances.contains_key(&id));
+    // Idle: it goes at the next decision.
+    run_for(&cp, Duration::from_millis(250), &[("n1", &serving)]).await;
+    assert!(!cp.snapshot().instances.contains_key(&id));
+    assert!(has_event(
+        &cp,
+        "Killing",
+        &format!("stopping {id}: drained")
+    ));
+}
+
+/// A rollout whose new instance never gets ready fails at its progress
+/// deadline, and the stable revision keeps serving.
+#[tokio::test(start_paused = true)]
+async fn a_rollout_fails_at_its_progress_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(dir.path());
+    register(&cp, "n1").await;
+    let manifest = serde_json::json!({
+        "name": "web", "module": "web.wasm",
+        "rollout": {"progress-deadline": "3s"},
+    });
+    apply(&cp, manifest.clone(), b"\0asm\x01\0\0\0").await;
+    run_for(&cp, Duration::from_millis(250), &[("n1", QUIET)]).await;
+    let old = cp.snapshot().instances.keys().next().cloned().unwrap();
+    let v1 = [report(&old, Phase::Running, true, 0)];
+    run_for(&cp, Duration::from_millis(250), &[("n1", &v1)]).await;
+    let key = AppKey::new("default", "web");
+    assert!(matches!(
+        cp.snapshot().apps[&key].rollout,
+        RolloutState::Complete { .. }
+    ));
+
+    // Revision 2: its instance starts and never gets ready.
+    apply(&cp, manifest, b"\0asm\x01\0\0\0\0\x02\x01a").await;
+    run_for(&cp, Duration::from_millis(250), &[("n1", &v1)]).await;
+    let new = cp
+        .snapshot()
+        .instances
+        .values()
+        .find(|i| i.revision == 2)
+        .map(|i| i.id.clone())
+        .unwrap();
+    let both = [
+        report(&old, Phase::Running, true, 0),
+        report(&new, Phase::Starting, false, 0),
+    ];
+    run_for(&cp, Duration::from_millis(2250), &[("n1", &both)]).await;
+    assert!(matches!(
+        cp.snapshot().apps[&key].rollout,
+        RolloutState::Progressing { .. }
+    ));
+    run_for(&cp, Duration::from_millis(1000), &[("n1", &both)]).await;
+    assert!(matches!(
+        cp.snapshot().apps[&key].rollout,
+        RolloutState::Failed { .. }
+    ));
+    let failed =
+        cp.snapshot().events.iter().any(|e| {
+            e.reason == "RolloutFailed" && e.message.ends_with("; revision 1 keeps serving")
+        });
+    assert!(failed, "{:?}", cp.snapshot().events);
+    assert!(cp.snapshot().instances.contains_key(&old));
+}
+
+fn replicas(cp: &ControlPlane, app: &str) -> u32 {
+    cp.snapshot().apps[&AppKey::new("default", app)].replicas
+}
+
+/// The autoscaler decides on fresh load at the next tick, and an idle
+/// app that may go to zero does so once quiet for its period.
+#[tokio::test(start_paused = true)]
+async fn the_autoscaler_follows_load_and_goes_to_zero_when_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(dir.path());
+    register(&cp, "n1").await;
+    apply(
+        &cp,
+        serde_json::json!({"name": "web", "module": "web.wasm",
+            "autoscale": {"min": 0, "max": 5, "target-concurrency": 1,
+                "scale-to-zero-after": "5s"}}),
+        b"\0asm\x01\0\0\0",
+    )
+    .await;
+    // Never asked for: zero at the autoscaler's next decision, within
+    // a second.
+    run_for(&cp, Duration::from_millis(1250), &[("n1", QUIET)]).await;
+    assert_eq!(replicas(&cp, "web"), 0);
+
+    // A request waits: one instance at once.
+    cp.activate(AppKey::new("default", "web")).await.unwrap();
+    assert_eq!(replicas(&cp, "web"), 1);
+    // A gateway reports four requests in flight: the next tick decides,
+    // not the next second.
+    let report = GatewayMetrics {
+        gateway: "g1".into(),
+        interval_ms: 1000,
+        apps: vec![shoal_api::rest::AppMetrics {
+            app: AppKey::new("default", "web"),
+            concurrency: 4.0,
+            requests: 4,
+            cold_starts_ms: vec![35],
+        }],
+    };
+    cp.report_metrics(report).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(replicas(&cp, "web"), 4);
+    assert!(has_event(
+        &cp,
+        "AutoScaled",
+        "replicas 1 -> 4: panic: concurrency 4.0 over the last 6s needs 4 at 1 per instance"
+    ));
+    assert_eq!(
+        cp.snapshot().cold_starts[&AppKey::new("default", "web")].count,
+        1
+    );
+
+    // Quiet from now on: the scale-down delay (30 s) and then the
+    // quiet period bring it back to zero, in no time at all.
+    run_for(&cp, Duration::from_secs(120), &[("n1", QUIET)]).await;
+    assert_eq!(replicas(&cp, "web"), 0);
+}
