@@ -398,7 +398,7 @@ pub async fn serve(
         });
         let gw = gateway.clone();
         let act = activity.clone();
-        let client = Arc::new(crate::proxy::Peer::new(peer));
+        let client = Arc::new(crate::headers::Peer::new(peer));
         let service =
             hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let gw = gw.clone();
@@ -409,7 +409,7 @@ pub async fn serve(
                 let refused = (req.version() == http::Version::HTTP_2
                     && h2_head_over(&req, head_limits))
                 .then(|| {
-                    crate::proxy::error(
+                    crate::answer::error(
                         http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                         HEADERS_TOO_LARGE,
                         headers_too_large(head_limits),
