@@ -560,3 +560,93 @@ async fn an_apps_own_empty_error_answer_is_passed_on_as_it_is() {
         assert!(!text.contains("application/json"), "{text}");
     }
 }
+
+/// A node answering every request 503, counting the requests in `hits`.
+async fn failing_node(hits: Arc<std::sync::atomic::AtomicU64>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let hits = hits.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    hits.fetch_add(1, Ordering::Relaxed);
+                    async move {
+                        let mut resp = Response::new(Full::new(Bytes::from_static(b"down")));
+                        *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn under_failing_nodes_retries_stop_at_the_apps_budget() {
+    let hits = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let gw = Gateway::new(GatewayConfig::default());
+    let mut endpoints = Vec::new();
+    for i in 0..2 {
+        endpoints.push(RouteEndpoint {
+            instance: format!("web-{i}"),
+            node: format!("n{i}"),
+            address: failing_node(hits.clone()).await,
+        });
+    }
+    gw.set_table(&RouteTable {
+        apps: vec![RouteApp {
+            app: AppKey::new("default", "web"),
+            routes: vec![Route {
+                host: None,
+                path: "/".into(),
+            }],
+            load_balancing: LoadBalancing::default(),
+            timeout_ms: 30_000,
+            max_body: 1 << 20,
+            backends: vec![Backend {
+                revision: 1,
+                weight: 100,
+                endpoints,
+            }],
+            scale_from_zero: false,
+        }],
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(crate::server::serve(
+        listener,
+        gw,
+        std::future::pending::<()>(),
+        Default::default(),
+    ));
+    // Every request fails on its first node, and each GET may be sent once
+    // more: without a budget every one of them would be.
+    let client = reqwest::Client::new();
+    let requests = 400u64;
+    let started = Instant::now();
+    for _ in 0..requests {
+        let resp = client.get(format!("http://{addr}/")).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        resp.bytes().await.unwrap();
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    let retries = hits.load(Ordering::Relaxed) - requests;
+    // The share of the requests, plus the floor for each second the test
+    // touched.
+    let bound = requests * crate::retry::BUDGET_PERCENT / 100
+        + u64::from(crate::retry::MIN_RETRIES_PER_SECOND) * seconds;
+    assert!(
+        retries <= bound,
+        "{retries} retries for {requests} requests in {seconds} s; the budget allows {bound}"
+    );
+    // And the budget is spent: a busy app gets its share.
+    assert!(
+        retries >= requests * crate::retry::BUDGET_PERCENT / 200,
+        "only {retries} retries for {requests} requests"
+    );
+}
