@@ -401,4 +401,6 @@ impl<F: Release> http_body::Body for Body<F> {
 }
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;
