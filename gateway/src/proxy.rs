@@ -62,13 +62,16 @@ impl Gateway {
             Err(not_found) => return not_found,
         };
         let counted = Counted::start(&app.stats);
-        let stats = app.stats.clone();
         let (parts, body) = req.into_parts();
         // Whether there is a body comes from the body itself (hyper knows
         // it from Content-Length, chunked framing or HTTP/2's end of
         // stream), not from headers an HTTP/2 client need not send.
         let body = (!body.is_end_stream()).then(|| Capped::new(body, app.max_body));
-        match self.forward(app, &stats, parts, body, peer, host).await {
+        let forwarded = match prepare(&app, parts, body, peer, host).await {
+            Ok(prepared) => self.forward(app, counted.stats(), prepared).await,
+            Err(resp) => Err(resp),
+        };
+        match forwarded {
             // One box for the body, holding every guard until it ends.
             Ok((parts, body, in_flight)) => Response::from_parts(
                 parts,
@@ -78,35 +81,25 @@ impl Gateway {
         }
     }
 
-    /// The stages after routing: the answer's head and body and the
+    /// The stages after preparing: the answer's head and body and the
     /// endpoint's in-flight guard, or the answer to give instead.
-    async fn forward<B>(
+    async fn forward(
         &self,
         mut app: Arc<AppRoute>,
         stats: &AppStats,
-        parts: http::request::Parts,
-        body: Option<Capped<B>>,
-        peer: &Peer,
-        host: ClientHost,
-    ) -> Result<(http::response::Parts, Relayed, InFlight), Response<ProxyBody>>
-    where
-        B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
-        B::Error: Into<BoxError>,
-    {
-        // Prepare.
-        let method = parts.method;
-        let (headers, upgrade) = headers::forward_headers(parts.headers, peer, host, &app.header);
+        prepared: Prepared,
+    ) -> Result<(http::response::Parts, Relayed, InFlight), Response<ProxyBody>> {
+        let Prepared {
+            method,
+            uri,
+            headers,
+            mut body,
+        } = prepared;
         let request_id = || headers::request_id(&headers);
-        if upgrade || method == Method::CONNECT {
-            return Err(answer::upgrade_not_supported(&app.key, &request_id()));
-        }
-        let mut body = Outgoing::read(body)
-            .await
-            .map_err(|e| e.response(&app.key, &request_id()))?;
         let mut retries = Retries::new(&method);
         let request = attempt::Request {
             method: &method,
-            path: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+            path: uri.path_and_query().map_or("/", |p| p.as_str()),
             headers: &headers,
             idempotent: retries.idempotent(),
         };
@@ -193,6 +186,49 @@ impl Gateway {
         tracing::warn!(app = %app.key, request_id = ?id, reason = %last_error, "no instance could serve the request");
         Err(answer::bad_gateway(&app.key, &id))
     }
+}
+
+/// A request as it will be forwarded.
+struct Prepared {
+    method: Method,
+    uri: http::Uri,
+    /// As forwarded ([`headers::forward_headers`]).
+    headers: http::HeaderMap,
+    body: Outgoing,
+}
+
+/// The prepare stage: the headers to forward, a protocol switch or tunnel
+/// refused (501), the body read ahead or set to stream (413 over the app's
+/// limit).
+async fn prepare<B>(
+    app: &AppRoute,
+    parts: http::request::Parts,
+    body: Option<Capped<B>>,
+    peer: &Peer,
+    host: ClientHost,
+) -> Result<Prepared, Response<ProxyBody>>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let method = parts.method;
+    let (headers, upgrade) = headers::forward_headers(parts.headers, peer, host, &app.header);
+    if upgrade || method == Method::CONNECT {
+        return Err(answer::upgrade_not_supported(
+            &app.key,
+            &headers::request_id(&headers),
+        ));
+    }
+    let body = match Outgoing::read(body).await {
+        Ok(body) => body,
+        Err(e) => return Err(e.response(&app.key, &headers::request_id(&headers))),
+    };
+    Ok(Prepared {
+        method,
+        uri: parts.uri,
+        headers,
+        body,
+    })
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {

@@ -37,6 +37,10 @@ impl Counted {
         stats.in_flight.fetch_add(1, Ordering::Relaxed);
         Self(stats.clone())
     }
+
+    pub fn stats(&self) -> &AppStats {
+        &self.0
+    }
 }
 
 impl Drop for Counted {
