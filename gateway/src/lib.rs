@@ -1,31 +1,59 @@
-//! Shoal's HTTP gateway: the front door to every app.
+//! Shoal's HTTP gateway: the front door to every app. It owns the route
+//! table's copy in memory, the request path from a client to a node and
+//! back, its own connections to nodes, and load reports for the
+//! autoscaler. It never links wasmtime: it reaches nodes over HTTP only.
 //!
+//! The request path, one stage per file, run in turn by [`proxy`]:
+//!
+//! - [`route`]: the app a request is for (host, then longest prefix on
+//!   [`table`]); 404 if none.
+//! - [`headers`] and [`body`]: what is forwarded (`X-Forwarded-*`,
+//!   `X-Request-Id`, hop-by-hop headers dropped, 501 for protocol
+//!   switches) and how the body goes (read ahead up to 64 KiB so it can be
+//!   sent again, or streamed; 413 over the app's limit).
+//! - [`activate`]: hold a request for an app with no ready instance and
+//!   ask the control plane for one.
+//! - [`balance`]: choose an endpoint (weighted revisions, then power of two
+//!   choices or round robin), skipping those tried and ejected.
+//! - [`attempt`]: send once, within the app's deadline.
+//! - [`eject`]: passive health of nodes, from each attempt's outcome.
+//! - [`retry`]: per-request retry rules and each app's retry budget.
+//! - [`answer`]: the JSON answers the gateway makes itself.
+//!
+//! Around it:
+//!
+//! - [`gateway`]: what the workers share (the table in force, endpoint and
+//!   node state, per-app counters and budgets) and the configuration.
 //! - [`watch`]: follows the control plane's route table (a stream of whole
 //!   tables) and keeps the last one when the control plane is away.
-//! - [`table`]: the routing table built from it: host and longest path
-//!   prefix to an app; per app, endpoints grouped by revision with weights;
-//!   power-of-two-choices or round robin; passive health per node.
-//! - [`proxy`]: forwarding one request over pooled keep-alive connections,
-//!   streaming bodies, setting `X-Forwarded-*` and `X-Request-Id`, retrying
-//!   where that is safe, and answering JSON errors (404, 413, 501-504); and the activator, which
-//!   holds requests for an app with no ready instance and asks for one.
-//! - [`pool`]: keep-alive HTTP/1.1 connections to nodes, one pool per
-//!   worker.
+//! - [`table`]: the routing table built from it, swapped in whole.
+//! - [`pool`]: each worker's keep-alive connections to nodes, through the
+//!   gateway's own HTTP/1.1 client ([`h1`]) for bodies in memory and
+//!   hyper's for streamed ones.
+//! - [`h1`]: the gateway's own HTTP/1.1 client, behind a small surface.
 //! - [`metrics`]: per-app load reports to the control plane (autoscaling).
 //! - [`server`]: the listener, with header, size and idle limits (JSON 400
 //!   and 431 answers); one single-threaded worker per core, each with its
 //!   own socket (`SO_REUSEPORT`, on an address no other process listens on)
 //!   and connection pool.
-//!
-//! The gateway never links wasmtime: it reaches nodes over HTTP only.
 
+pub mod activate;
+pub mod answer;
+pub mod attempt;
+pub mod balance;
+pub mod body;
+pub mod eject;
+pub mod gateway;
 pub mod h1;
+pub mod headers;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod retry;
+pub mod route;
 pub mod server;
 pub mod table;
 pub mod watch;
 
-pub use proxy::{Gateway, GatewayConfig};
+pub use gateway::{Gateway, GatewayConfig};
 pub use server::{Listeners, ServerLimits, bind_workers, serve, serve_workers};

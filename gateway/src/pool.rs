@@ -216,12 +216,12 @@ impl Pool {
                 None => (h1::Conn::new(self.connect_tcp(address).await?), true),
             };
             match conn.send(method, path, headers, extra, body).await {
-                Ok((head, conn, framing)) => {
+                Ok((head, rest)) => {
                     let back = Checkin {
                         pool: self.clone(),
                         address: address.clone(),
                     };
-                    return Ok((head, h1::Body::new(conn, framing, back)));
+                    return Ok((head, h1::Body::new(rest, back)));
                 }
                 Err(h1::H1Error::ClosedBeforeAnswer { written })
                     if !fresh && (idempotent || !written) =>

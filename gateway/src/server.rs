@@ -67,10 +67,26 @@ fn now_ms() -> u64 {
         + 1
 }
 
-/// What a connection's sweeper asks of it.
-const KEEP: u8 = 0;
-const CLOSE_GRACEFULLY: u8 = 1;
-const CLOSE_NOW: u8 = 2;
+/// What a connection's sweeper asks of it, in order: a request only ever
+/// raises it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+enum Close {
+    Keep = 0,
+    /// Once the requests in progress are answered.
+    Gracefully = 1,
+    Now = 2,
+}
+
+impl Close {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Close::Keep,
+            1 => Close::Gracefully,
+            _ => Close::Now,
+        }
+    }
+}
 
 /// Activity of one connection, watched by its worker's sweeper: a count of
 /// reads and writes that moved bytes (cheaper on the hot path than reading
@@ -86,6 +102,7 @@ struct Activity {
     head_since: AtomicU64,
     /// The connection speaks HTTP/2 (its frames are not request heads).
     h2: std::sync::atomic::AtomicBool,
+    /// A [`Close`].
     close: std::sync::atomic::AtomicU8,
     /// The connection's task, woken when `close` is raised.
     waker: futures::task::AtomicWaker,
@@ -98,7 +115,7 @@ impl Activity {
             active: AtomicUsize::new(0),
             head_since: AtomicU64::new(0),
             h2: std::sync::atomic::AtomicBool::new(false),
-            close: std::sync::atomic::AtomicU8::new(KEEP),
+            close: std::sync::atomic::AtomicU8::new(Close::Keep as u8),
             waker: futures::task::AtomicWaker::new(),
         }
     }
@@ -121,21 +138,21 @@ impl Activity {
         }
     }
 
-    fn ask(&self, what: u8) {
-        if self.close.fetch_max(what, Ordering::AcqRel) < what {
+    fn ask(&self, what: Close) {
+        if self.close.fetch_max(what as u8, Ordering::AcqRel) < what as u8 {
             self.waker.wake();
         }
     }
 
     /// Resolves with what was asked once it is more than `seen`.
-    fn asked(&self, seen: u8) -> impl Future<Output = u8> + '_ {
+    fn asked(&self, seen: Close) -> impl Future<Output = Close> + '_ {
         std::future::poll_fn(move |cx| {
-            let now = self.close.load(Ordering::Acquire);
+            let now = Close::from_u8(self.close.load(Ordering::Acquire));
             if now > seen {
                 return Poll::Ready(now);
             }
             self.waker.register(cx.waker());
-            let now = self.close.load(Ordering::Acquire);
+            let now = Close::from_u8(self.close.load(Ordering::Acquire));
             if now > seen {
                 Poll::Ready(now)
             } else {
@@ -208,7 +225,7 @@ impl Registry {
             let a = &w.activity;
             let head = a.head_since.load(Ordering::Relaxed);
             if head != 0 && now.saturating_sub(head) >= header_ms {
-                a.ask(CLOSE_NOW);
+                a.ask(Close::Now);
                 continue;
             }
             let moves = a.moves.load(Ordering::Relaxed);
@@ -216,7 +233,7 @@ impl Registry {
                 w.seen = moves;
                 w.since = now;
             } else if now.saturating_sub(w.since) >= idle_ms {
-                a.ask(CLOSE_GRACEFULLY);
+                a.ask(Close::Gracefully);
             }
         }
     }
@@ -398,7 +415,7 @@ pub async fn serve(
         });
         let gw = gateway.clone();
         let act = activity.clone();
-        let client = Arc::new(crate::proxy::Peer::new(peer));
+        let client = Arc::new(crate::headers::Peer::new(peer));
         let service =
             hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let gw = gw.clone();
@@ -409,7 +426,7 @@ pub async fn serve(
                 let refused = (req.version() == http::Version::HTTP_2
                     && h2_head_over(&req, head_limits))
                 .then(|| {
-                    crate::proxy::error(
+                    crate::answer::error(
                         http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                         HEADERS_TOO_LARGE,
                         headers_too_large(head_limits),
@@ -428,7 +445,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let conn = builder.serve_connection(io, service);
             tokio::pin!(conn);
-            let mut seen = KEEP;
+            let mut seen = Close::Keep;
             loop {
                 tokio::select! {
                     r = conn.as_mut() => {
@@ -439,7 +456,7 @@ pub async fn serve(
                     }
                     asked = activity.asked(seen) => {
                         seen = asked;
-                        if asked == CLOSE_NOW {
+                        if asked == Close::Now {
                             tracing::debug!(%peer, "request head too slow; closing the connection");
                             break;
                         }
@@ -460,7 +477,7 @@ pub async fn serve(
     let open = {
         let r = lock(&registry);
         for w in r.conns.values() {
-            w.activity.ask(CLOSE_GRACEFULLY);
+            w.activity.ask(Close::Gracefully);
         }
         !r.conns.is_empty()
     };

@@ -1,5 +1,6 @@
-//! The gateway's in-memory routing table: which app a request is for, and
-//! which endpoint serves it.
+//! The gateway's in-memory routing table: which app a request is for (the
+//! lookup the route stage makes), and the endpoints each app has, grouped
+//! by revision (choosing among them is [`crate::balance`]).
 //!
 //! A [`Table`] is built from each [`RouteTable`] the control plane sends and
 //! swapped in whole; readers hold an `Arc` to the one they started with.
@@ -7,64 +8,16 @@
 //! [`Endpoints`], a concurrent map keyed by instance that outlives tables,
 //! so a table update does not forget that an endpoint is failing.
 
+use crate::eject::Health;
 use dashmap::DashMap;
 use dashmap::DashMap as StatsMap;
 use shoal_api::manifest::LoadBalancing;
 use shoal_api::objects::AppKey;
 use shoal_api::routes::{RouteApp, RouteTable};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// First ejection of a failing endpoint; doubled for each further failure
-/// in a row.
-const EJECT_BASE: Duration = Duration::from_millis(500);
-const EJECT_MAX: Duration = Duration::from_secs(30);
-
-/// Passive health of one node, shared by all its endpoints: a node that
-/// refuses connections is out of rotation for a while that grows with each
-/// failure in a row, and back after it.
-#[derive(Debug)]
-pub struct Health {
-    failures: AtomicU32,
-    /// Until when it gets no traffic, in ms since `epoch`.
-    ejected_until: AtomicU64,
-    epoch: Instant,
-}
-
-impl Health {
-    fn new(epoch: Instant) -> Self {
-        Self {
-            failures: AtomicU32::new(0),
-            ejected_until: AtomicU64::new(0),
-            epoch,
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
-    pub fn is_ejected(&self) -> bool {
-        self.ejected_until.load(Ordering::Relaxed) > self.now_ms()
-    }
-
-    pub fn eject(&self) -> Duration {
-        let n = self.failures.fetch_add(1, Ordering::Relaxed).min(6);
-        let d = EJECT_BASE.saturating_mul(1 << n).min(EJECT_MAX);
-        self.ejected_until
-            .store(self.now_ms() + d.as_millis() as u64, Ordering::Relaxed);
-        d
-    }
-
-    pub fn succeeded(&self) {
-        if self.failures.load(Ordering::Relaxed) != 0 {
-            self.failures.store(0, Ordering::Relaxed);
-            self.ejected_until.store(0, Ordering::Relaxed);
-        }
-    }
-}
 
 /// One instance the gateway can send requests to.
 #[derive(Debug)]
@@ -104,7 +57,7 @@ impl Endpoint {
         InFlight(self.clone())
     }
 
-    fn load_key(&self) -> (usize, u64) {
+    pub(crate) fn load_key(&self) -> (usize, u64) {
         (self.outstanding(), self.sent.load(Ordering::Relaxed))
     }
 }
@@ -198,9 +151,10 @@ pub struct AppRoute {
     pub scale_from_zero: bool,
     /// The app's request counters (shared with older and newer tables).
     pub stats: Arc<AppStats>,
-    rr: AtomicUsize,
+    /// Round robin position ([`crate::balance`]).
+    pub(crate) rr: AtomicUsize,
     /// Smooth weighted round robin state, one entry per backend.
-    wrr: Mutex<Vec<i64>>,
+    pub(crate) wrr: Mutex<Vec<i64>>,
 }
 
 impl AppRoute {
@@ -211,97 +165,9 @@ impl AppRoute {
     pub fn endpoint_count(&self) -> usize {
         self.backends.iter().map(|b| b.endpoints.len()).sum()
     }
-
-    /// Picks an endpoint, skipping those in `tried`. Ejected endpoints are
-    /// used only when nothing else is left.
-    pub fn pick(&self, tried: &[Arc<Endpoint>]) -> Option<Arc<Endpoint>> {
-        let usable = |e: &Arc<Endpoint>, allow_ejected: bool| {
-            !tried.iter().any(|t| Arc::ptr_eq(t, e)) && (allow_ejected || !e.is_ejected())
-        };
-        for allow_ejected in [false, true] {
-            let candidates: Vec<(usize, Vec<&Arc<Endpoint>>)> = self
-                .backends
-                .iter()
-                .enumerate()
-                .map(|(i, b)| {
-                    (
-                        i,
-                        b.endpoints
-                            .iter()
-                            .filter(|e| usable(e, allow_ejected))
-                            .collect::<Vec<_>>(),
-                    )
-                })
-                .filter(|(_, eps)| !eps.is_empty())
-                .collect();
-            if candidates.is_empty() {
-                continue;
-            }
-            let chosen = if candidates.len() == 1 {
-                &candidates[0].1
-            } else {
-                let idx =
-                    self.choose_backend(&candidates.iter().map(|(i, _)| *i).collect::<Vec<_>>());
-                &candidates
-                    .iter()
-                    .find(|(i, _)| *i == idx)
-                    .unwrap_or(&candidates[0])
-                    .1
-            };
-            return Some(self.choose_endpoint(chosen));
-        }
-        None
-    }
-
-    /// Smooth weighted round robin over the backends in `live` (indices into
-    /// `self.backends`): an exact split over any window of requests.
-    fn choose_backend(&self, live: &[usize]) -> usize {
-        let mut state = self.wrr.lock().unwrap_or_else(|p| p.into_inner());
-        if state.len() != self.backends.len() {
-            *state = vec![0; self.backends.len()];
-        }
-        let weight = |i: usize| i64::from(self.backends[i].weight.max(1));
-        let total: i64 = live.iter().map(|i| weight(*i)).sum();
-        let mut best = live[0];
-        for &i in live {
-            state[i] += weight(i);
-            if state[i] > state[best] {
-                best = i;
-            }
-        }
-        state[best] -= total;
-        best
-    }
-
-    fn choose_endpoint(&self, eps: &[&Arc<Endpoint>]) -> Arc<Endpoint> {
-        if eps.len() == 1 {
-            return eps[0].clone();
-        }
-        match self.load_balancing {
-            LoadBalancing::RoundRobin => {
-                let i = self.rr.fetch_add(1, Ordering::Relaxed) % eps.len();
-                eps[i].clone()
-            }
-            LoadBalancing::LeastRequest => {
-                // Power of two choices: two distinct endpoints at random,
-                // the less loaded one wins.
-                let a = fastrand::usize(..eps.len());
-                let mut b = fastrand::usize(..eps.len() - 1);
-                if b >= a {
-                    b += 1;
-                }
-                let (ea, eb) = (eps[a], eps[b]);
-                if eb.load_key() < ea.load_key() {
-                    eb.clone()
-                } else {
-                    ea.clone()
-                }
-            }
-        }
-    }
 }
 
-/// Request counters of one app, for the autoscaler.
+/// Request counters of one app, for the autoscaler and the retry budget.
 #[derive(Debug, Default)]
 pub struct AppStats {
     /// Requests being served now.
@@ -315,9 +181,11 @@ pub struct AppStats {
     pub cold_starts_ms: std::sync::Mutex<Vec<u64>>,
     /// When the gateway last asked the control plane for an instance.
     pub(crate) activation_sent: Mutex<Option<Instant>>,
+    /// How many more requests may be sent again ([`crate::retry`]); its
+    /// deposits are `requests`.
+    pub retry_budget: crate::retry::RetryBudget,
 }
 
-/// The gateway: the current routing table and the connection pool.
 /// Routes for one host (or for any host): path prefixes, longest first.
 #[derive(Debug, Default)]
 struct Prefixes(Vec<(String, usize)>);
@@ -462,14 +330,6 @@ mod tests {
     use shoal_api::manifest::Route;
     use shoal_api::routes;
 
-    fn ep(i: &str) -> routes::Endpoint {
-        routes::Endpoint {
-            instance: i.into(),
-            node: format!("node-{i}"),
-            address: format!("http://node-{i}:1"),
-        }
-    }
-
     fn app(name: &str, routes_: Vec<Route>, backends: Vec<routes::Backend>) -> RouteApp {
         RouteApp {
             app: AppKey::new("default", name),
@@ -486,14 +346,6 @@ mod tests {
         Route {
             host: host.map(str::to_string),
             path: path.into(),
-        }
-    }
-
-    fn backend(rev: u64, weight: u32, ids: &[&str]) -> routes::Backend {
-        routes::Backend {
-            revision: rev,
-            weight,
-            endpoints: ids.iter().map(|i| ep(i)).collect(),
         }
     }
 
@@ -524,83 +376,5 @@ mod tests {
             &StatsMap::new(),
         );
         assert!(only.lookup(None, "/other").is_none());
-    }
-
-    #[test]
-    fn weighted_split_is_exact_over_a_window() {
-        let rt = RouteTable {
-            apps: vec![app(
-                "w",
-                vec![route(None, "/")],
-                vec![backend(1, 80, &["a", "b"]), backend(2, 20, &["c"])],
-            )],
-        };
-        let t = Table::build(&rt, &Endpoints::new(), &StatsMap::new());
-        let a = t.lookup(None, "/").unwrap();
-        let mut to_c = 0;
-        for _ in 0..1000 {
-            if a.pick(&[]).unwrap().instance == "c" {
-                to_c += 1;
-            }
-        }
-        assert_eq!(to_c, 200);
-    }
-
-    #[test]
-    fn least_request_spreads_evenly_and_avoids_busy_endpoints() {
-        let rt = RouteTable {
-            apps: vec![app(
-                "w",
-                vec![route(None, "/")],
-                vec![backend(1, 1, &["a", "b", "c"])],
-            )],
-        };
-        let t = Table::build(&rt, &Endpoints::new(), &StatsMap::new());
-        let a = t.lookup(None, "/").unwrap();
-        let mut counts: HashMap<String, usize> = HashMap::new();
-        for _ in 0..3000 {
-            let e = a.pick(&[]).unwrap();
-            let _g = e.start();
-            *counts.entry(e.instance.clone()).or_default() += 1;
-        }
-        for (k, v) in &counts {
-            assert!((900..=1100).contains(v), "{k}: {v} of 3000");
-        }
-        // A busy endpoint loses against an idle one.
-        let busy = a.backends[0].endpoints[0].clone();
-        let _held: Vec<InFlight> = (0..10).map(|_| busy.start()).collect();
-        for _ in 0..100 {
-            assert_ne!(a.pick(&[]).unwrap().instance, "a");
-        }
-    }
-
-    #[test]
-    fn ejected_and_tried_endpoints_are_skipped_and_state_survives_updates() {
-        let eps = Endpoints::new();
-        let rt = RouteTable {
-            apps: vec![app(
-                "w",
-                vec![route(None, "/")],
-                vec![backend(1, 1, &["a", "b"])],
-            )],
-        };
-        let t = Table::build(&rt, &eps, &StatsMap::new());
-        let a = t.lookup(None, "/").unwrap();
-        let ea = a.backends[0].endpoints[0].clone();
-        ea.health.eject();
-        for _ in 0..50 {
-            assert_eq!(a.pick(&[]).unwrap().instance, "b");
-        }
-        // A new table keeps the ejection.
-        let t2 = Table::build(&rt, &eps, &StatsMap::new());
-        let a2 = t2.lookup(None, "/").unwrap();
-        assert!(a2.backends[0].endpoints[0].is_ejected());
-        // With the healthy one already tried, the ejected one is the last
-        // resort; with both tried, nothing.
-        let eb = a2.backends[0].endpoints[1].clone();
-        assert_eq!(a2.pick(std::slice::from_ref(&eb)).unwrap().instance, "a");
-        assert!(a2.pick(&[eb, ea.clone()]).is_none());
-        ea.health.succeeded();
-        assert!(!ea.is_ejected());
     }
 }

@@ -1,0 +1,245 @@
+//! The hold stage (the activator): a request for an app with no ready
+//! instance waits for one, bounded per app, and the control plane is asked
+//! for an instance if the app scales from zero (at most once a second per
+//! app, whatever the number of waiting requests). The wait of a request
+//! that is then answered is the app's cold start.
+
+use crate::answer;
+use crate::gateway::Gateway;
+use crate::proxy::ProxyBody;
+use crate::table::{AppRoute, AppStats};
+use http::{HeaderValue, Response};
+use shoal_api::objects::AppKey;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// How long a request waits for an app that cannot scale from zero to get
+/// a ready instance.
+const NO_INSTANCE_HOLD: Duration = Duration::from_secs(5);
+
+/// Requests one app may have waiting for an instance; more get 503.
+pub const MAX_HELD: u64 = 1000;
+
+/// A request's wait for an instance: since when it has been held, if it was.
+#[derive(Default)]
+pub(crate) struct Hold {
+    since: Option<std::time::Instant>,
+}
+
+impl Hold {
+    /// Holds the request until `app` has an endpoint: the app's route then,
+    /// or the answer to give if it gets none by `deadline` or too many
+    /// requests wait already.
+    pub async fn until_ready(
+        &mut self,
+        gw: &Gateway,
+        app: &Arc<AppRoute>,
+        stats: &AppStats,
+        deadline: tokio::time::Instant,
+        request_id: impl Fn() -> HeaderValue,
+    ) -> Result<Arc<AppRoute>, Response<ProxyBody>> {
+        if stats.held.load(Ordering::Relaxed) >= MAX_HELD {
+            return Err(answer::too_many_held(&app.key, MAX_HELD, &request_id()));
+        }
+        self.since.get_or_insert_with(std::time::Instant::now);
+        stats.held.fetch_add(1, Ordering::Relaxed);
+        let found = gw.wait_for_instance(app, stats, deadline).await;
+        stats.held.fetch_sub(1, Ordering::Relaxed);
+        found.ok_or_else(|| {
+            let waited = self.since.map(|t| t.elapsed()).unwrap_or_default();
+            answer::no_ready_instance(&app.key, waited, &request_id())
+        })
+    }
+
+    /// The request is answered: if it was held, its wait is a cold start.
+    pub fn answered(&self, app: &AppKey, stats: &AppStats) {
+        if let Some(t) = self.since {
+            let ms = t.elapsed().as_millis() as u64;
+            tracing::debug!(app = %app, ms, "cold start: held request answered");
+            stats
+                .cold_starts_ms
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(ms);
+        }
+    }
+}
+
+impl Gateway {
+    /// Waits until `app` has an endpoint, asking the control plane for an
+    /// instance if the app scales from zero. `None` at the deadline.
+    async fn wait_for_instance(
+        &self,
+        app: &Arc<AppRoute>,
+        stats: &AppStats,
+        deadline: tokio::time::Instant,
+    ) -> Option<Arc<AppRoute>> {
+        // An app that may scale from zero is worth the wait of a cold
+        // start; one that should have instances but has none ready (all
+        // starting, or crashing) only briefly.
+        let hold = if app.scale_from_zero {
+            self.shared.config.activation_timeout
+        } else {
+            self.shared.config.activation_timeout.min(NO_INSTANCE_HOLD)
+        };
+        let deadline = deadline.min(tokio::time::Instant::now() + hold);
+        let mut updates = self.table_updates();
+        loop {
+            if let Some(a) = self.table().app(&app.key)
+                && a.has_endpoints()
+            {
+                return Some(a);
+            }
+            if app.scale_from_zero {
+                self.ask_for_instance(&app.key, stats);
+            }
+            // Wake on a table update, and at least every second to ask
+            // again in case a request to the control plane was lost.
+            let wake = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
+            match tokio::time::timeout_at(wake, updates.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return None,
+                Err(_) if tokio::time::Instant::now() >= deadline => return None,
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Tells the control plane the app needs an instance (at most once a
+    /// second per app, whatever the number of waiting requests).
+    fn ask_for_instance(&self, key: &AppKey, stats: &AppStats) {
+        let Some(cp) = &self.shared.config.control_plane else {
+            return;
+        };
+        {
+            let mut sent = stats
+                .activation_sent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if sent.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return;
+            }
+            *sent = Some(std::time::Instant::now());
+        }
+        tokio::spawn(post_activation(
+            self.shared.control.clone(),
+            cp.clone(),
+            key.clone(),
+        ));
+    }
+}
+
+/// `POST .../activate` to the control plane at `cp`, logging what came of
+/// it.
+async fn post_activation(client: reqwest::Client, cp: String, key: AppKey) {
+    let url = format!(
+        "{}/v1/namespaces/{}/apps/{}/activate",
+        cp.trim_end_matches('/'),
+        key.namespace,
+        key.name
+    );
+    match client.post(&url).send().await {
+        Ok(r) if r.status().is_success() => {
+            tracing::info!(app = %key, "asked the control plane for an instance");
+        }
+        Ok(r) => tracing::warn!(app = %key, status = %r.status(), "activation refused"),
+        Err(e) => {
+            tracing::warn!(app = %key, error = %e, "cannot reach the control plane to activate")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::GatewayConfig;
+    use shoal_api::manifest::Route;
+    use shoal_api::routes::{Backend, Endpoint, RouteApp, RouteTable};
+
+    fn table(endpoints: usize, scale_from_zero: bool) -> RouteTable {
+        RouteTable {
+            apps: vec![RouteApp {
+                app: AppKey::new("default", "cold"),
+                routes: vec![Route {
+                    host: None,
+                    path: "/".into(),
+                }],
+                load_balancing: Default::default(),
+                timeout_ms: 60_000,
+                max_body: 1,
+                backends: vec![Backend {
+                    revision: 1,
+                    weight: 1,
+                    endpoints: (0..endpoints)
+                        .map(|i| Endpoint {
+                            instance: format!("cold-{i}"),
+                            node: "n".into(),
+                            address: "http://127.0.0.1:1".into(),
+                        })
+                        .collect(),
+                }],
+                scale_from_zero,
+            }],
+        }
+    }
+
+    fn id() -> HeaderValue {
+        HeaderValue::from_static("r1")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_request_goes_on_when_an_instance_is_ready_and_counts_a_cold_start() {
+        let gw = Gateway::new(GatewayConfig::default());
+        gw.set_table(&table(0, true));
+        let app = gw.table().app(&AppKey::new("default", "cold")).unwrap();
+        let stats = app.stats.clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let ready = {
+            let gw = gw.clone();
+            async move {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                gw.set_table(&table(1, true));
+            }
+        };
+        let mut hold = Hold::default();
+        let (found, ()) = tokio::join!(hold.until_ready(&gw, &app, &stats, deadline, id), ready);
+        let found = found.unwrap_or_else(|_| panic!("no instance"));
+        assert!(found.has_endpoints());
+        assert_eq!(stats.held.load(Ordering::Relaxed), 0);
+        hold.answered(&app.key, &stats);
+        assert_eq!(stats.cold_starts_ms.lock().unwrap().len(), 1);
+        // A request that was never held is no cold start.
+        Hold::default().answered(&app.key, &stats);
+        assert_eq!(stats.cold_starts_ms.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_app_that_cannot_scale_from_zero_is_waited_for_briefly() {
+        let gw = Gateway::new(GatewayConfig::default());
+        gw.set_table(&table(0, false));
+        let app = gw.table().app(&AppKey::new("default", "cold")).unwrap();
+        let start = tokio::time::Instant::now();
+        let deadline = start + Duration::from_secs(60);
+        let refused = Hold::default()
+            .until_ready(&gw, &app, &app.stats, deadline, id)
+            .await
+            .expect_err("an instance appeared");
+        assert_eq!(refused.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(start.elapsed(), NO_INSTANCE_HOLD);
+    }
+
+    #[tokio::test]
+    async fn too_many_held_requests_are_refused_at_once() {
+        let gw = Gateway::new(GatewayConfig::default());
+        gw.set_table(&table(0, true));
+        let app = gw.table().app(&AppKey::new("default", "cold")).unwrap();
+        app.stats.held.store(MAX_HELD, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let refused = Hold::default()
+            .until_ready(&gw, &app, &app.stats, deadline, id)
+            .await
+            .expect_err("held");
+        assert_eq!(refused.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    }
+}

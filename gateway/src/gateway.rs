@@ -1,0 +1,127 @@
+//! The gateway as its workers share it: the routing table in force, the
+//! state that outlives tables (endpoint load, node health, per-app counters
+//! and retry budgets), and each worker's own connection pool.
+
+use crate::table::{AppStats, Endpoints, Table};
+use dashmap::DashMap;
+use shoal_api::objects::AppKey;
+use shoal_api::routes::RouteTable;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// How long connecting to a node may take before it counts as failed.
+    pub connect_timeout: Duration,
+    /// The control plane, asked for an instance when a request arrives for
+    /// an app that has none.
+    pub control_plane: Option<String>,
+    /// How long a request waits for an app with no ready instance to get
+    /// one (capped by the app's timeout).
+    pub activation_timeout: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(1),
+            control_plane: None,
+            activation_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What all of a gateway's workers share: the routing table, endpoint and
+/// node health, load counters.
+pub(crate) struct Shared {
+    table: RwLock<Arc<Table>>,
+    endpoints: Endpoints,
+    stats: DashMap<AppKey, Arc<AppStats>>,
+    /// Whether a route table has arrived since start.
+    has_table: AtomicBool,
+    table_updates: tokio::sync::watch::Sender<u64>,
+    pub(crate) config: GatewayConfig,
+    /// For the activation requests to the control plane.
+    pub(crate) control: reqwest::Client,
+}
+
+/// The gateway, as one worker sees it: the shared state and a connection
+/// pool of its own (so a worker's requests and its connections to nodes
+/// stay on its thread).
+pub struct Gateway {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) pool: Arc<crate::pool::Pool>,
+}
+
+impl Gateway {
+    pub fn config(&self) -> &GatewayConfig {
+        &self.shared.config
+    }
+
+    pub fn new(config: GatewayConfig) -> Arc<Self> {
+        let pool = crate::pool::Pool::new(config.connect_timeout);
+        let shared = Arc::new(Shared {
+            table: RwLock::new(Arc::new(Table::default())),
+            endpoints: Endpoints::new(),
+            stats: DashMap::new(),
+            has_table: AtomicBool::new(false),
+            table_updates: tokio::sync::watch::channel(0).0,
+            control: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+            config,
+        });
+        Arc::new(Self { shared, pool })
+    }
+
+    /// Another handle on the same gateway with its own connection pool, for
+    /// a worker thread.
+    pub fn worker(&self) -> Arc<Self> {
+        Arc::new(Self {
+            shared: self.shared.clone(),
+            pool: crate::pool::Pool::new(self.shared.config.connect_timeout),
+        })
+    }
+
+    pub fn table(&self) -> Arc<Table> {
+        self.shared
+            .table
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Installs a new route table.
+    pub fn set_table(&self, rt: &RouteTable) {
+        let t = Arc::new(Table::build(rt, &self.shared.endpoints, &self.shared.stats));
+        tracing::debug!(
+            apps = t.apps.len(),
+            endpoints = t.endpoint_count(),
+            "route table updated"
+        );
+        *self.shared.table.write().unwrap_or_else(|p| p.into_inner()) = t;
+        self.shared.has_table.store(true, Ordering::Relaxed);
+        self.shared.table_updates.send_modify(|v| *v += 1);
+    }
+
+    pub fn has_table(&self) -> bool {
+        self.shared.has_table.load(Ordering::Relaxed)
+    }
+
+    /// Resolves after each table update.
+    pub fn table_updates(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.table_updates.subscribe()
+    }
+
+    /// Request counters by app.
+    pub fn stats(&self) -> Vec<(AppKey, Arc<AppStats>)> {
+        self.shared
+            .stats
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
+    }
+}
