@@ -35,6 +35,31 @@ pub const ROUTES_WATCH: &str = "/v1/routes/watch";
 pub const METRICS: &str = "/v1/metrics";
 pub const PROMETHEUS: &str = "/metrics";
 
+/// Every endpoint of the control plane, as its router mounts them (a test
+/// of the router checks it mounts exactly these).
+pub const CONTROL_PLANE: &[&str] = &[
+    HEALTHZ,
+    APPLY,
+    APPS,
+    APP,
+    APP_SCALE,
+    APP_ROLLBACK,
+    APP_TRAFFIC,
+    APP_ACTIVATE,
+    INSTANCES,
+    REVISIONS,
+    NODES,
+    EVENTS,
+    NODE_REGISTER,
+    NODE_HEARTBEAT,
+    NODE_ASSIGNMENT,
+    BLOB,
+    ROUTES,
+    ROUTES_WATCH,
+    METRICS,
+    PROMETHEUS,
+];
+
 /// The longest the control plane holds a long poll (`EVENTS` with
 /// `wait=true`, `NODE_ASSIGNMENT`) open before it answers with what it has.
 pub const LONG_POLL_HOLD: Duration = Duration::from_secs(25);
@@ -89,7 +114,68 @@ pub mod node {
     pub fn instance_logs(id: &str) -> String {
         fill(INSTANCE_LOGS, &[id])
     }
+
+    /// Every endpoint of a node's own API, as its front mounts them.
+    pub const ALL: &[&str] = &[STATUS, INSTANCE_LOGS];
 }
+
+/// A path a builder made, for tests of the routers that serve it.
+#[derive(Debug, Clone)]
+pub struct Example {
+    /// The template the path must match, and no other.
+    pub template: &'static str,
+    pub path: String,
+    /// The names the builder was given, which the match must give back
+    /// (percent-decoded), in order.
+    pub names: Vec<String>,
+}
+
+/// What every builder makes of the names `a` and `b` (an app key's
+/// namespace and name; `a` alone where a path takes one name). For the
+/// tests of the routers: try names with characters a path cannot carry as
+/// they are (`/`, `?`, `#`, `%`, spaces, non-ASCII).
+pub fn examples(a: &str, b: &str) -> Vec<Example> {
+    let key = AppKey::new(a, b);
+    let ex = |template, path, names: &[&str]| Example {
+        template,
+        path,
+        names: names.iter().map(|n| n.to_string()).collect(),
+    };
+    vec![
+        ex(APP, app(&key), &[a, b]),
+        ex(APP_SCALE, app_scale(&key), &[a, b]),
+        ex(APP_ROLLBACK, app_rollback(&key), &[a, b]),
+        ex(APP_TRAFFIC, app_traffic(&key), &[a, b]),
+        ex(APP_ACTIVATE, app_activate(&key), &[a, b]),
+        ex(NODE_HEARTBEAT, node_heartbeat(a), &[a]),
+        ex(NODE_ASSIGNMENT, node_assignment(a), &[a]),
+        ex(BLOB, blob(a), &[a]),
+        ex(node::INSTANCE_LOGS, node::instance_logs(a), &[a]),
+    ]
+    .into_iter()
+    .chain(
+        CONTROL_PLANE
+            .iter()
+            .chain(node::ALL)
+            .filter(|t| !t.contains('{'))
+            .map(|t| ex(t, t.to_string(), &[])),
+    )
+    .collect()
+}
+
+/// Names for [`examples`]: plain ones, and ones with every kind of
+/// character a path segment must encode.
+pub const EXAMPLE_NAMES: &[[&str; 2]] = &[
+    ["default", "web"],
+    ["team-a", "hello-0"],
+    ["a/b", "c?d#e"],
+    ["sp ace", "pct%2F"],
+    ["ünï", "x.y_z~"],
+    // A name that is also a literal segment elsewhere. (A whole segment of
+    // `.` or `..` cannot travel in a URL at all: URL parsers resolve it,
+    // encoded or not; no name Shoal accepts is one.)
+    ["register", "x..y"],
+];
 
 /// The query of `APPS`, `INSTANCES` and `REVISIONS`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,91 +263,30 @@ fn fill(template: &str, segments: &[&str]) -> String {
 mod tests {
     use super::*;
 
-    /// Every builder with the template it must match, and the segments it
-    /// was given, which the match must give back.
-    fn built(segs: [&str; 2]) -> Vec<(&'static str, String, Vec<String>)> {
-        let key = AppKey::new(segs[0], segs[1]);
-        let both = vec![segs[0].to_string(), segs[1].to_string()];
-        let one = vec![segs[0].to_string()];
-        vec![
-            (APP, app(&key), both.clone()),
-            (APP_SCALE, app_scale(&key), both.clone()),
-            (APP_ROLLBACK, app_rollback(&key), both.clone()),
-            (APP_TRAFFIC, app_traffic(&key), both.clone()),
-            (APP_ACTIVATE, app_activate(&key), both),
-            (NODE_HEARTBEAT, node_heartbeat(segs[0]), one.clone()),
-            (NODE_ASSIGNMENT, node_assignment(segs[0]), one.clone()),
-            (BLOB, blob(segs[0]), one.clone()),
-            (node::INSTANCE_LOGS, node::instance_logs(segs[0]), one),
-        ]
-    }
-
-    /// Every template the control plane's router declares, and the
-    /// node's: a path must match its own template and no other.
-    fn router() -> matchit::Router<&'static str> {
+    fn router(templates: &[&'static str]) -> matchit::Router<&'static str> {
         let mut r = matchit::Router::new();
-        for t in [
-            HEALTHZ,
-            APPLY,
-            APPS,
-            APP,
-            APP_SCALE,
-            APP_ROLLBACK,
-            APP_TRAFFIC,
-            APP_ACTIVATE,
-            INSTANCES,
-            REVISIONS,
-            NODES,
-            EVENTS,
-            NODE_REGISTER,
-            NODE_HEARTBEAT,
-            NODE_ASSIGNMENT,
-            BLOB,
-            ROUTES,
-            ROUTES_WATCH,
-            METRICS,
-            PROMETHEUS,
-        ] {
-            r.insert(t, t).unwrap();
-        }
-        r
-    }
-
-    fn node_router() -> matchit::Router<&'static str> {
-        let mut r = matchit::Router::new();
-        for t in [node::STATUS, node::INSTANCE_LOGS] {
-            r.insert(t, t).unwrap();
+        for t in templates {
+            r.insert(*t, *t).unwrap();
         }
         r
     }
 
     #[test]
     fn every_built_path_is_matched_by_its_own_template() {
-        let cp = router();
-        let nodes = node_router();
-        for segs in [
-            ["default", "web"],
-            ["team-a", "hello-0"],
-            // Characters a path must not carry as they are.
-            ["a/b", "c?d#e"],
-            ["sp ace", "pct%2F"],
-            ["ünï", "x.y_z~"],
-            // A name that is also a literal segment elsewhere. (A whole
-            // segment of `.` or `..` cannot travel in a URL at all: URL
-            // parsers resolve it, encoded or not; no name Shoal accepts
-            // is one.)
-            ["register", "x..y"],
-        ] {
-            for (template, path, want) in built(segs) {
-                let r = if template == node::INSTANCE_LOGS {
+        let cp = router(CONTROL_PLANE);
+        let nodes = router(node::ALL);
+        for [a, b] in EXAMPLE_NAMES {
+            for ex in examples(a, b) {
+                let r = if node::ALL.contains(&ex.template) {
                     &nodes
                 } else {
                     &cp
                 };
+                let path = &ex.path;
                 let m = r
-                    .at(&path)
+                    .at(path)
                     .unwrap_or_else(|e| panic!("{path}: no template matches ({e})"));
-                assert_eq!(*m.value, template, "{path}");
+                assert_eq!(*m.value, ex.template, "{path}");
                 let got: Vec<String> = m
                     .params
                     .iter()
@@ -272,8 +297,16 @@ mod tests {
                             .into_owned()
                     })
                     .collect();
-                assert_eq!(got, want, "{path}");
+                assert_eq!(got, ex.names, "{path}");
             }
+        }
+    }
+
+    #[test]
+    fn every_template_has_a_builder() {
+        let built: Vec<&str> = examples("a", "b").iter().map(|e| e.template).collect();
+        for t in CONTROL_PLANE.iter().chain(node::ALL) {
+            assert!(built.contains(t), "{t}: no builder");
         }
     }
 

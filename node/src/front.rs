@@ -12,7 +12,7 @@ use crate::INSTANCE_HEADER;
 use crate::supervisor::Supervisor;
 use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{Request, Response, StatusCode};
@@ -33,9 +33,11 @@ pub struct Front {
 
 impl Front {
     pub fn new(supervisor: Arc<Supervisor>) -> Self {
-        let api = axum::Router::new()
-            .route(node::STATUS, get(status))
-            .route(node::INSTANCE_LOGS, get(logs))
+        let api = routes()
+            .into_iter()
+            .fold(axum::Router::new(), |r, (path, handlers)| {
+                r.route(path, handlers)
+            })
             .fallback(no_route)
             .with_state(supervisor.clone());
         Self { supervisor, api }
@@ -82,6 +84,15 @@ impl Front {
         };
         resp.map(|b| b.map_err(BoxError::from).boxed_unsync())
     }
+}
+
+/// The node's own API: each template, from `shoal_api::endpoints::node`
+/// where the client builds its paths too, and its handler.
+fn routes() -> Vec<(&'static str, MethodRouter<Arc<Supervisor>>)> {
+    vec![
+        (node::STATUS, get(status)),
+        (node::INSTANCE_LOGS, get(logs)),
+    ]
 }
 
 fn not_ready(message: String) -> Response<ResponseBody> {
@@ -148,4 +159,13 @@ async fn logs(
         .chain(live)
         .map(|b| Ok::<_, BoxError>(http_body::Frame::data(b)));
     Response::new(http_body_util::StreamBody::new(stream).boxed_unsync())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_front_mounts_exactly_the_node_endpoints_the_client_builds() {
+        let mounted: Vec<&str> = super::routes().iter().map(|(t, _)| *t).collect();
+        assert_eq!(mounted, shoal_api::endpoints::node::ALL);
+    }
 }

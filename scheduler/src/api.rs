@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post, put};
 use axum::{Json, Router};
 use base64::Engine as _;
 use sha2::Digest as _;
@@ -54,28 +54,37 @@ fn invalid(code: &str, message: String) -> Error {
     )
 }
 
+/// Every endpoint of the API: its template, from `shoal_api::endpoints`
+/// where the client builds its paths too, and its handlers.
+fn routes() -> Vec<(&'static str, MethodRouter<ControlPlane>)> {
+    vec![
+        (ep::HEALTHZ, get(|| async { "ok" })),
+        (ep::APPLY, post(apply)),
+        (ep::APPS, get(list_apps)),
+        (ep::APP, get(describe_app).delete(delete_app)),
+        (ep::APP_SCALE, post(scale_app)),
+        (ep::APP_ROLLBACK, post(rollback_app)),
+        (ep::APP_TRAFFIC, put(set_traffic)),
+        (ep::INSTANCES, get(list_instances)),
+        (ep::REVISIONS, get(list_revisions)),
+        (ep::NODES, get(list_nodes)),
+        (ep::EVENTS, get(list_events)),
+        (ep::NODE_REGISTER, post(register)),
+        (ep::NODE_HEARTBEAT, post(heartbeat)),
+        (ep::NODE_ASSIGNMENT, get(watch_assignment)),
+        (ep::BLOB, get(get_blob)),
+        (ep::ROUTES, get(get_routes)),
+        (ep::METRICS, post(take_metrics)),
+        (ep::PROMETHEUS, get(prometheus)),
+        (ep::APP_ACTIVATE, post(activate_app)),
+        (ep::ROUTES_WATCH, get(watch_routes)),
+    ]
+}
+
 pub fn router(cp: ControlPlane) -> Router {
-    Router::new()
-        .route(ep::HEALTHZ, get(|| async { "ok" }))
-        .route(ep::APPLY, post(apply))
-        .route(ep::APPS, get(list_apps))
-        .route(ep::APP, get(describe_app).delete(delete_app))
-        .route(ep::APP_SCALE, post(scale_app))
-        .route(ep::APP_ROLLBACK, post(rollback_app))
-        .route(ep::APP_TRAFFIC, axum::routing::put(set_traffic))
-        .route(ep::INSTANCES, get(list_instances))
-        .route(ep::REVISIONS, get(list_revisions))
-        .route(ep::NODES, get(list_nodes))
-        .route(ep::EVENTS, get(list_events))
-        .route(ep::NODE_REGISTER, post(register))
-        .route(ep::NODE_HEARTBEAT, post(heartbeat))
-        .route(ep::NODE_ASSIGNMENT, get(watch_assignment))
-        .route(ep::BLOB, get(get_blob))
-        .route(ep::ROUTES, get(get_routes))
-        .route(ep::METRICS, post(take_metrics))
-        .route(ep::PROMETHEUS, get(prometheus))
-        .route(ep::APP_ACTIVATE, post(activate_app))
-        .route(ep::ROUTES_WATCH, get(watch_routes))
+    routes()
+        .into_iter()
+        .fold(Router::new(), |r, (path, handlers)| r.route(path, handlers))
         .fallback(|| async {
             Error(
                 StatusCode::NOT_FOUND,
@@ -536,4 +545,72 @@ pub async fn serve(
     axum::serve(listener, router(cp))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::*;
+    use axum::extract::MatchedPath;
+    use axum::routing::any;
+    use std::collections::BTreeSet;
+    use tower::ServiceExt as _;
+
+    #[test]
+    fn the_router_mounts_exactly_the_endpoints_the_client_builds() {
+        let mounted: Vec<&str> = routes().iter().map(|(t, _)| *t).collect();
+        let unique: BTreeSet<&str> = mounted.iter().copied().collect();
+        assert_eq!(unique.len(), mounted.len(), "a template mounted twice");
+        let known: BTreeSet<&str> = ep::CONTROL_PLANE.iter().copied().collect();
+        assert_eq!(unique, known);
+    }
+
+    /// The router's templates on axum's matcher, each answering with the
+    /// template it matched and the names it captured.
+    fn echo() -> Router {
+        routes()
+            .into_iter()
+            .fold(Router::new(), |r, (t, _)| {
+                if t.contains('{') {
+                    r.route(
+                        t,
+                        any(
+                            |m: MatchedPath, Path(names): Path<Vec<String>>| async move {
+                                format!("{} {names:?}", m.as_str())
+                            },
+                        ),
+                    )
+                } else {
+                    r.route(
+                        t,
+                        any(|m: MatchedPath| async move { format!("{} []", m.as_str()) }),
+                    )
+                }
+            })
+            .fallback(|| async { "no route" })
+    }
+
+    #[tokio::test]
+    async fn every_path_the_client_builds_reaches_its_route_with_its_names_intact() {
+        let router = echo();
+        for [a, b] in ep::EXAMPLE_NAMES {
+            for ex in ep::examples(a, b) {
+                if ep::node::ALL.contains(&ex.template) {
+                    continue;
+                }
+                let req = axum::http::Request::get(&ex.path)
+                    .body(axum::body::Body::empty())
+                    .unwrap();
+                let resp = router.clone().oneshot(req).await.unwrap();
+                let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    String::from_utf8_lossy(&body),
+                    format!("{} {:?}", ex.template, ex.names),
+                    "{}",
+                    ex.path
+                );
+            }
+        }
+    }
 }
