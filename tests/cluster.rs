@@ -3,6 +3,7 @@
 
 mod support;
 
+use shoal_api::endpoints;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -247,7 +248,11 @@ fn a_restarted_control_plane_keeps_everything_and_starts_nothing_twice() {
         .filter_map(|a| a["app"]["key"]["name"].as_str())
         .collect();
     assert_eq!(names, BTreeSet::from(["late", "web"]));
-    let (status, _) = http("GET", &format!("{}/v1/blobs/{digest}", c.api), b"");
+    let (status, _) = http(
+        "GET",
+        &format!("{}{}", c.api, endpoints::blob(&digest)),
+        b"",
+    );
     assert_eq!(status, 200, "the module blob is still stored");
     assert_eq!(c.get_json("revisions").as_array().unwrap().len(), 2);
 

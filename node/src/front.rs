@@ -24,6 +24,9 @@ use shoal_runtime::outcome::{BoxError, ResponseBody, error_response, full_body};
 use std::sync::Arc;
 use tower::ServiceExt;
 
+/// The header's name, parsed once.
+static INSTANCE: http::HeaderName = http::HeaderName::from_static(INSTANCE_HEADER);
+
 /// The node's HTTP front.
 pub struct Front {
     supervisor: Arc<Supervisor>,
@@ -49,7 +52,7 @@ impl Front {
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let app = match req.headers().get(INSTANCE_HEADER) {
+        let app = match req.headers().get(&INSTANCE) {
             Some(id) => self.instance(id),
             None => return self.api(req).await,
         };
