@@ -7,12 +7,14 @@ It starts a control plane, one node and a gateway (`shoal control-plane`,
 C wasi:http demo component (examples/wasm-apps/http-component.wasm) as app
 `web` with one replica and a `/` route, and starts nginx in the foreground
 with a generated configuration that proxies to the node's address with
-`x-shoal-app: default/web` (HTTP/1.1, upstream keepalive 64) and does the
+`x-shoal-instance: <the instance's id>` and `x-shoal-app: default/web`, the
+headers the gateway sends (HTTP/1.1, upstream keepalive 64), and does the
 per-request work the gateway does: X-Forwarded-For/-Host/-Proto and an
 X-Request-Id to the node and back to the client. Then wrk drives
 three targets, one at a time, at each connection count:
 
-  direct    wrk -> node (wrk sends `x-shoal-app: default/web` itself)
+  direct    wrk -> node (wrk sends `x-shoal-instance: <id>` itself: a node
+            serves an instance only to requests that name it)
   nginx     wrk -> nginx -> node
   gateway   wrk -> shoal gateway -> node
 
@@ -49,6 +51,7 @@ Standard library only. Knobs (environment):
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import pwd
 import re
@@ -75,6 +78,9 @@ benchlib.set_tag("gateway-bench")
 
 APP = "web"
 APP_HEADER = ("x-shoal-app", f"default/{APP}")
+# A node serves an instance only to requests that name it, as the gateway
+# does once it has chosen the instance by its own route table.
+INSTANCE_HEADER = "x-shoal-instance"
 EXPECTED_BODY = b"Hello from a wasi:http component!"
 START_TIMEOUT_S = 120
 
@@ -187,7 +193,7 @@ def run_wrk(cfg: dict, port: int, conns: int, seconds: float, headers: list[str]
 # --------------------------------------------------------------- nginx
 
 
-def nginx_conf(d: Path, listen_port: int, node_addr: str, workers: str) -> str:
+def nginx_conf(d: Path, listen_port: int, node_addr: str, instance: str, workers: str) -> str:
     user = ""
     if os.geteuid() == 0:
         # nginx's workers drop root; give them a user that exists.
@@ -238,6 +244,7 @@ http {{
             proxy_set_header Connection "";
             proxy_set_header Host $http_host;
             proxy_set_header {APP_HEADER[0]} {APP_HEADER[1]};
+            proxy_set_header {INSTANCE_HEADER} {instance};
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Host $http_host;
             proxy_set_header X-Forwarded-Proto $scheme;
@@ -268,10 +275,12 @@ def start_cluster(cfg: dict, tmp: Path, logs: Path, isolation: str) -> dict:
 
     node_port = url_port(node_url)
     gw_port = url_port(gw_url)
-    # Ready: the node answers for the app, and the gateway routes to it.
+    # Ready: the node answers for the app's instance, and the gateway
+    # routes to it.
     deadline = time.monotonic() + START_TIMEOUT_S
+    instance = instance_on_node(node_port, deadline)
     while True:
-        d = http_get(node_port, headers=dict([APP_HEADER]))
+        d = http_get(node_port, headers={INSTANCE_HEADER: instance})
         g = http_get(gw_port)
         if d[0] == 200 and g[0] == 200:
             break
@@ -280,11 +289,29 @@ def start_cluster(cfg: dict, tmp: Path, logs: Path, isolation: str) -> dict:
                                f"{d[1][:200]!r}, gateway {g[0]} {g[1][:200]!r}")
         time.sleep(0.05)
     return {"cp": cp, "node": node, "gw": gw, "cp_url": cp_url, "node_url": node_url,
-            "gw_url": gw_url, "node_port": node_port, "gw_port": gw_port,
+            "gw_url": gw_url, "node_port": node_port, "gw_port": gw_port, "instance": instance,
             "manifest": manifest.read_text()}
 
 
-def start_nginx(cfg: dict, tmp: Path, node_port: int, logs: Path) -> tuple[Proc, int, str]:
+def instance_on_node(node_port: int, deadline: float) -> str:
+    """The id of the one instance the node runs, from its status endpoint."""
+    while True:
+        st, body, _ = http_get(node_port, path="/v1/status")
+        if st == 200:
+            try:
+                ids = [i["id"] for i in json.loads(body)]
+            except (ValueError, KeyError, TypeError):
+                ids = []
+            if ids:
+                return ids[0]
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no instance on the node within {START_TIMEOUT_S}s: "
+                               f"status {st} {body[:200]!r}")
+        time.sleep(0.05)
+
+
+def start_nginx(cfg: dict, tmp: Path, node_port: int, instance: str,
+                logs: Path) -> tuple[Proc, int, str]:
     d = tmp / "nginx"
     for sub in ("temp", "logs"):
         (d / sub).mkdir(parents=True, exist_ok=True)
@@ -293,7 +320,7 @@ def start_nginx(cfg: dict, tmp: Path, node_port: int, logs: Path) -> tuple[Proc,
         p.chmod(0o755)
     port = free_port()
     conf = d / "nginx.conf"
-    conf.write_text(nginx_conf(d, port, f"{HOST}:{node_port}", cfg["nginx_workers"]))
+    conf.write_text(nginx_conf(d, port, f"{HOST}:{node_port}", instance, cfg["nginx_workers"]))
     argv = [cfg["nginx"], "-p", str(d), "-c", str(conf), "-e", str(d / "error.log"),
             "-g", "daemon off;"]
     test = subprocess.run(argv[:-2] + ["-t"], capture_output=True, text=True, timeout=30)
@@ -338,9 +365,10 @@ def bench_case(cfg: dict, tmp: Path, isolation: str) -> dict:
     case_dir = tmp / isolation
     case_dir.mkdir(parents=True, exist_ok=True)
     cl = start_cluster(cfg, case_dir, logs, isolation)
-    ngx, ngx_port, ngx_conf = start_nginx(cfg, case_dir, cl["node_port"], logs)
+    ngx, ngx_port, ngx_conf = start_nginx(cfg, case_dir, cl["node_port"], cl["instance"], logs)
     ports = {"direct": cl["node_port"], "nginx": ngx_port, "gateway": cl["gw_port"]}
-    headers = {"direct": [f"{APP_HEADER[0]}: {APP_HEADER[1]}"], "nginx": [], "gateway": []}
+    direct = {INSTANCE_HEADER: cl["instance"]}
+    headers = {"direct": [f"{k}: {v}" for k, v in direct.items()], "nginx": [], "gateway": []}
     proxy_pgid = {"direct": None, "nginx": ngx.pid, "gateway": cl["gw"].pid}
     bystanders = {"direct": [ngx.pid, cl["gw"].pid, cl["cp"].pid],
                   "nginx": [cl["gw"].pid, cl["cp"].pid],
@@ -349,7 +377,7 @@ def bench_case(cfg: dict, tmp: Path, isolation: str) -> dict:
 
     # Same answer through all three?
     for t in TARGETS:
-        st, body, _ = http_get(ports[t], headers=dict([APP_HEADER]) if t == "direct" else None)
+        st, body, _ = http_get(ports[t], headers=direct if t == "direct" else None)
         if st != 200 or EXPECTED_BODY not in body:
             problems.append(f"{t}: GET / answered {st} {body[:200]!r}")
     log(f"[{isolation}] direct :{ports['direct']}, nginx :{ports['nginx']}, "
@@ -465,9 +493,9 @@ def render(cfg: dict, cases: list[dict], load_start: str, load_end: str) -> str:
              f"`{Path(cfg['component']).relative_to(REPO) if Path(cfg['component']).is_relative_to(REPO) else cfg['component']}`"
              " (GET / answers `Hello from a wasi:http component!`, 34 bytes).")
     L.append("- Targets: **direct** = wrk to the node's port with "
-             "`-H 'x-shoal-app: default/web'`; **nginx** = wrk to nginx, `proxy_pass` to the "
+             "`-H 'x-shoal-instance: <id>'`; **nginx** = wrk to nginx, `proxy_pass` to the "
              "node (upstream `keepalive 64`, HTTP/1.1, `proxy_set_header x-shoal-app "
-             "default/web`, `access_log off`, `worker_processes "
+             "default/web` and `x-shoal-instance <id>`, `access_log off`, `worker_processes "
              f"{cfg['nginx_workers']}`), set up to do the gateway's per-request work: the "
              "client's Host passed on, X-Forwarded-For/-Host/-Proto, an X-Request-Id "
              "kept or made up, sent to the node and returned (configuration below); **gateway** = wrk to `shoal gateway`, which "

@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use shoal_api::objects::NodeCapacity;
 use shoal_api::{ByteSize, Duration};
-use shoal_runtime::agent::{Agent, AgentConfig};
+use shoal_node::{Node, NodeConfig};
 use shoal_runtime::{Runtime, RuntimeConfig};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -261,16 +261,17 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         Some(n) => n.clone(),
         None => format!("{}-{}", hostname(), addr.port()),
     };
-    let agent = Agent::new(
+    let node = Node::new(
         runtime.clone(),
-        AgentConfig {
+        NodeConfig {
             name: name.clone(),
             control_plane: args.join.clone(),
             advertise: advertise.clone(),
             capacity,
             labels,
         },
-    );
+    )
+    .context("setting up the node agent")?;
     let stop = stop_requested(args.exit_with_parent);
     crate::out::sayln!(
         "Node {name} serving on {advertise}/ (control plane {})",
@@ -282,12 +283,12 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     };
     let server = tokio::spawn(shoal_runtime::server::serve(
         listener,
-        agent.clone(),
+        node.clone(),
         stopped(stop_rx.clone()),
         args.grace.get(),
         shoal_runtime::server::BEHIND_GATEWAY,
     ));
-    let loops = tokio::spawn(agent.clone().run(stopped(stop_rx)));
+    let loops = tokio::spawn(node.clone().run(stopped(stop_rx)));
     stop.await;
     let _ = stop_tx.send(true);
     let _ = server.await;

@@ -2,7 +2,7 @@
 //! `logs` and `events`, in kubectl's habits.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
-use crate::client::{ApiError, Client};
+use crate::client::{Client, NotFound};
 use crate::out::{errln, out, outln};
 use crate::table::{self, age};
 use anyhow::{Context, anyhow, bail};
@@ -10,11 +10,12 @@ use base64::Engine as _;
 use clap::{Args, ValueEnum};
 use futures::StreamExt;
 use sha2::Digest as _;
+use shoal_api::endpoints::{EventsQuery, ListQuery};
 use shoal_api::manifest::{self, AppManifest, DEFAULT_NAMESPACE, Format};
 use shoal_api::objects::{
     AppKey, Event, EventLevel, Instance, Node, Phase, Revision, RolloutState, now_ms,
 };
-use shoal_api::rest::{AppDetail, AppView, ApplyApp, ApplyOutcome, ApplyRequest, ScaleRequest};
+use shoal_api::rest::{AppDetail, AppView, ApplyApp, ApplyOutcome, ApplyRequest};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -41,6 +42,15 @@ pub struct NsArgs {
 }
 
 impl NsArgs {
+    /// What to list: this namespace (or all), and only `app`'s objects if
+    /// given.
+    fn list(&self, app: Option<&String>) -> ListQuery {
+        ListQuery {
+            namespace: Some(self.query()),
+            app: app.cloned(),
+        }
+    }
+
     fn query(&self) -> String {
         if self.all_namespaces {
             "*".into()
@@ -171,10 +181,6 @@ pub struct EventsArgs {
     pub watch: bool,
 }
 
-fn app_path(key: &AppKey) -> String {
-    format!("/v1/namespaces/{}/apps/{}", key.namespace, key.name)
-}
-
 fn app_label(key: &AppKey) -> String {
     if key.namespace == DEFAULT_NAMESPACE {
         format!("app/{}", key.name)
@@ -257,7 +263,7 @@ pub async fn apply(client: &Client, args: ApplyArgs) -> anyhow::Result<()> {
             .collect(),
         modules: upload,
     };
-    let outcomes: Vec<ApplyOutcome> = client.post("/v1/apply", &req).await?;
+    let outcomes: Vec<ApplyOutcome> = client.apply(&req).await?;
     for o in &outcomes {
         outln!(
             "{} {} (revision {})",
@@ -286,7 +292,7 @@ pub async fn wait_ready(client: &Client, keys: &[AppKey], timeout: Duration) -> 
             if done.contains(key) {
                 continue;
             }
-            let d: AppDetail = client.get(&app_path(key)).await?;
+            let d: AppDetail = client.app(key).await?;
             let app = &d.view.app;
             let want = app.replicas;
             let progress = format!(
@@ -385,7 +391,7 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
     let wide = args.output == OutputFormat::Wide;
     let not_found = |what: &str| -> anyhow::Error {
         let name = args.name.as_deref().unwrap_or_default();
-        ApiError::not_found(if all {
+        NotFound(if all {
             format!("{what} {name:?} not found in any namespace")
         } else {
             format!(
@@ -397,7 +403,7 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
     };
     match args.resource {
         Resource::Apps => {
-            let mut apps: Vec<AppView> = client.get(&format!("/v1/apps?namespace={ns}")).await?;
+            let mut apps: Vec<AppView> = client.apps(&args.ns.list(None)).await?;
             if let Some(n) = &args.name {
                 apps.retain(|a| &a.app.key.name == n);
                 if apps.is_empty() {
@@ -459,11 +465,8 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
             print_table_or_empty(&header, &rows, &ns);
         }
         Resource::Instances => {
-            let mut q = format!("/v1/instances?namespace={ns}");
-            if let Some(a) = &args.app {
-                q.push_str(&format!("&app={a}"));
-            }
-            let mut insts: Vec<Instance> = client.get(&q).await?;
+            let mut insts: Vec<Instance> =
+                client.instances(&args.ns.list(args.app.as_ref())).await?;
             if let Some(n) = &args.name {
                 insts.retain(|i| &i.id == n);
                 if insts.is_empty() {
@@ -509,14 +512,18 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
             print_table_or_empty(&header, &rows, &ns);
         }
         Resource::Nodes => {
-            let mut nodes: Vec<Node> = client.get("/v1/nodes").await?;
+            let mut nodes: Vec<Node> = client.nodes().await?;
             if let Some(n) = &args.name {
                 nodes.retain(|x| &x.name == n);
                 if nodes.is_empty() {
-                    return Err(ApiError::not_found(format!("node {n:?} not found")).into());
+                    return Err(NotFound(format!("node {n:?} not found")).into());
                 }
             }
-            let insts: Vec<Instance> = client.get("/v1/instances?namespace=*").await?;
+            let every = ListQuery {
+                namespace: Some("*".into()),
+                app: None,
+            };
+            let insts: Vec<Instance> = client.instances(&every).await?;
             let views: Vec<NodeView> = nodes
                 .iter()
                 .map(|node| NodeView {
@@ -565,12 +572,10 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
             }
         }
         Resource::Revisions => {
-            let mut q = format!("/v1/revisions?namespace={ns}");
-            if let Some(a) = args.app.as_ref().or(args.name.as_ref()) {
-                q.push_str(&format!("&app={a}"));
-            }
-            let revs: Vec<Revision> = client.get(&q).await?;
-            let apps: Vec<AppView> = client.get(&format!("/v1/apps?namespace={ns}")).await?;
+            let revs: Vec<Revision> = client
+                .revisions(&args.ns.list(args.app.as_ref().or(args.name.as_ref())))
+                .await?;
+            let apps: Vec<AppView> = client.apps(&args.ns.list(None)).await?;
             let current: BTreeMap<&AppKey, u64> = apps
                 .iter()
                 .map(|a| (&a.app.key, a.app.current_revision))
@@ -674,7 +679,7 @@ fn routes_text(routes: &[shoal_api::manifest::Route]) -> String {
 
 pub async fn describe(client: &Client, app: AppRef) -> anyhow::Result<()> {
     let key = app.key()?;
-    let d: AppDetail = client.get(&app_path(&key)).await?;
+    let d: AppDetail = client.app(&key).await?;
     let now = now_ms();
     let a = &d.view.app;
     outln!("Name:         {}", a.key.name);
@@ -917,14 +922,7 @@ fn render_events(events: &[&Event], now: u64, indent: &str, namespace: bool) -> 
 
 pub async fn scale(client: &Client, args: ScaleArgs) -> anyhow::Result<()> {
     let key = args.app.key()?;
-    client
-        .post_empty(
-            &format!("{}/scale", app_path(&key)),
-            &ScaleRequest {
-                replicas: args.replicas,
-            },
-        )
-        .await?;
+    client.scale(&key, args.replicas).await?;
     outln!("{} scaled to {} replicas", app_label(&key), args.replicas);
     Ok(())
 }
@@ -950,7 +948,7 @@ pub async fn delete(client: &Client, args: DeleteArgs) -> anyhow::Result<()> {
         bail!("name what to delete: `shoal delete app NAME` or `shoal delete -f FILE`");
     }
     for key in keys {
-        client.delete(&app_path(&key)).await?;
+        client.delete_app(&key).await?;
         outln!("{} deleted", app_label(&key));
     }
     Ok(())
@@ -960,7 +958,9 @@ pub async fn delete(client: &Client, args: DeleteArgs) -> anyhow::Result<()> {
 /// known.
 struct LogSource {
     id: String,
-    url: String,
+    /// The node's base URL.
+    address: String,
+    follow: bool,
     revision: u64,
     node: String,
 }
@@ -978,12 +978,8 @@ fn log_sources(d: &AppDetail, follow: bool) -> Vec<LogSource> {
             let addr = addresses.get(node)?;
             Some(LogSource {
                 id: i.id.clone(),
-                url: format!(
-                    "{}/v1/instances/{}/logs{}",
-                    addr.trim_end_matches('/'),
-                    i.id,
-                    if follow { "?follow=true" } else { "" }
-                ),
+                address: addr.to_string(),
+                follow,
                 revision: i.revision,
                 node: node.to_string(),
             })
@@ -1004,34 +1000,25 @@ enum LogEnd {
 /// stream ends. `hello` is said once the stream is open.
 async fn print_logs(client: Client, source: LogSource, hello: Option<String>) -> LogEnd {
     let id = &source.id;
-    let resp = match client.stream(&source.url).await {
-        Ok(r) => r,
-        Err(e) => return LogEnd::NotOpened(e),
+    let mut lines = match client
+        .instance_logs(&source.address, id, source.follow)
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => return LogEnd::NotOpened(e.into()),
     };
     if let Some(hello) = hello {
         errln!("{hello}");
     }
-    let mut body = resp.bytes_stream();
-    let mut buf = Vec::new();
-    while let Some(Ok(chunk)) = body.next().await {
-        buf.extend_from_slice(&chunk);
-        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=pos).collect();
-            outln!(
-                "[{id}] {}",
-                String::from_utf8_lossy(&line[..line.len() - 1])
-            );
-        }
-    }
-    if !buf.is_empty() {
-        outln!("[{id}] {}", String::from_utf8_lossy(&buf));
+    while let Some(Ok(line)) = lines.next().await {
+        outln!("[{id}] {}", String::from_utf8_lossy(&line));
     }
     LogEnd::Ended
 }
 
 pub async fn logs(client: &Client, args: LogsArgs) -> anyhow::Result<()> {
     let key = args.app.key()?;
-    let d: AppDetail = client.get(&app_path(&key)).await?;
+    let d: AppDetail = client.app(&key).await?;
     let sources = log_sources(&d, args.follow);
     if !args.follow {
         if sources.is_empty() {
@@ -1120,7 +1107,7 @@ async fn follow_logs(client: &Client, key: &AppKey, first: Vec<LogSource>) -> an
             _ = poll.tick() => {}
             _ = f.ended() => continue,
         }
-        let d: AppDetail = match client.get(&app_path(key)).await {
+        let d: AppDetail = match client.app(key).await.map_err(anyhow::Error::from) {
             Ok(d) => d,
             Err(e) if crate::client::is_not_found(&e) => {
                 errln!("{} was deleted", app_label(key));
@@ -1149,13 +1136,12 @@ async fn follow_logs(client: &Client, key: &AppKey, first: Vec<LogSource>) -> an
     }
 }
 
-/// How long the control plane holds `GET /v1/events?wait=true` open when
-/// nothing happens (`list_events` in the scheduler's API).
-const EVENTS_HOLD: Duration = Duration::from_secs(25);
-
 pub async fn events(client: &Client, args: EventsArgs) -> anyhow::Result<()> {
-    let ns = args.ns.query();
-    let evs: Vec<Event> = client.get(&format!("/v1/events?namespace={ns}")).await?;
+    let mut q = EventsQuery {
+        namespace: Some(args.ns.query()),
+        ..EventsQuery::default()
+    };
+    let evs: Vec<Event> = client.events(&q).await?;
     let now = now_ms();
     let refs: Vec<&Event> = evs.iter().collect();
     if refs.is_empty() && !args.watch {
@@ -1166,20 +1152,17 @@ pub async fn events(client: &Client, args: EventsArgs) -> anyhow::Result<()> {
     if !args.watch {
         return Ok(());
     }
-    let mut after = evs.last().map(|e| e.seq);
+    q.wait = Some(true);
+    q.after = evs.last().map(|e| e.seq);
     loop {
-        let q = match after {
-            Some(a) => format!("/v1/events?namespace={ns}&wait=true&after={a}"),
-            None => format!("/v1/events?namespace={ns}&wait=true"),
-        };
-        let evs: Vec<Event> = client.get_holding(&q, EVENTS_HOLD).await?;
+        let evs: Vec<Event> = client.events(&q).await?;
         let now = now_ms();
         for e in &evs {
             let row = &event_rows(&[e], now, "", args.ns.all_namespaces)[0];
             outln!("{}", row.join("  "));
         }
         if let Some(e) = evs.last() {
-            after = Some(e.seq);
+            q.after = Some(e.seq);
         }
     }
 }

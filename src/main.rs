@@ -98,7 +98,7 @@ fn main() {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    let client = || client::Client::new(&cli.server, cli.request_timeout.get());
+    let client = || client::connect(&cli.server, cli.request_timeout.get());
     match cli.command {
         Command::Run(args) => run::run(args).await,
         Command::Up(args) => up::up(args, cli.request_timeout.get()).await,

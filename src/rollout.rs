@@ -12,8 +12,8 @@ use crate::table::{self, age};
 use anyhow::{anyhow, bail};
 use clap::{Args, Subcommand};
 use shoal_api::manifest::TrafficTarget;
-use shoal_api::objects::{AppKey, Phase, RolloutState, now_ms};
-use shoal_api::rest::{AppDetail, RollbackRequest, RollbackResponse, TrafficRequest};
+use shoal_api::objects::{Phase, RolloutState, now_ms};
+use shoal_api::rest::AppDetail;
 use std::time::{Duration, Instant};
 
 #[derive(Subcommand, Debug)]
@@ -61,24 +61,13 @@ pub struct SplitArgs {
     pub clear: bool,
 }
 
-fn app_path(key: &AppKey) -> String {
-    format!("/v1/namespaces/{}/apps/{}", key.namespace, key.name)
-}
-
 pub async fn run(client: &Client, cmd: RolloutCommand) -> anyhow::Result<()> {
     match cmd {
         RolloutCommand::Status(a) => status(client, a).await,
         RolloutCommand::History(a) => history(client, a).await,
         RolloutCommand::Undo(a) => {
             let key = a.app.key()?;
-            let r: RollbackResponse = client
-                .post(
-                    &format!("{}/rollback", app_path(&key)),
-                    &RollbackRequest {
-                        to_revision: a.to_revision,
-                    },
-                )
-                .await?;
+            let r = client.rollback(&key, a.to_revision).await?;
             outln!("app/{} rolled back to revision {}", key.name, r.revision);
             Ok(())
         }
@@ -148,7 +137,7 @@ async fn status(client: &Client, a: StatusArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + a.timeout.get();
     let mut last = String::new();
     loop {
-        let d: AppDetail = client.get(&app_path(&key)).await?;
+        let d: AppDetail = client.app(&key).await?;
         let (line, done) = describe_progress(&d);
         if line != last {
             outln!("{line}");
@@ -169,7 +158,7 @@ async fn status(client: &Client, a: StatusArgs) -> anyhow::Result<()> {
 
 async fn history(client: &Client, a: AppRef) -> anyhow::Result<()> {
     let key = a.key()?;
-    let d: AppDetail = client.get(&app_path(&key)).await?;
+    let d: AppDetail = client.app(&key).await?;
     let app = &d.view.app;
     let now = now_ms();
     let rows: Vec<Vec<String>> = d
@@ -254,14 +243,7 @@ async fn split(client: &Client, a: SplitArgs) -> anyhow::Result<()> {
     if !traffic.is_empty() && total != 100 {
         bail!("the percents add up to {total}, not 100");
     }
-    client
-        .send_put(
-            &format!("{}/traffic", app_path(&key)),
-            &TrafficRequest {
-                traffic: traffic.clone(),
-            },
-        )
-        .await?;
+    client.set_traffic(&key, traffic.clone()).await?;
     if traffic.is_empty() {
         outln!("app/{}: all traffic to the current revision", key.name);
     } else {

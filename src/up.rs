@@ -329,12 +329,12 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    let client = Client::new(&api, request_timeout)?;
+    let client = crate::client::connect(&api, request_timeout)?;
     let ready = async {
         wait_for_nodes(&client, args.nodes as usize).await?;
         if !args.no_demo {
             deploy_demo(&client).await?;
-            wait_for_route(&client, &gateway).await?;
+            wait_for_route(&gateway).await?;
         }
         anyhow::Ok(())
     };
@@ -490,7 +490,7 @@ async fn keep_running(
 async fn wait_for_nodes(client: &Client, n: usize) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let nodes: Vec<Node> = client.get("/v1/nodes").await?;
+        let nodes: Vec<Node> = client.nodes().await?;
         if nodes.iter().filter(|x| x.state == NodeState::Ready).count() >= n {
             return Ok(());
         }
@@ -502,11 +502,14 @@ async fn wait_for_nodes(client: &Client, n: usize) -> anyhow::Result<()> {
 }
 
 /// Waits until the gateway serves the demo app.
-async fn wait_for_route(client: &Client, gateway: &str) -> anyhow::Result<()> {
+async fn wait_for_route(gateway: &str) -> anyhow::Result<()> {
+    // The gateway is no part of the control plane's API: a plain client.
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .build()?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let ok = client
-            .http()
+        let ok = http
             .get(format!("{gateway}/"))
             .timeout(Duration::from_secs(10))
             .send()
@@ -541,7 +544,7 @@ async fn deploy_demo(client: &Client) -> anyhow::Result<()> {
             .collect(),
         modules,
     };
-    let out: Vec<ApplyOutcome> = client.post("/v1/apply", &req).await?;
+    let out: Vec<ApplyOutcome> = client.apply(&req).await?;
     for o in &out {
         outln!("app/{} {} (revision {})", o.app.name, o.result, o.revision);
     }

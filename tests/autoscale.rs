@@ -3,6 +3,7 @@
 
 mod support;
 
+use shoal_api::endpoints;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -42,7 +43,7 @@ impl Watch {
         let (s, r, i) = (stop.clone(), max_replicas.clone(), max_instances.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                let (_, body) = http("GET", &format!("{api}/v1/apps?namespace=*"), b"");
+                let (_, body) = http("GET", &format!("{api}{}?namespace=*", endpoints::APPS), b"");
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body)
                     && let Some(a) = v
                         .as_array()
@@ -236,7 +237,7 @@ path = "/"
     let out = c.cli(&["apply", "-f", m.to_str().unwrap()]);
     assert!(out.success, "{}", out.stderr);
     wait_until(T, "the route", || {
-        let (_, body) = http("GET", &format!("{}/v1/routes", c.api), b"");
+        let (_, body) = http("GET", &format!("{}{}", c.api, endpoints::ROUTES), b"");
         body.contains("nowhere").then_some(())
     });
     let start = std::time::Instant::now();

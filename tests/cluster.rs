@@ -3,11 +3,15 @@
 
 mod support;
 
+use shoal_api::endpoints;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use support::{Cluster, http, wait_until};
+use support::{Cluster, http, http_with, wait_until};
+
+/// The header by which a gateway names the instance a request is for.
+const INSTANCE: &str = shoal_api::routes::INSTANCE_HEADER;
 
 const T: Duration = Duration::from_secs(60);
 
@@ -61,9 +65,11 @@ fn three_replicas_on_three_nodes_run_one_per_node() {
     let placed = running_on_distinct_nodes(&c, "web", 3)
         .unwrap_or_else(|| panic!("not one per node: {:?}", instances_of(&c, "web")));
     assert_eq!(placed.len(), 3);
-    // Every node serves the app on its own port.
-    for url in &c.node_urls {
-        let (status, body) = http("GET", &format!("{url}/"), b"");
+    // Every node serves its instance on its own port, to requests that name
+    // it as the gateway does.
+    for (i, url) in c.node_urls.iter().enumerate() {
+        let id = c.instance_on(i);
+        let (status, body) = http_with("GET", &format!("{url}/"), &[(INSTANCE, &id)], b"");
         assert_eq!(status, 200, "{url}: {body}");
         assert_eq!(body, "Hello from a wasi:http component!\n");
     }
@@ -92,15 +98,18 @@ fn a_killed_node_instances_run_elsewhere_and_the_app_keeps_serving() {
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let survivors = [c.node_urls[1].clone(), c.node_urls[2].clone()];
+    let survivors = [
+        (c.node_urls[1].clone(), c.instance_on(1)),
+        (c.node_urls[2].clone(), c.instance_on(2)),
+    ];
     let load = {
         let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
         std::thread::spawn(move || {
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
-                let url = &survivors[i % 2];
+                let (url, id) = &survivors[i % 2];
                 i += 1;
-                let (status, body) = http("GET", &format!("{url}/"), b"");
+                let (status, body) = http_with("GET", &format!("{url}/"), &[(INSTANCE, id)], b"");
                 if status == 200 {
                     ok.fetch_add(1, Ordering::Relaxed);
                 } else {
@@ -239,7 +248,11 @@ fn a_restarted_control_plane_keeps_everything_and_starts_nothing_twice() {
         .filter_map(|a| a["app"]["key"]["name"].as_str())
         .collect();
     assert_eq!(names, BTreeSet::from(["late", "web"]));
-    let (status, _) = http("GET", &format!("{}/v1/blobs/{digest}", c.api), b"");
+    let (status, _) = http(
+        "GET",
+        &format!("{}{}", c.api, endpoints::blob(&digest)),
+        b"",
+    );
     assert_eq!(status, 200, "the module blob is still stored");
     assert_eq!(c.get_json("revisions").as_array().unwrap().len(), 2);
 
@@ -460,4 +473,44 @@ fn logs_and_events_can_be_followed() {
         .out
         .wait_for(T, |l| l.contains("Scaled") && l.contains("replicas 1 -> 2"))
         .unwrap_or_else(|| panic!("{:#?}", events.out.all()));
+}
+
+#[test]
+fn a_node_routes_by_no_rule_of_its_own_only_by_the_instance_a_request_names() {
+    let c = Cluster::start(1);
+    c.apply_wait(&c.manifest(
+        "api.toml",
+        r#"
+name = "api"
+module = "$EXAMPLES/http-component.wasm"
+replicas = 1
+[[routes]]
+path = "/api"
+"#,
+    ));
+    let node = &c.node_urls[0];
+    let id = c.instance_on(0);
+    // The gateway matches `/api` on `/` boundaries: `/apix` is not the
+    // app's. The node once matched plain prefixes and served it.
+    for path in ["/apix", "/api", "/api/x", "/"] {
+        let (status, body) = http("GET", &format!("{node}{path}"), b"");
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(body.contains("\"code\":\"no_route\""), "{path}: {body}");
+    }
+    // Named by the gateway, the instance gets whatever path the gateway
+    // chose to send it.
+    let (status, body) = http_with("GET", &format!("{node}/"), &[(INSTANCE, &id)], b"");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, "Hello from a wasi:http component!\n");
+    // An instance the node does not run is refused, as before.
+    let (status, body) = http_with(
+        "GET",
+        &format!("{node}/api"),
+        &[(INSTANCE, "api-nope")],
+        b"",
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no_ready_instance"), "{body}");
+    // The node's own API is there still.
+    assert_eq!(c.node_status(0).len(), 1);
 }

@@ -5,6 +5,7 @@
 
 mod support;
 
+use shoal_api::endpoints;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use support::{Cluster, Load, http, wait_until};
@@ -54,7 +55,11 @@ fn placements(c: &Cluster) -> BTreeMap<String, (String, String)> {
 
 /// Reasons of every event so far.
 fn event_reasons(c: &Cluster) -> Vec<String> {
-    let (status, body) = http("GET", &format!("{}/v1/events?namespace=all", c.api), b"");
+    let (status, body) = http(
+        "GET",
+        &format!("{}{}?namespace=all", c.api, endpoints::EVENTS),
+        b"",
+    );
     assert_eq!(status, 200, "{body}");
     let events: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
     events
@@ -283,7 +288,7 @@ fn a_route_served_by_another_app_is_refused() {
 
 /// The app the route table gives a path (any host) to.
 fn owner_of(c: &Cluster, path: &str) -> Option<String> {
-    let (_, body) = http("GET", &format!("{}/v1/routes", c.api), b"");
+    let (_, body) = http("GET", &format!("{}{}", c.api, endpoints::ROUTES), b"");
     let table: serde_json::Value = serde_json::from_str(&body).unwrap();
     table["apps"].as_array()?.iter().find_map(|a| {
         a["routes"]
@@ -414,7 +419,7 @@ fn scale_and_traffic_refuse_what_would_not_hold() {
         .collect();
     assert_eq!(web.len(), 3, "{web:#?}");
     assert!(web.iter().all(|i| i["revision"] == 1), "{web:#?}");
-    let (_, body) = http("GET", &format!("{}/v1/routes", c.api), b"");
+    let (_, body) = http("GET", &format!("{}{}", c.api, endpoints::ROUTES), b"");
     let table: serde_json::Value = serde_json::from_str(&body).unwrap();
     let backends = table["apps"][0]["backends"].as_array().unwrap();
     assert_eq!(backends.len(), 1, "{backends:#?}");

@@ -3,6 +3,7 @@
 
 mod support;
 
+use shoal_api::endpoints;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use support::{Cluster, Load, http, http_with, wait_until};
@@ -32,7 +33,7 @@ interval = "200ms"
 
 /// The route table as the control plane serves it to gateways.
 fn route_table(c: &Cluster) -> String {
-    http("GET", &format!("{}/v1/routes", c.api), b"").1
+    http("GET", &format!("{}{}", c.api, endpoints::ROUTES), b"").1
 }
 
 /// Waits until the route table lists `n` endpoints.

@@ -4,6 +4,7 @@
 
 mod support;
 
+use shoal_api::endpoints;
 use std::time::Duration;
 use support::{
     Cluster, Proc, authority, h2, http, json_answer, raw_exchange, unsized_body, wait_until,
@@ -250,7 +251,7 @@ fn fake_control_plane(node: &str) -> String {
                 let mut body = vec![0u8; length];
                 let _ = r.read_exact(&mut body);
                 let mut s = r.into_inner();
-                if first.starts_with("GET /v1/routes/watch") {
+                if first.starts_with(&format!("GET {}", endpoints::ROUTES_WATCH)) {
                     let _ = s.write_all(format!("HTTP/1.1 200 OK\r\n\r\n{line}").as_bytes());
                     // Held open until the gateway lets go (it reconnects
                     // after 15 s without a keepalive, and gets the table

@@ -362,9 +362,10 @@ path = "/"
     ));
     let node = c.node_urls[0].clone();
     let host = host_of(&node);
+    let id = c.instance_on(0);
     let _client = start_request(
         &host,
-        &format!("GET /spin HTTP/1.1\r\nHost: {host}\r\nx-shoal-app: default/spin\r\n\r\n"),
+        &format!("GET /spin HTTP/1.1\r\nHost: {host}\r\nx-shoal-instance: {id}\r\n\r\n"),
     );
     wait_until(T, "the spinning request to be in flight", || {
         c.node_status(0)

@@ -4,6 +4,7 @@
 
 mod support;
 
+use shoal_api::endpoints;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -241,7 +242,7 @@ fn exit_with_parent_ignores_a_closed_stdin_and_follows_the_parent() {
     let since = Instant::now();
     while since.elapsed() < Duration::from_secs(2) {
         assert!(
-            try_get(&format!("{url}/v1/nodes")).is_some_and(|(s, _)| s == 200),
+            try_get(&format!("{url}{}", endpoints::NODES)).is_some_and(|(s, _)| s == 200),
             "stopped while its parent lives: {}",
             read()
         );

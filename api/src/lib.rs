@@ -10,11 +10,15 @@
 //!   control plane.
 //! - [`routes`]: the route table the control plane streams to gateways.
 //! - [`rest`]: request and response bodies of the control plane's API.
+//! - [`endpoints`]: every HTTP endpoint's route template and the builder
+//!   of its concrete paths, with the query types; the control plane's
+//!   router and the client both take them from here.
 //! - [`error`]: the JSON error body every HTTP surface of Shoal returns, and
 //!   the answers Shoal's listeners give to request heads they refuse.
 //! - [`wasm`]: the WebAssembly features the nodes' engine enables, which
 //!   the control plane validates modules with.
 
+pub mod endpoints;
 pub mod error;
 pub mod manifest;
 pub mod objects;

@@ -109,7 +109,7 @@ impl Gateway {
     /// Tells the control plane the app needs an instance (at most once a
     /// second per app, whatever the number of waiting requests).
     fn ask_for_instance(&self, key: &AppKey, stats: &AppStats) {
-        let Some(cp) = &self.shared.config.control_plane else {
+        let Some(control) = &self.shared.control else {
             return;
         };
         {
@@ -122,28 +122,18 @@ impl Gateway {
             }
             *sent = Some(std::time::Instant::now());
         }
-        tokio::spawn(post_activation(
-            self.shared.control.clone(),
-            cp.clone(),
-            key.clone(),
-        ));
+        tokio::spawn(post_activation(control.clone(), key.clone()));
     }
 }
 
-/// `POST .../activate` to the control plane at `cp`, logging what came of
+/// Asks the control plane for an instance of `key`, logging what came of
 /// it.
-async fn post_activation(client: reqwest::Client, cp: String, key: AppKey) {
-    let url = format!(
-        "{}/v1/namespaces/{}/apps/{}/activate",
-        cp.trim_end_matches('/'),
-        key.namespace,
-        key.name
-    );
-    match client.post(&url).send().await {
-        Ok(r) if r.status().is_success() => {
-            tracing::info!(app = %key, "asked the control plane for an instance");
+async fn post_activation(client: shoal_client::Client, key: AppKey) {
+    match client.activate(&key).await {
+        Ok(()) => tracing::info!(app = %key, "asked the control plane for an instance"),
+        Err(e) if e.status().is_some() => {
+            tracing::warn!(app = %key, error = %e, "activation refused")
         }
-        Ok(r) => tracing::warn!(app = %key, status = %r.status(), "activation refused"),
         Err(e) => {
             tracing::warn!(app = %key, error = %e, "cannot reach the control plane to activate")
         }

@@ -42,8 +42,9 @@ pub(crate) struct Shared {
     has_table: AtomicBool,
     table_updates: tokio::sync::watch::Sender<u64>,
     pub(crate) config: GatewayConfig,
-    /// For the activation requests to the control plane.
-    pub(crate) control: reqwest::Client,
+    /// The control plane, for activation requests (none without one, or
+    /// when its address cannot make a client).
+    pub(crate) control: Option<shoal_client::Client>,
 }
 
 /// The gateway, as one worker sees it: the shared state and a connection
@@ -67,11 +68,16 @@ impl Gateway {
             stats: DashMap::new(),
             has_table: AtomicBool::new(false),
             table_updates: tokio::sync::watch::channel(0).0,
-            control: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(Duration::from_secs(5))
-                .build()
-                .unwrap_or_default(),
+            control: config.control_plane.as_deref().and_then(|cp| {
+                shoal_client::Client::builder(cp)
+                    .connect_timeout(Duration::from_secs(2))
+                    .timeout(Duration::from_secs(5))
+                    .build()
+                    .inspect_err(|e| {
+                        tracing::error!(error = %e, "cannot make the client that asks for instances")
+                    })
+                    .ok()
+            }),
             config,
         });
         Arc::new(Self { shared, pool })

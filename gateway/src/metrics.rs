@@ -26,8 +26,7 @@ pub async fn report(gateway: Arc<Gateway>, name: String) {
     let Some(cp) = gateway.config().control_plane.clone() else {
         return;
     };
-    let url = format!("{}/v1/metrics", cp.trim_end_matches('/'));
-    let client = match reqwest::Client::builder()
+    let client = match shoal_client::Client::builder(&cp)
         .connect_timeout(Duration::from_secs(1))
         .timeout(Duration::from_secs(2))
         .build()
@@ -78,7 +77,7 @@ pub async fn report(gateway: Arc<Gateway>, name: String) {
             apps,
         };
         last_report = tokio::time::Instant::now();
-        if let Err(e) = client.post(&url).json(&body).send().await {
+        if let Err(e) = client.report_metrics(&body).await {
             tracing::debug!(error = %e, "cannot report metrics");
         }
     }

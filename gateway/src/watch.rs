@@ -1,22 +1,26 @@
 //! Following the control plane's route table: a long-lived streaming
-//! request (`GET /v1/routes/watch`) that carries the whole table, one JSON
-//! line per change. When the control plane is unreachable the gateway keeps
-//! routing with the last table it had and reconnects with backoff.
+//! request (`GET /v1/routes/watch`, through `shoal_client`) that carries
+//! the whole table, one JSON line per change. When the control plane is
+//! unreachable the gateway keeps routing with the last table it had and
+//! reconnects with backoff.
 
 use crate::proxy::Gateway;
 use futures::StreamExt;
-use shoal_api::routes::RouteTable;
+use shoal_client::{Client, RouteUpdate, RouteWatch};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// The control plane sends an empty line at least this often; silence for
 /// three times as long means the connection is dead.
-pub const KEEPALIVE: Duration = Duration::from_secs(5);
+pub const KEEPALIVE: Duration = shoal_api::endpoints::ROUTES_KEEPALIVE;
 
 /// Follows the route table of the control plane at `base` forever.
 pub async fn follow(gateway: Arc<Gateway>, base: String) {
-    let client = match reqwest::Client::builder()
+    // The control plane answers the watch's head at once; one that does
+    // not within a keepalive's silence is as dead as a silent stream.
+    let client = match Client::builder(&base)
         .connect_timeout(Duration::from_secs(2))
+        .timeout(KEEPALIVE * 3)
         .build()
     {
         Ok(c) => c,
@@ -25,22 +29,21 @@ pub async fn follow(gateway: Arc<Gateway>, base: String) {
             return;
         }
     };
-    let url = format!("{}/v1/routes/watch", base.trim_end_matches('/'));
     let mut backoff = Duration::from_millis(100);
     let mut warned = false;
     loop {
-        match client.get(&url).send().await {
-            Ok(resp) if resp.status().is_success() => {
+        match client.watch_routes().await {
+            Ok(watch) => {
                 if warned {
                     tracing::info!(control_plane = %base, "route watch connected again");
                     warned = false;
                 }
                 backoff = Duration::from_millis(100);
-                read_stream(&gateway, resp).await;
+                read_stream(&gateway, watch).await;
             }
-            Ok(resp) => {
+            Err(e) if e.status().is_some() => {
                 if !warned {
-                    tracing::warn!(status = %resp.status(), "the control plane refused the route watch; retrying");
+                    tracing::warn!(error = %e, "the control plane refused the route watch; retrying");
                     warned = true;
                 }
             }
@@ -56,12 +59,14 @@ pub async fn follow(gateway: Arc<Gateway>, base: String) {
     }
 }
 
-async fn read_stream(gateway: &Gateway, resp: reqwest::Response) {
-    let mut body = resp.bytes_stream();
-    let mut buf: Vec<u8> = Vec::new();
+async fn read_stream(gateway: &Gateway, mut watch: RouteWatch) {
     loop {
-        let chunk = match tokio::time::timeout(KEEPALIVE * 3, body.next()).await {
-            Ok(Some(Ok(c))) => c,
+        match tokio::time::timeout(KEEPALIVE * 3, watch.next()).await {
+            Ok(Some(Ok(RouteUpdate::Table(t)))) => gateway.set_table(&t),
+            Ok(Some(Ok(RouteUpdate::Keepalive))) => {}
+            Ok(Some(Err(e @ shoal_client::Error::Malformed { .. }))) => {
+                tracing::warn!(error = %e, "malformed route table; ignored");
+            }
             Ok(Some(Err(e))) => {
                 tracing::warn!(error = %e, "route watch broke; reconnecting");
                 return;
@@ -73,18 +78,6 @@ async fn read_stream(gateway: &Gateway, resp: reqwest::Response) {
             Err(_) => {
                 tracing::warn!("route watch went silent; reconnecting");
                 return;
-            }
-        };
-        buf.extend_from_slice(&chunk);
-        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=pos).collect();
-            let line = &line[..line.len() - 1];
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            match serde_json::from_slice::<RouteTable>(line) {
-                Ok(t) => gateway.set_table(&t),
-                Err(e) => tracing::warn!(error = %e, "malformed route table; ignored"),
             }
         }
     }

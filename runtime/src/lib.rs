@@ -13,12 +13,8 @@
 //! - [`logs`]: bounded per-instance buffers of guest stdout/stderr.
 //! - [`server`]: a small HTTP server with graceful shutdown.
 //!
-//! - [`agent`]: the node agent (registration, heartbeats, assignments,
-//!   health checks, the node's HTTP endpoint).
-//!
 //! [`Runtime`] ties the engine, ticker and cache together.
 
-pub mod agent;
 pub mod artifact;
 pub mod engine;
 pub mod error;

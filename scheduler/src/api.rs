@@ -7,12 +7,14 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post, put};
 use axum::{Json, Router};
 use base64::Engine as _;
-use serde::Deserialize;
 use sha2::Digest as _;
 use shoal_api::ErrorBody;
+use shoal_api::endpoints::{
+    self as ep, AssignmentQuery, EventsQuery, LONG_POLL_HOLD, ListQuery, ROUTES_KEEPALIVE,
+};
 use shoal_api::manifest::validate_app;
 use shoal_api::objects::{App, AppKey, Event, Instance, Node, Phase, Revision};
 use shoal_api::protocol::{Heartbeat, RegisterRequest};
@@ -20,18 +22,9 @@ use shoal_api::rest::{
     AppDetail, AppView, ApplyOutcome, ApplyRequest, GatewayMetrics, RollbackRequest,
     RollbackResponse, ScaleRequest, TrafficRequest,
 };
-use std::time::Duration;
 
 /// Largest apply request (modules travel base64-encoded inside it).
 const MAX_APPLY_BYTES: usize = 256 << 20;
-
-#[derive(Debug, Deserialize)]
-struct NsQuery {
-    namespace: Option<String>,
-    app: Option<String>,
-    after: Option<u64>,
-    wait: Option<bool>,
-}
 
 struct Error(StatusCode, ErrorBody);
 
@@ -61,40 +54,37 @@ fn invalid(code: &str, message: String) -> Error {
     )
 }
 
+/// Every endpoint of the API: its template, from `shoal_api::endpoints`
+/// where the client builds its paths too, and its handlers.
+fn routes() -> Vec<(&'static str, MethodRouter<ControlPlane>)> {
+    vec![
+        (ep::HEALTHZ, get(|| async { "ok" })),
+        (ep::APPLY, post(apply)),
+        (ep::APPS, get(list_apps)),
+        (ep::APP, get(describe_app).delete(delete_app)),
+        (ep::APP_SCALE, post(scale_app)),
+        (ep::APP_ROLLBACK, post(rollback_app)),
+        (ep::APP_TRAFFIC, put(set_traffic)),
+        (ep::INSTANCES, get(list_instances)),
+        (ep::REVISIONS, get(list_revisions)),
+        (ep::NODES, get(list_nodes)),
+        (ep::EVENTS, get(list_events)),
+        (ep::NODE_REGISTER, post(register)),
+        (ep::NODE_HEARTBEAT, post(heartbeat)),
+        (ep::NODE_ASSIGNMENT, get(watch_assignment)),
+        (ep::BLOB, get(get_blob)),
+        (ep::ROUTES, get(get_routes)),
+        (ep::METRICS, post(take_metrics)),
+        (ep::PROMETHEUS, get(prometheus)),
+        (ep::APP_ACTIVATE, post(activate_app)),
+        (ep::ROUTES_WATCH, get(watch_routes)),
+    ]
+}
+
 pub fn router(cp: ControlPlane) -> Router {
-    Router::new()
-        .route("/v1/healthz", get(|| async { "ok" }))
-        .route("/v1/apply", post(apply))
-        .route("/v1/apps", get(list_apps))
-        .route(
-            "/v1/namespaces/{ns}/apps/{name}",
-            get(describe_app).delete(delete_app),
-        )
-        .route("/v1/namespaces/{ns}/apps/{name}/scale", post(scale_app))
-        .route(
-            "/v1/namespaces/{ns}/apps/{name}/rollback",
-            post(rollback_app),
-        )
-        .route(
-            "/v1/namespaces/{ns}/apps/{name}/traffic",
-            axum::routing::put(set_traffic),
-        )
-        .route("/v1/instances", get(list_instances))
-        .route("/v1/revisions", get(list_revisions))
-        .route("/v1/nodes", get(list_nodes))
-        .route("/v1/events", get(list_events))
-        .route("/v1/nodes/register", post(register))
-        .route("/v1/nodes/{name}/heartbeat", post(heartbeat))
-        .route("/v1/nodes/{name}/assignment", get(watch_assignment))
-        .route("/v1/blobs/{digest}", get(get_blob))
-        .route("/v1/routes", get(get_routes))
-        .route("/v1/metrics", post(take_metrics))
-        .route("/metrics", get(prometheus))
-        .route(
-            "/v1/namespaces/{ns}/apps/{name}/activate",
-            post(activate_app),
-        )
-        .route("/v1/routes/watch", get(watch_routes))
+    routes()
+        .into_iter()
+        .fold(Router::new(), |r, (path, handlers)| r.route(path, handlers))
         .fallback(|| async {
             Error(
                 StatusCode::NOT_FOUND,
@@ -219,7 +209,10 @@ fn in_ns(filter: &Option<String>, ns: &str) -> bool {
     }
 }
 
-async fn list_apps(State(cp): State<ControlPlane>, Query(q): Query<NsQuery>) -> Json<Vec<AppView>> {
+async fn list_apps(
+    State(cp): State<ControlPlane>,
+    Query(q): Query<ListQuery>,
+) -> Json<Vec<AppView>> {
     let snap = cp.snapshot();
     Json(
         snap.apps
@@ -312,7 +305,7 @@ async fn set_traffic(
 
 async fn list_instances(
     State(cp): State<ControlPlane>,
-    Query(q): Query<NsQuery>,
+    Query(q): Query<ListQuery>,
 ) -> Json<Vec<Instance>> {
     let snap = cp.snapshot();
     Json(
@@ -327,7 +320,7 @@ async fn list_instances(
 
 async fn list_revisions(
     State(cp): State<ControlPlane>,
-    Query(q): Query<NsQuery>,
+    Query(q): Query<ListQuery>,
 ) -> Json<Vec<Revision>> {
     let snap = cp.snapshot();
     Json(
@@ -344,8 +337,12 @@ async fn list_nodes(State(cp): State<ControlPlane>) -> Json<Vec<Node>> {
     Json(cp.snapshot().nodes.values().cloned().collect())
 }
 
-/// Events after `after`; with `wait=true`, waits (up to 25 s) for one.
-async fn list_events(State(cp): State<ControlPlane>, Query(q): Query<NsQuery>) -> Json<Vec<Event>> {
+/// Events after `after`; with `wait=true`, waits (up to `LONG_POLL_HOLD`)
+/// for one.
+async fn list_events(
+    State(cp): State<ControlPlane>,
+    Query(q): Query<EventsQuery>,
+) -> Json<Vec<Event>> {
     let pick = |snap: &crate::state::Snapshot| -> Vec<Event> {
         snap.events
             .iter()
@@ -361,7 +358,7 @@ async fn list_events(State(cp): State<ControlPlane>, Query(q): Query<NsQuery>) -
             .collect()
     };
     let mut rx = cp.watch();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+    let deadline = tokio::time::Instant::now() + LONG_POLL_HOLD;
     loop {
         let found = pick(&rx.borrow_and_update());
         if !found.is_empty() || q.wait != Some(true) {
@@ -389,14 +386,8 @@ async fn heartbeat(
     Ok(Json(cp.heartbeat(name, hb).await?).into_response())
 }
 
-#[derive(Debug, Deserialize)]
-struct AssignmentQuery {
-    /// The generation the node has; the answer waits for a newer one.
-    generation: Option<u64>,
-}
-
 /// A node's assignment, answered as soon as its generation differs from
-/// the one the node has (or after 25 s): nodes long-poll this so a new
+/// the one the node has (or after `LONG_POLL_HOLD`): nodes long-poll this so a new
 /// placement reaches them at once, not at their next heartbeat.
 async fn watch_assignment(
     State(cp): State<ControlPlane>,
@@ -404,7 +395,7 @@ async fn watch_assignment(
     Query(q): Query<AssignmentQuery>,
 ) -> Result<Json<shoal_api::protocol::HeartbeatResponse>, Error> {
     let mut rx = cp.watch();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+    let deadline = tokio::time::Instant::now() + LONG_POLL_HOLD;
     loop {
         {
             let snap = rx.borrow_and_update();
@@ -474,9 +465,6 @@ async fn prometheus(State(cp): State<ControlPlane>) -> Response {
 async fn get_routes(State(cp): State<ControlPlane>) -> Json<shoal_api::routes::RouteTable> {
     Json(crate::routes::route_table(&cp.snapshot()))
 }
-
-/// Sent on an idle route watch so both ends notice a dead connection.
-const ROUTES_KEEPALIVE: Duration = Duration::from_secs(5);
 
 /// The route table as a stream of JSON lines: the whole table first, then
 /// again on every change, with an empty line every few seconds of quiet.
@@ -585,5 +573,73 @@ mod tests {
         let (status, body) = apply_json(&cp, apply_body(plain)).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(cp.snapshot().apps.len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::*;
+    use axum::extract::MatchedPath;
+    use axum::routing::any;
+    use std::collections::BTreeSet;
+    use tower::ServiceExt as _;
+
+    #[test]
+    fn the_router_mounts_exactly_the_endpoints_the_client_builds() {
+        let mounted: Vec<&str> = routes().iter().map(|(t, _)| *t).collect();
+        let unique: BTreeSet<&str> = mounted.iter().copied().collect();
+        assert_eq!(unique.len(), mounted.len(), "a template mounted twice");
+        let known: BTreeSet<&str> = ep::CONTROL_PLANE.iter().copied().collect();
+        assert_eq!(unique, known);
+    }
+
+    /// The router's templates on axum's matcher, each answering with the
+    /// template it matched and the names it captured.
+    fn echo() -> Router {
+        routes()
+            .into_iter()
+            .fold(Router::new(), |r, (t, _)| {
+                if t.contains('{') {
+                    r.route(
+                        t,
+                        any(
+                            |m: MatchedPath, Path(names): Path<Vec<String>>| async move {
+                                format!("{} {names:?}", m.as_str())
+                            },
+                        ),
+                    )
+                } else {
+                    r.route(
+                        t,
+                        any(|m: MatchedPath| async move { format!("{} []", m.as_str()) }),
+                    )
+                }
+            })
+            .fallback(|| async { "no route" })
+    }
+
+    #[tokio::test]
+    async fn every_path_the_client_builds_reaches_its_route_with_its_names_intact() {
+        let router = echo();
+        for [a, b] in ep::EXAMPLE_NAMES {
+            for ex in ep::examples(a, b) {
+                if ep::node::ALL.contains(&ex.template) {
+                    continue;
+                }
+                let req = axum::http::Request::get(&ex.path)
+                    .body(axum::body::Body::empty())
+                    .unwrap();
+                let resp = router.clone().oneshot(req).await.unwrap();
+                let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    String::from_utf8_lossy(&body),
+                    format!("{} {:?}", ex.template, ex.names),
+                    "{}",
+                    ex.path
+                );
+            }
+        }
     }
 }

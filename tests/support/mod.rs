@@ -2,6 +2,7 @@
 //! it prints.
 #![allow(dead_code)]
 
+use shoal_api::endpoints;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -444,9 +445,24 @@ impl Cluster {
         out
     }
 
+    /// The id of the one instance node `i` runs, once it has one (nodes
+    /// serve an instance only when a request names it, as the gateway
+    /// does).
+    pub fn instance_on(&self, i: usize) -> String {
+        wait_until(Duration::from_secs(60), "an instance on the node", || {
+            self.node_status(i)
+                .first()
+                .and_then(|r| r["id"].as_str().map(str::to_string))
+        })
+    }
+
     /// The instance ids a node reports running (its own status endpoint).
     pub fn node_status(&self, i: usize) -> Vec<serde_json::Value> {
-        let (status, body) = http("GET", &format!("{}/v1/status", self.node_urls[i]), b"");
+        let (status, body) = http(
+            "GET",
+            &format!("{}{}", self.node_urls[i], endpoints::node::STATUS),
+            b"",
+        );
         assert_eq!(status, 200, "{body}");
         serde_json::from_str::<serde_json::Value>(&body)
             .unwrap()

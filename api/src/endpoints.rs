@@ -1,0 +1,371 @@
+//! Where every HTTP endpoint of Shoal lives: the control plane's `/v1` API
+//! and a node's own small API.
+//!
+//! Each endpoint is a template in the router's syntax (`{name}` is one path
+//! segment), which the server hands to its router, and a function that
+//! builds a concrete path for it with every segment percent-encoded, which
+//! the client calls. Query strings are typed structs that the server
+//! extracts and the client serializes (both with `serde_urlencoded`). A
+//! test checks that every builder's output is matched by its own template,
+//! so the two sides cannot drift apart.
+
+use crate::objects::AppKey;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::{Deserialize, Deserializer, Serialize};
+use std::time::Duration;
+
+pub const HEALTHZ: &str = "/v1/healthz";
+pub const APPLY: &str = "/v1/apply";
+pub const APPS: &str = "/v1/apps";
+pub const APP: &str = "/v1/namespaces/{ns}/apps/{name}";
+pub const APP_SCALE: &str = "/v1/namespaces/{ns}/apps/{name}/scale";
+pub const APP_ROLLBACK: &str = "/v1/namespaces/{ns}/apps/{name}/rollback";
+pub const APP_TRAFFIC: &str = "/v1/namespaces/{ns}/apps/{name}/traffic";
+pub const APP_ACTIVATE: &str = "/v1/namespaces/{ns}/apps/{name}/activate";
+pub const INSTANCES: &str = "/v1/instances";
+pub const REVISIONS: &str = "/v1/revisions";
+pub const NODES: &str = "/v1/nodes";
+pub const EVENTS: &str = "/v1/events";
+pub const NODE_REGISTER: &str = "/v1/nodes/register";
+pub const NODE_HEARTBEAT: &str = "/v1/nodes/{name}/heartbeat";
+pub const NODE_ASSIGNMENT: &str = "/v1/nodes/{name}/assignment";
+pub const BLOB: &str = "/v1/blobs/{digest}";
+pub const ROUTES: &str = "/v1/routes";
+pub const ROUTES_WATCH: &str = "/v1/routes/watch";
+pub const METRICS: &str = "/v1/metrics";
+pub const PROMETHEUS: &str = "/metrics";
+
+/// Every endpoint of the control plane, as its router mounts them (a test
+/// of the router checks it mounts exactly these).
+pub const CONTROL_PLANE: &[&str] = &[
+    HEALTHZ,
+    APPLY,
+    APPS,
+    APP,
+    APP_SCALE,
+    APP_ROLLBACK,
+    APP_TRAFFIC,
+    APP_ACTIVATE,
+    INSTANCES,
+    REVISIONS,
+    NODES,
+    EVENTS,
+    NODE_REGISTER,
+    NODE_HEARTBEAT,
+    NODE_ASSIGNMENT,
+    BLOB,
+    ROUTES,
+    ROUTES_WATCH,
+    METRICS,
+    PROMETHEUS,
+];
+
+/// The longest the control plane holds a long poll (`EVENTS` with
+/// `wait=true`, `NODE_ASSIGNMENT`) open before it answers with what it has.
+pub const LONG_POLL_HOLD: Duration = Duration::from_secs(25);
+
+/// How often the route watch sends an empty line when the table does not
+/// change, so both ends notice a dead connection.
+pub const ROUTES_KEEPALIVE: Duration = Duration::from_secs(5);
+
+pub fn app(key: &AppKey) -> String {
+    fill(APP, &[&key.namespace, &key.name])
+}
+
+pub fn app_scale(key: &AppKey) -> String {
+    fill(APP_SCALE, &[&key.namespace, &key.name])
+}
+
+pub fn app_rollback(key: &AppKey) -> String {
+    fill(APP_ROLLBACK, &[&key.namespace, &key.name])
+}
+
+pub fn app_traffic(key: &AppKey) -> String {
+    fill(APP_TRAFFIC, &[&key.namespace, &key.name])
+}
+
+pub fn app_activate(key: &AppKey) -> String {
+    fill(APP_ACTIVATE, &[&key.namespace, &key.name])
+}
+
+pub fn node_heartbeat(node: &str) -> String {
+    fill(NODE_HEARTBEAT, &[node])
+}
+
+pub fn node_assignment(node: &str) -> String {
+    fill(NODE_ASSIGNMENT, &[node])
+}
+
+/// A module by its sha256 (hex).
+pub fn blob(digest: &str) -> String {
+    fill(BLOB, &[digest])
+}
+
+/// A node's own API, served on the node's port beside its instances.
+pub mod node {
+    use super::fill;
+
+    /// What every instance on the node is doing (`[InstanceReport]`).
+    pub const STATUS: &str = "/v1/status";
+    /// An instance's stdout and stderr, one `stdout ...`/`stderr ...` line
+    /// each; with [`super::LogsQuery::follow`], the stream stays open.
+    pub const INSTANCE_LOGS: &str = "/v1/instances/{id}/logs";
+
+    pub fn instance_logs(id: &str) -> String {
+        fill(INSTANCE_LOGS, &[id])
+    }
+
+    /// Every endpoint of a node's own API, as its front mounts them.
+    pub const ALL: &[&str] = &[STATUS, INSTANCE_LOGS];
+}
+
+/// A path a builder made, for tests of the routers that serve it.
+#[derive(Debug, Clone)]
+pub struct Example {
+    /// The template the path must match, and no other.
+    pub template: &'static str,
+    pub path: String,
+    /// The names the builder was given, which the match must give back
+    /// (percent-decoded), in order.
+    pub names: Vec<String>,
+}
+
+/// What every builder makes of the names `a` and `b` (an app key's
+/// namespace and name; `a` alone where a path takes one name). For the
+/// tests of the routers: try names with characters a path cannot carry as
+/// they are (`/`, `?`, `#`, `%`, spaces, non-ASCII).
+pub fn examples(a: &str, b: &str) -> Vec<Example> {
+    let key = AppKey::new(a, b);
+    let ex = |template, path, names: &[&str]| Example {
+        template,
+        path,
+        names: names.iter().map(|n| n.to_string()).collect(),
+    };
+    vec![
+        ex(APP, app(&key), &[a, b]),
+        ex(APP_SCALE, app_scale(&key), &[a, b]),
+        ex(APP_ROLLBACK, app_rollback(&key), &[a, b]),
+        ex(APP_TRAFFIC, app_traffic(&key), &[a, b]),
+        ex(APP_ACTIVATE, app_activate(&key), &[a, b]),
+        ex(NODE_HEARTBEAT, node_heartbeat(a), &[a]),
+        ex(NODE_ASSIGNMENT, node_assignment(a), &[a]),
+        ex(BLOB, blob(a), &[a]),
+        ex(node::INSTANCE_LOGS, node::instance_logs(a), &[a]),
+    ]
+    .into_iter()
+    .chain(
+        CONTROL_PLANE
+            .iter()
+            .chain(node::ALL)
+            .filter(|t| !t.contains('{'))
+            .map(|t| ex(t, t.to_string(), &[])),
+    )
+    .collect()
+}
+
+/// Names for [`examples`]: plain ones, and ones with every kind of
+/// character a path segment must encode.
+pub const EXAMPLE_NAMES: &[[&str; 2]] = &[
+    ["default", "web"],
+    ["team-a", "hello-0"],
+    ["a/b", "c?d#e"],
+    ["sp ace", "pct%2F"],
+    ["ünï", "x.y_z~"],
+    // A name that is also a literal segment elsewhere. (A whole segment of
+    // `.` or `..` cannot travel in a URL at all: URL parsers resolve it,
+    // encoded or not; no name Shoal accepts is one.)
+    ["register", "x..y"],
+];
+
+/// The query of `APPS`, `INSTANCES` and `REVISIONS`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListQuery {
+    /// The namespace to list; `*` (or `all`) lists every namespace, none
+    /// the default one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Only this app's objects (by name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+}
+
+/// The query of `EVENTS`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Only events after this sequence number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
+    /// Hold the answer (up to [`LONG_POLL_HOLD`]) until there is an event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<bool>,
+}
+
+/// The query of `NODE_ASSIGNMENT`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentQuery {
+    /// The generation the node has; the answer waits for another one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+}
+
+/// The query of [`node::INSTANCE_LOGS`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogsQuery {
+    /// Keep the stream open for lines to come. `1` means yes too, and a
+    /// value that is neither means no rather than a refused request, as
+    /// nodes have always read it.
+    #[serde(
+        default,
+        deserialize_with = "lenient_bool",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub follow: bool,
+}
+
+fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    let v = String::deserialize(d)?;
+    Ok(v == "true" || v == "1")
+}
+
+/// Everything but RFC 3986's unreserved characters is encoded, so a segment
+/// never carries a `/`, `?` or `#` of its own.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `template` with its `{...}` placeholders replaced, in order, by the
+/// encoded `segments`.
+fn fill(template: &str, segments: &[&str]) -> String {
+    let mut out = String::with_capacity(template.len() + 32);
+    let mut rest = template;
+    let mut segments = segments.iter();
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let close = rest[open..].find('}').map_or(rest.len(), |c| open + c + 1);
+        let segment = segments.next();
+        debug_assert!(segment.is_some(), "{template}: too few segments");
+        out.extend(utf8_percent_encode(
+            segment.copied().unwrap_or_default(),
+            SEGMENT,
+        ));
+        rest = &rest[close..];
+    }
+    out.push_str(rest);
+    debug_assert!(segments.next().is_none(), "{template}: too many segments");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router(templates: &[&'static str]) -> matchit::Router<&'static str> {
+        let mut r = matchit::Router::new();
+        for t in templates {
+            r.insert(*t, *t).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn every_built_path_is_matched_by_its_own_template() {
+        let cp = router(CONTROL_PLANE);
+        let nodes = router(node::ALL);
+        for [a, b] in EXAMPLE_NAMES {
+            for ex in examples(a, b) {
+                let r = if node::ALL.contains(&ex.template) {
+                    &nodes
+                } else {
+                    &cp
+                };
+                let path = &ex.path;
+                let m = r
+                    .at(path)
+                    .unwrap_or_else(|e| panic!("{path}: no template matches ({e})"));
+                assert_eq!(*m.value, ex.template, "{path}");
+                let got: Vec<String> = m
+                    .params
+                    .iter()
+                    .map(|(_, v)| {
+                        percent_encoding::percent_decode_str(v)
+                            .decode_utf8()
+                            .unwrap()
+                            .into_owned()
+                    })
+                    .collect();
+                assert_eq!(got, ex.names, "{path}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_template_has_a_builder() {
+        let built: Vec<&str> = examples("a", "b").iter().map(|e| e.template).collect();
+        for t in CONTROL_PLANE.iter().chain(node::ALL) {
+            assert!(built.contains(t), "{t}: no builder");
+        }
+    }
+
+    #[test]
+    fn segments_are_encoded_and_plain_names_left_alone() {
+        assert_eq!(
+            app(&AppKey::new("default", "web")),
+            "/v1/namespaces/default/apps/web"
+        );
+        assert_eq!(node_heartbeat("a/b c"), "/v1/nodes/a%2Fb%20c/heartbeat");
+        assert_eq!(node::instance_logs("web-0"), "/v1/instances/web-0/logs");
+    }
+
+    fn roundtrip<Q>(q: &Q) -> Q
+    where
+        Q: Serialize + for<'de> Deserialize<'de>,
+    {
+        let s = serde_urlencoded::to_string(q).unwrap();
+        serde_urlencoded::from_str(&s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn queries_read_back_as_they_were_written() {
+        for q in [
+            ListQuery::default(),
+            ListQuery {
+                namespace: Some("*".into()),
+                app: Some("a&b=c".into()),
+            },
+        ] {
+            assert_eq!(roundtrip(&q), q);
+        }
+        for q in [
+            EventsQuery::default(),
+            EventsQuery {
+                namespace: Some("team a".into()),
+                after: Some(7),
+                wait: Some(true),
+            },
+        ] {
+            assert_eq!(roundtrip(&q), q);
+        }
+        let q = AssignmentQuery {
+            generation: Some(u64::MAX),
+        };
+        assert_eq!(roundtrip(&q), q);
+        for follow in [false, true] {
+            let q = LogsQuery { follow };
+            assert_eq!(roundtrip(&q), q);
+        }
+    }
+
+    #[test]
+    fn follow_reads_as_nodes_always_read_it() {
+        let read = |s: &str| serde_urlencoded::from_str::<LogsQuery>(s).unwrap().follow;
+        assert!(read("follow=true"));
+        assert!(read("follow=1"));
+        assert!(!read("follow=false"));
+        assert!(!read("follow=yes"));
+        assert!(!read(""));
+    }
+}

@@ -1,0 +1,29 @@
+//! The one typed client of Shoal's control plane API (`/v1`), used by the
+//! CLI, the node agent and the gateway, and of a node's own small API.
+//!
+//! Paths and query strings come from `shoal_api::endpoints`, where the
+//! control plane's router takes its route templates from too; nothing here
+//! writes a URL by hand.
+//!
+//! - [`transport`]: the [`Client`] itself: base URL, connections, limits
+//!   in time, and how an answer becomes a value or an [`Error`].
+//! - [`apps`]: the CLI's calls (apply, list, describe, scale, delete, roll
+//!   back, split traffic, events).
+//! - [`nodes`]: a node's calls (register, heartbeat, assignment long poll,
+//!   modules).
+//! - [`gateways`]: a gateway's calls (route watch, load reports,
+//!   activation).
+//! - [`node_api`]: reading an instance's logs from its node.
+//! - [`error`]: what can go wrong, worded as the CLI prints it.
+
+pub mod apps;
+pub mod error;
+pub mod gateways;
+pub mod node_api;
+pub mod nodes;
+pub mod transport;
+
+pub use error::{Error, root_cause};
+pub use gateways::{RouteUpdate, RouteWatch};
+pub use node_api::LogLines;
+pub use transport::{Builder, Client, Hints};

@@ -1,0 +1,135 @@
+//! The client against a control plane played by the test: paths, query
+//! strings, errors and the route watch as the client sees them.
+
+use axum::extract::{OriginalUri, Path};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use futures::StreamExt;
+use shoal_api::ErrorBody;
+use shoal_api::endpoints::{self, EventsQuery, ListQuery};
+use shoal_api::objects::AppKey;
+use shoal_api::routes::RouteTable;
+use shoal_client::{Client, Error, RouteUpdate};
+use std::time::Duration;
+
+async fn serve(app: axum::Router) -> Client {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Client::builder(&url)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn names_and_queries_travel_encoded_and_come_back_whole() {
+    let client = serve(
+        axum::Router::new()
+            .route(
+                endpoints::APP_ACTIVATE,
+                post(|Path((ns, name)): Path<(String, String)>| async move {
+                    assert_eq!((ns.as_str(), name.as_str()), ("team/a", "we b?#"));
+                    StatusCode::ACCEPTED
+                }),
+            )
+            .route(
+                endpoints::INSTANCES,
+                get(|uri: OriginalUri| async move {
+                    let q: ListQuery =
+                        serde_urlencoded::from_str(uri.query().unwrap_or_default()).unwrap();
+                    assert_eq!(q.namespace.as_deref(), Some("a&b=c"));
+                    assert_eq!(q.app.as_deref(), Some("x y"));
+                    axum::Json(Vec::<shoal_api::objects::Instance>::new())
+                }),
+            ),
+    )
+    .await;
+    client
+        .activate(&AppKey::new("team/a", "we b?#"))
+        .await
+        .unwrap();
+    let q = ListQuery {
+        namespace: Some("a&b=c".into()),
+        app: Some("x y".into()),
+    };
+    assert!(client.instances(&q).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn errors_carry_the_servers_code_or_its_plain_answer() {
+    let client = serve(
+        axum::Router::new()
+            .route(
+                endpoints::APP,
+                get(|| async {
+                    (
+                        StatusCode::NOT_FOUND,
+                        axum::Json(ErrorBody::new("not_found", "app default/x not found")),
+                    )
+                }),
+            )
+            .route(
+                endpoints::NODES,
+                get(|| async { (StatusCode::BAD_GATEWAY, "upstream down").into_response() }),
+            ),
+    )
+    .await;
+    let e = client.app(&AppKey::new("default", "x")).await.unwrap_err();
+    assert!(e.is_not_found(), "{e:?}");
+    assert_eq!(e.to_string(), "app default/x not found (not_found)");
+    let e = client.nodes().await.unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::BAD_GATEWAY));
+    assert!(matches!(e, Error::Status { .. }), "{e:?}");
+    assert!(e.to_string().contains("upstream down"), "{e}");
+}
+
+#[tokio::test]
+async fn the_route_watch_is_tables_keepalives_and_malformed_lines_split_anywhere() {
+    let table = serde_json::to_string(&RouteTable::default()).unwrap();
+    // The stream's chunks split lines anywhere.
+    let body = format!("{table}\n\nnot json\n{table}\n");
+    let chunks: Vec<String> = body
+        .as_bytes()
+        .chunks(3)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    let client = serve(axum::Router::new().route(
+        endpoints::ROUTES_WATCH,
+        get(move || {
+            let chunks = chunks.clone().into_iter().map(Ok::<_, std::io::Error>);
+            async move { axum::body::Body::from_stream(futures::stream::iter(chunks)) }
+        }),
+    ))
+    .await;
+    let watch = client.watch_routes().await.unwrap();
+    let got: Vec<_> = watch.collect().await;
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert!(matches!(&got[0], Ok(RouteUpdate::Table(t)) if *t == RouteTable::default()));
+    assert!(matches!(&got[1], Ok(RouteUpdate::Keepalive)));
+    assert!(matches!(&got[2], Err(Error::Malformed { .. })));
+    assert!(matches!(&got[3], Ok(RouteUpdate::Table(_))));
+}
+
+#[tokio::test]
+async fn a_waiting_events_query_sends_its_wait_and_after() {
+    let client = serve(axum::Router::new().route(
+        endpoints::EVENTS,
+        get(|uri: OriginalUri| async move {
+            let q: EventsQuery =
+                serde_urlencoded::from_str(uri.query().unwrap_or_default()).unwrap();
+            assert_eq!(q.wait, Some(true));
+            assert_eq!(q.after, Some(7));
+            axum::Json(Vec::<shoal_api::objects::Event>::new())
+        }),
+    ))
+    .await
+    .with_timeout(Duration::from_secs(5));
+    let q = EventsQuery {
+        namespace: None,
+        after: Some(7),
+        wait: Some(true),
+    };
+    assert!(client.events(&q).await.unwrap().is_empty());
+}

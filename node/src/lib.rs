@@ -1,0 +1,110 @@
+//! Shoal's node agent: registers with the control plane, heartbeats its full
+//! status, runs the instances it is assigned, and serves their traffic on
+//! the node's own port.
+//!
+//! - [`session`]: the control-plane session (register, heartbeat, the
+//!   assignment long poll), through `shoal_client`. Every assignment, from
+//!   a heartbeat answer or the long poll, passes one generation check
+//!   ([`session::Inbox`]) before the supervisor sees it.
+//! - [`supervisor`]: diffs the assignment against what runs and starts or
+//!   stops instances; reports their state.
+//! - [`health`]: health checks of HTTP instances, and restarts of those
+//!   that keep failing them.
+//! - [`front`]: the node's HTTP front: requests addressed to an instance
+//!   by the gateway (`x-shoal-instance`), and the node's own small API.
+//!
+//! The wasm itself runs in `shoal_runtime`, which knows nothing of the
+//! control plane.
+
+pub mod front;
+pub mod health;
+pub mod session;
+pub mod supervisor;
+
+use shoal_api::objects::NodeCapacity;
+use shoal_runtime::Runtime;
+use shoal_runtime::outcome::ResponseBody;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use shoal_api::routes::INSTANCE_HEADER;
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub name: String,
+    /// Base URL of the control plane.
+    pub control_plane: String,
+    /// Base URL other parts reach this node at.
+    pub advertise: String,
+    pub capacity: NodeCapacity,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the control plane's client: {0}")]
+    Client(#[from] shoal_client::Error),
+}
+
+/// A node agent: its session with the control plane, the supervisor of
+/// its instances, and its HTTP front.
+pub struct Node {
+    session: Arc<session::Session>,
+    supervisor: Arc<supervisor::Supervisor>,
+    front: front::Front,
+}
+
+impl Node {
+    pub fn new(runtime: Arc<Runtime>, cfg: NodeConfig) -> Result<Arc<Self>, Error> {
+        let client = shoal_client::Client::builder(&cfg.control_plane)
+            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(2))
+            .build()?;
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let supervisor = Arc::new(supervisor::Supervisor::new(
+            runtime,
+            client.clone(),
+            changed.clone(),
+        ));
+        let session = Arc::new(session::Session::new(client, cfg, changed));
+        Ok(Arc::new(Self {
+            session,
+            front: front::Front::new(supervisor.clone()),
+            supervisor,
+        }))
+    }
+
+    /// Ids of the instances running here.
+    pub fn instance_ids(&self) -> Vec<String> {
+        self.supervisor.instance_ids()
+    }
+
+    /// Runs the node's loops until `shutdown` resolves: the session (whose
+    /// heartbeat is never blocked by work, so a slow compile cannot cost
+    /// the node its lease), the supervisor, and the health checks.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        let assignments = self.session.inbox().subscribe();
+        let applier = tokio::spawn(self.supervisor.clone().apply_loop(assignments));
+        let health = tokio::spawn(health::run(self.supervisor.clone()));
+        self.session
+            .clone()
+            .run(self.supervisor.clone(), shutdown)
+            .await;
+        applier.abort();
+        health.abort();
+        // Stop workers; http apps drain with the server.
+        self.supervisor.clear();
+    }
+}
+
+impl shoal_runtime::server::Handler for Node {
+    fn call(
+        self: Arc<Self>,
+        req: http::Request<hyper::body::Incoming>,
+        _peer: SocketAddr,
+    ) -> futures::future::BoxFuture<'static, http::Response<ResponseBody>> {
+        Box::pin(async move { self.front.serve(req).await })
+    }
+}

@@ -1,0 +1,231 @@
+//! The node's session with the control plane: registration, heartbeats that
+//! carry the node's full status, and the assignment long poll, so that a
+//! placement arrives at once rather than at the next heartbeat.
+//!
+//! Assignments come two ways, in a heartbeat's answer and from the long
+//! poll, and the two race: a heartbeat answered before a placement can
+//! arrive after the long poll brought that placement. Both therefore go
+//! through one [`Inbox`], which drops an assignment older than one it
+//! already handed on.
+
+use crate::NodeConfig;
+use shoal_api::protocol::{Heartbeat, HeartbeatResponse, RegisterRequest};
+use shoal_client::Client;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, watch};
+
+/// The longest a heartbeat may take: a slow one must not delay the next.
+const HEARTBEAT_LIMIT: Duration = Duration::from_secs(2);
+/// The longest the long poll may take beyond the control plane's hold.
+const ASSIGNMENT_LIMIT: Duration = Duration::from_secs(5);
+/// The pause before the long poll is tried again after a failure.
+const ASSIGNMENT_RETRY: Duration = Duration::from_millis(250);
+
+/// What the session reports to the control plane.
+pub trait Status: Send + Sync + 'static {
+    /// The generation the node applied last, and its instances.
+    fn heartbeat(&self) -> Heartbeat;
+}
+
+/// Where assignments wait for the supervisor: the newest one handed on,
+/// and the one check that every assignment passes first.
+pub struct Inbox {
+    /// The newest generation handed on since the node registered.
+    newest: Mutex<u64>,
+    tx: watch::Sender<Option<HeartbeatResponse>>,
+}
+
+/// Which way an assignment came (for the logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Heartbeat,
+    LongPoll,
+}
+
+impl Default for Inbox {
+    fn default() -> Self {
+        Self {
+            newest: Mutex::new(0),
+            tx: watch::channel(None).0,
+        }
+    }
+}
+
+impl Inbox {
+    /// The assignments handed on, from now.
+    pub fn subscribe(&self) -> watch::Receiver<Option<HeartbeatResponse>> {
+        self.tx.subscribe()
+    }
+
+    /// The newest generation handed on.
+    pub fn newest(&self) -> u64 {
+        *self.newest.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands `r` on unless an assignment of a newer generation was handed
+    /// on already; says whether it did. The check and the hand-over happen
+    /// under one lock, so two answers racing cannot both pass it.
+    pub fn offer(&self, r: HeartbeatResponse, from: Source) -> bool {
+        let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
+        if r.generation < *newest {
+            tracing::debug!(
+                generation = r.generation,
+                newest = *newest,
+                ?from,
+                "stale assignment dropped"
+            );
+            return false;
+        }
+        *newest = r.generation;
+        self.tx.send_replace(Some(r));
+        true
+    }
+
+    /// Forgets the generations seen: a control plane that lost its data
+    /// starts them again from 1.
+    fn registered(&self) {
+        *self.newest.lock().unwrap_or_else(|p| p.into_inner()) = 0;
+    }
+}
+
+/// A node's session with one control plane.
+pub struct Session {
+    client: Client,
+    cfg: NodeConfig,
+    inbox: Inbox,
+    /// Registered with the control plane (the long poll waits for it).
+    registered: watch::Sender<bool>,
+    interval: Mutex<Duration>,
+    /// Wakes the heartbeat early when something the control plane should
+    /// know changed (an instance started, stopped, became ready).
+    changed: Arc<Notify>,
+}
+
+impl Session {
+    pub fn new(client: Client, cfg: NodeConfig, changed: Arc<Notify>) -> Self {
+        Self {
+            client,
+            cfg,
+            inbox: Inbox::default(),
+            registered: watch::channel(false).0,
+            interval: Mutex::new(Duration::from_millis(250)),
+            changed,
+        }
+    }
+
+    pub fn inbox(&self) -> &Inbox {
+        &self.inbox
+    }
+
+    /// Heartbeats with `status` and long-polls assignments into the inbox
+    /// until `shutdown` resolves.
+    pub async fn run(
+        self: Arc<Self>,
+        status: Arc<dyn Status>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let watcher = tokio::spawn(self.clone().assignment_loop());
+        tokio::select! {
+            _ = self.heartbeat_loop(status) => {}
+            _ = shutdown => {}
+        }
+        watcher.abort();
+    }
+
+    fn interval(&self) -> Duration {
+        *self.interval.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn register(&self) -> Result<(), shoal_client::Error> {
+        let r = self
+            .client
+            .register(&RegisterRequest {
+                name: self.cfg.name.clone(),
+                address: self.cfg.advertise.clone(),
+                capacity: self.cfg.capacity,
+                labels: self.cfg.labels.clone(),
+            })
+            .await?;
+        self.inbox.registered();
+        *self.interval.lock().unwrap_or_else(|p| p.into_inner()) =
+            Duration::from_millis(r.heartbeat_ms.max(10));
+        self.registered.send_replace(true);
+        tracing::info!(node = %self.cfg.name, control_plane = %self.cfg.control_plane, "registered");
+        Ok(())
+    }
+
+    /// Long-polls the control plane for a new assignment.
+    async fn assignment_loop(self: Arc<Self>) {
+        let client = self.client.with_timeout(ASSIGNMENT_LIMIT);
+        let mut registered = self.registered.subscribe();
+        loop {
+            if registered.wait_for(|r| *r).await.is_err() {
+                return;
+            }
+            match client.assignment(&self.cfg.name, self.inbox.newest()).await {
+                Ok(r) => {
+                    self.inbox.offer(r, Source::LongPoll);
+                }
+                // Not registered (yet), or the control plane is away: the
+                // heartbeat loop deals with both; try again shortly.
+                Err(e) => {
+                    tracing::debug!(error = %e, "assignment long poll failed");
+                    tokio::time::sleep(ASSIGNMENT_RETRY).await;
+                }
+            }
+        }
+    }
+
+    async fn heartbeat_loop(&self, status: Arc<dyn Status>) {
+        let client = self.client.with_timeout(HEARTBEAT_LIMIT);
+        let mut registered = false;
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            if !registered {
+                match self.register().await {
+                    Ok(()) => registered = true,
+                    Err(e) => {
+                        if failing_since.is_none() {
+                            tracing::warn!(error = %e, "cannot register with the control plane; retrying (instances keep serving)");
+                            failing_since = Some(Instant::now());
+                        }
+                        tokio::time::sleep(self.interval()).await;
+                        continue;
+                    }
+                }
+            }
+            match client.heartbeat(&self.cfg.name, &status.heartbeat()).await {
+                Ok(r) => {
+                    if failing_since.take().is_some() {
+                        tracing::info!("control plane reachable again");
+                    }
+                    self.inbox.offer(r, Source::Heartbeat);
+                }
+                Err(e) if e.status() == Some(http::StatusCode::NOT_FOUND) => {
+                    tracing::warn!("the control plane does not know this node; registering again");
+                    registered = false;
+                    self.registered.send_replace(false);
+                    continue;
+                }
+                Err(e @ shoal_client::Error::Malformed { .. }) => {
+                    tracing::warn!(error = %e, "malformed heartbeat response");
+                }
+                Err(e) if e.status().is_some() => {
+                    tracing::warn!(error = %e, "heartbeat refused");
+                }
+                Err(e) => {
+                    if failing_since.is_none() {
+                        tracing::warn!(error = %e, "control plane unreachable; instances keep serving");
+                        failing_since = Some(Instant::now());
+                    }
+                }
+            }
+            // Sleep until the next beat, or less when there is news.
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval()) => {}
+                _ = self.changed.notified() => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The node's session against a control plane played by the test.
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::routing::{get, post};
+use shoal_api::endpoints::{self, AssignmentQuery};
+use shoal_api::objects::NodeCapacity;
+use shoal_api::protocol::{Heartbeat, HeartbeatResponse, RegisterResponse};
+use shoal_node::NodeConfig;
+use shoal_node::session::{Inbox, Session, Source, Status};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+
+/// Far beyond what any step below takes.
+const T: Duration = Duration::from_secs(30);
+
+struct Idle;
+
+impl Status for Idle {
+    fn heartbeat(&self) -> Heartbeat {
+        Heartbeat {
+            generation: 0,
+            instances: Vec::new(),
+        }
+    }
+}
+
+fn answer(generation: u64) -> HeartbeatResponse {
+    HeartbeatResponse {
+        generation,
+        instances: Vec::new(),
+    }
+}
+
+#[derive(Clone)]
+struct Fake {
+    /// Heartbeats received so far.
+    heartbeats: Arc<watch::Sender<u32>>,
+    /// Lets the first heartbeat's answer go.
+    release: Arc<Notify>,
+}
+
+async fn register() -> Json<RegisterResponse> {
+    Json(RegisterResponse {
+        lease_ms: 60_000,
+        heartbeat_ms: 10,
+    })
+}
+
+/// The first heartbeat is answered late, with generation 1: what the
+/// control plane had when the heartbeat arrived. Later ones get 2.
+async fn heartbeat(State(f): State<Fake>) -> Json<HeartbeatResponse> {
+    let mut n = 0;
+    f.heartbeats.send_modify(|c| {
+        *c += 1;
+        n = *c;
+    });
+    if n == 1 {
+        f.release.notified().await;
+        return Json(answer(1));
+    }
+    Json(answer(2))
+}
+
+/// Generation 2 at once to a node that has less; then held.
+async fn assignment(Query(q): Query<AssignmentQuery>) -> Json<HeartbeatResponse> {
+    if q.generation.unwrap_or(0) < 2 {
+        return Json(answer(2));
+    }
+    std::future::pending().await
+}
+
+#[tokio::test]
+async fn a_stale_heartbeat_answer_after_a_newer_long_poll_assignment_is_not_applied() {
+    let fake = Fake {
+        heartbeats: Arc::new(watch::channel(0).0),
+        release: Arc::new(Notify::new()),
+    };
+    let app = axum::Router::new()
+        .route(endpoints::NODE_REGISTER, post(register))
+        .route(endpoints::NODE_HEARTBEAT, post(heartbeat))
+        .route(endpoints::NODE_ASSIGNMENT, get(assignment))
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let client = shoal_client::Client::builder(&url).build().unwrap();
+    let session = Arc::new(Session::new(
+        client,
+        NodeConfig {
+            name: "n1".into(),
+            control_plane: url,
+            advertise: "http://127.0.0.1:1".into(),
+            capacity: NodeCapacity::default(),
+            labels: Default::default(),
+        },
+        Arc::new(Notify::new()),
+    ));
+    let mut applied = session.inbox().subscribe();
+    tokio::spawn(
+        session
+            .clone()
+            .run(Arc::new(Idle), std::future::pending::<()>()),
+    );
+
+    // The long poll brings generation 2 while the first heartbeat waits.
+    tokio::time::timeout(
+        T,
+        applied.wait_for(|a| a.as_ref().is_some_and(|a| a.generation == 2)),
+    )
+    .await
+    .expect("the long poll's assignment")
+    .unwrap();
+    // Now the heartbeat's answer, generation 1, arrives. The session sends
+    // its next heartbeat only after it dealt with that answer.
+    fake.release.notify_one();
+    let mut beats = fake.heartbeats.subscribe();
+    tokio::time::timeout(T, beats.wait_for(|n| *n >= 2))
+        .await
+        .expect("a second heartbeat")
+        .unwrap();
+    assert_eq!(applied.borrow().as_ref().map(|a| a.generation), Some(2));
+    assert_eq!(session.inbox().newest(), 2);
+}
+
+#[test]
+fn the_inbox_hands_on_only_what_is_not_older_than_it_has() {
+    let inbox = Inbox::default();
+    let rx = inbox.subscribe();
+    assert!(inbox.offer(answer(3), Source::LongPoll));
+    assert!(!inbox.offer(answer(2), Source::Heartbeat));
+    assert!(!inbox.offer(answer(1), Source::LongPoll));
+    assert_eq!(rx.borrow().as_ref().map(|a| a.generation), Some(3));
+    // The same generation again (a heartbeat's answer) is handed on.
+    assert!(inbox.offer(answer(3), Source::Heartbeat));
+    assert!(inbox.offer(answer(4), Source::Heartbeat));
+    assert_eq!(inbox.newest(), 4);
+}
