@@ -529,7 +529,7 @@ mod tests {
         cp: &ControlPlane,
         body: serde_json::Value,
     ) -> (StatusCode, serde_json::Value) {
-        let request = Request::post("/v1/apply")
+        let request = Request::post(shoal_api::endpoints::APPLY)
             .header("content-type", "application/json")
             .body(Body::from(body.to_string()))
             .unwrap();
