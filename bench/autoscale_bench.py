@@ -167,10 +167,13 @@ def start_cluster(cfg: dict, tmp: Path, logs: Path) -> dict:
         p, url = start_node(shoal, cp_url, name, tmp / "cache", logs / f"{name}.log",
                             START_TIMEOUT_S)
         nodes[name] = {"proc": p, "url": url, "port": url_port(url)}
-    # Debug for the proxy module only: it logs each held (cold-start) request
-    # with the gateway's own measure of its wait, nothing per ordinary request.
+    # Debug for the module that holds requests for activation (`activate`;
+    # `proxy` in gateways before the request path was split into stages):
+    # it logs each held (cold-start) request with the gateway's own measure
+    # of its wait, nothing per ordinary request.
     gw, gw_url = start_gateway(shoal, cp_url, logs / "gateway.log", START_TIMEOUT_S,
-                               env={"SHOAL_LOG": "info,shoal_gateway::proxy=debug"})
+                               env={"SHOAL_LOG": "info,shoal_gateway::proxy=debug,"
+                                                 "shoal_gateway::activate=debug"})
     api = Api(cp_url)
     deadline = time.monotonic() + START_TIMEOUT_S
     while sum(1 for n in api.get("/v1/nodes") if n.get("state") in ("ready", "Ready")) < 2:
