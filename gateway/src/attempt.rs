@@ -135,28 +135,7 @@ mod tests {
 
     /// An endpoint at `address`.
     fn endpoint(address: &str) -> Arc<Endpoint> {
-        let eps = crate::table::Endpoints::new();
-        let rt = shoal_api::routes::RouteTable {
-            apps: vec![shoal_api::routes::RouteApp {
-                app: shoal_api::objects::AppKey::new("default", "w"),
-                routes: vec![],
-                load_balancing: Default::default(),
-                timeout_ms: 1000,
-                max_body: 1,
-                backends: vec![shoal_api::routes::Backend {
-                    revision: 1,
-                    weight: 1,
-                    endpoints: vec![shoal_api::routes::Endpoint {
-                        instance: "w-0".into(),
-                        node: "n".into(),
-                        address: address.into(),
-                    }],
-                }],
-                scale_from_zero: false,
-            }],
-        };
-        let t = crate::table::Table::build(&rt, &eps, &dashmap::DashMap::new());
-        t.apps[0].backends[0].endpoints[0].clone()
+        crate::table::test_endpoint("w-0", address)
     }
 
     /// A node that reads one request head, hands it over, and then does

@@ -348,28 +348,7 @@ mod tests {
     }
 
     fn endpoint(name: &str) -> Arc<Endpoint> {
-        let eps = crate::table::Endpoints::new();
-        let rt = shoal_api::routes::RouteTable {
-            apps: vec![shoal_api::routes::RouteApp {
-                app: shoal_api::objects::AppKey::new("default", "w"),
-                routes: vec![],
-                load_balancing: Default::default(),
-                timeout_ms: 1000,
-                max_body: 1,
-                backends: vec![shoal_api::routes::Backend {
-                    revision: 1,
-                    weight: 1,
-                    endpoints: vec![shoal_api::routes::Endpoint {
-                        instance: name.into(),
-                        node: "n".into(),
-                        address: format!("http://{name}:1"),
-                    }],
-                }],
-                scale_from_zero: false,
-            }],
-        };
-        let t = crate::table::Table::build(&rt, &eps, &dashmap::DashMap::new());
-        t.apps[0].backends[0].endpoints[0].clone()
+        crate::table::test_endpoint(name, &format!("http://{name}:1"))
     }
 
     #[test]

@@ -324,6 +324,34 @@ fn app_route(ra: &RouteApp, endpoints: &Endpoints, stats: Arc<AppStats>) -> AppR
     }
 }
 
+/// One endpoint of app `default/w` (revision 1, node `n`), as a table
+/// built from the control plane's route table makes it: for the stages'
+/// tests.
+#[cfg(test)]
+pub(crate) fn test_endpoint(instance: &str, address: &str) -> Arc<Endpoint> {
+    let rt = shoal_api::routes::RouteTable {
+        apps: vec![shoal_api::routes::RouteApp {
+            app: shoal_api::objects::AppKey::new("default", "w"),
+            routes: vec![],
+            load_balancing: Default::default(),
+            timeout_ms: 1000,
+            max_body: 1,
+            backends: vec![shoal_api::routes::Backend {
+                revision: 1,
+                weight: 1,
+                endpoints: vec![shoal_api::routes::Endpoint {
+                    instance: instance.into(),
+                    node: "n".into(),
+                    address: address.into(),
+                }],
+            }],
+            scale_from_zero: false,
+        }],
+    };
+    let t = Table::build(&rt, &Endpoints::new(), &dashmap::DashMap::new());
+    t.apps[0].backends[0].endpoints[0].clone()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
