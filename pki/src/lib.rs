@@ -138,7 +138,16 @@ impl ClusterCa {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
-        name.push(DnType::CommonName, "Shoal cluster CA");
+        // A name of its own per cluster, so that a certificate of another
+        // cluster is refused as signed by an unknown CA rather than matched
+        // by name to this one and refused for its signature.
+        let mut id = [0u8; 6];
+        provider()
+            .secure_random
+            .fill(&mut id)
+            .map_err(|_| rcgen::Error::RingUnspecified)?;
+        let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        name.push(DnType::CommonName, format!("Shoal cluster CA {id}"));
         params.distinguished_name = name;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
@@ -221,9 +230,9 @@ impl std::fmt::Debug for Issued {
 }
 
 impl Issued {
-    /// A rustls server configuration that presents this certificate,
-    /// offering HTTP/2 and HTTP/1.1 over ALPN.
-    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+    /// A rustls server configuration that presents this certificate and
+    /// offers `alpn` (e.g. `[b"http/1.1"]`; the server must speak each).
+    pub fn server_config(&self, alpn: &[&[u8]]) -> Result<Arc<rustls::ServerConfig>, PkiError> {
         let chain = certificates(self.cert_pem.as_bytes())?;
         let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
             .map_err(|e| PkiError::Pem(e.to_string()))?;
@@ -231,7 +240,7 @@ impl Issued {
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(chain, key)?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Arc::new(config))
     }
 }
@@ -366,7 +375,7 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         let (other, _) = ClusterCa::load_or_create(other.path()).unwrap();
         assert!(verify(other.cert_pem(), &issued, "localhost").is_err());
-        issued.server_config().unwrap();
+        issued.server_config(&[b"http/1.1"]).unwrap();
     }
 
     #[test]
