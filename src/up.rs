@@ -272,6 +272,9 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
                 &cp_dir,
                 "--lease",
                 &lease,
+                // Nodes, gateways and the CLI are not given the cluster CA
+                // yet: `shoal up` stays on the loopback over plain HTTP.
+                "--plain-http",
                 "--exit-with-parent",
             ],
             logs.join("control-plane.log"),
