@@ -283,7 +283,13 @@ pub fn parse_labels(items: &[String]) -> anyhow::Result<BTreeMap<String, String>
     Ok(labels)
 }
 
-pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
+/// The CA file given with `--ca` (or `$SHOAL_CA`), read.
+pub fn read_ca(path: Option<&std::path::Path>) -> anyhow::Result<Option<Vec<u8>>> {
+    path.map(|p| std::fs::read(p).with_context(|| format!("--ca {}", p.display())))
+        .transpose()
+}
+
+pub async fn node(args: NodeArgs, ca: Option<Vec<u8>>) -> anyhow::Result<()> {
     let capacity = parse_capacity(&args.capacity)?;
     let labels = parse_labels(&args.labels)?;
     let cache_dir = args
@@ -317,6 +323,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
             advertise: advertise.clone(),
             capacity,
             labels,
+            control_plane_ca: ca,
         },
     )
     .context("setting up the node agent")?;
@@ -348,9 +355,10 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
+pub async fn gateway(args: GatewayArgs, ca: Option<Vec<u8>>) -> anyhow::Result<()> {
     let gw = shoal_gateway::Gateway::new(shoal_gateway::GatewayConfig {
         control_plane: Some(args.control_plane.clone()),
+        control_plane_ca: ca,
         activation_timeout: args.activation_timeout.get(),
         ..Default::default()
     });

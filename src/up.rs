@@ -332,7 +332,7 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    let client = crate::client::connect(&api, request_timeout)?;
+    let client = crate::client::connect(&api, request_timeout, None)?;
     let ready = async {
         wait_for_nodes(&client, args.nodes as usize).await?;
         if !args.no_demo {

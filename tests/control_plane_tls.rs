@@ -136,3 +136,61 @@ fn plain_http_is_refused_off_the_loopback() {
         p.out.all()
     );
 }
+
+/// `shoal ARGS` against `server`, trusting `ca` through `$SHOAL_CA`.
+fn cli_with_ca(server: &str, ca: Option<&Path>, args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"));
+    cmd.args(args)
+        .env("SHOAL_SERVER", server)
+        .env("SHOAL_LOG", "warn")
+        .env_remove("SHOAL_CA")
+        .stdin(std::process::Stdio::null());
+    if let Some(ca) = ca {
+        cmd.env("SHOAL_CA", ca);
+    }
+    cmd.output().expect("run shoal")
+}
+
+#[test]
+fn a_node_and_the_cli_given_the_ca_work_with_a_tls_control_plane() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cp");
+    let (cp, url) = start(&data);
+    let ca_file = data.join("ca.pem");
+    let ca = ca_file.display().to_string();
+    let cache = dir.path().join("cache").display().to_string();
+    let node = Proc::spawn(
+        &[
+            "node",
+            "--join",
+            &url,
+            "--ca",
+            &ca,
+            "--name",
+            "node-1",
+            "--listen",
+            "127.0.0.1:0",
+            "--cache-dir",
+            &cache,
+        ],
+        &[],
+    );
+    node.url_after("serving on");
+    support::wait_until(T, "the node to register over TLS", || {
+        let out = cli_with_ca(&url, Some(&ca_file), &["get", "nodes", "-o", "json"]);
+        let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        nodes
+            .as_array()?
+            .iter()
+            .any(|n| n["name"] == "node-1" && n["state"] == "ready")
+            .then_some(())
+    });
+    // Without the CA the CLI is refused, and says what to do.
+    let out = cli_with_ca(&url, None, &["get", "nodes"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not signed by the CA"), "{stderr}");
+    assert!(stderr.contains("SHOAL_CA"), "{stderr}");
+    drop(node);
+    stop(cp);
+}
