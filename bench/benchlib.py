@@ -375,7 +375,8 @@ def start_control_plane(shoal: str, data_dir: Path, log_path: Path, timeout: flo
                         group: bool = True) -> tuple[Proc, str]:
     """`shoal control-plane` on a free port; the process and its URL."""
     p = Proc("control-plane", [str(shoal), "control-plane", "--listen", f"{HOST}:0",
-                               "--data-dir", str(data_dir)], log_path, group=group)
+                               "--data-dir", str(data_dir), "--plain-http"],
+             log_path, group=group)
     return p, p.wait_for_line(r"Control plane listening on " + URL, timeout).group(1)
 
 

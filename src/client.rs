@@ -14,17 +14,25 @@ pub const DEFAULT_TIMEOUT: &str = "30s";
 
 /// A client of the control plane at `server` whose errors name the flags
 /// that change what went wrong.
-pub fn connect(server: &str, timeout: Duration) -> anyhow::Result<Client> {
+pub fn connect(
+    server: &str,
+    timeout: Duration,
+    ca: Option<&std::path::Path>,
+) -> anyhow::Result<Client> {
     if !server.starts_with("http://") && !server.starts_with("https://") {
         anyhow::bail!("--server {server:?}: expected a URL such as {DEFAULT_SERVER}");
     }
-    Ok(Client::builder(server)
+    let mut builder = Client::builder(server);
+    if let Some(ca) = ca {
+        builder = builder.ca_file(ca);
+    }
+    Ok(builder
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(5)))
         .hints(shoal_client::Hints {
             timeout: Some("--request-timeout"),
             unreachable: Some(
-                "start a cluster with `shoal up`, or point --server / SHOAL_SERVER at one",
+                "start a cluster with `shoal up`, or point --server / SHOAL_SERVER at one (and --ca / SHOAL_CA at its CA for https)",
             ),
         })
         .build()?)

@@ -29,6 +29,14 @@ pub struct ControlPlaneArgs {
     /// How often nodes heartbeat.
     #[arg(long, default_value = "250ms")]
     pub heartbeat: Duration,
+    /// More names (DNS names or IP addresses) for the API's TLS
+    /// certificate, besides 127.0.0.1 and localhost (repeatable).
+    #[arg(long = "tls-san", value_name = "NAME")]
+    pub tls_sans: Vec<String>,
+    /// Serve the API over plain HTTP, without TLS: only for a listen
+    /// address on the loopback, where every local user is trusted.
+    #[arg(long)]
+    pub plain_http: bool,
     /// Exit when the parent process exits (used by `shoal up`).
     #[arg(long, hide = true)]
     pub exit_with_parent: bool,
@@ -153,6 +161,32 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
             args.lease
         );
     }
+    if args.plain_http && !args.listen.ip().is_loopback() {
+        bail!(
+            "--plain-http is only for a loopback address, not {}: without TLS anyone on the network could read and change the cluster",
+            args.listen
+        );
+    }
+    if args.plain_http && !args.tls_sans.is_empty() {
+        bail!("--tls-san names the TLS certificate; it has no use with --plain-http");
+    }
+    // The CA is created (or found) before anything listens, so a client
+    // that sees the URL line can already read the CA file.
+    let tls = if args.plain_http {
+        None
+    } else {
+        let (ca, origin) = shoal_pki::ClusterCa::load_or_create(&dir)
+            .with_context(|| format!("the cluster CA in {}", dir.display()))?;
+        let ca_file = dir.join(shoal_pki::CA_CERT_FILE);
+        if origin == shoal_pki::CaOrigin::Created {
+            crate::out::sayln!("Created the cluster CA {}", ca_file.display());
+        }
+        let config = ca
+            .issue_server(&args.tls_sans)
+            .and_then(|issued| issued.server_config(&[b"http/1.1"]))
+            .context("the API's TLS certificate")?;
+        Some((config, ca_file))
+    };
     let cp = shoal_scheduler::state::ControlPlane::start(store, config)
         .context("loading the control plane's state")?;
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -160,10 +194,17 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
     let stop = stop_requested(args.exit_with_parent);
-    crate::out::sayln!(
-        "Control plane listening on http://{addr}/ (data dir {})",
-        dir.display()
-    );
+    match &tls {
+        Some((_, ca_file)) => crate::out::sayln!(
+            "Control plane listening on https://{addr}/ (data dir {}, CA {})",
+            dir.display(),
+            ca_file.display()
+        ),
+        None => crate::out::sayln!(
+            "Control plane listening on http://{addr}/ (data dir {}; plain HTTP, no TLS)",
+            dir.display()
+        ),
+    }
     // The control loop stops before the API does: once the API stops
     // answering, heartbeats cannot arrive, and a loop still running would
     // judge every node lost and empty their assignments.
@@ -174,7 +215,14 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         loop_handle.stop().await;
         let _ = stopped_tx.send(());
     };
-    let server = shoal_scheduler::api::serve(listener, cp, shutdown);
+    let server = async move {
+        match tls {
+            Some((config, _)) => {
+                shoal_scheduler::tls::serve_tls(listener, cp, config, shutdown).await
+            }
+            None => shoal_scheduler::api::serve(listener, cp, shutdown).await,
+        }
+    };
     tokio::pin!(server);
     tokio::select! {
         r = &mut server => r?,
@@ -235,7 +283,13 @@ pub fn parse_labels(items: &[String]) -> anyhow::Result<BTreeMap<String, String>
     Ok(labels)
 }
 
-pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
+/// The CA file given with `--ca` (or `$SHOAL_CA`), read.
+pub fn read_ca(path: Option<&std::path::Path>) -> anyhow::Result<Option<Vec<u8>>> {
+    path.map(|p| std::fs::read(p).with_context(|| format!("--ca {}", p.display())))
+        .transpose()
+}
+
+pub async fn node(args: NodeArgs, ca: Option<Vec<u8>>) -> anyhow::Result<()> {
     let capacity = parse_capacity(&args.capacity)?;
     let labels = parse_labels(&args.labels)?;
     let cache_dir = args
@@ -269,6 +323,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
             advertise: advertise.clone(),
             capacity,
             labels,
+            control_plane_ca: ca,
         },
     )
     .context("setting up the node agent")?;
@@ -300,9 +355,10 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
+pub async fn gateway(args: GatewayArgs, ca: Option<Vec<u8>>) -> anyhow::Result<()> {
     let gw = shoal_gateway::Gateway::new(shoal_gateway::GatewayConfig {
         control_plane: Some(args.control_plane.clone()),
+        control_plane_ca: ca,
         activation_timeout: args.activation_timeout.get(),
         ..Default::default()
     });

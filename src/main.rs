@@ -37,6 +37,11 @@ struct Cli {
     /// `rollout status`: for each answer to start).
     #[arg(long, global = true, env = "SHOAL_REQUEST_TIMEOUT", default_value = client::DEFAULT_TIMEOUT)]
     request_timeout: shoal_api::Duration,
+    /// The cluster CA (`ca.pem` in the control plane's data dir) to trust
+    /// for an https control plane; used by the client commands, `shoal
+    /// node` and `shoal gateway`.
+    #[arg(long, global = true, env = "SHOAL_CA", value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -98,13 +103,15 @@ fn main() {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    let client = || client::connect(&cli.server, cli.request_timeout.get());
+    let client = || client::connect(&cli.server, cli.request_timeout.get(), cli.ca.as_deref());
     match cli.command {
         Command::Run(args) => run::run(args).await,
         Command::Up(args) => up::up(args, cli.request_timeout.get()).await,
         Command::ControlPlane(args) => cluster::control_plane(args).await,
-        Command::Node(args) => cluster::node(args).await,
-        Command::Gateway(args) => cluster::gateway(args).await,
+        Command::Node(args) => cluster::node(args, cluster::read_ca(cli.ca.as_deref())?).await,
+        Command::Gateway(args) => {
+            cluster::gateway(args, cluster::read_ca(cli.ca.as_deref())?).await
+        }
         Command::Apply(args) => commands::apply(&client()?, args).await,
         Command::Get(args) => commands::get(&client()?, args).await,
         Command::Describe(args) => commands::describe(&client()?, args).await,

@@ -272,6 +272,9 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
                 &cp_dir,
                 "--lease",
                 &lease,
+                // Nodes, gateways and the CLI are not given the cluster CA
+                // yet: `shoal up` stays on the loopback over plain HTTP.
+                "--plain-http",
                 "--exit-with-parent",
             ],
             logs.join("control-plane.log"),
@@ -329,7 +332,7 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    let client = crate::client::connect(&api, request_timeout)?;
+    let client = crate::client::connect(&api, request_timeout, None)?;
     let ready = async {
         wait_for_nodes(&client, args.nodes as usize).await?;
         if !args.no_demo {

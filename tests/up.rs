@@ -217,7 +217,7 @@ fn exit_with_parent_ignores_a_closed_stdin_and_follows_the_parent() {
     // `up`'s children would: the shell gives it /dev/null as stdin.
     let mut shell = Command::new("sh")
         .arg("-c")
-        .arg(r#""$0" control-plane --listen 127.0.0.1:0 --data-dir "$1" --exit-with-parent & echo "child $!"; wait"#)
+        .arg(r#""$0" control-plane --listen 127.0.0.1:0 --data-dir "$1" --plain-http --exit-with-parent & echo "child $!"; wait"#)
         .arg(env!("CARGO_BIN_EXE_shoal"))
         .arg(dir.path().join("cp"))
         .env("SHOAL_LOG", "warn")

@@ -40,6 +40,14 @@ pub struct Builder {
     timeout: Duration,
     connect_timeout: Option<Duration>,
     hints: Hints,
+    ca: Option<Ca>,
+}
+
+/// The CA a client trusts for `https` URLs.
+#[derive(Debug, Clone)]
+enum Ca {
+    Pem(Vec<u8>),
+    File(std::path::PathBuf),
 }
 
 impl Builder {
@@ -63,10 +71,29 @@ impl Builder {
         self
     }
 
+    /// Trusts the CA certificates in `pem` (and only those) for `https`
+    /// URLs: the cluster CA, `ca.pem` in the control plane's data dir.
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca = Some(Ca::Pem(pem.into()));
+        self
+    }
+
+    /// As [`Builder::ca_pem`], with the PEM read from `path` at
+    /// [`Builder::build`].
+    pub fn ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.ca = Some(Ca::File(path.into()));
+        self
+    }
+
     pub fn build(self) -> Result<Client, Error> {
-        let mut http = reqwest::Client::builder();
+        let mut http = reqwest::Client::builder().tls_built_in_root_certs(false);
         if let Some(limit) = self.connect_timeout {
             http = http.connect_timeout(limit);
+        }
+        if let Some(ca) = &self.ca {
+            for cert in ca.certificates()? {
+                http = http.add_root_certificate(cert);
+            }
         }
         let http = http.build().map_err(|e| Error::Build(root_cause(&e)))?;
         Ok(Client {
@@ -78,14 +105,39 @@ impl Builder {
     }
 }
 
+impl Ca {
+    fn certificates(&self) -> Result<Vec<reqwest::Certificate>, Error> {
+        let (pem, origin) = match self {
+            Ca::Pem(pem) => (
+                std::borrow::Cow::Borrowed(pem.as_slice()),
+                "the CA".to_string(),
+            ),
+            Ca::File(path) => (
+                std::fs::read(path)
+                    .map(std::borrow::Cow::Owned)
+                    .map_err(|e| Error::Build(format!("reading the CA {}: {e}", path.display())))?,
+                format!("the CA {}", path.display()),
+            ),
+        };
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| Error::Build(format!("{origin}: {}", root_cause(&e))))?;
+        if certs.is_empty() {
+            return Err(Error::Build(format!("{origin}: no PEM certificate in it")));
+        }
+        Ok(certs)
+    }
+}
+
 impl Client {
-    /// A client of the control plane at `base` (`http://host:port`).
+    /// A client of the control plane at `base` (`http://host:port`, or
+    /// `https://host:port` with the CA to trust given to the builder).
     pub fn builder(base: &str) -> Builder {
         Builder {
             base: base.to_string(),
             timeout: Duration::from_secs(30),
             connect_timeout: None,
             hints: Hints::default(),
+            ca: None,
         }
     }
 
@@ -166,7 +218,7 @@ impl Client {
             if e.is_connect() {
                 Error::Unreachable {
                     who: url.to_string(),
-                    cause: root_cause(&e),
+                    cause: connect_cause(&e),
                     hint: None,
                 }
             } else {
@@ -183,7 +235,7 @@ impl Client {
         if e.is_connect() {
             Error::Unreachable {
                 who: self.who(),
-                cause: root_cause(e),
+                cause: connect_cause(e),
                 hint: self.hints.unreachable,
             }
         } else {
@@ -224,6 +276,17 @@ impl Client {
     pub(crate) async fn no_content(&self, req: RequestBuilder) -> Result<(), Error> {
         self.within(self.timeout, async { self.send(req).await.map(|_| ()) })
             .await
+    }
+}
+
+/// Why a connection could not be made; a certificate the client does not
+/// trust is said in words (rustls's own say only which check failed).
+fn connect_cause(e: &reqwest::Error) -> String {
+    let cause = root_cause(e);
+    if cause.starts_with("invalid peer certificate") {
+        format!("its TLS certificate is not signed by the CA this client trusts ({cause})")
+    } else {
+        cause
     }
 }
 

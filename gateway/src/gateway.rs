@@ -20,6 +20,21 @@ pub struct GatewayConfig {
     /// How long a request waits for an app with no ready instance to get
     /// one (capped by the app's timeout).
     pub activation_timeout: Duration,
+    /// The CA (PEM) the control plane's TLS certificate must be signed by,
+    /// for an `https` control plane URL.
+    pub control_plane_ca: Option<Vec<u8>>,
+}
+
+impl GatewayConfig {
+    /// A client builder for the control plane at `base`, trusting
+    /// `control_plane_ca` if given.
+    pub fn control_plane_client(&self, base: &str) -> shoal_client::Builder {
+        let builder = shoal_client::Client::builder(base);
+        match &self.control_plane_ca {
+            Some(pem) => builder.ca_pem(pem.clone()),
+            None => builder,
+        }
+    }
 }
 
 impl Default for GatewayConfig {
@@ -28,6 +43,7 @@ impl Default for GatewayConfig {
             connect_timeout: Duration::from_secs(1),
             control_plane: None,
             activation_timeout: Duration::from_secs(30),
+            control_plane_ca: None,
         }
     }
 }
@@ -69,7 +85,8 @@ impl Gateway {
             has_table: AtomicBool::new(false),
             table_updates: tokio::sync::watch::channel(0).0,
             control: config.control_plane.as_deref().and_then(|cp| {
-                shoal_client::Client::builder(cp)
+                config
+                    .control_plane_client(cp)
                     .connect_timeout(Duration::from_secs(2))
                     .timeout(Duration::from_secs(5))
                     .build()

@@ -26,7 +26,9 @@ pub async fn report(gateway: Arc<Gateway>, name: String) {
     let Some(cp) = gateway.config().control_plane.clone() else {
         return;
     };
-    let client = match shoal_client::Client::builder(&cp)
+    let client = match gateway
+        .config()
+        .control_plane_client(&cp)
         .connect_timeout(Duration::from_secs(1))
         .timeout(Duration::from_secs(2))
         .build()

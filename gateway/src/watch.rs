@@ -6,7 +6,7 @@
 
 use crate::proxy::Gateway;
 use futures::StreamExt;
-use shoal_client::{Client, RouteUpdate, RouteWatch};
+use shoal_client::{RouteUpdate, RouteWatch};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,9 @@ pub const KEEPALIVE: Duration = shoal_api::endpoints::ROUTES_KEEPALIVE;
 pub async fn follow(gateway: Arc<Gateway>, base: String) {
     // The control plane answers the watch's head at once; one that does
     // not within a keepalive's silence is as dead as a silent stream.
-    let client = match Client::builder(&base)
+    let client = match gateway
+        .config()
+        .control_plane_client(&base)
         .connect_timeout(Duration::from_secs(2))
         .timeout(KEEPALIVE * 3)
         .build()

@@ -40,6 +40,9 @@ pub struct NodeConfig {
     pub advertise: String,
     pub capacity: NodeCapacity,
     pub labels: BTreeMap<String, String>,
+    /// The CA (PEM) the control plane's TLS certificate must be signed by,
+    /// for an `https` control plane URL.
+    pub control_plane_ca: Option<Vec<u8>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +61,11 @@ pub struct Node {
 
 impl Node {
     pub fn new(runtime: Arc<Runtime>, cfg: NodeConfig) -> Result<Arc<Self>, Error> {
-        let client = shoal_client::Client::builder(&cfg.control_plane)
+        let mut client = shoal_client::Client::builder(&cfg.control_plane);
+        if let Some(pem) = &cfg.control_plane_ca {
+            client = client.ca_pem(pem.clone());
+        }
+        let client = client
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(2))
             .build()?;

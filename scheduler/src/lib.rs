@@ -10,6 +10,7 @@
 //! - [`routes`]: the route table gateways follow (pure).
 //! - [`store`]: the durable store (redb).
 //! - [`api`]: the HTTP/JSON API (`/v1/...`) as an axum router.
+//! - [`tls`]: the API served over TLS (certificates from `shoal-pki`).
 //! - [`state`]: the single-writer state task: commands in, snapshots out;
 //!   pure deciders (`state::decide`) say what changes, one executor
 //!   (`state::executor`) applies it.
@@ -24,3 +25,4 @@ pub mod rollout;
 pub mod routes;
 pub mod state;
 pub mod store;
+pub mod tls;

@@ -337,6 +337,7 @@ impl Cluster {
             listen.into(),
             "--data-dir".into(),
             data.display().to_string(),
+            "--plain-http".into(),
         ];
         args.extend(extra.iter().cloned());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
