@@ -12,13 +12,18 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
 /// How long a request may take by default (`--request-timeout`).
 pub const DEFAULT_TIMEOUT: &str = "30s";
 
-/// A client of the control plane at `server` whose errors name the flags
-/// that change what went wrong.
-pub fn connect(server: &str, timeout: Duration) -> anyhow::Result<Client> {
+/// A client of the control plane at `server`, sending `token` if there is
+/// one, whose errors name the flags that change what went wrong.
+pub fn connect(server: &str, token: Option<&str>, timeout: Duration) -> anyhow::Result<Client> {
     if !server.starts_with("http://") && !server.starts_with("https://") {
         anyhow::bail!("--server {server:?}: expected a URL such as {DEFAULT_SERVER}");
     }
-    Ok(Client::builder(server)
+    let builder = Client::builder(server);
+    let builder = match token {
+        Some(t) => builder.token(t),
+        None => builder,
+    };
+    Ok(builder
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(5)))
         .hints(shoal_client::Hints {
@@ -28,6 +33,17 @@ pub fn connect(server: &str, timeout: Duration) -> anyhow::Result<Client> {
             ),
         })
         .build()?)
+}
+
+/// With no `--token` or `$SHOAL_TOKEN`, for the control plane `shoal up`
+/// starts by default only: the admin token it wrote into its data dir. A
+/// local secret is never sent to any other server.
+pub fn local_admin_token(server: &str) -> Option<String> {
+    if server.trim_end_matches('/') != DEFAULT_SERVER {
+        return None;
+    }
+    let dir = crate::cluster::data_home().join("up").join("control-plane");
+    shoal_scheduler::auth::read_admin_token(&dir).ok()
 }
 
 /// Something the CLI itself found missing, printed as the control plane

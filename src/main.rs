@@ -37,6 +37,9 @@ struct Cli {
     /// `rollout status`: for each answer to start).
     #[arg(long, global = true, env = "SHOAL_REQUEST_TIMEOUT", default_value = client::DEFAULT_TIMEOUT)]
     request_timeout: shoal_api::Duration,
+    /// The token the client commands send the control plane (`shoal_...`).
+    #[arg(long, global = true, env = "SHOAL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -98,7 +101,11 @@ fn main() {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    let client = || client::connect(&cli.server, cli.request_timeout.get());
+    let token = cli
+        .token
+        .clone()
+        .or_else(|| client::local_admin_token(&cli.server));
+    let client = || client::connect(&cli.server, token.as_deref(), cli.request_timeout.get());
     match cli.command {
         Command::Run(args) => run::run(args).await,
         Command::Up(args) => up::up(args, cli.request_timeout.get()).await,

@@ -32,6 +32,8 @@ pub struct Client {
     http: reqwest::Client,
     timeout: Duration,
     hints: Hints,
+    /// `Bearer ...`, sent to the control plane only (never to a node).
+    authorization: Option<reqwest::header::HeaderValue>,
 }
 
 /// Sets up a [`Client`].
@@ -40,6 +42,7 @@ pub struct Builder {
     timeout: Duration,
     connect_timeout: Option<Duration>,
     hints: Hints,
+    token: Option<String>,
 }
 
 impl Builder {
@@ -63,7 +66,25 @@ impl Builder {
         self
     }
 
+    /// The token every request to the control plane carries
+    /// (`Authorization: Bearer ...`); requests to nodes never carry it.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
     pub fn build(self) -> Result<Client, Error> {
+        let authorization = match &self.token {
+            Some(t) => {
+                let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", t.trim()))
+                    .map_err(|_| {
+                        Error::Build("the token has characters a header cannot carry".into())
+                    })?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
         let mut http = reqwest::Client::builder();
         if let Some(limit) = self.connect_timeout {
             http = http.connect_timeout(limit);
@@ -74,6 +95,7 @@ impl Builder {
             http,
             timeout: self.timeout,
             hints: self.hints,
+            authorization,
         })
     }
 }
@@ -86,6 +108,7 @@ impl Client {
             timeout: Duration::from_secs(30),
             connect_timeout: None,
             hints: Hints::default(),
+            token: None,
         }
     }
 
@@ -111,7 +134,11 @@ impl Client {
     }
 
     pub(crate) fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http.request(method, self.url(path))
+        let req = self.http.request(method, self.url(path));
+        match &self.authorization {
+            Some(v) => req.header(reqwest::header::AUTHORIZATION, v.clone()),
+            None => req,
+        }
     }
 
     /// A request to any URL (a node's), over the same connections.
