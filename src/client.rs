@@ -12,10 +12,12 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
 /// How long a request may take by default (`--request-timeout`).
 pub const DEFAULT_TIMEOUT: &str = "30s";
 
-/// A client of the control plane at `server` whose errors name the flags
-/// that change what went wrong.
+/// A client of the control plane at `server`, sending `token` if there is
+/// one and trusting `ca` for https, whose errors name the flags that
+/// change what went wrong.
 pub fn connect(
     server: &str,
+    token: Option<&str>,
     timeout: Duration,
     ca: Option<&std::path::Path>,
 ) -> anyhow::Result<Client> {
@@ -25,6 +27,9 @@ pub fn connect(
     let mut builder = Client::builder(server);
     if let Some(ca) = ca {
         builder = builder.ca_file(ca);
+    }
+    if let Some(t) = token {
+        builder = builder.token(t);
     }
     Ok(builder
         .timeout(timeout)
@@ -36,6 +41,17 @@ pub fn connect(
             ),
         })
         .build()?)
+}
+
+/// With no `--token` or `$SHOAL_TOKEN`, for the control plane `shoal up`
+/// starts by default only: the admin token it wrote into its data dir. A
+/// local secret is never sent to any other server.
+pub fn local_admin_token(server: &str) -> Option<String> {
+    if server.trim_end_matches('/') != DEFAULT_SERVER {
+        return None;
+    }
+    let dir = crate::cluster::data_home().join("up").join("control-plane");
+    shoal_scheduler::auth::read_admin_token(&dir).ok()
 }
 
 /// Something the CLI itself found missing, printed as the control plane

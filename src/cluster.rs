@@ -152,6 +152,9 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let config = shoal_scheduler::state::Config {
         lease: args.lease.get(),
         heartbeat: args.heartbeat.get(),
+        // Tokens are made and stored, but not yet asked of requests: the
+        // node, the gateway and the CLI do not send one yet.
+        auth: shoal_scheduler::auth::Auth::Off,
         ..Default::default()
     };
     if config.heartbeat >= config.lease {
@@ -189,6 +192,11 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     };
     let cp = shoal_scheduler::state::ControlPlane::start(store, config)
         .context("loading the control plane's state")?;
+    if let Some(path) = shoal_scheduler::auth::first_start(cp.tokens(), &dir, cp.now_ms())
+        .context("making the admin token")?
+    {
+        crate::out::sayln!("Admin token written to {}", path.display());
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

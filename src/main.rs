@@ -42,6 +42,9 @@ struct Cli {
     /// node` and `shoal gateway`.
     #[arg(long, global = true, env = "SHOAL_CA", value_name = "FILE")]
     ca: Option<std::path::PathBuf>,
+    /// The token the client commands send the control plane (`shoal_...`).
+    #[arg(long, global = true, env = "SHOAL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -103,7 +106,18 @@ fn main() {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    let client = || client::connect(&cli.server, cli.request_timeout.get(), cli.ca.as_deref());
+    let token = cli
+        .token
+        .clone()
+        .or_else(|| client::local_admin_token(&cli.server));
+    let client = || {
+        client::connect(
+            &cli.server,
+            token.as_deref(),
+            cli.request_timeout.get(),
+            cli.ca.as_deref(),
+        )
+    };
     match cli.command {
         Command::Run(args) => run::run(args).await,
         Command::Up(args) => up::up(args, cli.request_timeout.get()).await,

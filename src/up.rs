@@ -332,7 +332,10 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    let client = crate::client::connect(&api, request_timeout, None)?;
+    // The admin token the control plane wrote at its first start (in this
+    // data dir), for the demo and the readiness checks.
+    let token = shoal_scheduler::auth::read_admin_token(&dir.join("control-plane")).ok();
+    let client = crate::client::connect(&api, token.as_deref(), request_timeout, None)?;
     let ready = async {
         wait_for_nodes(&client, args.nodes as usize).await?;
         if !args.no_demo {

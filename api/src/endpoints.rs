@@ -34,6 +34,10 @@ pub const ROUTES: &str = "/v1/routes";
 pub const ROUTES_WATCH: &str = "/v1/routes/watch";
 pub const METRICS: &str = "/v1/metrics";
 pub const PROMETHEUS: &str = "/metrics";
+/// Tokens: list (no secrets) and create (the secret, once).
+pub const TOKENS: &str = "/v1/tokens";
+/// One token by name: revoke.
+pub const TOKEN: &str = "/v1/tokens/{name}";
 
 /// Every endpoint of the control plane, as its router mounts them (a test
 /// of the router checks it mounts exactly these).
@@ -58,6 +62,8 @@ pub const CONTROL_PLANE: &[&str] = &[
     ROUTES_WATCH,
     METRICS,
     PROMETHEUS,
+    TOKENS,
+    TOKEN,
 ];
 
 /// The longest the control plane holds a long poll (`EVENTS` with
@@ -94,6 +100,10 @@ pub fn node_heartbeat(node: &str) -> String {
 
 pub fn node_assignment(node: &str) -> String {
     fill(NODE_ASSIGNMENT, &[node])
+}
+
+pub fn token(name: &str) -> String {
+    fill(TOKEN, &[name])
 }
 
 /// A module by its sha256 (hex).
@@ -150,6 +160,7 @@ pub fn examples(a: &str, b: &str) -> Vec<Example> {
         ex(NODE_HEARTBEAT, node_heartbeat(a), &[a]),
         ex(NODE_ASSIGNMENT, node_assignment(a), &[a]),
         ex(BLOB, blob(a), &[a]),
+        ex(TOKEN, token(a), &[a]),
         ex(node::INSTANCE_LOGS, node::instance_logs(a), &[a]),
     ]
     .into_iter()

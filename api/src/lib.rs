@@ -10,6 +10,8 @@
 //!   control plane.
 //! - [`routes`]: the route table the control plane streams to gateways.
 //! - [`rest`]: request and response bodies of the control plane's API.
+//! - [`auth`]: roles, scopes, tokens as stored, and the rule of who may
+//!   do what.
 //! - [`endpoints`]: every HTTP endpoint's route template and the builder
 //!   of its concrete paths, with the query types; the control plane's
 //!   router and the client both take them from here.
@@ -18,6 +20,7 @@
 //! - [`wasm`]: the WebAssembly features the nodes' engine enables, which
 //!   the control plane validates modules with.
 
+pub mod auth;
 pub mod endpoints;
 pub mod error;
 pub mod manifest;

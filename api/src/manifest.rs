@@ -687,7 +687,9 @@ fn is_key(line: &str, key: &str) -> bool {
     rest.starts_with('=') || rest.starts_with(':')
 }
 
-fn valid_name(s: &str) -> bool {
+/// Whether `s` is a valid app name or namespace: 1-63 lowercase letters,
+/// digits and '-', starting and ending with a letter or digit.
+pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()

@@ -13,6 +13,7 @@
 //!   modules).
 //! - [`gateways`]: a gateway's calls (route watch, load reports,
 //!   activation).
+//! - [`tokens`]: an admin's calls on tokens (create, list, revoke).
 //! - [`node_api`]: reading an instance's logs from its node.
 //! - [`error`]: what can go wrong, worded as the CLI prints it.
 
@@ -21,6 +22,7 @@ pub mod error;
 pub mod gateways;
 pub mod node_api;
 pub mod nodes;
+pub mod tokens;
 pub mod transport;
 
 pub use error::{Error, root_cause};

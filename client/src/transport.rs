@@ -32,6 +32,8 @@ pub struct Client {
     http: reqwest::Client,
     timeout: Duration,
     hints: Hints,
+    /// `Bearer ...`, sent to the control plane only (never to a node).
+    authorization: Option<reqwest::header::HeaderValue>,
 }
 
 /// Sets up a [`Client`].
@@ -41,6 +43,7 @@ pub struct Builder {
     connect_timeout: Option<Duration>,
     hints: Hints,
     ca: Option<Ca>,
+    token: Option<String>,
 }
 
 /// The CA a client trusts for `https` URLs.
@@ -85,7 +88,25 @@ impl Builder {
         self
     }
 
+    /// The token every request to the control plane carries
+    /// (`Authorization: Bearer ...`); requests to nodes never carry it.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
     pub fn build(self) -> Result<Client, Error> {
+        let authorization = match &self.token {
+            Some(t) => {
+                let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", t.trim()))
+                    .map_err(|_| {
+                        Error::Build("the token has characters a header cannot carry".into())
+                    })?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
         let mut http = reqwest::Client::builder().tls_built_in_root_certs(false);
         if let Some(limit) = self.connect_timeout {
             http = http.connect_timeout(limit);
@@ -101,6 +122,7 @@ impl Builder {
             http,
             timeout: self.timeout,
             hints: self.hints,
+            authorization,
         })
     }
 }
@@ -138,6 +160,7 @@ impl Client {
             connect_timeout: None,
             hints: Hints::default(),
             ca: None,
+            token: None,
         }
     }
 
@@ -163,7 +186,11 @@ impl Client {
     }
 
     pub(crate) fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http.request(method, self.url(path))
+        let req = self.http.request(method, self.url(path));
+        match &self.authorization {
+            Some(v) => req.header(reqwest::header::AUTHORIZATION, v.clone()),
+            None => req,
+        }
     }
 
     /// A request to any URL (a node's), over the same connections.

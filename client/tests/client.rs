@@ -133,3 +133,52 @@ async fn a_waiting_events_query_sends_its_wait_and_after() {
     };
     assert!(client.events(&q).await.unwrap().is_empty());
 }
+
+/// A client built with a token sends it to the control plane on every
+/// request, and never to a node.
+#[tokio::test]
+async fn the_token_goes_to_the_control_plane_and_not_to_nodes() {
+    use axum::http::HeaderMap;
+    let seen = |h: HeaderMap| async move {
+        h.get("authorization")
+            .map(|v| v.to_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    let app = axum::Router::new()
+        .route(
+            endpoints::APPS,
+            get(move |h: HeaderMap| async move {
+                if seen(h).await == "Bearer shoal_secret" {
+                    axum::Json(Vec::<serde_json::Value>::new()).into_response()
+                } else {
+                    (
+                        StatusCode::UNAUTHORIZED,
+                        axum::Json(ErrorBody::new("unauthenticated", "no token")),
+                    )
+                        .into_response()
+                }
+            }),
+        )
+        .route(
+            endpoints::node::INSTANCE_LOGS,
+            get(move |h: HeaderMap| async move { format!("stdout {:?}\n", seen(h).await) }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let without = Client::builder(&url).build().unwrap();
+    let err = without.apps(&ListQuery::default()).await.unwrap_err();
+    assert!(err.to_string().contains("unauthenticated"), "{err}");
+
+    let with = Client::builder(&url)
+        .token("shoal_secret\n")
+        .build()
+        .unwrap();
+    assert!(with.apps(&ListQuery::default()).await.unwrap().is_empty());
+    let mut lines = with.instance_logs(&url, "web-0", false).await.unwrap();
+    let line = lines.next().await.unwrap().unwrap();
+    assert_eq!(String::from_utf8_lossy(&line), "stdout \"\"");
+
+    assert!(Client::builder(&url).token("a\nb").build().is_err());
+}

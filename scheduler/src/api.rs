@@ -2,16 +2,20 @@
 //! agents talk to. `router(state)` is a plain function so tests can call it
 //! without sockets.
 
+use crate::auth::Auth;
 use crate::state::{ApiError, ControlPlane};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post, put};
-use axum::{Json, Router};
+use axum::routing::MethodRouter;
+use axum::{Extension, Json, RequestExt as _, Router};
 use base64::Engine as _;
 use sha2::Digest as _;
 use shoal_api::ErrorBody;
+use shoal_api::auth::{
+    self, CreateToken, CreatedToken, Resource, Scope, Target, TokenRecord, TokenView, Verb,
+};
 use shoal_api::endpoints::{
     self as ep, AssignmentQuery, EventsQuery, LONG_POLL_HOLD, ListQuery, ROUTES_KEEPALIVE,
 };
@@ -22,6 +26,7 @@ use shoal_api::rest::{
     AppDetail, AppView, ApplyOutcome, ApplyRequest, GatewayMetrics, RollbackRequest,
     RollbackResponse, ScaleRequest, TrafficRequest,
 };
+use std::sync::Arc;
 
 /// Largest apply request (modules travel base64-encoded inside it).
 const MAX_APPLY_BYTES: usize = 256 << 20;
@@ -54,37 +59,148 @@ fn invalid(code: &str, message: String) -> Error {
     )
 }
 
+/// What a request on a route must be allowed to do, declared beside the
+/// route's handler (see [`Route`]): no method is mounted without one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rule {
+    /// No token needed: the health check only.
+    Public,
+    /// A token whose role reaches the verb on the resource and whose scope
+    /// covers where the request acts.
+    Need(Verb, Resource, Where),
+}
+
+/// Where a request acts, as the rule reads it from the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Where {
+    /// The cluster's own objects.
+    Cluster,
+    /// The path's `{ns}`.
+    PathNamespace,
+    /// The `namespace` query (none: the default one; `*` or `all`: every
+    /// namespace).
+    QueryNamespace,
+    /// The namespaces of the apps in the body: the role is checked here,
+    /// the handler checks each namespace against the token's scope.
+    BodyNamespaces,
+}
+
+const fn cluster(verb: Verb, resource: Resource) -> Rule {
+    Rule::Need(verb, resource, Where::Cluster)
+}
+
+const fn in_path_ns(verb: Verb, resource: Resource) -> Rule {
+    Rule::Need(verb, resource, Where::PathNamespace)
+}
+
+const fn in_query_ns(verb: Verb, resource: Resource) -> Rule {
+    Rule::Need(verb, resource, Where::QueryNamespace)
+}
+
+/// One endpoint: its template, its handlers, and the rule of each of its
+/// methods, added together.
+pub(crate) struct Route {
+    pub(crate) template: &'static str,
+    handlers: MethodRouter<ControlPlane>,
+    pub(crate) rules: Vec<(Method, Rule)>,
+}
+
+fn at(template: &'static str) -> Route {
+    Route {
+        template,
+        handlers: MethodRouter::new(),
+        rules: Vec::new(),
+    }
+}
+
+macro_rules! method {
+    ($name:ident, $method:ident) => {
+        fn $name<H, T>(mut self, handler: H, rule: Rule) -> Self
+        where
+            H: axum::handler::Handler<T, ControlPlane>,
+            T: 'static,
+        {
+            self.handlers = self.handlers.$name(handler);
+            self.rules.push((Method::$method, rule));
+            self
+        }
+    };
+}
+
+impl Route {
+    method!(get, GET);
+    method!(head, HEAD);
+    method!(post, POST);
+    method!(put, PUT);
+    method!(delete, DELETE);
+
+    /// The rule for `method` (a HEAD without its own takes GET's).
+    pub(crate) fn rule(rules: &[(Method, Rule)], method: &Method) -> Option<Rule> {
+        let find = |m: &Method| rules.iter().find(|(r, _)| r == m).map(|(_, rule)| *rule);
+        find(method).or_else(|| {
+            (*method == Method::HEAD)
+                .then(|| find(&Method::GET))
+                .flatten()
+        })
+    }
+}
+
 /// Every endpoint of the API: its template, from `shoal_api::endpoints`
-/// where the client builds its paths too, and its handlers.
-fn routes() -> Vec<(&'static str, MethodRouter<ControlPlane>)> {
+/// where the client builds its paths too, its handlers, and who may call
+/// each.
+pub(crate) fn routes() -> Vec<Route> {
+    use Resource::*;
+    use Verb::*;
     vec![
-        (ep::HEALTHZ, get(|| async { "ok" })),
-        (ep::APPLY, post(apply)),
-        (ep::APPS, get(list_apps)),
-        (ep::APP, get(describe_app).delete(delete_app)),
-        (ep::APP_SCALE, post(scale_app)),
-        (ep::APP_ROLLBACK, post(rollback_app)),
-        (ep::APP_TRAFFIC, put(set_traffic)),
-        (ep::INSTANCES, get(list_instances)),
-        (ep::REVISIONS, get(list_revisions)),
-        (ep::NODES, get(list_nodes)),
-        (ep::EVENTS, get(list_events)),
-        (ep::NODE_REGISTER, post(register)),
-        (ep::NODE_HEARTBEAT, post(heartbeat)),
-        (ep::NODE_ASSIGNMENT, get(watch_assignment)),
-        (ep::BLOB, get(get_blob)),
-        (ep::ROUTES, get(get_routes)),
-        (ep::METRICS, post(take_metrics)),
-        (ep::PROMETHEUS, get(prometheus)),
-        (ep::APP_ACTIVATE, post(activate_app)),
-        (ep::ROUTES_WATCH, get(watch_routes)),
+        at(ep::HEALTHZ).get(|| async { "ok" }, Rule::Public),
+        at(ep::APPLY).post(apply, Rule::Need(Create, Apps, Where::BodyNamespaces)),
+        at(ep::APPS).get(list_apps, in_query_ns(List, Apps)),
+        at(ep::APP)
+            .get(describe_app, in_path_ns(Get, Apps))
+            .delete(delete_app, in_path_ns(Delete, Apps)),
+        at(ep::APP_SCALE).post(scale_app, in_path_ns(Update, Apps)),
+        at(ep::APP_ROLLBACK).post(rollback_app, in_path_ns(Update, Apps)),
+        at(ep::APP_TRAFFIC).put(set_traffic, in_path_ns(Update, Apps)),
+        at(ep::INSTANCES).get(list_instances, in_query_ns(List, Instances)),
+        at(ep::REVISIONS).get(list_revisions, in_query_ns(List, Revisions)),
+        at(ep::NODES).get(list_nodes, cluster(List, Nodes)),
+        at(ep::EVENTS).get(list_events, in_query_ns(List, Events)),
+        at(ep::NODE_REGISTER).post(register, cluster(Create, Nodes)),
+        at(ep::NODE_HEARTBEAT).post(heartbeat, cluster(Update, Nodes)),
+        at(ep::NODE_ASSIGNMENT).get(watch_assignment, cluster(Watch, Nodes)),
+        at(ep::BLOB)
+            .get(get_blob, cluster(Get, Blobs))
+            // Whether a module must be uploaded is part of uploading it, in
+            // the namespace of the `namespace` query (a refusal makes the
+            // client upload the module with its apps).
+            .head(has_blob, in_query_ns(Create, Blobs)),
+        at(ep::ROUTES).get(get_routes, cluster(Get, Routes)),
+        at(ep::METRICS).post(take_metrics, cluster(Create, Metrics)),
+        at(ep::PROMETHEUS).get(prometheus, cluster(Get, Metrics)),
+        at(ep::APP_ACTIVATE).post(activate_app, in_path_ns(Update, Apps)),
+        at(ep::ROUTES_WATCH).get(watch_routes, cluster(Watch, Routes)),
+        at(ep::TOKENS)
+            .get(list_tokens, cluster(List, Tokens))
+            .post(create_token, cluster(Create, Tokens)),
+        at(ep::TOKEN).delete(revoke_token, cluster(Delete, Tokens)),
     ]
 }
 
 pub fn router(cp: ControlPlane) -> Router {
     routes()
         .into_iter()
-        .fold(Router::new(), |r, (path, handlers)| r.route(path, handlers))
+        .fold(Router::new(), |r, route| {
+            let rules: Arc<[(Method, Rule)]> = route.rules.into();
+            let cp = cp.clone();
+            r.route(
+                route.template,
+                route
+                    .handlers
+                    .route_layer(axum::middleware::from_fn(move |req, next| {
+                        authorize(cp.clone(), rules.clone(), req, next)
+                    })),
+            )
+        })
         .fallback(|| async {
             Error(
                 StatusCode::NOT_FOUND,
@@ -93,6 +209,109 @@ pub fn router(cp: ControlPlane) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_APPLY_BYTES))
         .with_state(cp)
+}
+
+/// The token a request was allowed with, for handlers that check more
+/// (the namespaces of an apply) or show less (events).
+#[derive(Debug, Clone)]
+pub(crate) struct Principal(pub(crate) TokenRecord);
+
+fn unauthenticated(message: &str) -> Response {
+    let mut r = Error(
+        StatusCode::UNAUTHORIZED,
+        ErrorBody::new(auth::UNAUTHENTICATED, message),
+    )
+    .into_response();
+    r.headers_mut().insert(
+        axum::http::header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Bearer"),
+    );
+    r
+}
+
+fn forbidden(token: &TokenRecord, verb: Verb, resource: Resource, target: Target<'_>) -> Error {
+    Error(
+        StatusCode::FORBIDDEN,
+        ErrorBody::new(
+            auth::FORBIDDEN,
+            auth::forbidden_message(&token.name, verb, resource, target),
+        ),
+    )
+}
+
+/// The secret of an `Authorization: Bearer ...` header.
+fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, secret) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| secret.trim())
+        .filter(|s| !s.is_empty())
+}
+
+/// Authenticates the request's token and authorizes it by the route's rule
+/// for its method. Deny by default: anything not allowed is refused.
+async fn authorize(
+    cp: ControlPlane,
+    rules: Arc<[(Method, Rule)]>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if cp.auth() == Auth::Off {
+        return next.run(req).await;
+    }
+    let rule = Route::rule(&rules, req.method());
+    if rule == Some(Rule::Public) {
+        return next.run(req).await;
+    }
+    let Some(secret) = bearer(req.headers()) else {
+        return unauthenticated("this request needs an Authorization: Bearer token");
+    };
+    let Some(token) = cp.tokens().authenticate(secret, cp.now_ms()) else {
+        return unauthenticated("the token is unknown, revoked or expired");
+    };
+    let Some(Rule::Need(verb, resource, place)) = rule else {
+        // A method the route does not have: the router answers 405.
+        return next.run(req).await;
+    };
+    let path_ns;
+    let query_ns;
+    let target = match place {
+        Where::Cluster => Target::Cluster,
+        Where::BodyNamespaces => Target::Anywhere,
+        Where::PathNamespace => {
+            path_ns = req
+                .extract_parts::<Path<std::collections::HashMap<String, String>>>()
+                .await
+                .ok()
+                .and_then(|Path(mut p)| p.remove("ns"));
+            match &path_ns {
+                Some(ns) => Target::Namespace(ns),
+                // Not a namespaced path after all: only the cluster's
+                // tokens reach it.
+                None => Target::Cluster,
+            }
+        }
+        Where::QueryNamespace => {
+            query_ns = Query::<ListQuery>::try_from_uri(req.uri())
+                .map(|Query(q)| q.namespace)
+                .ok();
+            match &query_ns {
+                Some(None) => Target::Namespace(shoal_api::manifest::DEFAULT_NAMESPACE),
+                Some(Some(ns)) if ns == "*" || ns == "all" => Target::AllNamespaces,
+                Some(Some(ns)) => Target::Namespace(ns),
+                None => Target::AllNamespaces,
+            }
+        }
+    };
+    if !token.allows(verb, resource, target) {
+        return forbidden(&token, verb, resource, target).into_response();
+    }
+    req.extensions_mut().insert(Principal(token));
+    next.run(req).await
 }
 
 fn validate_wasm(digest: &str, bytes: &[u8]) -> Result<(), String> {
@@ -110,10 +329,19 @@ fn validate_wasm(digest: &str, bytes: &[u8]) -> Result<(), String> {
 
 async fn apply(
     State(cp): State<ControlPlane>,
+    principal: Option<Extension<Principal>>,
     body: Bytes,
 ) -> Result<Json<Vec<ApplyOutcome>>, Error> {
     let req: ApplyRequest = serde_json::from_slice(&body)
         .map_err(|e| invalid("invalid", format!("malformed apply request: {e}")))?;
+    if let Some(Extension(Principal(token))) = &principal {
+        for a in &req.apps {
+            let target = Target::Namespace(&a.manifest.namespace);
+            if !token.allows(Verb::Create, Resource::Apps, target) {
+                return Err(forbidden(token, Verb::Create, Resource::Apps, target));
+            }
+        }
+    }
     if req.apps.is_empty() {
         return Err(invalid("invalid", "the request has no apps".into()));
     }
@@ -341,12 +569,23 @@ async fn list_nodes(State(cp): State<ControlPlane>) -> Json<Vec<Node>> {
 /// for one.
 async fn list_events(
     State(cp): State<ControlPlane>,
+    principal: Option<Extension<Principal>>,
     Query(q): Query<EventsQuery>,
 ) -> Json<Vec<Event>> {
+    // A namespace's token sees its namespace's events only, not the
+    // cluster's (nodes joining or lost).
+    let only = match principal {
+        Some(Extension(Principal(TokenRecord {
+            scope: Scope::Namespace(ns),
+            ..
+        }))) => Some(ns),
+        _ => None,
+    };
     let pick = |snap: &crate::state::Snapshot| -> Vec<Event> {
         snap.events
             .iter()
             .filter(|e| q.after.is_none_or(|a| e.seq > a))
+            .filter(|e| only.is_none() || e.namespace == only)
             .filter(|e| match (&q.namespace, &e.namespace) {
                 (Some(f), _) if f == "*" || f == "all" => true,
                 (Some(f), Some(ns)) => f == ns,
@@ -432,6 +671,68 @@ async fn get_blob(
             StatusCode::NOT_FOUND,
             ErrorBody::new("not_found", format!("no module sha256:{digest}")),
         )),
+    }
+}
+
+async fn list_tokens(State(cp): State<ControlPlane>) -> Json<Vec<TokenView>> {
+    Json(cp.tokens().list().iter().map(TokenView::from).collect())
+}
+
+/// Makes a token; the answer is the only place its secret ever appears.
+async fn create_token(
+    State(cp): State<ControlPlane>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<CreatedToken>), Error> {
+    let req: CreateToken = serde_json::from_slice(&body)
+        .map_err(|e| invalid("invalid", format!("malformed token request: {e}")))?;
+    let scope = req.namespace.map_or(Scope::Cluster, Scope::Namespace);
+    match cp
+        .tokens()
+        .create(&req.name, req.role, scope, cp.now_ms(), req.ttl_ms)
+    {
+        Ok((record, secret)) => {
+            tracing::info!(token = %record.name, role = %record.role, scope = %record.scope, "token created");
+            Ok((
+                StatusCode::CREATED,
+                Json(CreatedToken {
+                    token: TokenView::from(&record),
+                    secret: secret.expose().to_string(),
+                }),
+            ))
+        }
+        Err(crate::auth::AuthError::Exists(name)) => Err(Error(
+            StatusCode::CONFLICT,
+            ErrorBody::new("exists", format!("a token named {name:?} exists")),
+        )),
+        Err(crate::auth::AuthError::Invalid(m)) => Err(invalid("invalid", m)),
+        Err(e) => Err(Error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorBody::new("internal", e.to_string()),
+        )),
+    }
+}
+
+/// Revokes a token: the next request that carries it is refused.
+async fn revoke_token(
+    State(cp): State<ControlPlane>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, Error> {
+    if cp.tokens().revoke(&name).map_err(ApiError::from)? {
+        tracing::info!(token = %name, "token revoked");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!("no token named {name:?}")).into())
+    }
+}
+
+async fn has_blob(
+    State(cp): State<ControlPlane>,
+    Path(digest): Path<String>,
+) -> Result<StatusCode, Error> {
+    if cp.has_blob(&digest)? {
+        Ok(StatusCode::OK)
+    } else {
+        Ok(StatusCode::NOT_FOUND)
     }
 }
 
@@ -524,13 +825,23 @@ mod tests {
         ControlPlane::start(store, Default::default()).unwrap()
     }
 
+    fn admin(cp: &ControlPlane) -> String {
+        let (_, secret) = cp
+            .tokens()
+            .create("test-admin", auth::Role::Admin, Scope::Cluster, 0, None)
+            .unwrap();
+        secret.expose().to_string()
+    }
+
     /// Sends `body` to `POST /v1/apply`; the status and the JSON answer.
     async fn apply_json(
         cp: &ControlPlane,
+        token: &str,
         body: serde_json::Value,
     ) -> (StatusCode, serde_json::Value) {
         let request = Request::post(shoal_api::endpoints::APPLY)
             .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {token}"))
             .body(Body::from(body.to_string()))
             .unwrap();
         let response = router(cp.clone()).oneshot(request).await.unwrap();
@@ -556,8 +867,9 @@ mod tests {
     async fn a_module_the_engine_cannot_run_is_refused_at_apply() {
         let dir = tempfile::tempdir().unwrap();
         let cp = control_plane(dir.path());
+        let token = admin(&cp);
         let shared: &[u8] = b"\0asm\x01\0\0\0\x05\x04\x01\x03\x01\x01";
-        let (status, body) = apply_json(&cp, apply_body(shared)).await;
+        let (status, body) = apply_json(&cp, &token, apply_body(shared)).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         assert_eq!(body["code"], "invalid_wasm", "{body}");
         assert!(
@@ -570,7 +882,7 @@ mod tests {
 
         // The same app with a module the engine runs is accepted.
         let plain: &[u8] = b"\0asm\x01\0\0\0";
-        let (status, body) = apply_json(&cp, apply_body(plain)).await;
+        let (status, body) = apply_json(&cp, &token, apply_body(plain)).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(cp.snapshot().apps.len(), 1);
     }
@@ -586,7 +898,7 @@ mod route_tests {
 
     #[test]
     fn the_router_mounts_exactly_the_endpoints_the_client_builds() {
-        let mounted: Vec<&str> = routes().iter().map(|(t, _)| *t).collect();
+        let mounted: Vec<&str> = routes().iter().map(|r| r.template).collect();
         let unique: BTreeSet<&str> = mounted.iter().copied().collect();
         assert_eq!(unique.len(), mounted.len(), "a template mounted twice");
         let known: BTreeSet<&str> = ep::CONTROL_PLANE.iter().copied().collect();
@@ -598,7 +910,7 @@ mod route_tests {
     fn echo() -> Router {
         routes()
             .into_iter()
-            .fold(Router::new(), |r, (t, _)| {
+            .fold(Router::new(), |r, Route { template: t, .. }| {
                 if t.contains('{') {
                     r.route(
                         t,
@@ -641,5 +953,326 @@ mod route_tests {
                 );
             }
         }
+    }
+}
+
+/// Every route of the router refuses a request without a token, with a
+/// revoked token, and with a token of another namespace. The rules are
+/// read from `routes()` itself, so a route added there is walked here too.
+#[cfg(test)]
+mod auth_tests {
+    use super::*;
+    use axum::body::Body;
+    use shoal_api::auth::Role;
+    use tower::ServiceExt as _;
+
+    /// A request for `method` on `template`, in the namespace `default`
+    /// wherever it names one.
+    fn request(template: &str, method: &Method, token: Option<&str>) -> axum::http::Request<Body> {
+        let path = ep::examples("default", "web")
+            .into_iter()
+            .find(|e| e.template == template)
+            .map(|e| e.path)
+            .unwrap_or_else(|| panic!("{template}: no example path"));
+        // An apply acts where its apps are: one app in `default`.
+        let body = if template == ep::APPLY {
+            serde_json::json!({
+                "apps": [{ "manifest": { "name": "web", "module": "web.wasm" }, "digest": "00" }],
+            })
+            .to_string()
+        } else {
+            String::new()
+        };
+        let mut b = axum::http::Request::builder()
+            .method(method.clone())
+            .uri(path)
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        b.body(Body::from(body)).unwrap()
+    }
+
+    async fn answer(router: &Router, req: axum::http::Request<Body>) -> (StatusCode, ErrorBody) {
+        let resp = router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        if status.is_success() {
+            // Streams (the route watch) never end; their head is enough.
+            return (status, ErrorBody::new("", ""));
+        }
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| ErrorBody::new("", String::from_utf8_lossy(&bytes).into_owned()));
+        (status, body)
+    }
+
+    /// Every (template, method, rule) the router mounts.
+    fn walk() -> Vec<(&'static str, Method, Rule)> {
+        routes()
+            .into_iter()
+            .flat_map(|r| {
+                let t = r.template;
+                r.rules.into_iter().map(move |(m, rule)| (t, m, rule))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_endpoint_has_a_rule_and_only_the_health_check_is_public() {
+        let walked = walk();
+        for t in ep::CONTROL_PLANE {
+            assert!(walked.iter().any(|(w, _, _)| w == t), "{t}: no rule");
+        }
+        let public: Vec<_> = walked
+            .iter()
+            .filter(|(_, _, r)| *r == Rule::Public)
+            .map(|(t, m, _)| (*t, m.clone()))
+            .collect();
+        assert_eq!(public, vec![(ep::HEALTHZ, Method::GET)]);
+    }
+
+    #[tokio::test]
+    async fn every_route_refuses_no_token_a_revoked_token_and_another_namespaces_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let cp = ControlPlane::start(store, Default::default()).unwrap();
+        let tokens = cp.tokens();
+        let (_, revoked) = tokens
+            .create("gone", Role::Admin, Scope::Cluster, 0, None)
+            .unwrap();
+        assert!(tokens.revoke("gone").unwrap());
+        let (_, other) = tokens
+            .create(
+                "other-admin",
+                Role::Admin,
+                Scope::Namespace("other".into()),
+                0,
+                None,
+            )
+            .unwrap();
+        let (_, admin) = tokens
+            .create("admin", Role::Admin, Scope::Cluster, 0, None)
+            .unwrap();
+        let router = router(cp.clone());
+
+        let mut walked = 0;
+        for (template, method, rule) in walk() {
+            let Rule::Need(verb, resource, _) = rule else {
+                let (status, _) = answer(&router, request(template, &method, None)).await;
+                assert_eq!(status, StatusCode::OK, "{method} {template}");
+                continue;
+            };
+            let what = format!("{method} {template}");
+            for (token, case) in [(None, "no token"), (Some(revoked.expose()), "revoked")] {
+                let (status, body) = answer(&router, request(template, &method, token)).await;
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}, {case}: {body:?}");
+                // A HEAD answer has no body to carry the code.
+                if method != Method::HEAD {
+                    assert_eq!(body.code, "unauthenticated", "{what}, {case}");
+                }
+            }
+            let (status, body) =
+                answer(&router, request(template, &method, Some(other.expose()))).await;
+            // A HEAD answer has no body to carry the message.
+            if method == Method::HEAD {
+                assert_eq!(status, StatusCode::FORBIDDEN, "{what}, other namespace");
+            } else {
+                assert_eq!(
+                    (status, body.code.as_str()),
+                    (StatusCode::FORBIDDEN, "forbidden"),
+                    "{what}, other namespace: {body:?}"
+                );
+                assert!(
+                    body.message.contains(&verb.to_string())
+                        && body.message.contains(&resource.to_string()),
+                    "{what}: {}",
+                    body.message
+                );
+            }
+            // The cluster's admin gets past authorization on every route.
+            let (status, body) =
+                answer(&router, request(template, &method, Some(admin.expose()))).await;
+            assert!(
+                status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN,
+                "{what}, admin: {status} {body:?}"
+            );
+            walked += 1;
+        }
+        assert!(walked >= ep::CONTROL_PLANE.len(), "{walked} routes walked");
+    }
+
+    /// Create answers the secret once, list never shows one, and a revoked
+    /// token is refused at its next request.
+    #[tokio::test]
+    async fn tokens_are_created_listed_and_revoked_through_the_api() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let cp = ControlPlane::start(store, Default::default()).unwrap();
+        let (_, admin) = cp
+            .tokens()
+            .create("admin", Role::Admin, Scope::Cluster, 0, None)
+            .unwrap();
+        let router = router(cp.clone());
+        let call = |method: Method, uri: String, token: &str, body: String| {
+            axum::http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .header("authorization", format!("Bearer {token}"))
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap()
+        };
+        let create = serde_json::json!({"name": "ci", "role": "deploy", "namespace": "team-a"});
+        let resp = router
+            .clone()
+            .oneshot(call(
+                Method::POST,
+                ep::TOKENS.into(),
+                admin.expose(),
+                create.to_string(),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let created: CreatedToken = serde_json::from_slice(&bytes).unwrap();
+        assert!(created.secret.starts_with("shoal_"));
+        assert_eq!(created.token.scope, Scope::Namespace("team-a".into()));
+        let (status, body) = answer(
+            &router,
+            call(
+                Method::POST,
+                ep::TOKENS.into(),
+                admin.expose(),
+                create.to_string(),
+            ),
+        )
+        .await;
+        assert_eq!(
+            (status, body.code.as_str()),
+            (StatusCode::CONFLICT, "exists")
+        );
+
+        let resp = router
+            .clone()
+            .oneshot(call(
+                Method::GET,
+                ep::TOKENS.into(),
+                admin.expose(),
+                String::new(),
+            ))
+            .await
+            .unwrap();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            text.contains("\"ci\"") && !text.contains("shoal_") && !text.contains("sha256"),
+            "{text}"
+        );
+
+        // The new token works in its namespace, cannot manage tokens, and
+        // is refused once revoked.
+        let apps = "/v1/apps?namespace=team-a".to_string();
+        let (status, _) = answer(
+            &router,
+            call(Method::GET, apps.clone(), &created.secret, String::new()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = answer(
+            &router,
+            call(
+                Method::GET,
+                ep::TOKENS.into(),
+                &created.secret,
+                String::new(),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, _) = answer(
+            &router,
+            call(
+                Method::DELETE,
+                ep::token("ci"),
+                admin.expose(),
+                String::new(),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        let (status, body) = answer(
+            &router,
+            call(Method::GET, apps, &created.secret, String::new()),
+        )
+        .await;
+        assert_eq!(
+            (status, body.code.as_str()),
+            (StatusCode::UNAUTHORIZED, "unauthenticated")
+        );
+        let (status, _) = answer(
+            &router,
+            call(
+                Method::DELETE,
+                ep::token("ci"),
+                admin.expose(),
+                String::new(),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn a_namespace_token_works_in_its_namespace_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let cp = ControlPlane::start(store, Default::default()).unwrap();
+        let (_, view) = cp
+            .tokens()
+            .create(
+                "viewer",
+                Role::View,
+                Scope::Namespace("default".into()),
+                0,
+                None,
+            )
+            .unwrap();
+        let router = router(cp.clone());
+        let get = |uri: &str| {
+            axum::http::Request::get(uri)
+                .header("authorization", format!("Bearer {}", view.expose()))
+                .body(Body::empty())
+                .unwrap()
+        };
+        let (status, _) = answer(&router, get(ep::APPS)).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = answer(&router, get("/v1/apps?namespace=default")).await;
+        assert_eq!(status, StatusCode::OK);
+        for uri in [
+            "/v1/apps?namespace=*",
+            "/v1/apps?namespace=all",
+            "/v1/apps?namespace=b",
+            "/v1/events?namespace=*",
+            ep::NODES,
+            ep::ROUTES,
+            ep::PROMETHEUS,
+        ] {
+            let (status, body) = answer(&router, get(uri)).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{uri}: {body:?}");
+        }
+        let del = axum::http::Request::delete(ep::app(&AppKey::new("default", "web")))
+            .header("authorization", format!("Bearer {}", view.expose()))
+            .body(Body::empty())
+            .unwrap();
+        let (status, body) = answer(&router, del).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body:?}");
+        assert!(body.message.contains("delete apps"), "{}", body.message);
     }
 }

@@ -9,12 +9,15 @@
 //! - [`rollout`]: per-app scaling, rolling updates and splits (pure).
 //! - [`routes`]: the route table gateways follow (pure).
 //! - [`store`]: the durable store (redb).
+//! - [`auth`]: the tokens (random, stored hashed, checked in constant time)
+//!   and the admin token of the first start.
 //! - [`api`]: the HTTP/JSON API (`/v1/...`) as an axum router.
 //! - [`tls`]: the API served over TLS (certificates from `shoal-pki`).
 //! - [`state`]: the single-writer state task: commands in, snapshots out;
 //!   pure deciders (`state::decide`) say what changes, one executor
 //!   (`state::executor`) applies it.
 pub mod api;
+pub mod auth;
 pub mod autoscale;
 pub mod clock;
 pub mod events;

@@ -4,6 +4,7 @@
 //! the caller is answered, so a SIGKILL loses no acknowledged write.
 
 use redb::{ReadableDatabase, ReadableTable};
+use shoal_api::auth::TokenRecord;
 use shoal_api::objects::{App, Event, Instance, Node, Revision};
 use std::path::Path;
 
@@ -14,6 +15,9 @@ const NODES: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("no
 const INSTANCES: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("instances");
 const EVENTS: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("events");
 const META: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+/// Tokens by name, as `TokenRecord` JSON: the hash of each secret, never
+/// the secret.
+const TOKENS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("tokens");
 
 /// Events kept; older ones are dropped as new ones arrive.
 const MAX_EVENTS: u64 = 10_000;
@@ -88,6 +92,7 @@ impl Store {
             txn.open_table(INSTANCES).map_err(db_err)?;
             txn.open_table(EVENTS).map_err(db_err)?;
             txn.open_table(META).map_err(db_err)?;
+            txn.open_table(TOKENS).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Self { db })
@@ -221,6 +226,54 @@ impl Store {
         let txn = self.db.begin_read().map_err(db_err)?;
         let t = txn.open_table(BLOBS).map_err(db_err)?;
         Ok(t.get(digest).map_err(db_err)?.is_some())
+    }
+}
+
+impl Store {
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(TOKENS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(db_err)? {
+            let (_, v) = row.map_err(db_err)?;
+            out.push(
+                serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                    table: "tokens",
+                    message: e.to_string(),
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Stores `token`, durably, unless one of its name exists; whether it
+    /// was stored.
+    pub fn insert_token(&self, token: &TokenRecord) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let inserted = {
+            let mut t = txn.open_table(TOKENS).map_err(db_err)?;
+            if t.get(token.name.as_str()).map_err(db_err)?.is_some() {
+                false
+            } else {
+                let json = erased::Ser::to_json(token);
+                t.insert(token.name.as_str(), json.as_slice())
+                    .map_err(db_err)?;
+                true
+            }
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(inserted)
+    }
+
+    /// Removes the token `name`, durably; whether there was one.
+    pub fn remove_token(&self, name: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let removed = {
+            let mut t = txn.open_table(TOKENS).map_err(db_err)?;
+            t.remove(name).map_err(db_err)?.is_some()
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(removed)
     }
 }
 

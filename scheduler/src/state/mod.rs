@@ -46,6 +46,8 @@ pub struct Config {
     pub drain_delay: Duration,
     /// Wall time, for everything stored or compared across restarts.
     pub clock: Arc<dyn Clock>,
+    /// Whether the API checks tokens (it does unless told otherwise).
+    pub auth: crate::auth::Auth,
 }
 
 impl Default for Config {
@@ -56,6 +58,7 @@ impl Default for Config {
             tick: Duration::from_millis(100),
             drain_delay: Duration::from_secs(1),
             clock: Arc::new(SystemClock),
+            auth: crate::auth::Auth::Enforce,
         }
     }
 }
@@ -142,12 +145,17 @@ pub struct ControlPlane {
     tx: mpsc::Sender<Command>,
     snapshot: watch::Receiver<Arc<Snapshot>>,
     store: Arc<Store>,
+    tokens: Arc<crate::auth::Tokens>,
+    auth: crate::auth::Auth,
+    clock: Arc<dyn Clock>,
 }
 
 impl ControlPlane {
     /// Loads the store and starts the state task.
     pub fn start(store: Store, config: Config) -> Result<Self, ApiError> {
         let store = Arc::new(store);
+        let tokens = Arc::new(crate::auth::Tokens::load(store.clone())?);
+        let (auth, clock) = (config.auth, config.clock.clone());
         let mut state = State::load(store.clone(), config)?;
         let (tx, rx) = mpsc::channel(1024);
         let (snap_tx, snap_rx) = watch::channel(Arc::new(state.snapshot()));
@@ -156,7 +164,24 @@ impl ControlPlane {
             tx,
             snapshot: snap_rx,
             store,
+            tokens,
+            auth,
+            clock,
         })
+    }
+
+    /// The tokens the API checks requests against.
+    pub fn tokens(&self) -> &crate::auth::Tokens {
+        &self.tokens
+    }
+
+    pub fn auth(&self) -> crate::auth::Auth {
+        self.auth
+    }
+
+    /// Wall time, ms, as the control plane reads it.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {

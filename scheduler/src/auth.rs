@@ -1,0 +1,319 @@
+//! The control plane's tokens: made from the OS's CSPRNG, stored as the
+//! sha256 of the secret only, checked in constant time, and the admin
+//! token of a control plane's first start.
+//!
+//! Secrets never reach a log: nothing here formats one, and
+//! [`Secret`]'s `Debug` hides it.
+
+use crate::store::{Store, StoreError};
+use sha2::Digest as _;
+use shoal_api::auth::{Role, Scope, TOKEN_PREFIX, TokenRecord};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use subtle::ConstantTimeEq as _;
+
+/// The file of the data dir that holds the admin token made at the first
+/// start, readable by its owner only.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// The name of that token.
+pub const ADMIN_TOKEN_NAME: &str = "admin";
+
+/// Whether the API checks tokens. Deny by default: `Off` is for a
+/// control plane on a trusted loopback, chosen explicitly.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Auth {
+    #[default]
+    Enforce,
+    Off,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the OS gave no random bytes: {0}")]
+    Random(String),
+    #[error("a token named {0:?} exists")]
+    Exists(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot write {path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// A token's secret, as handed out once.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// `shoal_` and 32 random bytes in hex.
+    pub fn generate() -> Result<Self, AuthError> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| AuthError::Random(e.to_string()))?;
+        Ok(Self(format!("{TOKEN_PREFIX}{}", hex::encode(bytes))))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// sha256 of a secret, hex: what the store keeps.
+pub fn hash(secret: &str) -> String {
+    hex::encode(sha2::Sha256::digest(secret.as_bytes()))
+}
+
+/// The tokens of a control plane: the store's table, and a copy in memory
+/// that every request is checked against.
+pub struct Tokens {
+    store: Arc<Store>,
+    by_name: RwLock<BTreeMap<String, TokenRecord>>,
+}
+
+impl Tokens {
+    pub fn load(store: Arc<Store>) -> Result<Self, StoreError> {
+        let by_name = store
+            .tokens()?
+            .into_iter()
+            .map(|t| (t.name.clone(), t))
+            .collect();
+        Ok(Self {
+            store,
+            by_name: RwLock::new(by_name),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, TokenRecord>> {
+        self.by_name
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, TokenRecord>> {
+        self.by_name
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
+    pub fn list(&self) -> Vec<TokenRecord> {
+        self.read().values().cloned().collect()
+    }
+
+    /// Makes and stores a token; its secret is returned here and nowhere
+    /// else, ever.
+    pub fn create(
+        &self,
+        name: &str,
+        role: Role,
+        scope: Scope,
+        now_ms: u64,
+        ttl_ms: Option<u64>,
+    ) -> Result<(TokenRecord, Secret), AuthError> {
+        if name.is_empty() || name.len() > 253 || name.chars().any(|c| c.is_control()) {
+            return Err(AuthError::Invalid(format!(
+                "a token's name is 1 to 253 characters, none a control character: {name:?}"
+            )));
+        }
+        if let Scope::Namespace(ns) = &scope
+            && !shoal_api::manifest::valid_name(ns)
+        {
+            return Err(AuthError::Invalid(format!(
+                "{ns:?} is not a valid namespace: use 1-63 lowercase letters, digits and '-'"
+            )));
+        }
+        let secret = Secret::generate()?;
+        let record = TokenRecord {
+            name: name.to_string(),
+            role,
+            scope,
+            created_ms: now_ms,
+            expires_ms: ttl_ms.map(|t| now_ms.saturating_add(t)),
+            sha256: hash(secret.expose()),
+        };
+        self.put(record.clone())?;
+        Ok((record, secret))
+    }
+
+    fn put(&self, record: TokenRecord) -> Result<(), AuthError> {
+        let mut tokens = self.write();
+        if tokens.contains_key(&record.name) || !self.store.insert_token(&record)? {
+            return Err(AuthError::Exists(record.name));
+        }
+        tokens.insert(record.name.clone(), record);
+        Ok(())
+    }
+
+    /// Removes the token `name`: the next request with it is refused.
+    /// Whether there was one.
+    pub fn revoke(&self, name: &str) -> Result<bool, StoreError> {
+        let mut tokens = self.write();
+        let removed = self.store.remove_token(name)?;
+        Ok(tokens.remove(name).is_some() || removed)
+    }
+
+    /// The token whose secret is `secret`, unless it expired. Every stored
+    /// hash is compared, in constant time, whichever matches.
+    pub fn authenticate(&self, secret: &str, now_ms: u64) -> Option<TokenRecord> {
+        let presented = hash(secret);
+        let mut found = None;
+        for t in self.read().values() {
+            if bool::from(t.sha256.as_bytes().ct_eq(presented.as_bytes())) {
+                found = Some(t.clone());
+            }
+        }
+        found.filter(|t| !t.expired(now_ms))
+    }
+}
+
+/// At a control plane's first start (no token stored yet): makes the
+/// cluster admin token and writes it to `<dir>/admin.token`, readable by
+/// its owner only. Later starts change nothing. The path written, if one
+/// was.
+pub fn first_start(tokens: &Tokens, dir: &Path, now_ms: u64) -> Result<Option<PathBuf>, AuthError> {
+    if !tokens.is_empty() {
+        return Ok(None);
+    }
+    let secret = Secret::generate()?;
+    let path = dir.join(ADMIN_TOKEN_FILE);
+    // The file first: a token stored but never written out would leave a
+    // cluster nobody can administer. A file written for a token that then
+    // failed to store is replaced at the next start, which is again a
+    // first start.
+    write_private(&path, format!("{}\n", secret.expose()).as_bytes())?;
+    let record = TokenRecord {
+        name: ADMIN_TOKEN_NAME.into(),
+        role: Role::Admin,
+        scope: Scope::Cluster,
+        created_ms: now_ms,
+        expires_ms: None,
+        sha256: hash(secret.expose()),
+    };
+    tokens.put(record)?;
+    Ok(Some(path))
+}
+
+/// Writes `bytes` to `path` through a file created with mode 0600 and
+/// renamed into place.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AuthError> {
+    use std::io::Write as _;
+    let err = |source| AuthError::File {
+        path: path.display().to_string(),
+        source,
+    };
+    let tmp = path.with_extension("token.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(&tmp).map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// Reads the admin token a control plane wrote into `dir`.
+pub fn read_admin_token(dir: &Path) -> std::io::Result<String> {
+    Ok(std::fs::read_to_string(dir.join(ADMIN_TOKEN_FILE))?
+        .trim()
+        .to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(dir: &Path) -> Tokens {
+        Tokens::load(Arc::new(Store::open(dir).unwrap())).unwrap()
+    }
+
+    #[test]
+    fn secrets_are_random_prefixed_and_only_their_hash_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = tokens(dir.path());
+        let (rec, secret) = t
+            .create(
+                "ci",
+                Role::Deploy,
+                Scope::Namespace("a".into()),
+                5,
+                Some(10),
+            )
+            .unwrap();
+        let s = secret.expose();
+        assert!(s.starts_with("shoal_") && s.len() == 6 + 64, "{s}");
+        assert_eq!(rec.expires_ms, Some(15));
+        assert!(!format!("{secret:?}").contains(s));
+        let (_, other) = t
+            .create("ci2", Role::View, Scope::Cluster, 5, None)
+            .unwrap();
+        assert_ne!(other, secret);
+        drop(t);
+        let db = std::fs::read(dir.path().join("shoal.redb")).unwrap();
+        assert!(!db.windows(s.len()).any(|w| w == s.as_bytes()));
+        let t = tokens(dir.path());
+        assert_eq!(t.authenticate(s, 14).map(|r| r.name), Some("ci".into()));
+        assert_eq!(t.authenticate(s, 15), None, "expired");
+        assert_eq!(t.authenticate("shoal_nope", 0), None);
+        assert!(matches!(
+            t.create("ci", Role::View, Scope::Cluster, 0, None),
+            Err(AuthError::Exists(_))
+        ));
+        assert!(
+            t.create("x", Role::View, Scope::Namespace("A/b".into()), 0, None)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_revoked_token_is_refused_at_once_and_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = tokens(dir.path());
+        let (_, s) = t
+            .create("ci", Role::Admin, Scope::Cluster, 0, None)
+            .unwrap();
+        assert!(t.authenticate(s.expose(), 0).is_some());
+        assert!(t.revoke("ci").unwrap());
+        assert!(t.authenticate(s.expose(), 0).is_none());
+        assert!(!t.revoke("ci").unwrap());
+        drop(t);
+        assert!(tokens(dir.path()).authenticate(s.expose(), 0).is_none());
+    }
+
+    #[test]
+    fn the_first_start_writes_an_admin_token_for_the_owner_only_and_later_starts_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = tokens(dir.path());
+        let path = first_start(&t, dir.path(), 1).unwrap().unwrap();
+        let secret = read_admin_token(dir.path()).unwrap();
+        let rec = t.authenticate(&secret, 2).unwrap();
+        assert_eq!((rec.role, rec.scope), (Role::Admin, Scope::Cluster));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        drop(t);
+        let t = tokens(dir.path());
+        assert_eq!(first_start(&t, dir.path(), 3).unwrap(), None);
+        assert_eq!(read_admin_token(dir.path()).unwrap(), secret);
+        assert!(t.authenticate(&secret, 4).is_some());
+    }
+}
