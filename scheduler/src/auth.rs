@@ -20,6 +20,12 @@ pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 /// The name of that token.
 pub const ADMIN_TOKEN_NAME: &str = "admin";
 
+/// The name of the credential a node is given when it joins: one per
+/// node name, so revoking it (`shoal delete node`) shuts that node out.
+pub fn node_token_name(node: &str) -> String {
+    format!("node:{node}")
+}
+
 /// Whether the API checks tokens. Deny by default: `Off` is for a
 /// control plane on a trusted loopback, chosen explicitly.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
