@@ -19,15 +19,39 @@ pub enum Role {
     Deploy,
     /// Also tokens, quotas, nodes, and everything else.
     Admin,
+    /// A node's own credential, given at registration: it heartbeats,
+    /// follows its assignment and fetches the modules of its instances.
+    Node,
+    /// A gateway: follows the route table, reports load, wakes apps.
+    Gateway,
+    /// A join token: registers a node, which then gets its own credential.
+    Join,
 }
 
 impl Role {
+    /// The roles of people, each including the one before it.
     pub const ALL: [Role; 3] = [Role::View, Role::Deploy, Role::Admin];
+    /// The roles of the cluster's own processes, each reaching only what
+    /// that process does.
+    pub const MACHINES: [Role; 3] = [Role::Node, Role::Gateway, Role::Join];
 
     /// Whether this role may do `verb` on `resource` (wherever the scope
     /// allows it).
     pub fn reaches(self, verb: Verb, resource: Resource) -> bool {
-        self >= needed(verb, resource)
+        use Resource::*;
+        use Verb::*;
+        match self {
+            Role::View | Role::Deploy | Role::Admin => self >= needed(verb, resource),
+            Role::Node => matches!(
+                (verb, resource),
+                (Create | Update | Watch, Nodes) | (Get, Blobs)
+            ),
+            Role::Gateway => matches!(
+                (verb, resource),
+                (Get | Watch, Routes) | (Create, Metrics) | (Create, Activations)
+            ),
+            Role::Join => (verb, resource) == (Create, Nodes),
+        }
     }
 }
 
@@ -37,6 +61,9 @@ impl fmt::Display for Role {
             Role::View => "view",
             Role::Deploy => "deploy",
             Role::Admin => "admin",
+            Role::Node => "node",
+            Role::Gateway => "gateway",
+            Role::Join => "join",
         })
     }
 }
@@ -48,7 +75,11 @@ impl std::str::FromStr for Role {
             "view" => Ok(Role::View),
             "deploy" => Ok(Role::Deploy),
             "admin" => Ok(Role::Admin),
-            _ => Err(format!("unknown role {s:?} (view, deploy or admin)")),
+            "gateway" => Ok(Role::Gateway),
+            "join" => Ok(Role::Join),
+            _ => Err(format!(
+                "unknown role {s:?} (view, deploy, admin, gateway or join)"
+            )),
         }
     }
 }
@@ -60,7 +91,7 @@ fn needed(verb: Verb, resource: Resource) -> Role {
         Apps | Revisions | Instances | Events | Logs | Routes | Metrics if verb.reads() => {
             Role::View
         }
-        Apps => Role::Deploy,
+        Apps | Activations => Role::Deploy,
         // Applying carries the modules, and asking which ones the control
         // plane lacks is part of applying.
         Blobs if verb == Verb::Create => Role::Deploy,
@@ -76,6 +107,8 @@ pub enum Scope {
     Cluster,
     /// One namespace only.
     Namespace(String),
+    /// One node's own objects (a node's credential).
+    Node(String),
 }
 
 impl fmt::Display for Scope {
@@ -83,6 +116,7 @@ impl fmt::Display for Scope {
         match self {
             Scope::Cluster => f.write_str("the cluster"),
             Scope::Namespace(ns) => write!(f, "namespace {ns}"),
+            Scope::Node(n) => write!(f, "node {n}"),
         }
     }
 }
@@ -142,13 +176,15 @@ pub enum Resource {
     Metrics,
     /// Modules, by digest.
     Blobs,
+    /// Waking an app scaled to zero.
+    Activations,
     Nodes,
     Tokens,
     Quotas,
 }
 
 impl Resource {
-    pub const ALL: [Resource; 11] = [
+    pub const ALL: [Resource; 12] = [
         Resource::Apps,
         Resource::Revisions,
         Resource::Instances,
@@ -157,6 +193,7 @@ impl Resource {
         Resource::Routes,
         Resource::Metrics,
         Resource::Blobs,
+        Resource::Activations,
         Resource::Nodes,
         Resource::Tokens,
         Resource::Quotas,
@@ -174,6 +211,7 @@ impl fmt::Display for Resource {
             Resource::Routes => "routes",
             Resource::Metrics => "metrics",
             Resource::Blobs => "blobs",
+            Resource::Activations => "activations",
             Resource::Nodes => "nodes",
             Resource::Tokens => "tokens",
             Resource::Quotas => "quotas",
@@ -190,6 +228,8 @@ pub enum Target<'a> {
     AllNamespaces,
     /// The cluster's own objects (nodes, tokens, the route table, ...).
     Cluster,
+    /// One node's own objects: its registration, heartbeat, assignment.
+    Node(&'a str),
     /// Content-addressed data no namespace owns, such as whether a module
     /// is stored: any scope, as far as the role reaches.
     Anywhere,
@@ -201,6 +241,7 @@ impl fmt::Display for Target<'_> {
             Target::Namespace(ns) => write!(f, "namespace {ns:?}"),
             Target::AllNamespaces => f.write_str("all namespaces"),
             Target::Cluster => f.write_str("the cluster"),
+            Target::Node(n) => write!(f, "node {n:?}"),
             Target::Anywhere => f.write_str("any namespace"),
         }
     }
@@ -212,7 +253,8 @@ impl Scope {
         match (self, target) {
             (Scope::Cluster, _) | (_, Target::Anywhere) => true,
             (Scope::Namespace(mine), Target::Namespace(ns)) => mine == ns,
-            (Scope::Namespace(_), Target::AllNamespaces | Target::Cluster) => false,
+            (Scope::Node(mine), Target::Node(n)) => mine == n,
+            (Scope::Namespace(_) | Scope::Node(_), _) => false,
         }
     }
 }
@@ -464,5 +506,71 @@ mod tests {
         assert!(!view.contains("sha256"), "{view}");
         assert_eq!("deploy".parse::<Role>().unwrap(), Role::Deploy);
         assert!("root".parse::<Role>().is_err());
+    }
+
+    #[test]
+    fn machine_roles_reach_only_what_their_process_does() {
+        let allowed = |role: Role| -> Vec<(Verb, Resource)> {
+            Verb::ALL
+                .into_iter()
+                .flat_map(|v| Resource::ALL.into_iter().map(move |r| (v, r)))
+                .filter(|&(v, r)| role.reaches(v, r))
+                .collect()
+        };
+        assert_eq!(allowed(Role::Join), vec![(Create, Nodes)]);
+        let mut node = allowed(Role::Node);
+        node.sort_by_key(|(v, r)| (v.to_string(), r.to_string()));
+        assert_eq!(
+            node,
+            vec![
+                (Create, Nodes),
+                (Get, Blobs),
+                (Update, Nodes),
+                (Watch, Nodes)
+            ]
+        );
+        let mut gw = allowed(Role::Gateway);
+        gw.sort_by_key(|(v, r)| (v.to_string(), r.to_string()));
+        assert_eq!(
+            gw,
+            vec![
+                (Create, Activations),
+                (Create, Metrics),
+                (Get, Routes),
+                (Watch, Routes)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_node_credential_reaches_its_own_node_only() {
+        let n1 = Scope::Node("n1".into());
+        assert!(allows(Role::Node, &n1, Update, Nodes, Target::Node("n1")));
+        for t in [
+            Target::Node("n2"),
+            Target::Node("n1 "),
+            Target::Cluster,
+            Target::AllNamespaces,
+            Target::Namespace("n1"),
+        ] {
+            assert!(!allows(Role::Node, &n1, Update, Nodes, t), "{t}");
+            assert!(!allows(Role::Node, &n1, Watch, Nodes, t), "{t}");
+        }
+        // An admin reaches every node; a namespace token none.
+        assert!(allows(
+            Role::Admin,
+            &Scope::Cluster,
+            Update,
+            Nodes,
+            Target::Node("n2")
+        ));
+        assert!(!allows(
+            Role::Admin,
+            &Scope::Namespace("a".into()),
+            Get,
+            Nodes,
+            Target::Node("n2")
+        ));
+        assert_eq!("join".parse::<Role>().unwrap(), Role::Join);
     }
 }

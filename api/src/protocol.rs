@@ -24,6 +24,10 @@ pub struct RegisterRequest {
 pub struct RegisterResponse {
     pub lease_ms: u64,
     pub heartbeat_ms: u64,
+    /// The node's own credential, when it registered with a join token:
+    /// the token it sends from now on. Shown here only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

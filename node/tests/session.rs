@@ -45,6 +45,7 @@ async fn register() -> Json<RegisterResponse> {
     Json(RegisterResponse {
         lease_ms: 60_000,
         heartbeat_ms: 10,
+        credential: None,
     })
 }
 

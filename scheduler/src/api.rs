@@ -14,7 +14,7 @@ use base64::Engine as _;
 use sha2::Digest as _;
 use shoal_api::ErrorBody;
 use shoal_api::auth::{
-    self, CreateToken, CreatedToken, Resource, Scope, Target, TokenRecord, TokenView, Verb,
+    self, CreateToken, CreatedToken, Resource, Role, Scope, Target, TokenRecord, TokenView, Verb,
 };
 use shoal_api::endpoints::{
     self as ep, AssignmentQuery, EventsQuery, LONG_POLL_HOLD, ListQuery, ROUTES_KEEPALIVE,
@@ -80,9 +80,13 @@ pub(crate) enum Where {
     /// The `namespace` query (none: the default one; `*` or `all`: every
     /// namespace).
     QueryNamespace,
-    /// The namespaces of the apps in the body: the role is checked here,
-    /// the handler checks each namespace against the token's scope.
-    BodyNamespaces,
+    /// One node, the path's `{name}`.
+    PathNode,
+    /// What the request names, found by the handler: the role is checked
+    /// here, and the handler checks the token's scope against each thing
+    /// the request acts on (the namespaces of an apply's apps, the node a
+    /// registration names, the instances a module is fetched for).
+    InHandler,
 }
 
 const fn cluster(verb: Verb, resource: Resource) -> Rule {
@@ -153,7 +157,7 @@ pub(crate) fn routes() -> Vec<Route> {
     use Verb::*;
     vec![
         at(ep::HEALTHZ).get(|| async { "ok" }, Rule::Public),
-        at(ep::APPLY).post(apply, Rule::Need(Create, Apps, Where::BodyNamespaces)),
+        at(ep::APPLY).post(apply, Rule::Need(Create, Apps, Where::InHandler)),
         at(ep::APPS).get(list_apps, in_query_ns(List, Apps)),
         at(ep::APP)
             .get(describe_app, in_path_ns(Get, Apps))
@@ -165,11 +169,11 @@ pub(crate) fn routes() -> Vec<Route> {
         at(ep::REVISIONS).get(list_revisions, in_query_ns(List, Revisions)),
         at(ep::NODES).get(list_nodes, cluster(List, Nodes)),
         at(ep::EVENTS).get(list_events, in_query_ns(List, Events)),
-        at(ep::NODE_REGISTER).post(register, cluster(Create, Nodes)),
-        at(ep::NODE_HEARTBEAT).post(heartbeat, cluster(Update, Nodes)),
-        at(ep::NODE_ASSIGNMENT).get(watch_assignment, cluster(Watch, Nodes)),
+        at(ep::NODE_REGISTER).post(register, Rule::Need(Create, Nodes, Where::InHandler)),
+        at(ep::NODE_HEARTBEAT).post(heartbeat, Rule::Need(Update, Nodes, Where::PathNode)),
+        at(ep::NODE_ASSIGNMENT).get(watch_assignment, Rule::Need(Watch, Nodes, Where::PathNode)),
         at(ep::BLOB)
-            .get(get_blob, cluster(Get, Blobs))
+            .get(get_blob, Rule::Need(Get, Blobs, Where::InHandler))
             // Whether a module must be uploaded is part of uploading it, in
             // the namespace of the `namespace` query (a refusal makes the
             // client upload the module with its apps).
@@ -177,7 +181,7 @@ pub(crate) fn routes() -> Vec<Route> {
         at(ep::ROUTES).get(get_routes, cluster(Get, Routes)),
         at(ep::METRICS).post(take_metrics, cluster(Create, Metrics)),
         at(ep::PROMETHEUS).get(prometheus, cluster(Get, Metrics)),
-        at(ep::APP_ACTIVATE).post(activate_app, in_path_ns(Update, Apps)),
+        at(ep::APP_ACTIVATE).post(activate_app, in_path_ns(Create, Activations)),
         at(ep::ROUTES_WATCH).get(watch_routes, cluster(Watch, Routes)),
         at(ep::TOKENS)
             .get(list_tokens, cluster(List, Tokens))
@@ -278,16 +282,20 @@ async fn authorize(
         return next.run(req).await;
     };
     let path_ns;
+    let path_node;
     let query_ns;
     let target = match place {
         Where::Cluster => Target::Cluster,
-        Where::BodyNamespaces => Target::Anywhere,
+        Where::InHandler => Target::Anywhere,
+        Where::PathNode => {
+            path_node = path_param(&mut req, "name").await;
+            match &path_node {
+                Some(n) => Target::Node(n),
+                None => Target::Cluster,
+            }
+        }
         Where::PathNamespace => {
-            path_ns = req
-                .extract_parts::<Path<std::collections::HashMap<String, String>>>()
-                .await
-                .ok()
-                .and_then(|Path(mut p)| p.remove("ns"));
+            path_ns = path_param(&mut req, "ns").await;
             match &path_ns {
                 Some(ns) => Target::Namespace(ns),
                 // Not a namespaced path after all: only the cluster's
@@ -312,6 +320,14 @@ async fn authorize(
     }
     req.extensions_mut().insert(Principal(token));
     next.run(req).await
+}
+
+/// The path parameter `key` of the route a request matched.
+async fn path_param(req: &mut axum::extract::Request, key: &str) -> Option<String> {
+    req.extract_parts::<Path<std::collections::HashMap<String, String>>>()
+        .await
+        .ok()
+        .and_then(|Path(mut p)| p.remove(key))
 }
 
 fn validate_wasm(digest: &str, bytes: &[u8]) -> Result<(), String> {
@@ -610,11 +626,88 @@ async fn list_events(
     }
 }
 
+/// Registers a node. A join token (or an admin's) registers a name that
+/// no live node holds and is answered with the node's own credential; a
+/// node's credential registers its own name only (again, after a restart
+/// of the node or of the control plane).
 async fn register(
     State(cp): State<ControlPlane>,
+    principal: Option<Extension<Principal>>,
     Json(req): Json<RegisterRequest>,
 ) -> Result<Response, Error> {
-    Ok(Json(cp.register(req).await?).into_response())
+    let credential = match &principal {
+        None => None,
+        Some(Extension(Principal(token))) => {
+            let target = Target::Node(&req.name);
+            if !token.allows(Verb::Create, Resource::Nodes, target) {
+                return Err(forbidden(token, Verb::Create, Resource::Nodes, target));
+            }
+            if token.role == Role::Node {
+                None
+            } else {
+                Some(issue_node_credential(&cp, &req.name)?)
+            }
+        }
+    };
+    let mut answer = cp.register(req).await?;
+    answer.credential = credential.map(|s| s.expose().to_string());
+    Ok(Json(answer).into_response())
+}
+
+/// Makes the credential of node `name`, in place of an earlier one unless
+/// a node of that name is alive: a join token cannot take the name of a
+/// node that is serving.
+fn issue_node_credential(cp: &ControlPlane, name: &str) -> Result<crate::auth::Secret, Error> {
+    if !shoal_api::manifest::valid_name(name) {
+        return Err(invalid(
+            "invalid",
+            format!(
+                "{name:?} is not a valid node name: use 1-63 lowercase letters, digits and '-'"
+            ),
+        ));
+    }
+    let token_name = crate::auth::node_token_name(name);
+    let alive = cp
+        .snapshot()
+        .nodes
+        .get(name)
+        .is_some_and(|n| n.state == shoal_api::objects::NodeState::Ready);
+    let tokens = cp.tokens();
+    if tokens.get(&token_name).is_some() {
+        if alive {
+            return Err(Error(
+                StatusCode::CONFLICT,
+                ErrorBody::new(
+                    "exists",
+                    format!(
+                        "node {name} is registered and alive; a second node cannot take its name \
+                         (`shoal delete node {name}` first if it is gone)"
+                    ),
+                ),
+            ));
+        }
+        tokens.revoke(&token_name).map_err(ApiError::from)?;
+    }
+    match tokens.create(
+        &token_name,
+        Role::Node,
+        Scope::Node(name.to_string()),
+        cp.now_ms(),
+        None,
+    ) {
+        Ok((_, secret)) => {
+            tracing::info!(node = %name, "node credential issued");
+            Ok(secret)
+        }
+        Err(crate::auth::AuthError::Exists(_)) => Err(Error(
+            StatusCode::CONFLICT,
+            ErrorBody::new("exists", format!("node {name} is joining already")),
+        )),
+        Err(e) => Err(Error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorBody::new("internal", e.to_string()),
+        )),
+    }
 }
 
 async fn heartbeat(
@@ -663,8 +756,36 @@ async fn watch_assignment(
 
 async fn get_blob(
     State(cp): State<ControlPlane>,
+    principal: Option<Extension<Principal>>,
     Path(digest): Path<String>,
 ) -> Result<Response, Error> {
+    if let Some(Extension(Principal(token))) = &principal {
+        match &token.scope {
+            Scope::Node(node) => {
+                if !cp.snapshot().node_runs_module(node, &digest) {
+                    // The same answer whether or not the module exists.
+                    return Err(Error(
+                        StatusCode::FORBIDDEN,
+                        ErrorBody::new(
+                            auth::FORBIDDEN,
+                            format!(
+                                "no instance assigned to node {node} runs module sha256:{digest}"
+                            ),
+                        ),
+                    ));
+                }
+            }
+            _ if !token.allows(Verb::Get, Resource::Blobs, Target::Cluster) => {
+                return Err(forbidden(
+                    token,
+                    Verb::Get,
+                    Resource::Blobs,
+                    Target::Cluster,
+                ));
+            }
+            _ => {}
+        }
+    }
     match cp.blob(&digest)? {
         Some(bytes) => Ok(([("content-type", "application/wasm")], bytes).into_response()),
         None => Err(Error(
@@ -685,6 +806,21 @@ async fn create_token(
 ) -> Result<(StatusCode, Json<CreatedToken>), Error> {
     let req: CreateToken = serde_json::from_slice(&body)
         .map_err(|e| invalid("invalid", format!("malformed token request: {e}")))?;
+    if matches!(req.role, Role::Gateway | Role::Join) && req.namespace.is_some() {
+        return Err(invalid(
+            "invalid",
+            format!(
+                "a {} token is for the whole cluster: no namespace",
+                req.role
+            ),
+        ));
+    }
+    if req.role == Role::Node {
+        return Err(invalid(
+            "invalid",
+            "a node's credential is given when it registers with a join token".into(),
+        ));
+    }
     let scope = req.namespace.map_or(Scope::Cluster, Scope::Namespace);
     match cp
         .tokens()
@@ -852,7 +988,7 @@ mod tests {
         (status, serde_json::from_slice(&bytes).unwrap_or_default())
     }
 
-    fn apply_body(module: &[u8]) -> serde_json::Value {
+    pub(super) fn apply_body(module: &[u8]) -> serde_json::Value {
         let digest = hex::encode(sha2::Sha256::digest(module));
         serde_json::json!({
             "apps": [{ "manifest": { "name": "web", "module": "web.wasm" }, "digest": digest }],
@@ -978,6 +1114,12 @@ mod auth_tests {
         let body = if template == ep::APPLY {
             serde_json::json!({
                 "apps": [{ "manifest": { "name": "web", "module": "web.wasm" }, "digest": "00" }],
+            })
+            .to_string()
+        } else if template == ep::NODE_REGISTER {
+            serde_json::json!({
+                "name": "web", "address": "http://127.0.0.1:1",
+                "capacity": { "memory": 1 << 30, "instances": 10 }, "labels": {},
             })
             .to_string()
         } else {
@@ -1274,5 +1416,222 @@ mod auth_tests {
         let (status, body) = answer(&router, del).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{body:?}");
         assert!(body.message.contains("delete apps"), "{}", body.message);
+    }
+
+    async fn call(
+        router: &Router,
+        method: Method,
+        uri: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> (StatusCode, serde_json::Value) {
+        let req = axum::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {token}"))
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+            .unwrap();
+        let resp = router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+
+    fn registration(name: &str) -> serde_json::Value {
+        serde_json::json!({
+            "name": name, "address": "http://127.0.0.1:1",
+            "capacity": { "memory": 1u64 << 30, "instances": 10 }, "labels": {},
+        })
+    }
+
+    /// A node joins with the join token and is given a credential of its
+    /// own; from then on it reaches its own node and the modules of its own
+    /// instances, and nothing else.
+    #[tokio::test]
+    async fn a_node_joins_with_the_join_token_and_then_reaches_only_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let cp = ControlPlane::start(store, Default::default()).unwrap();
+        let tokens = cp.tokens();
+        let (_, join) = tokens
+            .create("join", Role::Join, Scope::Cluster, 0, None)
+            .unwrap();
+        let (_, admin) = tokens
+            .create("admin", Role::Admin, Scope::Cluster, 0, None)
+            .unwrap();
+        let join = join.expose();
+        let router = router(cp.clone());
+        let post = Method::POST;
+
+        let (status, body) = call(
+            &router,
+            post.clone(),
+            ep::NODE_REGISTER,
+            join,
+            Some(registration("n1")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let cred = body["credential"]
+            .as_str()
+            .expect("a credential")
+            .to_string();
+        assert!(cred.starts_with("shoal_") && cred != join);
+
+        // The join token registers, and does nothing else.
+        let hb = serde_json::json!({ "generation": 0, "instances": [] });
+        let (status, body) = call(
+            &router,
+            post.clone(),
+            &ep::node_heartbeat("n1"),
+            join,
+            Some(hb.clone()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+
+        // The credential heartbeats as n1 and as no other node.
+        let (status, body) = call(
+            &router,
+            post.clone(),
+            &ep::node_heartbeat("n1"),
+            &cred,
+            Some(hb.clone()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, body) = call(
+            &router,
+            post.clone(),
+            &ep::node_heartbeat("n2"),
+            &cred,
+            Some(hb.clone()),
+        )
+        .await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some("forbidden")),
+            "{body}"
+        );
+        let (status, _) = call(
+            &router,
+            Method::GET,
+            &ep::node_assignment("n2"),
+            &cred,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, body) = call(
+            &router,
+            post.clone(),
+            ep::NODE_REGISTER,
+            &cred,
+            Some(registration("n2")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        // Re-registering its own name (a restarted node) needs no new credential.
+        let (status, body) = call(
+            &router,
+            post.clone(),
+            ep::NODE_REGISTER,
+            &cred,
+            Some(registration("n1")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.get("credential").is_none(), "{body}");
+        for uri in [
+            ep::APPS,
+            "/v1/apps?namespace=*",
+            ep::EVENTS,
+            ep::TOKENS,
+            ep::NODES,
+            ep::ROUTES,
+        ] {
+            let (status, body) = call(&router, Method::GET, uri, &cred, None).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{uri}: {body}");
+        }
+
+        // A second node cannot take the name of a live one.
+        let (status, body) = call(
+            &router,
+            post.clone(),
+            ep::NODE_REGISTER,
+            join,
+            Some(registration("n1")),
+        )
+        .await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::CONFLICT, Some("exists")),
+            "{body}"
+        );
+
+        // Modules: only those of instances assigned to n1.
+        let placed: &[u8] = b"\0asm\x01\0\0\0";
+        let other: &[u8] = b"\0asm\x01\0\0\0\0\x02\x01a";
+        let digest = |m: &[u8]| hex::encode(sha2::Sha256::digest(m));
+        let (status, body) = call(
+            &router,
+            post.clone(),
+            ep::APPLY,
+            admin.expose(),
+            Some(super::tests::apply_body(placed)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        // Stored, but no instance runs it (an app of no replicas).
+        let b64 = |m: &[u8]| base64::engine::general_purpose::STANDARD.encode(m);
+        let idle = serde_json::json!({
+            "apps": [{ "manifest": { "name": "idle", "module": "idle.wasm", "replicas": 0 }, "digest": digest(other) }],
+            "modules": { digest(other): b64(other) },
+        });
+        let (status, body) =
+            call(&router, post.clone(), ep::APPLY, admin.expose(), Some(idle)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !cp.snapshot().node_runs_module("n1", &digest(placed)) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "web was never placed on n1"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let (status, _) = call(
+            &router,
+            Method::GET,
+            &ep::blob(&digest(placed)),
+            &cred,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        for d in [digest(other), "00".repeat(32)] {
+            let (status, body) = call(&router, Method::GET, &ep::blob(&d), &cred, None).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{d}: {body}");
+        }
+
+        // Revoked: refused at the next request.
+        assert!(tokens.revoke(&crate::auth::node_token_name("n1")).unwrap());
+        let (status, body) = call(&router, post, &ep::node_heartbeat("n1"), &cred, Some(hb)).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some("unauthenticated")),
+            "{body}"
+        );
+        let (status, _) = call(
+            &router,
+            Method::GET,
+            &ep::blob(&digest(placed)),
+            &cred,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
 }

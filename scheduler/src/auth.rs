@@ -116,6 +116,10 @@ impl Tokens {
         self.read().is_empty()
     }
 
+    pub fn get(&self, name: &str) -> Option<TokenRecord> {
+        self.read().get(name).cloned()
+    }
+
     pub fn list(&self) -> Vec<TokenRecord> {
         self.read().values().cloned().collect()
     }

@@ -82,6 +82,17 @@ impl Snapshot {
         }
     }
 
+    /// Whether an instance assigned to `node` runs the module `digest`:
+    /// what a node's credential may fetch.
+    pub fn node_runs_module(&self, node: &str, digest: &str) -> bool {
+        self.instances.values().any(|i| {
+            i.node.as_deref() == Some(node)
+                && self
+                    .template(&i.app, i.revision)
+                    .is_some_and(|t| t.digest == digest)
+        })
+    }
+
     pub fn template(&self, app: &AppKey, revision: u64) -> Option<&Template> {
         self.revisions
             .get(&(app.clone(), revision))

@@ -261,6 +261,7 @@ impl State {
                     .map(|()| shoal_api::protocol::RegisterResponse {
                         lease_ms: self.config.lease.as_millis() as u64,
                         heartbeat_ms: self.config.heartbeat.as_millis() as u64,
+                        credential: None,
                     });
                 answer!(reply, r)
             }
