@@ -761,20 +761,17 @@ async fn get_blob(
 ) -> Result<Response, Error> {
     if let Some(Extension(Principal(token))) = &principal {
         match &token.scope {
-            Scope::Node(node) => {
-                if !cp.snapshot().node_runs_module(node, &digest) {
-                    // The same answer whether or not the module exists.
-                    return Err(Error(
-                        StatusCode::FORBIDDEN,
-                        ErrorBody::new(
-                            auth::FORBIDDEN,
-                            format!(
-                                "no instance assigned to node {node} runs module sha256:{digest}"
-                            ),
-                        ),
-                    ));
-                }
+            // The same answer whether or not the module exists.
+            Scope::Node(node) if !cp.snapshot().node_runs_module(node, &digest) => {
+                return Err(Error(
+                    StatusCode::FORBIDDEN,
+                    ErrorBody::new(
+                        auth::FORBIDDEN,
+                        format!("no instance assigned to node {node} runs module sha256:{digest}"),
+                    ),
+                ));
             }
+            Scope::Node(_) => {}
             _ if !token.allows(Verb::Get, Resource::Blobs, Target::Cluster) => {
                 return Err(forbidden(
                     token,
