@@ -7,28 +7,26 @@ pub use shoal_client::Client;
 
 /// The control plane `shoal up` and `shoal control-plane` listen on by
 /// default.
-pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
+pub const DEFAULT_SERVER: &str = "https://127.0.0.1:7070";
 
 /// How long a request may take by default (`--request-timeout`).
 pub const DEFAULT_TIMEOUT: &str = "30s";
 
-/// A client of the control plane at `server`, sending `token` if there is
-/// one and trusting `ca` for https, whose errors name the flags that
+/// A client of the control plane `target` names, sending its token if it
+/// has one and trusting its CA for https, whose errors name the flags that
 /// change what went wrong.
-pub fn connect(
-    server: &str,
-    token: Option<&str>,
-    timeout: Duration,
-    ca: Option<&std::path::Path>,
-) -> anyhow::Result<Client> {
+pub fn connect(target: &crate::config::Target, timeout: Duration) -> anyhow::Result<Client> {
+    let server = &target.server;
     if !server.starts_with("http://") && !server.starts_with("https://") {
         anyhow::bail!("--server {server:?}: expected a URL such as {DEFAULT_SERVER}");
     }
     let mut builder = Client::builder(server);
-    if let Some(ca) = ca {
-        builder = builder.ca_file(ca);
+    match &target.ca {
+        Some(crate::config::Ca::File(f)) => builder = builder.ca_file(f),
+        Some(crate::config::Ca::Pem(pem)) => builder = builder.ca_pem(pem.as_bytes()),
+        None => {}
     }
-    if let Some(t) = token {
+    if let Some(t) = &target.token {
         builder = builder.token(t);
     }
     Ok(builder
@@ -41,17 +39,6 @@ pub fn connect(
             ),
         })
         .build()?)
-}
-
-/// With no `--token` or `$SHOAL_TOKEN`, for the control plane `shoal up`
-/// starts by default only: the admin token it wrote into its data dir. A
-/// local secret is never sent to any other server.
-pub fn local_admin_token(server: &str) -> Option<String> {
-    if server.trim_end_matches('/') != DEFAULT_SERVER {
-        return None;
-    }
-    let dir = crate::cluster::data_home().join("up").join("control-plane");
-    shoal_scheduler::auth::read_admin_token(&dir).ok()
 }
 
 /// Something the CLI itself found missing, printed as the control plane

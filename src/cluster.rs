@@ -60,6 +60,11 @@ pub struct NodeArgs {
     /// What this node offers, e.g. `memory=4GiB,instances=100`.
     #[arg(long, default_value = "memory=4GiB,instances=100")]
     pub capacity: String,
+    /// The join token (`shoal token create NAME --join`, or `join.token`
+    /// in the control plane's data dir) the node registers with the first
+    /// time; it then uses a credential of its own, kept in the cache dir.
+    #[arg(long, env = "SHOAL_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
     /// A label for node selectors, `key=value` (repeatable).
     #[arg(long = "label", value_name = "K=V")]
     pub labels: Vec<String>,
@@ -152,9 +157,7 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let config = shoal_scheduler::state::Config {
         lease: args.lease.get(),
         heartbeat: args.heartbeat.get(),
-        // Tokens are made and stored, but not yet asked of requests: the
-        // node, the gateway and the CLI do not send one yet.
-        auth: shoal_scheduler::auth::Auth::Off,
+        auth: shoal_scheduler::auth::Auth::Enforce,
         ..Default::default()
     };
     if config.heartbeat >= config.lease {
@@ -192,10 +195,27 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     };
     let cp = shoal_scheduler::state::ControlPlane::start(store, config)
         .context("loading the control plane's state")?;
-    if let Some(path) = shoal_scheduler::auth::first_start(cp.tokens(), &dir, cp.now_ms())
-        .context("making the admin token")?
+    if let Some(first) = shoal_scheduler::auth::first_start(cp.tokens(), &dir, cp.now_ms())
+        .context("making the admin and join tokens")?
     {
-        crate::out::sayln!("Admin token written to {}", path.display());
+        crate::out::sayln!(
+            "Admin token written to {} (readable by you only)",
+            first.admin_file.display()
+        );
+        // On a terminal only: where the output goes to a file (as
+        // `shoal up`'s logs), the token stays in its private file.
+        if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            crate::out::sayln!(
+                "Nodes join with this token (shown once; also in {}):\n  {}",
+                first.join_file.display(),
+                first.join.expose()
+            );
+        } else {
+            crate::out::sayln!(
+                "Nodes join with the token in {} (readable by you only)",
+                first.join_file.display()
+            );
+        }
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -323,6 +343,13 @@ pub async fn node(args: NodeArgs, ca: Option<Vec<u8>>) -> anyhow::Result<()> {
         Some(n) => n.clone(),
         None => format!("{}-{}", hostname(), addr.port()),
     };
+    // The node's own credential, given when it first joins, kept beside
+    // its compiled modules for its next start.
+    let credential_file = args
+        .cache_dir
+        .clone()
+        .or_else(crate::run::default_cache_dir)
+        .map(|d| d.join("credentials").join(format!("{name}.token")));
     let node = Node::new(
         runtime.clone(),
         NodeConfig {
@@ -332,6 +359,8 @@ pub async fn node(args: NodeArgs, ca: Option<Vec<u8>>) -> anyhow::Result<()> {
             capacity,
             labels,
             control_plane_ca: ca,
+            join_token: args.join_token.clone().map(shoal_node::SecretToken::new),
+            credential_file,
         },
     )
     .context("setting up the node agent")?;
@@ -363,10 +392,15 @@ pub async fn node(args: NodeArgs, ca: Option<Vec<u8>>) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn gateway(args: GatewayArgs, ca: Option<Vec<u8>>) -> anyhow::Result<()> {
+pub async fn gateway(
+    args: GatewayArgs,
+    ca: Option<Vec<u8>>,
+    token: Option<String>,
+) -> anyhow::Result<()> {
     let gw = shoal_gateway::Gateway::new(shoal_gateway::GatewayConfig {
         control_plane: Some(args.control_plane.clone()),
         control_plane_ca: ca,
+        token: token.map(shoal_gateway::SecretToken::new),
         activation_timeout: args.activation_timeout.get(),
         ..Default::default()
     });

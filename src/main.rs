@@ -9,6 +9,7 @@
 mod client;
 mod cluster;
 mod commands;
+mod config;
 mod out;
 mod rollout;
 mod run;
@@ -30,9 +31,14 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "An orchestrator for WebAssembly workloads"
 )]
 struct Cli {
-    /// URL of the control plane the client commands talk to.
-    #[arg(long, global = true, env = "SHOAL_SERVER", default_value = client::DEFAULT_SERVER)]
-    server: String,
+    /// URL of the control plane the client commands talk to (default: the
+    /// current context's, see `--context`, else https://127.0.0.1:7070).
+    #[arg(long, global = true, env = "SHOAL_SERVER")]
+    server: Option<String>,
+    /// The context of the client config file (`$SHOAL_CONFIG`, else
+    /// ~/.config/shoal/config.toml) to use instead of its current one.
+    #[arg(long, global = true, env = "SHOAL_CONTEXT")]
+    context: Option<String>,
     /// How long the client commands wait for an answer (for `-f`, `-w` and
     /// `rollout status`: for each answer to start).
     #[arg(long, global = true, env = "SHOAL_REQUEST_TIMEOUT", default_value = client::DEFAULT_TIMEOUT)]
@@ -106,17 +112,21 @@ fn main() {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    let token = cli
-        .token
-        .clone()
-        .or_else(|| client::local_admin_token(&cli.server));
     let client = || {
-        client::connect(
-            &cli.server,
-            token.as_deref(),
-            cli.request_timeout.get(),
+        let file = config::path();
+        let cfg = match &file {
+            Some(p) => config::ClientConfig::load(p)?,
+            None => config::ClientConfig::default(),
+        };
+        let context = cfg.context(cli.context.as_deref())?.map(|(_, c)| c);
+        let target = config::resolve(
+            cli.server.as_deref(),
+            cli.token.as_deref(),
             cli.ca.as_deref(),
-        )
+            context,
+            client::DEFAULT_SERVER,
+        );
+        client::connect(&target, cli.request_timeout.get())
     };
     match cli.command {
         Command::Run(args) => run::run(args).await,
@@ -124,7 +134,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::ControlPlane(args) => cluster::control_plane(args).await,
         Command::Node(args) => cluster::node(args, cluster::read_ca(cli.ca.as_deref())?).await,
         Command::Gateway(args) => {
-            cluster::gateway(args, cluster::read_ca(cli.ca.as_deref())?).await
+            cluster::gateway(
+                args,
+                cluster::read_ca(cli.ca.as_deref())?,
+                cli.token.clone(),
+            )
+            .await
         }
         Command::Apply(args) => commands::apply(&client()?, args).await,
         Command::Get(args) => commands::get(&client()?, args).await,

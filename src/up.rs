@@ -75,6 +75,9 @@ pub struct UpArgs {
 struct ChildSpec {
     name: String,
     args: Vec<String>,
+    /// Set in its environment (tokens: never on a command line, where
+    /// `ps` shows them).
+    env: Vec<(&'static str, String)>,
     log: PathBuf,
 }
 
@@ -83,15 +86,24 @@ impl ChildSpec {
         Self {
             name: name.into(),
             args: args.iter().map(|a| a.to_string()).collect(),
+            env: Vec::new(),
             log,
         }
+    }
+
+    fn env(mut self, key: &'static str, value: &str) -> Self {
+        self.env.push((key, value.to_string()));
+        self
     }
 
     /// Makes a restart listen where the first run did, which matters when
     /// the address asked for had port 0: others know it by its URL. (Nodes
     /// need not: they tell the control plane their new address.)
     fn pin_listen(&mut self, url: &str) {
-        let addr = url.trim_start_matches("http://").to_string();
+        let addr = url
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .to_string();
         if let Some(i) = self.args.iter().position(|a| a == "--listen")
             && let Some(v) = self.args.get_mut(i + 1)
         {
@@ -122,6 +134,7 @@ async fn start(spec: &ChildSpec, verbose: bool) -> anyhow::Result<Proc> {
     let exe = std::env::current_exe().context("finding the shoal executable")?;
     let mut child = Command::new(exe)
         .args(&spec.args)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .env(
             crate::signals::PARENT_PID_ENV,
             std::process::id().to_string(),
@@ -158,7 +171,7 @@ async fn start(spec: &ChildSpec, verbose: bool) -> anyhow::Result<Proc> {
                     errln!("[{tag}] {line}");
                 }
                 if (line.contains(" listening on http") || line.contains(" serving on http"))
-                    && let Some(start) = line.find("http://")
+                    && let Some(start) = line.find(" on http").map(|i| i + " on ".len())
                 {
                     let url = line[start..]
                         .split_whitespace()
@@ -260,7 +273,8 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
             members.push(Member { spec, proc });
             Ok(url)
         };
-        let cp_dir = dir.join("control-plane").display().to_string();
+        let cp_data = dir.join("control-plane");
+        let cp_dir = cp_data.display().to_string();
         let (api_addr, lease) = (args.api.to_string(), args.lease.to_string());
         let api = add(ChildSpec::new(
             "control-plane",
@@ -272,20 +286,38 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
                 &cp_dir,
                 "--lease",
                 &lease,
-                // Nodes, gateways and the CLI are not given the cluster CA
-                // yet: `shoal up` stays on the loopback over plain HTTP.
-                "--plain-http",
                 "--exit-with-parent",
             ],
             logs.join("control-plane.log"),
         ))
         .await?;
+        // The tokens the control plane wrote at its first start: the
+        // admin's for `shoal up` itself, the join token for the nodes; the
+        // gateway gets one of its own.
+        let admin = shoal_scheduler::auth::read_admin_token(&cp_data)
+            .with_context(|| format!("reading the admin token in {}", cp_data.display()))?;
+        let join = shoal_scheduler::auth::read_join_token(&cp_data)
+            .with_context(|| format!("reading the join token in {}", cp_data.display()))?;
+        // The API is served over TLS with a certificate of the cluster CA
+        // the control plane made at its first start; every child and the
+        // client commands trust that CA, and only it.
+        let ca_file = cp_data.join(shoal_pki::CA_CERT_FILE);
+        let ca = ca_file.display().to_string();
+        let target = crate::config::Target {
+            server: api.clone(),
+            token: Some(admin.clone()),
+            ca: Some(crate::config::Ca::File(ca_file.clone())),
+        };
+        let client = crate::client::connect(&target, request_timeout)?;
+        let gateway_token = gateway_token(&client).await?;
         let cache = dir.join("cache").display().to_string();
         for i in 1..=args.nodes {
             let name = format!("node-{i}");
             add(ChildSpec::new(
                 name.clone(),
                 &[
+                    "--ca",
+                    &ca,
                     "node",
                     "--join",
                     &api,
@@ -300,13 +332,16 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
                     "--exit-with-parent",
                 ],
                 logs.join(format!("{name}.log")),
-            ))
+            )
+            .env("SHOAL_JOIN_TOKEN", &join))
             .await?;
         }
         let gateway_addr = args.gateway.to_string();
         let gateway = add(ChildSpec::new(
             "gateway",
             &[
+                "--ca",
+                &ca,
                 "gateway",
                 "--listen",
                 &gateway_addr,
@@ -315,9 +350,11 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
                 "--exit-with-parent",
             ],
             logs.join("gateway.log"),
-        ))
+        )
+        .env("SHOAL_TOKEN", &gateway_token))
         .await?;
-        anyhow::Ok((api, gateway))
+        let context = write_client_config(&api, &ca_file, &admin)?;
+        anyhow::Ok((api, gateway, client, context))
     };
     // Ctrl-C is heard from the start: a slow first build of the demo can be
     // interrupted.
@@ -325,17 +362,13 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
         r = result => r,
         _ = &mut stop => Err(anyhow!("interrupted")),
     };
-    let (api, gateway) = match started {
+    let (api, gateway, client, context) = match started {
         Ok(urls) => urls,
         Err(e) => {
             stop_all(&mut members).await;
             return Err(e);
         }
     };
-    // The admin token the control plane wrote at its first start (in this
-    // data dir), for the demo and the readiness checks.
-    let token = shoal_scheduler::auth::read_admin_token(&dir.join("control-plane")).ok();
-    let client = crate::client::connect(&api, token.as_deref(), request_timeout, None)?;
     let ready = async {
         wait_for_nodes(&client, args.nodes as usize).await?;
         if !args.no_demo {
@@ -383,8 +416,20 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
     outln!();
     outln!("Inspect it with:");
     outln!("  shoal get apps | shoal get instances | shoal get nodes | shoal describe app hello");
-    if api != crate::client::DEFAULT_SERVER {
-        outln!("  (with --server {api}, or SHOAL_SERVER={api})");
+    match context {
+        Some(path) => outln!(
+            "  (the client config {} has this cluster as context {UP_CONTEXT:?}: no flags needed)",
+            path.display()
+        ),
+        None => outln!(
+            "  (with --server {api} --ca {} and SHOAL_TOKEN from {})",
+            dir.join("control-plane")
+                .join(shoal_pki::CA_CERT_FILE)
+                .display(),
+            dir.join("control-plane")
+                .join(shoal_scheduler::auth::ADMIN_TOKEN_FILE)
+                .display()
+        ),
     }
     outln!("Press Ctrl-C to stop everything.");
 
@@ -393,6 +438,59 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
     stop_all(&mut members).await;
     outln!("Stopped.");
     outcome
+}
+
+/// The context of the client config that `shoal up` writes.
+const UP_CONTEXT: &str = "shoal-up";
+
+/// Writes this cluster's context (server, CA, admin token) into the
+/// client config file and makes it current; the file's path, if there is
+/// one to write.
+fn write_client_config(
+    api: &str,
+    ca_file: &std::path::Path,
+    admin: &str,
+) -> anyhow::Result<Option<PathBuf>> {
+    let Some(path) = crate::config::path() else {
+        return Ok(None);
+    };
+    let ca = std::fs::read_to_string(ca_file)
+        .with_context(|| format!("reading {}", ca_file.display()))?;
+    let mut cfg = crate::config::ClientConfig::load(&path)?;
+    cfg.contexts.insert(
+        UP_CONTEXT.into(),
+        crate::config::Context {
+            server: api.trim_end_matches('/').to_string(),
+            ca: Some(ca),
+            token: Some(admin.to_string()),
+        },
+    );
+    cfg.current_context = Some(UP_CONTEXT.into());
+    cfg.save(&path)?;
+    Ok(Some(path))
+}
+
+/// The name of the token `shoal up` makes for its gateway.
+const GATEWAY_TOKEN: &str = "up-gateway";
+
+/// A fresh token for `shoal up`'s gateway, in place of the one an earlier
+/// run made.
+async fn gateway_token(client: &shoal_client::Client) -> anyhow::Result<String> {
+    match client.revoke_token(GATEWAY_TOKEN).await {
+        Ok(()) => {}
+        Err(e) if e.status() == Some(http::StatusCode::NOT_FOUND) => {}
+        Err(e) => return Err(e).context("replacing the gateway's token"),
+    }
+    let created = client
+        .create_token(&shoal_api::auth::CreateToken {
+            name: GATEWAY_TOKEN.into(),
+            role: shoal_api::auth::Role::Gateway,
+            namespace: None,
+            ttl_ms: None,
+        })
+        .await
+        .context("making the gateway's token")?;
+    Ok(created.secret)
 }
 
 /// A child that ran this long before it exited is restarted as if for the

@@ -7,7 +7,7 @@ use shoal_api::endpoints;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
-use support::{Cluster, Load, http, wait_until};
+use support::{Cluster, Load, http, http_with, wait_until};
 
 const T: Duration = Duration::from_secs(90);
 
@@ -36,14 +36,20 @@ struct Watch {
 }
 
 impl Watch {
-    fn start(api: String, app: &'static str) -> Watch {
+    fn start(api: String, token: String, app: &'static str) -> Watch {
         let stop = Arc::new(AtomicBool::new(false));
         let max_replicas = Arc::new(AtomicU64::new(0));
         let max_instances = Arc::new(AtomicU64::new(0));
         let (s, r, i) = (stop.clone(), max_replicas.clone(), max_instances.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                let (_, body) = http("GET", &format!("{api}{}?namespace=*", endpoints::APPS), b"");
+                let auth = format!("Bearer {token}");
+                let (_, body) = http_with(
+                    "GET",
+                    &format!("{api}{}?namespace=*", endpoints::APPS),
+                    &[("authorization", auth.as_str())],
+                    b"",
+                );
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body)
                     && let Some(a) = v
                         .as_array()
@@ -99,7 +105,7 @@ path = "/"
 "#,
     );
     c.apply_wait(&m);
-    let watch = Watch::start(c.api.clone(), "busy");
+    let watch = Watch::start(c.api.clone(), c.admin.clone(), "busy");
     let url = format!("{gw}/sleep?ms=200");
 
     // About 6 requests in flight: 3 replicas at 2 each.
@@ -205,7 +211,7 @@ path = "/"
             .then_some(d)
     });
     assert!(describe.contains("p99"), "{describe}");
-    let (_, metrics) = http("GET", &format!("{}/metrics", c.api), b"");
+    let (_, metrics) = c.api_call("GET", endpoints::PROMETHEUS, b"");
     assert!(
         metrics
             .contains("shoal_cold_start_ms{namespace=\"default\",app=\"lazy\",quantile=\"0.5\"}"),
@@ -237,7 +243,7 @@ path = "/"
     let out = c.cli(&["apply", "-f", m.to_str().unwrap()]);
     assert!(out.success, "{}", out.stderr);
     wait_until(T, "the route", || {
-        let (_, body) = http("GET", &format!("{}{}", c.api, endpoints::ROUTES), b"");
+        let (_, body) = c.api_call("GET", endpoints::ROUTES, b"");
         body.contains("nowhere").then_some(())
     });
     let start = std::time::Instant::now();

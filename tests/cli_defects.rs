@@ -37,6 +37,7 @@ fn logs_follow_picks_up_instances_that_start_later() {
     // server that does not start answering.
     let env = [
         ("SHOAL_SERVER", c.api.as_str()),
+        ("SHOAL_TOKEN", c.admin.as_str()),
         ("SHOAL_REQUEST_TIMEOUT", "1s"),
     ];
     let logs = Proc::spawn(&["logs", "app", "ticker", "-f"], &env);
@@ -101,12 +102,17 @@ fn logs_follow_picks_up_instances_that_start_later() {
 
 /// Runs `shoal ARGS` with its standard output already closed, as
 /// `shoal ARGS | head -0` does; returns how it ended and its stderr.
-fn with_closed_stdout(server: &str, args: &[&str]) -> (std::process::ExitStatus, String) {
+fn with_closed_stdout(
+    server: &str,
+    token: &str,
+    args: &[&str],
+) -> (std::process::ExitStatus, String) {
     let (reader, writer) = std::io::pipe().expect("pipe");
     drop(reader);
     let out = Command::new(env!("CARGO_BIN_EXE_shoal"))
         .args(args)
         .env("SHOAL_SERVER", server)
+        .env("SHOAL_TOKEN", token)
         .env_remove("RUST_BACKTRACE")
         .stdin(Stdio::null())
         .stdout(writer)
@@ -135,7 +141,7 @@ fn a_closed_stdout_ends_a_command_quietly() {
         &["events"],
         &["rollout", "history", "app", "web"],
     ] {
-        let (status, stderr) = with_closed_stdout(&c.api, args);
+        let (status, stderr) = with_closed_stdout(&c.api, &c.admin, args);
         // As `cat` or `ls` end when what reads them has gone: by SIGPIPE,
         // with nothing on stderr.
         assert_eq!(

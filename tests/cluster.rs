@@ -248,11 +248,7 @@ fn a_restarted_control_plane_keeps_everything_and_starts_nothing_twice() {
         .filter_map(|a| a["app"]["key"]["name"].as_str())
         .collect();
     assert_eq!(names, BTreeSet::from(["late", "web"]));
-    let (status, _) = http(
-        "GET",
-        &format!("{}{}", c.api, endpoints::blob(&digest)),
-        b"",
-    );
+    let (status, _) = c.api_call("GET", &endpoints::blob(&digest), b"");
     assert_eq!(status, 200, "the module blob is still stored");
     assert_eq!(c.get_json("revisions").as_array().unwrap().len(), 2);
 
@@ -452,15 +448,12 @@ fn logs_and_events_can_be_followed() {
     );
     let out = c.cli(&["apply", "-f", m.to_str().unwrap()]);
     assert!(out.success, "{}", out.stderr);
-    let events = support::Proc::spawn(&["events", "--watch"], &[("SHOAL_SERVER", c.api.as_str())]);
+    let events = support::Proc::spawn(&["events", "--watch"], &c.env());
     events
         .out
         .wait_for(T, |l| l.contains("Started"))
         .unwrap_or_else(|| panic!("{:#?}", events.out.all()));
-    let logs = support::Proc::spawn(
-        &["logs", "app", "ticker", "--follow"],
-        &[("SHOAL_SERVER", c.api.as_str())],
-    );
+    let logs = support::Proc::spawn(&["logs", "app", "ticker", "--follow"], &c.env());
     // Lines keep coming while it follows.
     let ticks = logs
         .out

@@ -8,7 +8,7 @@ mod support;
 use shoal_api::endpoints;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use support::{Cluster, Load, http, wait_until};
+use support::{Cluster, Load, wait_until};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -55,11 +55,7 @@ fn placements(c: &Cluster) -> BTreeMap<String, (String, String)> {
 
 /// Reasons of every event so far.
 fn event_reasons(c: &Cluster) -> Vec<String> {
-    let (status, body) = http(
-        "GET",
-        &format!("{}{}?namespace=all", c.api, endpoints::EVENTS),
-        b"",
-    );
+    let (status, body) = c.api_call("GET", &format!("{}?namespace=all", endpoints::EVENTS), b"");
     assert_eq!(status, 200, "{body}");
     let events: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
     events
@@ -288,7 +284,7 @@ fn a_route_served_by_another_app_is_refused() {
 
 /// The app the route table gives a path (any host) to.
 fn owner_of(c: &Cluster, path: &str) -> Option<String> {
-    let (_, body) = http("GET", &format!("{}{}", c.api, endpoints::ROUTES), b"");
+    let (_, body) = c.api_call("GET", endpoints::ROUTES, b"");
     let table: serde_json::Value = serde_json::from_str(&body).unwrap();
     table["apps"].as_array()?.iter().find_map(|a| {
         a["routes"]
@@ -419,7 +415,7 @@ fn scale_and_traffic_refuse_what_would_not_hold() {
         .collect();
     assert_eq!(web.len(), 3, "{web:#?}");
     assert!(web.iter().all(|i| i["revision"] == 1), "{web:#?}");
-    let (_, body) = http("GET", &format!("{}{}", c.api, endpoints::ROUTES), b"");
+    let (_, body) = c.api_call("GET", endpoints::ROUTES, b"");
     let table: serde_json::Value = serde_json::from_str(&body).unwrap();
     let backends = table["apps"][0]["backends"].as_array().unwrap();
     assert_eq!(backends.len(), 1, "{backends:#?}");

@@ -33,7 +33,7 @@ interval = "200ms"
 
 /// The route table as the control plane serves it to gateways.
 fn route_table(c: &Cluster) -> String {
-    http("GET", &format!("{}{}", c.api, endpoints::ROUTES), b"").1
+    c.api_call("GET", endpoints::ROUTES, b"").1
 }
 
 /// Waits until the route table lists `n` endpoints.

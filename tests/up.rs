@@ -26,7 +26,8 @@ fn up(dir: &std::path::Path, extra: &[&str]) -> Proc {
         &data,
     ];
     args.extend_from_slice(extra);
-    let p = Proc::spawn(&args, &[]);
+    let config = dir.join("config.toml").display().to_string();
+    let p = Proc::spawn(&args, &[("SHOAL_CONFIG", config.as_str())]);
     p.out
         .wait_for(T, |l| l.starts_with("Shoal is up"))
         .unwrap_or_else(|| panic!("not up: {:#?}", p.out.all()));
@@ -154,6 +155,7 @@ fn up_fails(dir: &std::path::Path, api: &str, gateway: &str) -> (bool, String) {
         .args(["up", "--nodes", "0", "--no-demo", "--api", api])
         .args(["--gateway", gateway, "--data-dir"])
         .arg(dir)
+        .env("SHOAL_CONFIG", dir.join("config.toml"))
         .stdin(Stdio::null())
         .output()
         .expect("run shoal up");
@@ -170,7 +172,7 @@ fn a_second_up_on_a_taken_port_fails_and_says_why() {
     let first_dir = tempfile::tempdir().unwrap();
     let first = up(first_dir.path(), &["--nodes", "0", "--no-demo"]);
     let (api, _) = member(&first, "control-plane");
-    let api = api.trim_start_matches("http://").to_string();
+    let api = api.trim_start_matches("https://").to_string();
 
     let dir = tempfile::tempdir().unwrap();
     let (ok, out) = up_fails(dir.path(), &api, "127.0.0.1:0");
@@ -242,7 +244,7 @@ fn exit_with_parent_ignores_a_closed_stdin_and_follows_the_parent() {
     let since = Instant::now();
     while since.elapsed() < Duration::from_secs(2) {
         assert!(
-            try_get(&format!("{url}{}", endpoints::NODES)).is_some_and(|(s, _)| s == 200),
+            try_get(&format!("{url}{}", endpoints::HEALTHZ)).is_some_and(|(s, _)| s == 200),
             "stopped while its parent lives: {}",
             read()
         );
@@ -255,4 +257,67 @@ fn exit_with_parent_ignores_a_closed_stdin_and_follows_the_parent() {
     wait_until(T, "the child to stop after its parent", || {
         (read().contains("Stopped.") && ended(pid)).then_some(())
     });
+}
+
+/// `shoal up`, then the client commands with no flags: `up` wrote a
+/// context (the API's https URL, the cluster CA, the admin token) into the
+/// client config and made it current.
+#[test]
+fn after_up_the_client_commands_work_with_no_flags_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let _up = up(dir.path(), &["--nodes", "1", "--no-demo"]);
+    let config = dir.path().join("config.toml");
+    let shoal = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal"));
+        cmd.args(args)
+            .env("SHOAL_CONFIG", &config)
+            .env_remove("SHOAL_SERVER")
+            .env_remove("SHOAL_TOKEN")
+            .env_remove("SHOAL_CA")
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("shoal");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stdout, stderr) = shoal(&["get", "nodes"], &[]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("node-1"), "{stdout}");
+    let (ok, _, stderr) = shoal(&["get", "apps"], &[]);
+    assert!(ok, "{stderr}");
+
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("current-context = \"shoal-up\""), "{text}");
+    assert!(text.contains("server = \"https://127.0.0.1:"), "{text}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&config).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the config holds the admin token");
+    }
+    // The flags and the environment still win over the context.
+    let (ok, _, stderr) = shoal(&["get", "nodes"], &[("SHOAL_TOKEN", "shoal_not-a-token")]);
+    assert!(!ok);
+    assert!(stderr.contains("unauthenticated"), "{stderr}");
+    let other_ca = tempfile::tempdir().unwrap();
+    shoal_pki::ClusterCa::load_or_create(other_ca.path()).unwrap();
+    let other = other_ca.path().join(shoal_pki::CA_CERT_FILE);
+    let (ok, _, stderr) = shoal(&["get", "nodes"], &[("SHOAL_CA", other.to_str().unwrap())]);
+    assert!(!ok, "a client trusting another CA got through");
+    assert!(!stderr.contains("node-1"), "{stderr}");
+    // No log of the cluster holds a token.
+    let admin = std::fs::read_to_string(dir.path().join("control-plane/admin.token")).unwrap();
+    let join = std::fs::read_to_string(dir.path().join("control-plane/join.token")).unwrap();
+    for entry in std::fs::read_dir(dir.path().join("logs")).unwrap() {
+        let path = entry.unwrap().path();
+        let log = std::fs::read_to_string(&path).unwrap();
+        for secret in [admin.trim(), join.trim()] {
+            assert!(!log.contains(secret), "{} holds a token", path.display());
+        }
+    }
 }

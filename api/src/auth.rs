@@ -281,6 +281,27 @@ pub fn forbidden_message(name: &str, verb: Verb, resource: Resource, target: Tar
 /// a leak scanner.
 pub const TOKEN_PREFIX: &str = "shoal_";
 
+/// A token's secret as a process holds it (a node's join token, a
+/// gateway's token): its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretToken(String);
+
+impl SecretToken {
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into().trim().to_string())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretToken(..)")
+    }
+}
+
 /// The code of a `401` answer.
 pub const UNAUTHENTICATED: &str = "unauthenticated";
 /// The code of a `403` answer.

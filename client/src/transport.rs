@@ -33,7 +33,18 @@ pub struct Client {
     timeout: Duration,
     hints: Hints,
     /// `Bearer ...`, sent to the control plane only (never to a node).
-    authorization: Option<reqwest::header::HeaderValue>,
+    /// Shared by clones: a node swaps its join token for its own
+    /// credential once ([`Client::set_token`]) and every part of it then
+    /// sends the credential.
+    authorization: Arc<std::sync::RwLock<Option<reqwest::header::HeaderValue>>>,
+}
+
+/// `Bearer <token>`, marked sensitive so no debug output shows it.
+fn bearer(token: &str) -> Result<reqwest::header::HeaderValue, Error> {
+    let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+        .map_err(|_| Error::Build("the token has characters a header cannot carry".into()))?;
+    v.set_sensitive(true);
+    Ok(v)
 }
 
 /// Sets up a [`Client`].
@@ -96,17 +107,7 @@ impl Builder {
     }
 
     pub fn build(self) -> Result<Client, Error> {
-        let authorization = match &self.token {
-            Some(t) => {
-                let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", t.trim()))
-                    .map_err(|_| {
-                        Error::Build("the token has characters a header cannot carry".into())
-                    })?;
-                v.set_sensitive(true);
-                Some(v)
-            }
-            None => None,
-        };
+        let authorization = self.token.as_deref().map(bearer).transpose()?;
         let mut http = reqwest::Client::builder().tls_built_in_root_certs(false);
         if let Some(limit) = self.connect_timeout {
             http = http.connect_timeout(limit);
@@ -122,7 +123,7 @@ impl Builder {
             http,
             timeout: self.timeout,
             hints: self.hints,
-            authorization,
+            authorization: Arc::new(std::sync::RwLock::new(authorization)),
         })
     }
 }
@@ -187,10 +188,25 @@ impl Client {
 
     pub(crate) fn request(&self, method: Method, path: &str) -> RequestBuilder {
         let req = self.http.request(method, self.url(path));
-        match &self.authorization {
-            Some(v) => req.header(reqwest::header::AUTHORIZATION, v.clone()),
+        let authorization = self
+            .authorization
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        match authorization {
+            Some(v) => req.header(reqwest::header::AUTHORIZATION, v),
             None => req,
         }
+    }
+
+    /// Sends `token` from now on, from this client and all its clones.
+    pub fn set_token(&self, token: &str) -> Result<(), Error> {
+        let v = bearer(token)?;
+        *self
+            .authorization
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(v);
+        Ok(())
     }
 
     /// A request to any URL (a node's), over the same connections.

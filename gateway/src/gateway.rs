@@ -23,17 +23,22 @@ pub struct GatewayConfig {
     /// The CA (PEM) the control plane's TLS certificate must be signed by,
     /// for an `https` control plane URL.
     pub control_plane_ca: Option<Vec<u8>>,
+    /// The gateway's token (role `gateway`) for the control plane.
+    pub token: Option<shoal_api::auth::SecretToken>,
 }
 
 impl GatewayConfig {
     /// A client builder for the control plane at `base`, trusting
-    /// `control_plane_ca` if given.
+    /// `control_plane_ca` and sending `token`, if given.
     pub fn control_plane_client(&self, base: &str) -> shoal_client::Builder {
-        let builder = shoal_client::Client::builder(base);
-        match &self.control_plane_ca {
-            Some(pem) => builder.ca_pem(pem.clone()),
-            None => builder,
+        let mut builder = shoal_client::Client::builder(base);
+        if let Some(pem) = &self.control_plane_ca {
+            builder = builder.ca_pem(pem.clone());
         }
+        if let Some(t) = &self.token {
+            builder = builder.token(t.expose());
+        }
+        builder
     }
 }
 
@@ -44,6 +49,7 @@ impl Default for GatewayConfig {
             control_plane: None,
             activation_timeout: Duration::from_secs(30),
             control_plane_ca: None,
+            token: None,
         }
     }
 }

@@ -57,3 +57,4 @@ pub mod watch;
 
 pub use gateway::{Gateway, GatewayConfig};
 pub use server::{Listeners, ServerLimits, bind_workers, serve, serve_workers};
+pub use shoal_api::auth::SecretToken;

@@ -29,6 +29,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use shoal_api::auth::SecretToken;
 pub use shoal_api::routes::INSTANCE_HEADER;
 
 #[derive(Debug, Clone)]
@@ -43,6 +44,12 @@ pub struct NodeConfig {
     /// The CA (PEM) the control plane's TLS certificate must be signed by,
     /// for an `https` control plane URL.
     pub control_plane_ca: Option<Vec<u8>>,
+    /// The join token this node registers with the first time; the
+    /// control plane answers with the node's own credential.
+    pub join_token: Option<SecretToken>,
+    /// Where the node keeps its credential across restarts (readable by
+    /// its owner only); none: in memory only.
+    pub credential_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +71,17 @@ impl Node {
         let mut client = shoal_client::Client::builder(&cfg.control_plane);
         if let Some(pem) = &cfg.control_plane_ca {
             client = client.ca_pem(pem.clone());
+        }
+        // Its own credential if it has one from an earlier start, else the
+        // join token.
+        let credential = cfg
+            .credential_file
+            .as_deref()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .map(SecretToken::new)
+            .filter(|t| !t.expose().is_empty());
+        if let Some(t) = credential.as_ref().or(cfg.join_token.as_ref()) {
+            client = client.token(t.expose());
         }
         let client = client
             .timeout(Duration::from_secs(30))

@@ -147,6 +147,16 @@ impl Session {
                 labels: self.cfg.labels.clone(),
             })
             .await?;
+        if let Some(credential) = &r.credential {
+            // From now on the node's own credential, never the join token.
+            self.client.set_token(credential)?;
+            if let Some(path) = &self.cfg.credential_file
+                && let Err(e) = write_private(path, credential)
+            {
+                tracing::warn!(path = %path.display(), error = %e, "cannot keep the node's credential; a restart will need the join token again");
+            }
+            tracing::info!(node = %self.cfg.name, "joined: the control plane gave this node its own credential");
+        }
         self.inbox.registered();
         *self.interval.lock().unwrap_or_else(|p| p.into_inner()) =
             Duration::from_millis(r.heartbeat_ms.max(10));
@@ -187,6 +197,9 @@ impl Session {
                     Ok(()) => registered = true,
                     Err(e) => {
                         if failing_since.is_none() {
+                            if e.status() == Some(http::StatusCode::UNAUTHORIZED) {
+                                tracing::error!(error = %e, "the control plane refused this node's token: the node was deleted (its credential revoked) or the join token is wrong; give it a valid join token (and remove its credential file) to join again");
+                            }
                             tracing::warn!(error = %e, "cannot register with the control plane; retrying (instances keep serving)");
                             failing_since = Some(Instant::now());
                         }
@@ -211,6 +224,12 @@ impl Session {
                 Err(e @ shoal_client::Error::Malformed { .. }) => {
                     tracing::warn!(error = %e, "malformed heartbeat response");
                 }
+                Err(e) if e.status() == Some(http::StatusCode::UNAUTHORIZED) => {
+                    if failing_since.is_none() {
+                        tracing::error!(error = %e, "heartbeat refused: this node's credential was revoked (`shoal delete node`?); its instances are placed elsewhere");
+                        failing_since = Some(Instant::now());
+                    }
+                }
                 Err(e) if e.status().is_some() => {
                     tracing::warn!(error = %e, "heartbeat refused");
                 }
@@ -228,4 +247,24 @@ impl Session {
             }
         }
     }
+}
+
+/// Writes `secret` to `path` through a file made with mode 0600 and renamed
+/// into place.
+fn write_private(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(&tmp)?;
+    f.write_all(secret.as_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
 }

@@ -97,6 +97,8 @@ async fn a_stale_heartbeat_answer_after_a_newer_long_poll_assignment_is_not_appl
             capacity: NodeCapacity::default(),
             labels: Default::default(),
             control_plane_ca: None,
+            join_token: None,
+            credential_file: None,
         },
         Arc::new(Notify::new()),
     ));

@@ -20,6 +20,24 @@ pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 /// The name of that token.
 pub const ADMIN_TOKEN_NAME: &str = "admin";
 
+/// The file of the data dir that holds the join token made at the first
+/// start (for `shoal up`'s nodes), readable by its owner only.
+pub const JOIN_TOKEN_FILE: &str = "join.token";
+
+/// The name of that token.
+pub const JOIN_TOKEN_NAME: &str = "join";
+
+/// What a first start made.
+#[derive(Debug)]
+pub struct FirstStart {
+    /// Where the admin token was written.
+    pub admin_file: PathBuf,
+    /// Where the join token was written.
+    pub join_file: PathBuf,
+    /// The join token, to print once.
+    pub join: Secret,
+}
+
 /// The name of the credential a node is given when it joins: one per
 /// node name, so revoking it (`shoal delete node`) shuts that node out.
 pub fn node_token_name(node: &str) -> String {
@@ -191,13 +209,29 @@ impl Tokens {
 }
 
 /// At a control plane's first start (no token stored yet): makes the
-/// cluster admin token and writes it to `<dir>/admin.token`, readable by
-/// its owner only. Later starts change nothing. The path written, if one
-/// was.
-pub fn first_start(tokens: &Tokens, dir: &Path, now_ms: u64) -> Result<Option<PathBuf>, AuthError> {
+/// cluster admin token and a join token for nodes and writes them to
+/// `<dir>/admin.token` and `<dir>/join.token`, readable by their owner
+/// only. Later starts change nothing.
+pub fn first_start(
+    tokens: &Tokens,
+    dir: &Path,
+    now_ms: u64,
+) -> Result<Option<FirstStart>, AuthError> {
     if !tokens.is_empty() {
         return Ok(None);
     }
+    let join = Secret::generate()?;
+    let join_file = dir.join(JOIN_TOKEN_FILE);
+    write_private(&join_file, format!("{}\n", join.expose()).as_bytes())?;
+    let _ = tokens.revoke(JOIN_TOKEN_NAME);
+    tokens.put(TokenRecord {
+        name: JOIN_TOKEN_NAME.into(),
+        role: Role::Join,
+        scope: Scope::Cluster,
+        created_ms: now_ms,
+        expires_ms: None,
+        sha256: hash(join.expose()),
+    })?;
     let secret = Secret::generate()?;
     let path = dir.join(ADMIN_TOKEN_FILE);
     // The file first: a token stored but never written out would leave a
@@ -214,7 +248,11 @@ pub fn first_start(tokens: &Tokens, dir: &Path, now_ms: u64) -> Result<Option<Pa
         sha256: hash(secret.expose()),
     };
     tokens.put(record)?;
-    Ok(Some(path))
+    Ok(Some(FirstStart {
+        admin_file: path,
+        join_file,
+        join,
+    }))
 }
 
 /// Writes `bytes` to `path` through a file created with mode 0600 and
@@ -241,6 +279,13 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AuthError> {
 /// Reads the admin token a control plane wrote into `dir`.
 pub fn read_admin_token(dir: &Path) -> std::io::Result<String> {
     Ok(std::fs::read_to_string(dir.join(ADMIN_TOKEN_FILE))?
+        .trim()
+        .to_string())
+}
+
+/// Reads the join token a control plane wrote into `dir`.
+pub fn read_join_token(dir: &Path) -> std::io::Result<String> {
+    Ok(std::fs::read_to_string(dir.join(JOIN_TOKEN_FILE))?
         .trim()
         .to_string())
 }
@@ -310,8 +355,13 @@ mod tests {
     fn the_first_start_writes_an_admin_token_for_the_owner_only_and_later_starts_do_not() {
         let dir = tempfile::tempdir().unwrap();
         let t = tokens(dir.path());
-        let path = first_start(&t, dir.path(), 1).unwrap().unwrap();
+        let first = first_start(&t, dir.path(), 1).unwrap().unwrap();
+        let path = first.admin_file;
         let secret = read_admin_token(dir.path()).unwrap();
+        let join = read_join_token(dir.path()).unwrap();
+        assert_eq!(join, first.join.expose());
+        let rec = t.authenticate(&join, 2).unwrap();
+        assert_eq!((rec.role, rec.scope), (Role::Join, Scope::Cluster));
         let rec = t.authenticate(&secret, 2).unwrap();
         assert_eq!((rec.role, rec.scope), (Role::Admin, Scope::Cluster));
         #[cfg(unix)]
@@ -322,7 +372,7 @@ mod tests {
         }
         drop(t);
         let t = tokens(dir.path());
-        assert_eq!(first_start(&t, dir.path(), 3).unwrap(), None);
+        assert!(first_start(&t, dir.path(), 3).unwrap().is_none());
         assert_eq!(read_admin_token(dir.path()).unwrap(), secret);
         assert!(t.authenticate(&secret, 4).is_some());
     }

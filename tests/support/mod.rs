@@ -76,6 +76,10 @@ pub struct Proc {
     pub out: Output,
 }
 
+/// The client config file of every process a test starts unless it names
+/// one: none there, so a developer's own never reaches a test.
+pub const NO_CONFIG: &str = "/nonexistent/shoal-tests/config.toml";
+
 impl Proc {
     pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Proc {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal"));
@@ -84,6 +88,10 @@ impl Proc {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .env("SHOAL_LOG", "info")
+            .env("SHOAL_CONFIG", NO_CONFIG)
+            .env_remove("SHOAL_TOKEN")
+            .env_remove("SHOAL_SERVER")
+            .env_remove("SHOAL_CA")
             .env_remove("RUST_BACKTRACE");
         for (k, v) in envs {
             cmd.env(k, v);
@@ -272,8 +280,18 @@ pub struct CliOutput {
 
 /// Runs `shoal ARGS` against the control plane at `server`.
 pub fn cli(server: &str, args: &[&str]) -> CliOutput {
-    let out = Command::new(env!("CARGO_BIN_EXE_shoal"))
+    cli_as(server, None, args)
+}
+
+/// Runs `shoal ARGS` against the control plane at `server` with `token`.
+pub fn cli_as(server: &str, token: Option<&str>, args: &[&str]) -> CliOutput {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal"));
+    if let Some(t) = token {
+        cmd.env("SHOAL_TOKEN", t);
+    }
+    let out = cmd
         .args(args)
+        .env("SHOAL_CONFIG", NO_CONFIG)
         .env("SHOAL_SERVER", server)
         .env("SHOAL_LOG", "warn")
         .stdin(Stdio::null())
@@ -291,6 +309,10 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub cp: Proc,
     pub api: String,
+    /// The admin token the control plane wrote at its first start.
+    pub admin: String,
+    /// The join token it wrote then, which the nodes join with.
+    pub join: String,
     pub nodes: Vec<Proc>,
     pub node_urls: Vec<String>,
     pub gateways: Vec<Proc>,
@@ -313,10 +335,19 @@ impl Cluster {
         let extra_cp_args: Vec<String> = cp_args.iter().map(|s| s.to_string()).collect();
         let cp = Self::spawn_cp(&dir, "127.0.0.1:0", &extra_cp_args);
         let api = cp.url_after("Control plane listening on");
+        let read = |f: &str| {
+            std::fs::read_to_string(dir.path().join("cp").join(f))
+                .unwrap_or_else(|e| panic!("{f}: {e}"))
+                .trim()
+                .to_string()
+        };
+        let (admin, join) = (read("admin.token"), read("join.token"));
         let mut c = Cluster {
             dir,
             cp,
             api,
+            admin,
+            join,
             nodes: Vec::new(),
             node_urls: Vec::new(),
             gateways: Vec::new(),
@@ -360,7 +391,7 @@ impl Cluster {
         ];
         args.extend(extra);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let p = Proc::spawn(&refs, &[]);
+        let p = Proc::spawn(&refs, &[("SHOAL_JOIN_TOKEN", self.join.as_str())]);
         let url = p.url_after("serving on");
         self.nodes.push(p);
         self.node_urls.push(url);
@@ -377,7 +408,8 @@ impl Cluster {
             self.api.as_str(),
         ];
         args.extend_from_slice(extra);
-        let p = Proc::spawn(&args, &[]);
+        let token = self.token(&format!("gateway-{}", self.gateways.len()), "gateway", None);
+        let p = Proc::spawn(&args, &[("SHOAL_TOKEN", token.as_str())]);
         let url = p.url_after("Gateway listening on");
         self.gateways.push(p);
         url
@@ -394,7 +426,43 @@ impl Cluster {
     }
 
     pub fn cli(&self, args: &[&str]) -> CliOutput {
-        cli(&self.api, args)
+        cli_as(&self.api, Some(&self.admin), args)
+    }
+
+    /// What a CLI process needs to reach this cluster as its admin.
+    pub fn env(&self) -> [(&'static str, &str); 2] {
+        [
+            ("SHOAL_SERVER", self.api.as_str()),
+            ("SHOAL_TOKEN", self.admin.as_str()),
+        ]
+    }
+
+    /// `METHOD <api>PATH` as the admin: (status, body).
+    pub fn api_call(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+        let auth = format!("Bearer {}", self.admin);
+        http_with(
+            method,
+            &format!("{}{path}", self.api),
+            &[
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+            ],
+            body,
+        )
+    }
+
+    /// Makes a token (`role`, in `namespace` or the cluster) through the
+    /// API as the admin; returns its secret.
+    pub fn token(&self, name: &str, role: &str, namespace: Option<&str>) -> String {
+        let req = serde_json::json!({ "name": name, "role": role, "namespace": namespace });
+        let (status, body) = self.api_call(
+            "POST",
+            shoal_api::endpoints::TOKENS,
+            req.to_string().as_bytes(),
+        );
+        assert_eq!(status, 201, "creating token {name}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("token JSON");
+        v["secret"].as_str().expect("a secret").to_string()
     }
 
     /// `shoal get RESOURCE -A -o json`, parsed.
