@@ -37,9 +37,19 @@ pub struct ControlPlaneArgs {
     /// address on the loopback, where every local user is trusted.
     #[arg(long)]
     pub plain_http: bool,
+    /// Whether the API asks requests for a token: `enforce`, or `off`.
+    #[arg(long, value_enum, default_value = "off")]
+    pub auth: AuthMode,
     /// Exit when the parent process exits (used by `shoal up`).
     #[arg(long, hide = true)]
     pub exit_with_parent: bool,
+}
+
+/// `--auth`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMode {
+    Enforce,
+    Off,
 }
 
 #[derive(Args, Debug)]
@@ -152,9 +162,12 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let config = shoal_scheduler::state::Config {
         lease: args.lease.get(),
         heartbeat: args.heartbeat.get(),
-        // Tokens are made and stored, but not yet asked of requests: the
-        // node, the gateway and the CLI do not send one yet.
-        auth: shoal_scheduler::auth::Auth::Off,
+        // Off unless asked for: the node and the gateway do not send a
+        // token yet.
+        auth: match args.auth {
+            AuthMode::Enforce => shoal_scheduler::auth::Auth::Enforce,
+            AuthMode::Off => shoal_scheduler::auth::Auth::Off,
+        },
         ..Default::default()
     };
     if config.heartbeat >= config.lease {

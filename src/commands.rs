@@ -357,7 +357,10 @@ pub async fn wait_ready(client: &Client, keys: &[AppKey], timeout: Duration) -> 
     }
 }
 
-fn print_structured<T: serde::Serialize>(value: &T, format: OutputFormat) -> anyhow::Result<()> {
+pub(crate) fn print_structured<T: serde::Serialize>(
+    value: &T,
+    format: OutputFormat,
+) -> anyhow::Result<()> {
     match format {
         OutputFormat::Json => outln!("{}", serde_json::to_string_pretty(value)?),
         OutputFormat::Yaml => out!("{}", serde_saphyr::to_string(value)?),
