@@ -154,12 +154,42 @@ fn an_admin_makes_a_namespace_token_that_deploys_there_only_until_revoked() {
         }
     }
 
+    // Who changed what: the token's name (BY), never its secret.
+    let out = shoal(&url, Some(&admin), &["events", "-A"]);
+    assert!(out.success, "{}", out.stderr);
+    let by = |object: &str, reason: &str| -> String {
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.contains(object) && l.contains(reason))
+            .unwrap_or_else(|| panic!("no {reason} of {object}: {}", out.stdout));
+        // NAMESPACE, LAST SEEN, TYPE, REASON, OBJECT, BY, MESSAGE
+        line.split_whitespace()
+            .nth(5)
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(by("app/web", "Created"), "ci", "{}", out.stdout);
+    assert_eq!(by("token/ci", "TokenCreated"), "admin", "{}", out.stdout);
+    assert!(!out.stdout.contains("shoal_"), "{}", out.stdout);
+
     // Revoked: its next request is refused, and revoking again says why.
     let out = shoal(&url, Some(&admin), &["token", "revoke", "ci"]);
     assert!(out.success, "{}", out.stderr);
     let out = shoal(&url, Some(&secret), &["get", "apps", "-n", "team-a"]);
     assert!(!out.success);
     assert!(out.stderr.contains("unauthenticated"), "{}", out.stderr);
+    let out = shoal(&url, Some(&admin), &["events", "-A"]);
+    let revoked = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("TokenRevoked"))
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    assert_eq!(
+        revoked.split_whitespace().nth(5),
+        Some("admin"),
+        "{revoked}"
+    );
     let out = shoal(&url, Some(&admin), &["token", "revoke", "ci"]);
     assert!(!out.success);
     assert!(
