@@ -37,9 +37,21 @@ pub struct ControlPlaneArgs {
     /// address on the loopback, where every local user is trusted.
     #[arg(long)]
     pub plain_http: bool,
+    /// Whether the API asks every request for a token: `enforce`, or `off`
+    /// (only for a loopback address, as for benchmarks; anyone who can
+    /// reach the port then owns the cluster).
+    #[arg(long, value_enum, default_value = "enforce")]
+    pub auth: AuthMode,
     /// Exit when the parent process exits (used by `shoal up`).
     #[arg(long, hide = true)]
     pub exit_with_parent: bool,
+}
+
+/// `--auth`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMode {
+    Enforce,
+    Off,
 }
 
 #[derive(Args, Debug)]
@@ -157,7 +169,10 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let config = shoal_scheduler::state::Config {
         lease: args.lease.get(),
         heartbeat: args.heartbeat.get(),
-        auth: shoal_scheduler::auth::Auth::Enforce,
+        auth: match args.auth {
+            AuthMode::Enforce => shoal_scheduler::auth::Auth::Enforce,
+            AuthMode::Off => shoal_scheduler::auth::Auth::Off,
+        },
         ..Default::default()
     };
     if config.heartbeat >= config.lease {
@@ -165,6 +180,12 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
             "--heartbeat ({}) must be shorter than --lease ({})",
             args.heartbeat,
             args.lease
+        );
+    }
+    if args.auth == AuthMode::Off && !args.listen.ip().is_loopback() {
+        bail!(
+            "--auth off is only for a loopback address, not {}: without tokens anyone on the network could deploy code",
+            args.listen
         );
     }
     if args.plain_http && !args.listen.ip().is_loopback() {

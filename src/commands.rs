@@ -357,7 +357,10 @@ pub async fn wait_ready(client: &Client, keys: &[AppKey], timeout: Duration) -> 
     }
 }
 
-fn print_structured<T: serde::Serialize>(value: &T, format: OutputFormat) -> anyhow::Result<()> {
+pub(crate) fn print_structured<T: serde::Serialize>(
+    value: &T,
+    format: OutputFormat,
+) -> anyhow::Result<()> {
     match format {
         OutputFormat::Json => outln!("{}", serde_json::to_string_pretty(value)?),
         OutputFormat::Yaml => out!("{}", serde_saphyr::to_string(value)?),
@@ -878,13 +881,14 @@ pub async fn describe(client: &Client, app: AppRef) -> anyhow::Result<()> {
 }
 
 /// The header of an event table; with `namespace` (`-A`), the events'
-/// namespaces come first.
+/// namespaces come first. BY names the token whose request made the
+/// change (`-` for what the control plane did by itself).
 fn event_header(indent: &str, namespace: bool) -> Vec<String> {
     let mut h: Vec<String> = Vec::new();
     if namespace {
         h.push("NAMESPACE".into());
     }
-    h.extend(["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"].map(String::from));
+    h.extend(["LAST SEEN", "TYPE", "REASON", "OBJECT", "BY", "MESSAGE"].map(String::from));
     h[0].insert_str(0, indent);
     h
 }
@@ -906,6 +910,7 @@ fn event_rows(events: &[&Event], now: u64, indent: &str, namespace: bool) -> Vec
                 },
                 e.reason.clone(),
                 e.object.clone(),
+                e.actor.clone().unwrap_or_else(|| "-".into()),
                 e.message.clone(),
             ]);
             row[0].insert_str(0, indent);
@@ -1164,5 +1169,36 @@ pub async fn events(client: &Client, args: EventsArgs) -> anyhow::Result<()> {
         if let Some(e) = evs.last() {
             q.after = Some(e.seq);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: u64, object: &str, actor: Option<&str>, message: &str) -> Event {
+        Event {
+            seq,
+            at_ms: 0,
+            namespace: None,
+            app: None,
+            object: object.into(),
+            level: EventLevel::Normal,
+            reason: "Reason".into(),
+            message: message.into(),
+            actor: actor.map(String::from),
+        }
+    }
+
+    #[test]
+    fn events_name_who_made_each_change() {
+        let a = event(1, "app/web", Some("ci"), "replicas 1 -> 3");
+        let b = event(2, "instance/web-0", None, "web-0 placed on n1");
+        assert_eq!(
+            render_events(&[&a, &b], 5_000, "", true),
+            "NAMESPACE  LAST SEEN  TYPE    REASON  OBJECT          BY  MESSAGE\n\
+             -          5s         Normal  Reason  app/web         ci  replicas 1 -> 3\n\
+             -          5s         Normal  Reason  instance/web-0  -   web-0 placed on n1\n"
+        );
     }
 }

@@ -3,8 +3,8 @@
 //! - [`run`]: `shoal run`, one module on this machine.
 //! - [`cluster`]: the server processes (`control-plane`, `node`, `gateway`).
 //! - [`up`]: `shoal up`, a whole local cluster as child processes.
-//! - [`client`], [`commands`], [`rollout`], [`table`]: the kubectl-style
-//!   client commands.
+//! - [`client`], [`commands`], [`rollout`], [`table`], [`token`]: the
+//!   kubectl-style client commands.
 
 mod client;
 mod cluster;
@@ -15,6 +15,7 @@ mod rollout;
 mod run;
 mod signals;
 mod table;
+mod token;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -84,6 +85,9 @@ enum Command {
     Logs(commands::LogsArgs),
     /// List what happened in the cluster.
     Events(commands::EventsArgs),
+    /// Create, list and revoke the tokens clients present (admin only).
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 fn init_logging() {
@@ -149,5 +153,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Rollout(cmd) => rollout::run(&client()?, cmd).await,
         Command::Logs(args) => commands::logs(&client()?, args).await,
         Command::Events(args) => commands::events(&client()?, args).await,
+        Command::Token(cmd) => token::run(&client()?, cmd).await,
     }
 }

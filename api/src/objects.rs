@@ -271,12 +271,17 @@ pub struct Event {
     /// The app the event is about, if any (its name within `namespace`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
-    /// `app/NAME`, `instance/ID` or `node/NAME`.
+    /// `app/NAME`, `instance/ID`, `node/NAME` or `token/NAME`.
     pub object: String,
     pub level: EventLevel,
     /// A short CamelCase reason (`Scheduled`, `FailedScheduling`, ...).
     pub reason: String,
     pub message: String,
+    /// Who made the change: the name of the token the request carried.
+    /// None for what the control plane does by itself (placement, the
+    /// autoscaler, a lost node) and when the API asks for no token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -220,6 +220,14 @@ pub fn router(cp: ControlPlane) -> Router {
 #[derive(Debug, Clone)]
 pub(crate) struct Principal(pub(crate) TokenRecord);
 
+/// Who a request acts as, for the events of what it changes: its token's
+/// name (none when the API asks for no token).
+fn actor(principal: &Option<Extension<Principal>>) -> crate::state::Actor {
+    principal
+        .as_ref()
+        .map(|Extension(Principal(token))| token.name.clone())
+}
+
 fn unauthenticated(message: &str) -> Response {
     let mut r = Error(
         StatusCode::UNAUTHORIZED,
@@ -413,7 +421,7 @@ async fn apply(
         .into_iter()
         .map(|a| (a.manifest, a.digest))
         .collect();
-    Ok(Json(cp.apply(apps, blobs).await?))
+    Ok(Json(cp.apply(apps, blobs, actor(&principal)).await?))
 }
 
 pub(crate) fn view(snap: &crate::state::Snapshot, app: &App) -> AppView {
@@ -504,25 +512,29 @@ async fn describe_app(
 
 async fn delete_app(
     State(cp): State<ControlPlane>,
+    principal: Option<Extension<Principal>>,
     Path((ns, name)): Path<(String, String)>,
 ) -> Result<StatusCode, Error> {
-    cp.delete(AppKey::new(ns, name)).await?;
+    cp.delete(AppKey::new(ns, name), actor(&principal)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn scale_app(
     State(cp): State<ControlPlane>,
+    principal: Option<Extension<Principal>>,
     Path((ns, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<StatusCode, Error> {
     let req: ScaleRequest = serde_json::from_slice(&body)
         .map_err(|e| invalid("invalid", format!("malformed scale request: {e}")))?;
-    cp.scale(AppKey::new(ns, name), req.replicas).await?;
+    cp.scale(AppKey::new(ns, name), req.replicas, actor(&principal))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn rollback_app(
     State(cp): State<ControlPlane>,
+    principal: Option<Extension<Principal>>,
     Path((ns, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Json<RollbackResponse>, Error> {
@@ -532,18 +544,22 @@ async fn rollback_app(
         serde_json::from_slice(&body)
             .map_err(|e| invalid("invalid", format!("malformed rollback request: {e}")))?
     };
-    let revision = cp.rollback(AppKey::new(ns, name), req.to_revision).await?;
+    let revision = cp
+        .rollback(AppKey::new(ns, name), req.to_revision, actor(&principal))
+        .await?;
     Ok(Json(RollbackResponse { revision }))
 }
 
 async fn set_traffic(
     State(cp): State<ControlPlane>,
+    principal: Option<Extension<Principal>>,
     Path((ns, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<StatusCode, Error> {
     let req: TrafficRequest = serde_json::from_slice(&body)
         .map_err(|e| invalid("invalid", format!("malformed traffic request: {e}")))?;
-    cp.set_traffic(AppKey::new(ns, name), req.traffic).await?;
+    cp.set_traffic(AppKey::new(ns, name), req.traffic, actor(&principal))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -799,6 +815,7 @@ async fn list_tokens(State(cp): State<ControlPlane>) -> Json<Vec<TokenView>> {
 /// Makes a token; the answer is the only place its secret ever appears.
 async fn create_token(
     State(cp): State<ControlPlane>,
+    principal: Option<Extension<Principal>>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<CreatedToken>), Error> {
     let req: CreateToken = serde_json::from_slice(&body)
@@ -825,6 +842,14 @@ async fn create_token(
     {
         Ok((record, secret)) => {
             tracing::info!(token = %record.name, role = %record.role, scope = %record.scope, "token created");
+            // The token exists and works from here on; the event says who
+            // made it, and never carries the secret.
+            let event = crate::events::Event::TokenCreated {
+                name: record.name.clone(),
+                role: record.role,
+                scope: record.scope.clone(),
+            };
+            record_token_event(&cp, event, &principal).await;
             Ok((
                 StatusCode::CREATED,
                 Json(CreatedToken {
@@ -845,13 +870,29 @@ async fn create_token(
     }
 }
 
+/// Records what was done to a token. The deed is done whether or not the
+/// event is: a failure here is logged, not answered, so a made token's
+/// secret is never lost to it.
+async fn record_token_event(
+    cp: &ControlPlane,
+    event: crate::events::Event,
+    principal: &Option<Extension<Principal>>,
+) {
+    if let Err(e) = cp.record(event, actor(principal)).await {
+        tracing::warn!(error = %e, "cannot record the token's event");
+    }
+}
+
 /// Revokes a token: the next request that carries it is refused.
 async fn revoke_token(
     State(cp): State<ControlPlane>,
+    principal: Option<Extension<Principal>>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, Error> {
     if cp.tokens().revoke(&name).map_err(ApiError::from)? {
         tracing::info!(token = %name, "token revoked");
+        let event = crate::events::Event::TokenRevoked { name };
+        record_token_event(&cp, event, &principal).await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound(format!("no token named {name:?}")).into())
@@ -1630,5 +1671,187 @@ mod auth_tests {
         )
         .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+}
+
+/// Every change a request makes is recorded as made by the request's
+/// token: its name, never its secret.
+#[cfg(test)]
+mod actor_tests {
+    use super::*;
+    use axum::body::Body;
+    use shoal_api::auth::Role;
+    use tower::ServiceExt as _;
+
+    async fn call(
+        router: &Router,
+        method: Method,
+        uri: &str,
+        token: &str,
+        body: serde_json::Value,
+    ) -> (StatusCode, String) {
+        let req = axum::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(if body.is_null() {
+                Body::empty()
+            } else {
+                Body::from(body.to_string())
+            })
+            .unwrap();
+        let resp = router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    fn apply_body() -> serde_json::Value {
+        let module: &[u8] = b"\0asm\x01\0\0\0";
+        let digest = hex::encode(sha2::Sha256::digest(module));
+        serde_json::json!({
+            "apps": [{ "manifest": { "name": "web", "module": "web.wasm" }, "digest": digest }],
+            "modules": { digest: base64::engine::general_purpose::STANDARD.encode(module) },
+        })
+    }
+
+    fn events(cp: &ControlPlane) -> Vec<Event> {
+        cp.snapshot().events.iter().cloned().collect()
+    }
+
+    #[tokio::test]
+    async fn what_a_token_changes_names_it_and_what_the_control_plane_does_names_nobody() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let cp = ControlPlane::start(store, Default::default()).unwrap();
+        let (_, admin) = cp
+            .tokens()
+            .create("admin", Role::Admin, Scope::Cluster, 0, None)
+            .unwrap();
+        let admin = admin.expose();
+        let router = router(cp.clone());
+
+        // The admin makes "ci", which deploys in `default`.
+        let (status, body) = call(
+            &router,
+            Method::POST,
+            ep::TOKENS,
+            admin,
+            serde_json::json!({"name": "ci", "role": "deploy", "namespace": "default"}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let ci: CreatedToken = serde_json::from_str(&body).unwrap();
+        let made = events(&cp)
+            .into_iter()
+            .find(|e| e.reason == "TokenCreated")
+            .expect("a TokenCreated event");
+        assert_eq!(made.object, "token/ci");
+        assert_eq!(made.actor.as_deref(), Some("admin"));
+        assert_eq!(made.namespace, None);
+        assert_eq!(
+            made.message,
+            "token ci created: deploy in namespace default"
+        );
+
+        // "ci" applies, scales and deletes an app.
+        let (status, body) = call(&router, Method::POST, ep::APPLY, &ci.secret, apply_body()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let key = AppKey::new("default", "web");
+        let (status, body) = call(
+            &router,
+            Method::POST,
+            &ep::app_scale(&key),
+            &ci.secret,
+            serde_json::json!({"replicas": 3}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+        let (status, body) = call(
+            &router,
+            Method::DELETE,
+            &ep::app(&key),
+            &ci.secret,
+            serde_json::Value::Null,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+
+        let all = events(&cp);
+        let by = |reason: &str| {
+            all.iter()
+                .find(|e| e.reason == reason && e.app.as_deref() == Some("web"))
+                .unwrap_or_else(|| panic!("no {reason} event: {all:#?}"))
+                .actor
+                .clone()
+        };
+        for reason in ["Created", "Scaled", "Deleted"] {
+            assert_eq!(by(reason).as_deref(), Some("ci"), "{reason}");
+        }
+        // Placement, draining and the like are the control plane's own.
+        let own: Vec<&Event> = all
+            .iter()
+            .filter(|e| {
+                !["Created", "Scaled", "Deleted", "TokenCreated"].contains(&e.reason.as_str())
+            })
+            .collect();
+        assert!(!own.is_empty(), "{all:#?}");
+        for e in own {
+            assert_eq!(e.actor, None, "{e:?}");
+        }
+
+        // The admin revokes "ci"; the events API shows who, and no secret.
+        let (status, body) = call(
+            &router,
+            Method::DELETE,
+            &ep::token("ci"),
+            admin,
+            serde_json::Value::Null,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+        let (status, body) = call(
+            &router,
+            Method::GET,
+            "/v1/events?namespace=*",
+            admin,
+            serde_json::Value::Null,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let listed: Vec<Event> = serde_json::from_str(&body).unwrap();
+        let revoked = listed
+            .iter()
+            .find(|e| e.reason == "TokenRevoked")
+            .unwrap_or_else(|| panic!("{body}"));
+        assert_eq!(revoked.object, "token/ci");
+        assert_eq!(revoked.actor.as_deref(), Some("admin"));
+        assert!(body.contains(r#""actor":"ci""#), "{body}");
+        for secret in [ci.secret.as_str(), admin, "shoal_", "sha256"] {
+            assert!(!body.contains(secret), "{secret} in {body}");
+        }
+    }
+
+    /// With auth off, a change names nobody, and the JSON has no `actor`.
+    #[tokio::test]
+    async fn without_auth_changes_name_nobody() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let config = crate::state::Config {
+            auth: Auth::Off,
+            ..Default::default()
+        };
+        let cp = ControlPlane::start(store, config).unwrap();
+        let router = router(cp.clone());
+        let (status, body) = call(&router, Method::POST, ep::APPLY, "", apply_body()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let all = events(&cp);
+        assert!(all.iter().any(|e| e.reason == "Created"), "{all:#?}");
+        assert!(all.iter().all(|e| e.actor.is_none()), "{all:#?}");
+        let json = serde_json::to_string(&all).unwrap();
+        assert!(!json.contains("actor"), "{json}");
     }
 }

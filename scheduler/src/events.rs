@@ -4,12 +4,13 @@
 //! that `shoal events`, `describe` and the store see.
 
 use crate::reconcile::DeleteReason;
+use shoal_api::auth::{Role, Scope};
 use shoal_api::manifest::TrafficTarget;
 use shoal_api::objects::{self, AppKey, EventLevel};
 use std::fmt::Write as _;
 use std::time::Duration;
 
-/// Something that happened to an app, an instance or a node.
+/// Something that happened to an app, an instance, a node or a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// An app was applied for the first time.
@@ -141,6 +142,15 @@ pub enum Event {
         id: String,
         why: DeleteReason,
     },
+    /// A token was made. Its secret is nowhere here, by construction.
+    TokenCreated {
+        name: String,
+        role: Role,
+        scope: Scope,
+    },
+    TokenRevoked {
+        name: String,
+    },
 }
 
 /// `: reason`, or nothing.
@@ -177,6 +187,8 @@ impl Event {
             Self::Restarted { .. } => "Restarted",
             Self::Draining { .. } => "Draining",
             Self::Stopping { .. } => "Killing",
+            Self::TokenCreated { .. } => "TokenCreated",
+            Self::TokenRevoked { .. } => "TokenRevoked",
         }
     }
 
@@ -219,13 +231,18 @@ impl Event {
             | Self::NodeBack { .. }
             | Self::NodeHeartbeating { .. }
             | Self::NodeLost { .. }
-            | Self::NodeUnreachable { .. } => None,
+            | Self::NodeUnreachable { .. }
+            | Self::TokenCreated { .. }
+            | Self::TokenRevoked { .. } => None,
         }
     }
 
-    /// `app/NAME`, `instance/ID` or `node/NAME`.
+    /// `app/NAME`, `instance/ID`, `node/NAME` or `token/NAME`.
     pub fn object(&self) -> String {
         match self {
+            Self::TokenCreated { name, .. } | Self::TokenRevoked { name } => {
+                format!("token/{name}")
+            }
             Self::NodeRegistered { node, .. }
             | Self::NodeBack { node }
             | Self::NodeHeartbeating { node }
@@ -362,11 +379,16 @@ impl Event {
                 };
                 format!("stopping {id}: {what}")
             }
+            Self::TokenCreated { name, role, scope } => {
+                format!("token {name} created: {role} in {scope}")
+            }
+            Self::TokenRevoked { name } => format!("token {name} revoked"),
         }
     }
 
-    /// The wire shape, numbered `seq`, at `at_ms`.
-    pub fn render(&self, seq: u64, at_ms: u64) -> objects::Event {
+    /// The wire shape, numbered `seq`, at `at_ms`, made by `actor` (the
+    /// name of the token of the request that caused it, if one did).
+    pub fn render(&self, seq: u64, at_ms: u64, actor: Option<&str>) -> objects::Event {
         let app = self.app();
         objects::Event {
             seq,
@@ -377,6 +399,7 @@ impl Event {
             level: self.level(),
             reason: self.reason().to_string(),
             message: self.message(),
+            actor: actor.map(str::to_string),
         }
     }
 }
@@ -427,9 +450,36 @@ mod tests {
             ),
         ];
         for (event, want) in cases {
-            let got = serde_json::to_value(event.render(7, 1000)).unwrap();
+            let got = serde_json::to_value(event.render(7, 1000, None)).unwrap();
             assert_eq!(got, want);
         }
+    }
+
+    /// Token events belong to the cluster, name the token and who acted,
+    /// and have nowhere to put a secret.
+    #[test]
+    fn token_events_render_with_their_actor() {
+        let made = Event::TokenCreated {
+            name: "ci".into(),
+            role: Role::Deploy,
+            scope: Scope::Namespace("team-a".into()),
+        };
+        let got = serde_json::to_value(made.render(3, 1000, Some("admin"))).unwrap();
+        assert_eq!(
+            got,
+            serde_json::json!({"seq": 3, "at-ms": 1000, "namespace": null,
+                "object": "token/ci", "level": "normal", "reason": "TokenCreated",
+                "message": "token ci created: deploy in namespace team-a", "actor": "admin"})
+        );
+        let gone = Event::TokenRevoked { name: "ci".into() }.render(4, 1000, Some("admin"));
+        assert_eq!(
+            (
+                gone.object.as_str(),
+                gone.reason.as_str(),
+                gone.message.as_str()
+            ),
+            ("token/ci", "TokenRevoked", "token ci revoked")
+        );
     }
 
     /// Messages that vary with their data, as users have always read them.

@@ -61,8 +61,15 @@ impl Change {
 
 impl State {
     /// Applies `changes` in order: the store's pending batch first, then
-    /// memory. Writing the batch is [`State::flush`]'s.
+    /// memory. Writing the batch is [`State::flush`]'s. What the control
+    /// plane decides by itself: its events name no actor.
     pub(super) fn execute(&mut self, changes: Vec<Change>) {
+        self.execute_by(changes, None)
+    }
+
+    /// Applies `changes` a request asked for, its events naming `actor`,
+    /// the name of the request's token.
+    pub(super) fn execute_by(&mut self, changes: Vec<Change>, actor: Option<&str>) {
         for change in changes {
             if change.publishes() {
                 self.changed = true;
@@ -123,21 +130,22 @@ impl State {
                 Change::Active { app, at_ms } => {
                     self.scale.entry(app).or_default().last_active_ms = at_ms;
                 }
-                Change::Event(e) => self.record(e),
+                Change::Event(e) => self.record(e, actor),
             }
         }
     }
 
     /// Numbers, logs, stores and keeps an event.
-    fn record(&mut self, event: Event) {
-        let e = event.render(self.next_event, self.config.clock.now_ms());
+    fn record(&mut self, event: Event, actor: Option<&str>) {
+        let e = event.render(self.next_event, self.config.clock.now_ms(), actor);
         self.next_event += 1;
+        let by = e.actor.as_deref().unwrap_or("-");
         match e.level {
             EventLevel::Normal => {
-                tracing::info!(object = %e.object, reason = %e.reason, "{}", e.message)
+                tracing::info!(object = %e.object, reason = %e.reason, actor = %by, "{}", e.message)
             }
             EventLevel::Warning => {
-                tracing::warn!(object = %e.object, reason = %e.reason, "{}", e.message)
+                tracing::warn!(object = %e.object, reason = %e.reason, actor = %by, "{}", e.message)
             }
         }
         self.pending.push(Op::PutEvent(e.clone()));

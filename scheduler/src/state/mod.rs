@@ -20,6 +20,7 @@ pub mod snapshot;
 mod task;
 
 pub use executor::Change;
+
 pub use snapshot::{ColdStarts, Snapshot};
 
 use crate::clock::{Clock, SystemClock};
@@ -91,30 +92,46 @@ impl ApiError {
     }
 }
 
+/// Who asks for a change: the name of the token the request carried, if
+/// it carried one. The events the change causes name it.
+pub type Actor = Option<String>;
+
 /// What the state task is asked to do.
 pub enum Command {
     Apply {
         apps: Vec<(AppManifest, String)>,
         blobs: Vec<(String, Vec<u8>)>,
+        actor: Actor,
         reply: oneshot::Sender<Result<Vec<ApplyOutcome>, ApiError>>,
     },
     Scale {
         app: AppKey,
         replicas: u32,
+        actor: Actor,
         reply: oneshot::Sender<Result<(), ApiError>>,
     },
     Delete {
         app: AppKey,
+        actor: Actor,
         reply: oneshot::Sender<Result<(), ApiError>>,
     },
     Rollback {
         app: AppKey,
         to: Option<u64>,
+        actor: Actor,
         reply: oneshot::Sender<Result<u64, ApiError>>,
     },
     SetTraffic {
         app: AppKey,
         traffic: Vec<TrafficTarget>,
+        actor: Actor,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
+    /// Something the API did outside the state (a token made or revoked),
+    /// for the event log.
+    Record {
+        event: crate::events::Event,
+        actor: Actor,
         reply: oneshot::Sender<Result<(), ApiError>>,
     },
     Metrics {
@@ -213,37 +230,69 @@ impl ControlPlane {
         &self,
         apps: Vec<(AppManifest, String)>,
         blobs: Vec<(String, Vec<u8>)>,
+        actor: Actor,
     ) -> Result<Vec<ApplyOutcome>, ApiError> {
-        self.ask(|reply| Command::Apply { apps, blobs, reply })
-            .await
-    }
-
-    pub async fn scale(&self, app: AppKey, replicas: u32) -> Result<(), ApiError> {
-        self.ask(|reply| Command::Scale {
-            app,
-            replicas,
+        self.ask(|reply| Command::Apply {
+            apps,
+            blobs,
+            actor,
             reply,
         })
         .await
     }
 
-    pub async fn delete(&self, app: AppKey) -> Result<(), ApiError> {
-        self.ask(|reply| Command::Delete { app, reply }).await
+    pub async fn scale(&self, app: AppKey, replicas: u32, actor: Actor) -> Result<(), ApiError> {
+        self.ask(|reply| Command::Scale {
+            app,
+            replicas,
+            actor,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn delete(&self, app: AppKey, actor: Actor) -> Result<(), ApiError> {
+        self.ask(|reply| Command::Delete { app, actor, reply })
+            .await
     }
 
     /// Makes an earlier revision current again; returns its number.
-    pub async fn rollback(&self, app: AppKey, to: Option<u64>) -> Result<u64, ApiError> {
-        self.ask(|reply| Command::Rollback { app, to, reply }).await
+    pub async fn rollback(
+        &self,
+        app: AppKey,
+        to: Option<u64>,
+        actor: Actor,
+    ) -> Result<u64, ApiError> {
+        self.ask(|reply| Command::Rollback {
+            app,
+            to,
+            actor,
+            reply,
+        })
+        .await
     }
 
     pub async fn set_traffic(
         &self,
         app: AppKey,
         traffic: Vec<TrafficTarget>,
+        actor: Actor,
     ) -> Result<(), ApiError> {
         self.ask(|reply| Command::SetTraffic {
             app,
             traffic,
+            actor,
+            reply,
+        })
+        .await
+    }
+
+    /// Adds `event`, made by `actor`, to the event log: for what the API
+    /// does outside the state task, such as tokens.
+    pub async fn record(&self, event: crate::events::Event, actor: Actor) -> Result<(), ApiError> {
+        self.ask(|reply| Command::Record {
+            event,
+            actor,
             reply,
         })
         .await

@@ -189,13 +189,14 @@ impl State {
     }
 
     /// Executes what a decider decided and writes it; a refusal changes
-    /// nothing.
+    /// nothing. Its events name `actor`, who asked for it.
     fn commit<T>(
         &mut self,
         decided: Result<(T, Vec<super::executor::Change>), ApiError>,
+        actor: Option<&str>,
     ) -> Result<T, ApiError> {
         let (answer, changes) = decided?;
-        self.execute(changes);
+        self.execute_by(changes, actor);
         self.flush()?;
         Ok(answer)
     }
@@ -213,11 +214,16 @@ impl State {
         let now = self.now_ms();
         let unit = |r: Result<Vec<_>, ApiError>| r.map(|c| ((), c));
         match cmd {
-            Command::Apply { apps, blobs, reply } => {
+            Command::Apply {
+                apps,
+                blobs,
+                actor,
+                reply,
+            } => {
                 let decided = self
                     .apply_input(apps, blobs)
                     .and_then(|input| decide::app::apply(&self.snap, input, now));
-                let r = self.commit(decided);
+                let r = self.commit(decided, actor.as_deref());
                 // Even an unchanged apply is a moment to reconcile and
                 // publish.
                 if r.is_ok() {
@@ -228,36 +234,53 @@ impl State {
             Command::Scale {
                 app,
                 replicas,
+                actor,
                 reply,
             } => {
                 let d = unit(decide::app::scale(&self.snap, &app, replicas, now));
-                answer!(reply, self.commit(d))
+                answer!(reply, self.commit(d, actor.as_deref()))
             }
-            Command::Delete { app, reply } => {
+            Command::Delete { app, actor, reply } => {
                 let d = unit(decide::app::delete(&self.snap, &app));
-                answer!(reply, self.commit(d))
+                answer!(reply, self.commit(d, actor.as_deref()))
             }
-            Command::Rollback { app, to, reply } => {
+            Command::Rollback {
+                app,
+                to,
+                actor,
+                reply,
+            } => {
                 let d = decide::app::rollback(&self.snap, &app, to, now);
-                answer!(reply, self.commit(d))
+                answer!(reply, self.commit(d, actor.as_deref()))
             }
             Command::SetTraffic {
                 app,
                 traffic,
+                actor,
                 reply,
             } => {
                 let d = unit(decide::app::traffic(&self.snap, &app, traffic, now));
-                answer!(reply, self.commit(d))
+                answer!(reply, self.commit(d, actor.as_deref()))
+            }
+            Command::Record {
+                event,
+                actor,
+                reply,
+            } => {
+                let d = Ok(((), vec![super::executor::Change::Event(event)]));
+                answer!(reply, self.commit(d, actor.as_deref()))
             }
             Command::Metrics { report } => self.take_metrics(report),
+            // A gateway asks on a request's behalf: the control plane's own
+            // doing, as the autoscaler's is.
             Command::Activate { app, reply } => {
                 let d = unit(decide::app::activate(&self.snap, &app, now));
-                answer!(reply, self.commit(d))
+                answer!(reply, self.commit(d, None))
             }
             Command::Register { req, reply } => {
                 let d = unit(decide::node::register(&self.snap, req, now));
                 let r = self
-                    .commit(d)
+                    .commit(d, None)
                     .map(|()| shoal_api::protocol::RegisterResponse {
                         lease_ms: self.config.lease.as_millis() as u64,
                         heartbeat_ms: self.config.heartbeat.as_millis() as u64,

@@ -37,9 +37,13 @@ async fn apply(cp: &ControlPlane, manifest: serde_json::Value, module: &[u8]) {
     use sha2::Digest as _;
     let m: AppManifest = serde_json::from_value(manifest).unwrap();
     let digest = hex::encode(sha2::Sha256::digest(module));
-    cp.apply(vec![(m, digest.clone())], vec![(digest, module.to_vec())])
-        .await
-        .unwrap();
+    cp.apply(
+        vec![(m, digest.clone())],
+        vec![(digest, module.to_vec())],
+        None,
+    )
+    .await
+    .unwrap();
 }
 
 /// What a node says of an instance.
@@ -172,7 +176,9 @@ async fn a_drained_instance_goes_after_the_drain_delay_once_idle() {
     run_for(&cp, Duration::from_millis(250), &[("n1", &serving)]).await;
     assert_eq!(cp.snapshot().instances[&id].phase, Phase::Running);
 
-    cp.scale(AppKey::new("default", "web"), 0).await.unwrap();
+    cp.scale(AppKey::new("default", "web"), 0, None)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(cp.snapshot().instances[&id].phase, Phase::Terminating);
     // Busy past the drain delay: it stays.
