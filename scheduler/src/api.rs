@@ -23,7 +23,7 @@ use shoal_api::manifest::validate_app;
 use shoal_api::objects::{App, AppKey, Event, Instance, Node, Phase, Revision};
 use shoal_api::protocol::{Heartbeat, RegisterRequest};
 use shoal_api::rest::{
-    AppDetail, AppView, ApplyOutcome, ApplyRequest, GatewayMetrics, RollbackRequest,
+    AppDetail, AppView, ApplyOutcome, ApplyRequest, DrainStatus, GatewayMetrics, RollbackRequest,
     RollbackResponse, ScaleRequest, TrafficRequest,
 };
 use std::sync::Arc;
@@ -168,6 +168,12 @@ pub(crate) fn routes() -> Vec<Route> {
         at(ep::NODE_REGISTER).post(register, cluster(Create, Nodes)),
         at(ep::NODE_HEARTBEAT).post(heartbeat, cluster(Update, Nodes)),
         at(ep::NODE_ASSIGNMENT).get(watch_assignment, cluster(Watch, Nodes)),
+        at(ep::NODE_CORDON).post(cordon_node, cluster(Update, Nodes)),
+        at(ep::NODE_UNCORDON).post(uncordon_node, cluster(Update, Nodes)),
+        at(ep::NODE_DRAIN)
+            .post(drain_node, cluster(Update, Nodes))
+            .get(drain_status, cluster(Get, Nodes)),
+        at(ep::NODE_REGISTRATION).delete(delete_node, cluster(Delete, Nodes)),
         at(ep::BLOB)
             .get(get_blob, cluster(Get, Blobs))
             // Whether a module must be uploaded is part of uploading it, in
@@ -659,6 +665,60 @@ async fn watch_assignment(
             }
         }
     }
+}
+
+async fn cordon_node(
+    State(cp): State<ControlPlane>,
+    Path(name): Path<String>,
+) -> Result<Json<Node>, Error> {
+    Ok(Json(cp.cordon(name, true).await?))
+}
+
+async fn uncordon_node(
+    State(cp): State<ControlPlane>,
+    Path(name): Path<String>,
+) -> Result<Json<Node>, Error> {
+    Ok(Json(cp.cordon(name, false).await?))
+}
+
+/// Starts draining a node (again: the same drain goes on); answers where
+/// it stands.
+async fn drain_node(
+    State(cp): State<ControlPlane>,
+    Path(name): Path<String>,
+) -> Result<Json<DrainStatus>, Error> {
+    Ok(Json(cp.drain(name).await?))
+}
+
+async fn drain_status(
+    State(cp): State<ControlPlane>,
+    Path(name): Path<String>,
+) -> Result<Json<DrainStatus>, Error> {
+    cp.snapshot()
+        .drain_status(&name)
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("node {name} not found")).into())
+}
+
+/// Removes a node: its credential is revoked first (so it cannot come
+/// back on it), then the node is forgotten and its instances placed
+/// elsewhere. A node that joined but never registered has only its
+/// credential to lose.
+async fn delete_node(
+    State(cp): State<ControlPlane>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, Error> {
+    let revoked = cp
+        .tokens()
+        .revoke(&crate::auth::node_token_name(&name))
+        .map_err(ApiError::from)?;
+    match cp.delete_node(name.clone(), revoked).await {
+        Ok(()) => {}
+        Err(ApiError::NotFound(_)) if revoked => {}
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(node = %name, credential_revoked = revoked, "node deleted");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn get_blob(

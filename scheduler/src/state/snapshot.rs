@@ -7,7 +7,7 @@ use shoal_api::objects::{
     App, AppKey, Event, Instance, Node, Phase, Revision, RolloutState, Template,
 };
 use shoal_api::protocol::{Assignment, HeartbeatResponse};
-use shoal_api::rest::{AutoscaleView, ColdStartView};
+use shoal_api::rest::{AutoscaleView, ColdStartView, DrainStatus};
 use std::collections::{BTreeMap, VecDeque};
 
 /// A read-only view of everything, published after every change.
@@ -80,6 +80,44 @@ impl Snapshot {
             generation: node.generation,
             instances,
         }
+    }
+
+    /// Where the drain of `node` stands: what still runs there, and what
+    /// holds it up (replacements of its apps that fit nowhere). `None` for
+    /// an unknown node.
+    pub fn drain_status(&self, node: &str) -> Option<DrainStatus> {
+        let n = self.nodes.get(node)?;
+        let instances: Vec<Instance> = self
+            .instances
+            .values()
+            .filter(|i| i.node.as_deref() == Some(node))
+            .cloned()
+            .collect();
+        let apps: std::collections::BTreeSet<&AppKey> = instances
+            .iter()
+            .filter(|i| i.phase != Phase::Terminating)
+            .map(|i| &i.app)
+            .collect();
+        let blocked = self
+            .instances
+            .values()
+            .filter(|i| i.node.is_none() && apps.contains(&i.app))
+            .map(|i| {
+                format!(
+                    "app {}: {} is pending: {}",
+                    i.app,
+                    i.id,
+                    i.reason.as_deref().unwrap_or("no node can run it")
+                )
+            })
+            .collect();
+        Some(DrainStatus {
+            node: n.name.clone(),
+            cordoned: n.cordoned,
+            draining: n.draining,
+            instances,
+            blocked,
+        })
     }
 
     pub fn template(&self, app: &AppKey, revision: u64) -> Option<&Template> {
