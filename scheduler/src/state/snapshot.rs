@@ -83,8 +83,8 @@ impl Snapshot {
     }
 
     /// Where the drain of `node` stands: what still runs there, and what
-    /// holds it up (replacements of its apps that fit nowhere). `None` for
-    /// an unknown node.
+    /// holds it up (replacements of its apps that fit nowhere, or that
+    /// fail where they were placed). `None` for an unknown node.
     pub fn drain_status(&self, node: &str) -> Option<DrainStatus> {
         let n = self.nodes.get(node)?;
         let instances: Vec<Instance> = self
@@ -101,14 +101,27 @@ impl Snapshot {
         let blocked = self
             .instances
             .values()
-            .filter(|i| i.node.is_none() && apps.contains(&i.app))
-            .map(|i| {
-                format!(
-                    "app {}: {} is pending: {}",
-                    i.app,
-                    i.id,
-                    i.reason.as_deref().unwrap_or("no node can run it")
-                )
+            .filter(|i| apps.contains(&i.app) && i.node.as_deref() != Some(node))
+            .filter_map(|i| {
+                let reason = i.reason.as_deref();
+                match (&i.node, i.phase) {
+                    (None, _) => Some(format!(
+                        "app {}: {} is pending: {}",
+                        i.app,
+                        i.id,
+                        reason.unwrap_or("no node can run it")
+                    )),
+                    (Some(n), Phase::Failed | Phase::CrashLoopBackOff | Phase::BackingOff) => {
+                        Some(format!(
+                            "app {}: {} on {n} is {}{}",
+                            i.app,
+                            i.id,
+                            i.phase,
+                            reason.map(|r| format!(": {r}")).unwrap_or_default()
+                        ))
+                    }
+                    _ => None,
+                }
             })
             .collect();
         Some(DrainStatus {

@@ -241,7 +241,9 @@ fn node_of(snap: &Snapshot, name: &str) -> Result<Node, ApiError> {
 /// nothing the second time.
 pub fn cordon(snap: &Snapshot, name: &str, on: bool) -> Result<Vec<Change>, ApiError> {
     let mut node = node_of(snap, name)?;
-    if node.cordoned == on && !(!on && node.draining) {
+    // Uncordoning a node that drains cancels the drain, whatever its flag.
+    let unchanged = node.cordoned == on && (on || !node.draining);
+    if unchanged {
         return Ok(Vec::new());
     }
     let drain = node.draining;

@@ -1393,4 +1393,17 @@ fn a_drain_with_nowhere_to_go_keeps_serving_and_says_why() {
             "app default/web: web-3 is pending: 0/1 nodes can run it: 1 cordoned",
         ]
     );
+    // Room elsewhere, but a replacement keeps failing there: the drain
+    // says that too.
+    snap.nodes.insert("n2".into(), node("n2", NodeState::Ready));
+    plan_at(&mut snap, 4, 5100);
+    serve(&mut snap, "web-3");
+    if let Some(i) = snap.instances.get_mut("web-2") {
+        i.phase = Phase::CrashLoopBackOff;
+        i.reason = Some("trap".into());
+    }
+    assert_eq!(
+        snap.drain_status("n1").unwrap().blocked,
+        ["app default/web: web-2 on n2 is CrashLoopBackOff: trap"]
+    );
 }
