@@ -1289,6 +1289,93 @@ mod auth_tests {
         assert_eq!(status, StatusCode::NOT_FOUND);
     }
 
+    /// Node commands are an admin's; an unknown node is `404 not_found`;
+    /// deleting a node revokes its credential and its heartbeats are then
+    /// refused as an unknown node's.
+    #[tokio::test]
+    async fn nodes_are_cordoned_drained_and_deleted_by_admins_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let cp = ControlPlane::start(store, Default::default()).unwrap();
+        let tokens = cp.tokens();
+        let (_, admin) = tokens
+            .create("admin", Role::Admin, Scope::Cluster, 0, None)
+            .unwrap();
+        let (_, deploy) = tokens
+            .create("ci", Role::Deploy, Scope::Cluster, 0, None)
+            .unwrap();
+        let node_token = crate::auth::node_token_name("n1");
+        tokens
+            .create(&node_token, Role::Admin, Scope::Cluster, 0, None)
+            .unwrap();
+        cp.register(RegisterRequest {
+            name: "n1".into(),
+            address: "http://127.0.0.1:1".into(),
+            capacity: Default::default(),
+            labels: Default::default(),
+        })
+        .await
+        .unwrap();
+        let router = router(cp.clone());
+        let call = |method: Method, uri: String, token: &str| {
+            axum::http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .header("authorization", format!("Bearer {token}"))
+                .body(Body::empty())
+                .unwrap()
+        };
+        for uri in [ep::node_cordon("n1"), ep::node_drain("n1")] {
+            let (status, body) = answer(&router, call(Method::POST, uri, deploy.expose())).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{body:?}");
+        }
+        for (method, uri) in [
+            (Method::POST, ep::node_cordon("nope")),
+            (Method::POST, ep::node_uncordon("nope")),
+            (Method::POST, ep::node_drain("nope")),
+            (Method::GET, ep::node_drain("nope")),
+            (Method::DELETE, ep::node_registration("nope")),
+        ] {
+            let (status, body) = answer(&router, call(method, uri.clone(), admin.expose())).await;
+            assert_eq!(
+                (status, body.code.as_str()),
+                (StatusCode::NOT_FOUND, "not_found"),
+                "{uri}: {body:?}"
+            );
+        }
+        let resp = router
+            .clone()
+            .oneshot(call(Method::POST, ep::node_cordon("n1"), admin.expose()))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let node: Node = serde_json::from_slice(&bytes).unwrap();
+        assert!(node.cordoned);
+
+        let (status, body) = answer(
+            &router,
+            call(Method::DELETE, ep::node_registration("n1"), admin.expose()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body:?}");
+        assert!(!tokens.list().iter().any(|t| t.name == node_token));
+        assert!(!cp.snapshot().nodes.contains_key("n1"));
+        let hb = axum::http::Request::post(ep::node_heartbeat("n1"))
+            .header("authorization", format!("Bearer {}", admin.expose()))
+            .header("content-type", "application/json")
+            .body(Body::from(r#"{"generation": 0, "instances": []}"#))
+            .unwrap();
+        let (status, body) = answer(&router, hb).await;
+        assert_eq!(
+            (status, body.code.as_str()),
+            (StatusCode::NOT_FOUND, "not_found"),
+            "{body:?}"
+        );
+    }
+
     #[tokio::test]
     async fn a_namespace_token_works_in_its_namespace_only() {
         let dir = tempfile::tempdir().unwrap();
