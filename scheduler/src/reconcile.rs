@@ -358,9 +358,9 @@ pub fn reconcile<I: std::borrow::Borrow<Instance>>(
 /// one that serves leaves only while the app keeps at least as many
 /// serving instances as the rollout allows without it (its replacement
 /// serves first); one that serves nothing goes at once.
-fn evict<'a>(
+fn evict(
     app: &DesiredApp,
-    evicted: &[&'a Instance],
+    evicted: &[&Instance],
     staying: &[&Instance],
     removed: &HashMap<&str, DeleteReason>,
     nodes: &mut Vec<Cow<'_, NodeView>>,

@@ -25,7 +25,12 @@ async fn start(dir: &Path) -> Running {
         .server_config(&[b"http/1.1"])
         .unwrap();
     let store = Store::open(&dir.join("store")).unwrap();
-    let cp = ControlPlane::start(store, Default::default()).unwrap();
+    // TLS is what these tests are about: tokens are tested elsewhere.
+    let state = shoal_scheduler::state::Config {
+        auth: shoal_scheduler::auth::Auth::Off,
+        ..Default::default()
+    };
+    let cp = ControlPlane::start(store, state).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
