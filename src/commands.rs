@@ -153,7 +153,8 @@ pub struct ScaleArgs {
 
 #[derive(Args, Debug)]
 pub struct DeleteArgs {
-    /// `app` (or `app/NAME`); leave out with -f.
+    /// `app` (or `app/NAME`), or `node` (or `node/NAME`); leave out with
+    /// -f.
     pub kind: Option<String>,
     pub name: Option<String>,
     #[command(flatten)]
@@ -548,9 +549,16 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
                 .iter()
                 .map(|v| {
                     let n = v.node;
+                    let mut status = n.state.to_string();
+                    if n.cordoned {
+                        status.push_str(",SchedulingDisabled");
+                    }
+                    if n.draining {
+                        status.push_str(",Draining");
+                    }
                     let mut r = vec![
                         n.name.clone(),
-                        n.state.to_string(),
+                        status,
                         format!("{}/{}", v.used_instances, n.capacity.instances),
                         n.address.clone(),
                         format!("{} ago", age(n.last_heartbeat_ms, now)),
@@ -940,6 +948,17 @@ pub async fn delete(client: &Client, args: DeleteArgs) -> anyhow::Result<()> {
             apps.into_iter()
                 .map(|(m, _)| AppKey::new(m.namespace, m.name)),
         );
+    }
+    if let Some(kind) = args
+        .kind
+        .as_deref()
+        .filter(|k| crate::nodes::is_node_kind(k))
+    {
+        if !args.files.is_empty() {
+            bail!("-f deletes apps, not nodes");
+        }
+        let name = crate::nodes::node_name(kind, args.name.as_deref())?;
+        return crate::nodes::delete(client, &name).await;
     }
     if let Some(kind) = &args.kind {
         let r = AppRef {

@@ -10,6 +10,7 @@ mod client;
 mod cluster;
 mod commands;
 mod config;
+mod nodes;
 mod out;
 mod rollout;
 mod run;
@@ -76,8 +77,15 @@ enum Command {
     Describe(commands::AppRef),
     /// Change an app's number of replicas.
     Scale(commands::ScaleArgs),
-    /// Delete apps (and all their instances).
+    /// Delete apps (and all their instances), or a node.
     Delete(commands::DeleteArgs),
+    /// Mark a node unschedulable: nothing new is placed on it.
+    Cordon(nodes::NodeRef),
+    /// Mark a node schedulable again (and stop its drain).
+    Uncordon(nodes::NodeRef),
+    /// Cordon a node and move every instance off it, without dropping a
+    /// request; waits until the node is empty.
+    Drain(nodes::DrainArgs),
     /// Follow, list, undo and split rollouts of new revisions.
     #[command(subcommand)]
     Rollout(rollout::RolloutCommand),
@@ -150,6 +158,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Describe(args) => commands::describe(&client()?, args).await,
         Command::Scale(args) => commands::scale(&client()?, args).await,
         Command::Delete(args) => commands::delete(&client()?, args).await,
+        Command::Cordon(node) => nodes::cordon(&client()?, node).await,
+        Command::Uncordon(node) => nodes::uncordon(&client()?, node).await,
+        Command::Drain(args) => nodes::drain(&client()?, args).await,
         Command::Rollout(cmd) => rollout::run(&client()?, cmd).await,
         Command::Logs(args) => commands::logs(&client()?, args).await,
         Command::Events(args) => commands::events(&client()?, args).await,

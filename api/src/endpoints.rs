@@ -29,6 +29,15 @@ pub const EVENTS: &str = "/v1/events";
 pub const NODE_REGISTER: &str = "/v1/nodes/register";
 pub const NODE_HEARTBEAT: &str = "/v1/nodes/{name}/heartbeat";
 pub const NODE_ASSIGNMENT: &str = "/v1/nodes/{name}/assignment";
+/// Cordon a node: nothing new is placed on it.
+pub const NODE_CORDON: &str = "/v1/nodes/{name}/cordon";
+/// Uncordon a node (and cancel its drain).
+pub const NODE_UNCORDON: &str = "/v1/nodes/{name}/uncordon";
+/// Drain a node (POST) and see how far it got (GET).
+pub const NODE_DRAIN: &str = "/v1/nodes/{name}/drain";
+/// A node's registration: DELETE removes the node. (Not `/v1/nodes/{name}`:
+/// a node named `register` would be shadowed by [`NODE_REGISTER`].)
+pub const NODE_REGISTRATION: &str = "/v1/nodes/{name}/registration";
 pub const BLOB: &str = "/v1/blobs/{digest}";
 pub const ROUTES: &str = "/v1/routes";
 pub const ROUTES_WATCH: &str = "/v1/routes/watch";
@@ -57,6 +66,10 @@ pub const CONTROL_PLANE: &[&str] = &[
     NODE_REGISTER,
     NODE_HEARTBEAT,
     NODE_ASSIGNMENT,
+    NODE_CORDON,
+    NODE_UNCORDON,
+    NODE_DRAIN,
+    NODE_REGISTRATION,
     BLOB,
     ROUTES,
     ROUTES_WATCH,
@@ -100,6 +113,22 @@ pub fn node_heartbeat(node: &str) -> String {
 
 pub fn node_assignment(node: &str) -> String {
     fill(NODE_ASSIGNMENT, &[node])
+}
+
+pub fn node_cordon(node: &str) -> String {
+    fill(NODE_CORDON, &[node])
+}
+
+pub fn node_uncordon(node: &str) -> String {
+    fill(NODE_UNCORDON, &[node])
+}
+
+pub fn node_drain(node: &str) -> String {
+    fill(NODE_DRAIN, &[node])
+}
+
+pub fn node_registration(node: &str) -> String {
+    fill(NODE_REGISTRATION, &[node])
 }
 
 pub fn token(name: &str) -> String {
@@ -159,6 +188,10 @@ pub fn examples(a: &str, b: &str) -> Vec<Example> {
         ex(APP_ACTIVATE, app_activate(&key), &[a, b]),
         ex(NODE_HEARTBEAT, node_heartbeat(a), &[a]),
         ex(NODE_ASSIGNMENT, node_assignment(a), &[a]),
+        ex(NODE_CORDON, node_cordon(a), &[a]),
+        ex(NODE_UNCORDON, node_uncordon(a), &[a]),
+        ex(NODE_DRAIN, node_drain(a), &[a]),
+        ex(NODE_REGISTRATION, node_registration(a), &[a]),
         ex(BLOB, blob(a), &[a]),
         ex(TOKEN, token(a), &[a]),
         ex(node::INSTANCE_LOGS, node::instance_logs(a), &[a]),

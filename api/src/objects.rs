@@ -252,6 +252,15 @@ pub struct Node {
     pub last_heartbeat_ms: u64,
     /// Version of the node's assignment; bumped on every change.
     pub generation: u64,
+    /// No new instance is placed here (`shoal cordon`); what runs here
+    /// keeps running.
+    #[serde(default)]
+    pub cordoned: bool,
+    /// Its instances are moving elsewhere (`shoal drain`): replacements
+    /// start on other nodes first, then these leave. Cleared once the node
+    /// is empty (it stays cordoned).
+    #[serde(default)]
+    pub draining: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

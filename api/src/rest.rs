@@ -163,3 +163,27 @@ pub struct ColdStartView {
     pub p50_ms: u64,
     pub p99_ms: u64,
 }
+
+/// Where a node's drain stands (`shoal drain node NAME`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DrainStatus {
+    pub node: String,
+    pub cordoned: bool,
+    /// The drain goes on; false once the node is empty, or after an
+    /// uncordon cancelled it.
+    pub draining: bool,
+    /// Instances still on the node.
+    pub instances: Vec<Instance>,
+    /// Why some of them cannot leave yet: their replacements wait for
+    /// room elsewhere (one line per waiting replacement).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocked: Vec<String>,
+}
+
+impl DrainStatus {
+    /// The node runs nothing any more.
+    pub fn done(&self) -> bool {
+        self.instances.is_empty()
+    }
+}

@@ -14,12 +14,15 @@
 //! - [`gateways`]: a gateway's calls (route watch, load reports,
 //!   activation).
 //! - [`tokens`]: an admin's calls on tokens (create, list, revoke).
+//! - [`node_admin`]: an admin's calls on nodes (cordon, uncordon, drain,
+//!   delete).
 //! - [`node_api`]: reading an instance's logs from its node.
 //! - [`error`]: what can go wrong, worded as the CLI prints it.
 
 pub mod apps;
 pub mod error;
 pub mod gateways;
+pub mod node_admin;
 pub mod node_api;
 pub mod nodes;
 pub mod tokens;

@@ -182,3 +182,47 @@ async fn the_token_goes_to_the_control_plane_and_not_to_nodes() {
 
     assert!(Client::builder(&url).token("a\nb").build().is_err());
 }
+
+/// A node's name travels encoded to each node command, and an unknown
+/// node comes back as the server's `not_found`.
+#[tokio::test]
+async fn node_commands_carry_the_node_name_and_its_refusals() {
+    let drained = shoal_api::rest::DrainStatus {
+        node: "rack 1/a".into(),
+        cordoned: true,
+        draining: false,
+        instances: Vec::new(),
+        blocked: Vec::new(),
+    };
+    let answer = drained.clone();
+    let client = serve(
+        axum::Router::new()
+            .route(
+                endpoints::NODE_DRAIN,
+                get(move |Path(name): Path<String>| {
+                    let answer = answer.clone();
+                    async move {
+                        assert_eq!(name, "rack 1/a");
+                        axum::Json(answer)
+                    }
+                }),
+            )
+            .route(
+                endpoints::NODE_REGISTRATION,
+                axum::routing::delete(|Path(name): Path<String>| async move {
+                    (
+                        StatusCode::NOT_FOUND,
+                        axum::Json(ErrorBody::new(
+                            "not_found",
+                            format!("node {name} not found"),
+                        )),
+                    )
+                }),
+            ),
+    )
+    .await;
+    assert_eq!(client.drain_status("rack 1/a").await.unwrap(), drained);
+    let e = client.delete_node("n?9").await.unwrap_err();
+    assert!(e.is_not_found(), "{e:?}");
+    assert_eq!(e.to_string(), "node n?9 not found (not_found)");
+}

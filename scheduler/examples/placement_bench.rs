@@ -57,6 +57,8 @@ fn nodes(rng: &mut Rng) -> Vec<NodeView> {
                 name: format!("node-{i:04}"),
                 ready: true,
                 lost: false,
+                cordoned: false,
+                draining: false,
                 labels: labels(&[("zone", zone), ("disk", disk)]),
                 capacity: Capacity {
                     memory: rng.pick(&[32, 64, 128]) * GIB,

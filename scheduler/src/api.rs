@@ -23,7 +23,7 @@ use shoal_api::manifest::validate_app;
 use shoal_api::objects::{App, AppKey, Event, Instance, Node, Phase, Revision};
 use shoal_api::protocol::{Heartbeat, RegisterRequest};
 use shoal_api::rest::{
-    AppDetail, AppView, ApplyOutcome, ApplyRequest, GatewayMetrics, RollbackRequest,
+    AppDetail, AppView, ApplyOutcome, ApplyRequest, DrainStatus, GatewayMetrics, RollbackRequest,
     RollbackResponse, ScaleRequest, TrafficRequest,
 };
 use std::sync::Arc;
@@ -172,6 +172,12 @@ pub(crate) fn routes() -> Vec<Route> {
         at(ep::NODE_REGISTER).post(register, Rule::Need(Create, Nodes, Where::InHandler)),
         at(ep::NODE_HEARTBEAT).post(heartbeat, Rule::Need(Update, Nodes, Where::PathNode)),
         at(ep::NODE_ASSIGNMENT).get(watch_assignment, Rule::Need(Watch, Nodes, Where::PathNode)),
+        at(ep::NODE_CORDON).post(cordon_node, cluster(Update, Nodes)),
+        at(ep::NODE_UNCORDON).post(uncordon_node, cluster(Update, Nodes)),
+        at(ep::NODE_DRAIN)
+            .post(drain_node, cluster(Update, Nodes))
+            .get(drain_status, cluster(Get, Nodes)),
+        at(ep::NODE_REGISTRATION).delete(delete_node, cluster(Delete, Nodes)),
         at(ep::BLOB)
             .get(get_blob, Rule::Need(Get, Blobs, Where::InHandler))
             // Whether a module must be uploaded is part of uploading it, in
@@ -768,6 +774,67 @@ async fn watch_assignment(
             }
         }
     }
+}
+
+async fn cordon_node(
+    State(cp): State<ControlPlane>,
+    principal: Option<Extension<Principal>>,
+    Path(name): Path<String>,
+) -> Result<Json<Node>, Error> {
+    Ok(Json(cp.cordon(name, true, actor(&principal)).await?))
+}
+
+async fn uncordon_node(
+    State(cp): State<ControlPlane>,
+    principal: Option<Extension<Principal>>,
+    Path(name): Path<String>,
+) -> Result<Json<Node>, Error> {
+    Ok(Json(cp.cordon(name, false, actor(&principal)).await?))
+}
+
+/// Starts draining a node (again: the same drain goes on); answers where
+/// it stands.
+async fn drain_node(
+    State(cp): State<ControlPlane>,
+    principal: Option<Extension<Principal>>,
+    Path(name): Path<String>,
+) -> Result<Json<DrainStatus>, Error> {
+    Ok(Json(cp.drain(name, actor(&principal)).await?))
+}
+
+async fn drain_status(
+    State(cp): State<ControlPlane>,
+    Path(name): Path<String>,
+) -> Result<Json<DrainStatus>, Error> {
+    cp.snapshot()
+        .drain_status(&name)
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("node {name} not found")).into())
+}
+
+/// Removes a node: its credential is revoked first (so it cannot come
+/// back on it), then the node is forgotten and its instances placed
+/// elsewhere. A node that joined but never registered has only its
+/// credential to lose.
+async fn delete_node(
+    State(cp): State<ControlPlane>,
+    principal: Option<Extension<Principal>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, Error> {
+    let revoked = cp
+        .tokens()
+        .revoke(&crate::auth::node_token_name(&name))
+        .map_err(ApiError::from)?;
+    match cp
+        .delete_node(name.clone(), revoked, actor(&principal))
+        .await
+    {
+        Ok(()) => {}
+        Err(ApiError::NotFound(_)) if revoked => {}
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(node = %name, credential_revoked = revoked, "node deleted");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn get_blob(
@@ -1407,6 +1474,93 @@ mod auth_tests {
         )
         .await;
         assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    /// Node commands are an admin's; an unknown node is `404 not_found`;
+    /// deleting a node revokes its credential and its heartbeats are then
+    /// refused as an unknown node's.
+    #[tokio::test]
+    async fn nodes_are_cordoned_drained_and_deleted_by_admins_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let cp = ControlPlane::start(store, Default::default()).unwrap();
+        let tokens = cp.tokens();
+        let (_, admin) = tokens
+            .create("admin", Role::Admin, Scope::Cluster, 0, None)
+            .unwrap();
+        let (_, deploy) = tokens
+            .create("ci", Role::Deploy, Scope::Cluster, 0, None)
+            .unwrap();
+        let node_token = crate::auth::node_token_name("n1");
+        tokens
+            .create(&node_token, Role::Admin, Scope::Cluster, 0, None)
+            .unwrap();
+        cp.register(RegisterRequest {
+            name: "n1".into(),
+            address: "http://127.0.0.1:1".into(),
+            capacity: Default::default(),
+            labels: Default::default(),
+        })
+        .await
+        .unwrap();
+        let router = router(cp.clone());
+        let call = |method: Method, uri: String, token: &str| {
+            axum::http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .header("authorization", format!("Bearer {token}"))
+                .body(Body::empty())
+                .unwrap()
+        };
+        for uri in [ep::node_cordon("n1"), ep::node_drain("n1")] {
+            let (status, body) = answer(&router, call(Method::POST, uri, deploy.expose())).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{body:?}");
+        }
+        for (method, uri) in [
+            (Method::POST, ep::node_cordon("nope")),
+            (Method::POST, ep::node_uncordon("nope")),
+            (Method::POST, ep::node_drain("nope")),
+            (Method::GET, ep::node_drain("nope")),
+            (Method::DELETE, ep::node_registration("nope")),
+        ] {
+            let (status, body) = answer(&router, call(method, uri.clone(), admin.expose())).await;
+            assert_eq!(
+                (status, body.code.as_str()),
+                (StatusCode::NOT_FOUND, "not_found"),
+                "{uri}: {body:?}"
+            );
+        }
+        let resp = router
+            .clone()
+            .oneshot(call(Method::POST, ep::node_cordon("n1"), admin.expose()))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let node: Node = serde_json::from_slice(&bytes).unwrap();
+        assert!(node.cordoned);
+
+        let (status, body) = answer(
+            &router,
+            call(Method::DELETE, ep::node_registration("n1"), admin.expose()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body:?}");
+        assert!(!tokens.list().iter().any(|t| t.name == node_token));
+        assert!(!cp.snapshot().nodes.contains_key("n1"));
+        let hb = axum::http::Request::post(ep::node_heartbeat("n1"))
+            .header("authorization", format!("Bearer {}", admin.expose()))
+            .header("content-type", "application/json")
+            .body(Body::from(r#"{"generation": 0, "instances": []}"#))
+            .unwrap();
+        let (status, body) = answer(&router, hb).await;
+        assert_eq!(
+            (status, body.code.as_str()),
+            (StatusCode::NOT_FOUND, "not_found"),
+            "{body:?}"
+        );
     }
 
     #[tokio::test]

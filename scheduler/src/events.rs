@@ -94,6 +94,32 @@ pub enum Event {
         silent: usize,
         total: usize,
     },
+    /// Nothing new is placed on the node (`shoal cordon`).
+    NodeCordoned {
+        node: String,
+    },
+    /// New instances may be placed on the node again; `drain` says a
+    /// drain was cancelled.
+    NodeUncordoned {
+        node: String,
+        drain: bool,
+    },
+    /// A drain started: `instances` move elsewhere.
+    NodeDraining {
+        node: String,
+        instances: usize,
+    },
+    /// The drained node runs nothing any more.
+    NodeDrained {
+        node: String,
+    },
+    /// The node was removed (`shoal delete node`); `instances` were
+    /// placed elsewhere and `credential` says its token was revoked.
+    NodeDeleted {
+        node: String,
+        instances: usize,
+        credential: bool,
+    },
     /// Placed on a node; `revision` is named when the instance is new.
     Scheduled {
         app: AppKey,
@@ -179,6 +205,11 @@ impl Event {
             Self::NodeBack { .. } | Self::NodeHeartbeating { .. } => "NodeReady",
             Self::NodeLost { .. } => "NodeLost",
             Self::NodeUnreachable { .. } => "NodeUnreachable",
+            Self::NodeCordoned { .. } => "NodeCordoned",
+            Self::NodeUncordoned { .. } => "NodeUncordoned",
+            Self::NodeDraining { .. } => "NodeDraining",
+            Self::NodeDrained { .. } => "NodeDrained",
+            Self::NodeDeleted { .. } => "NodeDeleted",
             Self::Scheduled { .. } => "Scheduled",
             Self::FailedScheduling { .. } => "FailedScheduling",
             Self::Started { .. } => "Started",
@@ -233,7 +264,12 @@ impl Event {
             | Self::NodeLost { .. }
             | Self::NodeUnreachable { .. }
             | Self::TokenCreated { .. }
-            | Self::TokenRevoked { .. } => None,
+            | Self::TokenRevoked { .. }
+            | Self::NodeCordoned { .. }
+            | Self::NodeUncordoned { .. }
+            | Self::NodeDraining { .. }
+            | Self::NodeDrained { .. }
+            | Self::NodeDeleted { .. } => None,
         }
     }
 
@@ -247,7 +283,12 @@ impl Event {
             | Self::NodeBack { node }
             | Self::NodeHeartbeating { node }
             | Self::NodeLost { node, .. }
-            | Self::NodeUnreachable { node, .. } => format!("node/{node}"),
+            | Self::NodeUnreachable { node, .. }
+            | Self::NodeCordoned { node }
+            | Self::NodeUncordoned { node, .. }
+            | Self::NodeDraining { node, .. }
+            | Self::NodeDrained { node }
+            | Self::NodeDeleted { node, .. } => format!("node/{node}"),
             Self::Scheduled { id, .. }
             | Self::FailedScheduling { id, .. }
             | Self::Started { id, .. }
@@ -330,6 +371,35 @@ impl Event {
                     "node {node} missed heartbeats for {lease}, as did {silent} of {total} nodes at once; the control plane may be cut off from them, so their instances stay where they are"
                 )
             }
+            Self::NodeCordoned { node } => {
+                format!("node {node} cordoned: nothing new is placed on it")
+            }
+            Self::NodeUncordoned { node, drain } => {
+                let mut m = format!("node {node} uncordoned: instances may be placed on it again");
+                if *drain {
+                    m.push_str("; its drain is cancelled");
+                }
+                m
+            }
+            Self::NodeDraining { node, instances } => format!(
+                "draining node {node}: its {instances} instance(s) move elsewhere, each once its replacement is ready"
+            ),
+            Self::NodeDrained { node } => {
+                format!("node {node} is drained: it runs nothing and stays cordoned")
+            }
+            Self::NodeDeleted {
+                node,
+                instances,
+                credential,
+            } => {
+                let mut m = format!(
+                    "node {node} deleted; its {instances} instance(s) will be placed elsewhere"
+                );
+                if *credential {
+                    m.push_str("; its credential is revoked");
+                }
+                m
+            }
             Self::Scheduled {
                 id,
                 node,
@@ -365,7 +435,10 @@ impl Event {
                     DeleteReason::ScaledDown => "scaled down",
                     DeleteReason::AppDeleted => "app deleted",
                     DeleteReason::Replaced => "replaced by a newer revision",
-                    DeleteReason::NodeLost | DeleteReason::Drained => "leaving",
+                    DeleteReason::NodeDrained => "its node is being drained",
+                    DeleteReason::NodeLost | DeleteReason::Drained | DeleteReason::NodeDeleted => {
+                        "leaving"
+                    }
                 };
                 format!("{id} left the route table ({what}); finishing its requests")
             }
@@ -376,6 +449,8 @@ impl Event {
                     DeleteReason::NodeLost => "its node was lost",
                     DeleteReason::Replaced => "replaced by a newer revision",
                     DeleteReason::Drained => "drained",
+                    DeleteReason::NodeDrained => "its node is being drained",
+                    DeleteReason::NodeDeleted => "its node was deleted",
                 };
                 format!("stopping {id}: {what}")
             }

@@ -164,6 +164,8 @@ mod tests {
                 state: NodeState::Ready,
                 last_heartbeat_ms: 0,
                 generation: 1,
+                cordoned: false,
+                draining: false,
             },
         );
         let text = render(&snap).unwrap();

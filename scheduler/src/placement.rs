@@ -25,6 +25,11 @@ pub struct NodeView {
     /// The node is gone: its instances must be replaced. A node can be
     /// neither ready nor lost (unreachable), and then keeps its instances.
     pub lost: bool,
+    /// Cordoned: not `ready`, for that reason (said so when nothing fits).
+    pub cordoned: bool,
+    /// The node is being drained: its instances are replaced elsewhere,
+    /// then leave. (Such a node is cordoned too.)
+    pub draining: bool,
     pub labels: BTreeMap<String, String>,
     pub capacity: Capacity,
     pub allocated: Capacity,
@@ -185,7 +190,8 @@ fn explain<N: Borrow<NodeView>>(nodes: &[N], cands: &[Candidate], need: &Need<'_
         return "no nodes are registered".into();
     }
     let nodes = || nodes.iter().map(Borrow::borrow);
-    let not_ready = nodes().filter(|n| !n.ready).count();
+    let cordoned = nodes().filter(|n| !n.ready && n.cordoned).count();
+    let not_ready = nodes().filter(|n| !n.ready && !n.cordoned).count();
     let selector = nodes().filter(|n| n.ready && !selects(need, n)).count();
     let slots = cands
         .iter()
@@ -199,6 +205,9 @@ fn explain<N: Borrow<NodeView>>(nodes: &[N], cands: &[Candidate], need: &Need<'_
     let mut why = Vec::new();
     if not_ready > 0 {
         why.push(format!("{not_ready} not ready"));
+    }
+    if cordoned > 0 {
+        why.push(format!("{cordoned} cordoned"));
     }
     if selector > 0 {
         why.push(format!("{selector} do not match the node selector"));
@@ -255,6 +264,8 @@ mod tests {
             name: name.into(),
             ready: true,
             lost: false,
+            cordoned: false,
+            draining: false,
             labels: BTreeMap::new(),
             capacity: Capacity {
                 memory: mem_mib << 20,

@@ -115,6 +115,11 @@ pub enum DeleteReason {
     Replaced,
     /// It finished draining.
     Drained,
+    /// Its node is being drained (`shoal drain`); a replacement serves
+    /// elsewhere.
+    NodeDrained,
+    /// Its node was deleted (`shoal delete node`).
+    NodeDeleted,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -186,6 +191,12 @@ pub fn reconcile<I: std::borrow::Borrow<Instance>>(
             .and_then(|n| node_index.get(n))
             .is_some_and(|i| !nodes[*i].lost)
     };
+    let on_draining_node = |nodes: &Vec<Cow<'_, NodeView>>, inst: &Instance| {
+        inst.node
+            .as_deref()
+            .and_then(|n| node_index.get(n))
+            .is_some_and(|i| nodes[*i].draining)
+    };
 
     // Instances of deleted apps, on lost or unknown nodes, and done
     // draining go first: their capacity is free again for the placements
@@ -241,10 +252,15 @@ pub fn reconcile<I: std::borrow::Borrow<Instance>>(
     }
 
     for (g, app) in apps.iter().enumerate() {
-        let mine = std::mem::take(&mut live[g]);
+        let (evicted, mine): (Vec<&Instance>, Vec<&Instance>) = std::mem::take(&mut live[g])
+            .into_iter()
+            .partition(|i| on_draining_node(&nodes, i));
+        // Instances on a draining node count as gone already, so the plan
+        // below places their replacements elsewhere.
         let decided = rollout::plan_app(&app.shape(), &mine);
         if decided.create.is_empty()
             && decided.remove.is_empty()
+            && evicted.is_empty()
             && mine.iter().all(|i| i.node.is_some())
         {
             continue;
@@ -253,6 +269,9 @@ pub fn reconcile<I: std::borrow::Borrow<Instance>>(
         for (id, why) in &decided.remove {
             removed.insert(id.as_str(), *why);
         }
+        evict(
+            app, &evicted, &mine, &removed, &mut nodes, &release, &mut plan,
+        );
         // Serving instances drain (their capacity is held until they are
         // deleted); the rest go at once.
         for inst in &mine {
@@ -335,6 +354,53 @@ pub fn reconcile<I: std::borrow::Borrow<Instance>>(
     plan
 }
 
+/// Takes an app's instances off draining nodes as a rolling update would:
+/// one that serves leaves only while the app keeps at least as many
+/// serving instances as the rollout allows without it (its replacement
+/// serves first); one that serves nothing goes at once.
+fn evict(
+    app: &DesiredApp,
+    evicted: &[&Instance],
+    staying: &[&Instance],
+    removed: &HashMap<&str, DeleteReason>,
+    nodes: &mut Vec<Cow<'_, NodeView>>,
+    release: &dyn Fn(&mut Vec<Cow<'_, NodeView>>, &Instance),
+    plan: &mut Plan,
+) {
+    if evicted.is_empty() {
+        return;
+    }
+    let (want, unavailable) = match app.shape() {
+        Shape::Rolling {
+            replicas,
+            max_unavailable,
+            ..
+        } => (replicas as usize, max_unavailable as usize),
+        Shape::Split(counts) => (counts.values().map(|c| *c as usize).sum(), 0),
+    };
+    let min_serving = want.saturating_sub(unavailable);
+    let mut serving_now = staying
+        .iter()
+        .filter(|i| rollout::serving(i) && !removed.contains_key(i.id.as_str()))
+        .count()
+        + evicted.iter().filter(|i| rollout::serving(i)).count();
+    for inst in evicted {
+        if !rollout::serving(inst) {
+            release(nodes, inst);
+            plan.actions.push(Action::Delete {
+                id: inst.id.clone(),
+                why: DeleteReason::NodeDrained,
+            });
+        } else if serving_now > min_serving {
+            serving_now -= 1;
+            plan.actions.push(Action::Drain {
+                id: inst.id.clone(),
+                why: DeleteReason::NodeDrained,
+            });
+        }
+    }
+}
+
 /// Applies a plan to a copy of the instances, as the executor would, so
 /// tests can check that reconciling again changes nothing. Instance ids are
 /// unique, as in the store.
@@ -410,6 +476,8 @@ mod tests {
             name: name.into(),
             ready,
             lost: !ready,
+            cordoned: false,
+            draining: false,
             labels: BTreeMap::new(),
             capacity: Capacity {
                 memory: 1 << 30,

@@ -51,6 +51,7 @@ pub enum Op {
     DeleteRevisions(String),
     PutBlob(String, Vec<u8>),
     PutNode(Node),
+    DeleteNode(String),
     PutInstance(Instance),
     DeleteInstance(String),
     PutEvent(Event),
@@ -192,6 +193,9 @@ impl Store {
                         nodes
                             .insert(n.name.as_str(), json(n).as_slice())
                             .map_err(db_err)?;
+                    }
+                    Op::DeleteNode(name) => {
+                        nodes.remove(name.as_str()).map_err(db_err)?;
                     }
                     Op::PutInstance(i) => {
                         insts

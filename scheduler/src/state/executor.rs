@@ -22,6 +22,9 @@ pub enum Change {
     DeleteApp(AppKey),
     PutRevision(Revision),
     PutNode(Node),
+    /// The node is removed (`shoal delete node`); it is unknown from now
+    /// on.
+    DeleteNode(String),
     /// The node was heard from (registered or heartbeated): its lease
     /// starts again. Its record is kept in memory, not written.
     Heard(Node),
@@ -93,6 +96,11 @@ impl State {
                 Change::PutNode(n) => {
                     self.pending.push(Op::PutNode(n.clone()));
                     self.snap.nodes.insert(n.name.clone(), n);
+                }
+                Change::DeleteNode(name) => {
+                    self.snap.nodes.remove(&name);
+                    self.seen.remove(&name);
+                    self.pending.push(Op::DeleteNode(name));
                 }
                 Change::Heard(n) => {
                     let now = self.awake.now();

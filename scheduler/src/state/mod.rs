@@ -26,9 +26,9 @@ pub use snapshot::{ColdStarts, Snapshot};
 use crate::clock::{Clock, SystemClock};
 use crate::store::{Store, StoreError};
 use shoal_api::manifest::{AppManifest, TrafficTarget};
-use shoal_api::objects::AppKey;
+use shoal_api::objects::{AppKey, Node};
 use shoal_api::protocol::{Heartbeat, HeartbeatResponse, RegisterRequest, RegisterResponse};
-use shoal_api::rest::{ApplyOutcome, GatewayMetrics};
+use shoal_api::rest::{ApplyOutcome, DrainStatus, GatewayMetrics};
 use std::sync::Arc;
 use std::time::Duration;
 use task::State;
@@ -149,6 +149,26 @@ pub enum Command {
         node: String,
         hb: Heartbeat,
         reply: oneshot::Sender<Result<HeartbeatResponse, ApiError>>,
+    },
+    /// Cordon (`on`) or uncordon a node; answers the node as it is now.
+    Cordon {
+        node: String,
+        on: bool,
+        actor: Actor,
+        reply: oneshot::Sender<Result<Node, ApiError>>,
+    },
+    /// Start draining a node; answers where the drain stands.
+    Drain {
+        node: String,
+        actor: Actor,
+        reply: oneshot::Sender<Result<DrainStatus, ApiError>>,
+    },
+    /// Remove a node; `credential` says its token was revoked.
+    DeleteNode {
+        node: String,
+        credential: bool,
+        actor: Actor,
+        reply: oneshot::Sender<Result<(), ApiError>>,
     },
     /// Stop deciding: write what is pending and end the state task.
     Stop {
@@ -323,6 +343,39 @@ impl ControlPlane {
 
     pub async fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, ApiError> {
         self.ask(|reply| Command::Register { req, reply }).await
+    }
+
+    /// `shoal cordon` (`on`) / `shoal uncordon`.
+    pub async fn cordon(&self, node: String, on: bool, actor: Actor) -> Result<Node, ApiError> {
+        self.ask(|reply| Command::Cordon {
+            node,
+            on,
+            actor,
+            reply,
+        })
+        .await
+    }
+
+    /// `shoal drain`: starts (or goes on with) a node's drain.
+    pub async fn drain(&self, node: String, actor: Actor) -> Result<DrainStatus, ApiError> {
+        self.ask(|reply| Command::Drain { node, actor, reply })
+            .await
+    }
+
+    /// `shoal delete node`: forgets the node and moves its instances.
+    pub async fn delete_node(
+        &self,
+        node: String,
+        credential: bool,
+        actor: Actor,
+    ) -> Result<(), ApiError> {
+        self.ask(|reply| Command::DeleteNode {
+            node,
+            credential,
+            actor,
+            reply,
+        })
+        .await
     }
 
     pub async fn heartbeat(

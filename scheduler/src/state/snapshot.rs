@@ -7,7 +7,7 @@ use shoal_api::objects::{
     App, AppKey, Event, Instance, Node, Phase, Revision, RolloutState, Template,
 };
 use shoal_api::protocol::{Assignment, HeartbeatResponse};
-use shoal_api::rest::{AutoscaleView, ColdStartView};
+use shoal_api::rest::{AutoscaleView, ColdStartView, DrainStatus};
 use std::collections::{BTreeMap, VecDeque};
 
 /// A read-only view of everything, published after every change.
@@ -90,6 +90,57 @@ impl Snapshot {
                 && self
                     .template(&i.app, i.revision)
                     .is_some_and(|t| t.digest == digest)
+        })
+    }
+
+    /// Where the drain of `node` stands: what still runs there, and what
+    /// holds it up (replacements of its apps that fit nowhere, or that
+    /// fail where they were placed). `None` for an unknown node.
+    pub fn drain_status(&self, node: &str) -> Option<DrainStatus> {
+        let n = self.nodes.get(node)?;
+        let instances: Vec<Instance> = self
+            .instances
+            .values()
+            .filter(|i| i.node.as_deref() == Some(node))
+            .cloned()
+            .collect();
+        let apps: std::collections::BTreeSet<&AppKey> = instances
+            .iter()
+            .filter(|i| i.phase != Phase::Terminating)
+            .map(|i| &i.app)
+            .collect();
+        let blocked = self
+            .instances
+            .values()
+            .filter(|i| apps.contains(&i.app) && i.node.as_deref() != Some(node))
+            .filter_map(|i| {
+                let reason = i.reason.as_deref();
+                match (&i.node, i.phase) {
+                    (None, _) => Some(format!(
+                        "app {}: {} is pending: {}",
+                        i.app,
+                        i.id,
+                        reason.unwrap_or("no node can run it")
+                    )),
+                    (Some(n), Phase::Failed | Phase::CrashLoopBackOff | Phase::BackingOff) => {
+                        Some(format!(
+                            "app {}: {} on {n} is {}{}",
+                            i.app,
+                            i.id,
+                            i.phase,
+                            reason.map(|r| format!(": {r}")).unwrap_or_default()
+                        ))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        Some(DrainStatus {
+            node: n.name.clone(),
+            cordoned: n.cordoned,
+            draining: n.draining,
+            instances,
+            blocked,
         })
     }
 

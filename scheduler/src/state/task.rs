@@ -288,6 +288,47 @@ impl State {
                     });
                 answer!(reply, r)
             }
+            Command::Cordon {
+                node,
+                on,
+                actor,
+                reply,
+            } => {
+                let d = unit(decide::node::cordon(&self.snap, &node, on));
+                let r = self.commit(d, actor.as_deref());
+                self.settle(false, out);
+                let r = r.and_then(|()| {
+                    self.snap
+                        .nodes
+                        .get(&node)
+                        .cloned()
+                        .ok_or_else(|| ApiError::NotFound(format!("node {node} not found")))
+                });
+                let _ = reply.send(r);
+            }
+            Command::Drain { node, actor, reply } => {
+                let d = unit(decide::node::drain(&self.snap, &node));
+                let r = self.commit(d, actor.as_deref());
+                // Reconcile places the replacements before the answer, so
+                // it can say what is blocked.
+                self.changed = true;
+                self.settle(false, out);
+                let r = r.and_then(|()| {
+                    self.snap
+                        .drain_status(&node)
+                        .ok_or_else(|| ApiError::NotFound(format!("node {node} not found")))
+                });
+                let _ = reply.send(r);
+            }
+            Command::DeleteNode {
+                node,
+                credential,
+                actor,
+                reply,
+            } => {
+                let d = unit(decide::node::delete(&self.snap, &node, credential));
+                answer!(reply, self.commit(d, actor.as_deref()))
+            }
             Command::Heartbeat { node, hb, reply } => {
                 let _ = reply.send(self.heartbeat(&node, hb, now));
             }
@@ -426,6 +467,8 @@ impl State {
         };
         let plan = decide::plan::plan(&self.snap, &apps, self.next_seq, clock);
         let changes = decide::plan::changes(&self.snap, plan, now);
+        self.execute(changes);
+        let changes = decide::node::drains_done(&self.snap);
         self.execute(changes);
     }
 }

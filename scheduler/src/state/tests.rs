@@ -306,3 +306,158 @@ async fn the_autoscaler_follows_load_and_goes_to_zero_when_quiet() {
     run_for(&cp, Duration::from_secs(120), &[("n1", QUIET)]).await;
     assert_eq!(replicas(&cp, "web"), 0);
 }
+
+/// Reports of every instance placed on `node`, as serving (`Running`,
+/// ready, idle), as a node that runs what it is given would send.
+fn serving_on(cp: &ControlPlane, node: &str) -> Vec<InstanceReport> {
+    cp.snapshot()
+        .instances
+        .values()
+        .filter(|i| i.node.as_deref() == Some(node))
+        .map(|i| report(&i.id, Phase::Running, true, 0))
+        .collect()
+}
+
+/// Lets `total` pass while nodes `a` and `b` heartbeat, each reporting
+/// whatever it is assigned as serving.
+async fn serve_for(cp: &ControlPlane, total: Duration, nodes: &[&str]) {
+    let step = Duration::from_millis(250);
+    let mut passed = Duration::ZERO;
+    while passed < total {
+        for n in nodes {
+            let hb = Heartbeat {
+                generation: 0,
+                instances: serving_on(cp, n),
+            };
+            cp.heartbeat(n.to_string(), hb).await.unwrap();
+        }
+        tokio::time::sleep(step).await;
+        passed += step;
+    }
+}
+
+fn placed(cp: &ControlPlane) -> Vec<(String, Phase)> {
+    cp.snapshot()
+        .instances
+        .values()
+        .map(|i| (i.node.clone().unwrap_or_default(), i.phase))
+        .collect()
+}
+
+/// A drain never leaves the app with fewer serving instances than it
+/// asks for, and ends with every instance on the other node and the
+/// drained node cordoned, which a restart of the control plane keeps.
+#[tokio::test(start_paused = true)]
+async fn a_drained_node_ends_empty_without_the_app_losing_a_serving_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(dir.path());
+    register(&cp, "a").await;
+    apply(
+        &cp,
+        serde_json::json!({"name": "web", "module": "web.wasm", "replicas": 2}),
+        b"\0asm\x01\0\0\0",
+    )
+    .await;
+    serve_for(&cp, Duration::from_millis(500), &["a"]).await;
+    register(&cp, "b").await;
+    assert_eq!(
+        placed(&cp),
+        vec![("a".into(), Phase::Running), ("a".into(), Phase::Running)]
+    );
+
+    let status = cp.drain("a".into(), None).await.unwrap();
+    assert!(status.draining && status.cordoned, "{status:?}");
+    assert_eq!(status.instances.len(), 2);
+    assert!(status.blocked.is_empty(), "{status:?}");
+    let key = AppKey::new("default", "web");
+    let mut step = 0;
+    while !cp.snapshot().drain_status("a").unwrap().done() {
+        step += 1;
+        assert!(step < 40, "still draining: {:?}", placed(&cp));
+        serve_for(&cp, Duration::from_millis(250), &["a", "b"]).await;
+        let snap = cp.snapshot();
+        let serving = snap
+            .instances
+            .values()
+            .filter(|i| i.app == key && crate::rollout::serving(i))
+            .count();
+        assert!(serving >= 2, "{serving} serving: {:?}", placed(&cp));
+    }
+    assert_eq!(
+        placed(&cp),
+        vec![("b".into(), Phase::Running), ("b".into(), Phase::Running)]
+    );
+    let node = cp.snapshot().nodes["a"].clone();
+    assert!(node.cordoned && !node.draining, "{node:?}");
+    assert!(has_event(
+        &cp,
+        "NodeDrained",
+        "node a is drained: it runs nothing and stays cordoned"
+    ));
+
+    // The cordon is stored: a restarted control plane still places
+    // nothing on a.
+    cp.stop().await;
+    drop(cp);
+    let cp = control_plane(dir.path());
+    assert!(cp.snapshot().nodes["a"].cordoned);
+    cp.scale(key, 4).await.unwrap();
+    serve_for(&cp, Duration::from_millis(250), &["a", "b"]).await;
+    assert!(
+        placed(&cp).iter().all(|(n, _)| n == "b"),
+        "{:?}",
+        placed(&cp)
+    );
+    let back = cp.cordon("a".into(), false, None).await.unwrap();
+    assert!(!back.cordoned);
+}
+
+/// A deleted node's instances are placed elsewhere at once, and its next
+/// heartbeat is refused as an unknown node's.
+#[tokio::test(start_paused = true)]
+async fn a_deleted_node_loses_its_instances_and_its_heartbeats_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(dir.path());
+    register(&cp, "a").await;
+    apply(
+        &cp,
+        serde_json::json!({"name": "web", "module": "web.wasm", "replicas": 2}),
+        b"\0asm\x01\0\0\0",
+    )
+    .await;
+    serve_for(&cp, Duration::from_millis(500), &["a"]).await;
+    register(&cp, "b").await;
+
+    cp.delete_node("a".into(), false, None).await.unwrap();
+    let snap = cp.snapshot();
+    assert!(!snap.nodes.contains_key("a"));
+    assert_eq!(
+        placed(&cp),
+        vec![
+            ("b".into(), Phase::Scheduled),
+            ("b".into(), Phase::Scheduled)
+        ]
+    );
+    assert!(has_event(
+        &cp,
+        "NodeDeleted",
+        "node a deleted; its 2 instance(s) will be placed elsewhere"
+    ));
+    let hb = Heartbeat {
+        generation: 0,
+        instances: Vec::new(),
+    };
+    let refused = cp.heartbeat("a".into(), hb).await.unwrap_err();
+    assert_eq!(refused.code(), "not_found");
+    assert!(matches!(
+        cp.delete_node("a".into(), false, None).await,
+        Err(ApiError::NotFound(_))
+    ));
+    // Nothing comes back to it at the next ticks either.
+    serve_for(&cp, Duration::from_secs(3), &["b"]).await;
+    assert!(!cp.snapshot().nodes.contains_key("a"));
+    assert_eq!(
+        placed(&cp),
+        vec![("b".into(), Phase::Running), ("b".into(), Phase::Running)]
+    );
+}

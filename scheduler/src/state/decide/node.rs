@@ -52,6 +52,8 @@ pub fn register(
                 state: NodeState::Ready,
                 last_heartbeat_ms: now_ms,
                 generation: 1,
+                cordoned: false,
+                draining: false,
             }
         }
     };
@@ -225,4 +227,116 @@ pub fn expire_leases(
         }));
     }
     changes
+}
+
+fn node_of(snap: &Snapshot, name: &str) -> Result<Node, ApiError> {
+    snap.nodes
+        .get(name)
+        .cloned()
+        .ok_or_else(|| ApiError::NotFound(format!("node {name} not found")))
+}
+
+/// `shoal cordon` (`on`) or `shoal uncordon`: whether new instances may be
+/// placed on the node. Uncordoning cancels a drain. Doing it twice changes
+/// nothing the second time.
+pub fn cordon(snap: &Snapshot, name: &str, on: bool) -> Result<Vec<Change>, ApiError> {
+    let mut node = node_of(snap, name)?;
+    // Uncordoning a node that drains cancels the drain, whatever its flag.
+    let unchanged = node.cordoned == on && (on || !node.draining);
+    if unchanged {
+        return Ok(Vec::new());
+    }
+    let drain = node.draining;
+    node.cordoned = on;
+    node.draining = false;
+    let node_name = node.name.clone();
+    Ok(vec![
+        Change::PutNode(node),
+        event(if on {
+            Event::NodeCordoned { node: node_name }
+        } else {
+            Event::NodeUncordoned {
+                node: node_name,
+                drain,
+            }
+        }),
+    ])
+}
+
+/// `shoal drain`: the node is cordoned and its instances move elsewhere
+/// (reconcile places replacements, then drains these as they become
+/// spare). Draining a node that drains already changes nothing.
+pub fn drain(snap: &Snapshot, name: &str) -> Result<Vec<Change>, ApiError> {
+    let mut node = node_of(snap, name)?;
+    if node.draining {
+        return Ok(Vec::new());
+    }
+    let instances = on_node(snap, name);
+    node.cordoned = true;
+    node.draining = true;
+    Ok(vec![
+        Change::PutNode(node),
+        event(Event::NodeDraining {
+            node: name.to_string(),
+            instances,
+        }),
+    ])
+}
+
+/// How many instances the snapshot places on `node`.
+fn on_node(snap: &Snapshot, node: &str) -> usize {
+    snap.instances
+        .values()
+        .filter(|i| i.node.as_deref() == Some(node))
+        .count()
+}
+
+/// Drains that are over: the node runs nothing any more. It stays
+/// cordoned, as after `kubectl drain`.
+pub fn drains_done(snap: &Snapshot) -> Vec<Change> {
+    let mut changes = Vec::new();
+    for n in snap.nodes.values().filter(|n| n.draining) {
+        if on_node(snap, &n.name) > 0 {
+            continue;
+        }
+        let mut node = n.clone();
+        node.draining = false;
+        changes.push(Change::PutNode(node));
+        changes.push(event(Event::NodeDrained {
+            node: n.name.clone(),
+        }));
+    }
+    changes
+}
+
+/// `shoal delete node`: the node is forgotten, its instances go at once
+/// (reconcile places them elsewhere, as a lost node's), and its next
+/// heartbeat is answered as an unknown node's. `credential` says whether
+/// its token was revoked (for the event).
+pub fn delete(snap: &Snapshot, name: &str, credential: bool) -> Result<Vec<Change>, ApiError> {
+    node_of(snap, name)?;
+    let mut changes = vec![Change::DeleteNode(name.to_string())];
+    let mut instances = 0;
+    for i in snap
+        .instances
+        .values()
+        .filter(|i| i.node.as_deref() == Some(name))
+    {
+        instances += 1;
+        changes.push(event(Event::Stopping {
+            app: i.app.clone(),
+            id: i.id.clone(),
+            why: crate::reconcile::DeleteReason::NodeDeleted,
+        }));
+        changes.push(Change::DeleteInstance(i.id.clone()));
+    }
+    changes.insert(
+        1,
+        event(Event::NodeDeleted {
+            node: name.to_string(),
+            instances,
+            credential,
+        }),
+    );
+    Ok(changes)
 }

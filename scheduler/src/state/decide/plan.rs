@@ -26,8 +26,12 @@ pub fn plan(
                 n.name.clone(),
                 NodeView {
                     name: n.name.clone(),
-                    ready: n.state == NodeState::Ready,
+                    // A cordoned node takes nothing new; what it runs
+                    // stays (unless it drains).
+                    ready: n.state == NodeState::Ready && !n.cordoned,
                     lost: n.state == NodeState::Lost,
+                    cordoned: n.cordoned,
+                    draining: n.draining,
                     labels: n.labels.clone(),
                     capacity: Capacity {
                         memory: n.capacity.memory,

@@ -45,7 +45,17 @@ fn lines(changes: &[Change]) -> Vec<String> {
             }
             Change::DeleteApp(k) => format!("delete app {}", k.name),
             Change::PutRevision(r) => format!("revision {} {}", r.app.name, r.number),
-            Change::PutNode(n) => format!("node {} {:?}", n.name, n.state),
+            Change::PutNode(n) => {
+                let mut line = format!("node {} {:?}", n.name, n.state);
+                if n.cordoned {
+                    line.push_str(" cordoned");
+                }
+                if n.draining {
+                    line.push_str(" draining");
+                }
+                line
+            }
+            Change::DeleteNode(n) => format!("delete node {n}"),
             Change::Heard(n) => format!("heard {}", n.name),
             Change::PutInstance(i) => format!(
                 "instance {} {:?} on {} ready {}",
@@ -84,6 +94,9 @@ fn run(snap: &mut Snapshot, changes: Vec<Change>) {
             Change::PutNode(n) | Change::Heard(n) => {
                 snap.nodes.insert(n.name.clone(), n);
             }
+            Change::DeleteNode(n) => {
+                snap.nodes.remove(&n);
+            }
             Change::PutInstance(i) | Change::Observed(i) => {
                 snap.instances.insert(i.id.clone(), i);
             }
@@ -117,6 +130,8 @@ fn node(name: &str, state: NodeState) -> Node {
         state,
         last_heartbeat_ms: T0,
         generation: 1,
+        cordoned: false,
+        draining: false,
     }
 }
 
@@ -1112,4 +1127,283 @@ fn autoscale_table() {
         let got = lines(&super::autoscale::autoscale(snap, &load, &memory, T0 + 500));
         assert_eq!(got, want, "{name}");
     }
+}
+
+#[test]
+fn cordon_drain_and_delete_table() {
+    let mut snap = world();
+    snap.nodes.insert("n2".into(), node("n2", NodeState::Ready));
+    let mut n3 = node("n3", NodeState::Ready);
+    n3.cordoned = true;
+    n3.draining = true;
+    snap.nodes.insert("n3".into(), n3);
+    let i = instance("web-0", "web", 1, "n1", Phase::Running, true);
+    snap.instances.insert(i.id.clone(), i);
+    let cases: &[(&str, &str, &str, Result<&[&str], &str>)] = &[
+        (
+            "cordon",
+            "cordon",
+            "n1",
+            Ok(&[
+                "node n1 Ready cordoned",
+                "NodeCordoned: node n1 cordoned: nothing new is placed on it",
+            ]),
+        ),
+        ("cordon again", "cordon", "n3", Ok(&[])),
+        ("uncordon what is not cordoned", "uncordon", "n2", Ok(&[])),
+        (
+            "uncordon cancels a drain",
+            "uncordon",
+            "n3",
+            Ok(&[
+                "node n3 Ready",
+                "NodeUncordoned: node n3 uncordoned: instances may be placed on it again; its drain is cancelled",
+            ]),
+        ),
+        (
+            "drain",
+            "drain",
+            "n1",
+            Ok(&[
+                "node n1 Ready cordoned draining",
+                "NodeDraining: draining node n1: its 1 instance(s) move elsewhere, each once its replacement is ready",
+            ]),
+        ),
+        ("drain again", "drain", "n3", Ok(&[])),
+        (
+            "delete",
+            "delete",
+            "n1",
+            Ok(&[
+                "delete node n1",
+                "NodeDeleted: node n1 deleted; its 1 instance(s) will be placed elsewhere; its credential is revoked",
+                "Killing: stopping web-0: its node was deleted",
+                "delete instance web-0",
+            ]),
+        ),
+        (
+            "an unknown node",
+            "cordon",
+            "n9",
+            Err("not_found: node n9 not found"),
+        ),
+        (
+            "an unknown node is not drained",
+            "drain",
+            "n9",
+            Err("not_found: node n9 not found"),
+        ),
+        (
+            "an unknown node is not deleted",
+            "delete",
+            "n9",
+            Err("not_found: node n9 not found"),
+        ),
+    ];
+    for (name, op, n, want) in cases {
+        let got = outcome(match *op {
+            "cordon" => node::cordon(&snap, n, true),
+            "uncordon" => node::cordon(&snap, n, false),
+            "drain" => node::drain(&snap, n),
+            "delete" => node::delete(&snap, n, true),
+            other => panic!("{other}"),
+        });
+        let want = want
+            .map(|l| l.iter().map(|s| s.to_string()).collect())
+            .map_err(|e| e.to_string());
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+const CLOCK: crate::reconcile::Clock = crate::reconcile::Clock {
+    now_ms: T0,
+    drain_delay_ms: 1000,
+};
+
+/// The plan for `snap` at `T0 + after` ms, as lines, and the snapshot
+/// after it.
+fn plan_at(snap: &mut Snapshot, seq: u64, after: u64) -> Vec<String> {
+    let clock = crate::reconcile::Clock {
+        now_ms: T0 + after,
+        ..CLOCK
+    };
+    let apps = snap.desired_apps();
+    let p = plan::plan(snap, &apps, seq, clock);
+    let changes = plan::changes(snap, p, T0 + after);
+    let l = lines(&changes);
+    run(snap, changes);
+    l
+}
+
+fn serve(snap: &mut Snapshot, id: &str) {
+    if let Some(i) = snap.instances.get_mut(id) {
+        i.phase = Phase::Running;
+        i.ready = true;
+    }
+}
+
+#[test]
+fn a_cordoned_node_gets_no_new_instances_and_keeps_its_own() {
+    let mut snap = world();
+    snap.apps.retain(|k, _| k.name == "web");
+    snap.nodes.get_mut("n1").unwrap().cordoned = true;
+    // Nowhere else to go: pending, and the reason says why.
+    assert_eq!(
+        plan_at(&mut snap, 0, 0),
+        [
+            "FailedScheduling: web-0 is pending: 0/1 nodes can run it: 1 cordoned",
+            "instance web-0 Pending on - ready false",
+            "FailedScheduling: web-1 is pending: 0/1 nodes can run it: 1 cordoned",
+            "instance web-1 Pending on - ready false",
+            "next seq 2",
+        ]
+    );
+    snap.instances.clear();
+    // What runs on the cordoned node stays; what is missing goes to n2.
+    let i = instance("web-0", "web", 1, "n1", Phase::Running, true);
+    snap.instances.insert(i.id.clone(), i);
+    snap.nodes.insert("n2".into(), node("n2", NodeState::Ready));
+    assert_eq!(
+        plan_at(&mut snap, 1, 0),
+        [
+            "Scheduled: web-1 (revision 1) placed on n2",
+            "bump n2",
+            "instance web-1 Scheduled on n2 ready false",
+            "next seq 2",
+        ]
+    );
+    serve(&mut snap, "web-1");
+    assert_eq!(plan_at(&mut snap, 2, 0), Vec::<String>::new());
+    assert!(node::drains_done(&snap).is_empty());
+}
+
+/// A drain starts the replacements first; each instance of the node
+/// leaves the route table only once a replacement serves, and the drain
+/// is over once the node is empty.
+#[test]
+fn a_drain_places_replacements_before_its_instances_leave() {
+    let mut snap = world();
+    snap.apps.retain(|k, _| k.name == "web");
+    snap.nodes.insert("n2".into(), node("n2", NodeState::Ready));
+    for id in ["web-0", "web-1"] {
+        let i = instance(id, "web", 1, "n1", Phase::Running, true);
+        snap.instances.insert(i.id.clone(), i);
+    }
+    let starting = instance("web-9", "other", 1, "n1", Phase::Starting, false);
+    snap.instances.insert(starting.id.clone(), starting);
+    let drain = node::drain(&snap, "n1").unwrap();
+    run(&mut snap, drain);
+    assert_eq!(
+        plan_at(&mut snap, 2, 0),
+        [
+            // web-9's app is gone: it goes, as it would anyway.
+            "Killing: stopping web-9: app deleted",
+            "delete instance web-9",
+            "bump n1",
+            "Scheduled: web-2 (revision 1) placed on n2",
+            "bump n2",
+            "instance web-2 Scheduled on n2 ready false",
+            "Scheduled: web-3 (revision 1) placed on n2",
+            "bump n2",
+            "instance web-3 Scheduled on n2 ready false",
+            "next seq 4",
+        ]
+    );
+    // Nothing serves elsewhere yet: both stay.
+    assert_eq!(plan_at(&mut snap, 4, 10), Vec::<String>::new());
+    serve(&mut snap, "web-2");
+    assert_eq!(
+        plan_at(&mut snap, 4, 20),
+        [
+            "Draining: web-0 left the route table (its node is being drained); finishing its requests",
+            "instance web-0 Terminating on n1 ready false",
+            "bump n1",
+            "next seq 4",
+        ]
+    );
+    let status = snap.drain_status("n1").unwrap();
+    assert!(status.draining && !status.done() && status.blocked.is_empty());
+    serve(&mut snap, "web-3");
+    assert_eq!(
+        plan_at(&mut snap, 4, 30),
+        [
+            "Draining: web-1 left the route table (its node is being drained); finishing its requests",
+            "instance web-1 Terminating on n1 ready false",
+            "bump n1",
+            "next seq 4",
+        ]
+    );
+    assert!(node::drains_done(&snap).is_empty());
+    // After the drain delay, idle: they stop, and the drain is over.
+    assert_eq!(
+        plan_at(&mut snap, 4, 2000),
+        [
+            "Killing: stopping web-0: drained",
+            "delete instance web-0",
+            "bump n1",
+            "Killing: stopping web-1: drained",
+            "delete instance web-1",
+            "bump n1",
+            "next seq 4",
+        ]
+    );
+    assert!(snap.drain_status("n1").unwrap().done());
+    assert_eq!(
+        lines(&node::drains_done(&snap)),
+        [
+            "node n1 Ready cordoned",
+            "NodeDrained: node n1 is drained: it runs nothing and stays cordoned",
+        ]
+    );
+}
+
+/// A starting instance on a draining node serves nothing: it goes at
+/// once. With nowhere to place replacements, the serving ones stay and
+/// the drain says what blocks it.
+#[test]
+fn a_drain_with_nowhere_to_go_keeps_serving_and_says_why() {
+    let mut snap = world();
+    snap.apps.retain(|k, _| k.name == "web");
+    let i = instance("web-0", "web", 1, "n1", Phase::Running, true);
+    snap.instances.insert(i.id.clone(), i);
+    let i = instance("web-1", "web", 1, "n1", Phase::Starting, false);
+    snap.instances.insert(i.id.clone(), i);
+    let drain = node::drain(&snap, "n1").unwrap();
+    run(&mut snap, drain);
+    assert_eq!(
+        plan_at(&mut snap, 2, 0),
+        [
+            "Killing: stopping web-1: its node is being drained",
+            "delete instance web-1",
+            "bump n1",
+            "FailedScheduling: web-2 is pending: 0/1 nodes can run it: 1 cordoned",
+            "instance web-2 Pending on - ready false",
+            "FailedScheduling: web-3 is pending: 0/1 nodes can run it: 1 cordoned",
+            "instance web-3 Pending on - ready false",
+            "next seq 4",
+        ]
+    );
+    assert_eq!(plan_at(&mut snap, 4, 5000), Vec::<String>::new());
+    let status = snap.drain_status("n1").unwrap();
+    assert_eq!(status.instances.len(), 1);
+    assert_eq!(
+        status.blocked,
+        [
+            "app default/web: web-2 is pending: 0/1 nodes can run it: 1 cordoned",
+            "app default/web: web-3 is pending: 0/1 nodes can run it: 1 cordoned",
+        ]
+    );
+    // Room elsewhere, but a replacement keeps failing there: the drain
+    // says that too.
+    snap.nodes.insert("n2".into(), node("n2", NodeState::Ready));
+    plan_at(&mut snap, 4, 5100);
+    serve(&mut snap, "web-3");
+    if let Some(i) = snap.instances.get_mut("web-2") {
+        i.phase = Phase::CrashLoopBackOff;
+        i.reason = Some("trap".into());
+    }
+    assert_eq!(
+        snap.drain_status("n1").unwrap().blocked,
+        ["app default/web: web-2 on n2 is CrashLoopBackOff: trap"]
+    );
 }

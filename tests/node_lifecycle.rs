@@ -1,0 +1,157 @@
+//! `shoal cordon`, `uncordon`, `drain` and `delete node` against a cluster
+//! of real processes: a drain moves every instance off its node while
+//! requests through the gateway keep succeeding.
+
+mod support;
+
+use std::time::Duration;
+use support::{Cluster, Load, wait_until};
+
+const T: Duration = Duration::from_secs(60);
+
+const WEB: &str = r#"
+name = "web"
+module = "$EXAMPLES/http-component.wasm"
+replicas = 2
+
+[health]
+path = "/healthz"
+interval = "200ms"
+
+[[routes]]
+path = "/"
+"#;
+
+/// Node of every instance, with its phase.
+fn placements(c: &Cluster) -> Vec<(String, String)> {
+    let mut p: Vec<(String, String)> = c
+        .instances()
+        .iter()
+        .map(|i| {
+            (
+                i["node"].as_str().unwrap_or_default().to_string(),
+                i["phase"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    p.sort();
+    p
+}
+
+fn node_json(c: &Cluster, name: &str) -> serde_json::Value {
+    c.get_json("nodes")
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("no node {name}"))
+}
+
+#[test]
+fn a_drain_moves_every_instance_off_its_node_without_failing_a_request() {
+    let mut c = Cluster::start(2);
+    let gw = c.start_gateway(&[]);
+    c.apply_wait(&c.manifest("web.toml", WEB));
+    // Placement spreads the replicas: one on each node.
+    assert_eq!(
+        placements(&c),
+        [
+            ("node-1".to_string(), "running".to_string()),
+            ("node-2".to_string(), "running".to_string())
+        ]
+    );
+    let load = Load::start(format!("{gw}/"), 3);
+    load.wait_more(30);
+
+    let out = c.cli(&["drain", "node", "node-1", "--timeout", "60s"]);
+    assert!(out.success, "drain failed:\n{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("node/node-1 cordoned") && out.stdout.contains("node/node-1 drained"),
+        "{}",
+        out.stdout
+    );
+    // The drain waited for the node to be empty.
+    assert_eq!(
+        placements(&c),
+        [
+            ("node-2".to_string(), "running".to_string()),
+            ("node-2".to_string(), "running".to_string())
+        ]
+    );
+    load.wait_more(30);
+    let answers = load.finish();
+    let failed: Vec<&(u16, String)> = answers.iter().filter(|(s, _)| *s != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during the drain: {:?}",
+        failed.len(),
+        answers.len(),
+        failed.first()
+    );
+
+    // The node stays cordoned, and says so.
+    let node = node_json(&c, "node-1");
+    assert_eq!(node["cordoned"], true, "{node}");
+    assert_eq!(node["draining"], false, "{node}");
+    let table = c.cli(&["get", "nodes"]);
+    assert!(
+        table
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("node-1") && l.contains("Ready,SchedulingDisabled")),
+        "{}",
+        table.stdout
+    );
+    // Nothing new goes there while it is cordoned.
+    let scaled = c.cli(&["scale", "app", "web", "--replicas", "3"]);
+    assert!(scaled.success, "{}", scaled.stderr);
+    wait_until(T, "a third replica", || {
+        (c.instances().len() == 3).then_some(())
+    });
+    assert!(
+        placements(&c).iter().all(|(n, _)| n == "node-2"),
+        "{:?}",
+        placements(&c)
+    );
+
+    let out = c.cli(&["uncordon", "node/node-1"]);
+    assert!(out.success, "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), "node/node-1 uncordoned");
+    assert_eq!(node_json(&c, "node-1")["cordoned"], false);
+    let events = c.cli(&["events"]);
+    for reason in ["NodeDraining", "NodeDrained", "NodeUncordoned"] {
+        assert!(
+            events.stdout.contains(reason),
+            "{reason}: {}",
+            events.stdout
+        );
+    }
+}
+
+#[test]
+fn node_commands_name_an_unknown_node_and_refuse_a_malformed_reference() {
+    let c = Cluster::start(1);
+    for args in [
+        &["cordon", "node", "nope"][..],
+        &["drain", "node", "nope"],
+        &["delete", "node", "nope"],
+    ] {
+        let out = c.cli(args);
+        assert!(!out.success, "{args:?}: {}", out.stdout);
+        assert!(
+            out.stderr.contains("node nope not found") || out.stderr.contains("not_found"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    let out = c.cli(&["cordon", "app", "web"]);
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("expected `node NAME` or `node/NAME`"),
+        "{}",
+        out.stderr
+    );
+    // Cordoning twice is fine, as with kubectl.
+    for _ in 0..2 {
+        let out = c.cli(&["cordon", "node", "node-1"]);
+        assert!(out.success, "{}", out.stderr);
+    }
+}
