@@ -401,7 +401,7 @@ async fn a_drained_node_ends_empty_without_the_app_losing_a_serving_replica() {
     drop(cp);
     let cp = control_plane(dir.path());
     assert!(cp.snapshot().nodes["a"].cordoned);
-    cp.scale(key, 4).await.unwrap();
+    cp.scale(key, 4, None).await.unwrap();
     serve_for(&cp, Duration::from_millis(250), &["a", "b"]).await;
     assert!(
         placed(&cp).iter().all(|(n, _)| n == "b"),
