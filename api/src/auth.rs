@@ -48,7 +48,10 @@ impl Role {
             ),
             Role::Gateway => matches!(
                 (verb, resource),
-                (Get | Watch, Routes) | (Create, Metrics) | (Create, Activations)
+                (Get | Watch, Routes)
+                    | (Create, Metrics)
+                    | (Create, Activations)
+                    | (Create, Identities)
             ),
             Role::Join => (verb, resource) == (Create, Nodes),
         }
@@ -178,13 +181,16 @@ pub enum Resource {
     Blobs,
     /// Waking an app scaled to zero.
     Activations,
+    /// Certificates of the cluster's own processes (a gateway's, for
+    /// mutual TLS to nodes).
+    Identities,
     Nodes,
     Tokens,
     Quotas,
 }
 
 impl Resource {
-    pub const ALL: [Resource; 12] = [
+    pub const ALL: [Resource; 13] = [
         Resource::Apps,
         Resource::Revisions,
         Resource::Instances,
@@ -194,6 +200,7 @@ impl Resource {
         Resource::Metrics,
         Resource::Blobs,
         Resource::Activations,
+        Resource::Identities,
         Resource::Nodes,
         Resource::Tokens,
         Resource::Quotas,
@@ -212,6 +219,7 @@ impl fmt::Display for Resource {
             Resource::Metrics => "metrics",
             Resource::Blobs => "blobs",
             Resource::Activations => "activations",
+            Resource::Identities => "identities",
             Resource::Nodes => "nodes",
             Resource::Tokens => "tokens",
             Resource::Quotas => "quotas",
@@ -556,6 +564,7 @@ mod tests {
             gw,
             vec![
                 (Create, Activations),
+                (Create, Identities),
                 (Create, Metrics),
                 (Get, Routes),
                 (Watch, Routes)

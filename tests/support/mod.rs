@@ -389,7 +389,12 @@ impl Cluster {
             "--cache-dir".into(),
             cache.display().to_string(),
         ];
-        args.extend(extra);
+        // Plain HTTP unless the test asks for mutual TLS (`--tls`, which
+        // is not a flag of `shoal node`: the default).
+        if !extra.iter().any(|a| a == "--tls") {
+            args.push("--plain-http".into());
+        }
+        args.extend(extra.into_iter().filter(|a| a != "--tls"));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let p = Proc::spawn(&refs, &[("SHOAL_JOIN_TOKEN", self.join.as_str())]);
         let url = p.url_after("serving on");
