@@ -237,10 +237,13 @@ impl Proc {
         let line = self
             .out
             .wait_for(Duration::from_secs(120), |l| {
-                l.contains(marker) && l.contains("http://")
+                l.contains(marker) && l.contains("http")
             })
             .unwrap_or_else(|| panic!("no {marker:?} line; output: {:#?}", self.out.all()));
-        let start = line.find("http://").unwrap();
+        // The first URL after the marker (a node's line also names the
+        // control plane's).
+        let after = line.find(marker).unwrap() + marker.len();
+        let start = after + line[after..].find("http").unwrap();
         line[start..]
             .split_whitespace()
             .next()
