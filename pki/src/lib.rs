@@ -216,8 +216,14 @@ impl ClusterCa {
                 reason: "not a DNS name or an IP address".into(),
             });
         }
+        // The node's name too, as a DNS name: a proxy that checks names
+        // only as DNS names (nginx's `proxy_ssl_name`) can check that one.
+        let mut names = vec![host.to_owned()];
+        if node != host && !node.is_empty() && node.is_ascii() {
+            names.push(node.to_owned());
+        }
         self.issue(
-            vec![host.to_owned()],
+            names,
             &format!("Shoal node {node}"),
             ExtendedKeyUsagePurpose::ServerAuth,
         )
