@@ -291,7 +291,8 @@ pub const TOKEN_PREFIX: &str = "shoal_";
 
 /// A token's secret as a process holds it (a node's join token, a
 /// gateway's token): its `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct SecretToken(String);
 
 impl SecretToken {

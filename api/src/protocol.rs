@@ -27,7 +27,7 @@ pub struct RegisterResponse {
     /// The node's own credential, when it registered with a join token:
     /// the token it sends from now on. Shown here only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credential: Option<String>,
+    pub credential: Option<crate::auth::SecretToken>,
     /// For a node that serves `https`: its certificate, signed by the
     /// cluster CA, and the CA, whose client certificates (gateways', the
     /// control plane's) its front takes.

@@ -156,9 +156,9 @@ impl Session {
             .await?;
         if let Some(credential) = &r.credential {
             // From now on the node's own credential, never the join token.
-            self.client.set_token(credential)?;
+            self.client.set_token(credential.expose())?;
             if let Some(path) = &self.cfg.credential_file
-                && let Err(e) = write_private(path, credential)
+                && let Err(e) = write_private(path, credential.expose())
             {
                 tracing::warn!(path = %path.display(), error = %e, "cannot keep the node's credential; a restart will need the join token again");
             }

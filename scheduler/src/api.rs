@@ -679,7 +679,7 @@ async fn register(
         None => None,
     };
     let mut answer = cp.register(req).await?;
-    answer.credential = credential.map(|s| s.expose().to_string());
+    answer.credential = credential.map(|s| shoal_api::auth::SecretToken::new(s.expose()));
     answer.tls = tls;
     Ok(Json(answer).into_response())
 }
