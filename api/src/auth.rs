@@ -41,14 +41,21 @@ impl Role {
         use Resource::*;
         use Verb::*;
         match self {
-            Role::View | Role::Deploy | Role::Admin => self >= needed(verb, resource),
+            // Only gateways follow the stored certificates, whose keys
+            // come with them: no person's token ever reads a key back.
+            Role::View | Role::Deploy | Role::Admin => {
+                (verb, resource) != (Watch, Certificates) && self >= needed(verb, resource)
+            }
             Role::Node => matches!(
                 (verb, resource),
                 (Create | Update | Watch, Nodes) | (Get, Blobs)
             ),
             Role::Gateway => matches!(
                 (verb, resource),
-                (Get | Watch, Routes) | (Create, Metrics) | (Create, Activations)
+                (Get | Watch, Routes)
+                    | (Create, Metrics)
+                    | (Create, Activations)
+                    | (Watch, Certificates)
             ),
             Role::Join => (verb, resource) == (Create, Nodes),
         }
@@ -181,10 +188,12 @@ pub enum Resource {
     Nodes,
     Tokens,
     Quotas,
+    /// Certificates the gateways present to clients.
+    Certificates,
 }
 
 impl Resource {
-    pub const ALL: [Resource; 12] = [
+    pub const ALL: [Resource; 13] = [
         Resource::Apps,
         Resource::Revisions,
         Resource::Instances,
@@ -197,6 +206,7 @@ impl Resource {
         Resource::Nodes,
         Resource::Tokens,
         Resource::Quotas,
+        Resource::Certificates,
     ];
 }
 
@@ -215,6 +225,7 @@ impl fmt::Display for Resource {
             Resource::Nodes => "nodes",
             Resource::Tokens => "tokens",
             Resource::Quotas => "quotas",
+            Resource::Certificates => "certificates",
         })
     }
 }
@@ -425,11 +436,15 @@ mod tests {
     }
 
     #[test]
-    fn admin_reaches_everything() {
+    fn admin_reaches_everything_but_the_keys_of_stored_certificates() {
         for v in Verb::ALL {
             for r in Resource::ALL {
-                assert!(Role::Admin.reaches(v, r), "admin {v} {r}");
+                let keys = (v, r) == (Watch, Certificates);
+                assert_eq!(Role::Admin.reaches(v, r), !keys, "admin {v} {r}");
             }
+        }
+        for v in [List, Create, Delete] {
+            assert!(!Role::Deploy.reaches(v, Certificates), "deploy {v}");
         }
     }
 
@@ -558,6 +573,7 @@ mod tests {
                 (Create, Activations),
                 (Create, Metrics),
                 (Get, Routes),
+                (Watch, Certificates),
                 (Watch, Routes)
             ]
         );

@@ -47,6 +47,13 @@ pub const PROMETHEUS: &str = "/metrics";
 pub const TOKENS: &str = "/v1/tokens";
 /// One token by name: revoke.
 pub const TOKEN: &str = "/v1/tokens/{name}";
+/// Certificates the gateways present: list (never a key) and add.
+pub const CERTIFICATES: &str = "/v1/certificates";
+/// One stored certificate by host: remove.
+pub const CERTIFICATE: &str = "/v1/certificates/hosts/{host}";
+/// Every stored certificate with its key, for gateways only: a long poll
+/// ([`CertificatesQuery`]).
+pub const CERTIFICATES_WATCH: &str = "/v1/certificates/watch";
 
 /// Every endpoint of the control plane, as its router mounts them (a test
 /// of the router checks it mounts exactly these).
@@ -77,6 +84,9 @@ pub const CONTROL_PLANE: &[&str] = &[
     PROMETHEUS,
     TOKENS,
     TOKEN,
+    CERTIFICATES,
+    CERTIFICATE,
+    CERTIFICATES_WATCH,
 ];
 
 /// The longest the control plane holds a long poll (`EVENTS` with
@@ -133,6 +143,10 @@ pub fn node_registration(node: &str) -> String {
 
 pub fn token(name: &str) -> String {
     fill(TOKEN, &[name])
+}
+
+pub fn certificate(host: &str) -> String {
+    fill(CERTIFICATE, &[host])
 }
 
 /// A module by its sha256 (hex).
@@ -194,6 +208,7 @@ pub fn examples(a: &str, b: &str) -> Vec<Example> {
         ex(NODE_REGISTRATION, node_registration(a), &[a]),
         ex(BLOB, blob(a), &[a]),
         ex(TOKEN, token(a), &[a]),
+        ex(CERTIFICATE, certificate(a), &[a]),
         ex(node::INSTANCE_LOGS, node::instance_logs(a), &[a]),
     ]
     .into_iter()
@@ -255,6 +270,15 @@ pub struct AssignmentQuery {
 }
 
 /// The query of [`node::INSTANCE_LOGS`].
+/// [`CERTIFICATES_WATCH`]: answer once the certificates' revision is not
+/// `revision` (at once without one), or after [`LONG_POLL_HOLD`] with
+/// what there is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificatesQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogsQuery {
     /// Keep the stream open for lines to come. `1` means yes too, and a

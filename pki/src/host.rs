@@ -78,9 +78,7 @@ pub fn name_covers(pattern: &str, host: &str) -> bool {
         return true;
     }
     match (pattern.strip_prefix("*."), host.split_once('.')) {
-        (Some(parent), Some((label, rest))) => {
-            !label.is_empty() && label != "*" && rest == parent
-        }
+        (Some(parent), Some((label, rest))) => !label.is_empty() && label != "*" && rest == parent,
         _ => false,
     }
 }
