@@ -183,6 +183,7 @@ pub struct ControlPlane {
     snapshot: watch::Receiver<Arc<Snapshot>>,
     store: Arc<Store>,
     tokens: Arc<crate::auth::Tokens>,
+    certificates: Arc<crate::certs::Certificates>,
     auth: crate::auth::Auth,
     clock: Arc<dyn Clock>,
 }
@@ -193,6 +194,10 @@ impl ControlPlane {
         let store = Arc::new(store);
         let tokens = Arc::new(crate::auth::Tokens::load(store.clone())?);
         let (auth, clock) = (config.auth, config.clock.clone());
+        let certificates = Arc::new(crate::certs::Certificates::load(
+            store.clone(),
+            clock.now_ms(),
+        )?);
         let mut state = State::load(store.clone(), config)?;
         let (tx, rx) = mpsc::channel(1024);
         let (snap_tx, snap_rx) = watch::channel(Arc::new(state.snapshot()));
@@ -202,9 +207,15 @@ impl ControlPlane {
             snapshot: snap_rx,
             store,
             tokens,
+            certificates,
             auth,
             clock,
         })
+    }
+
+    /// The certificates stored for the gateways.
+    pub fn certificates(&self) -> &crate::certs::Certificates {
+        &self.certificates
     }
 
     /// The tokens the API checks requests against.
