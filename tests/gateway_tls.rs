@@ -175,4 +175,18 @@ fn stored_and_file_certificates_are_served_by_name_and_only_admins_store_them() 
             .is_err()
             .then_some(())
     });
+
+    // Events name who stored and removed it, and never carry a key.
+    let out = c.cli(&["events", "-A"]);
+    assert!(out.success, "{out:?}");
+    for reason in ["CertificateAdded", "CertificateRemoved"] {
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.contains("certificate/app.example") && l.contains(reason))
+            .unwrap_or_else(|| panic!("no {reason}: {}", out.stdout));
+        // NAMESPACE, LAST SEEN, TYPE, REASON, OBJECT, BY, MESSAGE
+        assert_eq!(line.split_whitespace().nth(5), Some("admin"), "{line}");
+    }
+    assert!(!out.stdout.contains("PRIVATE"), "{}", out.stdout);
 }
