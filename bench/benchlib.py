@@ -358,7 +358,7 @@ def stop_all_on_exit() -> None:
 
 # ---------------------------------------------------------------- cluster
 
-URL = r"(http://\S+?)/?\s"
+URL = r"(https?://\S+?)/?\s"
 
 
 def free_port() -> int:
@@ -371,30 +371,88 @@ def url_port(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
 
+# Tokens of the control planes started here, by URL: (admin, join). A
+# control plane that writes none (a revision before tokens) has none, and
+# everything below then sends none.
+TOKENS: dict[str, tuple[str | None, str | None]] = {}
+
+# A client config no benchmark reads (a developer's own must not decide
+# where the CLI goes).
+NO_CONFIG = "/nonexistent/shoal-bench/config.toml"
+
+
+def _read_token(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+_HELP: dict[tuple[str, str], str] = {}
+
+
+def has_flag(shoal: str, command: str, flag: str) -> bool:
+    """Whether `shoal COMMAND` takes FLAG (older revisions lack some)."""
+    key = (str(shoal), command)
+    if key not in _HELP:
+        p = subprocess.run([str(shoal), command, "--help"], capture_output=True, text=True,
+                           cwd=REPO)
+        _HELP[key] = p.stdout + p.stderr
+    return flag in _HELP[key]
+
+
+def admin_env(cp_url: str) -> dict:
+    """The environment of a CLI run against the control plane at cp_url."""
+    env = {"SHOAL_CONFIG": NO_CONFIG}
+    admin = TOKENS.get(cp_url.rstrip("/"), (None, None))[0]
+    if admin:
+        env["SHOAL_TOKEN"] = admin
+    return env
+
+
 def start_control_plane(shoal: str, data_dir: Path, log_path: Path, timeout: float,
-                        group: bool = True) -> tuple[Proc, str]:
+                        group: bool = True, extra: list[str] | None = None
+                        ) -> tuple[Proc, str]:
     """`shoal control-plane` on a free port; the process and its URL."""
     p = Proc("control-plane", [str(shoal), "control-plane", "--listen", f"{HOST}:0",
-                               "--data-dir", str(data_dir), "--plain-http"],
+                               "--data-dir", str(data_dir), "--plain-http", *(extra or [])],
              log_path, group=group)
-    return p, p.wait_for_line(r"Control plane listening on " + URL, timeout).group(1)
+    url = p.wait_for_line(r"Control plane listening on " + URL, timeout).group(1)
+    TOKENS[url.rstrip("/")] = (_read_token(data_dir / "admin.token"),
+                               _read_token(data_dir / "join.token"))
+    return p, url
 
 
 def start_node(shoal: str, cp_url: str, name: str, cache_dir: Path, log_path: Path,
-               timeout: float, group: bool = True) -> tuple[Proc, str]:
-    """`shoal node` joined to the control plane, on a free port; the process
-    and its URL."""
-    p = Proc(name, [str(shoal), "node", "--join", cp_url, "--name", name,
-                    "--listen", f"{HOST}:0", "--cache-dir", str(cache_dir)],
-             log_path, group=group)
+               timeout: float, group: bool = True, tls: bool = False,
+               labels: list[str] | None = None) -> tuple[Proc, str]:
+    """`shoal node` joined to the control plane, on a free port: plain HTTP
+    unless `tls` (mutual TLS, which gateways reach with a certificate of
+    the cluster CA); the process and its URL."""
+    argv = [str(shoal), "node", "--join", cp_url, "--name", name,
+            "--listen", f"{HOST}:0", "--cache-dir", str(cache_dir)]
+    if not tls and has_flag(shoal, "node", "--plain-http"):
+        argv.append("--plain-http")
+    for label in labels or []:
+        argv += ["--label", label]
+    join = TOKENS.get(cp_url.rstrip("/"), (None, None))[1]
+    p = Proc(name, argv, log_path, group=group,
+             env={"SHOAL_JOIN_TOKEN": join} if join else None)
     return p, p.wait_for_line(rf"Node {re.escape(name)} serving on " + URL, timeout).group(1)
 
 
 def start_gateway(shoal: str, cp_url: str, log_path: Path, timeout: float,
                   env: dict | None = None) -> tuple[Proc, str]:
-    """`shoal gateway` on a free port; the process and its URL."""
+    """`shoal gateway` on a free port, with a token of its own if the
+    control plane asks for one; the process and its URL."""
+    env = dict(env or {})
+    api = Api(cp_url)
+    if api.token:
+        name = f"gateway-{free_port()}"
+        env["SHOAL_TOKEN"] = api.call("POST", "/v1/tokens",
+                                      {"name": name, "role": "gateway"})["secret"]
     p = Proc("gateway", [str(shoal), "gateway", "--listen", f"{HOST}:0",
-                         "--control-plane", cp_url], log_path, env=env)
+                         "--control-plane", cp_url], log_path, env=env or None)
     return p, p.wait_for_line(r"Gateway listening on " + URL, timeout).group(1)
 
 
@@ -402,7 +460,8 @@ def shoal_apply(shoal: str, cp_url: str, manifest: Path, timeout: float,
                 log_path: Path | None = None) -> None:
     """`shoal apply -f MANIFEST --wait`, its output appended to log_path."""
     argv = [str(shoal), "--server", cp_url, "apply", "-f", str(manifest), "--wait"]
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                       env={**os.environ, **admin_env(cp_url)})
     if log_path is not None:
         with open(log_path, "a") as f:
             f.write("$ " + shlex.join(argv) + "\n" + p.stdout + p.stderr)
@@ -412,17 +471,20 @@ def shoal_apply(shoal: str, cp_url: str, manifest: Path, timeout: float,
 
 
 class Api:
-    """The control plane's JSON API."""
+    """The control plane's JSON API, as its admin (when it has tokens)."""
 
-    def __init__(self, url: str, timeout: float = 5.0):
+    def __init__(self, url: str, timeout: float = 5.0, token: str | None = None):
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.token = token or TOKENS.get(self.url, (None, None))[0]
 
     def call(self, method: str, path: str, body: dict | None = None):
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method)
         if data is not None:
             req.add_header("content-type", "application/json")
+        if self.token:
+            req.add_header("authorization", f"Bearer {self.token}")
         with urllib.request.urlopen(req, timeout=self.timeout) as resp:
             raw = resp.read()
         return json.loads(raw) if raw else None
@@ -475,14 +537,15 @@ def has_socket_errors(r: dict) -> bool:
 
 
 def run_wrk(wrk: str, port: int, conns: int, seconds: float, threads: int, log_path: Path,
-            headers: list[str] = (), watch: Callable[[], object] | None = None) -> dict:
+            headers: list[str] = (), watch: Callable[[], object] | None = None,
+            path: str = "/") -> dict:
     """One wrk run against http://127.0.0.1:PORT/, its output appended to
     log_path; parse_wrk's result plus "argv" and "cpu": `watch` makes a CPU
     watch (an object with finish() -> dict) as wrk starts, {} without one."""
     argv = [wrk, f"-t{threads}", f"-c{conns}", f"-d{wrk_duration_arg(seconds)}", "--latency"]
     for h in headers:
         argv += ["-H", h]
-    argv.append(f"http://{HOST}:{port}/")
+    argv.append(f"http://{HOST}:{port}{path}")
     w = watch() if watch else None
     try:
         p = subprocess.run(argv, capture_output=True, text=True,

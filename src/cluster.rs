@@ -77,6 +77,12 @@ pub struct NodeArgs {
     /// time; it then uses a credential of its own, kept in the cache dir.
     #[arg(long, env = "SHOAL_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
+    /// Serve instances over plain HTTP instead of mutual TLS: only for a
+    /// listen address on the loopback, where every local process is
+    /// trusted. By default the node serves https with a certificate the
+    /// control plane issues, to clients of the cluster CA only (gateways).
+    #[arg(long)]
+    pub plain_http: bool,
     /// A label for node selectors, `key=value` (repeatable).
     #[arg(long = "label", value_name = "K=V")]
     pub labels: Vec<String>,
@@ -215,20 +221,26 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     }
     // The CA is created (or found) before anything listens, so a client
     // that sees the URL line can already read the CA file.
+    // Made even for a plain-HTTP API: it issues the nodes' and gateways'
+    // certificates.
+    let (ca, origin) = shoal_pki::ClusterCa::load_or_create(&dir)
+        .with_context(|| format!("the cluster CA in {}", dir.display()))?;
+    let ca_file = dir.join(shoal_pki::CA_CERT_FILE);
+    if origin == shoal_pki::CaOrigin::Created {
+        crate::out::sayln!("Created the cluster CA {}", ca_file.display());
+    }
     let tls = if args.plain_http {
         None
     } else {
-        let (ca, origin) = shoal_pki::ClusterCa::load_or_create(&dir)
-            .with_context(|| format!("the cluster CA in {}", dir.display()))?;
-        let ca_file = dir.join(shoal_pki::CA_CERT_FILE);
-        if origin == shoal_pki::CaOrigin::Created {
-            crate::out::sayln!("Created the cluster CA {}", ca_file.display());
-        }
         let config = ca
             .issue_server(&args.tls_sans)
             .and_then(|issued| issued.server_config(&[b"http/1.1"]))
             .context("the API's TLS certificate")?;
         Some((config, ca_file))
+    };
+    let config = shoal_scheduler::state::Config {
+        ca: Some(Arc::new(ca)),
+        ..config
     };
     let cp = shoal_scheduler::state::ControlPlane::start(store, config)
         .context("loading the control plane's state")?;
@@ -368,14 +380,24 @@ pub async fn node(args: NodeArgs, ca: Option<Vec<u8>>) -> anyhow::Result<()> {
         })
         .context("starting the wasm runtime")?,
     );
+    if args.plain_http && !args.listen.ip().is_loopback() {
+        bail!(
+            "--plain-http is only for a loopback address, not {}: without mutual TLS anyone on the network could call the node's instances",
+            args.listen
+        );
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let scheme = if args.plain_http { "http" } else { "https" };
     let advertise = args
         .advertise
         .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+        .unwrap_or_else(|| format!("{scheme}://{addr}"));
+    if advertise.starts_with("https://") == args.plain_http {
+        bail!("--advertise {advertise}: the node serves {scheme}, so advertise a {scheme}:// URL");
+    }
     let name = match &args.name {
         Some(n) => n.clone(),
         None => format!("{}-{}", hostname(), addr.port()),
@@ -410,13 +432,31 @@ pub async fn node(args: NodeArgs, ca: Option<Vec<u8>>) -> anyhow::Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let server = tokio::spawn(shoal_runtime::server::serve(
-        listener,
-        node.clone(),
-        stopped(stop_rx.clone()),
-        args.grace.get(),
-        shoal_runtime::server::BEHIND_GATEWAY,
-    ));
+    let server = {
+        let (node, rx, grace) = (node.clone(), stop_rx.clone(), args.grace.get());
+        let plain = args.plain_http;
+        tokio::spawn(async move {
+            // Over TLS, the front serves once the control plane has
+            // issued the node's certificate (at its first registration).
+            let tls = if plain {
+                None
+            } else {
+                tokio::select! {
+                    a = node.tls_acceptor() => Some(a.map_err(std::io::Error::other)?),
+                    _ = stopped(rx.clone()) => return Ok(()),
+                }
+            };
+            shoal_runtime::server::serve_with_tls(
+                listener,
+                node,
+                stopped(rx),
+                grace,
+                shoal_runtime::server::BEHIND_GATEWAY,
+                tls,
+            )
+            .await
+        })
+    };
     let loops = tokio::spawn(node.clone().run(stopped(stop_rx)));
     stop.await;
     let _ = stop_tx.send(true);
@@ -482,6 +522,12 @@ pub async fn gateway(
         Some((l, _)) => Some(l.local_addr()?),
         None => None,
     };
+    // Nodes serve mutual TLS: the gateway's client certificate comes
+    // from the control plane, and is fetched until it does.
+    let certificate = {
+        let gw = gw.clone();
+        tokio::spawn(async move { gw.use_node_certificate().await })
+    };
     let watch = tokio::spawn(shoal_gateway::watch::follow(
         gw.clone(),
         args.control_plane.clone(),
@@ -506,6 +552,7 @@ pub async fn gateway(
         grace: args.grace.get(),
     };
     shoal_gateway::serve_workers_tls(Some(listeners), tls, gw, stop, limits).await?;
+    certificate.abort();
     watch.abort();
     metrics.abort();
     for t in tls_tasks {

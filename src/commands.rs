@@ -978,31 +978,24 @@ pub async fn delete(client: &Client, args: DeleteArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An instance whose logs can be read: it is on a node whose address is
-/// known.
+/// An instance whose logs can be read: it is on a node (the control plane
+/// reads them from there).
 struct LogSource {
     id: String,
-    /// The node's base URL.
-    address: String,
+    namespace: String,
     follow: bool,
     revision: u64,
     node: String,
 }
 
 fn log_sources(d: &AppDetail, follow: bool) -> Vec<LogSource> {
-    let addresses: BTreeMap<&str, &str> = d
-        .nodes
-        .iter()
-        .map(|n| (n.name.as_str(), n.address.as_str()))
-        .collect();
     d.instances
         .iter()
         .filter_map(|i| {
             let node = i.node.as_deref()?;
-            let addr = addresses.get(node)?;
             Some(LogSource {
                 id: i.id.clone(),
-                address: addr.to_string(),
+                namespace: i.app.namespace.clone(),
                 follow,
                 revision: i.revision,
                 node: node.to_string(),
@@ -1024,10 +1017,7 @@ enum LogEnd {
 /// stream ends. `hello` is said once the stream is open.
 async fn print_logs(client: Client, source: LogSource, hello: Option<String>) -> LogEnd {
     let id = &source.id;
-    let mut lines = match client
-        .instance_logs(&source.address, id, source.follow)
-        .await
-    {
+    let mut lines = match client.logs(&source.namespace, id, source.follow).await {
         Ok(l) => l,
         Err(e) => return LogEnd::NotOpened(e.into()),
     };

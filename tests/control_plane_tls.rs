@@ -78,7 +78,12 @@ fn the_api_is_served_over_tls_with_a_ca_made_at_first_start_and_kept() {
             .any(|l| l.contains("Created the cluster CA"))
     );
     let ca_pem = std::fs::read(&ca_file).unwrap();
-    let trusting = || shoal_client::Client::builder(&url).ca_file(&ca_file);
+    let admin = admin_token(&data);
+    let trusting = || {
+        shoal_client::Client::builder(&url)
+            .ca_file(&ca_file)
+            .token(&admin)
+    };
     assert_eq!(apps(trusting()).unwrap(), 0);
 
     // A client that trusts another cluster's CA is refused, in words.
@@ -105,7 +110,12 @@ fn the_api_is_served_over_tls_with_a_ca_made_at_first_start_and_kept() {
             .any(|l| l.contains("Created the cluster CA"))
     );
     assert_eq!(
-        apps(shoal_client::Client::builder(&url).ca_file(&ca_file)).unwrap(),
+        apps(
+            shoal_client::Client::builder(&url)
+                .ca_file(&ca_file)
+                .token(&admin)
+        )
+        .unwrap(),
         0
     );
     stop(cp);
@@ -137,10 +147,23 @@ fn plain_http_is_refused_off_the_loopback() {
     );
 }
 
+/// The admin token the control plane wrote into `data` at its first start.
+fn admin_token(data: &Path) -> String {
+    std::fs::read_to_string(data.join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
 /// `shoal ARGS` against `server`, trusting `ca` through `$SHOAL_CA`.
 fn cli_with_ca(server: &str, ca: Option<&Path>, args: &[&str]) -> std::process::Output {
+    let data = ca.and_then(Path::parent);
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"));
+    if let Some(d) = data {
+        cmd.env("SHOAL_TOKEN", admin_token(d));
+    }
     cmd.args(args)
+        .env("SHOAL_CONFIG", support::NO_CONFIG)
         .env("SHOAL_SERVER", server)
         .env("SHOAL_LOG", "warn")
         .env_remove("SHOAL_CA")
@@ -173,7 +196,12 @@ fn a_node_and_the_cli_given_the_ca_work_with_a_tls_control_plane() {
             "--cache-dir",
             &cache,
         ],
-        &[],
+        &[(
+            "SHOAL_JOIN_TOKEN",
+            std::fs::read_to_string(data.join("join.token"))
+                .unwrap()
+                .trim(),
+        )],
     );
     node.url_after("serving on");
     support::wait_until(T, "the node to register over TLS", || {

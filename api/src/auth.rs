@@ -56,6 +56,7 @@ impl Role {
                     | (Create, Metrics)
                     | (Create, Activations)
                     | (Watch, Certificates)
+                    | (Create, Identities)
             ),
             Role::Join => (verb, resource) == (Create, Nodes),
         }
@@ -185,6 +186,9 @@ pub enum Resource {
     Blobs,
     /// Waking an app scaled to zero.
     Activations,
+    /// Certificates of the cluster's own processes (a gateway's, for
+    /// mutual TLS to nodes).
+    Identities,
     Nodes,
     Tokens,
     Quotas,
@@ -193,7 +197,7 @@ pub enum Resource {
 }
 
 impl Resource {
-    pub const ALL: [Resource; 13] = [
+    pub const ALL: [Resource; 14] = [
         Resource::Apps,
         Resource::Revisions,
         Resource::Instances,
@@ -203,6 +207,7 @@ impl Resource {
         Resource::Metrics,
         Resource::Blobs,
         Resource::Activations,
+        Resource::Identities,
         Resource::Nodes,
         Resource::Tokens,
         Resource::Quotas,
@@ -222,6 +227,7 @@ impl fmt::Display for Resource {
             Resource::Metrics => "metrics",
             Resource::Blobs => "blobs",
             Resource::Activations => "activations",
+            Resource::Identities => "identities",
             Resource::Nodes => "nodes",
             Resource::Tokens => "tokens",
             Resource::Quotas => "quotas",
@@ -571,6 +577,7 @@ mod tests {
             gw,
             vec![
                 (Create, Activations),
+                (Create, Identities),
                 (Create, Metrics),
                 (Get, Routes),
                 (Watch, Certificates),

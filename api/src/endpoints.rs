@@ -45,6 +45,12 @@ pub const METRICS: &str = "/v1/metrics";
 pub const PROMETHEUS: &str = "/metrics";
 /// Tokens: list (no secrets) and create (the secret, once).
 pub const TOKENS: &str = "/v1/tokens";
+/// A gateway's client certificate for mutual TLS to nodes (POST, made
+/// anew at each call).
+pub const GATEWAY_CERTIFICATE: &str = "/v1/gateway-certificate";
+/// An instance's log lines, read by the control plane from its node (the
+/// node's front serves only clients of the cluster CA).
+pub const INSTANCE_LOGS: &str = "/v1/namespaces/{ns}/instances/{id}/logs";
 /// One token by name: revoke.
 pub const TOKEN: &str = "/v1/tokens/{name}";
 /// Certificates the gateways present: list (never a key) and add.
@@ -87,6 +93,8 @@ pub const CONTROL_PLANE: &[&str] = &[
     CERTIFICATES,
     CERTIFICATE,
     CERTIFICATES_WATCH,
+    GATEWAY_CERTIFICATE,
+    INSTANCE_LOGS,
 ];
 
 /// The longest the control plane holds a long poll (`EVENTS` with
@@ -139,6 +147,10 @@ pub fn node_drain(node: &str) -> String {
 
 pub fn node_registration(node: &str) -> String {
     fill(NODE_REGISTRATION, &[node])
+}
+
+pub fn instance_logs(ns: &str, id: &str) -> String {
+    fill(INSTANCE_LOGS, &[ns, id])
 }
 
 pub fn token(name: &str) -> String {
@@ -209,6 +221,7 @@ pub fn examples(a: &str, b: &str) -> Vec<Example> {
         ex(BLOB, blob(a), &[a]),
         ex(TOKEN, token(a), &[a]),
         ex(CERTIFICATE, certificate(a), &[a]),
+        ex(INSTANCE_LOGS, instance_logs(a, b), &[a, b]),
         ex(node::INSTANCE_LOGS, node::instance_logs(a), &[a]),
     ]
     .into_iter()

@@ -28,6 +28,27 @@ pub struct RegisterResponse {
     /// the token it sends from now on. Shown here only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
+    /// For a node that serves `https`: its certificate, signed by the
+    /// cluster CA, and the CA, whose client certificates (gateways', the
+    /// control plane's) its front takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<IssuedCert>,
+}
+
+/// A certificate the control plane issued, with its key and the CA that
+/// signed it. Its `Debug` shows no key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct IssuedCert {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for IssuedCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedCert").finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -76,6 +76,19 @@ impl Client {
             .await
     }
 
+    /// A client certificate for this gateway, signed by the cluster CA, to
+    /// show nodes that serve mutual TLS.
+    pub async fn gateway_certificate(&self) -> Result<shoal_api::protocol::IssuedCert, Error> {
+        self.json(
+            Method::POST,
+            endpoints::GATEWAY_CERTIFICATE,
+            self.timeout(),
+            crate::transport::NO_BODY,
+            crate::transport::NO_QUERY,
+        )
+        .await
+    }
+
     /// Asks for an instance of an app that has none (scale from zero).
     pub async fn activate(&self, key: &AppKey) -> Result<(), Error> {
         self.no_content(self.request(Method::POST, &endpoints::app_activate(key)))

@@ -31,8 +31,27 @@ impl Client {
             node.trim_end_matches('/'),
             endpoints::node::instance_logs(id)
         );
-        let request = self
-            .request_to(Method::GET, &url)
+        self.lines(self.request_to(Method::GET, &url), &url, follow)
+            .await
+    }
+
+    /// The log stream of instance `id` of namespace `ns`, through the
+    /// control plane (which reads it from the instance's node).
+    pub async fn logs(&self, ns: &str, id: &str, follow: bool) -> Result<LogLines, Error> {
+        let path = endpoints::instance_logs(ns, id);
+        let url = self.url(&path);
+        self.lines(self.request(Method::GET, &path), &url, follow)
+            .await
+    }
+
+    async fn lines(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+        follow: bool,
+    ) -> Result<LogLines, Error> {
+        let url = url.to_string();
+        let request = request
             .query(&LogsQuery { follow })
             .build()
             .map_err(|e| Error::Failed {

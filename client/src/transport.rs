@@ -55,6 +55,9 @@ pub struct Builder {
     hints: Hints,
     ca: Option<Ca>,
     token: Option<String>,
+    /// A client certificate and its key (PEM), for servers that ask for
+    /// one (nodes, which serve mutual TLS).
+    identity: Option<Vec<u8>>,
 }
 
 /// The CA a client trusts for `https` URLs.
@@ -99,6 +102,13 @@ impl Builder {
         self
     }
 
+    /// Shows the certificate and key in `pem` to servers that ask for a
+    /// client certificate.
+    pub fn identity_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.identity = Some(pem.into());
+        self
+    }
+
     /// The token every request to the control plane carries
     /// (`Authorization: Bearer ...`); requests to nodes never carry it.
     pub fn token(mut self, token: impl Into<String>) -> Self {
@@ -111,6 +121,11 @@ impl Builder {
         let mut http = reqwest::Client::builder().tls_built_in_root_certs(false);
         if let Some(limit) = self.connect_timeout {
             http = http.connect_timeout(limit);
+        }
+        if let Some(pem) = &self.identity {
+            let identity = reqwest::Identity::from_pem(pem)
+                .map_err(|e| Error::Build(format!("the client certificate: {}", root_cause(&e))))?;
+            http = http.identity(identity);
         }
         if let Some(ca) = &self.ca {
             for cert in ca.certificates()? {
@@ -162,6 +177,7 @@ impl Client {
             hints: Hints::default(),
             ca: None,
             token: None,
+            identity: None,
         }
     }
 

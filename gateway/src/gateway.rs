@@ -25,6 +25,9 @@ pub struct GatewayConfig {
     pub control_plane_ca: Option<Vec<u8>>,
     /// The gateway's token (role `gateway`) for the control plane.
     pub token: Option<shoal_api::auth::SecretToken>,
+    /// Its client certificate for nodes that serve mutual TLS, shared by
+    /// every worker (see [`Gateway::use_node_certificate`]).
+    pub node_tls: Arc<crate::pool::NodeTls>,
 }
 
 impl GatewayConfig {
@@ -50,6 +53,7 @@ impl Default for GatewayConfig {
             activation_timeout: Duration::from_secs(30),
             control_plane_ca: None,
             token: None,
+            node_tls: Arc::default(),
         }
     }
 }
@@ -83,7 +87,7 @@ impl Gateway {
     }
 
     pub fn new(config: GatewayConfig) -> Arc<Self> {
-        let pool = crate::pool::Pool::new(config.connect_timeout);
+        let pool = crate::pool::Pool::with_tls(config.connect_timeout, config.node_tls.clone());
         let shared = Arc::new(Shared {
             table: RwLock::new(Arc::new(Table::default())),
             endpoints: Endpoints::new(),
@@ -111,8 +115,47 @@ impl Gateway {
     pub fn worker(&self) -> Arc<Self> {
         Arc::new(Self {
             shared: self.shared.clone(),
-            pool: crate::pool::Pool::new(self.shared.config.connect_timeout),
+            pool: crate::pool::Pool::with_tls(
+                self.shared.config.connect_timeout,
+                self.shared.config.node_tls.clone(),
+            ),
         })
+    }
+
+    /// Asks the control plane for this gateway's client certificate and
+    /// uses it for `https://` nodes from now on; tries again every second
+    /// until it has one.
+    pub async fn use_node_certificate(&self) {
+        let Some(control) = &self.shared.control else {
+            return;
+        };
+        let mut warned = false;
+        loop {
+            match control.gateway_certificate().await {
+                Ok(issued) => {
+                    let pki = shoal_pki::Issued {
+                        cert_pem: issued.cert_pem,
+                        key_pem: issued.key_pem,
+                    };
+                    match pki.mtls_client_config(&issued.ca_pem, &[b"http/1.1"]) {
+                        Ok(config) => {
+                            self.shared.config.node_tls.set(config);
+                            tracing::info!("client certificate for nodes in place (mutual TLS)");
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "the certificate the control plane issued is unusable")
+                        }
+                    }
+                }
+                Err(e) if !warned => {
+                    tracing::warn!(error = %e, "cannot get a client certificate for nodes yet; retrying");
+                    warned = true;
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     pub fn table(&self) -> Arc<Table> {

@@ -60,6 +60,33 @@ impl Drop for HyperConn {
     }
 }
 
+/// The client side of mutual TLS to nodes, shared by every worker's pool:
+/// set once the control plane has issued the gateway's certificate. A node
+/// whose address is `https://` is reached through it, and only then.
+#[derive(Default)]
+pub struct NodeTls(std::sync::RwLock<Option<tokio_rustls::TlsConnector>>);
+
+impl std::fmt::Debug for NodeTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("NodeTls").field(&self.ready()).finish()
+    }
+}
+
+impl NodeTls {
+    pub fn set(&self, config: Arc<rustls::ClientConfig>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) =
+            Some(tokio_rustls::TlsConnector::from(config));
+    }
+
+    pub fn ready(&self) -> bool {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    fn connector(&self) -> Option<tokio_rustls::TlsConnector> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 #[derive(Default)]
 pub struct Pool {
     /// hyper connections, for requests whose body streams.
@@ -68,6 +95,7 @@ pub struct Pool {
     /// in memory (nearly all).
     conns: Mutex<HashMap<Arc<str>, Vec<h1::Conn>>>,
     connect_timeout: Duration,
+    tls: Arc<NodeTls>,
 }
 
 /// Gives a connection back to its pool when its answer has been read.
@@ -113,10 +141,16 @@ pub type PooledResponse = http::Response<PooledBody>;
 
 impl Pool {
     pub fn new(connect_timeout: Duration) -> Arc<Self> {
+        Self::with_tls(connect_timeout, Arc::default())
+    }
+
+    /// A pool that reaches `https://` nodes through `tls`.
+    pub fn with_tls(connect_timeout: Duration, tls: Arc<NodeTls>) -> Arc<Self> {
         Arc::new(Self {
             idle: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
             connect_timeout,
+            tls,
         })
     }
 
@@ -159,24 +193,45 @@ impl Pool {
         Ok(HyperConn { sender, task })
     }
 
-    async fn connect_tcp(&self, address: &str) -> Result<tokio::net::TcpStream, PoolError> {
-        let authority = address
-            .strip_prefix("http://")
-            .unwrap_or(address)
-            .trim_end_matches('/');
+    /// A connection to the node at `address`: TCP for `http://`, mutual
+    /// TLS for `https://`, within the connect timeout either way.
+    async fn connect_tcp(&self, address: &str) -> Result<h1::NodeIo, PoolError> {
+        let (tls, authority) = match address.strip_prefix("https://") {
+            Some(rest) => (true, rest),
+            None => (false, address.strip_prefix("http://").unwrap_or(address)),
+        };
+        let authority = authority.trim_end_matches('/');
         let failed = |message: String| PoolError::Connect {
             address: address.to_string(),
             message,
         };
-        let stream = tokio::time::timeout(
-            self.connect_timeout,
-            tokio::net::TcpStream::connect(authority),
-        )
-        .await
-        .map_err(|_| failed(format!("timed out after {:?}", self.connect_timeout)))?
-        .map_err(|e| failed(e.to_string()))?;
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
+        let connect = async {
+            let stream = tokio::net::TcpStream::connect(authority)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            let _ = stream.set_nodelay(true);
+            if !tls {
+                return Ok(h1::NodeIo::Plain(stream));
+            }
+            let connector = self.tls.connector().ok_or_else(|| {
+                failed("the node serves mutual TLS and this gateway has no certificate yet".into())
+            })?;
+            let host = match authority.rsplit_once(':') {
+                Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+                _ => authority,
+            };
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .map_err(|e| failed(format!("{host:?}: {e}")))?;
+            let stream = connector
+                .connect(name, stream)
+                .await
+                .map_err(|e| failed(format!("TLS: {e}")))?;
+            Ok(h1::NodeIo::Tls(Box::new(stream)))
+        };
+        tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .map_err(|_| failed(format!("timed out after {:?}", self.connect_timeout)))?
     }
 
     /// An idle connection of the gateway's own client that the node has
@@ -184,7 +239,7 @@ impl Pool {
     fn checkout_conn(&self, address: &str) -> Option<h1::Conn> {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         let list = conns.get_mut(address)?;
-        while let Some(c) = list.pop() {
+        while let Some(mut c) = list.pop() {
             if c.is_usable() {
                 return Some(c);
             }

@@ -20,6 +20,7 @@ pub mod front;
 pub mod health;
 pub mod session;
 pub mod supervisor;
+pub mod tls;
 
 use shoal_api::objects::NodeCapacity;
 use shoal_runtime::Runtime;
@@ -62,6 +63,7 @@ pub enum Error {
 /// its instances, and its HTTP front.
 pub struct Node {
     session: Arc<session::Session>,
+    tls: Arc<tls::FrontTls>,
     supervisor: Arc<supervisor::Supervisor>,
     front: front::Front,
 }
@@ -93,12 +95,20 @@ impl Node {
             client.clone(),
             changed.clone(),
         ));
-        let session = Arc::new(session::Session::new(client, cfg, changed));
+        let tls = Arc::new(tls::FrontTls::default());
+        let session = Arc::new(session::Session::new(client, cfg, changed, tls.clone()));
         Ok(Arc::new(Self {
             session,
+            tls,
             front: front::Front::new(supervisor.clone()),
             supervisor,
         }))
+    }
+
+    /// The TLS acceptor of the node's front, once the control plane has
+    /// issued its certificate (the node registers over `https` for that).
+    pub async fn tls_acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, shoal_pki::PkiError> {
+        self.tls.acceptor().await
     }
 
     /// Ids of the instances running here.

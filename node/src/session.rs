@@ -100,11 +100,18 @@ pub struct Session {
     /// Wakes the heartbeat early when something the control plane should
     /// know changed (an instance started, stopped, became ready).
     changed: Arc<Notify>,
+    tls: Arc<crate::tls::FrontTls>,
 }
 
 impl Session {
-    pub fn new(client: Client, cfg: NodeConfig, changed: Arc<Notify>) -> Self {
+    pub fn new(
+        client: Client,
+        cfg: NodeConfig,
+        changed: Arc<Notify>,
+        tls: Arc<crate::tls::FrontTls>,
+    ) -> Self {
         Self {
+            tls,
             client,
             cfg,
             inbox: Inbox::default(),
@@ -156,6 +163,11 @@ impl Session {
                 tracing::warn!(path = %path.display(), error = %e, "cannot keep the node's credential; a restart will need the join token again");
             }
             tracing::info!(node = %self.cfg.name, "joined: the control plane gave this node its own credential");
+        }
+        if let Some(issued) = &r.tls
+            && let Err(e) = self.tls.install(issued)
+        {
+            tracing::error!(error = %e, "the certificate the control plane issued is unusable");
         }
         self.inbox.registered();
         *self.interval.lock().unwrap_or_else(|p| p.into_inner()) =

@@ -46,6 +46,7 @@ async fn register() -> Json<RegisterResponse> {
         lease_ms: 60_000,
         heartbeat_ms: 10,
         credential: None,
+        tls: None,
     })
 }
 
@@ -101,6 +102,7 @@ async fn a_stale_heartbeat_answer_after_a_newer_long_poll_assignment_is_not_appl
             credential_file: None,
         },
         Arc::new(Notify::new()),
+        Default::default(),
     ));
     let mut applied = session.inbox().subscribe();
     tokio::spawn(

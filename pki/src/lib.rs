@@ -201,13 +201,56 @@ impl ClusterCa {
                 all.push(name.to_owned());
             }
         }
-        let mut params = CertificateParams::new(all)?;
+        self.issue(
+            all,
+            "Shoal control plane",
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
+    /// A node's certificate for its front, at `host` (the host of the
+    /// address it advertises: an IP address or a DNS name). Server
+    /// authentication only: a node's certificate opens no other node.
+    pub fn issue_node(&self, node: &str, host: &str) -> Result<Issued, PkiError> {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || !host.is_ascii() || host.contains(char::is_whitespace) {
+            return Err(PkiError::ServerName {
+                name: host.to_owned(),
+                reason: "not a DNS name or an IP address".into(),
+            });
+        }
+        // The node's name too, as a DNS name: a proxy that checks names
+        // only as DNS names (nginx's `proxy_ssl_name`) can check that one.
+        let mut names = vec![host.to_owned()];
+        if node != host && !node.is_empty() && node.is_ascii() {
+            names.push(node.to_owned());
+        }
+        self.issue(
+            names,
+            &format!("Shoal node {node}"),
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
+    /// A client certificate (client authentication only), named `name`:
+    /// what a gateway, or the control plane, shows a node.
+    pub fn issue_client(&self, name: &str) -> Result<Issued, PkiError> {
+        self.issue(Vec::new(), name, ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    fn issue(
+        &self,
+        names: Vec<String>,
+        common_name: &str,
+        usage: ExtendedKeyUsagePurpose,
+    ) -> Result<Issued, PkiError> {
+        let mut params = CertificateParams::new(names)?;
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "Shoal control plane");
+        dn.push(DnType::CommonName, common_name);
         params.distinguished_name = dn;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = vec![usage];
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
@@ -216,6 +259,75 @@ impl ClusterCa {
             key_pem: key.serialize_pem(),
         })
     }
+}
+
+/// The certificate a node serves, swapped in when the control plane
+/// issues one (at each registration); before the first, every handshake
+/// fails.
+#[derive(Debug, Default)]
+pub struct SwappableCert {
+    current: std::sync::RwLock<Option<Arc<rustls::sign::CertifiedKey>>>,
+}
+
+impl SwappableCert {
+    pub fn set(&self, issued: &Issued) -> Result<(), PkiError> {
+        let key = issued.certified_key()?;
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(key);
+        Ok(())
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for SwappableCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// The roots of a CA's PEM.
+fn roots(ca_pem: &str) -> Result<rustls::RootCertStore, PkiError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certificates(ca_pem.as_bytes())? {
+        roots.add(cert)?;
+    }
+    Ok(roots)
+}
+
+/// The server side of mutual TLS (a node's front): the certificate
+/// `cert` resolves, and only clients whose certificate the CA `ca_pem`
+/// signed for client authentication.
+pub fn mtls_server_config(
+    ca_pem: &str,
+    cert: Arc<dyn rustls::server::ResolvesServerCert>,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots(ca_pem)?),
+        provider(),
+    )
+    .build()
+    .map_err(|e| PkiError::Pem(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(cert);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
 }
 
 /// A certificate and its private key, PEM.
@@ -249,6 +361,35 @@ impl Issued {
 }
 
 /// Every certificate in PEM data, in order; at least one.
+impl Issued {
+    /// The certificate and key, ready for a resolver.
+    pub fn certified_key(&self) -> Result<Arc<rustls::sign::CertifiedKey>, PkiError> {
+        let chain = certificates(self.cert_pem.as_bytes())?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .map_err(|e| PkiError::Pem(e.to_string()))?;
+        let key = provider().key_provider.load_private_key(key)?;
+        Ok(Arc::new(rustls::sign::CertifiedKey::new(chain, key)))
+    }
+
+    /// The client side of mutual TLS (a gateway to nodes): trusts the CA
+    /// `ca_pem` only, and shows this certificate.
+    pub fn mtls_client_config(
+        &self,
+        ca_pem: &str,
+        alpn: &[&[u8]],
+    ) -> Result<Arc<rustls::ClientConfig>, PkiError> {
+        let chain = certificates(self.cert_pem.as_bytes())?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .map_err(|e| PkiError::Pem(e.to_string()))?;
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots(ca_pem)?)
+            .with_client_auth_cert(chain, key)?;
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(Arc::new(config))
+    }
+}
+
 pub fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, PkiError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()

@@ -178,6 +178,25 @@ pub async fn serve<H: Handler>(
     grace: Duration,
     limits: HeadLimits,
 ) -> std::io::Result<()> {
+    serve_with_tls(listener, handler, shutdown, grace, limits, None).await
+}
+
+/// How long a TLS handshake may take before the connection is dropped.
+const TLS_HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// As [`serve`], over TLS when `tls` is given: each handshake runs in the
+/// connection's own task under a deadline, so a slow or silent client
+/// never holds up the accept loop, and one that fails it (no client
+/// certificate the acceptor's verifier takes, say) is dropped before a
+/// byte reaches the handler.
+pub async fn serve_with_tls<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+    limits: HeadLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let mut http1 = builder.http1();
@@ -216,12 +235,7 @@ pub async fn serve<H: Handler>(
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
                 let in_progress = Arc::new(AtomicUsize::new(0));
-                let io = Refusing {
-                    inner: stream,
-                    in_progress: in_progress.clone(),
-                    refusals: refusals.clone(),
-                    in_place: InPlace::default(),
-                };
+                let counted = in_progress.clone();
                 let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
                     let h = handler.clone();
                     in_progress.fetch_add(1, Ordering::Relaxed);
@@ -244,13 +258,51 @@ pub async fn serve<H: Handler>(
                         }))
                     }
                 });
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-                let conn = graceful.watch(conn.into_owned());
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                match &tls {
+                    None => {
+                        let io = Refusing {
+                            inner: stream,
+                            in_progress: counted,
+                            refusals: refusals.clone(),
+                            in_place: InPlace::default(),
+                        };
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                        let conn = graceful.watch(conn.into_owned());
+                        tokio::spawn(async move {
+                            if let Err(e) = conn.await {
+                                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                            }
+                        });
                     }
-                });
+                    Some(acceptor) => {
+                        let handshake = acceptor.accept(stream);
+                        let (builder, watcher) = (builder.clone(), graceful.watcher());
+                        let refusals = refusals.clone();
+                        tokio::spawn(async move {
+                            let stream = match tokio::time::timeout(TLS_HANDSHAKE_DEADLINE, handshake).await {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::info!(%peer, error = %e, "TLS handshake refused");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            let io = Refusing {
+                                inner: stream,
+                                in_progress: counted,
+                                refusals,
+                                in_place: InPlace::default(),
+                            };
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                            }
+                        });
+                    }
+                }
             }
             _ = &mut shutdown => break,
         }

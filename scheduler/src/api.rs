@@ -198,6 +198,8 @@ pub(crate) fn routes() -> Vec<Route> {
             .post(add_certificate, cluster(Create, Certificates)),
         at(ep::CERTIFICATE).delete(remove_certificate, cluster(Delete, Certificates)),
         at(ep::CERTIFICATES_WATCH).get(watch_certificates, cluster(Watch, Certificates)),
+        at(ep::GATEWAY_CERTIFICATE).post(gateway_certificate, cluster(Create, Identities)),
+        at(ep::INSTANCE_LOGS).get(instance_logs, in_path_ns(Get, Logs)),
     ]
 }
 
@@ -676,9 +678,132 @@ async fn register(
             }
         }
     };
+    // A node serving https gets a certificate for the host it advertises.
+    let tls = match req.address.strip_prefix("https://") {
+        Some(rest) => Some(issue_node_cert(&cp, &req.name, rest)?),
+        None => None,
+    };
     let mut answer = cp.register(req).await?;
     answer.credential = credential.map(|s| s.expose().to_string());
+    answer.tls = tls;
     Ok(Json(answer).into_response())
+}
+
+/// An instance's logs, read from its node with the control plane's client
+/// certificate and passed on line by line (`follow`: for as long as the
+/// instance runs).
+async fn instance_logs(
+    State(cp): State<ControlPlane>,
+    Path((ns, id)): Path<(String, String)>,
+    Query(q): Query<shoal_api::endpoints::LogsQuery>,
+) -> Result<Response, Error> {
+    let not_found = || ApiError::NotFound(format!("instance {id} not found in namespace {ns}"));
+    let address = {
+        let snap = cp.snapshot();
+        let instance = snap
+            .instances
+            .get(&id)
+            .filter(|i| i.app.namespace == ns)
+            .ok_or_else(not_found)?;
+        let node = instance.node.as_deref().and_then(|n| snap.nodes.get(n));
+        node.map(|n| n.address.clone()).ok_or_else(|| {
+            Error(
+                StatusCode::CONFLICT,
+                ErrorBody::new("not_running", format!("instance {id} is not on a node yet")),
+            )
+        })?
+    };
+    let client = cp.nodes_client().ok_or_else(no_ca)?;
+    let lines = client
+        .instance_logs(&address, &id, q.follow)
+        .await
+        .map_err(|e| {
+            tracing::warn!(instance = %id, error = %e, "cannot read logs from the node");
+            match e.status() {
+                Some(StatusCode::NOT_FOUND) => Error::from(not_found()),
+                _ => Error(
+                    StatusCode::BAD_GATEWAY,
+                    ErrorBody::new(
+                        "node_unavailable",
+                        format!("the node running instance {id} did not give its logs"),
+                    ),
+                ),
+            }
+        })?;
+    use futures::StreamExt as _;
+    let body = lines.map(|line| {
+        line.map(|l| {
+            let mut v = Vec::with_capacity(l.len() + 1);
+            v.extend_from_slice(&l);
+            v.push(b'\n');
+            Bytes::from(v)
+        })
+        .map_err(std::io::Error::other)
+    });
+    Ok((
+        [("content-type", "text/plain; charset=utf-8")],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
+}
+
+fn no_ca() -> Error {
+    Error(
+        StatusCode::CONFLICT,
+        ErrorBody::new(
+            "no_ca",
+            "this control plane has no cluster CA to issue certificates with",
+        ),
+    )
+}
+
+fn internal(e: impl std::fmt::Display) -> Error {
+    Error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorBody::new("internal", e.to_string()),
+    )
+}
+
+/// A certificate for node `name`'s front at `rest` (`host:port/...` of
+/// the address it advertises), signed by the cluster CA.
+fn issue_node_cert(
+    cp: &ControlPlane,
+    name: &str,
+    rest: &str,
+) -> Result<shoal_api::protocol::IssuedCert, Error> {
+    let ca = cp.ca().ok_or_else(no_ca)?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    let issued = ca
+        .issue_node(name, host)
+        .map_err(|e| invalid("invalid", format!("node address {rest:?}: {e}")))?;
+    Ok(shoal_api::protocol::IssuedCert {
+        ca_pem: ca.cert_pem().to_string(),
+        cert_pem: issued.cert_pem,
+        key_pem: issued.key_pem,
+    })
+}
+
+/// A client certificate for the calling gateway, to show nodes (mutual
+/// TLS): made anew at each call, named after the gateway's token.
+async fn gateway_certificate(
+    State(cp): State<ControlPlane>,
+    principal: Option<Extension<Principal>>,
+) -> Result<Json<shoal_api::protocol::IssuedCert>, Error> {
+    let ca = cp.ca().ok_or_else(no_ca)?;
+    let name = actor(&principal).unwrap_or_else(|| "anonymous".into());
+    let issued = ca
+        .issue_client(&format!("Shoal gateway {name}"))
+        .map_err(internal)?;
+    tracing::info!(gateway = %name, "gateway certificate issued");
+    Ok(Json(shoal_api::protocol::IssuedCert {
+        ca_pem: ca.cert_pem().to_string(),
+        cert_pem: issued.cert_pem,
+        key_pem: issued.key_pem,
+    }))
 }
 
 /// Makes the credential of node `name`, in place of an earlier one unless

@@ -237,10 +237,13 @@ impl Proc {
         let line = self
             .out
             .wait_for(Duration::from_secs(120), |l| {
-                l.contains(marker) && l.contains("http://")
+                l.contains(marker) && l.contains("http")
             })
             .unwrap_or_else(|| panic!("no {marker:?} line; output: {:#?}", self.out.all()));
-        let start = line.find("http://").unwrap();
+        // The first URL after the marker (a node's line also names the
+        // control plane's).
+        let after = line.find(marker).unwrap() + marker.len();
+        let start = after + line[after..].find("http").unwrap();
         line[start..]
             .split_whitespace()
             .next()
@@ -389,7 +392,12 @@ impl Cluster {
             "--cache-dir".into(),
             cache.display().to_string(),
         ];
-        args.extend(extra);
+        // Plain HTTP unless the test asks for mutual TLS (`--tls`, which
+        // is not a flag of `shoal node`: the default).
+        if !extra.iter().any(|a| a == "--tls") {
+            args.push("--plain-http".into());
+        }
+        args.extend(extra.into_iter().filter(|a| a != "--tls"));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let p = Proc::spawn(&refs, &[("SHOAL_JOIN_TOKEN", self.join.as_str())]);
         let url = p.url_after("serving on");

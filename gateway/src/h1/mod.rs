@@ -32,8 +32,78 @@ use http::{Method, StatusCode};
 use std::io::Write as _;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+
+/// A connection to a node: plain TCP, or mutual TLS over it.
+pub enum NodeIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for NodeIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            NodeIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            NodeIo::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for NodeIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            NodeIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            NodeIo::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            NodeIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            NodeIo::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            NodeIo::Plain(s) => s.is_write_vectored(),
+            NodeIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            NodeIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            NodeIo::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            NodeIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            NodeIo::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+}
+
+impl From<TcpStream> for NodeIo {
+    fn from(s: TcpStream) -> Self {
+        NodeIo::Plain(s)
+    }
+}
 
 /// Largest answer head accepted from a node.
 const MAX_HEAD: usize = 64 * 1024;
@@ -56,7 +126,7 @@ pub enum H1Error {
 
 /// One connection to a node.
 pub struct Conn {
-    io: TcpStream,
+    io: NodeIo,
     buf: BytesMut,
     out: Vec<u8>,
     /// Cleared when an answer says the connection ends with it.
@@ -70,9 +140,9 @@ pub struct Head {
 }
 
 impl Conn {
-    pub fn new(io: TcpStream) -> Self {
+    pub fn new(io: impl Into<NodeIo>) -> Self {
         Self {
-            io,
+            io: io.into(),
             buf: BytesMut::with_capacity(READ_SIZE),
             out: Vec::with_capacity(1024),
             reusable: true,
@@ -82,18 +152,31 @@ impl Conn {
     /// Whether the node may still be listening on this idle connection: it
     /// has not closed it or sent anything unasked. Costs a system call only
     /// when the connection has become readable.
-    pub fn is_usable(&self) -> bool {
+    pub fn is_usable(&mut self) -> bool {
         if !self.buf.is_empty() {
             return false;
         }
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
-        match self.io.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
+        match &mut self.io {
+            NodeIo::Plain(io) => match io.poll_read_ready(&mut cx) {
+                Poll::Pending => true,
+                Poll::Ready(Err(_)) => false,
+                Poll::Ready(Ok(())) => {
+                    let mut probe = [0u8; 1];
+                    matches!(io.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                }
+            },
+            // TLS records that carry no data (a session ticket) are taken
+            // in here and leave the connection usable; data or the end of
+            // the connection do not.
+            NodeIo::Tls(io) => {
                 let mut probe = [0u8; 1];
-                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                let mut buf = ReadBuf::new(&mut probe);
+                matches!(
+                    Pin::new(&mut **io).poll_read(&mut cx, &mut buf),
+                    Poll::Pending
+                )
             }
         }
     }

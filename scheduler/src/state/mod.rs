@@ -49,6 +49,9 @@ pub struct Config {
     pub clock: Arc<dyn Clock>,
     /// Whether the API checks tokens (it does unless told otherwise).
     pub auth: crate::auth::Auth,
+    /// The cluster CA: what issues nodes' certificates (at registration,
+    /// for a node serving `https`) and gateways' client certificates.
+    pub ca: Option<Arc<shoal_pki::ClusterCa>>,
 }
 
 impl Default for Config {
@@ -60,6 +63,7 @@ impl Default for Config {
             drain_delay: Duration::from_secs(1),
             clock: Arc::new(SystemClock),
             auth: crate::auth::Auth::Enforce,
+            ca: None,
         }
     }
 }
@@ -186,6 +190,29 @@ pub struct ControlPlane {
     certificates: Arc<crate::certs::Certificates>,
     auth: crate::auth::Auth,
     clock: Arc<dyn Clock>,
+    ca: Option<Arc<shoal_pki::ClusterCa>>,
+    /// What reads instances' logs from nodes: a client certificate of the
+    /// cluster CA, which nodes' fronts ask for.
+    nodes: Option<shoal_client::Client>,
+}
+
+/// A client of nodes' fronts with a client certificate the cluster CA
+/// issues the control plane.
+fn node_client(ca: &shoal_pki::ClusterCa) -> Option<shoal_client::Client> {
+    let issued = ca
+        .issue_client("Shoal control plane")
+        .inspect_err(
+            |e| tracing::error!(error = %e, "cannot issue the control plane's client certificate"),
+        )
+        .ok()?;
+    shoal_client::Client::builder("https://nodes.invalid")
+        .ca_pem(ca.cert_pem().as_bytes())
+        .identity_pem(format!("{}{}", issued.cert_pem, issued.key_pem).into_bytes())
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .inspect_err(|e| tracing::error!(error = %e, "cannot make the client of nodes"))
+        .ok()
 }
 
 impl ControlPlane {
@@ -193,7 +220,7 @@ impl ControlPlane {
     pub fn start(store: Store, config: Config) -> Result<Self, ApiError> {
         let store = Arc::new(store);
         let tokens = Arc::new(crate::auth::Tokens::load(store.clone())?);
-        let (auth, clock) = (config.auth, config.clock.clone());
+        let (auth, clock, ca) = (config.auth, config.clock.clone(), config.ca.clone());
         let certificates = Arc::new(crate::certs::Certificates::load(
             store.clone(),
             clock.now_ms(),
@@ -210,12 +237,24 @@ impl ControlPlane {
             certificates,
             auth,
             clock,
+            nodes: ca.as_deref().and_then(node_client),
+            ca,
         })
     }
 
     /// The certificates stored for the gateways.
     pub fn certificates(&self) -> &crate::certs::Certificates {
         &self.certificates
+    }
+
+    /// The client that reads from nodes (their logs).
+    pub fn nodes_client(&self) -> Option<&shoal_client::Client> {
+        self.nodes.as_ref()
+    }
+
+    /// The cluster CA, if the control plane has one.
+    pub fn ca(&self) -> Option<&shoal_pki::ClusterCa> {
+        self.ca.as_deref()
     }
 
     /// The tokens the API checks requests against.

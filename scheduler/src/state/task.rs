@@ -285,6 +285,7 @@ impl State {
                         lease_ms: self.config.lease.as_millis() as u64,
                         heartbeat_ms: self.config.heartbeat.as_millis() as u64,
                         credential: None,
+                        tls: None,
                     });
                 answer!(reply, r)
             }
