@@ -128,6 +128,22 @@ pub struct GatewayArgs {
     /// Worker threads, each with its own event loop (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Also serve HTTPS on this address (port 0 picks a free port), with the
+    /// certificates of `--tls-cert` and those stored by `shoal cert add`.
+    #[arg(long, value_name = "ADDR")]
+    pub tls_listen: Option<SocketAddr>,
+    /// A host's certificate chain and key, PEM files (repeatable): HOST is
+    /// `example.com`, or `*.example.com` for every name one label below.
+    /// Read again every second: a replaced certificate is served to new
+    /// connections without a restart. Wins over a stored one for the same
+    /// host.
+    #[arg(long, value_name = "HOST=CERT_FILE,KEY_FILE")]
+    pub tls_cert: Vec<shoal_gateway::tls::CertFiles>,
+    /// The host whose certificate clients get when they name no host (no
+    /// SNI) or one the gateway has no certificate for; without it, their
+    /// handshake fails.
+    #[arg(long, value_name = "HOST")]
+    pub tls_default_host: Option<String>,
     /// Exit when the parent process exits (used by `shoal up`).
     #[arg(long, hide = true)]
     pub exit_with_parent: bool,
@@ -473,6 +489,39 @@ pub async fn gateway(
     let listeners = shoal_gateway::bind_workers(args.listen, workers)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listeners.local_addr()?;
+    if args.tls_listen.is_none() && (!args.tls_cert.is_empty() || args.tls_default_host.is_some()) {
+        anyhow::bail!("--tls-cert and --tls-default-host need --tls-listen");
+    }
+    let mut tls_tasks = Vec::new();
+    let tls = match args.tls_listen {
+        None => None,
+        Some(tls_addr) => {
+            let certs = shoal_gateway::tls::Certificates::new(args.tls_default_host.as_deref());
+            let files = shoal_gateway::tls::FileCerts::load(&certs, args.tls_cert.clone())
+                .context("cannot load a --tls-cert")?;
+            tls_tasks.push(tokio::spawn(
+                files.follow(certs.clone(), shoal_gateway::tls::FILE_POLL),
+            ));
+            let client = gw
+                .config()
+                .control_plane_client(&args.control_plane)
+                .connect_timeout(std::time::Duration::from_secs(2))
+                .build()
+                .context("cannot make the client that follows stored certificates")?;
+            tls_tasks.push(tokio::spawn(shoal_gateway::tls::follow_stored(
+                certs.clone(),
+                client,
+            )));
+            let config = certs.server_config()?;
+            let listeners = shoal_gateway::bind_workers(tls_addr, workers)
+                .with_context(|| format!("cannot listen on {tls_addr}"))?;
+            Some((listeners, config))
+        }
+    };
+    let tls_addr = match &tls {
+        Some((l, _)) => Some(l.local_addr()?),
+        None => None,
+    };
     // Nodes serve mutual TLS: the gateway's client certificate comes
     // from the control plane, and is fetched until it does.
     let certificate = {
@@ -492,6 +541,9 @@ pub async fn gateway(
         "Gateway listening on http://{addr}/ (control plane {})",
         args.control_plane
     );
+    if let Some(tls_addr) = tls_addr {
+        crate::out::sayln!("Gateway listening on https://{tls_addr}/");
+    }
     let limits = shoal_gateway::ServerLimits {
         header_read_timeout: args.header_timeout.get(),
         idle_timeout: args.idle_timeout.get(),
@@ -499,10 +551,13 @@ pub async fn gateway(
         max_headers: args.max_headers,
         grace: args.grace.get(),
     };
-    shoal_gateway::serve_workers(listeners, gw, stop, limits).await?;
+    shoal_gateway::serve_workers_tls(Some(listeners), tls, gw, stop, limits).await?;
     certificate.abort();
     watch.abort();
     metrics.abort();
+    for t in tls_tasks {
+        t.abort();
+    }
     crate::out::sayln!("Stopped.");
     Ok(())
 }

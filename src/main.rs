@@ -3,9 +3,10 @@
 //! - [`run`]: `shoal run`, one module on this machine.
 //! - [`cluster`]: the server processes (`control-plane`, `node`, `gateway`).
 //! - [`up`]: `shoal up`, a whole local cluster as child processes.
-//! - [`client`], [`commands`], [`rollout`], [`table`], [`token`]: the
+//! - [`client`], [`commands`], [`rollout`], [`table`], [`token`], [`cert`]: the
 //!   kubectl-style client commands.
 
+mod cert;
 mod client;
 mod cluster;
 mod commands;
@@ -96,6 +97,10 @@ enum Command {
     /// Create, list and revoke the tokens clients present (admin only).
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Store, list and remove the certificates gateways present to
+    /// clients over TLS (admin only).
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
 }
 
 fn init_logging() {
@@ -165,5 +170,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Logs(args) => commands::logs(&client()?, args).await,
         Command::Events(args) => commands::events(&client()?, args).await,
         Command::Token(cmd) => token::run(&client()?, cmd).await,
+        Command::Cert(cmd) => cert::run(&client()?, cmd).await,
     }
 }

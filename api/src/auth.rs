@@ -41,7 +41,11 @@ impl Role {
         use Resource::*;
         use Verb::*;
         match self {
-            Role::View | Role::Deploy | Role::Admin => self >= needed(verb, resource),
+            // Only gateways follow the stored certificates, whose keys
+            // come with them: no person's token ever reads a key back.
+            Role::View | Role::Deploy | Role::Admin => {
+                (verb, resource) != (Watch, Certificates) && self >= needed(verb, resource)
+            }
             Role::Node => matches!(
                 (verb, resource),
                 (Create | Update | Watch, Nodes) | (Get, Blobs)
@@ -51,6 +55,7 @@ impl Role {
                 (Get | Watch, Routes)
                     | (Create, Metrics)
                     | (Create, Activations)
+                    | (Watch, Certificates)
                     | (Create, Identities)
             ),
             Role::Join => (verb, resource) == (Create, Nodes),
@@ -187,10 +192,12 @@ pub enum Resource {
     Nodes,
     Tokens,
     Quotas,
+    /// Certificates the gateways present to clients.
+    Certificates,
 }
 
 impl Resource {
-    pub const ALL: [Resource; 13] = [
+    pub const ALL: [Resource; 14] = [
         Resource::Apps,
         Resource::Revisions,
         Resource::Instances,
@@ -204,6 +211,7 @@ impl Resource {
         Resource::Nodes,
         Resource::Tokens,
         Resource::Quotas,
+        Resource::Certificates,
     ];
 }
 
@@ -223,6 +231,7 @@ impl fmt::Display for Resource {
             Resource::Nodes => "nodes",
             Resource::Tokens => "tokens",
             Resource::Quotas => "quotas",
+            Resource::Certificates => "certificates",
         })
     }
 }
@@ -434,11 +443,15 @@ mod tests {
     }
 
     #[test]
-    fn admin_reaches_everything() {
+    fn admin_reaches_everything_but_the_keys_of_stored_certificates() {
         for v in Verb::ALL {
             for r in Resource::ALL {
-                assert!(Role::Admin.reaches(v, r), "admin {v} {r}");
+                let keys = (v, r) == (Watch, Certificates);
+                assert_eq!(Role::Admin.reaches(v, r), !keys, "admin {v} {r}");
             }
+        }
+        for v in [List, Create, Delete] {
+            assert!(!Role::Deploy.reaches(v, Certificates), "deploy {v}");
         }
     }
 
@@ -568,6 +581,7 @@ mod tests {
                 (Create, Identities),
                 (Create, Metrics),
                 (Get, Routes),
+                (Watch, Certificates),
                 (Watch, Routes)
             ]
         );

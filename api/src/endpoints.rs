@@ -53,6 +53,13 @@ pub const GATEWAY_CERTIFICATE: &str = "/v1/gateway-certificate";
 pub const INSTANCE_LOGS: &str = "/v1/namespaces/{ns}/instances/{id}/logs";
 /// One token by name: revoke.
 pub const TOKEN: &str = "/v1/tokens/{name}";
+/// Certificates the gateways present: list (never a key) and add.
+pub const CERTIFICATES: &str = "/v1/certificates";
+/// One stored certificate by host: remove.
+pub const CERTIFICATE: &str = "/v1/certificates/hosts/{host}";
+/// Every stored certificate with its key, for gateways only: a long poll
+/// ([`CertificatesQuery`]).
+pub const CERTIFICATES_WATCH: &str = "/v1/certificates/watch";
 
 /// Every endpoint of the control plane, as its router mounts them (a test
 /// of the router checks it mounts exactly these).
@@ -83,6 +90,9 @@ pub const CONTROL_PLANE: &[&str] = &[
     PROMETHEUS,
     TOKENS,
     TOKEN,
+    CERTIFICATES,
+    CERTIFICATE,
+    CERTIFICATES_WATCH,
     GATEWAY_CERTIFICATE,
     INSTANCE_LOGS,
 ];
@@ -147,6 +157,10 @@ pub fn token(name: &str) -> String {
     fill(TOKEN, &[name])
 }
 
+pub fn certificate(host: &str) -> String {
+    fill(CERTIFICATE, &[host])
+}
+
 /// A module by its sha256 (hex).
 pub fn blob(digest: &str) -> String {
     fill(BLOB, &[digest])
@@ -206,6 +220,7 @@ pub fn examples(a: &str, b: &str) -> Vec<Example> {
         ex(NODE_REGISTRATION, node_registration(a), &[a]),
         ex(BLOB, blob(a), &[a]),
         ex(TOKEN, token(a), &[a]),
+        ex(CERTIFICATE, certificate(a), &[a]),
         ex(INSTANCE_LOGS, instance_logs(a, b), &[a, b]),
         ex(node::INSTANCE_LOGS, node::instance_logs(a), &[a]),
     ]
@@ -268,6 +283,15 @@ pub struct AssignmentQuery {
 }
 
 /// The query of [`node::INSTANCE_LOGS`].
+/// [`CERTIFICATES_WATCH`]: answer once the certificates' revision is not
+/// `revision` (at once without one), or after [`LONG_POLL_HOLD`] with
+/// what there is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificatesQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogsQuery {
     /// Keep the stream open for lines to come. `1` means yes too, and a

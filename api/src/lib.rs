@@ -12,6 +12,7 @@
 //! - [`rest`]: request and response bodies of the control plane's API.
 //! - [`auth`]: roles, scopes, tokens as stored, and the rule of who may
 //!   do what.
+//! - [`certs`]: certificates stored for the gateways to present.
 //! - [`endpoints`]: every HTTP endpoint's route template and the builder
 //!   of its concrete paths, with the query types; the control plane's
 //!   router and the client both take them from here.
@@ -21,6 +22,7 @@
 //!   the control plane validates modules with.
 
 pub mod auth;
+pub mod certs;
 pub mod endpoints;
 pub mod error;
 pub mod manifest;

@@ -13,6 +13,8 @@
 //!   modules).
 //! - [`gateways`]: a gateway's calls (route watch, load reports,
 //!   activation).
+//! - [`certificates`]: certificates for the gateways (add, list, remove;
+//!   a gateway's long poll for them with their keys).
 //! - [`tokens`]: an admin's calls on tokens (create, list, revoke).
 //! - [`node_admin`]: an admin's calls on nodes (cordon, uncordon, drain,
 //!   delete).
@@ -20,6 +22,7 @@
 //! - [`error`]: what can go wrong, worded as the CLI prints it.
 
 pub mod apps;
+pub mod certificates;
 pub mod error;
 pub mod gateways;
 pub mod node_admin;

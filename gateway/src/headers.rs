@@ -59,13 +59,28 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) -> bool {
 pub struct Peer {
     pub addr: SocketAddr,
     ip: HeaderValue,
+    /// `X-Forwarded-Proto`: how the client reached the gateway.
+    proto: HeaderValue,
 }
 
 impl Peer {
+    /// A client over plain HTTP.
     pub fn new(addr: SocketAddr) -> Self {
         let ip = HeaderValue::from_str(&addr.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Self { addr, ip }
+        Self {
+            addr,
+            ip,
+            proto: HeaderValue::from_static("http"),
+        }
+    }
+
+    /// A client over TLS.
+    pub fn over_tls(addr: SocketAddr) -> Self {
+        Self {
+            proto: HeaderValue::from_static("https"),
+            ..Self::new(addr)
+        }
     }
 }
 
@@ -125,7 +140,7 @@ pub(crate) fn forward_headers(
         }
         h.insert(FORWARDED_HOST, v);
     }
-    h.insert(FORWARDED_PROTO, HeaderValue::from_static("http"));
+    h.insert(FORWARDED_PROTO, peer.proto.clone());
     let keep = h
         .get(&REQUEST_ID)
         .is_some_and(|v| !v.is_empty() && v.len() <= 128);
@@ -223,6 +238,14 @@ mod tests {
         assert_eq!(out[FORWARDED_HOST], "a.test");
         assert_eq!(out[FORWARDED_PROTO], "http");
         assert_eq!(request_id(&out), "mine");
+        let tls = Peer::over_tls("10.1.2.3:4000".parse().unwrap());
+        let (out, _) = forward_headers(
+            HeaderMap::new(),
+            &tls,
+            ClientHost::of(&http::Request::new(())),
+            &app,
+        );
+        assert_eq!(out[FORWARDED_PROTO], "https");
         // No id, or one too long: a new one of 32 hex digits.
         let mut long = HeaderMap::new();
         long.insert(REQUEST_ID, HeaderValue::from_str(&"x".repeat(129)).unwrap());

@@ -35,7 +35,9 @@
 //! - [`server`]: the listener, with header, size and idle limits (JSON 400
 //!   and 431 answers); one single-threaded worker per core, each with its
 //!   own socket (`SO_REUSEPORT`, on an address no other process listens on)
-//!   and connection pool.
+//!   and connection pool. Plain HTTP and TLS listeners side by side.
+//! - [`tls`]: the certificates presented to clients, chosen by SNI, from
+//!   files (re-read when they change) and from the control plane.
 
 pub mod activate;
 pub mod answer;
@@ -53,8 +55,11 @@ pub mod retry;
 pub mod route;
 pub mod server;
 pub mod table;
+pub mod tls;
 pub mod watch;
 
 pub use gateway::{Gateway, GatewayConfig};
-pub use server::{Listeners, ServerLimits, bind_workers, serve, serve_workers};
+pub use server::{
+    Listeners, ServerLimits, bind_workers, serve, serve_tls, serve_workers, serve_workers_tls,
+};
 pub use shoal_api::auth::SecretToken;

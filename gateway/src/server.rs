@@ -3,6 +3,7 @@
 //! caps on header size and count, and an idle timeout on kept-alive
 //! connections.
 
+use crate::headers::Peer;
 use crate::proxy::Gateway;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -346,76 +347,72 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     limits: ServerLimits,
 ) -> std::io::Result<()> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // The header deadline is the sweeper's (below), not a timer per
-    // request.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
-        .max_headers(limits.max_headers)
-        .max_buf_size(limits.max_header_bytes.max(8192));
-    // Header blocks somewhat over the limit are let through, for the
-    // request path to refuse with a JSON answer (see `shoal_api::error::h2_head_over`).
-    // Extended CONNECT (WebSocket over HTTP/2) is allowed so that such a
-    // request gets the gateway's clear 501 rather than failing in the
-    // client.
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .enable_connect_protocol()
-        .max_header_list_size(
-            u32::try_from(limits.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
-        );
-    let head_limits = limits.head();
-    let refusals = Arc::new(HeadRefusals::new(head_limits));
-    let builder = Arc::new(builder);
-    let registry = Arc::new(std::sync::Mutex::new(Registry::default()));
-    // One timer for all of this worker's connections: a fraction of the
-    // shorter deadline, so each is enforced within about a quarter of it.
-    let tick = (limits.header_read_timeout.min(limits.idle_timeout) / 4)
-        .clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let sweeper = {
-        let registry = registry.clone();
-        let (header, idle) = (limits.header_read_timeout, limits.idle_timeout);
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(tick);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                every.tick().await;
-                lock(&registry).sweep(header, idle);
-            }
-        })
-    };
-    let (all_closed_tx, mut all_closed_rx) = tokio::sync::watch::channel(());
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off briefly
-                    // instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    serve_on(listener, None, gateway, shutdown, limits).await
+}
+
+/// [`serve`] over TLS: each connection's handshake runs in a task of its
+/// own and must finish within `limits.header_read_timeout`, so a slow
+/// client delays no one else's. ALPN chooses HTTP/2 or HTTP/1.1; with
+/// neither chosen the protocol is found from the first bytes, as on a
+/// plain listener. Requests go to apps with `X-Forwarded-Proto: https`.
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+    limits: ServerLimits,
+) -> std::io::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    serve_on(listener, Some(acceptor), gateway, shutdown, limits).await
+}
+
+/// The protocol a connection is served as.
+#[derive(Debug, Clone, Copy)]
+enum Proto {
+    /// Found from the client's first bytes (plain listeners, and TLS
+    /// without ALPN).
+    Detect,
+    Http1,
+    Http2,
+}
+
+/// What all the connections of one listener share.
+struct Conns {
+    gateway: Arc<Gateway>,
+    detect: auto::Builder<TokioExecutor>,
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+    head_limits: HeadLimits,
+    refusals: Arc<HeadRefusals>,
+    registry: Arc<std::sync::Mutex<Registry>>,
+    all_closed: tokio::sync::watch::Sender<()>,
+    /// Cancelled when the listener stops: handshakes in progress end.
+    stopping: tokio_util::sync::CancellationToken,
+}
+
+impl Conns {
+    /// Serves one connection (its handshake done, if any) until it ends or
+    /// the sweeper closes it.
+    async fn serve<S>(self: Arc<Self>, stream: S, peer: SocketAddr, client: Peer, proto: Proto)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let activity = Arc::new(Activity::new());
-        let id = lock(&registry).add(activity.clone());
+        let id = lock(&self.registry).add(activity.clone());
+        if self.stopping.is_cancelled() {
+            activity.ask(Close::Gracefully);
+        }
         let io = TokioIo::new(Tracked {
             inner: stream,
             activity: activity.clone(),
             first_read: true,
-            refusals: refusals.clone(),
+            refusals: self.refusals.clone(),
             in_place: InPlace::default(),
         });
-        let gw = gateway.clone();
+        let gw = self.gateway.clone();
         let act = activity.clone();
-        let client = Arc::new(crate::headers::Peer::new(peer));
+        let client = Arc::new(client);
+        let head_limits = self.head_limits;
         let service =
             hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let gw = gw.clone();
@@ -439,40 +436,151 @@ pub async fn serve(
                     })
                 }
             });
-        let builder = builder.clone();
-        let registry = registry.clone();
-        let all_closed = all_closed_tx.clone();
-        tokio::spawn(async move {
-            let conn = builder.serve_connection(io, service);
-            tokio::pin!(conn);
-            let mut seen = Close::Keep;
-            loop {
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
-                        }
+        let builder = match proto {
+            Proto::Detect => &self.detect,
+            Proto::Http1 => &self.http1,
+            Proto::Http2 => &self.http2,
+        };
+        let conn = builder.serve_connection(io, service);
+        tokio::pin!(conn);
+        let mut seen = Close::Keep;
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    break;
+                }
+                asked = activity.asked(seen) => {
+                    seen = asked;
+                    if asked == Close::Now {
+                        tracing::debug!(%peer, "request head too slow; closing the connection");
                         break;
                     }
-                    asked = activity.asked(seen) => {
-                        seen = asked;
-                        if asked == Close::Now {
-                            tracing::debug!(%peer, "request head too slow; closing the connection");
-                            break;
-                        }
-                        tracing::debug!(%peer, "closing the connection once it is idle");
-                        conn.as_mut().graceful_shutdown();
-                    }
+                    tracing::debug!(%peer, "closing the connection once it is idle");
+                    conn.as_mut().graceful_shutdown();
                 }
             }
-            let mut r = lock(&registry);
-            r.conns.remove(&id);
-            if r.conns.is_empty() {
-                let _ = all_closed.send(());
+        }
+        let mut r = lock(&self.registry);
+        r.conns.remove(&id);
+        if r.conns.is_empty() {
+            let _ = self.all_closed.send(());
+        }
+    }
+}
+
+async fn serve_on(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+    limits: ServerLimits,
+) -> std::io::Result<()> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The header deadline is the sweeper's (below), not a timer per
+    // request.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    // Header blocks somewhat over the limit are let through, for the
+    // request path to refuse with a JSON answer (see `shoal_api::error::h2_head_over`).
+    // Extended CONNECT (WebSocket over HTTP/2) is allowed so that such a
+    // request gets the gateway's clear 501 rather than failing in the
+    // client.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .enable_connect_protocol()
+        .max_header_list_size(
+            u32::try_from(limits.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
+        );
+    let head_limits = limits.head();
+    let registry = Arc::new(std::sync::Mutex::new(Registry::default()));
+    let (all_closed_tx, mut all_closed_rx) = tokio::sync::watch::channel(());
+    let conns = Arc::new(Conns {
+        gateway,
+        http1: builder.clone().http1_only(),
+        http2: builder.clone().http2_only(),
+        detect: builder,
+        head_limits,
+        refusals: Arc::new(HeadRefusals::new(head_limits)),
+        registry: registry.clone(),
+        all_closed: all_closed_tx,
+        stopping: tokio_util::sync::CancellationToken::new(),
+    });
+    // One timer for all of this worker's connections: a fraction of the
+    // shorter deadline, so each is enforced within about a quarter of it.
+    let tick = (limits.header_read_timeout.min(limits.idle_timeout) / 4)
+        .clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let sweeper = {
+        let registry = registry.clone();
+        let (header, idle) = (limits.header_read_timeout, limits.idle_timeout);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(tick);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                lock(&registry).sweep(header, idle);
             }
-        });
+        })
+    };
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly
+                    // instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let conns = conns.clone();
+        match &tls {
+            None => {
+                tokio::spawn(conns.serve(stream, peer, Peer::new(peer), Proto::Detect));
+            }
+            Some(acceptor) => {
+                let handshake = acceptor.accept(stream);
+                let deadline = limits.header_read_timeout;
+                tokio::spawn(async move {
+                    let done = tokio::select! {
+                        _ = conns.stopping.cancelled() => return,
+                        done = tokio::time::timeout(deadline, handshake) => done,
+                    };
+                    let stream = match done {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let proto = match stream.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => Proto::Http2,
+                        Some(b"http/1.1") => Proto::Http1,
+                        _ => Proto::Detect,
+                    };
+                    conns.serve(stream, peer, Peer::over_tls(peer), proto).await;
+                });
+            }
+        }
     }
     drop(listener);
+    conns.stopping.cancel();
     // Stop: every connection finishes what it has in progress and closes.
     let open = {
         let r = lock(&registry);
@@ -580,17 +688,43 @@ pub async fn serve_workers(
     shutdown: impl Future<Output = ()>,
     limits: ServerLimits,
 ) -> std::io::Result<()> {
+    serve_workers_tls(Some(listeners), None, gateway, shutdown, limits).await
+}
+
+/// [`serve_workers`] with a plain listener, a TLS one (its sockets and
+/// the server configuration to use, see [`serve_tls`]), or both side by
+/// side: each worker serves its share of both.
+pub async fn serve_workers_tls(
+    plain: Option<Listeners>,
+    tls: Option<(Listeners, Arc<rustls::ServerConfig>)>,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+    limits: ServerLimits,
+) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut threads = Vec::new();
-    // The claim on the address stays with `listeners` until the end.
-    let mut listeners = listeners;
-    for (i, listener) in std::mem::take(&mut listeners.sockets)
-        .into_iter()
-        .enumerate()
-    {
+    // The claims on the addresses stay with the listeners until the end.
+    let (mut plain, mut tls) = (plain, tls);
+    let mut plain_sockets = plain
+        .as_mut()
+        .map(|l| std::mem::take(&mut l.sockets))
+        .unwrap_or_default()
+        .into_iter();
+    let config = tls.as_ref().map(|(_, c)| c.clone());
+    let mut tls_sockets = tls
+        .as_mut()
+        .map(|(l, _)| std::mem::take(&mut l.sockets))
+        .unwrap_or_default()
+        .into_iter();
+    for i in 0.. {
+        let plain_socket = plain_sockets.next();
+        let tls_socket = tls_sockets.next().zip(config.clone());
+        if plain_socket.is_none() && tls_socket.is_none() {
+            break;
+        }
         let gw = gateway.worker();
         let limits = limits.clone();
-        let mut stop = stop_rx.clone();
+        let stop = stop_rx.clone();
         let t = std::thread::Builder::new()
             .name(format!("gateway-{i}"))
             .spawn(move || -> std::io::Result<()> {
@@ -598,11 +732,36 @@ pub async fn serve_workers(
                     .enable_all()
                     .build()?;
                 rt.block_on(async move {
-                    let listener = TcpListener::from_std(listener)?;
-                    let stopped = async move {
+                    let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
                         let _ = stop.wait_for(|s| *s).await;
                     };
-                    serve(listener, gw, stopped, limits).await
+                    let plain = async {
+                        match plain_socket {
+                            Some(l) => {
+                                let l = TcpListener::from_std(l)?;
+                                serve(l, gw.clone(), stopped(stop.clone()), limits.clone()).await
+                            }
+                            None => Ok(()),
+                        }
+                    };
+                    let tls = async {
+                        match tls_socket {
+                            Some((l, config)) => {
+                                let l = TcpListener::from_std(l)?;
+                                serve_tls(
+                                    l,
+                                    config,
+                                    gw.clone(),
+                                    stopped(stop.clone()),
+                                    limits.clone(),
+                                )
+                                .await
+                            }
+                            None => Ok(()),
+                        }
+                    };
+                    let (p, t) = tokio::join!(plain, tls);
+                    p.and(t)
                 })
             })?;
         threads.push(t);
@@ -617,6 +776,7 @@ pub async fn serve_workers(
                 Ok(Ok(())) => {}
             }
         }
+        drop((plain, tls));
     })
     .await
     .map_err(std::io::Error::other)

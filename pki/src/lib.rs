@@ -33,6 +33,9 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+pub mod host;
+pub use host::{CertInfo, certified_key, inspect, name_covers};
+
 /// The CA certificate's file name in a data dir.
 pub const CA_CERT_FILE: &str = "ca.pem";
 /// The CA private key's file name in a data dir.

@@ -193,6 +193,11 @@ pub(crate) fn routes() -> Vec<Route> {
             .get(list_tokens, cluster(List, Tokens))
             .post(create_token, cluster(Create, Tokens)),
         at(ep::TOKEN).delete(revoke_token, cluster(Delete, Tokens)),
+        at(ep::CERTIFICATES)
+            .get(list_certificates, cluster(List, Certificates))
+            .post(add_certificate, cluster(Create, Certificates)),
+        at(ep::CERTIFICATE).delete(remove_certificate, cluster(Delete, Certificates)),
+        at(ep::CERTIFICATES_WATCH).get(watch_certificates, cluster(Watch, Certificates)),
         at(ep::GATEWAY_CERTIFICATE).post(gateway_certificate, cluster(Create, Identities)),
         at(ep::INSTANCE_LOGS).get(instance_logs, in_path_ns(Get, Logs)),
     ]
@@ -1062,7 +1067,7 @@ async fn create_token(
     }
 }
 
-/// Records what was done to a token. The deed is done whether or not the
+/// Records what was done to a token or a certificate. The deed is done whether or not the
 /// event is: a failure here is logged, not answered, so a made token's
 /// secret is never lost to it.
 async fn record_token_event(
@@ -1089,6 +1094,83 @@ async fn revoke_token(
     } else {
         Err(ApiError::NotFound(format!("no token named {name:?}")).into())
     }
+}
+
+async fn list_certificates(
+    State(cp): State<ControlPlane>,
+) -> Json<Vec<shoal_api::certs::CertificateView>> {
+    Json(cp.certificates().list())
+}
+
+/// Stores a host's certificate for the gateways. Nothing in the answer,
+/// the event or an error quotes its key.
+async fn add_certificate(
+    State(cp): State<ControlPlane>,
+    principal: Option<Extension<Principal>>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<shoal_api::certs::CertificateView>), Error> {
+    // serde's message could quote a piece of the body, the key included:
+    // only where it went wrong is said.
+    let req: shoal_api::certs::AddCertificate = serde_json::from_slice(&body).map_err(|e| {
+        invalid(
+            "invalid",
+            format!(
+                "malformed certificate request (line {}, column {}): expected host, cert_pem and key_pem",
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
+    let by = actor(&principal).unwrap_or_default();
+    let view = cp
+        .certificates()
+        .add(req, cp.now_ms(), by)
+        .map_err(ApiError::from)?;
+    tracing::info!(host = %view.host, "certificate stored");
+    let event = crate::events::Event::CertificateAdded {
+        host: view.host.clone(),
+    };
+    record_token_event(&cp, event, &principal).await;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+async fn remove_certificate(
+    State(cp): State<ControlPlane>,
+    principal: Option<Extension<Principal>>,
+    Path(host): Path<String>,
+) -> Result<StatusCode, Error> {
+    if cp.certificates().remove(&host).map_err(ApiError::from)? {
+        tracing::info!(host = %host, "certificate removed");
+        let host = crate::certs::normalize_host(&host).map_err(ApiError::from)?;
+        let event = crate::events::Event::CertificateRemoved { host };
+        record_token_event(&cp, event, &principal).await;
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!("no certificate for {host:?}")).into())
+    }
+}
+
+/// Every stored certificate with its key (gateways only), as soon as
+/// their revision differs from the one the gateway has (at once without
+/// one), or after `LONG_POLL_HOLD` with what there is.
+async fn watch_certificates(
+    State(cp): State<ControlPlane>,
+    Query(q): Query<ep::CertificatesQuery>,
+) -> Json<shoal_api::certs::CertificateBundle> {
+    let certs = cp.certificates();
+    let mut rx = certs.subscribe();
+    let deadline = tokio::time::Instant::now() + LONG_POLL_HOLD;
+    loop {
+        let revision = *rx.borrow_and_update();
+        if q.revision != Some(revision) {
+            break;
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => continue,
+            _ => break,
+        }
+    }
+    Json(certs.bundle())
 }
 
 async fn has_blob(
@@ -1427,6 +1509,9 @@ mod auth_tests {
         let (_, admin) = tokens
             .create("admin", Role::Admin, Scope::Cluster, 0, None)
             .unwrap();
+        let (_, gateway) = tokens
+            .create("gw", Role::Gateway, Scope::Cluster, 0, None)
+            .unwrap();
         let router = router(cp.clone());
 
         let mut walked = 0;
@@ -1463,16 +1548,200 @@ mod auth_tests {
                     body.message
                 );
             }
-            // The cluster's admin gets past authorization on every route.
+            // The cluster's admin gets past authorization on every route
+            // but one: the stored certificates with their keys, which only
+            // gateways follow.
             let (status, body) =
                 answer(&router, request(template, &method, Some(admin.expose()))).await;
-            assert!(
-                status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN,
-                "{what}, admin: {status} {body:?}"
-            );
+            if template == ep::CERTIFICATES_WATCH {
+                assert_eq!(status, StatusCode::FORBIDDEN, "{what}, admin: {body:?}");
+                let (status, body) =
+                    answer(&router, request(template, &method, Some(gateway.expose()))).await;
+                assert_eq!(status, StatusCode::OK, "{what}, gateway: {body:?}");
+            } else {
+                assert!(
+                    status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN,
+                    "{what}, admin: {status} {body:?}"
+                );
+            }
             walked += 1;
         }
         assert!(walked >= ep::CONTROL_PLANE.len(), "{walked} routes walked");
+    }
+
+    /// An admin adds, lists and removes certificates; a listing never
+    /// shows a key; only a gateway gets the keys, at once and then as
+    /// soon as they change.
+    #[tokio::test]
+    async fn certificates_are_added_listed_removed_and_followed_by_gateways() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let cp = ControlPlane::start(store, Default::default()).unwrap();
+        let tokens = cp.tokens();
+        let (_, admin) = tokens
+            .create("admin", Role::Admin, Scope::Cluster, 0, None)
+            .unwrap();
+        let (_, deploy) = tokens
+            .create("ci", Role::Deploy, Scope::Cluster, 0, None)
+            .unwrap();
+        let (_, gateway) = tokens
+            .create("gw", Role::Gateway, Scope::Cluster, 0, None)
+            .unwrap();
+        let ca_dir = tempfile::tempdir().unwrap();
+        let (ca, _) = shoal_pki::ClusterCa::load_or_create(ca_dir.path()).unwrap();
+        let leaf = ca.issue_server(&["app.example".into()]).unwrap();
+        let router = router(cp.clone());
+        let call = |method: Method, uri: &str, token: &str, body: String| {
+            axum::http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .header("authorization", format!("Bearer {token}"))
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap()
+        };
+        let text = |resp: Response| async move {
+            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&bytes).into_owned()
+        };
+        let add = serde_json::json!({
+            "host": "app.example", "cert_pem": leaf.cert_pem, "key_pem": leaf.key_pem,
+        })
+        .to_string();
+        let (status, _) = answer(
+            &router,
+            call(Method::POST, ep::CERTIFICATES, deploy.expose(), add.clone()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        // A request that does not parse is refused without quoting it.
+        let broken = add.replace("\"host\"", "\"hots\"").replace("}", "");
+        let (status, body) = answer(
+            &router,
+            call(Method::POST, ep::CERTIFICATES, admin.expose(), broken),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(!body.message.contains("PRIVATE"), "{}", body.message);
+        let wrong_host = add.replace("\"app.example\"", "\"other.example\"");
+        let (status, body) = answer(
+            &router,
+            call(Method::POST, ep::CERTIFICATES, admin.expose(), wrong_host),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(
+            body.message.contains("not valid for other.example"),
+            "{}",
+            body.message
+        );
+
+        let resp = router
+            .clone()
+            .oneshot(call(Method::POST, ep::CERTIFICATES, admin.expose(), add))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        let created = text(resp).await;
+        assert!(
+            created.contains("app.example") && !created.contains("PRIVATE"),
+            "{created}"
+        );
+        let resp = router
+            .clone()
+            .oneshot(call(
+                Method::GET,
+                ep::CERTIFICATES,
+                admin.expose(),
+                String::new(),
+            ))
+            .await
+            .unwrap();
+        let listed = text(resp).await;
+        let views: Vec<shoal_api::certs::CertificateView> = serde_json::from_str(&listed).unwrap();
+        assert_eq!(views.len(), 1);
+        assert_eq!(views[0].added_by, "admin");
+        assert!(!listed.contains("PRIVATE"), "{listed}");
+        let (status, _) = answer(
+            &router,
+            call(
+                Method::GET,
+                ep::CERTIFICATES,
+                deploy.expose(),
+                String::new(),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, _) = answer(
+            &router,
+            call(
+                Method::GET,
+                ep::CERTIFICATES_WATCH,
+                admin.expose(),
+                String::new(),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+
+        // A gateway gets the keys at once, then waits for a change.
+        let resp = router
+            .clone()
+            .oneshot(call(
+                Method::GET,
+                ep::CERTIFICATES_WATCH,
+                gateway.expose(),
+                String::new(),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let bundle: shoal_api::certs::CertificateBundle =
+            serde_json::from_str(&text(resp).await).unwrap();
+        assert_eq!(bundle.certificates[0].key_pem.expose(), leaf.key_pem);
+        let uri = format!("{}?revision={}", ep::CERTIFICATES_WATCH, bundle.revision);
+        let waiting = tokio::spawn(router.clone().oneshot(call(
+            Method::GET,
+            &uri,
+            gateway.expose(),
+            String::new(),
+        )));
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        let (status, _) = answer(
+            &router,
+            call(
+                Method::DELETE,
+                &ep::certificate("APP.example"),
+                admin.expose(),
+                String::new(),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let after: shoal_api::certs::CertificateBundle =
+            serde_json::from_str(&text(resp).await).unwrap();
+        assert_ne!(after.revision, bundle.revision);
+        assert!(after.certificates.is_empty());
+        let (status, _) = answer(
+            &router,
+            call(
+                Method::DELETE,
+                &ep::certificate("app.example"),
+                admin.expose(),
+                String::new(),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
     }
 
     /// Create answers the secret once, list never shows one, and a revoked

@@ -177,6 +177,13 @@ pub enum Event {
     TokenRevoked {
         name: String,
     },
+    /// A certificate for the gateways was stored (its key is nowhere here).
+    CertificateAdded {
+        host: String,
+    },
+    CertificateRemoved {
+        host: String,
+    },
 }
 
 /// `: reason`, or nothing.
@@ -220,6 +227,8 @@ impl Event {
             Self::Stopping { .. } => "Killing",
             Self::TokenCreated { .. } => "TokenCreated",
             Self::TokenRevoked { .. } => "TokenRevoked",
+            Self::CertificateAdded { .. } => "CertificateAdded",
+            Self::CertificateRemoved { .. } => "CertificateRemoved",
         }
     }
 
@@ -265,6 +274,8 @@ impl Event {
             | Self::NodeUnreachable { .. }
             | Self::TokenCreated { .. }
             | Self::TokenRevoked { .. }
+            | Self::CertificateAdded { .. }
+            | Self::CertificateRemoved { .. }
             | Self::NodeCordoned { .. }
             | Self::NodeUncordoned { .. }
             | Self::NodeDraining { .. }
@@ -278,6 +289,9 @@ impl Event {
         match self {
             Self::TokenCreated { name, .. } | Self::TokenRevoked { name } => {
                 format!("token/{name}")
+            }
+            Self::CertificateAdded { host } | Self::CertificateRemoved { host } => {
+                format!("certificate/{host}")
             }
             Self::NodeRegistered { node, .. }
             | Self::NodeBack { node }
@@ -458,6 +472,8 @@ impl Event {
                 format!("token {name} created: {role} in {scope}")
             }
             Self::TokenRevoked { name } => format!("token {name} revoked"),
+            Self::CertificateAdded { host } => format!("certificate for {host} stored"),
+            Self::CertificateRemoved { host } => format!("certificate for {host} removed"),
         }
     }
 

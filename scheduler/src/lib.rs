@@ -19,6 +19,7 @@
 pub mod api;
 pub mod auth;
 pub mod autoscale;
+pub mod certs;
 pub mod clock;
 pub mod events;
 pub mod metrics;

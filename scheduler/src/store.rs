@@ -5,6 +5,7 @@
 
 use redb::{ReadableDatabase, ReadableTable};
 use shoal_api::auth::TokenRecord;
+use shoal_api::certs::StoredCertificate;
 use shoal_api::objects::{App, Event, Instance, Node, Revision};
 use std::path::Path;
 
@@ -18,6 +19,9 @@ const META: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta"
 /// Tokens by name, as `TokenRecord` JSON: the hash of each secret, never
 /// the secret.
 const TOKENS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("tokens");
+/// Certificates for the gateways by host, as `StoredCertificate` JSON
+/// (with their keys: the data dir must stay private, as for the CA key).
+const CERTIFICATES: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("certificates");
 
 /// Events kept; older ones are dropped as new ones arrive.
 const MAX_EVENTS: u64 = 10_000;
@@ -94,6 +98,7 @@ impl Store {
             txn.open_table(EVENTS).map_err(db_err)?;
             txn.open_table(META).map_err(db_err)?;
             txn.open_table(TOKENS).map_err(db_err)?;
+            txn.open_table(CERTIFICATES).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Self { db })
@@ -275,6 +280,47 @@ impl Store {
         let removed = {
             let mut t = txn.open_table(TOKENS).map_err(db_err)?;
             t.remove(name).map_err(db_err)?.is_some()
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(removed)
+    }
+}
+
+impl Store {
+    pub fn certificates(&self) -> Result<Vec<StoredCertificate>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(CERTIFICATES).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(db_err)? {
+            let (_, v) = row.map_err(db_err)?;
+            out.push(
+                serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                    table: "certificates",
+                    message: e.to_string(),
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Stores `cert` durably, replacing the one of its host.
+    pub fn put_certificate(&self, cert: &StoredCertificate) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = txn.open_table(CERTIFICATES).map_err(db_err)?;
+            let json = erased::Ser::to_json(cert);
+            t.insert(cert.host.as_str(), json.as_slice())
+                .map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// Removes the certificate of `host`, durably; whether there was one.
+    pub fn remove_certificate(&self, host: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let removed = {
+            let mut t = txn.open_table(CERTIFICATES).map_err(db_err)?;
+            t.remove(host).map_err(db_err)?.is_some()
         };
         txn.commit().map_err(db_err)?;
         Ok(removed)

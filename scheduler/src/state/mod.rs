@@ -187,6 +187,7 @@ pub struct ControlPlane {
     snapshot: watch::Receiver<Arc<Snapshot>>,
     store: Arc<Store>,
     tokens: Arc<crate::auth::Tokens>,
+    certificates: Arc<crate::certs::Certificates>,
     auth: crate::auth::Auth,
     clock: Arc<dyn Clock>,
     ca: Option<Arc<shoal_pki::ClusterCa>>,
@@ -220,6 +221,10 @@ impl ControlPlane {
         let store = Arc::new(store);
         let tokens = Arc::new(crate::auth::Tokens::load(store.clone())?);
         let (auth, clock, ca) = (config.auth, config.clock.clone(), config.ca.clone());
+        let certificates = Arc::new(crate::certs::Certificates::load(
+            store.clone(),
+            clock.now_ms(),
+        )?);
         let mut state = State::load(store.clone(), config)?;
         let (tx, rx) = mpsc::channel(1024);
         let (snap_tx, snap_rx) = watch::channel(Arc::new(state.snapshot()));
@@ -229,11 +234,17 @@ impl ControlPlane {
             snapshot: snap_rx,
             store,
             tokens,
+            certificates,
             auth,
             clock,
             nodes: ca.as_deref().and_then(node_client),
             ca,
         })
+    }
+
+    /// The certificates stored for the gateways.
+    pub fn certificates(&self) -> &crate::certs::Certificates {
+        &self.certificates
     }
 
     /// The client that reads from nodes (their logs).
