@@ -414,8 +414,11 @@ def start_control_plane(shoal: str, data_dir: Path, log_path: Path, timeout: flo
                         group: bool = True, extra: list[str] | None = None
                         ) -> tuple[Proc, str]:
     """`shoal control-plane` on a free port; the process and its URL."""
+    # Plain HTTP on the loopback where the binary serves TLS by default (a
+    # revision before TLS has no such flag).
+    plain = ["--plain-http"] if has_flag(shoal, "control-plane", "--plain-http") else []
     p = Proc("control-plane", [str(shoal), "control-plane", "--listen", f"{HOST}:0",
-                               "--data-dir", str(data_dir), "--plain-http", *(extra or [])],
+                               "--data-dir", str(data_dir), *plain, *(extra or [])],
              log_path, group=group)
     url = p.wait_for_line(r"Control plane listening on " + URL, timeout).group(1)
     TOKENS[url.rstrip("/")] = (_read_token(data_dir / "admin.token"),
@@ -442,7 +445,8 @@ def start_node(shoal: str, cp_url: str, name: str, cache_dir: Path, log_path: Pa
 
 
 def start_gateway(shoal: str, cp_url: str, log_path: Path, timeout: float,
-                  env: dict | None = None) -> tuple[Proc, str]:
+                  env: dict | None = None, extra: list[str] | None = None
+                  ) -> tuple[Proc, str]:
     """`shoal gateway` on a free port, with a token of its own if the
     control plane asks for one; the process and its URL."""
     env = dict(env or {})
@@ -452,7 +456,8 @@ def start_gateway(shoal: str, cp_url: str, log_path: Path, timeout: float,
         env["SHOAL_TOKEN"] = api.call("POST", "/v1/tokens",
                                       {"name": name, "role": "gateway"})["secret"]
     p = Proc("gateway", [str(shoal), "gateway", "--listen", f"{HOST}:0",
-                         "--control-plane", cp_url], log_path, env=env or None)
+                         "--control-plane", cp_url, *(extra or [])], log_path,
+             env=env or None)
     return p, p.wait_for_line(r"Gateway listening on " + URL, timeout).group(1)
 
 
@@ -538,14 +543,14 @@ def has_socket_errors(r: dict) -> bool:
 
 def run_wrk(wrk: str, port: int, conns: int, seconds: float, threads: int, log_path: Path,
             headers: list[str] = (), watch: Callable[[], object] | None = None,
-            path: str = "/") -> dict:
+            path: str = "/", scheme: str = "http") -> dict:
     """One wrk run against http://127.0.0.1:PORT/, its output appended to
     log_path; parse_wrk's result plus "argv" and "cpu": `watch` makes a CPU
     watch (an object with finish() -> dict) as wrk starts, {} without one."""
     argv = [wrk, f"-t{threads}", f"-c{conns}", f"-d{wrk_duration_arg(seconds)}", "--latency"]
     for h in headers:
         argv += ["-H", h]
-    argv.append(f"http://{HOST}:{port}{path}")
+    argv.append(f"{scheme}://{HOST}:{port}{path}")
     w = watch() if watch else None
     try:
         p = subprocess.run(argv, capture_output=True, text=True,

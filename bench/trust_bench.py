@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """What trust costs, measured in one run (issue 11).
 
-1. Mutual TLS from the gateway to nodes. One control plane, two nodes on
+1. Mutual TLS from the gateway to nodes (and TLS for clients: wrk over
+   HTTPS to the gateway's `--tls-listen` and to nginx's `listen ssl`, each
+   with the same self-signed certificate, both proxying to the plain node). One control plane, two nodes on
    127.0.0.1 (`plain`, serving HTTP, and `mtls`, serving mutual TLS with the
    certificate the control plane issued it), one gateway, and the C demo
    component deployed twice: app `plain` pinned to the plain node (host
@@ -60,8 +62,8 @@ def get(port: int, host: str, path: str = "/", token: str | None = None) -> tupl
         c.close()
 
 
-def nginx_conf(d: Path, port_plain: int, port_mtls: int, plain: str, mtls: str,
-               certs: dict) -> str:
+def nginx_conf(d: Path, port_plain: int, port_mtls: int, port_https: int, plain: str,
+               mtls: str, certs: dict) -> str:
     user = ""
     if os.geteuid() == 0:
         import pwd
@@ -98,6 +100,17 @@ http {{
     upstream mtls_node {{ server {mtls}; keepalive 64; keepalive_requests 1000000; }}
     server {{
         listen {HOST}:{port_plain};
+        location / {{
+            proxy_pass http://plain_node;{common}
+            proxy_set_header x-shoal-instance {certs['plain_instance']};
+        }}
+    }}
+    server {{
+        listen {HOST}:{port_https} ssl;
+        ssl_certificate {certs['site_cert']};
+        ssl_certificate_key {certs['site_key']};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:1m;
         location / {{
             proxy_pass http://plain_node;{common}
             proxy_set_header x-shoal-instance {certs['plain_instance']};
@@ -146,9 +159,9 @@ def rounds(cfg, paths: dict, wrk_log: Path) -> dict:
     `rounds` times, in an order that turns each round."""
     names = list(paths)
     for n in names:
-        port, headers, path = paths[n]
+        port, headers, path, *scheme = paths[n]
         run_wrk(cfg["wrk"], port, 16, cfg["warmup"], cfg["threads"], wrk_log, headers,
-                path=path)
+                path=path, scheme=(scheme or ["http"])[0])
     out: dict = {}
     turn = 0
     for conns in cfg["connections"]:
@@ -156,9 +169,10 @@ def rounds(cfg, paths: dict, wrk_log: Path) -> dict:
             order = names[turn % len(names):] + names[:turn % len(names)]
             turn += 1
             for n in order:
-                port, headers, path = paths[n]
+                port, headers, path, *scheme = paths[n]
                 r = run_wrk(cfg["wrk"], port, conns, cfg["duration"],
-                            min(cfg["threads"], conns), wrk_log, headers, path=path)
+                            min(cfg["threads"], conns), wrk_log, headers, path=path,
+                            scheme=(scheme or ["http"])[0])
                 out.setdefault((conns, n), []).append(r)
                 log(f"c={conns:<3} round {rnd + 1} {n:<16} {fmt_rps(r['rps']):>8} req/s  "
                     f"p50 {fmt_ms(r['p50_ms'])}  p99 {fmt_ms(r['p99_ms'])}  non-2xx {r['non2xx']}")
@@ -168,6 +182,17 @@ def rounds(cfg, paths: dict, wrk_log: Path) -> dict:
 def mtls_case(cfg, tmp: Path) -> tuple[dict, str]:
     shoal = cfg["shoal"]
     logs = tmp / "logs"
+    # A certificate for clients' TLS, the same for the gateway and nginx.
+    site = tmp / "site"
+    site.mkdir(parents=True, exist_ok=True)
+    site_cert, site_key = site / "cert.pem", site / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj",
+                    "/CN=plain.local", "-addext", "subjectAltName=DNS:plain.local",
+                    "-keyout", str(site_key), "-out", str(site_cert)],
+                   check=True, capture_output=True)
+    for f in (site, site_cert, site_key):
+        f.chmod(0o755 if f.is_dir() else 0o644)  # nginx's workers read them
     cp, cp_url = start_control_plane(shoal, tmp / "cp", logs / "control-plane.log",
                                      START_TIMEOUT_S)
     _, plain_url = start_node(shoal, cp_url, "plain", tmp / "cache-plain", logs / "plain.log",
@@ -175,7 +200,13 @@ def mtls_case(cfg, tmp: Path) -> tuple[dict, str]:
     _, mtls_url = start_node(shoal, cp_url, "mtls", tmp / "cache-mtls", logs / "mtls.log",
                              START_TIMEOUT_S, tls=True, labels=["tls=on"])
     assert mtls_url.startswith("https://"), mtls_url
-    gw, gw_url = start_gateway(shoal, cp_url, logs / "gateway.log", START_TIMEOUT_S)
+    gw, gw_url = start_gateway(
+        shoal, cp_url, logs / "gateway.log", START_TIMEOUT_S,
+        extra=["--tls-listen", f"{HOST}:0",
+               "--tls-cert", f"plain.local={site_cert},{site_key}",
+               "--tls-default-host", "plain.local"])
+    gw_https = url_port(gw.wait_for_line(r"Gateway listening on (https://\S+?)/?\s",
+                                         START_TIMEOUT_S).group(1))
     for name, tls in (("plain", "off"), ("mtls", "on")):
         m = tmp / f"{name}.toml"
         m.write_text(f'name = "{name}"\nmodule = "{cfg["component"]}"\nreplicas = 1\n'
@@ -204,10 +235,11 @@ def mtls_case(cfg, tmp: Path) -> tuple[dict, str]:
         f.chmod(0o644)  # nginx's workers read it; a throwaway test key
         files[key] = str(f)
     files["plain_instance"] = instance["plain"]
+    files["site_cert"], files["site_key"] = str(site_cert), str(site_key)
     files["mtls_instance"] = instance["mtls"]
-    ports = (free_port(), free_port())
+    ports = (free_port(), free_port(), free_port())
     conf = d / "nginx.conf"
-    conf.write_text(nginx_conf(d, ports[0], ports[1], plain_url.split("//")[1],
+    conf.write_text(nginx_conf(d, ports[0], ports[1], ports[2], plain_url.split("//")[1],
                                mtls_url.split("//")[1], files))
     argv = [cfg["nginx"], "-p", str(d), "-c", str(conf), "-e", str(d / "error.log"),
             "-g", "daemon off;"]
@@ -215,7 +247,7 @@ def mtls_case(cfg, tmp: Path) -> tuple[dict, str]:
     if test.returncode != 0:
         raise RuntimeError(f"nginx -t refused the config:\n{test.stderr}")
     ngx = Proc("nginx", argv, logs / "nginx.log")
-    for port in ports:
+    for port in ports[:2]:
         try:
             wait_until(f"nginx :{port}", lambda p=port: get(p, "x")[0] == 200, 30)
         except RuntimeError:
@@ -228,6 +260,8 @@ def mtls_case(cfg, tmp: Path) -> tuple[dict, str]:
         "gateway → mTLS": (gw_port, ["Host: mtls.local"], "/"),
         "nginx → plain": (ports[0], [], "/"),
         "nginx → TLS": (ports[1], [], "/"),
+        "https → gateway → plain": (gw_https, ["Host: plain.local"], "/", "https"),
+        "https → nginx → plain": (ports[2], ["Host: plain.local"], "/", "https"),
     }
     res = rounds(cfg, paths, logs / "wrk.log")
     ngx.stop()
@@ -284,6 +318,16 @@ def render(cfg, mtls: dict, auth: dict, conf: str) -> str:
         L.append(md_row(conns, ratio(gt["rps"], g["rps"]), ratio(nt["rps"], n["rps"]),
                         ratio(gt["rps"], nt["rps"]), delta(gt["p50"], g["p50"]),
                         delta(nt["p50"], n["p50"])))
+    L.append("\n## Clients over TLS: the gateway's termination against nginx's\n")
+    L.append("wrk over HTTPS (TLS 1.3, connections kept) with the same self-signed "
+             "certificate at the gateway's `--tls-listen` and at nginx's `listen ssl`, "
+             "both proxying to the plain node.\n")
+    L += md_head(["conns", "https → gateway", "https → nginx", "gateway ÷ nginx"], "llll")
+    for conns in cfg["connections"]:
+        g, n = mtls[(conns, "https → gateway → plain")], mtls[(conns, "https → nginx → plain")]
+        L.append(md_row(conns, f"{fmt_rps(g['rps'])} req/s, p50 {fmt_ms(g['p50'])}",
+                        f"{fmt_rps(n['rps'])} req/s, p50 {fmt_ms(n['p50'])}",
+                        f"{g['rps'] / n['rps']:.2f}" if g["rps"] and n["rps"] else "n/a"))
     L.append("\n## API latency: tokens checked against not\n")
     L.append("`GET /v1/apps` (one app) on two control planes, `--auth off` and `--auth "
              "enforce` (with the admin token), both plain HTTP on the loopback.\n")

@@ -1261,8 +1261,62 @@ pub async fn serve(
         .await
 }
 
+/// What the API's tests share: requests through the router, with a token.
+#[cfg(test)]
+mod test_support {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt as _;
+
+    /// `METHOD uri` with `token` and a JSON `body` (none: empty), through
+    /// the router: the status and the body as text.
+    pub(super) async fn send(
+        router: &Router,
+        method: Method,
+        uri: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> (StatusCode, String) {
+        let req = axum::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {token}"))
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+            .unwrap();
+        let resp = router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// As [`send`], the body parsed as JSON (null when it is not).
+    pub(super) async fn call(
+        router: &Router,
+        method: Method,
+        uri: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> (StatusCode, serde_json::Value) {
+        let (status, text) = send(router, method, uri, token, body).await;
+        (status, serde_json::from_str(&text).unwrap_or_default())
+    }
+
+    /// An apply of one app `web` in `default` with `module`, uploaded.
+    pub(super) fn apply_body(module: &[u8]) -> serde_json::Value {
+        let digest = hex::encode(sha2::Sha256::digest(module));
+        serde_json::json!({
+            "apps": [{ "manifest": { "name": "web", "module": "web.wasm" }, "digest": digest }],
+            "modules": { digest: base64::engine::general_purpose::STANDARD.encode(module) },
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_support::apply_body;
     use super::*;
     use axum::body::Body;
     use axum::http::Request;
@@ -1298,14 +1352,6 @@ mod tests {
             .await
             .unwrap();
         (status, serde_json::from_slice(&bytes).unwrap_or_default())
-    }
-
-    pub(super) fn apply_body(module: &[u8]) -> serde_json::Value {
-        let digest = hex::encode(sha2::Sha256::digest(module));
-        serde_json::json!({
-            "apps": [{ "manifest": { "name": "web", "module": "web.wasm" }, "digest": digest }],
-            "modules": { digest: base64::engine::general_purpose::STANDARD.encode(module) },
-        })
     }
 
     /// A module that uses a feature the nodes' engine does not enable
@@ -1409,6 +1455,7 @@ mod route_tests {
 /// read from `routes()` itself, so a route added there is walked here too.
 #[cfg(test)]
 mod auth_tests {
+    use super::test_support::call;
     use super::*;
     use axum::body::Body;
     use shoal_api::auth::Role;
@@ -2004,28 +2051,6 @@ mod auth_tests {
         assert!(body.message.contains("delete apps"), "{}", body.message);
     }
 
-    async fn call(
-        router: &Router,
-        method: Method,
-        uri: &str,
-        token: &str,
-        body: Option<serde_json::Value>,
-    ) -> (StatusCode, serde_json::Value) {
-        let req = axum::http::Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("content-type", "application/json")
-            .header("authorization", format!("Bearer {token}"))
-            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
-            .unwrap();
-        let resp = router.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap_or_default())
-    }
-
     fn registration(name: &str) -> serde_json::Value {
         serde_json::json!({
             "name": name, "address": "http://127.0.0.1:1",
@@ -2167,7 +2192,7 @@ mod auth_tests {
             post.clone(),
             ep::APPLY,
             admin.expose(),
-            Some(super::tests::apply_body(placed)),
+            Some(super::test_support::apply_body(placed)),
         )
         .await;
         assert_eq!(status, StatusCode::OK, "{body}");
@@ -2227,9 +2252,11 @@ mod auth_tests {
 #[cfg(test)]
 mod actor_tests {
     use super::*;
-    use axum::body::Body;
     use shoal_api::auth::Role;
-    use tower::ServiceExt as _;
+
+    fn apply_body() -> serde_json::Value {
+        super::test_support::apply_body(b"\0asm\x01\0\0\0")
+    }
 
     async fn call(
         router: &Router,
@@ -2238,32 +2265,8 @@ mod actor_tests {
         token: &str,
         body: serde_json::Value,
     ) -> (StatusCode, String) {
-        let req = axum::http::Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("authorization", format!("Bearer {token}"))
-            .header("content-type", "application/json")
-            .body(if body.is_null() {
-                Body::empty()
-            } else {
-                Body::from(body.to_string())
-            })
-            .unwrap();
-        let resp = router.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        (status, String::from_utf8_lossy(&bytes).into_owned())
-    }
-
-    fn apply_body() -> serde_json::Value {
-        let module: &[u8] = b"\0asm\x01\0\0\0";
-        let digest = hex::encode(sha2::Sha256::digest(module));
-        serde_json::json!({
-            "apps": [{ "manifest": { "name": "web", "module": "web.wasm" }, "digest": digest }],
-            "modules": { digest: base64::engine::general_purpose::STANDARD.encode(module) },
-        })
+        let body = (!body.is_null()).then_some(body);
+        super::test_support::send(router, method, uri, token, body).await
     }
 
     fn events(cp: &ControlPlane) -> Vec<Event> {
