@@ -1304,6 +1304,12 @@ mod test_support {
         (status, serde_json::from_str(&text).unwrap_or_default())
     }
 
+    /// A control plane (tokens enforced) on a store in `dir`.
+    pub(super) fn control_plane(dir: &std::path::Path) -> ControlPlane {
+        let store = crate::store::Store::open(dir).unwrap();
+        ControlPlane::start(store, Default::default()).unwrap()
+    }
+
     /// An apply of one app `web` in `default` with `module`, uploaded.
     pub(super) fn apply_body(module: &[u8]) -> serde_json::Value {
         let digest = hex::encode(sha2::Sha256::digest(module));
@@ -1316,16 +1322,11 @@ mod test_support {
 
 #[cfg(test)]
 mod tests {
-    use super::test_support::apply_body;
+    use super::test_support::{apply_body, control_plane};
     use super::*;
     use axum::body::Body;
     use axum::http::Request;
     use tower::ServiceExt as _;
-
-    fn control_plane(dir: &std::path::Path) -> ControlPlane {
-        let store = crate::store::Store::open(dir).unwrap();
-        ControlPlane::start(store, Default::default()).unwrap()
-    }
 
     fn admin(cp: &ControlPlane) -> String {
         let (_, secret) = cp
@@ -1537,8 +1538,7 @@ mod auth_tests {
     #[tokio::test]
     async fn every_route_refuses_no_token_a_revoked_token_and_another_namespaces_token() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::Store::open(dir.path()).unwrap();
-        let cp = ControlPlane::start(store, Default::default()).unwrap();
+        let cp = super::test_support::control_plane(dir.path());
         let tokens = cp.tokens();
         let (_, revoked) = tokens
             .create("gone", Role::Admin, Scope::Cluster, 0, None)
@@ -1622,8 +1622,7 @@ mod auth_tests {
     #[tokio::test]
     async fn certificates_are_added_listed_removed_and_followed_by_gateways() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::Store::open(dir.path()).unwrap();
-        let cp = ControlPlane::start(store, Default::default()).unwrap();
+        let cp = super::test_support::control_plane(dir.path());
         let tokens = cp.tokens();
         let (_, admin) = tokens
             .create("admin", Role::Admin, Scope::Cluster, 0, None)
@@ -1796,8 +1795,7 @@ mod auth_tests {
     #[tokio::test]
     async fn tokens_are_created_listed_and_revoked_through_the_api() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::Store::open(dir.path()).unwrap();
-        let cp = ControlPlane::start(store, Default::default()).unwrap();
+        let cp = super::test_support::control_plane(dir.path());
         let (_, admin) = cp
             .tokens()
             .create("admin", Role::Admin, Scope::Cluster, 0, None)
@@ -1923,8 +1921,7 @@ mod auth_tests {
     #[tokio::test]
     async fn nodes_are_cordoned_drained_and_deleted_by_admins_only() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::Store::open(dir.path()).unwrap();
-        let cp = ControlPlane::start(store, Default::default()).unwrap();
+        let cp = super::test_support::control_plane(dir.path());
         let tokens = cp.tokens();
         let (_, admin) = tokens
             .create("admin", Role::Admin, Scope::Cluster, 0, None)
@@ -2007,8 +2004,7 @@ mod auth_tests {
     #[tokio::test]
     async fn a_namespace_token_works_in_its_namespace_only() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::Store::open(dir.path()).unwrap();
-        let cp = ControlPlane::start(store, Default::default()).unwrap();
+        let cp = super::test_support::control_plane(dir.path());
         let (_, view) = cp
             .tokens()
             .create(
@@ -2064,8 +2060,7 @@ mod auth_tests {
     #[tokio::test]
     async fn a_node_joins_with_the_join_token_and_then_reaches_only_its_own() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::Store::open(dir.path()).unwrap();
-        let cp = ControlPlane::start(store, Default::default()).unwrap();
+        let cp = super::test_support::control_plane(dir.path());
         let tokens = cp.tokens();
         let (_, join) = tokens
             .create("join", Role::Join, Scope::Cluster, 0, None)
@@ -2276,8 +2271,7 @@ mod actor_tests {
     #[tokio::test]
     async fn what_a_token_changes_names_it_and_what_the_control_plane_does_names_nobody() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::Store::open(dir.path()).unwrap();
-        let cp = ControlPlane::start(store, Default::default()).unwrap();
+        let cp = super::test_support::control_plane(dir.path());
         let (_, admin) = cp
             .tokens()
             .create("admin", Role::Admin, Scope::Cluster, 0, None)
