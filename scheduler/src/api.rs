@@ -806,15 +806,31 @@ async fn gateway_certificate(
     }))
 }
 
+/// A node's name is a DNS name (its certificate carries it), such as the
+/// default `HOSTNAME-PORT` of a host named by its FQDN.
+fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        })
+}
+
 /// Makes the credential of node `name`, in place of an earlier one unless
 /// a node of that name is alive: a join token cannot take the name of a
 /// node that is serving.
 fn issue_node_credential(cp: &ControlPlane, name: &str) -> Result<crate::auth::Secret, Error> {
-    if !shoal_api::manifest::valid_name(name) {
+    if !valid_node_name(name) {
         return Err(invalid(
             "invalid",
             format!(
-                "{name:?} is not a valid node name: use 1-63 lowercase letters, digits and '-'"
+                "{name:?} is not a valid node name: use a DNS name (lowercase letters, digits, '-' and '.', at most 253)"
             ),
         ));
     }
@@ -1323,6 +1339,25 @@ mod test_support {
 #[cfg(test)]
 mod tests {
     use super::test_support::{apply_body, control_plane};
+
+    #[test]
+    fn node_names_are_dns_names() {
+        for ok in ["node-1", "ip-10-0-0-1.ec2.internal-7070", "a"] {
+            assert!(super::valid_node_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "Node",
+            "a..b",
+            "-a",
+            "a-",
+            "a/b",
+            "a b",
+            &"x".repeat(64),
+        ] {
+            assert!(!super::valid_node_name(bad), "{bad}");
+        }
+    }
     use super::*;
     use axum::body::Body;
     use axum::http::Request;
