@@ -70,24 +70,9 @@ impl ClientConfig {
 
     /// Writes the file, readable by its owner only.
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
-        use std::io::Write as _;
         let text = toml::to_string(self).context("writing the client config")?;
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let tmp = path.with_extension("toml.tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let write = || -> std::io::Result<()> {
-            let mut f = options.open(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
-        };
-        write().with_context(|| format!("writing {}", path.display()))
+        shoal_pki::write_file(path, text.as_bytes(), 0o600)
+            .with_context(|| format!("writing {}", path.display()))
     }
 
     /// The context named `name`, or the current one.

@@ -261,22 +261,7 @@ impl Session {
     }
 }
 
-/// Writes `secret` to `path` through a file made with mode 0600 and renamed
-/// into place.
+/// Writes `secret` to `path`, readable by its owner only.
 fn write_private(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options.open(&tmp)?;
-    f.write_all(secret.as_bytes())?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)
+    shoal_pki::write_file(path, secret.as_bytes(), 0o600)
 }

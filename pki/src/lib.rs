@@ -400,11 +400,21 @@ pub fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, PkiError
     Ok(certs)
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory
-/// created with `mode` (so a secret is never readable by others, not even
-/// for a moment), synced, then renamed over `path`.
 fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
-    let tmp = path.with_extension("pem.tmp");
+    write_file(path, bytes, mode).map_err(io_error(path))
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory
+/// (made first if need be) created with `mode` (0600 for a secret: a key,
+/// a token, a client config, never readable by others, not even for a
+/// moment), synced, then renamed over `path`.
+pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
     let _ = std::fs::remove_file(&tmp);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -415,11 +425,11 @@ fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError
     }
     #[cfg(not(unix))]
     let _ = mode;
-    let mut file = options.open(&tmp).map_err(io_error(&tmp))?;
-    file.write_all(bytes).map_err(io_error(&tmp))?;
-    file.sync_all().map_err(io_error(&tmp))?;
+    let mut file = options.open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
     drop(file);
-    std::fs::rename(&tmp, path).map_err(io_error(path))
+    std::fs::rename(&tmp, path)
 }
 
 fn warn_if_readable_by_others(path: &Path) {

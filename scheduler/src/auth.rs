@@ -255,25 +255,12 @@ pub fn first_start(
     }))
 }
 
-/// Writes `bytes` to `path` through a file created with mode 0600 and
-/// renamed into place.
+/// Writes `bytes` to `path`, readable by its owner only.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AuthError> {
-    use std::io::Write as _;
-    let err = |source| AuthError::File {
+    shoal_pki::write_file(path, bytes, 0o600).map_err(|source| AuthError::File {
         path: path.display().to_string(),
         source,
-    };
-    let tmp = path.with_extension("token.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options.open(&tmp).map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(err)
+    })
 }
 
 /// Reads the admin token a control plane wrote into `dir`.
