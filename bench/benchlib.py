@@ -361,6 +361,21 @@ def stop_all_on_exit() -> None:
 URL = r"(https?://\S+?)/?\s"
 
 
+def nginx_user_directive() -> str:
+    """nginx's `user` line: as root, its workers drop to a user that
+    exists (www-data, else nobody); otherwise none is needed."""
+    if os.geteuid() != 0:
+        return ""
+    import pwd
+    for name in ("www-data", "nobody"):
+        try:
+            pwd.getpwnam(name)
+            return f"user {name};"
+        except KeyError:
+            continue
+    return ""
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))

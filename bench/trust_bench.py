@@ -35,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import (  # noqa: E402
+    nginx_user_directive,
     HOST, Api, Proc, cmd_version, env_int, env_str, find_bin, fmt_ms, fmt_rps,
     free_port, has_socket_errors, log, machine_summary, md_head, md_row,
     parse_duration_s, run_wrk, set_tag, shoal_apply, start_control_plane,
@@ -64,16 +65,7 @@ def get(port: int, host: str, path: str = "/", token: str | None = None) -> tupl
 
 def nginx_conf(d: Path, port_plain: int, port_mtls: int, port_https: int, plain: str,
                mtls: str, certs: dict) -> str:
-    user = ""
-    if os.geteuid() == 0:
-        import pwd
-        for name in ("www-data", "nobody"):
-            try:
-                pwd.getpwnam(name)
-                user = f"user {name};"
-                break
-            except KeyError:
-                continue
+    user = nginx_user_directive()
     t = d / "temp"
     common = """
             proxy_http_version 1.1;
