@@ -96,7 +96,9 @@ impl std::str::FromStr for Role {
 fn needed(verb: Verb, resource: Resource) -> Role {
     use Resource::*;
     match resource {
-        Apps | Revisions | Instances | Events | Logs | Routes | Metrics if verb.reads() => {
+        Apps | Revisions | Instances | Events | Logs | Routes | Metrics | Quotas
+            if verb.reads() =>
+        {
             Role::View
         }
         Apps | Activations => Role::Deploy,
@@ -407,10 +409,11 @@ mod tests {
     #[test]
     fn view_reads_apps_and_what_they_produce_and_nothing_more() {
         for v in READS {
-            for r in [Apps, Revisions, Instances, Events, Logs] {
+            // A tenant sees its own quota, and changes it never.
+            for r in [Apps, Revisions, Instances, Events, Logs, Quotas] {
                 assert!(Role::View.reaches(v, r), "view {v} {r}");
             }
-            for r in [Blobs, Nodes, Tokens, Quotas] {
+            for r in [Blobs, Nodes, Tokens] {
                 assert!(!Role::View.reaches(v, r), "view {v} {r}");
             }
         }
@@ -425,9 +428,14 @@ mod tests {
     fn deploy_also_changes_apps_but_not_nodes_tokens_or_quotas() {
         for v in Verb::ALL {
             assert!(Role::Deploy.reaches(v, Apps), "deploy {v} apps");
-            for r in [Nodes, Tokens, Quotas] {
+            for r in [Nodes, Tokens] {
                 assert!(!Role::Deploy.reaches(v, r), "deploy {v} {r}");
             }
+            assert_eq!(
+                Role::Deploy.reaches(v, Quotas),
+                v.reads(),
+                "deploy {v} quotas"
+            );
         }
         for v in READS {
             for r in [Revisions, Instances, Events, Logs] {

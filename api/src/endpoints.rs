@@ -53,6 +53,12 @@ pub const GATEWAY_CERTIFICATE: &str = "/v1/gateway-certificate";
 pub const INSTANCE_LOGS: &str = "/v1/namespaces/{ns}/instances/{id}/logs";
 /// One token by name: revoke.
 pub const TOKEN: &str = "/v1/tokens/{name}";
+/// Every namespace's quota with what it holds (`namespace` query as for
+/// lists: none is the default namespace, `*` every one).
+pub const QUOTAS: &str = "/v1/quotas";
+/// One namespace's quota: get (with what it holds), set (PUT, the whole
+/// quota), remove (DELETE).
+pub const QUOTA: &str = "/v1/namespaces/{ns}/quota";
 /// Certificates the gateways present: list (never a key) and add.
 pub const CERTIFICATES: &str = "/v1/certificates";
 /// One stored certificate by host: remove.
@@ -95,6 +101,8 @@ pub const CONTROL_PLANE: &[&str] = &[
     CERTIFICATES_WATCH,
     GATEWAY_CERTIFICATE,
     INSTANCE_LOGS,
+    QUOTAS,
+    QUOTA,
 ];
 
 /// The longest the control plane holds a long poll (`EVENTS` with
@@ -155,6 +163,10 @@ pub fn instance_logs(ns: &str, id: &str) -> String {
 
 pub fn token(name: &str) -> String {
     fill(TOKEN, &[name])
+}
+
+pub fn quota(ns: &str) -> String {
+    fill(QUOTA, &[ns])
 }
 
 pub fn certificate(host: &str) -> String {
@@ -221,6 +233,7 @@ pub fn examples(a: &str, b: &str) -> Vec<Example> {
         ex(BLOB, blob(a), &[a]),
         ex(TOKEN, token(a), &[a]),
         ex(CERTIFICATE, certificate(a), &[a]),
+        ex(QUOTA, quota(a), &[a]),
         ex(INSTANCE_LOGS, instance_logs(a, b), &[a, b]),
         ex(node::INSTANCE_LOGS, node::instance_logs(a), &[a]),
     ]

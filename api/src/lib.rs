@@ -13,6 +13,8 @@
 //! - [`auth`]: roles, scopes, tokens as stored, and the rule of who may
 //!   do what.
 //! - [`certs`]: certificates stored for the gateways to present.
+//! - [`quota`]: a namespace's quota, what it holds, and the rule that
+//!   checks a change against it.
 //! - [`endpoints`]: every HTTP endpoint's route template and the builder
 //!   of its concrete paths, with the query types; the control plane's
 //!   router and the client both take them from here.
@@ -29,6 +31,7 @@ pub mod manifest;
 pub mod objects;
 pub mod protocol;
 pub mod quantity;
+pub mod quota;
 pub mod rest;
 pub mod routes;
 pub mod spec;

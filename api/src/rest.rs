@@ -151,6 +151,10 @@ pub struct AutoscaleView {
     pub concurrency: f64,
     /// Requests per second, over the last second.
     pub rps: f64,
+    /// Why the app runs fewer replicas than the autoscaler wants: the
+    /// namespace's quota, its limit, and the count wanted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
 }
 
 /// Cold starts of an app: requests that arrived while it had no ready

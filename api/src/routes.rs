@@ -11,6 +11,21 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "kebab-case")]
 pub struct RouteTable {
     pub apps: Vec<RouteApp>,
+    /// Namespaces whose quota limits their requests at each gateway.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<NamespaceLimits>,
+}
+
+/// What each gateway lets a namespace's apps take of it: requests in
+/// flight, and requests per second; beyond either, `429 rate_limited`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct NamespaceLimits {
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

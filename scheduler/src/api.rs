@@ -22,10 +22,12 @@ use shoal_api::endpoints::{
 use shoal_api::manifest::validate_app;
 use shoal_api::objects::{App, AppKey, Event, Instance, Node, Phase, Revision};
 use shoal_api::protocol::{Heartbeat, RegisterRequest};
+use shoal_api::quota::{QuotaView, SetQuota};
 use shoal_api::rest::{
     AppDetail, AppView, ApplyOutcome, ApplyRequest, DrainStatus, GatewayMetrics, RollbackRequest,
     RollbackResponse, ScaleRequest, TrafficRequest,
 };
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 /// Largest apply request (modules travel base64-encoded inside it).
@@ -47,6 +49,7 @@ impl From<ApiError> for Error {
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::QuotaExceeded(_) => StatusCode::FORBIDDEN,
         };
         Error(status, ErrorBody::new(e.code(), e.to_string()))
     }
@@ -200,6 +203,13 @@ pub(crate) fn routes() -> Vec<Route> {
         at(ep::CERTIFICATES_WATCH).get(watch_certificates, cluster(Watch, Certificates)),
         at(ep::GATEWAY_CERTIFICATE).post(gateway_certificate, cluster(Create, Identities)),
         at(ep::INSTANCE_LOGS).get(instance_logs, in_path_ns(Get, Logs)),
+        at(ep::QUOTAS).get(list_quotas, in_query_ns(List, Quotas)),
+        // A tenant reads its own quota; only the cluster's admin sets one,
+        // or a namespace's admin could lift its own limits.
+        at(ep::QUOTA)
+            .get(get_quota, in_path_ns(Get, Quotas))
+            .put(set_quota, cluster(Update, Quotas))
+            .delete(remove_quota, cluster(Delete, Quotas)),
     ]
 }
 
@@ -486,6 +496,61 @@ async fn list_apps(
             .map(|a| view(&snap, a))
             .collect(),
     )
+}
+
+fn quota_view(snap: &crate::state::Snapshot, ns: &str) -> QuotaView {
+    QuotaView {
+        namespace: ns.to_string(),
+        quota: snap.quota(ns).copied().unwrap_or_default(),
+        usage: snap.usage(ns, None),
+    }
+}
+
+/// Every namespace with a quota or an app, with what it holds.
+async fn list_quotas(
+    State(cp): State<ControlPlane>,
+    Query(q): Query<ListQuery>,
+) -> Json<Vec<QuotaView>> {
+    let snap = cp.snapshot();
+    let namespaces: BTreeSet<&str> = snap
+        .quotas
+        .keys()
+        .map(String::as_str)
+        .chain(snap.apps.keys().map(|k| k.namespace.as_str()))
+        .filter(|ns| in_ns(&q.namespace, ns))
+        .collect();
+    Json(
+        namespaces
+            .into_iter()
+            .map(|ns| quota_view(&snap, ns))
+            .collect(),
+    )
+}
+
+async fn get_quota(State(cp): State<ControlPlane>, Path(ns): Path<String>) -> Json<QuotaView> {
+    Json(quota_view(&cp.snapshot(), &ns))
+}
+
+async fn set_quota(
+    State(cp): State<ControlPlane>,
+    principal: Option<Extension<Principal>>,
+    Path(ns): Path<String>,
+    body: Bytes,
+) -> Result<Json<QuotaView>, Error> {
+    let req: SetQuota = serde_json::from_slice(&body)
+        .map_err(|e| invalid("invalid", format!("malformed quota: {e}")))?;
+    cp.set_quota(ns.clone(), Some(req.quota), actor(&principal))
+        .await?;
+    Ok(Json(quota_view(&cp.snapshot(), &ns)))
+}
+
+async fn remove_quota(
+    State(cp): State<ControlPlane>,
+    principal: Option<Extension<Principal>>,
+    Path(ns): Path<String>,
+) -> Result<StatusCode, Error> {
+    cp.set_quota(ns, None, actor(&principal)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn describe_app(

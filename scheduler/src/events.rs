@@ -57,6 +57,21 @@ pub enum Event {
         to: u32,
         why: String,
     },
+    /// The autoscaler wants more replicas than the namespace's quota
+    /// leaves room for.
+    AutoscaleHeld {
+        app: AppKey,
+        why: String,
+    },
+    /// A namespace's quota was set.
+    QuotaSet {
+        namespace: String,
+        quota: String,
+    },
+    /// A namespace's quota was removed: it has no limits.
+    QuotaRemoved {
+        namespace: String,
+    },
     /// A request waits for an app scaled to zero.
     Activated {
         app: AppKey,
@@ -205,6 +220,9 @@ impl Event {
             Self::RolloutComplete { .. } => "RolloutComplete",
             Self::RolloutFailed { .. } => "RolloutFailed",
             Self::AutoScaled { .. } => "AutoScaled",
+            Self::AutoscaleHeld { .. } => "QuotaHeld",
+            Self::QuotaSet { .. } => "QuotaSet",
+            Self::QuotaRemoved { .. } => "QuotaRemoved",
             Self::Activated { .. } => "Activated",
             Self::TrafficSplit { .. } => "TrafficSplit",
             Self::Deleted { .. } => "Deleted",
@@ -256,6 +274,7 @@ impl Event {
             | Self::RolloutComplete { app, .. }
             | Self::RolloutFailed { app, .. }
             | Self::AutoScaled { app, .. }
+            | Self::AutoscaleHeld { app, .. }
             | Self::Activated { app, .. }
             | Self::TrafficSplit { app, .. }
             | Self::Deleted { app }
@@ -276,11 +295,21 @@ impl Event {
             | Self::TokenRevoked { .. }
             | Self::CertificateAdded { .. }
             | Self::CertificateRemoved { .. }
+            | Self::QuotaSet { .. }
+            | Self::QuotaRemoved { .. }
             | Self::NodeCordoned { .. }
             | Self::NodeUncordoned { .. }
             | Self::NodeDraining { .. }
             | Self::NodeDrained { .. }
             | Self::NodeDeleted { .. } => None,
+        }
+    }
+
+    /// The namespace it is about: its app's, or a quota's.
+    pub fn namespace(&self) -> Option<&str> {
+        match self {
+            Self::QuotaSet { namespace, .. } | Self::QuotaRemoved { namespace } => Some(namespace),
+            other => other.app().map(|a| a.namespace.as_str()),
         }
     }
 
@@ -292,6 +321,9 @@ impl Event {
             }
             Self::CertificateAdded { host } | Self::CertificateRemoved { host } => {
                 format!("certificate/{host}")
+            }
+            Self::QuotaSet { namespace, .. } | Self::QuotaRemoved { namespace } => {
+                format!("quota/{namespace}")
             }
             Self::NodeRegistered { node, .. }
             | Self::NodeBack { node }
@@ -347,6 +379,13 @@ impl Event {
                 m
             }
             Self::AutoScaled { from, to, why, .. } => format!("replicas {from} -> {to}: {why}"),
+            Self::AutoscaleHeld { why, .. } => format!("autoscaler {why}"),
+            Self::QuotaSet { namespace, quota } => {
+                format!("quota of namespace {namespace}: {quota}")
+            }
+            Self::QuotaRemoved { namespace } => {
+                format!("quota of namespace {namespace} removed: no limits")
+            }
             Self::Activated { to, .. } => format!("a request is waiting: scaling from 0 to {to}"),
             Self::TrafficSplit { traffic, .. } => {
                 if traffic.is_empty() {
@@ -484,7 +523,7 @@ impl Event {
         objects::Event {
             seq,
             at_ms,
-            namespace: app.map(|a| a.namespace.clone()),
+            namespace: self.namespace().map(str::to_string),
             app: app.map(|a| a.name.clone()),
             object: self.object(),
             level: self.level(),

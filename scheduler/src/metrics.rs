@@ -144,6 +144,7 @@ mod tests {
                 panicking: false,
                 concurrency: 2.5,
                 rps: 0.0,
+                held: None,
             },
         );
         let cold = ColdStarts {

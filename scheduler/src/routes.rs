@@ -3,7 +3,7 @@
 
 use crate::state::Snapshot;
 use shoal_api::objects::{Instance, NodeState, Phase};
-use shoal_api::routes::{Backend, Endpoint, RouteApp, RouteTable};
+use shoal_api::routes::{Backend, Endpoint, NamespaceLimits, RouteApp, RouteTable};
 use std::collections::BTreeMap;
 
 /// Whether an instance should get new requests.
@@ -82,5 +82,15 @@ pub fn route_table(snap: &Snapshot) -> RouteTable {
             scale_from_zero: app.settings.autoscale.is_some_and(|a| a.min == 0),
         });
     }
-    RouteTable { apps }
+    let limits = snap
+        .quotas
+        .iter()
+        .filter(|(_, q)| q.concurrency.is_some() || q.rate.is_some())
+        .map(|(ns, q)| NamespaceLimits {
+            namespace: ns.clone(),
+            concurrency: q.concurrency,
+            rate: q.rate,
+        })
+        .collect();
+    RouteTable { apps, limits }
 }

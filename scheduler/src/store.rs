@@ -7,6 +7,7 @@ use redb::{ReadableDatabase, ReadableTable};
 use shoal_api::auth::TokenRecord;
 use shoal_api::certs::StoredCertificate;
 use shoal_api::objects::{App, Event, Instance, Node, Revision};
+use shoal_api::quota::Quota;
 use std::path::Path;
 
 const APPS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("apps");
@@ -22,6 +23,15 @@ const TOKENS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("t
 /// Certificates for the gateways by host, as `StoredCertificate` JSON
 /// (with their keys: the data dir must stay private, as for the CA key).
 const CERTIFICATES: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("certificates");
+/// Quotas by namespace, as [`StoredQuota`] JSON.
+const QUOTAS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("quotas");
+
+/// A namespace's quota as stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredQuota {
+    pub namespace: String,
+    pub quota: Quota,
+}
 
 /// Events kept; older ones are dropped as new ones arrive.
 const MAX_EVENTS: u64 = 10_000;
@@ -60,6 +70,8 @@ pub enum Op {
     DeleteInstance(String),
     PutEvent(Event),
     SetMeta(&'static str, u64),
+    PutQuota(StoredQuota),
+    DeleteQuota(String),
 }
 
 /// Everything the control plane keeps, as loaded at start.
@@ -71,6 +83,7 @@ pub struct Contents {
     pub instances: Vec<Instance>,
     pub events: Vec<Event>,
     pub meta: Vec<(String, u64)>,
+    pub quotas: Vec<StoredQuota>,
 }
 
 pub struct Store {
@@ -99,6 +112,7 @@ impl Store {
             txn.open_table(META).map_err(db_err)?;
             txn.open_table(TOKENS).map_err(db_err)?;
             txn.open_table(CERTIFICATES).map_err(db_err)?;
+            txn.open_table(QUOTAS).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Self { db })
@@ -129,6 +143,7 @@ impl Store {
             revisions: all(&txn, REVISIONS, "revisions")?,
             nodes: all(&txn, NODES, "nodes")?,
             instances: all(&txn, INSTANCES, "instances")?,
+            quotas: all(&txn, QUOTAS, "quotas")?,
             ..Default::default()
         };
         let events = txn.open_table(EVENTS).map_err(db_err)?;
@@ -163,6 +178,7 @@ impl Store {
             let mut insts = txn.open_table(INSTANCES).map_err(db_err)?;
             let mut events = txn.open_table(EVENTS).map_err(db_err)?;
             let mut meta = txn.open_table(META).map_err(db_err)?;
+            let mut quotas = txn.open_table(QUOTAS).map_err(db_err)?;
             let json = |v: &dyn erased::Ser| v.to_json();
             for op in ops {
                 match op {
@@ -218,6 +234,14 @@ impl Store {
                     }
                     Op::SetMeta(k, v) => {
                         meta.insert(*k, *v).map_err(db_err)?;
+                    }
+                    Op::PutQuota(q) => {
+                        quotas
+                            .insert(q.namespace.as_str(), json(q).as_slice())
+                            .map_err(db_err)?;
+                    }
+                    Op::DeleteQuota(ns) => {
+                        quotas.remove(ns.as_str()).map_err(db_err)?;
                     }
                 }
             }
@@ -364,6 +388,18 @@ mod tests {
                 }),
                 Op::PutBlob("abc".into(), vec![0, 97, 115, 109]),
                 Op::SetMeta("next_seq", 7),
+                Op::PutQuota(StoredQuota {
+                    namespace: "team-a".into(),
+                    quota: Quota {
+                        apps: Some(2),
+                        ..Quota::default()
+                    },
+                }),
+                Op::PutQuota(StoredQuota {
+                    namespace: "team-b".into(),
+                    quota: Quota::default(),
+                }),
+                Op::DeleteQuota("team-b".into()),
             ])
             .unwrap();
         }
@@ -373,6 +409,11 @@ mod tests {
         assert_eq!(c.apps[0].replicas, 3);
         assert_eq!(s.blob("abc").unwrap(), Some(vec![0, 97, 115, 109]));
         assert_eq!(c.meta, vec![("next_seq".to_string(), 7)]);
+        assert_eq!(c.quotas.len(), 1);
+        assert_eq!(
+            (c.quotas[0].namespace.as_str(), c.quotas[0].quota.apps),
+            ("team-a", Some(2))
+        );
         s.write(&[Op::DeleteApp("default/web".into())]).unwrap();
         assert!(s.load().unwrap().apps.is_empty());
     }

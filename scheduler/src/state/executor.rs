@@ -5,8 +5,10 @@
 use super::task::{EVENTS_IN_MEMORY, State};
 use crate::autoscale::ScaleState;
 use crate::events::Event;
+use crate::store::StoredQuota;
 use crate::store::{Op, StoreError};
 use shoal_api::objects::{App, AppKey, EventLevel, Instance, Node, Revision};
+use shoal_api::quota::Quota;
 use shoal_api::rest::AutoscaleView;
 
 /// One change a decider asks for.
@@ -46,6 +48,8 @@ pub enum Change {
         app: AppKey,
         at_ms: u64,
     },
+    /// A namespace's quota is set (or, `None`, removed).
+    SetQuota(String, Option<Quota>),
     Event(Event),
 }
 
@@ -137,6 +141,17 @@ impl State {
                 }
                 Change::Active { app, at_ms } => {
                     self.scale.entry(app).or_default().last_active_ms = at_ms;
+                }
+                Change::SetQuota(namespace, Some(quota)) => {
+                    self.pending.push(Op::PutQuota(StoredQuota {
+                        namespace: namespace.clone(),
+                        quota,
+                    }));
+                    self.snap.quotas.insert(namespace, quota);
+                }
+                Change::SetQuota(namespace, None) => {
+                    self.snap.quotas.remove(&namespace);
+                    self.pending.push(Op::DeleteQuota(namespace));
                 }
                 Change::Event(e) => self.record(e, actor),
             }

@@ -82,6 +82,9 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error("the control plane is shutting down")]
     Closed,
+    /// The change would take a namespace past its quota.
+    #[error(transparent)]
+    QuotaExceeded(#[from] shoal_api::quota::QuotaExceeded),
 }
 
 impl ApiError {
@@ -92,6 +95,7 @@ impl ApiError {
             Self::Conflict { code, .. } => code,
             Self::Store(_) => "store_error",
             Self::Closed => "unavailable",
+            Self::QuotaExceeded(_) => shoal_api::quota::QUOTA_EXCEEDED,
         }
     }
 }
@@ -128,6 +132,13 @@ pub enum Command {
     SetTraffic {
         app: AppKey,
         traffic: Vec<TrafficTarget>,
+        actor: Actor,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
+    /// Set (`Some`) or remove a namespace's quota.
+    SetQuota {
+        namespace: String,
+        quota: Option<shoal_api::quota::Quota>,
         actor: Actor,
         reply: oneshot::Sender<Result<(), ApiError>>,
     },
@@ -351,6 +362,22 @@ impl ControlPlane {
         self.ask(|reply| Command::SetTraffic {
             app,
             traffic,
+            actor,
+            reply,
+        })
+        .await
+    }
+
+    /// Sets (`Some`) or removes a namespace's quota.
+    pub async fn set_quota(
+        &self,
+        namespace: String,
+        quota: Option<shoal_api::quota::Quota>,
+        actor: Actor,
+    ) -> Result<(), ApiError> {
+        self.ask(|reply| Command::SetQuota {
+            namespace,
+            quota,
             actor,
             reply,
         })

@@ -7,6 +7,7 @@ use shoal_api::objects::{
     App, AppKey, Event, Instance, Node, Phase, Revision, RolloutState, Template,
 };
 use shoal_api::protocol::{Assignment, HeartbeatResponse};
+use shoal_api::quota::{Quota, Usage};
 use shoal_api::rest::{AutoscaleView, ColdStartView, DrainStatus};
 use std::collections::{BTreeMap, VecDeque};
 
@@ -22,6 +23,8 @@ pub struct Snapshot {
     pub autoscale: BTreeMap<AppKey, AutoscaleView>,
     /// Recent cold starts per app, in ms (not stored).
     pub cold_starts: BTreeMap<AppKey, ColdStarts>,
+    /// Quotas by namespace (a namespace without one has no limits).
+    pub quotas: BTreeMap<String, Quota>,
     /// Bumped on every change; watchers wait for it to move.
     pub version: u64,
 }
@@ -59,6 +62,30 @@ impl ColdStarts {
 }
 
 impl Snapshot {
+    /// Memory one instance of `app` reserves: its current revision's.
+    pub fn memory_each(&self, app: &App) -> u64 {
+        self.template(&app.key, app.current_revision)
+            .map(|t| t.spec.memory_request())
+            .unwrap_or(0)
+    }
+
+    /// What namespace `ns` holds, as its quota counts it, leaving out the
+    /// app `except` (to count it as a change would leave it).
+    pub fn usage(&self, ns: &str, except: Option<&AppKey>) -> Usage {
+        let mut usage = Usage::default();
+        for a in self.apps.values() {
+            if a.key.namespace == ns && Some(&a.key) != except {
+                usage.add_app(a.replicas, self.memory_each(a));
+            }
+        }
+        usage
+    }
+
+    /// The quota of namespace `ns`, if it has one.
+    pub fn quota(&self, ns: &str) -> Option<&Quota> {
+        self.quotas.get(ns)
+    }
+
     /// What `node` should run: every instance placed on it, with its
     /// template, at the node's current generation.
     pub fn assignment(&self, node: &Node) -> HeartbeatResponse {

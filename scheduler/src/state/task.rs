@@ -73,6 +73,9 @@ impl State {
         for i in c.instances {
             snap.instances.insert(i.id.clone(), i);
         }
+        for q in c.quotas {
+            snap.quotas.insert(q.namespace, q.quota);
+        }
         let mut awake = AwakeClock::new(config.tick * AWAKE_MAX_TICKS);
         let now = awake.now();
         let mut seen = BTreeMap::new();
@@ -260,6 +263,15 @@ impl State {
                 reply,
             } => {
                 let d = unit(decide::app::traffic(&self.snap, &app, traffic, now));
+                answer!(reply, self.commit(d, actor.as_deref()))
+            }
+            Command::SetQuota {
+                namespace,
+                quota,
+                actor,
+                reply,
+            } => {
+                let d = unit(decide::quota::set(&self.snap, &namespace, quota));
                 answer!(reply, self.commit(d, actor.as_deref()))
             }
             Command::Record {

@@ -7,6 +7,7 @@ use crate::state::executor::Change;
 use crate::state::{ApiError, Snapshot};
 use shoal_api::manifest::{AppManifest, Route, TrafficTarget};
 use shoal_api::objects::{App, AppKey, Revision, RolloutState, Template};
+use shoal_api::quota::Usage;
 use shoal_api::rest::{ApplyOutcome, ApplyResult};
 use std::collections::{BTreeSet, HashMap, hash_map};
 
@@ -116,6 +117,67 @@ fn check_traffic(
     Ok(())
 }
 
+/// The replica count an apply gives an app: with autoscaling, the count
+/// it has (or the manifest's, for a new app) within the autoscaler's
+/// bounds.
+fn applied_replicas(m: &AppManifest, existing: Option<&App>) -> u32 {
+    match m.serve.autoscale {
+        Some(a) => existing
+            .map(|e| e.replicas)
+            .unwrap_or(m.replicas)
+            .clamp(a.min, a.max),
+        None => m.replicas,
+    }
+}
+
+/// Refuses an apply that would take a namespace past its quota: more apps,
+/// instances or memory than it may hold, or a new revision asking for a
+/// bigger sandbox (memory, timeout, body) than the namespace may grant.
+fn check_quotas(snap: &Snapshot, apps: &[(AppManifest, String)]) -> Result<(), ApiError> {
+    let namespaces: BTreeSet<&str> = apps.iter().map(|(m, _)| m.namespace.as_str()).collect();
+    for ns in namespaces {
+        let Some(quota) = snap.quota(ns) else {
+            continue;
+        };
+        let applying: Vec<(&AppManifest, &String, AppKey)> = apps
+            .iter()
+            .filter(|(m, _)| m.namespace == ns)
+            .map(|(m, d)| (m, d, AppKey::new(&m.namespace, &m.name)))
+            .collect();
+        let mut after = Usage::default();
+        for a in snap.apps.values() {
+            if a.key.namespace == ns && !applying.iter().any(|(_, _, k)| *k == a.key) {
+                after.add_app(a.replicas, snap.memory_each(a));
+            }
+        }
+        for (m, digest, key) in &applying {
+            let existing = snap.apps.get(key);
+            after.add_app(applied_replicas(m, existing), m.run.memory_request());
+            let unchanged = existing.is_some_and(|a| {
+                snap.template(key, a.current_revision)
+                    .is_some_and(|t| *t == Template::from_manifest(m, (*digest).clone()))
+            });
+            if !unchanged {
+                quota.check_limits(ns, &m.run.limits)?;
+            }
+        }
+        quota.check(ns, &snap.usage(ns, None), &after)?;
+    }
+    Ok(())
+}
+
+/// Refuses `replicas` instances of `app`, each reserving `memory_each`,
+/// where its namespace's quota has no room for them.
+fn check_room(snap: &Snapshot, app: &App, replicas: u32, memory_each: u64) -> Result<(), ApiError> {
+    let ns = &app.key.namespace;
+    let Some(quota) = snap.quota(ns) else {
+        return Ok(());
+    };
+    let mut after = snap.usage(ns, Some(&app.key));
+    after.add_app(replicas, memory_each);
+    Ok(quota.check(ns, &snap.usage(ns, None), &after)?)
+}
+
 fn revision(key: &AppKey, number: u64, template: Template, now_ms: u64) -> Change {
     Change::PutRevision(Revision {
         app: key.clone(),
@@ -155,6 +217,7 @@ pub fn apply(
         }
     }
     check_routes(snap, &apps)?;
+    check_quotas(snap, &apps)?;
     for (m, digest) in &apps {
         let key = AppKey::new(&m.namespace, &m.name);
         let template = Template::from_manifest(m, digest.clone());
@@ -185,10 +248,7 @@ pub fn apply(
         let existing = snap.apps.get(&key).cloned();
         // With autoscaling the autoscaler owns the count: `replicas` only
         // sets where a new app starts.
-        if let Some(a) = m.serve.autoscale {
-            let start = existing.as_ref().map(|e| e.replicas).unwrap_or(m.replicas);
-            m.replicas = start.clamp(a.min, a.max);
-        }
+        m.replicas = applied_replicas(&m, existing.as_ref());
         let (result, number) = match existing {
             None => {
                 let app = App {
@@ -302,6 +362,7 @@ pub fn scale(
     if app.replicas == replicas {
         return Ok(Vec::new());
     }
+    check_room(snap, &app, replicas, snap.memory_each(&app))?;
     let from = app.replicas;
     app.replicas = replicas;
     app.updated_at_ms = now_ms;
@@ -357,6 +418,12 @@ pub fn rollback(
             "app {key} already runs revision {target}"
         )));
     }
+    // The revision may reserve more memory per instance than the current.
+    let memory_each = snap
+        .template(key, target)
+        .map(|t| t.spec.memory_request())
+        .unwrap_or(0);
+    check_room(snap, &app, app.replicas, memory_each)?;
     let from = app.current_revision;
     app.current_revision = target;
     app.rollout = RolloutState::Progressing { since_ms: now_ms };
@@ -414,6 +481,7 @@ pub fn activate(snap: &Snapshot, key: &AppKey, now_ms: u64) -> Result<Vec<Change
         return Ok(changes);
     }
     let min = app.settings.autoscale.map(|a| a.min).unwrap_or(0);
+    check_room(snap, &app, min.max(1), snap.memory_each(&app))?;
     app.replicas = min.max(1);
     app.updated_at_ms = now_ms;
     let to = app.replicas;

@@ -6,12 +6,14 @@
 //! - [`node`]: registration, heartbeats, lease expiry.
 //! - [`rollout`]: rollout progress (complete, or failed at its deadline).
 //! - [`plan`]: reconcile's plan and the changes that carry it out.
-//! - [`autoscale`]: replica counts from load.
+//! - [`autoscale`]: replica counts from load (held to quotas).
+//! - [`quota`]: namespaces' quotas.
 
 pub mod app;
 pub mod autoscale;
 pub mod node;
 pub mod plan;
+pub mod quota;
 pub mod rollout;
 
 #[cfg(test)]

@@ -71,6 +71,10 @@ fn lines(changes: &[Change]) -> Vec<String> {
             Change::ScaleMemory(k, _) => format!("memory {}", k.name),
             Change::AutoscaleView(k, v) => format!("view {} {}", k.name, v.desired),
             Change::Active { app, at_ms } => format!("active {} at {}", app.name, at_ms - T0),
+            Change::SetQuota(ns, q) => format!(
+                "quota {ns} {}",
+                q.map(|q| q.summary()).unwrap_or_else(|| "removed".into())
+            ),
             Change::Event(e) => format!("{}: {}", e.reason(), e.message()),
         })
         .collect()
@@ -1406,4 +1410,283 @@ fn a_drain_with_nowhere_to_go_keeps_serving_and_says_why() {
         snap.drain_status("n1").unwrap().blocked,
         ["app default/web: web-2 on n2 is CrashLoopBackOff: trap"]
     );
+}
+
+/// `world()` with a quota on its namespace (`default`, which holds 2 apps,
+/// 3 instances and 192 MiB: web 2 x 64 MiB, api 1 x 64 MiB).
+fn with_quota(quota: serde_json::Value) -> Snapshot {
+    let mut snap = world();
+    snap.quotas
+        .insert("default".into(), serde_json::from_value(quota).unwrap());
+    snap
+}
+
+fn apply_outcome(snap: &Snapshot, m: serde_json::Value, digest: &str) -> Result<String, String> {
+    let input = ApplyInput {
+        apps: vec![(manifest(m), digest.into())],
+        blobs: Vec::new(),
+        stored: BTreeSet::from([digest.to_string()]),
+    };
+    app::apply(snap, input, T0)
+        .map(|(out, _)| format!("{:?}", out[0].result))
+        .map_err(|e| code(&e))
+}
+
+#[test]
+fn quota_table_for_apply() {
+    let web = |replicas: u32, digest_extra: serde_json::Value| {
+        let mut m = serde_json::json!({"name": "web", "module": "w.wasm", "replicas": replicas,
+            "routes": [{"path": "/web"}]});
+        if let (Some(m), Some(extra)) = (m.as_object_mut(), digest_extra.as_object()) {
+            m.extend(extra.clone());
+        }
+        m
+    };
+    let new_app = serde_json::json!({"name": "new", "module": "n.wasm"});
+    let none = serde_json::json!({});
+    let cases: Vec<(
+        &str,
+        serde_json::Value,
+        serde_json::Value,
+        &str,
+        Result<&str, &str>,
+    )> = vec![
+        (
+            "a new app within the apps quota",
+            serde_json::json!({"apps": 3}),
+            new_app.clone(),
+            "nnn",
+            Ok("Created"),
+        ),
+        (
+            "a new app one past the apps quota",
+            serde_json::json!({"apps": 2}),
+            new_app.clone(),
+            "nnn",
+            Err(
+                "quota_exceeded: quota exceeded in namespace \"default\": apps is limited to 2, and this asks for 3 (in use: 2)",
+            ),
+        ),
+        (
+            "instances at the limit",
+            serde_json::json!({"instances": 5}),
+            web(4, none.clone()),
+            "aaa",
+            Ok("Scaled"),
+        ),
+        (
+            "instances one past the limit",
+            serde_json::json!({"instances": 5}),
+            web(5, none.clone()),
+            "aaa",
+            Err(
+                "quota_exceeded: quota exceeded in namespace \"default\": instances is limited to 5, and this asks for 6 (in use: 3)",
+            ),
+        ),
+        (
+            "memory at the limit",
+            serde_json::json!({"memory": "320MiB"}),
+            web(4, none.clone()),
+            "aaa",
+            Ok("Scaled"),
+        ),
+        (
+            "memory one instance past the limit",
+            serde_json::json!({"memory": "320MiB"}),
+            web(5, none.clone()),
+            "aaa",
+            Err(
+                "quota_exceeded: quota exceeded in namespace \"default\": memory is limited to 320MiB, and this asks for 384MiB (in use: 192MiB)",
+            ),
+        ),
+        (
+            "a new revision that reserves more memory counts it",
+            serde_json::json!({"memory": "320MiB"}),
+            web(2, serde_json::json!({"limits": {"memory": "128MiB"}})),
+            "aaa",
+            Ok("Configured"),
+        ),
+        (
+            "and one byte more does not fit",
+            serde_json::json!({"memory": "320MiB"}),
+            web(2, serde_json::json!({"limits": {"memory": "129MiB"}})),
+            "aaa",
+            Err(
+                "quota_exceeded: quota exceeded in namespace \"default\": memory is limited to 320MiB, and this asks for 322MiB (in use: 192MiB)",
+            ),
+        ),
+        (
+            "a quota lowered below what runs: the same apply still passes",
+            serde_json::json!({"instances": 1, "memory": "1MiB"}),
+            web(2, none.clone()),
+            "aaa",
+            Ok("Unchanged"),
+        ),
+        (
+            "and so does a new revision that asks for no more",
+            serde_json::json!({"instances": 1}),
+            web(2, none.clone()),
+            "bbb",
+            Ok("Configured"),
+        ),
+        (
+            "but not growth",
+            serde_json::json!({"instances": 1}),
+            web(3, none.clone()),
+            "aaa",
+            Err(
+                "quota_exceeded: quota exceeded in namespace \"default\": instances is limited to 1, and this asks for 4 (in use: 3)",
+            ),
+        ),
+        (
+            "a sandbox at the largest memory allowed",
+            serde_json::json!({"max-memory": "64MiB"}),
+            web(2, serde_json::json!({"limits": {"memory": "64MiB"}})),
+            "bbb",
+            Ok("Configured"),
+        ),
+        (
+            "a sandbox past the largest memory allowed",
+            serde_json::json!({"max-memory": "64MiB"}),
+            web(2, serde_json::json!({"limits": {"memory": "65MiB"}})),
+            "bbb",
+            Err(
+                "quota_exceeded: quota exceeded in namespace \"default\": max-memory is limited to 64MiB, and this asks for limits.memory = 65MiB",
+            ),
+        ),
+        (
+            "the default timeout is past a lower largest timeout",
+            serde_json::json!({"max-timeout": "10s"}),
+            web(2, none.clone()),
+            "bbb",
+            Err(
+                "quota_exceeded: quota exceeded in namespace \"default\": max-timeout is limited to 10s, and this asks for limits.timeout = 30s",
+            ),
+        ),
+        (
+            "so the manifest sets one within it",
+            serde_json::json!({"max-timeout": "10s"}),
+            web(2, serde_json::json!({"limits": {"timeout": "10s"}})),
+            "bbb",
+            Ok("Configured"),
+        ),
+        (
+            "a body past the largest allowed",
+            serde_json::json!({"max-body": "1MiB"}),
+            web(2, serde_json::json!({"limits": {"max-body": "2MiB"}})),
+            "bbb",
+            Err(
+                "quota_exceeded: quota exceeded in namespace \"default\": max-body is limited to 1MiB, and this asks for limits.max-body = 2MiB",
+            ),
+        ),
+        (
+            "an unchanged revision keeps running after the limit is lowered",
+            serde_json::json!({"max-timeout": "1s"}),
+            web(2, none.clone()),
+            "aaa",
+            Ok("Unchanged"),
+        ),
+        (
+            "another namespace's quota does not apply",
+            serde_json::json!({"apps": 0}),
+            serde_json::json!({"name": "other", "namespace": "team-b", "module": "o.wasm"}),
+            "ooo",
+            Ok("Created"),
+        ),
+    ];
+    for (name, quota, m, digest, want) in cases {
+        let got = apply_outcome(&with_quota(quota), m, digest);
+        assert_eq!(got, want.map(String::from).map_err(String::from), "{name}");
+    }
+}
+
+#[test]
+fn quota_table_for_scale_rollback_and_activation() {
+    let scale = |quota: serde_json::Value, app: &str, replicas: u32| {
+        outcome(app::scale(&with_quota(quota), &key(app), replicas, T0)).map(|l| l.len())
+    };
+    assert_eq!(scale(serde_json::json!({"instances": 4}), "web", 3), Ok(2));
+    assert_eq!(
+        scale(serde_json::json!({"instances": 4}), "web", 4),
+        Err("quota_exceeded: quota exceeded in namespace \"default\": instances is limited to 4, and this asks for 5 (in use: 3)".into())
+    );
+    assert_eq!(
+        scale(serde_json::json!({"memory": "256MiB"}), "api", 3),
+        Err("quota_exceeded: quota exceeded in namespace \"default\": memory is limited to 256MiB, and this asks for 320MiB (in use: 192MiB)".into())
+    );
+    // Over a lowered quota: shrinking is always allowed.
+    assert_eq!(scale(serde_json::json!({"instances": 1}), "web", 1), Ok(2));
+
+    // Rolling back to a revision that reserves more memory is growth.
+    let mut snap = with_quota(serde_json::json!({"memory": "150MiB"}));
+    apply_one(
+        &mut snap,
+        serde_json::json!({"name": "web", "module": "w.wasm", "replicas": 2,
+            "routes": [{"path": "/web"}], "limits": {"memory": "32MiB"}}),
+        "small",
+        T0,
+    );
+    assert_eq!(
+        app::rollback(&snap, &key("web"), None, T0).map(|(r, _)| r).map_err(|e| code(&e)),
+        Err("quota_exceeded: quota exceeded in namespace \"default\": memory is limited to 150MiB, and this asks for 192MiB (in use: 128MiB)".to_string())
+    );
+
+    // An app at zero is not woken past its namespace's quota.
+    let mut snap = with_quota(serde_json::json!({"instances": 3}));
+    let changes = app::scale(&snap, &key("web"), 0, T0).unwrap();
+    run(&mut snap, changes);
+    let changes = app::scale(&snap, &key("api"), 3, T0).unwrap();
+    run(&mut snap, changes);
+    assert_eq!(
+        outcome(app::activate(&snap, &key("web"), T0)),
+        Err("quota_exceeded: quota exceeded in namespace \"default\": instances is limited to 3, and this asks for 4 (in use: 3)".into())
+    );
+}
+
+#[test]
+fn the_autoscaler_is_held_to_the_quota_and_says_so_once() {
+    use crate::autoscale::{Sample, ScaleState};
+    use std::collections::HashMap;
+    // web holds 2 of 4 instances: api (at 1, up to 5) may grow to 2.
+    let mut snap = with_quota(serde_json::json!({"instances": 4}));
+    let burst = vec![Sample {
+        at_ms: T0,
+        concurrency: 300.0,
+        requests: 1,
+    }];
+    let load = HashMap::from([(key("api"), burst)]);
+    let memory: HashMap<AppKey, ScaleState> = HashMap::new();
+    let changes = super::autoscale::autoscale(&snap, &load, &memory, T0 + 500);
+    assert_eq!(
+        lines(&changes),
+        vec![
+            "memory api",
+            "view api 2",
+            "QuotaHeld: autoscaler held at 2 by the quota on instances (4), wanted 5",
+            "app api x2 rev 2 stable 0 progressing",
+            "AutoScaled: replicas 1 -> 2: panic: concurrency 300.0 over the last 6s needs 30 at 10 per instance; bounded to 5 (min 1, max 5)",
+        ]
+    );
+    let held = changes.iter().find_map(|c| match c {
+        Change::AutoscaleView(_, v) => v.held.clone(),
+        _ => None,
+    });
+    assert_eq!(
+        held.as_deref(),
+        Some("held at 2 by the quota on instances (4), wanted 5")
+    );
+    for c in &changes {
+        if let Change::AutoscaleView(k, v) = c {
+            snap.autoscale.insert(k.clone(), v.clone());
+        }
+    }
+    run(&mut snap, changes);
+    // Still held at the next pass: no new event, no change of count.
+    let again = lines(&super::autoscale::autoscale(
+        &snap,
+        &load,
+        &memory,
+        T0 + 1000,
+    ));
+    assert_eq!(again, vec!["memory api"]);
 }

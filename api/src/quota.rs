@@ -1,0 +1,416 @@
+//! Quotas: what one namespace (one tenant) may hold of the cluster and ask
+//! for in its manifests, and the rule that checks a change against them.
+//!
+//! A quota holds new work to its limits; it never stops what already runs.
+//! So a change is refused only when it would take the namespace past a
+//! limit *and* ask for more than the namespace holds now: after an operator
+//! lowers a quota below what is in use, the tenant may still change, shrink
+//! or delete its apps, but not grow.
+
+use crate::quantity::{ByteSize, Duration};
+use crate::workload::Limits;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The code of a refusal for a quota: `403 {"code":"quota_exceeded"}`.
+pub const QUOTA_EXCEEDED: &str = "quota_exceeded";
+/// The code of a gateway's `429` for a namespace over its request limits.
+pub const RATE_LIMITED: &str = "rate_limited";
+
+/// A namespace's limits; an absent field is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Quota {
+    /// Apps in the namespace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apps: Option<u32>,
+    /// Instances: the sum of the apps' replica counts (a rollout's extra
+    /// instances, while they replace old ones, are not counted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instances: Option<u32>,
+    /// Memory the namespace's instances reserve on nodes, together.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<ByteSize>,
+    /// Requests in flight to the namespace's apps at each gateway; more
+    /// are answered `429 rate_limited`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// Requests per second to the namespace's apps at each gateway (with a
+    /// burst of one second's worth); more are answered `429 rate_limited`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u32>,
+    /// The largest memory limit a manifest may set for one instance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_memory: Option<ByteSize>,
+    /// The largest request timeout a manifest may set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_timeout: Option<Duration>,
+    /// The largest request body a manifest may accept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<ByteSize>,
+}
+
+/// What a namespace holds, as its quota counts it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct Usage {
+    pub apps: u32,
+    pub instances: u32,
+    /// Bytes of memory reserved by the namespace's instances.
+    pub memory: ByteSize,
+}
+
+impl Usage {
+    /// Adds one app running `replicas` instances that reserve
+    /// `memory_each` bytes each.
+    pub fn add_app(&mut self, replicas: u32, memory_each: u64) {
+        self.apps += 1;
+        self.instances = self.instances.saturating_add(replicas);
+        self.memory = ByteSize(
+            self.memory
+                .bytes()
+                .saturating_add(memory_each.saturating_mul(u64::from(replicas))),
+        );
+    }
+}
+
+/// A namespace's quota with what it holds: `GET .../quota`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct QuotaView {
+    pub namespace: String,
+    pub quota: Quota,
+    pub usage: Usage,
+}
+
+/// The body of `PUT /v1/namespaces/{ns}/quota`: the whole quota (fields
+/// left out are no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SetQuota {
+    pub quota: Quota,
+}
+
+/// Which limit of a quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaItem {
+    Apps,
+    Instances,
+    Memory,
+    MaxMemory,
+    MaxTimeout,
+    MaxBody,
+}
+
+impl fmt::Display for QuotaItem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            QuotaItem::Apps => "apps",
+            QuotaItem::Instances => "instances",
+            QuotaItem::Memory => "memory",
+            QuotaItem::MaxMemory => "max-memory",
+            QuotaItem::MaxTimeout => "max-timeout",
+            QuotaItem::MaxBody => "max-body",
+        })
+    }
+}
+
+/// A change refused for a quota: which limit, the limit, what was asked
+/// and what the namespace holds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.message())]
+pub struct QuotaExceeded {
+    pub namespace: String,
+    pub item: QuotaItem,
+    /// The limit, as users write it (`200`, `8GiB`, `30s`).
+    pub limit: String,
+    /// What the change asked for, in the same units.
+    pub asked: String,
+    /// What the namespace holds now, for the limits on totals.
+    pub used: Option<String>,
+}
+
+impl QuotaExceeded {
+    fn message(&self) -> String {
+        let mut m = format!(
+            "quota exceeded in namespace {:?}: {} is limited to {}, and this asks for {}",
+            self.namespace, self.item, self.limit, self.asked
+        );
+        if let Some(used) = &self.used {
+            m.push_str(&format!(" (in use: {used})"));
+        }
+        m
+    }
+}
+
+impl Quota {
+    /// Whether any limit is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Quota::default()
+    }
+
+    /// Whether the rest of the namespace's usage (`others`) leaves room for
+    /// `after`; a change that asks for no more than `before` always passes.
+    pub fn check(
+        &self,
+        namespace: &str,
+        before: &Usage,
+        after: &Usage,
+    ) -> Result<(), QuotaExceeded> {
+        let over = |item, limit: String, asked: String, used: String| QuotaExceeded {
+            namespace: namespace.to_string(),
+            item,
+            limit,
+            asked,
+            used: Some(used),
+        };
+        if let Some(limit) = self.apps
+            && after.apps > limit
+            && after.apps > before.apps
+        {
+            return Err(over(
+                QuotaItem::Apps,
+                limit.to_string(),
+                after.apps.to_string(),
+                before.apps.to_string(),
+            ));
+        }
+        if let Some(limit) = self.instances
+            && after.instances > limit
+            && after.instances > before.instances
+        {
+            return Err(over(
+                QuotaItem::Instances,
+                limit.to_string(),
+                after.instances.to_string(),
+                before.instances.to_string(),
+            ));
+        }
+        if let Some(limit) = self.memory
+            && after.memory > limit
+            && after.memory > before.memory
+        {
+            return Err(over(
+                QuotaItem::Memory,
+                limit.to_string(),
+                after.memory.to_string(),
+                before.memory.to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a manifest's limits stay within what the namespace may ask
+    /// for one instance.
+    pub fn check_limits(&self, namespace: &str, limits: &Limits) -> Result<(), QuotaExceeded> {
+        let over = |item, limit: String, asked: String| QuotaExceeded {
+            namespace: namespace.to_string(),
+            item,
+            limit,
+            asked,
+            used: None,
+        };
+        if let Some(max) = self.max_memory
+            && limits.memory > max
+        {
+            return Err(over(
+                QuotaItem::MaxMemory,
+                max.to_string(),
+                format!("limits.memory = {}", limits.memory),
+            ));
+        }
+        if let Some(max) = self.max_timeout
+            && limits.timeout > max
+        {
+            return Err(over(
+                QuotaItem::MaxTimeout,
+                max.to_string(),
+                format!("limits.timeout = {}", limits.timeout),
+            ));
+        }
+        if let Some(max) = self.max_body
+            && limits.max_body > max
+        {
+            return Err(over(
+                QuotaItem::MaxBody,
+                max.to_string(),
+                format!("limits.max-body = {}", limits.max_body),
+            ));
+        }
+        Ok(())
+    }
+
+    /// How many replicas an app may run, at most, when the rest of its
+    /// namespace holds `others` and each of its instances reserves
+    /// `memory_each` bytes; `None` when no total limits it. Which limit
+    /// binds is returned with the count.
+    pub fn room(&self, others: &Usage, memory_each: u64) -> Option<(u32, QuotaItem)> {
+        let mut room: Option<(u32, QuotaItem)> = None;
+        let mut take = |n: u32, item| {
+            if room.is_none_or(|(r, _)| n < r) {
+                room = Some((n, item));
+            }
+        };
+        if let Some(limit) = self.instances {
+            take(limit.saturating_sub(others.instances), QuotaItem::Instances);
+        }
+        if let Some(limit) = self.memory
+            && memory_each > 0
+        {
+            let left = limit.bytes().saturating_sub(others.memory.bytes());
+            take(
+                u32::try_from(left / memory_each).unwrap_or(u32::MAX),
+                QuotaItem::Memory,
+            );
+        }
+        room
+    }
+
+    /// One line of what is set, for events and tables (`apps=50
+    /// instances=200 memory=8GiB`), or `none`.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        let mut put = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                parts.push(format!("{k}={v}"));
+            }
+        };
+        put("apps", self.apps.map(|v| v.to_string()));
+        put("instances", self.instances.map(|v| v.to_string()));
+        put("memory", self.memory.map(|v| v.to_string()));
+        put("concurrency", self.concurrency.map(|v| v.to_string()));
+        put("rate", self.rate.map(|v| v.to_string()));
+        put("max-memory", self.max_memory.map(|v| v.to_string()));
+        put("max-timeout", self.max_timeout.map(|v| v.to_string()));
+        put("max-body", self.max_body.map(|v| v.to_string()));
+        if parts.is_empty() {
+            "none".to_string()
+        } else {
+            parts.join(" ")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(apps: u32, instances: u32, memory_mib: u64) -> Usage {
+        Usage {
+            apps,
+            instances,
+            memory: ByteSize::mib(memory_mib),
+        }
+    }
+
+    #[test]
+    fn totals_at_the_limit_pass_and_one_past_is_refused_naming_the_limit() {
+        let q = Quota {
+            apps: Some(2),
+            instances: Some(10),
+            memory: Some(ByteSize::mib(640)),
+            ..Quota::default()
+        };
+        let before = usage(1, 5, 320);
+        assert_eq!(q.check("t", &before, &usage(2, 10, 640)), Ok(()));
+        let e = q.check("t", &before, &usage(3, 10, 640)).unwrap_err();
+        assert_eq!(e.item, QuotaItem::Apps);
+        assert_eq!(
+            e.to_string(),
+            "quota exceeded in namespace \"t\": apps is limited to 2, and this asks for 3 (in use: 1)"
+        );
+        let e = q.check("t", &before, &usage(2, 11, 640)).unwrap_err();
+        assert_eq!(
+            (e.item, e.limit.as_str(), e.asked.as_str()),
+            (QuotaItem::Instances, "10", "11")
+        );
+        let e = q.check("t", &before, &usage(2, 10, 641)).unwrap_err();
+        assert_eq!(
+            (e.item, e.limit.as_str(), e.asked.as_str()),
+            (QuotaItem::Memory, "640MiB", "641MiB")
+        );
+    }
+
+    #[test]
+    fn a_namespace_over_a_lowered_quota_may_shrink_or_stay_but_not_grow() {
+        let q = Quota {
+            instances: Some(4),
+            ..Quota::default()
+        };
+        let before = usage(2, 8, 0);
+        assert_eq!(q.check("t", &before, &usage(2, 8, 0)), Ok(()));
+        assert_eq!(q.check("t", &before, &usage(2, 6, 0)), Ok(()));
+        assert!(q.check("t", &before, &usage(2, 9, 0)).is_err());
+    }
+
+    #[test]
+    fn manifest_limits_are_held_to_the_largest_sandbox_allowed() {
+        let q = Quota {
+            max_memory: Some(ByteSize::mib(128)),
+            max_timeout: Some(Duration::from_secs(10)),
+            max_body: Some(ByteSize::mib(1)),
+            ..Quota::default()
+        };
+        let mut l = Limits {
+            memory: ByteSize::mib(128),
+            timeout: Duration::from_secs(10),
+            max_body: ByteSize::mib(1),
+            ..Limits::default()
+        };
+        assert_eq!(q.check_limits("t", &l), Ok(()));
+        l.memory = ByteSize::mib(129);
+        let e = q.check_limits("t", &l).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "quota exceeded in namespace \"t\": max-memory is limited to 128MiB, and this asks for limits.memory = 129MiB"
+        );
+        l.memory = ByteSize::mib(64);
+        l.timeout = Duration::from_secs(11);
+        assert_eq!(
+            q.check_limits("t", &l).unwrap_err().item,
+            QuotaItem::MaxTimeout
+        );
+        l.timeout = Duration::from_secs(1);
+        l.max_body = ByteSize::mib(2);
+        assert_eq!(
+            q.check_limits("t", &l).unwrap_err().item,
+            QuotaItem::MaxBody
+        );
+    }
+
+    #[test]
+    fn room_is_the_tightest_of_instances_and_memory() {
+        let q = Quota {
+            instances: Some(10),
+            memory: Some(ByteSize::mib(256)),
+            ..Quota::default()
+        };
+        // 3 instances and 64 MiB elsewhere: 7 by count, 3 by memory.
+        assert_eq!(
+            q.room(&usage(1, 3, 64), ByteSize::mib(64).bytes()),
+            Some((3, QuotaItem::Memory))
+        );
+        assert_eq!(
+            q.room(&usage(1, 3, 0), ByteSize::mib(16).bytes()),
+            Some((7, QuotaItem::Instances))
+        );
+        // Others already past the limit: no room, never a negative.
+        assert_eq!(q.room(&usage(1, 12, 0), 1), Some((0, QuotaItem::Instances)));
+        assert_eq!(Quota::default().room(&usage(1, 3, 0), 1), None);
+    }
+
+    #[test]
+    fn a_quota_reads_and_writes_as_users_write_it() {
+        let q: Quota = serde_json::from_str(
+            r#"{"apps":50,"instances":200,"memory":"8GiB","concurrency":2000,"max-timeout":"30s"}"#,
+        )
+        .unwrap();
+        assert_eq!(q.memory, Some(ByteSize(8 << 30)));
+        assert_eq!(
+            q.summary(),
+            "apps=50 instances=200 memory=8GiB concurrency=2000 max-timeout=30s"
+        );
+        assert!(serde_json::from_str::<Quota>(r#"{"appz":1}"#).is_err());
+        assert_eq!(Quota::default().summary(), "none");
+    }
+}
