@@ -675,6 +675,10 @@ fn autoscale_text(a: &AppView) -> String {
         return "-".into();
     };
     match &a.autoscale {
+        Some(v) if v.held.is_some() => format!(
+            "{}-{}: {} (held by the namespace's quota)",
+            spec.min, spec.max, v.desired
+        ),
         Some(v) => format!("{}-{}: {} ({})", spec.min, spec.max, v.desired, v.reason),
         None => format!("{}-{}: no load reported yet", spec.min, spec.max),
     }
@@ -789,6 +793,9 @@ pub async fn describe(client: &Client, app: AppRef) -> anyhow::Result<()> {
                     v.reason,
                     if v.panicking { " [panic]" } else { "" }
                 );
+                if let Some(held) = &v.held {
+                    outln!("              quota: {held}");
+                }
             }
         }
         if let Some(c) = &d.view.cold_starts {

@@ -13,6 +13,7 @@ mod commands;
 mod config;
 mod nodes;
 mod out;
+mod quota;
 mod rollout;
 mod run;
 mod signals;
@@ -101,6 +102,10 @@ enum Command {
     /// clients over TLS (admin only).
     #[command(subcommand)]
     Cert(cert::CertCommand),
+    /// Set and show what a namespace may hold and ask for: apps,
+    /// instances, memory, requests, the largest sandbox.
+    #[command(subcommand)]
+    Quota(quota::QuotaCommand),
 }
 
 fn init_logging() {
@@ -171,5 +176,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Events(args) => commands::events(&client()?, args).await,
         Command::Token(cmd) => token::run(&client()?, cmd).await,
         Command::Cert(cmd) => cert::run(&client()?, cmd).await,
+        Command::Quota(cmd) => quota::run(&client()?, cmd).await,
     }
 }

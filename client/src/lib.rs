@@ -16,6 +16,8 @@
 //! - [`certificates`]: certificates for the gateways (add, list, remove;
 //!   a gateway's long poll for them with their keys).
 //! - [`tokens`]: an admin's calls on tokens (create, list, revoke).
+//! - [`quotas`]: namespaces' quotas (get, list; set and remove for the
+//!   cluster's admin).
 //! - [`node_admin`]: an admin's calls on nodes (cordon, uncordon, drain,
 //!   delete).
 //! - [`node_api`]: reading an instance's logs from its node.
@@ -28,6 +30,7 @@ pub mod gateways;
 pub mod node_admin;
 pub mod node_api;
 pub mod nodes;
+pub mod quotas;
 pub mod tokens;
 pub mod transport;
 

@@ -1,0 +1,257 @@
+//! Quotas per namespace (issue 12), through the CLI and the API of a real
+//! control plane: each limit reached, and one past it refused with
+//! `403 quota_exceeded` naming the limit; only the cluster's admin sets a
+//! quota; a tenant reads its own and no other.
+
+mod support;
+
+use support::{Cluster, cli_as};
+
+fn web(c: &Cluster, ns: &str, name: &str, replicas: u32, limits: &str) -> std::path::PathBuf {
+    c.manifest(
+        &format!("{ns}-{name}.toml"),
+        &format!(
+            "name = \"{name}\"\nnamespace = \"{ns}\"\nmodule = \"$EXAMPLES/hello.wasm\"\nreplicas = {replicas}\n{limits}"
+        ),
+    )
+}
+
+#[test]
+fn a_namespace_is_held_to_its_quota_at_each_limit_through_the_cli() {
+    let c = Cluster::start(0);
+    let tenant = c.token("team-a-deploy", "deploy", Some("team-a"));
+    let as_tenant = |args: &[&str]| cli_as(&c.api, Some(&tenant), args);
+
+    // Only the cluster's admin sets a quota; the tenant's own token cannot
+    // lift its limits.
+    let out = as_tenant(&["quota", "set", "team-a", "--apps", "100"]);
+    assert!(!out.success);
+    assert!(out.stderr.contains("(forbidden)"), "{}", out.stderr);
+    let out = c.cli(&[
+        "quota",
+        "set",
+        "team-a",
+        "--apps",
+        "1",
+        "--instances",
+        "3",
+        "--memory",
+        "192MiB",
+        "--max-timeout",
+        "10s",
+    ]);
+    assert!(out.success, "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        "quota/team-a set: apps=1 instances=3 memory=192MiB max-timeout=10s"
+    );
+
+    // A manifest asking for a longer timeout than the namespace may grant
+    // (the default is 30s) is refused, naming the limit.
+    let out = as_tenant(&[
+        "apply",
+        "-f",
+        web(&c, "team-a", "web", 3, "").to_str().unwrap(),
+    ]);
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains(
+            "max-timeout is limited to 10s, and this asks for limits.timeout = 30s (quota_exceeded)"
+        ),
+        "{}",
+        out.stderr
+    );
+    // At every limit at once: 1 app, 3 instances, 3 x 64 MiB.
+    let at_limit = web(&c, "team-a", "web", 3, "[limits]\ntimeout = \"10s\"\n");
+    let out = as_tenant(&["apply", "-f", at_limit.to_str().unwrap()]);
+    assert!(out.success, "{}", out.stderr);
+
+    // One past each.
+    let out = as_tenant(&["scale", "app/web", "-n", "team-a", "--replicas", "4"]);
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("quota exceeded in namespace \"team-a\": instances is limited to 3, and this asks for 4 (in use: 3) (quota_exceeded)"),
+        "{}",
+        out.stderr
+    );
+    let second = web(&c, "team-a", "api", 0, "[limits]\ntimeout = \"1s\"\n");
+    let out = as_tenant(&["apply", "-f", second.to_str().unwrap()]);
+    assert!(!out.success);
+    assert!(
+        out.stderr
+            .contains("apps is limited to 1, and this asks for 2"),
+        "{}",
+        out.stderr
+    );
+    let bigger = web(
+        &c,
+        "team-a",
+        "web",
+        3,
+        "[limits]\ntimeout = \"10s\"\nmemory = \"65MiB\"\n",
+    );
+    let out = as_tenant(&["apply", "-f", bigger.to_str().unwrap()]);
+    assert!(!out.success);
+    assert!(
+        out.stderr
+            .contains("memory is limited to 192MiB, and this asks for 195MiB (in use: 192MiB)"),
+        "{}",
+        out.stderr
+    );
+
+    // Another namespace is not held to team-a's quota.
+    let other = web(&c, "team-b", "web", 5, "");
+    let out = c.cli(&["apply", "-f", other.to_str().unwrap()]);
+    assert!(out.success, "{}", out.stderr);
+
+    // The tenant reads its own quota with what it holds, and no other's.
+    let out = as_tenant(&["quota", "get", "team-a"]);
+    assert!(out.success, "{}", out.stderr);
+    let line = |resource: &str| {
+        out.stdout
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(resource))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+    };
+    assert_eq!(line("apps").as_deref(), Some("team-a apps 1 1"));
+    assert_eq!(line("instances").as_deref(), Some("team-a instances 3 3"));
+    assert_eq!(
+        line("memory").as_deref(),
+        Some("team-a memory 192MiB 192MiB")
+    );
+    assert_eq!(
+        line("max-timeout").as_deref(),
+        Some("team-a max-timeout - 10s")
+    );
+    let out = as_tenant(&["quota", "get", "team-b"]);
+    assert!(!out.success);
+    assert!(out.stderr.contains("(forbidden)"), "{}", out.stderr);
+    let out = as_tenant(&["quota", "get", "-A"]);
+    assert!(!out.success, "{}", out.stdout);
+
+    // Lowered below what runs: nothing stops, the tenant may shrink, not
+    // grow.
+    let out = c.cli(&["quota", "set", "team-a", "--instances", "1"]);
+    assert!(out.success, "{}", out.stderr);
+    let apps = c.get_json("apps");
+    let replicas = apps
+        .as_array()
+        .and_then(|a| a.iter().find(|v| v["app"]["key"]["namespace"] == "team-a"))
+        .map(|v| v["app"]["replicas"].clone());
+    assert_eq!(replicas, Some(serde_json::json!(3)));
+    let out = as_tenant(&["scale", "app/web", "-n", "team-a", "--replicas", "2"]);
+    assert!(out.success, "{}", out.stderr);
+    let out = as_tenant(&["scale", "app/web", "-n", "team-a", "--replicas", "3"]);
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("instances is limited to 1"),
+        "{}",
+        out.stderr
+    );
+
+    // `none` lifts one limit; the others stay.
+    let out = c.cli(&["quota", "set", "team-a", "--instances", "none"]);
+    assert_eq!(
+        out.stdout.trim(),
+        "quota/team-a set: apps=1 memory=192MiB max-timeout=10s"
+    );
+    let out = as_tenant(&["scale", "app/web", "-n", "team-a", "--replicas", "3"]);
+    assert!(out.success, "{}", out.stderr);
+
+    // Who set the quota is in the namespace's events, seen by its tenant.
+    let out = as_tenant(&["events", "-n", "team-a"]);
+    assert!(out.success, "{}", out.stderr);
+    let set = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("QuotaSet") && l.contains("instances=1"))
+        .unwrap_or_else(|| panic!("no QuotaSet event:\n{}", out.stdout));
+    assert!(set.contains("admin"), "{set}");
+
+    // Removed: no limits at all.
+    let out = c.cli(&["quota", "remove", "team-a"]);
+    assert!(out.success, "{}", out.stderr);
+    let out = as_tenant(&["apply", "-f", second.to_str().unwrap()]);
+    assert!(out.success, "{}", out.stderr);
+}
+
+#[test]
+fn the_api_answers_403_quota_exceeded_and_refuses_tenants_a_quota_of_their_own() {
+    let c = Cluster::start(0);
+    let path = shoal_api::endpoints::quota("team-a");
+    let (status, body) = c.api_call("PUT", &path, br#"{"quota":{"instances":2}}"#);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["quota"], serde_json::json!({"instances": 2}));
+    assert_eq!(v["usage"]["instances"], 0);
+    // A malformed quota loses nothing and says why.
+    let (status, body) = c.api_call("PUT", &path, br#"{"quota":{"instance":2}}"#);
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("unknown field `instance`"), "{body}");
+    let (status, body) = c.api_call(
+        "PUT",
+        &shoal_api::endpoints::quota("Bad_NS"),
+        br#"{"quota":{}}"#,
+    );
+    assert_eq!(status, 422, "{body}");
+
+    let out = c.cli(&[
+        "apply",
+        "-f",
+        web(&c, "team-a", "web", 2, "").to_str().unwrap(),
+    ]);
+    assert!(out.success, "{}", out.stderr);
+    let scale = shoal_api::endpoints::app_scale(&shoal_api::objects::AppKey::new("team-a", "web"));
+    let (status, body) = c.api_call("POST", &scale, br#"{"replicas":3}"#);
+    assert_eq!(status, 403, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["code"], "quota_exceeded");
+    assert_eq!(
+        v["message"],
+        "quota exceeded in namespace \"team-a\": instances is limited to 2, and this asks for 3 (in use: 2)"
+    );
+
+    // Each verb on quotas by a namespace admin: read its own, nothing else.
+    let admin_a = c.token("team-a-admin", "admin", Some("team-a"));
+    let call = |method: &str, path: &str, body: &[u8]| {
+        let auth = format!("Bearer {admin_a}");
+        support::http_with(
+            method,
+            &format!("{}{path}", c.api),
+            &[("authorization", auth.as_str())],
+            body,
+        )
+        .0
+    };
+    assert_eq!(call("GET", &path, b""), 200);
+    assert_eq!(call("PUT", &path, br#"{"quota":{}}"#), 403);
+    assert_eq!(call("DELETE", &path, b""), 403);
+    assert_eq!(
+        call("GET", &shoal_api::endpoints::quota("team-b"), b""),
+        403
+    );
+    assert_eq!(
+        call(
+            "GET",
+            &format!("{}?namespace=*", shoal_api::endpoints::QUOTAS),
+            b""
+        ),
+        403
+    );
+    assert_eq!(
+        call(
+            "GET",
+            &format!("{}?namespace=team-a", shoal_api::endpoints::QUOTAS),
+            b""
+        ),
+        200
+    );
+    // The quota survives a restart of the control plane.
+    let mut c = c;
+    c.restart_cp();
+    let (status, body) = c.api_call("GET", &path, b"");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["quota"], serde_json::json!({"instances": 2}));
+    assert_eq!(v["usage"]["instances"], 2);
+}
