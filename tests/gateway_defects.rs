@@ -203,6 +203,7 @@ fn fake_control_plane(node: &str) -> String {
     use shoal_api::routes::{Backend, Endpoint, RouteApp, RouteTable};
     use std::io::{BufRead, BufReader, Read, Write};
     let table = RouteTable {
+        limits: Vec::new(),
         apps: vec![RouteApp {
             app: shoal_api::objects::AppKey {
                 namespace: "default".into(),

@@ -149,6 +149,7 @@ mod tests {
 
     fn table(endpoints: usize, scale_from_zero: bool) -> RouteTable {
         RouteTable {
+            limits: Vec::new(),
             apps: vec![RouteApp {
                 app: AppKey::new("default", "cold"),
                 routes: vec![Route {

@@ -112,6 +112,7 @@ mod tests {
     fn table(lb: LoadBalancing, backends: &[(u32, &[&str])]) -> (Table, Endpoints) {
         let eps = Endpoints::new();
         let rt = RouteTable {
+            limits: Vec::new(),
             apps: vec![RouteApp {
                 app: AppKey::new("default", "w"),
                 routes: vec![Route {
@@ -222,6 +223,7 @@ mod tests {
         }
         // A new table keeps the ejection.
         let rt = RouteTable {
+            limits: Vec::new(),
             apps: vec![RouteApp {
                 app: a.key.clone(),
                 routes: vec![Route {

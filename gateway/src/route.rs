@@ -72,6 +72,7 @@ mod tests {
             scale_from_zero: false,
         };
         let rt = RouteTable {
+            limits: Vec::new(),
             apps: vec![
                 app("site", Some("site.test"), "/"),
                 app("api", None, "/api"),

@@ -330,6 +330,7 @@ fn app_route(ra: &RouteApp, endpoints: &Endpoints, stats: Arc<AppStats>) -> AppR
 #[cfg(test)]
 pub(crate) fn test_endpoint(instance: &str, address: &str) -> Arc<Endpoint> {
     let rt = shoal_api::routes::RouteTable {
+        limits: Vec::new(),
         apps: vec![shoal_api::routes::RouteApp {
             app: shoal_api::objects::AppKey::new("default", "w"),
             routes: vec![],
@@ -380,6 +381,7 @@ mod tests {
     #[test]
     fn host_then_longest_prefix_on_segment_boundaries() {
         let rt = RouteTable {
+            limits: Vec::new(),
             apps: vec![
                 app("root", vec![route(None, "/")], vec![]),
                 app("api", vec![route(None, "/api")], vec![]),
@@ -398,6 +400,7 @@ mod tests {
         assert_eq!(name(Some("other.com"), "/api"), Some("api".into()));
         let only = Table::build(
             &RouteTable {
+                limits: Vec::new(),
                 apps: vec![app("api", vec![route(None, "/api")], vec![])],
             },
             &Endpoints::new(),

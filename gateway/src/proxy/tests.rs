@@ -116,6 +116,7 @@ async fn gateway(address: &str) -> SocketAddr {
 async fn gateway_with(address: &str, max_body: u64) -> SocketAddr {
     let gw = Gateway::new(GatewayConfig::default());
     gw.set_table(&RouteTable {
+        limits: Vec::new(),
         apps: vec![RouteApp {
             app: AppKey {
                 namespace: "default".into(),
@@ -599,6 +600,7 @@ async fn under_failing_nodes_retries_stop_at_the_apps_budget() {
         });
     }
     gw.set_table(&RouteTable {
+        limits: Vec::new(),
         apps: vec![RouteApp {
             app: AppKey::new("default", "web"),
             routes: vec![Route {

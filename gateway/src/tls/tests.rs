@@ -121,6 +121,7 @@ async fn proto_node() -> String {
 fn gateway(address: &str) -> Arc<Gateway> {
     let gw = Gateway::new(GatewayConfig::default());
     gw.set_table(&RouteTable {
+        limits: Vec::new(),
         apps: vec![RouteApp {
             app: AppKey::new("default", "web"),
             routes: vec![Route {
