@@ -7,6 +7,8 @@
 //!
 //! - [`route`]: the app a request is for (host, then longest prefix on
 //!   [`table`]); 404 if none.
+//! - [`limit`]: the app's namespace held to its requests in flight and
+//!   per second at this gateway (its quota); 429 past either.
 //! - [`headers`] and [`body`]: what is forwarded (`X-Forwarded-*`,
 //!   `X-Request-Id`, hop-by-hop headers dropped, 501 for protocol
 //!   switches) and how the body goes (read ahead up to 64 KiB so it can be
@@ -48,6 +50,7 @@ pub mod eject;
 pub mod gateway;
 pub mod h1;
 pub mod headers;
+pub mod limit;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
