@@ -139,9 +139,10 @@ impl Tenants {
     /// of requests in flight; one no longer listed is no longer limited.
     pub fn update(&self, limits: &[NamespaceLimits]) {
         for l in limits {
-            let same = self.map.get(&l.namespace).is_some_and(|t| {
-                t.concurrency == l.concurrency && t.rate == l.rate
-            });
+            let same = self
+                .map
+                .get(&l.namespace)
+                .is_some_and(|t| t.concurrency == l.concurrency && t.rate == l.rate);
             if same {
                 continue;
             }
@@ -150,8 +151,10 @@ impl Tenants {
                 .get(&l.namespace)
                 .map(|t| t.in_flight.clone())
                 .unwrap_or_default();
-            self.map
-                .insert(l.namespace.clone(), Arc::new(TenantLimit::new(l, in_flight)));
+            self.map.insert(
+                l.namespace.clone(),
+                Arc::new(TenantLimit::new(l, in_flight)),
+            );
         }
         self.map
             .retain(|ns, _| limits.iter().any(|l| l.namespace == *ns));

@@ -59,6 +59,9 @@ fn check_routes(snap: &Snapshot, apps: &[(AppManifest, String)]) -> Result<(), A
     for ((m, _), key) in apps.iter().zip(&applying) {
         for r in &m.run.routes {
             match owners.entry(route_key(r)) {
+                hash_map::Entry::Occupied(o) if o.get().namespace != key.namespace => {
+                    return Err(foreign_route(key, r));
+                }
                 hash_map::Entry::Occupied(o) if *o.get() != key => {
                     let owner = o.get();
                     return Err(ApiError::Conflict {
@@ -76,7 +79,54 @@ fn check_routes(snap: &Snapshot, apps: &[(AppManifest, String)]) -> Result<(), A
             }
         }
     }
+    // Across namespaces, routes may not nest either: a tenant's `/a/b`
+    // would take requests from another tenant's `/a` on the same host.
+    let mut claimed: Vec<(&AppKey, &Route)> = Vec::new();
+    for a in snap.apps.values() {
+        if applying.contains(&a.key) {
+            continue;
+        }
+        if let Some(t) = snap.template(&a.key, a.current_revision) {
+            claimed.extend(t.spec.routes.iter().map(|r| (&a.key, r)));
+        }
+    }
+    for ((m, _), key) in apps.iter().zip(&applying) {
+        claimed.extend(m.run.routes.iter().map(|r| (key, r)));
+    }
+    for ((m, _), key) in apps.iter().zip(&applying) {
+        for r in &m.run.routes {
+            let overlaps = claimed.iter().any(|(owner, other)| {
+                owner.namespace != key.namespace
+                    && route_key(other).0 == route_key(r).0
+                    && (covers(&other.path, &r.path) || covers(&r.path, &other.path))
+            });
+            if overlaps {
+                return Err(foreign_route(key, r));
+            }
+        }
+    }
     Ok(())
+}
+
+/// Whether route prefix `prefix` takes requests for `path`, as the
+/// gateway matches them: on `/` boundaries.
+fn covers(prefix: &str, path: &str) -> bool {
+    prefix == "/"
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/'))
+}
+
+/// A route another namespace serves (or one nested in it): refused without
+/// naming the other namespace's app, which this tenant may not see.
+fn foreign_route(key: &AppKey, r: &Route) -> ApiError {
+    ApiError::Conflict {
+        code: "route_conflict",
+        message: format!(
+            "app {key}: route {} overlaps a route of another namespace; a namespace serves only paths no other namespace serves on the same host",
+            describe_route(r)
+        ),
+    }
 }
 
 /// Checks that a traffic split names revisions that exist (or the one

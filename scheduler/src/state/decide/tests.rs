@@ -1690,3 +1690,52 @@ fn the_autoscaler_is_held_to_the_quota_and_says_so_once() {
     ));
     assert_eq!(again, vec!["memory api"]);
 }
+
+#[test]
+fn a_namespace_cannot_take_or_nest_in_another_namespaces_routes() {
+    // `default/web` serves `/web` on any host.
+    let snap = world();
+    let other = |routes: serde_json::Value| serde_json::json!({"name": "x", "namespace": "team-b", "module": "x.wasm", "routes": routes});
+    let refused = |path: &str, host: Option<&str>| {
+        let what = match host {
+            Some(h) => format!("host {h:?} path {path:?}"),
+            None => format!("path {path:?} (any host)"),
+        };
+        Err(format!(
+            "route_conflict: app team-b/x: route {what} overlaps a route of another namespace; a namespace serves only paths no other namespace serves on the same host"
+        ))
+    };
+    let cases: Vec<(&str, serde_json::Value, Result<String, String>)> = vec![
+        (
+            "the same route",
+            serde_json::json!([{"path": "/web"}]),
+            refused("/web", None),
+        ),
+        (
+            "a path under it",
+            serde_json::json!([{"path": "/web/login"}]),
+            refused("/web/login", None),
+        ),
+        (
+            "a prefix over it",
+            serde_json::json!([{"path": "/"}]),
+            refused("/", None),
+        ),
+        (
+            "a sibling path",
+            serde_json::json!([{"path": "/webx"}]),
+            Ok("Created".into()),
+        ),
+        (
+            "the same path on a host of its own",
+            serde_json::json!([{"path": "/web", "host": "b.example"}]),
+            Ok("Created".into()),
+        ),
+    ];
+    for (name, routes, want) in cases {
+        assert_eq!(apply_outcome(&snap, other(routes), "xxx"), want, "{name}");
+    }
+    // Within one namespace, apps may still nest (the longest prefix wins).
+    let inner = serde_json::json!({"name": "inner", "module": "i.wasm", "routes": [{"path": "/web/inner"}]});
+    assert_eq!(apply_outcome(&snap, inner, "iii"), Ok("Created".into()));
+}
