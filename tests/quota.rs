@@ -255,3 +255,100 @@ fn the_api_answers_403_quota_exceeded_and_refuses_tenants_a_quota_of_their_own()
     assert_eq!(v["quota"], serde_json::json!({"instances": 2}));
     assert_eq!(v["usage"]["instances"], 2);
 }
+
+/// A tenant's token reaches nothing of another namespace through any verb
+/// of the CLI; it cannot take or nest in another namespace's routes (and
+/// is not told whose they are); and another tenant filling its own quota
+/// holds no capacity from it.
+#[test]
+fn a_tenant_cannot_see_route_to_or_hold_capacity_from_another_namespace() {
+    let c = Cluster::start(0);
+    let b_app = c.manifest(
+        "team-b.toml",
+        "name = \"web\"\nnamespace = \"team-b\"\nmodule = \"$EXAMPLES/hello.wasm\"\nroutes = [{ path = \"/b\" }]\n",
+    );
+    let out = c.cli(&["apply", "-f", b_app.to_str().unwrap()]);
+    assert!(out.success, "{}", out.stderr);
+    let tenant = c.token("team-a-admin", "admin", Some("team-a"));
+    let as_a = |args: &[&str]| cli_as(&c.api, Some(&tenant), args);
+    let b_file = b_app.to_str().unwrap();
+    let verbs: &[&[&str]] = &[
+        &["get", "apps", "-n", "team-b"],
+        &["get", "instances", "-n", "team-b"],
+        &["get", "revisions", "-n", "team-b"],
+        &["get", "apps", "-A"],
+        &["describe", "app/web", "-n", "team-b"],
+        &["logs", "app/web", "-n", "team-b"],
+        &["events", "-n", "team-b"],
+        &["scale", "app/web", "-n", "team-b", "--replicas", "0"],
+        &["rollout", "history", "app/web", "-n", "team-b"],
+        &["rollout", "undo", "app/web", "-n", "team-b"],
+        &[
+            "rollout",
+            "split",
+            "app/web",
+            "-n",
+            "team-b",
+            "--weight",
+            "latest=100",
+        ],
+        &["delete", "app/web", "-n", "team-b"],
+        &["apply", "-f", b_file],
+        &["quota", "get", "team-b"],
+        &["quota", "set", "team-a", "--apps", "100"],
+        &["get", "nodes"],
+    ];
+    for args in verbs {
+        let out = as_a(args);
+        assert!(!out.success, "{args:?} succeeded:\n{}", out.stdout);
+        assert!(
+            out.stderr.contains("(forbidden)"),
+            "{args:?}: {}",
+            out.stderr
+        );
+        assert!(!out.stdout.contains("team-b"), "{args:?}: {}", out.stdout);
+    }
+    // Team-b's app is as it was.
+    let apps = c.get_json("apps");
+    let b = apps
+        .as_array()
+        .and_then(|a| a.iter().find(|v| v["app"]["key"]["namespace"] == "team-b"))
+        .cloned()
+        .expect("team-b's app");
+    assert_eq!(b["app"]["replicas"], 1);
+
+    // Routes: neither the same path nor one under it; the refusal names
+    // no app of team-b.
+    for path in ["/b", "/b/admin"] {
+        let m = c.manifest(
+            "grab.toml",
+            &format!(
+                "name = \"grab\"\nnamespace = \"team-a\"\nmodule = \"$EXAMPLES/hello.wasm\"\nroutes = [{{ path = \"{path}\" }}]\n"
+            ),
+        );
+        let out = as_a(&["apply", "-f", m.to_str().unwrap()]);
+        assert!(!out.success, "{path}");
+        assert!(
+            out.stderr.contains("overlaps a route of another namespace")
+                && out.stderr.contains("(route_conflict)"),
+            "{path}: {}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("team-b"), "{}", out.stderr);
+    }
+
+    // Capacity: team-a at its quota is refused more; team-b is not held
+    // back by it.
+    let out = c.cli(&["quota", "set", "team-a", "--instances", "2"]);
+    assert!(out.success, "{}", out.stderr);
+    let a_app = c.manifest(
+        "team-a.toml",
+        "name = \"web\"\nnamespace = \"team-a\"\nmodule = \"$EXAMPLES/hello.wasm\"\nreplicas = 2\n",
+    );
+    let out = as_a(&["apply", "-f", a_app.to_str().unwrap()]);
+    assert!(out.success, "{}", out.stderr);
+    let out = as_a(&["scale", "app/web", "-n", "team-a", "--replicas", "3"]);
+    assert!(out.stderr.contains("(quota_exceeded)"), "{}", out.stderr);
+    let out = c.cli(&["scale", "app/web", "-n", "team-b", "--replicas", "5"]);
+    assert!(out.success, "{}", out.stderr);
+}
