@@ -263,3 +263,60 @@ path = "/"
     let events = c.cli(&["events"]).stdout;
     assert!(events.contains("Activated"), "{events}");
 }
+
+#[test]
+fn the_autoscaler_is_held_to_the_namespaces_quota_and_says_so() {
+    let mut c = Cluster::start(2);
+    let gw = c.start_gateway(&[]);
+    let out = c.cli(&["quota", "set", "team-a", "--instances", "2"]);
+    assert!(out.success, "{}", out.stderr);
+    let m = c.manifest(
+        "capped.toml",
+        r#"
+name = "capped"
+namespace = "team-a"
+module = "$EXAMPLES/http-component.wasm"
+
+[autoscale]
+min = 1
+max = 4
+target-concurrency = 1
+stable-window = "6s"
+panic-window = "2s"
+
+[[routes]]
+path = "/"
+"#,
+    );
+    c.apply_wait(&m);
+    let watch = Watch::start(c.api.clone(), c.admin.clone(), "capped");
+    // About 8 requests in flight want 4 replicas; the quota leaves room
+    // for 2.
+    let load = Load::start(format!("{gw}/sleep?ms=200"), 8);
+    let events = wait_until(T, "the autoscaler held by the quota", || {
+        let e = c.cli(&["events", "-n", "team-a"]).stdout;
+        e.contains("QuotaHeld").then_some(e)
+    });
+    assert!(
+        events.contains("autoscaler held at 2 by the quota on instances (2), wanted"),
+        "{events}"
+    );
+    wait_until(T, "2 instances", || {
+        let (r, n) = replicas(&c, "capped")?;
+        (r == 2 && n == 2).then_some(())
+    });
+    let describe = c.cli(&["describe", "app/capped", "-n", "team-a"]).stdout;
+    assert!(
+        describe.contains("quota: held at 2 by the quota on instances (2), wanted"),
+        "{describe}"
+    );
+    let table = c.cli(&["get", "apps", "-n", "team-a"]).stdout;
+    assert!(
+        table.contains("1-4: 2 (held by the namespace's quota)"),
+        "{table}"
+    );
+    let answers = load.finish();
+    assert!(answers.iter().all(|(s, _)| *s == 200));
+    let (max_r, _) = watch.finish();
+    assert_eq!(max_r, 2, "desired replicas never beyond the quota");
+}
