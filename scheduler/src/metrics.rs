@@ -32,6 +32,12 @@ struct QuantileLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuotaLabels {
+    namespace: String,
+    resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NodeLabels {
     state: String,
 }
@@ -68,6 +74,33 @@ pub fn render(snap: &Snapshot) -> Result<String, std::fmt::Error> {
             cold_starts.get_or_create(&labels).set(gauge(c.count));
         }
     }
+    let quota_limit = Family::<QuotaLabels, Gauge>::default();
+    let quota_used = Family::<QuotaLabels, Gauge>::default();
+    for (ns, q) in &snap.quotas {
+        let used = snap.usage(ns, None);
+        let totals = [
+            ("apps", q.apps.map(u64::from), u64::from(used.apps)),
+            (
+                "instances",
+                q.instances.map(u64::from),
+                u64::from(used.instances),
+            ),
+            (
+                "memory_bytes",
+                q.memory.map(|m| m.bytes()),
+                used.memory.bytes(),
+            ),
+        ];
+        for (resource, limit, used) in totals {
+            let Some(limit) = limit else { continue };
+            let labels = QuotaLabels {
+                namespace: ns.clone(),
+                resource: resource.into(),
+            };
+            quota_limit.get_or_create(&labels).set(gauge(limit));
+            quota_used.get_or_create(&labels).set(gauge(used));
+        }
+    }
     for state in [NodeState::Ready, NodeState::Lost, NodeState::Unreachable] {
         let n = snap.nodes.values().filter(|n| n.state == state).count();
         let labels = NodeLabels {
@@ -99,6 +132,16 @@ pub fn render(snap: &Snapshot) -> Result<String, std::fmt::Error> {
         cold_starts,
     );
     registry.register("shoal_nodes", "Nodes by state", nodes);
+    registry.register(
+        "shoal_quota_limit",
+        "A namespace's quota on apps, instances or memory (bytes)",
+        quota_limit,
+    );
+    registry.register(
+        "shoal_quota_used",
+        "What a namespace with a quota holds of apps, instances or memory (bytes)",
+        quota_used,
+    );
     let mut out = String::new();
     prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?;
     Ok(out)
@@ -132,8 +175,14 @@ mod tests {
         };
         let (_, changes) = crate::state::decide::app::apply(&snap, input, 0).unwrap();
         for c in changes {
-            if let Change::PutApp(a) = c {
-                snap.apps.insert(a.key.clone(), a);
+            match c {
+                Change::PutApp(a) => {
+                    snap.apps.insert(a.key.clone(), a);
+                }
+                Change::PutRevision(r) => {
+                    snap.revisions.insert((r.app.clone(), r.number), r);
+                }
+                _ => {}
             }
         }
         snap.autoscale.insert(
@@ -152,6 +201,10 @@ mod tests {
             recent_ms: [40, 60].into(),
         };
         snap.cold_starts.insert(key, cold);
+        snap.quotas.insert(
+            "default".into(),
+            serde_json::from_value(serde_json::json!({"instances": 5, "memory": "1GiB"})).unwrap(),
+        );
         snap.nodes.insert(
             "n1".into(),
             Node {
@@ -182,6 +235,11 @@ mod tests {
             "shoal_nodes{state=\"Ready\"} 1".into(),
             "shoal_nodes{state=\"Lost\"} 0".into(),
             "shoal_nodes{state=\"Unreachable\"} 0".into(),
+            "shoal_quota_limit{namespace=\"default\",resource=\"instances\"} 5".into(),
+            "shoal_quota_used{namespace=\"default\",resource=\"instances\"} 3".into(),
+            "shoal_quota_limit{namespace=\"default\",resource=\"memory_bytes\"} 1073741824".into(),
+            // 3 replicas x 64 MiB, the default memory limit.
+            "shoal_quota_used{namespace=\"default\",resource=\"memory_bytes\"} 201326592".into(),
         ] {
             assert!(text.lines().any(|t| t == line), "{line} not in\n{text}");
         }
