@@ -149,53 +149,54 @@ impl Quota {
         *self == Quota::default()
     }
 
-    /// Whether the rest of the namespace's usage (`others`) leaves room for
-    /// `after`; a change that asks for no more than `before` always passes.
+    /// Whether a change that takes the namespace from `before` to `after`
+    /// stays within the limits on totals; a change that asks for no more
+    /// of a total than `before` holds always passes.
     pub fn check(
         &self,
         namespace: &str,
         before: &Usage,
         after: &Usage,
     ) -> Result<(), QuotaExceeded> {
-        let over = |item, limit: String, asked: String, used: String| QuotaExceeded {
-            namespace: namespace.to_string(),
-            item,
-            limit,
-            asked,
-            used: Some(used),
-        };
-        if let Some(limit) = self.apps
-            && after.apps > limit
-            && after.apps > before.apps
-        {
-            return Err(over(
+        let count = |n: u64| n.to_string();
+        let size = |n: u64| ByteSize(n).to_string();
+        type Show<'a> = &'a dyn Fn(u64) -> String;
+        let totals: [(QuotaItem, Option<u64>, u64, u64, Show); 3] = [
+            (
                 QuotaItem::Apps,
-                limit.to_string(),
-                after.apps.to_string(),
-                before.apps.to_string(),
-            ));
-        }
-        if let Some(limit) = self.instances
-            && after.instances > limit
-            && after.instances > before.instances
-        {
-            return Err(over(
+                self.apps.map(u64::from),
+                before.apps.into(),
+                after.apps.into(),
+                &count,
+            ),
+            (
                 QuotaItem::Instances,
-                limit.to_string(),
-                after.instances.to_string(),
-                before.instances.to_string(),
-            ));
-        }
-        if let Some(limit) = self.memory
-            && after.memory > limit
-            && after.memory > before.memory
-        {
-            return Err(over(
+                self.instances.map(u64::from),
+                before.instances.into(),
+                after.instances.into(),
+                &count,
+            ),
+            (
                 QuotaItem::Memory,
-                limit.to_string(),
-                after.memory.to_string(),
-                before.memory.to_string(),
-            ));
+                self.memory.map(ByteSize::bytes),
+                before.memory.bytes(),
+                after.memory.bytes(),
+                &size,
+            ),
+        ];
+        for (item, limit, before, after, show) in totals {
+            if let Some(limit) = limit
+                && after > limit
+                && after > before
+            {
+                return Err(QuotaExceeded {
+                    namespace: namespace.to_string(),
+                    item,
+                    limit: show(limit),
+                    asked: show(after),
+                    used: Some(show(before)),
+                });
+            }
         }
         Ok(())
     }
@@ -203,41 +204,50 @@ impl Quota {
     /// Whether a manifest's limits stay within what the namespace may ask
     /// for one instance.
     pub fn check_limits(&self, namespace: &str, limits: &Limits) -> Result<(), QuotaExceeded> {
-        let over = |item, limit: String, asked: String| QuotaExceeded {
-            namespace: namespace.to_string(),
-            item,
-            limit,
-            asked,
-            used: None,
-        };
-        if let Some(max) = self.max_memory
-            && limits.memory > max
-        {
-            return Err(over(
+        // (limit, its value, the manifest's field, what it asks), each as
+        // users write them, if over.
+        let over = [
+            (
                 QuotaItem::MaxMemory,
-                max.to_string(),
-                format!("limits.memory = {}", limits.memory),
-            ));
-        }
-        if let Some(max) = self.max_timeout
-            && limits.timeout > max
-        {
-            return Err(over(
+                self.max_memory
+                    .filter(|max| limits.memory > *max)
+                    .map(|max| (max.to_string(), "limits.memory", limits.memory.to_string())),
+            ),
+            (
                 QuotaItem::MaxTimeout,
-                max.to_string(),
-                format!("limits.timeout = {}", limits.timeout),
-            ));
-        }
-        if let Some(max) = self.max_body
-            && limits.max_body > max
-        {
-            return Err(over(
+                self.max_timeout
+                    .filter(|max| limits.timeout > *max)
+                    .map(|max| {
+                        (
+                            max.to_string(),
+                            "limits.timeout",
+                            limits.timeout.to_string(),
+                        )
+                    }),
+            ),
+            (
                 QuotaItem::MaxBody,
-                max.to_string(),
-                format!("limits.max-body = {}", limits.max_body),
-            ));
+                self.max_body
+                    .filter(|max| limits.max_body > *max)
+                    .map(|max| {
+                        (
+                            max.to_string(),
+                            "limits.max-body",
+                            limits.max_body.to_string(),
+                        )
+                    }),
+            ),
+        ];
+        match over.into_iter().find_map(|(item, o)| o.map(|o| (item, o))) {
+            Some((item, (limit, field, asked))) => Err(QuotaExceeded {
+                namespace: namespace.to_string(),
+                item,
+                limit,
+                asked: format!("{field} = {asked}"),
+                used: None,
+            }),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// How many replicas an app may run, at most, when the rest of its
