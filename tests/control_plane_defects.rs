@@ -250,8 +250,11 @@ fn a_route_served_by_another_app_is_refused() {
     );
     let out = c.cli(&["apply", "-f", other.to_str().unwrap()]);
     assert!(!out.success, "the apply took a route: {}", out.stdout);
+    // Refused without naming the other namespace's app (issue 12).
     assert!(
-        out.stderr.contains("default/site") && out.stderr.contains("route_conflict"),
+        out.stderr.contains("overlaps a route of another namespace")
+            && out.stderr.contains("route_conflict")
+            && !out.stderr.contains("default/site"),
         "{}",
         out.stderr
     );
