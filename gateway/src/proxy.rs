@@ -48,7 +48,7 @@ impl Gateway {
     /// has been sent (the caller's per-connection bookkeeping).
     pub async fn handle<B, G>(
         self: Arc<Self>,
-        req: Request<B>,
+        mut req: Request<B>,
         peer: &Peer,
         guard: G,
     ) -> Response<ProxyBody>
@@ -57,7 +57,7 @@ impl Gateway {
         B::Error: Into<BoxError>,
         G: Send + Sync + 'static,
     {
-        let (app, host) = match route::route(&self.table(), &req) {
+        let (app, host) = match route::route(&self.table(), &mut req) {
             Ok(routed) => routed,
             Err(not_found) => return not_found,
         };
