@@ -222,6 +222,15 @@ mod tests {
                 (app.to_string(), path.to_string()),
                 "{target}"
             );
+            // The same over HTTP/2 (the host in `:authority`).
+            let h2 = Request::get(format!("http://t.test{target}"))
+                .body(())
+                .unwrap();
+            assert_eq!(
+                routed(&t, h2),
+                (app.to_string(), path.to_string()),
+                "HTTP/2 {target}"
+            );
         }
     }
 
