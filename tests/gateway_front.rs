@@ -273,3 +273,20 @@ fn error_answers_name_no_node_address_or_instance() {
     let node = c.node_urls[0].trim_start_matches("http://");
     assert!(!body.contains(node), "node gone: {node} in {body}");
 }
+
+#[test]
+fn a_trusted_proxy_that_is_not_a_network_stops_the_gateway_at_start() {
+    for bad in ["10.0.0.0/33", "proxy.example"] {
+        let out = support::cli(
+            "http://127.0.0.1:1",
+            &["gateway", "--listen", "127.0.0.1:0", "--trusted-proxy", bad],
+        );
+        assert!(!out.success, "{bad}: {}", out.stdout);
+        assert!(
+            out.stderr.contains("--trusted-proxy")
+                && out.stderr.contains("not an address or a network"),
+            "{bad}: {}",
+            out.stderr
+        );
+    }
+}

@@ -205,6 +205,8 @@ mod tests {
             ("/%c3%a9", ok("/%C3%A9")),
             ("/a%25b", ok("/a%25b")),
             ("/a/..%2f..%2fb/x", ok("/a/..%2F..%2Fb/x")),
+            // Nothing decoded can end the request line or a header.
+            ("/a%20b%0d%0aX:%09", ok("/a%20b%0D%0AX:%09")),
             // Raw characters other than dots and slashes kept.
             ("/a\\..\\b", ok("/a\\..\\b")),
             // Refused.
