@@ -190,16 +190,39 @@ fn tells_of_the_client(name: &HeaderName) -> bool {
     *name == FORWARDED || *name == REAL_IP || name.as_str().starts_with("x-forwarded-")
 }
 
-/// `host[:port]`: an authority without user info, its port digits.
+/// `host[:port]` (RFC 3986: a registered name, an IPv4 address or an IP
+/// literal in brackets; port digits), checked without allocating: nothing
+/// that could end a host, such as `/`, `@` or a space.
 fn is_host_and_port(v: &[u8]) -> bool {
-    let Ok(a) = http::uri::Authority::try_from(v) else {
-        return false;
+    let port = match v.strip_prefix(b"[") {
+        Some(literal) => {
+            let Some(end) = literal.iter().position(|&b| b == b']') else {
+                return false;
+            };
+            let ip = &literal[..end];
+            if ip.is_empty()
+                || !ip
+                    .iter()
+                    .all(|b| b.is_ascii_hexdigit() || b":.".contains(b))
+            {
+                return false;
+            }
+            &literal[end + 1..]
+        }
+        None => {
+            let end = v.iter().position(|&b| b == b':').unwrap_or(v.len());
+            let name = &v[..end];
+            let allowed = |b: &u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(b);
+            if name.is_empty() || !name.iter().all(allowed) {
+                return false;
+            }
+            &v[end..]
+        }
     };
-    let port = &a.as_str()[a.host().len()..];
-    !v.contains(&b'@')
-        && port
-            .strip_prefix(':')
-            .is_none_or(|p| p.bytes().all(|b| b.is_ascii_digit()))
+    port.is_empty()
+        || port
+            .strip_prefix(b":")
+            .is_some_and(|p| p.iter().all(u8::is_ascii_digit))
 }
 
 /// The headers to send to the node, and whether the client asked to switch
@@ -525,7 +548,19 @@ mod tests {
             host("http://b.test/x", &["a.test", "a.test"]),
             Err(HostError::Duplicate)
         );
-        for bad in ["a.test/x", "u@a.test", "a.test:port", "a b"] {
+        assert_eq!(host("/x", &["[::1]:8080"]), some("[::1]:8080", false));
+        assert_eq!(host("/x", &["10.0.0.1"]), some("10.0.0.1", false));
+        for bad in [
+            "a.test/x",
+            "u@a.test",
+            "a.test:port",
+            "a b",
+            "a.test:80:81",
+            "[::1",
+            "[]:80",
+            ":80",
+            "a\\b",
+        ] {
             assert_eq!(host("/x", &[bad]), Err(HostError::Invalid), "{bad}");
         }
     }
