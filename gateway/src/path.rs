@@ -14,6 +14,10 @@
 //! is not touched. A path that does not start with `/` (`*`, or a
 //! `CONNECT`'s authority) is left as it is.
 //!
+//! Decoding is done here rather than with `percent-encoding`, which
+//! decodes every escape and lets malformed ones through: only unreserved
+//! characters may be decoded, and a malformed escape must be refused.
+//!
 //! An encoded slash (`%2F`), an encoded backslash (`%5C`) and a raw
 //! backslash are not separators here; [`separators_decoded`] is the path
 //! as an app that reads them as `/` would see it, which the route stage
