@@ -144,6 +144,11 @@ pub struct GatewayArgs {
     /// handshake fails.
     #[arg(long, value_name = "HOST")]
     pub tls_default_host: Option<String>,
+    /// A proxy in front of the gateway whose X-Forwarded-For, -Host and
+    /// -Proto are believed (repeatable): a network (10.0.0.0/8) or an
+    /// address. Other clients' are replaced.
+    #[arg(long, value_name = "CIDR", value_parser = shoal_gateway::parse_trusted_proxy)]
+    pub trusted_proxy: Vec<shoal_gateway::IpNet>,
     /// Exit when the parent process exits (used by `shoal up`).
     #[arg(long, hide = true)]
     pub exit_with_parent: bool,
@@ -479,6 +484,7 @@ pub async fn gateway(
         control_plane_ca: ca,
         token: token.map(shoal_gateway::SecretToken::new),
         activation_timeout: args.activation_timeout.get(),
+        trusted_proxies: shoal_gateway::TrustedProxies::new(args.trusted_proxy.clone()),
         ..Default::default()
     });
     let workers = args.workers.unwrap_or_else(|| {

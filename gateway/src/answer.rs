@@ -46,6 +46,16 @@ pub(crate) fn no_route(host: Option<&str>, path: &str) -> Response<ProxyBody> {
     )
 }
 
+/// A request whose `what` (its host, its path) the gateway refuses to
+/// route, and why.
+pub(crate) fn refused(what: &str, why: impl std::fmt::Display) -> Response<ProxyBody> {
+    error(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        format!("the request's {what} is refused: {why}"),
+    )
+}
+
 pub(crate) fn too_large(limit: u64, app: &AppKey, request_id: &HeaderValue) -> Response<ProxyBody> {
     failed(
         StatusCode::PAYLOAD_TOO_LARGE,

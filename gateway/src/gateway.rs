@@ -28,6 +28,10 @@ pub struct GatewayConfig {
     /// Its client certificate for nodes that serve mutual TLS, shared by
     /// every worker (see [`Gateway::use_node_certificate`]).
     pub node_tls: Arc<crate::pool::NodeTls>,
+    /// Proxies in front of the gateway whose `X-Forwarded-*` headers are
+    /// passed on (see [`crate::headers::forward_headers`]); nobody's by
+    /// default.
+    pub trusted_proxies: crate::headers::TrustedProxies,
 }
 
 impl GatewayConfig {
@@ -54,6 +58,7 @@ impl Default for GatewayConfig {
             control_plane_ca: None,
             token: None,
             node_tls: Arc::default(),
+            trusted_proxies: Default::default(),
         }
     }
 }

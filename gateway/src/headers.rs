@@ -61,17 +61,21 @@ pub struct Peer {
     ip: HeaderValue,
     /// `X-Forwarded-Proto`: how the client reached the gateway.
     proto: HeaderValue,
+    /// A proxy the gateway trusts (`--trusted-proxy`): what it says about
+    /// its own client in `X-Forwarded-*` is passed on.
+    trusted: bool,
 }
 
 impl Peer {
     /// A client over plain HTTP.
     pub fn new(addr: SocketAddr) -> Self {
-        let ip = HeaderValue::from_str(&addr.ip().to_string())
+        let ip = HeaderValue::from_str(&addr.ip().to_canonical().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         Self {
             addr,
             ip,
             proto: HeaderValue::from_static("http"),
+            trusted: false,
         }
     }
 
@@ -82,6 +86,46 @@ impl Peer {
             ..Self::new(addr)
         }
     }
+
+    /// The same client, trusted if its address is one of `proxies`.
+    pub fn trusting(self, proxies: &TrustedProxies) -> Self {
+        Self {
+            trusted: proxies.contains(self.addr.ip()),
+            ..self
+        }
+    }
+}
+
+/// The proxies in front of the gateway whose `X-Forwarded-*` headers are
+/// believed (`--trusted-proxy`): networks, or single addresses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<ipnet::IpNet>);
+
+impl TrustedProxies {
+    pub fn new(nets: Vec<ipnet::IpNet>) -> Self {
+        Self(nets)
+    }
+
+    /// Whether `ip` is in one of the networks (an IPv4 address seen as
+    /// IPv6, `::ffff:a.b.c.d`, as the IPv4 address it is).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// One `--trusted-proxy`: a network in CIDR notation (`10.0.0.0/8`,
+/// `fd00::/8`) or one address (`127.0.0.1`).
+pub fn parse_trusted_proxy(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .map(|net| net.trunc())
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not an address or a network like 10.0.0.0/8"))
 }
 
 /// The host a client asked for, and whether it came from the URI (HTTP/2's
@@ -91,22 +135,46 @@ pub(crate) struct ClientHost {
     pub from_uri: bool,
 }
 
+/// Why the host a request names is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("it has more than one Host header")]
+    Duplicate,
+    #[error("its Host header is not a host name with an optional port")]
+    Invalid,
+}
+
 impl ClientHost {
-    /// HTTP/2 names the host in the URI, not in a header.
-    pub fn of<B>(req: &http::Request<B>) -> Self {
-        match req.headers().get(header::HOST) {
-            Some(h) => Self {
-                value: Some(h.clone()),
-                from_uri: false,
-            },
-            None => Self {
-                value: req
-                    .uri()
-                    .authority()
-                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-                from_uri: true,
-            },
+    /// The target's authority if it has one (HTTP/2's `:authority`, or an
+    /// absolute-form target, which wins over `Host` as RFC 9112 says), else
+    /// the `Host` header. The app then gets as its `Host` the host the
+    /// request was routed by. More than one `Host`, or one that is not
+    /// `host[:port]`, is refused.
+    pub fn of<B>(req: &http::Request<B>) -> Result<Self, HostError> {
+        let mut hosts = req.headers().get_all(header::HOST).iter();
+        let first = hosts.next();
+        if hosts.next().is_some() {
+            return Err(HostError::Duplicate);
         }
+        if let Some(a) = req.uri().authority() {
+            // Without any user info (`user@host`), which is no part of a
+            // Host.
+            let host = a.as_str().rsplit('@').next().unwrap_or_default();
+            return Ok(Self {
+                value: HeaderValue::from_str(host).ok(),
+                from_uri: true,
+            });
+        }
+        if let Some(h) = first
+            && !h.is_empty()
+            && !is_host_and_port(h.as_bytes())
+        {
+            return Err(HostError::Invalid);
+        }
+        Ok(Self {
+            value: first.cloned(),
+            from_uri: false,
+        })
     }
 
     pub fn as_str(&self) -> Option<&str> {
@@ -114,8 +182,58 @@ impl ClientHost {
     }
 }
 
+/// Headers by which a proxy tells about its client.
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+fn tells_of_the_client(name: &HeaderName) -> bool {
+    *name == FORWARDED || *name == REAL_IP || name.as_str().starts_with("x-forwarded-")
+}
+
+/// `host[:port]` (RFC 3986: a registered name, an IPv4 address or an IP
+/// literal in brackets; port digits), checked without allocating: nothing
+/// that could end a host, such as `/`, `@` or a space.
+fn is_host_and_port(v: &[u8]) -> bool {
+    let port = match v.strip_prefix(b"[") {
+        Some(literal) => {
+            let Some(end) = literal.iter().position(|&b| b == b']') else {
+                return false;
+            };
+            let ip = &literal[..end];
+            if ip.is_empty()
+                || !ip
+                    .iter()
+                    .all(|b| b.is_ascii_hexdigit() || b":.".contains(b))
+            {
+                return false;
+            }
+            &literal[end + 1..]
+        }
+        None => {
+            let end = v.iter().position(|&b| b == b':').unwrap_or(v.len());
+            let name = &v[..end];
+            let allowed = |b: &u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(b);
+            if name.is_empty() || !name.iter().all(allowed) {
+                return false;
+            }
+            &v[end..]
+        }
+    };
+    port.is_empty()
+        || port
+            .strip_prefix(b":")
+            .is_some_and(|p| p.iter().all(u8::is_ascii_digit))
+}
+
 /// The headers to send to the node, and whether the client asked to switch
 /// protocols.
+///
+/// From a client that is not a trusted proxy, every header that tells of
+/// the client (`Forwarded`, `X-Real-IP`, `X-Forwarded-*`) is dropped, and
+/// `X-Forwarded-For`, `-Host` and `-Proto` say what the gateway saw: the
+/// peer's address, the host routed by, the listener's protocol. A trusted
+/// proxy's are kept: the peer is appended to its `X-Forwarded-For` chain,
+/// and its `X-Forwarded-Host` and `-Proto`, if it sent them, stand.
 pub(crate) fn forward_headers(
     mut h: HeaderMap,
     peer: &Peer,
@@ -125,22 +243,46 @@ pub(crate) fn forward_headers(
     let upgrade = strip_hop_by_hop(&mut h);
     h.remove(INSTANCE_HEADER);
     h.insert(APP_HEADER, app.clone());
-    let xff = match h.get(&FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", peer.addr.ip())).ok(),
-        None => Some(peer.ip.clone()),
-    };
-    if let Some(v) = xff {
-        h.insert(FORWARDED_FOR, v);
+    if !peer.trusted && h.keys().any(tells_of_the_client) {
+        let told: Vec<HeaderName> = h
+            .keys()
+            .filter(|k| tells_of_the_client(k))
+            .cloned()
+            .collect();
+        for name in told {
+            h.remove(name);
+        }
     }
+    let xff = match h.contains_key(&FORWARDED_FOR) {
+        // Several lines are one list.
+        true => {
+            let mut chain = Vec::new();
+            for v in h.get_all(&FORWARDED_FOR) {
+                let v = v.as_bytes().trim_ascii();
+                if !v.is_empty() {
+                    chain.extend_from_slice(v);
+                    chain.extend_from_slice(b", ");
+                }
+            }
+            chain.extend_from_slice(peer.ip.as_bytes());
+            HeaderValue::from_bytes(&chain).unwrap_or_else(|_| peer.ip.clone())
+        }
+        false => peer.ip.clone(),
+    };
+    h.insert(FORWARDED_FOR, xff);
     if let Some(v) = host.value {
         if host.from_uri {
-            // The app sees the host the client asked for, whichever
-            // protocol it spoke.
+            // The app sees the host the request was routed by, whichever
+            // protocol the client spoke.
             h.insert(header::HOST, v.clone());
         }
-        h.insert(FORWARDED_HOST, v);
+        if !h.contains_key(&FORWARDED_HOST) {
+            h.insert(FORWARDED_HOST, v);
+        }
     }
-    h.insert(FORWARDED_PROTO, peer.proto.clone());
+    if !h.contains_key(&FORWARDED_PROTO) {
+        h.insert(FORWARDED_PROTO, peer.proto.clone());
+    }
     let keep = h
         .get(&REQUEST_ID)
         .is_some_and(|v| !v.is_empty() && v.len() <= 128);
@@ -223,7 +365,6 @@ mod tests {
         let app = HeaderValue::from_static("default/web");
         let mut h = HeaderMap::new();
         h.insert(INSTANCE_HEADER, HeaderValue::from_static("forged"));
-        h.insert(FORWARDED_FOR, HeaderValue::from_static("192.0.2.1"));
         h.insert(REQUEST_ID, HeaderValue::from_static("mine"));
         let host = ClientHost {
             value: Some(HeaderValue::from_static("a.test")),
@@ -233,7 +374,7 @@ mod tests {
         assert!(!upgrade);
         assert!(out.get(INSTANCE_HEADER).is_none());
         assert_eq!(out[APP_HEADER], "default/web");
-        assert_eq!(out[FORWARDED_FOR], "192.0.2.1, 10.1.2.3");
+        assert_eq!(out[FORWARDED_FOR], "10.1.2.3");
         assert_eq!(out[header::HOST], "a.test");
         assert_eq!(out[FORWARDED_HOST], "a.test");
         assert_eq!(out[FORWARDED_PROTO], "http");
@@ -242,7 +383,10 @@ mod tests {
         let (out, _) = forward_headers(
             HeaderMap::new(),
             &tls,
-            ClientHost::of(&http::Request::new(())),
+            ClientHost {
+                value: None,
+                from_uri: false,
+            },
             &app,
         );
         assert_eq!(out[FORWARDED_PROTO], "https");
@@ -259,6 +403,165 @@ mod tests {
             assert_eq!(id.len(), 32);
             assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
             assert_eq!(out[FORWARDED_FOR], "10.1.2.3");
+        }
+    }
+
+    /// A client's claims about itself, as sent.
+    fn claims() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("x-forwarded-for", "192.0.2.1"),
+            ("x-forwarded-for", "192.0.2.2, 192.0.2.3"),
+            ("x-forwarded-host", "admin.internal"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/admin"),
+            ("forwarded", "for=192.0.2.9;proto=https"),
+            ("x-real-ip", "192.0.2.10"),
+            ("x-kept", "1"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    fn values(h: &HeaderMap, name: &str) -> Vec<String> {
+        h.get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn what_an_untrusted_client_says_of_itself_is_replaced() {
+        let proxies = TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        let app = HeaderValue::from_static("default/web");
+        // Not in the trusted network: its claims are dropped, whether or
+        // not the gateway has a value of its own for them.
+        for addr in ["192.168.1.5:4000", "[::ffff:192.168.1.5]:4000"] {
+            let peer = Peer::new(addr.parse().unwrap()).trusting(&proxies);
+            let host = ClientHost {
+                value: Some(HeaderValue::from_static("a.test")),
+                from_uri: false,
+            };
+            let (out, _) = forward_headers(claims(), &peer, host, &app);
+            assert_eq!(values(&out, "x-forwarded-for"), ["192.168.1.5"], "{addr}");
+            assert_eq!(values(&out, "x-forwarded-host"), ["a.test"]);
+            assert_eq!(values(&out, "x-forwarded-proto"), ["http"]);
+            for gone in [
+                "x-forwarded-port",
+                "x-forwarded-prefix",
+                "forwarded",
+                "x-real-ip",
+            ] {
+                assert!(out.get(gone).is_none(), "{gone} passed on from {addr}");
+            }
+            assert_eq!(values(&out, "x-kept"), ["1"]);
+        }
+        // No host at all: no X-Forwarded-Host, not even the client's.
+        let peer = Peer::new("192.168.1.5:4000".parse().unwrap());
+        let none = ClientHost {
+            value: None,
+            from_uri: false,
+        };
+        let (out, _) = forward_headers(claims(), &peer, none, &app);
+        assert!(out.get("x-forwarded-host").is_none());
+    }
+
+    #[test]
+    fn a_trusted_proxys_chain_is_extended_and_its_claims_kept() {
+        let proxies = TrustedProxies::new(vec![
+            parse_trusted_proxy("10.0.0.0/8").unwrap(),
+            parse_trusted_proxy("127.0.0.1").unwrap(),
+        ]);
+        let app = HeaderValue::from_static("default/web");
+        for (addr, ip) in [
+            ("10.1.2.3:4000", "10.1.2.3"),
+            ("127.0.0.1:9", "127.0.0.1"),
+            ("[::ffff:10.9.9.9]:4000", "10.9.9.9"),
+        ] {
+            let peer = Peer::over_tls(addr.parse().unwrap()).trusting(&proxies);
+            let host = ClientHost {
+                value: Some(HeaderValue::from_static("a.test")),
+                from_uri: false,
+            };
+            let (out, _) = forward_headers(claims(), &peer, host, &app);
+            assert_eq!(
+                values(&out, "x-forwarded-for"),
+                [format!("192.0.2.1, 192.0.2.2, 192.0.2.3, {ip}")],
+                "{addr}"
+            );
+            assert_eq!(values(&out, "x-forwarded-host"), ["admin.internal"]);
+            assert_eq!(values(&out, "x-forwarded-proto"), ["https"]);
+            assert_eq!(values(&out, "x-real-ip"), ["192.0.2.10"]);
+            assert_eq!(values(&out, "forwarded"), ["for=192.0.2.9;proto=https"]);
+        }
+        // A trusted proxy that says nothing: the gateway's own values.
+        let peer = Peer::new("10.1.2.3:4000".parse().unwrap()).trusting(&proxies);
+        let host = ClientHost {
+            value: Some(HeaderValue::from_static("a.test")),
+            from_uri: false,
+        };
+        let (out, _) = forward_headers(HeaderMap::new(), &peer, host, &app);
+        assert_eq!(values(&out, "x-forwarded-for"), ["10.1.2.3"]);
+        assert_eq!(values(&out, "x-forwarded-host"), ["a.test"]);
+        assert_eq!(values(&out, "x-forwarded-proto"), ["http"]);
+    }
+
+    #[test]
+    fn trusted_proxies_are_networks_or_addresses() {
+        for (given, net) in [
+            ("10.0.0.0/8", "10.0.0.0/8"),
+            ("10.1.2.3/8", "10.0.0.0/8"),
+            ("127.0.0.1", "127.0.0.1/32"),
+            (" ::1 ", "::1/128"),
+            ("fd00::/8", "fd00::/8"),
+        ] {
+            assert_eq!(parse_trusted_proxy(given).unwrap().to_string(), net);
+        }
+        for bad in ["", "10.0.0.0/33", "example.com", "10.0.0"] {
+            assert!(parse_trusted_proxy(bad).is_err(), "{bad:?}");
+        }
+        let none = TrustedProxies::default();
+        assert!(!none.contains("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_host_is_the_targets_authority_or_the_one_host_header() {
+        let host = |target: &str, hosts: &[&'static str]| {
+            let mut req = http::Request::get(target);
+            for h in hosts {
+                req = req.header(header::HOST, *h);
+            }
+            ClientHost::of(&req.body(()).unwrap())
+                .map(|h| (h.as_str().map(str::to_string), h.from_uri))
+        };
+        let some = |s: &str, from_uri| Ok((Some(s.to_string()), from_uri));
+        assert_eq!(host("/x", &["a.test:8080"]), some("a.test:8080", false));
+        assert_eq!(host("/x", &[]), Ok((None, false)));
+        assert_eq!(host("/x", &[""]), some("", false));
+        // Absolute form (or HTTP/2's :authority) wins over Host.
+        assert_eq!(host("http://b.test/x", &["a.test"]), some("b.test", true));
+        assert_eq!(host("http://u:p@b.test:81/x", &[]), some("b.test:81", true));
+        assert_eq!(host("/x", &["a.test", "b.test"]), Err(HostError::Duplicate));
+        assert_eq!(
+            host("http://b.test/x", &["a.test", "a.test"]),
+            Err(HostError::Duplicate)
+        );
+        assert_eq!(host("/x", &["[::1]:8080"]), some("[::1]:8080", false));
+        assert_eq!(host("/x", &["10.0.0.1"]), some("10.0.0.1", false));
+        for bad in [
+            "a.test/x",
+            "u@a.test",
+            "a.test:port",
+            "a b",
+            "a.test:80:81",
+            "[::1",
+            "[]:80",
+            ":80",
+            "a\\b",
+        ] {
+            assert_eq!(host("/x", &[bad]), Err(HostError::Invalid), "{bad}");
         }
     }
 }

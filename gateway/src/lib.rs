@@ -6,7 +6,8 @@
 //! The request path, one stage per file, run in turn by [`proxy`]:
 //!
 //! - [`route`]: the app a request is for (host, then longest prefix on
-//!   [`table`]); 404 if none.
+//!   [`table`] of the path normalized by [`path`], which the app gets);
+//!   400 for a host or path refused, 404 if none.
 //! - [`limit`]: the app's namespace held to its requests in flight and
 //!   per second at this gateway (its quota); 429 past either.
 //! - [`headers`] and [`body`]: what is forwarded (`X-Forwarded-*`,
@@ -52,6 +53,7 @@ pub mod h1;
 pub mod headers;
 pub mod limit;
 pub mod metrics;
+pub mod path;
 pub mod pool;
 pub mod proxy;
 pub mod retry;
@@ -62,6 +64,8 @@ pub mod tls;
 pub mod watch;
 
 pub use gateway::{Gateway, GatewayConfig};
+pub use headers::{TrustedProxies, parse_trusted_proxy};
+pub use ipnet::IpNet;
 pub use server::{
     Listeners, ServerLimits, bind_workers, serve, serve_tls, serve_workers, serve_workers_tls,
 };

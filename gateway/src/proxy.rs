@@ -48,7 +48,7 @@ impl Gateway {
     /// has been sent (the caller's per-connection bookkeeping).
     pub async fn handle<B, G>(
         self: Arc<Self>,
-        req: Request<B>,
+        mut req: Request<B>,
         peer: &Peer,
         guard: G,
     ) -> Response<ProxyBody>
@@ -57,7 +57,7 @@ impl Gateway {
         B::Error: Into<BoxError>,
         G: Send + Sync + 'static,
     {
-        let (app, host) = match route::route(&self.table(), &req) {
+        let (app, host) = match route::route(&self.table(), &mut req) {
             Ok(routed) => routed,
             Err(not_found) => return not_found,
         };
@@ -145,7 +145,7 @@ impl Gateway {
                 }
                 Outcome::Refused(e) => {
                     let d = eject::after_failure(&ep.health, false, false);
-                    tracing::warn!(node = %ep.node, address = %ep.address, error = %root_cause(&e), ejected_for = ?d, "cannot connect to node; trying another endpoint");
+                    tracing::warn!(app = %app.key, request_id = ?request_id(), node = %ep.node, address = %ep.address, error = %root_cause(&e), ejected_for = ?d, "cannot connect to node; trying another endpoint");
                     last_error = format!("cannot connect to node {}: {}", ep.node, root_cause(&e));
                 }
                 Outcome::Failed(e) => {
@@ -155,7 +155,7 @@ impl Gateway {
                         return Err(b.response(&app.key, &request_id()));
                     }
                     last_error = format!("node {} failed: {}", ep.node, root_cause(&e));
-                    tracing::warn!(node = %ep.node, instance = %ep.instance, error = %root_cause(&e), "forwarding failed");
+                    tracing::warn!(app = %app.key, request_id = ?request_id(), node = %ep.node, instance = %ep.instance, error = %root_cause(&e), "forwarding failed");
                     let replayable = body.replayable();
                     eject::after_failure(&ep.health, true, retries.could_resend(replayable));
                     if !retries.after_failure(replayable, app.endpoint_count(), budget) {
@@ -172,7 +172,7 @@ impl Gateway {
                 }
                 Outcome::Spent => break,
                 Outcome::Unsendable(e) => {
-                    tracing::debug!(app = %app.key, error = %e, "cannot build the request to the node");
+                    tracing::debug!(app = %app.key, request_id = ?request_id(), error = %e, "cannot build the request to the node");
                     return Err(answer::bad_request(
                         format!("app {}: this request cannot be forwarded", app.key),
                         &request_id(),

@@ -1,31 +1,63 @@
 //! The route stage: which app a request is for, by the host it asked for
-//! (its `Host` header, or the URI's authority over HTTP/2) and then the
-//! longest path prefix; and the app's counters, which count it from here
-//! until its answer has been sent.
+//! (the target's authority, as HTTP/2 and absolute-form targets give it, or
+//! its `Host` header) and then the longest prefix of its normalized path
+//! ([`crate::path`]), which replaces the request's path so that the app
+//! gets the path the route was chosen on; and the app's counters, which
+//! count it from here until its answer has been sent.
 
 use crate::answer;
 use crate::headers::ClientHost;
+use crate::path::{self, PathError};
 use crate::proxy::ProxyBody;
 use crate::table::{AppRoute, AppStats, Table};
 use http::{Request, Response};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-/// The app `req` is for, and the host it asked for; a 404 if no app is.
-// The 404 is made here, where its host and path are at hand; boxing it to
-// shrink the result would add an allocation to that answer and save nothing
-// on the path that finds an app.
+/// The app `req` is for, and the host it asked for; `req`'s path is
+/// normalized. A 400 for a host or path refused, a 404 if no app serves it.
+// The answers are made here, where their host and path are at hand; boxing
+// them to shrink the result would add an allocation to those answers and
+// save nothing on the path that finds an app.
 #[allow(clippy::result_large_err)]
 pub(crate) fn route<B>(
     table: &Table,
-    req: &Request<B>,
+    req: &mut Request<B>,
 ) -> Result<(Arc<AppRoute>, ClientHost), Response<ProxyBody>> {
-    let host = ClientHost::of(req);
-    let path = req.uri().path();
-    match table.lookup(host.as_str(), path) {
-        Some(app) => Ok((app, host)),
-        None => Err(answer::no_route(host.as_str(), path)),
+    let host = ClientHost::of(req).map_err(|e| answer::refused("host", e))?;
+    let raw = req.uri().path();
+    let normal = path::normalize(raw).map_err(|e| answer::refused("path", e))?;
+    let path = normal.as_deref().unwrap_or(raw);
+    let Some(app) = table.lookup(host.as_str(), path) else {
+        return Err(answer::no_route(host.as_str(), path));
+    };
+    // An app that reads `%2F` or `\` as `/` must not see a path that, read
+    // so, is another app's (or climbs above the root).
+    if path::has_hidden_separator(path) {
+        let same = path::separators_decoded(path)
+            .ok()
+            .and_then(|p| table.lookup(host.as_str(), &p))
+            .is_some_and(|other| other.key == app.key);
+        if !same {
+            return Err(answer::refused("path", PathError::HiddenSeparator));
+        }
     }
+    if let Some(normal) = normal {
+        *req.uri_mut() = with_path(req.uri(), &normal)
+            .ok_or_else(|| answer::refused("path", PathError::BadEscape))?;
+    }
+    Ok((app, host))
+}
+
+/// `uri` with its path replaced and its query kept.
+fn with_path(uri: &http::Uri, path: &str) -> Option<http::Uri> {
+    let target = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(http::uri::PathAndQuery::try_from(target).ok()?);
+    http::Uri::from_parts(parts).ok()
 }
 
 /// A request counted in its app's totals and in flight until dropped.
@@ -59,8 +91,8 @@ mod tests {
     use shoal_api::routes::{RouteApp, RouteTable};
 
     fn table() -> Table {
-        let app = |name: &str, host: Option<&str>, path: &str| RouteApp {
-            app: AppKey::new("default", name),
+        let app = |ns: &str, name: &str, host: Option<&str>, path: &str| RouteApp {
+            app: AppKey::new(ns, name),
             routes: vec![Route {
                 host: host.map(str::to_string),
                 path: path.into(),
@@ -74,18 +106,36 @@ mod tests {
         let rt = RouteTable {
             limits: Vec::new(),
             apps: vec![
-                app("site", Some("site.test"), "/"),
-                app("api", None, "/api"),
+                app("default", "site", Some("site.test"), "/"),
+                app("default", "api", None, "/api"),
+                app("default", "js", Some("t.test"), "/js"),
+                app("default", "py", Some("t.test"), "/py"),
+                app("one", "a", Some("t.test"), "/a"),
+                app("two", "b", Some("t.test"), "/b"),
+                app("two", "root", Some("t.test"), "/"),
             ],
         };
         Table::build(&rt, &Endpoints::new(), &DashMap::new())
     }
 
-    fn name(r: Result<(Arc<AppRoute>, ClientHost), Response<ProxyBody>>) -> String {
-        match r {
-            Ok((app, _)) => app.key.name.clone(),
-            Err(resp) => resp.status().to_string(),
+    /// The app `req` is routed to (`ns/name`) and the path it gets, or the
+    /// status of the answer instead.
+    fn routed(t: &Table, mut req: Request<()>) -> (String, String) {
+        match route(t, &mut req) {
+            Ok((app, _)) => (
+                app.key.to_string(),
+                req.uri()
+                    .path_and_query()
+                    .map(|p| p.as_str().to_string())
+                    .unwrap_or_default(),
+            ),
+            Err(resp) => (resp.status().as_u16().to_string(), String::new()),
         }
+    }
+
+    fn name(t: &Table, req: Request<()>) -> String {
+        let (app, _) = routed(t, req);
+        app.rsplit('/').next().unwrap_or_default().to_string()
     }
 
     #[test]
@@ -95,10 +145,10 @@ mod tests {
             .header("host", "Site.Test:8080")
             .body(())
             .unwrap();
-        assert_eq!(name(route(&t, &h1)), "site");
+        assert_eq!(name(&t, h1), "site");
         // HTTP/2: `:authority`, which the app then gets as its Host.
-        let h2 = Request::get("http://site.test/x").body(()).unwrap();
-        let (app, host) = route(&t, &h2).unwrap_or_else(|_| panic!("not routed"));
+        let mut h2 = Request::get("http://site.test/x").body(()).unwrap();
+        let (app, host) = route(&t, &mut h2).unwrap_or_else(|_| panic!("not routed"));
         assert_eq!(app.key.name, "site");
         assert!(host.from_uri);
         assert_eq!(host.as_str(), Some("site.test"));
@@ -106,12 +156,105 @@ mod tests {
             .header("host", "other")
             .body(())
             .unwrap();
-        assert_eq!(name(route(&t, &api)), "api");
+        assert_eq!(name(&t, api), "api");
         let none = Request::get("/else")
             .header("host", "other")
             .body(())
             .unwrap();
-        assert_eq!(name(route(&t, &none)), "404 Not Found");
+        assert_eq!(name(&t, none), "404");
+        // An absolute-form target names the host routed by, whatever Host
+        // says; two Hosts are refused.
+        let absolute = Request::get("http://site.test/x")
+            .header("host", "other")
+            .body(())
+            .unwrap();
+        assert_eq!(name(&t, absolute), "site");
+        let two = Request::get("/api")
+            .header("host", "site.test")
+            .header("host", "other")
+            .body(())
+            .unwrap();
+        assert_eq!(name(&t, two), "400");
+    }
+
+    /// Path tricks reach exactly the app the normalized path routes to, and
+    /// that app gets the normalized path; the query is kept as it came.
+    #[test]
+    fn the_normalized_path_chooses_the_app_and_is_what_it_gets() {
+        let t = table();
+        let cases: &[(&str, &str, &str)] = &[
+            ("/js/a", "default/js", "/js/a"),
+            ("/js/../py/a", "default/py", "/py/a"),
+            ("/js/%2e%2e/py/a?x=/../y", "default/py", "/py/a?x=/../y"),
+            ("/a/%2e%2e/b", "two/b", "/b"),
+            ("/a/./../b", "two/b", "/b"),
+            ("//b", "two/b", "/b"),
+            ("//a//x", "one/a", "/a/x"),
+            ("/%61/x", "one/a", "/a/x"),
+            ("/a/x/..", "one/a", "/a/"),
+            ("/a/..", "two/root", "/"),
+            ("/b/../a/x", "one/a", "/a/x"),
+            // Encoded slashes stay encoded, and are let through when an app
+            // that decodes them would be the same app...
+            ("/a/x%2Fy", "one/a", "/a/x%2Fy"),
+            ("/a/x%2f..%2fy", "one/a", "/a/x%2F..%2Fy"),
+            ("/c%2Fd", "two/root", "/c%2Fd"),
+            // ...and refused when it would be another's, or above the root.
+            ("/a/..%2f..%2fb/x", "400", ""),
+            ("/a/..%2Fb", "400", ""),
+            ("/a%2Fx", "400", ""),
+            ("/a/..%5Cb", "400", ""),
+            ("/a/..\\b", "400", ""),
+            ("/x/..%2F..%2Fa", "400", ""),
+            // Refused outright.
+            ("/..", "400", ""),
+            ("/a/../../b", "400", ""),
+            ("/a/%2e%2e/%2e%2e/b", "400", ""),
+            ("/a%zz", "400", ""),
+            ("/a%00", "400", ""),
+        ];
+        for (target, app, path) in cases {
+            let req = Request::get(*target)
+                .header("host", "t.test")
+                .body(())
+                .unwrap();
+            assert_eq!(
+                routed(&t, req),
+                (app.to_string(), path.to_string()),
+                "{target}"
+            );
+            // The same over HTTP/2 (the host in `:authority`).
+            let h2 = Request::get(format!("http://t.test{target}"))
+                .body(())
+                .unwrap();
+            assert_eq!(
+                routed(&t, h2),
+                (app.to_string(), path.to_string()),
+                "HTTP/2 {target}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn refusals_are_json_and_name_the_reason() {
+        use http_body_util::BodyExt;
+        let t = table();
+        for (target, host, reason) in [
+            ("/a/../..", "t.test", "climb above the root"),
+            ("/a/..%2f..%2fb", "t.test", "encoded `/`"),
+            ("/x", "u@t.test", "Host header"),
+        ] {
+            let mut req = Request::get(target).header("host", host).body(()).unwrap();
+            let Err(resp) = route(&t, &mut req) else {
+                panic!("{target} routed")
+            };
+            assert_eq!(resp.status(), 400);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(json["code"], "bad_request", "{target}");
+            let message = json["message"].as_str().unwrap_or_default();
+            assert!(message.contains(reason), "{target}: {message}");
+        }
     }
 
     #[test]

@@ -548,7 +548,8 @@ async fn serve_on(
         let conns = conns.clone();
         match &tls {
             None => {
-                tokio::spawn(conns.serve(stream, peer, Peer::new(peer), Proto::Detect));
+                let client = Peer::new(peer).trusting(&conns.gateway.config().trusted_proxies);
+                tokio::spawn(conns.serve(stream, peer, client, Proto::Detect));
             }
             Some(acceptor) => {
                 let handshake = acceptor.accept(stream);
@@ -574,7 +575,9 @@ async fn serve_on(
                         Some(b"http/1.1") => Proto::Http1,
                         _ => Proto::Detect,
                     };
-                    conns.serve(stream, peer, Peer::over_tls(peer), proto).await;
+                    let client =
+                        Peer::over_tls(peer).trusting(&conns.gateway.config().trusted_proxies);
+                    conns.serve(stream, peer, client, proto).await;
                 });
             }
         }

@@ -69,11 +69,13 @@ impl Front {
     fn instance(&self, id: &http::HeaderValue) -> Result<Arc<HttpApp>, Response<ResponseBody>> {
         let id = id.to_str().unwrap_or_default();
         let table = self.supervisor.table();
+        // The gateway passes these answers on to clients: they name no
+        // instance (the gateway's log has it, with the request id).
         let Some(r) = table.get(id) else {
-            return Err(not_ready(format!("no instance {id} on this node")));
+            return Err(not_ready("the instance is not on this node"));
         };
         r.http_app()
-            .ok_or_else(|| not_ready(format!("instance {id} on this node is not serving")))
+            .ok_or_else(|| not_ready("the instance is not serving yet"))
     }
 
     async fn api<B>(&self, req: Request<B>) -> Response<ResponseBody>
@@ -98,11 +100,11 @@ fn routes() -> Vec<(&'static str, MethodRouter<Arc<Supervisor>>)> {
     ]
 }
 
-fn not_ready(message: String) -> Response<ResponseBody> {
+fn not_ready(message: &str) -> Response<ResponseBody> {
     error_response(
         StatusCode::SERVICE_UNAVAILABLE,
         "no_ready_instance",
-        &message,
+        message,
     )
 }
 

@@ -59,8 +59,10 @@ async fn an_instance_the_node_does_not_run_is_not_ready_whatever_the_path() {
         let (status, body) = get(&f, path, Some("web-0")).await;
         assert_eq!(status, 503, "{path}: {body}");
         assert!(
-            body.contains("no instance web-0 on this node"),
+            body.contains("the instance is not on this node"),
             "{path}: {body}"
         );
+        // The gateway passes this answer on to clients: no instance id.
+        assert!(!body.contains("web-0"), "{path}: {body}");
     }
 }
