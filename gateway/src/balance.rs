@@ -141,7 +141,10 @@ mod tests {
                 scale_from_zero: false,
             }],
         };
-        (Table::build(&rt, &eps, &DashMap::new()), eps)
+        (
+            Table::build(&rt, &eps, &DashMap::new(), &Default::default()),
+            eps,
+        )
     }
 
     fn none() -> Tried {
@@ -248,7 +251,7 @@ mod tests {
                 scale_from_zero: false,
             }],
         };
-        let t2 = Table::build(&rt, &eps, &DashMap::new());
+        let t2 = Table::build(&rt, &eps, &DashMap::new(), &Default::default());
         let a2 = t2.lookup(None, "/").unwrap();
         assert!(a2.backends[0].endpoints[0].is_ejected());
         // With the healthy one already tried, the ejected one is the last

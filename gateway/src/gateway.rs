@@ -69,6 +69,8 @@ pub(crate) struct Shared {
     table: RwLock<Arc<Table>>,
     endpoints: Endpoints,
     stats: DashMap<AppKey, Arc<AppStats>>,
+    /// Namespaces' request limits and what they use of them.
+    tenants: crate::limit::Tenants,
     /// Whether a route table has arrived since start.
     has_table: AtomicBool,
     table_updates: tokio::sync::watch::Sender<u64>,
@@ -97,6 +99,7 @@ impl Gateway {
             table: RwLock::new(Arc::new(Table::default())),
             endpoints: Endpoints::new(),
             stats: DashMap::new(),
+            tenants: Default::default(),
             has_table: AtomicBool::new(false),
             table_updates: tokio::sync::watch::channel(0).0,
             control: config.control_plane.as_deref().and_then(|cp| {
@@ -173,7 +176,12 @@ impl Gateway {
 
     /// Installs a new route table.
     pub fn set_table(&self, rt: &RouteTable) {
-        let t = Arc::new(Table::build(rt, &self.shared.endpoints, &self.shared.stats));
+        let t = Arc::new(Table::build(
+            rt,
+            &self.shared.endpoints,
+            &self.shared.stats,
+            &self.shared.tenants,
+        ));
         tracing::debug!(
             apps = t.apps.len(),
             endpoints = t.endpoint_count(),

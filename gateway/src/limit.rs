@@ -8,9 +8,15 @@
 //! outlives tables, so a table update neither forgets requests in flight
 //! nor grants a fresh burst, unless the limits themselves change.
 
+use crate::answer;
+use crate::proxy::ProxyBody;
 use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use shoal_api::objects::AppKey;
+use shoal_api::quota::RATE_LIMITED;
 use shoal_api::routes::NamespaceLimits;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -125,6 +131,23 @@ impl TenantLimit {
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Acquire)
     }
+}
+
+/// The answer to a request its namespace's limits refuse: `429
+/// rate_limited` with `Retry-After`. The log names the app; the client's
+/// answer names nothing of the cluster.
+pub fn refusal(app: &AppKey, refused: Refused) -> Response<ProxyBody> {
+    tracing::debug!(%app, ?refused, "request refused by its namespace's limits");
+    let mut resp = answer::error(
+        StatusCode::TOO_MANY_REQUESTS,
+        RATE_LIMITED,
+        refused.message(),
+    );
+    resp.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(refused.retry_after_secs()),
+    );
+    resp
 }
 
 /// Every limited namespace's state, shared by successive tables.

@@ -7,6 +7,8 @@
 //! ```
 //!
 //! - route ([`crate::route`]): the app, by host and path prefix; counted.
+//! - admit ([`crate::limit`]): the app's namespace within its requests in
+//!   flight and per second at this gateway, or 429 at once.
 //! - prepare: the headers to forward ([`crate::headers`]), a protocol
 //!   switch refused, the body read ahead or streamed ([`crate::body`]).
 //! - hold ([`crate::activate`]): only for an app with no endpoint at all.
@@ -61,6 +63,12 @@ impl Gateway {
             Ok(routed) => routed,
             Err(not_found) => return not_found,
         };
+        // The namespace's limits at this gateway: 429 at once past them.
+        let admitted = match app.tenant.as_ref().map(|t| t.admit()) {
+            Some(Err(refused)) => return crate::limit::refusal(&app.key, refused),
+            Some(Ok(admitted)) => Some(admitted),
+            None => None,
+        };
         let counted = Counted::start(&app.stats);
         let (parts, body) = req.into_parts();
         // Whether there is a body comes from the body itself (hyper knows
@@ -75,7 +83,7 @@ impl Gateway {
             // One box for the body, holding every guard until it ends.
             Ok((parts, body, in_flight)) => Response::from_parts(
                 parts,
-                Guarded::new(body, (in_flight, counted, guard)).boxed(),
+                Guarded::new(body, (in_flight, counted, admitted, guard)).boxed(),
             ),
             Err(resp) => resp,
         }

@@ -115,7 +115,7 @@ mod tests {
                 app("two", "root", Some("t.test"), "/"),
             ],
         };
-        Table::build(&rt, &Endpoints::new(), &DashMap::new())
+        Table::build(&rt, &Endpoints::new(), &DashMap::new(), &Default::default())
     }
 
     /// The app `req` is routed to (`ns/name`) and the path it gets, or the

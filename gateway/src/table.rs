@@ -149,6 +149,9 @@ pub struct AppRoute {
     pub max_body: u64,
     pub backends: Vec<Backend>,
     pub scale_from_zero: bool,
+    /// The limits of the app's namespace at this gateway, if its quota
+    /// sets any ([`crate::limit`]).
+    pub tenant: Option<Arc<crate::limit::TenantLimit>>,
     /// The app's request counters (shared with older and newer tables).
     pub stats: Arc<AppStats>,
     /// Round robin position ([`crate::balance`]).
@@ -237,18 +240,24 @@ pub fn normalize_host(host: &str) -> String {
 }
 
 impl Table {
-    /// Builds a table, reusing endpoint state from `endpoints`.
+    /// Builds a table, reusing endpoint state from `endpoints`, and the
+    /// state of namespaces' limits from `tenants` (which takes the table's
+    /// limits first).
     pub fn build(
         rt: &RouteTable,
         endpoints: &Endpoints,
         stats: &StatsMap<AppKey, Arc<AppStats>>,
+        tenants: &crate::limit::Tenants,
     ) -> Table {
+        tenants.update(&rt.limits);
         let mut t = Table::default();
         let mut live = std::collections::HashSet::new();
         for ra in &rt.apps {
             let idx = t.apps.len();
             let counters = stats.entry(ra.app.clone()).or_default().clone();
-            t.apps.push(Arc::new(app_route(ra, endpoints, counters)));
+            let tenant = tenants.get(&ra.app.namespace);
+            t.apps
+                .push(Arc::new(app_route(ra, endpoints, counters, tenant)));
             for b in &ra.backends {
                 for e in &b.endpoints {
                     live.insert(e.instance.as_str());
@@ -295,7 +304,12 @@ impl Table {
     }
 }
 
-fn app_route(ra: &RouteApp, endpoints: &Endpoints, stats: Arc<AppStats>) -> AppRoute {
+fn app_route(
+    ra: &RouteApp,
+    endpoints: &Endpoints,
+    stats: Arc<AppStats>,
+    tenant: Option<Arc<crate::limit::TenantLimit>>,
+) -> AppRoute {
     let header = http::HeaderValue::from_str(&ra.app.to_string())
         .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"));
     AppRoute {
@@ -318,6 +332,7 @@ fn app_route(ra: &RouteApp, endpoints: &Endpoints, stats: Arc<AppStats>) -> AppR
             })
             .collect(),
         scale_from_zero: ra.scale_from_zero,
+        tenant,
         stats,
         rr: AtomicUsize::new(0),
         wrr: Mutex::new(Vec::new()),
@@ -349,7 +364,12 @@ pub(crate) fn test_endpoint(instance: &str, address: &str) -> Arc<Endpoint> {
             scale_from_zero: false,
         }],
     };
-    let t = Table::build(&rt, &Endpoints::new(), &dashmap::DashMap::new());
+    let t = Table::build(
+        &rt,
+        &Endpoints::new(),
+        &dashmap::DashMap::new(),
+        &Default::default(),
+    );
     t.apps[0].backends[0].endpoints[0].clone()
 }
 
@@ -389,7 +409,12 @@ mod tests {
                 app("site", vec![route(Some("Example.COM"), "/")], vec![]),
             ],
         };
-        let t = Table::build(&rt, &Endpoints::new(), &StatsMap::new());
+        let t = Table::build(
+            &rt,
+            &Endpoints::new(),
+            &StatsMap::new(),
+            &Default::default(),
+        );
         let name = |h: Option<&str>, p: &str| t.lookup(h, p).map(|a| a.key.name.clone());
         assert_eq!(name(None, "/"), Some("root".into()));
         assert_eq!(name(None, "/api"), Some("api".into()));
@@ -405,6 +430,7 @@ mod tests {
             },
             &Endpoints::new(),
             &StatsMap::new(),
+            &Default::default(),
         );
         assert!(only.lookup(None, "/other").is_none());
     }

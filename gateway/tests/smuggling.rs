@@ -208,6 +208,7 @@ async fn gateway(node: &str) -> SocketAddr {
     };
     let gw = Gateway::new(GatewayConfig::default());
     gw.set_table(&RouteTable {
+        limits: Vec::new(),
         apps: vec![app("web", None), app("other", Some("other-host"))],
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -114,9 +114,18 @@ async fn gateway(address: &str) -> SocketAddr {
 /// A gateway on a free port routing `/` to the node at `address`, for an
 /// app whose bodies may have `max_body` bytes.
 async fn gateway_with(address: &str, max_body: u64) -> SocketAddr {
+    gateway_limited(address, max_body, Vec::new()).await
+}
+
+/// As [`gateway_with`], with namespaces' request limits.
+async fn gateway_limited(
+    address: &str,
+    max_body: u64,
+    limits: Vec<shoal_api::routes::NamespaceLimits>,
+) -> SocketAddr {
     let gw = Gateway::new(GatewayConfig::default());
     gw.set_table(&RouteTable {
-        limits: Vec::new(),
+        limits,
         apps: vec![RouteApp {
             app: AppKey {
                 namespace: "default".into(),
@@ -650,5 +659,88 @@ async fn under_failing_nodes_retries_stop_at_the_apps_budget() {
     assert!(
         retries >= requests * crate::retry::BUDGET_PERCENT / 200,
         "only {retries} retries for {requests} requests"
+    );
+}
+
+/// A request's status line, `Retry-After` and body, read from a fresh
+/// connection.
+async fn one_request(gw: SocketAddr) -> String {
+    let mut s = tokio::net::TcpStream::connect(gw).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn a_namespace_at_its_limit_of_requests_in_flight_gets_429_with_retry_after() {
+    let (address, tx) = node(b"first").await;
+    let limits = vec![shoal_api::routes::NamespaceLimits {
+        namespace: "default".into(),
+        concurrency: Some(1),
+        rate: None,
+    }];
+    let gw = gateway_limited(&address, 1 << 20, limits).await;
+    // One request in flight: its body streams until `tx` is dropped.
+    let mut held = get_root(gw).await;
+    let mut buf = Vec::new();
+    read_until(&mut held, &mut buf, b"first").await;
+
+    let refused = one_request(gw).await;
+    assert!(refused.starts_with("HTTP/1.1 429 "), "{refused}");
+    assert!(
+        refused
+            .to_ascii_lowercase()
+            .contains("\r\nretry-after: 1\r\n"),
+        "{refused}"
+    );
+    assert!(refused.contains(r#""code":"rate_limited""#), "{refused}");
+    assert!(refused.contains("limit 1"), "{refused}");
+    // Nothing of the cluster in the answer.
+    for inside in ["n1", "web-0", "default", &address] {
+        assert!(!refused.contains(inside), "{inside} in {refused}");
+    }
+
+    // The first ends: the next is served.
+    drop(tx);
+    read_until(&mut held, &mut buf, b"0\r\n\r\n").await;
+    let served = one_request(gw).await;
+    assert!(served.starts_with("HTTP/1.1 200 "), "{served}");
+}
+
+#[tokio::test]
+async fn a_namespace_past_its_rate_gets_429_until_its_budget_refills() {
+    let address = echo_node().await;
+    let limits = vec![shoal_api::routes::NamespaceLimits {
+        namespace: "default".into(),
+        concurrency: None,
+        rate: Some(2),
+    }];
+    let gw = gateway_limited(&address, 1 << 20, limits).await;
+    // A burst of one second's worth, then refusals.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let a = one_request(gw).await;
+        statuses.push(a.get(9..12).unwrap_or_default().to_string());
+        if a.starts_with("HTTP/1.1 429 ") {
+            assert!(
+                a.to_ascii_lowercase().contains("\r\nretry-after: 1\r\n"),
+                "{a}"
+            );
+        }
+    }
+    // Four requests in well under a second: at most two are admitted
+    // (a third only if half a second passed in between).
+    let admitted = statuses.iter().filter(|s| *s == "200").count();
+    assert!((2..=3).contains(&admitted), "{statuses:?}");
+    assert_eq!(statuses[..2], ["200", "200"], "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| s == "200" || s == "429"),
+        "{statuses:?}"
     );
 }
