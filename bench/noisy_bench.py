@@ -19,7 +19,7 @@ which share the machine's cores with it here, are not what B waits for:
 what is measured is the node's own scheduling of guests.
 
 Environment: SHOAL_BIN, WRK_BIN, QUIET_WASM, WORK_WASM (as noisy.sh sets
-them); BENCH_DURATION (15s), BENCH_RATE (50), BENCH_FLOOD (32),
+them); BENCH_DURATION (15s), BENCH_RATE (50), BENCH_FLOOD (32), BENCH_HOT (10s),
 BENCH_COMMAND (for the report). Writes bench/results/noisy.md.
 """
 
@@ -133,6 +133,9 @@ def one_mode(cfg: dict, fair: str, tmp: Path) -> dict:
     log("B alone")
     steady(port, "quiet.local", rate, 2)  # warm-up
     alone = steady(port, "quiet.local", rate, secs)
+    # What fair shares cost one uncontended request: B as fast as it goes.
+    hot = run_wrk(cfg["wrk"], port, 1, cfg["hot"], 1, logs / "wrk.log",
+                  headers=["Host: quiet.local"])
 
     def flood(seconds: float) -> dict:
         return run_wrk(cfg["wrk"], port, cfg["flood"], seconds, 1, logs / "wrk.log",
@@ -148,7 +151,8 @@ def one_mode(cfg: dict, fair: str, tmp: Path) -> dict:
     under = steady(port, "quiet.local", rate, secs)
     t.join()
     stop_all()
-    return {"alone": alone, "under": under, "a_alone": a_alone, "a_under": box.get("a", {})}
+    return {"alone": alone, "under": under, "a_alone": a_alone, "a_under": box.get("a", {}),
+            "hot": hot}
 
 
 def render(cfg: dict, runs: dict) -> str:
@@ -169,6 +173,13 @@ def render(cfg: dict, runs: dict) -> str:
         out.append(md_row(fair, fmt_ms(a["p50"]), fmt_ms(a["p99"]), fmt_ms(u["p50"]),
                           fmt_ms(u["p99"]), ratio, fmt_rps(r["a_alone"].get("rps")),
                           fmt_rps(r["a_under"].get("rps")), a["errors"] + u["errors"]))
+    out += ["", "One uncontended request, B alone with wrk on one connection for "
+            f"{cfg['hot']:.0f} s (what a request pays for fair shares):", ""]
+    out += md_head(["`--fair-share`", "req/s", "p50", "p99"], "lrrr")
+    for fair, r in runs.items():
+        h = r["hot"]
+        out.append(md_row(fair, fmt_rps(h.get("rps")), fmt_ms(h.get("p50_ms")),
+                          fmt_ms(h.get("p99_ms"))))
     return "\n".join(out) + "\n"
 
 
@@ -182,6 +193,7 @@ def main() -> None:
         "seconds": parse_duration_s(env_str("BENCH_DURATION", "15s")),
         "rate": env_int("BENCH_RATE", 50, positive=True),
         "flood": env_int("BENCH_FLOOD", 32, positive=True),
+        "hot": parse_duration_s(env_str("BENCH_HOT", "10s")),
         "command": env_str("BENCH_COMMAND", "bash bench/noisy.sh"),
     }
     runs = {}

@@ -41,6 +41,8 @@ pub(crate) struct Core<W> {
     active: usize,
     /// Tenants with a guest waiting and none running.
     starving: usize,
+    /// Guests waiting, all tenants together.
+    queued: usize,
 }
 
 #[derive(Debug)]
@@ -67,6 +69,7 @@ impl<W> Core<W> {
             spaces: Vec::new(),
             active: 0,
             starving: 0,
+            queued: 0,
         }
     }
 
@@ -89,9 +92,9 @@ impl<W> Core<W> {
     /// starving tenants true; a tenant that becomes active starts at the
     /// least virtual time of the others active.
     fn change<R>(&mut self, id: usize, f: impl FnOnce(&mut Space<W>) -> R) -> R {
-        let (was_active, was_starving) = {
+        let (was_active, was_starving, was_queued) = {
             let s = &self.spaces[id];
-            (s.active(), s.starving())
+            (s.active(), s.starving(), s.queue.len())
         };
         if !was_active && self.active > 0 {
             let least = self
@@ -107,6 +110,7 @@ impl<W> Core<W> {
         let s = &mut self.spaces[id];
         let r = f(s);
         let (active, starving) = (s.active(), s.starving());
+        self.queued = self.queued + s.queue.len() - was_queued;
         self.active = self.active + usize::from(active) - usize::from(was_active);
         self.starving = self.starving + usize::from(starving) - usize::from(was_starving);
         r
@@ -165,6 +169,10 @@ impl<W> Core<W> {
     }
 
     fn grant(&mut self) -> Option<(usize, W)> {
+        if self.queued == 0 {
+            self.free += 1;
+            return None;
+        }
         let next = self
             .spaces
             .iter()
@@ -600,7 +608,7 @@ mod tests {
         assert!(!core.remove(b, |w| *w == "b2"), "granted: not queued");
         assert_eq!((core.active, core.starving), (1, 0));
         assert_eq!(grants(&mut core, b, MS), None);
-        assert_eq!((core.active, core.starving), (0, 0));
+        assert_eq!((core.active, core.starving, core.queued), (0, 0, 0));
     }
 
     /// Through the futures: with one slot, a guest that waits gets it when
