@@ -31,6 +31,12 @@ use std::time::{Duration, Instant};
 /// proportion to weights.
 pub const DEFAULT_WEIGHT: u32 = 100;
 
+/// How much virtual time (at the default weight) a tenant with nothing
+/// running may be ahead and still go first: one slice. A light tenant's
+/// request then starts at once even just after its previous one was
+/// charged, while a busy tenant gains at most a slice from it.
+pub const IDLE_BONUS: Duration = Duration::from_millis(10);
+
 /// The queueing policy, without clocks or tasks: slots, tenants' virtual
 /// times, and their queues of waiters `W`.
 #[derive(Debug)]
@@ -59,6 +65,20 @@ impl<W> Space<W> {
     }
     fn starving(&self) -> bool {
         self.running == 0 && !self.queue.is_empty()
+    }
+    /// Its virtual time as the choice of who goes next sees it: a tenant
+    /// with nothing running counts [`IDLE_BONUS`] behind.
+    fn rank(&self) -> u64 {
+        self.rank_unless(false)
+    }
+    /// [`Self::rank`], without the bonus if `releasing` (the tenant giving
+    /// a slot back does not count as idle for it).
+    fn rank_unless(&self, releasing: bool) -> u64 {
+        if self.running == 0 && !releasing {
+            self.vtime.saturating_sub(IDLE_BONUS.as_nanos() as u64)
+        } else {
+            self.vtime
+        }
     }
 }
 
@@ -165,10 +185,11 @@ impl<W> Core<W> {
             s.running -= 1;
             s.vtime = s.vtime.saturating_add(charge);
         });
-        self.grant()
+        self.grant(id)
     }
 
-    fn grant(&mut self) -> Option<(usize, W)> {
+    /// Gives a slot `releaser` freed to the next waiter, or frees it.
+    fn grant(&mut self, releaser: usize) -> Option<(usize, W)> {
         if self.queued == 0 {
             self.free += 1;
             return None;
@@ -178,7 +199,7 @@ impl<W> Core<W> {
             .iter()
             .enumerate()
             .filter(|(_, s)| !s.queue.is_empty())
-            .min_by_key(|(_, s)| s.vtime)
+            .min_by_key(|(i, s)| (s.rank_unless(*i == releaser), s.vtime))
             .map(|(id, _)| id);
         let Some(id) = next else {
             self.free += 1;
@@ -192,7 +213,8 @@ impl<W> Core<W> {
     }
 
     /// Whether a guest of tenant `id` should give its slot up now: some
-    /// tenant waits with nothing running and is not ahead of `id`.
+    /// tenant waits with nothing running and is not ahead of `id` (by more
+    /// than [`IDLE_BONUS`]).
     pub(crate) fn should_yield(&self, id: usize) -> bool {
         if self.starving == 0 {
             return false;
@@ -201,7 +223,7 @@ impl<W> Core<W> {
         self.spaces
             .iter()
             .enumerate()
-            .any(|(other, s)| other != id && s.starving() && s.vtime <= mine)
+            .any(|(other, s)| other != id && s.starving() && s.rank() <= mine)
     }
 
     #[cfg(test)]
@@ -593,6 +615,31 @@ mod tests {
         core.enqueue(b, "b2");
         assert_eq!(core.starving, 1);
         assert!(!core.should_yield(a), "b is ahead of a");
+    }
+
+    /// A light tenant whose last request was charged a little more than
+    /// the busy one used since still goes first, by the idle bonus.
+    #[test]
+    fn a_light_tenant_a_little_ahead_still_goes_first() {
+        let mut core = Core::new(1);
+        let (a, b) = (core.add(DEFAULT_WEIGHT), core.add(DEFAULT_WEIGHT));
+        assert!(core.try_acquire(a));
+        core.enqueue(a, "a1");
+        core.enqueue(b, "b1");
+        assert_eq!(grants(&mut core, a, MS), Some("b1"));
+        assert_eq!(grants(&mut core, b, 5 * MS), Some("a1"));
+        core.enqueue(a, "a2");
+        // b is 4 ms ahead of a, and less than a slice.
+        core.enqueue(b, "b2");
+        assert!(core.vtime(b) > core.vtime(a));
+        assert!(core.should_yield(a));
+        assert_eq!(grants(&mut core, a, MS), Some("b2"));
+        // More than a slice ahead, it waits its turn.
+        assert_eq!(grants(&mut core, b, 50 * MS), Some("a2"));
+        core.enqueue(a, "a3");
+        core.enqueue(b, "b3");
+        assert!(!core.should_yield(a));
+        assert_eq!(grants(&mut core, a, MS), Some("a3"));
     }
 
     #[test]
