@@ -1,10 +1,8 @@
 //! Fair shares between tenants, through real HTTP: one namespace's busy
 //! guests do not keep another's requests from being served.
 //!
-//! These runtimes advance the epoch by hand and never do: a spinning guest
-//! reaches no yield point on its own, so without fair shares two of them
-//! would hold both executor threads for good. Only the scheduler's prompt
-//! to yield to a starving tenant lets anything else run.
+//! These runtimes advance the epoch by hand: the test counts the ticks a
+//! request waits, so the bound is in guest slices, not in wall time.
 
 mod common;
 
@@ -54,6 +52,43 @@ fn app(rt: &Runtime, tenant: &Tenant, file: &str) -> Arc<HttpApp> {
     .expect("link")
 }
 
+/// Advances an engine's epoch every 10 ms on a thread of its own, counting.
+struct Ticker {
+    ticks: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Ticker {
+    fn start(engine: &wasmtime::Engine) -> Self {
+        let ticks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (engine, t, s) = (engine.clone(), ticks.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(10));
+                engine.increment_epoch();
+                t.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        Self { ticks, stop }
+    }
+
+    fn ticks(&self) -> u64 {
+        self.ticks.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        // After a failed assertion, keep ticking: spinning guests then
+        // still yield, and the test's runtime can shut down and report.
+        if std::thread::panicking() {
+            return;
+        }
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Stops every guest of `rt` and waits until `apps` have none in flight.
 async fn end_guests(rt: &Runtime, apps: &[&Arc<HttpApp>]) {
     rt.stop_guests();
@@ -70,6 +105,9 @@ async fn end_guests(rt: &Runtime, apps: &[&Arc<HttpApp>]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_namespace_is_served_while_another_saturates_the_node() {
     let rt = one_slot_runtime();
+    // From the start: without fair shares, a's guests would otherwise hold
+    // both threads before the test gets to b.
+    let ticker = Ticker::start(rt.engine());
     let busy = serve_app(app(&rt, &rt.tenant("a"), "spin.wasm")).await;
     let quiet = serve_app(app(&rt, &rt.tenant("b"), "hello.wasm")).await;
     let c = client();
@@ -88,12 +126,19 @@ async fn a_namespace_is_served_while_another_saturates_the_node() {
         busy.app.in_flight()
     );
 
-    // Namespace b's request is answered, while all of a's still run.
+    // Namespace b's request is answered within a few ticks, while all of
+    // a's still run. Without fair shares it would wait its turn behind
+    // a's 40 guests, each running 5 ticks before it yields: about 100
+    // ticks on two threads.
+    let before = ticker.ticks();
     let r = tokio::time::timeout(PATIENCE, get(&c, &quiet.url("/")))
         .await
         .expect("b's request was not served while a saturated the node");
+    let waited = ticker.ticks() - before;
+    drop(ticker);
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "Hello from Shoal!\n");
+    assert!(waited <= 25, "b's request waited {waited} ticks");
     assert_eq!(busy.app.in_flight(), 40, "none of a's requests ended");
     assert_eq!(
         busy.app
