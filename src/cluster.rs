@@ -93,9 +93,22 @@ pub struct NodeArgs {
     /// How long in-flight requests may take to finish at shutdown.
     #[arg(long, default_value = "10s")]
     pub grace: Duration,
+    /// Share the node's guest execution fairly between namespaces: a
+    /// namespace's request starts promptly while another namespace keeps
+    /// every core busy. `off` lets every guest run as soon as the executor
+    /// gets to it, whatever its namespace.
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    pub fair_share: OnOff,
     /// Exit when the parent process exits (used by `shoal up`).
     #[arg(long, hide = true)]
     pub exit_with_parent: bool,
+}
+
+/// A switch given as `on` or `off`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Args, Debug)]
@@ -381,6 +394,7 @@ pub async fn node(args: NodeArgs, ca: Option<Vec<u8>>) -> anyhow::Result<()> {
     let runtime = Arc::new(
         Runtime::new(RuntimeConfig {
             cache_dir,
+            fair_share: args.fair_share == OnOff::On,
             ..RuntimeConfig::default()
         })
         .context("starting the wasm runtime")?,

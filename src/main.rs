@@ -122,7 +122,16 @@ fn init_logging() {
 fn main() {
     let cli = Cli::parse();
     init_logging();
-    let result = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Node(_) = &cli.command {
+        // One thread more than the guests' run slots (one per core), so
+        // that while every slot runs a guest, a thread is still free to
+        // take in requests: another namespace's request is noticed at once,
+        // not at the next yield.
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        builder.worker_threads(cores + 1);
+    }
+    let result = builder
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)

@@ -79,6 +79,8 @@ CFLAGS=(--target=wasm32-wasi -Os -Wall -Werror -Wl,-z,stack-size=131072)
 
 log "hello (hand-written WAT)"
 "$wasm_tools" parse "$here/hello/hello.wat" -o "$out/hello.wasm"
+log "work (hand-written WAT)"
+"$wasm_tools" parse "$here/work/work.wat" -o "$out/work.wasm"
 
 for app in echo probe crash spin memhog worker; do
   log "$app (C, WASI preview 1 command module)"
@@ -108,7 +110,7 @@ zigcc "${CFLAGS[@]}" -mexec-model=reactor -I "$gen" -o "$out/http-component.raw.
 
 # --- check and publish -----------------------------------------------------
 
-core_modules=(hello echo probe crash spin memhog worker)
+core_modules=(hello work echo probe crash spin memhog worker)
 components=(worker-component http-component)
 
 for app in "${core_modules[@]}"; do

@@ -82,10 +82,14 @@ pub(crate) async fn check(sup: &Supervisor, r: &Running) {
 fn restart_http(sup: &Supervisor, r: &Running) {
     let Some(loaded) = &r.loaded else { return };
     let a = &r.assignment;
-    match sup
-        .runtime
-        .http_app(&a.app.name, a.template.spec.clone(), loaded, r.logs.clone())
-    {
+    let tenant = sup.runtime.tenant(&a.app.namespace);
+    match sup.runtime.http_app_in(
+        &tenant,
+        &a.app.name,
+        a.template.spec.clone(),
+        loaded,
+        r.logs.clone(),
+    ) {
         Ok(app) => {
             *r.workload() = Workload::Http(app);
             r.failures.store(0, Ordering::Relaxed);

@@ -247,15 +247,18 @@ impl Supervisor {
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
             let spec = a.template.spec.clone();
+            // The app's namespace is its tenant: its guests run under the
+            // namespace's fair share of the node.
+            let tenant = self.runtime.tenant(&a.app.namespace);
             let workload = match a.template.spec.kind {
                 WorkloadKind::Http => Workload::Http(
                     self.runtime
-                        .http_app(&name, spec, &loaded, logs.clone())
+                        .http_app_in(&tenant, &name, spec, &loaded, logs.clone())
                         .map_err(|e| e.to_string())?,
                 ),
                 WorkloadKind::Worker => Workload::Worker(
                     self.runtime
-                        .worker(&name, spec, &loaded, logs.clone())
+                        .worker_in(&tenant, &name, spec, &loaded, logs.clone())
                         .map_err(|e| e.to_string())?
                         .start(),
                 ),

@@ -2,6 +2,7 @@
 //! resource limiter, its deadline, and the outbound HTTP policy.
 
 use crate::error::RuntimeError;
+use crate::fair::Tenant;
 use crate::logs::{LogBuffer, Stream};
 use shoal_api::Grants;
 use std::sync::Arc;
@@ -318,21 +319,49 @@ impl Guarded for P1Host {
 /// A store with the memory limiter installed and an epoch callback that
 /// yields to the executor every few ticks and interrupts the guest once its
 /// deadline (if any) has passed or its runtime stops all guests.
-pub fn new_store<T: Guarded>(engine: &wasmtime::Engine, data: T, stop: &StopGuests) -> Store<T> {
+///
+/// Under fair shares (`tenant` scheduled) the callback runs at every tick
+/// and also yields as soon as another tenant starves for a run slot
+/// ([`Tenant::should_yield`]); the guest then waits for its tenant's turn
+/// in [`Tenant::run`].
+pub fn new_store<T: Guarded>(
+    engine: &wasmtime::Engine,
+    data: T,
+    stop: &StopGuests,
+    tenant: &Tenant,
+) -> Store<T> {
+    use crate::engine::YIELD_EVERY_TICKS;
     let mut store = Store::new(engine, data);
     store.limiter(|d| d.limiter());
-    store.set_epoch_deadline(crate::engine::YIELD_EVERY_TICKS);
+    // tokio's yield_now lets the runtime poll for I/O before the guest
+    // runs again; a plain wake would put the guest straight back on the
+    // run queue, and a busy guest could keep sockets waiting.
+    let yield_now = |ticks| UpdateDeadline::YieldCustom(ticks, Box::pin(tokio::task::yield_now()));
     let stop = stop.clone();
+    if !tenant.is_fair() {
+        store.set_epoch_deadline(YIELD_EVERY_TICKS);
+        store.epoch_deadline_callback(move |ctx| match ctx.data().deadline() {
+            _ if stop.stopped() => Err(wasmtime::Error::new(ShuttingDown)),
+            Some(d) if Instant::now() >= d => Ok(UpdateDeadline::Interrupt),
+            _ => Ok(yield_now(YIELD_EVERY_TICKS)),
+        });
+        return store;
+    }
+    let tenant = tenant.clone();
+    let mut ticks = 0;
+    store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |ctx| match ctx.data().deadline() {
         _ if stop.stopped() => Err(wasmtime::Error::new(ShuttingDown)),
         Some(d) if Instant::now() >= d => Ok(UpdateDeadline::Interrupt),
-        // tokio's yield_now lets the runtime poll for I/O before the guest
-        // runs again; a plain wake would put the guest straight back on the
-        // run queue, and a busy guest could keep sockets waiting.
-        _ => Ok(UpdateDeadline::YieldCustom(
-            crate::engine::YIELD_EVERY_TICKS,
-            Box::pin(tokio::task::yield_now()),
-        )),
+        _ => {
+            ticks += 1;
+            if ticks >= YIELD_EVERY_TICKS || tenant.should_yield() {
+                ticks = 0;
+                Ok(yield_now(1))
+            } else {
+                Ok(UpdateDeadline::Continue(1))
+            }
+        }
     });
     store
 }

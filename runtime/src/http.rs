@@ -7,6 +7,7 @@
 
 use crate::artifact::Compiled;
 use crate::error::RuntimeError;
+use crate::fair::Tenant;
 use crate::host::{self, ComponentHost, P1Host, RawEnv, StopGuests, new_store};
 use crate::logs::{LogBuffer, Stream};
 use crate::outcome::{BoxError, Failure, ResponseBody};
@@ -70,6 +71,8 @@ pub struct HttpApp {
     spec: RunSpec,
     engine: Engine,
     stop: StopGuests,
+    /// Whose share of the node its guests run under.
+    tenant: Tenant,
     handler: Handler,
     permits: Arc<Semaphore>,
     logs: LogBuffer,
@@ -129,6 +132,7 @@ impl HttpApp {
     pub fn new(
         engine: &Engine,
         stop: &StopGuests,
+        tenant: &Tenant,
         name: &str,
         spec: RunSpec,
         compiled: &Compiled,
@@ -174,6 +178,7 @@ impl HttpApp {
             name: name.to_string(),
             engine: engine.clone(),
             stop: stop.clone(),
+            tenant: tenant.clone(),
             handler,
             permits: Arc::new(Semaphore::new(concurrency)),
             logs,
@@ -331,7 +336,7 @@ impl HttpApp {
             &self.name,
             self.spec.limits.memory.bytes(),
         );
-        Ok(new_store(&self.engine, data, &self.stop))
+        Ok(new_store(&self.engine, data, &self.stop, &self.tenant))
     }
 
     fn take_warm(&self) -> Option<Warm> {
@@ -440,6 +445,7 @@ impl HttpApp {
             // A fresh instance is torn down once the outcome is told, so
             // that its teardown is no part of the client's wait.
             let mut spent = None;
+            let run = app.tenant.run(run);
             let outcome = guarded(run, deadline, &watched, max_body).await.and_then(
                 |(mut store, proxy, served, answered)| {
                     let Some(answered) = answered else {
@@ -529,7 +535,7 @@ impl HttpApp {
             let _permit = permit;
             let mut data = P1Host::new(wasi, app.spec.limits.memory.bytes());
             data.env = env;
-            let mut store = new_store(&app.engine, data, &app.stop);
+            let mut store = new_store(&app.engine, data, &app.stop, &app.tenant);
             store.data_mut().deadline = Some(deadline);
             let run = async {
                 let t0 = Instant::now();
@@ -547,7 +553,7 @@ impl HttpApp {
                     },
                 }
             };
-            let outcome = guarded(run, deadline, &watched, max_body).await;
+            let outcome = guarded(app.tenant.run(run), deadline, &watched, max_body).await;
             if let Err(f) = &outcome {
                 app.record(f);
             }

@@ -1,5 +1,6 @@
 //! Shoal's node runtime: runs WebAssembly workloads on wasmtime under limits.
 //!
+//! - [`fair`]: fair shares of guest execution between tenants (namespaces).
 //! - [`engine`]: the process's single [`wasmtime::Engine`] (pooling
 //!   allocator, epoch interruption) and the epoch ticker.
 //! - [`artifact`]: reading `.wasm`/`.wat`, telling modules from components,
@@ -18,6 +19,7 @@
 pub mod artifact;
 pub mod engine;
 pub mod error;
+pub mod fair;
 pub mod host;
 pub mod http;
 pub mod logs;
@@ -28,6 +30,7 @@ pub mod worker;
 pub use artifact::{BinaryKind, CompileCache, CompileSource, Compiled, Digest};
 pub use engine::{EngineConfig, EpochTicker};
 pub use error::RuntimeError;
+pub use fair::{FairShare, Tenant};
 pub use host::StopGuests;
 pub use http::HttpApp;
 pub use logs::{LogBuffer, LogLine, Stream};
@@ -38,7 +41,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 /// How to set up a [`Runtime`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     pub engine: EngineConfig,
     /// Directory for compiled artifacts; `None` keeps them in memory only.
@@ -46,7 +49,29 @@ pub struct RuntimeConfig {
     /// Do not start the epoch ticker: the caller advances the epoch with
     /// [`wasmtime::Engine::increment_epoch`] (for tests that control time).
     pub manual_epochs: bool,
+    /// Share guest execution fairly between tenants (namespaces): see
+    /// [`fair`]. Off, guests run whenever the executor polls them.
+    pub fair_share: bool,
+    /// Run slots under fair shares: how many guests execute at once
+    /// (default: one per core, as many as the executor has threads).
+    pub run_slots: Option<usize>,
 }
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            engine: EngineConfig::default(),
+            cache_dir: None,
+            manual_epochs: false,
+            fair_share: true,
+            run_slots: None,
+        }
+    }
+}
+
+/// The namespace of apps linked without one ([`Runtime::http_app`],
+/// [`Runtime::worker`]): `shoal run`'s single app.
+pub const DEFAULT_TENANT: &str = "default";
 
 /// A module or component, compiled and ready to serve.
 #[derive(Clone)]
@@ -66,6 +91,7 @@ pub struct Runtime {
     engine: wasmtime::Engine,
     cache: CompileCache,
     stop: StopGuests,
+    fair: FairShare,
     _ticker: Option<EpochTicker>,
 }
 
@@ -74,10 +100,22 @@ impl Runtime {
         let engine = engine::build_engine(&cfg.engine)?;
         let cache = CompileCache::new(&engine, cfg.cache_dir)?;
         let ticker = (!cfg.manual_epochs).then(|| EpochTicker::start(&engine));
+        let fair = if cfg.fair_share {
+            let slots = cfg.run_slots.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            });
+            // With manual epochs too: advancing the epoch only makes
+            // running guests check now whether to yield to a starving
+            // tenant (and whether their deadline has passed).
+            FairShare::new(slots, Some(engine.clone()))
+        } else {
+            FairShare::off()
+        };
         Ok(Self {
             engine,
             cache,
             stop: StopGuests::default(),
+            fair,
             _ticker: ticker,
         })
     }
@@ -88,6 +126,16 @@ impl Runtime {
     /// process, once its grace for in-flight requests has passed.
     pub fn stop_guests(&self) {
         self.stop.stop();
+    }
+
+    /// The fair-share scheduler all this runtime's guests run under.
+    pub fn fair_share(&self) -> &FairShare {
+        &self.fair
+    }
+
+    /// The handle of `namespace`'s guests, to link its apps with.
+    pub fn tenant(&self, namespace: &str) -> Tenant {
+        self.fair.tenant(namespace)
     }
 
     pub fn engine(&self) -> &wasmtime::Engine {
@@ -134,7 +182,7 @@ impl Runtime {
         })
     }
 
-    /// Links an HTTP app for serving.
+    /// Links an HTTP app for serving, in the [`DEFAULT_TENANT`].
     pub fn http_app(
         &self,
         name: &str,
@@ -142,10 +190,30 @@ impl Runtime {
         loaded: &Loaded,
         logs: LogBuffer,
     ) -> Result<Arc<HttpApp>, RuntimeError> {
-        HttpApp::new(&self.engine, &self.stop, name, spec, &loaded.compiled, logs)
+        self.http_app_in(&self.tenant(DEFAULT_TENANT), name, spec, loaded, logs)
     }
 
-    /// Links a worker program.
+    /// Links an HTTP app for serving; its guests run under `tenant`'s share.
+    pub fn http_app_in(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        spec: RunSpec,
+        loaded: &Loaded,
+        logs: LogBuffer,
+    ) -> Result<Arc<HttpApp>, RuntimeError> {
+        HttpApp::new(
+            &self.engine,
+            &self.stop,
+            tenant,
+            name,
+            spec,
+            &loaded.compiled,
+            logs,
+        )
+    }
+
+    /// Links a worker program, in the [`DEFAULT_TENANT`].
     pub fn worker(
         &self,
         name: &str,
@@ -153,6 +221,26 @@ impl Runtime {
         loaded: &Loaded,
         logs: LogBuffer,
     ) -> Result<Arc<WorkerApp>, RuntimeError> {
-        WorkerApp::new(&self.engine, &self.stop, name, spec, &loaded.compiled, logs)
+        self.worker_in(&self.tenant(DEFAULT_TENANT), name, spec, loaded, logs)
+    }
+
+    /// Links a worker program; its runs take `tenant`'s share.
+    pub fn worker_in(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        spec: RunSpec,
+        loaded: &Loaded,
+        logs: LogBuffer,
+    ) -> Result<Arc<WorkerApp>, RuntimeError> {
+        WorkerApp::new(
+            &self.engine,
+            &self.stop,
+            tenant,
+            name,
+            spec,
+            &loaded.compiled,
+            logs,
+        )
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::artifact::Compiled;
 use crate::error::RuntimeError;
+use crate::fair::Tenant;
 use crate::host::{self, ComponentHost, P1Host, StopGuests, new_store};
 use crate::http::{link_component, require_export};
 use crate::logs::{LogBuffer, Stream};
@@ -75,6 +76,8 @@ pub struct WorkerApp {
     spec: RunSpec,
     engine: Engine,
     stop: StopGuests,
+    /// Whose share of the node its runs take.
+    tenant: Tenant,
     program: Program,
     logs: LogBuffer,
 }
@@ -128,6 +131,7 @@ impl WorkerApp {
     pub fn new(
         engine: &Engine,
         stop: &StopGuests,
+        tenant: &Tenant,
         name: &str,
         spec: RunSpec,
         compiled: &Compiled,
@@ -168,6 +172,7 @@ impl WorkerApp {
             spec,
             engine: engine.clone(),
             stop: stop.clone(),
+            tenant: tenant.clone(),
             program,
             logs,
         }))
@@ -176,8 +181,8 @@ impl WorkerApp {
     /// Runs the program once to its end.
     pub async fn run_once(&self) -> ExitReason {
         let result = match &self.program {
-            Program::Module(pre) => self.run_module(pre).await,
-            Program::Component(pre) => self.run_component(pre).await,
+            Program::Module(pre) => self.tenant.run(self.run_module(pre)).await,
+            Program::Component(pre) => self.tenant.run(self.run_component(pre)).await,
         };
         match result {
             Ok(()) => ExitReason::Completed,
@@ -202,6 +207,7 @@ impl WorkerApp {
             &self.engine,
             P1Host::new(wasi, self.spec.limits.memory.bytes()),
             &self.stop,
+            &self.tenant,
         );
         let instance = pre
             .instantiate_async(&mut store)
@@ -227,6 +233,7 @@ impl WorkerApp {
                 self.spec.limits.memory.bytes(),
             ),
             &self.stop,
+            &self.tenant,
         );
         let cmd = pre
             .instantiate_async(&mut store)

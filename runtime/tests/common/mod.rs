@@ -58,6 +58,12 @@ pub async fn serve(file: &str, spec: RunSpec) -> Served {
     let app = runtime()
         .http_app(file, spec, &loaded, logs.clone())
         .expect("link");
+    serve_app(app).await
+}
+
+/// Serves a linked app on a port of its own.
+pub async fn serve_app(app: Arc<HttpApp>) -> Served {
+    let logs = app.logs().clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -1,0 +1,213 @@
+//! Fair shares between tenants, through real HTTP: one namespace's busy
+//! guests do not keep another's requests from being served.
+//!
+//! These runtimes advance the epoch by hand: the test counts the ticks a
+//! request waits, so the bound is in guest slices, not in wall time.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::BodyExt;
+use shoal_api::{Duration as Dur, RunSpec};
+use shoal_runtime::{EngineConfig, HttpApp, Runtime, RuntimeConfig, Tenant};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Long enough that no test waits on it: the tests end their guests.
+const LONG: Duration = Duration::from_secs(600);
+/// What a test waits for before it fails.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A runtime with fair shares and one run slot, so one of the test's two
+/// executor threads stays free for I/O whatever the guests do.
+fn one_slot_runtime() -> Runtime {
+    Runtime::new(RuntimeConfig {
+        engine: EngineConfig {
+            max_instances: 100,
+            max_memory_size: 64 << 20,
+            ..EngineConfig::default()
+        },
+        manual_epochs: true,
+        fair_share: true,
+        run_slots: Some(1),
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime")
+}
+
+fn app(rt: &Runtime, tenant: &Tenant, file: &str) -> Arc<HttpApp> {
+    let bytes = std::fs::read(example(file)).expect("example app");
+    let loaded = rt.load(&bytes).expect("load");
+    let mut spec = RunSpec::default();
+    spec.limits.concurrency = 100;
+    spec.limits.timeout = Dur::from(LONG);
+    rt.http_app_in(
+        tenant,
+        file,
+        spec,
+        &loaded,
+        shoal_runtime::LogBuffer::new(100),
+    )
+    .expect("link")
+}
+
+/// Advances an engine's epoch every 10 ms on a thread of its own, counting.
+struct Ticker {
+    ticks: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Ticker {
+    fn start(engine: &wasmtime::Engine) -> Self {
+        let ticks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (engine, t, s) = (engine.clone(), ticks.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(10));
+                engine.increment_epoch();
+                t.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        Self { ticks, stop }
+    }
+
+    fn ticks(&self) -> u64 {
+        self.ticks.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        // After a failed assertion, keep ticking: spinning guests then
+        // still yield, and the test's runtime can shut down and report.
+        if std::thread::panicking() {
+            return;
+        }
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Stops every guest of `rt` and waits until `apps` have none in flight.
+async fn end_guests(rt: &Runtime, apps: &[&Arc<HttpApp>]) {
+    rt.stop_guests();
+    let engine = rt.engine().clone();
+    let done = eventually(PATIENCE, || {
+        // Each guest sees the stop at its next epoch check.
+        engine.increment_epoch();
+        apps.iter().all(|a| a.in_flight() == 0)
+    })
+    .await;
+    assert!(done, "guests still running after stop_guests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_is_served_while_another_saturates_the_node() {
+    let rt = one_slot_runtime();
+    // From the start: without fair shares, a's guests would otherwise hold
+    // both threads before the test gets to b.
+    let ticker = Ticker::start(rt.engine());
+    let busy = serve_app(app(&rt, &rt.tenant("a"), "spin.wasm")).await;
+    let quiet = serve_app(app(&rt, &rt.tenant("b"), "hello.wasm")).await;
+    let c = client();
+
+    // Namespace a: 40 guests that spin forever.
+    let mut flood = Vec::new();
+    for _ in 0..40 {
+        let (c, url) = (c.clone(), busy.url("/spin"));
+        flood.push(tokio::spawn(async move {
+            let _ = c.get(url.parse().expect("url")).await;
+        }));
+    }
+    assert!(
+        eventually(PATIENCE, || busy.app.in_flight() == 40).await,
+        "a's 40 requests in flight: {}",
+        busy.app.in_flight()
+    );
+
+    // Namespace b's request is answered within a few ticks, while all of
+    // a's still run. Without fair shares it would wait its turn behind
+    // a's 40 guests, each running 5 ticks before it yields: about 100
+    // ticks on two threads.
+    let before = ticker.ticks();
+    let r = tokio::time::timeout(PATIENCE, get(&c, &quiet.url("/")))
+        .await
+        .expect("b's request was not served while a saturated the node");
+    let waited = ticker.ticks() - before;
+    drop(ticker);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "Hello from Shoal!\n");
+    assert!(waited <= 25, "b's request waited {waited} ticks");
+    assert_eq!(busy.app.in_flight(), 40, "none of a's requests ended");
+    assert_eq!(
+        busy.app
+            .stats()
+            .failures
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+
+    end_guests(&rt, &[&busy.app]).await;
+    for f in flood {
+        f.abort();
+    }
+}
+
+/// A guest waiting in a host call (here, for a request body that does not
+/// come) holds no run slot: with a single slot, the next request of the
+/// same namespace is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_waiting_on_io_holds_no_slot() {
+    let rt = one_slot_runtime();
+    let tenant = rt.tenant("a");
+    let echo = serve_app(app(&rt, &tenant, "echo.wasm")).await;
+    let hello = serve_app(app(&rt, &tenant, "hello.wasm")).await;
+    let c = client();
+
+    // A body of 10 bytes whose second half never comes: the echo guest
+    // blocks reading stdin.
+    let (mut tx, rx) = futures::channel::mpsc::channel::<
+        Result<http_body::Frame<Bytes>, std::convert::Infallible>,
+    >(1);
+    let body = http_body_util::StreamBody::new(rx);
+    tx.try_send(Ok(http_body::Frame::data(Bytes::from_static(b"12345"))))
+        .expect("send");
+    let req = http::Request::post(echo.url("/"))
+        .header("content-length", "10")
+        .body(body)
+        .expect("request");
+    let stalled_client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let stalled = tokio::spawn(async move {
+        let resp = stalled_client.request(req).await.expect("echo's head");
+        resp.into_body().collect().await.map(|b| b.to_bytes())
+    });
+    assert!(
+        eventually(PATIENCE, || echo.app.in_flight() == 1).await,
+        "the echo request started"
+    );
+
+    let r = tokio::time::timeout(PATIENCE, get(&c, &hello.url("/")))
+        .await
+        .expect("the second request waited for the slot of a guest blocked on I/O");
+    assert_eq!(r.status, 200);
+    assert_eq!(echo.app.in_flight(), 1, "the echo guest still waits");
+
+    // The rest of the body comes: the echo guest gets a slot and answers.
+    futures::SinkExt::send(
+        &mut tx,
+        Ok(http_body::Frame::data(Bytes::from_static(b"67890"))),
+    )
+    .await
+    .expect("send");
+    drop(tx);
+    let body = tokio::time::timeout(PATIENCE, stalled)
+        .await
+        .expect("echo answered")
+        .expect("joined")
+        .expect("echo's response");
+    assert!(body.ends_with(b"1234567890"), "{body:?}");
+    end_guests(&rt, &[&echo.app, &hello.app]).await;
+}
