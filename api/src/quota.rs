@@ -144,11 +144,6 @@ impl QuotaExceeded {
 }
 
 impl Quota {
-    /// Whether any limit is set.
-    pub fn is_empty(&self) -> bool {
-        *self == Quota::default()
-    }
-
     /// Whether a change that takes the namespace from `before` to `after`
     /// stays within the limits on totals; a change that asks for no more
     /// of a total than `before` holds always passes.
