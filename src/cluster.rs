@@ -42,6 +42,11 @@ pub struct ControlPlaneArgs {
     /// reach the port then owns the cluster).
     #[arg(long, value_enum, default_value = "enforce")]
     pub auth: AuthMode,
+    /// Compile each module once for the nodes, when an apply brings it,
+    /// and hand nodes the compiled code signed by the cluster CA (kept in
+    /// DATA_DIR/artifacts). `off`: every node compiles for itself.
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    pub compile_for_nodes: OnOff,
     /// Exit when the parent process exits (used by `shoal up`).
     #[arg(long, hide = true)]
     pub exit_with_parent: bool,
@@ -99,9 +104,22 @@ pub struct NodeArgs {
     /// gets to it, whatever its namespace.
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     pub fair_share: OnOff,
+    /// Where compiled code comes from: `cluster` loads what the control
+    /// plane compiled, only if the cluster CA's signature over it checks
+    /// out (and compiles here when the control plane cannot compile for
+    /// this node's engine); `local` always compiles here.
+    #[arg(long, value_enum, default_value_t = ArtifactSource::Cluster)]
+    pub artifacts: ArtifactSource,
     /// Exit when the parent process exits (used by `shoal up`).
     #[arg(long, hide = true)]
     pub exit_with_parent: bool,
+}
+
+/// `--artifacts`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArtifactSource {
+    Cluster,
+    Local,
 }
 
 /// A switch given as `on` or `off`.
@@ -213,6 +231,7 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
             AuthMode::Enforce => shoal_scheduler::auth::Auth::Enforce,
             AuthMode::Off => shoal_scheduler::auth::Auth::Off,
         },
+        artifacts_dir: (args.compile_for_nodes == OnOff::On).then(|| dir.join("artifacts")),
         ..Default::default()
     };
     if config.heartbeat >= config.lease {
@@ -437,6 +456,7 @@ pub async fn node(args: NodeArgs, ca: Option<Vec<u8>>) -> anyhow::Result<()> {
             capacity,
             labels,
             control_plane_ca: ca,
+            cluster_artifacts: args.artifacts == ArtifactSource::Cluster,
             join_token: args.join_token.clone().map(shoal_node::SecretToken::new),
             credential_file,
         },

@@ -39,6 +39,9 @@ pub const NODE_DRAIN: &str = "/v1/nodes/{name}/drain";
 /// a node named `register` would be shadowed by [`NODE_REGISTER`].)
 pub const NODE_REGISTRATION: &str = "/v1/nodes/{name}/registration";
 pub const BLOB: &str = "/v1/blobs/{digest}";
+/// A module's compiled artifact for an engine (`engine` query), signed
+/// by the cluster CA: see [`crate::artifact`].
+pub const ARTIFACT: &str = "/v1/artifacts/{digest}";
 pub const ROUTES: &str = "/v1/routes";
 pub const ROUTES_WATCH: &str = "/v1/routes/watch";
 pub const METRICS: &str = "/v1/metrics";
@@ -90,6 +93,7 @@ pub const CONTROL_PLANE: &[&str] = &[
     NODE_DRAIN,
     NODE_REGISTRATION,
     BLOB,
+    ARTIFACT,
     ROUTES,
     ROUTES_WATCH,
     METRICS,
@@ -178,6 +182,11 @@ pub fn blob(digest: &str) -> String {
     fill(BLOB, &[digest])
 }
 
+/// A module's compiled artifact, by the module's sha256 (hex).
+pub fn artifact(digest: &str) -> String {
+    fill(ARTIFACT, &[digest])
+}
+
 /// A node's own API, served on the node's port beside its instances.
 pub mod node {
     use super::fill;
@@ -231,6 +240,7 @@ pub fn examples(a: &str, b: &str) -> Vec<Example> {
         ex(NODE_DRAIN, node_drain(a), &[a]),
         ex(NODE_REGISTRATION, node_registration(a), &[a]),
         ex(BLOB, blob(a), &[a]),
+        ex(ARTIFACT, artifact(a), &[a]),
         ex(TOKEN, token(a), &[a]),
         ex(CERTIFICATE, certificate(a), &[a]),
         ex(QUOTA, quota(a), &[a]),
@@ -287,7 +297,15 @@ pub struct EventsQuery {
     pub wait: Option<bool>,
 }
 
-/// The query of `NODE_ASSIGNMENT`.
+/// The query of [`ARTIFACT`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactQuery {
+    /// The engine key of the node asking: the artifact must be compiled
+    /// for exactly that engine.
+    pub engine: String,
+}
+
+/// The query of [`NODE_ASSIGNMENT`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AssignmentQuery {
     /// The generation the node has; the answer waits for another one.

@@ -20,9 +20,12 @@
 //!   router and the client both take them from here.
 //! - [`error`]: the JSON error body every HTTP surface of Shoal returns, and
 //!   the answers Shoal's listeners give to request heads they refuse.
+//! - [`artifact`]: what the control plane signs when it vouches for a
+//!   compiled module, and the headers that carry it.
 //! - [`wasm`]: the WebAssembly features the nodes' engine enables, which
 //!   the control plane validates modules with.
 
+pub mod artifact;
 pub mod auth;
 pub mod certs;
 pub mod endpoints;

@@ -1,11 +1,12 @@
 //! The calls a node makes: register, heartbeat, long-poll its assignment,
-//! fetch modules.
+//! fetch modules and their compiled artifacts.
 
 use crate::transport::{NO_BODY, NO_QUERY};
 use crate::{Client, Error};
 use bytes::Bytes;
 use reqwest::Method;
-use shoal_api::endpoints::{self, AssignmentQuery, LONG_POLL_HOLD};
+use shoal_api::artifact;
+use shoal_api::endpoints::{self, ArtifactQuery, AssignmentQuery, LONG_POLL_HOLD};
 use shoal_api::protocol::{Heartbeat, HeartbeatResponse, RegisterRequest, RegisterResponse};
 
 impl Client {
@@ -60,4 +61,58 @@ impl Client {
         })
         .await
     }
+
+    /// A module's artifact compiled for `engine`, as the control plane
+    /// signed it: checking the signature is the caller's part. Waits for
+    /// the compile if the control plane is still at it (up to `limit`).
+    pub async fn artifact(
+        &self,
+        digest: &str,
+        engine: &str,
+        limit: std::time::Duration,
+    ) -> Result<SignedArtifact, Error> {
+        let req = self
+            .request(Method::GET, &endpoints::artifact(digest))
+            .query(&ArtifactQuery {
+                engine: engine.to_string(),
+            });
+        self.within(limit, async {
+            let resp = self.send(req).await?;
+            let header = |name: &str| {
+                resp.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+                    .ok_or_else(|| Error::Malformed {
+                        what: "an artifact".into(),
+                        cause: format!("no {name} header"),
+                    })
+            };
+            let (sha256, signature, kind) = (
+                header(artifact::SHA256_HEADER)?,
+                header(artifact::SIGNATURE_HEADER)?,
+                header(artifact::KIND_HEADER)?,
+            );
+            let bytes = resp.bytes().await.map_err(|e| self.transport(&e))?;
+            Ok(SignedArtifact {
+                bytes,
+                sha256,
+                signature,
+                kind,
+            })
+        })
+        .await
+    }
+}
+
+/// An artifact as the control plane sent it, not yet checked.
+#[derive(Debug, Clone)]
+pub struct SignedArtifact {
+    pub bytes: Bytes,
+    /// The artifact's sha256 as the control plane says (hex).
+    pub sha256: String,
+    /// The CA's signature, base64.
+    pub signature: String,
+    /// `component` or `module`.
+    pub kind: String,
 }

@@ -45,6 +45,9 @@ pub struct NodeConfig {
     /// The CA (PEM) the control plane's TLS certificate must be signed by,
     /// for an `https` control plane URL.
     pub control_plane_ca: Option<Vec<u8>>,
+    /// Load the compiled code the control plane signs (with the CA above)
+    /// instead of compiling; off, or without a CA, the node compiles.
+    pub cluster_artifacts: bool,
     /// The join token this node registers with the first time; the
     /// control plane answers with the node's own credential.
     pub join_token: Option<SecretToken>,
@@ -90,10 +93,23 @@ impl Node {
             .connect_timeout(Duration::from_secs(2))
             .build()?;
         let changed = Arc::new(tokio::sync::Notify::new());
+        // Only a CA can vouch for compiled code: without one (a plain-HTTP
+        // control plane), or told not to, the node compiles for itself.
+        let verifier = match (&cfg.control_plane_ca, cfg.cluster_artifacts) {
+            (Some(pem), true) => match shoal_pki::Verifier::from_ca_pem(pem) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot check the control plane's signatures: compiling modules here");
+                    None
+                }
+            },
+            _ => None,
+        };
         let supervisor = Arc::new(supervisor::Supervisor::new(
             runtime,
             client.clone(),
             changed.clone(),
+            verifier,
         ));
         let tls = Arc::new(tls::FrontTls::default());
         let session = Arc::new(session::Session::new(client, cfg, changed, tls.clone()));

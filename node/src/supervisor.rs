@@ -8,13 +8,14 @@ use crate::session::Status;
 use bytes::Bytes;
 use sha2::Digest as _;
 use shoal_api::WorkloadKind;
+use shoal_api::artifact as wire;
 use shoal_api::objects::Phase;
 use shoal_api::protocol::{Assignment, Heartbeat, HeartbeatResponse, InstanceReport};
 use shoal_client::Client;
 use shoal_runtime::http::HttpApp;
 use shoal_runtime::logs::LogBuffer;
 use shoal_runtime::worker::WorkerHandle;
-use shoal_runtime::{Loaded, Runtime};
+use shoal_runtime::{BinaryKind, CompileSource, Digest, Loaded, Runtime};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -97,11 +98,13 @@ impl Running {
 /// Starts and stops the node's instances.
 pub struct Supervisor {
     pub(crate) runtime: Arc<Runtime>,
-    /// For modules, which the control plane stores.
+    /// For modules, which the control plane stores, and their compiled
+    /// artifacts.
     client: Client,
+    /// Checks the control plane's signature over compiled artifacts; none:
+    /// this node compiles every module itself.
+    verifier: Option<shoal_pki::Verifier>,
     instances: RwLock<HashMap<String, Arc<Running>>>,
-    /// Module bytes already fetched, by digest.
-    blobs: Mutex<HashMap<String, Bytes>>,
     /// The generation of the assignment applied last.
     generation: AtomicU64,
     /// Told when something the control plane should know changed.
@@ -109,12 +112,17 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(runtime: Arc<Runtime>, client: Client, changed: Arc<Notify>) -> Self {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        client: Client,
+        changed: Arc<Notify>,
+        verifier: Option<shoal_pki::Verifier>,
+    ) -> Self {
         Self {
             runtime,
             client,
+            verifier,
             instances: Default::default(),
-            blobs: Default::default(),
             generation: AtomicU64::new(0),
             changed,
         }
@@ -208,15 +216,9 @@ impl Supervisor {
         }
     }
 
+    /// The module's bytes from the control plane, checked against their
+    /// digest.
     async fn fetch(&self, digest: &str) -> Result<Bytes, String> {
-        if let Some(b) = self
-            .blobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(digest)
-        {
-            return Ok(b.clone());
-        }
         let bytes = self
             .client
             .blob(digest)
@@ -228,11 +230,135 @@ impl Supervisor {
                 "module sha256:{digest} arrived with hash sha256:{actual}; refused"
             ));
         }
-        self.blobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(digest.to_string(), bytes.clone());
         Ok(bytes)
+    }
+
+    /// The compiled code of module `digest`: already here (in memory, or
+    /// on disk with the control plane's signature), else the control
+    /// plane's artifact, else compiled here.
+    async fn load(&self, digest: &str) -> Result<Loaded, String> {
+        let id = Digest(digest.to_string());
+        let rt = self.runtime.clone();
+        if let Some(c) = rt.cache().in_memory(&id) {
+            return rt
+                .loaded(id, c, CompileSource::Memory)
+                .map_err(|e| e.to_string());
+        }
+        if let Some(verifier) = &self.verifier {
+            match self.vouched(&id, verifier).await {
+                Ok(loaded) => return Ok(loaded),
+                Err(e) => {
+                    tracing::warn!(digest = %id.short(), reason = %e, "no compiled artifact from the control plane: compiling here");
+                }
+            }
+        }
+        let bytes = self.fetch(digest).await?;
+        let checked = self.verifier.is_some();
+        tokio::task::spawn_blocking(move || {
+            if checked {
+                // Only what the control plane vouches for is loaded from
+                // disk: code compiled here stays in memory.
+                let binary = shoal_runtime::artifact::to_binary(&bytes)?;
+                let kind = shoal_runtime::artifact::binary_kind(&binary)?;
+                let c = rt.cache().compile_fresh(&id, kind, &binary, false)?;
+                rt.loaded(id, c, CompileSource::Compiled)
+            } else {
+                rt.load(&bytes)
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+    }
+
+    /// The control plane's artifact of `id`: from this node's disk if an
+    /// earlier start kept it with its signature, else fetched. Loaded only
+    /// if the cluster CA's signature over (module, engine, kind, artifact
+    /// sha256) checks out.
+    async fn vouched(&self, id: &Digest, verifier: &shoal_pki::Verifier) -> Result<Loaded, String> {
+        let rt = self.runtime.clone();
+        let engine = rt.cache().engine_key().to_string();
+        // On disk, from an earlier start?
+        for kind in [BinaryKind::Component, BinaryKind::CoreModule] {
+            let Some(path) = rt.cache().path_for(id, kind) else {
+                break;
+            };
+            let sig_path = signature_path(&path);
+            if !path.exists() || !sig_path.exists() {
+                continue;
+            }
+            let (rt2, id2, v, engine2) = (rt.clone(), id.clone(), verifier.clone(), engine.clone());
+            let kept = tokio::task::spawn_blocking(move || -> Result<Loaded, String> {
+                let sig = std::fs::read_to_string(&sig_path).map_err(|e| e.to_string())?;
+                let (sha, signature) = sig
+                    .trim()
+                    .split_once(' ')
+                    .ok_or("malformed signature file")?;
+                let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+                check(&v, &id2, &engine2, kind, &bytes, sha, signature)?;
+                drop(bytes);
+                // SAFETY: the CA's signature over this file's hash, the
+                // module and this engine was checked just above.
+                let c = unsafe { rt2.cache().adopt_file(&id2, kind, &path) }
+                    .map_err(|e| e.to_string())?;
+                rt2.loaded(id2, c, CompileSource::Disk)
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            match kept {
+                Ok(loaded) => return Ok(loaded),
+                Err(e) => {
+                    tracing::warn!(digest = %id.short(), error = %e, "discarding a kept artifact");
+                    if let Some(p) = rt.cache().path_for(id, kind) {
+                        let _ = std::fs::remove_file(signature_path(&p));
+                        let _ = std::fs::remove_file(p);
+                    }
+                }
+            }
+        }
+        let got = self
+            .client
+            .artifact(&id.0, &engine, ARTIFACT_WAIT)
+            .await
+            .map_err(|e| e.to_string())?;
+        let kind = match got.kind.as_str() {
+            wire::KIND_COMPONENT => BinaryKind::Component,
+            wire::KIND_MODULE => BinaryKind::CoreModule,
+            other => return Err(format!("unknown artifact kind {other:?}")),
+        };
+        let (id2, v) = (id.clone(), verifier.clone());
+        tokio::task::spawn_blocking(move || -> Result<Loaded, String> {
+            check(
+                &v,
+                &id2,
+                &engine,
+                kind,
+                &got.bytes,
+                &got.sha256,
+                &got.signature,
+            )?;
+            let c = match rt.cache().path_for(&id2, kind) {
+                Some(path) => {
+                    shoal_runtime::artifact::write_atomically(&path, &got.bytes)?;
+                    shoal_runtime::artifact::write_atomically(
+                        &signature_path(&path),
+                        format!("{} {}\n", got.sha256, got.signature).as_bytes(),
+                    )?;
+                    // SAFETY: checked above: the CA signed this artifact's
+                    // hash for this module and this engine. Mapped from
+                    // the file just written, not copied.
+                    unsafe { rt.cache().adopt_file(&id2, kind, &path) }
+                }
+                // SAFETY: as above.
+                None => unsafe { rt.cache().adopt_bytes(&id2, kind, &got.bytes) },
+            }
+            .map_err(|e| e.to_string())?;
+            rt.loaded(id2, c, CompileSource::Fetched)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
     }
 
     async fn start(&self, a: Assignment) -> Running {
@@ -240,12 +366,7 @@ impl Supervisor {
         let logs = LogBuffer::new(1000);
         let name = a.app.name.clone();
         let result: Result<(Loaded, Workload), String> = async {
-            let bytes = self.fetch(&a.template.digest).await?;
-            let rt = self.runtime.clone();
-            let loaded = tokio::task::spawn_blocking(move || rt.load(&bytes))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+            let loaded = self.load(&a.template.digest).await?;
             let spec = a.template.spec.clone();
             // The app's namespace is its tenant: its guests run under the
             // namespace's fair share of the node.
@@ -302,5 +423,136 @@ impl Status for Supervisor {
             generation: self.generation(),
             instances: self.reports(),
         }
+    }
+}
+
+/// How long a node waits for the control plane's artifact of a module (the
+/// control plane may be compiling it) before it compiles for itself.
+const ARTIFACT_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The file beside a kept artifact with its sha256 and the CA's signature.
+fn signature_path(artifact: &std::path::Path) -> std::path::PathBuf {
+    let mut p = artifact.as_os_str().to_owned();
+    p.push(".sig");
+    p.into()
+}
+
+/// Whether `bytes` is the artifact the cluster CA vouches for: its sha256
+/// is `sha256`, and `signature` (base64) is the CA's over the module, this
+/// engine, the kind and that sha256.
+fn check(
+    verifier: &shoal_pki::Verifier,
+    module: &Digest,
+    engine: &str,
+    kind: BinaryKind,
+    bytes: &[u8],
+    sha256: &str,
+    signature: &str,
+) -> Result<(), String> {
+    use base64::Engine as _;
+    let actual = hex::encode(sha2::Sha256::digest(bytes));
+    if actual != sha256 {
+        return Err(format!(
+            "the artifact of module sha256:{} does not match its hash; refused",
+            module.short()
+        ));
+    }
+    let signature = base64::engine::general_purpose::STANDARD
+        .decode(signature)
+        .map_err(|_| "the artifact's signature is not base64; refused".to_string())?;
+    let kind = match kind {
+        BinaryKind::Component => wire::KIND_COMPONENT,
+        BinaryKind::CoreModule => wire::KIND_MODULE,
+    };
+    let message = wire::signed_message(&module.0, engine, kind, &actual);
+    match verifier.verify(shoal_pki::sign::ARTIFACT_CONTEXT, &message, &signature) {
+        shoal_pki::SignatureCheck::Valid => Ok(()),
+        shoal_pki::SignatureCheck::Invalid => Err(format!(
+            "the artifact of module sha256:{} is not signed by the cluster CA; refused",
+            module.short()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    struct Signer {
+        ca: shoal_pki::ClusterCa,
+        _dir: tempfile::TempDir,
+    }
+
+    fn signer() -> Signer {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = shoal_pki::ClusterCa::load_or_create(dir.path()).unwrap().0;
+        Signer { ca, _dir: dir }
+    }
+
+    /// What the control plane sends for `bytes`: (sha256, base64 signature).
+    fn sign(s: &Signer, module: &str, engine: &str, kind: &str, bytes: &[u8]) -> (String, String) {
+        let sha = hex::encode(sha2::Sha256::digest(bytes));
+        let sig =
+            s.ca.sign(
+                shoal_pki::sign::ARTIFACT_CONTEXT,
+                &wire::signed_message(module, engine, kind, &sha),
+            )
+            .unwrap();
+        (sha, base64::engine::general_purpose::STANDARD.encode(sig))
+    }
+
+    #[test]
+    fn only_what_the_ca_signed_for_this_module_and_engine_is_accepted() {
+        let ours = signer();
+        let v = shoal_pki::Verifier::from_ca_pem(ours.ca.cert_pem().as_bytes()).unwrap();
+        let module = Digest("aa11".into());
+        let code = b"compiled code".as_slice();
+        let (sha, sig) = sign(&ours, "aa11", "e1", wire::KIND_COMPONENT, code);
+        let accept = |m: &Digest, engine, kind, bytes: &[u8], sha: &str, sig: &str| {
+            check(&v, m, engine, kind, bytes, sha, sig)
+        };
+        accept(&module, "e1", BinaryKind::Component, code, &sha, &sig).unwrap();
+
+        // Other bytes under the same hash and signature.
+        let e = accept(
+            &module,
+            "e1",
+            BinaryKind::Component,
+            b"evil code",
+            &sha,
+            &sig,
+        )
+        .unwrap_err();
+        assert!(e.contains("does not match its hash"), "{e}");
+        // Other bytes with their own hash but the old signature.
+        let evil_sha = hex::encode(sha2::Sha256::digest(b"evil code"));
+        let e = accept(
+            &module,
+            "e1",
+            BinaryKind::Component,
+            b"evil code",
+            &evil_sha,
+            &sig,
+        )
+        .unwrap_err();
+        assert!(e.contains("not signed by the cluster CA"), "{e}");
+        // The same artifact for another module, engine or kind.
+        for (m, engine, kind) in [
+            (Digest("aa12".into()), "e1", BinaryKind::Component),
+            (module.clone(), "e2", BinaryKind::Component),
+            (module.clone(), "e1", BinaryKind::CoreModule),
+        ] {
+            let e = accept(&m, engine, kind, code, &sha, &sig).unwrap_err();
+            assert!(e.contains("not signed by the cluster CA"), "{e}");
+        }
+        // Signed by another cluster's CA.
+        let theirs = signer();
+        let (sha2, sig2) = sign(&theirs, "aa11", "e1", wire::KIND_COMPONENT, code);
+        let e = accept(&module, "e1", BinaryKind::Component, code, &sha2, &sig2).unwrap_err();
+        assert!(e.contains("not signed by the cluster CA"), "{e}");
+        // Not base64 at all.
+        let e = accept(&module, "e1", BinaryKind::Component, code, &sha, "%%%").unwrap_err();
+        assert!(e.contains("not base64"), "{e}");
     }
 }

@@ -97,6 +97,7 @@ async fn a_stale_heartbeat_answer_after_a_newer_long_poll_assignment_is_not_appl
             advertise: "http://127.0.0.1:1".into(),
             capacity: NodeCapacity::default(),
             labels: Default::default(),
+            cluster_artifacts: true,
             control_plane_ca: None,
             join_token: None,
             credential_file: None,

@@ -34,7 +34,9 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 pub mod host;
+pub mod sign;
 pub use host::{CertInfo, certified_key, inspect, name_covers};
+pub use sign::{SignatureCheck, Verifier};
 
 /// The CA certificate's file name in a data dir.
 pub const CA_CERT_FILE: &str = "ca.pem";

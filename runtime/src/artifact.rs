@@ -94,6 +94,8 @@ pub enum CompileSource {
     Disk,
     /// Compiled now.
     Compiled,
+    /// Compiled elsewhere (by the control plane), received now.
+    Fetched,
 }
 
 /// Counts of cache outcomes since the process started.
@@ -141,7 +143,16 @@ impl CompileCache {
         &self.stats
     }
 
-    fn path_for(&self, digest: &Digest, kind: BinaryKind) -> Option<PathBuf> {
+    /// The key of this engine's compiled code: equal keys mean an artifact
+    /// one engine compiled loads in the other (same wasmtime build, target
+    /// and compilation settings).
+    pub fn engine_key(&self) -> &str {
+        &self.engine_key
+    }
+
+    /// Where the artifact of `digest` lives on disk, if this cache has a
+    /// directory.
+    pub fn path_for(&self, digest: &Digest, kind: BinaryKind) -> Option<PathBuf> {
         let ext = match kind {
             BinaryKind::CoreModule => "module",
             BinaryKind::Component => "component",
@@ -149,6 +160,15 @@ impl CompileCache {
         self.dir
             .as_ref()
             .map(|d| d.join(format!("{}-{}.{ext}.cwasm", digest.0, self.engine_key)))
+    }
+
+    /// Compiled code for `digest` this process already holds in memory.
+    pub fn in_memory(&self, digest: &Digest) -> Option<Compiled> {
+        let hit = self.lock_memory().get(digest).cloned();
+        if hit.is_some() {
+            self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        hit
     }
 
     /// Returns the compiled form of `bytes` (a wasm binary), compiling it
@@ -159,9 +179,8 @@ impl CompileCache {
     ) -> Result<(Digest, BinaryKind, Compiled, CompileSource), RuntimeError> {
         let digest = Digest::of(bytes);
         let kind = binary_kind(bytes)?;
-        if let Some(c) = self.lock_memory().get(&digest) {
-            self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok((digest, kind, c.clone(), CompileSource::Memory));
+        if let Some(c) = self.in_memory(&digest) {
+            return Ok((digest, kind, c, CompileSource::Memory));
         }
         let path = self.path_for(&digest, kind);
         if let Some(p) = path.as_ref().filter(|p| p.exists()) {
@@ -178,6 +197,36 @@ impl CompileCache {
                 }
             }
         }
+        let compiled = self.compile_fresh(&digest, kind, bytes, true)?;
+        Ok((digest, kind, compiled, CompileSource::Compiled))
+    }
+
+    /// Compiles `bytes` without looking for an artifact on disk, keeps the
+    /// result in memory, and writes it to disk only if `persist`.
+    pub fn compile_fresh(
+        &self,
+        digest: &Digest,
+        kind: BinaryKind,
+        bytes: &[u8],
+        persist: bool,
+    ) -> Result<Compiled, RuntimeError> {
+        let compiled = self.compile(digest, kind, bytes)?;
+        if persist
+            && let Some(p) = self.path_for(digest, kind)
+            && let Err(e) = self.store(&p, &compiled)
+        {
+            tracing::warn!(path = %p.display(), error = %e, "cannot write compiled artifact to the cache");
+        }
+        self.lock_memory().insert(digest.clone(), compiled.clone());
+        Ok(compiled)
+    }
+
+    fn compile(
+        &self,
+        digest: &Digest,
+        kind: BinaryKind,
+        bytes: &[u8],
+    ) -> Result<Compiled, RuntimeError> {
         let start = Instant::now();
         let compiled = match kind {
             BinaryKind::CoreModule => Module::new(&self.engine, bytes).map(Compiled::Module),
@@ -186,13 +235,85 @@ impl CompileCache {
         .map_err(|e| RuntimeError::Invalid(format!("{e:#}")))?;
         self.stats.compiles.fetch_add(1, Ordering::Relaxed);
         tracing::info!(digest = %digest.short(), elapsed_ms = start.elapsed().as_millis() as u64, "compile cache miss: compiled module");
-        if let Some(p) = &path
-            && let Err(e) = self.store(p, &compiled)
-        {
-            tracing::warn!(path = %p.display(), error = %e, "cannot write compiled artifact to the cache");
+        Ok(compiled)
+    }
+
+    /// The artifact of `bytes` on disk, compiled now if it is not there
+    /// yet, without keeping the compiled code in memory: for a process that
+    /// compiles for others (the control plane) and never runs the code.
+    pub fn ensure_on_disk(&self, bytes: &[u8]) -> Result<(BinaryKind, PathBuf), RuntimeError> {
+        let digest = Digest::of(bytes);
+        let kind = binary_kind(bytes)?;
+        let path = self.path_for(&digest, kind).ok_or_else(|| {
+            RuntimeError::Invalid("the compile cache has no directory to keep artifacts in".into())
+        })?;
+        if path.exists() {
+            return Ok((kind, path));
         }
+        let compiled = self.compile(&digest, kind, bytes)?;
+        self.store(&path, &compiled)
+            .map_err(|e| RuntimeError::Cache {
+                path: path.clone(),
+                source: std::io::Error::other(e),
+            })?;
+        Ok((kind, path))
+    }
+
+    /// Loads an artifact compiled elsewhere from `path` (mapped, not read
+    /// into memory) and keeps it as `digest`'s compiled code.
+    ///
+    /// # Safety
+    ///
+    /// Loading compiled code trusts it with the process: the caller must
+    /// have established that the file is what a trusted compiler produced
+    /// for `digest` with this engine's settings (a checked signature).
+    /// wasmtime checks the header (engine and version) but not the code.
+    pub unsafe fn adopt_file(
+        &self,
+        digest: &Digest,
+        kind: BinaryKind,
+        path: &Path,
+    ) -> Result<Compiled, RuntimeError> {
+        let compiled = self
+            .load(path, kind)
+            .map_err(|e| RuntimeError::Invalid(format!("unusable compiled artifact: {e}")))?;
+        self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
         self.lock_memory().insert(digest.clone(), compiled.clone());
-        Ok((digest, kind, compiled, CompileSource::Compiled))
+        Ok(compiled)
+    }
+
+    /// Like [`adopt_file`](Self::adopt_file), from bytes in memory.
+    ///
+    /// # Safety
+    ///
+    /// As for [`adopt_file`](Self::adopt_file).
+    pub unsafe fn adopt_bytes(
+        &self,
+        digest: &Digest,
+        kind: BinaryKind,
+        bytes: &[u8],
+    ) -> Result<Compiled, RuntimeError> {
+        // SAFETY: the caller vouches for the bytes (this function's contract).
+        let compiled = unsafe {
+            match kind {
+                BinaryKind::CoreModule => {
+                    Module::deserialize(&self.engine, bytes).map(Compiled::Module)
+                }
+                BinaryKind::Component => {
+                    Component::deserialize(&self.engine, bytes).map(Compiled::Component)
+                }
+            }
+        }
+        .map_err(|e| RuntimeError::Invalid(format!("unusable compiled artifact: {e:#}")))?;
+        self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+        self.lock_memory().insert(digest.clone(), compiled.clone());
+        Ok(compiled)
+    }
+
+    /// Forgets `digest`'s compiled code (memory only), e.g. once no app
+    /// here uses it.
+    pub fn forget(&self, digest: &Digest) {
+        self.lock_memory().remove(digest);
     }
 
     fn lock_memory(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Compiled>> {
@@ -223,16 +344,35 @@ impl CompileCache {
             Compiled::Component(c) => c.serialize(),
         }
         .map_err(|e| format!("{e:#}"))?;
-        let dir = path.parent().ok_or("cache path has no parent")?;
-        // Write then rename so a crash never leaves a torn artifact behind.
-        let tmp = dir.join(format!(
-            ".tmp-{}-{}",
-            std::process::id(),
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("artifact")
-        ));
-        std::fs::write(&tmp, &bytes).map_err(|e| e.to_string())?;
-        std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+        write_atomically(path, &bytes)
     }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a
+/// crash never leaves a torn artifact behind; readable by this user only.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write as _;
+    let dir = path.parent().ok_or("cache path has no parent")?;
+    // Unique per write, so two writers of the same artifact never share a
+    // temporary file.
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let tmp = dir.join(format!(
+        ".tmp-{}-{}-{}",
+        std::process::id(),
+        WRITES.fetch_add(1, Ordering::Relaxed),
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("artifact")
+    ));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut f = options.open(&tmp).map_err(|e| e.to_string())?;
+    f.write_all(bytes).map_err(|e| e.to_string())?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| e.to_string())
 }

@@ -149,12 +149,22 @@ impl Runtime {
     /// Validates and compiles `bytes` (binary or text), using the cache.
     pub fn load(&self, bytes: &[u8]) -> Result<Loaded, RuntimeError> {
         let binary = artifact::to_binary(bytes)?;
-        let (digest, kind, compiled, source) = self.cache.get(&binary)?;
-        let implied_kind = match &compiled {
-            Compiled::Module(_) => WorkloadKind::Http,
+        let (digest, _, compiled, source) = self.cache.get(&binary)?;
+        self.loaded(digest, compiled, source)
+    }
+
+    /// What `compiled` (the code of `digest`, from `source`) serves as.
+    pub fn loaded(
+        &self,
+        digest: Digest,
+        compiled: Compiled,
+        source: CompileSource,
+    ) -> Result<Loaded, RuntimeError> {
+        let (binary, implied_kind) = match &compiled {
+            Compiled::Module(_) => (BinaryKind::CoreModule, WorkloadKind::Http),
             Compiled::Component(c) => {
                 let exports = http::component_exports(&self.engine, c);
-                if exports
+                let kind = if exports
                     .iter()
                     .any(|e| e.starts_with("wasi:http/incoming-handler"))
                 {
@@ -170,12 +180,13 @@ impl Runtime {
                             exports.join(", ")
                         }
                     )));
-                }
+                };
+                (BinaryKind::Component, kind)
             }
         };
         Ok(Loaded {
             digest,
-            binary: kind,
+            binary,
             compiled,
             source,
             implied_kind,

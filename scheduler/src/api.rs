@@ -17,7 +17,8 @@ use shoal_api::auth::{
     self, CreateToken, CreatedToken, Resource, Role, Scope, Target, TokenRecord, TokenView, Verb,
 };
 use shoal_api::endpoints::{
-    self as ep, AssignmentQuery, EventsQuery, LONG_POLL_HOLD, ListQuery, ROUTES_KEEPALIVE,
+    self as ep, ArtifactQuery, AssignmentQuery, EventsQuery, LONG_POLL_HOLD, ListQuery,
+    ROUTES_KEEPALIVE,
 };
 use shoal_api::manifest::validate_app;
 use shoal_api::objects::{App, AppKey, Event, Instance, Node, Phase, Revision};
@@ -187,6 +188,7 @@ pub(crate) fn routes() -> Vec<Route> {
             // the namespace of the `namespace` query (a refusal makes the
             // client upload the module with its apps).
             .head(has_blob, in_query_ns(Create, Blobs)),
+        at(ep::ARTIFACT).get(get_artifact, Rule::Need(Get, Blobs, Where::InHandler)),
         at(ep::ROUTES).get(get_routes, cluster(Get, Routes)),
         at(ep::METRICS).post(take_metrics, cluster(Create, Metrics)),
         at(ep::PROMETHEUS).get(prometheus, cluster(Get, Metrics)),
@@ -413,8 +415,9 @@ async fn apply(
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(b64)
             .map_err(|e| invalid("invalid", format!("module {digest}: not base64: {e}")))?;
-        // Validation compiles nothing here (the control plane never links
-        // wasmtime) but checks the whole binary as the engine would.
+        // Validation compiles nothing (that happens after the apply, in the
+        // background: `artifacts`) but checks the whole binary as the
+        // engine would, so the apply answers fast.
         let bytes_for_check = bytes.clone();
         let d = digest.clone();
         tokio::task::spawn_blocking(move || validate_wasm(&d, &bytes_for_check))
@@ -439,12 +442,21 @@ async fn apply(
             })?;
         blobs.push((digest.clone(), bytes));
     }
-    let apps = req
+    let apps: Vec<(shoal_api::manifest::AppManifest, String)> = req
         .apps
         .into_iter()
         .map(|a| (a.manifest, a.digest))
         .collect();
-    Ok(Json(cp.apply(apps, blobs, actor(&principal)).await?))
+    let digests: BTreeSet<String> = apps.iter().map(|(_, d)| d.clone()).collect();
+    let outcome = cp.apply(apps, blobs, actor(&principal)).await?;
+    // Compile for the nodes now, while they are told of the new revision:
+    // the first of them to ask waits for this compile, not one of its own.
+    if let Some(artifacts) = cp.artifacts() {
+        for d in digests {
+            artifacts.prepare(d);
+        }
+    }
+    Ok(Json(outcome))
 }
 
 pub(crate) fn view(snap: &crate::state::Snapshot, app: &App) -> AppView {
@@ -1048,15 +1060,18 @@ async fn delete_node(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn get_blob(
-    State(cp): State<ControlPlane>,
-    principal: Option<Extension<Principal>>,
-    Path(digest): Path<String>,
-) -> Result<Response, Error> {
-    if let Some(Extension(Principal(token))) = &principal {
+/// Who may read a module (its bytes or its compiled artifact): a node only
+/// if an instance assigned to it runs the module, anyone else only with
+/// the right to read every module.
+fn may_read_module(
+    cp: &ControlPlane,
+    principal: Option<&Extension<Principal>>,
+    digest: &str,
+) -> Result<(), Error> {
+    if let Some(Extension(Principal(token))) = principal {
         match &token.scope {
             // The same answer whether or not the module exists.
-            Scope::Node(node) if !cp.snapshot().node_runs_module(node, &digest) => {
+            Scope::Node(node) if !cp.snapshot().node_runs_module(node, digest) => {
                 return Err(Error(
                     StatusCode::FORBIDDEN,
                     ErrorBody::new(
@@ -1077,6 +1092,15 @@ async fn get_blob(
             _ => {}
         }
     }
+    Ok(())
+}
+
+async fn get_blob(
+    State(cp): State<ControlPlane>,
+    principal: Option<Extension<Principal>>,
+    Path(digest): Path<String>,
+) -> Result<Response, Error> {
+    may_read_module(&cp, principal.as_ref(), &digest)?;
     match cp.blob(&digest)? {
         Some(bytes) => Ok(([("content-type", "application/wasm")], bytes).into_response()),
         None => Err(Error(
@@ -1084,6 +1108,77 @@ async fn get_blob(
             ErrorBody::new("not_found", format!("no module sha256:{digest}")),
         )),
     }
+}
+
+/// A module compiled for the asking node's engine, signed by the cluster
+/// CA (see `shoal_api::artifact`); compiled now if it was not yet.
+async fn get_artifact(
+    State(cp): State<ControlPlane>,
+    principal: Option<Extension<Principal>>,
+    Path(digest): Path<String>,
+    Query(q): Query<ArtifactQuery>,
+) -> Result<Response, Error> {
+    use crate::artifacts::ArtifactError;
+    use shoal_api::artifact as wire;
+    may_read_module(&cp, principal.as_ref(), &digest)?;
+    if !wire::is_hex_key(&q.engine) || !wire::is_hex_key(&digest) {
+        return Err(invalid(
+            "invalid",
+            "the module digest and the engine key are hex strings".into(),
+        ));
+    }
+    let Some(artifacts) = cp.artifacts() else {
+        return Err(Error(
+            StatusCode::NOT_FOUND,
+            ErrorBody::new(
+                wire::UNAVAILABLE,
+                "this control plane does not compile for nodes",
+            ),
+        ));
+    };
+    let signed = match artifacts.for_engine(&digest, &q.engine).await {
+        Ok(s) => s,
+        Err(e @ ArtifactError::EngineMismatch { .. }) => {
+            return Err(Error(
+                StatusCode::CONFLICT,
+                ErrorBody::new(wire::ENGINE_MISMATCH, e.to_string()),
+            ));
+        }
+        Err(e @ ArtifactError::UnknownModule(_)) => {
+            return Err(Error(
+                StatusCode::NOT_FOUND,
+                ErrorBody::new("not_found", e.to_string()),
+            ));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "no artifact for a node");
+            return Err(Error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorBody::new(
+                    "internal",
+                    format!("cannot compile module sha256:{digest} here"),
+                ),
+            ));
+        }
+    };
+    let body = tokio::fs::read(&signed.path).await.map_err(|e| {
+        tracing::error!(path = %signed.path.display(), error = %e, "cannot read an artifact");
+        Error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorBody::new("internal", "cannot read the compiled artifact"),
+        )
+    })?;
+    let signature = base64::engine::general_purpose::STANDARD.encode(&signed.signature);
+    Ok((
+        [
+            ("content-type", "application/octet-stream".to_string()),
+            (wire::SHA256_HEADER, signed.sha256),
+            (wire::SIGNATURE_HEADER, signature),
+            (wire::KIND_HEADER, signed.kind.to_string()),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 async fn list_tokens(State(cp): State<ControlPlane>) -> Json<Vec<TokenView>> {

@@ -11,12 +11,15 @@
 //! - [`store`]: the durable store (redb).
 //! - [`auth`]: the tokens (random, stored hashed, checked in constant time)
 //!   and the admin token of the first start.
+//! - [`artifacts`]: modules compiled once for the cluster's engine and
+//!   signed by the cluster CA, for nodes to load instead of compiling.
 //! - [`api`]: the HTTP/JSON API (`/v1/...`) as an axum router.
 //! - [`tls`]: the API served over TLS (certificates from `shoal-pki`).
 //! - [`state`]: the single-writer state task: commands in, snapshots out;
 //!   pure deciders (`state::decide`) say what changes, one executor
 //!   (`state::executor`) applies it.
 pub mod api;
+pub mod artifacts;
 pub mod auth;
 pub mod autoscale;
 pub mod certs;

@@ -288,7 +288,18 @@ pub fn cli(server: &str, args: &[&str]) -> CliOutput {
 
 /// Runs `shoal ARGS` against the control plane at `server` with `token`.
 pub fn cli_as(server: &str, token: Option<&str>, args: &[&str]) -> CliOutput {
+    cli_env(server, token, &[], args)
+}
+
+/// Runs `shoal ARGS` against `server` with `token` and more environment.
+pub fn cli_env(
+    server: &str,
+    token: Option<&str>,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> CliOutput {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal"));
+    cmd.envs(env.iter().copied());
     if let Some(t) = token {
         cmd.env("SHOAL_TOKEN", t);
     }
@@ -320,6 +331,9 @@ pub struct Cluster {
     pub node_urls: Vec<String>,
     pub gateways: Vec<Proc>,
     extra_cp_args: Vec<String>,
+    /// The cluster CA's file, for a control plane serving https (started
+    /// with `--tls` among its arguments); none: plain HTTP.
+    pub ca: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -336,6 +350,10 @@ impl Cluster {
     ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let extra_cp_args: Vec<String> = cp_args.iter().map(|s| s.to_string()).collect();
+        let ca = extra_cp_args
+            .iter()
+            .any(|a| a == "--tls")
+            .then(|| dir.path().join("cp").join("ca.pem"));
         let cp = Self::spawn_cp(&dir, "127.0.0.1:0", &extra_cp_args);
         let api = cp.url_after("Control plane listening on");
         let read = |f: &str| {
@@ -355,6 +373,7 @@ impl Cluster {
             node_urls: Vec::new(),
             gateways: Vec::new(),
             extra_cp_args,
+            ca,
         };
         for i in 0..nodes {
             c.add_node(i, node_args(i));
@@ -371,9 +390,13 @@ impl Cluster {
             listen.into(),
             "--data-dir".into(),
             data.display().to_string(),
-            "--plain-http".into(),
         ];
-        args.extend(extra.iter().cloned());
+        // Plain HTTP unless the test asks for TLS (`--tls`, the default of
+        // `shoal control-plane`).
+        if !extra.iter().any(|a| a == "--tls") {
+            args.push("--plain-http".into());
+        }
+        args.extend(extra.iter().filter(|a| *a != "--tls").cloned());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         Proc::spawn(&refs, &[])
     }
@@ -389,9 +412,11 @@ impl Cluster {
             name,
             "--listen".into(),
             "127.0.0.1:0".into(),
-            "--cache-dir".into(),
-            cache.display().to_string(),
         ];
+        // One cache for every node unless the test gives a node its own.
+        if !extra.iter().any(|a| a == "--cache-dir") {
+            args.extend(["--cache-dir".into(), cache.display().to_string()]);
+        }
         // Plain HTTP unless the test asks for mutual TLS (`--tls`, which
         // is not a flag of `shoal node`: the default).
         if !extra.iter().any(|a| a == "--tls") {
@@ -399,7 +424,10 @@ impl Cluster {
         }
         args.extend(extra.into_iter().filter(|a| a != "--tls"));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let p = Proc::spawn(&refs, &[("SHOAL_JOIN_TOKEN", self.join.as_str())]);
+        let ca = self.ca_env();
+        let mut env = vec![("SHOAL_JOIN_TOKEN", self.join.as_str())];
+        env.extend(ca.iter().map(|c| ("SHOAL_CA", c.as_str())));
+        let p = Proc::spawn(&refs, &env);
         let url = p.url_after("serving on");
         self.nodes.push(p);
         self.node_urls.push(url);
@@ -417,7 +445,10 @@ impl Cluster {
         ];
         args.extend_from_slice(extra);
         let token = self.token(&format!("gateway-{}", self.gateways.len()), "gateway", None);
-        let p = Proc::spawn(&args, &[("SHOAL_TOKEN", token.as_str())]);
+        let ca = self.ca_env();
+        let mut env = vec![("SHOAL_TOKEN", token.as_str())];
+        env.extend(ca.iter().map(|c| ("SHOAL_CA", c.as_str())));
+        let p = Proc::spawn(&args, &env);
         let url = p.url_after("Gateway listening on");
         self.gateways.push(p);
         url
@@ -427,14 +458,26 @@ impl Cluster {
     /// address and data dir.
     pub fn restart_cp(&mut self) {
         self.cp.kill9();
-        let listen = self.api.trim_start_matches("http://").to_string();
+        let listen = self
+            .api
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .to_string();
         self.cp = Self::spawn_cp(&self.dir, &listen, &self.extra_cp_args);
         let api = self.cp.url_after("Control plane listening on");
         assert_eq!(api, self.api);
     }
 
     pub fn cli(&self, args: &[&str]) -> CliOutput {
-        cli_as(&self.api, Some(&self.admin), args)
+        match self.ca_env() {
+            Some(ca) => cli_env(&self.api, Some(&self.admin), &[("SHOAL_CA", &ca)], args),
+            None => cli_as(&self.api, Some(&self.admin), args),
+        }
+    }
+
+    /// The CA file's path for `SHOAL_CA`, for a control plane over TLS.
+    fn ca_env(&self) -> Option<String> {
+        self.ca.as_ref().map(|p| p.display().to_string())
     }
 
     /// What a CLI process needs to reach this cluster as its admin.
@@ -462,6 +505,17 @@ impl Cluster {
     /// Makes a token (`role`, in `namespace` or the cluster) through the
     /// API as the admin; returns its secret.
     pub fn token(&self, name: &str, role: &str, namespace: Option<&str>) -> String {
+        if self.ca.is_some() {
+            // Over TLS, through the CLI (which trusts the CA).
+            let mut args = vec!["token", "create", name, "--role", role, "-o", "json"];
+            if let Some(ns) = namespace {
+                args.extend(["-n", ns]);
+            }
+            let out = self.cli(&args);
+            assert!(out.success, "creating token {name}: {}", out.stderr);
+            let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("token JSON");
+            return v["secret"].as_str().expect("a secret").to_string();
+        }
         let req = serde_json::json!({ "name": name, "role": role, "namespace": namespace });
         let (status, body) = self.api_call(
             "POST",

@@ -52,6 +52,10 @@ pub struct Config {
     /// The cluster CA: what issues nodes' certificates (at registration,
     /// for a node serving `https`) and gateways' client certificates.
     pub ca: Option<Arc<shoal_pki::ClusterCa>>,
+    /// Where compiled artifacts for the nodes are kept: the control plane
+    /// compiles each module once, signed by [`Config::ca`]. None: nodes
+    /// compile for themselves.
+    pub artifacts_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -64,6 +68,7 @@ impl Default for Config {
             clock: Arc::new(SystemClock),
             auth: crate::auth::Auth::Enforce,
             ca: None,
+            artifacts_dir: None,
         }
     }
 }
@@ -205,6 +210,8 @@ pub struct ControlPlane {
     /// What reads instances' logs from nodes: a client certificate of the
     /// cluster CA, which nodes' fronts ask for.
     nodes: Option<shoal_client::Client>,
+    /// Modules compiled for the nodes.
+    artifacts: Option<Arc<crate::artifacts::Artifacts>>,
 }
 
 /// A client of nodes' fronts with a client certificate the cluster CA
@@ -232,6 +239,18 @@ impl ControlPlane {
         let store = Arc::new(store);
         let tokens = Arc::new(crate::auth::Tokens::load(store.clone())?);
         let (auth, clock, ca) = (config.auth, config.clock.clone(), config.ca.clone());
+        let artifacts = match (&config.artifacts_dir, &ca) {
+            (Some(dir), Some(ca)) => {
+                match crate::artifacts::Artifacts::new(dir.clone(), ca.clone(), store.clone()) {
+                    Ok(a) => Some(Arc::new(a)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot compile for the nodes: each node will compile for itself");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let certificates = Arc::new(crate::certs::Certificates::load(
             store.clone(),
             clock.now_ms(),
@@ -250,12 +269,19 @@ impl ControlPlane {
             clock,
             nodes: ca.as_deref().and_then(node_client),
             ca,
+            artifacts,
         })
     }
 
     /// The certificates stored for the gateways.
     pub fn certificates(&self) -> &crate::certs::Certificates {
         &self.certificates
+    }
+
+    /// The compiler of artifacts for the nodes, if this control plane has
+    /// one.
+    pub fn artifacts(&self) -> Option<&Arc<crate::artifacts::Artifacts>> {
+        self.artifacts.as_ref()
     }
 
     /// The client that reads from nodes (their logs).
