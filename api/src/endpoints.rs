@@ -301,7 +301,9 @@ pub struct EventsQuery {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArtifactQuery {
     /// The engine key of the node asking: the artifact must be compiled
-    /// for exactly that engine.
+    /// for exactly that engine. (Missing reads as empty, refused after the
+    /// caller's rights are checked.)
+    #[serde(default)]
     pub engine: String,
 }
 

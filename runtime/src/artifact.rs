@@ -310,12 +310,6 @@ impl CompileCache {
         Ok(compiled)
     }
 
-    /// Forgets `digest`'s compiled code (memory only), e.g. once no app
-    /// here uses it.
-    pub fn forget(&self, digest: &Digest) {
-        self.lock_memory().remove(digest);
-    }
-
     fn lock_memory(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Compiled>> {
         // A panic while holding this lock leaves a plain map behind; keep going.
         self.memory.lock().unwrap_or_else(|p| p.into_inner())
