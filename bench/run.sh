@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The runtime benchmark, in one command: `bash bench/run.sh`.
 #
-# Installs what it needs into bench/.tools/ (wasmtime-cli 48.0.8 via cargo,
-# componentize-py via pip into a venv; wrk via apt-get if missing), builds
-# shoal (release) and the Python wasi:http component, then runs
+# Installs what it needs into bench/.tools/ (wasmtime-cli 48.0.8 via cargo;
+# wrk via apt-get if missing), builds shoal (release) and, with
+# examples/wasm-apps/build.sh, the JS and Python wasi:http components, then runs
 # bench/runtime_bench.py, which writes bench/results/runtime.md and prints it.
 #
 # Knobs (environment): BENCH_DURATION (10s), BENCH_WARMUP (2s),
@@ -34,15 +34,6 @@ fi
 need_packages wrk
 WRK="$(command -v wrk)"
 
-# --- componentize-py in a venv ---------------------------------------------
-VENV="$TOOLS/venv"
-if [[ ! -x "$VENV/bin/componentize-py" ]]; then
-  log "installing componentize-py into $VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip
-  "$VENV/bin/pip" install -q componentize-py
-fi
-
 # --- shoal -------------------------------------------------------------------
 # The working tree by default; BENCH_SHOAL_REV builds that commit instead,
 # and BENCH_BASE=REV runs the whole benchmark with shoal at REV first
@@ -53,43 +44,30 @@ if [[ -n "${BENCH_SHOAL_REV:-}" ]]; then
   SHOAL_GIT_DESC="$(git -C "$REPO" rev-parse --short "${BENCH_SHOAL_REV}^{commit}") (committed tree, BENCH_SHOAL_REV=$BENCH_SHOAL_REV)"
 fi
 
-# --- the Python wasi:http component -----------------------------------------
-# componentize-py needs the WIT of the world it targets: take wasi:http 0.2
-# from the wasmtime-wasi-http crate shoal builds against (in cargo's registry
-# after the build above), never from a copy in the repo.
-PY_WASM="$TOOLS/python-app.wasm"
-WIT_DIR=""
-for d in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/wasmtime-wasi-http-"$WASMTIME_VERSION"/wit; do
-  [[ -d "$d" ]] && WIT_DIR="$d"
-done
-if [[ -z "$WIT_DIR" ]]; then
-  (cd "$REPO" && cargo fetch --quiet)
-  for d in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/wasmtime-wasi-http-"$WASMTIME_VERSION"/wit; do
-    [[ -d "$d" ]] && WIT_DIR="$d"
-  done
-fi
-[[ -n "$WIT_DIR" ]] || { log "wasmtime-wasi-http $WASMTIME_VERSION WIT not found"; exit 1; }
-# The world name carries the wasi:http version that crate ships (0.2.x).
-PROXY_WORLD="$(grep -ohE 'wasi:http/proxy@0\.2\.[0-9]+' "$WIT_DIR/world.wit" | head -n1)"
-[[ -n "$PROXY_WORLD" ]] || PROXY_WORLD="wasi:http/proxy@0.2.0"
-if [[ ! -f "$PY_WASM" || "$BENCH_DIR/python-app/app.py" -nt "$PY_WASM" ]]; then
-  log "building $PY_WASM ($PROXY_WORLD, WIT from $WIT_DIR)"
-  (cd "$BENCH_DIR/python-app" &&
-    PYTHONDONTWRITEBYTECODE=1 "$VENV/bin/componentize-py" -d "$WIT_DIR" -w "$PROXY_WORLD" \
-      componentize app -o "$PY_WASM.tmp")
-  mv "$PY_WASM.tmp" "$PY_WASM"
-  rm -rf "$BENCH_DIR/python-app/__pycache__"
+# --- the JS and Python wasi:http components ----------------------------------
+# Built by examples/wasm-apps/build.sh (componentize-js and componentize-py,
+# against the wasi:http WIT of the wasmtime-wasi-http crate shoal runs on),
+# again only when a source is newer than its output.
+APPS_DIR="$REPO/examples/wasm-apps"
+JS_WASM="$APPS_DIR/js-app.wasm"
+PY_WASM="$APPS_DIR/python-app.wasm"
+stale=()
+[[ -f "$JS_WASM" && ! "$APPS_DIR/js-app/app.js" -nt "$JS_WASM" ]] || stale+=(js-app)
+[[ -f "$PY_WASM" && ! "$APPS_DIR/python-app/app.py" -nt "$PY_WASM" ]] || stale+=(python-app)
+if ((${#stale[@]})); then
+  log "building ${stale[*]} (examples/wasm-apps/build.sh)"
+  "$APPS_DIR/build.sh" "${stale[@]}"
 fi
 
 # --- the C component ----------------------------------------------------------
 if [[ ! -f "$C_WASM" ]]; then
-  log "WARNING: $C_WASM is missing (build it with examples/wasm-apps/build.sh); only the Python component is measured"
+  log "WARNING: $C_WASM is missing (build it with examples/wasm-apps/build.sh); only the JS and Python components are measured"
 fi
 
 # --- run ---------------------------------------------------------------------
 bench_run() {
   SHOAL_BIN="$1" WASMTIME_BIN="$WASMTIME" WRK_BIN="$WRK" \
-    C_COMPONENT="$C_WASM" PY_COMPONENT="$PY_WASM" SHOAL_GIT_DESC="${2:-$SHOAL_GIT_DESC}" \
+    C_COMPONENT="$C_WASM" JS_COMPONENT="$JS_WASM" PY_COMPONENT="$PY_WASM" SHOAL_GIT_DESC="${2:-$SHOAL_GIT_DESC}" \
     BENCH_COMMAND="bash bench/run.sh" \
     python3 "$BENCH_DIR/runtime_bench.py"
 }

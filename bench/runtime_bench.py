@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Runtime benchmark: `shoal run` against `wasmtime serve`, side by side.
 
-For every component (the C wasi:http demo app and the Python one) it serves
+For every component (the C wasi:http demo app, and the JS and Python ones of
+examples/wasm-apps, a language runtime inside each) it serves
 the component with, one server at a time:
 
   * `wasmtime serve -S cli=y --addr 127.0.0.1:PORT COMPONENT` (its defaults:
@@ -30,7 +31,7 @@ Standard library only. Knobs (environment):
   BENCH_COLD_REPEATS   cold-start repeats               (default 5)
   BENCH_START_TIMEOUT  seconds to wait for a server's first 200 (default 300)
   SHOAL_BIN, WASMTIME_BIN, WRK_BIN   the binaries (default: found on PATH)
-  C_COMPONENT, PY_COMPONENT          the components
+  C_COMPONENT, JS_COMPONENT, PY_COMPONENT   the components
   BENCH_OUT            markdown output (default bench/results/runtime.md)
 """
 
@@ -60,6 +61,7 @@ from benchlib import (  # noqa: E402
     rusage_cpu_s, write_report, wrk_duration_arg,
 )
 
+APPS_DIR = BENCH_DIR.parent / "examples" / "wasm-apps"
 STOP_TIMEOUT_S = 30
 POLL_INTERVAL_S = 0.002
 
@@ -534,7 +536,8 @@ def main() -> int:
     components = []
     for cname, envname, default in (
         ("C http-component", "C_COMPONENT", C_COMPONENT),
-        ("Python (componentize-py)", "PY_COMPONENT", BENCH_DIR / ".tools/python-app.wasm"),
+        ("JS (componentize-js)", "JS_COMPONENT", APPS_DIR / "js-app.wasm"),
+        ("Python (componentize-py)", "PY_COMPONENT", APPS_DIR / "python-app.wasm"),
     ):
         p = Path(os.environ.get(envname) or default)
         if p.is_file():

@@ -1,7 +1,8 @@
-"""Minimal wasi:http/proxy handler in Python, for the runtime benchmark.
+"""A wasi:http/proxy handler in Python, for the runtime benchmark.
 
-Built by bench/run.sh with componentize-py (the bindings module `wit_world`
-is generated at build time from the wasi:http WIT, so it is not in the repo).
+Built by examples/wasm-apps/build.sh with componentize-py (the bindings
+module `wit_world` is generated at build time from the wasi:http WIT of the
+wasmtime-wasi-http crate, so it is not in the repo).
 Every request gets 200 with the body "hello from python\n".
 """
 
