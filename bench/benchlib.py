@@ -29,6 +29,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -416,34 +417,50 @@ def has_flag(shoal: str, command: str, flag: str) -> bool:
     return flag in _HELP[key]
 
 
+# The cluster CA file of each control plane started over TLS, by URL.
+CAS: dict[str, Path] = {}
+
+
+def ca_of(url: str) -> Path | None:
+    """The CA file to trust for the control plane at url (None: plain HTTP)."""
+    return CAS.get(url.rstrip("/"))
+
+
 def admin_env(cp_url: str) -> dict:
     """The environment of a CLI run against the control plane at cp_url."""
     env = {"SHOAL_CONFIG": NO_CONFIG}
     admin = TOKENS.get(cp_url.rstrip("/"), (None, None))[0]
     if admin:
         env["SHOAL_TOKEN"] = admin
+    if ca_of(cp_url):
+        env["SHOAL_CA"] = str(ca_of(cp_url))
     return env
 
 
 def start_control_plane(shoal: str, data_dir: Path, log_path: Path, timeout: float,
-                        group: bool = True, extra: list[str] | None = None
-                        ) -> tuple[Proc, str]:
-    """`shoal control-plane` on a free port; the process and its URL."""
+                        group: bool = True, extra: list[str] | None = None,
+                        tls: bool = False) -> tuple[Proc, str]:
+    """`shoal control-plane` on a free port; the process and its URL. Plain
+    HTTP unless `tls` (then every process started for it trusts its CA)."""
     # Plain HTTP on the loopback where the binary serves TLS by default (a
     # revision before TLS has no such flag).
-    plain = ["--plain-http"] if has_flag(shoal, "control-plane", "--plain-http") else []
+    plain = (["--plain-http"]
+             if not tls and has_flag(shoal, "control-plane", "--plain-http") else [])
     p = Proc("control-plane", [str(shoal), "control-plane", "--listen", f"{HOST}:0",
                                "--data-dir", str(data_dir), *plain, *(extra or [])],
              log_path, group=group)
     url = p.wait_for_line(r"Control plane listening on " + URL, timeout).group(1)
     TOKENS[url.rstrip("/")] = (_read_token(data_dir / "admin.token"),
                                _read_token(data_dir / "join.token"))
+    if tls:
+        CAS[url.rstrip("/")] = data_dir / "ca.pem"
     return p, url
 
 
 def start_node(shoal: str, cp_url: str, name: str, cache_dir: Path, log_path: Path,
                timeout: float, group: bool = True, tls: bool = False,
-               labels: list[str] | None = None) -> tuple[Proc, str]:
+               labels: list[str] | None = None,
+               extra: list[str] | None = None) -> tuple[Proc, str]:
     """`shoal node` joined to the control plane, on a free port: plain HTTP
     unless `tls` (mutual TLS, which gateways reach with a certificate of
     the cluster CA); the process and its URL."""
@@ -453,6 +470,9 @@ def start_node(shoal: str, cp_url: str, name: str, cache_dir: Path, log_path: Pa
         argv.append("--plain-http")
     for label in labels or []:
         argv += ["--label", label]
+    if ca_of(cp_url):
+        argv += ["--ca", str(ca_of(cp_url))]
+    argv += extra or []
     join = TOKENS.get(cp_url.rstrip("/"), (None, None))[1]
     p = Proc(name, argv, log_path, group=group,
              env={"SHOAL_JOIN_TOKEN": join} if join else None)
@@ -465,6 +485,8 @@ def start_gateway(shoal: str, cp_url: str, log_path: Path, timeout: float,
     """`shoal gateway` on a free port, with a token of its own if the
     control plane asks for one; the process and its URL."""
     env = dict(env or {})
+    if ca_of(cp_url):
+        env["SHOAL_CA"] = str(ca_of(cp_url))
     api = Api(cp_url)
     if api.token:
         name = f"gateway-{free_port()}"
@@ -505,7 +527,9 @@ class Api:
             req.add_header("content-type", "application/json")
         if self.token:
             req.add_header("authorization", f"Bearer {self.token}")
-        with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+        ca = ca_of(self.url)
+        context = ssl.create_default_context(cafile=str(ca)) if ca else None
+        with urllib.request.urlopen(req, timeout=self.timeout, context=context) as resp:
             raw = resp.read()
         return json.loads(raw) if raw else None
 
