@@ -272,8 +272,8 @@ def warm_cycles(cl: Cluster, module: Path, cycles: int, settle_ms: int) -> list[
     return rows
 
 
-COMPILED = re.compile(r"(?:artifact ready for the nodes|compile cache miss: compiled module)"
-                      r".*?\belapsed_ms=(\d+)")
+# Every process that compiles (control plane or node) logs this line once.
+COMPILED = re.compile(r"compile cache miss: compiled module.*?\belapsed_ms=(\d+)")
 
 
 def spread(cl: Cluster, component: Path, repeats: int, mode: str,
