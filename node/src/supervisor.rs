@@ -294,9 +294,8 @@ impl Supervisor {
                     .trim()
                     .split_once(' ')
                     .ok_or("malformed signature file")?;
-                let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
-                check(&v, &id2, &engine2, kind, &bytes, sha, signature)?;
-                drop(bytes);
+                let actual = hash_file(&path).map_err(|e| e.to_string())?;
+                check(&v, &id2, &engine2, kind, &actual, sha, signature)?;
                 // SAFETY: the CA's signature over this file's hash, the
                 // module and this engine was checked just above.
                 let c = unsafe { rt2.cache().adopt_file(&id2, kind, &path) }
@@ -329,12 +328,13 @@ impl Supervisor {
         };
         let (id2, v) = (id.clone(), verifier.clone());
         tokio::task::spawn_blocking(move || -> Result<Loaded, String> {
+            let actual = hex::encode(sha2::Sha256::digest(&got.bytes));
             check(
                 &v,
                 &id2,
                 &engine,
                 kind,
-                &got.bytes,
+                &actual,
                 &got.sha256,
                 &got.signature,
             )?;
@@ -437,21 +437,35 @@ fn signature_path(artifact: &std::path::Path) -> std::path::PathBuf {
     p.into()
 }
 
-/// Whether `bytes` is the artifact the cluster CA vouches for: its sha256
-/// is `sha256`, and `signature` (base64) is the CA's over the module, this
-/// engine, the kind and that sha256.
+/// The sha256 (hex) of a file, read in pieces rather than whole.
+fn hash_file(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hex::encode(hasher.finalize()));
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// Whether an artifact whose sha256 is `actual` is one the cluster CA
+/// vouches for: `actual` is the `claimed` sha256, and `signature` (base64)
+/// is the CA's over the module, this engine, the kind and that sha256.
 fn check(
     verifier: &shoal_pki::Verifier,
     module: &Digest,
     engine: &str,
     kind: BinaryKind,
-    bytes: &[u8],
-    sha256: &str,
+    actual: &str,
+    claimed: &str,
     signature: &str,
 ) -> Result<(), String> {
     use base64::Engine as _;
-    let actual = hex::encode(sha2::Sha256::digest(bytes));
-    if actual != sha256 {
+    if actual != claimed {
         return Err(format!(
             "the artifact of module sha256:{} does not match its hash; refused",
             module.short()
@@ -464,7 +478,7 @@ fn check(
         BinaryKind::Component => wire::KIND_COMPONENT,
         BinaryKind::CoreModule => wire::KIND_MODULE,
     };
-    let message = wire::signed_message(&module.0, engine, kind, &actual);
+    let message = wire::signed_message(&module.0, engine, kind, actual);
     match verifier.verify(shoal_pki::sign::ARTIFACT_CONTEXT, &message, &signature) {
         shoal_pki::SignatureCheck::Valid => Ok(()),
         shoal_pki::SignatureCheck::Invalid => Err(format!(
@@ -510,7 +524,8 @@ mod tests {
         let code = b"compiled code".as_slice();
         let (sha, sig) = sign(&ours, "aa11", "e1", wire::KIND_COMPONENT, code);
         let accept = |m: &Digest, engine, kind, bytes: &[u8], sha: &str, sig: &str| {
-            check(&v, m, engine, kind, bytes, sha, sig)
+            let actual = hex::encode(sha2::Sha256::digest(bytes));
+            check(&v, m, engine, kind, &actual, sha, sig)
         };
         accept(&module, "e1", BinaryKind::Component, code, &sha, &sig).unwrap();
 

@@ -24,6 +24,7 @@ fn front() -> Front {
         runtime,
         client,
         Arc::new(tokio::sync::Notify::new()),
+        None,
     )))
 }
 
