@@ -435,3 +435,53 @@ fn a_namespace_past_its_request_limits_gets_429_at_the_gateway_and_others_do_not
     assert!(out.success, "{}", out.stderr);
     wait("team-a served without limits", "a.test", 200);
 }
+
+#[test]
+fn a_request_for_an_app_at_zero_held_by_its_quota_is_told_at_once() {
+    let mut c = Cluster::start(1);
+    // Long enough that an answer at the end of the wait could not pass for
+    // the quota's answer, which names its cause.
+    let gw = c.start_gateway(&["--activation-timeout", "120s"]);
+    let out = c.cli(&["quota", "set", "team-a", "--instances", "1"]);
+    assert!(out.success, "{}", out.stderr);
+    let busy = c.manifest(
+        "busy.toml",
+        "name = \"busy\"\nnamespace = \"team-a\"\nmodule = \"$EXAMPLES/http-component.wasm\"\n",
+    );
+    c.apply_wait(&busy);
+    let cold = c.manifest(
+        "cold.toml",
+        "name = \"cold\"\nnamespace = \"team-a\"\nmodule = \"$EXAMPLES/http-component.wasm\"\nreplicas = 0\nroutes = [{ host = \"cold.test\", path = \"/\" }]\n\n[autoscale]\nmin = 0\nmax = 2\n",
+    );
+    c.apply_wait(&cold);
+    let get = || {
+        support::raw_exchange(
+            support::authority(&gw),
+            b"GET / HTTP/1.1\r\nhost: cold.test\r\nconnection: close\r\n\r\n",
+        )
+    };
+    // Once the gateway has the route: the namespace has no room for an
+    // instance of `cold`, and the request is told so.
+    let refused = support::wait_until(std::time::Duration::from_secs(60), "a refusal", || {
+        let raw = get();
+        (!raw.starts_with("HTTP/1.1 404 ")).then_some(raw)
+    });
+    assert!(refused.starts_with("HTTP/1.1 503 "), "{refused}");
+    let (_, body) = support::json_answer(&refused);
+    assert_eq!(body["code"], "quota_exceeded", "{refused}");
+    assert!(
+        refused
+            .to_ascii_lowercase()
+            .contains("\r\nretry-after: 1\r\n"),
+        "{refused}"
+    );
+    assert!(!refused.contains("node-1"), "{refused}");
+
+    // With room again, the same request wakes the app.
+    let out = c.cli(&["quota", "set", "team-a", "--instances", "2"]);
+    assert!(out.success, "{}", out.stderr);
+    support::wait_until(std::time::Duration::from_secs(60), "cold served", || {
+        let raw = get();
+        raw.starts_with("HTTP/1.1 200 ").then_some(raw)
+    });
+}

@@ -58,6 +58,14 @@ impl Error {
         }
     }
 
+    /// The error code of Shoal's JSON error body, if the server sent one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
     /// The server says the thing asked for does not exist.
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::Api { code, .. } if code == "not_found")

@@ -29,8 +29,9 @@ pub(crate) struct Hold {
 
 impl Hold {
     /// Holds the request until `app` has an endpoint: the app's route then,
-    /// or the answer to give if it gets none by `deadline` or too many
-    /// requests wait already.
+    /// or the answer to give if it gets none by `deadline`, too many
+    /// requests wait already, or the control plane refuses an instance for
+    /// the namespace's quota (`503 quota_exceeded` at once).
     pub async fn until_ready(
         &mut self,
         gw: &Gateway,
@@ -42,14 +43,18 @@ impl Hold {
         if stats.held.load(Ordering::Relaxed) >= MAX_HELD {
             return Err(answer::too_many_held(&app.key, MAX_HELD, &request_id()));
         }
-        self.since.get_or_insert_with(std::time::Instant::now);
+        let since = *self.since.get_or_insert_with(std::time::Instant::now);
         stats.held.fetch_add(1, Ordering::Relaxed);
-        let found = gw.wait_for_instance(app, stats, deadline).await;
+        let found = gw.wait_for_instance(app, &app.stats, deadline, since).await;
         stats.held.fetch_sub(1, Ordering::Relaxed);
-        found.ok_or_else(|| {
-            let waited = self.since.map(|t| t.elapsed()).unwrap_or_default();
-            answer::no_ready_instance(&app.key, waited, &request_id())
-        })
+        match found {
+            Waited::Ready(a) => Ok(a),
+            Waited::HeldByQuota => Err(answer::held_by_quota(&app.key, &request_id())),
+            Waited::TimedOut => {
+                let waited = self.since.map(|t| t.elapsed()).unwrap_or_default();
+                Err(answer::no_ready_instance(&app.key, waited, &request_id()))
+            }
+        }
     }
 
     /// The request is answered: if it was held, its wait is a cold start.
@@ -66,15 +71,26 @@ impl Hold {
     }
 }
 
+/// How a wait for an instance ended.
+enum Waited {
+    Ready(Arc<AppRoute>),
+    /// The control plane refused an instance after the wait began: the
+    /// app's namespace is at its quota.
+    HeldByQuota,
+    TimedOut,
+}
+
 impl Gateway {
     /// Waits until `app` has an endpoint, asking the control plane for an
-    /// instance if the app scales from zero. `None` at the deadline.
+    /// instance if the app scales from zero. Ends early if the control
+    /// plane refuses one for the namespace's quota after `since`.
     async fn wait_for_instance(
         &self,
         app: &Arc<AppRoute>,
-        stats: &AppStats,
+        stats: &Arc<AppStats>,
         deadline: tokio::time::Instant,
-    ) -> Option<Arc<AppRoute>> {
+        since: std::time::Instant,
+    ) -> Waited {
         // An app that may scale from zero is worth the wait of a cold
         // start; one that should have instances but has none ready (all
         // starting, or crashing) only briefly.
@@ -89,18 +105,33 @@ impl Gateway {
             if let Some(a) = self.table().app(&app.key)
                 && a.has_endpoints()
             {
-                return Some(a);
+                return Waited::Ready(a);
             }
+            let refused = *stats
+                .quota_refused
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if refused.is_some_and(|t| t >= since) {
+                return Waited::HeldByQuota;
+            }
+            let refusal = stats.refusals.notified();
             if app.scale_from_zero {
                 self.ask_for_instance(&app.key, stats);
             }
-            // Wake on a table update, and at least every second to ask
-            // again in case a request to the control plane was lost.
+            // Wake on a table update, on a refusal, and at least every
+            // second to ask again in case a request to the control plane
+            // was lost.
             let wake = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
-            match tokio::time::timeout_at(wake, updates.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return None,
-                Err(_) if tokio::time::Instant::now() >= deadline => return None,
+            let woken = tokio::time::timeout_at(wake, async {
+                tokio::select! {
+                    changed = updates.changed() => changed.is_ok(),
+                    () = refusal => true,
+                }
+            });
+            match woken.await {
+                Ok(true) => {}
+                Ok(false) => return Waited::TimedOut,
+                Err(_) if tokio::time::Instant::now() >= deadline => return Waited::TimedOut,
                 Err(_) => {}
             }
         }
@@ -108,7 +139,7 @@ impl Gateway {
 
     /// Tells the control plane the app needs an instance (at most once a
     /// second per app, whatever the number of waiting requests).
-    fn ask_for_instance(&self, key: &AppKey, stats: &AppStats) {
+    fn ask_for_instance(&self, key: &AppKey, stats: &Arc<AppStats>) {
         let Some(control) = &self.shared.control else {
             return;
         };
@@ -122,15 +153,23 @@ impl Gateway {
             }
             *sent = Some(std::time::Instant::now());
         }
-        tokio::spawn(post_activation(control.clone(), key.clone()));
+        tokio::spawn(post_activation(control.clone(), key.clone(), stats.clone()));
     }
 }
 
 /// Asks the control plane for an instance of `key`, logging what came of
-/// it.
-async fn post_activation(client: shoal_client::Client, key: AppKey) {
+/// it; a refusal for the namespace's quota is told to the waiting requests.
+async fn post_activation(client: shoal_client::Client, key: AppKey, stats: Arc<AppStats>) {
     match client.activate(&key).await {
         Ok(()) => tracing::info!(app = %key, "asked the control plane for an instance"),
+        Err(e) if e.code() == Some(shoal_api::quota::QUOTA_EXCEEDED) => {
+            tracing::warn!(app = %key, error = %e, "activation refused by the namespace's quota");
+            *stats
+                .quota_refused
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+            stats.refusals.notify_waiters();
+        }
         Err(e) if e.status().is_some() => {
             tracing::warn!(app = %key, error = %e, "activation refused")
         }

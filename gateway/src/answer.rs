@@ -108,6 +108,22 @@ pub(crate) fn no_ready_instance(
     )
 }
 
+/// A request for an app at zero that cannot get an instance because its
+/// namespace is at its quota: at once, with `Retry-After`, instead of at
+/// the end of the activation timeout. Names no namespace or limit (the
+/// client is the app's user, not the tenant).
+pub(crate) fn held_by_quota(app: &AppKey, request_id: &HeaderValue) -> Response<ProxyBody> {
+    let mut resp = failed(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "quota_exceeded",
+        format!("app {app} cannot start an instance now: its namespace is at its quota"),
+        request_id,
+    );
+    resp.headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from(1u64));
+    resp
+}
+
 pub(crate) fn gateway_timeout(
     app: &AppKey,
     timeout: std::time::Duration,

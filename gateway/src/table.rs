@@ -184,6 +184,11 @@ pub struct AppStats {
     pub cold_starts_ms: std::sync::Mutex<Vec<u64>>,
     /// When the gateway last asked the control plane for an instance.
     pub(crate) activation_sent: Mutex<Option<Instant>>,
+    /// When the control plane last refused an instance because the app's
+    /// namespace is at its quota; waiting requests are told at once.
+    pub(crate) quota_refused: Mutex<Option<Instant>>,
+    /// Wakes requests waiting for an instance when such a refusal comes.
+    pub(crate) refusals: tokio::sync::Notify,
     /// How many more requests may be sent again ([`crate::retry`]); its
     /// deposits are `requests`.
     pub retry_budget: crate::retry::RetryBudget,
