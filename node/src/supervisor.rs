@@ -109,6 +109,9 @@ pub struct Supervisor {
     generation: AtomicU64,
     /// Told when something the control plane should know changed.
     pub(crate) changed: Arc<Notify>,
+    /// Loads in progress, by module digest: instances of one module that
+    /// start together share one fetch (or compile).
+    loading: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Result<Loaded, String>>>>>,
 }
 
 impl Supervisor {
@@ -122,6 +125,7 @@ impl Supervisor {
             runtime,
             client,
             verifier,
+            loading: Default::default(),
             instances: Default::default(),
             generation: AtomicU64::new(0),
             changed,
@@ -237,6 +241,24 @@ impl Supervisor {
     /// on disk with the control plane's signature), else the control
     /// plane's artifact, else compiled here.
     async fn load(&self, digest: &str) -> Result<Loaded, String> {
+        let cell = self
+            .loading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(digest.to_string())
+            .or_default()
+            .clone();
+        let result = cell.get_or_init(|| self.load_once(digest)).await.clone();
+        // Done, either way: later starts find the code in memory, and a
+        // failure is tried again.
+        self.loading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(digest);
+        result
+    }
+
+    async fn load_once(&self, digest: &str) -> Result<Loaded, String> {
         let id = Digest(digest.to_string());
         let rt = self.runtime.clone();
         if let Some(c) = rt.cache().in_memory(&id) {
