@@ -13,7 +13,7 @@ use sha2::Digest as _;
 use shoal_api::endpoints::{DEFAULT_PAGE_LIMIT, EventsQuery, ListQuery, PageQuery};
 use shoal_api::manifest::{self, AppManifest, DEFAULT_NAMESPACE, Format};
 use shoal_api::objects::{
-    AppKey, Event, EventLevel, Instance, Node, Phase, Revision, RolloutState, now_ms,
+    AppKey, Event, EventLevel, Instance, Node, Phase, RolloutState, now_ms,
 };
 use shoal_api::rest::{AppDetail, AppView, ApplyApp, ApplyOutcome, ApplyRequest};
 use std::collections::{BTreeMap, BTreeSet};
