@@ -164,6 +164,14 @@ def threads(pid: int) -> int | None:
     return status_kib(pid, "Threads")
 
 
+def mappings(pid: int) -> int | None:
+    """Memory mappings of the process (each compiled module has some)."""
+    try:
+        return len(Path(f"/proc/{pid}/maps").read_text().splitlines())
+    except OSError:
+        return None
+
+
 class CpuMark:
     """CPU seconds of some processes since it was made."""
 
@@ -365,16 +373,22 @@ def shoal_run(cfg: dict, n: int, template: str, tmp: Path, logs: Path) -> dict:
         node_pid = cl["node"].pid
         time.sleep(1.0)  # let the node's first heartbeats settle (RSS_0)
         rss0 = rss_mib(node_pid)
+        maps0 = mappings(node_pid)
         reg = register(cfg, cl, n, module_of, memory)
         procs = {"cp": cl["cp"], "gw": cl["gw"], "node": cl["node"]}
         idle = idle_window(cfg, procs)
         rss_idle = rss_mib(node_pid)
+        anon_idle = (status_kib(node_pid, "RssAnon") or 0) / 1024
+        file_idle = (status_kib(node_pid, "RssFile") or 0) / 1024
+        maps_idle = mappings(node_pid)
         lat = latency_run(cfg, n, lambda i: (cl["gw_port"], app_host(i)), expect)
         rss_after = rss_mib(node_pid)
         get = get_apps_cli(cfg, cl, n)
         res = {
             "n": n, "template": template, "capacity": cl["capacity"],
             "rss0": rss0, "rss_idle": rss_idle, "rss_after": rss_after,
+            "anon_idle": anon_idle, "file_idle": file_idle, "maps_idle": maps_idle,
+            "maps0": maps0,
             "hwm": (status_kib(node_pid, "VmHWM") or 0) / 1024,
             "node_threads": threads(node_pid),
             "per_app_kib": ((rss_idle or 0) - (rss0 or 0)) * 1024 / n,
@@ -483,6 +497,16 @@ def report(cfg: dict, runs: list[dict], peers: list[tuple[dict, dict]]) -> str:
             f"{r['n']:,}", mib(r["cp_rss"]), mib(r["gw_rss"]), mib(r["hwm"]),
             f"{c['cp']:.1f} / {c['gw']:.1f} / {c['node']:.1f} s",
             f"{pct('cp')} / {pct('gw')} / {pct('node')}"))
+    lines += ["", "What the node's resident memory with N idle apps is made of (from "
+              "/proc: anonymous and file-backed pages, and its memory mappings, with "
+              "none and with N apps):", ""]
+    lines += md_head(["N", "RssAnon", "RssFile", "mappings (0 apps)", "mappings (N apps)",
+                      "mappings per app", "node threads"], "rrrrrrr")
+    for r in runs:
+        per_map = ((r["maps_idle"] or 0) - (r["maps0"] or 0)) / r["n"]
+        lines.append(md_row(f"{r['n']:,}", mib(r["anon_idle"]), mib(r["file_idle"]),
+                            r["maps0"], r["maps_idle"], f"{per_map:.1f}",
+                            r["node_threads"]))
     bad = [(r["n"], r["lat"]["bad"]) for r in runs if r["lat"]["bad"]]
     for n, b in bad:
         lines += ["", f"**N={n}: {len(b)} wrong answers**, e.g. {b[:3]}"]

@@ -12,9 +12,7 @@ use futures::StreamExt;
 use sha2::Digest as _;
 use shoal_api::endpoints::{DEFAULT_PAGE_LIMIT, EventsQuery, ListQuery, PageQuery};
 use shoal_api::manifest::{self, AppManifest, DEFAULT_NAMESPACE, Format};
-use shoal_api::objects::{
-    AppKey, Event, EventLevel, Instance, Node, Phase, RolloutState, now_ms,
-};
+use shoal_api::objects::{AppKey, Event, EventLevel, Instance, Node, Phase, RolloutState, now_ms};
 use shoal_api::rest::{AppDetail, AppView, ApplyApp, ApplyOutcome, ApplyRequest};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -587,7 +585,9 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
         }
         Resource::Nodes => {
             if args.page().is_some() {
-                bail!("--limit and --continue page apps, instances and revisions; nodes come in one list");
+                bail!(
+                    "--limit and --continue page apps, instances and revisions; nodes come in one list"
+                );
             }
             let mut nodes: Vec<Node> = client.nodes().await?;
             if let Some(n) = &args.name {

@@ -285,11 +285,7 @@ pub struct PageQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
     /// The token the previous page's [`CONTINUE_HEADER`] gave.
-    #[serde(
-        default,
-        rename = "continue",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, rename = "continue", skip_serializing_if = "Option::is_none")]
     pub continue_token: Option<String>,
 }
 

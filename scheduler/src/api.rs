@@ -448,7 +448,11 @@ async fn apply(
 }
 
 pub(crate) fn view(snap: &crate::state::Snapshot, app: &App) -> AppView {
-    view_of(snap, app, snap.instances.values().filter(|i| i.app == app.key))
+    view_of(
+        snap,
+        app,
+        snap.instances.values().filter(|i| i.app == app.key),
+    )
 }
 
 /// The views of `apps`, with one pass over the instances for all of them
@@ -533,8 +537,12 @@ fn list_page<K: serde::de::DeserializeOwned>(
     list: &str,
     q: &ListQuery,
 ) -> Result<Option<crate::page::Page<K>>, Error> {
-    crate::page::parse(raw, list, &list_filter(q))
-        .map_err(|e| Error(StatusCode::BAD_REQUEST, ErrorBody::new(e.code(), e.to_string())))
+    crate::page::parse(raw, list, &list_filter(q)).map_err(|e| {
+        Error(
+            StatusCode::BAD_REQUEST,
+            ErrorBody::new(e.code(), e.to_string()),
+        )
+    })
 }
 
 fn list_filter(q: &ListQuery) -> String {
@@ -704,10 +712,7 @@ async fn set_traffic(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_instances(
-    State(cp): State<ControlPlane>,
-    q: ListQueries,
-) -> Result<Response, Error> {
+async fn list_instances(State(cp): State<ControlPlane>, q: ListQueries) -> Result<Response, Error> {
     let (q, raw) = list_queries(q)?;
     let page = list_page::<String>(&raw, "instances", &q)?;
     let snap = cp.snapshot();
@@ -718,10 +723,7 @@ async fn list_instances(
     Ok(paged(items, next))
 }
 
-async fn list_revisions(
-    State(cp): State<ControlPlane>,
-    q: ListQueries,
-) -> Result<Response, Error> {
+async fn list_revisions(State(cp): State<ControlPlane>, q: ListQueries) -> Result<Response, Error> {
     let (q, raw) = list_queries(q)?;
     let page = list_page::<(AppKey, u64)>(&raw, "revisions", &q)?;
     let snap = cp.snapshot();

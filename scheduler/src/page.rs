@@ -74,7 +74,11 @@ pub fn parse<K: DeserializeOwned>(
     list: &str,
     filter: &str,
 ) -> Result<Option<Page<K>>, PageError> {
-    let limit_text = raw.limit.as_deref().map(str::trim).filter(|s| !s.is_empty());
+    let limit_text = raw
+        .limit
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
     let token_text = raw
         .continue_token
         .as_deref()
@@ -201,7 +205,10 @@ mod tests {
     #[test]
     fn no_limit_and_no_token_is_the_whole_list() {
         assert_eq!(parse::<u32>(&raw(None, None), "n", "").unwrap(), None);
-        assert_eq!(parse::<u32>(&raw(Some(""), Some(" ")), "n", "").unwrap(), None);
+        assert_eq!(
+            parse::<u32>(&raw(Some(""), Some(" ")), "n", "").unwrap(),
+            None
+        );
         let p = parse::<u32>(&raw(None, Some(&token("n", "", &3u32))), "n", "")
             .unwrap()
             .unwrap();

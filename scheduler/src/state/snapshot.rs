@@ -106,6 +106,7 @@ impl Snapshot {
         HeartbeatResponse {
             generation: node.generation,
             instances,
+            unchanged: false,
         }
     }
 

@@ -410,6 +410,30 @@ impl State {
         hb: shoal_api::protocol::Heartbeat,
         now_ms: u64,
     ) -> Result<HeartbeatResponse, ApiError> {
+        // Whether the node runs exactly what is assigned to it, at the
+        // current generation (checked before the reports are used up).
+        let reported = hb.generation;
+        let runs_it = hb.brief
+            && self.snap.nodes.get(name).is_some_and(|n| {
+                n.generation == hb.generation && {
+                    let assigned = self
+                        .snap
+                        .instances
+                        .values()
+                        .filter(|i| i.node.as_deref() == Some(name))
+                        .count();
+                    let mut ids = BTreeSet::new();
+                    assigned == hb.instances.len()
+                        && hb.instances.iter().all(|r| {
+                            ids.insert(r.id.as_str())
+                                && self
+                                    .snap
+                                    .instances
+                                    .get(&r.id)
+                                    .is_some_and(|i| i.node.as_deref() == Some(name))
+                        })
+                }
+            });
         let changes = decide::node::heartbeat(&self.snap, name, hb, now_ms)?;
         self.execute(changes);
         if let Err(e) = self.flush() {
@@ -420,6 +444,15 @@ impl State {
             .nodes
             .get(name)
             .ok_or_else(|| ApiError::NotFound(format!("node {name} is not registered")))?;
+        // The generation is read after the heartbeat's own changes, which
+        // may have moved it on.
+        if runs_it && node.generation == reported {
+            return Ok(HeartbeatResponse {
+                generation: node.generation,
+                instances: Vec::new(),
+                unchanged: true,
+            });
+        }
         Ok(self.snap.assignment(node))
     }
 

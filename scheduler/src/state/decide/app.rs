@@ -107,8 +107,7 @@ fn check_routes(snap: &Snapshot, apps: &[(AppManifest, String)]) -> Result<(), A
             let (host, path) = route_key(r);
             let overlaps = claimed.get(&host).is_some_and(|same_host| {
                 same_host.iter().any(|(owner, other)| {
-                    owner.namespace != key.namespace
-                        && (covers(other, path) || covers(path, other))
+                    owner.namespace != key.namespace && (covers(other, path) || covers(path, other))
                 })
             });
             if overlaps {

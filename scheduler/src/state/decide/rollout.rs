@@ -24,8 +24,10 @@ pub fn progress(snap: &Snapshot, apps: &[DesiredApp], now_ms: u64) -> Vec<Change
     }
     // The live instances of the apps whose rollouts progress, in one pass
     // over the instances (one pass per app grows with apps x instances).
-    let mut live_of: HashMap<&AppKey, Vec<&Instance>> =
-        progressing.iter().map(|(d, _)| (&d.key, Vec::new())).collect();
+    let mut live_of: HashMap<&AppKey, Vec<&Instance>> = progressing
+        .iter()
+        .map(|(d, _)| (&d.key, Vec::new()))
+        .collect();
     for i in snap.instances.values() {
         if i.phase != Phase::Terminating
             && let Some(v) = live_of.get_mut(&i.app)
