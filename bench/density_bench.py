@@ -421,7 +421,10 @@ def wasmtime_run(cfg: dict, n: int, tmp: Path, logs: Path) -> dict:
         for i, f in enumerate(files):
             port = free_port()
             ports.append(port)
+            # Compile cache off: each process compiles its component, as
+            # Shoal's node (with an empty cache directory) does.
             procs.append(Proc(f"wasmtime-{i}", [cfg["wasmtime"], "serve", "-S", "cli=y",
+                                                 "-C", "cache=n",
                                                  "--addr", f"{HOST}:{port}", str(f)],
                               logs / f"wasmtime-{n}" / f"{app_name(i)}.log",
                               stop_signal=signal.SIGINT))
@@ -521,7 +524,9 @@ def report(cfg: dict, runs: list[dict], peers: list[tuple[dict, dict]]) -> str:
     if peers:
         lines += ["", "## Beside one `wasmtime serve` process per app", "",
                   "The same N components (the C wasi:http demo component, a custom section "
-                  "naming the app appended) in both. wasmtime: the sum of the processes' Pss "
+                  "naming the app appended) in both, compiled from scratch (wasmtime with "
+                  "`-C cache=n`, Shoal's node with an empty cache). wasmtime: the sum of the "
+                  "processes' Pss "
                   "(RSS summed in brackets), time from the first launch to every process "
                   "answering, requests straight to each process's port. Shoal: the node's "
                   "RSS, time from the first POST to every app ready in the route table, "

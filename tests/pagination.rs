@@ -5,7 +5,7 @@
 mod support;
 
 use std::collections::BTreeSet;
-use support::{Cluster, CliOutput, json_answer, raw_exchange};
+use support::{CliOutput, Cluster, json_answer, raw_exchange};
 
 /// Apps `p00` .. `p{n-1}` in `namespace` (one instance each, which stays
 /// pending: the cluster has no node), applied with one `shoal apply`.
@@ -142,7 +142,11 @@ fn get_apps_walks_every_page_and_limit_shows_one_with_the_way_on() {
     // Nodes are one short list.
     let out = c.cli(&["get", "nodes", "--limit", "1"]);
     assert!(!out.success);
-    assert!(out.stderr.contains("nodes come in one list"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("nodes come in one list"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -161,7 +165,9 @@ fn the_api_answers_pages_with_a_token_and_refuses_bad_ones_with_400() {
     let (status, page) = json_answer(&a);
     assert_eq!(status, 200);
     assert_eq!(page.as_array().unwrap().len(), 2);
-    let token = header(&a, "x-shoal-continue").expect("a continue token").to_string();
+    let token = header(&a, "x-shoal-continue")
+        .expect("a continue token")
+        .to_string();
     let a = get_raw(&c, &format!("/v1/apps?limit=2&continue={token}"));
     let (_, rest) = json_answer(&a);
     assert_eq!(rest.as_array().unwrap().len(), 1);
@@ -184,7 +190,11 @@ fn the_api_answers_pages_with_a_token_and_refuses_bad_ones_with_400() {
         );
     }
     refused("/v1/apps?continue=%25%25", "invalid_continue", "malformed");
-    refused("/v1/apps?continue=bm90IGpzb24", "invalid_continue", "malformed");
+    refused(
+        "/v1/apps?continue=bm90IGpzb24",
+        "invalid_continue",
+        "malformed",
+    );
     // A token of another list, or of the same list under another filter.
     let a = get_raw(&c, "/v1/instances?limit=1");
     let foreign = header(&a, "x-shoal-continue").expect("a token").to_string();
