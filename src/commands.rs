@@ -10,11 +10,9 @@ use base64::Engine as _;
 use clap::{Args, ValueEnum};
 use futures::StreamExt;
 use sha2::Digest as _;
-use shoal_api::endpoints::{EventsQuery, ListQuery};
+use shoal_api::endpoints::{DEFAULT_PAGE_LIMIT, EventsQuery, ListQuery, PageQuery};
 use shoal_api::manifest::{self, AppManifest, DEFAULT_NAMESPACE, Format};
-use shoal_api::objects::{
-    AppKey, Event, EventLevel, Instance, Node, Phase, Revision, RolloutState, now_ms,
-};
+use shoal_api::objects::{AppKey, Event, EventLevel, Instance, Node, Phase, RolloutState, now_ms};
 use shoal_api::rest::{AppDetail, AppView, ApplyApp, ApplyOutcome, ApplyRequest};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -107,6 +105,61 @@ pub struct GetArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+    /// Show one page of at most this many apps, instances or revisions,
+    /// and say how to show the next (default: every page).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: Option<u32>,
+    /// The page to show: the token the previous page printed.
+    #[arg(long = "continue", value_name = "TOKEN")]
+    pub continue_token: Option<String>,
+}
+
+impl GetArgs {
+    /// The page asked for with `--limit`/`--continue`; `None` for all.
+    fn page(&self) -> Option<PageQuery> {
+        (self.limit.is_some() || self.continue_token.is_some()).then(|| PageQuery {
+            limit: self.limit,
+            continue_token: self.continue_token.clone(),
+        })
+    }
+
+    /// After a page that is not the last: the command for the next one.
+    fn say_next(&self, what: &str, next: Option<String>) {
+        let Some(token) = next else { return };
+        let mut cmd = format!("shoal get {what}");
+        if self.ns.all_namespaces {
+            cmd.push_str(" -A");
+        } else if let Some(ns) = &self.ns.namespace {
+            cmd.push_str(&format!(" -n {ns}"));
+        }
+        if let Some(app) = &self.app {
+            cmd.push_str(&format!(" --app {app}"));
+        }
+        if let Some(limit) = self.limit {
+            cmd.push_str(&format!(" --limit {limit}"));
+        }
+        errln!("More {what}: {cmd} --continue {token}");
+    }
+}
+
+/// One page of a list (with `--limit`/`--continue`), or every page.
+async fn fetch_list<T, P, A>(
+    args: &GetArgs,
+    q: &ListQuery,
+    one_page: P,
+    all: A,
+) -> anyhow::Result<(Vec<T>, Option<String>)>
+where
+    P: AsyncFnOnce(&ListQuery, &PageQuery) -> Result<shoal_client::Page<T>, shoal_client::Error>,
+    A: AsyncFnOnce(&ListQuery, u32) -> Result<Vec<T>, shoal_client::Error>,
+{
+    Ok(match args.page() {
+        Some(page) => {
+            let p = one_page(q, &page).await?;
+            (p.items, p.next)
+        }
+        None => (all(q, DEFAULT_PAGE_LIMIT).await?, None),
+    })
 }
 
 /// `app NAME` or `app/NAME`.
@@ -407,7 +460,15 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
     };
     match args.resource {
         Resource::Apps => {
-            let mut apps: Vec<AppView> = client.apps(&args.ns.list(None)).await?;
+            let q = args.ns.list(None);
+            let (mut apps, next) = fetch_list(
+                &args,
+                &q,
+                async |q, p| client.apps_page(q, p).await,
+                async |q, l| client.apps_paged(q, l).await,
+            )
+            .await?;
+            args.say_next("apps", next);
             if let Some(n) = &args.name {
                 apps.retain(|a| &a.app.key.name == n);
                 if apps.is_empty() {
@@ -469,8 +530,15 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
             print_table_or_empty(&header, &rows, &ns);
         }
         Resource::Instances => {
-            let mut insts: Vec<Instance> =
-                client.instances(&args.ns.list(args.app.as_ref())).await?;
+            let q = args.ns.list(args.app.as_ref());
+            let (mut insts, next) = fetch_list(
+                &args,
+                &q,
+                async |q, p| client.instances_page(q, p).await,
+                async |q, l| client.instances_paged(q, l).await,
+            )
+            .await?;
+            args.say_next("instances", next);
             if let Some(n) = &args.name {
                 insts.retain(|i| &i.id == n);
                 if insts.is_empty() {
@@ -516,6 +584,11 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
             print_table_or_empty(&header, &rows, &ns);
         }
         Resource::Nodes => {
+            if args.page().is_some() {
+                bail!(
+                    "--limit and --continue page apps, instances and revisions; nodes come in one list"
+                );
+            }
             let mut nodes: Vec<Node> = client.nodes().await?;
             if let Some(n) = &args.name {
                 nodes.retain(|x| &x.name == n);
@@ -527,7 +600,7 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
                 namespace: Some("*".into()),
                 app: None,
             };
-            let insts: Vec<Instance> = client.instances(&every).await?;
+            let insts: Vec<Instance> = client.instances_paged(&every, DEFAULT_PAGE_LIMIT).await?;
             let views: Vec<NodeView> = nodes
                 .iter()
                 .map(|node| NodeView {
@@ -583,10 +656,18 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
             }
         }
         Resource::Revisions => {
-            let revs: Vec<Revision> = client
-                .revisions(&args.ns.list(args.app.as_ref().or(args.name.as_ref())))
+            let q = args.ns.list(args.app.as_ref().or(args.name.as_ref()));
+            let (revs, next) = fetch_list(
+                &args,
+                &q,
+                async |q, p| client.revisions_page(q, p).await,
+                async |q, l| client.revisions_paged(q, l).await,
+            )
+            .await?;
+            args.say_next("revisions", next);
+            let apps: Vec<AppView> = client
+                .apps_paged(&args.ns.list(None), DEFAULT_PAGE_LIMIT)
                 .await?;
-            let apps: Vec<AppView> = client.apps(&args.ns.list(None)).await?;
             let current: BTreeMap<&AppKey, u64> = apps
                 .iter()
                 .map(|a| (&a.app.key, a.app.current_revision))

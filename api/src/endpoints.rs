@@ -284,6 +284,28 @@ pub struct ListQuery {
     pub app: Option<String>,
 }
 
+/// The paging part of the query of `APPS`, `INSTANCES` and `REVISIONS`
+/// (sent beside a [`ListQuery`]). Without either field the whole list is
+/// answered in one go; with one, at most `limit` items (default
+/// [`DEFAULT_PAGE_LIMIT`], at most [`MAX_PAGE_LIMIT`]) after the place
+/// `continue` marks, and the [`CONTINUE_HEADER`] of the answer says where
+/// the next page starts (no header: that was the last page).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// The token the previous page's [`CONTINUE_HEADER`] gave.
+    #[serde(default, rename = "continue", skip_serializing_if = "Option::is_none")]
+    pub continue_token: Option<String>,
+}
+
+/// The response header with the token of the next page of a list.
+pub const CONTINUE_HEADER: &str = "x-shoal-continue";
+/// Items in a page when the query names no limit.
+pub const DEFAULT_PAGE_LIMIT: u32 = 500;
+/// The largest page; a larger limit is answered with this many.
+pub const MAX_PAGE_LIMIT: u32 = 1000;
+
 /// The query of `EVENTS`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventsQuery {
@@ -467,6 +489,23 @@ mod tests {
             generation: Some(u64::MAX),
         };
         assert_eq!(roundtrip(&q), q);
+        for q in [
+            PageQuery::default(),
+            PageQuery {
+                limit: Some(3),
+                continue_token: Some("eyJ+/=&x".into()),
+            },
+        ] {
+            assert_eq!(roundtrip(&q), q);
+        }
+        assert_eq!(
+            serde_urlencoded::to_string(PageQuery {
+                limit: Some(2),
+                continue_token: Some("t".into()),
+            })
+            .unwrap(),
+            "limit=2&continue=t"
+        );
         for follow in [false, true] {
             let q = LogsQuery { follow };
             assert_eq!(roundtrip(&q), q);

@@ -73,6 +73,11 @@ pub struct Heartbeat {
     /// The generation of the assignment the node runs.
     pub generation: u64,
     pub instances: Vec<InstanceReport>,
+    /// The node takes a [`HeartbeatResponse::unchanged`] answer, without
+    /// instances, when it runs the current generation already (absent
+    /// from older nodes, which get the whole assignment every time).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub brief: bool,
 }
 
 /// One instance a node should run.
@@ -94,4 +99,10 @@ pub struct Assignment {
 pub struct HeartbeatResponse {
     pub generation: u64,
     pub instances: Vec<Assignment>,
+    /// Only to a node that asked with [`Heartbeat::brief`]: it runs
+    /// `generation` already, with exactly the instances it reported, so
+    /// `instances` is left empty and means nothing. At 10,000 instances the
+    /// whole assignment is megabytes of JSON each heartbeat.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unchanged: bool,
 }

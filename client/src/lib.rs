@@ -15,6 +15,8 @@
 //!   activation).
 //! - [`certificates`]: certificates for the gateways (add, list, remove;
 //!   a gateway's long poll for them with their keys).
+//! - [`paging`]: long lists a page at a time ([`paging::Page`], and
+//!   `apps_paged` & co. that walk every page).
 //! - [`tokens`]: an admin's calls on tokens (create, list, revoke).
 //! - [`quotas`]: namespaces' quotas (get, list; set and remove for the
 //!   cluster's admin).
@@ -30,6 +32,7 @@ pub mod gateways;
 pub mod node_admin;
 pub mod node_api;
 pub mod nodes;
+pub mod paging;
 pub mod quotas;
 pub mod tokens;
 pub mod transport;
@@ -37,4 +40,5 @@ pub mod transport;
 pub use error::{Error, root_cause};
 pub use gateways::{RouteUpdate, RouteWatch};
 pub use node_api::LogLines;
+pub use paging::Page;
 pub use transport::{Builder, Client, Hints};

@@ -225,7 +225,11 @@ impl Session {
                     if failing_since.take().is_some() {
                         tracing::info!("control plane reachable again");
                     }
-                    self.inbox.offer(r, Source::Heartbeat);
+                    // An unchanged answer carries no assignment: the
+                    // node has this generation already.
+                    if !r.unchanged {
+                        self.inbox.offer(r, Source::Heartbeat);
+                    }
                 }
                 Err(e) if e.status() == Some(http::StatusCode::NOT_FOUND) => {
                     tracing::warn!("the control plane does not know this node; registering again");

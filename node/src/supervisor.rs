@@ -6,6 +6,7 @@
 
 use crate::session::Status;
 use bytes::Bytes;
+use futures::StreamExt as _;
 use sha2::Digest as _;
 use shoal_api::WorkloadKind;
 use shoal_api::artifact as wire;
@@ -93,6 +94,15 @@ impl Running {
             },
         }
     }
+}
+
+/// How many instances an assignment starts at once: twice the cores (a
+/// start is part waiting, part compiling), at least 2.
+fn start_concurrency() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get() * 2)
+        .unwrap_or(2)
+        .max(2)
 }
 
 /// Starts and stops the node's instances.
@@ -197,6 +207,7 @@ impl Supervisor {
                 }
             }
         }
+        let mut new = Vec::new();
         for a in &desired.instances {
             if let Some(r) = self.table().get(&a.id) {
                 if r.draining.swap(a.draining, Ordering::Relaxed) != a.draining && a.draining {
@@ -204,8 +215,22 @@ impl Supervisor {
                 }
                 continue;
             }
-            let running = Arc::new(self.start(a.clone()).await);
-            self.table_mut().insert(a.id.clone(), running.clone());
+            new.push(a.clone());
+        }
+        // Several at once: a start waits on a fetch from the control plane
+        // and on a compile, and a node given thousands of instances should
+        // not take them one at a time. Each joins the table (and the next
+        // heartbeat) as soon as it is up.
+        let sup = self.clone();
+        let mut starts = futures::stream::iter(new)
+            .map(move |a| {
+                let sup = sup.clone();
+                async move { Arc::new(sup.start(a).await) }
+            })
+            .buffer_unordered(start_concurrency());
+        while let Some(running) = starts.next().await {
+            self.table_mut()
+                .insert(running.assignment.id.clone(), running.clone());
             news = true;
             if running.assignment.template.spec.health.is_some() {
                 // The first check at once: readiness should not wait for
@@ -444,6 +469,7 @@ impl Status for Supervisor {
         Heartbeat {
             generation: self.generation(),
             instances: self.reports(),
+            brief: true,
         }
     }
 }

@@ -22,6 +22,7 @@ impl Status for Idle {
         Heartbeat {
             generation: 0,
             instances: Vec::new(),
+            brief: false,
         }
     }
 }
@@ -30,6 +31,7 @@ fn answer(generation: u64) -> HeartbeatResponse {
     HeartbeatResponse {
         generation,
         instances: Vec::new(),
+        unchanged: false,
     }
 }
 

@@ -21,7 +21,7 @@ use shoal_api::endpoints::{
     ROUTES_KEEPALIVE,
 };
 use shoal_api::manifest::validate_app;
-use shoal_api::objects::{App, AppKey, Event, Instance, Node, Phase, Revision};
+use shoal_api::objects::{App, AppKey, Event, Instance, Node, Phase};
 use shoal_api::protocol::{Heartbeat, RegisterRequest};
 use shoal_api::quota::{QuotaView, SetQuota};
 use shoal_api::rest::{
@@ -460,7 +460,36 @@ async fn apply(
 }
 
 pub(crate) fn view(snap: &crate::state::Snapshot, app: &App) -> AppView {
-    let mine = snap.instances.values().filter(|i| i.app == app.key);
+    view_of(
+        snap,
+        app,
+        snap.instances.values().filter(|i| i.app == app.key),
+    )
+}
+
+/// The views of `apps`, with one pass over the instances for all of them
+/// (a view each would pass over every instance once per app).
+fn views(snap: &crate::state::Snapshot, apps: Vec<&App>) -> Vec<AppView> {
+    let mut mine: std::collections::HashMap<&AppKey, Vec<&Instance>> =
+        apps.iter().map(|a| (&a.key, Vec::new())).collect();
+    for i in snap.instances.values() {
+        if let Some(v) = mine.get_mut(&i.app) {
+            v.push(i);
+        }
+    }
+    apps.into_iter()
+        .map(|a| {
+            let of = mine.remove(&a.key).unwrap_or_default();
+            view_of(snap, a, of.into_iter())
+        })
+        .collect()
+}
+
+fn view_of<'a>(
+    snap: &crate::state::Snapshot,
+    app: &App,
+    mine: impl Iterator<Item = &'a Instance>,
+) -> AppView {
     let (mut instances, mut ready, mut up_to_date, mut pending) = (0, 0, 0, 0);
     for i in mine {
         instances += 1;
@@ -496,18 +525,60 @@ fn in_ns(filter: &Option<String>, ns: &str) -> bool {
     }
 }
 
-async fn list_apps(
-    State(cp): State<ControlPlane>,
-    Query(q): Query<ListQuery>,
-) -> Json<Vec<AppView>> {
+/// The query of a list and its paging part; a malformed query string is
+/// a JSON 400 like any other refusal.
+type ListQueries = (
+    Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    Result<Query<crate::page::RawPage>, axum::extract::rejection::QueryRejection>,
+);
+
+fn list_queries(q: ListQueries) -> Result<(ListQuery, crate::page::RawPage), Error> {
+    let bad = |e: axum::extract::rejection::QueryRejection| {
+        Error(
+            StatusCode::BAD_REQUEST,
+            ErrorBody::new("invalid_query", e.body_text()),
+        )
+    };
+    Ok((q.0.map_err(bad)?.0, q.1.map_err(bad)?.0))
+}
+
+/// The page a list query asks for (`None`: all of it), under the list's
+/// name and its filter.
+fn list_page<K: serde::de::DeserializeOwned>(
+    raw: &crate::page::RawPage,
+    list: &str,
+    q: &ListQuery,
+) -> Result<Option<crate::page::Page<K>>, Error> {
+    crate::page::parse(raw, list, &list_filter(q)).map_err(|e| {
+        Error(
+            StatusCode::BAD_REQUEST,
+            ErrorBody::new(e.code(), e.to_string()),
+        )
+    })
+}
+
+fn list_filter(q: &ListQuery) -> String {
+    serde_json::json!([q.namespace, q.app]).to_string()
+}
+
+/// A list answer: the items, and the next page's token in its header.
+fn paged<T: serde::Serialize>(items: Vec<T>, next: Option<String>) -> Response {
+    let mut resp = Json(items).into_response();
+    if let Some(t) = next.and_then(|t| axum::http::HeaderValue::from_str(&t).ok()) {
+        resp.headers_mut().insert(ep::CONTINUE_HEADER, t);
+    }
+    resp
+}
+
+async fn list_apps(State(cp): State<ControlPlane>, q: ListQueries) -> Result<Response, Error> {
+    let (q, raw) = list_queries(q)?;
+    let page = list_page::<AppKey>(&raw, "apps", &q)?;
     let snap = cp.snapshot();
-    Json(
-        snap.apps
-            .values()
-            .filter(|a| in_ns(&q.namespace, &a.key.namespace))
-            .map(|a| view(&snap, a))
-            .collect(),
-    )
+    let (apps, last) = crate::page::take(&snap.apps, page.as_ref(), |a| {
+        in_ns(&q.namespace, &a.key.namespace)
+    });
+    let next = last.map(|k| crate::page::token("apps", &list_filter(&q), k));
+    Ok(paged(views(&snap, apps), next))
 }
 
 fn quota_view(snap: &crate::state::Snapshot, ns: &str) -> QuotaView {
@@ -653,34 +724,26 @@ async fn set_traffic(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_instances(
-    State(cp): State<ControlPlane>,
-    Query(q): Query<ListQuery>,
-) -> Json<Vec<Instance>> {
+async fn list_instances(State(cp): State<ControlPlane>, q: ListQueries) -> Result<Response, Error> {
+    let (q, raw) = list_queries(q)?;
+    let page = list_page::<String>(&raw, "instances", &q)?;
     let snap = cp.snapshot();
-    Json(
-        snap.instances
-            .values()
-            .filter(|i| in_ns(&q.namespace, &i.app.namespace))
-            .filter(|i| q.app.as_ref().is_none_or(|a| *a == i.app.name))
-            .cloned()
-            .collect(),
-    )
+    let (items, last) = crate::page::take(&snap.instances, page.as_ref(), |i| {
+        in_ns(&q.namespace, &i.app.namespace) && q.app.as_ref().is_none_or(|a| *a == i.app.name)
+    });
+    let next = last.map(|k| crate::page::token("instances", &list_filter(&q), k));
+    Ok(paged(items, next))
 }
 
-async fn list_revisions(
-    State(cp): State<ControlPlane>,
-    Query(q): Query<ListQuery>,
-) -> Json<Vec<Revision>> {
+async fn list_revisions(State(cp): State<ControlPlane>, q: ListQueries) -> Result<Response, Error> {
+    let (q, raw) = list_queries(q)?;
+    let page = list_page::<(AppKey, u64)>(&raw, "revisions", &q)?;
     let snap = cp.snapshot();
-    Json(
-        snap.revisions
-            .values()
-            .filter(|r| in_ns(&q.namespace, &r.app.namespace))
-            .filter(|r| q.app.as_ref().is_none_or(|a| *a == r.app.name))
-            .cloned()
-            .collect(),
-    )
+    let (items, last) = crate::page::take(&snap.revisions, page.as_ref(), |r| {
+        in_ns(&q.namespace, &r.app.namespace) && q.app.as_ref().is_none_or(|a| *a == r.app.name)
+    });
+    let next = last.map(|k| crate::page::token("revisions", &list_filter(&q), k));
+    Ok(paged(items, next))
 }
 
 async fn list_nodes(State(cp): State<ControlPlane>) -> Json<Vec<Node>> {

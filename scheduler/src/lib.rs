@@ -4,6 +4,7 @@
 //! - [`clock`]: wall time injected into the state task; awake time.
 //! - [`events`]: what happened, typed, and its wire shape.
 //! - [`metrics`]: `/metrics` as Prometheus text.
+//! - [`page`]: pages of long lists (`?limit=N&continue=TOKEN`).
 //! - [`placement`]: which node an instance goes to (pure).
 //! - [`reconcile`]: from desired and observed state to a plan (pure).
 //! - [`rollout`]: per-app scaling, rolling updates and splits (pure).
@@ -26,6 +27,7 @@ pub mod certs;
 pub mod clock;
 pub mod events;
 pub mod metrics;
+pub mod page;
 pub mod placement;
 pub mod reconcile;
 pub mod rollout;

@@ -106,18 +106,28 @@ impl Snapshot {
         HeartbeatResponse {
             generation: node.generation,
             instances,
+            unchanged: false,
         }
     }
 
     /// Whether an instance assigned to `node` runs the module `digest`:
     /// what a node's credential may fetch.
     pub fn node_runs_module(&self, node: &str, digest: &str) -> bool {
-        self.instances.values().any(|i| {
-            i.node.as_deref() == Some(node)
-                && self
-                    .template(&i.app, i.revision)
-                    .is_some_and(|t| t.digest == digest)
-        })
+        // The revisions of the module first (few), then the node's
+        // instances of those: no revision lookup per instance.
+        let of_module: Vec<(&AppKey, u64)> = self
+            .revisions
+            .iter()
+            .filter(|(_, r)| r.template.digest == digest)
+            .map(|((app, n), _)| (app, *n))
+            .collect();
+        !of_module.is_empty()
+            && self.instances.values().any(|i| {
+                i.node.as_deref() == Some(node)
+                    && of_module
+                        .iter()
+                        .any(|(app, n)| *n == i.revision && **app == i.app)
+            })
     }
 
     /// Where the drain of `node` stands: what still runs there, and what

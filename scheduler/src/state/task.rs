@@ -8,7 +8,7 @@ use crate::autoscale::{Sample, ScaleState};
 use crate::clock::AwakeClock;
 use crate::reconcile;
 use crate::store::{Op, Store};
-use shoal_api::objects::AppKey;
+use shoal_api::objects::{AppKey, Phase, RolloutState};
 use shoal_api::protocol::HeartbeatResponse;
 use shoal_api::rest::GatewayMetrics;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -29,6 +29,12 @@ const AWAKE_MAX_TICKS: u32 = 5;
 
 /// Load history kept per app (longer than any sensible stable window).
 const LOAD_HISTORY: usize = 600;
+
+/// With everything settled (no rollout progressing, every instance running
+/// and ready), a tick reconciles only every this many ticks: at 10,000
+/// apps a reconcile is tens of milliseconds, and nothing that depends on
+/// time alone (drains, rollout deadlines, pending placements) is waiting.
+const SETTLED_RESYNC_TICKS: u32 = 10;
 
 pub(super) struct State {
     pub(super) store: Arc<Store>,
@@ -51,6 +57,8 @@ pub(super) struct State {
     /// republished at most once a second.
     pub(super) heartbeats_dirty: bool,
     last_publish: Option<tokio::time::Instant>,
+    /// Ticks since the last reconcile.
+    ticks_since_reconcile: u32,
 }
 
 /// One second of an app's load, by reporting gateway.
@@ -109,6 +117,7 @@ impl State {
             last_autoscale: None,
             heartbeats_dirty: false,
             last_publish: None,
+            ticks_since_reconcile: 0,
         })
     }
 
@@ -155,8 +164,11 @@ impl State {
                         self.autoscale();
                     }
                     // Level-triggered: reconcile on every tick, whether or
-                    // not an event said something changed.
-                    resync = true;
+                    // not an event said something changed, while anything
+                    // is on its way; once all is settled, every few ticks.
+                    self.ticks_since_reconcile = self.ticks_since_reconcile.saturating_add(1);
+                    resync = self.ticks_since_reconcile >= SETTLED_RESYNC_TICKS
+                        || !self.settled();
                 }
             }
             self.settle(resync, &out);
@@ -167,6 +179,7 @@ impl State {
     /// publishes a new snapshot if anything moved.
     fn settle(&mut self, resync: bool, out: &watch::Sender<Arc<Snapshot>>) {
         if self.changed || resync {
+            self.ticks_since_reconcile = 0;
             self.reconcile();
         }
         if !self.pending.is_empty()
@@ -352,6 +365,21 @@ impl State {
         }
     }
 
+    /// Whether nothing waits on time alone: no rollout progresses, no node
+    /// drains, and every instance is placed, running and ready.
+    fn settled(&self) -> bool {
+        let snap = &self.snap;
+        !snap.nodes.values().any(|n| n.draining)
+            && !snap
+                .apps
+                .values()
+                .any(|a| matches!(a.rollout, RolloutState::Progressing { .. }))
+            && snap
+                .instances
+                .values()
+                .all(|i| i.ready && i.phase == Phase::Running && i.node.is_some())
+    }
+
     /// What the apply decider needs from the store: which modules it has.
     fn apply_input(
         &self,
@@ -382,6 +410,30 @@ impl State {
         hb: shoal_api::protocol::Heartbeat,
         now_ms: u64,
     ) -> Result<HeartbeatResponse, ApiError> {
+        // Whether the node runs exactly what is assigned to it, at the
+        // current generation (checked before the reports are used up).
+        let reported = hb.generation;
+        let runs_it = hb.brief
+            && self.snap.nodes.get(name).is_some_and(|n| {
+                n.generation == hb.generation && {
+                    let assigned = self
+                        .snap
+                        .instances
+                        .values()
+                        .filter(|i| i.node.as_deref() == Some(name))
+                        .count();
+                    let mut ids = BTreeSet::new();
+                    assigned == hb.instances.len()
+                        && hb.instances.iter().all(|r| {
+                            ids.insert(r.id.as_str())
+                                && self
+                                    .snap
+                                    .instances
+                                    .get(&r.id)
+                                    .is_some_and(|i| i.node.as_deref() == Some(name))
+                        })
+                }
+            });
         let changes = decide::node::heartbeat(&self.snap, name, hb, now_ms)?;
         self.execute(changes);
         if let Err(e) = self.flush() {
@@ -392,6 +444,15 @@ impl State {
             .nodes
             .get(name)
             .ok_or_else(|| ApiError::NotFound(format!("node {name} is not registered")))?;
+        // The generation is read after the heartbeat's own changes, which
+        // may have moved it on.
+        if runs_it && node.generation == reported {
+            return Ok(HeartbeatResponse {
+                generation: node.generation,
+                instances: Vec::new(),
+                unchanged: true,
+            });
+        }
         Ok(self.snap.assignment(node))
     }
 

@@ -68,6 +68,7 @@ async fn run_for(cp: &ControlPlane, total: Duration, alive: &[(&str, &[InstanceR
             let hb = Heartbeat {
                 generation: 0,
                 instances: reports.to_vec(),
+                brief: false,
             };
             cp.heartbeat(n.to_string(), hb).await.unwrap();
         }
@@ -328,6 +329,7 @@ async fn serve_for(cp: &ControlPlane, total: Duration, nodes: &[&str]) {
             let hb = Heartbeat {
                 generation: 0,
                 instances: serving_on(cp, n),
+                brief: false,
             };
             cp.heartbeat(n.to_string(), hb).await.unwrap();
         }
@@ -446,6 +448,7 @@ async fn a_deleted_node_loses_its_instances_and_its_heartbeats_are_refused() {
     let hb = Heartbeat {
         generation: 0,
         instances: Vec::new(),
+        brief: false,
     };
     let refused = cp.heartbeat("a".into(), hb).await.unwrap_err();
     assert_eq!(refused.code(), "not_found");
@@ -460,4 +463,57 @@ async fn a_deleted_node_loses_its_instances_and_its_heartbeats_are_refused() {
         placed(&cp),
         vec![("b".into(), Phase::Running), ("b".into(), Phase::Running)]
     );
+}
+
+/// A node that asks for brief answers gets the assignment while it lacks
+/// it, and an empty `unchanged` answer once it runs the current
+/// generation with exactly its instances; a node that does not ask always
+/// gets the whole assignment.
+#[tokio::test(start_paused = true)]
+async fn a_node_running_its_assignment_gets_a_brief_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(dir.path());
+    register(&cp, "n1").await;
+    apply(
+        &cp,
+        serde_json::json!({"name": "web", "module": "web.wasm"}),
+        b"\0asm\x01\0\0\0",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let hb = |generation: u64, instances: Vec<InstanceReport>, brief: bool| Heartbeat {
+        generation,
+        instances,
+        brief,
+    };
+    // It runs nothing yet: the whole assignment, one instance.
+    let first = cp
+        .heartbeat("n1".into(), hb(0, vec![], true))
+        .await
+        .unwrap();
+    assert!(!first.unchanged);
+    assert_eq!(first.instances.len(), 1);
+    let (generation, id) = (first.generation, first.instances[0].id.clone());
+    let serving = vec![report(&id, Phase::Running, true, 0)];
+    // It runs that generation with that instance: nothing to send.
+    let brief = cp
+        .heartbeat("n1".into(), hb(generation, serving.clone(), true))
+        .await
+        .unwrap();
+    assert!(brief.unchanged);
+    assert!(brief.instances.is_empty());
+    assert_eq!(brief.generation, generation);
+    // An older generation, a missing instance, or no ask: the whole thing.
+    for (g, reports, ask) in [
+        (generation - 1, serving.clone(), true),
+        (generation, vec![], true),
+        (generation, serving.clone(), false),
+    ] {
+        let full = cp
+            .heartbeat("n1".into(), hb(g, reports, ask))
+            .await
+            .unwrap();
+        assert!(!full.unchanged);
+        assert_eq!(full.instances.len(), 1);
+    }
 }

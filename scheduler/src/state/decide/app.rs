@@ -9,7 +9,7 @@ use shoal_api::manifest::{AppManifest, Route, TrafficTarget};
 use shoal_api::objects::{App, AppKey, Revision, RolloutState, Template};
 use shoal_api::quota::Usage;
 use shoal_api::rest::{ApplyOutcome, ApplyResult};
-use std::collections::{BTreeSet, HashMap, hash_map};
+use std::collections::{BTreeSet, HashMap, HashSet, hash_map};
 
 /// The most replicas one app may ask for.
 const MAX_REPLICAS: u32 = 10_000;
@@ -45,9 +45,10 @@ fn check_routes(snap: &Snapshot, apps: &[(AppManifest, String)]) -> Result<(), A
         .iter()
         .map(|(m, _)| AppKey::new(&m.namespace, &m.name))
         .collect();
+    let applying_set: HashSet<&AppKey> = applying.iter().collect();
     let mut owners: HashMap<(Option<String>, &str), &AppKey> = HashMap::new();
     for a in snap.apps.values() {
-        if applying.contains(&a.key) {
+        if applying_set.contains(&a.key) {
             continue;
         }
         if let Some(t) = snap.template(&a.key, a.current_revision) {
@@ -81,24 +82,33 @@ fn check_routes(snap: &Snapshot, apps: &[(AppManifest, String)]) -> Result<(), A
     }
     // Across namespaces, routes may not nest either: a tenant's `/a/b`
     // would take requests from another tenant's `/a` on the same host.
-    let mut claimed: Vec<(&AppKey, &Route)> = Vec::new();
+    // Claimed paths by host (lower case; `None`: any host), so that a
+    // route is compared with the routes of its own host only.
+    let mut claimed: HashMap<Option<String>, Vec<(&AppKey, &str)>> = HashMap::new();
     for a in snap.apps.values() {
-        if applying.contains(&a.key) {
+        if applying_set.contains(&a.key) {
             continue;
         }
         if let Some(t) = snap.template(&a.key, a.current_revision) {
-            claimed.extend(t.spec.routes.iter().map(|r| (&a.key, r)));
+            for r in &t.spec.routes {
+                let (host, path) = route_key(r);
+                claimed.entry(host).or_default().push((&a.key, path));
+            }
         }
     }
     for ((m, _), key) in apps.iter().zip(&applying) {
-        claimed.extend(m.run.routes.iter().map(|r| (key, r)));
+        for r in &m.run.routes {
+            let (host, path) = route_key(r);
+            claimed.entry(host).or_default().push((key, path));
+        }
     }
     for ((m, _), key) in apps.iter().zip(&applying) {
         for r in &m.run.routes {
-            let overlaps = claimed.iter().any(|(owner, other)| {
-                owner.namespace != key.namespace
-                    && route_key(other).0 == route_key(r).0
-                    && (covers(&other.path, &r.path) || covers(&r.path, &other.path))
+            let (host, path) = route_key(r);
+            let overlaps = claimed.get(&host).is_some_and(|same_host| {
+                same_host.iter().any(|(owner, other)| {
+                    owner.namespace != key.namespace && (covers(other, path) || covers(path, other))
+                })
             });
             if overlaps {
                 return Err(foreign_route(key, r));

@@ -7,24 +7,36 @@ use crate::reconcile::DesiredApp;
 use crate::rollout::{self, Shape};
 use crate::state::Snapshot;
 use crate::state::executor::Change;
-use shoal_api::objects::{Instance, Phase, RolloutState};
+use shoal_api::objects::{App, AppKey, Instance, Phase, RolloutState};
+use std::collections::HashMap;
 
 /// Marks rollouts that just completed or ran out of time; `apps` as
 /// [`Snapshot::desired_apps`] gives them.
 pub fn progress(snap: &Snapshot, apps: &[DesiredApp], now_ms: u64) -> Vec<Change> {
     let mut changes = Vec::new();
-    for d in apps {
-        let Some(app) = snap.apps.get(&d.key) else {
-            continue;
-        };
-        if !matches!(app.rollout, RolloutState::Progressing { .. }) {
-            continue;
+    let progressing: Vec<(&DesiredApp, &App)> = apps
+        .iter()
+        .filter_map(|d| Some((d, snap.apps.get(&d.key)?)))
+        .filter(|(_, a)| matches!(a.rollout, RolloutState::Progressing { .. }))
+        .collect();
+    if progressing.is_empty() {
+        return changes;
+    }
+    // The live instances of the apps whose rollouts progress, in one pass
+    // over the instances (one pass per app grows with apps x instances).
+    let mut live_of: HashMap<&AppKey, Vec<&Instance>> = progressing
+        .iter()
+        .map(|(d, _)| (&d.key, Vec::new()))
+        .collect();
+    for i in snap.instances.values() {
+        if i.phase != Phase::Terminating
+            && let Some(v) = live_of.get_mut(&i.app)
+        {
+            v.push(i);
         }
-        let live: Vec<&Instance> = snap
-            .instances
-            .values()
-            .filter(|i| i.app == d.key && i.phase != Phase::Terminating)
-            .collect();
+    }
+    for (d, app) in progressing {
+        let live = live_of.remove(&d.key).unwrap_or_default();
         let shape = if d.split.is_empty() {
             Shape::Rolling {
                 revision: d.revision,

@@ -725,6 +725,7 @@ fn heartbeat_table() {
         let hb = Heartbeat {
             generation: 1,
             instances: reports,
+            brief: false,
         };
         let got = outcome(node::heartbeat(&snap, from, hb, T0));
         let want = want
