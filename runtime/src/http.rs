@@ -98,6 +98,11 @@ pub struct HttpApp {
     logs: LogBuffer,
     warm: Mutex<Vec<Warm>>,
     prepared: Mutex<Prepared>,
+    /// When the app was linked, and when (milliseconds after that) its
+    /// last request came: instances are made ahead only for an app whose
+    /// requests come closer together than [`PREPARED_IDLE`].
+    linked: Instant,
+    last_request_ms: AtomicU64,
     stats: AppStats,
 }
 
@@ -205,6 +210,8 @@ impl HttpApp {
             logs,
             warm: Mutex::new(Vec::new()),
             prepared: Mutex::new(Prepared::default()),
+            linked: Instant::now(),
+            last_request_ms: AtomicU64::new(u64::MAX),
             stats: AppStats::default(),
             spec,
         }))
@@ -394,8 +401,16 @@ impl HttpApp {
 
     /// Makes a fresh instance in the background for a request to come
     /// (per-request mode), unless [`PREPARE_AHEAD`] are ready or being
-    /// made. It is dropped unused after [`PREPARED_IDLE`].
+    /// made, or the app's requests are too far apart for one to be used
+    /// (an app seeing a request now and then makes none ahead). It is
+    /// dropped unused after [`PREPARED_IDLE`].
     fn prepare_next(self: &Arc<Self>, pre: &ProxyPre<ComponentHost>) {
+        let now = u64::try_from(self.linked.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        let previous = self.last_request_ms.swap(now, Ordering::Relaxed);
+        if previous == u64::MAX || now.saturating_sub(previous) >= PREPARED_IDLE.as_millis() as u64
+        {
+            return;
+        }
         {
             let mut p = self.prepared.lock().unwrap_or_else(|p| p.into_inner());
             if p.ready.len() + p.making >= PREPARE_AHEAD || self.stop.stopped() {
