@@ -76,18 +76,27 @@ impl Default for EngineConfig {
     }
 }
 
+/// The most live instances a pool is sized for, whatever the capacity:
+/// each reserves about 8 GiB of address space up front (two 4 GiB memory
+/// slots with guards), and a process has 128 TiB of it on x86-64; 5,000
+/// take 40 TiB.
+pub const MAX_POOLED_INSTANCES: u32 = 5_000;
+
 impl EngineConfig {
     /// The pool for a node that offers `memory` bytes and `instances` app
     /// instances (its `--capacity`).
     ///
     /// - Live wasm instances: 10 per app instance the node offers (a
-    ///   per-request app holds one per request in flight), at least 100.
+    ///   per-request app holds one per request in flight), at least 100 and
+    ///   at most [`MAX_POOLED_INSTANCES`].
     /// - Warm slots: as many as an eighth of the node's memory can keep
     ///   resident at `memory_keep_resident` (plus the table's) per slot, at
     ///   most one per live instance and at least 8.
     pub fn for_capacity(memory: u64, instances: u32) -> Self {
         let base = Self::default();
-        let max_instances = instances.saturating_mul(10).clamp(100, 1_000_000);
+        let max_instances = instances
+            .saturating_mul(10)
+            .clamp(100, MAX_POOLED_INSTANCES);
         let per_slot = (base.memory_keep_resident + base.table_keep_resident) as u64;
         let warm = (memory / 8 / per_slot).clamp(8, u64::from(max_instances)) as u32;
         Self {
@@ -248,9 +257,11 @@ mod tests {
         assert_eq!(default.warm_slots, 30);
         let small = EngineConfig::for_capacity(1 << 30, 3);
         assert_eq!((small.max_instances, small.warm_slots), (100, 8));
+        // 10,000 apps: the pool stops at what the address space holds.
         let big = EngineConfig::for_capacity(64 << 30, 10_000);
-        assert_eq!((big.max_instances, big.warm_slots), (100_000, 481));
+        assert_eq!((big.max_instances, big.warm_slots), (5_000, 481));
         build_engine(&EngineConfig::for_capacity(1 << 30, 3)).unwrap();
+        build_engine(&big).unwrap();
     }
 
     /// The control plane accepts exactly what the engine compiles, and the
