@@ -412,6 +412,8 @@ pub async fn node(args: NodeArgs, ca: Option<Vec<u8>>) -> anyhow::Result<()> {
         .or_else(crate::run::default_cache_dir);
     let runtime = Arc::new(
         Runtime::new(RuntimeConfig {
+            // The pooling allocator sized from what the node offers.
+            engine: shoal_runtime::EngineConfig::for_capacity(capacity.memory, capacity.instances),
             cache_dir,
             fair_share: args.fair_share == OnOff::On,
             ..RuntimeConfig::default()

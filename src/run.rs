@@ -304,11 +304,12 @@ fn print_stats(app: &shoal_runtime::HttpApp) {
         .map(|n| n as f64 / 1000.0)
         .unwrap_or(0.0);
     crate::out::sayln!(
-        "Stats: requests={} failures={} instantiations={} mean_instantiate_us={:.1} warm_hits={}",
+        "Stats: requests={} failures={} instantiations={} mean_instantiate_us={:.1} warm_hits={} prepared_hits={}",
         st.requests.load(Relaxed),
         st.failures.load(Relaxed),
         inst,
         mean_us,
         st.warm_hits.load(Relaxed),
+        st.prepared_hits.load(Relaxed),
     );
 }

@@ -3,7 +3,7 @@
 
 use crate::error::RuntimeError;
 use std::time::Duration;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// How often the epoch advances. Guests yield to the async executor at each
 /// tick and deadlines are checked then, so this bounds both how long one
@@ -19,7 +19,19 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 pub const YIELD_EVERY_TICKS: u64 = 5;
 
 /// Sizing of the engine's pooling allocator: how many wasm things may be live
-/// at once in this process.
+/// at once in this process, and how much of a freed instance's memory stays
+/// resident for the next instance of the same module.
+///
+/// What each knob costs (see the README's "Sizing the pooling allocator"):
+/// virtual address space is reserved up front for every slot, about
+/// `max_memory_size` plus a 32 MiB guard per linear memory slot (2 per
+/// instance), `max_table_elements` x 8 bytes per table slot (4 per
+/// instance) and 2 MiB per async stack (1 per instance); none of it is
+/// resident until a guest touches it. Resident memory that outlives a
+/// request is at most `warm_slots` x (`memory_keep_resident` +
+/// `table_keep_resident`) per memory and table of those slots: the start of
+/// the last guest's memory, reset in place instead of given back to the
+/// kernel.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// Component instances live at once (each request in flight holds one in
@@ -30,7 +42,26 @@ pub struct EngineConfig {
     /// Largest table (in elements) a module may define; language runtimes
     /// need tens of thousands.
     pub max_table_elements: usize,
+    /// Freed instance slots kept warm: a slot keeps its memory image mapped
+    /// and up to `memory_keep_resident` of dirty pages resident, so the next
+    /// instance of the same module in it starts without page faults.
+    pub warm_slots: u32,
+    /// Bytes at the start of each linear memory that a freed slot keeps
+    /// resident: reset by copying the module's initial image back over
+    /// them (and zeroes past it) rather than given back with `madvise`, so
+    /// the next instance in the slot finds them mapped and takes no page
+    /// faults there. The copy is of the memory's size or this, whichever
+    /// is smaller, at every instance's end.
+    pub memory_keep_resident: usize,
+    /// The same for each table.
+    pub table_keep_resident: usize,
 }
+
+/// Bytes of each linear memory kept resident in a warm slot by default:
+/// the whole memory of the examples' JS and Python components (between 8
+/// and 16 MiB each after a request), so that a fresh instance of either
+/// takes no page faults.
+pub const DEFAULT_MEMORY_KEEP_RESIDENT: usize = 16 << 20;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -38,6 +69,40 @@ impl Default for EngineConfig {
             max_instances: 1000,
             max_memory_size: 4 << 30,
             max_table_elements: 100_000,
+            warm_slots: 100,
+            memory_keep_resident: DEFAULT_MEMORY_KEEP_RESIDENT,
+            table_keep_resident: 1 << 20,
+        }
+    }
+}
+
+/// The most live instances a pool is sized for, whatever the capacity:
+/// each reserves about 8 GiB of address space up front (two 4 GiB memory
+/// slots with guards), and a process has 128 TiB of it on x86-64; 5,000
+/// take 40 TiB.
+pub const MAX_POOLED_INSTANCES: u32 = 5_000;
+
+impl EngineConfig {
+    /// The pool for a node that offers `memory` bytes and `instances` app
+    /// instances (its `--capacity`).
+    ///
+    /// - Live wasm instances: 10 per app instance the node offers (a
+    ///   per-request app holds one per request in flight), at least 100 and
+    ///   at most [`MAX_POOLED_INSTANCES`].
+    /// - Warm slots: as many as an eighth of the node's memory can keep
+    ///   resident at `memory_keep_resident` (plus the table's) per slot, at
+    ///   most one per live instance and at least 8.
+    pub fn for_capacity(memory: u64, instances: u32) -> Self {
+        let base = Self::default();
+        let max_instances = instances
+            .saturating_mul(10)
+            .clamp(100, MAX_POOLED_INSTANCES);
+        let per_slot = (base.memory_keep_resident + base.table_keep_resident) as u64;
+        let warm = (memory / 8 / per_slot).clamp(8, u64::from(max_instances)) as u32;
+        Self {
+            max_instances,
+            warm_slots: warm,
+            ..base
         }
     }
 }
@@ -62,10 +127,21 @@ pub fn build_engine(cfg: &EngineConfig) -> Result<Engine, RuntimeError> {
         .max_tables_per_component(64)
         .max_memories_per_module(4)
         .max_tables_per_module(8)
-        // Keep some slots warm so instantiation reuses pages.
-        .max_unused_warm_slots(100)
-        .linear_memory_keep_resident(64 << 10)
-        .table_keep_resident(64 << 10);
+        // Freed slots stay warm: the next instance of the same module gets
+        // a slot its module last used (slot affinity), with the memory
+        // image still mapped and the first `memory_keep_resident` bytes
+        // reset in place (a copy of the image) and kept resident.
+        .max_unused_warm_slots(cfg.warm_slots.min(instances))
+        .linear_memory_keep_resident(cfg.memory_keep_resident)
+        .table_keep_resident(cfg.table_keep_resident)
+        // Not PAGEMAP_SCAN (Linux 6.7+), which would copy back only the
+        // pages the guest wrote: it reports at most 32 runs of such pages
+        // and decommits the rest, and a language runtime writes all over
+        // its heap (CPython's reference counts), so most pages were still
+        // faulted in again by the next instance. Copying the whole
+        // resident part back from the image costs less than those faults
+        // (see the README, "Per-request isolation: where the time goes").
+        .pagemap_scan(Enabled::No);
 
     let mut config = Config::new();
     // Exactly the features the control plane validates with, so a module
@@ -171,6 +247,23 @@ mod tests {
         }
     }
 
+    /// A node's pool follows its `--capacity`: 10 live instances per app
+    /// instance, and as many warm slots as an eighth of its memory keeps
+    /// resident.
+    #[test]
+    fn the_pool_is_sized_from_the_node_capacity() {
+        let default = EngineConfig::for_capacity(4 << 30, 100);
+        assert_eq!(default.max_instances, 1000);
+        assert_eq!(default.warm_slots, 30);
+        let small = EngineConfig::for_capacity(1 << 30, 3);
+        assert_eq!((small.max_instances, small.warm_slots), (100, 8));
+        // 10,000 apps: the pool stops at what the address space holds.
+        let big = EngineConfig::for_capacity(64 << 30, 10_000);
+        assert_eq!((big.max_instances, big.warm_slots), (5_000, 481));
+        build_engine(&EngineConfig::for_capacity(1 << 30, 3)).unwrap();
+        build_engine(&big).unwrap();
+    }
+
     /// The control plane accepts exactly what the engine compiles, and the
     /// engine compiles exactly what wasmtime's defaults would: setting the
     /// features explicitly changed nothing.
@@ -180,6 +273,7 @@ mod tests {
             max_instances: 2,
             max_memory_size: 1 << 20,
             max_table_elements: 100,
+            ..EngineConfig::default()
         })
         .unwrap();
         let defaults = Engine::new(&Config::new()).unwrap();

@@ -48,6 +48,9 @@ pub struct AppStats {
     pub instantiate_nanos: AtomicU64,
     /// Requests served by an already-warm instance.
     pub warm_hits: AtomicU64,
+    /// Requests (per-request mode) served by a fresh instance that was
+    /// instantiated ahead of them rather than while they waited.
+    pub prepared_hits: AtomicU64,
 }
 
 enum Handler {
@@ -65,6 +68,23 @@ struct Warm {
     answered: Arc<AtomicBool>,
 }
 
+/// Fresh component instances made ahead of requests in per-request mode.
+/// Each serves exactly one request, like one instantiated for it: it was
+/// made from the pre-linked component with a new store and WASI context and
+/// has run nothing but the component's own instantiation.
+#[derive(Default)]
+struct Prepared {
+    ready: Vec<(Store<ComponentHost>, Proxy, Instant)>,
+    /// Instantiations under way in the background.
+    making: usize,
+}
+
+/// Fresh instances an app keeps ready while it is serving.
+const PREPARE_AHEAD: usize = 2;
+/// How long a prepared instance waits for a request before it is dropped:
+/// an idle app holds none.
+const PREPARED_IDLE: Duration = Duration::from_secs(2);
+
 /// One running instance of an HTTP app.
 pub struct HttpApp {
     name: String,
@@ -77,6 +97,12 @@ pub struct HttpApp {
     permits: Arc<Semaphore>,
     logs: LogBuffer,
     warm: Mutex<Vec<Warm>>,
+    prepared: Mutex<Prepared>,
+    /// When the app was linked, and when (milliseconds after that) its
+    /// last request came: instances are made ahead only for an app whose
+    /// requests come closer together than [`PREPARED_IDLE`].
+    linked: Instant,
+    last_request_ms: AtomicU64,
     stats: AppStats,
 }
 
@@ -183,6 +209,9 @@ impl HttpApp {
             permits: Arc::new(Semaphore::new(concurrency)),
             logs,
             warm: Mutex::new(Vec::new()),
+            prepared: Mutex::new(Prepared::default()),
+            linked: Instant::now(),
+            last_request_ms: AtomicU64::new(u64::MAX),
             stats: AppStats::default(),
             spec,
         }))
@@ -362,6 +391,87 @@ impl HttpApp {
         }
     }
 
+    /// A fresh instance made ahead of this request, if one is ready.
+    fn take_prepared(&self) -> Option<(Store<ComponentHost>, Proxy)> {
+        let mut p = self.prepared.lock().unwrap_or_else(|p| p.into_inner());
+        p.ready
+            .retain(|(_, _, made)| made.elapsed() < PREPARED_IDLE);
+        p.ready.pop().map(|(store, proxy, _)| (store, proxy))
+    }
+
+    /// Makes a fresh instance in the background for a request to come
+    /// (per-request mode), unless [`PREPARE_AHEAD`] are ready or being
+    /// made, or the app's requests are too far apart for one to be used
+    /// (an app seeing a request now and then makes none ahead). It is
+    /// dropped unused after [`PREPARED_IDLE`].
+    fn prepare_next(self: &Arc<Self>, pre: &ProxyPre<ComponentHost>) {
+        let now = u64::try_from(self.linked.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        let previous = self.last_request_ms.swap(now, Ordering::Relaxed);
+        if previous == u64::MAX || now.saturating_sub(previous) >= PREPARED_IDLE.as_millis() as u64
+        {
+            return;
+        }
+        {
+            let mut p = self.prepared.lock().unwrap_or_else(|p| p.into_inner());
+            if p.ready.len() + p.making >= PREPARE_AHEAD || self.stop.stopped() {
+                return;
+            }
+            p.making += 1;
+        }
+        let app = self.clone();
+        let pre = pre.clone();
+        tokio::spawn(async move {
+            let made = async {
+                let mut store = app.component_store()?;
+                let deadline = Instant::now() + app.spec.limits.timeout.get();
+                store.data_mut().deadline = Some(deadline);
+                let t0 = Instant::now();
+                let instantiate = pre.instantiate_async(&mut store);
+                let proxy = tokio::time::timeout_at(deadline.into(), instantiate)
+                    .await
+                    .map_err(|_| Failure::Deadline)?
+                    .map_err(|e| Failure::from_error(&e))?;
+                app.note_instantiation(t0.elapsed());
+                store.data_mut().deadline = None;
+                Ok::<_, Failure>((store, proxy))
+            };
+            let made = app.tenant.run(made).await;
+            {
+                let mut p = app.prepared.lock().unwrap_or_else(|p| p.into_inner());
+                p.making -= 1;
+                match made {
+                    Ok((store, proxy)) => p.ready.push((store, proxy, Instant::now())),
+                    // The request that takes no prepared instance
+                    // instantiates its own and meets the same failure.
+                    Err(f) => tracing::debug!(app = %app.name, "preparing an instance failed: {f}"),
+                }
+            }
+            // Drop it if no request came for it; without keeping the app.
+            let app = Arc::downgrade(&app);
+            tokio::time::sleep(PREPARED_IDLE).await;
+            if let Some(app) = app.upgrade() {
+                let stale: Vec<_> = {
+                    let mut p = app.prepared.lock().unwrap_or_else(|p| p.into_inner());
+                    let (old, keep) = std::mem::take(&mut p.ready)
+                        .into_iter()
+                        .partition(|(_, _, made)| made.elapsed() >= PREPARED_IDLE);
+                    p.ready = keep;
+                    old
+                };
+                drop(stale);
+            }
+        });
+    }
+
+    /// Fresh instances ready ahead of requests right now (per-request mode).
+    pub fn prepared_instances(&self) -> usize {
+        self.prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ready
+            .len()
+    }
+
     /// Warm instances held right now (reuse mode).
     pub fn warm_instances(&self) -> usize {
         self.warm.lock().unwrap_or_else(|p| p.into_inner()).len()
@@ -402,14 +512,28 @@ impl HttpApp {
                         (w.store, w.proxy, w.served, Some(w.answered))
                     }
                     None => {
-                        let mut store = app.component_store()?;
-                        store.data_mut().deadline = Some(deadline);
-                        let t0 = Instant::now();
-                        let proxy = pre
-                            .instantiate_async(&mut store)
-                            .await
-                            .map_err(|e| Failure::from_error(&e))?;
-                        app.note_instantiation(t0.elapsed());
+                        let prepared = if reuse { None } else { app.take_prepared() };
+                        let hit = prepared.is_some();
+                        if !reuse {
+                            app.prepare_next(&pre);
+                        }
+                        let (store, proxy) = match prepared {
+                            Some(p) => p,
+                            None => {
+                                let mut store = app.component_store()?;
+                                store.data_mut().deadline = Some(deadline);
+                                let t0 = Instant::now();
+                                let proxy = pre
+                                    .instantiate_async(&mut store)
+                                    .await
+                                    .map_err(|e| Failure::from_error(&e))?;
+                                app.note_instantiation(t0.elapsed());
+                                (store, proxy)
+                            }
+                        };
+                        if hit {
+                            app.stats.prepared_hits.fetch_add(1, Ordering::Relaxed);
+                        }
                         // A reused instance goes back to the pool only if
                         // it answered: one that returned without answering
                         // may keep the response outparam, and with it the

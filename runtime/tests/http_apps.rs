@@ -386,3 +386,25 @@ async fn reuse_mode_is_refused_for_cgi_modules() {
         .to_string();
     assert!(err.contains("reuse"), "{err}");
 }
+
+#[tokio::test]
+async fn per_request_mode_makes_instances_ahead_and_drops_them_when_idle() {
+    let s = serve("http-component.wasm", spec()).await;
+    let c = client();
+    for _ in 0..10 {
+        assert_eq!(get(&c, &s.url("/")).await.status, 200);
+        // Time for the instance made ahead to be ready.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let st = s.app.stats();
+    let hits = st.prepared_hits.load(Ordering::Relaxed);
+    // The first two requests come before any instance was made ahead.
+    assert!(hits >= 5, "prepared hits: {hits}");
+    // Every request had a fresh instance of its own.
+    assert!(st.instantiations.load(Ordering::Relaxed) >= 10);
+    assert_eq!(st.warm_hits.load(Ordering::Relaxed), 0);
+    assert!(s.app.prepared_instances() >= 1);
+    tokio::time::sleep(std::time::Duration::from_millis(2600)).await;
+    assert_eq!(s.app.prepared_instances(), 0, "an idle app holds none");
+    s.shutdown().await;
+}
