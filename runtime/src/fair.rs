@@ -18,16 +18,6 @@
 //! check (the epoch is advanced at once to make that check happen now):
 //! an idle tenant's request starts within microseconds to a tick, however
 //! many runnable guests another tenant has.
-//!
-//! The node's threads also compete with other processes for the cores
-//! (the gateway, the clients on the same machine). A guest that has
-//! already computed for [`HEAVY_AFTER`] runs each further slice on a
-//! thread the operating system ranks lower ([`HEAVY_NICE`] nice steps),
-//! so that a short request, the node's own I/O and its neighbours get a
-//! core first, and the heavy guest gets what they leave. This needs the
-//! right to raise a thread's priority back (`CAP_SYS_NICE`, or root, or
-//! an `RLIMIT_NICE` that allows it); without it, threads keep their
-//! priority.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -46,15 +36,6 @@ pub const DEFAULT_WEIGHT: u32 = 100;
 /// request then starts at once even just after its previous one was
 /// charged, while a busy tenant gains at most a slice from it.
 pub const IDLE_BONUS: Duration = Duration::from_millis(10);
-
-/// A guest that has computed this long in all is heavy: its further
-/// slices run at a lower OS priority.
-pub const HEAVY_AFTER: Duration = Duration::from_millis(2);
-
-/// How many nice steps lower a heavy guest's thread runs (the kernel gives
-/// a thread at nice 10 about a tenth of the CPU of one at nice 0 when both
-/// want it).
-pub const HEAVY_NICE: i32 = 10;
 
 /// The queueing policy, without clocks or tasks: slots, tenants' virtual
 /// times, and their queues of waiters `W`.
@@ -263,8 +244,6 @@ struct Shared {
     /// Advanced to make running guests check at once whether to yield;
     /// `None` when the epoch is the caller's to drive (tests).
     engine: Option<wasmtime::Engine>,
-    /// Whether heavy guests' threads can be lowered and raised back.
-    renice: bool,
 }
 
 impl Shared {
@@ -312,7 +291,6 @@ impl FairShare {
                 names: Mutex::new(HashMap::new()),
                 starving: AtomicUsize::new(0),
                 engine,
-                renice: os::can_renice(),
             })),
         }
     }
@@ -399,7 +377,6 @@ impl Tenant {
             guest,
             tenant: self.clone(),
             ticket: None,
-            ran: Duration::ZERO,
         }
     }
 
@@ -462,8 +439,6 @@ pin_project_lite::pin_project! {
         guest: F,
         tenant: Tenant,
         ticket: Option<Ticket>,
-        // Time this guest has held a slot, all polls together.
-        ran: Duration,
     }
 }
 
@@ -523,88 +498,12 @@ impl<F: Future> Future for Fair<F> {
                 ticket.armed = false;
             }
         }
-        // A heavy guest's slice runs below everything else that wants a
-        // core; the thread's priority is back when the poll ends.
-        let _lowered = (shared.renice && *this.ran >= HEAVY_AFTER)
-            .then(os::Lowered::now)
-            .flatten();
-        let since = Instant::now();
-        let _held = Held { shared, id, since };
-        let out = this.guest.poll(cx);
-        *this.ran += since.elapsed();
-        out
-    }
-}
-
-/// Thread priorities (nice values), Linux only.
-mod os {
-    /// The current thread's nice value lowered by [`super::HEAVY_NICE`]
-    /// until dropped.
-    pub(super) struct Lowered {
-        #[cfg(target_os = "linux")]
-        tid: libc::id_t,
-        #[cfg(target_os = "linux")]
-        base: i32,
-    }
-
-    #[cfg(target_os = "linux")]
-    fn nice_of(tid: libc::id_t) -> i32 {
-        // SAFETY: plain system calls on this thread's own id.
-        unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) }
-    }
-
-    #[cfg(target_os = "linux")]
-    fn set_nice(tid: libc::id_t, nice: i32) -> bool {
-        // SAFETY: as above.
-        unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) == 0 }
-    }
-
-    #[cfg(target_os = "linux")]
-    fn this_thread() -> libc::id_t {
-        // SAFETY: gettid has no preconditions.
-        unsafe { libc::gettid() as libc::id_t }
-    }
-
-    impl Lowered {
-        #[cfg(target_os = "linux")]
-        pub(super) fn now() -> Option<Self> {
-            let tid = this_thread();
-            let base = nice_of(tid);
-            set_nice(tid, (base + super::HEAVY_NICE).min(19)).then_some(Self { tid, base })
-        }
-
-        #[cfg(not(target_os = "linux"))]
-        pub(super) fn now() -> Option<Self> {
-            None
-        }
-    }
-
-    impl Drop for Lowered {
-        fn drop(&mut self) {
-            #[cfg(target_os = "linux")]
-            if !set_nice(self.tid, self.base) {
-                tracing::warn!(tid = self.tid, "cannot restore a thread's priority");
-            }
-        }
-    }
-
-    /// Whether this process may lower a thread's priority and raise it
-    /// back: tried once on a thread of its own.
-    pub(super) fn can_renice() -> bool {
-        #[cfg(target_os = "linux")]
-        {
-            std::thread::spawn(|| {
-                let tid = this_thread();
-                let base = nice_of(tid);
-                set_nice(tid, (base + super::HEAVY_NICE).min(19)) && set_nice(tid, base)
-            })
-            .join()
-            .unwrap_or(false)
-        }
-        #[cfg(not(target_os = "linux"))]
-        {
-            false
-        }
+        let _held = Held {
+            shared,
+            id,
+            since: Instant::now(),
+        };
+        this.guest.poll(cx)
     }
 }
 
@@ -787,68 +686,5 @@ mod tests {
         tx.send(()).expect("guest alive");
         assert!(waiting.await.expect("joined"));
         assert_eq!(b.run(async { 9 }).await, 9, "the slot is free");
-    }
-
-    /// Computes for `first` on its first poll, then reports the nice value
-    /// of the thread it is polled on at its second.
-    #[cfg(target_os = "linux")]
-    struct Spin {
-        first: Duration,
-        polls: u32,
-    }
-
-    #[cfg(target_os = "linux")]
-    impl Future for Spin {
-        type Output = i32;
-        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<i32> {
-            self.polls += 1;
-            if self.polls == 1 {
-                let start = Instant::now();
-                while start.elapsed() < self.first {
-                    std::hint::spin_loop();
-                }
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            Poll::Ready(thread_nice())
-        }
-    }
-
-    #[cfg(target_os = "linux")]
-    fn thread_nice() -> i32 {
-        // SAFETY: plain system calls on this thread's own id.
-        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
-    }
-
-    /// A guest that has computed past `HEAVY_AFTER` runs its next slice
-    /// `HEAVY_NICE` steps lower, and the thread is back at its own
-    /// priority once the slice ends; a light guest is never lowered.
-    #[cfg(target_os = "linux")]
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_heavy_guest_runs_lower_and_gives_the_thread_back_as_it_was() {
-        let fair = FairShare::new(1, None);
-        let renice = fair.shared.as_ref().is_some_and(|s| s.renice);
-        assert!(
-            renice,
-            "this process may not lower a thread's priority and raise it back: \
-             the test needs CAP_SYS_NICE (run it as root, as CI does)"
-        );
-        let base = thread_nice();
-        let tenant = fair.tenant("a");
-        let heavy = tenant
-            .run(Spin {
-                first: HEAVY_AFTER + Duration::from_millis(1),
-                polls: 0,
-            })
-            .await;
-        assert_eq!(heavy, (base + HEAVY_NICE).min(19));
-        assert_eq!(thread_nice(), base, "the thread keeps a lowered priority");
-        let light = tenant
-            .run(Spin {
-                first: Duration::ZERO,
-                polls: 0,
-            })
-            .await;
-        assert_eq!(light, base);
     }
 }
