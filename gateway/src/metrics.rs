@@ -46,17 +46,22 @@ pub async fn report(gateway: Arc<Gateway>, name: String) {
     let mut last_report = tokio::time::Instant::now();
     loop {
         tick.tick().await;
-        let stats = gateway.stats();
-        for (key, s) in &stats {
-            let a = acc.entry(key.clone()).or_default();
-            a.in_flight_sum += s.in_flight.load(Ordering::Relaxed);
+        gateway.each_stats(|key, s| {
+            let in_flight = s.in_flight.load(Ordering::Relaxed);
+            // A key is copied once, the first time the app is seen.
+            let a = match acc.get_mut(key) {
+                Some(a) => a,
+                None => acc.entry(key.clone()).or_default(),
+            };
+            a.in_flight_sum += in_flight;
             a.samples += 1;
-        }
+        });
         n += 1;
         if n < SAMPLES_PER_REPORT {
             continue;
         }
         n = 0;
+        let stats = gateway.stats();
         let mut apps = Vec::new();
         for (key, s) in &stats {
             let Some(a) = acc.get_mut(key) else { continue };

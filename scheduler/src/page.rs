@@ -169,7 +169,7 @@ mod tests {
     #[test]
     fn pages_walk_the_filtered_list_once_in_order() {
         let map: BTreeMap<u32, u32> = (0..50).map(|i| (i, i)).collect();
-        let even = |v: &u32| v % 2 == 0;
+        let even = |v: &u32| v.is_multiple_of(2);
         let mut seen = Vec::new();
         let mut cont: Option<String> = None;
         let mut pages = 0;
@@ -186,7 +186,12 @@ mod tests {
                 None => break,
             }
         }
-        assert_eq!(seen, (0..50).filter(|v| v % 2 == 0).collect::<Vec<_>>());
+        assert_eq!(
+            seen,
+            (0..50u32)
+                .filter(|v| v.is_multiple_of(2))
+                .collect::<Vec<_>>()
+        );
         assert_eq!(pages, 4);
     }
 

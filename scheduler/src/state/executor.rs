@@ -80,6 +80,7 @@ impl State {
         for change in changes {
             if change.publishes() {
                 self.changed = true;
+                self.snap.changes += 1;
             }
             match change {
                 Change::PutBlob { digest, bytes } => self.pending.push(Op::PutBlob(digest, bytes)),

@@ -27,6 +27,10 @@ pub struct Snapshot {
     pub quotas: BTreeMap<String, Quota>,
     /// Bumped on every change; watchers wait for it to move.
     pub version: u64,
+    /// Bumped by every change that publishes (not by heartbeat times or
+    /// in-flight counts): what is computed from apps, revisions,
+    /// instances, nodes and quotas (the route table) moves only with it.
+    pub changes: u64,
 }
 
 /// The most recent cold starts of an app.
