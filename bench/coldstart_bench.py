@@ -31,6 +31,7 @@ Standard library only. Knobs (environment):
   BENCH_LOCAL_CYCLES   compile-on-the-node cycles        (default 3)
   BENCH_SPREAD_REPEATS apply-to-ready repeats per mode   (default 3)
   BENCH_SETTLE_MS      pause before each timed request   (default 300)
+  BENCH_PHASES         which of fresh,warm,spread,local to run (default all)
   SHOAL_BIN            the shoal binary
   COMPONENT            the component (default examples/wasm-apps/js-app.wasm)
   BENCH_OUT            markdown output (default bench/results/coldstart.md)
@@ -334,7 +335,7 @@ def render(cfg: dict, res: dict, load: tuple[str, str]) -> str:
         *md_head(["path", "cycles", "p50", "p90", "min", "max", "node start p50",
                   "code from", "vs fresh"], "lrrrrrrll"),
     ]
-    fresh_p50 = percentile([r["total_ms"] for r in res["fresh"]], 50)
+    fresh_p50 = percentile([r["total_ms"] for r in res.get("fresh", [])], 50)
     labels = {
         "fresh": "fresh node, artifact from the control plane",
         "warm": "node that ran the app (compiled code in memory)",
@@ -397,6 +398,7 @@ def main() -> int:
         "spread_repeats": env_int("BENCH_SPREAD_REPEATS", 3, positive=True),
         "settle_ms": env_int("BENCH_SETTLE_MS", 300),
         "command": env_str("BENCH_COMMAND", "python3 bench/coldstart_bench.py"),
+        "phases": set(env_str("BENCH_PHASES", "fresh,warm,spread,local").split(",")),
     }
     out_path = Path(env_str("BENCH_OUT", str(BENCH_DIR / "results" / "coldstart.md")))
     tmp = Path(tempfile.mkdtemp(prefix="shoal-coldstart-bench-"))
@@ -411,17 +413,25 @@ def main() -> int:
         prime = cl.write("prime", manifest("prime", component, "prime.bench", "slot=none"))
         apply(shoal, cl.url, prime, logs, wait=False)
         cl.cp.wait_for_line(r"artifact ready for the nodes", START_TIMEOUT_S)
-        res["fresh"] = fresh_cycles(cl, component, cfg["cycles"], cfg["settle_ms"], "fresh",
-                                    None)
-        res["warm"] = warm_cycles(cl, component, cfg["cycles"], cfg["settle_ms"])
-        res["spread_cluster"] = spread(cl, component, cfg["spread_repeats"], "cluster", None)
+        phases = cfg["phases"]
+        if "fresh" in phases:
+            res["fresh"] = fresh_cycles(cl, component, cfg["cycles"], cfg["settle_ms"],
+                                        "fresh", None)
+        if "warm" in phases:
+            res["warm"] = warm_cycles(cl, component, cfg["cycles"], cfg["settle_ms"])
+        if "spread" in phases:
+            res["spread_cluster"] = spread(cl, component, cfg["spread_repeats"], "cluster",
+                                           None)
         cl.stop()
-        local = Cluster(shoal, tmp, logs, "local", compile_for_nodes=False)
-        res["local"] = fresh_cycles(local, component, cfg["local_cycles"], cfg["settle_ms"],
-                                    "local", ["--artifacts", "local"])
-        res["spread_local"] = spread(local, component, cfg["spread_repeats"], "local",
-                                     ["--artifacts", "local"])
-        local.stop()
+        if "local" in phases or "spread" in phases:
+            local = Cluster(shoal, tmp, logs, "local", compile_for_nodes=False)
+            if "local" in phases:
+                res["local"] = fresh_cycles(local, component, cfg["local_cycles"],
+                                            cfg["settle_ms"], "local", ["--artifacts", "local"])
+            if "spread" in phases:
+                res["spread_local"] = spread(local, component, cfg["spread_repeats"], "local",
+                                             ["--artifacts", "local"])
+            local.stop()
     except (RuntimeError, OSError) as e:
         res["problems"].append(f"failed: {e}")
         log(f"FAILED: {e}")

@@ -363,11 +363,13 @@ impl Supervisor {
                 }
             }
         }
+        let began = Instant::now();
         let got = self
             .client
             .artifact(&id.0, &engine, ARTIFACT_WAIT)
             .await
             .map_err(|e| e.to_string())?;
+        let fetched = began.elapsed();
         let kind = match got.kind.as_str() {
             wire::KIND_COMPONENT => BinaryKind::Component,
             wire::KIND_MODULE => BinaryKind::CoreModule,
@@ -375,6 +377,7 @@ impl Supervisor {
         };
         let (id2, v) = (id.clone(), verifier.clone());
         tokio::task::spawn_blocking(move || -> Result<Loaded, String> {
+            let t = Instant::now();
             let actual = hex::encode(sha2::Sha256::digest(&got.bytes));
             check(
                 &v,
@@ -385,22 +388,36 @@ impl Supervisor {
                 &got.sha256,
                 &got.signature,
             )?;
-            let c = match rt.cache().path_for(&id2, kind) {
-                Some(path) => {
-                    shoal_runtime::artifact::write_atomically(&path, &got.bytes)?;
-                    shoal_runtime::artifact::write_atomically(
-                        &signature_path(&path),
-                        format!("{} {}\n", got.sha256, got.signature).as_bytes(),
-                    )?;
-                    // SAFETY: checked above: the CA signed this artifact's
-                    // hash for this module and this engine. Mapped from
-                    // the file just written, not copied.
-                    unsafe { rt.cache().adopt_file(&id2, kind, &path) }
-                }
+            let checked = t.elapsed();
+            let t = Instant::now();
+            let path = rt.cache().path_for(&id2, kind);
+            if let Some(path) = &path {
+                shoal_runtime::artifact::write_atomically(path, &got.bytes)?;
+                shoal_runtime::artifact::write_atomically(
+                    &signature_path(path),
+                    format!("{} {}\n", got.sha256, got.signature).as_bytes(),
+                )?;
+            }
+            let written = t.elapsed();
+            let t = Instant::now();
+            let c = match &path {
+                // SAFETY: checked above: the CA signed this artifact's
+                // hash for this module and this engine. Mapped from the
+                // file just written, not copied.
+                Some(path) => unsafe { rt.cache().adopt_file(&id2, kind, path) },
                 // SAFETY: as above.
                 None => unsafe { rt.cache().adopt_bytes(&id2, kind, &got.bytes) },
             }
             .map_err(|e| e.to_string())?;
+            tracing::info!(
+                digest = %id2.short(),
+                bytes = got.bytes.len(),
+                fetch_ms = fetched.as_secs_f64() * 1000.0,
+                check_ms = checked.as_secs_f64() * 1000.0,
+                write_ms = written.as_secs_f64() * 1000.0,
+                load_ms = t.elapsed().as_secs_f64() * 1000.0,
+                "loaded the control plane's artifact"
+            );
             rt.loaded(id2, c, CompileSource::Fetched)
                 .map_err(|e| e.to_string())
         })
