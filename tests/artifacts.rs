@@ -97,9 +97,11 @@ fn a_module_is_compiled_once_for_the_cluster_and_every_node_loads_it() {
             0,
             "node {i} compiled: {lines:#?}"
         );
-        let kept = kept(&node_cache(&c, i));
-        assert_eq!(kept.len(), 1, "node {i}: {kept:?}");
-        assert!(kept[0].1, "node {i} kept an artifact without its signature");
+        // Kept on disk with its signature (written after the start).
+        wait_until(T, "the artifact kept with its signature", || {
+            let kept = kept(&node_cache(&c, i));
+            (kept.len() == 1 && kept[0].1).then_some(())
+        });
     }
     // The control plane compiled it once, for all three.
     let cp = c.cp.out.all();
@@ -120,8 +122,10 @@ fn a_node_refuses_a_kept_artifact_whose_signature_does_not_check_out() {
         (!sources(&c, 0).is_empty()).then_some(())
     });
     let cache = node_cache(&c, 0);
-    let (artifact, signed) = kept(&cache).remove(0);
-    assert!(signed);
+    let artifact = wait_until(T, "the artifact kept with its signature", || {
+        let kept = kept(&cache);
+        (kept.len() == 1 && kept[0].1).then(|| kept[0].0.clone())
+    });
 
     // Change one byte of the kept code: its hash no longer matches what
     // the CA signed. The restarted node must not run it.
@@ -139,9 +143,11 @@ fn a_node_refuses_a_kept_artifact_whose_signature_does_not_check_out() {
     let lines = c.nodes[0].out.all();
     assert_eq!(count(&lines, "discarding a kept artifact"), 1, "{lines:#?}");
     assert_eq!(sources(&c, 0), ["Fetched"]);
-    // What it kept now is the control plane's artifact again.
-    let now = std::fs::read(&artifact).unwrap();
-    assert_ne!(now, bytes);
+    // What it keeps now is the control plane's artifact again.
+    wait_until(T, "the artifact kept again", || {
+        let now = std::fs::read(&artifact).ok()?;
+        (now != bytes).then_some(())
+    });
 
     // Kept intact, it is loaded from disk at the next start.
     c.nodes[0].kill9();

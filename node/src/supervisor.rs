@@ -390,34 +390,26 @@ impl Supervisor {
             )?;
             let checked = t.elapsed();
             let t = Instant::now();
-            let path = rt.cache().path_for(&id2, kind);
-            if let Some(path) = &path {
-                shoal_runtime::artifact::write_atomically(path, &got.bytes)?;
-                shoal_runtime::artifact::write_atomically(
-                    &signature_path(path),
-                    format!("{} {}\n", got.sha256, got.signature).as_bytes(),
-                )?;
-            }
-            let written = t.elapsed();
-            let t = Instant::now();
-            let c = match &path {
-                // SAFETY: checked above: the CA signed this artifact's
-                // hash for this module and this engine. Mapped from the
-                // file just written, not copied.
-                Some(path) => unsafe { rt.cache().adopt_file(&id2, kind, path) },
-                // SAFETY: as above.
-                None => unsafe { rt.cache().adopt_bytes(&id2, kind, &got.bytes) },
-            }
-            .map_err(|e| e.to_string())?;
+            // SAFETY: checked above: the CA signed this artifact's hash for
+            // this module and this engine.
+            let c = unsafe { rt.cache().adopt_bytes(&id2, kind, &got.bytes) }
+                .map_err(|e| e.to_string())?;
             tracing::info!(
                 digest = %id2.short(),
                 bytes = got.bytes.len(),
                 fetch_ms = fetched.as_secs_f64() * 1000.0,
                 check_ms = checked.as_secs_f64() * 1000.0,
-                write_ms = written.as_secs_f64() * 1000.0,
                 load_ms = t.elapsed().as_secs_f64() * 1000.0,
                 "loaded the control plane's artifact"
             );
+            // Kept on disk for the next start, off this start's path (a
+            // write of tens of MB can take longer than all of the above);
+            // later instances here then map the file instead of holding a
+            // copy in memory.
+            if let Some(path) = rt.cache().path_for(&id2, kind) {
+                let (rt, id, got) = (rt.clone(), id2.clone(), got.clone());
+                tokio::task::spawn_blocking(move || keep(&rt, &id, kind, &path, &got));
+            }
             rt.loaded(id2, c, CompileSource::Fetched)
                 .map_err(|e| e.to_string())
         })
@@ -489,6 +481,34 @@ impl Status for Supervisor {
             brief: true,
         }
     }
+}
+
+/// Writes a checked artifact and its signature to the node's cache, then
+/// has later loads map that file.
+fn keep(
+    rt: &Runtime,
+    id: &Digest,
+    kind: BinaryKind,
+    path: &std::path::Path,
+    got: &shoal_client::nodes::SignedArtifact,
+) {
+    let t = Instant::now();
+    let written = shoal_runtime::artifact::write_atomically(path, &got.bytes).and_then(|()| {
+        shoal_runtime::artifact::write_atomically(
+            &signature_path(path),
+            format!("{} {}\n", got.sha256, got.signature).as_bytes(),
+        )
+    });
+    if let Err(e) = written {
+        tracing::warn!(digest = %id.short(), error = %e, "cannot keep an artifact on disk");
+        return;
+    }
+    // SAFETY: the bytes just written are the ones whose signature the
+    // caller checked.
+    if let Err(e) = unsafe { rt.cache().adopt_file(id, kind, path) } {
+        tracing::warn!(digest = %id.short(), error = %e, "cannot map a kept artifact");
+    }
+    tracing::debug!(digest = %id.short(), write_ms = t.elapsed().as_millis() as u64, "artifact kept on disk");
 }
 
 /// How long a node waits for the control plane's artifact of a module (the
