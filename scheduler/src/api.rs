@@ -1224,7 +1224,7 @@ async fn get_artifact(
             ));
         }
     };
-    let body = tokio::fs::read(&signed.path).await.map_err(|e| {
+    let body = artifacts.bytes(&digest, &signed).await.map_err(|e| {
         tracing::error!(path = %signed.path.display(), error = %e, "cannot read an artifact");
         Error(
             StatusCode::INTERNAL_SERVER_ERROR,

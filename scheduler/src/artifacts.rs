@@ -11,7 +11,7 @@
 
 use shoal_api::artifact as wire;
 use shoal_runtime::{BinaryKind, CompileCache, EngineConfig};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
@@ -50,7 +50,14 @@ pub struct Artifacts {
     /// One entry per module being compiled or already signed; a failed
     /// compile leaves no entry, so the next request tries again.
     flights: Mutex<HashMap<String, Flight>>,
+    /// The artifacts served last, in memory, up to [`SERVED_IN_MEMORY`]
+    /// bytes: many nodes asking for one at once (a scale-out, a lost node's
+    /// instances placed again) read it once.
+    served: Mutex<VecDeque<(String, axum::body::Bytes)>>,
 }
+
+/// How many bytes of recently served artifacts stay in memory.
+pub const SERVED_IN_MEMORY: usize = 256 << 20;
 
 impl Artifacts {
     /// Artifacts kept in `dir`, for the engine nodes build with default
@@ -73,6 +80,7 @@ impl Artifacts {
             ca,
             store,
             flights: Mutex::default(),
+            served: Mutex::default(),
         })
     }
 
@@ -141,6 +149,32 @@ impl Artifacts {
                 })
             }
         }
+    }
+
+    /// The bytes of an artifact [`Self::for_engine`] answered, from memory
+    /// if it was served lately, else read from its file (and kept).
+    pub async fn bytes(&self, digest: &str, signed: &Signed) -> std::io::Result<axum::body::Bytes> {
+        if let Some(b) = self
+            .lock_served()
+            .iter()
+            .find(|(d, _)| d == digest)
+            .map(|(_, b)| b.clone())
+        {
+            return Ok(b);
+        }
+        let b = axum::body::Bytes::from(tokio::fs::read(&signed.path).await?);
+        let mut served = self.lock_served();
+        if b.len() <= SERVED_IN_MEMORY && !served.iter().any(|(d, _)| d == digest) {
+            served.push_back((digest.to_string(), b.clone()));
+            while served.iter().map(|(_, b)| b.len()).sum::<usize>() > SERVED_IN_MEMORY {
+                served.pop_front();
+            }
+        }
+        Ok(b)
+    }
+
+    fn lock_served(&self) -> std::sync::MutexGuard<'_, VecDeque<(String, axum::body::Bytes)>> {
+        self.served.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Flight>> {
