@@ -105,6 +105,9 @@ fn start_concurrency() -> usize {
         .max(2)
 }
 
+/// One load of a module's code, shared by the instances waiting for it.
+type LoadCell = Arc<tokio::sync::OnceCell<Result<Loaded, String>>>;
+
 /// Starts and stops the node's instances.
 pub struct Supervisor {
     pub(crate) runtime: Arc<Runtime>,
@@ -121,7 +124,7 @@ pub struct Supervisor {
     pub(crate) changed: Arc<Notify>,
     /// Loads in progress, by module digest: instances of one module that
     /// start together share one fetch (or compile).
-    loading: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Result<Loaded, String>>>>>,
+    loading: Mutex<HashMap<String, LoadCell>>,
 }
 
 impl Supervisor {

@@ -119,11 +119,7 @@ impl Artifacts {
         {
             return Err(ArtifactError::UnknownModule(digest.to_string()));
         }
-        let flight = self
-            .lock()
-            .entry(digest.to_string())
-            .or_insert_with(Flight::default)
-            .clone();
+        let flight = self.lock().entry(digest.to_string()).or_default().clone();
         let result = flight
             .get_or_init(|| async {
                 let (cache, ca, store, digest) = (
