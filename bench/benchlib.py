@@ -13,6 +13,7 @@ directory (this one) on sys.path before `import benchlib`.
   cluster     free_port, url_port, start_control_plane, start_node,
               start_gateway, shoal_apply, Api (the control plane's JSON API)
   wrk         parse_wrk, run_wrk, has_socket_errors
+  wasm        leb128
   reports     write_report, keep_logs, percentile, fmt_ms, fmt_rps, fmt_errors,
               md_row, md_head
 """
@@ -607,6 +608,17 @@ def run_wrk(wrk: str, port: int, conns: int, seconds: float, threads: int, log_p
 
 
 # ---------------------------------------------------------------- reports
+
+
+def leb128(n: int) -> bytes:
+    """n as unsigned LEB128, as wasm writes sizes and counts."""
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
 
 
 def write_report(out_path: Path, text: str) -> None:

@@ -53,7 +53,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 from benchlib import (  # noqa: E402
-    BENCH_DIR, HOST, REPO, Api, admin_env, env_int, env_str, find_bin, fmt_ms, keep_logs,
+    BENCH_DIR, HOST, REPO, Api, admin_env, env_int, env_str, find_bin, fmt_ms, keep_logs, leb128,
     loadavg, log, machine_summary, md_head, md_row, percentile, start_control_plane,
     start_gateway, start_node, stop_all_on_exit, url_port, write_report,
 )
@@ -171,16 +171,6 @@ STARTED = re.compile(r"instance started.*?\bstart_us=(\d+).*?\bsource=(\w+)")
 
 def started_lines(text: str) -> list[tuple[int, str]]:
     return [(int(us), src) for us, src in STARTED.findall(text)]
-
-
-def leb128(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def variant(component: Path, tag: str, dest: Path) -> Path:

@@ -72,7 +72,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 from benchlib import (  # noqa: E402
-    BENCH_DIR, C_COMPONENT, HOST, REPO, Api, Proc, admin_env, cmd_version, env_int, env_str,
+    BENCH_DIR, C_COMPONENT, HOST, REPO, Api, Proc, admin_env, cmd_version, env_int, env_str, leb128,
     free_port, git_rev, keep_logs, loadavg, log, machine_summary, md_head, md_row, percentile,
     proc_cpu_s, start_control_plane, start_gateway, start_node, stop_all, stop_all_on_exit,
     url_port, write_report,
@@ -105,16 +105,6 @@ def cgi_module(i: int) -> tuple[bytes, bytes]:
     text = f"Hello app {i:07d}\n".encode()
     assert len(text) == len(HELLO_TEXT)
     return base.replace(HELLO_TEXT, text), text
-
-
-def leb128(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def component_module(i: int) -> bytes:
