@@ -13,6 +13,7 @@ directory (this one) on sys.path before `import benchlib`.
   cluster     free_port, url_port, start_control_plane, start_node,
               start_gateway, shoal_apply, Api (the control plane's JSON API)
   wrk         parse_wrk, run_wrk, has_socket_errors
+  waiting     poll_until
   wasm        leb128
   reports     write_report, keep_logs, percentile, fmt_ms, fmt_rps, fmt_errors,
               md_row, md_head
@@ -608,6 +609,19 @@ def run_wrk(wrk: str, port: int, conns: int, seconds: float, threads: int, log_p
 
 
 # ---------------------------------------------------------------- reports
+
+
+def poll_until(what: str, cond: Callable, timeout: float, poll_s: float):
+    """cond()'s first truthy value, polled every poll_s; RuntimeError after
+    timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what} ({timeout:.0f}s)")
+        time.sleep(poll_s)
 
 
 def leb128(n: int) -> bytes:

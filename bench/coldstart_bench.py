@@ -41,6 +41,7 @@ Standard library only. Knobs (environment):
 from __future__ import annotations
 
 import datetime
+import os
 import re
 import socket
 import statistics
@@ -54,11 +55,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 from benchlib import (  # noqa: E402
     BENCH_DIR, HOST, REPO, Api, admin_env, env_int, env_str, find_bin, fmt_ms, keep_logs, leb128,
+    poll_until,
     loadavg, log, machine_summary, md_head, md_row, percentile, start_control_plane,
     start_gateway, start_node, stop_all_on_exit, url_port, write_report,
 )
 
 START_TIMEOUT_S = 120.0
+
+
+def wait_until(what: str, cond, timeout: float = START_TIMEOUT_S):
+    return poll_until(what, cond, timeout, POLL_S)
 POLL_S = 0.02
 GOAL_FRESH_P50_MS = 100.0
 BODY = b"hello from javascript"
@@ -117,7 +123,7 @@ def apply(shoal: str, cp_url: str, path: Path, logs: Path, wait: bool = True) ->
         argv += ["--wait", "--timeout", "300s"]
     t0 = time.perf_counter()
     p = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=REPO,
-                       env={**__import__("os").environ, **admin_env(cp_url)})
+                       env={**os.environ, **admin_env(cp_url)})
     took = time.perf_counter() - t0
     with open(logs / "apply.log", "a") as f:
         f.write("$ " + " ".join(argv) + "\n" + p.stdout + p.stderr)
@@ -129,20 +135,9 @@ def apply(shoal: str, cp_url: str, path: Path, logs: Path, wait: bool = True) ->
 def delete(shoal: str, cp_url: str, name: str, logs: Path) -> None:
     argv = [shoal, "--server", cp_url, "delete", "app", name]
     p = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=REPO,
-                       env={**__import__("os").environ, **admin_env(cp_url)})
+                       env={**os.environ, **admin_env(cp_url)})
     with open(logs / "apply.log", "a") as f:
         f.write("$ " + " ".join(argv) + "\n" + p.stdout + p.stderr)
-
-
-def wait_until(what: str, cond, timeout: float = START_TIMEOUT_S):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(POLL_S)
 
 
 def node_ready(api: Api, name: str) -> bool:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import (  # noqa: E402
-    nginx_user_directive,
+    nginx_user_directive, poll_until,
     HOST, Api, Proc, cmd_version, env_int, env_str, find_bin, fmt_ms, fmt_rps,
     free_port, has_socket_errors, log, machine_summary, md_head, md_row,
     parse_duration_s, run_wrk, set_tag, shoal_apply, start_control_plane,
@@ -126,14 +126,7 @@ http {{
 
 
 def wait_until(what: str, cond, timeout: float = START_TIMEOUT_S):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: not within {timeout:.0f}s")
-        time.sleep(0.05)
+    return poll_until(what, cond, timeout, 0.05)
 
 
 def summarize(runs: list[dict]) -> dict:
