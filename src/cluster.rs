@@ -47,6 +47,33 @@ pub struct ControlPlaneArgs {
     /// DATA_DIR/artifacts). `off`: every node compiles for itself.
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     pub compile_for_nodes: OnOff,
+    /// Where the state lives: `redb` (the default: an embedded database
+    /// in the data dir, for one control plane), or
+    /// `etcd://HOST:PORT[,HOST:PORT...]` for several control-plane
+    /// replicas sharing one etcd cluster, one of them elected leader.
+    #[arg(long, default_value = "redb")]
+    pub store: String,
+    /// The URL other replicas pass requests to this one at (etcd store;
+    /// default: https:// or http:// and the bound address).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// The CA of etcd's certificates (PEM): etcd is then reached over
+    /// https.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_ca: Option<PathBuf>,
+    /// A client certificate for etcd (PEM), with `--etcd-key`.
+    #[arg(long, value_name = "FILE", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The key of `--etcd-cert` (PEM).
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// The key prefix the cluster's state is kept under in etcd.
+    #[arg(long, default_value = "/shoal/")]
+    pub etcd_prefix: String,
+    /// The leader's etcd lease: a leader that vanishes is replaced within
+    /// about this long.
+    #[arg(long, default_value = "3s")]
+    pub leader_lease: Duration,
     /// Exit when the parent process exits (used by `shoal up`).
     #[arg(long, hide = true)]
     pub exit_with_parent: bool,
@@ -203,7 +230,7 @@ pub fn data_home() -> PathBuf {
 
 /// Resolves when a signal asks us to stop, or (with `with_parent`) when
 /// the parent process exits. The signal handlers are installed at the call.
-fn stop_requested(with_parent: bool) -> impl std::future::Future<Output = ()> {
+pub fn stop_requested(with_parent: bool) -> impl std::future::Future<Output = ()> {
     let signalled = shutdown_signal();
     let parent = with_parent.then(crate::signals::parent_exit);
     async move {
@@ -222,59 +249,19 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         .data_dir
         .clone()
         .unwrap_or_else(|| data_home().join("control-plane"));
+    let config = state_config(&args, &dir)?;
+    if let Some(endpoints) = crate::replica::etcd_endpoints(&args.store)? {
+        return crate::replica::replica(args, dir, endpoints, config).await;
+    }
     let store = shoal_scheduler::store::Store::open(&dir)
         .with_context(|| format!("opening the store in {}", dir.display()))?;
-    let config = shoal_scheduler::state::Config {
-        lease: args.lease.get(),
-        heartbeat: args.heartbeat.get(),
-        auth: match args.auth {
-            AuthMode::Enforce => shoal_scheduler::auth::Auth::Enforce,
-            AuthMode::Off => shoal_scheduler::auth::Auth::Off,
-        },
-        artifacts_dir: (args.compile_for_nodes == OnOff::On).then(|| dir.join("artifacts")),
-        ..Default::default()
-    };
-    if config.heartbeat >= config.lease {
-        bail!(
-            "--heartbeat ({}) must be shorter than --lease ({})",
-            args.heartbeat,
-            args.lease
-        );
-    }
-    if args.auth == AuthMode::Off && !args.listen.ip().is_loopback() {
-        bail!(
-            "--auth off is only for a loopback address, not {}: without tokens anyone on the network could deploy code",
-            args.listen
-        );
-    }
-    if args.plain_http && !args.listen.ip().is_loopback() {
-        bail!(
-            "--plain-http is only for a loopback address, not {}: without TLS anyone on the network could read and change the cluster",
-            args.listen
-        );
-    }
-    if args.plain_http && !args.tls_sans.is_empty() {
-        bail!("--tls-san names the TLS certificate; it has no use with --plain-http");
-    }
-    // The CA is created (or found) before anything listens, so a client
-    // that sees the URL line can already read the CA file.
-    // Made even for a plain-HTTP API: it issues the nodes' and gateways'
-    // certificates.
     let (ca, origin) = shoal_pki::ClusterCa::load_or_create(&dir)
         .with_context(|| format!("the cluster CA in {}", dir.display()))?;
     let ca_file = dir.join(shoal_pki::CA_CERT_FILE);
     if origin == shoal_pki::CaOrigin::Created {
         crate::out::sayln!("Created the cluster CA {}", ca_file.display());
     }
-    let tls = if args.plain_http {
-        None
-    } else {
-        let config = ca
-            .issue_server(&args.tls_sans)
-            .and_then(|issued| issued.server_config(&[b"http/1.1"]))
-            .context("the API's TLS certificate")?;
-        Some((config, ca_file))
-    };
+    let tls = api_tls(&args, &ca)?.map(|config| (config, ca_file));
     let config = shoal_scheduler::state::Config {
         ca: Some(Arc::new(ca)),
         ..config
@@ -284,24 +271,7 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     if let Some(first) = shoal_scheduler::auth::first_start(cp.tokens(), &dir, cp.now_ms())
         .context("making the admin and join tokens")?
     {
-        crate::out::sayln!(
-            "Admin token written to {} (readable by you only)",
-            first.admin_file.display()
-        );
-        // On a terminal only: where the output goes to a file (as
-        // `shoal up`'s logs), the token stays in its private file.
-        if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-            crate::out::sayln!(
-                "Nodes join with this token (shown once; also in {}):\n  {}",
-                first.join_file.display(),
-                first.join.expose()
-            );
-        } else {
-            crate::out::sayln!(
-                "Nodes join with the token in {} (readable by you only)",
-                first.join_file.display()
-            );
-        }
+        announce_first_start(&first);
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -337,21 +307,108 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
             None => shoal_scheduler::api::serve(listener, cp, shutdown).await,
         }
     };
+    serve_until_stopped(server, stopped_rx).await?;
+    crate::out::sayln!("Stopped.");
+    Ok(())
+}
+
+/// Runs `server` until it ends; once `stopped` fires (the control loop
+/// stopped), long polls and route watches end, and anything else still
+/// open gets a short grace.
+pub async fn serve_until_stopped(
+    server: impl std::future::Future<Output = std::io::Result<()>>,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<()> {
     tokio::pin!(server);
     tokio::select! {
         r = &mut server => r?,
-        // Long polls and route watches end when the loop stops; anything
-        // else still open gets a short grace.
         _ = async {
-            if stopped_rx.await.is_ok() {
+            if stopped.await.is_ok() {
                 tokio::time::sleep(CONTROL_PLANE_GRACE).await;
             } else {
                 std::future::pending::<()>().await;
             }
         } => tracing::warn!("connections still open after {CONTROL_PLANE_GRACE:?}; closing them"),
     }
-    crate::out::sayln!("Stopped.");
     Ok(())
+}
+
+/// Says where the first start's tokens are.
+pub fn announce_first_start(first: &shoal_scheduler::auth::FirstStart) {
+    crate::out::sayln!(
+        "Admin token written to {} (readable by you only)",
+        first.admin_file.display()
+    );
+    // On a terminal only: where the output goes to a file (as `shoal up`'s
+    // logs), the token stays in its private file.
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        crate::out::sayln!(
+            "Nodes join with this token (shown once; also in {}):\n  {}",
+            first.join_file.display(),
+            first.join.expose()
+        );
+    } else {
+        crate::out::sayln!(
+            "Nodes join with the token in {} (readable by you only)",
+            first.join_file.display()
+        );
+    }
+}
+
+/// The API's TLS configuration, with a certificate of `ca` (none with
+/// `--plain-http`).
+pub fn api_tls(
+    args: &ControlPlaneArgs,
+    ca: &shoal_pki::ClusterCa,
+) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+    if args.plain_http {
+        return Ok(None);
+    }
+    let config = ca
+        .issue_server(&args.tls_sans)
+        .and_then(|issued| issued.server_config(&[b"http/1.1"]))
+        .context("the API's TLS certificate")?;
+    Ok(Some(config))
+}
+
+/// The state task's configuration from the flags, checked.
+fn state_config(
+    args: &ControlPlaneArgs,
+    dir: &std::path::Path,
+) -> anyhow::Result<shoal_scheduler::state::Config> {
+    let config = shoal_scheduler::state::Config {
+        lease: args.lease.get(),
+        heartbeat: args.heartbeat.get(),
+        auth: match args.auth {
+            AuthMode::Enforce => shoal_scheduler::auth::Auth::Enforce,
+            AuthMode::Off => shoal_scheduler::auth::Auth::Off,
+        },
+        artifacts_dir: (args.compile_for_nodes == OnOff::On).then(|| dir.join("artifacts")),
+        ..Default::default()
+    };
+    if config.heartbeat >= config.lease {
+        bail!(
+            "--heartbeat ({}) must be shorter than --lease ({})",
+            args.heartbeat,
+            args.lease
+        );
+    }
+    if args.auth == AuthMode::Off && !args.listen.ip().is_loopback() {
+        bail!(
+            "--auth off is only for a loopback address, not {}: without tokens anyone on the network could deploy code",
+            args.listen
+        );
+    }
+    if args.plain_http && !args.listen.ip().is_loopback() {
+        bail!(
+            "--plain-http is only for a loopback address, not {}: without TLS anyone on the network could read and change the cluster",
+            args.listen
+        );
+    }
+    if args.plain_http && !args.tls_sans.is_empty() {
+        bail!("--tls-san names the TLS certificate; it has no use with --plain-http");
+    }
+    Ok(config)
 }
 
 /// Parses `memory=4GiB,instances=100` (either part may be left out).

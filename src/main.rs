@@ -14,6 +14,7 @@ mod config;
 mod nodes;
 mod out;
 mod quota;
+mod replica;
 mod rollout;
 mod run;
 mod signals;

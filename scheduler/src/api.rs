@@ -4,6 +4,7 @@
 
 use crate::auth::Auth;
 use crate::state::{ApiError, ControlPlane};
+use crate::store::StoreError;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{Method, StatusCode};
@@ -48,6 +49,9 @@ impl From<ApiError> for Error {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Store(StoreError::Unavailable(_) | StoreError::Deposed) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Closed => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::QuotaExceeded(_) => StatusCode::FORBIDDEN,
@@ -1505,7 +1509,17 @@ pub async fn serve(
     cp: ControlPlane,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(cp))
+    serve_router(listener, router(cp), shutdown).await
+}
+
+/// Serves `router` (a control plane's, or a replica's) on `listener`
+/// until `shutdown` resolves.
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -9,7 +9,11 @@
 //! - [`reconcile`]: from desired and observed state to a plan (pure).
 //! - [`rollout`]: per-app scaling, rolling updates and splits (pure).
 //! - [`routes`]: the route table gateways follow (pure).
-//! - [`store`]: the durable store (redb).
+//! - [`store`]: the durable store (redb on one machine, etcd for several
+//!   replicas, every write guarded by the leadership).
+//! - [`leader`]: leader election among replicas through an etcd lease.
+//! - [`replica`]: a replica's API: the leader's router, else the request
+//!   passed to the leader.
 //! - [`auth`]: the tokens (random, stored hashed, checked in constant time)
 //!   and the admin token of the first start.
 //! - [`artifacts`]: modules compiled once for the cluster's engine and
@@ -26,10 +30,12 @@ pub mod autoscale;
 pub mod certs;
 pub mod clock;
 pub mod events;
+pub mod leader;
 pub mod metrics;
 pub mod page;
 pub mod placement;
 pub mod reconcile;
+pub mod replica;
 pub mod rollout;
 pub mod routes;
 pub mod state;

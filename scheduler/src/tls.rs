@@ -108,8 +108,19 @@ pub async fn serve_tls(
     config: Arc<rustls::ServerConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_tls_router(listener, router(cp), config, shutdown).await
+}
+
+/// Serves `router` (a control plane's, or a replica's) over TLS, as
+/// [`serve_tls`] does.
+pub async fn serve_tls_router(
+    listener: TcpListener,
+    router: axum::Router,
+    config: Arc<rustls::ServerConfig>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let listener = TlsListener::new(listener, config)?;
-    axum::serve(listener, router(cp))
+    axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -185,8 +185,19 @@ impl State {
         if self.pending.is_empty() {
             return Ok(());
         }
-        self.store.write(&self.pending)?;
-        self.pending.clear();
-        Ok(())
+        match self.store.write(&self.pending) {
+            Ok(()) => {
+                self.pending.clear();
+                Ok(())
+            }
+            Err(StoreError::Deposed) => {
+                // Another control plane leads: what this one decided is
+                // void, and it decides nothing more (the run loop ends).
+                self.pending.clear();
+                self.deposed = true;
+                Err(StoreError::Deposed)
+            }
+            Err(e) => Err(e),
+        }
     }
 }

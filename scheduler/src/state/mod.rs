@@ -98,6 +98,8 @@ impl ApiError {
             Self::NotFound(_) => "not_found",
             Self::Invalid(_) => "invalid",
             Self::Conflict { code, .. } => code,
+            Self::Store(StoreError::Unavailable(_)) => crate::replica::STORE_UNAVAILABLE,
+            Self::Store(StoreError::Deposed) => crate::replica::NO_LEADER,
             Self::Store(_) => "store_error",
             Self::Closed => "unavailable",
             Self::QuotaExceeded(_) => shoal_api::quota::QUOTA_EXCEEDED,

@@ -59,6 +59,8 @@ pub(super) struct State {
     last_publish: Option<tokio::time::Instant>,
     /// Ticks since the last reconcile.
     ticks_since_reconcile: u32,
+    /// A write found another leader (etcd): the loop ends.
+    pub(super) deposed: bool,
 }
 
 /// One second of an app's load, by reporting gateway.
@@ -118,6 +120,7 @@ impl State {
             heartbeats_dirty: false,
             last_publish: None,
             ticks_since_reconcile: 0,
+            deposed: false,
         })
     }
 
@@ -172,6 +175,12 @@ impl State {
                 }
             }
             self.settle(resync, &out);
+            if self.deposed {
+                tracing::warn!("another control plane leads: this one stops deciding");
+                // Dropping the snapshot channel ends watches and long
+                // polls; readers keep the last snapshot.
+                return;
+            }
         }
     }
 
@@ -194,8 +203,10 @@ impl State {
         {
             self.changed = true;
         }
-        // Readers get a new snapshot only when something changed.
-        if self.changed {
+        // Readers get a new snapshot only when something changed, and
+        // only once it is written: nodes are never handed an assignment
+        // the store does not have (a new leader would not know it).
+        if self.changed && self.pending.is_empty() && !self.deposed {
             self.heartbeats_dirty = false;
             self.last_publish = Some(tokio::time::Instant::now());
             self.changed = false;
@@ -438,6 +449,7 @@ impl State {
         self.execute(changes);
         if let Err(e) = self.flush() {
             tracing::error!(error = %e, "cannot persist heartbeat changes");
+            return Err(e.into());
         }
         let node = self
             .snap

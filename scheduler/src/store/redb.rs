@@ -1,13 +1,13 @@
-//! The durable store: an embedded redb database under the data dir.
+//! The embedded backend: one redb database under the data dir, the
+//! default for one machine and for `shoal up`.
 //!
 //! Values are JSON; every write is one transaction, committed durably before
 //! the caller is answered, so a SIGKILL loses no acknowledged write.
 
+use super::{Contents, MAX_EVENTS, Op, StoreError, revision_key, to_json};
 use redb::{ReadableDatabase, ReadableTable};
 use shoal_api::auth::TokenRecord;
 use shoal_api::certs::StoredCertificate;
-use shoal_api::objects::{App, Event, Instance, Node, Revision};
-use shoal_api::quota::Quota;
 use std::path::Path;
 
 const APPS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("apps");
@@ -26,75 +26,15 @@ const CERTIFICATES: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::
 /// Quotas by namespace, as [`StoredQuota`] JSON.
 const QUOTAS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("quotas");
 
-/// A namespace's quota as stored.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct StoredQuota {
-    pub namespace: String,
-    pub quota: Quota,
-}
-
-/// Events kept; older ones are dropped as new ones arrive.
-const MAX_EVENTS: u64 = 10_000;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("cannot create the data dir {path}: {source}")]
-    Dir {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("database: {0}")]
-    Db(String),
-    #[error("corrupt record in {table}: {message}")]
-    Corrupt {
-        table: &'static str,
-        message: String,
-    },
-}
-
 fn db_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Db(e.to_string())
 }
 
-/// One change in a write batch.
-#[derive(Debug, Clone)]
-pub enum Op {
-    PutApp(App),
-    DeleteApp(String),
-    PutRevision(Box<Revision>),
-    DeleteRevisions(String),
-    PutBlob(String, Vec<u8>),
-    PutNode(Node),
-    DeleteNode(String),
-    PutInstance(Instance),
-    DeleteInstance(String),
-    PutEvent(Event),
-    SetMeta(&'static str, u64),
-    PutQuota(StoredQuota),
-    DeleteQuota(String),
-}
-
-/// Everything the control plane keeps, as loaded at start.
-#[derive(Debug, Default)]
-pub struct Contents {
-    pub apps: Vec<App>,
-    pub revisions: Vec<Revision>,
-    pub nodes: Vec<Node>,
-    pub instances: Vec<Instance>,
-    pub events: Vec<Event>,
-    pub meta: Vec<(String, u64)>,
-    pub quotas: Vec<StoredQuota>,
-}
-
-pub struct Store {
+pub struct RedbStore {
     db: redb::Database,
 }
 
-pub fn revision_key(app: &str, number: u64) -> String {
-    format!("{app}/{number:012}")
-}
-
-impl Store {
+impl RedbStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
             path: dir.display().to_string(),
@@ -179,11 +119,11 @@ impl Store {
             let mut events = txn.open_table(EVENTS).map_err(db_err)?;
             let mut meta = txn.open_table(META).map_err(db_err)?;
             let mut quotas = txn.open_table(QUOTAS).map_err(db_err)?;
-            let json = |v: &dyn erased::Ser| v.to_json();
+
             for op in ops {
                 match op {
                     Op::PutApp(a) => {
-                        apps.insert(a.key.to_string().as_str(), json(a).as_slice())
+                        apps.insert(a.key.to_string().as_str(), to_json(a).as_slice())
                             .map_err(db_err)?;
                     }
                     Op::DeleteApp(k) => {
@@ -191,7 +131,7 @@ impl Store {
                     }
                     Op::PutRevision(r) => {
                         let k = revision_key(&r.app.to_string(), r.number);
-                        revs.insert(k.as_str(), json(r).as_slice())
+                        revs.insert(k.as_str(), to_json(r).as_slice())
                             .map_err(db_err)?;
                     }
                     Op::DeleteRevisions(app) => {
@@ -212,7 +152,7 @@ impl Store {
                     }
                     Op::PutNode(n) => {
                         nodes
-                            .insert(n.name.as_str(), json(n).as_slice())
+                            .insert(n.name.as_str(), to_json(n).as_slice())
                             .map_err(db_err)?;
                     }
                     Op::DeleteNode(name) => {
@@ -220,14 +160,16 @@ impl Store {
                     }
                     Op::PutInstance(i) => {
                         insts
-                            .insert(i.id.as_str(), json(i).as_slice())
+                            .insert(i.id.as_str(), to_json(i).as_slice())
                             .map_err(db_err)?;
                     }
                     Op::DeleteInstance(id) => {
                         insts.remove(id.as_str()).map_err(db_err)?;
                     }
                     Op::PutEvent(e) => {
-                        events.insert(e.seq, json(e).as_slice()).map_err(db_err)?;
+                        events
+                            .insert(e.seq, to_json(e).as_slice())
+                            .map_err(db_err)?;
                         if e.seq >= MAX_EVENTS {
                             events.remove(e.seq - MAX_EVENTS).map_err(db_err)?;
                         }
@@ -237,7 +179,7 @@ impl Store {
                     }
                     Op::PutQuota(q) => {
                         quotas
-                            .insert(q.namespace.as_str(), json(q).as_slice())
+                            .insert(q.namespace.as_str(), to_json(q).as_slice())
                             .map_err(db_err)?;
                     }
                     Op::DeleteQuota(ns) => {
@@ -262,7 +204,7 @@ impl Store {
     }
 }
 
-impl Store {
+impl RedbStore {
     pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let t = txn.open_table(TOKENS).map_err(db_err)?;
@@ -288,7 +230,7 @@ impl Store {
             if t.get(token.name.as_str()).map_err(db_err)?.is_some() {
                 false
             } else {
-                let json = erased::Ser::to_json(token);
+                let json = to_json(token);
                 t.insert(token.name.as_str(), json.as_slice())
                     .map_err(db_err)?;
                 true
@@ -310,7 +252,7 @@ impl Store {
     }
 }
 
-impl Store {
+impl RedbStore {
     pub fn certificates(&self) -> Result<Vec<StoredCertificate>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let t = txn.open_table(CERTIFICATES).map_err(db_err)?;
@@ -332,7 +274,7 @@ impl Store {
         let txn = self.db.begin_write().map_err(db_err)?;
         {
             let mut t = txn.open_table(CERTIFICATES).map_err(db_err)?;
-            let json = erased::Ser::to_json(cert);
+            let json = to_json(cert);
             t.insert(cert.host.as_str(), json.as_slice())
                 .map_err(db_err)?;
         }
@@ -351,30 +293,18 @@ impl Store {
     }
 }
 
-mod erased {
-    /// Serialises any of the stored record types to JSON bytes.
-    pub trait Ser {
-        fn to_json(&self) -> Vec<u8>;
-    }
-    impl<T: serde::Serialize> Ser for T {
-        fn to_json(&self) -> Vec<u8> {
-            // Records are plain data (strings, numbers, maps with string
-            // keys): serialising them cannot fail.
-            serde_json::to_vec(self).unwrap_or_default()
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::StoredQuota;
     use super::*;
-    use shoal_api::objects::AppKey;
+    use shoal_api::objects::{App, AppKey};
+    use shoal_api::quota::Quota;
 
     #[test]
     fn writes_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = Store::open(dir.path()).unwrap();
+            let s = RedbStore::open(dir.path()).unwrap();
             s.write(&[
                 Op::PutApp(App {
                     key: AppKey::new("default", "web"),
@@ -403,7 +333,7 @@ mod tests {
             ])
             .unwrap();
         }
-        let s = Store::open(dir.path()).unwrap();
+        let s = RedbStore::open(dir.path()).unwrap();
         let c = s.load().unwrap();
         assert_eq!(c.apps.len(), 1);
         assert_eq!(c.apps[0].replicas, 3);

@@ -1,0 +1,208 @@
+//! The API of a control-plane replica (`--store etcd://...`): the leader's
+//! router when this replica leads; otherwise the request is passed to the
+//! leader, as it came (its token included: the leader authenticates and
+//! authorizes it, as it does every request); and while no leader is
+//! known, `503` with `Retry-After`, `no_leader` or, when etcd cannot be
+//! reached, `store_unavailable`. Answers never name the leader's address.
+
+use crate::leader::Role;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use shoal_api::ErrorBody;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tower::ServiceExt as _;
+
+/// The code of the answer while no replica leads.
+pub const NO_LEADER: &str = "no_leader";
+
+/// The code of the answer while etcd cannot be reached or has no quorum.
+pub const STORE_UNAVAILABLE: &str = "store_unavailable";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("the client of the leader: {0}")]
+    Client(String),
+}
+
+struct Replica {
+    roles: watch::Receiver<Role>,
+    leader: reqwest::Client,
+}
+
+/// The router of a replica whose role `roles` says; `ca_pem` is what the
+/// leader's certificate is checked against (none: plain HTTP).
+pub fn router(roles: watch::Receiver<Role>, ca_pem: Option<&[u8]>) -> Result<Router, ReplicaError> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        // Long polls and watches are passed through: no overall timeout,
+        // but a dead connection is noticed.
+        .tcp_keepalive(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_idle_timeout(Duration::from_secs(30));
+    if let Some(pem) = ca_pem {
+        let cert =
+            reqwest::Certificate::from_pem(pem).map_err(|e| ReplicaError::Client(e.to_string()))?;
+        builder = builder
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(cert)
+            .use_rustls_tls();
+    }
+    let leader = builder
+        .build()
+        .map_err(|e| ReplicaError::Client(e.to_string()))?;
+    let replica = Arc::new(Replica { roles, leader });
+    Ok(Router::new().fallback(dispatch).with_state(replica))
+}
+
+fn unavailable(code: &str, message: &str) -> Response {
+    let mut r = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(ErrorBody::new(code, message)),
+    )
+        .into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    r
+}
+
+async fn dispatch(State(replica): State<Arc<Replica>>, req: Request) -> Response {
+    let role = replica.roles.borrow().clone();
+    match role {
+        Role::Leader { router, lease, .. } if lease.holds() => match router.oneshot(req).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        },
+        // Awake again after a pause past the lease: nothing is served from
+        // memory until the renewal says whether this replica still leads.
+        Role::Leader { .. } => unavailable(
+            NO_LEADER,
+            "the control plane is confirming its leadership; try again",
+        ),
+        Role::Follower { leader } => {
+            let changed = leader_changed(replica.roles.clone(), leader.clone());
+            forward(&replica.leader, &leader, req, changed).await
+        }
+        Role::Vacant { store_down: true } => unavailable(
+            STORE_UNAVAILABLE,
+            "the control plane's store cannot be reached; try again",
+        ),
+        Role::Vacant { store_down: false } => unavailable(
+            NO_LEADER,
+            "no control plane leads at the moment (an election is under way); try again",
+        ),
+    }
+}
+
+/// Headers of one hop only, never passed on.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+    )
+}
+
+fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (name, value) in from {
+        if !hop_by_hop(name) {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// Resolves once this replica no longer follows `leader`.
+async fn leader_changed(mut roles: watch::Receiver<Role>, leader: String) {
+    loop {
+        if roles.changed().await.is_err() {
+            return;
+        }
+        let same = matches!(&*roles.borrow(), Role::Follower { leader: l } if *l == leader);
+        if !same {
+            return;
+        }
+    }
+}
+
+/// Passes `req` to the leader at `leader` and its answer back, both
+/// streamed (an apply's body, a watch's lines), until `changed` resolves:
+/// a request to a leader that stalled (a paused process still accepts
+/// connections) is cut when another leads, so that a long poll or a watch
+/// is made again to the new one.
+async fn forward(
+    client: &reqwest::Client,
+    leader: &str,
+    req: Request,
+    changed: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Response {
+    let mut changed = Box::pin(changed);
+    let (parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let url = format!("{}{path}", leader.trim_end_matches('/'));
+    let mut headers = HeaderMap::new();
+    copy_headers(&parts.headers, &mut headers);
+    let send = client
+        .request(parts.method, url)
+        .headers(headers)
+        .body(reqwest::Body::wrap_stream(body.into_data_stream()))
+        .send();
+    let sent = tokio::select! {
+        sent = send => sent,
+        _ = &mut changed => {
+            return unavailable(
+                NO_LEADER,
+                "the leading control plane changed while the request was on its way; try again",
+            );
+        }
+    };
+    let answer = match sent {
+        Ok(a) => a,
+        Err(e) => {
+            // The address stays in the log, never in the answer.
+            tracing::warn!(%leader, error = %e, "cannot pass a request to the leader");
+            return unavailable(
+                NO_LEADER,
+                "the leading control plane cannot be reached (a failover may be under way); try again",
+            );
+        }
+    };
+    let mut resp = Response::builder().status(answer.status());
+    if let Some(h) = resp.headers_mut() {
+        copy_headers(answer.headers(), h);
+    }
+    let body = futures::stream::unfold(
+        (answer.bytes_stream(), changed, false),
+        |(mut body, mut changed, cut)| async move {
+            if cut {
+                return None;
+            }
+            tokio::select! {
+                item = futures::StreamExt::next(&mut body) => {
+                    let item = item?.map_err(std::io::Error::other);
+                    Some((item, (body, changed, false)))
+                }
+                _ = &mut changed => {
+                    let e = std::io::Error::other("the leading control plane changed");
+                    Some((Err(e), (body, changed, true)))
+                }
+            }
+        },
+    );
+    resp.body(Body::from_stream(body))
+        .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+}

@@ -1,0 +1,674 @@
+//! The etcd backend: the control plane's state under a key prefix of an
+//! etcd cluster, for several control-plane replicas.
+//!
+//! - **Fencing.** A leader writes through an [`EtcdStore`] made for its
+//!   term: every transaction compares the leader key's create revision with
+//!   the one the leader created it at. Once the key is gone (the lease
+//!   expired) and another replica created it, the comparison fails, so a
+//!   paused or partitioned leader writes nothing after it wakes; the store
+//!   then says [`StoreError::Deposed`] and tells the election.
+//! - **Size.** etcd limits a transaction to 128 operations and a request to
+//!   1.5 MiB, so a large batch goes as several transactions, each guarded.
+//!   Module blobs (10-20 MB) are written in chunks under their digest, the
+//!   chunks first and their manifest last, and read back checked against
+//!   their sha256.
+//! - **Threads.** The store's calls are synchronous (see [`super`]); etcd is
+//!   reached over HTTP on a runtime of its own thread, so a call can wait
+//!   for it from any thread, a task of the caller's runtime included.
+//!
+//! Keys, under the prefix: `apps/NS/NAME`, `revisions/NS/NAME/NUMBER`,
+//! `blobs/SHA256/meta` and `blobs/SHA256/chunk/N`, `nodes/NAME`,
+//! `instances/ID`, `events/SEQ`, `meta/NAME`, `tokens/NAME`,
+//! `certificates/HOST`, `quotas/NS`, `leader`, `ca/cert`, `ca/key`.
+
+use super::{Contents, MAX_EVENTS, Op, StoreError, revision_key, to_json};
+use sha2::Digest as _;
+use shoal_api::auth::TokenRecord;
+use shoal_api::certs::StoredCertificate;
+use shoal_etcd::{CmpOp, CmpTarget, Compare, EtcdError, Txn, TxnOp, TxnOpResponse};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Operations per transaction: under etcd's default limit of 128.
+const OPS_PER_TXN: usize = 100;
+
+/// Bytes of values per transaction: well under etcd's 1.5 MiB requests.
+const BYTES_PER_TXN: usize = 1 << 20;
+
+/// A module blob's chunk.
+const BLOB_CHUNK: usize = 768 << 10;
+
+/// How to reach etcd.
+#[derive(Clone)]
+pub struct EtcdConfig {
+    /// `http://HOST:PORT` or `https://HOST:PORT`, one per member.
+    pub endpoints: Vec<String>,
+    /// The CA that signed etcd's certificates (https endpoints).
+    pub ca_pem: Option<Vec<u8>>,
+    /// A client certificate and its key, PEM, for etcd's
+    /// `--client-cert-auth`.
+    pub identity_pem: Option<Vec<u8>>,
+    /// The prefix every key is under (several clusters can share an etcd).
+    pub prefix: String,
+    /// How long one request may take.
+    pub request_timeout: Duration,
+}
+
+impl std::fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the client key.
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection to etcd that every term of a replica shares.
+#[derive(Clone)]
+pub struct Etcd {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// For async callers on their own runtime (the election).
+    client: shoal_etcd::Client,
+    /// For the store's calls, on the store's thread only.
+    io_client: shoal_etcd::Client,
+    prefix: String,
+    /// The runtime of the store's own thread, which ends when this drops.
+    io: tokio::runtime::Handle,
+    _stop: std::sync::mpsc::SyncSender<()>,
+}
+
+/// A term's leadership: the leader key and the create revision it holds it
+/// at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub key: Vec<u8>,
+    pub create_revision: i64,
+}
+
+fn etcd_err(e: EtcdError) -> StoreError {
+    match e {
+        EtcdError::Unavailable(m) => StoreError::Unavailable(m),
+        other => StoreError::Db(other.to_string()),
+    }
+}
+
+impl Etcd {
+    pub fn connect(config: &EtcdConfig) -> Result<Self, StoreError> {
+        let make = || {
+            shoal_etcd::Client::new(shoal_etcd::ClientConfig {
+                endpoints: config.endpoints.clone(),
+                ca_pem: config.ca_pem.clone(),
+                identity_pem: config.identity_pem.clone(),
+                request_timeout: config.request_timeout,
+            })
+            .map_err(etcd_err)
+        };
+        // Two clients, so that neither runtime drives the other's
+        // connections: the store's calls block a thread of the caller's
+        // runtime while they wait.
+        let (client, io_client) = (make()?, make()?);
+        let (handle_tx, handle_rx) = std::sync::mpsc::sync_channel(1);
+        let (stop_tx, stop_rx) = std::sync::mpsc::sync_channel::<()>(0);
+        std::thread::Builder::new()
+            .name("shoal-etcd".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("shoal-etcd-io")
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = handle_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let _ = handle_tx.send(Ok(rt.handle().clone()));
+                // Until the store drops (the sender goes away).
+                let _ = stop_rx.recv();
+                drop(rt);
+            })
+            .map_err(|e| StoreError::Db(format!("cannot start the store's thread: {e}")))?;
+        let io = handle_rx
+            .recv()
+            .map_err(|_| StoreError::Db("the store's thread did not start".into()))?
+            .map_err(|e| StoreError::Db(format!("the store's runtime: {e}")))?;
+        let mut prefix = config.prefix.clone();
+        if !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        Ok(Self {
+            shared: Arc::new(Shared {
+                client,
+                io_client,
+                prefix,
+                io,
+                _stop: stop_tx,
+            }),
+        })
+    }
+
+    /// The client, for async callers (the election).
+    pub fn client(&self) -> &shoal_etcd::Client {
+        &self.shared.client
+    }
+
+    /// The full key of `rel`.
+    pub fn key(&self, rel: &str) -> Vec<u8> {
+        format!("{}{rel}", self.shared.prefix).into_bytes()
+    }
+
+    /// The store a leader writes through during its term. `deposed` is set
+    /// the first time a write finds another leader.
+    pub fn term(&self, fence: Fence, deposed: tokio::sync::watch::Sender<bool>) -> EtcdStore {
+        EtcdStore {
+            etcd: self.clone(),
+            fence,
+            deposed,
+        }
+    }
+
+    /// Runs `f` on the store's thread and waits for it.
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.shared.io.spawn(async move {
+            let _ = tx.send(f.await);
+        });
+        rx.recv()
+            .map_err(|_| StoreError::Unavailable("the store's thread stopped".into()))?
+    }
+
+    /// The cluster CA's certificate and key, PEM, as the first replica
+    /// stored them; or, if none is stored yet, `ours`, stored now. Every
+    /// replica serves with the same CA, so clients trust any of them.
+    pub async fn adopt_ca(
+        &self,
+        ours: (Vec<u8>, Vec<u8>),
+    ) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+        let (cert_key, key_key) = (self.key("ca/cert"), self.key("ca/key"));
+        let resp = self
+            .client()
+            .txn(Txn {
+                compare: vec![Compare {
+                    key: cert_key.clone(),
+                    op: CmpOp::Equal,
+                    target: CmpTarget::CreateRevision(0),
+                }],
+                success: vec![
+                    TxnOp::Put {
+                        key: key_key.clone(),
+                        value: ours.1.clone(),
+                        lease: None,
+                    },
+                    TxnOp::Put {
+                        key: cert_key.clone(),
+                        value: ours.0.clone(),
+                        lease: None,
+                    },
+                ],
+                failure: vec![TxnOp::Get { key: cert_key }, TxnOp::Get { key: key_key }],
+            })
+            .await
+            .map_err(etcd_err)?;
+        if resp.succeeded {
+            return Ok(ours);
+        }
+        let mut values = resp.responses.into_iter().map(|r| match r {
+            TxnOpResponse::Get { kvs } => kvs.into_iter().next().map(|kv| kv.value),
+            _ => None,
+        });
+        match (values.next().flatten(), values.next().flatten()) {
+            (Some(cert), Some(key)) => Ok((cert, key)),
+            _ => Err(StoreError::Corrupt {
+                table: "ca",
+                message: "the CA certificate is stored without its key".into(),
+            }),
+        }
+    }
+}
+
+/// A leader's store for one term.
+pub struct EtcdStore {
+    etcd: Etcd,
+    fence: Fence,
+    deposed: tokio::sync::watch::Sender<bool>,
+}
+
+fn fence_compare(fence: &Fence) -> Compare {
+    Compare {
+        key: fence.key.clone(),
+        op: CmpOp::Equal,
+        target: CmpTarget::CreateRevision(fence.create_revision),
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    table: &'static str,
+    kvs: Vec<shoal_etcd::KeyValue>,
+) -> Result<Vec<T>, StoreError> {
+    kvs.into_iter()
+        .map(|kv| {
+            serde_json::from_slice(&kv.value).map_err(|e| StoreError::Corrupt {
+                table,
+                message: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// One transaction's operations, and the keys and prefixes they touch.
+#[derive(Default)]
+struct Batch {
+    ops: Vec<TxnOp>,
+    keys: std::collections::HashMap<Vec<u8>, usize>,
+    prefixes: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+/// Splits `ops` into transactions etcd takes: at most [`OPS_PER_TXN`]
+/// operations and about [`BYTES_PER_TXN`] each, and no key twice in one
+/// (etcd refuses that). A later write of a key already in the transaction
+/// replaces the earlier one, which comes to the same; a write that a
+/// prefix deletion of the same transaction covers (or the reverse) starts
+/// the next transaction, so that the order of the two is kept.
+fn batches(ops: Vec<TxnOp>) -> Vec<Vec<TxnOp>> {
+    let mut done: Vec<Vec<TxnOp>> = Vec::new();
+    let mut cur = Batch::default();
+    for op in ops {
+        let (key, prefix, size) = match &op {
+            TxnOp::Put { key, value, .. } => (Some(key.clone()), None, key.len() + value.len()),
+            TxnOp::Delete { key } | TxnOp::Get { key } => (Some(key.clone()), None, key.len()),
+            TxnOp::DeletePrefix { prefix } => (None, Some(prefix.clone()), prefix.len()),
+        };
+        if let Some(k) = &key
+            && let Some(&at) = cur.keys.get(k)
+            && !cur.prefixes.iter().any(|p| k.starts_with(p))
+        {
+            cur.ops[at] = op;
+            cur.bytes += size;
+            continue;
+        }
+        let overlaps = match (&key, &prefix) {
+            (Some(k), _) => cur.prefixes.iter().any(|p| k.starts_with(p)),
+            (_, Some(p)) => {
+                cur.keys.keys().any(|k| k.starts_with(p))
+                    || cur
+                        .prefixes
+                        .iter()
+                        .any(|q| q.starts_with(p) || p.starts_with(q))
+            }
+            _ => false,
+        };
+        let full = cur.ops.len() >= OPS_PER_TXN || cur.bytes + size > BYTES_PER_TXN;
+        if !cur.ops.is_empty() && (overlaps || full) {
+            done.push(std::mem::take(&mut cur).ops);
+        }
+        match (key, prefix) {
+            (Some(k), _) => {
+                cur.keys.insert(k, cur.ops.len());
+            }
+            (_, Some(p)) => cur.prefixes.push(p),
+            _ => {}
+        }
+        cur.bytes += size;
+        cur.ops.push(op);
+    }
+    if !cur.ops.is_empty() {
+        done.push(cur.ops);
+    }
+    done
+}
+
+/// What a blob's manifest says: its size and how many chunks it is in.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct BlobMeta {
+    size: usize,
+    chunks: usize,
+}
+
+impl EtcdStore {
+    fn key(&self, rel: &str) -> Vec<u8> {
+        self.etcd.key(rel)
+    }
+
+    fn deposed(&self) -> StoreError {
+        self.deposed.send_replace(true);
+        StoreError::Deposed
+    }
+
+    /// Runs guarded transactions of `ops`, in order, split to etcd's
+    /// limits (see [`batches`]).
+    fn guarded(&self, ops: Vec<TxnOp>) -> Result<(), StoreError> {
+        let batches = batches(ops);
+        let (client, fence) = (self.etcd.shared.io_client.clone(), self.fence.clone());
+        let all_applied = self.etcd.run(async move {
+            for success in batches {
+                let resp = client
+                    .txn(Txn {
+                        compare: vec![fence_compare(&fence)],
+                        success,
+                        failure: Vec::new(),
+                    })
+                    .await
+                    .map_err(etcd_err)?;
+                if !resp.succeeded {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })?;
+        if all_applied {
+            Ok(())
+        } else {
+            Err(self.deposed())
+        }
+    }
+
+    /// Everything under `rel`, at one revision.
+    fn all(&self, rel: &str) -> Result<Vec<shoal_etcd::KeyValue>, StoreError> {
+        let (client, prefix) = (self.etcd.shared.io_client.clone(), self.key(rel));
+        self.etcd.run(async move {
+            client
+                .get_prefix(&prefix)
+                .await
+                .map(|(kvs, _)| kvs)
+                .map_err(etcd_err)
+        })
+    }
+
+    fn get(&self, rel: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let (client, key) = (self.etcd.shared.io_client.clone(), self.key(rel));
+        self.etcd.run(async move {
+            client
+                .get(&key)
+                .await
+                .map(|kv| kv.map(|kv| kv.value))
+                .map_err(etcd_err)
+        })
+    }
+
+    pub fn load(&self) -> Result<Contents, StoreError> {
+        let meta = self
+            .all("meta/")?
+            .into_iter()
+            .filter_map(|kv| {
+                let name = String::from_utf8(kv.key).ok()?;
+                let name = name.rsplit('/').next()?.to_string();
+                let value = std::str::from_utf8(&kv.value).ok()?.parse().ok()?;
+                Some((name, value))
+            })
+            .collect();
+        Ok(Contents {
+            apps: decode("apps", self.all("apps/")?)?,
+            revisions: decode("revisions", self.all("revisions/")?)?,
+            nodes: decode("nodes", self.all("nodes/")?)?,
+            instances: decode("instances", self.all("instances/")?)?,
+            // Zero-padded sequence numbers: key order is their order.
+            events: decode("events", self.all("events/")?)?,
+            quotas: decode("quotas", self.all("quotas/")?)?,
+            meta,
+        })
+    }
+
+    pub fn write(&self, ops: &[Op]) -> Result<(), StoreError> {
+        let put = |rel: String, value: Vec<u8>| TxnOp::Put {
+            key: self.key(&rel),
+            value,
+            lease: None,
+        };
+        let mut txn_ops = Vec::new();
+        for op in ops {
+            match op {
+                // Before whatever refers to it.
+                Op::PutBlob(digest, bytes) => self.put_blob(digest, bytes)?,
+                Op::PutApp(a) => txn_ops.push(put(format!("apps/{}", a.key), to_json(a))),
+                Op::DeleteApp(k) => txn_ops.push(TxnOp::Delete {
+                    key: self.key(&format!("apps/{k}")),
+                }),
+                Op::PutRevision(r) => txn_ops.push(put(
+                    format!("revisions/{}", revision_key(&r.app.to_string(), r.number)),
+                    to_json(r),
+                )),
+                Op::DeleteRevisions(app) => txn_ops.push(TxnOp::DeletePrefix {
+                    prefix: self.key(&format!("revisions/{app}/")),
+                }),
+                Op::PutNode(n) => txn_ops.push(put(format!("nodes/{}", n.name), to_json(n))),
+                Op::DeleteNode(name) => txn_ops.push(TxnOp::Delete {
+                    key: self.key(&format!("nodes/{name}")),
+                }),
+                Op::PutInstance(i) => txn_ops.push(put(format!("instances/{}", i.id), to_json(i))),
+                Op::DeleteInstance(id) => txn_ops.push(TxnOp::Delete {
+                    key: self.key(&format!("instances/{id}")),
+                }),
+                Op::PutEvent(e) => {
+                    txn_ops.push(put(format!("events/{:020}", e.seq), to_json(e)));
+                    if e.seq >= MAX_EVENTS {
+                        txn_ops.push(TxnOp::Delete {
+                            key: self.key(&format!("events/{:020}", e.seq - MAX_EVENTS)),
+                        });
+                    }
+                }
+                Op::SetMeta(name, v) => {
+                    txn_ops.push(put(format!("meta/{name}"), v.to_string().into_bytes()))
+                }
+                Op::PutQuota(q) => txn_ops.push(put(format!("quotas/{}", q.namespace), to_json(q))),
+                Op::DeleteQuota(ns) => txn_ops.push(TxnOp::Delete {
+                    key: self.key(&format!("quotas/{ns}")),
+                }),
+            }
+        }
+        self.guarded(txn_ops)
+    }
+
+    /// Writes a module's bytes in chunks, then the manifest that makes
+    /// them visible; nothing if they are stored already.
+    fn put_blob(&self, digest: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        if self.has_blob(digest)? {
+            return Ok(());
+        }
+        let mut ops: Vec<TxnOp> = bytes
+            .chunks(BLOB_CHUNK)
+            .enumerate()
+            .map(|(i, chunk)| TxnOp::Put {
+                key: self.key(&format!("blobs/{digest}/chunk/{i:06}")),
+                value: chunk.to_vec(),
+                lease: None,
+            })
+            .collect();
+        let meta = BlobMeta {
+            size: bytes.len(),
+            chunks: ops.len(),
+        };
+        ops.push(TxnOp::Put {
+            key: self.key(&format!("blobs/{digest}/meta")),
+            value: to_json(&meta),
+            lease: None,
+        });
+        self.guarded(ops)
+    }
+
+    pub fn blob(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(meta) = self.get(&format!("blobs/{digest}/meta"))? else {
+            return Ok(None);
+        };
+        let corrupt = |message: String| StoreError::Corrupt {
+            table: "blobs",
+            message,
+        };
+        let meta: BlobMeta = serde_json::from_slice(&meta).map_err(|e| corrupt(e.to_string()))?;
+        let chunks = self.all(&format!("blobs/{digest}/chunk/"))?;
+        if chunks.len() != meta.chunks {
+            return Err(corrupt(format!(
+                "sha256:{digest} has {} chunks of {}",
+                chunks.len(),
+                meta.chunks
+            )));
+        }
+        let mut bytes = Vec::with_capacity(meta.size);
+        for kv in chunks {
+            bytes.extend_from_slice(&kv.value);
+        }
+        if hex::encode(sha2::Sha256::digest(&bytes)) != digest {
+            return Err(corrupt(format!("sha256:{digest} does not match its bytes")));
+        }
+        Ok(Some(bytes))
+    }
+
+    pub fn has_blob(&self, digest: &str) -> Result<bool, StoreError> {
+        Ok(self.get(&format!("blobs/{digest}/meta"))?.is_some())
+    }
+
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        decode("tokens", self.all("tokens/")?)
+    }
+
+    /// A guarded transaction that also requires `key` to be absent
+    /// (`absent`) or only the leadership: whether it applied. A failure
+    /// for any reason but the leadership is `Ok(false)`.
+    fn guarded_if(&self, key: Vec<u8>, absent: bool, op: TxnOp) -> Result<bool, StoreError> {
+        let (client, fence) = (self.etcd.shared.io_client.clone(), self.fence.clone());
+        let mut compare = vec![fence_compare(&fence)];
+        if absent {
+            compare.push(Compare {
+                key,
+                op: CmpOp::Equal,
+                target: CmpTarget::CreateRevision(0),
+            });
+        }
+        let leader = fence.key.clone();
+        let outcome = self.etcd.run(async move {
+            let resp = client
+                .txn(Txn {
+                    compare,
+                    success: vec![op],
+                    failure: vec![TxnOp::Get { key: leader }],
+                })
+                .await
+                .map_err(etcd_err)?;
+            if resp.succeeded {
+                let deleted = resp
+                    .responses
+                    .iter()
+                    .any(|r| !matches!(r, TxnOpResponse::Delete { deleted } if *deleted == 0));
+                return Ok(Some(deleted));
+            }
+            let still_ours = resp.responses.into_iter().any(|r| match r {
+                TxnOpResponse::Get { kvs } => kvs
+                    .first()
+                    .is_some_and(|kv| kv.create_revision == fence.create_revision),
+                _ => false,
+            });
+            Ok(still_ours.then_some(false))
+        })?;
+        outcome.ok_or_else(|| self.deposed())
+    }
+
+    pub fn insert_token(&self, token: &TokenRecord) -> Result<bool, StoreError> {
+        let key = self.key(&format!("tokens/{}", token.name));
+        let op = TxnOp::Put {
+            key: key.clone(),
+            value: to_json(token),
+            lease: None,
+        };
+        self.guarded_if(key, true, op)
+    }
+
+    pub fn remove_token(&self, name: &str) -> Result<bool, StoreError> {
+        let key = self.key(&format!("tokens/{name}"));
+        self.guarded_if(key.clone(), false, TxnOp::Delete { key })
+    }
+
+    pub fn certificates(&self) -> Result<Vec<StoredCertificate>, StoreError> {
+        decode("certificates", self.all("certificates/")?)
+    }
+
+    pub fn put_certificate(&self, cert: &StoredCertificate) -> Result<(), StoreError> {
+        self.guarded(vec![TxnOp::Put {
+            key: self.key(&format!("certificates/{}", cert.host)),
+            value: to_json(cert),
+            lease: None,
+        }])
+    }
+
+    pub fn remove_certificate(&self, host: &str) -> Result<bool, StoreError> {
+        let key = self.key(&format!("certificates/{host}"));
+        self.guarded_if(key.clone(), false, TxnOp::Delete { key })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(k: &str, v: &str) -> TxnOp {
+        TxnOp::Put {
+            key: k.as_bytes().to_vec(),
+            value: v.as_bytes().to_vec(),
+            lease: None,
+        }
+    }
+
+    fn shape(b: &[Vec<TxnOp>]) -> Vec<Vec<String>> {
+        b.iter()
+            .map(|ops| {
+                ops.iter()
+                    .map(|op| match op {
+                        TxnOp::Put { key, value, .. } => format!(
+                            "put {}={}",
+                            String::from_utf8_lossy(key),
+                            String::from_utf8_lossy(value)
+                        ),
+                        TxnOp::Delete { key } => format!("del {}", String::from_utf8_lossy(key)),
+                        TxnOp::DeletePrefix { prefix } => {
+                            format!("del {}*", String::from_utf8_lossy(prefix))
+                        }
+                        TxnOp::Get { key } => format!("get {}", String::from_utf8_lossy(key)),
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_key_is_in_a_transaction_once_and_order_survives_prefix_deletions() {
+        let ops = vec![
+            put("i/1", "a"),
+            put("n/x", "1"),
+            put("i/1", "b"),
+            TxnOp::Delete {
+                key: b"n/x".to_vec(),
+            },
+            TxnOp::DeletePrefix {
+                prefix: b"r/app/".to_vec(),
+            },
+            put("r/app/1", "new"),
+            put("r/other/1", "z"),
+        ];
+        assert_eq!(
+            shape(&batches(ops)),
+            vec![
+                vec!["put i/1=b", "del n/x", "del r/app/*"],
+                vec!["put r/app/1=new", "put r/other/1=z"],
+            ]
+        );
+    }
+
+    #[test]
+    fn transactions_keep_to_etcds_limits() {
+        let ops: Vec<TxnOp> = (0..250).map(|i| put(&format!("k/{i}"), "v")).collect();
+        let sizes: Vec<usize> = batches(ops).iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![OPS_PER_TXN, OPS_PER_TXN, 50]);
+        let big = "x".repeat(600 << 10);
+        let ops = vec![put("a", &big), put("b", &big), put("c", "small")];
+        let sizes: Vec<usize> = batches(ops).iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![1, 2]);
+    }
+}

@@ -1,0 +1,211 @@
+//! The durable store, behind one seam: the state task writes batches of
+//! [`Op`]s and loads [`Contents`]; tokens and certificates have calls of
+//! their own. Two backends:
+//!
+//! - [`redb`]: an embedded database under the data dir, the default for one
+//!   machine and for `shoal up`.
+//! - [`etcd`]: etcd, for several control-plane replicas: every write is a
+//!   transaction guarded by the writer's leadership, so a deposed leader
+//!   cannot write anything once another has taken over.
+//!
+//! Calls are synchronous, as redb's are: the state task is the one writer
+//! and waits for each write to be durable before it answers or publishes.
+//! The etcd backend does its I/O on a thread of its own (see [`etcd`]).
+
+pub mod etcd;
+pub mod redb;
+
+use shoal_api::auth::TokenRecord;
+use shoal_api::certs::StoredCertificate;
+use shoal_api::objects::{App, Event, Instance, Node, Revision};
+use shoal_api::quota::Quota;
+use std::path::Path;
+
+/// A namespace's quota as stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredQuota {
+    pub namespace: String,
+    pub quota: Quota,
+}
+
+/// Events kept; older ones are dropped as new ones arrive.
+pub(crate) const MAX_EVENTS: u64 = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the data dir {path}: {source}")]
+    Dir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("database: {0}")]
+    Db(String),
+    #[error("corrupt record in {table}: {message}")]
+    Corrupt {
+        table: &'static str,
+        message: String,
+    },
+    /// The store cannot be reached or has no quorum: nothing was written
+    /// (or it cannot be known; the caller was not answered success).
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// Another control plane leads now: this one's writes are refused.
+    #[error("this control plane is no longer the leader")]
+    Deposed,
+}
+
+/// One change in a write batch.
+#[derive(Debug, Clone)]
+pub enum Op {
+    PutApp(App),
+    DeleteApp(String),
+    PutRevision(Box<Revision>),
+    DeleteRevisions(String),
+    PutBlob(String, Vec<u8>),
+    PutNode(Node),
+    DeleteNode(String),
+    PutInstance(Instance),
+    DeleteInstance(String),
+    PutEvent(Event),
+    SetMeta(&'static str, u64),
+    PutQuota(StoredQuota),
+    DeleteQuota(String),
+}
+
+/// Everything the control plane keeps, as loaded at start.
+#[derive(Debug, Default)]
+pub struct Contents {
+    pub apps: Vec<App>,
+    pub revisions: Vec<Revision>,
+    pub nodes: Vec<Node>,
+    pub instances: Vec<Instance>,
+    pub events: Vec<Event>,
+    pub meta: Vec<(String, u64)>,
+    pub quotas: Vec<StoredQuota>,
+}
+
+pub fn revision_key(app: &str, number: u64) -> String {
+    format!("{app}/{number:012}")
+}
+
+/// A stored record as JSON bytes. Records are plain data (strings,
+/// numbers, maps with string keys): serialising them cannot fail.
+pub(crate) fn to_json<T: serde::Serialize + ?Sized>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// The store a control plane writes to.
+pub struct Store {
+    backend: Backend,
+}
+
+enum Backend {
+    Redb(redb::RedbStore),
+    Etcd(etcd::EtcdStore),
+}
+
+impl Store {
+    /// The embedded store in `dir` (created if it is not there).
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Ok(Self {
+            backend: Backend::Redb(redb::RedbStore::open(dir)?),
+        })
+    }
+
+    /// A leader's view of the etcd store: every write is guarded by
+    /// `fence`, its leadership.
+    pub fn etcd(store: etcd::EtcdStore) -> Self {
+        Self {
+            backend: Backend::Etcd(store),
+        }
+    }
+
+    /// Which backend this is, for logs.
+    pub fn kind(&self) -> &'static str {
+        match &self.backend {
+            Backend::Redb(_) => "redb",
+            Backend::Etcd(_) => "etcd",
+        }
+    }
+
+    pub fn load(&self) -> Result<Contents, StoreError> {
+        match &self.backend {
+            Backend::Redb(s) => s.load(),
+            Backend::Etcd(s) => s.load(),
+        }
+    }
+
+    /// Writes `ops` durably: in one transaction (redb), or in transactions
+    /// each guarded by the writer's leadership (etcd, whose transactions
+    /// are limited in size).
+    pub fn write(&self, ops: &[Op]) -> Result<(), StoreError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        match &self.backend {
+            Backend::Redb(s) => s.write(ops),
+            Backend::Etcd(s) => s.write(ops),
+        }
+    }
+
+    pub fn blob(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match &self.backend {
+            Backend::Redb(s) => s.blob(digest),
+            Backend::Etcd(s) => s.blob(digest),
+        }
+    }
+
+    pub fn has_blob(&self, digest: &str) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Redb(s) => s.has_blob(digest),
+            Backend::Etcd(s) => s.has_blob(digest),
+        }
+    }
+
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        match &self.backend {
+            Backend::Redb(s) => s.tokens(),
+            Backend::Etcd(s) => s.tokens(),
+        }
+    }
+
+    /// Stores `token`, durably, unless one of its name exists; whether it
+    /// was stored.
+    pub fn insert_token(&self, token: &TokenRecord) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Redb(s) => s.insert_token(token),
+            Backend::Etcd(s) => s.insert_token(token),
+        }
+    }
+
+    /// Removes the token `name`, durably; whether there was one.
+    pub fn remove_token(&self, name: &str) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Redb(s) => s.remove_token(name),
+            Backend::Etcd(s) => s.remove_token(name),
+        }
+    }
+
+    pub fn certificates(&self) -> Result<Vec<StoredCertificate>, StoreError> {
+        match &self.backend {
+            Backend::Redb(s) => s.certificates(),
+            Backend::Etcd(s) => s.certificates(),
+        }
+    }
+
+    /// Stores `cert` durably, replacing the one of its host.
+    pub fn put_certificate(&self, cert: &StoredCertificate) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Redb(s) => s.put_certificate(cert),
+            Backend::Etcd(s) => s.put_certificate(cert),
+        }
+    }
+
+    /// Removes the certificate of `host`, durably; whether there was one.
+    pub fn remove_certificate(&self, host: &str) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Redb(s) => s.remove_certificate(host),
+            Backend::Etcd(s) => s.remove_certificate(host),
+        }
+    }
+}

@@ -1,0 +1,447 @@
+//! A highly available control plane: replicas on a real etcd cluster, one
+//! elected leader, real processes on loopback. etcd comes from
+//! `scripts/install-etcd.sh` when it is not installed; without it these
+//! tests fail, they never skip.
+
+mod support;
+
+use shoal_etcd::testing::EtcdCluster;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use support::{CliOutput, Proc, cli_env, example, wait_until};
+
+const T: Duration = Duration::from_secs(60);
+
+/// etcd, control-plane replicas on it, and nodes.
+struct Ha {
+    rt: tokio::runtime::Runtime,
+    etcd: EtcdCluster,
+    dir: tempfile::TempDir,
+    replicas: Vec<Proc>,
+    urls: Vec<String>,
+    ca: PathBuf,
+    admin: String,
+    join: String,
+    nodes: Vec<Proc>,
+    gateways: Vec<Proc>,
+}
+
+impl Ha {
+    /// `members` etcd members and `replicas` control planes; the first
+    /// replica starts alone, so it leads (and makes the CA and tokens).
+    fn start(members: usize, replicas: usize) -> Ha {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let etcd = rt.block_on(EtcdCluster::start(members));
+        let dir = tempfile::tempdir().unwrap();
+        let mut ha = Ha {
+            rt,
+            etcd,
+            ca: dir.path().join("cp0").join("ca.pem"),
+            dir,
+            replicas: Vec::new(),
+            urls: Vec::new(),
+            admin: String::new(),
+            join: String::new(),
+            nodes: Vec::new(),
+            gateways: Vec::new(),
+        };
+        for i in 0..replicas {
+            ha.spawn_replica(i);
+            if i == 0 {
+                wait_until(T, "the first replica to lead", || {
+                    (ha.leader_url().as_deref() == Some(ha.urls[0].as_str())).then_some(())
+                });
+                let read = |f: &str| {
+                    let p = ha.dir.path().join("cp0").join(f);
+                    wait_until(T, "the first start's tokens", || {
+                        std::fs::read_to_string(&p).ok()
+                    })
+                    .trim()
+                    .to_string()
+                };
+                ha.admin = read("admin.token");
+                ha.join = read("join.token");
+            }
+        }
+        ha
+    }
+
+    fn store_arg(&self) -> String {
+        let members: Vec<String> = self
+            .etcd
+            .endpoints()
+            .iter()
+            .map(|e| e.trim_start_matches("http://").to_string())
+            .collect();
+        format!("etcd://{}", members.join(","))
+    }
+
+    fn spawn_replica(&mut self, i: usize) {
+        let data = self.dir.path().join(format!("cp{i}"));
+        let store = self.store_arg();
+        let data = data.display().to_string();
+        let args = [
+            "control-plane",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &data,
+            "--store",
+            &store,
+            "--leader-lease",
+            "2s",
+        ];
+        let p = Proc::spawn(&args, &[]);
+        let url = p.url_after("Control plane listening on");
+        if i < self.urls.len() {
+            self.replicas[i] = p;
+            self.urls[i] = url;
+        } else {
+            self.replicas.push(p);
+            self.urls.push(url);
+        }
+    }
+
+    fn etcd_client(&self) -> shoal_etcd::Client {
+        shoal_etcd::Client::new(self.etcd.client_config()).unwrap()
+    }
+
+    /// The URL the leader key names, if a replica leads.
+    fn leader_url(&self) -> Option<String> {
+        let client = self.etcd_client();
+        let kv = self
+            .rt
+            .block_on(client.get(b"/shoal/leader"))
+            .ok()
+            .flatten()?;
+        Some(String::from_utf8(kv.value).unwrap())
+    }
+
+    fn leader(&self) -> Option<usize> {
+        let url = self.leader_url()?;
+        self.urls.iter().position(|u| *u == url)
+    }
+
+    fn ca(&self) -> String {
+        self.ca.display().to_string()
+    }
+
+    /// `shoal ARGS` as the admin, through replica `via`.
+    fn cli(&self, via: usize, args: &[&str]) -> CliOutput {
+        cli_env(
+            &self.urls[via],
+            Some(&self.admin),
+            &[("SHOAL_CA", &self.ca())],
+            args,
+        )
+    }
+
+    /// `shoal ARGS` through replica `via`, again while no replica leads
+    /// (a failover under way answers `no_leader`, and says to try again).
+    fn cli_until_led(&self, via: usize, args: &[&str]) -> CliOutput {
+        wait_until(T, "a leader to answer", || {
+            let out = self.cli(via, args);
+            (!out.stderr.contains("no_leader")).then_some(out)
+        })
+    }
+
+    fn add_node(&mut self, i: usize, via: usize) {
+        let name = format!("node-{}", i + 1);
+        let cache = self.dir.path().join("cache").display().to_string();
+        let args = [
+            "node",
+            "--join",
+            &self.urls[via],
+            "--name",
+            &name,
+            "--listen",
+            "127.0.0.1:0",
+            "--cache-dir",
+            &cache,
+        ];
+        let ca = self.ca();
+        let p = Proc::spawn(
+            &args,
+            &[("SHOAL_JOIN_TOKEN", self.join.as_str()), ("SHOAL_CA", &ca)],
+        );
+        p.url_after("serving on");
+        self.nodes.push(p);
+    }
+
+    fn start_gateway(&mut self, via: usize) -> String {
+        let out = self.cli(
+            via,
+            &["token", "create", "gw", "--role", "gateway", "-o", "json"],
+        );
+        assert!(out.success, "gateway token: {}", out.stderr);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        let token = v["secret"].as_str().unwrap().to_string();
+        let ca = self.ca();
+        let p = Proc::spawn(
+            &[
+                "gateway",
+                "--listen",
+                "127.0.0.1:0",
+                "--control-plane",
+                &self.urls[via],
+            ],
+            &[("SHOAL_TOKEN", token.as_str()), ("SHOAL_CA", &ca)],
+        );
+        let url = p.url_after("Gateway listening on");
+        self.gateways.push(p);
+        url
+    }
+
+    fn manifest(&self, replicas: u32) -> PathBuf {
+        let p = self.dir.path().join("web.toml");
+        let text = format!(
+            "name = \"web\"\nmodule = \"{}\"\nreplicas = {replicas}\n\n[[routes]]\npath = \"/\"\n",
+            example("http-component.wasm").display()
+        );
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// (id, node, running and ready) of the app's instances, read through
+    /// replica `via`; none while it cannot answer.
+    fn instances(&self, via: usize) -> Option<Vec<(String, String, bool)>> {
+        let out = self.cli(via, &["get", "instances", "-A", "-o", "json"]);
+        if !out.success {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+        Some(
+            v.as_array()?
+                .iter()
+                .filter(|i| i["app"]["name"] == "web")
+                .map(|i| {
+                    (
+                        i["id"].as_str().unwrap_or_default().to_string(),
+                        i["node"].as_str().unwrap_or_default().to_string(),
+                        i["phase"] == "running" && i["ready"] == true,
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// Waits until `n` instances of the app run and are ready; their ids.
+    fn wait_running(&self, via: usize, n: usize) -> BTreeSet<String> {
+        wait_until(T, &format!("{n} instances running"), || {
+            let insts = self.instances(via)?;
+            (insts.len() == n && insts.iter().all(|i| i.2))
+                .then(|| insts.into_iter().map(|i| i.0).collect())
+        })
+    }
+
+    fn replicas_of_web(&self, via: usize) -> Option<u64> {
+        let out = self.cli(via, &["get", "apps", "-A", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+        v.as_array()?
+            .iter()
+            .find(|a| a["app"]["key"]["name"] == "web")
+            .and_then(|a| a["app"]["replicas"].as_u64())
+    }
+}
+
+impl Drop for Ha {
+    /// A failed test shows what the replicas and nodes said.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for (i, r) in self.replicas.iter().enumerate() {
+            eprintln!("== replica {i} ({})", self.urls[i]);
+            for l in r.out.all() {
+                eprintln!("  {l}");
+            }
+        }
+        for (i, n) in self.nodes.iter().enumerate() {
+            eprintln!("== node {i}");
+            for l in n.out.all().iter().rev().take(40).rev() {
+                eprintln!("  {l}");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_leader_killed_another_leads_and_no_acknowledged_write_is_lost() {
+    let mut ha = Ha::start(3, 3);
+    assert_eq!(ha.leader(), Some(0));
+    // Nodes and the CLI reach followers: their requests pass to the leader.
+    ha.add_node(0, 1);
+    ha.add_node(1, 2);
+    let m = ha.manifest(2);
+    let out = ha.cli(
+        2,
+        &[
+            "apply",
+            "-f",
+            m.to_str().unwrap(),
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+    );
+    assert!(out.success, "apply through a follower: {}", out.stderr);
+    let before = ha.wait_running(1, 2);
+
+    // An acknowledged write, then the leader dies at once.
+    let out = ha.cli(1, &["scale", "app", "web", "--replicas", "3"]);
+    assert!(out.success, "scale: {}", out.stderr);
+    let old = ha.leader_url().unwrap();
+    let killed = Instant::now();
+    ha.replicas[0].kill9();
+
+    let new = wait_until(T, "another replica to lead", || {
+        ha.leader_url().filter(|u| *u != old)
+    });
+    eprintln!("a new leader ({new}) {:?} after the kill", killed.elapsed());
+    assert!(ha.urls[1..].contains(&new));
+    // The write survived; the new leader runs it out; the instances that
+    // ran before were not started again (same ids, no duplicates).
+    assert_eq!(
+        wait_until(T, "the app through a survivor", || ha.replicas_of_web(1)),
+        3
+    );
+    let after = ha.wait_running(2, 3);
+    assert!(
+        before.is_subset(&after),
+        "instances were replaced: {before:?} -> {after:?}"
+    );
+
+    // One etcd member of three lost: nothing stops.
+    ha.etcd.member(2).kill();
+    let out = ha.cli_until_led(2, &["scale", "app", "web", "--replicas", "4"]);
+    assert!(
+        out.success,
+        "scale with an etcd member down: {}",
+        out.stderr
+    );
+    let four = ha.wait_running(1, 4);
+    assert!(after.is_subset(&four));
+}
+
+#[test]
+fn a_paused_leader_writes_nothing_after_it_wakes() {
+    let mut ha = Ha::start(1, 2);
+    ha.add_node(0, 1);
+    let m = ha.manifest(1);
+    let out = ha.cli(
+        1,
+        &[
+            "apply",
+            "-f",
+            m.to_str().unwrap(),
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+    );
+    assert!(out.success, "apply: {}", out.stderr);
+    ha.wait_running(1, 1);
+
+    ha.replicas[0].signal("-STOP");
+    wait_until(T, "the other replica to lead", || {
+        (ha.leader() == Some(1)).then_some(())
+    });
+    let out = ha.cli_until_led(1, &["scale", "app", "web", "--replicas", "3"]);
+    assert!(out.success, "scale under the new leader: {}", out.stderr);
+    let three = ha.wait_running(1, 3);
+
+    // Watch the app's record and the instances from here on.
+    let client = ha.etcd_client();
+    let from = ha
+        .rt
+        .block_on(client.status())
+        .expect("etcd status")
+        .revision
+        + 1;
+    let mut watch = ha
+        .rt
+        .block_on(client.watch(b"/shoal/", true, from))
+        .expect("a watch");
+    ha.replicas[0].signal("-CONT");
+    ha.replicas[0]
+        .out
+        .wait_for(T, |l| l.contains("stepping down"))
+        .unwrap_or_else(|| panic!("the old leader never stepped down"));
+    // A barrier: a write of the new leader, after the old one woke.
+    let out = ha.cli_until_led(0, &["scale", "app", "web", "--replicas", "4"]);
+    assert!(
+        out.success,
+        "scale through the woken replica: {}",
+        out.stderr
+    );
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + T;
+    'events: loop {
+        let next = ha.rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut watch)).await
+        });
+        assert!(Instant::now() < deadline, "no barrier write seen: {seen:?}");
+        let Ok(Some(Ok(events))) = next else { continue };
+        for e in events {
+            let key = String::from_utf8_lossy(&e.kv.key).into_owned();
+            let value: serde_json::Value = serde_json::from_slice(&e.kv.value).unwrap_or_default();
+            let put = matches!(e.kind, shoal_etcd::EventKind::Put);
+            seen.push((key.clone(), put, value["replicas"].clone()));
+            if key.starts_with("/shoal/apps/") && put {
+                let replicas = value["replicas"].as_u64().unwrap_or(0);
+                assert!(
+                    replicas >= 3,
+                    "the app was written back to {replicas} replicas"
+                );
+                if replicas == 4 {
+                    break 'events;
+                }
+            }
+            if key.starts_with("/shoal/instances/") && !put {
+                let id = key.trim_start_matches("/shoal/instances/");
+                assert!(!three.contains(id), "instance {id} was deleted");
+            }
+        }
+    }
+    let four = ha.wait_running(0, 4);
+    assert!(three.is_subset(&four), "{three:?} -> {four:?}");
+}
+
+#[test]
+fn without_quorum_writes_are_refused_and_the_data_plane_keeps_serving() {
+    let mut ha = Ha::start(3, 2);
+    ha.add_node(0, 0);
+    let m = ha.manifest(1);
+    let out = ha.cli(
+        0,
+        &[
+            "apply",
+            "-f",
+            m.to_str().unwrap(),
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+    );
+    assert!(out.success, "apply: {}", out.stderr);
+    ha.wait_running(0, 1);
+    let gateway = ha.start_gateway(0);
+    wait_until(T, "the app through the gateway", || {
+        (support::http("GET", &format!("{gateway}/"), b"").0 == 200).then_some(())
+    });
+
+    ha.etcd.member(0).kill();
+    ha.etcd.member(1).kill();
+    // Writes are refused, saying why, once the leader finds etcd gone.
+    let refused = wait_until(T, "a write refused for the store", || {
+        let out = ha.cli(0, &["scale", "app", "web", "--replicas", "2"]);
+        (!out.success && out.stderr.contains("store_unavailable")).then_some(out.stderr)
+    });
+    assert!(!refused.contains("127.0.0.1"), "{refused}");
+    // The data plane does not need the control plane.
+    for _ in 0..20 {
+        let (status, body) = support::http("GET", &format!("{gateway}/"), b"");
+        assert_eq!(status, 200, "{body}");
+    }
+}
