@@ -27,7 +27,8 @@ pub struct ClientConfig {
     /// A client certificate and its key (PEM), for etcd's `--client-cert-auth`.
     pub identity_pem: Option<Vec<u8>>,
     /// The most one call may take, over every endpoint it tries (not for watch
-    /// streams, only for setting them up).
+    /// streams, only for setting them up). Of the time left, an attempt on one
+    /// endpoint takes at most an equal share with the endpoints not yet tried.
     pub request_timeout: Duration,
 }
 
@@ -327,7 +328,7 @@ impl Client {
             if remaining.is_zero() {
                 break;
             }
-            match self.attempt(idx, path, body, remaining).await {
+            match self.attempt(idx, path, body, share(remaining, n - i)).await {
                 Ok(v) => {
                     inner.current.store(idx, Ordering::Relaxed);
                     return parse(v);
@@ -405,6 +406,13 @@ impl Client {
             format!("endpoint {} of {n}: {message}", idx + 1)
         }
     }
+}
+
+/// The part of the time left that one attempt may take with `left` endpoints
+/// still to try: a member that hangs (stopped, cut off from the others) leaves
+/// time to ask the next ones. etcd answers in milliseconds when it can.
+pub(crate) fn share(remaining: Duration, left: usize) -> Duration {
+    remaining / left.max(1) as u32
 }
 
 /// A failure to talk to one member. Without a connection the request never left;

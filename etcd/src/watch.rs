@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde_json::{Value, json};
 
-use crate::client::{Client, REQUIRE_LEADER_HEADER, answer, parse, transport_error};
+use crate::client::{Client, REQUIRE_LEADER_HEADER, answer, parse, share, transport_error};
 use crate::error::{Attempt, EtcdError, classify, root_cause};
 use crate::types::WatchEvent;
 use crate::wire;
@@ -55,7 +55,7 @@ impl Client {
             }
             // No reqwest timeout: it would also cut the stream. Only setting the
             // watch up runs under the deadline.
-            let opened = tokio::time::timeout(remaining, self.open(idx, &req)).await;
+            let opened = tokio::time::timeout(share(remaining, n - i), self.open(idx, &req)).await;
             let failure = match opened {
                 Ok(Ok(reader)) => {
                     self.answered(idx);
