@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::error::{Attempt, EtcdError, classify, root_cause};
+use crate::error::{Attempt, EtcdError, classify, is_tls, root_cause};
 use crate::types::{KeyValue, Lease, Status, Txn, TxnResponse};
 use crate::wire;
 
@@ -127,9 +127,7 @@ impl Client {
             })?;
             http = http.identity(identity);
         }
-        let http = http
-            .build()
-            .map_err(|e| EtcdError::Tls(root_cause(&e)))?;
+        let http = http.build().map_err(|e| EtcdError::Tls(root_cause(&e)))?;
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
@@ -194,7 +192,12 @@ impl Client {
     }
 
     /// Sets `key` to `value` (attached to `lease` if given); returns the store's revision.
-    pub async fn put(&self, key: &[u8], value: &[u8], lease: Option<i64>) -> Result<i64, EtcdError> {
+    pub async fn put(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        lease: Option<i64>,
+    ) -> Result<i64, EtcdError> {
         let mut req = json!({ "key": wire::b64(key), "value": wire::b64(value) });
         if let Some(lease) = lease {
             req["lease"] = json!(lease.to_string());
@@ -206,7 +209,11 @@ impl Client {
     /// Deletes `key`; returns how many keys went (0 or 1).
     pub async fn delete(&self, key: &[u8]) -> Result<i64, EtcdError> {
         let r: wire::DeleteRangeResponse = self
-            .call("/v3/kv/deleterange", &wire::range_request(key, None), Kind::Write)
+            .call(
+                "/v3/kv/deleterange",
+                &wire::range_request(key, None),
+                Kind::Write,
+            )
             .await?;
         Ok(r.deleted)
     }
@@ -214,7 +221,11 @@ impl Client {
     /// Deletes every key under `prefix`; returns how many went.
     pub async fn delete_prefix(&self, prefix: &[u8]) -> Result<i64, EtcdError> {
         let r: wire::DeleteRangeResponse = self
-            .call("/v3/kv/deleterange", &wire::prefix_request(prefix), Kind::Write)
+            .call(
+                "/v3/kv/deleterange",
+                &wire::prefix_request(prefix),
+                Kind::Write,
+            )
             .await?;
         Ok(r.deleted)
     }
@@ -235,8 +246,9 @@ impl Client {
             .responses
             .into_iter()
             .map(|op| {
-                op.into_response()
-                    .ok_or_else(|| EtcdError::Protocol("a transaction answer without a result".into()))
+                op.into_response().ok_or_else(|| {
+                    EtcdError::Protocol("a transaction answer without a result".into())
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         if responses.len() != expected {
@@ -259,7 +271,9 @@ impl Client {
             return Err(EtcdError::Rejected(r.error));
         }
         if r.id == 0 {
-            return Err(EtcdError::Protocol("a lease grant without a lease id".into()));
+            return Err(EtcdError::Protocol(
+                "a lease grant without a lease id".into(),
+            ));
         }
         Ok(Lease {
             id: r.id,
@@ -276,7 +290,9 @@ impl Client {
         // A streamed method: one answer per request, wrapped in "result".
         let v: Value = self.call("/v3/lease/keepalive", &req, Kind::Read).await?;
         let Some(result) = v.get("result") else {
-            return Err(EtcdError::Protocol("a keep-alive answer without a result".into()));
+            return Err(EtcdError::Protocol(
+                "a keep-alive answer without a result".into(),
+            ));
         };
         let r: wire::LeaseKeepAliveResponse = parse(result.clone())?;
         if r.ttl <= 0 {
@@ -322,10 +338,12 @@ impl Client {
         let n = inner.endpoints.len();
         let start = inner.current.load(Ordering::Relaxed) % n;
         let mut last = String::from("the request timed out");
+        let mut all_tls = true;
         for i in 0..n {
             let idx = (start + i) % n;
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
+                all_tls = false;
                 break;
             }
             match self.attempt(idx, path, body, share(remaining, n - i)).await {
@@ -337,9 +355,14 @@ impl Client {
                     inner.current.store(idx, Ordering::Relaxed);
                     return Err(e);
                 }
+                Err(Attempt::Tls(m)) => {
+                    self.skip(idx);
+                    last = self.describe(idx, &m);
+                }
                 Err(Attempt::NotApplied(m)) => {
                     self.skip(idx);
                     last = self.describe(idx, &m);
+                    all_tls = false;
                 }
                 Err(Attempt::Ambiguous(m)) => {
                     self.skip(idx);
@@ -347,11 +370,12 @@ impl Client {
                     if kind == Kind::Write {
                         return Err(EtcdError::Unavailable(last));
                     }
+                    all_tls = false;
                 }
             }
             tracing::debug!(endpoint = idx, error = %last, "etcd endpoint failed; trying the next");
         }
-        Err(EtcdError::Unavailable(last))
+        Err(unreachable(last, all_tls))
     }
 
     async fn attempt(
@@ -408,6 +432,16 @@ impl Client {
     }
 }
 
+/// The error after every endpoint failed: when each refused the TLS handshake,
+/// the certificates are at fault (retrying will not help); else etcd is away.
+pub(crate) fn unreachable(last: String, all_tls: bool) -> EtcdError {
+    if all_tls {
+        EtcdError::Tls(format!("every endpoint refused the TLS handshake: {last}"))
+    } else {
+        EtcdError::Unavailable(last)
+    }
+}
+
 /// The part of the time left that one attempt may take with `left` endpoints
 /// still to try: a member that hangs (stopped, cut off from the others) leaves
 /// time to ask the next ones. etcd answers in milliseconds when it can.
@@ -423,7 +457,9 @@ pub(crate) fn transport_error(e: reqwest::Error) -> Attempt {
     } else {
         root_cause(&e)
     };
-    if e.is_connect() {
+    if is_tls(&e) {
+        Attempt::Tls(message)
+    } else if e.is_connect() {
         Attempt::NotApplied(message)
     } else {
         Attempt::Ambiguous(message)

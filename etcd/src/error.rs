@@ -42,6 +42,9 @@ pub(crate) enum Attempt {
     /// The request never reached etcd's state machine (no connection, the member
     /// refused it for having no leader): any request may go to the next endpoint.
     NotApplied(String),
+    /// The TLS handshake failed (a certificate refused on either side): like
+    /// `NotApplied`, but when every endpoint says so the configuration is at fault.
+    Tls(String),
     /// The member may have applied the request (a timeout after sending it, a
     /// leader change mid-proposal): reads may go to the next endpoint, writes stop
     /// here, lest a retried transaction fail its compares on its own first write.
@@ -76,6 +79,26 @@ pub(crate) fn classify(grpc_code: i64, message: &str) -> Attempt {
         }
         _ => Attempt::Final(EtcdError::Rejected(message.to_string())),
     }
+}
+
+/// Whether a TLS error is somewhere in `e`'s chain. tokio-rustls hands rustls'
+/// errors up inside (nested) io::Errors, whose `source` skips what they wrap:
+/// look inside those.
+pub(crate) fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<rustls::Error>() {
+            return true;
+        }
+        cur = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    false
 }
 
 /// The innermost error's message: reqwest wraps hyper wraps io, and only the last

@@ -142,12 +142,7 @@ impl EtcdMember {
 
     async fn is_healthy(&self, http: &reqwest::Client) -> bool {
         let url = format!("{}/health", self.metrics_url);
-        let Ok(resp) = http
-            .get(url)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-        else {
+        let Ok(resp) = http.get(url).timeout(Duration::from_secs(5)).send().await else {
             return false;
         };
         let Ok(body) = resp.json::<serde_json::Value>().await else {
@@ -253,7 +248,9 @@ impl EtcdCluster {
 
     /// Like `start`, serving clients over TLS with the given server certificate
     /// (which must name 127.0.0.1) and requiring client certificates signed by the CA
-    /// (`--client-cert-auth`).
+    /// (`--client-cert-auth`). etcd's JSON gateway dials etcd's own gRPC service with
+    /// the server certificate as its client certificate: the certificate needs the
+    /// client-auth extended key usage too.
     pub async fn start_tls(
         n: usize,
         ca_pem: &[u8],

@@ -8,7 +8,9 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde_json::{Value, json};
 
-use crate::client::{Client, REQUIRE_LEADER_HEADER, answer, parse, share, transport_error};
+use crate::client::{
+    Client, REQUIRE_LEADER_HEADER, answer, parse, share, transport_error, unreachable,
+};
 use crate::error::{Attempt, EtcdError, classify, root_cause};
 use crate::types::WatchEvent;
 use crate::wire;
@@ -47,10 +49,12 @@ impl Client {
         let n = self.inner.endpoints.len();
         let start = self.start_index();
         let mut last = String::from("the request timed out");
+        let mut all_tls = true;
         for i in 0..n {
             let idx = (start + i) % n;
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
+                all_tls = false;
                 break;
             }
             // No reqwest timeout: it would also cut the stream. Only setting the
@@ -70,14 +74,19 @@ impl Client {
                     return Err(e);
                 }
                 // Setting a watch up changes nothing: any member may be asked again.
+                Attempt::Tls(m) => {
+                    self.skip(idx);
+                    last = self.describe(idx, &m);
+                }
                 Attempt::NotApplied(m) | Attempt::Ambiguous(m) => {
+                    all_tls = false;
                     self.skip(idx);
                     last = self.describe(idx, &m);
                     tracing::debug!(endpoint = idx, error = %last, "etcd watch failed; trying the next endpoint");
                 }
             }
         }
-        Err(EtcdError::Unavailable(last))
+        Err(unreachable(last, all_tls))
     }
 
     /// Sends the watch request to one endpoint and reads until etcd says the watch
@@ -192,11 +201,15 @@ fn interpret(v: Value) -> Result<Message, EtcdError> {
     if let Some((code, message)) = wire::error_of(&v) {
         return Ok(Message::End(match classify(code, &message) {
             Attempt::Final(e) => e,
-            Attempt::NotApplied(m) | Attempt::Ambiguous(m) => EtcdError::Unavailable(m),
+            Attempt::NotApplied(m) | Attempt::Ambiguous(m) | Attempt::Tls(m) => {
+                EtcdError::Unavailable(m)
+            }
         }));
     }
     let Some(result) = v.get("result") else {
-        return Err(EtcdError::Protocol("a watch answer without a result".into()));
+        return Err(EtcdError::Protocol(
+            "a watch answer without a result".into(),
+        ));
     };
     let r: wire::WatchResponse = parse(result.clone())?;
     if r.canceled {

@@ -141,9 +141,8 @@ impl ResponseOp {
         } else if self.response_put.is_some() {
             Some(TxnOpResponse::Put)
         } else {
-            self.response_delete_range.map(|d| TxnOpResponse::Delete {
-                deleted: d.deleted,
-            })
+            self.response_delete_range
+                .map(|d| TxnOpResponse::Delete { deleted: d.deleted })
         }
     }
 }

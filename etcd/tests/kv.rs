@@ -34,7 +34,10 @@ async fn put_get_delete() {
     assert!(rev2 > rev1);
     let kv = client.get(b"a").await.unwrap().unwrap();
     assert_eq!(kv.value, vec![0, 255, 10]);
-    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (rev1, rev2, 2));
+    assert_eq!(
+        (kv.create_revision, kv.mod_revision, kv.version),
+        (rev1, rev2, 2)
+    );
     client.put(b"empty", b"", None).await.unwrap();
     assert_eq!(client.get(b"empty").await.unwrap().unwrap().value, b"");
 
@@ -243,7 +246,10 @@ where
 {
     let deadline = Instant::now() + within;
     while !check().await {
-        assert!(Instant::now() < deadline, "{what} did not happen within {within:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {within:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -259,9 +265,11 @@ async fn a_lease_expires_with_its_keys() {
     assert_eq!(client.get(b"owned").await.unwrap().unwrap().lease, lease.id);
 
     // etcd expires a lease somewhat after its TTL; allow for a loaded machine.
-    eventually(Duration::from_secs(30), "the key going with its lease", || async {
-        client.get(b"owned").await.unwrap().is_none()
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the key going with its lease",
+        || async { client.get(b"owned").await.unwrap().is_none() },
+    )
     .await;
     match client.lease_keep_alive(lease.id).await {
         Err(EtcdError::LeaseNotFound) => {}
@@ -328,7 +336,10 @@ async fn watch_sees_puts_and_deletes_in_order() {
     let mut stream = client.watch(b"w/", true, r1).await.unwrap();
     let events = next_events(&mut stream, 3).await;
     assert_eq!(events[0].kind, EventKind::Put);
-    assert_eq!((events[0].kv.key.as_slice(), events[0].kv.value.as_slice()), (&b"w/a"[..], &b"1"[..]));
+    assert_eq!(
+        (events[0].kv.key.as_slice(), events[0].kv.value.as_slice()),
+        (&b"w/a"[..], &b"1"[..])
+    );
     assert_eq!(events[0].kv.mod_revision, r1);
     assert_eq!(events[1].kind, EventKind::Put);
     assert_eq!(events[1].kv.key, b"w/b");
@@ -379,7 +390,10 @@ async fn watch_from_a_compacted_revision_says_so() {
         Err(EtcdError::Compacted { compact_revision }) => assert_eq!(compact_revision, last),
         other => panic!("expected Compacted, got {other:?}"),
     }
-    assert!(stream.next().await.is_none(), "the stream ends after its error");
+    assert!(
+        stream.next().await.is_none(),
+        "the stream ends after its error"
+    );
 
     // From the compaction on, the watch works.
     let mut stream = client.watch(b"k", false, last).await.unwrap();
