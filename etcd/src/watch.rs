@@ -28,7 +28,9 @@ impl Client {
     /// Returns once etcd has set the watch up, so that every change after this call
     /// returns shows on the stream. The stream ends after its first error; a member
     /// that loses its leader ends it with `Unavailable` (watch again from the
-    /// revision after the last one seen).
+    /// revision after the last one seen). A member that hangs without closing the
+    /// connection (stopped, or cut off without a reset) leaves the stream silent:
+    /// liveness belongs to leases and their keep-alives, not to the watch.
     pub async fn watch(
         &self,
         key: &[u8],
@@ -113,6 +115,7 @@ impl Client {
         let mut reader = Reader {
             body: Box::pin(resp.bytes_stream()),
             buf: Vec::new(),
+            parse_now: false,
             pending: Vec::new(),
         };
         loop {
@@ -139,6 +142,8 @@ enum Message {
 struct Reader {
     body: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
     buf: Vec<u8>,
+    /// Whether `buf` may hold a whole message.
+    parse_now: bool,
     /// Items read while waiting for the watch to be created, in order.
     pending: Vec<Result<Vec<WatchEvent>, EtcdError>>,
 }
@@ -147,18 +152,21 @@ impl Reader {
     /// The next message of the stream; an error when the stream broke or ended.
     async fn next_message(&mut self) -> Result<Message, EtcdError> {
         loop {
-            let mut values = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
-            match values.next() {
-                Some(Ok(v)) => {
-                    let used = values.byte_offset();
-                    self.buf.drain(..used);
-                    return interpret(v);
+            if self.parse_now {
+                let mut values =
+                    serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
+                match values.next() {
+                    Some(Ok(v)) => {
+                        let used = values.byte_offset();
+                        self.buf.drain(..used);
+                        return interpret(v);
+                    }
+                    Some(Err(e)) if !e.is_eof() => {
+                        return Err(EtcdError::Protocol(format!("a watch answer: {e}")));
+                    }
+                    // A message cut between two chunks, or nothing yet.
+                    _ => self.parse_now = false,
                 }
-                Some(Err(e)) if !e.is_eof() => {
-                    return Err(EtcdError::Protocol(format!("a watch answer: {e}")));
-                }
-                // A message cut between two chunks, or nothing yet.
-                _ => {}
             }
             match self.body.next().await {
                 Some(Ok(chunk)) => {
@@ -166,6 +174,9 @@ impl Reader {
                         return Err(EtcdError::Protocol("a watch answer too large".into()));
                     }
                     self.buf.extend_from_slice(&chunk);
+                    // The gateway ends each message with a newline: parse again
+                    // only when one may have ended, not at every chunk of a large one.
+                    self.parse_now = chunk.contains(&b'\n') || chunk.ends_with(b"}");
                 }
                 Some(Err(e)) => {
                     return Err(EtcdError::Unavailable(format!(
@@ -235,4 +246,82 @@ fn interpret(v: Value) -> Result<Message, EtcdError> {
         return Ok(Message::Created);
     }
     Ok(Message::Nothing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::EventKind;
+
+    fn reader(chunks: &[&str]) -> Reader {
+        let chunks: Vec<reqwest::Result<Bytes>> = chunks
+            .iter()
+            .map(|c| Ok(Bytes::copy_from_slice(c.as_bytes())))
+            .collect();
+        Reader {
+            body: Box::pin(futures::stream::iter(chunks)),
+            buf: Vec::new(),
+            parse_now: false,
+            pending: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn messages_cut_and_joined_across_chunks() {
+        let created = r#"{"result":{"header":{"revision":"3"},"created":true}}"#;
+        let put = r#"{"result":{"events":[{"kv":{"key":"YQ==","value":"MQ==","mod_revision":"4","create_revision":"4","version":"1"}}]}}"#;
+        let del =
+            r#"{"result":{"events":[{"type":"DELETE","kv":{"key":"YQ==","mod_revision":"5"}}]}}"#;
+        let (a, b) = put.split_at(30);
+        let chunks = [
+            &format!("{created}\n{}", a)[..],
+            b,
+            "\n",
+            &format!("{del}\n")[..],
+        ];
+        let mut r = reader(&chunks);
+        assert!(matches!(r.next_message().await, Ok(Message::Created)));
+        let Ok(Message::Events(events)) = r.next_message().await else {
+            panic!("expected the put");
+        };
+        assert_eq!(events[0].kind, EventKind::Put);
+        assert_eq!(events[0].kv.key, b"a");
+        assert_eq!(events[0].kv.value, b"1");
+        assert_eq!(events[0].kv.mod_revision, 4);
+        let Ok(Message::Events(events)) = r.next_message().await else {
+            panic!("expected the delete");
+        };
+        assert_eq!(events[0].kind, EventKind::Delete);
+        assert_eq!(events[0].kv.mod_revision, 5);
+        assert!(matches!(
+            r.next_message().await,
+            Err(EtcdError::Unavailable(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn cancellations_and_errors_end_the_watch() {
+        let mut r = reader(&[
+            r#"{"result":{"canceled":true,"compact_revision":"7"}}"#,
+            "\n",
+        ]);
+        assert!(matches!(
+            r.next_message().await,
+            Ok(Message::End(EtcdError::Compacted {
+                compact_revision: 7
+            }))
+        ));
+        let mut r = reader(&[
+            r#"{"error":{"grpc_code":14,"http_code":503,"message":"etcdserver: no leader"}}"#,
+        ]);
+        assert!(matches!(
+            r.next_message().await,
+            Ok(Message::End(EtcdError::Unavailable(_)))
+        ));
+        let mut r = reader(&["{not json}\n"]);
+        assert!(matches!(
+            r.next_message().await,
+            Err(EtcdError::Protocol(_))
+        ));
+    }
 }

@@ -153,3 +153,27 @@ async fn a_watch_on_a_killed_member_ends_with_unavailable() {
     assert!(matches!(end, Err(EtcdError::Unavailable(_))), "{end:?}");
     assert!(stream.next().await.is_none());
 }
+
+#[tokio::test]
+async fn a_watch_on_a_member_that_loses_its_leader_ends_with_unavailable() {
+    let etcd = EtcdCluster::start(3).await;
+    let first = client_of(vec![etcd.member(0).client_url()], Duration::from_secs(10));
+    let mut stream = first.watch(b"w/", true, 0).await.unwrap();
+
+    // Member 0 lives on alone: etcd ends watches that asked for a leader once it
+    // has had none for a few election timeouts.
+    etcd.member(1).kill();
+    etcd.member(2).kill();
+    let end = tokio::time::timeout(Duration::from_secs(60), stream.next())
+        .await
+        .expect("the stream ends within 60 s")
+        .expect("an error before the stream ends");
+    assert!(matches!(end, Err(EtcdError::Unavailable(_))), "{end:?}");
+    assert!(stream.next().await.is_none());
+}
+
+#[test]
+fn the_client_is_shared_across_tasks() {
+    fn shareable<T: Clone + Send + Sync + 'static>() {}
+    shareable::<Client>();
+}
