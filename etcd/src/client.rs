@@ -18,6 +18,8 @@ const PAGE: i64 = 512;
 /// gateway from the `Grpc-Metadata-` header).
 pub(crate) const REQUIRE_LEADER_HEADER: (&str, &str) = ("Grpc-Metadata-hasleader", "true");
 
+const STATUS_PATH: &str = "/v3/maintenance/status";
+
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// The client URLs of the members: "http://127.0.0.1:2379" or "https://...".
@@ -310,9 +312,7 @@ impl Client {
 
     /// What the member that answers says of itself and the cluster.
     pub async fn status(&self) -> Result<Status, EtcdError> {
-        let r: wire::StatusResponse = self
-            .call("/v3/maintenance/status", &json!({}), Kind::Read)
-            .await?;
+        let r: wire::StatusResponse = self.call(STATUS_PATH, &json!({}), Kind::Read).await?;
         Ok(Status {
             leader: r.leader,
             member_id: r.header.member_id,
@@ -386,11 +386,12 @@ impl Client {
         timeout: Duration,
     ) -> Result<Value, Attempt> {
         let url = format!("{}{}", self.inner.endpoints[idx], path);
-        let resp = self
-            .inner
-            .http
-            .post(url)
-            .header(REQUIRE_LEADER_HEADER.0, REQUIRE_LEADER_HEADER.1)
+        let mut req = self.inner.http.post(url);
+        // A member's status is worth having most when it has no leader.
+        if path != STATUS_PATH {
+            req = req.header(REQUIRE_LEADER_HEADER.0, REQUIRE_LEADER_HEADER.1);
+        }
+        let resp = req
             .timeout(timeout)
             .json(body)
             .send()

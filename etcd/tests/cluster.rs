@@ -94,6 +94,18 @@ async fn with_two_of_three_killed_a_put_is_unavailable_within_the_timeout() {
         );
         assert!(started.elapsed() < timeout + Duration::from_secs(1));
     }
+    // The survivor still tells its status, and soon that it has no leader.
+    let survivor = client_of(vec![etcd.member(0).client_url()], timeout);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = survivor.status().await.unwrap();
+        assert_ne!(status.member_id, 0);
+        if status.leader == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still a leader after 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
