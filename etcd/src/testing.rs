@@ -6,6 +6,7 @@
 
 use std::fs::File;
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -220,6 +221,19 @@ impl EtcdMember {
                 .arg("--trusted-ca-file")
                 .arg(ca)
                 .arg("--client-cert-auth");
+        }
+        // etcd dies with the test that started it, even one killed before it could
+        // drop the member. (The signal comes when the spawning thread ends: a test's
+        // own thread, or a runtime's worker, outlives its cluster.)
+        // SAFETY: prctl is async-signal-safe and touches only the child.
+        #[cfg(target_os = "linux")]
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
         cmd.spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", etcd_binary().display()))
