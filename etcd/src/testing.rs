@@ -6,6 +6,7 @@
 
 use std::fs::File;
 use std::net::TcpListener;
+#[cfg(target_os = "linux")]
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
