@@ -389,8 +389,11 @@ impl Client {
         self.http.request(method, url)
     }
 
+    /// The control plane, as a timeout names it: at its URL, or at all of
+    /// them (the exchange's limit spans its round over them).
     fn who(&self) -> String {
-        who(self.base())
+        let all: Vec<&str> = self.bases().collect();
+        who(&all.join(", "))
     }
 
     /// Runs one exchange with the control plane, giving up after `limit`.

@@ -141,6 +141,19 @@ async fn a_refused_first_url_moves_to_the_second_and_the_second_is_kept() {
 }
 
 #[tokio::test]
+async fn a_failed_tls_handshake_moves_to_the_next_url() {
+    // An https URL whose server speaks plain HTTP: the handshake fails
+    // before any request is sent.
+    let plain = replica(None).await;
+    let not_tls = plain.url.replace("http://", "https://");
+    let live = replica(None).await;
+    let c = client(&[&not_tls, &live.url]);
+    c.activate(&AppKey::new("default", "web")).await.unwrap();
+    assert_eq!((plain.hits(), live.hits()), (0, 1));
+    assert_eq!(c.base(), live.url);
+}
+
+#[tokio::test]
 async fn a_503_no_leader_moves_on_and_the_last_good_url_is_kept() {
     let follower = replica(Some((StatusCode::SERVICE_UNAVAILABLE, "no_leader"))).await;
     let leader = replica(None).await;
@@ -232,6 +245,14 @@ async fn a_url_that_did_not_answer_in_time_is_not_tried_first_next_time() {
         .unwrap();
     let e = c.apps(&ListQuery::default()).await.unwrap_err();
     assert!(matches!(e, Error::Timeout { .. }), "{e:?}");
+    // The limit spans the round: every URL is named.
+    assert!(
+        e.to_string().starts_with(&format!(
+            "the control plane at {hung}, {} did not answer",
+            live.url
+        )),
+        "{e}"
+    );
     let c = c.with_timeout(Duration::from_secs(20));
     assert!(c.apps(&ListQuery::default()).await.unwrap().is_empty());
     assert_eq!(live.hits(), 1);
