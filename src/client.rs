@@ -1,5 +1,6 @@
-//! The CLI's side of `shoal_client`: the `--server` and
-//! `--request-timeout` flags, and errors as the CLI prints them.
+//! The CLI's side of `shoal_client`: the `--server` (one URL, or several
+//! separated by commas) and `--request-timeout` flags, and errors as the
+//! CLI prints them.
 
 use std::time::Duration;
 
@@ -17,8 +18,14 @@ pub const DEFAULT_TIMEOUT: &str = "30s";
 /// change what went wrong.
 pub fn connect(target: &crate::config::Target, timeout: Duration) -> anyhow::Result<Client> {
     let server = &target.server;
-    if !server.starts_with("http://") && !server.starts_with("https://") {
-        anyhow::bail!("--server {server:?}: expected a URL such as {DEFAULT_SERVER}");
+    // Several URLs, separated by commas, name replicas of one control
+    // plane; each must be a URL.
+    for url in server.split(',') {
+        if !url.starts_with("http://") && !url.starts_with("https://") {
+            anyhow::bail!(
+                "--server {url:?}: expected a URL such as {DEFAULT_SERVER}, or several separated by commas"
+            );
+        }
     }
     let mut builder = Client::builder(server);
     match &target.ca {

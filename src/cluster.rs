@@ -88,8 +88,9 @@ pub enum AuthMode {
 
 #[derive(Args, Debug)]
 pub struct NodeArgs {
-    /// URL of the control plane to join.
-    #[arg(long, env = "SHOAL_SERVER")]
+    /// URL of the control plane to join; several, separated by commas,
+    /// for replicas of one control plane (tried in turn when one fails).
+    #[arg(long, visible_alias = "control-plane", env = "SHOAL_SERVER")]
     pub join: String,
     /// Address this node serves instances on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -161,7 +162,9 @@ pub struct GatewayArgs {
     /// Address clients connect to (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// URL of the control plane whose route table to follow.
+    /// URL of the control plane whose route table to follow; several,
+    /// separated by commas, for replicas of one control plane (tried in
+    /// turn when one fails).
     #[arg(long, env = "SHOAL_SERVER")]
     pub control_plane: String,
     /// How long a client may take to send a request's headers.

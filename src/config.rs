@@ -28,12 +28,48 @@ pub struct ClientConfig {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Context {
-    pub server: String,
+    /// The control plane's URL, or a list of its replicas' URLs.
+    pub server: Servers,
     /// The cluster CA, PEM, for an https server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+}
+
+/// One control plane URL (`server = "https://..."`), or several, of
+/// replicas of one control plane (`server = ["https://a", "https://b"]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Servers {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Servers {
+    /// The URLs as the client takes them: separated by commas.
+    pub fn joined(&self) -> String {
+        match self {
+            Servers::One(s) => normalized(s),
+            Servers::Many(list) => normalized(&list.join(",")),
+        }
+    }
+}
+
+impl From<String> for Servers {
+    fn from(s: String) -> Self {
+        Servers::One(s)
+    }
+}
+
+/// A comma-separated list of URLs, each without spaces around it or a
+/// trailing slash.
+fn normalized(list: &str) -> String {
+    list.split(',')
+        .map(|u| u.trim().trim_end_matches('/'))
+        .filter(|u| !u.is_empty())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl std::fmt::Debug for Context {
@@ -94,6 +130,7 @@ impl ClientConfig {
 /// environment first and the config file's context second.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Target {
+    /// The control plane's URL, or its replicas' separated by commas.
     pub server: String,
     pub token: Option<String>,
     pub ca: Option<Ca>,
@@ -107,7 +144,7 @@ pub enum Ca {
 
 /// Resolves the target: `server`, `token` and `ca` (from flags or the
 /// environment) win; the context fills what they leave, its token and CA
-/// only when the server is its own.
+/// only when the server is its own (the same URLs, in the same order).
 pub fn resolve(
     flags_server: Option<&str>,
     flags_token: Option<&str>,
@@ -115,12 +152,12 @@ pub fn resolve(
     context: Option<&Context>,
     default_server: &str,
 ) -> Target {
-    let server = flags_server
-        .or(context.map(|c| c.server.as_str()))
-        .unwrap_or(default_server)
-        .trim_end_matches('/')
-        .to_string();
-    let own = context.filter(|c| c.server.trim_end_matches('/') == server);
+    let server = match (flags_server, context) {
+        (Some(s), _) => normalized(s),
+        (None, Some(c)) => c.server.joined(),
+        (None, None) => normalized(default_server),
+    };
+    let own = context.filter(|c| c.server.joined() == server);
     Target {
         token: flags_token
             .map(str::to_string)
@@ -138,7 +175,7 @@ mod tests {
 
     fn ctx() -> Context {
         Context {
-            server: "https://127.0.0.1:7070".into(),
+            server: "https://127.0.0.1:7070".to_string().into(),
             ca: Some("PEM".into()),
             token: Some("shoal_secret".into()),
         }
@@ -166,6 +203,36 @@ mod tests {
     }
 
     #[test]
+    fn several_urls_resolve_to_one_list_and_keep_the_contexts_secrets_as_one_server() {
+        let c = Context {
+            server: Servers::Many(vec!["https://a:1/".into(), "https://b:2".into()]),
+            ..ctx()
+        };
+        let t = resolve(None, None, None, Some(&c), "http://x");
+        assert_eq!(t.server, "https://a:1,https://b:2");
+        assert_eq!(t.token.as_deref(), Some("shoal_secret"));
+        // The same list from the flags, spaced differently: still its own.
+        let t = resolve(
+            Some("https://a:1, https://b:2/"),
+            None,
+            None,
+            Some(&c),
+            "http://x",
+        );
+        assert_eq!(t.server, "https://a:1,https://b:2");
+        assert_eq!(t.token.as_deref(), Some("shoal_secret"));
+        // Another list is another server: no secrets.
+        let t = resolve(
+            Some("https://a:1,https://evil:3"),
+            None,
+            None,
+            Some(&c),
+            "http://x",
+        );
+        assert_eq!((t.token, t.ca), (None, None));
+    }
+
+    #[test]
     fn the_file_round_trips_is_private_and_hides_tokens_from_debug() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("shoal/config.toml");
@@ -185,6 +252,15 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         assert!(!format!("{cfg:?}").contains("shoal_secret"));
+        // A context may name several replicas, as a list.
+        std::fs::write(
+            &path,
+            "current-context = \"ha\"\n[contexts.ha]\nserver = [\"https://a:7070/\", \"https://b:7070\"]\ntoken = \"shoal_secret\"\n",
+        )
+        .unwrap();
+        let ha = ClientConfig::load(&path).unwrap();
+        let (_, c) = ha.context(None).unwrap().unwrap();
+        assert_eq!(c.server.joined(), "https://a:7070,https://b:7070");
         std::fs::write(&path, "nonsense = 1").unwrap();
         assert!(ClientConfig::load(&path).is_err());
     }

@@ -37,7 +37,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 )]
 struct Cli {
     /// URL of the control plane the client commands talk to (default: the
-    /// current context's, see `--context`, else https://127.0.0.1:7070).
+    /// current context's, see `--context`, else https://127.0.0.1:7070);
+    /// several, separated by commas, for replicas of one control plane.
     #[arg(long, global = true, env = "SHOAL_SERVER")]
     server: Option<String>,
     /// The context of the client config file (`$SHOAL_CONFIG`, else

@@ -460,7 +460,7 @@ fn write_client_config(
     cfg.contexts.insert(
         UP_CONTEXT.into(),
         crate::config::Context {
-            server: api.trim_end_matches('/').to_string(),
+            server: api.trim_end_matches('/').to_string().into(),
             ca: Some(ca),
             token: Some(admin.to_string()),
         },

@@ -30,7 +30,7 @@ impl Client {
     pub async fn has_blob(&self, digest: &str) -> Result<bool, Error> {
         let req = self.request(Method::HEAD, &endpoints::blob(digest));
         self.within(self.timeout(), async {
-            let resp = req.send().await.map_err(|e| self.transport(&e))?;
+            let (resp, _) = self.send_from(req, false).await?;
             Ok(resp.status().is_success())
         })
         .await

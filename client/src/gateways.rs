@@ -44,28 +44,37 @@ impl Client {
     /// Opens the route watch: the whole table at once, again on every
     /// change, and keepalives in between. The client's limit applies to
     /// the answer's head only; noticing a silent stream is the caller's
-    /// part.
+    /// part. Once the stream is dropped, the next request (the caller's
+    /// reconnection) starts at the control plane's next URL.
     pub async fn watch_routes(&self) -> Result<RouteWatch, Error> {
         let req = self.request(Method::GET, endpoints::ROUTES_WATCH);
-        let resp = self.within(self.timeout(), self.send(req)).await?;
-        let server = self.base().to_string();
+        let (resp, at) = self
+            .within(self.timeout(), self.send_from(req, true))
+            .await?;
+        let server = self.base_at(at).to_string();
+        // When the caller drops the stream (it ended, broke or went
+        // silent), its reconnection starts at the next URL.
+        let from = self.stream_from(at);
         let body = resp.bytes_stream().map_err(std::io::Error::other);
         // A table has no size bound, so neither has a line; the control
         // plane is the one server the gateway trusts.
         let lines = FramedRead::new(StreamReader::new(body), LinesCodec::new());
         Ok(lines
-            .map(move |line| match line {
-                Ok(l) if l.trim().is_empty() => Ok(RouteUpdate::Keepalive),
-                Ok(l) => serde_json::from_str(&l)
-                    .map(RouteUpdate::Table)
-                    .map_err(|e| Error::Malformed {
-                        what: format!("GET {}", endpoints::ROUTES_WATCH),
-                        cause: e.to_string(),
+            .map(move |line| {
+                let _from = &from;
+                match line {
+                    Ok(l) if l.trim().is_empty() => Ok(RouteUpdate::Keepalive),
+                    Ok(l) => serde_json::from_str(&l)
+                        .map(RouteUpdate::Table)
+                        .map_err(|e| Error::Malformed {
+                            what: format!("GET {}", endpoints::ROUTES_WATCH),
+                            cause: e.to_string(),
+                        }),
+                    Err(e) => Err(Error::Failed {
+                        server: server.clone(),
+                        cause: root_cause(&e),
                     }),
-                Err(e) => Err(Error::Failed {
-                    server: server.clone(),
-                    cause: root_cause(&e),
-                }),
+                }
             })
             .boxed())
     }

@@ -31,20 +31,23 @@ impl Client {
             node.trim_end_matches('/'),
             endpoints::node::instance_logs(id)
         );
-        self.lines(self.request_to(Method::GET, &url), &url, follow)
+        self.node_lines(self.request_to(Method::GET, &url), &url, follow)
             .await
     }
 
     /// The log stream of instance `id` of namespace `ns`, through the
     /// control plane (which reads it from the instance's node).
     pub async fn logs(&self, ns: &str, id: &str, follow: bool) -> Result<LogLines, Error> {
-        let path = endpoints::instance_logs(ns, id);
-        let url = self.url(&path);
-        self.lines(self.request(Method::GET, &path), &url, follow)
-            .await
+        let req = self
+            .request(Method::GET, &endpoints::instance_logs(ns, id))
+            .query(&LogsQuery { follow });
+        let (resp, at) = self
+            .within(self.timeout(), self.send_from(req, true))
+            .await?;
+        Ok(lines(resp, self.base_at(at).to_string()))
     }
 
-    async fn lines(
+    async fn node_lines(
         &self,
         request: reqwest::RequestBuilder,
         url: &str,
@@ -63,18 +66,23 @@ impl Client {
         let resp = self
             .within_for(who.clone(), self.timeout(), self.send_to(&who, request))
             .await?;
-        let body = resp.bytes_stream().map_err(std::io::Error::other);
-        let lines = FramedRead::new(
-            StreamReader::new(body),
-            AnyDelimiterCodec::new(b"\n".to_vec(), Vec::new()),
-        );
-        Ok(lines
-            .map(move |line| {
-                line.map_err(|e| Error::Failed {
-                    server: who.clone(),
-                    cause: root_cause(&e),
-                })
-            })
-            .boxed())
+        Ok(lines(resp, who))
     }
+}
+
+/// The answer's lines; a failure names `who`.
+fn lines(resp: reqwest::Response, who: String) -> LogLines {
+    let body = resp.bytes_stream().map_err(std::io::Error::other);
+    let lines = FramedRead::new(
+        StreamReader::new(body),
+        AnyDelimiterCodec::new(b"\n".to_vec(), Vec::new()),
+    );
+    lines
+        .map(move |line| {
+            line.map_err(|e| Error::Failed {
+                server: who.clone(),
+                cause: root_cause(&e),
+            })
+        })
+        .boxed()
 }

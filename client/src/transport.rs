@@ -1,5 +1,30 @@
-//! The client itself: one reqwest client, the control plane's base URL,
+//! The client itself: one reqwest client, the control plane's base URLs,
 //! and how an exchange is limited in time and its answer checked.
+//!
+//! Several base URLs name replicas of one control plane: any of them
+//! answers any request. A request goes to the URL that answered last, and
+//! moves on to the next ones (one round at most, then the last error) when
+//! that URL could not have acted on it:
+//!
+//! - no connection could be made (refused, reset while connecting, connect
+//!   timeout, TLS handshake failure): nobody got the request;
+//! - the answer is `503` with code `no_leader` or `unavailable`: the
+//!   replica says it did not act;
+//! - the connection broke after the request was sent, and the method is
+//!   idempotent (GET, HEAD, PUT, DELETE, OPTIONS): sending it again does
+//!   no harm. A POST that may have reached the server is not sent again:
+//!   its error goes to the caller, whose loop decides.
+//!
+//! A `503` with code `store_unavailable` (the store lost its quorum) does
+//! not move: that is the whole cluster's state, not one replica's, and a
+//! write it answers may have landed. Neither do other errors, nor a
+//! failure while reading an answer's body (the caller sees it).
+//!
+//! A URL that failed, or that an exchange gave up on (its limit ran out
+//! while waiting for it), is not tried first next time: the next request
+//! starts at the next URL. A stream (the route watch) that ends or is
+//! dropped counts as a failure of its URL, so its caller reconnects
+//! elsewhere.
 //!
 //! Requests carry no reqwest timeout of their own: reqwest's would also cut
 //! a stream that is still flowing. Each exchange is instead run under
@@ -12,7 +37,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+/// The codes of a `503` that says this replica did not act on the request
+/// and another may: no replica leads right now (a failover), or this one
+/// is not serving.
+pub const FAILOVER_CODES: &[&str] = &["no_leader", "unavailable"];
 
 /// What a program adds to errors for its users: the CLI names its flags,
 /// a server process adds nothing.
@@ -24,11 +55,15 @@ pub struct Hints {
     pub unreachable: Option<&'static str>,
 }
 
-/// A client of the control plane at one base URL. Cheap to clone: clones
-/// share their connections.
+/// A client of the control plane at one or several base URLs (replicas of
+/// one control plane). Cheap to clone: clones share their connections and
+/// which URL they send to first.
 #[derive(Clone)]
 pub struct Client {
-    base: Arc<str>,
+    /// Never empty.
+    bases: Arc<[Arc<str>]>,
+    /// The index in `bases` requests go to first: the last that answered.
+    preferred: Arc<AtomicUsize>,
     http: reqwest::Client,
     timeout: Duration,
     hints: Hints,
@@ -49,7 +84,7 @@ fn bearer(token: &str) -> Result<reqwest::header::HeaderValue, Error> {
 
 /// Sets up a [`Client`].
 pub struct Builder {
-    base: String,
+    bases: Vec<String>,
     timeout: Duration,
     connect_timeout: Option<Duration>,
     hints: Hints,
@@ -76,8 +111,10 @@ impl Builder {
         self
     }
 
-    /// How long making a connection may take (none of its own unless set:
-    /// then only the exchange's limit applies).
+    /// How long making a connection may take. Unless set: none of its own
+    /// for one URL (only the exchange's limit applies); for several, a
+    /// share of the exchange's limit (at most 10 s), so that a URL that
+    /// swallows connections leaves time for the others.
     pub fn connect_timeout(mut self, limit: Duration) -> Self {
         self.connect_timeout = Some(limit);
         self
@@ -118,8 +155,16 @@ impl Builder {
 
     pub fn build(self) -> Result<Client, Error> {
         let authorization = self.token.as_deref().map(bearer).transpose()?;
+        let bases = normalized(&self.bases)?;
         let mut http = reqwest::Client::builder().tls_built_in_root_certs(false);
-        if let Some(limit) = self.connect_timeout {
+        let connect_timeout = self.connect_timeout.or_else(|| {
+            (bases.len() > 1).then(|| {
+                (self.timeout / bases.len() as u32)
+                    .min(Duration::from_secs(10))
+                    .max(Duration::from_millis(100))
+            })
+        });
+        if let Some(limit) = connect_timeout {
             http = http.connect_timeout(limit);
         }
         if let Some(pem) = &self.identity {
@@ -134,12 +179,99 @@ impl Builder {
         }
         let http = http.build().map_err(|e| Error::Build(root_cause(&e)))?;
         Ok(Client {
-            base: self.base.trim_end_matches('/').into(),
+            bases,
+            preferred: Arc::new(AtomicUsize::new(0)),
             http,
             timeout: self.timeout,
             hints: self.hints,
             authorization: Arc::new(std::sync::RwLock::new(authorization)),
         })
+    }
+}
+
+/// The base URLs without a trailing slash, each as reqwest writes it (so
+/// that a request's URL starts with its base, see [`Client::path_of`]).
+fn normalized(bases: &[String]) -> Result<Arc<[Arc<str>]>, Error> {
+    if bases.is_empty() {
+        return Err(Error::Build("no control plane URL".into()));
+    }
+    bases
+        .iter()
+        .map(|b| {
+            let url = reqwest::Url::parse(b)
+                .map_err(|e| Error::Build(format!("the control plane URL {b:?}: {e}")))?;
+            if url.cannot_be_a_base() || url.query().is_some() || url.fragment().is_some() {
+                return Err(Error::Build(format!(
+                    "the control plane URL {b:?}: expected one such as https://host:port"
+                )));
+            }
+            Ok(Arc::from(url.as_str().trim_end_matches('/')))
+        })
+        .collect()
+}
+
+/// Whether sending a request again cannot do more than sending it once.
+fn idempotent(method: &Method) -> bool {
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::PUT,
+        Method::DELETE,
+        Method::OPTIONS,
+    ]
+    .contains(method)
+}
+
+/// Whether an answer says another replica may act where this one did not.
+fn moves_on(e: &Error) -> bool {
+    matches!(e, Error::Api { status, code, .. }
+        if *status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+            && FAILOVER_CODES.contains(&code.as_str()))
+}
+
+/// One request on its way to one of the URLs: unless it ends
+/// [`Attempt::answered`], it failed (or its caller gave up on it), and the
+/// next request starts at the next URL.
+struct Attempt<'a> {
+    preferred: &'a AtomicUsize,
+    at: usize,
+    of: usize,
+    answered: bool,
+}
+
+impl Attempt<'_> {
+    fn answered(mut self) {
+        self.preferred.store(self.at, Ordering::Relaxed);
+        self.answered = true;
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            moved_past(self.preferred, self.at, self.of);
+        }
+    }
+}
+
+/// Makes the URL after `at` the first to try, unless another request has
+/// already moved the client on from `at`.
+fn moved_past(preferred: &AtomicUsize, at: usize, of: usize) {
+    let _ = preferred.compare_exchange(at, (at + 1) % of, Ordering::Relaxed, Ordering::Relaxed);
+}
+
+/// Held by a stream from one URL: when the stream is dropped (it ended,
+/// broke or went silent, and its caller reconnects), the next request
+/// starts at the next URL.
+pub(crate) struct StreamFrom {
+    preferred: Arc<AtomicUsize>,
+    at: usize,
+    of: usize,
+}
+
+impl Drop for StreamFrom {
+    fn drop(&mut self) {
+        moved_past(&self.preferred, self.at, self.of);
     }
 }
 
@@ -168,10 +300,18 @@ impl Ca {
 
 impl Client {
     /// A client of the control plane at `base` (`http://host:port`, or
-    /// `https://host:port` with the CA to trust given to the builder).
+    /// `https://host:port` with the CA to trust given to the builder), or
+    /// at several replicas of it: URLs separated by commas, tried in that
+    /// order (see the module's doc).
     pub fn builder(base: &str) -> Builder {
+        Self::builder_for(base.split(',').map(str::trim).filter(|b| !b.is_empty()))
+    }
+
+    /// A client of the replicas of one control plane at `bases`, all
+    /// served with the same CA, tried in that order.
+    pub fn builder_for<S: Into<String>>(bases: impl IntoIterator<Item = S>) -> Builder {
         Builder {
-            base: base.to_string(),
+            bases: bases.into_iter().map(Into::into).collect(),
             timeout: Duration::from_secs(30),
             connect_timeout: None,
             hints: Hints::default(),
@@ -181,9 +321,19 @@ impl Client {
         }
     }
 
-    /// The control plane's URL, without a trailing slash.
+    /// The control plane's URL the next request goes to first, without a
+    /// trailing slash.
     pub fn base(&self) -> &str {
-        &self.base
+        &self.bases[self.first()]
+    }
+
+    /// All the control plane's URLs, in the order given.
+    pub fn bases(&self) -> impl Iterator<Item = &str> {
+        self.bases.iter().map(|b| &**b)
+    }
+
+    fn first(&self) -> usize {
+        self.preferred.load(Ordering::Relaxed) % self.bases.len()
     }
 
     pub fn timeout(&self) -> Duration {
@@ -199,7 +349,16 @@ impl Client {
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        format!("{}{path}", self.base())
+    }
+
+    /// What follows the base in `url` (path and query), if it is one of
+    /// the control plane's.
+    fn path_of<'u>(&self, url: &'u reqwest::Url) -> Option<&'u str> {
+        self.bases
+            .iter()
+            .filter_map(|b| url.as_str().strip_prefix(&**b))
+            .find(|rest| rest.is_empty() || rest.starts_with(['/', '?']))
     }
 
     pub(crate) fn request(&self, method: Method, path: &str) -> RequestBuilder {
@@ -230,8 +389,11 @@ impl Client {
         self.http.request(method, url)
     }
 
+    /// The control plane, as a timeout names it: at its URL, or at all of
+    /// them (the exchange's limit spans its round over them).
     fn who(&self) -> String {
-        format!("the control plane at {}", self.base)
+        let all: Vec<&str> = self.bases().collect();
+        who(&all.join(", "))
     }
 
     /// Runs one exchange with the control plane, giving up after `limit`.
@@ -259,11 +421,79 @@ impl Client {
             })?
     }
 
-    /// Sends a request to the control plane; an answer other than a
-    /// success becomes the error it carries.
+    /// Sends a request to the control plane, moving on to its other URLs
+    /// as the module's doc says; an answer other than a success becomes
+    /// the error it carries.
     pub(crate) async fn send(&self, req: RequestBuilder) -> Result<Response, Error> {
-        let resp = req.send().await.map_err(|e| self.transport(&e))?;
-        checked(resp, "the control plane").await
+        self.send_from(req, true).await.map(|(resp, _)| resp)
+    }
+
+    /// [`Client::send`], also saying which URL answered (its index);
+    /// without `check`, any answer is returned as it is (and only failed
+    /// connections move on: a `HEAD` answer has no body to read a code
+    /// from).
+    pub(crate) async fn send_from(
+        &self,
+        req: RequestBuilder,
+        check: bool,
+    ) -> Result<(Response, usize), Error> {
+        let req = req.build().map_err(|e| self.transport(&e))?;
+        let of = self.bases.len();
+        let start = self.first();
+        let path = self.path_of(req.url()).map(str::to_string);
+        let retry_broken = idempotent(req.method());
+        let mut pending = Some(req);
+        let mut last = None;
+        for i in 0..of {
+            let Some(req) = pending.take() else { break };
+            let at = (start + i) % of;
+            // Keep a copy for the next URL, if there is one and the body
+            // can be copied (every body this client sends can).
+            let mut this = match (i + 1 < of).then(|| req.try_clone()).flatten() {
+                Some(copy) => {
+                    pending = Some(req);
+                    copy
+                }
+                None => req,
+            };
+            if let Some(path) = &path {
+                match reqwest::Url::parse(&format!("{}{path}", self.bases[at])) {
+                    Ok(url) => *this.url_mut() = url,
+                    Err(_) => continue,
+                }
+            }
+            let attempt = Attempt {
+                preferred: &self.preferred,
+                at,
+                of,
+                answered: false,
+            };
+            let err = match self.http.execute(this).await {
+                Ok(resp) if !check => {
+                    attempt.answered();
+                    return Ok((resp, at));
+                }
+                Ok(resp) => match checked(resp, "the control plane").await {
+                    Err(e) if moves_on(&e) => e,
+                    answer => {
+                        attempt.answered();
+                        return answer.map(|r| (r, at));
+                    }
+                },
+                Err(e) => {
+                    let err = self.transport_at(at, &e);
+                    if !(e.is_connect() || (retry_broken && e.is_request())) {
+                        return Err(err);
+                    }
+                    err
+                }
+            };
+            last = Some(err);
+        }
+        Err(last.unwrap_or_else(|| Error::Failed {
+            server: self.base().to_string(),
+            cause: "no control plane URL to send to".into(),
+        }))
     }
 
     /// Sends a request to a URL that is not the control plane's (`url`
@@ -291,17 +521,38 @@ impl Client {
     }
 
     pub(crate) fn transport(&self, e: &reqwest::Error) -> Error {
+        self.transport_at(self.first(), e)
+    }
+
+    /// `e`, met talking to the URL at index `at`.
+    fn transport_at(&self, at: usize, e: &reqwest::Error) -> Error {
+        let base = &self.bases[at % self.bases.len()];
         if e.is_connect() {
             Error::Unreachable {
-                who: self.who(),
+                who: who(base),
                 cause: connect_cause(e),
                 hint: self.hints.unreachable,
             }
         } else {
             Error::Failed {
-                server: self.base.to_string(),
+                server: base.to_string(),
                 cause: root_cause(e),
             }
+        }
+    }
+
+    /// The base URL at index `at`.
+    pub(crate) fn base_at(&self, at: usize) -> &str {
+        &self.bases[at % self.bases.len()]
+    }
+
+    /// A guard for a stream from the URL at index `at` (see
+    /// [`StreamFrom`]).
+    pub(crate) fn stream_from(&self, at: usize) -> StreamFrom {
+        StreamFrom {
+            preferred: self.preferred.clone(),
+            at,
+            of: self.bases.len(),
         }
     }
 
@@ -336,6 +587,10 @@ impl Client {
         self.within(self.timeout, async { self.send(req).await.map(|_| ()) })
             .await
     }
+}
+
+fn who(base: &str) -> String {
+    format!("the control plane at {base}")
 }
 
 /// Why a connection could not be made; a certificate the client does not

@@ -15,7 +15,8 @@ pub struct GatewayConfig {
     /// How long connecting to a node may take before it counts as failed.
     pub connect_timeout: Duration,
     /// The control plane, asked for an instance when a request arrives for
-    /// an app that has none.
+    /// an app that has none: its URL, or its replicas' separated by commas
+    /// (the client moves to the next when one fails).
     pub control_plane: Option<String>,
     /// How long a request waits for an app with no ready instance to get
     /// one (capped by the app's timeout).

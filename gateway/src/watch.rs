@@ -2,7 +2,9 @@
 //! request (`GET /v1/routes/watch`, through `shoal_client`) that carries
 //! the whole table, one JSON line per change. When the control plane is
 //! unreachable the gateway keeps routing with the last table it had and
-//! reconnects with backoff.
+//! reconnects with backoff. Given several control-plane URLs (replicas),
+//! the client moves to the next when one fails, and a watch that ended or
+//! broke reconnects at the next one.
 
 use crate::proxy::Gateway;
 use futures::StreamExt;
@@ -14,7 +16,8 @@ use std::time::Duration;
 /// three times as long means the connection is dead.
 pub const KEEPALIVE: Duration = shoal_api::endpoints::ROUTES_KEEPALIVE;
 
-/// Follows the route table of the control plane at `base` forever.
+/// Follows the route table of the control plane at `base` (one URL, or
+/// several separated by commas) forever.
 pub async fn follow(gateway: Arc<Gateway>, base: String) {
     // The control plane answers the watch's head at once; one that does
     // not within a keepalive's silence is as dead as a silent stream.
@@ -37,7 +40,7 @@ pub async fn follow(gateway: Arc<Gateway>, base: String) {
         match client.watch_routes().await {
             Ok(watch) => {
                 if warned {
-                    tracing::info!(control_plane = %base, "route watch connected again");
+                    tracing::info!(control_plane = %client.base(), "route watch connected again");
                     warned = false;
                 }
                 backoff = Duration::from_millis(100);

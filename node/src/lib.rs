@@ -36,7 +36,8 @@ pub use shoal_api::routes::INSTANCE_HEADER;
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub name: String,
-    /// Base URL of the control plane.
+    /// Base URL of the control plane, or its replicas' separated by
+    /// commas (the client moves to the next when one fails).
     pub control_plane: String,
     /// Base URL other parts reach this node at.
     pub advertise: String,

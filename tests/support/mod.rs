@@ -402,12 +402,25 @@ impl Cluster {
     }
 
     pub fn add_node(&mut self, i: usize, extra: Vec<String>) {
+        let api = self.api.clone();
+        self.add_node_joining(i, "--join", &api, extra);
+    }
+
+    /// Adds node `i` given `control_plane` (one URL, or several separated
+    /// by commas) with `flag` (`--join` or its alias `--control-plane`).
+    pub fn add_node_joining(
+        &mut self,
+        i: usize,
+        flag: &str,
+        control_plane: &str,
+        extra: Vec<String>,
+    ) {
         let name = format!("node-{}", i + 1);
         let cache = self.dir.path().join("cache");
         let mut args = vec![
             "node".to_string(),
-            "--join".into(),
-            self.api.clone(),
+            flag.into(),
+            control_plane.into(),
             "--name".into(),
             name,
             "--listen".into(),
@@ -436,12 +449,19 @@ impl Cluster {
     /// Starts a gateway following this cluster's control plane; returns its
     /// URL.
     pub fn start_gateway(&mut self, extra: &[&str]) -> String {
+        let api = self.api.clone();
+        self.start_gateway_following(&api, extra)
+    }
+
+    /// Starts a gateway given `control_plane` (one URL, or several
+    /// separated by commas); returns its URL.
+    pub fn start_gateway_following(&mut self, control_plane: &str, extra: &[&str]) -> String {
         let mut args = vec![
             "gateway",
             "--listen",
             "127.0.0.1:0",
             "--control-plane",
-            self.api.as_str(),
+            control_plane,
         ];
         args.extend_from_slice(extra);
         let token = self.token(&format!("gateway-{}", self.gateways.len()), "gateway", None);
