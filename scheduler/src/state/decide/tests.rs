@@ -921,6 +921,7 @@ fn plan_changes_table() {
                 revision: 1,
                 node: Some("n1".into()),
                 reason: None,
+                replaces: None,
             }],
             vec![
                 "Scheduled: web-9 (revision 1) placed on n1",
@@ -937,6 +938,7 @@ fn plan_changes_table() {
                 revision: 1,
                 node: None,
                 reason: Some("no node has 1 GiB".into()),
+                replaces: None,
             }],
             vec![
                 "FailedScheduling: web-9 is pending: no node has 1 GiB",
@@ -952,6 +954,7 @@ fn plan_changes_table() {
                 revision: 1,
                 node: Some("n1".into()),
                 reason: None,
+                replaces: None,
             }],
             vec!["next seq 10"],
         ),
