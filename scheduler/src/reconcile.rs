@@ -904,6 +904,57 @@ mod tests {
         assert_converged(&[app("w", 3, 1)], &mut inst, &nodes, p2.next_seq);
     }
 
+    /// A node lost and back: its replicas ran elsewhere meanwhile, and
+    /// they come back one move at a time, each surge serving before the
+    /// instance it replaces leaves, until the spread is even again.
+    #[test]
+    fn replicas_return_to_a_node_that_came_back_one_at_a_time() {
+        let mut nodes = vec![node("n1", true), node("n2", true), node("n3", true)];
+        let web = [app("w", 6, 1)];
+        let mut inst = Vec::new();
+        let mut seq = run(&web, &mut inst, &nodes, 0).next_seq;
+        serve_all(&mut inst);
+        nodes[2].ready = false;
+        nodes[2].lost = true;
+        seq = run(&web, &mut inst, &nodes, seq).next_seq;
+        serve_all(&mut inst);
+        let on = |inst: &[Instance], n: &str| {
+            inst.iter()
+                .filter(|i| i.node.as_deref() == Some(n) && i.phase != Phase::Terminating)
+                .count()
+        };
+        assert_eq!((on(&inst, "n1"), on(&inst, "n2")), (3, 3));
+        nodes[2] = node("n3", true);
+        let mut moves = 0;
+        for round in 0..30 {
+            let p = run(&web, &mut inst, &nodes, seq);
+            seq = p.next_seq;
+            moves += p
+                .actions
+                .iter()
+                .filter(|a| matches!(a, Action::Rebalance(Step::Start { .. })))
+                .count();
+            let live = inst
+                .iter()
+                .filter(|i| i.phase != Phase::Terminating)
+                .count();
+            assert!(live <= 7, "round {round}: {live} live instances");
+            let serving = inst.iter().filter(|i| rollout::serving(i)).count();
+            assert!(serving >= 6, "round {round}: {serving} serving");
+            if p.actions.is_empty() {
+                break;
+            }
+            serve_all(&mut inst);
+        }
+        assert_eq!(moves, 2);
+        assert_eq!(
+            (on(&inst, "n1"), on(&inst, "n2"), on(&inst, "n3")),
+            (2, 2, 2),
+            "{inst:?}"
+        );
+        assert_eq!(inst.len(), 6);
+    }
+
     #[test]
     fn unschedulable_stays_pending_then_places_when_a_node_appears() {
         let mut inst = Vec::new();
