@@ -325,11 +325,10 @@ pub fn reconcile<I: std::borrow::Borrow<Instance>>(
             // Nothing else to do for the app: the moment to go on with a
             // move, or to start one.
             match surge {
-                Some((s, replaced)) => {
-                    if rebalance::done(app, s, replaced, &mine) {
-                        finish_move(s, replaced, &mut nodes, &release, &mut plan);
-                    }
+                Some((s, replaced)) if rebalance::done(app, s, replaced, &mine) => {
+                    finish_move(s, replaced, &mut nodes, &release, &mut plan);
                 }
+                Some(_) => {}
                 None if !gave_up && !leaving[g] && moves < rebalance::MOVES_AT_ONCE => {
                     if let Some(m) = rebalance::choose(app, &mine, &nodes, &node_index, eligible) {
                         moves += 1;
