@@ -834,4 +834,51 @@ mod tests {
             assert_eq!(event.message(), message, "{event:?}");
         }
     }
+
+    /// A move's events belong to its app (so `describe` shows them), and
+    /// only giving one up is a warning.
+    #[test]
+    fn rebalance_events_are_the_apps() {
+        use crate::rebalance::Step;
+        let (id, by, from, to) = ("web-1".to_string(), "web-7", "n1", "n3");
+        let steps = [
+            Step::Start {
+                app: key(),
+                id: id.clone(),
+                by: by.into(),
+                from: from.into(),
+                to: to.into(),
+            },
+            Step::Done {
+                app: key(),
+                id: id.clone(),
+                by: by.into(),
+                from: from.into(),
+                to: to.into(),
+            },
+            Step::GaveUp {
+                app: key(),
+                id,
+                by: by.into(),
+                to: to.into(),
+                after_ms: 60_000,
+            },
+        ];
+        let got: Vec<(String, String, EventLevel, String)> = steps
+            .into_iter()
+            .map(|s| {
+                let e = Event::from(s).render(1, 1000, None);
+                (e.object, e.reason, e.level, e.app.unwrap_or_default())
+            })
+            .collect();
+        let want = |reason: &str, level| ("app/web".into(), reason.into(), level, "web".into());
+        assert_eq!(
+            got,
+            [
+                want("Rebalancing", EventLevel::Normal),
+                want("Rebalanced", EventLevel::Normal),
+                want("RebalanceFailed", EventLevel::Warning),
+            ]
+        );
+    }
 }
