@@ -286,6 +286,8 @@ pub fn reconcile<I: std::borrow::Borrow<Instance>>(
     }
 
     for (g, app) in apps.iter().enumerate() {
+        // Instances on a draining node count as gone already, so the plan
+        // below places their replacements elsewhere.
         let (evicted, mut mine): (Vec<&Instance>, Vec<&Instance>) = std::mem::take(&mut live[g])
             .into_iter()
             .partition(|i| on_draining_node(&nodes, i));
@@ -314,8 +316,6 @@ pub fn reconcile<I: std::borrow::Borrow<Instance>>(
                 surge = Some((s, replaced));
             }
         }
-        // Instances on a draining node count as gone already, so the plan
-        // below places their replacements elsewhere.
         let decided = rollout::plan_app(&app.shape(), &mine);
         if decided.create.is_empty()
             && decided.remove.is_empty()
