@@ -63,11 +63,12 @@ fn even() -> BTreeMap<String, usize> {
     (1..=3).map(|i| (format!("node-{i}"), 2)).collect()
 }
 
-/// Follows the instances through the API while replicas move: the most
-/// instances `web` had that were not leaving, and the fewest serving.
+/// Follows the instances through the API while replicas move: how many
+/// times it saw them, the most instances `web` had that were not leaving,
+/// and the fewest serving.
 struct Watch {
     stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<(usize, usize)>>,
+    seen: Arc<Mutex<(usize, usize, usize)>>,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -76,7 +77,7 @@ impl Watch {
         let url = format!("{}{}", c.api, shoal_api::endpoints::INSTANCES);
         let auth = format!("Bearer {}", c.admin);
         let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new((0, usize::MAX)));
+        let seen = Arc::new(Mutex::new((0, 0, usize::MAX)));
         let thread = {
             let (stop, seen) = (stop.clone(), seen.clone());
             std::thread::spawn(move || {
@@ -93,8 +94,9 @@ impl Watch {
                             .filter(|(_, p, r)| p == "running" && *r)
                             .count();
                         let mut s = seen.lock().unwrap();
-                        s.0 = s.0.max(live);
-                        s.1 = s.1.min(serving);
+                        s.0 += 1;
+                        s.1 = s.1.max(live);
+                        s.2 = s.2.min(serving);
                     }
                     // Pacing between polls, not a wait for anything.
                     std::thread::sleep(Duration::from_millis(50));
@@ -104,7 +106,7 @@ impl Watch {
         Watch { stop, seen, thread }
     }
 
-    fn finish(self) -> (usize, usize) {
+    fn finish(self) -> (usize, usize, usize) {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().unwrap();
         *self.seen.lock().unwrap()
@@ -201,7 +203,7 @@ fn replicas_return_to_a_node_that_came_back_without_a_failed_request() {
         spread(&c).filter(|s| *s == even())
     });
     load.wait_more(50);
-    let (most_live, fewest_serving) = watch.finish();
+    let (looks, most_live, fewest_serving) = watch.finish();
     let answers = load.finish();
     let posted = posts.finish();
 
@@ -218,6 +220,7 @@ fn replicas_return_to_a_node_that_came_back_without_a_failed_request() {
             failed.iter().take(5).collect::<Vec<_>>()
         );
     }
+    assert!(looks > 0, "the instances were never seen while they moved");
     assert!(
         most_live <= REPLICAS + 1,
         "{most_live} instances at once: moves were not one at a time"
