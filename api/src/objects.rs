@@ -175,6 +175,10 @@ pub struct Instance {
     /// Requests it is serving, as its node last reported (not stored).
     #[serde(default)]
     pub in_flight: u32,
+    /// Set on an instance started to restore an app's spread across
+    /// nodes: the instance whose place it takes once it serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
 }
 
 impl Instance {
@@ -204,6 +208,7 @@ impl Instance {
             created_at_ms: now_ms,
             terminating_since_ms: None,
             in_flight: 0,
+            replaces: None,
         }
     }
 }

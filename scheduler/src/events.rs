@@ -183,6 +183,32 @@ pub enum Event {
         id: String,
         why: DeleteReason,
     },
+    /// A move to restore the app's spread started: `by` starts on `to`
+    /// and `id`, on `from`, leaves once it serves.
+    Rebalancing {
+        app: AppKey,
+        id: String,
+        by: String,
+        from: String,
+        to: String,
+    },
+    /// The move ended: `by` serves on `to`, and `id` leaves `from`.
+    Rebalanced {
+        app: AppKey,
+        id: String,
+        by: String,
+        from: String,
+        to: String,
+    },
+    /// The move was given up: `by` did not serve on `to` within
+    /// `after`; `id` stays.
+    RebalanceFailed {
+        app: AppKey,
+        id: String,
+        by: String,
+        to: String,
+        after: Duration,
+    },
     /// A token was made. Its secret is nowhere here, by construction.
     TokenCreated {
         name: String,
@@ -199,6 +225,53 @@ pub enum Event {
     CertificateRemoved {
         host: String,
     },
+}
+
+impl From<crate::rebalance::Step> for Event {
+    fn from(step: crate::rebalance::Step) -> Self {
+        use crate::rebalance::Step;
+        match step {
+            Step::Start {
+                app,
+                id,
+                by,
+                from,
+                to,
+            } => Self::Rebalancing {
+                app,
+                id,
+                by,
+                from,
+                to,
+            },
+            Step::Done {
+                app,
+                id,
+                by,
+                from,
+                to,
+            } => Self::Rebalanced {
+                app,
+                id,
+                by,
+                from,
+                to,
+            },
+            Step::GaveUp {
+                app,
+                id,
+                by,
+                to,
+                after_ms,
+            } => Self::RebalanceFailed {
+                app,
+                id,
+                by,
+                to,
+                after: Duration::from_millis(after_ms),
+            },
+        }
+    }
 }
 
 /// `: reason`, or nothing.
@@ -243,6 +316,9 @@ impl Event {
             Self::Restarted { .. } => "Restarted",
             Self::Draining { .. } => "Draining",
             Self::Stopping { .. } => "Killing",
+            Self::Rebalancing { .. } => "Rebalancing",
+            Self::Rebalanced { .. } => "Rebalanced",
+            Self::RebalanceFailed { .. } => "RebalanceFailed",
             Self::TokenCreated { .. } => "TokenCreated",
             Self::TokenRevoked { .. } => "TokenRevoked",
             Self::CertificateAdded { .. } => "CertificateAdded",
@@ -258,7 +334,8 @@ impl Event {
             | Self::FailedScheduling { .. }
             | Self::BackOff { .. }
             | Self::Failed { .. }
-            | Self::Restarted { .. } => EventLevel::Warning,
+            | Self::Restarted { .. }
+            | Self::RebalanceFailed { .. } => EventLevel::Warning,
             _ => EventLevel::Normal,
         }
     }
@@ -285,7 +362,10 @@ impl Event {
             | Self::Failed { app, .. }
             | Self::Restarted { app, .. }
             | Self::Draining { app, .. }
-            | Self::Stopping { app, .. } => Some(app),
+            | Self::Stopping { app, .. }
+            | Self::Rebalancing { app, .. }
+            | Self::Rebalanced { app, .. }
+            | Self::RebalanceFailed { app, .. } => Some(app),
             Self::NodeRegistered { .. }
             | Self::NodeBack { .. }
             | Self::NodeHeartbeating { .. }
@@ -489,9 +569,11 @@ impl Event {
                     DeleteReason::AppDeleted => "app deleted",
                     DeleteReason::Replaced => "replaced by a newer revision",
                     DeleteReason::NodeDrained => "its node is being drained",
-                    DeleteReason::NodeLost | DeleteReason::Drained | DeleteReason::NodeDeleted => {
-                        "leaving"
-                    }
+                    DeleteReason::Rebalanced => "moved to another node to restore the spread",
+                    DeleteReason::NodeLost
+                    | DeleteReason::Drained
+                    | DeleteReason::NodeDeleted
+                    | DeleteReason::RebalanceAbandoned => "leaving",
                 };
                 format!("{id} left the route table ({what}); finishing its requests")
             }
@@ -504,6 +586,8 @@ impl Event {
                     DeleteReason::Drained => "drained",
                     DeleteReason::NodeDrained => "its node is being drained",
                     DeleteReason::NodeDeleted => "its node was deleted",
+                    DeleteReason::Rebalanced => "moved to another node",
+                    DeleteReason::RebalanceAbandoned => "it did not get ready in time",
                 };
                 format!("stopping {id}: {what}")
             }
@@ -513,6 +597,22 @@ impl Event {
             Self::TokenRevoked { name } => format!("token {name} revoked"),
             Self::CertificateAdded { host } => format!("certificate for {host} stored"),
             Self::CertificateRemoved { host } => format!("certificate for {host} removed"),
+            Self::Rebalancing {
+                id, by, from, to, ..
+            } => format!(
+                "moving replica {id} from {from} to {to} to restore spread: {by} starts on {to}, then {id} leaves"
+            ),
+            Self::Rebalanced {
+                id, by, from, to, ..
+            } => format!("moved replica {id} from {from} to {to}: {by} serves there, {id} leaves"),
+            Self::RebalanceFailed {
+                id, by, to, after, ..
+            } => {
+                let after = shoal_api::Duration::from(*after);
+                format!(
+                    "{by} did not get ready on {to} within {after}: it stops and {id} stays; the move is tried again"
+                )
+            }
         }
     }
 
@@ -733,5 +833,52 @@ mod tests {
             assert_eq!(event.reason(), reason, "{event:?}");
             assert_eq!(event.message(), message, "{event:?}");
         }
+    }
+
+    /// A move's events belong to its app (so `describe` shows them), and
+    /// only giving one up is a warning.
+    #[test]
+    fn rebalance_events_are_the_apps() {
+        use crate::rebalance::Step;
+        let (id, by, from, to) = ("web-1".to_string(), "web-7", "n1", "n3");
+        let steps = [
+            Step::Start {
+                app: key(),
+                id: id.clone(),
+                by: by.into(),
+                from: from.into(),
+                to: to.into(),
+            },
+            Step::Done {
+                app: key(),
+                id: id.clone(),
+                by: by.into(),
+                from: from.into(),
+                to: to.into(),
+            },
+            Step::GaveUp {
+                app: key(),
+                id,
+                by: by.into(),
+                to: to.into(),
+                after_ms: 60_000,
+            },
+        ];
+        let got: Vec<(String, String, EventLevel, String)> = steps
+            .into_iter()
+            .map(|s| {
+                let e = Event::from(s).render(1, 1000, None);
+                (e.object, e.reason, e.level, e.app.unwrap_or_default())
+            })
+            .collect();
+        let want = |reason: &str, level| ("app/web".into(), reason.into(), level, "web".into());
+        assert_eq!(
+            got,
+            [
+                want("Rebalancing", EventLevel::Normal),
+                want("Rebalanced", EventLevel::Normal),
+                want("RebalanceFailed", EventLevel::Warning),
+            ]
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! - [`metrics`]: `/metrics` as Prometheus text.
 //! - [`page`]: pages of long lists (`?limit=N&continue=TOKEN`).
 //! - [`placement`]: which node an instance goes to (pure).
+//! - [`rebalance`]: moves replicas back to restore an app's spread (pure).
 //! - [`reconcile`]: from desired and observed state to a plan (pure).
 //! - [`rollout`]: per-app scaling, rolling updates and splits (pure).
 //! - [`routes`]: the route table gateways follow (pure).
@@ -34,6 +35,7 @@ pub mod leader;
 pub mod metrics;
 pub mod page;
 pub mod placement;
+pub mod rebalance;
 pub mod reconcile;
 pub mod replica;
 pub mod rollout;

@@ -4,6 +4,7 @@
 //! an empty plan.
 
 use crate::placement::{self, Capacity, Need, NodeView};
+use crate::rebalance::{self, Step};
 use crate::rollout::{self, Shape};
 use shoal_api::objects::{AppKey, Instance, Phase};
 use std::borrow::Cow;
@@ -28,6 +29,11 @@ pub struct DesiredApp {
     pub other_needs: BTreeMap<u64, (Capacity, BTreeMap<String, String>)>,
     /// How long a leaving instance may take to finish its requests.
     pub drain_grace_ms: u64,
+    /// Whether replicas may be moved to restore the app's spread (not
+    /// while a rollout progresses).
+    pub rebalance: bool,
+    /// How long a new instance may take to serve.
+    pub progress_deadline_ms: u64,
 }
 
 impl DesiredApp {
@@ -51,6 +57,8 @@ impl DesiredApp {
             split: BTreeMap::new(),
             other_needs: BTreeMap::new(),
             drain_grace_ms: 30_000,
+            rebalance: true,
+            progress_deadline_ms: 60_000,
         }
     }
 
@@ -88,13 +96,15 @@ pub struct Clock {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// A new instance, placed on `node` or (if `None`) left pending for
-    /// `reason`.
+    /// `reason`; with `replaces`, the surge of a move (see
+    /// [`crate::rebalance`]).
     Create {
         id: String,
         app: AppKey,
         revision: u64,
         node: Option<String>,
         reason: Option<String>,
+        replaces: Option<String>,
     },
     /// A pending instance now fits on `node`.
     Place { id: String, node: String },
@@ -105,6 +115,9 @@ pub enum Action {
     Drain { id: String, why: DeleteReason },
     /// Remove an instance (its node stops it).
     Delete { id: String, why: DeleteReason },
+    /// A step of a move that restores an app's spread; the actions beside
+    /// it carry it out, this one says so.
+    Rebalance(Step),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +133,12 @@ pub enum DeleteReason {
     NodeDrained,
     /// Its node was deleted (`shoal delete node`).
     NodeDeleted,
+    /// It moved to another node to restore its app's spread: a new
+    /// instance serves there.
+    Rebalanced,
+    /// Started to take another's place on another node, it did not serve
+    /// in time.
+    RebalanceAbandoned,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -162,6 +181,8 @@ pub fn reconcile<I: std::borrow::Borrow<Instance>>(
     // change nothing, and at 10^5 instances copying every node's per-app
     // counts would be most of their cost.
     let mut nodes: Vec<Cow<'_, NodeView>> = sorted_nodes.into_iter().map(Cow::Borrowed).collect();
+    // Nodes a move may take replicas to or from.
+    let eligible = nodes.iter().filter(|n| n.ready && !n.draining).count();
     let mut plan = Plan {
         actions: Vec::new(),
         next_seq: seq,
@@ -202,6 +223,10 @@ pub fn reconcile<I: std::borrow::Borrow<Instance>>(
     // draining go first: their capacity is free again for the placements
     // below.
     let mut live: Vec<Vec<&Instance>> = vec![Vec::new(); apps.len()];
+    // Apps with an instance still leaving: no move starts until it is gone.
+    let mut leaving = vec![false; apps.len()];
+    // Moves in progress: surges whose replaced instance still exists.
+    let mut moves = 0;
     // Ids start with the app's name, so sorted instances come in runs of
     // one app: remembering the last lookup saves hashing most keys.
     let mut last: Option<(&AppKey, usize)> = None;
@@ -224,6 +249,8 @@ pub fn reconcile<I: std::borrow::Borrow<Instance>>(
                     id: inst.id.clone(),
                     why: DeleteReason::Drained,
                 });
+            } else if let Some(g) = group {
+                leaving[g] = true;
             }
             continue;
         }
@@ -234,6 +261,13 @@ pub fn reconcile<I: std::borrow::Borrow<Instance>>(
                 why: DeleteReason::NodeLost,
             });
             continue;
+        }
+        if let Some(replaced) = &inst.replaces
+            && sorted
+                .binary_search_by(|i| i.id.as_str().cmp(replaced))
+                .is_ok()
+        {
+            moves += 1;
         }
         match group {
             Some(g) => live[g].push(inst),
@@ -252,17 +286,57 @@ pub fn reconcile<I: std::borrow::Borrow<Instance>>(
     }
 
     for (g, app) in apps.iter().enumerate() {
-        let (evicted, mine): (Vec<&Instance>, Vec<&Instance>) = std::mem::take(&mut live[g])
-            .into_iter()
-            .partition(|i| on_draining_node(&nodes, i));
         // Instances on a draining node count as gone already, so the plan
         // below places their replacements elsewhere.
+        let (evicted, mut mine): (Vec<&Instance>, Vec<&Instance>) = std::mem::take(&mut live[g])
+            .into_iter()
+            .partition(|i| on_draining_node(&nodes, i));
+        // The surge of a move in progress is planned apart: the app is
+        // planned without it, so scaling does not take it away.
+        let mut surge = None;
+        let mut gave_up = false;
+        if let Some((s, x)) = rebalance::surge_of(app, &mine) {
+            let replaced = mine[x];
+            let s = mine.remove(s);
+            if rebalance::overdue(app, s, clock.now_ms) {
+                gave_up = true;
+                release(&mut nodes, s);
+                plan.actions.push(Action::Rebalance(Step::GaveUp {
+                    app: app.key.clone(),
+                    id: replaced.id.clone(),
+                    by: s.id.clone(),
+                    to: s.node.clone().unwrap_or_default(),
+                    after_ms: clock.now_ms.saturating_sub(s.created_at_ms),
+                }));
+                plan.actions.push(Action::Delete {
+                    id: s.id.clone(),
+                    why: DeleteReason::RebalanceAbandoned,
+                });
+            } else {
+                surge = Some((s, replaced));
+            }
+        }
         let decided = rollout::plan_app(&app.shape(), &mine);
         if decided.create.is_empty()
             && decided.remove.is_empty()
             && evicted.is_empty()
             && mine.iter().all(|i| i.node.is_some())
         {
+            // Nothing else to do for the app: the moment to go on with a
+            // move, or to start one.
+            match surge {
+                Some((s, replaced)) if rebalance::done(app, s, replaced, &mine) => {
+                    finish_move(s, replaced, &mut nodes, &release, &mut plan);
+                }
+                Some(_) => {}
+                None if !gave_up && !leaving[g] && moves < rebalance::MOVES_AT_ONCE => {
+                    if let Some(m) = rebalance::choose(app, &mine, &nodes, &node_index, eligible) {
+                        moves += 1;
+                        start_move(app, m, &mut nodes, &mut plan);
+                    }
+                }
+                None => {}
+            }
             continue;
         }
         let mut removed: HashMap<&str, DeleteReason> = HashMap::new();
@@ -347,11 +421,65 @@ pub fn reconcile<I: std::borrow::Borrow<Instance>>(
                     revision: rev,
                     node,
                     reason,
+                    replaces: None,
                 });
             }
         }
     }
     plan
+}
+
+/// Starts a move: the surge on the emptier node, said in an event.
+fn start_move(
+    app: &DesiredApp,
+    m: rebalance::Move<'_>,
+    nodes: &mut [Cow<'_, NodeView>],
+    plan: &mut Plan,
+) {
+    let id = format!("{}-{}", app.key.name, plan.next_seq);
+    plan.next_seq += 1;
+    nodes[m.to].to_mut().add(&app.key.to_string(), app.need);
+    let (from, to) = (nodes[m.from].name.clone(), nodes[m.to].name.clone());
+    plan.actions.push(Action::Rebalance(Step::Start {
+        app: app.key.clone(),
+        id: m.moving.id.clone(),
+        by: id.clone(),
+        from,
+        to: to.clone(),
+    }));
+    plan.actions.push(Action::Create {
+        id,
+        app: app.key.clone(),
+        revision: app.revision,
+        node: Some(to),
+        reason: None,
+        replaces: Some(m.moving.id.clone()),
+    });
+}
+
+/// Ends a move whose surge serves: the replaced instance leaves, draining
+/// if it serves (as in a rollout), at once if not.
+fn finish_move(
+    surge: &Instance,
+    replaced: &Instance,
+    nodes: &mut Vec<Cow<'_, NodeView>>,
+    release: &dyn Fn(&mut Vec<Cow<'_, NodeView>>, &Instance),
+    plan: &mut Plan,
+) {
+    plan.actions.push(Action::Rebalance(Step::Done {
+        app: replaced.app.clone(),
+        id: replaced.id.clone(),
+        by: surge.id.clone(),
+        from: replaced.node.clone().unwrap_or_default(),
+        to: surge.node.clone().unwrap_or_default(),
+    }));
+    let (id, why) = (replaced.id.clone(), DeleteReason::Rebalanced);
+    if rollout::serving(replaced) {
+        plan.actions.push(Action::Drain { id, why });
+    } else {
+        release(nodes, replaced);
+        plan.actions.push(Action::Delete { id, why });
+    }
 }
 
 /// Takes an app's instances off draining nodes as a rolling update would:
@@ -421,20 +549,23 @@ pub fn apply(plan: &Plan, instances: &mut Vec<Instance>, now_ms: u64) {
                 revision,
                 node,
                 reason,
+                replaces,
             } => {
                 if at.contains_key(id) {
                     continue;
                 }
                 at.insert(id.clone(), instances.len());
                 deleted.push(false);
-                instances.push(Instance::new(
+                let mut inst = Instance::new(
                     id.clone(),
                     app.clone(),
                     *revision,
                     node.clone(),
                     reason.clone(),
                     now_ms,
-                ));
+                );
+                inst.replaces = replaces.clone();
+                instances.push(inst);
             }
             Action::Place { id, node } => {
                 if let Some(&n) = at.get(id) {
@@ -461,6 +592,7 @@ pub fn apply(plan: &Plan, instances: &mut Vec<Instance>, now_ms: u64) {
                     deleted[n] = true;
                 }
             }
+            Action::Rebalance(_) => {}
         }
     }
     let mut deleted = deleted.into_iter();
@@ -730,6 +862,7 @@ mod tests {
                     Action::Place { .. } => "place",
                     Action::StillPending { .. } => "pending",
                     Action::Drain { .. } => "drain",
+                    Action::Rebalance(_) => "rebalance",
                 })
                 .collect();
             assert_eq!(kinds, expect, "{name}");
@@ -768,6 +901,57 @@ mod tests {
         assert!(inst.iter().all(|i| i.node.as_deref() != Some("n2")));
         assert_eq!(inst.len(), 3);
         assert_converged(&[app("w", 3, 1)], &mut inst, &nodes, p2.next_seq);
+    }
+
+    /// A node lost and back: its replicas ran elsewhere meanwhile, and
+    /// they come back one move at a time, each surge serving before the
+    /// instance it replaces leaves, until the spread is even again.
+    #[test]
+    fn replicas_return_to_a_node_that_came_back_one_at_a_time() {
+        let mut nodes = vec![node("n1", true), node("n2", true), node("n3", true)];
+        let web = [app("w", 6, 1)];
+        let mut inst = Vec::new();
+        let mut seq = run(&web, &mut inst, &nodes, 0).next_seq;
+        serve_all(&mut inst);
+        nodes[2].ready = false;
+        nodes[2].lost = true;
+        seq = run(&web, &mut inst, &nodes, seq).next_seq;
+        serve_all(&mut inst);
+        let on = |inst: &[Instance], n: &str| {
+            inst.iter()
+                .filter(|i| i.node.as_deref() == Some(n) && i.phase != Phase::Terminating)
+                .count()
+        };
+        assert_eq!((on(&inst, "n1"), on(&inst, "n2")), (3, 3));
+        nodes[2] = node("n3", true);
+        let mut moves = 0;
+        for round in 0..30 {
+            let p = run(&web, &mut inst, &nodes, seq);
+            seq = p.next_seq;
+            moves += p
+                .actions
+                .iter()
+                .filter(|a| matches!(a, Action::Rebalance(Step::Start { .. })))
+                .count();
+            let live = inst
+                .iter()
+                .filter(|i| i.phase != Phase::Terminating)
+                .count();
+            assert!(live <= 7, "round {round}: {live} live instances");
+            let serving = inst.iter().filter(|i| rollout::serving(i)).count();
+            assert!(serving >= 6, "round {round}: {serving} serving");
+            if p.actions.is_empty() {
+                break;
+            }
+            serve_all(&mut inst);
+        }
+        assert_eq!(moves, 2);
+        assert_eq!(
+            (on(&inst, "n1"), on(&inst, "n2"), on(&inst, "n3")),
+            (2, 2, 2),
+            "{inst:?}"
+        );
+        assert_eq!(inst.len(), 6);
     }
 
     #[test]

@@ -238,6 +238,7 @@ mod tests {
             created_at_ms: 0,
             terminating_since_ms: None,
             in_flight: 0,
+            replaces: None,
         }
     }
 

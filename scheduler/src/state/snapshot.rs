@@ -234,6 +234,9 @@ impl Snapshot {
             d.max_surge = 1;
         }
         d.drain_grace_ms = r.drain_grace.get().as_millis() as u64;
+        d.progress_deadline_ms = r.progress_deadline.get().as_millis() as u64;
+        // Replicas move to restore spread only while no rollout moves them.
+        d.rebalance = !matches!(a.rollout, RolloutState::Progressing { .. });
         for (rev, percent) in crate::rollout::split_of(a) {
             let Some(rt) = self.template(&a.key, rev) else {
                 continue;

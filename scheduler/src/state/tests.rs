@@ -361,11 +361,13 @@ async fn a_drained_node_ends_empty_without_the_app_losing_a_serving_replica() {
     )
     .await;
     serve_for(&cp, Duration::from_millis(500), &["a"]).await;
-    register(&cp, "b").await;
     assert_eq!(
         placed(&cp),
         vec![("a".into(), Phase::Running), ("a".into(), Phase::Running)]
     );
+    // Registering b would start moving a replica there to restore spread;
+    // the drain takes over at once.
+    register(&cp, "b").await;
 
     let status = cp.drain("a".into(), None).await.unwrap();
     assert!(status.draining && status.cordoned, "{status:?}");
@@ -516,4 +518,64 @@ async fn a_node_running_its_assignment_gets_a_brief_answer() {
         assert!(!full.unchanged);
         assert_eq!(full.instances.len(), 1);
     }
+}
+
+/// A node lost and registered again gets its replicas back through the
+/// state task: one move at a time, surge first, never fewer than the
+/// replica count serving, with the events that say so.
+#[tokio::test(start_paused = true)]
+async fn a_node_that_comes_back_gets_its_replicas_back_one_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(dir.path());
+    for n in ["a", "b", "c"] {
+        register(&cp, n).await;
+    }
+    apply(
+        &cp,
+        serde_json::json!({"name": "web", "module": "web.wasm", "replicas": 3}),
+        b"\0asm\x01\0\0\0",
+    )
+    .await;
+    serve_for(&cp, Duration::from_millis(500), &["a", "b", "c"]).await;
+    // c falls silent past its lease: its replica runs on a or b.
+    serve_for(&cp, Duration::from_secs(3), &["a", "b"]).await;
+    let on = |cp: &ControlPlane, node: &str| {
+        cp.snapshot()
+            .instances
+            .values()
+            .filter(|i| i.node.as_deref() == Some(node) && i.phase != Phase::Terminating)
+            .count()
+    };
+    assert_eq!(on(&cp, "c"), 0, "{:?}", placed(&cp));
+    assert_eq!(on(&cp, "a") + on(&cp, "b"), 3, "{:?}", placed(&cp));
+
+    register(&cp, "c").await;
+    let mut step = 0;
+    while on(&cp, "c") != 1 || cp.snapshot().instances.len() != 3 {
+        step += 1;
+        assert!(step < 40, "not spread again: {:?}", placed(&cp));
+        serve_for(&cp, Duration::from_millis(250), &["a", "b", "c"]).await;
+        let snap = cp.snapshot();
+        let serving = snap
+            .instances
+            .values()
+            .filter(|i| crate::rollout::serving(i))
+            .count();
+        let live = snap
+            .instances
+            .values()
+            .filter(|i| i.phase != Phase::Terminating)
+            .count();
+        assert!(serving >= 3, "{serving} serving: {:?}", placed(&cp));
+        assert!(live <= 4, "{live} live: {:?}", placed(&cp));
+    }
+    assert_eq!((on(&cp, "a"), on(&cp, "b")), (1, 1), "{:?}", placed(&cp));
+    let reasons: Vec<String> = cp
+        .snapshot()
+        .events
+        .iter()
+        .filter(|e| e.reason.starts_with("Rebalanc"))
+        .map(|e| e.reason.clone())
+        .collect();
+    assert_eq!(reasons, ["Rebalancing", "Rebalanced"]);
 }

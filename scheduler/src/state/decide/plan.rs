@@ -85,6 +85,8 @@ pub fn changes(snap: &Snapshot, plan: reconcile::Plan, now_ms: u64) -> Vec<Chang
             | Action::StillPending { id, .. }
             | Action::Drain { id, .. }
             | Action::Delete { id, .. } => id.clone(),
+            // Says what the actions beside it do; no instance of its own.
+            Action::Rebalance(_) => String::new(),
         };
         let current = match touched.get(&id) {
             Some(i) => i.clone(),
@@ -97,11 +99,12 @@ pub fn changes(snap: &Snapshot, plan: reconcile::Plan, now_ms: u64) -> Vec<Chang
                 revision,
                 node,
                 reason,
+                replaces,
             } => {
                 if current.is_some() {
                     continue;
                 }
-                let inst = Instance::new(
+                let mut inst = Instance::new(
                     id.clone(),
                     app.clone(),
                     revision,
@@ -109,6 +112,7 @@ pub fn changes(snap: &Snapshot, plan: reconcile::Plan, now_ms: u64) -> Vec<Chang
                     reason.clone(),
                     now_ms,
                 );
+                inst.replaces = replaces;
                 match node {
                     Some(n) => {
                         changes.push(event(Event::Scheduled {
@@ -169,6 +173,7 @@ pub fn changes(snap: &Snapshot, plan: reconcile::Plan, now_ms: u64) -> Vec<Chang
                 changes.push(Change::PutInstance(inst));
                 changes.extend(node.map(Change::Bump));
             }
+            Action::Rebalance(step) => changes.push(event(Event::from(step))),
             Action::Delete { id, why } => {
                 let Some(inst) = current else { continue };
                 changes.push(event(Event::Stopping {

@@ -57,13 +57,19 @@ fn lines(changes: &[Change]) -> Vec<String> {
             }
             Change::DeleteNode(n) => format!("delete node {n}"),
             Change::Heard(n) => format!("heard {}", n.name),
-            Change::PutInstance(i) => format!(
-                "instance {} {:?} on {} ready {}",
-                i.id,
-                i.phase,
-                i.node.as_deref().unwrap_or("-"),
-                i.ready
-            ),
+            Change::PutInstance(i) => {
+                let mut line = format!(
+                    "instance {} {:?} on {} ready {}",
+                    i.id,
+                    i.phase,
+                    i.node.as_deref().unwrap_or("-"),
+                    i.ready
+                );
+                if let Some(r) = &i.replaces {
+                    line.push_str(&format!(" replaces {r}"));
+                }
+                line
+            }
             Change::Observed(i) => format!("observed {} in flight {}", i.id, i.in_flight),
             Change::DeleteInstance(id) => format!("delete instance {id}"),
             Change::Bump(n) => format!("bump {n}"),
@@ -921,6 +927,7 @@ fn plan_changes_table() {
                 revision: 1,
                 node: Some("n1".into()),
                 reason: None,
+                replaces: None,
             }],
             vec![
                 "Scheduled: web-9 (revision 1) placed on n1",
@@ -937,6 +944,7 @@ fn plan_changes_table() {
                 revision: 1,
                 node: None,
                 reason: Some("no node has 1 GiB".into()),
+                replaces: None,
             }],
             vec![
                 "FailedScheduling: web-9 is pending: no node has 1 GiB",
@@ -952,6 +960,7 @@ fn plan_changes_table() {
                 revision: 1,
                 node: Some("n1".into()),
                 reason: None,
+                replaces: None,
             }],
             vec!["next seq 10"],
         ),
@@ -1739,4 +1748,309 @@ fn a_namespace_cannot_take_or_nest_in_another_namespaces_routes() {
     // Within one namespace, apps may still nest (the longest prefix wins).
     let inner = serde_json::json!({"name": "inner", "module": "i.wasm", "routes": [{"path": "/web/inner"}]});
     assert_eq!(apply_outcome(&snap, inner, "iii"), Ok("Created".into()));
+}
+
+/// `web` (2 replicas, its rollout complete) with both replicas serving on
+/// n1, and n2 ready and empty: as after n2 was lost and came back.
+fn piled() -> Snapshot {
+    let mut snap = world();
+    snap.apps.retain(|k, _| k.name == "web");
+    if let Some(a) = snap.apps.get_mut(&key("web")) {
+        a.rollout = RolloutState::Complete { at_ms: T0 };
+        a.stable_revision = 1;
+    }
+    snap.nodes.insert("n2".into(), node("n2", NodeState::Ready));
+    for id in ["web-0", "web-1"] {
+        let i = instance(id, "web", 1, "n1", Phase::Running, true);
+        snap.instances.insert(i.id.clone(), i);
+    }
+    snap
+}
+
+/// When a move starts, and when it does not.
+#[test]
+fn rebalance_start_table() {
+    let surge = vec![
+        "Rebalancing: moving replica web-1 from n1 to n2 to restore spread: web-2 starts on n2, then web-1 leaves",
+        "Scheduled: web-2 (revision 1) placed on n2",
+        "bump n2",
+        "instance web-2 Scheduled on n2 ready false replaces web-1",
+        "next seq 3",
+    ];
+    let cases: Vec<(&str, fn(&mut Snapshot), Vec<&str>)> = vec![
+        (
+            "piled after a node came back: one surge",
+            |_| {},
+            surge.clone(),
+        ),
+        (
+            "one replica per node: nothing to do",
+            |s| {
+                if let Some(i) = s.instances.get_mut("web-1") {
+                    i.node = Some("n2".into());
+                }
+            },
+            vec![],
+        ),
+        (
+            "off by one (2 and 1): nothing to do",
+            |s| {
+                if let Some(a) = s.apps.get_mut(&key("web")) {
+                    a.replicas = 3;
+                }
+                let i = instance("web-2", "web", 1, "n2", Phase::Running, true);
+                s.instances.insert(i.id.clone(), i);
+            },
+            vec![],
+        ),
+        (
+            "a rollout progresses: no move",
+            |s| {
+                if let Some(a) = s.apps.get_mut(&key("web")) {
+                    a.rollout = RolloutState::Progressing { since_ms: T0 };
+                }
+            },
+            vec![],
+        ),
+        (
+            "a replica is not ready: no move",
+            |s| {
+                if let Some(i) = s.instances.get_mut("web-0") {
+                    i.phase = Phase::Starting;
+                    i.ready = false;
+                }
+            },
+            vec![],
+        ),
+        (
+            "a replica is still leaving: no move",
+            |s| {
+                let mut i = instance("web-7", "web", 1, "n1", Phase::Terminating, false);
+                i.terminating_since_ms = Some(T0);
+                s.instances.insert(i.id.clone(), i);
+            },
+            vec![],
+        ),
+        (
+            "the emptier node is cordoned: no move",
+            |s| {
+                if let Some(n) = s.nodes.get_mut("n2") {
+                    n.cordoned = true;
+                }
+            },
+            vec![],
+        ),
+        (
+            "the emptier node is not ready: no move",
+            |s| {
+                if let Some(n) = s.nodes.get_mut("n2") {
+                    n.state = NodeState::Unreachable;
+                }
+            },
+            vec![],
+        ),
+        (
+            "the emptier node has no free slot: no move",
+            |s| {
+                if let Some(n) = s.nodes.get_mut("n2") {
+                    n.capacity.instances = 0;
+                }
+            },
+            vec![],
+        ),
+        (
+            "the emptier node has too little memory: no move",
+            |s| {
+                if let Some(n) = s.nodes.get_mut("n2") {
+                    n.capacity.memory = 1 << 20;
+                }
+            },
+            vec![],
+        ),
+        (
+            "the fuller node is cordoned: what runs there stays",
+            |s| {
+                if let Some(n) = s.nodes.get_mut("n1") {
+                    n.cordoned = true;
+                }
+            },
+            vec![],
+        ),
+        (
+            "under a traffic split: no move",
+            |s| {
+                if let Some(a) = s.apps.get_mut(&key("web")) {
+                    a.settings.traffic = vec![TrafficTarget {
+                        revision: Some(1),
+                        latest: false,
+                        percent: 100,
+                    }];
+                }
+            },
+            vec![],
+        ),
+        (
+            "a third node, empty too: still one move at a time",
+            |s| {
+                s.nodes.insert("n3".into(), node("n3", NodeState::Ready));
+            },
+            surge,
+        ),
+    ];
+    for (name, setup, want) in cases {
+        let mut snap = piled();
+        setup(&mut snap);
+        assert_eq!(plan_at(&mut snap, 2, 0), want, "{name}");
+    }
+}
+
+/// A move from start to end: the surge serves first, then the replaced
+/// instance drains and stops; the spread is then one per node and nothing
+/// more moves. Never fewer than 2 replicas serve.
+#[test]
+fn a_move_surges_first_and_drains_after() {
+    let mut snap = piled();
+    let serving = |s: &Snapshot| {
+        s.instances
+            .values()
+            .filter(|i| crate::rollout::serving(i))
+            .count()
+    };
+    assert_eq!(plan_at(&mut snap, 2, 0).len(), 5);
+    // Starting: the app is planned without it, so nothing goes.
+    assert_eq!(plan_at(&mut snap, 3, 100), Vec::<String>::new());
+    if let Some(i) = snap.instances.get_mut("web-2") {
+        i.phase = Phase::Starting;
+    }
+    assert_eq!(plan_at(&mut snap, 3, 200), Vec::<String>::new());
+    assert_eq!(serving(&snap), 2);
+    serve(&mut snap, "web-2");
+    assert_eq!(
+        plan_at(&mut snap, 3, 300),
+        [
+            "Rebalanced: moved replica web-1 from n1 to n2: web-2 serves there, web-1 leaves",
+            "Draining: web-1 left the route table (moved to another node to restore the spread); finishing its requests",
+            "instance web-1 Terminating on n1 ready false",
+            "bump n1",
+            "next seq 3",
+        ]
+    );
+    assert_eq!(serving(&snap), 2);
+    // Within the drain delay it stays; after it, idle, it stops.
+    assert_eq!(plan_at(&mut snap, 3, 800), Vec::<String>::new());
+    assert_eq!(
+        plan_at(&mut snap, 3, 1300),
+        [
+            "Killing: stopping web-1: drained",
+            "delete instance web-1",
+            "bump n1",
+            "next seq 3",
+        ]
+    );
+    let mut on: Vec<(&str, &str)> = snap
+        .instances
+        .values()
+        .map(|i| (i.id.as_str(), i.node.as_deref().unwrap_or("-")))
+        .collect();
+    on.sort();
+    assert_eq!(on, [("web-0", "n1"), ("web-2", "n2")]);
+    assert_eq!(plan_at(&mut snap, 3, 5000), Vec::<String>::new());
+}
+
+/// A surge that does not serve within the progress deadline (1m) goes
+/// again, and the replaced instance stays; a surge whose replaced instance
+/// went some other way is an instance like any other.
+#[test]
+fn a_surge_that_never_serves_is_given_up() {
+    let mut snap = piled();
+    plan_at(&mut snap, 2, 0);
+    if let Some(i) = snap.instances.get_mut("web-2") {
+        i.phase = Phase::CrashLoopBackOff;
+    }
+    assert_eq!(plan_at(&mut snap, 3, 59_999), Vec::<String>::new());
+    assert_eq!(
+        plan_at(&mut snap, 3, 60_000),
+        [
+            "RebalanceFailed: web-2 did not get ready on n2 within 1m: it stops and web-1 stays; the move is tried again",
+            "Killing: stopping web-2: it did not get ready in time",
+            "delete instance web-2",
+            "bump n2",
+            "next seq 3",
+        ]
+    );
+    let mut ids: Vec<&String> = snap.instances.keys().collect();
+    ids.sort();
+    assert_eq!(ids, ["web-0", "web-1"]);
+
+    // The replaced instance is gone (its node lost it, say): the surge
+    // is simply one of the app's replicas.
+    let mut snap = piled();
+    plan_at(&mut snap, 2, 0);
+    snap.instances.remove("web-1");
+    assert_eq!(plan_at(&mut snap, 3, 100), Vec::<String>::new());
+    // Scaled down during the move: scaling chooses as it always does.
+    let mut snap = piled();
+    plan_at(&mut snap, 2, 0);
+    if let Some(a) = snap.apps.get_mut(&key("web")) {
+        a.replicas = 1;
+    }
+    let got = plan_at(&mut snap, 3, 100);
+    assert_eq!(
+        got.iter().filter(|l| l.starts_with("Killing")).count()
+            + got.iter().filter(|l| l.starts_with("Draining")).count(),
+        1,
+        "{got:?}"
+    );
+}
+
+/// At most `MOVES_AT_ONCE` moves run across the cluster; the next app
+/// waits until one is over.
+#[test]
+fn moves_across_the_cluster_are_bounded() {
+    let mut snap = piled();
+    snap.instances.clear();
+    snap.apps.clear();
+    let apps = ["a", "b", "c"];
+    for name in apps {
+        apply_one(
+            &mut snap,
+            serde_json::json!({"name": name, "module": "m.wasm", "replicas": 2}),
+            "mmm",
+            T0,
+        );
+        if let Some(a) = snap.apps.get_mut(&key(name)) {
+            a.rollout = RolloutState::Complete { at_ms: T0 };
+            a.stable_revision = 1;
+        }
+        for n in 0..2 {
+            let id = format!("{name}-{n}");
+            let i = instance(&id, name, 1, "n1", Phase::Running, true);
+            snap.instances.insert(i.id.clone(), i);
+        }
+    }
+    let starts = |lines: &[String]| {
+        lines
+            .iter()
+            .filter(|l| l.starts_with("Rebalancing"))
+            .count()
+    };
+    let first = plan_at(&mut snap, 10, 0);
+    assert_eq!(starts(&first), crate::rebalance::MOVES_AT_ONCE, "{first:?}");
+    assert_eq!(starts(&plan_at(&mut snap, 12, 100)), 0);
+    // One move ends (its surge serves, the replaced instance drains and
+    // stops): the third app's starts.
+    serve(&mut snap, "a-10");
+    plan_at(&mut snap, 12, 200);
+    assert_eq!(starts(&plan_at(&mut snap, 12, 300)), 0, "still draining");
+    let gone = plan_at(&mut snap, 12, 1500);
+    assert!(
+        gone.contains(&"delete instance a-1".to_string()),
+        "{gone:?}"
+    );
+    let last = plan_at(&mut snap, 12, 1600);
+    assert!(
+        last.iter()
+            .any(|l| l.starts_with("Rebalancing: moving replica c-1")),
+        "{last:?}"
+    );
 }
