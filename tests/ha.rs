@@ -90,7 +90,7 @@ impl Ha {
             "--store",
             &store,
             "--leader-lease",
-            "2s",
+            "3s",
         ];
         let p = Proc::spawn(&args, &[]);
         let url = p.url_after("Control plane listening on");
@@ -146,13 +146,19 @@ impl Ha {
         })
     }
 
-    fn add_node(&mut self, i: usize, via: usize) {
+    /// Every replica's URL, for a process that moves between them.
+    fn all_urls(&self) -> String {
+        self.urls.join(",")
+    }
+
+    /// Starts node `i` joining through `join` (one URL, or a list).
+    fn add_node(&mut self, i: usize, join: &str) {
         let name = format!("node-{}", i + 1);
         let cache = self.dir.path().join("cache").display().to_string();
         let args = [
             "node",
             "--join",
-            &self.urls[via],
+            join,
             "--name",
             &name,
             "--listen",
@@ -270,10 +276,13 @@ impl Drop for Ha {
 fn the_leader_killed_another_leads_and_no_acknowledged_write_is_lost() {
     let mut ha = Ha::start(3, 3);
     assert_eq!(ha.leader(), Some(0));
-    // Nodes and the CLI reach followers: their requests pass to the leader.
-    ha.add_node(0, 1);
-    ha.add_node(1, 2);
-    let m = ha.manifest(2);
+    // Nodes know every replica; the CLI reaches followers, which pass
+    // requests to the leader.
+    for i in 0..3 {
+        let all = ha.all_urls();
+        ha.add_node(i, &all);
+    }
+    let m = ha.manifest(3);
     let out = ha.cli(
         2,
         &[
@@ -286,48 +295,62 @@ fn the_leader_killed_another_leads_and_no_acknowledged_write_is_lost() {
         ],
     );
     assert!(out.success, "apply through a follower: {}", out.stderr);
-    let before = ha.wait_running(1, 2);
+    ha.wait_running(1, 3);
 
-    // An acknowledged write, then the leader dies at once.
-    let out = ha.cli(1, &["scale", "app", "web", "--replicas", "3"]);
+    // An acknowledged write, then the leader dies at once, and a node
+    // with it.
+    let out = ha.cli(1, &["scale", "app", "web", "--replicas", "4"]);
     assert!(out.success, "scale: {}", out.stderr);
+    let kept: BTreeSet<String> = ha
+        .instances(1)
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.1 != "node-3")
+        .map(|i| i.0)
+        .collect();
     let old = ha.leader_url().unwrap();
     let killed = Instant::now();
     ha.replicas[0].kill9();
+    ha.nodes[2].kill9();
 
     let new = wait_until(T, "another replica to lead", || {
         ha.leader_url().filter(|u| *u != old)
     });
     eprintln!("a new leader ({new}) {:?} after the kill", killed.elapsed());
     assert!(ha.urls[1..].contains(&new));
-    // The write survived; the new leader runs it out; the instances that
-    // ran before were not started again (same ids, no duplicates).
+    // The write survived; the new leader runs it out, moves what the lost
+    // node ran, and did not start again what the others run.
     assert_eq!(
         wait_until(T, "the app through a survivor", || ha.replicas_of_web(1)),
-        3
+        4
     );
-    let after = ha.wait_running(2, 3);
+    let after = wait_until(T, "4 instances off the lost node", || {
+        let insts = ha.instances(2)?;
+        (insts.len() == 4 && insts.iter().all(|i| i.2 && i.1 != "node-3"))
+            .then(|| insts.into_iter().map(|i| i.0).collect::<BTreeSet<_>>())
+    });
     assert!(
-        before.is_subset(&after),
-        "instances were replaced: {before:?} -> {after:?}"
+        kept.is_subset(&after),
+        "instances were replaced: {kept:?} -> {after:?}"
     );
 
     // One etcd member of three lost: nothing stops.
     ha.etcd.member(2).kill();
-    let out = ha.cli_until_led(2, &["scale", "app", "web", "--replicas", "4"]);
+    let out = ha.cli_until_led(2, &["scale", "app", "web", "--replicas", "5"]);
     assert!(
         out.success,
         "scale with an etcd member down: {}",
         out.stderr
     );
-    let four = ha.wait_running(1, 4);
-    assert!(after.is_subset(&four));
+    let five = ha.wait_running(1, 5);
+    assert!(after.is_subset(&five));
 }
 
 #[test]
 fn a_paused_leader_writes_nothing_after_it_wakes() {
     let mut ha = Ha::start(1, 2);
-    ha.add_node(0, 1);
+    let follower = ha.urls[1].clone();
+    ha.add_node(0, &follower);
     let m = ha.manifest(1);
     let out = ha.cli(
         1,
@@ -411,7 +434,8 @@ fn a_paused_leader_writes_nothing_after_it_wakes() {
 #[test]
 fn without_quorum_writes_are_refused_and_the_data_plane_keeps_serving() {
     let mut ha = Ha::start(3, 2);
-    ha.add_node(0, 0);
+    let all = ha.all_urls();
+    ha.add_node(0, &all);
     let m = ha.manifest(1);
     let out = ha.cli(
         0,

@@ -33,6 +33,9 @@ const FOLLOWER_POLL: Duration = Duration::from_millis(200);
 /// How long to wait before campaigning again after etcd failed.
 const RETRY: Duration = Duration::from_millis(500);
 
+/// How soon a leader tries again to renew its lease after a failure.
+const RENEW_RETRY: Duration = Duration::from_millis(100);
+
 /// A leader steps down this long before its lease would run out, if it
 /// could not renew it: by then another replica may lead.
 const MARGIN: Duration = Duration::from_millis(500);
@@ -196,7 +199,7 @@ pub async fn run<F>(
             // Gone between the compare and the get: campaign again.
             continue;
         };
-        if follow(&client, &key, holder, &roles, &mut stop).await {
+        if follow(&client, &key, holder, &config.advertise, &roles, &mut stop).await {
             return;
         }
     }
@@ -230,34 +233,35 @@ async fn follow(
     client: &shoal_etcd::Client,
     key: &[u8],
     holder: shoal_etcd::KeyValue,
+    advertise: &str,
     roles: &watch::Sender<Role>,
     stop: &mut watch::Receiver<bool>,
 ) -> bool {
     let term = holder.create_revision;
     let leader = String::from_utf8_lossy(&holder.value).into_owned();
-    tracing::info!(%leader, "following the leader");
-    roles.send_replace(Role::Follower {
-        leader: leader.clone(),
-    });
+    // Our own key of a campaign whose answer was lost (or of this
+    // replica's previous run): never pass requests to ourselves; wait for
+    // it to go.
+    let role = if leader == advertise {
+        Role::Vacant { store_down: false }
+    } else {
+        tracing::info!(%leader, "following the leader");
+        Role::Follower {
+            leader: leader.clone(),
+        }
+    };
+    roles.send_replace(role);
     loop {
         if wait(stop, FOLLOWER_POLL).await {
             return true;
         }
         match client.get(key).await {
-            Ok(Some(kv)) if kv.create_revision == term => {
-                roles.send_if_modified(|r| {
-                    if matches!(r, Role::Follower { .. }) {
-                        return false;
-                    }
-                    *r = Role::Follower {
-                        leader: leader.clone(),
-                    };
-                    true
-                });
-            }
+            Ok(Some(kv)) if kv.create_revision == term => {}
             // A new term, or no leader: campaign.
             Ok(_) => return false,
-            Err(e) => store_down(roles, &e),
+            // The leader may well be fine (it steps down by itself if it
+            // loses etcd): keep passing requests to it.
+            Err(e) => tracing::debug!(error = %e, "cannot read the leader key"),
         }
     }
 }
@@ -298,11 +302,20 @@ where
     let client = etcd.client().clone();
     let ttl = deadline.saturating_duration_since(Instant::now());
     let every = (ttl / 3).max(Duration::from_millis(200));
+    let mut next = every;
     let end = loop {
         tokio::select! {
-            _ = tokio::time::sleep(every) => {
+            _ = tokio::time::sleep(next) => {
+                next = every;
                 let sent = Instant::now();
-                match client.lease_keep_alive(lease).await {
+                // No attempt may use up the lease: a member that stalls
+                // is given up on in time to ask another.
+                let renewed = tokio::time::timeout(every, client.lease_keep_alive(lease))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(EtcdError::Unavailable("the renewal timed out".into()))
+                    });
+                match renewed {
                     Ok(left) if left > 0 => {
                         deadline = sent + Duration::from_secs(left.unsigned_abs());
                         held.set(deadline);
@@ -311,7 +324,12 @@ where
                         tracing::warn!(term, "the leader's lease expired; stepping down");
                         break TermEnd::Lost;
                     }
-                    Err(e) => tracing::warn!(term, error = %e, "cannot renew the leader's lease"),
+                    Err(e) => {
+                        // etcd electing its own leader, or a member lost:
+                        // try again soon, while the lease still holds.
+                        tracing::warn!(term, error = %e, "cannot renew the leader's lease; trying again");
+                        next = RENEW_RETRY;
+                    }
                 }
                 if Instant::now() + MARGIN >= deadline {
                     tracing::warn!(term, "could not renew the leader's lease in time; stepping down");

@@ -35,6 +35,9 @@ const OPS_PER_TXN: usize = 100;
 /// Bytes of values per transaction: well under etcd's 1.5 MiB requests.
 const BYTES_PER_TXN: usize = 1 << 20;
 
+/// How many more times a guarded write whose fate is unknown is sent.
+const WRITE_TRIES: u32 = 2;
+
 /// A module blob's chunk.
 const BLOB_CHUNK: usize = 768 << 10;
 
@@ -351,14 +354,22 @@ impl EtcdStore {
         let (client, fence) = (self.etcd.shared.io_client.clone(), self.fence.clone());
         let all_applied = self.etcd.run(async move {
             for success in batches {
-                let resp = client
-                    .txn(Txn {
-                        compare: vec![fence_compare(&fence)],
-                        success,
-                        failure: Vec::new(),
-                    })
-                    .await
-                    .map_err(etcd_err)?;
+                let txn = Txn {
+                    compare: vec![fence_compare(&fence)],
+                    success,
+                    failure: Vec::new(),
+                };
+                // A member lost while it had the transaction leaves its
+                // fate unknown: sent again (to the next member), it does
+                // the same, since its writes are whole values and its
+                // guard is the leader key, which they do not touch.
+                let mut tries = 0;
+                let resp = loop {
+                    match client.txn(txn.clone()).await {
+                        Err(EtcdError::Unavailable(_)) if tries < WRITE_TRIES => tries += 1,
+                        r => break r.map_err(etcd_err)?,
+                    }
+                };
                 if !resp.succeeded {
                     return Ok(false);
                 }
