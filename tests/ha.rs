@@ -78,13 +78,25 @@ impl Ha {
     }
 
     fn spawn_replica(&mut self, i: usize) {
+        self.spawn_replica_at(i, "127.0.0.1:0");
+    }
+
+    /// Kills replica `i` with SIGKILL and starts it again on the same
+    /// address and data dir.
+    fn restart_replica(&mut self, i: usize) {
+        self.replicas[i].kill9();
+        let listen = self.urls[i].trim_start_matches("https://").to_string();
+        self.spawn_replica_at(i, &listen);
+    }
+
+    fn spawn_replica_at(&mut self, i: usize, listen: &str) {
         let data = self.dir.path().join(format!("cp{i}"));
         let store = self.store_arg();
         let data = data.display().to_string();
         let args = [
             "control-plane",
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--data-dir",
             &data,
             "--store",
@@ -200,9 +212,18 @@ impl Ha {
     }
 
     fn manifest(&self, replicas: u32) -> PathBuf {
-        let p = self.dir.path().join("web.toml");
+        self.app_manifest("web", replicas, "0")
+    }
+
+    /// A manifest of app `name` with `replicas`; a new `version` makes a
+    /// new revision.
+    fn app_manifest(&self, name: &str, replicas: u32, version: &str) -> PathBuf {
+        let p = self
+            .dir
+            .path()
+            .join(format!("{name}-{version}-{replicas}.toml"));
         let text = format!(
-            "name = \"web\"\nmodule = \"{}\"\nreplicas = {replicas}\n\n[[routes]]\npath = \"/\"\n",
+            "name = \"{name}\"\nmodule = \"{}\"\nreplicas = {replicas}\nenv = {{ VERSION = \"{version}\" }}\n\n[[routes]]\npath = \"/{name}\"\n",
             example("http-component.wasm").display()
         );
         std::fs::write(&p, text).unwrap();
@@ -336,7 +357,11 @@ fn the_leader_killed_another_leads_and_no_acknowledged_write_is_lost() {
 
     // One etcd member of three lost: nothing stops.
     ha.etcd.member(2).kill();
-    let out = ha.cli_until_led(2, &["scale", "app", "web", "--replicas", "5"]);
+    // The first writes may meet etcd electing a new leader of its own.
+    let out = wait_until(T, "a write with a member down", || {
+        let out = ha.cli_until_led(2, &["scale", "app", "web", "--replicas", "5"]);
+        (!out.stderr.contains("store_unavailable")).then_some(out)
+    });
     assert!(
         out.success,
         "scale with an etcd member down: {}",
@@ -452,7 +477,7 @@ fn without_quorum_writes_are_refused_and_the_data_plane_keeps_serving() {
     ha.wait_running(0, 1);
     let gateway = ha.start_gateway(0);
     wait_until(T, "the app through the gateway", || {
-        (support::http("GET", &format!("{gateway}/"), b"").0 == 200).then_some(())
+        (support::http("GET", &format!("{gateway}/web"), b"").0 == 200).then_some(())
     });
 
     ha.etcd.member(0).kill();
@@ -465,7 +490,284 @@ fn without_quorum_writes_are_refused_and_the_data_plane_keeps_serving() {
     assert!(!refused.contains("127.0.0.1"), "{refused}");
     // The data plane does not need the control plane.
     for _ in 0..20 {
-        let (status, body) = support::http("GET", &format!("{gateway}/"), b"");
+        let (status, body) = support::http("GET", &format!("{gateway}/web"), b"");
         assert_eq!(status, 200, "{body}");
     }
+}
+
+/// What a client asked of one app, in order, and whether it was answered
+/// success (acknowledged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Apply { replicas: u64, version: u64 },
+    Scale(u64),
+    Delete,
+}
+
+/// What an app is: gone, or (replicas, version).
+type AppState = Option<(u64, u64)>;
+
+/// The state `op` leaves `state` in, if it can succeed there (scaling or
+/// deleting an app that is gone fails).
+fn step(state: AppState, op: Op) -> Option<AppState> {
+    match op {
+        Op::Apply { replicas, version } => Some(Some((replicas, version))),
+        Op::Scale(r) => state.map(|(_, v)| Some((r, v))),
+        Op::Delete => state.map(|_| None),
+    }
+}
+
+/// The states an app may be in after `log`: an acknowledged operation
+/// surely applied; one that failed may or may not have (its answer was
+/// lost, or it was refused).
+fn acceptable(log: &[(Op, bool)]) -> Vec<AppState> {
+    let mut states: Vec<AppState> = vec![None];
+    for (op, ack) in log {
+        let applied: Vec<AppState> = states.iter().filter_map(|s| step(*s, *op)).collect();
+        if *ack {
+            states = applied;
+        } else {
+            states.extend(applied);
+        }
+        states.sort();
+        states.dedup();
+    }
+    states
+}
+
+#[test]
+fn a_history_of_concurrent_writes_survives_leaders_killed() {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let mut ha = Ha::start(3, 3);
+    for i in 0..2 {
+        let all = ha.all_urls();
+        ha.add_node(i, &all);
+    }
+    let servers = ha.all_urls();
+    let (admin, ca) = (ha.admin.clone(), ha.ca());
+    let done_ops = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Clients: three of them, three apps each, every app through apply,
+    // scale, apply of a new version, then scale or delete.
+    let plan = |j: usize| -> Vec<Op> {
+        let mut ops = vec![
+            Op::Apply {
+                replicas: 1,
+                version: 1,
+            },
+            Op::Scale(2),
+            Op::Apply {
+                replicas: 2,
+                version: 2,
+            },
+            Op::Scale(1),
+            Op::Apply {
+                replicas: 1,
+                version: 3,
+            },
+        ];
+        if j == 2 {
+            ops.push(Op::Delete);
+        }
+        ops
+    };
+    let total: usize = 3 * (0..3).map(|j| plan(j).len()).sum::<usize>();
+    let logs: Arc<Mutex<BTreeMap<String, Vec<(Op, bool)>>>> = Arc::default();
+    let mut clients = Vec::new();
+    for k in 0..3 {
+        let (servers, admin, ca) = (servers.clone(), admin.clone(), ca.clone());
+        let (logs, done_ops) = (logs.clone(), done_ops.clone());
+        let dir = ha.dir.path().to_path_buf();
+        let ops: Vec<(String, Vec<Op>)> = (0..3).map(|j| (format!("c{k}-{j}"), plan(j))).collect();
+        clients.push(std::thread::spawn(move || {
+            let longest = ops.iter().map(|(_, o)| o.len()).max().unwrap_or(0);
+            for step in 0..longest {
+                for (app, app_ops) in &ops {
+                    let Some(op) = app_ops.get(step).copied() else {
+                        continue;
+                    };
+                    let path;
+                    let args: Vec<String> = match op {
+                        Op::Apply { replicas, version } => {
+                            path = dir.join(format!("{app}-{version}-{replicas}.toml"));
+                            let text = format!(
+                                "name = \"{app}\"\nmodule = \"{}\"\nreplicas = {replicas}\nenv = {{ VERSION = \"{version}\" }}\n",
+                                example("http-component.wasm").display()
+                            );
+                            std::fs::write(&path, text).unwrap();
+                            vec!["apply".into(), "-f".into(), path.display().to_string()]
+                        }
+                        Op::Scale(r) => vec![
+                            "scale".into(),
+                            "app".into(),
+                            app.clone(),
+                            "--replicas".into(),
+                            r.to_string(),
+                        ],
+                        Op::Delete => vec!["delete".into(), "app".into(), app.clone()],
+                    };
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    // As a careful client does: again while the cluster
+                    // says it is between leaders (a failed attempt may
+                    // still have been done: the history allows for it).
+                    let deadline = Instant::now() + T;
+                    let out = loop {
+                        let out = cli_env(&servers, Some(&admin), &[("SHOAL_CA", &ca)], &args);
+                        let transient = ["no_leader", "store_unavailable", "leader_lost"]
+                            .iter()
+                            .any(|c| out.stderr.contains(c));
+                        if out.success || !transient || Instant::now() > deadline {
+                            break out;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    };
+                    logs.lock()
+                        .unwrap()
+                        .entry(app.clone())
+                        .or_default()
+                        .push((op, out.success));
+                    done_ops.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    // An observer: revisions never go backwards; an instance id never
+    // names two apps.
+    let observer = {
+        let (servers, admin, ca, stop) = (servers.clone(), admin.clone(), ca.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut revisions: BTreeMap<String, u64> = BTreeMap::new();
+            let mut owners: BTreeMap<String, String> = BTreeMap::new();
+            let mut looks = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let env = [("SHOAL_CA", ca.as_str())];
+                let apps = cli_env(
+                    &servers,
+                    Some(&admin),
+                    &env,
+                    &["get", "apps", "-A", "-o", "json"],
+                );
+                let insts = cli_env(
+                    &servers,
+                    Some(&admin),
+                    &env,
+                    &["get", "instances", "-A", "-o", "json"],
+                );
+                let (Ok(apps), Ok(insts)) = (
+                    serde_json::from_str::<serde_json::Value>(&apps.stdout),
+                    serde_json::from_str::<serde_json::Value>(&insts.stdout),
+                ) else {
+                    continue;
+                };
+                looks += 1;
+                let mut present = BTreeSet::new();
+                for a in apps.as_array().into_iter().flatten() {
+                    let name = a["app"]["key"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    let rev = a["app"]["current-revision"].as_u64().unwrap_or(0);
+                    let seen = revisions.entry(name.clone()).or_insert(rev);
+                    assert!(rev >= *seen, "{name}: revision {rev} after {seen}");
+                    *seen = rev;
+                    present.insert(name);
+                }
+                // A deleted app may come back only as new: forget it.
+                revisions.retain(|n, _| present.contains(n));
+                for i in insts.as_array().into_iter().flatten() {
+                    let id = i["id"].as_str().unwrap_or_default().to_string();
+                    let app = i["app"]["name"].as_str().unwrap_or_default().to_string();
+                    let owner = owners.entry(id.clone()).or_insert(app.clone());
+                    assert_eq!(*owner, app, "instance {id} named two apps");
+                }
+            }
+            looks
+        })
+    };
+    // Two leaders killed while the clients write, each restarted.
+    for share in [1, 2] {
+        wait_until(Duration::from_secs(120), "the clients to get on", || {
+            (done_ops.load(Ordering::SeqCst) * 3 >= total * share).then_some(())
+        });
+        let leader = wait_until(T, "a leader", || ha.leader());
+        ha.restart_replica(leader);
+    }
+    for c in clients {
+        c.join().unwrap();
+    }
+    stop.store(true, Ordering::SeqCst);
+    let looks = observer.join().unwrap();
+    assert!(looks > 0, "the observer never read the cluster");
+
+    // Every acknowledged write is visible: each app is in a state its
+    // history allows.
+    let logs = logs.lock().unwrap().clone();
+    let acknowledged = logs.values().flatten().filter(|(_, ack)| *ack).count();
+    eprintln!("{acknowledged} of {total} operations acknowledged");
+    assert!(
+        acknowledged * 2 >= total,
+        "too few writes got through: {logs:?}"
+    );
+    let final_states = wait_until(T, "the apps through a replica", || {
+        let out = ha.cli_until_led(1, &["get", "apps", "-A", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+        Some(
+            v.as_array()?
+                .iter()
+                .map(|a| {
+                    let name = a["app"]["key"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    let replicas = a["app"]["replicas"].as_u64().unwrap_or(0);
+                    let version = a["template"]["env"]["VERSION"]
+                        .as_str()
+                        .or_else(|| a["template"]["grants"]["env"]["VERSION"].as_str())
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    (name, (replicas, version))
+                })
+                .collect::<BTreeMap<_, _>>(),
+        )
+    });
+    for (app, log) in &logs {
+        let state = final_states.get(app).copied();
+        let allowed = acceptable(log);
+        assert!(
+            allowed.contains(&state),
+            "{app} is {state:?}; its history {log:?} allows {allowed:?}"
+        );
+    }
+    // The instances the survivors run have ids of their own.
+    let insts = ha.instances(1).unwrap_or_default();
+    let ids: BTreeSet<&String> = insts.iter().map(|i| &i.0).collect();
+    assert_eq!(ids.len(), insts.len());
+}
+
+#[test]
+fn histories_allow_what_may_have_happened() {
+    let apply = |r, v| Op::Apply {
+        replicas: r,
+        version: v,
+    };
+    assert_eq!(acceptable(&[(apply(1, 1), true)]), vec![Some((1, 1))]);
+    assert_eq!(
+        acceptable(&[(apply(1, 1), true), (Op::Scale(2), false)]),
+        vec![Some((1, 1)), Some((2, 1))]
+    );
+    assert_eq!(
+        acceptable(&[
+            (apply(1, 1), true),
+            (Op::Delete, false),
+            (Op::Scale(3), true)
+        ]),
+        vec![Some((3, 1))]
+    );
+    assert_eq!(
+        acceptable(&[(apply(1, 1), false)]),
+        vec![None, Some((1, 1))]
+    );
 }

@@ -20,6 +20,11 @@ use tower::ServiceExt as _;
 /// The code of the answer while no replica leads.
 pub const NO_LEADER: &str = "no_leader";
 
+/// The code of the answer when the leader went away while it had the
+/// request: it may or may not have been done, so clients do not send it
+/// again by themselves.
+pub const LEADER_LOST: &str = "leader_lost";
+
 /// The code of the answer while etcd cannot be reached or has no quorum.
 pub const STORE_UNAVAILABLE: &str = "store_unavailable";
 
@@ -172,13 +177,28 @@ async fn forward(
     };
     let answer = match sent {
         Ok(a) => a,
-        Err(e) => {
+        // No connection: the leader never had the request.
+        Err(e) if e.is_connect() => {
             // The address stays in the log, never in the answer.
-            tracing::warn!(%leader, error = %e, "cannot pass a request to the leader");
+            tracing::warn!(%leader, error = %e, "cannot reach the leader");
             return unavailable(
                 NO_LEADER,
                 "the leading control plane cannot be reached (a failover may be under way); try again",
             );
+        }
+        Err(e) => {
+            tracing::warn!(%leader, error = %e, "the leader went away with a request");
+            let mut r = (
+                StatusCode::BAD_GATEWAY,
+                axum::Json(ErrorBody::new(
+                    LEADER_LOST,
+                    "the leading control plane went away while it had the request: whether it was done is unknown; check, then try again",
+                )),
+            )
+                .into_response();
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            return r;
         }
     };
     let mut resp = Response::builder().status(answer.status());
