@@ -504,6 +504,9 @@ enum Op {
     Delete,
 }
 
+/// Each app's operations, in order, and whether each was acknowledged.
+type Histories = std::collections::BTreeMap<String, Vec<(Op, bool)>>;
+
 /// What an app is: gone, or (replicas, version).
 type AppState = Option<(u64, u64)>;
 
@@ -575,7 +578,7 @@ fn a_history_of_concurrent_writes_survives_leaders_killed() {
         ops
     };
     let total: usize = 3 * (0..3).map(|j| plan(j).len()).sum::<usize>();
-    let logs: Arc<Mutex<BTreeMap<String, Vec<(Op, bool)>>>> = Arc::default();
+    let logs: Arc<Mutex<Histories>> = Arc::default();
     let mut clients = Vec::new();
     for k in 0..3 {
         let (servers, admin, ca) = (servers.clone(), admin.clone(), ca.clone());
