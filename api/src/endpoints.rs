@@ -28,6 +28,7 @@ pub const NODES: &str = "/v1/nodes";
 pub const EVENTS: &str = "/v1/events";
 pub const NODE_REGISTER: &str = "/v1/nodes/register";
 pub const NODE_HEARTBEAT: &str = "/v1/nodes/{name}/heartbeat";
+pub const NODE_LEASE: &str = "/v1/nodes/{name}/lease";
 pub const NODE_ASSIGNMENT: &str = "/v1/nodes/{name}/assignment";
 /// Cordon a node: nothing new is placed on it.
 pub const NODE_CORDON: &str = "/v1/nodes/{name}/cordon";
@@ -87,6 +88,7 @@ pub const CONTROL_PLANE: &[&str] = &[
     EVENTS,
     NODE_REGISTER,
     NODE_HEARTBEAT,
+    NODE_LEASE,
     NODE_ASSIGNMENT,
     NODE_CORDON,
     NODE_UNCORDON,
@@ -139,6 +141,10 @@ pub fn app_activate(key: &AppKey) -> String {
 
 pub fn node_heartbeat(node: &str) -> String {
     fill(NODE_HEARTBEAT, &[node])
+}
+
+pub fn node_lease(node: &str) -> String {
+    fill(NODE_LEASE, &[node])
 }
 
 pub fn node_assignment(node: &str) -> String {
@@ -234,6 +240,7 @@ pub fn examples(a: &str, b: &str) -> Vec<Example> {
         ex(APP_TRAFFIC, app_traffic(&key), &[a, b]),
         ex(APP_ACTIVATE, app_activate(&key), &[a, b]),
         ex(NODE_HEARTBEAT, node_heartbeat(a), &[a]),
+        ex(NODE_LEASE, node_lease(a), &[a]),
         ex(NODE_ASSIGNMENT, node_assignment(a), &[a]),
         ex(NODE_CORDON, node_cordon(a), &[a]),
         ex(NODE_UNCORDON, node_uncordon(a), &[a]),

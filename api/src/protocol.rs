@@ -94,6 +94,29 @@ pub struct Assignment {
     pub draining: bool,
 }
 
+/// A node's cheap liveness renewal, sent instead of a heartbeat while
+/// nothing it would report has changed (as Kubernetes' node Lease objects
+/// are renewed apart from NodeStatus): the control plane takes it without
+/// its state task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LeaseRenewal {
+    /// The generation of the assignment the node runs.
+    pub generation: u64,
+}
+
+/// The answer to a [`LeaseRenewal`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LeaseAnswer {
+    /// The node's current generation.
+    pub generation: u64,
+    /// Whether the renewal counted. When it did not (the node is not
+    /// known as ready, or runs another generation), the node sends a full
+    /// heartbeat next.
+    pub renewed: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct HeartbeatResponse {

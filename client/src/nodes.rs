@@ -7,7 +7,9 @@ use bytes::Bytes;
 use reqwest::Method;
 use shoal_api::artifact;
 use shoal_api::endpoints::{self, ArtifactQuery, AssignmentQuery, LONG_POLL_HOLD};
-use shoal_api::protocol::{Heartbeat, HeartbeatResponse, RegisterRequest, RegisterResponse};
+use shoal_api::protocol::{
+    Heartbeat, HeartbeatResponse, LeaseAnswer, LeaseRenewal, RegisterRequest, RegisterResponse,
+};
 
 impl Client {
     pub async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, Error> {
@@ -29,6 +31,19 @@ impl Client {
             &endpoints::node_heartbeat(node),
             self.timeout(),
             Some(hb),
+            NO_QUERY,
+        )
+        .await
+    }
+
+    /// Renews a node's lease while nothing it reports changed. A node the
+    /// control plane does not know is answered 404 (`not_found`).
+    pub async fn renew_lease(&self, node: &str, generation: u64) -> Result<LeaseAnswer, Error> {
+        self.json(
+            Method::POST,
+            &endpoints::node_lease(node),
+            self.timeout(),
+            Some(&LeaseRenewal { generation }),
             NO_QUERY,
         )
         .await

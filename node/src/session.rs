@@ -15,6 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 
+/// A full heartbeat at least this often, even with nothing new to say (it
+/// refreshes the counts of requests in flight).
+const FULL_EVERY: Duration = Duration::from_secs(5);
+
 /// The longest a heartbeat may take: a slow one must not delay the next.
 const HEARTBEAT_LIMIT: Duration = Duration::from_secs(2);
 /// The longest the long poll may take beyond the control plane's hold.
@@ -203,6 +207,10 @@ impl Session {
         let client = self.client.with_timeout(HEARTBEAT_LIMIT);
         let mut registered = false;
         let mut failing_since: Option<Instant> = None;
+        // What the last full heartbeat said, and when: while the node has
+        // nothing new to say, it only renews its lease.
+        let mut last_full: Option<(u64, Instant)> = None;
+        let mut need_full = true;
         loop {
             if !registered {
                 match self.register().await {
@@ -220,15 +228,43 @@ impl Session {
                     }
                 }
             }
-            match client.heartbeat(&self.cfg.name, &status.heartbeat()).await {
-                Ok(r) => {
+            let hb = status.heartbeat();
+            let said = fingerprint(&hb);
+            let renew = !need_full
+                && last_full.is_some_and(|(f, at)| f == said && at.elapsed() < FULL_EVERY);
+            let sent = if renew {
+                client
+                    .renew_lease(&self.cfg.name, hb.generation)
+                    .await
+                    .map(|a| {
+                        // Not counted (the control plane does not see
+                        // this node as ready at this generation): say
+                        // everything at once.
+                        need_full = !a.renewed;
+                        None
+                    })
+            } else {
+                client.heartbeat(&self.cfg.name, &hb).await.map(Some)
+            };
+            if sent.is_err() {
+                need_full = true;
+            }
+            match sent {
+                Ok(answer) => {
                     if failing_since.take().is_some() {
                         tracing::info!("control plane reachable again");
                     }
-                    // An unchanged answer carries no assignment: the
-                    // node has this generation already.
-                    if !r.unchanged {
-                        self.inbox.offer(r, Source::Heartbeat);
+                    match answer {
+                        Some(r) => {
+                            last_full = Some((said, Instant::now()));
+                            // An unchanged answer carries no assignment:
+                            // the node has this generation already.
+                            if !r.unchanged {
+                                self.inbox.offer(r, Source::Heartbeat);
+                            }
+                        }
+                        None if need_full => continue,
+                        None => {}
                     }
                 }
                 Err(e) if e.status() == Some(http::StatusCode::NOT_FOUND) => {
@@ -263,6 +299,25 @@ impl Session {
             }
         }
     }
+}
+
+/// What a heartbeat says that the control plane acts on (not the exact
+/// number of requests in flight, only whether there are any, which a
+/// drain waits for), as a hash: when it is the last full heartbeat's, a
+/// lease renewal is enough.
+fn fingerprint(hb: &Heartbeat) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    hb.generation.hash(&mut h);
+    for r in &hb.instances {
+        r.id.hash(&mut h);
+        std::mem::discriminant(&r.state).hash(&mut h);
+        r.ready.hash(&mut h);
+        r.restarts.hash(&mut h);
+        r.message.hash(&mut h);
+        (r.in_flight == 0).hash(&mut h);
+    }
+    h.finish()
 }
 
 /// Writes `secret` to `path`, readable by its owner only.

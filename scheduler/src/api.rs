@@ -179,6 +179,7 @@ pub(crate) fn routes() -> Vec<Route> {
         at(ep::EVENTS).get(list_events, in_query_ns(List, Events)),
         at(ep::NODE_REGISTER).post(register, Rule::Need(Create, Nodes, Where::InHandler)),
         at(ep::NODE_HEARTBEAT).post(heartbeat, Rule::Need(Update, Nodes, Where::PathNode)),
+        at(ep::NODE_LEASE).post(renew_lease, Rule::Need(Update, Nodes, Where::PathNode)),
         at(ep::NODE_ASSIGNMENT).get(watch_assignment, Rule::Need(Watch, Nodes, Where::PathNode)),
         at(ep::NODE_CORDON).post(cordon_node, cluster(Update, Nodes)),
         at(ep::NODE_UNCORDON).post(uncordon_node, cluster(Update, Nodes)),
@@ -1028,6 +1029,16 @@ async fn heartbeat(
     Json(hb): Json<Heartbeat>,
 ) -> Result<Response, Error> {
     Ok(Json(cp.heartbeat(name, hb).await?).into_response())
+}
+
+/// A node's liveness renewal: answered from the published snapshot,
+/// without the state task.
+async fn renew_lease(
+    State(cp): State<ControlPlane>,
+    Path(name): Path<String>,
+    Json(r): Json<shoal_api::protocol::LeaseRenewal>,
+) -> Result<Json<shoal_api::protocol::LeaseAnswer>, Error> {
+    Ok(Json(cp.renew_lease(&name, r.generation)?))
 }
 
 /// A node's assignment, answered as soon as its generation differs from

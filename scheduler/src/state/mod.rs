@@ -214,6 +214,30 @@ pub struct ControlPlane {
     nodes: Option<shoal_client::Client>,
     /// Modules compiled for the nodes.
     artifacts: Option<Arc<crate::artifacts::Artifacts>>,
+    /// Lease renewals since the state task last took them.
+    renewals: Arc<Renewals>,
+}
+
+/// Nodes' lease renewals (by node, the wall time in ms), taken by the
+/// state task at each tick.
+#[derive(Debug, Default)]
+pub struct Renewals(std::sync::Mutex<std::collections::HashMap<String, u64>>);
+
+impl Renewals {
+    fn add(&self, node: &str, at_ms: u64) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match m.get_mut(node) {
+            Some(at) => *at = at_ms,
+            None => {
+                m.insert(node.to_string(), at_ms);
+            }
+        }
+    }
+
+    /// Every renewal since the last call.
+    pub(crate) fn take(&self) -> std::collections::HashMap<String, u64> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 /// A client of nodes' fronts with a client certificate the cluster CA
@@ -257,7 +281,8 @@ impl ControlPlane {
             store.clone(),
             clock.now_ms(),
         )?);
-        let mut state = State::load(store.clone(), config)?;
+        let renewals = Arc::new(Renewals::default());
+        let mut state = State::load(store.clone(), config, renewals.clone())?;
         let (tx, rx) = mpsc::channel(1024);
         let (snap_tx, snap_rx) = watch::channel(Arc::new(state.snapshot()));
         tokio::spawn(async move { state.run(rx, snap_tx).await });
@@ -272,6 +297,30 @@ impl ControlPlane {
             nodes: ca.as_deref().and_then(node_client),
             ca,
             artifacts,
+            renewals,
+        })
+    }
+
+    /// A node's lease renewal: counted if the node is ready and runs its
+    /// current generation (as the last published snapshot says); else the
+    /// node is told to send a full heartbeat.
+    pub fn renew_lease(
+        &self,
+        node: &str,
+        generation: u64,
+    ) -> Result<shoal_api::protocol::LeaseAnswer, ApiError> {
+        let snap = self.snapshot.borrow();
+        let n = snap
+            .nodes
+            .get(node)
+            .ok_or_else(|| ApiError::NotFound(format!("node {node} is not registered")))?;
+        let renewed = n.state == shoal_api::objects::NodeState::Ready && n.generation == generation;
+        if renewed {
+            self.renewals.add(node, self.clock.now_ms());
+        }
+        Ok(shoal_api::protocol::LeaseAnswer {
+            generation: n.generation,
+            renewed,
         })
     }
 

@@ -61,6 +61,8 @@ pub(super) struct State {
     ticks_since_reconcile: u32,
     /// A write found another leader (etcd): the loop ends.
     pub(super) deposed: bool,
+    /// Nodes' lease renewals, taken at each tick.
+    renewals: Arc<super::Renewals>,
 }
 
 /// One second of an app's load, by reporting gateway.
@@ -71,7 +73,11 @@ struct LoadBucket {
 }
 
 impl State {
-    pub(super) fn load(store: Arc<Store>, config: Config) -> Result<Self, ApiError> {
+    pub(super) fn load(
+        store: Arc<Store>,
+        config: Config,
+        renewals: Arc<super::Renewals>,
+    ) -> Result<Self, ApiError> {
         let c = store.load()?;
         let mut snap = Snapshot::default();
         for a in c.apps {
@@ -121,6 +127,7 @@ impl State {
             last_publish: None,
             ticks_since_reconcile: 0,
             deposed: false,
+            renewals,
         })
     }
 
@@ -158,6 +165,7 @@ impl State {
                     None => return,
                 },
                 _ = tick.tick() => {
+                    self.take_renewals();
                     self.expire_leases();
                     let due = self
                         .last_autoscale
@@ -529,6 +537,28 @@ impl State {
         let now = self.now_ms();
         let changes = decide::autoscale::autoscale(&self.snap, &load, &self.scale, now);
         self.execute(changes);
+    }
+
+    /// Nodes that renewed their lease since the last tick were heard now
+    /// (a tick late at most, well within a lease). A node no longer ready
+    /// is not brought back by a renewal: its next heartbeat does that.
+    fn take_renewals(&mut self) {
+        let renewed = self.renewals.take();
+        if renewed.is_empty() {
+            return;
+        }
+        let now = self.awake.now();
+        for (name, at_ms) in renewed {
+            let Some(node) = self.snap.nodes.get_mut(&name) else {
+                continue;
+            };
+            if node.state != shoal_api::objects::NodeState::Ready {
+                continue;
+            }
+            node.last_heartbeat_ms = node.last_heartbeat_ms.max(at_ms);
+            self.seen.insert(name, now);
+            self.heartbeats_dirty = true;
+        }
     }
 
     fn expire_leases(&mut self) {

@@ -579,3 +579,40 @@ async fn a_node_that_comes_back_gets_its_replicas_back_one_at_a_time() {
         .collect();
     assert_eq!(reasons, ["Rebalancing", "Rebalanced"]);
 }
+
+/// Lease renewals, taken without the state task, keep a node that sends
+/// no heartbeat alive; they count only for a ready node at its current
+/// generation, and a node that stops renewing is lost as before.
+#[tokio::test(start_paused = true)]
+async fn lease_renewals_keep_a_node_alive_without_heartbeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(dir.path());
+    register(&cp, "a").await;
+    register(&cp, "b").await;
+    let generation = cp.snapshot().nodes["a"].generation;
+    // Five leases' worth of time: "a" only renews, "b" says nothing.
+    for _ in 0..40 {
+        let answer = cp.renew_lease("a", generation).unwrap();
+        assert!(answer.renewed);
+        assert_eq!(answer.generation, generation);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let by_name: BTreeMap<String, NodeState> = states(&cp).into_iter().collect();
+    assert_eq!(by_name["a"], NodeState::Ready);
+    assert_ne!(by_name["b"], NodeState::Ready);
+    // A lost node is not brought back by a renewal: it must heartbeat.
+    let b = cp.snapshot().nodes["b"].generation;
+    assert!(!cp.renew_lease("b", b).unwrap().renewed);
+    // Another generation: the node is told to send a full heartbeat.
+    let stale = cp.renew_lease("a", generation + 7).unwrap();
+    assert!(!stale.renewed);
+    assert_eq!(stale.generation, generation);
+    assert!(matches!(
+        cp.renew_lease("nobody", 1),
+        Err(ApiError::NotFound(_))
+    ));
+    // Silent from now on: "a" is lost after its lease.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let by_name: BTreeMap<String, NodeState> = states(&cp).into_iter().collect();
+    assert_ne!(by_name["a"], NodeState::Ready);
+}
