@@ -13,7 +13,6 @@ use base64::Engine as _;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shoal_api::endpoints::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
-use std::collections::BTreeMap;
 use std::ops::Bound;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -126,23 +125,24 @@ pub fn token<K: Serialize>(list: &str, filter: &str, key: &K) -> String {
 /// The items of `map` that `keep` keeps, a page of them with `page` (all
 /// without): the items, and the key to resume after when more remain.
 pub fn take<'a, K, V>(
-    map: &'a BTreeMap<K, V>,
+    map: &'a imbl::OrdMap<K, V>,
     page: Option<&Page<K>>,
     mut keep: impl FnMut(&V) -> bool,
 ) -> (Vec<&'a V>, Option<&'a K>)
 where
-    K: Ord,
+    K: Ord + Clone,
+    V: Clone,
 {
     let Some(page) = page else {
         return (map.values().filter(|v| keep(v)).collect(), None);
     };
-    let start = match &page.after {
+    let start: Bound<&K> = match &page.after {
         Some(k) => Bound::Excluded(k),
         None => Bound::Unbounded,
     };
     let mut items = Vec::with_capacity(page.limit.min(map.len()));
     let mut last = None;
-    for (k, v) in map.range((start, Bound::Unbounded)) {
+    for (k, v) in map.range::<(Bound<&K>, Bound<&K>), K>((start, Bound::Unbounded)) {
         if !keep(v) {
             continue;
         }
@@ -168,7 +168,7 @@ mod tests {
 
     #[test]
     fn pages_walk_the_filtered_list_once_in_order() {
-        let map: BTreeMap<u32, u32> = (0..50).map(|i| (i, i)).collect();
+        let map: imbl::OrdMap<u32, u32> = (0..50u32).map(|i| (i, i)).collect();
         let even = |v: &u32| v.is_multiple_of(2);
         let mut seen = Vec::new();
         let mut cont: Option<String> = None;
@@ -197,7 +197,7 @@ mod tests {
 
     #[test]
     fn a_page_that_ends_exactly_at_the_end_has_no_next() {
-        let map: BTreeMap<u32, u32> = (0..4).map(|i| (i, i)).collect();
+        let map: imbl::OrdMap<u32, u32> = (0..4u32).map(|i| (i, i)).collect();
         let page = Page {
             limit: 4,
             after: None,

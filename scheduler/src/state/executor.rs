@@ -90,7 +90,15 @@ impl State {
                 }
                 Change::DeleteApp(key) => {
                     self.snap.apps.remove(&key);
-                    self.snap.revisions.retain(|(k, _), _| *k != key);
+                    let numbers: Vec<u64> = self
+                        .snap
+                        .revisions
+                        .range((key.clone(), 0)..=(key.clone(), u64::MAX))
+                        .map(|((_, n), _)| *n)
+                        .collect();
+                    for n in numbers {
+                        self.snap.revisions.remove(&(key.clone(), n));
+                    }
                     self.pending.push(Op::DeleteApp(key.to_string()));
                     self.pending.push(Op::DeleteRevisions(key.to_string()));
                 }

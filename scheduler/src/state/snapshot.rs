@@ -12,12 +12,17 @@ use shoal_api::rest::{AutoscaleView, ColdStartView, DrainStatus};
 use std::collections::{BTreeMap, VecDeque};
 
 /// A read-only view of everything, published after every change.
+///
+/// The large maps are persistent (`imbl`): publishing a snapshot shares
+/// them with the state task's copy instead of copying every instance, and
+/// a change copies only the path to what it changes. At 100,000 instances
+/// a copy of plain maps took tens of milliseconds per publish.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    pub apps: BTreeMap<AppKey, App>,
-    pub revisions: BTreeMap<(AppKey, u64), Revision>,
-    pub instances: BTreeMap<String, Instance>,
-    pub nodes: BTreeMap<String, Node>,
+    pub apps: imbl::OrdMap<AppKey, App>,
+    pub revisions: imbl::OrdMap<(AppKey, u64), Revision>,
+    pub instances: imbl::OrdMap<String, Instance>,
+    pub nodes: imbl::OrdMap<String, Node>,
     pub events: VecDeque<Event>,
     /// The autoscaler's last decision per app (not stored).
     pub autoscale: BTreeMap<AppKey, AutoscaleView>,

@@ -96,7 +96,12 @@ fn run(snap: &mut Snapshot, changes: Vec<Change>) {
             }
             Change::DeleteApp(k) => {
                 snap.apps.remove(&k);
-                snap.revisions.retain(|(a, _), _| *a != k);
+                snap.revisions = snap
+                    .revisions
+                    .iter()
+                    .filter(|((a, _), _)| *a != k)
+                    .map(|(key, r)| (key.clone(), r.clone()))
+                    .collect();
             }
             Change::PutRevision(r) => {
                 snap.revisions.insert((r.app.clone(), r.number), r);
@@ -895,7 +900,12 @@ fn rollout_progress_table() {
     ];
     for (name, instances, after, want) in cases {
         let mut snap = world();
-        snap.apps.retain(|k, _| k.name == "web");
+        snap.apps = snap
+            .apps
+            .iter()
+            .filter(|(k, _)| k.name == "web")
+            .map(|(k, a)| (k.clone(), a.clone()))
+            .collect();
         for i in instances {
             snap.instances.insert(i.id.clone(), i);
         }
@@ -1057,7 +1067,12 @@ fn plan_changes_table() {
 #[test]
 fn reconcile_places_then_settles() {
     let mut snap = world();
-    snap.apps.retain(|k, _| k.name == "web");
+    snap.apps = snap
+        .apps
+        .iter()
+        .filter(|(k, _)| k.name == "web")
+        .map(|(k, a)| (k.clone(), a.clone()))
+        .collect();
     let clock = crate::reconcile::Clock {
         now_ms: T0,
         drain_delay_ms: 1000,
@@ -1259,7 +1274,12 @@ fn serve(snap: &mut Snapshot, id: &str) {
 #[test]
 fn a_cordoned_node_gets_no_new_instances_and_keeps_its_own() {
     let mut snap = world();
-    snap.apps.retain(|k, _| k.name == "web");
+    snap.apps = snap
+        .apps
+        .iter()
+        .filter(|(k, _)| k.name == "web")
+        .map(|(k, a)| (k.clone(), a.clone()))
+        .collect();
     snap.nodes.get_mut("n1").unwrap().cordoned = true;
     // Nowhere else to go: pending, and the reason says why.
     assert_eq!(
@@ -1297,7 +1317,12 @@ fn a_cordoned_node_gets_no_new_instances_and_keeps_its_own() {
 #[test]
 fn a_drain_places_replacements_before_its_instances_leave() {
     let mut snap = world();
-    snap.apps.retain(|k, _| k.name == "web");
+    snap.apps = snap
+        .apps
+        .iter()
+        .filter(|(k, _)| k.name == "web")
+        .map(|(k, a)| (k.clone(), a.clone()))
+        .collect();
     snap.nodes.insert("n2".into(), node("n2", NodeState::Ready));
     for id in ["web-0", "web-1"] {
         let i = instance(id, "web", 1, "n1", Phase::Running, true);
@@ -1377,7 +1402,12 @@ fn a_drain_places_replacements_before_its_instances_leave() {
 #[test]
 fn a_drain_with_nowhere_to_go_keeps_serving_and_says_why() {
     let mut snap = world();
-    snap.apps.retain(|k, _| k.name == "web");
+    snap.apps = snap
+        .apps
+        .iter()
+        .filter(|(k, _)| k.name == "web")
+        .map(|(k, a)| (k.clone(), a.clone()))
+        .collect();
     let i = instance("web-0", "web", 1, "n1", Phase::Running, true);
     snap.instances.insert(i.id.clone(), i);
     let i = instance("web-1", "web", 1, "n1", Phase::Starting, false);
@@ -1754,7 +1784,12 @@ fn a_namespace_cannot_take_or_nest_in_another_namespaces_routes() {
 /// n1, and n2 ready and empty: as after n2 was lost and came back.
 fn piled() -> Snapshot {
     let mut snap = world();
-    snap.apps.retain(|k, _| k.name == "web");
+    snap.apps = snap
+        .apps
+        .iter()
+        .filter(|(k, _)| k.name == "web")
+        .map(|(k, a)| (k.clone(), a.clone()))
+        .collect();
     if let Some(a) = snap.apps.get_mut(&key("web")) {
         a.rollout = RolloutState::Complete { at_ms: T0 };
         a.stable_revision = 1;
