@@ -79,6 +79,7 @@ pub struct UpArgs {
 }
 
 /// How a child is started; what `shoal up` restarts when it dies.
+#[derive(Clone)]
 struct ChildSpec {
     name: String,
     /// The program: none for `shoal` itself.
@@ -96,6 +97,7 @@ struct ChildSpec {
 }
 
 /// How a started child is known to be up.
+#[derive(Clone)]
 enum Ready {
     /// It prints the URL it listens on (`shoal` processes).
     Announced,

@@ -181,6 +181,9 @@ pub(super) async fn control_plane(
                 "new",
                 "--initial-cluster-token",
                 "shoal-up",
+                // A member that starts late does not depose the leader the
+                // others elected meanwhile.
+                "--pre-vote",
                 // Old revisions go after an hour: the data stays small.
                 "--auto-compaction-retention",
                 "1",
@@ -233,7 +236,7 @@ pub(super) async fn control_plane(
             ],
             logs.join(format!("control-plane-{i}.log")),
         );
-        urls.push(add(members, spec, args.verbose).await?);
+        urls.push(add_replica(members, spec, args.verbose).await?);
         if i == 0 {
             wait_until(members, "control-plane-0 to lead", async || {
                 leader(&etcd).await.filter(|l| *l == urls[0])
@@ -261,6 +264,37 @@ pub(super) async fn control_plane(
         etcd: Some(etcd),
     })
 }
+
+/// Starts a replica, again if it exits at once: etcd may still be
+/// settling (members that start at different times can hold another
+/// election), and a replica that cannot reach it at its start exits.
+async fn add_replica(
+    members: &mut Vec<Member>,
+    spec: ChildSpec,
+    verbose: bool,
+) -> anyhow::Result<String> {
+    let mut wait = Duration::from_millis(500);
+    for _ in 1..START_TRIES {
+        match add(members, spec.clone(), verbose).await {
+            Ok(url) => return Ok(url),
+            Err(e) => {
+                let e = e.to_string();
+                errln!(
+                    "{} did not start ({}); trying again in {}",
+                    spec.name,
+                    e.lines().next().unwrap_or_default(),
+                    shoal_api::Duration::from(wait)
+                );
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+        }
+    }
+    add(members, spec, verbose).await
+}
+
+/// How many times a replica is started before `shoal up` gives up.
+const START_TRIES: u32 = 4;
 
 /// The URL of the leading replica, if one leads.
 pub(super) async fn leader(etcd: &shoal_etcd::Client) -> Option<String> {
