@@ -102,10 +102,25 @@ fn gateway_get(gateway: &str) -> (u16, String) {
     support::http("GET", &format!("{gateway}/"), b"")
 }
 
+/// A client of `up`'s etcd, with the client certificate `up` made for
+/// the replicas (`identity`), or with none.
+fn etcd_client(dir: &Path, etcd: &[String], identity: bool) -> shoal_etcd::Client {
+    let pki = dir.join("data/etcd/pki");
+    let read = |f: &str| std::fs::read(pki.join(f)).unwrap();
+    let mut config = shoal_etcd::ClientConfig::new(etcd.to_vec());
+    config.ca_pem = Some(read("ca.pem"));
+    if identity {
+        let mut pem = read("client.pem");
+        pem.push(b'\n');
+        pem.extend(read("client-key.pem"));
+        config.identity_pem = Some(pem);
+    }
+    shoal_etcd::Client::new(config).unwrap()
+}
+
 /// The URL the leader key names, read from etcd itself.
-fn leader_url(rt: &tokio::runtime::Runtime, etcd: &[String]) -> Option<String> {
-    let client = shoal_etcd::Client::new(shoal_etcd::ClientConfig::new(etcd.to_vec())).ok()?;
-    let kv = rt.block_on(client.get(b"/shoal/leader")).ok()??;
+fn leader_url(rt: &tokio::runtime::Runtime, etcd: &shoal_etcd::Client) -> Option<String> {
+    let kv = rt.block_on(etcd.get(b"/shoal/leader")).ok()??;
     String::from_utf8(kv.value).ok()
 }
 
@@ -150,8 +165,16 @@ fn up_ha_survives_the_leading_replica_killed_and_finds_its_state_again() {
         assert!(text.contains(&format!("\"{url}\"")), "{url}: {text}");
     }
 
+    // etcd answers only those with a certificate `up` made.
+    for url in &etcd {
+        assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    }
+    let anonymous = etcd_client(dir.path(), &etcd, false);
+    assert!(rt.block_on(anonymous.get(b"/shoal/leader")).is_err());
+    let etcd_client = etcd_client(dir.path(), &etcd, true);
+
     // The leader, as etcd names it and as `up` says.
-    let leader = wait_until(T, "a leader", || leader_url(&rt, &etcd));
+    let leader = wait_until(T, "a leader", || leader_url(&rt, &etcd_client));
     let led = replicas
         .iter()
         .position(|(url, _)| *url == leader)
@@ -182,7 +205,7 @@ fn up_ha_survives_the_leading_replica_killed_and_finds_its_state_again() {
     assert_eq!(gateway_get(&gateway), (200, HELLO.to_string()));
     // A replica leads again (the one `up` restarted may win the election:
     // it listens where the dead one did).
-    let again = wait_until(T, "a leader again", || leader_url(&rt, &etcd));
+    let again = wait_until(T, "a leader again", || leader_url(&rt, &etcd_client));
     assert!(replicas.iter().any(|(url, _)| *url == again), "{again}");
     up.out
         .wait_for(T, |l| {

@@ -79,6 +79,69 @@ fn etcd_ports(dir: &Path) -> anyhow::Result<Vec<Ports>> {
     Ok(ports)
 }
 
+/// etcd's own CA and certificates, in DATA/etcd/pki. etcd serves its
+/// clients and its peers over TLS and asks each for a certificate of this
+/// CA: no other local user can read or change the cluster's state, the
+/// cluster CA's key among it.
+struct EtcdTls {
+    ca: PathBuf,
+    /// The members' certificate: they serve with it and dial their peers
+    /// with it.
+    member_cert: PathBuf,
+    member_key: PathBuf,
+    /// The replicas' (and `shoal up`'s) client certificate.
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+impl EtcdTls {
+    /// The files in `dir`, made at the first start.
+    fn load_or_create(dir: &Path) -> anyhow::Result<Self> {
+        let (ca, _) = shoal_pki::ClusterCa::load_or_create(dir)
+            .with_context(|| format!("etcd's CA in {}", dir.display()))?;
+        let tls = EtcdTls {
+            ca: dir.join(shoal_pki::CA_CERT_FILE),
+            member_cert: dir.join("member.pem"),
+            member_key: dir.join("member-key.pem"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client-key.pem"),
+        };
+        let issue_member = || ca.issue_peer("Shoal etcd member");
+        let issue_client = || ca.issue_client("Shoal control plane");
+        let issued: [(&PathBuf, &PathBuf, &dyn Fn() -> _); 2] = [
+            (&tls.member_cert, &tls.member_key, &issue_member),
+            (&tls.client_cert, &tls.client_key, &issue_client),
+        ];
+        for (cert, key, issue) in issued {
+            if cert.is_file() && key.is_file() {
+                continue;
+            }
+            let made = issue().with_context(|| format!("issuing {}", cert.display()))?;
+            // The key first, as the CA's own files are made.
+            shoal_pki::write_file(key, made.key_pem.as_bytes(), 0o600)
+                .with_context(|| format!("writing {}", key.display()))?;
+            shoal_pki::write_file(cert, made.cert_pem.as_bytes(), 0o644)
+                .with_context(|| format!("writing {}", cert.display()))?;
+        }
+        Ok(tls)
+    }
+
+    /// A client of etcd with the client certificate.
+    fn client(&self, endpoints: Vec<String>) -> anyhow::Result<shoal_etcd::Client> {
+        let read =
+            |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let mut identity = read(&self.client_cert)?;
+        identity.push(b'\n');
+        identity.extend_from_slice(&read(&self.client_key)?);
+        let config = shoal_etcd::ClientConfig {
+            ca_pem: Some(read(&self.ca)?),
+            identity_pem: Some(identity),
+            ..shoal_etcd::ClientConfig::new(endpoints)
+        };
+        shoal_etcd::Client::new(config).context("a client of etcd")
+    }
+}
+
 /// How to install etcd, for the errors that find none.
 const INSTALL_HINT: &str = "install it (`sudo apt-get install etcd-server` on Debian and Ubuntu, or scripts/install-etcd.sh in Shoal's repository), or put an etcd 3.4 or later binary on PATH";
 
@@ -146,7 +209,8 @@ pub(super) async fn control_plane(
     let etcd_dir = dir.join("etcd");
     let binary = etcd_binary().await?;
     let ports = etcd_ports(&etcd_dir)?;
-    let url = |port: u16| format!("http://127.0.0.1:{port}");
+    let tls = EtcdTls::load_or_create(&etcd_dir.join("pki"))?;
+    let url = |port: u16| format!("https://127.0.0.1:{port}");
     let cluster = ports
         .iter()
         .enumerate()
@@ -155,7 +219,14 @@ pub(super) async fn control_plane(
         .join(",");
     let mut endpoints = Vec::new();
     for (i, p) in ports.iter().enumerate() {
-        let (client, peer, metrics) = (url(p.client), url(p.peer), url(p.metrics));
+        // Health only, on the metrics port: plain HTTP.
+        let metrics = format!("http://127.0.0.1:{}", p.metrics);
+        let (client, peer) = (url(p.client), url(p.peer));
+        let (ca, cert, key) = (
+            tls.ca.display().to_string(),
+            tls.member_cert.display().to_string(),
+            tls.member_key.display().to_string(),
+        );
         let data = etcd_dir.join(format!("m{i}")).display().to_string();
         let mut spec = ChildSpec::new(
             format!("etcd-{i}"),
@@ -187,6 +258,20 @@ pub(super) async fn control_plane(
                 // Old revisions go after an hour: the data stays small.
                 "--auto-compaction-retention",
                 "1",
+                "--trusted-ca-file",
+                &ca,
+                "--cert-file",
+                &cert,
+                "--key-file",
+                &key,
+                "--client-cert-auth",
+                "--peer-trusted-ca-file",
+                &ca,
+                "--peer-cert-file",
+                &cert,
+                "--peer-key-file",
+                &key,
+                "--peer-client-cert-auth",
                 "--logger",
                 "zap",
                 "--log-outputs",
@@ -202,8 +287,7 @@ pub(super) async fn control_plane(
     }
     wait_etcd_healthy(members, &ports).await?;
 
-    let etcd = shoal_etcd::Client::new(shoal_etcd::ClientConfig::new(endpoints))
-        .context("a client of etcd")?;
+    let etcd = tls.client(endpoints)?;
     let store = format!(
         "etcd://{}",
         ports
@@ -213,6 +297,11 @@ pub(super) async fn control_plane(
             .join(",")
     );
     let lease = args.lease.to_string();
+    let (ca, cert, key) = (
+        tls.ca.display().to_string(),
+        tls.client_cert.display().to_string(),
+        tls.client_key.display().to_string(),
+    );
     let dirs: Vec<PathBuf> = (0..REPLICAS)
         .map(|i| dir.join(format!("control-plane-{i}")))
         .collect();
@@ -232,6 +321,12 @@ pub(super) async fn control_plane(
                 &lease,
                 "--store",
                 &store,
+                "--etcd-ca",
+                &ca,
+                "--etcd-cert",
+                &cert,
+                "--etcd-key",
+                &key,
                 "--exit-with-parent",
             ],
             logs.join(format!("control-plane-{i}.log")),
