@@ -53,7 +53,8 @@ pub struct UpArgs {
     /// $SHOAL_DATA_DIR/up, else ~/.local/share/shoal/up).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Address of the control plane's API.
+    /// Address of the control plane's API (with --ha: the first
+    /// replica's; the others take the ports after it).
     #[arg(long, default_value = "127.0.0.1:7070")]
     pub api: SocketAddr,
     /// Address of the gateway, where apps are served.
@@ -69,8 +70,8 @@ pub struct UpArgs {
     #[arg(long)]
     pub no_demo: bool,
     /// A highly available control plane: three replicas on a
-    /// three-member etcd cluster, which `shoal up` runs too (the replicas
-    /// listen on --api and the two ports after it).
+    /// three-member etcd cluster, which `shoal up` runs too (etcd on PATH,
+    /// e.g. `apt-get install etcd-server`).
     #[arg(long)]
     pub ha: bool,
     /// Also print the processes' logs here (they always go to files).
@@ -751,7 +752,8 @@ async fn keep_running(
 async fn wait_for_nodes(client: &Client, n: usize) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let nodes: Vec<Node> = client.nodes().await?;
+        // A replica elected meanwhile (with --ha) answers 503 for a moment.
+        let nodes: Vec<Node> = ha::while_no_leader(|| async { Ok(client.nodes().await?) }).await?;
         if nodes.iter().filter(|x| x.state == NodeState::Ready).count() >= n {
             return Ok(());
         }

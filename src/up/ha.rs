@@ -37,7 +37,8 @@ struct Ports {
 /// free ones now. etcd cannot be told to pick its own (port 0), and the
 /// members know each other by their peer URLs, which their data records:
 /// a later start must use the same ports.
-fn etcd_ports(dir: &Path) -> anyhow::Result<Vec<Ports>> {
+/// Also whether they were picked now.
+fn etcd_ports(dir: &Path) -> anyhow::Result<(Vec<Ports>, bool)> {
     let file = dir.join(PORTS_FILE);
     match std::fs::read(&file) {
         Ok(bytes) => {
@@ -50,7 +51,7 @@ fn etcd_ports(dir: &Path) -> anyhow::Result<Vec<Ports>> {
                     ports.len()
                 );
             }
-            return Ok(ports);
+            return Ok((ports, false));
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
@@ -76,7 +77,7 @@ fn etcd_ports(dir: &Path) -> anyhow::Result<Vec<Ports>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(&file, serde_json::to_vec_pretty(&ports)?)
         .with_context(|| format!("writing {}", file.display()))?;
-    Ok(ports)
+    Ok((ports, true))
 }
 
 /// etcd's own CA and certificates, in DATA/etcd/pki. etcd serves its
@@ -208,84 +209,48 @@ pub(super) async fn control_plane(
 ) -> anyhow::Result<ControlPlane> {
     let etcd_dir = dir.join("etcd");
     let binary = etcd_binary().await?;
-    let ports = etcd_ports(&etcd_dir)?;
     let tls = EtcdTls::load_or_create(&etcd_dir.join("pki"))?;
-    let url = |port: u16| format!("https://127.0.0.1:{port}");
-    let cluster = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("m{i}={}", url(p.peer)))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut endpoints = Vec::new();
-    for (i, p) in ports.iter().enumerate() {
-        // Health only, on the metrics port: plain HTTP.
-        let metrics = format!("http://127.0.0.1:{}", p.metrics);
-        let (client, peer) = (url(p.client), url(p.peer));
-        let (ca, cert, key) = (
-            tls.ca.display().to_string(),
-            tls.member_cert.display().to_string(),
-            tls.member_key.display().to_string(),
-        );
-        let data = etcd_dir.join(format!("m{i}")).display().to_string();
-        let mut spec = ChildSpec::new(
-            format!("etcd-{i}"),
-            &[
-                "--name",
-                &format!("m{i}"),
-                "--data-dir",
-                &data,
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-                "--listen-metrics-urls",
-                &metrics,
-                "--initial-cluster",
-                &cluster,
-                // Ignored once a member has data: a later start rejoins.
-                "--initial-cluster-state",
-                "new",
-                "--initial-cluster-token",
-                "shoal-up",
-                // A member that starts late does not depose the leader the
-                // others elected meanwhile.
-                "--pre-vote",
-                // Old revisions go after an hour: the data stays small.
-                "--auto-compaction-retention",
-                "1",
-                "--trusted-ca-file",
-                &ca,
-                "--cert-file",
-                &cert,
-                "--key-file",
-                &key,
-                "--client-cert-auth",
-                "--peer-trusted-ca-file",
-                &ca,
-                "--peer-cert-file",
-                &cert,
-                "--peer-key-file",
-                &key,
-                "--peer-client-cert-auth",
-                "--logger",
-                "zap",
-                "--log-outputs",
-                "stderr",
-            ],
-            logs.join(format!("etcd-{i}.log")),
-        );
-        spec.program = Some(binary.clone());
-        spec.ready = Ready::Port(SocketAddr::from(([127, 0, 0, 1], p.client)), client.clone());
-        spec.stop_last = true;
-        add(members, spec, args.verbose).await?;
-        endpoints.push(client);
-    }
-    wait_etcd_healthy(members, &ports).await?;
+    let (mut ports, mut fresh) = etcd_ports(&etcd_dir)?;
+    let mut tries = 1;
+    let endpoints = loop {
+        match start_etcd(
+            members,
+            &binary,
+            &tls,
+            &etcd_dir,
+            logs,
+            &ports,
+            args.verbose,
+        )
+        .await
+        {
+            Ok(endpoints) => break endpoints,
+            // Another process took a port between the moment it was
+            // picked and etcd's start: new ports, and a cluster made anew.
+            Err(e)
+                if fresh
+                    && tries < PORT_TRIES
+                    && e.to_string().contains("address already in use") =>
+            {
+                errln!("etcd could not bind the ports picked for it; picking others");
+                super::stop_all(members).await;
+                members.clear();
+                for i in 0..MEMBERS {
+                    let data = etcd_dir.join(format!("m{i}"));
+                    if data.exists() {
+                        std::fs::remove_dir_all(&data)
+                            .with_context(|| format!("removing {}", data.display()))?;
+                    }
+                }
+                let file = etcd_dir.join(PORTS_FILE);
+                std::fs::remove_file(&file)
+                    .with_context(|| format!("removing {}", file.display()))?;
+                (ports, fresh) = etcd_ports(&etcd_dir)?;
+                tries += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    };
 
     let etcd = tls.client(endpoints)?;
     let store = format!(
@@ -359,6 +324,99 @@ pub(super) async fn control_plane(
         etcd: Some(etcd),
     })
 }
+
+/// Starts the etcd members on `ports` and waits until they are healthy;
+/// their client URLs.
+async fn start_etcd(
+    members: &mut Vec<Member>,
+    binary: &Path,
+    tls: &EtcdTls,
+    etcd_dir: &Path,
+    logs: &Path,
+    ports: &[Ports],
+    verbose: bool,
+) -> anyhow::Result<Vec<String>> {
+    let url = |port: u16| format!("https://127.0.0.1:{port}");
+    let cluster = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("m{i}={}", url(p.peer)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut endpoints = Vec::new();
+    for (i, p) in ports.iter().enumerate() {
+        // Health only, on the metrics port: plain HTTP.
+        let metrics = format!("http://127.0.0.1:{}", p.metrics);
+        let (client, peer) = (url(p.client), url(p.peer));
+        let (ca, cert, key) = (
+            tls.ca.display().to_string(),
+            tls.member_cert.display().to_string(),
+            tls.member_key.display().to_string(),
+        );
+        let data = etcd_dir.join(format!("m{i}")).display().to_string();
+        let mut spec = ChildSpec::new(
+            format!("etcd-{i}"),
+            &[
+                "--name",
+                &format!("m{i}"),
+                "--data-dir",
+                &data,
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--listen-metrics-urls",
+                &metrics,
+                "--initial-cluster",
+                &cluster,
+                // Ignored once a member has data: a later start rejoins.
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                "shoal-up",
+                // A member that starts late does not depose the leader the
+                // others elected meanwhile.
+                "--pre-vote",
+                // Old revisions go after an hour: the data stays small.
+                "--auto-compaction-retention",
+                "1",
+                "--trusted-ca-file",
+                &ca,
+                "--cert-file",
+                &cert,
+                "--key-file",
+                &key,
+                "--client-cert-auth",
+                "--peer-trusted-ca-file",
+                &ca,
+                "--peer-cert-file",
+                &cert,
+                "--peer-key-file",
+                &key,
+                "--peer-client-cert-auth",
+                "--logger",
+                "zap",
+                "--log-outputs",
+                "stderr",
+            ],
+            logs.join(format!("etcd-{i}.log")),
+        );
+        spec.program = Some(binary.to_path_buf());
+        spec.ready = Ready::Port(SocketAddr::from(([127, 0, 0, 1], p.client)), client.clone());
+        spec.stop_last = true;
+        add(members, spec, verbose).await?;
+        endpoints.push(client);
+    }
+    wait_etcd_healthy(members, ports).await?;
+    Ok(endpoints)
+}
+
+/// How many times etcd is given new ports at its first start.
+const PORT_TRIES: u32 = 3;
 
 /// Starts a replica, again if it exits at once: etcd may still be
 /// settling (members that start at different times can hold another
@@ -499,7 +557,8 @@ mod tests {
     #[test]
     fn etcd_ports_are_kept_for_later_starts() {
         let dir = tempfile::tempdir().unwrap();
-        let first = etcd_ports(dir.path()).unwrap();
+        let (first, fresh) = etcd_ports(dir.path()).unwrap();
+        assert!(fresh);
         assert_eq!(first.len(), MEMBERS);
         let mut all: Vec<u16> = first
             .iter()
@@ -508,6 +567,6 @@ mod tests {
         all.sort_unstable();
         all.dedup();
         assert_eq!(all.len(), 3 * MEMBERS, "{first:?}");
-        assert_eq!(etcd_ports(dir.path()).unwrap(), first);
+        assert_eq!(etcd_ports(dir.path()).unwrap(), (first, false));
     }
 }
