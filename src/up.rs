@@ -164,8 +164,8 @@ async fn start(spec: &ChildSpec, verbose: bool) -> anyhow::Result<Proc> {
         Some(program) => {
             let mut cmd = Command::new(program);
             // A program that cannot be told to follow its parent (etcd)
-            // is killed when the thread that started it ends: a worker of
-            // this process's runtime, which lives as long as it does.
+            // is killed when the thread that started it ends: the one
+            // running `up` itself, which lives as long as this process.
             // SAFETY: prctl is async-signal-safe and touches only the child.
             #[cfg(target_os = "linux")]
             unsafe {
