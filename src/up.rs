@@ -27,6 +27,8 @@ use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
 
+mod ha;
+
 /// The demo app `shoal up` deploys: the example wasi:http component.
 const DEMO_WASM: &[u8] = include_bytes!("../examples/wasm-apps/http-component.wasm");
 const DEMO_MANIFEST: &str = r#"
@@ -51,7 +53,8 @@ pub struct UpArgs {
     /// $SHOAL_DATA_DIR/up, else ~/.local/share/shoal/up).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Address of the control plane's API.
+    /// Address of the control plane's API (with --ha: the first
+    /// replica's; the others take the ports after it).
     #[arg(long, default_value = "127.0.0.1:7070")]
     pub api: SocketAddr,
     /// Address of the gateway, where apps are served.
@@ -66,28 +69,54 @@ pub struct UpArgs {
     /// Do not deploy the demo app.
     #[arg(long)]
     pub no_demo: bool,
+    /// A highly available control plane: three replicas on a
+    /// three-member etcd cluster, which `shoal up` runs too (etcd on PATH,
+    /// e.g. `apt-get install etcd-server`).
+    #[arg(long)]
+    pub ha: bool,
     /// Also print the processes' logs here (they always go to files).
     #[arg(short, long)]
     pub verbose: bool,
 }
 
 /// How a child is started; what `shoal up` restarts when it dies.
+#[derive(Clone)]
 struct ChildSpec {
     name: String,
+    /// The program: none for `shoal` itself.
+    program: Option<PathBuf>,
     args: Vec<String>,
     /// Set in its environment (tokens: never on a command line, where
     /// `ps` shows them).
     env: Vec<(&'static str, String)>,
     log: PathBuf,
+    /// How `start` knows the child is up.
+    ready: Ready,
+    /// Stopped after every other child has exited (etcd: the control
+    /// plane gives up its lease there as it stops).
+    stop_last: bool,
+}
+
+/// How a started child is known to be up.
+#[derive(Clone)]
+enum Ready {
+    /// It prints the URL it listens on (`shoal` processes).
+    Announced,
+    /// Its port accepts connections; it is known by the URL given (etcd,
+    /// which logs JSON).
+    Port(SocketAddr, String),
 }
 
 impl ChildSpec {
     fn new(name: impl Into<String>, args: &[&str], log: PathBuf) -> Self {
         Self {
             name: name.into(),
+            program: None,
             args: args.iter().map(|a| a.to_string()).collect(),
             env: Vec::new(),
             log,
+            ready: Ready::Announced,
+            stop_last: false,
         }
     }
 
@@ -131,14 +160,37 @@ impl Proc {
 async fn start(spec: &ChildSpec, verbose: bool) -> anyhow::Result<Proc> {
     let name = &spec.name;
     let log = &spec.log;
-    let exe = std::env::current_exe().context("finding the shoal executable")?;
-    let mut child = Command::new(exe)
+    let mut cmd = match &spec.program {
+        Some(program) => {
+            let mut cmd = Command::new(program);
+            // A program that cannot be told to follow its parent (etcd)
+            // is killed when the thread that started it ends: the one
+            // running `up` itself, which lives as long as this process.
+            // SAFETY: prctl is async-signal-safe and touches only the child.
+            #[cfg(target_os = "linux")]
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            cmd
+        }
+        None => {
+            let exe = std::env::current_exe().context("finding the shoal executable")?;
+            let mut cmd = Command::new(exe);
+            cmd.env(
+                crate::signals::PARENT_PID_ENV,
+                std::process::id().to_string(),
+            );
+            cmd
+        }
+    };
+    let mut child = cmd
         .args(&spec.args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .env(
-            crate::signals::PARENT_PID_ENV,
-            std::process::id().to_string(),
-        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -186,9 +238,22 @@ async fn start(spec: &ChildSpec, verbose: bool) -> anyhow::Result<Proc> {
     }
     drop(url_tx);
     // No URL means both streams closed, and every line is in the log.
-    let url = tokio::select! {
-        u = url_rx.recv() => u,
-        _ = tokio::time::sleep(START_LIMIT) => None,
+    let url = match &spec.ready {
+        Ready::Announced => tokio::select! {
+            u = url_rx.recv() => u,
+            _ = tokio::time::sleep(START_LIMIT) => None,
+        },
+        Ready::Port(addr, url) => {
+            let up = tokio::time::timeout(START_LIMIT, accepts(&mut child, *addr)).await;
+            if up.is_ok_and(|accepting| accepting) {
+                Some(url.clone())
+            } else {
+                // Its last lines reach the log before it is read.
+                let drained = async { while url_rx.recv().await.is_some() {} };
+                let _ = tokio::time::timeout(Duration::from_secs(2), drained).await;
+                None
+            }
+        }
     };
     let Some(url) = url else {
         let _ = child.start_kill();
@@ -203,6 +268,20 @@ async fn start(spec: &ChildSpec, verbose: bool) -> anyhow::Result<Proc> {
         url,
         started,
     })
+}
+
+/// Waits until `addr` accepts connections (true), or the child exits
+/// (false).
+async fn accepts(child: &mut Child, addr: SocketAddr) -> bool {
+    loop {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return false;
+        }
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The error of a child that exited (or never started): the error it
@@ -252,31 +331,49 @@ async fn first_exit(members: &mut [Member]) -> (usize, String) {
     futures::future::select_all(waits).await.0
 }
 
-pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
-    let stop = crate::signals::shutdown_signal();
-    tokio::pin!(stop);
-    let dir = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| data_home().join("up"));
-    let logs = dir.join("logs");
-    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    crate::cluster::parse_capacity(&args.capacity)?;
-    let mut members: Vec<Member> = Vec::new();
-    let result = async {
-        let mut add = async |mut spec: ChildSpec| -> anyhow::Result<String> {
-            let proc = start(&spec, args.verbose).await?;
-            if spec.args[0] != "node" {
-                spec.pin_listen(&proc.url);
-            }
-            let url = proc.url.clone();
-            members.push(Member { spec, proc });
-            Ok(url)
-        };
-        let cp_data = dir.join("control-plane");
-        let cp_dir = cp_data.display().to_string();
-        let (api_addr, lease) = (args.api.to_string(), args.lease.to_string());
-        let api = add(ChildSpec::new(
+/// What the rest of `shoal up` needs of its control plane, one process
+/// or replicas.
+struct ControlPlane {
+    /// The API's URL; with `--ha`, every replica's.
+    urls: Vec<String>,
+    /// The data dir holding the admin token.
+    token_dir: PathBuf,
+    /// The cluster CA every child and the client commands trust.
+    ca_file: PathBuf,
+    admin: String,
+    join: String,
+    /// With `--ha`: the etcd cluster, which names the leading replica.
+    etcd: Option<shoal_etcd::Client>,
+}
+
+/// Starts a child and keeps it among `members`; its URL.
+async fn add(
+    members: &mut Vec<Member>,
+    mut spec: ChildSpec,
+    verbose: bool,
+) -> anyhow::Result<String> {
+    let proc = start(&spec, verbose).await?;
+    if spec.args[0] != "node" {
+        spec.pin_listen(&proc.url);
+    }
+    let url = proc.url.clone();
+    members.push(Member { spec, proc });
+    Ok(url)
+}
+
+/// The control plane as one process, on the embedded store.
+async fn single_control_plane(
+    members: &mut Vec<Member>,
+    args: &UpArgs,
+    dir: &Path,
+    logs: &Path,
+) -> anyhow::Result<ControlPlane> {
+    let cp_data = dir.join("control-plane");
+    let cp_dir = cp_data.display().to_string();
+    let (api_addr, lease) = (args.api.to_string(), args.lease.to_string());
+    let api = add(
+        members,
+        ChildSpec::new(
             "control-plane",
             &[
                 "control-plane",
@@ -289,38 +386,68 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
                 "--exit-with-parent",
             ],
             logs.join("control-plane.log"),
-        ))
-        .await?;
-        // The tokens the control plane wrote at its first start: the
-        // admin's for `shoal up` itself, the join token for the nodes; the
-        // gateway gets one of its own.
-        let admin = shoal_scheduler::auth::read_admin_token(&cp_data)
-            .with_context(|| format!("reading the admin token in {}", cp_data.display()))?;
-        let join = shoal_scheduler::auth::read_join_token(&cp_data)
-            .with_context(|| format!("reading the join token in {}", cp_data.display()))?;
-        // The API is served over TLS with a certificate of the cluster CA
-        // the control plane made at its first start; every child and the
-        // client commands trust that CA, and only it.
-        let ca_file = cp_data.join(shoal_pki::CA_CERT_FILE);
-        let ca = ca_file.display().to_string();
+        ),
+        args.verbose,
+    )
+    .await?;
+    // The tokens the control plane wrote at its first start: the admin's
+    // for `shoal up` itself, the join token for the nodes; the gateway
+    // gets one of its own.
+    let admin = shoal_scheduler::auth::read_admin_token(&cp_data)
+        .with_context(|| format!("reading the admin token in {}", cp_data.display()))?;
+    let join = shoal_scheduler::auth::read_join_token(&cp_data)
+        .with_context(|| format!("reading the join token in {}", cp_data.display()))?;
+    // The API is served over TLS with a certificate of the cluster CA the
+    // control plane made at its first start; every child and the client
+    // commands trust that CA, and only it.
+    Ok(ControlPlane {
+        urls: vec![api],
+        ca_file: cp_data.join(shoal_pki::CA_CERT_FILE),
+        token_dir: cp_data,
+        admin,
+        join,
+        etcd: None,
+    })
+}
+
+pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
+    let stop = crate::signals::shutdown_signal();
+    tokio::pin!(stop);
+    let dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| data_home().join("up"));
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    crate::cluster::parse_capacity(&args.capacity)?;
+    let mut members: Vec<Member> = Vec::new();
+    let result = async {
+        let cp = if args.ha {
+            ha::control_plane(&mut members, &args, &dir, &logs).await?
+        } else {
+            single_control_plane(&mut members, &args, &dir, &logs).await?
+        };
+        // Nodes, the gateway and the client move between replicas.
+        let servers = cp.urls.join(",");
+        let ca = cp.ca_file.display().to_string();
         let target = crate::config::Target {
-            server: api.clone(),
-            token: Some(admin.clone()),
-            ca: Some(crate::config::Ca::File(ca_file.clone())),
+            server: servers.clone(),
+            token: Some(cp.admin.clone()),
+            ca: Some(crate::config::Ca::File(cp.ca_file.clone())),
         };
         let client = crate::client::connect(&target, request_timeout)?;
-        let gateway_token = gateway_token(&client).await?;
+        let gateway_token = ha::while_no_leader(|| gateway_token(&client)).await?;
         let cache = dir.join("cache").display().to_string();
         for i in 1..=args.nodes {
             let name = format!("node-{i}");
-            add(ChildSpec::new(
+            let spec = ChildSpec::new(
                 name.clone(),
                 &[
                     "--ca",
                     &ca,
                     "node",
                     "--join",
-                    &api,
+                    &servers,
                     "--name",
                     &name,
                     "--listen",
@@ -333,11 +460,11 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
                 ],
                 logs.join(format!("{name}.log")),
             )
-            .env("SHOAL_JOIN_TOKEN", &join))
-            .await?;
+            .env("SHOAL_JOIN_TOKEN", &cp.join);
+            add(&mut members, spec, args.verbose).await?;
         }
         let gateway_addr = args.gateway.to_string();
-        let gateway = add(ChildSpec::new(
+        let spec = ChildSpec::new(
             "gateway",
             &[
                 "--ca",
@@ -346,15 +473,15 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
                 "--listen",
                 &gateway_addr,
                 "--control-plane",
-                &api,
+                &servers,
                 "--exit-with-parent",
             ],
             logs.join("gateway.log"),
         )
-        .env("SHOAL_TOKEN", &gateway_token))
-        .await?;
-        let context = write_client_config(&api, &ca_file, &admin)?;
-        anyhow::Ok((api, gateway, client, context))
+        .env("SHOAL_TOKEN", &gateway_token);
+        let gateway = add(&mut members, spec, args.verbose).await?;
+        let context = write_client_config(&cp.urls, &cp.ca_file, &cp.admin)?;
+        anyhow::Ok((cp, gateway, client, context))
     };
     // Ctrl-C is heard from the start: a slow first build of the demo can be
     // interrupted.
@@ -362,7 +489,7 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
         r = result => r,
         _ = &mut stop => Err(anyhow!("interrupted")),
     };
-    let (api, gateway, client, context) = match started {
+    let (cp, gateway, client, context) = match started {
         Ok(urls) => urls,
         Err(e) => {
             stop_all(&mut members).await;
@@ -392,19 +519,43 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
     }
 
     outln!();
-    outln!(
-        "Shoal is up ({} nodes). Data and logs in {}",
-        args.nodes,
-        dir.display()
-    );
+    if args.ha {
+        outln!(
+            "Shoal is up ({} nodes; {} control-plane replicas on {} etcd members). Data and logs in {}",
+            args.nodes,
+            ha::REPLICAS,
+            ha::MEMBERS,
+            dir.display()
+        );
+    } else {
+        outln!(
+            "Shoal is up ({} nodes). Data and logs in {}",
+            args.nodes,
+            dir.display()
+        );
+    }
     for m in &members {
         outln!(
-            "  {:<14} {:<28} pid {:<8} log: {}",
+            "  {:<15} {:<28} pid {:<8} log: {}",
             m.spec.name,
             m.proc.url,
             m.proc.pid(),
             m.spec.log.display()
         );
+    }
+    if let Some(etcd) = &cp.etcd {
+        let leader = ha::leader(etcd).await;
+        let name = members
+            .iter()
+            .find(|m| leader.as_deref() == Some(m.proc.url.as_str()))
+            .map(|m| m.spec.name.as_str());
+        match name {
+            Some(name) => outln!(
+                "{name} leads the control plane (the etcd key {} names the leader's URL).",
+                String::from_utf8_lossy(ha::LEADER_KEY)
+            ),
+            None => outln!("No control-plane replica leads at the moment."),
+        }
     }
     outln!();
     if args.no_demo {
@@ -422,11 +573,10 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
             path.display()
         ),
         None => outln!(
-            "  (with --server {api} --ca {} and SHOAL_TOKEN from {})",
-            dir.join("control-plane")
-                .join(shoal_pki::CA_CERT_FILE)
-                .display(),
-            dir.join("control-plane")
+            "  (with --server {} --ca {} and SHOAL_TOKEN from {})",
+            cp.urls.join(","),
+            cp.ca_file.display(),
+            cp.token_dir
                 .join(shoal_scheduler::auth::ADMIN_TOKEN_FILE)
                 .display()
         ),
@@ -443,11 +593,11 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
 /// The context of the client config that `shoal up` writes.
 const UP_CONTEXT: &str = "shoal-up";
 
-/// Writes this cluster's context (server, CA, admin token) into the
-/// client config file and makes it current; the file's path, if there is
-/// one to write.
+/// Writes this cluster's context (server or replicas, CA, admin token)
+/// into the client config file and makes it current; the file's path, if
+/// there is one to write.
 fn write_client_config(
-    api: &str,
+    urls: &[String],
     ca_file: &std::path::Path,
     admin: &str,
 ) -> anyhow::Result<Option<PathBuf>> {
@@ -457,10 +607,18 @@ fn write_client_config(
     let ca = std::fs::read_to_string(ca_file)
         .with_context(|| format!("reading {}", ca_file.display()))?;
     let mut cfg = crate::config::ClientConfig::load(&path)?;
+    let urls: Vec<String> = urls
+        .iter()
+        .map(|u| u.trim_end_matches('/').to_string())
+        .collect();
+    let server = match &urls[..] {
+        [one] => crate::config::Servers::One(one.clone()),
+        _ => crate::config::Servers::Many(urls),
+    };
     cfg.contexts.insert(
         UP_CONTEXT.into(),
         crate::config::Context {
-            server: api.trim_end_matches('/').to_string().into(),
+            server,
             ca: Some(ca),
             token: Some(admin.to_string()),
         },
@@ -594,7 +752,8 @@ async fn keep_running(
 async fn wait_for_nodes(client: &Client, n: usize) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let nodes: Vec<Node> = client.nodes().await?;
+        // A replica elected meanwhile (with --ha) answers 503 for a moment.
+        let nodes: Vec<Node> = ha::while_no_leader(|| async { Ok(client.nodes().await?) }).await?;
         if nodes.iter().filter(|x| x.state == NodeState::Ready).count() >= n {
             return Ok(());
         }
@@ -661,25 +820,32 @@ async fn deploy_demo(client: &Client) -> anyhow::Result<()> {
 }
 
 /// Asks every child to stop (SIGTERM), then kills whatever is still
-/// running after a grace period.
+/// running after a grace period; etcd members after every other child
+/// has exited.
 async fn stop_all(members: &mut [Member]) {
-    // Nodes first, so the control plane does not see them as lost and
-    // reschedule their instances while the cluster goes down.
-    for m in members.iter_mut().rev() {
-        if let Some(pid) = m.proc.child.id() {
-            // SAFETY: sending a signal to a child we started; no memory is
-            // touched.
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    for last in [false, true] {
+        // Nodes first, so the control plane does not see them as lost and
+        // reschedule their instances while the cluster goes down.
+        for m in members
+            .iter_mut()
+            .rev()
+            .filter(|m| m.spec.stop_last == last)
+        {
+            if let Some(pid) = m.proc.child.id() {
+                // SAFETY: sending a signal to a child we started; no memory
+                // is touched.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGTERM);
+                }
             }
         }
-    }
-    for m in members.iter_mut() {
-        match tokio::time::timeout(Duration::from_secs(15), m.proc.child.wait()).await {
-            Ok(_) => {}
-            Err(_) => {
-                errln!("{} did not stop in 15s; killing it", m.spec.name);
-                let _ = m.proc.child.kill().await;
+        for m in members.iter_mut().filter(|m| m.spec.stop_last == last) {
+            match tokio::time::timeout(Duration::from_secs(15), m.proc.child.wait()).await {
+                Ok(_) => {}
+                Err(_) => {
+                    errln!("{} did not stop in 15s; killing it", m.spec.name);
+                    let _ = m.proc.child.kill().await;
+                }
             }
         }
     }

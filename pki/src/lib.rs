@@ -206,7 +206,7 @@ impl ClusterCa {
         self.issue(
             all,
             "Shoal control plane",
-            ExtendedKeyUsagePurpose::ServerAuth,
+            [ExtendedKeyUsagePurpose::ServerAuth],
         )
     }
 
@@ -230,21 +230,37 @@ impl ClusterCa {
         self.issue(
             names,
             &format!("Shoal node {node}"),
-            ExtendedKeyUsagePurpose::ServerAuth,
+            [ExtendedKeyUsagePurpose::ServerAuth],
         )
     }
 
     /// A client certificate (client authentication only), named `name`:
     /// what a gateway, or the control plane, shows a node.
     pub fn issue_client(&self, name: &str) -> Result<Issued, PkiError> {
-        self.issue(Vec::new(), name, ExtendedKeyUsagePurpose::ClientAuth)
+        self.issue(Vec::new(), name, [ExtendedKeyUsagePurpose::ClientAuth])
+    }
+
+    /// A certificate for [`DEFAULT_SERVER_NAMES`] that serves and also
+    /// dials others of its kind, named `name`: for a member of a server
+    /// cluster on this machine (`shoal up --ha`'s etcd members, which dial
+    /// their peers, and their own gRPC service from their JSON gateway).
+    pub fn issue_peer(&self, name: &str) -> Result<Issued, PkiError> {
+        let names = DEFAULT_SERVER_NAMES.iter().map(|n| n.to_string()).collect();
+        self.issue(
+            names,
+            name,
+            [
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )
     }
 
     fn issue(
         &self,
         names: Vec<String>,
         common_name: &str,
-        usage: ExtendedKeyUsagePurpose,
+        usage: impl Into<Vec<ExtendedKeyUsagePurpose>>,
     ) -> Result<Issued, PkiError> {
         let mut params = CertificateParams::new(names)?;
         let mut dn = DistinguishedName::new();
@@ -252,7 +268,7 @@ impl ClusterCa {
         params.distinguished_name = dn;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![usage];
+        params.extended_key_usages = usage.into();
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
