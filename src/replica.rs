@@ -129,7 +129,7 @@ pub async fn replica(
         .advertise
         .clone()
         .unwrap_or_else(|| format!("{scheme}://{addr}"));
-    let (roles_tx, roles) = tokio::sync::watch::channel(Role::Vacant { store_down: false });
+    let (roles_tx, roles) = tokio::sync::watch::channel(Role::vacant(false));
     let router = shoal_scheduler::replica::router(roles, tls.is_some().then_some(&ca_pem[..]))
         .context("the API of the replica")?;
     let start_dir = dir.clone();

@@ -488,6 +488,32 @@ fn without_quorum_writes_are_refused_and_the_data_plane_keeps_serving() {
         (!out.success && out.stderr.contains("store_unavailable")).then_some(out.stderr)
     });
     assert!(!refused.contains("127.0.0.1"), "{refused}");
+    // Reads are still answered, from what the last leader knew, and say
+    // they may be stale; through the follower too.
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&ha.ca).unwrap()).unwrap();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    for via in [0, 1] {
+        let (status, stale, body) = wait_until(T, "a stale read", || {
+            let url = format!("{}{}", ha.urls[via], shoal_api::endpoints::APPS);
+            ha.rt.block_on(async {
+                let r = http.get(&url).bearer_auth(&ha.admin).send().await.ok()?;
+                let stale = r.headers().get("x-shoal-stale").cloned();
+                let status = r.status().as_u16();
+                let body = r.text().await.ok()?;
+                (status == 200).then_some((status, stale, body))
+            })
+        });
+        assert_eq!(status, 200);
+        assert_eq!(
+            stale.as_ref().and_then(|v| v.to_str().ok()),
+            Some("true"),
+            "{body}"
+        );
+        assert!(body.contains("\"web\""), "{body}");
+    }
     // The data plane does not need the control plane.
     for _ in 0..20 {
         let (status, body) = support::http("GET", &format!("{gateway}/web"), b"");

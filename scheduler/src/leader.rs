@@ -53,8 +53,39 @@ pub enum Role {
     /// Another replica leads, at this URL.
     Follower { leader: String },
     /// No leader is known: an election is under way, or (`store_down`)
-    /// etcd cannot be reached or has no quorum.
-    Vacant { store_down: bool },
+    /// etcd cannot be reached or has no quorum. Reads may still be served
+    /// from `stale`, and say so.
+    Vacant {
+        store_down: bool,
+        stale: Option<Stale>,
+    },
+}
+
+/// Where a replica without a leader reads from: what it knew when it last
+/// led, or the replica that led last (which may still have that).
+#[derive(Clone)]
+pub enum Stale {
+    Local(axum::Router),
+    Remote(String),
+}
+
+impl Role {
+    /// No leader, nothing to read from.
+    pub fn vacant(store_down: bool) -> Self {
+        Role::Vacant {
+            store_down,
+            stale: None,
+        }
+    }
+
+    /// What a replica that had this role can still read from.
+    fn stale(&self) -> Option<Stale> {
+        match self {
+            Role::Leader { router, .. } => Some(Stale::Local(router.clone())),
+            Role::Follower { leader } => Some(Stale::Remote(leader.clone())),
+            Role::Vacant { stale, .. } => stale.clone(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Role {
@@ -62,7 +93,11 @@ impl std::fmt::Debug for Role {
         match self {
             Role::Leader { .. } => f.write_str("Leader"),
             Role::Follower { leader } => write!(f, "Follower({leader})"),
-            Role::Vacant { store_down } => write!(f, "Vacant(store_down: {store_down})"),
+            Role::Vacant { store_down, stale } => write!(
+                f,
+                "Vacant(store_down: {store_down}, stale reads: {})",
+                stale.is_some()
+            ),
         }
     }
 }
@@ -212,7 +247,10 @@ fn store_down(roles: &watch::Sender<Role>, e: &EtcdError) {
         if matches!(r, Role::Leader { .. }) {
             return false;
         }
-        *r = Role::Vacant { store_down: down };
+        *r = Role::Vacant {
+            store_down: down,
+            stale: r.stale(),
+        };
         true
     });
 }
@@ -243,7 +281,7 @@ async fn follow(
     // replica's previous run): never pass requests to ourselves; wait for
     // it to go.
     let role = if leader == advertise {
-        Role::Vacant { store_down: false }
+        Role::vacant(false)
     } else {
         tracing::info!(%leader, "following the leader");
         Role::Follower {
@@ -288,7 +326,7 @@ where
         Ok(started) => started,
         Err(e) => {
             tracing::error!(error = %e, "elected, but cannot start the control plane; stepping down");
-            roles.send_replace(Role::Vacant { store_down: true });
+            roles.send_replace(Role::vacant(true));
             return TermEnd::Lost;
         }
     };
@@ -349,9 +387,15 @@ where
             }
         }
     };
-    // Requests go nowhere until a leader is known again, never to a
-    // control plane that is stopping.
-    roles.send_replace(Role::Vacant { store_down: false });
+    // Writes go nowhere until a leader is known again, never to a control
+    // plane that is stopping; reads are served from what it knew, marked
+    // stale.
+    roles.send_modify(|r| {
+        *r = Role::Vacant {
+            store_down: false,
+            stale: r.stale(),
+        }
+    });
     cp.stop().await;
     end
 }

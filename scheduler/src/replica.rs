@@ -5,7 +5,7 @@
 //! known, `503` with `Retry-After`, `no_leader` or, when etcd cannot be
 //! reached, `store_unavailable`. Answers never name the leader's address.
 
-use crate::leader::Role;
+use crate::leader::{Role, Stale};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -75,6 +75,55 @@ fn unavailable(code: &str, message: &str) -> Response {
     r
 }
 
+/// The header on a read served while no replica leads: what the cluster
+/// was when its last leader could still say.
+pub const STALE_HEADER: &str = "x-shoal-stale";
+
+/// Marks a stale read passed to the replica that led last.
+const STALE_HOP: &str = "x-shoal-stale-hop";
+
+/// Whether `req` is a read a stale view may answer: a GET or HEAD, but
+/// not a node's assignment, which only a leader hands out.
+fn is_read(req: &Request) -> bool {
+    matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    ) && !req.uri().path().ends_with("/assignment")
+}
+
+/// A read served from `stale`, marked so.
+async fn stale_read(replica: &Replica, stale: Stale, req: Request) -> Response {
+    let mut r = match stale {
+        Stale::Local(router) => match router.oneshot(req).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        },
+        // One hop at most: the replica that led last answers from its own
+        // memory or not at all, so two replicas never pass a read back and
+        // forth.
+        Stale::Remote(_) if req.headers().contains_key(STALE_HOP) => {
+            return unavailable(NO_LEADER, "no control plane leads at the moment; try again");
+        }
+        Stale::Remote(leader) => {
+            let (mut parts, body) = req.into_parts();
+            parts
+                .headers
+                .insert(STALE_HOP, header::HeaderValue::from_static("1"));
+            let changed = leader_changed(replica.roles.clone(), String::new());
+            forward(
+                &replica.leader,
+                &leader,
+                Request::from_parts(parts, body),
+                changed,
+            )
+            .await
+        }
+    };
+    r.headers_mut()
+        .insert(STALE_HEADER, header::HeaderValue::from_static("true"));
+    r
+}
+
 async fn dispatch(State(replica): State<Arc<Replica>>, req: Request) -> Response {
     let role = replica.roles.borrow().clone();
     match role {
@@ -83,20 +132,31 @@ async fn dispatch(State(replica): State<Arc<Replica>>, req: Request) -> Response
             Err(never) => match never {},
         },
         // Awake again after a pause past the lease: nothing is served from
-        // memory until the renewal says whether this replica still leads.
+        // memory as current until the renewal says whether this replica
+        // still leads.
+        Role::Leader { router, .. } if is_read(&req) => {
+            stale_read(&replica, Stale::Local(router), req).await
+        }
         Role::Leader { .. } => unavailable(
             NO_LEADER,
             "the control plane is confirming its leadership; try again",
         ),
+        Role::Vacant {
+            stale: Some(stale), ..
+        } if is_read(&req) => stale_read(&replica, stale, req).await,
         Role::Follower { leader } => {
             let changed = leader_changed(replica.roles.clone(), leader.clone());
             forward(&replica.leader, &leader, req, changed).await
         }
-        Role::Vacant { store_down: true } => unavailable(
+        Role::Vacant {
+            store_down: true, ..
+        } => unavailable(
             STORE_UNAVAILABLE,
             "the control plane's store cannot be reached; try again",
         ),
-        Role::Vacant { store_down: false } => unavailable(
+        Role::Vacant {
+            store_down: false, ..
+        } => unavailable(
             NO_LEADER,
             "no control plane leads at the moment (an election is under way); try again",
         ),
