@@ -19,6 +19,10 @@ use tokio::sync::{mpsc, watch};
 /// How often the autoscaler decides.
 const AUTOSCALE_EVERY: Duration = Duration::from_secs(1);
 
+/// Reports settled together at most, before the loop reconciles and
+/// writes anyway.
+const MAX_DEFERRED: u32 = 256;
+
 /// Events kept in memory for the API.
 pub(super) const EVENTS_IN_MEMORY: usize = 2000;
 
@@ -146,8 +150,13 @@ impl State {
     ) {
         let mut tick = tokio::time::interval(self.config.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut deferred = 0;
         loop {
             let mut resync = false;
+            // What only reports (heartbeats, load) is settled together
+            // with the reports queued behind it: one reconcile and one
+            // write for many, instead of one each (group commit).
+            let mut reports = false;
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(Command::Stop { reply }) => {
@@ -161,7 +170,10 @@ impl State {
                         // assignment made while nodes could not be heard.
                         return;
                     }
-                    Some(cmd) => self.handle(cmd, &out),
+                    Some(cmd) => {
+                        reports = matches!(cmd, Command::Heartbeat { .. } | Command::Metrics { .. });
+                        self.handle(cmd, &out);
+                    }
                     None => return,
                 },
                 _ = tick.tick() => {
@@ -182,6 +194,11 @@ impl State {
                         || !self.settled();
                 }
             }
+            if reports && !rx.is_empty() && deferred < MAX_DEFERRED {
+                deferred += 1;
+                continue;
+            }
+            deferred = 0;
             self.settle(resync, &out);
             if self.deposed {
                 tracing::warn!("another control plane leads: this one stops deciding");
@@ -454,11 +471,10 @@ impl State {
                 }
             });
         let changes = decide::node::heartbeat(&self.snap, name, hb, now_ms)?;
+        // Written with the next settle, for many heartbeats at once: what a
+        // node reports it says again if it is lost, and the answer (the
+        // node's assignment) does not depend on it.
         self.execute(changes);
-        if let Err(e) = self.flush() {
-            tracing::error!(error = %e, "cannot persist heartbeat changes");
-            return Err(e.into());
-        }
         let node = self
             .snap
             .nodes
