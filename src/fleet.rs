@@ -31,7 +31,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncBufReadExt;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -396,18 +395,14 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
     );
 
     let mut progress = tokio::time::interval(args.progress_every.get().max(Duration::from_millis(50)));
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    let mut stdin_open = true;
+    let mut lines = stdin_lines();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = progress.tick() => print_progress(&fleet),
-            line = lines.next_line(), if stdin_open => match line {
-                Ok(Some(line)) => command(&fleet, &mut live, line.trim()).await,
-                Ok(None) | Err(_) => stdin_open = false,
-            },
+            Some(line) = lines.recv() => command(&fleet, &mut live, line.trim()).await,
         }
     }
     for r in live.iter().flatten() {
@@ -416,6 +411,22 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Stdin's lines, read on a thread of their own: a read blocked on stdin
+/// must not keep the process from exiting, as one in tokio's blocking pool
+/// would.
+fn stdin_lines() -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 fn cpu_s() -> f64 {
