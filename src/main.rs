@@ -11,6 +11,7 @@ mod client;
 mod cluster;
 mod commands;
 mod config;
+mod fleet;
 mod nodes;
 mod out;
 mod quota;
@@ -108,6 +109,10 @@ enum Command {
     /// instances, memory, requests, the largest sandbox.
     #[command(subcommand)]
     Quota(quota::QuotaCommand),
+    /// Simulate many nodes in one process, for benchmarks of the control
+    /// plane (they run no wasm).
+    #[command(hide = true)]
+    FleetSim(fleet::FleetArgs),
 }
 
 fn init_logging() {
@@ -188,5 +193,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Token(cmd) => token::run(&client()?, cmd).await,
         Command::Cert(cmd) => cert::run(&client()?, cmd).await,
         Command::Quota(cmd) => quota::run(&client()?, cmd).await,
+        Command::FleetSim(args) => fleet::run(args).await,
     }
 }

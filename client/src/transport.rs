@@ -384,6 +384,17 @@ impl Client {
         Ok(())
     }
 
+    /// The same client, on the same connections, sending `token` and
+    /// holding it apart from this one: [`Client::set_token`] on either
+    /// changes only that one. For one process that speaks as many nodes,
+    /// each with a credential of its own (`shoal fleet-sim`).
+    pub fn with_own_token(&self, token: &str) -> Result<Client, Error> {
+        Ok(Client {
+            authorization: Arc::new(std::sync::RwLock::new(Some(bearer(token)?))),
+            ..self.clone()
+        })
+    }
+
     /// A request to any URL (a node's), over the same connections.
     pub(crate) fn request_to(&self, method: Method, url: &str) -> RequestBuilder {
         self.http.request(method, url)

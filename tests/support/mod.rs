@@ -23,7 +23,7 @@ pub struct Output {
 }
 
 impl Output {
-    fn push(&self, line: String) {
+    pub fn push(&self, line: String) {
         let (m, cv) = &*self.lines;
         m.lock().unwrap().push(line);
         cv.notify_all();
