@@ -34,6 +34,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 
+/// As a real node: a full heartbeat at least this often.
+const FULL_EVERY: Duration = Duration::from_secs(5);
+
 /// As a real node: a slow heartbeat must not delay the next.
 const HEARTBEAT_LIMIT: Duration = Duration::from_secs(2);
 /// As a real node: the long poll's limit beyond the control plane's hold.
@@ -287,13 +290,60 @@ impl SimNode {
         // Spread the fleet's heartbeats over the interval.
         let first = lock(&self.interval).mul_f64(self.index as f64 / self.nodes.max(1) as f64);
         tokio::time::sleep(first).await;
+        // As a real node: a full heartbeat when what it reports changed
+        // (or every few seconds), a lease renewal otherwise.
+        let mut last_full: Option<(u64, Instant)> = None;
+        let mut need_full = true;
         loop {
             let (hb, sent) = self.heartbeat();
+            let said = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                hb.generation.hash(&mut h);
+                for (id, _) in &sent {
+                    id.hash(&mut h);
+                }
+                h.finish()
+            };
             let t = Instant::now();
+            let renew = !need_full
+                && last_full.is_some_and(|(f, at)| f == said && at.elapsed() < FULL_EVERY);
+            if renew {
+                match client.renew_lease(&self.name, hb.generation).await {
+                    Ok(a) => {
+                        fleet.sample(t.elapsed());
+                        if !a.renewed {
+                            need_full = true;
+                            continue;
+                        }
+                    }
+                    Err(e) if e.status() == Some(http::StatusCode::NOT_FOUND) => {
+                        fleet.failed();
+                        self.registered.send_replace(false);
+                        fleet.registered.fetch_sub(1, Ordering::Relaxed);
+                        self.register(&fleet, &permits).await;
+                        need_full = true;
+                        continue;
+                    }
+                    Err(e) => {
+                        fleet.failed();
+                        need_full = true;
+                        tracing::debug!(node = %self.name, error = %e, "lease renewal failed");
+                    }
+                }
+                let interval = *lock(&self.interval);
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = self.changed.notified() => {}
+                }
+                continue;
+            }
             match client.heartbeat(&self.name, &hb).await {
                 Ok(r) => {
                     fleet.sample(t.elapsed());
                     self.acknowledged(&fleet, sent);
+                    last_full = Some((said, Instant::now()));
+                    need_full = false;
                     if !r.unchanged {
                         self.offer(&fleet, r);
                     }
@@ -308,6 +358,7 @@ impl SimNode {
                 }
                 Err(e) => {
                     fleet.failed();
+                    need_full = true;
                     tracing::debug!(node = %self.name, error = %e, "heartbeat failed");
                 }
             }
@@ -381,10 +432,7 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
             registered: tokio::sync::watch::channel(false).0,
         });
         let tasks = vec![
-            tokio::spawn(
-                node.clone()
-                    .heartbeat_loop(fleet.clone(), permits.clone()),
-            ),
+            tokio::spawn(node.clone().heartbeat_loop(fleet.clone(), permits.clone())),
             tokio::spawn(node.clone().assignment_loop(fleet.clone())),
         ];
         live.push(Some(Running { node, tasks }));
@@ -394,7 +442,8 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
         serde_json::json!({"event": "started", "nodes": args.nodes, "prefix": args.prefix})
     );
 
-    let mut progress = tokio::time::interval(args.progress_every.get().max(Duration::from_millis(50)));
+    let mut progress =
+        tokio::time::interval(args.progress_every.get().max(Duration::from_millis(50)));
     let mut lines = stdin_lines();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
