@@ -123,13 +123,11 @@ impl State {
                 }
                 Change::PutInstance(i) => {
                     self.pending.push(Op::PutInstance(i.clone()));
-                    self.snap.instances.insert(i.id.clone(), i);
+                    self.snap.put_instance(i);
                 }
-                Change::Observed(i) => {
-                    self.snap.instances.insert(i.id.clone(), i);
-                }
+                Change::Observed(i) => self.snap.put_instance(i),
                 Change::DeleteInstance(id) => {
-                    self.snap.instances.remove(&id);
+                    self.snap.remove_instance(&id);
                     self.pending.push(Op::DeleteInstance(id));
                 }
                 Change::Bump(node) => {

@@ -22,6 +22,11 @@ pub struct Snapshot {
     pub apps: imbl::OrdMap<AppKey, App>,
     pub revisions: imbl::OrdMap<(AppKey, u64), Revision>,
     pub instances: imbl::OrdMap<String, Instance>,
+    /// The ids of the instances placed on each node, kept with
+    /// `instances` by [`Snapshot::put_instance`] and
+    /// [`Snapshot::remove_instance`]: a node's heartbeat and assignment
+    /// look at its own instances, not at every instance of the cluster.
+    pub by_node: imbl::OrdMap<String, imbl::OrdSet<String>>,
     pub nodes: imbl::OrdMap<String, Node>,
     pub events: VecDeque<Event>,
     /// The autoscaler's last decision per app (not stored).
@@ -95,13 +100,50 @@ impl Snapshot {
         self.quotas.get(ns)
     }
 
+    /// Adds or replaces an instance, keeping [`Snapshot::by_node`].
+    pub(crate) fn put_instance(&mut self, i: Instance) {
+        let (id, node) = (i.id.clone(), i.node.clone());
+        let old = self.instances.insert(id.clone(), i).and_then(|o| o.node);
+        if old == node {
+            return;
+        }
+        if let Some(n) = old {
+            self.unlist(&n, &id);
+        }
+        if let Some(n) = node {
+            self.by_node.entry(n).or_default().insert(id);
+        }
+    }
+
+    /// Removes an instance, keeping [`Snapshot::by_node`].
+    pub(crate) fn remove_instance(&mut self, id: &str) {
+        if let Some(n) = self.instances.remove(id).and_then(|o| o.node) {
+            self.unlist(&n, id);
+        }
+    }
+
+    fn unlist(&mut self, node: &str, id: &str) {
+        if let Some(ids) = self.by_node.get_mut(node) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_node.remove(node);
+            }
+        }
+    }
+
+    /// The instances placed on `node`.
+    pub fn on_node<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Instance> + 'a {
+        self.by_node
+            .get(node)
+            .into_iter()
+            .flat_map(|ids| ids.iter().filter_map(|id| self.instances.get(id)))
+    }
+
     /// What `node` should run: every instance placed on it, with its
     /// template, at the node's current generation.
     pub fn assignment(&self, node: &Node) -> HeartbeatResponse {
         let instances = self
-            .instances
-            .values()
-            .filter(|i| i.node.as_deref() == Some(node.name.as_str()))
+            .on_node(&node.name)
             .filter_map(|i| {
                 Some(Assignment {
                     id: i.id.clone(),
@@ -264,5 +306,40 @@ impl Snapshot {
     /// What reconcile aims for with every app.
     pub fn desired_apps(&self) -> Vec<DesiredApp> {
         self.apps.values().filter_map(|a| self.desired(a)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(s: &Snapshot, node: &str) -> Vec<String> {
+        s.on_node(node).map(|i| i.id.clone()).collect()
+    }
+
+    #[test]
+    fn the_index_by_node_follows_every_put_and_remove() {
+        let mut s = Snapshot::default();
+        let app = AppKey::new("default", "web");
+        let inst = |id: &str, node: Option<&str>| {
+            Instance::new(id.into(), app.clone(), 1, node.map(String::from), None, 0)
+        };
+        s.put_instance(inst("a", Some("n1")));
+        s.put_instance(inst("b", Some("n1")));
+        s.put_instance(inst("c", None));
+        assert_eq!(ids(&s, "n1"), ["a", "b"]);
+        // Moved, then its node forgotten, then removed.
+        s.put_instance(inst("a", Some("n2")));
+        assert_eq!(
+            (ids(&s, "n1"), ids(&s, "n2")),
+            (vec!["b".into()], vec!["a".into()])
+        );
+        s.put_instance(inst("c", Some("n2")));
+        s.put_instance(inst("a", None));
+        assert_eq!(ids(&s, "n2"), ["c"]);
+        s.remove_instance("b");
+        s.remove_instance("c");
+        assert!(s.by_node.is_empty());
+        assert_eq!(s.instances.len(), 1);
     }
 }

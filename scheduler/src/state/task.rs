@@ -65,6 +65,9 @@ pub(super) struct State {
     ticks_since_reconcile: u32,
     /// A write found another leader (etcd): the loop ends.
     pub(super) deposed: bool,
+    /// Reports changed something since the last reconcile: the next tick
+    /// reconciles.
+    reconcile_due: bool,
     /// Nodes' lease renewals, taken at each tick.
     renewals: Arc<super::Renewals>,
 }
@@ -91,7 +94,7 @@ impl State {
             snap.revisions.insert((r.app.clone(), r.number), r);
         }
         for i in c.instances {
-            snap.instances.insert(i.id.clone(), i);
+            snap.put_instance(i);
         }
         for q in c.quotas {
             snap.quotas.insert(q.namespace, q.quota);
@@ -131,6 +134,7 @@ impl State {
             last_publish: None,
             ticks_since_reconcile: 0,
             deposed: false,
+            reconcile_due: false,
             renewals,
         })
     }
@@ -199,7 +203,16 @@ impl State {
                 continue;
             }
             deferred = 0;
-            self.settle(resync, &out);
+            if reports {
+                // Written and published now; reconciled at the next tick
+                // (within 100 ms), once for everything reported until
+                // then: at 10^5 instances a reconcile per batch of
+                // heartbeats would be most of the leader's time.
+                self.reconcile_due |= self.changed;
+                self.settle_without_reconcile(&out);
+            } else {
+                self.settle(resync || self.reconcile_due, &out);
+            }
             if self.deposed {
                 tracing::warn!("another control plane leads: this one stops deciding");
                 // Dropping the snapshot channel ends watches and long
@@ -214,8 +227,15 @@ impl State {
     fn settle(&mut self, resync: bool, out: &watch::Sender<Arc<Snapshot>>) {
         if self.changed || resync {
             self.ticks_since_reconcile = 0;
+            self.reconcile_due = false;
             self.reconcile();
         }
+        self.settle_without_reconcile(out);
+    }
+
+    /// Writes what is pending and publishes a new snapshot if anything
+    /// moved.
+    fn settle_without_reconcile(&mut self, out: &watch::Sender<Arc<Snapshot>>) {
         if !self.pending.is_empty()
             && let Err(e) = self.flush()
         {
@@ -452,12 +472,7 @@ impl State {
         let runs_it = hb.brief
             && self.snap.nodes.get(name).is_some_and(|n| {
                 n.generation == hb.generation && {
-                    let assigned = self
-                        .snap
-                        .instances
-                        .values()
-                        .filter(|i| i.node.as_deref() == Some(name))
-                        .count();
+                    let assigned = self.snap.by_node.get(name).map_or(0, |ids| ids.len());
                     let mut ids = BTreeSet::new();
                     assigned == hb.instances.len()
                         && hb.instances.iter().all(|r| {
