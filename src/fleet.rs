@@ -381,10 +381,7 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
             registered: tokio::sync::watch::channel(false).0,
         });
         let tasks = vec![
-            tokio::spawn(
-                node.clone()
-                    .heartbeat_loop(fleet.clone(), permits.clone()),
-            ),
+            tokio::spawn(node.clone().heartbeat_loop(fleet.clone(), permits.clone())),
             tokio::spawn(node.clone().assignment_loop(fleet.clone())),
         ];
         live.push(Some(Running { node, tasks }));
@@ -394,7 +391,8 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
         serde_json::json!({"event": "started", "nodes": args.nodes, "prefix": args.prefix})
     );
 
-    let mut progress = tokio::time::interval(args.progress_every.get().max(Duration::from_millis(50)));
+    let mut progress =
+        tokio::time::interval(args.progress_every.get().max(Duration::from_millis(50)));
     let mut lines = stdin_lines();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);

@@ -80,7 +80,9 @@ fn simulated_nodes_register_run_an_app_and_lose_nodes() {
     });
     assert!(placed.iter().all(|i| i.1.starts_with("sim-")));
     let line = out
-        .wait_for(LIMIT, |l| l.contains("\"progress\"") && l.contains("\"running\":40"))
+        .wait_for(LIMIT, |l| {
+            l.contains("\"progress\"") && l.contains("\"running\":40")
+        })
         .expect("the simulator counts 40 instances running");
     assert!(line.contains("\"registered\":20"), "{line}");
 
