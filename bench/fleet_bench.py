@@ -278,7 +278,7 @@ def one_run(cfg: dict, store: str, nodes: int, tmp: Path, logs: Path) -> dict:
                                f"{instances:,} instances ready as the control plane says, "
                                f"{placed['acked']:,} acknowledged to the nodes")
         log(f"{store} {nodes}: all ready after {res['place_s']:.1f} s "
-            f"(acknowledged to the nodes after {res.get('place_acked_s') or 0:.1f} s)")
+            f"(acknowledged to the nodes: {fmt_s(res.get('place_acked_s'))})")
 
         res["steady"] = window(sim, cp, etcd, win)
         res["rss_mib"] = rss_mib(cp.pid)

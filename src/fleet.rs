@@ -249,6 +249,7 @@ impl SimNode {
     }
 
     async fn register(&self, fleet: &Fleet, permits: &Semaphore) {
+        let mut failed = false;
         loop {
             let Ok(_permit) = permits.acquire().await else {
                 return;
@@ -275,8 +276,13 @@ impl SimNode {
                     fleet.registered.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
-                Err(e) => {
+                // Once a node: thousands retrying would drown the log.
+                Err(e) if !failed => {
+                    failed = true;
                     tracing::warn!(node = %self.name, error = %e, "cannot register; retrying");
+                }
+                Err(e) => {
+                    tracing::debug!(node = %self.name, error = %e, "cannot register; retrying");
                 }
             }
             drop(_permit);

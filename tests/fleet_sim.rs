@@ -11,6 +11,16 @@ use support::{Cluster, NO_CONFIG, Output, wait_until};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
+/// The simulator, killed when the test ends, failed or not.
+struct Sim(std::process::Child);
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The app's instances as the control plane lists them: (id, node, phase,
 /// ready).
 fn instances(c: &Cluster, app: &str) -> Vec<(String, String, String, bool)> {
@@ -31,7 +41,7 @@ fn instances(c: &Cluster, app: &str) -> Vec<(String, String, String, bool)> {
 #[test]
 fn simulated_nodes_register_run_an_app_and_lose_nodes() {
     let c = Cluster::start_with(0, &["--compile-for-nodes", "off"], |_| Vec::new());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+    let mut sim = Sim(Command::new(env!("CARGO_BIN_EXE_shoal"))
         .args(["fleet-sim", "--join", &c.api, "--nodes", "20"])
         .args(["--capacity", "instances=5", "--progress-every", "200ms"])
         .env("SHOAL_JOIN_TOKEN", &c.join)
@@ -41,7 +51,8 @@ fn simulated_nodes_register_run_an_app_and_lose_nodes() {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("spawn shoal fleet-sim");
+        .expect("spawn shoal fleet-sim"));
+    let child = &mut sim.0;
     let out = Output::default();
     let stdout = child.stdout.take().unwrap();
     {
@@ -119,7 +130,4 @@ fn simulated_nodes_register_run_an_app_and_lose_nodes() {
     let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
     assert!(stats["hb"]["count"].as_u64().unwrap() > 0, "{stats}");
     assert!(stats["hb"]["p99_ms"].as_f64().is_some(), "{stats}");
-
-    let _ = child.kill();
-    let _ = child.wait();
 }
