@@ -41,7 +41,13 @@ impl NodeView {
     /// Records that an instance with `need` of app `app` now lives here.
     pub fn add(&mut self, app: &str, need: Capacity) {
         self.allocated = allocate(self.allocated, need);
-        *self.per_app.entry(app.to_string()).or_default() += 1;
+        // No new string for an app the node has already (most calls).
+        match self.per_app.get_mut(app) {
+            Some(n) => *n += 1,
+            None => {
+                self.per_app.insert(app.to_string(), 1);
+            }
+        }
     }
 
     /// Records that an instance left.

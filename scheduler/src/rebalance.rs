@@ -27,7 +27,7 @@ use crate::reconcile::DesiredApp;
 use crate::rollout;
 use shoal_api::objects::{AppKey, Instance};
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// Moves in progress across the cluster at most (from a surge's creation
 /// until the instance it replaced is gone).
@@ -125,7 +125,7 @@ pub fn choose<'a>(
     app: &DesiredApp,
     live: &[&'a Instance],
     nodes: &[Cow<'_, NodeView>],
-    node_index: &HashMap<&str, usize>,
+    node_index: &rustc_hash::FxHashMap<&str, usize>,
     eligible: usize,
 ) -> Option<Move<'a>> {
     if !may_move(app) || live.len() < 2 || live.len() != app.replicas as usize {

@@ -6,6 +6,7 @@
 use crate::placement::{self, Capacity, Need, NodeView};
 use crate::rebalance::{self, Step};
 use crate::rollout::{self, Shape};
+use rustc_hash::FxHashMap;
 use shoal_api::objects::{AppKey, Instance, Phase};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -172,7 +173,7 @@ pub fn reconcile<I: std::borrow::Borrow<Instance>>(
 ) -> Plan {
     let mut sorted_nodes: Vec<&NodeView> = nodes.iter().collect();
     sorted_nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    let node_index: HashMap<&str, usize> = sorted_nodes
+    let node_index: FxHashMap<&str, usize> = sorted_nodes
         .iter()
         .enumerate()
         .map(|(i, n)| (n.name.as_str(), i))
@@ -189,7 +190,7 @@ pub fn reconcile<I: std::borrow::Borrow<Instance>>(
     };
     // Instances are grouped by app, in `apps` order; an app listed twice
     // gets its instances at its first entry.
-    let mut group_of: HashMap<&AppKey, usize> = HashMap::with_capacity(apps.len());
+    let mut group_of: FxHashMap<&AppKey, usize> = FxHashMap::default();
     for (g, a) in apps.iter().enumerate() {
         group_of.entry(&a.key).or_insert(g);
     }

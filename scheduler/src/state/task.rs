@@ -19,6 +19,10 @@ use tokio::sync::{mpsc, watch};
 /// How often the autoscaler decides.
 const AUTOSCALE_EVERY: Duration = Duration::from_secs(1);
 
+/// A reconcile this slow leaves the loop to other work for twice as long
+/// before the next (see `State::may_reconcile`).
+const SLOW_RECONCILE: Duration = Duration::from_millis(20);
+
 /// Reports settled together at most, before the loop reconciles and
 /// writes anyway.
 const MAX_DEFERRED: u32 = 256;
@@ -68,6 +72,8 @@ pub(super) struct State {
     /// Reports changed something since the last reconcile: the next tick
     /// reconciles.
     reconcile_due: bool,
+    /// When the last reconcile ended, and how long it took.
+    last_reconcile: Option<(std::time::Instant, Duration)>,
     /// Nodes' lease renewals, taken at each tick.
     renewals: Arc<super::Renewals>,
 }
@@ -135,6 +141,7 @@ impl State {
             ticks_since_reconcile: 0,
             deposed: false,
             reconcile_due: false,
+            last_reconcile: None,
             renewals,
         })
     }
@@ -226,11 +233,29 @@ impl State {
     /// publishes a new snapshot if anything moved.
     fn settle(&mut self, resync: bool, out: &watch::Sender<Arc<Snapshot>>) {
         if self.changed || resync {
-            self.ticks_since_reconcile = 0;
-            self.reconcile_due = false;
-            self.reconcile();
+            if self.may_reconcile() {
+                self.ticks_since_reconcile = 0;
+                self.reconcile_due = false;
+                let started = std::time::Instant::now();
+                self.reconcile();
+                self.last_reconcile = Some((std::time::Instant::now(), started.elapsed()));
+            } else {
+                self.reconcile_due = true;
+            }
         }
         self.settle_without_reconcile(out);
+    }
+
+    /// Whether a reconcile may run now: after a slow one (a large cluster
+    /// placing many instances), the loop leaves at least twice its time
+    /// to the commands and heartbeats waiting before the next, which a
+    /// tick then runs. Without it, reconciles back to back at 10^5
+    /// instances left applies and heartbeats queued for seconds.
+    fn may_reconcile(&self) -> bool {
+        match self.last_reconcile {
+            Some((ended, took)) if took >= SLOW_RECONCILE => ended.elapsed() >= took * 2,
+            _ => true,
+        }
     }
 
     /// Writes what is pending and publishes a new snapshot if anything
