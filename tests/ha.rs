@@ -503,7 +503,9 @@ fn without_quorum_writes_are_refused_and_the_data_plane_keeps_serving() {
                 let stale = r.headers().get("x-shoal-stale").cloned();
                 let status = r.status().as_u16();
                 let body = r.text().await.ok()?;
-                (status == 200).then_some((status, stale, body))
+                // Until the leader's lease runs out it still leads (and
+                // answers as such); then it steps down and says stale.
+                (status == 200 && stale.is_some()).then_some((status, stale, body))
             })
         });
         assert_eq!(status, 200);
