@@ -644,17 +644,13 @@ fn a_history_of_concurrent_writes_survives_leaders_killed() {
                     // As a careful client does: again while the cluster
                     // says it is between leaders (a failed attempt may
                     // still have been done: the history allows for it).
-                    let deadline = Instant::now() + T;
-                    let out = loop {
+                    let out = wait_until(T, "a leader to answer a write", || {
                         let out = cli_env(&servers, Some(&admin), &[("SHOAL_CA", &ca)], &args);
                         let transient = ["no_leader", "store_unavailable", "leader_lost"]
                             .iter()
                             .any(|c| out.stderr.contains(c));
-                        if out.success || !transient || Instant::now() > deadline {
-                            break out;
-                        }
-                        std::thread::sleep(Duration::from_millis(100));
-                    };
+                        (out.success || !transient).then_some(out)
+                    });
                     logs.lock()
                         .unwrap()
                         .entry(app.clone())
