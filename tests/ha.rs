@@ -149,6 +149,13 @@ impl Ha {
         )
     }
 
+    /// `shoal apply -f PATH --wait` through replica `via`; it must succeed.
+    fn apply_wait(&self, via: usize, path: &std::path::Path) {
+        let path = path.to_str().unwrap();
+        let out = self.cli(via, &["apply", "-f", path, "--wait", "--timeout", "60s"]);
+        assert!(out.success, "apply through replica {via}: {}", out.stderr);
+    }
+
     /// `shoal ARGS` through replica `via`, again while no replica leads
     /// (a failover under way answers `no_leader`, and says to try again).
     fn cli_until_led(&self, via: usize, args: &[&str]) -> CliOutput {
@@ -304,18 +311,7 @@ fn the_leader_killed_another_leads_and_no_acknowledged_write_is_lost() {
         ha.add_node(i, &all);
     }
     let m = ha.manifest(3);
-    let out = ha.cli(
-        2,
-        &[
-            "apply",
-            "-f",
-            m.to_str().unwrap(),
-            "--wait",
-            "--timeout",
-            "60s",
-        ],
-    );
-    assert!(out.success, "apply through a follower: {}", out.stderr);
+    ha.apply_wait(2, &m);
     ha.wait_running(1, 3);
 
     // An acknowledged write, then the leader dies at once, and a node
@@ -377,18 +373,7 @@ fn a_paused_leader_writes_nothing_after_it_wakes() {
     let follower = ha.urls[1].clone();
     ha.add_node(0, &follower);
     let m = ha.manifest(1);
-    let out = ha.cli(
-        1,
-        &[
-            "apply",
-            "-f",
-            m.to_str().unwrap(),
-            "--wait",
-            "--timeout",
-            "60s",
-        ],
-    );
-    assert!(out.success, "apply: {}", out.stderr);
+    ha.apply_wait(1, &m);
     ha.wait_running(1, 1);
 
     ha.replicas[0].signal("-STOP");
@@ -462,18 +447,7 @@ fn without_quorum_writes_are_refused_and_the_data_plane_keeps_serving() {
     let all = ha.all_urls();
     ha.add_node(0, &all);
     let m = ha.manifest(1);
-    let out = ha.cli(
-        0,
-        &[
-            "apply",
-            "-f",
-            m.to_str().unwrap(),
-            "--wait",
-            "--timeout",
-            "60s",
-        ],
-    );
-    assert!(out.success, "apply: {}", out.stderr);
+    ha.apply_wait(0, &m);
     ha.wait_running(0, 1);
     let gateway = ha.start_gateway(0);
     wait_until(T, "the app through the gateway", || {
