@@ -188,6 +188,15 @@ impl State {
     /// Writes pending changes. On failure they stay pending and memory is
     /// ahead of disk until the next attempt succeeds.
     pub(super) fn flush(&mut self) -> Result<(), StoreError> {
+        // After the write in progress, if any: writes keep their order. Its
+        // snapshot is not published (the state is ahead of it): the next
+        // publication covers it.
+        if let Some(Some(_)) = self.finish_write(true) {
+            self.changed = true;
+        }
+        if self.deposed {
+            return Err(StoreError::Deposed);
+        }
         if self.pending.is_empty() {
             return Ok(());
         }

@@ -7,7 +7,7 @@ use super::{ApiError, Command, Config, Snapshot};
 use crate::autoscale::{Sample, ScaleState};
 use crate::clock::AwakeClock;
 use crate::reconcile;
-use crate::store::{Op, Store};
+use crate::store::{Op, Store, StoreError};
 use shoal_api::objects::{AppKey, Phase, RolloutState};
 use shoal_api::protocol::HeartbeatResponse;
 use shoal_api::rest::GatewayMetrics;
@@ -76,6 +76,18 @@ pub(super) struct State {
     last_reconcile: Option<(std::time::Instant, Duration)>,
     /// Nodes' lease renewals, taken at each tick.
     renewals: Arc<super::Renewals>,
+    /// A write of reports in progress (see [`State::write_behind`]).
+    pub(super) inflight: Option<Inflight>,
+    /// Wakes the loop when the write in progress is done.
+    pub(super) written: Arc<tokio::sync::Notify>,
+}
+
+/// A write the loop does not wait for: its operations (given back if it
+/// fails), and the snapshot to publish once it is done.
+pub(super) struct Inflight {
+    pub(super) done: std::sync::mpsc::Receiver<Result<(), StoreError>>,
+    pub(super) ops: Arc<Vec<Op>>,
+    snapshot: Option<Arc<Snapshot>>,
 }
 
 /// One second of an app's load, by reporting gateway.
@@ -143,6 +155,8 @@ impl State {
             reconcile_due: false,
             last_reconcile: None,
             renewals,
+            inflight: None,
+            written: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -162,8 +176,10 @@ impl State {
         let mut tick = tokio::time::interval(self.config.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut deferred = 0;
+        let written = self.written.clone();
         loop {
             let mut resync = false;
+            let writing = self.inflight.is_some();
             // What only reports (heartbeats, load) is settled together
             // with the reports queued behind it: one reconcile and one
             // write for many, instead of one each (group commit).
@@ -187,6 +203,9 @@ impl State {
                     }
                     None => return,
                 },
+                // A write the loop did not wait for is done: publish what
+                // it made durable (see `write_behind`).
+                _ = written.notified(), if writing => reports = true,
                 _ = tick.tick() => {
                     self.take_renewals();
                     self.expire_leases();
@@ -216,9 +235,9 @@ impl State {
                 // then: at 10^5 instances a reconcile per batch of
                 // heartbeats would be most of the leader's time.
                 self.reconcile_due |= self.changed;
-                self.settle_without_reconcile(&out);
+                self.settle_without_reconcile(&out, false);
             } else {
-                self.settle(resync || self.reconcile_due, &out);
+                self.settle(resync || self.reconcile_due, &out, false);
             }
             if self.deposed {
                 tracing::warn!("another control plane leads: this one stops deciding");
@@ -231,7 +250,7 @@ impl State {
 
     /// Reconciles what changed (everything with `resync`), writes it, and
     /// publishes a new snapshot if anything moved.
-    fn settle(&mut self, resync: bool, out: &watch::Sender<Arc<Snapshot>>) {
+    fn settle(&mut self, resync: bool, out: &watch::Sender<Arc<Snapshot>>, wait: bool) {
         if self.changed || resync {
             if self.may_reconcile() {
                 self.ticks_since_reconcile = 0;
@@ -243,7 +262,7 @@ impl State {
                 self.reconcile_due = true;
             }
         }
-        self.settle_without_reconcile(out);
+        self.settle_without_reconcile(out, wait);
     }
 
     /// Whether a reconcile may run now: after a slow one (a large cluster
@@ -260,11 +279,13 @@ impl State {
 
     /// Writes what is pending and publishes a new snapshot if anything
     /// moved.
-    fn settle_without_reconcile(&mut self, out: &watch::Sender<Arc<Snapshot>>) {
-        if !self.pending.is_empty()
-            && let Err(e) = self.flush()
-        {
-            tracing::error!(error = %e, "cannot write the store; will retry");
+    /// With `wait` (a command is answered after it), the write is waited
+    /// for, so that the caller's next read sees everything it caused.
+    fn settle_without_reconcile(&mut self, out: &watch::Sender<Arc<Snapshot>>, wait: bool) {
+        self.write_behind(out);
+        if wait && let Some(Some(snapshot)) = self.finish_write(true) {
+            self.last_publish = Some(tokio::time::Instant::now());
+            out.send_replace(snapshot);
         }
         if self.heartbeats_dirty
             && self
@@ -276,13 +297,86 @@ impl State {
         // Readers get a new snapshot only when something changed, and
         // only once it is written: nodes are never handed an assignment
         // the store does not have (a new leader would not know it).
-        if self.changed && self.pending.is_empty() && !self.deposed {
+        if self.changed && self.pending.is_empty() && self.inflight.is_none() && !self.deposed {
             self.heartbeats_dirty = false;
             self.last_publish = Some(tokio::time::Instant::now());
             self.changed = false;
             self.snap.version += 1;
             out.send_replace(Arc::new(self.snapshot()));
         }
+    }
+
+    /// Writes what is pending without waiting for the store: the loop
+    /// goes on deciding and taking reports while one write is in progress,
+    /// and what comes meanwhile goes in the next. The snapshot of the state
+    /// the write makes durable is published when it is done, never before
+    /// (nodes are never handed an assignment the store does not have). With
+    /// etcd a write is a network round trip and a disk sync: a loop that
+    /// waited for each left heartbeats queued behind it.
+    fn write_behind(&mut self, out: &watch::Sender<Arc<Snapshot>>) {
+        if self.inflight.is_some() {
+            match self.finish_write(false) {
+                Some(Some(snapshot)) => {
+                    self.last_publish = Some(tokio::time::Instant::now());
+                    out.send_replace(snapshot);
+                }
+                Some(None) => {}
+                None => return,
+            }
+        }
+        if self.pending.is_empty() || self.deposed {
+            return;
+        }
+        let snapshot = std::mem::take(&mut self.changed).then(|| {
+            self.heartbeats_dirty = false;
+            self.snap.version += 1;
+            Arc::new(self.snapshot())
+        });
+        let ops = Arc::new(std::mem::take(&mut self.pending));
+        let (tx, done) = std::sync::mpsc::sync_channel(1);
+        let (store, written, writing) = (self.store.clone(), self.written.clone(), ops.clone());
+        tokio::task::spawn_blocking(move || {
+            let _ = tx.send(store.write(&writing));
+            written.notify_one();
+        });
+        self.inflight = Some(Inflight {
+            done,
+            ops,
+            snapshot,
+        });
+    }
+
+    /// Ends the write in progress if it is done (or, with `wait`, once it
+    /// is): `None` while it goes on; else the snapshot to publish, if it
+    /// succeeded and carried one. A failed write's operations are pending
+    /// again, ahead of what came after them.
+    pub(super) fn finish_write(&mut self, wait: bool) -> Option<Option<Arc<Snapshot>>> {
+        let inflight = self.inflight.as_ref()?;
+        let result = if wait {
+            inflight.done.recv().ok()
+        } else {
+            match inflight.done.try_recv() {
+                Ok(r) => Some(r),
+                Err(std::sync::mpsc::TryRecvError::Empty) => return None,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => None,
+            }
+        };
+        let inflight = self.inflight.take()?;
+        match result {
+            Some(Ok(())) => return Some(inflight.snapshot),
+            Some(Err(StoreError::Deposed)) => {
+                self.pending.clear();
+                self.deposed = true;
+                return Some(None);
+            }
+            Some(Err(e)) => tracing::error!(error = %e, "cannot write the store; will retry"),
+            None => tracing::error!("the store's write stopped; will retry"),
+        }
+        let mut ops = Arc::unwrap_or_clone(inflight.ops);
+        ops.append(&mut self.pending);
+        self.pending = ops;
+        self.changed |= inflight.snapshot.is_some();
+        Some(None)
     }
 
     /// Executes what a decider decided and writes it; a refusal changes
@@ -304,7 +398,7 @@ impl State {
         macro_rules! answer {
             ($reply:expr, $result:expr) => {{
                 let r = $result;
-                self.settle(false, out);
+                self.settle(false, out, true);
                 let _ = $reply.send(r);
             }};
         }
@@ -403,7 +497,7 @@ impl State {
             } => {
                 let d = unit(decide::node::cordon(&self.snap, &node, on));
                 let r = self.commit(d, actor.as_deref());
-                self.settle(false, out);
+                self.settle(false, out, true);
                 let r = r.and_then(|()| {
                     self.snap
                         .nodes
@@ -419,7 +513,7 @@ impl State {
                 // Reconcile places the replacements before the answer, so
                 // it can say what is blocked.
                 self.changed = true;
-                self.settle(false, out);
+                self.settle(false, out, true);
                 let r = r.and_then(|()| {
                     self.snap
                         .drain_status(&node)
