@@ -1,10 +1,16 @@
 //! The API of a control-plane replica (`--store etcd://...`): the leader's
-//! router when this replica leads; otherwise the request is passed to the
-//! leader, as it came (its token included: the leader authenticates and
-//! authorizes it, as it does every request); and while no leader is
-//! known, `503` with `Retry-After`, `no_leader` or, when etcd cannot be
+//! router when this replica leads. A follower answers the reads its read
+//! cache can answer itself (see [`crate::follower`]: the same handlers,
+//! tokens and rules as the leader's, over the state as etcd holds it) and
+//! passes every other request to the leader, as it came (its token
+//! included: the leader authenticates and authorizes it, as it does every
+//! request); after a write it passed on succeeds, it holds the answer
+//! until its cache shows the write (at most [`CATCH_UP`]), so a client
+//! reads its own writes through the same follower. While no leader is
+//! known: `503` with `Retry-After`, `no_leader` or, when etcd cannot be
 //! reached, `store_unavailable`. Answers never name the leader's address.
 
+use crate::follower::{CATCH_UP, Cache};
 use crate::leader::{Role, Stale};
 use axum::Router;
 use axum::body::Body;
@@ -37,11 +43,18 @@ pub enum ReplicaError {
 struct Replica {
     roles: watch::Receiver<Role>,
     leader: reqwest::Client,
+    /// The read cache in service, if any (see [`crate::follower::spawn`]).
+    cache: watch::Receiver<Option<Cache>>,
 }
 
 /// The router of a replica whose role `roles` says; `ca_pem` is what the
-/// leader's certificate is checked against (none: plain HTTP).
-pub fn router(roles: watch::Receiver<Role>, ca_pem: Option<&[u8]>) -> Result<Router, ReplicaError> {
+/// leader's certificate is checked against (none: plain HTTP); `cache`
+/// publishes the read cache a follower answers reads from.
+pub fn router(
+    roles: watch::Receiver<Role>,
+    ca_pem: Option<&[u8]>,
+    cache: watch::Receiver<Option<Cache>>,
+) -> Result<Router, ReplicaError> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
         // Long polls and watches are passed through: no overall timeout,
@@ -60,7 +73,11 @@ pub fn router(roles: watch::Receiver<Role>, ca_pem: Option<&[u8]>) -> Result<Rou
     let leader = builder
         .build()
         .map_err(|e| ReplicaError::Client(e.to_string()))?;
-    let replica = Arc::new(Replica { roles, leader });
+    let replica = Arc::new(Replica {
+        roles,
+        leader,
+        cache,
+    });
     Ok(Router::new().fallback(dispatch).with_state(replica))
 }
 
@@ -144,10 +161,7 @@ async fn dispatch(State(replica): State<Arc<Replica>>, req: Request) -> Response
         Role::Vacant {
             stale: Some(stale), ..
         } if is_read(&req) => stale_read(&replica, stale, req).await,
-        Role::Follower { leader } => {
-            let changed = leader_changed(replica.roles.clone(), leader.clone());
-            forward(&replica.leader, &leader, req, changed).await
-        }
+        Role::Follower { leader } => follow(&replica, leader, req).await,
         Role::Vacant {
             store_down: true, ..
         } => unavailable(
@@ -161,6 +175,57 @@ async fn dispatch(State(replica): State<Arc<Replica>>, req: Request) -> Response
             "no control plane leads at the moment (an election is under way); try again",
         ),
     }
+}
+
+/// A follower's answer: from its read cache when the cache can give it,
+/// else the leader's; a write's once the cache shows it.
+async fn follow(replica: &Replica, leader: String, req: Request) -> Response {
+    let cache = replica.cache.borrow().clone();
+    if let Some(cache) = &cache
+        && cache.answers(&req)
+    {
+        return match cache.router().oneshot(req).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+    }
+    let catch_up = cache.filter(|_| is_clients_write(&req));
+    let changed = leader_changed(replica.roles.clone(), leader.clone());
+    let answer = forward(&replica.leader, &leader, req, changed).await;
+    if answer.status().is_success()
+        && let Some(cache) = catch_up
+    {
+        // The leader answered once the write was in etcd: the client's
+        // next read here shows it. A cache that cannot catch up in time
+        // is loaded again; the answer goes out all the same.
+        cache.catch_up(CATCH_UP).await;
+    }
+    answer
+}
+
+/// Whether `req` changes something a client may read back next: not a
+/// read, and not one of the calls nodes and gateways make all the time
+/// (reports, lease renewals, activations), whose answers are not held.
+fn is_clients_write(req: &Request) -> bool {
+    use shoal_api::endpoints as ep;
+    if matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    ) {
+        return false;
+    }
+    let path = req.uri().path();
+    let is = |template: &str| crate::follower::matches_template(template, path);
+    ![
+        ep::NODE_REGISTER,
+        ep::NODE_HEARTBEAT,
+        ep::NODE_LEASE,
+        ep::METRICS,
+        ep::APP_ACTIVATE,
+        ep::GATEWAY_CERTIFICATE,
+    ]
+    .into_iter()
+    .any(is)
 }
 
 /// Headers of one hop only, never passed on.

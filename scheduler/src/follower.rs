@@ -1,0 +1,542 @@
+//! A follower's read cache (`--store etcd://...`): the state as etcd holds
+//! it, loaded once at one revision and then kept current by a watch on the
+//! prefix from the next revision, so that a follower answers reads itself
+//! and passes only writes (and what the cache cannot answer) to the leader
+//! (see [`crate::replica`]).
+//!
+//! The cache is a [`ControlPlane::read_only`] whose [`Snapshot`] the watch
+//! feeds instead of a state task: reads are answered by the same handlers
+//! as the leader's, behind the same authentication and authorization
+//! against the same tokens (mirrored from `tokens/`).
+//!
+//! - **Current.** An answer is what etcd held a watch's lag ago (the time
+//!   etcd takes to send a change, milliseconds). A watch that breaks, a
+//!   start revision compacted away, or a record the cache cannot read
+//!   takes the cache out of service (reads go to the leader again) until
+//!   it has loaded again.
+//! - **A silent watch.** An etcd member that hangs leaves a watch silent
+//!   rather than broken. After [`QUIET`] without a change, the cache puts
+//!   the `sync` key and expects to see it within [`CATCH_UP`]; if not, it
+//!   loads again.
+//! - **Read your writes.** After a write that a follower passed to the
+//!   leader succeeds, [`Cache::catch_up`] puts the `sync` key (after the
+//!   write: the leader answered once it was in etcd) and waits for the
+//!   watch to bring that put: by then every change before it is in the
+//!   cache, the write's included.
+//!
+//! Only what is stored is in the cache: what the leader keeps in memory
+//! (nodes' heartbeat times between writes, the autoscaler's decisions,
+//! cold starts, in-flight counts) is not, so the reads that show it are
+//! left to the leader ([`Cache::answers`]).
+
+use crate::leader::Role;
+use crate::state::{Config, ControlPlane, Snapshot};
+use crate::store::etcd::Etcd;
+use crate::store::{Contents, Store, StoredQuota};
+use axum::extract::Request;
+use axum::http::Method;
+use shoal_api::auth::TokenRecord;
+use shoal_api::certs::StoredCertificate;
+use shoal_api::endpoints as ep;
+use shoal_api::objects::{App, AppKey, Event, Instance, Node, Revision};
+use shoal_etcd::{EtcdError, EventKind, WatchEvent};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+/// How long a cache out of service waits before it loads again.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// A watch quiet for this long is checked with a put of the `sync` key.
+pub const QUIET: Duration = Duration::from_secs(5);
+
+/// How long the cache may take to see a put of the `sync` key: a write's
+/// answer is held this long at most for the cache to show it.
+pub const CATCH_UP: Duration = Duration::from_secs(2);
+
+/// The key, under the prefix, that followers put to mark a point in
+/// etcd's history. Its value means nothing.
+const SYNC_KEY: &str = "sync";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    #[error("cannot read the stored record {key}: {message}")]
+    Corrupt { key: String, message: String },
+    #[error("the watch fell behind: a change made {0:?} ago has not arrived")]
+    Stalled(Duration),
+    #[error("etcd ended the watch")]
+    Ended,
+}
+
+/// A cache in service: what a follower answers reads from.
+#[derive(Clone)]
+pub struct Cache {
+    router: axum::Router,
+    cp: ControlPlane,
+    /// The etcd revision the cache has applied everything up to.
+    applied: watch::Receiver<i64>,
+    /// Whether an app autoscales: its view shows the autoscaler's
+    /// decisions, which only the leader has.
+    autoscaled: Arc<AtomicBool>,
+    sync: Arc<Sync>,
+}
+
+struct Sync {
+    client: shoal_etcd::Client,
+    key: Vec<u8>,
+    /// Told when a catch-up failed: the watch is loaded again.
+    stalled: Notify,
+}
+
+impl Sync {
+    /// Puts the `sync` key: the revision of a point in etcd's history
+    /// after every write acknowledged so far.
+    async fn mark(&self) -> Result<i64, EtcdError> {
+        self.client.put(&self.key, b"", None).await
+    }
+}
+
+impl Cache {
+    /// The API that answers from the cache.
+    pub fn router(&self) -> axum::Router {
+        self.router.clone()
+    }
+
+    /// The read-only control plane behind it.
+    pub fn control_plane(&self) -> &ControlPlane {
+        &self.cp
+    }
+
+    /// The etcd revision the cache has applied.
+    pub fn applied(&self) -> i64 {
+        *self.applied.borrow()
+    }
+
+    /// Whether the cache answers `req` as the leader would: a read of
+    /// stored state only. Long polls and watches, nodes' calls, module
+    /// bytes, logs, metrics and what shows the leader's memory go to the
+    /// leader.
+    pub fn answers(&self, req: &Request) -> bool {
+        if !matches!(*req.method(), Method::GET | Method::HEAD) {
+            return false;
+        }
+        let path = req.uri().path();
+        let is = |template: &str| matches_template(template, path);
+        if is(ep::APPS) || is(ep::APP) {
+            return !self.autoscaled.load(Ordering::Acquire);
+        }
+        if is(ep::EVENTS) {
+            // A long poll waits for the leader's next event.
+            return axum::extract::Query::<ep::EventsQuery>::try_from_uri(req.uri())
+                .is_ok_and(|q| q.wait != Some(true));
+        }
+        [
+            ep::INSTANCES,
+            ep::REVISIONS,
+            ep::QUOTAS,
+            ep::QUOTA,
+            ep::TOKENS,
+            ep::CERTIFICATES,
+            ep::ROUTES,
+            ep::NODE_DRAIN,
+        ]
+        .into_iter()
+        .any(is)
+    }
+
+    /// Waits, up to `within`, until the cache holds every write etcd
+    /// acknowledged before this call; whether it does. A cache that cannot
+    /// catch up is loaded again.
+    pub async fn catch_up(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let revision = match tokio::time::timeout_at(deadline, self.sync.mark()).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot mark etcd's history to catch up with");
+                return false;
+            }
+            Err(_) => {
+                tracing::warn!("etcd took too long to mark its history to catch up with");
+                return false;
+            }
+        };
+        let mut applied = self.applied.clone();
+        let caught = tokio::time::timeout_at(deadline, applied.wait_for(|a| *a >= revision))
+            .await
+            .map(|r| r.is_ok());
+        match caught {
+            Ok(true) => true,
+            // Replaced meanwhile: the next cache loaded after the mark.
+            Ok(false) => false,
+            Err(_) => {
+                tracing::warn!(
+                    revision,
+                    applied = *applied.borrow(),
+                    "the read cache did not catch up in time; loading it again"
+                );
+                self.sync.stalled.notify_one();
+                false
+            }
+        }
+    }
+}
+
+/// Whether `path` is an instance of the endpoint `template`
+/// (`/v1/nodes/{name}/drain`).
+pub(crate) fn matches_template(template: &str, path: &str) -> bool {
+    let mut t = template.split('/');
+    let mut p = path.split('/');
+    loop {
+        match (t.next(), p.next()) {
+            (None, None) => return true,
+            (Some(ts), Some(ps)) => {
+                let param = ts.starts_with('{') && ts.ends_with('}');
+                if !(param && !ps.is_empty() || ts == ps) {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// Keeps a read cache while this replica follows (and, once it has one,
+/// while no replica leads), none while it leads; what it publishes is the
+/// cache in service, if any.
+pub fn spawn(
+    etcd: Etcd,
+    config: Config,
+    roles: watch::Receiver<Role>,
+) -> watch::Receiver<Option<Cache>> {
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(run(etcd, config, roles, tx));
+    rx
+}
+
+async fn run(
+    etcd: Etcd,
+    config: Config,
+    mut roles: watch::Receiver<Role>,
+    out: watch::Sender<Option<Cache>>,
+) {
+    loop {
+        if roles
+            .wait_for(|r| matches!(r, Role::Follower { .. }))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let mut leads = roles.clone();
+        tokio::select! {
+            // Leading (or stopping): the leader answers from its own state.
+            _ = leads.wait_for(|r| matches!(r, Role::Leader { .. })) => {}
+            _ = keep(&etcd, &config, &out) => {}
+            _ = out.closed() => return,
+        }
+        out.send_replace(None);
+    }
+}
+
+/// Keeps a cache in service, loading it again after every failure.
+async fn keep(etcd: &Etcd, config: &Config, out: &watch::Sender<Option<Cache>>) {
+    loop {
+        let Err(e) = follow(etcd, config, out).await;
+        out.send_replace(None);
+        tracing::warn!(error = %e, "the read cache is out of service; reads go to the leader while it loads again");
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// What a load read: the state, its tokens and certificates, and the
+/// revision it is all at.
+struct Loaded {
+    contents: Contents,
+    tokens: Vec<TokenRecord>,
+    certificates: Vec<StoredCertificate>,
+    revision: i64,
+}
+
+/// Reads every record the cache keeps, at one revision.
+async fn load(client: &shoal_etcd::Client, etcd: &Etcd) -> Result<Loaded, CacheError> {
+    let (apps, revision) = client.get_prefix(&etcd.key("apps/")).await?;
+    let at = async |rel: &str| client.get_prefix_at(&etcd.key(rel), revision).await;
+    let contents = Contents {
+        apps: decode(apps)?,
+        revisions: decode(at("revisions/").await?)?,
+        nodes: decode(at("nodes/").await?)?,
+        instances: decode(at("instances/").await?)?,
+        // Zero-padded sequence numbers: key order is their order.
+        events: decode(at("events/").await?)?,
+        quotas: decode(at("quotas/").await?)?,
+        meta: Vec::new(),
+    };
+    Ok(Loaded {
+        contents,
+        tokens: decode(at("tokens/").await?)?,
+        certificates: decode(at("certificates/").await?)?,
+        revision,
+    })
+}
+
+fn corrupt(key: &[u8], e: impl std::fmt::Display) -> CacheError {
+    CacheError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        message: e.to_string(),
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    kvs: Vec<shoal_etcd::KeyValue>,
+) -> Result<Vec<T>, CacheError> {
+    kvs.into_iter()
+        .map(|kv| serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e)))
+        .collect()
+}
+
+/// Loads the cache, puts it in service and keeps it current until the
+/// watch fails.
+async fn follow(
+    etcd: &Etcd,
+    config: &Config,
+    out: &watch::Sender<Option<Cache>>,
+) -> Result<std::convert::Infallible, CacheError> {
+    let client = etcd.client().clone();
+    let loaded = load(&client, etcd).await?;
+    let store = Arc::new(Store::etcd(etcd.reader()));
+    let tokens = Arc::new(crate::auth::Tokens::from_records(
+        store.clone(),
+        loaded.tokens,
+    ));
+    let certificates = Arc::new(crate::certs::Certificates::from_records(
+        store.clone(),
+        loaded.certificates,
+        config.clock.now_ms(),
+    ));
+    let mut mirror = Mirror {
+        prefix: etcd.key(""),
+        snap: Snapshot::from_contents(loaded.contents),
+        tokens: tokens.clone(),
+        certificates: certificates.clone(),
+    };
+    let autoscaled = Arc::new(AtomicBool::new(mirror.autoscaled()));
+    let (snap_tx, snap_rx) = watch::channel(Arc::new(mirror.snap.clone()));
+    let (applied_tx, applied_rx) = watch::channel(loaded.revision);
+    let mut stream = client
+        .watch(&etcd.key(""), true, loaded.revision + 1)
+        .await?;
+    let cp = ControlPlane::read_only(store, tokens, certificates, snap_rx, config);
+    let sync = Arc::new(Sync {
+        client: client.clone(),
+        key: etcd.key(SYNC_KEY),
+        stalled: Notify::new(),
+    });
+    out.send_replace(Some(Cache {
+        router: crate::api::router(cp.clone()),
+        cp,
+        applied: applied_rx,
+        autoscaled: autoscaled.clone(),
+        sync: sync.clone(),
+    }));
+    tracing::info!(
+        revision = loaded.revision,
+        apps = mirror.snap.apps.len(),
+        instances = mirror.snap.instances.len(),
+        "the read cache is loaded and follows etcd"
+    );
+    // A put of the sync key the watch has yet to bring, and by when.
+    let mut probe: Option<(i64, Instant)> = None;
+    let mut quiet_until = Instant::now() + QUIET;
+    loop {
+        let probe_deadline = probe.map(|(_, by)| by);
+        tokio::select! {
+            item = futures::StreamExt::next(&mut stream) => {
+                let events = match item {
+                    Some(Ok(events)) => events,
+                    Some(Err(e)) => return Err(e.into()),
+                    None => return Err(CacheError::Ended),
+                };
+                let mut changed = false;
+                let mut apps = false;
+                let mut revision = *applied_tx.borrow();
+                for e in &events {
+                    revision = revision.max(e.kv.mod_revision);
+                    let (snap, app) = mirror.apply(e)?;
+                    changed |= snap;
+                    apps |= app;
+                }
+                if apps {
+                    autoscaled.store(mirror.autoscaled(), Ordering::Release);
+                }
+                if changed {
+                    mirror.snap.version += 1;
+                    mirror.snap.changes += 1;
+                    snap_tx.send_replace(Arc::new(mirror.snap.clone()));
+                }
+                // Readers waiting for this revision see the state above.
+                applied_tx.send_replace(revision);
+                if probe.is_some_and(|(r, _)| revision >= r) {
+                    probe = None;
+                }
+                quiet_until = Instant::now() + QUIET;
+            }
+            _ = tokio::time::sleep_until(quiet_until), if probe.is_none() => {
+                let marked = tokio::time::timeout(CATCH_UP, sync.mark()).await;
+                let revision = marked.map_err(|_| {
+                    EtcdError::Unavailable("the put of the sync key timed out".into())
+                })??;
+                probe = Some((revision, Instant::now() + CATCH_UP));
+            }
+            _ = tokio::time::sleep_until(probe_deadline.unwrap_or(quiet_until)), if probe.is_some() => {
+                return Err(CacheError::Stalled(CATCH_UP));
+            }
+            _ = sync.stalled.notified() => return Err(CacheError::Stalled(CATCH_UP)),
+        }
+    }
+}
+
+/// The state as the watch changes it.
+struct Mirror {
+    prefix: Vec<u8>,
+    snap: Snapshot,
+    tokens: Arc<crate::auth::Tokens>,
+    certificates: Arc<crate::certs::Certificates>,
+}
+
+impl Mirror {
+    fn autoscaled(&self) -> bool {
+        self.snap
+            .apps
+            .values()
+            .any(|a| a.settings.autoscale.is_some())
+    }
+
+    /// Applies one change; whether it changed the snapshot, and whether
+    /// it was an app's.
+    fn apply(&mut self, e: &WatchEvent) -> Result<(bool, bool), CacheError> {
+        let Some(rel) = e.kv.key.strip_prefix(&self.prefix[..]) else {
+            return Ok((false, false));
+        };
+        // Keys the control plane writes are text; others are not ours.
+        let Ok(rel) = std::str::from_utf8(rel) else {
+            return Ok((false, false));
+        };
+        let Some((table, name)) = rel.split_once('/') else {
+            // The leader key, the sync key.
+            return Ok((false, false));
+        };
+        let put = e.kind == EventKind::Put;
+        let snap = &mut self.snap;
+        match table {
+            "apps" => {
+                if put {
+                    let a: App = self::parse(&e.kv)?;
+                    snap.apps.insert(a.key.clone(), a);
+                } else if let Some((ns, app)) = name.split_once('/') {
+                    snap.apps.remove(&AppKey::new(ns, app));
+                }
+                Ok((true, true))
+            }
+            "revisions" => {
+                if put {
+                    let r: Revision = self::parse(&e.kv)?;
+                    snap.revisions.insert((r.app.clone(), r.number), r);
+                } else if let Some((app, number)) = name.rsplit_once('/')
+                    && let Some((ns, app)) = app.split_once('/')
+                    && let Ok(number) = number.parse::<u64>()
+                {
+                    snap.revisions.remove(&(AppKey::new(ns, app), number));
+                }
+                Ok((true, false))
+            }
+            "instances" => {
+                if put {
+                    snap.put_instance(self::parse::<Instance>(&e.kv)?);
+                } else {
+                    snap.remove_instance(name);
+                }
+                Ok((true, false))
+            }
+            "nodes" => {
+                if put {
+                    let n: Node = self::parse(&e.kv)?;
+                    snap.nodes.insert(n.name.clone(), n);
+                } else {
+                    snap.nodes.remove(name);
+                }
+                Ok((true, false))
+            }
+            "events" => {
+                if put {
+                    add_event(&mut snap.events, self::parse(&e.kv)?);
+                } else if let Ok(seq) = name.parse::<u64>() {
+                    snap.events.retain(|ev| ev.seq != seq);
+                }
+                Ok((true, false))
+            }
+            "quotas" => {
+                if put {
+                    let q: StoredQuota = self::parse(&e.kv)?;
+                    snap.quotas.insert(q.namespace, q.quota);
+                } else {
+                    snap.quotas.remove(name);
+                }
+                Ok((true, false))
+            }
+            "tokens" => {
+                let record = put.then(|| self::parse(&e.kv)).transpose()?;
+                self.tokens.mirror(name, record);
+                Ok((false, false))
+            }
+            "certificates" => {
+                let cert = put.then(|| self::parse(&e.kv)).transpose()?;
+                self.certificates.mirror(name, cert);
+                Ok((false, false))
+            }
+            // Modules, the CA, counters: not read from the cache.
+            _ => Ok((false, false)),
+        }
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(kv: &shoal_etcd::KeyValue) -> Result<T, CacheError> {
+    serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e))
+}
+
+/// Adds `event` in sequence order, keeping the newest events only, as the
+/// leader does.
+fn add_event(events: &mut std::collections::VecDeque<Event>, event: Event) {
+    match events.back() {
+        Some(last) if last.seq >= event.seq => {
+            match events.binary_search_by_key(&event.seq, |e| e.seq) {
+                Ok(at) => events[at] = event,
+                Err(at) => events.insert(at, event),
+            }
+        }
+        _ => events.push_back(event),
+    }
+    while events.len() > crate::state::EVENTS_IN_MEMORY {
+        events.pop_front();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_match_their_paths_only() {
+        assert!(matches_template(ep::APPS, "/v1/apps"));
+        assert!(matches_template(ep::APP, "/v1/namespaces/a/apps/web"));
+        assert!(!matches_template(ep::APP, "/v1/namespaces/a/apps/web/scale"));
+        assert!(!matches_template(ep::APP, "/v1/namespaces//apps/web"));
+        assert!(matches_template(ep::NODE_DRAIN, "/v1/nodes/n1/drain"));
+        assert!(!matches_template(ep::NODE_DRAIN, "/v1/nodes/n1/assignment"));
+        assert!(!matches_template(ep::ROUTES, "/v1/routes/watch"));
+        assert!(!matches_template(ep::TOKENS, "/v1/tokens/admin"));
+    }
+}
