@@ -299,9 +299,7 @@ impl Ha {
     ) -> Option<(u16, Option<String>, String)> {
         let url = format!("{}{path}", self.urls[via]);
         self.rt.block_on(async {
-            let mut req = http
-                .request(method, &url)
-                .timeout(Duration::from_secs(2));
+            let mut req = http.request(method, &url).timeout(Duration::from_secs(2));
             if let Some(t) = token {
                 req = req.bearer_auth(t);
             }
@@ -600,7 +598,14 @@ fn a_follower_answers_reads_from_its_cache_and_shows_a_client_its_own_writes() {
         let body = serde_json::json!({ "replicas": replicas });
         let scale = format!("{app}/scale");
         let (status, _, answer) = ha
-            .send(&http, 1, reqwest::Method::POST, &scale, Some(body), Some(&admin))
+            .send(
+                &http,
+                1,
+                reqwest::Method::POST,
+                &scale,
+                Some(body),
+                Some(&admin),
+            )
             .expect("the scale is answered");
         assert_eq!(status, 204, "{answer}");
         let v = describe(&admin);
@@ -642,8 +647,18 @@ fn a_follower_answers_reads_from_its_cache_and_shows_a_client_its_own_writes() {
     refused(Some("shoal_nonsense"), app, 401, "unauthenticated");
     refused(Some(&revoked), app, 401, "unauthenticated");
     refused(Some(&other_ns), app, 403, "forbidden");
-    refused(Some(&other_ns), shoal_api::endpoints::APPS, 403, "forbidden");
-    refused(Some(&gateway), shoal_api::endpoints::TOKENS, 403, "forbidden");
+    refused(
+        Some(&other_ns),
+        shoal_api::endpoints::APPS,
+        403,
+        "forbidden",
+    );
+    refused(
+        Some(&gateway),
+        shoal_api::endpoints::TOKENS,
+        403,
+        "forbidden",
+    );
     // What the tokens may read, they read.
     let (status, _, body) = ha
         .get(&http, 1, "/v1/apps?namespace=other", Some(&other_ns))
@@ -666,7 +681,10 @@ fn a_follower_answers_reads_from_its_cache_and_shows_a_client_its_own_writes() {
         Some(serde_json::json!({ "replicas": 1 })),
         Some(&admin),
     );
-    assert!(write.is_none(), "a write answered without the leader: {write:?}");
+    assert!(
+        write.is_none(),
+        "a write answered without the leader: {write:?}"
+    );
     ha.replicas[0].signal("-CONT");
 }
 

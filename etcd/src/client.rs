@@ -174,7 +174,9 @@ impl Client {
                 "a read at revision {revision}: revisions start at 1"
             )));
         }
-        self.prefix_pages(prefix, revision).await.map(|(kvs, _)| kvs)
+        self.prefix_pages(prefix, revision)
+            .await
+            .map(|(kvs, _)| kvs)
     }
 
     async fn get_prefix_once(&self, prefix: &[u8]) -> Result<(Vec<KeyValue>, i64), EtcdError> {

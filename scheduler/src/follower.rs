@@ -527,12 +527,139 @@ fn add_event(events: &mut std::collections::VecDeque<Event>, event: Event) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::etcd::EtcdConfig;
+    use shoal_api::auth::{Role as TokenRole, Scope};
+    use shoal_api::objects::{EventLevel, RolloutState};
+
+    fn app(name: &str, replicas: u32) -> App {
+        App {
+            key: AppKey::new("default", name),
+            replicas,
+            current_revision: 1,
+            stable_revision: 1,
+            settings: Default::default(),
+            rollout: RolloutState::Complete { at_ms: 0 },
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+
+    fn event(seq: u64) -> Event {
+        Event {
+            seq,
+            at_ms: seq,
+            namespace: None,
+            app: None,
+            object: "node/n1".into(),
+            level: EventLevel::Normal,
+            reason: "Test".into(),
+            message: format!("event {seq}"),
+            actor: None,
+        }
+    }
+
+    fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+        serde_json::to_vec(v).unwrap()
+    }
+
+    async fn in_service(caches: &mut watch::Receiver<Option<Cache>>) -> Cache {
+        let cache = tokio::time::timeout(Duration::from_secs(30), caches.wait_for(Option::is_some))
+            .await
+            .expect("the cache in service in time")
+            .expect("the cache's task runs");
+        cache.clone().expect("a cache")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_cache_follows_etcd_and_leaves_service_while_it_cannot() {
+        let cluster = shoal_etcd::testing::EtcdCluster::start(1).await;
+        let etcd = Etcd::connect(&EtcdConfig {
+            endpoints: cluster.endpoints(),
+            ca_pem: None,
+            identity_pem: None,
+            prefix: "/t".into(),
+            request_timeout: Duration::from_secs(1),
+        })
+        .unwrap();
+        let client = etcd.client().clone();
+        let put = async |rel: &str, value: Vec<u8>| {
+            client.put(&etcd.key(rel), &value, None).await.unwrap();
+        };
+        let secret = "shoal_test_secret";
+        let viewer = TokenRecord {
+            name: "viewer".into(),
+            role: TokenRole::View,
+            scope: Scope::Cluster,
+            created_ms: 0,
+            expires_ms: None,
+            sha256: crate::auth::hash(secret),
+        };
+        put("apps/default/web", json(&app("web", 2))).await;
+        put("tokens/viewer", json(&viewer)).await;
+        put("events/00000000000000000005", json(&event(5))).await;
+        // Keys of no table the cache keeps.
+        put("blobs/abc/chunk/000000", vec![0, 1, 2]).await;
+        put("leader", b"http://elsewhere".to_vec()).await;
+
+        let (_roles_tx, roles) = watch::channel(Role::Follower {
+            leader: "http://leader.invalid".into(),
+        });
+        let mut caches = spawn(etcd.clone(), Config::default(), roles);
+        let cache = in_service(&mut caches).await;
+        let cp = cache.control_plane().clone();
+        assert_eq!(cp.snapshot().apps.len(), 1);
+        assert!(cp.tokens().authenticate(secret, 1).is_some());
+
+        // Changes the leader makes; once caught up, every one is there.
+        put("apps/default/api", json(&app("api", 1))).await;
+        client.delete(&etcd.key("apps/default/web")).await.unwrap();
+        put("events/00000000000000000007", json(&event(7))).await;
+        put("events/00000000000000000006", json(&event(6))).await;
+        let inst = Instance::new(
+            "i1".into(),
+            AppKey::new("default", "api"),
+            1,
+            Some("n1".into()),
+            None,
+            0,
+        );
+        put("instances/i1", json(&inst)).await;
+        client.delete(&etcd.key("tokens/viewer")).await.unwrap();
+        assert!(cache.catch_up(CATCH_UP).await);
+        let snap = cp.snapshot();
+        let apps: Vec<&str> = snap.apps.keys().map(|k| k.name.as_str()).collect();
+        assert_eq!(apps, ["api"]);
+        let seqs: Vec<u64> = snap.events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [5, 6, 7]);
+        assert_eq!(snap.on_node("n1").count(), 1);
+        assert!(cp.tokens().authenticate(secret, 1).is_none());
+        assert!(cache.applied() > 0);
+        // It only reads: a write asked of it is refused, never done.
+        let scaled = cp.scale(AppKey::new("default", "api"), 3, None).await;
+        assert!(matches!(scaled, Err(crate::state::ApiError::Closed)));
+
+        // etcd stops answering: the cache cannot tell it is current, and
+        // leaves service; back once etcd is.
+        cluster.member(0).pause();
+        tokio::time::timeout(QUIET + CATCH_UP * 4, caches.wait_for(Option::is_none))
+            .await
+            .expect("out of service in time")
+            .unwrap();
+        cluster.member(0).resume();
+        cluster.member(0).wait_ready().await;
+        let cache = in_service(&mut caches).await;
+        assert!(cache.catch_up(CATCH_UP).await);
+        assert_eq!(cache.control_plane().snapshot().apps.len(), 1);
+    }
 
     #[test]
     fn templates_match_their_paths_only() {
         assert!(matches_template(ep::APPS, "/v1/apps"));
         assert!(matches_template(ep::APP, "/v1/namespaces/a/apps/web"));
-        assert!(!matches_template(ep::APP, "/v1/namespaces/a/apps/web/scale"));
+        assert!(!matches_template(
+            ep::APP,
+            "/v1/namespaces/a/apps/web/scale"
+        ));
         assert!(!matches_template(ep::APP, "/v1/namespaces//apps/web"));
         assert!(matches_template(ep::NODE_DRAIN, "/v1/nodes/n1/drain"));
         assert!(!matches_template(ep::NODE_DRAIN, "/v1/nodes/n1/assignment"));
