@@ -134,9 +134,9 @@ pub async fn replica(
     let (roles_tx, roles) = tokio::sync::watch::channel(Role::vacant(false));
     // While this replica follows, it answers reads from a cache of the
     // state etcd keeps current.
-    let cache = shoal_scheduler::follower::spawn(etcd.clone(), config.clone(), roles.clone());
+    let follower = shoal_scheduler::follower::spawn(etcd.clone(), config.clone(), roles.clone());
     let router =
-        shoal_scheduler::replica::router(roles, tls.is_some().then_some(&ca_pem[..]), cache)
+        shoal_scheduler::replica::router(roles, tls.is_some().then_some(&ca_pem[..]), follower)
             .context("the API of the replica")?;
     let start_dir = dir.clone();
     let start = move |store: shoal_scheduler::store::Store| {

@@ -19,10 +19,13 @@
 //!   the `sync` key and expects to see it within [`CATCH_UP`]; if not, it
 //!   loads again.
 //! - **Read your writes.** After a write that a follower passed to the
-//!   leader succeeds, [`Cache::catch_up`] puts the `sync` key (after the
-//!   write: the leader answered once it was in etcd) and waits for the
+//!   leader succeeds, [`Follower::catch_up`] puts the `sync` key (after
+//!   the write: the leader answered once it was in etcd) and waits for the
 //!   watch to bring that put: by then every change before it is in the
-//!   cache, the write's included.
+//!   cache, the write's included. From then on the follower answers from
+//!   a cache only once it has applied that put (or, when the put could not
+//!   be made, only from a cache loaded afterwards); until then the leader
+//!   answers.
 //!
 //! Only what is stored is in the cache: what the leader keeps in memory
 //! (nodes' heartbeat times between writes, the autoscaler's decisions,
@@ -41,7 +44,7 @@ use shoal_api::endpoints as ep;
 use shoal_api::objects::{App, AppKey, Event, Instance, Node, Revision};
 use shoal_etcd::{EtcdError, EventKind, WatchEvent};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
@@ -82,22 +85,8 @@ pub struct Cache {
     /// Whether an app autoscales: its view shows the autoscaler's
     /// decisions, which only the leader has.
     autoscaled: Arc<AtomicBool>,
-    sync: Arc<Sync>,
-}
-
-struct Sync {
-    client: shoal_etcd::Client,
-    key: Vec<u8>,
-    /// Told when a catch-up failed: the watch is loaded again.
-    stalled: Notify,
-}
-
-impl Sync {
-    /// Puts the `sync` key: the revision of a point in etcd's history
-    /// after every write acknowledged so far.
-    async fn mark(&self) -> Result<i64, EtcdError> {
-        self.client.put(&self.key, b"", None).await
-    }
+    /// Which load this is (1 for the first).
+    load: u64,
 }
 
 impl Cache {
@@ -147,24 +136,82 @@ impl Cache {
         .into_iter()
         .any(is)
     }
+}
 
-    /// Waits, up to `within`, until the cache holds every write etcd
-    /// acknowledged before this call; whether it does. A cache that cannot
-    /// catch up is loaded again.
-    pub async fn catch_up(&self, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        let revision = match tokio::time::timeout_at(deadline, self.sync.mark()).await {
+/// A follower's reads: the cache in service, if any, and what it must
+/// have applied to answer (read your writes).
+#[derive(Clone)]
+pub struct Follower {
+    caches: watch::Receiver<Option<Cache>>,
+    shared: Arc<Shared>,
+}
+
+/// What the follower's API and its cache's task share.
+struct Shared {
+    client: shoal_etcd::Client,
+    sync_key: Vec<u8>,
+    /// Loads started so far.
+    loads: AtomicU64,
+    /// A cache answers only once it has applied this revision (a mark
+    /// after the last write this follower passed on)...
+    floor: AtomicI64,
+    /// ... and only if it is this load or a later one (one started after
+    /// a write whose mark could not be made).
+    floor_load: AtomicU64,
+    /// Told when a cache did not catch up in time: it is loaded again.
+    stalled: Notify,
+}
+
+impl Shared {
+    /// Puts the `sync` key: the revision of a point in etcd's history
+    /// after every write acknowledged so far.
+    async fn mark(&self) -> Result<i64, EtcdError> {
+        self.client.put(&self.sync_key, b"", None).await
+    }
+}
+
+impl Follower {
+    /// The cache in service, if it answers `req` and holds every write
+    /// this follower passed on; else the leader answers.
+    pub fn reader(&self, req: &Request) -> Option<Cache> {
+        let cache = self.caches.borrow().clone()?;
+        let current = cache.load >= self.shared.floor_load.load(Ordering::Acquire)
+            && cache.applied() >= self.shared.floor.load(Ordering::Acquire);
+        (current && cache.answers(req)).then_some(cache)
+    }
+
+    /// The cache in service, if any.
+    pub fn cache(&self) -> Option<Cache> {
+        self.caches.borrow().clone()
+    }
+
+    /// After a write passed to the leader succeeded: waits, up to
+    /// [`CATCH_UP`], until the cache holds it (and every write etcd
+    /// acknowledged before this call); whether it does. Until it does,
+    /// reads go to the leader; a cache that cannot catch up in time is
+    /// loaded again.
+    pub async fn catch_up(&self) -> bool {
+        let deadline = Instant::now() + CATCH_UP;
+        let revision = match tokio::time::timeout_at(deadline, self.shared.mark()).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot mark etcd's history to catch up with");
-                return false;
-            }
-            Err(_) => {
-                tracing::warn!("etcd took too long to mark its history to catch up with");
+            failed => {
+                let e = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "it took too long".to_string(),
+                };
+                // Only a cache loaded from now on is sure to hold the write.
+                let next = self.shared.loads.load(Ordering::Acquire) + 1;
+                self.shared.floor_load.fetch_max(next, Ordering::AcqRel);
+                self.shared.stalled.notify_one();
+                tracing::warn!(error = %e, "cannot mark etcd's history after a write; the read cache loads again");
                 return false;
             }
         };
-        let mut applied = self.applied.clone();
+        self.shared.floor.fetch_max(revision, Ordering::AcqRel);
+        let Some(cache) = self.cache() else {
+            return false;
+        };
+        let mut applied = cache.applied.clone();
         let caught = tokio::time::timeout_at(deadline, applied.wait_for(|a| *a >= revision))
             .await
             .map(|r| r.is_ok());
@@ -178,7 +225,7 @@ impl Cache {
                     applied = *applied.borrow(),
                     "the read cache did not catch up in time; loading it again"
                 );
-                self.sync.stalled.notify_one();
+                self.shared.stalled.notify_one();
                 false
             }
         }
@@ -205,16 +252,19 @@ pub(crate) fn matches_template(template: &str, path: &str) -> bool {
 }
 
 /// Keeps a read cache while this replica follows (and, once it has one,
-/// while no replica leads), none while it leads; what it publishes is the
-/// cache in service, if any.
-pub fn spawn(
-    etcd: Etcd,
-    config: Config,
-    roles: watch::Receiver<Role>,
-) -> watch::Receiver<Option<Cache>> {
-    let (tx, rx) = watch::channel(None);
-    tokio::spawn(run(etcd, config, roles, tx));
-    rx
+/// while no replica leads), none while it leads.
+pub fn spawn(etcd: Etcd, config: Config, roles: watch::Receiver<Role>) -> Follower {
+    let (tx, caches) = watch::channel(None);
+    let shared = Arc::new(Shared {
+        client: etcd.client().clone(),
+        sync_key: etcd.key(SYNC_KEY),
+        loads: AtomicU64::new(0),
+        floor: AtomicI64::new(0),
+        floor_load: AtomicU64::new(0),
+        stalled: Notify::new(),
+    });
+    tokio::spawn(run(etcd, config, roles, tx, shared.clone()));
+    Follower { caches, shared }
 }
 
 async fn run(
@@ -222,6 +272,7 @@ async fn run(
     config: Config,
     mut roles: watch::Receiver<Role>,
     out: watch::Sender<Option<Cache>>,
+    shared: Arc<Shared>,
 ) {
     loop {
         if roles
@@ -235,7 +286,7 @@ async fn run(
         tokio::select! {
             // Leading (or stopping): the leader answers from its own state.
             _ = leads.wait_for(|r| matches!(r, Role::Leader { .. })) => {}
-            _ = keep(&etcd, &config, &out) => {}
+            _ = keep(&etcd, &config, &out, &shared) => {}
             _ = out.closed() => return,
         }
         out.send_replace(None);
@@ -243,9 +294,9 @@ async fn run(
 }
 
 /// Keeps a cache in service, loading it again after every failure.
-async fn keep(etcd: &Etcd, config: &Config, out: &watch::Sender<Option<Cache>>) {
+async fn keep(etcd: &Etcd, config: &Config, out: &watch::Sender<Option<Cache>>, shared: &Shared) {
     loop {
-        let Err(e) = follow(etcd, config, out).await;
+        let Err(e) = follow(etcd, config, out, shared).await;
         out.send_replace(None);
         tracing::warn!(error = %e, "the read cache is out of service; reads go to the leader while it loads again");
         tokio::time::sleep(RETRY).await;
@@ -304,8 +355,10 @@ async fn follow(
     etcd: &Etcd,
     config: &Config,
     out: &watch::Sender<Option<Cache>>,
+    shared: &Shared,
 ) -> Result<std::convert::Infallible, CacheError> {
     let client = etcd.client().clone();
+    let load_number = shared.loads.fetch_add(1, Ordering::AcqRel) + 1;
     let loaded = load(&client, etcd).await?;
     let store = Arc::new(Store::etcd(etcd.reader()));
     let tokens = Arc::new(crate::auth::Tokens::from_records(
@@ -330,17 +383,12 @@ async fn follow(
         .watch(&etcd.key(""), true, loaded.revision + 1)
         .await?;
     let cp = ControlPlane::read_only(store, tokens, certificates, snap_rx, config);
-    let sync = Arc::new(Sync {
-        client: client.clone(),
-        key: etcd.key(SYNC_KEY),
-        stalled: Notify::new(),
-    });
     out.send_replace(Some(Cache {
         router: crate::api::router(cp.clone()),
         cp,
         applied: applied_rx,
         autoscaled: autoscaled.clone(),
-        sync: sync.clone(),
+        load: load_number,
     }));
     tracing::info!(
         revision = loaded.revision,
@@ -385,7 +433,7 @@ async fn follow(
                 quiet_until = Instant::now() + QUIET;
             }
             _ = tokio::time::sleep_until(quiet_until), if probe.is_none() => {
-                let marked = tokio::time::timeout(CATCH_UP, sync.mark()).await;
+                let marked = tokio::time::timeout(CATCH_UP, shared.mark()).await;
                 let revision = marked.map_err(|_| {
                     EtcdError::Unavailable("the put of the sync key timed out".into())
                 })??;
@@ -394,7 +442,7 @@ async fn follow(
             _ = tokio::time::sleep_until(probe_deadline.unwrap_or(quiet_until)), if probe.is_some() => {
                 return Err(CacheError::Stalled(CATCH_UP));
             }
-            _ = sync.stalled.notified() => return Err(CacheError::Stalled(CATCH_UP)),
+            _ = shared.stalled.notified() => return Err(CacheError::Stalled(CATCH_UP)),
         }
     }
 }
@@ -562,7 +610,8 @@ mod tests {
         serde_json::to_vec(v).unwrap()
     }
 
-    async fn in_service(caches: &mut watch::Receiver<Option<Cache>>) -> Cache {
+    async fn in_service(follower: &Follower) -> Cache {
+        let mut caches = follower.caches.clone();
         let cache = tokio::time::timeout(Duration::from_secs(30), caches.wait_for(Option::is_some))
             .await
             .expect("the cache in service in time")
@@ -604,8 +653,14 @@ mod tests {
         let (_roles_tx, roles) = watch::channel(Role::Follower {
             leader: "http://leader.invalid".into(),
         });
-        let mut caches = spawn(etcd.clone(), Config::default(), roles);
-        let cache = in_service(&mut caches).await;
+        let follower = spawn(etcd.clone(), Config::default(), roles);
+        let cache = in_service(&follower).await;
+        let read = || {
+            axum::http::Request::get(ep::APPS)
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        assert!(follower.reader(&read()).is_some());
         let cp = cache.control_plane().clone();
         assert_eq!(cp.snapshot().apps.len(), 1);
         assert!(cp.tokens().authenticate(secret, 1).is_some());
@@ -625,7 +680,7 @@ mod tests {
         );
         put("instances/i1", json(&inst)).await;
         client.delete(&etcd.key("tokens/viewer")).await.unwrap();
-        assert!(cache.catch_up(CATCH_UP).await);
+        assert!(follower.catch_up().await);
         let snap = cp.snapshot();
         let apps: Vec<&str> = snap.apps.keys().map(|k| k.name.as_str()).collect();
         assert_eq!(apps, ["api"]);
@@ -638,18 +693,121 @@ mod tests {
         let scaled = cp.scale(AppKey::new("default", "api"), 3, None).await;
         assert!(matches!(scaled, Err(crate::state::ApiError::Closed)));
 
-        // etcd stops answering: the cache cannot tell it is current, and
-        // leaves service; back once etcd is.
+        // etcd stops answering: a write's mark cannot be made, so no cache
+        // loaded before it answers; the cache leaves service, and is back,
+        // loaded again, once etcd is.
         cluster.member(0).pause();
+        assert!(!follower.catch_up().await);
+        assert!(follower.reader(&read()).is_none());
+        let mut caches = follower.caches.clone();
         tokio::time::timeout(QUIET + CATCH_UP * 4, caches.wait_for(Option::is_none))
             .await
             .expect("out of service in time")
             .unwrap();
         cluster.member(0).resume();
         cluster.member(0).wait_ready().await;
-        let cache = in_service(&mut caches).await;
-        assert!(cache.catch_up(CATCH_UP).await);
+        let cache = in_service(&follower).await;
+        assert!(follower.reader(&read()).is_some());
+        assert!(follower.catch_up().await);
         assert_eq!(cache.control_plane().snapshot().apps.len(), 1);
+    }
+
+    #[test]
+    fn each_table_follows_its_puts_and_deletes() {
+        use shoal_api::objects::Template;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let tokens = Arc::new(crate::auth::Tokens::from_records(store.clone(), vec![]));
+        let certificates = Arc::new(crate::certs::Certificates::from_records(store, vec![], 0));
+        let mut m = Mirror {
+            prefix: b"/p/".to_vec(),
+            snap: Snapshot::default(),
+            tokens: tokens.clone(),
+            certificates: certificates.clone(),
+        };
+        let ev = |kind, key: &str, value: Vec<u8>| WatchEvent {
+            kind,
+            kv: shoal_etcd::KeyValue {
+                key: key.as_bytes().to_vec(),
+                value,
+                ..Default::default()
+            },
+        };
+        let put = |key: &str, value: Vec<u8>| ev(EventKind::Put, key, value);
+        let del = |key: &str| ev(EventKind::Delete, key, Vec::new());
+        let web = AppKey::new("default", "web");
+        let rev = |number| Revision {
+            app: web.clone(),
+            number,
+            template: Template {
+                digest: "ab".into(),
+                spec: Default::default(),
+            },
+            created_at_ms: 0,
+        };
+        let rkey = |n| {
+            format!(
+                "/p/revisions/{}",
+                crate::store::revision_key("default/web", n)
+            )
+        };
+        m.apply(&put(&rkey(1), json(&rev(1)))).unwrap();
+        m.apply(&put(&rkey(2), json(&rev(2)))).unwrap();
+        m.apply(&del(&rkey(1))).unwrap();
+        let numbers: Vec<u64> = m.snap.revisions.keys().map(|(_, n)| *n).collect();
+        assert_eq!(numbers, [2]);
+
+        let quota = StoredQuota {
+            namespace: "team".into(),
+            quota: Default::default(),
+        };
+        m.apply(&put("/p/quotas/team", json(&quota))).unwrap();
+        assert!(m.snap.quotas.contains_key("team"));
+        m.apply(&del("/p/quotas/team")).unwrap();
+        assert!(m.snap.quotas.is_empty());
+
+        let cert = StoredCertificate {
+            host: "a.example".into(),
+            cert_pem: "PEM".into(),
+            key_pem: shoal_api::certs::KeyPem::new("KEY"),
+            names: vec!["a.example".into()],
+            not_after: 0,
+            added_ms: 0,
+            added_by: "admin".into(),
+        };
+        let changes = certificates.subscribe();
+        m.apply(&put("/p/certificates/a.example", json(&cert)))
+            .unwrap();
+        assert_eq!(certificates.list().len(), 1);
+        assert!(changes.has_changed().unwrap());
+        m.apply(&del("/p/certificates/a.example")).unwrap();
+        assert!(certificates.list().is_empty());
+
+        // The newest events only, in order, as the leader keeps them.
+        let n = crate::state::EVENTS_IN_MEMORY as u64 + 3;
+        for seq in (0..n).rev() {
+            m.apply(&put(&format!("/p/events/{seq:020}"), json(&event(seq))))
+                .unwrap();
+        }
+        m.apply(&put(&format!("/p/events/{n:020}"), json(&event(n))))
+            .unwrap();
+        let seqs: Vec<u64> = m.snap.events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs.len(), crate::state::EVENTS_IN_MEMORY);
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(seqs.last(), Some(&n));
+
+        // Not the cache's: other prefixes, modules, the leader key.
+        for key in [
+            "/q/apps/default/x",
+            "/p/blobs/ab/meta",
+            "/p/leader",
+            "/p/sync",
+        ] {
+            assert_eq!(m.apply(&put(key, b"{".to_vec())).unwrap(), (false, false));
+        }
+        // A record it cannot read is an error: the cache loads again.
+        assert!(m.apply(&put("/p/apps/default/web", b"{".to_vec())).is_err());
+        assert!(tokens.list().is_empty());
     }
 
     #[test]

@@ -5,12 +5,13 @@
 //! passes every other request to the leader, as it came (its token
 //! included: the leader authenticates and authorizes it, as it does every
 //! request); after a write it passed on succeeds, it holds the answer
-//! until its cache shows the write (at most [`CATCH_UP`]), so a client
-//! reads its own writes through the same follower. While no leader is
+//! until its cache shows the write (at most
+//! [`crate::follower::CATCH_UP`]), and reads go to the leader until the
+//! cache does, so a client reads its own writes through the same follower. While no leader is
 //! known: `503` with `Retry-After`, `no_leader` or, when etcd cannot be
 //! reached, `store_unavailable`. Answers never name the leader's address.
 
-use crate::follower::{CATCH_UP, Cache};
+use crate::follower::Follower;
 use crate::leader::{Role, Stale};
 use axum::Router;
 use axum::body::Body;
@@ -43,17 +44,17 @@ pub enum ReplicaError {
 struct Replica {
     roles: watch::Receiver<Role>,
     leader: reqwest::Client,
-    /// The read cache in service, if any (see [`crate::follower::spawn`]).
-    cache: watch::Receiver<Option<Cache>>,
+    /// Its reads (see [`crate::follower::spawn`]).
+    follower: Follower,
 }
 
 /// The router of a replica whose role `roles` says; `ca_pem` is what the
-/// leader's certificate is checked against (none: plain HTTP); `cache`
-/// publishes the read cache a follower answers reads from.
+/// leader's certificate is checked against (none: plain HTTP); `follower`
+/// has the read cache a follower answers reads from.
 pub fn router(
     roles: watch::Receiver<Role>,
     ca_pem: Option<&[u8]>,
-    cache: watch::Receiver<Option<Cache>>,
+    follower: Follower,
 ) -> Result<Router, ReplicaError> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
@@ -76,7 +77,7 @@ pub fn router(
     let replica = Arc::new(Replica {
         roles,
         leader,
-        cache,
+        follower,
     });
     Ok(Router::new().fallback(dispatch).with_state(replica))
 }
@@ -180,25 +181,20 @@ async fn dispatch(State(replica): State<Arc<Replica>>, req: Request) -> Response
 /// A follower's answer: from its read cache when the cache can give it,
 /// else the leader's; a write's once the cache shows it.
 async fn follow(replica: &Replica, leader: String, req: Request) -> Response {
-    let cache = replica.cache.borrow().clone();
-    if let Some(cache) = &cache
-        && cache.answers(&req)
-    {
+    if let Some(cache) = replica.follower.reader(&req) {
         return match cache.router().oneshot(req).await {
             Ok(r) => r,
             Err(never) => match never {},
         };
     }
-    let catch_up = cache.filter(|_| is_clients_write(&req));
+    let write = is_clients_write(&req);
     let changed = leader_changed(replica.roles.clone(), leader.clone());
     let answer = forward(&replica.leader, &leader, req, changed).await;
-    if answer.status().is_success()
-        && let Some(cache) = catch_up
-    {
+    if write && answer.status().is_success() {
         // The leader answered once the write was in etcd: the client's
-        // next read here shows it. A cache that cannot catch up in time
-        // is loaded again; the answer goes out all the same.
-        cache.catch_up(CATCH_UP).await;
+        // next read here shows it, from a cache that caught up or from the
+        // leader. The answer waits for the cache 2 s at most.
+        replica.follower.catch_up().await;
     }
     answer
 }
