@@ -53,6 +53,11 @@ pub enum TxnOp {
     DeletePrefix {
         prefix: Vec<u8>,
     },
+    /// Every key from `key` (included) to `range_end` (excluded).
+    DeleteRange {
+        key: Vec<u8>,
+        range_end: Vec<u8>,
+    },
     Get {
         key: Vec<u8>,
     },

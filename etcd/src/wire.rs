@@ -288,6 +288,9 @@ pub(crate) fn request_op(op: &TxnOp) -> Value {
         }
         TxnOp::Delete { key } => json!({ "request_delete_range": range_request(key, None) }),
         TxnOp::DeletePrefix { prefix } => json!({ "request_delete_range": prefix_request(prefix) }),
+        TxnOp::DeleteRange { key, range_end } => {
+            json!({ "request_delete_range": range_request(key, Some(range_end)) })
+        }
         TxnOp::Get { key } => json!({ "request_range": range_request(key, None) }),
     }
 }

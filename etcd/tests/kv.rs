@@ -190,6 +190,31 @@ async fn txn_runs_the_branch_its_compares_choose() {
     );
     assert!(client.get_prefix(b"x/").await.unwrap().0.is_empty());
 
+    // A range deletion: from its key (included) to its end (excluded).
+    for k in ["e/1", "e/2", "e/3"] {
+        client.put(k.as_bytes(), b"v", None).await.unwrap();
+    }
+    let ranged = client
+        .txn(Txn {
+            success: vec![TxnOp::DeleteRange {
+                key: b"e/".to_vec(),
+                range_end: b"e/3".to_vec(),
+            }],
+            ..Txn::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ranged.responses, vec![TxnOpResponse::Delete { deleted: 2 }]);
+    let left: Vec<Vec<u8>> = client
+        .get_prefix(b"e/")
+        .await
+        .unwrap()
+        .0
+        .into_iter()
+        .map(|kv| kv.key)
+        .collect();
+    assert_eq!(left, vec![b"e/3".to_vec()]);
+
     // Less: the version is not below 1.
     let less = client
         .txn(Txn {

@@ -191,7 +191,14 @@ impl State {
         if self.pending.is_empty() {
             return Ok(());
         }
-        match self.store.write(&self.pending) {
+        let t0 = std::time::Instant::now();
+        let r = self.store.write(&self.pending);
+        tracing::debug!(
+            ops = self.pending.len(),
+            ms = t0.elapsed().as_millis() as u64,
+            "store written"
+        );
+        match r {
             Ok(()) => {
                 self.pending.clear();
                 Ok(())

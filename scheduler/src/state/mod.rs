@@ -568,6 +568,10 @@ impl ControlPlane {
         node: String,
         hb: Heartbeat,
     ) -> Result<HeartbeatResponse, ApiError> {
+        // The node is heard now, whenever the state task gets to its
+        // report: a busy leader (a large write to etcd in progress) must
+        // not count its own queue against the node's lease.
+        self.renewals.add(&node, self.clock.now_ms());
         self.ask(|reply| Command::Heartbeat { node, hb, reply })
             .await
     }

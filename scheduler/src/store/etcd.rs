@@ -38,6 +38,9 @@ const BYTES_PER_TXN: usize = 1 << 20;
 /// How many more times a guarded write whose fate is unknown is sent.
 const WRITE_TRIES: u32 = 2;
 
+/// Transactions of one write sent at once (see [`EtcdStore::guarded`]).
+const TXNS_IN_FLIGHT: usize = 16;
+
 /// A module blob's chunk.
 const BLOB_CHUNK: usize = 768 << 10;
 
@@ -267,65 +270,128 @@ fn decode<T: serde::de::DeserializeOwned>(
         .collect()
 }
 
-/// One transaction's operations, and the keys and prefixes they touch.
+/// The keys a range deletion covers: from the first (included) to the
+/// second (excluded); an end of `[0]` is "to the end", as etcd reads it.
+type Range = (Vec<u8>, Vec<u8>);
+
+fn covers((start, end): &Range, key: &[u8]) -> bool {
+    key >= start.as_slice() && (end.as_slice() == [0] || key < end.as_slice())
+}
+
+fn overlap(a: &Range, b: &Range) -> bool {
+    let before = |x: &Range, y: &Range| x.1.as_slice() != [0] && x.1 <= y.0;
+    !before(a, b) && !before(b, a)
+}
+
+/// What an operation touches: one key, or a range it deletes.
+fn touches(op: &TxnOp) -> Result<&Vec<u8>, Range> {
+    match op {
+        TxnOp::Put { key, .. } | TxnOp::Delete { key } | TxnOp::Get { key } => Ok(key),
+        TxnOp::DeletePrefix { prefix } => Err((prefix.clone(), shoal_etcd::prefix_end(prefix))),
+        TxnOp::DeleteRange { key, range_end } => Err((key.clone(), range_end.clone())),
+    }
+}
+
+fn op_size(op: &TxnOp) -> usize {
+    match op {
+        TxnOp::Put { key, value, .. } => key.len() + value.len(),
+        TxnOp::Delete { key } | TxnOp::Get { key } => key.len(),
+        TxnOp::DeletePrefix { prefix } => prefix.len(),
+        TxnOp::DeleteRange { key, range_end } => key.len() + range_end.len(),
+    }
+}
+
+/// One transaction's (or one wave's) operations, and the keys and ranges
+/// they touch.
 #[derive(Default)]
 struct Batch {
     ops: Vec<TxnOp>,
     keys: std::collections::HashMap<Vec<u8>, usize>,
-    prefixes: Vec<Vec<u8>>,
+    ranges: Vec<Range>,
     bytes: usize,
+}
+
+impl Batch {
+    /// Whether `op` must not join this batch, because a range of the
+    /// batch covers its key, or the range it deletes covers or meets a key
+    /// or a range of the batch: the order of the two must be kept.
+    fn conflicts(&self, op: &TxnOp) -> bool {
+        match touches(op) {
+            Ok(k) => self.ranges.iter().any(|r| covers(r, k)),
+            Err(r) => {
+                self.keys.keys().any(|k| covers(&r, k))
+                    || self.ranges.iter().any(|q| overlap(q, &r))
+            }
+        }
+    }
+
+    /// Adds `op`; a later write of a key already here replaces the earlier
+    /// one, which comes to the same.
+    fn add(&mut self, op: TxnOp) {
+        self.bytes += op_size(&op);
+        match touches(&op) {
+            Ok(k) => {
+                if let Some(&at) = self.keys.get(k) {
+                    self.ops[at] = op;
+                    return;
+                }
+                self.keys.insert(k.clone(), self.ops.len());
+            }
+            Err(r) => self.ranges.push(r),
+        }
+        self.ops.push(op);
+    }
 }
 
 /// Splits `ops` into transactions etcd takes: at most [`OPS_PER_TXN`]
 /// operations and about [`BYTES_PER_TXN`] each, and no key twice in one
 /// (etcd refuses that). A later write of a key already in the transaction
 /// replaces the earlier one, which comes to the same; a write that a
-/// prefix deletion of the same transaction covers (or the reverse) starts
+/// range deletion of the same transaction covers (or the reverse) starts
 /// the next transaction, so that the order of the two is kept.
 fn batches(ops: Vec<TxnOp>) -> Vec<Vec<TxnOp>> {
     let mut done: Vec<Vec<TxnOp>> = Vec::new();
     let mut cur = Batch::default();
     for op in ops {
-        let (key, prefix, size) = match &op {
-            TxnOp::Put { key, value, .. } => (Some(key.clone()), None, key.len() + value.len()),
-            TxnOp::Delete { key } | TxnOp::Get { key } => (Some(key.clone()), None, key.len()),
-            TxnOp::DeletePrefix { prefix } => (None, Some(prefix.clone()), prefix.len()),
-        };
-        if let Some(k) = &key
-            && let Some(&at) = cur.keys.get(k)
-            && !cur.prefixes.iter().any(|p| k.starts_with(p))
-        {
-            cur.ops[at] = op;
-            cur.bytes += size;
+        let replaces = matches!(touches(&op), Ok(k) if cur.keys.contains_key(k));
+        let conflicts = cur.conflicts(&op);
+        if replaces && !conflicts {
+            cur.add(op);
             continue;
         }
-        let overlaps = match (&key, &prefix) {
-            (Some(k), _) => cur.prefixes.iter().any(|p| k.starts_with(p)),
-            (_, Some(p)) => {
-                cur.keys.keys().any(|k| k.starts_with(p))
-                    || cur
-                        .prefixes
-                        .iter()
-                        .any(|q| q.starts_with(p) || p.starts_with(q))
-            }
-            _ => false,
-        };
-        let full = cur.ops.len() >= OPS_PER_TXN || cur.bytes + size > BYTES_PER_TXN;
-        if !cur.ops.is_empty() && (overlaps || full) {
+        let full = cur.ops.len() >= OPS_PER_TXN || cur.bytes + op_size(&op) > BYTES_PER_TXN;
+        if !cur.ops.is_empty() && (conflicts || full) {
             done.push(std::mem::take(&mut cur).ops);
         }
-        match (key, prefix) {
-            (Some(k), _) => {
-                cur.keys.insert(k, cur.ops.len());
-            }
-            (_, Some(p)) => cur.prefixes.push(p),
-            _ => {}
-        }
-        cur.bytes += size;
-        cur.ops.push(op);
+        cur.add(op);
     }
     if !cur.ops.is_empty() {
         done.push(cur.ops);
+    }
+    done
+}
+
+/// Splits `ops` into waves of transactions that may be applied in any
+/// order among themselves: within a wave no key is written twice (a later
+/// write of a key replaces the earlier one, which comes to the same) and no
+/// key is in a range the wave deletes. A write that a range deletion
+/// before it covers (or the reverse) starts the next wave, so the order of
+/// the two is kept. Each wave is split by [`batches`] to etcd's limits.
+///
+/// A leader that dies in the middle of a write leaves some of its
+/// transactions applied, as it did when they went one by one; the next
+/// leader's reconcile is level-triggered and settles whatever it finds.
+fn waves(ops: Vec<TxnOp>) -> Vec<Vec<Vec<TxnOp>>> {
+    let mut done = Vec::new();
+    let mut cur = Batch::default();
+    for op in ops {
+        if cur.conflicts(&op) {
+            done.push(batches(std::mem::take(&mut cur).ops));
+        }
+        cur.add(op);
+    }
+    if !cur.ops.is_empty() {
+        done.push(batches(cur.ops));
     }
     done
 }
@@ -347,31 +413,48 @@ impl EtcdStore {
         StoreError::Deposed
     }
 
-    /// Runs guarded transactions of `ops`, in order, split to etcd's
-    /// limits (see [`batches`]).
+    /// Runs guarded transactions of `ops`, split to etcd's limits, in
+    /// waves (see [`waves`]): the transactions of a wave are sent together,
+    /// at most [`TXNS_IN_FLIGHT`] at a time, and a wave starts when the one
+    /// before it is done. etcd commits concurrent proposals together (one
+    /// disk sync for many), so a large write costs a few round trips
+    /// instead of one per transaction.
     fn guarded(&self, ops: Vec<TxnOp>) -> Result<(), StoreError> {
-        let batches = batches(ops);
+        use futures::StreamExt as _;
+        let waves = waves(ops);
         let (client, fence) = (self.etcd.shared.io_client.clone(), self.fence.clone());
         let all_applied = self.etcd.run(async move {
-            for success in batches {
-                let txn = Txn {
-                    compare: vec![fence_compare(&fence)],
-                    success,
-                    failure: Vec::new(),
-                };
-                // A member lost while it had the transaction leaves its
-                // fate unknown: sent again (to the next member), it does
-                // the same, since its writes are whole values and its
-                // guard is the leader key, which they do not touch.
-                let mut tries = 0;
-                let resp = loop {
-                    match client.txn(txn.clone()).await {
-                        Err(EtcdError::Unavailable(_)) if tries < WRITE_TRIES => tries += 1,
-                        r => break r.map_err(etcd_err)?,
+            for wave in waves {
+                let mut sent = futures::stream::iter(wave)
+                    .map(|success| {
+                        let (client, compare) = (client.clone(), fence_compare(&fence));
+                        async move {
+                            let txn = Txn {
+                                compare: vec![compare],
+                                success,
+                                failure: Vec::new(),
+                            };
+                            // A member lost while it had the transaction
+                            // leaves its fate unknown: sent again (to the
+                            // next member), it does the same, since its
+                            // writes are whole values and its guard is the
+                            // leader key, which they do not touch.
+                            let mut tries = 0;
+                            loop {
+                                match client.txn(txn.clone()).await {
+                                    Err(EtcdError::Unavailable(_)) if tries < WRITE_TRIES => {
+                                        tries += 1
+                                    }
+                                    r => break r.map(|r| r.succeeded).map_err(etcd_err),
+                                }
+                            }
+                        }
+                    })
+                    .buffer_unordered(TXNS_IN_FLIGHT);
+                while let Some(applied) = sent.next().await {
+                    if !applied? {
+                        return Ok(false);
                     }
-                };
-                if !resp.succeeded {
-                    return Ok(false);
                 }
             }
             Ok(true)
@@ -435,7 +518,15 @@ impl EtcdStore {
             value,
             lease: None,
         };
+        let last_event = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::PutEvent(e) => Some(e.seq),
+                _ => None,
+            })
+            .max();
         let mut txn_ops = Vec::new();
+        let last_event = last_event.unwrap_or(0);
         for op in ops {
             match op {
                 // Before whatever refers to it.
@@ -459,12 +550,12 @@ impl EtcdStore {
                 Op::DeleteInstance(id) => txn_ops.push(TxnOp::Delete {
                     key: self.key(&format!("instances/{id}")),
                 }),
+                // The store keeps the last MAX_EVENTS: one range deletion
+                // below them (after the loop) rather than one deletion an
+                // event, and nothing written that it would delete.
                 Op::PutEvent(e) => {
-                    txn_ops.push(put(format!("events/{:020}", e.seq), to_json(e)));
-                    if e.seq >= MAX_EVENTS {
-                        txn_ops.push(TxnOp::Delete {
-                            key: self.key(&format!("events/{:020}", e.seq - MAX_EVENTS)),
-                        });
+                    if e.seq + MAX_EVENTS > last_event {
+                        txn_ops.push(put(format!("events/{:020}", e.seq), to_json(e)));
                     }
                 }
                 Op::SetMeta(name, v) => {
@@ -475,6 +566,12 @@ impl EtcdStore {
                     key: self.key(&format!("quotas/{ns}")),
                 }),
             }
+        }
+        if last_event >= MAX_EVENTS {
+            txn_ops.push(TxnOp::DeleteRange {
+                key: self.key("events/"),
+                range_end: self.key(&format!("events/{:020}", last_event + 1 - MAX_EVENTS)),
+            });
         }
         self.guarded(txn_ops)
     }
@@ -659,6 +756,11 @@ mod tests {
                         TxnOp::DeletePrefix { prefix } => {
                             format!("del {}*", String::from_utf8_lossy(prefix))
                         }
+                        TxnOp::DeleteRange { key, range_end } => format!(
+                            "del {}..{}",
+                            String::from_utf8_lossy(key),
+                            String::from_utf8_lossy(range_end)
+                        ),
                         TxnOp::Get { key } => format!("get {}", String::from_utf8_lossy(key)),
                     })
                     .collect()
@@ -686,6 +788,61 @@ mod tests {
             vec![
                 vec!["put i/1=b", "del n/x", "del r/app/*"],
                 vec!["put r/app/1=new", "put r/other/1=z"],
+            ]
+        );
+    }
+
+    #[test]
+    fn a_wave_writes_each_key_once_and_prefix_deletions_keep_their_order() {
+        let ops = vec![
+            put("i/1", "a"),
+            put("n/x", "1"),
+            put("i/1", "b"),
+            TxnOp::Delete {
+                key: b"n/x".to_vec(),
+            },
+            TxnOp::DeletePrefix {
+                prefix: b"r/app/".to_vec(),
+            },
+            put("r/other/1", "z"),
+            put("r/app/1", "new"),
+            put("i/1", "c"),
+        ];
+        let shapes: Vec<_> = waves(ops).iter().map(|w| shape(w)).collect();
+        assert_eq!(
+            shapes,
+            vec![
+                vec![vec![
+                    "put i/1=b",
+                    "del n/x",
+                    "del r/app/*",
+                    "put r/other/1=z"
+                ]],
+                vec![vec!["put r/app/1=new", "put i/1=c"]],
+            ]
+        );
+        // Many writes of distinct keys: one wave of full transactions, and
+        // the last write of a key is the one kept.
+        let mut ops: Vec<TxnOp> = (0..250).map(|i| put(&format!("k/{i}"), "v")).collect();
+        ops.push(put("k/0", "last"));
+        let w = waves(ops);
+        assert_eq!(w.len(), 1);
+        let sizes: Vec<usize> = w[0].iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![OPS_PER_TXN, OPS_PER_TXN, 50]);
+        assert_eq!(shape(&w[0])[0][0], "put k/0=last");
+        // A range deletion keeps its order with the keys it covers, and
+        // only with them.
+        let range = TxnOp::DeleteRange {
+            key: b"e/".to_vec(),
+            range_end: b"e/5".to_vec(),
+        };
+        let ops = vec![put("e/7", "x"), range, put("e/5", "y"), put("e/3", "z")];
+        let shapes: Vec<_> = waves(ops).iter().map(|w| shape(w)).collect();
+        assert_eq!(
+            shapes,
+            vec![
+                vec![vec!["put e/7=x", "del e/..e/5", "put e/5=y"]],
+                vec![vec!["put e/3=z"]],
             ]
         );
     }
