@@ -4,12 +4,13 @@
 //! tokens and rules as the leader's, over the state as etcd holds it) and
 //! passes every other request to the leader, as it came (its token
 //! included: the leader authenticates and authorizes it, as it does every
-//! request); after a write it passed on succeeds, it holds the answer
+//! request). After a write it passed on succeeds, it holds the answer
 //! until its cache shows the write (at most
 //! [`crate::follower::CATCH_UP`]), and reads go to the leader until the
-//! cache does, so a client reads its own writes through the same follower. While no leader is
-//! known: `503` with `Retry-After`, `no_leader` or, when etcd cannot be
-//! reached, `store_unavailable`. Answers never name the leader's address.
+//! cache does, so a client reads its own writes through the same
+//! follower. While no leader is known: `503` with `Retry-After`,
+//! `no_leader` or, when etcd cannot be reached, `store_unavailable`.
+//! Answers never name the leader's address.
 
 use crate::follower::Follower;
 use crate::leader::{Role, Stale};
