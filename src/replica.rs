@@ -1,7 +1,9 @@
 //! `shoal control-plane --store etcd://...`: one replica of a highly
 //! available control plane. Replicas share the state and the cluster CA
-//! through etcd; one of them, elected, leads; the others pass requests to
-//! it (see `shoal_scheduler::leader` and `shoal_scheduler::replica`).
+//! through etcd; one of them, elected, leads; the others answer reads from
+//! a cache etcd's watches keep current and pass writes to it (see
+//! `shoal_scheduler::leader`, `shoal_scheduler::follower` and
+//! `shoal_scheduler::replica`).
 
 use crate::cluster::{ControlPlaneArgs, announce_first_start, api_tls, serve_until_stopped};
 use anyhow::{Context, bail};
@@ -130,8 +132,12 @@ pub async fn replica(
         .clone()
         .unwrap_or_else(|| format!("{scheme}://{addr}"));
     let (roles_tx, roles) = tokio::sync::watch::channel(Role::vacant(false));
-    let router = shoal_scheduler::replica::router(roles, tls.is_some().then_some(&ca_pem[..]))
-        .context("the API of the replica")?;
+    // While this replica follows, it answers reads from a cache of the
+    // state etcd keeps current.
+    let follower = shoal_scheduler::follower::spawn(etcd.clone(), config.clone(), roles.clone());
+    let router =
+        shoal_scheduler::replica::router(roles, tls.is_some().then_some(&ca_pem[..]), follower)
+            .context("the API of the replica")?;
     let start_dir = dir.clone();
     let start = move |store: shoal_scheduler::store::Store| {
         let cp = shoal_scheduler::state::ControlPlane::start(store, config.clone())

@@ -25,12 +25,19 @@ struct Ha {
     join: String,
     nodes: Vec<Proc>,
     gateways: Vec<Proc>,
+    /// The replicas' `--leader-lease`.
+    lease: &'static str,
 }
 
 impl Ha {
     /// `members` etcd members and `replicas` control planes; the first
     /// replica starts alone, so it leads (and makes the CA and tokens).
     fn start(members: usize, replicas: usize) -> Ha {
+        Ha::start_leased(members, replicas, "3s")
+    }
+
+    /// As [`Ha::start`], with the leader's lease `lease`.
+    fn start_leased(members: usize, replicas: usize, lease: &'static str) -> Ha {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let etcd = rt.block_on(EtcdCluster::start(members));
         let dir = tempfile::tempdir().unwrap();
@@ -45,6 +52,7 @@ impl Ha {
             join: String::new(),
             nodes: Vec::new(),
             gateways: Vec::new(),
+            lease,
         };
         for i in 0..replicas {
             ha.spawn_replica(i);
@@ -102,7 +110,7 @@ impl Ha {
             "--store",
             &store,
             "--leader-lease",
-            "3s",
+            self.lease,
         ];
         let p = Proc::spawn(&args, &[]);
         let url = p.url_after("Control plane listening on");
@@ -267,6 +275,69 @@ impl Ha {
             (insts.len() == n && insts.iter().all(|i| i.2))
                 .then(|| insts.into_iter().map(|i| i.0).collect())
         })
+    }
+
+    /// An HTTP client that trusts the cluster CA.
+    fn http(&self) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(&self.ca).unwrap()).unwrap();
+        reqwest::Client::builder()
+            .add_root_certificate(ca)
+            .build()
+            .unwrap()
+    }
+
+    /// `METHOD PATH` through replica `via`, with `token`: the status, the
+    /// stale header and the body; none without an answer within 2 s.
+    fn send(
+        &self,
+        http: &reqwest::Client,
+        via: usize,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        token: Option<&str>,
+    ) -> Option<(u16, Option<String>, String)> {
+        let url = format!("{}{path}", self.urls[via]);
+        self.rt.block_on(async {
+            let mut req = http.request(method, &url).timeout(Duration::from_secs(2));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            if let Some(b) = body {
+                req = req.json(&b);
+            }
+            let r = req.send().await.ok()?;
+            let stale = r
+                .headers()
+                .get("x-shoal-stale")
+                .and_then(|v| v.to_str().ok())
+                .map(String::from);
+            let status = r.status().as_u16();
+            Some((status, stale, r.text().await.ok()?))
+        })
+    }
+
+    /// `GET PATH` through replica `via` (see [`Ha::send`]).
+    fn get(
+        &self,
+        http: &reqwest::Client,
+        via: usize,
+        path: &str,
+        token: Option<&str>,
+    ) -> Option<(u16, Option<String>, String)> {
+        self.send(http, via, reqwest::Method::GET, path, None, token)
+    }
+
+    /// A new token's secret, made through replica `via`.
+    fn token(&self, via: usize, name: &str, role: &str, namespace: Option<&str>) -> String {
+        let mut args = vec!["token", "create", name, "--role", role, "-o", "json"];
+        if let Some(ns) = namespace {
+            args.extend(["-n", ns]);
+        }
+        let out = self.cli(via, &args);
+        assert!(out.success, "token {name}: {}", out.stderr);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        v["secret"].as_str().unwrap().to_string()
     }
 
     fn replicas_of_web(&self, via: usize) -> Option<u64> {
@@ -495,6 +566,126 @@ fn without_quorum_writes_are_refused_and_the_data_plane_keeps_serving() {
         let (status, body) = support::http("GET", &format!("{gateway}/web"), b"");
         assert_eq!(status, 200, "{body}");
     }
+}
+
+#[test]
+fn a_follower_answers_reads_from_its_cache_and_shows_a_client_its_own_writes() {
+    // A lease longer than the test: the leader stopped below stays the
+    // leader, so whatever answers then is the follower itself.
+    let ha = Ha::start_leased(1, 2, "30s");
+    assert_eq!(ha.leader(), Some(0));
+    let http = ha.http();
+    let admin = ha.admin.clone();
+    let app = "/v1/namespaces/default/apps/web";
+    let describe = |token: &str| -> serde_json::Value {
+        let (status, stale, body) = ha
+            .get(&http, 1, app, Some(token))
+            .expect("the follower answers");
+        assert_eq!((status, stale), (200, None), "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+
+    // Read your writes: each write through the follower, then at once a
+    // read through it, shows the write.
+    for version in 1..=3u64 {
+        let m = ha.app_manifest("web", 1, &version.to_string());
+        let out = ha.cli(1, &["apply", "-f", m.to_str().unwrap()]);
+        assert!(out.success, "apply through the follower: {}", out.stderr);
+        let v = describe(&admin);
+        assert_eq!(v["view"]["app"]["current-revision"], version, "{v}");
+    }
+    for replicas in 2..=5u64 {
+        let body = serde_json::json!({ "replicas": replicas });
+        let scale = format!("{app}/scale");
+        let (status, _, answer) = ha
+            .send(
+                &http,
+                1,
+                reqwest::Method::POST,
+                &scale,
+                Some(body),
+                Some(&admin),
+            )
+            .expect("the scale is answered");
+        assert_eq!(status, 204, "{answer}");
+        let v = describe(&admin);
+        assert_eq!(v["view"]["app"]["replicas"], replicas, "{v}");
+    }
+    // Tokens too: made, used and revoked through the follower.
+    let other_ns = ha.token(1, "other-viewer", "view", Some("other"));
+    let gateway = ha.token(1, "gw", "gateway", None);
+    let revoked = ha.token(1, "soon-revoked", "view", None);
+    assert_eq!(describe(&revoked)["view"]["app"]["replicas"], 5);
+    let out = ha.cli(1, &["token", "revoke", "soon-revoked"]);
+    assert!(out.success, "revoke: {}", out.stderr);
+
+    // The leader stops answering (it still holds the lease): the follower
+    // answers reads all the same, as current, from its cache.
+    ha.replicas[0].signal("-STOP");
+    let apps = wait_until(T, "the follower to answer with the leader stopped", || {
+        ha.get(&http, 1, shoal_api::endpoints::APPS, Some(&admin))
+    });
+    assert_eq!(apps.0, 200, "{}", apps.2);
+    assert_eq!(apps.1, None, "a read from the cache is current: {}", apps.2);
+    assert!(apps.2.contains("\"web\""), "{}", apps.2);
+    let instances = ha
+        .get(&http, 1, "/v1/instances?namespace=default", Some(&admin))
+        .expect("instances from the cache");
+    assert_eq!(instances.0, 200, "{}", instances.2);
+    let v = describe(&admin);
+    assert_eq!(v["view"]["app"]["replicas"], 5, "{v}");
+
+    // The same rules as the leader's, deny by default.
+    let refused = |token: Option<&str>, path: &str, status: u16, code: &str| {
+        let (got, _, body) = ha
+            .get(&http, 1, path, token)
+            .unwrap_or_else(|| panic!("no answer to {path}"));
+        assert_eq!(got, status, "{path}: {body}");
+        assert!(body.contains(code), "{path}: {body}");
+    };
+    refused(None, shoal_api::endpoints::APPS, 401, "unauthenticated");
+    refused(Some("shoal_nonsense"), app, 401, "unauthenticated");
+    refused(Some(&revoked), app, 401, "unauthenticated");
+    refused(Some(&other_ns), app, 403, "forbidden");
+    refused(
+        Some(&other_ns),
+        shoal_api::endpoints::APPS,
+        403,
+        "forbidden",
+    );
+    refused(
+        Some(&gateway),
+        shoal_api::endpoints::TOKENS,
+        403,
+        "forbidden",
+    );
+    // What the tokens may read, they read.
+    let (status, _, body) = ha
+        .get(&http, 1, "/v1/apps?namespace=other", Some(&other_ns))
+        .expect("an answer");
+    assert_eq!((status, body.as_str()), (200, "[]"));
+    let (status, _, body) = ha
+        .get(&http, 1, shoal_api::endpoints::ROUTES, Some(&gateway))
+        .expect("an answer");
+    assert_eq!(status, 200, "{body}");
+
+    // Every answer above came while the stopped replica still led: none
+    // was the leader's.
+    assert_eq!(ha.leader(), Some(0));
+    // A write still needs the leader.
+    let write = ha.send(
+        &http,
+        1,
+        reqwest::Method::POST,
+        &format!("{app}/scale"),
+        Some(serde_json::json!({ "replicas": 1 })),
+        Some(&admin),
+    );
+    assert!(
+        write.is_none(),
+        "a write answered without the leader: {write:?}"
+    );
+    ha.replicas[0].signal("-CONT");
 }
 
 /// What a client asked of one app, in order, and whether it was answered

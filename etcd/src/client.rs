@@ -161,14 +161,40 @@ impl Client {
         }
     }
 
+    /// Every key under `prefix` as it was at `revision` (paged internally), in key
+    /// order: several prefixes read at one revision make one consistent view.
+    /// `Compacted` once etcd no longer keeps that revision.
+    pub async fn get_prefix_at(
+        &self,
+        prefix: &[u8],
+        revision: i64,
+    ) -> Result<Vec<KeyValue>, EtcdError> {
+        if revision <= 0 {
+            return Err(EtcdError::Rejected(format!(
+                "a read at revision {revision}: revisions start at 1"
+            )));
+        }
+        self.prefix_pages(prefix, revision)
+            .await
+            .map(|(kvs, _)| kvs)
+    }
+
     async fn get_prefix_once(&self, prefix: &[u8]) -> Result<(Vec<KeyValue>, i64), EtcdError> {
+        self.prefix_pages(prefix, 0).await
+    }
+
+    /// The pages of `prefix` at `revision` (0: the newest, then pinned).
+    async fn prefix_pages(
+        &self,
+        prefix: &[u8],
+        mut revision: i64,
+    ) -> Result<(Vec<KeyValue>, i64), EtcdError> {
         let end = crate::prefix_end(prefix);
         let mut from = if prefix.is_empty() {
             vec![0]
         } else {
             prefix.to_vec()
         };
-        let mut revision = 0;
         let mut kvs = Vec::new();
         loop {
             let mut req = wire::range_request(&from, Some(&end));

@@ -438,3 +438,33 @@ async fn compact(etcd: &EtcdCluster, revision: i64) {
         .unwrap();
     assert!(resp.status().is_success(), "{:?}", resp.text().await);
 }
+
+#[tokio::test]
+async fn get_prefix_at_reads_the_past_until_it_is_compacted() {
+    let (etcd, client) = one().await;
+    client.put(b"/a/1", b"old", None).await.unwrap();
+    let then = client.put(b"/b/1", b"old", None).await.unwrap();
+    client.put(b"/a/1", b"new", None).await.unwrap();
+    client.put(b"/a/2", b"new", None).await.unwrap();
+    assert_eq!(client.delete(b"/b/1").await.unwrap(), 1);
+
+    let values = |kvs: Vec<shoal_etcd::KeyValue>| -> Vec<(Vec<u8>, Vec<u8>)> {
+        kvs.into_iter().map(|kv| (kv.key, kv.value)).collect()
+    };
+    // Two prefixes at one past revision: what was there then, not since.
+    let a = client.get_prefix_at(b"/a/", then).await.unwrap();
+    let b = client.get_prefix_at(b"/b/", then).await.unwrap();
+    assert_eq!(values(a), vec![(b"/a/1".to_vec(), b"old".to_vec())]);
+    assert_eq!(values(b), vec![(b"/b/1".to_vec(), b"old".to_vec())]);
+    let (a_now, _) = client.get_prefix(b"/a/").await.unwrap();
+    assert_eq!(a_now.len(), 2);
+
+    let newest = client.status().await.unwrap().revision;
+    compact(&etcd, newest).await;
+    assert!(matches!(
+        client.get_prefix_at(b"/a/", then).await,
+        Err(EtcdError::Compacted { .. })
+    ));
+    assert_eq!(client.get_prefix_at(b"/a/", newest).await.unwrap().len(), 2);
+    assert!(client.get_prefix_at(b"/a/", 0).await.is_err());
+}

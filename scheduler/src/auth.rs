@@ -130,14 +130,30 @@ impl Table {
 
 impl Tokens {
     pub fn load(store: Arc<Store>) -> Result<Self, StoreError> {
+        let records = store.tokens()?;
+        Ok(Self::from_records(store, records))
+    }
+
+    /// The tokens `records`, as read from `store` already.
+    pub fn from_records(store: Arc<Store>, records: Vec<TokenRecord>) -> Self {
         let mut table = Table::default();
-        for t in store.tokens()? {
+        for t in records {
             table.insert(t);
         }
-        Ok(Self {
+        Self {
             store,
             table: RwLock::new(table),
-        })
+        }
+    }
+
+    /// Follows a change another control plane made to the store: the
+    /// token `name` is now `record`, or gone (a follower's read cache).
+    pub fn mirror(&self, name: &str, record: Option<TokenRecord>) {
+        let mut tokens = self.write();
+        tokens.remove(name);
+        if let Some(r) = record {
+            tokens.insert(r);
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {

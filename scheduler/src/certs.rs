@@ -59,16 +59,34 @@ pub struct Certificates {
 
 impl Certificates {
     pub fn load(store: Arc<Store>, now_ms: u64) -> Result<Self, StoreError> {
-        let by_host = store
-            .certificates()?
-            .into_iter()
-            .map(|c| (c.host.clone(), c))
-            .collect();
-        Ok(Self {
+        let certs = store.certificates()?;
+        Ok(Self::from_records(store, certs, now_ms))
+    }
+
+    /// The certificates `certs`, as read from `store` already.
+    pub fn from_records(store: Arc<Store>, certs: Vec<StoredCertificate>, now_ms: u64) -> Self {
+        let by_host = certs.into_iter().map(|c| (c.host.clone(), c)).collect();
+        Self {
             store,
             by_host: RwLock::new(by_host),
             revision: watch::channel(now_ms).0,
-        })
+        }
+    }
+
+    /// Follows a change another control plane made to the store: the
+    /// certificate of `host` is now `cert`, or gone (a follower's read
+    /// cache).
+    pub fn mirror(&self, host: &str, cert: Option<StoredCertificate>) {
+        let mut by_host = self.write();
+        match cert {
+            Some(c) => {
+                by_host.insert(host.to_string(), c);
+            }
+            None => {
+                by_host.remove(host);
+            }
+        }
+        self.revision.send_modify(|r| *r += 1);
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, StoredCertificate>> {

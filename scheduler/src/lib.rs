@@ -31,6 +31,7 @@ pub mod autoscale;
 pub mod certs;
 pub mod clock;
 pub mod events;
+pub mod follower;
 pub mod leader;
 pub mod metrics;
 pub mod page;

@@ -1,10 +1,18 @@
 //! The API of a control-plane replica (`--store etcd://...`): the leader's
-//! router when this replica leads; otherwise the request is passed to the
-//! leader, as it came (its token included: the leader authenticates and
-//! authorizes it, as it does every request); and while no leader is
-//! known, `503` with `Retry-After`, `no_leader` or, when etcd cannot be
-//! reached, `store_unavailable`. Answers never name the leader's address.
+//! router when this replica leads. A follower answers the reads its read
+//! cache can answer itself (see [`crate::follower`]: the same handlers,
+//! tokens and rules as the leader's, over the state as etcd holds it) and
+//! passes every other request to the leader, as it came (its token
+//! included: the leader authenticates and authorizes it, as it does every
+//! request). After a write it passed on succeeds, it holds the answer
+//! until its cache shows the write (at most
+//! [`crate::follower::CATCH_UP`]), and reads go to the leader until the
+//! cache does, so a client reads its own writes through the same
+//! follower. While no leader is known: `503` with `Retry-After`,
+//! `no_leader` or, when etcd cannot be reached, `store_unavailable`.
+//! Answers never name the leader's address.
 
+use crate::follower::Follower;
 use crate::leader::{Role, Stale};
 use axum::Router;
 use axum::body::Body;
@@ -37,11 +45,18 @@ pub enum ReplicaError {
 struct Replica {
     roles: watch::Receiver<Role>,
     leader: reqwest::Client,
+    /// Its reads (see [`crate::follower::spawn`]).
+    follower: Follower,
 }
 
 /// The router of a replica whose role `roles` says; `ca_pem` is what the
-/// leader's certificate is checked against (none: plain HTTP).
-pub fn router(roles: watch::Receiver<Role>, ca_pem: Option<&[u8]>) -> Result<Router, ReplicaError> {
+/// leader's certificate is checked against (none: plain HTTP); `follower`
+/// has the read cache a follower answers reads from.
+pub fn router(
+    roles: watch::Receiver<Role>,
+    ca_pem: Option<&[u8]>,
+    follower: Follower,
+) -> Result<Router, ReplicaError> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
         // Long polls and watches are passed through: no overall timeout,
@@ -60,7 +75,11 @@ pub fn router(roles: watch::Receiver<Role>, ca_pem: Option<&[u8]>) -> Result<Rou
     let leader = builder
         .build()
         .map_err(|e| ReplicaError::Client(e.to_string()))?;
-    let replica = Arc::new(Replica { roles, leader });
+    let replica = Arc::new(Replica {
+        roles,
+        leader,
+        follower,
+    });
     Ok(Router::new().fallback(dispatch).with_state(replica))
 }
 
@@ -144,10 +163,7 @@ async fn dispatch(State(replica): State<Arc<Replica>>, req: Request) -> Response
         Role::Vacant {
             stale: Some(stale), ..
         } if is_read(&req) => stale_read(&replica, stale, req).await,
-        Role::Follower { leader } => {
-            let changed = leader_changed(replica.roles.clone(), leader.clone());
-            forward(&replica.leader, &leader, req, changed).await
-        }
+        Role::Follower { leader } => follow(&replica, leader, req).await,
         Role::Vacant {
             store_down: true, ..
         } => unavailable(
@@ -161,6 +177,52 @@ async fn dispatch(State(replica): State<Arc<Replica>>, req: Request) -> Response
             "no control plane leads at the moment (an election is under way); try again",
         ),
     }
+}
+
+/// A follower's answer: from its read cache when the cache can give it,
+/// else the leader's; a write's once the cache shows it.
+async fn follow(replica: &Replica, leader: String, req: Request) -> Response {
+    if let Some(cache) = replica.follower.reader(&req) {
+        return match cache.router().oneshot(req).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+    }
+    let write = is_clients_write(&req);
+    let changed = leader_changed(replica.roles.clone(), leader.clone());
+    let answer = forward(&replica.leader, &leader, req, changed).await;
+    if write && answer.status().is_success() {
+        // The leader answered once the write was in etcd: the client's
+        // next read here shows it, from a cache that caught up or from the
+        // leader. The answer waits for the cache 2 s at most.
+        replica.follower.catch_up().await;
+    }
+    answer
+}
+
+/// Whether `req` changes something a client may read back next: not a
+/// read, and not one of the calls nodes and gateways make all the time
+/// (reports, lease renewals, activations), whose answers are not held.
+fn is_clients_write(req: &Request) -> bool {
+    use shoal_api::endpoints as ep;
+    if matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    ) {
+        return false;
+    }
+    let path = req.uri().path();
+    let is = |template: &str| crate::follower::matches_template(template, path);
+    ![
+        ep::NODE_REGISTER,
+        ep::NODE_HEARTBEAT,
+        ep::NODE_LEASE,
+        ep::METRICS,
+        ep::APP_ACTIVATE,
+        ep::GATEWAY_CERTIFICATE,
+    ]
+    .into_iter()
+    .any(is)
 }
 
 /// Headers of one hop only, never passed on.

@@ -22,6 +22,7 @@ mod task;
 pub use executor::Change;
 
 pub use snapshot::{ColdStarts, Snapshot};
+pub(crate) use task::EVENTS_IN_MEMORY;
 
 use crate::clock::{Clock, SystemClock};
 use crate::store::{Store, StoreError};
@@ -299,6 +300,36 @@ impl ControlPlane {
             artifacts,
             renewals,
         })
+    }
+
+    /// A control plane that only reads: what `snapshot` publishes, with
+    /// `tokens` and `certificates` kept current by whoever made them (a
+    /// follower's read cache, see [`crate::follower`]). It runs no state
+    /// task: a write asked of it is refused as if the control plane were
+    /// stopping (`unavailable`), and a follower never asks one (it passes
+    /// writes to the leader).
+    pub fn read_only(
+        store: Arc<Store>,
+        tokens: Arc<crate::auth::Tokens>,
+        certificates: Arc<crate::certs::Certificates>,
+        snapshot: watch::Receiver<Arc<Snapshot>>,
+        config: &Config,
+    ) -> Self {
+        // No receiver: every command is refused at once.
+        let (tx, _) = mpsc::channel(1);
+        Self {
+            tx,
+            snapshot,
+            store,
+            tokens,
+            certificates,
+            auth: config.auth,
+            clock: config.clock.clone(),
+            ca: config.ca.clone(),
+            nodes: None,
+            artifacts: None,
+            renewals: Arc::new(Renewals::default()),
+        }
     }
 
     /// A node's lease renewal: counted if the node is ready and runs its

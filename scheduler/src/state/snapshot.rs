@@ -76,6 +76,31 @@ impl ColdStarts {
 }
 
 impl Snapshot {
+    /// What `contents` holds, as readers see it: what a control plane
+    /// starts from, and what a follower's read cache loads (see
+    /// [`crate::follower`]). The newest events only are kept.
+    pub fn from_contents(c: crate::store::Contents) -> Self {
+        let mut snap = Snapshot::default();
+        for a in c.apps {
+            snap.apps.insert(a.key.clone(), a);
+        }
+        for r in c.revisions {
+            snap.revisions.insert((r.app.clone(), r.number), r);
+        }
+        for i in c.instances {
+            snap.put_instance(i);
+        }
+        for q in c.quotas {
+            snap.quotas.insert(q.namespace, q.quota);
+        }
+        for n in c.nodes {
+            snap.nodes.insert(n.name.clone(), n);
+        }
+        let skip = c.events.len().saturating_sub(super::task::EVENTS_IN_MEMORY);
+        snap.events = c.events.into_iter().skip(skip).collect();
+        snap
+    }
+
     /// Memory one instance of `app` reserves: its current revision's.
     pub fn memory_each(&self, app: &App) -> u64 {
         self.template(&app.key, app.current_revision)

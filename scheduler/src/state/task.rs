@@ -28,7 +28,7 @@ const SLOW_RECONCILE: Duration = Duration::from_millis(20);
 const MAX_DEFERRED: u32 = 256;
 
 /// Events kept in memory for the API.
-pub(super) const EVENTS_IN_MEMORY: usize = 2000;
+pub(crate) const EVENTS_IN_MEMORY: usize = 2000;
 
 /// The longest step the awake clock takes between two readings, in ticks.
 /// The state task reads it at least once a tick, so a longer gap means the
@@ -103,32 +103,14 @@ impl State {
         config: Config,
         renewals: Arc<super::Renewals>,
     ) -> Result<Self, ApiError> {
-        let c = store.load()?;
-        let mut snap = Snapshot::default();
-        for a in c.apps {
-            snap.apps.insert(a.key.clone(), a);
-        }
-        for r in c.revisions {
-            snap.revisions.insert((r.app.clone(), r.number), r);
-        }
-        for i in c.instances {
-            snap.put_instance(i);
-        }
-        for q in c.quotas {
-            snap.quotas.insert(q.namespace, q.quota);
-        }
+        let mut c = store.load()?;
+        let meta: BTreeMap<String, u64> = std::mem::take(&mut c.meta).into_iter().collect();
+        let next_seq = meta.get("next_seq").copied().unwrap_or(0);
+        let next_event = c.events.last().map(|e| e.seq + 1).unwrap_or(0);
+        let snap = Snapshot::from_contents(c);
         let mut awake = AwakeClock::new(config.tick * AWAKE_MAX_TICKS);
         let now = awake.now();
-        let mut seen = BTreeMap::new();
-        for n in c.nodes {
-            seen.insert(n.name.clone(), now);
-            snap.nodes.insert(n.name.clone(), n);
-        }
-        let next_event = c.events.last().map(|e| e.seq + 1).unwrap_or(0);
-        let skip = c.events.len().saturating_sub(EVENTS_IN_MEMORY);
-        snap.events = c.events.into_iter().skip(skip).collect();
-        let meta: BTreeMap<String, u64> = c.meta.into_iter().collect();
-        let next_seq = meta.get("next_seq").copied().unwrap_or(0);
+        let seen = snap.nodes.keys().map(|n| (n.clone(), now)).collect();
         tracing::info!(
             apps = snap.apps.len(),
             instances = snap.instances.len(),

@@ -712,6 +712,24 @@ impl EtcdStore {
     }
 }
 
+/// For a follower's read cache (see `crate::follower`), apart from the
+/// leader's write path.
+impl Etcd {
+    /// A store that only reads (modules, tokens, certificates): its writes
+    /// are guarded by a leadership no term ever holds (create revision -1),
+    /// so etcd refuses every one of them and it says [`StoreError::Deposed`].
+    pub fn reader(&self) -> EtcdStore {
+        EtcdStore {
+            etcd: self.clone(),
+            fence: Fence {
+                key: self.key("leader"),
+                create_revision: -1,
+            },
+            deposed: tokio::sync::watch::channel(false).0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
