@@ -8,6 +8,7 @@
 
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Capacity or usage of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -33,8 +34,10 @@ pub struct NodeView {
     pub labels: BTreeMap<String, String>,
     pub capacity: Capacity,
     pub allocated: Capacity,
-    /// Instances of each app already on this node (by app key).
-    pub per_app: BTreeMap<String, u32>,
+    /// Instances of each app already on this node (by app key). Shared
+    /// names: building the views of a large cluster makes no string per
+    /// node and app (see [`NodeView::add_shared`]).
+    pub per_app: BTreeMap<Arc<str>, u32>,
 }
 
 impl NodeView {
@@ -45,7 +48,18 @@ impl NodeView {
         match self.per_app.get_mut(app) {
             Some(n) => *n += 1,
             None => {
-                self.per_app.insert(app.to_string(), 1);
+                self.per_app.insert(Arc::from(app), 1);
+            }
+        }
+    }
+
+    /// As [`NodeView::add`], with the app's name shared with the caller.
+    pub fn add_shared(&mut self, app: &Arc<str>, need: Capacity) {
+        self.allocated = allocate(self.allocated, need);
+        match self.per_app.get_mut(app.as_ref()) {
+            Some(n) => *n += 1,
+            None => {
+                self.per_app.insert(app.clone(), 1);
             }
         }
     }

@@ -163,7 +163,7 @@ pub fn choose<'a>(
         selector: &app.selector,
     };
     let to = placement::place(nodes, &need, 1).pop()?.ok()?;
-    let there = nodes[to].per_app.get(&key).copied().unwrap_or(0);
+    let there = nodes[to].per_app.get(key.as_str()).copied().unwrap_or(0);
     if to == from || there + 2 > most {
         return None;
     }

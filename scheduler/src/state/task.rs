@@ -80,6 +80,11 @@ pub(super) struct State {
     pub(super) inflight: Option<Inflight>,
     /// Wakes the loop when the write in progress is done.
     pub(super) written: Arc<tokio::sync::Notify>,
+    /// The instances as `settled` last walked them, and what it found.
+    instances_settled: Option<(imbl::OrdMap<String, shoal_api::objects::Instance>, bool)>,
+    /// A node was found lost: the next reconcile places its instances
+    /// elsewhere without waiting out the pause after a slow one.
+    urgent: bool,
 }
 
 /// A write the loop does not wait for: its operations (given back if it
@@ -139,6 +144,8 @@ impl State {
             renewals,
             inflight: None,
             written: Arc::new(tokio::sync::Notify::new()),
+            instances_settled: None,
+            urgent: false,
         })
     }
 
@@ -237,6 +244,7 @@ impl State {
             if self.may_reconcile() {
                 self.ticks_since_reconcile = 0;
                 self.reconcile_due = false;
+                self.urgent = false;
                 let started = std::time::Instant::now();
                 self.reconcile();
                 self.last_reconcile = Some((std::time::Instant::now(), started.elapsed()));
@@ -251,8 +259,12 @@ impl State {
     /// placing many instances), the loop leaves at least twice its time
     /// to the commands and heartbeats waiting before the next, which a
     /// tick then runs. Without it, reconciles back to back at 10^5
-    /// instances left applies and heartbeats queued for seconds.
+    /// instances left applies and heartbeats queued for seconds. A node
+    /// found lost does not wait: its instances are the most urgent work.
     fn may_reconcile(&self) -> bool {
+        if self.urgent {
+            return true;
+        }
         match self.last_reconcile {
             Some((ended, took)) if took >= SLOW_RECONCILE => ended.elapsed() >= took * 2,
             _ => true,
@@ -524,17 +536,30 @@ impl State {
 
     /// Whether nothing waits on time alone: no rollout progresses, no node
     /// drains, and every instance is placed, running and ready.
-    fn settled(&self) -> bool {
+    fn settled(&mut self) -> bool {
         let snap = &self.snap;
-        !snap.nodes.values().any(|n| n.draining)
-            && !snap
+        if snap.nodes.values().any(|n| n.draining)
+            || snap
                 .apps
                 .values()
                 .any(|a| matches!(a.rollout, RolloutState::Progressing { .. }))
-            && snap
-                .instances
-                .values()
-                .all(|i| i.ready && i.phase == Phase::Running && i.node.is_some())
+        {
+            return false;
+        }
+        // Asked every tick; at 10^5 instances the walk is a good part of
+        // an idle leader's time, and the map has not changed since the
+        // last walk most of the time (a shared map is the same map).
+        if let Some((seen, settled)) = &self.instances_settled
+            && seen.ptr_eq(&snap.instances)
+        {
+            return *settled;
+        }
+        let settled = snap
+            .instances
+            .values()
+            .all(|i| i.ready && i.phase == Phase::Running && i.node.is_some());
+        self.instances_settled = Some((snap.instances.clone(), settled));
+        settled
     }
 
     /// What the apply decider needs from the store: which modules it has.
@@ -700,6 +725,7 @@ impl State {
             heartbeat: self.config.heartbeat,
         };
         let changes = decide::node::expire_leases(&self.snap, &self.seen, now, leases);
+        self.urgent |= !changes.is_empty();
         self.execute(changes);
     }
 

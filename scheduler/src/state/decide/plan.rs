@@ -11,6 +11,7 @@ use crate::state::executor::Change;
 use rustc_hash::FxHashMap;
 use shoal_api::objects::{AppKey, Instance, NodeState, Phase};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// The plan reconcile makes now, numbering new instances from `next_seq`.
 pub fn plan(
@@ -52,15 +53,18 @@ pub fn plan(
     // Needs per (app, revision), looked up once: at 10^5 instances a
     // template lookup and an app-name string per instance would be most of
     // the work.
-    let mut needs: FxHashMap<(&AppKey, u64), (Capacity, String)> = FxHashMap::default();
+    let mut needs: FxHashMap<(&AppKey, u64), (Capacity, Arc<str>)> = FxHashMap::default();
     for i in snap.instances.values() {
         let Some(&v) = i.node.as_deref().and_then(|n| index.get(n)) else {
             continue;
         };
-        let (need, name) = needs
-            .entry((&i.app, i.revision))
-            .or_insert_with(|| (snap.need_of(&i.app, i.revision), i.app.to_string()));
-        views[v].add(name, *need);
+        let (need, name) = needs.entry((&i.app, i.revision)).or_insert_with(|| {
+            (
+                snap.need_of(&i.app, i.revision),
+                Arc::from(i.app.to_string()),
+            )
+        });
+        views[v].add_shared(name, *need);
     }
     let needs: FxHashMap<(&AppKey, u64), Capacity> =
         needs.into_iter().map(|(k, (c, _))| (k, c)).collect();
