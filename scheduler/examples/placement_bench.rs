@@ -17,6 +17,7 @@ use shoal_scheduler::reconcile::{self, Action, DesiredApp, Plan};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+/// Nodes simulated unless `PLACEMENT_BENCH_NODES` says otherwise.
 const NODES: usize = 1_000;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -49,7 +50,12 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 
 /// Nodes of mixed sizes in three zones; a quarter have SSDs.
 fn nodes(rng: &mut Rng) -> Vec<NodeView> {
-    (0..NODES)
+    let count = std::env::var("PLACEMENT_BENCH_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or(NODES);
+    (0..count)
         .map(|i| {
             let zone = ["a", "b", "c"][i % 3];
             let disk = if i % 4 == 0 { "ssd" } else { "hdd" };

@@ -322,7 +322,7 @@ async fn load(client: &shoal_etcd::Client, etcd: &Etcd) -> Result<Loaded, CacheE
         nodes: decode(at("nodes/").await?)?,
         instances: decode(at("instances/").await?)?,
         // Zero-padded sequence numbers: key order is their order.
-        events: decode(at("events/").await?)?,
+        events: decode_events(at("events/").await?)?,
         quotas: decode(at("quotas/").await?)?,
         meta: Vec::new(),
     };
@@ -347,6 +347,18 @@ fn decode<T: serde::de::DeserializeOwned>(
     kvs.into_iter()
         .map(|kv| serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e)))
         .collect()
+}
+
+/// Every stored event (a key holds a write's events), in sequence order.
+fn decode_events(kvs: Vec<shoal_etcd::KeyValue>) -> Result<Vec<Event>, CacheError> {
+    let mut events = Vec::new();
+    for kv in kvs {
+        let stored: crate::store::etcd::StoredEvents = parse(&kv)?;
+        events.extend(stored.into_vec());
+    }
+    events.sort_by_key(|e| e.seq);
+    events.dedup_by_key(|e| e.seq);
+    Ok(events)
 }
 
 /// Loads the cache, puts it in service and keeps it current until the
@@ -520,9 +532,15 @@ impl Mirror {
             }
             "events" => {
                 if put {
-                    add_event(&mut snap.events, self::parse(&e.kv)?);
-                } else if let Ok(seq) = name.parse::<u64>() {
-                    snap.events.retain(|ev| ev.seq != seq);
+                    let stored: crate::store::etcd::StoredEvents = self::parse(&e.kv)?;
+                    for event in stored.into_vec() {
+                        add_event(&mut snap.events, event);
+                    }
+                } else if let Ok(first) = name.parse::<u64>() {
+                    // A key holds the events from its name on, at most
+                    // EVENTS_PER_KEY of them.
+                    let end = first + crate::store::etcd::EVENTS_PER_KEY as u64;
+                    snap.events.retain(|ev| ev.seq < first || ev.seq >= end);
                 }
                 Ok((true, false))
             }

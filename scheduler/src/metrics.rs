@@ -177,10 +177,10 @@ mod tests {
         for c in changes {
             match c {
                 Change::PutApp(a) => {
-                    snap.apps.insert(a.key.clone(), a);
+                    snap.apps.insert(a.key.clone(), *a);
                 }
                 Change::PutRevision(r) => {
-                    snap.revisions.insert((r.app.clone(), r.number), r);
+                    snap.revisions.insert((r.app.clone(), r.number), *r);
                 }
                 _ => {}
             }

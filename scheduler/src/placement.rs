@@ -146,12 +146,64 @@ impl Candidate {
     }
 }
 
-fn candidates<N: Borrow<NodeView>>(nodes: &[N], need: &Need<'_>) -> Vec<Candidate> {
+/// In a cluster of more nodes than this, an instance is placed among this
+/// many of them first (see [`Window`]).
+pub const SCORE_AT_MOST: usize = 1_000;
+
+/// The nodes an app's instances are scored among first. Scoring every node
+/// for every app costs a large cluster most of a reconcile (half a
+/// millisecond an app at 5,000 nodes; a node lost moves instances of
+/// hundreds of apps), so, as Kubernetes' scheduler scores a share of the
+/// nodes, an app looks first at [`SCORE_AT_MOST`] nodes in a row (wrapping
+/// around), from a place its name decides, so apps spread over the whole
+/// cluster. Spread comes first and stays exact: the window is left for
+/// every node when none of it can take the instance, or when each of its
+/// nodes holds one of the app already (another node might hold none).
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    start: usize,
+    len: usize,
+}
+
+impl Window {
+    fn of<N>(nodes: &[N], app: &str) -> Self {
+        if nodes.len() <= SCORE_AT_MOST {
+            return Window {
+                start: 0,
+                len: nodes.len(),
+            };
+        }
+        use std::hash::{BuildHasher as _, Hasher as _};
+        let mut h = rustc_hash::FxBuildHasher.build_hasher();
+        h.write(app.as_bytes());
+        Window {
+            start: (h.finish() % nodes.len() as u64) as usize,
+            len: SCORE_AT_MOST,
+        }
+    }
+
+    fn all<N>(nodes: &[N]) -> Self {
+        Window {
+            start: 0,
+            len: nodes.len(),
+        }
+    }
+
+    fn partial<N>(&self, nodes: &[N]) -> bool {
+        self.len < nodes.len()
+    }
+}
+
+fn candidates<N: Borrow<NodeView>>(nodes: &[N], need: &Need<'_>, window: Window) -> Vec<Candidate> {
     let ranks = name_ranks(nodes);
-    nodes
+    let (head, tail) = nodes.split_at(window.start);
+    let wrapped = window.len.saturating_sub(tail.len());
+    let mut cands: Vec<Candidate> = tail
         .iter()
-        .map(Borrow::borrow)
+        .take(window.len)
         .enumerate()
+        .map(|(i, n)| (window.start + i, n.borrow()))
+        .chain(head.iter().take(wrapped).map(Borrow::borrow).enumerate())
         .filter(|(_, n)| n.ready && selects(need, n))
         .map(|(index, n)| Candidate {
             index,
@@ -161,7 +213,38 @@ fn candidates<N: Borrow<NodeView>>(nodes: &[N], need: &Need<'_>) -> Vec<Candidat
             of_app: n.per_app.get(need.app).copied().unwrap_or(0),
             load: load_ppm(n.capacity, n.allocated),
         })
-        .collect()
+        .collect();
+    // In node order, whatever the window's start: ties and the
+    // explanations do not depend on it.
+    if window.start > 0 && wrapped > 0 {
+        cands.sort_unstable_by_key(|c| c.index);
+    }
+    cands
+}
+
+/// The best candidate for `need` in `cands`, leaving a partial window for
+/// every node when it cannot decide (see [`Window`]); `placed` are the
+/// nodes this placement took already, added again to a new list.
+fn best_in<N: Borrow<NodeView>>(
+    nodes: &[N],
+    need: &Need<'_>,
+    window: &mut Window,
+    cands: &mut Vec<Candidate>,
+    placed: &[usize],
+) -> Option<usize> {
+    let k = best(cands, need.resources);
+    let settled = k.is_some_and(|k| cands[k].of_app == 0);
+    if settled || !window.partial(nodes) {
+        return k;
+    }
+    *window = Window::all(nodes);
+    *cands = candidates(nodes, need, *window);
+    for &index in placed {
+        if let Ok(at) = cands.binary_search_by_key(&index, |c| c.index) {
+            cands[at].add(need.resources);
+        }
+    }
+    best(cands, need.resources)
 }
 
 /// Each node's position in name order, or `None` when that is the order of
@@ -243,8 +326,9 @@ fn explain<N: Borrow<NodeView>>(nodes: &[N], cands: &[Candidate], need: &Need<'_
 
 /// Picks the node for one instance, or explains why none fits.
 pub fn choose(nodes: &[NodeView], need: &Need<'_>) -> Result<usize, String> {
-    let cands = candidates(nodes, need);
-    match best(&cands, need.resources) {
+    let mut window = Window::of(nodes, need.app);
+    let mut cands = candidates(nodes, need, window);
+    match best_in(nodes, need, &mut window, &mut cands, &[]) {
         Some(k) => Ok(cands[k].index),
         None => Err(explain(nodes, &cands, need)),
     }
@@ -262,14 +346,17 @@ pub fn place<N: Borrow<NodeView>>(
     if count == 0 {
         return out;
     }
-    let mut cands = candidates(nodes, need);
+    let mut window = Window::of(nodes, need.app);
+    let mut cands = candidates(nodes, need, window);
+    let mut placed = Vec::with_capacity(count);
     while out.len() < count {
-        let Some(k) = best(&cands, need.resources) else {
+        let Some(k) = best_in(nodes, need, &mut window, &mut cands, &placed) else {
             // Nothing changes after a failure, so the rest fail alike.
             out.resize(count, Err(explain(nodes, &cands, need)));
             break;
         };
         cands[k].add(need.resources);
+        placed.push(cands[k].index);
         out.push(Ok(cands[k].index));
     }
     out
@@ -348,6 +435,59 @@ mod tests {
         assert_eq!(
             choose(&[], &need("web", &BTreeMap::new())).unwrap_err(),
             "no nodes are registered"
+        );
+    }
+
+    #[test]
+    fn a_large_cluster_is_scored_in_a_window_and_spread_stays_exact() {
+        let n = SCORE_AT_MOST * 3;
+        let mut nodes: Vec<NodeView> = (0..n).map(|i| node(&format!("n{i:05}"), 4096, 4)).collect();
+        let sel = BTreeMap::new();
+        let web = need("web", &sel);
+        let w = Window::of(&nodes, "web");
+        let in_window = |i: usize| (i + n - w.start) % n < w.len;
+        // A few instances: distinct nodes of the window.
+        let placed: Vec<usize> = place(&nodes, &web, 10)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let distinct: std::collections::BTreeSet<_> = placed.iter().collect();
+        assert_eq!(distinct.len(), 10);
+        assert!(placed.iter().all(|&i| in_window(i)), "{placed:?}");
+        // Every node of the window holds one already: the next goes to a
+        // node that holds none, outside it.
+        for (i, v) in nodes.iter_mut().enumerate() {
+            if in_window(i) {
+                v.add("web", web.resources);
+            }
+        }
+        let next = choose(&nodes, &web).unwrap();
+        assert!(!in_window(next));
+        assert_eq!(nodes[next].per_app.get("web"), None);
+        // With the window's nodes full, instances go elsewhere, and those
+        // placed together still spread.
+        for (i, v) in nodes.iter_mut().enumerate() {
+            if in_window(i) {
+                v.allocated = v.capacity;
+            }
+        }
+        let other = need("other", &sel);
+        let wo = Window::of(&nodes, "other");
+        for (i, v) in nodes.iter_mut().enumerate() {
+            if (i + n - wo.start) % n < wo.len {
+                v.allocated = v.capacity;
+            }
+        }
+        let placed: Vec<usize> = place(&nodes, &other, 5)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let distinct: std::collections::BTreeSet<_> = placed.iter().collect();
+        assert_eq!(distinct.len(), 5);
+        assert!(
+            placed
+                .iter()
+                .all(|&i| nodes[i].allocated != nodes[i].capacity)
         );
     }
 

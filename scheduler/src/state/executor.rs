@@ -5,8 +5,8 @@
 use super::task::{EVENTS_IN_MEMORY, State};
 use crate::autoscale::ScaleState;
 use crate::events::Event;
+use crate::store::Op;
 use crate::store::StoredQuota;
-use crate::store::{Op, StoreError};
 use shoal_api::objects::{App, AppKey, EventLevel, Instance, Node, Revision};
 use shoal_api::quota::Quota;
 use shoal_api::rest::AutoscaleView;
@@ -19,10 +19,12 @@ pub enum Change {
         digest: String,
         bytes: Vec<u8>,
     },
-    PutApp(App),
+    /// Boxed, as `PutRevision`: a plan's changes are mostly small, and
+    /// every element of a `Vec<Change>` is as large as the largest.
+    PutApp(Box<App>),
     /// An app and every revision of it.
     DeleteApp(AppKey),
-    PutRevision(Revision),
+    PutRevision(Box<Revision>),
     PutNode(Node),
     /// The node is removed (`shoal delete node`); it is unknown from now
     /// on.
@@ -86,7 +88,7 @@ impl State {
                 Change::PutBlob { digest, bytes } => self.pending.push(Op::PutBlob(digest, bytes)),
                 Change::PutApp(app) => {
                     self.pending.push(Op::PutApp(app.clone()));
-                    self.snap.apps.insert(app.key.clone(), app);
+                    self.snap.apps.insert(app.key.clone(), *app);
                 }
                 Change::DeleteApp(key) => {
                     self.snap.apps.remove(&key);
@@ -103,8 +105,8 @@ impl State {
                     self.pending.push(Op::DeleteRevisions(key.to_string()));
                 }
                 Change::PutRevision(r) => {
-                    self.pending.push(Op::PutRevision(Box::new(r.clone())));
-                    self.snap.revisions.insert((r.app.clone(), r.number), r);
+                    self.pending.push(Op::PutRevision(r.clone()));
+                    self.snap.revisions.insert((r.app.clone(), r.number), *r);
                 }
                 Change::PutNode(n) => {
                     self.pending.push(Op::PutNode(n.clone()));
@@ -182,44 +184,6 @@ impl State {
         self.snap.events.push_back(e);
         if self.snap.events.len() > EVENTS_IN_MEMORY {
             self.snap.events.pop_front();
-        }
-    }
-
-    /// Writes pending changes. On failure they stay pending and memory is
-    /// ahead of disk until the next attempt succeeds.
-    pub(super) fn flush(&mut self) -> Result<(), StoreError> {
-        // After the write in progress, if any: writes keep their order. Its
-        // snapshot is not published (the state is ahead of it): the next
-        // publication covers it.
-        if let Some(Some(_)) = self.finish_write(true) {
-            self.changed = true;
-        }
-        if self.deposed {
-            return Err(StoreError::Deposed);
-        }
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let t0 = std::time::Instant::now();
-        let r = self.store.write(&self.pending);
-        tracing::debug!(
-            ops = self.pending.len(),
-            ms = t0.elapsed().as_millis() as u64,
-            "store written"
-        );
-        match r {
-            Ok(()) => {
-                self.pending.clear();
-                Ok(())
-            }
-            Err(StoreError::Deposed) => {
-                // Another control plane leads: what this one decided is
-                // void, and it decides nothing more (the run loop ends).
-                self.pending.clear();
-                self.deposed = true;
-                Err(StoreError::Deposed)
-            }
-            Err(e) => Err(e),
         }
     }
 }

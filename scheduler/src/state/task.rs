@@ -76,8 +76,12 @@ pub(super) struct State {
     last_reconcile: Option<(std::time::Instant, Duration)>,
     /// Nodes' lease renewals, taken at each tick.
     renewals: Arc<super::Renewals>,
-    /// A write of reports in progress (see [`State::write_behind`]).
+    /// The write in progress (see [`State::write_behind`]).
     pub(super) inflight: Option<Inflight>,
+    /// Writes started so far; the one in progress is number `writes`.
+    writes: u64,
+    /// Answers waiting for the write of their changes, by its number.
+    awaiting: VecDeque<(u64, Deferred)>,
     /// Wakes the loop when the write in progress is done.
     pub(super) written: Arc<tokio::sync::Notify>,
     /// The instances as `settled` last walked them, and what it found.
@@ -93,6 +97,34 @@ pub(super) struct Inflight {
     pub(super) done: std::sync::mpsc::Receiver<Result<(), StoreError>>,
     pub(super) ops: Arc<Vec<Op>>,
     snapshot: Option<Arc<Snapshot>>,
+}
+
+/// An answer to send once its changes are written (`None`), or, if the
+/// write failed, with the store's error.
+type Deferred = Box<dyn FnOnce(Option<ApiError>) + Send>;
+
+/// A store error again, for each answer that waited on the write.
+fn store_error(e: &StoreError) -> ApiError {
+    ApiError::Store(match e {
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        StoreError::Deposed => StoreError::Deposed,
+        StoreError::Db(m) => StoreError::Db(m.clone()),
+        StoreError::Corrupt { table, message } => StoreError::Corrupt {
+            table,
+            message: message.clone(),
+        },
+        StoreError::Dir { path, source } => StoreError::Db(format!("{path}: {source}")),
+    })
+}
+
+/// How a write ended (see [`State::finish_write`]).
+enum Finished {
+    /// It goes on.
+    Running,
+    /// It is written; its snapshot, if it carried one, is to be published.
+    Written(u64, Option<Arc<Snapshot>>),
+    /// It failed; its operations are pending again.
+    Failed(u64, StoreError),
 }
 
 /// One second of an app's load, by reporting gateway.
@@ -143,6 +175,8 @@ impl State {
             last_reconcile: None,
             renewals,
             inflight: None,
+            writes: 0,
+            awaiting: VecDeque::new(),
             written: Arc::new(tokio::sync::Notify::new()),
             instances_settled: None,
             urgent: false,
@@ -176,9 +210,7 @@ impl State {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(Command::Stop { reply }) => {
-                        if let Err(e) = self.flush() {
-                            tracing::error!(error = %e, "cannot write the store before stopping");
-                        }
+                        self.write_all(&out);
                         tracing::info!("control loop stopped; nodes keep what they run");
                         let _ = reply.send(());
                         // Dropping the snapshot channel ends every watch
@@ -224,9 +256,9 @@ impl State {
                 // then: at 10^5 instances a reconcile per batch of
                 // heartbeats would be most of the leader's time.
                 self.reconcile_due |= self.changed;
-                self.settle_without_reconcile(&out, false);
+                self.settle_without_reconcile(&out);
             } else {
-                self.settle(resync || self.reconcile_due, &out, false);
+                self.settle(resync || self.reconcile_due, &out);
             }
             if self.deposed {
                 tracing::warn!("another control plane leads: this one stops deciding");
@@ -239,7 +271,7 @@ impl State {
 
     /// Reconciles what changed (everything with `resync`), writes it, and
     /// publishes a new snapshot if anything moved.
-    fn settle(&mut self, resync: bool, out: &watch::Sender<Arc<Snapshot>>, wait: bool) {
+    fn settle(&mut self, resync: bool, out: &watch::Sender<Arc<Snapshot>>) {
         if self.changed || resync {
             if self.may_reconcile() {
                 self.ticks_since_reconcile = 0;
@@ -252,7 +284,7 @@ impl State {
                 self.reconcile_due = true;
             }
         }
-        self.settle_without_reconcile(out, wait);
+        self.settle_without_reconcile(out);
     }
 
     /// Whether a reconcile may run now: after a slow one (a large cluster
@@ -273,14 +305,8 @@ impl State {
 
     /// Writes what is pending and publishes a new snapshot if anything
     /// moved.
-    /// With `wait` (a command is answered after it), the write is waited
-    /// for, so that the caller's next read sees everything it caused.
-    fn settle_without_reconcile(&mut self, out: &watch::Sender<Arc<Snapshot>>, wait: bool) {
+    fn settle_without_reconcile(&mut self, out: &watch::Sender<Arc<Snapshot>>) {
         self.write_behind(out);
-        if wait && let Some(Some(snapshot)) = self.finish_write(true) {
-            self.last_publish = Some(tokio::time::Instant::now());
-            out.send_replace(snapshot);
-        }
         if self.heartbeats_dirty
             && self
                 .last_publish
@@ -309,14 +335,11 @@ impl State {
     /// waited for each left heartbeats queued behind it.
     fn write_behind(&mut self, out: &watch::Sender<Arc<Snapshot>>) {
         if self.inflight.is_some() {
-            match self.finish_write(false) {
-                Some(Some(snapshot)) => {
-                    self.last_publish = Some(tokio::time::Instant::now());
-                    out.send_replace(snapshot);
-                }
-                Some(None) => {}
-                None => return,
+            let finished = self.finish_write(false);
+            if matches!(finished, Finished::Running) {
+                return;
             }
+            self.finished(finished, out);
         }
         if self.pending.is_empty() || self.deposed {
             return;
@@ -333,6 +356,7 @@ impl State {
             let _ = tx.send(store.write(&writing));
             written.notify_one();
         });
+        self.writes += 1;
         self.inflight = Some(Inflight {
             done,
             ops,
@@ -340,41 +364,118 @@ impl State {
         });
     }
 
+    /// Publishes what a finished write made durable, then answers those
+    /// that waited for it (or, if it failed, tells them).
+    fn finished(&mut self, finished: Finished, out: &watch::Sender<Arc<Snapshot>>) {
+        let (upto, error) = match finished {
+            Finished::Running => return,
+            Finished::Written(n, snapshot) => {
+                if let Some(snapshot) = snapshot {
+                    self.last_publish = Some(tokio::time::Instant::now());
+                    out.send_replace(snapshot);
+                }
+                (n, None)
+            }
+            Finished::Failed(n, e) => {
+                tracing::error!(error = %e, "cannot write the store; will retry");
+                // Deposed: nothing this control plane decided will be.
+                (if self.deposed { u64::MAX } else { n }, Some(e))
+            }
+        };
+        while self.awaiting.front().is_some_and(|(n, _)| *n <= upto) {
+            if let Some((_, answer)) = self.awaiting.pop_front() {
+                answer(error.as_ref().map(store_error));
+            }
+        }
+    }
+
+    /// Writes everything pending, waiting for each write (the loop is
+    /// stopping).
+    fn write_all(&mut self, out: &watch::Sender<Arc<Snapshot>>) {
+        for _ in 0..2 {
+            if self.inflight.is_some() {
+                let finished = self.finish_write(true);
+                self.finished(finished, out);
+            }
+            self.write_behind(out);
+        }
+        if self.inflight.is_some() {
+            let finished = self.finish_write(true);
+            self.finished(finished, out);
+        }
+    }
+
     /// Ends the write in progress if it is done (or, with `wait`, once it
-    /// is): `None` while it goes on; else the snapshot to publish, if it
-    /// succeeded and carried one. A failed write's operations are pending
-    /// again, ahead of what came after them.
-    pub(super) fn finish_write(&mut self, wait: bool) -> Option<Option<Arc<Snapshot>>> {
-        let inflight = self.inflight.as_ref()?;
+    /// is). A failed write's operations are pending again, ahead of what
+    /// came after them.
+    fn finish_write(&mut self, wait: bool) -> Finished {
+        let Some(inflight) = self.inflight.as_ref() else {
+            return Finished::Running;
+        };
         let result = if wait {
             inflight.done.recv().ok()
         } else {
             match inflight.done.try_recv() {
                 Ok(r) => Some(r),
-                Err(std::sync::mpsc::TryRecvError::Empty) => return None,
+                Err(std::sync::mpsc::TryRecvError::Empty) => return Finished::Running,
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => None,
             }
         };
-        let inflight = self.inflight.take()?;
-        match result {
-            Some(Ok(())) => return Some(inflight.snapshot),
+        let Some(inflight) = self.inflight.take() else {
+            return Finished::Running;
+        };
+        let number = self.writes;
+        let error = match result {
+            Some(Ok(())) => return Finished::Written(number, inflight.snapshot),
             Some(Err(StoreError::Deposed)) => {
                 self.pending.clear();
                 self.deposed = true;
-                return Some(None);
+                return Finished::Failed(number, StoreError::Deposed);
             }
-            Some(Err(e)) => tracing::error!(error = %e, "cannot write the store; will retry"),
-            None => tracing::error!("the store's write stopped; will retry"),
-        }
+            Some(Err(e)) => e,
+            None => StoreError::Unavailable("the store's write stopped".into()),
+        };
         let mut ops = Arc::unwrap_or_clone(inflight.ops);
         ops.append(&mut self.pending);
         self.pending = ops;
         self.changed |= inflight.snapshot.is_some();
-        Some(None)
+        Finished::Failed(number, error)
     }
 
-    /// Executes what a decider decided and writes it; a refusal changes
-    /// nothing. Its events name `actor`, who asked for it.
+    /// Sends `r` once the changes made so far are written and published
+    /// (a refusal at once), so the caller's next read sees what it asked
+    /// for; the loop goes on meanwhile.
+    fn answer_after_write<T: Send + 'static>(
+        &mut self,
+        reply: tokio::sync::oneshot::Sender<Result<T, ApiError>>,
+        r: Result<T, ApiError>,
+    ) {
+        let value = match r {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let answer: Deferred = Box::new(move |failed| {
+            let _ = reply.send(match failed {
+                None => Ok(value),
+                Some(e) => Err(e),
+            });
+        });
+        let number = if !self.pending.is_empty() {
+            self.writes + 1
+        } else if self.inflight.is_some() {
+            self.writes
+        } else {
+            answer(None);
+            return;
+        };
+        self.awaiting.push_back((number, answer));
+    }
+
+    /// Executes what a decider decided (written by the next write); a
+    /// refusal changes nothing. Its events name `actor`, who asked for it.
     fn commit<T>(
         &mut self,
         decided: Result<(T, Vec<super::executor::Change>), ApiError>,
@@ -382,18 +483,17 @@ impl State {
     ) -> Result<T, ApiError> {
         let (answer, changes) = decided?;
         self.execute_by(changes, actor);
-        self.flush()?;
         Ok(answer)
     }
 
     fn handle(&mut self, cmd: Command, out: &watch::Sender<Arc<Snapshot>>) {
         // A change is answered once it is written and published, so the
-        // caller's next read sees it.
+        // caller's next read sees it; the loop does not wait for that.
         macro_rules! answer {
             ($reply:expr, $result:expr) => {{
                 let r = $result;
-                self.settle(false, out, true);
-                let _ = $reply.send(r);
+                self.settle(false, out);
+                self.answer_after_write($reply, r);
             }};
         }
         let now = self.now_ms();
@@ -491,7 +591,7 @@ impl State {
             } => {
                 let d = unit(decide::node::cordon(&self.snap, &node, on));
                 let r = self.commit(d, actor.as_deref());
-                self.settle(false, out, true);
+                self.settle(false, out);
                 let r = r.and_then(|()| {
                     self.snap
                         .nodes
@@ -499,7 +599,7 @@ impl State {
                         .cloned()
                         .ok_or_else(|| ApiError::NotFound(format!("node {node} not found")))
                 });
-                let _ = reply.send(r);
+                self.answer_after_write(reply, r);
             }
             Command::Drain { node, actor, reply } => {
                 let d = unit(decide::node::drain(&self.snap, &node));
@@ -507,13 +607,13 @@ impl State {
                 // Reconcile places the replacements before the answer, so
                 // it can say what is blocked.
                 self.changed = true;
-                self.settle(false, out, true);
+                self.settle(false, out);
                 let r = r.and_then(|()| {
                     self.snap
                         .drain_status(&node)
                         .ok_or_else(|| ApiError::NotFound(format!("node {node} not found")))
                 });
-                let _ = reply.send(r);
+                self.answer_after_write(reply, r);
             }
             Command::DeleteNode {
                 node,

@@ -18,7 +18,8 @@
 //!
 //! Keys, under the prefix: `apps/NS/NAME`, `revisions/NS/NAME/NUMBER`,
 //! `blobs/SHA256/meta` and `blobs/SHA256/chunk/N`, `nodes/NAME`,
-//! `instances/ID`, `events/SEQ`, `meta/NAME`, `tokens/NAME`,
+//! `instances/ID`, `events/SEQ` (a write's events, from SEQ, up to 200 to
+//! a key), `meta/NAME`, `tokens/NAME`,
 //! `certificates/HOST`, `quotas/NS`, `leader`, `ca/cert`, `ca/key`.
 
 use super::{Contents, MAX_EVENTS, Op, StoreError, revision_key, to_json};
@@ -270,6 +271,45 @@ fn decode<T: serde::de::DeserializeOwned>(
         .collect()
 }
 
+/// Events stored under one key, at most (see [`EtcdStore::write`]).
+pub(crate) const EVENTS_PER_KEY: usize = 200;
+
+/// What an `events/` key holds: a write's events, or (as stores written
+/// before events went together hold) one.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+pub(crate) enum StoredEvents {
+    Many(Vec<shoal_api::objects::Event>),
+    One(Box<shoal_api::objects::Event>),
+}
+
+impl StoredEvents {
+    pub(crate) fn into_vec(self) -> Vec<shoal_api::objects::Event> {
+        match self {
+            StoredEvents::Many(v) => v,
+            StoredEvents::One(e) => vec![*e],
+        }
+    }
+}
+
+/// Every stored event, in sequence order.
+fn decode_events(
+    kvs: Vec<shoal_etcd::KeyValue>,
+) -> Result<Vec<shoal_api::objects::Event>, StoreError> {
+    let mut events = Vec::new();
+    for kv in kvs {
+        let stored: StoredEvents =
+            serde_json::from_slice(&kv.value).map_err(|e| StoreError::Corrupt {
+                table: "events",
+                message: e.to_string(),
+            })?;
+        events.extend(stored.into_vec());
+    }
+    events.sort_by_key(|e| e.seq);
+    events.dedup_by_key(|e| e.seq);
+    Ok(events)
+}
+
 /// The keys a range deletion covers: from the first (included) to the
 /// second (excluded); an end of `[0]` is "to the end", as etcd reads it.
 type Range = (Vec<u8>, Vec<u8>);
@@ -506,7 +546,7 @@ impl EtcdStore {
             nodes: decode("nodes", self.all("nodes/")?)?,
             instances: decode("instances", self.all("instances/")?)?,
             // Zero-padded sequence numbers: key order is their order.
-            events: decode("events", self.all("events/")?)?,
+            events: decode_events(self.all("events/")?)?,
             quotas: decode("quotas", self.all("quotas/")?)?,
             meta,
         })
@@ -518,15 +558,15 @@ impl EtcdStore {
             value,
             lease: None,
         };
-        let last_event = ops
+        let events: Vec<&shoal_api::objects::Event> = ops
             .iter()
             .filter_map(|op| match op {
-                Op::PutEvent(e) => Some(e.seq),
+                Op::PutEvent(e) => Some(e),
                 _ => None,
             })
-            .max();
+            .collect();
+        let last_event = events.iter().map(|e| e.seq).max().unwrap_or(0);
         let mut txn_ops = Vec::new();
-        let last_event = last_event.unwrap_or(0);
         for op in ops {
             match op {
                 // Before whatever refers to it.
@@ -550,14 +590,8 @@ impl EtcdStore {
                 Op::DeleteInstance(id) => txn_ops.push(TxnOp::Delete {
                     key: self.key(&format!("instances/{id}")),
                 }),
-                // The store keeps the last MAX_EVENTS: one range deletion
-                // below them (after the loop) rather than one deletion an
-                // event, and nothing written that it would delete.
-                Op::PutEvent(e) => {
-                    if e.seq + MAX_EVENTS > last_event {
-                        txn_ops.push(put(format!("events/{:020}", e.seq), to_json(e)));
-                    }
-                }
+                // After the loop: a write's events go together.
+                Op::PutEvent(_) => {}
                 Op::SetMeta(name, v) => {
                     txn_ops.push(put(format!("meta/{name}"), v.to_string().into_bytes()))
                 }
@@ -567,10 +601,23 @@ impl EtcdStore {
                 }),
             }
         }
-        if last_event >= MAX_EVENTS {
+        // A write's events are stored EVENTS_PER_KEY to a key, named
+        // after the first: at 10^5 instances a key an event was half of
+        // everything written. The store keeps the last MAX_EVENTS (and at
+        // most a key's more): one range deletion of the keys wholly below
+        // them, and nothing written that it would delete.
+        let kept: Vec<&shoal_api::objects::Event> = events
+            .into_iter()
+            .filter(|e| e.seq + MAX_EVENTS > last_event)
+            .collect();
+        for chunk in kept.chunks(EVENTS_PER_KEY) {
+            txn_ops.push(put(format!("events/{:020}", chunk[0].seq), to_json(chunk)));
+        }
+        let below = (last_event + 1).saturating_sub(MAX_EVENTS + EVENTS_PER_KEY as u64);
+        if below > 0 {
             txn_ops.push(TxnOp::DeleteRange {
                 key: self.key("events/"),
-                range_end: self.key(&format!("events/{:020}", last_event + 1 - MAX_EVENTS)),
+                range_end: self.key(&format!("events/{below:020}")),
             });
         }
         self.guarded(txn_ops)
@@ -844,6 +891,84 @@ mod tests {
                 vec![vec!["put e/7=x", "del e/..e/5", "put e/5=y"]],
                 vec![vec!["put e/3=z"]],
             ]
+        );
+    }
+
+    fn event(seq: u64) -> shoal_api::objects::Event {
+        shoal_api::objects::Event {
+            seq,
+            at_ms: seq,
+            namespace: None,
+            app: None,
+            object: "node/n1".into(),
+            level: shoal_api::objects::EventLevel::Normal,
+            reason: "Test".into(),
+            message: format!("event {seq}"),
+            actor: None,
+        }
+    }
+
+    /// A write's events go to a key a few hundred at a time; the store
+    /// keeps the last MAX_EVENTS of them (and at most a key's more); a
+    /// store whose keys hold one event each (as before) loads alike.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_are_stored_together_and_trimmed() {
+        let cluster = shoal_etcd::testing::EtcdCluster::start(1).await;
+        let etcd = Etcd::connect(&EtcdConfig {
+            endpoints: cluster.endpoints(),
+            ca_pem: None,
+            identity_pem: None,
+            prefix: "/t".into(),
+            request_timeout: Duration::from_secs(5),
+        })
+        .unwrap();
+        let client = etcd.client().clone();
+        let leader = etcd.key("leader");
+        client.put(&leader, b"me", None).await.unwrap();
+        let kv = client.get(&leader).await.unwrap().unwrap();
+        let (deposed, _) = tokio::sync::watch::channel(false);
+        let store = etcd.term(
+            Fence {
+                key: leader,
+                create_revision: kv.create_revision,
+            },
+            deposed,
+        );
+        // An event of the old layout, alone under its key.
+        client
+            .put(
+                &etcd.key(&format!("events/{:020}", 0)),
+                &to_json(&event(0)),
+                None,
+            )
+            .await
+            .unwrap();
+        let (keys, events) = tokio::task::spawn_blocking(move || {
+            let ops: Vec<Op> = (1..450).map(|s| Op::PutEvent(event(s))).collect();
+            store.write(&ops).unwrap();
+            let keys = store.all("events/").unwrap().len();
+            let first = store.load().unwrap().events;
+            let ops: Vec<Op> = (450..11_000).map(|s| Op::PutEvent(event(s))).collect();
+            for batch in ops.chunks(1000) {
+                store.write(batch).unwrap();
+            }
+            (keys, (first, store.load().unwrap().events))
+        })
+        .await
+        .unwrap();
+        assert_eq!(keys, 1 + 449usize.div_ceil(EVENTS_PER_KEY));
+        let seqs = |v: &[shoal_api::objects::Event]| v.iter().map(|e| e.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(&events.0), (0..450).collect::<Vec<_>>());
+        let kept = seqs(&events.1);
+        assert_eq!(kept.last(), Some(&10_999));
+        assert!(
+            (MAX_EVENTS as usize..=MAX_EVENTS as usize + EVENTS_PER_KEY).contains(&kept.len()),
+            "{} kept",
+            kept.len()
+        );
+        assert!(
+            kept.windows(2).all(|w| w[1] == w[0] + 1),
+            "a gap in what is kept"
         );
     }
 

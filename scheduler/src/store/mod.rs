@@ -57,7 +57,7 @@ pub enum StoreError {
 /// One change in a write batch.
 #[derive(Debug, Clone)]
 pub enum Op {
-    PutApp(App),
+    PutApp(Box<App>),
     DeleteApp(String),
     PutRevision(Box<Revision>),
     DeleteRevisions(String),

@@ -306,7 +306,7 @@ mod tests {
         {
             let s = RedbStore::open(dir.path()).unwrap();
             s.write(&[
-                Op::PutApp(App {
+                Op::PutApp(Box::new(App {
                     key: AppKey::new("default", "web"),
                     replicas: 3,
                     current_revision: 1,
@@ -315,7 +315,7 @@ mod tests {
                     rollout: shoal_api::objects::RolloutState::Complete { at_ms: 1 },
                     created_at_ms: 1,
                     updated_at_ms: 1,
-                }),
+                })),
                 Op::PutBlob("abc".into(), vec![0, 97, 115, 109]),
                 Op::SetMeta("next_seq", 7),
                 Op::PutQuota(StoredQuota {

@@ -239,12 +239,12 @@ fn check_room(snap: &Snapshot, app: &App, replicas: u32, memory_each: u64) -> Re
 }
 
 fn revision(key: &AppKey, number: u64, template: Template, now_ms: u64) -> Change {
-    Change::PutRevision(Revision {
+    Change::PutRevision(Box::new(Revision {
         app: key.clone(),
         number,
         template,
         created_at_ms: now_ms,
-    })
+    }))
 }
 
 /// Applies manifests: all of them or, if any is refused, none.
@@ -322,7 +322,7 @@ pub fn apply(
                     updated_at_ms: now,
                 };
                 changes.push(revision(&key, 1, template, now));
-                changes.push(Change::PutApp(app));
+                changes.push(Change::PutApp(Box::new(app)));
                 changes.push(event(Event::Created {
                     app: key.clone(),
                     revision: 1,
@@ -351,7 +351,7 @@ pub fn apply(
                         app.settings = settings;
                         app.updated_at_ms = now;
                         let rev = app.current_revision;
-                        changes.push(Change::PutApp(app));
+                        changes.push(Change::PutApp(Box::new(app)));
                         if rescaled {
                             changes.push(event(Event::Scaled {
                                 app: key.clone(),
@@ -378,7 +378,7 @@ pub fn apply(
                     app.settings = settings;
                     app.rollout = RolloutState::Progressing { since_ms: now };
                     app.updated_at_ms = now;
-                    changes.push(Change::PutApp(app));
+                    changes.push(Change::PutApp(Box::new(app)));
                     changes.push(event(Event::RolloutStarted {
                         app: key.clone(),
                         revision: number,
@@ -427,7 +427,7 @@ pub fn scale(
     app.replicas = replicas;
     app.updated_at_ms = now_ms;
     Ok(vec![
-        Change::PutApp(app),
+        Change::PutApp(Box::new(app)),
         event(Event::Scaled {
             app: key.clone(),
             from,
@@ -489,7 +489,7 @@ pub fn rollback(
     app.rollout = RolloutState::Progressing { since_ms: now_ms };
     app.updated_at_ms = now_ms;
     let changes = vec![
-        Change::PutApp(app),
+        Change::PutApp(Box::new(app)),
         event(Event::RollingBack {
             app: key.clone(),
             revision: target,
@@ -521,7 +521,7 @@ pub fn traffic(
     app.settings.traffic = traffic.clone();
     app.updated_at_ms = now_ms;
     Ok(vec![
-        Change::PutApp(app),
+        Change::PutApp(Box::new(app)),
         event(Event::TrafficSplit {
             app: key.clone(),
             traffic,
@@ -545,7 +545,7 @@ pub fn activate(snap: &Snapshot, key: &AppKey, now_ms: u64) -> Result<Vec<Change
     app.replicas = min.max(1);
     app.updated_at_ms = now_ms;
     let to = app.replicas;
-    changes.push(Change::PutApp(app));
+    changes.push(Change::PutApp(Box::new(app)));
     changes.push(event(Event::Activated {
         app: key.clone(),
         to,

@@ -104,7 +104,7 @@ pub fn autoscale(
             let mut next = app.clone();
             next.replicas = d.replicas;
             next.updated_at_ms = now_ms;
-            changes.push(Change::PutApp(next));
+            changes.push(Change::PutApp(Box::new(next)));
             changes.push(event(Event::AutoScaled {
                 app: app.key.clone(),
                 from: app.replicas,

@@ -69,7 +69,7 @@ pub fn progress(snap: &Snapshot, apps: &[DesiredApp], now_ms: u64) -> Vec<Change
         };
         changes.extend(what.map(event));
         app.rollout = state;
-        changes.push(Change::PutApp(app));
+        changes.push(Change::PutApp(Box::new(app)));
     }
     changes
 }

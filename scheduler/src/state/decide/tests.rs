@@ -92,7 +92,7 @@ fn run(snap: &mut Snapshot, changes: Vec<Change>) {
     for c in changes {
         match c {
             Change::PutApp(a) => {
-                snap.apps.insert(a.key.clone(), a);
+                snap.apps.insert(a.key.clone(), *a);
             }
             Change::DeleteApp(k) => {
                 snap.apps.remove(&k);
@@ -104,7 +104,7 @@ fn run(snap: &mut Snapshot, changes: Vec<Change>) {
                     .collect();
             }
             Change::PutRevision(r) => {
-                snap.revisions.insert((r.app.clone(), r.number), r);
+                snap.revisions.insert((r.app.clone(), r.number), *r);
             }
             Change::PutNode(n) | Change::Heard(n) => {
                 snap.nodes.insert(n.name.clone(), n);
