@@ -182,7 +182,13 @@ impl SimNode {
         let same = r.generation == a.generation && r.instances.len() == a.instances.len();
         let before = a.instances.len();
         a.generation = r.generation;
-        a.instances = r.instances.into_iter().map(|i| (i.id, i.app)).collect();
+        // A draining instance is done at once: it serves no requests here.
+        a.instances = r
+            .instances
+            .into_iter()
+            .filter(|i| !i.draining)
+            .map(|i| (i.id, i.app))
+            .collect();
         let after = a.instances.len();
         drop(a);
         if after >= before {
