@@ -625,7 +625,8 @@ impl State {
                 answer!(reply, self.commit(d, actor.as_deref()))
             }
             Command::Heartbeat { node, hb, reply } => {
-                let _ = reply.send(self.heartbeat(&node, hb, now));
+                let published = out.borrow().clone();
+                let _ = reply.send(self.heartbeat(&node, hb, now, &published));
             }
             // The run loop ends on it before it gets here.
             Command::Stop { reply } => {
@@ -691,20 +692,24 @@ impl State {
         name: &str,
         hb: shoal_api::protocol::Heartbeat,
         now_ms: u64,
+        published: &Snapshot,
     ) -> Result<HeartbeatResponse, ApiError> {
-        // Whether the node runs exactly what is assigned to it, at the
-        // current generation (checked before the reports are used up).
-        let reported = hb.generation;
+        // The answer (the node's assignment) is what the last published
+        // snapshot says, never what the loop decided but has not written
+        // yet (see `write_behind`): a node is never handed an assignment
+        // the store does not have, nor one the API would not stand by
+        // (its module fetch is authorized by the published snapshot).
+        // Whether the node runs exactly that, at its generation (checked
+        // before the reports are used up):
         let runs_it = hb.brief
-            && self.snap.nodes.get(name).is_some_and(|n| {
+            && published.nodes.get(name).is_some_and(|n| {
                 n.generation == hb.generation && {
-                    let assigned = self.snap.by_node.get(name).map_or(0, |ids| ids.len());
+                    let assigned = published.by_node.get(name).map_or(0, |ids| ids.len());
                     let mut ids = BTreeSet::new();
                     assigned == hb.instances.len()
                         && hb.instances.iter().all(|r| {
                             ids.insert(r.id.as_str())
-                                && self
-                                    .snap
+                                && published
                                     .instances
                                     .get(&r.id)
                                     .is_some_and(|i| i.node.as_deref() == Some(name))
@@ -713,24 +718,22 @@ impl State {
             });
         let changes = decide::node::heartbeat(&self.snap, name, hb, now_ms)?;
         // Written with the next settle, for many heartbeats at once: what a
-        // node reports it says again if it is lost, and the answer (the
-        // node's assignment) does not depend on it.
+        // node reports it says again if it is lost, and the answer does
+        // not depend on it (a change it causes reaches the node once it is
+        // published).
         self.execute(changes);
-        let node = self
-            .snap
+        let node = published
             .nodes
             .get(name)
             .ok_or_else(|| ApiError::NotFound(format!("node {name} is not registered")))?;
-        // The generation is read after the heartbeat's own changes, which
-        // may have moved it on.
-        if runs_it && node.generation == reported {
+        if runs_it {
             return Ok(HeartbeatResponse {
                 generation: node.generation,
                 instances: Vec::new(),
                 unchanged: true,
             });
         }
-        Ok(self.snap.assignment(node))
+        Ok(published.assignment(node))
     }
 
     fn take_metrics(&mut self, report: GatewayMetrics) {
