@@ -392,13 +392,20 @@ impl State {
     /// Writes everything pending, waiting for each write (the loop is
     /// stopping).
     fn write_all(&mut self, out: &watch::Sender<Arc<Snapshot>>) {
+        self.wait_write(out);
+        // What is left, tried twice: a store that keeps failing leaves it
+        // unwritten, as a restart from the store would have it.
         for _ in 0..2 {
-            if self.inflight.is_some() {
-                let finished = self.finish_write(true);
-                self.finished(finished, out);
+            if self.pending.is_empty() || self.deposed {
+                break;
             }
             self.write_behind(out);
+            self.wait_write(out);
         }
+    }
+
+    /// Waits for the write in progress, if any, and finishes it.
+    fn wait_write(&mut self, out: &watch::Sender<Arc<Snapshot>>) {
         if self.inflight.is_some() {
             let finished = self.finish_write(true);
             self.finished(finished, out);
