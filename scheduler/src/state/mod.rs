@@ -168,10 +168,11 @@ pub enum Command {
         req: RegisterRequest,
         reply: oneshot::Sender<Result<RegisterResponse, ApiError>>,
     },
+    /// A node's reports, for the state task to take in; the node was
+    /// answered already (see [`ControlPlane::heartbeat`]).
     Heartbeat {
         node: String,
         hb: Heartbeat,
-        reply: oneshot::Sender<Result<HeartbeatResponse, ApiError>>,
     },
     /// Cordon (`on`) or uncordon a node; answers the node as it is now.
     Cordon {
@@ -572,8 +573,17 @@ impl ControlPlane {
         // report: a busy leader (a large write to etcd in progress) must
         // not count its own queue against the node's lease.
         self.renewals.add(&node, self.clock.now_ms());
-        self.ask(|reply| Command::Heartbeat { node, hb, reply })
+        // Answered here, from the published snapshot, not after the state
+        // task: a node waits for the answer before its next heartbeat, so
+        // an answer that waited on a busy loop spaced the node's
+        // heartbeats past its lease. The reports are queued in order with
+        // every other command (the queue's bound holds a flood back).
+        let answer = self.snapshot.borrow().heartbeat_answer(&node, &hb)?;
+        self.tx
+            .send(Command::Heartbeat { node, hb })
             .await
+            .map_err(|_| ApiError::Closed)?;
+        Ok(answer)
     }
 }
 

@@ -164,6 +164,43 @@ impl Snapshot {
             .flat_map(|ids| ids.iter().filter_map(|id| self.instances.get(id)))
     }
 
+    /// The answer to node `name`'s heartbeat `hb`, from this (published)
+    /// snapshot: `unchanged` when the node runs exactly its assignment at
+    /// its generation, else the assignment. Never from state the control
+    /// plane has decided but not written: a node is never handed an
+    /// assignment the store does not have, nor one the API would not stand
+    /// by (its module fetch is authorized by the published snapshot).
+    pub fn heartbeat_answer(
+        &self,
+        name: &str,
+        hb: &shoal_api::protocol::Heartbeat,
+    ) -> Result<HeartbeatResponse, super::ApiError> {
+        let node = self
+            .nodes
+            .get(name)
+            .ok_or_else(|| super::ApiError::NotFound(format!("node {name} is not registered")))?;
+        let runs_it = hb.brief && node.generation == hb.generation && {
+            let assigned = self.by_node.get(name).map_or(0, |ids| ids.len());
+            let mut ids = std::collections::BTreeSet::new();
+            assigned == hb.instances.len()
+                && hb.instances.iter().all(|r| {
+                    ids.insert(r.id.as_str())
+                        && self
+                            .instances
+                            .get(&r.id)
+                            .is_some_and(|i| i.node.as_deref() == Some(name))
+                })
+        };
+        if runs_it {
+            return Ok(HeartbeatResponse {
+                generation: node.generation,
+                instances: Vec::new(),
+                unchanged: true,
+            });
+        }
+        Ok(self.assignment(node))
+    }
+
     /// What `node` should run: every instance placed on it, with its
     /// template, at the node's current generation.
     pub fn assignment(&self, node: &Node) -> HeartbeatResponse {

@@ -9,7 +9,6 @@ use crate::clock::AwakeClock;
 use crate::reconcile;
 use crate::store::{Op, Store, StoreError};
 use shoal_api::objects::{AppKey, Phase, RolloutState};
-use shoal_api::protocol::HeartbeatResponse;
 use shoal_api::rest::GatewayMetrics;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -631,10 +630,7 @@ impl State {
                 let d = unit(decide::node::delete(&self.snap, &node, credential));
                 answer!(reply, self.commit(d, actor.as_deref()))
             }
-            Command::Heartbeat { node, hb, reply } => {
-                let published = out.borrow().clone();
-                let _ = reply.send(self.heartbeat(&node, hb, now, &published));
-            }
+            Command::Heartbeat { node, hb } => self.heartbeat(&node, hb, now),
             // The run loop ends on it before it gets here.
             Command::Stop { reply } => {
                 let _ = reply.send(());
@@ -694,53 +690,18 @@ impl State {
     }
 
     /// Answered at once, not after a reconcile: a heartbeat only reports.
-    fn heartbeat(
-        &mut self,
-        name: &str,
-        hb: shoal_api::protocol::Heartbeat,
-        now_ms: u64,
-        published: &Snapshot,
-    ) -> Result<HeartbeatResponse, ApiError> {
-        // The answer (the node's assignment) is what the last published
-        // snapshot says, never what the loop decided but has not written
-        // yet (see `write_behind`): a node is never handed an assignment
-        // the store does not have, nor one the API would not stand by
-        // (its module fetch is authorized by the published snapshot).
-        // Whether the node runs exactly that, at its generation (checked
-        // before the reports are used up):
-        let runs_it = hb.brief
-            && published.nodes.get(name).is_some_and(|n| {
-                n.generation == hb.generation && {
-                    let assigned = published.by_node.get(name).map_or(0, |ids| ids.len());
-                    let mut ids = BTreeSet::new();
-                    assigned == hb.instances.len()
-                        && hb.instances.iter().all(|r| {
-                            ids.insert(r.id.as_str())
-                                && published
-                                    .instances
-                                    .get(&r.id)
-                                    .is_some_and(|i| i.node.as_deref() == Some(name))
-                        })
-                }
-            });
-        let changes = decide::node::heartbeat(&self.snap, name, hb, now_ms)?;
-        // Written with the next settle, for many heartbeats at once: what a
-        // node reports it says again if it is lost, and the answer does
-        // not depend on it (a change it causes reaches the node once it is
-        // published).
-        self.execute(changes);
-        let node = published
-            .nodes
-            .get(name)
-            .ok_or_else(|| ApiError::NotFound(format!("node {name} is not registered")))?;
-        if runs_it {
-            return Ok(HeartbeatResponse {
-                generation: node.generation,
-                instances: Vec::new(),
-                unchanged: true,
-            });
+    /// Takes in a node's reports (its answer came from the published
+    /// snapshot). Written with the next settle, for many heartbeats at
+    /// once: what a node reports it says again if it is lost.
+    fn heartbeat(&mut self, name: &str, hb: shoal_api::protocol::Heartbeat, now_ms: u64) {
+        match decide::node::heartbeat(&self.snap, name, hb, now_ms) {
+            Ok(changes) => self.execute(changes),
+            // Deleted since the answer's snapshot: its next heartbeat is
+            // refused.
+            Err(e) => {
+                tracing::debug!(node = %name, error = %e, "a heartbeat's reports were not taken")
+            }
         }
-        Ok(published.assignment(node))
     }
 
     fn take_metrics(&mut self, report: GatewayMetrics) {
