@@ -8,8 +8,9 @@
 //!   paused or partitioned leader writes nothing after it wakes; the store
 //!   then says [`StoreError::Deposed`] and tells the election.
 //! - **Size.** etcd limits a transaction to 128 operations and a request to
-//!   1.5 MiB, so a large batch goes as several transactions, each guarded.
-//!   Module blobs (10-20 MB) are written in chunks under their digest, the
+//!   1.5 MiB, so a large batch goes as several transactions, each guarded,
+//!   sent together in waves (see [`waves`]) so that etcd commits many with
+//!   one disk sync. Module blobs (10-20 MB) are written in chunks under their digest, the
 //!   chunks first and their manifest last, and read back checked against
 //!   their sha256.
 //! - **Threads.** The store's calls are synchronous (see [`super`]); etcd is
@@ -19,8 +20,9 @@
 //! Keys, under the prefix: `apps/NS/NAME`, `revisions/NS/NAME/NUMBER`,
 //! `blobs/SHA256/meta` and `blobs/SHA256/chunk/N`, `nodes/NAME`,
 //! `instances/ID`, `events/SEQ` (a write's events, from SEQ, up to 200 to
-//! a key), `meta/NAME`, `tokens/NAME`,
-//! `certificates/HOST`, `quotas/NS`, `leader`, `ca/cert`, `ca/key`.
+//! a key), `meta/NAME`, `tokens/NAME`, `certificates/HOST`, `quotas/NS`,
+//! `leader`, `ca/cert`, `ca/key`, and `sync` (put by followers to mark a
+//! point in etcd's history; see `crate::follower`).
 
 use super::{Contents, MAX_EVENTS, Op, StoreError, revision_key, to_json};
 use sha2::Digest as _;
