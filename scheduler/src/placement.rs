@@ -147,7 +147,7 @@ impl Candidate {
 }
 
 /// In a cluster of more nodes than this, an instance is placed among this
-/// many of them first (see [`Window`]).
+/// many of them first (see `Window`).
 pub const SCORE_AT_MOST: usize = 1_000;
 
 /// The nodes an app's instances are scored among first. Scoring every node
