@@ -129,7 +129,7 @@ impl LeaseDeadline {
             .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Release);
     }
 
-    /// Whether the lease still holds now, with [`MARGIN`] to spare.
+    /// Whether the lease still holds now, with `MARGIN` to spare.
     pub fn holds(&self) -> bool {
         let until = self.epoch + Duration::from_millis(self.ms.load(Ordering::Acquire));
         Instant::now() + MARGIN < until

@@ -1,5 +1,5 @@
 //! The one place changes happen: the deciders say what should change, as
-//! [`Change`]s; [`State::execute`] writes them to the store's pending
+//! [`Change`]s; `State::execute` writes them to the store's pending
 //! batch, the snapshot and the event log.
 
 use super::task::{EVENTS_IN_MEMORY, State};

@@ -23,8 +23,8 @@ pub struct Snapshot {
     pub revisions: imbl::OrdMap<(AppKey, u64), Revision>,
     pub instances: imbl::OrdMap<String, Instance>,
     /// The ids of the instances placed on each node, kept with
-    /// `instances` by [`Snapshot::put_instance`] and
-    /// [`Snapshot::remove_instance`]: a node's heartbeat and assignment
+    /// `instances` by `Snapshot::put_instance` and
+    /// `Snapshot::remove_instance`: a node's heartbeat and assignment
     /// look at its own instances, not at every instance of the cluster.
     pub by_node: imbl::OrdMap<String, imbl::OrdSet<String>>,
     pub nodes: imbl::OrdMap<String, Node>,

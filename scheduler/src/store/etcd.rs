@@ -9,7 +9,7 @@
 //!   then says [`StoreError::Deposed`] and tells the election.
 //! - **Size.** etcd limits a transaction to 128 operations and a request to
 //!   1.5 MiB, so a large batch goes as several transactions, each guarded,
-//!   sent together in waves (see [`waves`]) so that etcd commits many with
+//!   sent together in waves (see `waves`) so that etcd commits many with
 //!   one disk sync. Module blobs (10-20 MB) are written in chunks under their digest, the
 //!   chunks first and their manifest last, and read back checked against
 //!   their sha256.
