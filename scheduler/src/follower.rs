@@ -593,7 +593,6 @@ fn add_event(events: &mut std::collections::VecDeque<Event>, event: Event) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::etcd::EtcdConfig;
     use shoal_api::auth::{Role as TokenRole, Scope};
     use shoal_api::objects::{EventLevel, RolloutState};
 
@@ -640,14 +639,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_cache_follows_etcd_and_leaves_service_while_it_cannot() {
         let cluster = shoal_etcd::testing::EtcdCluster::start(1).await;
-        let etcd = Etcd::connect(&EtcdConfig {
-            endpoints: cluster.endpoints(),
-            ca_pem: None,
-            identity_pem: None,
-            prefix: "/t".into(),
-            request_timeout: Duration::from_secs(1),
-        })
-        .unwrap();
+        let etcd = Etcd::for_test(&cluster, Duration::from_secs(1));
         let client = etcd.client().clone();
         let put = async |rel: &str, value: Vec<u8>| {
             client.put(&etcd.key(rel), &value, None).await.unwrap();

@@ -780,6 +780,24 @@ impl Etcd {
 }
 
 #[cfg(test)]
+impl Etcd {
+    /// A store on `cluster` (plain HTTP) under the prefix `/t`.
+    pub(crate) fn for_test(
+        cluster: &shoal_etcd::testing::EtcdCluster,
+        request_timeout: Duration,
+    ) -> Self {
+        Etcd::connect(&EtcdConfig {
+            endpoints: cluster.endpoints(),
+            ca_pem: None,
+            identity_pem: None,
+            prefix: "/t".into(),
+            request_timeout,
+        })
+        .expect("a store on the test cluster")
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -916,14 +934,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn events_are_stored_together_and_trimmed() {
         let cluster = shoal_etcd::testing::EtcdCluster::start(1).await;
-        let etcd = Etcd::connect(&EtcdConfig {
-            endpoints: cluster.endpoints(),
-            ca_pem: None,
-            identity_pem: None,
-            prefix: "/t".into(),
-            request_timeout: Duration::from_secs(5),
-        })
-        .unwrap();
+        let etcd = Etcd::for_test(&cluster, Duration::from_secs(5));
         let client = etcd.client().clone();
         let leader = etcd.key("leader");
         client.put(&leader, b"me", None).await.unwrap();
