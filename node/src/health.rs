@@ -85,10 +85,10 @@ fn restart_http(sup: &Supervisor, r: &Running) {
     let tenant = sup.runtime.tenant(&a.app.namespace);
     match sup.runtime.http_app_in(
         &tenant,
-        &a.app.name,
         a.template.spec.clone(),
         loaded,
         r.logs.clone(),
+        sup.capabilities(a),
     ) {
         Ok(app) => {
             *r.workload() = Workload::Http(app);

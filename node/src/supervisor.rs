@@ -16,7 +16,7 @@ use shoal_client::Client;
 use shoal_runtime::http::HttpApp;
 use shoal_runtime::logs::LogBuffer;
 use shoal_runtime::worker::WorkerHandle;
-use shoal_runtime::{BinaryKind, CompileSource, Digest, Loaded, Runtime};
+use shoal_runtime::{BinaryKind, Capabilities, CompileSource, Digest, Loaded, Runtime};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -420,10 +420,14 @@ impl Supervisor {
         .map_err(|e| e.to_string())?
     }
 
+    /// What an instance of `a`'s app may use beyond WASI, as that app.
+    pub(crate) fn capabilities(&self, a: &Assignment) -> Capabilities {
+        Capabilities::new(&a.app.namespace, &a.app.name)
+    }
+
     async fn start(&self, a: Assignment) -> Running {
         let began = Instant::now();
         let logs = LogBuffer::new(1000);
-        let name = a.app.name.clone();
         let result: Result<(Loaded, Workload), String> = async {
             let loaded = self.load(&a.template.digest).await?;
             let spec = a.template.spec.clone();
@@ -433,12 +437,12 @@ impl Supervisor {
             let workload = match a.template.spec.kind {
                 WorkloadKind::Http => Workload::Http(
                     self.runtime
-                        .http_app_in(&tenant, &name, spec, &loaded, logs.clone())
+                        .http_app_in(&tenant, spec, &loaded, logs.clone(), self.capabilities(&a))
                         .map_err(|e| e.to_string())?,
                 ),
                 WorkloadKind::Worker => Workload::Worker(
                     self.runtime
-                        .worker_in(&tenant, &name, spec, &loaded, logs.clone())
+                        .worker_in(&tenant, spec, &loaded, logs.clone(), self.capabilities(&a))
                         .map_err(|e| e.to_string())?
                         .start(),
                 ),

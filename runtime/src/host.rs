@@ -1,6 +1,7 @@
 //! What lives inside a wasmtime `Store`: the guest's WASI context, its
 //! resource limiter, its deadline, and the outbound HTTP policy.
 
+use crate::caps::GuestCaps;
 use crate::error::RuntimeError;
 use crate::fair::Tenant;
 use crate::logs::{LogBuffer, Stream};
@@ -149,6 +150,12 @@ pub struct ComponentHost {
     http: WasiHttpCtx,
     table: ResourceTable,
     hooks: OutboundPolicy,
+    /// What this instance may use beyond WASI (see [`crate::caps`]).
+    #[allow(
+        dead_code,
+        reason = "read by the capabilities' host functions as they land"
+    )]
+    pub(crate) caps: GuestCaps,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) deadline: Option<Instant>,
 }
@@ -394,15 +401,16 @@ pub fn log_stream(logs: &LogBuffer, stream: Stream) -> AsyncStdoutStream {
 }
 
 impl ComponentHost {
-    pub fn new(wasi: WasiCtx, grants: &Grants, app: &str, memory: u64) -> Self {
+    pub fn new(wasi: WasiCtx, grants: &Grants, caps: GuestCaps, memory: u64) -> Self {
         Self {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             hooks: OutboundPolicy {
                 grants: grants.clone(),
-                app: app.to_string(),
+                app: format!("{}/{}", caps.namespace, caps.app),
             },
+            caps,
             limiter: MemoryLimiter::new(memory),
             deadline: None,
         }

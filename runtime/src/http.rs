@@ -6,6 +6,7 @@
 //! or deadline in one request cannot touch another.
 
 use crate::artifact::Compiled;
+use crate::caps::Capabilities;
 use crate::error::RuntimeError;
 use crate::fair::Tenant;
 use crate::host::{self, ComponentHost, P1Host, RawEnv, StopGuests, new_store};
@@ -88,6 +89,8 @@ const PREPARED_IDLE: Duration = Duration::from_secs(2);
 /// One running instance of an HTTP app.
 pub struct HttpApp {
     name: String,
+    /// Who its guests run as and what they may use beyond WASI.
+    caps: Capabilities,
     spec: RunSpec,
     engine: Engine,
     stop: StopGuests,
@@ -138,6 +141,7 @@ pub fn link_component(
     let mut linker = ComponentLinker::<ComponentHost>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(link)?;
+    crate::caps::link(&mut linker).map_err(link)?;
     linker.instantiate_pre(c).map_err(link)
 }
 
@@ -159,7 +163,7 @@ impl HttpApp {
         engine: &Engine,
         stop: &StopGuests,
         tenant: &Tenant,
-        name: &str,
+        caps: Capabilities,
         spec: RunSpec,
         compiled: &Compiled,
         logs: LogBuffer,
@@ -201,7 +205,8 @@ impl HttpApp {
         };
         let concurrency = spec.limits.concurrency.max(1) as usize;
         Ok(Arc::new(Self {
-            name: name.to_string(),
+            name: caps.app.to_string(),
+            caps,
             engine: engine.clone(),
             stop: stop.clone(),
             tenant: tenant.clone(),
@@ -362,7 +367,7 @@ impl HttpApp {
         let data = ComponentHost::new(
             b.build(),
             &self.spec.grants,
-            &self.name,
+            self.caps.guest(),
             self.spec.limits.memory.bytes(),
         );
         Ok(new_store(&self.engine, data, &self.stop, &self.tenant))

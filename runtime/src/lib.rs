@@ -5,6 +5,8 @@
 //!   allocator, epoch interruption) and the epoch ticker.
 //! - [`artifact`]: reading `.wasm`/`.wat`, telling modules from components,
 //!   and the compile cache (memory and disk, keyed by sha256 and engine).
+//! - [`caps`]: configuration, key-value stores and calls to other apps:
+//!   what a guest may use beyond WASI, per app and per instance.
 //! - [`host`]: what lives in a `Store`: the WASI sandbox built from the app's
 //!   grants, the memory limiter, the deadline, the outbound HTTP policy.
 //! - [`http`]: HTTP apps (`wasi:http/proxy` components and CGI-style
@@ -17,6 +19,7 @@
 //! [`Runtime`] ties the engine, ticker and cache together.
 
 pub mod artifact;
+pub mod caps;
 pub mod engine;
 pub mod error;
 pub mod fair;
@@ -28,6 +31,7 @@ pub mod server;
 pub mod worker;
 
 pub use artifact::{BinaryKind, CompileCache, CompileSource, Compiled, Digest};
+pub use caps::Capabilities;
 pub use engine::{EngineConfig, EpochTicker};
 pub use error::RuntimeError;
 pub use fair::{FairShare, Tenant};
@@ -201,23 +205,30 @@ impl Runtime {
         loaded: &Loaded,
         logs: LogBuffer,
     ) -> Result<Arc<HttpApp>, RuntimeError> {
-        self.http_app_in(&self.tenant(DEFAULT_TENANT), name, spec, loaded, logs)
+        self.http_app_in(
+            &self.tenant(DEFAULT_TENANT),
+            spec,
+            loaded,
+            logs,
+            Capabilities::new(shoal_api::manifest::DEFAULT_NAMESPACE, name),
+        )
     }
 
-    /// Links an HTTP app for serving; its guests run under `tenant`'s share.
+    /// Links an HTTP app for serving; its guests run under `tenant`'s share
+    /// and may use what `caps` grants, as the app `caps` names.
     pub fn http_app_in(
         &self,
         tenant: &Tenant,
-        name: &str,
         spec: RunSpec,
         loaded: &Loaded,
         logs: LogBuffer,
+        caps: Capabilities,
     ) -> Result<Arc<HttpApp>, RuntimeError> {
         HttpApp::new(
             &self.engine,
             &self.stop,
             tenant,
-            name,
+            caps,
             spec,
             &loaded.compiled,
             logs,
@@ -232,23 +243,30 @@ impl Runtime {
         loaded: &Loaded,
         logs: LogBuffer,
     ) -> Result<Arc<WorkerApp>, RuntimeError> {
-        self.worker_in(&self.tenant(DEFAULT_TENANT), name, spec, loaded, logs)
+        self.worker_in(
+            &self.tenant(DEFAULT_TENANT),
+            spec,
+            loaded,
+            logs,
+            Capabilities::new(shoal_api::manifest::DEFAULT_NAMESPACE, name),
+        )
     }
 
-    /// Links a worker program; its runs take `tenant`'s share.
+    /// Links a worker program; its runs take `tenant`'s share and may use
+    /// what `caps` grants, as the app `caps` names.
     pub fn worker_in(
         &self,
         tenant: &Tenant,
-        name: &str,
         spec: RunSpec,
         loaded: &Loaded,
         logs: LogBuffer,
+        caps: Capabilities,
     ) -> Result<Arc<WorkerApp>, RuntimeError> {
         WorkerApp::new(
             &self.engine,
             &self.stop,
             tenant,
-            name,
+            caps,
             spec,
             &loaded.compiled,
             logs,

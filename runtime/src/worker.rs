@@ -2,6 +2,7 @@
 //! exponential backoff.
 
 use crate::artifact::Compiled;
+use crate::caps::Capabilities;
 use crate::error::RuntimeError;
 use crate::fair::Tenant;
 use crate::host::{self, ComponentHost, P1Host, StopGuests, new_store};
@@ -73,6 +74,8 @@ enum Program {
 /// A linked worker program, ready to be started any number of times.
 pub struct WorkerApp {
     name: String,
+    /// Who its guests run as and what they may use beyond WASI.
+    caps: Capabilities,
     spec: RunSpec,
     engine: Engine,
     stop: StopGuests,
@@ -132,7 +135,7 @@ impl WorkerApp {
         engine: &Engine,
         stop: &StopGuests,
         tenant: &Tenant,
-        name: &str,
+        caps: Capabilities,
         spec: RunSpec,
         compiled: &Compiled,
         logs: LogBuffer,
@@ -168,7 +171,8 @@ impl WorkerApp {
             }
         };
         Ok(Arc::new(Self {
-            name: name.to_string(),
+            name: caps.app.to_string(),
+            caps,
             spec,
             engine: engine.clone(),
             stop: stop.clone(),
@@ -229,7 +233,7 @@ impl WorkerApp {
             ComponentHost::new(
                 wasi,
                 &self.spec.grants,
-                &self.name,
+                self.caps.guest(),
                 self.spec.limits.memory.bytes(),
             ),
             &self.stop,

@@ -44,10 +44,10 @@ fn app(rt: &Runtime, tenant: &Tenant, file: &str) -> Arc<HttpApp> {
     spec.limits.timeout = Dur::from(LONG);
     rt.http_app_in(
         tenant,
-        file,
         spec,
         &loaded,
         shoal_runtime::LogBuffer::new(100),
+        shoal_runtime::Capabilities::new("default", file),
     )
     .expect("link")
 }
