@@ -74,6 +74,12 @@ pub struct ControlPlaneArgs {
     /// about this long.
     #[arg(long, default_value = "3s")]
     pub leader_lease: Duration,
+    /// The key secrets are sealed with at rest: a file of 32 bytes (or 64
+    /// hexadecimal digits), readable by the control plane only. Default:
+    /// DATA_DIR/secrets.key, made at the first start. Every replica of a
+    /// control plane on etcd needs the same file.
+    #[arg(long, value_name = "FILE")]
+    pub secrets_key_file: Option<PathBuf>,
     /// Exit when the parent process exits (used by `shoal up`).
     #[arg(long, hide = true)]
     pub exit_with_parent: bool,
@@ -374,6 +380,34 @@ pub fn api_tls(
     Ok(Some(config))
 }
 
+/// The key secrets are sealed with: `--secrets-key-file`, else the data
+/// dir's, made at the first start.
+fn secrets_key(
+    args: &ControlPlaneArgs,
+    dir: &std::path::Path,
+) -> anyhow::Result<shoal_scheduler::secrets::SecretBox> {
+    let path = match &args.secrets_key_file {
+        Some(p) => p.clone(),
+        None => {
+            if args.store != "redb" {
+                tracing::warn!(
+                    "no --secrets-key-file: this replica seals secrets with the key in its own data dir, and the other replicas cannot open them; give every replica the same file"
+                );
+            }
+            dir.join(SECRETS_KEY_FILE)
+        }
+    };
+    let existed = path.exists();
+    let b = shoal_scheduler::secrets::SecretBox::load_or_create(&path)?;
+    if !existed {
+        crate::out::sayln!("Created the secrets key {}", path.display());
+    }
+    Ok(b)
+}
+
+/// The secrets key's file in the data dir, by default.
+pub const SECRETS_KEY_FILE: &str = "secrets.key";
+
 /// The state task's configuration from the flags, checked.
 fn state_config(
     args: &ControlPlaneArgs,
@@ -387,6 +421,7 @@ fn state_config(
             AuthMode::Off => shoal_scheduler::auth::Auth::Off,
         },
         artifacts_dir: (args.compile_for_nodes == OnOff::On).then(|| dir.join("artifacts")),
+        secrets: Some(Arc::new(secrets_key(args, dir)?)),
         ..Default::default()
     };
     if config.heartbeat >= config.lease {

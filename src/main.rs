@@ -18,6 +18,7 @@ mod quota;
 mod replica;
 mod rollout;
 mod run;
+mod secret;
 mod signals;
 mod table;
 mod token;
@@ -109,6 +110,10 @@ enum Command {
     /// instances, memory, requests, the largest sandbox.
     #[command(subcommand)]
     Quota(quota::QuotaCommand),
+    /// Create, list and delete the secrets apps read through `[config]`
+    /// and `env` (values go in, never out).
+    #[command(subcommand)]
+    Secret(secret::SecretCommand),
     /// Simulate many nodes in one process, for benchmarks of the control
     /// plane (they run no wasm).
     #[command(hide = true)]
@@ -193,6 +198,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Token(cmd) => token::run(&client()?, cmd).await,
         Command::Cert(cmd) => cert::run(&client()?, cmd).await,
         Command::Quota(cmd) => quota::run(&client()?, cmd).await,
+        Command::Secret(cmd) => secret::run(&client()?, cmd).await,
         Command::FleetSim(args) => fleet::run(args).await,
     }
 }

@@ -46,9 +46,11 @@ impl Role {
             Role::View | Role::Deploy | Role::Admin => {
                 (verb, resource) != (Watch, Certificates) && self >= needed(verb, resource)
             }
+            // A node also reads the secret values of the instances
+            // assigned to it (the handler checks which).
             Role::Node => matches!(
                 (verb, resource),
-                (Create | Update | Watch, Nodes) | (Get, Blobs)
+                (Create | Update | Watch, Nodes) | (Get, Blobs) | (Get, Secrets)
             ),
             Role::Gateway => matches!(
                 (verb, resource),
@@ -96,12 +98,15 @@ impl std::str::FromStr for Role {
 fn needed(verb: Verb, resource: Resource) -> Role {
     use Resource::*;
     match resource {
-        Apps | Revisions | Instances | Events | Logs | Routes | Metrics | Quotas
+        // Reading a secret shows its names and keys only: no person's
+        // token ever reads a value back.
+        Apps | Revisions | Instances | Events | Logs | Routes | Metrics | Quotas | Secrets
             if verb.reads() =>
         {
             Role::View
         }
-        Apps | Activations => Role::Deploy,
+        // Whoever deploys an app sets the secrets it reads.
+        Apps | Activations | Secrets => Role::Deploy,
         // Applying carries the modules, and asking which ones the control
         // plane lacks is part of applying.
         Blobs if verb == Verb::Create => Role::Deploy,
@@ -196,10 +201,13 @@ pub enum Resource {
     Quotas,
     /// Certificates the gateways present to clients.
     Certificates,
+    /// Secrets apps refer to: names and keys for people, values for the
+    /// nodes that run those apps.
+    Secrets,
 }
 
 impl Resource {
-    pub const ALL: [Resource; 14] = [
+    pub const ALL: [Resource; 15] = [
         Resource::Apps,
         Resource::Revisions,
         Resource::Instances,
@@ -214,6 +222,7 @@ impl Resource {
         Resource::Tokens,
         Resource::Quotas,
         Resource::Certificates,
+        Resource::Secrets,
     ];
 }
 
@@ -234,6 +243,7 @@ impl fmt::Display for Resource {
             Resource::Tokens => "tokens",
             Resource::Quotas => "quotas",
             Resource::Certificates => "certificates",
+            Resource::Secrets => "secrets",
         })
     }
 }
@@ -442,6 +452,12 @@ mod tests {
                 assert!(Role::Deploy.reaches(v, r), "deploy {v} {r}");
             }
         }
+        // Whoever deploys sets the secrets apps read; a view token sees
+        // their names and keys only.
+        for v in Verb::ALL {
+            assert!(Role::Deploy.reaches(v, Secrets), "deploy {v} secrets");
+            assert_eq!(Role::View.reaches(v, Secrets), v.reads(), "view {v}");
+        }
         // Uploading modules is part of applying; reading them back or
         // deleting them is not.
         assert!(Role::Deploy.reaches(Create, Blobs));
@@ -576,6 +592,7 @@ mod tests {
             vec![
                 (Create, Nodes),
                 (Get, Blobs),
+                (Get, Secrets),
                 (Update, Nodes),
                 (Watch, Nodes)
             ]

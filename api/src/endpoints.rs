@@ -63,6 +63,14 @@ pub const QUOTAS: &str = "/v1/quotas";
 /// One namespace's quota: get (with what it holds), set (PUT, the whole
 /// quota), remove (DELETE).
 pub const QUOTA: &str = "/v1/namespaces/{ns}/quota";
+/// A namespace's secrets: list (names and keys, never values).
+pub const SECRETS: &str = "/v1/namespaces/{ns}/secrets";
+/// One secret: get (names and keys), set (PUT, the whole contents),
+/// remove (DELETE). Nothing here ever answers a value.
+pub const SECRET: &str = "/v1/namespaces/{ns}/secrets/{name}";
+/// The secret values an instance's revision refers to, for the node the
+/// instance is assigned to and no one else.
+pub const NODE_INSTANCE_SECRETS: &str = "/v1/nodes/{name}/instances/{id}/secrets";
 /// Certificates the gateways present: list (never a key) and add.
 pub const CERTIFICATES: &str = "/v1/certificates";
 /// One stored certificate by host: remove.
@@ -109,6 +117,9 @@ pub const CONTROL_PLANE: &[&str] = &[
     INSTANCE_LOGS,
     QUOTAS,
     QUOTA,
+    SECRETS,
+    SECRET,
+    NODE_INSTANCE_SECRETS,
 ];
 
 /// The longest the control plane holds a long poll (`EVENTS` with
@@ -177,6 +188,18 @@ pub fn token(name: &str) -> String {
 
 pub fn quota(ns: &str) -> String {
     fill(QUOTA, &[ns])
+}
+
+pub fn secrets(ns: &str) -> String {
+    fill(SECRETS, &[ns])
+}
+
+pub fn secret(ns: &str, name: &str) -> String {
+    fill(SECRET, &[ns, name])
+}
+
+pub fn node_instance_secrets(node: &str, id: &str) -> String {
+    fill(NODE_INSTANCE_SECRETS, &[node, id])
 }
 
 pub fn certificate(host: &str) -> String {
@@ -251,6 +274,9 @@ pub fn examples(a: &str, b: &str) -> Vec<Example> {
         ex(TOKEN, token(a), &[a]),
         ex(CERTIFICATE, certificate(a), &[a]),
         ex(QUOTA, quota(a), &[a]),
+        ex(SECRETS, secrets(a), &[a]),
+        ex(SECRET, secret(a, b), &[a, b]),
+        ex(NODE_INSTANCE_SECRETS, node_instance_secrets(a, b), &[a, b]),
         ex(INSTANCE_LOGS, instance_logs(a, b), &[a, b]),
         ex(node::INSTANCE_LOGS, node::instance_logs(a), &[a]),
     ]

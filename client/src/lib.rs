@@ -20,6 +20,8 @@
 //! - [`tokens`]: an admin's calls on tokens (create, list, revoke).
 //! - [`quotas`]: namespaces' quotas (get, list; set and remove for the
 //!   cluster's admin).
+//! - [`secrets`]: secrets (set, list and get names and keys, delete; a
+//!   node's fetch of its instances' values).
 //! - [`node_admin`]: an admin's calls on nodes (cordon, uncordon, drain,
 //!   delete).
 //! - [`node_api`]: reading an instance's logs from its node.
@@ -34,6 +36,7 @@ pub mod node_api;
 pub mod nodes;
 pub mod paging;
 pub mod quotas;
+pub mod secrets;
 pub mod tokens;
 pub mod transport;
 

@@ -17,6 +17,7 @@ use shoal_api::ErrorBody;
 use shoal_api::auth::{
     self, CreateToken, CreatedToken, Resource, Role, Scope, Target, TokenRecord, TokenView, Verb,
 };
+use shoal_api::config::{PutSecret, SecretValues, SecretView};
 use shoal_api::endpoints::{
     self as ep, ArtifactQuery, AssignmentQuery, EventsQuery, LONG_POLL_HOLD, ListQuery,
     ROUTES_KEEPALIVE,
@@ -55,6 +56,7 @@ impl From<ApiError> for Error {
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Closed => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::QuotaExceeded(_) => StatusCode::FORBIDDEN,
+            ApiError::SecretNotFound(_) => StatusCode::NOT_FOUND,
         };
         Error(status, ErrorBody::new(e.code(), e.to_string()))
     }
@@ -217,6 +219,15 @@ pub(crate) fn routes() -> Vec<Route> {
             .get(get_quota, in_path_ns(Get, Quotas))
             .put(set_quota, cluster(Update, Quotas))
             .delete(remove_quota, cluster(Delete, Quotas)),
+        at(ep::SECRETS).get(list_secrets, in_path_ns(List, Secrets)),
+        at(ep::SECRET)
+            .get(get_secret, in_path_ns(Get, Secrets))
+            .put(put_secret, in_path_ns(Update, Secrets))
+            .delete(delete_secret, in_path_ns(Delete, Secrets)),
+        // Values, for the node an instance reading them is assigned to:
+        // the handler refuses every other token, an admin's too.
+        at(ep::NODE_INSTANCE_SECRETS)
+            .get(instance_secrets, Rule::Need(Get, Secrets, Where::PathNode)),
     ]
 }
 
@@ -639,6 +650,167 @@ async fn remove_quota(
 ) -> Result<StatusCode, Error> {
     cp.set_quota(ns, None, actor(&principal)).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+fn secret_view(s: &crate::store::StoredSecret) -> SecretView {
+    SecretView {
+        namespace: s.namespace.clone(),
+        name: s.name.clone(),
+        keys: s.keys.clone(),
+        created_at_ms: s.created_at_ms,
+        updated_at_ms: s.updated_at_ms,
+    }
+}
+
+/// Largest body of a secret's PUT: its contents (at most
+/// [`shoal_api::config::MAX_SECRET_BYTES`]) as JSON, escapes and all.
+const MAX_SECRET_BODY: usize = 8 * shoal_api::config::MAX_SECRET_BYTES;
+
+fn secret_too_large(message: String) -> Error {
+    Error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorBody::new("secret_too_large", message),
+    )
+}
+
+async fn list_secrets(
+    State(cp): State<ControlPlane>,
+    Path(ns): Path<String>,
+) -> Json<Vec<SecretView>> {
+    let snap = cp.snapshot();
+    Json(
+        snap.secrets
+            .values()
+            .filter(|s| s.namespace == ns)
+            .map(secret_view)
+            .collect(),
+    )
+}
+
+async fn get_secret(
+    State(cp): State<ControlPlane>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<SecretView>, Error> {
+    let snap = cp.snapshot();
+    let s = snap
+        .secret(&ns, &name)
+        .ok_or_else(|| ApiError::NotFound(format!("namespace {ns} has no secret {name}")))?;
+    Ok(Json(secret_view(s)))
+}
+
+/// Creates or replaces a secret. Nothing of the body is ever repeated in
+/// an answer or a log: a malformed body is described by where it breaks.
+async fn put_secret(
+    State(cp): State<ControlPlane>,
+    principal: Option<Extension<Principal>>,
+    Path((ns, name)): Path<(String, String)>,
+    body: axum::body::Body,
+) -> Result<(StatusCode, Json<SecretView>), Error> {
+    let body = axum::body::to_bytes(body, MAX_SECRET_BODY)
+        .await
+        .map_err(|_| {
+            secret_too_large(format!(
+                "the request is larger than {MAX_SECRET_BODY} bytes; a secret holds 1 MiB at most"
+            ))
+        })?;
+    let req: PutSecret = serde_json::from_slice(&body).map_err(|e| {
+        invalid(
+            "invalid",
+            format!(
+                "malformed secret (line {}, column {}): expected {{\"data\": {{\"KEY\": \"VALUE\", ...}}}}",
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
+    if let Err(message) = req.check() {
+        if shoal_api::config::secret_size(&req.data) > shoal_api::config::MAX_SECRET_BYTES {
+            return Err(secret_too_large(message));
+        }
+        return Err(invalid("invalid", message));
+    }
+    let created = cp
+        .put_secret(&ns, &name, &req.data, actor(&principal))
+        .await?;
+    let snap = cp.snapshot();
+    let s = snap
+        .secret(&ns, &name)
+        .ok_or_else(|| ApiError::NotFound(format!("namespace {ns} has no secret {name}")))?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(secret_view(s))))
+}
+
+async fn delete_secret(
+    State(cp): State<ControlPlane>,
+    principal: Option<Extension<Principal>>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<StatusCode, Error> {
+    cp.delete_secret(&ns, &name, actor(&principal)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The values instance `id`'s revision reads, for the node it is assigned
+/// to. Only that node's own credential gets them: any other token (an
+/// admin's, another node's) is refused, and so is a node asking for an
+/// instance that is not assigned to it, whether or not it exists.
+async fn instance_secrets(
+    State(cp): State<ControlPlane>,
+    principal: Option<Extension<Principal>>,
+    Path((node, id)): Path<(String, String)>,
+) -> Result<Json<SecretValues>, Error> {
+    let refused = |message: String| {
+        Error(
+            StatusCode::FORBIDDEN,
+            ErrorBody::new(auth::FORBIDDEN, message),
+        )
+    };
+    if let Some(Extension(Principal(token))) = &principal
+        && (token.role != Role::Node || token.scope != Scope::Node(node.clone()))
+    {
+        return Err(refused(format!(
+            "token {:?} may not read secret values: they go only to the node that runs an instance reading them",
+            token.name
+        )));
+    }
+    let snap = cp.snapshot();
+    let not_here = || refused(format!("no instance {id} is assigned to node {node}"));
+    let instance = snap
+        .instances
+        .get(&id)
+        .filter(|i| i.node.as_deref() == Some(node.as_str()))
+        .ok_or_else(not_here)?;
+    let template = snap
+        .template(&instance.app, instance.revision)
+        .ok_or_else(not_here)?;
+    let ns = &instance.app.namespace;
+    let mut values = Vec::new();
+    let mut opened = std::collections::BTreeMap::new();
+    for r in template.spec.secret_refs() {
+        let missing = |why: String| ApiError::SecretNotFound(format!("{r}: {why}"));
+        if !opened.contains_key(&r.secret) {
+            let stored = snap
+                .secret(ns, &r.secret)
+                .ok_or_else(|| missing(format!("namespace {ns} has no secret {}", r.secret)))?;
+            let data = cp.open_secret(stored).map_err(|e| {
+                tracing::error!(namespace = %ns, secret = %r.secret, error = %e, "cannot open a secret for a node");
+                Error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorBody::new("internal", format!("cannot open secret {ns}/{}", r.secret)),
+                )
+            })?;
+            opened.insert(r.secret.clone(), data);
+        }
+        let value = opened
+            .get(&r.secret)
+            .and_then(|d| d.get(&r.key))
+            .ok_or_else(|| missing(format!("secret {} has no key {}", r.secret, r.key)))?;
+        values.push((r.clone(), value.clone()));
+    }
+    Ok(Json(SecretValues { values }))
 }
 
 async fn describe_app(
@@ -1889,11 +2061,13 @@ mod auth_tests {
                 );
             }
             // The cluster's admin gets past authorization on every route
-            // but one: the stored certificates with their keys, which only
-            // gateways follow.
+            // but two: the stored certificates with their keys, which only
+            // gateways follow, and secret values, which only nodes get.
             let (status, body) =
                 answer(&router, request(template, &method, Some(admin.expose()))).await;
-            if template == ep::CERTIFICATES_WATCH {
+            if template == ep::NODE_INSTANCE_SECRETS {
+                assert_eq!(status, StatusCode::FORBIDDEN, "{what}, admin: {body:?}");
+            } else if template == ep::CERTIFICATES_WATCH {
                 assert_eq!(status, StatusCode::FORBIDDEN, "{what}, admin: {body:?}");
                 let (status, body) =
                     answer(&router, request(template, &method, Some(gateway.expose()))).await;
@@ -2691,5 +2865,357 @@ mod actor_tests {
         assert!(all.iter().all(|e| e.actor.is_none()), "{all:#?}");
         let json = serde_json::to_string(&all).unwrap();
         assert!(!json.contains("actor"), "{json}");
+    }
+}
+
+/// Secrets through the API: who may set, read and delete them, that no
+/// answer ever carries a value except a node's fetch for an instance
+/// assigned to it, and that a changed value rolls the apps that read it.
+#[cfg(test)]
+mod secret_tests {
+    use super::test_support::{call, send};
+    use super::*;
+    use shoal_api::protocol::RegisterRequest;
+
+    const VALUE: &str = "hunter2-s3cr3t";
+    const NEW_VALUE: &str = "correct-horse-battery";
+
+    fn put(value: &str) -> Option<serde_json::Value> {
+        Some(serde_json::json!({ "data": { "password": value, "user": "app" } }))
+    }
+
+    /// An apply of `web` in `default` reading `password` of secret
+    /// `secret` through `[config]` and `user` through `env`.
+    fn apply_reading(secret: &str) -> serde_json::Value {
+        let module: &[u8] = b"\0asm\x01\0\0\0";
+        let digest = hex::encode(sha2::Sha256::digest(module));
+        serde_json::json!({
+            "apps": [{
+                "manifest": {
+                    "name": "web", "module": "web.wasm",
+                    "config": { "greeting": "hi", "DB_PASSWORD": { "secret": secret, "key": "password" } },
+                    "env": { "DB_USER": { "secret": secret, "key": "user" } },
+                },
+                "digest": digest,
+            }],
+            "modules": { digest: base64::engine::general_purpose::STANDARD.encode(module) },
+        })
+    }
+
+    #[tokio::test]
+    async fn secrets_are_set_by_deployers_listed_without_values_and_roll_their_apps() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = super::test_support::control_plane(dir.path());
+        let tokens = cp.tokens();
+        let mk = |name: &str, role, scope| tokens.create(name, role, scope, 0, None).unwrap().1;
+        let admin = mk("admin", Role::Admin, Scope::Cluster);
+        let deploy = mk("ci", Role::Deploy, Scope::Namespace("default".into()));
+        let view = mk("viewer", Role::View, Scope::Namespace("default".into()));
+        let other = mk("other", Role::Deploy, Scope::Namespace("other".into()));
+        let router = router(cp.clone());
+        let db = ep::secret("default", "db");
+
+        // Who may set it.
+        for (token, case) in [(view.expose(), "view"), (other.expose(), "other namespace")] {
+            let (status, body) = send(&router, Method::PUT, &db, token, put(VALUE)).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{case}: {body}");
+            assert!(!body.contains(VALUE), "{body}");
+        }
+        let (status, body) = send(&router, Method::PUT, &db, deploy.expose(), put(VALUE)).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert!(body.contains("password") && !body.contains(VALUE), "{body}");
+
+        // An app reading a secret or key that is not there is refused.
+        let (status, body) = call(
+            &router,
+            Method::POST,
+            ep::APPLY,
+            deploy.expose(),
+            Some(apply_reading("nope")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        assert_eq!(body["code"], "secret_not_found", "{body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("config.DB_PASSWORD") && message.contains("nope"),
+            "{body}"
+        );
+        let (status, body) = call(
+            &router,
+            Method::POST,
+            ep::APPLY,
+            deploy.expose(),
+            Some(apply_reading("db")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let key = AppKey::new("default", "web");
+        let t = cp.snapshot().template(&key, 1).cloned().unwrap();
+        assert_eq!(t.spec.secret_versions.len(), 2, "{:?}", t.spec);
+
+        // Reads show names and keys, to a viewer too, never a value.
+        for uri in [ep::secrets("default"), db.clone(), ep::app(&key)] {
+            let (status, body) = send(&router, Method::GET, &uri, view.expose(), None).await;
+            assert_eq!(status, StatusCode::OK, "{uri}: {body}");
+            assert!(!body.contains(VALUE), "{uri}: {body}");
+        }
+        let (_, list) = call(
+            &router,
+            Method::GET,
+            &ep::secrets("default"),
+            view.expose(),
+            None,
+        )
+        .await;
+        assert_eq!(
+            list[0]["keys"],
+            serde_json::json!(["password", "user"]),
+            "{list}"
+        );
+        let (status, _) = send(
+            &router,
+            Method::GET,
+            &ep::secrets("default"),
+            other.expose(),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+
+        // The same value again: no new revision. A new value: revision 2
+        // rolls out.
+        let (status, body) = send(&router, Method::PUT, &db, deploy.expose(), put(VALUE)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(cp.snapshot().apps[&key].current_revision, 1);
+        let (status, body) = send(&router, Method::PUT, &db, deploy.expose(), put(NEW_VALUE)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let snap = cp.snapshot();
+        assert_eq!(snap.apps[&key].current_revision, 2);
+        assert!(matches!(
+            snap.apps[&key].rollout,
+            shoal_api::objects::RolloutState::Progressing { .. }
+        ));
+        let t2 = snap.template(&key, 2).unwrap();
+        assert_ne!(t2.spec.secret_versions, t.spec.secret_versions);
+        assert_eq!(t2.spec.grants, t.spec.grants);
+        let rolled = snap
+            .events
+            .iter()
+            .find(|e| e.reason == "RolloutStarted" && e.message.contains("secret db changed"));
+        assert!(rolled.is_some(), "{:#?}", snap.events);
+        // An apply of the same manifest now changes nothing.
+        let (_, body) = call(
+            &router,
+            Method::POST,
+            ep::APPLY,
+            deploy.expose(),
+            Some(apply_reading("db")),
+        )
+        .await;
+        assert_eq!(body[0]["result"], "unchanged", "{body}");
+
+        // A replacement without a key the app reads, and a delete while
+        // it reads the secret: refused.
+        let lacking = Some(serde_json::json!({ "data": { "user": "app" } }));
+        let (status, body) = call(&router, Method::PUT, &db, deploy.expose(), lacking).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::CONFLICT, Some("secret_in_use")),
+            "{body}"
+        );
+        let (status, body) = call(&router, Method::DELETE, &db, deploy.expose(), None).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::CONFLICT, Some("secret_in_use")),
+            "{body}"
+        );
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("default/web"),
+            "{body}"
+        );
+
+        // Too big, or malformed: refused without a word of the body.
+        let big = Some(
+            serde_json::json!({ "data": { "k": "x".repeat(shoal_api::config::MAX_SECRET_BYTES) } }),
+        );
+        let (status, body) = call(&router, Method::PUT, &db, deploy.expose(), big).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::PAYLOAD_TOO_LARGE, Some("secret_too_large")),
+            "{body}"
+        );
+        let malformed = Some(serde_json::json!({ "data": { "password": 12345678 } }));
+        let (status, body) = send(&router, Method::PUT, &db, deploy.expose(), malformed).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(!body.contains("12345678"), "{body}");
+
+        // Events name the secret and its keys, never a value.
+        let (_, events) = send(&router, Method::GET, ep::EVENTS, admin.expose(), None).await;
+        assert!(
+            events.contains("SecretCreated") && events.contains("SecretUpdated"),
+            "{events}"
+        );
+        assert!(
+            !events.contains(VALUE) && !events.contains(NEW_VALUE),
+            "{events}"
+        );
+
+        // Once the app no longer reads it, the secret can go.
+        let (status, body) = call(
+            &router,
+            Method::DELETE,
+            ep::app(&key).as_str(),
+            deploy.expose(),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+        let (status, body) = send(&router, Method::DELETE, &db, deploy.expose(), None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+        let (status, _) = send(&router, Method::GET, &db, view.expose(), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    /// The values go to the node an instance reading them is assigned to,
+    /// for that instance; every other caller is refused, an admin too.
+    #[tokio::test]
+    async fn only_the_node_running_an_instance_gets_its_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = super::test_support::control_plane(dir.path());
+        let tokens = cp.tokens();
+        let mk = |name: &str, role, scope| tokens.create(name, role, scope, 0, None).unwrap().1;
+        let admin = mk("admin", Role::Admin, Scope::Cluster);
+        let n1 = mk(
+            &crate::auth::node_token_name("n1"),
+            Role::Node,
+            Scope::Node("n1".into()),
+        );
+        let n2 = mk(
+            &crate::auth::node_token_name("n2"),
+            Role::Node,
+            Scope::Node("n2".into()),
+        );
+        cp.register(RegisterRequest {
+            name: "n1".into(),
+            address: "http://127.0.0.1:1".into(),
+            capacity: shoal_api::objects::NodeCapacity {
+                memory: 1 << 30,
+                instances: 10,
+            },
+            labels: Default::default(),
+        })
+        .await
+        .unwrap();
+        let router = router(cp.clone());
+        let db = ep::secret("default", "db");
+        let (status, body) = send(&router, Method::PUT, &db, admin.expose(), put(VALUE)).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (status, body) = call(
+            &router,
+            Method::POST,
+            ep::APPLY,
+            admin.expose(),
+            Some(apply_reading("db")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let id = loop {
+            if let Some(i) = cp.snapshot().on_node("n1").next() {
+                break i.id.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "web was never placed on n1"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        };
+        let uri = ep::node_instance_secrets("n1", &id);
+        let (status, body) = call(&router, Method::GET, &uri, n1.expose(), None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let values: SecretValues = serde_json::from_value(body).unwrap();
+        let r = |key: &str| shoal_api::config::SecretRef {
+            secret: "db".into(),
+            key: key.into(),
+        };
+        assert_eq!(values.get(&r("password")), Some(VALUE));
+        assert_eq!(values.get(&r("user")), Some("app"));
+        assert!(!format!("{values:?}").contains(VALUE));
+
+        // Another node, on n1's path (its scope) or on its own (the
+        // instance is not assigned to it); an admin; no token.
+        let n2_own = ep::node_instance_secrets("n2", &id);
+        let cases = [
+            (&uri, Some(n2.expose()), StatusCode::FORBIDDEN),
+            (&n2_own, Some(n2.expose()), StatusCode::FORBIDDEN),
+            (&uri, Some(admin.expose()), StatusCode::FORBIDDEN),
+            (&uri, None, StatusCode::UNAUTHORIZED),
+        ];
+        for (uri, token, want) in cases {
+            let req = axum::http::Request::get(uri.as_str());
+            let req = match token {
+                Some(t) => req.header("authorization", format!("Bearer {t}")),
+                None => req,
+            };
+            use tower::ServiceExt as _;
+            let resp = router
+                .clone()
+                .oneshot(req.body(axum::body::Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let status = resp.status();
+            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            let text = String::from_utf8_lossy(&bytes);
+            assert_eq!(status, want, "{uri} {token:?}: {text}");
+            assert!(!text.contains(VALUE), "{text}");
+        }
+    }
+
+    /// What the store keeps on disk has no value in the clear.
+    #[tokio::test]
+    async fn the_store_file_holds_no_value_in_the_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = super::test_support::control_plane(dir.path());
+        let (_, admin) = cp
+            .tokens()
+            .create("admin", Role::Admin, Scope::Cluster, 0, None)
+            .unwrap();
+        let router = router(cp.clone());
+        let (status, body) = send(
+            &router,
+            Method::PUT,
+            &ep::secret("default", "db"),
+            admin.expose(),
+            put(VALUE),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        cp.stop().await;
+        drop(router);
+        drop(cp);
+        let mut found = 0;
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                let bytes = std::fs::read(&path).unwrap();
+                found += 1;
+                assert!(
+                    !bytes.windows(VALUE.len()).any(|w| w == VALUE.as_bytes()),
+                    "{} holds the value",
+                    path.display()
+                );
+                // The names are there (in the clear, by design).
+                if path.ends_with("shoal.redb") {
+                    assert!(bytes.windows(8).any(|w| w == b"password"));
+                }
+            }
+        }
+        assert!(found > 0);
     }
 }

@@ -218,6 +218,26 @@ pub enum Event {
     TokenRevoked {
         name: String,
     },
+    /// A secret was stored: its keys are named, its values are nowhere
+    /// here, by construction.
+    SecretSet {
+        namespace: String,
+        name: String,
+        keys: Vec<String>,
+        created: bool,
+    },
+    SecretDeleted {
+        namespace: String,
+        name: String,
+    },
+    /// A secret the app reads changed: a new revision rolls out (reason
+    /// `RolloutStarted`).
+    SecretRollout {
+        app: AppKey,
+        secret: String,
+        revision: u64,
+        from: u64,
+    },
     /// A certificate for the gateways was stored (its key is nowhere here).
     CertificateAdded {
         host: String,
@@ -289,7 +309,9 @@ impl Event {
             Self::Created { .. } => "Created",
             Self::Scaled { .. } => "Scaled",
             Self::Configured { .. } => "Configured",
-            Self::RolloutStarted { .. } | Self::RollingBack { .. } => "RolloutStarted",
+            Self::RolloutStarted { .. } | Self::RollingBack { .. } | Self::SecretRollout { .. } => {
+                "RolloutStarted"
+            }
             Self::RolloutComplete { .. } => "RolloutComplete",
             Self::RolloutFailed { .. } => "RolloutFailed",
             Self::AutoScaled { .. } => "AutoScaled",
@@ -321,6 +343,9 @@ impl Event {
             Self::RebalanceFailed { .. } => "RebalanceFailed",
             Self::TokenCreated { .. } => "TokenCreated",
             Self::TokenRevoked { .. } => "TokenRevoked",
+            Self::SecretSet { created: true, .. } => "SecretCreated",
+            Self::SecretSet { created: false, .. } => "SecretUpdated",
+            Self::SecretDeleted { .. } => "SecretDeleted",
             Self::CertificateAdded { .. } => "CertificateAdded",
             Self::CertificateRemoved { .. } => "CertificateRemoved",
         }
@@ -348,6 +373,7 @@ impl Event {
             | Self::Configured { app }
             | Self::RolloutStarted { app, .. }
             | Self::RollingBack { app, .. }
+            | Self::SecretRollout { app, .. }
             | Self::RolloutComplete { app, .. }
             | Self::RolloutFailed { app, .. }
             | Self::AutoScaled { app, .. }
@@ -375,6 +401,8 @@ impl Event {
             | Self::TokenRevoked { .. }
             | Self::CertificateAdded { .. }
             | Self::CertificateRemoved { .. }
+            | Self::SecretSet { .. }
+            | Self::SecretDeleted { .. }
             | Self::QuotaSet { .. }
             | Self::QuotaRemoved { .. }
             | Self::NodeCordoned { .. }
@@ -388,7 +416,10 @@ impl Event {
     /// The namespace it is about: its app's, or a quota's.
     pub fn namespace(&self) -> Option<&str> {
         match self {
-            Self::QuotaSet { namespace, .. } | Self::QuotaRemoved { namespace } => Some(namespace),
+            Self::QuotaSet { namespace, .. }
+            | Self::QuotaRemoved { namespace }
+            | Self::SecretSet { namespace, .. }
+            | Self::SecretDeleted { namespace, .. } => Some(namespace),
             other => other.app().map(|a| a.namespace.as_str()),
         }
     }
@@ -404,6 +435,9 @@ impl Event {
             }
             Self::QuotaSet { namespace, .. } | Self::QuotaRemoved { namespace } => {
                 format!("quota/{namespace}")
+            }
+            Self::SecretSet { name, .. } | Self::SecretDeleted { name, .. } => {
+                format!("secret/{name}")
             }
             Self::NodeRegistered { node, .. }
             | Self::NodeBack { node }
@@ -448,6 +482,14 @@ impl Event {
             Self::RollingBack { revision, from, .. } => {
                 format!("rolling back to revision {revision} (from revision {from})")
             }
+            Self::SecretRollout {
+                secret,
+                revision,
+                from,
+                ..
+            } => format!(
+                "secret {secret} changed: rolling out revision {revision} (from revision {from})"
+            ),
             Self::RolloutComplete { revision, .. } => {
                 format!("revision {revision} serves every replica")
             }
@@ -595,6 +637,19 @@ impl Event {
                 format!("token {name} created: {role} in {scope}")
             }
             Self::TokenRevoked { name } => format!("token {name} revoked"),
+            Self::SecretSet {
+                namespace,
+                name,
+                keys,
+                created,
+            } => format!(
+                "secret {namespace}/{name} {} (keys: {})",
+                if *created { "created" } else { "updated" },
+                keys.join(", ")
+            ),
+            Self::SecretDeleted { namespace, name } => {
+                format!("secret {namespace}/{name} deleted")
+            }
             Self::CertificateAdded { host } => format!("certificate for {host} stored"),
             Self::CertificateRemoved { host } => format!("certificate for {host} removed"),
             Self::Rebalancing {

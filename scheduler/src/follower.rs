@@ -35,7 +35,7 @@
 use crate::leader::Role;
 use crate::state::{Config, ControlPlane, Snapshot};
 use crate::store::etcd::Etcd;
-use crate::store::{Contents, Store, StoredQuota};
+use crate::store::{Contents, Store, StoredQuota, StoredSecret};
 use axum::extract::Request;
 use axum::http::Method;
 use shoal_api::auth::TokenRecord;
@@ -128,6 +128,8 @@ impl Cache {
             ep::REVISIONS,
             ep::QUOTAS,
             ep::QUOTA,
+            ep::SECRETS,
+            ep::SECRET,
             ep::TOKENS,
             ep::CERTIFICATES,
             ep::ROUTES,
@@ -324,6 +326,7 @@ async fn load(client: &shoal_etcd::Client, etcd: &Etcd) -> Result<Loaded, CacheE
         // Zero-padded sequence numbers: key order is their order.
         events: decode_events(at("events/").await?)?,
         quotas: decode(at("quotas/").await?)?,
+        secrets: decode(at("secrets/").await?)?,
         meta: Vec::new(),
     };
     Ok(Loaded {
@@ -553,6 +556,16 @@ impl Mirror {
                 }
                 Ok((true, false))
             }
+            "secrets" => {
+                if put {
+                    let sec: StoredSecret = self::parse(&e.kv)?;
+                    snap.secrets
+                        .insert((sec.namespace.clone(), sec.name.clone()), sec);
+                } else if let Some((ns, secret)) = name.split_once('/') {
+                    snap.secrets.remove(&(ns.to_string(), secret.to_string()));
+                }
+                Ok((true, false))
+            }
             "tokens" => {
                 let record = put.then(|| self::parse(&e.kv)).transpose()?;
                 self.tokens.mirror(name, record);
@@ -775,6 +788,21 @@ mod tests {
         assert!(m.snap.quotas.contains_key("team"));
         m.apply(&del("/p/quotas/team")).unwrap();
         assert!(m.snap.quotas.is_empty());
+
+        // Secrets: names and sealed values, as the leader stores them.
+        let sealed = crate::secrets::SecretBox::ephemeral()
+            .unwrap()
+            .seal(
+                "team",
+                "db",
+                &[("pw".to_string(), "v".to_string())].into(),
+                0,
+            )
+            .unwrap();
+        m.apply(&put("/p/secrets/team/db", json(&sealed))).unwrap();
+        assert_eq!(m.snap.secret("team", "db"), Some(&sealed));
+        m.apply(&del("/p/secrets/team/db")).unwrap();
+        assert!(m.snap.secrets.is_empty());
 
         let cert = StoredCertificate {
             host: "a.example".into(),

@@ -20,6 +20,8 @@
 //! - [`artifacts`]: modules compiled once for the cluster's engine and
 //!   signed by the cluster CA, for nodes to load instead of compiling.
 //! - [`api`]: the HTTP/JSON API (`/v1/...`) as an axum router.
+//! - [`secrets`]: secrets sealed at rest (ChaCha20-Poly1305 under the
+//!   control plane's secrets key) and the keyed versions of their values.
 //! - [`tls`]: the API served over TLS (certificates from `shoal-pki`).
 //! - [`state`]: the single-writer state task: commands in, snapshots out;
 //!   pure deciders (`state::decide`) say what changes, one executor
@@ -41,6 +43,7 @@ pub mod reconcile;
 pub mod replica;
 pub mod rollout;
 pub mod routes;
+pub mod secrets;
 pub mod state;
 pub mod store;
 pub mod tls;

@@ -270,6 +270,15 @@ pub(super) async fn control_plane(
     let dirs: Vec<PathBuf> = (0..REPLICAS)
         .map(|i| dir.join(format!("control-plane-{i}")))
         .collect();
+    // One secrets key for every replica (a leader opens what another
+    // sealed), made at the first start and kept beside them; never in
+    // etcd, beside the values it seals.
+    let secrets_key = dir.join("secrets.key");
+    if !secrets_key.exists() {
+        shoal_scheduler::secrets::new_key_file(&secrets_key)
+            .context("making the control plane's secrets key")?;
+    }
+    let secrets_key = secrets_key.display().to_string();
     let mut urls = Vec::new();
     for (i, data) in dirs.iter().enumerate() {
         let listen = replica_addr(args.api, i)?.to_string();
@@ -292,6 +301,8 @@ pub(super) async fn control_plane(
                 &cert,
                 "--etcd-key",
                 &key,
+                "--secrets-key-file",
+                &secrets_key,
                 "--exit-with-parent",
             ],
             logs.join(format!("control-plane-{i}.log")),

@@ -6,7 +6,7 @@ use super::task::{EVENTS_IN_MEMORY, State};
 use crate::autoscale::ScaleState;
 use crate::events::Event;
 use crate::store::Op;
-use crate::store::StoredQuota;
+use crate::store::{StoredQuota, StoredSecret};
 use shoal_api::objects::{App, AppKey, EventLevel, Instance, Node, Revision};
 use shoal_api::quota::Quota;
 use shoal_api::rest::AutoscaleView;
@@ -52,6 +52,10 @@ pub enum Change {
     },
     /// A namespace's quota is set (or, `None`, removed).
     SetQuota(String, Option<Quota>),
+    /// A secret is stored (its values sealed), replacing one of its name.
+    PutSecret(Box<StoredSecret>),
+    /// Secret (namespace, name) is removed.
+    DeleteSecret(String, String),
     Event(Event),
 }
 
@@ -161,6 +165,17 @@ impl State {
                 Change::SetQuota(namespace, None) => {
                     self.snap.quotas.remove(&namespace);
                     self.pending.push(Op::DeleteQuota(namespace));
+                }
+                Change::PutSecret(sec) => {
+                    self.pending.push(Op::PutSecret(sec.clone()));
+                    self.snap
+                        .secrets
+                        .insert((sec.namespace.clone(), sec.name.clone()), *sec);
+                }
+                Change::DeleteSecret(ns, name) => {
+                    self.pending
+                        .push(Op::DeleteSecret(crate::store::secret_key(&ns, &name)));
+                    self.snap.secrets.remove(&(ns, name));
                 }
                 Change::Event(e) => self.record(e, actor),
             }

@@ -57,6 +57,9 @@ pub struct Config {
     /// compiles each module once, signed by [`Config::ca`]. None: nodes
     /// compile for themselves.
     pub artifacts_dir: Option<std::path::PathBuf>,
+    /// What seals secrets at rest. None: a key of this process only (for
+    /// tests): secrets stored with it do not open after a restart.
+    pub secrets: Option<Arc<crate::secrets::SecretBox>>,
 }
 
 impl Default for Config {
@@ -70,6 +73,7 @@ impl Default for Config {
             auth: crate::auth::Auth::Enforce,
             ca: None,
             artifacts_dir: None,
+            secrets: None,
         }
     }
 }
@@ -91,6 +95,9 @@ pub enum ApiError {
     /// The change would take a namespace past its quota.
     #[error(transparent)]
     QuotaExceeded(#[from] shoal_api::quota::QuotaExceeded),
+    /// An app refers to a secret, or a key of one, that does not exist.
+    #[error("{0}")]
+    SecretNotFound(String),
 }
 
 impl ApiError {
@@ -104,6 +111,7 @@ impl ApiError {
             Self::Store(_) => "store_error",
             Self::Closed => "unavailable",
             Self::QuotaExceeded(_) => shoal_api::quota::QUOTA_EXCEEDED,
+            Self::SecretNotFound(_) => shoal_api::config::SECRET_NOT_FOUND,
         }
     }
 }
@@ -147,6 +155,20 @@ pub enum Command {
     SetQuota {
         namespace: String,
         quota: Option<shoal_api::quota::Quota>,
+        actor: Actor,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
+    /// Store a secret (sealed by the API), replacing one of its name;
+    /// answers whether it is new. Apps that read a changed value roll out.
+    PutSecret {
+        secret: Box<crate::store::StoredSecret>,
+        actor: Actor,
+        reply: oneshot::Sender<Result<bool, ApiError>>,
+    },
+    /// Remove a secret no app uses.
+    DeleteSecret {
+        namespace: String,
+        name: String,
         actor: Actor,
         reply: oneshot::Sender<Result<(), ApiError>>,
     },
@@ -218,6 +240,8 @@ pub struct ControlPlane {
     artifacts: Option<Arc<crate::artifacts::Artifacts>>,
     /// Lease renewals since the state task last took them.
     renewals: Arc<Renewals>,
+    /// Seals and opens secrets (a follower's read cache may have none).
+    secrets: Option<Arc<crate::secrets::SecretBox>>,
 }
 
 /// Nodes' lease renewals (by node, the wall time in ms), taken by the
@@ -239,6 +263,16 @@ impl Renewals {
     /// Every renewal since the last call.
     pub(crate) fn take(&self) -> std::collections::HashMap<String, u64> {
         std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// The configured secrets key, or one of this process only.
+fn secret_box(config: &Config) -> Result<Arc<crate::secrets::SecretBox>, ApiError> {
+    match &config.secrets {
+        Some(b) => Ok(b.clone()),
+        None => crate::secrets::SecretBox::ephemeral()
+            .map(Arc::new)
+            .map_err(|e| ApiError::Invalid(e.to_string())),
     }
 }
 
@@ -264,6 +298,7 @@ fn node_client(ca: &shoal_pki::ClusterCa) -> Option<shoal_client::Client> {
 impl ControlPlane {
     /// Loads the store and starts the state task.
     pub fn start(store: Store, config: Config) -> Result<Self, ApiError> {
+        let secrets = secret_box(&config)?;
         let store = Arc::new(store);
         let tokens = Arc::new(crate::auth::Tokens::load(store.clone())?);
         let (auth, clock, ca) = (config.auth, config.clock.clone(), config.ca.clone());
@@ -300,6 +335,7 @@ impl ControlPlane {
             ca,
             artifacts,
             renewals,
+            secrets: Some(secrets),
         })
     }
 
@@ -330,6 +366,8 @@ impl ControlPlane {
             nodes: None,
             artifacts: None,
             renewals: Arc::new(Renewals::default()),
+            // A follower opens no secret: nodes ask the leader.
+            secrets: config.secrets.clone(),
         }
     }
 
@@ -491,6 +529,51 @@ impl ControlPlane {
             reply,
         })
         .await
+    }
+
+    /// Seals `data` as secret `ns/name` and stores it (replacing one of
+    /// its name); answers whether it is new. Apps that read a value that
+    /// changed roll out a new revision.
+    pub async fn put_secret(
+        &self,
+        ns: &str,
+        name: &str,
+        data: &std::collections::BTreeMap<String, String>,
+        actor: Actor,
+    ) -> Result<bool, ApiError> {
+        let secrets = self.secrets.as_ref().ok_or(ApiError::Closed)?;
+        let sealed = secrets
+            .seal(ns, name, data, self.clock.now_ms())
+            .map_err(|e| ApiError::Invalid(e.to_string()))?;
+        self.ask(|reply| Command::PutSecret {
+            secret: Box::new(sealed),
+            actor,
+            reply,
+        })
+        .await
+    }
+
+    /// Removes secret `ns/name` (refused while an app reads it).
+    pub async fn delete_secret(&self, ns: &str, name: &str, actor: Actor) -> Result<(), ApiError> {
+        self.ask(|reply| Command::DeleteSecret {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+            actor,
+            reply,
+        })
+        .await
+    }
+
+    /// The keys and values of a stored secret: for the nodes that run an
+    /// app that reads it, and for nothing else.
+    pub fn open_secret(
+        &self,
+        secret: &crate::store::StoredSecret,
+    ) -> Result<std::collections::BTreeMap<String, String>, crate::secrets::SecretsError> {
+        match &self.secrets {
+            Some(b) => b.open(secret),
+            None => Err(crate::secrets::SecretsError::NoKey),
+        }
     }
 
     /// Adds `event`, made by `actor`, to the event log: for what the API

@@ -3,6 +3,7 @@
 
 use crate::placement::Capacity;
 use crate::reconcile::DesiredApp;
+use crate::store::StoredSecret;
 use shoal_api::objects::{
     App, AppKey, Event, Instance, Node, Phase, Revision, RolloutState, Template,
 };
@@ -35,6 +36,8 @@ pub struct Snapshot {
     pub cold_starts: BTreeMap<AppKey, ColdStarts>,
     /// Quotas by namespace (a namespace without one has no limits).
     pub quotas: BTreeMap<String, Quota>,
+    /// Secrets by (namespace, name), their values sealed.
+    pub secrets: BTreeMap<(String, String), StoredSecret>,
     /// Bumped on every change; watchers wait for it to move.
     pub version: u64,
     /// Bumped by every change that publishes (not by heartbeat times or
@@ -92,6 +95,10 @@ impl Snapshot {
         }
         for q in c.quotas {
             snap.quotas.insert(q.namespace, q.quota);
+        }
+        for sec in c.secrets {
+            snap.secrets
+                .insert((sec.namespace.clone(), sec.name.clone()), sec);
         }
         for n in c.nodes {
             snap.nodes.insert(n.name.clone(), n);
@@ -298,6 +305,11 @@ impl Snapshot {
         self.revisions
             .get(&(app.clone(), revision))
             .map(|r| &r.template)
+    }
+
+    /// Secret `name` of namespace `ns`, as stored (values sealed).
+    pub fn secret(&self, ns: &str, name: &str) -> Option<&StoredSecret> {
+        self.secrets.get(&(ns.to_string(), name.to_string()))
     }
 
     /// The number the next revision of `key` gets.

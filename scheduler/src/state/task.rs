@@ -562,6 +562,23 @@ impl State {
                 let d = unit(decide::quota::set(&self.snap, &namespace, quota));
                 answer!(reply, self.commit(d, actor.as_deref()))
             }
+            Command::PutSecret {
+                secret,
+                actor,
+                reply,
+            } => {
+                let d = decide::secret::put(&self.snap, *secret, now);
+                answer!(reply, self.commit(d, actor.as_deref()))
+            }
+            Command::DeleteSecret {
+                namespace,
+                name,
+                actor,
+                reply,
+            } => {
+                let d = unit(decide::secret::delete(&self.snap, &namespace, &name));
+                answer!(reply, self.commit(d, actor.as_deref()))
+            }
             Command::Record {
                 event,
                 actor,

@@ -21,7 +21,7 @@
 //! `blobs/SHA256/meta` and `blobs/SHA256/chunk/N`, `nodes/NAME`,
 //! `instances/ID`, `events/SEQ` (a write's events, from SEQ, up to 200 to
 //! a key), `meta/NAME`, `tokens/NAME`, `certificates/HOST`, `quotas/NS`,
-//! `leader`, `ca/cert`, `ca/key`, and `sync` (put by followers to mark a
+//! `secrets/NS/NAME` (values sealed), `leader`, `ca/cert`, `ca/key`, and `sync` (put by followers to mark a
 //! point in etcd's history; see `crate::follower`).
 
 use super::{Contents, MAX_EVENTS, Op, StoreError, revision_key, to_json};
@@ -550,6 +550,7 @@ impl EtcdStore {
             // Zero-padded sequence numbers: key order is their order.
             events: decode_events(self.all("events/")?)?,
             quotas: decode("quotas", self.all("quotas/")?)?,
+            secrets: decode("secrets", self.all("secrets/")?)?,
             meta,
         })
     }
@@ -600,6 +601,12 @@ impl EtcdStore {
                 Op::PutQuota(q) => txn_ops.push(put(format!("quotas/{}", q.namespace), to_json(q))),
                 Op::DeleteQuota(ns) => txn_ops.push(TxnOp::Delete {
                     key: self.key(&format!("quotas/{ns}")),
+                }),
+                Op::PutSecret(sec) => {
+                    txn_ops.push(put(format!("secrets/{}", sec.key()), to_json(sec)))
+                }
+                Op::DeleteSecret(key) => txn_ops.push(TxnOp::Delete {
+                    key: self.key(&format!("secrets/{key}")),
                 }),
             }
         }

@@ -28,6 +28,49 @@ pub struct StoredQuota {
     pub quota: Quota,
 }
 
+/// A secret as stored: its names in the clear, its values sealed (see
+/// `crate::secrets`). Its `Debug` leaves the sealed bytes out.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct StoredSecret {
+    pub namespace: String,
+    pub name: String,
+    /// The keys it holds.
+    pub keys: Vec<String>,
+    /// Each key's version: a keyed hash of its value (see
+    /// `shoal_api::RunSpec::secret_versions`).
+    pub versions: std::collections::BTreeMap<String, String>,
+    /// Which secrets key sealed it (an id that says nothing of the key).
+    pub key_id: String,
+    /// The keys and values, encrypted with the control plane's secrets
+    /// key and bound to the namespace and name (base64).
+    pub sealed: String,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+impl StoredSecret {
+    /// `NS/NAME`: its key in the store.
+    pub fn key(&self) -> String {
+        secret_key(&self.namespace, &self.name)
+    }
+}
+
+impl std::fmt::Debug for StoredSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredSecret")
+            .field("namespace", &self.namespace)
+            .field("name", &self.name)
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The store key of secret `name` in namespace `ns`.
+pub fn secret_key(ns: &str, name: &str) -> String {
+    format!("{ns}/{name}")
+}
+
 /// Events kept; older ones are dropped as new ones arrive.
 pub(crate) const MAX_EVENTS: u64 = 10_000;
 
@@ -70,6 +113,9 @@ pub enum Op {
     SetMeta(&'static str, u64),
     PutQuota(StoredQuota),
     DeleteQuota(String),
+    PutSecret(Box<StoredSecret>),
+    /// By `NS/NAME`.
+    DeleteSecret(String),
 }
 
 /// Everything the control plane keeps, as loaded at start.
@@ -82,6 +128,7 @@ pub struct Contents {
     pub events: Vec<Event>,
     pub meta: Vec<(String, u64)>,
     pub quotas: Vec<StoredQuota>,
+    pub secrets: Vec<StoredSecret>,
 }
 
 pub fn revision_key(app: &str, number: u64) -> String {

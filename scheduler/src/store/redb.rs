@@ -25,6 +25,9 @@ const TOKENS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("t
 const CERTIFICATES: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("certificates");
 /// Quotas by namespace, as [`StoredQuota`] JSON.
 const QUOTAS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("quotas");
+/// Secrets by `NS/NAME`, as [`super::StoredSecret`] JSON: names in the
+/// clear, values sealed.
+const SECRETS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("secrets");
 
 fn db_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Db(e.to_string())
@@ -53,6 +56,7 @@ impl RedbStore {
             txn.open_table(TOKENS).map_err(db_err)?;
             txn.open_table(CERTIFICATES).map_err(db_err)?;
             txn.open_table(QUOTAS).map_err(db_err)?;
+            txn.open_table(SECRETS).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Self { db })
@@ -84,6 +88,7 @@ impl RedbStore {
             nodes: all(&txn, NODES, "nodes")?,
             instances: all(&txn, INSTANCES, "instances")?,
             quotas: all(&txn, QUOTAS, "quotas")?,
+            secrets: all(&txn, SECRETS, "secrets")?,
             ..Default::default()
         };
         let events = txn.open_table(EVENTS).map_err(db_err)?;
@@ -119,6 +124,7 @@ impl RedbStore {
             let mut events = txn.open_table(EVENTS).map_err(db_err)?;
             let mut meta = txn.open_table(META).map_err(db_err)?;
             let mut quotas = txn.open_table(QUOTAS).map_err(db_err)?;
+            let mut secrets = txn.open_table(SECRETS).map_err(db_err)?;
 
             for op in ops {
                 match op {
@@ -184,6 +190,14 @@ impl RedbStore {
                     }
                     Op::DeleteQuota(ns) => {
                         quotas.remove(ns.as_str()).map_err(db_err)?;
+                    }
+                    Op::PutSecret(sec) => {
+                        secrets
+                            .insert(sec.key().as_str(), to_json(sec).as_slice())
+                            .map_err(db_err)?;
+                    }
+                    Op::DeleteSecret(key) => {
+                        secrets.remove(key.as_str()).map_err(db_err)?;
                     }
                 }
             }

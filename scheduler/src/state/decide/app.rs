@@ -193,16 +193,21 @@ fn applied_replicas(m: &AppManifest, existing: Option<&App>) -> u32 {
 /// Refuses an apply that would take a namespace past its quota: more apps,
 /// instances or memory than it may hold, or a new revision asking for a
 /// bigger sandbox (memory, timeout, body) than the namespace may grant.
-fn check_quotas(snap: &Snapshot, apps: &[(AppManifest, String)]) -> Result<(), ApiError> {
+fn check_quotas(
+    snap: &Snapshot,
+    apps: &[(AppManifest, String)],
+    templates: &[Template],
+) -> Result<(), ApiError> {
     let namespaces: BTreeSet<&str> = apps.iter().map(|(m, _)| m.namespace.as_str()).collect();
     for ns in namespaces {
         let Some(quota) = snap.quota(ns) else {
             continue;
         };
-        let applying: Vec<(&AppManifest, &String, AppKey)> = apps
+        let applying: Vec<(&AppManifest, &Template, AppKey)> = apps
             .iter()
-            .filter(|(m, _)| m.namespace == ns)
-            .map(|(m, d)| (m, d, AppKey::new(&m.namespace, &m.name)))
+            .zip(templates)
+            .filter(|((m, _), _)| m.namespace == ns)
+            .map(|((m, _), t)| (m, t, AppKey::new(&m.namespace, &m.name)))
             .collect();
         let mut after = Usage::default();
         for a in snap.apps.values() {
@@ -210,12 +215,12 @@ fn check_quotas(snap: &Snapshot, apps: &[(AppManifest, String)]) -> Result<(), A
                 after.add_app(a.replicas, snap.memory_each(a));
             }
         }
-        for (m, digest, key) in &applying {
+        for (m, template, key) in &applying {
             let existing = snap.apps.get(key);
             after.add_app(applied_replicas(m, existing), m.run.memory_request());
             let unchanged = existing.is_some_and(|a| {
                 snap.template(key, a.current_revision)
-                    .is_some_and(|t| *t == Template::from_manifest(m, (*digest).clone()))
+                    .is_some_and(|t| t == *template)
             });
             if !unchanged {
                 quota.check_limits(ns, &m.run.limits)?;
@@ -276,14 +281,19 @@ pub fn apply(
             )));
         }
     }
+    // Each app's template, with the versions of the secrets it reads: an
+    // app that reads one its namespace lacks is refused here.
+    let templates = apps
+        .iter()
+        .map(|(m, digest)| super::secret::template_of(snap, m, digest))
+        .collect::<Result<Vec<_>, _>>()?;
     check_routes(snap, &apps)?;
-    check_quotas(snap, &apps)?;
-    for (m, digest) in &apps {
+    check_quotas(snap, &apps, &templates)?;
+    for ((m, _), template) in apps.iter().zip(&templates) {
         let key = AppKey::new(&m.namespace, &m.name);
-        let template = Template::from_manifest(m, digest.clone());
         let unchanged = snap.apps.get(&key).is_some_and(|a| {
             snap.template(&key, a.current_revision)
-                .is_some_and(|t| *t == template)
+                .is_some_and(|t| t == template)
         });
         // A split may name the revision this apply creates.
         let upcoming = if unchanged {
@@ -302,9 +312,8 @@ pub fn apply(
     }
     let now = now_ms;
     let mut out = Vec::new();
-    for (mut m, digest) in apps {
+    for ((mut m, _), template) in apps.into_iter().zip(templates) {
         let key = AppKey::new(&m.namespace, &m.name);
-        let template = Template::from_manifest(&m, digest);
         let existing = snap.apps.get(&key).cloned();
         // With autoscaling the autoscaler owns the count: `replicas` only
         // sets where a new app starts.

@@ -8,6 +8,7 @@
 //! - [`plan`]: reconcile's plan and the changes that carry it out.
 //! - [`autoscale`]: replica counts from load (held to quotas).
 //! - [`quota`]: namespaces' quotas.
+//! - [`secret`]: secrets, and the rollouts a changed value starts.
 
 pub mod app;
 pub mod autoscale;
@@ -15,6 +16,7 @@ pub mod node;
 pub mod plan;
 pub mod quota;
 pub mod rollout;
+pub mod secret;
 
 #[cfg(test)]
 mod tests;

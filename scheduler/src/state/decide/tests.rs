@@ -72,6 +72,10 @@ fn lines(changes: &[Change]) -> Vec<String> {
             }
             Change::Observed(i) => format!("observed {} in flight {}", i.id, i.in_flight),
             Change::DeleteInstance(id) => format!("delete instance {id}"),
+            Change::PutSecret(s) => {
+                format!("secret {}/{} {}", s.namespace, s.name, s.keys.join(","))
+            }
+            Change::DeleteSecret(ns, name) => format!("delete secret {ns}/{name}"),
             Change::Bump(n) => format!("bump {n}"),
             Change::NextSeq(n) => format!("next seq {n}"),
             Change::ScaleMemory(k, _) => format!("memory {}", k.name),
