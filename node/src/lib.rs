@@ -107,6 +107,7 @@ impl Node {
             _ => None,
         };
         let supervisor = Arc::new(supervisor::Supervisor::new(
+            &cfg.name,
             runtime,
             client.clone(),
             changed.clone(),

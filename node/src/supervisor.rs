@@ -113,6 +113,8 @@ type LoadCell = Arc<tokio::sync::OnceCell<Result<Loaded, String>>>;
 
 /// Starts and stops the node's instances.
 pub struct Supervisor {
+    /// This node's name, as the control plane knows it.
+    node: String,
     pub(crate) runtime: Arc<Runtime>,
     /// For modules, which the control plane stores, and their compiled
     /// artifacts.
@@ -132,12 +134,14 @@ pub struct Supervisor {
 
 impl Supervisor {
     pub fn new(
+        node: &str,
         runtime: Arc<Runtime>,
         client: Client,
         changed: Arc<Notify>,
         verifier: Option<shoal_pki::Verifier>,
     ) -> Self {
         Self {
+            node: node.to_string(),
             runtime,
             client,
             verifier,
@@ -423,10 +427,33 @@ impl Supervisor {
         .map_err(|e| e.to_string())?
     }
 
-    /// What an instance of `a`'s app may use beyond WASI, as that app.
+    /// What an instance of `a`'s app may use beyond WASI, as that app:
+    /// its configuration and environment, each secret reference resolved
+    /// with the values the control plane gives this node for the
+    /// instance. The values stay in this process's memory (the runtime's
+    /// stores): never on disk, never in a log.
     async fn capabilities(&self, a: &Assignment) -> Result<Capabilities, String> {
-        Capabilities::plain(&a.app.namespace, &a.app.name, &a.template.spec)
-            .map_err(|e| e.to_string())
+        let spec = &a.template.spec;
+        if spec.secret_refs().is_empty() {
+            return Capabilities::plain(&a.app.namespace, &a.app.name, spec)
+                .map_err(|e| e.to_string());
+        }
+        let values = self
+            .client
+            .instance_secrets(&self.node, &a.id)
+            .await
+            .map_err(|e| format!("cannot get the secrets it reads: {e}"))?;
+        let resolved = spec
+            .resolve(
+                |r| values.get(r).map(str::to_string),
+                "the control plane did not give",
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(Capabilities::configured(
+            &a.app.namespace,
+            &a.app.name,
+            resolved,
+        ))
     }
 
     async fn start(&self, a: Assignment) -> Running {

@@ -21,6 +21,7 @@ fn front() -> Front {
         .build()
         .unwrap();
     Front::new(Arc::new(Supervisor::new(
+        "n1",
         runtime,
         client,
         Arc::new(tokio::sync::Notify::new()),
