@@ -229,7 +229,9 @@ static bool all_keys(borrow_bucket_t bucket, leaderboard_list_string_t *keys) {
             }
             keys->ptr[keys->len++] = page.keys.ptr[i];
         }
-        free(page.keys.ptr);
+        // The strings are ours now; the list itself was allocated only if
+        // it is not empty (as the generated *_free functions assume).
+        if (page.keys.len > 0) free(page.keys.ptr);
         cursor.is_some = page.cursor.is_some;
         cursor.val = page.cursor.val;
         if (!cursor.is_some) return true;
