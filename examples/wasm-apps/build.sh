@@ -49,7 +49,7 @@ small_components=(worker-component http-component)
 # wasi:http/proxy components in C that also import wasi:config/store and
 # wasi:keyvalue/{store,atomics,batch}; each has its own world in
 # <app>/world.wit and its code in <app>/main.c.
-cap_components=(capabilities)
+cap_components=(capabilities leaderboard)
 big_components=(js-app python-app)
 all_apps=("${core_modules[@]}" "${small_components[@]}" "${cap_components[@]}" "${big_components[@]}")
 

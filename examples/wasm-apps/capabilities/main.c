@@ -413,7 +413,7 @@ static void kv_list(borrow_bucket_t bucket, own_outparam_t outparam) {
         wasi_keyvalue_store_key_response_t page;
         wasi_keyvalue_store_error_t err;
         if (!wasi_keyvalue_store_method_bucket_list_keys(bucket, cursor.is_some ? &cursor.val : NULL, &page, &err)) {
-            for (size_t i = 0; i < n; i++) free(keys[i].ptr);
+            for (size_t i = 0; i < n; i++) capabilities_string_free(&keys[i]);
             free(keys);
             reply_kv_error(outparam, &err);
             return;
@@ -426,7 +426,9 @@ static void kv_list(borrow_bucket_t bucket, own_outparam_t outparam) {
             }
             keys[n++] = page.keys.ptr[i]; // taken over; freed below
         }
-        free(page.keys.ptr);
+        // The strings are ours now; the list itself was allocated only if
+        // it is not empty (as the generated *_free functions assume).
+        if (page.keys.len > 0) free(page.keys.ptr);
         cursor.is_some = page.cursor.is_some;
         cursor.val = page.cursor.val;
         if (!cursor.is_some) break;
@@ -436,7 +438,7 @@ static void kv_list(borrow_bucket_t bucket, own_outparam_t outparam) {
     for (size_t i = 0; i < n; i++) {
         buf_add(&b, keys[i].ptr, keys[i].len);
         buf_str(&b, "\n");
-        free(keys[i].ptr);
+        capabilities_string_free(&keys[i]);
     }
     free(keys);
     reply_buf(outparam, 200, &b);
