@@ -11,6 +11,7 @@ use crate::path::{self, PathError};
 use crate::proxy::ProxyBody;
 use crate::table::{AppRoute, AppStats, Table};
 use http::{Request, Response};
+use shoal_api::calls::CALLER_HEADER;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -47,6 +48,53 @@ pub(crate) fn route<B>(
             .ok_or_else(|| answer::refused("path", PathError::BadEscape))?;
     }
     Ok((app, host))
+}
+
+/// The app a call between apps is for (`Host: APP.NAMESPACE.svc`, not
+/// its routes: a call reaches the app at any path), the caller the node
+/// named in [`CALLER_HEADER`] (the node authenticated at the calls entry
+/// vouches for it), and the host; `req`'s path is normalized. A 400 for a
+/// host, caller or path refused, a 404 if no such app serves HTTP.
+#[allow(clippy::result_large_err)]
+pub(crate) fn call<B>(
+    table: &Table,
+    req: &mut Request<B>,
+) -> Result<(Arc<AppRoute>, ClientHost, http::HeaderValue), Response<ProxyBody>> {
+    let host = ClientHost::of(req).map_err(|e| answer::refused("host", e))?;
+    let Some(key) = host.as_str().and_then(shoal_api::calls::app_of_host) else {
+        return Err(answer::refused(
+            "host",
+            "a call names the app it is for as APP.NAMESPACE.svc",
+        ));
+    };
+    let mut callers = req.headers().get_all(CALLER_HEADER).iter();
+    let caller = match (callers.next(), callers.next()) {
+        (Some(v), None)
+            if v.to_str()
+                .ok()
+                .and_then(shoal_api::calls::parse_caller)
+                .is_some() =>
+        {
+            v.clone()
+        }
+        _ => {
+            return Err(answer::refused(
+                "caller",
+                format!("a call names its caller in one {CALLER_HEADER} header, APP.NAMESPACE"),
+            ));
+        }
+    };
+    let raw = req.uri().path();
+    let normal = path::normalize(raw).map_err(|e| answer::refused("path", e))?;
+    let path = normal.as_deref().unwrap_or(raw);
+    let Some(app) = table.app(&key) else {
+        return Err(answer::no_route(host.as_str(), path));
+    };
+    if let Some(normal) = normal {
+        *req.uri_mut() = with_path(req.uri(), &normal)
+            .ok_or_else(|| answer::refused("path", PathError::BadEscape))?;
+    }
+    Ok((app, host, caller))
 }
 
 /// `uri` with its path replaced and its query kept.

@@ -89,7 +89,7 @@ pub struct AppCall {
 /// Carries calls between apps out of the runtime: the node sends them to
 /// a gateway, which picks a ready instance of the target.
 pub trait AppCalls: Send + Sync + 'static {
-    fn call(&self, call: AppCall) -> CallFuture;
+    fn call(self: Arc<Self>, call: AppCall) -> CallFuture;
 }
 
 /// Why a call between apps got no answer (an app's error answer, such as

@@ -149,7 +149,7 @@ impl OutboundPolicy {
                 .boxed_unsync()
         });
         let app = self.app.clone();
-        let answer = calls.call(AppCall {
+        let answer = calls.clone().call(AppCall {
             caller: self.caller.clone(),
             target,
             request,

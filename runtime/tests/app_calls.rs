@@ -31,7 +31,7 @@ struct Fake {
 }
 
 impl AppCalls for Fake {
-    fn call(&self, call: AppCall) -> CallFuture {
+    fn call(self: Arc<Self>, call: AppCall) -> CallFuture {
         self.seen.lock().unwrap().push(Seen {
             caller: call.caller.clone(),
             target: call.target.clone(),

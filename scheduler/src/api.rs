@@ -828,9 +828,16 @@ async fn register(
         Some(rest) => Some(issue_node_cert(&cp, &req.name, rest)?),
         None => None,
     };
+    // Every node gets a client certificate that names it, for gateways'
+    // calls entries (calls between apps).
+    let calls = match cp.ca() {
+        Some(ca) => Some(issue_node_client(ca, &req.name)?),
+        None => None,
+    };
     let mut answer = cp.register(req).await?;
     answer.credential = credential.map(|s| shoal_api::auth::SecretToken::new(s.expose()));
     answer.tls = tls;
+    answer.calls = calls;
     Ok(Json(answer).into_response())
 }
 
@@ -932,8 +939,29 @@ fn issue_node_cert(
     })
 }
 
-/// A client certificate for the calling gateway, to show nodes (mutual
-/// TLS): made anew at each call, named after the gateway's token.
+/// Node `name`'s client certificate, which gateways' calls entries take
+/// (and nodes' fronts refuse).
+fn issue_node_client(
+    ca: &shoal_pki::ClusterCa,
+    name: &str,
+) -> Result<shoal_api::protocol::IssuedCert, Error> {
+    let issued = ca
+        .issue_client(
+            &format!("Shoal node {name}"),
+            &shoal_pki::Holder::Node(name.to_string()),
+        )
+        .map_err(internal)?;
+    Ok(shoal_api::protocol::IssuedCert {
+        ca_pem: ca.cert_pem().to_string(),
+        cert_pem: issued.cert_pem,
+        key_pem: issued.key_pem,
+    })
+}
+
+/// The calling gateway's certificate: its client certificate to nodes
+/// (mutual TLS), and the server certificate of its calls entry, which
+/// nodes check by [`shoal_pki::GATEWAY_SERVER_NAME`]. Made anew at each
+/// call, named after the gateway's token.
 async fn gateway_certificate(
     State(cp): State<ControlPlane>,
     principal: Option<Extension<Principal>>,
@@ -941,7 +969,7 @@ async fn gateway_certificate(
     let ca = cp.ca().ok_or_else(no_ca)?;
     let name = actor(&principal).unwrap_or_else(|| "anonymous".into());
     let issued = ca
-        .issue_client(&format!("Shoal gateway {name}"))
+        .issue_gateway(&format!("Shoal gateway {name}"))
         .map_err(internal)?;
     tracing::info!(gateway = %name, "gateway certificate issued");
     Ok(Json(shoal_api::protocol::IssuedCert {
