@@ -110,6 +110,23 @@ fn a_node_serves_gateways_of_its_own_cluster_only_over_mutual_tls() {
         Some(format!("{}{}", node_cert.cert_pem, node_cert.key_pem)),
         "a node's server certificate",
     );
+    // A node's client certificate (for gateways' calls entries) opens no
+    // other node, nor does one that names no holder.
+    let node_client = ca
+        .issue_client(
+            "Shoal node node-2",
+            &shoal_pki::Holder::Node("node-2".into()),
+        )
+        .unwrap();
+    refused(
+        Some(format!("{}{}", node_client.cert_pem, node_client.key_pem)),
+        "a node's client certificate",
+    );
+    let nameless = ca.issue_peer("Shoal etcd member").unwrap();
+    refused(
+        Some(format!("{}{}", nameless.cert_pem, nameless.key_pem)),
+        "a certificate that names no holder",
+    );
     let elsewhere = tempfile::tempdir().unwrap();
     let (foreign, _) = shoal_pki::ClusterCa::load_or_create(elsewhere.path()).unwrap();
     let foreign_cert = foreign.issue_gateway("Shoal gateway elsewhere").unwrap();

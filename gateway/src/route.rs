@@ -161,6 +161,11 @@ mod tests {
                 app("one", "a", Some("t.test"), "/a"),
                 app("two", "b", Some("t.test"), "/b"),
                 app("two", "root", Some("t.test"), "/"),
+                // Called by other apps only.
+                RouteApp {
+                    routes: vec![],
+                    ..app("two", "inner", None, "/")
+                },
             ],
         };
         Table::build(&rt, &Endpoints::new(), &DashMap::new(), &Default::default())
@@ -281,6 +286,79 @@ mod tests {
                 "HTTP/2 {target}"
             );
         }
+    }
+
+    /// A call as the calls entry gets it: the app in the host, the caller
+    /// in its header.
+    fn call_to(host: &str, target: &str, callers: &[&str]) -> Request<()> {
+        let mut b = Request::get(target).header("host", host);
+        for c in callers {
+            b = b.header(CALLER_HEADER, *c);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn a_call_reaches_its_app_by_name_whatever_its_routes() {
+        let t = table();
+        let called = |mut req: Request<()>| match call(&t, &mut req) {
+            Ok((app, _, caller)) => (
+                app.key.to_string(),
+                req.uri().to_string(),
+                caller.to_str().unwrap().to_string(),
+            ),
+            Err(resp) => (
+                resp.status().as_u16().to_string(),
+                String::new(),
+                String::new(),
+            ),
+        };
+        let ok = |app: &str, uri: &str| (app.to_string(), uri.to_string(), "web.one".to_string());
+        let refused = |status: &str| (status.to_string(), String::new(), String::new());
+        // An app without routes, and one whose routes cover other paths:
+        // a call reaches the app at any path, normalized.
+        assert_eq!(
+            called(call_to("inner.two.svc", "/x", &["web.one"])),
+            ok("two/inner", "/x")
+        );
+        assert_eq!(
+            called(call_to("a.one.svc:80", "/b/../c?q=1", &["web.one"])),
+            ok("one/a", "/c?q=1")
+        );
+        let h2 = Request::get("https://inner.two.svc/y")
+            .header(CALLER_HEADER, "web.one")
+            .body(())
+            .unwrap();
+        assert_eq!(called(h2), ok("two/inner", "https://inner.two.svc/y"));
+        // No such app, or not an app's host.
+        assert_eq!(
+            called(call_to("ghost.two.svc", "/", &["web.one"])),
+            refused("404")
+        );
+        assert_eq!(
+            called(call_to("t.test", "/a", &["web.one"])),
+            refused("400")
+        );
+        // The caller is named once, as APP.NAMESPACE.
+        assert_eq!(called(call_to("inner.two.svc", "/", &[])), refused("400"));
+        assert_eq!(
+            called(call_to("inner.two.svc", "/", &["web"])),
+            refused("400")
+        );
+        assert_eq!(
+            called(call_to("inner.two.svc", "/", &["web.one", "x.one"])),
+            refused("400")
+        );
+        assert_eq!(
+            called(call_to("inner.two.svc", "/..", &["web.one"])),
+            refused("400")
+        );
+        // A client's request never reaches an app without routes.
+        let plain = Request::get("/x")
+            .header("host", "inner.two.svc")
+            .body(())
+            .unwrap();
+        assert_eq!(name(&t, plain), "404");
     }
 
     #[tokio::test]

@@ -255,3 +255,60 @@ async fn connect(
     });
     Ok(sender)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_api::objects::AppKey;
+
+    #[test]
+    fn gateway_urls_are_https_authorities() {
+        assert_eq!(
+            authority_of("https://127.0.0.1:8443").unwrap(),
+            "127.0.0.1:8443"
+        );
+        assert_eq!(
+            authority_of("https://gw.example/").unwrap(),
+            "gw.example:443"
+        );
+        assert_eq!(authority_of("https://[::1]:9").unwrap(), "[::1]:9");
+        for bad in [
+            "http://127.0.0.1:8443",
+            "127.0.0.1:8443",
+            "https://gw/x",
+            "nope",
+        ] {
+            assert!(authority_of(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_call_names_its_app_and_the_caller_the_runtime_gave() {
+        let body: CallBody = http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        let request = http::Request::post("http://users.shop.svc:8080/list?x=1")
+            .header("host", "users.shop.svc:8080")
+            .header(CALLER_HEADER, "admin.kube-system")
+            .header("connection", "keep-alive")
+            .header("transfer-encoding", "chunked")
+            .header("x-mine", "kept")
+            .body(body)
+            .unwrap();
+        let out = outgoing(AppCall {
+            caller: AppKey::new("shop", "web"),
+            target: AppKey::new("shop", "users"),
+            request,
+        })
+        .unwrap();
+        assert_eq!(out.method(), "POST");
+        assert_eq!(out.uri(), "https://users.shop.svc/list?x=1");
+        assert_eq!(out.version(), http::Version::HTTP_2);
+        let callers: Vec<_> = out.headers().get_all(CALLER_HEADER).iter().collect();
+        assert_eq!(callers, ["web.shop"]);
+        for gone in ["host", "connection", "transfer-encoding"] {
+            assert!(out.headers().get(gone).is_none(), "{gone}");
+        }
+        assert_eq!(out.headers()["x-mine"], "kept");
+    }
+}
