@@ -55,8 +55,12 @@ fn apps_call_the_apps_their_manifest_allows_and_see_who_called() {
                 "web",
                 "default",
                 true,
-                &["users", "ledger.billing", "ghost"],
+                &["users", "ledger.billing", "ghost", "idle"],
             ),
+        ),
+        (
+            "idle.toml",
+            component("idle", "default", false, &[]) + "replicas = 0\n",
         ),
         ("users.toml", component("users", "default", false, &[])),
         ("ledger.toml", component("ledger", "billing", false, &[])),
@@ -111,6 +115,14 @@ fn apps_call_the_apps_their_manifest_allows_and_see_who_called() {
     assert!(body.contains("no_route"), "{body}");
     assert!(!body.contains("node-1"), "{body}");
     assert!(!body.contains(&c.node_urls[0]), "{body}");
+
+    // Allowed, but no instance ready: the gateway's 503, after its short
+    // wait for one.
+    let (status, body) = fetch(&gw, "http://idle.default.svc/");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("upstream 503\n"), "{body}");
+    assert!(body.contains("no_ready_instance"), "{body}");
+    assert!(!body.contains("node-1"), "{body}");
 
     // A client cannot pass itself off as a caller.
     let (status, body) = http_with(
