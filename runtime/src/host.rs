@@ -108,7 +108,7 @@ pub struct OutboundPolicy {
     calls: Option<Arc<dyn AppCalls>>,
 }
 
-/// What a denied request resolves to in the guest.
+/// What sending an outgoing request resolves to (as `send_request` returns it).
 type Sent = Box<
     dyn Future<
             Output = Result<
