@@ -158,6 +158,8 @@ impl RunArgs {
             grants: Grants {
                 env: parse_env(&self.env)?,
                 allow_outbound: self.allow_outbound.clone(),
+                // No cluster here: there is no app to call.
+                allow_apps: Vec::new(),
                 dirs: parse_dirs(&self.dirs)?,
             },
             isolation: match self.isolation {

@@ -20,6 +20,8 @@
 //!   router and the client both take them from here.
 //! - [`error`]: the JSON error body every HTTP surface of Shoal returns, and
 //!   the answers Shoal's listeners give to request heads they refuse.
+//! - [`calls`]: calls between apps: the `APP.NAMESPACE.svc` host a guest
+//!   calls, `allow-apps` references, the caller header.
 //! - [`artifact`]: what the control plane signs when it vouches for a
 //!   compiled module, and the headers that carry it.
 //! - [`wasm`]: the WebAssembly features the nodes' engine enables, which
@@ -27,6 +29,7 @@
 
 pub mod artifact;
 pub mod auth;
+pub mod calls;
 pub mod certs;
 pub mod endpoints;
 pub mod error;

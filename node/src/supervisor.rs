@@ -125,6 +125,8 @@ pub struct Supervisor {
     /// Loads in progress, by module digest: instances of one module that
     /// start together share one fetch (or compile).
     loading: Mutex<HashMap<String, LoadCell>>,
+    /// Where guests' calls to other apps go; none: they are refused.
+    calls: Option<Arc<dyn shoal_runtime::caps::AppCalls>>,
 }
 
 impl Supervisor {
@@ -142,7 +144,14 @@ impl Supervisor {
             instances: Default::default(),
             generation: AtomicU64::new(0),
             changed,
+            calls: None,
         }
+    }
+
+    /// Guests' calls to other apps go through `calls`.
+    pub fn with_calls(mut self, calls: Arc<dyn shoal_runtime::caps::AppCalls>) -> Self {
+        self.calls = Some(calls);
+        self
     }
 
     pub(crate) fn table(&self) -> RwLockReadGuard<'_, HashMap<String, Arc<Running>>> {
@@ -422,7 +431,11 @@ impl Supervisor {
 
     /// What an instance of `a`'s app may use beyond WASI, as that app.
     pub(crate) fn capabilities(&self, a: &Assignment) -> Capabilities {
-        Capabilities::new(&a.app.namespace, &a.app.name)
+        let caps = Capabilities::new(&a.app.namespace, &a.app.name);
+        match &self.calls {
+            Some(calls) => caps.with_calls(calls.clone()),
+            None => caps,
+        }
     }
 
     async fn start(&self, a: Assignment) -> Running {
