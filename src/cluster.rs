@@ -125,6 +125,12 @@ pub struct NodeArgs {
     /// A label for node selectors, `key=value` (repeatable).
     #[arg(long = "label", value_name = "K=V")]
     pub labels: Vec<String>,
+    /// A gateway's calls entry (its `--calls-listen`, as
+    /// `https://HOST:PORT`), where guests' calls to other apps
+    /// (`http://APP.NAMESPACE.svc/...`) go; repeatable or separated by
+    /// commas, tried in turn. Without one, such calls are refused.
+    #[arg(long = "gateway", value_name = "URL", value_delimiter = ',')]
+    pub gateways: Vec<String>,
     /// Directory for compiled artifacts (default: $SHOAL_CACHE_DIR, else
     /// ~/.cache/shoal/compiled).
     #[arg(long)]
@@ -211,6 +217,12 @@ pub struct GatewayArgs {
     /// handshake fails.
     #[arg(long, value_name = "HOST")]
     pub tls_default_host: Option<String>,
+    /// Also serve the calls entry on this address (port 0 picks a free
+    /// port): calls between apps from nodes (`shoal node --gateway
+    /// https://ADDR`), over mutual TLS with certificates of the cluster CA
+    /// only. Give it an address only nodes reach.
+    #[arg(long, value_name = "ADDR")]
+    pub calls_listen: Option<SocketAddr>,
     /// A proxy in front of the gateway whose X-Forwarded-For, -Host and
     /// -Proto are believed (repeatable): a network (10.0.0.0/8) or an
     /// address. Other clients' are replaced.
@@ -556,6 +568,7 @@ pub async fn node(args: NodeArgs, ca: Option<Vec<u8>>) -> anyhow::Result<()> {
             cluster_artifacts: args.artifacts == ArtifactSource::Cluster,
             join_token: args.join_token.clone().map(shoal_node::SecretToken::new),
             credential_file,
+            gateways: args.gateways.clone(),
         },
     )
     .context("setting up the node agent")?;
@@ -659,6 +672,17 @@ pub async fn gateway(
         Some((l, _)) => Some(l.local_addr()?),
         None => None,
     };
+    let calls = match args.calls_listen {
+        Some(addr) => Some(
+            shoal_gateway::bind_workers(addr, workers)
+                .with_context(|| format!("cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
+    let calls_addr = match &calls {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
     // Nodes serve mutual TLS: the gateway's client certificate comes
     // from the control plane, and is fetched until it does.
     let certificate = {
@@ -681,6 +705,9 @@ pub async fn gateway(
     if let Some(tls_addr) = tls_addr {
         crate::out::sayln!("Gateway listening on https://{tls_addr}/");
     }
+    if let Some(calls_addr) = calls_addr {
+        crate::out::sayln!("Gateway calls entry on https://{calls_addr} (nodes only)");
+    }
     let limits = shoal_gateway::ServerLimits {
         header_read_timeout: args.header_timeout.get(),
         idle_timeout: args.idle_timeout.get(),
@@ -688,7 +715,12 @@ pub async fn gateway(
         max_headers: args.max_headers,
         grace: args.grace.get(),
     };
-    shoal_gateway::serve_workers_tls(Some(listeners), tls, gw, stop, limits).await?;
+    let entries = shoal_gateway::Entries {
+        plain: Some(listeners),
+        tls,
+        calls,
+    };
+    shoal_gateway::serve_entries(entries, gw, stop, limits).await?;
     certificate.abort();
     watch.abort();
     metrics.abort();

@@ -907,6 +907,9 @@ pub async fn describe(client: &Client, app: AppRef) -> anyhow::Result<()> {
         if !t.spec.grants.allow_outbound.is_empty() {
             outln!("Outbound:     {}", t.spec.grants.allow_outbound.join(", "));
         }
+        if !t.spec.grants.allow_apps.is_empty() {
+            outln!("Calls apps:   {}", t.spec.grants.allow_apps.join(", "));
+        }
         if !t.spec.node_selector.is_empty() {
             outln!(
                 "Node selector: {}",

@@ -181,6 +181,8 @@ impl RunArgs {
                 env: parse_env(&self.env)?,
                 config: parse_config(&self.config)?,
                 allow_outbound: self.allow_outbound.clone(),
+                // No cluster here: there is no app to call.
+                allow_apps: Vec::new(),
                 dirs: parse_dirs(&self.dirs)?,
             },
             isolation: match self.isolation {

@@ -60,6 +60,10 @@ pub struct UpArgs {
     /// Address of the gateway, where apps are served.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub gateway: SocketAddr,
+    /// Address of the gateway's calls entry, where nodes send apps' calls
+    /// to other apps (default: a free port on 127.0.0.1, chosen at start).
+    #[arg(long)]
+    pub calls: Option<SocketAddr>,
     /// Node lease: how long a silent node keeps its instances.
     #[arg(long, default_value = "2s")]
     pub lease: shoal_api::Duration,
@@ -438,6 +442,17 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
         let client = crate::client::connect(&target, request_timeout)?;
         let gateway_token = ha::while_no_leader(|| gateway_token(&client)).await?;
         let cache = dir.join("cache").display().to_string();
+        // The gateway's calls entry: its address is known before either
+        // starts, so nodes can be told it and a restarted gateway takes
+        // it again.
+        let calls_addr = match args.calls {
+            Some(a) => a,
+            None => std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .context("finding a free port for the gateway's calls entry")?,
+        }
+        .to_string();
+        let calls_url = format!("https://{calls_addr}");
         for i in 1..=args.nodes {
             let name = format!("node-{i}");
             let spec = ChildSpec::new(
@@ -456,6 +471,8 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
                     &args.capacity,
                     "--cache-dir",
                     &cache,
+                    "--gateway",
+                    &calls_url,
                     "--exit-with-parent",
                 ],
                 logs.join(format!("{name}.log")),
@@ -472,6 +489,8 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
                 "gateway",
                 "--listen",
                 &gateway_addr,
+                "--calls-listen",
+                &calls_addr,
                 "--control-plane",
                 &servers,
                 "--exit-with-parent",

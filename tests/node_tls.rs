@@ -90,7 +90,7 @@ fn a_node_serves_gateways_of_its_own_cluster_only_over_mutual_tls() {
     let cp = c.dir.path().join("cp");
     let ca_pem = std::fs::read_to_string(cp.join(shoal_pki::CA_CERT_FILE)).unwrap();
     let (ca, _) = shoal_pki::ClusterCa::load_or_create(&cp).unwrap();
-    let gateway_cert = ca.issue_client("Shoal gateway test").unwrap();
+    let gateway_cert = ca.issue_gateway("Shoal gateway test").unwrap();
     let lines = logs_from_node(
         &node,
         &ca_pem,
@@ -110,9 +110,26 @@ fn a_node_serves_gateways_of_its_own_cluster_only_over_mutual_tls() {
         Some(format!("{}{}", node_cert.cert_pem, node_cert.key_pem)),
         "a node's server certificate",
     );
+    // A node's client certificate (for gateways' calls entries) opens no
+    // other node, nor does one that names no holder.
+    let node_client = ca
+        .issue_client(
+            "Shoal node node-2",
+            &shoal_pki::Holder::Node("node-2".into()),
+        )
+        .unwrap();
+    refused(
+        Some(format!("{}{}", node_client.cert_pem, node_client.key_pem)),
+        "a node's client certificate",
+    );
+    let nameless = ca.issue_peer("Shoal etcd member").unwrap();
+    refused(
+        Some(format!("{}{}", nameless.cert_pem, nameless.key_pem)),
+        "a certificate that names no holder",
+    );
     let elsewhere = tempfile::tempdir().unwrap();
     let (foreign, _) = shoal_pki::ClusterCa::load_or_create(elsewhere.path()).unwrap();
-    let foreign_cert = foreign.issue_client("Shoal gateway elsewhere").unwrap();
+    let foreign_cert = foreign.issue_gateway("Shoal gateway elsewhere").unwrap();
     refused(
         Some(format!("{}{}", foreign_cert.cert_pem, foreign_cert.key_pem)),
         "a client certificate of another cluster",

@@ -22,6 +22,8 @@
 //!   router and the client both take them from here.
 //! - [`error`]: the JSON error body every HTTP surface of Shoal returns, and
 //!   the answers Shoal's listeners give to request heads they refuse.
+//! - [`calls`]: calls between apps: the `APP.NAMESPACE.svc` host a guest
+//!   calls, `allow-apps` references, the caller header.
 //! - [`artifact`]: what the control plane signs when it vouches for a
 //!   compiled module, and the headers that carry it.
 //! - [`wasm`]: the WebAssembly features the nodes' engine enables, which
@@ -29,6 +31,7 @@
 
 pub mod artifact;
 pub mod auth;
+pub mod calls;
 pub mod certs;
 pub mod config;
 pub mod endpoints;

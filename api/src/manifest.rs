@@ -60,6 +60,8 @@ struct ManifestFields {
     pub config: BTreeMap<String, ConfigValue>,
     #[serde(default)]
     pub allow_outbound: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_apps: Vec<String>,
     #[serde(default)]
     pub dirs: Vec<DirGrant>,
     #[serde(default)]
@@ -104,6 +106,7 @@ impl From<ManifestFields> for AppManifest {
                     env: f.env,
                     config: f.config,
                     allow_outbound: f.allow_outbound,
+                    allow_apps: f.allow_apps,
                     dirs: f.dirs,
                 },
                 isolation: f.isolation,
@@ -146,6 +149,7 @@ impl From<AppManifest> for ManifestFields {
             env: run.grants.env,
             config: run.grants.config,
             allow_outbound: run.grants.allow_outbound,
+            allow_apps: run.grants.allow_apps,
             dirs: run.grants.dirs,
             isolation: run.isolation,
             routes: run.routes,
@@ -808,6 +812,16 @@ fn validate(app: &AppManifest) -> Result<(), (String, String)> {
             check_ref(r).map_err(|m| (format!("config.{k}"), m))?;
         }
     }
+    for (i, rule) in app.run.grants.allow_apps.iter().enumerate() {
+        if crate::calls::parse_app_ref(rule, &app.namespace).is_none() {
+            return err(
+                &format!("allow-apps[{i}]"),
+                format!(
+                    "{rule:?} is not an app: write APP (in this app's namespace) or APP.NAMESPACE"
+                ),
+            );
+        }
+    }
     for (i, r) in app.run.routes.iter().enumerate() {
         if !r.path.starts_with('/') {
             return err(
@@ -1002,6 +1016,37 @@ interval = "1s"
         assert_eq!(a.run.routes[0].path, "/api");
         assert_eq!(a.run.health.as_ref().unwrap().failure_threshold, 3);
         assert_eq!(a.run.restart_policy, RestartPolicy::OnFailure);
+    }
+
+    #[test]
+    fn allow_apps_names_apps_and_is_checked() {
+        let text = "name = \"web\"\nnamespace = \"shop\"\nmodule = \"a.wasm\"\nallow-apps = [\"users\", \"ledger.billing\"]\n";
+        let a = &parse(text, Format::Toml).unwrap()[0];
+        assert_eq!(a.run.grants.allow_apps, vec!["users", "ledger.billing"]);
+        assert!(
+            a.run
+                .grants
+                .app_allowed(&a.namespace, &crate::objects::AppKey::new("shop", "users"))
+        );
+        // Part of what a revision freezes, beside the other grants.
+        let v = serde_json::to_value(&a.run).unwrap();
+        assert_eq!(v["allow-apps"][1], "ledger.billing");
+        for bad in ["Users", "a.b.c", "", "x.", "*"] {
+            let text =
+                format!("name = \"web\"\nmodule = \"a.wasm\"\nallow-apps = [\"users\", {bad:?}]\n");
+            let e = parse(&text, Format::Toml).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some("allow-apps[1]"), "{bad}: {e}");
+            assert_eq!(e.line, Some(3), "{bad}: {e}");
+            assert!(e.message.contains("APP.NAMESPACE"), "{e}");
+        }
+        // Without it, nothing is written (stored revisions stay as they were).
+        let plain = &parse("name = \"a\"\nmodule = \"a.wasm\"\n", Format::Toml).unwrap()[0];
+        assert!(
+            serde_json::to_value(&plain.run)
+                .unwrap()
+                .get("allow-apps")
+                .is_none()
+        );
     }
 
     #[test]

@@ -33,6 +33,11 @@ pub struct RegisterResponse {
     /// control plane's) its front takes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<IssuedCert>,
+    /// The node's client certificate, signed by the cluster CA and naming
+    /// the node: what it shows gateways' calls entries when its guests
+    /// call other apps. None from a control plane without a CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calls: Option<IssuedCert>,
 }
 
 /// A certificate the control plane issued, with its key and the CA that

@@ -1,5 +1,6 @@
-//! The route table the control plane streams to gateways: for every app
-//! with routes, where its ready instances are and how to pick among them.
+//! The route table the control plane streams to gateways: for every HTTP
+//! app (with routes, or called by other apps only), where its ready
+//! instances are and how to pick among them.
 
 use crate::manifest::{LoadBalancing, Route};
 use crate::objects::AppKey;

@@ -69,6 +69,11 @@ pub struct Grants {
     /// Hosts that outgoing HTTP requests may reach: `host`, `host:port`, or
     /// `*` for any. Anything else is denied.
     pub allow_outbound: Vec<String>,
+    /// Apps of the cluster this app's guests may call
+    /// (`http://APP.NAMESPACE.svc/...`): `APP` in the app's own namespace,
+    /// or `APP.NAMESPACE`. Anything else is denied.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_apps: Vec<String>,
     /// Host directories made visible to the guest.
     pub dirs: Vec<DirGrant>,
 }
@@ -84,6 +89,13 @@ pub struct DirGrant {
 }
 
 impl Grants {
+    /// Whether an app in `own_namespace` may call `target`.
+    pub fn app_allowed(&self, own_namespace: &str, target: &crate::objects::AppKey) -> bool {
+        self.allow_apps
+            .iter()
+            .any(|rule| crate::calls::parse_app_ref(rule, own_namespace).as_ref() == Some(target))
+    }
+
     /// Whether an outgoing request to `host` (and `port`) is allowed.
     pub fn outbound_allowed(&self, host: &str, port: Option<u16>) -> bool {
         let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -202,6 +214,22 @@ mod tests {
             ..Default::default()
         };
         assert!(any.outbound_allowed("anything", Some(1)));
+    }
+
+    #[test]
+    fn app_rules() {
+        use crate::objects::AppKey;
+        let g = Grants {
+            allow_apps: vec!["users".into(), "ledger.billing".into()],
+            ..Default::default()
+        };
+        assert!(g.app_allowed("shop", &AppKey::new("shop", "users")));
+        assert!(g.app_allowed("shop", &AppKey::new("billing", "ledger")));
+        assert!(!g.app_allowed("shop", &AppKey::new("billing", "users")));
+        assert!(!g.app_allowed("shop", &AppKey::new("shop", "ledger")));
+        // A bare name is the caller's own namespace, whichever that is.
+        assert!(g.app_allowed("other", &AppKey::new("other", "users")));
+        assert!(!Grants::default().app_allowed("shop", &AppKey::new("shop", "users")));
     }
 
     #[test]

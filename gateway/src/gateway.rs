@@ -79,6 +79,9 @@ pub(crate) struct Shared {
     /// The control plane, for activation requests (none without one, or
     /// when its address cannot make a client).
     pub(crate) control: Option<shoal_client::Client>,
+    /// The calls entry's TLS configuration, once the gateway has its
+    /// certificate ([`Gateway::use_node_certificate`]).
+    calls_tls: RwLock<Option<Arc<rustls::ServerConfig>>>,
 }
 
 /// The gateway, as one worker sees it: the shared state and a connection
@@ -103,6 +106,7 @@ impl Gateway {
             tenants: Default::default(),
             has_table: AtomicBool::new(false),
             table_updates: tokio::sync::watch::channel(0).0,
+            calls_tls: RwLock::new(None),
             control: config.control_plane.as_deref().and_then(|cp| {
                 config
                     .control_plane_client(cp)
@@ -131,9 +135,9 @@ impl Gateway {
         })
     }
 
-    /// Asks the control plane for this gateway's client certificate and
-    /// uses it for `https://` nodes from now on; tries again every second
-    /// until it has one.
+    /// Asks the control plane for this gateway's certificate and uses it
+    /// for `https://` nodes, and to serve the calls entry, from now on;
+    /// tries again every second until it has one.
     pub async fn use_node_certificate(&self) {
         let Some(control) = &self.shared.control else {
             return;
@@ -146,10 +150,20 @@ impl Gateway {
                         cert_pem: issued.cert_pem,
                         key_pem: issued.key_pem,
                     };
-                    match pki.mtls_client_config(&issued.ca_pem, &[b"http/1.1"]) {
-                        Ok(config) => {
-                            self.shared.config.node_tls.set(config);
-                            tracing::info!("client certificate for nodes in place (mutual TLS)");
+                    let configs = pki
+                        .mtls_client_config(&issued.ca_pem, &[b"http/1.1"])
+                        .and_then(|nodes| Ok((nodes, calls_config(&pki, &issued.ca_pem)?)));
+                    match configs {
+                        Ok((nodes, calls)) => {
+                            self.shared.config.node_tls.set(nodes);
+                            *self
+                                .shared
+                                .calls_tls
+                                .write()
+                                .unwrap_or_else(|p| p.into_inner()) = Some(calls);
+                            tracing::info!(
+                                "certificate for nodes and the calls entry in place (mutual TLS)"
+                            );
                             return;
                         }
                         Err(e) => {
@@ -165,6 +179,16 @@ impl Gateway {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+    }
+
+    /// The calls entry's TLS configuration; none until the gateway has its
+    /// certificate.
+    pub fn calls_tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.shared
+            .calls_tls
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn table(&self) -> Arc<Table> {
@@ -218,4 +242,21 @@ impl Gateway {
             .map(|e| (e.key().clone(), e.value().clone()))
             .collect()
     }
+}
+
+/// The calls entry's TLS: the gateway's certificate, and client
+/// certificates of the cluster CA `ca_pem` that name a node.
+fn calls_config(
+    issued: &shoal_pki::Issued,
+    ca_pem: &str,
+) -> Result<Arc<rustls::ServerConfig>, shoal_pki::PkiError> {
+    let cert = Arc::new(shoal_pki::SwappableCert::default());
+    cert.set(issued)?;
+    // Nodes speak HTTP/2 (one connection carries all their calls).
+    shoal_pki::mtls_server_config(
+        ca_pem,
+        cert,
+        &[b"h2", b"http/1.1"],
+        &[shoal_pki::Role::Node],
+    )
 }

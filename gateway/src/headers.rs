@@ -3,6 +3,7 @@
 //! headers), and from an answer on its way back.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use shoal_api::calls::CALLER_HEADER;
 use shoal_api::routes::{APP_HEADER, INSTANCE_HEADER};
 use std::net::SocketAddr;
 
@@ -64,6 +65,10 @@ pub struct Peer {
     /// A proxy the gateway trusts (`--trusted-proxy`): what it says about
     /// its own client in `X-Forwarded-*` is passed on.
     trusted: bool,
+    /// The node this connection came from, authenticated by its client
+    /// certificate at the calls entry: its requests are calls between
+    /// apps, which name their caller.
+    node: Option<std::sync::Arc<str>>,
 }
 
 impl Peer {
@@ -76,7 +81,21 @@ impl Peer {
             ip,
             proto: HeaderValue::from_static("http"),
             trusted: false,
+            node: None,
         }
+    }
+
+    /// Node `node` at the calls entry (over TLS, its certificate checked).
+    pub fn calling_node(addr: SocketAddr, node: &str) -> Self {
+        Self {
+            node: Some(node.into()),
+            ..Self::over_tls(addr)
+        }
+    }
+
+    /// The node whose guests call other apps over this connection.
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
     }
 
     /// A client over TLS.
@@ -142,6 +161,8 @@ pub enum HostError {
     Duplicate,
     #[error("its Host header is not a host name with an optional port")]
     Invalid,
+    #[error("it is HTTP/1.1 and has no Host header")]
+    Missing,
 }
 
 impl ClientHost {
@@ -149,7 +170,8 @@ impl ClientHost {
     /// absolute-form target, which wins over `Host` as RFC 9112 says), else
     /// the `Host` header. The app then gets as its `Host` the host the
     /// request was routed by. More than one `Host`, or one that is not
-    /// `host[:port]`, is refused.
+    /// `host[:port]`, is refused, and so is an HTTP/1.1 request without
+    /// one (RFC 9112 section 3.2: a server answers it 400).
     pub fn of<B>(req: &http::Request<B>) -> Result<Self, HostError> {
         let mut hosts = req.headers().get_all(header::HOST).iter();
         let first = hosts.next();
@@ -170,6 +192,9 @@ impl ClientHost {
             && !is_host_and_port(h.as_bytes())
         {
             return Err(HostError::Invalid);
+        }
+        if first.is_none() && req.version() == http::Version::HTTP_11 {
+            return Err(HostError::Missing);
         }
         Ok(Self {
             value: first.cloned(),
@@ -234,15 +259,27 @@ fn is_host_and_port(v: &[u8]) -> bool {
 /// peer's address, the host routed by, the listener's protocol. A trusted
 /// proxy's are kept: the peer is appended to its `X-Forwarded-For` chain,
 /// and its `X-Forwarded-Host` and `-Proto`, if it sent them, stand.
+///
+/// The caller of a call between apps ([`CALLER_HEADER`]) is `caller`, which
+/// only the calls entry gives; whatever a client sent as one is dropped.
 pub(crate) fn forward_headers(
     mut h: HeaderMap,
     peer: &Peer,
     host: ClientHost,
     app: &HeaderValue,
+    caller: Option<HeaderValue>,
 ) -> (HeaderMap, bool) {
     let upgrade = strip_hop_by_hop(&mut h);
     h.remove(INSTANCE_HEADER);
     h.insert(APP_HEADER, app.clone());
+    match caller {
+        Some(c) => {
+            h.insert(CALLER_HEADER, c);
+        }
+        None => {
+            h.remove(CALLER_HEADER);
+        }
+    }
     if !peer.trusted && h.keys().any(tells_of_the_client) {
         let told: Vec<HeaderName> = h
             .keys()
@@ -366,13 +403,25 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(INSTANCE_HEADER, HeaderValue::from_static("forged"));
         h.insert(REQUEST_ID, HeaderValue::from_static("mine"));
+        h.append(CALLER_HEADER, HeaderValue::from_static("admin.kube-system"));
+        h.append(CALLER_HEADER, HeaderValue::from_static("web.default"));
         let host = ClientHost {
             value: Some(HeaderValue::from_static("a.test")),
             from_uri: true,
         };
-        let (out, upgrade) = forward_headers(h, &peer, host, &app);
+        let (out, upgrade) = forward_headers(h.clone(), &peer, host, &app, None);
         assert!(!upgrade);
         assert!(out.get(INSTANCE_HEADER).is_none());
+        // A caller is the calls entry's to name, never a client's.
+        assert!(out.get(CALLER_HEADER).is_none());
+        let host = ClientHost {
+            value: Some(HeaderValue::from_static("a.test")),
+            from_uri: true,
+        };
+        let caller = HeaderValue::from_static("shop.default");
+        let (called, _) = forward_headers(h, &peer, host, &app, Some(caller));
+        let callers: Vec<_> = called.get_all(CALLER_HEADER).iter().collect();
+        assert_eq!(callers, ["shop.default"]);
         assert_eq!(out[APP_HEADER], "default/web");
         assert_eq!(out[FORWARDED_FOR], "10.1.2.3");
         assert_eq!(out[header::HOST], "a.test");
@@ -388,6 +437,7 @@ mod tests {
                 from_uri: false,
             },
             &app,
+            None,
         );
         assert_eq!(out[FORWARDED_PROTO], "https");
         // No id, or one too long: a new one of 32 hex digits.
@@ -398,7 +448,7 @@ mod tests {
                 value: None,
                 from_uri: false,
             };
-            let (out, _) = forward_headers(h, &peer, host, &app);
+            let (out, _) = forward_headers(h, &peer, host, &app, None);
             let id = request_id(&out);
             assert_eq!(id.len(), 32);
             assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
@@ -444,7 +494,7 @@ mod tests {
                 value: Some(HeaderValue::from_static("a.test")),
                 from_uri: false,
             };
-            let (out, _) = forward_headers(claims(), &peer, host, &app);
+            let (out, _) = forward_headers(claims(), &peer, host, &app, None);
             assert_eq!(values(&out, "x-forwarded-for"), ["192.168.1.5"], "{addr}");
             assert_eq!(values(&out, "x-forwarded-host"), ["a.test"]);
             assert_eq!(values(&out, "x-forwarded-proto"), ["http"]);
@@ -464,7 +514,7 @@ mod tests {
             value: None,
             from_uri: false,
         };
-        let (out, _) = forward_headers(claims(), &peer, none, &app);
+        let (out, _) = forward_headers(claims(), &peer, none, &app, None);
         assert!(out.get("x-forwarded-host").is_none());
     }
 
@@ -485,7 +535,7 @@ mod tests {
                 value: Some(HeaderValue::from_static("a.test")),
                 from_uri: false,
             };
-            let (out, _) = forward_headers(claims(), &peer, host, &app);
+            let (out, _) = forward_headers(claims(), &peer, host, &app, None);
             assert_eq!(
                 values(&out, "x-forwarded-for"),
                 [format!("192.0.2.1, 192.0.2.2, 192.0.2.3, {ip}")],
@@ -502,7 +552,7 @@ mod tests {
             value: Some(HeaderValue::from_static("a.test")),
             from_uri: false,
         };
-        let (out, _) = forward_headers(HeaderMap::new(), &peer, host, &app);
+        let (out, _) = forward_headers(HeaderMap::new(), &peer, host, &app, None);
         assert_eq!(values(&out, "x-forwarded-for"), ["10.1.2.3"]);
         assert_eq!(values(&out, "x-forwarded-host"), ["a.test"]);
         assert_eq!(values(&out, "x-forwarded-proto"), ["http"]);
@@ -538,7 +588,16 @@ mod tests {
         };
         let some = |s: &str, from_uri| Ok((Some(s.to_string()), from_uri));
         assert_eq!(host("/x", &["a.test:8080"]), some("a.test:8080", false));
-        assert_eq!(host("/x", &[]), Ok((None, false)));
+        // HTTP/1.1 requires a Host; HTTP/1.0 may go without.
+        assert_eq!(host("/x", &[]), Err(HostError::Missing));
+        let old = http::Request::get("/x")
+            .version(http::Version::HTTP_10)
+            .body(())
+            .unwrap();
+        assert_eq!(
+            ClientHost::of(&old).map(|h| (h.as_str().map(str::to_string), h.from_uri)),
+            Ok((None, false))
+        );
         assert_eq!(host("/x", &[""]), some("", false));
         // Absolute form (or HTTP/2's :authority) wins over Host.
         assert_eq!(host("http://b.test/x", &["a.test"]), some("b.test", true));

@@ -38,7 +38,9 @@
 //! - [`server`]: the listener, with header, size and idle limits (JSON 400
 //!   and 431 answers); one single-threaded worker per core, each with its
 //!   own socket (`SO_REUSEPORT`, on an address no other process listens on)
-//!   and connection pool. Plain HTTP and TLS listeners side by side.
+//!   and connection pool. Plain HTTP and TLS listeners side by side, and
+//!   the calls entry: calls between apps from nodes, over mutual TLS
+//!   (`route::call` finds their app by name, not by route).
 //! - [`tls`]: the certificates presented to clients, chosen by SNI, from
 //!   files (re-read when they change) and from the control plane.
 
@@ -67,6 +69,7 @@ pub use gateway::{Gateway, GatewayConfig};
 pub use headers::{TrustedProxies, parse_trusted_proxy};
 pub use ipnet::IpNet;
 pub use server::{
-    Listeners, ServerLimits, bind_workers, serve, serve_tls, serve_workers, serve_workers_tls,
+    Entries, Listeners, ServerLimits, bind_workers, serve, serve_calls, serve_entries, serve_tls,
+    serve_workers, serve_workers_tls,
 };
 pub use shoal_api::auth::SecretToken;

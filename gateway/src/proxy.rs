@@ -48,6 +48,13 @@ pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 impl Gateway {
     /// Serves one client request. `guard` is held until the response body
     /// has been sent (the caller's per-connection bookkeeping).
+    ///
+    /// From a node at the calls entry ([`Peer::node`]), the request is a
+    /// call between apps: it names its app by host (`APP.NAMESPACE.svc`,
+    /// whatever the app's routes) and its caller, which the app gets in
+    /// [`shoal_api::calls::CALLER_HEADER`]; from there on it goes as any
+    /// other request (the namespace's limits, activation, balancing,
+    /// retries, the app's timeout).
     pub async fn handle<B, G>(
         self: Arc<Self>,
         mut req: Request<B>,
@@ -59,7 +66,15 @@ impl Gateway {
         B::Error: Into<BoxError>,
         G: Send + Sync + 'static,
     {
-        let (app, host) = match route::route(&self.table(), &mut req) {
+        let routed = match peer.node() {
+            None => route::route(&self.table(), &mut req).map(|(app, host)| (app, host, None)),
+            Some(node) => route::call(&self.table(), &mut req)
+                .map(|(app, host, caller)| (app, host, Some(caller)))
+                .inspect_err(|refused| {
+                    tracing::debug!(%node, status = %refused.status(), "call between apps refused at the calls entry");
+                }),
+        };
+        let (app, host, caller) = match routed {
             Ok(routed) => routed,
             Err(not_found) => return not_found,
         };
@@ -75,7 +90,7 @@ impl Gateway {
         // it from Content-Length, chunked framing or HTTP/2's end of
         // stream), not from headers an HTTP/2 client need not send.
         let body = (!body.is_end_stream()).then(|| Capped::new(body, app.max_body));
-        let forwarded = match prepare(&app, parts, body, peer, host).await {
+        let forwarded = match prepare(&app, parts, body, peer, host, caller).await {
             Ok(prepared) => self.forward(app, counted.stats(), prepared).await,
             Err(resp) => Err(resp),
         };
@@ -214,13 +229,15 @@ async fn prepare<B>(
     body: Option<Capped<B>>,
     peer: &Peer,
     host: ClientHost,
+    caller: Option<http::HeaderValue>,
 ) -> Result<Prepared, Response<ProxyBody>>
 where
     B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
     let method = parts.method;
-    let (headers, upgrade) = headers::forward_headers(parts.headers, peer, host, &app.header);
+    let (headers, upgrade) =
+        headers::forward_headers(parts.headers, peer, host, &app.header, caller);
     if upgrade || method == Method::CONNECT {
         return Err(answer::upgrade_not_supported(
             &app.key,

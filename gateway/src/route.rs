@@ -11,6 +11,7 @@ use crate::path::{self, PathError};
 use crate::proxy::ProxyBody;
 use crate::table::{AppRoute, AppStats, Table};
 use http::{Request, Response};
+use shoal_api::calls::CALLER_HEADER;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -47,6 +48,53 @@ pub(crate) fn route<B>(
             .ok_or_else(|| answer::refused("path", PathError::BadEscape))?;
     }
     Ok((app, host))
+}
+
+/// The app a call between apps is for (`Host: APP.NAMESPACE.svc`, not
+/// its routes: a call reaches the app at any path), the caller the node
+/// named in [`CALLER_HEADER`] (the node authenticated at the calls entry
+/// vouches for it), and the host; `req`'s path is normalized. A 400 for a
+/// host, caller or path refused, a 404 if no such app serves HTTP.
+#[allow(clippy::result_large_err)]
+pub(crate) fn call<B>(
+    table: &Table,
+    req: &mut Request<B>,
+) -> Result<(Arc<AppRoute>, ClientHost, http::HeaderValue), Response<ProxyBody>> {
+    let host = ClientHost::of(req).map_err(|e| answer::refused("host", e))?;
+    let Some(key) = host.as_str().and_then(shoal_api::calls::app_of_host) else {
+        return Err(answer::refused(
+            "host",
+            "a call names the app it is for as APP.NAMESPACE.svc",
+        ));
+    };
+    let mut callers = req.headers().get_all(CALLER_HEADER).iter();
+    let caller = match (callers.next(), callers.next()) {
+        (Some(v), None)
+            if v.to_str()
+                .ok()
+                .and_then(shoal_api::calls::parse_caller)
+                .is_some() =>
+        {
+            v.clone()
+        }
+        _ => {
+            return Err(answer::refused(
+                "caller",
+                format!("a call names its caller in one {CALLER_HEADER} header, APP.NAMESPACE"),
+            ));
+        }
+    };
+    let raw = req.uri().path();
+    let normal = path::normalize(raw).map_err(|e| answer::refused("path", e))?;
+    let path = normal.as_deref().unwrap_or(raw);
+    let Some(app) = table.app(&key) else {
+        return Err(answer::no_route(host.as_str(), path));
+    };
+    if let Some(normal) = normal {
+        *req.uri_mut() = with_path(req.uri(), &normal)
+            .ok_or_else(|| answer::refused("path", PathError::BadEscape))?;
+    }
+    Ok((app, host, caller))
 }
 
 /// `uri` with its path replaced and its query kept.
@@ -113,6 +161,11 @@ mod tests {
                 app("one", "a", Some("t.test"), "/a"),
                 app("two", "b", Some("t.test"), "/b"),
                 app("two", "root", Some("t.test"), "/"),
+                // Called by other apps only.
+                RouteApp {
+                    routes: vec![],
+                    ..app("two", "inner", None, "/")
+                },
             ],
         };
         Table::build(&rt, &Endpoints::new(), &DashMap::new(), &Default::default())
@@ -235,6 +288,79 @@ mod tests {
         }
     }
 
+    /// A call as the calls entry gets it: the app in the host, the caller
+    /// in its header.
+    fn call_to(host: &str, target: &str, callers: &[&str]) -> Request<()> {
+        let mut b = Request::get(target).header("host", host);
+        for c in callers {
+            b = b.header(CALLER_HEADER, *c);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn a_call_reaches_its_app_by_name_whatever_its_routes() {
+        let t = table();
+        let called = |mut req: Request<()>| match call(&t, &mut req) {
+            Ok((app, _, caller)) => (
+                app.key.to_string(),
+                req.uri().to_string(),
+                caller.to_str().unwrap().to_string(),
+            ),
+            Err(resp) => (
+                resp.status().as_u16().to_string(),
+                String::new(),
+                String::new(),
+            ),
+        };
+        let ok = |app: &str, uri: &str| (app.to_string(), uri.to_string(), "web.one".to_string());
+        let refused = |status: &str| (status.to_string(), String::new(), String::new());
+        // An app without routes, and one whose routes cover other paths:
+        // a call reaches the app at any path, normalized.
+        assert_eq!(
+            called(call_to("inner.two.svc", "/x", &["web.one"])),
+            ok("two/inner", "/x")
+        );
+        assert_eq!(
+            called(call_to("a.one.svc:80", "/b/../c?q=1", &["web.one"])),
+            ok("one/a", "/c?q=1")
+        );
+        let h2 = Request::get("https://inner.two.svc/y")
+            .header(CALLER_HEADER, "web.one")
+            .body(())
+            .unwrap();
+        assert_eq!(called(h2), ok("two/inner", "https://inner.two.svc/y"));
+        // No such app, or not an app's host.
+        assert_eq!(
+            called(call_to("ghost.two.svc", "/", &["web.one"])),
+            refused("404")
+        );
+        assert_eq!(
+            called(call_to("t.test", "/a", &["web.one"])),
+            refused("400")
+        );
+        // The caller is named once, as APP.NAMESPACE.
+        assert_eq!(called(call_to("inner.two.svc", "/", &[])), refused("400"));
+        assert_eq!(
+            called(call_to("inner.two.svc", "/", &["web"])),
+            refused("400")
+        );
+        assert_eq!(
+            called(call_to("inner.two.svc", "/", &["web.one", "x.one"])),
+            refused("400")
+        );
+        assert_eq!(
+            called(call_to("inner.two.svc", "/..", &["web.one"])),
+            refused("400")
+        );
+        // A client's request never reaches an app without routes.
+        let plain = Request::get("/x")
+            .header("host", "inner.two.svc")
+            .body(())
+            .unwrap();
+        assert_eq!(name(&t, plain), "404");
+    }
+
     #[tokio::test]
     async fn refusals_are_json_and_name_the_reason() {
         use http_body_util::BodyExt;
@@ -243,8 +369,13 @@ mod tests {
             ("/a/../..", "t.test", "climb above the root"),
             ("/a/..%2f..%2fb", "t.test", "encoded `/`"),
             ("/x", "u@t.test", "Host header"),
+            ("/x", "", "no Host header"),
         ] {
-            let mut req = Request::get(target).header("host", host).body(()).unwrap();
+            let mut req = Request::get(target);
+            if !host.is_empty() {
+                req = req.header("host", host);
+            }
+            let mut req = req.body(()).unwrap();
             let Err(resp) = route(&t, &mut req) else {
                 panic!("{target} routed")
             };

@@ -347,7 +347,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     limits: ServerLimits,
 ) -> std::io::Result<()> {
-    serve_on(listener, None, gateway, shutdown, limits).await
+    serve_on(listener, Entry::Plain, gateway, shutdown, limits).await
 }
 
 /// [`serve`] over TLS: each connection's handshake runs in a task of its
@@ -363,7 +363,32 @@ pub async fn serve_tls(
     limits: ServerLimits,
 ) -> std::io::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    serve_on(listener, Some(acceptor), gateway, shutdown, limits).await
+    serve_on(listener, Entry::Tls(acceptor), gateway, shutdown, limits).await
+}
+
+/// Serves the calls entry on `listener`: calls between apps, from nodes
+/// only. Mutual TLS with the gateway's own certificate (which nodes check
+/// by [`shoal_pki::GATEWAY_SERVER_NAME`]) and a client certificate of the
+/// cluster CA that names a node; before the gateway has its certificate
+/// from the control plane, connections are closed at once. Each request
+/// then goes as [`Gateway::handle`] says of calls.
+pub async fn serve_calls(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+    limits: ServerLimits,
+) -> std::io::Result<()> {
+    serve_on(listener, Entry::Calls, gateway, shutdown, limits).await
+}
+
+/// What a listener serves.
+enum Entry {
+    /// Clients, over plain HTTP.
+    Plain,
+    /// Clients, over TLS.
+    Tls(tokio_rustls::TlsAcceptor),
+    /// Nodes' calls between apps, over mutual TLS.
+    Calls,
 }
 
 /// The protocol a connection is served as.
@@ -473,7 +498,7 @@ impl Conns {
 
 async fn serve_on(
     listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    entry: Entry,
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
     limits: ServerLimits,
@@ -546,41 +571,64 @@ async fn serve_on(
         };
         let _ = stream.set_nodelay(true);
         let conns = conns.clone();
-        match &tls {
-            None => {
+        let acceptor = match &entry {
+            Entry::Plain => {
                 let client = Peer::new(peer).trusting(&conns.gateway.config().trusted_proxies);
                 tokio::spawn(conns.serve(stream, peer, client, Proto::Detect));
+                continue;
             }
-            Some(acceptor) => {
-                let handshake = acceptor.accept(stream);
-                let deadline = limits.header_read_timeout;
-                tokio::spawn(async move {
-                    let done = tokio::select! {
-                        _ = conns.stopping.cancelled() => return,
-                        done = tokio::time::timeout(deadline, handshake) => done,
-                    };
-                    let stream = match done {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(error)) => {
-                            tracing::debug!(%peer, %error, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let proto = match stream.get_ref().1.alpn_protocol() {
-                        Some(b"h2") => Proto::Http2,
-                        Some(b"http/1.1") => Proto::Http1,
-                        _ => Proto::Detect,
-                    };
-                    let client =
-                        Peer::over_tls(peer).trusting(&conns.gateway.config().trusted_proxies);
-                    conns.serve(stream, peer, client, proto).await;
-                });
-            }
-        }
+            Entry::Tls(acceptor) => acceptor.clone(),
+            Entry::Calls => match conns.gateway.calls_tls() {
+                Some(config) => tokio_rustls::TlsAcceptor::from(config),
+                None => {
+                    tracing::debug!(%peer, "calls entry: no certificate from the control plane yet; connection closed");
+                    continue;
+                }
+            },
+        };
+        let calls = matches!(entry, Entry::Calls);
+        let handshake = acceptor.accept(stream);
+        let deadline = limits.header_read_timeout;
+        tokio::spawn(async move {
+            let done = tokio::select! {
+                _ = conns.stopping.cancelled() => return,
+                done = tokio::time::timeout(deadline, handshake) => done,
+            };
+            let stream = match done {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let proto = match stream.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Proto::Http2,
+                Some(b"http/1.1") => Proto::Http1,
+                _ => Proto::Detect,
+            };
+            let client = if calls {
+                // The verifier took only a node's certificate;
+                // its name is the caller's node.
+                let holder = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(shoal_pki::holder_of);
+                let Some(shoal_pki::Holder::Node(node)) = holder else {
+                    tracing::warn!(%peer, ?holder, "calls entry: a client certificate that names no node");
+                    return;
+                };
+                Peer::calling_node(peer, &node)
+            } else {
+                Peer::over_tls(peer).trusting(&conns.gateway.config().trusted_proxies)
+            };
+            conns.serve(stream, peer, client, proto).await;
+        });
     }
     drop(listener);
     conns.stopping.cancel();
@@ -704,6 +752,37 @@ pub async fn serve_workers_tls(
     shutdown: impl Future<Output = ()>,
     limits: ServerLimits,
 ) -> std::io::Result<()> {
+    let entries = Entries {
+        plain,
+        tls,
+        calls: None,
+    };
+    serve_entries(entries, gateway, shutdown, limits).await
+}
+
+/// The listeners of a gateway: for clients over plain HTTP, over TLS (its
+/// sockets and the server configuration to use, see [`serve_tls`]), and
+/// for nodes' calls between apps ([`serve_calls`]).
+#[derive(Default)]
+pub struct Entries {
+    pub plain: Option<Listeners>,
+    pub tls: Option<(Listeners, Arc<rustls::ServerConfig>)>,
+    pub calls: Option<Listeners>,
+}
+
+/// [`serve_workers`] with any of the [`Entries`]: each worker serves its
+/// share of each.
+pub async fn serve_entries(
+    entries: Entries,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+    limits: ServerLimits,
+) -> std::io::Result<()> {
+    let Entries {
+        plain,
+        tls,
+        mut calls,
+    } = entries;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut threads = Vec::new();
     // The claims on the addresses stay with the listeners until the end.
@@ -719,10 +798,16 @@ pub async fn serve_workers_tls(
         .map(|(l, _)| std::mem::take(&mut l.sockets))
         .unwrap_or_default()
         .into_iter();
+    let mut calls_sockets = calls
+        .as_mut()
+        .map(|l| std::mem::take(&mut l.sockets))
+        .unwrap_or_default()
+        .into_iter();
     for i in 0.. {
         let plain_socket = plain_sockets.next();
         let tls_socket = tls_sockets.next().zip(config.clone());
-        if plain_socket.is_none() && tls_socket.is_none() {
+        let calls_socket = calls_sockets.next();
+        if plain_socket.is_none() && tls_socket.is_none() && calls_socket.is_none() {
             break;
         }
         let gw = gateway.worker();
@@ -763,8 +848,18 @@ pub async fn serve_workers_tls(
                             None => Ok(()),
                         }
                     };
-                    let (p, t) = tokio::join!(plain, tls);
-                    p.and(t)
+                    let calls = async {
+                        match calls_socket {
+                            Some(l) => {
+                                let l = TcpListener::from_std(l)?;
+                                serve_calls(l, gw.clone(), stopped(stop.clone()), limits.clone())
+                                    .await
+                            }
+                            None => Ok(()),
+                        }
+                    };
+                    let (p, t, c) = tokio::join!(plain, tls, calls);
+                    p.and(t).and(c)
                 })
             })?;
         threads.push(t);
@@ -779,7 +874,7 @@ pub async fn serve_workers_tls(
                 Ok(Ok(())) => {}
             }
         }
-        drop((plain, tls));
+        drop((plain, tls, calls));
     })
     .await
     .map_err(std::io::Error::other)

@@ -223,6 +223,8 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 #[derive(Debug, Default)]
 pub struct Table {
     pub apps: Vec<Arc<AppRoute>>,
+    /// Index in `apps` by app (calls between apps name it).
+    by_key: HashMap<AppKey, usize>,
     by_host: HashMap<String, Prefixes>,
     any_host: Prefixes,
 }
@@ -263,6 +265,7 @@ impl Table {
             let tenant = tenants.get(&ra.app.namespace);
             t.apps
                 .push(Arc::new(app_route(ra, endpoints, counters, tenant)));
+            t.by_key.insert(ra.app.clone(), idx);
             for b in &ra.backends {
                 for e in &b.endpoints {
                     live.insert(e.instance.as_str());
@@ -303,9 +306,10 @@ impl Table {
         self.apps.iter().map(|a| a.endpoint_count()).sum()
     }
 
-    /// The route entry of one app.
+    /// The route entry of one app, whatever its routes (none, for an app
+    /// only other apps call).
     pub fn app(&self, key: &AppKey) -> Option<Arc<AppRoute>> {
-        self.apps.iter().find(|a| a.key == *key).cloned()
+        self.by_key.get(key).map(|&i| self.apps[i].clone())
     }
 }
 

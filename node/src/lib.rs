@@ -10,12 +10,15 @@
 //!   stops instances; reports their state.
 //! - [`health`]: health checks of HTTP instances, and restarts of those
 //!   that keep failing them.
+//! - [`calls`]: calls between apps from this node's guests, sent to the
+//!   gateways' calls entries over mutual TLS.
 //! - [`front`]: the node's HTTP front: requests addressed to an instance
 //!   by the gateway (`x-shoal-instance`), and the node's own small API.
 //!
 //! The wasm itself runs in `shoal_runtime`, which knows nothing of the
 //! control plane.
 
+pub mod calls;
 pub mod front;
 pub mod health;
 pub mod session;
@@ -55,12 +58,18 @@ pub struct NodeConfig {
     /// Where the node keeps its credential across restarts (readable by
     /// its owner only); none: in memory only.
     pub credential_file: Option<std::path::PathBuf>,
+    /// The calls entries of gateways (`https://HOST:PORT`), where the
+    /// node's guests' calls to other apps go; none: such calls are
+    /// refused.
+    pub gateways: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("the control plane's client: {0}")]
     Client(#[from] shoal_client::Error),
+    #[error(transparent)]
+    Gateway(#[from] calls::GatewayUrlError),
 }
 
 /// A node agent: its session with the control plane, the supervisor of
@@ -106,15 +115,21 @@ impl Node {
             },
             _ => None,
         };
-        let supervisor = Arc::new(supervisor::Supervisor::new(
-            &cfg.name,
-            runtime,
-            client.clone(),
-            changed.clone(),
-            verifier,
-        ));
-        let tls = Arc::new(tls::FrontTls::default());
-        let session = Arc::new(session::Session::new(client, cfg, changed, tls.clone()));
+        // Without a gateway, guests' calls to other apps are refused.
+        let calls = match cfg.gateways.is_empty() {
+            true => None,
+            false => Some(Arc::new(calls::Calls::new(&cfg.gateways)?)),
+        };
+        let mut supervisor =
+            supervisor::Supervisor::new(&cfg.name, runtime, client.clone(), changed.clone(), verifier);
+        let mut session = session::Session::new(client, cfg, changed, Default::default());
+        if let Some(c) = &calls {
+            supervisor = supervisor.with_calls(c.clone());
+            session = session.with_calls(c.clone());
+        }
+        let supervisor = Arc::new(supervisor);
+        let tls = session.front_tls();
+        let session = Arc::new(session);
         Ok(Arc::new(Self {
             session,
             tls,

@@ -105,9 +105,23 @@ pub struct Session {
     /// know changed (an instance started, stopped, became ready).
     changed: Arc<Notify>,
     tls: Arc<crate::tls::FrontTls>,
+    /// Takes the client certificate each registration brings, for calls
+    /// between apps.
+    calls: Option<Arc<crate::calls::Calls>>,
 }
 
 impl Session {
+    /// Hands `calls` the client certificate of each registration.
+    pub fn with_calls(mut self, calls: Arc<crate::calls::Calls>) -> Self {
+        self.calls = Some(calls);
+        self
+    }
+
+    /// What the node's front serves with, which registrations fill.
+    pub fn front_tls(&self) -> Arc<crate::tls::FrontTls> {
+        self.tls.clone()
+    }
+
     pub fn new(
         client: Client,
         cfg: NodeConfig,
@@ -116,6 +130,7 @@ impl Session {
     ) -> Self {
         Self {
             tls,
+            calls: None,
             client,
             cfg,
             inbox: Inbox::default(),
@@ -172,6 +187,19 @@ impl Session {
             && let Err(e) = self.tls.install(issued)
         {
             tracing::error!(error = %e, "the certificate the control plane issued is unusable");
+        }
+        match (&self.calls, &r.calls) {
+            (Some(calls), Some(issued)) => {
+                if let Err(e) = calls.install(issued) {
+                    tracing::error!(error = %e, "the client certificate the control plane issued for calls between apps is unusable");
+                }
+            }
+            (Some(_), None) => {
+                tracing::warn!(
+                    "the control plane issued no client certificate (it has no CA): calls between apps will fail"
+                )
+            }
+            (None, _) => {}
         }
         self.inbox.registered();
         *self.interval.lock().unwrap_or_else(|p| p.into_inner()) =

@@ -130,6 +130,8 @@ pub struct Supervisor {
     /// Loads in progress, by module digest: instances of one module that
     /// start together share one fetch (or compile).
     loading: Mutex<HashMap<String, LoadCell>>,
+    /// Where guests' calls to other apps go; none: they are refused.
+    calls: Option<Arc<dyn shoal_runtime::caps::AppCalls>>,
 }
 
 impl Supervisor {
@@ -149,7 +151,14 @@ impl Supervisor {
             instances: Default::default(),
             generation: AtomicU64::new(0),
             changed,
+            calls: None,
         }
+    }
+
+    /// Guests' calls to other apps go through `calls`.
+    pub fn with_calls(mut self, calls: Arc<dyn shoal_runtime::caps::AppCalls>) -> Self {
+        self.calls = Some(calls);
+        self
     }
 
     pub(crate) fn table(&self) -> RwLockReadGuard<'_, HashMap<String, Arc<Running>>> {
@@ -434,10 +443,21 @@ impl Supervisor {
     /// stores): never on disk, never in a log.
     async fn capabilities(&self, a: &Assignment) -> Result<Capabilities, String> {
         let spec = &a.template.spec;
-        if spec.secret_refs().is_empty() {
-            return Capabilities::plain(&a.app.namespace, &a.app.name, spec)
-                .map_err(|e| e.to_string());
-        }
+        let caps = if spec.secret_refs().is_empty() {
+            Capabilities::plain(&a.app.namespace, &a.app.name, spec).map_err(|e| e.to_string())?
+        } else {
+            self.resolved(a).await?
+        };
+        Ok(match &self.calls {
+            Some(calls) => caps.with_calls(calls.clone()),
+            None => caps,
+        })
+    }
+
+    /// The capabilities of `a`'s app with the secret values the control
+    /// plane gives this node for instance `a`.
+    async fn resolved(&self, a: &Assignment) -> Result<Capabilities, String> {
+        let spec = &a.template.spec;
         let values = self
             .client
             .instance_secrets(&self.node, &a.id)

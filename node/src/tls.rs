@@ -1,8 +1,11 @@
 //! The node's front over mutual TLS: the certificate the control plane
 //! issues at each registration (for the host the node advertises), and
 //! only clients whose certificate the cluster CA signed for client
-//! authentication (gateways, the control plane). A node's own certificate
-//! is for server authentication only, so one node cannot call another.
+//! authentication for a gateway or the control plane (the holder each
+//! names: `shoal_pki::holder`). A node's server certificate is for server
+//! authentication only, and its client certificate (which it shows
+//! gateways' calls entries) names a node, which fronts refuse: one node
+//! cannot call another.
 
 use shoal_api::protocol::IssuedCert;
 use std::sync::{Arc, Mutex};
@@ -45,7 +48,13 @@ impl FrontTls {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .unwrap_or_default();
-        let config = shoal_pki::mtls_server_config(&ca, self.cert.clone(), &[b"h2", b"http/1.1"])?;
+        let config = shoal_pki::mtls_server_config(
+            &ca,
+            self.cert.clone(),
+            &[b"h2", b"http/1.1"],
+            // Gateways and the control plane; never another node.
+            &[shoal_pki::Role::Gateway, shoal_pki::Role::ControlPlane],
+        )?;
         Ok(tokio_rustls::TlsAcceptor::from(config))
     }
 }

@@ -49,6 +49,7 @@ async fn register() -> Json<RegisterResponse> {
         heartbeat_ms: 10,
         credential: None,
         tls: None,
+        calls: None,
     })
 }
 
@@ -103,6 +104,7 @@ async fn a_stale_heartbeat_answer_after_a_newer_long_poll_assignment_is_not_appl
             control_plane_ca: None,
             join_token: None,
             credential_file: None,
+            gateways: Vec::new(),
         },
         Arc::new(Notify::new()),
         Default::default(),

@@ -33,8 +33,10 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+pub mod holder;
 pub mod host;
 pub mod sign;
+pub use holder::{Holder, Role, holder_of};
 pub use host::{CertInfo, certified_key, inspect, name_covers};
 pub use sign::{SignatureCheck, Verifier};
 
@@ -46,6 +48,11 @@ pub const CA_KEY_FILE: &str = "ca-key.pem";
 /// The names every control plane's server certificate carries, whatever the
 /// flags say: a client on the same machine always reaches it by these.
 pub const DEFAULT_SERVER_NAMES: [&str; 2] = ["127.0.0.1", "localhost"];
+
+/// The name a gateway's certificate carries for its calls entry, which
+/// nodes check whatever address they reach the gateway at: a node needs
+/// to know that it speaks to a gateway of its cluster, not which one.
+pub const GATEWAY_SERVER_NAME: &str = "gateway.shoal.internal";
 
 /// What can go wrong with certificates and keys.
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +214,7 @@ impl ClusterCa {
             all,
             "Shoal control plane",
             [ExtendedKeyUsagePurpose::ServerAuth],
+            None,
         )
     }
 
@@ -231,13 +239,35 @@ impl ClusterCa {
             names,
             &format!("Shoal node {node}"),
             [ExtendedKeyUsagePurpose::ServerAuth],
+            None,
         )
     }
 
-    /// A client certificate (client authentication only), named `name`:
-    /// what a gateway, or the control plane, shows a node.
-    pub fn issue_client(&self, name: &str) -> Result<Issued, PkiError> {
-        self.issue(Vec::new(), name, [ExtendedKeyUsagePurpose::ClientAuth])
+    /// A client certificate (client authentication only), named `name`,
+    /// for `holder`: what the control plane shows a node, or a node a
+    /// gateway's calls entry ([`holder`]).
+    pub fn issue_client(&self, name: &str, holder: &Holder) -> Result<Issued, PkiError> {
+        self.issue(
+            Vec::new(),
+            name,
+            [ExtendedKeyUsagePurpose::ClientAuth],
+            Some(holder),
+        )
+    }
+
+    /// A gateway's certificate, named `name`: it shows it to nodes as a
+    /// client, and serves its calls entry with it to nodes, which check
+    /// [`GATEWAY_SERVER_NAME`].
+    pub fn issue_gateway(&self, name: &str) -> Result<Issued, PkiError> {
+        self.issue(
+            vec![GATEWAY_SERVER_NAME.to_string()],
+            name,
+            [
+                ExtendedKeyUsagePurpose::ClientAuth,
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ],
+            Some(&Holder::Gateway),
+        )
     }
 
     /// A certificate for [`DEFAULT_SERVER_NAMES`] that serves and also
@@ -253,6 +283,7 @@ impl ClusterCa {
                 ExtendedKeyUsagePurpose::ServerAuth,
                 ExtendedKeyUsagePurpose::ClientAuth,
             ],
+            None,
         )
     }
 
@@ -261,8 +292,14 @@ impl ClusterCa {
         names: Vec<String>,
         common_name: &str,
         usage: impl Into<Vec<ExtendedKeyUsagePurpose>>,
+        holder: Option<&Holder>,
     ) -> Result<Issued, PkiError> {
         let mut params = CertificateParams::new(names)?;
+        if let Some(holder) = holder {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::URI(holder.uri().try_into()?));
+        }
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, common_name);
         params.distinguished_name = dn;
@@ -326,20 +363,23 @@ fn roots(ca_pem: &str) -> Result<rustls::RootCertStore, PkiError> {
     Ok(roots)
 }
 
-/// The server side of mutual TLS (a node's front): the certificate
-/// `cert` resolves, and only clients whose certificate the CA `ca_pem`
-/// signed for client authentication.
+/// The server side of mutual TLS (a node's front, a gateway's calls
+/// entry): the certificate `cert` resolves, and only clients whose
+/// certificate the CA `ca_pem` signed for client authentication, for a
+/// holder with one of the roles `accept`.
 pub fn mtls_server_config(
     ca_pem: &str,
     cert: Arc<dyn rustls::server::ResolvesServerCert>,
     alpn: &[&[u8]],
+    accept: &'static [Role],
 ) -> Result<Arc<rustls::ServerConfig>, PkiError> {
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+    let inner = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots(ca_pem)?),
         provider(),
     )
     .build()
     .map_err(|e| PkiError::Pem(e.to_string()))?;
+    let verifier = Arc::new(holder::HolderVerifier { inner, accept });
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -558,6 +598,110 @@ mod tests {
         let err = ClusterCa::load_or_create(dir.path()).unwrap_err();
         assert!(matches!(err, PkiError::Incomplete { .. }), "{err}");
         assert!(!dir.path().join(CA_KEY_FILE).exists());
+    }
+
+    /// Runs a TLS handshake in memory between `client` (for server name
+    /// `name`) and `server`; the first error either side raises.
+    fn handshake(
+        client: Arc<rustls::ClientConfig>,
+        server: Arc<rustls::ServerConfig>,
+        name: &str,
+    ) -> Result<Option<Holder>, rustls::Error> {
+        let name = ServerName::try_from(name.to_owned()).unwrap();
+        let mut c = rustls::ClientConnection::new(client, name)?;
+        let mut s = rustls::ServerConnection::new(server)?;
+        for _ in 0..20 {
+            let mut buf = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut buf).unwrap();
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                s.read_tls(&mut rd).unwrap();
+            }
+            s.process_new_packets()?;
+            let mut buf = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut buf).unwrap();
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                c.read_tls(&mut rd).unwrap();
+            }
+            c.process_new_packets()?;
+            if !c.is_handshaking() && !s.is_handshaking() {
+                return Ok(s
+                    .peer_certificates()
+                    .and_then(|certs| certs.first())
+                    .and_then(holder_of));
+            }
+        }
+        panic!("the handshake did not finish");
+    }
+
+    #[test]
+    fn servers_take_the_holders_they_name_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, _) = ClusterCa::load_or_create(dir.path()).unwrap();
+        let pem = ca.cert_pem();
+        let gateway = ca.issue_gateway("Shoal gateway g").unwrap();
+        let control_plane = ca
+            .issue_client("Shoal control plane", &Holder::ControlPlane)
+            .unwrap();
+        let node_client = ca
+            .issue_client("Shoal node n1", &Holder::Node("n1".into()))
+            .unwrap();
+        // What a node's front serves with, and what a gateway's calls
+        // entry serves with (the gateway's own certificate).
+        let node_cert = Arc::new(SwappableCert::default());
+        node_cert
+            .set(&ca.issue_node("n2", "127.0.0.1").unwrap())
+            .unwrap();
+        let front = mtls_server_config(
+            pem,
+            node_cert,
+            &[b"http/1.1"],
+            &[Role::Gateway, Role::ControlPlane],
+        )
+        .unwrap();
+        let calls_cert = Arc::new(SwappableCert::default());
+        calls_cert.set(&gateway).unwrap();
+        let calls = mtls_server_config(pem, calls_cert, &[b"http/1.1"], &[Role::Node]).unwrap();
+        let client = |i: &Issued| i.mtls_client_config(pem, &[b"http/1.1"]).unwrap();
+
+        assert_eq!(
+            handshake(client(&gateway), front.clone(), "127.0.0.1").unwrap(),
+            Some(Holder::Gateway)
+        );
+        assert_eq!(
+            handshake(client(&control_plane), front.clone(), "127.0.0.1").unwrap(),
+            Some(Holder::ControlPlane)
+        );
+        // A node's client certificate opens no other node.
+        assert!(handshake(client(&node_client), front, "127.0.0.1").is_err());
+
+        // The calls entry: a node, checking the gateway's name, not its
+        // address.
+        assert_eq!(
+            handshake(client(&node_client), calls.clone(), GATEWAY_SERVER_NAME).unwrap(),
+            Some(Holder::Node("n1".into()))
+        );
+        assert!(handshake(client(&node_client), calls.clone(), "127.0.0.1").is_err());
+        assert!(handshake(client(&gateway), calls.clone(), GATEWAY_SERVER_NAME).is_err());
+        assert!(handshake(client(&control_plane), calls.clone(), GATEWAY_SERVER_NAME).is_err());
+        // Without a certificate, or with one that names no holder.
+        let anonymous = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots(pem).unwrap())
+            .with_no_client_auth();
+        assert!(handshake(Arc::new(anonymous), calls.clone(), GATEWAY_SERVER_NAME).is_err());
+        let peer = ca.issue_peer("Shoal etcd member").unwrap();
+        assert_eq!(
+            holder_of(&certificates(peer.cert_pem.as_bytes()).unwrap()[0]),
+            None
+        );
+        assert!(handshake(client(&peer), calls, GATEWAY_SERVER_NAME).is_err());
     }
 
     #[test]

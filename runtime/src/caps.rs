@@ -14,8 +14,11 @@
 //! anywhere; `Debug` shows names only.
 
 use crate::host::ComponentHost;
+use bytes::Bytes;
 use shoal_api::RunSpec;
 use shoal_api::config::{Resolved, Unresolved};
+use shoal_api::objects::AppKey;
+use std::pin::Pin;
 use std::sync::Arc;
 use wasmtime::component::Linker;
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
@@ -33,6 +36,9 @@ pub struct Capabilities {
     config: Arc<WasiConfigVariables>,
     /// The names of the config entries (for `Debug`).
     config_keys: Arc<[String]>,
+    /// Where calls to other apps go (the node's gateways); none (`shoal
+    /// run`): every such call is refused.
+    pub calls: Option<Arc<dyn AppCalls>>,
 }
 
 impl std::fmt::Debug for Capabilities {
@@ -45,6 +51,7 @@ impl std::fmt::Debug for Capabilities {
                 &self.env.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
             )
             .field("config", &self.config_keys)
+            .field("calls", &self.calls.is_some())
             .finish()
     }
 }
@@ -66,7 +73,14 @@ impl Capabilities {
             env: env.into_iter().collect(),
             config_keys: config.keys().cloned().collect(),
             config: Arc::new(config.into_iter().collect()),
+            calls: None,
         }
+    }
+
+    /// Calls to the apps its manifest allows go through `calls`.
+    pub fn with_calls(mut self, calls: Arc<dyn AppCalls>) -> Self {
+        self.calls = Some(calls);
+        self
     }
 
     /// `app` in `namespace` with the plain configuration and environment
@@ -88,6 +102,7 @@ impl Capabilities {
             namespace: self.namespace.clone(),
             app: self.app.clone(),
             config: self.config.clone(),
+            calls: self.calls.clone(),
         }
     }
 }
@@ -97,6 +112,43 @@ pub struct GuestCaps {
     pub(crate) namespace: Arc<str>,
     pub(crate) app: Arc<str>,
     config: Arc<WasiConfigVariables>,
+    pub(crate) calls: Option<Arc<dyn AppCalls>>,
+}
+
+/// The body of a call between apps, either way.
+pub type CallBody = http_body_util::combinators::UnsyncBoxBody<Bytes, CallError>;
+
+/// What [`AppCalls::call`] returns.
+pub type CallFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<CallBody>, CallError>> + Send>>;
+
+/// A guest's request to another app of its cluster, allowed by its
+/// manifest.
+pub struct AppCall {
+    /// The app whose guest calls.
+    pub caller: AppKey,
+    /// The app called (the request's host, `APP.NAMESPACE.svc`).
+    pub target: AppKey,
+    /// As the guest made it: its URI has the scheme and the host.
+    pub request: http::Request<CallBody>,
+}
+
+/// Carries calls between apps out of the runtime: the node sends them to
+/// a gateway, which picks a ready instance of the target.
+pub trait AppCalls: Send + Sync + 'static {
+    fn call(self: Arc<Self>, call: AppCall) -> CallFuture;
+}
+
+/// Why a call between apps got no answer (an app's error answer, such as
+/// a 404 or a 503 from the gateway, is an answer).
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No gateway could be reached.
+    #[error("no gateway could be reached: {0}")]
+    Unreachable(String),
+    /// The exchange broke off (a body, the connection).
+    #[error("the call failed: {0}")]
+    Failed(String),
 }
 
 /// Adds the capabilities' interfaces to a component linker. A guest that

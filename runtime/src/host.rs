@@ -1,11 +1,12 @@
 //! What lives inside a wasmtime `Store`: the guest's WASI context, its
 //! resource limiter, its deadline, and the outbound HTTP policy.
 
-use crate::caps::GuestCaps;
+use crate::caps::{AppCall, AppCalls, CallError, GuestCaps};
 use crate::error::RuntimeError;
 use crate::fair::Tenant;
 use crate::logs::{LogBuffer, Stream};
 use shoal_api::Grants;
+use shoal_api::objects::AppKey;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -97,10 +98,84 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// Decides whether outgoing `wasi:http` requests may leave the sandbox.
+/// Decides whether outgoing `wasi:http` requests may leave the sandbox,
+/// and sends calls to other apps (`http://APP.NAMESPACE.svc/...`) to
+/// [`AppCalls`] rather than to the network.
 pub struct OutboundPolicy {
     grants: Grants,
     app: String,
+    caller: AppKey,
+    calls: Option<Arc<dyn AppCalls>>,
+}
+
+/// What sending an outgoing request resolves to (as `send_request` returns it).
+type Sent = Box<
+    dyn Future<
+            Output = Result<
+                (
+                    http::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                ),
+                wasmtime_wasi_http::Error,
+            >,
+        > + Send,
+>;
+
+fn denied() -> Sent {
+    Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+}
+
+impl OutboundPolicy {
+    /// A request to `host`, which names an app (its last label is `svc`):
+    /// refused unless it names an app the manifest allows and there is a
+    /// way to reach it; never sent to the network.
+    fn call_app(&self, request: http::Request<wasmtime_wasi_http::WasiBody>, host: &str) -> Sent {
+        use http_body_util::BodyExt;
+        use shoal_api::calls::{app_of_host, caller_name};
+        let Some(target) = app_of_host(host) else {
+            tracing::warn!(app = %self.app, %host, "call to another app denied: the host is not APP.NAMESPACE.svc");
+            return denied();
+        };
+        if !self.grants.app_allowed(&self.caller.namespace, &target) {
+            tracing::warn!(app = %self.app, target = %caller_name(&target), "call to another app denied: not in allow-apps");
+            return denied();
+        }
+        let Some(calls) = &self.calls else {
+            tracing::warn!(app = %self.app, target = %caller_name(&target), "call to another app denied: calls between apps need a cluster (a node with a gateway); here there is none");
+            return denied();
+        };
+        let request = request.map(|b| {
+            b.map_err(|e| CallError::Failed(format!("the request body: {e}")))
+                .boxed_unsync()
+        });
+        let app = self.app.clone();
+        let answer = calls.clone().call(AppCall {
+            caller: self.caller.clone(),
+            target,
+            request,
+        });
+        Box::new(async move {
+            // What went wrong names gateways and addresses: for the log;
+            // the guest gets the error's kind.
+            let response = answer.await.map_err(|e| {
+                tracing::warn!(app = %app, error = %e, "call to another app failed");
+                match e {
+                    CallError::Unreachable(_) => wasmtime_wasi_http::Error::ConnectionRefused,
+                    CallError::Failed(_) => wasmtime_wasi_http::Error::ConnectionTerminated,
+                }
+            })?;
+            let response = response.map(move |b| {
+                b.map_err(move |e| {
+                    tracing::debug!(error = %e, "the answer of a call to another app broke off");
+                    wasmtime_wasi_http::Error::ConnectionTerminated
+                })
+                .boxed_unsync()
+            });
+            let done: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send> =
+                Box::new(async { Ok(()) });
+            Ok((response, done))
+        })
+    }
 }
 
 impl WasiHttpHooks for OutboundPolicy {
@@ -122,6 +197,9 @@ impl WasiHttpHooks for OutboundPolicy {
     > {
         drop(fut);
         let host = request.uri().host().unwrap_or_default().to_string();
+        if shoal_api::calls::is_app_host(&host) {
+            return self.call_app(request, &host);
+        }
         let port = request
             .uri()
             .port_u16()
@@ -131,7 +209,7 @@ impl WasiHttpHooks for OutboundPolicy {
             });
         if !self.grants.outbound_allowed(&host, port) {
             tracing::warn!(app = %self.app, %host, port, "outbound HTTP request denied: host not in allow-outbound");
-            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+            return denied();
         }
         Box::new(async move {
             use http_body_util::BodyExt;
@@ -411,6 +489,8 @@ impl ComponentHost {
             hooks: OutboundPolicy {
                 grants: grants.clone(),
                 app: format!("{}/{}", caps.namespace, caps.app),
+                caller: AppKey::new(&*caps.namespace, &*caps.app),
+                calls: caps.calls.clone(),
             },
             caps,
             limiter: MemoryLimiter::new(memory),

@@ -405,6 +405,29 @@ async fn apply(
             if !token.allows(Verb::Create, Resource::Apps, target) {
                 return Err(forbidden(token, Verb::Create, Resource::Apps, target));
             }
+            // Calls into another namespace reach its apps without routes:
+            // only someone who may deploy there may open that door.
+            let m = &a.manifest;
+            for rule in &m.run.grants.allow_apps {
+                let Some(callee) = shoal_api::calls::parse_app_ref(rule, &m.namespace) else {
+                    continue;
+                };
+                let there = Target::Namespace(&callee.namespace);
+                if callee.namespace != m.namespace
+                    && !token.allows(Verb::Create, Resource::Apps, there)
+                {
+                    return Err(Error(
+                        StatusCode::FORBIDDEN,
+                        ErrorBody::new(
+                            auth::FORBIDDEN,
+                            format!(
+                                "app {}/{}: allow-apps names {rule:?}, in namespace {}, where token {:?} may not deploy; a token that may deploy in both namespaces can allow it",
+                                m.namespace, m.name, callee.namespace, token.name
+                            ),
+                        ),
+                    ));
+                }
+            }
         }
     }
     if req.apps.is_empty() {
@@ -1000,9 +1023,16 @@ async fn register(
         Some(rest) => Some(issue_node_cert(&cp, &req.name, rest)?),
         None => None,
     };
+    // Every node gets a client certificate that names it, for gateways'
+    // calls entries (calls between apps).
+    let calls = match cp.ca() {
+        Some(ca) => Some(issue_node_client(ca, &req.name)?),
+        None => None,
+    };
     let mut answer = cp.register(req).await?;
     answer.credential = credential.map(|s| shoal_api::auth::SecretToken::new(s.expose()));
     answer.tls = tls;
+    answer.calls = calls;
     Ok(Json(answer).into_response())
 }
 
@@ -1104,8 +1134,29 @@ fn issue_node_cert(
     })
 }
 
-/// A client certificate for the calling gateway, to show nodes (mutual
-/// TLS): made anew at each call, named after the gateway's token.
+/// Node `name`'s client certificate, which gateways' calls entries take
+/// (and nodes' fronts refuse).
+fn issue_node_client(
+    ca: &shoal_pki::ClusterCa,
+    name: &str,
+) -> Result<shoal_api::protocol::IssuedCert, Error> {
+    let issued = ca
+        .issue_client(
+            &format!("Shoal node {name}"),
+            &shoal_pki::Holder::Node(name.to_string()),
+        )
+        .map_err(internal)?;
+    Ok(shoal_api::protocol::IssuedCert {
+        ca_pem: ca.cert_pem().to_string(),
+        cert_pem: issued.cert_pem,
+        key_pem: issued.key_pem,
+    })
+}
+
+/// The calling gateway's certificate: its client certificate to nodes
+/// (mutual TLS), and the server certificate of its calls entry, which
+/// nodes check by [`shoal_pki::GATEWAY_SERVER_NAME`]. Made anew at each
+/// call, named after the gateway's token.
 async fn gateway_certificate(
     State(cp): State<ControlPlane>,
     principal: Option<Extension<Principal>>,
@@ -1113,7 +1164,7 @@ async fn gateway_certificate(
     let ca = cp.ca().ok_or_else(no_ca)?;
     let name = actor(&principal).unwrap_or_else(|| "anonymous".into());
     let issued = ca
-        .issue_client(&format!("Shoal gateway {name}"))
+        .issue_gateway(&format!("Shoal gateway {name}"))
         .map_err(internal)?;
     tracing::info!(gateway = %name, "gateway certificate issued");
     Ok(Json(shoal_api::protocol::IssuedCert {
@@ -1818,6 +1869,45 @@ mod tests {
             .await
             .unwrap();
         (status, serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+
+    /// A namespace's deployer may let its apps call apps of its own
+    /// namespace, not of another; a token that may deploy in both may.
+    #[tokio::test]
+    async fn calls_into_another_namespace_need_a_deployer_of_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = control_plane(dir.path());
+        let deployer = |ns: &str| {
+            let (_, secret) = cp
+                .tokens()
+                .create(
+                    &format!("deploy-{ns}"),
+                    Role::Deploy,
+                    Scope::Namespace(ns.into()),
+                    0,
+                    None,
+                )
+                .unwrap();
+            secret.expose().to_string()
+        };
+        let shop = deployer("shop");
+        let module = b"\0asm\x01\0\0\0";
+        let body = |allow: &[&str]| {
+            let mut b = apply_body(module);
+            b["apps"][0]["manifest"]["namespace"] = "shop".into();
+            b["apps"][0]["manifest"]["allow-apps"] = serde_json::json!(allow);
+            b
+        };
+        let (status, answer) = apply_json(&cp, &shop, body(&["users", "orders.shop"])).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let (status, answer) = apply_json(&cp, &shop, body(&["users", "ledger.billing"])).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+        assert_eq!(answer["code"], "forbidden", "{answer}");
+        let message = answer["message"].as_str().unwrap_or_default();
+        assert!(message.contains("\"ledger.billing\""), "{message}");
+        assert!(message.contains("namespace billing"), "{message}");
+        let (status, answer) = apply_json(&cp, &admin(&cp), body(&["ledger.billing"])).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
     }
 
     /// A module that uses a feature the nodes' engine does not enable

@@ -11,8 +11,9 @@ fn serving(i: &Instance) -> bool {
     i.ready && i.phase == Phase::Running
 }
 
-/// The route table for `snap`: every app with routes, with its serving
-/// instances grouped by revision.
+/// The route table for `snap`: every HTTP app, with its serving instances
+/// grouped by revision. An app without routes is there too: clients never
+/// reach it (no route leads to it), other apps call it by name.
 ///
 /// With a traffic split, each named revision gets its percent. Without one,
 /// every serving instance gets an equal share whatever its revision, which
@@ -46,7 +47,7 @@ pub fn route_table(snap: &Snapshot) -> RouteTable {
         let Some(t) = snap.template(&app.key, app.current_revision) else {
             continue;
         };
-        if t.spec.routes.is_empty() {
+        if t.spec.kind == shoal_api::WorkloadKind::Worker {
             continue;
         }
         let mut groups = by_app.remove(&app.key).unwrap_or_default();

@@ -108,7 +108,8 @@ impl EtcdTls {
             client_key: dir.join("client-key.pem"),
         };
         let issue_member = || ca.issue_peer("Shoal etcd member");
-        let issue_client = || ca.issue_client("Shoal control plane");
+        let issue_client =
+            || ca.issue_client("Shoal control plane", &shoal_pki::Holder::ControlPlane);
         let issued: [(&PathBuf, &PathBuf, &dyn Fn() -> _); 2] = [
             (&tls.member_cert, &tls.member_key, &issue_member),
             (&tls.client_cert, &tls.client_key, &issue_client),

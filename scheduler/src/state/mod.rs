@@ -280,7 +280,7 @@ fn secret_box(config: &Config) -> Result<Arc<crate::secrets::SecretBox>, ApiErro
 /// issues the control plane.
 fn node_client(ca: &shoal_pki::ClusterCa) -> Option<shoal_client::Client> {
     let issued = ca
-        .issue_client("Shoal control plane")
+        .issue_client("Shoal control plane", &shoal_pki::Holder::ControlPlane)
         .inspect_err(
             |e| tracing::error!(error = %e, "cannot issue the control plane's client certificate"),
         )

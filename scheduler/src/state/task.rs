@@ -603,6 +603,7 @@ impl State {
                         heartbeat_ms: self.config.heartbeat.as_millis() as u64,
                         credential: None,
                         tls: None,
+                        calls: None,
                     });
                 answer!(reply, r)
             }
