@@ -120,8 +120,13 @@ impl Node {
             true => None,
             false => Some(Arc::new(calls::Calls::new(&cfg.gateways)?)),
         };
-        let mut supervisor =
-            supervisor::Supervisor::new(&cfg.name, runtime, client.clone(), changed.clone(), verifier);
+        let mut supervisor = supervisor::Supervisor::new(
+            &cfg.name,
+            runtime,
+            client.clone(),
+            changed.clone(),
+            verifier,
+        );
         let mut session = session::Session::new(client, cfg, changed, Default::default());
         if let Some(c) = &calls {
             supervisor = supervisor.with_calls(c.clone());
