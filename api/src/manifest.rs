@@ -1231,5 +1231,7 @@ mod readme {
         assert_eq!(a.serve.rollout.max_surge, IntOrPercent::Percent(25));
         assert_eq!(a.run.health.as_ref().map(|h| h.failure_threshold), Some(3));
         assert_eq!(a.run.grants.dirs.len(), 1);
+        assert_eq!(a.run.grants.config.len(), 2);
+        assert_eq!(a.run.secret_refs().len(), 2);
     }
 }
