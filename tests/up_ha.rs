@@ -187,6 +187,23 @@ fn up_ha_survives_the_leading_replica_killed_and_finds_its_state_again() {
         .unwrap_or_else(|| panic!("{:#?}", up.out.all()));
     let out = shoal(&config, &["get", "apps"]);
     assert!(out.success && out.stdout.contains("hello"), "{out:?}");
+    // A secret sealed by this leader, with the one key `up` gives every
+    // replica (kept beside them, readable by its owner only).
+    let key = dir.path().join("data/secrets.key");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "{}", key.display());
+    let out = shoal(
+        &config,
+        &[
+            "secret",
+            "create",
+            "db",
+            "--from-literal",
+            "pw=sealed-by-the-first-leader",
+        ],
+    );
+    assert!(out.success, "{out:?}");
 
     kill9(replicas[led].1);
     // The data plane does not wait for the control plane.
@@ -202,6 +219,32 @@ fn up_ha_survives_the_leading_replica_killed_and_finds_its_state_again() {
         let out = shoal(&config, &["get", "apps"]);
         out.stdout.contains("4/4").then_some(())
     });
+    // Another leader opens what the first sealed: an app reading the
+    // secret starts (its node got the value from the new leader).
+    let manifest = dir.path().join("reader.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "name = \"reader\"\nmodule = \"{}\"\n[config]\npw = {{ secret = \"db\", key = \"pw\" }}\n",
+            support::example("http-component.wasm").display()
+        ),
+    )
+    .unwrap();
+    let out = shoal_until_led(
+        &config,
+        &[
+            "apply",
+            "-f",
+            manifest.to_str().unwrap(),
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+    );
+    assert!(
+        out.success,
+        "an app reading a secret after the leader died: {out:?}"
+    );
     assert_eq!(gateway_get(&gateway), (200, HELLO.to_string()));
     // A replica leads again (the one `up` restarted may win the election:
     // it listens where the dead one did).
