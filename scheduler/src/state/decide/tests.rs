@@ -122,6 +122,13 @@ fn run(snap: &mut Snapshot, changes: Vec<Change>) {
             Change::DeleteInstance(id) => {
                 snap.instances.remove(&id);
             }
+            Change::PutSecret(sec) => {
+                snap.secrets
+                    .insert((sec.namespace.clone(), sec.name.clone()), *sec);
+            }
+            Change::DeleteSecret(ns, name) => {
+                snap.secrets.remove(&(ns, name));
+            }
             _ => {}
         }
     }
@@ -2092,4 +2099,112 @@ fn moves_across_the_cluster_are_bounded() {
             .any(|l| l.starts_with("Rebalancing: moving replica c-1")),
         "{last:?}"
     );
+}
+
+/// Secrets: what a put and a delete change, and when they are refused.
+#[test]
+fn secret_table() {
+    use super::secret;
+    let sealer = crate::secrets::SecretBox::ephemeral().unwrap();
+    let seal = |data: &[(&str, &str)]| {
+        let data: BTreeMap<String, String> = data
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        sealer.seal("default", "db", &data, T0).unwrap()
+    };
+    let reader = serde_json::json!({"name": "web", "module": "w.wasm",
+        "config": {"pw": {"secret": "db", "key": "pw"}}});
+    let mut snap = world();
+    let cases: Vec<(&str, &[(&str, &str)], Result<&[&str], &str>)> = vec![
+        (
+            "new, nothing reads it",
+            &[("pw", "one"), ("user", "u")],
+            Ok(&[
+                "secret default/db pw,user",
+                "SecretCreated: secret default/db created (keys: pw, user)",
+            ]),
+        ),
+        (
+            "the same values: nothing rolls",
+            &[("pw", "one"), ("user", "u")],
+            Ok(&[
+                "secret default/db pw,user",
+                "SecretUpdated: secret default/db updated (keys: pw, user)",
+            ]),
+        ),
+    ];
+    for (what, data, want) in cases {
+        let got = secret::put(&snap, seal(data), T0 + 1).map(|(_, c)| c);
+        match (got, want) {
+            (Ok(changes), Ok(want)) => {
+                assert_eq!(lines(&changes), want, "{what}");
+                run(&mut snap, changes);
+            }
+            (got, want) => panic!("{what}: {:?} / {want:?}", got.map(|c| lines(&c))),
+        }
+    }
+    // An app reads pw: a new pw rolls it, a new user does not.
+    apply_one(&mut snap, reader.clone(), "aaa", T0 + 2);
+    let web = key("web");
+    let rev = snap.apps[&web].current_revision;
+    let (_, changes) = secret::put(&snap, seal(&[("pw", "one"), ("user", "v")]), T0 + 3).unwrap();
+    assert!(
+        !lines(&changes).iter().any(|l| l.starts_with("revision")),
+        "{:?}",
+        lines(&changes)
+    );
+    run(&mut snap, changes);
+    let (_, changes) = secret::put(&snap, seal(&[("pw", "two"), ("user", "v")]), T0 + 4).unwrap();
+    let next = rev + 1;
+    assert_eq!(
+        lines(&changes)[2..],
+        [
+            format!("revision web {next}"),
+            format!("app web x1 rev {next} stable 0 progressing"),
+            format!(
+                "RolloutStarted: secret db changed: rolling out revision {next} (from revision {rev})"
+            ),
+        ],
+    );
+    run(&mut snap, changes);
+    // Dropping the key it reads, or deleting the secret: refused.
+    let e = secret::put(&snap, seal(&[("user", "v")]), T0 + 5).unwrap_err();
+    assert!(
+        code(&e).starts_with("secret_in_use: app default/web reads key pw"),
+        "{}",
+        code(&e)
+    );
+    let e = secret::delete(&snap, "default", "db").unwrap_err();
+    assert!(code(&e).starts_with("secret_in_use"), "{}", code(&e));
+    // An apply reading a key it lacks: refused, naming the field.
+    let lacking = serde_json::json!({"name": "web", "module": "w.wasm",
+        "config": {"pw": {"secret": "db", "key": "nope"}}});
+    let input = ApplyInput {
+        apps: vec![(manifest(lacking), "aaa".into())],
+        blobs: Vec::new(),
+        stored: BTreeSet::from(["aaa".to_string()]),
+    };
+    let e = app::apply(&snap, input, T0 + 6).unwrap_err();
+    assert!(
+        code(&e).starts_with("secret_not_found: app default/web: config.pw refers to secret db, key nope, but secret db has no key nope"),
+        "{}",
+        code(&e)
+    );
+    // Once no app reads it, it goes.
+    let changes = app::delete(&snap, &web).unwrap();
+    run(&mut snap, changes);
+    let changes = secret::delete(&snap, "default", "db").unwrap();
+    assert_eq!(
+        lines(&changes),
+        [
+            "delete secret default/db",
+            "SecretDeleted: secret default/db deleted"
+        ]
+    );
+    run(&mut snap, changes);
+    assert!(matches!(
+        secret::delete(&snap, "default", "db"),
+        Err(ApiError::NotFound(_))
+    ));
 }
