@@ -159,6 +159,7 @@ impl RunArgs {
                 env: parse_env(&self.env)?,
                 allow_outbound: self.allow_outbound.clone(),
                 dirs: parse_dirs(&self.dirs)?,
+                keyvalue: Vec::new(),
             },
             isolation: match self.isolation {
                 IsolationArg::PerRequest => Isolation::PerRequest,
