@@ -151,10 +151,6 @@ pub struct ComponentHost {
     table: ResourceTable,
     hooks: OutboundPolicy,
     /// What this instance may use beyond WASI (see [`crate::caps`]).
-    #[allow(
-        dead_code,
-        reason = "read by the capabilities' host functions as they land"
-    )]
     pub(crate) caps: GuestCaps,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) deadline: Option<Instant>,
@@ -414,6 +410,13 @@ impl ComponentHost {
             limiter: MemoryLimiter::new(memory),
             deadline: None,
         }
+    }
+}
+
+impl ComponentHost {
+    /// What the `wasi:keyvalue` host functions use.
+    pub(crate) fn kv_view(&mut self) -> crate::kv::host::KvView<'_> {
+        crate::kv::host::KvView::new(&self.caps, &mut self.table)
     }
 }
 
