@@ -55,6 +55,9 @@ pub struct NodeConfig {
     /// Where the node keeps its credential across restarts (readable by
     /// its owner only); none: in memory only.
     pub credential_file: Option<std::path::PathBuf>,
+    /// The key-value stores its instances' apps may open (`keyvalue` in
+    /// their manifests); none: every `open` is denied.
+    pub kv: Option<shoal_runtime::Kv>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +114,7 @@ impl Node {
             client.clone(),
             changed.clone(),
             verifier,
+            cfg.kv.clone(),
         ));
         let tls = Arc::new(tls::FrontTls::default());
         let session = Arc::new(session::Session::new(client, cfg, changed, tls.clone()));

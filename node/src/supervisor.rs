@@ -125,6 +125,9 @@ pub struct Supervisor {
     /// Loads in progress, by module digest: instances of one module that
     /// start together share one fetch (or compile).
     loading: Mutex<HashMap<String, LoadCell>>,
+    /// The node's key-value stores, and the namespaces' quotas on them
+    /// (from the assignments).
+    kv: Option<shoal_runtime::Kv>,
 }
 
 impl Supervisor {
@@ -133,8 +136,10 @@ impl Supervisor {
         client: Client,
         changed: Arc<Notify>,
         verifier: Option<shoal_pki::Verifier>,
+        kv: Option<shoal_runtime::Kv>,
     ) -> Self {
         Self {
+            kv,
             runtime,
             client,
             verifier,
@@ -190,6 +195,12 @@ impl Supervisor {
     /// Makes what runs here match `desired`.
     async fn apply(self: &Arc<Self>, desired: HeartbeatResponse) {
         let mut news = false;
+        // The namespaces' quotas on their stores, before anything starts.
+        if let Some(kv) = &self.kv {
+            for a in &desired.instances {
+                kv.set_limits(&a.app.namespace, a.kv_limits);
+            }
+        }
         let wanted: HashMap<&str, &Assignment> = desired
             .instances
             .iter()
@@ -423,6 +434,7 @@ impl Supervisor {
     /// What an instance of `a`'s app may use beyond WASI, as that app.
     pub(crate) fn capabilities(&self, a: &Assignment) -> Capabilities {
         Capabilities::new(&a.app.namespace, &a.app.name)
+            .with_keyvalue(self.kv.as_ref(), &a.template.spec.grants.keyvalue)
     }
 
     async fn start(&self, a: Assignment) -> Running {

@@ -103,6 +103,7 @@ async fn a_stale_heartbeat_answer_after_a_newer_long_poll_assignment_is_not_appl
             control_plane_ca: None,
             join_token: None,
             credential_file: None,
+            kv: None,
         },
         Arc::new(Notify::new()),
         Default::default(),

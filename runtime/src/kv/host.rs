@@ -203,3 +203,65 @@ impl batch::Host for KvView<'_> {
         Ok(kv.delete_many(&s, keys).await?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::store::{Host as _, HostBucket as _};
+    use super::*;
+    use crate::caps::Capabilities;
+
+    fn guest(kv: &Kv, namespace: &str, stores: &[&str]) -> GuestCaps {
+        let stores: Vec<String> = stores.iter().map(|s| s.to_string()).collect();
+        Capabilities::new(namespace, "app")
+            .with_keyvalue(Some(kv), &stores)
+            .guest()
+    }
+
+    fn other(e: GuestError) -> String {
+        match e {
+            GuestError::Other(m) => m,
+            GuestError::AccessDenied => "access-denied".into(),
+            GuestError::Trap(t) => format!("trap: {t}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_guest_opens_only_the_stores_its_manifest_names_in_its_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = Kv::embedded(&dir.path().join("kv.redb")).unwrap();
+        let mut table = ResourceTable::new();
+        let alpha = guest(&kv, "alpha", &["default"]);
+        let mut view = KvView::new(&alpha, &mut table);
+        let b = view.open("default".into()).await.ok().unwrap();
+        view.set(Resource::new_borrow(b.rep()), "k".into(), b"v".to_vec())
+            .await
+            .ok()
+            .unwrap();
+        assert!(matches!(
+            view.open("cache".into()).await,
+            Err(GuestError::AccessDenied)
+        ));
+        let e = view
+            .set(Resource::new_borrow(b.rep()), String::new(), Vec::new())
+            .await
+            .err()
+            .map(other);
+        assert_eq!(e.as_deref(), Some("a key is 1 to 1024 bytes; this one is 0"));
+        view.drop(b).await.unwrap();
+
+        // Another namespace's `default` is another store.
+        let beta = guest(&kv, "beta", &["default"]);
+        let mut view = KvView::new(&beta, &mut table);
+        let b = view.open("default".into()).await.ok().unwrap();
+        let got = view.get(Resource::new_borrow(b.rep()), "k".into()).await;
+        assert_eq!(got.ok(), Some(None));
+
+        // An app with no stores named opens none.
+        let none = Capabilities::new("alpha", "app").with_keyvalue(Some(&kv), &[]).guest();
+        let mut view = KvView::new(&none, &mut table);
+        assert!(matches!(
+            view.open("default".into()).await,
+            Err(GuestError::AccessDenied)
+        ));
+    }
+}
