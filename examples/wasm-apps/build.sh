@@ -10,7 +10,9 @@
 #   - the WASI preview 1 -> preview 2 adapters, written out by tools/adapter
 #     from the `wasi-preview1-component-adapter-provider` crate (crates.io)
 #   - the wasi:http WIT, read from the wasmtime-wasi-http crate (crates.io)
-#     that Shoal runs on, found through tools/wit-deps; never copied here
+#     that Shoal runs on, found through tools/wit-deps; never copied here;
+#     likewise the wasi:config and wasi:keyvalue WIT, from the
+#     wasmtime-wasi-config and wasmtime-wasi-keyvalue crates
 #   - componentize-py (PyPI), for python-app
 #   - componentize-js and jco (npm), for js-app; jco also checks the
 #     exports of js-app and python-app
@@ -33,6 +35,10 @@ COMPONENTIZE_PY_VERSION=0.25.1
 COMPONENTIZE_JS_VERSION=0.23.0
 JCO_VERSION=1.35.0
 WASI_HTTP_WORLD="wasi:http/proxy@0.2.12"
+# The packages the capability components import besides wasi:http; their
+# worlds (<app>/world.wit) name these versions.
+WASI_CONFIG="wasi:config@0.2.0-rc.1"
+WASI_KEYVALUE="wasi:keyvalue@0.2.0-draft"
 
 log() { printf '== %s\n' "$*"; }
 
@@ -40,8 +46,12 @@ log() { printf '== %s\n' "$*"; }
 
 core_modules=(hello work echo probe crash spin memhog worker)
 small_components=(worker-component http-component)
+# wasi:http/proxy components in C that also import wasi:config/store and
+# wasi:keyvalue/{store,atomics,batch}; each has its own world in
+# <app>/world.wit and its code in <app>/main.c.
+cap_components=(capabilities)
 big_components=(js-app python-app)
-all_apps=("${core_modules[@]}" "${small_components[@]}" "${big_components[@]}")
+all_apps=("${core_modules[@]}" "${small_components[@]}" "${cap_components[@]}" "${big_components[@]}")
 
 if (($# == 0)); then
   apps=("${all_apps[@]}")
@@ -76,7 +86,7 @@ pip_need() { # pip_need PACKAGE VERSION CHECK-COMMAND...
   fi
 }
 zigcc() { "$venv/bin/python" -m ziglang cc "$@"; }
-if want_any echo probe crash spin memhog worker worker-component http-component; then
+if want_any echo probe crash spin memhog worker worker-component http-component "${cap_components[@]}"; then
   pip_need ziglang "$ZIG_VERSION" "$venv/bin/python" -m ziglang version
 fi
 if want python-app; then
@@ -85,7 +95,7 @@ fi
 
 wasm_tools="$tc/bin/wasm-tools"
 wit_bindgen="$tc/bin/wit-bindgen"
-if want_any "${core_modules[@]}" "${small_components[@]}"; then
+if want_any "${core_modules[@]}" "${small_components[@]}" "${cap_components[@]}"; then
   if ! "$wasm_tools" --version 2>/dev/null | grep -q "^wasm-tools $WASM_TOOLS_VERSION\b" ||
      ! "$wit_bindgen" --version 2>/dev/null | grep -q "^wit-bindgen-cli $WIT_BINDGEN_VERSION\b"; then
     log "installing wasm-tools $WASM_TOOLS_VERSION and wit-bindgen-cli $WIT_BINDGEN_VERSION into .toolchain"
@@ -95,7 +105,7 @@ if want_any "${core_modules[@]}" "${small_components[@]}"; then
 fi
 
 adapters="$tc/adapters"
-if want_any worker-component http-component &&
+if want_any worker-component http-component "${cap_components[@]}" &&
    { [ ! -s "$adapters/command.wasm" ] || [ ! -s "$adapters/reactor.wasm" ]; }; then
   log "writing the WASI preview 1 adapters (tools/adapter)"
   cargo run --quiet --release --manifest-path "$here/tools/adapter/Cargo.toml" -- "$adapters"
@@ -119,23 +129,32 @@ if want_any js-app python-app; then
 fi
 
 # The WIT packages (wasi:http, wasi:cli, wasi:io, ...) of the wasmtime-wasi-http
-# crate Shoal is built with, so the component matches the host exactly.
+# crate Shoal is built with, so the component matches the host exactly; and
+# the wasi:config and wasi:keyvalue packages of the wasmtime-wasi-config and
+# wasmtime-wasi-keyvalue crates.
 wit_dir=""
-if want_any http-component js-app python-app; then
-  log "locating the wasi:http WIT (tools/wit-deps)"
+config_wit=""
+keyvalue_wit=""
+if want_any http-component js-app python-app "${cap_components[@]}"; then
+  log "locating the wasi:http, wasi:config and wasi:keyvalue WIT (tools/wit-deps)"
   host_triple="$(rustc -vV | sed -n 's/^host: //p')"
   cargo fetch --quiet --manifest-path "$here/tools/wit-deps/Cargo.toml" --target "$host_triple"
-  wit_dir="$(cargo metadata --format-version 1 --manifest-path "$here/tools/wit-deps/Cargo.toml" |
+  crate_wit="$(cargo metadata --format-version 1 --manifest-path "$here/tools/wit-deps/Cargo.toml" |
     python3 -c '
 import json, os, sys
 meta = json.load(sys.stdin)
-for p in meta["packages"]:
-    if p["name"] == "wasmtime-wasi-http":
-        print(os.path.join(os.path.dirname(p["manifest_path"]), "wit"))
-        break
+wit = {p["name"]: os.path.join(os.path.dirname(p["manifest_path"]), "wit") for p in meta["packages"]}
+for name in ("wasmtime-wasi-http", "wasmtime-wasi-config", "wasmtime-wasi-keyvalue"):
+    print(wit.get(name, ""))
 ')"
+  { read -r wit_dir; read -r config_wit; read -r keyvalue_wit; } <<<"$crate_wit"
   if [ ! -d "$wit_dir/deps" ]; then
     echo "build.sh: no WIT found in the wasmtime-wasi-http crate (looked in '$wit_dir')" >&2
+    exit 1
+  fi
+  if want_any "${cap_components[@]}" &&
+     { [ ! -d "$config_wit/deps/config" ] || [ ! -d "$keyvalue_wit/deps/keyvalue" ]; }; then
+    echo "build.sh: no wasi:config or wasi:keyvalue WIT found (looked in '$config_wit/deps/config' and '$keyvalue_wit/deps/keyvalue')" >&2
     exit 1
   fi
 fi
@@ -187,6 +206,29 @@ if want http-component; then
     --adapt "wasi_snapshot_preview1=$adapters/reactor.wasm" -o "$out/http-component.wasm"
 fi
 
+# The capability components: the app's own world (<app>/world.wit) next to
+# the crates' packages as deps/ (symbolic links), in .toolchain/gen/<app>/wit;
+# otherwise built exactly as http-component.
+for app in "${cap_components[@]}"; do
+  want "$app" || continue
+  log "$app (C, wit-bindgen bindings for shoal:$app/$app: $WASI_HTTP_WORLD, $WASI_CONFIG, $WASI_KEYVALUE)"
+  gen="$tc/gen/$app"
+  rm -rf "$gen" && mkdir -p "$gen/wit/deps"
+  cp "$here/$app/world.wit" "$gen/wit/world.wit"
+  for dep in "$wit_dir"/deps/*; do ln -s "$dep" "$gen/wit/deps/"; done
+  ln -s "$config_wit/deps/config" "$gen/wit/deps/config"
+  ln -s "$keyvalue_wit/deps/keyvalue" "$gen/wit/deps/keyvalue"
+  "$wit_bindgen" c "$gen/wit" --world "shoal:$app/$app" --no-object-file --out-dir "$gen" >/dev/null
+  echo "void __component_type_object_force_link_${app}(void) {}" > "$gen/no_type_object.c"
+  zigcc "${CFLAGS[@]}" -mexec-model=reactor -I "$gen" -o "$out/$app.raw.wasm" \
+    "$here/$app/main.c" "$gen/$app.c" "$gen/no_type_object.c"
+  "$wasm_tools" strip --all "$out/$app.raw.wasm" -o "$out/$app.core.wasm"
+  "$wasm_tools" component embed "$gen/wit" --world "shoal:$app/$app" \
+    "$out/$app.core.wasm" -o "$out/$app.embedded.wasm"
+  "$wasm_tools" component new "$out/$app.embedded.wasm" \
+    --adapt "wasi_snapshot_preview1=$adapters/reactor.wasm" -o "$out/$app.wasm"
+done
+
 if want js-app; then
   log "js-app (JavaScript, componentize-js $COMPONENTIZE_JS_VERSION, $WASI_HTTP_WORLD)"
   # componentize-js takes one WIT directory: a world of our own that includes
@@ -217,9 +259,22 @@ for app in "${core_modules[@]}"; do
     exit 1
   fi
 done
-for app in "${small_components[@]}"; do
+for app in "${small_components[@]}" "${cap_components[@]}"; do
   want "$app" || continue
   "$wasm_tools" validate --features component-model "$out/$app.wasm"
+done
+for app in "${cap_components[@]}"; do
+  want "$app" || continue
+  app_wit="$("$wasm_tools" component wit "$out/$app.wasm")"
+  for line in "export ${WASI_HTTP_WORLD/proxy/incoming-handler};" \
+              "import ${WASI_HTTP_WORLD/proxy/outgoing-handler};" \
+              "import ${WASI_CONFIG/@//store@};" \
+              "import ${WASI_KEYVALUE/@//store@};" \
+              "import ${WASI_KEYVALUE/@//atomics@};" \
+              "import ${WASI_KEYVALUE/@//batch@};"; do
+    grep -qF "$line" <<<"$app_wit" ||
+      { echo "build.sh: $app.wasm lacks '$line'" >&2; exit 1; }
+  done
 done
 if want worker-component; then
   "$wasm_tools" component wit "$out/worker-component.wasm" | grep -q 'export wasi:cli/run@' ||

@@ -142,6 +142,8 @@ pub enum HostError {
     Duplicate,
     #[error("its Host header is not a host name with an optional port")]
     Invalid,
+    #[error("it is HTTP/1.1 and has no Host header")]
+    Missing,
 }
 
 impl ClientHost {
@@ -149,7 +151,8 @@ impl ClientHost {
     /// absolute-form target, which wins over `Host` as RFC 9112 says), else
     /// the `Host` header. The app then gets as its `Host` the host the
     /// request was routed by. More than one `Host`, or one that is not
-    /// `host[:port]`, is refused.
+    /// `host[:port]`, is refused, and so is an HTTP/1.1 request without
+    /// one (RFC 9112 section 3.2: a server answers it 400).
     pub fn of<B>(req: &http::Request<B>) -> Result<Self, HostError> {
         let mut hosts = req.headers().get_all(header::HOST).iter();
         let first = hosts.next();
@@ -170,6 +173,9 @@ impl ClientHost {
             && !is_host_and_port(h.as_bytes())
         {
             return Err(HostError::Invalid);
+        }
+        if first.is_none() && req.version() == http::Version::HTTP_11 {
+            return Err(HostError::Missing);
         }
         Ok(Self {
             value: first.cloned(),
@@ -538,7 +544,16 @@ mod tests {
         };
         let some = |s: &str, from_uri| Ok((Some(s.to_string()), from_uri));
         assert_eq!(host("/x", &["a.test:8080"]), some("a.test:8080", false));
-        assert_eq!(host("/x", &[]), Ok((None, false)));
+        // HTTP/1.1 requires a Host; HTTP/1.0 may go without.
+        assert_eq!(host("/x", &[]), Err(HostError::Missing));
+        let old = http::Request::get("/x")
+            .version(http::Version::HTTP_10)
+            .body(())
+            .unwrap();
+        assert_eq!(
+            ClientHost::of(&old).map(|h| (h.as_str().map(str::to_string), h.from_uri)),
+            Ok((None, false))
+        );
         assert_eq!(host("/x", &[""]), some("", false));
         // Absolute form (or HTTP/2's :authority) wins over Host.
         assert_eq!(host("http://b.test/x", &["a.test"]), some("b.test", true));

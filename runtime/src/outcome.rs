@@ -95,7 +95,9 @@ impl Failure {
             }
             Self::BadResponse(m) => format!("the app sent an invalid response: {m}"),
             Self::ShuttingDown => "the server is shutting down".into(),
-            Self::Internal(m) => format!("internal error: {m}"),
+            // The detail names host paths, files and peers: it goes to the
+            // log (through `Display`), never to the client.
+            Self::Internal(_) => "the host failed to run the request".into(),
         }
     }
 
@@ -110,6 +112,7 @@ impl std::fmt::Display for Failure {
         match self {
             Self::Trap(detail) => write!(f, "trap: {detail}"),
             Self::MemoryLimit(detail) => f.write_str(detail),
+            Self::Internal(detail) => write!(f, "internal error: {detail}"),
             other => f.write_str(&other.message()),
         }
     }
@@ -144,4 +147,25 @@ pub fn error_response(
         http::HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_host_failure_tells_the_client_nothing_of_the_host() {
+        let detail = "open /var/lib/shoal/node-7/cache/ab12: connection to 10.1.2.3:7443 refused";
+        let failure = Failure::Internal(detail.into());
+        let resp = failure.response();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("\"internal\""), "{body}");
+        for leak in ["/var/lib", "node-7", "10.1.2.3", "7443"] {
+            assert!(!body.contains(leak), "client sees {leak:?}: {body}");
+        }
+        // The operator still gets the detail in the log line.
+        assert!(failure.to_string().contains(detail));
+    }
 }
