@@ -896,17 +896,13 @@ pub async fn describe(client: &Client, app: AppRef) -> anyhow::Result<()> {
                 t.spec.backoff.max
             );
         }
+        // Names only, and where a value comes from a secret, which one:
+        // never a value (plain ones may be sensitive too).
         if !t.spec.grants.env.is_empty() {
-            outln!(
-                "Env:          {}",
-                t.spec
-                    .grants
-                    .env
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+            outln!("Env:          {}", config_names(&t.spec.grants.env));
+        }
+        if !t.spec.grants.config.is_empty() {
+            outln!("Config:       {}", config_names(&t.spec.grants.config));
         }
         if !t.spec.grants.allow_outbound.is_empty() {
             outln!("Outbound:     {}", t.spec.grants.allow_outbound.join(", "));
@@ -1267,6 +1263,21 @@ pub async fn events(client: &Client, args: EventsArgs) -> anyhow::Result<()> {
             q.after = Some(e.seq);
         }
     }
+}
+
+/// `NAME, NAME (secret S key K), ...`: the names of a `[config]` or `env`
+/// table, with the secret each reference reads.
+fn config_names(
+    table: &std::collections::BTreeMap<String, shoal_api::config::ConfigValue>,
+) -> String {
+    table
+        .iter()
+        .map(|(k, v)| match v.secret() {
+            Some(r) => format!("{k} (secret {} key {})", r.secret, r.key),
+            None => k.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 use crate::signals::shutdown_signal;
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
+use shoal_api::config::ConfigValue;
 use shoal_api::{
     Backoff, ByteSize, Duration, Grants, Isolation, Limits, RestartPolicy, RunSpec, WorkloadKind,
     workload::DirGrant,
@@ -40,6 +41,11 @@ pub struct RunArgs {
     /// Environment variable for the guest (repeatable).
     #[arg(long = "env", value_name = "K=V")]
     pub env: Vec<String>,
+    /// Configuration entry for the guest, read through wasi:config/store
+    /// and as an environment variable (repeatable). Only plain values:
+    /// references to secrets need a cluster.
+    #[arg(long = "config", value_name = "KEY=VALUE")]
+    pub config: Vec<String>,
     /// Host that outgoing HTTP may reach: host, host:port or * (repeatable).
     #[arg(long = "allow-outbound", value_name = "HOST")]
     pub allow_outbound: Vec<String>,
@@ -116,7 +122,7 @@ pub(crate) fn default_cache_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/shoal/compiled"))
 }
 
-fn parse_env(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+fn parse_env(items: &[String]) -> anyhow::Result<BTreeMap<String, ConfigValue>> {
     let mut env = BTreeMap::new();
     for item in items {
         let Some((k, v)) = item.split_once('=') else {
@@ -125,9 +131,25 @@ fn parse_env(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
         if k.is_empty() {
             bail!("--env {item:?}: the variable name is empty");
         }
-        env.insert(k.to_string(), v.to_string());
+        env.insert(k.to_string(), v.into());
     }
     Ok(env)
+}
+
+fn parse_config(items: &[String]) -> anyhow::Result<BTreeMap<String, ConfigValue>> {
+    let mut config = BTreeMap::new();
+    for item in items {
+        let Some((k, v)) = item.split_once('=') else {
+            bail!("--config {item:?}: expected KEY=VALUE");
+        };
+        if !shoal_api::config::valid_config_key(k) {
+            bail!(
+                "--config {item:?}: {k:?} is not a valid config name: use letters, digits, '_', '.' and '-', starting with a letter or '_'"
+            );
+        }
+        config.insert(k.to_string(), v.into());
+    }
+    Ok(config)
 }
 
 fn parse_dirs(items: &[String]) -> anyhow::Result<Vec<DirGrant>> {
@@ -168,6 +190,7 @@ impl RunArgs {
             },
             grants: Grants {
                 env: parse_env(&self.env)?,
+                config: parse_config(&self.config)?,
                 allow_outbound: self.allow_outbound.clone(),
                 dirs: parse_dirs(&self.dirs)?,
                 keyvalue: self.keyvalue.clone(),
@@ -232,7 +255,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             crate::cluster::data_home().join("kv").join("run.redb")
         })?)
     };
-    let caps = Capabilities::new(DEFAULT_NAMESPACE, &name)
+    let caps = Capabilities::plain(DEFAULT_NAMESPACE, &name, &spec)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
         .with_keyvalue(kv.as_ref(), &spec.grants.keyvalue);
     let tenant = runtime.tenant(shoal_runtime::DEFAULT_TENANT);
 

@@ -160,6 +160,50 @@ fn host_environment_is_invisible_unless_granted() {
     assert!(body.contains("file /etc/passwd: denied"), "{body}");
 }
 
+/// `--config` entries reach the guest as environment variables too (and
+/// through wasi:config/store, for components); `--env` wins on a name
+/// both give.
+#[test]
+fn config_entries_reach_the_guest_and_env_wins() {
+    let p = Proc::spawn(
+        &[
+            "run",
+            example("probe.wasm").to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--no-cache",
+            "--config",
+            "greeting=hello",
+            "--config",
+            "MODE=config",
+            "--env",
+            "MODE=env",
+        ],
+        &[],
+    );
+    let url = p.url();
+    let (status, body) = http("GET", &format!("{url}/"), b"");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("greeting=hello\n"), "{body}");
+    assert!(body.contains("MODE=env\n"), "{body}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args([
+            "run",
+            example("probe.wasm").to_str().unwrap(),
+            "--no-cache",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            "1bad=x",
+        ])
+        .env("SHOAL_CONFIG", NO_CONFIG)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a valid config name"), "{err}");
+}
+
 #[test]
 fn a_worker_is_restarted_with_growing_delays() {
     let p = Proc::spawn(

@@ -13,6 +13,8 @@
 //! - [`auth`]: roles, scopes, tokens as stored, and the rule of who may
 //!   do what.
 //! - [`certs`]: certificates stored for the gateways to present.
+//! - [`config`]: configuration values and references to secrets, how
+//!   they resolve, and secrets as the API shows them.
 //! - [`quota`]: a namespace's quota, what it holds, and the rule that
 //!   checks a change against it.
 //! - [`endpoints`]: every HTTP endpoint's route template and the builder
@@ -28,6 +30,7 @@
 pub mod artifact;
 pub mod auth;
 pub mod certs;
+pub mod config;
 pub mod endpoints;
 pub mod error;
 pub mod manifest;

@@ -7,6 +7,7 @@
 //! refused with an error naming the field (and the line where the format
 //! gives one).
 
+use crate::config::{ConfigValue, check_ref, valid_config_key};
 use crate::quantity::{ByteSize, Duration};
 use crate::spec::{RunSpec, ServeSpec};
 use crate::workload::{Backoff, DirGrant, Grants, Isolation, Limits, RestartPolicy, WorkloadKind};
@@ -53,7 +54,10 @@ struct ManifestFields {
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub env: BTreeMap<String, ConfigValue>,
+    /// Configuration for `wasi:config/store` (and the environment).
+    #[serde(default)]
+    pub config: BTreeMap<String, ConfigValue>,
     #[serde(default)]
     pub allow_outbound: Vec<String>,
     #[serde(default)]
@@ -101,6 +105,7 @@ impl From<ManifestFields> for AppManifest {
                 limits: f.limits,
                 grants: Grants {
                     env: f.env,
+                    config: f.config,
                     allow_outbound: f.allow_outbound,
                     dirs: f.dirs,
                     keyvalue: f.keyvalue,
@@ -111,6 +116,8 @@ impl From<ManifestFields> for AppManifest {
                 restart_policy: f.restart_policy,
                 backoff: f.backoff,
                 node_selector: f.node_selector,
+                // The control plane's to fill, from the secrets it holds.
+                secret_versions: BTreeMap::new(),
             },
             serve: ServeSpec {
                 load_balancing: f.load_balancing,
@@ -141,6 +148,7 @@ impl From<AppManifest> for ManifestFields {
             resources: run.resources,
             limits: run.limits,
             env: run.grants.env,
+            config: run.grants.config,
             allow_outbound: run.grants.allow_outbound,
             dirs: run.grants.dirs,
             keyvalue: run.grants.keyvalue,
@@ -771,9 +779,38 @@ fn validate(app: &AppManifest) -> Result<(), (String, String)> {
     if app.run.resources.instances == 0 {
         return err("resources.instances", "must be at least 1".into());
     }
-    for k in app.run.grants.env.keys() {
+    for (k, v) in &app.run.grants.env {
         if k.is_empty() || k.contains('=') || k.contains('\0') {
             return err("env", format!("{k:?} is not a valid variable name"));
+        }
+        if let ConfigValue::Plain(v) = v
+            && v.contains('\0')
+        {
+            return err(&format!("env.{k}"), "a value cannot hold a NUL byte".into());
+        }
+        if let Some(r) = v.secret() {
+            check_ref(r).map_err(|m| (format!("env.{k}"), m))?;
+        }
+    }
+    for (k, v) in &app.run.grants.config {
+        if !valid_config_key(k) {
+            return err(
+                "config",
+                format!(
+                    "{k:?} is not a valid config name: use 1-256 letters, digits, '_', '.' and '-', starting with a letter or '_'"
+                ),
+            );
+        }
+        if let ConfigValue::Plain(v) = v
+            && v.contains('\0')
+        {
+            return err(
+                &format!("config.{k}"),
+                "a value cannot hold a NUL byte".into(),
+            );
+        }
+        if let Some(r) = v.secret() {
+            check_ref(r).map_err(|m| (format!("config.{k}"), m))?;
         }
     }
     let mut stores = std::collections::BTreeSet::new();
@@ -1068,6 +1105,72 @@ interval = "1s"
         assert!(!e.message.is_empty() && !e.message.contains('\n'), "{e:?}");
         let e = parse("name: a\n  module: [\n", Format::Yaml).unwrap_err();
         assert!(e.line.is_some(), "{e:?}");
+    }
+
+    #[test]
+    fn config_and_env_take_plain_values_and_secret_references() {
+        let text = "name = \"a\"\nmodule = \"a.wasm\"\nenv = { LOG = \"debug\", TOKEN = { secret = \"api\", key = \"token\" } }\n\n[config]\ngreeting = \"hello\"\ndb-password = { secret = \"db\", key = \"password\" }\n";
+        let a = &parse(text, Format::Toml).unwrap()[0];
+        assert_eq!(a.run.grants.config["greeting"], ConfigValue::from("hello"));
+        assert_eq!(
+            a.run.grants.config["db-password"],
+            ConfigValue::secret_ref("db", "password")
+        );
+        assert_eq!(a.run.grants.env["LOG"], ConfigValue::from("debug"));
+        let refs: Vec<String> = a.run.secret_refs().iter().map(|r| r.to_string()).collect();
+        assert_eq!(refs, ["secret api, key token", "secret db, key password"]);
+        // Plain env values travel as plain strings, as before.
+        let json = serde_json::to_value(a).unwrap();
+        assert_eq!(json["env"]["LOG"], "debug");
+        assert_eq!(json["env"]["TOKEN"]["secret"], "api");
+        let back: AppManifest = serde_json::from_value(json).unwrap();
+        assert_eq!(&back, a);
+        let yaml =
+            "name: a\nmodule: a.wasm\nconfig:\n  url: http://x\n  pw: {secret: db, key: pw}\n";
+        let y = &parse(yaml, Format::Yaml).unwrap()[0];
+        assert_eq!(
+            y.run.grants.config["pw"],
+            ConfigValue::secret_ref("db", "pw")
+        );
+    }
+
+    #[test]
+    fn bad_config_names_and_references_are_named() {
+        let cases = [
+            (
+                "[config]\n\"1bad\" = \"x\"\n",
+                "config",
+                "not a valid config name",
+            ),
+            (
+                "[config]\npw = { secret = \"Bad_Name\", key = \"k\" }\n",
+                "config.pw",
+                "not a valid secret name",
+            ),
+            (
+                "[config]\npw = { secret = \"db\", key = \"a/b\" }\n",
+                "config.pw",
+                "not a valid key",
+            ),
+            (
+                "[env]\nPW = { secret = \"db\", key = \"\" }\n",
+                "env.PW",
+                "not a valid key",
+            ),
+            (
+                "[config]\npw = { secret = \"db\" }\n",
+                "config.pw",
+                "both the secret and the key",
+            ),
+            ("[config]\npw = 3\n", "config.pw", "a string"),
+        ];
+        for (tail, field, message) in cases {
+            let text = format!("name = \"a\"\nmodule = \"a.wasm\"\n{tail}");
+            let e = parse(&text, Format::Toml).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(field), "{tail}: {e}");
+            assert!(e.message.contains(message), "{tail}: {e}");
+            assert!(e.line.is_some(), "{tail}: {e}");
+        }
     }
 
     #[test]

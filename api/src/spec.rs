@@ -9,12 +9,13 @@
 //! revision's `RunSpec`; the runtime takes the same `RunSpec`. Changing a
 //! `ServeSpec` makes no new revision.
 
+use crate::config::{ConfigValue, Resolved, SecretRef, Unresolved};
 use crate::manifest::{
     AutoscaleSpec, HealthCheck, LoadBalancing, Resources, RolloutSpec, Route, TrafficTarget,
 };
 use crate::workload::{Backoff, Grants, Isolation, Limits, RestartPolicy, WorkloadKind};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// How one instance of an app runs: everything a revision freezes.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -34,9 +35,36 @@ pub struct RunSpec {
     pub restart_policy: RestartPolicy,
     pub backoff: Backoff,
     pub node_selector: BTreeMap<String, String>,
+    /// The version of each secret key the app refers to (`NAME/KEY`), as
+    /// the control plane found it when it made the revision: a keyed
+    /// hash of the value, never the value. A new value is a new revision.
+    /// Never written in a manifest.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_versions: BTreeMap<String, String>,
 }
 
 impl RunSpec {
+    /// Every secret key the app refers to, in `[config]` and `env`.
+    pub fn secret_refs(&self) -> BTreeSet<&SecretRef> {
+        self.grants
+            .config
+            .values()
+            .chain(self.grants.env.values())
+            .filter_map(ConfigValue::secret)
+            .collect()
+    }
+
+    /// What the guest sees, each reference resolved by `lookup` (see
+    /// [`crate::config::resolve`]); `why` says why a reference `lookup`
+    /// has no value for failed.
+    pub fn resolve(
+        &self,
+        lookup: impl FnMut(&SecretRef) -> Option<String>,
+        why: &'static str,
+    ) -> Result<Resolved, Unresolved> {
+        crate::config::resolve(&self.grants.config, &self.grants.env, lookup, why)
+    }
+
     /// Memory one instance reserves on its node: what `resources` asks
     /// for, or else its memory limit.
     pub fn memory_request(&self) -> u64 {
@@ -45,6 +73,12 @@ impl RunSpec {
             .map(|m| m.bytes())
             .unwrap_or(self.limits.memory.bytes())
     }
+}
+
+/// The key of a secret's key in [`RunSpec::secret_versions`]: `NAME/KEY`
+/// (a secret's name has no `/`).
+pub fn version_key(r: &SecretRef) -> String {
+    format!("{}/{}", r.secret, r.key)
 }
 
 /// How an app is served and updated, apart from what its instances run:

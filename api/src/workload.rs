@@ -3,6 +3,7 @@
 //! Every field has a default that is safe: nothing of the host is granted,
 //! and every limit is finite.
 
+use crate::config::ConfigValue;
 use crate::quantity::{ByteSize, Duration};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -57,8 +58,14 @@ impl Default for Limits {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case")]
 pub struct Grants {
-    /// Environment variables, listed explicitly (the host's are never passed).
-    pub env: BTreeMap<String, String>,
+    /// Environment variables, listed explicitly (the host's are never
+    /// passed): each a plain string or a reference to a secret's key.
+    pub env: BTreeMap<String, ConfigValue>,
+    /// Configuration the guest reads through `wasi:config/store` and as
+    /// environment variables: each a plain string or a reference to a
+    /// secret's key.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, ConfigValue>,
     /// Hosts that outgoing HTTP requests may reach: `host`, `host:port`, or
     /// `*` for any. Anything else is denied.
     pub allow_outbound: Vec<String>,

@@ -80,7 +80,9 @@ pub(crate) async fn check(sup: &Supervisor, r: &Running) {
 
 /// Replaces an http instance that keeps failing its health check.
 fn restart_http(sup: &Supervisor, r: &Running) {
-    let Some(loaded) = &r.loaded else { return };
+    let (Some(loaded), Some(caps)) = (&r.loaded, &r.caps) else {
+        return;
+    };
     let a = &r.assignment;
     let tenant = sup.runtime.tenant(&a.app.namespace);
     match sup.runtime.http_app_in(
@@ -88,7 +90,7 @@ fn restart_http(sup: &Supervisor, r: &Running) {
         a.template.spec.clone(),
         loaded,
         r.logs.clone(),
-        sup.capabilities(a),
+        caps.clone(),
     ) {
         Ok(app) => {
             *r.workload() = Workload::Http(app);

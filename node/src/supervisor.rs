@@ -34,6 +34,9 @@ pub(crate) enum Workload {
 pub(crate) struct Running {
     pub(crate) assignment: Assignment,
     pub(crate) loaded: Option<Loaded>,
+    /// What its guests may use, resolved once at its start (kept in
+    /// memory only, for a restart after failed health checks).
+    pub(crate) caps: Option<Capabilities>,
     pub(crate) workload: Mutex<Workload>,
     pub(crate) logs: LogBuffer,
     pub(crate) ready: AtomicBool,
@@ -432,16 +435,20 @@ impl Supervisor {
     }
 
     /// What an instance of `a`'s app may use beyond WASI, as that app.
-    pub(crate) fn capabilities(&self, a: &Assignment) -> Capabilities {
-        Capabilities::new(&a.app.namespace, &a.app.name)
-            .with_keyvalue(self.kv.as_ref(), &a.template.spec.grants.keyvalue)
+    async fn capabilities(&self, a: &Assignment) -> Result<Capabilities, String> {
+        Ok(
+            Capabilities::plain(&a.app.namespace, &a.app.name, &a.template.spec)
+                .map_err(|e| e.to_string())?
+                .with_keyvalue(self.kv.as_ref(), &a.template.spec.grants.keyvalue),
+        )
     }
 
     async fn start(&self, a: Assignment) -> Running {
         let began = Instant::now();
         let logs = LogBuffer::new(1000);
-        let result: Result<(Loaded, Workload), String> = async {
+        let result: Result<(Loaded, Capabilities, Workload), String> = async {
             let loaded = self.load(&a.template.digest).await?;
+            let caps = self.capabilities(&a).await?;
             let spec = a.template.spec.clone();
             // The app's namespace is its tenant: its guests run under the
             // namespace's fair share of the node.
@@ -449,30 +456,30 @@ impl Supervisor {
             let workload = match a.template.spec.kind {
                 WorkloadKind::Http => Workload::Http(
                     self.runtime
-                        .http_app_in(&tenant, spec, &loaded, logs.clone(), self.capabilities(&a))
+                        .http_app_in(&tenant, spec, &loaded, logs.clone(), caps.clone())
                         .map_err(|e| e.to_string())?,
                 ),
                 WorkloadKind::Worker => Workload::Worker(
                     self.runtime
-                        .worker_in(&tenant, spec, &loaded, logs.clone(), self.capabilities(&a))
+                        .worker_in(&tenant, spec, &loaded, logs.clone(), caps.clone())
                         .map_err(|e| e.to_string())?
                         .start(),
                 ),
             };
-            Ok((loaded, workload))
+            Ok((loaded, caps, workload))
         }
         .await;
-        let (loaded, workload) = match result {
-            Ok((l, w)) => {
+        let (loaded, caps, workload) = match result {
+            Ok((l, c, w)) => {
                 // From assignment to linked and ready to serve: the node's
                 // share of a cold start.
                 let start_us = began.elapsed().as_micros() as u64;
                 tracing::info!(instance = %a.id, app = %a.app, revision = a.revision, start_us, source = ?l.source, "instance started");
-                (Some(l), w)
+                (Some(l), Some(c), w)
             }
             Err(e) => {
                 tracing::warn!(instance = %a.id, app = %a.app, error = %e, "instance failed to start");
-                (None, Workload::Broken(e))
+                (None, None, Workload::Broken(e))
             }
         };
         // Without a health check an http instance is ready once linked.
@@ -481,6 +488,7 @@ impl Supervisor {
         Running {
             assignment: a,
             loaded,
+            caps,
             workload: Mutex::new(workload),
             logs,
             ready: AtomicBool::new(ready),

@@ -369,11 +369,17 @@ pub fn new_store<T: Guarded>(
     store
 }
 
-/// A WASI context builder with nothing of the host but what `grants` lists.
-pub fn sandbox(grants: &Grants, args: &[&str]) -> Result<WasiCtxBuilder, RuntimeError> {
+/// A WASI context builder with nothing of the host but the app's
+/// environment (`env`, resolved: see [`crate::Capabilities::env`]) and the
+/// directories `grants` lists.
+pub fn sandbox(
+    env: &[(String, String)],
+    grants: &Grants,
+    args: &[&str],
+) -> Result<WasiCtxBuilder, RuntimeError> {
     let mut b = WasiCtxBuilder::new();
     b.args(args);
-    for (k, v) in &grants.env {
+    for (k, v) in env {
         b.env(k, v);
     }
     for d in &grants.dirs {

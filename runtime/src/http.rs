@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use shoal_api::{Grants, Isolation, RunSpec};
+use shoal_api::{Isolation, RunSpec};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -360,7 +360,7 @@ impl HttpApp {
     }
 
     fn component_store(&self) -> Result<Store<ComponentHost>, Failure> {
-        let mut b = host::sandbox(&self.spec.grants, &[self.name.as_str()])
+        let mut b = host::sandbox(self.caps.env(), &self.spec.grants, &[self.name.as_str()])
             .map_err(|e| Failure::Internal(e.to_string()))?;
         b.stdout(host::log_stream(&self.logs, Stream::Stdout));
         b.stderr(host::log_stream(&self.logs, Stream::Stderr));
@@ -640,9 +640,9 @@ impl HttpApp {
     ) -> Result<Response<ResponseBody>, Failure> {
         let max_body = self.spec.limits.max_body.bytes();
         let head_request = parts.method == http::Method::HEAD;
-        let b = host::sandbox(&self.spec.grants, &[self.name.as_str()]);
+        let b = host::sandbox(self.caps.env(), &self.spec.grants, &[self.name.as_str()]);
         let mut b = b.map_err(|e| self.found(Failure::Internal(e.to_string())))?;
-        let env = cgi_env(&parts, &self.spec.grants);
+        let env = cgi_env(&parts, self.caps.env());
         // The guest reads stdin through a pipe that a task fills from the
         // request body as the guest drains it.
         let (mut in_w, in_r) = tokio::io::duplex(CGI_PIPE);
@@ -1107,9 +1107,9 @@ fn ensure_authority(parts: &mut http::request::Parts) {
 /// The app's own environment variables and then the CGI/1.1 meta-variables
 /// for a request. Header values go to the guest byte for byte: they need
 /// not be UTF-8.
-fn cgi_env(parts: &http::request::Parts, grants: &Grants) -> RawEnv {
+fn cgi_env(parts: &http::request::Parts, app_env: &[(String, String)]) -> RawEnv {
     let mut env = RawEnv::default();
-    for (k, v) in &grants.env {
+    for (k, v) in app_env {
         env.push(k.as_bytes(), v.as_bytes());
     }
     env.push(b"GATEWAY_INTERFACE", b"CGI/1.1");
@@ -1258,11 +1258,7 @@ mod tests {
             .body(())
             .unwrap();
         let (parts, ()) = req.into_parts();
-        let grants = Grants {
-            env: [("GREETING".to_string(), "hi".to_string())].into(),
-            ..Grants::default()
-        };
-        let env = cgi_env(&parts, &grants);
+        let env = cgi_env(&parts, &[("GREETING".to_string(), "hi".to_string())]);
         let vars: Vec<&[u8]> = env.vars().collect();
         assert_eq!(vars[0], b"GREETING=hi");
         assert!(vars.contains(&&b"HTTP_X_A=caf\xe9, two"[..]), "{vars:?}");

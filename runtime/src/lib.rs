@@ -81,6 +81,13 @@ impl Default for RuntimeConfig {
 /// [`Runtime::worker`]): `shoal run`'s single app.
 pub const DEFAULT_TENANT: &str = "default";
 
+/// The capabilities of `name` in the default namespace, from the plain
+/// values of `spec`.
+fn plain_caps(name: &str, spec: &RunSpec) -> Result<Capabilities, RuntimeError> {
+    Capabilities::plain(shoal_api::manifest::DEFAULT_NAMESPACE, name, spec)
+        .map_err(|e| RuntimeError::Unsupported(e.to_string()))
+}
+
 /// A module or component, compiled and ready to serve.
 #[derive(Clone)]
 pub struct Loaded {
@@ -201,7 +208,9 @@ impl Runtime {
         })
     }
 
-    /// Links an HTTP app for serving, in the [`DEFAULT_TENANT`].
+    /// Links an HTTP app for serving, in the [`DEFAULT_TENANT`], with the
+    /// plain configuration and environment of `spec` (a secret reference
+    /// is refused: see [`Capabilities::plain`]).
     pub fn http_app(
         &self,
         name: &str,
@@ -209,13 +218,8 @@ impl Runtime {
         loaded: &Loaded,
         logs: LogBuffer,
     ) -> Result<Arc<HttpApp>, RuntimeError> {
-        self.http_app_in(
-            &self.tenant(DEFAULT_TENANT),
-            spec,
-            loaded,
-            logs,
-            Capabilities::new(shoal_api::manifest::DEFAULT_NAMESPACE, name),
-        )
+        let caps = plain_caps(name, &spec)?;
+        self.http_app_in(&self.tenant(DEFAULT_TENANT), spec, loaded, logs, caps)
     }
 
     /// Links an HTTP app for serving; its guests run under `tenant`'s share
@@ -239,7 +243,8 @@ impl Runtime {
         )
     }
 
-    /// Links a worker program, in the [`DEFAULT_TENANT`].
+    /// Links a worker program, in the [`DEFAULT_TENANT`], with the plain
+    /// configuration and environment of `spec`.
     pub fn worker(
         &self,
         name: &str,
@@ -247,13 +252,8 @@ impl Runtime {
         loaded: &Loaded,
         logs: LogBuffer,
     ) -> Result<Arc<WorkerApp>, RuntimeError> {
-        self.worker_in(
-            &self.tenant(DEFAULT_TENANT),
-            spec,
-            loaded,
-            logs,
-            Capabilities::new(shoal_api::manifest::DEFAULT_NAMESPACE, name),
-        )
+        let caps = plain_caps(name, &spec)?;
+        self.worker_in(&self.tenant(DEFAULT_TENANT), spec, loaded, logs, caps)
     }
 
     /// Links a worker program; its runs take `tenant`'s share and may use

@@ -198,7 +198,7 @@ impl WorkerApp {
     }
 
     fn sandbox(&self) -> Result<wasmtime_wasi::WasiCtxBuilder, Failure> {
-        let mut b = host::sandbox(&self.spec.grants, &[self.name.as_str()])
+        let mut b = host::sandbox(self.caps.env(), &self.spec.grants, &[self.name.as_str()])
             .map_err(|e| Failure::Internal(e.to_string()))?;
         b.stdout(host::log_stream(&self.logs, Stream::Stdout));
         b.stderr(host::log_stream(&self.logs, Stream::Stderr));

@@ -262,7 +262,7 @@ async fn guest_sees_no_host_env_or_files_unless_granted() {
     std::fs::write(dir.path().join("granted.txt"), "visible line\n").unwrap();
     let mut granted = spec();
     granted.grants = Grants {
-        env: [("GREETING".to_string(), "hi".to_string())].into(),
+        env: [("GREETING".to_string(), "hi".into())].into(),
         dirs: vec![shoal_api::workload::DirGrant {
             host: dir.path().display().to_string(),
             guest: "/data".into(),
@@ -279,10 +279,53 @@ async fn guest_sees_no_host_env_or_files_unless_granted() {
     s.shutdown().await;
 }
 
+/// `[config]` entries reach every guest as environment variables too, and
+/// an `env` entry of the same name wins.
+#[tokio::test]
+async fn config_entries_are_environment_variables_and_env_wins() {
+    let mut g = spec();
+    g.grants.config = [
+        ("greeting".to_string(), "hello".into()),
+        ("MODE".to_string(), "from-config".into()),
+    ]
+    .into();
+    g.grants.env = [("MODE".to_string(), "from-env".into())].into();
+    let s = serve("probe.wasm", g.clone()).await;
+    let t = get(&client(), &s.url("/")).await.text();
+    assert!(t.contains("greeting=hello\n"), "{t}");
+    assert!(t.contains("MODE=from-env\n"), "{t}");
+    assert!(!t.contains("from-config"), "{t}");
+    s.shutdown().await;
+    let s = serve("http-component.wasm", g).await;
+    let t = get(&client(), &s.url("/env")).await.text();
+    assert_eq!(t, "MODE=from-env\ngreeting=hello\n");
+    s.shutdown().await;
+}
+
+/// Without a cluster there are no secrets: a reference is refused when
+/// the app is linked, saying so.
+#[tokio::test]
+async fn a_secret_reference_needs_a_cluster() {
+    let mut g = spec();
+    g.grants.config = [(
+        "pw".to_string(),
+        shoal_api::config::ConfigValue::secret_ref("db", "pw"),
+    )]
+    .into();
+    let bytes = std::fs::read(common::example("probe.wasm")).unwrap();
+    let loaded = common::runtime().load(&bytes).unwrap();
+    let e = common::runtime()
+        .http_app("probe", g, &loaded, shoal_runtime::LogBuffer::new(10))
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("config.pw"), "{e}");
+    assert!(e.to_string().contains("only a cluster"), "{e}");
+}
+
 #[tokio::test]
 async fn component_env_is_only_what_is_granted() {
     let mut g = spec();
-    g.grants.env = [("COLOR".to_string(), "teal".to_string())].into();
+    g.grants.env = [("COLOR".to_string(), "teal".into())].into();
     let s = serve("http-component.wasm", g).await;
     let r = get(&client(), &s.url("/env")).await;
     assert_eq!(r.status, 200);

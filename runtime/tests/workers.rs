@@ -21,7 +21,7 @@ fn worker_spec(env: &[(&str, &str)], policy: RestartPolicy) -> RunSpec {
     };
     s.grants.env = env
         .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .map(|(k, v)| (k.to_string(), (*v).into()))
         .collect();
     s
 }
