@@ -78,7 +78,10 @@ async fn a_guest_uses_its_stores(kv: Kv) {
     // Another namespace's `default` is another store.
     let b = probe(&kv, "beta", &["default"]).await;
     assert_eq!(call(&b, "GET", "/kv/default/dir/x", "").await, ok(404, "not found"));
-    assert_eq!(call(&b, "GET", "/kv/default", "").await, ok(200, ""));
+    assert_eq!(call(&b, "PUT", "/kv/default/only-beta", "beta").await, ok(204, ""));
+    assert_eq!(call(&b, "GET", "/kv/default", "").await, ok(200, "only-beta\n"));
+    assert_eq!(call(&a, "GET", "/kv/default", "").await, ok(200, "dir/x\n"));
+    assert_eq!(call(&b, "DELETE", "/kv/default/only-beta", "").await, ok(204, ""));
     assert_eq!(call(&b, "PUT", "/kv/default/dir/x", "beta").await, ok(204, ""));
     assert_eq!(call(&a, "GET", "/kv/default/dir/x", "").await, ok(200, "v2"));
     // An app granted no stores opens none.
