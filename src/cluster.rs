@@ -142,8 +142,8 @@ pub struct NodeArgs {
     /// `redis://[:PASSWORD@]HOST:PORT[/DB]`, a Redis (or Valkey) server
     /// that every node naming it shares (a cluster of more than one node
     /// needs one), or the path of an embedded file only this node uses
-    /// (default: $SHOAL_DATA_DIR/kv/NAME.redb, else
-    /// ~/.local/share/shoal/kv/NAME.redb).
+    /// (default: kv/NAME.redb in the cache dir, beside the node's
+    /// credential).
     #[arg(long, env = "SHOAL_KV", hide_env_values = true, value_name = "URL|PATH")]
     pub kv: Option<String>,
     /// Exit when the parent process exits (used by `shoal up`).
@@ -536,8 +536,14 @@ pub async fn node(args: NodeArgs, ca: Option<Vec<u8>>) -> anyhow::Result<()> {
         Some(n) => n.clone(),
         None => format!("{}-{}", hostname(), addr.port()),
     };
+    // An embedded file beside the node's credential, in its cache dir.
     let kv = open_kv(args.kv.as_deref(), || {
-        data_home().join("kv").join(format!("{name}.redb"))
+        args.cache_dir
+            .clone()
+            .or_else(crate::run::default_cache_dir)
+            .unwrap_or_else(|| data_home().join("cache"))
+            .join("kv")
+            .join(format!("{name}.redb"))
     })?;
     // The node's own credential, given when it first joins, kept beside
     // its compiled modules for its next start.
