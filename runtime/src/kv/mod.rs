@@ -301,7 +301,12 @@ impl Kv {
         self.inner.backend.list_keys(store, cursor).await
     }
 
-    pub async fn increment(&self, store: &StoreId, key: String, delta: u64) -> Result<u64, KvError> {
+    pub async fn increment(
+        &self,
+        store: &StoreId,
+        key: String,
+        delta: u64,
+    ) -> Result<u64, KvError> {
         check_key(&key)?;
         if delta > MAX_COUNTER {
             return Err(KvError::Invalid(format!(
