@@ -233,8 +233,8 @@ impl Kv {
         Ok(Self::new(AnyBackend::Redis(Redis::connect(url)?)))
     }
 
-    /// `redis://...` (or `rediss://`, `redis+unix://`) for a Redis server,
-    /// else the path of a redb file.
+    /// `redis://...` (or `redis+unix://`) for a Redis server, else the
+    /// path of a redb file.
     pub fn open(spec: &str) -> Result<Self, KvError> {
         if spec.starts_with("redis://")
             || spec.starts_with("rediss://")
