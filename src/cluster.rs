@@ -144,7 +144,12 @@ pub struct NodeArgs {
     /// needs one), or the path of an embedded file only this node uses
     /// (default: kv/NAME.redb in the cache dir, beside the node's
     /// credential).
-    #[arg(long, env = "SHOAL_KV", hide_env_values = true, value_name = "URL|PATH")]
+    #[arg(
+        long,
+        env = "SHOAL_KV",
+        hide_env_values = true,
+        value_name = "URL|PATH"
+    )]
     pub kv: Option<String>,
     /// Exit when the parent process exits (used by `shoal up`).
     #[arg(long, hide = true)]

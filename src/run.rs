@@ -4,12 +4,12 @@ use crate::signals::shutdown_signal;
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use shoal_api::config::ConfigValue;
+use shoal_api::manifest::DEFAULT_NAMESPACE;
 use shoal_api::{
     Backoff, ByteSize, Duration, Grants, Isolation, Limits, RestartPolicy, RunSpec, WorkloadKind,
     workload::DirGrant,
 };
 use shoal_runtime::server::HeadLimits;
-use shoal_api::manifest::DEFAULT_NAMESPACE;
 use shoal_runtime::{Capabilities, LogBuffer, Runtime, RuntimeConfig, Stream};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -60,7 +60,12 @@ pub struct RunArgs {
     /// Where those stores live: `redis://[:PASSWORD@]HOST:PORT[/DB]`, or
     /// the path of an embedded file (default: $SHOAL_DATA_DIR/kv/run.redb,
     /// else ~/.local/share/shoal/kv/run.redb; one process at a time).
-    #[arg(long, env = "SHOAL_KV", hide_env_values = true, value_name = "URL|PATH")]
+    #[arg(
+        long,
+        env = "SHOAL_KV",
+        hide_env_values = true,
+        value_name = "URL|PATH"
+    )]
     pub kv: Option<String>,
     /// `per-request`: a fresh instance per request; `reuse`: warm instances
     /// serve requests one after another (wasi:http components only).

@@ -319,7 +319,10 @@ fn after_up_the_client_commands_work_with_no_flags_over_tls() {
     #[cfg(unix)]
     for file in ["redis/password", "redis/redis.conf"] {
         use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(dir.path().join(file)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join(file))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "{file}");
     }
     let (redis_url, _) = member(&_up, "redis");

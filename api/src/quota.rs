@@ -95,7 +95,13 @@ impl KvLimits {
         let count = |n: u64| n.to_string();
         type Show<'a> = &'a dyn Fn(u64) -> String;
         let totals: [(QuotaItem, Option<u64>, u64, u64, Show); 2] = [
-            (QuotaItem::KvKeys, self.keys, before.keys, after.keys, &count),
+            (
+                QuotaItem::KvKeys,
+                self.keys,
+                before.keys,
+                after.keys,
+                &count,
+            ),
             (
                 QuotaItem::KvBytes,
                 self.bytes,

@@ -25,6 +25,7 @@ fn front() -> Front {
         client,
         Arc::new(tokio::sync::Notify::new()),
         None,
+        None,
     )))
 }
 

@@ -35,12 +35,12 @@ pub mod worker;
 
 pub use artifact::{BinaryKind, CompileCache, CompileSource, Compiled, Digest};
 pub use caps::Capabilities;
-pub use kv::Kv;
 pub use engine::{EngineConfig, EpochTicker};
 pub use error::RuntimeError;
 pub use fair::{FairShare, Tenant};
 pub use host::StopGuests;
 pub use http::HttpApp;
+pub use kv::Kv;
 pub use logs::{LogBuffer, LogLine, Stream};
 pub use worker::{ExitReason, WorkerApp, WorkerHandle, WorkerStatus};
 

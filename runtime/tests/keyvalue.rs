@@ -17,8 +17,7 @@ async fn probe(kv: &Kv, namespace: &str, stores: &[&str]) -> Served {
     let loaded = runtime().load(&bytes).expect("load");
     let mut spec = RunSpec::default();
     spec.grants.keyvalue = stores.iter().map(|s| s.to_string()).collect();
-    let caps =
-        Capabilities::new(namespace, "probe").with_keyvalue(Some(kv), &spec.grants.keyvalue);
+    let caps = Capabilities::new(namespace, "probe").with_keyvalue(Some(kv), &spec.grants.keyvalue);
     let app = runtime()
         .http_app_in(
             &runtime().tenant(namespace),
@@ -40,30 +39,57 @@ async fn call(s: &Served, method: &str, path: &str, body: &str) -> (u16, String)
 async fn a_guest_uses_its_stores(kv: Kv) {
     let a = probe(&kv, "alpha", &["default", "cache"]).await;
     let ok = |s: u16, t: &str| (s, t.to_string());
-    assert_eq!(call(&a, "GET", "/kv/default/k", "").await, ok(404, "not found"));
+    assert_eq!(
+        call(&a, "GET", "/kv/default/k", "").await,
+        ok(404, "not found")
+    );
     assert_eq!(call(&a, "PUT", "/kv/default/k", "v1").await, ok(204, ""));
     assert_eq!(call(&a, "GET", "/kv/default/k", "").await, ok(200, "v1"));
-    assert_eq!(call(&a, "PUT", "/kv/default/dir/x", "v2").await, ok(204, ""));
-    assert_eq!(call(&a, "GET", "/kv/default", "").await, ok(200, "dir/x\nk\n"));
+    assert_eq!(
+        call(&a, "PUT", "/kv/default/dir/x", "v2").await,
+        ok(204, "")
+    );
+    assert_eq!(
+        call(&a, "GET", "/kv/default", "").await,
+        ok(200, "dir/x\nk\n")
+    );
     assert_eq!(call(&a, "DELETE", "/kv/default/k", "").await, ok(204, ""));
     assert_eq!(call(&a, "GET", "/kv/default", "").await, ok(200, "dir/x\n"));
     // Atomics: what increment stores, get reads.
-    assert_eq!(call(&a, "POST", "/kv/cache/n/incr?by=40", "").await, ok(200, "40"));
-    assert_eq!(call(&a, "POST", "/kv/cache/n/incr", "").await, ok(200, "41"));
+    assert_eq!(
+        call(&a, "POST", "/kv/cache/n/incr?by=40", "").await,
+        ok(200, "40")
+    );
+    assert_eq!(
+        call(&a, "POST", "/kv/cache/n/incr", "").await,
+        ok(200, "41")
+    );
     assert_eq!(call(&a, "GET", "/kv/cache/n", "").await, ok(200, "41"));
     let (status, text) = call(&a, "POST", "/kv/cache/dir/x/incr", "").await;
     assert_eq!(status, 200, "{text}");
     let (status, text) = call(&a, "POST", "/kv/default/dir/x/incr", "").await;
     assert_eq!(status, 500);
-    assert!(text.starts_with("error: other: the value of \"dir/x\" is not a counter"), "{text}");
+    assert!(
+        text.starts_with("error: other: the value of \"dir/x\" is not a counter"),
+        "{text}"
+    );
     // Batches.
-    assert_eq!(call(&a, "POST", "/kv/cache?batch=set", "a=1\nb=2\n").await, ok(204, ""));
+    assert_eq!(
+        call(&a, "POST", "/kv/cache?batch=set", "a=1\nb=2\n").await,
+        ok(204, "")
+    );
     assert_eq!(
         call(&a, "POST", "/kv/cache?batch=get", "b\nnone\na\n").await,
         ok(200, "b=2\nnone\na=1\n")
     );
-    assert_eq!(call(&a, "POST", "/kv/cache?batch=delete", "a\nb\n").await, ok(204, ""));
-    assert_eq!(call(&a, "GET", "/kv/cache", "").await, ok(200, "dir/x\nn\n"));
+    assert_eq!(
+        call(&a, "POST", "/kv/cache?batch=delete", "a\nb\n").await,
+        ok(204, "")
+    );
+    assert_eq!(
+        call(&a, "GET", "/kv/cache", "").await,
+        ok(200, "dir/x\nn\n")
+    );
     // A store the app does not name is refused, whatever its name.
     assert_eq!(
         call(&a, "GET", "/kv/other/k", "").await,
@@ -77,13 +103,31 @@ async fn a_guest_uses_its_stores(kv: Kv) {
 
     // Another namespace's `default` is another store.
     let b = probe(&kv, "beta", &["default"]).await;
-    assert_eq!(call(&b, "GET", "/kv/default/dir/x", "").await, ok(404, "not found"));
-    assert_eq!(call(&b, "PUT", "/kv/default/only-beta", "beta").await, ok(204, ""));
-    assert_eq!(call(&b, "GET", "/kv/default", "").await, ok(200, "only-beta\n"));
+    assert_eq!(
+        call(&b, "GET", "/kv/default/dir/x", "").await,
+        ok(404, "not found")
+    );
+    assert_eq!(
+        call(&b, "PUT", "/kv/default/only-beta", "beta").await,
+        ok(204, "")
+    );
+    assert_eq!(
+        call(&b, "GET", "/kv/default", "").await,
+        ok(200, "only-beta\n")
+    );
     assert_eq!(call(&a, "GET", "/kv/default", "").await, ok(200, "dir/x\n"));
-    assert_eq!(call(&b, "DELETE", "/kv/default/only-beta", "").await, ok(204, ""));
-    assert_eq!(call(&b, "PUT", "/kv/default/dir/x", "beta").await, ok(204, ""));
-    assert_eq!(call(&a, "GET", "/kv/default/dir/x", "").await, ok(200, "v2"));
+    assert_eq!(
+        call(&b, "DELETE", "/kv/default/only-beta", "").await,
+        ok(204, "")
+    );
+    assert_eq!(
+        call(&b, "PUT", "/kv/default/dir/x", "beta").await,
+        ok(204, "")
+    );
+    assert_eq!(
+        call(&a, "GET", "/kv/default/dir/x", "").await,
+        ok(200, "v2")
+    );
     // An app granted no stores opens none.
     let none = probe(&kv, "alpha", &[]).await;
     assert_eq!(
@@ -105,7 +149,10 @@ async fn a_guest_uses_its_stores(kv: Kv) {
         text,
         "error: other: quota exceeded in namespace \"beta\": kv-keys is limited to 1, and this asks for 2 (in use: 1)"
     );
-    assert_eq!(call(&b, "PUT", "/kv/default/dir/x", "ok").await, ok(204, ""));
+    assert_eq!(
+        call(&b, "PUT", "/kv/default/dir/x", "ok").await,
+        ok(204, "")
+    );
     for s in [a, b, none] {
         s.shutdown().await;
     }

@@ -45,7 +45,9 @@ async fn redis_binary() -> anyhow::Result<PathBuf> {
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-redis.sh");
     if !script.is_file() {
-        bail!("`shoal up` runs Redis for its nodes' key-value stores, and no redis-server is on PATH: {INSTALL_HINT}");
+        bail!(
+            "`shoal up` runs Redis for its nodes' key-value stores, and no redis-server is on PATH: {INSTALL_HINT}"
+        );
     }
     errln!(
         "No redis-server on PATH; installing one with {}",
@@ -110,7 +112,10 @@ pub(super) async fn start_redis(
         let text = format!(
             "bind 127.0.0.1\nport {port}\nprotected-mode yes\ndaemonize no\nlogfile \"\"\n\
              dir \"{}\"\nsave \"\"\nappendonly yes\nappendfsync everysec\nrequirepass \"{password}\"\n",
-            dir.display().to_string().replace('\\', "\\\\").replace('"', "\\\"")
+            dir.display()
+                .to_string()
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
         );
         shoal_pki::write_file(&conf, text.as_bytes(), 0o600)
             .with_context(|| format!("writing {}", conf.display()))?;

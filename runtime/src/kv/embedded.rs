@@ -31,9 +31,8 @@ impl Embedded {
     /// Opens (or creates) the file at `path`.
     pub fn open(path: &Path) -> Result<Self, KvError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                KvError::Open(format!("cannot create {}: {e}", dir.display()))
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| KvError::Open(format!("cannot create {}: {e}", dir.display())))?;
         }
         let db = redb::Database::create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => KvError::Open(format!(

@@ -246,7 +246,10 @@ mod tests {
             .await
             .err()
             .map(other);
-        assert_eq!(e.as_deref(), Some("a key is 1 to 1024 bytes; this one is 0"));
+        assert_eq!(
+            e.as_deref(),
+            Some("a key is 1 to 1024 bytes; this one is 0")
+        );
         view.drop(b).await.unwrap();
 
         // Another namespace's `default` is another store.
@@ -257,7 +260,9 @@ mod tests {
         assert_eq!(got.ok(), Some(None));
 
         // An app with no stores named opens none.
-        let none = Capabilities::new("alpha", "app").with_keyvalue(Some(&kv), &[]).guest();
+        let none = Capabilities::new("alpha", "app")
+            .with_keyvalue(Some(&kv), &[])
+            .guest();
         let mut view = KvView::new(&none, &mut table);
         assert!(matches!(
             view.open("default".into()).await,

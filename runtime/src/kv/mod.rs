@@ -233,8 +233,8 @@ impl Kv {
         Ok(Self::new(AnyBackend::Redis(Redis::connect(url)?)))
     }
 
-    /// `redis://...` (or `rediss://`, `redis+unix://`) for a Redis server,
-    /// else the path of a redb file.
+    /// `redis://...` (or `redis+unix://`) for a Redis server, else the
+    /// path of a redb file.
     pub fn open(spec: &str) -> Result<Self, KvError> {
         if spec.starts_with("redis://")
             || spec.starts_with("rediss://")
@@ -301,7 +301,12 @@ impl Kv {
         self.inner.backend.list_keys(store, cursor).await
     }
 
-    pub async fn increment(&self, store: &StoreId, key: String, delta: u64) -> Result<u64, KvError> {
+    pub async fn increment(
+        &self,
+        store: &StoreId,
+        key: String,
+        delta: u64,
+    ) -> Result<u64, KvError> {
         check_key(&key)?;
         if delta > MAX_COUNTER {
             return Err(KvError::Invalid(format!(

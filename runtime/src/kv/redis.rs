@@ -306,9 +306,7 @@ impl Backend for Redis {
 
     async fn list_keys(&self, store: &StoreId, cursor: Option<u64>) -> Result<KeyPage, KvError> {
         let mut call = self.list_keys.prepare_invoke();
-        call.key(data_key(store))
-            .arg(cursor.unwrap_or(0))
-            .arg(PAGE);
+        call.key(data_key(store)).arg(cursor.unwrap_or(0)).arg(PAGE);
         let (next, keys): (u64, Vec<String>) =
             call.invoke_async(&mut self.conn()).await.map_err(fail)?;
         Ok(KeyPage {

@@ -33,11 +33,20 @@ async fn get_set_delete_exists() {
         assert!(!kv.exists(&at, s("a")).await.unwrap());
         kv.set(&at, s("a"), b"one".to_vec()).await.unwrap();
         kv.set(&at, s("empty"), Vec::new()).await.unwrap();
-        assert_eq!(kv.get(&at, s("a")).await.unwrap().as_deref(), Some(&b"one"[..]));
-        assert_eq!(kv.get(&at, s("empty")).await.unwrap().as_deref(), Some(&b""[..]));
+        assert_eq!(
+            kv.get(&at, s("a")).await.unwrap().as_deref(),
+            Some(&b"one"[..])
+        );
+        assert_eq!(
+            kv.get(&at, s("empty")).await.unwrap().as_deref(),
+            Some(&b""[..])
+        );
         assert!(kv.exists(&at, s("empty")).await.unwrap());
         kv.set(&at, s("a"), b"two".to_vec()).await.unwrap();
-        assert_eq!(kv.get(&at, s("a")).await.unwrap().as_deref(), Some(&b"two"[..]));
+        assert_eq!(
+            kv.get(&at, s("a")).await.unwrap().as_deref(),
+            Some(&b"two"[..])
+        );
         kv.delete(&at, s("a")).await.unwrap();
         kv.delete(&at, s("never")).await.unwrap();
         assert_eq!(kv.get(&at, s("a")).await.unwrap(), None);
@@ -58,12 +67,18 @@ async fn two_namespaces_stores_of_one_name_are_different_stores() {
         assert_eq!(kv.get(&b, s("k")).await.unwrap(), None, "{kv:?}");
         assert!(!kv.exists(&b, s("k")).await.unwrap());
         kv.set(&b, s("k"), b"beta's".to_vec()).await.unwrap();
-        assert_eq!(kv.get(&a, s("k")).await.unwrap().as_deref(), Some(&b"alpha's"[..]));
+        assert_eq!(
+            kv.get(&a, s("k")).await.unwrap().as_deref(),
+            Some(&b"alpha's"[..])
+        );
         assert_eq!(kv.list_keys(&b, None).await.unwrap().keys, ["k"]);
         kv.delete(&b, s("k")).await.unwrap();
         assert!(kv.exists(&a, s("k")).await.unwrap());
         // Another store of the same namespace is another store too.
-        assert_eq!(kv.get(&store("alpha", "cache"), s("k")).await.unwrap(), None);
+        assert_eq!(
+            kv.get(&store("alpha", "cache"), s("k")).await.unwrap(),
+            None
+        );
         // Names that run together one way or another never meet.
         let (x, y) = (store("a:1", "x"), store("a", "1:x"));
         kv.set(&x, s("k"), b"x".to_vec()).await.unwrap();
@@ -92,9 +107,16 @@ async fn concurrent_increments_give_the_exact_sum() {
         for t in tasks {
             t.await.unwrap();
         }
-        assert_eq!(kv.increment(&at, s("hits"), 0).await.unwrap(), 400, "{kv:?}");
+        assert_eq!(
+            kv.increment(&at, s("hits"), 0).await.unwrap(),
+            400,
+            "{kv:?}"
+        );
         // What increment stores is the decimal text `get` answers.
-        assert_eq!(kv.get(&at, s("hits")).await.unwrap().as_deref(), Some(&b"400"[..]));
+        assert_eq!(
+            kv.get(&at, s("hits")).await.unwrap().as_deref(),
+            Some(&b"400"[..])
+        );
         assert_eq!(kv.increment(&at, s("hits"), 7).await.unwrap(), 407);
         // A missing key counts from 0; a set decimal counts on.
         assert_eq!(kv.increment(&at, s("new"), 5).await.unwrap(), 5);
@@ -108,10 +130,21 @@ async fn concurrent_increments_give_the_exact_sum() {
 async fn increments_of_what_is_not_a_counter_or_past_the_largest_are_refused() {
     both(|kv| async move {
         let at = store("t", "counters");
-        for bad in [&b"x"[..], b"-1", b"007", b"1.5", b" 1", b"", b"9223372036854775808"] {
+        for bad in [
+            &b"x"[..],
+            b"-1",
+            b"007",
+            b"1.5",
+            b" 1",
+            b"",
+            b"9223372036854775808",
+        ] {
             kv.set(&at, s("bad"), bad.to_vec()).await.unwrap();
             let e = kv.increment(&at, s("bad"), 1).await.unwrap_err();
-            assert!(e.to_string().contains("is not a counter"), "{kv:?} {bad:?}: {e}");
+            assert!(
+                e.to_string().contains("is not a counter"),
+                "{kv:?} {bad:?}: {e}"
+            );
             assert_eq!(kv.get(&at, s("bad")).await.unwrap().as_deref(), Some(bad));
         }
         kv.set(&at, s("big"), (MAX_COUNTER - 1).to_string().into_bytes())
@@ -119,12 +152,18 @@ async fn increments_of_what_is_not_a_counter_or_past_the_largest_are_refused() {
             .unwrap();
         assert_eq!(kv.increment(&at, s("big"), 1).await.unwrap(), MAX_COUNTER);
         let e = kv.increment(&at, s("big"), 1).await.unwrap_err();
-        assert!(e.to_string().contains("would pass the largest counter"), "{kv:?}: {e}");
+        assert!(
+            e.to_string().contains("would pass the largest counter"),
+            "{kv:?}: {e}"
+        );
         assert_eq!(
             kv.get(&at, s("big")).await.unwrap(),
             Some(MAX_COUNTER.to_string().into_bytes())
         );
-        let e = kv.increment(&at, s("other"), MAX_COUNTER + 1).await.unwrap_err();
+        let e = kv
+            .increment(&at, s("other"), MAX_COUNTER + 1)
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("at most"), "{e}");
         assert!(!kv.exists(&at, s("other")).await.unwrap());
     })
@@ -146,7 +185,9 @@ async fn batches_read_in_order_and_write_as_one() {
         .await
         .unwrap();
         assert_eq!(
-            kv.get_many(&at, vec![s("b"), s("missing"), s("a")]).await.unwrap(),
+            kv.get_many(&at, vec![s("b"), s("missing"), s("a")])
+                .await
+                .unwrap(),
             vec![
                 Some((s("b"), b"2".to_vec())),
                 None,
@@ -154,16 +195,15 @@ async fn batches_read_in_order_and_write_as_one() {
             ],
             "{kv:?}"
         );
-        kv.delete_many(&at, vec![s("a"), s("missing"), s("a")]).await.unwrap();
+        kv.delete_many(&at, vec![s("a"), s("missing"), s("a")])
+            .await
+            .unwrap();
         assert_eq!(
             kv.get_many(&at, vec![s("a"), s("b")]).await.unwrap(),
             vec![None, Some((s("b"), b"2".to_vec()))]
         );
         // Usage after a batch that names a key twice: b (1+1) only.
-        assert_eq!(
-            kv.usage("t").await.unwrap(),
-            KvUsage { keys: 1, bytes: 2 }
-        );
+        assert_eq!(kv.usage("t").await.unwrap(), KvUsage { keys: 1, bytes: 2 });
         // A batch with one bad entry writes nothing.
         let e = kv
             .set_many(&at, vec![(s("c"), b"3".to_vec()), (s(""), b"x".to_vec())])
@@ -182,13 +222,20 @@ async fn keys_are_listed_page_by_page_each_once() {
         let all: BTreeSet<String> = (0..2500).map(|i| format!("key-{i:04}")).collect();
         let list: Vec<String> = all.iter().cloned().collect();
         for chunk in list.chunks(MAX_BATCH) {
-            kv.set_many(&at, chunk.iter().map(|k| (k.clone(), b"v".to_vec())).collect())
-                .await
-                .unwrap();
+            kv.set_many(
+                &at,
+                chunk.iter().map(|k| (k.clone(), b"v".to_vec())).collect(),
+            )
+            .await
+            .unwrap();
         }
         // Keys of other stores and namespaces are not listed.
-        kv.set(&store("t", "other"), s("nope"), b"v".to_vec()).await.unwrap();
-        kv.set(&store("u", "many"), s("nope"), b"v".to_vec()).await.unwrap();
+        kv.set(&store("t", "other"), s("nope"), b"v".to_vec())
+            .await
+            .unwrap();
+        kv.set(&store("u", "many"), s("nope"), b"v".to_vec())
+            .await
+            .unwrap();
         let mut seen = BTreeSet::new();
         let mut cursor = None;
         let mut pages = 0;
@@ -214,14 +261,25 @@ async fn keys_are_listed_page_by_page_each_once() {
 async fn keys_values_and_batches_have_limits() {
     both(|kv| async move {
         let at = store("t", "default");
-        let e = kv.set(&at, "k".repeat(MAX_KEY + 1), Vec::new()).await.unwrap_err();
+        let e = kv
+            .set(&at, "k".repeat(MAX_KEY + 1), Vec::new())
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("a key is 1 to 1024 bytes"), "{e}");
-        kv.set(&at, "k".repeat(MAX_KEY), vec![7; MAX_VALUE]).await.unwrap();
+        kv.set(&at, "k".repeat(MAX_KEY), vec![7; MAX_VALUE])
+            .await
+            .unwrap();
         assert_eq!(
-            kv.get(&at, "k".repeat(MAX_KEY)).await.unwrap().map(|v| v.len()),
+            kv.get(&at, "k".repeat(MAX_KEY))
+                .await
+                .unwrap()
+                .map(|v| v.len()),
             Some(MAX_VALUE)
         );
-        let e = kv.set(&at, s("big"), vec![0; MAX_VALUE + 1]).await.unwrap_err();
+        let e = kv
+            .set(&at, s("big"), vec![0; MAX_VALUE + 1])
+            .await
+            .unwrap_err();
         assert_eq!(
             e.to_string(),
             "the value of \"big\" is 1048577 bytes; a value is at most 1048576 bytes (1 MiB)"
@@ -300,7 +358,10 @@ async fn the_embedded_file_keeps_what_was_written_across_a_restart() {
         assert!(e.to_string().contains("in use by another process"), "{e}");
     }
     let kv = Kv::embedded(&path).unwrap();
-    assert_eq!(kv.get(&at, s("k")).await.unwrap().as_deref(), Some(&b"kept"[..]));
+    assert_eq!(
+        kv.get(&at, s("k")).await.unwrap().as_deref(),
+        Some(&b"kept"[..])
+    );
     assert_eq!(kv.increment(&at, s("n"), 1).await.unwrap(), 4);
     assert_eq!(kv.usage("t").await.unwrap().keys, 2);
 }

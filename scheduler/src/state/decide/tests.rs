@@ -2101,7 +2101,9 @@ fn a_change_of_key_value_limits_reaches_the_nodes_running_the_namespace() {
     other.app.namespace = "other".into();
     snap.put_instance(other);
     let set = |snap: &Snapshot, q: serde_json::Value| {
-        lines(&super::quota::set(snap, "default", Some(serde_json::from_value(q).unwrap())).unwrap())
+        lines(
+            &super::quota::set(snap, "default", Some(serde_json::from_value(q).unwrap())).unwrap(),
+        )
     };
     assert_eq!(
         set(&snap, serde_json::json!({"kv-keys": 10})),
@@ -2120,8 +2122,10 @@ fn a_change_of_key_value_limits_reaches_the_nodes_running_the_namespace() {
             "QuotaSet: quota of namespace default: apps=10",
         ]
     );
-    snap.quotas
-        .insert("default".into(), serde_json::from_value(serde_json::json!({"kv-bytes": "1MiB"})).unwrap());
+    snap.quotas.insert(
+        "default".into(),
+        serde_json::from_value(serde_json::json!({"kv-bytes": "1MiB"})).unwrap(),
+    );
     let a = snap.assignment(snap.nodes.get("n1").unwrap());
     assert_eq!(a.instances[0].kv_limits.bytes, Some(1 << 20));
     let removed = lines(&super::quota::set(&snap, "default", None).unwrap());
