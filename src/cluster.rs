@@ -150,6 +150,19 @@ pub struct NodeArgs {
     /// this node's engine); `local` always compiles here.
     #[arg(long, value_enum, default_value_t = ArtifactSource::Cluster)]
     pub artifacts: ArtifactSource,
+    /// Where the key-value stores of its apps live:
+    /// `redis://[:PASSWORD@]HOST:PORT[/DB]`, a Redis (or Valkey) server
+    /// that every node naming it shares (a cluster of more than one node
+    /// needs one), or the path of an embedded file only this node uses
+    /// (default: kv/NAME.redb in the cache dir, beside the node's
+    /// credential).
+    #[arg(
+        long,
+        env = "SHOAL_KV",
+        hide_env_values = true,
+        value_name = "URL|PATH"
+    )]
+    pub kv: Option<String>,
     /// Exit when the parent process exits (used by `shoal up`).
     #[arg(long, hide = true)]
     pub exit_with_parent: bool,
@@ -491,6 +504,32 @@ pub fn parse_capacity(s: &str) -> anyhow::Result<NodeCapacity> {
     Ok(cap)
 }
 
+/// The key-value stores `--kv` names (a Redis URL or a file), else the
+/// embedded file at `default()`. Messages never show a URL, which may
+/// carry a password.
+pub fn open_kv(
+    spec: Option<&str>,
+    default: impl FnOnce() -> PathBuf,
+) -> anyhow::Result<shoal_runtime::Kv> {
+    let kv = match spec {
+        Some(spec) => shoal_runtime::Kv::open(spec).context("--kv")?,
+        None => shoal_runtime::Kv::embedded(&default()).context("the key-value stores")?,
+    };
+    match spec {
+        Some(s) if kv.kind() == "redis" => {
+            let at = s.rsplit('@').next().unwrap_or(s);
+            let at = if s.contains('@') {
+                format!("redis://{at}")
+            } else {
+                at.to_string()
+            };
+            tracing::info!(at = %at, "key-value stores in Redis");
+        }
+        _ => tracing::info!("key-value stores in an embedded file"),
+    }
+    Ok(kv)
+}
+
 pub fn parse_labels(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     let mut labels = BTreeMap::new();
     for item in items {
@@ -549,6 +588,15 @@ pub async fn node(args: NodeArgs, ca: Option<Vec<u8>>) -> anyhow::Result<()> {
         Some(n) => n.clone(),
         None => format!("{}-{}", hostname(), addr.port()),
     };
+    // An embedded file beside the node's credential, in its cache dir.
+    let kv = open_kv(args.kv.as_deref(), || {
+        args.cache_dir
+            .clone()
+            .or_else(crate::run::default_cache_dir)
+            .unwrap_or_else(|| data_home().join("cache"))
+            .join("kv")
+            .join(format!("{name}.redb"))
+    })?;
     // The node's own credential, given when it first joins, kept beside
     // its compiled modules for its next start.
     let credential_file = args
@@ -569,6 +617,7 @@ pub async fn node(args: NodeArgs, ca: Option<Vec<u8>>) -> anyhow::Result<()> {
             join_token: args.join_token.clone().map(shoal_node::SecretToken::new),
             credential_file,
             gateways: args.gateways.clone(),
+            kv: Some(kv),
         },
     )
     .context("setting up the node agent")?;

@@ -73,6 +73,13 @@ pub struct SetArgs {
     /// The largest request body a manifest may accept.
     #[arg(long, value_name = "SIZE")]
     pub max_body: Option<Setting<ByteSize>>,
+    /// Keys the namespace's key-value stores hold together.
+    #[arg(long, value_name = "N")]
+    pub kv_keys: Option<Setting<u64>>,
+    /// Bytes (keys and values) the namespace's key-value stores hold
+    /// together (`100MiB`).
+    #[arg(long, value_name = "SIZE")]
+    pub kv_bytes: Option<Setting<ByteSize>>,
 }
 
 #[derive(Args, Debug)]
@@ -108,6 +115,8 @@ impl SetArgs {
         put(&mut quota.max_memory, self.max_memory);
         put(&mut quota.max_timeout, self.max_timeout);
         put(&mut quota.max_body, self.max_body);
+        put(&mut quota.kv_keys, self.kv_keys);
+        put(&mut quota.kv_bytes, self.kv_bytes);
         quota
     }
 }
@@ -152,13 +161,14 @@ pub async fn run(client: &Client, cmd: QuotaCommand) -> anyhow::Result<()> {
 }
 
 /// One row per limit of each namespace: what it holds and its limit
-/// (`-` for none; request limits are counted at each gateway, not here).
+/// (`-` for none; request limits are counted at each gateway, and
+/// key-value usage by the stores, not here).
 fn rows(views: &[QuotaView]) -> Vec<Vec<String>> {
     let show = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     let mut rows = Vec::new();
     for v in views {
         let (q, u) = (&v.quota, &v.usage);
-        let lines: [(&str, String, Option<String>); 8] = [
+        let lines: [(&str, String, Option<String>); 10] = [
             ("apps", u.apps.to_string(), q.apps.map(|x| x.to_string())),
             (
                 "instances",
@@ -191,6 +201,8 @@ fn rows(views: &[QuotaView]) -> Vec<Vec<String>> {
                 q.max_timeout.map(|x| x.to_string()),
             ),
             ("max-body", "-".into(), q.max_body.map(|x| x.to_string())),
+            ("kv-keys", "-".into(), q.kv_keys.map(|x| x.to_string())),
+            ("kv-bytes", "-".into(), q.kv_bytes.map(|x| x.to_string())),
         ];
         for (resource, used, limit) in lines {
             rows.push(vec![

@@ -4,12 +4,13 @@ use crate::signals::shutdown_signal;
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use shoal_api::config::ConfigValue;
+use shoal_api::manifest::DEFAULT_NAMESPACE;
 use shoal_api::{
     Backoff, ByteSize, Duration, Grants, Isolation, Limits, RestartPolicy, RunSpec, WorkloadKind,
     workload::DirGrant,
 };
 use shoal_runtime::server::HeadLimits;
-use shoal_runtime::{LogBuffer, Runtime, RuntimeConfig, Stream};
+use shoal_runtime::{Capabilities, LogBuffer, Runtime, RuntimeConfig, Stream};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,6 +52,21 @@ pub struct RunArgs {
     /// Host directory to grant: HOST_DIR:GUEST_DIR[:ro] (repeatable).
     #[arg(long = "dir", value_name = "HOST:GUEST[:ro]")]
     pub dirs: Vec<String>,
+    /// A key-value store the guest may open with `wasi:keyvalue`
+    /// (repeatable), as `keyvalue` in a manifest; in the `default`
+    /// namespace.
+    #[arg(long = "keyvalue", value_name = "STORE")]
+    pub keyvalue: Vec<String>,
+    /// Where those stores live: `redis://[:PASSWORD@]HOST:PORT[/DB]`, or
+    /// the path of an embedded file (default: $SHOAL_DATA_DIR/kv/run.redb,
+    /// else ~/.local/share/shoal/kv/run.redb; one process at a time).
+    #[arg(
+        long,
+        env = "SHOAL_KV",
+        hide_env_values = true,
+        value_name = "URL|PATH"
+    )]
+    pub kv: Option<String>,
     /// `per-request`: a fresh instance per request; `reuse`: warm instances
     /// serve requests one after another (wasi:http components only).
     #[arg(long, value_enum, default_value_t = IsolationArg::PerRequest)]
@@ -184,6 +200,7 @@ impl RunArgs {
                 // No cluster here: there is no app to call.
                 allow_apps: Vec::new(),
                 dirs: parse_dirs(&self.dirs)?,
+                keyvalue: self.keyvalue.clone(),
             },
             isolation: match self.isolation {
                 IsolationArg::PerRequest => Isolation::PerRequest,
@@ -235,11 +252,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .to_string();
     let logs = LogBuffer::new(1000);
     echo_logs(&logs, &name);
+    // The stores only when the app names some: no file, no connection
+    // otherwise.
+    let kv = if spec.grants.keyvalue.is_empty() {
+        None
+    } else {
+        check_stores(&spec.grants.keyvalue)?;
+        Some(crate::cluster::open_kv(args.kv.as_deref(), || {
+            crate::cluster::data_home().join("kv").join("run.redb")
+        })?)
+    };
+    let caps = Capabilities::plain(DEFAULT_NAMESPACE, &name, &spec)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .with_keyvalue(kv.as_ref(), &spec.grants.keyvalue);
+    let tenant = runtime.tenant(shoal_runtime::DEFAULT_TENANT);
 
     match spec.kind {
         WorkloadKind::Http => {
             let app = runtime
-                .http_app(&name, spec, &loaded, logs)
+                .http_app_in(&tenant, spec, &loaded, logs, caps)
                 .with_context(|| format!("preparing {}", args.app.display()))?;
             let listener = tokio::net::TcpListener::bind(args.listen)
                 .await
@@ -271,7 +302,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         WorkloadKind::Worker => {
             let worker = runtime
-                .worker(&name, spec, &loaded, logs)
+                .worker_in(&tenant, spec, &loaded, logs, caps)
                 .with_context(|| format!("preparing {}", args.app.display()))?;
             crate::out::sayln!("Running worker {} ({})", args.app.display(), loaded.digest);
             let mut handle = worker.start();
@@ -289,6 +320,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     }
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// `--keyvalue` names as a manifest's `keyvalue` must be.
+fn check_stores(stores: &[String]) -> anyhow::Result<()> {
+    for (i, s) in stores.iter().enumerate() {
+        if !shoal_api::manifest::valid_name(s) {
+            bail!(
+                "--keyvalue {s:?}: use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit"
+            );
+        }
+        if stores[..i].contains(s) {
+            bail!("--keyvalue {s:?} is named twice");
         }
     }
     Ok(())

@@ -28,6 +28,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
 
 mod ha;
+mod kv;
 
 /// The demo app `shoal up` deploys: the example wasi:http component.
 const DEMO_WASM: &[u8] = include_bytes!("../examples/wasm-apps/http-component.wasm");
@@ -78,6 +79,12 @@ pub struct UpArgs {
     /// e.g. `apt-get install etcd-server`).
     #[arg(long)]
     pub ha: bool,
+    /// Where the nodes keep their apps' key-value stores: `redis`, one
+    /// redis-server that `shoal up` runs and every node shares (data in
+    /// DATA/redis), or `embedded`, a file per node (DATA/kv), whose
+    /// replicas on different nodes see different data.
+    #[arg(long, value_enum, default_value_t = kv::KvChoice::Redis)]
+    pub kv: kv::KvChoice,
     /// Also print the processes' logs here (they always go to files).
     #[arg(short, long)]
     pub verbose: bool,
@@ -453,9 +460,16 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
         }
         .to_string();
         let calls_url = format!("https://{calls_addr}");
+        let redis = match args.kv {
+            kv::KvChoice::Redis => {
+                Some(kv::start_redis(&mut members, &dir.join("redis"), &logs, args.verbose).await?)
+            }
+            kv::KvChoice::Embedded => None,
+        };
         for i in 1..=args.nodes {
             let name = format!("node-{i}");
-            let spec = ChildSpec::new(
+            let embedded = dir.join("kv").join(format!("{name}.redb"));
+            let mut spec = ChildSpec::new(
                 name.clone(),
                 &[
                     "--ca",
@@ -478,6 +492,12 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
                 logs.join(format!("{name}.log")),
             )
             .env("SHOAL_JOIN_TOKEN", &cp.join);
+            // The URL holds Redis's password: in the environment, never
+            // on a command line.
+            spec = match &redis {
+                Some(url) => spec.env("SHOAL_KV", url),
+                None => spec.env("SHOAL_KV", &embedded.display().to_string()),
+            };
             add(&mut members, spec, args.verbose).await?;
         }
         let gateway_addr = args.gateway.to_string();

@@ -310,13 +310,28 @@ fn after_up_the_client_commands_work_with_no_flags_over_tls() {
     let (ok, _, stderr) = shoal(&["get", "nodes"], &[("SHOAL_CA", other.to_str().unwrap())]);
     assert!(!ok, "a client trusting another CA got through");
     assert!(!stderr.contains("node-1"), "{stderr}");
-    // No log of the cluster holds a token.
+    // No log of the cluster holds a token, nor the password of the Redis
+    // that `up` runs for the nodes' key-value stores (in files only its
+    // owner reads).
     let admin = std::fs::read_to_string(dir.path().join("control-plane/admin.token")).unwrap();
     let join = std::fs::read_to_string(dir.path().join("control-plane/join.token")).unwrap();
+    let redis = std::fs::read_to_string(dir.path().join("redis/password")).unwrap();
+    #[cfg(unix)]
+    for file in ["redis/password", "redis/redis.conf"] {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.path().join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
+    let (redis_url, _) = member(&_up, "redis");
+    assert!(redis_url.starts_with("redis://127.0.0.1:"), "{redis_url}");
+    assert!(!redis_url.contains('@'), "{redis_url}");
     for entry in std::fs::read_dir(dir.path().join("logs")).unwrap() {
         let path = entry.unwrap().path();
         let log = std::fs::read_to_string(&path).unwrap();
-        for secret in [admin.trim(), join.trim()] {
+        for secret in [admin.trim(), join.trim(), redis.trim()] {
             assert!(!log.contains(secret), "{} holds a token", path.display());
         }
     }

@@ -64,6 +64,9 @@ struct ManifestFields {
     pub allow_apps: Vec<String>,
     #[serde(default)]
     pub dirs: Vec<DirGrant>,
+    /// The key-value stores the app's guests may open.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keyvalue: Vec<String>,
     #[serde(default)]
     pub isolation: Isolation,
     #[serde(default)]
@@ -108,6 +111,7 @@ impl From<ManifestFields> for AppManifest {
                     allow_outbound: f.allow_outbound,
                     allow_apps: f.allow_apps,
                     dirs: f.dirs,
+                    keyvalue: f.keyvalue,
                 },
                 isolation: f.isolation,
                 routes: f.routes,
@@ -151,6 +155,7 @@ impl From<AppManifest> for ManifestFields {
             allow_outbound: run.grants.allow_outbound,
             allow_apps: run.grants.allow_apps,
             dirs: run.grants.dirs,
+            keyvalue: run.grants.keyvalue,
             isolation: run.isolation,
             routes: run.routes,
             health: run.health,
@@ -822,6 +827,20 @@ fn validate(app: &AppManifest) -> Result<(), (String, String)> {
             );
         }
     }
+    let mut stores = std::collections::BTreeSet::new();
+    for (i, s) in app.run.grants.keyvalue.iter().enumerate() {
+        if !valid_name(s) {
+            return err(
+                &format!("keyvalue[{i}]"),
+                format!(
+                    "{s:?} is not a valid store name: use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit"
+                ),
+            );
+        }
+        if !stores.insert(s) {
+            return err(&format!("keyvalue[{i}]"), format!("{s:?} is named twice"));
+        }
+    }
     for (i, r) in app.run.routes.iter().enumerate() {
         if !r.path.starts_with('/') {
             return err(
@@ -1208,6 +1227,25 @@ interval = "1s"
         .unwrap_err();
         assert!(e.message.contains("twice"), "{e}");
         assert!(parse("", Format::Yaml).is_err());
+    }
+
+    #[test]
+    fn key_value_stores_are_named_like_apps_and_once_each() {
+        let app = |stores: &str| {
+            parse(
+                &format!("name = \"a\"\nmodule = \"a.wasm\"\nkeyvalue = {stores}\n"),
+                Format::Toml,
+            )
+        };
+        let a = app(r#"["default", "cache"]"#).unwrap();
+        assert_eq!(a[0].run.grants.keyvalue, ["default", "cache"]);
+        let e = app(r#"["default", "Cache:x"]"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("keyvalue[1]"), "{e}");
+        let e = app(r#"["cache", "cache"]"#).unwrap_err();
+        assert!(e.message.contains("named twice"), "{e}");
+        // An app without stores writes no `keyvalue` field.
+        let plain = serde_json::to_value(&app("[]").unwrap()[0]).unwrap();
+        assert!(plain.get("keyvalue").is_none(), "{plain}");
     }
 }
 

@@ -97,6 +97,10 @@ pub struct Assignment {
     /// unless it is addressed to this instance.
     #[serde(default)]
     pub draining: bool,
+    /// The namespace's quota on its key-value stores, which the node's
+    /// store enforces (absent: no limit).
+    #[serde(default, skip_serializing_if = "crate::quota::KvLimits::is_none")]
+    pub kv_limits: crate::quota::KvLimits,
 }
 
 /// A node's cheap liveness renewal, sent instead of a heartbeat while

@@ -48,6 +48,84 @@ pub struct Quota {
     /// The largest request body a manifest may accept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_body: Option<ByteSize>,
+    /// Keys the namespace's key-value stores hold together.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_keys: Option<u64>,
+    /// Bytes the namespace's key-value stores hold together: each key's
+    /// length plus its value's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_bytes: Option<ByteSize>,
+}
+
+/// The part of a [`Quota`] that the nodes' key-value stores enforce,
+/// handed to nodes with their assignments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct KvLimits {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keys: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+}
+
+/// What a namespace's key-value stores hold: keys, and bytes of keys and
+/// values together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvUsage {
+    pub keys: u64,
+    pub bytes: u64,
+}
+
+impl KvLimits {
+    /// Whether no limit is set.
+    pub fn is_none(&self) -> bool {
+        self.keys.is_none() && self.bytes.is_none()
+    }
+
+    /// Whether a write that takes `namespace`'s stores from `before` to
+    /// `after` stays within the limits; as [`Quota::check`], a write that
+    /// asks for no more than `before` holds always passes.
+    pub fn check(
+        &self,
+        namespace: &str,
+        before: KvUsage,
+        after: KvUsage,
+    ) -> Result<(), QuotaExceeded> {
+        let size = |n: u64| ByteSize(n).to_string();
+        let count = |n: u64| n.to_string();
+        type Show<'a> = &'a dyn Fn(u64) -> String;
+        let totals: [(QuotaItem, Option<u64>, u64, u64, Show); 2] = [
+            (
+                QuotaItem::KvKeys,
+                self.keys,
+                before.keys,
+                after.keys,
+                &count,
+            ),
+            (
+                QuotaItem::KvBytes,
+                self.bytes,
+                before.bytes,
+                after.bytes,
+                &size,
+            ),
+        ];
+        for (item, limit, before, after, show) in totals {
+            if let Some(limit) = limit
+                && after > limit
+                && after > before
+            {
+                return Err(QuotaExceeded {
+                    namespace: namespace.to_string(),
+                    item,
+                    limit: show(limit),
+                    asked: show(after),
+                    used: Some(show(before)),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What a namespace holds, as its quota counts it.
@@ -100,6 +178,8 @@ pub enum QuotaItem {
     MaxMemory,
     MaxTimeout,
     MaxBody,
+    KvKeys,
+    KvBytes,
 }
 
 impl fmt::Display for QuotaItem {
@@ -111,6 +191,8 @@ impl fmt::Display for QuotaItem {
             QuotaItem::MaxMemory => "max-memory",
             QuotaItem::MaxTimeout => "max-timeout",
             QuotaItem::MaxBody => "max-body",
+            QuotaItem::KvKeys => "kv-keys",
+            QuotaItem::KvBytes => "kv-bytes",
         })
     }
 }
@@ -144,6 +226,14 @@ impl QuotaExceeded {
 }
 
 impl Quota {
+    /// The limits the key-value stores enforce.
+    pub fn kv(&self) -> KvLimits {
+        KvLimits {
+            keys: self.kv_keys,
+            bytes: self.kv_bytes.map(ByteSize::bytes),
+        }
+    }
+
     /// Whether a change that takes the namespace from `before` to `after`
     /// stays within the limits on totals; a change that asks for no more
     /// of a total than `before` holds always passes.
@@ -288,6 +378,8 @@ impl Quota {
         put("max-memory", self.max_memory.map(|v| v.to_string()));
         put("max-timeout", self.max_timeout.map(|v| v.to_string()));
         put("max-body", self.max_body.map(|v| v.to_string()));
+        put("kv-keys", self.kv_keys.map(|v| v.to_string()));
+        put("kv-bytes", self.kv_bytes.map(|v| v.to_string()));
         if parts.is_empty() {
             "none".to_string()
         } else {
@@ -402,6 +494,30 @@ mod tests {
         // Others already past the limit: no room, never a negative.
         assert_eq!(q.room(&usage(1, 12, 0), 1), Some((0, QuotaItem::Instances)));
         assert_eq!(Quota::default().room(&usage(1, 3, 0), 1), None);
+    }
+
+    #[test]
+    fn key_value_writes_are_held_to_keys_and_bytes_but_may_always_shrink() {
+        let q = Quota {
+            kv_keys: Some(2),
+            kv_bytes: Some(ByteSize(100)),
+            ..Quota::default()
+        };
+        let kv = q.kv();
+        let at = |keys, bytes| KvUsage { keys, bytes };
+        assert_eq!(kv.check("t", at(1, 50), at(2, 100)), Ok(()));
+        let e = kv.check("t", at(2, 50), at(3, 60)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "quota exceeded in namespace \"t\": kv-keys is limited to 2, and this asks for 3 (in use: 2)"
+        );
+        assert_eq!(
+            kv.check("t", at(1, 90), at(1, 101)).unwrap_err().item,
+            QuotaItem::KvBytes
+        );
+        // Over a lowered quota: replacing a value with a smaller one passes.
+        assert_eq!(kv.check("t", at(5, 500), at(5, 400)), Ok(()));
+        assert!(KvLimits::default().check("t", at(0, 0), at(9, 9)).is_ok());
     }
 
     #[test]

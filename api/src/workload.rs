@@ -76,6 +76,12 @@ pub struct Grants {
     pub allow_apps: Vec<String>,
     /// Host directories made visible to the guest.
     pub dirs: Vec<DirGrant>,
+    /// The key-value stores (`wasi:keyvalue`) the guest may open, by name.
+    /// A store belongs to the app's namespace: apps of one namespace that
+    /// name the same store share it; another namespace's store of that
+    /// name is a different store.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub keyvalue: Vec<String>,
 }
 
 /// A host directory mapped into the guest's filesystem.

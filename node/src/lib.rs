@@ -62,6 +62,9 @@ pub struct NodeConfig {
     /// node's guests' calls to other apps go; none: such calls are
     /// refused.
     pub gateways: Vec<String>,
+    /// The key-value stores its instances' apps may open (`keyvalue` in
+    /// their manifests); none: every `open` is denied.
+    pub kv: Option<shoal_runtime::Kv>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +129,7 @@ impl Node {
             client.clone(),
             changed.clone(),
             verifier,
+            cfg.kv.clone(),
         );
         let mut session = session::Session::new(client, cfg, changed, Default::default());
         if let Some(c) = &calls {

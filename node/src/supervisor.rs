@@ -132,6 +132,9 @@ pub struct Supervisor {
     loading: Mutex<HashMap<String, LoadCell>>,
     /// Where guests' calls to other apps go; none: they are refused.
     calls: Option<Arc<dyn shoal_runtime::caps::AppCalls>>,
+    /// The node's key-value stores, and the namespaces' quotas on them
+    /// (from the assignments).
+    kv: Option<shoal_runtime::Kv>,
 }
 
 impl Supervisor {
@@ -141,9 +144,11 @@ impl Supervisor {
         client: Client,
         changed: Arc<Notify>,
         verifier: Option<shoal_pki::Verifier>,
+        kv: Option<shoal_runtime::Kv>,
     ) -> Self {
         Self {
             node: node.to_string(),
+            kv,
             runtime,
             client,
             verifier,
@@ -206,6 +211,12 @@ impl Supervisor {
     /// Makes what runs here match `desired`.
     async fn apply(self: &Arc<Self>, desired: HeartbeatResponse) {
         let mut news = false;
+        // The namespaces' quotas on their stores, before anything starts.
+        if let Some(kv) = &self.kv {
+            for a in &desired.instances {
+                kv.set_limits(&a.app.namespace, a.kv_limits);
+            }
+        }
         let wanted: HashMap<&str, &Assignment> = desired
             .instances
             .iter()
@@ -447,7 +458,8 @@ impl Supervisor {
             Capabilities::plain(&a.app.namespace, &a.app.name, spec).map_err(|e| e.to_string())?
         } else {
             self.resolved(a).await?
-        };
+        }
+        .with_keyvalue(self.kv.as_ref(), &spec.grants.keyvalue);
         Ok(match &self.calls {
             Some(calls) => caps.with_calls(calls.clone()),
             None => caps,

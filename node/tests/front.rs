@@ -26,6 +26,7 @@ fn front() -> Front {
         client,
         Arc::new(tokio::sync::Notify::new()),
         None,
+        None,
     )))
 }
 

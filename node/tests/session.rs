@@ -105,6 +105,7 @@ async fn a_stale_heartbeat_answer_after_a_newer_long_poll_assignment_is_not_appl
             join_token: None,
             credential_file: None,
             gateways: Vec::new(),
+            kv: None,
         },
         Arc::new(Notify::new()),
         Default::default(),

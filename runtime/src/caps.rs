@@ -15,6 +15,7 @@
 
 use crate::host::ComponentHost;
 use bytes::Bytes;
+use crate::kv::Kv;
 use shoal_api::RunSpec;
 use shoal_api::config::{Resolved, Unresolved};
 use shoal_api::objects::AppKey;
@@ -39,6 +40,16 @@ pub struct Capabilities {
     /// Where calls to other apps go (the node's gateways); none (`shoal
     /// run`): every such call is refused.
     pub calls: Option<Arc<dyn AppCalls>>,
+    /// The key-value stores its guests may open (`wasi:keyvalue`).
+    pub kv: Option<KvGrant>,
+}
+
+/// Key-value stores an app may open: their names (in its namespace) and
+/// the process's stores.
+#[derive(Clone, Debug)]
+pub struct KvGrant {
+    pub kv: Kv,
+    pub stores: Arc<[Arc<str>]>,
 }
 
 impl std::fmt::Debug for Capabilities {
@@ -52,6 +63,7 @@ impl std::fmt::Debug for Capabilities {
             )
             .field("config", &self.config_keys)
             .field("calls", &self.calls.is_some())
+            .field("kv", &self.kv)
             .finish()
     }
 }
@@ -74,12 +86,26 @@ impl Capabilities {
             config_keys: config.keys().cloned().collect(),
             config: Arc::new(config.into_iter().collect()),
             calls: None,
+            kv: None,
         }
     }
 
     /// Calls to the apps its manifest allows go through `calls`.
     pub fn with_calls(mut self, calls: Arc<dyn AppCalls>) -> Self {
         self.calls = Some(calls);
+        self
+    }
+
+    /// Lets the guests open the stores named in `stores` (the manifest's
+    /// `keyvalue`), kept in `kv`. Without names, nothing is granted.
+    pub fn with_keyvalue(mut self, kv: Option<&Kv>, stores: &[String]) -> Self {
+        self.kv = match kv {
+            Some(kv) if !stores.is_empty() => Some(KvGrant {
+                kv: kv.clone(),
+                stores: stores.iter().map(|s| Arc::from(s.as_str())).collect(),
+            }),
+            _ => None,
+        };
         self
     }
 
@@ -103,6 +129,7 @@ impl Capabilities {
             app: self.app.clone(),
             config: self.config.clone(),
             calls: self.calls.clone(),
+            kv: self.kv.clone(),
         }
     }
 }
@@ -113,6 +140,7 @@ pub struct GuestCaps {
     pub(crate) app: Arc<str>,
     config: Arc<WasiConfigVariables>,
     pub(crate) calls: Option<Arc<dyn AppCalls>>,
+    pub(crate) kv: Option<KvGrant>,
 }
 
 /// The body of a call between apps, either way.
@@ -158,6 +186,7 @@ pub(crate) fn link(linker: &mut Linker<ComponentHost>) -> wasmtime::Result<()> {
     wasmtime_wasi_config::add_to_linker(linker, |h: &mut ComponentHost| {
         WasiConfig::from(&*h.caps.config)
     })?;
+    crate::kv::host::link(linker, ComponentHost::kv_view)?;
     Ok(())
 }
 

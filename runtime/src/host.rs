@@ -499,6 +499,13 @@ impl ComponentHost {
     }
 }
 
+impl ComponentHost {
+    /// What the `wasi:keyvalue` host functions use.
+    pub(crate) fn kv_view(&mut self) -> crate::kv::host::KvView<'_> {
+        crate::kv::host::KvView::new(&self.caps, &mut self.table)
+    }
+}
+
 impl P1Host {
     pub fn new(wasi: WasiP1Ctx, memory: u64) -> Self {
         Self {

@@ -7,6 +7,8 @@
 //!   and the compile cache (memory and disk, keyed by sha256 and engine).
 //! - [`caps`]: configuration, key-value stores and calls to other apps:
 //!   what a guest may use beyond WASI, per app and per instance.
+//! - [`kv`]: key-value stores for guests (`wasi:keyvalue`), embedded
+//!   (redb) or in Redis, with the namespaces' quotas on them.
 //! - [`host`]: what lives in a `Store`: the WASI sandbox built from the app's
 //!   grants, the memory limiter, the deadline, the outbound HTTP policy.
 //! - [`http`]: HTTP apps (`wasi:http/proxy` components and CGI-style
@@ -25,6 +27,7 @@ pub mod error;
 pub mod fair;
 pub mod host;
 pub mod http;
+pub mod kv;
 pub mod logs;
 pub mod outcome;
 pub mod server;
@@ -37,6 +40,7 @@ pub use error::RuntimeError;
 pub use fair::{FairShare, Tenant};
 pub use host::StopGuests;
 pub use http::HttpApp;
+pub use kv::Kv;
 pub use logs::{LogBuffer, LogLine, Stream};
 pub use worker::{ExitReason, WorkerApp, WorkerHandle, WorkerStatus};
 

@@ -220,6 +220,10 @@ impl Snapshot {
                     revision: i.revision,
                     template: self.template(&i.app, i.revision)?.clone(),
                     draining: i.phase == Phase::Terminating,
+                    kv_limits: self
+                        .quota(&i.app.namespace)
+                        .map(Quota::kv)
+                        .unwrap_or_default(),
                 })
             })
             .collect();

@@ -2208,3 +2208,45 @@ fn secret_table() {
         Err(ApiError::NotFound(_))
     ));
 }
+
+#[test]
+fn a_change_of_key_value_limits_reaches_the_nodes_running_the_namespace() {
+    let mut snap = world();
+    snap.nodes.insert("n2".into(), node("n2", NodeState::Ready));
+    snap.nodes.insert("n3".into(), node("n3", NodeState::Ready));
+    snap.put_instance(instance("web-1", "web", 1, "n1", Phase::Running, true));
+    snap.put_instance(instance("web-2", "web", 1, "n2", Phase::Running, true));
+    let mut other = instance("x-1", "x", 1, "n3", Phase::Running, true);
+    other.app.namespace = "other".into();
+    snap.put_instance(other);
+    let set = |snap: &Snapshot, q: serde_json::Value| {
+        lines(
+            &super::quota::set(snap, "default", Some(serde_json::from_value(q).unwrap())).unwrap(),
+        )
+    };
+    assert_eq!(
+        set(&snap, serde_json::json!({"kv-keys": 10})),
+        [
+            "quota default kv-keys=10",
+            "QuotaSet: quota of namespace default: kv-keys=10",
+            "bump n1",
+            "bump n2",
+        ]
+    );
+    // Limits the nodes do not enforce move no generation.
+    assert_eq!(
+        set(&snap, serde_json::json!({"apps": 10})),
+        [
+            "quota default apps=10",
+            "QuotaSet: quota of namespace default: apps=10",
+        ]
+    );
+    snap.quotas.insert(
+        "default".into(),
+        serde_json::from_value(serde_json::json!({"kv-bytes": "1MiB"})).unwrap(),
+    );
+    let a = snap.assignment(snap.nodes.get("n1").unwrap());
+    assert_eq!(a.instances[0].kv_limits.bytes, Some(1 << 20));
+    let removed = lines(&super::quota::set(&snap, "default", None).unwrap());
+    assert_eq!(removed[2..], ["bump n1", "bump n2"]);
+}

@@ -1,0 +1,135 @@
+//! The key-value stores of `shoal up`'s nodes: one `redis-server`, a child
+//! of `shoal up` on the loopback, that every node uses, so that an app's
+//! replicas on different nodes see the same data. It keeps its data under
+//! DATA/redis (an append-only file synced once a second) and asks for a
+//! password, made at the first start and kept in DATA/redis (mode 0600):
+//! other local users cannot read the stores. Its configuration file holds
+//! the password, so no command line shows it; nodes get the URL in their
+//! environment.
+
+use super::{ChildSpec, Member, Ready, add};
+use crate::out::errln;
+use anyhow::{Context, bail};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// How `shoal up`'s nodes keep their apps' key-value stores.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvChoice {
+    /// One redis-server that every node shares (installed with
+    /// scripts/install-redis.sh when none is on PATH).
+    Redis,
+    /// An embedded file per node: replicas on different nodes see
+    /// different data.
+    Embedded,
+}
+
+/// How to install Redis, for the errors that find none.
+const INSTALL_HINT: &str = "install it (`sudo apt-get install redis-server` on Debian and Ubuntu, or scripts/install-redis.sh in Shoal's repository), put a redis-server (or Valkey's, named redis-server) on PATH, or run `shoal up --kv embedded` for a store per node";
+
+/// Ports tried when redis-server cannot bind the one picked.
+const PORT_TRIES: usize = 3;
+
+/// The redis-server binary: on PATH, else the one
+/// `scripts/install-redis.sh` finds or installs when `shoal` runs from its
+/// repository.
+async fn redis_binary() -> anyhow::Result<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("redis-server"))
+        .chain([PathBuf::from("/usr/bin/redis-server")])
+        .find(|p| p.is_file());
+    if let Some(path) = on_path {
+        return Ok(path);
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-redis.sh");
+    if !script.is_file() {
+        bail!(
+            "`shoal up` runs Redis for its nodes' key-value stores, and no redis-server is on PATH: {INSTALL_HINT}"
+        );
+    }
+    errln!(
+        "No redis-server on PATH; installing one with {}",
+        script.display()
+    );
+    let out = tokio::process::Command::new("bash")
+        .arg(&script)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await
+        .with_context(|| format!("running {}", script.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let path = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
+    if !out.status.success() || !path.is_file() {
+        bail!(
+            "{} could not install Redis ({}; its messages are above): {INSTALL_HINT}",
+            script.display(),
+            out.status
+        );
+    }
+    Ok(path)
+}
+
+/// The password of the cluster's Redis, made at the first start.
+fn password(dir: &Path) -> anyhow::Result<String> {
+    let file = dir.join("password");
+    match std::fs::read_to_string(&file) {
+        Ok(p) if !p.trim().is_empty() => return Ok(p.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+    }
+    let secret = shoal_scheduler::auth::Secret::generate().context("a password for Redis")?;
+    shoal_pki::write_file(&file, secret.expose().as_bytes(), 0o600)
+        .with_context(|| format!("writing {}", file.display()))?;
+    Ok(secret.expose().to_string())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port for Redis")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Starts redis-server under `dir` (DATA/redis) and waits until it
+/// accepts connections; the URL nodes use (with the password: for their
+/// environment only).
+pub(super) async fn start_redis(
+    members: &mut Vec<Member>,
+    dir: &Path,
+    logs: &Path,
+    verbose: bool,
+) -> anyhow::Result<String> {
+    let binary = redis_binary().await?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let password = password(dir)?;
+    let conf = dir.join("redis.conf");
+    let mut last = None;
+    for _ in 0..PORT_TRIES {
+        let port = free_port()?;
+        // Quoted as redis.conf reads strings: the directory may hold spaces.
+        let text = format!(
+            "bind 127.0.0.1\nport {port}\nprotected-mode yes\ndaemonize no\nlogfile \"\"\n\
+             dir \"{}\"\nsave \"\"\nappendonly yes\nappendfsync everysec\nrequirepass \"{password}\"\n",
+            dir.display()
+                .to_string()
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+        );
+        shoal_pki::write_file(&conf, text.as_bytes(), 0o600)
+            .with_context(|| format!("writing {}", conf.display()))?;
+        let conf_arg = conf.display().to_string();
+        let url = format!("redis://127.0.0.1:{port}");
+        let mut spec = ChildSpec::new("redis", &[&conf_arg], logs.join("redis.log"));
+        spec.program = Some(binary.clone());
+        spec.ready = Ready::Port(SocketAddr::from(([127, 0, 0, 1], port)), url);
+        // After the nodes, which write to it until they stop.
+        spec.stop_last = true;
+        match add(members, spec, verbose).await {
+            Ok(_) => return Ok(format!("redis://:{password}@127.0.0.1:{port}")),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("Redis did not start")))
+}
