@@ -47,6 +47,11 @@ pub struct ControlPlaneArgs {
     /// DATA_DIR/artifacts). `off`: every node compiles for itself.
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     pub compile_for_nodes: OnOff,
+    /// The largest module the control plane takes, uploaded or pulled
+    /// from a registry (a namespace's quota may allow less): a larger
+    /// upload is refused with 413 before its body is read.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB")]
+    pub max_module_size: ByteSize,
     /// Where the state lives: `redb` (the default: an embedded database
     /// in the data dir, for one control plane), or
     /// `etcd://HOST:PORT[,HOST:PORT...]` for several control-plane
@@ -387,6 +392,8 @@ fn state_config(
             AuthMode::Off => shoal_scheduler::auth::Auth::Off,
         },
         artifacts_dir: (args.compile_for_nodes == OnOff::On).then(|| dir.join("artifacts")),
+        max_module_size: args.max_module_size.bytes(),
+        upload_dir: Some(dir.join("uploads")),
         ..Default::default()
     };
     if config.heartbeat >= config.lease {

@@ -73,6 +73,10 @@ pub struct SetArgs {
     /// The largest request body a manifest may accept.
     #[arg(long, value_name = "SIZE")]
     pub max_body: Option<Setting<ByteSize>>,
+    /// The largest module the namespace may upload or pull (`32MiB`;
+    /// the control plane's `--max-module-size` holds too).
+    #[arg(long, value_name = "SIZE")]
+    pub max_module_size: Option<Setting<ByteSize>>,
 }
 
 #[derive(Args, Debug)]
@@ -108,6 +112,7 @@ impl SetArgs {
         put(&mut quota.max_memory, self.max_memory);
         put(&mut quota.max_timeout, self.max_timeout);
         put(&mut quota.max_body, self.max_body);
+        put(&mut quota.max_module_size, self.max_module_size);
         quota
     }
 }
@@ -158,7 +163,7 @@ fn rows(views: &[QuotaView]) -> Vec<Vec<String>> {
     let mut rows = Vec::new();
     for v in views {
         let (q, u) = (&v.quota, &v.usage);
-        let lines: [(&str, String, Option<String>); 8] = [
+        let lines: [(&str, String, Option<String>); 9] = [
             ("apps", u.apps.to_string(), q.apps.map(|x| x.to_string())),
             (
                 "instances",
@@ -191,6 +196,11 @@ fn rows(views: &[QuotaView]) -> Vec<Vec<String>> {
                 q.max_timeout.map(|x| x.to_string()),
             ),
             ("max-body", "-".into(), q.max_body.map(|x| x.to_string())),
+            (
+                "max-module-size",
+                "-".into(),
+                q.max_module_size.map(|x| x.to_string()),
+            ),
         ];
         for (resource, used, limit) in lines {
             rows.push(vec![

@@ -26,8 +26,13 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 pub struct AppManifest {
     pub name: String,
     pub namespace: String,
-    /// Path of the `.wasm`/`.wat` file, relative to the manifest.
+    /// Path of the `.wasm`/`.wat` file, relative to the manifest, or a
+    /// module in an OCI registry (`oci://REGISTRY/REPOSITORY:TAG` or
+    /// `...@sha256:DIGEST`, see [`crate::oci`]).
     pub module: String,
+    /// The secret with the registry's credentials, for an `oci://` module
+    /// in a registry that asks for them.
+    pub registry_auth: Option<crate::oci::RegistryAuthRef>,
     pub replicas: u32,
     /// How each instance runs (frozen into a revision).
     pub run: RunSpec,
@@ -42,8 +47,11 @@ struct ManifestFields {
     pub name: String,
     #[serde(default = "default_namespace")]
     pub namespace: String,
-    /// Path of the `.wasm`/`.wat` file, relative to the manifest.
+    /// Path of the `.wasm`/`.wat` file, relative to the manifest, or an
+    /// `oci://` reference.
     pub module: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<crate::oci::RegistryAuthRef>,
     #[serde(default)]
     pub kind: WorkloadKind,
     #[serde(default = "one")]
@@ -91,6 +99,7 @@ impl From<ManifestFields> for AppManifest {
             name: f.name,
             namespace: f.namespace,
             module: f.module,
+            registry_auth: f.registry_auth,
             replicas: f.replicas,
             run: RunSpec {
                 kind: f.kind,
@@ -124,6 +133,7 @@ impl From<AppManifest> for ManifestFields {
             name,
             namespace,
             module,
+            registry_auth,
             replicas,
             run,
             serve,
@@ -132,6 +142,7 @@ impl From<AppManifest> for ManifestFields {
             name,
             namespace,
             module,
+            registry_auth,
             kind: run.kind,
             replicas,
             resources: run.resources,
@@ -730,7 +741,25 @@ fn validate(app: &AppManifest) -> Result<(), (String, String)> {
         );
     }
     if app.module.trim().is_empty() {
-        return err("module", "must name a .wasm or .wat file".into());
+        return err(
+            "module",
+            "must name a .wasm or .wat file, or a module in a registry (oci://...)".into(),
+        );
+    }
+    if crate::oci::is_oci(&app.module) {
+        if let Err(e) = crate::oci::ModuleRef::parse(&app.module) {
+            return err("module", e.to_string());
+        }
+    } else if app.registry_auth.is_some() {
+        return err(
+            "registry-auth",
+            "is for a module in a registry (module = \"oci://...\")".into(),
+        );
+    }
+    if let Some(a) = &app.registry_auth
+        && a.secret.trim().is_empty()
+    {
+        return err("registry-auth.secret", "must name a secret".into());
     }
     if app.replicas > 10_000 {
         return err(

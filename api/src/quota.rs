@@ -48,6 +48,10 @@ pub struct Quota {
     /// The largest request body a manifest may accept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_body: Option<ByteSize>,
+    /// The largest module the namespace may upload or pull (the control
+    /// plane's own `--max-module-size` holds too).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_module_size: Option<ByteSize>,
 }
 
 /// What a namespace holds, as its quota counts it.
@@ -100,6 +104,7 @@ pub enum QuotaItem {
     MaxMemory,
     MaxTimeout,
     MaxBody,
+    MaxModuleSize,
 }
 
 impl fmt::Display for QuotaItem {
@@ -111,6 +116,7 @@ impl fmt::Display for QuotaItem {
             QuotaItem::MaxMemory => "max-memory",
             QuotaItem::MaxTimeout => "max-timeout",
             QuotaItem::MaxBody => "max-body",
+            QuotaItem::MaxModuleSize => "max-module-size",
         })
     }
 }
@@ -245,6 +251,28 @@ impl Quota {
         }
     }
 
+    /// The largest module the namespace may use: its own limit within
+    /// the control plane's `cluster_max`.
+    pub fn module_size_limit(&self, cluster_max: u64) -> u64 {
+        self.max_module_size
+            .map_or(cluster_max, |m| m.bytes().min(cluster_max))
+    }
+
+    /// Whether a module of `size` bytes, already stored, stays within the
+    /// namespace's largest module size.
+    pub fn check_module_size(&self, namespace: &str, size: u64) -> Result<(), QuotaExceeded> {
+        match self.max_module_size {
+            Some(max) if size > max.bytes() => Err(QuotaExceeded {
+                namespace: namespace.to_string(),
+                item: QuotaItem::MaxModuleSize,
+                limit: max.to_string(),
+                asked: format!("a module of {}", ByteSize(size)),
+                used: None,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// How many replicas an app may run, at most, when the rest of its
     /// namespace holds `others` and each of its instances reserves
     /// `memory_each` bytes; `None` when no total limits it. Which limit
@@ -288,6 +316,10 @@ impl Quota {
         put("max-memory", self.max_memory.map(|v| v.to_string()));
         put("max-timeout", self.max_timeout.map(|v| v.to_string()));
         put("max-body", self.max_body.map(|v| v.to_string()));
+        put(
+            "max-module-size",
+            self.max_module_size.map(|v| v.to_string()),
+        );
         if parts.is_empty() {
             "none".to_string()
         } else {

@@ -17,6 +17,8 @@
 //!   passed to the leader.
 //! - [`auth`]: the tokens (random, stored hashed, checked in constant time)
 //!   and the admin token of the first start.
+//! - [`modules`]: modules into the blob store, streamed to a file,
+//!   hashed, capped, validated, then kept.
 //! - [`artifacts`]: modules compiled once for the cluster's engine and
 //!   signed by the cluster CA, for nodes to load instead of compiling.
 //! - [`api`]: the HTTP/JSON API (`/v1/...`) as an axum router.
@@ -34,6 +36,7 @@ pub mod events;
 pub mod follower;
 pub mod leader;
 pub mod metrics;
+pub mod modules;
 pub mod page;
 pub mod placement;
 pub mod rebalance;

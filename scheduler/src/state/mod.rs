@@ -57,6 +57,12 @@ pub struct Config {
     /// compiles each module once, signed by [`Config::ca`]. None: nodes
     /// compile for themselves.
     pub artifacts_dir: Option<std::path::PathBuf>,
+    /// The largest module anyone may upload or pull, in bytes (a
+    /// namespace's quota may allow less).
+    pub max_module_size: u64,
+    /// Where uploads are written while they arrive, for a store without a
+    /// place of its own (etcd); none: the system's temporary folder.
+    pub upload_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -70,6 +76,8 @@ impl Default for Config {
             auth: crate::auth::Auth::Enforce,
             ca: None,
             artifacts_dir: None,
+            max_module_size: crate::modules::DEFAULT_MAX_MODULE_SIZE,
+            upload_dir: None,
         }
     }
 }
@@ -116,7 +124,6 @@ pub type Actor = Option<String>;
 pub enum Command {
     Apply {
         apps: Vec<(AppManifest, String)>,
-        blobs: Vec<(String, Vec<u8>)>,
         actor: Actor,
         reply: oneshot::Sender<Result<Vec<ApplyOutcome>, ApiError>>,
     },
@@ -218,6 +225,32 @@ pub struct ControlPlane {
     artifacts: Option<Arc<crate::artifacts::Artifacts>>,
     /// Lease renewals since the state task last took them.
     renewals: Arc<Renewals>,
+    /// Uploads and pulls of modules: where they are written, the largest
+    /// module, and the validations that may run at once.
+    modules: Arc<Modules>,
+}
+
+/// What taking in modules needs (see [`crate::modules`]).
+struct Modules {
+    spool: std::path::PathBuf,
+    max_size: u64,
+    validations: tokio::sync::Semaphore,
+}
+
+impl Modules {
+    fn new(store: &Store, config: &Config) -> Arc<Self> {
+        let spool = store.spool_dir().unwrap_or_else(|| {
+            config
+                .upload_dir
+                .clone()
+                .unwrap_or_else(|| std::env::temp_dir().join("shoal-uploads"))
+        });
+        Arc::new(Self {
+            spool,
+            max_size: config.max_module_size,
+            validations: tokio::sync::Semaphore::new(crate::modules::VALIDATIONS_AT_ONCE),
+        })
+    }
 }
 
 /// Nodes' lease renewals (by node, the wall time in ms), taken by the
@@ -284,6 +317,7 @@ impl ControlPlane {
             clock.now_ms(),
         )?);
         let renewals = Arc::new(Renewals::default());
+        let modules = Modules::new(&store, &config);
         let mut state = State::load(store.clone(), config, renewals.clone())?;
         let (tx, rx) = mpsc::channel(1024);
         let (snap_tx, snap_rx) = watch::channel(Arc::new(state.snapshot()));
@@ -300,6 +334,7 @@ impl ControlPlane {
             ca,
             artifacts,
             renewals,
+            modules,
         })
     }
 
@@ -318,6 +353,7 @@ impl ControlPlane {
     ) -> Self {
         // No receiver: every command is refused at once.
         let (tx, _) = mpsc::channel(1);
+        let modules = Modules::new(&store, config);
         Self {
             tx,
             snapshot,
@@ -330,6 +366,7 @@ impl ControlPlane {
             nodes: None,
             artifacts: None,
             renewals: Arc::new(Renewals::default()),
+            modules,
         }
     }
 
@@ -407,6 +444,58 @@ impl ControlPlane {
         Ok(self.store.has_blob(digest)?)
     }
 
+    /// A stored module's size, if it is stored.
+    pub fn blob_size(&self, digest: &str) -> Result<Option<u64>, ApiError> {
+        Ok(self.store.blob_size(digest)?)
+    }
+
+    /// A stored module to send.
+    pub fn open_blob(&self, digest: &str) -> Result<Option<crate::store::BlobBody>, ApiError> {
+        Ok(self.store.open_blob(digest)?)
+    }
+
+    /// The largest module namespace `ns` may upload or pull: its quota's
+    /// within the control plane's own.
+    pub fn module_size_limit(&self, ns: &str) -> u64 {
+        let max = self.modules.max_size;
+        self.snapshot
+            .borrow()
+            .quota(ns)
+            .map_or(max, |q| q.module_size_limit(max))
+    }
+
+    /// A file for a module's bytes as they arrive, at most `limit` of them.
+    pub fn incoming_module(
+        &self,
+        limit: u64,
+    ) -> Result<crate::modules::Incoming, crate::modules::ModuleError> {
+        crate::modules::Incoming::new(&self.modules.spool, limit)
+    }
+
+    /// Checks a module that arrived against `digest`, validates it and
+    /// stores it.
+    pub async fn keep_module(
+        &self,
+        received: crate::modules::Received,
+        digest: &str,
+    ) -> Result<(), crate::modules::ModuleError> {
+        crate::modules::keep(
+            self.store.clone(),
+            received,
+            digest,
+            &self.modules.validations,
+        )
+        .await
+    }
+
+    /// Stores a module held in memory (small ones, tests); its digest.
+    pub async fn keep_module_bytes(
+        &self,
+        bytes: &[u8],
+    ) -> Result<String, crate::modules::ModuleError> {
+        crate::modules::keep_bytes(self.store.clone(), &self.modules.spool, bytes).await
+    }
+
     async fn ask<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, ApiError>>) -> Command,
@@ -416,19 +505,15 @@ impl ControlPlane {
         rx.await.map_err(|_| ApiError::Closed)?
     }
 
+    /// Applies manifests, each with the digest of its module (stored
+    /// already: uploaded, or pulled from its registry).
     pub async fn apply(
         &self,
         apps: Vec<(AppManifest, String)>,
-        blobs: Vec<(String, Vec<u8>)>,
         actor: Actor,
     ) -> Result<Vec<ApplyOutcome>, ApiError> {
-        self.ask(|reply| Command::Apply {
-            apps,
-            blobs,
-            actor,
-            reply,
-        })
-        .await
+        self.ask(|reply| Command::Apply { apps, actor, reply })
+            .await
     }
 
     pub async fn scale(&self, app: AppKey, replicas: u32, actor: Actor) -> Result<(), ApiError> {
