@@ -369,7 +369,7 @@ pub async fn upload_modules(client: &Client, apps: &[LoadedApp]) -> anyhow::Resu
         }
         if let Some(max) = status.max_size.filter(|max| module.len > *max) {
             bail!(
-                "app {}/{}: its module {} is {} bytes, larger than the largest module namespace {ns:?} may upload ({} bytes: its quota's max-module-size, within the control plane's --max-module-size)",
+                "app {}/{}: its module {} is {} bytes, larger than the largest module namespace {ns:?} takes ({} bytes: its quota's max-module-size, within the control plane's --max-module-size)",
                 ns,
                 m.name,
                 m.module,
@@ -904,6 +904,9 @@ pub async fn describe(client: &Client, app: AppRef) -> anyhow::Result<()> {
     if let Some(t) = &d.view.template {
         outln!("Kind:         {}", t.spec.kind);
         outln!("Module:       sha256:{}", t.digest);
+        if let Some(source) = &t.source {
+            outln!("Source:       {source}");
+        }
         outln!(
             "Limits:       memory {}, timeout {}, concurrency {}, max-body {}",
             t.spec.limits.memory,
@@ -1012,18 +1015,29 @@ pub async fn describe(client: &Client, app: AppRef) -> anyhow::Result<()> {
         }
     }
     outln!("Revisions:");
+    // Where modules came from registries, the reference each revision
+    // pinned.
+    let sources = d.revisions.iter().any(|r| r.template.source.is_some());
     let rows: Vec<Vec<String>> = d
         .revisions
         .iter()
         .map(|r| {
-            vec![
+            let mut row = vec![
                 format!("  {}", r.number),
                 short_digest(&r.template.digest),
                 age(r.created_at_ms, now),
-            ]
+            ];
+            if sources {
+                row.push(r.template.source.clone().unwrap_or_else(|| "-".into()));
+            }
+            row
         })
         .collect();
-    out!("{}", table::render(&["  REVISION", "MODULE", "AGE"], &rows));
+    let mut header = vec!["  REVISION", "MODULE", "AGE"];
+    if sources {
+        header.push("SOURCE");
+    }
+    out!("{}", table::render(&header, &rows));
     outln!("Instances:");
     if d.instances.is_empty() {
         outln!("  <none>");

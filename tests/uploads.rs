@@ -198,7 +198,7 @@ fn a_module_over_the_largest_size_is_refused_before_its_body_is_read() {
     assert!(!out.success, "{}", out.stdout);
     assert!(
         out.stderr
-            .contains("larger than the largest module namespace \"team\" may upload (1024 bytes"),
+            .contains("larger than the largest module namespace \"team\" takes (1024 bytes"),
         "{}",
         out.stderr
     );

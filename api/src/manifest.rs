@@ -1072,6 +1072,39 @@ interval = "1s"
     }
 
     #[test]
+    fn a_module_from_a_registry_is_an_oci_reference_with_optional_credentials() {
+        let apps = parse(
+            "name = \"a\"\nmodule = \"oci://ghcr.io/acme/a:v1\"\nregistry-auth = { secret = \"ghcr\" }\n",
+            Format::Toml,
+        )
+        .unwrap();
+        assert_eq!(apps[0].module, "oci://ghcr.io/acme/a:v1");
+        assert_eq!(
+            apps[0].registry_auth.as_ref().map(|a| a.secret.as_str()),
+            Some("ghcr")
+        );
+        let e = parse(
+            "name = \"a\"\nmodule = \"oci://ghcr.io/Acme/a\"\n",
+            Format::Toml,
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("module"), "{e}");
+        assert!(e.message.contains("lowercase"), "{e}");
+        let e = parse(
+            "name = \"a\"\nmodule = \"a.wasm\"\nregistry-auth = { secret = \"x\" }\n",
+            Format::Toml,
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("registry-auth"), "{e}");
+        let e = parse(
+            "name = \"a\"\nmodule = \"oci://r.example/a\"\nregistry-auth = { name = \"x\" }\n",
+            Format::Toml,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("unknown field `name`"), "{e}");
+    }
+
+    #[test]
     fn yaml_syntax_errors_have_a_line_and_one_line_of_message() {
         let e = parse("name: a\nmodule: a.wasm\nenv: {A: 1\n", Format::Yaml).unwrap_err();
         assert!(e.line.is_some_and(|l| (3..=4).contains(&l)), "{e:?}");

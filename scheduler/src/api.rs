@@ -402,16 +402,41 @@ async fn apply(
         }
     }
     let mut apps = Vec::with_capacity(req.apps.len());
+    // A reference several apps of a namespace name (with the same
+    // credentials) is resolved once, so they run the same module.
+    let mut pulled: std::collections::HashMap<_, crate::registry::Pulled> = Default::default();
     for a in req.apps {
-        let m = a.manifest;
-        let Some(digest) = a.digest else {
-            return Err(invalid(
-                "invalid",
-                format!(
-                    "app {}/{}: no module digest (upload the module first)",
-                    m.namespace, m.name
-                ),
-            ));
+        let mut m = a.manifest;
+        let digest = if shoal_api::oci::is_oci(&m.module) {
+            let secret = m.registry_auth.as_ref().map(|a| a.secret.clone());
+            let key = (m.namespace.clone(), m.module.clone(), secret.clone());
+            let p = match pulled.get(&key) {
+                Some(p) => p.clone(),
+                None => {
+                    let reference = shoal_api::oci::ModuleRef::parse(&m.module)
+                        .map_err(|e| invalid("invalid_manifest", e.to_string()))?;
+                    let p = crate::registry::pull(&cp, &m.namespace, &reference, secret.as_deref())
+                        .await
+                        .map_err(|e| pull_refused(&m, e))?;
+                    pulled.insert(key, p.clone());
+                    p
+                }
+            };
+            // The revision records the reference pinned to what it
+            // resolved to now.
+            m.module = p.pinned.to_string();
+            p.digest
+        } else {
+            let Some(digest) = a.digest else {
+                return Err(invalid(
+                    "invalid",
+                    format!(
+                        "app {}/{}: no module digest (upload the module first)",
+                        m.namespace, m.name
+                    ),
+                ));
+            };
+            digest
         };
         apps.push((m, digest));
     }
@@ -426,6 +451,48 @@ async fn apply(
         }
     }
     Ok(Json(outcome))
+}
+
+/// The answer to an app whose module could not be pulled from its
+/// registry: what went wrong, for the app and its reference, without a
+/// credential.
+fn pull_refused(m: &shoal_api::manifest::AppManifest, e: crate::registry::PullError) -> Error {
+    use crate::registry::PullError;
+    use shoal_oci::OciError;
+    let what = format!("app {}/{}: module {}", m.namespace, m.name, m.module);
+    let e = match e {
+        PullError::Module(module) => {
+            let Error(status, body) = module_refused(&m.namespace, module);
+            return Error(
+                status,
+                ErrorBody::new(&body.code, format!("{what}: {}", body.message)),
+            );
+        }
+        other => other,
+    };
+    let (status, code) = match &e {
+        PullError::Module(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        PullError::NoSecret { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "secret_not_found"),
+        PullError::Registry(o) => match o {
+            OciError::NeedsCredentials { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "registry_auth_required")
+            }
+            OciError::CredentialsRefused { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "registry_auth_refused")
+            }
+            OciError::NotFound { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "module_not_found"),
+            OciError::DigestMismatch { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, ep::DIGEST_MISMATCH)
+            }
+            OciError::NotWasm { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "not_a_wasm_artifact"),
+            OciError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, ep::MODULE_TOO_LARGE),
+            OciError::Unreachable { .. } => (StatusCode::BAD_GATEWAY, "registry_unreachable"),
+            OciError::Registry { .. } | OciError::Invalid(_) => {
+                (StatusCode::BAD_GATEWAY, "registry_error")
+            }
+        },
+    };
+    Error(status, ErrorBody::new(code, format!("{what}: {e}")))
 }
 
 /// Refuses an app whose module, stored already (perhaps uploaded for
@@ -1245,7 +1312,7 @@ async fn put_module(
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let refuse = |e: ModuleError| module_refused(&ns, limit, e);
+    let refuse = |e: ModuleError| module_refused(&ns, e);
     if let Some(size) = announced.filter(|s| *s > limit) {
         return Err(refuse(ModuleError::TooLarge {
             limit,
@@ -1269,7 +1336,7 @@ async fn put_module(
 }
 
 /// The answer to a module the control plane would not take.
-fn module_refused(ns: &str, limit: u64, e: crate::modules::ModuleError) -> Error {
+fn module_refused(ns: &str, e: crate::modules::ModuleError) -> Error {
     use crate::modules::ModuleError;
     let (status, code) = match &e {
         ModuleError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, ep::MODULE_TOO_LARGE),
@@ -1290,10 +1357,10 @@ fn module_refused(ns: &str, limit: u64, e: crate::modules::ModuleError) -> Error
         }
     };
     let message = match &e {
-        ModuleError::TooLarge { size, .. } => format!(
-            "the module{} is larger than the largest module namespace {ns:?} may upload: {} (its quota's max-module-size, within the control plane's --max-module-size)",
+        ModuleError::TooLarge { size, limit } => format!(
+            "the module{} is larger than the largest module namespace {ns:?} takes: {} (its quota's max-module-size, within the control plane's --max-module-size)",
             size.map(|s| format!(" ({s} bytes)")).unwrap_or_default(),
-            crate::modules::size_text(limit),
+            crate::modules::size_text(*limit),
         ),
         _ => e.to_string(),
     };
@@ -1907,7 +1974,7 @@ mod tests {
         assert_eq!(body["code"], ep::MODULE_TOO_LARGE, "{body}");
         assert_eq!(limit, None);
         let message = body["message"].as_str().unwrap();
-        assert!(message.contains("may upload: 100 bytes"), "{message}");
+        assert!(message.contains("takes: 100 bytes"), "{message}");
 
         // Unannounced, growing past the limit.
         let big = vec![0u8; 101];

@@ -19,6 +19,8 @@
 //!   and the admin token of the first start.
 //! - [`modules`]: modules into the blob store, streamed to a file,
 //!   hashed, capped, validated, then kept.
+//! - [`registry`]: modules pulled from OCI registries at apply, pinned
+//!   by digest.
 //! - [`artifacts`]: modules compiled once for the cluster's engine and
 //!   signed by the cluster CA, for nodes to load instead of compiling.
 //! - [`api`]: the HTTP/JSON API (`/v1/...`) as an axum router.
@@ -41,6 +43,7 @@ pub mod page;
 pub mod placement;
 pub mod rebalance;
 pub mod reconcile;
+pub mod registry;
 pub mod replica;
 pub mod rollout;
 pub mod routes;

@@ -63,6 +63,12 @@ pub struct Config {
     /// Where uploads are written while they arrive, for a store without a
     /// place of its own (etcd); none: the system's temporary folder.
     pub upload_dir: Option<std::path::PathBuf>,
+    /// Where the credentials of registries come from, for apps that name
+    /// a secret (`registry-auth`); none: no app may name one.
+    pub registry_credentials: Option<Arc<dyn crate::registry::RegistryCredentials>>,
+    /// Registries (`host:port`, as references write them) spoken to over
+    /// plain HTTP; every other one over TLS.
+    pub insecure_registries: Vec<String>,
 }
 
 impl Default for Config {
@@ -78,6 +84,8 @@ impl Default for Config {
             artifacts_dir: None,
             max_module_size: crate::modules::DEFAULT_MAX_MODULE_SIZE,
             upload_dir: None,
+            registry_credentials: None,
+            insecure_registries: Vec::new(),
         }
     }
 }
@@ -235,6 +243,8 @@ struct Modules {
     spool: std::path::PathBuf,
     max_size: u64,
     validations: tokio::sync::Semaphore,
+    credentials: Option<Arc<dyn crate::registry::RegistryCredentials>>,
+    insecure: Vec<String>,
 }
 
 impl Modules {
@@ -249,6 +259,8 @@ impl Modules {
             spool,
             max_size: config.max_module_size,
             validations: tokio::sync::Semaphore::new(crate::modules::VALIDATIONS_AT_ONCE),
+            credentials: config.registry_credentials.clone(),
+            insecure: config.insecure_registries.clone(),
         })
     }
 }
@@ -486,6 +498,19 @@ impl ControlPlane {
             &self.modules.validations,
         )
         .await
+    }
+
+    /// Where registry credentials come from, if anywhere.
+    pub fn registry_credentials(&self) -> Option<&dyn crate::registry::RegistryCredentials> {
+        self.modules.credentials.as_deref()
+    }
+
+    /// Whether `registry` (`host:port`) is spoken to over plain HTTP.
+    pub fn is_insecure_registry(&self, registry: &str) -> bool {
+        self.modules
+            .insecure
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(registry))
     }
 
     /// Stores a module held in memory (small ones, tests); its digest.
