@@ -462,6 +462,15 @@ fn registry_credentials(
 ) -> anyhow::Result<shoal_scheduler::registry::StaticCredentials> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading --registry-credentials {}", path.display()))?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        use std::os::unix::fs::PermissionsExt as _;
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                file = %path.display(),
+                "the registry credentials file is readable by others than its owner (chmod 600 it)"
+            );
+        }
+    }
     let file: CredentialsFile = toml::from_str(&text).map_err(|e| {
         let at = e
             .span()
