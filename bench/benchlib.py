@@ -22,6 +22,7 @@ directory (this one) on sys.path before `import benchlib`.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import json
 import os
 import platform
@@ -537,6 +538,21 @@ class Api:
 
     def get(self, path: str):
         return self.call("GET", path)
+
+    def upload_module(self, wasm: bytes, namespace: str = "default") -> str:
+        """Uploads a module (its bytes are the request's body, as `shoal
+        apply` sends them) and returns its sha256, for an apply to name."""
+        digest = hashlib.sha256(wasm).hexdigest()
+        req = urllib.request.Request(f"{self.url}/v1/namespaces/{namespace}/blobs/{digest}",
+                                     data=wasm, method="PUT")
+        req.add_header("content-type", "application/wasm")
+        if self.token:
+            req.add_header("authorization", f"Bearer {self.token}")
+        ca = ca_of(self.url)
+        context = ssl.create_default_context(cafile=str(ca)) if ca else None
+        with urllib.request.urlopen(req, timeout=self.timeout, context=context) as resp:
+            resp.read()
+        return digest
 
     def instances(self, app: str, namespace: str | None = None) -> list[dict]:
         """The instances of one app (in any namespace unless one is given)."""

@@ -17,7 +17,7 @@ It measures:
   * the node's resident memory (VmRSS from /proc) with no app, and after
     every app is ready and idle; memory per idle app = (RSS_N - RSS_0) / N
   * the time to register all N apps through POST /v1/apply, in batches of
-    BENCH_DENSITY_BATCH apps (modules in the request), and the time until
+    BENCH_DENSITY_BATCH apps (each module uploaded first), and the time until
     the gateway's route table has a ready endpoint for every one
   * BENCH_DENSITY_REQUESTS requests, one at a time, each to a random app
     through the gateway (one keep-alive connection, BENCH_DENSITY_GAP_MS
@@ -56,7 +56,6 @@ Standard library only. Knobs (environment):
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import http.client
 import json
@@ -293,14 +292,17 @@ def register(cfg: dict, cl: dict, n: int, module_of, memory: str) -> dict:
     batch = cfg["batch"]
     mark = CpuMark({"cp": cl["cp"], "gw": cl["gw"], "node": cl["node"]})
     t0 = time.monotonic()
+    uploaded: set[str] = set()
     for start in range(0, n, batch):
-        apps, modules = [], {}
+        apps = []
         for i in range(start, min(n, start + batch)):
             wasm = module_of(i)
             digest = hashlib.sha256(wasm).hexdigest()
-            modules[digest] = base64.b64encode(wasm).decode()
+            if digest not in uploaded:
+                api.upload_module(wasm)
+                uploaded.add(digest)
             apps.append({"manifest": manifest(i, memory), "digest": digest})
-        api.call("POST", "/v1/apply", {"apps": apps, "modules": modules})
+        api.call("POST", "/v1/apply", {"apps": apps})
     posted = time.monotonic() - t0
     deadline = t0 + cfg["ready_s"]
     last, polls = 0, 0

@@ -45,8 +45,6 @@ Knobs (environment):
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 import signal
@@ -246,18 +244,14 @@ def wait_settled(api: Api, instances: int, deadline: float) -> float | None:
 
 
 def post_apps(api: Api, apps: int, replicas: int, deadline: float) -> None:
-    wasm = MODULE.read_bytes()
-    digest = hashlib.sha256(wasm).hexdigest()
-    blob = base64.b64encode(wasm).decode()
+    digest = api.upload_module(MODULE.read_bytes())
     for start in range(0, apps, APPLY_BATCH):
         batch = [{"manifest": {"name": f"fleet-{i:05d}", "module": MODULE.name,
                                "replicas": replicas}, "digest": digest}
                  for i in range(start, min(apps, start + APPLY_BATCH))]
         if time.monotonic() > deadline:
             raise RuntimeError(f"only {start:,} of {apps:,} apps posted in time")
-        # The module goes with the first batch only; later ones name it.
-        api.call("POST", "/v1/apply",
-                 {"apps": batch, "modules": {digest: blob} if start == 0 else {}})
+        api.call("POST", "/v1/apply", {"apps": batch})
 
 
 def one_run(cfg: dict, store: str, nodes: int, tmp: Path, logs: Path) -> dict:

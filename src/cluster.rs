@@ -47,6 +47,23 @@ pub struct ControlPlaneArgs {
     /// DATA_DIR/artifacts). `off`: every node compiles for itself.
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     pub compile_for_nodes: OnOff,
+    /// The largest module the control plane takes, uploaded or pulled
+    /// from a registry (a namespace's quota may allow less): a larger
+    /// upload is refused with 413 before its body is read.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB")]
+    pub max_module_size: ByteSize,
+    /// A registry (`HOST:PORT`, as `oci://` references write it) to pull
+    /// modules from over plain HTTP instead of TLS (repeatable): only for
+    /// a registry on a network where every host is trusted.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub insecure_registries: Vec<String>,
+    /// Registry credentials for apps' `registry-auth = { secret = "NAME" }`,
+    /// until the control plane stores secrets: a TOML file of
+    /// `[[secret]]` tables with `namespace`, `name`, `username` and
+    /// `password`, read at start (keep it readable by the control plane
+    /// only).
+    #[arg(long, value_name = "FILE")]
+    pub registry_credentials: Option<PathBuf>,
     /// Where the state lives: `redb` (the default: an embedded database
     /// in the data dir, for one control plane), or
     /// `etcd://HOST:PORT[,HOST:PORT...]` for several control-plane
@@ -447,6 +464,13 @@ fn state_config(
         },
         artifacts_dir: (args.compile_for_nodes == OnOff::On).then(|| dir.join("artifacts")),
         secrets: Some(Arc::new(secrets_key(args, dir)?)),
+        max_module_size: args.max_module_size.bytes(),
+        upload_dir: Some(dir.join("uploads")),
+        insecure_registries: args.insecure_registries.clone(),
+        registry_credentials: match &args.registry_credentials {
+            Some(path) => Some(Arc::new(registry_credentials(path)?)),
+            None => None,
+        },
         ..Default::default()
     };
     if config.heartbeat >= config.lease {
@@ -472,6 +496,63 @@ fn state_config(
         bail!("--tls-san names the TLS certificate; it has no use with --plain-http");
     }
     Ok(config)
+}
+
+/// One entry of `--registry-credentials`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialsEntry {
+    namespace: String,
+    name: String,
+    username: String,
+    password: String,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialsFile {
+    #[serde(default)]
+    secret: Vec<CredentialsEntry>,
+}
+
+/// Reads `--registry-credentials` (errors name the file and the place,
+/// never a value).
+fn registry_credentials(
+    path: &std::path::Path,
+) -> anyhow::Result<shoal_scheduler::registry::StaticCredentials> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --registry-credentials {}", path.display()))?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        use std::os::unix::fs::PermissionsExt as _;
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                file = %path.display(),
+                "the registry credentials file is readable by others than its owner (chmod 600 it)"
+            );
+        }
+    }
+    let file: CredentialsFile = toml::from_str(&text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|s| format!(" at byte {}", s.start))
+            .unwrap_or_default();
+        anyhow::anyhow!(
+            "--registry-credentials {}: not [[secret]] tables of namespace, name, username and password{at}",
+            path.display()
+        )
+    })?;
+    let mut credentials = shoal_scheduler::registry::StaticCredentials::default();
+    for e in file.secret {
+        credentials.insert(
+            &e.namespace,
+            &e.name,
+            shoal_oci::Credentials {
+                username: e.username,
+                password: e.password,
+            },
+        );
+    }
+    Ok(credentials)
 }
 
 /// Parses `memory=4GiB,instances=100` (either part may be left out).

@@ -6,7 +6,6 @@ use crate::client::{Client, NotFound};
 use crate::out::{errln, out, outln};
 use crate::table::{self, age};
 use anyhow::{Context, anyhow, bail};
-use base64::Engine as _;
 use clap::{Args, ValueEnum};
 use futures::StreamExt;
 use sha2::Digest as _;
@@ -243,12 +242,30 @@ fn app_label(key: &AppKey) -> String {
     }
 }
 
-/// Apps with their module digests, and module bytes by digest.
-pub type Loaded = (Vec<(AppManifest, String)>, BTreeMap<String, Vec<u8>>);
+/// A module file an app names, as it is uploaded.
+#[derive(Debug, Clone)]
+pub struct LocalModule {
+    /// sha256 (hex) of the binary.
+    pub digest: String,
+    pub len: u64,
+    pub data: ModuleData,
+}
 
-/// Reads a manifest file and every module it names. Returns the apps with
-/// their module digests and the module bytes by digest.
-pub fn load_manifest(path: &Path) -> anyhow::Result<Loaded> {
+#[derive(Debug, Clone)]
+pub enum ModuleData {
+    /// A `.wasm` binary, streamed from its file.
+    File(PathBuf),
+    /// WAT text, converted to a binary here.
+    Bytes(Vec<u8>),
+}
+
+/// An app of a manifest file and its module: a file here, or none for a
+/// module from an OCI registry (`oci://...`), which the control plane
+/// pulls.
+pub type LoadedApp = (AppManifest, Option<LocalModule>);
+
+/// Reads a manifest file's apps (without their modules).
+pub fn read_manifest(path: &Path) -> anyhow::Result<Vec<AppManifest>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let name = path.to_string_lossy();
@@ -258,24 +275,63 @@ pub fn load_manifest(path: &Path) -> anyhow::Result<Loaded> {
             path.display()
         )
     })?;
-    let apps = manifest::parse(&text, format).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    manifest::parse(&text, format).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+/// sha256 and length of a file, read in pieces.
+fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok((hex::encode(hasher.finalize()), len));
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+}
+
+/// Reads a manifest file and finds every module it names: a `.wasm`
+/// binary is hashed (read in pieces, never whole), WAT text converted.
+pub fn load_manifest(path: &Path) -> anyhow::Result<Vec<LoadedApp>> {
+    let apps = read_manifest(path)?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut out = Vec::new();
-    let mut modules = BTreeMap::new();
     for m in apps {
+        if shoal_api::oci::is_oci(&m.module) {
+            out.push((m, None));
+            continue;
+        }
         let module_path = base.join(&m.module);
-        let bytes = std::fs::read(&module_path).with_context(|| {
+        let reading = || {
             format!(
                 "{}: app {}: reading its module {}",
                 path.display(),
                 m.name,
                 module_path.display()
             )
-        })?;
-        let binary = if bytes.starts_with(b"\0asm") {
-            bytes
+        };
+        let mut head = [0u8; 4];
+        let is_binary = {
+            use std::io::Read as _;
+            let mut f = std::fs::File::open(&module_path).with_context(reading)?;
+            let n = f.read(&mut head).with_context(reading)?;
+            n == 4 && &head == b"\0asm"
+        };
+        let module = if is_binary {
+            let (digest, len) = hash_file(&module_path).with_context(reading)?;
+            LocalModule {
+                digest,
+                len,
+                data: ModuleData::File(module_path),
+            }
         } else {
-            wat::parse_bytes(&bytes)
+            let text = std::fs::read(&module_path).with_context(reading)?;
+            let binary = wat::parse_bytes(&text)
                 .map(|b| b.into_owned())
                 .map_err(|e| {
                     anyhow!(
@@ -284,38 +340,70 @@ pub fn load_manifest(path: &Path) -> anyhow::Result<Loaded> {
                         m.name,
                         module_path.display()
                     )
-                })?
+                })?;
+            LocalModule {
+                digest: hex::encode(sha2::Sha256::digest(&binary)),
+                len: binary.len() as u64,
+                data: ModuleData::Bytes(binary),
+            }
         };
-        let digest = hex::encode(sha2::Sha256::digest(&binary));
-        modules.insert(digest.clone(), binary);
-        out.push((m, digest));
+        out.push((m, Some(module)));
     }
-    Ok((out, modules))
+    Ok(out)
+}
+
+/// Uploads every module file of `apps` the control plane lacks, each
+/// once, in the namespace of the first app that uses it; refuses one
+/// larger than that namespace accepts before sending it.
+pub async fn upload_modules(client: &Client, apps: &[LoadedApp]) -> anyhow::Result<()> {
+    let mut done = BTreeSet::new();
+    for (m, module) in apps {
+        let Some(module) = module else { continue };
+        if !done.insert(module.digest.clone()) {
+            continue;
+        }
+        let ns = &m.namespace;
+        let status = client.module_status(ns, &module.digest).await?;
+        if status.stored {
+            continue;
+        }
+        if let Some(max) = status.max_size.filter(|max| module.len > *max) {
+            bail!(
+                "app {}/{}: its module {} is {} bytes, larger than the largest module namespace {ns:?} takes ({} bytes: its quota's max-module-size, within the control plane's --max-module-size)",
+                ns,
+                m.name,
+                m.module,
+                module.len,
+                max
+            );
+        }
+        let sent = match &module.data {
+            ModuleData::File(path) => client.upload_module_file(ns, &module.digest, path).await,
+            ModuleData::Bytes(bytes) => {
+                client
+                    .upload_module_bytes(ns, &module.digest, bytes.clone())
+                    .await
+            }
+        };
+        sent.with_context(|| format!("app {}/{}: uploading its module {}", ns, m.name, m.module))?;
+    }
+    Ok(())
 }
 
 pub async fn apply(client: &Client, args: ApplyArgs) -> anyhow::Result<()> {
     let mut apps = Vec::new();
-    let mut modules = BTreeMap::new();
     for file in &args.files {
-        let (a, m) = load_manifest(file)?;
-        apps.extend(a);
-        modules.extend(m);
+        apps.extend(load_manifest(file)?);
     }
-    let mut upload = BTreeMap::new();
-    for (digest, bytes) in modules {
-        if !client.has_blob(&digest).await? {
-            upload.insert(
-                digest,
-                base64::engine::general_purpose::STANDARD.encode(bytes),
-            );
-        }
-    }
+    upload_modules(client, &apps).await?;
     let req = ApplyRequest {
         apps: apps
             .into_iter()
-            .map(|(manifest, digest)| ApplyApp { manifest, digest })
+            .map(|(manifest, module)| ApplyApp {
+                manifest,
+                digest: module.map(|m| m.digest),
+            })
             .collect(),
-        modules: upload,
     };
     let outcomes: Vec<ApplyOutcome> = client.apply(&req).await?;
     for o in &outcomes {
@@ -816,6 +904,9 @@ pub async fn describe(client: &Client, app: AppRef) -> anyhow::Result<()> {
     if let Some(t) = &d.view.template {
         outln!("Kind:         {}", t.spec.kind);
         outln!("Module:       sha256:{}", t.digest);
+        if let Some(source) = &t.source {
+            outln!("Source:       {source}");
+        }
         outln!(
             "Limits:       memory {}, timeout {}, concurrency {}, max-body {}",
             t.spec.limits.memory,
@@ -923,18 +1014,29 @@ pub async fn describe(client: &Client, app: AppRef) -> anyhow::Result<()> {
         }
     }
     outln!("Revisions:");
+    // Where modules came from registries, the reference each revision
+    // pinned.
+    let sources = d.revisions.iter().any(|r| r.template.source.is_some());
     let rows: Vec<Vec<String>> = d
         .revisions
         .iter()
         .map(|r| {
-            vec![
+            let mut row = vec![
                 format!("  {}", r.number),
                 short_digest(&r.template.digest),
                 age(r.created_at_ms, now),
-            ]
+            ];
+            if sources {
+                row.push(r.template.source.clone().unwrap_or_else(|| "-".into()));
+            }
+            row
         })
         .collect();
-    out!("{}", table::render(&["  REVISION", "MODULE", "AGE"], &rows));
+    let mut header = vec!["  REVISION", "MODULE", "AGE"];
+    if sources {
+        header.push("SOURCE");
+    }
+    out!("{}", table::render(&header, &rows));
     outln!("Instances:");
     if d.instances.is_empty() {
         outln!("  <none>");
@@ -1030,10 +1132,10 @@ pub async fn scale(client: &Client, args: ScaleArgs) -> anyhow::Result<()> {
 pub async fn delete(client: &Client, args: DeleteArgs) -> anyhow::Result<()> {
     let mut keys = Vec::new();
     for f in &args.files {
-        let (apps, _) = load_manifest(f)?;
         keys.extend(
-            apps.into_iter()
-                .map(|(m, _)| AppKey::new(m.namespace, m.name)),
+            read_manifest(f)?
+                .into_iter()
+                .map(|m| AppKey::new(m.namespace, m.name)),
         );
     }
     if let Some(kind) = args

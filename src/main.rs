@@ -14,6 +14,7 @@ mod config;
 mod fleet;
 mod nodes;
 mod out;
+mod push;
 mod quota;
 mod replica;
 mod rollout;
@@ -77,6 +78,9 @@ enum Command {
     Gateway(cluster::GatewayArgs),
     /// Create or update apps from manifest files.
     Apply(commands::ApplyArgs),
+    /// Push a module to an OCI registry as a wasm artifact, for manifests
+    /// to name as `module = "oci://..."`; prints its digest.
+    Push(push::PushArgs),
     /// List apps, instances, nodes or revisions.
     Get(commands::GetArgs),
     /// Show an app in detail: spec, revisions, instances, events.
@@ -185,6 +189,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Apply(args) => commands::apply(&client()?, args).await,
+        Command::Push(args) => push::push(args).await,
         Command::Get(args) => commands::get(&client()?, args).await,
         Command::Describe(args) => commands::describe(&client()?, args).await,
         Command::Scale(args) => commands::scale(&client()?, args).await,

@@ -80,6 +80,10 @@ pub struct SetArgs {
     /// together (`100MiB`).
     #[arg(long, value_name = "SIZE")]
     pub kv_bytes: Option<Setting<ByteSize>>,
+    /// The largest module the namespace may upload or pull (`32MiB`;
+    /// the control plane's `--max-module-size` holds too).
+    #[arg(long, value_name = "SIZE")]
+    pub max_module_size: Option<Setting<ByteSize>>,
 }
 
 #[derive(Args, Debug)]
@@ -117,6 +121,7 @@ impl SetArgs {
         put(&mut quota.max_body, self.max_body);
         put(&mut quota.kv_keys, self.kv_keys);
         put(&mut quota.kv_bytes, self.kv_bytes);
+        put(&mut quota.max_module_size, self.max_module_size);
         quota
     }
 }
@@ -168,7 +173,7 @@ fn rows(views: &[QuotaView]) -> Vec<Vec<String>> {
     let mut rows = Vec::new();
     for v in views {
         let (q, u) = (&v.quota, &v.usage);
-        let lines: [(&str, String, Option<String>); 10] = [
+        let lines: [(&str, String, Option<String>); 11] = [
             ("apps", u.apps.to_string(), q.apps.map(|x| x.to_string())),
             (
                 "instances",
@@ -203,6 +208,11 @@ fn rows(views: &[QuotaView]) -> Vec<Vec<String>> {
             ("max-body", "-".into(), q.max_body.map(|x| x.to_string())),
             ("kv-keys", "-".into(), q.kv_keys.map(|x| x.to_string())),
             ("kv-bytes", "-".into(), q.kv_bytes.map(|x| x.to_string())),
+            (
+                "max-module-size",
+                "-".into(),
+                q.max_module_size.map(|x| x.to_string()),
+            ),
         ];
         for (resource, used, limit) in lines {
             rows.push(vec![

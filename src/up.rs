@@ -13,7 +13,6 @@ use crate::client::Client;
 use crate::cluster::data_home;
 use crate::out::{errln, outln};
 use anyhow::{Context, anyhow, bail};
-use base64::Engine as _;
 use clap::Args;
 use sha2::Digest as _;
 use shoal_api::manifest::{self, Format};
@@ -831,20 +830,19 @@ async fn deploy_demo(client: &Client) -> anyhow::Result<()> {
     let mut apps = manifest::parse(DEMO_MANIFEST, Format::Toml)
         .map_err(|e| anyhow!("the built-in demo manifest: {e}"))?;
     let digest = hex::encode(sha2::Sha256::digest(DEMO_WASM));
-    let mut modules = std::collections::BTreeMap::new();
-    modules.insert(
-        digest.clone(),
-        base64::engine::general_purpose::STANDARD.encode(DEMO_WASM),
-    );
+    if !client.module_status("default", &digest).await?.stored {
+        client
+            .upload_module_bytes("default", &digest, DEMO_WASM.to_vec())
+            .await?;
+    }
     let req = ApplyRequest {
         apps: apps
             .drain(..)
             .map(|manifest| ApplyApp {
                 manifest,
-                digest: digest.clone(),
+                digest: Some(digest.clone()),
             })
             .collect(),
-        modules,
     };
     let out: Vec<ApplyOutcome> = client.apply(&req).await?;
     for o in &out {

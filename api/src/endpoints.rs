@@ -39,7 +39,22 @@ pub const NODE_DRAIN: &str = "/v1/nodes/{name}/drain";
 /// A node's registration: DELETE removes the node. (Not `/v1/nodes/{name}`:
 /// a node named `register` would be shadowed by [`NODE_REGISTER`].)
 pub const NODE_REGISTRATION: &str = "/v1/nodes/{name}/registration";
+/// A module by its sha256 (hex): GET, for nodes and the control plane's
+/// admins.
 pub const BLOB: &str = "/v1/blobs/{digest}";
+/// A module uploaded for apps of a namespace: PUT streams its bytes (the
+/// body is the module itself, checked against the digest, refused with
+/// `413` [`MODULE_TOO_LARGE`] over the namespace's largest module size);
+/// HEAD says whether the control plane has it, with that size in
+/// [`MAX_MODULE_SIZE_HEADER`].
+pub const NAMESPACE_BLOB: &str = "/v1/namespaces/{ns}/blobs/{digest}";
+/// The header of a `NAMESPACE_BLOB` answer with the largest module the
+/// namespace may upload, in bytes.
+pub const MAX_MODULE_SIZE_HEADER: &str = "x-shoal-max-module-size";
+/// The code of a refused module upload larger than the limit (`413`).
+pub const MODULE_TOO_LARGE: &str = "module_too_large";
+/// The code of a module upload whose bytes do not hash to its digest.
+pub const DIGEST_MISMATCH: &str = "digest_mismatch";
 /// A module's compiled artifact for an engine (`engine` query), signed
 /// by the cluster CA: see [`crate::artifact`].
 pub const ARTIFACT: &str = "/v1/artifacts/{digest}";
@@ -103,6 +118,7 @@ pub const CONTROL_PLANE: &[&str] = &[
     NODE_DRAIN,
     NODE_REGISTRATION,
     BLOB,
+    NAMESPACE_BLOB,
     ARTIFACT,
     ROUTES,
     ROUTES_WATCH,
@@ -211,6 +227,11 @@ pub fn blob(digest: &str) -> String {
     fill(BLOB, &[digest])
 }
 
+/// A module of namespace `ns`'s apps, by its sha256 (hex), to upload.
+pub fn namespace_blob(ns: &str, digest: &str) -> String {
+    fill(NAMESPACE_BLOB, &[ns, digest])
+}
+
 /// A module's compiled artifact, by the module's sha256 (hex).
 pub fn artifact(digest: &str) -> String {
     fill(ARTIFACT, &[digest])
@@ -270,6 +291,7 @@ pub fn examples(a: &str, b: &str) -> Vec<Example> {
         ex(NODE_DRAIN, node_drain(a), &[a]),
         ex(NODE_REGISTRATION, node_registration(a), &[a]),
         ex(BLOB, blob(a), &[a]),
+        ex(NAMESPACE_BLOB, namespace_blob(a, b), &[a, b]),
         ex(ARTIFACT, artifact(a), &[a]),
         ex(TOKEN, token(a), &[a]),
         ex(CERTIFICATE, certificate(a), &[a]),

@@ -26,6 +26,8 @@
 //!   calls, `allow-apps` references, the caller header.
 //! - [`artifact`]: what the control plane signs when it vouches for a
 //!   compiled module, and the headers that carry it.
+//! - [`oci`]: modules in OCI registries: the `oci://` reference and the
+//!   wasm artifact format.
 //! - [`wasm`]: the WebAssembly features the nodes' engine enables, which
 //!   the control plane validates modules with.
 
@@ -38,6 +40,7 @@ pub mod endpoints;
 pub mod error;
 pub mod manifest;
 pub mod objects;
+pub mod oci;
 pub mod protocol;
 pub mod quantity;
 pub mod quota;

@@ -27,8 +27,13 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 pub struct AppManifest {
     pub name: String,
     pub namespace: String,
-    /// Path of the `.wasm`/`.wat` file, relative to the manifest.
+    /// Path of the `.wasm`/`.wat` file, relative to the manifest, or a
+    /// module in an OCI registry (`oci://REGISTRY/REPOSITORY:TAG` or
+    /// `...@sha256:DIGEST`, see [`crate::oci`]).
     pub module: String,
+    /// The secret with the registry's credentials, for an `oci://` module
+    /// in a registry that asks for them.
+    pub registry_auth: Option<crate::oci::RegistryAuthRef>,
     pub replicas: u32,
     /// How each instance runs (frozen into a revision).
     pub run: RunSpec,
@@ -43,8 +48,11 @@ struct ManifestFields {
     pub name: String,
     #[serde(default = "default_namespace")]
     pub namespace: String,
-    /// Path of the `.wasm`/`.wat` file, relative to the manifest.
+    /// Path of the `.wasm`/`.wat` file, relative to the manifest, or an
+    /// `oci://` reference.
     pub module: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<crate::oci::RegistryAuthRef>,
     #[serde(default)]
     pub kind: WorkloadKind,
     #[serde(default = "one")]
@@ -100,6 +108,7 @@ impl From<ManifestFields> for AppManifest {
             name: f.name,
             namespace: f.namespace,
             module: f.module,
+            registry_auth: f.registry_auth,
             replicas: f.replicas,
             run: RunSpec {
                 kind: f.kind,
@@ -138,6 +147,7 @@ impl From<AppManifest> for ManifestFields {
             name,
             namespace,
             module,
+            registry_auth,
             replicas,
             run,
             serve,
@@ -146,6 +156,7 @@ impl From<AppManifest> for ManifestFields {
             name,
             namespace,
             module,
+            registry_auth,
             kind: run.kind,
             replicas,
             resources: run.resources,
@@ -747,7 +758,25 @@ fn validate(app: &AppManifest) -> Result<(), (String, String)> {
         );
     }
     if app.module.trim().is_empty() {
-        return err("module", "must name a .wasm or .wat file".into());
+        return err(
+            "module",
+            "must name a .wasm or .wat file, or a module in a registry (oci://...)".into(),
+        );
+    }
+    if crate::oci::is_oci(&app.module) {
+        if let Err(e) = crate::oci::ModuleRef::parse(&app.module) {
+            return err("module", e.to_string());
+        }
+    } else if app.registry_auth.is_some() {
+        return err(
+            "registry-auth",
+            "is for a module in a registry (module = \"oci://...\")".into(),
+        );
+    }
+    if let Some(a) = &app.registry_auth
+        && a.secret.trim().is_empty()
+    {
+        return err("registry-auth.secret", "must name a secret".into());
     }
     if app.replicas > 10_000 {
         return err(
@@ -1141,6 +1170,39 @@ interval = "1s"
         assert!(e.message.contains("missing field `module`"), "{e}");
         let e = parse("name = \n", Format::Toml).unwrap_err();
         assert_eq!(e.line, Some(1), "{e}");
+    }
+
+    #[test]
+    fn a_module_from_a_registry_is_an_oci_reference_with_optional_credentials() {
+        let apps = parse(
+            "name = \"a\"\nmodule = \"oci://ghcr.io/acme/a:v1\"\nregistry-auth = { secret = \"ghcr\" }\n",
+            Format::Toml,
+        )
+        .unwrap();
+        assert_eq!(apps[0].module, "oci://ghcr.io/acme/a:v1");
+        assert_eq!(
+            apps[0].registry_auth.as_ref().map(|a| a.secret.as_str()),
+            Some("ghcr")
+        );
+        let e = parse(
+            "name = \"a\"\nmodule = \"oci://ghcr.io/Acme/a\"\n",
+            Format::Toml,
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("module"), "{e}");
+        assert!(e.message.contains("lowercase"), "{e}");
+        let e = parse(
+            "name = \"a\"\nmodule = \"a.wasm\"\nregistry-auth = { secret = \"x\" }\n",
+            Format::Toml,
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("registry-auth"), "{e}");
+        let e = parse(
+            "name = \"a\"\nmodule = \"oci://r.example/a\"\nregistry-auth = { name = \"x\" }\n",
+            Format::Toml,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("unknown field `name`"), "{e}");
     }
 
     #[test]

@@ -35,14 +35,23 @@ impl std::fmt::Display for AppKey {
 pub struct Template {
     /// sha256 of the module, lowercase hex.
     pub digest: String,
+    /// Where the module came from, for a module from a registry: its
+    /// reference pinned to the image manifest it resolved to when the app
+    /// was applied (`oci://REGISTRY/REPOSITORY:TAG@sha256:...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     #[serde(flatten)]
     pub spec: RunSpec,
 }
 
 impl Template {
+    /// The template of an app as `m` describes it, with its module's
+    /// digest. A module from a registry is recorded by the reference in
+    /// `m.module`, which the control plane pins before it gets here.
     pub fn from_manifest(m: &AppManifest, digest: String) -> Self {
         Self {
             digest,
+            source: crate::oci::is_oci(&m.module).then(|| m.module.clone()),
             spec: m.run.clone(),
         }
     }

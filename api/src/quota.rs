@@ -48,6 +48,10 @@ pub struct Quota {
     /// The largest request body a manifest may accept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_body: Option<ByteSize>,
+    /// The largest module the namespace may upload or pull (the control
+    /// plane's own `--max-module-size` holds too).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_module_size: Option<ByteSize>,
     /// Keys the namespace's key-value stores hold together.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kv_keys: Option<u64>,
@@ -180,6 +184,7 @@ pub enum QuotaItem {
     MaxBody,
     KvKeys,
     KvBytes,
+    MaxModuleSize,
 }
 
 impl fmt::Display for QuotaItem {
@@ -193,6 +198,7 @@ impl fmt::Display for QuotaItem {
             QuotaItem::MaxBody => "max-body",
             QuotaItem::KvKeys => "kv-keys",
             QuotaItem::KvBytes => "kv-bytes",
+            QuotaItem::MaxModuleSize => "max-module-size",
         })
     }
 }
@@ -335,6 +341,28 @@ impl Quota {
         }
     }
 
+    /// The largest module the namespace may use: its own limit within
+    /// the control plane's `cluster_max`.
+    pub fn module_size_limit(&self, cluster_max: u64) -> u64 {
+        self.max_module_size
+            .map_or(cluster_max, |m| m.bytes().min(cluster_max))
+    }
+
+    /// Whether a module of `size` bytes, already stored, stays within the
+    /// namespace's largest module size.
+    pub fn check_module_size(&self, namespace: &str, size: u64) -> Result<(), QuotaExceeded> {
+        match self.max_module_size {
+            Some(max) if size > max.bytes() => Err(QuotaExceeded {
+                namespace: namespace.to_string(),
+                item: QuotaItem::MaxModuleSize,
+                limit: max.to_string(),
+                asked: format!("a module of {}", ByteSize(size)),
+                used: None,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// How many replicas an app may run, at most, when the rest of its
     /// namespace holds `others` and each of its instances reserves
     /// `memory_each` bytes; `None` when no total limits it. Which limit
@@ -380,6 +408,10 @@ impl Quota {
         put("max-body", self.max_body.map(|v| v.to_string()));
         put("kv-keys", self.kv_keys.map(|v| v.to_string()));
         put("kv-bytes", self.kv_bytes.map(|v| v.to_string()));
+        put(
+            "max-module-size",
+            self.max_module_size.map(|v| v.to_string()),
+        );
         if parts.is_empty() {
             "none".to_string()
         } else {

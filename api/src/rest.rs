@@ -4,24 +4,25 @@
 use crate::manifest::AppManifest;
 use crate::objects::{App, AppKey, Event, Instance, Node, Revision, Template};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
-/// The body of `POST /v1/apply`.
+/// The body of `POST /v1/apply`: manifests only. Module files travel
+/// before it, each as the body of its own upload
+/// ([`crate::endpoints::NAMESPACE_BLOB`]); modules from OCI registries are
+/// pulled by the control plane.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApplyRequest {
     pub apps: Vec<ApplyApp>,
-    /// Module bytes by sha256 (hex), base64-encoded. Modules the control
-    /// plane already has may be left out.
-    #[serde(default)]
-    pub modules: BTreeMap<String, String>,
 }
 
 /// One app of an apply request: its manifest and the digest of its module.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApplyApp {
     pub manifest: AppManifest,
-    /// sha256 (hex) of the app's module.
-    pub digest: String,
+    /// sha256 (hex) of the app's module file, uploaded already; none for a
+    /// module from an OCI registry (`module = "oci://..."`), which the
+    /// control plane resolves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// What `apply` did to one app (kubectl's words).

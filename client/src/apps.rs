@@ -12,9 +12,19 @@ use shoal_api::rest::{
     ScaleRequest, TrafficRequest,
 };
 
+/// What the control plane says of a module before an upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModuleStatus {
+    /// It has the module: no upload is needed.
+    pub stored: bool,
+    /// The largest module the namespace may upload, in bytes (when the
+    /// control plane said).
+    pub max_size: Option<u64>,
+}
+
 impl Client {
-    /// Creates or updates apps; modules the control plane lacks travel in
-    /// the request.
+    /// Creates or updates apps, whose modules the control plane has
+    /// ([`Client::upload_module_file`]) or pulls from their registries.
     pub async fn apply(&self, req: &ApplyRequest) -> Result<Vec<ApplyOutcome>, Error> {
         self.json(
             Method::POST,
@@ -26,14 +36,71 @@ impl Client {
         .await
     }
 
-    /// Whether the control plane already stores a module.
-    pub async fn has_blob(&self, digest: &str) -> Result<bool, Error> {
-        let req = self.request(Method::HEAD, &endpoints::blob(digest));
+    /// Whether the control plane already stores a module for apps of
+    /// `ns`, and the largest module `ns` may upload. (A refusal reads as
+    /// "not stored": the upload that follows says why.)
+    pub async fn module_status(&self, ns: &str, digest: &str) -> Result<ModuleStatus, Error> {
+        let req = self.request(Method::HEAD, &endpoints::namespace_blob(ns, digest));
         self.within(self.timeout(), async {
             let (resp, _) = self.send_from(req, false).await?;
-            Ok(resp.status().is_success())
+            let max_size = resp
+                .headers()
+                .get(endpoints::MAX_MODULE_SIZE_HEADER)
+                .and_then(|v| v.to_str().ok()?.parse().ok());
+            Ok(ModuleStatus {
+                stored: resp.status().is_success(),
+                max_size,
+            })
         })
         .await
+    }
+
+    /// Uploads the module `digest` for apps of `ns` from the file at
+    /// `path`, streamed: neither side holds it whole in memory. The
+    /// exchange may take the client's limit plus a second per MiB.
+    pub async fn upload_module_file(
+        &self,
+        ns: &str,
+        digest: &str,
+        path: &std::path::Path,
+    ) -> Result<(), Error> {
+        let local = |e: std::io::Error| Error::Local(format!("{}: {e}", path.display()));
+        let file = tokio::fs::File::open(path).await.map_err(local)?;
+        let len = file.metadata().await.map_err(local)?.len();
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+            file,
+            256 << 10,
+        ));
+        self.upload_module(ns, digest, body, len).await
+    }
+
+    /// Uploads the module `digest` for apps of `ns` from memory.
+    pub async fn upload_module_bytes(
+        &self,
+        ns: &str,
+        digest: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), Error> {
+        let len = bytes.len() as u64;
+        self.upload_module(ns, digest, reqwest::Body::from(bytes), len)
+            .await
+    }
+
+    async fn upload_module(
+        &self,
+        ns: &str,
+        digest: &str,
+        body: reqwest::Body,
+        len: u64,
+    ) -> Result<(), Error> {
+        let req = self
+            .request(Method::PUT, &endpoints::namespace_blob(ns, digest))
+            .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(body);
+        let limit = self.timeout() + std::time::Duration::from_secs(len >> 20);
+        self.within(limit, async { self.send(req).await.map(|_| ()) })
+            .await
     }
 
     pub async fn apps(&self, q: &ListQuery) -> Result<Vec<AppView>, Error> {

@@ -43,6 +43,9 @@ pub enum Error {
     Malformed { what: String, cause: String },
     #[error("building the HTTP client: {0}")]
     Build(String),
+    /// Something on this side failed (reading the file to send).
+    #[error("{0}")]
+    Local(String),
 }
 
 fn show_hint(h: &Option<&'static str>) -> String {

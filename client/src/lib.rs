@@ -40,6 +40,7 @@ pub mod secrets;
 pub mod tokens;
 pub mod transport;
 
+pub use apps::ModuleStatus;
 pub use error::{Error, root_cause};
 pub use gateways::{RouteUpdate, RouteWatch};
 pub use node_api::LogLines;

@@ -12,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
 use axum::{Extension, Json, RequestExt as _, Router};
 use base64::Engine as _;
-use sha2::Digest as _;
 use shoal_api::ErrorBody;
 use shoal_api::auth::{
     self, CreateToken, CreatedToken, Resource, Role, Scope, Target, TokenRecord, TokenView, Verb,
@@ -33,8 +32,9 @@ use shoal_api::rest::{
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-/// Largest apply request (modules travel base64-encoded inside it).
-const MAX_APPLY_BYTES: usize = 256 << 20;
+/// Largest JSON request (an apply's manifests; modules travel in uploads
+/// of their own, streamed, see [`put_module`]).
+const MAX_JSON_BYTES: usize = 16 << 20;
 
 struct Error(StatusCode, ErrorBody);
 
@@ -189,12 +189,11 @@ pub(crate) fn routes() -> Vec<Route> {
             .post(drain_node, cluster(Update, Nodes))
             .get(drain_status, cluster(Get, Nodes)),
         at(ep::NODE_REGISTRATION).delete(delete_node, cluster(Delete, Nodes)),
-        at(ep::BLOB)
-            .get(get_blob, Rule::Need(Get, Blobs, Where::InHandler))
-            // Whether a module must be uploaded is part of uploading it, in
-            // the namespace of the `namespace` query (a refusal makes the
-            // client upload the module with its apps).
-            .head(has_blob, in_query_ns(Create, Blobs)),
+        at(ep::BLOB).get(get_blob, Rule::Need(Get, Blobs, Where::InHandler)),
+        // Whether a module must be uploaded is part of uploading it.
+        at(ep::NAMESPACE_BLOB)
+            .head(has_module, in_path_ns(Create, Blobs))
+            .put(put_module, in_path_ns(Create, Blobs)),
         at(ep::ARTIFACT).get(get_artifact, Rule::Need(Get, Blobs, Where::InHandler)),
         at(ep::ROUTES).get(get_routes, cluster(Get, Routes)),
         at(ep::METRICS).post(take_metrics, cluster(Create, Metrics)),
@@ -252,7 +251,7 @@ pub fn router(cp: ControlPlane) -> Router {
                 ErrorBody::new("not_found", "no such API endpoint"),
             )
         })
-        .layer(DefaultBodyLimit::max(MAX_APPLY_BYTES))
+        .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
         .with_state(cp)
 }
 
@@ -379,19 +378,6 @@ async fn path_param(req: &mut axum::extract::Request, key: &str) -> Option<Strin
         .and_then(|Path(mut p)| p.remove(key))
 }
 
-fn validate_wasm(digest: &str, bytes: &[u8]) -> Result<(), String> {
-    let actual = hex::encode(sha2::Sha256::digest(bytes));
-    if actual != digest {
-        return Err(format!(
-            "module bytes hash to sha256:{actual}, not sha256:{digest}"
-        ));
-    }
-    // With the nodes' features, not every feature wasmparser knows: a
-    // module only some other engine could run would be accepted here and
-    // then refused by every node.
-    shoal_api::wasm::validate(bytes).map_err(|e| format!("invalid WebAssembly: {e}"))
-}
-
 async fn apply(
     State(cp): State<ControlPlane>,
     principal: Option<Extension<Principal>>,
@@ -449,45 +435,48 @@ async fn apply(
             ));
         }
     }
-    let mut blobs = Vec::new();
-    for (digest, b64) in &req.modules {
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .map_err(|e| invalid("invalid", format!("module {digest}: not base64: {e}")))?;
-        // Validation compiles nothing (that happens after the apply, in the
-        // background: `artifacts`) but checks the whole binary as the
-        // engine would, so the apply answers fast.
-        let bytes_for_check = bytes.clone();
-        let d = digest.clone();
-        tokio::task::spawn_blocking(move || validate_wasm(&d, &bytes_for_check))
-            .await
-            .map_err(|e| {
-                Error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    ErrorBody::new("internal", e.to_string()),
-                )
-            })?
-            .map_err(|e| {
-                let apps: Vec<String> = req
-                    .apps
-                    .iter()
-                    .filter(|a| &a.digest == digest)
-                    .map(|a| format!("{}/{}", a.manifest.namespace, a.manifest.name))
-                    .collect();
-                invalid(
-                    "invalid_wasm",
-                    format!("module of {}: {e}", apps.join(", ")),
-                )
-            })?;
-        blobs.push((digest.clone(), bytes));
+    let mut apps = Vec::with_capacity(req.apps.len());
+    // A reference several apps of a namespace name (with the same
+    // credentials) is resolved once, so they run the same module.
+    let mut pulled: std::collections::HashMap<_, crate::registry::Pulled> = Default::default();
+    for a in req.apps {
+        let mut m = a.manifest;
+        let digest = if shoal_api::oci::is_oci(&m.module) {
+            let secret = m.registry_auth.as_ref().map(|a| a.secret.clone());
+            let key = (m.namespace.clone(), m.module.clone(), secret.clone());
+            let p = match pulled.get(&key) {
+                Some(p) => p.clone(),
+                None => {
+                    let reference = shoal_api::oci::ModuleRef::parse(&m.module)
+                        .map_err(|e| invalid("invalid_manifest", e.to_string()))?;
+                    let p = crate::registry::pull(&cp, &m.namespace, &reference, secret.as_deref())
+                        .await
+                        .map_err(|e| pull_refused(&m, e))?;
+                    pulled.insert(key, p.clone());
+                    p
+                }
+            };
+            // The revision records the reference pinned to what it
+            // resolved to now.
+            m.module = p.pinned.to_string();
+            p.digest
+        } else {
+            let Some(digest) = a.digest else {
+                return Err(invalid(
+                    "invalid",
+                    format!(
+                        "app {}/{}: no module digest (upload the module first)",
+                        m.namespace, m.name
+                    ),
+                ));
+            };
+            digest
+        };
+        apps.push((m, digest));
     }
-    let apps: Vec<(shoal_api::manifest::AppManifest, String)> = req
-        .apps
-        .into_iter()
-        .map(|a| (a.manifest, a.digest))
-        .collect();
+    check_module_sizes(&cp, &apps)?;
     let digests: BTreeSet<String> = apps.iter().map(|(_, d)| d.clone()).collect();
-    let outcome = cp.apply(apps, blobs, actor(&principal)).await?;
+    let outcome = cp.apply(apps, actor(&principal)).await?;
     // Compile for the nodes now, while they are told of the new revision:
     // the first of them to ask waits for this compile, not one of its own.
     if let Some(artifacts) = cp.artifacts() {
@@ -496,6 +485,71 @@ async fn apply(
         }
     }
     Ok(Json(outcome))
+}
+
+/// The answer to an app whose module could not be pulled from its
+/// registry: what went wrong, for the app and its reference, without a
+/// credential.
+fn pull_refused(m: &shoal_api::manifest::AppManifest, e: crate::registry::PullError) -> Error {
+    use crate::registry::PullError;
+    use shoal_oci::OciError;
+    let what = format!("app {}/{}: module {}", m.namespace, m.name, m.module);
+    let e = match e {
+        PullError::Module(module) => {
+            let Error(status, body) = module_refused(&m.namespace, module);
+            return Error(
+                status,
+                ErrorBody::new(&body.code, format!("{what}: {}", body.message)),
+            );
+        }
+        other => other,
+    };
+    let (status, code) = match &e {
+        PullError::Module(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        PullError::NoSecret { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "secret_not_found"),
+        PullError::Registry(o) => match o {
+            OciError::NeedsCredentials { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "registry_auth_required")
+            }
+            OciError::CredentialsRefused { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "registry_auth_refused")
+            }
+            OciError::NotFound { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "module_not_found"),
+            OciError::DigestMismatch { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, ep::DIGEST_MISMATCH)
+            }
+            OciError::NotWasm { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "not_a_wasm_artifact"),
+            OciError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, ep::MODULE_TOO_LARGE),
+            OciError::Unreachable { .. } => (StatusCode::BAD_GATEWAY, "registry_unreachable"),
+            OciError::Registry { .. } | OciError::Invalid(_) => {
+                (StatusCode::BAD_GATEWAY, "registry_error")
+            }
+        },
+    };
+    Error(status, ErrorBody::new(code, format!("{what}: {e}")))
+}
+
+/// Refuses an app whose module, stored already (perhaps uploaded for
+/// another namespace), is larger than its namespace's quota allows.
+fn check_module_sizes(
+    cp: &ControlPlane,
+    apps: &[(shoal_api::manifest::AppManifest, String)],
+) -> Result<(), Error> {
+    let snap = cp.snapshot();
+    for (m, digest) in apps {
+        let Some(quota) = snap.quota(&m.namespace) else {
+            continue;
+        };
+        if quota.max_module_size.is_none() {
+            continue;
+        }
+        if let Some(size) = cp.blob_size(digest)? {
+            quota
+                .check_module_size(&m.namespace, size)
+                .map_err(ApiError::from)?;
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn view(snap: &crate::state::Snapshot, app: &App) -> AppView {
@@ -1401,14 +1455,139 @@ async fn get_blob(
     principal: Option<Extension<Principal>>,
     Path(digest): Path<String>,
 ) -> Result<Response, Error> {
+    use crate::store::BlobBody;
     may_read_module(&cp, principal.as_ref(), &digest)?;
-    match cp.blob(&digest)? {
-        Some(bytes) => Ok(([("content-type", "application/wasm")], bytes).into_response()),
+    let wasm = ("content-type", "application/wasm");
+    match cp.open_blob(&digest)? {
+        // Streamed from its file: nodes fetching a large module at once
+        // do not each hold a copy of it here.
+        Some(BlobBody::File { file, len }) => {
+            let stream = tokio_util::io::ReaderStream::with_capacity(
+                tokio::fs::File::from_std(file),
+                256 << 10,
+            );
+            Ok((
+                [wasm, ("content-length", &len.to_string())],
+                axum::body::Body::from_stream(stream),
+            )
+                .into_response())
+        }
+        Some(BlobBody::Bytes(bytes)) => Ok(([wasm], bytes).into_response()),
         None => Err(Error(
             StatusCode::NOT_FOUND,
             ErrorBody::new("not_found", format!("no module sha256:{digest}")),
         )),
     }
+}
+
+/// The path's digest, if it is one (lowercase hex sha256).
+fn module_digest(digest: &str) -> Result<(), Error> {
+    if crate::store::is_sha256_hex(digest) {
+        Ok(())
+    } else {
+        Err(Error(
+            StatusCode::BAD_REQUEST,
+            ErrorBody::new(
+                "invalid",
+                format!("{digest:?} is not a module digest (sha256, 64 lowercase hex digits)"),
+            ),
+        ))
+    }
+}
+
+/// The largest module of `ns`, as a header of the answer.
+fn max_module_size_header(limit: u64) -> [(&'static str, String); 1] {
+    [(ep::MAX_MODULE_SIZE_HEADER, limit.to_string())]
+}
+
+/// Whether the control plane has a module (200) or it must be uploaded
+/// (404); either way, how large a module the namespace may upload.
+async fn has_module(
+    State(cp): State<ControlPlane>,
+    Path((ns, digest)): Path<(String, String)>,
+) -> Result<Response, Error> {
+    module_digest(&digest)?;
+    let status = if cp.has_blob(&digest)? {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    };
+    Ok((status, max_module_size_header(cp.module_size_limit(&ns))).into_response())
+}
+
+/// A module upload: the body is the module's bytes, written to a file as
+/// they arrive (hashed and counted on the way, never held whole), then
+/// checked against the digest, validated as the nodes' engine would, and
+/// stored. A body announced larger than the namespace's largest module is
+/// refused before any of it is read; one that grows past it, as soon as it
+/// does.
+async fn put_module(
+    State(cp): State<ControlPlane>,
+    Path((ns, digest)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, Error> {
+    use crate::modules::ModuleError;
+    use futures::StreamExt as _;
+    module_digest(&digest)?;
+    let limit = cp.module_size_limit(&ns);
+    let announced = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let refuse = |e: ModuleError| module_refused(&ns, e);
+    if let Some(size) = announced.filter(|s| *s > limit) {
+        return Err(refuse(ModuleError::TooLarge {
+            limit,
+            size: Some(size),
+        }));
+    }
+    if cp.has_blob(&digest)? {
+        return Ok((StatusCode::OK, max_module_size_header(limit)).into_response());
+    }
+    let mut incoming = cp.incoming_module(limit).map_err(refuse)?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| refuse(ModuleError::Cut(e.to_string())))?;
+        incoming.write(&chunk).await.map_err(refuse)?;
+    }
+    let received = incoming.finish().await.map_err(refuse)?;
+    let size = received.len;
+    cp.keep_module(received, &digest).await.map_err(refuse)?;
+    tracing::info!(namespace = %ns, digest = %digest, bytes = size, "module uploaded");
+    Ok((StatusCode::CREATED, max_module_size_header(limit)).into_response())
+}
+
+/// The answer to a module the control plane would not take.
+fn module_refused(ns: &str, e: crate::modules::ModuleError) -> Error {
+    use crate::modules::ModuleError;
+    let (status, code) = match &e {
+        ModuleError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, ep::MODULE_TOO_LARGE),
+        ModuleError::DigestMismatch { .. } => (StatusCode::BAD_REQUEST, ep::DIGEST_MISMATCH),
+        ModuleError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_wasm"),
+        ModuleError::Cut(_) => (StatusCode::BAD_REQUEST, "incomplete_body"),
+        ModuleError::Internal(detail) => {
+            tracing::error!(error = %detail, "cannot take a module");
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        }
+        ModuleError::Store(store) => {
+            tracing::error!(error = %store, "cannot store a module");
+            let status = match store {
+                StoreError::Unavailable(_) | StoreError::Deposed => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            (status, "store_error")
+        }
+    };
+    let message = match &e {
+        ModuleError::TooLarge { size, limit } => format!(
+            "the module{} is larger than the largest module namespace {ns:?} takes: {} (its quota's max-module-size, within the control plane's --max-module-size)",
+            size.map(|s| format!(" ({s} bytes)")).unwrap_or_default(),
+            crate::modules::size_text(*limit),
+        ),
+        _ => e.to_string(),
+    };
+    Error(status, ErrorBody::new(code, message))
 }
 
 /// A module compiled for the asking node's engine, signed by the cluster
@@ -1650,17 +1829,6 @@ async fn watch_certificates(
     Json(certs.bundle())
 }
 
-async fn has_blob(
-    State(cp): State<ControlPlane>,
-    Path(digest): Path<String>,
-) -> Result<StatusCode, Error> {
-    if cp.has_blob(&digest)? {
-        Ok(StatusCode::OK)
-    } else {
-        Ok(StatusCode::NOT_FOUND)
-    }
-}
-
 async fn take_metrics(State(cp): State<ControlPlane>, body: Bytes) -> Result<StatusCode, Error> {
     let report: GatewayMetrics = serde_json::from_slice(&body)
         .map_err(|e| invalid("invalid", format!("malformed metrics report: {e}")))?;
@@ -1807,19 +1975,20 @@ mod test_support {
         ControlPlane::start(store, Default::default()).unwrap()
     }
 
-    /// An apply of one app `web` in `default` with `module`, uploaded.
-    pub(super) fn apply_body(module: &[u8]) -> serde_json::Value {
-        let digest = hex::encode(sha2::Sha256::digest(module));
+    /// An apply of one app `web` in `default` with `module`, stored first
+    /// (as an upload would).
+    pub(super) async fn apply_body(cp: &ControlPlane, module: &[u8]) -> serde_json::Value {
+        let digest = cp.keep_module_bytes(module).await.unwrap();
         serde_json::json!({
             "apps": [{ "manifest": { "name": "web", "module": "web.wasm" }, "digest": digest }],
-            "modules": { digest: base64::engine::general_purpose::STANDARD.encode(module) },
         })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::test_support::{apply_body, control_plane};
+    use super::test_support::control_plane;
+    use sha2::Digest as _;
 
     #[test]
     fn node_names_are_dns_names() {
@@ -1892,8 +2061,9 @@ mod tests {
         };
         let shop = deployer("shop");
         let module = b"\0asm\x01\0\0\0";
+        let base = super::test_support::apply_body(&cp, module).await;
         let body = |allow: &[&str]| {
-            let mut b = apply_body(module);
+            let mut b = base.clone();
             b["apps"][0]["manifest"]["namespace"] = "shop".into();
             b["apps"][0]["manifest"]["allow-apps"] = serde_json::json!(allow);
             b
@@ -1910,31 +2080,222 @@ mod tests {
         assert_eq!(status, StatusCode::OK, "{answer}");
     }
 
+    /// `PUT` (or `HEAD`) of `module` as `digest` in `ns`: the status, the
+    /// JSON answer and the largest module the answer names.
+    async fn upload(
+        cp: &ControlPlane,
+        token: &str,
+        method: Method,
+        ns: &str,
+        digest: &str,
+        body: Body,
+        length: Option<u64>,
+    ) -> (StatusCode, serde_json::Value, Option<u64>) {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(ep::namespace_blob(ns, digest))
+            .header("authorization", format!("Bearer {token}"));
+        if let Some(n) = length {
+            request = request.header("content-length", n.to_string());
+        }
+        let response = router(cp.clone())
+            .oneshot(request.body(body).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let limit = response
+            .headers()
+            .get(ep::MAX_MODULE_SIZE_HEADER)
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or_default(),
+            limit,
+        )
+    }
+
+    fn sha(bytes: &[u8]) -> String {
+        hex::encode(sha2::Sha256::digest(bytes))
+    }
+
     /// A module that uses a feature the nodes' engine does not enable
-    /// (shared memory, from the threads proposal) is refused at apply, as
-    /// every node would refuse it, and nothing is stored.
+    /// (shared memory, from the threads proposal) is refused at upload, as
+    /// every node would refuse it, and nothing is stored; one the engine
+    /// runs is stored and applied by its digest.
     #[tokio::test]
-    async fn a_module_the_engine_cannot_run_is_refused_at_apply() {
+    async fn a_module_the_engine_cannot_run_is_refused_at_upload() {
         let dir = tempfile::tempdir().unwrap();
         let cp = control_plane(dir.path());
         let token = admin(&cp);
         let shared: &[u8] = b"\0asm\x01\0\0\0\x05\x04\x01\x03\x01\x01";
-        let (status, body) = apply_json(&cp, &token, apply_body(shared)).await;
+        let (status, body, _) = upload(
+            &cp,
+            &token,
+            Method::PUT,
+            "default",
+            &sha(shared),
+            Body::from(shared),
+            None,
+        )
+        .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         assert_eq!(body["code"], "invalid_wasm", "{body}");
         assert!(
             body["message"].as_str().unwrap_or("").contains("threads"),
             "{body}"
         );
-        assert!(cp.snapshot().apps.is_empty());
-        let digest = hex::encode(sha2::Sha256::digest(shared));
-        assert!(!cp.has_blob(&digest).unwrap());
+        assert!(!cp.has_blob(&sha(shared)).unwrap());
 
-        // The same app with a module the engine runs is accepted.
         let plain: &[u8] = b"\0asm\x01\0\0\0";
-        let (status, body) = apply_json(&cp, &token, apply_body(plain)).await;
+        let (status, _, limit) = upload(
+            &cp,
+            &token,
+            Method::HEAD,
+            "default",
+            &sha(plain),
+            Body::empty(),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(limit, Some(crate::modules::DEFAULT_MAX_MODULE_SIZE));
+        let (status, body, _) = upload(
+            &cp,
+            &token,
+            Method::PUT,
+            "default",
+            &sha(plain),
+            Body::from(plain),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (status, ..) = upload(
+            &cp,
+            &token,
+            Method::HEAD,
+            "default",
+            &sha(plain),
+            Body::empty(),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let apply = serde_json::json!({
+            "apps": [{ "manifest": { "name": "web", "module": "web.wasm" }, "digest": sha(plain) }],
+        });
+        let (status, body) = apply_json(&cp, &token, apply).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(cp.snapshot().apps.len(), 1);
+
+        // An apply of a module never uploaded, or without a digest.
+        for digest in [serde_json::json!("0".repeat(64)), serde_json::Value::Null] {
+            let apply = serde_json::json!({
+                "apps": [{ "manifest": { "name": "x", "module": "x.wasm" }, "digest": digest }],
+            });
+            let (status, body) = apply_json(&cp, &token, apply).await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        }
+    }
+
+    /// Bytes that are not the module named, a digest that is not one, and
+    /// a module over the largest size (announced, or growing past it) are
+    /// refused, and nothing is stored.
+    #[tokio::test]
+    async fn an_upload_is_held_to_its_digest_and_the_largest_module() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let config = crate::state::Config {
+            max_module_size: 100,
+            ..Default::default()
+        };
+        let cp = ControlPlane::start(store, config).unwrap();
+        let token = admin(&cp);
+        let plain: &[u8] = b"\0asm\x01\0\0\0";
+        let put = |ns: &'static str, digest: String, body: Body, length: Option<u64>| {
+            let (cp, token) = (cp.clone(), token.clone());
+            async move { upload(&cp, &token, Method::PUT, ns, &digest, body, length).await }
+        };
+
+        let wrong = "0".repeat(64);
+        let (status, body, _) = put("default", wrong.clone(), Body::from(plain), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["code"], ep::DIGEST_MISMATCH, "{body}");
+        assert!(!cp.has_blob(&wrong).unwrap());
+
+        let (status, body, _) = put("default", "../x".into(), Body::from(plain), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+        // Announced too large: refused before the body is read (it never
+        // comes here).
+        let never = Body::from_stream(futures::stream::pending::<Result<Bytes, std::io::Error>>());
+        let (status, body, limit) = put("default", sha(plain), never, Some(1 << 30)).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+        assert_eq!(body["code"], ep::MODULE_TOO_LARGE, "{body}");
+        assert_eq!(limit, None);
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains("takes: 100 bytes"), "{message}");
+
+        // Unannounced, growing past the limit.
+        let big = vec![0u8; 101];
+        let chunks = futures::stream::iter(
+            big.chunks(10)
+                .map(|c| Ok::<_, std::io::Error>(Bytes::copy_from_slice(c)))
+                .collect::<Vec<_>>(),
+        );
+        let (status, body, _) = put("default", sha(&big), Body::from_stream(chunks), None).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+        assert!(!cp.has_blob(&sha(&big)).unwrap());
+
+        // A namespace's quota allows less than the control plane.
+        let quota = shoal_api::quota::Quota {
+            max_module_size: Some(shoal_api::ByteSize(4)),
+            ..Default::default()
+        };
+        cp.set_quota("team".into(), Some(quota), None)
+            .await
+            .unwrap();
+        let (status, _, limit) = upload(
+            &cp,
+            &token,
+            Method::HEAD,
+            "team",
+            &sha(plain),
+            Body::empty(),
+            None,
+        )
+        .await;
+        assert_eq!((status, limit), (StatusCode::NOT_FOUND, Some(4)));
+        let (status, body, _) = put("team", sha(plain), Body::from(plain), Some(8)).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("namespace \"team\""),
+            "{body}"
+        );
+        // Uploaded for another namespace, it is still too large for this
+        // one's apps.
+        let (status, body, _) = put("default", sha(plain), Body::from(plain), None).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let apply = serde_json::json!({
+            "apps": [{ "manifest": { "name": "web", "namespace": "team", "module": "web.wasm" },
+                       "digest": sha(plain) }],
+        });
+        let (status, body) = apply_json(&cp, &token, apply).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert_eq!(body["code"], "quota_exceeded", "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("max-module-size"),
+            "{body}"
+        );
     }
 }
 
@@ -2738,21 +3099,20 @@ mod auth_tests {
         // Modules: only those of instances assigned to n1.
         let placed: &[u8] = b"\0asm\x01\0\0\0";
         let other: &[u8] = b"\0asm\x01\0\0\0\0\x02\x01a";
-        let digest = |m: &[u8]| hex::encode(sha2::Sha256::digest(m));
+        let digest = |m: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(m));
         let (status, body) = call(
             &router,
             post.clone(),
             ep::APPLY,
             admin.expose(),
-            Some(super::test_support::apply_body(placed)),
+            Some(super::test_support::apply_body(&cp, placed).await),
         )
         .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         // Stored, but no instance runs it (an app of no replicas).
-        let b64 = |m: &[u8]| base64::engine::general_purpose::STANDARD.encode(m);
+        cp.keep_module_bytes(other).await.unwrap();
         let idle = serde_json::json!({
             "apps": [{ "manifest": { "name": "idle", "module": "idle.wasm", "replicas": 0 }, "digest": digest(other) }],
-            "modules": { digest(other): b64(other) },
         });
         let (status, body) =
             call(&router, post.clone(), ep::APPLY, admin.expose(), Some(idle)).await;
@@ -2806,8 +3166,8 @@ mod actor_tests {
     use super::*;
     use shoal_api::auth::Role;
 
-    fn apply_body() -> serde_json::Value {
-        super::test_support::apply_body(b"\0asm\x01\0\0\0")
+    async fn apply_body(cp: &ControlPlane) -> serde_json::Value {
+        super::test_support::apply_body(cp, b"\0asm\x01\0\0\0").await
     }
 
     async fn call(
@@ -2860,7 +3220,14 @@ mod actor_tests {
         );
 
         // "ci" applies, scales and deletes an app.
-        let (status, body) = call(&router, Method::POST, ep::APPLY, &ci.secret, apply_body()).await;
+        let (status, body) = call(
+            &router,
+            Method::POST,
+            ep::APPLY,
+            &ci.secret,
+            apply_body(&cp).await,
+        )
+        .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let key = AppKey::new("default", "web");
         let (status, body) = call(
@@ -2948,7 +3315,8 @@ mod actor_tests {
         };
         let cp = ControlPlane::start(store, config).unwrap();
         let router = router(cp.clone());
-        let (status, body) = call(&router, Method::POST, ep::APPLY, "", apply_body()).await;
+        let (status, body) =
+            call(&router, Method::POST, ep::APPLY, "", apply_body(&cp).await).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let all = events(&cp);
         assert!(all.iter().any(|e| e.reason == "Created"), "{all:#?}");
@@ -2976,9 +3344,9 @@ mod secret_tests {
 
     /// An apply of `web` in `default` reading `password` of secret
     /// `secret` through `[config]` and `user` through `env`.
-    fn apply_reading(secret: &str) -> serde_json::Value {
+    async fn apply_reading(cp: &ControlPlane, secret: &str) -> serde_json::Value {
         let module: &[u8] = b"\0asm\x01\0\0\0";
-        let digest = hex::encode(sha2::Sha256::digest(module));
+        let digest = cp.keep_module_bytes(module).await.unwrap();
         serde_json::json!({
             "apps": [{
                 "manifest": {
@@ -2988,7 +3356,6 @@ mod secret_tests {
                 },
                 "digest": digest,
             }],
-            "modules": { digest: base64::engine::general_purpose::STANDARD.encode(module) },
         })
     }
 
@@ -3021,7 +3388,7 @@ mod secret_tests {
             Method::POST,
             ep::APPLY,
             deploy.expose(),
-            Some(apply_reading("nope")),
+            Some(apply_reading(&cp, "nope").await),
         )
         .await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
@@ -3036,7 +3403,7 @@ mod secret_tests {
             Method::POST,
             ep::APPLY,
             deploy.expose(),
-            Some(apply_reading("db")),
+            Some(apply_reading(&cp, "db").await),
         )
         .await;
         assert_eq!(status, StatusCode::OK, "{body}");
@@ -3100,7 +3467,7 @@ mod secret_tests {
             Method::POST,
             ep::APPLY,
             deploy.expose(),
-            Some(apply_reading("db")),
+            Some(apply_reading(&cp, "db").await),
         )
         .await;
         assert_eq!(body[0]["result"], "unchanged", "{body}");
@@ -3209,7 +3576,7 @@ mod secret_tests {
             Method::POST,
             ep::APPLY,
             admin.expose(),
-            Some(apply_reading("db")),
+            Some(apply_reading(&cp, "db").await),
         )
         .await;
         assert_eq!(status, StatusCode::OK, "{body}");

@@ -191,8 +191,16 @@ fn compile_and_sign(
         .ok_or_else(|| format!("no module sha256:{digest}"))?;
     let (kind, path) = cache.ensure_on_disk(&bytes).map_err(|e| e.to_string())?;
     drop(bytes);
-    let artifact = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&artifact));
+    // Hashed as it is read: an artifact is as large as its module's data.
+    let (sha256, artifact_len) = {
+        use sha2::Digest as _;
+        let mut file =
+            std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut hasher = sha2::Sha256::new();
+        let n = std::io::copy(&mut file, &mut hasher)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        (hex::encode(hasher.finalize()), n)
+    };
     let kind = match kind {
         BinaryKind::Component => wire::KIND_COMPONENT,
         BinaryKind::CoreModule => wire::KIND_MODULE,
@@ -203,7 +211,7 @@ fn compile_and_sign(
         .map_err(|e| e.to_string())?;
     tracing::info!(
         digest = %digest,
-        bytes = artifact.len(),
+        bytes = artifact_len,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "artifact ready for the nodes"
     );

@@ -764,6 +764,7 @@ mod tests {
             number,
             template: Template {
                 digest: "ab".into(),
+                source: None,
                 spec: Default::default(),
             },
             created_at_ms: 0,

@@ -17,6 +17,10 @@
 //!   passed to the leader.
 //! - [`auth`]: the tokens (random, stored hashed, checked in constant time)
 //!   and the admin token of the first start.
+//! - [`modules`]: modules into the blob store, streamed to a file,
+//!   hashed, capped, validated, then kept.
+//! - [`registry`]: modules pulled from OCI registries at apply, pinned
+//!   by digest.
 //! - [`artifacts`]: modules compiled once for the cluster's engine and
 //!   signed by the cluster CA, for nodes to load instead of compiling.
 //! - [`api`]: the HTTP/JSON API (`/v1/...`) as an axum router.
@@ -36,10 +40,12 @@ pub mod events;
 pub mod follower;
 pub mod leader;
 pub mod metrics;
+pub mod modules;
 pub mod page;
 pub mod placement;
 pub mod rebalance;
 pub mod reconcile;
+pub mod registry;
 pub mod replica;
 pub mod rollout;
 pub mod routes;

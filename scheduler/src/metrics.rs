@@ -170,7 +170,6 @@ mod tests {
         .unwrap();
         let input = ApplyInput {
             apps: vec![(manifest, "d".into())],
-            blobs: Vec::new(),
             stored: ["d".to_string()].into(),
         };
         let (_, changes) = crate::state::decide::app::apply(&snap, input, 0).unwrap();

@@ -2,6 +2,8 @@
 //! it prints.
 #![allow(dead_code)]
 
+pub mod registry;
+
 use shoal_api::endpoints;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

@@ -14,11 +14,6 @@ use shoal_api::rest::AutoscaleView;
 /// One change a decider asks for.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
-    /// A module's bytes, new to the store.
-    PutBlob {
-        digest: String,
-        bytes: Vec<u8>,
-    },
     /// Boxed, as `PutRevision`: a plan's changes are mostly small, and
     /// every element of a `Vec<Change>` is as large as the largest.
     PutApp(Box<App>),
@@ -89,7 +84,6 @@ impl State {
                 self.snap.changes += 1;
             }
             match change {
-                Change::PutBlob { digest, bytes } => self.pending.push(Op::PutBlob(digest, bytes)),
                 Change::PutApp(app) => {
                     self.pending.push(Op::PutApp(app.clone()));
                     self.snap.apps.insert(app.key.clone(), *app);

@@ -60,6 +60,18 @@ pub struct Config {
     /// What seals secrets at rest. None: a key of this process only (for
     /// tests): secrets stored with it do not open after a restart.
     pub secrets: Option<Arc<crate::secrets::SecretBox>>,
+    /// The largest module anyone may upload or pull, in bytes (a
+    /// namespace's quota may allow less).
+    pub max_module_size: u64,
+    /// Where uploads are written while they arrive, for a store without a
+    /// place of its own (etcd); none: the system's temporary folder.
+    pub upload_dir: Option<std::path::PathBuf>,
+    /// Where the credentials of registries come from, for apps that name
+    /// a secret (`registry-auth`); none: no app may name one.
+    pub registry_credentials: Option<Arc<dyn crate::registry::RegistryCredentials>>,
+    /// Registries (`host:port`, as references write them) spoken to over
+    /// plain HTTP; every other one over TLS.
+    pub insecure_registries: Vec<String>,
 }
 
 impl Default for Config {
@@ -74,6 +86,10 @@ impl Default for Config {
             ca: None,
             artifacts_dir: None,
             secrets: None,
+            max_module_size: crate::modules::DEFAULT_MAX_MODULE_SIZE,
+            upload_dir: None,
+            registry_credentials: None,
+            insecure_registries: Vec::new(),
         }
     }
 }
@@ -124,7 +140,6 @@ pub type Actor = Option<String>;
 pub enum Command {
     Apply {
         apps: Vec<(AppManifest, String)>,
-        blobs: Vec<(String, Vec<u8>)>,
         actor: Actor,
         reply: oneshot::Sender<Result<Vec<ApplyOutcome>, ApiError>>,
     },
@@ -242,6 +257,36 @@ pub struct ControlPlane {
     renewals: Arc<Renewals>,
     /// Seals and opens secrets (a follower's read cache may have none).
     secrets: Option<Arc<crate::secrets::SecretBox>>,
+    /// Uploads and pulls of modules: where they are written, the largest
+    /// module, and the validations that may run at once.
+    modules: Arc<Modules>,
+}
+
+/// What taking in modules needs (see [`crate::modules`]).
+struct Modules {
+    spool: std::path::PathBuf,
+    max_size: u64,
+    validations: tokio::sync::Semaphore,
+    credentials: Option<Arc<dyn crate::registry::RegistryCredentials>>,
+    insecure: Vec<String>,
+}
+
+impl Modules {
+    fn new(store: &Store, config: &Config) -> Arc<Self> {
+        let spool = store.spool_dir().unwrap_or_else(|| {
+            config
+                .upload_dir
+                .clone()
+                .unwrap_or_else(|| std::env::temp_dir().join("shoal-uploads"))
+        });
+        Arc::new(Self {
+            spool,
+            max_size: config.max_module_size,
+            validations: tokio::sync::Semaphore::new(crate::modules::VALIDATIONS_AT_ONCE),
+            credentials: config.registry_credentials.clone(),
+            insecure: config.insecure_registries.clone(),
+        })
+    }
 }
 
 /// Nodes' lease renewals (by node, the wall time in ms), taken by the
@@ -319,6 +364,7 @@ impl ControlPlane {
             clock.now_ms(),
         )?);
         let renewals = Arc::new(Renewals::default());
+        let modules = Modules::new(&store, &config);
         let mut state = State::load(store.clone(), config, renewals.clone())?;
         let (tx, rx) = mpsc::channel(1024);
         let (snap_tx, snap_rx) = watch::channel(Arc::new(state.snapshot()));
@@ -336,6 +382,7 @@ impl ControlPlane {
             artifacts,
             renewals,
             secrets: Some(secrets),
+            modules,
         })
     }
 
@@ -354,6 +401,7 @@ impl ControlPlane {
     ) -> Self {
         // No receiver: every command is refused at once.
         let (tx, _) = mpsc::channel(1);
+        let modules = Modules::new(&store, config);
         Self {
             tx,
             snapshot,
@@ -368,6 +416,7 @@ impl ControlPlane {
             renewals: Arc::new(Renewals::default()),
             // A follower opens no secret: nodes ask the leader.
             secrets: config.secrets.clone(),
+            modules,
         }
     }
 
@@ -445,6 +494,71 @@ impl ControlPlane {
         Ok(self.store.has_blob(digest)?)
     }
 
+    /// A stored module's size, if it is stored.
+    pub fn blob_size(&self, digest: &str) -> Result<Option<u64>, ApiError> {
+        Ok(self.store.blob_size(digest)?)
+    }
+
+    /// A stored module to send.
+    pub fn open_blob(&self, digest: &str) -> Result<Option<crate::store::BlobBody>, ApiError> {
+        Ok(self.store.open_blob(digest)?)
+    }
+
+    /// The largest module namespace `ns` may upload or pull: its quota's
+    /// within the control plane's own.
+    pub fn module_size_limit(&self, ns: &str) -> u64 {
+        let max = self.modules.max_size;
+        self.snapshot
+            .borrow()
+            .quota(ns)
+            .map_or(max, |q| q.module_size_limit(max))
+    }
+
+    /// A file for a module's bytes as they arrive, at most `limit` of them.
+    pub fn incoming_module(
+        &self,
+        limit: u64,
+    ) -> Result<crate::modules::Incoming, crate::modules::ModuleError> {
+        crate::modules::Incoming::new(&self.modules.spool, limit)
+    }
+
+    /// Checks a module that arrived against `digest`, validates it and
+    /// stores it.
+    pub async fn keep_module(
+        &self,
+        received: crate::modules::Received,
+        digest: &str,
+    ) -> Result<(), crate::modules::ModuleError> {
+        crate::modules::keep(
+            self.store.clone(),
+            received,
+            digest,
+            &self.modules.validations,
+        )
+        .await
+    }
+
+    /// Where registry credentials come from, if anywhere.
+    pub fn registry_credentials(&self) -> Option<&dyn crate::registry::RegistryCredentials> {
+        self.modules.credentials.as_deref()
+    }
+
+    /// Whether `registry` (`host:port`) is spoken to over plain HTTP.
+    pub fn is_insecure_registry(&self, registry: &str) -> bool {
+        self.modules
+            .insecure
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(registry))
+    }
+
+    /// Stores a module held in memory (small ones, tests); its digest.
+    pub async fn keep_module_bytes(
+        &self,
+        bytes: &[u8],
+    ) -> Result<String, crate::modules::ModuleError> {
+        crate::modules::keep_bytes(self.store.clone(), &self.modules.spool, bytes).await
+    }
+
     async fn ask<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, ApiError>>) -> Command,
@@ -454,19 +568,15 @@ impl ControlPlane {
         rx.await.map_err(|_| ApiError::Closed)?
     }
 
+    /// Applies manifests, each with the digest of its module (stored
+    /// already: uploaded, or pulled from its registry).
     pub async fn apply(
         &self,
         apps: Vec<(AppManifest, String)>,
-        blobs: Vec<(String, Vec<u8>)>,
         actor: Actor,
     ) -> Result<Vec<ApplyOutcome>, ApiError> {
-        self.ask(|reply| Command::Apply {
-            apps,
-            blobs,
-            actor,
-            reply,
-        })
-        .await
+        self.ask(|reply| Command::Apply { apps, actor, reply })
+            .await
     }
 
     pub async fn scale(&self, app: AppKey, replicas: u32, actor: Actor) -> Result<(), ApiError> {

@@ -505,14 +505,9 @@ impl State {
         let now = self.now_ms();
         let unit = |r: Result<Vec<_>, ApiError>| r.map(|c| ((), c));
         match cmd {
-            Command::Apply {
-                apps,
-                blobs,
-                actor,
-                reply,
-            } => {
+            Command::Apply { apps, actor, reply } => {
                 let decided = self
-                    .apply_input(apps, blobs)
+                    .apply_input(apps)
                     .and_then(|input| decide::app::apply(&self.snap, input, now));
                 let r = self.commit(decided, actor.as_deref());
                 // Even an unchanged apply is a moment to reconcile and
@@ -688,23 +683,14 @@ impl State {
     fn apply_input(
         &self,
         apps: Vec<(shoal_api::manifest::AppManifest, String)>,
-        blobs: Vec<(String, Vec<u8>)>,
     ) -> Result<ApplyInput, ApiError> {
         let mut stored = BTreeSet::new();
-        let digests = apps
-            .iter()
-            .map(|(_, d)| d)
-            .chain(blobs.iter().map(|(d, _)| d));
-        for d in digests {
+        for (_, d) in &apps {
             if self.store.has_blob(d)? {
                 stored.insert(d.clone());
             }
         }
-        Ok(ApplyInput {
-            apps,
-            blobs,
-            stored,
-        })
+        Ok(ApplyInput { apps, stored })
     }
 
     /// Answered at once, not after a reconcile: a heartbeat only reports.

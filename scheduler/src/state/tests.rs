@@ -34,16 +34,9 @@ async fn register(cp: &ControlPlane, name: &str) {
 
 /// Applies `manifest` (JSON) with `module` as its module.
 async fn apply(cp: &ControlPlane, manifest: serde_json::Value, module: &[u8]) {
-    use sha2::Digest as _;
     let m: AppManifest = serde_json::from_value(manifest).unwrap();
-    let digest = hex::encode(sha2::Sha256::digest(module));
-    cp.apply(
-        vec![(m, digest.clone())],
-        vec![(digest, module.to_vec())],
-        None,
-    )
-    .await
-    .unwrap();
+    let digest = cp.keep_module_bytes(module).await.unwrap();
+    cp.apply(vec![(m, digest)], None).await.unwrap();
 }
 
 /// What a node says of an instance.

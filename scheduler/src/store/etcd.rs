@@ -24,7 +24,7 @@
 //! `secrets/NS/NAME` (values sealed), `leader`, `ca/cert`, `ca/key`, and `sync` (put by followers to mark a
 //! point in etcd's history; see `crate::follower`).
 
-use super::{Contents, MAX_EVENTS, Op, StoreError, revision_key, to_json};
+use super::{BlobBody, Contents, MAX_EVENTS, Op, StoreError, revision_key, to_json};
 use sha2::Digest as _;
 use shoal_api::auth::TokenRecord;
 use shoal_api::certs::StoredCertificate;
@@ -46,6 +46,10 @@ const TXNS_IN_FLIGHT: usize = 16;
 
 /// A module blob's chunk.
 const BLOB_CHUNK: usize = 768 << 10;
+
+/// A blob's chunks read from its file and sent at once: 12 MiB, so a large
+/// module never sits in memory whole.
+const BLOB_CHUNKS_AT_ONCE: usize = 16;
 
 /// How to reach etcd.
 #[derive(Clone)]
@@ -572,8 +576,6 @@ impl EtcdStore {
         let mut txn_ops = Vec::new();
         for op in ops {
             match op {
-                // Before whatever refers to it.
-                Op::PutBlob(digest, bytes) => self.put_blob(digest, bytes)?,
                 Op::PutApp(a) => txn_ops.push(put(format!("apps/{}", a.key), to_json(a))),
                 Op::DeleteApp(k) => txn_ops.push(TxnOp::Delete {
                     key: self.key(&format!("apps/{k}")),
@@ -632,31 +634,68 @@ impl EtcdStore {
         self.guarded(txn_ops)
     }
 
-    /// Writes a module's bytes in chunks, then the manifest that makes
-    /// them visible; nothing if they are stored already.
-    fn put_blob(&self, digest: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    /// Writes a module's bytes from `file` (whose bytes the caller checked
+    /// against `digest`) in chunks, a few at a time, then the manifest that
+    /// makes them visible; nothing if they are stored already.
+    pub fn put_blob_file(
+        &self,
+        digest: &str,
+        file: tempfile::NamedTempFile,
+    ) -> Result<(), StoreError> {
+        use std::io::Read as _;
         if self.has_blob(digest)? {
             return Ok(());
         }
-        let mut ops: Vec<TxnOp> = bytes
-            .chunks(BLOB_CHUNK)
-            .enumerate()
-            .map(|(i, chunk)| TxnOp::Put {
-                key: self.key(&format!("blobs/{digest}/chunk/{i:06}")),
-                value: chunk.to_vec(),
-                lease: None,
-            })
-            .collect();
-        let meta = BlobMeta {
-            size: bytes.len(),
-            chunks: ops.len(),
-        };
-        ops.push(TxnOp::Put {
+        let io = |e: std::io::Error| StoreError::Db(format!("reading an upload: {e}"));
+        let mut reader = std::io::BufReader::new(file.reopen().map_err(io)?);
+        let (mut size, mut chunks) = (0usize, 0usize);
+        loop {
+            let mut ops = Vec::with_capacity(BLOB_CHUNKS_AT_ONCE);
+            while ops.len() < BLOB_CHUNKS_AT_ONCE {
+                let mut chunk = Vec::with_capacity(BLOB_CHUNK);
+                (&mut reader)
+                    .take(BLOB_CHUNK as u64)
+                    .read_to_end(&mut chunk)
+                    .map_err(io)?;
+                if chunk.is_empty() {
+                    break;
+                }
+                size += chunk.len();
+                ops.push(TxnOp::Put {
+                    key: self.key(&format!("blobs/{digest}/chunk/{chunks:06}")),
+                    value: chunk,
+                    lease: None,
+                });
+                chunks += 1;
+            }
+            if ops.is_empty() {
+                break;
+            }
+            self.guarded(ops)?;
+        }
+        let meta = BlobMeta { size, chunks };
+        self.guarded(vec![TxnOp::Put {
             key: self.key(&format!("blobs/{digest}/meta")),
             value: to_json(&meta),
             lease: None,
-        });
-        self.guarded(ops)
+        }])
+    }
+
+    /// The size of a stored module, from its manifest.
+    pub fn blob_size(&self, digest: &str) -> Result<Option<u64>, StoreError> {
+        let Some(meta) = self.get(&format!("blobs/{digest}/meta"))? else {
+            return Ok(None);
+        };
+        let meta: BlobMeta = serde_json::from_slice(&meta).map_err(|e| StoreError::Corrupt {
+            table: "blobs",
+            message: e.to_string(),
+        })?;
+        Ok(Some(meta.size as u64))
+    }
+
+    /// The module's bytes to send (read whole: its chunks live in etcd).
+    pub fn open_blob(&self, digest: &str) -> Result<Option<BlobBody>, StoreError> {
+        Ok(self.blob(digest)?.map(BlobBody::Bytes))
     }
 
     pub fn blob(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -990,6 +1029,51 @@ mod tests {
             kept.windows(2).all(|w| w[1] == w[0] + 1),
             "a gap in what is kept"
         );
+    }
+
+    /// A module file is written in chunks, a few at a time, and read back
+    /// whole and checked; its size comes from its manifest.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_module_file_is_stored_in_chunks_and_read_back() {
+        use sha2::Digest as _;
+        let cluster = shoal_etcd::testing::EtcdCluster::start(1).await;
+        let etcd = Etcd::for_test(&cluster, Duration::from_secs(5));
+        let client = etcd.client().clone();
+        let leader = etcd.key("leader");
+        client.put(&leader, b"me", None).await.unwrap();
+        let kv = client.get(&leader).await.unwrap().unwrap();
+        let store = etcd.term(
+            Fence {
+                key: leader,
+                create_revision: kv.create_revision,
+            },
+            tokio::sync::watch::channel(false).0,
+        );
+        // More chunks than one batch of them.
+        let bytes: Vec<u8> = (0..BLOB_CHUNK * (BLOB_CHUNKS_AT_ONCE + 2) + 5)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let digest = hex::encode(sha2::Sha256::digest(&bytes));
+        let (size, back, chunks) = tokio::task::spawn_blocking(move || {
+            let mut file = tempfile::NamedTempFile::new().unwrap();
+            std::io::Write::write_all(&mut file, &bytes).unwrap();
+            assert_eq!(store.blob_size(&digest).unwrap(), None);
+            store.put_blob_file(&digest, file).unwrap();
+            let chunks = store.all(&format!("blobs/{digest}/chunk/")).unwrap().len();
+            (
+                store.blob_size(&digest).unwrap(),
+                store.blob(&digest).unwrap().map(|b| b == bytes),
+                chunks,
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            size,
+            Some((BLOB_CHUNK * (BLOB_CHUNKS_AT_ONCE + 2) + 5) as u64)
+        );
+        assert_eq!(back, Some(true));
+        assert_eq!(chunks, BLOB_CHUNKS_AT_ONCE + 3);
     }
 
     #[test]

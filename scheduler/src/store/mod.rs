@@ -104,7 +104,6 @@ pub enum Op {
     DeleteApp(String),
     PutRevision(Box<Revision>),
     DeleteRevisions(String),
-    PutBlob(String, Vec<u8>),
     PutNode(Node),
     DeleteNode(String),
     PutInstance(Instance),
@@ -139,6 +138,19 @@ pub fn revision_key(app: &str, number: u64) -> String {
 /// numbers, maps with string keys): serialising them cannot fail.
 pub(crate) fn to_json<T: serde::Serialize + ?Sized>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// Whether `s` is a sha256 in lowercase hex, as blobs are named.
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A stored module to send: its file (the embedded store keeps blobs as
+/// files) or its bytes.
+#[derive(Debug)]
+pub enum BlobBody {
+    File { file: std::fs::File, len: u64 },
+    Bytes(Vec<u8>),
 }
 
 /// The store a control plane writes to.
@@ -196,6 +208,11 @@ impl Store {
     }
 
     pub fn blob(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        // Only a digest names a blob (a path or a key of something else
+        // never does).
+        if !is_sha256_hex(digest) {
+            return Ok(None);
+        }
         match &self.backend {
             Backend::Redb(s) => s.blob(digest),
             Backend::Etcd(s) => s.blob(digest),
@@ -203,9 +220,56 @@ impl Store {
     }
 
     pub fn has_blob(&self, digest: &str) -> Result<bool, StoreError> {
+        Ok(self.blob_size(digest)?.is_some())
+    }
+
+    /// A stored module's size, if it is stored.
+    pub fn blob_size(&self, digest: &str) -> Result<Option<u64>, StoreError> {
+        if !is_sha256_hex(digest) {
+            return Ok(None);
+        }
         match &self.backend {
-            Backend::Redb(s) => s.has_blob(digest),
-            Backend::Etcd(s) => s.has_blob(digest),
+            Backend::Redb(s) => s.blob_size(digest),
+            Backend::Etcd(s) => s.blob_size(digest),
+        }
+    }
+
+    /// A stored module to send, without reading a file into memory.
+    pub fn open_blob(&self, digest: &str) -> Result<Option<BlobBody>, StoreError> {
+        if !is_sha256_hex(digest) {
+            return Ok(None);
+        }
+        match &self.backend {
+            Backend::Redb(s) => s.open_blob(digest),
+            Backend::Etcd(s) => s.open_blob(digest),
+        }
+    }
+
+    /// Where an upload's bytes are written before [`Self::put_blob_file`]
+    /// takes them, if the store has a place of its own (the embedded
+    /// store's, on the file system of its blobs).
+    pub fn spool_dir(&self) -> Option<std::path::PathBuf> {
+        match &self.backend {
+            Backend::Redb(s) => Some(s.spool_dir()),
+            Backend::Etcd(_) => None,
+        }
+    }
+
+    /// Stores the module `digest` from `file`, whose bytes the caller
+    /// checked against the digest: durably, without holding it in memory,
+    /// outside any write batch (a blob is named by its content, so writing
+    /// it twice or before the apply that uses it changes nothing else).
+    pub fn put_blob_file(
+        &self,
+        digest: &str,
+        file: tempfile::NamedTempFile,
+    ) -> Result<(), StoreError> {
+        if !is_sha256_hex(digest) {
+            return Err(StoreError::Db(format!("{digest:?} is not a sha256 digest")));
+        }
+        match &self.backend {
+            Backend::Redb(s) => s.put_blob_file(digest, file),
+            Backend::Etcd(s) => s.put_blob_file(digest, file),
         }
     }
 

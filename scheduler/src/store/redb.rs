@@ -3,8 +3,14 @@
 //!
 //! Values are JSON; every write is one transaction, committed durably before
 //! the caller is answered, so a SIGKILL loses no acknowledged write.
+//!
+//! Module blobs are files, `DIR/blobs/SHA256`, written whole under
+//! `DIR/blobs/.incoming` and renamed into place once their bytes are
+//! synced, so a blob is there whole or not at all and no write holds one in
+//! memory. Stores written before kept them in the `blobs` table, which is
+//! still read.
 
-use super::{Contents, MAX_EVENTS, Op, StoreError, revision_key, to_json};
+use super::{BlobBody, Contents, MAX_EVENTS, Op, StoreError, is_sha256_hex, revision_key, to_json};
 use redb::{ReadableDatabase, ReadableTable};
 use shoal_api::auth::TokenRecord;
 use shoal_api::certs::StoredCertificate;
@@ -12,6 +18,8 @@ use std::path::Path;
 
 const APPS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("apps");
 const REVISIONS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("revisions");
+/// Module bytes by sha256, as stores before blob files kept them: read,
+/// never written.
 const BLOBS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("blobs");
 const NODES: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("nodes");
 const INSTANCES: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("instances");
@@ -35,6 +43,16 @@ fn db_err(e: impl std::fmt::Display) -> StoreError {
 
 pub struct RedbStore {
     db: redb::Database,
+    /// `DIR/blobs`: one file a module.
+    blobs: std::path::PathBuf,
+}
+
+/// Where uploads in progress are written, under the blobs' folder (the
+/// same file system, so that a finished one is renamed into place).
+const INCOMING: &str = ".incoming";
+
+fn io_err(what: &std::path::Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
+    move |e| StoreError::Db(format!("{}: {e}", what.display()))
 }
 
 impl RedbStore {
@@ -59,7 +77,24 @@ impl RedbStore {
             txn.open_table(SECRETS).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
-        Ok(Self { db })
+        let blobs = dir.join("blobs");
+        let incoming = blobs.join(INCOMING);
+        // What an upload left when the process stopped is of no use.
+        let _ = std::fs::remove_dir_all(&incoming);
+        std::fs::create_dir_all(&incoming).map_err(|source| StoreError::Dir {
+            path: incoming.display().to_string(),
+            source,
+        })?;
+        Ok(Self { db, blobs })
+    }
+
+    /// Where uploads write their bytes before [`Self::put_blob_file`].
+    pub fn spool_dir(&self) -> std::path::PathBuf {
+        self.blobs.join(INCOMING)
+    }
+
+    fn blob_file(&self, digest: &str) -> Option<std::path::PathBuf> {
+        is_sha256_hex(digest).then(|| self.blobs.join(digest))
     }
 
     pub fn load(&self) -> Result<Contents, StoreError> {
@@ -118,7 +153,6 @@ impl RedbStore {
         {
             let mut apps = txn.open_table(APPS).map_err(db_err)?;
             let mut revs = txn.open_table(REVISIONS).map_err(db_err)?;
-            let mut blobs = txn.open_table(BLOBS).map_err(db_err)?;
             let mut nodes = txn.open_table(NODES).map_err(db_err)?;
             let mut insts = txn.open_table(INSTANCES).map_err(db_err)?;
             let mut events = txn.open_table(EVENTS).map_err(db_err)?;
@@ -152,9 +186,6 @@ impl RedbStore {
                         for k in keys {
                             revs.remove(k.as_str()).map_err(db_err)?;
                         }
-                    }
-                    Op::PutBlob(d, bytes) => {
-                        blobs.insert(d.as_str(), bytes.as_slice()).map_err(db_err)?;
                     }
                     Op::PutNode(n) => {
                         nodes
@@ -206,15 +237,71 @@ impl RedbStore {
     }
 
     pub fn blob(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(path) = self.blob_file(digest) else {
+            return Ok(None);
+        };
+        match std::fs::read(&path) {
+            Ok(bytes) => return Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path)(e)),
+        }
         let txn = self.db.begin_read().map_err(db_err)?;
         let t = txn.open_table(BLOBS).map_err(db_err)?;
         Ok(t.get(digest).map_err(db_err)?.map(|v| v.value().to_vec()))
     }
 
-    pub fn has_blob(&self, digest: &str) -> Result<bool, StoreError> {
+    /// The module's bytes to send: its file, opened, or (stored before
+    /// blob files) its bytes.
+    pub fn open_blob(&self, digest: &str) -> Result<Option<BlobBody>, StoreError> {
+        let Some(path) = self.blob_file(digest) else {
+            return Ok(None);
+        };
+        match std::fs::File::open(&path) {
+            Ok(file) => {
+                let len = file.metadata().map_err(io_err(&path))?.len();
+                return Ok(Some(BlobBody::File { file, len }));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+        Ok(self.blob(digest)?.map(BlobBody::Bytes))
+    }
+
+    /// The size of a stored module, if it is stored.
+    pub fn blob_size(&self, digest: &str) -> Result<Option<u64>, StoreError> {
+        let Some(path) = self.blob_file(digest) else {
+            return Ok(None);
+        };
+        match std::fs::metadata(&path) {
+            Ok(m) => return Ok(Some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path)(e)),
+        }
         let txn = self.db.begin_read().map_err(db_err)?;
         let t = txn.open_table(BLOBS).map_err(db_err)?;
-        Ok(t.get(digest).map_err(db_err)?.is_some())
+        Ok(t.get(digest)
+            .map_err(db_err)?
+            .map(|v| v.value().len() as u64))
+    }
+
+    /// Keeps `file` (in [`Self::spool_dir`], whose bytes the caller
+    /// checked against `digest`) as the module `digest`: synced, then
+    /// renamed into place, then the folder synced, so a blob the caller
+    /// was told is stored survives a crash.
+    pub fn put_blob_file(
+        &self,
+        digest: &str,
+        file: tempfile::NamedTempFile,
+    ) -> Result<(), StoreError> {
+        let Some(path) = self.blob_file(digest) else {
+            return Err(StoreError::Db(format!("{digest:?} is not a sha256 digest")));
+        };
+        file.as_file().sync_all().map_err(io_err(file.path()))?;
+        file.persist(&path)
+            .map_err(|e| StoreError::Db(format!("{}: {}", path.display(), e.error)))?;
+        std::fs::File::open(&self.blobs)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.blobs))
     }
 }
 
@@ -330,7 +417,6 @@ mod tests {
                     created_at_ms: 1,
                     updated_at_ms: 1,
                 })),
-                Op::PutBlob("abc".into(), vec![0, 97, 115, 109]),
                 Op::SetMeta("next_seq", 7),
                 Op::PutQuota(StoredQuota {
                     namespace: "team-a".into(),
@@ -351,7 +437,6 @@ mod tests {
         let c = s.load().unwrap();
         assert_eq!(c.apps.len(), 1);
         assert_eq!(c.apps[0].replicas, 3);
-        assert_eq!(s.blob("abc").unwrap(), Some(vec![0, 97, 115, 109]));
         assert_eq!(c.meta, vec![("next_seq".to_string(), 7)]);
         assert_eq!(c.quotas.len(), 1);
         assert_eq!(
@@ -360,5 +445,42 @@ mod tests {
         );
         s.write(&[Op::DeleteApp("default/web".into())]).unwrap();
         assert!(s.load().unwrap().apps.is_empty());
+    }
+
+    #[test]
+    fn blobs_are_files_and_the_old_table_is_still_read() {
+        use sha2::Digest as _;
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = b"\0asm\x01\0\0\0".to_vec();
+        let digest = hex::encode(sha2::Sha256::digest(&bytes));
+        let old = hex::encode(sha2::Sha256::digest(b"old"));
+        {
+            let s = RedbStore::open(dir.path()).unwrap();
+            assert!(s.blob_size(&digest).unwrap().is_none());
+            let mut f = tempfile::NamedTempFile::new_in(s.spool_dir()).unwrap();
+            std::io::Write::write_all(&mut f, &bytes).unwrap();
+            s.put_blob_file(&digest, f).unwrap();
+            // A store written before blob files.
+            let txn = s.db.begin_write().unwrap();
+            txn.open_table(BLOBS)
+                .unwrap()
+                .insert(old.as_str(), &b"old"[..])
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let s = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(s.blob(&digest).unwrap(), Some(bytes.clone()));
+        assert_eq!(s.blob_size(&digest).unwrap(), Some(bytes.len() as u64));
+        assert!(matches!(
+            s.open_blob(&digest).unwrap(),
+            Some(BlobBody::File { len: 8, .. })
+        ));
+        assert_eq!(s.blob(&old).unwrap(), Some(b"old".to_vec()));
+        assert_eq!(s.blob_size(&old).unwrap(), Some(3));
+        // Only digests name files: nothing outside the folder is reached.
+        assert_eq!(s.blob("../shoal.redb").unwrap(), None);
+        assert!(s.open_blob("abc").unwrap().is_none());
+        // The spool is emptied at open.
+        assert_eq!(std::fs::read_dir(s.spool_dir()).unwrap().count(), 0);
     }
 }

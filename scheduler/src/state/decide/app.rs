@@ -14,12 +14,12 @@ use std::collections::{BTreeSet, HashMap, HashSet, hash_map};
 /// The most replicas one app may ask for.
 const MAX_REPLICAS: u32 = 10_000;
 
-/// An apply: manifests with their module digests, and module bytes.
+/// An apply: manifests with their module digests.
 #[derive(Debug, Clone, Default)]
 pub struct ApplyInput {
     pub apps: Vec<(AppManifest, String)>,
-    pub blobs: Vec<(String, Vec<u8>)>,
-    /// Which of the digests that `apps` and `blobs` name the store has.
+    /// Which of the digests that `apps` name the store has (modules are
+    /// stored before the apply: uploaded, or pulled from a registry).
     pub stored: BTreeSet<String>,
 }
 
@@ -258,16 +258,11 @@ pub fn apply(
     input: ApplyInput,
     now_ms: u64,
 ) -> Result<(Vec<ApplyOutcome>, Vec<Change>), ApiError> {
-    let ApplyInput {
-        apps,
-        blobs,
-        stored,
-    } = input;
+    let ApplyInput { apps, stored } = input;
     // All checks first: either every app is applied or nothing is.
     let mut keys = BTreeSet::new();
     for (m, digest) in &apps {
-        let known = blobs.iter().any(|(d, _)| d == digest) || stored.contains(digest);
-        if !known {
+        if !stored.contains(digest) {
             return Err(ApiError::Invalid(format!(
                 "app {}/{}: module sha256:{digest} was not uploaded",
                 m.namespace, m.name
@@ -304,12 +299,6 @@ pub fn apply(
         check_traffic(snap, &key, &m.serve.traffic, upcoming)?;
     }
     let mut changes = Vec::new();
-    let mut new_blobs = BTreeSet::new();
-    for (digest, bytes) in blobs {
-        if !stored.contains(&digest) && new_blobs.insert(digest.clone()) {
-            changes.push(Change::PutBlob { digest, bytes });
-        }
-    }
     let now = now_ms;
     let mut out = Vec::new();
     for ((mut m, _), template) in apps.into_iter().zip(templates) {

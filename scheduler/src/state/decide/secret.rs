@@ -104,6 +104,7 @@ pub fn put(
                 app.clone(),
                 Template {
                     digest: t.digest.clone(),
+                    source: t.source.clone(),
                     spec,
                 },
             ));

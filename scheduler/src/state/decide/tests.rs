@@ -31,7 +31,6 @@ fn lines(changes: &[Change]) -> Vec<String> {
     changes
         .iter()
         .map(|c| match c {
-            Change::PutBlob { digest, .. } => format!("blob {digest}"),
             Change::PutApp(a) => {
                 let rollout = match &a.rollout {
                     RolloutState::Progressing { .. } => "progressing",
@@ -137,7 +136,6 @@ fn run(snap: &mut Snapshot, changes: Vec<Change>) {
 fn apply_one(snap: &mut Snapshot, m: serde_json::Value, digest: &str, now_ms: u64) {
     let input = ApplyInput {
         apps: vec![(manifest(m), digest.into())],
-        blobs: Vec::new(),
         stored: BTreeSet::from([digest.to_string()]),
     };
     let (_, changes) = app::apply(snap, input, now_ms).unwrap();
@@ -217,7 +215,6 @@ fn apply_table() {
             &["nnn"],
             Ok((ApplyResult::Created, 1)),
             &[
-                "blob nnn",
                 "revision new 1",
                 "app new x1 rev 1 stable 0 progressing",
                 "Created: app default/new created at revision 1 with 1 replicas",
@@ -259,7 +256,6 @@ fn apply_table() {
             &["ccc"],
             Ok((ApplyResult::Configured, 2)),
             &[
-                "blob ccc",
                 "revision web 2",
                 "app web x2 rev 2 stable 0 progressing",
                 "RolloutStarted: rolling out revision 2 (from revision 1)",
@@ -327,8 +323,11 @@ fn apply_table() {
                 .into_iter()
                 .map(|(m, d)| (manifest(m), d.to_string()))
                 .collect(),
-            blobs: uploaded.iter().map(|d| (d.to_string(), vec![0])).collect(),
-            stored: BTreeSet::from(["aaa".to_string(), "b1".into(), "b2".into()]),
+            stored: ["aaa", "b1", "b2"]
+                .iter()
+                .chain(uploaded)
+                .map(|d| d.to_string())
+                .collect(),
         };
         match (app::apply(&snap, input, T0 + 5), want) {
             (Ok((outcomes, changes)), Ok((result, revision))) => {
@@ -1475,7 +1474,6 @@ fn with_quota(quota: serde_json::Value) -> Snapshot {
 fn apply_outcome(snap: &Snapshot, m: serde_json::Value, digest: &str) -> Result<String, String> {
     let input = ApplyInput {
         apps: vec![(manifest(m), digest.into())],
-        blobs: Vec::new(),
         stored: BTreeSet::from([digest.to_string()]),
     };
     app::apply(snap, input, T0)
@@ -2182,7 +2180,6 @@ fn secret_table() {
         "config": {"pw": {"secret": "db", "key": "nope"}}});
     let input = ApplyInput {
         apps: vec![(manifest(lacking), "aaa".into())],
-        blobs: Vec::new(),
         stored: BTreeSet::from(["aaa".to_string()]),
     };
     let e = app::apply(&snap, input, T0 + 6).unwrap_err();
