@@ -14,8 +14,8 @@
 //! anywhere; `Debug` shows names only.
 
 use crate::host::ComponentHost;
-use bytes::Bytes;
 use crate::kv::Kv;
+use bytes::Bytes;
 use shoal_api::RunSpec;
 use shoal_api::config::{Resolved, Unresolved};
 use shoal_api::objects::AppKey;

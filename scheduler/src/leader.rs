@@ -46,7 +46,7 @@ pub enum Role {
     /// This replica leads: its control plane, the router serving it, and
     /// until when its lease is known to hold.
     Leader {
-        cp: ControlPlane,
+        cp: Box<ControlPlane>,
         router: axum::Router,
         lease: LeaseDeadline,
     },
@@ -333,7 +333,7 @@ where
     tracing::info!(term, "leading the control plane");
     let held = LeaseDeadline::new(deadline);
     roles.send_replace(Role::Leader {
-        cp: cp.clone(),
+        cp: Box::new(cp.clone()),
         router,
         lease: held.clone(),
     });
