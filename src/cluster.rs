@@ -57,13 +57,6 @@ pub struct ControlPlaneArgs {
     /// a registry on a network where every host is trusted.
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     pub insecure_registries: Vec<String>,
-    /// Registry credentials for apps' `registry-auth = { secret = "NAME" }`,
-    /// until the control plane stores secrets: a TOML file of
-    /// `[[secret]]` tables with `namespace`, `name`, `username` and
-    /// `password`, read at start (keep it readable by the control plane
-    /// only).
-    #[arg(long, value_name = "FILE")]
-    pub registry_credentials: Option<PathBuf>,
     /// Where the state lives: `redb` (the default: an embedded database
     /// in the data dir, for one control plane), or
     /// `etcd://HOST:PORT[,HOST:PORT...]` for several control-plane
@@ -467,10 +460,6 @@ fn state_config(
         max_module_size: args.max_module_size.bytes(),
         upload_dir: Some(dir.join("uploads")),
         insecure_registries: args.insecure_registries.clone(),
-        registry_credentials: match &args.registry_credentials {
-            Some(path) => Some(Arc::new(registry_credentials(path)?)),
-            None => None,
-        },
         ..Default::default()
     };
     if config.heartbeat >= config.lease {
@@ -496,63 +485,6 @@ fn state_config(
         bail!("--tls-san names the TLS certificate; it has no use with --plain-http");
     }
     Ok(config)
-}
-
-/// One entry of `--registry-credentials`.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CredentialsEntry {
-    namespace: String,
-    name: String,
-    username: String,
-    password: String,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CredentialsFile {
-    #[serde(default)]
-    secret: Vec<CredentialsEntry>,
-}
-
-/// Reads `--registry-credentials` (errors name the file and the place,
-/// never a value).
-fn registry_credentials(
-    path: &std::path::Path,
-) -> anyhow::Result<shoal_scheduler::registry::StaticCredentials> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading --registry-credentials {}", path.display()))?;
-    if let Ok(meta) = std::fs::metadata(path) {
-        use std::os::unix::fs::PermissionsExt as _;
-        if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(
-                file = %path.display(),
-                "the registry credentials file is readable by others than its owner (chmod 600 it)"
-            );
-        }
-    }
-    let file: CredentialsFile = toml::from_str(&text).map_err(|e| {
-        let at = e
-            .span()
-            .map(|s| format!(" at byte {}", s.start))
-            .unwrap_or_default();
-        anyhow::anyhow!(
-            "--registry-credentials {}: not [[secret]] tables of namespace, name, username and password{at}",
-            path.display()
-        )
-    })?;
-    let mut credentials = shoal_scheduler::registry::StaticCredentials::default();
-    for e in file.secret {
-        credentials.insert(
-            &e.namespace,
-            &e.name,
-            shoal_oci::Credentials {
-                username: e.username,
-                password: e.password,
-            },
-        );
-    }
-    Ok(credentials)
 }
 
 /// Parses `memory=4GiB,instances=100` (either part may be left out).

@@ -190,25 +190,28 @@ fn a_tag_is_pinned_at_apply_and_moving_it_changes_nothing_running() {
 fn a_registry_that_asks_for_credentials_gets_them_from_the_apps_secret() {
     let password = "pw-9f1c2e";
     let reg = Registry::with_auth("alice", password);
-    let dir = tempfile::tempdir().unwrap();
-    let creds = dir.path().join("registry-credentials.toml");
-    std::fs::write(
-        &creds,
-        format!(
-            "[[secret]]\nnamespace = \"default\"\nname = \"reg\"\nusername = \"alice\"\npassword = \"{password}\"\n\n[[secret]]\nnamespace = \"default\"\nname = \"stale\"\nusername = \"alice\"\npassword = \"old-8d7a\"\n\n[[secret]]\nnamespace = \"other\"\nname = \"theirs\"\nusername = \"alice\"\npassword = \"{password}\"\n"
-        ),
-    )
-    .unwrap();
-    let c = Cluster::start_with(
-        0,
-        &[
-            "--insecure-registry",
-            &reg.addr,
-            "--registry-credentials",
-            creds.to_str().unwrap(),
-        ],
-        |_| Vec::new(),
-    );
+    let c = Cluster::start_with(0, &["--insecure-registry", &reg.addr], |_| Vec::new());
+    // Registry credentials are secrets with the keys `username` and
+    // `password`, in the app's namespace.
+    for (ns, name, pw) in [
+        ("default", "reg", password),
+        ("default", "stale", "old-8d7a"),
+        ("other", "theirs", password),
+    ] {
+        let pw = format!("password={pw}");
+        let out = c.cli(&[
+            "secret",
+            "create",
+            name,
+            "-n",
+            ns,
+            "--from-literal",
+            "username=alice",
+            "--from-literal",
+            &pw,
+        ]);
+        assert!(out.success, "{}", out.stderr);
+    }
     std::fs::write(c.dir.path().join("v1.wat"), cgi("Hello v1")).unwrap();
     let tag = reg.reference("private/web:v1");
 

@@ -6,50 +6,16 @@
 //! rollout or a rollback runs exactly what was applied and a tag moved
 //! afterwards changes nothing.
 //!
-//! Credentials are found through [`RegistryCredentials`]: the secret an
-//! app names (`registry-auth = { secret = "NAME" }`), in the app's own
-//! namespace. Until the control plane stores secrets, the one
-//! implementation is [`StaticCredentials`], read from the file of
-//! `shoal control-plane --registry-credentials`.
+//! Credentials come from the secret an app names (`registry-auth = {
+//! secret = "NAME" }`), in the app's own namespace, with the keys
+//! `username` and `password`: opened by the control plane for the pull,
+//! never stored with the revision or shown.
 
 use crate::modules::ModuleError;
 use crate::state::ControlPlane;
 use futures::StreamExt as _;
 use shoal_api::oci::ModuleRef;
-use shoal_oci::{Credentials, OciError};
-use std::collections::BTreeMap;
-
-/// Where a registry's credentials come from: the secret `secret` of
-/// namespace `namespace`, with the keys `username` and `password`.
-pub trait RegistryCredentials: Send + Sync + std::fmt::Debug {
-    fn lookup(&self, namespace: &str, secret: &str) -> Option<Credentials>;
-}
-
-/// Credentials given once, by namespace and secret name.
-#[derive(Default)]
-pub struct StaticCredentials(BTreeMap<(String, String), Credentials>);
-
-impl StaticCredentials {
-    pub fn insert(&mut self, namespace: &str, secret: &str, credentials: Credentials) {
-        self.0
-            .insert((namespace.to_string(), secret.to_string()), credentials);
-    }
-}
-
-impl std::fmt::Debug for StaticCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Names only.
-        f.debug_list().entries(self.0.keys()).finish()
-    }
-}
-
-impl RegistryCredentials for StaticCredentials {
-    fn lookup(&self, namespace: &str, secret: &str) -> Option<Credentials> {
-        self.0
-            .get(&(namespace.to_string(), secret.to_string()))
-            .cloned()
-    }
-}
+use shoal_oci::OciError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
@@ -79,14 +45,15 @@ pub async fn pull(
 ) -> Result<Pulled, PullError> {
     let credentials = match secret {
         None => None,
-        Some(s) => Some(
-            cp.registry_credentials()
-                .and_then(|c| c.lookup(namespace, s))
-                .ok_or_else(|| PullError::NoSecret {
-                    namespace: namespace.to_string(),
-                    secret: s.to_string(),
-                })?,
-        ),
+        Some(s) => {
+            Some(
+                cp.registry_credentials(namespace, s)
+                    .ok_or_else(|| PullError::NoSecret {
+                        namespace: namespace.to_string(),
+                        secret: s.to_string(),
+                    })?,
+            )
+        }
     };
     let options = shoal_oci::Options {
         plain_http: cp.is_insecure_registry(&reference.registry),

@@ -66,9 +66,6 @@ pub struct Config {
     /// Where uploads are written while they arrive, for a store without a
     /// place of its own (etcd); none: the system's temporary folder.
     pub upload_dir: Option<std::path::PathBuf>,
-    /// Where the credentials of registries come from, for apps that name
-    /// a secret (`registry-auth`); none: no app may name one.
-    pub registry_credentials: Option<Arc<dyn crate::registry::RegistryCredentials>>,
     /// Registries (`host:port`, as references write them) spoken to over
     /// plain HTTP; every other one over TLS.
     pub insecure_registries: Vec<String>,
@@ -88,7 +85,6 @@ impl Default for Config {
             secrets: None,
             max_module_size: crate::modules::DEFAULT_MAX_MODULE_SIZE,
             upload_dir: None,
-            registry_credentials: None,
             insecure_registries: Vec::new(),
         }
     }
@@ -267,7 +263,6 @@ struct Modules {
     spool: std::path::PathBuf,
     max_size: u64,
     validations: tokio::sync::Semaphore,
-    credentials: Option<Arc<dyn crate::registry::RegistryCredentials>>,
     insecure: Vec<String>,
 }
 
@@ -283,7 +278,6 @@ impl Modules {
             spool,
             max_size: config.max_module_size,
             validations: tokio::sync::Semaphore::new(crate::modules::VALIDATIONS_AT_ONCE),
-            credentials: config.registry_credentials.clone(),
             insecure: config.insecure_registries.clone(),
         })
     }
@@ -538,9 +532,22 @@ impl ControlPlane {
         .await
     }
 
-    /// Where registry credentials come from, if anywhere.
-    pub fn registry_credentials(&self) -> Option<&dyn crate::registry::RegistryCredentials> {
-        self.modules.credentials.as_deref()
+    /// The registry credentials that secret `secret` of `namespace`
+    /// holds (its keys `username` and `password`), opened here for a pull:
+    /// none if there is no such secret, it lacks either key, or this
+    /// replica cannot open secrets.
+    pub fn registry_credentials(
+        &self,
+        namespace: &str,
+        secret: &str,
+    ) -> Option<shoal_oci::Credentials> {
+        let snap = self.snapshot();
+        let stored = snap.secret(namespace, secret)?;
+        let mut values = self.open_secret(stored).ok()?;
+        Some(shoal_oci::Credentials {
+            username: values.remove("username")?,
+            password: values.remove("password")?,
+        })
     }
 
     /// Whether `registry` (`host:port`) is spoken to over plain HTTP.
