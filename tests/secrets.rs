@@ -2,7 +2,8 @@
 //! gateway, each a real process. An app reads a plain `[config]` value and
 //! a secret through its environment; a new value of the secret rolls out a
 //! new revision that answers it; and no output of any command, no log of
-//! any process and no file on disk ever shows a value.
+//! any process and no file on disk ever shows a value. A component reads
+//! the same values through `wasi:config/store`.
 
 mod support;
 
@@ -247,4 +248,39 @@ fn viewers_list_names_only_and_other_namespaces_see_nothing() {
     let out = c.cli(&["secret", "create", "x"]);
     assert!(!out.success);
     assert!(out.stderr.contains("--from-literal"), "{}", out.stderr);
+}
+
+/// A component reads the same values through `wasi:config/store`, and a
+/// rotation reaches it there too.
+#[test]
+fn a_component_reads_config_and_secrets_through_wasi_config() {
+    let mut c = Cluster::start(1);
+    let gw = c.start_gateway(&[]);
+    let put = |value: &str| {
+        let literal = format!("token={value}");
+        let out = c.cli(&["secret", "create", "api", "--from-literal", &literal]);
+        assert!(out.success, "{}", out.stderr);
+    };
+    put(FIRST);
+    let m = c.manifest(
+        "probe.toml",
+        "name = \"probe\"\nmodule = \"$EXAMPLES/capabilities.wasm\"\n\n[config]\ngreeting = \"hello\"\napi-token = { secret = \"api\", key = \"token\" }\n\n[[routes]]\npath = \"/config\"\n",
+    );
+    c.apply_wait(&m);
+    let config = |key: &str, want: &str| {
+        wait_until(T, &format!("wasi:config to give {key}={want}"), || {
+            let (status, body) = http("GET", &format!("{gw}/config/{key}"), b"");
+            (status == 200 && body == want).then_some(())
+        })
+    };
+    config("greeting", "hello");
+    config("api-token", FIRST);
+    let (status, body) = http("GET", &format!("{gw}/config/absent"), b"");
+    assert_eq!((status, body.as_str()), (404, "not found"));
+    let (status, all) = http("GET", &format!("{gw}/config"), b"");
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(all, format!("api-token={FIRST}\ngreeting=hello\n"));
+
+    put(SECOND);
+    config("api-token", SECOND);
 }
