@@ -352,7 +352,7 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         }
     };
     serve_until_stopped(server, stopped_rx).await?;
-    crate::out::sayln!("Stopped.");
+    // `main` says "Stopped." once the work on blocking threads is done.
     Ok(())
 }
 

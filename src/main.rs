@@ -147,11 +147,22 @@ fn main() {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         builder.worker_threads(cores + 1);
     }
+    let control_plane = matches!(cli.command, Command::ControlPlane(_));
     let result = builder
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(dispatch(cli)));
+        .and_then(|rt| {
+            let result = rt.block_on(dispatch(cli));
+            // A control plane may still be compiling a module for the nodes
+            // on a blocking thread: that ends (and logs) before it says it
+            // stopped.
+            rt.shutdown_timeout(std::time::Duration::from_secs(30));
+            result
+        });
+    if control_plane && result.is_ok() {
+        out::sayln!("Stopped.");
+    }
     if let Err(e) = result {
         out::errln!("error: {e:#}");
         std::process::exit(1);

@@ -194,7 +194,7 @@ pub async fn replica(
         }
     };
     serve_until_stopped(server, stopped_rx).await?;
-    crate::out::sayln!("Stopped.");
+    // `main` says "Stopped." once the work on blocking threads is done.
     Ok(())
 }
 
