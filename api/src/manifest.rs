@@ -1333,5 +1333,7 @@ mod readme {
         assert_eq!(a.run.grants.dirs.len(), 1);
         assert_eq!(a.run.grants.config.len(), 2);
         assert_eq!(a.run.secret_refs().len(), 2);
+        assert_eq!(a.run.grants.keyvalue, ["default"]);
+        assert_eq!(a.run.grants.allow_apps, ["users", "ledger.billing"]);
     }
 }
