@@ -57,6 +57,12 @@ pub struct ControlPlaneArgs {
     /// a registry on a network where every host is trusted.
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     pub insecure_registries: Vec<String>,
+    /// A registry (`HOST` or `HOST:PORT`, as `oci://` references write it)
+    /// apps may pull modules from over TLS (repeatable). Apps may name no
+    /// other registry (except those of `--insecure-registry`): the control
+    /// plane connects only where its operator lets it.
+    #[arg(long = "registry", value_name = "HOST[:PORT]")]
+    pub registries: Vec<String>,
     /// Where the state lives: `redb` (the default: an embedded database
     /// in the data dir, for one control plane), or
     /// `etcd://HOST:PORT[,HOST:PORT...]` for several control-plane
@@ -460,6 +466,7 @@ fn state_config(
         max_module_size: args.max_module_size.bytes(),
         upload_dir: Some(dir.join("uploads")),
         insecure_registries: args.insecure_registries.clone(),
+        registries: args.registries.clone(),
         ..Default::default()
     };
     if config.heartbeat >= config.lease {

@@ -159,6 +159,19 @@ fn a_tag_is_pinned_at_apply_and_moving_it_changes_nothing_running() {
         "{}",
         out.stderr
     );
+    // A registry the control plane was not given: refused, nothing
+    // connected to.
+    let elsewhere = c.manifest("elsewhere.toml", &web("oci://127.0.0.1:9/apps/web:v1", ""));
+    let out = c.cli(&["apply", "-f", elsewhere.to_str().unwrap()]);
+    assert!(!out.success, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("(registry_not_allowed)")
+            && out
+                .stderr
+                .contains("registry 127.0.0.1:9 is not one this cluster pulls from"),
+        "{}",
+        out.stderr
+    );
     // The tag with the digest revision 1 pinned, while the tag names
     // another: the digest is what counts (the tag is for people), and it
     // is what runs now.

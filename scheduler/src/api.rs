@@ -507,6 +507,7 @@ fn pull_refused(m: &shoal_api::manifest::AppManifest, e: crate::registry::PullEr
     let (status, code) = match &e {
         PullError::Module(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         PullError::NoSecret { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "secret_not_found"),
+        PullError::NotAllowed { .. } => (StatusCode::FORBIDDEN, "registry_not_allowed"),
         PullError::Registry(o) => match o {
             OciError::NeedsCredentials { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "registry_auth_required")

@@ -23,6 +23,10 @@ pub enum PullError {
     Registry(#[from] OciError),
     #[error(transparent)]
     Module(#[from] ModuleError),
+    #[error(
+        "registry {registry} is not one this cluster pulls from (the control plane's --registry names those)"
+    )]
+    NotAllowed { registry: String },
     #[error("no secret {secret:?} with registry credentials in namespace {namespace:?}")]
     NoSecret { namespace: String, secret: String },
 }
@@ -43,6 +47,11 @@ pub async fn pull(
     reference: &ModuleRef,
     secret: Option<&str>,
 ) -> Result<Pulled, PullError> {
+    if !cp.is_allowed_registry(&reference.registry) {
+        return Err(PullError::NotAllowed {
+            registry: reference.registry.clone(),
+        });
+    }
     let credentials = match secret {
         None => None,
         Some(s) => {
@@ -106,7 +115,16 @@ mod tests {
 
     /// A registry that serves one manifest for any reference, whose layer
     /// is `good`; its repository `lie` serves other bytes for every blob.
-    async fn fake_registry(good: &'static [u8], other: &'static [u8]) -> (String, String) {
+    /// A registry serving `good` (and `other` for the repository `lie`):
+    /// its address, the manifest's digest, and how many requests it took.
+    async fn fake_registry(
+        good: &'static [u8],
+        other: &'static [u8],
+    ) -> (
+        String,
+        String,
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) {
         let config = br#"{"architecture":"wasm","os":"wasip1"}"#;
         let manifest = serde_json::to_vec(&serde_json::json!({
             "schemaVersion": 2,
@@ -137,17 +155,25 @@ mod tests {
                     if repo == "lie" { other } else { good }
                 }),
             );
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = hits.clone();
+        let router = router.layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                next.run(req)
+            },
+        ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         tokio::spawn(async move { axum::serve(listener, router).await });
-        (addr, digest)
+        (addr, digest, hits)
     }
 
     #[tokio::test]
     async fn every_digest_is_checked_and_only_a_good_module_is_stored() {
         let good: &'static [u8] = b"\0asm\x01\0\0\0";
         let other: &'static [u8] = b"\0asm\x01\0\0\0\0\x02\x01a";
-        let (addr, manifest_digest) = fake_registry(good, other).await;
+        let (addr, manifest_digest, hits) = fake_registry(good, other).await;
         let dir = tempfile::tempdir().unwrap();
         let config = crate::state::Config {
             insecure_registries: vec![addr.clone()],
@@ -221,13 +247,28 @@ mod tests {
             "{e}"
         );
 
-        // Plain HTTP only to the registries named: any other gets TLS.
+        // A registry the operator did not name: refused before anything
+        // connects (the fake registry sees no request).
         let dir = tempfile::tempdir().unwrap();
         let cp = ControlPlane::start(
             crate::store::Store::open(dir.path()).unwrap(),
             Default::default(),
         )
         .unwrap();
+        let asked = hits.load(std::sync::atomic::Ordering::SeqCst);
+        let e = pull(&cp, "default", &r("fine:v1"), None).await.unwrap_err();
+        assert!(matches!(&e, PullError::NotAllowed { .. }), "{e}");
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), asked);
+
+        // Plain HTTP only to the registries named insecure: one allowed
+        // with `--registry` gets TLS.
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::state::Config {
+            registries: vec![addr.clone()],
+            ..Default::default()
+        };
+        let cp =
+            ControlPlane::start(crate::store::Store::open(dir.path()).unwrap(), config).unwrap();
         let e = pull(&cp, "default", &r("fine:v1"), None).await.unwrap_err();
         assert!(
             matches!(&e, PullError::Registry(OciError::Unreachable { .. })),

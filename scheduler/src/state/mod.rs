@@ -69,6 +69,11 @@ pub struct Config {
     /// Registries (`host:port`, as references write them) spoken to over
     /// plain HTTP; every other one over TLS.
     pub insecure_registries: Vec<String>,
+    /// Registries apps may pull from over TLS. An `oci://` module of any
+    /// other registry (not here nor in `insecure_registries`) is refused
+    /// before anything connects: a tenant cannot make the control plane
+    /// reach a host of its choosing.
+    pub registries: Vec<String>,
 }
 
 impl Default for Config {
@@ -86,6 +91,7 @@ impl Default for Config {
             max_module_size: crate::modules::DEFAULT_MAX_MODULE_SIZE,
             upload_dir: None,
             insecure_registries: Vec::new(),
+            registries: Vec::new(),
         }
     }
 }
@@ -264,6 +270,7 @@ struct Modules {
     max_size: u64,
     validations: tokio::sync::Semaphore,
     insecure: Vec<String>,
+    allowed: Vec<String>,
 }
 
 impl Modules {
@@ -279,6 +286,7 @@ impl Modules {
             max_size: config.max_module_size,
             validations: tokio::sync::Semaphore::new(crate::modules::VALIDATIONS_AT_ONCE),
             insecure: config.insecure_registries.clone(),
+            allowed: config.registries.clone(),
         })
     }
 }
@@ -548,6 +556,16 @@ impl ControlPlane {
             username: values.remove("username")?,
             password: values.remove("password")?,
         })
+    }
+
+    /// Whether apps may pull from `registry` (`host:port`): one named by
+    /// `--registry` or `--insecure-registry`; no other.
+    pub fn is_allowed_registry(&self, registry: &str) -> bool {
+        self.modules
+            .allowed
+            .iter()
+            .chain(&self.modules.insecure)
+            .any(|r| r.eq_ignore_ascii_case(registry))
     }
 
     /// Whether `registry` (`host:port`) is spoken to over plain HTTP.
