@@ -887,3 +887,52 @@ async fn stop_all(members: &mut [Member]) {
         }
     }
 }
+
+/// A server binary `shoal up` runs (`binary`: etcd, redis-server): on PATH
+/// or in /usr/bin, else the one `scripts/SCRIPT` finds or installs when
+/// `shoal` runs from its repository. `needed` says why `up` runs it, and
+/// `hint` how to get it by hand, for the errors.
+async fn server_binary(
+    binary: &str,
+    script: &str,
+    needed: &str,
+    hint: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    use std::path::PathBuf;
+    let on_path = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(binary))
+        .chain([PathBuf::from("/usr/bin").join(binary)])
+        .find(|p| p.is_file());
+    if let Some(path) = on_path {
+        return Ok(path);
+    }
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(script);
+    if !script.is_file() {
+        bail!("{needed}, and no {binary} is on PATH: {hint}");
+    }
+    errln!(
+        "No {binary} on PATH; installing one with {}",
+        script.display()
+    );
+    let out = tokio::process::Command::new("bash")
+        .arg(&script)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await
+        .with_context(|| format!("running {}", script.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let path = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
+    if !out.status.success() || !path.is_file() {
+        bail!(
+            "{} could not install {binary} ({}; its messages are above): {hint}",
+            script.display(),
+            out.status
+        );
+    }
+    Ok(path)
+}

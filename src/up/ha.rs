@@ -150,40 +150,13 @@ const INSTALL_HINT: &str = "install it (`sudo apt-get install etcd-server` on De
 /// The etcd binary: on PATH, else the one `scripts/install-etcd.sh`
 /// finds or installs when `shoal` runs from its repository.
 async fn etcd_binary() -> anyhow::Result<PathBuf> {
-    let on_path = std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join("etcd"))
-        .chain([PathBuf::from("/usr/bin/etcd")])
-        .find(|p| p.is_file());
-    if let Some(path) = on_path {
-        return Ok(path);
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-etcd.sh");
-    if !script.is_file() {
-        bail!("`shoal up --ha` runs etcd, and no etcd binary is on PATH: {INSTALL_HINT}");
-    }
-    errln!(
-        "No etcd binary on PATH; installing one with {}",
-        script.display()
-    );
-    let out = tokio::process::Command::new("bash")
-        .arg(&script)
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .await
-        .with_context(|| format!("running {}", script.display()))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let path = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
-    if !out.status.success() || !path.is_file() {
-        bail!(
-            "{} could not install etcd ({}; its messages are above): {INSTALL_HINT}",
-            script.display(),
-            out.status
-        );
-    }
-    Ok(path)
+    super::server_binary(
+        "etcd",
+        "install-etcd.sh",
+        "`shoal up --ha` runs etcd",
+        INSTALL_HINT,
+    )
+    .await
 }
 
 /// The address of replica `i`: `--api` for the first, the ports after it

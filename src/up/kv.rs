@@ -8,8 +8,7 @@
 //! environment.
 
 use super::{ChildSpec, Member, Ready, add};
-use crate::out::errln;
-use anyhow::{Context, bail};
+use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -34,42 +33,13 @@ const PORT_TRIES: usize = 3;
 /// `scripts/install-redis.sh` finds or installs when `shoal` runs from its
 /// repository.
 async fn redis_binary() -> anyhow::Result<PathBuf> {
-    let on_path = std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join("redis-server"))
-        .chain([PathBuf::from("/usr/bin/redis-server")])
-        .find(|p| p.is_file());
-    if let Some(path) = on_path {
-        return Ok(path);
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-redis.sh");
-    if !script.is_file() {
-        bail!(
-            "`shoal up` runs Redis for its nodes' key-value stores, and no redis-server is on PATH: {INSTALL_HINT}"
-        );
-    }
-    errln!(
-        "No redis-server on PATH; installing one with {}",
-        script.display()
-    );
-    let out = tokio::process::Command::new("bash")
-        .arg(&script)
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .await
-        .with_context(|| format!("running {}", script.display()))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let path = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
-    if !out.status.success() || !path.is_file() {
-        bail!(
-            "{} could not install Redis ({}; its messages are above): {INSTALL_HINT}",
-            script.display(),
-            out.status
-        );
-    }
-    Ok(path)
+    super::server_binary(
+        "redis-server",
+        "install-redis.sh",
+        "`shoal up` runs Redis for its nodes' key-value stores",
+        INSTALL_HINT,
+    )
+    .await
 }
 
 /// The password of the cluster's Redis, made at the first start.
