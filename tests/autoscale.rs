@@ -246,6 +246,11 @@ path = "/"
         let (_, body) = c.api_call("GET", endpoints::ROUTES, b"");
         body.contains("nowhere").then_some(())
     });
+    // The control plane's table has it; the gateway's watch brings it a
+    // moment later (until then the gateway answers 404 no_route).
+    wait_until(T, "the gateway to route it", || {
+        (http("GET", &format!("{gw}/"), b"").0 != 404).then_some(())
+    });
     let start = std::time::Instant::now();
     let (status, body) = http("GET", &format!("{gw}/"), b"");
     let waited = start.elapsed();
