@@ -93,6 +93,17 @@ pub const CERTIFICATE: &str = "/v1/certificates/hosts/{host}";
 /// Every stored certificate with its key, for gateways only: a long poll
 /// ([`CertificatesQuery`]).
 pub const CERTIFICATES_WATCH: &str = "/v1/certificates/watch";
+/// A node's usage report ([`crate::stats::NodeUsage`], POST), from that
+/// node only.
+pub const NODE_USAGE: &str = "/v1/nodes/{name}/usage";
+/// Every app's live numbers ([`crate::stats::AppStatsList`]; `namespace`
+/// query as for lists).
+pub const STATS_APPS: &str = "/v1/stats/apps";
+/// One app's live numbers with its series ([`crate::stats::AppStats`]).
+pub const STATS_APP: &str = "/v1/namespaces/{ns}/apps/{name}/stats";
+/// Every node's live numbers ([`crate::stats::NodeStatsList`]), for
+/// admins.
+pub const STATS_NODES: &str = "/v1/stats/nodes";
 
 /// Every endpoint of the control plane, as its router mounts them (a test
 /// of the router checks it mounts exactly these).
@@ -212,6 +223,14 @@ pub fn secrets(ns: &str) -> String {
 
 pub fn secret(ns: &str, name: &str) -> String {
     fill(SECRET, &[ns, name])
+}
+
+pub fn node_usage(node: &str) -> String {
+    fill(NODE_USAGE, &[node])
+}
+
+pub fn app_stats(key: &AppKey) -> String {
+    fill(STATS_APP, &[&key.namespace, &key.name])
 }
 
 pub fn node_instance_secrets(node: &str, id: &str) -> String {

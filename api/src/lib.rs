@@ -28,6 +28,8 @@
 //!   compiled module, and the headers that carry it.
 //! - [`oci`]: modules in OCI registries: the `oci://` reference and the
 //!   wasm artifact format.
+//! - [`stats`]: live traffic and usage numbers that gateways and nodes
+//!   report, and what `shoal top` and the dashboard are served from them.
 //! - [`wasm`]: the WebAssembly features the nodes' engine enables, which
 //!   the control plane validates modules with.
 
@@ -47,6 +49,7 @@ pub mod quota;
 pub mod rest;
 pub mod routes;
 pub mod spec;
+pub mod stats;
 pub mod wasm;
 pub mod workload;
 

@@ -139,6 +139,10 @@ pub struct AppMetrics {
     /// waited for its response to start (ms).
     #[serde(default)]
     pub cold_starts_ms: Vec<u64>,
+    /// Responses by status class, latency and bytes over the interval
+    /// (absent from older gateways).
+    #[serde(default)]
+    pub traffic: crate::stats::Traffic,
 }
 
 /// What the autoscaler last decided for an app, and why.

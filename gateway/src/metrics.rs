@@ -73,6 +73,7 @@ pub async fn report(gateway: Arc<Gateway>, name: String) {
                 concurrency: a.in_flight_sum as f64 / f64::from(a.samples.max(1)),
                 requests: requests.saturating_sub(a.requests_at_last_report),
                 cold_starts_ms,
+                traffic: Default::default(),
             });
             a.in_flight_sum = 0;
             a.samples = 0;

@@ -280,6 +280,7 @@ async fn the_autoscaler_follows_load_and_goes_to_zero_when_quiet() {
             concurrency: 4.0,
             requests: 4,
             cold_starts_ms: vec![35],
+            traffic: Default::default(),
         }],
     };
     cp.report_metrics(report).await.unwrap();
