@@ -44,6 +44,7 @@
 //! - [`tls`]: the certificates presented to clients, chosen by SNI, from
 //!   files (re-read when they change) and from the control plane.
 
+pub mod access;
 pub mod activate;
 pub mod answer;
 pub mod attempt;
@@ -55,14 +56,17 @@ pub mod h1;
 pub mod headers;
 pub mod limit;
 pub mod metrics;
+pub mod observe;
 pub mod path;
 pub mod pool;
+pub mod prom;
 pub mod proxy;
 pub mod retry;
 pub mod route;
 pub mod server;
 pub mod table;
 pub mod tls;
+pub mod trace;
 pub mod watch;
 
 pub use gateway::{Gateway, GatewayConfig};
