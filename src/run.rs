@@ -96,6 +96,8 @@ pub struct RunArgs {
     /// How long in-flight requests may take to finish at shutdown.
     #[arg(long, default_value = "10s")]
     pub grace: Duration,
+    #[command(flatten)]
+    pub telemetry: crate::telemetry::TelemetryArgs,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]

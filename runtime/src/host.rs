@@ -106,6 +106,10 @@ pub struct OutboundPolicy {
     app: String,
     caller: AppKey,
     calls: Option<Arc<dyn AppCalls>>,
+    /// The trace context of the request being served (`traceparent`, and
+    /// `tracestate` if any): put on the guest's outgoing requests that
+    /// carry none of their own.
+    trace: Option<(http::HeaderValue, Option<http::HeaderValue>)>,
 }
 
 /// What sending an outgoing request resolves to (as `send_request` returns it).
@@ -126,6 +130,24 @@ fn denied() -> Sent {
 }
 
 impl OutboundPolicy {
+    /// Puts the served request's trace context on an outgoing request
+    /// whose guest set no `traceparent`.
+    fn carry_trace<B>(&self, request: &mut http::Request<B>) {
+        use shoal_api::trace::{TRACEPARENT, TRACESTATE};
+        let Some((parent, state)) = &self.trace else {
+            return;
+        };
+        let h = request.headers_mut();
+        if h.contains_key(TRACEPARENT) {
+            return;
+        }
+        h.insert(TRACEPARENT, parent.clone());
+        h.remove(TRACESTATE);
+        if let Some(state) = state {
+            h.insert(TRACESTATE, state.clone());
+        }
+    }
+
     /// A request to `host`, which names an app (its last label is `svc`):
     /// refused unless it names an app the manifest allows and there is a
     /// way to reach it; never sent to the network.
@@ -196,6 +218,8 @@ impl WasiHttpHooks for OutboundPolicy {
             > + Send,
     > {
         drop(fut);
+        let mut request = request;
+        self.carry_trace(&mut request);
         let host = request.uri().host().unwrap_or_default().to_string();
         if shoal_api::calls::is_app_host(&host) {
             return self.call_app(request, &host);
@@ -491,6 +515,7 @@ impl ComponentHost {
                 app: format!("{}/{}", caps.namespace, caps.app),
                 caller: AppKey::new(&*caps.namespace, &*caps.app),
                 calls: caps.calls.clone(),
+                trace: None,
             },
             caps,
             limiter: MemoryLimiter::new(memory),
@@ -500,6 +525,16 @@ impl ComponentHost {
 }
 
 impl ComponentHost {
+    /// The trace context of the request this instance serves now, for its
+    /// outgoing requests (none: they carry only what the guest sets).
+    pub(crate) fn set_trace(
+        &mut self,
+        parent: Option<http::HeaderValue>,
+        state: Option<http::HeaderValue>,
+    ) {
+        self.hooks.trace = parent.map(|p| (p, state));
+    }
+
     /// What the `wasi:keyvalue` host functions use.
     pub(crate) fn kv_view(&mut self) -> crate::kv::host::KvView<'_> {
         crate::kv::host::KvView::new(&self.caps, &mut self.table)

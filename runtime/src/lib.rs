@@ -31,6 +31,7 @@ pub mod kv;
 pub mod logs;
 pub mod outcome;
 pub mod server;
+mod trace;
 pub mod worker;
 
 pub use artifact::{BinaryKind, CompileCache, CompileSource, Compiled, Digest};
