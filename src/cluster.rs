@@ -264,7 +264,7 @@ pub struct GatewayArgs {
     /// Serve the gateway's Prometheus metrics at `GET /metrics` on this
     /// address (off by default), to clients that send `Authorization:
     /// Bearer` with the token of `--metrics-token-file`.
-    #[arg(long, value_name = "ADDR", requires = "metrics_token_file")]
+    #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
     /// The file holding the metrics token (16 characters or more), read
     /// at start; required with `--metrics-listen`.

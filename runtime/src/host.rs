@@ -551,3 +551,54 @@ impl P1Host {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_api::trace::{TRACEPARENT, TRACESTATE};
+
+    const SERVED: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn policy(trace: Option<(&'static str, Option<&'static str>)>) -> OutboundPolicy {
+        OutboundPolicy {
+            grants: Grants::default(),
+            app: "default/web".into(),
+            caller: AppKey::new("default", "web"),
+            calls: None,
+            trace: trace.map(|(p, s)| {
+                (
+                    http::HeaderValue::from_static(p),
+                    s.map(http::HeaderValue::from_static),
+                )
+            }),
+        }
+    }
+
+    fn request(headers: &[(&'static str, &'static str)]) -> http::Request<()> {
+        let mut b = http::Request::get("http://users.default.svc/");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn outgoing_requests_carry_the_served_trace_unless_the_guest_set_one() {
+        let p = policy(Some((SERVED, Some("v=1"))));
+        let mut plain = request(&[("tracestate", "mine=2")]);
+        p.carry_trace(&mut plain);
+        assert_eq!(plain.headers()[TRACEPARENT], SERVED);
+        assert_eq!(plain.headers()[TRACESTATE], "v=1");
+
+        let own = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut traced = request(&[("traceparent", own), ("tracestate", "mine=2")]);
+        p.carry_trace(&mut traced);
+        assert_eq!(traced.headers()[TRACEPARENT], own);
+        assert_eq!(traced.headers()[TRACESTATE], "mine=2");
+
+        // A request served without a trace adds none.
+        let mut none = request(&[]);
+        policy(None).carry_trace(&mut none);
+        assert!(none.headers().get(TRACEPARENT).is_none());
+    }
+}
