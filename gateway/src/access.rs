@@ -176,12 +176,18 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
-    /// A writer into shared memory, blocked while `gate` is held.
+    /// A writer into shared memory, blocked while its gate is held; it
+    /// counts the writes that reached the gate.
     #[derive(Clone)]
-    struct Shared(Arc<Mutex<Vec<u8>>>, Arc<Mutex<()>>);
+    struct Shared(
+        Arc<Mutex<Vec<u8>>>,
+        Arc<Mutex<()>>,
+        Arc<std::sync::atomic::AtomicU64>,
+    );
 
     impl Write for Shared {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.2.fetch_add(1, Ordering::SeqCst);
             let _open = self.1.lock().unwrap();
             self.0.lock().unwrap().extend_from_slice(buf);
             Ok(buf.len())
@@ -201,7 +207,7 @@ mod tests {
 
     #[test]
     fn lines_are_json_and_a_stuck_writer_drops_lines_instead_of_waiting() {
-        let out = Shared(Arc::default(), Arc::default());
+        let out = Shared(Arc::default(), Arc::default(), Arc::default());
         let log = AccessLog::to_writer(Box::new(out.clone()), 4);
         let entry = Entry {
             request_id: "r1".into(),
@@ -218,16 +224,21 @@ mod tests {
         assert_eq!(line["status"], 200);
         assert!(text.ends_with('\n'));
 
-        // The writer stuck: the queue fills, and the rest is dropped at
-        // once.
+        // The writer stuck on a line: the queue fills, and the rest is
+        // dropped at once (a write that waited would never return).
         let gate = out.1.lock().unwrap();
+        let reached = out.2.load(Ordering::SeqCst);
+        log.write(&entry);
+        wait_for("the writer to be stuck", || {
+            out.2.load(Ordering::SeqCst) > reached
+        });
         let start = std::time::Instant::now();
         for _ in 0..100 {
             log.write(&entry);
         }
-        assert!(start.elapsed() < std::time::Duration::from_secs(1));
-        assert!(log.dropped() >= 100 - 4 - 1, "{}", log.dropped());
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(log.dropped(), 100 - 4);
         drop(gate);
-        wait_for("the queued lines", || log.written() + log.dropped() == 101);
+        wait_for("the queued lines", || log.written() == 1 + 1 + 4);
     }
 }
