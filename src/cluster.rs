@@ -716,7 +716,8 @@ pub async fn gateway(
     // listens.
     let metrics_token = match (&args.metrics_listen, &args.metrics_token_file) {
         (Some(_), Some(file)) => Some(
-            shoal_gateway::prom::read_token_file(file).context("cannot use --metrics-token-file")?,
+            shoal_gateway::prom::read_token_file(file)
+                .context("cannot use --metrics-token-file")?,
         ),
         (None, Some(_)) => anyhow::bail!("--metrics-token-file needs --metrics-listen"),
         (Some(_), None) => anyhow::bail!("--metrics-listen needs --metrics-token-file"),

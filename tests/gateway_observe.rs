@@ -41,8 +41,7 @@ fn metrics_need_the_token_and_count_each_apps_answers_and_every_request_is_logge
         ("/metrics", Some(&*format!("Basic {TOKEN}"))),
         ("/", None),
     ] {
-        let headers: Vec<(&str, &str)> =
-            auth.map(|a| ("authorization", a)).into_iter().collect();
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
         let (status, body) = http_with("GET", &format!("{metrics}{path}"), &headers, b"");
         assert_eq!(status, 401, "{path} {auth:?}: {body}");
         let json: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -60,7 +59,10 @@ fn metrics_need_the_token_and_count_each_apps_answers_and_every_request_is_logge
     let (status, _) = http_with(
         "GET",
         &format!("{gw}/status/503?api_key=s3cret"),
-        &[("authorization", "Bearer app-secret"), ("cookie", "sid=c00kie")],
+        &[
+            ("authorization", "Bearer app-secret"),
+            ("cookie", "sid=c00kie"),
+        ],
         b"",
     );
     assert_eq!(status, 503);
@@ -117,7 +119,13 @@ fn metrics_need_the_token_and_count_each_apps_answers_and_every_request_is_logge
 
 /// What `shoal gateway ARGS` says when it refuses to start.
 fn refused(c: &Cluster, args: &[&str]) -> String {
-    let mut all = vec!["gateway", "--listen", "127.0.0.1:0", "--control-plane", &c.api];
+    let mut all = vec![
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--control-plane",
+        &c.api,
+    ];
     all.extend_from_slice(args);
     let mut p = Proc::spawn(&all, &[("SHOAL_TOKEN", "unused")]);
     let status = p.wait(T).expect("the gateway did not exit");

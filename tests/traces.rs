@@ -158,7 +158,10 @@ fn span(c: &Collector, trace: &str, service: &str, name: &str, parent: &str) -> 
         &format!("{service} to export {name} in trace {trace} under {parent}"),
         || {
             c.spans().into_iter().find(|s| {
-                s.trace_id == trace && s.service == service && s.name == name && s.parent_id == parent
+                s.trace_id == trace
+                    && s.service == service
+                    && s.name == name
+                    && s.parent_id == parent
             })
         },
     )
@@ -169,12 +172,7 @@ fn a_clients_trace_joins_gateway_node_guest_and_the_guests_calls() {
     let collector = Collector::start();
     let otlp = collector.url.clone();
     let mut c = Cluster::start_with(0, &[], |_| Vec::new());
-    let gw = c.start_gateway(&[
-        "--calls-listen",
-        "127.0.0.1:0",
-        "--otlp-endpoint",
-        &otlp,
-    ]);
+    let gw = c.start_gateway(&["--calls-listen", "127.0.0.1:0", "--otlp-endpoint", &otlp]);
     let calls = c.gateways[0].url_after("Gateway calls entry on");
     c.add_node(
         0,
@@ -206,12 +204,42 @@ fn a_clients_trace_joins_gateway_node_guest_and_the_guests_calls() {
     assert!(seen.starts_with(&format!("00-{trace}-")), "{seen}");
     assert!(seen.ends_with("-01"), "{seen}");
 
-    let request = span(&collector, trace, "shoal-gateway", "gateway.request", client_span);
-    let route = span(&collector, trace, "shoal-gateway", "gateway.route", &request.span_id);
+    let request = span(
+        &collector,
+        trace,
+        "shoal-gateway",
+        "gateway.request",
+        client_span,
+    );
+    let route = span(
+        &collector,
+        trace,
+        "shoal-gateway",
+        "gateway.route",
+        &request.span_id,
+    );
     assert_eq!(route.trace_id, trace);
-    let attempt = span(&collector, trace, "shoal-gateway", "gateway.attempt", &request.span_id);
-    let at_node = span(&collector, trace, "shoal-node", "wasm.request", &attempt.span_id);
-    let run = span(&collector, trace, "shoal-node", "wasm.run", &at_node.span_id);
+    let attempt = span(
+        &collector,
+        trace,
+        "shoal-gateway",
+        "gateway.attempt",
+        &request.span_id,
+    );
+    let at_node = span(
+        &collector,
+        trace,
+        "shoal-node",
+        "wasm.request",
+        &attempt.span_id,
+    );
+    let run = span(
+        &collector,
+        trace,
+        "shoal-node",
+        "wasm.run",
+        &at_node.span_id,
+    );
     assert_eq!(run.trace_id, trace);
     // The guest's traceparent names the node's span as its parent.
     assert_eq!(seen, format!("00-{trace}-{}-01", at_node.span_id));
@@ -242,12 +270,48 @@ fn a_clients_trace_joins_gateway_node_guest_and_the_guests_calls() {
         seen_by_users.starts_with(&format!("00-{trace}-")),
         "{seen_by_users}"
     );
-    let request = span(&collector, trace, "shoal-gateway", "gateway.request", "b7ad6b7169203331");
-    let attempt = span(&collector, trace, "shoal-gateway", "gateway.attempt", &request.span_id);
-    let web = span(&collector, trace, "shoal-node", "wasm.request", &attempt.span_id);
+    let request = span(
+        &collector,
+        trace,
+        "shoal-gateway",
+        "gateway.request",
+        "b7ad6b7169203331",
+    );
+    let attempt = span(
+        &collector,
+        trace,
+        "shoal-gateway",
+        "gateway.attempt",
+        &request.span_id,
+    );
+    let web = span(
+        &collector,
+        trace,
+        "shoal-node",
+        "wasm.request",
+        &attempt.span_id,
+    );
     // The call arrives at the calls entry as a child of web's span.
-    let call = span(&collector, trace, "shoal-gateway", "gateway.request", &web.span_id);
-    let call_attempt = span(&collector, trace, "shoal-gateway", "gateway.attempt", &call.span_id);
-    let users = span(&collector, trace, "shoal-node", "wasm.request", &call_attempt.span_id);
+    let call = span(
+        &collector,
+        trace,
+        "shoal-gateway",
+        "gateway.request",
+        &web.span_id,
+    );
+    let call_attempt = span(
+        &collector,
+        trace,
+        "shoal-gateway",
+        "gateway.attempt",
+        &call.span_id,
+    );
+    let users = span(
+        &collector,
+        trace,
+        "shoal-node",
+        "wasm.request",
+        &call_attempt.span_id,
+    );
     assert_eq!(seen_by_users, format!("00-{trace}-{}-01", users.span_id));
 }

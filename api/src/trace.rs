@@ -192,7 +192,10 @@ mod tests {
     fn a_valid_traceparent_round_trips() {
         let tp = TraceParent::parse(GOOD.as_bytes()).unwrap();
         assert_eq!(tp.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(tp.parent_id, [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
+        assert_eq!(
+            tp.parent_id,
+            [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]
+        );
         assert!(tp.sampled());
         assert_eq!(tp.to_string(), GOOD);
         let child = tp.child([1, 2, 3, 4, 5, 6, 7, 8]);

@@ -105,7 +105,9 @@ impl AccessLog {
             .name("access-log".into())
             .spawn(move || write_lines(rx, out, &count))
             .map(drop)
-            .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start the access log's writer"));
+            .unwrap_or_else(
+                |e| tracing::error!(error = %e, "cannot start the access log's writer"),
+            );
         Self {
             lines,
             dropped: AtomicU64::new(0),

@@ -198,7 +198,15 @@ mod tests {
         let pool = Pool::new(Duration::from_secs(1));
         let headers = HeaderMap::new();
         let mut body = Outgoing::Replay(Bytes::new());
-        let outcome = send(&pool, &endpoint(&addr), &get(&headers), &tp(), &mut body, soon()).await;
+        let outcome = send(
+            &pool,
+            &endpoint(&addr),
+            &get(&headers),
+            &tp(),
+            &mut body,
+            soon(),
+        )
+        .await;
         let Outcome::Answered {
             status, headers, ..
         } = outcome
@@ -211,7 +219,9 @@ mod tests {
         assert!(head.starts_with("GET /p?q=1 HTTP/1.1\r\n"), "{head}");
         assert!(head.contains("x-shoal-instance: w-0\r\n"), "{head}");
         assert!(
-            head.contains("traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n"),
+            head.contains(
+                "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n"
+            ),
             "{head}"
         );
         // No Host from the client: the node's address stands in.
@@ -227,7 +237,15 @@ mod tests {
         let pool = Pool::new(Duration::from_secs(1));
         let headers = HeaderMap::new();
         let mut body = Outgoing::Replay(Bytes::new());
-        let outcome = send(&pool, &endpoint(&addr), &get(&headers), &tp(), &mut body, soon()).await;
+        let outcome = send(
+            &pool,
+            &endpoint(&addr),
+            &get(&headers),
+            &tp(),
+            &mut body,
+            soon(),
+        )
+        .await;
         assert!(matches!(outcome, Outcome::Refused(_)));
     }
 
@@ -237,7 +255,15 @@ mod tests {
         let pool = Pool::new(Duration::from_secs(1));
         let headers = HeaderMap::new();
         let mut body = Outgoing::Replay(Bytes::new());
-        let outcome = send(&pool, &endpoint(&addr), &get(&headers), &tp(), &mut body, soon()).await;
+        let outcome = send(
+            &pool,
+            &endpoint(&addr),
+            &get(&headers),
+            &tp(),
+            &mut body,
+            soon(),
+        )
+        .await;
         assert!(matches!(outcome, Outcome::Failed(_)));
     }
 
@@ -251,7 +277,15 @@ mod tests {
         let headers = HeaderMap::new();
         let mut body = Outgoing::Replay(Bytes::new());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        let outcome = send(&pool, &endpoint(&addr), &get(&headers), &tp(), &mut body, deadline).await;
+        let outcome = send(
+            &pool,
+            &endpoint(&addr),
+            &get(&headers),
+            &tp(),
+            &mut body,
+            deadline,
+        )
+        .await;
         assert!(matches!(outcome, Outcome::TimedOut));
     }
 

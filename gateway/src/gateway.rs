@@ -240,10 +240,7 @@ impl Gateway {
             .table_updated
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        (
-            at.map(|t| t.elapsed()),
-            *self.shared.table_updates.borrow(),
-        )
+        (at.map(|t| t.elapsed()), *self.shared.table_updates.borrow())
     }
 
     /// Answers to requests no app took.

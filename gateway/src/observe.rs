@@ -140,7 +140,13 @@ impl Snapshot {
 
     /// The shape the control plane takes ([`shoal_api::stats::Traffic`]).
     pub fn to_traffic(&self) -> shoal_api::stats::Traffic {
-        let [informational, success, redirection, client_error, server_error] = self.classes;
+        let [
+            informational,
+            success,
+            redirection,
+            client_error,
+            server_error,
+        ] = self.classes;
         let mut latency = Histogram::default();
         for (i, &n) in self.latency.buckets.iter().enumerate() {
             if n > 0 {

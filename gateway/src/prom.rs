@@ -166,7 +166,9 @@ pub fn render(gw: &Gateway) -> Result<String, std::fmt::Error> {
             if snap.latency.count() == 0 {
                 return;
             }
-            let revision = c.revision.map_or_else(|| "none".to_string(), |r| r.to_string());
+            let revision = c
+                .revision
+                .map_or_else(|| "none".to_string(), |r| r.to_string());
             for (class, n) in CLASS_NAMES.iter().zip(snap.classes) {
                 if n > 0 {
                     let labels = CodeLabels {
@@ -466,7 +468,9 @@ mod tests {
 
     fn body(resp: Response<Full<Bytes>>) -> (StatusCode, String) {
         let status = resp.status();
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let bytes = rt
             .block_on(http_body_util::BodyExt::collect(resp.into_body()))
             .unwrap()
@@ -589,7 +593,10 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} not in\n{text}");
         }
-        assert!(text.contains("shoal_gateway_route_table_age_seconds "), "{text}");
+        assert!(
+            text.contains("shoal_gateway_route_table_age_seconds "),
+            "{text}"
+        );
     }
 
     #[test]

@@ -16,8 +16,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use shoal_api::trace::{SAMPLED, TRACESTATE_MAX, TraceParent, otel};
 use tracing::field::Empty;
 
-pub(crate) static TRACEPARENT: HeaderName =
-    HeaderName::from_static(shoal_api::trace::TRACEPARENT);
+pub(crate) static TRACEPARENT: HeaderName = HeaderName::from_static(shoal_api::trace::TRACEPARENT);
 static TRACESTATE: HeaderName = HeaderName::from_static(shoal_api::trace::TRACESTATE);
 
 /// One request's trace: its context (the trace id and flags downstream
@@ -35,11 +34,11 @@ impl RequestTrace {
     pub fn start(headers: &mut HeaderMap, method: &http::Method) -> Self {
         let mut parents = headers.get_all(&TRACEPARENT).iter();
         // More than one traceparent is as good as none.
-        let parent = match (parents.next(), parents.next()) {
-            (Some(v), None) => TraceParent::parse(v.as_bytes()),
-            _ => None,
+        let (parent, sent) = match (parents.next(), parents.next()) {
+            (Some(v), None) => (TraceParent::parse(v.as_bytes()), true),
+            (first, _) => (None, first.is_some()),
         };
-        if headers.contains_key(&TRACEPARENT) {
+        if sent {
             headers.remove(&TRACEPARENT);
         }
         let state = match parent {
@@ -77,15 +76,14 @@ impl RequestTrace {
         }
         // With spans recorded, the trace is the span's (the client's, or
         // one OpenTelemetry started); without, the client's or a new one.
-        let context = otel::context_of(&span).or(parent).unwrap_or_else(|| TraceParent {
-            trace_id: fastrand::u128(1..).to_be_bytes(),
-            parent_id: span_id(),
-            flags: SAMPLED,
-        });
-        Self {
-            context,
-            span,
-        }
+        let context = otel::context_of(&span)
+            .or(parent)
+            .unwrap_or_else(|| TraceParent {
+                trace_id: fastrand::u128(1..).to_be_bytes(),
+                parent_id: span_id(),
+                flags: SAMPLED,
+            });
+        Self { context, span }
     }
 
     /// The trace id, as 32 hex digits.
@@ -94,11 +92,7 @@ impl RequestTrace {
     }
 
     /// A span for one attempt, and the `traceparent` that names it.
-    pub fn attempt(
-        &self,
-        n: u32,
-        ep: &crate::table::Endpoint,
-    ) -> (tracing::Span, HeaderValue) {
+    pub fn attempt(&self, n: u32, ep: &crate::table::Endpoint) -> (tracing::Span, HeaderValue) {
         let span = tracing::debug_span!(
             parent: &self.span,
             "gateway.attempt",
@@ -111,8 +105,8 @@ impl RequestTrace {
             error = Empty,
         );
         let tp = otel::context_of(&span).unwrap_or_else(|| self.context.child(span_id()));
-        let header = HeaderValue::from_bytes(&tp.encode())
-            .unwrap_or_else(|_| HeaderValue::from_static(""));
+        let header =
+            HeaderValue::from_bytes(&tp.encode()).unwrap_or_else(|_| HeaderValue::from_static(""));
         (span, header)
     }
 
@@ -162,7 +156,10 @@ mod tests {
         for sent in [&first, &second] {
             let tp = TraceParent::parse(sent.as_bytes()).unwrap();
             assert_eq!(tp.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
-            assert_ne!(tp.parent_id, [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
+            assert_ne!(
+                tp.parent_id,
+                [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]
+            );
             assert!(tp.sampled());
         }
         assert_ne!(first, second);
@@ -172,7 +169,10 @@ mod tests {
     #[test]
     fn a_malformed_or_missing_traceparent_starts_a_new_trace_and_drops_the_state() {
         for bad in [
-            vec![("traceparent", "00-zz-00f067aa0ba902b7-01"), ("tracestate", "a=1")],
+            vec![
+                ("traceparent", "00-zz-00f067aa0ba902b7-01"),
+                ("tracestate", "a=1"),
+            ],
             vec![("tracestate", "a=1")],
             vec![("traceparent", CLIENT), ("traceparent", CLIENT)],
         ] {

@@ -5,7 +5,6 @@
 //! streaming after the response head has gone out keeps running, and a trap
 //! or deadline in one request cannot touch another.
 
-use tracing::Instrument;
 use crate::artifact::Compiled;
 use crate::caps::Capabilities;
 use crate::error::RuntimeError;
@@ -23,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tracing::Instrument;
 use wasmtime::component::Linker as ComponentLinker;
 use wasmtime::{Engine, InstancePre, Linker, Store};
 use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
@@ -274,7 +274,11 @@ impl HttpApp {
         resp
     }
 
-    async fn serve<B>(self: &Arc<Self>, req: Request<B>, span: &tracing::Span) -> Response<ResponseBody>
+    async fn serve<B>(
+        self: &Arc<Self>,
+        req: Request<B>,
+        span: &tracing::Span,
+    ) -> Response<ResponseBody>
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -723,7 +727,8 @@ impl HttpApp {
                     .await?;
                 app.note_instantiation(t0.elapsed());
                 let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
-                let running = tracing::debug_span!(parent: &span, "wasm.run", shoal.instance = "fresh");
+                let running =
+                    tracing::debug_span!(parent: &span, "wasm.run", shoal.instance = "fresh");
                 start.call_async(&mut store, ()).instrument(running).await
             };
             let run = async {

@@ -810,7 +810,10 @@ async fn each_answer_is_counted_logged_and_carries_the_trace_on() {
     const CLIENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let address = trace_node().await;
     let out = Memory::default();
-    let log = Arc::new(crate::access::AccessLog::to_writer(Box::new(out.clone()), 64));
+    let log = Arc::new(crate::access::AccessLog::to_writer(
+        Box::new(out.clone()),
+        64,
+    ));
     let gw = Gateway::new(GatewayConfig {
         access_log: Some(log.clone()),
         ..GatewayConfig::default()
@@ -874,7 +877,10 @@ async fn each_answer_is_counted_logged_and_carries_the_trace_on() {
     let sent = shoal_api::trace::TraceParent::parse(lines.next().unwrap().as_bytes())
         .unwrap_or_else(|| panic!("no valid traceparent at the node: {got}"));
     assert_eq!(sent.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
-    assert_ne!(sent.parent_id, [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
+    assert_ne!(
+        sent.parent_id,
+        [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]
+    );
     assert_eq!(lines.next(), Some("vendor=x"));
 
     // A malformed one is replaced, and its state dropped.
@@ -932,9 +938,13 @@ async fn each_answer_is_counted_logged_and_carries_the_trace_on() {
     ] {
         assert!(metrics.contains(line), "{line} not in\n{metrics}");
     }
-    let bytes_out = lines[0]["bytes_out"].as_u64().unwrap() + lines[1]["bytes_out"].as_u64().unwrap();
+    let bytes_out =
+        lines[0]["bytes_out"].as_u64().unwrap() + lines[1]["bytes_out"].as_u64().unwrap();
     let bytes_line = format!(
         r#"shoal_gateway_response_bytes_total{{namespace="default",app="web",revision="7"}} {bytes_out}"#
     );
-    assert!(metrics.contains(&bytes_line), "{bytes_line} not in\n{metrics}");
+    assert!(
+        metrics.contains(&bytes_line),
+        "{bytes_line} not in\n{metrics}"
+    );
 }
