@@ -69,7 +69,9 @@ impl MemoryLimiter {
 
     /// Reports this store's linear memory to `meter` from now on.
     pub fn metered(&mut self, meter: Arc<MemoryMeter>) {
-        meter.grew(0, self.used);
+        if self.used > 0 {
+            meter.grew(0, self.used);
+        }
         if let Some(old) = self.meter.replace(meter) {
             old.released(self.used);
         }
