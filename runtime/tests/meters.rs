@@ -116,7 +116,7 @@ async fn a_reused_component_counts_status_classes_and_holds_its_memory_while_war
     let s = snapshot(&app);
     assert_eq!((s.instantiation.count(), s.cold_starts), (1, 1));
     let warm = memory.current();
-    assert!(warm > 0 && warm % PAGE == 0, "{warm}");
+    assert!(warm > 0 && warm.is_multiple_of(PAGE), "{warm}");
     assert!(memory.peak() >= warm);
     // A trap discards it, and its memory with it.
     assert_eq!(send(&app, "/trap").await, 500);
