@@ -352,3 +352,45 @@ fn metrics_without_a_token_refuse_to_start() {
         assert!(!out.contains("Metrics on"), "{args:?}: {out}");
     }
 }
+
+/// A node of a TLS cluster loads what the control plane compiled: its
+/// compile cache counts the artifact as fetched, and it compiles nothing.
+#[test]
+fn a_node_counts_the_control_planes_artifact_as_fetched() {
+    let secrets = tempfile::tempdir().unwrap();
+    let tf = token_file(secrets.path()).display().to_string();
+    let cache = secrets.path().join("node-cache").display().to_string();
+    let c = Cluster::start_with(1, &["--tls"], |_| {
+        vec![
+            "--cache-dir".into(),
+            cache.clone(),
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
+            "--metrics-token-file".into(),
+            tf.clone(),
+        ]
+    });
+    let metrics = c.nodes[0].url_after("Metrics on");
+    let m = c.manifest(
+        "web.toml",
+        "name = \"web\"\nmodule = \"$EXAMPLES/http-component.wasm\"\nreplicas = 1\n",
+    );
+    c.apply_wait(&m);
+    let text = wait_until(T, "the node to count its instance", || {
+        let text = scrape(&metrics);
+        (value(&text, "shoal_node_instances{phase=\"Running\"}") == Some(1.0)).then_some(text)
+    });
+    let v = |outcome: &str| {
+        value(
+            &text,
+            &format!("shoal_node_compile_cache_total{{outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!(v("fetched"), Some(1.0), "{text}");
+    assert_eq!(v("compiled"), Some(0.0), "{text}");
+    assert_eq!(v("disk"), Some(0.0), "{text}");
+    assert_eq!(
+        value(&text, "shoal_node_compile_duration_seconds_count"),
+        Some(0.0)
+    );
+}
