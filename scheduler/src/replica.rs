@@ -217,6 +217,7 @@ fn is_clients_write(req: &Request) -> bool {
         ep::NODE_REGISTER,
         ep::NODE_HEARTBEAT,
         ep::NODE_LEASE,
+        ep::NODE_USAGE,
         ep::METRICS,
         ep::APP_ACTIVATE,
         ep::GATEWAY_CERTIFICATE,
