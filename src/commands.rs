@@ -442,9 +442,7 @@ pub async fn wait_ready(client: &Client, keys: &[AppKey], timeout: Duration) -> 
                 .instances
                 .iter()
                 .filter(|i| {
-                    i.revision == app.current_revision
-                        && i.ready
-                        && i.phase == Phase::Running
+                    i.revision == app.current_revision && i.ready && i.phase == Phase::Running
                 })
                 .count() as u64;
             progress.update(

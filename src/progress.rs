@@ -188,8 +188,10 @@ mod tests {
     #[test]
     fn a_terminal_gets_a_bar_per_app_and_notes_above_them() {
         let screen = Screen::default();
-        let mut p =
-            Progress::drawn_on(ProgressDrawTarget::term_like_with_hz(Box::new(screen.clone()), 1));
+        let mut p = Progress::drawn_on(ProgressDrawTarget::term_like_with_hz(
+            Box::new(screen.clone()),
+            1,
+        ));
         p.update("default/web", &step(1, 3));
         p.update("default/api", &step(0, 2));
         p.note("  web-3 Pending: no node has room");
@@ -205,26 +207,30 @@ mod tests {
             1,
             "{text}"
         );
-        let web = text
-            .lines()
-            .rev()
-            .find(|l| l.starts_with("default/web ["))
-            .unwrap_or_else(|| panic!("no bar for web in {text:?}"));
+        // The last drawing of each bar (the lines are padded to the
+        // terminal's width, not ended).
+        let last = |prefix: &str| -> String {
+            let at = text
+                .rfind(prefix)
+                .unwrap_or_else(|| panic!("no bar {prefix} in {text:?}"));
+            text[at..].chars().take(80).collect()
+        };
+        let web = last("default/web [");
         assert!(web.contains("] 3/3 ready (revision 2)"), "{web}");
         assert!(web.contains("=".repeat(30).as_str()), "{web}");
-        let api = text
-            .lines()
-            .rev()
-            .find(|l| l.starts_with("default/api ["))
-            .unwrap_or_else(|| panic!("no bar for api in {text:?}"));
-        assert!(api.contains("] 2/2 "), "{api}");
+        let api = last("default/api [");
+        assert!(api.contains("] 2/2 ready (revision 2)"), "{api}");
+        // Drawn as it went, not only at the end.
+        assert!(text.contains("] 1/3 1 up to date (revision 2)"), "{text}");
     }
 
     #[test]
     fn a_bar_never_runs_past_the_replicas_wanted() {
         let screen = Screen::default();
-        let mut p =
-            Progress::drawn_on(ProgressDrawTarget::term_like_with_hz(Box::new(screen.clone()), 1));
+        let mut p = Progress::drawn_on(ProgressDrawTarget::term_like_with_hz(
+            Box::new(screen.clone()),
+            1,
+        ));
         // Four serving during a split of three wanted.
         p.update("default/web", &step(4, 3));
         p.stop();

@@ -63,7 +63,10 @@ pub struct TopArgs {
 
 pub async fn run(client: &Client, args: TopArgs) -> anyhow::Result<()> {
     check_sort(args.what, args.sort)?;
-    let interval = args.interval.get().max(std::time::Duration::from_millis(100));
+    let interval = args
+        .interval
+        .get()
+        .max(std::time::Duration::from_millis(100));
     let terminal = std::io::stdout().is_terminal() && !args.once;
     let screen = terminal.then(Screen::start);
     let stop = crate::signals::shutdown_signal();
@@ -123,7 +126,9 @@ fn check_sort(what: Watched, sort: Sort) -> anyhow::Result<()> {
             .to_possible_value()
             .map(|v| v.get_name().to_string())
             .unwrap_or_default();
-        bail!("--sort {name} does not apply to {what:?}; nodes sort by rps, cpu, memory, instances or name, apps by rps, p50, p99, error, cpu, memory or name");
+        bail!(
+            "--sort {name} does not apply to {what:?}; nodes sort by rps, cpu, memory, instances or name, apps by rps, p50, p99, error, cpu, memory or name"
+        );
     }
     Ok(())
 }
@@ -233,9 +238,7 @@ pub fn nodes_table(items: &[NodeStats]) -> String {
         .iter()
         .map(|n| {
             // A node that never reported (or stopped) has no usage to show.
-            let fresh = n
-                .report_age_ms
-                .is_some_and(|age| age <= USAGE_STALE_MS);
+            let fresh = n.report_age_ms.is_some_and(|age| age <= USAGE_STALE_MS);
             let (cpu, mem) = if fresh {
                 (cores(n.cpu_cores), bytes(n.memory_bytes))
             } else {
@@ -356,11 +359,23 @@ mod tests {
         let lines: Vec<Vec<&str>> = t.lines().map(|l| l.split_whitespace().collect()).collect();
         assert_eq!(
             lines[0],
-            ["NAMESPACE", "NAME", "READY/REPLICAS", "RPS", "P50", "P99", "ERR%", "CPU", "MEM"]
+            [
+                "NAMESPACE",
+                "NAME",
+                "READY/REPLICAS",
+                "RPS",
+                "P50",
+                "P99",
+                "ERR%",
+                "CPU",
+                "MEM"
+            ]
         );
         assert_eq!(
             lines[1],
-            ["default", "busy", "2/3", "1234", "25.0ms", "250ms", "2.5%", "250m", "12.0MiB"]
+            [
+                "default", "busy", "2/3", "1234", "25.0ms", "250ms", "2.5%", "250m", "12.0MiB"
+            ]
         );
         assert_eq!(lines[2][3..6], ["12.3", "0.4ms", "4.2ms"]);
         assert_eq!(lines[3][3..6], ["0.0", "-", "-"]);
@@ -390,7 +405,10 @@ mod tests {
         sort_nodes(&mut items, Sort::Rps);
         let t = nodes_table(&items);
         let lines: Vec<Vec<&str>> = t.lines().map(|l| l.split_whitespace().collect()).collect();
-        assert_eq!(lines[0], ["NAME", "STATE", "INSTANCES", "CPU", "MEM", "RPS"]);
+        assert_eq!(
+            lines[0],
+            ["NAME", "STATE", "INSTANCES", "CPU", "MEM", "RPS"]
+        );
         assert_eq!(lines[1], ["n2", "Ready", "4", "1500m", "3.0GiB", "50.0"]);
         assert_eq!(lines[2], ["n1", "Ready", "4", "-", "-", "1.0"]);
     }

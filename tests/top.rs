@@ -49,7 +49,17 @@ fn top_shows_the_demo_app_taking_traffic_and_the_node_running_it() {
     let header: Vec<&str> = apps.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
-        ["NAMESPACE", "NAME", "READY/REPLICAS", "RPS", "P50", "P99", "ERR%", "CPU", "MEM"]
+        [
+            "NAMESPACE",
+            "NAME",
+            "READY/REPLICAS",
+            "RPS",
+            "P50",
+            "P99",
+            "ERR%",
+            "CPU",
+            "MEM"
+        ]
     );
     let r = row(&apps, 1, "hello").unwrap();
     assert_eq!((r[0].as_str(), r[2].as_str()), ("default", "2/2"), "{apps}");
@@ -71,12 +81,13 @@ fn top_shows_the_demo_app_taking_traffic_and_the_node_running_it() {
     // Not a terminal and not --once: a table per refresh, as plain lines.
     let env = c.env();
     let mut p = Proc::spawn(&["top", "apps", "--interval", "200ms"], &env);
-    let tables = p
-        .out
-        .wait_for_n(3, T, |l| l.starts_with("NAMESPACE"));
+    let tables = p.out.wait_for_n(3, T, |l| l.starts_with("NAMESPACE"));
     assert_eq!(tables.len(), 3, "{:#?}", p.out.all());
     assert!(
-        p.out.all().iter().any(|l| l.split_whitespace().nth(1) == Some("hello")),
+        p.out
+            .all()
+            .iter()
+            .any(|l| l.split_whitespace().nth(1) == Some("hello")),
         "{:#?}",
         p.out.all()
     );
@@ -104,5 +115,9 @@ fn top_shows_the_demo_app_taking_traffic_and_the_node_running_it() {
     }
     // Refused by the server: ends at once, even without --once.
     let out = as_viewer(&["top", "nodes"]);
-    assert!(!out.success && out.stderr.contains("forbidden"), "{}", out.stderr);
+    assert!(
+        !out.success && out.stderr.contains("forbidden"),
+        "{}",
+        out.stderr
+    );
 }

@@ -268,7 +268,8 @@ impl AppWindow {
         {
             self.seconds.pop_front();
         }
-        self.gateways.retain(|(_, last)| arrived_in_window(*last, now_ms));
+        self.gateways
+            .retain(|(_, last)| arrived_in_window(*last, now_ms));
         let oldest = oldest_step(now_ms);
         while self
             .steps
@@ -307,11 +308,7 @@ impl AppWindow {
             return Vec::new();
         };
         let first = (last + 1).saturating_sub(STEPS);
-        let open = self
-            .open
-            .as_ref()
-            .filter(|o| o.step <= last)
-            .map(Step::of);
+        let open = self.open.as_ref().filter(|o| o.step <= last).map(Step::of);
         let mut have = self.steps.iter().copied().chain(open).peekable();
         (first..=last)
             .map(|step| {
@@ -434,8 +431,7 @@ impl Inner {
     /// Drops apps and nodes `snap` no longer has, and old data, at most
     /// once a second.
     fn prune(&mut self, snap: &Snapshot, now_ms: u64) {
-        if now_ms.saturating_sub(self.last_prune_ms) < PRUNE_EVERY_MS && self.last_prune_ms != 0
-        {
+        if now_ms.saturating_sub(self.last_prune_ms) < PRUNE_EVERY_MS && self.last_prune_ms != 0 {
             return;
         }
         self.last_prune_ms = now_ms.max(1);

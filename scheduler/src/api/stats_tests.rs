@@ -37,7 +37,8 @@ async fn world() -> World {
             "name": name, "address": "http://127.0.0.1:1",
             "capacity": { "memory": 1u64 << 30, "instances": 10 }, "labels": {},
         });
-        let (status, body) = call(&router, Method::POST, ep::NODE_REGISTER, &join, Some(body)).await;
+        let (status, body) =
+            call(&router, Method::POST, ep::NODE_REGISTER, &join, Some(body)).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         creds.push(body["credential"].as_str().unwrap().to_string());
     }
@@ -262,7 +263,9 @@ async fn app_numbers_show_a_tenant_its_own_namespace_only() {
     let req = axum::http::Request::get(ep::STATS_APPS)
         .body(axum::body::Body::empty())
         .unwrap();
-    let resp = tower::ServiceExt::oneshot(w.router.clone(), req).await.unwrap();
+    let resp = tower::ServiceExt::oneshot(w.router.clone(), req)
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 }
 

@@ -302,8 +302,8 @@ async fn the_autoscaler_follows_load_and_goes_to_zero_when_quiet() {
     assert_eq!(replicas(&cp, "web"), 0);
 
     // Each change counted by direction and why.
-    let text = crate::metrics::render(&cp.snapshot(), cp.telemetry(), cp.stats(), cp.now_ms())
-        .unwrap();
+    let text =
+        crate::metrics::render(&cp.snapshot(), cp.telemetry(), cp.stats(), cp.now_ms()).unwrap();
     let count = |labels: &str| {
         let prefix = format!("shoal_autoscaler_decisions_total{{{labels}}} ");
         text.lines()
@@ -312,7 +312,10 @@ async fn the_autoscaler_follows_load_and_goes_to_zero_when_quiet() {
     };
     assert_eq!(count(r#"direction="up",reason="activation""#), 1, "{text}");
     assert_eq!(count(r#"direction="up",reason="panic""#), 1, "{text}");
-    assert!(count(r#"direction="down",reason="scale_to_zero""#) >= 2, "{text}");
+    assert!(
+        count(r#"direction="down",reason="scale_to_zero""#) >= 2,
+        "{text}"
+    );
     assert!(
         text.lines().any(|l| l.starts_with("shoal_reconcile_duration_seconds_count ")
             && !l.ends_with(" 0")),

@@ -59,7 +59,12 @@ fn world() -> Snapshot {
     for n in ["n1", "n2"] {
         snap.nodes.insert(n.into(), node(n));
     }
-    for (id, n) in [("web-1", "n1"), ("web-2", "n1"), ("web-3", "n1"), ("web-4", "n2")] {
+    for (id, n) in [
+        ("web-1", "n1"),
+        ("web-2", "n1"),
+        ("web-3", "n1"),
+        ("web-4", "n2"),
+    ] {
         snap.put_instance(serving(id, "web", n));
     }
     snap
@@ -113,7 +118,11 @@ fn rates_errors_and_quantiles_add_up_over_gateways_and_the_last_ten_seconds() {
     for s in 1..=20 {
         let now = T0 + s * 1000;
         stats.record_traffic(&report("a", vec![("web", traffic(10, 0, 2.0))]), &snap, now);
-        stats.record_traffic(&report("b", vec![("web", traffic(0, 1, 400.0))]), &snap, now);
+        stats.record_traffic(
+            &report("b", vec![("web", traffic(0, 1, 400.0))]),
+            &snap,
+            now,
+        );
     }
     let now = T0 + 20_000;
     let w = web(&stats, &snap, now);
@@ -189,7 +198,11 @@ fn the_series_has_a_point_per_step_over_ten_minutes_and_forgets_what_is_older() 
     assert_eq!(series.len() as u64, HISTORY_MS / STEP_MS);
     // Oldest first, a step apart, the last one ending now.
     assert_eq!(series.last().unwrap().at_ms, now);
-    assert!(series.windows(2).all(|p| p[1].at_ms - p[0].at_ms == STEP_MS));
+    assert!(
+        series
+            .windows(2)
+            .all(|p| p[1].at_ms - p[0].at_ms == STEP_MS)
+    );
     assert_eq!(series[0].at_ms, now - HISTORY_MS + STEP_MS);
     for p in &series {
         let minute = (p.at_ms - STEP_MS - T0) / 60_000;
@@ -224,7 +237,10 @@ fn ten_thousand_apps_fit_in_a_bounded_window() {
     for s in 0..60 {
         let r = report(
             "a",
-            names.iter().map(|n| (n.as_str(), traffic(1, 0, 1.0))).collect(),
+            names
+                .iter()
+                .map(|n| (n.as_str(), traffic(1, 0, 1.0)))
+                .collect(),
         );
         stats.record_traffic(&r, &snap, T0 + s * 1000);
     }
@@ -249,7 +265,10 @@ fn deleted_apps_and_nodes_are_forgotten() {
     let mut snap = world();
     let stats = Stats::default();
     stats.record_traffic(
-        &report("a", vec![("web", traffic(5, 0, 1.0)), ("gone", traffic(5, 0, 1.0))]),
+        &report(
+            "a",
+            vec![("web", traffic(5, 0, 1.0)), ("gone", traffic(5, 0, 1.0))],
+        ),
         &snap,
         T0,
     );
@@ -380,7 +399,12 @@ async fn the_window_slides_with_the_clock() {
     let w = web(&stats, &snap, clock.now_ms());
     assert_eq!(w.rps, 0.0);
     // The series keeps the 30 s of traffic: six steps of 20 a second.
-    let busy: Vec<f64> = w.series.iter().map(|p| p.rps).filter(|r| *r > 0.0).collect();
+    let busy: Vec<f64> = w
+        .series
+        .iter()
+        .map(|p| p.rps)
+        .filter(|r| *r > 0.0)
+        .collect();
     assert_eq!(busy, vec![20.0; 6]);
     // A gateway that stopped reporting counts for nothing once its last
     // report left the window.
