@@ -209,9 +209,34 @@ mode = "reuse"
     for line in text.lines().filter(|l| l.contains("instance_id")) {
         assert!(line.starts_with("shoal_node_instance_memory"), "{line}");
     }
-    // The control plane here has no usage route yet: the node keeps going.
-    let (status, _) = http("GET", &format!("{node}/v1/status"), b"");
-    assert_eq!(status, 200);
+
+    // Its usage reports reach the control plane: the app's linear memory
+    // there is the warm instance's, and the node's process is counted.
+    let app_stats =
+        shoal_api::endpoints::app_stats(&shoal_api::objects::AppKey::new("default", "web"));
+    wait_until(T, "the control plane to show the app's memory", || {
+        let (status, body) = c.api_call("GET", &app_stats, b"");
+        assert_eq!(status, 200, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        (json["memory-bytes"].as_f64() == Some(current)).then_some(())
+    });
+    let (status, body) = c.api_call("GET", shoal_api::endpoints::STATS_NODES, b"");
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let node_stats = &json["items"][0];
+    assert_eq!(node_stats["name"], "node-1", "{body}");
+    assert!(node_stats["memory-bytes"].as_u64() > Some(0), "{body}");
+    assert!(node_stats["report-age-ms"].is_u64(), "{body}");
+    let text = scrape(&metrics);
+    assert!(
+        value(&text, "shoal_node_usage_reports_total{outcome=\"sent\"}") >= Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "shoal_node_usage_reports_total{outcome=\"failed\"}"),
+        Some(0.0),
+        "{text}"
+    );
 }
 
 #[test]
