@@ -182,6 +182,8 @@ pub struct NodeArgs {
     )]
     pub kv: Option<String>,
     #[command(flatten)]
+    pub metrics: crate::run::MetricsArgs,
+    #[command(flatten)]
     pub telemetry: crate::telemetry::TelemetryArgs,
     /// Exit when the parent process exits (used by `shoal up`).
     #[arg(long, hide = true)]
@@ -590,6 +592,7 @@ pub fn read_ca(path: Option<&std::path::Path>) -> anyhow::Result<Option<Vec<u8>>
 }
 
 pub async fn node(args: NodeArgs, ca: Option<Vec<u8>>) -> anyhow::Result<()> {
+    let metrics = args.metrics.prepare().await?;
     let capacity = parse_capacity(&args.capacity)?;
     let labels = parse_labels(&args.labels)?;
     let cache_dir = args
@@ -661,6 +664,10 @@ pub async fn node(args: NodeArgs, ca: Option<Vec<u8>>) -> anyhow::Result<()> {
         },
     )
     .context("setting up the node agent")?;
+    let scraped = node.clone();
+    let metrics = metrics
+        .map(|m| m.serve(Arc::new(move || scraped.scrape())))
+        .transpose()?;
     let stop = stop_requested(args.exit_with_parent);
     crate::out::sayln!(
         "Node {name} serving on {advertise}/ (control plane {})",
@@ -703,6 +710,9 @@ pub async fn node(args: NodeArgs, ca: Option<Vec<u8>>) -> anyhow::Result<()> {
     // The grace is over: a guest still running (one that never yields,
     // whose client left) must not keep the process alive.
     runtime.stop_guests();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     crate::out::sayln!("Stopped.");
     Ok(())
 }
