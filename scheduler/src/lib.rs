@@ -53,3 +53,4 @@ pub mod secrets;
 pub mod state;
 pub mod store;
 pub mod tls;
+pub mod ui;
