@@ -241,7 +241,8 @@ async fn text(client: &Client, css: &str) -> Option<String> {
         ),
     )
     .await;
-    v.as_str().map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+    v.as_str()
+        .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
 /// How many elements `css` finds.
@@ -278,7 +279,11 @@ async fn wait_path(client: &Client, path: &str) {
 async fn sign_in(client: &Client, base: &str, token: &str) {
     client.goto(&format!("{base}/ui/")).await.unwrap();
     wait_path(client, "/ui/sign-in").await;
-    let field = client.wait().for_element(Locator::Id("token")).await.unwrap();
+    let field = client
+        .wait()
+        .for_element(Locator::Id("token"))
+        .await
+        .unwrap();
     field.clear().await.unwrap();
     field.send_keys(token).await.unwrap();
     client
@@ -315,7 +320,12 @@ async fn an_admin_watches_and_steers_the_demo_app_in_a_browser() {
 
     with_browser("admin", async |b: &Client| {
         // A wrong token: refused on the sign-in page, no session.
-        sign_in(b, &base, "shoal_0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab").await;
+        sign_in(
+            b,
+            &base,
+            "shoal_0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab",
+        )
+        .await;
         let refusal = wait_text(b, "#sign-in-error", |t| !t.is_empty()).await;
         assert!(refusal.contains("unknown, revoked or expired"), "{refusal}");
         assert_eq!(path_of(b).await, "/ui/sign-in");
@@ -326,7 +336,10 @@ async fn an_admin_watches_and_steers_the_demo_app_in_a_browser() {
         // The admin's token: the apps page with the demo app, all ready.
         sign_in(b, &base, &admin).await;
         wait_path(b, "/ui/apps").await;
-        wait_text(b, r#"tr[data-app="default/hello"] td.ready"#, |t| t == "3/3").await;
+        wait_text(b, r#"tr[data-app="default/hello"] td.ready"#, |t| {
+            t == "3/3"
+        })
+        .await;
         assert_eq!(text(b, "#who").await.as_deref(), Some("admin"));
         let cookie = b.get_named_cookie("shoal_session").await.unwrap();
         assert_eq!(cookie.http_only(), Some(true));
@@ -337,13 +350,23 @@ async fn an_admin_watches_and_steers_the_demo_app_in_a_browser() {
         assert!(!b.current_url().await.unwrap().as_str().contains(&admin));
 
         // The cluster: three nodes, ready.
-        b.find(Locator::LinkText("Cluster")).await.unwrap().click().await.unwrap();
+        b.find(Locator::LinkText("Cluster"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
         wait_path(b, "/ui/cluster").await;
         wait_text(b, "#nodes-ready", |t| t == "3/3").await;
         assert_eq!(count(b, "#nodes tbody tr").await, 3);
 
         // The app's page; scale to 5 and watch five instances serve.
-        b.find(Locator::LinkText("Apps")).await.unwrap().click().await.unwrap();
+        b.find(Locator::LinkText("Apps"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
         b.wait()
             .for_element(Locator::LinkText("hello"))
             .await
@@ -356,7 +379,12 @@ async fn an_admin_watches_and_steers_the_demo_app_in_a_browser() {
         let replicas = b.find(Locator::Id("replicas")).await.unwrap();
         replicas.clear().await.unwrap();
         replicas.send_keys("5").await.unwrap();
-        b.find(Locator::Id("scale")).await.unwrap().click().await.unwrap();
+        b.find(Locator::Id("scale"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
         wait_text(b, "#flash", |t| t.contains("Scaled hello to 5 replicas.")).await;
         let serving = r#"#instances tr.instance[data-phase="Running"][data-ready="true"]"#;
         wait_for("five instances serving on the page", T, async || {
@@ -389,7 +417,12 @@ async fn an_admin_watches_and_steers_the_demo_app_in_a_browser() {
         screenshot(b, "app").await;
 
         // The events page, live: a node killed now shows up as lost.
-        b.find(Locator::LinkText("Events")).await.unwrap().click().await.unwrap();
+        b.find(Locator::LinkText("Events"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
         wait_path(b, "/ui/events").await;
         wait_text(b, "#stream-state", |t| t == "live").await;
         assert_eq!(count(b, "#events tr.event").await > 0, true);
@@ -413,13 +446,23 @@ async fn an_admin_watches_and_steers_the_demo_app_in_a_browser() {
         .await;
         screenshot(b, "events").await;
         // The cluster page says so too.
-        b.find(Locator::LinkText("Cluster")).await.unwrap().click().await.unwrap();
+        b.find(Locator::LinkText("Cluster"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
         wait_text(b, r#"tr[data-node="node-3"]"#, |t| t.contains("lost")).await;
         wait_text(b, "#nodes-lost", |t| t == "1").await;
         screenshot(b, "cluster").await;
 
         // Sign out: the pages ask for a sign-in again.
-        b.find(Locator::Id("sign-out")).await.unwrap().click().await.unwrap();
+        b.find(Locator::Id("sign-out"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
         wait_path(b, "/ui/sign-in").await;
         b.goto(&format!("{base}/ui/cluster")).await.unwrap();
         wait_path(b, "/ui/sign-in").await;

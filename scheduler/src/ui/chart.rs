@@ -82,7 +82,16 @@ mod tests {
 
     #[test]
     fn an_empty_series_says_so() {
-        let out = render("x", &[Line { label: "a", class: "l1", points: vec![] }], "").into_string();
+        let out = render(
+            "x",
+            &[Line {
+                label: "a",
+                class: "l1",
+                points: vec![],
+            }],
+            "",
+        )
+        .into_string();
         assert!(out.contains("No data yet"), "{out}");
         assert!(!out.contains("<svg"), "{out}");
     }
@@ -90,7 +99,16 @@ mod tests {
     #[test]
     fn points_fall_inside_the_plot() {
         let points = vec![(1_000, 0.0), (31_000, 5.0), (61_000, 2.5)];
-        let out = render("x", &[Line { label: "rps", class: "l1", points }], "").into_string();
+        let out = render(
+            "x",
+            &[Line {
+                label: "rps",
+                class: "l1",
+                points,
+            }],
+            "",
+        )
+        .into_string();
         assert!(out.contains("<polyline"), "{out}");
         // The first point at the left edge on the axis, the highest one
         // below the top.

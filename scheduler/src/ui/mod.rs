@@ -104,7 +104,10 @@ pub(crate) fn mount(api: Router, cp: ControlPlane) -> Router {
         .route(path::EVENTS_STREAM, get(events_stream))
         .route("/ui/logs/{ns}/{id}", get(logs))
         .route("/ui/logs/{ns}/{id}/stream", get(logs_stream))
-        .route(path::CSS, get(|| async { asset("text/css; charset=utf-8", CSS) }))
+        .route(
+            path::CSS,
+            get(|| async { asset("text/css; charset=utf-8", CSS) }),
+        )
         .route(
             path::JS,
             get(|| async { asset("text/javascript; charset=utf-8", JS) }),
@@ -130,7 +133,10 @@ async fn harden(mut resp: Response) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(
         "cross-origin-opener-policy",
         HeaderValue::from_static("same-origin"),
@@ -619,7 +625,10 @@ async fn act(
     }
     let back = path::app(key);
     let flash = match run(&v.session).await {
-        Ok(done) => Flash { ok: true, text: done },
+        Ok(done) => Flash {
+            ok: true,
+            text: done,
+        },
         Err(ActionError::Form(text)) => Flash { ok: false, text },
         Err(ActionError::Api(r)) => match r.status() {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return ui.refused(&v, r),
@@ -668,7 +677,12 @@ async fn scale(
             ))
         })?;
         ui.api
-            .write(s, Method::POST, &ep::app_scale(&key), &ScaleRequest { replicas })
+            .write(
+                s,
+                Method::POST,
+                &ep::app_scale(&key),
+                &ScaleRequest { replicas },
+            )
             .await?;
         Ok(format!("Scaled {} to {replicas} replicas.", key.name))
     })
@@ -695,9 +709,10 @@ async fn rollback(
         let to_revision = if to.is_empty() {
             None
         } else {
-            Some(to.parse::<u64>().map_err(|_| {
-                ActionError::Form(format!("{to:?} is not a revision number."))
-            })?)
+            Some(
+                to.parse::<u64>()
+                    .map_err(|_| ActionError::Form(format!("{to:?} is not a revision number.")))?,
+            )
         };
         let body = ui
             .api
@@ -782,7 +797,10 @@ async fn traffic(
             )
             .await?;
         Ok(if cleared {
-            format!("All of {}'s traffic goes to its current revision.", key.name)
+            format!(
+                "All of {}'s traffic goes to its current revision.",
+                key.name
+            )
         } else {
             format!("Traffic split set for {}.", key.name)
         })
@@ -807,7 +825,11 @@ async fn events(State(ui): State<Ui>, headers: HeaderMap) -> Response {
     let Some(v) = ui.visit(&headers) else {
         return to_sign_in();
     };
-    let list: Vec<Event> = match ui.api.get(&v.session, &events_query(&v.session, None, false)).await {
+    let list: Vec<Event> = match ui
+        .api
+        .get(&v.session, &events_query(&v.session, None, false))
+        .await
+    {
         Ok(l) => l,
         Err(r) => return ui.refused(&v, r),
     };
@@ -907,10 +929,11 @@ async fn logs(
         namespace: Some(ns.clone()),
         app: None,
     };
-    let instances: Vec<Instance> = match ui.api.get(&v.session, &with_query(ep::INSTANCES, &q)).await {
-        Ok(l) => l,
-        Err(r) => return ui.refused(&v, r),
-    };
+    let instances: Vec<Instance> =
+        match ui.api.get(&v.session, &with_query(ep::INSTANCES, &q)).await {
+            Ok(l) => l,
+            Err(r) => return ui.refused(&v, r),
+        };
     if !instances.iter().any(|i| i.id == id) {
         return html(
             StatusCode::NOT_FOUND,

@@ -73,7 +73,12 @@ async fn get(router: &Router, uri: &str, cookie: Option<&str>) -> Answer {
     send(router, req.body(Body::empty()).unwrap()).await
 }
 
-async fn post_form(router: &Router, uri: &str, cookie: Option<&str>, form: &[(&str, &str)]) -> Answer {
+async fn post_form(
+    router: &Router,
+    uri: &str,
+    cookie: Option<&str>,
+    form: &[(&str, &str)],
+) -> Answer {
     post_form_with(router, uri, cookie, form, &[]).await
 }
 
@@ -84,10 +89,8 @@ async fn post_form_with(
     form: &[(&str, &str)],
     headers: &[(&str, &str)],
 ) -> Answer {
-    let mut req = Request::post(uri).header(
-        header::CONTENT_TYPE,
-        "application/x-www-form-urlencoded",
-    );
+    let mut req =
+        Request::post(uri).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
     if let Some(c) = cookie {
         req = req.header(header::COOKIE, c);
     }
@@ -159,8 +162,14 @@ async fn pages_need_a_session_and_fragments_say_so() {
     let a = get(&r, "/ui/sign-in", None).await;
     assert_eq!(a.status, StatusCode::OK);
     assert!(a.body.contains(r#"type="password""#), "{}", a.body);
-    assert_eq!(get(&r, "/ui/assets/ui.js", None).await.status, StatusCode::OK);
-    assert_eq!(get(&r, "/ui/assets/ui.css", None).await.status, StatusCode::OK);
+    assert_eq!(
+        get(&r, "/ui/assets/ui.js", None).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(&r, "/ui/assets/ui.css", None).await.status,
+        StatusCode::OK
+    );
     // The API is where it was, still refusing requests without a token.
     let a = get(&r, shoal_api::endpoints::APPS, None).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
@@ -260,14 +269,22 @@ async fn a_tenant_sees_its_namespace_only() {
     let admin = token(&cp, "admin", Role::Admin, Scope::Cluster);
     deploy(&r, &cp, &admin, "default", "web").await;
     deploy(&r, &cp, &admin, "team-a", "shop").await;
-    let tenant = token(&cp, "team-a-viewer", Role::View, Scope::Namespace("team-a".into()));
+    let tenant = token(
+        &cp,
+        "team-a-viewer",
+        Role::View,
+        Scope::Namespace("team-a".into()),
+    );
     let cookie = sign_in(&r, &tenant).await;
 
     let a = get(&r, "/ui/apps", Some(&cookie)).await;
     assert_eq!(a.status, StatusCode::OK);
     assert!(a.body.contains(">shop<"), "{}", a.body);
     assert!(!a.body.contains(">web<"), "{}", a.body);
-    assert_eq!(get(&r, "/ui/apps/team-a/shop", Some(&cookie)).await.status, StatusCode::OK);
+    assert_eq!(
+        get(&r, "/ui/apps/team-a/shop", Some(&cookie)).await.status,
+        StatusCode::OK
+    );
 
     // Everything of another namespace or of the cluster: the API's 403.
     for page in [
@@ -282,7 +299,11 @@ async fn a_tenant_sees_its_namespace_only() {
         assert!(a.body.contains("Not allowed"), "{page}");
         assert!(a.body.contains("may not"), "the API's reason: {}", a.body);
     }
-    for fragment in ["/ui/apps/default/web/live", "/ui/cluster/live", "/ui/apps/live?ns=default"] {
+    for fragment in [
+        "/ui/apps/default/web/live",
+        "/ui/cluster/live",
+        "/ui/apps/live?ns=default",
+    ] {
         let a = get(&r, fragment, Some(&cookie)).await;
         assert_eq!(a.status, StatusCode::FORBIDDEN, "{fragment}");
     }
@@ -320,11 +341,20 @@ async fn actions_follow_the_api_rules_and_need_the_sessions_csrf_token() {
     assert!(a.body.contains("may not update apps"), "{}", a.body);
     assert_eq!(replicas(), Some(1));
 
-    let deployer = token(&cp, "deployer", Role::Deploy, Scope::Namespace("default".into()));
+    let deployer = token(
+        &cp,
+        "deployer",
+        Role::Deploy,
+        Scope::Namespace("default".into()),
+    );
     let cookie = sign_in(&r, &deployer).await;
     let csrf = get(&r, "/ui/apps/default/web", Some(&cookie)).await.csrf();
     // Without the session's CSRF token, or from another site: refused.
-    for (form_csrf, site) in [("", "same-origin"), ("0badc0de", "same-origin"), (csrf.as_str(), "cross-site")] {
+    for (form_csrf, site) in [
+        ("", "same-origin"),
+        ("0badc0de", "same-origin"),
+        (csrf.as_str(), "cross-site"),
+    ] {
         let a = post_form_with(
             &r,
             "/ui/apps/default/web/scale",
@@ -361,7 +391,11 @@ async fn actions_follow_the_api_rules_and_need_the_sessions_csrf_token() {
     assert_eq!(a.location(), "/ui/apps/default/web");
     assert_eq!(replicas(), Some(4));
     let page = get(&r, "/ui/apps/default/web", Some(&cookie)).await;
-    assert!(page.body.contains("Scaled web to 4 replicas."), "{}", page.body);
+    assert!(
+        page.body.contains("Scaled web to 4 replicas."),
+        "{}",
+        page.body
+    );
     let page = get(&r, "/ui/apps/default/web", Some(&cookie)).await;
     assert!(!page.body.contains("Scaled web"), "shown once");
 
@@ -375,7 +409,13 @@ async fn actions_follow_the_api_rules_and_need_the_sessions_csrf_token() {
     for (action, fields, expect) in refusals {
         let mut form = vec![("csrf", csrf.as_str())];
         form.extend_from_slice(fields);
-        let a = post_form(&r, &format!("/ui/apps/default/web/{action}"), Some(&cookie), &form).await;
+        let a = post_form(
+            &r,
+            &format!("/ui/apps/default/web/{action}"),
+            Some(&cookie),
+            &form,
+        )
+        .await;
         assert_eq!(a.status, StatusCode::SEE_OTHER, "{action}: {}", a.body);
         let page = get(&r, "/ui/apps/default/web", Some(&cookie)).await;
         assert!(
@@ -403,14 +443,20 @@ async fn a_revoked_token_or_a_sign_out_ends_the_session() {
     let r = router(cp.clone());
     let admin = token(&cp, "admin", Role::Admin, Scope::Cluster);
     let cookie = sign_in(&r, &admin).await;
-    assert_eq!(get(&r, "/ui/apps", Some(&cookie)).await.status, StatusCode::OK);
+    assert_eq!(
+        get(&r, "/ui/apps", Some(&cookie)).await.status,
+        StatusCode::OK
+    );
     assert!(cp.tokens().revoke("admin").unwrap());
     let a = get(&r, "/ui/apps", Some(&cookie)).await;
     assert_eq!(a.status, StatusCode::SEE_OTHER);
     assert_eq!(a.location(), "/ui/sign-in");
     assert!(a.set_cookie().unwrap().contains("Max-Age=0"));
     // The session is gone, not only refused once.
-    assert_eq!(get(&r, "/ui/apps/live", Some(&cookie)).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        get(&r, "/ui/apps/live", Some(&cookie)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
 
     let other = token(&cp, "other", Role::View, Scope::Cluster);
     let cookie = sign_in(&r, &other).await;
@@ -418,11 +464,17 @@ async fn a_revoked_token_or_a_sign_out_ends_the_session() {
     // Signing out takes the CSRF token too.
     let a = post_form(&r, "/ui/sign-out", Some(&cookie), &[("csrf", "nope")]).await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
-    assert_eq!(get(&r, "/ui/apps", Some(&cookie)).await.status, StatusCode::OK);
+    assert_eq!(
+        get(&r, "/ui/apps", Some(&cookie)).await.status,
+        StatusCode::OK
+    );
     let a = post_form(&r, "/ui/sign-out", Some(&cookie), &[("csrf", &csrf)]).await;
     assert_eq!(a.status, StatusCode::SEE_OTHER);
     assert!(a.set_cookie().unwrap().contains("Max-Age=0"));
-    assert_eq!(get(&r, "/ui/apps", Some(&cookie)).await.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        get(&r, "/ui/apps", Some(&cookie)).await.status,
+        StatusCode::SEE_OTHER
+    );
 }
 
 #[tokio::test]

@@ -574,12 +574,7 @@ pub(crate) fn app_live(d: &AppDetail, stats: Option<&AppStats>, now_ms: u64) -> 
 }
 
 /// An app's page: the live part and the actions.
-pub(crate) fn app(
-    session: &Session,
-    flash: Option<&Flash>,
-    d: &AppDetail,
-    live: Markup,
-) -> Markup {
+pub(crate) fn app(session: &Session, flash: Option<&Flash>, d: &AppDetail, live: Markup) -> Markup {
     let v = &d.view;
     let key = &v.app.key;
     let mut revisions: Vec<u64> = d.revisions.iter().map(|r| r.number).collect();
