@@ -425,7 +425,7 @@ async fn an_admin_watches_and_steers_the_demo_app_in_a_browser() {
             .unwrap();
         wait_path(b, "/ui/events").await;
         wait_text(b, "#stream-state", |t| t == "live").await;
-        assert_eq!(count(b, "#events tr.event").await > 0, true);
+        assert!(count(b, "#events tr.event").await > 0);
         c.nodes[2].kill9();
         let lost = r#"#events tr.event.fresh"#;
         wait_for("the lost node's event to stream in", T, async || {

@@ -400,7 +400,9 @@ async fn actions_follow_the_api_rules_and_need_the_sessions_csrf_token() {
     assert!(!page.body.contains("Scaled web"), "shown once");
 
     // What the API refuses comes back as its message.
-    let refusals: [(&str, &[(&str, &str)], &str); 4] = [
+    /// An action, its form's fields, and what the page must say.
+    type Refusal<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let refusals: [Refusal; 4] = [
         ("scale", &[("replicas", "many")], "whole number"),
         ("traffic", &[("split", "1=60")], "add up to 60, not 100"),
         ("traffic", &[("split", "x=100")], "not a revision number"),

@@ -502,7 +502,7 @@ pub(crate) fn app_live(d: &AppDetail, stats: Option<&AppStats>, now_ms: u64) -> 
             .collect(),
     };
     let mut events: Vec<&Event> = d.events.iter().collect();
-    events.sort_by(|a, b| b.seq.cmp(&a.seq));
+    events.sort_by_key(|e| std::cmp::Reverse(e.seq));
     events.truncate(15);
     html! {
         div.tiles {
@@ -652,7 +652,7 @@ pub(crate) fn events(
     now_ms: u64,
 ) -> Markup {
     let mut newest: Vec<&Event> = events.iter().collect();
-    newest.sort_by(|a, b| b.seq.cmp(&a.seq));
+    newest.sort_by_key(|e| std::cmp::Reverse(e.seq));
     newest.truncate(200);
     let stream = path::events_stream_after(last_seq);
     let body = html! {
