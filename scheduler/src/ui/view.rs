@@ -725,6 +725,71 @@ mod tests {
         assert_eq!(path::apps_in("*"), "/ui/apps?ns=%2A");
     }
 
+    fn detail() -> AppDetail {
+        use shoal_api::objects::App;
+        AppDetail {
+            view: AppView {
+                app: App {
+                    key: AppKey::new("default", "web"),
+                    replicas: 2,
+                    current_revision: 3,
+                    stable_revision: 2,
+                    settings: Default::default(),
+                    rollout: RolloutState::Progressing { since_ms: 1_000 },
+                    created_at_ms: 0,
+                    updated_at_ms: 0,
+                },
+                template: None,
+                instances: 2,
+                ready: 2,
+                up_to_date: 1,
+                pending: 0,
+                autoscale: None,
+                cold_starts: None,
+            },
+            revisions: vec![],
+            instances: vec![],
+            nodes: vec![],
+            events: vec![],
+        }
+    }
+
+    /// The charts come from the stats API's series; without one they say
+    /// there is no data.
+    #[test]
+    fn an_apps_charts_come_from_its_stats_series() {
+        let d = detail();
+        let none = app_live(&d, None, 10_000).into_string();
+        assert_eq!(none.matches("No data yet").count(), 2, "{none}");
+        let point = |at_ms, rps, p50, p99| shoal_api::stats::StatsPoint {
+            at_ms,
+            rps,
+            errors_per_s: 0.0,
+            p50_ms: Some(p50),
+            p99_ms: Some(p99),
+        };
+        let stats = AppStats {
+            app: d.view.app.key.clone(),
+            replicas: 2,
+            ready: 2,
+            revision: 3,
+            rps: 12.5,
+            error_rate: 0.0,
+            p50_ms: Some(3.0),
+            p99_ms: Some(40.0),
+            cpu_cores: 0.1,
+            memory_bytes: 1 << 20,
+            series: vec![point(1_000, 10.0, 2.0, 30.0), point(6_000, 15.0, 3.0, 40.0)],
+        };
+        let some = app_live(&d, Some(&stats), 10_000).into_string();
+        assert!(!some.contains("No data yet"), "{some}");
+        assert_eq!(some.matches("<polyline").count(), 4, "rps, 5xx, p50, p99: {some}");
+        assert!(some.contains("12.5"), "the rate tile: {some}");
+        assert!(some.contains("40 ms"), "the p99 tile: {some}");
+        // The rollout's progress: one of two replicas up to date.
+        assert!(some.contains(r#"<progress max="2" value="1">"#), "{some}");
+    }
+
     #[test]
     fn durations_and_sizes_read_shortly() {
         assert_eq!(ago(10_000, 4_000), "6s");
