@@ -179,6 +179,8 @@ pub struct NodeArgs {
         value_name = "URL|PATH"
     )]
     pub kv: Option<String>,
+    #[command(flatten)]
+    pub metrics: crate::run::MetricsArgs,
     /// Exit when the parent process exits (used by `shoal up`).
     #[arg(long, hide = true)]
     pub exit_with_parent: bool,
@@ -570,6 +572,7 @@ pub fn read_ca(path: Option<&std::path::Path>) -> anyhow::Result<Option<Vec<u8>>
 }
 
 pub async fn node(args: NodeArgs, ca: Option<Vec<u8>>) -> anyhow::Result<()> {
+    let metrics = args.metrics.prepare().await?;
     let capacity = parse_capacity(&args.capacity)?;
     let labels = parse_labels(&args.labels)?;
     let cache_dir = args
@@ -641,6 +644,10 @@ pub async fn node(args: NodeArgs, ca: Option<Vec<u8>>) -> anyhow::Result<()> {
         },
     )
     .context("setting up the node agent")?;
+    let scraped = node.clone();
+    let metrics = metrics
+        .map(|m| m.serve(Arc::new(move || scraped.scrape())))
+        .transpose()?;
     let stop = stop_requested(args.exit_with_parent);
     crate::out::sayln!(
         "Node {name} serving on {advertise}/ (control plane {})",
@@ -683,6 +690,9 @@ pub async fn node(args: NodeArgs, ca: Option<Vec<u8>>) -> anyhow::Result<()> {
     // The grace is over: a guest still running (one that never yields,
     // whose client left) must not keep the process alive.
     runtime.stop_guests();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     crate::out::sayln!("Stopped.");
     Ok(())
 }

@@ -41,7 +41,7 @@ pub struct NsArgs {
 impl NsArgs {
     /// What to list: this namespace (or all), and only `app`'s objects if
     /// given.
-    fn list(&self, app: Option<&String>) -> ListQuery {
+    pub(crate) fn list(&self, app: Option<&String>) -> ListQuery {
         ListQuery {
             namespace: Some(self.query()),
             app: app.cloned(),
@@ -422,12 +422,12 @@ pub async fn apply(client: &Client, args: ApplyArgs) -> anyhow::Result<()> {
 }
 
 /// Polls until every app's rollout is complete with all its replicas
-/// serving and nothing left draining, printing progress as it moves. A
-/// failed rollout ends the wait at once with its reason.
+/// serving and nothing left draining, showing progress as it moves: a bar
+/// per app on a terminal, a line each time an app's count changes
+/// otherwise. A failed rollout ends the wait at once with its reason.
 pub async fn wait_ready(client: &Client, keys: &[AppKey], timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
-    let mut last: BTreeMap<AppKey, String> = BTreeMap::new();
-    let mut told: BTreeSet<String> = BTreeSet::new();
+    let mut progress = crate::progress::Progress::for_stdout();
     let mut done: BTreeSet<AppKey> = BTreeSet::new();
     loop {
         for key in keys {
@@ -437,31 +437,41 @@ pub async fn wait_ready(client: &Client, keys: &[AppKey], timeout: Duration) -> 
             let d: AppDetail = client.app(key).await?;
             let app = &d.view.app;
             let want = app.replicas;
-            let progress = format!(
-                "{}: {}/{} ready (revision {})",
-                app_label(key),
-                d.view.ready,
-                want,
-                app.current_revision
+            let label = app_label(key);
+            let up_to_date_ready = d
+                .instances
+                .iter()
+                .filter(|i| {
+                    i.revision == app.current_revision && i.ready && i.phase == Phase::Running
+                })
+                .count() as u64;
+            progress.update(
+                &label,
+                &crate::progress::Step {
+                    done: up_to_date_ready,
+                    want: want.into(),
+                    message: format!(
+                        "up to date and ready, {} ready in all (revision {})",
+                        d.view.ready, app.current_revision
+                    ),
+                    line: format!(
+                        "{label}: {}/{} ready (revision {})",
+                        d.view.ready, want, app.current_revision
+                    ),
+                },
             );
-            if last.get(key) != Some(&progress) {
-                outln!("{progress}");
-                last.insert(key.clone(), progress);
-            }
             for i in &d.instances {
                 let trouble = matches!(
                     i.phase,
                     Phase::Pending | Phase::Failed | Phase::CrashLoopBackOff
                 );
                 if let (true, Some(reason)) = (trouble, &i.reason) {
-                    let msg = format!("  {} {}: {reason}", i.id, i.phase);
-                    if told.insert(msg.clone()) {
-                        outln!("{msg}");
-                    }
+                    progress.note(&format!("  {} {}: {reason}", i.id, i.phase));
                 }
             }
             match &app.rollout {
                 RolloutState::Failed { reason, .. } => {
+                    progress.stop();
                     let keeps =
                         if app.stable_revision > 0 && app.stable_revision != app.current_revision {
                             format!("; revision {} keeps serving", app.stable_revision)
@@ -479,6 +489,10 @@ pub async fn wait_ready(client: &Client, keys: &[AppKey], timeout: Duration) -> 
                         && d.view.pending == 0
                         && d.instances.iter().all(|i| i.phase != Phase::Terminating) =>
                 {
+                    progress.finish(
+                        &label,
+                        &format!("ready (revision {})", app.current_revision),
+                    );
                     done.insert(key.clone());
                 }
                 _ => {}
@@ -486,10 +500,12 @@ pub async fn wait_ready(client: &Client, keys: &[AppKey], timeout: Duration) -> 
         }
         let _ = std::io::stdout().flush();
         if done.len() == keys.len() {
+            progress.stop();
             outln!("all replicas ready");
             return Ok(());
         }
         if Instant::now() >= deadline {
+            progress.stop();
             bail!(
                 "timed out after {} waiting for replicas to become ready",
                 shoal_api::Duration::from(timeout)

@@ -14,6 +14,7 @@ mod config;
 mod fleet;
 mod nodes;
 mod out;
+mod progress;
 mod push;
 mod quota;
 mod replica;
@@ -23,6 +24,7 @@ mod secret;
 mod signals;
 mod table;
 mod token;
+mod top;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -101,6 +103,9 @@ enum Command {
     Rollout(rollout::RolloutCommand),
     /// Print an app's instance logs (stdout and stderr).
     Logs(commands::LogsArgs),
+    /// Watch apps' or nodes' live request rate, latency, errors, CPU and
+    /// memory, refreshed in place.
+    Top(top::TopArgs),
     /// List what happened in the cluster.
     Events(commands::EventsArgs),
     /// Create, list and revoke the tokens clients present (admin only).
@@ -210,6 +215,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Drain(args) => nodes::drain(&client()?, args).await,
         Command::Rollout(cmd) => rollout::run(&client()?, cmd).await,
         Command::Logs(args) => commands::logs(&client()?, args).await,
+        Command::Top(args) => top::run(&client()?, args).await,
         Command::Events(args) => commands::events(&client()?, args).await,
         Command::Token(cmd) => token::run(&client()?, cmd).await,
         Command::Cert(cmd) => cert::run(&client()?, cmd).await,

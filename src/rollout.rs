@@ -75,8 +75,19 @@ pub async fn run(client: &Client, cmd: RolloutCommand) -> anyhow::Result<()> {
     }
 }
 
+/// Where a rollout stands, as `status` shows it.
+struct Standing {
+    /// The plain line.
+    line: String,
+    /// The bar: updated replicas that are ready, of those wanted, and what
+    /// else is going on.
+    step: crate::progress::Step,
+    /// Over: well, or failed with the error to end with.
+    done: Option<Result<(), String>>,
+}
+
 /// Progress of a rollout as `status` prints it, and whether it is over.
-fn describe_progress(d: &AppDetail) -> (String, Option<Result<(), String>>) {
+fn describe_progress(d: &AppDetail) -> Standing {
     let app = &d.view.app;
     let target = app.current_revision;
     let want = app.replicas;
@@ -95,7 +106,14 @@ fn describe_progress(d: &AppDetail) -> (String, Option<Result<(), String>>) {
         .filter(|i| i.revision != target)
         .count();
     let leaving = d.instances.len() - updated.len() - old;
-    match &app.rollout {
+    let mut rest = Vec::new();
+    if old > 0 {
+        rest.push(format!("{old} old replicas remain"));
+    }
+    if leaving > 0 {
+        rest.push(format!("{leaving} draining"));
+    }
+    let (line, done) = match &app.rollout {
         RolloutState::Complete { .. } => (
             format!(
                 "app/{} successfully rolled out (revision {target})",
@@ -121,33 +139,56 @@ fn describe_progress(d: &AppDetail) -> (String, Option<Result<(), String>>) {
             let mut line = format!(
                 "Waiting for rollout of revision {target} to finish: {ready} of {want} updated replicas are ready"
             );
-            if old > 0 {
-                line.push_str(&format!(", {old} old replicas remain"));
-            }
-            if leaving > 0 {
-                line.push_str(&format!(", {leaving} draining"));
+            for r in &rest {
+                line.push_str(&format!(", {r}"));
             }
             (line, None)
         }
+    };
+    let mut message = format!("updated replicas ready (revision {target})");
+    for r in &rest {
+        message.push_str(&format!(", {r}"));
+    }
+    Standing {
+        step: crate::progress::Step {
+            done: ready as u64,
+            want: want.into(),
+            message,
+            line: line.clone(),
+        },
+        line,
+        done,
     }
 }
 
 async fn status(client: &Client, a: StatusArgs) -> anyhow::Result<()> {
     let key = a.app.key()?;
     let deadline = Instant::now() + a.timeout.get();
-    let mut last = String::new();
+    // A bar while following on a terminal; lines otherwise (and for
+    // `--no-watch`, which prints one).
+    let mut progress = if a.no_watch {
+        crate::progress::Progress::lines()
+    } else {
+        crate::progress::Progress::for_stdout()
+    };
+    let name = format!("app/{}", key.name);
     loop {
         let d: AppDetail = client.app(&key).await?;
-        let (line, done) = describe_progress(&d);
-        if line != last {
-            outln!("{line}");
-            last = line;
+        let s = describe_progress(&d);
+        match s.done {
+            Some(done) => {
+                if done.is_ok() {
+                    progress.finish(&name, "updated replicas ready");
+                }
+                progress.stop();
+                drop(progress);
+                outln!("{}", s.line);
+                return done.map_err(|e| anyhow!(e));
+            }
+            None => progress.update(&name, &s.step),
         }
-        match done {
-            Some(Ok(())) => return Ok(()),
-            Some(Err(e)) => bail!(e),
-            None if a.no_watch => return Ok(()),
-            None => {}
+        if a.no_watch {
+            return Ok(());
         }
         if Instant::now() >= deadline {
             bail!("timed out after {} waiting for the rollout", a.timeout);

@@ -96,6 +96,107 @@ pub struct RunArgs {
     /// How long in-flight requests may take to finish at shutdown.
     #[arg(long, default_value = "10s")]
     pub grace: Duration,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+}
+
+/// `--metrics-listen` and `--metrics-token-file`, of `shoal run` and
+/// `shoal node`.
+#[derive(Args, Debug, Clone)]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics at GET /metrics on this address (port 0
+    /// picks a free port), to scrapers that send the token of
+    /// --metrics-token-file as `Authorization: Bearer TOKEN`. Off by
+    /// default.
+    #[arg(long, value_name = "ADDR", requires = "metrics_token_file")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// A file holding the token scrapers of --metrics-listen must send
+    /// (required with it).
+    #[arg(long, value_name = "PATH", requires = "metrics_listen")]
+    pub metrics_token_file: Option<PathBuf>,
+}
+
+impl MetricsArgs {
+    /// Reads the token and binds the listener, if metrics are asked for:
+    /// before anything else starts, so that a missing or empty token
+    /// stops the process at once.
+    pub(crate) async fn prepare(&self) -> anyhow::Result<Option<MetricsListener>> {
+        let Some(addr) = self.metrics_listen else {
+            return Ok(None);
+        };
+        let Some(path) = &self.metrics_token_file else {
+            bail!(
+                "--metrics-listen needs --metrics-token-file: the metrics are served only to holders of a token"
+            );
+        };
+        let token = shoal_node::metrics::read_token_file(path)?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding --metrics-listen {addr}"))?;
+        Ok(Some(MetricsListener { listener, token }))
+    }
+}
+
+/// A metrics listener with its token, not serving yet.
+pub(crate) struct MetricsListener {
+    listener: tokio::net::TcpListener,
+    token: shoal_node::SecretToken,
+}
+
+impl MetricsListener {
+    /// Serves what `source` gives until the task is aborted.
+    pub(crate) fn serve(
+        self,
+        source: shoal_node::metrics::Source,
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        let bound = self.listener.local_addr()?;
+        crate::out::sayln!("Metrics on http://{bound}{}", shoal_node::metrics::PATH);
+        Ok(tokio::spawn(async move {
+            let served = shoal_node::metrics::serve(
+                self.listener,
+                self.token,
+                source,
+                std::future::pending(),
+            )
+            .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the metrics listener stopped");
+            }
+        }))
+    }
+}
+
+/// The metrics of `shoal run`'s one app, named `name`: the same series
+/// as a node's, in the `default` namespace with an empty revision, its
+/// instance named as the app.
+fn run_metrics(
+    runtime: Arc<Runtime>,
+    name: &str,
+    meters: shoal_runtime::Meters,
+    in_flight: impl Fn() -> usize + Send + Sync + 'static,
+) -> shoal_node::metrics::Source {
+    use shoal_node::metrics::{AppSeries, CacheSeries, InstanceSeries, Scrape};
+    let name = name.to_string();
+    Arc::new(move || {
+        Scrape::standalone(
+            vec![AppSeries {
+                namespace: DEFAULT_NAMESPACE.into(),
+                app: name.clone(),
+                revision: String::new(),
+                meter: meters.app.snapshot(),
+                in_flight: in_flight() as u64,
+            }],
+            vec![InstanceSeries {
+                namespace: DEFAULT_NAMESPACE.into(),
+                app: name.clone(),
+                revision: String::new(),
+                instance_id: name.clone(),
+                memory_bytes: meters.memory.current(),
+                memory_peak_bytes: meters.memory.peak(),
+            }],
+            CacheSeries::of(&runtime),
+        )
+    })
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -228,16 +329,19 @@ impl RunArgs {
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Before anything is announced: a signal must never find no handler.
     let stop = shutdown_signal();
+    let metrics = args.metrics.prepare().await?;
     let cache_dir = if args.no_cache {
         None
     } else {
         args.cache_dir.clone().or_else(default_cache_dir)
     };
-    let runtime = Runtime::new(RuntimeConfig {
-        cache_dir,
-        ..RuntimeConfig::default()
-    })
-    .context("starting the wasm runtime")?;
+    let runtime = Arc::new(
+        Runtime::new(RuntimeConfig {
+            cache_dir,
+            ..RuntimeConfig::default()
+        })
+        .context("starting the wasm runtime")?,
+    );
     let bytes =
         std::fs::read(&args.app).with_context(|| format!("reading {}", args.app.display()))?;
     let loaded = runtime
@@ -272,6 +376,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             let app = runtime
                 .http_app_in(&tenant, spec, &loaded, logs, caps)
                 .with_context(|| format!("preparing {}", args.app.display()))?;
+            let counted = app.clone();
+            let metrics = metrics
+                .map(|m| {
+                    m.serve(run_metrics(
+                        runtime.clone(),
+                        &name,
+                        app.meters().clone(),
+                        move || counted.in_flight(),
+                    ))
+                })
+                .transpose()?;
             let listener = tokio::net::TcpListener::bind(args.listen)
                 .await
                 .with_context(|| format!("binding {}", args.listen))?;
@@ -297,6 +412,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             // Whatever still runs after the grace (a guest that never
             // yields, whose client left) must not keep the process alive.
             runtime.stop_guests();
+            if let Some(m) = metrics {
+                m.abort();
+            }
             print_stats(&app);
             crate::out::sayln!("Stopped.");
         }
@@ -304,6 +422,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             let worker = runtime
                 .worker_in(&tenant, spec, &loaded, logs, caps)
                 .with_context(|| format!("preparing {}", args.app.display()))?;
+            let metrics = metrics
+                .map(|m| {
+                    m.serve(run_metrics(
+                        runtime.clone(),
+                        &name,
+                        worker.meters().clone(),
+                        || 0,
+                    ))
+                })
+                .transpose()?;
             crate::out::sayln!("Running worker {} ({})", args.app.display(), loaded.digest);
             let mut handle = worker.start();
             tokio::select! {
@@ -313,6 +441,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     crate::out::sayln!("Stopped.");
                 }
                 _ = handle.wait() => {
+                    if let Some(m) = metrics {
+                        m.abort();
+                    }
                     let status = handle.status();
                     match status.last_exit {
                         Some(e) if !e.is_success() => bail!("worker {e}"),

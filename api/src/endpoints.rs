@@ -147,6 +147,10 @@ pub const CONTROL_PLANE: &[&str] = &[
     SECRETS,
     SECRET,
     NODE_INSTANCE_SECRETS,
+    NODE_USAGE,
+    STATS_APPS,
+    STATS_APP,
+    STATS_NODES,
 ];
 
 /// The longest the control plane holds a long poll (`EVENTS` with
@@ -319,6 +323,8 @@ pub fn examples(a: &str, b: &str) -> Vec<Example> {
         ex(SECRET, secret(a, b), &[a, b]),
         ex(NODE_INSTANCE_SECRETS, node_instance_secrets(a, b), &[a, b]),
         ex(INSTANCE_LOGS, instance_logs(a, b), &[a, b]),
+        ex(NODE_USAGE, node_usage(a), &[a]),
+        ex(STATS_APP, app_stats(&key), &[a, b]),
         ex(node::INSTANCE_LOGS, node::instance_logs(a), &[a]),
     ]
     .into_iter()

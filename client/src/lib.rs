@@ -25,6 +25,7 @@
 //! - [`node_admin`]: an admin's calls on nodes (cordon, uncordon, drain,
 //!   delete).
 //! - [`node_api`]: reading an instance's logs from its node.
+//! - [`stats`]: live numbers of apps and nodes (`shoal top`).
 //! - [`error`]: what can go wrong, worded as the CLI prints it.
 
 pub mod apps;
@@ -37,6 +38,7 @@ pub mod nodes;
 pub mod paging;
 pub mod quotas;
 pub mod secrets;
+pub mod stats;
 pub mod tokens;
 pub mod transport;
 

@@ -1,5 +1,5 @@
 //! The calls a node makes: register, heartbeat, long-poll its assignment,
-//! fetch modules and their compiled artifacts.
+//! fetch modules and their compiled artifacts, report its usage.
 
 use crate::transport::{NO_BODY, NO_QUERY};
 use crate::{Client, Error};
@@ -10,6 +10,7 @@ use shoal_api::endpoints::{self, ArtifactQuery, AssignmentQuery, LONG_POLL_HOLD}
 use shoal_api::protocol::{
     Heartbeat, HeartbeatResponse, LeaseAnswer, LeaseRenewal, RegisterRequest, RegisterResponse,
 };
+use shoal_api::stats::NodeUsage;
 
 impl Client {
     pub async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, Error> {
@@ -45,6 +46,17 @@ impl Client {
             self.timeout(),
             Some(&LeaseRenewal { generation }),
             NO_QUERY,
+        )
+        .await
+    }
+
+    /// Reports what a node used over its last interval (its process's CPU
+    /// and memory, its apps' guest CPU time and linear memory). A control
+    /// plane that does not take usage reports answers 404.
+    pub async fn report_usage(&self, node: &str, usage: &NodeUsage) -> Result<(), Error> {
+        self.no_content(
+            self.request(Method::POST, &endpoints::node_usage(node))
+                .json(usage),
         )
         .await
     }

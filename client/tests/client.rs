@@ -226,3 +226,43 @@ async fn node_commands_carry_the_node_name_and_its_refusals() {
     assert!(e.is_not_found(), "{e:?}");
     assert_eq!(e.to_string(), "node n?9 not found (not_found)");
 }
+
+/// A usage report goes to the node's own path with its numbers, and a
+/// control plane that has no such route answers with a 404 the caller can
+/// tell apart.
+#[tokio::test]
+async fn a_usage_report_carries_the_nodes_numbers_to_its_path() {
+    use shoal_api::stats::{AppUsage, NodeUsage};
+    let usage = NodeUsage {
+        interval_ms: 5000,
+        cpu_ns: 7,
+        memory_bytes: 1 << 20,
+        apps: vec![AppUsage {
+            app: AppKey::new("shop", "web"),
+            instances: 2,
+            cpu_ns: 3,
+            memory_bytes: 131072,
+            memory_peak_bytes: 65536,
+        }],
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let client = serve(axum::Router::new().route(
+        endpoints::NODE_USAGE,
+        post(
+            move |Path(name): Path<String>, axum::Json(got): axum::Json<NodeUsage>| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send((name, got));
+                    StatusCode::NO_CONTENT
+                }
+            },
+        ),
+    ))
+    .await;
+    client.report_usage("n 1", &usage).await.unwrap();
+    assert_eq!(rx.recv().await.unwrap(), ("n 1".to_string(), usage.clone()));
+
+    let old = serve(axum::Router::new()).await;
+    let e = old.report_usage("n1", &usage).await.unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::NOT_FOUND), "{e:?}");
+}

@@ -46,7 +46,8 @@ pub(crate) async fn check(sup: &Supervisor, r: &Running) {
         .body(http_body_util::Empty::<Bytes>::new());
     let probe = async {
         let Ok(req) = req else { return false };
-        let resp = app.handle(req).await;
+        // Not counted among the app's responses.
+        let resp = app.probe(req).await;
         let good = resp.status().is_success() || resp.status().is_redirection();
         // Read to the end: a response dropped before its end reads as a
         // client that went away, and stops the guest.
@@ -85,12 +86,13 @@ fn restart_http(sup: &Supervisor, r: &Running) {
     };
     let a = &r.assignment;
     let tenant = sup.runtime.tenant(&a.app.namespace);
-    match sup.runtime.http_app_in(
+    match sup.runtime.http_app_with(
         &tenant,
         a.template.spec.clone(),
         loaded,
         r.logs.clone(),
         caps.clone(),
+        r.meters.clone(),
     ) {
         Ok(app) => {
             *r.workload() = Workload::Http(app);

@@ -14,6 +14,10 @@
 //!   gateways' calls entries over mutual TLS.
 //! - [`front`]: the node's HTTP front: requests addressed to an instance
 //!   by the gateway (`x-shoal-instance`), and the node's own small API.
+//! - [`metrics`]: the node's Prometheus metrics, from the runtime's
+//!   meters, and their listener (`--metrics-listen`).
+//! - [`usage`]: the usage report the node sends the control plane every
+//!   few seconds.
 //!
 //! The wasm itself runs in `shoal_runtime`, which knows nothing of the
 //! control plane.
@@ -21,9 +25,11 @@
 pub mod calls;
 pub mod front;
 pub mod health;
+pub mod metrics;
 pub mod session;
 pub mod supervisor;
 pub mod tls;
+pub mod usage;
 
 use shoal_api::objects::NodeCapacity;
 use shoal_runtime::Runtime;
@@ -78,10 +84,14 @@ pub enum Error {
 /// A node agent: its session with the control plane, the supervisor of
 /// its instances, and its HTTP front.
 pub struct Node {
+    name: String,
     session: Arc<session::Session>,
     tls: Arc<tls::FrontTls>,
     supervisor: Arc<supervisor::Supervisor>,
     front: front::Front,
+    /// For the usage reports.
+    client: shoal_client::Client,
+    reports: Arc<usage::ReportCounts>,
 }
 
 impl Node {
@@ -131,6 +141,8 @@ impl Node {
             verifier,
             cfg.kv.clone(),
         );
+        let name = cfg.name.clone();
+        let usage_client = client.clone();
         let mut session = session::Session::new(client, cfg, changed, Default::default());
         if let Some(c) = &calls {
             supervisor = supervisor.with_calls(c.clone());
@@ -140,11 +152,23 @@ impl Node {
         let tls = session.front_tls();
         let session = Arc::new(session);
         Ok(Arc::new(Self {
+            name,
             session,
             tls,
             front: front::Front::new(supervisor.clone()),
             supervisor,
+            client: usage_client,
+            reports: Arc::default(),
         }))
+    }
+
+    /// What the node's metrics show now.
+    pub fn scrape(&self) -> metrics::Scrape {
+        metrics::Scrape::of_node(
+            &self.supervisor,
+            self.session.heartbeat_meter(),
+            &self.reports,
+        )
     }
 
     /// The TLS acceptor of the node's front, once the control plane has
@@ -165,12 +189,19 @@ impl Node {
         let assignments = self.session.inbox().subscribe();
         let applier = tokio::spawn(self.supervisor.clone().apply_loop(assignments));
         let health = tokio::spawn(health::run(self.supervisor.clone()));
+        let usage = tokio::spawn(usage::run(
+            self.supervisor.clone(),
+            self.client.clone(),
+            self.name.clone(),
+            self.reports.clone(),
+        ));
         self.session
             .clone()
             .run(self.supervisor.clone(), shutdown)
             .await;
         applier.abort();
         health.abort();
+        usage.abort();
         // Stop workers; http apps drain with the server.
         self.supervisor.clear();
     }

@@ -108,6 +108,8 @@ pub struct Session {
     /// Takes the client certificate each registration brings, for calls
     /// between apps.
     calls: Option<Arc<crate::calls::Calls>>,
+    /// Round trips of heartbeats and lease renewals, for the metrics.
+    beats: Arc<crate::metrics::HeartbeatMeter>,
 }
 
 impl Session {
@@ -137,11 +139,17 @@ impl Session {
             registered: watch::channel(false).0,
             interval: Mutex::new(Duration::from_millis(250)),
             changed,
+            beats: Arc::default(),
         }
     }
 
     pub fn inbox(&self) -> &Inbox {
         &self.inbox
+    }
+
+    /// Round trips of its heartbeats and lease renewals.
+    pub fn heartbeat_meter(&self) -> &Arc<crate::metrics::HeartbeatMeter> {
+        &self.beats
     }
 
     /// Heartbeats with `status` and long-polls assignments into the inbox
@@ -260,6 +268,7 @@ impl Session {
             let said = fingerprint(&hb);
             let renew = !need_full
                 && last_full.is_some_and(|(f, at)| f == said && at.elapsed() < FULL_EVERY);
+            let began = Instant::now();
             let sent = if renew {
                 client
                     .renew_lease(&self.cfg.name, hb.generation)
@@ -274,6 +283,7 @@ impl Session {
             } else {
                 client.heartbeat(&self.cfg.name, &hb).await.map(Some)
             };
+            self.beats.record(renew, began.elapsed(), sent.is_ok());
             if sent.is_err() {
                 need_full = true;
             }

@@ -10,13 +10,15 @@ use futures::StreamExt as _;
 use sha2::Digest as _;
 use shoal_api::WorkloadKind;
 use shoal_api::artifact as wire;
-use shoal_api::objects::Phase;
+use shoal_api::objects::{AppKey, Phase};
 use shoal_api::protocol::{Assignment, Heartbeat, HeartbeatResponse, InstanceReport};
 use shoal_client::Client;
 use shoal_runtime::http::HttpApp;
 use shoal_runtime::logs::LogBuffer;
 use shoal_runtime::worker::WorkerHandle;
-use shoal_runtime::{BinaryKind, Capabilities, CompileSource, Digest, Loaded, Runtime};
+use shoal_runtime::{
+    AppMeter, BinaryKind, Capabilities, CompileSource, Digest, Loaded, Meters, Runtime,
+};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -39,6 +41,10 @@ pub(crate) struct Running {
     pub(crate) caps: Option<Capabilities>,
     pub(crate) workload: Mutex<Workload>,
     pub(crate) logs: LogBuffer,
+    /// Its app revision's meter, and its own memory meter (kept across a
+    /// restart after failed health checks: the old app's stores may
+    /// still be finishing requests).
+    pub(crate) meters: Meters,
     pub(crate) ready: AtomicBool,
     /// Out of the route table: serves only requests addressed to it (all
     /// of them are).
@@ -61,7 +67,7 @@ impl Running {
         }
     }
 
-    fn report(&self) -> InstanceReport {
+    pub(crate) fn report(&self) -> InstanceReport {
         let id = self.assignment.id.clone();
         match &*self.workload() {
             Workload::Http(app) => InstanceReport {
@@ -111,6 +117,9 @@ fn start_concurrency() -> usize {
 /// One load of a module's code, shared by the instances waiting for it.
 type LoadCell = Arc<tokio::sync::OnceCell<Result<Loaded, String>>>;
 
+/// An app revision, which the node's metrics are labelled by.
+pub type AppRevision = (AppKey, u64);
+
 /// Starts and stops the node's instances.
 pub struct Supervisor {
     /// This node's name, as the control plane knows it.
@@ -135,6 +144,10 @@ pub struct Supervisor {
     /// The node's key-value stores, and the namespaces' quotas on them
     /// (from the assignments).
     kv: Option<shoal_runtime::Kv>,
+    /// One meter per app revision with instances here, shared by them, so
+    /// that its counts never go back when an instance goes (see
+    /// [`Supervisor::app_meters`]).
+    app_meters: Mutex<HashMap<AppRevision, Arc<AppMeter>>>,
 }
 
 impl Supervisor {
@@ -157,7 +170,52 @@ impl Supervisor {
             generation: AtomicU64::new(0),
             changed,
             calls: None,
+            app_meters: Default::default(),
         }
+    }
+
+    /// The meter of each app revision with instances here, for the
+    /// metrics and the usage report (and of those whose instances all
+    /// went since [`forget_idle_meters`](Self::forget_idle_meters) ran).
+    pub fn app_meters(&self) -> Vec<(AppRevision, Arc<AppMeter>)> {
+        self.app_meters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, m)| (k.clone(), m.clone()))
+            .collect()
+    }
+
+    /// Forgets the meters of app revisions with no instance here and no
+    /// request still running (nothing but the supervisor holds them):
+    /// their series leave the metrics. The usage report calls it after it
+    /// took their last counts.
+    pub fn forget_idle_meters(&self) {
+        self.app_meters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, m| Arc::strong_count(m) > 1);
+    }
+
+    /// The meter of `app` at `revision`, shared by its instances here.
+    fn app_meter(&self, app: &AppKey, revision: u64) -> Arc<AppMeter> {
+        self.app_meters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((app.clone(), revision))
+            .or_default()
+            .clone()
+    }
+
+    /// What the runtime and the instances here measured, for the node's
+    /// metrics and usage reports: each instance's labels, report and
+    /// memory meter.
+    pub(crate) fn instances(&self) -> Vec<Arc<Running>> {
+        self.table().values().cloned().collect()
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
     }
 
     /// Guests' calls to other apps go through `calls`.
@@ -209,7 +267,7 @@ impl Supervisor {
     }
 
     /// Makes what runs here match `desired`.
-    async fn apply(self: &Arc<Self>, desired: HeartbeatResponse) {
+    pub(crate) async fn apply(self: &Arc<Self>, desired: HeartbeatResponse) {
         let mut news = false;
         // The namespaces' quotas on their stores, before anything starts.
         if let Some(kv) = &self.kv {
@@ -491,6 +549,7 @@ impl Supervisor {
     async fn start(&self, a: Assignment) -> Running {
         let began = Instant::now();
         let logs = LogBuffer::new(1000);
+        let meters = Meters::for_app(self.app_meter(&a.app, a.revision));
         let result: Result<(Loaded, Capabilities, Workload), String> = async {
             let loaded = self.load(&a.template.digest).await?;
             let caps = self.capabilities(&a).await?;
@@ -501,12 +560,26 @@ impl Supervisor {
             let workload = match a.template.spec.kind {
                 WorkloadKind::Http => Workload::Http(
                     self.runtime
-                        .http_app_in(&tenant, spec, &loaded, logs.clone(), caps.clone())
+                        .http_app_with(
+                            &tenant,
+                            spec,
+                            &loaded,
+                            logs.clone(),
+                            caps.clone(),
+                            meters.clone(),
+                        )
                         .map_err(|e| e.to_string())?,
                 ),
                 WorkloadKind::Worker => Workload::Worker(
                     self.runtime
-                        .worker_in(&tenant, spec, &loaded, logs.clone(), caps.clone())
+                        .worker_with(
+                            &tenant,
+                            spec,
+                            &loaded,
+                            logs.clone(),
+                            caps.clone(),
+                            meters.clone(),
+                        )
                         .map_err(|e| e.to_string())?
                         .start(),
                 ),
@@ -536,6 +609,7 @@ impl Supervisor {
             caps,
             workload: Mutex::new(workload),
             logs,
+            meters,
             ready: AtomicBool::new(ready),
             draining: AtomicBool::new(draining),
             restarts: AtomicU32::new(0),
@@ -577,7 +651,7 @@ fn keep(
     }
     // SAFETY: the bytes just written are the ones whose signature the
     // caller checked.
-    if let Err(e) = unsafe { rt.cache().adopt_file(id, kind, path) } {
+    if let Err(e) = unsafe { rt.cache().remap_file(id, kind, path) } {
         tracing::warn!(digest = %id.short(), error = %e, "cannot map a kept artifact");
     }
     tracing::debug!(digest = %id.short(), write_ms = t.elapsed().as_millis() as u64, "artifact kept on disk");

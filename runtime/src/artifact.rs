@@ -2,6 +2,7 @@
 //! compile cache (memory and disk), and the digest that names a module.
 
 use crate::error::RuntimeError;
+use crate::meter::{COMPILE_BOUNDS_NS, DurationHistogram};
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -98,12 +99,32 @@ pub enum CompileSource {
     Fetched,
 }
 
-/// Counts of cache outcomes since the process started.
-#[derive(Debug, Default)]
+/// Counts of cache outcomes since the process started: each lookup that
+/// found compiled code counts once, by where it found it.
+#[derive(Debug)]
 pub struct CacheStats {
+    /// Already compiled in this process.
     pub memory_hits: AtomicU64,
+    /// Loaded from an artifact on disk.
     pub disk_hits: AtomicU64,
+    /// Compiled elsewhere (by the control plane) and received.
+    pub fetched: AtomicU64,
+    /// Compiled here.
     pub compiles: AtomicU64,
+    /// How long each compile here took.
+    pub compile_time: DurationHistogram,
+}
+
+impl Default for CacheStats {
+    fn default() -> Self {
+        Self {
+            memory_hits: AtomicU64::new(0),
+            disk_hits: AtomicU64::new(0),
+            fetched: AtomicU64::new(0),
+            compiles: AtomicU64::new(0),
+            compile_time: DurationHistogram::new(&COMPILE_BOUNDS_NS),
+        }
+    }
 }
 
 /// Compiles each module once per (digest, engine settings) and keeps the
@@ -234,6 +255,7 @@ impl CompileCache {
         }
         .map_err(|e| RuntimeError::Invalid(format!("{e:#}")))?;
         self.stats.compiles.fetch_add(1, Ordering::Relaxed);
+        self.stats.compile_time.observe(start.elapsed());
         tracing::info!(digest = %digest.short(), elapsed_ms = start.elapsed().as_millis() as u64, "compile cache miss: compiled module");
         Ok(compiled)
     }
@@ -274,15 +296,34 @@ impl CompileCache {
         kind: BinaryKind,
         path: &Path,
     ) -> Result<Compiled, RuntimeError> {
+        // SAFETY: this function's contract.
+        let compiled = unsafe { self.remap_file(digest, kind, path) }?;
+        self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+        Ok(compiled)
+    }
+
+    /// Like [`adopt_file`](Self::adopt_file), for code this cache holds
+    /// already (now kept on disk, and mapped from there instead): not
+    /// counted as a lookup.
+    ///
+    /// # Safety
+    ///
+    /// As for [`adopt_file`](Self::adopt_file).
+    pub unsafe fn remap_file(
+        &self,
+        digest: &Digest,
+        kind: BinaryKind,
+        path: &Path,
+    ) -> Result<Compiled, RuntimeError> {
         let compiled = self
             .load(path, kind)
             .map_err(|e| RuntimeError::Invalid(format!("unusable compiled artifact: {e}")))?;
-        self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
         self.lock_memory().insert(digest.clone(), compiled.clone());
         Ok(compiled)
     }
 
-    /// Like [`adopt_file`](Self::adopt_file), from bytes in memory.
+    /// Like [`adopt_file`](Self::adopt_file), from bytes in memory (an
+    /// artifact received: counted as fetched).
     ///
     /// # Safety
     ///
@@ -305,7 +346,7 @@ impl CompileCache {
             }
         }
         .map_err(|e| RuntimeError::Invalid(format!("unusable compiled artifact: {e:#}")))?;
-        self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+        self.stats.fetched.fetch_add(1, Ordering::Relaxed);
         self.lock_memory().insert(digest.clone(), compiled.clone());
         Ok(compiled)
     }

@@ -5,6 +5,7 @@ use crate::caps::{AppCall, AppCalls, CallError, GuestCaps};
 use crate::error::RuntimeError;
 use crate::fair::Tenant;
 use crate::logs::{LogBuffer, Stream};
+use crate::meter::MemoryMeter;
 use shoal_api::Grants;
 use shoal_api::objects::AppKey;
 use std::sync::Arc;
@@ -49,10 +50,12 @@ impl StopGuests {
     }
 }
 
-/// Enforces the app's memory limit across all of an instance's memories.
+/// Enforces the app's memory limit across all of an instance's memories,
+/// and tells its [`MemoryMeter`] (if any) how they grow and when they go.
 pub struct MemoryLimiter {
     limit: usize,
     used: usize,
+    meter: Option<Arc<MemoryMeter>>,
 }
 
 impl MemoryLimiter {
@@ -60,6 +63,30 @@ impl MemoryLimiter {
         Self {
             limit: usize::try_from(limit).unwrap_or(usize::MAX),
             used: 0,
+            meter: None,
+        }
+    }
+
+    /// Reports this store's linear memory to `meter` from now on.
+    pub fn metered(&mut self, meter: Arc<MemoryMeter>) {
+        if self.used > 0 {
+            meter.grew(0, self.used);
+        }
+        if let Some(old) = self.meter.replace(meter) {
+            old.released(self.used);
+        }
+    }
+
+    /// Linear memory of the store's memories now, in all.
+    pub fn used(&self) -> usize {
+        self.used
+    }
+}
+
+impl Drop for MemoryLimiter {
+    fn drop(&mut self) {
+        if let Some(m) = &self.meter {
+            m.released(self.used);
         }
     }
 }
@@ -79,6 +106,9 @@ impl ResourceLimiter for MemoryLimiter {
                 desired: total,
                 limit: self.limit,
             }));
+        }
+        if let Some(m) = &self.meter {
+            m.grew(self.used, total);
         }
         self.used = total;
         Ok(true)

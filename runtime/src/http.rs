@@ -11,6 +11,7 @@ use crate::error::RuntimeError;
 use crate::fair::Tenant;
 use crate::host::{self, ComponentHost, P1Host, RawEnv, StopGuests, new_store};
 use crate::logs::{LogBuffer, Stream};
+use crate::meter::Meters;
 use crate::outcome::{BoxError, Failure, ResponseBody};
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
@@ -107,6 +108,8 @@ pub struct HttpApp {
     linked: Instant,
     last_request_ms: AtomicU64,
     stats: AppStats,
+    /// What its guests do, for metrics and usage reports.
+    meters: Meters,
 }
 
 /// Whether a component is a `wasi:http` handler or a `wasi:cli` program.
@@ -159,6 +162,8 @@ pub fn component_exports(
 impl HttpApp {
     /// Links `compiled` for serving. Fails if it is not an HTTP app this
     /// runtime can serve or if it imports something the sandbox lacks.
+    /// What its guests do is recorded in `meters`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         engine: &Engine,
         stop: &StopGuests,
@@ -167,6 +172,7 @@ impl HttpApp {
         spec: RunSpec,
         compiled: &Compiled,
         logs: LogBuffer,
+        meters: Meters,
     ) -> Result<Arc<Self>, RuntimeError> {
         let handler = match compiled {
             Compiled::Component(c) => {
@@ -218,6 +224,7 @@ impl HttpApp {
             linked: Instant::now(),
             last_request_ms: AtomicU64::new(u64::MAX),
             stats: AppStats::default(),
+            meters,
             spec,
         }))
     }
@@ -228,6 +235,11 @@ impl HttpApp {
 
     pub fn stats(&self) -> &AppStats {
         &self.stats
+    }
+
+    /// Where its guests' requests, time and memory are recorded.
+    pub fn meters(&self) -> &Meters {
+        &self.meters
     }
 
     pub fn logs(&self) -> &LogBuffer {
@@ -245,12 +257,37 @@ impl HttpApp {
             .saturating_sub(self.permits.available_permits())
     }
 
-    /// Serves one request.
+    /// Serves one request, and counts its response and the time to its
+    /// head in the app's meter.
     ///
     /// A failure is counted and logged once, where it is found: here for a
     /// request refused before any guest runs, in the guest's task for how
     /// its run ended, and in `serve_*` for a response the guest got wrong.
     pub async fn handle<B>(self: &Arc<Self>, req: Request<B>) -> Response<ResponseBody>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let arrived = Instant::now();
+        let resp = self.serve(req).await;
+        self.meters
+            .app
+            .response(resp.status().as_u16(), arrived.elapsed());
+        resp
+    }
+
+    /// Serves a request of the host's own (a health check): as
+    /// [`handle`](Self::handle), but not counted among the app's
+    /// responses (its guest's time and memory are).
+    pub async fn probe<B>(self: &Arc<Self>, req: Request<B>) -> Response<ResponseBody>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.serve(req).await
+    }
+
+    async fn serve<B>(self: &Arc<Self>, req: Request<B>) -> Response<ResponseBody>
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -352,11 +389,14 @@ impl HttpApp {
         }
     }
 
-    fn note_instantiation(&self, took: Duration) {
+    /// One instantiation that took `took`; `cold` if a request waited for
+    /// it.
+    fn note_instantiation(&self, took: Duration, cold: bool) {
         self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
         self.stats
             .instantiate_nanos
             .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        self.meters.app.instantiated(took, cold);
     }
 
     fn component_store(&self) -> Result<Store<ComponentHost>, Failure> {
@@ -364,12 +404,13 @@ impl HttpApp {
             .map_err(|e| Failure::Internal(e.to_string()))?;
         b.stdout(host::log_stream(&self.logs, Stream::Stdout));
         b.stderr(host::log_stream(&self.logs, Stream::Stderr));
-        let data = ComponentHost::new(
+        let mut data = ComponentHost::new(
             b.build(),
             &self.spec.grants,
             self.caps.guest(),
             self.spec.limits.memory.bytes(),
         );
+        data.limiter.metered(self.meters.memory.clone());
         Ok(new_store(&self.engine, data, &self.stop, &self.tenant))
     }
 
@@ -436,11 +477,11 @@ impl HttpApp {
                     .await
                     .map_err(|_| Failure::Deadline)?
                     .map_err(|e| Failure::from_error(&e))?;
-                app.note_instantiation(t0.elapsed());
+                app.note_instantiation(t0.elapsed(), false);
                 store.data_mut().deadline = None;
                 Ok::<_, Failure>((store, proxy))
             };
-            let made = app.tenant.run(made).await;
+            let made = app.tenant.run_metered(made, app.meters.app.clone()).await;
             {
                 let mut p = app.prepared.lock().unwrap_or_else(|p| p.into_inner());
                 p.making -= 1;
@@ -509,6 +550,7 @@ impl HttpApp {
         let (told, done) = oneshot::channel();
         let task = tokio::spawn(async move {
             let _permit = permit;
+            let began = Instant::now();
             let run = async {
                 let (mut store, proxy, served, answered) = match app.take_warm() {
                     Some(w) => {
@@ -532,7 +574,7 @@ impl HttpApp {
                                     .instantiate_async(&mut store)
                                     .await
                                     .map_err(|e| Failure::from_error(&e))?;
-                                app.note_instantiation(t0.elapsed());
+                                app.note_instantiation(t0.elapsed(), true);
                                 (store, proxy)
                             }
                         };
@@ -574,29 +616,29 @@ impl HttpApp {
             // A fresh instance is torn down once the outcome is told, so
             // that its teardown is no part of the client's wait.
             let mut spent = None;
-            let run = app.tenant.run(run);
-            let outcome = guarded(run, deadline, &watched, max_body).await.and_then(
-                |(mut store, proxy, served, answered)| {
-                    let Some(answered) = answered else {
-                        spent = Some(store);
-                        return Ok(());
-                    };
-                    // Only a run that ended cleanly leaves an instance fit
-                    // for the next request.
-                    if !answered.load(Ordering::Relaxed) {
-                        return Err(Failure::BadResponse(NO_RESPONSE.into()));
-                    }
-                    store.data_mut().deadline = None;
-                    app.put_warm(Warm {
-                        store,
-                        proxy,
-                        served: served + 1,
-                        idle_since: Instant::now(),
-                        answered,
-                    });
-                    Ok(())
-                },
-            );
+            let run = app.tenant.run_metered(run, app.meters.app.clone());
+            let outcome = guarded(run, deadline, &watched, max_body).await;
+            app.meters.app.run(began.elapsed());
+            let outcome = outcome.and_then(|(mut store, proxy, served, answered)| {
+                let Some(answered) = answered else {
+                    spent = Some(store);
+                    return Ok(());
+                };
+                // Only a run that ended cleanly leaves an instance fit
+                // for the next request.
+                if !answered.load(Ordering::Relaxed) {
+                    return Err(Failure::BadResponse(NO_RESPONSE.into()));
+                }
+                store.data_mut().deadline = None;
+                app.put_warm(Warm {
+                    store,
+                    proxy,
+                    served: served + 1,
+                    idle_since: Instant::now(),
+                    answered,
+                });
+                Ok(())
+            });
             if let Err(f) = &outcome {
                 app.record(f);
             }
@@ -662,14 +704,16 @@ impl HttpApp {
         let (told, done) = oneshot::channel();
         let task = tokio::spawn(async move {
             let _permit = permit;
+            let began = Instant::now();
             let mut data = P1Host::new(wasi, app.spec.limits.memory.bytes());
             data.env = env;
+            data.limiter.metered(app.meters.memory.clone());
             let mut store = new_store(&app.engine, data, &app.stop, &app.tenant);
             store.data_mut().deadline = Some(deadline);
             let run = async {
                 let t0 = Instant::now();
                 let instance = pre.instantiate_async(&mut store).await?;
-                app.note_instantiation(t0.elapsed());
+                app.note_instantiation(t0.elapsed(), true);
                 let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
                 start.call_async(&mut store, ()).await
             };
@@ -682,7 +726,9 @@ impl HttpApp {
                     },
                 }
             };
-            let outcome = guarded(app.tenant.run(run), deadline, &watched, max_body).await;
+            let run = app.tenant.run_metered(run, app.meters.app.clone());
+            let outcome = guarded(run, deadline, &watched, max_body).await;
+            app.meters.app.run(began.elapsed());
             if let Err(f) = &outcome {
                 app.record(f);
             }

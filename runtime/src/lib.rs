@@ -16,6 +16,8 @@
 //! - [`worker`]: long-running programs with restart policy and backoff.
 //! - [`outcome`]: how a guest's run ended and what a client is told.
 //! - [`logs`]: bounded per-instance buffers of guest stdout/stderr.
+//! - [`meter`]: what is measured of guests (requests, latency, guest CPU
+//!   time, instantiations, linear memory), in relaxed atomics.
 //! - [`server`]: a small HTTP server with graceful shutdown.
 //!
 //! [`Runtime`] ties the engine, ticker and cache together.
@@ -29,6 +31,7 @@ pub mod host;
 pub mod http;
 pub mod kv;
 pub mod logs;
+pub mod meter;
 pub mod outcome;
 pub mod server;
 pub mod worker;
@@ -42,6 +45,7 @@ pub use host::StopGuests;
 pub use http::HttpApp;
 pub use kv::Kv;
 pub use logs::{LogBuffer, LogLine, Stream};
+pub use meter::{AppMeter, MemoryMeter, Meters};
 pub use worker::{ExitReason, WorkerApp, WorkerHandle, WorkerStatus};
 
 use shoal_api::{RunSpec, WorkloadKind};
@@ -232,6 +236,20 @@ impl Runtime {
         logs: LogBuffer,
         caps: Capabilities,
     ) -> Result<Arc<HttpApp>, RuntimeError> {
+        self.http_app_with(tenant, spec, loaded, logs, caps, Meters::default())
+    }
+
+    /// Like [`http_app_in`](Self::http_app_in), recording what its guests
+    /// do in `meters`.
+    pub fn http_app_with(
+        &self,
+        tenant: &Tenant,
+        spec: RunSpec,
+        loaded: &Loaded,
+        logs: LogBuffer,
+        caps: Capabilities,
+        meters: Meters,
+    ) -> Result<Arc<HttpApp>, RuntimeError> {
         HttpApp::new(
             &self.engine,
             &self.stop,
@@ -240,6 +258,7 @@ impl Runtime {
             spec,
             &loaded.compiled,
             logs,
+            meters,
         )
     }
 
@@ -266,6 +285,20 @@ impl Runtime {
         logs: LogBuffer,
         caps: Capabilities,
     ) -> Result<Arc<WorkerApp>, RuntimeError> {
+        self.worker_with(tenant, spec, loaded, logs, caps, Meters::default())
+    }
+
+    /// Like [`worker_in`](Self::worker_in), recording what its runs do in
+    /// `meters`.
+    pub fn worker_with(
+        &self,
+        tenant: &Tenant,
+        spec: RunSpec,
+        loaded: &Loaded,
+        logs: LogBuffer,
+        caps: Capabilities,
+        meters: Meters,
+    ) -> Result<Arc<WorkerApp>, RuntimeError> {
         WorkerApp::new(
             &self.engine,
             &self.stop,
@@ -274,6 +307,7 @@ impl Runtime {
             spec,
             &loaded.compiled,
             logs,
+            meters,
         )
     }
 }

@@ -8,6 +8,7 @@ use crate::fair::Tenant;
 use crate::host::{self, ComponentHost, P1Host, StopGuests, new_store};
 use crate::http::{link_component, require_export};
 use crate::logs::{LogBuffer, Stream};
+use crate::meter::Meters;
 use crate::outcome::Failure;
 use shoal_api::objects::Phase;
 use shoal_api::{RestartPolicy, RunSpec};
@@ -83,6 +84,8 @@ pub struct WorkerApp {
     tenant: Tenant,
     program: Program,
     logs: LogBuffer,
+    /// What its runs do, for metrics and usage reports.
+    meters: Meters,
 }
 
 /// A running worker. Dropping it stops the worker.
@@ -131,6 +134,9 @@ fn now_ms() -> u64 {
 }
 
 impl WorkerApp {
+    /// Links `compiled` as a worker; what its runs do is recorded in
+    /// `meters`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         engine: &Engine,
         stop: &StopGuests,
@@ -139,6 +145,7 @@ impl WorkerApp {
         spec: RunSpec,
         compiled: &Compiled,
         logs: LogBuffer,
+        meters: Meters,
     ) -> Result<Arc<Self>, RuntimeError> {
         let program = match compiled {
             Compiled::Module(m) => {
@@ -179,15 +186,28 @@ impl WorkerApp {
             tenant: tenant.clone(),
             program,
             logs,
+            meters,
         }))
+    }
+
+    /// Where its runs' time and memory are recorded.
+    pub fn meters(&self) -> &Meters {
+        &self.meters
     }
 
     /// Runs the program once to its end.
     pub async fn run_once(&self) -> ExitReason {
+        let began = Instant::now();
+        let meter = self.meters.app.clone();
         let result = match &self.program {
-            Program::Module(pre) => self.tenant.run(self.run_module(pre)).await,
-            Program::Component(pre) => self.tenant.run(self.run_component(pre)).await,
+            Program::Module(pre) => self.tenant.run_metered(self.run_module(pre), meter).await,
+            Program::Component(pre) => {
+                self.tenant
+                    .run_metered(self.run_component(pre), meter)
+                    .await
+            }
         };
+        self.meters.app.run(began.elapsed());
         match result {
             Ok(()) => ExitReason::Completed,
             Err(Failure::Exit(0)) => ExitReason::Completed,
@@ -207,16 +227,15 @@ impl WorkerApp {
 
     async fn run_module(&self, pre: &InstancePre<P1Host>) -> Result<(), Failure> {
         let wasi = self.sandbox()?.build_p1();
-        let mut store = new_store(
-            &self.engine,
-            P1Host::new(wasi, self.spec.limits.memory.bytes()),
-            &self.stop,
-            &self.tenant,
-        );
+        let mut data = P1Host::new(wasi, self.spec.limits.memory.bytes());
+        data.limiter.metered(self.meters.memory.clone());
+        let mut store = new_store(&self.engine, data, &self.stop, &self.tenant);
+        let t0 = Instant::now();
         let instance = pre
             .instantiate_async(&mut store)
             .await
             .map_err(|e| Failure::from_error(&e))?;
+        self.meters.app.instantiated(t0.elapsed(), false);
         let start = instance
             .get_typed_func::<(), ()>(&mut store, "_start")
             .map_err(|e| Failure::Internal(format!("{e:#}")))?;
@@ -228,21 +247,20 @@ impl WorkerApp {
 
     async fn run_component(&self, pre: &CommandPre<ComponentHost>) -> Result<(), Failure> {
         let wasi = self.sandbox()?.build();
-        let mut store = new_store(
-            &self.engine,
-            ComponentHost::new(
-                wasi,
-                &self.spec.grants,
-                self.caps.guest(),
-                self.spec.limits.memory.bytes(),
-            ),
-            &self.stop,
-            &self.tenant,
+        let mut data = ComponentHost::new(
+            wasi,
+            &self.spec.grants,
+            self.caps.guest(),
+            self.spec.limits.memory.bytes(),
         );
+        data.limiter.metered(self.meters.memory.clone());
+        let mut store = new_store(&self.engine, data, &self.stop, &self.tenant);
+        let t0 = Instant::now();
         let cmd = pre
             .instantiate_async(&mut store)
             .await
             .map_err(|e| Failure::from_error(&e))?;
+        self.meters.app.instantiated(t0.elapsed(), false);
         match cmd.wasi_cli_run().call_run(&mut store).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(())) => Err(Failure::Exit(1)),

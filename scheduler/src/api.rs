@@ -227,6 +227,14 @@ pub(crate) fn routes() -> Vec<Route> {
         // the handler refuses every other token, an admin's too.
         at(ep::NODE_INSTANCE_SECRETS)
             .get(instance_secrets, Rule::Need(Get, Secrets, Where::PathNode)),
+        // A node reports for itself: its credential covers its own name
+        // only, as for its heartbeat.
+        at(ep::NODE_USAGE).post(take_usage, Rule::Need(Update, Nodes, Where::PathNode)),
+        // Live numbers are read as what they describe: apps by whoever may
+        // list (or get) apps there, nodes by whoever may list nodes.
+        at(ep::STATS_APPS).get(list_app_stats, in_query_ns(List, Apps)),
+        at(ep::STATS_APP).get(get_app_stats, in_path_ns(Get, Apps)),
+        at(ep::STATS_NODES).get(list_node_stats, cluster(List, Nodes)),
     ]
 }
 
@@ -1312,7 +1320,11 @@ async fn heartbeat(
     Path(name): Path<String>,
     Json(hb): Json<Heartbeat>,
 ) -> Result<Response, Error> {
-    Ok(Json(cp.heartbeat(name, hb).await?).into_response())
+    let started = std::time::Instant::now();
+    let answer = cp.heartbeat(name, hb).await?;
+    cp.telemetry()
+        .beat(crate::metrics::Beat::Heartbeat, started.elapsed());
+    Ok(Json(answer).into_response())
 }
 
 /// A node's liveness renewal: answered from the published snapshot,
@@ -1322,7 +1334,11 @@ async fn renew_lease(
     Path(name): Path<String>,
     Json(r): Json<shoal_api::protocol::LeaseRenewal>,
 ) -> Result<Json<shoal_api::protocol::LeaseAnswer>, Error> {
-    Ok(Json(cp.renew_lease(&name, r.generation)?))
+    let started = std::time::Instant::now();
+    let answer = cp.renew_lease(&name, r.generation)?;
+    cp.telemetry()
+        .beat(crate::metrics::Beat::Lease, started.elapsed());
+    Ok(Json(answer))
 }
 
 /// A node's assignment, answered as soon as its generation differs from
@@ -1843,6 +1859,52 @@ async fn take_metrics(State(cp): State<ControlPlane>, body: Bytes) -> Result<Sta
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A node's usage report, for the live numbers (`shoal top`).
+async fn take_usage(
+    State(cp): State<ControlPlane>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode, Error> {
+    let usage: shoal_api::stats::NodeUsage = serde_json::from_slice(&body)
+        .map_err(|e| invalid("invalid", format!("malformed usage report: {e}")))?;
+    cp.report_usage(&name, &usage)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Every app's live numbers in the query's namespace (`*`: every one).
+async fn list_app_stats(
+    State(cp): State<ControlPlane>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<shoal_api::stats::AppStatsList>, Error> {
+    let Query(q) = q.map_err(|e| {
+        Error(
+            StatusCode::BAD_REQUEST,
+            ErrorBody::new("invalid_query", e.body_text()),
+        )
+    })?;
+    let snap = cp.snapshot();
+    Ok(Json(cp.stats().apps(&snap, cp.now_ms(), |k| {
+        in_ns(&q.namespace, &k.namespace) && q.app.as_ref().is_none_or(|a| *a == k.name)
+    })))
+}
+
+/// One app's live numbers with its series.
+async fn get_app_stats(
+    State(cp): State<ControlPlane>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<shoal_api::stats::AppStats>, Error> {
+    let key = AppKey::new(ns, name);
+    cp.stats()
+        .app(&cp.snapshot(), &key, cp.now_ms())
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("app {key} not found")).into())
+}
+
+/// Every node's live numbers.
+async fn list_node_stats(State(cp): State<ControlPlane>) -> Json<shoal_api::stats::NodeStatsList> {
+    Json(cp.stats().nodes(&cp.snapshot(), cp.now_ms()))
+}
+
 async fn activate_app(
     State(cp): State<ControlPlane>,
     Path((ns, name)): Path<(String, String)>,
@@ -1854,7 +1916,7 @@ async fn activate_app(
 /// Cluster state as Prometheus text: replicas, readiness, autoscaler
 /// decisions and cold starts per app; nodes by state.
 async fn prometheus(State(cp): State<ControlPlane>) -> Response {
-    match crate::metrics::render(&cp.snapshot()) {
+    match crate::metrics::render(&cp.snapshot(), cp.telemetry(), cp.stats(), cp.now_ms()) {
         Ok(text) => ([("content-type", crate::metrics::CONTENT_TYPE)], text).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "cannot encode metrics");
@@ -1878,14 +1940,17 @@ async fn watch_routes(State(cp): State<ControlPlane>) -> Response {
     // it is not computed again (at 10,000 apps that is most of what an
     // idle control plane would do here).
     let stream = futures::stream::unfold(
-        (rx, None::<(u64, shoal_api::routes::RouteTable)>),
-        |(mut rx, last)| async move {
+        (rx, None::<(u64, shoal_api::routes::RouteTable)>, cp),
+        |(mut rx, last, cp)| async move {
             let quiet_until = tokio::time::Instant::now() + ROUTES_KEEPALIVE;
             let mut last = last;
             loop {
                 let snap = rx.borrow_and_update().clone();
                 if last.as_ref().is_none_or(|(seen, _)| *seen != snap.changes) {
                     let table = crate::routes::route_table(&snap);
+                    // Its size and age for `/metrics` (the first watch to
+                    // compute a table tells).
+                    cp.telemetry().saw_routes(snap.changes, &table, cp.now_ms());
                     let same = last.as_ref().is_some_and(|(_, t)| *t == table);
                     last = Some((snap.changes, table));
                     if !same && let Some((_, table)) = &last {
@@ -1893,14 +1958,14 @@ async fn watch_routes(State(cp): State<ControlPlane>) -> Response {
                         line.push(b'\n');
                         return Some((
                             Ok::<_, std::convert::Infallible>(Bytes::from(line)),
-                            (rx, last),
+                            (rx, last, cp),
                         ));
                     }
                 }
                 match tokio::time::timeout_at(quiet_until, rx.changed()).await {
                     Ok(Ok(())) => continue,
                     Ok(Err(_)) => return None,
-                    Err(_) => return Some((Ok(Bytes::from_static(b"\n")), (rx, last))),
+                    Err(_) => return Some((Ok(Bytes::from_static(b"\n")), (rx, last, cp))),
                 }
             }
         },
@@ -3683,3 +3748,5 @@ mod secret_tests {
         assert!(found > 0);
     }
 }
+#[cfg(test)]
+mod stats_tests;

@@ -29,8 +29,9 @@
 //!
 //! Only what is stored is in the cache: what the leader keeps in memory
 //! (nodes' heartbeat times between writes, the autoscaler's decisions,
-//! cold starts, in-flight counts) is not, so the reads that show it are
-//! left to the leader ([`Cache::answers`]).
+//! cold starts, in-flight counts, the live numbers of `/v1/stats/...`) is
+//! not, so the reads that show it are left to the leader
+//! ([`Cache::answers`]).
 
 use crate::leader::Role;
 use crate::state::{Config, ControlPlane, Snapshot};

@@ -27,6 +27,8 @@
 //! - [`secrets`]: secrets sealed at rest (ChaCha20-Poly1305 under the
 //!   control plane's secrets key) and the keyed versions of their values.
 //! - [`tls`]: the API served over TLS (certificates from `shoal-pki`).
+//! - [`stats`]: live traffic and usage from gateways' and nodes' reports,
+//!   a short window in memory (not stored) for `shoal top` and the UI.
 //! - [`state`]: the single-writer state task: commands in, snapshots out;
 //!   pure deciders (`state::decide`) say what changes, one executor
 //!   (`state::executor`) applies it.
@@ -51,6 +53,7 @@ pub mod rollout;
 pub mod routes;
 pub mod secrets;
 pub mod state;
+pub mod stats;
 pub mod store;
 pub mod tls;
 pub mod ui;

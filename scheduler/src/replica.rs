@@ -217,6 +217,7 @@ fn is_clients_write(req: &Request) -> bool {
         ep::NODE_REGISTER,
         ep::NODE_HEARTBEAT,
         ep::NODE_LEASE,
+        ep::NODE_USAGE,
         ep::METRICS,
         ep::APP_ACTIVATE,
         ep::GATEWAY_CERTIFICATE,
@@ -347,4 +348,35 @@ async fn forward(
     );
     resp.body(Body::from_stream(body))
         .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_api::endpoints as ep;
+
+    fn req(method: axum::http::Method, path: &str) -> Request {
+        axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    }
+
+    /// Nodes' and gateways' reports are not writes a client reads back: a
+    /// follower passes them on without holding the answer for its cache.
+    #[test]
+    fn reports_are_not_clients_writes() {
+        use axum::http::Method;
+        for path in [
+            ep::node_heartbeat("n1"),
+            ep::node_lease("n1"),
+            ep::node_usage("n1"),
+            ep::METRICS.to_string(),
+        ] {
+            assert!(!is_clients_write(&req(Method::POST, &path)), "{path}");
+        }
+        assert!(is_clients_write(&req(Method::POST, ep::APPLY)));
+        assert!(!is_clients_write(&req(Method::GET, ep::STATS_APPS)));
+    }
 }

@@ -178,6 +178,7 @@ impl State {
 
     /// Numbers, logs, stores and keeps an event.
     fn record(&mut self, event: Event, actor: Option<&str>) {
+        self.count_decision(&event);
         let e = event.render(self.next_event, self.config.clock.now_ms(), actor);
         self.next_event += 1;
         let by = e.actor.as_deref().unwrap_or("-");
@@ -193,6 +194,29 @@ impl State {
         self.snap.events.push_back(e);
         if self.snap.events.len() > EVENTS_IN_MEMORY {
             self.snap.events.pop_front();
+        }
+    }
+
+    /// Counts the autoscaler's changes for `/metrics`, with why: the view
+    /// it published with the change says.
+    fn count_decision(&self, event: &Event) {
+        use crate::metrics::ScaleReason;
+        match event {
+            Event::AutoScaled { app, from, to, .. } => {
+                let view = self.snap.autoscale.get(app);
+                let reason = if view.is_some_and(|v| v.held.is_some()) {
+                    ScaleReason::Quota
+                } else if view.is_some_and(|v| v.panicking) {
+                    ScaleReason::Panic
+                } else if *to == 0 {
+                    ScaleReason::ToZero
+                } else {
+                    ScaleReason::Load
+                };
+                self.telemetry.scaled(*from, *to, reason);
+            }
+            Event::Activated { to, .. } => self.telemetry.scaled(0, *to, ScaleReason::Activation),
+            _ => {}
         }
     }
 }

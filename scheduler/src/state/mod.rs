@@ -262,6 +262,10 @@ pub struct ControlPlane {
     /// Uploads and pulls of modules: where they are written, the largest
     /// module, and the validations that may run at once.
     modules: Arc<Modules>,
+    /// Live traffic and usage reported by gateways and nodes (memory only).
+    stats: Arc<crate::stats::Stats>,
+    /// What `/metrics` shows of the control plane's own work.
+    telemetry: Arc<crate::metrics::Telemetry>,
 }
 
 /// What taking in modules needs (see [`crate::modules`]).
@@ -367,7 +371,8 @@ impl ControlPlane {
         )?);
         let renewals = Arc::new(Renewals::default());
         let modules = Modules::new(&store, &config);
-        let mut state = State::load(store.clone(), config, renewals.clone())?;
+        let telemetry = Arc::new(crate::metrics::Telemetry::default());
+        let mut state = State::load(store.clone(), config, renewals.clone(), telemetry.clone())?;
         let (tx, rx) = mpsc::channel(1024);
         let (snap_tx, snap_rx) = watch::channel(Arc::new(state.snapshot()));
         tokio::spawn(async move { state.run(rx, snap_tx).await });
@@ -385,6 +390,8 @@ impl ControlPlane {
             renewals,
             secrets: Some(secrets),
             modules,
+            stats: Default::default(),
+            telemetry,
         })
     }
 
@@ -419,7 +426,20 @@ impl ControlPlane {
             // A follower opens no secret: nodes ask the leader.
             secrets: config.secrets.clone(),
             modules,
+            // Reports and the reads of them go to the leader.
+            stats: Default::default(),
+            telemetry: Default::default(),
         }
+    }
+
+    /// Live traffic and usage (see [`crate::stats`]).
+    pub fn stats(&self) -> &crate::stats::Stats {
+        &self.stats
+    }
+
+    /// What `/metrics` shows of the control plane's own work.
+    pub fn telemetry(&self) -> &crate::metrics::Telemetry {
+        &self.telemetry
     }
 
     /// A node's lease renewal: counted if the node is ready and runs its
@@ -723,11 +743,38 @@ impl ControlPlane {
     }
 
     /// Takes a gateway's load report (no answer: reports are best effort).
+    /// Its traffic goes to the live numbers here, its load to the state
+    /// task for the autoscaler.
     pub async fn report_metrics(&self, report: GatewayMetrics) -> Result<(), ApiError> {
+        if self.tx.is_closed() {
+            return Err(ApiError::Closed);
+        }
+        self.stats
+            .record_traffic(&report, &self.snapshot(), self.clock.now_ms());
         self.tx
             .send(Command::Metrics { report })
             .await
             .map_err(|_| ApiError::Closed)
+    }
+
+    /// Takes node `node`'s usage report into the live numbers (memory
+    /// only, not the state task's business). A node the control plane does
+    /// not know is refused.
+    pub fn report_usage(
+        &self,
+        node: &str,
+        usage: &shoal_api::stats::NodeUsage,
+    ) -> Result<(), ApiError> {
+        let snap = self.snapshot();
+        if !snap.nodes.contains_key(node) {
+            return Err(ApiError::NotFound(format!("node {node} is not registered")));
+        }
+        if self.tx.is_closed() {
+            return Err(ApiError::Closed);
+        }
+        self.stats
+            .record_usage(node, usage, &snap, self.clock.now_ms());
+        Ok(())
     }
 
     /// Stops the control loop for good (the process is stopping): nothing

@@ -88,6 +88,8 @@ pub(super) struct State {
     /// A node was found lost: the next reconcile places its instances
     /// elsewhere without waiting out the pause after a slow one.
     urgent: bool,
+    /// What `/metrics` shows of the loop's work.
+    pub(super) telemetry: Arc<crate::metrics::Telemetry>,
 }
 
 /// A write the loop does not wait for: its operations (given back if it
@@ -138,6 +140,7 @@ impl State {
         store: Arc<Store>,
         config: Config,
         renewals: Arc<super::Renewals>,
+        telemetry: Arc<crate::metrics::Telemetry>,
     ) -> Result<Self, ApiError> {
         let mut c = store.load()?;
         let meta: BTreeMap<String, u64> = std::mem::take(&mut c.meta).into_iter().collect();
@@ -179,6 +182,7 @@ impl State {
             written: Arc::new(tokio::sync::Notify::new()),
             instances_settled: None,
             urgent: false,
+            telemetry,
         })
     }
 
@@ -278,7 +282,9 @@ impl State {
                 self.urgent = false;
                 let started = std::time::Instant::now();
                 self.reconcile();
-                self.last_reconcile = Some((std::time::Instant::now(), started.elapsed()));
+                let took = started.elapsed();
+                self.telemetry.reconciled(took);
+                self.last_reconcile = Some((std::time::Instant::now(), took));
             } else {
                 self.reconcile_due = true;
             }

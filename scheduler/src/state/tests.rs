@@ -300,6 +300,27 @@ async fn the_autoscaler_follows_load_and_goes_to_zero_when_quiet() {
     // quiet period bring it back to zero, in no time at all.
     run_for(&cp, Duration::from_secs(120), &[("n1", QUIET)]).await;
     assert_eq!(replicas(&cp, "web"), 0);
+
+    // Each change counted by direction and why.
+    let text =
+        crate::metrics::render(&cp.snapshot(), cp.telemetry(), cp.stats(), cp.now_ms()).unwrap();
+    let count = |labels: &str| {
+        let prefix = format!("shoal_autoscaler_decisions_total{{{labels}}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(count(r#"direction="up",reason="activation""#), 1, "{text}");
+    assert_eq!(count(r#"direction="up",reason="panic""#), 1, "{text}");
+    assert!(
+        count(r#"direction="down",reason="scale_to_zero""#) >= 2,
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("shoal_reconcile_duration_seconds_count ")
+            && !l.ends_with(" 0")),
+        "{text}"
+    );
 }
 
 /// Reports of every instance placed on `node`, as serving (`Running`,
