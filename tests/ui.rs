@@ -312,7 +312,7 @@ async fn wait_text(client: &Client, css: &str, ok: impl Fn(&str) -> bool) -> Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_watches_and_steers_the_demo_app_in_a_browser() {
     let mut c = Cluster::start(3);
-    c.start_gateway(&[]);
+    let gateway = c.start_gateway(&[]);
     let m = c.manifest("hello.toml", &DEMO.replace("REPLICAS", "3"));
     c.apply_wait(&m);
     let base = c.api.clone();
@@ -414,6 +414,23 @@ async fn an_admin_watches_and_steers_the_demo_app_in_a_browser() {
         })
         .await;
         wait_text(b, "#ready", |t| t == "5/5").await;
+
+        // Traffic through the gateway: its rate is charted on the page
+        // (the control plane's stats, from the gateway's reports).
+        let load = support::Load::start(format!("{gateway}/"), 2);
+        load.wait_more(20);
+        wait_for("the request rate charted", T, async || {
+            let peak = eval(
+                b,
+                "const f = document.querySelector('#requests-chart figure'); return f ? Number(f.dataset.peak) : 0;",
+            )
+            .await;
+            let drawn = count(b, "#requests-chart svg polyline").await;
+            (peak.as_f64().is_some_and(|p| p > 0.0) && drawn > 0).then_some(())
+        })
+        .await;
+        wait_text(b, "#rps", |t| t.parse::<f64>().is_ok_and(|r| r > 0.0)).await;
+        load.finish();
         screenshot(b, "app").await;
 
         // The events page, live: a node killed now shows up as lost.

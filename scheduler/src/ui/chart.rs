@@ -36,8 +36,8 @@ pub(crate) fn render(title: &str, lines: &[Line<'_>], unit: &str) -> Markup {
     let (Some(t0), Some(t1)) = (all().map(|p| p.0).min(), all().map(|p| p.0).max()) else {
         return html! { p.nodata.chart-empty { "No data yet: traffic shows here once the gateways report it." } };
     };
-    let top = all().map(|p| p.1).fold(0.0_f64, f64::max);
-    let top = if top > 0.0 { top * 1.1 } else { 1.0 };
+    let peak = all().map(|p| p.1).fold(0.0_f64, f64::max);
+    let top = if peak > 0.0 { peak * 1.1 } else { 1.0 };
     let span = (t1 - t0).max(1) as f64;
     let x = |t: u64| LEFT + (t - t0) as f64 / span * (WIDTH - LEFT - RIGHT);
     let y = |v: f64| TOP + (1.0 - v / top) * (HEIGHT - TOP - BOTTOM);
@@ -49,7 +49,8 @@ pub(crate) fn render(title: &str, lines: &[Line<'_>], unit: &str) -> Markup {
     };
     let view = format!("0 0 {WIDTH} {HEIGHT}");
     html! {
-        figure.chart {
+        // The highest value drawn, for whoever reads the page by machine.
+        figure.chart data-peak=(peak) {
             svg viewBox=(view) role="img" aria-label=(title) preserveAspectRatio="none" {
                 line.axis x1=(LEFT) y1=(y(0.0)) x2=(WIDTH - RIGHT) y2=(y(0.0)) {}
                 line.grid x1=(LEFT) y1=(y(top / 2.0)) x2=(WIDTH - RIGHT) y2=(y(top / 2.0)) {}
@@ -115,5 +116,6 @@ mod tests {
         assert!(out.contains("52.0,138.0"), "{out}");
         assert!(out.contains("1 min ago"), "{out}");
         assert!(out.contains(">rps<"), "{out}");
+        assert!(out.contains(r#"data-peak="5""#), "{out}");
     }
 }

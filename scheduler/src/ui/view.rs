@@ -508,7 +508,7 @@ pub(crate) fn app_live(d: &AppDetail, stats: Option<&AppStats>, now_ms: u64) -> 
         div.tiles {
             div.tile { span.big #ready { (v.ready) "/" (app.replicas) } span { "replicas ready" } }
             div.tile { span.big #revision { (app.current_revision) } span { "revision (stable " (app.stable_revision) ")" } }
-            div.tile { span.big { (stats.map(|s| number(s.rps)).unwrap_or_else(|| "-".into())) } span { "requests/s" } }
+            div.tile { span.big #rps { (stats.map(|s| number(s.rps)).unwrap_or_else(|| "-".into())) } span { "requests/s" } }
             div.tile { span.big { (ms(stats.and_then(|s| s.p99_ms))) } span { "p99 latency" } }
         }
         section.card {
@@ -526,11 +526,11 @@ pub(crate) fn app_live(d: &AppDetail, stats: Option<&AppStats>, now_ms: u64) -> 
             }
         }
         div.charts {
-            section.card {
+            section.card #requests-chart {
                 h2 { "Requests" }
                 (chart::render("Requests per second", &[rps, errors], ""))
             }
-            section.card {
+            section.card #latency-chart {
                 h2 { "Latency" }
                 (chart::render("Latency", &[p50, p99], " ms"))
             }
@@ -783,7 +783,11 @@ mod tests {
         };
         let some = app_live(&d, Some(&stats), 10_000).into_string();
         assert!(!some.contains("No data yet"), "{some}");
-        assert_eq!(some.matches("<polyline").count(), 4, "rps, 5xx, p50, p99: {some}");
+        assert_eq!(
+            some.matches("<polyline").count(),
+            4,
+            "rps, 5xx, p50, p99: {some}"
+        );
         assert!(some.contains("12.5"), "the rate tile: {some}");
         assert!(some.contains("40 ms"), "the p99 tile: {some}");
         // The rollout's progress: one of two replicas up to date.
