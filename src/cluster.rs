@@ -96,6 +96,8 @@ pub struct ControlPlaneArgs {
     /// control plane on etcd needs the same file.
     #[arg(long, value_name = "FILE")]
     pub secrets_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub telemetry: crate::telemetry::TelemetryArgs,
     /// Exit when the parent process exits (used by `shoal up`).
     #[arg(long, hide = true)]
     pub exit_with_parent: bool,
@@ -181,6 +183,8 @@ pub struct NodeArgs {
     pub kv: Option<String>,
     #[command(flatten)]
     pub metrics: crate::run::MetricsArgs,
+    #[command(flatten)]
+    pub telemetry: crate::telemetry::TelemetryArgs,
     /// Exit when the parent process exits (used by `shoal up`).
     #[arg(long, hide = true)]
     pub exit_with_parent: bool,
@@ -259,6 +263,22 @@ pub struct GatewayArgs {
     /// address. Other clients' are replaced.
     #[arg(long, value_name = "CIDR", value_parser = shoal_gateway::parse_trusted_proxy)]
     pub trusted_proxy: Vec<shoal_gateway::IpNet>,
+    /// Serve the gateway's Prometheus metrics at `GET /metrics` on this
+    /// address (off by default), to clients that send `Authorization:
+    /// Bearer` with the token of `--metrics-token-file`.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// The file holding the metrics token (16 characters or more), read
+    /// at start; required with `--metrics-listen`.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_token_file: Option<PathBuf>,
+    /// Write one JSON line per request: to standard output with `-`,
+    /// else appended to the file PATH (off by default). Lines never wait
+    /// for the writer: if it falls behind, they are dropped and counted.
+    #[arg(long, value_name = "PATH|-")]
+    pub access_log: Option<shoal_gateway::access::Target>,
+    #[command(flatten)]
+    pub telemetry: crate::telemetry::TelemetryArgs,
     /// Exit when the parent process exits (used by `shoal up`).
     #[arg(long, hide = true)]
     pub exit_with_parent: bool,
@@ -702,12 +722,32 @@ pub async fn gateway(
     ca: Option<Vec<u8>>,
     token: Option<String>,
 ) -> anyhow::Result<()> {
+    // Deny by default: metrics only behind a token, read before anything
+    // listens.
+    let metrics_token = match (&args.metrics_listen, &args.metrics_token_file) {
+        (Some(_), Some(file)) => Some(
+            shoal_gateway::prom::read_token_file(file)
+                .context("cannot use --metrics-token-file")?,
+        ),
+        (None, Some(_)) => anyhow::bail!("--metrics-token-file needs --metrics-listen"),
+        (Some(_), None) => anyhow::bail!("--metrics-listen needs --metrics-token-file"),
+        (None, None) => None,
+    };
+    let access_log = match &args.access_log {
+        Some(target) => Some(Arc::new(
+            shoal_gateway::access::AccessLog::open(target).with_context(|| {
+                format!("cannot open the access log {}", args_access_log(target))
+            })?,
+        )),
+        None => None,
+    };
     let gw = shoal_gateway::Gateway::new(shoal_gateway::GatewayConfig {
         control_plane: Some(args.control_plane.clone()),
         control_plane_ca: ca,
         token: token.map(shoal_gateway::SecretToken::new),
         activation_timeout: args.activation_timeout.get(),
         trusted_proxies: shoal_gateway::TrustedProxies::new(args.trusted_proxy.clone()),
+        access_log,
         ..Default::default()
     });
     let workers = args.workers.unwrap_or_else(|| {
@@ -776,6 +816,22 @@ pub async fn gateway(
         gw.clone(),
         format!("{}-{}", hostname(), addr.port()),
     ));
+    let prometheus = match (args.metrics_listen, metrics_token) {
+        (Some(at), Some(token)) => {
+            let listener = tokio::net::TcpListener::bind(at)
+                .await
+                .with_context(|| format!("cannot listen on {at} (--metrics-listen)"))?;
+            let bound = listener.local_addr()?;
+            crate::out::sayln!("Gateway metrics on http://{bound}/metrics (bearer token)");
+            Some(tokio::spawn(shoal_gateway::prom::serve(
+                listener,
+                gw.clone(),
+                token,
+                std::future::pending::<()>(),
+            )))
+        }
+        _ => None,
+    };
     let stop = stop_requested(args.exit_with_parent);
     crate::out::sayln!(
         "Gateway listening on http://{addr}/ (control plane {})",
@@ -803,11 +859,22 @@ pub async fn gateway(
     certificate.abort();
     watch.abort();
     metrics.abort();
+    if let Some(p) = prometheus {
+        p.abort();
+    }
     for t in tls_tasks {
         t.abort();
     }
     crate::out::sayln!("Stopped.");
     Ok(())
+}
+
+/// `--access-log`'s target as the user wrote it.
+fn args_access_log(target: &shoal_gateway::access::Target) -> String {
+    match target {
+        shoal_gateway::access::Target::Stdout => "-".into(),
+        shoal_gateway::access::Target::File(p) => p.display().to_string(),
+    }
 }
 
 fn hostname() -> String {

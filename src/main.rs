@@ -23,6 +23,7 @@ mod run;
 mod secret;
 mod signals;
 mod table;
+mod telemetry;
 mod token;
 mod top;
 mod up;
@@ -129,20 +130,24 @@ enum Command {
     FleetSim(fleet::FleetArgs),
 }
 
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+impl Command {
+    /// The OTLP endpoint of a server command, and the service its spans
+    /// are exported as.
+    fn otlp_endpoint(&self) -> (Option<String>, &'static str) {
+        let (args, service) = match self {
+            Command::Run(a) => (&a.telemetry, "shoal-run"),
+            Command::ControlPlane(a) => (&a.telemetry, "shoal-control-plane"),
+            Command::Node(a) => (&a.telemetry, "shoal-node"),
+            Command::Gateway(a) => (&a.telemetry, "shoal-gateway"),
+            _ => return (None, "shoal"),
+        };
+        (args.otlp_endpoint.clone(), service)
+    }
 }
 
 fn main() {
     let cli = Cli::parse();
-    init_logging();
+    let (otlp_endpoint, service) = cli.command.otlp_endpoint();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Command::Node(_) = &cli.command {
         // One thread more than the guests' run slots (one per core), so
@@ -158,7 +163,10 @@ fn main() {
         .build()
         .map_err(anyhow::Error::from)
         .and_then(|rt| {
+            let telemetry = telemetry::init(otlp_endpoint.as_deref(), service, rt.handle())?;
             let result = rt.block_on(dispatch(cli));
+            // Spans not yet exported go out while the runtime still runs.
+            telemetry.shutdown();
             // A control plane may still be compiling a module for the nodes
             // on a blocking thread: that ends (and logs) before it says it
             // stopped.

@@ -98,6 +98,8 @@ pub struct RunArgs {
     pub grace: Duration,
     #[command(flatten)]
     pub metrics: MetricsArgs,
+    #[command(flatten)]
+    pub telemetry: crate::telemetry::TelemetryArgs,
 }
 
 /// `--metrics-listen` and `--metrics-token-file`, of `shoal run` and

@@ -511,6 +511,9 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
             add(&mut members, spec, args.verbose).await?;
         }
         let gateway_addr = args.gateway.to_string();
+        let gateway_metrics = free_addr("the gateway's metrics")?;
+        metrics.push(("gateway".to_string(), gateway_metrics));
+        let gateway_metrics = gateway_metrics.to_string();
         let spec = ChildSpec::new(
             "gateway",
             &[
@@ -523,6 +526,10 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
                 &calls_addr,
                 "--control-plane",
                 &servers,
+                "--metrics-listen",
+                &gateway_metrics,
+                "--metrics-token-file",
+                &metrics_token,
                 "--exit-with-parent",
             ],
             logs.join("gateway.log"),

@@ -339,6 +339,18 @@ fn after_up_the_client_commands_work_with_no_flags_over_tls() {
     assert!(text.contains("shoal_node_instances"), "{text}");
     let (status, _) = support::http_with("GET", &url, &[], b"");
     assert_eq!(status, 401);
+    let line = _up
+        .out
+        .wait_for(T, |l| {
+            l.starts_with("  gateway ") && l.ends_with("/metrics")
+        })
+        .unwrap_or_else(|| panic!("no gateway metrics address: {:#?}", _up.out.all()));
+    let url = line.split_whitespace().nth(1).unwrap().to_string();
+    let (status, text) = support::http_with("GET", &url, &[("authorization", &bearer)], b"");
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("shoal_gateway_"), "{text}");
+    let (status, _) = support::http_with("GET", &url, &[], b"");
+    assert_eq!(status, 401);
     let (redis_url, _) = member(&_up, "redis");
     assert!(redis_url.starts_with("redis://127.0.0.1:"), "{redis_url}");
     assert!(!redis_url.contains('@'), "{redis_url}");

@@ -50,6 +50,7 @@ pub mod rest;
 pub mod routes;
 pub mod spec;
 pub mod stats;
+pub mod trace;
 pub mod wasm;
 pub mod workload;
 

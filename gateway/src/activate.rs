@@ -6,6 +6,7 @@
 
 use crate::answer;
 use crate::gateway::Gateway;
+use crate::observe::Refusal;
 use crate::proxy::ProxyBody;
 use crate::table::{AppRoute, AppStats};
 use http::{HeaderValue, Response};
@@ -41,7 +42,11 @@ impl Hold {
         request_id: impl Fn() -> HeaderValue,
     ) -> Result<Arc<AppRoute>, Response<ProxyBody>> {
         if stats.held.load(Ordering::Relaxed) >= MAX_HELD {
+            stats.events.refused(Refusal::HeldLimit);
             return Err(answer::too_many_held(&app.key, MAX_HELD, &request_id()));
+        }
+        if self.since.is_none() {
+            stats.events.holds.fetch_add(1, Ordering::Relaxed);
         }
         let since = *self.since.get_or_insert_with(std::time::Instant::now);
         stats.held.fetch_add(1, Ordering::Relaxed);
@@ -49,7 +54,10 @@ impl Hold {
         stats.held.fetch_sub(1, Ordering::Relaxed);
         match found {
             Waited::Ready(a) => Ok(a),
-            Waited::HeldByQuota => Err(answer::held_by_quota(&app.key, &request_id())),
+            Waited::HeldByQuota => {
+                stats.events.refused(Refusal::Quota);
+                Err(answer::held_by_quota(&app.key, &request_id()))
+            }
             Waited::TimedOut => {
                 let waited = self.since.map(|t| t.elapsed()).unwrap_or_default();
                 Err(answer::no_ready_instance(&app.key, waited, &request_id()))
@@ -60,7 +68,9 @@ impl Hold {
     /// The request is answered: if it was held, its wait is a cold start.
     pub fn answered(&self, app: &AppKey, stats: &AppStats) {
         if let Some(t) = self.since {
-            let ms = t.elapsed().as_millis() as u64;
+            let waited = t.elapsed();
+            stats.events.cold_starts.observe(waited);
+            let ms = waited.as_millis() as u64;
             tracing::debug!(app = %app, ms, "cold start: held request answered");
             stats
                 .cold_starts_ms
@@ -239,6 +249,8 @@ mod tests {
         assert_eq!(stats.held.load(Ordering::Relaxed), 0);
         hold.answered(&app.key, &stats);
         assert_eq!(stats.cold_starts_ms.lock().unwrap().len(), 1);
+        assert_eq!(stats.events.holds.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.events.cold_starts.snapshot().count(), 1);
         // A request that was never held is no cold start.
         Hold::default().answered(&app.key, &stats);
         assert_eq!(stats.cold_starts_ms.lock().unwrap().len(), 1);
@@ -271,5 +283,6 @@ mod tests {
             .await
             .expect_err("held");
         assert_eq!(refused.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(app.stats.events.refusals(Refusal::HeldLimit), 1);
     }
 }

@@ -8,6 +8,7 @@ use crate::body::{Outgoing, Upstream};
 use crate::headers::{HOST_NAME, INSTANCE_NAME};
 use crate::pool::{Outbound, Pool, PoolError};
 use crate::table::Endpoint;
+use crate::trace::TRACEPARENT;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 use shoal_api::routes::INSTANCE_HEADER;
@@ -45,11 +46,13 @@ pub(crate) enum Outcome {
     Unsendable(http::Error),
 }
 
-/// Sends `req` with `body` to `ep`, answering by `deadline` at the latest.
+/// Sends `req` with `body` to `ep`, answering by `deadline` at the latest,
+/// with `traceparent` naming this attempt's span.
 pub(crate) async fn send(
     pool: &Arc<Pool>,
     ep: &Endpoint,
     req: &Request<'_>,
+    traceparent: &HeaderValue,
     body: &mut Outgoing,
     deadline: tokio::time::Instant,
 ) -> Outcome {
@@ -62,14 +65,15 @@ pub(crate) async fn send(
             } else {
                 ep.host_header()
             };
-            let both = [
+            let all = [
                 (&INSTANCE_NAME, &ep.instance_header),
+                (&TRACEPARENT, traceparent),
                 (&HOST_NAME, &fallback_host),
             ];
             let extra = if fallback_host.is_empty() {
-                &both[..1]
+                &all[..2]
             } else {
-                &both[..]
+                &all[..]
             };
             let send = pool.send_buffered(Outbound {
                 address: &ep.address,
@@ -100,6 +104,8 @@ pub(crate) async fn send(
             *out.headers_mut() = req.headers.clone();
             out.headers_mut()
                 .insert(INSTANCE_HEADER, ep.instance_header.clone());
+            out.headers_mut()
+                .insert(TRACEPARENT.clone(), traceparent.clone());
             if !out.headers().contains_key(header::HOST) {
                 out.headers_mut().insert(header::HOST, ep.host_header());
             }
@@ -173,6 +179,10 @@ mod tests {
         }
     }
 
+    fn tp() -> HeaderValue {
+        HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    }
+
     fn soon() -> tokio::time::Instant {
         tokio::time::Instant::now() + Duration::from_secs(30)
     }
@@ -188,7 +198,15 @@ mod tests {
         let pool = Pool::new(Duration::from_secs(1));
         let headers = HeaderMap::new();
         let mut body = Outgoing::Replay(Bytes::new());
-        let outcome = send(&pool, &endpoint(&addr), &get(&headers), &mut body, soon()).await;
+        let outcome = send(
+            &pool,
+            &endpoint(&addr),
+            &get(&headers),
+            &tp(),
+            &mut body,
+            soon(),
+        )
+        .await;
         let Outcome::Answered {
             status, headers, ..
         } = outcome
@@ -200,6 +218,12 @@ mod tests {
         let head = head.await.unwrap();
         assert!(head.starts_with("GET /p?q=1 HTTP/1.1\r\n"), "{head}");
         assert!(head.contains("x-shoal-instance: w-0\r\n"), "{head}");
+        assert!(
+            head.contains(
+                "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n"
+            ),
+            "{head}"
+        );
         // No Host from the client: the node's address stands in.
         let authority = addr.trim_start_matches("http://");
         assert!(head.contains(&format!("host: {authority}\r\n")), "{head}");
@@ -213,7 +237,15 @@ mod tests {
         let pool = Pool::new(Duration::from_secs(1));
         let headers = HeaderMap::new();
         let mut body = Outgoing::Replay(Bytes::new());
-        let outcome = send(&pool, &endpoint(&addr), &get(&headers), &mut body, soon()).await;
+        let outcome = send(
+            &pool,
+            &endpoint(&addr),
+            &get(&headers),
+            &tp(),
+            &mut body,
+            soon(),
+        )
+        .await;
         assert!(matches!(outcome, Outcome::Refused(_)));
     }
 
@@ -223,7 +255,15 @@ mod tests {
         let pool = Pool::new(Duration::from_secs(1));
         let headers = HeaderMap::new();
         let mut body = Outgoing::Replay(Bytes::new());
-        let outcome = send(&pool, &endpoint(&addr), &get(&headers), &mut body, soon()).await;
+        let outcome = send(
+            &pool,
+            &endpoint(&addr),
+            &get(&headers),
+            &tp(),
+            &mut body,
+            soon(),
+        )
+        .await;
         assert!(matches!(outcome, Outcome::Failed(_)));
     }
 
@@ -237,7 +277,15 @@ mod tests {
         let headers = HeaderMap::new();
         let mut body = Outgoing::Replay(Bytes::new());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        let outcome = send(&pool, &endpoint(&addr), &get(&headers), &mut body, deadline).await;
+        let outcome = send(
+            &pool,
+            &endpoint(&addr),
+            &get(&headers),
+            &tp(),
+            &mut body,
+            deadline,
+        )
+        .await;
         assert!(matches!(outcome, Outcome::TimedOut));
     }
 
@@ -264,9 +312,9 @@ mod tests {
             headers: &headers,
             idempotent: true,
         };
-        let first = send(&pool, &ep, &req, &mut body, soon()).await;
+        let first = send(&pool, &ep, &req, &tp(), &mut body, soon()).await;
         assert!(matches!(first, Outcome::Answered { .. }));
-        let again = send(&pool, &ep, &req, &mut body, soon()).await;
+        let again = send(&pool, &ep, &req, &tp(), &mut body, soon()).await;
         assert!(matches!(again, Outcome::Spent));
     }
 }

@@ -93,6 +93,14 @@ impl Outgoing {
     pub fn replayable(&self) -> bool {
         matches!(self, Self::Replay(_))
     }
+
+    /// The body's length, if known: read whole, or declared.
+    pub fn known_len(&self) -> Option<u64> {
+        match self {
+            Self::Replay(b) => Some(b.len() as u64),
+            Self::Stream(s) => s.as_ref().and_then(|s| s.size_hint().exact()),
+        }
+    }
 }
 
 /// A request body on its way to a node: what was read before forwarding
@@ -307,8 +315,14 @@ impl http_body::Body for Relayed {
     }
 }
 
+/// What a body's guard is told as the body goes: the bytes sent.
+pub(crate) trait Meter {
+    fn sent(&mut self, bytes: u64);
+}
+
 pin_project_lite::pin_project! {
-    /// A body that holds `guard` until it ends or is dropped.
+    /// A body that holds `guard` until it ends or is dropped, and tells it
+    /// the bytes that went through.
     pub struct Guarded<B, G> {
         #[pin]
         inner: B,
@@ -325,7 +339,7 @@ impl<B, G> Guarded<B, G> {
     }
 }
 
-impl<B: http_body::Body, G> http_body::Body for Guarded<B, G> {
+impl<B: http_body::Body<Data = Bytes>, G: Meter> http_body::Body for Guarded<B, G> {
     type Data = B::Data;
     type Error = B::Error;
 
@@ -335,8 +349,16 @@ impl<B: http_body::Body, G> http_body::Body for Guarded<B, G> {
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let r = this.inner.poll_frame(cx);
-        if let Poll::Ready(None) | Poll::Ready(Some(Err(_))) = &r {
-            this.guard.take();
+        match &r {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(guard)) = (frame.data_ref(), this.guard.as_mut()) {
+                    guard.sent(data.len() as u64);
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                this.guard.take();
+            }
+            Poll::Pending => {}
         }
         r
     }

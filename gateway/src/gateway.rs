@@ -7,8 +7,8 @@ use dashmap::DashMap;
 use shoal_api::objects::AppKey;
 use shoal_api::routes::RouteTable;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -33,6 +33,9 @@ pub struct GatewayConfig {
     /// passed on (see [`crate::headers::forward_headers`]); nobody's by
     /// default.
     pub trusted_proxies: crate::headers::TrustedProxies,
+    /// Where each request's line goes ([`crate::access`]); none: no
+    /// access log.
+    pub access_log: Option<Arc<crate::access::AccessLog>>,
 }
 
 impl GatewayConfig {
@@ -60,6 +63,7 @@ impl Default for GatewayConfig {
             token: None,
             node_tls: Arc::default(),
             trusted_proxies: Default::default(),
+            access_log: None,
         }
     }
 }
@@ -75,6 +79,10 @@ pub(crate) struct Shared {
     /// Whether a route table has arrived since start.
     has_table: AtomicBool,
     table_updates: tokio::sync::watch::Sender<u64>,
+    /// When the last table arrived.
+    table_updated: Mutex<Option<Instant>>,
+    /// Answers to requests no app took (404, 400).
+    pub(crate) unrouted: crate::observe::Counters,
     pub(crate) config: GatewayConfig,
     /// The control plane, for activation requests (none without one, or
     /// when its address cannot make a client).
@@ -106,6 +114,8 @@ impl Gateway {
             tenants: Default::default(),
             has_table: AtomicBool::new(false),
             table_updates: tokio::sync::watch::channel(0).0,
+            table_updated: Mutex::new(None),
+            unrouted: Default::default(),
             calls_tls: RwLock::new(None),
             control: config.control_plane.as_deref().and_then(|cp| {
                 config
@@ -213,8 +223,29 @@ impl Gateway {
             "route table updated"
         );
         *self.shared.table.write().unwrap_or_else(|p| p.into_inner()) = t;
+        *self
+            .shared
+            .table_updated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         self.shared.has_table.store(true, Ordering::Relaxed);
         self.shared.table_updates.send_modify(|v| *v += 1);
+    }
+
+    /// How long ago the last route table arrived (none yet: `None`), and
+    /// how many have.
+    pub fn table_age(&self) -> (Option<Duration>, u64) {
+        let at = *self
+            .shared
+            .table_updated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        (at.map(|t| t.elapsed()), *self.shared.table_updates.borrow())
+    }
+
+    /// Answers to requests no app took.
+    pub fn unrouted(&self) -> &crate::observe::Counters {
+        &self.shared.unrouted
     }
 
     pub fn has_table(&self) -> bool {

@@ -34,7 +34,12 @@
 //!   gateway's own HTTP/1.1 client ([`h1`]) for bodies in memory and
 //!   hyper's for streamed ones.
 //! - [`h1`]: the gateway's own HTTP/1.1 client, behind a small surface.
-//! - [`metrics`]: per-app load reports to the control plane (autoscaling).
+//! - [`metrics`]: per-app load and traffic reports to the control plane
+//!   (autoscaling, `shoal top`).
+//! - [`observe`]: what is recorded of each request (atomic counters per
+//!   app and revision, each request's record until its answer ends);
+//!   [`prom`] serves them to Prometheus behind a token, [`access`] writes
+//!   the access log, [`trace`] carries W3C trace context to the nodes.
 //! - [`server`]: the listener, with header, size and idle limits (JSON 400
 //!   and 431 answers); one single-threaded worker per core, each with its
 //!   own socket (`SO_REUSEPORT`, on an address no other process listens on)
@@ -44,6 +49,7 @@
 //! - [`tls`]: the certificates presented to clients, chosen by SNI, from
 //!   files (re-read when they change) and from the control plane.
 
+pub mod access;
 pub mod activate;
 pub mod answer;
 pub mod attempt;
@@ -55,14 +61,17 @@ pub mod h1;
 pub mod headers;
 pub mod limit;
 pub mod metrics;
+pub mod observe;
 pub mod path;
 pub mod pool;
+pub mod prom;
 pub mod proxy;
 pub mod retry;
 pub mod route;
 pub mod server;
 pub mod table;
 pub mod tls;
+pub mod trace;
 pub mod watch;
 
 pub use gateway::{Gateway, GatewayConfig};

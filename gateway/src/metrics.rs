@@ -1,6 +1,9 @@
 //! Reporting load to the control plane for the autoscaler: each app's
 //! in-flight requests sampled every 100 ms and averaged, and its request
-//! count, sent once per interval in one message for all apps.
+//! count, sent once per interval in one message for all apps; with them,
+//! for `shoal top` and the dashboard, its answers over the interval by
+//! status class, their latency histogram and bytes sent (the difference
+//! of the request path's counters since the last report).
 
 use crate::proxy::Gateway;
 use shoal_api::objects::AppKey;
@@ -19,6 +22,7 @@ struct Acc {
     in_flight_sum: u64,
     samples: u32,
     requests_at_last_report: u64,
+    traffic_at_last_report: crate::observe::Snapshot,
 }
 
 /// Reports this gateway's load to the control plane, as `name`, forever.
@@ -68,13 +72,15 @@ pub async fn report(gateway: Arc<Gateway>, name: String) {
             let requests = s.requests.load(Ordering::Relaxed);
             let cold_starts_ms =
                 std::mem::take(&mut *s.cold_starts_ms.lock().unwrap_or_else(|p| p.into_inner()));
+            let traffic = s.total();
             apps.push(AppMetrics {
                 app: key.clone(),
                 concurrency: a.in_flight_sum as f64 / f64::from(a.samples.max(1)),
                 requests: requests.saturating_sub(a.requests_at_last_report),
                 cold_starts_ms,
-                traffic: Default::default(),
+                traffic: traffic.since(&a.traffic_at_last_report).to_traffic(),
             });
+            a.traffic_at_last_report = traffic;
             a.in_flight_sum = 0;
             a.samples = 0;
             a.requests_at_last_report = requests;

@@ -23,8 +23,10 @@
 
 use crate::activate::Hold;
 use crate::attempt::{self, Outcome};
-use crate::body::{Capped, Guarded, Outgoing, RequestBodyError};
+use crate::body::{Capped, Guarded, Meter, Outgoing, RequestBodyError};
 use crate::headers::{self, ClientHost};
+use crate::limit::Refused;
+use crate::observe::{Exchange, Refusal};
 use crate::retry::Retries;
 use crate::route::{self, Counted};
 use crate::table::{AppRoute, InFlight};
@@ -34,6 +36,7 @@ use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use tracing::Instrument;
 
 pub use crate::activate::MAX_HELD;
 pub use crate::answer::error;
@@ -66,21 +69,38 @@ impl Gateway {
         B::Error: Into<BoxError>,
         G: Send + Sync + 'static,
     {
-        let routed = match peer.node() {
-            None => route::route(&self.table(), &mut req).map(|(app, host)| (app, host, None)),
-            Some(node) => route::call(&self.table(), &mut req)
-                .map(|(app, host, caller)| (app, host, Some(caller)))
-                .inspect_err(|refused| {
-                    tracing::debug!(%node, status = %refused.status(), "call between apps refused at the calls entry");
-                }),
+        // Its trace, its clock, its log line.
+        let mut exchange = Exchange::start(&self, &mut req, peer);
+        let routed = {
+            let _route =
+                tracing::debug_span!(parent: &exchange.trace.span, "gateway.route").entered();
+            match peer.node() {
+                None => {
+                    route::route(&self.table(), &mut req).map(|(app, host)| (app, host, None))
+                }
+                Some(node) => route::call(&self.table(), &mut req)
+                    .map(|(app, host, caller)| (app, host, Some(caller)))
+                    .inspect_err(|refused| {
+                        tracing::debug!(%node, status = %refused.status(), "call between apps refused at the calls entry");
+                    }),
+            }
         };
-        let (app, host, caller) = match routed {
+        let (mut app, host, caller) = match routed {
             Ok(routed) => routed,
-            Err(not_found) => return not_found,
+            Err(not_found) => return self.answer(exchange, not_found),
         };
+        exchange.routed(&app, host.as_str(), &req);
         // The namespace's limits at this gateway: 429 at once past them.
         let admitted = match app.tenant.as_ref().map(|t| t.admit()) {
-            Some(Err(refused)) => return crate::limit::refusal(&app.key, refused),
+            Some(Err(refused)) => {
+                app.stats.events.refused(match refused {
+                    Refused::Rate { .. } => Refusal::Rate,
+                    Refused::Concurrency { .. } => Refusal::Concurrency,
+                });
+                let resp = crate::limit::refusal(&app.key, refused);
+                exchange.app = Some(app);
+                return self.answer(exchange, resp);
+            }
             Some(Ok(admitted)) => Some(admitted),
             None => None,
         };
@@ -91,26 +111,64 @@ impl Gateway {
         // stream), not from headers an HTTP/2 client need not send.
         let body = (!body.is_end_stream()).then(|| Capped::new(body, app.max_body));
         let forwarded = match prepare(&app, parts, body, peer, host, caller).await {
-            Ok(prepared) => self.forward(app, counted.stats(), prepared).await,
+            Ok(prepared) => {
+                self.forward(&mut app, counted.stats(), prepared, &mut exchange)
+                    .await
+            }
             Err(resp) => Err(resp),
         };
+        exchange.app = Some(app);
         match forwarded {
             // One box for the body, holding every guard until it ends.
-            Ok((parts, body, in_flight)) => Response::from_parts(
-                parts,
-                Guarded::new(body, (in_flight, counted, admitted, guard)).boxed(),
-            ),
-            Err(resp) => resp,
+            Ok((parts, body, in_flight)) => {
+                exchange.status = parts.status.as_u16();
+                let answer = Answer {
+                    exchange,
+                    gateway: self,
+                    in_flight: Some(in_flight),
+                    _guards: (counted, admitted, guard),
+                };
+                Response::from_parts(parts, Guarded::new(body, answer).boxed())
+            }
+            Err(resp) => {
+                drop((counted, admitted));
+                self.answer(exchange, resp)
+            }
         }
     }
 
+    /// An answer the gateway gives itself, counted when it has been sent.
+    fn answer(
+        self: Arc<Self>,
+        mut exchange: Exchange,
+        resp: Response<ProxyBody>,
+    ) -> Response<ProxyBody> {
+        exchange.status = resp.status().as_u16();
+        if let Some(entry) = &mut exchange.log
+            && entry.request_id.is_empty()
+            && let Some(id) = resp.headers().get(&headers::REQUEST_ID)
+        {
+            entry.request_id = id.to_str().unwrap_or_default().to_string();
+        }
+        let answer = Answer {
+            exchange,
+            gateway: self,
+            in_flight: None,
+            _guards: (),
+        };
+        resp.map(|b| Guarded::new(b, answer).boxed())
+    }
+
     /// The stages after preparing: the answer's head and body and the
-    /// endpoint's in-flight guard, or the answer to give instead.
+    /// endpoint's in-flight guard, or the answer to give instead. `app`
+    /// becomes the route the request was answered by (a held request's is
+    /// that of the table that brought it an instance).
     async fn forward(
         &self,
-        mut app: Arc<AppRoute>,
+        app: &mut Arc<AppRoute>,
         stats: &AppStats,
         prepared: Prepared,
+        exchange: &mut Exchange,
     ) -> Result<(http::response::Parts, Relayed, InFlight), Response<ProxyBody>> {
         let Prepared {
             method,
@@ -118,6 +176,7 @@ impl Gateway {
             headers,
             mut body,
         } = prepared;
+        exchange.prepared(&headers, body.known_len());
         let request_id = || headers::request_id(&headers);
         let mut retries = Retries::new(&method);
         let request = attempt::Request {
@@ -137,8 +196,10 @@ impl Gateway {
         };
         while retries.attempts_left() {
             if retries.tried().is_empty() && !app.has_endpoints() {
-                app = hold
-                    .until_ready(self, &app, stats, deadline, request_id)
+                let held = tracing::debug_span!(parent: &exchange.trace.span, "gateway.hold");
+                *app = hold
+                    .until_ready(self, app, stats, deadline, request_id)
+                    .instrument(held)
                     .await?;
                 continue;
             }
@@ -146,8 +207,22 @@ impl Gateway {
                 break;
             };
             retries.sending_to(ep.clone());
+            exchange.attempts += 1;
+            if exchange.attempts > 1 {
+                stats.events.retries.fetch_add(1, Ordering::Relaxed);
+            }
+            let (span, traceparent) = exchange.trace.attempt(exchange.attempts, &ep);
             let in_flight = ep.start();
-            match attempt::send(&self.pool, &ep, &request, &mut body, deadline).await {
+            let sent = attempt::send(&self.pool, &ep, &request, &traceparent, &mut body, deadline);
+            let outcome = sent.await;
+            if let Outcome::Answered { status, .. } = &outcome {
+                span.record("http.response.status_code", status.as_u16());
+            } else {
+                span.record("error", true);
+                exchange.endpoint = Some(ep.clone());
+            }
+            drop(span);
+            match outcome {
                 Outcome::Answered {
                     status,
                     headers: mut answer_headers,
@@ -156,6 +231,7 @@ impl Gateway {
                     let endpoints = app.endpoint_count();
                     if retries.after_answer(status, body.replayable(), endpoints, budget) {
                         last_error = format!("instance {} answered {status}", ep.instance);
+                        exchange.endpoint = Some(ep.clone());
                         continue;
                     }
                     ep.health.succeeded();
@@ -168,6 +244,9 @@ impl Gateway {
                 }
                 Outcome::Refused(e) => {
                     let d = eject::after_failure(&ep.health, false, false);
+                    if d.is_some() {
+                        stats.events.ejections.fetch_add(1, Ordering::Relaxed);
+                    }
                     tracing::warn!(app = %app.key, request_id = ?request_id(), node = %ep.node, address = %ep.address, error = %root_cause(&e), ejected_for = ?d, "cannot connect to node; trying another endpoint");
                     last_error = format!("cannot connect to node {}: {}", ep.node, root_cause(&e));
                 }
@@ -180,7 +259,11 @@ impl Gateway {
                     last_error = format!("node {} failed: {}", ep.node, root_cause(&e));
                     tracing::warn!(app = %app.key, request_id = ?request_id(), node = %ep.node, instance = %ep.instance, error = %root_cause(&e), "forwarding failed");
                     let replayable = body.replayable();
-                    eject::after_failure(&ep.health, true, retries.could_resend(replayable));
+                    if eject::after_failure(&ep.health, true, retries.could_resend(replayable))
+                        .is_some()
+                    {
+                        stats.events.ejections.fetch_add(1, Ordering::Relaxed);
+                    }
                     if !retries.after_failure(replayable, app.endpoint_count(), budget) {
                         break;
                     }
@@ -208,6 +291,31 @@ impl Gateway {
         let id = request_id();
         tracing::warn!(app = %app.key, request_id = ?id, reason = %last_error, "no instance could serve the request");
         Err(answer::bad_gateway(&app.key, &id))
+    }
+}
+
+/// What an answer's body holds until it has been sent: the request's
+/// record, counted and logged then ([`Exchange::finish`]), the endpoint's
+/// in-flight count, and `G`, the other guards (the app's and namespace's
+/// counts, the connection's).
+struct Answer<G> {
+    exchange: Exchange,
+    gateway: Arc<Gateway>,
+    in_flight: Option<InFlight>,
+    /// Dropped with the answer, after it is counted.
+    _guards: G,
+}
+
+impl<G> Meter for Answer<G> {
+    fn sent(&mut self, bytes: u64) {
+        self.exchange.bytes_out += bytes;
+    }
+}
+
+impl<G> Drop for Answer<G> {
+    fn drop(&mut self) {
+        let answered_by = self.in_flight.as_ref().map(InFlight::endpoint);
+        self.exchange.finish(&self.gateway, answered_by);
     }
 }
 

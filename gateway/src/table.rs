@@ -9,6 +9,7 @@
 //! so a table update does not forget that an endpoint is failing.
 
 use crate::eject::Health;
+use crate::observe::{Counters, Events, Snapshot};
 use dashmap::DashMap;
 use dashmap::DashMap as StatsMap;
 use shoal_api::manifest::LoadBalancing;
@@ -26,6 +27,8 @@ pub struct Endpoint {
     /// `instance` as a header value, made once.
     pub instance_header: http::HeaderValue,
     pub node: String,
+    /// The app's revision the instance runs.
+    pub revision: u64,
     /// `http://host:port` of the node.
     pub address: Arc<str>,
     /// Requests sent and not yet answered completely.
@@ -33,6 +36,9 @@ pub struct Endpoint {
     /// Requests ever sent (breaks ties between equally loaded endpoints).
     sent: AtomicU64,
     pub health: Arc<Health>,
+    /// Its revision's answers ([`AppStats::revision`]), counted here so
+    /// that recording an answer looks nothing up.
+    pub(crate) traffic: Arc<Counters>,
 }
 
 impl Endpoint {
@@ -66,6 +72,12 @@ impl Endpoint {
 #[derive(Debug)]
 pub struct InFlight(Arc<Endpoint>);
 
+impl InFlight {
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.0
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
@@ -95,10 +107,16 @@ impl Endpoints {
         }
     }
 
-    fn get_or_insert(&self, e: &shoal_api::routes::Endpoint) -> Arc<Endpoint> {
+    fn get_or_insert(
+        &self,
+        e: &shoal_api::routes::Endpoint,
+        revision: u64,
+        traffic: &Arc<Counters>,
+    ) -> Arc<Endpoint> {
         let address = e.address.trim_end_matches('/');
         if let Some(found) = self.map.get(&e.instance)
             && *found.address == *address
+            && found.revision == revision
         {
             return found.clone();
         }
@@ -112,10 +130,12 @@ impl Endpoints {
                 .unwrap_or_else(|_| http::HeaderValue::from_static("invalid")),
             instance: e.instance.clone(),
             node: e.node.clone(),
+            revision,
             address: Arc::from(address),
             outstanding: AtomicUsize::new(0),
             sent: AtomicU64::new(0),
             health,
+            traffic: traffic.clone(),
         });
         self.map.insert(e.instance.clone(), ep.clone());
         ep
@@ -170,7 +190,8 @@ impl AppRoute {
     }
 }
 
-/// Request counters of one app, for the autoscaler and the retry budget.
+/// Request counters of one app, for the autoscaler, the retry budget, the
+/// metrics and the traffic reports ([`crate::observe`]).
 #[derive(Debug, Default)]
 pub struct AppStats {
     /// Requests being served now.
@@ -192,6 +213,44 @@ pub struct AppStats {
     /// How many more requests may be sent again ([`crate::retry`]); its
     /// deposits are `requests`.
     pub retry_budget: crate::retry::RetryBudget,
+    /// Answers given before any instance was chosen (refusals, holds that
+    /// found none).
+    pub traffic: Counters,
+    /// Answers by revision, one entry per revision ever routed to (kept,
+    /// so that their counts only grow).
+    revisions: Mutex<Vec<Arc<Counters>>>,
+    /// Retries, ejections, holds, cold starts, refusals.
+    pub events: Events,
+}
+
+impl AppStats {
+    /// The counters of `revision`, made the first time it is seen.
+    pub fn revision(&self, revision: u64) -> Arc<Counters> {
+        let mut all = self.revisions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = all.iter().find(|c| c.revision == Some(revision)) {
+            return c.clone();
+        }
+        let c = Arc::new(Counters::for_revision(revision));
+        all.push(c.clone());
+        c
+    }
+
+    /// Every revision's counters, and those of answers before one was
+    /// chosen.
+    pub fn each_counters(&self, mut f: impl FnMut(&Counters)) {
+        f(&self.traffic);
+        let all = self.revisions.lock().unwrap_or_else(|p| p.into_inner());
+        for c in all.iter() {
+            f(c);
+        }
+    }
+
+    /// All of the app's answers so far, summed over its revisions.
+    pub fn total(&self) -> Snapshot {
+        let mut sum = Snapshot::default();
+        self.each_counters(|c| sum.add(&c.snapshot()));
+        sum
+    }
 }
 
 /// Routes for one host (or for any host): path prefixes, longest first.
@@ -330,14 +389,17 @@ fn app_route(
         backends: ra
             .backends
             .iter()
-            .map(|b| Backend {
-                revision: b.revision,
-                weight: b.weight,
-                endpoints: b
-                    .endpoints
-                    .iter()
-                    .map(|e| endpoints.get_or_insert(e))
-                    .collect(),
+            .map(|b| {
+                let traffic = stats.revision(b.revision);
+                Backend {
+                    revision: b.revision,
+                    weight: b.weight,
+                    endpoints: b
+                        .endpoints
+                        .iter()
+                        .map(|e| endpoints.get_or_insert(e, b.revision, &traffic))
+                        .collect(),
+                }
             })
             .collect(),
         scale_from_zero: ra.scale_from_zero,

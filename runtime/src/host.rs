@@ -136,6 +136,10 @@ pub struct OutboundPolicy {
     app: String,
     caller: AppKey,
     calls: Option<Arc<dyn AppCalls>>,
+    /// The trace context of the request being served (`traceparent`, and
+    /// `tracestate` if any): put on the guest's outgoing requests that
+    /// carry none of their own.
+    trace: Option<(http::HeaderValue, Option<http::HeaderValue>)>,
 }
 
 /// What sending an outgoing request resolves to (as `send_request` returns it).
@@ -156,6 +160,24 @@ fn denied() -> Sent {
 }
 
 impl OutboundPolicy {
+    /// Puts the served request's trace context on an outgoing request
+    /// whose guest set no `traceparent`.
+    fn carry_trace<B>(&self, request: &mut http::Request<B>) {
+        use shoal_api::trace::{TRACEPARENT, TRACESTATE};
+        let Some((parent, state)) = &self.trace else {
+            return;
+        };
+        let h = request.headers_mut();
+        if h.contains_key(TRACEPARENT) {
+            return;
+        }
+        h.insert(TRACEPARENT, parent.clone());
+        h.remove(TRACESTATE);
+        if let Some(state) = state {
+            h.insert(TRACESTATE, state.clone());
+        }
+    }
+
     /// A request to `host`, which names an app (its last label is `svc`):
     /// refused unless it names an app the manifest allows and there is a
     /// way to reach it; never sent to the network.
@@ -226,6 +248,8 @@ impl WasiHttpHooks for OutboundPolicy {
             > + Send,
     > {
         drop(fut);
+        let mut request = request;
+        self.carry_trace(&mut request);
         let host = request.uri().host().unwrap_or_default().to_string();
         if shoal_api::calls::is_app_host(&host) {
             return self.call_app(request, &host);
@@ -521,6 +545,7 @@ impl ComponentHost {
                 app: format!("{}/{}", caps.namespace, caps.app),
                 caller: AppKey::new(&*caps.namespace, &*caps.app),
                 calls: caps.calls.clone(),
+                trace: None,
             },
             caps,
             limiter: MemoryLimiter::new(memory),
@@ -530,6 +555,16 @@ impl ComponentHost {
 }
 
 impl ComponentHost {
+    /// The trace context of the request this instance serves now, for its
+    /// outgoing requests (none: they carry only what the guest sets).
+    pub(crate) fn set_trace(
+        &mut self,
+        parent: Option<http::HeaderValue>,
+        state: Option<http::HeaderValue>,
+    ) {
+        self.hooks.trace = parent.map(|p| (p, state));
+    }
+
     /// What the `wasi:keyvalue` host functions use.
     pub(crate) fn kv_view(&mut self) -> crate::kv::host::KvView<'_> {
         crate::kv::host::KvView::new(&self.caps, &mut self.table)
@@ -544,5 +579,56 @@ impl P1Host {
             deadline: None,
             env: RawEnv::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_api::trace::{TRACEPARENT, TRACESTATE};
+
+    const SERVED: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn policy(trace: Option<(&'static str, Option<&'static str>)>) -> OutboundPolicy {
+        OutboundPolicy {
+            grants: Grants::default(),
+            app: "default/web".into(),
+            caller: AppKey::new("default", "web"),
+            calls: None,
+            trace: trace.map(|(p, s)| {
+                (
+                    http::HeaderValue::from_static(p),
+                    s.map(http::HeaderValue::from_static),
+                )
+            }),
+        }
+    }
+
+    fn request(headers: &[(&'static str, &'static str)]) -> http::Request<()> {
+        let mut b = http::Request::get("http://users.default.svc/");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn outgoing_requests_carry_the_served_trace_unless_the_guest_set_one() {
+        let p = policy(Some((SERVED, Some("v=1"))));
+        let mut plain = request(&[("tracestate", "mine=2")]);
+        p.carry_trace(&mut plain);
+        assert_eq!(plain.headers()[TRACEPARENT], SERVED);
+        assert_eq!(plain.headers()[TRACESTATE], "v=1");
+
+        let own = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut traced = request(&[("traceparent", own), ("tracestate", "mine=2")]);
+        p.carry_trace(&mut traced);
+        assert_eq!(traced.headers()[TRACEPARENT], own);
+        assert_eq!(traced.headers()[TRACESTATE], "mine=2");
+
+        // A request served without a trace adds none.
+        let mut none = request(&[]);
+        policy(None).carry_trace(&mut none);
+        assert!(none.headers().get(TRACEPARENT).is_none());
     }
 }

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tracing::Instrument;
 use wasmtime::component::Linker as ComponentLinker;
 use wasmtime::{Engine, InstancePre, Linker, Store};
 use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
@@ -263,31 +264,49 @@ impl HttpApp {
     /// A failure is counted and logged once, where it is found: here for a
     /// request refused before any guest runs, in the guest's task for how
     /// its run ended, and in `serve_*` for a response the guest got wrong.
-    pub async fn handle<B>(self: &Arc<Self>, req: Request<B>) -> Response<ResponseBody>
+    pub async fn handle<B>(self: &Arc<Self>, mut req: Request<B>) -> Response<ResponseBody>
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
+        let span = tracing::debug_span!(
+            "wasm.request",
+            otel.kind = "server",
+            shoal.app = %self.name,
+            http.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        crate::trace::continue_in(&span, req.headers_mut());
         let arrived = Instant::now();
-        let resp = self.serve(req).await;
+        let resp = self.serve(req, &span).await;
         self.meters
             .app
             .response(resp.status().as_u16(), arrived.elapsed());
+        if !span.is_disabled() {
+            span.record("http.response.status_code", resp.status().as_u16());
+            if resp.status().is_server_error() {
+                span.record("otel.status_code", "error");
+            }
+        }
         resp
     }
 
     /// Serves a request of the host's own (a health check): as
     /// [`handle`](Self::handle), but not counted among the app's
-    /// responses (its guest's time and memory are).
+    /// responses (its guest's time and memory are), and in no trace.
     pub async fn probe<B>(self: &Arc<Self>, req: Request<B>) -> Response<ResponseBody>
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        self.serve(req).await
+        self.serve(req, &tracing::Span::none()).await
     }
 
-    async fn serve<B>(self: &Arc<Self>, req: Request<B>) -> Response<ResponseBody>
+    async fn serve<B>(
+        self: &Arc<Self>,
+        req: Request<B>,
+        span: &tracing::Span,
+    ) -> Response<ResponseBody>
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -339,12 +358,12 @@ impl HttpApp {
         let result = match &self.handler {
             Handler::Proxy(pre) => {
                 self.clone()
-                    .serve_component(pre.clone(), parts, body, permit, deadline, overflow)
+                    .serve_component(pre.clone(), parts, body, permit, deadline, overflow, span)
                     .await
             }
             Handler::Cgi(pre) => {
                 self.clone()
-                    .serve_cgi(pre.clone(), parts, body, permit, deadline, overflow)
+                    .serve_cgi(pre.clone(), parts, body, permit, deadline, overflow, span)
                     .await
             }
         };
@@ -531,10 +550,17 @@ impl HttpApp {
         permit: OwnedSemaphorePermit,
         deadline: Instant,
         overflow: Arc<Overflow>,
+        span: &tracing::Span,
     ) -> Result<Response<ResponseBody>, Failure> {
         let max_body = self.spec.limits.max_body.bytes();
         let head_request = parts.method == http::Method::HEAD;
         ensure_authority(&mut parts);
+        // What the guest's outgoing requests carry on.
+        let trace = (
+            parts.headers.get(shoal_api::trace::TRACEPARENT).cloned(),
+            parts.headers.get(shoal_api::trace::TRACESTATE).cloned(),
+        );
+        let span = span.clone();
         let body = body.map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
                 wasmtime_wasi_http::Error::HttpRequestBodySize(None)
@@ -552,6 +578,7 @@ impl HttpApp {
             let _permit = permit;
             let began = Instant::now();
             let run = async {
+                let mut instance = "warm";
                 let (mut store, proxy, served, answered) = match app.take_warm() {
                     Some(w) => {
                         app.stats.warm_hits.fetch_add(1, Ordering::Relaxed);
@@ -565,13 +592,20 @@ impl HttpApp {
                             app.prepare_next(&pre);
                         }
                         let (store, proxy) = match prepared {
-                            Some(p) => p,
+                            Some(p) => {
+                                instance = "prepared";
+                                p
+                            }
                             None => {
+                                instance = "fresh";
                                 let mut store = app.component_store()?;
                                 store.data_mut().deadline = Some(deadline);
                                 let t0 = Instant::now();
+                                let instantiating =
+                                    tracing::debug_span!(parent: &span, "wasm.instantiate");
                                 let proxy = pre
                                     .instantiate_async(&mut store)
+                                    .instrument(instantiating)
                                     .await
                                     .map_err(|e| Failure::from_error(&e))?;
                                 app.note_instantiation(t0.elapsed(), true);
@@ -589,6 +623,7 @@ impl HttpApp {
                     }
                 };
                 store.data_mut().deadline = Some(deadline);
+                store.data_mut().set_trace(trace.0, trace.1);
                 let incoming = store
                     .data_mut()
                     .http()
@@ -606,9 +641,15 @@ impl HttpApp {
                     None => http.new_response_outparam(tx),
                 }
                 .map_err(|e| Failure::Internal(format!("{e:#}")))?;
+                let running = tracing::debug_span!(
+                    parent: &span,
+                    "wasm.run",
+                    shoal.instance = instance,
+                );
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, incoming, out)
+                    .instrument(running)
                     .await
                     .map_err(|e| Failure::from_error(&e))?;
                 Ok((store, proxy, served, answered))
@@ -679,9 +720,11 @@ impl HttpApp {
         permit: OwnedSemaphorePermit,
         deadline: Instant,
         overflow: Arc<Overflow>,
+        span: &tracing::Span,
     ) -> Result<Response<ResponseBody>, Failure> {
         let max_body = self.spec.limits.max_body.bytes();
         let head_request = parts.method == http::Method::HEAD;
+        let span = span.clone();
         let b = host::sandbox(self.caps.env(), &self.spec.grants, &[self.name.as_str()]);
         let mut b = b.map_err(|e| self.found(Failure::Internal(e.to_string())))?;
         let env = cgi_env(&parts, self.caps.env());
@@ -712,10 +755,16 @@ impl HttpApp {
             store.data_mut().deadline = Some(deadline);
             let run = async {
                 let t0 = Instant::now();
-                let instance = pre.instantiate_async(&mut store).await?;
+                let instantiating = tracing::debug_span!(parent: &span, "wasm.instantiate");
+                let instance = pre
+                    .instantiate_async(&mut store)
+                    .instrument(instantiating)
+                    .await?;
                 app.note_instantiation(t0.elapsed(), true);
                 let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
-                start.call_async(&mut store, ()).await
+                let running =
+                    tracing::debug_span!(parent: &span, "wasm.run", shoal.instance = "fresh");
+                start.call_async(&mut store, ()).instrument(running).await
             };
             let run = async {
                 match run.await {

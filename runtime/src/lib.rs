@@ -34,6 +34,7 @@ pub mod logs;
 pub mod meter;
 pub mod outcome;
 pub mod server;
+mod trace;
 pub mod worker;
 
 pub use artifact::{BinaryKind, CompileCache, CompileSource, Compiled, Digest};

@@ -744,3 +744,207 @@ async fn a_namespace_past_its_rate_gets_429_until_its_budget_refills() {
         "{statuses:?}"
     );
 }
+
+/// A node answering each request with the `traceparent` and `tracestate`
+/// it got (`-` for none), one a line.
+async fn trace_node() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let get = |name: &str| {
+                            let all: Vec<_> = req
+                                .headers()
+                                .get_all(name)
+                                .iter()
+                                .map(|v| v.to_str().unwrap_or("?").to_string())
+                                .collect();
+                            if all.is_empty() {
+                                "-".to_string()
+                            } else {
+                                all.join("|")
+                            }
+                        };
+                        let text = format!("{}\n{}\n", get("traceparent"), get("tracestate"));
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
+                            text,
+                        ))))
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// A writer into memory, for the access log.
+#[derive(Clone, Default)]
+struct Memory(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Memory {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Polls `cond` every 10 ms for up to 10 s.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn each_answer_is_counted_logged_and_carries_the_trace_on() {
+    const CLIENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let address = trace_node().await;
+    let out = Memory::default();
+    let log = Arc::new(crate::access::AccessLog::to_writer(
+        Box::new(out.clone()),
+        64,
+    ));
+    let gw = Gateway::new(GatewayConfig {
+        access_log: Some(log.clone()),
+        ..GatewayConfig::default()
+    });
+    gw.set_table(&RouteTable {
+        limits: Vec::new(),
+        apps: vec![RouteApp {
+            app: AppKey::new("default", "web"),
+            routes: vec![Route {
+                host: None,
+                path: "/".into(),
+            }],
+            load_balancing: LoadBalancing::default(),
+            timeout_ms: 30_000,
+            max_body: 1 << 20,
+            backends: vec![Backend {
+                revision: 7,
+                weight: 100,
+                endpoints: vec![RouteEndpoint {
+                    instance: "web-0".into(),
+                    node: "n1".into(),
+                    address: address.clone(),
+                }],
+            }],
+            scale_from_zero: false,
+        }],
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(crate::server::serve(
+        listener,
+        gw.clone(),
+        std::future::pending::<()>(),
+        Default::default(),
+    ));
+    let client = reqwest::Client::new();
+    let send = |path: &str, headers: &[(&str, &str)]| {
+        let mut b = client.get(format!("http://{addr}{path}"));
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.send()
+    };
+
+    // A client's valid trace goes on, with the gateway's attempt as the
+    // parent, and its state beside it.
+    let resp = send(
+        "/a/./b?token=s3cret",
+        &[
+            ("traceparent", CLIENT),
+            ("tracestate", "vendor=x"),
+            ("authorization", "Bearer very-secret"),
+            ("x-request-id", "req-1"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = resp.text().await.unwrap();
+    let mut lines = got.lines();
+    let sent = shoal_api::trace::TraceParent::parse(lines.next().unwrap().as_bytes())
+        .unwrap_or_else(|| panic!("no valid traceparent at the node: {got}"));
+    assert_eq!(sent.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_ne!(
+        sent.parent_id,
+        [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]
+    );
+    assert_eq!(lines.next(), Some("vendor=x"));
+
+    // A malformed one is replaced, and its state dropped.
+    let bad = "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01";
+    let resp = send("/", &[("traceparent", bad), ("tracestate", "vendor=x")])
+        .await
+        .unwrap();
+    let got = resp.text().await.unwrap();
+    let mut lines = got.lines();
+    let first = lines.next().unwrap();
+    assert_ne!(first, bad);
+    let sent = shoal_api::trace::TraceParent::parse(first.as_bytes()).unwrap();
+    assert_ne!(sent.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(lines.next(), Some("-"));
+
+    // A path refused: no app, counted apart.
+    let resp = send("/a%00", &[]).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let _ = resp.bytes().await;
+
+    eventually("three log lines", || log.written() == 3).await;
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    assert!(!text.contains("s3cret"), "{text}");
+    assert!(!text.contains("very-secret"), "{text}");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let first = &lines[0];
+    assert_eq!(first["request_id"], "req-1");
+    assert_eq!(first["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(first["method"], "GET");
+    assert_eq!(first["path"], "/a/b");
+    assert_eq!(first["app"], "default/web");
+    assert_eq!(first["revision"], 7);
+    assert_eq!(first["node"], "n1");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["attempts"], 1);
+    assert_eq!(first["bytes_in"], 0);
+    assert!(first["bytes_out"].as_u64().unwrap() > 55, "{first}");
+    assert!(first["duration_ms"].as_f64().unwrap() > 0.0, "{first}");
+    assert!(first["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(first["time"].as_str().unwrap().ends_with('Z'), "{first}");
+    let refused = &lines[2];
+    assert_eq!(refused["status"], 400);
+    assert_eq!(refused["app"], serde_json::Value::Null);
+    assert_eq!(refused["attempts"], 0);
+
+    let metrics = crate::prom::render(&gw).unwrap();
+    for line in [
+        r#"shoal_gateway_requests_total{namespace="default",app="web",revision="7",code_class="2xx"} 2"#,
+        r#"shoal_gateway_request_duration_seconds_count{namespace="default",app="web",revision="7"} 2"#,
+        r#"shoal_gateway_unrouted_requests_total{code_class="4xx"} 1"#,
+        r#"shoal_gateway_requests_in_flight{namespace="default",app="web"} 0"#,
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+    let bytes_out =
+        lines[0]["bytes_out"].as_u64().unwrap() + lines[1]["bytes_out"].as_u64().unwrap();
+    let bytes_line = format!(
+        r#"shoal_gateway_response_bytes_total{{namespace="default",app="web",revision="7"}} {bytes_out}"#
+    );
+    assert!(
+        metrics.contains(&bytes_line),
+        "{bytes_line} not in\n{metrics}"
+    );
+}
