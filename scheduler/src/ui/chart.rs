@@ -29,13 +29,15 @@ fn label(v: f64) -> String {
     }
 }
 
-/// The chart of `lines` (values in `unit`), or "no data" when none has a
-/// point.
-pub(crate) fn render(title: &str, lines: &[Line<'_>], unit: &str) -> Markup {
+/// The chart of `lines` (values in `unit`) over the times `span` (the
+/// whole series', so charts of one series share their time axis, even
+/// where a line has no point), or "no data" when no line has a point.
+pub(crate) fn render(title: &str, lines: &[Line<'_>], unit: &str, span: (u64, u64)) -> Markup {
     let all = || lines.iter().flat_map(|l| l.points.iter());
-    let (Some(t0), Some(t1)) = (all().map(|p| p.0).min(), all().map(|p| p.0).max()) else {
+    let (Some(first), Some(last)) = (all().map(|p| p.0).min(), all().map(|p| p.0).max()) else {
         return html! { p.nodata.chart-empty { "No data yet: traffic shows here once the gateways report it." } };
     };
+    let (t0, t1) = (first.min(span.0), last.max(span.1));
     let peak = all().map(|p| p.1).fold(0.0_f64, f64::max);
     let top = if peak > 0.0 { peak * 1.1 } else { 1.0 };
     let span = (t1 - t0).max(1) as f64;
@@ -91,10 +93,31 @@ mod tests {
                 points: vec![],
             }],
             "",
+            (0, 0),
         )
         .into_string();
         assert!(out.contains("No data yet"), "{out}");
         assert!(!out.contains("<svg"), "{out}");
+    }
+
+    /// A line with one point, late in the series, is drawn where its time
+    /// falls on the series' axis, not at its start.
+    #[test]
+    fn a_lone_point_sits_at_its_time() {
+        let points = vec![(61_000, 4.0)];
+        let out = render(
+            "x",
+            &[Line {
+                label: "p99",
+                class: "l2",
+                points,
+            }],
+            " ms",
+            (1_000, 61_000),
+        )
+        .into_string();
+        assert!(out.contains(r#"<circle class="l2" cx="592""#), "{out}");
+        assert!(out.contains("1 min ago"), "{out}");
     }
 
     #[test]
@@ -108,6 +131,7 @@ mod tests {
                 points,
             }],
             "",
+            (1_000, 61_000),
         )
         .into_string();
         assert!(out.contains("<polyline"), "{out}");

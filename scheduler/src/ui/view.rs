@@ -475,6 +475,10 @@ pub(crate) fn app_live(d: &AppDetail, stats: Option<&AppStats>, now_ms: u64) -> 
     let mut instances: Vec<&Instance> = d.instances.iter().collect();
     instances.sort_by(|a, b| a.created_at_ms.cmp(&b.created_at_ms).then(a.id.cmp(&b.id)));
     let series = stats.map(|s| s.series.as_slice()).unwrap_or_default();
+    let span = (
+        series.first().map_or(0, |p| p.at_ms),
+        series.last().map_or(0, |p| p.at_ms),
+    );
     let rps = Line {
         label: "requests/s",
         class: "l1",
@@ -528,11 +532,11 @@ pub(crate) fn app_live(d: &AppDetail, stats: Option<&AppStats>, now_ms: u64) -> 
         div.charts {
             section.card #requests-chart {
                 h2 { "Requests" }
-                (chart::render("Requests per second", &[rps, errors], ""))
+                (chart::render("Requests per second", &[rps, errors], "", span))
             }
             section.card #latency-chart {
                 h2 { "Latency" }
-                (chart::render("Latency", &[p50, p99], " ms"))
+                (chart::render("Latency", &[p50, p99], " ms", span))
             }
         }
         section.card {
