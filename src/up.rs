@@ -647,6 +647,15 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
         "control plane",
         cp.urls.first().map(String::as_str).unwrap_or_default()
     );
+    if let Some(url) = cp.urls.first() {
+        outln!(
+            "Dashboard: {url}/ui/ (sign in with the admin token in {}; the browser must trust the CA {})",
+            cp.token_dir
+                .join(shoal_scheduler::auth::ADMIN_TOKEN_FILE)
+                .display(),
+            cp.ca_file.display()
+        );
+    }
     outln!("Press Ctrl-C to stop everything.");
 
     let outcome = keep_running(&mut members, args.verbose, &mut stop).await;
