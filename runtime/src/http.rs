@@ -278,7 +278,9 @@ impl HttpApp {
         );
         crate::trace::continue_in(&span, req.headers_mut());
         let arrived = Instant::now();
-        let resp = self.serve(req, &span).await;
+        // The span is current while the request is served: the guest's
+        // spans are its children.
+        let resp = self.serve(req).instrument(span.clone()).await;
         self.meters
             .app
             .response(resp.status().as_u16(), arrived.elapsed());
@@ -299,14 +301,10 @@ impl HttpApp {
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        self.serve(req, &tracing::Span::none()).await
+        self.serve(req).await
     }
 
-    async fn serve<B>(
-        self: &Arc<Self>,
-        req: Request<B>,
-        span: &tracing::Span,
-    ) -> Response<ResponseBody>
+    async fn serve<B>(self: &Arc<Self>, req: Request<B>) -> Response<ResponseBody>
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -358,12 +356,12 @@ impl HttpApp {
         let result = match &self.handler {
             Handler::Proxy(pre) => {
                 self.clone()
-                    .serve_component(pre.clone(), parts, body, permit, deadline, overflow, span)
+                    .serve_component(pre.clone(), parts, body, permit, deadline, overflow)
                     .await
             }
             Handler::Cgi(pre) => {
                 self.clone()
-                    .serve_cgi(pre.clone(), parts, body, permit, deadline, overflow, span)
+                    .serve_cgi(pre.clone(), parts, body, permit, deadline, overflow)
                     .await
             }
         };
@@ -550,7 +548,6 @@ impl HttpApp {
         permit: OwnedSemaphorePermit,
         deadline: Instant,
         overflow: Arc<Overflow>,
-        span: &tracing::Span,
     ) -> Result<Response<ResponseBody>, Failure> {
         let max_body = self.spec.limits.max_body.bytes();
         let head_request = parts.method == http::Method::HEAD;
@@ -560,7 +557,7 @@ impl HttpApp {
             parts.headers.get(shoal_api::trace::TRACEPARENT).cloned(),
             parts.headers.get(shoal_api::trace::TRACESTATE).cloned(),
         );
-        let span = span.clone();
+        let span = tracing::Span::current();
         let body = body.map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
                 wasmtime_wasi_http::Error::HttpRequestBodySize(None)
@@ -720,11 +717,10 @@ impl HttpApp {
         permit: OwnedSemaphorePermit,
         deadline: Instant,
         overflow: Arc<Overflow>,
-        span: &tracing::Span,
     ) -> Result<Response<ResponseBody>, Failure> {
         let max_body = self.spec.limits.max_body.bytes();
         let head_request = parts.method == http::Method::HEAD;
-        let span = span.clone();
+        let span = tracing::Span::current();
         let b = host::sandbox(self.caps.env(), &self.spec.grants, &[self.name.as_str()]);
         let mut b = b.map_err(|e| self.found(Failure::Internal(e.to_string())))?;
         let env = cgi_env(&parts, self.caps.env());
