@@ -96,7 +96,15 @@ struct ClassLabels {
 /// A histogram whose buckets were counted elsewhere (the request path's
 /// atomics), set once per scrape.
 #[derive(Debug, Default)]
-struct Counted(OnceLock<(f64, u64, Vec<(f64, u64)>)>);
+struct Counted(OnceLock<Buckets>);
+
+/// A histogram's sum, count, and (upper bound, count) per bucket.
+#[derive(Debug)]
+struct Buckets {
+    sum: f64,
+    count: u64,
+    buckets: Vec<(f64, u64)>,
+}
 
 impl Counted {
     /// Sets it from `latency`, in seconds.
@@ -110,7 +118,11 @@ impl Counted {
             })
             .collect();
         let sum = latency.sum_us as f64 / 1_000_000.0;
-        let _ = self.0.set((sum, latency.count(), buckets));
+        let _ = self.0.set(Buckets {
+            sum,
+            count: latency.count(),
+            buckets,
+        });
     }
 }
 
@@ -121,9 +133,7 @@ impl TypedMetric for Counted {
 impl EncodeMetric for Counted {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         match self.0.get() {
-            Some((sum, count, buckets)) => {
-                encoder.encode_histogram::<NoLabelSet>(*sum, *count, buckets, None)
-            }
+            Some(b) => encoder.encode_histogram::<NoLabelSet>(b.sum, b.count, &b.buckets, None),
             None => Ok(()),
         }
     }
