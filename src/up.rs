@@ -453,11 +453,15 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
         // it again.
         let calls_addr = match args.calls {
             Some(a) => a,
-            None => std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .context("finding a free port for the gateway's calls entry")?,
+            None => free_addr("the gateway's calls entry")?,
         }
         .to_string();
+        // Prometheus metrics of every node and the gateway, on free
+        // loopback ports, to holders of one scrape token.
+        let metrics_token = dir.join("metrics.token");
+        secret_file(&metrics_token, "a token for metrics scrapers")?;
+        let metrics_token = metrics_token.display().to_string();
+        let mut metrics = Vec::new();
         let calls_url = format!("https://{calls_addr}");
         let redis = match args.kv {
             kv::KvChoice::Redis => {
@@ -468,6 +472,9 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
         for i in 1..=args.nodes {
             let name = format!("node-{i}");
             let embedded = dir.join("kv").join(format!("{name}.redb"));
+            let metrics_addr = free_addr("a node's metrics")?;
+            metrics.push((name.clone(), metrics_addr));
+            let metrics_addr = metrics_addr.to_string();
             let mut spec = ChildSpec::new(
                 name.clone(),
                 &[
@@ -486,6 +493,10 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
                     &cache,
                     "--gateway",
                     &calls_url,
+                    "--metrics-listen",
+                    &metrics_addr,
+                    "--metrics-token-file",
+                    &metrics_token,
                     "--exit-with-parent",
                 ],
                 logs.join(format!("{name}.log")),
@@ -500,6 +511,9 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
             add(&mut members, spec, args.verbose).await?;
         }
         let gateway_addr = args.gateway.to_string();
+        let gateway_metrics = free_addr("the gateway's metrics")?;
+        metrics.push(("gateway".to_string(), gateway_metrics));
+        let gateway_metrics = gateway_metrics.to_string();
         let spec = ChildSpec::new(
             "gateway",
             &[
@@ -512,6 +526,10 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
                 &calls_addr,
                 "--control-plane",
                 &servers,
+                "--metrics-listen",
+                &gateway_metrics,
+                "--metrics-token-file",
+                &metrics_token,
                 "--exit-with-parent",
             ],
             logs.join("gateway.log"),
@@ -519,7 +537,7 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
         .env("SHOAL_TOKEN", &gateway_token);
         let gateway = add(&mut members, spec, args.verbose).await?;
         let context = write_client_config(&cp.urls, &cp.ca_file, &cp.admin)?;
-        anyhow::Ok((cp, gateway, client, context))
+        anyhow::Ok((cp, gateway, client, context, metrics, metrics_token))
     };
     // Ctrl-C is heard from the start: a slow first build of the demo can be
     // interrupted.
@@ -527,7 +545,7 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
         r = result => r,
         _ = &mut stop => Err(anyhow!("interrupted")),
     };
-    let (cp, gateway, client, context) = match started {
+    let (cp, gateway, client, context, metrics, metrics_token) = match started {
         Ok(urls) => urls,
         Err(e) => {
             stop_all(&mut members).await;
@@ -619,6 +637,25 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
                 .display()
         ),
     }
+    outln!();
+    outln!("Prometheus metrics, for the bearer token in {metrics_token}:");
+    for (name, addr) in &metrics {
+        outln!("  {name:<15} http://{addr}/metrics");
+    }
+    outln!(
+        "  {:<15} {}/metrics (with an admin or viewer token)",
+        "control plane",
+        cp.urls.first().map(String::as_str).unwrap_or_default()
+    );
+    if let Some(url) = cp.urls.first() {
+        outln!(
+            "Dashboard: {url}/ui/ (sign in with the admin token in {}; the browser must trust the CA {})",
+            cp.token_dir
+                .join(shoal_scheduler::auth::ADMIN_TOKEN_FILE)
+                .display(),
+            cp.ca_file.display()
+        );
+    }
     outln!("Press Ctrl-C to stop everything.");
 
     let outcome = keep_running(&mut members, args.verbose, &mut stop).await;
@@ -626,6 +663,29 @@ pub async fn up(args: UpArgs, request_timeout: Duration) -> anyhow::Result<()> {
     stop_all(&mut members).await;
     outln!("Stopped.");
     outcome
+}
+
+/// A secret kept in `file` (mode 0600), made at the first start and read
+/// back after.
+pub(crate) fn secret_file(file: &Path, what: &str) -> anyhow::Result<String> {
+    match std::fs::read_to_string(file) {
+        Ok(p) if !p.trim().is_empty() => return Ok(p.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+    }
+    let secret = shoal_scheduler::auth::Secret::generate().with_context(|| what.to_string())?;
+    shoal_pki::write_file(file, secret.expose().as_bytes(), 0o600)
+        .with_context(|| format!("writing {}", file.display()))?;
+    Ok(secret.expose().to_string())
+}
+
+/// A free loopback address for `what` to listen on, known before it
+/// starts.
+pub(crate) fn free_addr(what: &str) -> anyhow::Result<std::net::SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .with_context(|| format!("finding a free port for {what}"))
 }
 
 /// The context of the client config that `shoal up` writes.

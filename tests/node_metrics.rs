@@ -336,7 +336,7 @@ fn metrics_without_a_token_refuse_to_start() {
                 "--metrics-token-file",
                 &empty,
             ],
-            "is empty",
+            "characters or more",
         ),
         (
             vec![

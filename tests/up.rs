@@ -325,13 +325,44 @@ fn after_up_the_client_commands_work_with_no_flags_over_tls() {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "{file}");
     }
+    // Every node serves Prometheus metrics on the address `up` prints, to
+    // the holder of the scrape token only.
+    let metrics_token = std::fs::read_to_string(dir.path().join("metrics.token")).unwrap();
+    let line = _up
+        .out
+        .wait_for(T, |l| l.starts_with("  node-1 ") && l.ends_with("/metrics"))
+        .unwrap_or_else(|| panic!("no metrics address: {:#?}", _up.out.all()));
+    let url = line.split_whitespace().nth(1).unwrap().to_string();
+    let bearer = format!("Bearer {}", metrics_token.trim());
+    let (status, text) = support::http_with("GET", &url, &[("authorization", &bearer)], b"");
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("shoal_node_instances"), "{text}");
+    let (status, _) = support::http_with("GET", &url, &[], b"");
+    assert_eq!(status, 401);
+    let line = _up
+        .out
+        .wait_for(T, |l| {
+            l.starts_with("  gateway ") && l.ends_with("/metrics")
+        })
+        .unwrap_or_else(|| panic!("no gateway metrics address: {:#?}", _up.out.all()));
+    let url = line.split_whitespace().nth(1).unwrap().to_string();
+    let (status, text) = support::http_with("GET", &url, &[("authorization", &bearer)], b"");
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("shoal_gateway_"), "{text}");
+    let (status, _) = support::http_with("GET", &url, &[], b"");
+    assert_eq!(status, 401);
     let (redis_url, _) = member(&_up, "redis");
     assert!(redis_url.starts_with("redis://127.0.0.1:"), "{redis_url}");
     assert!(!redis_url.contains('@'), "{redis_url}");
     for entry in std::fs::read_dir(dir.path().join("logs")).unwrap() {
         let path = entry.unwrap().path();
         let log = std::fs::read_to_string(&path).unwrap();
-        for secret in [admin.trim(), join.trim(), redis.trim()] {
+        for secret in [
+            admin.trim(),
+            join.trim(),
+            redis.trim(),
+            metrics_token.trim(),
+        ] {
             assert!(!log.contains(secret), "{} holds a token", path.display());
         }
     }

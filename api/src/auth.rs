@@ -332,6 +332,11 @@ impl fmt::Debug for SecretToken {
     }
 }
 
+/// The shortest token a metrics token file (`--metrics-token-file` of
+/// the node, the gateway and `shoal run`) may hold, without white space
+/// inside: a scrape token is a secret, not a password to remember.
+pub const MIN_METRICS_TOKEN_LEN: usize = 16;
+
 /// The code of a `401` answer.
 pub const UNAUTHENTICATED: &str = "unauthenticated";
 /// The code of a `403` answer.

@@ -31,7 +31,7 @@ use subtle::ConstantTimeEq as _;
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// The shortest token a metrics token file may hold.
-pub const MIN_TOKEN_LEN: usize = 16;
+pub use shoal_api::auth::MIN_METRICS_TOKEN_LEN as MIN_TOKEN_LEN;
 
 /// Why a metrics token file cannot be used.
 #[derive(Debug, thiserror::Error)]

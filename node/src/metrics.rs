@@ -514,19 +514,24 @@ pub enum MetricsError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("the metrics token file {0} is empty: put the token scrapers send in it")]
-    Empty(std::path::PathBuf),
+    #[error(
+        "the metrics token file {0} holds no token of {min} characters or more (without spaces): put the token scrapers send in it",
+        min = shoal_api::auth::MIN_METRICS_TOKEN_LEN
+    )]
+    TooShort(std::path::PathBuf),
 }
 
-/// The token in `path` (surrounding whitespace ignored); refused if empty.
+/// The token in `path` (surrounding whitespace ignored); refused if
+/// shorter than [`shoal_api::auth::MIN_METRICS_TOKEN_LEN`] or holding
+/// white space, as the gateway's is.
 pub fn read_token_file(path: &std::path::Path) -> Result<SecretToken, MetricsError> {
     let text = std::fs::read_to_string(path).map_err(|source| MetricsError::Read {
         path: path.to_path_buf(),
         source,
     })?;
     let token = text.trim();
-    if token.is_empty() {
-        return Err(MetricsError::Empty(path.to_path_buf()));
+    if token.len() < shoal_api::auth::MIN_METRICS_TOKEN_LEN || token.contains(char::is_whitespace) {
+        return Err(MetricsError::TooShort(path.to_path_buf()));
     }
     Ok(SecretToken::new(token.to_string()))
 }

@@ -238,7 +238,13 @@ pub(crate) fn routes() -> Vec<Route> {
     ]
 }
 
+/// The API, with the web dashboard (`/ui`, [`crate::ui`]) beside it.
 pub fn router(cp: ControlPlane) -> Router {
+    crate::ui::mount(api_router(cp.clone()), cp)
+}
+
+/// The `/v1` API alone: what the dashboard calls as its signed-in person.
+fn api_router(cp: ControlPlane) -> Router {
     routes()
         .into_iter()
         .fold(Router::new(), |r, route| {

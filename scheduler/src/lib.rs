@@ -56,3 +56,4 @@ pub mod state;
 pub mod stats;
 pub mod store;
 pub mod tls;
+pub mod ui;

@@ -120,6 +120,8 @@ pub async fn serve_tls_router(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = TlsListener::new(listener, config)?;
+    // The dashboard marks its session cookie `Secure` over TLS.
+    let router = router.layer(axum::Extension(crate::ui::ServedOverTls));
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await

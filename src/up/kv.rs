@@ -44,22 +44,7 @@ async fn redis_binary() -> anyhow::Result<PathBuf> {
 
 /// The password of the cluster's Redis, made at the first start.
 fn password(dir: &Path) -> anyhow::Result<String> {
-    let file = dir.join("password");
-    match std::fs::read_to_string(&file) {
-        Ok(p) if !p.trim().is_empty() => return Ok(p.trim().to_string()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
-    }
-    let secret = shoal_scheduler::auth::Secret::generate().context("a password for Redis")?;
-    shoal_pki::write_file(&file, secret.expose().as_bytes(), 0o600)
-        .with_context(|| format!("writing {}", file.display()))?;
-    Ok(secret.expose().to_string())
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port for Redis")?;
-    Ok(l.local_addr()?.port())
+    super::secret_file(&dir.join("password"), "a password for Redis")
 }
 
 /// Starts redis-server under `dir` (DATA/redis) and waits until it
@@ -77,7 +62,7 @@ pub(super) async fn start_redis(
     let conf = dir.join("redis.conf");
     let mut last = None;
     for _ in 0..PORT_TRIES {
-        let port = free_port()?;
+        let port = super::free_addr("Redis")?.port();
         // Quoted as redis.conf reads strings: the directory may hold spaces.
         let text = format!(
             "bind 127.0.0.1\nport {port}\nprotected-mode yes\ndaemonize no\nlogfile \"\"\n\
