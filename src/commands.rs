@@ -469,6 +469,9 @@ pub async fn wait_ready(client: &Client, keys: &[AppKey], timeout: Duration) -> 
                     progress.note(&format!("  {} {}: {reason}", i.id, i.phase));
                 }
             }
+            if let Some(held) = app.rollout.held() {
+                progress.note(&format!("  {label}: rollout held: {held}"));
+            }
             match &app.rollout {
                 RolloutState::Failed { reason, .. } => {
                     progress.stop();
@@ -894,11 +897,16 @@ pub async fn describe(client: &Client, app: AppRef) -> anyhow::Result<()> {
     );
     outln!("Revision:     {}", a.current_revision);
     match &a.rollout {
-        RolloutState::Progressing { since_ms } => outln!(
-            "Rollout:      in progress for {} (stable revision {})",
-            age(*since_ms, now),
-            a.stable_revision
-        ),
+        RolloutState::Progressing { since_ms, held } => {
+            outln!(
+                "Rollout:      in progress for {} (stable revision {})",
+                age(*since_ms, now),
+                a.stable_revision
+            );
+            if let Some(held) = held {
+                outln!("              held: {held}");
+            }
+        }
         RolloutState::Complete { .. } => outln!("Rollout:      complete"),
         RolloutState::Failed { reason, .. } => outln!(
             "Rollout:      FAILED: {reason} (revision {} serves)",

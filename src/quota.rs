@@ -1,6 +1,7 @@
-//! `shoal quota set|get|remove`: what a namespace may hold and ask for.
+//! `shoal quota set|get|remove`: what a namespace may hold and ask for,
+//! and (`--default`) the default quota of namespaces without their own.
 //! Setting and removing are for the cluster's admin; any token of a
-//! namespace reads its own quota.
+//! namespace reads its own quota (and so what the default gives it).
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 use crate::client::Client;
@@ -10,19 +11,23 @@ use crate::table;
 use clap::{Args, Subcommand};
 use shoal_api::endpoints::ListQuery;
 use shoal_api::manifest::DEFAULT_NAMESPACE;
-use shoal_api::quota::{Quota, QuotaView};
+use shoal_api::quota::{MAX_CPU_WEIGHT, MIN_CPU_WEIGHT, Quota, QuotaView};
 use shoal_api::{ByteSize, Duration};
 use std::str::FromStr;
 
 #[derive(Subcommand, Debug)]
 pub enum QuotaCommand {
-    /// Set limits of a namespace (admin of the cluster only). Limits not
-    /// named keep their value; `none` removes one. Nothing running is
-    /// stopped: what comes next is held to the new limits.
+    /// Set limits of a namespace, or of the default quota (admin of the
+    /// cluster only). Limits not named keep their value (a namespace the
+    /// default holds starts from the default's); `none` removes one.
+    /// Nothing running is stopped: what comes next is held to the new
+    /// limits.
     Set(SetArgs),
-    /// Show a namespace's limits and what it holds.
+    /// Show a namespace's limits (its own, or the default's) and what it
+    /// holds, or the default quota.
     Get(GetArgs),
-    /// Remove a namespace's quota: no limits at all.
+    /// Remove a namespace's quota (the default then holds it, if there is
+    /// one; else no limits at all), or the default quota.
     #[command(alias = "delete", alias = "rm")]
     Remove(RemoveArgs),
 }
@@ -48,7 +53,13 @@ where
 
 #[derive(Args, Debug)]
 pub struct SetArgs {
-    pub namespace: String,
+    /// The namespace (or `--default`).
+    #[arg(required_unless_present = "default", conflicts_with = "default")]
+    pub namespace: Option<String>,
+    /// Set the default quota, which holds every namespace without a quota
+    /// of its own.
+    #[arg(long)]
+    pub default: bool,
     /// Apps in the namespace.
     #[arg(long, value_name = "N")]
     pub apps: Option<Setting<u32>>,
@@ -84,6 +95,20 @@ pub struct SetArgs {
     /// the control plane's `--max-module-size` holds too).
     #[arg(long, value_name = "SIZE")]
     pub max_module_size: Option<Setting<ByteSize>>,
+    /// The namespace's weight in each node's fair shares of guest time,
+    /// relative to other namespaces' (1 to 10000; `none`: the default,
+    /// 100).
+    #[arg(long, value_name = "N")]
+    pub cpu_weight: Option<Setting<u32>>,
+    /// Requests in flight to one app at each gateway: the most an app may
+    /// set (`limits.gateway-concurrency`), and what an app that sets none
+    /// gets.
+    #[arg(long, value_name = "N")]
+    pub app_concurrency: Option<Setting<u32>>,
+    /// Requests per second to one app at each gateway: the most an app may
+    /// set (`limits.gateway-rate`), and what an app that sets none gets.
+    #[arg(long, value_name = "N")]
+    pub app_rate: Option<Setting<u32>>,
 }
 
 #[derive(Args, Debug)]
@@ -93,6 +118,9 @@ pub struct GetArgs {
     /// Every namespace with a quota or an app.
     #[arg(short = 'A', long, conflicts_with = "namespace")]
     pub all_namespaces: bool,
+    /// The default quota itself (admin of the cluster only).
+    #[arg(long, conflicts_with_all = ["namespace", "all_namespaces"])]
+    pub default: bool,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
@@ -100,7 +128,12 @@ pub struct GetArgs {
 
 #[derive(Args, Debug)]
 pub struct RemoveArgs {
-    pub namespace: String,
+    /// The namespace (or `--default`).
+    #[arg(required_unless_present = "default", conflicts_with = "default")]
+    pub namespace: Option<String>,
+    /// Remove the default quota.
+    #[arg(long)]
+    pub default: bool,
 }
 
 impl SetArgs {
@@ -122,6 +155,9 @@ impl SetArgs {
         put(&mut quota.kv_keys, self.kv_keys);
         put(&mut quota.kv_bytes, self.kv_bytes);
         put(&mut quota.max_module_size, self.max_module_size);
+        put(&mut quota.cpu_weight, self.cpu_weight);
+        put(&mut quota.app_concurrency, self.app_concurrency);
+        put(&mut quota.app_rate, self.app_rate);
         quota
     }
 }
@@ -129,11 +165,41 @@ impl SetArgs {
 pub async fn run(client: &Client, cmd: QuotaCommand) -> anyhow::Result<()> {
     match cmd {
         QuotaCommand::Set(args) => {
-            let current = client.quota(&args.namespace).await?.quota;
-            let view = client
-                .set_quota(&args.namespace, args.change(current))
-                .await?;
-            outln!("quota/{} set: {}", view.namespace, view.quota.summary());
+            let namespace = args.namespace.clone();
+            let current = match &namespace {
+                Some(ns) => client.quota(ns).await?.quota,
+                None => client.default_quota().await?.quota.unwrap_or_default(),
+            };
+            let quota = args.change(current);
+            // Said here before anything is sent; the control plane checks
+            // the same.
+            if let Err(e) = quota.validate() {
+                anyhow::bail!("{e}");
+            }
+            match namespace {
+                Some(ns) => {
+                    let view = client.set_quota(&ns, quota).await?;
+                    outln!("quota/{} set: {}", view.namespace, view.quota.summary());
+                }
+                None => {
+                    let view = client.set_default_quota(quota).await?;
+                    let set = view.quota.unwrap_or_default();
+                    outln!("default quota set: {}", set.summary());
+                }
+            }
+            Ok(())
+        }
+        QuotaCommand::Get(args) if args.default => {
+            let view = client.default_quota().await?;
+            if matches!(args.output, OutputFormat::Json | OutputFormat::Yaml) {
+                return print_structured(&view, args.output);
+            }
+            match view.quota {
+                Some(q) => table::print(&["RESOURCE", "LIMIT"], &default_rows(&q)),
+                None => outln!(
+                    "No default quota: namespaces without a quota of their own have no limits."
+                ),
+            }
             Ok(())
         }
         QuotaCommand::Get(args) => {
@@ -158,70 +224,158 @@ pub async fn run(client: &Client, cmd: QuotaCommand) -> anyhow::Result<()> {
             Ok(())
         }
         QuotaCommand::Remove(args) => {
-            client.remove_quota(&args.namespace).await?;
-            outln!("quota/{} removed: no limits", args.namespace);
+            match args.namespace {
+                Some(ns) => {
+                    client.remove_quota(&ns).await?;
+                    let now = client.quota(&ns).await?;
+                    if now.from_default {
+                        outln!("quota/{ns} removed: the default quota holds it now");
+                    } else {
+                        outln!("quota/{ns} removed: no limits");
+                    }
+                }
+                None => {
+                    client.remove_default_quota().await?;
+                    outln!(
+                        "default quota removed: namespaces without a quota of their own have no limits"
+                    );
+                }
+            }
             Ok(())
         }
     }
 }
 
+/// What the rows show of one limit: the value as users write it, or `-`.
+fn show(v: Option<String>) -> String {
+    v.unwrap_or_else(|| "-".into())
+}
+
+/// The limits of a quota, as users write them (`-` for none), with the
+/// resource each holds and what each counts.
+fn limits(q: &Quota) -> [(&'static str, Option<String>); 14] {
+    [
+        ("apps", q.apps.map(|x| x.to_string())),
+        ("instances", q.instances.map(|x| x.to_string())),
+        ("memory", q.memory.map(|x| x.to_string())),
+        (
+            "concurrency",
+            q.concurrency.map(|x| format!("{x} per gateway")),
+        ),
+        ("rate", q.rate.map(|x| format!("{x}/s per gateway"))),
+        (
+            "app-concurrency",
+            q.app_concurrency
+                .map(|x| format!("{x} per app per gateway")),
+        ),
+        (
+            "app-rate",
+            q.app_rate.map(|x| format!("{x}/s per app per gateway")),
+        ),
+        ("max-memory", q.max_memory.map(|x| x.to_string())),
+        ("max-timeout", q.max_timeout.map(|x| x.to_string())),
+        ("max-body", q.max_body.map(|x| x.to_string())),
+        ("kv-keys", q.kv_keys.map(|x| x.to_string())),
+        ("kv-bytes", q.kv_bytes.map(|x| x.to_string())),
+        ("max-module-size", q.max_module_size.map(|x| x.to_string())),
+        // Not a limit: the weight every namespace has (the default unless
+        // set).
+        ("cpu-weight", Some(q.cpu_weight_or_default().to_string())),
+    ]
+}
+
+fn default_rows(q: &Quota) -> Vec<Vec<String>> {
+    limits(q)
+        .into_iter()
+        .map(|(resource, limit)| vec![resource.into(), show(limit)])
+        .collect()
+}
+
 /// One row per limit of each namespace: what it holds and its limit
 /// (`-` for none; request limits are counted at each gateway, and
-/// key-value usage by the stores, not here).
+/// key-value usage by the stores, not here). A limit that comes from the
+/// default quota says so.
 fn rows(views: &[QuotaView]) -> Vec<Vec<String>> {
-    let show = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     let mut rows = Vec::new();
     for v in views {
-        let (q, u) = (&v.quota, &v.usage);
-        let lines: [(&str, String, Option<String>); 11] = [
-            ("apps", u.apps.to_string(), q.apps.map(|x| x.to_string())),
-            (
-                "instances",
-                u.instances.to_string(),
-                q.instances.map(|x| x.to_string()),
-            ),
-            (
-                "memory",
-                u.memory.to_string(),
-                q.memory.map(|x| x.to_string()),
-            ),
-            (
-                "concurrency",
-                "-".into(),
-                q.concurrency.map(|x| format!("{x} per gateway")),
-            ),
-            (
-                "rate",
-                "-".into(),
-                q.rate.map(|x| format!("{x}/s per gateway")),
-            ),
-            (
-                "max-memory",
-                "-".into(),
-                q.max_memory.map(|x| x.to_string()),
-            ),
-            (
-                "max-timeout",
-                "-".into(),
-                q.max_timeout.map(|x| x.to_string()),
-            ),
-            ("max-body", "-".into(), q.max_body.map(|x| x.to_string())),
-            ("kv-keys", "-".into(), q.kv_keys.map(|x| x.to_string())),
-            ("kv-bytes", "-".into(), q.kv_bytes.map(|x| x.to_string())),
-            (
-                "max-module-size",
-                "-".into(),
-                q.max_module_size.map(|x| x.to_string()),
-            ),
-        ];
-        for (resource, used, limit) in lines {
-            rows.push(vec![
-                v.namespace.clone(),
-                resource.into(),
-                used,
-                show(limit),
-            ]);
+        let u = &v.usage;
+        for (resource, limit) in limits(&v.quota) {
+            let used = match resource {
+                "apps" => u.apps.to_string(),
+                "instances" => u.instances.to_string(),
+                "memory" => u.memory.to_string(),
+                _ => "-".into(),
+            };
+            let limit = match limit {
+                Some(l) if v.from_default => format!("{l} (default quota)"),
+                l => show(l),
+            };
+            rows.push(vec![v.namespace.clone(), resource.into(), used, limit]);
         }
     }
     rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: QuotaCommand,
+    }
+
+    fn parse(args: &[&str]) -> Result<QuotaCommand, clap::Error> {
+        Cli::try_parse_from(std::iter::once("quota").chain(args.iter().copied())).map(|c| c.cmd)
+    }
+
+    #[test]
+    fn a_namespace_or_the_default_is_named_never_both_nor_neither() {
+        assert!(matches!(
+            parse(&["set", "--default", "--apps", "3"]),
+            Ok(QuotaCommand::Set(SetArgs {
+                namespace: None,
+                default: true,
+                ..
+            }))
+        ));
+        assert!(parse(&["set", "team", "--default", "--apps", "3"]).is_err());
+        assert!(parse(&["set", "--apps", "3"]).is_err());
+        assert!(parse(&["rm", "--default"]).is_ok());
+        assert!(parse(&["rm"]).is_err());
+        assert!(parse(&["get", "--default", "-A"]).is_err());
+    }
+
+    #[test]
+    fn new_limits_are_put_and_a_weight_out_of_bounds_is_said_before_sending() {
+        let Ok(QuotaCommand::Set(args)) = parse(&[
+            "set",
+            "team",
+            "--cpu-weight",
+            "300",
+            "--app-concurrency",
+            "10",
+            "--app-rate",
+            "none",
+        ]) else {
+            panic!("parses");
+        };
+        let q = args.change(Quota {
+            app_rate: Some(5),
+            ..Quota::default()
+        });
+        assert_eq!(
+            (q.cpu_weight, q.app_concurrency, q.app_rate),
+            (Some(300), Some(10), None)
+        );
+        for w in [MIN_CPU_WEIGHT - 1, MAX_CPU_WEIGHT + 1] {
+            let q = Quota {
+                cpu_weight: Some(w),
+                ..Quota::default()
+            };
+            assert!(q.validate().unwrap_err().contains("out of range"), "{w}");
+        }
+    }
 }

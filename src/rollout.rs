@@ -135,12 +135,15 @@ fn describe_progress(d: &AppDetail) -> Standing {
                 format!("rollout failed: {reason}")
             })),
         ),
-        RolloutState::Progressing { .. } => {
+        RolloutState::Progressing { held, .. } => {
             let mut line = format!(
                 "Waiting for rollout of revision {target} to finish: {ready} of {want} updated replicas are ready"
             );
             for r in &rest {
                 line.push_str(&format!(", {r}"));
+            }
+            if let Some(held) = held {
+                line.push_str(&format!("; held: {held}"));
             }
             (line, None)
         }
@@ -148,6 +151,9 @@ fn describe_progress(d: &AppDetail) -> Standing {
     let mut message = format!("updated replicas ready (revision {target})");
     for r in &rest {
         message.push_str(&format!(", {r}"));
+    }
+    if let Some(held) = app.rollout.held() {
+        message.push_str(&format!("; held: {held}"));
     }
     Standing {
         step: crate::progress::Step {

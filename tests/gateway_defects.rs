@@ -226,6 +226,7 @@ fn fake_control_plane(node: &str) -> String {
                 }],
             }],
             scale_from_zero: false,
+            limits: Default::default(),
         }],
     };
     let line = format!("{}\n", serde_json::to_string(&table).unwrap());

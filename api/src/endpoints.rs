@@ -78,6 +78,10 @@ pub const QUOTAS: &str = "/v1/quotas";
 /// One namespace's quota: get (with what it holds), set (PUT, the whole
 /// quota), remove (DELETE).
 pub const QUOTA: &str = "/v1/namespaces/{ns}/quota";
+/// The default quota, which holds every namespace without one of its
+/// own: get, set (PUT, the whole quota), remove (DELETE). The cluster's
+/// admin's only.
+pub const DEFAULT_QUOTA: &str = "/v1/default-quota";
 /// A namespace's secrets: list (names and keys, never values).
 pub const SECRETS: &str = "/v1/namespaces/{ns}/secrets";
 /// One secret: get (names and keys), set (PUT, the whole contents),
@@ -144,6 +148,7 @@ pub const CONTROL_PLANE: &[&str] = &[
     INSTANCE_LOGS,
     QUOTAS,
     QUOTA,
+    DEFAULT_QUOTA,
     SECRETS,
     SECRET,
     NODE_INSTANCE_SECRETS,

@@ -10,7 +10,9 @@
 use crate::config::{ConfigValue, check_ref, valid_config_key};
 use crate::quantity::{ByteSize, Duration};
 use crate::spec::{RunSpec, ServeSpec};
-use crate::workload::{Backoff, DirGrant, Grants, Isolation, Limits, RestartPolicy, WorkloadKind};
+use crate::workload::{
+    Backoff, DirGrant, GatewayLimits, Grants, Isolation, Limits, RestartPolicy, WorkloadKind,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -60,7 +62,7 @@ struct ManifestFields {
     #[serde(default)]
     pub resources: Resources,
     #[serde(default)]
-    pub limits: Limits,
+    pub limits: ManifestLimits,
     #[serde(default)]
     pub env: BTreeMap<String, ConfigValue>,
     /// Configuration for `wasi:config/store` (and the environment).
@@ -102,8 +104,67 @@ struct ManifestFields {
     pub autoscale: Option<AutoscaleSpec>,
 }
 
+/// `[limits]` as a file writes it: what every instance runs under
+/// (frozen into a revision) and, beside it, what each gateway holds the
+/// app's requests to (served, not run: no new revision when it changes).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+struct ManifestLimits {
+    memory: ByteSize,
+    timeout: Duration,
+    concurrency: u32,
+    max_body: ByteSize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gateway_concurrency: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gateway_rate: Option<u32>,
+}
+
+impl Default for ManifestLimits {
+    fn default() -> Self {
+        Self::from((Limits::default(), GatewayLimits::default()))
+    }
+}
+
+impl From<(Limits, GatewayLimits)> for ManifestLimits {
+    fn from((limits, gateway): (Limits, GatewayLimits)) -> Self {
+        let Limits {
+            memory,
+            timeout,
+            concurrency,
+            max_body,
+        } = limits;
+        Self {
+            memory,
+            timeout,
+            concurrency,
+            max_body,
+            gateway_concurrency: gateway.concurrency,
+            gateway_rate: gateway.rate,
+        }
+    }
+}
+
+impl ManifestLimits {
+    fn split(self) -> (Limits, GatewayLimits) {
+        (
+            Limits {
+                memory: self.memory,
+                timeout: self.timeout,
+                concurrency: self.concurrency,
+                max_body: self.max_body,
+            },
+            GatewayLimits {
+                concurrency: self.gateway_concurrency,
+                rate: self.gateway_rate,
+            },
+        )
+    }
+}
+
 impl From<ManifestFields> for AppManifest {
     fn from(f: ManifestFields) -> Self {
+        let (limits, gateway) = f.limits.split();
         Self {
             name: f.name,
             namespace: f.namespace,
@@ -113,7 +174,7 @@ impl From<ManifestFields> for AppManifest {
             run: RunSpec {
                 kind: f.kind,
                 resources: f.resources,
-                limits: f.limits,
+                limits,
                 grants: Grants {
                     env: f.env,
                     config: f.config,
@@ -136,6 +197,7 @@ impl From<ManifestFields> for AppManifest {
                 rollout: f.rollout,
                 traffic: f.traffic,
                 autoscale: f.autoscale,
+                gateway,
             },
         }
     }
@@ -160,7 +222,7 @@ impl From<AppManifest> for ManifestFields {
             kind: run.kind,
             replicas,
             resources: run.resources,
-            limits: run.limits,
+            limits: (run.limits, serve.gateway).into(),
             env: run.grants.env,
             config: run.grants.config,
             allow_outbound: run.grants.allow_outbound,
@@ -809,6 +871,13 @@ fn validate(app: &AppManifest) -> Result<(), (String, String)> {
     if app.run.limits.max_body.bytes() == 0 {
         return err("limits.max-body", "must be greater than zero".into());
     }
+    // Zero would refuse every request: scale the app to zero instead.
+    if app.serve.gateway.concurrency == Some(0) {
+        return err("limits.gateway-concurrency", "must be at least 1".into());
+    }
+    if app.serve.gateway.rate == Some(0) {
+        return err("limits.gateway-rate", "must be at least 1".into());
+    }
     if app.run.resources.instances == 0 {
         return err("resources.instances", "must be at least 1".into());
     }
@@ -1064,6 +1133,44 @@ interval = "1s"
         assert_eq!(a.run.routes[0].path, "/api");
         assert_eq!(a.run.health.as_ref().unwrap().failure_threshold, 3);
         assert_eq!(a.run.restart_policy, RestartPolicy::OnFailure);
+    }
+
+    /// The gateways' limits sit in `[limits]` beside the instance's, but
+    /// go to the serve spec: changing them makes no new revision.
+    #[test]
+    fn gateway_limits_are_read_from_limits_and_served_not_run() {
+        let text = "name = \"web\"\nmodule = \"a.wasm\"\n\n[limits]\nconcurrency = 7\ngateway-concurrency = 20\ngateway-rate = 50\n";
+        let a = &parse(text, Format::Toml).unwrap()[0];
+        assert_eq!(a.run.limits.concurrency, 7);
+        assert_eq!(
+            a.serve.gateway,
+            GatewayLimits {
+                concurrency: Some(20),
+                rate: Some(50)
+            }
+        );
+        let plain = &parse(
+            "name = \"web\"\nmodule = \"a.wasm\"\n\n[limits]\nconcurrency = 7\n",
+            Format::Toml,
+        )
+        .unwrap()[0];
+        assert_eq!(plain.run, a.run, "the same revision");
+        assert!(plain.serve.gateway.is_none());
+        // Written back where they were read from.
+        let v = serde_json::to_value(a).unwrap();
+        assert_eq!(v["limits"]["gateway-rate"], 50);
+        let back: AppManifest = serde_json::from_value(v).unwrap();
+        assert_eq!(&back, a);
+        for (field, value) in [("gateway-concurrency", 0), ("gateway-rate", 0)] {
+            let text =
+                format!("name = \"web\"\nmodule = \"a.wasm\"\n\n[limits]\n{field} = {value}\n");
+            let e = parse(&text, Format::Toml).unwrap_err();
+            assert_eq!(
+                e.field.as_deref(),
+                Some(format!("limits.{field}").as_str()),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -73,6 +73,11 @@ pub enum RolloutState {
     Progressing {
         #[serde(alias = "since_ms")]
         since_ms: u64,
+        /// Why it cannot go on for now: its namespace's quota leaves no
+        /// room for an extra instance, and the app has no ready replica
+        /// to spare while one is replaced.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        held: Option<String>,
     },
     /// Every replica runs the current revision.
     Complete {
@@ -86,6 +91,24 @@ pub enum RolloutState {
         at_ms: u64,
         reason: String,
     },
+}
+
+impl RolloutState {
+    /// A rollout that starts at `since_ms`.
+    pub fn started(since_ms: u64) -> Self {
+        Self::Progressing {
+            since_ms,
+            held: None,
+        }
+    }
+
+    /// Why a progressing rollout is held, if it is.
+    pub fn held(&self) -> Option<&str> {
+        match self {
+            Self::Progressing { held, .. } => held.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// An app: its desired replicas and current revision.
@@ -323,9 +346,17 @@ mod tests {
     fn rollout_state_fields_are_kebab_case_and_old_names_still_load() {
         let states = [
             (
-                RolloutState::Progressing { since_ms: 5 },
+                RolloutState::started(5),
                 r#"{"state":"progressing","since-ms":5}"#,
                 r#"{"state":"progressing","since_ms":5}"#,
+            ),
+            (
+                RolloutState::Progressing {
+                    since_ms: 5,
+                    held: Some("h".into()),
+                },
+                r#"{"state":"progressing","since-ms":5,"held":"h"}"#,
+                r#"{"state":"progressing","since_ms":5,"held":"h"}"#,
             ),
             (
                 RolloutState::Complete { at_ms: 7 },

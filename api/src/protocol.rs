@@ -101,6 +101,10 @@ pub struct Assignment {
     /// store enforces (absent: no limit).
     #[serde(default, skip_serializing_if = "crate::quota::KvLimits::is_none")]
     pub kv_limits: crate::quota::KvLimits,
+    /// The namespace's weight in the node's fair shares of guest time
+    /// (absent: [`crate::quota::DEFAULT_CPU_WEIGHT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_weight: Option<u32>,
 }
 
 /// A node's cheap liveness renewal, sent instead of a heartbeat while

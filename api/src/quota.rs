@@ -8,7 +8,7 @@
 //! or delete its apps, but not grow.
 
 use crate::quantity::{ByteSize, Duration};
-use crate::workload::Limits;
+use crate::workload::{GatewayLimits, Limits};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -17,6 +17,13 @@ pub const QUOTA_EXCEEDED: &str = "quota_exceeded";
 /// The code of a gateway's `429` for a namespace over its request limits.
 pub const RATE_LIMITED: &str = "rate_limited";
 
+/// A namespace's weight in the fair shares of nodes' guest time unless its
+/// quota sets one: shares are in proportion to weights.
+pub const DEFAULT_CPU_WEIGHT: u32 = 100;
+/// The weights a quota may set: [`MIN_CPU_WEIGHT`]`..=`[`MAX_CPU_WEIGHT`].
+pub const MIN_CPU_WEIGHT: u32 = 1;
+pub const MAX_CPU_WEIGHT: u32 = 10_000;
+
 /// A namespace's limits; an absent field is no limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -24,8 +31,9 @@ pub struct Quota {
     /// Apps in the namespace.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub apps: Option<u32>,
-    /// Instances: the sum of the apps' replica counts (a rollout's extra
-    /// instances, while they replace old ones, are not counted).
+    /// Instances: the sum of the apps' replica counts. A rollout's extra
+    /// instances, while they replace old ones, fit in what is left (see
+    /// `shoal_scheduler::reconcile`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instances: Option<u32>,
     /// Memory the namespace's instances reserve on nodes, together.
@@ -59,6 +67,21 @@ pub struct Quota {
     /// length plus its value's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kv_bytes: Option<ByteSize>,
+    /// The namespace's weight in each node's fair shares of guest time
+    /// ([`MIN_CPU_WEIGHT`]`..=`[`MAX_CPU_WEIGHT`]; none:
+    /// [`DEFAULT_CPU_WEIGHT`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_weight: Option<u32>,
+    /// Requests in flight to one app at each gateway: the most an app's
+    /// manifest may set (`limits.gateway-concurrency`), and what an app
+    /// that sets none gets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_concurrency: Option<u32>,
+    /// Requests per second to one app at each gateway: the most an app's
+    /// manifest may set (`limits.gateway-rate`), and what an app that sets
+    /// none gets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_rate: Option<u32>,
 }
 
 /// The part of a [`Quota`] that the nodes' key-value stores enforce,
@@ -161,8 +184,22 @@ impl Usage {
 #[serde(rename_all = "kebab-case")]
 pub struct QuotaView {
     pub namespace: String,
+    /// The limits the namespace is held to: its own quota's, or the
+    /// default quota's when it has none (`from_default`).
     pub quota: Quota,
     pub usage: Usage,
+    /// The namespace has no quota of its own: `quota` is the default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_default: bool,
+}
+
+/// The default quota, which holds every namespace without a quota of its
+/// own: `GET /v1/default-quota` (`quota` absent when there is none).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DefaultQuotaView {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Quota>,
 }
 
 /// The body of `PUT /v1/namespaces/{ns}/quota`: the whole quota (fields
@@ -185,6 +222,8 @@ pub enum QuotaItem {
     KvKeys,
     KvBytes,
     MaxModuleSize,
+    AppConcurrency,
+    AppRate,
 }
 
 impl fmt::Display for QuotaItem {
@@ -199,6 +238,8 @@ impl fmt::Display for QuotaItem {
             QuotaItem::KvKeys => "kv-keys",
             QuotaItem::KvBytes => "kv-bytes",
             QuotaItem::MaxModuleSize => "max-module-size",
+            QuotaItem::AppConcurrency => "app-concurrency",
+            QuotaItem::AppRate => "app-rate",
         })
     }
 }
@@ -232,6 +273,76 @@ impl QuotaExceeded {
 }
 
 impl Quota {
+    /// Refuses a quota no node or gateway could use: a CPU weight out of
+    /// [`MIN_CPU_WEIGHT`]`..=`[`MAX_CPU_WEIGHT`].
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(w) = self.cpu_weight
+            && !(MIN_CPU_WEIGHT..=MAX_CPU_WEIGHT).contains(&w)
+        {
+            return Err(format!(
+                "cpu-weight {w} is out of range: give a relative weight from {MIN_CPU_WEIGHT} to {MAX_CPU_WEIGHT} (the default is {DEFAULT_CPU_WEIGHT})"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The namespace's weight in nodes' fair shares.
+    pub fn cpu_weight_or_default(&self) -> u32 {
+        self.cpu_weight.unwrap_or(DEFAULT_CPU_WEIGHT)
+    }
+
+    /// Whether an app's own limits at the gateways stay within what the
+    /// namespace's apps may set.
+    pub fn check_gateway_limits(
+        &self,
+        namespace: &str,
+        set: &GatewayLimits,
+    ) -> Result<(), QuotaExceeded> {
+        let over = [
+            (
+                QuotaItem::AppConcurrency,
+                self.app_concurrency,
+                set.concurrency,
+                "limits.gateway-concurrency",
+            ),
+            (
+                QuotaItem::AppRate,
+                self.app_rate,
+                set.rate,
+                "limits.gateway-rate",
+            ),
+        ];
+        for (item, max, asked, field) in over {
+            if let (Some(max), Some(asked)) = (max, asked)
+                && asked > max
+            {
+                return Err(QuotaExceeded {
+                    namespace: namespace.to_string(),
+                    item,
+                    limit: max.to_string(),
+                    asked: format!("{field} = {asked}"),
+                    used: None,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// What each gateway holds an app to, given what its manifest sets:
+    /// its own limit within the quota's bound, or the bound when it sets
+    /// none. (Within the bound even if the quota was lowered since the
+    /// app was applied: a limit on requests stops nothing that runs.)
+    pub fn gateway_limits(&self, set: &GatewayLimits) -> GatewayLimits {
+        let within = |own: Option<u32>, max: Option<u32>| match (own, max) {
+            (Some(o), Some(m)) => Some(o.min(m)),
+            (o, m) => o.or(m),
+        };
+        GatewayLimits {
+            concurrency: within(set.concurrency, self.app_concurrency),
+            rate: within(set.rate, self.app_rate),
+        }
+    }
+
     /// The limits the key-value stores enforce.
     pub fn kv(&self) -> KvLimits {
         KvLimits {
@@ -412,6 +523,12 @@ impl Quota {
             "max-module-size",
             self.max_module_size.map(|v| v.to_string()),
         );
+        put("cpu-weight", self.cpu_weight.map(|v| v.to_string()));
+        put(
+            "app-concurrency",
+            self.app_concurrency.map(|v| v.to_string()),
+        );
+        put("app-rate", self.app_rate.map(|v| v.to_string()));
         if parts.is_empty() {
             "none".to_string()
         } else {
@@ -553,6 +670,60 @@ mod tests {
     }
 
     #[test]
+    fn a_cpu_weight_is_held_to_its_bounds() {
+        let q = |w| Quota {
+            cpu_weight: Some(w),
+            ..Quota::default()
+        };
+        assert_eq!(q(MIN_CPU_WEIGHT).validate(), Ok(()));
+        assert_eq!(q(MAX_CPU_WEIGHT).validate(), Ok(()));
+        assert_eq!(
+            q(0).validate().unwrap_err(),
+            "cpu-weight 0 is out of range: give a relative weight from 1 to 10000 (the default is 100)"
+        );
+        assert!(q(MAX_CPU_WEIGHT + 1).validate().is_err());
+        assert_eq!(Quota::default().cpu_weight_or_default(), DEFAULT_CPU_WEIGHT);
+        assert_eq!(q(250).cpu_weight_or_default(), 250);
+    }
+
+    #[test]
+    fn an_apps_gateway_limits_are_bounded_and_defaulted_by_the_quota() {
+        let q = Quota {
+            app_concurrency: Some(10),
+            app_rate: Some(5),
+            ..Quota::default()
+        };
+        let set = |concurrency, rate| GatewayLimits { concurrency, rate };
+        // At the bound, and one past it.
+        assert_eq!(q.check_gateway_limits("t", &set(Some(10), Some(5))), Ok(()));
+        let e = q
+            .check_gateway_limits("t", &set(Some(11), None))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "quota exceeded in namespace \"t\": app-concurrency is limited to 10, and this asks for limits.gateway-concurrency = 11"
+        );
+        assert_eq!(
+            q.check_gateway_limits("t", &set(None, Some(6)))
+                .unwrap_err()
+                .item,
+            QuotaItem::AppRate
+        );
+        // An app that sets none gets the bound; one that sets less keeps
+        // its own; no bound, no default.
+        assert_eq!(q.gateway_limits(&set(None, None)), set(Some(10), Some(5)));
+        assert_eq!(q.gateway_limits(&set(Some(3), None)), set(Some(3), Some(5)));
+        assert_eq!(
+            q.gateway_limits(&set(Some(30), None)),
+            set(Some(10), Some(5))
+        );
+        assert_eq!(
+            Quota::default().gateway_limits(&set(None, Some(7))),
+            set(None, Some(7))
+        );
+    }
+
+    #[test]
     fn a_quota_reads_and_writes_as_users_write_it() {
         let q: Quota = serde_json::from_str(
             r#"{"apps":50,"instances":200,"memory":"8GiB","concurrency":2000,"max-timeout":"30s"}"#,
@@ -565,5 +736,9 @@ mod tests {
         );
         assert!(serde_json::from_str::<Quota>(r#"{"appz":1}"#).is_err());
         assert_eq!(Quota::default().summary(), "none");
+        let q: Quota =
+            serde_json::from_str(r#"{"cpu-weight":200,"app-concurrency":10,"app-rate":5}"#)
+                .unwrap();
+        assert_eq!(q.summary(), "cpu-weight=200 app-concurrency=10 app-rate=5");
     }
 }

@@ -46,6 +46,14 @@ pub struct RouteApp {
     /// holds its requests and asks for one instead of failing them.
     #[serde(default)]
     pub scale_from_zero: bool,
+    /// What each gateway holds the app's own requests to (beside its
+    /// namespace's [`NamespaceLimits`]): its manifest's, within its
+    /// quota's bound, or the bound.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::workload::GatewayLimits::is_none"
+    )]
+    pub limits: crate::workload::GatewayLimits,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

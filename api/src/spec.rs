@@ -3,9 +3,10 @@
 //! An app is two things: how each of its instances runs ([`RunSpec`]:
 //! what the manifest says about the module's kind, limits, grants, routes
 //! and health) and how the app as a whole is served and updated
-//! ([`ServeSpec`]: balancing, rollout, traffic split, autoscaling). The
-//! manifest carries both; a revision freezes a `RunSpec` with the module's
-//! digest ([`crate::objects::Template`]); a node runs an instance from the
+//! ([`ServeSpec`]: balancing, rollout, traffic split, autoscaling, the
+//! gateways' limits on its requests). The manifest carries both; a
+//! revision freezes a `RunSpec` with the module's digest
+//! ([`crate::objects::Template`]); a node runs an instance from the
 //! revision's `RunSpec`; the runtime takes the same `RunSpec`. Changing a
 //! `ServeSpec` makes no new revision.
 
@@ -13,7 +14,9 @@ use crate::config::{ConfigValue, Resolved, SecretRef, Unresolved};
 use crate::manifest::{
     AutoscaleSpec, HealthCheck, LoadBalancing, Resources, RolloutSpec, Route, TrafficTarget,
 };
-use crate::workload::{Backoff, Grants, Isolation, Limits, RestartPolicy, WorkloadKind};
+use crate::workload::{
+    Backoff, GatewayLimits, Grants, Isolation, Limits, RestartPolicy, WorkloadKind,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -96,6 +99,10 @@ pub struct ServeSpec {
     /// Scale the replicas with load; `replicas` is then only the start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<AutoscaleSpec>,
+    /// What each gateway holds the app's requests to (the manifest's
+    /// `limits.gateway-concurrency` and `limits.gateway-rate`).
+    #[serde(skip_serializing_if = "GatewayLimits::is_none")]
+    pub gateway: GatewayLimits,
 }
 
 #[cfg(test)]

@@ -54,6 +54,25 @@ impl Default for Limits {
     }
 }
 
+/// What each gateway holds one app to, beside its namespace's limits:
+/// requests in flight and requests per second; past either, `429
+/// rate_limited`. None: no limit of the app's own (its namespace's quota
+/// may give one, see [`crate::quota::Quota::gateway_limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct GatewayLimits {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u32>,
+}
+
+impl GatewayLimits {
+    pub fn is_none(&self) -> bool {
+        self.concurrency.is_none() && self.rate.is_none()
+    }
+}
+
 /// What of the host a guest may see. Empty means nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case")]

@@ -220,6 +220,7 @@ mod tests {
                         .collect(),
                 }],
                 scale_from_zero,
+                limits: Default::default(),
             }],
         }
     }

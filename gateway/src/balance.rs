@@ -139,6 +139,7 @@ mod tests {
                     })
                     .collect(),
                 scale_from_zero: false,
+                limits: Default::default(),
             }],
         };
         (
@@ -249,6 +250,7 @@ mod tests {
                         .collect(),
                 }],
                 scale_from_zero: false,
+                limits: Default::default(),
             }],
         };
         let t2 = Table::build(&rt, &eps, &DashMap::new(), &Default::default());

@@ -511,6 +511,7 @@ mod tests {
                     }],
                 }],
                 scale_from_zero: false,
+                limits: Default::default(),
             }],
         });
         gw

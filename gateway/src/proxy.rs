@@ -7,8 +7,8 @@
 //! ```
 //!
 //! - route ([`crate::route`]): the app, by host and path prefix; counted.
-//! - admit ([`crate::limit`]): the app's namespace within its requests in
-//!   flight and per second at this gateway, or 429 at once.
+//! - admit ([`crate::limit`]): the app, then its namespace, within their
+//!   requests in flight and per second at this gateway, or 429 at once.
 //! - prepare: the headers to forward ([`crate::headers`]), a protocol
 //!   switch refused, the body read ahead or streamed ([`crate::body`]).
 //! - hold ([`crate::activate`]): only for an app with no endpoint at all.
@@ -90,9 +90,10 @@ impl Gateway {
             Err(not_found) => return self.answer(exchange, not_found),
         };
         exchange.routed(&app, host.as_str(), &req);
-        // The namespace's limits at this gateway: 429 at once past them.
-        let admitted = match app.tenant.as_ref().map(|t| t.admit()) {
-            Some(Err(refused)) => {
+        // The app's own limits and its namespace's at this gateway: 429 at
+        // once past them.
+        let admitted = match crate::limit::admit(app.own_limit.as_deref(), app.tenant.as_deref()) {
+            Err(refused) => {
                 app.stats.events.refused(match refused {
                     Refused::Rate { .. } => Refusal::Rate,
                     Refused::Concurrency { .. } => Refusal::Concurrency,
@@ -101,8 +102,7 @@ impl Gateway {
                 exchange.app = Some(app);
                 return self.answer(exchange, resp);
             }
-            Some(Ok(admitted)) => Some(admitted),
-            None => None,
+            Ok(admitted) => admitted,
         };
         let counted = Counted::start(&app.stats);
         let (parts, body) = req.into_parts();

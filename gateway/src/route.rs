@@ -150,6 +150,7 @@ mod tests {
             max_body: 1,
             backends: vec![],
             scale_from_zero: false,
+            limits: Default::default(),
         };
         let rt = RouteTable {
             limits: Vec::new(),

@@ -172,6 +172,8 @@ pub struct AppRoute {
     /// The limits of the app's namespace at this gateway, if its quota
     /// sets any ([`crate::limit`]).
     pub tenant: Option<Arc<crate::limit::TenantLimit>>,
+    /// The app's own limits at this gateway, if it has any.
+    pub own_limit: Option<Arc<crate::limit::TenantLimit>>,
     /// The app's request counters (shared with older and newer tables).
     pub stats: Arc<AppStats>,
     /// Round robin position ([`crate::balance`]).
@@ -307,8 +309,8 @@ pub fn normalize_host(host: &str) -> String {
 
 impl Table {
     /// Builds a table, reusing endpoint state from `endpoints`, and the
-    /// state of namespaces' limits from `tenants` (which takes the table's
-    /// limits first).
+    /// state of namespaces' and apps' limits from `tenants` (which takes
+    /// the table's limits first).
     pub fn build(
         rt: &RouteTable,
         endpoints: &Endpoints,
@@ -316,14 +318,15 @@ impl Table {
         tenants: &crate::limit::Tenants,
     ) -> Table {
         tenants.update(&rt.limits);
+        tenants.update_apps(&rt.apps);
         let mut t = Table::default();
         let mut live = std::collections::HashSet::new();
         for ra in &rt.apps {
             let idx = t.apps.len();
             let counters = stats.entry(ra.app.clone()).or_default().clone();
-            let tenant = tenants.get(&ra.app.namespace);
+            let limits = (tenants.get(&ra.app.namespace), tenants.get_app(&ra.app));
             t.apps
-                .push(Arc::new(app_route(ra, endpoints, counters, tenant)));
+                .push(Arc::new(app_route(ra, endpoints, counters, limits)));
             t.by_key.insert(ra.app.clone(), idx);
             for b in &ra.backends {
                 for e in &b.endpoints {
@@ -376,7 +379,10 @@ fn app_route(
     ra: &RouteApp,
     endpoints: &Endpoints,
     stats: Arc<AppStats>,
-    tenant: Option<Arc<crate::limit::TenantLimit>>,
+    (tenant, own_limit): (
+        Option<Arc<crate::limit::TenantLimit>>,
+        Option<Arc<crate::limit::TenantLimit>>,
+    ),
 ) -> AppRoute {
     let header = http::HeaderValue::from_str(&ra.app.to_string())
         .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"));
@@ -404,6 +410,7 @@ fn app_route(
             .collect(),
         scale_from_zero: ra.scale_from_zero,
         tenant,
+        own_limit,
         stats,
         rr: AtomicUsize::new(0),
         wrr: Mutex::new(Vec::new()),
@@ -433,6 +440,7 @@ pub(crate) fn test_endpoint(instance: &str, address: &str) -> Arc<Endpoint> {
                 }],
             }],
             scale_from_zero: false,
+            limits: Default::default(),
         }],
     };
     let t = Table::build(
@@ -459,6 +467,7 @@ mod tests {
             max_body: 1 << 20,
             backends,
             scale_from_zero: false,
+            limits: Default::default(),
         }
     }
 

@@ -205,6 +205,7 @@ async fn gateway(node: &str) -> SocketAddr {
             }],
         }],
         scale_from_zero: false,
+        limits: Default::default(),
     };
     let gw = Gateway::new(GatewayConfig::default());
     gw.set_table(&RouteTable {

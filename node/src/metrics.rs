@@ -23,6 +23,7 @@
 //! | `shoal_node_heartbeat_duration_seconds` | histogram | kind (heartbeat, lease; node only) |
 //! | `shoal_node_heartbeat_failures_total` | counter | kind (node only) |
 //! | `shoal_node_usage_reports_total` | counter | outcome (sent, failed; node only) |
+//! | `shoal_node_fair_share_weight` | gauge | namespace (node only, under fair shares) |
 //! | `process_cpu_seconds_total` | counter | |
 //! | `process_resident_memory_bytes` | gauge | |
 //!
@@ -163,6 +164,9 @@ pub struct Scrape {
     heartbeats: Option<HeartbeatSeries>,
     /// Usage reports sent and failed (a node's).
     pub usage_reports: Option<(u64, u64)>,
+    /// Each namespace's weight in the node's fair shares (a node's, under
+    /// fair shares).
+    pub fair_weights: Option<Vec<(String, u32)>>,
     pub process: ProcessSample,
 }
 
@@ -181,6 +185,7 @@ impl Scrape {
             phases: None,
             heartbeats: None,
             usage_reports: None,
+            fair_weights: None,
             process: ProcessSample::now(),
         }
     }
@@ -243,6 +248,10 @@ impl Scrape {
             phases: Some(phases),
             heartbeats: Some(beats.snapshot()),
             usage_reports: Some((reports.sent.load(Relaxed), reports.failed.load(Relaxed))),
+            fair_weights: {
+                let fair = sup.runtime().fair_share();
+                fair.is_on().then(|| fair.weights())
+            },
             process: ProcessSample::now(),
         }
     }
@@ -476,6 +485,16 @@ impl prometheus_client::collector::Collector for Scrape {
                     ("lease", b.lease_failures),
                 ],
                 |(kind, n), m| counter(m, &[("kind", kind)], n),
+            )?;
+        }
+        if let Some(weights) = &self.fair_weights {
+            family(
+                &mut e,
+                "shoal_node_fair_share_weight",
+                "Each namespace's weight in the node's fair shares of guest time (its quota's cpu-weight)",
+                Gauge,
+                weights,
+                |(ns, w), m| gauge(m, &[("namespace", ns.as_str())], u64::from(*w)),
             )?;
         }
         if let Some((sent, failed)) = self.usage_reports {

@@ -269,10 +269,25 @@ impl Supervisor {
     /// Makes what runs here match `desired`.
     pub(crate) async fn apply(self: &Arc<Self>, desired: HeartbeatResponse) {
         let mut news = false;
-        // The namespaces' quotas on their stores, before anything starts.
+        // The namespaces' quotas on their stores, and their weights in the
+        // node's fair shares, before anything starts.
         if let Some(kv) = &self.kv {
             for a in &desired.instances {
                 kv.set_limits(&a.app.namespace, a.kv_limits);
+            }
+        }
+        let fair = self.runtime.fair_share();
+        if fair.is_on() {
+            let weights: HashMap<&str, u32> = desired
+                .instances
+                .iter()
+                .map(|a| {
+                    let weight = a.cpu_weight.unwrap_or(shoal_runtime::fair::DEFAULT_WEIGHT);
+                    (a.app.namespace.as_str(), weight)
+                })
+                .collect();
+            for (namespace, weight) in weights {
+                fair.set_weight(namespace, weight);
             }
         }
         let wanted: HashMap<&str, &Assignment> = desired

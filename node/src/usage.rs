@@ -249,6 +249,7 @@ mod tests {
             },
             draining: false,
             kv_limits: Default::default(),
+            cpu_weight: None,
         }
     }
 

@@ -28,9 +28,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-/// The weight a tenant has unless told otherwise; shares are in
-/// proportion to weights.
-pub const DEFAULT_WEIGHT: u32 = 100;
+/// The weight a tenant has unless told otherwise (its namespace's quota's
+/// `cpu-weight`); shares are in proportion to weights.
+pub const DEFAULT_WEIGHT: u32 = shoal_api::quota::DEFAULT_CPU_WEIGHT;
 
 /// How much virtual time (at the default weight) a tenant with nothing
 /// running may be ahead and still go first: one slice. A light tenant's
@@ -103,6 +103,10 @@ impl<W> Core<W> {
 
     pub(crate) fn set_weight(&mut self, id: usize, weight: u32) {
         self.spaces[id].weight = weight.max(1);
+    }
+
+    pub(crate) fn weight(&self, id: usize) -> u32 {
+        self.spaces[id].weight
     }
 
     /// Changes tenant `id` by `f`, keeping the counts of active and
@@ -330,7 +334,9 @@ impl FairShare {
     }
 
     /// Sets `namespace`'s weight: its share is in proportion to it
-    /// ([`DEFAULT_WEIGHT`] for every tenant unless set).
+    /// ([`DEFAULT_WEIGHT`] for every tenant unless set). A tenant's
+    /// virtual time is charged at its weight when a slot is given back,
+    /// so a new weight holds from each guest's next slice.
     pub fn set_weight(&self, namespace: &str, weight: u32) {
         if let Tenant {
             shared: Some(shared),
@@ -339,6 +345,28 @@ impl FairShare {
         {
             shared.lock().set_weight(id, weight);
         }
+    }
+
+    /// Every tenant this scheduler has seen, with its weight, by
+    /// namespace (none when fair shares are off).
+    pub fn weights(&self) -> Vec<(String, u32)> {
+        let Some(shared) = &self.shared else {
+            return Vec::new();
+        };
+        let names: Vec<(String, usize)> = shared
+            .names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(n, id)| (n.clone(), *id))
+            .collect();
+        let core = shared.lock();
+        let mut all: Vec<(String, u32)> = names
+            .into_iter()
+            .map(|(n, id)| (n, core.weight(id)))
+            .collect();
+        all.sort();
+        all
     }
 }
 

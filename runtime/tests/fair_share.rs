@@ -154,6 +154,65 @@ async fn a_namespace_is_served_while_another_saturates_the_node() {
     }
 }
 
+/// Weights (a namespace's quota's `cpu-weight`, which nodes set): two
+/// namespaces whose guests saturate the one run slot share its time in
+/// proportion to their weights, 2:1 here. The bound has a clear margin
+/// on both sides: equal shares would be 1:1, and nothing takes it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_namespaces_saturating_a_slot_share_it_by_their_weights() {
+    let rt = one_slot_runtime();
+    rt.fair_share().set_weight("heavy", 200);
+    rt.fair_share().set_weight("light", 100);
+    assert_eq!(
+        rt.fair_share().weights(),
+        [("heavy".to_string(), 200), ("light".to_string(), 100)]
+    );
+    let ticker = Ticker::start(rt.engine());
+    let heavy = serve_app(app(&rt, &rt.tenant("heavy"), "spin.wasm")).await;
+    let light = serve_app(app(&rt, &rt.tenant("light"), "spin.wasm")).await;
+    let c = client();
+    let mut flood = Vec::new();
+    for served in [&heavy, &light] {
+        for _ in 0..4 {
+            let (c, url) = (c.clone(), served.url("/spin"));
+            flood.push(tokio::spawn(async move {
+                let _ = c.get(url.parse().expect("url")).await;
+            }));
+        }
+    }
+    assert!(
+        eventually(PATIENCE, || heavy.app.in_flight() == 4
+            && light.app.in_flight() == 4)
+        .await,
+        "every guest in flight: {} and {}",
+        heavy.app.in_flight(),
+        light.app.in_flight()
+    );
+    let cpu = |a: &Arc<HttpApp>| a.meters().app.snapshot().guest_cpu_ns;
+    let (h0, l0) = (cpu(&heavy.app), cpu(&light.app));
+    // Three seconds of guest time between them: a few hundred slices.
+    assert!(
+        eventually(PATIENCE, || {
+            cpu(&heavy.app) - h0 + cpu(&light.app) - l0 >= 3_000_000_000
+        })
+        .await,
+        "the guests ran"
+    );
+    let (h, l) = (cpu(&heavy.app) - h0, cpu(&light.app) - l0);
+    drop(ticker);
+    let ratio = h as f64 / l.max(1) as f64;
+    assert!(
+        (1.5..=2.8).contains(&ratio),
+        "heavy (weight 200) ran {} ms, light (weight 100) {} ms: {ratio:.2} to 1",
+        h / 1_000_000,
+        l / 1_000_000
+    );
+    end_guests(&rt, &[&heavy.app, &light.app]).await;
+    for f in flood {
+        f.abort();
+    }
+}
+
 /// A guest waiting in a host call (here, for a request body that does not
 /// come) holds no run slot: with a single slot, the next request of the
 /// same namespace is served meanwhile.

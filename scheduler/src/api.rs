@@ -24,7 +24,7 @@ use shoal_api::endpoints::{
 use shoal_api::manifest::validate_app;
 use shoal_api::objects::{App, AppKey, Event, Instance, Node, Phase};
 use shoal_api::protocol::{Heartbeat, RegisterRequest};
-use shoal_api::quota::{QuotaView, SetQuota};
+use shoal_api::quota::{DefaultQuotaView, QuotaView, SetQuota};
 use shoal_api::rest::{
     AppDetail, AppView, ApplyOutcome, ApplyRequest, DrainStatus, GatewayMetrics, RollbackRequest,
     RollbackResponse, ScaleRequest, TrafficRequest,
@@ -218,6 +218,12 @@ pub(crate) fn routes() -> Vec<Route> {
             .get(get_quota, in_path_ns(Get, Quotas))
             .put(set_quota, cluster(Update, Quotas))
             .delete(remove_quota, cluster(Delete, Quotas)),
+        // The default quota is the cluster's: a namespace's admin reads the
+        // limits it gets from it through its own quota, nothing more.
+        at(ep::DEFAULT_QUOTA)
+            .get(get_default_quota, cluster(Get, Quotas))
+            .put(set_default_quota, cluster(Update, Quotas))
+            .delete(remove_default_quota, cluster(Delete, Quotas)),
         at(ep::SECRETS).get(list_secrets, in_path_ns(List, Secrets)),
         at(ep::SECRET)
             .get(get_secret, in_path_ns(Get, Secrets))
@@ -689,11 +695,14 @@ async fn list_apps(State(cp): State<ControlPlane>, q: ListQueries) -> Result<Res
     Ok(paged(views(&snap, apps), next))
 }
 
+/// The limits namespace `ns` is held to (its own, or the default quota's)
+/// and what it holds.
 fn quota_view(snap: &crate::state::Snapshot, ns: &str) -> QuotaView {
     QuotaView {
         namespace: ns.to_string(),
         quota: snap.quota(ns).copied().unwrap_or_default(),
         usage: snap.usage(ns, None),
+        from_default: !snap.quotas.contains_key(ns) && snap.default_quota.is_some(),
     }
 }
 
@@ -741,6 +750,34 @@ async fn remove_quota(
     Path(ns): Path<String>,
 ) -> Result<StatusCode, Error> {
     cp.set_quota(ns, None, actor(&principal)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn get_default_quota(State(cp): State<ControlPlane>) -> Json<DefaultQuotaView> {
+    Json(DefaultQuotaView {
+        quota: cp.snapshot().default_quota,
+    })
+}
+
+async fn set_default_quota(
+    State(cp): State<ControlPlane>,
+    principal: Option<Extension<Principal>>,
+    body: Bytes,
+) -> Result<Json<DefaultQuotaView>, Error> {
+    let req: SetQuota = serde_json::from_slice(&body)
+        .map_err(|e| invalid("invalid", format!("malformed quota: {e}")))?;
+    cp.set_default_quota(Some(req.quota), actor(&principal))
+        .await?;
+    Ok(Json(DefaultQuotaView {
+        quota: cp.snapshot().default_quota,
+    }))
+}
+
+async fn remove_default_quota(
+    State(cp): State<ControlPlane>,
+    principal: Option<Extension<Principal>>,
+) -> Result<StatusCode, Error> {
+    cp.set_default_quota(None, actor(&principal)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -63,6 +63,19 @@ pub enum Event {
         app: AppKey,
         why: String,
     },
+    /// A rolling update cannot go on: the namespace's quota leaves no
+    /// room for an extra instance (reason `QuotaHeld`).
+    RolloutHeld {
+        app: AppKey,
+        why: String,
+    },
+    /// The default quota was set: it holds every namespace without a
+    /// quota of its own (reason `QuotaSet`).
+    DefaultQuotaSet {
+        quota: String,
+    },
+    /// The default quota was removed (reason `QuotaRemoved`).
+    DefaultQuotaRemoved,
     /// A namespace's quota was set.
     QuotaSet {
         namespace: String,
@@ -315,9 +328,9 @@ impl Event {
             Self::RolloutComplete { .. } => "RolloutComplete",
             Self::RolloutFailed { .. } => "RolloutFailed",
             Self::AutoScaled { .. } => "AutoScaled",
-            Self::AutoscaleHeld { .. } => "QuotaHeld",
-            Self::QuotaSet { .. } => "QuotaSet",
-            Self::QuotaRemoved { .. } => "QuotaRemoved",
+            Self::AutoscaleHeld { .. } | Self::RolloutHeld { .. } => "QuotaHeld",
+            Self::QuotaSet { .. } | Self::DefaultQuotaSet { .. } => "QuotaSet",
+            Self::QuotaRemoved { .. } | Self::DefaultQuotaRemoved => "QuotaRemoved",
             Self::Activated { .. } => "Activated",
             Self::TrafficSplit { .. } => "TrafficSplit",
             Self::Deleted { .. } => "Deleted",
@@ -360,6 +373,7 @@ impl Event {
             | Self::BackOff { .. }
             | Self::Failed { .. }
             | Self::Restarted { .. }
+            | Self::RolloutHeld { .. }
             | Self::RebalanceFailed { .. } => EventLevel::Warning,
             _ => EventLevel::Normal,
         }
@@ -378,6 +392,7 @@ impl Event {
             | Self::RolloutFailed { app, .. }
             | Self::AutoScaled { app, .. }
             | Self::AutoscaleHeld { app, .. }
+            | Self::RolloutHeld { app, .. }
             | Self::Activated { app, .. }
             | Self::TrafficSplit { app, .. }
             | Self::Deleted { app }
@@ -405,6 +420,8 @@ impl Event {
             | Self::SecretDeleted { .. }
             | Self::QuotaSet { .. }
             | Self::QuotaRemoved { .. }
+            | Self::DefaultQuotaSet { .. }
+            | Self::DefaultQuotaRemoved
             | Self::NodeCordoned { .. }
             | Self::NodeUncordoned { .. }
             | Self::NodeDraining { .. }
@@ -436,6 +453,7 @@ impl Event {
             Self::QuotaSet { namespace, .. } | Self::QuotaRemoved { namespace } => {
                 format!("quota/{namespace}")
             }
+            Self::DefaultQuotaSet { .. } | Self::DefaultQuotaRemoved => "default-quota".into(),
             Self::SecretSet { name, .. } | Self::SecretDeleted { name, .. } => {
                 format!("secret/{name}")
             }
@@ -502,6 +520,14 @@ impl Event {
             }
             Self::AutoScaled { from, to, why, .. } => format!("replicas {from} -> {to}: {why}"),
             Self::AutoscaleHeld { why, .. } => format!("autoscaler {why}"),
+            Self::RolloutHeld { why, .. } => format!("rollout held: {why}"),
+            Self::DefaultQuotaSet { quota } => {
+                format!("default quota, for namespaces without a quota of their own: {quota}")
+            }
+            Self::DefaultQuotaRemoved => {
+                "default quota removed: namespaces without a quota of their own have no limits"
+                    .into()
+            }
             Self::QuotaSet { namespace, quota } => {
                 format!("quota of namespace {namespace}: {quota}")
             }

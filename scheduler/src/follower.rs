@@ -129,6 +129,7 @@ impl Cache {
             ep::REVISIONS,
             ep::QUOTAS,
             ep::QUOTA,
+            ep::DEFAULT_QUOTA,
             ep::SECRETS,
             ep::SECRET,
             ep::TOKENS,
@@ -551,9 +552,9 @@ impl Mirror {
             "quotas" => {
                 if put {
                     let q: StoredQuota = self::parse(&e.kv)?;
-                    snap.quotas.insert(q.namespace, q.quota);
+                    snap.put_quota(&q.namespace, Some(q.quota));
                 } else {
-                    snap.quotas.remove(name);
+                    snap.put_quota(name, None);
                 }
                 Ok((true, false))
             }
@@ -790,6 +791,19 @@ mod tests {
         assert!(m.snap.quotas.contains_key("team"));
         m.apply(&del("/p/quotas/team")).unwrap();
         assert!(m.snap.quotas.is_empty());
+        // The default quota, kept among them under a key no namespace has.
+        let default = StoredQuota {
+            namespace: crate::store::DEFAULT_QUOTA_KEY.into(),
+            quota: shoal_api::quota::Quota {
+                apps: Some(3),
+                ..Default::default()
+            },
+        };
+        m.apply(&put("/p/quotas/*", json(&default))).unwrap();
+        assert!(m.snap.quotas.is_empty());
+        assert_eq!(m.snap.quota("any").and_then(|q| q.apps), Some(3));
+        m.apply(&del("/p/quotas/*")).unwrap();
+        assert!(m.snap.default_quota.is_none());
 
         // Secrets: names and sealed values, as the leader stores them.
         let sealed = crate::secrets::SecretBox::ephemeral()

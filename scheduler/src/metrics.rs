@@ -245,7 +245,9 @@ pub fn render(
     }
     let quota_limit = Family::<QuotaLabels, Gauge>::default();
     let quota_used = Family::<QuotaLabels, Gauge>::default();
-    for (ns, q) in &snap.quotas {
+    // Every namespace a quota holds, its own or the default.
+    for ns in snap.quota_namespaces() {
+        let Some(q) = snap.quota(ns) else { continue };
         let used = snap.usage(ns, None);
         let totals = [
             ("apps", q.apps.map(u64::from), u64::from(used.apps)),
@@ -263,7 +265,7 @@ pub fn render(
         for (resource, limit, used) in totals {
             let Some(limit) = limit else { continue };
             let labels = QuotaLabels {
-                namespace: ns.clone(),
+                namespace: ns.to_string(),
                 resource: resource.into(),
             };
             quota_limit.get_or_create(&labels).set(gauge(limit));

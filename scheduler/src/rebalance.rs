@@ -18,9 +18,9 @@
 //! again and the replaced instance stays. Moves wait while a rollout
 //! progresses, under a traffic split, and while anything of the app is not
 //! running and ready (or still leaving); at most [`MOVES_AT_ONCE`] run
-//! across the cluster. Surges do not count against quotas, as a rollout's
-//! surge does not: quotas hold what a namespace asks for (replicas), and a
-//! move holds one instance more for seconds.
+//! across the cluster. A surge counts against its namespace's quota, as a
+//! rollout's does: a move starts only when the quota has room for one
+//! instance more (see [`crate::reconcile`]).
 
 use crate::placement::{self, Need, NodeView};
 use crate::reconcile::DesiredApp;

@@ -5,8 +5,9 @@
 
 use crate::placement::{self, Capacity, Need, NodeView};
 use crate::rebalance::{self, Step};
-use crate::rollout::{self, Shape};
+use crate::rollout::{self, Room, Shape};
 use rustc_hash::FxHashMap;
+use shoal_api::ByteSize;
 use shoal_api::objects::{AppKey, Instance, Phase};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -35,6 +36,18 @@ pub struct DesiredApp {
     pub rebalance: bool,
     /// How long a new instance may take to serve.
     pub progress_deadline_ms: u64,
+    /// The limits of the app's namespace's quota on what its instances
+    /// hold together, if it has any: a rolling update's extra instances,
+    /// and a move's, fit in what the namespace's apps leave.
+    pub quota: Option<QuotaLimits>,
+}
+
+/// A namespace's quota on instances and memory, as reconcile holds
+/// rollouts and moves to it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QuotaLimits {
+    pub instances: Option<u32>,
+    pub memory: Option<u64>,
 }
 
 impl DesiredApp {
@@ -60,7 +73,26 @@ impl DesiredApp {
             drain_grace_ms: 30_000,
             rebalance: true,
             progress_deadline_ms: 60_000,
+            quota: None,
         }
+    }
+
+    /// What the app asks its namespace's quota for: its replicas (under a
+    /// split, each revision's count) and the memory they reserve.
+    fn asks(&self) -> Holding {
+        if self.split.is_empty() {
+            return Holding {
+                count: self.replicas.into(),
+                memory: self.need.memory.saturating_mul(self.replicas.into()),
+            };
+        }
+        let mut asks = Holding::default();
+        for (rev, n) in &self.split {
+            asks.count += u64::from(*n);
+            let each = self.need_of(*rev).0.memory;
+            asks.memory = asks.memory.saturating_add(each.saturating_mul((*n).into()));
+        }
+        asks
     }
 
     fn shape(&self) -> Shape {
@@ -147,6 +179,149 @@ pub struct Plan {
     pub actions: Vec<Action>,
     /// The next free instance sequence number after this plan.
     pub next_seq: u64,
+    /// Apps whose rolling update cannot go on for their namespace's quota,
+    /// and why (see [`rollout::plan_app`]).
+    pub held: Vec<(AppKey, String)>,
+}
+
+/// What instances hold of a quota: how many, and the memory they reserve.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Holding {
+    count: u64,
+    memory: u64,
+}
+
+impl Holding {
+    fn add(&mut self, count: u64, memory: u64) {
+        self.count = self.count.saturating_add(count);
+        self.memory = self.memory.saturating_add(memory);
+    }
+
+    fn max(self, other: Holding) -> Holding {
+        Holding {
+            count: self.count.max(other.count),
+            memory: self.memory.max(other.memory),
+        }
+    }
+}
+
+/// The room namespaces' quotas leave for instances beyond what apps ask
+/// for, as a plan takes it.
+///
+/// Each app of a namespace with a quota takes the greater of what it asks
+/// for (its replicas, which apply and scale hold to the quota) and what
+/// its instances hold now, leaving ones included (a draining instance
+/// still runs); instances of deleted apps count too. What is left of the
+/// quota is the namespace's room: a rolling update's extra instances and
+/// a move's surge must fit in it, so that the namespace never holds more
+/// than its quota, even for a moment.
+#[derive(Debug, Default)]
+struct Rooms<'a> {
+    /// By app (group): what its instances hold.
+    holds: Vec<Holding>,
+    /// By namespace: its limits, and what the namespace's apps leave of
+    /// them (`u64::MAX` where there is no limit).
+    free: HashMap<&'a str, (QuotaLimits, Holding)>,
+}
+
+impl<'a> Rooms<'a> {
+    fn new(apps: &'a [DesiredApp]) -> Self {
+        let mut rooms = Rooms {
+            holds: vec![Holding::default(); apps.len()],
+            free: HashMap::new(),
+        };
+        for a in apps {
+            if let Some(q) = a.quota {
+                rooms
+                    .free
+                    .insert(a.key.namespace.as_str(), (q, Holding::default()));
+            }
+        }
+        rooms
+    }
+
+    fn on(&self) -> bool {
+        !self.free.is_empty()
+    }
+
+    /// What app `g` takes of its namespace's quota.
+    fn takes(&self, g: usize, app: &DesiredApp) -> Holding {
+        app.asks().max(self.holds[g])
+    }
+
+    /// Once every instance is counted (`holds`, and `orphans`: what
+    /// instances of deleted apps hold, by namespace), what each namespace
+    /// has left.
+    fn settle(&mut self, apps: &[DesiredApp], orphans: &HashMap<String, Holding>) {
+        let mut taken: HashMap<&str, Holding> =
+            orphans.iter().map(|(ns, h)| (ns.as_str(), *h)).collect();
+        for (g, a) in apps.iter().enumerate() {
+            if a.quota.is_some() {
+                let t = self.takes(g, a);
+                taken
+                    .entry(a.key.namespace.as_str())
+                    .or_default()
+                    .add(t.count, t.memory);
+            }
+        }
+        for (ns, (q, free)) in self.free.iter_mut() {
+            let t = taken.get(ns).copied().unwrap_or_default();
+            *free = Holding {
+                count: q
+                    .instances
+                    .map_or(u64::MAX, |l| u64::from(l).saturating_sub(t.count)),
+                memory: q.memory.map_or(u64::MAX, |l| l.saturating_sub(t.memory)),
+            };
+        }
+    }
+
+    /// The room app `g` has for new instances of its revision now, if its
+    /// namespace has a quota; with the limit that binds, as users read it.
+    fn room(&self, g: usize, app: &DesiredApp, leaving: bool) -> Option<(Room, String)> {
+        let (q, free) = self.free.get(app.key.namespace.as_str())?;
+        let takes = self.takes(g, app);
+        let holds = self.holds[g];
+        let mut best: Option<(u64, String)> = None;
+        let mut consider = |n: u64, why: String| {
+            if best.as_ref().is_none_or(|(b, _)| n < *b) {
+                best = Some((n, why));
+            }
+        };
+        if let Some(limit) = q.instances {
+            let n = takes.count.saturating_add(free.count) - holds.count;
+            consider(n, format!("instances ({limit})"));
+        }
+        if let Some(limit) = q.memory
+            && app.need.memory > 0
+        {
+            let bytes = takes.memory.saturating_add(free.memory) - holds.memory;
+            consider(
+                bytes / app.need.memory,
+                format!("memory ({})", ByteSize(limit)),
+            );
+        }
+        let (now, why) = best?;
+        Some((
+            Room {
+                now: usize::try_from(now).unwrap_or(usize::MAX),
+                leaving,
+            },
+            why,
+        ))
+    }
+
+    /// App `g` starts `n` new instances of its revision.
+    fn take(&mut self, g: usize, app: &DesiredApp, n: usize) {
+        let Some((_, free)) = self.free.get_mut(app.key.namespace.as_str()) else {
+            return;
+        };
+        let n = n as u64;
+        let before = app.asks().max(self.holds[g]);
+        self.holds[g].add(n, app.need.memory.saturating_mul(n));
+        let after = app.asks().max(self.holds[g]);
+        free.count = free.count.saturating_sub(after.count - before.count);
+        free.memory = free.memory.saturating_sub(after.memory - before.memory);
+    }
 }
 
 /// Whether a draining instance is done: it had time to leave every
@@ -187,7 +362,11 @@ pub fn reconcile<I: std::borrow::Borrow<Instance>>(
     let mut plan = Plan {
         actions: Vec::new(),
         next_seq: seq,
+        held: Vec::new(),
     };
+    let mut rooms = Rooms::new(apps);
+    // What instances of deleted apps hold, by namespace (with a quota).
+    let mut orphans: HashMap<String, Holding> = HashMap::new();
     // Instances are grouped by app, in `apps` order; an app listed twice
     // gets its instances at its first entry.
     let mut group_of: FxHashMap<&AppKey, usize> = FxHashMap::default();
@@ -240,6 +419,21 @@ pub fn reconcile<I: std::borrow::Borrow<Instance>>(
             last = Some((&inst.app, g));
         }
         let lost = inst.node.is_some() && !on_live_node(&nodes, inst);
+        // Whatever this pass does not delete holds its part of a quota.
+        let mut counted = |inst: &Instance| {
+            if !rooms.on() {
+                return;
+            }
+            let memory = need_of(inst).memory;
+            match group {
+                Some(g) => rooms.holds[g].add(1, memory),
+                None if rooms.free.contains_key(inst.app.namespace.as_str()) => orphans
+                    .entry(inst.app.namespace.clone())
+                    .or_default()
+                    .add(1, memory),
+                None => {}
+            }
+        };
         if inst.phase == Phase::Terminating {
             let grace = group
                 .map(|g| apps[g].drain_grace_ms)
@@ -250,8 +444,11 @@ pub fn reconcile<I: std::borrow::Borrow<Instance>>(
                     id: inst.id.clone(),
                     why: DeleteReason::Drained,
                 });
-            } else if let Some(g) = group {
-                leaving[g] = true;
+            } else {
+                counted(inst);
+                if let Some(g) = group {
+                    leaving[g] = true;
+                }
             }
             continue;
         }
@@ -271,11 +468,17 @@ pub fn reconcile<I: std::borrow::Borrow<Instance>>(
             moves += 1;
         }
         match group {
-            Some(g) => live[g].push(inst),
-            None if rollout::serving(inst) => plan.actions.push(Action::Drain {
-                id: inst.id.clone(),
-                why: DeleteReason::AppDeleted,
-            }),
+            Some(g) => {
+                counted(inst);
+                live[g].push(inst);
+            }
+            None if rollout::serving(inst) => {
+                counted(inst);
+                plan.actions.push(Action::Drain {
+                    id: inst.id.clone(),
+                    why: DeleteReason::AppDeleted,
+                })
+            }
             None => {
                 release(&mut nodes, inst);
                 plan.actions.push(Action::Delete {
@@ -284,6 +487,10 @@ pub fn reconcile<I: std::borrow::Borrow<Instance>>(
                 });
             }
         }
+    }
+
+    if rooms.on() {
+        rooms.settle(apps, &orphans);
     }
 
     for (g, app) in apps.iter().enumerate() {
@@ -317,7 +524,22 @@ pub fn reconcile<I: std::borrow::Borrow<Instance>>(
                 surge = Some((s, replaced));
             }
         }
-        let decided = rollout::plan_app(&app.shape(), &mine);
+        let room = rooms.room(g, app, leaving[g]);
+        let decided = rollout::plan_app(&app.shape(), &mine, room.as_ref().map(|(r, _)| *r));
+        if decided.held {
+            let why = room
+                .as_ref()
+                .map(|(_, why)| why.as_str())
+                .unwrap_or_default();
+            plan.held.push((
+                app.key.clone(),
+                format!(
+                    "the namespace's quota on {why} leaves no room to start revision {} beside the only ready replica; raise the quota, or run 2 replicas or more to replace them one at a time",
+                    app.revision
+                ),
+            ));
+        }
+        rooms.take(g, app, decided.create.len());
         if decided.create.is_empty()
             && decided.remove.is_empty()
             && evicted.is_empty()
@@ -330,9 +552,15 @@ pub fn reconcile<I: std::borrow::Borrow<Instance>>(
                     finish_move(s, replaced, &mut nodes, &release, &mut plan);
                 }
                 Some(_) => {}
-                None if !gave_up && !leaving[g] && moves < rebalance::MOVES_AT_ONCE => {
+                // A move's surge must fit in the namespace's quota too.
+                None if !gave_up
+                    && !leaving[g]
+                    && moves < rebalance::MOVES_AT_ONCE
+                    && room.is_none_or(|(r, _)| r.now > 0) =>
+                {
                     if let Some(m) = rebalance::choose(app, &mine, &nodes, &node_index, eligible) {
                         moves += 1;
+                        rooms.take(g, app, 1);
                         start_move(app, m, &mut nodes, &mut plan);
                     }
                 }
@@ -979,5 +1207,241 @@ mod tests {
                 node: "n1".into()
             }]
         );
+    }
+
+    fn limited(mut a: DesiredApp, instances: Option<u32>, memory: Option<u64>) -> DesiredApp {
+        a.quota = Some(QuotaLimits { instances, memory });
+        a
+    }
+
+    /// Rounds of reconcile from revision 1 to `apps`' revisions, each
+    /// round's instances (leaving ones too) checked by `check`; drained
+    /// instances finish by the next round, new ones serve by then.
+    /// Returns the rounds' plans.
+    fn roll(
+        apps: &[DesiredApp],
+        inst: &mut Vec<Instance>,
+        nodes: &[NodeView],
+        mut seq: u64,
+        check: impl Fn(usize, &[Instance]),
+    ) -> Vec<Plan> {
+        let mut plans = Vec::new();
+        for round in 0..40 {
+            let p = run(apps, inst, nodes, seq);
+            seq = p.next_seq;
+            check(round, inst);
+            for i in inst.iter_mut().filter(|i| i.phase == Phase::Terminating) {
+                i.terminating_since_ms = Some(0);
+            }
+            let done = p.actions.is_empty();
+            plans.push(p);
+            if done {
+                break;
+            }
+            serve_all(inst);
+        }
+        plans
+    }
+
+    fn serving_count(inst: &[Instance]) -> usize {
+        inst.iter().filter(|i| rollout::serving(i)).count()
+    }
+
+    /// A namespace at its limit of instances: no room for a surge, so the
+    /// rollout stops one old instance, starts its replacement once it is
+    /// gone, and waits for it to serve before the next; the namespace never
+    /// holds more than its limit, and two of three replicas always serve.
+    #[test]
+    fn at_its_instance_limit_a_rollout_replaces_one_instance_at_a_time() {
+        let nodes = vec![node("n1", true), node("n2", true), node("n3", true)];
+        let mut inst = Vec::new();
+        let v1 = [limited(app("w", 3, 1), Some(3), None)];
+        let seq = run(&v1, &mut inst, &nodes, 0).next_seq;
+        serve_all(&mut inst);
+        let v2 = [limited(app("w", 3, 2), Some(3), None)];
+        let plans = roll(&v2, &mut inst, &nodes, seq, |round, inst| {
+            assert!(inst.len() <= 3, "round {round}: {} instances", inst.len());
+            let serving = serving_count(inst);
+            assert!(serving >= 2, "round {round}: {serving} serving");
+        });
+        assert!(plans.iter().all(|p| p.held.is_empty()), "{plans:?}");
+        assert_eq!(inst.len(), 3, "{inst:?}");
+        assert!(inst.iter().all(|i| i.revision == 2 && rollout::serving(i)));
+    }
+
+    /// With room for one extra instance, the surge takes it (and no more
+    /// than it, though max-surge would allow two): every replica serves
+    /// throughout.
+    #[test]
+    fn a_rollouts_surge_is_capped_at_the_room_left() {
+        let nodes = vec![node("n1", true), node("n2", true), node("n3", true)];
+        let mut inst = Vec::new();
+        let mut v1 = limited(app("w", 3, 1), Some(4), None);
+        v1.max_surge = 2;
+        let seq = run(&[v1.clone()], &mut inst, &nodes, 0).next_seq;
+        serve_all(&mut inst);
+        let mut v2 = v1.clone();
+        v2.revision = 2;
+        roll(&[v2], &mut inst, &nodes, seq, |round, inst| {
+            assert!(inst.len() <= 4, "round {round}: {} instances", inst.len());
+            assert!(serving_count(inst) >= 3, "round {round}");
+        });
+        assert!(inst.iter().all(|i| i.revision == 2) && inst.len() == 3);
+        // Without a quota, the same rollout surges by two at once.
+        let mut inst = Vec::new();
+        let mut free = v1.clone();
+        free.quota = None;
+        let seq = run(&[free.clone()], &mut inst, &nodes, 0).next_seq;
+        serve_all(&mut inst);
+        free.revision = 2;
+        let p = run(&[free], &mut inst, &nodes, seq);
+        let creates = p
+            .actions
+            .iter()
+            .filter(|a| matches!(a, Action::Create { .. }))
+            .count();
+        assert_eq!(creates, 2);
+    }
+
+    /// One replica and no room: nothing is stopped or started, the plan
+    /// says why; with room again, the rollout goes on.
+    #[test]
+    fn a_single_replica_without_room_is_held_until_the_quota_grows() {
+        let nodes = vec![node("n1", true)];
+        let mut inst = Vec::new();
+        let seq = run(
+            &[limited(app("w", 1, 1), Some(1), None)],
+            &mut inst,
+            &nodes,
+            0,
+        )
+        .next_seq;
+        serve_all(&mut inst);
+        let held = run(
+            &[limited(app("w", 1, 2), Some(1), None)],
+            &mut inst,
+            &nodes,
+            seq,
+        );
+        assert!(held.actions.is_empty(), "{:?}", held.actions);
+        assert_eq!(held.held.len(), 1);
+        assert_eq!(held.held[0].0, AppKey::new("default", "w"));
+        assert!(
+            held.held[0].1.starts_with(
+                "the namespace's quota on instances (1) leaves no room to start revision 2"
+            ),
+            "{}",
+            held.held[0].1
+        );
+        let grown = [limited(app("w", 1, 2), Some(2), None)];
+        roll(&grown, &mut inst, &nodes, seq, |round, inst| {
+            assert!(inst.len() <= 2, "round {round}");
+        });
+        assert_eq!(inst.len(), 1);
+        assert_eq!(inst[0].revision, 2);
+    }
+
+    /// The quota on memory holds the surge as the one on instances does,
+    /// counting each instance at its revision's size.
+    #[test]
+    fn the_quota_on_memory_holds_a_rollout_too() {
+        let nodes = vec![node("n1", true)];
+        let mut inst = Vec::new();
+        let mem = Some(NEED.memory);
+        let seq = run(&[limited(app("w", 1, 1), None, mem)], &mut inst, &nodes, 0).next_seq;
+        serve_all(&mut inst);
+        let p = run(
+            &[limited(app("w", 1, 2), None, mem)],
+            &mut inst,
+            &nodes,
+            seq,
+        );
+        assert!(p.actions.is_empty());
+        assert!(
+            p.held[0].1.contains("quota on memory (64MiB)"),
+            "{}",
+            p.held[0].1
+        );
+    }
+
+    /// Two apps of a namespace rolling out at once share its room: one
+    /// extra instance between them.
+    #[test]
+    fn apps_of_one_namespace_share_its_room() {
+        let nodes = vec![node("n1", true), node("n2", true), node("n3", true)];
+        let mut inst = Vec::new();
+        let at = |rev| {
+            [
+                limited(app("a", 2, rev), Some(5), None),
+                limited(app("b", 2, rev), Some(5), None),
+            ]
+        };
+        let seq = run(&at(1), &mut inst, &nodes, 0).next_seq;
+        serve_all(&mut inst);
+        roll(&at(2), &mut inst, &nodes, seq, |round, inst| {
+            assert!(inst.len() <= 5, "round {round}: {} instances", inst.len());
+        });
+        assert_eq!(inst.len(), 4);
+        assert!(inst.iter().all(|i| i.revision == 2));
+        // Instances of a deleted app still draining hold their part: with
+        // a's two leaving, b has no room for a surge.
+        let mut inst: Vec<Instance> = Vec::new();
+        let seq = run(&at(1), &mut inst, &nodes, 0).next_seq;
+        serve_all(&mut inst);
+        let only_b = [limited(app("b", 2, 2), Some(3), None)];
+        let views = with_allocations(&nodes, &inst);
+        let p = reconcile(
+            &only_b,
+            &inst,
+            &views,
+            &|_| NEED,
+            seq,
+            Clock {
+                now_ms: 0,
+                drain_delay_ms: 1000,
+            },
+        );
+        assert!(
+            !p.actions.iter().any(|a| matches!(a, Action::Create { .. })),
+            "{:?}",
+            p.actions
+        );
+    }
+
+    /// A move's surge must fit in the quota too: with no room, replicas
+    /// stay where they are.
+    #[test]
+    fn a_move_waits_for_room_in_the_quota() {
+        for (limit, moves_wanted) in [(6, 0), (7, 2)] {
+            let mut nodes = vec![node("n1", true), node("n2", true), node("n3", true)];
+            let web = [limited(app("w", 6, 1), Some(limit), None)];
+            let mut inst = Vec::new();
+            let mut seq = run(&web, &mut inst, &nodes, 0).next_seq;
+            serve_all(&mut inst);
+            nodes[2].ready = false;
+            nodes[2].lost = true;
+            seq = run(&web, &mut inst, &nodes, seq).next_seq;
+            serve_all(&mut inst);
+            nodes[2] = node("n3", true);
+            let mut moves = 0;
+            for _ in 0..30 {
+                let p = run(&web, &mut inst, &nodes, seq);
+                seq = p.next_seq;
+                moves += p
+                    .actions
+                    .iter()
+                    .filter(|a| matches!(a, Action::Rebalance(Step::Start { .. })))
+                    .count();
+                assert!(inst.len() <= limit as usize, "limit {limit}");
+                if p.actions.is_empty() {
+                    break;
+                }
+                serve_all(&mut inst);
+                for i in inst.iter_mut().filter(|i| i.phase == Phase::Terminating) {
+                    i.terminating_since_ms = Some(0);
+                }
+            }
+            assert_eq!(moves, moves_wanted, "limit {limit}");
+        }
     }
 }

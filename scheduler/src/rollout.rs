@@ -34,6 +34,21 @@ pub struct AppPlan {
     pub create: Vec<u64>,
     /// Instances to take out of service, and why.
     pub remove: Vec<(String, DeleteReason)>,
+    /// The rolling update cannot go on: its namespace's quota leaves no
+    /// room for an extra instance, and the app has no other ready replica
+    /// to serve while one is replaced.
+    pub held: bool,
+}
+
+/// What an app's namespace's quota leaves it for a rolling update's extra
+/// instances ([`crate::reconcile`] counts it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Room {
+    /// New instances (of the revision rolling out) it may start now.
+    pub now: usize,
+    /// Some of its instances are still leaving: room comes back as they
+    /// go.
+    pub leaving: bool,
 }
 
 /// An app's traffic split as percent per revision, with `latest` resolved
@@ -86,7 +101,14 @@ fn scale(mine: &mut Vec<&Instance>, revision: u64, want: usize, plan: &mut AppPl
 
 /// Decides creations and removals for one app. `live` holds its instances
 /// that are not already leaving (not `Terminating`, not on a lost node).
-pub fn plan_app(shape: &Shape, live: &[&Instance]) -> AppPlan {
+///
+/// With `room` (its namespace has a quota on instances or memory), a
+/// rolling update starts no more new instances than the room allows. With
+/// no room now and nothing leaving, it replaces one instance at a time:
+/// one old instance leaves first and its replacement starts once it is
+/// gone, as long as another replica serves meanwhile; with a single ready
+/// replica it is held instead ([`AppPlan::held`]).
+pub fn plan_app(shape: &Shape, live: &[&Instance], room: Option<Room>) -> AppPlan {
     let mut plan = AppPlan::default();
     let mut by_rev: BTreeMap<u64, Vec<&Instance>> = BTreeMap::new();
     for i in live {
@@ -140,24 +162,43 @@ pub fn plan_app(shape: &Shape, live: &[&Instance]) -> AppPlan {
                 *max_surge as usize
             };
             let total = new.len() + old.len();
-            let creates = (want - new.len()).min((want + surge).saturating_sub(total));
+            let mut creates = (want - new.len()).min((want + surge).saturating_sub(total));
+            let mut serving_now = new.iter().filter(|i| serving(i)).count()
+                + old.iter().filter(|i| serving(i)).count();
+            let mut unavailable = *max_unavailable as usize;
+            // Held, unless an old instance that serves nothing goes below.
+            let mut held = false;
+            if let Some(room) = room {
+                creates = creates.min(room.now);
+                // Stuck otherwise: no room, nothing leaving to make some,
+                // and no serving instance beyond the replicas to remove.
+                if room.now == 0 && !room.leaving && unavailable == 0 && serving_now <= want {
+                    if serving_now > 1 {
+                        unavailable = 1;
+                    } else {
+                        // (Not while a new instance starts: then it waits
+                        // for that one.)
+                        held = want > new.len() && new.iter().all(|i| serving(i));
+                    }
+                }
+            }
             for _ in 0..creates {
                 plan.create.push(*revision);
             }
             // Old instances that serve nothing go now; serving ones go only
             // as far as the serving count stays at `replicas - unavailable`.
             old.sort_by_key(|i| (serving(i), i.revision, i.created_at_ms, i.id.clone()));
-            let min_serving = want.saturating_sub(*max_unavailable as usize);
-            let mut serving_now = new.iter().filter(|i| serving(i)).count()
-                + old.iter().filter(|i| serving(i)).count();
+            let min_serving = want.saturating_sub(unavailable);
             for i in old {
                 if !serving(i) {
                     plan.remove.push((i.id.clone(), DeleteReason::Replaced));
+                    held = false;
                 } else if serving_now > min_serving {
                     plan.remove.push((i.id.clone(), DeleteReason::Replaced));
                     serving_now -= 1;
                 }
             }
+            plan.held = held;
         }
     }
     plan
@@ -167,9 +208,10 @@ pub fn plan_app(shape: &Shape, live: &[&Instance]) -> AppPlan {
 /// completed or just ran out of time, `None` while it goes on (or was over
 /// already). `live` as for [`plan_app`].
 pub fn progress(app: &App, shape: &Shape, live: &[&Instance], now_ms: u64) -> Option<RolloutState> {
-    let RolloutState::Progressing { since_ms } = app.rollout else {
+    let RolloutState::Progressing { since_ms, held } = &app.rollout else {
         return None;
     };
+    let since_ms = *since_ms;
     let complete = match shape {
         Shape::Rolling {
             revision, replicas, ..
@@ -187,8 +229,11 @@ pub fn progress(app: &App, shape: &Shape, live: &[&Instance], now_ms: u64) -> Op
     if complete {
         return Some(RolloutState::Complete { at_ms: now_ms });
     }
+    // A rollout held by its namespace's quota started nothing that could
+    // fail: it waits for room, and its deadline counts from when the hold
+    // ends (see `decide::plan`).
     let deadline = app.settings.rollout.progress_deadline.get().as_millis() as u64;
-    if now_ms.saturating_sub(since_ms) < deadline {
+    if held.is_some() || now_ms.saturating_sub(since_ms) < deadline {
         return None;
     }
     let target = app.current_revision;
@@ -266,7 +311,7 @@ mod tests {
             let refs: Vec<&Instance> = live.iter().collect();
             let serving_now = refs.iter().filter(|i| serving(i)).count();
             assert!(serving_now >= 3, "step {step}: {serving_now} serving");
-            let plan = plan_app(&shape, &refs);
+            let plan = plan_app(&shape, &refs, None);
             if plan.create.is_empty() && plan.remove.is_empty() && live.iter().all(|i| i.ready) {
                 break;
             }
@@ -292,7 +337,7 @@ mod tests {
         let shape = rolling(2, 2, 1, 0);
         let live = [inst("a", 1, true), inst("b", 1, true), inst("x", 2, false)];
         let refs: Vec<&Instance> = live.iter().collect();
-        assert_eq!(plan_app(&shape, &refs), AppPlan::default());
+        assert_eq!(plan_app(&shape, &refs, None), AppPlan::default());
     }
 
     #[test]
@@ -300,7 +345,7 @@ mod tests {
         let shape = rolling(2, 2, 0, 1);
         let live = [inst("a", 1, true), inst("b", 1, true)];
         let refs: Vec<&Instance> = live.iter().collect();
-        let plan = plan_app(&shape, &refs);
+        let plan = plan_app(&shape, &refs, None);
         assert!(plan.create.is_empty());
         assert_eq!(ids(&plan), vec!["a"]);
     }
@@ -310,18 +355,64 @@ mod tests {
         let shape = rolling(2, 2, 1, 0);
         let live = [inst("a", 1, false), inst("b", 1, true)];
         let refs: Vec<&Instance> = live.iter().collect();
-        let plan = plan_app(&shape, &refs);
+        let plan = plan_app(&shape, &refs, None);
         assert_eq!(ids(&plan), vec!["a"]);
         assert_eq!(plan.create, vec![2]);
+    }
+
+    /// Without room in the quota: one serving instance fewer only when
+    /// nothing else can go (never below one serving, never when old
+    /// instances beyond the replicas can go first).
+    #[test]
+    fn without_room_one_instance_is_replaced_at_a_time_and_one_serving_is_held() {
+        let none = Some(Room {
+            now: 0,
+            leaving: false,
+        });
+        let three = [inst("a", 1, true), inst("b", 1, true), inst("c", 1, true)];
+        let refs: Vec<&Instance> = three.iter().collect();
+        let plan = plan_app(&rolling(2, 3, 1, 0), &refs, none);
+        assert!(plan.create.is_empty() && !plan.held);
+        assert_eq!(ids(&plan), vec!["a"]);
+        // Scaled down at once: the extra ones go, one keeps serving.
+        let plan = plan_app(&rolling(2, 1, 1, 0), &refs, none);
+        assert_eq!(ids(&plan), vec!["a", "b"]);
+        // Something leaving: it makes room, nothing more goes.
+        let leaving = Some(Room {
+            now: 0,
+            leaving: true,
+        });
+        let two = [inst("b", 1, true), inst("c", 1, true)];
+        let refs: Vec<&Instance> = two.iter().collect();
+        assert_eq!(
+            plan_app(&rolling(2, 3, 1, 0), &refs, leaving),
+            AppPlan::default()
+        );
+        // One serving replica: held, unless its replacement is starting.
+        let one = [inst("a", 1, true)];
+        let refs: Vec<&Instance> = one.iter().collect();
+        let plan = plan_app(&rolling(2, 1, 1, 0), &refs, none);
+        assert!(plan.held && plan.create.is_empty() && plan.remove.is_empty());
+        let starting = [inst("a", 1, true), inst("x", 2, false)];
+        let refs: Vec<&Instance> = starting.iter().collect();
+        assert!(!plan_app(&rolling(2, 2, 1, 0), &refs, none).held);
+        // Room for one: the surge, capped at it.
+        let room = Some(Room {
+            now: 1,
+            leaving: false,
+        });
+        let refs: Vec<&Instance> = three.iter().collect();
+        let plan = plan_app(&rolling(2, 3, 3, 0), &refs, room);
+        assert_eq!((plan.create.len(), plan.remove.len()), (1, 0));
     }
 
     #[test]
     fn plain_scaling_without_old_revisions() {
         let live = [inst("a", 1, true), inst("b", 1, false), inst("c", 1, true)];
         let refs: Vec<&Instance> = live.iter().collect();
-        let down = plan_app(&rolling(1, 1, 1, 0), &refs);
+        let down = plan_app(&rolling(1, 1, 1, 0), &refs, None);
         assert_eq!(ids(&down), vec!["b", "c"]);
-        let up = plan_app(&rolling(1, 5, 1, 0), &refs);
+        let up = plan_app(&rolling(1, 5, 1, 0), &refs, None);
         assert_eq!(up.create, vec![1, 1]);
         assert!(up.remove.is_empty());
     }
@@ -336,7 +427,7 @@ mod tests {
             inst("d", 1, true),
         ];
         let refs: Vec<&Instance> = live.iter().collect();
-        let plan = plan_app(&shape, &refs);
+        let plan = plan_app(&shape, &refs, None);
         assert_eq!(plan.create, vec![3]);
         let mut removed = ids(&plan);
         removed.sort();
@@ -352,7 +443,7 @@ mod tests {
             current_revision: 2,
             stable_revision: 1,
             settings: Default::default(),
-            rollout: RolloutState::Progressing { since_ms: 1000 },
+            rollout: RolloutState::started(1000),
             created_at_ms: 0,
             updated_at_ms: 0,
         };

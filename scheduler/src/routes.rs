@@ -81,14 +81,21 @@ pub fn route_table(snap: &Snapshot) -> RouteTable {
             max_body: t.spec.limits.max_body.bytes(),
             backends,
             scale_from_zero: app.settings.autoscale.is_some_and(|a| a.min == 0),
+            limits: match snap.quota(&app.key.namespace) {
+                Some(q) => q.gateway_limits(&app.settings.gateway),
+                None => app.settings.gateway,
+            },
         });
     }
+    // Namespaces held by the default quota are listed one by one: a
+    // namespace's limits are its own at each gateway, not shared.
     let limits = snap
-        .quotas
-        .iter()
+        .quota_namespaces()
+        .into_iter()
+        .filter_map(|ns| Some((ns, snap.quota(ns)?)))
         .filter(|(_, q)| q.concurrency.is_some() || q.rate.is_some())
         .map(|(ns, q)| NamespaceLimits {
-            namespace: ns.clone(),
+            namespace: ns.to_string(),
             concurrency: q.concurrency,
             rate: q.rate,
         })

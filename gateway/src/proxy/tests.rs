@@ -148,6 +148,7 @@ async fn gateway_limited(
                 }],
             }],
             scale_from_zero: false,
+            limits: app_limits,
         }],
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -625,6 +626,7 @@ async fn under_failing_nodes_retries_stop_at_the_apps_budget() {
                 endpoints,
             }],
             scale_from_zero: false,
+            limits: Default::default(),
         }],
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -745,6 +747,85 @@ async fn a_namespace_past_its_rate_gets_429_until_its_budget_refills() {
     );
 }
 
+/// An app's own limits (its manifest's `limits.gateway-*`) are held as its
+/// namespace's are: at the limit of requests in flight, the next gets 429
+/// with `Retry-After` and a message about the app; the first ends, the
+/// next is served.
+#[tokio::test]
+async fn an_app_at_its_own_limit_of_requests_in_flight_gets_429_with_retry_after() {
+    let (address, tx) = node(b"first").await;
+    let own = shoal_api::workload::GatewayLimits {
+        concurrency: Some(1),
+        rate: None,
+    };
+    let gw = gateway_with_limits(&address, 1 << 20, Vec::new(), own).await;
+    let mut held = get_root(gw).await;
+    let mut buf = Vec::new();
+    read_until(&mut held, &mut buf, b"first").await;
+
+    let refused = one_request(gw).await;
+    assert!(refused.starts_with("HTTP/1.1 429 "), "{refused}");
+    assert!(
+        refused
+            .to_ascii_lowercase()
+            .contains("\r\nretry-after: 1\r\n"),
+        "{refused}"
+    );
+    assert!(refused.contains(r#""code":"rate_limited""#), "{refused}");
+    assert!(
+        refused.contains("too many requests in flight for this app (limit 1)"),
+        "{refused}"
+    );
+    for inside in ["n1", "web-0", "default", &address] {
+        assert!(!refused.contains(inside), "{inside} in {refused}");
+    }
+    drop(tx);
+    read_until(&mut held, &mut buf, b"0\r\n\r\n").await;
+    let served = one_request(gw).await;
+    assert!(served.starts_with("HTTP/1.1 200 "), "{served}");
+}
+
+#[tokio::test]
+async fn an_app_past_its_own_rate_gets_429_within_its_namespaces_larger_one() {
+    let address = echo_node().await;
+    let namespace = vec![shoal_api::routes::NamespaceLimits {
+        namespace: "default".into(),
+        concurrency: None,
+        rate: Some(1000),
+    }];
+    let own = shoal_api::workload::GatewayLimits {
+        concurrency: None,
+        rate: Some(2),
+    };
+    let gw = gateway_with_limits(&address, 1 << 20, namespace, own).await;
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        answers.push(one_request(gw).await);
+    }
+    let statuses: Vec<&str> = answers
+        .iter()
+        .map(|a| a.get(9..12).unwrap_or_default())
+        .collect();
+    // At the app's rate (a burst of 2), then past it: at most a third
+    // is admitted, only if half a second passed in between.
+    assert_eq!(statuses[..2], ["200", "200"], "{statuses:?}");
+    let refused: Vec<&String> = answers
+        .iter()
+        .filter(|a| a.starts_with("HTTP/1.1 429 "))
+        .collect();
+    assert!((1..=2).contains(&refused.len()), "{statuses:?}");
+    for a in refused {
+        assert!(
+            a.to_ascii_lowercase().contains("\r\nretry-after: 1\r\n"),
+            "{a}"
+        );
+        assert!(
+            a.contains("too many requests per second for this app (limit 2/s)"),
+            "{a}"
+        );
+    }
+}
+
 /// A node answering each request with the `traceparent` and `tracestate`
 /// it got (`-` for none), one a line.
 async fn trace_node() -> String {
@@ -839,6 +920,7 @@ async fn each_answer_is_counted_logged_and_carries_the_trace_on() {
                 }],
             }],
             scale_from_zero: false,
+            limits: Default::default(),
         }],
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -141,6 +141,7 @@ fn gateway(address: &str) -> Arc<Gateway> {
                 }],
             }],
             scale_from_zero: false,
+            limits: Default::default(),
         }],
     });
     gw

@@ -45,7 +45,8 @@ pub enum Change {
         app: AppKey,
         at_ms: u64,
     },
-    /// A namespace's quota is set (or, `None`, removed).
+    /// A namespace's quota is set (or, `None`, removed); under
+    /// [`crate::store::DEFAULT_QUOTA_KEY`], the default quota.
     SetQuota(String, Option<Quota>),
     /// A secret is stored (its values sealed), replacing one of its name.
     PutSecret(Box<StoredSecret>),
@@ -150,14 +151,12 @@ impl State {
                     self.scale.entry(app).or_default().last_active_ms = at_ms;
                 }
                 Change::SetQuota(namespace, Some(quota)) => {
-                    self.pending.push(Op::PutQuota(StoredQuota {
-                        namespace: namespace.clone(),
-                        quota,
-                    }));
-                    self.snap.quotas.insert(namespace, quota);
+                    self.snap.put_quota(&namespace, Some(quota));
+                    self.pending
+                        .push(Op::PutQuota(StoredQuota { namespace, quota }));
                 }
                 Change::SetQuota(namespace, None) => {
-                    self.snap.quotas.remove(&namespace);
+                    self.snap.put_quota(&namespace, None);
                     self.pending.push(Op::DeleteQuota(namespace));
                 }
                 Change::PutSecret(sec) => {

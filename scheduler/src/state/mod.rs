@@ -175,6 +175,12 @@ pub enum Command {
         actor: Actor,
         reply: oneshot::Sender<Result<(), ApiError>>,
     },
+    /// Set (`Some`) or remove the default quota.
+    SetDefaultQuota {
+        quota: Option<shoal_api::quota::Quota>,
+        actor: Actor,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
     /// Store a secret (sealed by the API), replacing one of its name;
     /// answers whether it is new. Apps that read a changed value roll out.
     PutSecret {
@@ -679,6 +685,21 @@ impl ControlPlane {
     ) -> Result<(), ApiError> {
         self.ask(|reply| Command::SetQuota {
             namespace,
+            quota,
+            actor,
+            reply,
+        })
+        .await
+    }
+
+    /// Sets (`Some`) or removes the default quota, which holds every
+    /// namespace without a quota of its own.
+    pub async fn set_default_quota(
+        &self,
+        quota: Option<shoal_api::quota::Quota>,
+        actor: Actor,
+    ) -> Result<(), ApiError> {
+        self.ask(|reply| Command::SetDefaultQuota {
             quota,
             actor,
             reply,

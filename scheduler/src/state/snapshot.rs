@@ -34,8 +34,11 @@ pub struct Snapshot {
     pub autoscale: BTreeMap<AppKey, AutoscaleView>,
     /// Recent cold starts per app, in ms (not stored).
     pub cold_starts: BTreeMap<AppKey, ColdStarts>,
-    /// Quotas by namespace (a namespace without one has no limits).
+    /// Quotas by namespace (a namespace without one is held to the
+    /// default quota, if there is one, else has no limits).
     pub quotas: BTreeMap<String, Quota>,
+    /// The quota of every namespace without one of its own.
+    pub default_quota: Option<Quota>,
     /// Secrets by (namespace, name), their values sealed.
     pub secrets: BTreeMap<(String, String), StoredSecret>,
     /// Bumped on every change; watchers wait for it to move.
@@ -94,7 +97,7 @@ impl Snapshot {
             snap.put_instance(i);
         }
         for q in c.quotas {
-            snap.quotas.insert(q.namespace, q.quota);
+            snap.put_quota(&q.namespace, Some(q.quota));
         }
         for sec in c.secrets {
             snap.secrets
@@ -127,9 +130,36 @@ impl Snapshot {
         usage
     }
 
-    /// The quota of namespace `ns`, if it has one.
+    /// The quota namespace `ns` is held to: its own, or else the default
+    /// quota, if there is one.
     pub fn quota(&self, ns: &str) -> Option<&Quota> {
-        self.quotas.get(ns)
+        self.quotas.get(ns).or(self.default_quota.as_ref())
+    }
+
+    /// Sets (`Some`) or removes a quota as the store keeps it: a
+    /// namespace's, or under [`crate::store::DEFAULT_QUOTA_KEY`] the
+    /// default quota.
+    pub(crate) fn put_quota(&mut self, key: &str, quota: Option<Quota>) {
+        match (key == crate::store::DEFAULT_QUOTA_KEY, quota) {
+            (true, q) => self.default_quota = q,
+            (false, Some(q)) => {
+                self.quotas.insert(key.to_string(), q);
+            }
+            (false, None) => {
+                self.quotas.remove(key);
+            }
+        }
+    }
+
+    /// Namespaces some quota holds: those with one of their own and, if
+    /// there is a default quota, every namespace with an app.
+    pub fn quota_namespaces(&self) -> std::collections::BTreeSet<&str> {
+        let mut all: std::collections::BTreeSet<&str> =
+            self.quotas.keys().map(String::as_str).collect();
+        if self.default_quota.is_some() {
+            all.extend(self.apps.keys().map(|k| k.namespace.as_str()));
+        }
+        all
     }
 
     /// Adds or replaces an instance, keeping [`Snapshot::by_node`].
@@ -224,6 +254,7 @@ impl Snapshot {
                         .quota(&i.app.namespace)
                         .map(Quota::kv)
                         .unwrap_or_default(),
+                    cpu_weight: self.quota(&i.app.namespace).and_then(|q| q.cpu_weight),
                 })
             })
             .collect();
@@ -362,6 +393,13 @@ impl Snapshot {
         d.progress_deadline_ms = r.progress_deadline.get().as_millis() as u64;
         // Replicas move to restore spread only while no rollout moves them.
         d.rebalance = !matches!(a.rollout, RolloutState::Progressing { .. });
+        d.quota = self
+            .quota(&a.key.namespace)
+            .filter(|q| q.instances.is_some() || q.memory.is_some())
+            .map(|q| crate::reconcile::QuotaLimits {
+                instances: q.instances,
+                memory: q.memory.map(shoal_api::ByteSize::bytes),
+            });
         for (rev, percent) in crate::rollout::split_of(a) {
             let Some(rt) = self.template(&a.key, rev) else {
                 continue;

@@ -563,6 +563,14 @@ impl State {
                 let d = unit(decide::quota::set(&self.snap, &namespace, quota));
                 answer!(reply, self.commit(d, actor.as_deref()))
             }
+            Command::SetDefaultQuota {
+                quota,
+                actor,
+                reply,
+            } => {
+                let d = unit(decide::quota::set_default(&self.snap, quota));
+                answer!(reply, self.commit(d, actor.as_deref()))
+            }
             Command::PutSecret {
                 secret,
                 actor,

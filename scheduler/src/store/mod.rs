@@ -21,12 +21,18 @@ use shoal_api::objects::{App, Event, Instance, Node, Revision};
 use shoal_api::quota::Quota;
 use std::path::Path;
 
-/// A namespace's quota as stored.
+/// A namespace's quota as stored; under [`DEFAULT_QUOTA_KEY`], the
+/// default quota.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoredQuota {
     pub namespace: String,
     pub quota: Quota,
 }
+
+/// Where the default quota is kept among the namespaces' quotas: a name no
+/// namespace can have (`valid_name` refuses `*`), so older control planes
+/// read it as a quota of no namespace.
+pub const DEFAULT_QUOTA_KEY: &str = "*";
 
 /// A secret as stored: its names in the clear, its values sealed (see
 /// `crate::secrets`). Its `Debug` leaves the sealed bytes out.

@@ -264,12 +264,13 @@ fn rollout_cell(view: &AppView, now_ms: u64) -> Markup {
     let done = view.up_to_date.min(app.replicas);
     html! {
         @match &app.rollout {
-            RolloutState::Progressing { since_ms } => {
+            RolloutState::Progressing { since_ms, held } => {
                 span.badge.busy { "rolling out" }
                 " "
                 progress max=(app.replicas.max(1)) value=(done) {}
                 " " span.rollout-count { (done) "/" (app.replicas) } " up to date"
                 span.muted { " · since " (ago(now_ms, *since_ms)) }
+                @if let Some(held) = held { br; span.muted { "held: " (held) } }
             }
             RolloutState::Complete { .. } => {
                 span.badge.ok.rollout-state { "complete" }
@@ -739,7 +740,7 @@ mod tests {
                     current_revision: 3,
                     stable_revision: 2,
                     settings: Default::default(),
-                    rollout: RolloutState::Progressing { since_ms: 1_000 },
+                    rollout: RolloutState::started(1_000),
                     created_at_ms: 0,
                     updated_at_ms: 0,
                 },

@@ -191,8 +191,9 @@ fn applied_replicas(m: &AppManifest, existing: Option<&App>) -> u32 {
 }
 
 /// Refuses an apply that would take a namespace past its quota: more apps,
-/// instances or memory than it may hold, or a new revision asking for a
-/// bigger sandbox (memory, timeout, body) than the namespace may grant.
+/// instances or memory than it may hold, a new revision asking for a
+/// bigger sandbox (memory, timeout, body) than the namespace may grant, or
+/// more of each gateway than the namespace's apps may set.
 fn check_quotas(
     snap: &Snapshot,
     apps: &[(AppManifest, String)],
@@ -224,6 +225,11 @@ fn check_quotas(
             });
             if !unchanged {
                 quota.check_limits(ns, &m.run.limits)?;
+            }
+            // The gateways' limits on the app's requests: when they change,
+            // or with a new revision.
+            if !unchanged || existing.is_none_or(|a| a.settings.gateway != m.serve.gateway) {
+                quota.check_gateway_limits(ns, &m.serve.gateway)?;
             }
         }
         quota.check(ns, &snap.usage(ns, None), &after)?;
@@ -315,7 +321,7 @@ pub fn apply(
                     current_revision: 1,
                     stable_revision: 0,
                     settings: m.serve.clone(),
-                    rollout: RolloutState::Progressing { since_ms: now },
+                    rollout: RolloutState::started(now),
                     created_at_ms: now,
                     updated_at_ms: now,
                 };
@@ -344,7 +350,7 @@ pub fn apply(
                         if app.settings.traffic != settings.traffic {
                             // Revisions gain or lose instances: a rollout
                             // to follow and wait for.
-                            app.rollout = RolloutState::Progressing { since_ms: now };
+                            app.rollout = RolloutState::started(now);
                         }
                         app.settings = settings;
                         app.updated_at_ms = now;
@@ -374,7 +380,7 @@ pub fn apply(
                     app.current_revision = number;
                     app.replicas = m.replicas;
                     app.settings = settings;
-                    app.rollout = RolloutState::Progressing { since_ms: now };
+                    app.rollout = RolloutState::started(now);
                     app.updated_at_ms = now;
                     changes.push(Change::PutApp(Box::new(app)));
                     changes.push(event(Event::RolloutStarted {
@@ -484,7 +490,7 @@ pub fn rollback(
     check_room(snap, &app, app.replicas, memory_each)?;
     let from = app.current_revision;
     app.current_revision = target;
-    app.rollout = RolloutState::Progressing { since_ms: now_ms };
+    app.rollout = RolloutState::started(now_ms);
     app.updated_at_ms = now_ms;
     let changes = vec![
         Change::PutApp(Box::new(app)),
@@ -514,7 +520,7 @@ pub fn traffic(
     }
     check_traffic(snap, key, &traffic, 0)?;
     if app.settings.traffic != traffic {
-        app.rollout = RolloutState::Progressing { since_ms: now_ms };
+        app.rollout = RolloutState::started(now_ms);
     }
     app.settings.traffic = traffic.clone();
     app.updated_at_ms = now_ms;

@@ -34,9 +34,9 @@ pub fn autoscale(
     // What each namespace with a quota holds, as this pass changes it, so
     // that two apps growing at once cannot both take the last room.
     let mut usage: HashMap<&str, Usage> = snap
-        .quotas
-        .keys()
-        .map(|ns| (ns.as_str(), snap.usage(ns, None)))
+        .quota_namespaces()
+        .into_iter()
+        .map(|ns| (ns, snap.usage(ns, None)))
         .collect();
     for app in snap.apps.values() {
         let Some(spec) = app.settings.autoscale else {

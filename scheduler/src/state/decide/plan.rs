@@ -9,8 +9,8 @@ use crate::reconcile::{self, Action, DesiredApp};
 use crate::state::Snapshot;
 use crate::state::executor::Change;
 use rustc_hash::FxHashMap;
-use shoal_api::objects::{AppKey, Instance, NodeState, Phase};
-use std::collections::{BTreeMap, HashMap};
+use shoal_api::objects::{AppKey, Instance, NodeState, Phase, RolloutState};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 /// The plan reconcile makes now, numbering new instances from `next_seq`.
@@ -78,17 +78,57 @@ pub fn plan(
     reconcile::reconcile(apps, &instances, &views, &need_of, next_seq, clock)
 }
 
+/// Rollouts that `held` says their namespace's quota holds now: each says
+/// so in its state, and in a `QuotaHeld` event once each time the hold
+/// starts (or its reason changes). A held rollout that may go on again
+/// starts its progress deadline from now: it spent the hold waiting, not
+/// failing to progress.
+fn holds(snap: &Snapshot, held: &[(AppKey, String)], now_ms: u64) -> Vec<Change> {
+    let mut changes = Vec::new();
+    for (key, why) in held {
+        let Some(app) = snap.apps.get(key) else {
+            continue;
+        };
+        let RolloutState::Progressing { since_ms, held } = &app.rollout else {
+            continue;
+        };
+        if held.as_ref() == Some(why) {
+            continue;
+        }
+        let mut app = app.clone();
+        app.rollout = RolloutState::Progressing {
+            since_ms: *since_ms,
+            held: Some(why.clone()),
+        };
+        changes.push(Change::PutApp(Box::new(app)));
+        changes.push(event(Event::RolloutHeld {
+            app: key.clone(),
+            why: why.clone(),
+        }));
+    }
+    let still: HashSet<&AppKey> = held.iter().map(|(k, _)| k).collect();
+    for app in snap.apps.values() {
+        if app.rollout.held().is_some() && !still.contains(&app.key) {
+            let mut app = app.clone();
+            app.rollout = RolloutState::started(now_ms);
+            changes.push(Change::PutApp(Box::new(app)));
+        }
+    }
+    changes
+}
+
 /// The changes that carry out `plan`, at `now_ms`.
 pub fn changes(snap: &Snapshot, plan: reconcile::Plan, now_ms: u64) -> Vec<Change> {
+    let mut changes = holds(snap, &plan.held, now_ms);
     if plan.actions.is_empty() {
-        return Vec::new();
+        return changes;
     }
     // Instances as this plan leaves them, for an action on one that an
     // earlier action of the plan touched.
     let mut touched: HashMap<String, Option<Instance>> = HashMap::new();
     // About three changes an action (an event, the instance, the node's
     // generation): one allocation, not a doubling series of copies.
-    let mut changes = Vec::with_capacity(plan.actions.len() * 3 + 1);
+    changes.reserve(plan.actions.len() * 3 + 1);
     for action in plan.actions {
         let id = match &action {
             Action::Create { id, .. }

@@ -129,7 +129,7 @@ pub fn put(
             created_at_ms: now_ms,
         })));
         app.current_revision = number;
-        app.rollout = RolloutState::Progressing { since_ms: now_ms };
+        app.rollout = RolloutState::started(now_ms);
         app.updated_at_ms = now_ms;
         let key = app.key.clone();
         changes.push(Change::PutApp(Box::new(app)));

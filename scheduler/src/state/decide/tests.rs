@@ -1059,6 +1059,7 @@ fn plan_changes_table() {
         let plan = Plan {
             actions,
             next_seq: 10,
+            held: Vec::new(),
         };
         let changes = plan::changes(&snap, plan, T0 + 1);
         assert_eq!(lines(&changes), want, "{name}");
@@ -1636,6 +1637,44 @@ fn quota_table_for_apply() {
             Ok("Unchanged"),
         ),
         (
+            "an app's gateway limits at the quota's bound: no new revision",
+            serde_json::json!({"app-concurrency": 10, "app-rate": 5}),
+            web(
+                2,
+                serde_json::json!({"limits": {"gateway-concurrency": 10, "gateway-rate": 5}}),
+            ),
+            "aaa",
+            Ok("Configured"),
+        ),
+        (
+            "an app's gateway concurrency one past the quota's bound",
+            serde_json::json!({"app-concurrency": 10, "app-rate": 5}),
+            web(
+                2,
+                serde_json::json!({"limits": {"gateway-concurrency": 11}}),
+            ),
+            "aaa",
+            Err(
+                "quota_exceeded: quota exceeded in namespace \"default\": app-concurrency is limited to 10, and this asks for limits.gateway-concurrency = 11",
+            ),
+        ),
+        (
+            "an app's gateway rate one past the quota's bound, with a new revision",
+            serde_json::json!({"app-rate": 5}),
+            web(2, serde_json::json!({"limits": {"gateway-rate": 6}})),
+            "a2",
+            Err(
+                "quota_exceeded: quota exceeded in namespace \"default\": app-rate is limited to 5, and this asks for limits.gateway-rate = 6",
+            ),
+        ),
+        (
+            "an app that sets no gateway limits gets the quota's",
+            serde_json::json!({"app-concurrency": 10, "app-rate": 5}),
+            new_app.clone(),
+            "nnn",
+            Ok("Created"),
+        ),
+        (
             "another namespace's quota does not apply",
             serde_json::json!({"apps": 0}),
             serde_json::json!({"name": "other", "namespace": "team-b", "module": "o.wasm"}),
@@ -1851,7 +1890,7 @@ fn rebalance_start_table() {
             "a rollout progresses: no move",
             |s| {
                 if let Some(a) = s.apps.get_mut(&key("web")) {
-                    a.rollout = RolloutState::Progressing { since_ms: T0 };
+                    a.rollout = RolloutState::started(T0);
                 }
             },
             vec![],
@@ -2246,4 +2285,203 @@ fn a_change_of_key_value_limits_reaches_the_nodes_running_the_namespace() {
     assert_eq!(a.instances[0].kv_limits.bytes, Some(1 << 20));
     let removed = lines(&super::quota::set(&snap, "default", None).unwrap());
     assert_eq!(removed[2..], ["bump n1", "bump n2"]);
+}
+
+/// The default quota holds every namespace without a quota of its own, at
+/// its limit and one past it; a namespace's own quota replaces it whole.
+#[test]
+fn the_default_quota_holds_namespaces_without_their_own() {
+    let mut snap = world();
+    let q =
+        |v: serde_json::Value| -> shoal_api::quota::Quota { serde_json::from_value(v).unwrap() };
+    assert_eq!(
+        outcome(super::quota::set_default(
+            &snap,
+            Some(q(serde_json::json!({"instances": 4})))
+        )),
+        Ok(vec![
+            "quota * instances=4".to_string(),
+            "QuotaSet: default quota, for namespaces without a quota of their own: instances=4"
+                .to_string(),
+        ])
+    );
+    snap.put_quota(
+        crate::store::DEFAULT_QUOTA_KEY,
+        Some(q(serde_json::json!({"instances": 4}))),
+    );
+    assert_eq!(snap.quota("default"), snap.default_quota.as_ref());
+    // web 2 -> 3 reaches the limit (api holds 1); 4 is one past it.
+    assert_eq!(
+        outcome(app::scale(&snap, &key("web"), 3, T0)).map(|l| l.len()),
+        Ok(2)
+    );
+    assert_eq!(
+        outcome(app::scale(&snap, &key("web"), 4, T0)),
+        Err("quota_exceeded: quota exceeded in namespace \"default\": instances is limited to 4, and this asks for 5 (in use: 3)".into())
+    );
+    // The same apply elsewhere: every namespace is held apart.
+    let other = |n: u32| serde_json::json!({"name": "o", "namespace": "team-b", "module": "o.wasm", "replicas": n});
+    assert_eq!(apply_outcome(&snap, other(4), "ooo"), Ok("Created".into()));
+    assert!(
+        apply_outcome(&snap, other(5), "ooo")
+            .unwrap_err()
+            .contains("namespace \"team-b\": instances is limited to 4, and this asks for 5")
+    );
+    // A namespace's own quota overrides the default, looser or tighter.
+    snap.put_quota("default", Some(q(serde_json::json!({"apps": 10}))));
+    assert_eq!(
+        outcome(app::scale(&snap, &key("web"), 40, T0)).map(|l| l.len()),
+        Ok(2)
+    );
+    // Removing a namespace's quota hands it back to the default; there is
+    // nothing to remove where it has none.
+    assert_eq!(
+        outcome(super::quota::set(&snap, "team-b", None)),
+        Err(
+            "not_found: namespace team-b has no quota of its own (the default quota holds it)"
+                .into()
+        )
+    );
+    assert_eq!(
+        outcome(super::quota::set_default(&snap, None)),
+        Ok(vec![
+            "quota * removed".to_string(),
+            "QuotaRemoved: default quota removed: namespaces without a quota of their own have no limits".to_string(),
+        ])
+    );
+    snap.put_quota(crate::store::DEFAULT_QUOTA_KEY, None);
+    assert!(snap.quota("team-b").is_none());
+    assert!(matches!(
+        super::quota::set_default(&snap, None),
+        Err(ApiError::NotFound(_))
+    ));
+}
+
+/// A namespace's CPU weight goes to the nodes that run it (a new
+/// generation, and the weight in their assignments), its own or the
+/// default quota's; a weight out of bounds is refused.
+#[test]
+fn a_cpu_weight_reaches_the_nodes_running_the_namespace() {
+    let mut snap = world();
+    snap.nodes.insert("n2".into(), node("n2", NodeState::Ready));
+    apply_one(
+        &mut snap,
+        serde_json::json!({"name": "x", "namespace": "other", "module": "x.wasm"}),
+        "xxx",
+        T0,
+    );
+    snap.put_instance(instance("web-1", "web", 1, "n1", Phase::Running, true));
+    let mut other = instance("x-1", "x", 1, "n2", Phase::Running, true);
+    other.app.namespace = "other".into();
+    snap.put_instance(other);
+    let q =
+        |v: serde_json::Value| -> shoal_api::quota::Quota { serde_json::from_value(v).unwrap() };
+    assert_eq!(
+        outcome(super::quota::set(
+            &snap,
+            "default",
+            Some(q(serde_json::json!({"cpu-weight": 200})))
+        )),
+        Ok(vec![
+            "quota default cpu-weight=200".to_string(),
+            "QuotaSet: quota of namespace default: cpu-weight=200".to_string(),
+            "bump n1".to_string(),
+        ])
+    );
+    for bad in [0, 10_001] {
+        assert_eq!(
+            outcome(super::quota::set(
+                &snap,
+                "default",
+                Some(q(serde_json::json!({"cpu-weight": bad})))
+            )),
+            Err(format!(
+                "invalid: cpu-weight {bad} is out of range: give a relative weight from 1 to 10000 (the default is 100)"
+            ))
+        );
+        assert!(
+            super::quota::set_default(&snap, Some(q(serde_json::json!({"cpu-weight": bad}))))
+                .is_err()
+        );
+    }
+    snap.put_quota("default", Some(q(serde_json::json!({"cpu-weight": 200}))));
+    let a = snap.assignment(snap.nodes.get("n1").unwrap());
+    assert_eq!(a.instances[0].cpu_weight, Some(200));
+    // The default quota's weight reaches the namespaces without their own
+    // only.
+    assert_eq!(
+        outcome(super::quota::set_default(
+            &snap,
+            Some(q(serde_json::json!({"cpu-weight": 50})))
+        ))
+        .map(|l| l[2..].to_vec()),
+        Ok(vec!["bump n2".to_string()])
+    );
+    snap.put_quota(
+        crate::store::DEFAULT_QUOTA_KEY,
+        Some(q(serde_json::json!({"cpu-weight": 50}))),
+    );
+    let a = snap.assignment(snap.nodes.get("n2").unwrap());
+    assert_eq!(a.instances[0].cpu_weight, Some(50));
+    // Back to the default weight: the nodes are told (none in the
+    // assignment is the default).
+    let removed = outcome(super::quota::set(
+        &snap,
+        "default",
+        Some(q(serde_json::json!({"apps": 9}))),
+    ));
+    assert_eq!(
+        removed.map(|l| l[2..].to_vec()),
+        Ok(vec!["bump n1".to_string()])
+    );
+}
+
+/// A rollout held by its namespace's quota says so once, in its state and
+/// a `QuotaHeld` event; once it may go on, its deadline starts again.
+#[test]
+fn a_held_rollout_says_so_once_and_its_deadline_starts_when_it_ends() {
+    let mut snap = world();
+    let mut web = snap.apps.get(&key("web")).unwrap().clone();
+    web.rollout = RolloutState::started(T0);
+    snap.apps.insert(web.key.clone(), web);
+    let why = "the namespace's quota on instances (2) leaves no room".to_string();
+    let held = Plan {
+        actions: Vec::new(),
+        next_seq: 10,
+        held: vec![(key("web"), why.clone())],
+    };
+    let changes = plan::changes(&snap, held.clone(), T0 + 5);
+    assert_eq!(
+        lines(&changes),
+        [
+            "app web x2 rev 1 stable 0 progressing",
+            &format!("QuotaHeld: rollout held: {why}"),
+        ]
+    );
+    run(&mut snap, changes);
+    assert_eq!(
+        snap.apps.get(&key("web")).unwrap().rollout.held(),
+        Some(why.as_str())
+    );
+    // Held still: nothing new to say.
+    assert!(plan::changes(&snap, held, T0 + 6).is_empty());
+    // Held past its deadline, it does not fail.
+    let app = snap.apps.get(&key("web")).unwrap().clone();
+    let apps = snap.desired_apps();
+    let later = lines(&rollout::progress(&snap, &apps, T0 + 3_600_000));
+    assert!(!later.iter().any(|l| l.contains("app web")), "{later:?}");
+    assert!(later.iter().any(|l| l.contains("app api")), "{later:?}");
+    // Free to go on: the hold ends and the deadline counts from now.
+    let free = Plan {
+        actions: Vec::new(),
+        next_seq: 10,
+        held: Vec::new(),
+    };
+    let changes = plan::changes(&snap, free, T0 + 7);
+    assert_eq!(lines(&changes), ["app web x2 rev 1 stable 0 progressing"]);
+    let Change::PutApp(after) = &changes[0] else {
+        panic!("{changes:?}");
+    };
+    assert_eq!(after.rollout, RolloutState::started(T0 + 7));
+    assert_eq!(app.key, after.key);
 }
