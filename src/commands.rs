@@ -88,11 +88,14 @@ pub enum Resource {
     Nodes,
     #[value(alias = "revision", alias = "rev")]
     Revisions,
+    /// The control plane's replicas: which one leads, and the store.
+    #[value(alias = "control-plane", alias = "cp")]
+    ControlPlanes,
 }
 
 #[derive(Args, Debug)]
 pub struct GetArgs {
-    /// What to list: apps, instances, nodes or revisions.
+    /// What to list: apps, instances, nodes, revisions or control-planes.
     pub resource: Resource,
     /// Only this one (by name).
     pub name: Option<String>,
@@ -759,6 +762,7 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
                 table::print(&header, &rows);
             }
         }
+        Resource::ControlPlanes => return control_planes(client, &args, now).await,
         Resource::Revisions => {
             let q = args.ns.list(args.app.as_ref().or(args.name.as_ref()));
             let (revs, next) = fetch_list(
@@ -828,6 +832,66 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
                 .collect();
             print_table_or_empty(&header, &rows, &ns);
         }
+    }
+    Ok(())
+}
+
+/// `shoal get control-planes [URL]`: each replica's URL and state, and
+/// the store.
+async fn control_planes(client: &Client, args: &GetArgs, now: u64) -> anyhow::Result<()> {
+    if args.page().is_some() {
+        bail!(
+            "--limit and --continue page apps, instances and revisions; control planes come in one list"
+        );
+    }
+    let mut view = client.control_planes().await?;
+    if let Some(url) = &args.name {
+        let url = url.trim_end_matches('/');
+        view.replicas.retain(|r| r.url.trim_end_matches('/') == url);
+        if view.replicas.is_empty() {
+            return Err(NotFound(format!("control plane {url:?} not found")).into());
+        }
+    }
+    if matches!(args.output, OutputFormat::Json | OutputFormat::Yaml) {
+        return print_structured(&view, args.output);
+    }
+    let store = view.store.to_string();
+    let mut header = vec!["URL", "STATE", "STORE", "AGE"];
+    if args.output == OutputFormat::Wide {
+        header.push("PREFIX");
+    }
+    let rows: Vec<Vec<String>> = view
+        .replicas
+        .iter()
+        .map(|r| {
+            let mut row = vec![
+                if r.url.is_empty() {
+                    "-".into()
+                } else {
+                    r.url.clone()
+                },
+                r.state.to_string(),
+                store.clone(),
+                // The age of a run that is gone would say nothing true.
+                match (r.state, r.started_ms) {
+                    (shoal_api::rest::ReplicaState::Unreachable, _) | (_, None) => "-".into(),
+                    (_, Some(t)) => age(t, now),
+                },
+            ];
+            if args.output == OutputFormat::Wide {
+                row.push(match &view.store {
+                    shoal_api::rest::StoreView::Etcd { prefix, .. } => prefix.clone(),
+                    shoal_api::rest::StoreView::Redb => "-".into(),
+                });
+            }
+            row
+        })
+        .collect();
+    table::print(&header, &rows);
+    if view.leader.is_none() {
+        errln!(
+            "No replica leads at the moment: an election is under way (a few seconds), or etcd has lost its quorum."
+        );
     }
     Ok(())
 }

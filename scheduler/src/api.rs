@@ -235,6 +235,9 @@ pub(crate) fn routes() -> Vec<Route> {
         at(ep::STATS_APPS).get(list_app_stats, in_query_ns(List, Apps)),
         at(ep::STATS_APP).get(get_app_stats, in_path_ns(Get, Apps)),
         at(ep::STATS_NODES).get(list_node_stats, cluster(List, Nodes)),
+        // Which replica leads and where the state lives: the cluster's
+        // own business, for whoever may read the whole cluster.
+        at(ep::CONTROL_PLANES).get(control_planes, cluster(List, ControlPlanes)),
     ]
 }
 
@@ -1329,6 +1332,13 @@ async fn heartbeat(
 
 /// A node's liveness renewal: answered from the published snapshot,
 /// without the state task.
+/// The control plane's replicas, which one leads, and the store.
+async fn control_planes(
+    State(cp): State<ControlPlane>,
+) -> Result<Json<shoal_api::rest::ControlPlanes>, Error> {
+    Ok(Json(cp.membership().view().await?))
+}
+
 async fn renew_lease(
     State(cp): State<ControlPlane>,
     Path(name): Path<String>,

@@ -135,6 +135,9 @@ impl Cache {
             ep::CERTIFICATES,
             ep::ROUTES,
             ep::NODE_DRAIN,
+            // Read from etcd by this replica itself, so that any replica
+            // says which one leads, even while the leader does not answer.
+            ep::CONTROL_PLANES,
         ]
         .into_iter()
         .any(is)

@@ -74,6 +74,8 @@ pub struct Config {
     /// before anything connects: a tenant cannot make the control plane
     /// reach a host of its choosing.
     pub registries: Vec<String>,
+    /// Who the control plane's replicas are, for `GET /v1/control-planes`.
+    pub membership: crate::members::Membership,
 }
 
 impl Default for Config {
@@ -92,6 +94,7 @@ impl Default for Config {
             upload_dir: None,
             insecure_registries: Vec::new(),
             registries: Vec::new(),
+            membership: Default::default(),
         }
     }
 }
@@ -266,6 +269,8 @@ pub struct ControlPlane {
     stats: Arc<crate::stats::Stats>,
     /// What `/metrics` shows of the control plane's own work.
     telemetry: Arc<crate::metrics::Telemetry>,
+    /// The control plane's replicas (see [`crate::members`]).
+    membership: crate::members::Membership,
 }
 
 /// What taking in modules needs (see [`crate::modules`]).
@@ -372,6 +377,7 @@ impl ControlPlane {
         let renewals = Arc::new(Renewals::default());
         let modules = Modules::new(&store, &config);
         let telemetry = Arc::new(crate::metrics::Telemetry::default());
+        let membership = config.membership.clone();
         let mut state = State::load(store.clone(), config, renewals.clone(), telemetry.clone())?;
         let (tx, rx) = mpsc::channel(1024);
         let (snap_tx, snap_rx) = watch::channel(Arc::new(state.snapshot()));
@@ -392,6 +398,7 @@ impl ControlPlane {
             modules,
             stats: Default::default(),
             telemetry,
+            membership,
         })
     }
 
@@ -429,12 +436,18 @@ impl ControlPlane {
             // Reports and the reads of them go to the leader.
             stats: Default::default(),
             telemetry: Default::default(),
+            membership: config.membership.clone(),
         }
     }
 
     /// Live traffic and usage (see [`crate::stats`]).
     pub fn stats(&self) -> &crate::stats::Stats {
         &self.stats
+    }
+
+    /// The control plane's replicas (see [`crate::members`]).
+    pub fn membership(&self) -> &crate::members::Membership {
+        &self.membership
     }
 
     /// What `/metrics` shows of the control plane's own work.
