@@ -1180,7 +1180,7 @@ fn event_rows(events: &[&Event], now: u64, indent: &str, namespace: bool) -> Vec
                 row.push(e.namespace.clone().unwrap_or_else(|| "-".into()));
             }
             row.extend([
-                age(e.at_ms, now),
+                last_seen(e, now),
                 match e.level {
                     EventLevel::Normal => "Normal".into(),
                     EventLevel::Warning => "Warning".into(),
@@ -1194,6 +1194,18 @@ fn event_rows(events: &[&Event], now: u64, indent: &str, namespace: bool) -> Vec
             row
         })
         .collect()
+}
+
+/// How long ago the event was last seen, and for an event that stands
+/// for its repeats, how many over how long (`5s (x14 over 2m)`, as
+/// kubectl shows them).
+fn last_seen(e: &Event, now: u64) -> String {
+    match (e.count, e.first_at_ms) {
+        (Some(n), Some(first)) if n > 1 => {
+            format!("{} (x{n} over {})", age(e.at_ms, now), age(first, e.at_ms))
+        }
+        _ => age(e.at_ms, now),
+    }
 }
 
 fn render_events(events: &[&Event], now: u64, indent: &str, namespace: bool) -> String {
@@ -1480,7 +1492,26 @@ mod tests {
             reason: "Reason".into(),
             message: message.into(),
             actor: actor.map(String::from),
+            count: None,
+            first_at_ms: None,
         }
+    }
+
+    /// An event that stands for its repeats says how many, over how long.
+    #[test]
+    fn aggregated_events_show_their_count() {
+        let mut e = event(7, "app/web", None, "web-3 and 4 more are pending: no room");
+        e.at_ms = 60_000;
+        e.count = Some(14);
+        e.first_at_ms = Some(0);
+        let once = Event {
+            count: Some(1),
+            first_at_ms: Some(60_000),
+            ..e.clone()
+        };
+        let rows = event_rows(&[&e, &once], 65_000, "", false);
+        assert_eq!(rows[0][0], "5s (x14 over 60s)");
+        assert_eq!(rows[1][0], "5s");
     }
 
     #[test]

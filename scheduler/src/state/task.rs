@@ -90,6 +90,17 @@ pub(super) struct State {
     urgent: bool,
     /// What `/metrics` shows of the loop's work.
     pub(super) telemetry: Arc<crate::metrics::Telemetry>,
+    /// The last of each aggregated event (by `NS/APP/REASON`), which the
+    /// next of its kind replaces.
+    pub(super) aggregated: HashMap<String, shoal_api::objects::Event>,
+    /// Per tick over the last pace window: when (awake time), the
+    /// renewals and heartbeats taken, and how late the tick came (see
+    /// [`decide::node::Pace`]).
+    pace: VecDeque<(Duration, u64, Duration)>,
+    /// When the last tick came.
+    last_tick: Option<tokio::time::Instant>,
+    /// Lease expiry is held: the leader lags behind its nodes.
+    holding: bool,
 }
 
 /// A write the loop does not wait for: its operations (given back if it
@@ -146,6 +157,11 @@ impl State {
         let meta: BTreeMap<String, u64> = std::mem::take(&mut c.meta).into_iter().collect();
         let next_seq = meta.get("next_seq").copied().unwrap_or(0);
         let next_event = c.events.last().map(|e| e.seq + 1).unwrap_or(0);
+        let aggregated = c
+            .events
+            .iter()
+            .filter_map(|e| Some((e.aggregate_key()?, e.clone())))
+            .collect();
         let snap = Snapshot::from_contents(c);
         let mut awake = AwakeClock::new(config.tick * AWAKE_MAX_TICKS);
         let now = awake.now();
@@ -183,6 +199,10 @@ impl State {
             instances_settled: None,
             urgent: false,
             telemetry,
+            aggregated,
+            pace: VecDeque::new(),
+            last_tick: None,
+            holding: false,
         })
     }
 

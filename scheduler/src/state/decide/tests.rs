@@ -967,8 +967,8 @@ fn plan_changes_table() {
                 replaces: None,
             }],
             vec![
-                "FailedScheduling: web-9 is pending: no node has 1 GiB",
                 "instance web-9 Pending on - ready false",
+                "FailedScheduling: web-9 is pending: no node has 1 GiB",
                 "next seq 10",
             ],
         ),
@@ -1004,8 +1004,8 @@ fn plan_changes_table() {
                 reason: "no node matches".into(),
             }],
             vec![
-                "FailedScheduling: web-2 is pending: no node matches",
                 "instance web-2 Pending on - ready false",
+                "FailedScheduling: web-2 is pending: no node matches",
                 "next seq 10",
             ],
         ),
@@ -1295,10 +1295,9 @@ fn a_cordoned_node_gets_no_new_instances_and_keeps_its_own() {
     assert_eq!(
         plan_at(&mut snap, 0, 0),
         [
-            "FailedScheduling: web-0 is pending: 0/1 nodes can run it: 1 cordoned",
             "instance web-0 Pending on - ready false",
-            "FailedScheduling: web-1 is pending: 0/1 nodes can run it: 1 cordoned",
             "instance web-1 Pending on - ready false",
+            "FailedScheduling: web-0 and 1 more are pending: 0/1 nodes can run it: 1 cordoned",
             "next seq 2",
         ]
     );
@@ -1430,10 +1429,9 @@ fn a_drain_with_nowhere_to_go_keeps_serving_and_says_why() {
             "Killing: stopping web-1: its node is being drained",
             "delete instance web-1",
             "bump n1",
-            "FailedScheduling: web-2 is pending: 0/1 nodes can run it: 1 cordoned",
             "instance web-2 Pending on - ready false",
-            "FailedScheduling: web-3 is pending: 0/1 nodes can run it: 1 cordoned",
             "instance web-3 Pending on - ready false",
+            "FailedScheduling: web-2 and 1 more are pending: 0/1 nodes can run it: 1 cordoned",
             "next seq 4",
         ]
     );
