@@ -57,6 +57,7 @@ impl From<ApiError> for Error {
             ApiError::Closed => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::QuotaExceeded(_) => StatusCode::FORBIDDEN,
             ApiError::SecretNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NodeUnknown(_) => StatusCode::NOT_FOUND,
         };
         Error(status, ErrorBody::new(e.code(), e.to_string()))
     }
@@ -1367,7 +1368,7 @@ async fn watch_assignment(
             let node = snap
                 .nodes
                 .get(&name)
-                .ok_or_else(|| ApiError::NotFound(format!("node {name} is not registered")))?;
+                .ok_or_else(|| ApiError::NodeUnknown(name.clone()))?;
             if q.generation != Some(node.generation) {
                 return Ok(Json(snap.assignment(node)));
             }
@@ -1380,7 +1381,7 @@ async fn watch_assignment(
                 let node = snap
                     .nodes
                     .get(&name)
-                    .ok_or_else(|| ApiError::NotFound(format!("node {name} is not registered")))?;
+                    .ok_or_else(|| ApiError::NodeUnknown(name.clone()))?;
                 return Ok(Json(snap.assignment(node)));
             }
         }
@@ -2993,10 +2994,12 @@ mod auth_tests {
             .header("content-type", "application/json")
             .body(Body::from(r#"{"generation": 0, "instances": []}"#))
             .unwrap();
+        // Answered as a node unknown (it may register again), not as a
+        // route unknown.
         let (status, body) = answer(&router, hb).await;
         assert_eq!(
             (status, body.code.as_str()),
-            (StatusCode::NOT_FOUND, "not_found"),
+            (StatusCode::NOT_FOUND, "node_unknown"),
             "{body:?}"
         );
     }

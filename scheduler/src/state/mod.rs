@@ -119,6 +119,11 @@ pub enum ApiError {
     /// An app refers to a secret, or a key of one, that does not exist.
     #[error("{0}")]
     SecretNotFound(String),
+    /// A node's own call names a node the control plane does not know
+    /// (never registered, deleted, or lost with the store): it registers
+    /// again.
+    #[error("node {0} is not registered")]
+    NodeUnknown(String),
 }
 
 impl ApiError {
@@ -133,6 +138,7 @@ impl ApiError {
             Self::Closed => "unavailable",
             Self::QuotaExceeded(_) => shoal_api::quota::QUOTA_EXCEEDED,
             Self::SecretNotFound(_) => shoal_api::config::SECRET_NOT_FOUND,
+            Self::NodeUnknown(_) => shoal_api::protocol::NODE_UNKNOWN,
         }
     }
 }
@@ -467,7 +473,7 @@ impl ControlPlane {
         let n = snap
             .nodes
             .get(node)
-            .ok_or_else(|| ApiError::NotFound(format!("node {node} is not registered")))?;
+            .ok_or_else(|| ApiError::NodeUnknown(node.to_string()))?;
         let renewed = n.state == shoal_api::objects::NodeState::Ready && n.generation == generation;
         if renewed {
             self.renewals.add(node, self.clock.now_ms());
@@ -780,7 +786,7 @@ impl ControlPlane {
     ) -> Result<(), ApiError> {
         let snap = self.snapshot();
         if !snap.nodes.contains_key(node) {
-            return Err(ApiError::NotFound(format!("node {node} is not registered")));
+            return Err(ApiError::NodeUnknown(node.to_string()));
         }
         if self.tx.is_closed() {
             return Err(ApiError::Closed);

@@ -468,7 +468,7 @@ async fn a_deleted_node_loses_its_instances_and_its_heartbeats_are_refused() {
         brief: false,
     };
     let refused = cp.heartbeat("a".into(), hb).await.unwrap_err();
-    assert_eq!(refused.code(), "not_found");
+    assert_eq!(refused.code(), "node_unknown");
     assert!(matches!(
         cp.delete_node("a".into(), false, None).await,
         Err(ApiError::NotFound(_))

@@ -71,7 +71,7 @@ pub fn heartbeat(
     now_ms: u64,
 ) -> Result<Vec<Change>, ApiError> {
     let Some(mut node) = snap.nodes.get(name).cloned() else {
-        return Err(ApiError::NotFound(format!("node {name} is not registered")));
+        return Err(ApiError::NodeUnknown(name.to_string()));
     };
     node.last_heartbeat_ms = now_ms;
     let mut changes = Vec::new();

@@ -739,7 +739,7 @@ fn heartbeat_table() {
             "an unknown node",
             "n9",
             vec![],
-            Err("not_found: node n9 is not registered"),
+            Err("node_unknown: node n9 is not registered"),
         ),
     ];
     for (name, from, reports, want) in cases {
