@@ -307,13 +307,19 @@ impl Modules {
 }
 
 /// Nodes' lease renewals (by node, the wall time in ms), taken by the
-/// state task at each tick.
+/// state task at each tick, and how many arrived (renewals and
+/// heartbeats), by which it judges whether it keeps up with its nodes.
 #[derive(Debug, Default)]
-pub struct Renewals(std::sync::Mutex<std::collections::HashMap<String, u64>>);
+pub struct Renewals {
+    by_node: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    arrivals: std::sync::atomic::AtomicU64,
+}
 
 impl Renewals {
     fn add(&self, node: &str, at_ms: u64) {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        self.arrivals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut m = self.by_node.lock().unwrap_or_else(|p| p.into_inner());
         match m.get_mut(node) {
             Some(at) => *at = at_ms,
             None => {
@@ -324,7 +330,12 @@ impl Renewals {
 
     /// Every renewal since the last call.
     pub(crate) fn take(&self) -> std::collections::HashMap<String, u64> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *self.by_node.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// How many renewals and heartbeats arrived since the last call.
+    pub(crate) fn take_arrivals(&self) -> u64 {
+        self.arrivals.swap(0, std::sync::atomic::Ordering::Relaxed)
     }
 }
 
