@@ -69,8 +69,9 @@ pub struct ControlPlaneArgs {
     /// replicas sharing one etcd cluster, one of them elected leader.
     #[arg(long, default_value = "redb")]
     pub store: String,
-    /// The URL other replicas pass requests to this one at (etcd store;
-    /// default: https:// or http:// and the bound address).
+    /// The URL other replicas pass requests to this one at, and which
+    /// `shoal get control-planes` shows (default: https:// or http:// and
+    /// the bound address).
     #[arg(long)]
     pub advertise: Option<String>,
     /// The CA of etcd's certificates (PEM): etcd is then reached over
@@ -334,8 +335,23 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         crate::out::sayln!("Created the cluster CA {}", ca_file.display());
     }
     let tls = api_tls(&args, &ca)?.map(|config| (config, ca_file));
+    // Bound before the state loads: `shoal get control-planes` shows the
+    // URL it serves at.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let config = shoal_scheduler::state::Config {
         ca: Some(Arc::new(ca)),
+        membership: shoal_scheduler::members::Membership::Single {
+            url: Some(
+                args.advertise
+                    .clone()
+                    .unwrap_or_else(|| format!("{scheme}://{addr}")),
+            ),
+            started_ms: Some(shoal_api::objects::now_ms()),
+        },
         ..config
     };
     let cp = shoal_scheduler::state::ControlPlane::start(store, config)
@@ -345,10 +361,6 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     {
         announce_first_start(&first);
     }
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    let addr = listener.local_addr()?;
     let stop = stop_requested(args.exit_with_parent);
     match &tls {
         Some((_, ca_file)) => crate::out::sayln!(

@@ -88,11 +88,14 @@ pub enum Resource {
     Nodes,
     #[value(alias = "revision", alias = "rev")]
     Revisions,
+    /// The control plane's replicas: which one leads, and the store.
+    #[value(alias = "control-plane", alias = "cp")]
+    ControlPlanes,
 }
 
 #[derive(Args, Debug)]
 pub struct GetArgs {
-    /// What to list: apps, instances, nodes or revisions.
+    /// What to list: apps, instances, nodes, revisions or control-planes.
     pub resource: Resource,
     /// Only this one (by name).
     pub name: Option<String>,
@@ -762,6 +765,7 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
                 table::print(&header, &rows);
             }
         }
+        Resource::ControlPlanes => return control_planes(client, &args, now).await,
         Resource::Revisions => {
             let q = args.ns.list(args.app.as_ref().or(args.name.as_ref()));
             let (revs, next) = fetch_list(
@@ -831,6 +835,66 @@ pub async fn get(client: &Client, args: GetArgs) -> anyhow::Result<()> {
                 .collect();
             print_table_or_empty(&header, &rows, &ns);
         }
+    }
+    Ok(())
+}
+
+/// `shoal get control-planes [URL]`: each replica's URL and state, and
+/// the store.
+async fn control_planes(client: &Client, args: &GetArgs, now: u64) -> anyhow::Result<()> {
+    if args.page().is_some() {
+        bail!(
+            "--limit and --continue page apps, instances and revisions; control planes come in one list"
+        );
+    }
+    let mut view = client.control_planes().await?;
+    if let Some(url) = &args.name {
+        let url = url.trim_end_matches('/');
+        view.replicas.retain(|r| r.url.trim_end_matches('/') == url);
+        if view.replicas.is_empty() {
+            return Err(NotFound(format!("control plane {url:?} not found")).into());
+        }
+    }
+    if matches!(args.output, OutputFormat::Json | OutputFormat::Yaml) {
+        return print_structured(&view, args.output);
+    }
+    let store = view.store.to_string();
+    let mut header = vec!["URL", "STATE", "STORE", "AGE"];
+    if args.output == OutputFormat::Wide {
+        header.push("PREFIX");
+    }
+    let rows: Vec<Vec<String>> = view
+        .replicas
+        .iter()
+        .map(|r| {
+            let mut row = vec![
+                if r.url.is_empty() {
+                    "-".into()
+                } else {
+                    r.url.clone()
+                },
+                r.state.to_string(),
+                store.clone(),
+                // The age of a run that is gone would say nothing true.
+                match (r.state, r.started_ms) {
+                    (shoal_api::rest::ReplicaState::Unreachable, _) | (_, None) => "-".into(),
+                    (_, Some(t)) => age(t, now),
+                },
+            ];
+            if args.output == OutputFormat::Wide {
+                row.push(match &view.store {
+                    shoal_api::rest::StoreView::Etcd { prefix, .. } => prefix.clone(),
+                    shoal_api::rest::StoreView::Redb => "-".into(),
+                });
+            }
+            row
+        })
+        .collect();
+    table::print(&header, &rows);
+    if view.leader.is_none() {
+        errln!(
+            "No replica leads at the moment: an election is under way (a few seconds), or etcd has lost its quorum."
+        );
     }
     Ok(())
 }
@@ -1124,7 +1188,7 @@ fn event_rows(events: &[&Event], now: u64, indent: &str, namespace: bool) -> Vec
                 row.push(e.namespace.clone().unwrap_or_else(|| "-".into()));
             }
             row.extend([
-                age(e.at_ms, now),
+                last_seen(e, now),
                 match e.level {
                     EventLevel::Normal => "Normal".into(),
                     EventLevel::Warning => "Warning".into(),
@@ -1138,6 +1202,18 @@ fn event_rows(events: &[&Event], now: u64, indent: &str, namespace: bool) -> Vec
             row
         })
         .collect()
+}
+
+/// How long ago the event was last seen, and for an event that stands
+/// for its repeats, how many over how long (`5s (x14 over 2m)`, as
+/// kubectl shows them).
+fn last_seen(e: &Event, now: u64) -> String {
+    match (e.count, e.first_at_ms) {
+        (Some(n), Some(first)) if n > 1 => {
+            format!("{} (x{n} over {})", age(e.at_ms, now), age(first, e.at_ms))
+        }
+        _ => age(e.at_ms, now),
+    }
 }
 
 fn render_events(events: &[&Event], now: u64, indent: &str, namespace: bool) -> String {
@@ -1424,7 +1500,26 @@ mod tests {
             reason: "Reason".into(),
             message: message.into(),
             actor: actor.map(String::from),
+            count: None,
+            first_at_ms: None,
         }
+    }
+
+    /// An event that stands for its repeats says how many, over how long.
+    #[test]
+    fn aggregated_events_show_their_count() {
+        let mut e = event(7, "app/web", None, "web-3 and 4 more are pending: no room");
+        e.at_ms = 60_000;
+        e.count = Some(14);
+        e.first_at_ms = Some(0);
+        let once = Event {
+            count: Some(1),
+            first_at_ms: Some(60_000),
+            ..e.clone()
+        };
+        let rows = event_rows(&[&e, &once], 65_000, "", false);
+        assert_eq!(rows[0][0], "5s (x14 over 60s)");
+        assert_eq!(rows[1][0], "5s");
     }
 
     #[test]

@@ -329,6 +329,12 @@ impl SimNode {
                             continue;
                         }
                     }
+                    // A control plane without lease renewals: heartbeat.
+                    Err(e) if shoal_node::session::is_route_unknown(&e) => {
+                        fleet.failed();
+                        need_full = true;
+                        continue;
+                    }
                     Err(e) if e.status() == Some(http::StatusCode::NOT_FOUND) => {
                         fleet.failed();
                         self.registered.send_replace(false);

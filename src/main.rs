@@ -84,7 +84,7 @@ enum Command {
     /// Push a module to an OCI registry as a wasm artifact, for manifests
     /// to name as `module = "oci://..."`; prints its digest.
     Push(push::PushArgs),
-    /// List apps, instances, nodes or revisions.
+    /// List apps, instances, nodes, revisions or control-planes.
     Get(commands::GetArgs),
     /// Show an app in detail: spec, revisions, instances, events.
     Describe(commands::AppRef),

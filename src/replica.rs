@@ -131,6 +131,19 @@ pub async fn replica(
         .advertise
         .clone()
         .unwrap_or_else(|| format!("{scheme}://{addr}"));
+    // This replica says it is there, for `shoal get control-planes`.
+    let members = Arc::new(shoal_scheduler::members::EtcdMembers::new(
+        etcd.clone(),
+        endpoints.clone(),
+        args.etcd_prefix.clone(),
+        advertise.clone(),
+        shoal_api::objects::now_ms(),
+        args.leader_lease.get(),
+    ));
+    let config = shoal_scheduler::state::Config {
+        membership: shoal_scheduler::members::Membership::Etcd(members.clone()),
+        ..config
+    };
     let (roles_tx, roles) = tokio::sync::watch::channel(Role::vacant(false));
     // While this replica follows, it answers reads from a cache of the
     // state etcd keeps current.
@@ -151,6 +164,7 @@ pub async fn replica(
         Ok((cp, router))
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let presence = tokio::spawn(members.keep_presence(stop_rx.clone()));
     let election = tokio::spawn(shoal_scheduler::leader::run(
         etcd,
         ElectionConfig {
@@ -183,6 +197,7 @@ pub async fn replica(
         stop.await;
         let _ = stop_tx.send(true);
         let _ = election.await;
+        let _ = presence.await;
         let _ = stopped_tx.send(());
     };
     let server = async move {

@@ -507,3 +507,68 @@ path = "/api"
     // The node's own API is there still.
     assert_eq!(c.node_status(0).len(), 1);
 }
+
+/// One control plane on the embedded store leads, and `shoal get
+/// control-planes` says so with its URL; only whoever may read the whole
+/// cluster reads it.
+#[test]
+fn one_control_plane_on_redb_says_it_leads() {
+    let c = Cluster::start(0);
+    let v = c.get_json("control-planes");
+    assert_eq!(v["store"], serde_json::json!({"kind": "redb"}), "{v:#}");
+    assert_eq!(v["leader"], c.api.as_str(), "{v:#}");
+    let replicas = v["replicas"].as_array().expect("replicas");
+    assert_eq!(replicas.len(), 1, "{v:#}");
+    assert_eq!(replicas[0]["url"], c.api.as_str(), "{v:#}");
+    assert_eq!(replicas[0]["state"], "leader", "{v:#}");
+    assert!(replicas[0]["started-ms"].is_u64(), "{v:#}");
+    let out = c.cli(&["get", "control-planes"]);
+    assert!(out.success, "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", out.stdout);
+    assert!(lines[0].starts_with("URL "), "{}", out.stdout);
+    assert!(
+        lines[1].starts_with(&c.api)
+            && lines[1].contains(" leader ")
+            && lines[1].contains(" redb "),
+        "{}",
+        out.stdout
+    );
+    // By its URL; another is not found.
+    let out = c.cli(&["get", "control-plane", &c.api]);
+    assert!(out.success, "{}", out.stderr);
+    let out = c.cli(&["get", "cp", "http://127.0.0.1:1"]);
+    assert!(!out.success);
+    assert!(out.stderr.contains("not found"), "{}", out.stderr);
+
+    let url = format!("{}{}", c.api, endpoints::CONTROL_PLANES);
+    let get = |token: Option<&str>| {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("authorization", a)])
+            .unwrap_or_default();
+        http_with("GET", &url, &headers, b"")
+    };
+    let viewer = c.token("viewer", "view", None);
+    let tenant = c.token("tenant", "view", Some("team-a"));
+    let (status, body) = get(Some(&viewer));
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = get(None);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("unauthenticated"), "{body}");
+    let (status, body) = get(Some(&tenant));
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("forbidden") && body.contains("control-planes"),
+        "{body}"
+    );
+    // Read-only: no other method.
+    let (status, _) = http_with(
+        "DELETE",
+        &url,
+        &[("authorization", &format!("Bearer {}", c.admin))],
+        b"",
+    );
+    assert_eq!(status, 405);
+}

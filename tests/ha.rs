@@ -688,6 +688,161 @@ fn a_follower_answers_reads_from_its_cache_and_shows_a_client_its_own_writes() {
     ha.replicas[0].signal("-CONT");
 }
 
+/// What `shoal get control-planes -o json` through replica `via` says:
+/// the leader's URL, each replica's (URL, state), and the store; none
+/// while it cannot answer.
+type ControlPlanesSeen = (
+    Option<String>,
+    BTreeSet<(String, String)>,
+    serde_json::Value,
+);
+
+fn control_planes(ha: &Ha, via: usize) -> Option<ControlPlanesSeen> {
+    let out = ha.cli(via, &["get", "control-planes", "-o", "json"]);
+    if !out.success {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+    let replicas = v["replicas"].as_array()?;
+    // The leader is listed first.
+    if let Some(first) = replicas.first() {
+        assert_eq!(first["state"] == "leader", v["leader"].is_string(), "{v:#}");
+    }
+    let states = replicas
+        .iter()
+        .map(|r| {
+            (
+                r["url"].as_str().unwrap_or_default().to_string(),
+                r["state"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    Some((
+        v["leader"].as_str().map(String::from),
+        states,
+        v["store"].clone(),
+    ))
+}
+
+/// `shoal get control-planes` through any replica: which one leads, each
+/// one's URL and state, and the store. A replica killed is unreachable
+/// within its lease, one stopped cleanly leaves the list, one restarted
+/// follows again. Read-only, for whoever may read the whole cluster.
+#[test]
+fn get_control_planes_shows_the_leader_each_replica_and_the_store() {
+    let mut ha = Ha::start(1, 3);
+    assert_eq!(ha.leader(), Some(0));
+    let states = |ha: &Ha, list: &[(usize, &str)]| -> BTreeSet<(String, String)> {
+        list.iter()
+            .map(|(i, s)| (ha.urls[*i].clone(), s.to_string()))
+            .collect()
+    };
+    let all_up = states(&ha, &[(0, "leader"), (1, "follower"), (2, "follower")]);
+    // Each replica lists itself as it starts; any replica answers.
+    for via in 0..3 {
+        let (leader, seen, store) = wait_until(T, "every replica listed", || {
+            control_planes(&ha, via).filter(|(_, s, _)| *s == all_up)
+        });
+        assert_eq!(leader.as_deref(), Some(ha.urls[0].as_str()));
+        let endpoints: Vec<String> = ha
+            .store_arg()
+            .trim_start_matches("etcd://")
+            .split(',')
+            .map(String::from)
+            .collect();
+        assert_eq!(
+            store,
+            serde_json::json!({"kind": "etcd", "endpoints": endpoints, "prefix": "/shoal/"}),
+            "{seen:?}"
+        );
+    }
+    let out = ha.cli(2, &["get", "control-planes"]);
+    assert!(out.success, "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("URL") && lines[0].contains("STATE"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        lines[1].starts_with(&ha.urls[0])
+            && lines[1].contains(" leader ")
+            && lines[1].contains("etcd://"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        out.stdout.matches(" follower ").count(),
+        2,
+        "{}",
+        out.stdout
+    );
+
+    // Deny by default: no token, a revoked one, a namespace's, a
+    // gateway's; a cluster viewer reads it.
+    let http = ha.http();
+    let path = shoal_api::endpoints::CONTROL_PLANES;
+    let viewer = ha.token(0, "viewer", "view", None);
+    let tenant = ha.token(0, "tenant", "admin", Some("team-a"));
+    let gateway = ha.token(0, "gw", "gateway", None);
+    let revoked = ha.token(0, "revoked", "view", None);
+    let out = ha.cli(0, &["token", "revoke", "revoked"]);
+    assert!(out.success, "{}", out.stderr);
+    for via in 0..3 {
+        let answer =
+            |token: Option<&str>| wait_until(T, "an answer", || ha.get(&http, via, path, token));
+        let (status, _, body) = answer(Some(&viewer));
+        assert_eq!(status, 200, "replica {via}, viewer: {body}");
+        for (token, status, code) in [
+            (None, 401, "unauthenticated"),
+            (Some(revoked.as_str()), 401, "unauthenticated"),
+            (Some(tenant.as_str()), 403, "forbidden"),
+            (Some(gateway.as_str()), 403, "forbidden"),
+        ] {
+            // A follower learns of the revocation through its watch.
+            let (got, _, body) = wait_until(T, "the refusal", || {
+                let a = ha.get(&http, via, path, token)?;
+                (a.0 == status).then_some(a)
+            });
+            assert_eq!(got, status, "replica {via}: {body}");
+            assert!(body.contains(code), "replica {via}: {body}");
+        }
+    }
+
+    // A replica stopped cleanly is gone, not unreachable.
+    ha.replicas[2].signal("-TERM");
+    assert!(ha.replicas[2].wait(T).is_some(), "replica 2 did not stop");
+    let two_up = states(&ha, &[(0, "leader"), (1, "follower")]);
+    wait_until(T, "the stopped replica to leave the list", || {
+        control_planes(&ha, 1).filter(|(_, s, _)| *s == two_up)
+    });
+
+    // The leader killed: another leads, and the killed one is unreachable.
+    ha.replicas[0].kill9();
+    let after = states(&ha, &[(1, "leader"), (0, "unreachable")]);
+    let (leader, _, _) = wait_until(T, "a new leader and the killed one unreachable", || {
+        control_planes(&ha, 1).filter(|(_, s, _)| *s == after)
+    });
+    assert_eq!(leader.as_deref(), Some(ha.urls[1].as_str()));
+    let out = ha.cli(1, &["get", "control-planes"]);
+    assert!(out.success, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with(&ha.urls[0]) && l.contains(" unreachable ")),
+        "{}",
+        out.stdout
+    );
+
+    // Back on its address, it follows.
+    let listen = ha.urls[0].trim_start_matches("https://").to_string();
+    ha.spawn_replica_at(0, &listen);
+    let back = states(&ha, &[(1, "leader"), (0, "follower")]);
+    wait_until(T, "the restarted replica to follow", || {
+        control_planes(&ha, 0).filter(|(_, s, _)| *s == back)
+    });
+}
+
 /// What a client asked of one app, in order, and whether it was answered
 /// success (acknowledged).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

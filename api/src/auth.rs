@@ -101,6 +101,7 @@ fn needed(verb: Verb, resource: Resource) -> Role {
         // Reading a secret shows its names and keys only: no person's
         // token ever reads a value back.
         Apps | Revisions | Instances | Events | Logs | Routes | Metrics | Quotas | Secrets
+        | ControlPlanes
             if verb.reads() =>
         {
             Role::View
@@ -204,10 +205,12 @@ pub enum Resource {
     /// Secrets apps refer to: names and keys for people, values for the
     /// nodes that run those apps.
     Secrets,
+    /// The control plane's own replicas and its store.
+    ControlPlanes,
 }
 
 impl Resource {
-    pub const ALL: [Resource; 15] = [
+    pub const ALL: [Resource; 16] = [
         Resource::Apps,
         Resource::Revisions,
         Resource::Instances,
@@ -223,6 +226,7 @@ impl Resource {
         Resource::Quotas,
         Resource::Certificates,
         Resource::Secrets,
+        Resource::ControlPlanes,
     ];
 }
 
@@ -244,6 +248,7 @@ impl fmt::Display for Resource {
             Resource::Quotas => "quotas",
             Resource::Certificates => "certificates",
             Resource::Secrets => "secrets",
+            Resource::ControlPlanes => "control-planes",
         })
     }
 }
@@ -425,7 +430,15 @@ mod tests {
     fn view_reads_apps_and_what_they_produce_and_nothing_more() {
         for v in READS {
             // A tenant sees its own quota, and changes it never.
-            for r in [Apps, Revisions, Instances, Events, Logs, Quotas] {
+            for r in [
+                Apps,
+                Revisions,
+                Instances,
+                Events,
+                Logs,
+                Quotas,
+                ControlPlanes,
+            ] {
                 assert!(Role::View.reaches(v, r), "view {v} {r}");
             }
             for r in [Blobs, Nodes, Tokens] {

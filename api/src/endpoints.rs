@@ -108,6 +108,9 @@ pub const STATS_APP: &str = "/v1/namespaces/{ns}/apps/{name}/stats";
 /// Every node's live numbers ([`crate::stats::NodeStatsList`]), for
 /// admins.
 pub const STATS_NODES: &str = "/v1/stats/nodes";
+/// The control plane's replicas, which one leads, and its store
+/// ([`crate::rest::ControlPlanes`]), for whoever may read the cluster.
+pub const CONTROL_PLANES: &str = "/v1/control-planes";
 
 /// Every endpoint of the control plane, as its router mounts them (a test
 /// of the router checks it mounts exactly these).
@@ -156,6 +159,7 @@ pub const CONTROL_PLANE: &[&str] = &[
     STATS_APPS,
     STATS_APP,
     STATS_NODES,
+    CONTROL_PLANES,
 ];
 
 /// The longest the control plane holds a long poll (`EVENTS` with

@@ -328,6 +328,29 @@ pub struct Event {
     /// autoscaler, a lost node) and when the API asks for no token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
+    /// For an event that stands for its repeats (one per app and reason,
+    /// as Kubernetes aggregates events): how many times it happened.
+    /// `at-ms` is then the last time, and each repeat moves the event to
+    /// the end of the list under a new `seq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// The first time an aggregated event happened (see `count`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_at_ms: Option<u64>,
+}
+
+impl Event {
+    /// For an aggregated event (see [`Event::count`]), what it stands for:
+    /// `NAMESPACE/APP/REASON`.
+    pub fn aggregate_key(&self) -> Option<String> {
+        self.count?;
+        Some(format!(
+            "{}/{}/{}",
+            self.namespace.as_deref()?,
+            self.app.as_deref()?,
+            self.reason
+        ))
+    }
 }
 
 /// Milliseconds since the Unix epoch, now.

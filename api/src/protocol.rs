@@ -118,6 +118,12 @@ pub struct LeaseRenewal {
     pub generation: u64,
 }
 
+/// The code of a `404` to a node's own call (heartbeat, lease renewal,
+/// assignment, usage) when the control plane does not know the node: it
+/// registers again. Any other `404` to a lease renewal is a control plane
+/// of an earlier version, without the route: the node heartbeats instead.
+pub const NODE_UNKNOWN: &str = "node_unknown";
+
 /// The answer to a [`LeaseRenewal`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

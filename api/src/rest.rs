@@ -196,3 +196,76 @@ impl DrainStatus {
         self.instances.is_empty()
     }
 }
+
+/// The control plane's replicas and its store (`GET /v1/control-planes`,
+/// `shoal get control-planes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ControlPlanes {
+    /// Where the state lives.
+    pub store: StoreView,
+    /// The URL of the replica that leads, if one does (none during an
+    /// election).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// Every replica known, the leader first, then by URL.
+    pub replicas: Vec<ReplicaView>,
+}
+
+/// The store of [`ControlPlanes`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum StoreView {
+    /// The embedded database of one control plane.
+    Redb,
+    /// An etcd cluster: its members (`HOST:PORT`) and the key prefix.
+    Etcd {
+        endpoints: Vec<String>,
+        prefix: String,
+    },
+}
+
+impl std::fmt::Display for StoreView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreView::Redb => f.write_str("redb"),
+            StoreView::Etcd { endpoints, .. } => write!(f, "etcd://{}", endpoints.join(",")),
+        }
+    }
+}
+
+/// One control-plane replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ReplicaView {
+    /// The URL it serves its API at (its `--advertise`).
+    pub url: String,
+    pub state: ReplicaState,
+    /// When this run of it started (wall time, ms), if it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<u64>,
+}
+
+/// What a replica is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplicaState {
+    /// It holds the leader key: it decides and writes.
+    Leader,
+    /// It is up, answers reads and passes writes to the leader (or, while
+    /// no replica leads, waits for an election).
+    Follower,
+    /// It did not stop cleanly and has not been heard from for its lease:
+    /// killed, stopped, cut off from etcd.
+    Unreachable,
+}
+
+impl std::fmt::Display for ReplicaState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReplicaState::Leader => "leader",
+            ReplicaState::Follower => "follower",
+            ReplicaState::Unreachable => "unreachable",
+        })
+    }
+}

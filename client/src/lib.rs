@@ -26,10 +26,12 @@
 //!   delete).
 //! - [`node_api`]: reading an instance's logs from its node.
 //! - [`stats`]: live numbers of apps and nodes (`shoal top`).
+//! - [`control_planes`]: the control plane's replicas and its store.
 //! - [`error`]: what can go wrong, worded as the CLI prints it.
 
 pub mod apps;
 pub mod certificates;
+pub mod control_planes;
 pub mod error;
 pub mod gateways;
 pub mod node_admin;

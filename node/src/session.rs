@@ -25,6 +25,10 @@ const HEARTBEAT_LIMIT: Duration = Duration::from_secs(2);
 const ASSIGNMENT_LIMIT: Duration = Duration::from_secs(5);
 /// The pause before the long poll is tried again after a failure.
 const ASSIGNMENT_RETRY: Duration = Duration::from_millis(250);
+/// How long a node heartbeats instead of renewing its lease after the
+/// control plane answered that it has no lease renewals (an earlier
+/// version): then it tries again, in case the control plane was upgraded.
+const NO_LEASE_RETRY: Duration = Duration::from_secs(60);
 
 /// What the session reports to the control plane.
 pub trait Status: Send + Sync + 'static {
@@ -247,6 +251,8 @@ impl Session {
         // nothing new to say, it only renews its lease.
         let mut last_full: Option<(u64, Instant)> = None;
         let mut need_full = true;
+        // Until when the control plane is taken to have no lease renewals.
+        let mut no_lease_until: Option<Instant> = None;
         loop {
             if !registered {
                 match self.register().await {
@@ -267,6 +273,7 @@ impl Session {
             let hb = status.heartbeat();
             let said = fingerprint(&hb);
             let renew = !need_full
+                && no_lease_until.is_none_or(|t| Instant::now() >= t)
                 && last_full.is_some_and(|(f, at)| f == said && at.elapsed() < FULL_EVERY);
             let began = Instant::now();
             let sent = if renew {
@@ -294,7 +301,10 @@ impl Session {
                     }
                     match answer {
                         Some(r) => {
+                            // Said in full: renewals carry on from here
+                            // while nothing changes.
                             last_full = Some((said, Instant::now()));
+                            need_full = false;
                             // An unchanged answer carries no assignment:
                             // the node has this generation already.
                             if !r.unchanged {
@@ -304,6 +314,17 @@ impl Session {
                         None if need_full => continue,
                         None => {}
                     }
+                }
+                // A control plane of an earlier version, without lease
+                // renewals (404, but not "node unknown"): the node is not
+                // unknown, so it does not register again; it says
+                // everything in full heartbeats, as it did before renewals.
+                Err(e) if renew && is_route_unknown(&e) => {
+                    if no_lease_until.is_none() {
+                        tracing::warn!(error = %e, "the control plane takes no lease renewals (an earlier version?); heartbeating in full instead");
+                    }
+                    no_lease_until = Some(Instant::now() + NO_LEASE_RETRY);
+                    continue;
                 }
                 Err(e) if e.status() == Some(http::StatusCode::NOT_FOUND) => {
                     tracing::warn!("the control plane does not know this node; registering again");
@@ -337,6 +358,15 @@ impl Session {
             }
         }
     }
+}
+
+/// Whether a `404` to a lease renewal says the route is unknown (a control
+/// plane of an earlier version) rather than the node: a control plane
+/// that knows renewals answers an unknown node with the code
+/// [`shoal_api::protocol::NODE_UNKNOWN`].
+pub fn is_route_unknown(e: &shoal_client::Error) -> bool {
+    e.status() == Some(http::StatusCode::NOT_FOUND)
+        && e.code() != Some(shoal_api::protocol::NODE_UNKNOWN)
 }
 
 /// What a heartbeat says that the control plane acts on (not the exact

@@ -150,3 +150,145 @@ fn the_inbox_hands_on_only_what_is_not_older_than_it_has() {
     assert!(inbox.offer(answer(4), Source::Heartbeat));
     assert_eq!(inbox.newest(), 4);
 }
+
+/// What the control plane played by the tests below saw.
+#[derive(Clone, Default)]
+struct Seen {
+    registrations: Arc<watch::Sender<u32>>,
+    heartbeats: Arc<watch::Sender<u32>>,
+    renewals: Arc<watch::Sender<u32>>,
+}
+
+fn bump(c: &watch::Sender<u32>) {
+    c.send_modify(|n| *n += 1);
+}
+
+/// A control plane for a node named `n1` that answers every heartbeat
+/// with generation 0 (what the node runs), so the node then renews its
+/// lease; `lease` is how it answers a renewal (none: it has no such
+/// route, as a control plane of an earlier version).
+fn old_or_new_control_plane(
+    seen: Seen,
+    lease: Option<(axum::http::StatusCode, &'static str)>,
+) -> axum::Router {
+    use shoal_api::ErrorBody;
+    let s = seen.clone();
+    let mut app = axum::Router::new()
+        .route(
+            endpoints::NODE_REGISTER,
+            post(move || {
+                bump(&s.registrations);
+                register()
+            }),
+        )
+        .route(
+            endpoints::NODE_HEARTBEAT,
+            post({
+                let s = seen.clone();
+                move || {
+                    bump(&s.heartbeats);
+                    async { Json(answer(0)) }
+                }
+            }),
+        )
+        // Held: assignments come in heartbeats' answers here.
+        .route(
+            endpoints::NODE_ASSIGNMENT,
+            get(std::future::pending::<Json<HeartbeatResponse>>),
+        );
+    if let Some((status, code)) = lease {
+        let s = seen.clone();
+        app = app.route(
+            endpoints::NODE_LEASE,
+            post(move || {
+                bump(&s.renewals);
+                async move {
+                    (
+                        status,
+                        Json(ErrorBody::new(code, "node n1 is not registered")),
+                    )
+                }
+            }),
+        );
+    }
+    // As the control plane answers a path it does not serve.
+    let s = seen.clone();
+    app.fallback(move |uri: axum::http::Uri| {
+        if uri.path() == endpoints::node_lease("n1") {
+            bump(&s.renewals);
+        }
+        async {
+            (
+                axum::http::StatusCode::NOT_FOUND,
+                Json(ErrorBody::new("not_found", "no such API endpoint")),
+            )
+        }
+    })
+}
+
+/// Runs a node session against `app` until the test ends.
+async fn session_with(app: axum::Router) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = shoal_client::Client::builder(&url).build().unwrap();
+    let session = Arc::new(Session::new(
+        client,
+        NodeConfig {
+            name: "n1".into(),
+            control_plane: url,
+            advertise: "http://127.0.0.1:1".into(),
+            capacity: NodeCapacity::default(),
+            labels: Default::default(),
+            cluster_artifacts: true,
+            control_plane_ca: None,
+            join_token: None,
+            credential_file: None,
+            gateways: Vec::new(),
+            kv: None,
+        },
+        Arc::new(Notify::new()),
+        Default::default(),
+    ));
+    tokio::spawn(session.run(Arc::new(Idle), std::future::pending::<()>()));
+}
+
+async fn wait_count(c: &watch::Sender<u32>, n: u32, what: &str) {
+    tokio::time::timeout(T, c.subscribe().wait_for(|v| *v >= n))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: only {}", *c.borrow()))
+        .unwrap();
+}
+
+/// Mixed versions: a control plane of an earlier version has no lease
+/// renewals and answers one `404 not_found`, as for any path it does not
+/// serve. The node is not unknown to it: it heartbeats in full instead,
+/// without registering again (which once made it register at every
+/// renewal).
+#[tokio::test]
+async fn a_control_plane_without_lease_renewals_gets_heartbeats_and_no_new_registration() {
+    let seen = Seen::default();
+    session_with(old_or_new_control_plane(seen.clone(), None)).await;
+    wait_count(&seen.renewals, 1, "a renewal tried").await;
+    // Heartbeats every 10 ms from then on.
+    let after = *seen.heartbeats.borrow();
+    wait_count(&seen.heartbeats, after + 20, "heartbeats after the 404").await;
+    assert_eq!(*seen.registrations.borrow(), 1, "registered again");
+    // It does not keep asking for what is not there.
+    assert_eq!(*seen.renewals.borrow(), 1);
+}
+
+/// A control plane that knows renewals but not the node answers
+/// `404 node_unknown` (it lost its state, or the node was deleted): the
+/// node registers again.
+#[tokio::test]
+async fn a_node_unknown_to_the_control_plane_registers_again() {
+    let seen = Seen::default();
+    let unknown = (
+        axum::http::StatusCode::NOT_FOUND,
+        shoal_api::protocol::NODE_UNKNOWN,
+    );
+    session_with(old_or_new_control_plane(seen.clone(), Some(unknown))).await;
+    wait_count(&seen.renewals, 1, "a renewal").await;
+    wait_count(&seen.registrations, 3, "registrations again").await;
+}

@@ -57,6 +57,7 @@ impl From<ApiError> for Error {
             ApiError::Closed => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::QuotaExceeded(_) => StatusCode::FORBIDDEN,
             ApiError::SecretNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NodeUnknown(_) => StatusCode::NOT_FOUND,
         };
         Error(status, ErrorBody::new(e.code(), e.to_string()))
     }
@@ -241,6 +242,9 @@ pub(crate) fn routes() -> Vec<Route> {
         at(ep::STATS_APPS).get(list_app_stats, in_query_ns(List, Apps)),
         at(ep::STATS_APP).get(get_app_stats, in_path_ns(Get, Apps)),
         at(ep::STATS_NODES).get(list_node_stats, cluster(List, Nodes)),
+        // Which replica leads and where the state lives: the cluster's
+        // own business, for whoever may read the whole cluster.
+        at(ep::CONTROL_PLANES).get(control_planes, cluster(List, ControlPlanes)),
     ]
 }
 
@@ -1366,6 +1370,13 @@ async fn heartbeat(
 
 /// A node's liveness renewal: answered from the published snapshot,
 /// without the state task.
+/// The control plane's replicas, which one leads, and the store.
+async fn control_planes(
+    State(cp): State<ControlPlane>,
+) -> Result<Json<shoal_api::rest::ControlPlanes>, Error> {
+    Ok(Json(cp.membership().view().await?))
+}
+
 async fn renew_lease(
     State(cp): State<ControlPlane>,
     Path(name): Path<String>,
@@ -1394,7 +1405,7 @@ async fn watch_assignment(
             let node = snap
                 .nodes
                 .get(&name)
-                .ok_or_else(|| ApiError::NotFound(format!("node {name} is not registered")))?;
+                .ok_or_else(|| ApiError::NodeUnknown(name.clone()))?;
             if q.generation != Some(node.generation) {
                 return Ok(Json(snap.assignment(node)));
             }
@@ -1407,7 +1418,7 @@ async fn watch_assignment(
                 let node = snap
                     .nodes
                     .get(&name)
-                    .ok_or_else(|| ApiError::NotFound(format!("node {name} is not registered")))?;
+                    .ok_or_else(|| ApiError::NodeUnknown(name.clone()))?;
                 return Ok(Json(snap.assignment(node)));
             }
         }
@@ -3020,10 +3031,12 @@ mod auth_tests {
             .header("content-type", "application/json")
             .body(Body::from(r#"{"generation": 0, "instances": []}"#))
             .unwrap();
+        // Answered as a node unknown (it may register again), not as a
+        // route unknown.
         let (status, body) = answer(&router, hb).await;
         assert_eq!(
             (status, body.code.as_str()),
-            (StatusCode::NOT_FOUND, "not_found"),
+            (StatusCode::NOT_FOUND, "node_unknown"),
             "{body:?}"
         );
     }

@@ -155,9 +155,12 @@ pub enum Event {
         node: String,
         revision: Option<u64>,
     },
+    /// Instances of the app fit on no node. One event stands for them
+    /// all, and for every time it happens again (it is aggregated, see
+    /// [`Event::aggregates`]): `ids` are those this time, in order.
     FailedScheduling {
         app: AppKey,
-        id: String,
+        ids: Vec<String>,
         reason: String,
     },
     Started {
@@ -468,7 +471,6 @@ impl Event {
             | Self::NodeDrained { node }
             | Self::NodeDeleted { node, .. } => format!("node/{node}"),
             Self::Scheduled { id, .. }
-            | Self::FailedScheduling { id, .. }
             | Self::Started { id, .. }
             | Self::BackOff { id, .. }
             | Self::Failed { id, .. }
@@ -479,6 +481,18 @@ impl Event {
                 Some(app) => format!("app/{}", app.name),
                 None => String::new(),
             },
+        }
+    }
+
+    /// Whether one event stands for every time this happens to its app
+    /// (the same reason), rather than an event each time, and for how
+    /// many occurrences this one counts: placement failures are seen
+    /// again whenever a node fills or frees, and one event each would
+    /// flood the list (Kubernetes aggregates such events likewise).
+    pub fn aggregates(&self) -> Option<u64> {
+        match self {
+            Self::FailedScheduling { ids, .. } => Some(ids.len().max(1) as u64),
+            _ => None,
         }
     }
 
@@ -613,7 +627,11 @@ impl Event {
                 revision: None,
                 ..
             } => format!("{id} placed on {node}"),
-            Self::FailedScheduling { id, reason, .. } => format!("{id} is pending: {reason}"),
+            Self::FailedScheduling { ids, reason, .. } => match &ids[..] {
+                [] => format!("an instance is pending: {reason}"),
+                [id] => format!("{id} is pending: {reason}"),
+                [id, more @ ..] => format!("{id} and {} more are pending: {reason}", more.len()),
+            },
             Self::Started { id, node, .. } => format!("{id} started on {node}"),
             Self::BackOff {
                 id,
@@ -711,6 +729,9 @@ impl Event {
             reason: self.reason().to_string(),
             message: self.message(),
             actor: actor.map(str::to_string),
+            // The first time: the executor adds the times before.
+            count: self.aggregates(),
+            first_at_ms: self.aggregates().map(|_| at_ms),
         }
     }
 }

@@ -136,6 +136,9 @@ impl Cache {
             ep::CERTIFICATES,
             ep::ROUTES,
             ep::NODE_DRAIN,
+            // Read from etcd by this replica itself, so that any replica
+            // says which one leads, even while the leader does not answer.
+            ep::CONTROL_PLANES,
         ]
         .into_iter()
         .any(is)
@@ -536,7 +539,18 @@ impl Mirror {
                 Ok((true, false))
             }
             "events" => {
-                if put {
+                // An aggregated event replaces the one before it of its
+                // app and reason, and goes with its app.
+                if let Some(key) = name.strip_prefix("agg/") {
+                    snap.events
+                        .retain(|ev| ev.aggregate_key().as_deref() != Some(key));
+                    if put {
+                        let stored: crate::store::etcd::StoredEvents = self::parse(&e.kv)?;
+                        for event in stored.into_vec() {
+                            add_event(&mut snap.events, event);
+                        }
+                    }
+                } else if put {
                     let stored: crate::store::etcd::StoredEvents = self::parse(&e.kv)?;
                     for event in stored.into_vec() {
                         add_event(&mut snap.events, event);
@@ -635,6 +649,8 @@ mod tests {
             reason: "Test".into(),
             message: format!("event {seq}"),
             actor: None,
+            count: None,
+            first_at_ms: None,
         }
     }
 
@@ -850,12 +866,41 @@ mod tests {
         assert!(seqs.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(seqs.last(), Some(&n));
 
-        // Not the cache's: other prefixes, modules, the leader key.
+        // An aggregated event replaces the one before it of its app and
+        // reason, and goes when its app's are deleted.
+        let aggregated = |seq: u64, count: u64| Event {
+            namespace: Some("default".into()),
+            app: Some("web".into()),
+            object: "app/web".into(),
+            reason: "FailedScheduling".into(),
+            count: Some(count),
+            first_at_ms: Some(1),
+            ..event(seq)
+        };
+        let key = "/p/events/agg/default/web/FailedScheduling";
+        m.apply(&put(key, json(&aggregated(n + 1, 3)))).unwrap();
+        m.apply(&put(key, json(&aggregated(n + 2, 5)))).unwrap();
+        let counts: Vec<(u64, Option<u64>)> = m
+            .snap
+            .events
+            .iter()
+            .filter(|e| e.reason == "FailedScheduling")
+            .map(|e| (e.seq, e.count))
+            .collect();
+        assert_eq!(counts, [(n + 2, Some(5))]);
+        assert_eq!(m.snap.events.back().map(|e| e.seq), Some(n + 2));
+        m.apply(&del(key)).unwrap();
+        assert!(m.snap.events.iter().all(|e| e.reason != "FailedScheduling"));
+
+        // Not the cache's: other prefixes, modules, the leader key, the
+        // replicas' presence.
         for key in [
             "/q/apps/default/x",
             "/p/blobs/ab/meta",
             "/p/leader",
             "/p/sync",
+            "/p/members/https%3A%2F%2Fcp%3A7070/record",
+            "/p/members/https%3A%2F%2Fcp%3A7070/alive",
         ] {
             assert_eq!(m.apply(&put(key, b"{".to_vec())).unwrap(), (false, false));
         }

@@ -13,6 +13,8 @@
 //! - [`store`]: the durable store (redb on one machine, etcd for several
 //!   replicas, every write guarded by the leadership).
 //! - [`leader`]: leader election among replicas through an etcd lease.
+//! - [`members`]: the replicas and their states, as `shoal get
+//!   control-planes` shows them.
 //! - [`replica`]: a replica's API: the leader's router, else the request
 //!   passed to the leader.
 //! - [`auth`]: the tokens (random, stored hashed, checked in constant time)
@@ -41,6 +43,7 @@ pub mod clock;
 pub mod events;
 pub mod follower;
 pub mod leader;
+pub mod members;
 pub mod metrics;
 pub mod modules;
 pub mod page;

@@ -123,6 +123,8 @@ pub struct Telemetry {
     reconcile: Histogram,
     beats: Family<KindLabels, Histogram>,
     routes: Mutex<RouteSeen>,
+    /// Times lease expiry was held (see `crate::state::decide::node::Pace`).
+    lease_holds: Counter,
 }
 
 impl Default for Telemetry {
@@ -136,6 +138,7 @@ impl Default for Telemetry {
                 Histogram::new(exponential_buckets(0.00005, 2.0, 14))
             }),
             routes: Mutex::new(RouteSeen::default()),
+            lease_holds: Counter::default(),
         }
     }
 }
@@ -155,6 +158,14 @@ impl Telemetry {
     /// A reconcile took `took`.
     pub fn reconciled(&self, took: std::time::Duration) {
         self.reconcile.observe(took.as_secs_f64());
+    }
+
+    /// Lease expiry is held (`true`: the leader lags behind its nodes'
+    /// renewals) or no longer.
+    pub fn lease_hold(&self, held: bool) {
+        if held {
+            self.lease_holds.inc();
+        }
     }
 
     /// The API took `took` to answer a node's heartbeat or renewal.
@@ -399,6 +410,11 @@ pub fn render(
         "shoal_heartbeat_duration_seconds",
         "Time the API took to answer a node's heartbeat or lease renewal",
         telemetry.beats.clone(),
+    );
+    registry.register(
+        "shoal_lease_holds",
+        "Times the control plane held node lease expiry because it lagged behind its nodes' renewals",
+        telemetry.lease_holds.clone(),
     );
     registry.register(
         "shoal_route_table_apps",

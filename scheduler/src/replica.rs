@@ -145,6 +145,18 @@ async fn stale_read(replica: &Replica, stale: Stale, req: Request) -> Response {
 
 async fn dispatch(State(replica): State<Arc<Replica>>, req: Request) -> Response {
     let role = replica.roles.borrow().clone();
+    // Which replica leads is read from etcd by whichever replica is asked:
+    // while no replica leads, one that has a read cache answers it itself
+    // (current, not stale).
+    if matches!(role, Role::Vacant { .. })
+        && crate::follower::matches_template(shoal_api::endpoints::CONTROL_PLANES, req.uri().path())
+        && let Some(cache) = replica.follower.reader(&req)
+    {
+        return match cache.router().oneshot(req).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+    }
     match role {
         Role::Leader { router, lease, .. } if lease.holds() => match router.oneshot(req).await {
             Ok(r) => r,

@@ -138,7 +138,7 @@ async fn a_node_reports_its_own_usage_and_no_one_elses() {
     let (status, body) = post(&w.admin, "ghost").await;
     assert_eq!(
         (status, body["code"].as_str()),
-        (StatusCode::NOT_FOUND, Some("not_found")),
+        (StatusCode::NOT_FOUND, Some("node_unknown")),
         "{body}"
     );
     let (status, _) = send(

@@ -102,6 +102,21 @@ impl State {
                     }
                     self.pending.push(Op::DeleteApp(key.to_string()));
                     self.pending.push(Op::DeleteRevisions(key.to_string()));
+                    // Its aggregated events go with it (the store deletes
+                    // them with the app): one made again later counts
+                    // from one.
+                    let prefix = format!("{key}/");
+                    let gone: Vec<String> = self
+                        .aggregated
+                        .keys()
+                        .filter(|k| k.starts_with(&prefix))
+                        .cloned()
+                        .collect();
+                    for k in gone {
+                        if let Some(e) = self.aggregated.remove(&k) {
+                            remove_event(&mut self.snap.events, e.seq);
+                        }
+                    }
                 }
                 Change::PutRevision(r) => {
                     self.pending.push(Op::PutRevision(r.clone()));
@@ -175,11 +190,21 @@ impl State {
         }
     }
 
-    /// Numbers, logs, stores and keeps an event.
+    /// Numbers, logs, stores and keeps an event. An aggregated one
+    /// replaces the one before it of its app and reason, counting the
+    /// times before, and moves to the end of the list.
     fn record(&mut self, event: Event, actor: Option<&str>) {
         self.count_decision(&event);
-        let e = event.render(self.next_event, self.config.clock.now_ms(), actor);
+        let mut e = event.render(self.next_event, self.config.clock.now_ms(), actor);
         self.next_event += 1;
+        let aggregate = e.aggregate_key();
+        if let Some(key) = &aggregate
+            && let Some(before) = self.aggregated.get(key)
+        {
+            e.count = Some(before.count.unwrap_or(1) + e.count.unwrap_or(1));
+            e.first_at_ms = before.first_at_ms.or(Some(before.at_ms));
+            remove_event(&mut self.snap.events, before.seq);
+        }
         let by = e.actor.as_deref().unwrap_or("-");
         match e.level {
             EventLevel::Normal => {
@@ -189,7 +214,13 @@ impl State {
                 tracing::warn!(object = %e.object, reason = %e.reason, actor = %by, "{}", e.message)
             }
         }
-        self.pending.push(Op::PutEvent(e.clone()));
+        match aggregate {
+            Some(key) => {
+                self.pending.push(Op::PutAggregate(e.clone()));
+                self.aggregated.insert(key, e.clone());
+            }
+            None => self.pending.push(Op::PutEvent(e.clone())),
+        }
         self.snap.events.push_back(e);
         if self.snap.events.len() > EVENTS_IN_MEMORY {
             self.snap.events.pop_front();
@@ -217,5 +248,16 @@ impl State {
             Event::Activated { to, .. } => self.telemetry.scaled(0, *to, ScaleReason::Activation),
             _ => {}
         }
+    }
+}
+
+/// Removes the event numbered `seq` from `events` (in `seq` order), if it
+/// is there still.
+pub(super) fn remove_event(
+    events: &mut std::collections::VecDeque<shoal_api::objects::Event>,
+    seq: u64,
+) {
+    if let Ok(at) = events.binary_search_by_key(&seq, |e| e.seq) {
+        events.remove(at);
     }
 }

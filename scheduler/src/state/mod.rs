@@ -74,6 +74,8 @@ pub struct Config {
     /// before anything connects: a tenant cannot make the control plane
     /// reach a host of its choosing.
     pub registries: Vec<String>,
+    /// Who the control plane's replicas are, for `GET /v1/control-planes`.
+    pub membership: crate::members::Membership,
 }
 
 impl Default for Config {
@@ -92,6 +94,7 @@ impl Default for Config {
             upload_dir: None,
             insecure_registries: Vec::new(),
             registries: Vec::new(),
+            membership: Default::default(),
         }
     }
 }
@@ -116,6 +119,11 @@ pub enum ApiError {
     /// An app refers to a secret, or a key of one, that does not exist.
     #[error("{0}")]
     SecretNotFound(String),
+    /// A node's own call names a node the control plane does not know
+    /// (never registered, deleted, or lost with the store): it registers
+    /// again.
+    #[error("node {0} is not registered")]
+    NodeUnknown(String),
 }
 
 impl ApiError {
@@ -130,6 +138,7 @@ impl ApiError {
             Self::Closed => "unavailable",
             Self::QuotaExceeded(_) => shoal_api::quota::QUOTA_EXCEEDED,
             Self::SecretNotFound(_) => shoal_api::config::SECRET_NOT_FOUND,
+            Self::NodeUnknown(_) => shoal_api::protocol::NODE_UNKNOWN,
         }
     }
 }
@@ -272,6 +281,8 @@ pub struct ControlPlane {
     stats: Arc<crate::stats::Stats>,
     /// What `/metrics` shows of the control plane's own work.
     telemetry: Arc<crate::metrics::Telemetry>,
+    /// The control plane's replicas (see [`crate::members`]).
+    membership: crate::members::Membership,
 }
 
 /// What taking in modules needs (see [`crate::modules`]).
@@ -302,13 +313,19 @@ impl Modules {
 }
 
 /// Nodes' lease renewals (by node, the wall time in ms), taken by the
-/// state task at each tick.
+/// state task at each tick, and how many arrived (renewals and
+/// heartbeats), by which it judges whether it keeps up with its nodes.
 #[derive(Debug, Default)]
-pub struct Renewals(std::sync::Mutex<std::collections::HashMap<String, u64>>);
+pub struct Renewals {
+    by_node: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    arrivals: std::sync::atomic::AtomicU64,
+}
 
 impl Renewals {
     fn add(&self, node: &str, at_ms: u64) {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        self.arrivals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut m = self.by_node.lock().unwrap_or_else(|p| p.into_inner());
         match m.get_mut(node) {
             Some(at) => *at = at_ms,
             None => {
@@ -319,7 +336,12 @@ impl Renewals {
 
     /// Every renewal since the last call.
     pub(crate) fn take(&self) -> std::collections::HashMap<String, u64> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *self.by_node.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// How many renewals and heartbeats arrived since the last call.
+    pub(crate) fn take_arrivals(&self) -> u64 {
+        self.arrivals.swap(0, std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -378,6 +400,7 @@ impl ControlPlane {
         let renewals = Arc::new(Renewals::default());
         let modules = Modules::new(&store, &config);
         let telemetry = Arc::new(crate::metrics::Telemetry::default());
+        let membership = config.membership.clone();
         let mut state = State::load(store.clone(), config, renewals.clone(), telemetry.clone())?;
         let (tx, rx) = mpsc::channel(1024);
         let (snap_tx, snap_rx) = watch::channel(Arc::new(state.snapshot()));
@@ -398,6 +421,7 @@ impl ControlPlane {
             modules,
             stats: Default::default(),
             telemetry,
+            membership,
         })
     }
 
@@ -435,12 +459,18 @@ impl ControlPlane {
             // Reports and the reads of them go to the leader.
             stats: Default::default(),
             telemetry: Default::default(),
+            membership: config.membership.clone(),
         }
     }
 
     /// Live traffic and usage (see [`crate::stats`]).
     pub fn stats(&self) -> &crate::stats::Stats {
         &self.stats
+    }
+
+    /// The control plane's replicas (see [`crate::members`]).
+    pub fn membership(&self) -> &crate::members::Membership {
+        &self.membership
     }
 
     /// What `/metrics` shows of the control plane's own work.
@@ -460,7 +490,7 @@ impl ControlPlane {
         let n = snap
             .nodes
             .get(node)
-            .ok_or_else(|| ApiError::NotFound(format!("node {node} is not registered")))?;
+            .ok_or_else(|| ApiError::NodeUnknown(node.to_string()))?;
         let renewed = n.state == shoal_api::objects::NodeState::Ready && n.generation == generation;
         if renewed {
             self.renewals.add(node, self.clock.now_ms());
@@ -788,7 +818,7 @@ impl ControlPlane {
     ) -> Result<(), ApiError> {
         let snap = self.snapshot();
         if !snap.nodes.contains_key(node) {
-            return Err(ApiError::NotFound(format!("node {node} is not registered")));
+            return Err(ApiError::NodeUnknown(node.to_string()));
         }
         if self.tx.is_closed() {
             return Err(ApiError::Closed);

@@ -215,7 +215,7 @@ impl Snapshot {
         let node = self
             .nodes
             .get(name)
-            .ok_or_else(|| super::ApiError::NotFound(format!("node {name} is not registered")))?;
+            .ok_or_else(|| super::ApiError::NodeUnknown(name.to_string()))?;
         let runs_it = hb.brief && node.generation == hb.generation && {
             let assigned = self.by_node.get(name).map_or(0, |ids| ids.len());
             let mut ids = std::collections::BTreeSet::new();

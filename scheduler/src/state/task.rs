@@ -90,6 +90,17 @@ pub(super) struct State {
     urgent: bool,
     /// What `/metrics` shows of the loop's work.
     pub(super) telemetry: Arc<crate::metrics::Telemetry>,
+    /// The last of each aggregated event (by `NS/APP/REASON`), which the
+    /// next of its kind replaces.
+    pub(super) aggregated: HashMap<String, shoal_api::objects::Event>,
+    /// Per tick over the last pace window: when (awake time), the
+    /// renewals and heartbeats taken, and how late the tick came (see
+    /// [`decide::node::Pace`]).
+    pace: VecDeque<(Duration, u64, Duration)>,
+    /// When the last tick came.
+    last_tick: Option<tokio::time::Instant>,
+    /// Lease expiry is held: the leader lags behind its nodes.
+    holding: bool,
 }
 
 /// A write the loop does not wait for: its operations (given back if it
@@ -146,6 +157,11 @@ impl State {
         let meta: BTreeMap<String, u64> = std::mem::take(&mut c.meta).into_iter().collect();
         let next_seq = meta.get("next_seq").copied().unwrap_or(0);
         let next_event = c.events.last().map(|e| e.seq + 1).unwrap_or(0);
+        let aggregated = c
+            .events
+            .iter()
+            .filter_map(|e| Some((e.aggregate_key()?, e.clone())))
+            .collect();
         let snap = Snapshot::from_contents(c);
         let mut awake = AwakeClock::new(config.tick * AWAKE_MAX_TICKS);
         let now = awake.now();
@@ -183,6 +199,10 @@ impl State {
             instances_settled: None,
             urgent: false,
             telemetry,
+            aggregated,
+            pace: VecDeque::new(),
+            last_tick: None,
+            holding: false,
         })
     }
 
@@ -231,7 +251,12 @@ impl State {
                 // it made durable (see `write_behind`).
                 _ = written.notified(), if writing => reports = true,
                 _ = tick.tick() => {
-                    self.take_renewals();
+                    let now = tokio::time::Instant::now();
+                    let late = self
+                        .last_tick
+                        .replace(now)
+                        .map_or(Duration::ZERO, |t| (now - t).saturating_sub(self.config.tick));
+                    self.take_renewals(late);
                     self.expire_leases();
                     let due = self
                         .last_autoscale
@@ -788,12 +813,24 @@ impl State {
     /// Nodes that renewed their lease since the last tick were heard now
     /// (a tick late at most, well within a lease). A node no longer ready
     /// is not brought back by a renewal: its next heartbeat does that.
-    fn take_renewals(&mut self) {
+    /// Also notes, for the pace, how many arrived and how `late` this
+    /// tick came.
+    fn take_renewals(&mut self, late: Duration) {
+        let now = self.awake.now();
+        let window = self.config.lease / 2;
+        self.pace
+            .push_back((now, self.renewals.take_arrivals(), late));
+        while self
+            .pace
+            .front()
+            .is_some_and(|(at, _, _)| now.saturating_sub(*at) >= window)
+        {
+            self.pace.pop_front();
+        }
         let renewed = self.renewals.take();
         if renewed.is_empty() {
             return;
         }
-        let now = self.awake.now();
         for (name, at_ms) in renewed {
             let Some(node) = self.snap.nodes.get_mut(&name) else {
                 continue;
@@ -807,13 +844,54 @@ impl State {
         }
     }
 
+    /// How well the leader kept up with its nodes over the last half
+    /// lease: none before it has been up that long.
+    fn pace(&self, now: Duration) -> Option<decide::node::Pace> {
+        let window = self.config.lease / 2;
+        if now < window {
+            return None;
+        }
+        Some(decide::node::Pace {
+            window,
+            arrivals: self.pace.iter().map(|(_, n, _)| n).sum(),
+            heard: self
+                .seen
+                .values()
+                .filter(|t| now.saturating_sub(**t) < window)
+                .count(),
+            loop_late: self
+                .pace
+                .iter()
+                .map(|(_, _, late)| *late)
+                .max()
+                .unwrap_or_default(),
+        })
+    }
+
     fn expire_leases(&mut self) {
         let now = self.awake.now();
         let leases = Leases {
             lease: self.config.lease,
             heartbeat: self.config.heartbeat,
         };
-        let changes = decide::node::expire_leases(&self.snap, &self.seen, now, leases);
+        let pace = self.pace(now);
+        let lagging = pace.is_some_and(|p| p.lags(leases));
+        if lagging != self.holding {
+            self.holding = lagging;
+            if lagging {
+                tracing::warn!(
+                    ?pace,
+                    "the control plane lags behind its nodes' renewals: nodes are judged lost only after twice their lease"
+                );
+            } else {
+                tracing::info!(
+                    ?pace,
+                    "the control plane keeps up with its nodes again: leases as usual"
+                );
+            }
+            self.telemetry.lease_hold(lagging);
+        }
+        let changes = decide::node::expire_leases(&self.snap, &self.seen, now, leases, lagging);
         self.urgent |= !changes.is_empty();
         self.execute(changes);
     }

@@ -468,7 +468,7 @@ async fn a_deleted_node_loses_its_instances_and_its_heartbeats_are_refused() {
         brief: false,
     };
     let refused = cp.heartbeat("a".into(), hb).await.unwrap_err();
-    assert_eq!(refused.code(), "not_found");
+    assert_eq!(refused.code(), "node_unknown");
     assert!(matches!(
         cp.delete_node("a".into(), false, None).await,
         Err(ApiError::NotFound(_))
@@ -624,10 +624,182 @@ async fn lease_renewals_keep_a_node_alive_without_heartbeats() {
     assert_eq!(stale.generation, generation);
     assert!(matches!(
         cp.renew_lease("nobody", 1),
-        Err(ApiError::NotFound(_))
+        Err(ApiError::NodeUnknown(_))
     ));
     // Silent from now on: "a" is lost after its lease.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let by_name: BTreeMap<String, NodeState> = states(&cp).into_iter().collect();
     assert_ne!(by_name["a"], NodeState::Ready);
+}
+
+/// Instances that fit nowhere while nodes join one by one see their
+/// reason change at every join ("0/1 nodes can run it", "0/2 ..."). They
+/// make one `FailedScheduling` event per app, which counts the times, not
+/// one event per instance and change: the list stays short however long
+/// the cluster takes to fill. The count survives a restart, and the event
+/// goes with its app.
+#[tokio::test(start_paused = true)]
+async fn pending_instances_in_a_filling_cluster_make_one_event_per_app_with_a_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(dir.path());
+    let mut nodes = vec!["n0".to_string()];
+    register(&cp, "n0").await;
+    for app in ["web", "api"] {
+        apply(
+            &cp,
+            serde_json::json!({"name": app, "module": "m.wasm", "replicas": 60}),
+            b"\0asm\x01\0\0\0",
+        )
+        .await;
+    }
+    let alive = |nodes: &[String]| -> Vec<(String, &'static [InstanceReport])> {
+        nodes.iter().map(|n| (n.clone(), QUIET)).collect()
+    };
+    let beat = async |cp: &ControlPlane, nodes: &[String]| {
+        let alive = alive(nodes);
+        let refs: Vec<(&str, &[InstanceReport])> =
+            alive.iter().map(|(n, r)| (n.as_str(), *r)).collect();
+        run_for(cp, Duration::from_millis(500), &refs).await;
+    };
+    beat(&cp, &nodes).await;
+    // Nodes join one at a time (10 instances each): never room for all
+    // 120 instances.
+    for i in 1..8 {
+        let name = format!("n{i}");
+        register(&cp, &name).await;
+        nodes.push(name);
+        beat(&cp, &nodes).await;
+    }
+    let failed = |cp: &ControlPlane| -> Vec<shoal_api::objects::Event> {
+        cp.snapshot()
+            .events
+            .iter()
+            .filter(|e| e.reason == "FailedScheduling")
+            .cloned()
+            .collect()
+    };
+    let pending = cp
+        .snapshot()
+        .instances
+        .values()
+        .filter(|i| i.phase == Phase::Pending)
+        .count();
+    assert_eq!(pending, 120 - 80, "8 nodes of 10 instances");
+    let events = failed(&cp);
+    let mut objects: Vec<&str> = events.iter().map(|e| e.object.as_str()).collect();
+    objects.sort();
+    assert_eq!(
+        objects,
+        ["app/api", "app/web"],
+        "one event per app: {events:#?}"
+    );
+    let mut counted = 0;
+    for e in &events {
+        assert_eq!(e.level, EventLevel::Warning);
+        let count = e.count.expect("a count");
+        counted += count;
+        // Seen at every join while the app waited, first at the apply.
+        assert!(count >= 10, "{e:?}");
+        assert!(e.first_at_ms.expect("first seen") < e.at_ms, "{e:?}");
+    }
+    // "api" fitted once six nodes were in; "web" waits still, and its
+    // event says so with the cluster as it is now.
+    let web = events.iter().find(|e| e.object == "app/web").unwrap();
+    assert!(
+        web.message.starts_with("web-")
+            && web.message.ends_with(
+                "and 39 more are pending: 0/8 nodes can run it: 8 have no free instance slots"
+            ),
+        "{}",
+        web.message
+    );
+    // An event each time an instance's reason changed, as before, would
+    // have been hundreds.
+    assert!(counted > 200, "{counted}");
+
+    // Stored as they are: a restart shows the same two, and counts on.
+    cp.stop().await;
+    drop(cp);
+    let cp = control_plane(dir.path());
+    assert_eq!(failed(&cp), events);
+    register(&cp, "n8").await;
+    nodes.push("n8".into());
+    beat(&cp, &nodes).await;
+    let again = failed(&cp);
+    assert_eq!(again.len(), 2, "{again:#?}");
+    let web_again = again.iter().find(|e| e.object == "app/web").unwrap();
+    assert_eq!(
+        web_again.count,
+        Some(web.count.unwrap() + 30),
+        "{web_again:?}"
+    );
+    assert!(web_again.seq > web.seq);
+    assert_eq!(web_again.first_at_ms, web.first_at_ms);
+    assert!(
+        web_again.message.ends_with(
+            "and 29 more are pending: 0/9 nodes can run it: 9 have no free instance slots"
+        ),
+        "{}",
+        web_again.message
+    );
+    // Deleted with its app, from the store too.
+    cp.delete(AppKey::new("default", "api"), None)
+        .await
+        .unwrap();
+    beat(&cp, &nodes).await;
+    let left: Vec<String> = failed(&cp).into_iter().map(|e| e.object).collect();
+    assert_eq!(left, ["app/web"]);
+    cp.stop().await;
+    drop(cp);
+    let cp = control_plane(dir.path());
+    let left: Vec<String> = failed(&cp).into_iter().map(|e| e.object).collect();
+    assert_eq!(left, ["app/web"]);
+}
+
+/// A leader that lags behind its nodes (its cores taken: every node's
+/// renewals reach it 2.5 s apart instead of 250 ms) judges none of them
+/// lost for it, while a node that really fell silent is still lost, after
+/// twice its lease. Without the hold, the live nodes whose renewal came
+/// past the lease were lost.
+#[tokio::test(start_paused = true)]
+async fn a_lagging_leader_holds_leases_and_still_finds_a_dead_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(dir.path());
+    let live: Vec<String> = (0..10).map(|i| format!("n{i}")).collect();
+    for n in &live {
+        register(&cp, n).await;
+    }
+    register(&cp, "dead").await;
+    // Staggered: node i's renewals arrive at i * 250 ms, then every 2.5 s.
+    let step = Duration::from_millis(250);
+    let mut judged_dead = None;
+    for k in 1..=40u32 {
+        let renewing = &live[(k % 10) as usize];
+        let generation = cp.snapshot().nodes[renewing].generation;
+        let hb = Heartbeat {
+            generation,
+            instances: Vec::new(),
+            brief: false,
+        };
+        cp.heartbeat(renewing.clone(), hb).await.unwrap();
+        tokio::time::sleep(step).await;
+        let snap = cp.snapshot();
+        for n in &live {
+            assert_eq!(
+                snap.nodes[n].state,
+                NodeState::Ready,
+                "{n} judged at {:?}",
+                step * k
+            );
+        }
+        if judged_dead.is_none() && snap.nodes["dead"].state != NodeState::Ready {
+            judged_dead = Some(step * k);
+        }
+    }
+    let at = judged_dead.expect("the dead node was never judged");
+    assert!(
+        at > Duration::from_secs(2) && at <= Duration::from_millis(4_500),
+        "the dead node was judged at {at:?}"
+    );
+    assert_eq!(cp.snapshot().nodes["dead"].state, NodeState::Lost);
 }

@@ -20,9 +20,12 @@
 //! Keys, under the prefix: `apps/NS/NAME`, `revisions/NS/NAME/NUMBER`,
 //! `blobs/SHA256/meta` and `blobs/SHA256/chunk/N`, `nodes/NAME`,
 //! `instances/ID`, `events/SEQ` (a write's events, from SEQ, up to 200 to
-//! a key), `meta/NAME`, `tokens/NAME`, `certificates/HOST`, `quotas/NS`,
-//! `secrets/NS/NAME` (values sealed), `leader`, `ca/cert`, `ca/key`, and `sync` (put by followers to mark a
-//! point in etcd's history; see `crate::follower`).
+//! a key), `events/agg/NS/APP/REASON` (an aggregated event), `meta/NAME`,
+//! `tokens/NAME`, `certificates/HOST`, `quotas/NS`, `secrets/NS/NAME`
+//! (values sealed), `leader`, `ca/cert`, `ca/key`, `members/URL/record`
+//! and `members/URL/alive` (the replicas, see `crate::members`), and
+//! `sync` (put by followers to mark a point in etcd's history; see
+//! `crate::follower`).
 
 use super::{BlobBody, Contents, MAX_EVENTS, Op, StoreError, revision_key, to_json};
 use sha2::Digest as _;
@@ -276,6 +279,12 @@ fn decode<T: serde::de::DeserializeOwned>(
         })
         .collect()
 }
+
+/// Where aggregated events are kept, by `NS/APP/REASON` (see
+/// [`Op::PutAggregate`]): under `events/` (so that whoever reads the
+/// events reads them), after every numbered key (`a` sorts after digits),
+/// so that trimming the numbered ones never touches them.
+pub(crate) const AGGREGATES: &str = "events/agg/";
 
 /// Events stored under one key, at most (see [`EtcdStore::write`]).
 pub(crate) const EVENTS_PER_KEY: usize = 200;
@@ -577,9 +586,14 @@ impl EtcdStore {
         for op in ops {
             match op {
                 Op::PutApp(a) => txn_ops.push(put(format!("apps/{}", a.key), to_json(a))),
-                Op::DeleteApp(k) => txn_ops.push(TxnOp::Delete {
-                    key: self.key(&format!("apps/{k}")),
-                }),
+                Op::DeleteApp(k) => {
+                    txn_ops.push(TxnOp::Delete {
+                        key: self.key(&format!("apps/{k}")),
+                    });
+                    txn_ops.push(TxnOp::DeletePrefix {
+                        prefix: self.key(&format!("{AGGREGATES}{k}/")),
+                    });
+                }
                 Op::PutRevision(r) => txn_ops.push(put(
                     format!("revisions/{}", revision_key(&r.app.to_string(), r.number)),
                     to_json(r),
@@ -597,6 +611,11 @@ impl EtcdStore {
                 }),
                 // After the loop: a write's events go together.
                 Op::PutEvent(_) => {}
+                Op::PutAggregate(e) => {
+                    if let Some(key) = e.aggregate_key() {
+                        txn_ops.push(put(format!("{AGGREGATES}{key}"), to_json(e)));
+                    }
+                }
                 Op::SetMeta(name, v) => {
                     txn_ops.push(put(format!("meta/{name}"), v.to_string().into_bytes()))
                 }
@@ -971,6 +990,8 @@ mod tests {
             reason: "Test".into(),
             message: format!("event {seq}"),
             actor: None,
+            count: None,
+            first_at_ms: None,
         }
     }
 
@@ -1029,6 +1050,75 @@ mod tests {
             kept.windows(2).all(|w| w[1] == w[0] + 1),
             "a gap in what is kept"
         );
+    }
+
+    /// An aggregated event replaces the one stored before it for its app
+    /// and reason, is loaded with the numbered events in `seq` order, is
+    /// never trimmed with them, and goes with its app.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn aggregated_events_replace_each_other_and_go_with_their_app() {
+        let cluster = shoal_etcd::testing::EtcdCluster::start(1).await;
+        let etcd = Etcd::for_test(&cluster, Duration::from_secs(5));
+        let client = etcd.client().clone();
+        let leader = etcd.key("leader");
+        client.put(&leader, b"me", None).await.unwrap();
+        let kv = client.get(&leader).await.unwrap().unwrap();
+        let (deposed, _) = tokio::sync::watch::channel(false);
+        let store = etcd.term(
+            Fence {
+                key: leader,
+                create_revision: kv.create_revision,
+            },
+            deposed,
+        );
+        let aggregated = |seq: u64, app: &str, count: u64| shoal_api::objects::Event {
+            namespace: Some("default".into()),
+            app: Some(app.into()),
+            reason: "FailedScheduling".into(),
+            count: Some(count),
+            first_at_ms: Some(0),
+            ..event(seq)
+        };
+        let loaded = tokio::task::spawn_blocking(move || {
+            let seqs = |s: &EtcdStore| -> Vec<(u64, Option<u64>)> {
+                s.load()
+                    .unwrap()
+                    .events
+                    .iter()
+                    .map(|e| (e.seq, e.count))
+                    .collect()
+            };
+            store
+                .write(&[
+                    Op::PutEvent(event(1)),
+                    Op::PutAggregate(aggregated(2, "web", 1)),
+                    Op::PutAggregate(aggregated(3, "api", 1)),
+                    Op::PutEvent(event(4)),
+                ])
+                .unwrap();
+            let first = seqs(&store);
+            store
+                .write(&[Op::PutAggregate(aggregated(5, "web", 4))])
+                .unwrap();
+            let replaced = seqs(&store);
+            // Far past MAX_EVENTS numbered events: trimmed, not the
+            // aggregated ones.
+            let ops: Vec<Op> = (6..MAX_EVENTS + 500)
+                .map(|s| Op::PutEvent(event(s)))
+                .collect();
+            store.write(&ops).unwrap();
+            let trimmed = seqs(&store);
+            store.write(&[Op::DeleteApp("default/web".into())]).unwrap();
+            (first, replaced, trimmed, seqs(&store))
+        })
+        .await
+        .unwrap();
+        assert_eq!(loaded.0, [(1, None), (2, Some(1)), (3, Some(1)), (4, None)]);
+        assert_eq!(loaded.1, [(1, None), (3, Some(1)), (4, None), (5, Some(4))]);
+        assert_eq!(loaded.2[..2], [(3, Some(1)), (5, Some(4))]);
+        assert!(loaded.2.len() > MAX_EVENTS as usize, "{}", loaded.2.len());
+        assert_eq!(loaded.3[..1], [(3, Some(1))]);
+        assert_eq!(loaded.3.len(), loaded.2.len() - 1);
     }
 
     /// A module file is written in chunks, a few at a time, and read back

@@ -115,6 +115,10 @@ pub enum Op {
     PutInstance(Instance),
     DeleteInstance(String),
     PutEvent(Event),
+    /// An aggregated event (see [`Event::aggregate_key`]), replacing the
+    /// one stored for its app and reason. Kept apart from the numbered
+    /// events, and deleted with its app (`DeleteApp`).
+    PutAggregate(Event),
     SetMeta(&'static str, u64),
     PutQuota(StoredQuota),
     DeleteQuota(String),
@@ -130,6 +134,7 @@ pub struct Contents {
     pub revisions: Vec<Revision>,
     pub nodes: Vec<Node>,
     pub instances: Vec<Instance>,
+    /// The numbered events and the aggregated ones, in `seq` order.
     pub events: Vec<Event>,
     pub meta: Vec<(String, u64)>,
     pub quotas: Vec<StoredQuota>,

@@ -33,6 +33,8 @@ const TOKENS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("t
 const CERTIFICATES: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("certificates");
 /// Quotas by namespace, as [`StoredQuota`] JSON.
 const QUOTAS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("quotas");
+/// Aggregated events by `NS/APP/REASON` (see [`Op::PutAggregate`]).
+const AGGREGATES: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("aggregates");
 /// Secrets by `NS/NAME`, as [`super::StoredSecret`] JSON: names in the
 /// clear, values sealed.
 const SECRETS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("secrets");
@@ -136,6 +138,24 @@ impl RedbStore {
                 })?,
             );
         }
+        // A store written before aggregated events has no such table.
+        match txn.open_table(AGGREGATES) {
+            Ok(t) => {
+                for row in t.iter().map_err(db_err)? {
+                    let (_, v) = row.map_err(db_err)?;
+                    c.events
+                        .push(serde_json::from_slice(v.value()).map_err(|e| {
+                            StoreError::Corrupt {
+                                table: "aggregates",
+                                message: e.to_string(),
+                            }
+                        })?);
+                }
+                c.events.sort_by_key(|e| e.seq);
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(db_err(e)),
+        }
         let meta = txn.open_table(META).map_err(db_err)?;
         for row in meta.iter().map_err(db_err)? {
             let (k, v) = row.map_err(db_err)?;
@@ -159,6 +179,7 @@ impl RedbStore {
             let mut meta = txn.open_table(META).map_err(db_err)?;
             let mut quotas = txn.open_table(QUOTAS).map_err(db_err)?;
             let mut secrets = txn.open_table(SECRETS).map_err(db_err)?;
+            let mut aggregates = txn.open_table(AGGREGATES).map_err(db_err)?;
 
             for op in ops {
                 match op {
@@ -168,6 +189,17 @@ impl RedbStore {
                     }
                     Op::DeleteApp(k) => {
                         apps.remove(k.as_str()).map_err(db_err)?;
+                        let prefix = format!("{k}/");
+                        let keys: Vec<String> = aggregates
+                            .range(prefix.as_str()..)
+                            .map_err(db_err)?
+                            .map_while(|r| r.ok())
+                            .map(|(k, _)| k.value().to_string())
+                            .take_while(|k| k.starts_with(&prefix))
+                            .collect();
+                        for k in keys {
+                            aggregates.remove(k.as_str()).map_err(db_err)?;
+                        }
                     }
                     Op::PutRevision(r) => {
                         let k = revision_key(&r.app.to_string(), r.number);
@@ -209,6 +241,13 @@ impl RedbStore {
                             .map_err(db_err)?;
                         if e.seq >= MAX_EVENTS {
                             events.remove(e.seq - MAX_EVENTS).map_err(db_err)?;
+                        }
+                    }
+                    Op::PutAggregate(e) => {
+                        if let Some(key) = e.aggregate_key() {
+                            aggregates
+                                .insert(key.as_str(), to_json(e).as_slice())
+                                .map_err(db_err)?;
                         }
                     }
                     Op::SetMeta(k, v) => {

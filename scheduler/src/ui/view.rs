@@ -635,8 +635,9 @@ fn events_table(events: &[&Event], now_ms: u64, id: &str, stream: Option<&str>) 
             } }
             tbody data-stream=[stream] {
                 @for e in events {
-                    tr.event.warning[e.level == EventLevel::Warning] data-seq=(e.seq) {
-                        td.when { (ago(now_ms, e.at_ms)) " ago" }
+                    tr.event.warning[e.level == EventLevel::Warning] data-seq=(e.seq)
+                        data-key=[e.aggregate_key()] {
+                        td.when { (when(e, now_ms)) }
                         td { (e.object) }
                         td.reason { (e.reason) }
                         td { (e.message) }
@@ -684,11 +685,23 @@ pub(crate) fn logs(session: &Session, ns: &str, id: &str) -> Markup {
     page("Logs", Some(session), Nav::Apps, None, body)
 }
 
+/// How long ago the event was last seen, with the count of an event that
+/// stands for its repeats (`4s ago (x14)`).
+fn when(e: &Event, now_ms: u64) -> String {
+    match e.count {
+        Some(n) if n > 1 => format!("{} ago (x{n})", ago(now_ms, e.at_ms)),
+        _ => format!("{} ago", ago(now_ms, e.at_ms)),
+    }
+}
+
 /// One event as the stream sends it: text fields only, which the page
 /// puts in place as text.
 #[derive(Debug, serde::Serialize)]
 pub(crate) struct EventRow {
     seq: u64,
+    /// What an aggregated event stands for: the page replaces its row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
     when: String,
     object: String,
     reason: String,
@@ -701,7 +714,8 @@ impl EventRow {
     pub(crate) fn of(e: &Event, now_ms: u64) -> Self {
         Self {
             seq: e.seq,
-            when: format!("{} ago", ago(now_ms, e.at_ms)),
+            key: e.aggregate_key(),
+            when: when(e, now_ms),
             object: e.object.clone(),
             reason: e.reason.clone(),
             message: e.message.clone(),

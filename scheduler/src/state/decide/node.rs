@@ -14,6 +14,55 @@ use std::time::Duration;
 /// threshold).
 const DISRUPTED_PERCENT: usize = 55;
 
+/// Below this share of the renewals its nodes send, the leader lags
+/// behind them.
+const LAGGING_PERCENT: u128 = 50;
+
+/// While the leader lags, a node is judged only once it has been silent
+/// this many leases: a live node is not lost to the leader's own delay,
+/// and a dead one is still found, a lease later.
+const HELD_LEASES: u32 = 2;
+
+/// How well the leader keeps up with its nodes, over the last
+/// [`Pace::window`] of awake time: the renewals and heartbeats that
+/// reached it, from how many nodes, and how late its own loop ran.
+///
+/// Each live node renews every heartbeat interval, and waits for the
+/// answer before it sleeps again: a leader that takes in renewals late
+/// (its cores taken, its queue long) sees each node less often, not fewer
+/// nodes. Dead nodes, on the other hand, send nothing at all, and are not
+/// among those heard by the time they are judged (the window is shorter
+/// than the lease). So renewals per node heard, against one each
+/// heartbeat, tell the leader's lag apart from nodes' deaths.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pace {
+    /// What it measures over (less than the lease; half of it).
+    pub window: Duration,
+    /// Renewals and heartbeats that arrived in the window.
+    pub arrivals: u64,
+    /// Distinct nodes heard in the window.
+    pub heard: usize,
+    /// The most a tick of the leader's loop came late in the window.
+    pub loop_late: Duration,
+}
+
+impl Pace {
+    /// Whether the leader lags behind its nodes: it took in fewer than
+    /// half the renewals the nodes it hears send, or its own loop ran
+    /// late by more than a quarter of the lease.
+    pub fn lags(&self, leases: Leases) -> bool {
+        if self.loop_late * 4 > leases.lease {
+            return true;
+        }
+        let (window, beat) = (self.window.as_millis(), leases.heartbeat.as_millis());
+        if self.heard == 0 || window == 0 || beat == 0 {
+            return false;
+        }
+        // arrivals < heard * (window / heartbeat) * LAGGING_PERCENT %
+        u128::from(self.arrivals) * beat * 100 < self.heard as u128 * window * LAGGING_PERCENT
+    }
+}
+
 /// A node registers (again, after a restart or a loss).
 pub fn register(
     snap: &Snapshot,
@@ -71,7 +120,7 @@ pub fn heartbeat(
     now_ms: u64,
 ) -> Result<Vec<Change>, ApiError> {
     let Some(mut node) = snap.nodes.get(name).cloned() else {
-        return Err(ApiError::NotFound(format!("node {name} is not registered")));
+        return Err(ApiError::NodeUnknown(name.to_string()));
     };
     node.last_heartbeat_ms = now_ms;
     let mut changes = Vec::new();
@@ -187,14 +236,18 @@ pub struct Leases {
 /// than that they all failed, so (as Kubernetes' node lifecycle controller
 /// does when a zone looks fully disrupted) their instances are not moved:
 /// the nodes are `Unreachable` until they heartbeat again, or until they
-/// are silent alone and so are `Lost`.
+/// are silent alone and so are `Lost`. While the leader lags behind its
+/// nodes (`lagging`, see [`Pace::lags`]), expiry is held: a node is
+/// judged only once silent for [`HELD_LEASES`] leases.
 pub fn expire_leases(
     snap: &Snapshot,
     seen: &BTreeMap<String, Duration>,
     now: Duration,
     leases: Leases,
+    lagging: bool,
 ) -> Vec<Change> {
     let Leases { lease, heartbeat } = leases;
+    let lease = if lagging { lease * HELD_LEASES } else { lease };
     // Nodes cut off together went quiet up to a heartbeat or so apart: one
     // nearly out of its lease counts as silent with the first.
     let nearly = lease.saturating_sub(heartbeat * 2).max(lease / 2);

@@ -129,6 +129,22 @@ pub fn changes(snap: &Snapshot, plan: reconcile::Plan, now_ms: u64) -> Vec<Chang
     // About three changes an action (an event, the instance, the node's
     // generation): one allocation, not a doubling series of copies.
     changes.reserve(plan.actions.len() * 3 + 1);
+    // Instances that fit nowhere, by app (in the plan's order): one event
+    // each app says so for all of them, after the plan's other changes.
+    let mut unplaced: Vec<(AppKey, Vec<String>, String)> = Vec::new();
+    let mut unplaced_at: HashMap<AppKey, usize> = HashMap::new();
+    let mut pending = |app: &AppKey, id: &str, reason: &str| match unplaced_at.get(app) {
+        Some(&k) => {
+            unplaced[k].1.push(id.to_string());
+            // The latest reason: it describes the cluster as the plan
+            // leaves it.
+            unplaced[k].2 = reason.to_string();
+        }
+        None => {
+            unplaced_at.insert(app.clone(), unplaced.len());
+            unplaced.push((app.clone(), vec![id.to_string()], reason.to_string()));
+        }
+    };
     for action in plan.actions {
         let id = match &action {
             Action::Create { id, .. }
@@ -174,11 +190,7 @@ pub fn changes(snap: &Snapshot, plan: reconcile::Plan, now_ms: u64) -> Vec<Chang
                         }));
                         changes.push(Change::Bump(n));
                     }
-                    None => changes.push(event(Event::FailedScheduling {
-                        app,
-                        id: id.clone(),
-                        reason: reason.unwrap_or_default(),
-                    })),
+                    None => pending(&app, &id, reason.as_deref().unwrap_or_default()),
                 }
                 touched.insert(id, Some(inst.clone()));
                 changes.push(Change::PutInstance(inst));
@@ -200,11 +212,7 @@ pub fn changes(snap: &Snapshot, plan: reconcile::Plan, now_ms: u64) -> Vec<Chang
             }
             Action::StillPending { id, reason } => {
                 let Some(mut inst) = current else { continue };
-                changes.push(event(Event::FailedScheduling {
-                    app: inst.app.clone(),
-                    id: id.clone(),
-                    reason: reason.clone(),
-                }));
+                pending(&inst.app, &id, &reason);
                 inst.reason = Some(reason);
                 touched.insert(id, Some(inst.clone()));
                 changes.push(Change::PutInstance(inst));
@@ -237,6 +245,9 @@ pub fn changes(snap: &Snapshot, plan: reconcile::Plan, now_ms: u64) -> Vec<Chang
                 changes.extend(inst.node.map(Change::Bump));
             }
         }
+    }
+    for (app, ids, reason) in unplaced {
+        changes.push(event(Event::FailedScheduling { app, ids, reason }));
     }
     changes.push(Change::NextSeq(plan.next_seq));
     changes

@@ -739,7 +739,7 @@ fn heartbeat_table() {
             "an unknown node",
             "n9",
             vec![],
-            Err("not_found: node n9 is not registered"),
+            Err("node_unknown: node n9 is not registered"),
         ),
     ];
     for (name, from, reports, want) in cases {
@@ -853,18 +853,105 @@ fn lease_table() {
             snap.nodes.insert(n.to_string(), node(n, *state));
             seen.insert(n.to_string(), s(*heard));
         }
-        let got = lines(&node::expire_leases(&snap, &seen, s(10_000), leases));
+        let got = lines(&node::expire_leases(&snap, &seen, s(10_000), leases, false));
         assert_eq!(got, *want, "{name}");
     }
     // A node never heard (none since a restart) is silent for ever.
     let mut snap = Snapshot::default();
     snap.nodes.insert("a".into(), node("a", NodeState::Ready));
     assert_eq!(
-        lines(&node::expire_leases(&snap, &BTreeMap::new(), s(0), leases)),
+        lines(&node::expire_leases(
+            &snap,
+            &BTreeMap::new(),
+            s(0),
+            leases,
+            false
+        )),
         [
             "node a Lost",
             "NodeLost: node a missed heartbeats for 2s; its instances will be placed elsewhere"
         ]
+    );
+}
+
+/// Whether the leader lags behind its nodes: renewals per node heard,
+/// against one each heartbeat interval (250 ms, so four in the half-lease
+/// window), and how late its own loop came.
+#[test]
+fn pace_tells_a_lagging_leader_from_dead_nodes() {
+    let leases = Leases {
+        lease: Duration::from_secs(2),
+        heartbeat: Duration::from_millis(250),
+    };
+    let pace = |arrivals: u64, heard: usize, late_ms: u64| node::Pace {
+        window: Duration::from_secs(1),
+        arrivals,
+        heard,
+        loop_late: Duration::from_millis(late_ms),
+    };
+    let cases = [
+        (
+            "every node renews every 250 ms",
+            pace(4_000, 1_000, 0),
+            false,
+        ),
+        ("a round trip of 50 ms", pace(3_300, 1_000, 0), false),
+        // Dead nodes are not among those heard in the window: the live
+        // ones renew at the usual pace.
+        ("a tenth of the nodes dead", pace(3_600, 900, 0), false),
+        ("most nodes dead", pace(400, 100, 0), false),
+        ("none heard (all dead, or cut off)", pace(0, 0, 0), false),
+        ("half the renewals", pace(2_000, 1_000, 0), false),
+        ("a 750 ms round trip: a third", pace(1_333, 1_000, 0), true),
+        // Renewals 2.5 s apart: 2 in 5 nodes heard in the window, once.
+        ("past the lease, some heard once", pace(400, 400, 0), true),
+        ("its loop 400 ms late", pace(4_000, 1_000, 400), false),
+        ("its loop 600 ms late", pace(4_000, 1_000, 600), true),
+    ];
+    for (name, p, lags) in cases {
+        assert_eq!(p.lags(leases), lags, "{name}: {p:?}");
+    }
+}
+
+/// While the leader lags, a node is judged after two leases, not one: a
+/// live node whose renewals come late is not lost, a dead one still is.
+#[test]
+fn lease_expiry_is_held_while_the_leader_lags() {
+    let leases = Leases {
+        lease: Duration::from_secs(2),
+        heartbeat: Duration::from_millis(250),
+    };
+    let s = Duration::from_millis;
+    let mut snap = Snapshot::default();
+    let mut seen = BTreeMap::new();
+    // Now is 10 s: "late" was heard 3.6 s ago, "dead" 4.5 s ago, the
+    // others just now.
+    for (n, heard) in [("dead", 5_500), ("late", 6_400), ("a", 9_900), ("b", 9_900)] {
+        snap.nodes.insert(n.into(), node(n, NodeState::Ready));
+        seen.insert(n.to_string(), s(heard));
+    }
+    assert_eq!(
+        lines(&node::expire_leases(&snap, &seen, s(10_000), leases, false)),
+        [
+            "node dead Lost",
+            "NodeLost: node dead missed heartbeats for 2s; its instances will be placed elsewhere",
+            "node late Lost",
+            "NodeLost: node late missed heartbeats for 2s; its instances will be placed elsewhere",
+        ]
+    );
+    assert_eq!(
+        lines(&node::expire_leases(&snap, &seen, s(10_000), leases, true)),
+        [
+            "node dead Lost",
+            "NodeLost: node dead missed heartbeats for 4s; its instances will be placed elsewhere",
+        ]
+    );
+    // Most nodes silent at once are still unreachable, not lost.
+    seen.insert("a".into(), s(5_000));
+    let held = lines(&node::expire_leases(&snap, &seen, s(10_000), leases, true));
+    assert!(
+        held.iter().all(|l| !l.contains("Lost")) && held.len() == 4,
+        "{held:?}"
     );
 }
 
@@ -967,8 +1054,8 @@ fn plan_changes_table() {
                 replaces: None,
             }],
             vec![
-                "FailedScheduling: web-9 is pending: no node has 1 GiB",
                 "instance web-9 Pending on - ready false",
+                "FailedScheduling: web-9 is pending: no node has 1 GiB",
                 "next seq 10",
             ],
         ),
@@ -1004,8 +1091,8 @@ fn plan_changes_table() {
                 reason: "no node matches".into(),
             }],
             vec![
-                "FailedScheduling: web-2 is pending: no node matches",
                 "instance web-2 Pending on - ready false",
+                "FailedScheduling: web-2 is pending: no node matches",
                 "next seq 10",
             ],
         ),
@@ -1296,10 +1383,9 @@ fn a_cordoned_node_gets_no_new_instances_and_keeps_its_own() {
     assert_eq!(
         plan_at(&mut snap, 0, 0),
         [
-            "FailedScheduling: web-0 is pending: 0/1 nodes can run it: 1 cordoned",
             "instance web-0 Pending on - ready false",
-            "FailedScheduling: web-1 is pending: 0/1 nodes can run it: 1 cordoned",
             "instance web-1 Pending on - ready false",
+            "FailedScheduling: web-0 and 1 more are pending: 0/1 nodes can run it: 1 cordoned",
             "next seq 2",
         ]
     );
@@ -1431,10 +1517,9 @@ fn a_drain_with_nowhere_to_go_keeps_serving_and_says_why() {
             "Killing: stopping web-1: its node is being drained",
             "delete instance web-1",
             "bump n1",
-            "FailedScheduling: web-2 is pending: 0/1 nodes can run it: 1 cordoned",
             "instance web-2 Pending on - ready false",
-            "FailedScheduling: web-3 is pending: 0/1 nodes can run it: 1 cordoned",
             "instance web-3 Pending on - ready false",
+            "FailedScheduling: web-2 and 1 more are pending: 0/1 nodes can run it: 1 cordoned",
             "next seq 4",
         ]
     );

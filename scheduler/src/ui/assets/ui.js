@@ -72,9 +72,16 @@
         return;
       }
       if (tbody.querySelector('tr[data-seq="' + String(Number(e.seq)) + '"]')) return;
+      // An event that stands for its repeats replaces its older row.
+      if (typeof e.key === "string") {
+        for (const old of tbody.querySelectorAll("tr[data-key]")) {
+          if (old.dataset.key === e.key) old.remove();
+        }
+      }
       const tr = document.createElement("tr");
       tr.className = e.warning ? "event warning fresh" : "event fresh";
       tr.dataset.seq = String(Number(e.seq));
+      if (typeof e.key === "string") tr.dataset.key = e.key;
       tr.append(
         cell(e.when, "when"),
         cell(e.object),
