@@ -11,7 +11,7 @@ use crate::table;
 use clap::{Args, Subcommand};
 use shoal_api::endpoints::ListQuery;
 use shoal_api::manifest::DEFAULT_NAMESPACE;
-use shoal_api::quota::{MAX_CPU_WEIGHT, MIN_CPU_WEIGHT, Quota, QuotaView};
+use shoal_api::quota::{Quota, QuotaView};
 use shoal_api::{ByteSize, Duration};
 use std::str::FromStr;
 
@@ -320,6 +320,7 @@ fn rows(views: &[QuotaView]) -> Vec<Vec<String>> {
 mod tests {
     use super::*;
     use clap::Parser;
+    use shoal_api::quota::{MAX_CPU_WEIGHT, MIN_CPU_WEIGHT};
 
     #[derive(Parser, Debug)]
     struct Cli {
