@@ -123,6 +123,16 @@ async fn gateway_limited(
     max_body: u64,
     limits: Vec<shoal_api::routes::NamespaceLimits>,
 ) -> SocketAddr {
+    gateway_with_limits(address, max_body, limits, Default::default()).await
+}
+
+/// As [`gateway_limited`], with the app's own limits too.
+async fn gateway_with_limits(
+    address: &str,
+    max_body: u64,
+    limits: Vec<shoal_api::routes::NamespaceLimits>,
+    app_limits: shoal_api::workload::GatewayLimits,
+) -> SocketAddr {
     let gw = Gateway::new(GatewayConfig::default());
     gw.set_table(&RouteTable {
         limits,
