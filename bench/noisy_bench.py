@@ -2,7 +2,7 @@
 """The noisy-neighbour benchmark (issue 12): does one tenant's flood of
 CPU-heavy requests starve another tenant on the same node?
 
-For each mode (`shoal node --fair-share on`, then `off`): a control plane,
+For each mode (BENCH_MODES, by default `on`, `on-threads` and `off`): a control plane,
 one node and a gateway on 127.0.0.1; app `quiet` (hello.wasm, a request of
 a few microseconds of guest time) in namespace `b`, app `work` (work.wasm,
 about 50 ms of CPU per request) in namespace `a`, both on the node.
@@ -18,9 +18,15 @@ The node runs under `nice` so that the gateway and the load generators,
 which share the machine's cores with it here, are not what B waits for:
 what is measured is the node's own scheduling of guests.
 
+Modes: `on` is `--fair-share on` (guests on the node's executor threads,
+the default); `on-threads` adds `--guest-threads on` (guests on threads of
+their own, at a lower OS priority); `off` is `--fair-share off`. A binary
+from before `--guest-threads` existed takes BENCH_MODES=on,off.
+
 Environment: SHOAL_BIN, WRK_BIN, QUIET_WASM, WORK_WASM (as noisy.sh sets
 them); BENCH_DURATION (15s), BENCH_RATE (50), BENCH_FLOOD (32), BENCH_HOT (10s),
-BENCH_COMMAND (for the report). Writes bench/results/noisy.md.
+BENCH_MODES (on,on-threads,off), BENCH_COMMAND (for the report). Writes
+bench/results/noisy.md.
 """
 
 from __future__ import annotations
@@ -99,12 +105,20 @@ def steady(port: int, host: str, rate: int, seconds: float) -> dict:
             "errors": errors}
 
 
+# The node's flags of each mode.
+MODES = {
+    "on": ["--fair-share", "on"],
+    "on-threads": ["--fair-share", "on", "--guest-threads", "on"],
+    "off": ["--fair-share", "off"],
+}
+
+
 def start_node(shoal: str, cp_url: str, fair: str, cache: Path, log_path: Path
                ) -> tuple[Proc, str]:
     name = f"node-{fair}"
     argv = ["nice", "-n", "10", shoal, "node", "--join", cp_url, "--name", name,
             "--listen", f"{HOST}:0", "--cache-dir", str(cache), "--plain-http",
-            "--fair-share", fair]
+            *MODES[fair]]
     join = TOKENS.get(cp_url.rstrip("/"), (None, None))[1]
     p = Proc(name, argv, log_path, env={"SHOAL_JOIN_TOKEN": join} if join else None)
     return p, p.wait_for_line(rf"Node {re.escape(name)} serving on " + URL,
@@ -164,7 +178,7 @@ def render(cfg: dict, runs: dict) -> str:
            f"request) in namespace `a`, wrk with {cfg['flood']} connections. Everything through "
            "the gateway; the node under `nice -n 10`.",
            ""]
-    out += md_head(["`--fair-share`", "B alone p50", "B alone p99", "B under flood p50",
+    out += md_head(["mode", "B alone p50", "B alone p99", "B under flood p50",
                     "B under flood p99", "p99 ratio", "A alone req/s", "A with B req/s",
                     "B errors"], "lrrrrrrrr")
     for fair, r in runs.items():
@@ -175,7 +189,7 @@ def render(cfg: dict, runs: dict) -> str:
                           fmt_rps(r["a_under"].get("rps")), a["errors"] + u["errors"]))
     out += ["", "One uncontended request, B alone with wrk on one connection for "
             f"{cfg['hot']:.0f} s (what a request pays for fair shares):", ""]
-    out += md_head(["`--fair-share`", "req/s", "p50", "p99"], "lrrr")
+    out += md_head(["mode", "req/s", "p50", "p99"], "lrrr")
     for fair, r in runs.items():
         h = r["hot"]
         out.append(md_row(fair, fmt_rps(h.get("rps")), fmt_ms(h.get("p50_ms")),
@@ -195,9 +209,15 @@ def main() -> None:
         "flood": env_int("BENCH_FLOOD", 32, positive=True),
         "hot": parse_duration_s(env_str("BENCH_HOT", "10s")),
         "command": env_str("BENCH_COMMAND", "bash bench/noisy.sh"),
+        "modes": [m.strip() for m in env_str("BENCH_MODES", "on,on-threads,off").split(",")
+                  if m.strip()],
     }
+    unknown = [m for m in cfg["modes"] if m not in MODES]
+    if unknown:
+        raise SystemExit(f"BENCH_MODES: unknown mode(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(MODES)}")
     runs = {}
-    for fair in ("on", "off"):
+    for fair in cfg["modes"]:
         with tempfile.TemporaryDirectory(prefix=f"shoal-noisy-{fair}-") as t:
             runs[fair] = one_mode(cfg, fair, Path(t))
     write_report(REPO / "bench/results/noisy.md", render(cfg, runs))

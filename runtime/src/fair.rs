@@ -20,6 +20,7 @@
 //! many runnable guests another tenant has.
 
 use crate::meter::AppMeter;
+use crate::pool::GuestPool;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
@@ -58,6 +59,8 @@ struct Space<W> {
     weight: u32,
     running: usize,
     queue: VecDeque<W>,
+    /// Slots given to its guests so far (one per poll of a guest).
+    slices: u64,
 }
 
 impl<W> Space<W> {
@@ -97,6 +100,7 @@ impl<W> Core<W> {
             weight: weight.max(1),
             running: 0,
             queue: VecDeque::new(),
+            slices: 0,
         });
         self.spaces.len() - 1
     }
@@ -107,6 +111,10 @@ impl<W> Core<W> {
 
     pub(crate) fn weight(&self, id: usize) -> u32 {
         self.spaces[id].weight
+    }
+
+    pub(crate) fn slices(&self, id: usize) -> u64 {
+        self.spaces[id].slices
     }
 
     /// Changes tenant `id` by `f`, keeping the counts of active and
@@ -144,7 +152,10 @@ impl<W> Core<W> {
             return false;
         }
         self.free -= 1;
-        self.change(id, |s| s.running += 1);
+        self.change(id, |s| {
+            s.running += 1;
+            s.slices += 1;
+        });
         true
     }
 
@@ -208,6 +219,7 @@ impl<W> Core<W> {
         };
         let w = self.change(id, |s| {
             s.running += 1;
+            s.slices += 1;
             s.queue.pop_front()
         });
         w.map(|w| (id, w))
@@ -249,6 +261,8 @@ struct Shared {
     /// Advanced to make running guests check at once whether to yield;
     /// `None` when the epoch is the caller's to drive (tests).
     engine: Option<wasmtime::Engine>,
+    /// The threads guests run on, if not the caller's executor.
+    pool: Option<GuestPool>,
 }
 
 impl Shared {
@@ -290,12 +304,27 @@ impl FairShare {
     /// given, has its epoch advanced to make guests yield to a starving
     /// tenant at once rather than at the next tick.
     pub fn new(slots: usize, engine: Option<wasmtime::Engine>) -> Self {
+        Self::with_pool(slots, engine, None)
+    }
+
+    /// Like [`new`](Self::new), with a thread of its own for each slot
+    /// ([`Tenant::spawn`] runs guests' tasks there): see [`crate::pool`].
+    pub fn with_guest_threads(
+        slots: usize,
+        engine: Option<wasmtime::Engine>,
+    ) -> std::io::Result<Self> {
+        let pool = GuestPool::new(slots.max(1))?;
+        Ok(Self::with_pool(slots, engine, Some(pool)))
+    }
+
+    fn with_pool(slots: usize, engine: Option<wasmtime::Engine>, pool: Option<GuestPool>) -> Self {
         Self {
             shared: Some(Arc::new(Shared {
                 core: Mutex::new(Core::new(slots)),
                 names: Mutex::new(HashMap::new()),
                 starving: AtomicUsize::new(0),
                 engine,
+                pool,
             })),
         }
     }
@@ -345,6 +374,20 @@ impl FairShare {
         {
             shared.lock().set_weight(id, weight);
         }
+    }
+
+    /// How many times `namespace`'s guests have been given a run slot: once
+    /// for each poll of one of its guests (a guest that runs to its end
+    /// without waiting on anything takes one). `None` when fair shares are
+    /// off or the namespace has had no guest.
+    pub fn slices(&self, namespace: &str) -> Option<u64> {
+        let shared = self.shared.as_ref()?;
+        let id = *shared
+            .names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(namespace)?;
+        Some(shared.lock().slices(id))
     }
 
     /// Every tenant this scheduler has seen, with its weight, by
@@ -397,6 +440,19 @@ impl Tenant {
 
     pub(crate) fn is_fair(&self) -> bool {
         self.shared.is_some()
+    }
+
+    /// Spawns a task that runs this tenant's guests: on the scheduler's
+    /// guest threads if it has them, else on the caller's executor.
+    pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match self.shared.as_ref().and_then(|s| s.pool.as_ref()) {
+            Some(pool) => pool.spawn(task),
+            None => tokio::spawn(task),
+        }
     }
 
     /// Runs a guest's future under this tenant's share: each poll waits

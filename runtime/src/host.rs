@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Caller, Linker, ResourceLimiter, Store, UpdateDeadline};
-use wasmtime_wasi::cli::AsyncStdoutStream;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
@@ -526,12 +525,10 @@ pub fn sandbox(
     Ok(b)
 }
 
-/// How much a guest may write to a log stream before waiting for it to drain.
-const LOG_BUDGET: usize = 64 * 1024;
-
-/// Guest output going to `logs`.
-pub fn log_stream(logs: &LogBuffer, stream: Stream) -> AsyncStdoutStream {
-    AsyncStdoutStream::new(LOG_BUDGET, logs.writer(stream))
+/// Guest output going to `logs`, written in the guest's own poll (it keeps
+/// its run slot: see [`crate::stdio`]).
+pub fn log_stream(logs: &LogBuffer, stream: Stream) -> crate::stdio::LogSink {
+    crate::stdio::LogSink::new(logs, stream)
 }
 
 impl ComponentHost {

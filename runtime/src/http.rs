@@ -26,14 +26,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tracing::Instrument;
 use wasmtime::component::Linker as ComponentLinker;
 use wasmtime::{Engine, InstancePre, Linker, Store};
-use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
+use wasmtime_wasi::cli::AsyncStdinStream;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 
 /// Largest CGI header block a guest may write.
 const MAX_CGI_HEADER: usize = 64 * 1024;
-/// Bytes of guest stdout buffered before the guest waits for the client.
+/// Bytes of guest stdout buffered before the guest waits for the client
+/// (below that, a write never makes the guest wait: see [`crate::stdio`]).
 const CGI_PIPE: usize = 64 * 1024;
 
 /// Counters an app keeps about the requests it served.
@@ -483,7 +484,7 @@ impl HttpApp {
         }
         let app = self.clone();
         let pre = pre.clone();
-        tokio::spawn(async move {
+        self.tenant.spawn(async move {
             let made = async {
                 let mut store = app.component_store()?;
                 let deadline = Instant::now() + app.spec.limits.timeout.get();
@@ -571,7 +572,7 @@ impl HttpApp {
         let app = self.clone();
         let watched = overflow.clone();
         let (told, done) = oneshot::channel();
-        let task = tokio::spawn(async move {
+        let task = self.tenant.spawn(async move {
             let _permit = permit;
             let began = Instant::now();
             let run = async {
@@ -733,15 +734,15 @@ impl HttpApp {
             );
             let _ = tokio::io::copy(&mut reader, &mut in_w).await;
         });
-        let (out_w, mut out_r) = tokio::io::duplex(CGI_PIPE);
+        let (out_w, mut out_r) = crate::stdio::cgi_pipe(CGI_PIPE);
         b.stdin(AsyncStdinStream::new(in_r));
-        b.stdout(AsyncStdoutStream::new(CGI_PIPE, out_w));
+        b.stdout(out_w);
         b.stderr(host::log_stream(&self.logs, Stream::Stderr));
         let wasi = b.build_p1();
         let app = self.clone();
         let watched = overflow.clone();
         let (told, done) = oneshot::channel();
-        let task = tokio::spawn(async move {
+        let task = self.tenant.spawn(async move {
             let _permit = permit;
             let began = Instant::now();
             let mut data = P1Host::new(wasi, app.spec.limits.memory.bytes());

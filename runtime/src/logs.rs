@@ -123,7 +123,8 @@ impl LogWriter {
         self.buf.push(self.stream, line);
     }
 
-    fn write_bytes(&mut self, mut data: &[u8]) {
+    /// Splits `data` into lines, logging each complete one at once.
+    pub(crate) fn write_bytes(&mut self, mut data: &[u8]) {
         while let Some(pos) = data.iter().position(|b| *b == b'\n') {
             if self.partial.is_empty() {
                 self.emit(&data[..pos]);

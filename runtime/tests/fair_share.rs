@@ -22,6 +22,11 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// A runtime with fair shares and one run slot, so one of the test's two
 /// executor threads stays free for I/O whatever the guests do.
 fn one_slot_runtime() -> Runtime {
+    one_slot_runtime_with(false)
+}
+
+/// The same, with or without a thread of its own for the guests.
+fn one_slot_runtime_with(guest_threads: bool) -> Runtime {
     Runtime::new(RuntimeConfig {
         engine: EngineConfig {
             max_instances: 100,
@@ -31,6 +36,7 @@ fn one_slot_runtime() -> Runtime {
         manual_epochs: true,
         fair_share: true,
         run_slots: Some(1),
+        guest_threads,
         ..RuntimeConfig::default()
     })
     .expect("runtime")
@@ -104,7 +110,17 @@ async fn end_guests(rt: &Runtime, apps: &[&Arc<HttpApp>]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_namespace_is_served_while_another_saturates_the_node() {
-    let rt = one_slot_runtime();
+    served_while_another_saturates(one_slot_runtime()).await;
+}
+
+/// The same with the guests on a thread of their own (`shoal node`'s
+/// default): the fair-share queue picks what that thread runs next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_guest_threads_a_namespace_is_served_while_another_saturates_them() {
+    served_while_another_saturates(one_slot_runtime_with(true)).await;
+}
+
+async fn served_while_another_saturates(rt: Runtime) {
     // From the start: without fair shares, a's guests would otherwise hold
     // both threads before the test gets to b.
     let ticker = Ticker::start(rt.engine());
@@ -269,4 +285,39 @@ async fn a_guest_waiting_on_io_holds_no_slot() {
         .expect("echo's response");
     assert!(body.ends_with(b"1234567890"), "{body:?}");
     end_guests(&rt, &[&echo.app, &hello.app]).await;
+}
+
+/// A guest's writes to stdout and stderr go to the log or the response in
+/// its own poll: a CGI module that answers without waiting on anything
+/// (hello.wasm writes its whole response with one `fd_write`) takes one
+/// run slot per request, not one more after each write, and so does not
+/// queue again behind other tenants' guests to finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_writing_its_output_keeps_its_slot() {
+    writing_keeps_the_slot(one_slot_runtime()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_guest_threads_a_guest_writing_its_output_keeps_its_slot() {
+    writing_keeps_the_slot(one_slot_runtime_with(true)).await;
+}
+
+async fn writing_keeps_the_slot(rt: Runtime) {
+    let hello = serve_app(app(&rt, &rt.tenant("b"), "hello.wasm")).await;
+    let c = client();
+    let slices = || rt.fair_share().slices("b").expect("tenant b");
+    for _ in 0..3 {
+        let before = slices();
+        let r = tokio::time::timeout(PATIENCE, get(&c, &hello.url("/")))
+            .await
+            .expect("answered");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "Hello from Shoal!\n");
+        assert_eq!(
+            slices() - before,
+            1,
+            "the request took more than one run slot"
+        );
+    }
+    end_guests(&rt, &[&hello.app]).await;
 }

@@ -51,6 +51,30 @@ async fn cgi_echo_sees_method_path_query_headers_and_body() {
     s.shutdown().await;
 }
 
+/// A CGI module's output larger than the pipe between it and the client
+/// (64 KiB) arrives whole: the guest waits for the client to read, as on a
+/// pipe, rather than failing.
+#[tokio::test]
+async fn cgi_output_larger_than_its_pipe_arrives_whole() {
+    let s = serve("echo.wasm", spec()).await;
+    let c = client();
+    let payload: Vec<u8> = (0..1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let r = request(&c, "POST", &s.url("/big"), &[], payload.clone()).await;
+    assert_eq!(r.status, 200);
+    let marker = b"body:\n";
+    let pos = r
+        .body
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .expect("body marker");
+    assert_eq!(r.body.len() - pos - marker.len(), payload.len());
+    assert!(
+        r.body[pos + marker.len()..] == payload[..],
+        "the body differs"
+    );
+    s.shutdown().await;
+}
+
 #[tokio::test]
 async fn component_streams_a_large_body_back() {
     let s = serve("http-component.wasm", spec()).await;
