@@ -134,6 +134,16 @@ impl State {
                 Change::Heard(n) => {
                     let now = self.awake.now();
                     self.seen.insert(n.name.clone(), now);
+                    // The first node to watch (any other's lease ends
+                    // before this one's): the loop wakes at its end.
+                    if self.expiry.is_none() {
+                        let lease = self.lease_in_force();
+                        self.expiry = Some(
+                            tokio::time::Instant::now()
+                                + lease
+                                + std::time::Duration::from_millis(1),
+                        );
+                    }
                     self.heartbeats_dirty = true;
                     self.snap.nodes.insert(n.name.clone(), n);
                 }

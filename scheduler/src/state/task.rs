@@ -15,6 +15,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
+/// Sleeps until `at`, or forever without one (a `select!` branch guarded
+/// by `at.is_some()`).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// How often the autoscaler decides.
 const AUTOSCALE_EVERY: Duration = Duration::from_secs(1);
 
@@ -88,6 +97,10 @@ pub(super) struct State {
     /// A node was found lost: the next reconcile places its instances
     /// elsewhere without waiting out the pause after a slow one.
     urgent: bool,
+    /// When nodes were last judged lost, and (once reconciled) how long
+    /// placing their instances elsewhere took: logged when the snapshot
+    /// with the replacements is published.
+    lost: Option<Lost>,
     /// What `/metrics` shows of the loop's work.
     pub(super) telemetry: Arc<crate::metrics::Telemetry>,
     /// The last of each aggregated event (by `NS/APP/REASON`), which the
@@ -101,6 +114,11 @@ pub(super) struct State {
     last_tick: Option<tokio::time::Instant>,
     /// Lease expiry is held: the leader lags behind its nodes.
     holding: bool,
+    /// When the next node's lease ends (see [`decide::node::next_expiry`]):
+    /// the loop wakes then to judge it, between ticks.
+    pub(super) expiry: Option<tokio::time::Instant>,
+    /// When (awake time) renewals were last taken.
+    renewals_taken: Duration,
 }
 
 /// A write the loop does not wait for: its operations (given back if it
@@ -109,6 +127,17 @@ pub(super) struct Inflight {
     pub(super) done: std::sync::mpsc::Receiver<Result<(), StoreError>>,
     pub(super) ops: Arc<Vec<Op>>,
     snapshot: Option<Arc<Snapshot>>,
+    /// The replacements of lost nodes' instances this write carries.
+    lost: Option<Lost>,
+    started: std::time::Instant,
+}
+
+/// Nodes judged lost, on their way to having their instances run
+/// elsewhere (see [`State::published_lost`]).
+#[derive(Debug, Clone, Copy)]
+struct Lost {
+    judged: std::time::Instant,
+    reconcile: Option<Duration>,
 }
 
 /// An answer to send once its changes are written (`None`), or, if the
@@ -133,8 +162,10 @@ fn store_error(e: &StoreError) -> ApiError {
 enum Finished {
     /// It goes on.
     Running,
-    /// It is written; its snapshot, if it carried one, is to be published.
-    Written(u64, Option<Arc<Snapshot>>),
+    /// It is written; its snapshot, if it carried one, is to be published
+    /// (with the lost nodes' replacements it carries, and the write's
+    /// time).
+    Written(u64, Option<Arc<Snapshot>>, Option<(Lost, Duration)>),
     /// It failed; its operations are pending again.
     Failed(u64, StoreError),
 }
@@ -198,11 +229,14 @@ impl State {
             written: Arc::new(tokio::sync::Notify::new()),
             instances_settled: None,
             urgent: false,
+            lost: None,
             telemetry,
             aggregated,
             pace: VecDeque::new(),
             last_tick: None,
             holding: false,
+            expiry: None,
+            renewals_taken: now,
         })
     }
 
@@ -230,6 +264,7 @@ impl State {
             // with the reports queued behind it: one reconcile and one
             // write for many, instead of one each (group commit).
             let mut reports = false;
+            let expiry = self.expiry;
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(Command::Stop { reply }) => {
@@ -250,6 +285,13 @@ impl State {
                 // A write the loop did not wait for is done: publish what
                 // it made durable (see `write_behind`).
                 _ = written.notified(), if writing => reports = true,
+                // A node's lease ends before the next tick: it is judged
+                // now, not up to a tick later.
+                _ = sleep_until(expiry), if expiry.is_some() => {
+                    self.take_renewals(Duration::ZERO);
+                    // Nothing lost: as a report, nothing to reconcile now.
+                    reports = !self.expire_leases();
+                }
                 _ = tick.tick() => {
                     let now = tokio::time::Instant::now();
                     let late = self
@@ -273,7 +315,11 @@ impl State {
                         || !self.settled();
                 }
             }
-            if reports && !rx.is_empty() && deferred < MAX_DEFERRED {
+            // Replacements for lost nodes wait for no report: they are
+            // written (and published) as soon as the store is free.
+            let replacing = self.lost.is_some_and(|l| l.reconcile.is_some())
+                || self.inflight.as_ref().is_some_and(|w| w.lost.is_some());
+            if reports && !replacing && !rx.is_empty() && deferred < MAX_DEFERRED {
                 deferred += 1;
                 continue;
             }
@@ -308,6 +354,11 @@ impl State {
                 let started = std::time::Instant::now();
                 self.reconcile();
                 let took = started.elapsed();
+                if let Some(lost) = self.lost.as_mut()
+                    && lost.reconcile.is_none()
+                {
+                    lost.reconcile = Some(took);
+                }
                 self.telemetry.reconciled(took);
                 self.last_reconcile = Some((std::time::Instant::now(), took));
             } else {
@@ -353,7 +404,28 @@ impl State {
             self.changed = false;
             self.snap.version += 1;
             out.send_replace(Arc::new(self.snapshot()));
+            self.published_lost(None);
         }
+    }
+
+    /// Logs how long the instances of nodes judged lost took to be placed
+    /// elsewhere and published (nodes long-poll the published snapshot),
+    /// once they are.
+    fn published_lost(&mut self, write: Option<Duration>) {
+        let Some(Lost {
+            judged,
+            reconcile: Some(reconcile),
+        }) = self.lost
+        else {
+            return;
+        };
+        self.lost = None;
+        tracing::info!(
+            after_ms = judged.elapsed().as_secs_f64() * 1000.0,
+            reconcile_ms = reconcile.as_secs_f64() * 1000.0,
+            write_ms = write.map(|w| w.as_secs_f64() * 1000.0),
+            "the instances of lost nodes are placed elsewhere and published"
+        );
     }
 
     /// Writes what is pending without waiting for the store: the loop
@@ -374,6 +446,14 @@ impl State {
         if self.pending.is_empty() || self.deposed {
             return;
         }
+        let lost = if self.changed {
+            self.lost.filter(|l| l.reconcile.is_some())
+        } else {
+            None
+        };
+        if lost.is_some() {
+            self.lost = None;
+        }
         let snapshot = std::mem::take(&mut self.changed).then(|| {
             self.heartbeats_dirty = false;
             self.snap.version += 1;
@@ -391,6 +471,8 @@ impl State {
             done,
             ops,
             snapshot,
+            lost,
+            started: std::time::Instant::now(),
         });
     }
 
@@ -399,10 +481,14 @@ impl State {
     fn finished(&mut self, finished: Finished, out: &watch::Sender<Arc<Snapshot>>) {
         let (upto, error) = match finished {
             Finished::Running => return,
-            Finished::Written(n, snapshot) => {
+            Finished::Written(n, snapshot, lost) => {
                 if let Some(snapshot) = snapshot {
                     self.last_publish = Some(tokio::time::Instant::now());
                     out.send_replace(snapshot);
+                }
+                if let Some((lost, write)) = lost {
+                    self.lost = Some(lost);
+                    self.published_lost(Some(write));
                 }
                 (n, None)
             }
@@ -463,7 +549,10 @@ impl State {
         };
         let number = self.writes;
         let error = match result {
-            Some(Ok(())) => return Finished::Written(number, inflight.snapshot),
+            Some(Ok(())) => {
+                let lost = inflight.lost.map(|l| (l, inflight.started.elapsed()));
+                return Finished::Written(number, inflight.snapshot, lost);
+            }
             Some(Err(StoreError::Deposed)) => {
                 self.pending.clear();
                 self.deposed = true;
@@ -476,6 +565,7 @@ impl State {
         ops.append(&mut self.pending);
         self.pending = ops;
         self.changed |= inflight.snapshot.is_some();
+        self.lost = self.lost.or(inflight.lost);
         Finished::Failed(number, error)
     }
 
@@ -827,6 +917,11 @@ impl State {
         {
             self.pace.pop_front();
         }
+        // Each renewal arrived since the last take: it counts from when it
+        // arrived (by the wall clock, bounded by the last take, so a clock
+        // step can never age it further), not from now.
+        let since_taken = now.saturating_sub(std::mem::replace(&mut self.renewals_taken, now));
+        let wall = self.now_ms();
         let renewed = self.renewals.take();
         if renewed.is_empty() {
             return;
@@ -839,7 +934,14 @@ impl State {
                 continue;
             }
             node.last_heartbeat_ms = node.last_heartbeat_ms.max(at_ms);
-            self.seen.insert(name, now);
+            let age = Duration::from_millis(wall.saturating_sub(at_ms)).min(since_taken);
+            let heard = now.saturating_sub(age);
+            match self.seen.get_mut(&name) {
+                Some(t) => *t = (*t).max(heard),
+                None => {
+                    self.seen.insert(name, heard);
+                }
+            }
             self.heartbeats_dirty = true;
         }
     }
@@ -868,7 +970,8 @@ impl State {
         })
     }
 
-    fn expire_leases(&mut self) {
+    /// Judges nodes whose lease ended; whether any was.
+    fn expire_leases(&mut self) -> bool {
         let now = self.awake.now();
         let leases = Leases {
             lease: self.config.lease,
@@ -892,8 +995,41 @@ impl State {
             self.telemetry.lease_hold(lagging);
         }
         let changes = decide::node::expire_leases(&self.snap, &self.seen, now, leases, lagging);
-        self.urgent |= !changes.is_empty();
+        let judged = !changes.is_empty();
+        self.urgent |= judged;
+        let lost = changes.iter().any(|c| {
+            matches!(c, super::executor::Change::PutNode(n) if n.state == shoal_api::objects::NodeState::Lost)
+        });
+        if lost {
+            self.lost = Some(Lost {
+                judged: std::time::Instant::now(),
+                reconcile: None,
+            });
+        }
         self.execute(changes);
+        self.plan_expiry(now);
+        judged
+    }
+
+    /// The lease nodes are judged by now: twice the lease while held.
+    pub(super) fn lease_in_force(&self) -> Duration {
+        if self.holding {
+            self.config.lease * decide::node::HELD_LEASES
+        } else {
+            self.config.lease
+        }
+    }
+
+    /// When the next lease ends, for the loop to wake then.
+    fn plan_expiry(&mut self, now: Duration) {
+        let leases = Leases {
+            lease: self.config.lease,
+            heartbeat: self.config.heartbeat,
+        };
+        // Judged once silent for longer than the lease: a millisecond
+        // past its end (the timer's grain).
+        self.expiry = decide::node::next_expiry(&self.snap, &self.seen, now, leases, self.holding)
+            .map(|at| tokio::time::Instant::now() + (at - now) + Duration::from_millis(1));
     }
 
     /// Rollout progress, then reconcile's plan.
