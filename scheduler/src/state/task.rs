@@ -119,6 +119,9 @@ pub(super) struct State {
     pub(super) expiry: Option<tokio::time::Instant>,
     /// When (awake time) renewals were last taken.
     renewals_taken: Duration,
+    /// The node views reconcile places by, kept as instances and nodes
+    /// change (`None`: built afresh at the next reconcile).
+    pub(super) views: Option<super::views::NodeViews>,
 }
 
 /// A write the loop does not wait for: its operations (given back if it
@@ -237,6 +240,7 @@ impl State {
             holding: false,
             expiry: None,
             renewals_taken: now,
+            views: None,
         })
     }
 
@@ -1042,7 +1046,16 @@ impl State {
             now_ms: now,
             drain_delay_ms: self.config.drain_delay.as_millis() as u64,
         };
-        let plan = decide::plan::plan(&self.snap, &apps, self.next_seq, clock);
+        let views = self
+            .views
+            .get_or_insert_with(|| super::views::NodeViews::build(&self.snap));
+        // Debug builds (every test) check the kept views against views
+        // built afresh.
+        #[cfg(debug_assertions)]
+        if let Err(e) = views.same_as_built(&self.snap) {
+            panic!("the node views kept differ from those built: {e}");
+        }
+        let plan = decide::plan::plan_with(&self.snap, &apps, views, self.next_seq, clock);
         let changes = decide::plan::changes(&self.snap, plan, now);
         self.execute(changes);
         let changes = decide::node::drains_done(&self.snap);
