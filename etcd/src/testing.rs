@@ -150,7 +150,32 @@ impl EtcdMember {
         let Ok(body) = resp.json::<serde_json::Value>().await else {
             return false;
         };
-        body.get("health").and_then(|h| h.as_str()) == Some("true")
+        body.get("health").and_then(|h| h.as_str()) == Some("true") && self.is_itself(http).await
+    }
+
+    /// Whether the etcd answering on this member's ports is this member's
+    /// process: the ports were free when reserved, but another test's etcd
+    /// may have taken them since, and this one then exits while that one
+    /// answers. The member id the process logged once it bound its ports
+    /// must be the one its metrics port reports.
+    async fn is_itself(&self, http: &reqwest::Client) -> bool {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let Some(logged) = log
+            .rsplit("\"local-member-id\":\"")
+            .next()
+            .filter(|_| log.contains("\"local-member-id\":\""))
+            .and_then(|rest| rest.split('"').next())
+        else {
+            return false;
+        };
+        let url = format!("{}/metrics", self.metrics_url);
+        let Ok(resp) = http.get(url).timeout(Duration::from_secs(5)).send().await else {
+            return false;
+        };
+        let Ok(metrics) = resp.text().await else {
+            return false;
+        };
+        metrics.contains(&format!("etcd_server_id{{server_id=\"{logged}\"}} 1"))
     }
 
     /// Whether the process exited, and what it logged if so.
