@@ -117,8 +117,6 @@ pub(super) struct State {
     /// When the next node's lease ends (see [`decide::node::next_expiry`]):
     /// the loop wakes then to judge it, between ticks.
     pub(super) expiry: Option<tokio::time::Instant>,
-    /// When (awake time) renewals were last taken.
-    renewals_taken: Duration,
     /// The node views reconcile places by, kept as instances and nodes
     /// change (`None`: built afresh at the next reconcile).
     pub(super) views: Option<super::views::NodeViews>,
@@ -239,7 +237,6 @@ impl State {
             last_tick: None,
             holding: false,
             expiry: None,
-            renewals_taken: now,
             views: None,
         })
     }
@@ -292,7 +289,13 @@ impl State {
                 // A node's lease ends before the next tick: it is judged
                 // now, not up to a tick later.
                 _ = sleep_until(expiry), if expiry.is_some() => {
-                    self.take_renewals(Duration::ZERO);
+                    // Woken late (the loop was busy past the deadline):
+                    // that counts towards the pace as a late tick does,
+                    // before anyone is judged.
+                    let late = expiry.map_or(Duration::ZERO, |at| {
+                        tokio::time::Instant::now().saturating_duration_since(at)
+                    });
+                    self.take_renewals(late);
                     // Nothing lost: as a report, nothing to reconcile now.
                     reports = !self.expire_leases();
                 }
@@ -921,11 +924,6 @@ impl State {
         {
             self.pace.pop_front();
         }
-        // Each renewal arrived since the last take: it counts from when it
-        // arrived (by the wall clock, bounded by the last take, so a clock
-        // step can never age it further), not from now.
-        let since_taken = now.saturating_sub(std::mem::replace(&mut self.renewals_taken, now));
-        let wall = self.now_ms();
         let renewed = self.renewals.take();
         if renewed.is_empty() {
             return;
@@ -938,14 +936,7 @@ impl State {
                 continue;
             }
             node.last_heartbeat_ms = node.last_heartbeat_ms.max(at_ms);
-            let age = Duration::from_millis(wall.saturating_sub(at_ms)).min(since_taken);
-            let heard = now.saturating_sub(age);
-            match self.seen.get_mut(&name) {
-                Some(t) => *t = (*t).max(heard),
-                None => {
-                    self.seen.insert(name, heard);
-                }
-            }
+            self.seen.insert(name, now);
             self.heartbeats_dirty = true;
         }
     }
