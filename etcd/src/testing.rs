@@ -98,8 +98,24 @@ impl EtcdMember {
 
     /// Stops the process (SIGSTOP): it keeps its sockets but answers nothing, like a
     /// member cut off from the network.
+    ///
+    /// Returns once every thread of the process has stopped: the kernel stops a
+    /// process only when one of its threads gets a core to take the signal, and on
+    /// a loaded machine the others may answer a request or two meanwhile.
     pub fn pause(&self) {
         self.signal(libc::SIGSTOP);
+        let Some(pid) = self.pid() else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + READY_TIMEOUT;
+        while !all_threads_stopped(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "etcd member {} did not stop within {READY_TIMEOUT:?} of SIGSTOP",
+                self.name
+            );
+            std::thread::yield_now();
+        }
     }
 
     /// Lets a paused process go on (SIGCONT).
@@ -150,7 +166,32 @@ impl EtcdMember {
         let Ok(body) = resp.json::<serde_json::Value>().await else {
             return false;
         };
-        body.get("health").and_then(|h| h.as_str()) == Some("true")
+        body.get("health").and_then(|h| h.as_str()) == Some("true") && self.is_itself(http).await
+    }
+
+    /// Whether the etcd answering on this member's ports is this member's
+    /// process: the ports were free when reserved, but another test's etcd
+    /// may have taken them since, and this one then exits while that one
+    /// answers. The member id the process logged once it bound its ports
+    /// must be the one its metrics port reports.
+    async fn is_itself(&self, http: &reqwest::Client) -> bool {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let Some(logged) = log
+            .rsplit("\"local-member-id\":\"")
+            .next()
+            .filter(|_| log.contains("\"local-member-id\":\""))
+            .and_then(|rest| rest.split('"').next())
+        else {
+            return false;
+        };
+        let url = format!("{}/metrics", self.metrics_url);
+        let Ok(resp) = http.get(url).timeout(Duration::from_secs(5)).send().await else {
+            return false;
+        };
+        let Ok(metrics) = resp.text().await else {
+            return false;
+        };
+        metrics.contains(&format!("etcd_server_id{{server_id=\"{logged}\"}} 1"))
     }
 
     /// Whether the process exited, and what it logged if so.
@@ -387,6 +428,23 @@ impl EtcdCluster {
     pub fn client_config(&self) -> ClientConfig {
         ClientConfig::new(self.endpoints())
     }
+}
+
+/// Whether every thread of process `pid` is stopped (state `T`), or the process
+/// is gone. (Linux: read from `/proc`.)
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses.
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next());
+        matches!(state, None | Some("T" | "t" | "Z" | "X"))
+    })
 }
 
 /// Ports free right now: bound together on 127.0.0.1:0 (so they differ), then
