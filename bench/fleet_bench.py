@@ -313,8 +313,14 @@ def one_run(cfg: dict, store: str, nodes: int, tmp: Path, logs: Path) -> dict:
         rec = sim.wait("recovered", lambda e: True, timeout, after=after)
         res["silenced"] = {"nodes": silenced["nodes"], "instances": silenced["instances"]}
         res["recovery_s"] = rec["after_ms"] / 1000
+        # When the last node was handed a replacement (the rest is the
+        # nodes' reports being answered).
+        res["recovery_assigned_s"] = (rec["assigned_after_ms"] / 1000
+                                      if "assigned_after_ms" in rec else None)
         log(f"{store} {nodes}: {silenced['nodes']} nodes silenced "
-            f"({silenced['instances']} instances), recovered in {res['recovery_s']:.2f} s")
+            f"({silenced['instances']} instances), recovered in {res['recovery_s']:.2f} s "
+            f"(the last replacement handed to its node after "
+            f"{fmt_s(res['recovery_assigned_s'])})")
         last = sim.last("progress")
         res["sim_cpu_s"] = last["cpu_s"] if last else None
     except Exception as e:  # noqa: BLE001 - reported in the table

@@ -84,6 +84,12 @@ struct Recovery {
     instances: usize,
 }
 
+/// Wall time in milliseconds since the Unix epoch, to line the fleet's
+/// lines up with the control plane's log.
+fn unix_ms() -> u64 {
+    shoal_api::objects::now_ms()
+}
+
 /// What the whole fleet counts.
 struct Fleet {
     started: Instant,
@@ -99,6 +105,10 @@ struct Fleet {
     /// recovery waited for, under one lock so that a change and the check
     /// for recovery cannot interleave.
     apps: Mutex<(HashMap<AppKey, i64>, Option<Recovery>)>,
+    /// When (ms since `started`) a live node was last handed instances it
+    /// did not have: where a recovery's time went (placed and pushed, or
+    /// reported).
+    last_grown_ms: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -142,6 +152,11 @@ impl Fleet {
                     "event": "recovered",
                     "t_ms": self.ms(),
                     "after_ms": r.since.elapsed().as_secs_f64() * 1000.0,
+                    "assigned_after_ms": self
+                        .last_grown_ms
+                        .load(Ordering::Relaxed)
+                        .saturating_sub(r.since.duration_since(self.started).as_millis() as u64),
+                    "unix_ms": unix_ms(),
                     "instances": r.instances,
                     "apps": r.want.len(),
                 })
@@ -191,6 +206,9 @@ impl SimNode {
             .collect();
         let after = a.instances.len();
         drop(a);
+        if after > before {
+            fleet.last_grown_ms.store(fleet.ms(), Ordering::Relaxed);
+        }
         if after >= before {
             fleet.assigned.fetch_add(after - before, Ordering::Relaxed);
         } else {
@@ -433,6 +451,7 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
         stats_errors: AtomicU64::new(0),
         samples: Mutex::new(Samples::default()),
         apps: Mutex::new((HashMap::new(), None)),
+        last_grown_ms: AtomicU64::new(0),
     });
     let permits = Arc::new(Semaphore::new(args.register_concurrency.max(1)));
     let mut live: Vec<Option<Running>> = Vec::with_capacity(args.nodes);
@@ -575,6 +594,7 @@ async fn silence(fleet: &Fleet, live: &mut [Option<Running>], n: usize) {
         return;
     }
     let since = Instant::now();
+    let since_unix = unix_ms();
     let step = alive.len() / n;
     let mut names = Vec::new();
     let mut lost: HashMap<AppKey, i64> = HashMap::new();
@@ -620,6 +640,7 @@ async fn silence(fleet: &Fleet, live: &mut [Option<Running>], n: usize) {
         serde_json::json!({
             "event": "silenced",
             "t_ms": fleet.ms(),
+            "unix_ms": since_unix,
             "nodes": names.len(),
             "instances": instances,
             "apps": lost.len(),

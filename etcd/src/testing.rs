@@ -98,8 +98,24 @@ impl EtcdMember {
 
     /// Stops the process (SIGSTOP): it keeps its sockets but answers nothing, like a
     /// member cut off from the network.
+    ///
+    /// Returns once every thread of the process has stopped: the kernel stops a
+    /// process only when one of its threads gets a core to take the signal, and on
+    /// a loaded machine the others may answer a request or two meanwhile.
     pub fn pause(&self) {
         self.signal(libc::SIGSTOP);
+        let Some(pid) = self.pid() else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + READY_TIMEOUT;
+        while !all_threads_stopped(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "etcd member {} did not stop within {READY_TIMEOUT:?} of SIGSTOP",
+                self.name
+            );
+            std::thread::yield_now();
+        }
     }
 
     /// Lets a paused process go on (SIGCONT).
@@ -412,6 +428,23 @@ impl EtcdCluster {
     pub fn client_config(&self) -> ClientConfig {
         ClientConfig::new(self.endpoints())
     }
+}
+
+/// Whether every thread of process `pid` is stopped (state `T`), or the process
+/// is gone. (Linux: read from `/proc`.)
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses.
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next());
+        matches!(state, None | Some("T" | "t" | "Z" | "X"))
+    })
 }
 
 /// Ports free right now: bound together on 127.0.0.1:0 (so they differ), then

@@ -99,6 +99,15 @@ fn scale(mine: &mut Vec<&Instance>, revision: u64, want: usize, plan: &mut AppPl
     }
 }
 
+/// Holds `plan`'s new instances to the quota's `room`: an instance still
+/// leaving (not in `live`) holds its part of the quota until it is gone,
+/// so a replacement waits for it.
+fn cap(plan: &mut AppPlan, room: Option<Room>) {
+    if let Some(room) = room {
+        plan.create.truncate(room.now);
+    }
+}
+
 /// Decides creations and removals for one app. `live` holds its instances
 /// that are not already leaving (not `Terminating`, not on a lost node).
 ///
@@ -133,6 +142,7 @@ pub fn plan_app(shape: &Shape, live: &[&Instance], room: Option<Room>) -> AppPla
                     }
                 }
             }
+            cap(&mut plan, room);
         }
         Shape::Rolling {
             revision,
@@ -145,6 +155,7 @@ pub fn plan_app(shape: &Shape, live: &[&Instance], room: Option<Room>) -> AppPla
             let mut old: Vec<&Instance> = by_rev.into_values().flatten().collect();
             if old.is_empty() {
                 scale(&mut new, *revision, want, &mut plan);
+                cap(&mut plan, room);
                 return plan;
             }
             if new.len() > want {
@@ -396,6 +407,16 @@ mod tests {
         let starting = [inst("a", 1, true), inst("x", 2, false)];
         let refs: Vec<&Instance> = starting.iter().collect();
         assert!(!plan_app(&rolling(2, 2, 1, 0), &refs, none).held);
+        // The last old instance already leaving (not live): its
+        // replacement waits until it is gone, and so does plain scaling.
+        let two_new = [inst("x", 2, true), inst("y", 2, true)];
+        let refs: Vec<&Instance> = two_new.iter().collect();
+        assert_eq!(
+            plan_app(&rolling(2, 3, 1, 0), &refs, leaving),
+            AppPlan::default()
+        );
+        let plan = plan_app(&rolling(2, 3, 1, 0), &refs, None);
+        assert_eq!(plan.create, vec![2]);
         // Room for one: the surge, capped at it.
         let room = Some(Room {
             now: 1,

@@ -90,6 +90,9 @@ impl State {
                     self.snap.apps.insert(app.key.clone(), *app);
                 }
                 Change::DeleteApp(key) => {
+                    // Its instances now need nothing (no revision says
+                    // what): the node views are built again.
+                    self.views = None;
                     self.snap.apps.remove(&key);
                     let numbers: Vec<u64> = self
                         .snap
@@ -119,30 +122,66 @@ impl State {
                     }
                 }
                 Change::PutRevision(r) => {
+                    // A revision replaced may need another amount: the
+                    // node views are built again. A new one has no
+                    // instances yet.
+                    if self.snap.revisions.contains_key(&(r.app.clone(), r.number)) {
+                        self.views = None;
+                    } else if let Some(v) = self.views.as_mut() {
+                        v.forget_needs(&r.app);
+                    }
                     self.pending.push(Op::PutRevision(r.clone()));
                     self.snap.revisions.insert((r.app.clone(), r.number), *r);
                 }
                 Change::PutNode(n) => {
+                    if self.views.as_mut().is_some_and(|v| !v.put_node(&n)) {
+                        self.views = None;
+                    }
                     self.pending.push(Op::PutNode(n.clone()));
                     self.snap.nodes.insert(n.name.clone(), n);
                 }
                 Change::DeleteNode(name) => {
+                    self.views = None;
                     self.snap.nodes.remove(&name);
                     self.seen.remove(&name);
                     self.pending.push(Op::DeleteNode(name));
                 }
                 Change::Heard(n) => {
+                    if self.views.as_mut().is_some_and(|v| !v.put_node(&n)) {
+                        self.views = None;
+                    }
                     let now = self.awake.now();
                     self.seen.insert(n.name.clone(), now);
+                    // The first node to watch (any other's lease ends
+                    // before this one's): the loop wakes at its end.
+                    if self.expiry.is_none() {
+                        let lease = self.lease_in_force();
+                        self.expiry = Some(
+                            tokio::time::Instant::now()
+                                + lease
+                                + std::time::Duration::from_millis(1),
+                        );
+                    }
                     self.heartbeats_dirty = true;
                     self.snap.nodes.insert(n.name.clone(), n);
                 }
                 Change::PutInstance(i) => {
+                    if let Some(v) = self.views.as_mut() {
+                        v.put(&self.snap, &i);
+                    }
                     self.pending.push(Op::PutInstance(i.clone()));
                     self.snap.put_instance(i);
                 }
-                Change::Observed(i) => self.snap.put_instance(i),
+                Change::Observed(i) => {
+                    if let Some(v) = self.views.as_mut() {
+                        v.put(&self.snap, &i);
+                    }
+                    self.snap.put_instance(i);
+                }
                 Change::DeleteInstance(id) => {
+                    if let Some(v) = self.views.as_mut() {
+                        v.remove(&id);
+                    }
                     self.snap.remove_instance(&id);
                     self.pending.push(Op::DeleteInstance(id));
                 }

@@ -18,6 +18,7 @@ pub mod decide;
 pub mod executor;
 pub mod snapshot;
 mod task;
+pub mod views;
 
 pub use executor::Change;
 

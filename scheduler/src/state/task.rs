@@ -15,6 +15,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
+/// Sleeps until `at`, or forever without one (a `select!` branch guarded
+/// by `at.is_some()`).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// How often the autoscaler decides.
 const AUTOSCALE_EVERY: Duration = Duration::from_secs(1);
 
@@ -88,6 +97,10 @@ pub(super) struct State {
     /// A node was found lost: the next reconcile places its instances
     /// elsewhere without waiting out the pause after a slow one.
     urgent: bool,
+    /// When nodes were last judged lost, and (once reconciled) how long
+    /// placing their instances elsewhere took: logged when the snapshot
+    /// with the replacements is published.
+    lost: Option<Lost>,
     /// What `/metrics` shows of the loop's work.
     pub(super) telemetry: Arc<crate::metrics::Telemetry>,
     /// The last of each aggregated event (by `NS/APP/REASON`), which the
@@ -101,6 +114,12 @@ pub(super) struct State {
     last_tick: Option<tokio::time::Instant>,
     /// Lease expiry is held: the leader lags behind its nodes.
     holding: bool,
+    /// When the next node's lease ends (see [`decide::node::next_expiry`]):
+    /// the loop wakes then to judge it, between ticks.
+    pub(super) expiry: Option<tokio::time::Instant>,
+    /// The node views reconcile places by, kept as instances and nodes
+    /// change (`None`: built afresh at the next reconcile).
+    pub(super) views: Option<super::views::NodeViews>,
 }
 
 /// A write the loop does not wait for: its operations (given back if it
@@ -109,6 +128,17 @@ pub(super) struct Inflight {
     pub(super) done: std::sync::mpsc::Receiver<Result<(), StoreError>>,
     pub(super) ops: Arc<Vec<Op>>,
     snapshot: Option<Arc<Snapshot>>,
+    /// The replacements of lost nodes' instances this write carries.
+    lost: Option<Lost>,
+    started: std::time::Instant,
+}
+
+/// Nodes judged lost, on their way to having their instances run
+/// elsewhere (see [`State::published_lost`]).
+#[derive(Debug, Clone, Copy)]
+struct Lost {
+    judged: std::time::Instant,
+    reconcile: Option<Duration>,
 }
 
 /// An answer to send once its changes are written (`None`), or, if the
@@ -133,8 +163,10 @@ fn store_error(e: &StoreError) -> ApiError {
 enum Finished {
     /// It goes on.
     Running,
-    /// It is written; its snapshot, if it carried one, is to be published.
-    Written(u64, Option<Arc<Snapshot>>),
+    /// It is written; its snapshot, if it carried one, is to be published
+    /// (with the lost nodes' replacements it carries, and the write's
+    /// time).
+    Written(u64, Option<Arc<Snapshot>>, Option<(Lost, Duration)>),
     /// It failed; its operations are pending again.
     Failed(u64, StoreError),
 }
@@ -198,11 +230,14 @@ impl State {
             written: Arc::new(tokio::sync::Notify::new()),
             instances_settled: None,
             urgent: false,
+            lost: None,
             telemetry,
             aggregated,
             pace: VecDeque::new(),
             last_tick: None,
             holding: false,
+            expiry: None,
+            views: None,
         })
     }
 
@@ -230,6 +265,7 @@ impl State {
             // with the reports queued behind it: one reconcile and one
             // write for many, instead of one each (group commit).
             let mut reports = false;
+            let expiry = self.expiry;
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(Command::Stop { reply }) => {
@@ -250,6 +286,19 @@ impl State {
                 // A write the loop did not wait for is done: publish what
                 // it made durable (see `write_behind`).
                 _ = written.notified(), if writing => reports = true,
+                // A node's lease ends before the next tick: it is judged
+                // now, not up to a tick later.
+                _ = sleep_until(expiry), if expiry.is_some() => {
+                    // Woken late (the loop was busy past the deadline):
+                    // that counts towards the pace as a late tick does,
+                    // before anyone is judged.
+                    let late = expiry.map_or(Duration::ZERO, |at| {
+                        tokio::time::Instant::now().saturating_duration_since(at)
+                    });
+                    self.take_renewals(late);
+                    // Nothing lost: as a report, nothing to reconcile now.
+                    reports = !self.expire_leases();
+                }
                 _ = tick.tick() => {
                     let now = tokio::time::Instant::now();
                     let late = self
@@ -273,7 +322,11 @@ impl State {
                         || !self.settled();
                 }
             }
-            if reports && !rx.is_empty() && deferred < MAX_DEFERRED {
+            // Replacements for lost nodes wait for no report: they are
+            // written (and published) as soon as the store is free.
+            let replacing = self.lost.is_some_and(|l| l.reconcile.is_some())
+                || self.inflight.as_ref().is_some_and(|w| w.lost.is_some());
+            if reports && !replacing && !rx.is_empty() && deferred < MAX_DEFERRED {
                 deferred += 1;
                 continue;
             }
@@ -308,6 +361,11 @@ impl State {
                 let started = std::time::Instant::now();
                 self.reconcile();
                 let took = started.elapsed();
+                if let Some(lost) = self.lost.as_mut()
+                    && lost.reconcile.is_none()
+                {
+                    lost.reconcile = Some(took);
+                }
                 self.telemetry.reconciled(took);
                 self.last_reconcile = Some((std::time::Instant::now(), took));
             } else {
@@ -353,7 +411,28 @@ impl State {
             self.changed = false;
             self.snap.version += 1;
             out.send_replace(Arc::new(self.snapshot()));
+            self.published_lost(None);
         }
+    }
+
+    /// Logs how long the instances of nodes judged lost took to be placed
+    /// elsewhere and published (nodes long-poll the published snapshot),
+    /// once they are.
+    fn published_lost(&mut self, write: Option<Duration>) {
+        let Some(Lost {
+            judged,
+            reconcile: Some(reconcile),
+        }) = self.lost
+        else {
+            return;
+        };
+        self.lost = None;
+        tracing::info!(
+            after_ms = judged.elapsed().as_secs_f64() * 1000.0,
+            reconcile_ms = reconcile.as_secs_f64() * 1000.0,
+            write_ms = write.map(|w| w.as_secs_f64() * 1000.0),
+            "the instances of lost nodes are placed elsewhere and published"
+        );
     }
 
     /// Writes what is pending without waiting for the store: the loop
@@ -374,6 +453,14 @@ impl State {
         if self.pending.is_empty() || self.deposed {
             return;
         }
+        let lost = if self.changed {
+            self.lost.filter(|l| l.reconcile.is_some())
+        } else {
+            None
+        };
+        if lost.is_some() {
+            self.lost = None;
+        }
         let snapshot = std::mem::take(&mut self.changed).then(|| {
             self.heartbeats_dirty = false;
             self.snap.version += 1;
@@ -391,6 +478,8 @@ impl State {
             done,
             ops,
             snapshot,
+            lost,
+            started: std::time::Instant::now(),
         });
     }
 
@@ -399,10 +488,14 @@ impl State {
     fn finished(&mut self, finished: Finished, out: &watch::Sender<Arc<Snapshot>>) {
         let (upto, error) = match finished {
             Finished::Running => return,
-            Finished::Written(n, snapshot) => {
+            Finished::Written(n, snapshot, lost) => {
                 if let Some(snapshot) = snapshot {
                     self.last_publish = Some(tokio::time::Instant::now());
                     out.send_replace(snapshot);
+                }
+                if let Some((lost, write)) = lost {
+                    self.lost = Some(lost);
+                    self.published_lost(Some(write));
                 }
                 (n, None)
             }
@@ -463,7 +556,10 @@ impl State {
         };
         let number = self.writes;
         let error = match result {
-            Some(Ok(())) => return Finished::Written(number, inflight.snapshot),
+            Some(Ok(())) => {
+                let lost = inflight.lost.map(|l| (l, inflight.started.elapsed()));
+                return Finished::Written(number, inflight.snapshot, lost);
+            }
             Some(Err(StoreError::Deposed)) => {
                 self.pending.clear();
                 self.deposed = true;
@@ -476,6 +572,7 @@ impl State {
         ops.append(&mut self.pending);
         self.pending = ops;
         self.changed |= inflight.snapshot.is_some();
+        self.lost = self.lost.or(inflight.lost);
         Finished::Failed(number, error)
     }
 
@@ -868,7 +965,8 @@ impl State {
         })
     }
 
-    fn expire_leases(&mut self) {
+    /// Judges nodes whose lease ended; whether any was.
+    fn expire_leases(&mut self) -> bool {
         let now = self.awake.now();
         let leases = Leases {
             lease: self.config.lease,
@@ -892,8 +990,41 @@ impl State {
             self.telemetry.lease_hold(lagging);
         }
         let changes = decide::node::expire_leases(&self.snap, &self.seen, now, leases, lagging);
-        self.urgent |= !changes.is_empty();
+        let judged = !changes.is_empty();
+        self.urgent |= judged;
+        let lost = changes.iter().any(|c| {
+            matches!(c, super::executor::Change::PutNode(n) if n.state == shoal_api::objects::NodeState::Lost)
+        });
+        if lost {
+            self.lost = Some(Lost {
+                judged: std::time::Instant::now(),
+                reconcile: None,
+            });
+        }
         self.execute(changes);
+        self.plan_expiry(now);
+        judged
+    }
+
+    /// The lease nodes are judged by now: twice the lease while held.
+    pub(super) fn lease_in_force(&self) -> Duration {
+        if self.holding {
+            self.config.lease * decide::node::HELD_LEASES
+        } else {
+            self.config.lease
+        }
+    }
+
+    /// When the next lease ends, for the loop to wake then.
+    fn plan_expiry(&mut self, now: Duration) {
+        let leases = Leases {
+            lease: self.config.lease,
+            heartbeat: self.config.heartbeat,
+        };
+        // Judged once silent for longer than the lease: a millisecond
+        // past its end (the timer's grain).
+        self.expiry = decide::node::next_expiry(&self.snap, &self.seen, now, leases, self.holding)
+            .map(|at| tokio::time::Instant::now() + (at - now) + Duration::from_millis(1));
     }
 
     /// Rollout progress, then reconcile's plan.
@@ -906,7 +1037,16 @@ impl State {
             now_ms: now,
             drain_delay_ms: self.config.drain_delay.as_millis() as u64,
         };
-        let plan = decide::plan::plan(&self.snap, &apps, self.next_seq, clock);
+        let views = self
+            .views
+            .get_or_insert_with(|| super::views::NodeViews::build(&self.snap));
+        // Debug builds (every test) check the kept views against views
+        // built afresh.
+        #[cfg(debug_assertions)]
+        if let Err(e) = views.same_as_built(&self.snap) {
+            panic!("the node views kept differ from those built: {e}");
+        }
+        let plan = decide::plan::plan_with(&self.snap, &apps, views, self.next_seq, clock);
         let changes = decide::plan::changes(&self.snap, plan, now);
         self.execute(changes);
         let changes = decide::node::drains_done(&self.snap);

@@ -803,3 +803,90 @@ async fn a_lagging_leader_holds_leases_and_still_finds_a_dead_node() {
     );
     assert_eq!(cp.snapshot().nodes["dead"].state, NodeState::Lost);
 }
+
+/// Where the wall clock of [`control_plane_ticking`] starts.
+const START_MS: u64 = 1_700_000_000_000;
+
+/// A control plane whose loop ticks every `tick` (lease 2 s as usual).
+fn control_plane_ticking(dir: &std::path::Path, tick: Duration) -> ControlPlane {
+    let config = Config {
+        clock: Arc::new(TokioClock::starting_at(START_MS)),
+        tick,
+        ..Config::default()
+    };
+    ControlPlane::start(Store::open(dir).unwrap(), config).unwrap()
+}
+
+/// When (ms after `since_ms`, wall time) the control plane judged `node`
+/// lost, by its event.
+fn lost_after(cp: &ControlPlane, node: &str, since_ms: u64) -> Option<u64> {
+    cp.snapshot()
+        .events
+        .iter()
+        .find(|e| e.reason == "NodeLost" && e.object == format!("node/{node}"))
+        .map(|e| e.at_ms - since_ms)
+}
+
+/// A node is judged at its own lease's end, not at the loop's next tick:
+/// with a tick of a second, a node heard at 0 is lost just after 2 s (the
+/// tick after its lease is at 3 s).
+#[tokio::test(start_paused = true)]
+async fn a_node_whose_lease_ends_between_ticks_is_judged_at_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane_ticking(dir.path(), Duration::from_secs(1));
+    let start = START_MS;
+    register(&cp, "a").await;
+    let mut snapshots = cp.watch();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        snapshots
+            .wait_for(|s| s.nodes["a"].state == NodeState::Lost)
+            .await
+            .map(|_| ())
+    })
+    .await
+    .expect("a is never judged")
+    .unwrap();
+    let at = lost_after(&cp, "a", start).expect("no NodeLost event");
+    assert!(
+        (2_000..2_100).contains(&at),
+        "a was judged {at} ms after it was heard"
+    );
+}
+
+/// A renewal that arrives between ticks, before the lease ends, is taken
+/// when the loop wakes to judge the node: the node is not lost then, and
+/// is lost a lease after the renewal was taken once silent (not at a
+/// tick).
+#[tokio::test(start_paused = true)]
+async fn a_renewal_just_before_the_lease_ends_keeps_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    // Ticks at 0 and 10 s only: every judgment here is a deadline's.
+    let t0 = tokio::time::Instant::now();
+    let cp = control_plane_ticking(dir.path(), Duration::from_secs(10));
+    let start = START_MS;
+    register(&cp, "a").await;
+    let generation = cp.snapshot().nodes["a"].generation;
+    // Renewals every 250 ms (as nodes send them), the last at 1,900 ms.
+    for at in [250, 500, 750, 1_000, 1_250, 1_500, 1_750, 1_900] {
+        tokio::time::sleep_until(t0 + Duration::from_millis(at)).await;
+        assert!(cp.renew_lease("a", generation).unwrap().renewed);
+    }
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(cp.snapshot().nodes["a"].state, NodeState::Ready);
+    assert!(lost_after(&cp, "a", start).is_none());
+    let mut snapshots = cp.watch();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        snapshots
+            .wait_for(|s| s.nodes["a"].state == NodeState::Lost)
+            .await
+            .map(|_| ())
+    })
+    .await
+    .expect("a is never judged")
+    .unwrap();
+    let at = lost_after(&cp, "a", start).expect("no NodeLost event");
+    assert!(
+        (3_900..4_100).contains(&at),
+        "a was judged {at} ms after it registered (renewed at 1,900, taken at 2,001)"
+    );
+}

@@ -21,7 +21,7 @@ const LAGGING_PERCENT: u128 = 50;
 /// While the leader lags, a node is judged only once it has been silent
 /// this many leases: a live node is not lost to the leader's own delay,
 /// and a dead one is still found, a lease later.
-const HELD_LEASES: u32 = 2;
+pub(crate) const HELD_LEASES: u32 = 2;
 
 /// How well the leader keeps up with its nodes, over the last
 /// [`Pace::window`] of awake time: the renewals and heartbeats that
@@ -296,6 +296,35 @@ pub fn expire_leases(
         }));
     }
     changes
+}
+
+/// When the next lease ends (awake time), from `now` on: the earliest of
+/// the ready nodes' last heard time plus their lease (two while
+/// `lagging`, as [`expire_leases`] judges). The state task wakes then, so
+/// a node is judged at its own deadline rather than at the next tick.
+/// Nodes already past theirs (unreachable ones, waiting to be silent
+/// alone) are left to the tick.
+pub fn next_expiry(
+    snap: &Snapshot,
+    seen: &BTreeMap<String, Duration>,
+    now: Duration,
+    leases: Leases,
+    lagging: bool,
+) -> Option<Duration> {
+    let lease = if lagging {
+        leases.lease * HELD_LEASES
+    } else {
+        leases.lease
+    };
+    snap.nodes
+        .values()
+        .filter(|n| n.state == NodeState::Ready)
+        .filter_map(|n| seen.get(&n.name))
+        .map(|t| *t + lease)
+        // One ending now is judged just after (silent for longer than
+        // the lease).
+        .filter(|d| *d >= now)
+        .min()
 }
 
 fn node_of(snap: &Snapshot, name: &str) -> Result<Node, ApiError> {

@@ -4,78 +4,40 @@
 
 use super::event;
 use crate::events::Event;
-use crate::placement::{Capacity, NodeView};
 use crate::reconcile::{self, Action, DesiredApp};
 use crate::state::Snapshot;
 use crate::state::executor::Change;
-use rustc_hash::FxHashMap;
-use shoal_api::objects::{AppKey, Instance, NodeState, Phase, RolloutState};
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use crate::state::views::NodeViews;
+use shoal_api::objects::{AppKey, Instance, Phase, RolloutState};
+use std::collections::{HashMap, HashSet};
 
-/// The plan reconcile makes now, numbering new instances from `next_seq`.
+/// The plan reconcile makes now, numbering new instances from `next_seq`,
+/// with node views built afresh.
 pub fn plan(
     snap: &Snapshot,
     apps: &[DesiredApp],
     next_seq: u64,
     clock: reconcile::Clock,
 ) -> reconcile::Plan {
-    // Nodes in name order (the map's), found by name through a hash map:
-    // one lookup per instance, at 10^5 instances, rather than string
-    // compares down a tree. Fx hashing: the keys are the cluster's own
-    // names, looked up once per reconcile.
-    let mut views: Vec<NodeView> = snap
-        .nodes
-        .values()
-        .map(|n| NodeView {
-            name: n.name.clone(),
-            // A cordoned node takes nothing new; what it runs stays
-            // (unless it drains).
-            ready: n.state == NodeState::Ready && !n.cordoned,
-            lost: n.state == NodeState::Lost,
-            cordoned: n.cordoned,
-            draining: n.draining,
-            labels: n.labels.clone(),
-            capacity: Capacity {
-                memory: n.capacity.memory,
-                instances: n.capacity.instances,
-            },
-            allocated: Capacity::default(),
-            per_app: BTreeMap::new(),
-        })
-        .collect();
-    let index: FxHashMap<&str, usize> = snap
-        .nodes
-        .keys()
-        .enumerate()
-        .map(|(i, name)| (name.as_str(), i))
-        .collect();
-    // Needs per (app, revision), looked up once: at 10^5 instances a
-    // template lookup and an app-name string per instance would be most of
-    // the work.
-    let mut needs: FxHashMap<(&AppKey, u64), (Capacity, Arc<str>)> = FxHashMap::default();
-    for i in snap.instances.values() {
-        let Some(&v) = i.node.as_deref().and_then(|n| index.get(n)) else {
-            continue;
-        };
-        let (need, name) = needs.entry((&i.app, i.revision)).or_insert_with(|| {
-            (
-                snap.need_of(&i.app, i.revision),
-                Arc::from(i.app.to_string()),
-            )
-        });
-        views[v].add_shared(name, *need);
-    }
-    let needs: FxHashMap<(&AppKey, u64), Capacity> =
-        needs.into_iter().map(|(k, (c, _))| (k, c)).collect();
+    plan_with(snap, apps, &NodeViews::build(snap), next_seq, clock)
+}
+
+/// [`plan`] with node views kept up to date by the state task (see
+/// [`NodeViews`]): a reconcile then walks no instance to build them.
+pub fn plan_with(
+    snap: &Snapshot,
+    apps: &[DesiredApp],
+    views: &NodeViews,
+    next_seq: u64,
+    clock: reconcile::Clock,
+) -> reconcile::Plan {
     let instances: Vec<&Instance> = snap.instances.values().collect();
     let need_of = |i: &Instance| {
-        needs
-            .get(&(&i.app, i.revision))
-            .copied()
+        views
+            .need(&i.id)
             .unwrap_or_else(|| snap.need_of(&i.app, i.revision))
     };
-    reconcile::reconcile(apps, &instances, &views, &need_of, next_seq, clock)
+    reconcile::reconcile(apps, &instances, views.views(), &need_of, next_seq, clock)
 }
 
 /// Rollouts that `held` says their namespace's quota holds now: each says
