@@ -2,8 +2,8 @@
 # The noisy-neighbour benchmark, in one command: `bash bench/noisy.sh`.
 #
 # Installs wrk with apt-get if it is missing, builds shoal (release), then
-# runs bench/noisy_bench.py: for `shoal node --fair-share on`, then with
-# `--guest-threads on`, then `--fair-share off`, a control plane, one node
+# runs bench/noisy_bench.py: for `shoal node --fair-share on`, then
+# `--fair-share off`, a control plane, one node
 # and a gateway on 127.0.0.1, tenant B's light app (hello.wasm, namespace
 # b) at a steady rate alone, tenant A's CPU-heavy app (work.wasm, about
 # 50 ms a request, namespace a) flooded by wrk alone, then both at once.
@@ -11,7 +11,7 @@
 #
 # Knobs (environment): BENCH_DURATION (15s), BENCH_RATE (B's requests a
 # second, 50), BENCH_FLOOD (A's wrk connections, 32), BENCH_MODES
-# (on,on-threads,off). A quick smoke run:
+# (on,off). A quick smoke run:
 #   BENCH_DURATION=3s bash bench/noisy.sh
 # CARGO_TARGET_DIR picks the build directory (default: the repo's target/).
 set -euo pipefail

@@ -2,7 +2,7 @@
 """The noisy-neighbour benchmark (issue 12): does one tenant's flood of
 CPU-heavy requests starve another tenant on the same node?
 
-For each mode (BENCH_MODES, by default `on`, `on-threads` and `off`): a control plane,
+For each mode (BENCH_MODES, by default `on` and `off`): a control plane,
 one node and a gateway on 127.0.0.1; app `quiet` (hello.wasm, a request of
 a few microseconds of guest time) in namespace `b`, app `work` (work.wasm,
 about 50 ms of CPU per request) in namespace `a`, both on the node.
@@ -18,14 +18,11 @@ The node runs under `nice` so that the gateway and the load generators,
 which share the machine's cores with it here, are not what B waits for:
 what is measured is the node's own scheduling of guests.
 
-Modes: `on` is `--fair-share on` (guests on the node's executor threads,
-the default); `on-threads` adds `--guest-threads on` (guests on threads of
-their own, at a lower OS priority); `off` is `--fair-share off`. A binary
-from before `--guest-threads` existed takes BENCH_MODES=on,off.
+Modes: `on` is `--fair-share on` (the default); `off` is `--fair-share off`.
 
 Environment: SHOAL_BIN, WRK_BIN, QUIET_WASM, WORK_WASM (as noisy.sh sets
 them); BENCH_DURATION (15s), BENCH_RATE (50), BENCH_FLOOD (32), BENCH_HOT (10s),
-BENCH_MODES (on,on-threads,off), BENCH_COMMAND (for the report). Writes
+BENCH_MODES (on,off), BENCH_COMMAND (for the report). Writes
 bench/results/noisy.md.
 """
 
@@ -108,7 +105,6 @@ def steady(port: int, host: str, rate: int, seconds: float) -> dict:
 # The node's flags of each mode.
 MODES = {
     "on": ["--fair-share", "on"],
-    "on-threads": ["--fair-share", "on", "--guest-threads", "on"],
     "off": ["--fair-share", "off"],
 }
 
@@ -209,7 +205,7 @@ def main() -> None:
         "flood": env_int("BENCH_FLOOD", 32, positive=True),
         "hot": parse_duration_s(env_str("BENCH_HOT", "10s")),
         "command": env_str("BENCH_COMMAND", "bash bench/noisy.sh"),
-        "modes": [m.strip() for m in env_str("BENCH_MODES", "on,on-threads,off").split(",")
+        "modes": [m.strip() for m in env_str("BENCH_MODES", "on,off").split(",")
                   if m.strip()],
     }
     unknown = [m for m in cfg["modes"] if m not in MODES]

@@ -163,12 +163,6 @@ pub struct NodeArgs {
     /// gets to it, whatever its namespace.
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     pub fair_share: OnOff,
-    /// Under fair shares, run guests on threads of their own (one per
-    /// core, at a lower OS priority) rather than on the threads that serve
-    /// the node's connections. Off by default: on a loaded 2-core machine
-    /// it measured worse (see the README's noisy-neighbour benchmark).
-    #[arg(long, value_enum, default_value_t = OnOff::Off)]
-    pub guest_threads: OnOff,
     /// Where compiled code comes from: `cluster` loads what the control
     /// plane compiled, only if the cluster CA's signature over it checks
     /// out (and compiles here when the control plane cannot compile for
@@ -623,7 +617,6 @@ pub async fn node(args: NodeArgs, ca: Option<Vec<u8>>) -> anyhow::Result<()> {
             engine: shoal_runtime::EngineConfig::for_capacity(capacity.memory, capacity.instances),
             cache_dir,
             fair_share: args.fair_share == OnOff::On,
-            guest_threads: args.guest_threads == OnOff::On,
             ..RuntimeConfig::default()
         })
         .context("starting the wasm runtime")?,

@@ -20,7 +20,6 @@
 //! many runnable guests another tenant has.
 
 use crate::meter::AppMeter;
-use crate::pool::GuestPool;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
@@ -261,8 +260,6 @@ struct Shared {
     /// Advanced to make running guests check at once whether to yield;
     /// `None` when the epoch is the caller's to drive (tests).
     engine: Option<wasmtime::Engine>,
-    /// The threads guests run on, if not the caller's executor.
-    pool: Option<GuestPool>,
 }
 
 impl Shared {
@@ -304,27 +301,12 @@ impl FairShare {
     /// given, has its epoch advanced to make guests yield to a starving
     /// tenant at once rather than at the next tick.
     pub fn new(slots: usize, engine: Option<wasmtime::Engine>) -> Self {
-        Self::with_pool(slots, engine, None)
-    }
-
-    /// Like [`new`](Self::new), with a thread of its own for each slot
-    /// ([`Tenant::spawn`] runs guests' tasks there): see [`crate::pool`].
-    pub fn with_guest_threads(
-        slots: usize,
-        engine: Option<wasmtime::Engine>,
-    ) -> std::io::Result<Self> {
-        let pool = GuestPool::new(slots.max(1))?;
-        Ok(Self::with_pool(slots, engine, Some(pool)))
-    }
-
-    fn with_pool(slots: usize, engine: Option<wasmtime::Engine>, pool: Option<GuestPool>) -> Self {
         Self {
             shared: Some(Arc::new(Shared {
                 core: Mutex::new(Core::new(slots)),
                 names: Mutex::new(HashMap::new()),
                 starving: AtomicUsize::new(0),
                 engine,
-                pool,
             })),
         }
     }
@@ -440,19 +422,6 @@ impl Tenant {
 
     pub(crate) fn is_fair(&self) -> bool {
         self.shared.is_some()
-    }
-
-    /// Spawns a task that runs this tenant's guests: on the scheduler's
-    /// guest threads if it has them, else on the caller's executor.
-    pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        match self.shared.as_ref().and_then(|s| s.pool.as_ref()) {
-            Some(pool) => pool.spawn(task),
-            None => tokio::spawn(task),
-        }
     }
 
     /// Runs a guest's future under this tenant's share: each poll waits

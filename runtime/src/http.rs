@@ -484,7 +484,7 @@ impl HttpApp {
         }
         let app = self.clone();
         let pre = pre.clone();
-        self.tenant.spawn(async move {
+        tokio::spawn(async move {
             let made = async {
                 let mut store = app.component_store()?;
                 let deadline = Instant::now() + app.spec.limits.timeout.get();
@@ -572,7 +572,7 @@ impl HttpApp {
         let app = self.clone();
         let watched = overflow.clone();
         let (told, done) = oneshot::channel();
-        let task = self.tenant.spawn(async move {
+        let task = tokio::spawn(async move {
             let _permit = permit;
             let began = Instant::now();
             let run = async {
@@ -742,7 +742,7 @@ impl HttpApp {
         let app = self.clone();
         let watched = overflow.clone();
         let (told, done) = oneshot::channel();
-        let task = self.tenant.spawn(async move {
+        let task = tokio::spawn(async move {
             let _permit = permit;
             let began = Instant::now();
             let mut data = P1Host::new(wasi, app.spec.limits.memory.bytes());

@@ -20,8 +20,6 @@
 //!   up its run slot (to the logs, or a CGI module's response pipe).
 //! - [`meter`]: what is measured of guests (requests, latency, guest CPU
 //!   time, instantiations, linear memory), in relaxed atomics.
-//! - [`pool`]: the threads guests run on under fair shares, apart from the
-//!   threads that serve I/O.
 //! - [`server`]: a small HTTP server with graceful shutdown.
 //!
 //! [`Runtime`] ties the engine, ticker and cache together.
@@ -37,7 +35,6 @@ pub mod kv;
 pub mod logs;
 pub mod meter;
 pub mod outcome;
-pub mod pool;
 pub mod server;
 pub mod stdio;
 mod trace;
@@ -74,10 +71,6 @@ pub struct RuntimeConfig {
     /// Run slots under fair shares: how many guests execute at once
     /// (default: one per core, as many as the executor has threads).
     pub run_slots: Option<usize>,
-    /// Under fair shares, run guests on threads of their own, one per run
-    /// slot and at a lower OS priority, rather than on the caller's
-    /// executor (see [`pool`]).
-    pub guest_threads: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -88,7 +81,6 @@ impl Default for RuntimeConfig {
             manual_epochs: false,
             fair_share: true,
             run_slots: None,
-            guest_threads: false,
         }
     }
 }
@@ -138,12 +130,7 @@ impl Runtime {
             // With manual epochs too: advancing the epoch only makes
             // running guests check now whether to yield to a starving
             // tenant (and whether their deadline has passed).
-            if cfg.guest_threads {
-                FairShare::with_guest_threads(slots, Some(engine.clone()))
-                    .map_err(|e| RuntimeError::Engine(format!("cannot start guest threads: {e}")))?
-            } else {
-                FairShare::new(slots, Some(engine.clone()))
-            }
+            FairShare::new(slots, Some(engine.clone()))
         } else {
             FairShare::off()
         };

@@ -22,11 +22,6 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// A runtime with fair shares and one run slot, so one of the test's two
 /// executor threads stays free for I/O whatever the guests do.
 fn one_slot_runtime() -> Runtime {
-    one_slot_runtime_with(false)
-}
-
-/// The same, with or without a thread of its own for the guests.
-fn one_slot_runtime_with(guest_threads: bool) -> Runtime {
     Runtime::new(RuntimeConfig {
         engine: EngineConfig {
             max_instances: 100,
@@ -36,7 +31,6 @@ fn one_slot_runtime_with(guest_threads: bool) -> Runtime {
         manual_epochs: true,
         fair_share: true,
         run_slots: Some(1),
-        guest_threads,
         ..RuntimeConfig::default()
     })
     .expect("runtime")
@@ -111,16 +105,6 @@ async fn end_guests(rt: &Runtime, apps: &[&Arc<HttpApp>]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_namespace_is_served_while_another_saturates_the_node() {
     served_while_another_saturates(one_slot_runtime()).await;
-}
-
-/// The same with the guests on a thread of their own (`--guest-threads
-/// on`). Known to fail: a new request's task must first be polled on a
-/// guest thread to join the fair-share queue, and that thread keeps
-/// running the busy tenant's guests (b waited 200 ticks).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "guest threads: a new request joins the fair-share queue only once a busy guest thread polls it"]
-async fn with_guest_threads_a_namespace_is_served_while_another_saturates_them() {
-    served_while_another_saturates(one_slot_runtime_with(true)).await;
 }
 
 async fn served_while_another_saturates(rt: Runtime) {
@@ -298,11 +282,6 @@ async fn a_guest_waiting_on_io_holds_no_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_writing_its_output_keeps_its_slot() {
     writing_keeps_the_slot(one_slot_runtime()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_guest_threads_a_guest_writing_its_output_keeps_its_slot() {
-    writing_keeps_the_slot(one_slot_runtime_with(true)).await;
 }
 
 async fn writing_keeps_the_slot(rt: Runtime) {
