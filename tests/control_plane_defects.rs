@@ -117,7 +117,7 @@ fn a_paused_control_plane_evicts_nothing() {
     let load = Load::start(format!("{gw}/"), 3);
     load.wait_more(50);
 
-    c.cp.signal("-STOP");
+    c.cp.pause();
     // Every node has had a heartbeat time out (2 s), so the control plane
     // has been away for longer than the 1 s lease.
     every_node_says(&c, "control plane unreachable");
@@ -153,8 +153,8 @@ fn most_nodes_silent_at_once_are_unreachable_not_lost() {
     c.apply_wait(&c.manifest("web.toml", &app("web", "v1", 3, "")));
     let before = all_running(&c, 3);
 
-    c.nodes[0].signal("-STOP");
-    c.nodes[1].signal("-STOP");
+    c.nodes[0].pause();
+    c.nodes[1].pause();
     let states = wait_until(T, "two nodes unreachable", || {
         let s = node_states(&c);
         (s.values().filter(|v| *v == "unreachable").count() == 2).then_some(s)

@@ -447,7 +447,7 @@ fn a_paused_leader_writes_nothing_after_it_wakes() {
     ha.apply_wait(1, &m);
     ha.wait_running(1, 1);
 
-    ha.replicas[0].signal("-STOP");
+    ha.replicas[0].pause();
     wait_until(T, "the other replica to lead", || {
         (ha.leader() == Some(1)).then_some(())
     });
@@ -621,7 +621,7 @@ fn a_follower_answers_reads_from_its_cache_and_shows_a_client_its_own_writes() {
 
     // The leader stops answering (it still holds the lease): the follower
     // answers reads all the same, as current, from its cache.
-    ha.replicas[0].signal("-STOP");
+    ha.replicas[0].pause();
     let apps = wait_until(T, "the follower to answer with the leader stopped", || {
         ha.get(&http, 1, shoal_api::endpoints::APPS, Some(&admin))
     });

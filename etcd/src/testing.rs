@@ -432,7 +432,9 @@ impl EtcdCluster {
 
 /// Whether every thread of process `pid` is stopped (state `T`), or the process
 /// is gone. (Linux: read from `/proc`.)
-fn all_threads_stopped(pid: u32) -> bool {
+/// Whether every thread of process `pid` is stopped (or the process is gone):
+/// what a test waits for after SIGSTOP before it counts on the silence.
+pub fn all_threads_stopped(pid: u32) -> bool {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return true;
     };

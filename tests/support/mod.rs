@@ -140,6 +140,22 @@ impl Proc {
         assert!(status.success());
     }
 
+    /// Stops the process (SIGSTOP) and returns once every one of its threads
+    /// has stopped: on a loaded machine the kernel delivers the stop only when
+    /// a thread gets a core, and the others may go on answering meanwhile.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+        let pid = self.child.id();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !shoal_etcd::testing::all_threads_stopped(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "process {pid} did not stop within 60 s of SIGSTOP"
+            );
+            std::thread::yield_now();
+        }
+    }
+
     /// Waits for the process to exit.
     pub fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let start = Instant::now();
