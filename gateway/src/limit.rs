@@ -410,7 +410,8 @@ mod tests {
             "too many requests in flight for this app (limit 2); retry after 1 s"
         );
         drop(first);
-        assert!(admit(Some(&web), None).is_ok());
+        let third = admit(Some(&web), None);
+        assert!(third.is_ok());
         let api = t.get_app(&AppKey::new("a", "api")).unwrap();
         for i in 0..3 {
             assert!(admit(Some(&api), None).is_ok(), "request {i}");
@@ -435,6 +436,8 @@ mod tests {
         t.update_apps(&[route_app("web", Some(2), None)]);
         assert_eq!(t.get_app(&AppKey::new("a", "web")).unwrap().in_flight(), 2);
         assert!(t.get_app(&AppKey::new("a", "api")).is_none());
+        drop(third);
+        assert_eq!(t.get_app(&AppKey::new("a", "web")).unwrap().in_flight(), 1);
     }
 
     /// A request its app's limit refuses takes nothing of its namespace's
