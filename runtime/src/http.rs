@@ -785,10 +785,15 @@ impl HttpApp {
 
         let run = GuestRun::new(self.clone(), task, done);
         let mut buf = BytesMut::with_capacity(4096);
+        // Where the next search for the blank line starts: a guest writing
+        // its headers a byte at a time costs a search of each byte once.
+        let mut searched = 0;
         let header_end = loop {
-            if let Some(end) = find_header_end(&buf) {
+            if let Some(end) = find_header_end(&buf, searched) {
                 break end;
             }
+            // The longest end (CR LF CR LF) may start in the last 3 bytes.
+            searched = buf.len().saturating_sub(3);
             if buf.len() > MAX_CGI_HEADER {
                 run.stop();
                 return Err(self.found(Failure::BadResponse(format!(
@@ -1260,8 +1265,8 @@ fn cgi_env(parts: &http::request::Parts, app_env: &[(String, String)]) -> RawEnv
 }
 
 /// Position and length of the blank line ending the CGI header block.
-fn find_header_end(buf: &[u8]) -> Option<(usize, usize)> {
-    for i in 0..buf.len() {
+fn find_header_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+    for i in from..buf.len() {
         if buf[i..].starts_with(b"\r\n\r\n") {
             return Some((i, 4));
         }
@@ -1335,9 +1340,39 @@ mod tests {
 
     #[test]
     fn header_end_variants() {
-        assert_eq!(find_header_end(b"A: b\n\nbody"), Some((4, 2)));
-        assert_eq!(find_header_end(b"A: b\r\n\r\nbody"), Some((4, 4)));
-        assert_eq!(find_header_end(b"A: b\nB: c"), None);
+        assert_eq!(find_header_end(b"A: b\n\nbody", 0), Some((4, 2)));
+        assert_eq!(find_header_end(b"A: b\r\n\r\nbody", 0), Some((4, 4)));
+        assert_eq!(find_header_end(b"A: b\nB: c", 0), None);
+    }
+
+    /// Headers arriving in pieces, searched as the CGI reader searches
+    /// them (each search from 3 bytes before the end of the last): the
+    /// end found is the one a single search of the whole finds, at every
+    /// split.
+    #[test]
+    fn header_end_across_writes() {
+        for whole in [
+            &b"A: b\r\n\r\nbody"[..],
+            b"A: b\n\nbody",
+            b"A: b\n\r\nbody",
+            b"A: b\r\nC: d\r\n\r\n\n\nx",
+        ] {
+            let expected = find_header_end(whole, 0);
+            for step in 1..=whole.len() {
+                let mut buf = Vec::new();
+                let mut searched = 0;
+                let mut found = None;
+                for piece in whole.chunks(step) {
+                    buf.extend_from_slice(piece);
+                    found = find_header_end(&buf, searched);
+                    if found.is_some() {
+                        break;
+                    }
+                    searched = buf.len().saturating_sub(3);
+                }
+                assert_eq!(found, expected, "{whole:?} in pieces of {step}");
+            }
+        }
     }
 
     #[test]

@@ -123,15 +123,27 @@ impl LogWriter {
         self.buf.push(self.stream, line);
     }
 
-    /// Splits `data` into lines, logging each complete one at once.
+    /// Logs a complete line, in pieces of at most [`MAX_LINE`] bytes.
+    fn emit_line(&mut self, mut bytes: &[u8]) {
+        while bytes.len() > MAX_LINE {
+            let (piece, rest) = bytes.split_at(MAX_LINE);
+            self.emit(piece);
+            bytes = rest;
+        }
+        self.emit(bytes);
+    }
+
+    /// Splits `data` into lines, logging each complete one at once. No line
+    /// logged is longer than [`MAX_LINE`]: a longer one, complete or not,
+    /// is logged in pieces of that size.
     pub(crate) fn write_bytes(&mut self, mut data: &[u8]) {
         while let Some(pos) = data.iter().position(|b| *b == b'\n') {
             if self.partial.is_empty() {
-                self.emit(&data[..pos]);
+                self.emit_line(&data[..pos]);
             } else {
                 self.partial.extend_from_slice(&data[..pos]);
                 let whole = std::mem::take(&mut self.partial);
-                self.emit(&whole);
+                self.emit_line(&whole);
             }
             data = &data[pos + 1..];
         }
@@ -184,5 +196,30 @@ mod tests {
         let lines: Vec<String> = b.snapshot().into_iter().map(|l| l.line).collect();
         assert_eq!(lines, vec!["three", "four", "five"]);
         assert_eq!(b.dropped(), 2);
+    }
+
+    #[test]
+    fn no_line_logged_is_longer_than_the_limit() {
+        let b = LogBuffer::new(100);
+        {
+            let mut w = b.writer(Stream::Stderr);
+            // A partial line, then a complete line far past the limit.
+            w.write_bytes(&[b'a'; 1000]);
+            let mut long = vec![b'b'; 3 * MAX_LINE + 5];
+            long.push(b'\n');
+            w.write_bytes(&long);
+            w.write_bytes(b"short\n");
+        }
+        let lines: Vec<String> = b.snapshot().into_iter().map(|l| l.line).collect();
+        assert!(
+            lines.iter().all(|l| l.len() <= MAX_LINE),
+            "line lengths: {:?}",
+            lines.iter().map(String::len).collect::<Vec<_>>()
+        );
+        // Nothing is lost: every byte written is in the log, in order.
+        let all: String = lines.concat();
+        assert_eq!(all.len(), 1000 + 3 * MAX_LINE + 5 + "short".len());
+        assert!(all.starts_with(&"a".repeat(1000)));
+        assert_eq!(lines.last().map(String::as_str), Some("short"));
     }
 }

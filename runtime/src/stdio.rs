@@ -77,6 +77,14 @@ impl LogHandle {
 
 impl OutputStream for LogHandle {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        // `check-write` allows at most this much: a guest that writes more
+        // at once breaks the stream's contract (wasmtime's own streams
+        // trap alike), and the node would hold whatever it sent.
+        if bytes.len() > LOG_WRITE {
+            return Err(StreamError::trap(
+                "write to a log stream exceeded what check-write allowed",
+            ));
+        }
         self.write_now(&bytes);
         Ok(())
     }
@@ -92,17 +100,29 @@ impl OutputStream for LogHandle {
 
 #[async_trait::async_trait]
 impl Pollable for LogHandle {
-    async fn ready(&mut self) {}
+    /// Ready at once, unless the guest's task has used up its turn of
+    /// the executor (tokio's cooperative budget, a few hundred writes):
+    /// a guest logging without end then yields, gives its run slot back
+    /// and lets the deadline and other guests in, while an ordinary
+    /// write completes within the guest's own poll.
+    async fn ready(&mut self) {
+        tokio::task::coop::consume_budget().await;
+    }
 }
 
 impl AsyncWrite for LogHandle {
     fn poll_write(
         self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.write_now(data);
-        Poll::Ready(Ok(data.len()))
+        // As `ready` above: at most a write's worth at once, and a turn
+        // of the executor's budget for each.
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+        let n = data.len().min(LOG_WRITE);
+        self.write_now(&data[..n]);
+        coop.made_progress();
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -379,6 +399,42 @@ mod tests {
         assert_eq!(lines(&logs), ["one", "two", "three"]);
         drop((handles, sink));
         assert_eq!(lines(&logs), ["one", "two", "three", "four"]);
+    }
+
+    #[test]
+    fn a_log_write_larger_than_check_write_allows_traps() {
+        let logs = LogBuffer::new(10);
+        let sink = LogSink::new(&logs, Stream::Stdout);
+        let mut h = sink.p2_stream();
+        let allowed = h.check_write().expect("check-write");
+        let mut big = vec![b'x'; allowed + 1];
+        big.push(b'\n');
+        assert!(matches!(
+            h.write(Bytes::from(big)),
+            Err(StreamError::Trap(_))
+        ));
+        assert!(logs.snapshot().is_empty(), "nothing of it was logged");
+        let mut fits = vec![b'y'; allowed - 1];
+        fits.push(b'\n');
+        assert!(h.write(Bytes::from(fits)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_guest_logging_without_end_yields_to_the_executor() {
+        let logs = LogBuffer::new(10);
+        let sink = LogSink::new(&logs, Stream::Stderr);
+        let mut h = sink.p2_stream();
+        // fd_write of 40 MB: ten thousand 4 KiB writes, each after `ready`.
+        let mut endless = Box::pin(async move {
+            for _ in 0..10_000 {
+                write_and_flush(h.as_mut(), &[b'z'; 4096]).await?;
+            }
+            StreamResult::Ok(())
+        });
+        // One poll does not take all of it: the guest's task yields (and
+        // with it, its run slot) long before the end.
+        assert!(futures::poll!(endless.as_mut()).is_pending());
+        assert!(matches!(endless.await, Ok(())));
     }
 
     #[tokio::test]
