@@ -18,7 +18,8 @@ The node runs under `nice` so that the gateway and the load generators,
 which share the machine's cores with it here, are not what B waits for:
 what is measured is the node's own scheduling of guests.
 
-Modes: `on` is `--fair-share on` (the default); `off` is `--fair-share off`.
+Modes: `on` is `--fair-share on` (the default); `off` is `--fair-share off`;
+`on-1slot` is `--fair-share on --run-slots 1` (one guest executes at a time).
 
 Environment: SHOAL_BIN, WRK_BIN, QUIET_WASM, WORK_WASM (as noisy.sh sets
 them); BENCH_DURATION (15s), BENCH_RATE (50), BENCH_FLOOD (32), BENCH_HOT (10s),
@@ -106,6 +107,8 @@ def steady(port: int, host: str, rate: int, seconds: float) -> dict:
 MODES = {
     "on": ["--fair-share", "on"],
     "off": ["--fair-share", "off"],
+    # Fair shares with one guest at a time: a core left to everything else.
+    "on-1slot": ["--fair-share", "on", "--run-slots", "1"],
 }
 
 

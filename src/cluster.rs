@@ -163,6 +163,11 @@ pub struct NodeArgs {
     /// gets to it, whatever its namespace.
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     pub fair_share: OnOff,
+    /// How many guests may execute at once under fair shares (default: one
+    /// per core). Fewer than the cores leaves CPU to the node's own I/O
+    /// and to other processes on the machine while guests keep it busy.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub run_slots: Option<u16>,
     /// Where compiled code comes from: `cluster` loads what the control
     /// plane compiled, only if the cluster CA's signature over it checks
     /// out (and compiles here when the control plane cannot compile for
@@ -617,6 +622,7 @@ pub async fn node(args: NodeArgs, ca: Option<Vec<u8>>) -> anyhow::Result<()> {
             engine: shoal_runtime::EngineConfig::for_capacity(capacity.memory, capacity.instances),
             cache_dir,
             fair_share: args.fair_share == OnOff::On,
+            run_slots: args.run_slots.map(usize::from),
             ..RuntimeConfig::default()
         })
         .context("starting the wasm runtime")?,

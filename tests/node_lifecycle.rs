@@ -155,3 +155,48 @@ fn node_commands_name_an_unknown_node_and_refuse_a_malformed_reference() {
         assert!(out.success, "{}", out.stderr);
     }
 }
+
+/// `--run-slots` caps how many guests execute at once: a node with one
+/// slot serves its apps (every request waits for that slot in turn), and
+/// a node asked for none is refused before it starts.
+#[test]
+fn a_node_with_one_run_slot_serves_and_one_with_none_is_refused() {
+    let mut c = Cluster::start_with(1, &[], |_| vec!["--run-slots".to_string(), "1".to_string()]);
+    let gw = c.start_gateway(&[]);
+    c.apply_wait(&c.manifest("web.toml", WEB));
+    let load = Load::start(format!("{gw}/"), 4);
+    load.wait_more(40);
+    let answers = load.finish();
+    assert!(
+        answers.iter().all(|(status, _)| *status == 200),
+        "every request through one run slot is answered: {:?}",
+        answers
+            .iter()
+            .filter(|(s, _)| *s != 200)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+
+    let mut refused = support::Proc::spawn(
+        &[
+            "node",
+            "--join",
+            &c.api,
+            "--listen",
+            "127.0.0.1:0",
+            "--run-slots",
+            "0",
+        ],
+        &[],
+    );
+    let status = refused.wait(T).expect("the node with no run slot exits");
+    assert!(!status.success());
+    assert!(
+        refused
+            .out
+            .wait_for(T, |l| l.contains("--run-slots") && l.contains("0"))
+            .is_some(),
+        "the refusal names the flag: {:#?}",
+        refused.out.all()
+    );
+}
