@@ -578,14 +578,57 @@ impl<F: Future> Future for Fair<F> {
                 ticket.armed = false;
             }
         }
-        let _held = Held {
+        YIELDED.set(false);
+        let held = Held {
             shared,
             id,
             since: Instant::now(),
             meter: this.meter.as_deref(),
         };
-        this.guest.poll(cx)
+        let polled = this.guest.poll(cx);
+        if polled.is_pending() && YIELDED.replace(false) {
+            // The guest gave its slot up at an epoch check, ready to run
+            // on: it queues for its next turn before the slot goes back,
+            // so its tenant stays active (keeping its virtual time) and the
+            // next turn is chosen by virtual time. Left to queue at its
+            // next poll, it would wait for that poll, which the executor
+            // may run only after another guest's whole slice on this
+            // thread: the tenant would look idle meanwhile and the freed
+            // slot would go by the executor's order instead of by share.
+            let granted = Arc::new(AtomicBool::new(false));
+            let mut core = shared.lock();
+            core.enqueue(
+                id,
+                Waiter {
+                    granted: granted.clone(),
+                    waker: cx.waker().clone(),
+                },
+            );
+            shared.publish(&core);
+            drop(core);
+            *this.ticket = Some(Ticket {
+                shared: shared.clone(),
+                id,
+                granted,
+                armed: true,
+            });
+        }
+        drop(held);
+        polled
     }
+}
+
+thread_local! {
+    /// Set by a guest's epoch callback on this thread when it yields its
+    /// turn ([`mark_yield`]), read by the poll that ran it.
+    static YIELDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Says that the guest being polled on this thread yields at an epoch
+/// check and is ready to run again: [`Tenant::run`] queues it for its next
+/// turn as it gives the slot back.
+pub(crate) fn mark_yield() {
+    YIELDED.set(true);
 }
 
 #[cfg(test)]

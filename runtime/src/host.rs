@@ -491,6 +491,7 @@ pub fn new_store<T: Guarded>(
             ticks += 1;
             if ticks >= YIELD_EVERY_TICKS || tenant.should_yield() {
                 ticks = 0;
+                crate::fair::mark_yield();
                 Ok(yield_now(1))
             } else {
                 Ok(UpdateDeadline::Continue(1))
