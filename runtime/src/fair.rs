@@ -595,13 +595,18 @@ impl<F: Future> Future for Fair<F> {
             // may run only after another guest's whole slice on this
             // thread: the tenant would look idle meanwhile and the freed
             // slot would go by the executor's order instead of by share.
+            // Its waker does nothing: the yield wakes the task already,
+            // after the executor has had its turn at I/O and other tasks
+            // (a wake from here would run it again at once). That poll
+            // takes the slot if it was granted meanwhile, or leaves the
+            // task's own waker for the grant to come.
             let granted = Arc::new(AtomicBool::new(false));
             let mut core = shared.lock();
             core.enqueue(
                 id,
                 Waiter {
                     granted: granted.clone(),
-                    waker: cx.waker().clone(),
+                    waker: Waker::noop().clone(),
                 },
             );
             shared.publish(&core);
