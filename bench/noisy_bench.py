@@ -19,7 +19,9 @@ which share the machine's cores with it here, are not what B waits for:
 what is measured is the node's own scheduling of guests.
 
 Modes: `on` is `--fair-share on` (the default); `off` is `--fair-share off`;
-`on-1slot` is `--fair-share on --run-slots 1` (one guest executes at a time).
+`on-1slot` is `--fair-share on --run-slots 1` (one guest executes at a time);
+`on-slice0` is `--fair-share on --cpu-slice 0s` (the node's threads in the
+kernel's default CPU slice rather than the node's default of 100us).
 
 Environment: SHOAL_BIN, WRK_BIN, QUIET_WASM, WORK_WASM (as noisy.sh sets
 them); BENCH_DURATION (15s), BENCH_RATE (50), BENCH_FLOOD (32), BENCH_HOT (10s),
@@ -109,6 +111,7 @@ MODES = {
     "off": ["--fair-share", "off"],
     # Fair shares with one guest at a time: a core left to everything else.
     "on-1slot": ["--fair-share", "on", "--run-slots", "1"],
+    "on-slice0": ["--fair-share", "on", "--cpu-slice", "0s"],
 }
 
 

@@ -168,6 +168,13 @@ pub struct NodeArgs {
     /// and to other processes on the machine while guests keep it busy.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub run_slots: Option<u16>,
+    /// The CPU slice the node's executor threads ask Linux for (100us to
+    /// 100ms; `0s` keeps the kernel's default). A short one lets the node
+    /// take in a request and answer it at once while guests keep every
+    /// core busy, instead of at the kernel's next tick (Linux 6.12 or
+    /// later; earlier kernels ignore it).
+    #[arg(long, default_value = "100us", value_parser = parse_cpu_slice)]
+    pub cpu_slice: Duration,
     /// Where compiled code comes from: `cluster` loads what the control
     /// plane compiled, only if the cluster CA's signature over it checks
     /// out (and compiles here when the control plane cannot compile for
@@ -291,6 +298,21 @@ pub struct GatewayArgs {
 }
 
 /// How long the control plane's API waits for open requests at shutdown.
+/// `--cpu-slice`: `0s`, or within what Linux takes.
+fn parse_cpu_slice(s: &str) -> Result<Duration, String> {
+    let d: Duration = s.parse().map_err(|e| format!("{e}"))?;
+    let (min, max) = shoal_node::slice::RANGE;
+    if d.get().is_zero() || (min..=max).contains(&d.get()) {
+        Ok(d)
+    } else {
+        Err(format!(
+            "{d} is not 0s nor within {} to {}",
+            Duration::from(min),
+            Duration::from(max)
+        ))
+    }
+}
+
 const CONTROL_PLANE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub fn data_home() -> PathBuf {

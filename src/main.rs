@@ -145,6 +145,9 @@ impl Command {
     }
 }
 
+/// Why the kernel refused a node thread's `--cpu-slice`, if it did.
+static SLICE_REFUSED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn main() {
     let cli = Cli::parse();
     let (otlp_endpoint, service) = cli.command.otlp_endpoint();
@@ -157,6 +160,17 @@ fn main() {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         builder.worker_threads(cores + 1);
     }
+    if let Command::Node(args) = &cli.command {
+        let slice = args.cpu_slice.get();
+        if !slice.is_zero() {
+            builder.on_thread_start(move || {
+                if let Err(e) = shoal_node::slice::set_for_this_thread(slice) {
+                    // Said once, when tracing is up (threads start first).
+                    let _ = SLICE_REFUSED.set(e.to_string());
+                }
+            });
+        }
+    }
     let control_plane = matches!(cli.command, Command::ControlPlane(_));
     let result = builder
         .enable_all()
@@ -164,6 +178,9 @@ fn main() {
         .map_err(anyhow::Error::from)
         .and_then(|rt| {
             let telemetry = telemetry::init(otlp_endpoint.as_deref(), service, rt.handle())?;
+            if let Some(why) = SLICE_REFUSED.get() {
+                tracing::warn!("the kernel refused the node's --cpu-slice ({why}): its threads run in the default slice");
+            }
             let result = rt.block_on(dispatch(cli));
             // Spans not yet exported go out while the runtime still runs.
             telemetry.shutdown();

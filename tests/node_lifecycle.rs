@@ -200,3 +200,68 @@ fn a_node_with_one_run_slot_serves_and_one_with_none_is_refused() {
         refused.out.all()
     );
 }
+
+/// The slice (in the kernel's report) of each executor thread of the
+/// process `pid`.
+#[cfg(target_os = "linux")]
+fn executor_slices(pid: u32) -> Vec<Option<Duration>> {
+    let mut slices = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if !comm.starts_with("tokio-") {
+            continue;
+        }
+        let tid: i32 = task.file_name().unwrap().to_str().unwrap().parse().unwrap();
+        slices.push(shoal_node::slice::of_thread(tid).unwrap());
+    }
+    slices
+}
+
+/// `--cpu-slice`: every executor thread of a node runs in the slice the
+/// node asked for; with `0s` none does (the kernel's default); a slice
+/// Linux does not take is refused, naming the flag.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_nodes_executor_threads_run_in_the_cpu_slice_it_asks_for() {
+    let c = Cluster::start_with(2, &[], |i| {
+        let slice = if i == 0 { "300us" } else { "0s" };
+        vec!["--cpu-slice".to_string(), slice.to_string()]
+    });
+    let asked = executor_slices(c.nodes[0].child.id());
+    let default = executor_slices(c.nodes[1].child.id());
+    assert!(asked.len() >= 2, "executor threads: {asked:?}");
+    assert!(
+        asked.iter().all(|s| *s == Some(Duration::from_micros(300))),
+        "{asked:?}"
+    );
+    assert!(
+        default
+            .iter()
+            .all(|s| *s != Some(Duration::from_micros(300))),
+        "{default:?}"
+    );
+
+    let mut refused = support::Proc::spawn(
+        &[
+            "node",
+            "--join",
+            &c.api,
+            "--listen",
+            "127.0.0.1:0",
+            "--cpu-slice",
+            "20us",
+        ],
+        &[],
+    );
+    let status = refused.wait(T).expect("the node with a bad slice exits");
+    assert!(!status.success());
+    assert!(
+        refused
+            .out
+            .wait_for(T, |l| l.contains("--cpu-slice") && l.contains("20us"))
+            .is_some(),
+        "the refusal names the flag: {:#?}",
+        refused.out.all()
+    );
+}

@@ -16,6 +16,15 @@ fn web(c: &Cluster, ns: &str, name: &str, replicas: u32, limits: &str) -> std::p
     )
 }
 
+/// `shoal quota set ARGS` as the admin succeeds and says `says`.
+fn quota_set(c: &Cluster, args: &[&str], says: &str) {
+    let mut all = vec!["quota", "set"];
+    all.extend_from_slice(args);
+    let out = c.cli(&all);
+    assert!(out.success, "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), says);
+}
+
 #[test]
 fn a_namespace_is_held_to_its_quota_at_each_limit_through_the_cli() {
     let c = Cluster::start(0);
@@ -27,23 +36,20 @@ fn a_namespace_is_held_to_its_quota_at_each_limit_through_the_cli() {
     let out = as_tenant(&["quota", "set", "team-a", "--apps", "100"]);
     assert!(!out.success);
     assert!(out.stderr.contains("(forbidden)"), "{}", out.stderr);
-    let out = c.cli(&[
-        "quota",
-        "set",
-        "team-a",
-        "--apps",
-        "1",
-        "--instances",
-        "3",
-        "--memory",
-        "192MiB",
-        "--max-timeout",
-        "10s",
-    ]);
-    assert!(out.success, "{}", out.stderr);
-    assert_eq!(
-        out.stdout.trim(),
-        "quota/team-a set: apps=1 instances=3 memory=192MiB max-timeout=10s"
+    quota_set(
+        &c,
+        &[
+            "team-a",
+            "--apps",
+            "1",
+            "--instances",
+            "3",
+            "--memory",
+            "192MiB",
+            "--max-timeout",
+            "10s",
+        ],
+        "quota/team-a set: apps=1 instances=3 memory=192MiB max-timeout=10s",
     );
 
     // A manifest asking for a longer timeout than the namespace may grant
@@ -547,17 +553,11 @@ fn the_default_quota_holds_every_namespace_without_its_own() {
     assert!(out.success, "{}", out.stderr);
     assert!(out.stdout.contains("No default quota"), "{}", out.stdout);
 
-    let out = c.cli(&[
-        "quota",
-        "set",
-        "--default",
-        "--apps",
-        "1",
-        "--instances",
-        "2",
-    ]);
-    assert!(out.success, "{}", out.stderr);
-    assert_eq!(out.stdout.trim(), "default quota set: apps=1 instances=2");
+    quota_set(
+        &c,
+        &["--default", "--apps", "1", "--instances", "2"],
+        "default quota set: apps=1 instances=2",
+    );
 
     // team-a has no quota of its own: the default holds it, at the limit
     // and one past it.
@@ -680,19 +680,10 @@ fn the_default_quota_holds_every_namespace_without_its_own() {
 fn an_apps_gateway_limits_are_held_to_the_quota_at_apply() {
     let c = Cluster::start(0);
     let tenant = c.token("team-a-deploy", "deploy", Some("team-a"));
-    let out = c.cli(&[
-        "quota",
-        "set",
-        "team-a",
-        "--app-concurrency",
-        "20",
-        "--app-rate",
-        "10",
-    ]);
-    assert!(out.success, "{}", out.stderr);
-    assert_eq!(
-        out.stdout.trim(),
-        "quota/team-a set: app-concurrency=20 app-rate=10"
+    quota_set(
+        &c,
+        &["team-a", "--app-concurrency", "20", "--app-rate", "10"],
+        "quota/team-a set: app-concurrency=20 app-rate=10",
     );
     let apply = |limits: &str| {
         let m = web(&c, "team-a", "web", 1, &format!("[limits]\n{limits}\n"));

@@ -16,6 +16,8 @@
 //!   by the gateway (`x-shoal-instance`), and the node's own small API.
 //! - [`metrics`]: the node's Prometheus metrics, from the runtime's
 //!   meters, and their listener (`--metrics-listen`).
+//! - [`slice`]: the short CPU slice the node's threads ask the kernel
+//!   for, so that its I/O is not held behind busy guests.
 //! - [`usage`]: the usage report the node sends the control plane every
 //!   few seconds.
 //!
@@ -27,6 +29,7 @@ pub mod front;
 pub mod health;
 pub mod metrics;
 pub mod session;
+pub mod slice;
 pub mod supervisor;
 pub mod tls;
 pub mod usage;

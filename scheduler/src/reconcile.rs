@@ -914,6 +914,14 @@ mod tests {
         );
     }
 
+    /// How many moves `p` starts.
+    fn moves_started(p: &Plan) -> usize {
+        p.actions
+            .iter()
+            .filter(|a| matches!(a, Action::Rebalance(Step::Start { .. })))
+            .count()
+    }
+
     fn serve_all(instances: &mut [Instance]) {
         for i in instances.iter_mut() {
             if i.phase != Phase::Terminating && i.node.is_some() {
@@ -1157,11 +1165,7 @@ mod tests {
         for round in 0..30 {
             let p = run(&web, &mut inst, &nodes, seq);
             seq = p.next_seq;
-            moves += p
-                .actions
-                .iter()
-                .filter(|a| matches!(a, Action::Rebalance(Step::Start { .. })))
-                .count();
+            moves += moves_started(&p);
             let live = inst
                 .iter()
                 .filter(|i| i.phase != Phase::Terminating)
@@ -1427,11 +1431,7 @@ mod tests {
             for _ in 0..30 {
                 let p = run(&web, &mut inst, &nodes, seq);
                 seq = p.next_seq;
-                moves += p
-                    .actions
-                    .iter()
-                    .filter(|a| matches!(a, Action::Rebalance(Step::Start { .. })))
-                    .count();
+                moves += moves_started(&p);
                 assert!(inst.len() <= limit as usize, "limit {limit}");
                 if p.actions.is_empty() {
                     break;

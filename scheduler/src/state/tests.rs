@@ -827,6 +827,20 @@ fn lost_after(cp: &ControlPlane, node: &str, since_ms: u64) -> Option<u64> {
         .map(|e| e.at_ms - since_ms)
 }
 
+/// Waits (up to 10 s of the test's time) until `node` is lost.
+async fn wait_until_lost(cp: &ControlPlane, node: &str) {
+    let mut snapshots = cp.watch();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        snapshots
+            .wait_for(|s| s.nodes[node].state == NodeState::Lost)
+            .await
+            .map(|_| ())
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{node} is never judged"))
+    .unwrap();
+}
+
 /// A node is judged at its own lease's end, not at the loop's next tick:
 /// with a tick of a second, a node heard at 0 is lost just after 2 s (the
 /// tick after its lease is at 3 s).
@@ -836,16 +850,7 @@ async fn a_node_whose_lease_ends_between_ticks_is_judged_at_its_end() {
     let cp = control_plane_ticking(dir.path(), Duration::from_secs(1));
     let start = START_MS;
     register(&cp, "a").await;
-    let mut snapshots = cp.watch();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        snapshots
-            .wait_for(|s| s.nodes["a"].state == NodeState::Lost)
-            .await
-            .map(|_| ())
-    })
-    .await
-    .expect("a is never judged")
-    .unwrap();
+    wait_until_lost(&cp, "a").await;
     let at = lost_after(&cp, "a", start).expect("no NodeLost event");
     assert!(
         (2_000..2_100).contains(&at),
@@ -874,16 +879,7 @@ async fn a_renewal_just_before_the_lease_ends_keeps_the_node() {
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     assert_eq!(cp.snapshot().nodes["a"].state, NodeState::Ready);
     assert!(lost_after(&cp, "a", start).is_none());
-    let mut snapshots = cp.watch();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        snapshots
-            .wait_for(|s| s.nodes["a"].state == NodeState::Lost)
-            .await
-            .map(|_| ())
-    })
-    .await
-    .expect("a is never judged")
-    .unwrap();
+    wait_until_lost(&cp, "a").await;
     let at = lost_after(&cp, "a", start).expect("no NodeLost event");
     assert!(
         (3_900..4_100).contains(&at),
