@@ -285,6 +285,9 @@ pub struct ComponentHost {
     pub(crate) caps: GuestCaps,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) deadline: Option<Instant>,
+    /// Its stdout and stderr, when they go to the instance's log: a warm
+    /// instance ends their partial lines after each request.
+    pub(crate) log_sinks: Vec<crate::stdio::LogSink>,
 }
 
 impl WasiView for ComponentHost {
@@ -548,6 +551,15 @@ impl ComponentHost {
             caps,
             limiter: MemoryLimiter::new(memory),
             deadline: None,
+            log_sinks: Vec::new(),
+        }
+    }
+
+    /// Ends the partial lines of its log streams (see
+    /// [`crate::stdio::LogSink::end_line`]).
+    pub(crate) fn end_log_lines(&self) {
+        for sink in &self.log_sinks {
+            sink.end_line();
         }
     }
 }

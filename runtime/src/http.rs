@@ -420,14 +420,19 @@ impl HttpApp {
     fn component_store(&self) -> Result<Store<ComponentHost>, Failure> {
         let mut b = host::sandbox(self.caps.env(), &self.spec.grants, &[self.name.as_str()])
             .map_err(|e| Failure::Internal(e.to_string()))?;
-        b.stdout(host::log_stream(&self.logs, Stream::Stdout));
-        b.stderr(host::log_stream(&self.logs, Stream::Stderr));
+        let sinks = vec![
+            host::log_stream(&self.logs, Stream::Stdout),
+            host::log_stream(&self.logs, Stream::Stderr),
+        ];
+        b.stdout(sinks[0].clone());
+        b.stderr(sinks[1].clone());
         let mut data = ComponentHost::new(
             b.build(),
             &self.spec.grants,
             self.caps.guest(),
             self.spec.limits.memory.bytes(),
         );
+        data.log_sinks = sinks;
         data.limiter.metered(self.meters.memory.clone());
         Ok(new_store(&self.engine, data, &self.stop, &self.tenant))
     }
@@ -669,6 +674,9 @@ impl HttpApp {
                     return Err(Failure::BadResponse(NO_RESPONSE.into()));
                 }
                 store.data_mut().deadline = None;
+                // The request's output ends with it: a line it left
+                // unfinished is not continued by the next request's.
+                store.data().end_log_lines();
                 app.put_warm(Warm {
                     store,
                     proxy,

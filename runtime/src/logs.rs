@@ -155,12 +155,20 @@ impl LogWriter {
     }
 }
 
-impl Drop for LogWriter {
-    fn drop(&mut self) {
+impl LogWriter {
+    /// Logs the partial line written so far, if any, as a line of its own:
+    /// what is written next starts a new line.
+    pub(crate) fn end_line(&mut self) {
         if !self.partial.is_empty() {
             let rest = std::mem::take(&mut self.partial);
             self.emit(&rest);
         }
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        self.end_line();
     }
 }
 

@@ -31,7 +31,10 @@ const LOG_WRITE: usize = 64 * 1024;
 /// A guest's stdout or stderr going to its instance's log, line by line.
 /// Every handle the guest opens writes through the same [`LogWriter`], so a
 /// line split across handles stays one line; a trailing partial line is
-/// logged when the last handle goes (with the instance).
+/// logged when the last handle goes (with the instance), or when
+/// [`end_line`](Self::end_line) says a request ended. Clones write through
+/// the same writer.
+#[derive(Clone)]
 pub struct LogSink {
     writer: Arc<Mutex<LogWriter>>,
 }
@@ -41,6 +44,16 @@ impl LogSink {
         Self {
             writer: Arc::new(Mutex::new(logs.writer(stream))),
         }
+    }
+
+    /// Logs what the guest wrote since its last newline as a line of its
+    /// own: a warm instance's next request starts a new line rather than
+    /// continuing the last request's.
+    pub fn end_line(&self) {
+        self.writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .end_line();
     }
 
     fn handle(&self) -> LogHandle {
@@ -399,6 +412,23 @@ mod tests {
         assert_eq!(lines(&logs), ["one", "two", "three"]);
         drop((handles, sink));
         assert_eq!(lines(&logs), ["one", "two", "three", "four"]);
+    }
+
+    /// A warm instance serves request after request with the same
+    /// streams: a line one request leaves unfinished is logged when it
+    /// ends, and the next request's output starts a line of its own.
+    #[test]
+    fn a_line_left_unfinished_ends_with_its_request() {
+        let logs = LogBuffer::new(10);
+        let sink = LogSink::new(&logs, Stream::Stdout);
+        let kept = sink.clone();
+        let mut h = sink.p2_stream();
+        assert!(now(write_and_flush(h.as_mut(), b"request 1 says\nand then")).is_some());
+        kept.end_line();
+        kept.end_line();
+        assert!(now(write_and_flush(h.as_mut(), b"request 2\n")).is_some());
+        let lines: Vec<String> = logs.snapshot().into_iter().map(|l| l.line).collect();
+        assert_eq!(lines, ["request 1 says", "and then", "request 2"]);
     }
 
     #[test]
