@@ -21,7 +21,9 @@ what is measured is the node's own scheduling of guests.
 Modes: `on` is `--fair-share on` (the default); `off` is `--fair-share off`;
 `on-1slot` is `--fair-share on --run-slots 1` (one guest executes at a time);
 `on-slice0` is `--fair-share on --cpu-slice 0s` (the node's threads in the
-kernel's default CPU slice rather than the node's default of 100us).
+kernel's default CPU slice rather than the node's default of 100us);
+`on-guest` is `--fair-share on --guest-threads on` (guests on threads of
+their own).
 
 Environment: SHOAL_BIN, WRK_BIN, QUIET_WASM, WORK_WASM (as noisy.sh sets
 them); BENCH_DURATION (15s), BENCH_RATE (50), BENCH_FLOOD (32), BENCH_HOT (10s),
@@ -112,6 +114,7 @@ MODES = {
     # Fair shares with one guest at a time: a core left to everything else.
     "on-1slot": ["--fair-share", "on", "--run-slots", "1"],
     "on-slice0": ["--fair-share", "on", "--cpu-slice", "0s"],
+    "on-guest": ["--fair-share", "on", "--guest-threads", "on"],
 }
 
 

@@ -175,6 +175,13 @@ pub struct NodeArgs {
     /// later; earlier kernels ignore it).
     #[arg(long, default_value = "100us", value_parser = parse_cpu_slice)]
     pub cpu_slice: Duration,
+    /// Under fair shares, run guests on threads of their own (one per run
+    /// slot), apart from the threads that take requests in and answer
+    /// them: a namespace's request is then taken in and queued for its
+    /// share at once however busy the guests keep the cores, at the cost
+    /// of a hand-over between threads for every request.
+    #[arg(long, value_enum, default_value_t = OnOff::Off)]
+    pub guest_threads: OnOff,
     /// Where compiled code comes from: `cluster` loads what the control
     /// plane compiled, only if the cluster CA's signature over it checks
     /// out (and compiles here when the control plane cannot compile for
@@ -645,6 +652,7 @@ pub async fn node(args: NodeArgs, ca: Option<Vec<u8>>) -> anyhow::Result<()> {
             cache_dir,
             fair_share: args.fair_share == OnOff::On,
             run_slots: args.run_slots.map(usize::from),
+            guest_threads: args.guest_threads == OnOff::On,
             ..RuntimeConfig::default()
         })
         .context("starting the wasm runtime")?,

@@ -265,3 +265,65 @@ fn a_nodes_executor_threads_run_in_the_cpu_slice_it_asks_for() {
         refused.out.all()
     );
 }
+
+/// CPU time (user and system, in clock ticks) of the threads of process
+/// `pid` whose name starts with `prefix`.
+#[cfg(target_os = "linux")]
+fn cpu_ticks_of_threads(pid: u32, prefix: &str) -> (usize, u64) {
+    let (mut threads, mut ticks) = (0, 0);
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.join("stat")).unwrap_or_default();
+        // After the name's closing parenthesis: state is field 3, utime
+        // and stime are fields 14 and 15.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+        threads += 1;
+        ticks += field(14).unwrap_or(0) + field(15).unwrap_or(0);
+    }
+    (threads, ticks)
+}
+
+/// `--guest-threads on`: guests execute on the node's `shoal-guest`
+/// threads (one per run slot), not on the threads that take requests in.
+/// Twenty requests of about 50 ms of CPU each are served, and that CPU
+/// shows on the guest threads.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_node_with_guest_threads_runs_its_guests_there() {
+    let mut c = Cluster::start_with(1, &[], |_| {
+        vec![
+            "--guest-threads".to_string(),
+            "on".to_string(),
+            "--run-slots".to_string(),
+            "1".to_string(),
+        ]
+    });
+    let gw = c.start_gateway(&[]);
+    c.apply_wait(&c.manifest(
+        "work.toml",
+        "name = \"work\"\nmodule = \"$EXAMPLES/work.wasm\"\n\n[[routes]]\npath = \"/\"\n",
+    ));
+    let pid = c.nodes[0].child.id();
+    let (_, executor_before) = cpu_ticks_of_threads(pid, "tokio-");
+    let (_, guest_before) = cpu_ticks_of_threads(pid, "shoal-guest");
+    for _ in 0..20 {
+        let (status, body) = support::http_with("GET", &format!("{gw}/"), &[], b"");
+        assert_eq!(status, 200, "{body}");
+    }
+    let (executors, executor_after) = cpu_ticks_of_threads(pid, "tokio-");
+    let (guests, guest_after) = cpu_ticks_of_threads(pid, "shoal-guest");
+    assert_eq!(guests, 1, "one guest thread per run slot");
+    assert!(executors >= 1);
+    let (on_guests, on_executors) = (guest_after - guest_before, executor_after - executor_before);
+    // 20 x 50 ms is 100 ticks at the usual 100 a second.
+    assert!(
+        on_guests >= 3 * on_executors.max(10),
+        "CPU ticks on the guest thread {on_guests}, on the executor threads {on_executors}"
+    );
+}

@@ -260,6 +260,9 @@ struct Shared {
     /// Advanced to make running guests check at once whether to yield;
     /// `None` when the epoch is the caller's to drive (tests).
     engine: Option<wasmtime::Engine>,
+    /// The executor of the guest threads, if guests run on threads of
+    /// their own (see [`FairShare::on_threads`]).
+    guests: Option<tokio::runtime::Handle>,
 }
 
 impl Shared {
@@ -301,12 +304,34 @@ impl FairShare {
     /// given, has its epoch advanced to make guests yield to a starving
     /// tenant at once rather than at the next tick.
     pub fn new(slots: usize, engine: Option<wasmtime::Engine>) -> Self {
+        Self::with_guests(slots, engine, None)
+    }
+
+    /// Like [`new`](Self::new), with guests running on the threads of
+    /// `guests` (one per run slot; see [`GuestThreads`]) rather than on
+    /// the threads that take requests in: those are then never busy with
+    /// a guest when a request arrives, and each request queues for its
+    /// tenant's slot before its guest's task reaches the guest threads.
+    pub fn on_threads(
+        slots: usize,
+        engine: Option<wasmtime::Engine>,
+        guests: &GuestThreads,
+    ) -> Self {
+        Self::with_guests(slots, engine, Some(guests.handle()))
+    }
+
+    fn with_guests(
+        slots: usize,
+        engine: Option<wasmtime::Engine>,
+        guests: Option<tokio::runtime::Handle>,
+    ) -> Self {
         Self {
             shared: Some(Arc::new(Shared {
                 core: Mutex::new(Core::new(slots)),
                 names: Mutex::new(HashMap::new()),
                 starving: AtomicUsize::new(0),
                 engine,
+                guests,
             })),
         }
     }
@@ -395,6 +420,43 @@ impl FairShare {
     }
 }
 
+/// The threads guests run on when they have threads of their own
+/// ([`FairShare::on_threads`]): an executor with one thread per run slot.
+/// Its threads keep the kernel's default CPU slice, unlike the node's
+/// other threads (see `shoal node --cpu-slice`). Dropped, it stops at once,
+/// dropping whatever guests it still runs.
+pub struct GuestThreads {
+    executor: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+}
+
+impl GuestThreads {
+    pub fn start(threads: usize) -> std::io::Result<Self> {
+        let executor = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("shoal-guest")
+            .enable_all()
+            .build()?;
+        Ok(Self {
+            handle: executor.handle().clone(),
+            executor: Some(executor),
+        })
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.handle.clone()
+    }
+}
+
+impl Drop for GuestThreads {
+    fn drop(&mut self) {
+        // Not waiting: a runtime may be dropped on an executor thread.
+        if let Some(e) = self.executor.take() {
+            e.shutdown_background();
+        }
+    }
+}
+
 /// One tenant's handle: runs its guests under its share.
 #[derive(Clone)]
 pub struct Tenant {
@@ -447,6 +509,74 @@ impl Tenant {
         }
     }
 
+    /// Starts a guest's task: on the guest threads if guests run on
+    /// threads of their own, else on the current executor.
+    pub fn spawn<F>(&self, guest: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match self.shared.as_ref().and_then(|s| s.guests.as_ref()) {
+            Some(guests) => guests.spawn(guest),
+            None => tokio::spawn(guest),
+        }
+    }
+
+    /// A place in this tenant's queue for a run slot, taken now, on the
+    /// thread that took the request in, for a guest about to be started
+    /// with [`spawn`](Self::spawn) (and run with
+    /// [`run_queued`](Self::run_queued)). Only when guests run on threads
+    /// of their own: the guest threads may all be busy with other
+    /// tenants' guests, and a request that queued only at its task's
+    /// first poll there would wait for one of them to yield before its
+    /// tenant was even seen to starve. `None` otherwise (the guest queues
+    /// at its first poll, on this executor).
+    pub fn queue(&self) -> Option<Ticket> {
+        let shared = self.shared.as_ref()?;
+        shared.guests.as_ref()?;
+        let granted = Arc::new(AtomicBool::new(false));
+        let mut core = shared.lock();
+        if core.try_acquire(self.id) {
+            granted.store(true, Ordering::Release);
+        } else {
+            // Its task's first poll leaves its waker here.
+            let starving = core.enqueue(
+                self.id,
+                Waiter {
+                    granted: granted.clone(),
+                    waker: Waker::noop().clone(),
+                },
+            );
+            shared.publish(&core);
+            drop(core);
+            if starving && let Some(engine) = &shared.engine {
+                engine.increment_epoch();
+            }
+        }
+        Some(Ticket {
+            shared: shared.clone(),
+            id: self.id,
+            granted,
+            armed: true,
+        })
+    }
+
+    /// [`run_metered`](Self::run_metered) for a guest that holds `place`
+    /// from [`queue`](Self::queue) (or none).
+    pub fn run_queued<F: Future>(
+        &self,
+        guest: F,
+        meter: Arc<AppMeter>,
+        place: Option<Ticket>,
+    ) -> Fair<F> {
+        Fair {
+            guest,
+            tenant: self.clone(),
+            ticket: place,
+            meter: Some(meter),
+        }
+    }
+
     /// Whether a running guest of this tenant should yield now (asked at
     /// epoch checks): another tenant, not ahead of this one, waits with
     /// nothing running. Costs one atomic load while nobody starves.
@@ -462,7 +592,7 @@ impl Tenant {
 
 /// A place in a tenant's queue. Dropped before it was used, it leaves the
 /// queue, or gives back the slot it was granted.
-struct Ticket {
+pub struct Ticket {
     shared: Arc<Shared>,
     id: usize,
     granted: Arc<AtomicBool>,

@@ -489,7 +489,7 @@ impl HttpApp {
         }
         let app = self.clone();
         let pre = pre.clone();
-        tokio::spawn(async move {
+        self.tenant.spawn(async move {
             let made = async {
                 let mut store = app.component_store()?;
                 let deadline = Instant::now() + app.spec.limits.timeout.get();
@@ -577,7 +577,8 @@ impl HttpApp {
         let app = self.clone();
         let watched = overflow.clone();
         let (told, done) = oneshot::channel();
-        let task = tokio::spawn(async move {
+        let place = self.tenant.queue();
+        let task = self.tenant.spawn(async move {
             let _permit = permit;
             let began = Instant::now();
             let run = async {
@@ -660,7 +661,7 @@ impl HttpApp {
             // A fresh instance is torn down once the outcome is told, so
             // that its teardown is no part of the client's wait.
             let mut spent = None;
-            let run = app.tenant.run_metered(run, app.meters.app.clone());
+            let run = app.tenant.run_queued(run, app.meters.app.clone(), place);
             let outcome = guarded(run, deadline, &watched, max_body).await;
             app.meters.app.run(began.elapsed());
             let outcome = outcome.and_then(|(mut store, proxy, served, answered)| {
@@ -750,7 +751,8 @@ impl HttpApp {
         let app = self.clone();
         let watched = overflow.clone();
         let (told, done) = oneshot::channel();
-        let task = tokio::spawn(async move {
+        let place = self.tenant.queue();
+        let task = self.tenant.spawn(async move {
             let _permit = permit;
             let began = Instant::now();
             let mut data = P1Host::new(wasi, app.spec.limits.memory.bytes());
@@ -780,7 +782,7 @@ impl HttpApp {
                     },
                 }
             };
-            let run = app.tenant.run_metered(run, app.meters.app.clone());
+            let run = app.tenant.run_queued(run, app.meters.app.clone(), place);
             let outcome = guarded(run, deadline, &watched, max_body).await;
             app.meters.app.run(began.elapsed());
             if let Err(f) = &outcome {

@@ -44,7 +44,7 @@ pub use artifact::{BinaryKind, CompileCache, CompileSource, Compiled, Digest};
 pub use caps::Capabilities;
 pub use engine::{EngineConfig, EpochTicker};
 pub use error::RuntimeError;
-pub use fair::{FairShare, Tenant};
+pub use fair::{FairShare, GuestThreads, Tenant};
 pub use host::StopGuests;
 pub use http::HttpApp;
 pub use kv::Kv;
@@ -71,6 +71,10 @@ pub struct RuntimeConfig {
     /// Run slots under fair shares: how many guests execute at once
     /// (default: one per core, as many as the executor has threads).
     pub run_slots: Option<usize>,
+    /// Under fair shares, run guests on threads of their own, one per run
+    /// slot, apart from the caller's executor that takes requests in (see
+    /// [`fair::GuestThreads`]).
+    pub guest_threads: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -81,6 +85,7 @@ impl Default for RuntimeConfig {
             manual_epochs: false,
             fair_share: true,
             run_slots: None,
+            guest_threads: false,
         }
     }
 }
@@ -116,6 +121,7 @@ pub struct Runtime {
     stop: StopGuests,
     fair: FairShare,
     _ticker: Option<EpochTicker>,
+    _guests: Option<GuestThreads>,
 }
 
 impl Runtime {
@@ -123,6 +129,7 @@ impl Runtime {
         let engine = engine::build_engine(&cfg.engine)?;
         let cache = CompileCache::new(&engine, cfg.cache_dir)?;
         let ticker = (!cfg.manual_epochs).then(|| EpochTicker::start(&engine));
+        let mut guests = None;
         let fair = if cfg.fair_share {
             let slots = cfg.run_slots.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
@@ -130,7 +137,15 @@ impl Runtime {
             // With manual epochs too: advancing the epoch only makes
             // running guests check now whether to yield to a starving
             // tenant (and whether their deadline has passed).
-            FairShare::new(slots, Some(engine.clone()))
+            if cfg.guest_threads {
+                let threads = GuestThreads::start(slots)
+                    .map_err(|e| RuntimeError::Engine(format!("starting guest threads: {e}")))?;
+                let fair = FairShare::on_threads(slots, Some(engine.clone()), &threads);
+                guests = Some(threads);
+                fair
+            } else {
+                FairShare::new(slots, Some(engine.clone()))
+            }
         } else {
             FairShare::off()
         };
@@ -140,6 +155,7 @@ impl Runtime {
             stop: StopGuests::default(),
             fair,
             _ticker: ticker,
+            _guests: guests,
         })
     }
 

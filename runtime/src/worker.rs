@@ -279,7 +279,7 @@ impl WorkerApp {
             started_at_ms: None,
         });
         let app = self.clone();
-        let task = tokio::spawn(async move { app.supervise(tx).await });
+        let task = self.tenant.spawn(async move { app.supervise(tx).await });
         WorkerHandle {
             status: rx,
             task,

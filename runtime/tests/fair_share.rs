@@ -22,6 +22,12 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// A runtime with fair shares and one run slot, so one of the test's two
 /// executor threads stays free for I/O whatever the guests do.
 fn one_slot_runtime() -> Runtime {
+    one_slot_runtime_with(false)
+}
+
+/// [`one_slot_runtime`], its guests on a thread of their own if
+/// `guest_threads`.
+fn one_slot_runtime_with(guest_threads: bool) -> Runtime {
     Runtime::new(RuntimeConfig {
         engine: EngineConfig {
             max_instances: 100,
@@ -31,6 +37,7 @@ fn one_slot_runtime() -> Runtime {
         manual_epochs: true,
         fair_share: true,
         run_slots: Some(1),
+        guest_threads,
         ..RuntimeConfig::default()
     })
     .expect("runtime")
@@ -97,6 +104,14 @@ async fn end_guests(rt: &Runtime, apps: &[&Arc<HttpApp>]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_namespace_is_served_while_another_saturates_the_node() {
     served_while_another_saturates(one_slot_runtime()).await;
+}
+
+/// The same with guests on a thread of their own: b's request queues for
+/// the slot from the test's executor, while a's guests keep the guest
+/// thread busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_is_served_while_another_saturates_the_guest_threads() {
+    served_while_another_saturates(one_slot_runtime_with(true)).await;
 }
 
 async fn served_while_another_saturates(rt: Runtime) {
@@ -272,6 +287,11 @@ async fn a_guest_waiting_on_io_holds_no_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_writing_its_output_keeps_its_slot() {
     writing_keeps_the_slot(one_slot_runtime()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_on_the_guest_threads_writing_its_output_keeps_its_slot() {
+    writing_keeps_the_slot(one_slot_runtime_with(true)).await;
 }
 
 async fn writing_keeps_the_slot(rt: Runtime) {
