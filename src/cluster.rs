@@ -638,6 +638,11 @@ pub fn read_ca(path: Option<&std::path::Path>) -> anyhow::Result<Option<Vec<u8>>
 }
 
 pub async fn node(args: NodeArgs, ca: Option<Vec<u8>>) -> anyhow::Result<()> {
+    if args.guest_threads == OnOff::On && args.fair_share == OnOff::Off {
+        bail!(
+            "--guest-threads on needs --fair-share on: guests queue for their run slots on the guest threads"
+        );
+    }
     let metrics = args.metrics.prepare().await?;
     let capacity = parse_capacity(&args.capacity)?;
     let labels = parse_labels(&args.labels)?;

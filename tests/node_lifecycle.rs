@@ -326,4 +326,31 @@ fn a_node_with_guest_threads_runs_its_guests_there() {
         on_guests >= 3 * on_executors.max(10),
         "CPU ticks on the guest thread {on_guests}, on the executor threads {on_executors}"
     );
+
+    // Without fair shares there are no run slots to queue for: refused.
+    let mut refused = support::Proc::spawn(
+        &[
+            "node",
+            "--join",
+            &c.api,
+            "--listen",
+            "127.0.0.1:0",
+            "--guest-threads",
+            "on",
+            "--fair-share",
+            "off",
+        ],
+        &[],
+    );
+    let status = refused.wait(T).expect("the node exits");
+    assert!(!status.success());
+    assert!(
+        refused
+            .out
+            .wait_for(T, |l| l
+                .contains("--guest-threads on needs --fair-share on"))
+            .is_some(),
+        "{:#?}",
+        refused.out.all()
+    );
 }
