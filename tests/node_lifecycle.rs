@@ -177,28 +177,9 @@ fn a_node_with_one_run_slot_serves_and_one_with_none_is_refused() {
             .collect::<Vec<_>>()
     );
 
-    let mut refused = support::Proc::spawn(
-        &[
-            "node",
-            "--join",
-            &c.api,
-            "--listen",
-            "127.0.0.1:0",
-            "--run-slots",
-            "0",
-        ],
-        &[],
-    );
-    let status = refused.wait(T).expect("the node with no run slot exits");
-    assert!(!status.success());
-    assert!(
-        refused
-            .out
-            .wait_for(T, |l| l.contains("--run-slots") && l.contains("0"))
-            .is_some(),
-        "the refusal names the flag: {:#?}",
-        refused.out.all()
-    );
+    refused_naming(&c, &["--run-slots", "0"], |l| {
+        l.contains("--run-slots") && l.contains("0")
+    });
 }
 
 /// The slice (in the kernel's report) of each executor thread of the
@@ -216,6 +197,21 @@ fn executor_slices(pid: u32) -> Vec<Option<Duration>> {
         slices.push(shoal_node::slice::of_thread(tid).unwrap());
     }
     slices
+}
+
+/// A node started with `args` exits with an error whose line `says`
+/// (names the flag).
+fn refused_naming(c: &Cluster, args: &[&str], says: impl Fn(&str) -> bool) {
+    let mut all = vec!["node", "--join", &c.api, "--listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let mut refused = support::Proc::spawn(&all, &[]);
+    let status = refused.wait(T).expect("the refused node exits");
+    assert!(!status.success());
+    assert!(
+        refused.out.wait_for(T, |l| says(l)).is_some(),
+        "the refusal names the flag: {:#?}",
+        refused.out.all()
+    );
 }
 
 /// `--cpu-slice`: every executor thread of a node runs in the slice the
@@ -242,28 +238,9 @@ fn a_nodes_executor_threads_run_in_the_cpu_slice_it_asks_for() {
         "{default:?}"
     );
 
-    let mut refused = support::Proc::spawn(
-        &[
-            "node",
-            "--join",
-            &c.api,
-            "--listen",
-            "127.0.0.1:0",
-            "--cpu-slice",
-            "20us",
-        ],
-        &[],
-    );
-    let status = refused.wait(T).expect("the node with a bad slice exits");
-    assert!(!status.success());
-    assert!(
-        refused
-            .out
-            .wait_for(T, |l| l.contains("--cpu-slice") && l.contains("20us"))
-            .is_some(),
-        "the refusal names the flag: {:#?}",
-        refused.out.all()
-    );
+    refused_naming(&c, &["--cpu-slice", "20us"], |l| {
+        l.contains("--cpu-slice") && l.contains("20us")
+    });
 }
 
 /// CPU time (user and system, in clock ticks) of the threads of process
@@ -328,29 +305,7 @@ fn a_node_with_guest_threads_runs_its_guests_there() {
     );
 
     // Without fair shares there are no run slots to queue for: refused.
-    let mut refused = support::Proc::spawn(
-        &[
-            "node",
-            "--join",
-            &c.api,
-            "--listen",
-            "127.0.0.1:0",
-            "--guest-threads",
-            "on",
-            "--fair-share",
-            "off",
-        ],
-        &[],
-    );
-    let status = refused.wait(T).expect("the node exits");
-    assert!(!status.success());
-    assert!(
-        refused
-            .out
-            .wait_for(T, |l| l
-                .contains("--guest-threads on needs --fair-share on"))
-            .is_some(),
-        "{:#?}",
-        refused.out.all()
-    );
+    refused_naming(&c, &["--guest-threads", "on", "--fair-share", "off"], |l| {
+        l.contains("--guest-threads on needs --fair-share on")
+    });
 }
