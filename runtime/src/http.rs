@@ -420,19 +420,23 @@ impl HttpApp {
     fn component_store(&self) -> Result<Store<ComponentHost>, Failure> {
         let mut b = host::sandbox(self.caps.env(), &self.spec.grants, &[self.name.as_str()])
             .map_err(|e| Failure::Internal(e.to_string()))?;
-        let sinks = vec![
+        let (stdout, stderr) = (
             host::log_stream(&self.logs, Stream::Stdout),
             host::log_stream(&self.logs, Stream::Stderr),
-        ];
-        b.stdout(sinks[0].clone());
-        b.stderr(sinks[1].clone());
+        );
+        // Only a warm instance serves more than one request, and so has
+        // lines to end between them.
+        let keep = matches!(self.spec.isolation, Isolation::Reuse { .. })
+            .then(|| vec![stdout.clone(), stderr.clone()]);
+        b.stdout(stdout);
+        b.stderr(stderr);
         let mut data = ComponentHost::new(
             b.build(),
             &self.spec.grants,
             self.caps.guest(),
             self.spec.limits.memory.bytes(),
         );
-        data.log_sinks = sinks;
+        data.log_sinks = keep.unwrap_or_default();
         data.limiter.metered(self.meters.memory.clone());
         Ok(new_store(&self.engine, data, &self.stop, &self.tenant))
     }

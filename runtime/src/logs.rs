@@ -153,9 +153,7 @@ impl LogWriter {
             self.emit(&chunk);
         }
     }
-}
 
-impl LogWriter {
     /// Logs the partial line written so far, if any, as a line of its own:
     /// what is written next starts a new line.
     pub(crate) fn end_line(&mut self) {
