@@ -7,7 +7,7 @@ use crate::autoscale::ScaleState;
 use crate::events::Event;
 use crate::store::Op;
 use crate::store::{StoredQuota, StoredSecret};
-use shoal_api::objects::{App, AppKey, EventLevel, Instance, Node, Revision};
+use shoal_api::objects::{App, AppKey, EventLevel, Instance, Node, NodeState, Revision};
 use shoal_api::quota::Quota;
 use shoal_api::rest::AutoscaleView;
 
@@ -137,6 +137,7 @@ impl State {
                     if self.views.as_mut().is_some_and(|v| !v.put_node(&n)) {
                         self.views = None;
                     }
+                    self.note_healed(&n);
                     self.pending.push(Op::PutNode(n.clone()));
                     self.snap.nodes.insert(n.name.clone(), n);
                 }
@@ -150,6 +151,7 @@ impl State {
                     if self.views.as_mut().is_some_and(|v| !v.put_node(&n)) {
                         self.views = None;
                     }
+                    self.note_healed(&n);
                     let now = self.awake.now();
                     self.seen.insert(n.name.clone(), now);
                     // The first node to watch (any other's lease ends
@@ -232,6 +234,16 @@ impl State {
     /// Numbers, logs, stores and keeps an event. An aggregated one
     /// replaces the one before it of its app and reason, counting the
     /// times before, and moves to the end of the list.
+    /// Before `n` replaces the node it names: a node back from
+    /// `Unreachable` restarts the lease of those still silent (see
+    /// [`crate::state::decide::node::expire_leases`]).
+    fn note_healed(&mut self, n: &Node) {
+        let was = self.snap.nodes.get(&n.name).map(|old| old.state);
+        if was == Some(NodeState::Unreachable) && n.state == NodeState::Ready {
+            self.healed = Some(self.awake.now());
+        }
+    }
+
     fn record(&mut self, event: Event, actor: Option<&str>) {
         self.count_decision(&event);
         let mut e = event.render(self.next_event, self.config.clock.now_ms(), actor);

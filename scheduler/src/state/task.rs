@@ -117,6 +117,10 @@ pub(super) struct State {
     /// When the next node's lease ends (see [`decide::node::next_expiry`]):
     /// the loop wakes then to judge it, between ticks.
     pub(super) expiry: Option<tokio::time::Instant>,
+    /// When a node last came back from `Unreachable` (awake time): the
+    /// nodes still silent get a lease from then (see
+    /// [`decide::node::expire_leases`]).
+    pub(super) healed: Option<Duration>,
     /// The node views reconcile places by, kept as instances and nodes
     /// change (`None`: built afresh at the next reconcile).
     pub(super) views: Option<super::views::NodeViews>,
@@ -237,6 +241,7 @@ impl State {
             last_tick: None,
             holding: false,
             expiry: None,
+            healed: None,
             views: None,
         })
     }
@@ -989,7 +994,8 @@ impl State {
             }
             self.telemetry.lease_hold(lagging);
         }
-        let changes = decide::node::expire_leases(&self.snap, &self.seen, now, leases, lagging);
+        let changes =
+            decide::node::expire_leases(&self.snap, &self.seen, now, leases, lagging, self.healed);
         let judged = !changes.is_empty();
         self.urgent |= judged;
         let lost = changes.iter().any(|c| {

@@ -151,6 +151,53 @@ async fn most_nodes_silent_together_are_unreachable_and_a_stall_costs_nothing() 
     assert!(states(&cp).iter().all(|(_, s)| *s == NodeState::Ready));
 }
 
+/// A cut-off group heals a node at a time: the last to come back is not
+/// lost to the first, unless it stays silent alone for a whole lease.
+#[tokio::test(start_paused = true)]
+async fn nodes_of_a_healing_cut_come_back_one_at_a_time_and_none_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(dir.path());
+    for n in ["a", "b", "c"] {
+        register(&cp, n).await;
+    }
+    run_for(&cp, Duration::from_millis(3000), &[("c", QUIET)]).await;
+    let unreachable = vec![
+        ("a".into(), NodeState::Unreachable),
+        ("b".into(), NodeState::Unreachable),
+        ("c".into(), NodeState::Ready),
+    ];
+    assert_eq!(states(&cp), unreachable);
+    // a comes back; b, silent for 3 s, is not judged alone at once.
+    let without_b = [("a", QUIET), ("c", QUIET)];
+    run_for(&cp, Duration::from_millis(1750), &without_b).await;
+    assert_eq!(
+        states(&cp),
+        vec![
+            ("a".into(), NodeState::Ready),
+            ("b".into(), NodeState::Unreachable),
+            ("c".into(), NodeState::Ready),
+        ]
+    );
+    let all = [("a", QUIET), ("b", QUIET), ("c", QUIET)];
+    run_for(&cp, Duration::from_millis(250), &all).await;
+    assert!(states(&cp).iter().all(|(_, s)| *s == NodeState::Ready));
+    assert!(!cp.snapshot().events.iter().any(|e| e.reason == "NodeLost"));
+
+    // Cut off again, and this time b never comes back: it is lost a lease
+    // after a returned.
+    run_for(&cp, Duration::from_millis(3000), &[("c", QUIET)]).await;
+    assert_eq!(states(&cp), unreachable);
+    run_for(&cp, Duration::from_millis(2500), &without_b).await;
+    assert_eq!(
+        states(&cp),
+        vec![
+            ("a".into(), NodeState::Ready),
+            ("b".into(), NodeState::Lost),
+            ("c".into(), NodeState::Ready),
+        ]
+    );
+}
+
 /// An instance leaving service stays for the drain delay and while it
 /// has requests in flight, then goes.
 #[tokio::test(start_paused = true)]

@@ -239,12 +239,18 @@ pub struct Leases {
 /// are silent alone and so are `Lost`. While the leader lags behind its
 /// nodes (`lagging`, see [`Pace::lags`]), expiry is held: a node is
 /// judged only once silent for [`HELD_LEASES`] leases.
+///
+/// `healed` is when a node last came back from `Unreachable`: a cut-off
+/// group heals a node at a time, and the ones that come back last are not
+/// lost to those that came back first. An unreachable node's lease starts
+/// again then, so it is lost only once silent alone for a whole lease.
 pub fn expire_leases(
     snap: &Snapshot,
     seen: &BTreeMap<String, Duration>,
     now: Duration,
     leases: Leases,
     lagging: bool,
+    healed: Option<Duration>,
 ) -> Vec<Change> {
     let Leases { lease, heartbeat } = leases;
     let lease = if lagging { lease * HELD_LEASES } else { lease };
@@ -257,8 +263,13 @@ pub fn expire_leases(
         .filter(|n| n.state != NodeState::Lost)
         .collect();
     let quiet = |n: &Node| {
-        seen.get(&n.name)
-            .map_or(Duration::MAX, |t| now.saturating_sub(*t))
+        let heard = seen.get(&n.name).copied();
+        let heard = if n.state == NodeState::Unreachable {
+            heard.max(healed)
+        } else {
+            heard
+        };
+        heard.map_or(Duration::MAX, |t| now.saturating_sub(t))
     };
     let expired: Vec<&Node> = watched
         .iter()

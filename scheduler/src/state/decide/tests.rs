@@ -853,9 +853,47 @@ fn lease_table() {
             snap.nodes.insert(n.to_string(), node(n, *state));
             seen.insert(n.to_string(), s(*heard));
         }
-        let got = lines(&node::expire_leases(&snap, &seen, s(10_000), leases, false));
+        let got = lines(&node::expire_leases(
+            &snap,
+            &seen,
+            s(10_000),
+            leases,
+            false,
+            None,
+        ));
         assert_eq!(got, *want, "{name}");
     }
+    // A cut-off group heals a node at a time: one still silent when
+    // another came back (at 9 s) is lost only a lease after that.
+    let mut snap = Snapshot::default();
+    let mut seen = BTreeMap::new();
+    for (n, state, heard) in [
+        ("a", NodeState::Ready, 9_900),
+        ("b", NodeState::Unreachable, 1_000),
+        ("c", NodeState::Ready, 9_900),
+    ] {
+        snap.nodes.insert(n.to_string(), node(n, state));
+        seen.insert(n.to_string(), s(heard));
+    }
+    let judge = |now: u64| {
+        lines(&node::expire_leases(
+            &snap,
+            &seen,
+            s(now),
+            leases,
+            false,
+            Some(s(9_000)),
+        ))
+    };
+    assert_eq!(judge(10_000), Vec::<String>::new());
+    assert_eq!(judge(11_000), Vec::<String>::new());
+    assert_eq!(
+        judge(11_001),
+        [
+            "node b Lost",
+            "NodeLost: node b missed heartbeats for 2s; its instances will be placed elsewhere"
+        ]
+    );
     // A node never heard (none since a restart) is silent for ever.
     let mut snap = Snapshot::default();
     snap.nodes.insert("a".into(), node("a", NodeState::Ready));
@@ -865,7 +903,8 @@ fn lease_table() {
             &BTreeMap::new(),
             s(0),
             leases,
-            false
+            false,
+            None
         )),
         [
             "node a Lost",
@@ -931,7 +970,14 @@ fn lease_expiry_is_held_while_the_leader_lags() {
         seen.insert(n.to_string(), s(heard));
     }
     assert_eq!(
-        lines(&node::expire_leases(&snap, &seen, s(10_000), leases, false)),
+        lines(&node::expire_leases(
+            &snap,
+            &seen,
+            s(10_000),
+            leases,
+            false,
+            None
+        )),
         [
             "node dead Lost",
             "NodeLost: node dead missed heartbeats for 2s; its instances will be placed elsewhere",
@@ -940,7 +986,14 @@ fn lease_expiry_is_held_while_the_leader_lags() {
         ]
     );
     assert_eq!(
-        lines(&node::expire_leases(&snap, &seen, s(10_000), leases, true)),
+        lines(&node::expire_leases(
+            &snap,
+            &seen,
+            s(10_000),
+            leases,
+            true,
+            None
+        )),
         [
             "node dead Lost",
             "NodeLost: node dead missed heartbeats for 4s; its instances will be placed elsewhere",
@@ -948,7 +1001,14 @@ fn lease_expiry_is_held_while_the_leader_lags() {
     );
     // Most nodes silent at once are still unreachable, not lost.
     seen.insert("a".into(), s(5_000));
-    let held = lines(&node::expire_leases(&snap, &seen, s(10_000), leases, true));
+    let held = lines(&node::expire_leases(
+        &snap,
+        &seen,
+        s(10_000),
+        leases,
+        true,
+        None,
+    ));
     assert!(
         held.iter().all(|l| !l.contains("Lost")) && held.len() == 4,
         "{held:?}"
