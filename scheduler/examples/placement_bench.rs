@@ -5,7 +5,9 @@
 //!
 //! - placing all 100,000 instances on empty nodes,
 //! - one app change at that size (scale +10, a new revision),
-//! - a reconcile that changes nothing (the periodic resync).
+//! - a reconcile that changes nothing (the periodic resync),
+//! - the same app changes planned for that app alone, as the state task
+//!   plans them (`state::dirty`).
 //!
 //! Run with `cargo run --release -p shoal-scheduler --example placement_bench`.
 //! `PLACEMENT_BENCH_RUNS` sets the repeats per measurement (default 5); the
@@ -157,6 +159,21 @@ impl Cluster {
         )
     }
 
+    /// What the state task plans when only app `a` changed: that app,
+    /// from its own instances.
+    fn reconcile_one(&self, a: usize, views: &[NodeView]) -> Plan {
+        let key = &self.apps[a].key;
+        let mine: Vec<&Instance> = self.instances.iter().filter(|i| &i.app == key).collect();
+        reconcile::reconcile(
+            std::slice::from_ref(&self.apps[a]),
+            &mine,
+            views,
+            &|i| self.need_of(i),
+            self.seq,
+            reconcile::Clock::default(),
+        )
+    }
+
     fn apply(&mut self, plan: &Plan) {
         reconcile::apply(plan, &mut self.instances, 1);
         // The state task keeps instances in a map by id and passes them in
@@ -212,12 +229,20 @@ impl Measured {
 /// Times `reconcile` on the same input `runs` times (the input is not
 /// changed, so every run does the same work).
 fn time_reconcile(c: &Cluster, runs: usize) -> Measured {
+    time_plan(c, runs, None)
+}
+
+/// [`time_reconcile`] of every app (`None`) or of one app alone.
+fn time_plan(c: &Cluster, runs: usize, one: Option<usize>) -> Measured {
     let views = c.views();
     let mut times = Vec::with_capacity(runs);
     let mut actions = 0;
     for _ in 0..runs {
         let start = Instant::now();
-        let plan = c.reconcile(&views);
+        let plan = match one {
+            Some(a) => c.reconcile_one(a, &views),
+            None => c.reconcile(&views),
+        };
         times.push(start.elapsed());
         actions = plan.actions.len();
         std::hint::black_box(&plan);
@@ -290,6 +315,8 @@ fn main() {
     c.apps[app].replicas += 10;
     c.apps[app].max_surge = c.apps[app].replicas;
     let mut scale = time_reconcile(&c, runs);
+    let scale_alone = time_plan(&c, runs, Some(app));
+    assert_eq!(scale_alone.actions, scale.actions);
     scale.rounds = c.settle();
     rows.push((
         format!("scale one app +10 ({name} 100 → 110)"),
@@ -300,10 +327,25 @@ fn main() {
     c.apps[app].revision += 1;
     c.remember_needs();
     let mut revision = time_reconcile(&c, runs);
+    let revision_alone = time_plan(&c, runs, Some(app));
+    assert_eq!(revision_alone.actions, revision.actions);
     revision.rounds = c.settle();
     rows.push((
         format!("new revision of one app ({name}, 110 replicas)"),
         revision,
+        String::new(),
+    ));
+    // What the state task plans at a tick for such a change: the app that
+    // changed, alone (`state::dirty`); the periodic resync above runs only
+    // every 30 s, and a tick with nothing changed plans nothing.
+    rows.push((
+        format!("scale {name} +10, planned alone (as the state task does)"),
+        scale_alone,
+        String::new(),
+    ));
+    rows.push((
+        format!("new revision of {name}, planned alone"),
+        revision_alone,
         String::new(),
     ));
 
@@ -386,8 +428,8 @@ fn main() {
         ms(one_change)
     );
     println!(
-        "Around each reconcile the state task also lists every instance (here: \
-         {}); it keeps the node views up to date as instances change rather \
+        "Around a reconcile of every app the state task also lists every \
+         instance (here: {}); of one app, that app's. It keeps the node views up to date as instances change rather \
          than building them from the instances each time (here: {}).",
         ms(copy_time),
         ms(views_time)

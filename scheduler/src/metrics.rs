@@ -60,6 +60,11 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScopeLabels {
+    scope: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClassLabels {
     namespace: String,
     app: String,
@@ -121,6 +126,10 @@ struct RouteSeen {
 pub struct Telemetry {
     decisions: Family<DecisionLabels, Counter>,
     reconcile: Histogram,
+    /// Reconciles, and the apps they planned, by scope (`all`, or
+    /// `changed`: the apps that needed a plan).
+    reconciles: Family<ScopeLabels, Counter>,
+    planned: Family<ScopeLabels, Counter>,
     beats: Family<KindLabels, Histogram>,
     routes: Mutex<RouteSeen>,
     /// Times lease expiry was held (see `crate::state::decide::node::Pace`).
@@ -133,6 +142,8 @@ impl Default for Telemetry {
             decisions: Family::default(),
             // 0.5 ms to about 4 s.
             reconcile: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            reconciles: Family::default(),
+            planned: Family::default(),
             // 50 µs to about 0.4 s.
             beats: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.00005, 2.0, 14))
@@ -158,6 +169,16 @@ impl Telemetry {
     /// A reconcile took `took`.
     pub fn reconciled(&self, took: std::time::Duration) {
         self.reconcile.observe(took.as_secs_f64());
+    }
+
+    /// A reconcile planned `apps` apps: every one (`all`) or those that
+    /// needed it.
+    pub fn planned(&self, apps: usize, all: bool) {
+        let scope = ScopeLabels {
+            scope: if all { "all" } else { "changed" },
+        };
+        self.reconciles.get_or_create(&scope).inc();
+        self.planned.get_or_create(&scope).inc_by(apps as u64);
     }
 
     /// Lease expiry is held (`true`: the leader lags behind its nodes'
@@ -403,8 +424,18 @@ pub fn render(
     );
     registry.register(
         "shoal_reconcile_duration_seconds",
-        "Time one reconcile of the whole cluster took",
+        "Time one reconcile took",
         telemetry.reconcile.clone(),
+    );
+    registry.register(
+        "shoal_reconciles",
+        "Reconciles, by scope: every app (all), or the apps that changed or wait on time (changed)",
+        telemetry.reconciles.clone(),
+    );
+    registry.register(
+        "shoal_reconcile_apps",
+        "Apps planned by reconciles, by scope",
+        telemetry.planned.clone(),
     );
     registry.register(
         "shoal_heartbeat_duration_seconds",

@@ -86,6 +86,7 @@ impl State {
             }
             match change {
                 Change::PutApp(app) => {
+                    self.dirty.app(&app.key);
                     self.pending.push(Op::PutApp(app.clone()));
                     self.snap.apps.insert(app.key.clone(), *app);
                 }
@@ -93,6 +94,7 @@ impl State {
                     // Its instances now need nothing (no revision says
                     // what): the node views are built again.
                     self.views = None;
+                    self.dirty.app(&key);
                     self.snap.apps.remove(&key);
                     let numbers: Vec<u64> = self
                         .snap
@@ -130,6 +132,7 @@ impl State {
                     } else if let Some(v) = self.views.as_mut() {
                         v.forget_needs(&r.app);
                     }
+                    self.dirty.app(&r.app);
                     self.pending.push(Op::PutRevision(r.clone()));
                     self.snap.revisions.insert((r.app.clone(), r.number), *r);
                 }
@@ -138,11 +141,13 @@ impl State {
                         self.views = None;
                     }
                     self.note_healed(&n);
+                    self.dirty.node(self.snap.nodes.get(&n.name), &n);
                     self.pending.push(Op::PutNode(n.clone()));
                     self.snap.nodes.insert(n.name.clone(), n);
                 }
                 Change::DeleteNode(name) => {
                     self.views = None;
+                    self.dirty.everything();
                     self.snap.nodes.remove(&name);
                     self.seen.remove(&name);
                     self.pending.push(Op::DeleteNode(name));
@@ -152,6 +157,7 @@ impl State {
                         self.views = None;
                     }
                     self.note_healed(&n);
+                    self.dirty.node(self.snap.nodes.get(&n.name), &n);
                     let now = self.awake.now();
                     self.seen.insert(n.name.clone(), now);
                     // The first node to watch (any other's lease ends
@@ -168,6 +174,7 @@ impl State {
                     self.snap.nodes.insert(n.name.clone(), n);
                 }
                 Change::PutInstance(i) => {
+                    self.dirty.app(&i.app);
                     if let Some(v) = self.views.as_mut() {
                         v.put(&self.snap, &i);
                     }
@@ -175,12 +182,19 @@ impl State {
                     self.snap.put_instance(i);
                 }
                 Change::Observed(i) => {
+                    // In flight matters to reconcile only while draining.
+                    if i.phase == shoal_api::objects::Phase::Terminating {
+                        self.dirty.app(&i.app);
+                    }
                     if let Some(v) = self.views.as_mut() {
                         v.put(&self.snap, &i);
                     }
                     self.snap.put_instance(i);
                 }
                 Change::DeleteInstance(id) => {
+                    if let Some(i) = self.snap.instances.get(&id) {
+                        self.dirty.app(&i.app);
+                    }
                     if let Some(v) = self.views.as_mut() {
                         v.remove(&id);
                     }
@@ -207,11 +221,13 @@ impl State {
                     self.scale.entry(app).or_default().last_active_ms = at_ms;
                 }
                 Change::SetQuota(namespace, Some(quota)) => {
+                    self.dirty.everything();
                     self.snap.put_quota(&namespace, Some(quota));
                     self.pending
                         .push(Op::PutQuota(StoredQuota { namespace, quota }));
                 }
                 Change::SetQuota(namespace, None) => {
+                    self.dirty.everything();
                     self.snap.put_quota(&namespace, None);
                     self.pending.push(Op::DeleteQuota(namespace));
                 }

@@ -15,6 +15,7 @@
 //! - `task`: the state task's loop, inputs and timing.
 
 pub mod decide;
+mod dirty;
 pub mod executor;
 pub mod snapshot;
 mod task;

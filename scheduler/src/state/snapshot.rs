@@ -28,6 +28,10 @@ pub struct Snapshot {
     /// `Snapshot::remove_instance`: a node's heartbeat and assignment
     /// look at its own instances, not at every instance of the cluster.
     pub by_node: imbl::OrdMap<String, imbl::OrdSet<String>>,
+    /// The ids of each app's instances (of apps deleted too, while their
+    /// instances leave), kept the same way: reconcile plans the apps that
+    /// changed from their own instances, not from every instance.
+    pub by_app: imbl::OrdMap<AppKey, imbl::OrdSet<String>>,
     pub nodes: imbl::OrdMap<String, Node>,
     pub events: VecDeque<Event>,
     /// The autoscaler's last decision per app (not stored).
@@ -162,10 +166,23 @@ impl Snapshot {
         all
     }
 
-    /// Adds or replaces an instance, keeping [`Snapshot::by_node`].
+    /// Adds or replaces an instance, keeping [`Snapshot::by_node`] and
+    /// [`Snapshot::by_app`].
     pub(crate) fn put_instance(&mut self, i: Instance) {
         let (id, node) = (i.id.clone(), i.node.clone());
-        let old = self.instances.insert(id.clone(), i).and_then(|o| o.node);
+        let app = i.app.clone();
+        let Some(old) = self.instances.insert(id.clone(), i) else {
+            self.by_app.entry(app).or_default().insert(id.clone());
+            if let Some(n) = node {
+                self.by_node.entry(n).or_default().insert(id);
+            }
+            return;
+        };
+        if old.app != app {
+            self.unlist_app(&old.app, &id);
+            self.by_app.entry(app).or_default().insert(id.clone());
+        }
+        let old = old.node;
         if old == node {
             return;
         }
@@ -177,11 +194,33 @@ impl Snapshot {
         }
     }
 
-    /// Removes an instance, keeping [`Snapshot::by_node`].
+    /// Removes an instance, keeping [`Snapshot::by_node`] and
+    /// [`Snapshot::by_app`].
     pub(crate) fn remove_instance(&mut self, id: &str) {
-        if let Some(n) = self.instances.remove(id).and_then(|o| o.node) {
+        let Some(old) = self.instances.remove(id) else {
+            return;
+        };
+        self.unlist_app(&old.app, id);
+        if let Some(n) = old.node {
             self.unlist(&n, id);
         }
+    }
+
+    fn unlist_app(&mut self, app: &AppKey, id: &str) {
+        if let Some(ids) = self.by_app.get_mut(app) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_app.remove(app);
+            }
+        }
+    }
+
+    /// The instances of `app`.
+    pub fn of_app<'a>(&'a self, app: &AppKey) -> impl Iterator<Item = &'a Instance> + 'a {
+        self.by_app
+            .get(app)
+            .into_iter()
+            .flat_map(|ids| ids.iter().filter_map(|id| self.instances.get(id)))
     }
 
     fn unlist(&mut self, node: &str, id: &str) {
@@ -457,5 +496,32 @@ mod tests {
         s.remove_instance("c");
         assert!(s.by_node.is_empty());
         assert_eq!(s.instances.len(), 1);
+    }
+
+    #[test]
+    fn the_index_by_app_follows_every_put_and_remove() {
+        let mut s = Snapshot::default();
+        let (web, api) = (AppKey::new("default", "web"), AppKey::new("t1", "web"));
+        let inst = |id: &str, app: &AppKey, node: Option<&str>| {
+            Instance::new(id.into(), app.clone(), 1, node.map(String::from), None, 0)
+        };
+        let of = |s: &Snapshot, app: &AppKey| -> Vec<String> {
+            s.of_app(app).map(|i| i.id.clone()).collect()
+        };
+        s.put_instance(inst("web-1", &web, None));
+        s.put_instance(inst("web-2", &web, Some("n1")));
+        s.put_instance(inst("web-3", &api, Some("n1")));
+        s.put_instance(inst("web-1", &web, Some("n2")));
+        assert_eq!(
+            (of(&s, &web), of(&s, &api)),
+            (vec!["web-1".into(), "web-2".into()], vec!["web-3".into()])
+        );
+        s.remove_instance("web-3");
+        s.remove_instance("web-1");
+        s.remove_instance("nothing");
+        assert_eq!(of(&s, &web), ["web-2"]);
+        assert!(!s.by_app.contains_key(&api));
+        s.remove_instance("web-2");
+        assert!(s.by_app.is_empty() && s.by_node.is_empty());
     }
 }

@@ -3,12 +3,14 @@
 //! change it, and publishes snapshots.
 
 use super::decide::{self, app::ApplyInput, node::Leases};
+use super::dirty::{Dirty, Scope};
 use super::{ApiError, Command, Config, Snapshot};
 use crate::autoscale::{Sample, ScaleState};
 use crate::clock::AwakeClock;
+use crate::rebalance::Step;
 use crate::reconcile;
 use crate::store::{Op, Store, StoreError};
-use shoal_api::objects::{AppKey, Phase, RolloutState};
+use shoal_api::objects::AppKey;
 use shoal_api::rest::GatewayMetrics;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -46,12 +48,6 @@ const AWAKE_MAX_TICKS: u32 = 5;
 /// Load history kept per app (longer than any sensible stable window).
 const LOAD_HISTORY: usize = 600;
 
-/// With everything settled (no rollout progressing, every instance running
-/// and ready), a tick reconciles only every this many ticks: at 10,000
-/// apps a reconcile is tens of milliseconds, and nothing that depends on
-/// time alone (drains, rollout deadlines, pending placements) is waiting.
-const SETTLED_RESYNC_TICKS: u32 = 10;
-
 pub(super) struct State {
     pub(super) store: Arc<Store>,
     pub(super) config: Config,
@@ -73,8 +69,6 @@ pub(super) struct State {
     /// republished at most once a second.
     pub(super) heartbeats_dirty: bool,
     last_publish: Option<tokio::time::Instant>,
-    /// Ticks since the last reconcile.
-    ticks_since_reconcile: u32,
     /// A write found another leader (etcd): the loop ends.
     pub(super) deposed: bool,
     /// Reports changed something since the last reconcile: the next tick
@@ -92,8 +86,6 @@ pub(super) struct State {
     awaiting: VecDeque<(u64, Deferred)>,
     /// Wakes the loop when the write in progress is done.
     pub(super) written: Arc<tokio::sync::Notify>,
-    /// The instances as `settled` last walked them, and what it found.
-    instances_settled: Option<(imbl::OrdMap<String, shoal_api::objects::Instance>, bool)>,
     /// A node was found lost: the next reconcile places its instances
     /// elsewhere without waiting out the pause after a slow one.
     urgent: bool,
@@ -121,6 +113,8 @@ pub(super) struct State {
     /// nodes still silent get a lease from then (see
     /// [`decide::node::expire_leases`]).
     pub(super) healed: Option<Duration>,
+    /// Which apps the next reconcile plans.
+    pub(super) dirty: Dirty,
     /// The node views reconcile places by, kept as instances and nodes
     /// change (`None`: built afresh at the next reconcile).
     pub(super) views: Option<super::views::NodeViews>,
@@ -223,7 +217,6 @@ impl State {
             last_autoscale: None,
             heartbeats_dirty: false,
             last_publish: None,
-            ticks_since_reconcile: 0,
             deposed: false,
             reconcile_due: false,
             last_reconcile: None,
@@ -232,7 +225,6 @@ impl State {
             writes: 0,
             awaiting: VecDeque::new(),
             written: Arc::new(tokio::sync::Notify::new()),
-            instances_settled: None,
             urgent: false,
             lost: None,
             telemetry,
@@ -242,6 +234,7 @@ impl State {
             holding: false,
             expiry: None,
             healed: None,
+            dirty: Dirty::default(),
             views: None,
         })
     }
@@ -321,10 +314,9 @@ impl State {
                     }
                     // Level-triggered: reconcile on every tick, whether or
                     // not an event said something changed, while anything
-                    // is on its way; once all is settled, every few ticks.
-                    self.ticks_since_reconcile = self.ticks_since_reconcile.saturating_add(1);
-                    resync = self.ticks_since_reconcile >= SETTLED_RESYNC_TICKS
-                        || !self.settled();
+                    // is on its way (the apps it concerns, see
+                    // `state::dirty`), and every app now and then.
+                    resync = self.dirty.due();
                 }
             }
             // Replacements for lost nodes wait for no report: they are
@@ -360,7 +352,6 @@ impl State {
     fn settle(&mut self, resync: bool, out: &watch::Sender<Arc<Snapshot>>) {
         if self.changed || resync {
             if self.may_reconcile() {
-                self.ticks_since_reconcile = 0;
                 self.reconcile_due = false;
                 self.urgent = false;
                 let started = std::time::Instant::now();
@@ -792,34 +783,6 @@ impl State {
         }
     }
 
-    /// Whether nothing waits on time alone: no rollout progresses, no node
-    /// drains, and every instance is placed, running and ready.
-    fn settled(&mut self) -> bool {
-        let snap = &self.snap;
-        if snap.nodes.values().any(|n| n.draining)
-            || snap
-                .apps
-                .values()
-                .any(|a| matches!(a.rollout, RolloutState::Progressing { .. }))
-        {
-            return false;
-        }
-        // Asked every tick; at 10^5 instances the walk is a good part of
-        // an idle leader's time, and the map has not changed since the
-        // last walk most of the time (a shared map is the same map).
-        if let Some((seen, settled)) = &self.instances_settled
-            && seen.ptr_eq(&snap.instances)
-        {
-            return *settled;
-        }
-        let settled = snap
-            .instances
-            .values()
-            .all(|i| i.ready && i.phase == Phase::Running && i.node.is_some());
-        self.instances_settled = Some((snap.instances.clone(), settled));
-        settled
-    }
-
     /// What the apply decider needs from the store: which modules it has.
     fn apply_input(
         &self,
@@ -1033,9 +996,22 @@ impl State {
             .map(|at| tokio::time::Instant::now() + (at - now) + Duration::from_millis(1));
     }
 
-    /// Rollout progress, then reconcile's plan.
+    /// Rollout progress, then reconcile's plan, for the apps that need one
+    /// (see [`super::dirty`]).
     fn reconcile(&mut self) {
-        let apps = self.snap.desired_apps();
+        let scope = self.dirty.take(&self.snap);
+        let draining = self.snap.nodes.values().any(|n| n.draining);
+        let apps = match &scope {
+            Scope::All => self.snap.desired_apps(),
+            Scope::Apps(keys) if keys.is_empty() && !draining => return,
+            Scope::Apps(keys) => keys
+                .iter()
+                .filter_map(|k| self.snap.apps.get(k))
+                .filter_map(|a| self.snap.desired(a))
+                .collect(),
+        };
+        self.telemetry
+            .planned(apps.len(), matches!(scope, Scope::All));
         let now = self.now_ms();
         let changes = decide::rollout::progress(&self.snap, &apps, now);
         self.execute(changes);
@@ -1052,10 +1028,46 @@ impl State {
         if let Err(e) = views.same_as_built(&self.snap) {
             panic!("the node views kept differ from those built: {e}");
         }
-        let plan = decide::plan::plan_with(&self.snap, &apps, views, self.next_seq, clock);
+        let plan = match &scope {
+            Scope::All => decide::plan::plan_with(&self.snap, &apps, views, self.next_seq, clock),
+            Scope::Apps(keys) => {
+                decide::plan::plan_of(&self.snap, keys, &apps, views, self.next_seq, clock)
+            }
+        };
+        // A move that ended leaves room for another app's.
+        let moved = plan.actions.iter().any(|a| {
+            matches!(
+                a,
+                reconcile::Action::Rebalance(Step::Done { .. } | Step::GaveUp { .. })
+            )
+        });
         let changes = decide::plan::changes(&self.snap, plan, now);
         self.execute(changes);
         let changes = decide::node::drains_done(&self.snap);
         self.execute(changes);
+        self.dirty.planned(&self.snap, &scope);
+        if moved {
+            self.dirty.everything();
+        }
+        // Debug builds (every test) check that the apps left out had
+        // nothing to plan.
+        #[cfg(debug_assertions)]
+        if let Scope::Apps(keys) = &scope {
+            let built;
+            let views = match self.views.as_ref() {
+                Some(v) => v,
+                None => {
+                    built = super::views::NodeViews::build(&self.snap);
+                    &built
+                }
+            };
+            let all = self.snap.desired_apps();
+            let full = decide::plan::plan_with(&self.snap, &all, views, self.next_seq, clock);
+            let missed = super::dirty::left_out(&self.snap, keys, &full);
+            assert!(
+                missed.is_empty(),
+                "a reconcile of {keys:?} left out apps with something to do: {missed:?}"
+            );
+        }
     }
 }

@@ -198,6 +198,91 @@ async fn nodes_of_a_healing_cut_come_back_one_at_a_time_and_none_is_lost() {
     );
 }
 
+/// Reconciles and the apps they planned, by scope, from `/metrics`.
+fn planned(cp: &ControlPlane) -> [u64; 4] {
+    let text =
+        crate::metrics::render(&cp.snapshot(), cp.telemetry(), cp.stats(), cp.now_ms()).unwrap();
+    let count = |name: &str, scope: &str| {
+        let prefix = format!("{name}_total{{scope=\"{scope}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    [
+        count("shoal_reconciles", "all"),
+        count("shoal_reconcile_apps", "all"),
+        count("shoal_reconciles", "changed"),
+        count("shoal_reconcile_apps", "changed"),
+    ]
+}
+
+/// Once everything serves, ticks plan nothing; a change to one app plans
+/// that app, not the cluster; and every app is planned again now and
+/// then.
+#[tokio::test(start_paused = true)]
+async fn a_tick_plans_the_apps_that_changed_not_every_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(dir.path());
+    for n in ["n1", "n2", "n3"] {
+        register(&cp, n).await;
+    }
+    for i in 0..20 {
+        let name = format!("app{i:02}");
+        apply(
+            &cp,
+            serde_json::json!({"name": name, "module": "m.wasm"}),
+            b"\0asm\x01\0\0\0",
+        )
+        .await;
+    }
+    let everyone = |cp: &ControlPlane| ["n1", "n2", "n3"].map(|n| (n, serving_on(cp, n)));
+    let beat = |all: &[(&'static str, Vec<InstanceReport>); 3]| {
+        all.iter().map(|(n, r)| (*n, r.clone())).collect::<Vec<_>>()
+    };
+    // Placed, then reported serving.
+    run_for(
+        &cp,
+        Duration::from_millis(500),
+        &[("n1", QUIET), ("n2", QUIET), ("n3", QUIET)],
+    )
+    .await;
+    let reports = beat(&everyone(&cp));
+    let alive: Vec<(&str, &[InstanceReport])> =
+        reports.iter().map(|(n, r)| (*n, r.as_slice())).collect();
+    assert_eq!(cp.snapshot().instances.len(), 20);
+    run_for(&cp, Duration::from_millis(500), &alive).await;
+    assert!(cp.snapshot().instances.values().all(|i| i.ready));
+
+    // Settled: five seconds of ticks plan nothing.
+    let before = planned(&cp);
+    run_for(&cp, Duration::from_secs(5), &alive).await;
+    assert_eq!(planned(&cp), before);
+
+    // One app scaled: the ticks until it serves plan it alone.
+    cp.scale(AppKey::new("default", "app07"), 2, None)
+        .await
+        .unwrap();
+    run_for(&cp, Duration::from_millis(500), &alive).await;
+    let reports = beat(&everyone(&cp));
+    let alive: Vec<(&str, &[InstanceReport])> =
+        reports.iter().map(|(n, r)| (*n, r.as_slice())).collect();
+    run_for(&cp, Duration::from_millis(500), &alive).await;
+    assert_eq!(cp.snapshot().instances.len(), 21);
+    assert!(cp.snapshot().instances.values().all(|i| i.ready));
+    let after = planned(&cp);
+    let (reconciles, apps) = (after[2] - before[2], after[3] - before[3]);
+    assert_eq!(after[..2], before[..2], "{after:?}");
+    assert!(reconciles > 0 && apps == reconciles, "{before:?} {after:?}");
+    run_for(&cp, Duration::from_secs(5), &alive).await;
+    assert_eq!(planned(&cp), after);
+
+    // Every 30 s, every app.
+    run_for(&cp, Duration::from_secs(25), &alive).await;
+    let late = planned(&cp);
+    assert_eq!(late[0], after[0] + 1, "{late:?}");
+    assert_eq!(late[1], after[1] + 20, "{late:?}");
+}
+
 /// An instance leaving service stays for the drain delay and while it
 /// has requests in flight, then goes.
 #[tokio::test(start_paused = true)]

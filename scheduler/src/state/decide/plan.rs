@@ -32,12 +32,38 @@ pub fn plan_with(
     clock: reconcile::Clock,
 ) -> reconcile::Plan {
     let instances: Vec<&Instance> = snap.instances.values().collect();
+    plan_among(snap, apps, &instances, views, next_seq, clock)
+}
+
+/// [`plan_with`] for the apps `keys` only (`apps`: those of them that
+/// exist), from their own instances: what the state task plans when only
+/// they may need it (see `state::dirty`).
+pub fn plan_of(
+    snap: &Snapshot,
+    keys: &std::collections::BTreeSet<AppKey>,
+    apps: &[DesiredApp],
+    views: &NodeViews,
+    next_seq: u64,
+    clock: reconcile::Clock,
+) -> reconcile::Plan {
+    let instances: Vec<&Instance> = keys.iter().flat_map(|k| snap.of_app(k)).collect();
+    plan_among(snap, apps, &instances, views, next_seq, clock)
+}
+
+fn plan_among(
+    snap: &Snapshot,
+    apps: &[DesiredApp],
+    instances: &[&Instance],
+    views: &NodeViews,
+    next_seq: u64,
+    clock: reconcile::Clock,
+) -> reconcile::Plan {
     let need_of = |i: &Instance| {
         views
             .need(&i.id)
             .unwrap_or_else(|| snap.need_of(&i.app, i.revision))
     };
-    reconcile::reconcile(apps, &instances, views.views(), &need_of, next_seq, clock)
+    reconcile::reconcile(apps, instances, views.views(), &need_of, next_seq, clock)
 }
 
 /// Rollouts that `held` says their namespace's quota holds now: each says

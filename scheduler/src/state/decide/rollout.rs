@@ -7,8 +7,7 @@ use crate::reconcile::DesiredApp;
 use crate::rollout::{self, Shape};
 use crate::state::Snapshot;
 use crate::state::executor::Change;
-use shoal_api::objects::{App, AppKey, Instance, Phase, RolloutState};
-use std::collections::HashMap;
+use shoal_api::objects::{App, Instance, Phase, RolloutState};
 
 /// Marks rollouts that just completed or ran out of time; `apps` as
 /// [`Snapshot::desired_apps`] gives them.
@@ -22,21 +21,11 @@ pub fn progress(snap: &Snapshot, apps: &[DesiredApp], now_ms: u64) -> Vec<Change
     if progressing.is_empty() {
         return changes;
     }
-    // The live instances of the apps whose rollouts progress, in one pass
-    // over the instances (one pass per app grows with apps x instances).
-    let mut live_of: HashMap<&AppKey, Vec<&Instance>> = progressing
-        .iter()
-        .map(|(d, _)| (&d.key, Vec::new()))
-        .collect();
-    for i in snap.instances.values() {
-        if i.phase != Phase::Terminating
-            && let Some(v) = live_of.get_mut(&i.app)
-        {
-            v.push(i);
-        }
-    }
     for (d, app) in progressing {
-        let live = live_of.remove(&d.key).unwrap_or_default();
+        let live: Vec<&Instance> = snap
+            .of_app(&d.key)
+            .filter(|i| i.phase != Phase::Terminating)
+            .collect();
         let shape = if d.split.is_empty() {
             Shape::Rolling {
                 revision: d.revision,

@@ -116,7 +116,7 @@ fn run(snap: &mut Snapshot, changes: Vec<Change>) {
                 snap.nodes.remove(&n);
             }
             Change::PutInstance(i) | Change::Observed(i) => {
-                snap.instances.insert(i.id.clone(), i);
+                snap.put_instance(i);
             }
             Change::DeleteInstance(id) => {
                 snap.instances.remove(&id);
@@ -653,7 +653,7 @@ fn heartbeat_table() {
         instance("web-2", "web", 1, "n1", Phase::Terminating, false),
         instance("web-3", "web", 1, "n2", Phase::Running, true),
     ] {
-        snap.instances.insert(i.id.clone(), i);
+        snap.put_instance(i);
     }
     let r = |id: &str, state, ready, restarts, in_flight| InstanceReport {
         id: id.into(),
@@ -1064,7 +1064,7 @@ fn rollout_progress_table() {
             .map(|(k, a)| (k.clone(), a.clone()))
             .collect();
         for i in instances {
-            snap.instances.insert(i.id.clone(), i);
+            snap.put_instance(i);
         }
         let apps = snap.desired_apps();
         let got = lines(&rollout::progress(&snap, &apps, T0 + after));
@@ -1079,11 +1079,11 @@ fn plan_changes_table() {
         instance("web-0", "web", 1, "n1", Phase::Running, true),
         instance("web-1", "web", 1, "n1", Phase::Terminating, false),
     ] {
-        snap.instances.insert(i.id.clone(), i);
+        snap.put_instance(i);
     }
     let mut pending = Instance::new("web-2".into(), key("web"), 1, None, Some("full".into()), T0);
     pending.phase = Phase::Pending;
-    snap.instances.insert(pending.id.clone(), pending);
+    snap.put_instance(pending);
     let cases: Vec<(&str, Vec<Action>, Vec<&str>)> = vec![
         ("nothing to do", vec![], vec![]),
         (
@@ -1325,7 +1325,7 @@ fn cordon_drain_and_delete_table() {
     n3.draining = true;
     snap.nodes.insert("n3".into(), n3);
     let i = instance("web-0", "web", 1, "n1", Phase::Running, true);
-    snap.instances.insert(i.id.clone(), i);
+    snap.put_instance(i);
     let cases: &[(&str, &str, &str, Result<&[&str], &str>)] = &[
         (
             "cordon",
@@ -1452,7 +1452,7 @@ fn a_cordoned_node_gets_no_new_instances_and_keeps_its_own() {
     snap.instances.clear();
     // What runs on the cordoned node stays; what is missing goes to n2.
     let i = instance("web-0", "web", 1, "n1", Phase::Running, true);
-    snap.instances.insert(i.id.clone(), i);
+    snap.put_instance(i);
     snap.nodes.insert("n2".into(), node("n2", NodeState::Ready));
     assert_eq!(
         plan_at(&mut snap, 1, 0),
@@ -1483,10 +1483,10 @@ fn a_drain_places_replacements_before_its_instances_leave() {
     snap.nodes.insert("n2".into(), node("n2", NodeState::Ready));
     for id in ["web-0", "web-1"] {
         let i = instance(id, "web", 1, "n1", Phase::Running, true);
-        snap.instances.insert(i.id.clone(), i);
+        snap.put_instance(i);
     }
     let starting = instance("web-9", "other", 1, "n1", Phase::Starting, false);
-    snap.instances.insert(starting.id.clone(), starting);
+    snap.put_instance(starting);
     let drain = node::drain(&snap, "n1").unwrap();
     run(&mut snap, drain);
     assert_eq!(
@@ -1566,9 +1566,9 @@ fn a_drain_with_nowhere_to_go_keeps_serving_and_says_why() {
         .map(|(k, a)| (k.clone(), a.clone()))
         .collect();
     let i = instance("web-0", "web", 1, "n1", Phase::Running, true);
-    snap.instances.insert(i.id.clone(), i);
+    snap.put_instance(i);
     let i = instance("web-1", "web", 1, "n1", Phase::Starting, false);
-    snap.instances.insert(i.id.clone(), i);
+    snap.put_instance(i);
     let drain = node::drain(&snap, "n1").unwrap();
     run(&mut snap, drain);
     assert_eq!(
@@ -1990,7 +1990,7 @@ fn piled() -> Snapshot {
     snap.nodes.insert("n2".into(), node("n2", NodeState::Ready));
     for id in ["web-0", "web-1"] {
         let i = instance(id, "web", 1, "n1", Phase::Running, true);
-        snap.instances.insert(i.id.clone(), i);
+        snap.put_instance(i);
     }
     snap
 }
@@ -2027,7 +2027,7 @@ fn rebalance_start_table() {
                     a.replicas = 3;
                 }
                 let i = instance("web-2", "web", 1, "n2", Phase::Running, true);
-                s.instances.insert(i.id.clone(), i);
+                s.put_instance(i);
             },
             vec![],
         ),
@@ -2055,7 +2055,7 @@ fn rebalance_start_table() {
             |s| {
                 let mut i = instance("web-7", "web", 1, "n1", Phase::Terminating, false);
                 i.terminating_since_ms = Some(T0);
-                s.instances.insert(i.id.clone(), i);
+                s.put_instance(i);
             },
             vec![],
         ),
@@ -2253,7 +2253,7 @@ fn moves_across_the_cluster_are_bounded() {
         for n in 0..2 {
             let id = format!("{name}-{n}");
             let i = instance(&id, name, 1, "n1", Phase::Running, true);
-            snap.instances.insert(i.id.clone(), i);
+            snap.put_instance(i);
         }
     }
     let starts = |lines: &[String]| {
