@@ -159,13 +159,18 @@ impl Cluster {
         )
     }
 
-    /// What the state task plans when only app `a` changed: that app,
-    /// from its own instances.
-    fn reconcile_one(&self, a: usize, views: &[NodeView]) -> Plan {
-        let key = &self.apps[a].key;
-        let mine: Vec<&Instance> = self.instances.iter().filter(|i| &i.app == key).collect();
+    /// What the state task plans when only apps `some` changed: those
+    /// apps, from their own instances.
+    fn reconcile_some(&self, some: &[usize], views: &[NodeView]) -> Plan {
+        let apps: Vec<DesiredApp> = some.iter().map(|a| self.apps[*a].clone()).collect();
+        let keys: std::collections::HashSet<&AppKey> = apps.iter().map(|a| &a.key).collect();
+        let mine: Vec<&Instance> = self
+            .instances
+            .iter()
+            .filter(|i| keys.contains(&i.app))
+            .collect();
         reconcile::reconcile(
-            std::slice::from_ref(&self.apps[a]),
+            &apps,
             &mine,
             views,
             &|i| self.need_of(i),
@@ -232,15 +237,15 @@ fn time_reconcile(c: &Cluster, runs: usize) -> Measured {
     time_plan(c, runs, None)
 }
 
-/// [`time_reconcile`] of every app (`None`) or of one app alone.
-fn time_plan(c: &Cluster, runs: usize, one: Option<usize>) -> Measured {
+/// [`time_reconcile`] of every app (`None`) or of some apps alone.
+fn time_plan(c: &Cluster, runs: usize, some: Option<&[usize]>) -> Measured {
     let views = c.views();
     let mut times = Vec::with_capacity(runs);
     let mut actions = 0;
     for _ in 0..runs {
         let start = Instant::now();
-        let plan = match one {
-            Some(a) => c.reconcile_one(a, &views),
+        let plan = match some {
+            Some(a) => c.reconcile_some(a, &views),
             None => c.reconcile(&views),
         };
         times.push(start.elapsed());
@@ -315,7 +320,7 @@ fn main() {
     c.apps[app].replicas += 10;
     c.apps[app].max_surge = c.apps[app].replicas;
     let mut scale = time_reconcile(&c, runs);
-    let scale_alone = time_plan(&c, runs, Some(app));
+    let scale_alone = time_plan(&c, runs, Some(&[app]));
     assert_eq!(scale_alone.actions, scale.actions);
     scale.rounds = c.settle();
     rows.push((
@@ -327,7 +332,7 @@ fn main() {
     c.apps[app].revision += 1;
     c.remember_needs();
     let mut revision = time_reconcile(&c, runs);
-    let revision_alone = time_plan(&c, runs, Some(app));
+    let revision_alone = time_plan(&c, runs, Some(&[app]));
     assert_eq!(revision_alone.actions, revision.actions);
     revision.rounds = c.settle();
     rows.push((
@@ -373,10 +378,30 @@ fn main() {
         .filter(|i| i.node.as_deref() == Some(c.nodes[lost].name.as_str()))
         .count();
     let mut lost_node = time_reconcile(&c, runs);
+    // As the state task plans a lost node: the apps with instances on it.
+    let on_it: std::collections::HashSet<&AppKey> = c
+        .instances
+        .iter()
+        .filter(|i| i.node.as_deref() == Some(c.nodes[lost].name.as_str()))
+        .map(|i| &i.app)
+        .collect();
+    let lost_apps: Vec<usize> = (0..c.apps.len())
+        .filter(|a| on_it.contains(&c.apps[*a].key))
+        .collect();
+    let lost_alone = time_plan(&c, runs, Some(&lost_apps));
+    assert_eq!(lost_alone.actions, lost_node.actions);
     lost_node.rounds = c.settle();
     rows.push((
         format!("node lost ({on_lost} instances move)"),
         lost_node,
+        String::new(),
+    ));
+    rows.push((
+        format!(
+            "node lost, planned for its {} apps alone (as the state task does)",
+            lost_apps.len()
+        ),
+        lost_alone,
         String::new(),
     ));
     assert_eq!(c.instances.len(), total as usize + 10);

@@ -12,7 +12,7 @@
 //! one), and every [`FULL_EVERY`] as a safety net.
 
 use super::snapshot::Snapshot;
-use shoal_api::objects::{AppKey, Node, Phase, RolloutState};
+use shoal_api::objects::{AppKey, Instance, Node, NodeState, Phase, RolloutState};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -68,18 +68,34 @@ impl Dirty {
         self.all = true;
     }
 
-    /// A node is put in place of `old`: whether it changes where anything
-    /// fits (not its heartbeat time, address or generation).
-    pub(super) fn node(&mut self, old: Option<&Node>, new: &Node) {
-        let alike = old.is_some_and(|o| {
-            o.state == new.state
-                && o.capacity == new.capacity
-                && o.labels == new.labels
-                && o.cordoned == new.cordoned
-                && o.draining == new.draining
-        });
-        if !alike {
+    /// A node is put in place of `old` (in `snap`). Its heartbeat time,
+    /// address or generation change no plan. One that only takes less
+    /// from now on (lost, unreachable, cordoned, draining) changes the
+    /// plans of the apps with instances on it: the others' instances stay
+    /// where they are, and those waiting for room are planned anyway.
+    /// Anything else (a new node, one back, more room, other labels) may
+    /// let any app place or move: every app is planned.
+    pub(super) fn node(&mut self, old: Option<&Node>, new: &Node, snap: &Snapshot) {
+        let Some(o) = old else {
             self.all = true;
+            return;
+        };
+        if o.capacity != new.capacity || o.labels != new.labels {
+            self.all = true;
+            return;
+        }
+        let ready = |n: &Node| n.state == NodeState::Ready;
+        let gains = (ready(new) && !ready(o))
+            || (o.cordoned && !new.cordoned)
+            || (o.draining && !new.draining);
+        let loses =
+            o.state != new.state || (!o.cordoned && new.cordoned) || (!o.draining && new.draining);
+        if gains {
+            self.all = true;
+        } else if loses {
+            for i in snap.on_node(&new.name) {
+                self.app(&i.app);
+            }
         }
     }
 
@@ -138,13 +154,28 @@ impl Dirty {
     pub(super) fn planned(&mut self, snap: &Snapshot, scope: &Scope) {
         match scope {
             Scope::All => {
-                self.waiting = snap
+                // One walk over the instances, in runs of one app (ids
+                // start with the app's name): a plan of every app is the
+                // one that must not take longer for this, as a lost
+                // node's replacements wait on it.
+                let mut waiting: BTreeSet<AppKey> = snap
                     .apps
-                    .keys()
-                    .chain(snap.by_app.keys())
-                    .filter(|k| waits(snap, k))
-                    .cloned()
+                    .values()
+                    .filter(|a| matches!(a.rollout, RolloutState::Progressing { .. }))
+                    .map(|a| a.key.clone())
                     .collect();
+                let mut last: Option<(&AppKey, bool)> = None;
+                for i in snap.instances.values() {
+                    let known = match last {
+                        Some((k, known)) if *k == i.app => known,
+                        _ => snap.apps.contains_key(&i.app),
+                    };
+                    last = Some((&i.app, known));
+                    if (!known || instance_waits(snap, i)) && !waiting.contains(&i.app) {
+                        waiting.insert(i.app.clone());
+                    }
+                }
+                self.waiting = waiting;
             }
             Scope::Apps(apps) => {
                 for k in apps {
@@ -172,14 +203,16 @@ fn waits(snap: &Snapshot, key: &AppKey) -> bool {
     if matches!(app.rollout, RolloutState::Progressing { .. }) {
         return true;
     }
-    snap.of_app(key).any(|i| {
-        i.phase != Phase::Running
-            || !i.ready
-            || i.node.is_none()
-            || i.replaces
-                .as_ref()
-                .is_some_and(|r| snap.instances.contains_key(r))
-    })
+    snap.of_app(key).any(|i| instance_waits(snap, i))
+}
+
+fn instance_waits(snap: &Snapshot, i: &Instance) -> bool {
+    i.phase != Phase::Running
+        || !i.ready
+        || i.node.is_none()
+        || i.replaces
+            .as_ref()
+            .is_some_and(|r| snap.instances.contains_key(r))
 }
 
 /// The apps outside `planned` that `full` (a plan of every app) has
@@ -215,7 +248,7 @@ pub(super) fn left_out(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_api::objects::{App, Instance, NodeState};
+    use shoal_api::objects::App;
 
     fn app(key: &AppKey) -> App {
         App {
@@ -302,10 +335,29 @@ mod tests {
         };
         let old = n.clone();
         n.last_heartbeat_ms = 2;
-        d.node(Some(&old), &n);
-        assert_ne!(d.take(&snap), Scope::All);
-        n.state = NodeState::Lost;
-        d.node(Some(&old), &n);
+        d.node(Some(&old), &n, &snap);
+        assert_eq!(d.take(&snap), Scope::Apps([gone.clone()].into()));
+        // Lost, or cordoned: the apps with instances on it.
+        let mut lost = n.clone();
+        lost.state = NodeState::Lost;
+        d.node(Some(&n), &lost, &snap);
+        assert_eq!(
+            d.take(&snap),
+            Scope::Apps([api.clone(), gone.clone(), web.clone()].into())
+        );
+        let mut cordoned = n.clone();
+        cordoned.cordoned = true;
+        d.node(Some(&n), &cordoned, &snap);
+        assert_eq!(
+            d.take(&snap),
+            Scope::Apps([api.clone(), gone.clone(), web.clone()].into())
+        );
+        // Back, uncordoned, or new: every app.
+        d.node(Some(&lost), &n, &snap);
+        assert_eq!(d.take(&snap), Scope::All);
+        d.node(Some(&cordoned), &n, &snap);
+        assert_eq!(d.take(&snap), Scope::All);
+        d.node(None, &n, &snap);
         assert_eq!(d.take(&snap), Scope::All);
 
         // Every app again after FULL_EVERY, whatever changed.

@@ -141,7 +141,8 @@ impl State {
                         self.views = None;
                     }
                     self.note_healed(&n);
-                    self.dirty.node(self.snap.nodes.get(&n.name), &n);
+                    self.dirty
+                        .node(self.snap.nodes.get(&n.name), &n, &self.snap);
                     self.pending.push(Op::PutNode(n.clone()));
                     self.snap.nodes.insert(n.name.clone(), n);
                 }
@@ -157,7 +158,8 @@ impl State {
                         self.views = None;
                     }
                     self.note_healed(&n);
-                    self.dirty.node(self.snap.nodes.get(&n.name), &n);
+                    self.dirty
+                        .node(self.snap.nodes.get(&n.name), &n, &self.snap);
                     let now = self.awake.now();
                     self.seen.insert(n.name.clone(), now);
                     // The first node to watch (any other's lease ends
