@@ -19,6 +19,11 @@ use std::time::Duration;
 /// How often every app is planned even though none is known to need it.
 pub(super) const FULL_EVERY: Duration = Duration::from_secs(30);
 
+/// Once more than one app in this many needs a plan (and more than
+/// [`WIDE_MIN`] apps do), every app is planned.
+const WIDE_SHARE: usize = 4;
+const WIDE_MIN: usize = 16;
+
 #[derive(Debug)]
 pub(super) struct Dirty {
     /// Apps whose app, revisions or instances changed since their last
@@ -117,13 +122,15 @@ impl Dirty {
     pub(super) fn take(&mut self, snap: &Snapshot) -> Scope {
         let full_due = self.last_full.is_none_or(|t| t.elapsed() >= FULL_EVERY);
         if self.all || full_due {
-            self.all = false;
-            self.changed.clear();
-            self.last_full = Some(tokio::time::Instant::now());
-            return Scope::All;
+            return self.take_all();
         }
         let mut apps = std::mem::take(&mut self.changed);
         apps.extend(self.waiting.iter().cloned());
+        if apps.len() > WIDE_MIN && apps.len() * WIDE_SHARE > snap.apps.len() {
+            // Most apps anyway: their instances in one walk cost less
+            // than looked up one by one.
+            return self.take_all();
+        }
         let quota_namespaces: BTreeSet<String> = apps
             .iter()
             .filter(|k| snap.quota(&k.namespace).is_some())
@@ -147,6 +154,13 @@ impl Dirty {
             );
         }
         Scope::Apps(apps)
+    }
+
+    fn take_all(&mut self) -> Scope {
+        self.all = false;
+        self.changed.clear();
+        self.last_full = Some(tokio::time::Instant::now());
+        Scope::All
     }
 
     /// After a plan for `scope` is carried out: which of its apps still
@@ -362,6 +376,32 @@ mod tests {
 
         // Every app again after FULL_EVERY, whatever changed.
         tokio::time::advance(FULL_EVERY).await;
+        assert_eq!(d.take(&snap), Scope::All);
+    }
+
+    #[test]
+    fn most_apps_at_once_are_planned_as_every_app() {
+        let mut snap = Snapshot::default();
+        let keys: Vec<AppKey> = (0..80)
+            .map(|i| AppKey::new("default", format!("a{i:02}")))
+            .collect();
+        for k in &keys {
+            snap.apps.insert(k.clone(), app(k));
+        }
+        let mut d = Dirty::default();
+        let scope = d.take(&snap);
+        d.planned(&snap, &scope);
+        // A quarter of them: those alone; more: every app.
+        for k in &keys[..20] {
+            d.app(k);
+        }
+        assert_eq!(
+            d.take(&snap),
+            Scope::Apps(keys[..20].iter().cloned().collect())
+        );
+        for k in &keys[..21] {
+            d.app(k);
+        }
         assert_eq!(d.take(&snap), Scope::All);
     }
 
