@@ -797,7 +797,8 @@ impl HttpApp {
             // sees end of file.
         });
 
-        let run = GuestRun::new(self.clone(), task, done);
+        let mut run = GuestRun::new(self.clone(), task, done);
+        run.discard = Some(out_r.discarder());
         let mut buf = BytesMut::with_capacity(4096);
         // Where the next search for the blank line starts: a guest writing
         // its headers a byte at a time costs a search of each byte once.
@@ -878,6 +879,9 @@ struct GuestRun {
     /// The response needs nothing more from the guest, which may finish on
     /// its own.
     released: bool,
+    /// A CGI guest's stdout: once released, what it writes on goes
+    /// nowhere rather than failing.
+    discard: Option<crate::stdio::CgiDiscard>,
 }
 
 impl GuestRun {
@@ -892,6 +896,19 @@ impl GuestRun {
             done: Some(done),
             outcome: Ok(()),
             released: false,
+            discard: None,
+        }
+    }
+
+    /// The response needs nothing more from the guest: it finishes on its
+    /// own, and a CGI guest's further output is discarded.
+    fn release(&mut self) {
+        if self.released {
+            return;
+        }
+        self.released = true;
+        if let Some(d) = &self.discard {
+            d.discard_rest();
         }
     }
 
@@ -961,7 +978,9 @@ struct GuestBody<B> {
 
 impl<B> GuestBody<B> {
     fn new(body: B, mut run: GuestRun, promised: Option<u64>) -> Self {
-        run.released = promised == Some(0);
+        if promised == Some(0) {
+            run.release();
+        }
         Self {
             body: Some(body),
             run,
@@ -989,7 +1008,9 @@ where
                 Some(Ok(frame)) => {
                     if let (Some(left), Some(data)) = (&mut this.promised, frame.data_ref()) {
                         *left = left.saturating_sub(data.len() as u64);
-                        this.run.released |= *left == 0;
+                        if *left == 0 {
+                            this.run.release();
+                        }
                     }
                     return Poll::Ready(Some(Ok(frame)));
                 }
@@ -997,7 +1018,7 @@ where
                     // The guest broke its body off itself; the response is
                     // over, and the guest ends on its own.
                     this.body = None;
-                    this.run.released = true;
+                    this.run.release();
                     return Poll::Ready(Some(Err(e.into())));
                 }
                 None => this.body = None,

@@ -152,7 +152,9 @@ impl AsyncWrite for LogHandle {
 /// a write at once while there is room and makes the guest wait only when
 /// the buffer is full; its reader ([`CgiReader`]) sees end of file once
 /// every handle of the writer is gone (with the guest's store), and once
-/// the reader is gone the guest's writes fail as on a closed pipe.
+/// the reader is gone the guest's writes fail as on a closed pipe, unless
+/// the host said it needs no more of the output ([`CgiReader::discarder`]):
+/// then they succeed and go nowhere.
 pub fn cgi_pipe(capacity: usize) -> (CgiStdout, CgiReader) {
     let pipe = Arc::new(Pipe {
         capacity: capacity.max(1),
@@ -160,6 +162,7 @@ pub fn cgi_pipe(capacity: usize) -> (CgiStdout, CgiReader) {
             buf: BytesMut::new(),
             writers: 1,
             reader_gone: false,
+            discard: false,
             reader: None,
             blocked: Vec::new(),
         }),
@@ -177,6 +180,8 @@ struct PipeState {
     /// Handles of the writing end alive.
     writers: usize,
     reader_gone: bool,
+    /// Once the reader is gone, writes succeed and are dropped.
+    discard: bool,
     /// The reader, waiting for bytes or the end.
     reader: Option<Waker>,
     /// Writers waiting for room.
@@ -221,7 +226,11 @@ impl PipeWriter {
     fn room(&self) -> StreamResult<usize> {
         let s = self.0.lock();
         if s.reader_gone {
-            return Err(StreamError::Closed);
+            return if s.discard {
+                Ok(self.0.capacity)
+            } else {
+                Err(StreamError::Closed)
+            };
         }
         Ok(self.0.capacity.saturating_sub(s.buf.len()))
     }
@@ -231,7 +240,11 @@ impl PipeWriter {
         let (n, reader) = {
             let mut s = self.0.lock();
             if s.reader_gone {
-                return Err(StreamError::Closed);
+                return if s.discard {
+                    Ok(data.len())
+                } else {
+                    Err(StreamError::Closed)
+                };
             }
             let n = data.len().min(self.0.capacity.saturating_sub(s.buf.len()));
             s.buf.extend_from_slice(&data[..n]);
@@ -335,6 +348,27 @@ pub struct CgiReader {
     pipe: Arc<Pipe>,
 }
 
+impl CgiReader {
+    /// A handle that tells the pipe the host needs no more of the output.
+    pub fn discarder(&self) -> CgiDiscard {
+        CgiDiscard(self.pipe.clone())
+    }
+}
+
+/// Says that the host needs no more of a guest's output (a response to
+/// HEAD, a 204 or 304, or a body whose promised length is all sent): once
+/// the reader is dropped, the guest's writes succeed and go nowhere, as a
+/// CGI server discards a script's body for HEAD, rather than failing as on
+/// a closed pipe (which a script may take as an error and exit with).
+#[derive(Clone)]
+pub struct CgiDiscard(Arc<Pipe>);
+
+impl CgiDiscard {
+    pub fn discard_rest(&self) {
+        self.0.lock().discard = true;
+    }
+}
+
 impl AsyncRead for CgiReader {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -380,6 +414,7 @@ mod tests {
     use super::*;
     use std::future::Future;
     use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
 
     /// What `f` gives at its first poll, if it does not wait.
     fn now<F: Future>(f: F) -> Option<F::Output> {
@@ -506,5 +541,29 @@ mod tests {
         drop(reader);
         assert!(matches!(blocked.await, Err(StreamError::Closed)));
         assert!(matches!(w.check_write(), Err(StreamError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn a_cgi_write_nobody_needs_succeeds_and_goes_nowhere() {
+        let (stdout, reader) = cgi_pipe(4);
+        let mut w = stdout.p2_stream();
+        let mut a = Box::into_pin(stdout.async_stream());
+        assert!(matches!(
+            now(write_and_flush(w.as_mut(), b"123")),
+            Some(Ok(()))
+        ));
+        let mut blocked = Box::pin(write_and_flush(w.as_mut(), b"45"));
+        assert!(futures::poll!(blocked.as_mut()).is_pending());
+        reader.discarder().discard_rest();
+        drop(reader);
+        assert!(matches!(blocked.await, Ok(())));
+        for _ in 0..3 {
+            assert!(matches!(w.check_write(), Ok(4)));
+            assert!(matches!(
+                now(write_and_flush(w.as_mut(), b"7890")),
+                Some(Ok(()))
+            ));
+            assert!(matches!(now(a.write(b"abcdefgh")), Some(Ok(8))));
+        }
     }
 }

@@ -75,6 +75,58 @@ async fn cgi_output_larger_than_its_pipe_arrives_whole() {
     s.shutdown().await;
 }
 
+/// A CGI module that writes its header block, then 4 MiB of body in
+/// 64 KiB writes, and exits with 3 at the first write that fails (as a
+/// script that checks its writes would).
+const BIG_BODY: &str = r#"
+(module
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 3)
+  (data (i32.const 64) "Content-Type: text/plain\n\n")
+  (func $write (param $ptr i32) (param $len i32)
+    (i32.store (i32.const 0) (local.get $ptr))
+    (i32.store (i32.const 4) (local.get $len))
+    (if (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))
+      (then (call $exit (i32.const 3)))))
+  (func (export "_start")
+    (local $i i32)
+    (call $write (i32.const 64) (i32.const 26))
+    (loop $more
+      (call $write (i32.const 1024) (i32.const 65536))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $more (i32.lt_u (local.get $i) (i32.const 64))))))
+"#;
+
+/// HEAD to a CGI module that writes a body anyway (as most do: the method
+/// is theirs to ignore) gets the head, and the guest's body goes nowhere:
+/// its writes succeed, so it ends as it would for GET rather than failing
+/// on a closed pipe.
+#[tokio::test]
+async fn cgi_head_discards_the_body_the_guest_writes_anyway() {
+    let loaded = runtime().load(BIG_BODY.as_bytes()).expect("load");
+    let app = runtime()
+        .http_app("big", spec(), &loaded, shoal_runtime::LogBuffer::new(100))
+        .expect("link");
+    let s = serve_app(app).await;
+    let c = client();
+    let r = request(&c, "HEAD", &s.url("/"), &[], "").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+    let r = get(&c, &s.url("/")).await;
+    assert_eq!((r.status, r.body.len()), (200, 64 * 65536));
+    // Both runs ended, and neither failed.
+    let meters = s.app.meters().app.clone();
+    assert!(
+        eventually(Duration::from_secs(30), || meters.snapshot().run.count()
+            == 2)
+        .await
+    );
+    assert_eq!(s.app.stats().failures.load(Ordering::Relaxed), 0);
+    s.shutdown().await;
+}
+
 #[tokio::test]
 async fn component_streams_a_large_body_back() {
     let s = serve("http-component.wasm", spec()).await;
