@@ -623,19 +623,10 @@ fn add_event(events: &mut std::collections::VecDeque<Event>, event: Event) {
 mod tests {
     use super::*;
     use shoal_api::auth::{Role as TokenRole, Scope};
-    use shoal_api::objects::{EventLevel, RolloutState};
+    use shoal_api::objects::EventLevel;
 
     fn app(name: &str, replicas: u32) -> App {
-        App {
-            key: AppKey::new("default", name),
-            replicas,
-            current_revision: 1,
-            stable_revision: 1,
-            settings: Default::default(),
-            rollout: RolloutState::Complete { at_ms: 0 },
-            created_at_ms: 0,
-            updated_at_ms: 0,
-        }
+        crate::testing::app(AppKey::new("default", name), replicas)
     }
 
     fn event(seq: u64) -> Event {

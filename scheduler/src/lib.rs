@@ -58,5 +58,7 @@ pub mod secrets;
 pub mod state;
 pub mod stats;
 pub mod store;
+#[cfg(test)]
+mod testing;
 pub mod tls;
 pub mod ui;

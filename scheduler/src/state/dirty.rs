@@ -265,16 +265,7 @@ mod tests {
     use shoal_api::objects::App;
 
     fn app(key: &AppKey) -> App {
-        App {
-            key: key.clone(),
-            replicas: 1,
-            current_revision: 1,
-            stable_revision: 1,
-            settings: Default::default(),
-            rollout: RolloutState::Complete { at_ms: 0 },
-            created_at_ms: 0,
-            updated_at_ms: 0,
-        }
+        crate::testing::app(key.clone(), 1)
     }
 
     fn ready(id: &str, app: &AppKey) -> Instance {

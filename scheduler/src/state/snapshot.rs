@@ -53,6 +53,21 @@ pub struct Snapshot {
     pub changes: u64,
 }
 
+/// Takes `id` off `key`'s list in an index of instance ids, and the list
+/// off the index once empty.
+fn unlist<K, Q>(index: &mut imbl::OrdMap<K, imbl::OrdSet<String>>, key: &Q, id: &str)
+where
+    K: Ord + Clone + std::borrow::Borrow<Q>,
+    Q: Ord + ?Sized,
+{
+    if let Some(ids) = index.get_mut(key) {
+        ids.remove(id);
+        if ids.is_empty() {
+            index.remove(key);
+        }
+    }
+}
+
 /// The most recent cold starts of an app.
 #[derive(Debug, Clone, Default)]
 pub struct ColdStarts {
@@ -207,36 +222,28 @@ impl Snapshot {
     }
 
     fn unlist_app(&mut self, app: &AppKey, id: &str) {
-        if let Some(ids) = self.by_app.get_mut(app) {
-            ids.remove(id);
-            if ids.is_empty() {
-                self.by_app.remove(app);
-            }
-        }
+        unlist(&mut self.by_app, app, id);
+    }
+
+    fn unlist(&mut self, node: &str, id: &str) {
+        unlist(&mut self.by_node, node, id);
     }
 
     /// The instances of `app`.
     pub fn of_app<'a>(&'a self, app: &AppKey) -> impl Iterator<Item = &'a Instance> + 'a {
-        self.by_app
-            .get(app)
-            .into_iter()
-            .flat_map(|ids| ids.iter().filter_map(|id| self.instances.get(id)))
-    }
-
-    fn unlist(&mut self, node: &str, id: &str) {
-        if let Some(ids) = self.by_node.get_mut(node) {
-            ids.remove(id);
-            if ids.is_empty() {
-                self.by_node.remove(node);
-            }
-        }
+        self.listed(self.by_app.get(app))
     }
 
     /// The instances placed on `node`.
     pub fn on_node<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Instance> + 'a {
-        self.by_node
-            .get(node)
-            .into_iter()
+        self.listed(self.by_node.get(node))
+    }
+
+    fn listed<'a>(
+        &'a self,
+        ids: Option<&'a imbl::OrdSet<String>>,
+    ) -> impl Iterator<Item = &'a Instance> + 'a {
+        ids.into_iter()
             .flat_map(|ids| ids.iter().filter_map(|id| self.instances.get(id)))
     }
 

@@ -1,6 +1,6 @@
 use super::*;
 use crate::clock::{Clock, TokioClock};
-use shoal_api::objects::{App, Node, NodeCapacity, NodeState, Phase, RolloutState};
+use shoal_api::objects::{App, Node, NodeCapacity, NodeState, Phase};
 use shoal_api::rest::AppMetrics;
 use shoal_api::stats::{AppUsage, Traffic};
 use std::time::Duration;
@@ -13,16 +13,7 @@ fn key(name: &str) -> AppKey {
 }
 
 fn app(name: &str, replicas: u32) -> App {
-    App {
-        key: key(name),
-        replicas,
-        current_revision: 1,
-        stable_revision: 1,
-        settings: Default::default(),
-        rollout: RolloutState::Complete { at_ms: 0 },
-        created_at_ms: 0,
-        updated_at_ms: 0,
-    }
+    crate::testing::app(key(name), replicas)
 }
 
 fn node(name: &str) -> Node {
