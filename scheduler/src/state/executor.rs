@@ -249,9 +249,6 @@ impl State {
         }
     }
 
-    /// Numbers, logs, stores and keeps an event. An aggregated one
-    /// replaces the one before it of its app and reason, counting the
-    /// times before, and moves to the end of the list.
     /// Before `n` replaces the node it names: a node back from
     /// `Unreachable` restarts the lease of those still silent (see
     /// [`crate::state::decide::node::expire_leases`]).
@@ -262,6 +259,9 @@ impl State {
         }
     }
 
+    /// Numbers, logs, stores and keeps an event. An aggregated one
+    /// replaces the one before it of its app and reason, counting the
+    /// times before, and moves to the end of the list.
     fn record(&mut self, event: Event, actor: Option<&str>) {
         self.count_decision(&event);
         let mut e = event.render(self.next_event, self.config.clock.now_ms(), actor);
