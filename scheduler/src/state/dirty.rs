@@ -7,9 +7,11 @@
 //! task plans the apps whose inputs moved since the last reconcile, and
 //! the apps whose plan may change with time alone (an instance draining,
 //! a rollout's deadline, a move's, a pending instance waiting for room).
-//! Everything is planned again when a node or a quota changes (what fits
-//! where changed for every app), when a move ends (the next app may start
-//! one), and every [`FULL_EVERY`] as a safety net.
+//! A node that takes less from now on (lost, cordoned, draining) marks
+//! the apps with instances on it. Everything is planned again when a node
+//! may take more or a quota changes (what fits where changed for every
+//! app), when a move ends (the next app may start one), when most apps
+//! need a plan anyway, and every [`FULL_EVERY`] as a safety net.
 
 use super::snapshot::Snapshot;
 use shoal_api::objects::{AppKey, Instance, Node, NodeState, Phase, RolloutState};
@@ -113,15 +115,18 @@ impl Dirty {
     /// Whether a tick reconciles: something is to plan, or it is time to
     /// plan everything again.
     pub(super) fn due(&self) -> bool {
-        !self.settled() || self.last_full.is_none_or(|t| t.elapsed() >= FULL_EVERY)
+        !self.settled() || self.full_due()
+    }
+
+    fn full_due(&self) -> bool {
+        self.last_full.is_none_or(|t| t.elapsed() >= FULL_EVERY)
     }
 
     /// What the next reconcile plans, taken (what changes from now on is
     /// for the one after). Apps of a namespace with a quota are planned
     /// together: what one may start depends on what the others hold.
     pub(super) fn take(&mut self, snap: &Snapshot) -> Scope {
-        let full_due = self.last_full.is_none_or(|t| t.elapsed() >= FULL_EVERY);
-        if self.all || full_due {
+        if self.all || self.full_due() {
             return self.take_all();
         }
         let mut apps = std::mem::take(&mut self.changed);
