@@ -251,7 +251,18 @@ def post_apps(api: Api, apps: int, replicas: int, deadline: float) -> None:
                  for i in range(start, min(apps, start + APPLY_BATCH))]
         if time.monotonic() > deadline:
             raise RuntimeError(f"only {start:,} of {apps:,} apps posted in time")
-        api.call("POST", "/v1/apply", {"apps": batch})
+        # An apply of the same manifests is idempotent: one whose
+        # connection was reset (the leader's cores and listen queue are
+        # shared with thousands of simulated nodes) is sent again.
+        for attempt in range(3):
+            try:
+                api.call("POST", "/v1/apply", {"apps": batch})
+                break
+            except ConnectionResetError:
+                if attempt == 2:
+                    raise
+                log(f"apply of apps {start:,}.. reset; sending it again")
+                time.sleep(1)
 
 
 def one_run(cfg: dict, store: str, nodes: int, tmp: Path, logs: Path) -> dict:
