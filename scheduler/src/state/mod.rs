@@ -256,35 +256,57 @@ pub enum Command {
     },
 }
 
-/// A handle on the running control plane state.
+/// A handle on the running control plane state: one shared allocation,
+/// so that the clone every API request takes (the fleet's heartbeats,
+/// thousands a second) is a single reference count, not one per part.
 #[derive(Clone)]
-pub struct ControlPlane {
-    tx: mpsc::Sender<Command>,
-    snapshot: watch::Receiver<Arc<Snapshot>>,
-    store: Arc<Store>,
-    tokens: Arc<crate::auth::Tokens>,
-    certificates: Arc<crate::certs::Certificates>,
-    auth: crate::auth::Auth,
-    clock: Arc<dyn Clock>,
-    ca: Option<Arc<shoal_pki::ClusterCa>>,
-    /// What reads instances' logs from nodes: a client certificate of the
-    /// cluster CA, which nodes' fronts ask for.
-    nodes: Option<shoal_client::Client>,
-    /// Modules compiled for the nodes.
-    artifacts: Option<Arc<crate::artifacts::Artifacts>>,
-    /// Lease renewals since the state task last took them.
-    renewals: Arc<Renewals>,
-    /// Seals and opens secrets (a follower's read cache may have none).
-    secrets: Option<Arc<crate::secrets::SecretBox>>,
-    /// Uploads and pulls of modules: where they are written, the largest
-    /// module, and the validations that may run at once.
-    modules: Arc<Modules>,
-    /// Live traffic and usage reported by gateways and nodes (memory only).
-    stats: Arc<crate::stats::Stats>,
-    /// What `/metrics` shows of the control plane's own work.
-    telemetry: Arc<crate::metrics::Telemetry>,
-    /// The control plane's replicas (see [`crate::members`]).
-    membership: crate::members::Membership,
+pub struct ControlPlane(Arc<shared::Shared>);
+
+impl std::ops::Deref for ControlPlane {
+    type Target = shared::Shared;
+
+    fn deref(&self) -> &shared::Shared {
+        &self.0
+    }
+}
+
+mod shared {
+    use super::*;
+
+    /// What every handle on one control plane shares.
+    pub struct Shared {
+        /// Commands: what users, operators and the gateway's cold starts ask.
+        pub(in crate::state) tx: mpsc::Sender<Command>,
+        /// Reports (nodes' heartbeats, gateways' load), queued apart from
+        /// commands: a flood of reports (thousands of nodes reporting the
+        /// instances they just started) never holds an apply behind it.
+        pub(in crate::state) reports: mpsc::Sender<Command>,
+        pub(in crate::state) snapshot: watch::Receiver<Arc<Snapshot>>,
+        pub(in crate::state) store: Arc<Store>,
+        pub(in crate::state) tokens: Arc<crate::auth::Tokens>,
+        pub(in crate::state) certificates: Arc<crate::certs::Certificates>,
+        pub(in crate::state) auth: crate::auth::Auth,
+        pub(in crate::state) clock: Arc<dyn Clock>,
+        pub(in crate::state) ca: Option<Arc<shoal_pki::ClusterCa>>,
+        /// What reads instances' logs from nodes: a client certificate of the
+        /// cluster CA, which nodes' fronts ask for.
+        pub(in crate::state) nodes: Option<shoal_client::Client>,
+        /// Modules compiled for the nodes.
+        pub(in crate::state) artifacts: Option<Arc<crate::artifacts::Artifacts>>,
+        /// Lease renewals since the state task last took them.
+        pub(in crate::state) renewals: Arc<Renewals>,
+        /// Seals and opens secrets (a follower's read cache may have none).
+        pub(in crate::state) secrets: Option<Arc<crate::secrets::SecretBox>>,
+        /// Uploads and pulls of modules: where they are written, the largest
+        /// module, and the validations that may run at once.
+        pub(in crate::state) modules: Arc<Modules>,
+        /// Live traffic and usage reported by gateways and nodes (memory only).
+        pub(in crate::state) stats: Arc<crate::stats::Stats>,
+        /// What `/metrics` shows of the control plane's own work.
+        pub(in crate::state) telemetry: Arc<crate::metrics::Telemetry>,
+        /// The control plane's replicas (see [`crate::members`]).
+        pub(in crate::state) membership: crate::members::Membership,
+    }
 }
 
 /// What taking in modules needs (see [`crate::modules`]).
@@ -404,11 +426,13 @@ impl ControlPlane {
         let telemetry = Arc::new(crate::metrics::Telemetry::default());
         let membership = config.membership.clone();
         let mut state = State::load(store.clone(), config, renewals.clone(), telemetry.clone())?;
-        let (tx, rx) = mpsc::channel(1024);
+        let (tx, rx) = mpsc::channel(256);
+        let (reports, reports_rx) = mpsc::channel(1024);
         let (snap_tx, snap_rx) = watch::channel(Arc::new(state.snapshot()));
-        tokio::spawn(async move { state.run(rx, snap_tx).await });
-        Ok(Self {
+        tokio::spawn(async move { state.run(rx, reports_rx, snap_tx).await });
+        Ok(Self(Arc::new(shared::Shared {
             tx,
+            reports,
             snapshot: snap_rx,
             store,
             tokens,
@@ -424,7 +448,7 @@ impl ControlPlane {
             stats: Default::default(),
             telemetry,
             membership,
-        })
+        })))
     }
 
     /// A control plane that only reads: what `snapshot` publishes, with
@@ -442,9 +466,11 @@ impl ControlPlane {
     ) -> Self {
         // No receiver: every command is refused at once.
         let (tx, _) = mpsc::channel(1);
+        let (reports, _) = mpsc::channel(1);
         let modules = Modules::new(&store, config);
-        Self {
+        Self(Arc::new(shared::Shared {
             tx,
+            reports,
             snapshot,
             store,
             tokens,
@@ -462,7 +488,7 @@ impl ControlPlane {
             stats: Default::default(),
             telemetry: Default::default(),
             membership: config.membership.clone(),
-        }
+        }))
     }
 
     /// Live traffic and usage (see [`crate::stats`]).
@@ -804,7 +830,7 @@ impl ControlPlane {
         }
         self.stats
             .record_traffic(&report, &self.snapshot(), self.clock.now_ms());
-        self.tx
+        self.reports
             .send(Command::Metrics { report })
             .await
             .map_err(|_| ApiError::Closed)
@@ -895,9 +921,10 @@ impl ControlPlane {
         // task: a node waits for the answer before its next heartbeat, so
         // an answer that waited on a busy loop spaced the node's
         // heartbeats past its lease. The reports are queued in order with
-        // every other command (the queue's bound holds a flood back).
+        // each other, apart from commands (the queue's bound holds a flood
+        // back).
         let answer = self.snapshot.borrow().heartbeat_answer(&node, &hb)?;
-        self.tx
+        self.reports
             .send(Command::Heartbeat { node, hb })
             .await
             .map_err(|_| ApiError::Closed)?;

@@ -250,6 +250,7 @@ impl State {
     pub(super) async fn run(
         &mut self,
         mut rx: mpsc::Receiver<Command>,
+        mut reports_rx: mpsc::Receiver<Command>,
         out: watch::Sender<Arc<Snapshot>>,
     ) {
         let mut tick = tokio::time::interval(self.config.tick);
@@ -275,9 +276,16 @@ impl State {
                         // assignment made while nodes could not be heard.
                         return;
                     }
-                    Some(cmd) => {
-                        reports = matches!(cmd, Command::Heartbeat { .. } | Command::Metrics { .. });
-                        self.handle(cmd, &out);
+                    Some(cmd) => self.handle(cmd, &out),
+                    None => return,
+                },
+                // Reports and commands are taken in turn when both wait:
+                // a command waits for one report at most, never for the
+                // thousands a large cluster can have queued.
+                report = reports_rx.recv() => match report {
+                    Some(report) => {
+                        reports = true;
+                        self.handle(report, &out);
                     }
                     None => return,
                 },
@@ -323,7 +331,15 @@ impl State {
             // written (and published) as soon as the store is free.
             let replacing = self.lost.is_some_and(|l| l.reconcile.is_some())
                 || self.inflight.as_ref().is_some_and(|w| w.lost.is_some());
-            if reports && !replacing && !rx.is_empty() && deferred < MAX_DEFERRED {
+            // Reports are settled together with those queued behind
+            // them, unless a command waits: it is not held behind the
+            // rest of a flood.
+            if reports
+                && !replacing
+                && !reports_rx.is_empty()
+                && rx.is_empty()
+                && deferred < MAX_DEFERRED
+            {
                 deferred += 1;
                 continue;
             }

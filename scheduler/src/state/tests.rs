@@ -1018,3 +1018,52 @@ async fn a_renewal_just_before_the_lease_ends_keeps_the_node() {
         "a was judged {at} ms after it registered (renewed at 1,900, taken at 2,001)"
     );
 }
+
+/// A command is not queued behind the nodes' reports: while thousands of
+/// heartbeats wait to be taken (a large fleet reporting the instances it
+/// just started), a command is taken within a few of them. Queued in one
+/// line with the reports, it was answered only after every report sent
+/// before it.
+#[tokio::test]
+async fn a_command_passes_a_flood_of_reports() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const FLOOD: usize = 5_000;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(dir.path());
+    register(&cp, "a").await;
+    let (sending, taken) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    for _ in 0..FLOOD {
+        let (cp, sending, taken) = (cp.clone(), sending.clone(), taken.clone());
+        tokio::spawn(async move {
+            sending.fetch_add(1, Ordering::SeqCst);
+            let hb = Heartbeat {
+                generation: 0,
+                instances: Vec::new(),
+                brief: false,
+            };
+            cp.heartbeat("a".into(), hb).await.unwrap();
+            taken.fetch_add(1, Ordering::SeqCst);
+        });
+    }
+    // Until every report of the flood is queued or waits for room.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while sending.load(Ordering::SeqCst) < FLOOD || cp.reports.capacity() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flood never queued"
+        );
+        tokio::task::yield_now().await;
+    }
+    let missing = AppKey::new("default", "missing");
+    let answer = cp.scale(missing, 1, None).await;
+    let queued_before_it = taken.load(Ordering::SeqCst);
+    assert!(
+        matches!(answer, Err(ApiError::NotFound(_))),
+        "{:?}",
+        answer.err()
+    );
+    assert!(
+        queued_before_it <= FLOOD / 2,
+        "the command was answered once {queued_before_it} of {FLOOD} reports were queued"
+    );
+}
