@@ -141,7 +141,7 @@ fn rollout_complete() -> RolloutState {
 pub struct Revision {
     pub app: AppKey,
     pub number: u64,
-    pub template: Template,
+    pub template: std::sync::Arc<Template>,
     pub created_at_ms: u64,
 }
 

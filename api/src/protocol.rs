@@ -92,7 +92,7 @@ pub struct Assignment {
     pub id: String,
     pub app: AppKey,
     pub revision: u64,
-    pub template: Template,
+    pub template: std::sync::Arc<Template>,
     /// Out of the route table: finish what is in flight, take nothing new
     /// unless it is addressed to this instance.
     #[serde(default)]

@@ -239,14 +239,14 @@ mod tests {
             id: id.into(),
             app: AppKey::new("shop", app),
             revision: 3,
-            template: Template {
+            template: std::sync::Arc::new(Template {
                 digest: digest.into(),
                 source: None,
                 spec: RunSpec {
                     kind: WorkloadKind::Worker,
                     ..RunSpec::default()
                 },
-            },
+            }),
             draining: false,
             kv_limits: Default::default(),
             cpu_weight: None,

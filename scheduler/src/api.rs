@@ -625,7 +625,9 @@ fn view_of<'a>(
     }
     AppView {
         app: app.clone(),
-        template: snap.template(&app.key, app.current_revision).cloned(),
+        template: snap
+            .template(&app.key, app.current_revision)
+            .map(|t| shoal_api::objects::Template::clone(t)),
         instances,
         ready,
         up_to_date,

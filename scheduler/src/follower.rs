@@ -771,11 +771,11 @@ mod tests {
         let rev = |number| Revision {
             app: web.clone(),
             number,
-            template: Template {
+            template: std::sync::Arc::new(Template {
                 digest: "ab".into(),
                 source: None,
                 spec: Default::default(),
-            },
+            }),
             created_at_ms: 0,
         };
         let rkey = |n| {

@@ -294,6 +294,7 @@ impl Snapshot {
                     id: i.id.clone(),
                     app: i.app.clone(),
                     revision: i.revision,
+                    // Shared with the revision: no copy per instance.
                     template: self.template(&i.app, i.revision)?.clone(),
                     draining: i.phase == Phase::Terminating,
                     kv_limits: self
@@ -382,7 +383,7 @@ impl Snapshot {
         })
     }
 
-    pub fn template(&self, app: &AppKey, revision: u64) -> Option<&Template> {
+    pub fn template(&self, app: &AppKey, revision: u64) -> Option<&std::sync::Arc<Template>> {
         self.revisions
             .get(&(app.clone(), revision))
             .map(|r| &r.template)

@@ -221,7 +221,7 @@ fn check_quotas(
             after.add_app(applied_replicas(m, existing), m.run.memory_request());
             let unchanged = existing.is_some_and(|a| {
                 snap.template(key, a.current_revision)
-                    .is_some_and(|t| t == *template)
+                    .is_some_and(|t| **t == **template)
             });
             if !unchanged {
                 quota.check_limits(ns, &m.run.limits)?;
@@ -253,7 +253,7 @@ fn revision(key: &AppKey, number: u64, template: Template, now_ms: u64) -> Chang
     Change::PutRevision(Box::new(Revision {
         app: key.clone(),
         number,
-        template,
+        template: std::sync::Arc::new(template),
         created_at_ms: now_ms,
     }))
 }
@@ -294,7 +294,7 @@ pub fn apply(
         let key = AppKey::new(&m.namespace, &m.name);
         let unchanged = snap.apps.get(&key).is_some_and(|a| {
             snap.template(&key, a.current_revision)
-                .is_some_and(|t| t == template)
+                .is_some_and(|t| **t == *template)
         });
         // A split may name the revision this apply creates.
         let upcoming = if unchanged {
@@ -338,7 +338,7 @@ pub fn apply(
                 let settings = m.serve.clone();
                 let same_template = snap
                     .template(&key, app.current_revision)
-                    .is_some_and(|t| *t == template);
+                    .is_some_and(|t| **t == template);
                 if same_template {
                     let from = app.replicas;
                     let rescaled = app.replicas != m.replicas;

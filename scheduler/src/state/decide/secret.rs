@@ -125,7 +125,7 @@ pub fn put(
         changes.push(Change::PutRevision(Box::new(Revision {
             app: app.key.clone(),
             number,
-            template,
+            template: std::sync::Arc::new(template),
             created_at_ms: now_ms,
         })));
         app.current_revision = number;
