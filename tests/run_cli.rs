@@ -123,18 +123,18 @@ fn invalid_wasm_is_refused_with_the_reason() {
     );
     let status = p.wait(T).expect("exits");
     assert!(!status.success());
-    let out = p.out.all().join("\n");
-    assert!(out.contains("invalid WebAssembly"), "{out}");
+    // The output's reader may be behind the exit: wait for the line.
+    let said = p.out.wait_for(T, |l| l.contains("invalid WebAssembly"));
+    assert!(said.is_some(), "{}", p.out.all().join("\n"));
 
     let text = dir.path().join("notwasm.wasm");
     std::fs::write(&text, b"#!/bin/sh\necho hi\n").unwrap();
     let mut p = Proc::spawn(&["run", text.to_str().unwrap(), "--no-cache"], &[]);
     assert!(!p.wait(T).expect("exits").success());
-    let out = p.out.all().join("\n");
-    assert!(
-        out.contains("not a WebAssembly module or component"),
-        "{out}"
-    );
+    let said = p
+        .out
+        .wait_for(T, |l| l.contains("not a WebAssembly module or component"));
+    assert!(said.is_some(), "{}", p.out.all().join("\n"));
 }
 
 #[test]
