@@ -6,6 +6,7 @@
 # and writes its table to bench/results/placement.md.
 #
 # Knobs (environment): PLACEMENT_BENCH_RUNS (5, repeats per measurement),
+# PLACEMENT_BENCH_NODES (1000), PLACEMENT_BENCH_LOST (1, nodes lost at once),
 # BENCH_BASE (a git revision: runs the same example at that revision first,
 # bench/results/placement-base.md, for before and after in one session).
 set -euo pipefail

@@ -7,11 +7,14 @@
 //! - one app change at that size (scale +10, a new revision),
 //! - a reconcile that changes nothing (the periodic resync),
 //! - the same app changes planned for that app alone, as the state task
-//!   plans them (`state::dirty`).
+//!   plans them (`state::dirty`),
+//! - nodes lost, their instances placed on the others.
 //!
 //! Run with `cargo run --release -p shoal-scheduler --example placement_bench`.
 //! `PLACEMENT_BENCH_RUNS` sets the repeats per measurement (default 5); the
-//! table shows the median.
+//! table shows the median. `PLACEMENT_BENCH_NODES` sets the number of
+//! nodes (1,000), `PLACEMENT_BENCH_LOST` how many of them are lost at once
+//! (1).
 
 use shoal_api::objects::{AppKey, Instance, Phase};
 use shoal_scheduler::placement::{Capacity, NodeView};
@@ -73,7 +76,7 @@ fn nodes(rng: &mut Rng) -> Vec<NodeView> {
                     instances: rng.pick(&[150, 200, 300]),
                 },
                 allocated: Capacity::default(),
-                per_app: BTreeMap::new(),
+                per_app: Default::default(),
             }
         })
         .collect()
@@ -373,37 +376,54 @@ fn main() {
         String::new(),
     ));
 
-    // A node is lost: its instances move to the others.
-    let lost = 500;
-    c.nodes[lost].ready = false;
-    c.nodes[lost].lost = true;
-    let on_lost = c
-        .instances
-        .iter()
-        .filter(|i| i.node.as_deref() == Some(c.nodes[lost].name.as_str()))
-        .count();
+    // Nodes are lost at once (`PLACEMENT_BENCH_LOST`, one unless it says
+    // otherwise; spread over the cluster as the fleet benchmark silences
+    // them): their instances move to the others.
+    let lost_count = std::env::var("PLACEMENT_BENCH_LOST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0 && n < c.nodes.len())
+        .unwrap_or(1);
+    let stride = c.nodes.len() / lost_count;
+    let lost: Vec<usize> = (0..lost_count)
+        .map(|k| (500 % stride + k * stride) % c.nodes.len())
+        .collect();
+    for &n in &lost {
+        c.nodes[n].ready = false;
+        c.nodes[n].lost = true;
+    }
+    let lost_names: std::collections::HashSet<&str> =
+        lost.iter().map(|&n| c.nodes[n].name.as_str()).collect();
+    let on_lost_node = |i: &Instance| i.node.as_deref().is_some_and(|n| lost_names.contains(n));
+    let on_lost = c.instances.iter().filter(|i| on_lost_node(i)).count();
     let mut lost_node = time_reconcile(&c, runs);
     // As the state task plans a lost node: the apps with instances on it.
     let on_it: std::collections::HashSet<&AppKey> = c
         .instances
         .iter()
-        .filter(|i| i.node.as_deref() == Some(c.nodes[lost].name.as_str()))
+        .filter(|i| on_lost_node(i))
         .map(|i| &i.app)
         .collect();
     let lost_apps: Vec<usize> = (0..c.apps.len())
         .filter(|a| on_it.contains(&c.apps[*a].key))
         .collect();
+    drop(lost_names);
     let lost_alone = time_plan(&c, runs, Some(&lost_apps));
     assert_eq!(lost_alone.actions, lost_node.actions);
     lost_node.rounds = c.settle();
+    let what = if lost_count == 1 {
+        "node lost".to_string()
+    } else {
+        format!("{lost_count} nodes lost")
+    };
     rows.push((
-        format!("node lost ({on_lost} instances move)"),
+        format!("{what} ({on_lost} instances move)"),
         lost_node,
         String::new(),
     ));
     rows.push((
         format!(
-            "node lost, planned for its {} apps alone (as the state task does)",
+            "{what}, planned for its {} apps alone (as the state task does)",
             lost_apps.len()
         ),
         lost_alone,

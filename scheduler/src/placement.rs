@@ -10,6 +10,9 @@ use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// Instances of each app on a node, by app key.
+pub type AppCounts = rustc_hash::FxHashMap<Arc<str>, u32>;
+
 /// Capacity or usage of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Capacity {
@@ -36,8 +39,10 @@ pub struct NodeView {
     pub allocated: Capacity,
     /// Instances of each app already on this node (by app key). Shared
     /// names: building the views of a large cluster makes no string per
-    /// node and app (see [`NodeView::add_shared`]).
-    pub per_app: BTreeMap<Arc<str>, u32>,
+    /// node and app (see [`NodeView::add_shared`]). A hash map: placing an
+    /// app looks it up on every node scored, and a tree's string
+    /// comparisons were most of a large reconcile's time.
+    pub per_app: AppCounts,
 }
 
 impl NodeView {
@@ -194,8 +199,12 @@ impl Window {
     }
 }
 
-fn candidates<N: Borrow<NodeView>>(nodes: &[N], need: &Need<'_>, window: Window) -> Vec<Candidate> {
-    let ranks = name_ranks(nodes);
+fn candidates<N: Borrow<NodeView>>(
+    nodes: &[N],
+    ranks: Option<&[usize]>,
+    need: &Need<'_>,
+    window: Window,
+) -> Vec<Candidate> {
     let (head, tail) = nodes.split_at(window.start);
     let wrapped = window.len.saturating_sub(tail.len());
     let mut cands: Vec<Candidate> = tail
@@ -207,7 +216,7 @@ fn candidates<N: Borrow<NodeView>>(nodes: &[N], need: &Need<'_>, window: Window)
         .filter(|(_, n)| n.ready && selects(need, n))
         .map(|(index, n)| Candidate {
             index,
-            rank: ranks.as_ref().map_or(index, |r| r[index]),
+            rank: ranks.map_or(index, |r| r[index]),
             capacity: n.capacity,
             allocated: n.allocated,
             of_app: n.per_app.get(need.app).copied().unwrap_or(0),
@@ -227,6 +236,7 @@ fn candidates<N: Borrow<NodeView>>(nodes: &[N], need: &Need<'_>, window: Window)
 /// nodes this placement took already, added again to a new list.
 fn best_in<N: Borrow<NodeView>>(
     nodes: &[N],
+    ranks: Option<&[usize]>,
     need: &Need<'_>,
     window: &mut Window,
     cands: &mut Vec<Candidate>,
@@ -238,7 +248,7 @@ fn best_in<N: Borrow<NodeView>>(
         return k;
     }
     *window = Window::all(nodes);
-    *cands = candidates(nodes, need, *window);
+    *cands = candidates(nodes, ranks, need, *window);
     for &index in placed {
         if let Ok(at) = cands.binary_search_by_key(&index, |c| c.index) {
             cands[at].add(need.resources);
@@ -326,9 +336,11 @@ fn explain<N: Borrow<NodeView>>(nodes: &[N], cands: &[Candidate], need: &Need<'_
 
 /// Picks the node for one instance, or explains why none fits.
 pub fn choose(nodes: &[NodeView], need: &Need<'_>) -> Result<usize, String> {
+    let ranks = name_ranks(nodes);
+    let ranks = ranks.as_deref();
     let mut window = Window::of(nodes, need.app);
-    let mut cands = candidates(nodes, need, window);
-    match best_in(nodes, need, &mut window, &mut cands, &[]) {
+    let mut cands = candidates(nodes, ranks, need, window);
+    match best_in(nodes, ranks, need, &mut window, &mut cands, &[]) {
         Some(k) => Ok(cands[k].index),
         None => Err(explain(nodes, &cands, need)),
     }
@@ -342,15 +354,38 @@ pub fn place<N: Borrow<NodeView>>(
     need: &Need<'_>,
     count: usize,
 ) -> Vec<Result<usize, String>> {
+    if count == 0 {
+        return Vec::new();
+    }
+    place_ranked(nodes, name_ranks(nodes).as_deref(), need, count)
+}
+
+/// [`place`] for nodes in name order already (as reconcile keeps them),
+/// which it then need not check for each app.
+pub fn place_in_name_order<N: Borrow<NodeView>>(
+    nodes: &[N],
+    need: &Need<'_>,
+    count: usize,
+) -> Vec<Result<usize, String>> {
+    debug_assert!(name_ranks(nodes).is_none(), "nodes out of name order");
+    place_ranked(nodes, None, need, count)
+}
+
+fn place_ranked<N: Borrow<NodeView>>(
+    nodes: &[N],
+    ranks: Option<&[usize]>,
+    need: &Need<'_>,
+    count: usize,
+) -> Vec<Result<usize, String>> {
     let mut out = Vec::with_capacity(count);
     if count == 0 {
         return out;
     }
     let mut window = Window::of(nodes, need.app);
-    let mut cands = candidates(nodes, need, window);
+    let mut cands = candidates(nodes, ranks, need, window);
     let mut placed = Vec::with_capacity(count);
     while out.len() < count {
-        let Some(k) = best_in(nodes, need, &mut window, &mut cands, &placed) else {
+        let Some(k) = best_in(nodes, ranks, need, &mut window, &mut cands, &placed) else {
             // Nothing changes after a failure, so the rest fail alike.
             out.resize(count, Err(explain(nodes, &cands, need)));
             break;
@@ -379,7 +414,7 @@ mod tests {
                 instances: slots,
             },
             allocated: Capacity::default(),
-            per_app: BTreeMap::new(),
+            per_app: AppCounts::default(),
         }
     }
 

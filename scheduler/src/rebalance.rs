@@ -162,7 +162,10 @@ pub fn choose<'a>(
         resources: app.need,
         selector: &app.selector,
     };
-    let to = placement::place(nodes, &need, 1).pop()?.ok()?;
+    // Reconcile's nodes, in name order.
+    let to = placement::place_in_name_order(nodes, &need, 1)
+        .pop()?
+        .ok()?;
     let there = nodes[to].per_app.get(key.as_str()).copied().unwrap_or(0);
     if to == from || there + 2 > most {
         return None;

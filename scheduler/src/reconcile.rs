@@ -614,7 +614,8 @@ pub fn reconcile<I: std::borrow::Borrow<Instance>>(
                 resources,
                 selector,
             };
-            let mut placed = placement::place(&nodes, &need, pending.len() + missing).into_iter();
+            let mut placed =
+                placement::place_in_name_order(&nodes, &need, pending.len() + missing).into_iter();
             for (inst, result) in pending.iter().zip(placed.by_ref()) {
                 match result {
                     Ok(i) => {
@@ -845,7 +846,7 @@ mod tests {
                 instances: 10,
             },
             allocated: Capacity::default(),
-            per_app: BTreeMap::new(),
+            per_app: Default::default(),
         }
     }
 

@@ -8,7 +8,6 @@ use crate::placement::{Capacity, NodeView};
 use crate::state::Snapshot;
 use rustc_hash::FxHashMap;
 use shoal_api::objects::{AppKey, Instance, Node, NodeState};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// What one instance is counted for, on which node.
@@ -49,7 +48,7 @@ fn view_of(n: &Node) -> NodeView {
             instances: n.capacity.instances,
         },
         allocated: Capacity::default(),
-        per_app: BTreeMap::new(),
+        per_app: Default::default(),
     }
 }
 
@@ -209,7 +208,7 @@ mod tests {
                 memory: 1 << 30,
                 instances: 10,
             },
-            labels: BTreeMap::new(),
+            labels: Default::default(),
             state: NodeState::Ready,
             last_heartbeat_ms: 0,
             generation: 1,
