@@ -424,6 +424,13 @@ pub struct AssignmentQuery {
     /// The generation the node has; the answer waits for another one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
+    /// The node holds the whole assignment at `generation`: the answer may
+    /// carry only what changed since (see
+    /// [`crate::protocol::HeartbeatResponse::since`]). A node whose
+    /// assignment changed in one instance of a hundred is sent one entry,
+    /// not a hundred with their templates.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delta: bool,
 }
 
 /// The query of [`node::INSTANCE_LOGS`].
@@ -576,6 +583,7 @@ mod tests {
         }
         let q = AssignmentQuery {
             generation: Some(u64::MAX),
+            delta: true,
         };
         assert_eq!(roundtrip(&q), q);
         for q in [

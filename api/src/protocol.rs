@@ -147,4 +147,60 @@ pub struct HeartbeatResponse {
     /// whole assignment is megabytes of JSON each heartbeat.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unchanged: bool,
+    /// Only to a long poll that asked for changes
+    /// ([`crate::endpoints::AssignmentQuery::delta`]): `instances` are only
+    /// those that changed since generation `since` (the one the node said
+    /// it has), and [`HeartbeatResponse::removed`] those it no longer runs;
+    /// the rest of its assignment at `since` stands. Absent: `instances`
+    /// is the whole assignment. A node that does not hold `since` drops
+    /// the answer and asks for the whole assignment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+    /// With [`HeartbeatResponse::since`]: the ids of instances taken off
+    /// the node since then.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+}
+
+impl HeartbeatResponse {
+    /// The whole assignment at `generation`.
+    pub fn whole(generation: u64, instances: Vec<Assignment>) -> Self {
+        Self {
+            generation,
+            instances,
+            unchanged: false,
+            since: None,
+            removed: Vec::new(),
+        }
+    }
+
+    /// The whole assignment this answer makes of `base`, the whole
+    /// assignment at generation `since`: itself when it is whole, `None`
+    /// when it is a change from another generation than `base`'s (or
+    /// carries no assignment). Instances come in id order, as the control
+    /// plane lists them.
+    pub fn applied_to(self, base: Option<&HeartbeatResponse>) -> Option<HeartbeatResponse> {
+        if self.unchanged {
+            return None;
+        }
+        let Some(since) = self.since else {
+            return Some(self);
+        };
+        let base = base.filter(|b| b.since.is_none() && !b.unchanged && b.generation == since)?;
+        let gone: std::collections::HashSet<&str> = self
+            .removed
+            .iter()
+            .map(String::as_str)
+            .chain(self.instances.iter().map(|a| a.id.as_str()))
+            .collect();
+        let mut instances: Vec<Assignment> = base
+            .instances
+            .iter()
+            .filter(|a| !gone.contains(a.id.as_str()))
+            .cloned()
+            .collect();
+        instances.extend(self.instances);
+        instances.sort_by(|a, b| a.id.cmp(&b.id));
+        Some(HeartbeatResponse::whole(self.generation, instances))
+    }
 }

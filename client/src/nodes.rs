@@ -65,7 +65,15 @@ impl Client {
     /// or its current one after the control plane's hold
     /// ([`LONG_POLL_HOLD`]); the client's limit counts from the end of the
     /// hold.
-    pub async fn assignment(&self, node: &str, have: u64) -> Result<HeartbeatResponse, Error> {
+    /// With `delta`, the node holds the whole assignment at `have`, and
+    /// the answer may be what changed since (see
+    /// [`HeartbeatResponse::applied_to`]).
+    pub async fn assignment(
+        &self,
+        node: &str,
+        have: u64,
+        delta: bool,
+    ) -> Result<HeartbeatResponse, Error> {
         self.json(
             Method::GET,
             &endpoints::node_assignment(node),
@@ -73,6 +81,7 @@ impl Client {
             NO_BODY,
             Some(&AssignmentQuery {
                 generation: Some(have),
+                delta,
             }),
         )
         .await

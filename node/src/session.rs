@@ -74,6 +74,9 @@ impl Inbox {
     /// Hands `r` on unless an assignment of a newer generation was handed
     /// on already; says whether it did. The check and the hand-over happen
     /// under one lock, so two answers racing cannot both pass it.
+    /// An answer that carries only what changed since a generation is
+    /// made whole with the assignment handed on at that generation, and
+    /// dropped if that is not the one held.
     pub fn offer(&self, r: HeartbeatResponse, from: Source) -> bool {
         let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
         if r.generation < *newest {
@@ -85,9 +88,35 @@ impl Inbox {
             );
             return false;
         }
-        *newest = r.generation;
-        self.tx.send_replace(Some(r));
+        let since = r.since;
+        let whole = if since.is_some() && *newest > 0 {
+            // Made whole from what was handed on (borrowed, and released
+            // before the new one is).
+            let held = self.tx.borrow();
+            r.applied_to(held.as_ref())
+        } else {
+            r.applied_to(None)
+        };
+        let Some(whole) = whole else {
+            tracing::debug!(
+                ?since,
+                newest = *newest,
+                ?from,
+                "changes from another generation dropped"
+            );
+            return false;
+        };
+        *newest = whole.generation;
+        self.tx.send_replace(Some(whole));
         true
+    }
+
+    /// The generation whose whole assignment was handed on last, to ask
+    /// for only what changed since (none before the first since the node
+    /// registered).
+    pub fn whole(&self) -> Option<u64> {
+        let newest = *self.newest.lock().unwrap_or_else(|p| p.into_inner());
+        (newest > 0).then_some(newest)
     }
 
     /// Forgets the generations seen: a control plane that lost its data
@@ -229,7 +258,12 @@ impl Session {
             if registered.wait_for(|r| *r).await.is_err() {
                 return;
             }
-            match client.assignment(&self.cfg.name, self.inbox.newest()).await {
+            // Without a whole assignment in hand (newest is 0): all of it.
+            let whole = self.inbox.whole();
+            match client
+                .assignment(&self.cfg.name, whole.unwrap_or(0), whole.is_some())
+                .await
+            {
                 Ok(r) => {
                     self.inbox.offer(r, Source::LongPoll);
                 }

@@ -275,15 +275,14 @@ mod tests {
         let mut reporter = UsageReporter::new();
         let first = reporter.next(&sup);
         assert!(first.apps.is_empty(), "{first:?}");
-        sup.apply(HeartbeatResponse {
-            generation: 1,
-            instances: vec![
+        sup.apply(HeartbeatResponse::whole(
+            1,
+            vec![
                 assignment("spin-0", "spin", &loaded.digest.0),
                 // Fails to start (no such module here): not counted.
                 assignment("gone-0", "gone", "00"),
             ],
-            unchanged: false,
-        })
+        ))
         .await;
         let memory = sup
             .instances()

@@ -28,11 +28,7 @@ impl Status for Idle {
 }
 
 fn answer(generation: u64) -> HeartbeatResponse {
-    HeartbeatResponse {
-        generation,
-        instances: Vec::new(),
-        unchanged: false,
-    }
+    HeartbeatResponse::whole(generation, Vec::new())
 }
 
 #[derive(Clone)]
@@ -149,6 +145,63 @@ fn the_inbox_hands_on_only_what_is_not_older_than_it_has() {
     assert!(inbox.offer(answer(3), Source::Heartbeat));
     assert!(inbox.offer(answer(4), Source::Heartbeat));
     assert_eq!(inbox.newest(), 4);
+}
+
+fn entry(id: &str, draining: bool) -> shoal_api::protocol::Assignment {
+    let spec = shoal_api::spec::RunSpec::default();
+    shoal_api::protocol::Assignment {
+        id: id.into(),
+        app: shoal_api::objects::AppKey::new("default", "web"),
+        revision: 1,
+        template: Arc::new(shoal_api::objects::Template {
+            digest: "00".into(),
+            source: None,
+            spec,
+        }),
+        draining,
+        kv_limits: Default::default(),
+        cpu_weight: None,
+    }
+}
+
+fn ids(rx: &watch::Receiver<Option<HeartbeatResponse>>) -> Vec<(String, bool)> {
+    rx.borrow()
+        .iter()
+        .flat_map(|a| a.instances.iter().map(|i| (i.id.clone(), i.draining)))
+        .collect()
+}
+
+/// An answer of what changed since the generation the node holds is
+/// handed on whole; one since another generation is dropped, and the
+/// node asks for changes only while it holds a whole assignment.
+#[test]
+fn the_inbox_makes_changes_whole_from_the_generation_it_holds() {
+    let inbox = Inbox::default();
+    let rx = inbox.subscribe();
+    assert_eq!(inbox.whole(), None);
+    let first = HeartbeatResponse::whole(5, vec![entry("web-1", false), entry("web-2", false)]);
+    assert!(inbox.offer(first, Source::LongPoll));
+    assert_eq!(inbox.whole(), Some(5));
+    // web-1 drains, web-2 leaves, web-3 comes.
+    let changes = HeartbeatResponse {
+        since: Some(5),
+        removed: vec!["web-2".into()],
+        ..HeartbeatResponse::whole(6, vec![entry("web-1", true), entry("web-3", false)])
+    };
+    assert!(inbox.offer(changes.clone(), Source::LongPoll));
+    assert_eq!(
+        ids(&rx),
+        [("web-1".into(), true), ("web-3".into(), false)],
+        "made whole, in id order"
+    );
+    assert!(rx.borrow().as_ref().is_some_and(|a| a.since.is_none()));
+    assert_eq!(inbox.whole(), Some(6));
+    // Since a generation it does not hold (5, it holds 6): dropped.
+    let mut later = changes;
+    later.generation = 7;
+    assert!(!inbox.offer(later, Source::LongPoll));
+    assert_eq!(inbox.newest(), 6);
+    assert_eq!(ids(&rx).len(), 2);
 }
 
 /// What the control plane played by the tests below saw.

@@ -1401,6 +1401,15 @@ async fn watch_assignment(
 ) -> Result<Json<shoal_api::protocol::HeartbeatResponse>, Error> {
     let mut rx = cp.watch();
     let deadline = tokio::time::Instant::now() + LONG_POLL_HOLD;
+    // Only what changed, to a node that holds the whole of its generation
+    // and asks for that.
+    let answer = |snap: &crate::state::Snapshot, node: &shoal_api::objects::Node| match (
+        q.generation,
+        q.delta,
+    ) {
+        (Some(have), true) => snap.assignment_since(node, have),
+        _ => snap.assignment(node),
+    };
     loop {
         {
             let snap = rx.borrow_and_update();
@@ -1409,7 +1418,7 @@ async fn watch_assignment(
                 .get(&name)
                 .ok_or_else(|| ApiError::NodeUnknown(name.clone()))?;
             if q.generation != Some(node.generation) {
-                return Ok(Json(snap.assignment(node)));
+                return Ok(Json(answer(&snap, node)));
             }
         }
         match tokio::time::timeout_at(deadline, rx.changed()).await {
@@ -1421,7 +1430,7 @@ async fn watch_assignment(
                     .nodes
                     .get(&name)
                     .ok_or_else(|| ApiError::NodeUnknown(name.clone()))?;
-                return Ok(Json(snap.assignment(node)));
+                return Ok(Json(answer(&snap, node)));
             }
         }
     }

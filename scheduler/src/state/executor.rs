@@ -79,6 +79,10 @@ impl State {
     /// Applies `changes` a request asked for, its events naming `actor`,
     /// the name of the request's token.
     pub(super) fn execute_by(&mut self, changes: Vec<Change>, actor: Option<&str>) {
+        // Nodes given a new generation: what changed in their assignments
+        // is logged once all of `changes` are in (a plan bumps a node
+        // before it puts the instance it places there).
+        let mut bumped: Vec<String> = Vec::new();
         for change in changes {
             if change.publishes() {
                 self.changed = true;
@@ -129,6 +133,7 @@ impl State {
                     // instances yet.
                     if self.snap.revisions.contains_key(&(r.app.clone(), r.number)) {
                         self.views = None;
+                        self.snap.touch_revision(&r.app, r.number);
                     } else if let Some(v) = self.views.as_mut() {
                         v.forget_needs(&r.app);
                     }
@@ -150,6 +155,7 @@ impl State {
                     self.views = None;
                     self.dirty.everything();
                     self.snap.nodes.remove(&name);
+                    self.snap.assign_log.remove(&name);
                     self.seen.remove(&name);
                     self.pending.push(Op::DeleteNode(name));
                 }
@@ -207,6 +213,7 @@ impl State {
                     if let Some(n) = self.snap.nodes.get_mut(&node) {
                         n.generation += 1;
                         self.pending.push(Op::PutNode(n.clone()));
+                        bumped.push(node);
                     }
                 }
                 Change::NextSeq(seq) => {
@@ -245,6 +252,13 @@ impl State {
                     self.snap.secrets.remove(&(ns, name));
                 }
                 Change::Event(e) => self.record(e, actor),
+            }
+        }
+        bumped.sort_unstable();
+        bumped.dedup();
+        for node in bumped {
+            if let Some(generation) = self.snap.nodes.get(&node).map(|n| n.generation) {
+                self.snap.stepped(&node, generation);
             }
         }
     }

@@ -45,6 +45,14 @@ pub struct Snapshot {
     pub default_quota: Option<Quota>,
     /// Secrets by (namespace, name), their values sealed.
     pub secrets: BTreeMap<(String, String), StoredSecret>,
+    /// What changed in each node's assignment, generation by generation:
+    /// a long poll from a node that holds one of the last
+    /// [`AssignLog::KEEP`] generations is sent only the changes (see
+    /// [`Snapshot::assignment_since`]).
+    pub assign_log: imbl::OrdMap<String, AssignLog>,
+    /// Whether [`Snapshot::assign_log`] is kept (by the leader's state
+    /// task, which steps the nodes' generations).
+    pub logs_assignments: bool,
     /// Bumped on every change; watchers wait for it to move.
     pub version: u64,
     /// Bumped by every change that publishes (not by heartbeat times or
@@ -65,6 +73,99 @@ where
         if ids.is_empty() {
             index.remove(key);
         }
+    }
+}
+
+/// What changed in a node's assignment, generation by generation: each
+/// step names the instances whose entry changed (placed there, taken off,
+/// or changed in what the node is told: app, revision, draining), or says
+/// that anything may have (a quota the entries carry changed, or too much
+/// changed to list).
+#[derive(Debug, Clone, Default)]
+pub struct AssignLog {
+    /// `(generation, ids)`, oldest first, one for each generation in a row
+    /// (`None`: anything may have changed).
+    steps: VecDeque<(u64, Option<std::sync::Arc<[String]>>)>,
+    /// Changed since the newest step: the next generation's.
+    pending: Touched,
+}
+
+#[derive(Debug, Clone)]
+enum Touched {
+    Ids(std::collections::BTreeSet<String>),
+    Anything,
+}
+
+impl Default for Touched {
+    fn default() -> Self {
+        Touched::Ids(Default::default())
+    }
+}
+
+impl AssignLog {
+    /// Generations kept: a node more than this behind gets its whole
+    /// assignment.
+    pub const KEEP: usize = 16;
+    /// More instances changed than this in one generation and the step
+    /// says anything changed: a list is never longer than this.
+    const MOST: usize = 4096;
+
+    fn touch(&mut self, id: &str) {
+        if let Touched::Ids(ids) = &mut self.pending
+            && !ids.contains(id)
+        {
+            if ids.len() >= Self::MOST {
+                self.pending = Touched::Anything;
+            } else {
+                ids.insert(id.to_string());
+            }
+        }
+    }
+
+    fn step(&mut self, generation: u64) {
+        let ids = match std::mem::take(&mut self.pending) {
+            Touched::Ids(ids) => Some(ids.into_iter().collect::<std::sync::Arc<[String]>>()),
+            Touched::Anything => None,
+        };
+        match self.steps.back().map(|(g, _)| *g) {
+            // Generations skipped (bumped more than once by one batch of
+            // changes) were never published: no node holds them.
+            Some(last) if last < generation && generation - last <= Self::KEEP as u64 => {
+                for skipped in last + 1..generation {
+                    self.steps
+                        .push_back((skipped, Some(std::sync::Arc::from([]))));
+                }
+                self.steps.push_back((generation, ids));
+            }
+            // The first step since this control plane led, or after a
+            // jump (a node registered again): what changed before it is
+            // not known here.
+            _ => {
+                self.steps.clear();
+                self.steps.push_back((generation, None));
+            }
+        }
+        while self.steps.len() > Self::KEEP {
+            self.steps.pop_front();
+        }
+    }
+
+    /// The ids changed after generation `have` up to `now`, if every step
+    /// between is kept and lists them.
+    fn since(&self, have: u64, now: u64) -> Option<std::collections::BTreeSet<&str>> {
+        let mut next = have.checked_add(1)?;
+        let mut ids = std::collections::BTreeSet::new();
+        for (g, step) in &self.steps {
+            if *g <= have {
+                continue;
+            }
+            if *g != next {
+                return None;
+            }
+            ids.extend(step.as_ref()?.iter().map(String::as_str));
+            next += 1;
+        }
+        (next == now.checked_add(1)?).then_some(ids)
     }
 }
 
@@ -159,6 +260,14 @@ impl Snapshot {
     /// namespace's, or under [`crate::store::DEFAULT_QUOTA_KEY`] the
     /// default quota.
     pub(crate) fn put_quota(&mut self, key: &str, quota: Option<Quota>) {
+        // Every entry carries its namespace's limits: no node's next
+        // generation can be told as a list of changes.
+        if self.logs_assignments {
+            let nodes: Vec<String> = self.nodes.keys().cloned().collect();
+            for n in nodes {
+                self.assign_log.entry(n).or_default().pending = Touched::Anything;
+            }
+        }
         match (key == crate::store::DEFAULT_QUOTA_KEY, quota) {
             (true, q) => self.default_quota = q,
             (false, Some(q)) => {
@@ -186,13 +295,24 @@ impl Snapshot {
     pub(crate) fn put_instance(&mut self, i: Instance) {
         let (id, node) = (i.id.clone(), i.node.clone());
         let app = i.app.clone();
+        // What the node is told of it, besides its app and node.
+        let told = |i: &Instance| (i.revision, i.phase == Phase::Terminating);
+        let now = told(&i);
         let Some(old) = self.instances.insert(id.clone(), i) else {
+            if let Some(n) = &node {
+                self.touch(n, &id);
+            }
             self.by_app.entry(app).or_default().insert(id.clone());
             if let Some(n) = node {
                 self.by_node.entry(n).or_default().insert(id);
             }
             return;
         };
+        if old.app != app || old.node != node || told(&old) != now {
+            for n in [&old.node, &node].into_iter().flatten() {
+                self.touch(n, &id);
+            }
+        }
         if old.app != app {
             self.unlist_app(&old.app, &id);
             self.by_app.entry(app).or_default().insert(id.clone());
@@ -217,7 +337,48 @@ impl Snapshot {
         };
         self.unlist_app(&old.app, id);
         if let Some(n) = old.node {
+            self.touch(&n, id);
             self.unlist(&n, id);
+        }
+    }
+
+    /// Notes that instance `id`'s entry in `node`'s assignment changed.
+    fn touch(&mut self, node: &str, id: &str) {
+        if !self.logs_assignments {
+            return;
+        }
+        // The node's name is copied only for its first entry.
+        match self.assign_log.get_mut(node) {
+            Some(log) => log.touch(id),
+            None => {
+                let mut log = AssignLog::default();
+                log.touch(id);
+                self.assign_log.insert(node.to_string(), log);
+            }
+        }
+    }
+
+    /// The entries of the instances of revision `number` of `app`, which
+    /// is replaced, changed on their nodes.
+    pub(crate) fn touch_revision(&mut self, app: &AppKey, number: u64) {
+        let on: Vec<(String, String)> = self
+            .of_app(app)
+            .filter(|i| i.revision == number)
+            .filter_map(|i| Some((i.node.clone()?, i.id.clone())))
+            .collect();
+        for (node, id) in on {
+            self.touch(&node, &id);
+        }
+    }
+
+    /// Node `node` moved to `generation`: what changed since its last
+    /// one is that generation's step.
+    pub(crate) fn stepped(&mut self, node: &str, generation: u64) {
+        if self.logs_assignments {
+            self.assign_log
+                .entry(node.to_string())
+                .or_default()
+                .step(generation);
         }
     }
 
@@ -276,9 +437,8 @@ impl Snapshot {
         };
         if runs_it {
             return Ok(HeartbeatResponse {
-                generation: node.generation,
-                instances: Vec::new(),
                 unchanged: true,
+                ..HeartbeatResponse::whole(node.generation, Vec::new())
             });
         }
         Ok(self.assignment(node))
@@ -289,27 +449,61 @@ impl Snapshot {
     pub fn assignment(&self, node: &Node) -> HeartbeatResponse {
         let instances = self
             .on_node(&node.name)
-            .filter_map(|i| {
-                Some(Assignment {
-                    id: i.id.clone(),
-                    app: i.app.clone(),
-                    revision: i.revision,
-                    // Shared with the revision: no copy per instance.
-                    template: self.template(&i.app, i.revision)?.clone(),
-                    draining: i.phase == Phase::Terminating,
-                    kv_limits: self
-                        .quota(&i.app.namespace)
-                        .map(Quota::kv)
-                        .unwrap_or_default(),
-                    cpu_weight: self.quota(&i.app.namespace).and_then(|q| q.cpu_weight),
-                })
-            })
+            .filter_map(|i| self.entry(i))
             .collect();
+        HeartbeatResponse::whole(node.generation, instances)
+    }
+
+    /// What changed in `node`'s assignment since generation `have`, which
+    /// the node holds whole: the entries that changed, and the ids taken
+    /// off it. The whole assignment when that is not known (`have` is not
+    /// among the generations kept, or a step between changed anything).
+    pub fn assignment_since(&self, node: &Node, have: u64) -> HeartbeatResponse {
+        let Some(ids) = self
+            .assign_log
+            .get(&node.name)
+            .and_then(|log| log.since(have, node.generation))
+        else {
+            return self.assignment(node);
+        };
+        let mut instances = Vec::new();
+        let mut removed = Vec::new();
+        for id in ids {
+            match self.instances.get(id) {
+                Some(i) if i.node.as_deref() == Some(node.name.as_str()) => {
+                    // Without its revision (gone) it is not in the whole
+                    // assignment either.
+                    match self.entry(i) {
+                        Some(a) => instances.push(a),
+                        None => removed.push(id.to_string()),
+                    }
+                }
+                _ => removed.push(id.to_string()),
+            }
+        }
         HeartbeatResponse {
             generation: node.generation,
             instances,
             unchanged: false,
+            since: Some(have),
+            removed,
         }
+    }
+
+    /// Instance `i`'s entry in its node's assignment (none without its
+    /// revision).
+    fn entry(&self, i: &Instance) -> Option<Assignment> {
+        let quota = self.quota(&i.app.namespace);
+        Some(Assignment {
+            id: i.id.clone(),
+            app: i.app.clone(),
+            revision: i.revision,
+            // Shared with the revision: no copy per instance.
+            template: self.template(&i.app, i.revision)?.clone(),
+            draining: i.phase == Phase::Terminating,
+            kv_limits: quota.map(Quota::kv).unwrap_or_default(),
+            cpu_weight: quota.and_then(|q| q.cpu_weight),
+        })
     }
 
     /// Whether an instance assigned to `node` runs the module `digest`:

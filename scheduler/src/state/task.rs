@@ -192,7 +192,10 @@ impl State {
             .iter()
             .filter_map(|e| Some((e.aggregate_key()?, e.clone())))
             .collect();
-        let snap = Snapshot::from_contents(c);
+        let mut snap = Snapshot::from_contents(c);
+        // The leader steps its nodes' generations: it keeps what changed
+        // in each (a follower's come from the store, whole).
+        snap.logs_assignments = true;
         let mut awake = AwakeClock::new(config.tick * AWAKE_MAX_TICKS);
         let now = awake.now();
         let seen = snap.nodes.keys().map(|n| (n.clone(), now)).collect();

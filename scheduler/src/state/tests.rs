@@ -1067,3 +1067,122 @@ async fn a_command_passes_a_flood_of_reports() {
         "the command was answered once {queued_before_it} of {FLOOD} reports were queued"
     );
 }
+
+/// A node that holds the whole assignment of its generation is sent only
+/// what changed since, and that made whole is the whole assignment, at
+/// every step: placing, scaling up and down, a new revision rolled out,
+/// a node drained, an app deleted. A quota change (its limits are in
+/// every entry) or a node too far behind gets the whole assignment.
+#[tokio::test(start_paused = true)]
+async fn a_long_poll_that_holds_its_generation_gets_only_the_changes() {
+    use shoal_api::protocol::HeartbeatResponse;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(dir.path());
+    register(&cp, "a").await;
+    register(&cp, "b").await;
+    let nodes = ["a", "b"];
+    let whole = |cp: &ControlPlane, n: &str| {
+        let snap = cp.snapshot();
+        snap.assignment(&snap.nodes[n])
+    };
+    let since = |cp: &ControlPlane, n: &str, have: u64| {
+        let snap = cp.snapshot();
+        snap.assignment_since(&snap.nodes[n], have)
+    };
+    let mut held: BTreeMap<&str, HeartbeatResponse> =
+        nodes.iter().map(|n| (*n, whole(&cp, n))).collect();
+    // Checks every node's changes against its whole assignment, and
+    // returns how many entries the changes carried.
+    let check = |cp: &ControlPlane, held: &mut BTreeMap<&str, HeartbeatResponse>| {
+        let mut sent: usize = 0;
+        for n in nodes {
+            let now = whole(cp, n);
+            let delta = since(cp, n, held[n].generation);
+            assert_eq!(delta.generation, now.generation);
+            if delta.since.is_some() {
+                sent = sent.saturating_add(delta.instances.len());
+            } else {
+                sent = usize::MAX;
+            }
+            let made = delta.applied_to(Some(&held[n])).unwrap();
+            assert_eq!(made, now, "node {n}");
+            held.insert(n, now);
+        }
+        sent
+    };
+    let web = serde_json::json!({"name": "web", "module": "web.wasm", "replicas": 4});
+    apply(&cp, web, b"\0asm\x01\0\0\0").await;
+    apply(
+        &cp,
+        serde_json::json!({"name": "api", "module": "api.wasm"}),
+        b"\0asm\x01\0\0\0",
+    )
+    .await;
+    serve_for(&cp, Duration::from_millis(500), &nodes).await;
+    // The first generation this control plane gives a node: whole (what
+    // changed before it led is not known to it).
+    assert_eq!(check(&cp, &mut held), usize::MAX);
+    let key = AppKey::new("default", "web");
+    cp.scale(key.clone(), 5, None).await.unwrap();
+    serve_for(&cp, Duration::from_millis(500), &nodes).await;
+    assert_eq!(check(&cp, &mut held), 1, "one more instance: one entry");
+    cp.scale(key.clone(), 3, None).await.unwrap();
+    serve_for(&cp, Duration::from_millis(2000), &nodes).await;
+    assert_eq!(cp.snapshot().of_app(&key).count(), 3);
+    check(&cp, &mut held);
+    apply(
+        &cp,
+        serde_json::json!({"name": "web", "module": "web.wasm", "replicas": 3, "env": {"V": "2"}}),
+        b"\0asm\x01\0\0\0",
+    )
+    .await;
+    for _ in 0..20 {
+        serve_for(&cp, Duration::from_millis(250), &nodes).await;
+        check(&cp, &mut held);
+    }
+    assert!(cp.snapshot().of_app(&key).all(|i| i.revision == 2));
+    cp.drain("a".into(), None).await.unwrap();
+    for _ in 0..20 {
+        serve_for(&cp, Duration::from_millis(250), &nodes).await;
+        check(&cp, &mut held);
+    }
+    assert_eq!(cp.snapshot().on_node("a").count(), 0);
+    cp.delete(AppKey::new("default", "api"), None)
+        .await
+        .unwrap();
+    serve_for(&cp, Duration::from_millis(2000), &nodes).await;
+    assert!(check(&cp, &mut held) < usize::MAX);
+    // The namespace's quota is in every entry: the whole assignment.
+    let quota: shoal_api::quota::Quota =
+        serde_json::from_value(serde_json::json!({"cpu-weight": 300})).unwrap();
+    cp.set_quota("default".into(), Some(quota), None)
+        .await
+        .unwrap();
+    serve_for(&cp, Duration::from_millis(250), &nodes).await;
+    let delta = since(&cp, "b", held["b"].generation);
+    assert_eq!(delta.since, None);
+    assert!(delta.instances.iter().all(|a| a.cpu_weight == Some(300)));
+    check(&cp, &mut held);
+    // Too far behind: the whole assignment.
+    let old = held["b"].clone();
+    let far = old.generation + super::snapshot::AssignLog::KEEP as u64;
+    for round in 0.. {
+        assert!(
+            round < 200,
+            "b stays at generation {}",
+            whole(&cp, "b").generation
+        );
+        if whole(&cp, "b").generation > far {
+            break;
+        }
+        cp.scale(key.clone(), 3 + round % 2, None).await.unwrap();
+        serve_for(&cp, Duration::from_millis(250), &nodes).await;
+    }
+    let delta = since(&cp, "b", old.generation);
+    assert_eq!(delta.since, None);
+    assert_eq!(delta.applied_to(Some(&old)).unwrap(), whole(&cp, "b"));
+    // Changes from a generation the node does not hold are not made whole.
+    let recent = since(&cp, "b", whole(&cp, "b").generation - 1);
+    assert!(recent.since.is_some());
+    assert_eq!(recent.applied_to(Some(&old)), None);
+}
