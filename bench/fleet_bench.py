@@ -40,6 +40,9 @@ Knobs (environment):
   FLEET_TIMEOUT          900s (for registering, placing, recovering)
   FLEET_HEARTBEAT        the control plane's --heartbeat (its default if unset)
   FLEET_LEASE            the control plane's --lease (its default if unset)
+  FLEET_MAX_RENEWALS     the control plane's --max-renewals-per-second (its
+                         default if unset; 0: every node renews every
+                         --heartbeat, as before that flag)
   BENCH_KEEP_TMP         keep the temporary directory (logs, data)
 """
 
@@ -153,6 +156,8 @@ def start_cp(shoal: str, tmp: Path, logs: Path, store: str | None) -> tuple[Proc
         extra += ["--heartbeat", os.environ["FLEET_HEARTBEAT"]]
     if os.environ.get("FLEET_LEASE"):
         extra += ["--lease", os.environ["FLEET_LEASE"]]
+    if os.environ.get("FLEET_MAX_RENEWALS"):
+        extra += ["--max-renewals-per-second", os.environ["FLEET_MAX_RENEWALS"]]
     p = Proc("control-plane", [shoal, "control-plane", "--plain-http", "--listen", f"{HOST}:0",
                                "--data-dir", str(data), *extra], logs / "control-plane.log")
     url = p.wait_for_line(r"Control plane listening on " + benchlib.URL,
@@ -368,7 +373,9 @@ def report(cfg: dict, runs: list[dict]) -> str:
              f"{cfg['load']}, after: {benchlib.loadavg()}.", "",
              "One control plane (the leader) and `shoal fleet-sim` (every simulated node, "
              "in one process) on the same machine, over plain HTTP on 127.0.0.1. "
-             f"Heartbeat every {cfg['heartbeat']}, lease {cfg['lease']}. "
+             f"Heartbeat every {cfg['heartbeat']} at least, lease {cfg['lease']}, "
+             f"renewals a second planned for: {cfg['max_renewals']} (past it nodes renew "
+             "less often, at most a quarter of the lease apart). "
              f"Apps of {cfg['replicas']} replicas; each node offers "
              f"{cfg['factor']}x its share of the instances. CPU: the leader's utime + stime "
              f"over {cfg['window']:.0f} s, in cores (idle: no apps; steady: every instance running; etcd CPU: the etcd member's, steady); hb: a heartbeat's round trip as the "
@@ -438,6 +445,7 @@ def main() -> None:
         "timeout": parse_duration_s(env_str("FLEET_TIMEOUT", "900s")),
         "heartbeat": env_str("FLEET_HEARTBEAT", "250ms (default)"),
         "lease": env_str("FLEET_LEASE", "2s (default)"),
+        "max_renewals": env_str("FLEET_MAX_RENEWALS", "10000 (default)"),
         "command": env_str("BENCH_COMMAND", "bash bench/fleet.sh"),
         "load": benchlib.loadavg(),
     }

@@ -26,9 +26,15 @@ pub struct ControlPlaneArgs {
     /// instances are placed elsewhere.
     #[arg(long, default_value = "2s")]
     pub lease: Duration,
-    /// How often nodes heartbeat.
+    /// How often nodes heartbeat (renew their lease), at least.
     #[arg(long, default_value = "250ms")]
     pub heartbeat: Duration,
+    /// The lease renewals a second this control plane plans for: with
+    /// more nodes than --heartbeat allows within it, nodes are asked to
+    /// renew less often, but never less than four times a --lease
+    /// (0: every node renews every --heartbeat).
+    #[arg(long, default_value_t = shoal_scheduler::state::DEFAULT_MAX_RENEWALS_PER_SECOND)]
+    pub max_renewals_per_second: u32,
     /// More names (DNS names or IP addresses) for the API's TLS
     /// certificate, besides 127.0.0.1 and localhost (repeatable).
     #[arg(long = "tls-san", value_name = "NAME")]
@@ -525,6 +531,7 @@ fn state_config(
     let config = shoal_scheduler::state::Config {
         lease: args.lease.get(),
         heartbeat: args.heartbeat.get(),
+        max_renewals_per_second: args.max_renewals_per_second,
         auth: match args.auth {
             AuthMode::Enforce => shoal_scheduler::auth::Auth::Enforce,
             AuthMode::Off => shoal_scheduler::auth::Auth::Off,

@@ -367,6 +367,10 @@ impl SimNode {
                 match client.renew_lease(&self.name, generation).await {
                     Ok(a) => {
                         fleet.sample(t.elapsed());
+                        // As a real node: renew as often as told.
+                        if let Some(ms) = a.heartbeat_ms {
+                            *lock(&self.interval) = Duration::from_millis(ms.max(10));
+                        }
                         if !a.renewed {
                             need_full = true;
                             continue;

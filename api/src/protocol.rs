@@ -134,6 +134,13 @@ pub struct LeaseAnswer {
     /// known as ready, or runs another generation), the node sends a full
     /// heartbeat next.
     pub renewed: bool,
+    /// How often the node renews from now on: the control plane
+    /// lengthens the interval it gave at registration as its fleet grows
+    /// (so that the fleet's renewals stay within what it plans for), and
+    /// shortens it again as the fleet shrinks. None from a control plane
+    /// of an earlier version, or a replica that does not lead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -200,7 +200,9 @@ impl Session {
         watcher.abort();
     }
 
-    fn interval(&self) -> Duration {
+    /// How often the node heartbeats or renews its lease now: what the
+    /// control plane said at registration, or since in a renewal's answer.
+    pub fn interval(&self) -> Duration {
         *self.interval.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -319,6 +321,12 @@ impl Session {
                         // this node as ready at this generation): say
                         // everything at once.
                         need_full = !a.renewed;
+                        // The control plane spaces renewals out as its
+                        // fleet grows (and back as it shrinks).
+                        if let Some(ms) = a.heartbeat_ms {
+                            *self.interval.lock().unwrap_or_else(|p| p.into_inner()) =
+                                Duration::from_millis(ms.max(10));
+                        }
                         None
                     })
             } else {

@@ -280,7 +280,7 @@ fn old_or_new_control_plane(
 }
 
 /// Runs a node session against `app` until the test ends.
-async fn session_with(app: axum::Router) {
+async fn session_with(app: axum::Router) -> Arc<Session> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -303,7 +303,12 @@ async fn session_with(app: axum::Router) {
         Arc::new(Notify::new()),
         Default::default(),
     ));
-    tokio::spawn(session.run(Arc::new(Idle), std::future::pending::<()>()));
+    tokio::spawn(
+        session
+            .clone()
+            .run(Arc::new(Idle), std::future::pending::<()>()),
+    );
+    session
 }
 
 async fn wait_count(c: &watch::Sender<u32>, n: u32, what: &str) {
@@ -329,6 +334,47 @@ async fn a_control_plane_without_lease_renewals_gets_heartbeats_and_no_new_regis
     assert_eq!(*seen.registrations.borrow(), 1, "registered again");
     // It does not keep asking for what is not there.
     assert_eq!(*seen.renewals.borrow(), 1);
+}
+
+/// A control plane with a large fleet asks its nodes to renew less often
+/// in its renewals' answers: the node renews at the interval of the last
+/// answer from then on, not at the one it was given at registration.
+#[tokio::test]
+async fn the_node_renews_as_often_as_the_last_answer_says() {
+    let seen = Seen::default();
+    let s = seen.clone();
+    let app = axum::Router::new()
+        .route(endpoints::NODE_REGISTER, post(register))
+        .route(
+            endpoints::NODE_HEARTBEAT,
+            post(|| async { Json(answer(0)) }),
+        )
+        .route(
+            endpoints::NODE_ASSIGNMENT,
+            get(std::future::pending::<Json<HeartbeatResponse>>),
+        )
+        .route(
+            endpoints::NODE_LEASE,
+            post(move || {
+                bump(&s.renewals);
+                async {
+                    Json(shoal_api::protocol::LeaseAnswer {
+                        generation: 0,
+                        renewed: true,
+                        heartbeat_ms: Some(700),
+                    })
+                }
+            }),
+        );
+    let session = session_with(app).await;
+    wait_count(&seen.renewals, 1, "a renewal").await;
+    tokio::time::timeout(T, async {
+        while session.interval() != Duration::from_millis(700) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("still renewing every {:?}", session.interval()));
 }
 
 /// A control plane that knows renewals but not the node answers

@@ -1399,7 +1399,6 @@ async fn watch_assignment(
     Path(name): Path<String>,
     Query(q): Query<AssignmentQuery>,
 ) -> Result<Json<shoal_api::protocol::HeartbeatResponse>, Error> {
-    let mut rx = cp.watch();
     let deadline = tokio::time::Instant::now() + LONG_POLL_HOLD;
     // Only what changed, to a node that holds the whole of its generation
     // and asks for that.
@@ -1410,9 +1409,16 @@ async fn watch_assignment(
         (Some(have), true) => snap.assignment_since(node, have),
         _ => snap.assignment(node),
     };
+    // Woken when this node's generation moves, not at every snapshot (see
+    // `ControlPlane::assignment_bell`).
+    let bell = cp.assignment_bell(&name);
     loop {
+        let rung = bell.notified();
+        tokio::pin!(rung);
+        // Before the snapshot is read: a move after the read rings it.
+        rung.as_mut().enable();
         {
-            let snap = rx.borrow_and_update();
+            let snap = cp.snapshot();
             let node = snap
                 .nodes
                 .get(&name)
@@ -1421,17 +1427,16 @@ async fn watch_assignment(
                 return Ok(Json(answer(&snap, node)));
             }
         }
-        match tokio::time::timeout_at(deadline, rx.changed()).await {
-            Ok(Ok(())) => continue,
-            Ok(Err(_)) => return Err(ApiError::Closed.into()),
-            Err(_) => {
-                let snap = cp.snapshot();
-                let node = snap
-                    .nodes
-                    .get(&name)
-                    .ok_or_else(|| ApiError::NodeUnknown(name.clone()))?;
-                return Ok(Json(answer(&snap, node)));
-            }
+        if cp.stopped() {
+            return Err(ApiError::Closed.into());
+        }
+        if tokio::time::timeout_at(deadline, rung).await.is_err() {
+            let snap = cp.snapshot();
+            let node = snap
+                .nodes
+                .get(&name)
+                .ok_or_else(|| ApiError::NodeUnknown(name.clone()))?;
+            return Ok(Json(answer(&snap, node)));
         }
     }
 }

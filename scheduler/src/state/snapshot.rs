@@ -53,6 +53,10 @@ pub struct Snapshot {
     /// Whether [`Snapshot::assign_log`] is kept (by the leader's state
     /// task, which steps the nodes' generations).
     pub logs_assignments: bool,
+    /// How often nodes renew their leases now, as the leader sets it for
+    /// the size of its fleet (see `Leases::renew_every`); none in a
+    /// follower's snapshot.
+    pub renew_every: Option<std::time::Duration>,
     /// Bumped on every change; watchers wait for it to move.
     pub version: u64,
     /// Bumped by every change that publishes (not by heartbeat times or

@@ -243,7 +243,27 @@ impl State {
     }
 
     pub(super) fn snapshot(&self) -> Snapshot {
-        self.snap.clone()
+        let mut snap = self.snap.clone();
+        snap.renew_every = Some(self.leases().heartbeat);
+        snap
+    }
+
+    /// The lease, and how often nodes renew it with the fleet as it is.
+    fn leases(&self) -> Leases {
+        let configured = Leases {
+            lease: self.config.lease,
+            heartbeat: self.config.heartbeat,
+        };
+        let ready = self
+            .snap
+            .nodes
+            .values()
+            .filter(|n| n.state == shoal_api::objects::NodeState::Ready)
+            .count();
+        Leases {
+            heartbeat: configured.renew_every(ready, self.config.max_renewals_per_second),
+            ..configured
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -746,7 +766,7 @@ impl State {
                     .commit(d, None)
                     .map(|()| shoal_api::protocol::RegisterResponse {
                         lease_ms: self.config.lease.as_millis() as u64,
-                        heartbeat_ms: self.config.heartbeat.as_millis() as u64,
+                        heartbeat_ms: self.leases().heartbeat.as_millis() as u64,
                         credential: None,
                         tls: None,
                         calls: None,
@@ -955,10 +975,7 @@ impl State {
     /// Judges nodes whose lease ended; whether any was.
     fn expire_leases(&mut self) -> bool {
         let now = self.awake.now();
-        let leases = Leases {
-            lease: self.config.lease,
-            heartbeat: self.config.heartbeat,
-        };
+        let leases = self.leases();
         let pace = self.pace(now);
         let lagging = pace.is_some_and(|p| p.lags(leases));
         if lagging != self.holding {
@@ -1005,10 +1022,7 @@ impl State {
 
     /// When the next lease ends, for the loop to wake then.
     fn plan_expiry(&mut self, now: Duration) {
-        let leases = Leases {
-            lease: self.config.lease,
-            heartbeat: self.config.heartbeat,
-        };
+        let leases = self.leases();
         // Judged once silent for longer than the lease: a millisecond
         // past its end (the timer's grain).
         self.expiry = decide::node::next_expiry(&self.snap, &self.seen, now, leases, self.holding)

@@ -727,6 +727,64 @@ async fn a_node_that_comes_back_gets_its_replicas_back_one_at_a_time() {
     assert_eq!(reasons, ["Rebalancing", "Rebalanced"]);
 }
 
+/// A leader that plans for fewer renewals than its nodes would send at
+/// the configured interval asks them (at registration and in each
+/// renewal's answer) to renew less often, never less than four times a
+/// lease; nodes that renew that often stay ready (the leader does not
+/// count their fewer renewals as its own lag), and one that stops is lost.
+#[tokio::test(start_paused = true)]
+async fn renewals_are_spaced_out_for_a_fleet_past_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        clock: Arc::new(TokioClock::starting_at(1_700_000_000_000)),
+        // Two nodes at four renewals a second each: twice the budget.
+        max_renewals_per_second: 4,
+        ..Config::default()
+    };
+    let cp = ControlPlane::start(Store::open(dir.path()).unwrap(), config).unwrap();
+    register(&cp, "a").await;
+    let answer = cp
+        .register(RegisterRequest {
+            name: "b".into(),
+            address: "127.0.0.1:9100".into(),
+            capacity: shoal_api::objects::NodeCapacity {
+                memory: 1 << 30,
+                instances: 10,
+            },
+            labels: BTreeMap::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(answer.heartbeat_ms, 500, "{answer:?}");
+    // Until the snapshot with both nodes is out, a renewal may still say 250.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let generation = |n: &str| cp.snapshot().nodes[n].generation;
+    // Five leases' worth of renewals every 500 ms, both nodes.
+    for _ in 0..20 {
+        for n in ["a", "b"] {
+            let answer = cp.renew_lease(n, generation(n)).unwrap();
+            assert!(answer.renewed, "{n}: {answer:?}");
+            assert_eq!(answer.heartbeat_ms, Some(500), "{n}: {answer:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let by_name: BTreeMap<String, NodeState> = states(&cp).into_iter().collect();
+    assert_eq!(by_name["a"], NodeState::Ready);
+    assert_eq!(by_name["b"], NodeState::Ready);
+    // "b" falls silent; "a" renews on: "b" is lost, and "a" alone is
+    // within the budget again, so it is asked for the configured 250 ms.
+    for _ in 0..12 {
+        let answer = cp.renew_lease("a", generation("a")).unwrap();
+        assert!(answer.renewed);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let by_name: BTreeMap<String, NodeState> = states(&cp).into_iter().collect();
+    assert_eq!(by_name["a"], NodeState::Ready);
+    assert_ne!(by_name["b"], NodeState::Ready);
+    let answer = cp.renew_lease("a", generation("a")).unwrap();
+    assert_eq!(answer.heartbeat_ms, Some(250), "{answer:?}");
+}
+
 /// Lease renewals, taken without the state task, keep a node that sends
 /// no heartbeat alive; they count only for a ready node at its current
 /// generation, and a node that stops renewing is lost as before.

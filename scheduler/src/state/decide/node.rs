@@ -230,6 +230,29 @@ pub struct Leases {
     pub heartbeat: Duration,
 }
 
+impl Leases {
+    /// How often each of `nodes` ready nodes renews: the configured
+    /// interval, lengthened so that the fleet sends at most
+    /// `max_per_second` renewals a second (0: no limit), but never past a
+    /// quarter of the lease (a node renews at least four times a lease,
+    /// so a late renewal or two never costs it). Rounded up to 10 ms.
+    /// Nomad's servers lengthen their nodes' heartbeat TTL with the fleet
+    /// in the same way; here the lease stays, so a lost node is found as
+    /// soon as in a small cluster.
+    pub fn renew_every(&self, nodes: usize, max_per_second: u32) -> Duration {
+        if max_per_second == 0 {
+            return self.heartbeat;
+        }
+        let ms = (nodes as u64)
+            .saturating_mul(1000)
+            .div_ceil(u64::from(max_per_second))
+            .div_ceil(10)
+            * 10;
+        self.heartbeat
+            .max(Duration::from_millis(ms).min(self.lease / 4))
+    }
+}
+
 /// Marks nodes whose lease ran out. `seen` is when each node was last
 /// heard, `now` the time, both in awake time. When most nodes fall silent
 /// at once, it is more likely that the control plane is cut off from them

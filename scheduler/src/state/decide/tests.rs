@@ -756,6 +756,40 @@ fn heartbeat_table() {
     }
 }
 
+/// How often nodes renew, by fleet size: the configured interval until
+/// the fleet would send more than the budget, then longer, up to a
+/// quarter of the lease.
+#[test]
+fn renewals_are_spaced_out_as_the_fleet_grows() {
+    let leases = Leases {
+        lease: Duration::from_secs(2),
+        heartbeat: Duration::from_millis(250),
+    };
+    let ms = |nodes, max| leases.renew_every(nodes, max).as_millis();
+    let cases: &[(usize, u32, u128)] = &[
+        (0, 10_000, 250),
+        (1, 10_000, 250),
+        (2_500, 10_000, 250),
+        (2_501, 10_000, 260),
+        (3_000, 10_000, 300),
+        (5_000, 10_000, 500),
+        // At most a quarter of the lease: four renewals a lease.
+        (100_000, 10_000, 500),
+        // No budget: always the configured interval.
+        (100_000, 0, 250),
+        (2, 4, 500),
+    ];
+    for &(nodes, max, want) in cases {
+        assert_eq!(ms(nodes, max), want, "{nodes} nodes, {max} a second");
+    }
+    // A configured interval longer than a quarter of the lease stands.
+    let slow = Leases {
+        lease: Duration::from_secs(2),
+        heartbeat: Duration::from_secs(1),
+    };
+    assert_eq!(slow.renew_every(50_000, 10_000), Duration::from_secs(1));
+}
+
 #[test]
 fn lease_table() {
     let leases = Leases {
