@@ -18,7 +18,7 @@ fn control_plane(dir: &std::path::Path) -> ControlPlane {
     ControlPlane::start(Store::open(dir).unwrap(), config).unwrap()
 }
 
-async fn register(cp: &ControlPlane, name: &str) {
+async fn register(cp: &ControlPlane, name: &str) -> RegisterResponse {
     cp.register(RegisterRequest {
         name: name.into(),
         address: format!("127.0.0.1:{}", 9000 + name.len()),
@@ -29,7 +29,7 @@ async fn register(cp: &ControlPlane, name: &str) {
         labels: BTreeMap::new(),
     })
     .await
-    .unwrap();
+    .unwrap()
 }
 
 /// Applies `manifest` (JSON) with `module` as its module.
@@ -743,18 +743,7 @@ async fn renewals_are_spaced_out_for_a_fleet_past_the_budget() {
     };
     let cp = ControlPlane::start(Store::open(dir.path()).unwrap(), config).unwrap();
     register(&cp, "a").await;
-    let answer = cp
-        .register(RegisterRequest {
-            name: "b".into(),
-            address: "127.0.0.1:9100".into(),
-            capacity: shoal_api::objects::NodeCapacity {
-                memory: 1 << 30,
-                instances: 10,
-            },
-            labels: BTreeMap::new(),
-        })
-        .await
-        .unwrap();
+    let answer = register(&cp, "b").await;
     assert_eq!(answer.heartbeat_ms, 500, "{answer:?}");
     // Until the snapshot with both nodes is out, a renewal may still say 250.
     tokio::time::sleep(Duration::from_millis(300)).await;
