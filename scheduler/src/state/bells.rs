@@ -86,23 +86,13 @@ impl Bells {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_api::objects::{Node, NodeCapacity, NodeState};
+    use shoal_api::objects::Node;
     use std::time::Duration;
 
     fn node(name: &str, generation: u64) -> Node {
         Node {
-            name: name.into(),
-            address: "http://127.0.0.1:9".into(),
-            capacity: NodeCapacity {
-                memory: 1 << 30,
-                instances: 10,
-            },
-            labels: Default::default(),
-            state: NodeState::Ready,
-            last_heartbeat_ms: 0,
             generation,
-            cordoned: false,
-            draining: false,
+            ..crate::state::views::tests::node(name)
         }
     }
 

@@ -196,11 +196,12 @@ impl NodeViews {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use shoal_api::objects::NodeCapacity;
 
-    fn node(name: &str) -> Node {
+    /// A ready node of generation 1, for tests.
+    pub(crate) fn node(name: &str) -> Node {
         Node {
             name: name.into(),
             address: "127.0.0.1:9".into(),
