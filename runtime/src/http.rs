@@ -966,9 +966,9 @@ impl Drop for GuestRun {
 /// error if the run failed (trap, deadline, request body over the limit)
 /// after the head went out, so that hyper breaks the transfer off and the
 /// client never takes a cut-short body for a whole one.
-struct GuestBody<B> {
+struct GuestBody {
     /// `None` once the guest's body has ended.
-    body: Option<B>,
+    body: Option<ResponseBody>,
     run: GuestRun,
     /// Body bytes the head promises and that are still to come. Once all
     /// are sent, hyper is done with the body and may drop it before its
@@ -976,24 +976,43 @@ struct GuestBody<B> {
     promised: Option<u64>,
 }
 
-impl<B> GuestBody<B> {
-    fn new(body: B, mut run: GuestRun, promised: Option<u64>) -> Self {
+impl GuestBody {
+    fn new<B>(body: B, mut run: GuestRun, promised: Option<u64>) -> Self
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         if promised == Some(0) {
             run.release();
         }
         Self {
-            body: Some(body),
+            body: Some(body.map_err(Into::into).boxed_unsync()),
             run,
             promised,
         }
     }
 }
 
-impl<B> http_body::Body for GuestBody<B>
-where
-    B: http_body::Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
+impl Drop for GuestBody {
+    /// A body nobody needs any more (HEAD, 204, 304, or what comes past
+    /// the promised length) is taken to its end and thrown away, so that
+    /// the guest's writes succeed as they would for GET instead of failing
+    /// on a closed stream; it ends when the guest's run does, by its
+    /// deadline at the latest. Dropped before that (the client went away),
+    /// the stream closes and the guest is stopped (see [`GuestRun`]).
+    fn drop(&mut self) {
+        if !self.run.released {
+            return;
+        }
+        let (Some(mut body), Ok(rt)) = (self.body.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        rt.spawn(async move { while let Some(Ok(_)) = body.frame().await {} });
+    }
+}
+
+impl http_body::Body for GuestBody {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -1019,7 +1038,7 @@ where
                     // over, and the guest ends on its own.
                     this.body = None;
                     this.run.release();
-                    return Poll::Ready(Some(Err(e.into())));
+                    return Poll::Ready(Some(Err(e)));
                 }
                 None => this.body = None,
             }

@@ -127,6 +127,51 @@ async fn cgi_head_discards_the_body_the_guest_writes_anyway() {
     s.shutdown().await;
 }
 
+/// HEAD to a wasi:http component that writes its body anyway and traps if
+/// a write fails: the client gets the head alone, and the guest's writes
+/// succeed and go nowhere, so its run ends as it would for GET, and in
+/// reuse mode its instance serves the next request.
+#[tokio::test]
+async fn component_head_discards_the_body_the_guest_writes_anyway() {
+    for isolation in [Isolation::PerRequest, Isolation::reuse()] {
+        let reuse = matches!(isolation, Isolation::Reuse { .. });
+        let mut spec = spec();
+        spec.isolation = isolation;
+        let s = serve("http-component.wasm", spec).await;
+        let c = client();
+        let n = 4 * 1024 * 1024;
+        let path = format!("/bytes?n={n}");
+        let r = request(&c, "HEAD", &s.url(&path), &[], "").await;
+        assert_eq!(r.status, 200, "reuse: {reuse}");
+        assert_eq!(r.headers["content-length"], n.to_string().as_str());
+        assert!(r.body.is_empty());
+        let meters = s.app.meters().app.clone();
+        assert!(
+            eventually(Duration::from_secs(30), || meters.snapshot().run.count()
+                == 1)
+            .await,
+            "reuse: {reuse}"
+        );
+        let r = get(&c, &s.url(&path)).await;
+        assert_eq!((r.status, r.body.len()), (200, n), "reuse: {reuse}");
+        assert!(r.body.iter().all(|&b| b == b'x'));
+        assert!(
+            eventually(Duration::from_secs(30), || meters.snapshot().run.count()
+                == 2)
+            .await,
+            "reuse: {reuse}"
+        );
+        // Neither run failed, and a warm instance took the second request.
+        let stats = s.app.stats();
+        assert_eq!(stats.traps.load(Ordering::Relaxed), 0, "reuse: {reuse}");
+        assert_eq!(stats.failures.load(Ordering::Relaxed), 0, "reuse: {reuse}");
+        if reuse {
+            assert_eq!(stats.warm_hits.load(Ordering::Relaxed), 1);
+        }
+        s.shutdown().await;
+    }
+}
+
 #[tokio::test]
 async fn component_streams_a_large_body_back() {
     let s = serve("http-component.wasm", spec()).await;

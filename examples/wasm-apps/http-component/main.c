@@ -13,6 +13,10 @@
 //   /sleep?ms=N    waits N ms (0-60000) without using the CPU, then answers
 //                  "slept N ms"
 //   /no-response   returns without answering, keeping the response outparam
+//   /bytes?n=N     N bytes (0-67108864) of 'x' with content-length N, and
+//                  traps if a write fails, as a guest that checks its
+//                  writes does: the host must take every byte it writes,
+//                  even for HEAD, where the client gets none of them
 //   anything else  a greeting
 #include <stdbool.h>
 #include <stdint.h>
@@ -86,13 +90,19 @@ typedef struct {
 
 // Sends the response head (status, content-type: text/plain) and opens the
 // body for writing. The body is then streamed with reply_write.
-static reply_t reply_start(own_outparam_t outparam, uint16_t status) {
+static reply_t reply_start_length(own_outparam_t outparam, uint16_t status, const char *length) {
     reply_t r = {0};
     wasi_http_types_own_fields_t headers = wasi_http_types_constructor_fields();
+    wasi_http_types_borrow_fields_t bheaders = wasi_http_types_borrow_fields(headers);
     wasi_http_types_field_name_t name = view("content-type", 12);
     wasi_http_types_field_value_t value = {(uint8_t *)"text/plain", 10};
     wasi_http_types_header_error_t herr;
-    wasi_http_types_method_fields_append(wasi_http_types_borrow_fields(headers), &name, &value, &herr);
+    wasi_http_types_method_fields_append(bheaders, &name, &value, &herr);
+    if (length) {
+        wasi_http_types_field_name_t lname = view("content-length", 14);
+        wasi_http_types_field_value_t lvalue = {(uint8_t *)length, strlen(length)};
+        wasi_http_types_method_fields_append(bheaders, &lname, &lvalue, &herr);
+    }
 
     wasi_http_types_own_outgoing_response_t resp = wasi_http_types_constructor_outgoing_response(headers);
     wasi_http_types_borrow_outgoing_response_t bresp = wasi_http_types_borrow_outgoing_response(resp);
@@ -108,6 +118,11 @@ static reply_t reply_start(own_outparam_t outparam, uint16_t status) {
     wasi_http_types_static_response_outparam_set(outparam, &result);
     r.ok = true;
     return r;
+}
+
+// A response head without a content-length: the body is chunked.
+static reply_t reply_start(own_outparam_t outparam, uint16_t status) {
+    return reply_start_length(outparam, status, NULL);
 }
 
 // Writes all of data, in pieces the stream accepts (at most 4096 bytes per
@@ -408,18 +423,27 @@ static void route_status(const char *arg, own_outparam_t outparam) {
 // Longest wait /sleep accepts, in milliseconds.
 #define SLEEP_MAX_MS 60000
 
-// The value of the `ms` parameter of a query string, or NULL without one.
-// It ends at the next '&'.
-static const char *ms_param(const char *query, size_t *len) {
+// A query string's parameter `name` (given with its '='), as a number
+// from 0 to max; false if it is missing, not a number or too big.
+static bool num_param(const char *query, const char *name, long max, long *value) {
+    size_t name_len = strlen(name);
     for (const char *p = query; p && *p;) {
-        if (strncmp(p, "ms=", 3) == 0) {
-            *len = strcspn(p + 3, "&");
-            return p + 3;
+        if (strncmp(p, name, name_len) == 0) {
+            const char *arg = p + name_len;
+            size_t len = strcspn(arg, "&");
+            long n = 0;
+            for (size_t i = 0; i < len; i++) {
+                if (arg[i] < '0' || arg[i] > '9') return false;
+                n = n * 10 + (arg[i] - '0');
+                if (n > max) return false;
+            }
+            *value = n;
+            return len > 0;
         }
         p = strchr(p, '&');
         if (p) p++;
     }
-    return NULL;
+    return false;
 }
 
 // Waits on a wasi:clocks/monotonic-clock pollable, so the instance blocks in
@@ -427,19 +451,8 @@ static const char *ms_param(const char *query, size_t *len) {
 // the adapter's poll_oneoff, but that pulls wasi:filesystem and about 15 KiB
 // of adapter code into the component.)
 static void route_sleep(const char *query, own_outparam_t outparam) {
-    size_t len = 0;
-    const char *arg = ms_param(query, &len);
     long ms = 0;
-    bool ok = arg && len > 0;
-    for (size_t i = 0; ok && i < len; i++) {
-        if (arg[i] < '0' || arg[i] > '9') {
-            ok = false;
-        } else {
-            ms = ms * 10 + (arg[i] - '0');
-            if (ms > SLEEP_MAX_MS) ok = false;
-        }
-    }
-    if (!ok) {
+    if (!num_param(query, "ms=", SLEEP_MAX_MS, &ms)) {
         reply_text(outparam, 400, "usage: /sleep?ms=N (0-60000)\n");
         return;
     }
@@ -450,6 +463,29 @@ static void route_sleep(const char *query, own_outparam_t outparam) {
     char text[32];
     snprintf(text, sizeof text, "slept %ld ms\n", ms);
     reply_text(outparam, 200, text);
+}
+
+// Largest body /bytes writes.
+#define BYTES_MAX (64L * 1024 * 1024)
+
+static void route_bytes(const char *query, own_outparam_t outparam) {
+    long n = 0;
+    if (!num_param(query, "n=", BYTES_MAX, &n)) {
+        reply_text(outparam, 400, "usage: /bytes?n=N (0-67108864)\n");
+        return;
+    }
+    static char block[4096];
+    memset(block, 'x', sizeof block);
+    char length[24];
+    snprintf(length, sizeof length, "%ld", n);
+    reply_t r = reply_start_length(outparam, 200, length);
+    for (long left = n; left > 0;) {
+        size_t k = left < (long)sizeof block ? (size_t)left : sizeof block;
+        reply_write(&r, block, k);
+        if (!r.ok) __builtin_trap();
+        left -= (long)k;
+    }
+    reply_finish(&r);
 }
 
 // The outparam of the last /no-response request, never answered nor dropped:
@@ -492,6 +528,8 @@ void exports_wasi_http_incoming_handler_handle(exports_wasi_http_incoming_handle
         route_status(path + 8, outparam);
     } else if (strcmp(path, "/sleep") == 0) {
         route_sleep(query, outparam);
+    } else if (strcmp(path, "/bytes") == 0) {
+        route_bytes(query, outparam);
     } else if (strcmp(path, "/no-response") == 0) {
         unanswered = outparam;
     } else {
