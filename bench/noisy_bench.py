@@ -23,7 +23,8 @@ Modes: `on` is `--fair-share on` (the default); `off` is `--fair-share off`;
 `on-slice0` is `--fair-share on --cpu-slice 0s` (the node's threads in the
 kernel's default CPU slice rather than the node's default of 100us);
 `on-guest` is `--fair-share on --guest-threads on` (guests on threads of
-their own).
+their own); `on-auto` is `--fair-share on --guest-threads auto` (only the
+guests of apps whose requests take 2 ms of CPU or more on those threads).
 
 Environment: SHOAL_BIN, WRK_BIN, QUIET_WASM, WORK_WASM (as noisy.sh sets
 them); BENCH_DURATION (15s), BENCH_RATE (50), BENCH_FLOOD (32), BENCH_HOT (10s),
@@ -115,6 +116,7 @@ MODES = {
     "on-1slot": ["--fair-share", "on", "--run-slots", "1"],
     "on-slice0": ["--fair-share", "on", "--cpu-slice", "0s"],
     "on-guest": ["--fair-share", "on", "--guest-threads", "on"],
+    "on-auto": ["--fair-share", "on", "--guest-threads", "auto"],
 }
 
 

@@ -184,10 +184,13 @@ pub struct NodeArgs {
     /// Under fair shares, run guests on threads of their own (one per run
     /// slot), apart from the threads that take requests in and answer
     /// them: a namespace's request is then taken in and queued for its
-    /// share at once however busy the guests keep the cores, at the cost
-    /// of a hand-over between threads for every request.
-    #[arg(long, value_enum, default_value_t = OnOff::Off)]
-    pub guest_threads: OnOff,
+    /// share at once however busy the guests keep the cores. `on` hands
+    /// every guest over, at the cost of a hand-over between threads for
+    /// every request; `auto` only the guests of apps whose requests lately
+    /// took 2 ms of CPU or more each (and workers), so that short requests
+    /// run where they were taken in; `off` none.
+    #[arg(long, value_enum, default_value_t = GuestThreadsArg::Off)]
+    pub guest_threads: GuestThreadsArg,
     /// Where compiled code comes from: `cluster` loads what the control
     /// plane compiled, only if the cluster CA's signature over it checks
     /// out (and compiles here when the control plane cannot compile for
@@ -221,6 +224,14 @@ pub struct NodeArgs {
 pub enum ArtifactSource {
     Cluster,
     Local,
+}
+
+/// `--guest-threads`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestThreadsArg {
+    On,
+    Off,
+    Auto,
 }
 
 /// A switch given as `on` or `off`.
@@ -645,7 +656,7 @@ pub fn read_ca(path: Option<&std::path::Path>) -> anyhow::Result<Option<Vec<u8>>
 }
 
 pub async fn node(args: NodeArgs, ca: Option<Vec<u8>>) -> anyhow::Result<()> {
-    if args.guest_threads == OnOff::On && args.fair_share == OnOff::Off {
+    if args.guest_threads == GuestThreadsArg::On && args.fair_share == OnOff::Off {
         bail!(
             "--guest-threads on needs --fair-share on: guests queue for their run slots on the guest threads"
         );
@@ -664,7 +675,12 @@ pub async fn node(args: NodeArgs, ca: Option<Vec<u8>>) -> anyhow::Result<()> {
             cache_dir,
             fair_share: args.fair_share == OnOff::On,
             run_slots: args.run_slots.map(usize::from),
-            guest_threads: args.guest_threads == OnOff::On,
+            // Without fair shares there are no run slots to hand over.
+            guest_threads: match (args.guest_threads, args.fair_share) {
+                (_, OnOff::Off) | (GuestThreadsArg::Off, _) => None,
+                (GuestThreadsArg::On, _) => Some(shoal_runtime::GuestPlacement::All),
+                (GuestThreadsArg::Auto, _) => Some(shoal_runtime::GuestPlacement::Long),
+            },
             ..RuntimeConfig::default()
         })
         .context("starting the wasm runtime")?,

@@ -273,10 +273,31 @@ fn cpu_ticks_of_threads(pid: u32, prefix: &str) -> (usize, u64) {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_node_with_guest_threads_runs_its_guests_there() {
+    let c = long_guests_run_on_the_guest_threads("on");
+
+    // Without fair shares there are no run slots to queue for: refused.
+    refused_naming(&c, &["--guest-threads", "on", "--fair-share", "off"], |l| {
+        l.contains("--guest-threads on needs --fair-share on")
+    });
+}
+
+/// `--guest-threads auto`: an app whose requests take long on the CPU has
+/// its guests on the guest threads too (from its second request), as with
+/// `on`.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_node_with_guest_threads_for_long_runs_runs_a_long_apps_guests_there() {
+    long_guests_run_on_the_guest_threads("auto");
+}
+
+/// A one-slot node with `--guest-threads MODE` serves twenty requests of
+/// about 50 ms of CPU each, and that CPU shows on its guest thread.
+#[cfg(target_os = "linux")]
+fn long_guests_run_on_the_guest_threads(mode: &str) -> Cluster {
     let mut c = Cluster::start_with(1, &[], |_| {
         vec![
             "--guest-threads".to_string(),
-            "on".to_string(),
+            mode.to_string(),
             "--run-slots".to_string(),
             "1".to_string(),
         ]
@@ -301,11 +322,7 @@ fn a_node_with_guest_threads_runs_its_guests_there() {
     // 20 x 50 ms is 100 ticks at the usual 100 a second.
     assert!(
         on_guests >= 3 * on_executors.max(10),
-        "CPU ticks on the guest thread {on_guests}, on the executor threads {on_executors}"
+        "--guest-threads {mode}: CPU ticks on the guest thread {on_guests}, on the executor threads {on_executors}"
     );
-
-    // Without fair shares there are no run slots to queue for: refused.
-    refused_naming(&c, &["--guest-threads", "on", "--fair-share", "off"], |l| {
-        l.contains("--guest-threads on needs --fair-share on")
-    });
+    c
 }

@@ -23,7 +23,7 @@ use crate::meter::AppMeter;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -261,8 +261,10 @@ struct Shared {
     /// `None` when the epoch is the caller's to drive (tests).
     engine: Option<wasmtime::Engine>,
     /// The executor of the guest threads, if guests run on threads of
-    /// their own (see [`FairShare::on_threads`]).
-    guests: Option<tokio::runtime::Handle>,
+    /// their own (see [`FairShare::on_threads`]), and which guests go there.
+    guests: Option<(tokio::runtime::Handle, GuestPlacement)>,
+    /// Guests started on the guest threads so far.
+    handed: AtomicU64,
 }
 
 impl Shared {
@@ -312,18 +314,21 @@ impl FairShare {
     /// the threads that take requests in: those are then never busy with
     /// a guest when a request arrives, and each request queues for its
     /// tenant's slot before its guest's task reaches the guest threads.
+    /// `placement` says which guests go there: all of them, or only those
+    /// of apps whose requests take long on the CPU.
     pub fn on_threads(
         slots: usize,
         engine: Option<wasmtime::Engine>,
         guests: &GuestThreads,
+        placement: GuestPlacement,
     ) -> Self {
-        Self::with_guests(slots, engine, Some(guests.handle()))
+        Self::with_guests(slots, engine, Some((guests.handle(), placement)))
     }
 
     fn with_guests(
         slots: usize,
         engine: Option<wasmtime::Engine>,
-        guests: Option<tokio::runtime::Handle>,
+        guests: Option<(tokio::runtime::Handle, GuestPlacement)>,
     ) -> Self {
         Self {
             shared: Some(Arc::new(Shared {
@@ -332,6 +337,7 @@ impl FairShare {
                 starving: AtomicUsize::new(0),
                 engine,
                 guests,
+                handed: AtomicU64::new(0),
             })),
         }
     }
@@ -397,6 +403,13 @@ impl FairShare {
         Some(shared.lock().slices(id))
     }
 
+    /// How many guests have been started on the guest threads so far.
+    pub fn handed_over(&self) -> u64 {
+        self.shared
+            .as_ref()
+            .map_or(0, |s| s.handed.load(Ordering::Relaxed))
+    }
+
     /// Every tenant this scheduler has seen, with its weight, by
     /// namespace (none when fair shares are off).
     pub fn weights(&self) -> Vec<(String, u32)> {
@@ -419,6 +432,26 @@ impl FairShare {
         all
     }
 }
+
+/// Which guests run on the guest threads ([`FairShare::on_threads`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestPlacement {
+    /// Every guest.
+    All,
+    /// Guests of apps whose requests have lately taken [`LONG_RUN`] or
+    /// more of CPU each ([`AppMeter::recent_run_cpu`]), and workers; the
+    /// others run on the thread that took their request in. A short guest
+    /// then costs no hand-over between threads, while the long ones,
+    /// which would keep the threads taking requests in busy, stay off
+    /// them.
+    Long,
+}
+
+/// CPU time per request from which an app's guests count as long-running
+/// for [`GuestPlacement::Long`]: some 30 times what the hand-over to a
+/// guest thread and back costs (about 60 µs), so that for the apps handed
+/// over it is a few percent of a request at most.
+pub const LONG_RUN: Duration = Duration::from_millis(2);
 
 /// The threads guests run on when they have threads of their own
 /// ([`FairShare::on_threads`]): an executor with one thread per run slot.
@@ -494,6 +527,7 @@ impl Tenant {
             tenant: self.clone(),
             ticket: None,
             meter: None,
+            spent: Duration::ZERO,
         }
     }
 
@@ -506,20 +540,28 @@ impl Tenant {
             tenant: self.clone(),
             ticket: None,
             meter: Some(meter),
+            spent: Duration::ZERO,
         }
     }
 
     /// Starts a guest's task: on the guest threads if guests run on
-    /// threads of their own, else on the current executor.
-    pub fn spawn<F>(&self, guest: F) -> tokio::task::JoinHandle<F::Output>
+    /// threads of their own and this one goes there ([`GuestPlacement`]:
+    /// `cpu` is what a request of its app has lately taken, `None` for a
+    /// guest that runs for as long as it likes, a worker), else on the
+    /// current executor.
+    pub fn spawn<F>(&self, cpu: Option<Duration>, guest: F) -> tokio::task::JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        match self.shared.as_ref().and_then(|s| s.guests.as_ref()) {
-            Some(guests) => guests.spawn(guest),
-            None => tokio::spawn(guest),
+        if let Some(shared) = &self.shared
+            && let Some((guests, placement)) = &shared.guests
+            && (*placement == GuestPlacement::All || cpu.is_none_or(|c| c >= LONG_RUN))
+        {
+            shared.handed.fetch_add(1, Ordering::Relaxed);
+            return guests.spawn(guest);
         }
+        tokio::spawn(guest)
     }
 
     /// A place in this tenant's queue for a run slot, taken now, on the
@@ -574,6 +616,7 @@ impl Tenant {
             tenant: self.clone(),
             ticket: place,
             meter: Some(meter),
+            spent: Duration::ZERO,
         }
     }
 
@@ -623,11 +666,14 @@ struct Held<'a> {
     id: usize,
     since: Instant,
     meter: Option<&'a AppMeter>,
+    /// The guest's CPU time so far, which this poll adds to.
+    spent: &'a mut Duration,
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         let used = self.since.elapsed();
+        *self.spent += used;
         if let Some(m) = self.meter {
             m.cpu(used);
         }
@@ -643,6 +689,8 @@ pin_project_lite::pin_project! {
         tenant: Tenant,
         ticket: Option<Ticket>,
         meter: Option<Arc<AppMeter>>,
+        // The guest's CPU time so far: its polls' time.
+        spent: Duration,
     }
 }
 
@@ -657,7 +705,14 @@ impl<F: Future> Future for Fair<F> {
             };
             let since = Instant::now();
             let polled = this.guest.poll(cx);
-            meter.cpu(since.elapsed());
+            let used = since.elapsed();
+            meter.cpu(used);
+            *this.spent += used;
+            if polled.is_ready() {
+                meter.ran(*this.spent);
+            } else {
+                meter.running(*this.spent);
+            }
             return polled;
         };
         let id = this.tenant.id;
@@ -714,6 +769,7 @@ impl<F: Future> Future for Fair<F> {
             id,
             since: Instant::now(),
             meter: this.meter.as_deref(),
+            spent: this.spent,
         };
         let polled = this.guest.poll(cx);
         if polled.is_pending() && YIELDED.replace(false) {
@@ -749,6 +805,13 @@ impl<F: Future> Future for Fair<F> {
             });
         }
         drop(held);
+        if let Some(meter) = this.meter.as_deref() {
+            if polled.is_ready() {
+                meter.ran(*this.spent);
+            } else {
+                meter.running(*this.spent);
+            }
+        }
         polled
     }
 }

@@ -44,7 +44,7 @@ pub use artifact::{BinaryKind, CompileCache, CompileSource, Compiled, Digest};
 pub use caps::Capabilities;
 pub use engine::{EngineConfig, EpochTicker};
 pub use error::RuntimeError;
-pub use fair::{FairShare, GuestThreads, Tenant};
+pub use fair::{FairShare, GuestPlacement, GuestThreads, LONG_RUN, Tenant};
 pub use host::StopGuests;
 pub use http::HttpApp;
 pub use kv::Kv;
@@ -71,10 +71,11 @@ pub struct RuntimeConfig {
     /// Run slots under fair shares: how many guests execute at once
     /// (default: one per core, as many as the executor has threads).
     pub run_slots: Option<usize>,
-    /// Under fair shares, run guests on threads of their own, one per run
-    /// slot, apart from the caller's executor that takes requests in (see
-    /// [`fair::GuestThreads`]).
-    pub guest_threads: bool,
+    /// Under fair shares, run guests (all, or those of apps whose requests
+    /// take long: see [`GuestPlacement`]) on threads of their own, one per
+    /// run slot, apart from the caller's executor that takes requests in
+    /// (see [`fair::GuestThreads`]); `None` runs them all on the caller's.
+    pub guest_threads: Option<GuestPlacement>,
 }
 
 impl Default for RuntimeConfig {
@@ -85,7 +86,7 @@ impl Default for RuntimeConfig {
             manual_epochs: false,
             fair_share: true,
             run_slots: None,
-            guest_threads: false,
+            guest_threads: None,
         }
     }
 }
@@ -137,10 +138,10 @@ impl Runtime {
             // With manual epochs too: advancing the epoch only makes
             // running guests check now whether to yield to a starving
             // tenant (and whether their deadline has passed).
-            if cfg.guest_threads {
+            if let Some(placement) = cfg.guest_threads {
                 let threads = GuestThreads::start(slots)
                     .map_err(|e| RuntimeError::Engine(format!("starting guest threads: {e}")))?;
-                let fair = FairShare::on_threads(slots, Some(engine.clone()), &threads);
+                let fair = FairShare::on_threads(slots, Some(engine.clone()), &threads, placement);
                 guests = Some(threads);
                 fair
             } else {

@@ -156,6 +156,9 @@ pub struct AppMeter {
     instantiation: DurationHistogram,
     cold_starts: AtomicU64,
     guest_cpu_ns: AtomicU64,
+    /// Guest CPU time per request lately: an average of the last runs'
+    /// that weighs each new one by an eighth.
+    recent_run_cpu_ns: AtomicU64,
 }
 
 impl Default for AppMeter {
@@ -167,6 +170,7 @@ impl Default for AppMeter {
             instantiation: DurationHistogram::new(&INSTANTIATION_BOUNDS_NS),
             cold_starts: AtomicU64::new(0),
             guest_cpu_ns: AtomicU64::new(0),
+            recent_run_cpu_ns: AtomicU64::new(0),
         }
     }
 }
@@ -205,6 +209,38 @@ impl AppMeter {
     #[inline]
     pub fn cpu(&self, polled: Duration) {
         self.guest_cpu_ns.fetch_add(nanos(polled), Relaxed);
+    }
+
+    /// A request's guest ended, having taken `cpu` in all. (Runs ending at
+    /// once may each average over the same value and one of them be lost:
+    /// this is a rough recent figure, not an account.)
+    #[inline]
+    pub fn ran(&self, cpu: Duration) {
+        let cpu = nanos(cpu);
+        let old = self.recent_run_cpu_ns.load(Relaxed);
+        let new = if old == 0 {
+            cpu
+        } else {
+            old - old / 8 + cpu / 8
+        };
+        self.recent_run_cpu_ns.store(new.max(1), Relaxed);
+    }
+
+    /// A request's guest has taken `cpu` so far and runs on: if that is
+    /// more than requests lately took, it counts as the recent figure at
+    /// once, so that an app's long requests are seen as such while the
+    /// first of them still runs.
+    #[inline]
+    pub fn running(&self, cpu: Duration) {
+        let cpu = nanos(cpu);
+        if cpu > self.recent_run_cpu_ns.load(Relaxed) {
+            self.recent_run_cpu_ns.fetch_max(cpu, Relaxed);
+        }
+    }
+
+    /// Guest CPU time per request lately (zero before the first).
+    pub fn recent_run_cpu(&self) -> Duration {
+        Duration::from_nanos(self.recent_run_cpu_ns.load(Relaxed))
     }
 
     /// Guest CPU time so far, in nanoseconds.

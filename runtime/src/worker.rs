@@ -279,7 +279,9 @@ impl WorkerApp {
             started_at_ms: None,
         });
         let app = self.clone();
-        let task = self.tenant.spawn(async move { app.supervise(tx).await });
+        let task = self
+            .tenant
+            .spawn(None, async move { app.supervise(tx).await });
         WorkerHandle {
             status: rx,
             task,

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use common::*;
 use http_body_util::BodyExt;
 use shoal_api::{Duration as Dur, RunSpec};
-use shoal_runtime::{EngineConfig, HttpApp, Runtime, RuntimeConfig, Tenant};
+use shoal_runtime::{EngineConfig, GuestPlacement, HttpApp, Runtime, RuntimeConfig, Tenant};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,12 +22,12 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// A runtime with fair shares and one run slot, so one of the test's two
 /// executor threads stays free for I/O whatever the guests do.
 fn one_slot_runtime() -> Runtime {
-    one_slot_runtime_with(false)
+    one_slot_runtime_with(None)
 }
 
-/// [`one_slot_runtime`], its guests on a thread of their own if
-/// `guest_threads`.
-fn one_slot_runtime_with(guest_threads: bool) -> Runtime {
+/// [`one_slot_runtime`], its guests (all, or those of long-running apps)
+/// on a thread of their own if `guest_threads` says.
+fn one_slot_runtime_with(guest_threads: Option<GuestPlacement>) -> Runtime {
     Runtime::new(RuntimeConfig {
         engine: EngineConfig {
             max_instances: 100,
@@ -111,7 +111,56 @@ async fn a_namespace_is_served_while_another_saturates_the_node() {
 /// thread busy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_namespace_is_served_while_another_saturates_the_guest_threads() {
-    served_while_another_saturates(one_slot_runtime_with(true)).await;
+    served_while_another_saturates(one_slot_runtime_with(Some(GuestPlacement::All))).await;
+}
+
+/// The same with only long-running apps' guests on the guest thread: a's
+/// spinning guests are handed over once the first has run long, b's
+/// short request runs where it was taken in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_is_served_while_another_saturates_the_guest_threads_of_long_runs() {
+    served_while_another_saturates(one_slot_runtime_with(Some(GuestPlacement::Long))).await;
+}
+
+/// `GuestPlacement::Long`: the guests of an app whose requests are short
+/// run on the thread that took them in, with no hand-over; those of an
+/// app whose requests take long on the CPU go to the guest threads, from
+/// its next request once one has run long (nothing is known of an app
+/// before its first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_long_running_apps_are_handed_to_the_guest_threads() {
+    let rt = one_slot_runtime_with(Some(GuestPlacement::Long));
+    let _ticker = Ticker::start(rt.engine());
+    let short = serve_app(app(&rt, &rt.tenant("a"), "hello.wasm")).await;
+    let long = serve_app(app(&rt, &rt.tenant("b"), "work.wasm")).await;
+    let c = client();
+    let handed = || rt.fair_share().handed_over();
+
+    // hello.wasm takes well under a millisecond; on a loaded machine a
+    // request preempted mid-run may look longer, so a few may go over.
+    for _ in 0..40 {
+        let r = get(&c, &short.url("/")).await;
+        assert_eq!((r.status, r.text().as_str()), (200, "Hello from Shoal!\n"));
+    }
+    let short_handed = handed();
+    assert!(
+        short_handed <= 5,
+        "{short_handed} of 40 short requests handed over"
+    );
+
+    // work.wasm takes about 50 ms: after the first, every one goes over.
+    for i in 0..4 {
+        let r = get(&c, &long.url("/")).await;
+        assert_eq!((r.status, r.text().as_str()), (200, "done\n"));
+        assert_eq!(handed() - short_handed, i, "after {} long requests", i + 1);
+    }
+    assert_eq!(
+        long.app
+            .stats()
+            .failures
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
 }
 
 async fn served_while_another_saturates(rt: Runtime) {
@@ -291,7 +340,7 @@ async fn a_guest_writing_its_output_keeps_its_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_on_the_guest_threads_writing_its_output_keeps_its_slot() {
-    writing_keeps_the_slot(one_slot_runtime_with(true)).await;
+    writing_keeps_the_slot(one_slot_runtime_with(Some(GuestPlacement::All))).await;
 }
 
 async fn writing_keeps_the_slot(rt: Runtime) {
