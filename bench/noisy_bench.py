@@ -18,17 +18,20 @@ The node runs under `nice` so that the gateway and the load generators,
 which share the machine's cores with it here, are not what B waits for:
 what is measured is the node's own scheduling of guests.
 
-Modes: `on` is `--fair-share on` (the default); `off` is `--fair-share off`;
+Modes: `on` is `--fair-share on` (the defaults, with `--guest-threads
+auto`); `off` is `--fair-share off`;
 `on-1slot` is `--fair-share on --run-slots 1` (one guest executes at a time);
 `on-slice0` is `--fair-share on --cpu-slice 0s` (the node's threads in the
 kernel's default CPU slice rather than the node's default of 100us);
 `on-guest` is `--fair-share on --guest-threads on` (guests on threads of
 their own); `on-auto` is `--fair-share on --guest-threads auto` (only the
-guests of apps whose requests take 2 ms of CPU or more on those threads).
+guests of apps whose requests take 2 ms of CPU or more on those threads,
+the default); `on-nothreads` is `--fair-share on --guest-threads off`
+(every guest on the threads that take requests in).
 
 Environment: SHOAL_BIN, WRK_BIN, QUIET_WASM, WORK_WASM (as noisy.sh sets
 them); BENCH_DURATION (15s), BENCH_RATE (50), BENCH_FLOOD (32), BENCH_HOT (10s),
-BENCH_MODES (on,off), BENCH_COMMAND (for the report). Writes
+BENCH_MODES (on,on-nothreads,off), BENCH_COMMAND (for the report). Writes
 bench/results/noisy.md.
 """
 
@@ -117,6 +120,7 @@ MODES = {
     "on-slice0": ["--fair-share", "on", "--cpu-slice", "0s"],
     "on-guest": ["--fair-share", "on", "--guest-threads", "on"],
     "on-auto": ["--fair-share", "on", "--guest-threads", "auto"],
+    "on-nothreads": ["--fair-share", "on", "--guest-threads", "off"],
 }
 
 
@@ -216,7 +220,7 @@ def main() -> None:
         "flood": env_int("BENCH_FLOOD", 32, positive=True),
         "hot": parse_duration_s(env_str("BENCH_HOT", "10s")),
         "command": env_str("BENCH_COMMAND", "bash bench/noisy.sh"),
-        "modes": [m.strip() for m in env_str("BENCH_MODES", "on,off").split(",")
+        "modes": [m.strip() for m in env_str("BENCH_MODES", "on,on-nothreads,off").split(",")
                   if m.strip()],
     }
     unknown = [m for m in cfg["modes"] if m not in MODES]

@@ -189,7 +189,7 @@ pub struct NodeArgs {
     /// every request; `auto` only the guests of apps whose requests lately
     /// took 2 ms of CPU or more each (and workers), so that short requests
     /// run where they were taken in; `off` none.
-    #[arg(long, value_enum, default_value_t = GuestThreadsArg::Off)]
+    #[arg(long, value_enum, default_value_t = GuestThreadsArg::Auto)]
     pub guest_threads: GuestThreadsArg,
     /// Where compiled code comes from: `cluster` loads what the control
     /// plane compiled, only if the cluster CA's signature over it checks
