@@ -493,50 +493,48 @@ impl HttpApp {
         }
         let app = self.clone();
         let pre = pre.clone();
-        self.tenant
-            .spawn(Some(self.meters.app.recent_run_cpu()), async move {
-                let made = async {
-                    let mut store = app.component_store()?;
-                    let deadline = Instant::now() + app.spec.limits.timeout.get();
-                    store.data_mut().deadline = Some(deadline);
-                    let t0 = Instant::now();
-                    let instantiate = pre.instantiate_async(&mut store);
-                    let proxy = tokio::time::timeout_at(deadline.into(), instantiate)
-                        .await
-                        .map_err(|_| Failure::Deadline)?
-                        .map_err(|e| Failure::from_error(&e))?;
-                    app.note_instantiation(t0.elapsed(), false);
-                    store.data_mut().deadline = None;
-                    Ok::<_, Failure>((store, proxy))
-                };
-                let made = app.tenant.run_metered(made, app.meters.app.clone()).await;
-                {
+        let cpu = Some(self.meters.app.recent_run_cpu());
+        self.tenant.spawn(cpu, async move {
+            let made = async {
+                let mut store = app.component_store()?;
+                let deadline = Instant::now() + app.spec.limits.timeout.get();
+                store.data_mut().deadline = Some(deadline);
+                let t0 = Instant::now();
+                let instantiate = pre.instantiate_async(&mut store);
+                let proxy = tokio::time::timeout_at(deadline.into(), instantiate)
+                    .await
+                    .map_err(|_| Failure::Deadline)?
+                    .map_err(|e| Failure::from_error(&e))?;
+                app.note_instantiation(t0.elapsed(), false);
+                store.data_mut().deadline = None;
+                Ok::<_, Failure>((store, proxy))
+            };
+            let made = app.tenant.run_metered(made, app.meters.app.clone()).await;
+            {
+                let mut p = app.prepared.lock().unwrap_or_else(|p| p.into_inner());
+                p.making -= 1;
+                match made {
+                    Ok((store, proxy)) => p.ready.push((store, proxy, Instant::now())),
+                    // The request that takes no prepared instance
+                    // instantiates its own and meets the same failure.
+                    Err(f) => tracing::debug!(app = %app.name, "preparing an instance failed: {f}"),
+                }
+            }
+            // Drop it if no request came for it; without keeping the app.
+            let app = Arc::downgrade(&app);
+            tokio::time::sleep(PREPARED_IDLE).await;
+            if let Some(app) = app.upgrade() {
+                let stale: Vec<_> = {
                     let mut p = app.prepared.lock().unwrap_or_else(|p| p.into_inner());
-                    p.making -= 1;
-                    match made {
-                        Ok((store, proxy)) => p.ready.push((store, proxy, Instant::now())),
-                        // The request that takes no prepared instance
-                        // instantiates its own and meets the same failure.
-                        Err(f) => {
-                            tracing::debug!(app = %app.name, "preparing an instance failed: {f}")
-                        }
-                    }
-                }
-                // Drop it if no request came for it; without keeping the app.
-                let app = Arc::downgrade(&app);
-                tokio::time::sleep(PREPARED_IDLE).await;
-                if let Some(app) = app.upgrade() {
-                    let stale: Vec<_> = {
-                        let mut p = app.prepared.lock().unwrap_or_else(|p| p.into_inner());
-                        let (old, keep) = std::mem::take(&mut p.ready)
-                            .into_iter()
-                            .partition(|(_, _, made)| made.elapsed() >= PREPARED_IDLE);
-                        p.ready = keep;
-                        old
-                    };
-                    drop(stale);
-                }
-            });
+                    let (old, keep) = std::mem::take(&mut p.ready)
+                        .into_iter()
+                        .partition(|(_, _, made)| made.elapsed() >= PREPARED_IDLE);
+                    p.ready = keep;
+                    old
+                };
+                drop(stale);
+            }
+        });
     }
 
     /// Fresh instances ready ahead of requests right now (per-request mode).
@@ -585,123 +583,122 @@ impl HttpApp {
         let watched = overflow.clone();
         let (told, done) = oneshot::channel();
         let place = self.tenant.queue();
-        let task = self
-            .tenant
-            .spawn(Some(self.meters.app.recent_run_cpu()), async move {
-                let _permit = permit;
-                let began = Instant::now();
-                let run = async {
-                    let mut instance = "warm";
-                    let (mut store, proxy, served, answered) = match app.take_warm() {
-                        Some(w) => {
-                            app.stats.warm_hits.fetch_add(1, Ordering::Relaxed);
-                            w.answered.store(false, Ordering::Relaxed);
-                            (w.store, w.proxy, w.served, Some(w.answered))
-                        }
-                        None => {
-                            let prepared = if reuse { None } else { app.take_prepared() };
-                            let hit = prepared.is_some();
-                            if !reuse {
-                                app.prepare_next(&pre);
-                            }
-                            let (store, proxy) = match prepared {
-                                Some(p) => {
-                                    instance = "prepared";
-                                    p
-                                }
-                                None => {
-                                    instance = "fresh";
-                                    let mut store = app.component_store()?;
-                                    store.data_mut().deadline = Some(deadline);
-                                    let t0 = Instant::now();
-                                    let instantiating =
-                                        tracing::debug_span!(parent: &span, "wasm.instantiate");
-                                    let proxy = pre
-                                        .instantiate_async(&mut store)
-                                        .instrument(instantiating)
-                                        .await
-                                        .map_err(|e| Failure::from_error(&e))?;
-                                    app.note_instantiation(t0.elapsed(), true);
-                                    (store, proxy)
-                                }
-                            };
-                            if hit {
-                                app.stats.prepared_hits.fetch_add(1, Ordering::Relaxed);
-                            }
-                            // A reused instance goes back to the pool only if
-                            // it answered: one that returned without answering
-                            // may keep the response outparam, and with it the
-                            // request's answer channel, open.
-                            (store, proxy, 0, reuse.then(Arc::default))
-                        }
-                    };
-                    store.data_mut().deadline = Some(deadline);
-                    store.data_mut().set_trace(trace.0, trace.1);
-                    let incoming = store
-                        .data_mut()
-                        .http()
-                        .new_incoming_request(Scheme::Http, req)
-                        .map_err(|e| Failure::BadResponse(format!("{e:#}")))?;
-                    let mut http = store.data_mut().http();
-                    let out = match &answered {
-                        Some(flag) => {
-                            let flag = flag.clone();
-                            http.new_response_outparam_from_callback(move |head| {
-                                flag.store(true, Ordering::Relaxed);
-                                let _ = tx.send(head);
-                            })
-                        }
-                        None => http.new_response_outparam(tx),
+        let cpu = Some(self.meters.app.recent_run_cpu());
+        let task = self.tenant.spawn(cpu, async move {
+            let _permit = permit;
+            let began = Instant::now();
+            let run = async {
+                let mut instance = "warm";
+                let (mut store, proxy, served, answered) = match app.take_warm() {
+                    Some(w) => {
+                        app.stats.warm_hits.fetch_add(1, Ordering::Relaxed);
+                        w.answered.store(false, Ordering::Relaxed);
+                        (w.store, w.proxy, w.served, Some(w.answered))
                     }
-                    .map_err(|e| Failure::Internal(format!("{e:#}")))?;
-                    let running = tracing::debug_span!(
-                        parent: &span,
-                        "wasm.run",
-                        shoal.instance = instance,
-                    );
-                    proxy
-                        .wasi_http_incoming_handler()
-                        .call_handle(&mut store, incoming, out)
-                        .instrument(running)
-                        .await
-                        .map_err(|e| Failure::from_error(&e))?;
-                    Ok((store, proxy, served, answered))
+                    None => {
+                        let prepared = if reuse { None } else { app.take_prepared() };
+                        let hit = prepared.is_some();
+                        if !reuse {
+                            app.prepare_next(&pre);
+                        }
+                        let (store, proxy) = match prepared {
+                            Some(p) => {
+                                instance = "prepared";
+                                p
+                            }
+                            None => {
+                                instance = "fresh";
+                                let mut store = app.component_store()?;
+                                store.data_mut().deadline = Some(deadline);
+                                let t0 = Instant::now();
+                                let instantiating =
+                                    tracing::debug_span!(parent: &span, "wasm.instantiate");
+                                let proxy = pre
+                                    .instantiate_async(&mut store)
+                                    .instrument(instantiating)
+                                    .await
+                                    .map_err(|e| Failure::from_error(&e))?;
+                                app.note_instantiation(t0.elapsed(), true);
+                                (store, proxy)
+                            }
+                        };
+                        if hit {
+                            app.stats.prepared_hits.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // A reused instance goes back to the pool only if
+                        // it answered: one that returned without answering
+                        // may keep the response outparam, and with it the
+                        // request's answer channel, open.
+                        (store, proxy, 0, reuse.then(Arc::default))
+                    }
                 };
-                // A fresh instance is torn down once the outcome is told, so
-                // that its teardown is no part of the client's wait.
-                let mut spent = None;
-                let run = app.tenant.run_queued(run, app.meters.app.clone(), place);
-                let outcome = guarded(run, deadline, &watched, max_body).await;
-                app.meters.app.run(began.elapsed());
-                let outcome = outcome.and_then(|(mut store, proxy, served, answered)| {
-                    let Some(answered) = answered else {
-                        spent = Some(store);
-                        return Ok(());
-                    };
-                    // Only a run that ended cleanly leaves an instance fit
-                    // for the next request.
-                    if !answered.load(Ordering::Relaxed) {
-                        return Err(Failure::BadResponse(NO_RESPONSE.into()));
+                store.data_mut().deadline = Some(deadline);
+                store.data_mut().set_trace(trace.0, trace.1);
+                let incoming = store
+                    .data_mut()
+                    .http()
+                    .new_incoming_request(Scheme::Http, req)
+                    .map_err(|e| Failure::BadResponse(format!("{e:#}")))?;
+                let mut http = store.data_mut().http();
+                let out = match &answered {
+                    Some(flag) => {
+                        let flag = flag.clone();
+                        http.new_response_outparam_from_callback(move |head| {
+                            flag.store(true, Ordering::Relaxed);
+                            let _ = tx.send(head);
+                        })
                     }
-                    store.data_mut().deadline = None;
-                    // The request's output ends with it: a line it left
-                    // unfinished is not continued by the next request's.
-                    store.data().end_log_lines();
-                    app.put_warm(Warm {
-                        store,
-                        proxy,
-                        served: served + 1,
-                        idle_since: Instant::now(),
-                        answered,
-                    });
-                    Ok(())
-                });
-                if let Err(f) = &outcome {
-                    app.record(f);
+                    None => http.new_response_outparam(tx),
                 }
-                let _ = told.send(outcome);
-                drop(spent);
+                .map_err(|e| Failure::Internal(format!("{e:#}")))?;
+                let running = tracing::debug_span!(
+                    parent: &span,
+                    "wasm.run",
+                    shoal.instance = instance,
+                );
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, incoming, out)
+                    .instrument(running)
+                    .await
+                    .map_err(|e| Failure::from_error(&e))?;
+                Ok((store, proxy, served, answered))
+            };
+            // A fresh instance is torn down once the outcome is told, so
+            // that its teardown is no part of the client's wait.
+            let mut spent = None;
+            let run = app.tenant.run_queued(run, app.meters.app.clone(), place);
+            let outcome = guarded(run, deadline, &watched, max_body).await;
+            app.meters.app.run(began.elapsed());
+            let outcome = outcome.and_then(|(mut store, proxy, served, answered)| {
+                let Some(answered) = answered else {
+                    spent = Some(store);
+                    return Ok(());
+                };
+                // Only a run that ended cleanly leaves an instance fit
+                // for the next request.
+                if !answered.load(Ordering::Relaxed) {
+                    return Err(Failure::BadResponse(NO_RESPONSE.into()));
+                }
+                store.data_mut().deadline = None;
+                // The request's output ends with it: a line it left
+                // unfinished is not continued by the next request's.
+                store.data().end_log_lines();
+                app.put_warm(Warm {
+                    store,
+                    proxy,
+                    served: served + 1,
+                    idle_since: Instant::now(),
+                    answered,
+                });
+                Ok(())
             });
+            if let Err(f) = &outcome {
+                app.record(f);
+            }
+            let _ = told.send(outcome);
+            drop(spent);
+        });
 
         let mut run = GuestRun::new(self.clone(), task, done);
         // The run ends by its deadline, and with it this wait.
@@ -761,48 +758,47 @@ impl HttpApp {
         let watched = overflow.clone();
         let (told, done) = oneshot::channel();
         let place = self.tenant.queue();
-        let task = self
-            .tenant
-            .spawn(Some(self.meters.app.recent_run_cpu()), async move {
-                let _permit = permit;
-                let began = Instant::now();
-                let mut data = P1Host::new(wasi, app.spec.limits.memory.bytes());
-                data.env = env;
-                data.limiter.metered(app.meters.memory.clone());
-                let mut store = new_store(&app.engine, data, &app.stop, &app.tenant);
-                store.data_mut().deadline = Some(deadline);
-                let run = async {
-                    let t0 = Instant::now();
-                    let instantiating = tracing::debug_span!(parent: &span, "wasm.instantiate");
-                    let instance = pre
-                        .instantiate_async(&mut store)
-                        .instrument(instantiating)
-                        .await?;
-                    app.note_instantiation(t0.elapsed(), true);
-                    let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
-                    let running =
-                        tracing::debug_span!(parent: &span, "wasm.run", shoal.instance = "fresh");
-                    start.call_async(&mut store, ()).instrument(running).await
-                };
-                let run = async {
-                    match run.await {
-                        Ok(()) => Ok(()),
-                        Err(e) => match Failure::from_error(&e) {
-                            Failure::Exit(0) => Ok(()),
-                            f => Err(f),
-                        },
-                    }
-                };
-                let run = app.tenant.run_queued(run, app.meters.app.clone(), place);
-                let outcome = guarded(run, deadline, &watched, max_body).await;
-                app.meters.app.run(began.elapsed());
-                if let Err(f) = &outcome {
-                    app.record(f);
+        let cpu = Some(self.meters.app.recent_run_cpu());
+        let task = self.tenant.spawn(cpu, async move {
+            let _permit = permit;
+            let began = Instant::now();
+            let mut data = P1Host::new(wasi, app.spec.limits.memory.bytes());
+            data.env = env;
+            data.limiter.metered(app.meters.memory.clone());
+            let mut store = new_store(&app.engine, data, &app.stop, &app.tenant);
+            store.data_mut().deadline = Some(deadline);
+            let run = async {
+                let t0 = Instant::now();
+                let instantiating = tracing::debug_span!(parent: &span, "wasm.instantiate");
+                let instance = pre
+                    .instantiate_async(&mut store)
+                    .instrument(instantiating)
+                    .await?;
+                app.note_instantiation(t0.elapsed(), true);
+                let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                let running =
+                    tracing::debug_span!(parent: &span, "wasm.run", shoal.instance = "fresh");
+                start.call_async(&mut store, ()).instrument(running).await
+            };
+            let run = async {
+                match run.await {
+                    Ok(()) => Ok(()),
+                    Err(e) => match Failure::from_error(&e) {
+                        Failure::Exit(0) => Ok(()),
+                        f => Err(f),
+                    },
                 }
-                let _ = told.send(outcome);
-                // The store, and with it the stdout pipe, drops here: the reader
-                // sees end of file.
-            });
+            };
+            let run = app.tenant.run_queued(run, app.meters.app.clone(), place);
+            let outcome = guarded(run, deadline, &watched, max_body).await;
+            app.meters.app.run(began.elapsed());
+            if let Err(f) = &outcome {
+                app.record(f);
+            }
+            let _ = told.send(outcome);
+            // The store, and with it the stdout pipe, drops here: the reader
+            // sees end of file.
+        });
 
         let mut run = GuestRun::new(self.clone(), task, done);
         run.discard = Some(out_r.discarder());
