@@ -708,11 +708,7 @@ impl<F: Future> Future for Fair<F> {
             let used = since.elapsed();
             meter.cpu(used);
             *this.spent += used;
-            if polled.is_ready() {
-                meter.ran(*this.spent);
-            } else {
-                meter.running(*this.spent);
-            }
+            meter.polled(*this.spent, polled.is_ready());
             return polled;
         };
         let id = this.tenant.id;
@@ -806,11 +802,7 @@ impl<F: Future> Future for Fair<F> {
         }
         drop(held);
         if let Some(meter) = this.meter.as_deref() {
-            if polled.is_ready() {
-                meter.ran(*this.spent);
-            } else {
-                meter.running(*this.spent);
-            }
+            meter.polled(*this.spent, polled.is_ready());
         }
         polled
     }

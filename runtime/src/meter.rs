@@ -211,6 +211,18 @@ impl AppMeter {
         self.guest_cpu_ns.fetch_add(nanos(polled), Relaxed);
     }
 
+    /// A poll of a request's guest returned, the guest having taken `cpu`
+    /// so far: [`ran`](Self::ran) if it has `ended`, else
+    /// [`running`](Self::running).
+    #[inline]
+    pub fn polled(&self, cpu: Duration, ended: bool) {
+        if ended {
+            self.ran(cpu);
+        } else {
+            self.running(cpu);
+        }
+    }
+
     /// A request's guest ended, having taken `cpu` in all. (Runs ending at
     /// once may each average over the same value and one of them be lost:
     /// this is a rough recent figure, not an account.)
