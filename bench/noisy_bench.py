@@ -16,7 +16,12 @@ about 50 ms of CPU per request) in namespace `a`, both on the node.
 
 The node runs under `nice` so that the gateway and the load generators,
 which share the machine's cores with it here, are not what B waits for:
-what is measured is the node's own scheduling of guests.
+what is measured is the node's own scheduling of guests. BENCH_PIN takes
+the load generators off the node's core as well (two cores or more):
+`shoal` puts the control plane, the node and the gateway on one core and
+wrk and B's client on another, as clients on other machines would be;
+`node` puts the node alone on one core and everything else on another.
+Without it (the default) every process shares every core.
 
 Modes: `on` is `--fair-share on` (the defaults, with `--guest-threads
 auto`); `off` is `--fair-share off`;
@@ -31,13 +36,16 @@ the default); `on-nothreads` is `--fair-share on --guest-threads off`
 
 Environment: SHOAL_BIN, WRK_BIN, QUIET_WASM, WORK_WASM (as noisy.sh sets
 them); BENCH_DURATION (15s), BENCH_RATE (50), BENCH_FLOOD (32), BENCH_HOT (10s),
-BENCH_MODES (on,on-nothreads,off), BENCH_COMMAND (for the report). Writes
+BENCH_MODES (on,on-nothreads,off), BENCH_PIN (none; `shoal` or `node`),
+BENCH_COMMAND (for the report). Writes
 bench/results/noisy.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import os
 import tempfile
 import threading
 import time
@@ -111,6 +119,27 @@ def steady(port: int, host: str, rate: int, seconds: float) -> dict:
             "errors": errors}
 
 
+# BENCH_PIN: which processes get a core of their own (see the docstring);
+# None, or (what, core of the pinned processes, core of the others).
+PIN: tuple[str, int, int] | None = None
+PIN_WHAT = {"node": "the node alone on one core, everything else on the other",
+            "shoal": "the control plane, the node and the gateway on one core, "
+                     "the load generators (wrk and B's client) on the other"}
+
+
+@contextlib.contextmanager
+def spawning_on(which: str):
+    """Processes started inside this are on the pinned core when `which`
+    ("node" or "shoal") is what BENCH_PIN pins; on the others' core after."""
+    if PIN is None or (which == "shoal" and PIN[0] != "shoal"):
+        yield
+        return
+    os.sched_setaffinity(0, {PIN[1]})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, {PIN[2]})
+
 # The node's flags of each mode.
 MODES = {
     "on": ["--fair-share", "on"],
@@ -131,7 +160,8 @@ def start_node(shoal: str, cp_url: str, fair: str, cache: Path, log_path: Path
             "--listen", f"{HOST}:0", "--cache-dir", str(cache), "--plain-http",
             *MODES[fair]]
     join = TOKENS.get(cp_url.rstrip("/"), (None, None))[1]
-    p = Proc(name, argv, log_path, env={"SHOAL_JOIN_TOKEN": join} if join else None)
+    with spawning_on("node"):
+        p = Proc(name, argv, log_path, env={"SHOAL_JOIN_TOKEN": join} if join else None)
     return p, p.wait_for_line(rf"Node {re.escape(name)} serving on " + URL,
                               START_TIMEOUT_S).group(1)
 
@@ -140,9 +170,11 @@ def one_mode(cfg: dict, fair: str, tmp: Path) -> dict:
     set_tag(f"fair-share {fair}")
     shoal = cfg["shoal"]
     logs = tmp / "logs"
-    cp, cp_url = start_control_plane(shoal, tmp / "cp", logs / "cp.log", START_TIMEOUT_S)
+    with spawning_on("shoal"):
+        cp, cp_url = start_control_plane(shoal, tmp / "cp", logs / "cp.log", START_TIMEOUT_S)
     start_node(shoal, cp_url, fair, tmp / "cache", logs / "node.log")
-    gw, gw_url = start_gateway(shoal, cp_url, logs / "gateway.log", START_TIMEOUT_S)
+    with spawning_on("shoal"):
+        gw, gw_url = start_gateway(shoal, cp_url, logs / "gateway.log", START_TIMEOUT_S)
     apps = (("quiet", "b", cfg["quiet"], 16), ("work", "a", cfg["work"], 256))
     for name, ns, module, conc in apps:
         m = tmp / f"{name}.toml"
@@ -187,7 +219,8 @@ def render(cfg: dict, runs: dict) -> str:
            f"B: `quiet` (hello.wasm) in namespace `b`, {cfg['rate']} requests a second on one "
            f"connection for {cfg['seconds']:.0f} s. A: `work` (work.wasm, about 50 ms of CPU a "
            f"request) in namespace `a`, wrk with {cfg['flood']} connections. Everything through "
-           "the gateway; the node under `nice -n 10`.",
+           "the gateway; the node under `nice -n 10`."
+           + (f" Cores (BENCH_PIN={PIN[0]}): {PIN_WHAT[PIN[0]]}." if PIN else ""),
            ""]
     out += md_head(["mode", "B alone p50", "B alone p99", "B under flood p50",
                     "B under flood p99", "p99 ratio", "A alone req/s", "A with B req/s",
@@ -223,6 +256,18 @@ def main() -> None:
         "modes": [m.strip() for m in env_str("BENCH_MODES", "on,on-nothreads,off").split(",")
                   if m.strip()],
     }
+    global PIN
+    pin = env_str("BENCH_PIN", "")
+    if pin:
+        if pin not in PIN_WHAT:
+            raise SystemExit(f"BENCH_PIN: {pin!r} is not one of {', '.join(PIN_WHAT)}")
+        cores = sorted(os.sched_getaffinity(0))
+        if len(cores) < 2:
+            raise SystemExit("BENCH_PIN needs two cores")
+        PIN = (pin, cores[1], cores[0])
+        # What this process starts from here on runs on the others' core,
+        # except inside spawning_on().
+        os.sched_setaffinity(0, {PIN[2]})
     unknown = [m for m in cfg["modes"] if m not in MODES]
     if unknown:
         raise SystemExit(f"BENCH_MODES: unknown mode(s) {', '.join(unknown)}; "
