@@ -157,8 +157,21 @@ pub struct AppMeter {
     cold_starts: AtomicU64,
     guest_cpu_ns: AtomicU64,
     /// Guest CPU time per request lately: an average of the last runs'
-    /// that weighs each new one by an eighth.
+    /// that weighs each new one by an eighth, each counted at most
+    /// [`RECENT_RUN_CAP`].
     recent_run_cpu_ns: AtomicU64,
+}
+
+/// The most one run counts for in [`AppMeter::recent_run_cpu`]: twice
+/// [`LONG_RUN`](crate::fair::LONG_RUN), so that an app whose requests keep
+/// running long stays above that mark, while an app of short requests that
+/// had one very long one (100 ms, say) is below it again after some six
+/// short ones, not thirty. The figure decides only where guests run.
+pub const RECENT_RUN_CAP: Duration = Duration::from_millis(4);
+
+/// `cpu` in nanoseconds, at most [`RECENT_RUN_CAP`].
+fn recent_ns(cpu: Duration) -> u64 {
+    nanos(cpu.min(RECENT_RUN_CAP))
 }
 
 impl Default for AppMeter {
@@ -228,7 +241,7 @@ impl AppMeter {
     /// this is a rough recent figure, not an account.)
     #[inline]
     pub fn ran(&self, cpu: Duration) {
-        let cpu = nanos(cpu);
+        let cpu = recent_ns(cpu);
         let old = self.recent_run_cpu_ns.load(Relaxed);
         let new = if old == 0 {
             cpu
@@ -244,13 +257,14 @@ impl AppMeter {
     /// first of them still runs.
     #[inline]
     pub fn running(&self, cpu: Duration) {
-        let cpu = nanos(cpu);
+        let cpu = recent_ns(cpu);
         if cpu > self.recent_run_cpu_ns.load(Relaxed) {
             self.recent_run_cpu_ns.fetch_max(cpu, Relaxed);
         }
     }
 
-    /// Guest CPU time per request lately (zero before the first).
+    /// Guest CPU time per request lately, each run counted at most
+    /// [`RECENT_RUN_CAP`] (zero before the first).
     pub fn recent_run_cpu(&self) -> Duration {
         Duration::from_nanos(self.recent_run_cpu_ns.load(Relaxed))
     }
@@ -341,6 +355,46 @@ impl Meters {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fair::LONG_RUN;
+
+    #[test]
+    fn one_long_request_among_short_ones_counts_as_long_only_briefly() {
+        let app = AppMeter::default();
+        let short = Duration::from_micros(150);
+        for _ in 0..20 {
+            app.ran(short);
+        }
+        assert!(app.recent_run_cpu() < LONG_RUN);
+        // One request of 100 ms: seen as long while it runs and after.
+        app.running(Duration::from_millis(3));
+        assert!(app.recent_run_cpu() >= LONG_RUN);
+        app.ran(Duration::from_millis(100));
+        assert!(app.recent_run_cpu() >= LONG_RUN);
+        // Short again within eight short requests (without the cap, the
+        // 100 ms would keep the figure over 2 ms for some thirty).
+        let mut after = 0;
+        while app.recent_run_cpu() >= LONG_RUN {
+            app.ran(short);
+            after += 1;
+            assert!(
+                after <= 8,
+                "still counted long after {after} short requests"
+            );
+        }
+        // An app whose every request runs long stays long.
+        let long = AppMeter::default();
+        for _ in 0..100 {
+            long.running(Duration::from_millis(10));
+            long.ran(Duration::from_millis(50));
+            assert!(long.recent_run_cpu() >= LONG_RUN);
+        }
+        // One between the two marks stays long as well.
+        let mid = AppMeter::default();
+        for _ in 0..100 {
+            mid.ran(Duration::from_micros(2_500));
+        }
+        assert!(mid.recent_run_cpu() >= LONG_RUN);
+    }
 
     #[test]
     fn latency_bounds_are_the_shared_ones_in_nanoseconds() {
