@@ -140,6 +140,7 @@ def spawning_on(which: str):
     finally:
         os.sched_setaffinity(0, {PIN[2]})
 
+
 # The node's flags of each mode.
 MODES = {
     "on": ["--fair-share", "on"],
