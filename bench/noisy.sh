@@ -22,6 +22,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need_packages wrk
 WRK="$(command -v wrk)"
 build_shoal shoal-noisy-bench
+# The report names the command with the knobs it was given.
+COMMAND=()
+for knob in BENCH_PIN BENCH_DURATION BENCH_RATE BENCH_FLOOD BENCH_HOT BENCH_MODES; do
+  if [[ -n "${!knob:-}" ]]; then COMMAND+=("$knob=${!knob}"); fi
+done
+COMMAND+=(bash bench/noisy.sh)
 env SHOAL_BIN="$SHOAL" WRK_BIN="$WRK" \
   QUIET_WASM="$REPO/examples/wasm-apps/hello.wasm" WORK_WASM="$REPO/examples/wasm-apps/work.wasm" \
-  BENCH_COMMAND="bash bench/noisy.sh" python3 "$BENCH_DIR/noisy_bench.py"
+  BENCH_COMMAND="${COMMAND[*]}" python3 "$BENCH_DIR/noisy_bench.py"
